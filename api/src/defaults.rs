@@ -1,0 +1,100 @@
+//! Defaults as JSON patches (what the mutating webhook returns). The CRD schema carries the same defaults,
+//! so objects written while the webhook is unavailable end up identical.
+
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
+use jsonptr::PointerBuf;
+use serde_json::Value;
+
+use crate::names::{NAMESPACE_DEFAULT_GATEWAY_ANNOTATION, POD_GATEWAY_ANNOTATION};
+use crate::sgc::RouteType;
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(tokens.iter().copied()),
+        value,
+    })
+}
+
+fn is_unset(v: Option<&Value>) -> bool {
+    matches!(v, None | Some(Value::Null))
+}
+
+/// Defaults for a StaticGatewayConfiguration: `defaultRoute: staticEgressGateway`, `provisionPublicIps: true`,
+/// and an all-empty `gatewayVmssProfile` dropped when a node pool is named (upstream treats it as absent).
+pub fn sgc_defaults(obj: &Value) -> Patch {
+    let mut ops = Vec::new();
+    let spec = obj.get("spec");
+    if !matches!(spec, Some(Value::Object(_))) {
+        // A missing spec gets one, so the defaults below have somewhere to go.
+        if is_unset(spec) {
+            ops.push(add(&["spec"], Value::Object(Default::default())));
+        } else {
+            return Patch(ops); // wrong type: validation reports it
+        }
+    }
+    let field = |k: &str| spec.and_then(|s| s.get(k));
+    if is_unset(field("defaultRoute")) {
+        ops.push(add(
+            &["spec", "defaultRoute"],
+            Value::from(RouteType::default().as_str()),
+        ));
+    }
+    if is_unset(field("provisionPublicIps")) {
+        ops.push(add(&["spec", "provisionPublicIps"], Value::Bool(true)));
+    }
+    if let Some(Value::Object(profile)) = field("gatewayVmssProfile") {
+        let empty = profile.values().all(|v| match v {
+            Value::Null => true,
+            Value::String(s) => s.is_empty(),
+            Value::Number(n) => n.as_i64() == Some(0),
+            _ => false,
+        });
+        let has_nodepool = field("gatewayNodepoolName")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty());
+        if empty && has_nodepool {
+            ops.push(PatchOperation::Remove(RemoveOperation {
+                path: PointerBuf::from_tokens(["spec", "gatewayVmssProfile"]),
+            }));
+        }
+    }
+    Patch(ops)
+}
+
+/// GatewayPools have no defaults: every field is either required or meaningfully optional. Kept as a
+/// function so the webhook treats every kind alike.
+pub fn pool_defaults(_obj: &Value) -> Patch {
+    Patch(Vec::new())
+}
+
+/// Injects the namespace's default configuration into a new pod that names none; `None` when nothing
+/// changes (pods without an annotation in namespaces without a default pass untouched). hostNetwork pods are
+/// never given one: they cannot use a gateway.
+pub fn pod_default_gateway(pod: &Value, namespace_annotations: Option<&Value>) -> Option<Patch> {
+    let default = namespace_annotations?
+        .get(NAMESPACE_DEFAULT_GATEWAY_ANNOTATION)?
+        .as_str()
+        .filter(|s| !s.is_empty())?;
+    if pod
+        .pointer("/spec/hostNetwork")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        return None;
+    }
+    let annotations = pod.pointer("/metadata/annotations");
+    if annotations.and_then(|a| a.get(POD_GATEWAY_ANNOTATION)).is_some() {
+        return None;
+    }
+    let op = match annotations {
+        Some(Value::Object(_)) => add(
+            &["metadata", "annotations", POD_GATEWAY_ANNOTATION],
+            Value::from(default),
+        ),
+        _ => add(
+            &["metadata", "annotations"],
+            serde_json::json!({ POD_GATEWAY_ANNOTATION: default }),
+        ),
+    };
+    Some(Patch(vec![op]))
+}

@@ -1,0 +1,93 @@
+//! Internal kinds written by the agents. Names and fields are upstream's (troubleshooting guides show them).
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A pod's WireGuard peer registration, written by the node agent when the CNI plugin sets up an annotated
+/// pod; read by gateway agents to add the peer. Owned by (and garbage-collected with) its Pod.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[kube(
+    group = "egressgateway.kubernetes.azure.com",
+    version = "v1alpha1",
+    kind = "PodEndpoint",
+    plural = "podendpoints",
+    namespaced,
+    status = "PodEndpointStatus",
+    category = "egressgateway",
+    doc = "PodEndpoint registers an annotated pod's WireGuard public key and IP with its gateway. Written by the \
+           node agent only.",
+    printcolumn(
+        name = "Gateway",
+        type_ = "string",
+        json_path = ".spec.staticGatewayConfiguration"
+    ),
+    printcolumn(name = "Pod IP", type_ = "string", json_path = ".spec.podIpAddress"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PodEndpointSpec {
+    /// Name of the StaticGatewayConfiguration (same namespace) the pod uses.
+    #[serde(default)]
+    pub static_gateway_configuration: String,
+    /// The pod's IPv4 address as a /32 (the peer's allowed IP on the gateway).
+    #[serde(default)]
+    pub pod_ip_address: String,
+    /// The pod's WireGuard public key (base64).
+    #[serde(default)]
+    pub pod_public_key: String,
+}
+
+/// PodEndpoint has no status (kept as an empty object for upstream compatibility).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub struct PodEndpointStatus {}
+
+/// Debug view of what one gateway node has applied. Kept small: entries are removed as soon as the
+/// configuration or peer is gone (upstream once grew past etcd's 1.5 MB object limit).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[kube(
+    group = "egressgateway.kubernetes.azure.com",
+    version = "v1alpha1",
+    kind = "GatewayStatus",
+    plural = "gatewaystatuses",
+    namespaced,
+    status = "GatewayStatusStatus",
+    category = "egressgateway",
+    doc = "GatewayStatus lists the configurations and peers a gateway node has applied (one object per node, in \
+           the agent's namespace)."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatusSpec {
+    /// Configurations whose WireGuard interface is up on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready_gateway_configurations: Vec<GatewayConfigurationStatus>,
+    /// Pod peers configured on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready_peer_configurations: Vec<PeerConfigurationStatus>,
+}
+
+/// One applied configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayConfigurationStatus {
+    /// `<namespace>/<name>` of the StaticGatewayConfiguration.
+    pub static_gateway_configuration: String,
+    /// The WireGuard interface, `wg-<port>`.
+    pub interface_name: String,
+}
+
+/// One applied pod peer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerConfigurationStatus {
+    /// `<namespace>/<name>` of the PodEndpoint.
+    pub pod_endpoint: String,
+    /// The WireGuard interface, `wg-<port>`.
+    pub interface_name: String,
+    /// The peer's public key.
+    pub public_key: String,
+}
+
+/// GatewayStatus has no status (kept as an empty object for upstream compatibility).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub struct GatewayStatusStatus {}

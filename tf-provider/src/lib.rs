@@ -1,0 +1,1 @@
+//! tf-provider: not implemented yet (see the open issue); this crate only reserves its place in the workspace.

@@ -1,0 +1,1 @@
+//! webhook: not implemented yet (see the open issue); this crate only reserves its place in the workspace.
