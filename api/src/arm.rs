@@ -56,7 +56,10 @@ impl fmt::Display for PublicIpPrefixId {
 pub fn parse_public_ip_prefix_id(id: &str) -> Result<PublicIpPrefixId, ArmIdError> {
     let rest = id.strip_prefix('/').ok_or(ArmIdError::Malformed)?;
     let segs: Vec<&str> = rest.split('/').collect();
-    if segs.len() != 8 || segs.iter().any(|s| s.is_empty()) {
+    if segs.iter().any(|s| s.is_empty()) {
+        return Err(ArmIdError::Malformed);
+    }
+    if segs.len() != 8 {
         // A resource of another type may still be recognisable: report that rather than "malformed".
         if segs.len() >= 8
             && segs[0].eq_ignore_ascii_case("subscriptions")

@@ -17,12 +17,8 @@ use serde::{Deserialize, Serialize};
     category = "egressgateway",
     doc = "PodEndpoint registers an annotated pod's WireGuard public key and IP with its gateway. Written by the \
            node agent only.",
-    printcolumn(
-        name = "Gateway",
-        type_ = "string",
-        json_path = ".spec.staticGatewayConfiguration"
-    ),
-    printcolumn(name = "Pod IP", type_ = "string", json_path = ".spec.podIpAddress"),
+    printcolumn = r#"{"name": "Gateway", "type": "string", "jsonPath": ".spec.staticGatewayConfiguration"}"#,
+    printcolumn = r#"{"name": "Pod IP", "type": "string", "jsonPath": ".spec.podIpAddress"}"#,
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -19,35 +19,12 @@ use serde::{Deserialize, Serialize};
     category = "egressgateway",
     doc = "GatewayPool is a set of gateway nodes (an AKS gateway node pool, VMSS- or VM-based, or a self-managed \
            VMSS) that terminates the WireGuard tunnels of StaticGatewayConfigurations and egresses their traffic.",
-    printcolumn(name = "Nodepool", type_ = "string", json_path = ".spec.gatewayNodepoolName"),
-    printcolumn(
-        name = "VMSS",
-        type_ = "string",
-        json_path = ".spec.gatewayVmssProfile.vmssName"
-    ),
-    printcolumn(
-        name = "Prefix",
-        type_ = "integer",
-        json_path = ".spec.publicIpPrefixSize",
-        description = "Public IP prefix length per configuration"
-    ),
-    printcolumn(
-        name = "Instances",
-        type_ = "integer",
-        json_path = ".status.readyInstances",
-        description = "Ready gateway instances"
-    ),
-    printcolumn(
-        name = "Frontend",
-        type_ = "string",
-        json_path = ".status.loadBalancerFrontend.ip",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
+    printcolumn = r#"{"name": "Nodepool", "type": "string", "jsonPath": ".spec.gatewayNodepoolName"}"#,
+    printcolumn = r#"{"name": "VMSS", "type": "string", "jsonPath": ".spec.gatewayVmssProfile.vmssName"}"#,
+    printcolumn = r#"{"name": "Prefix", "type": "integer", "description": "Public IP prefix length per configuration", "jsonPath": ".spec.publicIpPrefixSize"}"#,
+    printcolumn = r#"{"name": "Instances", "type": "integer", "description": "Ready gateway instances", "jsonPath": ".status.readyInstances"}"#,
+    printcolumn = r#"{"name": "Frontend", "type": "string", "jsonPath": ".status.loadBalancerFrontend.ip", "priority": 1}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("(has(self.gatewayNodepoolName) && self.gatewayNodepoolName != '') != has(self.gatewayVmssProfile)")

@@ -672,10 +672,20 @@ pub fn validate_sgc_object(new: &Value, old: Option<&Value>, facts: &PoolFacts) 
     let mut type_errors = Verdict::default();
     let new_spec = decode_sgc_spec(new.get("spec"), &mut type_errors);
     let old_spec = old.map(|o| decode_sgc_spec(o.get("spec"), &mut Verdict::default()));
-    let mut v = validate_sgc(&new_spec, old_spec.as_ref(), facts);
-    type_errors.violations.append(&mut v.violations);
-    type_errors.warnings.append(&mut v.warnings);
-    type_errors
+    merge_decoded(type_errors, validate_sgc(&new_spec, old_spec.as_ref(), facts))
+}
+
+/// Decoding errors first; a field the decoder already refused is not reported again as "missing".
+fn merge_decoded(mut decoded: Verdict, rules: Verdict) -> Verdict {
+    let reported: BTreeSet<String> = decoded.violations.iter().map(|v| v.path.clone()).collect();
+    decoded.violations.extend(
+        rules
+            .violations
+            .into_iter()
+            .filter(|v| !reported.contains(&v.path)),
+    );
+    decoded.warnings.extend(rules.warnings);
+    decoded
 }
 
 /// Validates a GatewayPool object as JSON, like [`validate_sgc_object`].
@@ -683,10 +693,10 @@ pub fn validate_pool_object(new: &Value, old: Option<&Value>, node_count: Option
     let mut type_errors = Verdict::default();
     let new_spec = decode_pool_spec(new.get("spec"), &mut type_errors);
     let old_spec = old.map(|o| decode_pool_spec(o.get("spec"), &mut Verdict::default()));
-    let mut v = validate_pool(&new_spec, old_spec.as_ref(), node_count);
-    type_errors.violations.append(&mut v.violations);
-    type_errors.warnings.append(&mut v.warnings);
-    type_errors
+    merge_decoded(
+        type_errors,
+        validate_pool(&new_spec, old_spec.as_ref(), node_count),
+    )
 }
 
 struct Fields<'a> {

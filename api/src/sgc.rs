@@ -21,29 +21,10 @@ use serde::{Deserialize, Serialize};
     doc = "StaticGatewayConfiguration gives the pods of its namespace that name it in the annotation \
            kubernetes.azure.com/static-gateway-configuration a static egress IP prefix, routed over WireGuard \
            through a gateway node pool.",
-    printcolumn(
-        name = "Pool",
-        type_ = "string",
-        json_path = ".spec.gatewayNodepoolName",
-        description = "AKS gateway node pool"
-    ),
-    printcolumn(
-        name = "VMSS",
-        type_ = "string",
-        json_path = ".spec.gatewayVmssProfile.vmssName",
-        description = "Gateway VMSS (when not an AKS node pool)"
-    ),
-    printcolumn(
-        name = "Egress Prefix",
-        type_ = "string",
-        json_path = ".status.egressIpPrefix",
-        description = "Source addresses the configuration's pods egress with"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
+    printcolumn = r#"{"name": "Pool", "type": "string", "description": "AKS gateway node pool", "jsonPath": ".spec.gatewayNodepoolName"}"#,
+    printcolumn = r#"{"name": "VMSS", "type": "string", "description": "Gateway VMSS (when not an AKS node pool)", "jsonPath": ".spec.gatewayVmssProfile.vmssName"}"#,
+    printcolumn = r#"{"name": "Egress Prefix", "type": "string", "description": "Source addresses the configuration's pods egress with", "jsonPath": ".status.egressIpPrefix"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("(has(self.gatewayNodepoolName) && self.gatewayNodepoolName != '') != has(self.gatewayVmssProfile)")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests and the lab need. Idempotent: installs only what is missing.
+set -euo pipefail
+
+PACKAGES=(
+  iproute2                    # ip netns, veth, routes (lab and data-plane tests)
+  nftables                    # gateway SNAT / mark rules
+  wireguard-tools             # wg(8), for troubleshooting and tests
+  wireguard-go                # userspace WireGuard: these machines have no kernel module
+  containernetworking-plugins # primary CNI plugins (bridge, host-local) our plugin chains after
+  iperf3                      # tunnel throughput benchmark
+  iputils-ping                # ping in lab/tests
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust toolchain components used by the test command.
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
