@@ -1,1 +1,12 @@
-//! webhook: not implemented yet (see the open issue); this crate only reserves its place in the workspace.
+//! The kube-egress-gateway admission webhook: refuses invalid StaticGatewayConfigurations and GatewayPools at
+//! `kubectl apply` with the rules from `api`, fills in defaults, injects namespace default configurations into
+//! pods, and keeps PodEndpoints to the node agent.
+
+pub mod cabundle;
+pub mod facts;
+pub mod handlers;
+pub mod metrics;
+pub mod review;
+pub mod server;
+pub mod tls;
+pub mod watch;

@@ -1,0 +1,76 @@
+//! Patches the self-generated CA into the webhook configurations, so no cert-manager is needed.
+
+use base64::Engine as _;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+
+/// Sets `clientConfig.caBundle` of every webhook in the named configurations (absent ones are skipped with
+/// a warning: the chart may not install both).
+pub async fn patch_ca_bundle(
+    client: Client,
+    ca_pem: &str,
+    mutating: Option<&str>,
+    validating: Option<&str>,
+) -> Result<(), kube::Error> {
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    if let Some(name) = mutating {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        match api.get_opt(name).await? {
+            Some(cfg) => {
+                let n = cfg.webhooks.map_or(0, |w| w.len());
+                api.patch(name, &PatchParams::default(), &Patch::Json::<()>(ops(n, &bundle)))
+                    .await?;
+                tracing::info!(
+                    name,
+                    webhooks = n,
+                    "patched caBundle into MutatingWebhookConfiguration"
+                );
+            }
+            None => tracing::warn!(
+                name,
+                "MutatingWebhookConfiguration not found; caBundle not patched"
+            ),
+        }
+    }
+    if let Some(name) = validating {
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(client);
+        match api.get_opt(name).await? {
+            Some(cfg) => {
+                let n = cfg.webhooks.map_or(0, |w| w.len());
+                api.patch(name, &PatchParams::default(), &Patch::Json::<()>(ops(n, &bundle)))
+                    .await?;
+                tracing::info!(
+                    name,
+                    webhooks = n,
+                    "patched caBundle into ValidatingWebhookConfiguration"
+                );
+            }
+            None => tracing::warn!(
+                name,
+                "ValidatingWebhookConfiguration not found; caBundle not patched"
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn ops(webhooks: usize, bundle: &str) -> json_patch::Patch {
+    json_patch::Patch(
+        (0..webhooks)
+            .map(|i| {
+                json_patch::PatchOperation::Add(json_patch::AddOperation {
+                    path: jsonptr::PointerBuf::from_tokens([
+                        "webhooks".to_string(),
+                        i.to_string(),
+                        "clientConfig".into(),
+                        "caBundle".into(),
+                    ]),
+                    value: serde_json::Value::String(bundle.to_string()),
+                })
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,347 @@
+//! Admission decisions per endpoint: pure functions of the request, the cluster facts and the policy.
+
+use api::rules::{self, Verdict};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+use crate::facts::ClusterFacts;
+use crate::review::{Cause, Denial, Request, Response};
+
+/// The webhook's endpoints: one path per kind and purpose, so each webhook configuration is narrow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `/validate-staticgatewayconfiguration`
+    ValidateSgc,
+    /// `/mutate-staticgatewayconfiguration`
+    MutateSgc,
+    /// `/validate-gatewaypool`
+    ValidatePool,
+    /// `/mutate-gatewaypool`
+    MutatePool,
+    /// `/mutate-pod`: inject the namespace default.
+    MutatePod,
+    /// `/validate-pod`: deny annotated hostNetwork pods, warn about missing configurations.
+    ValidatePod,
+    /// `/validate-podendpoint`: only the node agent writes PodEndpoints.
+    ValidatePodEndpoint,
+}
+
+impl Endpoint {
+    /// Every endpoint.
+    pub const ALL: [Endpoint; 7] = [
+        Endpoint::ValidateSgc,
+        Endpoint::MutateSgc,
+        Endpoint::ValidatePool,
+        Endpoint::MutatePool,
+        Endpoint::MutatePod,
+        Endpoint::ValidatePod,
+        Endpoint::ValidatePodEndpoint,
+    ];
+
+    /// URL path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ValidateSgc => "/validate-staticgatewayconfiguration",
+            Endpoint::MutateSgc => "/mutate-staticgatewayconfiguration",
+            Endpoint::ValidatePool => "/validate-gatewaypool",
+            Endpoint::MutatePool => "/mutate-gatewaypool",
+            Endpoint::MutatePod => "/mutate-pod",
+            Endpoint::ValidatePod => "/validate-pod",
+            Endpoint::ValidatePodEndpoint => "/validate-podendpoint",
+        }
+    }
+
+    /// `(group, kind)` the endpoint admits.
+    pub fn kind(self) -> (&'static str, &'static str) {
+        match self {
+            Endpoint::ValidateSgc | Endpoint::MutateSgc => (api::names::GROUP, "StaticGatewayConfiguration"),
+            Endpoint::ValidatePool | Endpoint::MutatePool => (api::names::GROUP, "GatewayPool"),
+            Endpoint::MutatePod | Endpoint::ValidatePod => ("", "Pod"),
+            Endpoint::ValidatePodEndpoint => (api::names::GROUP, "PodEndpoint"),
+        }
+    }
+}
+
+/// Who may do what: configuration from flags.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Users allowed to create/update PodEndpoints: the node agent's service account(s).
+    pub podendpoint_writers: Vec<String>,
+}
+
+/// Reviews one decoded request.
+pub fn review(endpoint: Endpoint, req: &Request<'_>, facts: &dyn ClusterFacts, policy: &Policy) -> Response {
+    let (group, kind) = endpoint.kind();
+    if req.kind.group != group || req.kind.kind != kind {
+        return Response::deny(
+            &req.uid,
+            bad_request(format!(
+                "{} admits {kind} objects, got {}/{}; check the webhook configuration's rules",
+                endpoint.path(),
+                if req.kind.group.is_empty() {
+                    "core"
+                } else {
+                    &req.kind.group
+                },
+                req.kind.kind
+            )),
+        );
+    }
+    // Subresources (status, scale, ...) are written by controllers, not users: nothing to check.
+    if req.sub_resource.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Response::allow(&req.uid);
+    }
+    if !matches!(req.operation.as_str(), "CREATE" | "UPDATE") {
+        return Response::allow(&req.uid);
+    }
+    match endpoint {
+        Endpoint::ValidateSgc => validate_sgc(req, facts),
+        Endpoint::MutateSgc => mutate(req, api::defaults::sgc_defaults),
+        Endpoint::ValidatePool => validate_pool(req, facts),
+        Endpoint::MutatePool => mutate(req, api::defaults::pool_defaults),
+        Endpoint::MutatePod => mutate_pod(req, facts),
+        Endpoint::ValidatePod => validate_pod(req, facts),
+        Endpoint::ValidatePodEndpoint => validate_podendpoint(req, policy),
+    }
+}
+
+fn bad_request(message: String) -> Denial {
+    Denial {
+        code: 400,
+        reason: "BadRequest",
+        message,
+        causes: Vec::new(),
+    }
+}
+
+/// Parses `request.object` or `request.oldObject`; the error is the message of a BadRequest denial.
+fn parse_object(req: &Request<'_>, which: &str) -> Result<Option<Value>, String> {
+    let raw = if which == "object" {
+        req.object
+    } else {
+        req.old_object
+    };
+    match raw {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map(Some)
+            .map_err(|e| format!("request.{which} is not a JSON object: {e}")),
+    }
+}
+
+fn new_and_old(req: &Request<'_>) -> Result<(Value, Option<Value>), Response> {
+    let refuse = |m: String| Response::deny(&req.uid, bad_request(m));
+    let new = parse_object(req, "object")
+        .map_err(refuse)?
+        .ok_or_else(|| refuse("request.object is missing".into()))?;
+    let old = parse_object(req, "oldObject").map_err(refuse)?;
+    Ok((new, old))
+}
+
+fn verdict_response(req: &Request<'_>, kind: &str, verdict: Verdict) -> Response {
+    let warnings = verdict.warnings.iter().map(ToString::to_string).collect();
+    if verdict.is_allowed() {
+        return Response {
+            warnings,
+            ..Response::allow(&req.uid)
+        };
+    }
+    let name = req
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("<generated>");
+    let id = match req.namespace.as_deref().filter(|n| !n.is_empty()) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    };
+    let causes = verdict
+        .violations
+        .iter()
+        .map(|v| Cause {
+            field: v.path.clone(),
+            message: v.message.clone(),
+            reason: "FieldValueInvalid",
+        })
+        .collect();
+    Response {
+        warnings,
+        ..Response::deny(
+            &req.uid,
+            Denial {
+                code: 422,
+                reason: "Invalid",
+                message: format!("{kind} {id} is invalid: {}", verdict.message()),
+                causes,
+            },
+        )
+    }
+}
+
+fn validate_sgc(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
+    let (new, old) = match new_and_old(req) {
+        Ok(pair) => pair,
+        Err(resp) => return resp,
+    };
+    let mut decode_errors = Verdict::default();
+    let spec = rules::decode_sgc_spec(new.get("spec"), &mut decode_errors);
+    let pool_facts = facts.pool_facts(spec.pool_ref().as_ref());
+    verdict_response(
+        req,
+        "StaticGatewayConfiguration",
+        rules::validate_sgc_object(&new, old.as_ref(), &pool_facts),
+    )
+}
+
+fn validate_pool(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
+    let (new, old) = match new_and_old(req) {
+        Ok(pair) => pair,
+        Err(resp) => return resp,
+    };
+    let mut decode_errors = Verdict::default();
+    let spec = rules::decode_pool_spec(new.get("spec"), &mut decode_errors);
+    let nodes = spec.pool_ref().and_then(|p| facts.node_count(&p));
+    verdict_response(
+        req,
+        "GatewayPool",
+        rules::validate_pool_object(&new, old.as_ref(), nodes),
+    )
+}
+
+fn mutate(req: &Request<'_>, defaults: fn(&Value) -> json_patch::Patch) -> Response {
+    let obj = match parse_object(req, "object") {
+        Ok(Some(obj)) => obj,
+        Ok(None) => return Response::allow(&req.uid),
+        Err(message) => return Response::deny(&req.uid, bad_request(message)),
+    };
+    let patch = defaults(&obj);
+    Response {
+        patch: (!patch.0.is_empty()).then_some(patch),
+        ..Response::allow(&req.uid)
+    }
+}
+
+/// Just the pod fields the pod webhooks read: parsing a whole PodSpec would cost more than the decision.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodView {
+    #[serde(default)]
+    metadata: PodMeta,
+    #[serde(default)]
+    spec: PodSpecView,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PodMeta {
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSpecView {
+    #[serde(default)]
+    host_network: Option<bool>,
+}
+
+impl PodView {
+    fn gateway(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(api::names::POD_GATEWAY_ANNOTATION)
+            .map(String::as_str)
+    }
+    fn host_network(&self) -> bool {
+        self.spec.host_network.unwrap_or(false)
+    }
+    /// The shape the api rule functions take.
+    fn as_json(&self) -> Value {
+        serde_json::json!({
+            "metadata": {"annotations": self.metadata.annotations},
+            "spec": {"hostNetwork": self.host_network()},
+        })
+    }
+}
+
+fn pod_view(req: &Request<'_>) -> Result<PodView, String> {
+    let Some(raw) = req.object else {
+        return Ok(PodView::default());
+    };
+    serde_json::from_str(raw.get()).map_err(|e| format!("request.object is not a Pod: {e}"))
+}
+
+fn mutate_pod(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
+    if req.operation != "CREATE" {
+        return Response::allow(&req.uid);
+    }
+    let pod = match pod_view(req) {
+        Ok(p) => p,
+        Err(message) => return Response::deny(&req.uid, bad_request(message)),
+    };
+    if pod.gateway().is_some() || pod.host_network() {
+        return Response::allow(&req.uid);
+    }
+    let Some(ns) = req.namespace.as_deref() else {
+        return Response::allow(&req.uid);
+    };
+    let Some(annotations) = facts.namespace_annotations(ns) else {
+        return Response::allow(&req.uid);
+    };
+    if !annotations.contains_key(api::names::NAMESPACE_DEFAULT_GATEWAY_ANNOTATION) {
+        return Response::allow(&req.uid);
+    }
+    let ns_json = serde_json::to_value(&annotations).unwrap_or(Value::Null);
+    let patch = api::defaults::pod_default_gateway(&pod.as_json(), Some(&ns_json));
+    Response {
+        patch,
+        ..Response::allow(&req.uid)
+    }
+}
+
+fn validate_pod(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
+    if req.operation != "CREATE" {
+        return Response::allow(&req.uid);
+    }
+    let pod = match pod_view(req) {
+        Ok(p) => p,
+        Err(message) => return Response::deny(&req.uid, bad_request(message)),
+    };
+    let Some(gateway) = pod.gateway() else {
+        return Response::allow(&req.uid);
+    };
+    let mut verdict = rules::validate_pod(&pod.as_json());
+    if verdict.is_allowed()
+        && let Some(ns) = req.namespace.as_deref()
+        && facts.sgc_exists(ns, gateway) == Some(false)
+    {
+        verdict.warnings.push(rules::missing_sgc_warning(ns, gateway));
+    }
+    verdict_response(req, "Pod", verdict)
+}
+
+fn validate_podendpoint(req: &Request<'_>, policy: &Policy) -> Response {
+    let user = &req.user_info.username;
+    if policy.podendpoint_writers.iter().any(|w| w == user) {
+        return Response::allow(&req.uid);
+    }
+    Response::deny(
+        &req.uid,
+        Denial {
+            code: 403,
+            reason: "Forbidden",
+            message: format!(
+                "PodEndpoints register WireGuard peers on gateway nodes and are written only by the node agent ({}); \
+                 user \"{user}\" may not {} them",
+                if policy.podendpoint_writers.is_empty() {
+                    "none configured".to_string()
+                } else {
+                    policy.podendpoint_writers.join(", ")
+                },
+                req.operation.to_lowercase()
+            ),
+            causes: Vec::new(),
+        },
+    )
+}

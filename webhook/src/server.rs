@@ -1,0 +1,238 @@
+//! HTTPS serving: admission endpoints over rustls with timeouts against slow or broken clients, health and
+//! metrics, graceful shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::facts::ClusterFacts;
+use crate::handlers::{Endpoint, Policy, review};
+use crate::metrics::{KindLabels, Metrics, ReviewLabels};
+use crate::review::{DecodeError, Denial, MAX_BODY_BYTES, Response as Review, decode};
+
+/// How long a client may take for the TLS handshake, request headers, or request body.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared by every request.
+pub struct AppState {
+    /// Cluster facts from watches.
+    pub facts: Arc<dyn ClusterFacts>,
+    /// Who may write PodEndpoints.
+    pub policy: Policy,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set when shutting down: /readyz turns 503 so the Service stops sending reviews.
+    pub draining: AtomicBool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTPS router: one POST path per endpoint, plus `/healthz` and `/readyz`.
+pub fn admission_router(state: Arc<AppState>) -> Router {
+    let mut router = Router::new();
+    for endpoint in Endpoint::ALL {
+        router = router.route(
+            endpoint.path(),
+            post(move |State(state): State<Arc<AppState>>, req: Request| admit(state, endpoint, req)),
+        );
+    }
+    router.merge(probe_router()).with_state(state)
+}
+
+/// Health, readiness and metrics (also served over plain HTTP on the metrics port).
+pub fn probe_router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(state): State<Arc<AppState>>| async move {
+                if state.draining.load(Ordering::Acquire) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else if !state.facts.synced() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "cluster watches not synced")
+                } else {
+                    (StatusCode::OK, "ok")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(state): State<Arc<AppState>>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    state.metrics.encode(),
+                )
+            }),
+        )
+}
+
+async fn admit(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
+    let started = Instant::now();
+    let kind = endpoint.kind().1;
+    let body = match tokio::time::timeout(
+        CLIENT_TIMEOUT,
+        axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            count(&state, kind, "", "error");
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "AdmissionReview body exceeds {MAX_BODY_BYTES} bytes (kube-apiserver's request limit)"
+                ),
+            )
+                .into_response();
+        }
+        Err(_) => {
+            count(&state, kind, "", "error");
+            return (StatusCode::REQUEST_TIMEOUT, "request body not received in time").into_response();
+        }
+    };
+    let (response, operation) = match decode(&body) {
+        Ok(request) => (
+            review(endpoint, &request, state.facts.as_ref(), &state.policy),
+            request.operation.clone(),
+        ),
+        Err(DecodeError::NotJson(why)) => {
+            count(&state, kind, "", "error");
+            tracing::warn!(path = endpoint.path(), %why, "undecodable admission request");
+            return (StatusCode::BAD_REQUEST, format!("not an AdmissionReview: {why}")).into_response();
+        }
+        Err(DecodeError::Unreviewable { uid, message }) => {
+            tracing::warn!(path = endpoint.path(), %message, "unreviewable admission request");
+            let denial = Denial {
+                code: 400,
+                reason: "BadRequest",
+                message,
+                causes: Vec::new(),
+            };
+            (Review::deny(&uid, denial), String::new())
+        }
+    };
+    let result = response.result_label();
+    if !response.allowed {
+        tracing::info!(
+            kind,
+            operation = %operation,
+            message = response.denial.as_ref().map(|d| d.message.as_str()).unwrap_or_default(),
+            "denied"
+        );
+    }
+    count(&state, kind, &operation, result);
+    state
+        .metrics
+        .latency
+        .get_or_create(&KindLabels {
+            kind: kind.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        response.to_review_json(),
+    )
+        .into_response()
+}
+
+fn count(state: &AppState, kind: &str, operation: &str, result: &str) {
+    state
+        .metrics
+        .requests
+        .get_or_create(&ReviewLabels {
+            kind: kind.to_string(),
+            operation: operation.to_string(),
+            result: result.to_string(),
+        })
+        .inc();
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` flips, then lets in-flight requests finish (up to
+/// `grace`). Handshakes and request headers are bounded by [`CLIENT_TIMEOUT`], so slow or garbage clients
+/// only ever cost their own connection.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(CLIENT_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+            if let Err(error) = watcher.watch(conn).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("shutdown grace period over with requests in flight");
+    }
+}
+
+/// Serves a plain-HTTP router (metrics, probes) until `shutdown` flips.
+pub async fn serve_plain(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
+    let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    });
+    if let Err(error) = served.await {
+        tracing::warn!(%error, "metrics server failed");
+    }
+}

@@ -1,0 +1,215 @@
+//! Serving certificates: from files (cert-manager / Secret volume) re-read on rotation without a restart, or
+//! self-generated at start-up with the CA bundle patched into the webhook configurations.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// TLS set-up failures. Never includes key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The certificate PEM holds no certificate.
+    #[error("{0}: no PEM certificate found")]
+    NoCertificate(String),
+    /// The key PEM holds no usable private key.
+    #[error(
+        "{0}: no usable PEM private key found (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA P-256/P-384 or Ed25519)"
+    )]
+    BadKey(String),
+    /// Certificate generation failed.
+    #[error("cannot generate a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Builds a rustls certified key from PEM text.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<CertifiedKey, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate(origin.to_string()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::BadKey(origin.to_string()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|_| TlsError::BadKey(origin.to_string()))?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+/// Hands rustls the current certificate; replaced in place on rotation.
+#[derive(Debug)]
+pub struct CertStore {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// A store serving `key`.
+    pub fn new(key: CertifiedKey) -> Arc<Self> {
+        Arc::new(CertStore {
+            current: RwLock::new(Arc::new(key)),
+        })
+    }
+
+    /// Serve `key` from the next handshake on.
+    pub fn replace(&self, key: CertifiedKey) {
+        if let Ok(mut cur) = self.current.write() {
+            *cur = Arc::new(key);
+        }
+    }
+
+    /// The certificate being served (leaf DER).
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        self.current.read().ok().and_then(|c| c.cert.first().cloned())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| Arc::clone(&c))
+    }
+}
+
+/// rustls server configuration: TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1, certificate from `store`.
+pub fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Certificate and key files, re-read when their contents change.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// PEM certificate chain (`tls.crt`).
+    pub cert: PathBuf,
+    /// PEM private key (`tls.key`).
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| TlsError::Read {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        Ok((read(&self.cert)?, read(&self.key)?))
+    }
+
+    /// Loads the current pair.
+    pub fn load(&self) -> Result<CertifiedKey, TlsError> {
+        let (c, k) = self.read()?;
+        certified_key(&c, &k, &self.cert.display().to_string())
+    }
+
+    /// Polls the files every `interval` and swaps the served certificate when they change. A half-written
+    /// or mismatched pair (cert-manager writes two files) is retried on the next tick; the old certificate
+    /// keeps being served meanwhile. `on_reload` is called after each successful swap.
+    pub async fn watch(
+        self,
+        store: Arc<CertStore>,
+        interval: Duration,
+        mut on_reload: impl FnMut() + Send + 'static,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut last = self.read().ok();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            let Ok(now) = self.read() else { continue };
+            if last.as_ref() == Some(&now) {
+                continue;
+            }
+            match certified_key(&now.0, &now.1, &self.cert.display().to_string()) {
+                Ok(key) if key.keys_match().is_ok() => {
+                    store.replace(key);
+                    last = Some(now);
+                    on_reload();
+                    tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
+                }
+                Ok(_) => {
+                    tracing::warn!(cert = %self.cert.display(), "certificate and key do not match yet; keeping the old pair")
+                }
+                Err(error) => tracing::warn!(%error, "new certificate unusable; keeping the old one"),
+            }
+        }
+    }
+}
+
+/// A self-generated CA and serving certificate.
+pub struct SelfSigned {
+    /// CA certificate PEM: the caBundle of the webhook configurations.
+    pub ca_pem: String,
+    /// The serving key.
+    pub key: CertifiedKey,
+}
+
+impl std::fmt::Debug for SelfSigned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelfSigned")
+            .field("ca_pem", &self.ca_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generates a CA and a serving certificate for `dns_names` (e.g. `svc.ns.svc`), valid one year.
+pub fn self_signed(dns_names: &[String]) -> Result<SelfSigned, TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let now = time_now();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-egress-gateway webhook CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.not_before = now;
+    ca_params.not_after = now + time::Duration::days(365);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut leaf_params = CertificateParams::new(dns_names.to_vec())?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, dns_names.first().cloned().unwrap_or_default());
+    leaf_params.not_before = now;
+    leaf_params.not_after = now + time::Duration::days(365);
+    let leaf_key = KeyPair::generate()?;
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
+    let chain = format!("{}{}", leaf.pem(), ca_cert.pem());
+    let key = certified_key(
+        chain.as_bytes(),
+        leaf_key.serialize_pem().as_bytes(),
+        "self-generated",
+    )?;
+    Ok(SelfSigned {
+        ca_pem: ca_cert.pem(),
+        key,
+    })
+}
+
+fn time_now() -> time::OffsetDateTime {
+    // Tolerate small clock skew between the webhook and the apiserver.
+    time::OffsetDateTime::now_utc() - time::Duration::minutes(5)
+}
