@@ -130,8 +130,8 @@ fn parse_object(req: &Request<'_>, which: &str) -> Result<Option<Value>, String>
     }
 }
 
-fn new_and_old(req: &Request<'_>) -> Result<(Value, Option<Value>), Response> {
-    let refuse = |m: String| Response::deny(&req.uid, bad_request(m));
+fn new_and_old(req: &Request<'_>) -> Result<(Value, Option<Value>), Box<Response>> {
+    let refuse = |m: String| Box::new(Response::deny(&req.uid, bad_request(m)));
     let new = parse_object(req, "object")
         .map_err(refuse)?
         .ok_or_else(|| refuse("request.object is missing".into()))?;
@@ -182,7 +182,7 @@ fn verdict_response(req: &Request<'_>, kind: &str, verdict: Verdict) -> Response
 fn validate_sgc(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
     let (new, old) = match new_and_old(req) {
         Ok(pair) => pair,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let mut decode_errors = Verdict::default();
     let spec = rules::decode_sgc_spec(new.get("spec"), &mut decode_errors);
@@ -197,7 +197,7 @@ fn validate_sgc(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
 fn validate_pool(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
     let (new, old) = match new_and_old(req) {
         Ok(pair) => pair,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let mut decode_errors = Verdict::default();
     let spec = rules::decode_pool_spec(new.get("spec"), &mut decode_errors);
