@@ -154,7 +154,10 @@ mod tests {
     #[test]
     fn rule_paths_become_terraform_paths() {
         let cases = [
-            ("spec.gatewayVmssProfile.publicIpPrefixSize", "gateway_vmss_profile[0].public_ip_prefix_size"),
+            (
+                "spec.gatewayVmssProfile.publicIpPrefixSize",
+                "gateway_vmss_profile[0].public_ip_prefix_size",
+            ),
             ("spec.gatewayVmssProfile", "gateway_vmss_profile[0]"),
             ("spec.excludeCidrs[2]", "exclude_cidrs[2]"),
             ("spec.gatewayNodepoolName", "gateway_nodepool_name"),
@@ -181,10 +184,10 @@ mod tests {
     #[test]
     fn messages_use_terraform_names() {
         assert_eq!(
-            terraform_wording("provisionPublicIps: false requires gatewayNodepoolName", &[
-                "provisionPublicIps",
-                "gatewayNodepoolName"
-            ]),
+            terraform_wording(
+                "provisionPublicIps: false requires gatewayNodepoolName",
+                &["provisionPublicIps", "gatewayNodepoolName"]
+            ),
             "provision_public_ips = false requires gateway_nodepool_name"
         );
     }

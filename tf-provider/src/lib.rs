@@ -14,7 +14,11 @@ pub mod proto {
     }
 }
 
+pub mod cluster;
 pub mod diag;
+pub mod provider;
 pub mod resources;
 pub mod schema;
+pub mod server;
+pub mod tls;
 pub mod value;

@@ -180,7 +180,10 @@ impl Block {
         };
         let mut out = BTreeMap::new();
         for a in &self.attributes {
-            out.insert(a.name.to_string(), a.ty.normalise(m.remove(a.name).unwrap_or(Value::Null)));
+            out.insert(
+                a.name.to_string(),
+                a.ty.normalise(m.remove(a.name).unwrap_or(Value::Null)),
+            );
         }
         for b in &self.blocks {
             let v = m.remove(b.name).unwrap_or(Value::Null);
@@ -248,13 +251,7 @@ pub fn timeouts_block(defaults: &'static str) -> NestedBlock {
             description: defaults,
             attributes: ["create", "update", "delete"]
                 .into_iter()
-                .map(|op| {
-                    Attribute::optional(
-                        op,
-                        Type::String,
-                        "A duration such as `30s`, `10m` or `1h`.",
-                    )
-                })
+                .map(|op| Attribute::optional(op, Type::String, "A duration such as `30s`, `10m` or `1h`."))
                 .collect(),
             blocks: vec![],
         },
@@ -325,9 +322,16 @@ mod tests {
 
     #[test]
     fn schema_types_are_compact_json() {
-        assert_eq!(Type::List(Box::new(Type::String)).to_json().to_string(), r#"["list","string"]"#);
+        assert_eq!(
+            Type::List(Box::new(Type::String)).to_json().to_string(),
+            r#"["list","string"]"#
+        );
         let p = block().to_proto();
-        let profile = p.attributes.iter().find(|a| a.name == "profile").expect("profile");
+        let profile = p
+            .attributes
+            .iter()
+            .find(|a| a.name == "profile")
+            .expect("profile");
         assert_eq!(
             String::from_utf8(profile.r#type.clone()).expect("utf8"),
             r#"["object",{"ip":"string","port":"number"}]"#

@@ -198,7 +198,8 @@ impl Value {
             } else if let Some(u) = n.as_u64() {
                 Number::UInt(u)
             } else {
-                n.as_f64().map_or_else(|| Number::Text(n.to_string()), Number::Float)
+                n.as_f64()
+                    .map_or_else(|| Number::Text(n.to_string()), Number::Float)
             }),
             serde_json::Value::String(s) => Value::String(s.clone()),
             serde_json::Value::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
@@ -415,16 +416,16 @@ mod tests {
             proptest::option::of(0i64..100),
             proptest::option::of(0i64..100),
         )
-            .prop_map(|(nullness, string_prefix, number_lower, number_upper, length_min, length_max)| {
-                Refinements {
+            .prop_map(
+                |(nullness, string_prefix, number_lower, number_upper, length_min, length_max)| Refinements {
                     nullness,
                     string_prefix,
                     number_lower,
                     number_upper,
                     length_min,
                     length_max,
-                }
-            })
+                },
+            )
     }
 
     fn value() -> impl Strategy<Value = Value> {
@@ -433,7 +434,10 @@ mod tests {
             refinements().prop_map(Value::Unknown),
             any::<bool>().prop_map(Value::Bool),
             number()
-                .prop_filter("a numeric string decodes as a string", |n| !matches!(n, Number::Text(_)))
+                .prop_filter("a numeric string decodes as a string", |n| !matches!(
+                    n,
+                    Number::Text(_)
+                ))
                 .prop_map(Value::Number),
             ".{0,12}".prop_map(Value::String),
         ];

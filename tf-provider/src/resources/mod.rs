@@ -81,9 +81,12 @@ pub(crate) fn verdict_diagnostics(
     kind_label: &str,
 ) -> Vec<pb::Diagnostic> {
     let touches_unknown = |inputs: &[Path]| {
-        inputs
-            .iter()
-            .any(|i| extracted.unknown.iter().any(|u| u.starts_with(i) || i.starts_with(u)))
+        inputs.iter().any(|i| {
+            extracted
+                .unknown
+                .iter()
+                .any(|u| u.starts_with(i) || i.starts_with(u))
+        })
     };
     let mut out = Vec::new();
     for v in &verdict.violations {
@@ -204,7 +207,12 @@ pub fn to_json(v: &Value) -> serde_json::Value {
 
 /// Builds an object value from pairs.
 pub fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
-    Value::Map(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>())
+    Value::Map(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<BTreeMap<_, _>>(),
+    )
 }
 
 /// Kubernetes conditions as the `conditions` attribute value.
@@ -258,7 +266,9 @@ pub fn timeout(state: &Value, op: Op, default: Duration) -> Result<Duration, pb:
         Some(s) => humantime::parse_duration(s).map_err(|e| {
             diag::error(
                 "Invalid timeout",
-                format!("timeouts.{key} = \"{s}\" is not a duration ({e}); write e.g. \"30s\", \"10m\" or \"1h\""),
+                format!(
+                    "timeouts.{key} = \"{s}\" is not a duration ({e}); write e.g. \"30s\", \"10m\" or \"1h\""
+                ),
                 Some(&Path(vec![
                     diag::Step::Attr("timeouts".into()),
                     diag::Step::Attr(key.into()),
@@ -282,8 +292,14 @@ mod tests {
 
     #[test]
     fn timeouts_parse_and_name_the_bad_attribute() {
-        let cfg = object([("timeouts", object([("create", Value::str("90s")), ("delete", Value::str("soon"))]))]);
-        assert_eq!(timeout(&cfg, Op::Create, Duration::ZERO).ok(), Some(Duration::from_secs(90)));
+        let cfg = object([(
+            "timeouts",
+            object([("create", Value::str("90s")), ("delete", Value::str("soon"))]),
+        )]);
+        assert_eq!(
+            timeout(&cfg, Op::Create, Duration::ZERO).ok(),
+            Some(Duration::from_secs(90))
+        );
         assert_eq!(
             timeout(&cfg, Op::Update, Duration::from_secs(7)).ok(),
             Some(Duration::from_secs(7))

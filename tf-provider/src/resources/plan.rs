@@ -47,7 +47,11 @@ pub fn plan(block: &Block, prior: &Value, config: &Value, rules: &PlanRules<'_>)
         }
         planned.insert(b.name.to_string(), v);
     }
-    for a in block.attributes.iter().filter(|a| a.computed && !a.optional && a.name != "id") {
+    for a in block
+        .attributes
+        .iter()
+        .filter(|a| a.computed && !a.optional && a.name != "id")
+    {
         let v = if spec_changed {
             Value::unknown()
         } else {

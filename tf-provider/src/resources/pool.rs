@@ -102,19 +102,50 @@ pub fn extract(config: &Value) -> Extracted {
     if config.get("name").is_unknown() {
         unknown.push(Path::attr("name"));
     }
-    put_string(config, "gateway_nodepool_name", "gatewayNodepoolName", &mut spec, &mut unknown, &root);
-    put_number(config, "public_ip_prefix_size", "publicIpPrefixSize", &mut spec, &mut unknown, &root);
-    put_number(config, "instance_count", "instanceCount", &mut spec, &mut unknown, &root);
+    put_string(
+        config,
+        "gateway_nodepool_name",
+        "gatewayNodepoolName",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
+    put_number(
+        config,
+        "public_ip_prefix_size",
+        "publicIpPrefixSize",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
+    put_number(
+        config,
+        "instance_count",
+        "instanceCount",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
     match config.get("gateway_vmss_profile") {
         Value::Unknown(_) => unknown.push(Path::attr("gateway_vmss_profile")),
         Value::List(items) => {
             if let Some(p) = items.first() {
-                let base = Path(vec![diag::Step::Attr("gateway_vmss_profile".into()), diag::Step::Index(0)]);
+                let base = Path(vec![
+                    diag::Step::Attr("gateway_vmss_profile".into()),
+                    diag::Step::Index(0),
+                ]);
                 if p.is_unknown() {
                     unknown.push(base.clone());
                 }
                 let mut profile = serde_json::Map::new();
-                put_string(p, "vmss_resource_group", "vmssResourceGroup", &mut profile, &mut unknown, &base);
+                put_string(
+                    p,
+                    "vmss_resource_group",
+                    "vmssResourceGroup",
+                    &mut profile,
+                    &mut unknown,
+                    &base,
+                );
                 put_string(p, "vmss_name", "vmssName", &mut profile, &mut unknown, &base);
                 spec.insert("gatewayVmssProfile".into(), profile.into());
             }
@@ -154,7 +185,12 @@ pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
 /// Plans a create or update.
 pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
     let id = config.get("name").clone();
-    plan_generic(&resource_schema(), prior, config, &PlanRules { defaults: &[], id })
+    plan_generic(
+        &resource_schema(),
+        prior,
+        config,
+        &PlanRules { defaults: &[], id },
+    )
 }
 
 /// The object to server-side apply.
@@ -171,7 +207,10 @@ pub fn manifest(planned: &Value) -> serde_json::Value {
 pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
     let name = obj.metadata.name.clone().unwrap_or_default();
     let spec = &obj.spec;
-    let nodepool = match (spec.gateway_nodepool_name.as_deref(), prior.get("gateway_nodepool_name").as_str()) {
+    let nodepool = match (
+        spec.gateway_nodepool_name.as_deref(),
+        prior.get("gateway_nodepool_name").as_str(),
+    ) {
         (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
         (Some(r), _) if !r.is_empty() => Value::str(r),
         _ => Value::Null,
@@ -188,10 +227,14 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
         ("id", Value::str(&name)),
         ("name", Value::str(&name)),
         ("gateway_nodepool_name", nodepool),
-        ("public_ip_prefix_size", Value::Number(Number::Int(spec.public_ip_prefix_size.into()))),
+        (
+            "public_ip_prefix_size",
+            Value::Number(Number::Int(spec.public_ip_prefix_size.into())),
+        ),
         (
             "instance_count",
-            spec.instance_count.map_or(Value::Null, |c| Value::Number(Number::Int(c.into()))),
+            spec.instance_count
+                .map_or(Value::Null, |c| Value::Number(Number::Int(c.into()))),
         ),
         ("gateway_vmss_profile", profile),
         (
@@ -203,10 +246,15 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
                 })
             }),
         ),
-        ("ready_instances", Value::Number(Number::Int(status.ready_instances.into()))),
+        (
+            "ready_instances",
+            Value::Number(Number::Int(status.ready_instances.into())),
+        ),
         (
             "load_balancer_frontend_ip",
-            status.load_balancer_frontend.map_or(Value::Null, |f| Value::str(f.ip)),
+            status
+                .load_balancer_frontend
+                .map_or(Value::Null, |f| Value::str(f.ip)),
         ),
         ("conditions", conditions_value(&status.conditions)),
         ("timeouts", prior.get("timeouts").clone()),
@@ -218,7 +266,9 @@ mod tests {
     use super::*;
 
     fn config(pairs: Vec<(&str, Value)>) -> Value {
-        resource_schema().normalise(Value::Map(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+        resource_schema().normalise(Value::Map(
+            pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        ))
     }
 
     fn error_paths(diags: &[pb::Diagnostic]) -> Vec<String> {
@@ -248,7 +298,11 @@ mod tests {
         ]);
         let diags = validate(&bad);
         assert_eq!(error_paths(&diags), vec!["instance_count".to_string()]);
-        assert!(diags[0].detail.contains("public_ip_prefix_size: 30"), "{}", diags[0].detail);
+        assert!(
+            diags[0].detail.contains("public_ip_prefix_size: 30"),
+            "{}",
+            diags[0].detail
+        );
 
         let later = config(vec![
             ("name", Value::str("gw")),
@@ -266,7 +320,10 @@ mod tests {
             ("gateway_nodepool_name", Value::str("gw")),
             ("public_ip_prefix_size", Value::Number(Number::Int(27))),
         ]);
-        assert_eq!(error_paths(&validate(&bad)), vec!["public_ip_prefix_size".to_string()]);
+        assert_eq!(
+            error_paths(&validate(&bad)),
+            vec!["public_ip_prefix_size".to_string()]
+        );
     }
 
     #[test]

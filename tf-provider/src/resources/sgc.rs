@@ -31,7 +31,11 @@ fn vmss_profile_block() -> NestedBlock {
         block: Block {
             description: "A self-managed gateway VMSS (instead of `gateway_nodepool_name`). Changing it replaces the configuration.",
             attributes: vec![
-                Attribute::required("vmss_resource_group", Type::String, "Resource group of the gateway VMSS (the cluster's subscription)."),
+                Attribute::required(
+                    "vmss_resource_group",
+                    Type::String,
+                    "Resource group of the gateway VMSS (the cluster's subscription).",
+                ),
                 Attribute::required("vmss_name", Type::String, "Name of the gateway VMSS."),
                 Attribute::required(
                     "public_ip_prefix_size",
@@ -141,9 +145,30 @@ pub fn extract(config: &Value) -> Extracted {
             unknown.push(Path::attr(a));
         }
     }
-    put_string(config, "gateway_nodepool_name", "gatewayNodepoolName", &mut spec, &mut unknown, &root);
-    put_string(config, "default_route", "defaultRoute", &mut spec, &mut unknown, &root);
-    put_string(config, "public_ip_prefix_id", "publicIpPrefixId", &mut spec, &mut unknown, &root);
+    put_string(
+        config,
+        "gateway_nodepool_name",
+        "gatewayNodepoolName",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
+    put_string(
+        config,
+        "default_route",
+        "defaultRoute",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
+    put_string(
+        config,
+        "public_ip_prefix_id",
+        "publicIpPrefixId",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
     match config.get("provision_public_ips") {
         Value::Unknown(_) => unknown.push(Path::attr("provision_public_ips")),
         Value::Bool(b) => {
@@ -176,14 +201,31 @@ pub fn extract(config: &Value) -> Extracted {
         Value::Unknown(_) => unknown.push(Path::attr("gateway_vmss_profile")),
         Value::List(items) => {
             if let Some(p) = items.first() {
-                let base = Path(vec![diag::Step::Attr("gateway_vmss_profile".into()), diag::Step::Index(0)]);
+                let base = Path(vec![
+                    diag::Step::Attr("gateway_vmss_profile".into()),
+                    diag::Step::Index(0),
+                ]);
                 if p.is_unknown() {
                     unknown.push(base.clone());
                 }
                 let mut profile = serde_json::Map::new();
-                put_string(p, "vmss_resource_group", "vmssResourceGroup", &mut profile, &mut unknown, &base);
+                put_string(
+                    p,
+                    "vmss_resource_group",
+                    "vmssResourceGroup",
+                    &mut profile,
+                    &mut unknown,
+                    &base,
+                );
                 put_string(p, "vmss_name", "vmssName", &mut profile, &mut unknown, &base);
-                put_number(p, "public_ip_prefix_size", "publicIpPrefixSize", &mut profile, &mut unknown, &base);
+                put_number(
+                    p,
+                    "public_ip_prefix_size",
+                    "publicIpPrefixSize",
+                    &mut profile,
+                    &mut unknown,
+                    &base,
+                );
                 spec.insert("gatewayVmssProfile".into(), profile.into());
             }
         }
@@ -237,7 +279,15 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
         ("default_route", Value::str(api::RouteType::default().as_str())),
         ("provision_public_ips", Value::Bool(true)),
     ];
-    plan_generic(&resource_schema(), prior, config, &PlanRules { defaults: &defaults, id })
+    plan_generic(
+        &resource_schema(),
+        prior,
+        config,
+        &PlanRules {
+            defaults: &defaults,
+            id,
+        },
+    )
 }
 
 /// The object to server-side apply for a planned state.
@@ -260,13 +310,19 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
     let ns = obj.metadata.namespace.clone().unwrap_or_default();
     let name = obj.metadata.name.clone().unwrap_or_default();
     let spec = &obj.spec;
-    let nodepool = match (spec.gateway_nodepool_name.as_deref(), prior.get("gateway_nodepool_name").as_str()) {
+    let nodepool = match (
+        spec.gateway_nodepool_name.as_deref(),
+        prior.get("gateway_nodepool_name").as_str(),
+    ) {
         (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
         (Some(r), _) if !r.is_empty() => Value::str(r),
         (_, Some("")) => Value::str(""),
         _ => Value::Null,
     };
-    let prefix_id = match (spec.public_ip_prefix_id.as_deref(), prior.get("public_ip_prefix_id").as_str()) {
+    let prefix_id = match (
+        spec.public_ip_prefix_id.as_deref(),
+        prior.get("public_ip_prefix_id").as_str(),
+    ) {
         (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
         (Some(r), _) if !r.is_empty() => Value::str(r),
         (_, Some("")) => Value::str(""),
@@ -281,7 +337,10 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
         Some(p) if !p.is_empty() => Value::List(vec![object([
             ("vmss_resource_group", Value::str(&p.vmss_resource_group)),
             ("vmss_name", Value::str(&p.vmss_name)),
-            ("public_ip_prefix_size", Value::Number(crate::value::Number::Int(p.public_ip_prefix_size.into()))),
+            (
+                "public_ip_prefix_size",
+                Value::Number(crate::value::Number::Int(p.public_ip_prefix_size.into())),
+            ),
         ])]),
         _ => Value::List(vec![]),
     };
@@ -304,7 +363,10 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
         ("public_ip_prefix_id", prefix_id),
         ("exclude_cidrs", cidrs),
         ("gateway_vmss_profile", profile),
-        ("egress_ip_prefix", status.egress_ip_prefix.clone().map_or(Value::Null, Value::String)),
+        (
+            "egress_ip_prefix",
+            status.egress_ip_prefix.clone().map_or(Value::Null, Value::String),
+        ),
         ("gateway_server_profile", server_profile),
         ("conditions", conditions_value(&status.conditions)),
         ("timeouts", prior.get("timeouts").clone()),
@@ -319,7 +381,9 @@ pub fn is_ready(obj: &StaticGatewayConfiguration) -> bool {
             && s.conditions.iter().any(|c| {
                 c.type_ == "Ready"
                     && c.status == "True"
-                    && (generation.is_none() || c.observed_generation.is_none() || c.observed_generation >= generation)
+                    && (generation.is_none()
+                        || c.observed_generation.is_none()
+                        || c.observed_generation >= generation)
             })
     })
 }
@@ -349,7 +413,9 @@ mod tests {
                             .iter()
                             .map(|s| match &s.selector {
                                 Some(pb::attribute_path::step::Selector::AttributeName(a)) => format!(".{a}"),
-                                Some(pb::attribute_path::step::Selector::ElementKeyInt(i)) => format!("[{i}]"),
+                                Some(pb::attribute_path::step::Selector::ElementKeyInt(i)) => {
+                                    format!("[{i}]")
+                                }
                                 _ => "?".into(),
                             })
                             .collect::<String>()
@@ -385,16 +451,37 @@ mod tests {
         let cases: Vec<(Vec<(&str, Value)>, &str)> = vec![
             (vec![], ".gateway_nodepool_name"),
             (
-                vec![("gateway_vmss_profile", profile(Value::str("rg"), Value::str("vmss"), Value::Number(Number::Int(27))))],
+                vec![(
+                    "gateway_vmss_profile",
+                    profile(
+                        Value::str("rg"),
+                        Value::str("vmss"),
+                        Value::Number(Number::Int(27)),
+                    ),
+                )],
                 ".gateway_vmss_profile[0].public_ip_prefix_size",
             ),
             (
-                vec![("gateway_vmss_profile", profile(Value::str("rg/x"), Value::str("vmss"), Value::Number(Number::Int(30))))],
+                vec![(
+                    "gateway_vmss_profile",
+                    profile(
+                        Value::str("rg/x"),
+                        Value::str("vmss"),
+                        Value::Number(Number::Int(30)),
+                    ),
+                )],
                 ".gateway_vmss_profile[0].vmss_resource_group",
             ),
             (
                 vec![
-                    ("gateway_vmss_profile", profile(Value::str("rg"), Value::str("vmss"), Value::Number(Number::Int(30)))),
+                    (
+                        "gateway_vmss_profile",
+                        profile(
+                            Value::str("rg"),
+                            Value::str("vmss"),
+                            Value::Number(Number::Int(30)),
+                        ),
+                    ),
                     ("provision_public_ips", Value::Bool(false)),
                 ],
                 ".gateway_vmss_profile[0]",
@@ -410,12 +497,18 @@ mod tests {
             (
                 vec![
                     ("gateway_nodepool_name", Value::str("gw")),
-                    ("exclude_cidrs", Value::List(vec![Value::str("10.0.0.0/8"), Value::str("10.1.0.0/33")])),
+                    (
+                        "exclude_cidrs",
+                        Value::List(vec![Value::str("10.0.0.0/8"), Value::str("10.1.0.0/33")]),
+                    ),
                 ],
                 ".exclude_cidrs[1]",
             ),
             (
-                vec![("gateway_nodepool_name", Value::str("gw")), ("default_route", Value::str("direct"))],
+                vec![
+                    ("gateway_nodepool_name", Value::str("gw")),
+                    ("default_route", Value::str("direct")),
+                ],
                 ".default_route",
             ),
         ];
@@ -434,16 +527,25 @@ mod tests {
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
             ("gateway_nodepool_name", Value::unknown()),
-            ("exclude_cidrs", Value::List(vec![Value::unknown(), Value::str("bad")])),
+            (
+                "exclude_cidrs",
+                Value::List(vec![Value::unknown(), Value::str("bad")]),
+            ),
         ]);
         assert_eq!(paths(&validate(&c)), vec![".exclude_cidrs[1]".to_string()]);
         // Unknown prefix size: no range finding; a known bad sibling is still reported.
         let c = config(vec![
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
-            ("gateway_vmss_profile", profile(Value::str(""), Value::str("v"), Value::unknown())),
+            (
+                "gateway_vmss_profile",
+                profile(Value::str(""), Value::str("v"), Value::unknown()),
+            ),
         ]);
-        assert_eq!(paths(&validate(&c)), vec![".gateway_vmss_profile[0].vmss_resource_group".to_string()]);
+        assert_eq!(
+            paths(&validate(&c)),
+            vec![".gateway_vmss_profile[0].vmss_resource_group".to_string()]
+        );
         assert!(validate(&Value::unknown()).is_empty());
     }
 
@@ -511,7 +613,10 @@ mod tests {
         .expect("object");
         let s = state_from_object(&prior, &obj);
         assert_eq!(s.get("gateway_nodepool_name").as_str(), Some("GwPool"));
-        assert_eq!(s.get("exclude_cidrs"), &Value::List(vec![Value::str("10.0.0.0/8")]));
+        assert_eq!(
+            s.get("exclude_cidrs"),
+            &Value::List(vec![Value::str("10.0.0.0/8")])
+        );
         assert_eq!(s.get("egress_ip_prefix").as_str(), Some("20.1.2.4/31"));
         assert!(is_ready(&obj));
         assert_eq!(s, resource_schema().normalise(s.clone()), "every key present");
