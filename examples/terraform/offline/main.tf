@@ -1,0 +1,35 @@
+# Runs without Azure or init (dev_overrides): `terraform validate` and `terraform plan` work offline.
+terraform {
+  required_providers {
+    egressgateway = {
+      source = "example/egressgateway"
+    }
+  }
+}
+
+provider "egressgateway" {
+  config_path = pathexpand("~/.kube/config")
+}
+
+resource "egressgateway_gateway_pool" "gw" {
+  name                  = "gwpool"
+  gateway_nodepool_name = "gwpool"
+  public_ip_prefix_size = 31
+}
+
+resource "egressgateway_static_gateway_configuration" "app" {
+  namespace             = "app"
+  name                  = "egress"
+  gateway_nodepool_name = egressgateway_gateway_pool.gw.gateway_nodepool_name
+  default_route         = "staticEgressGateway"
+  exclude_cidrs         = ["10.0.0.0/8"]
+}
+
+data "egressgateway_static_gateway_configuration" "app" {
+  namespace = egressgateway_static_gateway_configuration.app.namespace
+  name      = egressgateway_static_gateway_configuration.app.name
+}
+
+output "egress_ip_prefix" {
+  value = egressgateway_static_gateway_configuration.app.egress_ip_prefix
+}

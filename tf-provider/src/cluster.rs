@@ -1,0 +1,305 @@
+//! The provider's Kubernetes side: credentials from the provider block, and the calls Read, Apply, Import
+//! and Delete make. Validate and Plan never come here.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::config::{
+    AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+};
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::value::Value;
+
+/// Field manager of the provider's server-side applies.
+pub const FIELD_MANAGER: &str = "terraform-provider-egressgateway";
+/// How often waits poll the object.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The provider block, as the kubernetes provider spells it.
+#[derive(Clone, Default, PartialEq)]
+pub struct ProviderConfig {
+    /// API server URL.
+    pub host: Option<String>,
+    /// Bearer token (secret).
+    pub token: Option<String>,
+    /// PEM client certificate.
+    pub client_certificate: Option<String>,
+    /// PEM client key (secret).
+    pub client_key: Option<String>,
+    /// PEM CA bundle of the API server.
+    pub cluster_ca_certificate: Option<String>,
+    /// Path of a kubeconfig file.
+    pub config_path: Option<String>,
+    /// Context in that kubeconfig.
+    pub config_context: Option<String>,
+}
+
+impl fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ProviderConfig")
+            .field("host", &self.host)
+            .field("token", &redacted(&self.token))
+            .field(
+                "client_certificate",
+                &self.client_certificate.as_ref().map(|_| "<set>"),
+            )
+            .field("client_key", &redacted(&self.client_key))
+            .field(
+                "cluster_ca_certificate",
+                &self.cluster_ca_certificate.as_ref().map(|_| "<set>"),
+            )
+            .field("config_path", &self.config_path)
+            .field("config_context", &self.config_context)
+            .finish()
+    }
+}
+
+impl ProviderConfig {
+    /// Reads the provider block. `None` when any value is still unknown (planning before the cluster
+    /// exists): the provider then works offline until Terraform configures it again with known values.
+    pub fn from_value(v: &Value) -> Option<ProviderConfig> {
+        if !v.is_wholly_known() {
+            return None;
+        }
+        let s = |k: &str| v.get(k).as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        Some(ProviderConfig {
+            host: s("host"),
+            token: s("token"),
+            client_certificate: s("client_certificate"),
+            client_key: s("client_key"),
+            cluster_ca_certificate: s("cluster_ca_certificate"),
+            config_path: s("config_path"),
+            config_context: s("config_context"),
+        })
+    }
+
+    /// Builds a client. Creating it does not contact the cluster.
+    pub async fn client(&self) -> Result<Client, String> {
+        let config = if let Some(host) = &self.host {
+            let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem.as_bytes());
+            let kc = Kubeconfig {
+                clusters: vec![NamedCluster {
+                    name: "terraform".into(),
+                    cluster: Some(Cluster {
+                        server: Some(host.clone()),
+                        certificate_authority_data: self.cluster_ca_certificate.as_deref().map(b64),
+                        ..Default::default()
+                    }),
+                    other: Default::default(),
+                }],
+                auth_infos: vec![NamedAuthInfo {
+                    name: "terraform".into(),
+                    auth_info: Some(AuthInfo {
+                        token: self.token.clone().map(Into::into),
+                        client_certificate_data: self.client_certificate.as_deref().map(b64),
+                        client_key_data: self.client_key.as_deref().map(|k| b64(k).into()),
+                        ..Default::default()
+                    }),
+                    other: Default::default(),
+                }],
+                contexts: vec![NamedContext {
+                    name: "terraform".into(),
+                    context: Some(Context {
+                        cluster: "terraform".into(),
+                        user: Some("terraform".into()),
+                        ..Default::default()
+                    }),
+                    other: Default::default(),
+                }],
+                current_context: Some("terraform".into()),
+                ..Default::default()
+            };
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("provider credentials (host = {host}): {e}"))?
+        } else if let Some(path) = &self.config_path {
+            let kc = Kubeconfig::read_from(path).map_err(|e| format!("config_path = {path}: {e}"))?;
+            let opts = KubeConfigOptions {
+                context: self.config_context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_custom_kubeconfig(kc, &opts)
+                .await
+                .map_err(|e| format!("config_path = {path}: {e}"))?
+        } else if self.config_context.is_some() {
+            let opts = KubeConfigOptions {
+                context: self.config_context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_kubeconfig(&opts)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            kube::Config::infer().await.map_err(|e| {
+                format!("no host or config_path in the provider block, and no kubeconfig or in-cluster config: {e}")
+            })?
+        };
+        Client::try_from(config).map_err(|e| e.to_string())
+    }
+}
+
+/// A failure talking to the cluster, worded for a Terraform diagnostic.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The API server refused the request (webhook denial, RBAC, validation): its message verbatim.
+    #[error("{message}")]
+    Api {
+        /// Server message.
+        message: String,
+        /// HTTP status code.
+        code: u16,
+    },
+    /// Could not reach or talk to the API server.
+    #[error("{0}")]
+    Transport(String),
+    /// A wait ran out of time.
+    #[error("{0}")]
+    Timeout(String),
+    /// Terraform asked the provider to stop.
+    #[error("interrupted: Terraform asked the provider to stop")]
+    Stopped,
+}
+
+impl From<kube::Error> for ClusterError {
+    fn from(e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) => ClusterError::Api {
+                message: if s.message.is_empty() {
+                    s.reason.clone()
+                } else {
+                    s.message.clone()
+                },
+                code: s.code,
+            },
+            other => ClusterError::Transport(other.to_string()),
+        }
+    }
+}
+
+/// Reads an object; `None` when it does not exist.
+pub async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, ClusterError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + fmt::Debug,
+{
+    Ok(api.get_opt(name).await?)
+}
+
+/// Server-side applies a manifest under the provider's field manager (taking over conflicting fields:
+/// Terraform's configuration is the source of truth for the fields it sets).
+pub async fn apply<K>(api: &Api<K>, name: &str, manifest: &serde_json::Value) -> Result<K, ClusterError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + fmt::Debug,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(name, &params, &Patch::Apply(manifest)).await?)
+}
+
+/// Polls until `done` holds for the object, bounded by `timeout`; `describe` explains the last state seen
+/// when time runs out.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    stop: &mut watch::Receiver<bool>,
+    done: impl Fn(&K) -> bool,
+    describe: impl Fn(Option<&K>) -> String,
+) -> Result<K, ClusterError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + fmt::Debug,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let current = api.get_opt(name).await?;
+        if let Some(obj) = current.as_ref().filter(|o| done(o)) {
+            return Ok(obj.clone());
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::Timeout(format!(
+                "gave up after {}: {}",
+                humantime::format_duration(timeout),
+                describe(current.as_ref())
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return Err(ClusterError::Stopped),
+        }
+    }
+}
+
+/// Deletes an object and waits until it is gone (finalizers have run), bounded by `timeout`.
+pub async fn delete_and_wait<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ClusterError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::foreground()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if api.get_opt(name).await?.is_none() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::Timeout(format!(
+                "{name} still exists after {} (a finalizer has not completed; check the operator's logs)",
+                humantime::format_duration(timeout)
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return Err(ClusterError::Stopped),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::object;
+
+    #[test]
+    fn unknown_credentials_mean_offline() {
+        let cfg = object([("host", Value::unknown()), ("token", Value::str("t"))]);
+        assert!(ProviderConfig::from_value(&cfg).is_none());
+        let cfg = object([
+            ("host", Value::str("https://k")),
+            ("token", Value::str("secret-token")),
+        ]);
+        let pc = ProviderConfig::from_value(&cfg).expect("known");
+        assert_eq!(pc.host.as_deref(), Some("https://k"));
+        let dbg = format!("{pc:?}");
+        assert!(!dbg.contains("secret-token"), "{dbg}");
+    }
+
+    #[tokio::test]
+    async fn host_credentials_build_a_client_without_contacting_the_cluster() {
+        let pc = ProviderConfig {
+            host: Some("https://127.0.0.1:1".into()),
+            token: Some("t".into()),
+            ..Default::default()
+        };
+        assert!(pc.client().await.is_ok());
+        let bad = ProviderConfig {
+            config_path: Some("/nonexistent/kubeconfig".into()),
+            ..Default::default()
+        };
+        let Err(err) = bad.client().await else {
+            panic!("a missing kubeconfig must be an error")
+        };
+        assert!(err.contains("config_path = /nonexistent/kubeconfig"), "{err}");
+    }
+}

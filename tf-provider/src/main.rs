@@ -1,0 +1,31 @@
+//! `terraform-provider-egressgateway`: started by Terraform, speaks plugin protocol 6 on loopback.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // stdout carries only the handshake line; logs go to stderr, where Terraform collects them (TF_LOG).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TF_PROVIDER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let env = tf_provider::server::LaunchEnv::from_env();
+    let result = tf_provider::server::serve(&env, |line| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    })
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

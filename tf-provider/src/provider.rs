@@ -1,0 +1,703 @@
+//! The `tfplugin6.Provider` service: decoding, dispatch to the resource kinds, and the cluster calls.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, watch};
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{self, ClusterError, ProviderConfig};
+use crate::diag::{self, Path};
+use crate::proto::tfplugin6 as pb;
+use crate::proto::tfplugin6::provider_server::Provider as ProviderService;
+use crate::resources::{self, Kind, Op, POOL_TYPE, SGC_TYPE, pool, sgc};
+use crate::schema::{Attribute, Block, Type};
+use crate::value::Value;
+
+const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What ConfigureProvider left us with.
+#[derive(Default)]
+enum Configured {
+    /// Not configured yet.
+    #[default]
+    No,
+    /// Configured with values that are not known yet (plan before the cluster exists).
+    Unknown,
+    /// Credentials; the client is built on first use.
+    Known(Box<ProviderConfig>, Option<kube::Client>),
+}
+
+impl std::fmt::Debug for Configured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Configured::No => f.write_str("No"),
+            Configured::Unknown => f.write_str("Unknown"),
+            Configured::Known(cfg, client) => write!(f, "Known({cfg:?}, client built: {})", client.is_some()),
+        }
+    }
+}
+
+/// The provider.
+#[derive(Debug)]
+pub struct Provider {
+    configured: Mutex<Configured>,
+    stop_tx: watch::Sender<bool>,
+}
+
+impl Default for Provider {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The provider block schema (the kubernetes provider's attribute names).
+pub fn provider_schema() -> Block {
+    let s = |name, desc| Attribute::optional(name, Type::String, desc);
+    Block {
+        description: "Manages kube-egress-gateway gateway pools and static gateway configurations. Credentials may be unknown at plan time (e.g. from an `azurerm_kubernetes_cluster` created in the same apply): planning is done offline.",
+        attributes: vec![
+            s(
+                "host",
+                "Kubernetes API server URL, e.g. `azurerm_kubernetes_cluster.aks.kube_config[0].host`.",
+            ),
+            s("token", "Bearer token.").sensitive(),
+            s("client_certificate", "PEM client certificate (mutual TLS)."),
+            s("client_key", "PEM client key (mutual TLS).").sensitive(),
+            s("cluster_ca_certificate", "PEM CA bundle of the API server."),
+            s(
+                "config_path",
+                "Path to a kubeconfig file (used when `host` is not set).",
+            ),
+            s("config_context", "Context in the kubeconfig."),
+        ],
+        blocks: vec![],
+    }
+}
+
+fn schema_proto(block: &Block) -> pb::Schema {
+    pb::Schema {
+        version: 0,
+        block: Some(block.to_proto()),
+    }
+}
+
+/// Decodes a DynamicValue against a block (missing value = null; JSON when msgpack is empty).
+fn decode(dv: Option<&pb::DynamicValue>, block: &Block) -> Result<Value, pb::Diagnostic> {
+    let Some(dv) = dv else {
+        return Ok(Value::Null);
+    };
+    let v = if !dv.msgpack.is_empty() {
+        Value::from_msgpack(&dv.msgpack)
+    } else if !dv.json.is_empty() {
+        serde_json::from_slice::<serde_json::Value>(&dv.json)
+            .map(|j| Value::from_json(&j))
+            .map_err(Into::into)
+    } else {
+        Ok(Value::Null)
+    };
+    v.map(|v| block.normalise(v))
+        .map_err(|e| diag::error("Cannot decode a value from Terraform", e.to_string(), None))
+}
+
+fn encode(v: &Value) -> Option<pb::DynamicValue> {
+    Some(pb::DynamicValue {
+        msgpack: v.to_msgpack(),
+        json: vec![],
+    })
+}
+
+fn unknown_type(type_name: &str) -> pb::Diagnostic {
+    diag::error(
+        "Unknown type",
+        format!("this provider has no {type_name}; it offers {SGC_TYPE} and {POOL_TYPE}"),
+        None,
+    )
+}
+
+fn cluster_diag(summary: &str, e: &ClusterError) -> pb::Diagnostic {
+    let detail = match e {
+        ClusterError::Api { message, code } => {
+            format!("the Kubernetes API server answered {code}: {message}")
+        }
+        other => other.to_string(),
+    };
+    diag::error(summary, detail, None)
+}
+
+/// `namespace/name` of an SGC state or planned value.
+fn sgc_key(v: &Value) -> (String, String) {
+    (
+        v.get("namespace").as_str().unwrap_or_default().to_string(),
+        v.get("name").as_str().unwrap_or_default().to_string(),
+    )
+}
+
+impl Provider {
+    /// A provider that is not configured yet.
+    pub fn new() -> Self {
+        Provider {
+            configured: Mutex::new(Configured::No),
+            stop_tx: watch::channel(false).0,
+        }
+    }
+
+    async fn client(&self) -> Result<kube::Client, pb::Diagnostic> {
+        let mut guard = self.configured.lock().await;
+        match &mut *guard {
+            Configured::Known(cfg, cached) => {
+                if let Some(c) = cached {
+                    return Ok(c.clone());
+                }
+                let c = cfg
+                    .client()
+                    .await
+                    .map_err(|e| diag::error("Cannot configure the Kubernetes client", e, None))?;
+                *cached = Some(c.clone());
+                Ok(c)
+            }
+            Configured::Unknown => Err(diag::error(
+                "Provider configuration is not known yet",
+                "The provider's credentials depend on values known only after apply (for example an AKS cluster \
+                 created in this run), so it cannot reach the cluster in this step. Apply the cluster first \
+                 (terraform apply -target=...), or read its credentials from a data source.",
+                None,
+            )),
+            Configured::No => Err(diag::error(
+                "Provider not configured",
+                "ConfigureProvider was not called",
+                None,
+            )),
+        }
+    }
+
+    async fn read(&self, kind: Kind, state: &Value) -> Result<Value, pb::Diagnostic> {
+        let client = self.client().await?;
+        match kind {
+            Kind::Sgc => {
+                let (ns, name) = sgc_key(state);
+                let api: kube::Api<api::StaticGatewayConfiguration> = kube::Api::namespaced(client, &ns);
+                match cluster::get(&api, &name).await {
+                    Ok(Some(obj)) => Ok(sgc::state_from_object(state, &obj)),
+                    Ok(None) => Ok(Value::Null),
+                    Err(e) => Err(cluster_diag(
+                        &format!("Cannot read StaticGatewayConfiguration {ns}/{name}"),
+                        &e,
+                    )),
+                }
+            }
+            Kind::Pool => {
+                let name = state.get("name").as_str().unwrap_or_default().to_string();
+                let api: kube::Api<api::GatewayPool> = kube::Api::all(client);
+                match cluster::get(&api, &name).await {
+                    Ok(Some(obj)) => Ok(pool::state_from_object(state, &obj)),
+                    Ok(None) => Ok(Value::Null),
+                    Err(e) => Err(cluster_diag(&format!("Cannot read GatewayPool {name}"), &e)),
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, kind: Kind, prior: &Value, planned: &Value) -> Result<Value, pb::Diagnostic> {
+        let client = self.client().await?;
+        let mut stop = self.stop_tx.subscribe();
+        if planned.is_null() {
+            let timeout = resources::timeout(prior, Op::Delete, DEFAULT_DELETE_TIMEOUT)?;
+            let result = match kind {
+                Kind::Sgc => {
+                    let (ns, name) = sgc_key(prior);
+                    let api: kube::Api<api::StaticGatewayConfiguration> = kube::Api::namespaced(client, &ns);
+                    cluster::delete_and_wait(&api, &name, timeout, &mut stop).await
+                }
+                Kind::Pool => {
+                    let name = prior.get("name").as_str().unwrap_or_default().to_string();
+                    let api: kube::Api<api::GatewayPool> = kube::Api::all(client);
+                    cluster::delete_and_wait(&api, &name, timeout, &mut stop).await
+                }
+            };
+            return result
+                .map(|()| Value::Null)
+                .map_err(|e| cluster_diag("Cannot delete", &e));
+        }
+        let op = if prior.is_null() { Op::Create } else { Op::Update };
+        let timeout = resources::timeout(planned, op, DEFAULT_CREATE_TIMEOUT)?;
+        let remote = match kind {
+            Kind::Sgc => {
+                let (ns, name) = sgc_key(planned);
+                let api: kube::Api<api::StaticGatewayConfiguration> = kube::Api::namespaced(client, &ns);
+                let summary = format!("Cannot apply StaticGatewayConfiguration {ns}/{name}");
+                cluster::apply(&api, &name, &sgc::manifest(planned))
+                    .await
+                    .map_err(|e| cluster_diag(&summary, &e))?;
+                let obj = cluster::wait_for(&api, &name, timeout, &mut stop, sgc::is_ready, |o| {
+                    describe_conditions(o.and_then(|o| o.status.as_ref()).map(|s| s.conditions.as_slice()))
+                })
+                .await
+                .map_err(|e| {
+                    cluster_diag(
+                        &format!("StaticGatewayConfiguration {ns}/{name} did not become Ready"),
+                        &e,
+                    )
+                })?;
+                sgc::state_from_object(planned, &obj)
+            }
+            Kind::Pool => {
+                let name = planned.get("name").as_str().unwrap_or_default().to_string();
+                let api: kube::Api<api::GatewayPool> = kube::Api::all(client);
+                let obj = cluster::apply(&api, &name, &pool::manifest(planned))
+                    .await
+                    .map_err(|e| cluster_diag(&format!("Cannot apply GatewayPool {name}"), &e))?;
+                pool::state_from_object(planned, &obj)
+            }
+        };
+        Ok(merge_planned(planned, remote))
+    }
+}
+
+/// Apply must return every known planned value unchanged; only unknowns take the remote value.
+fn merge_planned(planned: &Value, remote: Value) -> Value {
+    match (planned, remote) {
+        (Value::Unknown(_), r) => r,
+        (Value::Map(p), Value::Map(mut r)) => Value::Map(
+            p.iter()
+                .map(|(k, pv)| (k.clone(), merge_planned(pv, r.remove(k).unwrap_or(Value::Null))))
+                .collect(),
+        ),
+        (p, _) => p.clone(),
+    }
+}
+
+fn describe_conditions(
+    conditions: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
+) -> String {
+    match conditions {
+        None | Some([]) => "the operator has not reported any condition yet (is it running?)".to_string(),
+        Some(cs) => cs
+            .iter()
+            .map(|c| format!("{}={} ({}: {})", c.type_, c.status, c.reason, c.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+#[tonic::async_trait]
+impl ProviderService for Provider {
+    async fn get_metadata(
+        &self,
+        _r: Request<pb::get_metadata::Request>,
+    ) -> Result<Response<pb::get_metadata::Response>, Status> {
+        Ok(Response::new(pb::get_metadata::Response {
+            server_capabilities: Some(capabilities()),
+            diagnostics: vec![],
+            data_sources: [SGC_TYPE, POOL_TYPE]
+                .map(|t| pb::get_metadata::DataSourceMetadata { type_name: t.into() })
+                .to_vec(),
+            resources: [SGC_TYPE, POOL_TYPE]
+                .map(|t| pb::get_metadata::ResourceMetadata { type_name: t.into() })
+                .to_vec(),
+        }))
+    }
+
+    async fn get_provider_schema(
+        &self,
+        _r: Request<pb::get_provider_schema::Request>,
+    ) -> Result<Response<pb::get_provider_schema::Response>, Status> {
+        let kinds = [(SGC_TYPE, Kind::Sgc), (POOL_TYPE, Kind::Pool)];
+        Ok(Response::new(pb::get_provider_schema::Response {
+            provider: Some(schema_proto(&provider_schema())),
+            resource_schemas: kinds
+                .iter()
+                .map(|(n, k)| (n.to_string(), schema_proto(&k.resource_schema())))
+                .collect::<HashMap<_, _>>(),
+            data_source_schemas: kinds
+                .iter()
+                .map(|(n, k)| (n.to_string(), schema_proto(&k.data_source_schema())))
+                .collect::<HashMap<_, _>>(),
+            diagnostics: vec![],
+            server_capabilities: Some(capabilities()),
+        }))
+    }
+
+    async fn validate_provider_config(
+        &self,
+        r: Request<pb::validate_provider_config::Request>,
+    ) -> Result<Response<pb::validate_provider_config::Response>, Status> {
+        let diagnostics = match decode(r.get_ref().config.as_ref(), &provider_schema()) {
+            Err(d) => vec![d],
+            Ok(cfg) => {
+                let mut d = vec![];
+                if let Some(h) = cfg.get("host").as_str()
+                    && !(h.starts_with("https://") || h.starts_with("http://"))
+                {
+                    d.push(diag::error(
+                        "Invalid host",
+                        format!("'{h}' is not a URL; write e.g. https://my-cluster.hcp.eastus.azmk8s.io:443"),
+                        Some(&Path::attr("host")),
+                    ));
+                }
+                d
+            }
+        };
+        Ok(Response::new(pb::validate_provider_config::Response {
+            diagnostics,
+        }))
+    }
+
+    async fn validate_resource_config(
+        &self,
+        r: Request<pb::validate_resource_config::Request>,
+    ) -> Result<Response<pb::validate_resource_config::Response>, Status> {
+        let r = r.get_ref();
+        let diagnostics = match Kind::from_type_name(&r.type_name) {
+            None => vec![unknown_type(&r.type_name)],
+            Some(kind) => match decode(r.config.as_ref(), &kind.resource_schema()) {
+                Err(d) => vec![d],
+                // Errors only: warnings are given once, at plan.
+                Ok(cfg) => kind
+                    .validate(&cfg)
+                    .into_iter()
+                    .filter(|d| d.severity == pb::diagnostic::Severity::Error as i32)
+                    .collect(),
+            },
+        };
+        Ok(Response::new(pb::validate_resource_config::Response {
+            diagnostics,
+        }))
+    }
+
+    async fn validate_data_resource_config(
+        &self,
+        r: Request<pb::validate_data_resource_config::Request>,
+    ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
+        let r = r.get_ref();
+        let diagnostics = match Kind::from_type_name(&r.type_name) {
+            None => vec![unknown_type(&r.type_name)],
+            Some(_) => vec![],
+        };
+        Ok(Response::new(pb::validate_data_resource_config::Response {
+            diagnostics,
+        }))
+    }
+
+    async fn upgrade_resource_state(
+        &self,
+        r: Request<pb::upgrade_resource_state::Request>,
+    ) -> Result<Response<pb::upgrade_resource_state::Response>, Status> {
+        let r = r.get_ref();
+        let Some(kind) = Kind::from_type_name(&r.type_name) else {
+            return Ok(Response::new(pb::upgrade_resource_state::Response {
+                upgraded_state: None,
+                diagnostics: vec![unknown_type(&r.type_name)],
+            }));
+        };
+        let json = r
+            .raw_state
+            .as_ref()
+            .map(|s| s.json.as_slice())
+            .unwrap_or_default();
+        let result = if json.is_empty() {
+            Ok(Value::Null)
+        } else {
+            serde_json::from_slice::<serde_json::Value>(json)
+                .map(|j| kind.resource_schema().normalise(Value::from_json(&j)))
+        };
+        Ok(Response::new(match result {
+            Ok(v) => pb::upgrade_resource_state::Response {
+                upgraded_state: encode(&v),
+                diagnostics: vec![],
+            },
+            Err(e) => pb::upgrade_resource_state::Response {
+                upgraded_state: None,
+                diagnostics: vec![diag::error("Cannot read the stored state", e.to_string(), None)],
+            },
+        }))
+    }
+
+    async fn configure_provider(
+        &self,
+        r: Request<pb::configure_provider::Request>,
+    ) -> Result<Response<pb::configure_provider::Response>, Status> {
+        let cfg = match decode(r.get_ref().config.as_ref(), &provider_schema()) {
+            Ok(c) => c,
+            Err(d) => {
+                return Ok(Response::new(pb::configure_provider::Response {
+                    diagnostics: vec![d],
+                }));
+            }
+        };
+        let mut guard = self.configured.lock().await;
+        *guard = match ProviderConfig::from_value(&cfg) {
+            Some(pc) => {
+                tracing::debug!(config = ?pc, "provider configured");
+                Configured::Known(Box::new(pc), None)
+            }
+            None => {
+                tracing::debug!("provider configuration has unknown values; planning offline");
+                Configured::Unknown
+            }
+        };
+        Ok(Response::new(pb::configure_provider::Response {
+            diagnostics: vec![],
+        }))
+    }
+
+    async fn read_resource(
+        &self,
+        r: Request<pb::read_resource::Request>,
+    ) -> Result<Response<pb::read_resource::Response>, Status> {
+        let r = r.into_inner();
+        let fail = |d: pb::Diagnostic, state: Option<pb::DynamicValue>, private: Vec<u8>| {
+            Ok(Response::new(pb::read_resource::Response {
+                new_state: state,
+                diagnostics: vec![d],
+                private,
+            }))
+        };
+        let Some(kind) = Kind::from_type_name(&r.type_name) else {
+            return fail(unknown_type(&r.type_name), r.current_state, r.private);
+        };
+        let state = match decode(r.current_state.as_ref(), &kind.resource_schema()) {
+            Ok(s) => s,
+            Err(d) => return fail(d, r.current_state, r.private),
+        };
+        if state.is_null() {
+            return Ok(Response::new(pb::read_resource::Response {
+                new_state: encode(&Value::Null),
+                diagnostics: vec![],
+                private: r.private,
+            }));
+        }
+        match self.read(kind, &state).await {
+            Ok(new_state) => Ok(Response::new(pb::read_resource::Response {
+                new_state: encode(&new_state),
+                diagnostics: vec![],
+                private: r.private,
+            })),
+            Err(d) => fail(d, r.current_state, r.private),
+        }
+    }
+
+    async fn plan_resource_change(
+        &self,
+        r: Request<pb::plan_resource_change::Request>,
+    ) -> Result<Response<pb::plan_resource_change::Response>, Status> {
+        let r = r.into_inner();
+        let respond =
+            |planned: Option<pb::DynamicValue>, replace: Vec<Path>, diagnostics: Vec<pb::Diagnostic>| {
+                Ok(Response::new(pb::plan_resource_change::Response {
+                    planned_state: planned,
+                    requires_replace: replace.iter().map(Path::to_proto).collect(),
+                    planned_private: r.prior_private.clone(),
+                    diagnostics,
+                    legacy_type_system: false,
+                }))
+            };
+        let Some(kind) = Kind::from_type_name(&r.type_name) else {
+            return respond(None, vec![], vec![unknown_type(&r.type_name)]);
+        };
+        let schema = kind.resource_schema();
+        let (prior, proposed, config) = match (
+            decode(r.prior_state.as_ref(), &schema),
+            decode(r.proposed_new_state.as_ref(), &schema),
+            decode(r.config.as_ref(), &schema),
+        ) {
+            (Ok(p), Ok(n), Ok(c)) => (p, n, c),
+            (Err(d), _, _) | (_, Err(d), _) | (_, _, Err(d)) => return respond(None, vec![], vec![d]),
+        };
+        if proposed.is_null() {
+            // Destroy: nothing to plan.
+            return respond(r.proposed_new_state.clone(), vec![], vec![]);
+        }
+        let diagnostics = kind.validate(&config);
+        if diag::has_errors(&diagnostics) {
+            return respond(None, vec![], diagnostics);
+        }
+        let (planned, replace) = match kind {
+            Kind::Sgc => sgc::plan(&prior, &config),
+            Kind::Pool => pool::plan(&prior, &config),
+        };
+        respond(encode(&planned), replace, diagnostics)
+    }
+
+    async fn apply_resource_change(
+        &self,
+        r: Request<pb::apply_resource_change::Request>,
+    ) -> Result<Response<pb::apply_resource_change::Response>, Status> {
+        let r = r.into_inner();
+        let respond = |state: Option<pb::DynamicValue>, diagnostics: Vec<pb::Diagnostic>| {
+            Ok(Response::new(pb::apply_resource_change::Response {
+                new_state: state,
+                private: r.planned_private.clone(),
+                diagnostics,
+                legacy_type_system: false,
+            }))
+        };
+        let Some(kind) = Kind::from_type_name(&r.type_name) else {
+            return respond(None, vec![unknown_type(&r.type_name)]);
+        };
+        let schema = kind.resource_schema();
+        let (prior, planned) = match (
+            decode(r.prior_state.as_ref(), &schema),
+            decode(r.planned_state.as_ref(), &schema),
+        ) {
+            (Ok(p), Ok(n)) => (p, n),
+            (Err(d), _) | (_, Err(d)) => return respond(None, vec![d]),
+        };
+        match self.apply(kind, &prior, &planned).await {
+            Ok(state) => respond(encode(&state), vec![]),
+            // On failure keep the prior state: the object may or may not have changed; refresh will tell.
+            Err(d) => respond(r.prior_state.clone(), vec![d]),
+        }
+    }
+
+    async fn import_resource_state(
+        &self,
+        r: Request<pb::import_resource_state::Request>,
+    ) -> Result<Response<pb::import_resource_state::Response>, Status> {
+        let r = r.get_ref();
+        let fail = |d| {
+            Ok(Response::new(pb::import_resource_state::Response {
+                imported_resources: vec![],
+                diagnostics: vec![d],
+            }))
+        };
+        let Some(kind) = Kind::from_type_name(&r.type_name) else {
+            return fail(unknown_type(&r.type_name));
+        };
+        let stub = match kind {
+            Kind::Sgc => match r.id.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    resources::object([("namespace", Value::str(ns)), ("name", Value::str(name))])
+                }
+                _ => {
+                    return fail(diag::error(
+                        "Invalid import ID",
+                        format!(
+                            "'{}' is not namespace/name; import a configuration as e.g. `app/egress`",
+                            r.id
+                        ),
+                        None,
+                    ));
+                }
+            },
+            Kind::Pool => {
+                if r.id.is_empty() || r.id.contains('/') {
+                    return fail(diag::error(
+                        "Invalid import ID",
+                        format!(
+                            "'{}' is not a pool name (GatewayPools are cluster-scoped: import by name)",
+                            r.id
+                        ),
+                        None,
+                    ));
+                }
+                resources::object([("name", Value::str(&r.id))])
+            }
+        };
+        let stub = kind.resource_schema().normalise(stub);
+        // Read now, so that importing a missing object fails with a clear message.
+        let state = match self.read(kind, &stub).await {
+            Ok(Value::Null) => {
+                return fail(diag::error(
+                    "Cannot import a missing object",
+                    format!("{} '{}' does not exist in the cluster", r.type_name, r.id),
+                    None,
+                ));
+            }
+            Ok(s) => s,
+            Err(d) => return fail(d),
+        };
+        Ok(Response::new(pb::import_resource_state::Response {
+            imported_resources: vec![pb::import_resource_state::ImportedResource {
+                type_name: r.type_name.clone(),
+                state: encode(&state),
+                private: vec![],
+            }],
+            diagnostics: vec![],
+        }))
+    }
+
+    async fn read_data_source(
+        &self,
+        r: Request<pb::read_data_source::Request>,
+    ) -> Result<Response<pb::read_data_source::Response>, Status> {
+        let r = r.get_ref();
+        let fail = |d| {
+            Ok(Response::new(pb::read_data_source::Response {
+                state: None,
+                diagnostics: vec![d],
+            }))
+        };
+        let Some(kind) = Kind::from_type_name(&r.type_name) else {
+            return fail(unknown_type(&r.type_name));
+        };
+        let schema = kind.data_source_schema();
+        let config = match decode(r.config.as_ref(), &schema) {
+            Ok(c) => c,
+            Err(d) => return fail(d),
+        };
+        let as_resource = kind.resource_schema().normalise(config.clone());
+        match self.read(kind, &as_resource).await {
+            Ok(Value::Null) => fail(diag::error(
+                "Not found",
+                format!("{} {} does not exist", r.type_name, resources::to_json(&config)),
+                None,
+            )),
+            Ok(state) => {
+                let Value::Map(mut m) = state else {
+                    return fail(diag::error("Internal error", "read returned a non-object", None));
+                };
+                m.remove("timeouts");
+                Ok(Response::new(pb::read_data_source::Response {
+                    state: encode(&schema.normalise(Value::Map(m))),
+                    diagnostics: vec![],
+                }))
+            }
+            Err(d) => fail(d),
+        }
+    }
+
+    async fn get_functions(
+        &self,
+        _r: Request<pb::get_functions::Request>,
+    ) -> Result<Response<pb::get_functions::Response>, Status> {
+        Ok(Response::new(pb::get_functions::Response::default()))
+    }
+
+    async fn stop_provider(
+        &self,
+        _r: Request<pb::stop_provider::Request>,
+    ) -> Result<Response<pb::stop_provider::Response>, Status> {
+        let _ = self.stop_tx.send(true);
+        Ok(Response::new(pb::stop_provider::Response::default()))
+    }
+}
+
+fn capabilities() -> pb::ServerCapabilities {
+    pb::ServerCapabilities {
+        plan_destroy: false,
+        get_provider_schema_optional: false,
+        move_resource_state: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_keeps_known_planned_values() {
+        let planned = resources::object([
+            ("gateway_nodepool_name", Value::str("GwPool")),
+            ("egress_ip_prefix", Value::unknown()),
+        ]);
+        let remote = resources::object([
+            ("gateway_nodepool_name", Value::str("gwpool")),
+            ("egress_ip_prefix", Value::str("20.0.0.0/31")),
+        ]);
+        let merged = merge_planned(&planned, remote);
+        assert_eq!(merged.get("gateway_nodepool_name").as_str(), Some("GwPool"));
+        assert_eq!(merged.get("egress_ip_prefix").as_str(), Some("20.0.0.0/31"));
+    }
+}

@@ -1,0 +1,345 @@
+//! `egressgateway_gateway_pool`: a cluster-scoped GatewayPool.
+
+use api::GatewayPool;
+
+use super::plan::{PlanRules, plan as plan_generic};
+use super::{Extracted, conditions_type, conditions_value, object, put_number, put_string};
+use crate::diag::{self, Path};
+use crate::proto::tfplugin6 as pb;
+use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
+use crate::value::{Number, Value};
+
+/// JSON fields that are list blocks of at most one element in Terraform.
+pub const BLOCK_LISTS: &[&str] = &["gatewayVmssProfile"];
+const CAMEL_FIELDS: &[&str] = &[
+    "gatewayNodepoolName",
+    "gatewayVmssProfile",
+    "vmssResourceGroup",
+    "vmssName",
+    "publicIpPrefixSize",
+    "instanceCount",
+];
+
+/// The resource schema.
+pub fn resource_schema() -> Block {
+    Block {
+        description: "A GatewayPool: the gateway nodes (an AKS gateway node pool or a self-managed VMSS) that serve static gateway configurations, with the public IP prefix size each configuration on it gets.",
+        attributes: vec![
+            Attribute::computed("id", Type::String, "The pool's name."),
+            Attribute::required("name", Type::String, "Name of the GatewayPool (cluster-scoped). Changing it replaces the pool.").force_new(),
+            Attribute::optional(
+                "gateway_nodepool_name",
+                Type::String,
+                "The AKS gateway node pool (e.g. `azurerm_kubernetes_cluster_node_pool.gw.name`). Exactly one of `gateway_nodepool_name` and `gateway_vmss_profile`. Changing it replaces the pool.",
+            )
+            .force_new(),
+            Attribute::required(
+                "public_ip_prefix_size",
+                Type::Number,
+                "Public IP prefix length per configuration, 28 to 31 (/31: 2 instances, /30: 4, /29: 8, /28: 16). Match the node pool's `gateway_public_ip_prefix_size`. Changing it replaces the pool.",
+            )
+            .force_new(),
+            Attribute::optional(
+                "instance_count",
+                Type::Number,
+                "Declared maximum number of gateway instances; checked at plan time against `public_ip_prefix_size`.",
+            ),
+            Attribute::computed("pool_type", Type::String, "`VirtualMachineScaleSet` or `VirtualMachines`."),
+            Attribute::computed("ready_instances", Type::Number, "Gateway instances provisioned and ready."),
+            Attribute::computed("load_balancer_frontend_ip", Type::String, "Private IP of the pool's internal load-balancer frontend."),
+            Attribute::computed("conditions", conditions_type(), "The pool's status conditions."),
+        ],
+        blocks: vec![
+            NestedBlock {
+                name: "gateway_vmss_profile",
+                block: Block {
+                    description: "A self-managed gateway VMSS. Changing it replaces the pool.",
+                    attributes: vec![
+                        Attribute::required("vmss_resource_group", Type::String, "Resource group of the VMSS."),
+                        Attribute::required("vmss_name", Type::String, "Name of the VMSS."),
+                    ],
+                    blocks: vec![],
+                },
+                nesting: Nesting::List,
+                min_items: 0,
+                max_items: 1,
+                force_new: true,
+            },
+            timeouts_block("How long delete waits for the pool to be gone (default `5m`)."),
+        ],
+    }
+}
+
+/// The data source schema.
+pub fn data_source_schema() -> Block {
+    let mut b = resource_schema();
+    b.description = "Reads an existing GatewayPool.";
+    for a in &mut b.attributes {
+        a.force_new = false;
+        if a.name != "name" && a.name != "id" {
+            a.required = false;
+            a.optional = false;
+            a.computed = true;
+        }
+    }
+    b.blocks.clear();
+    b.attributes.push(Attribute::computed(
+        "gateway_vmss_profile",
+        Type::List(Box::new(Type::Object(vec![
+            ("vmss_resource_group", Type::String),
+            ("vmss_name", Type::String),
+        ]))),
+        "The self-managed gateway VMSS, if the pool is one.",
+    ));
+    b
+}
+
+/// The spec part of a pool value.
+pub fn extract(config: &Value) -> Extracted {
+    let mut spec = serde_json::Map::new();
+    let mut unknown = Vec::new();
+    let root = Path::default();
+    if config.get("name").is_unknown() {
+        unknown.push(Path::attr("name"));
+    }
+    put_string(
+        config,
+        "gateway_nodepool_name",
+        "gatewayNodepoolName",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
+    put_number(
+        config,
+        "public_ip_prefix_size",
+        "publicIpPrefixSize",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
+    put_number(
+        config,
+        "instance_count",
+        "instanceCount",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
+    match config.get("gateway_vmss_profile") {
+        Value::Unknown(_) => unknown.push(Path::attr("gateway_vmss_profile")),
+        Value::List(items) => {
+            if let Some(p) = items.first() {
+                let base = Path(vec![
+                    diag::Step::Attr("gateway_vmss_profile".into()),
+                    diag::Step::Index(0),
+                ]);
+                if p.is_unknown() {
+                    unknown.push(base.clone());
+                }
+                let mut profile = serde_json::Map::new();
+                put_string(
+                    p,
+                    "vmss_resource_group",
+                    "vmssResourceGroup",
+                    &mut profile,
+                    &mut unknown,
+                    &base,
+                );
+                put_string(p, "vmss_name", "vmssName", &mut profile, &mut unknown, &base);
+                spec.insert("gatewayVmssProfile".into(), profile.into());
+            }
+        }
+        _ => {}
+    }
+    Extracted {
+        spec: serde_json::Value::Object(spec),
+        unknown,
+    }
+}
+
+/// Plan-time check with `api::rules::validate_pool` (through its JSON entry point). The node count is
+/// not known offline; the declared `instance_count` is checked against the prefix size.
+pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
+    if config.is_unknown() || config.is_null() {
+        return Vec::new();
+    }
+    let extracted = extract(config);
+    let object = serde_json::json!({ "spec": extracted.spec });
+    let verdict = api::rules::validate_pool_object(&object, None, None);
+    let mut diags =
+        super::verdict_diagnostics(&verdict, &extracted, BLOCK_LISTS, CAMEL_FIELDS, "gateway pool");
+    if let Some(s) = config.get("name").as_str()
+        && !api::rules::is_dns1123_subdomain(s)
+    {
+        diags.push(diag::error(
+            "Invalid name",
+            format!("'{s}' is not a valid Kubernetes name (lowercase letters, digits, '-' and '.')"),
+            Some(&Path::attr("name")),
+        ));
+    }
+    diags.extend(super::validate_timeouts(config));
+    diags
+}
+
+/// Plans a create or update.
+pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
+    let id = config.get("name").clone();
+    plan_generic(
+        &resource_schema(),
+        prior,
+        config,
+        &PlanRules { defaults: &[], id },
+    )
+}
+
+/// The object to server-side apply.
+pub fn manifest(planned: &Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": format!("{}/{}", api::names::GROUP, api::names::VERSION),
+        "kind": "GatewayPool",
+        "metadata": { "name": planned.get("name").as_str().unwrap_or_default() },
+        "spec": extract(planned).spec,
+    })
+}
+
+/// The state for a pool read from the cluster (prior spelling kept where only normalisation differs).
+pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let spec = &obj.spec;
+    let nodepool = match (
+        spec.gateway_nodepool_name.as_deref(),
+        prior.get("gateway_nodepool_name").as_str(),
+    ) {
+        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
+        (Some(r), _) if !r.is_empty() => Value::str(r),
+        _ => Value::Null,
+    };
+    let profile = match &spec.gateway_vmss_profile {
+        Some(p) => Value::List(vec![object([
+            ("vmss_resource_group", Value::str(&p.vmss_resource_group)),
+            ("vmss_name", Value::str(&p.vmss_name)),
+        ])]),
+        None => Value::List(vec![]),
+    };
+    let status = obj.status.clone().unwrap_or_default();
+    object([
+        ("id", Value::str(&name)),
+        ("name", Value::str(&name)),
+        ("gateway_nodepool_name", nodepool),
+        (
+            "public_ip_prefix_size",
+            Value::Number(Number::Int(spec.public_ip_prefix_size.into())),
+        ),
+        (
+            "instance_count",
+            spec.instance_count
+                .map_or(Value::Null, |c| Value::Number(Number::Int(c.into()))),
+        ),
+        ("gateway_vmss_profile", profile),
+        (
+            "pool_type",
+            status.pool_type.map_or(Value::Null, |t| {
+                Value::str(match t {
+                    api::pool::PoolType::VirtualMachineScaleSet => "VirtualMachineScaleSet",
+                    api::pool::PoolType::VirtualMachines => "VirtualMachines",
+                })
+            }),
+        ),
+        (
+            "ready_instances",
+            Value::Number(Number::Int(status.ready_instances.into())),
+        ),
+        (
+            "load_balancer_frontend_ip",
+            status
+                .load_balancer_frontend
+                .map_or(Value::Null, |f| Value::str(f.ip)),
+        ),
+        ("conditions", conditions_value(&status.conditions)),
+        ("timeouts", prior.get("timeouts").clone()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: Vec<(&str, Value)>) -> Value {
+        resource_schema().normalise(Value::Map(
+            pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        ))
+    }
+
+    fn error_paths(diags: &[pb::Diagnostic]) -> Vec<String> {
+        diags
+            .iter()
+            .filter(|d| d.severity == pb::diagnostic::Severity::Error as i32)
+            .map(|d| {
+                d.attribute
+                    .as_ref()
+                    .and_then(|p| p.steps.first())
+                    .and_then(|s| match &s.selector {
+                        Some(pb::attribute_path::step::Selector::AttributeName(a)) => Some(a.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn instance_count_must_fit_the_prefix_when_both_are_known() {
+        let bad = config(vec![
+            ("name", Value::str("gw")),
+            ("gateway_nodepool_name", Value::str("gw")),
+            ("public_ip_prefix_size", Value::Number(Number::Int(31))),
+            ("instance_count", Value::Number(Number::Int(3))),
+        ]);
+        let diags = validate(&bad);
+        assert_eq!(error_paths(&diags), vec!["instance_count".to_string()]);
+        assert!(
+            diags[0].detail.contains("public_ip_prefix_size: 30"),
+            "{}",
+            diags[0].detail
+        );
+
+        let later = config(vec![
+            ("name", Value::str("gw")),
+            ("gateway_nodepool_name", Value::str("gw")),
+            ("public_ip_prefix_size", Value::unknown()),
+            ("instance_count", Value::Number(Number::Int(3))),
+        ]);
+        assert!(error_paths(&validate(&later)).is_empty());
+    }
+
+    #[test]
+    fn prefix_size_range() {
+        let bad = config(vec![
+            ("name", Value::str("gw")),
+            ("gateway_nodepool_name", Value::str("gw")),
+            ("public_ip_prefix_size", Value::Number(Number::Int(27))),
+        ]);
+        assert_eq!(
+            error_paths(&validate(&bad)),
+            vec!["public_ip_prefix_size".to_string()]
+        );
+    }
+
+    #[test]
+    fn prefix_size_change_replaces() {
+        let c = config(vec![
+            ("name", Value::str("gw")),
+            ("gateway_nodepool_name", Value::str("gw")),
+            ("public_ip_prefix_size", Value::Number(Number::Int(31))),
+        ]);
+        let (state, _) = plan(&Value::Null, &c);
+        let c2 = config(vec![
+            ("name", Value::str("gw")),
+            ("gateway_nodepool_name", Value::str("gw")),
+            ("public_ip_prefix_size", Value::Number(Number::Int(30))),
+        ]);
+        let (_, replace) = plan(&state, &c2);
+        assert_eq!(replace, vec![Path::attr("public_ip_prefix_size")]);
+    }
+}

@@ -1,0 +1,624 @@
+//! `egressgateway_static_gateway_configuration`: a StaticGatewayConfiguration.
+
+use api::StaticGatewayConfiguration;
+use api::rules::PoolFacts;
+
+use super::plan::{PlanRules, plan as plan_generic};
+use super::{Extracted, child, conditions_type, conditions_value, object, put_number, put_string};
+use crate::diag::{self, Path};
+use crate::proto::tfplugin6 as pb;
+use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
+use crate::value::Value;
+
+/// JSON fields that are list blocks of at most one element in Terraform.
+pub const BLOCK_LISTS: &[&str] = &["gatewayVmssProfile"];
+/// CRD field names that rule messages mention.
+const CAMEL_FIELDS: &[&str] = &[
+    "gatewayNodepoolName",
+    "gatewayVmssProfile",
+    "vmssResourceGroup",
+    "vmssName",
+    "publicIpPrefixSize",
+    "defaultRoute",
+    "provisionPublicIps",
+    "publicIpPrefixId",
+    "excludeCidrs",
+];
+
+fn vmss_profile_block() -> NestedBlock {
+    NestedBlock {
+        name: "gateway_vmss_profile",
+        block: Block {
+            description: "A self-managed gateway VMSS (instead of `gateway_nodepool_name`). Changing it replaces the configuration.",
+            attributes: vec![
+                Attribute::required(
+                    "vmss_resource_group",
+                    Type::String,
+                    "Resource group of the gateway VMSS (the cluster's subscription).",
+                ),
+                Attribute::required("vmss_name", Type::String, "Name of the gateway VMSS."),
+                Attribute::required(
+                    "public_ip_prefix_size",
+                    Type::Number,
+                    "Length of the public IP prefix this configuration gets, 28 to 31; the VMSS may have at most 2^(32 - size) instances.",
+                ),
+            ],
+            blocks: vec![],
+        },
+        nesting: Nesting::List,
+        min_items: 0,
+        max_items: 1,
+        force_new: true,
+    }
+}
+
+fn server_profile_type() -> Type {
+    Type::Object(vec![
+        ("ip", Type::String),
+        ("port", Type::Number),
+        ("public_key", Type::String),
+    ])
+}
+
+/// The resource schema.
+pub fn resource_schema() -> Block {
+    Block {
+        description: "A StaticGatewayConfiguration: a static egress IP prefix for the pods of a namespace that name it in the annotation `kubernetes.azure.com/static-gateway-configuration`. Validated at plan time with the same rules the admission webhook enforces; apply waits until the configuration is Ready and its egress prefix is known.",
+        attributes: vec![
+            Attribute::computed("id", Type::String, "`namespace/name`."),
+            Attribute::required("namespace", Type::String, "Namespace of the configuration (the pods' namespace). Changing it replaces the configuration.").force_new(),
+            Attribute::required("name", Type::String, "Name of the configuration. Changing it replaces the configuration.").force_new(),
+            Attribute::optional(
+                "gateway_nodepool_name",
+                Type::String,
+                "Name of the AKS gateway node pool (e.g. `azurerm_kubernetes_cluster_node_pool.gw.name`). Exactly one of `gateway_nodepool_name` and `gateway_vmss_profile`. Changing it replaces the configuration.",
+            )
+            .force_new(),
+            Attribute::optional_computed(
+                "default_route",
+                Type::String,
+                "`staticEgressGateway` (default: all traffic except `exclude_cidrs` uses the gateway) or `azureNetworking` (only `exclude_cidrs` use it).",
+            ),
+            Attribute::optional_computed(
+                "provision_public_ips",
+                Type::Bool,
+                "Egress from a public IP prefix (`true`, default) or from the gateway nodes' private IPs (`false`, needs `gateway_nodepool_name`).",
+            ),
+            Attribute::optional(
+                "public_ip_prefix_id",
+                Type::String,
+                "ARM ID of an existing public IP prefix to egress from (bring your own); only with `provision_public_ips = true`.",
+            ),
+            Attribute::optional(
+                "exclude_cidrs",
+                Type::List(Box::new(Type::String)),
+                "IPv4 CIDRs that bypass the gateway (or, with `azureNetworking`, the only ones that use it).",
+            ),
+            Attribute::computed(
+                "egress_ip_prefix",
+                Type::String,
+                "The egress source addresses: the public IP prefix CIDR, or the comma-separated private IPs in private-IP mode. Feed it to firewall allowlists.",
+            ),
+            Attribute::computed(
+                "gateway_server_profile",
+                server_profile_type(),
+                "Where pods' WireGuard tunnels terminate: load-balancer frontend `ip`, `port` and gateway `public_key`.",
+            ),
+            Attribute::computed("conditions", conditions_type(), "The configuration's status conditions (Accepted, Ready)."),
+        ],
+        blocks: vec![vmss_profile_block(), timeouts_block("How long apply waits for readiness (default create/update `10m`) and delete for the object to be gone (default `5m`).")],
+    }
+}
+
+/// The data source schema: identity in, everything else read.
+pub fn data_source_schema() -> Block {
+    let mut b = resource_schema();
+    b.description = "Reads an existing StaticGatewayConfiguration, e.g. to use its egress prefix.";
+    for a in &mut b.attributes {
+        a.force_new = false;
+        if a.name != "namespace" && a.name != "name" && a.name != "id" {
+            a.required = false;
+            a.optional = false;
+            a.computed = true;
+        }
+    }
+    b.blocks.clear();
+    b.attributes.push(Attribute::computed(
+        "gateway_vmss_profile",
+        Type::List(Box::new(Type::Object(vec![
+            ("vmss_resource_group", Type::String),
+            ("vmss_name", Type::String),
+            ("public_ip_prefix_size", Type::Number),
+        ]))),
+        "The self-managed gateway VMSS, if the configuration uses one.",
+    ));
+    b
+}
+
+/// The spec part of a configuration value, as the CRD's JSON.
+pub fn extract(config: &Value) -> Extracted {
+    let mut spec = serde_json::Map::new();
+    let mut unknown = Vec::new();
+    let root = Path::default();
+    for a in ["namespace", "name"] {
+        if config.get(a).is_unknown() {
+            unknown.push(Path::attr(a));
+        }
+    }
+    put_string(
+        config,
+        "gateway_nodepool_name",
+        "gatewayNodepoolName",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
+    put_string(
+        config,
+        "default_route",
+        "defaultRoute",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
+    put_string(
+        config,
+        "public_ip_prefix_id",
+        "publicIpPrefixId",
+        &mut spec,
+        &mut unknown,
+        &root,
+    );
+    match config.get("provision_public_ips") {
+        Value::Unknown(_) => unknown.push(Path::attr("provision_public_ips")),
+        Value::Bool(b) => {
+            spec.insert("provisionPublicIps".into(), (*b).into());
+        }
+        _ => {}
+    }
+    match config.get("exclude_cidrs") {
+        Value::Unknown(_) => unknown.push(Path::attr("exclude_cidrs")),
+        Value::List(items) => {
+            let mut cidrs = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(s) => cidrs.push(serde_json::Value::String(s.clone())),
+                    // Keeps indexes aligned; findings at this index are dropped as unknown.
+                    _ => {
+                        unknown.push(Path(vec![
+                            diag::Step::Attr("exclude_cidrs".into()),
+                            diag::Step::Index(i as i64),
+                        ]));
+                        cidrs.push(serde_json::Value::String("192.0.2.0/32".into()));
+                    }
+                }
+            }
+            spec.insert("excludeCidrs".into(), cidrs.into());
+        }
+        _ => {}
+    }
+    match config.get("gateway_vmss_profile") {
+        Value::Unknown(_) => unknown.push(Path::attr("gateway_vmss_profile")),
+        Value::List(items) => {
+            if let Some(p) = items.first() {
+                let base = Path(vec![
+                    diag::Step::Attr("gateway_vmss_profile".into()),
+                    diag::Step::Index(0),
+                ]);
+                if p.is_unknown() {
+                    unknown.push(base.clone());
+                }
+                let mut profile = serde_json::Map::new();
+                put_string(
+                    p,
+                    "vmss_resource_group",
+                    "vmssResourceGroup",
+                    &mut profile,
+                    &mut unknown,
+                    &base,
+                );
+                put_string(p, "vmss_name", "vmssName", &mut profile, &mut unknown, &base);
+                put_number(
+                    p,
+                    "public_ip_prefix_size",
+                    "publicIpPrefixSize",
+                    &mut profile,
+                    &mut unknown,
+                    &base,
+                );
+                spec.insert("gatewayVmssProfile".into(), profile.into());
+            }
+        }
+        _ => {}
+    }
+    let _ = child;
+    Extracted {
+        spec: serde_json::Value::Object(spec),
+        unknown,
+    }
+}
+
+/// Plan-time check with `api::rules::validate_sgc` (via its JSON entry point, which also reports wrong
+/// enum values such as `default_route`). No pool facts: planning never contacts the cluster.
+pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
+    if config.is_unknown() || config.is_null() {
+        return Vec::new();
+    }
+    let extracted = extract(config);
+    let object = serde_json::json!({ "spec": extracted.spec });
+    let verdict = api::rules::validate_sgc_object(&object, None, &PoolFacts::default());
+    let mut diags = super::verdict_diagnostics(
+        &verdict,
+        &extracted,
+        BLOCK_LISTS,
+        CAMEL_FIELDS,
+        "static gateway configuration",
+    );
+    for attr in ["namespace", "name"] {
+        if let Some(s) = config.get(attr).as_str()
+            && !api::rules::is_dns1123_subdomain(s)
+        {
+            diags.push(diag::error(
+                format!("Invalid {attr}"),
+                format!("'{s}' is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', at most 253 characters)"),
+                Some(&Path::attr(attr)),
+            ));
+        }
+    }
+    diags.extend(super::validate_timeouts(config));
+    diags
+}
+
+/// Plans a create or update.
+pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
+    let id = match (config.get("namespace").as_str(), config.get("name").as_str()) {
+        (Some(ns), Some(n)) => Value::str(format!("{ns}/{n}")),
+        _ => Value::unknown(),
+    };
+    let defaults = [
+        ("default_route", Value::str(api::RouteType::default().as_str())),
+        ("provision_public_ips", Value::Bool(true)),
+    ];
+    plan_generic(
+        &resource_schema(),
+        prior,
+        config,
+        &PlanRules {
+            defaults: &defaults,
+            id,
+        },
+    )
+}
+
+/// The object to server-side apply for a planned state.
+pub fn manifest(planned: &Value) -> serde_json::Value {
+    let spec = extract(planned).spec;
+    serde_json::json!({
+        "apiVersion": format!("{}/{}", api::names::GROUP, api::names::VERSION),
+        "kind": "StaticGatewayConfiguration",
+        "metadata": {
+            "name": planned.get("name").as_str().unwrap_or_default(),
+            "namespace": planned.get("namespace").as_str().unwrap_or_default(),
+        },
+        "spec": spec,
+    })
+}
+
+/// The state for an object read from the cluster. Values equal to `prior` up to normalisation keep the
+/// prior spelling (no spurious diffs); real differences are the remote value (drift).
+pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Value {
+    let ns = obj.metadata.namespace.clone().unwrap_or_default();
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let spec = &obj.spec;
+    let nodepool = match (
+        spec.gateway_nodepool_name.as_deref(),
+        prior.get("gateway_nodepool_name").as_str(),
+    ) {
+        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
+        (Some(r), _) if !r.is_empty() => Value::str(r),
+        (_, Some("")) => Value::str(""),
+        _ => Value::Null,
+    };
+    let prefix_id = match (
+        spec.public_ip_prefix_id.as_deref(),
+        prior.get("public_ip_prefix_id").as_str(),
+    ) {
+        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
+        (Some(r), _) if !r.is_empty() => Value::str(r),
+        (_, Some("")) => Value::str(""),
+        _ => Value::Null,
+    };
+    let cidrs = if spec.exclude_cidrs.is_empty() && prior.get("exclude_cidrs").is_null() {
+        Value::Null
+    } else {
+        Value::List(spec.exclude_cidrs.iter().map(Value::str).collect())
+    };
+    let profile = match &spec.gateway_vmss_profile {
+        Some(p) if !p.is_empty() => Value::List(vec![object([
+            ("vmss_resource_group", Value::str(&p.vmss_resource_group)),
+            ("vmss_name", Value::str(&p.vmss_name)),
+            (
+                "public_ip_prefix_size",
+                Value::Number(crate::value::Number::Int(p.public_ip_prefix_size.into())),
+            ),
+        ])]),
+        _ => Value::List(vec![]),
+    };
+    let status = obj.status.clone().unwrap_or_default();
+    let server_profile = match &status.gateway_server_profile {
+        Some(g) => object([
+            ("ip", Value::str(&g.ip)),
+            ("port", Value::Number(crate::value::Number::Int(g.port.into()))),
+            ("public_key", Value::str(&g.public_key)),
+        ]),
+        None => Value::Null,
+    };
+    object([
+        ("id", Value::str(format!("{ns}/{name}"))),
+        ("namespace", Value::str(ns)),
+        ("name", Value::str(name)),
+        ("gateway_nodepool_name", nodepool),
+        ("default_route", Value::str(spec.default_route.as_str())),
+        ("provision_public_ips", Value::Bool(spec.provision_public_ips)),
+        ("public_ip_prefix_id", prefix_id),
+        ("exclude_cidrs", cidrs),
+        ("gateway_vmss_profile", profile),
+        (
+            "egress_ip_prefix",
+            status.egress_ip_prefix.clone().map_or(Value::Null, Value::String),
+        ),
+        ("gateway_server_profile", server_profile),
+        ("conditions", conditions_value(&status.conditions)),
+        ("timeouts", prior.get("timeouts").clone()),
+    ])
+}
+
+/// Is the configuration usable: Ready for its current generation, with the egress prefix known?
+pub fn is_ready(obj: &StaticGatewayConfiguration) -> bool {
+    let generation = obj.metadata.generation;
+    obj.status.as_ref().is_some_and(|s| {
+        s.egress_ip_prefix.as_deref().is_some_and(|p| !p.is_empty())
+            && s.conditions.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.status == "True"
+                    && (generation.is_none()
+                        || c.observed_generation.is_none()
+                        || c.observed_generation >= generation)
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Number;
+
+    fn config(pairs: Vec<(&str, Value)>) -> Value {
+        let mut m = std::collections::BTreeMap::new();
+        for (k, v) in pairs {
+            m.insert(k.to_string(), v);
+        }
+        resource_schema().normalise(Value::Map(m))
+    }
+
+    fn paths(diags: &[pb::Diagnostic]) -> Vec<String> {
+        diags
+            .iter()
+            .filter(|d| d.severity == pb::diagnostic::Severity::Error as i32)
+            .map(|d| {
+                d.attribute
+                    .as_ref()
+                    .map(|p| {
+                        p.steps
+                            .iter()
+                            .map(|s| match &s.selector {
+                                Some(pb::attribute_path::step::Selector::AttributeName(a)) => format!(".{a}"),
+                                Some(pb::attribute_path::step::Selector::ElementKeyInt(i)) => {
+                                    format!("[{i}]")
+                                }
+                                _ => "?".into(),
+                            })
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    fn profile(rg: Value, name: Value, size: Value) -> Value {
+        Value::List(vec![object([
+            ("vmss_resource_group", rg),
+            ("vmss_name", name),
+            ("public_ip_prefix_size", size),
+        ])])
+    }
+
+    #[test]
+    fn valid_nodepool_config_passes() {
+        let c = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gwpool")),
+            ("exclude_cidrs", Value::List(vec![Value::str("10.0.0.0/8")])),
+        ]);
+        assert_eq!(paths(&validate(&c)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_rule_points_at_its_attribute() {
+        let ns = ("namespace", Value::str("app"));
+        let name = ("name", Value::str("egress"));
+        let cases: Vec<(Vec<(&str, Value)>, &str)> = vec![
+            (vec![], ".gateway_nodepool_name"),
+            (
+                vec![(
+                    "gateway_vmss_profile",
+                    profile(
+                        Value::str("rg"),
+                        Value::str("vmss"),
+                        Value::Number(Number::Int(27)),
+                    ),
+                )],
+                ".gateway_vmss_profile[0].public_ip_prefix_size",
+            ),
+            (
+                vec![(
+                    "gateway_vmss_profile",
+                    profile(
+                        Value::str("rg/x"),
+                        Value::str("vmss"),
+                        Value::Number(Number::Int(30)),
+                    ),
+                )],
+                ".gateway_vmss_profile[0].vmss_resource_group",
+            ),
+            (
+                vec![
+                    (
+                        "gateway_vmss_profile",
+                        profile(
+                            Value::str("rg"),
+                            Value::str("vmss"),
+                            Value::Number(Number::Int(30)),
+                        ),
+                    ),
+                    ("provision_public_ips", Value::Bool(false)),
+                ],
+                ".gateway_vmss_profile[0]",
+            ),
+            (
+                vec![
+                    ("gateway_nodepool_name", Value::str("gw")),
+                    ("provision_public_ips", Value::Bool(false)),
+                    ("public_ip_prefix_id", Value::str("/subscriptions/x")),
+                ],
+                ".public_ip_prefix_id",
+            ),
+            (
+                vec![
+                    ("gateway_nodepool_name", Value::str("gw")),
+                    (
+                        "exclude_cidrs",
+                        Value::List(vec![Value::str("10.0.0.0/8"), Value::str("10.1.0.0/33")]),
+                    ),
+                ],
+                ".exclude_cidrs[1]",
+            ),
+            (
+                vec![
+                    ("gateway_nodepool_name", Value::str("gw")),
+                    ("default_route", Value::str("direct")),
+                ],
+                ".default_route",
+            ),
+        ];
+        for (fields, want) in cases {
+            let mut all = vec![ns.clone(), name.clone()];
+            all.extend(fields);
+            let got = paths(&validate(&config(all)));
+            assert!(got.iter().any(|p| p == want), "want {want}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn findings_that_depend_on_unknowns_wait() {
+        // Nodepool name unknown (it comes from azurerm): rule 1 cannot be judged yet.
+        let c = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::unknown()),
+            (
+                "exclude_cidrs",
+                Value::List(vec![Value::unknown(), Value::str("bad")]),
+            ),
+        ]);
+        assert_eq!(paths(&validate(&c)), vec![".exclude_cidrs[1]".to_string()]);
+        // Unknown prefix size: no range finding; a known bad sibling is still reported.
+        let c = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            (
+                "gateway_vmss_profile",
+                profile(Value::str(""), Value::str("v"), Value::unknown()),
+            ),
+        ]);
+        assert_eq!(
+            paths(&validate(&c)),
+            vec![".gateway_vmss_profile[0].vmss_resource_group".to_string()]
+        );
+        assert!(validate(&Value::unknown()).is_empty());
+    }
+
+    #[test]
+    fn plan_create_defaults_and_unknown_status() {
+        let c = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gw")),
+        ]);
+        let (p, replace) = plan(&Value::Null, &c);
+        assert!(replace.is_empty());
+        assert_eq!(p.get("id").as_str(), Some("app/egress"));
+        assert_eq!(p.get("default_route").as_str(), Some("staticEgressGateway"));
+        assert_eq!(p.get("provision_public_ips").as_bool(), Some(true));
+        assert!(p.get("egress_ip_prefix").is_unknown());
+        assert!(p.get("public_ip_prefix_id").is_null());
+        assert_eq!(p, resource_schema().normalise(p.clone()), "every key present");
+    }
+
+    #[test]
+    fn plan_without_change_is_prior_and_nodepool_change_replaces() {
+        let c = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gw")),
+        ]);
+        let (mut state, _) = plan(&Value::Null, &c);
+        if let Value::Map(m) = &mut state {
+            m.insert("egress_ip_prefix".into(), Value::str("20.0.0.0/31"));
+            m.insert("gateway_server_profile".into(), Value::Null);
+            m.insert("conditions".into(), Value::List(vec![]));
+        }
+        let (same, replace) = plan(&state, &c);
+        assert_eq!(same, state);
+        assert!(replace.is_empty());
+
+        let c2 = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gw2")),
+        ]);
+        let (changed, replace) = plan(&state, &c2);
+        assert!(changed.get("egress_ip_prefix").is_unknown());
+        assert_eq!(replace, vec![Path::attr("gateway_nodepool_name")]);
+    }
+
+    #[test]
+    fn read_keeps_prior_spelling_and_reports_drift() {
+        let c = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("GwPool")),
+        ]);
+        let (prior, _) = plan(&Value::Null, &c);
+        let obj: StaticGatewayConfiguration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+            "kind": "StaticGatewayConfiguration",
+            "metadata": {"name": "egress", "namespace": "app", "generation": 1},
+            "spec": {"gatewayNodepoolName": "gwpool", "excludeCidrs": ["10.0.0.0/8"]},
+            "status": {"egressIpPrefix": "20.1.2.4/31",
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "Provisioned", "message": "",
+                                       "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": 1}]}
+        }))
+        .expect("object");
+        let s = state_from_object(&prior, &obj);
+        assert_eq!(s.get("gateway_nodepool_name").as_str(), Some("GwPool"));
+        assert_eq!(
+            s.get("exclude_cidrs"),
+            &Value::List(vec![Value::str("10.0.0.0/8")])
+        );
+        assert_eq!(s.get("egress_ip_prefix").as_str(), Some("20.1.2.4/31"));
+        assert!(is_ready(&obj));
+        assert_eq!(s, resource_schema().normalise(s.clone()), "every key present");
+    }
+}
