@@ -10,6 +10,7 @@ PACKAGES=(
   containernetworking-plugins # primary CNI plugins (bridge, host-local) our plugin chains after
   iperf3                      # tunnel throughput benchmark
   iputils-ping                # ping in lab/tests
+  procps                      # sysctl
 )
 
 missing=()

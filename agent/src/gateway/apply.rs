@@ -1,0 +1,313 @@
+//! Applies a [`GatewayPlan`] by diffing it against what the kernel has. Idempotent: applying the same plan
+//! twice changes nothing the second time (links, keys, peers and routes that are already right are left
+//! alone), so traffic keeps flowing across an agent restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use api::names::{GATEWAY_VETH_HOST, GATEWAY_VETH_NS, GATEWAY_WG_ADDRESS, port_of_gateway_wg_interface};
+use cni::netns::{CmdError, Netns};
+use cni::wg::{DeviceChange, PeerSpec, WgError, WgHandle, WireGuard, link_alias};
+use ipnet::{IpNet, Ipv4Net};
+use serde_json::Value;
+
+use super::plan::{GatewayPlan, LinkPlan, NsRoute};
+
+/// Errors of the applier.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A command failed.
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    /// A WireGuard operation failed.
+    #[error(transparent)]
+    Wg(#[from] WgError),
+}
+
+/// What an apply changed (for logs, metrics and idempotency tests).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Human-readable changes, empty when everything was already right.
+    pub changes: Vec<String>,
+}
+
+/// Where to apply.
+#[derive(Debug, Clone)]
+pub struct GatewayApplier {
+    /// The node's namespace (the agent's own in production).
+    pub host: Netns,
+    /// Name of the gateway namespace.
+    pub netns_name: String,
+    /// Host interface for frontend IPs.
+    pub host_interface: String,
+    /// WireGuard driver.
+    pub wg: WireGuard,
+}
+
+impl GatewayApplier {
+    fn gw(&self) -> Netns {
+        Netns::Path(PathBuf::from("/var/run/netns").join(&self.netns_name))
+    }
+
+    /// Applies `plan`.
+    pub fn apply(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
+        let mut r = ApplyReport::default();
+        let gw = self.gw();
+        self.ensure_namespace(&gw, &mut r)?;
+        self.ensure_veth(&gw, &mut r)?;
+        sync_addresses(
+            &self.host,
+            &self.host_interface,
+            &plan.host_addresses,
+            Some(&format!("{}:egress", self.host_interface)),
+            &mut r,
+        )?;
+        sync_addresses(&gw, GATEWAY_VETH_NS, &plan.ns_addresses, None, &mut r)?;
+        let host_routes: Vec<NsRoute> = plan
+            .host_routes
+            .iter()
+            .map(|ip| NsRoute {
+                dst: Ipv4Net::from(*ip),
+                via: None,
+                dev: GATEWAY_VETH_HOST.into(),
+            })
+            .collect();
+        sync_routes(&self.host, &host_routes, |dev| dev == GATEWAY_VETH_HOST, &mut r)?;
+        self.sync_links(&gw, &plan.links, &mut r)?;
+        sync_routes(
+            &gw,
+            &plan.ns_routes,
+            |dev| dev == GATEWAY_VETH_NS || port_of_gateway_wg_interface(dev).is_some(),
+            &mut r,
+        )?;
+        gw.nft(&plan.gateway_nft)?;
+        self.host.nft(&plan.host_nft)?;
+        Ok(r)
+    }
+
+    fn ensure_namespace(&self, gw: &Netns, r: &mut ApplyReport) -> Result<(), ApplyError> {
+        if !gw.exists() {
+            Netns::Current.ip(&["netns", "add", &self.netns_name])?;
+            r.changes.push(format!("created namespace {}", self.netns_name));
+        }
+        gw.ip(&["link", "set", "lo", "up"])?;
+        gw.sysctl("net/ipv4/ip_forward", "1")?;
+        self.host.sysctl("net/ipv4/ip_forward", "1")?;
+        Ok(())
+    }
+
+    fn ensure_veth(&self, gw: &Netns, r: &mut ApplyReport) -> Result<(), ApplyError> {
+        let host_has = self.host.link_exists(GATEWAY_VETH_HOST)?;
+        let ns_has = gw.link_exists(GATEWAY_VETH_NS)?;
+        if !(host_has && ns_has) {
+            if host_has {
+                self.host.ip(&["link", "del", GATEWAY_VETH_HOST])?;
+            }
+            if ns_has {
+                gw.ip(&["link", "del", GATEWAY_VETH_NS])?;
+            }
+            self.host.ip(&[
+                "link",
+                "add",
+                GATEWAY_VETH_HOST,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                GATEWAY_VETH_NS,
+                "netns",
+                &self.netns_name,
+            ])?;
+            r.changes
+                .push(format!("created veth {GATEWAY_VETH_HOST}/{GATEWAY_VETH_NS}"));
+        }
+        self.host.ip(&["link", "set", GATEWAY_VETH_HOST, "up"])?;
+        gw.ip(&["link", "set", GATEWAY_VETH_NS, "up"])?;
+        Ok(())
+    }
+
+    fn sync_links(
+        &self,
+        gw: &Netns,
+        links: &BTreeMap<String, LinkPlan>,
+        r: &mut ApplyReport,
+    ) -> Result<(), ApplyError> {
+        let existing = wg_links(gw)?;
+        for name in existing.iter().filter(|n| !links.contains_key(*n)) {
+            gw.ip(&["link", "del", name])?;
+            r.changes.push(format!("deleted {name}"));
+        }
+        for l in links.values() {
+            let handle = if existing.contains(&l.ifname) {
+                let control = link_alias(gw, &l.ifname)?.unwrap_or_else(|| l.control_name.clone());
+                WgHandle {
+                    netns: gw.clone(),
+                    ifname: l.ifname.clone(),
+                    control_name: control,
+                }
+            } else {
+                r.changes.push(format!("created {}", l.ifname));
+                self.wg
+                    .create_and_move(&self.host, &l.control_name, gw, &l.ifname)?
+            };
+            gw.ip(&[
+                "-6",
+                "addr",
+                "replace",
+                GATEWAY_WG_ADDRESS,
+                "dev",
+                &l.ifname,
+                "nodad",
+            ])?;
+            let state = self.wg.state(&handle)?;
+            let mut change = DeviceChange::default();
+            if state.public_key.as_deref() != Some(l.private_key.public_base64().as_str()) {
+                change.private_key = Some(l.private_key.clone());
+                r.changes.push(format!("{}: private key", l.ifname));
+            }
+            if state.listen_port != Some(l.port) {
+                change.listen_port = Some(l.port);
+                r.changes.push(format!("{}: listen port {}", l.ifname, l.port));
+            }
+            let current: BTreeMap<&str, &Vec<IpNet>> = state
+                .peers
+                .iter()
+                .map(|p| (p.public_key.as_str(), &p.allowed_ips))
+                .collect();
+            for (key, ip) in &l.peers {
+                let want = vec![IpNet::V4(*ip)];
+                if current.get(key.as_str()).map(|v| **v != want).unwrap_or(true) {
+                    change.upsert_peers.push(PeerSpec {
+                        public_key: key.clone(),
+                        endpoint: None,
+                        allowed_ips: want,
+                    });
+                }
+            }
+            for key in current.keys().filter(|k| !l.peers.contains_key(**k)) {
+                change.remove_peers.push((*key).to_string());
+            }
+            if !change.upsert_peers.is_empty() || !change.remove_peers.is_empty() {
+                r.changes.push(format!(
+                    "{}: +{} -{} peers",
+                    l.ifname,
+                    change.upsert_peers.len(),
+                    change.remove_peers.len()
+                ));
+            }
+            self.wg.apply(&handle, &change)?;
+            gw.ip(&["link", "set", &l.ifname, "up"])?;
+        }
+        Ok(())
+    }
+}
+
+fn wg_links(ns: &Netns) -> Result<BTreeSet<String>, CmdError> {
+    Ok(ns
+        .ip_json(&["link", "show"])?
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l["ifname"].as_str())
+                .filter(|n| port_of_gateway_wg_interface(n).is_some())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn sync_addresses(
+    ns: &Netns,
+    dev: &str,
+    want: &BTreeSet<Ipv4Addr>,
+    label: Option<&str>,
+    r: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let v = ns.ip_json(&["-4", "addr", "show", "dev", dev])?;
+    let mut have: BTreeMap<Ipv4Addr, (u8, Option<String>)> = BTreeMap::new();
+    for a in v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().into_iter().flatten())
+    {
+        if let (Some(ip), Some(len)) = (
+            a["local"].as_str().and_then(|s| s.parse().ok()),
+            a["prefixlen"].as_u64(),
+        ) {
+            have.insert(ip, (len as u8, a["label"].as_str().map(str::to_string)));
+        }
+    }
+    for ip in want {
+        if have.get(ip).map(|(l, _)| *l) != Some(32) {
+            let cidr = format!("{ip}/32");
+            let mut args = vec!["-4", "addr", "replace", cidr.as_str(), "dev", dev];
+            if let Some(l) = label {
+                args.extend(["label", l]);
+            }
+            ns.ip(&args)?;
+            r.changes.push(format!("address {cidr} on {dev}"));
+        }
+    }
+    // Remove only what we own: on host0 everything, on the host interface only our labelled /32s.
+    for (ip, (len, l)) in &have {
+        let ours = match label {
+            None => true,
+            Some(want_label) => l.as_deref() == Some(want_label),
+        };
+        if ours && !want.contains(ip) {
+            ns.ip(&["-4", "addr", "del", &format!("{ip}/{len}"), "dev", dev])?;
+            r.changes.push(format!("removed address {ip}/{len} from {dev}"));
+        }
+    }
+    Ok(())
+}
+
+fn route_key(v: &Value) -> Option<NsRoute> {
+    let dst = v["dst"].as_str()?;
+    let dst: Ipv4Net = if dst == "default" {
+        Ipv4Net::default()
+    } else if dst.contains('/') {
+        dst.parse().ok()?
+    } else {
+        Ipv4Net::from(dst.parse::<Ipv4Addr>().ok()?)
+    };
+    Some(NsRoute {
+        dst,
+        via: v["gateway"].as_str().and_then(|g| g.parse().ok()),
+        dev: v["dev"].as_str()?.to_string(),
+    })
+}
+
+fn sync_routes(
+    ns: &Netns,
+    want: &[NsRoute],
+    owned_dev: impl Fn(&str) -> bool,
+    r: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let have: Vec<NsRoute> = ns
+        .ip_json(&["-4", "route", "show", "table", "main"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["protocol"].as_str() != Some("kernel"))
+        .filter_map(route_key)
+        .collect();
+    for w in want {
+        if !have.contains(w) {
+            let mut a: Vec<String> = vec!["-4".into(), "route".into(), "replace".into()];
+            a.extend(w.ip_args());
+            ns.ip(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
+            r.changes.push(format!("route {}", w.ip_args().join(" ")));
+        }
+    }
+    for h in have.iter().filter(|h| owned_dev(&h.dev) && !want.contains(h)) {
+        // Deleting by destination and device removes exactly the stale route.
+        let dst = h.dst.to_string();
+        if ns.ip(&["-4", "route", "del", &dst, "dev", &h.dev]).is_ok() {
+            r.changes.push(format!("removed route {dst} dev {}", h.dev));
+        }
+    }
+    Ok(())
+}

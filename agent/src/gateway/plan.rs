@@ -1,0 +1,414 @@
+//! Gateway-side desired state (pure).
+//!
+//! Layout (upstream.md §4.1, names users see in troubleshooting kept):
+//! * host: the pool's load-balancer frontend IPs as /32 on the host interface (floating IP: packets arrive
+//!   with the frontend as destination); `<secondary>/32 dev host-gateway`; a NAT exemption so the host's own
+//!   masquerading leaves the secondary source alone.
+//! * gateway namespace `ns-static-egress-gateway`: `host0` (veth peer of `host-gateway`) with every
+//!   configuration's secondary IP as /32, `<primary>/32 dev host0 scope link`, `default via <primary> dev host0`;
+//!   one `wg-<port>` per configuration with `fe80::1/64`, its peers, and `<pod>/32 dev wg-<port>`;
+//!   connections entering on `wg-<port>` get conntrack mark `<port>` and leave `host0` SNATed to that
+//!   configuration's secondary IP.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use api::names::{GATEWAY_VETH_HOST, GATEWAY_VETH_NS, fnv1a64, gateway_wg_interface};
+use cni::routes::{NFT_TABLE, replace_table_preamble};
+use cni::wg::PrivateKey;
+use ipnet::Ipv4Net;
+
+/// A pod peer (from a PodEndpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInput {
+    /// `<namespace>/<name>` of the PodEndpoint.
+    pub pod_endpoint: String,
+    /// Pod's WireGuard public key (base64).
+    pub public_key: String,
+    /// Pod's IPv4 address.
+    pub pod_ip: Ipv4Addr,
+}
+
+/// One configuration active on this gateway node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigInput {
+    /// UID of the StaticGatewayConfiguration (probe path, link alias).
+    pub uid: String,
+    /// `<namespace>/<name>`.
+    pub sgc: String,
+    /// WireGuard / load-balancer port.
+    pub port: u16,
+    /// Gateway private key for this configuration.
+    pub private_key: PrivateKey,
+    /// This node's secondary IP for this configuration (the egress source).
+    pub secondary_ip: Ipv4Addr,
+    /// Peers.
+    pub peers: Vec<PeerInput>,
+}
+
+/// Everything the gateway agent needs to compute its desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayInput {
+    /// Name of the gateway namespace (default `ns-static-egress-gateway`).
+    pub netns_name: String,
+    /// Host interface carrying the primary IP (default `eth0`).
+    pub host_interface: String,
+    /// This node's primary IP (next hop of the gateway namespace).
+    pub primary_ip: Ipv4Addr,
+    /// Load-balancer frontend IPs to accept as local (floating IP).
+    pub frontend_ips: Vec<Ipv4Addr>,
+    /// Active configurations.
+    pub configs: Vec<ConfigInput>,
+}
+
+/// One WireGuard link's desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkPlan {
+    /// `wg-<port>`.
+    pub ifname: String,
+    /// Name the link is created with in the host namespace (UAPI socket name for userspace).
+    pub control_name: String,
+    /// Listen port.
+    pub port: u16,
+    /// Private key.
+    pub private_key: PrivateKey,
+    /// Peers: public key → pod /32.
+    pub peers: BTreeMap<String, Ipv4Net>,
+    /// Configuration UID.
+    pub uid: String,
+}
+
+/// A route in the gateway namespace.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NsRoute {
+    /// Destination.
+    pub dst: Ipv4Net,
+    /// Gateway, if any.
+    pub via: Option<Ipv4Addr>,
+    /// Device.
+    pub dev: String,
+}
+
+impl NsRoute {
+    /// Arguments for `ip -4 route replace`.
+    pub fn ip_args(&self) -> Vec<String> {
+        let mut a = vec![self.dst.to_string()];
+        match self.via {
+            Some(v) => a.extend(["via".into(), v.to_string()]),
+            None => a.extend(["scope".into(), "link".into()]),
+        }
+        a.extend(["dev".into(), self.dev.clone()]);
+        a
+    }
+}
+
+/// The whole desired state of a gateway node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayPlan {
+    /// Frontend IPs (/32) on the host interface.
+    pub host_addresses: BTreeSet<Ipv4Addr>,
+    /// `<secondary>/32 dev host-gateway` routes on the host.
+    pub host_routes: BTreeSet<Ipv4Addr>,
+    /// Secondary IPs on host0.
+    pub ns_addresses: BTreeSet<Ipv4Addr>,
+    /// Routes in the gateway namespace (ordered: on-link before via).
+    pub ns_routes: Vec<NsRoute>,
+    /// WireGuard links by interface name.
+    pub links: BTreeMap<String, LinkPlan>,
+    /// nftables script for the gateway namespace.
+    pub gateway_nft: String,
+    /// nftables script for the host.
+    pub host_nft: String,
+    /// Problems found in the input (duplicate ports or pod IPs); the rest is still applied.
+    pub warnings: Vec<String>,
+}
+
+/// Control name of a gateway link: unique per (namespace, port) so userspace sockets never collide.
+pub fn gateway_control_name(netns_name: &str, port: u16) -> String {
+    let h = fnv1a64(format!("{netns_name}/{port}").as_bytes());
+    format!("wgg{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// Computes the plan.
+pub fn gateway_plan(input: &GatewayInput) -> GatewayPlan {
+    let mut warnings = Vec::new();
+    let mut links = BTreeMap::new();
+    let mut configs: Vec<&ConfigInput> = input.configs.iter().collect();
+    configs.sort_by(|a, b| a.port.cmp(&b.port).then(a.sgc.cmp(&b.sgc)));
+    let mut used: Vec<&ConfigInput> = Vec::new();
+    for c in configs {
+        let ifname = gateway_wg_interface(c.port);
+        if links.contains_key(&ifname) {
+            warnings.push(format!(
+                "configuration {} uses port {} already used by another configuration; ignored",
+                c.sgc, c.port
+            ));
+            continue;
+        }
+        let mut peers = BTreeMap::new();
+        let mut ips: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+        let mut sorted: Vec<&PeerInput> = c.peers.iter().collect();
+        sorted.sort_by(|a, b| a.pod_endpoint.cmp(&b.pod_endpoint));
+        for p in sorted {
+            if let Some(other) = ips.get(&p.pod_ip) {
+                warnings.push(format!(
+                    "PodEndpoint {} has pod IP {} already used by {}; ignored",
+                    p.pod_endpoint, p.pod_ip, other
+                ));
+                continue;
+            }
+            ips.insert(p.pod_ip, &p.pod_endpoint);
+            peers.insert(p.public_key.clone(), Ipv4Net::from(p.pod_ip));
+        }
+        links.insert(
+            ifname.clone(),
+            LinkPlan {
+                ifname,
+                control_name: gateway_control_name(&input.netns_name, c.port),
+                port: c.port,
+                private_key: c.private_key.clone(),
+                peers,
+                uid: c.uid.clone(),
+            },
+        );
+        used.push(c);
+    }
+    let secondaries: BTreeSet<Ipv4Addr> = used.iter().map(|c| c.secondary_ip).collect();
+    let mut ns_routes = Vec::new();
+    if !used.is_empty() {
+        ns_routes.push(NsRoute {
+            dst: Ipv4Net::from(input.primary_ip),
+            via: None,
+            dev: GATEWAY_VETH_NS.into(),
+        });
+        ns_routes.push(NsRoute {
+            dst: Ipv4Net::default(),
+            via: Some(input.primary_ip),
+            dev: GATEWAY_VETH_NS.into(),
+        });
+    }
+    for l in links.values() {
+        for ip in l.peers.values() {
+            ns_routes.push(NsRoute {
+                dst: *ip,
+                via: None,
+                dev: l.ifname.clone(),
+            });
+        }
+    }
+    GatewayPlan {
+        host_addresses: if used.is_empty() {
+            BTreeSet::new()
+        } else {
+            input.frontend_ips.iter().copied().collect()
+        },
+        host_routes: secondaries.clone(),
+        ns_addresses: secondaries,
+        ns_routes,
+        gateway_nft: gateway_nft(&used),
+        host_nft: host_nft(&used),
+        links,
+        warnings,
+    }
+}
+
+fn gateway_nft(configs: &[&ConfigInput]) -> String {
+    let mut s = replace_table_preamble();
+    let _ = writeln!(s, "table ip {NFT_TABLE} {{");
+    s.push_str("\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n");
+    for c in configs {
+        let wg = gateway_wg_interface(c.port);
+        let _ = writeln!(
+            s,
+            "\t\tiifname \"{wg}\" ct mark set {port} comment \"kube-egress-gateway mark packets from gateway link {wg}\"",
+            port = c.port
+        );
+    }
+    s.push_str("\t}\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
+    for c in configs {
+        let wg = gateway_wg_interface(c.port);
+        let _ = writeln!(
+            s,
+            "\t\toifname \"{GATEWAY_VETH_NS}\" ct mark {port} snat to {ip} comment \"kube-egress-gateway sNAT packets from gateway link {wg}\"",
+            port = c.port,
+            ip = c.secondary_ip
+        );
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
+/// Host rules: an identity SNAT at a priority before the usual masquerade chains claims the connection's
+/// NAT binding, so kube-proxy's / iptables' MASQUERADE never rewrites the egress source.
+fn host_nft(configs: &[&ConfigInput]) -> String {
+    let mut s = replace_table_preamble();
+    let _ = writeln!(s, "table ip {NFT_TABLE} {{");
+    s.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat - 10; policy accept;\n");
+    let ips: BTreeSet<Ipv4Addr> = configs.iter().map(|c| c.secondary_ip).collect();
+    for ip in ips {
+        let _ = writeln!(
+            s,
+            "\t\tiifname \"{GATEWAY_VETH_HOST}\" ip saddr {ip} snat to {ip} comment \"kube-egress-gateway no sNAT packet from ip {ip}\""
+        );
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> PrivateKey {
+        PrivateKey(wireguard_control::Key::from_base64(&base64_of([n; 32])).expect("test key"))
+    }
+
+    fn base64_of(b: [u8; 32]) -> String {
+        wireguard_control::Key::from_hex(&b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+            .expect("hex key")
+            .to_base64()
+    }
+
+    fn peer(name: &str, key: &str, ip: [u8; 4]) -> PeerInput {
+        PeerInput {
+            pod_endpoint: format!("ns/{name}"),
+            public_key: key.into(),
+            pod_ip: Ipv4Addr::from(ip),
+        }
+    }
+
+    fn config(port: u16, secondary: [u8; 4], peers: Vec<PeerInput>) -> ConfigInput {
+        ConfigInput {
+            uid: format!("uid-{port}"),
+            sgc: format!("ns/sgc-{port}"),
+            port,
+            private_key: key(port as u8),
+            secondary_ip: Ipv4Addr::from(secondary),
+            peers,
+        }
+    }
+
+    fn input(configs: Vec<ConfigInput>) -> GatewayInput {
+        GatewayInput {
+            netns_name: "ns-static-egress-gateway".into(),
+            host_interface: "eth0".into(),
+            primary_ip: Ipv4Addr::new(10, 0, 0, 4),
+            frontend_ips: vec![Ipv4Addr::new(10, 0, 0, 100)],
+            configs,
+        }
+    }
+
+    #[test]
+    fn one_configuration_full_layout() {
+        let plan = gateway_plan(&input(vec![config(
+            6000,
+            [10, 0, 0, 6],
+            vec![peer("a", "KA", [10, 244, 0, 5]), peer("b", "KB", [10, 244, 1, 7])],
+        )]));
+        assert!(plan.warnings.is_empty());
+        assert_eq!(
+            plan.host_addresses,
+            BTreeSet::from([Ipv4Addr::new(10, 0, 0, 100)])
+        );
+        assert_eq!(plan.host_routes, BTreeSet::from([Ipv4Addr::new(10, 0, 0, 6)]));
+        assert_eq!(plan.ns_addresses, BTreeSet::from([Ipv4Addr::new(10, 0, 0, 6)]));
+        let routes: Vec<String> = plan.ns_routes.iter().map(|r| r.ip_args().join(" ")).collect();
+        assert_eq!(
+            routes,
+            vec![
+                "10.0.0.4/32 scope link dev host0",
+                "0.0.0.0/0 via 10.0.0.4 dev host0",
+                "10.244.0.5/32 scope link dev wg-6000",
+                "10.244.1.7/32 scope link dev wg-6000",
+            ]
+        );
+        let link = &plan.links["wg-6000"];
+        assert_eq!(link.port, 6000);
+        assert_eq!(link.uid, "uid-6000");
+        assert_eq!(link.peers.len(), 2);
+        assert_eq!(link.peers["KA"], "10.244.0.5/32".parse::<Ipv4Net>().expect("net"));
+        assert!(plan.gateway_nft.contains(
+            "iifname \"wg-6000\" ct mark set 6000 comment \"kube-egress-gateway mark packets from gateway link wg-6000\""
+        ));
+        assert!(
+            plan.gateway_nft
+                .contains("oifname \"host0\" ct mark 6000 snat to 10.0.0.6")
+        );
+        assert!(
+            plan.host_nft
+                .contains("iifname \"host-gateway\" ip saddr 10.0.0.6 snat to 10.0.0.6")
+        );
+        assert!(plan.host_nft.contains("priority srcnat - 10"));
+    }
+
+    #[test]
+    fn two_configurations_each_snat_to_their_own_ip() {
+        let plan = gateway_plan(&input(vec![
+            config(6001, [10, 0, 0, 7], vec![peer("b", "KB", [10, 244, 0, 9])]),
+            config(6000, [10, 0, 0, 6], vec![peer("a", "KA", [10, 244, 0, 5])]),
+        ]));
+        assert_eq!(plan.links.keys().collect::<Vec<_>>(), vec!["wg-6000", "wg-6001"]);
+        assert!(plan.gateway_nft.contains("ct mark 6000 snat to 10.0.0.6"));
+        assert!(plan.gateway_nft.contains("ct mark 6001 snat to 10.0.0.7"));
+        assert_eq!(plan.ns_addresses.len(), 2);
+        // one default route for the node, not one per configuration
+        assert_eq!(
+            plan.ns_routes.iter().filter(|r| r.dst.prefix_len() == 0).count(),
+            1
+        );
+        assert_ne!(
+            plan.links["wg-6000"].control_name,
+            plan.links["wg-6001"].control_name
+        );
+    }
+
+    #[test]
+    fn no_configuration_means_no_frontend_no_routes_and_empty_tables() {
+        let plan = gateway_plan(&input(vec![]));
+        assert!(plan.host_addresses.is_empty());
+        assert!(plan.ns_routes.is_empty());
+        assert!(plan.links.is_empty());
+        assert!(!plan.gateway_nft.contains("snat"));
+        assert!(!plan.host_nft.contains("snat"));
+        assert!(
+            plan.gateway_nft
+                .starts_with("table ip kube-egress-gateway\ndelete table ip kube-egress-gateway\n")
+        );
+    }
+
+    #[test]
+    fn duplicate_port_and_duplicate_pod_ip_are_reported_not_applied() {
+        let mut dup = config(6000, [10, 0, 0, 9], vec![]);
+        dup.sgc = "ns/zzz".into();
+        let plan = gateway_plan(&input(vec![
+            config(
+                6000,
+                [10, 0, 0, 6],
+                vec![peer("a", "KA", [10, 244, 0, 5]), peer("b", "KB", [10, 244, 0, 5])],
+            ),
+            dup,
+        ]));
+        assert_eq!(plan.links.len(), 1);
+        assert_eq!(plan.links["wg-6000"].peers.len(), 1);
+        assert!(plan.links["wg-6000"].peers.contains_key("KA"));
+        assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+        assert!(!plan.ns_addresses.contains(&Ipv4Addr::new(10, 0, 0, 9)));
+    }
+
+    #[test]
+    fn control_names_are_deterministic_valid_and_distinct() {
+        let a = gateway_control_name("ns-static-egress-gateway", 6000);
+        assert_eq!(a, gateway_control_name("ns-static-egress-gateway", 6000));
+        assert_ne!(a, gateway_control_name("other", 6000));
+        assert_eq!(a.len(), 15);
+    }
+
+    #[test]
+    fn private_keys_never_print() {
+        let plan = gateway_plan(&input(vec![config(6000, [10, 0, 0, 6], vec![])]));
+        let dbg = format!("{plan:?}");
+        assert!(dbg.contains("<redacted>"));
+        assert!(!dbg.contains(&plan.links["wg-6000"].private_key.0.to_base64()));
+    }
+}

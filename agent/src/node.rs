@@ -1,0 +1,530 @@
+//! Node mode: the CNI plugin's server (gRPC over a 0600 unix socket) and CNI configuration installation.
+//!
+//! The Kubernetes side is behind [`Cluster`] so the data-plane logic is testable without an API server.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use api::internal::PodEndpointSpec;
+use api::names::{CNI_PLUGIN_TYPE, POD_GATEWAY_ANNOTATION};
+use api::sgc::{RouteType, StaticGatewayConfiguration};
+use cni::proto::nic_service_server::{NicService, NicServiceServer};
+use cni::proto::{
+    DefaultRoute, NicAddRequest, NicAddResponse, NicDelRequest, NicDelResponse, PodInfo, PodRetrieveRequest,
+    PodRetrieveResponse,
+};
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+
+/// What node mode needs from Kubernetes. Errors are plain strings (already descriptive).
+#[tonic::async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// A pod's annotations; `None` when the pod does not exist.
+    async fn pod_annotations(&self, ns: &str, name: &str)
+    -> Result<Option<BTreeMap<String, String>>, String>;
+    /// A configuration; `None` when absent.
+    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, String>;
+    /// Creates or updates the pod's PodEndpoint (owned by the pod).
+    async fn upsert_pod_endpoint(&self, ns: &str, name: &str, spec: PodEndpointSpec) -> Result<(), String>;
+    /// Deletes the pod's PodEndpoint; absent is success.
+    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), String>;
+}
+
+/// In-memory cluster (tests, simulations).
+#[derive(Debug, Default, Clone)]
+pub struct MemoryCluster {
+    inner: Arc<Mutex<MemoryState>>,
+}
+
+/// Contents of a [`MemoryCluster`].
+#[derive(Debug, Default)]
+pub struct MemoryState {
+    /// `(ns, name)` → annotations.
+    pub pods: BTreeMap<(String, String), BTreeMap<String, String>>,
+    /// `(ns, name)` → configuration.
+    pub sgcs: BTreeMap<(String, String), StaticGatewayConfiguration>,
+    /// `(ns, name)` → PodEndpoint spec.
+    pub pod_endpoints: BTreeMap<(String, String), PodEndpointSpec>,
+}
+
+impl MemoryCluster {
+    /// Runs `f` with the state locked.
+    pub fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> T) -> T {
+        let mut g = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
+    }
+}
+
+fn key(ns: &str, name: &str) -> (String, String) {
+    (ns.to_string(), name.to_string())
+}
+
+#[tonic::async_trait]
+impl Cluster for MemoryCluster {
+    async fn pod_annotations(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, String> {
+        Ok(self.with(|s| s.pods.get(&key(ns, name)).cloned()))
+    }
+    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, String> {
+        Ok(self.with(|s| s.sgcs.get(&key(ns, name)).cloned()))
+    }
+    async fn upsert_pod_endpoint(&self, ns: &str, name: &str, spec: PodEndpointSpec) -> Result<(), String> {
+        self.with(|s| s.pod_endpoints.insert(key(ns, name), spec));
+        Ok(())
+    }
+    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), String> {
+        self.with(|s| s.pod_endpoints.remove(&key(ns, name)));
+        Ok(())
+    }
+}
+
+/// The NicService implementation.
+#[derive(Debug)]
+pub struct NicServer<C> {
+    cluster: C,
+}
+
+impl<C: Cluster> NicServer<C> {
+    /// A server over `cluster`.
+    pub fn new(cluster: C) -> Self {
+        NicServer { cluster }
+    }
+}
+
+fn pod_of(p: Option<PodInfo>) -> Result<PodInfo, Status> {
+    let p = p.ok_or_else(|| Status::invalid_argument("pod_config: required"))?;
+    if p.pod_name.is_empty() || p.pod_namespace.is_empty() {
+        return Err(Status::invalid_argument(
+            "pod_config: pod_name and pod_namespace are required",
+        ));
+    }
+    Ok(p)
+}
+
+#[tonic::async_trait]
+impl<C: Cluster> NicService for NicServer<C> {
+    async fn nic_add(&self, req: Request<NicAddRequest>) -> Result<Response<NicAddResponse>, Status> {
+        let r = req.into_inner();
+        let pod = pod_of(r.pod_config)?;
+        let (ns, name) = (pod.pod_namespace.as_str(), pod.pod_name.as_str());
+        let gw = r.gateway_name.trim();
+        if gw.contains('/') {
+            return Err(Status::permission_denied(format!(
+                "pod {ns}/{name}: annotation {POD_GATEWAY_ANNOTATION}={gw:?} names a configuration of another \
+                 namespace; a pod can only use configurations of its own namespace"
+            )));
+        }
+        if !api::rules::is_dns1123_subdomain(gw) {
+            return Err(Status::invalid_argument(format!(
+                "pod {ns}/{name}: annotation {POD_GATEWAY_ANNOTATION}={gw:?} is not a valid object name"
+            )));
+        }
+        let allowed: ipnet::Ipv4Net = r.allowed_ip.parse().map_err(|_| {
+            Status::invalid_argument(format!("allowed_ip: {:?} is not an IPv4 /32", r.allowed_ip))
+        })?;
+        if allowed.prefix_len() != 32 {
+            return Err(Status::invalid_argument(format!(
+                "allowed_ip: {:?} must be a /32",
+                r.allowed_ip
+            )));
+        }
+        if wireguard_control::Key::from_base64(&r.public_key).is_err() {
+            return Err(Status::invalid_argument("public_key: not a base64 WireGuard key"));
+        }
+        let sgc = self
+            .cluster
+            .sgc(ns, gw)
+            .await
+            .map_err(|e| {
+                Status::unknown(format!(
+                    "failed to retrieve StaticGatewayConfiguration {ns}/{gw}: {e}"
+                ))
+            })?
+            .ok_or_else(|| Status::not_found(format!("StaticGatewayConfiguration {ns}/{gw} not found")))?;
+        let status = sgc.status.clone().unwrap_or_default();
+        let profile = match status.gateway_server_profile.as_ref() {
+            Some(p)
+                if status.egress_ip_prefix.as_deref().is_some_and(|s| !s.is_empty())
+                    && !p.ip.is_empty()
+                    && p.port != 0
+                    && !p.public_key.is_empty() =>
+            {
+                p.clone()
+            }
+            _ => {
+                return Err(Status::failed_precondition(format!(
+                    "StaticGatewayConfiguration {ns}/{gw}: the egress IP prefix is not ready yet"
+                )));
+            }
+        };
+        self.cluster
+            .upsert_pod_endpoint(
+                ns,
+                name,
+                PodEndpointSpec {
+                    static_gateway_configuration: gw.to_string(),
+                    pod_ip_address: allowed.to_string(),
+                    pod_public_key: r.public_key.clone(),
+                },
+            )
+            .await
+            .map_err(|e| Status::unknown(format!("failed to update PodEndpoint {ns}/{name}: {e}")))?;
+        Ok(Response::new(NicAddResponse {
+            endpoint_ip: profile.ip,
+            listen_port: profile.port,
+            public_key: profile.public_key,
+            exception_cidrs: sgc.spec.exclude_cidrs.clone(),
+            default_route: match sgc.spec.default_route {
+                RouteType::AzureNetworking => DefaultRoute::AzureNetworking as i32,
+                RouteType::StaticEgressGateway => DefaultRoute::StaticEgressGateway as i32,
+            },
+        }))
+    }
+
+    async fn nic_del(&self, req: Request<NicDelRequest>) -> Result<Response<NicDelResponse>, Status> {
+        let pod = pod_of(req.into_inner().pod_config)?;
+        self.cluster
+            .delete_pod_endpoint(&pod.pod_namespace, &pod.pod_name)
+            .await
+            .map_err(|e| {
+                Status::unknown(format!(
+                    "failed to delete PodEndpoint {}/{}: {e}",
+                    pod.pod_namespace, pod.pod_name
+                ))
+            })?;
+        Ok(Response::new(NicDelResponse {}))
+    }
+
+    async fn pod_retrieve(
+        &self,
+        req: Request<PodRetrieveRequest>,
+    ) -> Result<Response<PodRetrieveResponse>, Status> {
+        let pod = pod_of(req.into_inner().pod_config)?;
+        let ann = self
+            .cluster
+            .pod_annotations(&pod.pod_namespace, &pod.pod_name)
+            .await
+            .map_err(|e| {
+                Status::unknown(format!(
+                    "failed to retrieve pod {}/{}: {e}",
+                    pod.pod_namespace, pod.pod_name
+                ))
+            })?
+            .ok_or_else(|| {
+                Status::not_found(format!("pod {}/{} not found", pod.pod_namespace, pod.pod_name))
+            })?;
+        Ok(Response::new(PodRetrieveResponse {
+            annotations: ann.into_iter().collect(),
+        }))
+    }
+}
+
+/// Serves the NicService on a unix socket with mode 0600 until `shutdown` resolves.
+pub async fn serve_unix<C: Cluster>(
+    socket: &Path,
+    cluster: C,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("remove stale {}: {e}", socket.display())),
+    }
+    let listener =
+        tokio::net::UnixListener::bind(socket).map_err(|e| format!("bind {}: {e}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod 0600 {}: {e}", socket.display()))?;
+    tonic::transport::Server::builder()
+        .add_service(NicServiceServer::new(NicServer::new(cluster)))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| format!("gRPC server: {e}"))
+}
+
+/// Our plugin entry in the CNI configuration list.
+pub fn plugin_entry(excluded_cidrs: &[String], socket: &Path) -> Value {
+    json!({
+        "type": CNI_PLUGIN_TYPE,
+        "excludedCIDRs": excluded_cidrs,
+        "socketPath": socket.display().to_string(),
+        "capabilities": {cni::conf::ANNOTATIONS_CAPABILITY: true},
+    })
+}
+
+/// Builds our conflist from the primary configuration: `.conflist` gets our entry at `plugins[1]` (any
+/// previous entry of ours removed), a single-plugin `.conf`/`.json` is converted to a list.
+pub fn chained_conflist(file_name: &str, primary: &Value, entry: &Value) -> Result<Value, String> {
+    let obj = primary
+        .as_object()
+        .ok_or_else(|| format!("{file_name}: not a JSON object"))?;
+    if file_name.ends_with(".conflist") {
+        let plugins = obj
+            .get("plugins")
+            .ok_or_else(|| format!("failed to find plugins in cni config file {file_name}"))?
+            .as_array()
+            .ok_or_else(|| format!("plugins field is not an array in {file_name}"))?;
+        if plugins.is_empty() {
+            return Err(format!("empty plugin list in cni config file {file_name}"));
+        }
+        let mut kept = Vec::with_capacity(plugins.len() + 1);
+        for p in plugins {
+            let t = p
+                .get("type")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("failed to find type in plugin conf in file {file_name}"))?;
+            if t != CNI_PLUGIN_TYPE {
+                kept.push(p.clone());
+            }
+        }
+        kept.insert(1.min(kept.len()), entry.clone());
+        let mut out = primary.clone();
+        out["plugins"] = Value::Array(kept);
+        Ok(out)
+    } else {
+        if obj.get("type").and_then(Value::as_str).is_none() {
+            return Err(format!("failed to find type in plugin conf in file {file_name}"));
+        }
+        let mut plugin = obj.clone();
+        let name = plugin.remove("name").unwrap_or(Value::from(""));
+        let version = plugin.remove("cniVersion").unwrap_or(Value::from("1.0.0"));
+        Ok(json!({"name": name, "cniVersion": version, "plugins": [Value::Object(plugin), entry]}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::sgc::{GatewayServerProfile, StaticGatewayConfigurationSpec, StaticGatewayConfigurationStatus};
+
+    fn entry() -> Value {
+        plugin_entry(&["169.254.169.254/32".into()], Path::new("/run/keg/cni.sock"))
+    }
+
+    #[test]
+    fn conflist_gets_our_plugin_second_and_drops_old_copies() {
+        let primary = json!({"cniVersion":"1.0.0","name":"k8s","plugins":[
+            {"type":"bridge"},{"type":"kube-egress-cni","old":true},{"type":"portmap"}]});
+        let out = chained_conflist("10-bridge.conflist", &primary, &entry()).expect("valid");
+        let types: Vec<&str> = out["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .map(|p| p["type"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(types, vec!["bridge", "kube-egress-cni", "portmap"]);
+        assert!(out["plugins"][1].get("old").is_none());
+        assert_eq!(
+            out["plugins"][1]["capabilities"]["io.kubernetes.cri.pod-annotations"],
+            true
+        );
+        assert_eq!(out["name"], "k8s");
+    }
+
+    #[test]
+    fn conf_is_converted_to_a_list() {
+        let primary = json!({"cniVersion":"0.4.0","name":"net","type":"bridge","bridge":"cni0"});
+        let out = chained_conflist("10-bridge.conf", &primary, &entry()).expect("valid");
+        assert_eq!(out["cniVersion"], "0.4.0");
+        assert_eq!(out["name"], "net");
+        assert_eq!(out["plugins"][0], json!({"type":"bridge","bridge":"cni0"}));
+        assert_eq!(out["plugins"][1]["type"], "kube-egress-cni");
+    }
+
+    #[test]
+    fn malformed_primaries_are_named_errors() {
+        let e = |f: &str, v: Value| chained_conflist(f, &v, &entry()).expect_err("invalid");
+        assert_eq!(
+            e("a.conflist", json!({})),
+            "failed to find plugins in cni config file a.conflist"
+        );
+        assert_eq!(
+            e("a.conflist", json!({"plugins": 1})),
+            "plugins field is not an array in a.conflist"
+        );
+        assert_eq!(
+            e("a.conflist", json!({"plugins": []})),
+            "empty plugin list in cni config file a.conflist"
+        );
+        assert_eq!(
+            e("a.conflist", json!({"plugins": [{}]})),
+            "failed to find type in plugin conf in file a.conflist"
+        );
+        assert_eq!(
+            e("a.conf", json!({"name": "x"})),
+            "failed to find type in plugin conf in file a.conf"
+        );
+    }
+
+    fn ready_sgc(mode: RouteType) -> StaticGatewayConfiguration {
+        let mut s = StaticGatewayConfiguration::new(
+            "gw",
+            StaticGatewayConfigurationSpec {
+                default_route: mode,
+                exclude_cidrs: vec!["1.2.3.0/24".into()],
+                ..Default::default()
+            },
+        );
+        s.status = Some(StaticGatewayConfigurationStatus {
+            egress_ip_prefix: Some("20.0.0.0/31".into()),
+            gateway_server_profile: Some(GatewayServerProfile {
+                ip: "10.0.0.100".into(),
+                port: 6000,
+                public_key: wireguard_control::Key::generate_private()
+                    .get_public()
+                    .to_base64(),
+                private_key_secret_ref: None,
+            }),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn add_req(gw: &str) -> NicAddRequest {
+        NicAddRequest {
+            pod_config: Some(PodInfo {
+                pod_name: "p".into(),
+                pod_namespace: "ns".into(),
+            }),
+            listen_port: 0,
+            allowed_ip: "10.244.0.5/32".into(),
+            public_key: wireguard_control::Key::generate_private()
+                .get_public()
+                .to_base64(),
+            gateway_name: gw.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn nic_add_creates_pod_endpoint_and_returns_gateway() {
+        let c = MemoryCluster::default();
+        c.with(|s| {
+            s.sgcs
+                .insert(key("ns", "gw"), ready_sgc(RouteType::AzureNetworking))
+        });
+        let srv = NicServer::new(c.clone());
+        let resp = srv
+            .nic_add(Request::new(add_req("gw")))
+            .await
+            .expect("ok")
+            .into_inner();
+        assert_eq!(resp.endpoint_ip, "10.0.0.100");
+        assert_eq!(resp.listen_port, 6000);
+        assert_eq!(resp.exception_cidrs, vec!["1.2.3.0/24"]);
+        assert_eq!(resp.default_route, DefaultRoute::AzureNetworking as i32);
+        let pe = c
+            .with(|s| s.pod_endpoints.get(&key("ns", "p")).cloned())
+            .expect("PodEndpoint");
+        assert_eq!(pe.pod_ip_address, "10.244.0.5/32");
+        assert_eq!(pe.static_gateway_configuration, "gw");
+        srv.nic_del(Request::new(NicDelRequest {
+            pod_config: Some(PodInfo {
+                pod_name: "p".into(),
+                pod_namespace: "ns".into(),
+            }),
+        }))
+        .await
+        .expect("del");
+        assert!(c.with(|s| s.pod_endpoints.is_empty()));
+        // deleting again is fine
+        srv.nic_del(Request::new(NicDelRequest {
+            pod_config: Some(PodInfo {
+                pod_name: "p".into(),
+                pod_namespace: "ns".into(),
+            }),
+        }))
+        .await
+        .expect("idempotent del");
+    }
+
+    #[tokio::test]
+    async fn nic_add_refuses_other_namespace_missing_and_unready_configurations() {
+        let c = MemoryCluster::default();
+        let mut unready = ready_sgc(RouteType::StaticEgressGateway);
+        unready.status = None;
+        c.with(|s| s.sgcs.insert(key("ns", "unready"), unready));
+        c.with(|s| {
+            s.sgcs
+                .insert(key("other", "gw"), ready_sgc(RouteType::StaticEgressGateway))
+        });
+        let srv = NicServer::new(c.clone());
+        let code = |r: Result<Response<NicAddResponse>, Status>| r.expect_err("refused").code();
+        assert_eq!(
+            code(srv.nic_add(Request::new(add_req("other/gw"))).await),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(srv.nic_add(Request::new(add_req("gw"))).await),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            code(srv.nic_add(Request::new(add_req("unready"))).await),
+            tonic::Code::FailedPrecondition
+        );
+        let mut bad = add_req("unready");
+        bad.allowed_ip = "10.0.0.0/24".into();
+        assert_eq!(
+            code(srv.nic_add(Request::new(bad)).await),
+            tonic::Code::InvalidArgument
+        );
+        assert!(c.with(|s| s.pod_endpoints.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn socket_is_0600_and_serves_pod_retrieve() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("cni.sock");
+        let c = MemoryCluster::default();
+        c.with(|s| {
+            s.pods.insert(
+                key("ns", "p"),
+                BTreeMap::from([(POD_GATEWAY_ANNOTATION.to_string(), "gw".to_string())]),
+            )
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let s2 = sock.clone();
+        let server = tokio::spawn(async move {
+            serve_unix(&s2, c, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !sock.exists() {
+            assert!(tokio::time::Instant::now() < deadline, "socket never appeared");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mode = std::fs::metadata(&sock).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mut client = cni::client::connect(sock.clone(), std::time::Duration::from_secs(2))
+            .await
+            .expect("connect");
+        let ann = client
+            .pod_retrieve(PodRetrieveRequest {
+                pod_config: Some(PodInfo {
+                    pod_name: "p".into(),
+                    pod_namespace: "ns".into(),
+                }),
+            })
+            .await
+            .expect("retrieve")
+            .into_inner()
+            .annotations;
+        assert_eq!(ann[POD_GATEWAY_ANNOTATION], "gw");
+        let _ = tx.send(());
+        server.await.expect("join").expect("server ok");
+    }
+}

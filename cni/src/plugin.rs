@@ -1,0 +1,647 @@
+//! ADD / DEL / CHECK / VERSION.
+//!
+//! Safety properties:
+//! * A pod without the annotation is passed through untouched. When the runtime hands over pod annotations
+//!   (capability `io.kubernetes.cri.pod-annotations`), the agent is not even contacted, so plain pods never
+//!   depend on our agent being up.
+//! * An annotated pod either gets its tunnel and routes, or ADD fails and everything done so far is undone:
+//!   it never silently egresses via the node.
+//! * DEL is idempotent and succeeds when nothing is left to remove.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use api::names::{POD_GATEWAY_ANNOTATION, POD_INGRESS_MARK, POD_INGRESS_TABLE, POD_WG_INTERFACE, fnv1a64};
+use api::sgc::RouteType;
+use serde_json::{Value, json};
+
+use crate::conf::{self, CniError, K8sArgs, NetConf, SUPPORTED_VERSIONS};
+use crate::netns::Netns;
+use crate::proto::{self, DefaultRoute, NicAddRequest, NicDelRequest, PodInfo, PodRetrieveRequest};
+use crate::routes::{self, PodPlanInput};
+use crate::wg::{BackendKind, DeviceChange, PeerSpec, PrivateKey, WireGuard, link_alias};
+
+/// Where the agent listens unless the config says otherwise.
+pub const DEFAULT_SOCKET: &str = "/var/run/kube-egress-gateway/cni.sock";
+
+/// The CNI environment.
+#[derive(Debug, Clone, Default)]
+pub struct CniEnv {
+    /// CNI_COMMAND.
+    pub command: String,
+    /// CNI_CONTAINERID.
+    pub container_id: String,
+    /// CNI_NETNS.
+    pub netns: String,
+    /// CNI_IFNAME.
+    pub ifname: String,
+    /// CNI_ARGS.
+    pub args: String,
+}
+
+impl CniEnv {
+    /// Reads the process environment.
+    pub fn from_env() -> Self {
+        let v = |k: &str| std::env::var(k).unwrap_or_default();
+        CniEnv {
+            command: v("CNI_COMMAND"),
+            container_id: v("CNI_CONTAINERID"),
+            netns: v("CNI_NETNS"),
+            ifname: v("CNI_IFNAME"),
+            args: v("CNI_ARGS"),
+        }
+    }
+}
+
+/// Runs one invocation; returns what to print on stdout, or the error to print.
+pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Value, (CniError, String)> {
+    if env.command == "VERSION" {
+        return Ok(json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED_VERSIONS}));
+    }
+    let conf = NetConf::parse(stdin).map_err(|e| (e, "1.0.0".to_string()))?;
+    let version = conf.cni_version.clone();
+    if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
+        return Err((
+            CniError::new(
+                CniError::INCOMPATIBLE_VERSION,
+                "incompatible CNI version",
+                format!("cniVersion {version:?} is not one of {SUPPORTED_VERSIONS:?}"),
+            ),
+            version,
+        ));
+    }
+    let r = match env.command.as_str() {
+        "ADD" => add(env, &conf).await,
+        "DEL" => del(env, &conf).await,
+        "CHECK" => check(env, &conf).await,
+        other => Err(CniError::new(
+            CniError::INVALID_CONFIG,
+            "unknown CNI_COMMAND",
+            format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, VERSION"),
+        )),
+    };
+    r.map_err(|e| (e, version))
+}
+
+fn socket(conf: &NetConf) -> PathBuf {
+    if conf.socket_path.is_empty() {
+        PathBuf::from(DEFAULT_SOCKET)
+    } else {
+        PathBuf::from(&conf.socket_path)
+    }
+}
+
+fn pod_info(k8s: &K8sArgs) -> PodInfo {
+    PodInfo {
+        pod_name: k8s.pod_name.clone(),
+        pod_namespace: k8s.pod_namespace.clone(),
+    }
+}
+
+fn agent_err(what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::new(CniError::AGENT, format!("node agent: {what}"), e.to_string())
+}
+
+fn dp_err(what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::new(CniError::DATAPLANE, what.to_string(), e.to_string())
+}
+
+/// The configuration the pod names, from the runtime's annotations or else from the agent.
+async fn gateway_of(conf: &NetConf, k8s: &K8sArgs) -> Result<Option<String>, CniError> {
+    let annotations: BTreeMap<String, String> = match conf.runtime_annotations() {
+        Some(a) => a,
+        None => {
+            let mut c = crate::client::connect(socket(conf), Duration::from_secs(3))
+                .await
+                .map_err(|e| agent_err("cannot read pod annotations (runtime did not provide them)", e))?;
+            c.pod_retrieve(PodRetrieveRequest {
+                pod_config: Some(pod_info(k8s)),
+            })
+            .await
+            .map_err(|e| agent_err("PodRetrieve", e.message()))?
+            .into_inner()
+            .annotations
+            .into_iter()
+            .collect()
+        }
+    };
+    Ok(annotations
+        .get(POD_GATEWAY_ANNOTATION)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty()))
+}
+
+/// Name the pod's WireGuard link is created with (and its UAPI socket name): unique per container.
+pub fn control_name(container_id: &str) -> String {
+    format!("wgp{:012x}", fnv1a64(container_id.as_bytes()) & 0xffff_ffff_ffff)
+}
+
+async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    let Some(prev) = conf.prev_result.as_ref() else {
+        return Err(CniError::new(
+            CniError::INVALID_CONFIG,
+            "missing prevResult",
+            "kube-egress-cni is a chained plugin: list it after the primary plugin in a .conflist",
+        ));
+    };
+    let k8s = K8sArgs::parse(&env.args);
+    if !k8s.is_pod() {
+        return Ok(conf::passthrough(Some(prev), &conf.cni_version));
+    }
+    let Some(gateway) = gateway_of(conf, &k8s).await? else {
+        return Ok(conf::passthrough(Some(prev), &conf.cni_version));
+    };
+    let mut undo = Undo::new(env, conf, &k8s);
+    match add_annotated(env, conf, &k8s, &gateway, prev, &mut undo).await {
+        Ok(v) => {
+            undo.disarm();
+            Ok(v)
+        }
+        Err(e) => {
+            undo.run().await;
+            Err(e)
+        }
+    }
+}
+
+async fn add_annotated(
+    env: &CniEnv,
+    conf: &NetConf,
+    k8s: &K8sArgs,
+    gateway: &str,
+    prev: &Value,
+    undo: &mut Undo,
+) -> Result<Value, CniError> {
+    let eth = if env.ifname.is_empty() {
+        "eth0"
+    } else {
+        env.ifname.as_str()
+    };
+    let pod_ip = conf::pod_ipv4(prev, eth)?.pod_ipv4;
+    let cni_excluded = routes::parse_cidrs("excludedCIDRs (CNI config)", &conf.excluded_cidrs)
+        .map_err(|e| CniError::new(CniError::INVALID_CONFIG, "invalid network configuration", e))?;
+    let podns = Netns::Path(PathBuf::from(&env.netns));
+    if !podns.exists() {
+        return Err(dp_err(
+            "pod network namespace",
+            format!("CNI_NETNS {:?} does not exist", env.netns),
+        ));
+    }
+    let eth_gw = default_gateway(&podns, eth)?;
+    undo.eth_routes = Some(
+        podns
+            .ip_json(&["-4", "route", "show", "dev", eth])
+            .map_err(|e| dp_err("read routes", e))?,
+    );
+    let addr6 = link_local_of(&podns, eth, pod_ip);
+
+    let kind = match conf.wireguard_backend.as_deref() {
+        Some(s) => BackendKind::parse(s)
+            .map_err(|e| CniError::new(CniError::INVALID_CONFIG, "invalid network configuration", e))?,
+        None => BackendKind::detect(),
+    };
+    let wg = WireGuard::new(kind);
+    let key = PrivateKey::generate();
+    let handle = wg
+        .create_and_move(
+            &Netns::Current,
+            &control_name(&env.container_id),
+            &podns,
+            POD_WG_INTERFACE,
+        )
+        .map_err(|e| dp_err("create wg0", e))?;
+    undo.wg_created = true;
+
+    let mut client = crate::client::connect(socket(conf), Duration::from_secs(3))
+        .await
+        .map_err(|e| agent_err("unreachable", e))?;
+    undo.nic_added = true;
+    let resp = client
+        .nic_add(NicAddRequest {
+            pod_config: Some(pod_info(k8s)),
+            listen_port: 0,
+            allowed_ip: format!("{pod_ip}/32"),
+            public_key: key.public_base64(),
+            gateway_name: gateway.to_string(),
+        })
+        .await
+        .map_err(|e| agent_err("NicAdd", e.message()))?
+        .into_inner();
+    let sgc = format!("{}/{gateway}", k8s.pod_namespace);
+    let endpoint_ip: IpAddr = resp.endpoint_ip.parse().map_err(|_| {
+        agent_err(
+            "NicAdd",
+            format!("gateway {sgc}: endpoint_ip {:?} is not an IP", resp.endpoint_ip),
+        )
+    })?;
+    let port = u16::try_from(resp.listen_port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| {
+            agent_err(
+                "NicAdd",
+                format!("gateway {sgc}: listen_port {} out of range", resp.listen_port),
+            )
+        })?;
+    let sgc_cidrs = routes::parse_cidrs(&format!("excludeCidrs of {sgc}"), &resp.exception_cidrs)
+        .map_err(|e| CniError::new(CniError::INVALID_CONFIG, "invalid StaticGatewayConfiguration", e))?;
+    let mode = match proto::DefaultRoute::try_from(resp.default_route) {
+        Ok(DefaultRoute::AzureNetworking) => RouteType::AzureNetworking,
+        _ => RouteType::StaticEgressGateway,
+    };
+
+    wg.apply(
+        &handle,
+        &DeviceChange {
+            private_key: Some(key),
+            upsert_peers: vec![PeerSpec {
+                public_key: resp.public_key.clone(),
+                endpoint: Some(crate::wg::endpoint(endpoint_ip, port)),
+                allowed_ips: vec![
+                    "0.0.0.0/0".parse().map_err(|e| dp_err("cidr", e))?,
+                    "::/0".parse().map_err(|e| dp_err("cidr", e))?,
+                ],
+            }],
+            ..Default::default()
+        },
+    )
+    .map_err(|e| dp_err("configure wg0", e))?;
+    let dp = |e| dp_err("configure pod network", e);
+    podns
+        .ip(&[
+            "-6",
+            "addr",
+            "replace",
+            &format!("{addr6}/64"),
+            "dev",
+            POD_WG_INTERFACE,
+            "nodad",
+        ])
+        .map_err(dp)?;
+    podns.ip(&["link", "set", POD_WG_INTERFACE, "up"]).map_err(dp)?;
+
+    let plan = routes::pod_plan(&PodPlanInput {
+        default_route: mode,
+        sgc_exception_cidrs: &sgc_cidrs,
+        cni_excluded_cidrs: &cni_excluded,
+        eth,
+        eth_gateway: eth_gw,
+    });
+    undo.pod_rules = true;
+    podns.nft(&plan.nft).map_err(dp)?;
+    for (k, v) in &plan.sysctls {
+        podns.sysctl(k, v).map_err(dp)?;
+    }
+    podns
+        .ip(&["-4", "route", "replace"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(plan.ingress_default.ip_args())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>())
+        .map_err(dp)?;
+    ensure_ingress_rule(&podns).map_err(dp)?;
+    if plan.flush_eth0_routes {
+        podns
+            .ip(&["-4", "route", "flush", "dev", eth, "table", "main"])
+            .map_err(dp)?;
+    }
+    for r in &plan.routes {
+        let mut a: Vec<String> = vec!["-4".into(), "route".into(), "replace".into()];
+        a.extend(r.ip_args());
+        podns
+            .ip(&a.iter().map(String::as_str).collect::<Vec<_>>())
+            .map_err(dp)?;
+    }
+    Ok(conf::add_wg_to_result(
+        prev,
+        &conf.cni_version,
+        POD_WG_INTERFACE,
+        &env.netns,
+        &format!("{addr6}/64"),
+    ))
+}
+
+fn ensure_ingress_rule(ns: &Netns) -> Result<(), crate::netns::CmdError> {
+    let rules = ns.ip_json(&["-4", "rule", "show"])?;
+    let present = rules.as_array().is_some_and(|a| {
+        a.iter().any(|r| {
+            r["table"].as_str() == Some(&POD_INGRESS_TABLE.to_string())
+                && r["fwmark"].as_str() == Some(&format!("{POD_INGRESS_MARK:#x}"))
+        })
+    });
+    if !present {
+        ns.ip(&[
+            "-4",
+            "rule",
+            "add",
+            "fwmark",
+            &format!("{POD_INGRESS_MARK:#x}"),
+            "lookup",
+            &POD_INGRESS_TABLE.to_string(),
+        ])?;
+    }
+    Ok(())
+}
+
+fn default_gateway(ns: &Netns, eth: &str) -> Result<Ipv4Addr, CniError> {
+    let routes = ns
+        .ip_json(&["-4", "route", "show", "default", "dev", eth])
+        .map_err(|e| dp_err("read routes", e))?;
+    routes
+        .as_array()
+        .and_then(|a| a.iter().find_map(|r| r["gateway"].as_str()?.parse().ok()))
+        .ok_or_else(|| {
+            dp_err(
+                "failed to find default route",
+                format!("no IPv4 default route via a gateway on {eth}"),
+            )
+        })
+}
+
+/// eth0's IPv6 link-local address, as upstream's IPAM assigns it to wg0; derived from the pod IP if absent.
+fn link_local_of(ns: &Netns, eth: &str, pod_ip: Ipv4Addr) -> Ipv6Addr {
+    let found = ns
+        .ip_json(&["-6", "addr", "show", "dev", eth, "scope", "link"])
+        .ok()
+        .and_then(|v| {
+            v.as_array()?.iter().find_map(|l| {
+                l["addr_info"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|a| a["local"].as_str()?.parse::<Ipv6Addr>().ok())
+            })
+        });
+    found.unwrap_or_else(|| {
+        let o = pod_ip.octets();
+        Ipv6Addr::new(
+            0xfe80,
+            0,
+            0,
+            0,
+            0,
+            0x0a,
+            u16::from_be_bytes([o[0], o[1]]),
+            u16::from_be_bytes([o[2], o[3]]),
+        )
+    })
+}
+
+/// Everything ADD did, undone in reverse on failure.
+#[derive(Debug)]
+struct Undo {
+    env: CniEnv,
+    socket: PathBuf,
+    k8s: K8sArgs,
+    armed: bool,
+    wg_created: bool,
+    nic_added: bool,
+    pod_rules: bool,
+    eth_routes: Option<Value>,
+}
+
+impl Undo {
+    fn new(env: &CniEnv, conf: &NetConf, k8s: &K8sArgs) -> Self {
+        Undo {
+            env: env.clone(),
+            socket: socket(conf),
+            k8s: k8s.clone(),
+            armed: true,
+            wg_created: false,
+            nic_added: false,
+            pod_rules: false,
+            eth_routes: None,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    async fn run(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let podns = Netns::Path(PathBuf::from(&self.env.netns));
+        if self.pod_rules {
+            remove_pod_rules(&podns);
+            if let Some(routes) = self.eth_routes.take().and_then(|v| v.as_array().cloned()) {
+                restore_routes(&podns, &routes);
+            }
+        }
+        if self.wg_created {
+            let _ = podns.ip(&["link", "del", POD_WG_INTERFACE]);
+            let _ = Netns::Current.ip(&["link", "del", &control_name(&self.env.container_id)]);
+        }
+        if self.nic_added {
+            nic_del(&self.socket, &self.k8s).await;
+        }
+    }
+}
+
+fn restore_routes(ns: &Netns, routes: &[Value]) {
+    // Routes without a gateway first, so routes via a gateway find it reachable.
+    let mut sorted: Vec<&Value> = routes.iter().collect();
+    sorted.sort_by_key(|r| r.get("gateway").is_some());
+    for r in sorted {
+        let (Some(dst), Some(dev)) = (r["dst"].as_str(), r["dev"].as_str()) else {
+            continue;
+        };
+        let dst = if dst == "default" { "0.0.0.0/0" } else { dst };
+        let mut a = vec!["-4", "route", "replace", dst, "dev", dev];
+        if let Some(g) = r["gateway"].as_str() {
+            a.extend(["via", g]);
+        }
+        if let Some(s) = r["prefsrc"].as_str() {
+            a.extend(["src", s]);
+        }
+        if let Some(s) = r["scope"].as_str() {
+            a.extend(["scope", s]);
+        }
+        let _ = ns.ip(&a);
+    }
+}
+
+fn remove_pod_rules(ns: &Netns) {
+    let _ = ns.nft(&routes::delete_table_script());
+    let _ = ns.ip(&["-4", "route", "flush", "table", &POD_INGRESS_TABLE.to_string()]);
+    let _ = ns.ip(&[
+        "-4",
+        "rule",
+        "del",
+        "fwmark",
+        &format!("{POD_INGRESS_MARK:#x}"),
+        "lookup",
+        &POD_INGRESS_TABLE.to_string(),
+    ]);
+}
+
+async fn nic_del(socket: &std::path::Path, k8s: &K8sArgs) {
+    match crate::client::connect(socket.to_path_buf(), Duration::from_secs(2)).await {
+        Ok(mut c) => {
+            if let Err(e) = c
+                .nic_del(NicDelRequest {
+                    pod_config: Some(pod_info(k8s)),
+                })
+                .await
+            {
+                eprintln!(
+                    "kube-egress-cni: NicDel {}/{}: {}",
+                    k8s.pod_namespace,
+                    k8s.pod_name,
+                    e.message()
+                );
+            }
+        }
+        Err(e) => eprintln!("kube-egress-cni: NicDel skipped: {e}"),
+    }
+}
+
+async fn del(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    let k8s = K8sArgs::parse(&env.args);
+    let podns = Netns::Path(PathBuf::from(&env.netns));
+    let mut had_tunnel = false;
+    if !env.netns.is_empty() && podns.exists() && podns.link_exists(POD_WG_INTERFACE).unwrap_or(false) {
+        had_tunnel = true;
+        let _ = link_alias(&podns, POD_WG_INTERFACE);
+        let _ = podns.ip(&["link", "del", POD_WG_INTERFACE]);
+        remove_pod_rules(&podns);
+    }
+    // A link left in the host namespace by an interrupted ADD.
+    let ctl = control_name(&env.container_id);
+    if Netns::Current.link_exists(&ctl).unwrap_or(false) {
+        let _ = Netns::Current.ip(&["link", "del", &ctl]);
+    }
+    let annotated = match conf.runtime_annotations() {
+        Some(a) => a.contains_key(POD_GATEWAY_ANNOTATION),
+        None => true, // unknown: ask the agent to delete (idempotent there)
+    };
+    if k8s.is_pod() && (had_tunnel || annotated) {
+        nic_del(&socket(conf), &k8s).await;
+    }
+    Ok(json!({"cniVersion": conf.cni_version}))
+}
+
+async fn check(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    let annotated = conf
+        .runtime_annotations()
+        .is_some_and(|a| a.contains_key(POD_GATEWAY_ANNOTATION));
+    if annotated {
+        let podns = Netns::Path(PathBuf::from(&env.netns));
+        if !podns.link_exists(POD_WG_INTERFACE).unwrap_or(false) {
+            return Err(dp_err(
+                "check",
+                format!("{POD_WG_INTERFACE} is missing in {}", env.netns),
+            ));
+        }
+    }
+    Ok(conf::passthrough(conf.prev_result.as_ref(), &conf.cni_version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_names_are_valid_unique_interface_names() {
+        let a = control_name("abc");
+        let b = control_name("abd");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("wgp"));
+        assert_eq!(control_name(""), control_name(""));
+    }
+
+    #[tokio::test]
+    async fn version_lists_supported_versions() {
+        let env = CniEnv {
+            command: "VERSION".into(),
+            ..Default::default()
+        };
+        let v = run(&env, b"").await.expect("version");
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert!(
+            v["supportedVersions"]
+                .as_array()
+                .expect("list")
+                .iter()
+                .any(|x| x == "0.4.0")
+        );
+    }
+
+    #[tokio::test]
+    async fn unsupported_version_is_error_code_1() {
+        let env = CniEnv {
+            command: "ADD".into(),
+            ..Default::default()
+        };
+        let (e, _) = run(&env, br#"{"cniVersion":"9.9.9","type":"kube-egress-cni"}"#)
+            .await
+            .expect_err("bad version");
+        assert_eq!(e.code, CniError::INCOMPATIBLE_VERSION);
+    }
+
+    #[tokio::test]
+    async fn add_without_prev_result_is_rejected() {
+        let env = CniEnv {
+            command: "ADD".into(),
+            args: "K8S_POD_NAME=a;K8S_POD_NAMESPACE=b".into(),
+            ..Default::default()
+        };
+        let (e, _) = run(&env, br#"{"cniVersion":"1.0.0","type":"kube-egress-cni"}"#)
+            .await
+            .expect_err("not chained");
+        assert_eq!(e.msg, "missing prevResult");
+    }
+
+    #[tokio::test]
+    async fn plain_pod_passes_through_with_agent_down_when_runtime_gives_annotations() {
+        let env = CniEnv {
+            command: "ADD".into(),
+            args: "K8S_POD_NAME=a;K8S_POD_NAMESPACE=b".into(),
+            netns: "/nonexistent".into(),
+            ifname: "eth0".into(),
+            ..Default::default()
+        };
+        let conf = br#"{"cniVersion":"1.0.0","type":"kube-egress-cni","socketPath":"/nonexistent/agent.sock",
+            "runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"other":"x"}},
+            "prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}]}}"#;
+        let v = run(&env, conf).await.expect("passthrough");
+        assert_eq!(v["ips"][0]["address"], "10.0.0.2/24");
+    }
+
+    #[tokio::test]
+    async fn unknown_annotations_with_agent_down_fail_closed() {
+        let env = CniEnv {
+            command: "ADD".into(),
+            args: "K8S_POD_NAME=a;K8S_POD_NAMESPACE=b".into(),
+            ..Default::default()
+        };
+        let conf = br#"{"cniVersion":"1.0.0","type":"kube-egress-cni","socketPath":"/nonexistent/agent.sock",
+            "prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}]}}"#;
+        let (e, _) = run(&env, conf).await.expect_err("must not guess");
+        assert_eq!(e.code, CniError::AGENT);
+    }
+
+    #[tokio::test]
+    async fn del_of_nothing_succeeds_even_with_agent_down() {
+        let env = CniEnv {
+            command: "DEL".into(),
+            container_id: "gone".into(),
+            netns: "/nonexistent/ns".into(),
+            args: "K8S_POD_NAME=a;K8S_POD_NAMESPACE=b".into(),
+            ..Default::default()
+        };
+        let v = run(
+            &env,
+            br#"{"cniVersion":"0.4.0","type":"kube-egress-cni","socketPath":"/nonexistent/agent.sock"}"#,
+        )
+        .await
+        .expect("idempotent DEL");
+        assert_eq!(v["cniVersion"], "0.4.0");
+    }
+}

@@ -1,0 +1,372 @@
+//! WireGuard behind one interface, two backends.
+//!
+//! * Kernel: `ip link add type wireguard`, configured over generic netlink by `wireguard-control`
+//!   (`Backend::Kernel`) from a thread that has entered the link's network namespace.
+//! * Userspace: a `wireguard-go` process per link, configured over its UAPI socket
+//!   `/var/run/wireguard/<control name>.sock` (`Backend::Userspace`). The socket path is a file, so it is
+//!   reachable from any network namespace; the control name is the name the link had when it was created.
+//!
+//! Both backends create a link in the *host* namespace and then move it (renaming it) into its final
+//! namespace: the UDP socket stays in the host namespace, which is what lets the tunnel cross the node's
+//! network while the decrypted packets live in the pod or gateway namespace.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use ipnet::IpNet;
+use wireguard_control::{AllowedIp, Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+
+use crate::netns::{CmdError, Netns};
+
+/// Which implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// In-kernel WireGuard (production).
+    Kernel,
+    /// `wireguard-go` (hosts without the module).
+    Userspace,
+}
+
+impl BackendKind {
+    /// Kernel when the module is loaded (or built in), userspace otherwise.
+    pub fn detect() -> Self {
+        if Path::new("/sys/module/wireguard").exists() {
+            BackendKind::Kernel
+        } else {
+            BackendKind::Userspace
+        }
+    }
+
+    /// Parses `kernel`, `userspace` or `auto`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "kernel" => Ok(BackendKind::Kernel),
+            "userspace" => Ok(BackendKind::Userspace),
+            "auto" => Ok(Self::detect()),
+            other => Err(format!(
+                "wireguard backend: {other:?} is not one of kernel, userspace, auto"
+            )),
+        }
+    }
+}
+
+/// Errors of WireGuard operations.
+#[derive(Debug, thiserror::Error)]
+pub enum WgError {
+    /// A command failed.
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    /// A configuration call failed.
+    #[error("wireguard {op} on {link}: {msg}")]
+    Control {
+        /// What was attempted.
+        op: &'static str,
+        /// Link (interface or control name).
+        link: String,
+        /// Cause.
+        msg: String,
+    },
+}
+
+/// Where a link lives and how to reach its configuration interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgHandle {
+    /// The namespace the link lives in now.
+    pub netns: Netns,
+    /// Its interface name there.
+    pub ifname: String,
+    /// Name it was created with (UAPI socket name of the userspace backend).
+    pub control_name: String,
+}
+
+/// A WireGuard private key that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKey(pub Key);
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
+impl PrivateKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        PrivateKey(Key::generate_private())
+    }
+    /// Parses base64; the error does not echo the input.
+    pub fn from_base64(s: &str) -> Result<Self, String> {
+        Key::from_base64(s.trim())
+            .map(PrivateKey)
+            .map_err(|_| "private key: not a base64 WireGuard key (32 bytes)".to_string())
+    }
+    /// The matching public key (base64).
+    pub fn public_base64(&self) -> String {
+        self.0.get_public().to_base64()
+    }
+}
+
+/// Desired peer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerSpec {
+    /// Base64 public key.
+    pub public_key: String,
+    /// Endpoint, when known (pods know the gateway's; gateways learn pods' by roaming).
+    pub endpoint: Option<SocketAddr>,
+    /// Allowed IPs.
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// A peer as configured on a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerState {
+    /// Base64 public key.
+    pub public_key: String,
+    /// Allowed IPs.
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// What a device currently has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    /// Public key of the device's private key, if set.
+    pub public_key: Option<String>,
+    /// Listen port.
+    pub listen_port: Option<u16>,
+    /// Peers.
+    pub peers: Vec<PeerState>,
+}
+
+/// A change to a device. Only what is set is changed.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceChange {
+    /// New private key.
+    pub private_key: Option<PrivateKey>,
+    /// New listen port.
+    pub listen_port: Option<u16>,
+    /// Peers to add or update (allowed IPs replaced).
+    pub upsert_peers: Vec<PeerSpec>,
+    /// Public keys (base64) of peers to remove.
+    pub remove_peers: Vec<String>,
+}
+
+impl DeviceChange {
+    fn is_empty(&self) -> bool {
+        self.private_key.is_none()
+            && self.listen_port.is_none()
+            && self.upsert_peers.is_empty()
+            && self.remove_peers.is_empty()
+    }
+}
+
+/// The interface both backends implement.
+#[derive(Debug, Clone)]
+pub struct WireGuard {
+    kind: BackendKind,
+}
+
+impl WireGuard {
+    /// A driver for `kind`.
+    pub fn new(kind: BackendKind) -> Self {
+        WireGuard { kind }
+    }
+
+    /// The backend in use.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// Creates link `control_name` in `host`, moves it to `target` renamed to `ifname`. The link is down.
+    pub fn create_and_move(
+        &self,
+        host: &Netns,
+        control_name: &str,
+        target: &Netns,
+        ifname: &str,
+    ) -> Result<WgHandle, WgError> {
+        match self.kind {
+            BackendKind::Kernel => {
+                host.ip(&["link", "add", control_name, "type", "wireguard"])?;
+            }
+            BackendKind::Userspace => {
+                let mut c = host.command("wireguard-go");
+                c.arg(control_name)
+                    .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+                    .env_remove("WG_PROCESS_FOREGROUND")
+                    .stdin(std::process::Stdio::null());
+                let out = c.output().map_err(|e| WgError::Control {
+                    op: "start wireguard-go",
+                    link: control_name.into(),
+                    msg: e.to_string(),
+                })?;
+                if !out.status.success() {
+                    return Err(WgError::Control {
+                        op: "start wireguard-go",
+                        link: control_name.into(),
+                        msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    });
+                }
+            }
+        }
+        let handle = WgHandle {
+            netns: target.clone(),
+            ifname: ifname.to_string(),
+            control_name: control_name.to_string(),
+        };
+        let moved = (|| -> Result<(), CmdError> {
+            host.ip(&["link", "set", control_name, "down"])?;
+            if let Netns::Path(p) = target {
+                let p = p.display().to_string();
+                host.ip(&["link", "set", control_name, "netns", &p])?;
+            }
+            if control_name != ifname {
+                target.ip(&["link", "set", control_name, "name", ifname])?;
+            }
+            // The alias records the control name so a restarted agent can find the UAPI socket.
+            target.ip(&["link", "set", ifname, "alias", control_name])?;
+            Ok(())
+        })();
+        if let Err(e) = moved {
+            let _ = host.ip(&["link", "del", control_name]);
+            let _ = target.ip(&["link", "del", ifname]);
+            return Err(e.into());
+        }
+        Ok(handle)
+    }
+
+    /// Applies a change.
+    pub fn apply(&self, h: &WgHandle, change: &DeviceChange) -> Result<(), WgError> {
+        if change.is_empty() {
+            return Ok(());
+        }
+        let mut u = DeviceUpdate::new();
+        if let Some(k) = &change.private_key {
+            u = u.set_private_key(k.0.clone());
+        }
+        if let Some(p) = change.listen_port {
+            u = u.set_listen_port(p);
+        }
+        for p in &change.upsert_peers {
+            let key = Key::from_base64(&p.public_key).map_err(|_| WgError::Control {
+                op: "add peer",
+                link: h.ifname.clone(),
+                msg: format!("peer public key {:?} is not a base64 WireGuard key", p.public_key),
+            })?;
+            let ips: Vec<AllowedIp> = p
+                .allowed_ips
+                .iter()
+                .map(|n| AllowedIp {
+                    address: n.addr(),
+                    cidr: n.prefix_len(),
+                })
+                .collect();
+            let mut b = PeerConfigBuilder::new(&key)
+                .replace_allowed_ips()
+                .add_allowed_ips(&ips);
+            if let Some(e) = p.endpoint {
+                b = b.set_endpoint(e);
+            }
+            u = u.add_peer(b);
+        }
+        for k in &change.remove_peers {
+            if let Ok(key) = Key::from_base64(k) {
+                u = u.remove_peer_by_key(&key);
+            }
+        }
+        let name = self.control_iface(h)?;
+        let kind = self.kind;
+        self.in_netns(h, move || u.apply(&name, backend(kind)))
+            .map_err(|msg| WgError::Control {
+                op: "configure",
+                link: h.ifname.clone(),
+                msg,
+            })
+    }
+
+    /// Reads a device's state.
+    pub fn state(&self, h: &WgHandle) -> Result<DeviceState, WgError> {
+        let name = self.control_iface(h)?;
+        let kind = self.kind;
+        let dev = self
+            .in_netns(h, move || Device::get(&name, backend(kind)))
+            .map_err(|msg| WgError::Control {
+                op: "read",
+                link: h.ifname.clone(),
+                msg,
+            })?;
+        Ok(DeviceState {
+            public_key: dev.public_key.map(|k| k.to_base64()),
+            listen_port: dev.listen_port,
+            peers: dev
+                .peers
+                .iter()
+                .map(|p| PeerState {
+                    public_key: p.config.public_key.to_base64(),
+                    allowed_ips: p
+                        .config
+                        .allowed_ips
+                        .iter()
+                        .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The name to address the device by: the interface for the kernel, the UAPI socket for userspace.
+    fn control_iface(&self, h: &WgHandle) -> Result<InterfaceName, WgError> {
+        let n = match self.kind {
+            BackendKind::Kernel => &h.ifname,
+            BackendKind::Userspace => &h.control_name,
+        };
+        n.parse().map_err(|_| WgError::Control {
+            op: "name",
+            link: n.clone(),
+            msg: "not a valid interface name (1-15 bytes, no '/' or whitespace)".into(),
+        })
+    }
+
+    /// Runs `f` in the handle's namespace (kernel: netlink is per namespace) or here (userspace: UAPI socket).
+    fn in_netns<T: Send + 'static>(
+        &self,
+        h: &WgHandle,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        match (&self.kind, &h.netns) {
+            (BackendKind::Userspace, _) | (_, Netns::Current) => f().map_err(|e| e.to_string()),
+            (BackendKind::Kernel, Netns::Path(p)) => {
+                let p = p.clone();
+                std::thread::spawn(move || -> Result<T, String> {
+                    let file = std::fs::File::open(&p).map_err(|e| format!("open {}: {e}", p.display()))?;
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| format!("setns {}: {e}", p.display()))?;
+                    f().map_err(|e| e.to_string())
+                })
+                .join()
+                .map_err(|_| "netlink thread panicked".to_string())?
+            }
+        }
+    }
+}
+
+fn backend(kind: BackendKind) -> Backend {
+    match kind {
+        BackendKind::Kernel => Backend::Kernel,
+        BackendKind::Userspace => Backend::Userspace,
+    }
+}
+
+/// Reads a link's alias (the control name recorded at creation), if any.
+pub fn link_alias(ns: &Netns, ifname: &str) -> Result<Option<String>, CmdError> {
+    let v = ns.ip_json(&["link", "show", "dev", ifname])?;
+    Ok(v.as_array()
+        .and_then(|a| a.first())
+        .and_then(|l| l["ifalias"].as_str())
+        .map(str::to_string))
+}
+
+/// IP of an endpoint for the pod's peer.
+pub fn endpoint(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
