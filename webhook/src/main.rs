@@ -84,8 +84,10 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(files.watch(
                 store.clone(),
                 Duration::from_secs(args.cert_reload_seconds.max(1)),
-                move || {
-                    reloads.inc();
+                move |outcome| {
+                    if outcome == tls::Reload::Swapped {
+                        reloads.inc();
+                    }
                 },
                 shutdown_rx.clone(),
             ));
