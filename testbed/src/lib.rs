@@ -1,1 +1,3 @@
-//! testbed: not implemented yet (see the open issue); this crate only reserves its place in the workspace.
+//! testbed: simulators the product's components run against in tests and the lab.
+
+pub mod kube;
