@@ -26,18 +26,34 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
 }
 
-/// RFC 6902 JSON patch.
+/// RFC 6902 JSON patch. Like kube-apiserver (evanphx/json-patch), a `test` of `null` against an absent path
+/// succeeds (kube-rs' finalizer helper relies on this).
 pub fn json_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
-    let p: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| {
-        ApiError::bad_request(format!("the body of the request is not a valid JSON patch: {e}"))
+    let ops = patch.as_array().ok_or_else(|| {
+        ApiError::bad_request("the body of the request is not a valid JSON patch: expected an array")
     })?;
-    json_patch::patch(target, &p).map_err(|e| {
-        ApiError::new(
-            422,
-            "Invalid",
-            format!("the server rejected our request due to an error in our request: {e}"),
-        )
-    })
+    for (i, op) in ops.iter().enumerate() {
+        let path = op.get("path").and_then(Value::as_str).unwrap_or_default();
+        if op.get("op").and_then(Value::as_str) == Some("test")
+            && op.get("value").is_none_or(Value::is_null)
+            && target.pointer(path).is_none_or(Value::is_null)
+        {
+            continue;
+        }
+        let p: json_patch::Patch = serde_json::from_value(Value::Array(vec![op.clone()])).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body of the request is not a valid JSON patch: operation {i}: {e}"
+            ))
+        })?;
+        json_patch::patch(target, &p).map_err(|e| {
+            ApiError::new(
+                422,
+                "Invalid",
+                format!("the server rejected our request due to an error in our request: operation {i}: {e}"),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn merge_key(field: &str) -> Option<&'static str> {
