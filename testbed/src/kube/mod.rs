@@ -235,6 +235,20 @@ impl Drop for KubeSim {
     }
 }
 
+/// Serves `app` over HTTPS on `listener` (h2 and http/1.1) until the returned task is aborted; handy for test
+/// webhook servers.
+pub fn spawn_https(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+) -> tokio::task::JoinHandle<()> {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _keep_open = stop;
+        serve(listener, tokio_rustls::TlsAcceptor::from(tls), app, stop_rx).await
+    })
+}
+
 async fn serve(
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
