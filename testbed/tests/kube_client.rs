@@ -171,6 +171,33 @@ async fn crd_objects_are_defaulted_pruned_validated_and_track_generation() {
         e.message
     );
 
+    // CEL rules of the schema (x-kubernetes-validations), including transition rules with oldSelf.
+    let no_pool = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
+        "metadata": {"name": "nopool"}, "spec": {}});
+    let e = api_err(
+        dynamic
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(no_pool).expect("dynamic"),
+            )
+            .await
+            .expect_err("rule 1"),
+    );
+    assert_eq!(e.code, 422);
+    assert!(
+        e.message
+            .contains("spec: Invalid value: \"object\": rule 1 (one gateway pool)"),
+        "{}",
+        e.message
+    );
+    let rename = json!({"spec": {"gatewayNodepoolName": "other"}});
+    let e = api_err(
+        sgcs.patch("s1", &PatchParams::default(), &Patch::Merge(&rename))
+            .await
+            .expect_err("immutable pool"),
+    );
+    assert_eq!(e.code, 422, "{}", e.message);
+
     // Spec change bumps generation, status update does not, and main-resource writes ignore status.
     let spec_patch = json!({"spec": {"excludeCidrs": ["10.0.0.0/8"]}});
     let p = sgcs

@@ -113,7 +113,10 @@ async fn kubectl_apply_get_jsonpath_delete() {
         "staticEgressGateway"
     );
 
-    let f2 = k.file("sgc2.yaml", &SGC.replace("POOL", "gw2"));
+    let f2 = k.file(
+        "sgc2.yaml",
+        &format!("{}  excludeCidrs: [10.0.0.0/8]\n", SGC.replace("POOL", "gw1")),
+    );
     assert!(
         k.ok(&["apply", "-f", path_str(&f2)])
             .await
@@ -125,10 +128,21 @@ async fn kubectl_apply_get_jsonpath_delete() {
             "sgc",
             "sgc1",
             "-o",
-            "jsonpath={.spec.gatewayNodepoolName} {.metadata.generation}"
+            "jsonpath={.spec.excludeCidrs[0]} {.metadata.generation}"
         ])
         .await,
-        "gw2 2"
+        "10.0.0.0/8 2"
+    );
+    // The CRD's CEL transition rule keeps the pool immutable, as kube-apiserver would.
+    let renamed = k.file("sgc3.yaml", &SGC.replace("POOL", "gw2"));
+    let o = k.run(&["apply", "-f", path_str(&renamed)]).await;
+    assert!(
+        !o.ok
+            && o.stderr.contains(
+                "spec.gatewayNodepoolName: Invalid value: \"string\": gatewayNodepoolName is immutable"
+            ),
+        "{}",
+        o.stderr
     );
 
     // Unknown fields are refused by strict server-side field validation, as kubectl requests it.

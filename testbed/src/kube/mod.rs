@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod cel;
 pub mod openapi;
 pub mod patch;
 pub mod registry;

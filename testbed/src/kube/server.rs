@@ -648,7 +648,7 @@ static DNS1123: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| 
 });
 
 /// Server-side validation: names, CRD schema, CRD spec sanity.
-fn validate(t: &Target, obj: &Value) -> ApiResult<()> {
+fn validate(t: &Target, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
     let name = meta_str(obj, "name");
     let mut causes = Vec::new();
     if name.is_empty() {
@@ -664,6 +664,9 @@ fn validate(t: &Target, obj: &Value) -> ApiResult<()> {
     }
     if let Some(schema) = t.rt.version(&t.version).and_then(|v| v.schema.as_ref()) {
         causes.extend(schema::validate(obj, schema));
+        if causes.is_empty() {
+            causes.extend(super::cel::validate(obj, old, schema));
+        }
     }
     if t.rt.group == "apiextensions.k8s.io" && t.rt.plural == "customresourcedefinitions" {
         let group = obj
@@ -802,7 +805,7 @@ async fn admit(
     .await?;
     let mut obj = o.unwrap_or(obj);
     default_and_prune(ctx, t, &mut obj, warnings)?;
-    validate(t, &obj)?;
+    validate(t, &obj, old)?;
     let mut o = Some(obj);
     admission::run(
         &webhook_configs(shared, "validatingwebhookconfigurations"),
