@@ -110,6 +110,18 @@ async fn core_crud_conflicts_selectors_and_paging() {
     );
     assert!(page2.metadata.continue_.is_none());
 
+    // Metadata-only representations (as kube-rs metadata watchers request them).
+    let meta = cms.get_metadata("b").await.expect("get_metadata");
+    assert_eq!(
+        meta.types.map(|t| t.kind).as_deref(),
+        Some("PartialObjectMetadata")
+    );
+    let metas = cms
+        .list_metadata(&ListParams::default())
+        .await
+        .expect("list_metadata");
+    assert_eq!(metas.items.len(), 3);
+
     cms.delete("a", &DeleteParams::default()).await.expect("delete");
     let gone = api_err(cms.get("a").await.expect_err("deleted"));
     assert_eq!((gone.code, gone.reason.as_str()), (404, "NotFound"));

@@ -433,3 +433,59 @@ async fn failure_policy_decides_when_webhook_is_unreachable_or_untrusted() {
     let o = k.run(&["apply", "-f", path_str(&f)]).await;
     assert!(o.ok, "{}", o.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_sim_binary_serves_kubectl_with_preloaded_crds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/kube-egress-gateway/crds");
+    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-sim"))
+        .args(["--listen", "127.0.0.1:0", "--crds", crds, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kube-sim starts");
+    let run = |args: Vec<String>| {
+        let kubeconfig = kubeconfig.clone();
+        let cache = dir.path().join("cache");
+        async move {
+            tokio::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .arg("--cache-dir")
+                .arg(cache)
+                .args(args)
+                .output()
+                .await
+                .expect("kubectl runs")
+        }
+    };
+    let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+    kube_common::eventually("the binary serves all four CRDs", || {
+        let kubeconfig = kubeconfig.clone();
+        let run = run.clone();
+        let args = args("get crd -o name");
+        async move {
+            if !kubeconfig.exists() {
+                return false;
+            }
+            let out = run(args).await;
+            String::from_utf8_lossy(&out.stdout).lines().count() == 4
+        }
+    })
+    .await;
+    let out = run(args("get ns default -o jsonpath={.status.phase}")).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Active");
+    let viewer = dir.path().join("kubeconfig.viewer");
+    let out = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(viewer)
+        .args(["create", "namespace", "x"])
+        .output()
+        .await
+        .expect("kubectl runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is forbidden: User \"viewer\""));
+}

@@ -385,6 +385,43 @@ fn present(obj: &Value, t: &Target) -> Value {
     o
 }
 
+/// The representation the client asked for in `Accept`.
+#[derive(Debug, Clone)]
+enum Render {
+    Full,
+    /// `as=Table`, with the `includeObject` policy.
+    Table(String),
+    /// `as=PartialObjectMetadata` (kube-rs metadata watchers).
+    Meta,
+}
+
+impl Render {
+    fn of(ctx: &Ctx) -> Self {
+        let a = accept(ctx);
+        let first = a.split(',').next().unwrap_or_default();
+        if first.contains("as=Table") {
+            Render::Table(ctx.q("includeObject").unwrap_or("Metadata").to_string())
+        } else if first.contains("as=PartialObjectMetadata") {
+            Render::Meta
+        } else {
+            Render::Full
+        }
+    }
+
+    fn one(&self, t: &Target, obj: &Value, rv: &str) -> Value {
+        let o = present(obj, t);
+        match self {
+            Render::Full => o,
+            Render::Meta => partial(&o),
+            Render::Table(include) => table::table(&t.rt, &t.version, &[o], rv, include),
+        }
+    }
+}
+
+fn partial(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(Value::Null)})
+}
+
 fn accept(ctx: &Ctx) -> String {
     ctx.headers
         .get(http::header::ACCEPT)
@@ -396,18 +433,11 @@ fn accept(ctx: &Ctx) -> String {
 fn get(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Response> {
     let st = shared.lock();
     let obj = st.get(&t.res(), &t.key()).ok_or_else(|| t.not_found())?;
-    let obj = present(obj, t);
-    if table::wants_table(&accept(ctx)) {
-        let tbl = table::table(
-            &t.rt,
-            &t.version,
-            &[obj],
-            &st.rv.to_string(),
-            ctx.q("includeObject").unwrap_or("Metadata"),
-        );
-        return Ok(json_response(200, &tbl, &[]));
-    }
-    Ok(json_response(200, &obj, &[]))
+    Ok(json_response(
+        200,
+        &Render::of(ctx).one(t, obj, &st.rv.to_string()),
+        &[],
+    ))
 }
 
 fn selectors(ctx: &Ctx) -> ApiResult<(LabelSelector, FieldSelector)> {
@@ -456,16 +486,18 @@ fn list(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Response> {
         }
     }
     let objs: Vec<Value> = items.into_iter().map(|o| present(o, t)).collect();
-    if table::wants_table(&accept(ctx)) {
-        let mut tbl = table::table(
-            &t.rt,
-            &t.version,
-            &objs,
-            &st.rv.to_string(),
-            ctx.q("includeObject").unwrap_or("Metadata"),
-        );
-        tbl["metadata"] = meta;
-        return Ok(json_response(200, &tbl, &[]));
+    match Render::of(ctx) {
+        Render::Table(include) => {
+            let mut tbl = table::table(&t.rt, &t.version, &objs, &st.rv.to_string(), &include);
+            tbl["metadata"] = meta;
+            return Ok(json_response(200, &tbl, &[]));
+        }
+        Render::Meta => {
+            let items: Vec<Value> = objs.iter().map(partial).collect();
+            let body = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
+            return Ok(json_response(200, &body, &[]));
+        }
+        Render::Full => {}
     }
     let body = json!({"kind": format!("{}List", t.rt.kind), "apiVersion": t.api_version(), "metadata": meta, "items": objs});
     Ok(json_response(200, &body, &[]))
@@ -497,6 +529,7 @@ fn watch(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Response> {
             .unwrap_or(1800),
     );
     let rv_param = ctx.q("resourceVersion").unwrap_or_default().to_string();
+    let render = Render::of(ctx);
     let (tx, mut rx_lines) = tokio::sync::mpsc::channel::<Bytes>(256);
     let mut backlog: Vec<Bytes> = Vec::new();
     let mut events_rx;
@@ -513,7 +546,10 @@ fn watch(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Response> {
             };
             for o in st.list(&t.res(), ns) {
                 if visible(&t, &ls, &fs, o) {
-                    backlog.push(watch_line("ADDED", &present(o, &t)));
+                    backlog.push(watch_line(
+                        "ADDED",
+                        &render.one(&t, o, meta_str(o, "resourceVersion")),
+                    ));
                 }
             }
         };
@@ -543,7 +579,7 @@ fn watch(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Response> {
                 return Ok(r);
             }
             for ev in st.log.iter().filter(|e| e.rv > from && e.res == t.res()) {
-                if let Some(line) = event_line(&t, &ls, &fs, ev) {
+                if let Some(line) = event_line(&t, &ls, &fs, &render, ev) {
                     backlog.push(line);
                 }
             }
@@ -574,7 +610,7 @@ fn watch(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Response> {
                 ev = events_rx.recv() => match ev {
                     Ok(ev) => {
                         if ev.res != t.res() { continue; }
-                        if let Some(line) = event_line(&t, &ls, &fs, &ev)
+                        if let Some(line) = event_line(&t, &ls, &fs, &render, &ev)
                             && tx.send(line).await.is_err() { return; }
                     }
                     // Lagged or closed: end the watch; the client re-watches from its last resourceVersion.
@@ -594,7 +630,13 @@ fn watch(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Response> {
 }
 
 /// The watch line for a stored event, translating selector transitions into ADDED/DELETED like the cacher.
-fn event_line(t: &Target, ls: &LabelSelector, fs: &FieldSelector, ev: &super::store::Event) -> Option<Bytes> {
+fn event_line(
+    t: &Target,
+    ls: &LabelSelector,
+    fs: &FieldSelector,
+    render: &Render,
+    ev: &super::store::Event,
+) -> Option<Bytes> {
     let now_visible = visible(t, ls, fs, &ev.object);
     let was_visible = ev.old.as_ref().is_some_and(|o| visible(t, ls, fs, o));
     let etype = match ev.etype {
@@ -605,7 +647,7 @@ fn event_line(t: &Target, ls: &LabelSelector, fs: &FieldSelector, ev: &super::st
         EventType::Modified if was_visible => "DELETED",
         _ => return None,
     };
-    Some(watch_line(etype, &present(&ev.object, t)))
+    Some(watch_line(etype, &render.one(t, &ev.object, &ev.rv.to_string())))
 }
 
 fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
