@@ -465,7 +465,6 @@ async fn kube_sim_binary_serves_kubectl_with_preloaded_crds() {
     let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
     kube_common::eventually("the binary serves all four CRDs", || {
         let kubeconfig = kubeconfig.clone();
-        let run = run.clone();
         let args = args("get crd -o name");
         async move {
             if !kubeconfig.exists() {
