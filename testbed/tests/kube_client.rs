@@ -679,3 +679,133 @@ async fn kubeconfig_file_works_with_kube_rs() {
     assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
     assert!(discovery.has_group("coordination.k8s.io"));
 }
+
+#[tokio::test]
+async fn event_recorder_and_lease_round_trip() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::Resource as _;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+    let sim = KubeSim::start(KubeSimConfig::default()).await.expect("start");
+    let client = sim.client("admin").expect("client");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let obj = cms
+        .create(&PostParams::default(), &cm("evented", &[]))
+        .await
+        .expect("create");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "test-ctrl".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Synced".into(),
+        note: Some("all good".into()),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    let reference = obj.object_ref(&());
+    recorder.publish(&ev, &reference).await.expect("publish");
+    recorder
+        .publish(&ev, &reference)
+        .await
+        .expect("publish again (series patch)");
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), "default");
+    let list = events.list(&ListParams::default()).await.expect("events");
+    assert_eq!(
+        list.items.len(),
+        1,
+        "the repeat becomes a series on the same Event"
+    );
+    assert_eq!(list.items[0].reason.as_deref(), Some("Synced"));
+    assert_eq!(list.items[0].series.as_ref().map(|s| s.count), Some(2));
+
+    let leases: Api<Lease> = Api::namespaced(client, "kube-system");
+    let lease: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a"}}))
+            .expect("lease");
+    let created = leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("lease");
+    let mut taken = created.clone();
+    taken.spec.get_or_insert_default().holder_identity = Some("b".into());
+    leases
+        .replace("leader", &PostParams::default(), &taken)
+        .await
+        .expect("b takes over");
+    let mut late = created;
+    late.spec.get_or_insert_default().holder_identity = Some("c".into());
+    assert_eq!(
+        api_err(
+            leases
+                .replace("leader", &PostParams::default(), &late)
+                .await
+                .expect_err("stale")
+        )
+        .code,
+        409
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_crd_deletes_its_objects_after_their_finalizers() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let sim = sim_with_crds().await;
+    let client = sim.client("admin").expect("client");
+    let pools: Api<GatewayPool> = Api::all(client.clone());
+    for (name, finalizers) in [("plain", json!([])), ("held", json!(["test/hold"]))] {
+        let p = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
+            "metadata": {"name": name, "finalizers": finalizers},
+            "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31}});
+        pools
+            .create(&PostParams::default(), &serde_json::from_value(p).expect("pool"))
+            .await
+            .expect("create");
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crd_name = "gatewaypools.egressgateway.kubernetes.azure.com";
+    crds.delete(crd_name, &DeleteParams::default())
+        .await
+        .expect("delete CRD");
+    assert_eq!(
+        api_err(pools.get("plain").await.expect_err("deleted with the CRD")).code,
+        404
+    );
+    let held = pools
+        .get("held")
+        .await
+        .expect("held by its finalizer, still served");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(
+        crds.get(crd_name)
+            .await
+            .expect("CRD terminating")
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    pools
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("release");
+    assert_eq!(api_err(crds.get(crd_name).await.expect_err("CRD gone")).code, 404);
+    assert_eq!(
+        api_err(
+            pools
+                .list(&ListParams::default())
+                .await
+                .expect_err("kind no longer served")
+        )
+        .code,
+        404
+    );
+}

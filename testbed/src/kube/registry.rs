@@ -182,11 +182,9 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The resource a stored CRD object defines (None if it is malformed or being deleted).
+/// The resource a stored CRD object defines (None if it is malformed). A terminating CRD is still served, so
+/// controllers can clear the finalizers of its remaining objects.
 pub fn from_crd(crd: &Value) -> Option<ResourceType> {
-    if crd.pointer("/metadata/deletionTimestamp").is_some() {
-        return None;
-    }
     let spec = crd.get("spec")?;
     let names = spec.get("names")?;
     let plural = names.get("plural")?.as_str()?.to_string();

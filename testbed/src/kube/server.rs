@@ -1384,6 +1384,28 @@ pub fn delete_object(st: &mut State, res: &ResKey, key: &ObjKey, policy: &str) -
             return Some(live);
         }
     }
+    if *res == crd_key()
+        && let Some(rt) = registry::from_crd(&live)
+    {
+        // Deleting a CRD deletes all its objects; the CRD waits for those held by finalizers.
+        let kind_key: ResKey = (rt.group, rt.plural);
+        let instances: Vec<ObjKey> = st
+            .objects
+            .get(&kind_key)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for k in instances {
+            delete_object(st, &kind_key, &k, policy);
+        }
+        if st.objects.get(&kind_key).is_some_and(|m| !m.is_empty()) {
+            if live.pointer("/metadata/deletionTimestamp").is_some() {
+                return Some(live);
+            }
+            let mut o = live;
+            o["metadata"]["deletionTimestamp"] = json!(now());
+            return Some(st.replace(res, o));
+        }
+    }
     if has_finalizers(&live) {
         if live.pointer("/metadata/deletionTimestamp").is_some() {
             return Some(live);
@@ -1455,6 +1477,20 @@ fn after_removal(st: &mut State, removed: &[Value], policy: &str) {
                 st.replace(&res, d);
             } else {
                 delete_object(st, &res, &key, "Background");
+            }
+        }
+        let crds: Vec<Value> = st.list(&crd_key(), None).into_iter().cloned().collect();
+        for crd in crds
+            .iter()
+            .filter(|c| c.pointer("/metadata/deletionTimestamp").is_some() && !has_finalizers(c))
+        {
+            if let Some(rt) = registry::from_crd(crd)
+                && st
+                    .objects
+                    .get(&(rt.group, rt.plural))
+                    .is_none_or(|m| m.is_empty())
+            {
+                st.remove(&crd_key(), &obj_key(crd));
             }
         }
         let ns = meta_str(r, "namespace").to_string();
