@@ -238,6 +238,17 @@ async fn start_webhook(ca: &TestCa, seen: Seen) -> (std::net::SocketAddr, tokio:
             }),
         )
         .route(
+            "/deny",
+            post(|Json(req): Json<Value>| async move { review_response(&req, false, json!({})) }),
+        )
+        .route(
+            "/slow",
+            post(|Json(req): Json<Value>| async move {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                review_response(&req, true, json!({}))
+            }),
+        )
+        .route(
             "/mutate",
             post(move |Json(req): Json<Value>| async move {
                 let has_labels = req["request"]["object"]["metadata"]["labels"].is_object();
@@ -487,4 +498,90 @@ async fn kube_sim_binary_serves_kubectl_with_preloaded_crds() {
         .expect("kubectl runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is forbidden: User \"viewer\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_selectors_operations_and_timeouts() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+    let sim = sim_with_crds().await;
+    let ca = TestCa::new("webhook-ca").expect("ca");
+    let (addr, _server) = start_webhook(&ca, Arc::default()).await;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca.cert_pem());
+    let admin = sim.client("admin").expect("client");
+    let hook = |name: &str, path: &str, resource: &str, ops: Value, extra: Value| {
+        let mut h = json!({"name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "rules": [{"operations": ops, "apiGroups": [""], "apiVersions": ["v1"], "resources": [resource]}],
+            "clientConfig": {"url": format!("https://127.0.0.1:{}{path}", addr.port()), "caBundle": bundle}});
+        if let (Some(h), Some(e)) = (h.as_object_mut(), extra.as_object()) {
+            h.extend(e.clone());
+        }
+        h
+    };
+    let vwc: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "guards"},
+        "webhooks": [
+            hook("deny.test", "/deny", "configmaps", json!(["CREATE", "DELETE"]),
+                json!({"namespaceSelector": {"matchLabels": {"guarded": "yes"}}})),
+            hook("slow.test", "/slow", "secrets", json!(["CREATE"]), json!({"timeoutSeconds": 1})),
+        ]
+    }))
+    .expect("vwc");
+    Api::<ValidatingWebhookConfiguration>::all(admin.clone())
+        .create(&PostParams::default(), &vwc)
+        .await
+        .expect("vwc");
+
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
+    let cm = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("cm")
+    };
+    cms.create(&PostParams::default(), &cm("before"))
+        .await
+        .expect("namespace not selected yet");
+    Api::<Namespace>::all(admin.clone())
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"guarded": "yes"}}})),
+        )
+        .await
+        .expect("label namespace");
+    let err = cms
+        .create(&PostParams::default(), &cm("after"))
+        .await
+        .expect_err("denied");
+    let kube::Error::Api(status) = err else {
+        panic!("expected API error, got {err:?}")
+    };
+    assert_eq!(status.code, 400);
+    assert_eq!(
+        status.message,
+        "admission webhook \"deny.test\" denied the request without explanation"
+    );
+    let err = cms
+        .delete("before", &Default::default())
+        .await
+        .expect_err("DELETE is guarded too");
+    assert!(err.to_string().contains("deny.test"), "{err}");
+
+    let secrets: Api<Secret> = Api::namespaced(admin, "default");
+    let err = secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "s"}})).expect("secret"),
+        )
+        .await
+        .expect_err(
+            "webhook slower than timeoutSeconds (1s < its 3s; the 10s default would have let it answer)",
+        );
+    let kube::Error::Api(status) = err else {
+        panic!("expected API error, got {err:?}")
+    };
+    assert_eq!(status.code, 500);
+    assert!(
+        status.message.contains("failed calling webhook \"slow.test\"")
+            && status.message.contains("context deadline exceeded"),
+        "{}",
+        status.message
+    );
 }
