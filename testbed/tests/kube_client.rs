@@ -678,6 +678,20 @@ async fn kubeconfig_file_works_with_kube_rs() {
     assert_eq!(ar.plural, "staticgatewayconfigurations");
     assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
     assert!(discovery.has_group("coordination.k8s.io"));
+
+    let client = sim.client("admin").expect("client");
+    let metrics = client
+        .request_text(http::Request::get("/metrics").body(vec![]).expect("request"))
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("kubesim_requests_total{method=\"GET\",code=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kubesim_objects{resource=\"customresourcedefinitions.apiextensions.k8s.io\"} 4"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -117,6 +117,7 @@ impl KubeSim {
             services: RwLock::new(cfg.services),
             addr,
             bookmark_interval: cfg.bookmark_interval,
+            requests: Mutex::default(),
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let app = axum::Router::new().fallback({

@@ -31,6 +31,8 @@ pub struct Shared {
     pub services: RwLock<ServiceMap>,
     pub addr: SocketAddr,
     pub bookmark_interval: Duration,
+    /// Requests served, by (method, status code), for `/metrics`.
+    pub requests: Mutex<BTreeMap<(String, u16), u64>>,
 }
 
 impl Shared {
@@ -141,8 +143,49 @@ fn error_response(e: &ApiError, warnings: &[String]) -> Response {
 
 /// Entry point for every request.
 pub async fn handle(shared: Arc<Shared>, req: http::Request<Body>) -> Response {
+    let method = req.method().to_string();
+    let resp = handle_inner(&shared, req).await;
+    let mut counts = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
+    *counts.entry((method, resp.status().as_u16())).or_default() += 1;
+    resp
+}
+
+/// Prometheus text exposition of the simulator's counters.
+fn metrics(shared: &Shared) -> String {
+    let mut out = String::from(
+        "# HELP kubesim_requests_total API requests served, by method and status code.\n# TYPE kubesim_requests_total counter\n",
+    );
+    for ((m, c), n) in shared.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        out.push_str(&format!(
+            "kubesim_requests_total{{method=\"{m}\",code=\"{c}\"}} {n}\n"
+        ));
+    }
+    let st = shared.lock();
+    out.push_str("# HELP kubesim_resource_version The current global resourceVersion.\n# TYPE kubesim_resource_version gauge\n");
+    out.push_str(&format!("kubesim_resource_version {}\n", st.rv));
+    out.push_str("# HELP kubesim_objects Stored objects, by resource.\n# TYPE kubesim_objects gauge\n");
+    for ((g, p), m) in &st.objects {
+        out.push_str(&format!(
+            "kubesim_objects{{resource=\"{}\"}} {}\n",
+            super::status::qualified(g, p),
+            m.len()
+        ));
+    }
+    out
+}
+
+async fn handle_inner(shared: &Arc<Shared>, req: http::Request<Body>) -> Response {
+    let shared = shared.clone();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_string();
+    if path == "/metrics" {
+        let mut r = Response::new(Body::from(metrics(&shared)));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return r;
+    }
     if matches!(path.as_str(), "/healthz" | "/readyz" | "/livez") {
         let mut r = Response::new(Body::from("ok"));
         r.headers_mut()
