@@ -570,7 +570,13 @@ async fn garbage_collection_follows_owner_references() {
 
 #[tokio::test]
 async fn authentication_and_authorization() {
-    let sim = KubeSim::start(KubeSimConfig::default()).await.expect("start");
+    let mut cfg = KubeSimConfig::default();
+    cfg.users.push(testbed::kube::User::service_account(
+        "egress",
+        "operator",
+        "sa-token-for-tests",
+    ));
+    let sim = KubeSim::start(cfg).await.expect("start");
     // No token: 401.
     let mut cfg = sim.client_config("admin").expect("config");
     cfg.auth_info.token = None;

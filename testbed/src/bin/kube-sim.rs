@@ -22,6 +22,10 @@ struct Args {
     /// Map a webhook Service to a local address: `namespace/name=127.0.0.1:9443`.
     #[arg(long = "service")]
     services: Vec<String>,
+    /// Add a service account user `namespace/name` (RBAC-authorized); its kubeconfig is
+    /// `<kubeconfig>.sa.<namespace>.<name>`.
+    #[arg(long = "service-account")]
+    service_accounts: Vec<String>,
     /// Log as JSON.
     #[arg(long)]
     json_logs: bool,
@@ -75,12 +79,29 @@ async fn main() -> anyhow::Result<()> {
         let (k, v) = parse_service(s)?;
         cfg.services.insert(k, v);
     }
+    let mut extra_files = vec![
+        ("viewer".to_string(), ".viewer".to_string()),
+        ("nobody".into(), ".nobody".into()),
+    ];
+    for sa in &args.service_accounts {
+        let (ns, name) = sa
+            .split_once('/')
+            .with_context(|| format!("--service-account {sa:?}: expected namespace/name"))?;
+        let token = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let user = testbed::kube::User::service_account(ns, name, &token);
+        extra_files.push((user.name.clone(), format!(".sa.{ns}.{name}")));
+        cfg.users.push(user);
+    }
     let sim = KubeSim::start(cfg).await?;
     sim.write_kubeconfig(&args.kubeconfig, "admin")?;
-    for user in ["viewer", "nobody"] {
+    for (user, suffix) in extra_files {
         let mut p = args.kubeconfig.clone().into_os_string();
-        p.push(format!(".{user}"));
-        sim.write_kubeconfig(&PathBuf::from(p), user)?;
+        p.push(suffix);
+        sim.write_kubeconfig(&PathBuf::from(p), &user)?;
     }
     let client = sim.client("admin")?;
     let crds: kube::Api<
