@@ -456,3 +456,114 @@ mod tests {
         assert_eq!(out["status"]["ok"], true);
     }
 }
+
+/// Records an `Update` operation in `managedFields` like kube-apiserver: the manager takes ownership of every
+/// field it changed (or set, on create), and other managers lose those fields. Updates never conflict.
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    subresource: Option<&str>,
+    api_version: &str,
+    now: &str,
+) {
+    let in_scope = |p: &Vec<String>| {
+        (p.first().map(String::as_str) == Some("status")) == (subresource == Some("status"))
+    };
+    let changed: BTreeSet<Vec<String>> = field_set(new)
+        .into_iter()
+        .filter(|p| in_scope(p))
+        .filter(|p| old.is_none_or(|o| get_path(o, p) != get_path(new, p)))
+        .collect();
+    if changed.is_empty() {
+        return;
+    }
+    let sub = subresource.unwrap_or("");
+    let entries: Vec<Value> = new
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let is_mine = |e: &Value| {
+        e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Update")
+            && e.get("subresource").and_then(Value::as_str).unwrap_or("") == sub
+    };
+    let mut mine: BTreeSet<Vec<String>> = entries
+        .iter()
+        .find(|e| is_mine(e))
+        .and_then(|e| e.get("fieldsV1"))
+        .map(parse_fields_v1)
+        .unwrap_or_default();
+    mine.extend(changed.iter().cloned());
+    let mut out: Vec<Value> = Vec::new();
+    for e in entries.iter().filter(|e| !is_mine(e)) {
+        let mut set = e.get("fieldsV1").map(parse_fields_v1).unwrap_or_default();
+        let before = set.len();
+        set.retain(|p| !changed.contains(p));
+        if set.is_empty() {
+            continue;
+        }
+        let mut e = e.clone();
+        if set.len() != before {
+            e["fieldsV1"] = fields_v1(&set);
+        }
+        out.push(e);
+    }
+    let mut entry = json!({
+        "manager": manager, "operation": "Update", "apiVersion": api_version, "time": now,
+        "fieldsType": "FieldsV1", "fieldsV1": fields_v1(&mine),
+    });
+    if let Some(s) = subresource {
+        entry["subresource"] = json!(s);
+    }
+    out.push(entry);
+    if let Some(meta) = new
+        .as_object_mut()
+        .map(|m| m.entry("metadata").or_insert_with(|| json!({})))
+    {
+        meta["managedFields"] = Value::Array(out);
+    }
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+
+    #[test]
+    fn updates_take_ownership_from_appliers_so_reapply_conflicts() {
+        let applied = server_side_apply(
+            None,
+            &json!({"spec": {"a": 1, "b": 1}}),
+            "tf",
+            false,
+            None,
+            "v1",
+            "t",
+        )
+        .expect("apply");
+        let mut edited = applied.clone();
+        edited["spec"]["a"] = json!(2);
+        record_update(Some(&applied), &mut edited, "kubectl-edit", None, "v1", "t");
+        let mf = edited["metadata"]["managedFields"].as_array().expect("managed");
+        assert_eq!(mf.len(), 2);
+        let e = server_side_apply(
+            Some(&edited),
+            &json!({"spec": {"a": 1, "b": 1}}),
+            "tf",
+            false,
+            None,
+            "v1",
+            "t",
+        )
+        .expect_err("conflict");
+        assert!(
+            e.message.contains("conflict with \"kubectl-edit\": .spec.a"),
+            "{}",
+            e.message
+        );
+        let mut unchanged = edited.clone();
+        record_update(Some(&edited), &mut unchanged, "other", None, "v1", "t2");
+        assert_eq!(unchanged, edited, "a no-op update records nothing");
+    }
+}

@@ -921,6 +921,24 @@ fn clear_system_fields(obj: &mut Value) {
     }
 }
 
+/// The field manager of a non-apply write: `fieldManager`, else the User-Agent's product, like kube-apiserver.
+fn update_manager(ctx: &Ctx) -> String {
+    if let Some(m) = ctx.q("fieldManager").filter(|m| !m.is_empty()) {
+        return m.to_string();
+    }
+    let ua = ctx
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown");
+    ua.split('/')
+        .next()
+        .unwrap_or("unknown")
+        .chars()
+        .take(128)
+        .collect()
+}
+
 fn random_suffix() -> String {
     let u = uuid::Uuid::new_v4().simple().to_string();
     u.chars()
@@ -969,7 +987,7 @@ async fn create(
     {
         m.remove("status");
     }
-    let (stored, code) = create_admitted(shared, ctx, t, obj, warnings).await?;
+    let (stored, code) = create_admitted(shared, ctx, t, obj, warnings, true).await?;
     Ok(json_response(code, &present(&stored, t), warnings))
 }
 
@@ -980,12 +998,23 @@ async fn create_admitted(
     t: &Target,
     obj: Value,
     warnings: &mut Vec<String>,
+    record_manager: bool,
 ) -> ApiResult<(Value, u16)> {
     let t = &Target {
         name: meta_str(&obj, "name").to_string(),
         ..t.clone()
     };
     let mut obj = admit(shared, ctx, t, "CREATE", None, obj, warnings).await?;
+    if record_manager {
+        patch::record_update(
+            None,
+            &mut obj,
+            &update_manager(ctx),
+            None,
+            &t.api_version(),
+            &now(),
+        );
+    }
     let mut st = shared.lock();
     if t.rt.namespaced {
         let ns = st.get(
@@ -1213,7 +1242,20 @@ async fn update(
         return Err(ApiError::conflict(&t.rt.group, &t.rt.plural, &t.name));
     }
     let merged = merge_for_update(t, &live, body)?;
-    let admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
+    let mut admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
+    let sub = if t.sub.is_empty() {
+        None
+    } else {
+        Some(t.sub.as_str())
+    };
+    patch::record_update(
+        Some(&live),
+        &mut admitted,
+        &update_manager(ctx),
+        sub,
+        &t.api_version(),
+        &now(),
+    );
     let stored = commit_update(shared, ctx, t, &live_rv, admitted)?;
     Ok(json_response(200, &present(&stored, t), warnings))
 }
@@ -1257,7 +1299,7 @@ async fn patch_verb(
                 {
                     m.remove("status");
                 }
-                let (stored, code) = create_admitted(shared, ctx, t, obj, warnings).await?;
+                let (stored, code) = create_admitted(shared, ctx, t, obj, warnings, false).await?;
                 return Ok(json_response(code, &present(&stored, t), warnings));
             }
             return Err(t.not_found());
@@ -1298,7 +1340,22 @@ async fn patch_verb(
             return Err(ApiError::conflict(&t.rt.group, &t.rt.plural, &t.name));
         }
         let merged = merge_for_update(t, &live, obj)?;
-        let admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
+        let mut admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
+        if ct != "application/apply-patch+yaml" {
+            let sub = if t.sub.is_empty() {
+                None
+            } else {
+                Some(t.sub.as_str())
+            };
+            patch::record_update(
+                Some(&live),
+                &mut admitted,
+                &update_manager(ctx),
+                sub,
+                &t.api_version(),
+                &now(),
+            );
+        }
         match commit_update(shared, ctx, t, &live_rv, admitted) {
             Ok(stored) => return Ok(json_response(200, &present(&stored, t), warnings)),
             // Someone else wrote in between: re-apply the patch to the new live object, like GuaranteedUpdate.
