@@ -145,6 +145,34 @@ async fn kubectl_apply_get_jsonpath_delete() {
         o.stderr
     );
 
+    // Server-side apply conflicts with a field another writer changed, unless forced.
+    k.ok(&[
+        "patch",
+        "sgc",
+        "sgc1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"excludeCidrs":["1.0.0.0/8"]}}"#,
+    ])
+    .await;
+    let o = k.run(&["apply", "--server-side", "-f", path_str(&f2)]).await;
+    assert!(
+        !o.ok
+            && o.stderr.contains(
+                "Apply failed with 1 conflict: conflict with \"kubectl-patch\": .spec.excludeCidrs"
+            ),
+        "{}",
+        o.stderr
+    );
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", path_str(&f2)])
+        .await;
+    assert_eq!(
+        k.ok(&["get", "sgc", "sgc1", "-o", "jsonpath={.spec.excludeCidrs[0]}"])
+            .await,
+        "10.0.0.0/8"
+    );
+
     // Unknown fields are refused by strict server-side field validation, as kubectl requests it.
     let bogus = k.file(
         "bogus.yaml",
