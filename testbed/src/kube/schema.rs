@@ -253,6 +253,7 @@ pub fn validate(obj: &Value, schema: &Value) -> Vec<(String, String)> {
         };
         causes.push((field, msg));
     }
+    list_type_errors(obj, schema, "", &mut causes);
     causes
 }
 
@@ -265,6 +266,57 @@ fn type_name(kind: &jsonschema::error::TypeKind) -> String {
             .filter(|t| t != "null")
             .collect::<Vec<_>>()
             .join(","),
+    }
+}
+
+/// `x-kubernetes-list-type: set|map` uniqueness (`Duplicate value`), which JSON Schema cannot express.
+pub fn list_type_errors(value: &Value, schema: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, child) in map {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if let Some(s) = props.and_then(|pr| pr.get(k)).or(additional) {
+                    list_type_errors(child, s, &p, out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            let list_type = schema.get("x-kubernetes-list-type").and_then(Value::as_str);
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut seen: Vec<Value> = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let identity = match list_type {
+                    Some("set") => Some(item.clone()),
+                    Some("map") => Some(Value::Object(
+                        keys.iter()
+                            .filter_map(|k| item.get(*k).map(|v| ((*k).to_string(), v.clone())))
+                            .collect(),
+                    )),
+                    _ => None,
+                };
+                if let Some(id) = identity {
+                    if seen.contains(&id) {
+                        out.push((format!("{path}[{i}]"), format!("Duplicate value: {id}")));
+                    } else {
+                        seen.push(id);
+                    }
+                }
+                if let Some(s) = schema.get("items") {
+                    list_type_errors(item, s, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -335,6 +387,28 @@ mod tests {
         );
         assert_eq!(o["spec"]["free"]["anything"], true);
         assert_eq!(o["metadata"]["name"], "n");
+    }
+
+    #[test]
+    fn list_types_reject_duplicates() {
+        let schema = json!({"type": "object", "properties": {"status": {"type": "object", "properties": {
+            "conditions": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"],
+                "items": {"type": "object", "properties": {"type": {"type": "string"}}}},
+            "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}}}}}});
+        let ok = json!({"status": {"conditions": [{"type": "A"}, {"type": "B"}], "tags": ["x", "y"]}});
+        assert!(validate(&ok, &schema).is_empty());
+        let dup = json!({"status": {"conditions": [{"type": "A"}, {"type": "A"}], "tags": ["x", "x"]}});
+        let causes = validate(&dup, &schema);
+        assert_eq!(
+            causes,
+            vec![
+                (
+                    "status.conditions[1]".to_string(),
+                    "Duplicate value: {\"type\":\"A\"}".to_string()
+                ),
+                ("status.tags[1]".to_string(), "Duplicate value: \"x\"".to_string()),
+            ]
+        );
     }
 
     #[test]
