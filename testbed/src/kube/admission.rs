@@ -49,12 +49,18 @@ fn rule_matches(rule: &Value, req: &Request<'_>) -> bool {
     let resources = strs(rule.get("resources"));
     let scope = rule.get("scope").and_then(Value::as_str).unwrap_or("*");
     let any = |list: &[&str], v: &str| list.iter().any(|x| *x == "*" || *x == v);
+    // "x" matches the resource only, "x/sub" one subresource, "x/*" all its subresources, "*/*" everything.
     let res_ok = resources.iter().any(|r| {
         let (rr, rs) = r.split_once('/').unwrap_or((r, ""));
-        (rr == "*" || rr == req.rt.plural)
-            && (rs == req.subresource
-                || rs == "*" && !req.subresource.is_empty()
-                || (rr == "*" && rs.is_empty() && req.subresource.is_empty()))
+        let resource_ok = rr == "*" || rr == req.rt.plural;
+        let sub_ok = if *r == "*/*" {
+            true
+        } else if rs == "*" {
+            !req.subresource.is_empty()
+        } else {
+            rs == req.subresource
+        };
+        resource_ok && sub_ok
     });
     let scope_ok = match scope {
         "Cluster" => !req.rt.namespaced,
@@ -352,6 +358,49 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_rules_cover_subresources_like_kube_apiserver() {
+        let rt = super::super::registry::builtins()
+            .into_iter()
+            .find(|t| t.plural == "pods")
+            .expect("pods");
+        let user = User::new("u", "t", super::super::auth::Access::Admin);
+        let req = |sub: &'static str| Request {
+            operation: "UPDATE",
+            rt: &rt,
+            version: "v1",
+            subresource: sub,
+            name: "p",
+            namespace: "default",
+            old: None,
+            user: &user,
+            dry_run: false,
+            options: Value::Null,
+            namespace_labels: None,
+        };
+        let rule = |res: &str| json!({"operations": ["*"], "apiGroups": [""], "apiVersions": ["v1"], "resources": [res]});
+        let cases = [
+            ("pods", "", true),
+            ("pods", "status", false),
+            ("pods/status", "status", true),
+            ("pods/status", "", false),
+            ("pods/*", "status", true),
+            ("pods/*", "", false),
+            ("*", "", true),
+            ("*", "status", false),
+            ("*/*", "", true),
+            ("*/*", "status", true),
+            ("nodes", "", false),
+        ];
+        for (res, sub, want) in cases {
+            assert_eq!(
+                rule_matches(&rule(res), &req(sub)),
+                want,
+                "{res} vs subresource {sub:?}"
+            );
+        }
+    }
 
     #[test]
     fn denial_wording_matches_kube_apiserver() {
