@@ -1,3 +1,3 @@
-//! testbed: simulators the product's components run against in tests and the lab.
+//! testbed: not implemented yet (see the open issue); this crate only reserves its place in the workspace.
 
 pub mod kube;

@@ -1,4 +1,5 @@
-//! Runs the Kubernetes API simulator on loopback and writes a kubeconfig for each user.
+//! Runs the Kubernetes API simulator on loopback and writes a kubeconfig for each user; stops on Ctrl-C or
+//! SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -123,7 +124,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     tracing::info!(url = %sim.url(), kubeconfig = %args.kubeconfig.display(), "ready");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
     sim.shutdown().await;
     Ok(())
 }
