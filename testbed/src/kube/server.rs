@@ -846,6 +846,17 @@ fn options(kind: &str, ctx: &Ctx) -> Value {
     o
 }
 
+/// Built-in defaulting: Namespaces always carry `kubernetes.io/metadata.name` (webhook namespaceSelectors rely
+/// on it).
+fn default_builtin(t: &Target, obj: &mut Value) {
+    if t.rt.group.is_empty() && t.rt.plural == "namespaces" {
+        let name = meta_str(obj, "name").to_string();
+        if !name.is_empty() {
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+        }
+    }
+}
+
 /// Mutating webhooks, re-defaulting, validation, validating webhooks: the admission chain.
 async fn admit(
     shared: &Shared,
@@ -857,6 +868,7 @@ async fn admit(
     warnings: &mut Vec<String>,
 ) -> ApiResult<Value> {
     default_and_prune(ctx, t, &mut obj, warnings)?;
+    default_builtin(t, &mut obj);
     let name = meta_str(&obj, "name").to_string();
     let opts_kind = match operation {
         "CREATE" => "CreateOptions",
@@ -890,6 +902,7 @@ async fn admit(
     .await?;
     let mut obj = o.unwrap_or(obj);
     default_and_prune(ctx, t, &mut obj, warnings)?;
+    default_builtin(t, &mut obj);
     validate(t, &obj, old)?;
     let mut o = Some(obj);
     admission::run(
