@@ -10,7 +10,7 @@ use azure_support::{RG, start, status_and_code};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
-use testbed::azure::{FaultSpec, Seed};
+use testbed::azure::{FaultSpec, LroConfig, Seed};
 
 const LB: &str = "kubeegressgateway-ilb";
 
@@ -435,4 +435,115 @@ async fn list_returns_created_resources() {
     let mut names: Vec<String> = page.value.into_iter().filter_map(|l| l.resource.name).collect();
     names.sort();
     assert_eq!(names, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn retry_after_in_seconds_as_arm_sends_it_is_honoured() {
+    let env = start(Seed::aks_like(0)).await;
+    let mut storm = FaultSpec::throttle(r"/publicIPPrefixes/", 1, 0);
+    storm.retry_after_ms = None;
+    storm.retry_after_seconds = Some(1);
+    env.sim.inject_fault(storm).expect("fault");
+    let started = Instant::now();
+    let err = env
+        .network
+        .public_ip_prefixes_client()
+        .get(RG, "none", env.sub())
+        .await
+        .expect_err("404 after the retry");
+    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited {:?}",
+        started.elapsed()
+    );
+    let statuses: Vec<u16> = env
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.path.contains("publicIPPrefixes"))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses, [429, 404]);
+}
+
+#[tokio::test]
+async fn added_latency_delays_answers_without_failing_them() {
+    let env = start(Seed::aks_like(0)).await;
+    env.sim.set_latency(Duration::from_millis(150));
+    let started = Instant::now();
+    env.network
+        .subnets_client()
+        .get(RG, "aks-vnet", "aks-subnet", env.sub())
+        .await
+        .expect("slow but fine");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    env.sim.set_latency(Duration::ZERO);
+    let mut slow = FaultSpec::new("GET", r"/subnets/", 1, 200, "Slow");
+    slow.latency_ms = Some(200);
+    env.sim.inject_fault(slow).expect("fault");
+    let started = Instant::now();
+    env.network
+        .subnets_client()
+        .get(RG, "aks-vnet", "aks-subnet", env.sub())
+        .await
+        .expect("slow but fine");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn failed_long_running_operation_is_reported_and_leaves_resource_failed() {
+    let env = start(Seed::aks_like(0)).await;
+    env.sim.set_lro(LroConfig {
+        fail_next: 1,
+        ..LroConfig::default()
+    });
+    let lbs = env.network.load_balancers_client();
+    let err = lbs
+        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .await
+        .expect_err("LRO fails");
+    assert!(err.to_string().contains("Long running operation failed"), "{err}");
+    let got = serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("get")).expect("json");
+    assert_eq!(got["properties"]["provisioningState"], json!("Failed"));
+    // The next PUT succeeds and repairs it.
+    let ok = serde_json::to_value(
+        lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+            .await
+            .expect("retry"),
+    )
+    .expect("json");
+    assert_eq!(ok["properties"]["provisioningState"], json!("Succeeded"));
+}
+
+/// ARM answers DELETE with 202 + Location + Azure-AsyncOperation (the 0.21 network client exposes only
+/// `send()` for deletes); the resource is gone at once in the simulator; deleting again is 204.
+#[tokio::test]
+async fn delete_is_accepted_with_polling_headers_and_is_idempotent() {
+    let env = start(Seed::aks_like(0)).await;
+    let lbs = env.network.load_balancers_client();
+    lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .await
+        .expect("LB");
+    let rsp = lbs.delete(RG, LB, env.sub()).send().await.expect("accepted");
+    let raw = rsp.as_raw_response();
+    assert_eq!(u16::from(raw.status()), 202);
+    let location = raw
+        .headers()
+        .get_optional_str(&azure_core::headers::LOCATION)
+        .expect("Location header");
+    assert!(location.contains("/operationResults/"), "{location}");
+    assert!(
+        raw.headers()
+            .get_optional_str(&azure_core::headers::AZURE_ASYNCOPERATION)
+            .is_some()
+    );
+    let err = lbs.get(RG, LB, env.sub()).await.expect_err("deleted");
+    assert_eq!(status_and_code(&err).0, 404);
+    let rsp = lbs
+        .delete(RG, LB, env.sub())
+        .send()
+        .await
+        .expect("idempotent delete");
+    assert_eq!(u16::from(rsp.as_raw_response().status()), 204);
 }

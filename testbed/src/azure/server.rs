@@ -103,6 +103,9 @@ pub struct LroConfig {
     pub retry_after_ms: u64,
     /// An operation nobody polls completes on its own after this long.
     pub max_duration_ms: u64,
+    /// The next this-many operations end `Failed` (the resource's provisioningState becomes `Failed`).
+    #[serde(default)]
+    pub fail_next: u32,
 }
 
 impl Default for LroConfig {
@@ -112,6 +115,7 @@ impl Default for LroConfig {
             in_progress_polls: 1,
             retry_after_ms: 20,
             max_duration_ms: 2000,
+            fail_next: 0,
         }
     }
 }
@@ -122,6 +126,7 @@ struct Operation {
     polls: u32,
     started: Instant,
     done: bool,
+    fails: bool,
 }
 
 /// Mutable simulator state behind one lock (requests never hold it across an await).
@@ -199,8 +204,9 @@ impl SimState {
     fn complete(&mut self, op_id: &str) {
         if let Some(op) = self.operations.get_mut(op_id) {
             op.done = true;
+            let state = if op.fails { "Failed" } else { "Succeeded" };
             if let Some(rid) = op.resource_id.clone() {
-                self.world.set_provisioning_state(&rid, "Succeeded");
+                self.world.set_provisioning_state(&rid, state);
             }
         }
     }
@@ -1060,6 +1066,8 @@ fn check_preconditions(w: &World, r: &ArmRequest, id: &str) -> Result<(), ArmErr
 
 fn start_operation(s: &mut SimState, resource_id: Option<String>) -> String {
     let op = uuid::Uuid::new_v4().to_string();
+    let fails = s.lro.fail_next > 0;
+    s.lro.fail_next = s.lro.fail_next.saturating_sub(1);
     s.operations.insert(
         op.clone(),
         Operation {
@@ -1067,6 +1075,7 @@ fn start_operation(s: &mut SimState, resource_id: Option<String>) -> String {
             polls: 0,
             started: Instant::now(),
             done: false,
+            fails,
         },
     );
     op
@@ -1106,6 +1115,14 @@ fn lro_headers(
     retry_headers(s, resp);
 }
 
+fn operation_failure() -> ArmError {
+    ArmError::new(
+        500,
+        "InternalServerError",
+        "The simulated long-running operation failed (injected via LroConfig.fail_next).",
+    )
+}
+
 /// Azure-AsyncOperation answers `{"status": …}`; the Location (operationResults) URL answers 202 while
 /// running and 204 when done, as ARM does.
 fn poll_operation(s: &mut SimState, op_id: &str, location_style: bool) -> Result<Response, ArmError> {
@@ -1115,19 +1132,26 @@ fn poll_operation(s: &mut SimState, op_id: &str, location_style: bool) -> Result
         .get_mut(op_id)
         .ok_or_else(|| ArmError::not_found(&format!("operation {op_id}")))?;
     op.polls += 1;
+    let fails = op.fails;
     let finished = op.done || op.polls > in_progress_polls;
     if finished && !op.done {
         s.complete(op_id);
     }
     let mut resp = if location_style {
-        if finished {
-            StatusCode::NO_CONTENT.into_response()
-        } else {
-            StatusCode::ACCEPTED.into_response()
+        match (finished, fails) {
+            (false, _) => StatusCode::ACCEPTED.into_response(),
+            (true, false) => StatusCode::NO_CONTENT.into_response(),
+            (true, true) => arm_error(&operation_failure()),
         }
     } else {
-        let status = if finished { "Succeeded" } else { "InProgress" };
-        (StatusCode::OK, Json(json!({"name": op_id, "status": status}))).into_response()
+        let body = match (finished, fails) {
+            (false, _) => json!({"name": op_id, "status": "InProgress"}),
+            (true, false) => json!({"name": op_id, "status": "Succeeded"}),
+            (true, true) => {
+                json!({"name": op_id, "status": "Failed", "error": operation_failure().body()["error"].clone()})
+            }
+        };
+        (StatusCode::OK, Json(body)).into_response()
     };
     if !finished {
         retry_headers(s, &mut resp);
