@@ -547,3 +547,33 @@ async fn delete_is_accepted_with_polling_headers_and_is_idempotent() {
         .expect("idempotent delete");
     assert_eq!(u16::from(rsp.as_raw_response().status()), 204);
 }
+
+#[tokio::test]
+async fn write_during_a_running_operation_conflicts_when_enabled() {
+    let env = start(Seed::aks_like(0)).await;
+    env.sim.set_lro(LroConfig {
+        reject_concurrent: true,
+        in_progress_polls: 100,
+        max_duration_ms: 60_000,
+        ..LroConfig::default()
+    });
+    let lbs = env.network.load_balancers_client();
+    // send(): submit without polling, so the operation stays in progress.
+    let first = lbs
+        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .send()
+        .await
+        .expect("accepted");
+    assert_eq!(u16::from(first.as_raw_response().status()), 201);
+    let err = lbs
+        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .send()
+        .await
+        .expect_err("busy");
+    assert_eq!(
+        status_and_code(&err),
+        (409, "AnotherOperationInProgress".to_owned())
+    );
+    let state = serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("get")).expect("json");
+    assert_eq!(state["properties"]["provisioningState"], json!("Updating"));
+}

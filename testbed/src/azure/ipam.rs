@@ -305,4 +305,42 @@ mod tests {
         );
         assert!(p.allocate("z", "p").is_err());
     }
+
+    proptest::proptest! {
+        /// Any sequence of allocations and releases keeps the invariants: addresses inside the subnet,
+        /// never one of the five reserved ones, never two owners on one address, and an owner's address
+        /// is stable until released.
+        #[test]
+        fn subnet_pool_invariants(ops in proptest::collection::vec((0u8..12, proptest::bool::ANY), 1..80)) {
+            let mut pool = SubnetPool::new(net("10.1.0.0/28"));
+            let mut held: std::collections::BTreeMap<String, Ipv4Addr> = Default::default();
+            for (who, release) in ops {
+                let owner = format!("o{who}");
+                if release {
+                    pool.release(&owner);
+                    held.remove(&owner);
+                    continue;
+                }
+                match pool.allocate(&owner, "s") {
+                    Ok(ip) => {
+                        proptest::prop_assert!(pool.prefix().contains(&ip));
+                        proptest::prop_assert!(!pool.is_reserved(ip));
+                        if let Some(prev) = held.insert(owner.clone(), ip) {
+                            proptest::prop_assert_eq!(prev, ip);
+                        }
+                    }
+                    Err(e) => {
+                        proptest::prop_assert_eq!(e.code.as_str(), "SubnetIsFull");
+                        // /28 has 16 - 5 = 11 usable addresses.
+                        proptest::prop_assert_eq!(held.len(), 11);
+                    }
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for (ip, _) in pool.allocations() {
+                    proptest::prop_assert!(seen.insert(*ip));
+                }
+                proptest::prop_assert_eq!(seen.len(), held.len());
+            }
+        }
+    }
 }

@@ -220,3 +220,38 @@ pub fn parse_seed(text: &str) -> Result<Seed, String> {
 pub fn seed_to_json(seed: &Seed) -> Value {
     serde_json::to_value(seed).unwrap_or(Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_seed_file_parses_and_builds() {
+        let seed = parse_seed(include_str!("../../seeds/azure-aks.json")).expect("example seed parses");
+        let world = seed.build().expect("example seed builds");
+        assert!(world.node("aks-gateway-12345678-vmss000001").is_some());
+        assert!(world.node("aks-gwvms-12345678-vm1").is_some());
+    }
+
+    #[test]
+    fn seed_errors_name_the_field() {
+        let err = parse_seed(
+            r#"{"subscriptionId": "s", "tenantId": "t", "resourceGroups": [], "publicIpRanges": ["nope"]}"#,
+        )
+        .expect_err("bad CIDR");
+        assert!(err.contains("invalid seed"), "{err}");
+        let mut seed = Seed::aks_like(1);
+        seed.virtual_networks[0].subnets[0].address_prefix = "192.168.0.0/24".parse().expect("cidr");
+        let err = seed.build().expect_err("subnet outside vnet");
+        assert_eq!(err.code, "NetcfgSubnetRangeOutsideVnet");
+    }
+
+    #[test]
+    fn service_principal_debug_redacts_the_secret() {
+        let sp = ServicePrincipal {
+            client_id: "id".into(),
+            client_secret: "hunter2".into(),
+        };
+        assert!(!format!("{sp:?}").contains("hunter2"));
+    }
+}

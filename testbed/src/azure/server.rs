@@ -106,6 +106,10 @@ pub struct LroConfig {
     /// The next this-many operations end `Failed` (the resource's provisioningState becomes `Failed`).
     #[serde(default)]
     pub fail_next: u32,
+    /// Refuse a write to a resource whose previous operation is still running (409
+    /// `AnotherOperationInProgress`), as the network resource provider does.
+    #[serde(default)]
+    pub reject_concurrent: bool,
 }
 
 impl Default for LroConfig {
@@ -116,6 +120,7 @@ impl Default for LroConfig {
             retry_after_ms: 20,
             max_duration_ms: 2000,
             fail_next: 0,
+            reject_concurrent: false,
         }
     }
 }
@@ -129,13 +134,23 @@ struct Operation {
     fails: bool,
 }
 
+/// Bearer tokens handed out by the simulated AAD/IMDS; `Debug` shows only how many.
+#[derive(Default)]
+struct IssuedTokens(HashSet<String>);
+
+impl std::fmt::Debug for IssuedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IssuedTokens({} redacted)", self.0.len())
+    }
+}
+
 /// Mutable simulator state behind one lock (requests never hold it across an await).
 #[derive(Debug)]
 pub struct SimState {
     pub world: World,
     tenant_id: String,
     principals: Vec<ServicePrincipal>,
-    issued_tokens: HashSet<String>,
+    issued_tokens: IssuedTokens,
     pub require_auth: bool,
     calls: Vec<CallRecord>,
     faults: Vec<Fault>,
@@ -157,7 +172,7 @@ impl SimState {
             world: seed.build()?,
             tenant_id: seed.tenant_id.clone(),
             principals: seed.service_principals.clone(),
-            issued_tokens: HashSet::new(),
+            issued_tokens: IssuedTokens::default(),
             require_auth: true,
             calls: Vec::new(),
             faults: Vec::new(),
@@ -353,7 +368,7 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
 
 fn new_token(s: &mut SimState) -> String {
     let token = format!("sim.{}", uuid::Uuid::new_v4().simple());
-    s.issued_tokens.insert(token.clone());
+    s.issued_tokens.0.insert(token.clone());
     token
 }
 
@@ -707,7 +722,7 @@ async fn arm(State(state): State<Shared>, method: Method, headers: HeaderMap, re
     let mut s = lock(&state);
     if s.require_auth {
         let token = header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned));
-        if !token.is_some_and(|t| s.issued_tokens.contains(&t)) {
+        if !token.is_some_and(|t| s.issued_tokens.0.contains(&t)) {
             return arm_error(&ArmError::new(
                 401,
                 "InvalidAuthenticationToken",
@@ -1000,6 +1015,20 @@ fn crud(
         Method::GET => Ok(ok_json(StatusCode::OK, &get(&s.world)?)),
         Method::PUT | Method::DELETE => {
             check_preconditions(&s.world, r, id)?;
+            if s.lro.reject_concurrent
+                && s.operations.values().any(|o| {
+                    !o.done
+                        && o.resource_id
+                            .as_deref()
+                            .is_some_and(|rid| rid.eq_ignore_ascii_case(id))
+                })
+            {
+                return Err(ArmError::new(
+                    409,
+                    "AnotherOperationInProgress",
+                    format!("Another operation on resource {id} is in progress; retry later."),
+                ));
+            }
             if *m == Method::PUT {
                 if !r.body.is_object() {
                     return Err(ArmError::bad_request(
