@@ -456,3 +456,136 @@ async fn vm_pool_lists_vms_and_tagged_nics_and_nic_put_adds_secondary_ip_with_pu
         (400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())
     );
 }
+
+/// The upstream operator's order of calls for one gateway configuration on a VMSS pool with a managed
+/// prefix, then its teardown; asserts the write count and that nothing leaks.
+#[tokio::test]
+async fn operator_style_provision_and_teardown_leaves_no_leaks() {
+    let env = start(Seed::aks_like(2)).await;
+    let before = env.sim.inventory();
+    let lbs = env.network.load_balancers_client();
+    let vmss = env.compute.virtual_machine_scale_sets_client();
+    let vms = env.compute.virtual_machine_scale_set_v_ms_client();
+    let nics = env.network.network_interfaces_client();
+    let prefixes = env.network.public_ip_prefixes_client();
+    env.sim.clear_calls();
+
+    // LB controller.
+    assert_eq!(
+        status_and_code(&lbs.get(RG, LB, env.sub()).await.expect_err("no LB yet")).0,
+        404
+    );
+    let mut stream = vmss.list(RG, env.sub()).into_stream();
+    let pool_vmss = to_json(&stream.next().await.expect("page").expect("list").value[0]);
+    let unique = pool_vmss["properties"]["uniqueId"]
+        .as_str()
+        .expect("uniqueId")
+        .to_owned();
+    env.network
+        .subnets_client()
+        .get(RG, "aks-vnet", "aks-subnet", env.sub())
+        .await
+        .expect("subnet");
+    let pool = create_lb(&env, &unique).await;
+
+    // VM controller.
+    assert_eq!(
+        status_and_code(
+            &prefixes
+                .get(RG, "egressgateway-uid1", env.sub())
+                .await
+                .expect_err("no prefix")
+        )
+        .0,
+        404
+    );
+    let prefix = create_prefix(&env, "egressgateway-uid1", 31).await;
+    let put_model = |configs: Value| -> VirtualMachineScaleSet {
+        serde_json::from_value(
+            json!({"location": "eastus", "properties": {"virtualMachineProfile": {"networkProfile": {
+            "networkInterfaceConfigurations": configs}}}}),
+        )
+        .expect("model")
+    };
+    let with_gateway = gateway_nic_configs(&env, &pool, Some(&prefix));
+    vmss.create_or_update(RG, VMSS, put_model(with_gateway.clone()), env.sub())
+        .await
+        .expect("PUT VMSS");
+    let apply = |configs: Value| -> VirtualMachineScaleSetVm {
+        serde_json::from_value(
+            json!({"location": "eastus", "properties": {"networkProfileConfiguration": {
+            "networkInterfaceConfigurations": configs}}}),
+        )
+        .expect("model")
+    };
+    for inst in instances(&env).await {
+        let iid = inst["instanceId"].as_str().expect("id").to_owned();
+        nics.get_virtual_machine_scale_set_network_interface(
+            RG,
+            VMSS,
+            &iid,
+            "aks-gateway-12345678-nic",
+            env.sub(),
+        )
+        .await
+        .expect("NIC");
+        vms.update(RG, VMSS, &iid, apply(with_gateway.clone()), env.sub())
+            .await
+            .expect("instance");
+        nics.get_virtual_machine_scale_set_network_interface(
+            RG,
+            VMSS,
+            &iid,
+            "aks-gateway-12345678-nic",
+            env.sub(),
+        )
+        .await
+        .expect("NIC");
+    }
+    let writes = env.sim.calls().iter().filter(|c| c.method == "PUT").count();
+    assert_eq!(writes, 1 + 1 + 1 + 2, "LB, prefix, VMSS model, two instances");
+
+    // The agent's view of one gateway node: public address from the prefix on the secondary ipConfig.
+    let node = to_json(&env.sim.with_state(|s| {
+        testbed::azure::imds::instance_metadata(&s.world, "aks-gateway-12345678-vmss000000")
+    }));
+    let addrs = node["network"]["interface"][0]["ipv4"]["ipAddress"]
+        .as_array()
+        .expect("addresses")
+        .clone();
+    assert_eq!(addrs.len(), 2);
+    assert!(
+        addrs[1]["publicIpAddress"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("20.10.0.")),
+        "{addrs:?}"
+    );
+
+    // Teardown: instances and model back to the seeded NIC config, then prefix and LB.
+    let original = json!([{"name": "aks-gateway-12345678-nic", "properties": {"primary": true, "ipConfigurations": [
+        {"name": "ipconfig1", "properties": {"primary": true, "privateIPAddressVersion": "IPv4", "subnet": {"id": env.subnet_id()}}}]}}]);
+    vmss.create_or_update(RG, VMSS, put_model(original.clone()), env.sub())
+        .await
+        .expect("PUT VMSS");
+    for iid in ["0", "1"] {
+        let after = vms
+            .update(RG, VMSS, iid, apply(original.clone()), env.sub())
+            .await
+            .expect("instance");
+        assert_eq!(to_json(&after)["properties"]["latestModelApplied"], json!(true));
+    }
+    prefixes
+        .delete(RG, "egressgateway-uid1", env.sub())
+        .send()
+        .await
+        .expect("prefix deleted");
+    lbs.delete(RG, LB, env.sub()).send().await.expect("LB deleted");
+
+    let after = env.sim.inventory();
+    assert_eq!(
+        after["privateAddresses"], before["privateAddresses"],
+        "only the seeded addresses remain"
+    );
+    assert_eq!(after["publicBlocks"], json!([]));
+    assert_eq!(after["resources"], before["resources"]);
+}
