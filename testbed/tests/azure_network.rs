@@ -577,3 +577,35 @@ async fn write_during_a_running_operation_conflicts_when_enabled() {
     let state = serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("get")).expect("json");
     assert_eq!(state["properties"]["provisioningState"], json!("Updating"));
 }
+
+#[tokio::test]
+async fn lost_response_fault_applies_the_write_but_reports_an_error() {
+    let env = start(Seed::aks_like(0)).await;
+    let mut lost = FaultSpec::new("PUT", r"/publicIPPrefixes/", 1, 504, "GatewayTimeout");
+    lost.after_apply = true;
+    env.sim.inject_fault(lost).expect("fault");
+    // Fail fast: no client retries, so the caller sees the 504 of the applied write.
+    let client = azure_mgmt_network::Client::builder(azure_support::credential(&env.sim, &env.seed))
+        .endpoint(azure_core::Url::parse(env.sim.url()).expect("url"))
+        .retry(azure_core::RetryOptions::none())
+        .build()
+        .expect("client");
+    let body: PublicIpPrefix =
+        serde_json::from_value(json!({"location": "eastus", "properties": {"prefixLength": 30}}))
+            .expect("model");
+    let err = client
+        .public_ip_prefixes_client()
+        .create_or_update(RG, "p", body, env.sub())
+        .await
+        .expect_err("lost response");
+    assert_eq!(status_and_code(&err), (504, "GatewayTimeout".to_owned()));
+    let got = client
+        .public_ip_prefixes_client()
+        .get(RG, "p", env.sub())
+        .await
+        .expect("write happened");
+    assert_eq!(
+        got.properties.and_then(|p| p.ip_prefix).as_deref(),
+        Some("20.10.0.0/30")
+    );
+}

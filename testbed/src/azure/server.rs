@@ -54,6 +54,10 @@ pub struct FaultSpec {
     /// Extra latency before answering the matching calls.
     #[serde(default)]
     pub latency_ms: Option<u64>,
+    /// Let the request take effect, then answer with the fault anyway (a lost response: the caller
+    /// must cope with a write that happened although it saw an error).
+    #[serde(default)]
+    pub after_apply: bool,
 }
 
 fn default_fault_code() -> String {
@@ -72,6 +76,7 @@ impl FaultSpec {
             retry_after_seconds: None,
             retry_after_ms: None,
             latency_ms: None,
+            after_apply: false,
         }
     }
 
@@ -336,6 +341,9 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
     }
     let response = match fault.filter(|f| f.status >= 400) {
         Some(f) => {
+            if f.after_apply {
+                let _applied = next.run(req).await;
+            }
             let message = f
                 .message
                 .clone()
