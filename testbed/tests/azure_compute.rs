@@ -542,6 +542,15 @@ async fn operator_style_provision_and_teardown_leaves_no_leaks() {
         .await
         .expect("NIC");
     }
+    let lb = to_json(&lbs.get(RG, LB, env.sub()).await.expect("LB"));
+    let members = lb["properties"]["backendAddressPools"][0]["properties"]["backendIPConfigurations"]
+        .as_array()
+        .map(Vec::len);
+    assert_eq!(
+        members,
+        Some(2),
+        "both instances' primary ipConfigs are in the pool"
+    );
     let writes = env.sim.calls().iter().filter(|c| c.method == "PUT").count();
     assert_eq!(writes, 1 + 1 + 1 + 2, "LB, prefix, VMSS model, two instances");
 

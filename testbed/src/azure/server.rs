@@ -865,9 +865,12 @@ fn route_resource(
     );
     match (ns, ty, rest.len(), &r.method) {
         // collections
-        ("microsoft.network", "loadbalancers", 0, &Method::GET) => {
-            Ok(list_json(w.list(&format!("{rg_scope}/{}", world::LB_TYPE))))
-        }
+        ("microsoft.network", "loadbalancers", 0, &Method::GET) => Ok(list_json(
+            w.list(&format!("{rg_scope}/{}", world::LB_TYPE))
+                .into_iter()
+                .map(|lb| w.decorate_lb(lb))
+                .collect(),
+        )),
         ("microsoft.network", "publicipprefixes", 0, &Method::GET) => {
             Ok(list_json(w.list(&format!("{rg_scope}/{}", world::PREFIX_TYPE))))
         }
@@ -905,7 +908,7 @@ fn route_resource(
                 "Microsoft.Network",
                 |w| w.put_load_balancer(rg, name, r.body.clone()),
                 |w| w.delete_load_balancer(rg, name),
-                |w| w.get_or_404(&id),
+                |w| w.get_load_balancer(&id),
             )
         }
         ("microsoft.network", "publicipprefixes", 1, m) => {
@@ -1054,7 +1057,10 @@ fn crud(
                     return Ok(ok_json(status, &out.resource));
                 }
                 s.world.set_provisioning_state(id, "Updating");
-                let body = s.world.get(id).cloned().unwrap_or(out.resource);
+                let mut body = out.resource;
+                if let Some(p) = body.get_mut("properties").and_then(Value::as_object_mut) {
+                    p.insert("provisioningState".into(), json!("Updating"));
+                }
                 let op = start_operation(s, Some(id.to_owned()));
                 let mut resp = ok_json(status, &body);
                 lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), false);

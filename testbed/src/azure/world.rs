@@ -749,9 +749,66 @@ impl World {
         });
         let stored = self.store(&id, lb);
         Ok(PutOutcome {
-            resource: stored,
+            resource: self.decorate_lb(stored),
             created: existing.is_none(),
         })
+    }
+
+    pub fn get_load_balancer(&self, id: &str) -> Result<Value, ArmError> {
+        Ok(self.decorate_lb(self.get_or_404(id)?))
+    }
+
+    /// Fills `backendAddressPools[].properties.backendIPConfigurations` with the NIC and scale set
+    /// instance ipConfigurations that are members of each pool, as ARM reports them.
+    pub fn decorate_lb(&self, mut lb: Value) -> Value {
+        let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut note = |cid: String, c: &Value| {
+            for pool in arr(&c["properties"], "loadBalancerBackendAddressPools") {
+                if let Some(pid) = pool["id"].as_str() {
+                    members.entry(key(pid)).or_default().push(cid.clone());
+                }
+            }
+        };
+        for r in self.resources.values() {
+            let ty = r["type"].as_str().unwrap_or_default();
+            let rid = r["id"].as_str().unwrap_or_default();
+            if ty.eq_ignore_ascii_case(NIC_TYPE) {
+                for c in arr(&r["properties"], "ipConfigurations") {
+                    note(c["id"].as_str().unwrap_or_default().to_owned(), &c);
+                }
+            } else if ty.eq_ignore_ascii_case(VMSS_VM_TYPE) {
+                for nc in Self::instance_nic_configs(r) {
+                    let ncname = nc["name"].as_str().unwrap_or_default();
+                    for c in arr(&nc["properties"], "ipConfigurations") {
+                        let cname = c["name"].as_str().unwrap_or_default();
+                        note(
+                            format!("{rid}/networkInterfaces/{ncname}/ipConfigurations/{cname}"),
+                            &c,
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(pools) = lb
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("backendAddressPools"))
+            .and_then(Value::as_array_mut)
+        {
+            for pool in pools {
+                let pid = key(pool["id"].as_str().unwrap_or_default());
+                let refs: Vec<Value> = members
+                    .get(&pid)
+                    .map(|m| m.iter().map(|i| json!({"id": i})).collect())
+                    .unwrap_or_default();
+                let pp = props(pool);
+                if refs.is_empty() {
+                    pp.remove("backendIPConfigurations");
+                } else {
+                    pp.insert("backendIPConfigurations".into(), Value::Array(refs));
+                }
+            }
+        }
+        lb
     }
 
     /// Returns whether something was deleted (ARM answers 204 when there was nothing).
