@@ -227,6 +227,13 @@ impl PrefixPool {
         self.used.iter()
     }
 
+    /// Gives `owner` back the address it held (keeps public addresses stable across updates).
+    pub fn restore(&mut self, owner: &str, ip: Ipv4Addr) {
+        if self.block.contains(&ip) {
+            self.used.insert(ip, owner.to_owned());
+        }
+    }
+
     pub fn owners(&self) -> impl Iterator<Item = &String> {
         self.used.values()
     }

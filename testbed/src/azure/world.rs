@@ -457,8 +457,8 @@ impl World {
                 .map(|(ip, o)| (o.clone(), *ip))
                 .collect();
             pool.release_prefix(owner_prefix);
-            for (o, _) in held {
-                pool.allocate(&o, pkey)?;
+            for (o, ip) in held {
+                pool.restore(&o, ip);
             }
         }
         for (owner, subnet_id, fixed) in private {
@@ -1688,6 +1688,57 @@ mod tests {
         let mut base = json!({"a": {"b": 1, "c": [1, 2]}, "d": "x"});
         merge(&mut base, &json!({"a": {"c": [3], "e": true}, "d": null}));
         assert_eq!(base, json!({"a": {"b": 1, "c": [3], "e": true}, "d": "x"}));
+    }
+
+    /// An instance keeps its public address across updates even when a lower address became free.
+    #[test]
+    fn instance_public_address_is_stable_across_updates() {
+        let mut w = crate::azure::Seed::aks_like(2).build().expect("seed");
+        let prefix = w
+            .put_public_ip_prefix(
+                "node-rg",
+                "p",
+                json!({"location": "eastus", "properties": {"prefixLength": 30}}),
+            )
+            .expect("prefix")
+            .resource["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let vmss = "aks-gateway-12345678-vmss";
+        let subnet = format!(
+            "{}/subnets/aks-subnet",
+            w.resource_id("node-rg", VNET_TYPE, "aks-vnet")
+        );
+        let configs = |with_public: bool| {
+            let mut secondary =
+                json!({"name": "gw", "properties": {"primary": false, "subnet": {"id": subnet}}});
+            if with_public {
+                secondary["properties"]["publicIPAddressConfiguration"] =
+                    json!({"name": "gw", "properties": {"publicIPPrefix": {"id": prefix}}});
+            }
+            json!({"properties": {"networkProfileConfiguration": {"networkInterfaceConfigurations": [
+                {"name": "nic", "properties": {"primary": true, "ipConfigurations": [
+                    {"name": "ipconfig1", "properties": {"primary": true, "subnet": {"id": subnet}}}, secondary]}}]}}})
+        };
+        let public_of = |w: &World, i: &str| {
+            let id = format!(
+                "{}/virtualMachines/{i}/networkInterfaces/nic/ipConfigurations/gw/publicIPAddresses/gw",
+                w.resource_id("node-rg", VMSS_TYPE, vmss)
+            );
+            w.public_address_of(&id)
+        };
+        w.put_vmss_vm("node-rg", vmss, "0", configs(true))
+            .expect("instance 0");
+        w.put_vmss_vm("node-rg", vmss, "1", configs(true))
+            .expect("instance 1");
+        let before = public_of(&w, "1").expect("instance 1 has a public address");
+        w.put_vmss_vm("node-rg", vmss, "0", configs(false))
+            .expect("instance 0 drops its public IP");
+        assert_eq!(public_of(&w, "0"), None);
+        w.put_vmss_vm("node-rg", vmss, "1", configs(true))
+            .expect("instance 1 updated again");
+        assert_eq!(public_of(&w, "1"), Some(before));
     }
 
     #[test]
