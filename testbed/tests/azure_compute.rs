@@ -598,3 +598,36 @@ async fn operator_style_provision_and_teardown_leaves_no_leaks() {
     assert_eq!(after["publicBlocks"], json!([]));
     assert_eq!(after["resources"], before["resources"]);
 }
+
+#[tokio::test]
+async fn paged_lists_are_followed_by_the_client_via_next_link() {
+    let mut seed = vm_pool_seed();
+    seed.vm_pools[0].nics = 5;
+    let env = start(seed).await;
+    env.sim.set_page_size(Some(2));
+    let mut stream = env
+        .network
+        .network_interfaces_client()
+        .list(RG, env.sub())
+        .into_stream();
+    let mut names = Vec::new();
+    while let Some(page) = stream.next().await {
+        names.extend(
+            page.expect("page")
+                .value
+                .into_iter()
+                .filter_map(|n| n.resource.name),
+        );
+    }
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(
+        names.iter().collect::<BTreeSet<_>>().len(),
+        5,
+        "no duplicates across pages"
+    );
+    assert_eq!(
+        env.sim.count_calls("GET", r"/networkInterfaces$"),
+        3,
+        "three pages of at most 2"
+    );
+}

@@ -114,6 +114,11 @@ impl AzureSim {
         self.with_state(|s| s.lro = lro);
     }
 
+    /// Splits list answers into pages of `size` with `nextLink` (None: one page).
+    pub fn set_page_size(&self, size: Option<usize>) {
+        self.with_state(|s| s.page_size = size);
+    }
+
     pub fn inventory(&self) -> Value {
         self.with_state(SimState::inventory)
     }

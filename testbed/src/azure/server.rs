@@ -161,6 +161,8 @@ pub struct SimState {
     faults: Vec<Fault>,
     pub latency: Duration,
     pub lro: LroConfig,
+    /// Split list answers into pages of this size (exercises `nextLink` handling); `None` = one page.
+    pub page_size: Option<usize>,
     operations: HashMap<String, Operation>,
     pub base_url: String,
 }
@@ -182,6 +184,7 @@ impl SimState {
             calls: Vec::new(),
             faults: Vec::new(),
             latency: Duration::ZERO,
+            page_size: None,
             lro: LroConfig::default(),
             operations: HashMap::new(),
             base_url: String::new(),
@@ -289,6 +292,7 @@ pub fn router(state: Shared) -> Router {
         .route("/_sim/faults", post(ctl_add_fault).delete(ctl_clear_faults))
         .route("/_sim/latency", put(ctl_latency))
         .route("/_sim/lro", put(ctl_lro))
+        .route("/_sim/paging", put(ctl_paging))
         .route("/_sim/inventory", get(ctl_inventory))
         .route("/_sim/patch", post(ctl_patch))
         .fallback(arm)
@@ -596,6 +600,17 @@ async fn ctl_lro(State(state): State<Shared>, Json(b): Json<LroConfig>) -> Statu
     StatusCode::NO_CONTENT
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PagingBody {
+    page_size: Option<usize>,
+}
+
+async fn ctl_paging(State(state): State<Shared>, Json(b): Json<PagingBody>) -> StatusCode {
+    lock(&state).page_size = b.page_size;
+    StatusCode::NO_CONTENT
+}
+
 async fn ctl_inventory(State(state): State<Shared>) -> Json<Value> {
     Json(lock(&state).inventory())
 }
@@ -676,6 +691,9 @@ struct ArmRequest {
     if_match: Option<String>,
     if_none_match: Option<String>,
     body: Value,
+    /// Request path (for `nextLink`s) and the page offset from `$skiptoken`.
+    path: String,
+    skip: usize,
 }
 
 async fn arm(State(state): State<Shared>, method: Method, headers: HeaderMap, req: Request) -> Response {
@@ -726,6 +744,12 @@ async fn arm(State(state): State<Shared>, method: Method, headers: HeaderMap, re
         if_match: header("if-match"),
         if_none_match: header("if-none-match"),
         body,
+        path: uri.path().to_owned(),
+        skip: query
+            .get("$skiptoken")
+            .or_else(|| query.get("%24skiptoken"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
     };
     let mut s = lock(&state);
     if s.require_auth {
@@ -752,6 +776,32 @@ fn ok_json(status: StatusCode, v: &Value) -> Response {
         r.headers_mut().insert("etag", h);
     }
     r
+}
+
+/// List answers, split into pages of `page_size` with ARM's `nextLink` when paging is on.
+struct Paging {
+    size: Option<usize>,
+    base: String,
+}
+
+impl Paging {
+    fn list(&self, r: &ArmRequest, items: Vec<Value>) -> Response {
+        let Some(size) = self.size.filter(|s| *s > 0) else {
+            return list_json(items);
+        };
+        let page: Vec<Value> = items.iter().skip(r.skip).take(size).cloned().collect();
+        let next = r.skip + size;
+        let mut body = json!({"value": page});
+        if next < items.len() {
+            body["nextLink"] = json!(format!(
+                "{}{}?api-version={}&$skiptoken={next}",
+                self.base,
+                r.path,
+                r.api_version.as_deref().unwrap_or_default()
+            ));
+        }
+        (StatusCode::OK, Json(body)).into_response()
+    }
 }
 
 fn list_json(items: Vec<Value>) -> Response {
@@ -857,6 +907,10 @@ fn route_resource(
     rest: &[&str],
     names: &[String],
 ) -> Result<Response, ArmError> {
+    let page = Paging {
+        size: s.page_size,
+        base: s.base_url.clone(),
+    };
     let w = &s.world;
     let name = names.first().map(String::as_str).unwrap_or_default();
     let rg_scope = format!(
@@ -865,26 +919,27 @@ fn route_resource(
     );
     match (ns, ty, rest.len(), &r.method) {
         // collections
-        ("microsoft.network", "loadbalancers", 0, &Method::GET) => Ok(list_json(
+        ("microsoft.network", "loadbalancers", 0, &Method::GET) => Ok(page.list(
+            r,
             w.list(&format!("{rg_scope}/{}", world::LB_TYPE))
                 .into_iter()
                 .map(|lb| w.decorate_lb(lb))
                 .collect(),
         )),
         ("microsoft.network", "publicipprefixes", 0, &Method::GET) => {
-            Ok(list_json(w.list(&format!("{rg_scope}/{}", world::PREFIX_TYPE))))
+            Ok(page.list(r, w.list(&format!("{rg_scope}/{}", world::PREFIX_TYPE))))
         }
         ("microsoft.network", "publicipaddresses", 0, &Method::GET) => {
-            Ok(list_json(w.list(&format!("{rg_scope}/{}", world::PIP_TYPE))))
+            Ok(page.list(r, w.list(&format!("{rg_scope}/{}", world::PIP_TYPE))))
         }
         ("microsoft.network", "networkinterfaces", 0, &Method::GET) => {
-            Ok(list_json(w.list(&format!("{rg_scope}/{}", world::NIC_TYPE))))
+            Ok(page.list(r, w.list(&format!("{rg_scope}/{}", world::NIC_TYPE))))
         }
         ("microsoft.compute", "virtualmachinescalesets", 0, &Method::GET) => {
-            Ok(list_json(w.list(&format!("{rg_scope}/{}", world::VMSS_TYPE))))
+            Ok(page.list(r, w.list(&format!("{rg_scope}/{}", world::VMSS_TYPE))))
         }
         ("microsoft.compute", "virtualmachines", 0, &Method::GET) => {
-            Ok(list_json(w.list(&format!("{rg_scope}/{}", world::VM_TYPE))))
+            Ok(page.list(r, w.list(&format!("{rg_scope}/{}", world::VM_TYPE))))
         }
         // virtual networks (read-only)
         ("microsoft.network", "virtualnetworks", 1, &Method::GET) => {
@@ -892,7 +947,7 @@ fn route_resource(
             Ok(ok_json(StatusCode::OK, &w.get_or_404(&id)?))
         }
         ("microsoft.network", "virtualnetworks", 2, &Method::GET) if rest[1] == "subnets" => {
-            Ok(list_json(w.list_subnets(rg, name)?))
+            Ok(page.list(r, w.list_subnets(rg, name)?))
         }
         ("microsoft.network", "virtualnetworks", 3, &Method::GET) if rest[1] == "subnets" => {
             Ok(ok_json(StatusCode::OK, &w.get_subnet(rg, name, &names[2])?))
@@ -965,10 +1020,13 @@ fn route_resource(
             )
         }
         ("microsoft.compute", "virtualmachinescalesets", 2, &Method::GET) if rest[1] == "virtualmachines" => {
-            Ok(list_json(w.list(&format!(
-                "{}/virtualMachines",
-                w.resource_id(rg, world::VMSS_TYPE, name)
-            ))))
+            Ok(page.list(
+                r,
+                w.list(&format!(
+                    "{}/virtualMachines",
+                    w.resource_id(rg, world::VMSS_TYPE, name)
+                )),
+            ))
         }
         ("microsoft.compute", "virtualmachinescalesets", 3, m) if rest[1] == "virtualmachines" => {
             let instance = names[2].clone();
