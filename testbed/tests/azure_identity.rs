@@ -324,3 +324,116 @@ async fn binary_serves_a_seed_file() {
     drop(guard);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn imds_for_a_vm_pool_node_carries_the_nic_name_tag() {
+    let mut seed = Seed::aks_like(0);
+    seed.vm_scale_sets.clear();
+    seed.vm_pools.push(testbed::azure::VmPoolSeed {
+        resource_group: RG.into(),
+        pool_name: "gwvms".into(),
+        gateway_prefix_size: Some(31),
+        vms: 1,
+        nics: 1,
+        subnet: testbed::azure::SubnetRef {
+            resource_group: RG.into(),
+            vnet: "aks-vnet".into(),
+            subnet: "aks-subnet".into(),
+        },
+    });
+    let env = start(seed).await;
+    let url = format!(
+        "{}/metadata/instance?api-version=2021-10-01",
+        env.sim.imds_base("aks-gwvms-12345678-vm0")
+    );
+    let (status, md) = raw(Method::Get, &url, &metadata(), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        md["compute"]["vmScaleSetName"],
+        json!(""),
+        "not a scale set instance"
+    );
+    let tags = md["compute"]["tags"].as_str().expect("tags");
+    assert!(
+        tags.split(';')
+            .any(|t| t == "aks-managed-nic-name:aks-gwvms-12345678-nic0"),
+        "{tags}"
+    );
+    assert_eq!(
+        md["network"]["interface"][0]["ipv4"]["ipAddress"][0]["privateIpAddress"],
+        json!("10.224.0.4")
+    );
+}
+
+#[tokio::test]
+async fn http_control_api_patches_resources_and_tunes_operations() {
+    let env = start(Seed::aks_like(1)).await;
+    let base = env.sim.url().to_owned();
+    let inst = format!("{}/virtualMachines/0", env.seed_vmss_id());
+    let (status, v) = raw(
+        Method::Post,
+        &format!("{base}/_sim/patch"),
+        &[],
+        Some(json!({"id": inst, "patch": {"properties": {"provisioningState": "Failed"}}})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["properties"]["provisioningState"].clone()),
+        (200, json!("Failed"))
+    );
+    let got = env
+        .compute
+        .virtual_machine_scale_set_v_ms_client()
+        .get(RG, VMSS, "0", env.sub())
+        .await
+        .expect("instance");
+    assert_eq!(
+        serde_json::to_value(got).expect("json")["properties"]["provisioningState"],
+        json!("Failed")
+    );
+    let (status, v) = raw(
+        Method::Post,
+        &format!("{base}/_sim/patch"),
+        &[],
+        Some(json!({"id": "/nope", "patch": {}})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (404, json!("ResourceNotFound"))
+    );
+
+    let lro = json!({"enabled": false, "inProgressPolls": 0, "retryAfterMs": 0, "maxDurationMs": 0});
+    assert_eq!(
+        raw(Method::Put, &format!("{base}/_sim/lro"), &[], Some(lro))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        raw(
+            Method::Put,
+            &format!("{base}/_sim/latency"),
+            &[],
+            Some(json!({"ms": 0}))
+        )
+        .await
+        .0,
+        204
+    );
+    env.sim.clear_calls();
+    let body: azure_mgmt_compute::models::VirtualMachineScaleSet =
+        serde_json::from_value(json!({"location": "eastus", "tags": {"k": "v"}})).expect("model");
+    let put = env
+        .compute
+        .virtual_machine_scale_sets_client()
+        .create_or_update(RG, VMSS, body, env.sub())
+        .await
+        .expect("PUT");
+    assert_eq!(put.resource.tags.expect("tags")["k"], json!("v"));
+    assert_eq!(
+        env.sim.count_calls("GET", "/operations/"),
+        0,
+        "no operation to poll when LROs are off"
+    );
+}

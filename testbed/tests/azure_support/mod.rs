@@ -32,6 +32,10 @@ impl Env {
         )
     }
 
+    pub fn seed_vmss_id(&self) -> String {
+        self.id("Microsoft.Compute/virtualMachineScaleSets", VMSS)
+    }
+
     pub fn id(&self, ty: &str, name: &str) -> String {
         format!(
             "/subscriptions/{}/resourceGroups/{RG}/providers/{ty}/{name}",
