@@ -292,7 +292,6 @@ async fn binary_serves_a_seed_file() {
             "--listen",
             "127.0.0.1:0",
         ])
-        .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("binary starts");

@@ -26,7 +26,12 @@ async fn main() -> anyhow::Result<()> {
     if args.log_json {
         tracing_subscriber::fmt().with_env_filter(filter).json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Plain text when piped, so scripts can read the `url=` line.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .init();
     }
     let text = std::fs::read_to_string(&args.seed)
         .map_err(|e| anyhow::anyhow!("cannot read seed file {}: {e}", args.seed.display()))?;
