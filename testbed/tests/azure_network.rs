@@ -10,7 +10,7 @@ use azure_support::{RG, start, status_and_code};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
-use testbed::azure::{FaultSpec, LroConfig, Seed};
+use testbed::azure::{FaultSpec, LroConfig, Seed, WriteLimit};
 
 const LB: &str = "kubeegressgateway-ilb";
 
@@ -608,4 +608,38 @@ async fn lost_response_fault_applies_the_write_but_reports_an_error() {
         got.properties.and_then(|p| p.ip_prefix).as_deref(),
         Some("20.10.0.0/30")
     );
+}
+
+#[tokio::test]
+async fn write_limit_throttles_bursts_and_the_client_waits_it_out() {
+    let env = start(Seed::aks_like(0)).await;
+    env.sim.set_write_limit(Some(WriteLimit {
+        max_writes: 2,
+        window_ms: 400,
+    }));
+    let lbs = env.network.load_balancers_client();
+    for name in ["a", "b", "c"] {
+        let rsp = lbs
+            .create_or_update(RG, name, lb_body(&env, json!([]), json!([])), env.sub())
+            .send()
+            .await
+            .expect("eventually accepted");
+        assert_eq!(u16::from(rsp.as_raw_response().status()), 201);
+    }
+    let statuses: Vec<u16> = env
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PUT")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3);
+    assert!(
+        statuses.contains(&429),
+        "the third write within the window was throttled: {statuses:?}"
+    );
+    // Reads are not limited.
+    for _ in 0..5 {
+        lbs.get(RG, "a", env.sub()).await.expect("read");
+    }
 }

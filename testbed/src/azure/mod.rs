@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 pub use error::ArmError;
 pub use seed::{Seed, ServicePrincipal, SubnetRef, SubnetSeed, VmPoolSeed, VmssSeed, VnetSeed};
-pub use server::{CallRecord, FaultSpec, LroConfig, SimState};
+pub use server::{CallRecord, FaultSpec, LroConfig, SimState, WriteLimit};
 
 /// A running simulator. Dropping it stops the server.
 #[derive(Debug)]
@@ -112,6 +112,11 @@ impl AzureSim {
 
     pub fn set_lro(&self, lro: LroConfig) {
         self.with_state(|s| s.lro = lro);
+    }
+
+    /// Throttles writes like ARM's per-subscription write limit (`None`: unlimited).
+    pub fn set_write_limit(&self, limit: Option<WriteLimit>) {
+        self.with_state(|s| s.write_limit = limit);
     }
 
     /// Splits list answers into pages of `size` with `nextLink` (None: one page).

@@ -163,6 +163,9 @@ pub struct SimState {
     pub lro: LroConfig,
     /// Split list answers into pages of this size (exercises `nextLink` handling); `None` = one page.
     pub page_size: Option<usize>,
+    /// Write throttling (`None`: unlimited).
+    pub write_limit: Option<WriteLimit>,
+    write_times: std::collections::VecDeque<Instant>,
     operations: HashMap<String, Operation>,
     pub base_url: String,
 }
@@ -185,6 +188,8 @@ impl SimState {
             faults: Vec::new(),
             latency: Duration::ZERO,
             page_size: None,
+            write_limit: None,
+            write_times: std::collections::VecDeque::new(),
             lro: LroConfig::default(),
             operations: HashMap::new(),
             base_url: String::new(),
@@ -277,6 +282,55 @@ impl SimState {
     }
 }
 
+/// ARM-style write throttling: at most `max_writes` writes per sliding `window_ms`; the rest get 429
+/// `SubscriptionRequestsThrottled` with `Retry-After` until the window frees up.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteLimit {
+    pub max_writes: u32,
+    pub window_ms: u64,
+}
+
+impl SimState {
+    /// Spends one write from the budget, or returns the 429 to answer with.
+    fn take_write_budget(&mut self) -> Option<FaultSpec> {
+        let limit = self.write_limit?;
+        let window = Duration::from_millis(limit.window_ms);
+        let now = Instant::now();
+        while self
+            .write_times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            self.write_times.pop_front();
+        }
+        if self.write_times.len() < limit.max_writes as usize {
+            self.write_times.push_back(now);
+            return None;
+        }
+        let wait = self
+            .write_times
+            .front()
+            .map_or(window, |t| window.saturating_sub(now.duration_since(*t)));
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        Some(FaultSpec {
+            method: None,
+            path_regex: String::new(),
+            count: 1,
+            status: 429,
+            code: "SubscriptionRequestsThrottled".into(),
+            message: Some(format!(
+                "Number of write requests for subscription exceeded the limit of {} per {} ms. Retry after {wait_ms} ms.",
+                limit.max_writes, limit.window_ms
+            )),
+            retry_after_seconds: Some(wait_ms.div_ceil(1000)),
+            retry_after_ms: Some(wait_ms),
+            latency_ms: None,
+            after_apply: false,
+        })
+    }
+}
+
 /// Builds the router; `state` must already hold `base_url`.
 pub fn router(state: Shared) -> Router {
     Router::new()
@@ -293,6 +347,7 @@ pub fn router(state: Shared) -> Router {
         .route("/_sim/latency", put(ctl_latency))
         .route("/_sim/lro", put(ctl_lro))
         .route("/_sim/paging", put(ctl_paging))
+        .route("/_sim/write-limit", put(ctl_write_limit))
         .route("/_sim/inventory", get(ctl_inventory))
         .route("/_sim/patch", post(ctl_patch))
         .fallback(arm)
@@ -333,6 +388,11 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
             }
         }
         s.faults.retain(|f| f.spec.count > 0);
+        let is_write = matches!(method.as_str(), "PUT" | "DELETE" | "PATCH" | "POST")
+            && path.starts_with("/subscriptions/");
+        if hit.is_none() && is_write {
+            hit = s.take_write_budget();
+        }
         let extra = hit
             .as_ref()
             .and_then(|f| f.latency_ms)
@@ -608,6 +668,13 @@ struct PagingBody {
 
 async fn ctl_paging(State(state): State<Shared>, Json(b): Json<PagingBody>) -> StatusCode {
     lock(&state).page_size = b.page_size;
+    StatusCode::NO_CONTENT
+}
+
+async fn ctl_write_limit(State(state): State<Shared>, Json(b): Json<Option<WriteLimit>>) -> StatusCode {
+    let mut s = lock(&state);
+    s.write_limit = b;
+    s.write_times.clear();
     StatusCode::NO_CONTENT
 }
 
