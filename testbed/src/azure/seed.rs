@@ -4,6 +4,8 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use api::names::{TAG_AKS_POOL_NAME, TAG_GATEWAY_PREFIX_SIZE};
+
 use super::error::ArmError;
 use super::world::{VNET_TYPE, World};
 
@@ -163,9 +165,9 @@ impl Seed {
         }
         for s in &self.vm_scale_sets {
             let subnet_id = subnet_id(&w, &s.subnet);
-            let mut tags = json!({"aks-managed-poolName": s.pool_name});
+            let mut tags = json!({ TAG_AKS_POOL_NAME: s.pool_name });
             if let Some(p) = s.gateway_prefix_size {
-                tags["aks-managed-gatewayIPPrefixSize"] = json!(p.to_string());
+                tags[TAG_GATEWAY_PREFIX_SIZE] = json!(p.to_string());
             }
             let nic_name = format!("{}-nic", s.name.trim_end_matches("-vmss"));
             let model = json!({
@@ -185,9 +187,9 @@ impl Seed {
         }
         for p in &self.vm_pools {
             let subnet_id = subnet_id(&w, &p.subnet);
-            let mut tags = json!({"aks-managed-poolName": p.pool_name});
+            let mut tags = json!({ TAG_AKS_POOL_NAME: p.pool_name });
             if let Some(sz) = p.gateway_prefix_size {
-                tags["aks-managed-gatewayIPPrefixSize"] = json!(sz.to_string());
+                tags[TAG_GATEWAY_PREFIX_SIZE] = json!(sz.to_string());
             }
             for i in 0..p.nics.max(p.vms) {
                 let vm_name = format!("aks-{}-12345678-vm{i}", p.pool_name);

@@ -296,7 +296,7 @@ impl World {
         let nic_id = self.resource_id(rg, NIC_TYPE, nic_name);
         let vm_id = self.resource_id(rg, VM_TYPE, vm_name);
         let mut nic_tags = tags.clone();
-        ensure_object(&mut nic_tags).insert("aks-managed-static-gateway-nic".into(), json!("true"));
+        ensure_object(&mut nic_tags).insert(api::names::TAG_STATIC_GATEWAY_NIC.into(), json!("true"));
         self.put_network_interface(rg, nic_name, json!({"location": self.location, "tags": nic_tags, "properties": {"ipConfigurations": [
             {"name": "ipconfig1", "properties": {"primary": true, "subnet": {"id": subnet_id}, "privateIPAllocationMethod": "Dynamic"}}
         ]}}))?;
@@ -304,7 +304,7 @@ impl World {
             props(n).insert("virtualMachine".into(), json!({"id": vm_id}));
         }
         let mut vm_tags = tags.clone();
-        ensure_object(&mut vm_tags).insert("aks-managed-nic-name".into(), json!(nic_name));
+        ensure_object(&mut vm_tags).insert(api::names::TAG_AKS_NIC_NAME.into(), json!(nic_name));
         let vm = json!({"id": vm_id, "name": vm_name, "type": VM_TYPE, "location": self.location, "tags": vm_tags,
             "properties": {"vmId": uuid::Uuid::new_v4().to_string(), "provisioningState": "Succeeded",
                 "osProfile": {"computerName": vm_name, "adminUsername": "azureuser"},
@@ -321,7 +321,7 @@ impl World {
         tags: &Value,
     ) -> Result<Value, ArmError> {
         let mut nic_tags = tags.clone();
-        ensure_object(&mut nic_tags).insert("aks-managed-static-gateway-nic".into(), json!("true"));
+        ensure_object(&mut nic_tags).insert(api::names::TAG_STATIC_GATEWAY_NIC.into(), json!("true"));
         Ok(self
             .put_network_interface(
                 rg,
