@@ -631,3 +631,36 @@ async fn paged_lists_are_followed_by_the_client_via_next_link() {
         "three pages of at most 2"
     );
 }
+
+#[tokio::test]
+async fn wrong_subscription_and_unsimulated_operations_are_explicit_errors() {
+    let env = start(Seed::aks_like(1)).await;
+    let vmss = env.compute.virtual_machine_scale_sets_client();
+    let err = vmss
+        .get(RG, VMSS, "00000000-0000-0000-0000-000000000000")
+        .await
+        .expect_err("other subscription");
+    assert_eq!(status_and_code(&err), (404, "SubscriptionNotFound".to_owned()));
+    let err = vmss
+        .get(RG, "no-such-vmss", env.sub())
+        .await
+        .expect_err("missing VMSS");
+    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    let err = env
+        .network
+        .network_interfaces_client()
+        .get_virtual_machine_scale_set_network_interface(RG, VMSS, "0", "no-such-nic", env.sub())
+        .await
+        .expect_err("missing instance NIC");
+    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    // Creating a scale set is not simulated, and says so.
+    let body: VirtualMachineScaleSet = serde_json::from_value(json!({"location": "eastus"})).expect("model");
+    let err = vmss
+        .create_or_update(RG, "new-vmss", body, env.sub())
+        .await
+        .expect_err("not simulated");
+    assert_eq!(
+        status_and_code(&err),
+        (400, "ScaleSetCreationNotSimulated".to_owned())
+    );
+}
