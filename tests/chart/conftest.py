@@ -153,6 +153,6 @@ def scenario(request: pytest.FixtureRequest) -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # "No tests collected" (exit 5) must never pass for a green run: treat it as a failure.
-    if session.testscollected == 0:
-        session.exitstatus = 1
+    # "No tests ran" (exit 5, e.g. everything deselected) must never look like a result: make it a failure.
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
