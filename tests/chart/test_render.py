@@ -74,7 +74,7 @@ def test_sdk_loads_chart_and_generated_crds() -> None:
 
 
 def test_lint_is_clean(scenario: str) -> None:
-    report = helm.lint(str(CHART), SCENARIOS[scenario], strict=True, namespace=NAMESPACE)
+    report = helm.lint(str(CHART), SCENARIOS[scenario], strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert report["errors"] == [] and problems == [], json.dumps(report, indent=1)
 
@@ -328,6 +328,16 @@ def test_images() -> None:
     for w in workloads(scenario_objects("custom-images")):
         for c in containers(w, init=False):
             assert args_map(c).get("--log-format") == "json", f"{w['metadata']['name']}: logFormat not passed"
+
+
+def test_priority_class_is_opt_in() -> None:
+    from conftest import objects
+
+    for ds in find(scenario_objects("default"), "DaemonSet"):
+        assert "priorityClassName" not in ds["spec"]["template"]["spec"]
+    values = {"gatewayDaemonManager": {"priorityClassName": "system-node-critical"}}
+    ds = one(objects(values), "DaemonSet", "kube-egress-gateway-gateway-agent")
+    assert ds["spec"]["template"]["spec"]["priorityClassName"] == "system-node-critical"
 
 
 def test_notes_render() -> None:

@@ -101,6 +101,30 @@ def test_self_signed_certificate_made_by_the_chart() -> None:
     assert secret["data"]["ca.crt"] != secret["data"]["tls.crt"]
 
 
+def test_self_signed_certificate_is_trusted_for_the_service_name() -> None:
+    # What the API server checks when it calls the webhook: the serving certificate chains to caBundle and
+    # names the Service's DNS name.
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    objs = scenario_objects("default")
+    secret = one(objs, "Secret", mounted_secret(objs))
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    assert leaf.issuer == ca.subject
+    ca.public_key().verify(leaf.signature, leaf.tbs_certificate_bytes, padding.PKCS1v15(), leaf.signature_hash_algorithm)
+    sans = set(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
+    for _, _, h in hooks(objs):
+        service = h["clientConfig"]["service"]
+        assert f"{service['name']}.{service['namespace']}.svc" in sans
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc
+    assert leaf.not_valid_after_utc - now > datetime.timedelta(days=3000), "default validity is 10 years"
+
+
 def test_cert_manager_certificate_and_ca_injection() -> None:
     objs = scenario_objects("cert-manager")
     cert = one(objs, "Certificate", NAME)
