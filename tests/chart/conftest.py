@@ -48,7 +48,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "webhook-generated": {"webhook": {"replicas": 1, "certificates": {"mode": "webhookGenerated"}}},
     "webhook-disabled": {"webhook": {"enabled": False}},
     "custom-images": {
-        "common": {"imageRepository": "myregistry.azurecr.io/keg", "imageTag": "v9.9.9", "logFormat": "json"},
+        "common": {
+            "imageRepository": "myregistry.azurecr.io/keg",
+            "imageTag": "v9.9.9",
+            "logFormat": "json",
+            "imagePullSecrets": [{"name": "regcred"}],
+        },
         "gatewayControllerManager": {"imageRepository": "other.example.com/ops", "imageTag": "op-1"},
         "webhook": {"imageName": "my-webhook", "imagePullPolicy": "Always"},
         "gatewayCNI": {"imageName": "my-cni"},

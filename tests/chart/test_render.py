@@ -325,7 +325,10 @@ def test_images() -> None:
     assert custom["kube-egress-gateway-webhook/webhook"] == ("myregistry.azurecr.io/keg/my-webhook:v9.9.9", "Always")
     assert custom["kube-egress-gateway-node-agent/cni-install"][0] == "myregistry.azurecr.io/keg/my-cni:v9.9.9"
     assert custom["kube-egress-gateway-gateway-agent/agent"][0] == "myregistry.azurecr.io/keg/kube-egress-gateway-agent:v9.9.9"
+    for w in workloads(scenario_objects("default")):
+        assert "imagePullSecrets" not in w["spec"]["template"]["spec"]
     for w in workloads(scenario_objects("custom-images")):
+        assert w["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
         for c in containers(w, init=False):
             assert args_map(c).get("--log-format") == "json", f"{w['metadata']['name']}: logFormat not passed"
 

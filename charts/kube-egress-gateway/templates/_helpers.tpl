@@ -82,7 +82,7 @@ seccompProfile:
 {{- end -}}
 
 {{- define "keg.imagePullSecrets" -}}
-{{- with .Values.common.imagePullSecrets }}
+{{- with .Values.common.imagePullSecrets -}}
 imagePullSecrets:
 {{ toYaml . }}
 {{- end -}}
