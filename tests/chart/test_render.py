@@ -6,7 +6,6 @@ import base64
 import json
 
 import helm_python as helm
-import pytest
 
 from conftest import (
     CHART,
