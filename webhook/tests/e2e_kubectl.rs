@@ -549,3 +549,56 @@ async fn pods_podendpoints_and_failure_policy() {
         .await
         .expect("delete");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_generated_ca_is_patched_into_the_webhook_configurations() {
+    let env = start().await;
+    let admin = env.sim.client("admin").expect("client");
+    let generated = webhook::tls::self_signed(&[format!("{SVC}.{NS}.svc")]).expect("certificate");
+    webhook::cabundle::patch_ca_bundle(
+        admin.clone(),
+        &generated.ca_pem,
+        Some("kube-egress-gateway"),
+        Some("kube-egress-gateway"),
+    )
+    .await
+    .expect("patch");
+    let want = base64::engine::general_purpose::STANDARD.encode(&generated.ca_pem);
+    let mwc = Api::<MutatingWebhookConfiguration>::all(admin.clone())
+        .get("kube-egress-gateway")
+        .await
+        .expect("mwc");
+    let vwc = Api::<ValidatingWebhookConfiguration>::all(admin.clone())
+        .get("kube-egress-gateway")
+        .await
+        .expect("vwc");
+    let bundles: Vec<String> = mwc
+        .webhooks
+        .unwrap_or_default()
+        .iter()
+        .map(|w| {
+            w.client_config
+                .ca_bundle
+                .as_ref()
+                .map(|b| base64::engine::general_purpose::STANDARD.encode(&b.0))
+                .unwrap_or_default()
+        })
+        .chain(vwc.webhooks.unwrap_or_default().iter().map(|w| {
+            w.client_config
+                .ca_bundle
+                .as_ref()
+                .map(|b| base64::engine::general_purpose::STANDARD.encode(&b.0))
+                .unwrap_or_default()
+        }))
+        .collect();
+    assert_eq!(bundles.len(), 6);
+    assert!(
+        bundles.iter().all(|b| *b == want),
+        "every webhook trusts the new CA"
+    );
+    // Absent configurations are skipped, not an error.
+    webhook::cabundle::patch_ca_bundle(admin, &generated.ca_pem, Some("absent"), None)
+        .await
+        .expect("absent is fine");
+    let _ = env.shutdown.send(true);
+}
