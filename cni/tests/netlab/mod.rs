@@ -382,7 +382,20 @@ impl Lab {
 
     /// Runs the CNI chain (bridge + host-local, then ours) for `pod` like a runtime does.
     pub fn cni(&self, cmd: &str, pod: &str, annotations: &BTreeMap<String, String>) -> Value {
-        let ours = PathBuf::from(env!("CARGO_BIN_EXE_kube-egress-cni"));
+        self.cni_timed(cmd, pod, annotations).0
+    }
+
+    /// [`Lab::cni`], also returning how long the primary plugin and ours took.
+    pub fn cni_timed(
+        &self,
+        cmd: &str,
+        pod: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> (Value, Duration, Duration) {
+        // KEG_CNI_BIN lets the benchmark use a release build of the plugin.
+        let ours = std::env::var_os("KEG_CNI_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kube-egress-cni")));
         let bridge = Path::new(CNI_DIR).join("bridge");
         let node = self.path("node");
         let podns = self.path(pod);
@@ -402,13 +415,27 @@ impl Lab {
             c
         };
         if cmd == "ADD" {
+            let t = Instant::now();
             let prev = run_plugin(&bridge, &node, "ADD", &cid, &podns, &args, &primary);
-            run_plugin(&ours, &node, "ADD", &cid, &podns, &args, &our_conf(Some(prev)))
+            let t_primary = t.elapsed();
+            let t = Instant::now();
+            let r = run_plugin(&ours, &node, "ADD", &cid, &podns, &args, &our_conf(Some(prev)));
+            (r, t_primary, t.elapsed())
         } else {
+            let t = Instant::now();
             let r = run_plugin(&ours, &node, "DEL", &cid, &podns, &args, &our_conf(None));
+            let t_ours = t.elapsed();
+            let t = Instant::now();
             run_plugin(&bridge, &node, "DEL", &cid, &podns, &args, &primary);
-            r
+            (r, t.elapsed(), t_ours)
         }
+    }
+
+    /// Deletes a namespace created by [`Lab::add_ns`] early (benchmarks create many pods).
+    pub fn del_ns(&mut self, role: &str) {
+        let n = self.ns(role);
+        let _ = Command::new("ip").args(["netns", "del", &n]).output();
+        self.netns.retain(|x| *x != n);
     }
 
     /// Creates pod `role` (namespace + CNI ADD); annotated with `config` when given. Returns its IPv4.
