@@ -196,12 +196,12 @@ async fn run_gateway(
             netns_name: args.netns_name.clone(),
             host_interface: args.host_interface.clone(),
         },
-        applier: GatewayApplier {
+        applier: std::sync::Arc::new(GatewayApplier {
             host: Netns::Current,
             netns_name: args.netns_name.clone(),
             host_interface: args.host_interface.clone(),
             wg: WireGuard::new(backend),
-        },
+        }),
         probe: probe_state.clone(),
         metrics: admin_state.metrics.clone(),
         ready: admin_state.ready.clone(),

@@ -89,9 +89,15 @@ fn peers_apply(lab: &mut Lab) {
     let t = Instant::now();
     applier.apply(&gateway_plan(&empty)).expect("remove all");
     let remove = t.elapsed();
-    println!("| gateway setup (namespace, veth, link, nft), no peers | {} |", ms(setup));
+    println!(
+        "| gateway setup (namespace, veth, link, nft), no peers | {} |",
+        ms(setup)
+    );
     println!("| add 1000 peers + 1000 routes to a running link | {} |", ms(add));
-    println!("| re-apply with 1000 peers, nothing to change (restart) | {} |", ms(noop));
+    println!(
+        "| re-apply with 1000 peers, nothing to change (restart) | {} |",
+        ms(noop)
+    );
     println!("| remove 1000 peers + routes | {} |", ms(remove));
 }
 
@@ -108,7 +114,17 @@ fn iperf(lab: &Lab, client_role: &str, seconds: u32) -> f64 {
     // The server needs a moment to listen: retry the client until it connects.
     for _ in 0..50 {
         let o = Command::new("ip")
-            .args(["netns", "exec", &client, "iperf3", "-c", "203.0.113.10", "-p", "5201", "-J"])
+            .args([
+                "netns",
+                "exec",
+                &client,
+                "iperf3",
+                "-c",
+                "203.0.113.10",
+                "-p",
+                "5201",
+                "-J",
+            ])
             .args(["-t", &seconds.to_string()])
             .output()
             .expect("iperf3 client");
@@ -120,12 +136,14 @@ fn iperf(lab: &Lab, client_role: &str, seconds: u32) -> f64 {
     }
     let _ = server.kill();
     let _ = server.wait();
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.expect("iperf3 ran").stdout).expect("iperf3 JSON");
+    let v: serde_json::Value = serde_json::from_slice(&out.expect("iperf3 ran").stdout).expect("iperf3 JSON");
     if let Some(e) = v.get("error") {
         eprintln!("iperf3 from {client_role}: {e}");
     }
-    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
 }
 
 fn main() {
@@ -139,7 +157,9 @@ fn main() {
     lab.route("10.0.0.6/32", gw.ip);
     let cfg = lab.add_config("gw1", 6000, RouteType::StaticEgressGateway, &[]);
     gw.applier()
-        .apply(&gateway_plan(&lab.gateway_input(&gw, &[(&cfg, Ipv4Addr::new(10, 0, 0, 6))])))
+        .apply(&gateway_plan(
+            &lab.gateway_input(&gw, &[(&cfg, Ipv4Addr::new(10, 0, 0, 6))]),
+        ))
         .expect("gateway");
     println!("### CNI latency (ms)\n");
     println!("| step | n | p50 | p99 | max |\n|---|---|---|---|---|");
@@ -154,9 +174,14 @@ fn main() {
     lab.add_pod("pp", None);
     lab.add_pod("pa", Some("gw1"));
     gw.applier()
-        .apply(&gateway_plan(&lab.gateway_input(&gw, &[(&cfg, Ipv4Addr::new(10, 0, 0, 6))])))
+        .apply(&gateway_plan(
+            &lab.gateway_input(&gw, &[(&cfg, Ipv4Addr::new(10, 0, 0, 6))]),
+        ))
         .expect("gateway peers");
-    assert_eq!(lab.source_seen("pa", netlab::INET), Some(Ipv4Addr::new(10, 0, 0, 6)));
+    assert_eq!(
+        lab.source_seen("pa", netlab::INET),
+        Some(Ipv4Addr::new(10, 0, 0, 6))
+    );
     let direct = iperf(&lab, "pp", 5);
     let tunnel = iperf(&lab, "pa", 5);
     println!(

@@ -18,14 +18,27 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource as _};
 use tokio::sync::{Notify, watch};
 
-use super::apply::GatewayApplier;
-use super::plan::gateway_plan;
+use super::apply::{ApplyReport, GatewayApplier};
+use super::plan::{GatewayPlan, gateway_plan};
 use super::probe::ProbeState;
 use super::select::{KeySecrets, NodeSettings, active_uids, gateway_status, select};
 use crate::metrics::Metrics;
 
 /// Field manager for server-side apply.
 pub const FIELD_MANAGER: &str = "kube-egress-gateway-agent";
+
+/// Something that makes a plan real: the kernel applier in production, a recorder in tests of the watch
+/// wiring (which need no root).
+pub trait PlanApplier: std::fmt::Debug + Send + Sync + 'static {
+    /// Applies `plan`; errors are already descriptive.
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, String>;
+}
+
+impl PlanApplier for GatewayApplier {
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, String> {
+        self.apply(plan).map_err(|e| e.to_string())
+    }
+}
 
 /// Configuration of the gateway loop.
 #[derive(Debug, Clone)]
@@ -39,7 +52,7 @@ pub struct GatewayLoop {
     /// Node settings.
     pub settings: NodeSettings,
     /// The applier.
-    pub applier: GatewayApplier,
+    pub applier: Arc<dyn PlanApplier>,
     /// Probe state to update.
     pub probe: ProbeState,
     /// Metrics.
@@ -133,7 +146,7 @@ impl GatewayLoop {
             let applier = self.applier.clone();
             let plan2 = plan.clone();
             let started = Instant::now();
-            let res = tokio::task::spawn_blocking(move || applier.apply(&plan2)).await;
+            let res = tokio::task::spawn_blocking(move || applier.apply_plan(&plan2)).await;
             self.metrics
                 .gateway_apply_duration
                 .observe(started.elapsed().as_secs_f64());
