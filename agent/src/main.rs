@@ -41,12 +41,18 @@ struct Args {
     /// Namespace of the gateway key Secrets (default: the agent's namespace).
     #[arg(long, env = "SECRET_NAMESPACE")]
     secret_namespace: Option<String>,
-    /// /metrics, /healthz, /readyz.
-    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
-    metrics_bind_address: SocketAddr,
-    /// /healthz and /readyz for the kubelet (same handlers as on the metrics address).
-    #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS", default_value = "0.0.0.0:8081")]
-    health_probe_bind_address: SocketAddr,
+    /// Port of /metrics, /healthz, /readyz on all addresses (upstream's flag).
+    #[arg(long, env = "METRICS_BIND_PORT", default_value_t = 8080)]
+    metrics_bind_port: u16,
+    /// Full address for /metrics instead of `0.0.0.0:<metrics-bind-port>` (tests, loopback-only setups).
+    #[arg(long, env = "METRICS_BIND_ADDRESS")]
+    metrics_bind_address: Option<SocketAddr>,
+    /// Port of /healthz and /readyz for the kubelet (same handlers as on the metrics port).
+    #[arg(long, env = "HEALTH_PROBE_BIND_PORT", default_value_t = 8081)]
+    health_probe_bind_port: u16,
+    /// Full address for the health endpoints instead of `0.0.0.0:<health-probe-bind-port>`.
+    #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS")]
+    health_probe_bind_address: Option<SocketAddr>,
     /// Gateway mode: load-balancer probe port (`/gw/<uid>`).
     #[arg(long, env = "GATEWAY_LB_PROBE_PORT", default_value_t = api::names::DEFAULT_LB_PROBE_PORT)]
     gateway_lb_probe_port: u16,
@@ -80,6 +86,7 @@ struct Args {
     /// Node mode: unix socket the CNI plugin talks to (mode 0600).
     #[arg(
         long,
+        alias = "socket-path",
         env = "CNI_SOCKET",
         default_value = "/var/run/kube-egress-gateway/cni.sock"
     )]
@@ -148,7 +155,12 @@ async fn main() -> anyhow::Result<()> {
     let admin_state = AdminState::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    for addr in [args.metrics_bind_address, args.health_probe_bind_address] {
+    let any = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
+    for addr in [
+        args.metrics_bind_address.unwrap_or(any(args.metrics_bind_port)),
+        args.health_probe_bind_address
+            .unwrap_or(any(args.health_probe_bind_port)),
+    ] {
         tasks.spawn(serve(addr, admin::router(admin_state.clone()), stop_rx.clone()));
     }
     match args.mode {

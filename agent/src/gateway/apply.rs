@@ -92,8 +92,17 @@ impl GatewayApplier {
             r.changes.push(format!("created namespace {}", self.netns_name));
         }
         gw.ip(&["link", "set", "lo", "up"])?;
-        gw.sysctl("net/ipv4/ip_forward", "1")?;
-        self.host.sysctl("net/ipv4/ip_forward", "1")?;
+        // Written only when needed: in an unprivileged container /proc/sys is read-only and the chart's
+        // init container has already enabled forwarding.
+        for ns in [gw, &self.host] {
+            let on = ns
+                .run("sysctl", &["-n", "net.ipv4.ip_forward"])
+                .is_ok_and(|v| v.trim() == "1");
+            if !on {
+                ns.sysctl("net/ipv4/ip_forward", "1")?;
+                r.changes.push("enabled IPv4 forwarding".into());
+            }
+        }
         Ok(())
     }
 
