@@ -115,7 +115,17 @@ fn iperf(lab: &Lab, client_role: &str, seconds: u32) -> f64 {
     // an "error" field when the connection is refused).
     for _ in 0..50 {
         let o = Command::new("ip")
-            .args(["netns", "exec", &client, "iperf3", "-c", "203.0.113.10", "-p", "5201", "-J"])
+            .args([
+                "netns",
+                "exec",
+                &client,
+                "iperf3",
+                "-c",
+                "203.0.113.10",
+                "-p",
+                "5201",
+                "-J",
+            ])
             .args(["-t", &seconds.to_string()])
             .output()
             .expect("iperf3 client");

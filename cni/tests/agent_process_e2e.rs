@@ -182,7 +182,7 @@ fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
                 "--health-probe-bind-address",
                 "127.0.0.1:0",
             ])
-            .args(["--lb-probe-drain-delay-seconds", "2", "--apply-debounce-ms", "50"])
+            .args(["--lb-probe-drain-delay-seconds", "3", "--apply-debounce-ms", "50"])
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::null())
@@ -222,7 +222,7 @@ fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
             .expect("kill")
             .success()
     );
-    wait_until("probe 503 while draining", Duration::from_secs(2), || {
+    wait_until("probe 503 while draining", Duration::from_secs(3), || {
         probe() == Some(503)
     });
     let status = first.0.take().expect("child").wait().expect("wait");
