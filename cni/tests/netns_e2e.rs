@@ -28,6 +28,8 @@ fn annotated_pod_egresses_via_gateway_secondary_ip() {
         "only the annotated pod registers"
     );
 
+    // The node's network setup put the secondary IP on eth0: the gateway must take it off.
+    netlab::sh(&["ip", "-n", &gw.ns, "addr", "add", "10.0.0.6/24", "dev", "eth0"]);
     // Gateway applies the PodEndpoints; a second apply changes nothing.
     let applier = gw.applier();
     let plan = gateway_plan(&lab.gateway_input(&gw, &[(&cfg, secondary)]));
@@ -39,6 +41,13 @@ fn annotated_pod_egresses_via_gateway_secondary_ip() {
         again.changes
     );
 
+    let eth0 = Netns::named(&gw.ns)
+        .ip(&["-4", "addr", "show", "dev", "eth0"])
+        .expect("addr");
+    assert!(
+        !eth0.contains("10.0.0.6/"),
+        "secondary removed from the host: {eth0}"
+    );
     assert_eq!(
         lab.source_seen("pa", INET),
         Some(secondary),

@@ -63,6 +63,7 @@ impl GatewayApplier {
             Some(&format!("{}:egress", self.host_interface)),
             &mut r,
         )?;
+        self.remove_secondaries_from_host(&plan.ns_addresses, &mut r)?;
         sync_addresses(&gw, GATEWAY_VETH_NS, &plan.ns_addresses, None, &mut r)?;
         let host_routes: Vec<NsRoute> = plan
             .host_routes
@@ -84,6 +85,39 @@ impl GatewayApplier {
         gw.nft(&plan.gateway_nft)?;
         self.host.nft(&plan.host_nft)?;
         Ok(r)
+    }
+
+    /// A secondary IP must live only in the gateway namespace (upstream.md §4.1 step 4): if the node's
+    /// network setup put it on the host interface, the host would answer for it and bypass the SNAT path.
+    fn remove_secondaries_from_host(
+        &self,
+        secondaries: &BTreeSet<Ipv4Addr>,
+        r: &mut ApplyReport,
+    ) -> Result<(), ApplyError> {
+        let v = self
+            .host
+            .ip_json(&["-4", "addr", "show", "dev", &self.host_interface])?;
+        for a in v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l["addr_info"].as_array().into_iter().flatten())
+        {
+            let (Some(ip), Some(len)) = (
+                a["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()),
+                a["prefixlen"].as_u64(),
+            ) else {
+                continue;
+            };
+            if secondaries.contains(&ip) {
+                let cidr = format!("{ip}/{len}");
+                self.host
+                    .ip(&["-4", "addr", "del", &cidr, "dev", &self.host_interface])?;
+                r.changes
+                    .push(format!("removed secondary {cidr} from {}", self.host_interface));
+            }
+        }
+        Ok(())
     }
 
     fn ensure_namespace(&self, gw: &Netns, r: &mut ApplyReport) -> Result<(), ApplyError> {
