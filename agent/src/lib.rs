@@ -4,5 +4,9 @@
 //! Data-plane logic is computed as data ([`gateway::plan`], [`node::chained_conflist`]) and applied by small
 //! idempotent appliers; the Kubernetes-facing parts sit behind [`node::Cluster`].
 
+pub mod admin;
+pub mod cniconf;
 pub mod gateway;
+pub mod imds;
+pub mod metrics;
 pub mod node;

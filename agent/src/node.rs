@@ -2,6 +2,8 @@
 //!
 //! The Kubernetes side is behind [`Cluster`] so the data-plane logic is testable without an API server.
 
+pub mod kube_cluster;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;

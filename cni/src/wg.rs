@@ -207,6 +207,7 @@ impl WireGuard {
                         msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
                     });
                 }
+                wait_userspace_ready(control_name)?;
             }
         }
         let handle = WgHandle {
@@ -369,4 +370,29 @@ pub fn link_alias(ns: &Netns, ifname: &str) -> Result<Option<String>, CmdError> 
 /// IP of an endpoint for the pod's peer.
 pub fn endpoint(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
+}
+
+/// `wireguard-go` returns once its background child is started, but the child still looks the TUN device
+/// up by name in *this* namespace. Moving the link before that makes the child exit and the link vanish.
+/// The child answers on its UAPI socket only after that lookup, so an answered `get` means it is safe.
+fn wait_userspace_ready(control_name: &str) -> Result<(), WgError> {
+    let name: InterfaceName = control_name.parse().map_err(|_| WgError::Control {
+        op: "name",
+        link: control_name.into(),
+        msg: "not a valid interface name (1-15 bytes, no '/' or whitespace)".into(),
+    })?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Device::get(&name, Backend::Userspace) {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(WgError::Control {
+                    op: "wait for wireguard-go",
+                    link: control_name.into(),
+                    msg: format!("no answer on its UAPI socket within 5s: {e}"),
+                });
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    }
 }

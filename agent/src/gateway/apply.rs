@@ -63,6 +63,7 @@ impl GatewayApplier {
             Some(&format!("{}:egress", self.host_interface)),
             &mut r,
         )?;
+        self.remove_secondaries_from_host(&plan.ns_addresses, &mut r)?;
         sync_addresses(&gw, GATEWAY_VETH_NS, &plan.ns_addresses, None, &mut r)?;
         let host_routes: Vec<NsRoute> = plan
             .host_routes
@@ -86,14 +87,56 @@ impl GatewayApplier {
         Ok(r)
     }
 
+    /// A secondary IP must live only in the gateway namespace (upstream.md §4.1 step 4): if the node's
+    /// network setup put it on the host interface, the host would answer for it and bypass the SNAT path.
+    fn remove_secondaries_from_host(
+        &self,
+        secondaries: &BTreeSet<Ipv4Addr>,
+        r: &mut ApplyReport,
+    ) -> Result<(), ApplyError> {
+        let v = self
+            .host
+            .ip_json(&["-4", "addr", "show", "dev", &self.host_interface])?;
+        for a in v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l["addr_info"].as_array().into_iter().flatten())
+        {
+            let (Some(ip), Some(len)) = (
+                a["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()),
+                a["prefixlen"].as_u64(),
+            ) else {
+                continue;
+            };
+            if secondaries.contains(&ip) {
+                let cidr = format!("{ip}/{len}");
+                self.host
+                    .ip(&["-4", "addr", "del", &cidr, "dev", &self.host_interface])?;
+                r.changes
+                    .push(format!("removed secondary {cidr} from {}", self.host_interface));
+            }
+        }
+        Ok(())
+    }
+
     fn ensure_namespace(&self, gw: &Netns, r: &mut ApplyReport) -> Result<(), ApplyError> {
         if !gw.exists() {
             Netns::Current.ip(&["netns", "add", &self.netns_name])?;
             r.changes.push(format!("created namespace {}", self.netns_name));
         }
         gw.ip(&["link", "set", "lo", "up"])?;
-        gw.sysctl("net/ipv4/ip_forward", "1")?;
-        self.host.sysctl("net/ipv4/ip_forward", "1")?;
+        // Written only when needed: in an unprivileged container /proc/sys is read-only and the chart's
+        // init container has already enabled forwarding.
+        for ns in [gw, &self.host] {
+            let on = ns
+                .run("sysctl", &["-n", "net.ipv4.ip_forward"])
+                .is_ok_and(|v| v.trim() == "1");
+            if !on {
+                ns.sysctl("net/ipv4/ip_forward", "1")?;
+                r.changes.push("enabled IPv4 forwarding".into());
+            }
+        }
         Ok(())
     }
 
@@ -286,7 +329,7 @@ fn sync_routes(
     owned_dev: impl Fn(&str) -> bool,
     r: &mut ApplyReport,
 ) -> Result<(), ApplyError> {
-    let have: Vec<NsRoute> = ns
+    let have: BTreeSet<NsRoute> = ns
         .ip_json(&["-4", "route", "show", "table", "main"])?
         .as_array()
         .into_iter()
@@ -294,20 +337,35 @@ fn sync_routes(
         .filter(|v| v["protocol"].as_str() != Some("kernel"))
         .filter_map(route_key)
         .collect();
-    for w in want {
-        if !have.contains(w) {
-            let mut a: Vec<String> = vec!["-4".into(), "route".into(), "replace".into()];
-            a.extend(w.ip_args());
-            ns.ip(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
-            r.changes.push(format!("route {}", w.ip_args().join(" ")));
-        }
+    let want_set: BTreeSet<&NsRoute> = want.iter().collect();
+    // One `ip -batch` per direction instead of one process per route: 1000 peers are 1000 routes.
+    let adds: Vec<&NsRoute> = want.iter().filter(|w| !have.contains(w)).collect();
+    if !adds.is_empty() {
+        let script: String = adds
+            .iter()
+            .map(|w| format!("route replace {}\n", w.ip_args().join(" ")))
+            .collect();
+        ns.run_with_stdin("ip", &["-4", "-batch", "-"], Some(&script))?;
+        r.changes
+            .extend(adds.iter().map(|w| format!("route {}", w.ip_args().join(" "))));
     }
-    for h in have.iter().filter(|h| owned_dev(&h.dev) && !want.contains(h)) {
-        // Deleting by destination and device removes exactly the stale route.
-        let dst = h.dst.to_string();
-        if ns.ip(&["-4", "route", "del", &dst, "dev", &h.dev]).is_ok() {
-            r.changes.push(format!("removed route {dst} dev {}", h.dev));
-        }
+    let stale: Vec<&NsRoute> = have
+        .iter()
+        .filter(|h| owned_dev(&h.dev) && !want_set.contains(h))
+        .collect();
+    if !stale.is_empty() {
+        // Deleting by destination and device removes exactly the stale route. `-force` goes on past a
+        // route that vanished meanwhile (its link was deleted); the next apply re-checks anyway.
+        let script: String = stale
+            .iter()
+            .map(|h| format!("route del {} dev {}\n", h.dst, h.dev))
+            .collect();
+        let _ = ns.run_with_stdin("ip", &["-4", "-force", "-batch", "-"], Some(&script));
+        r.changes.extend(
+            stale
+                .iter()
+                .map(|h| format!("removed route {} dev {}", h.dst, h.dev)),
+        );
     }
     Ok(())
 }

@@ -2,3 +2,5 @@
 pub mod apply;
 pub mod plan;
 pub mod probe;
+pub mod run;
+pub mod select;

@@ -1,0 +1,85 @@
+//! Admin HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz` (caches synced
+//! and, in gateway mode, first apply done; 503 while draining).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+/// State behind the admin endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct AdminState {
+    /// Metrics to expose.
+    pub metrics: Arc<Metrics>,
+    /// Ready to serve.
+    pub ready: Arc<AtomicBool>,
+    /// Shutting down.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            s.metrics.encode(),
+        )
+    }
+    async fn readyz(State(s): State<AdminState>) -> StatusCode {
+        if s.ready.load(Ordering::Acquire) && !s.draining.load(Ordering::Acquire) {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    async fn get(r: &Router, path: &str) -> (StatusCode, String) {
+        let resp = r
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_state_and_drain() {
+        let s = AdminState::default();
+        let r = router(s.clone());
+        assert_eq!(get(&r, "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get(&r, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        s.ready.store(true, Ordering::Release);
+        assert_eq!(get(&r, "/readyz").await.0, StatusCode::OK);
+        s.draining.store(true, Ordering::Release);
+        assert_eq!(get(&r, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        let (st, body) = get(&r, "/metrics").await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(body.contains("gateway_apply_duration_seconds"), "{body}");
+    }
+}

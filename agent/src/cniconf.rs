@@ -1,0 +1,285 @@
+//! CNI configuration manager (node mode): keeps our conflist chained after the node's primary CNI
+//! configuration, regenerates it when the primary changes, and removes it on shutdown when the
+//! `cni-uninstall` ConfigMap asks for it (upstream.md §5.1).
+//!
+//! The directory is polled (cheap: one `readdir` + `stat` per file) rather than watched with inotify, so it
+//! also works on filesystems without inotify and needs no extra dependency.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::node::chained_conflist;
+
+/// Extensions of CNI configuration files.
+const CNI_EXTENSIONS: [&str; 3] = [".conflist", ".conf", ".json"];
+
+/// The primary configuration: the lexicographically first `.conflist|.conf|.json` regular file that is not ours.
+pub fn primary_file(mut names: Vec<String>, ours: &str) -> Option<String> {
+    names.retain(|n| n != ours && CNI_EXTENSIONS.iter().any(|e| n.ends_with(e)));
+    names.sort();
+    names.into_iter().next()
+}
+
+/// Whether our file should be removed on shutdown, from the `cni-uninstall` ConfigMap's `data.uninstall`:
+/// no ConfigMap keeps the file; `"false"` keeps it; anything else removes it.
+pub fn should_uninstall(configmap_data: Option<Option<&str>>) -> bool {
+    match configmap_data {
+        None => false,
+        Some(v) => v != Some("false"),
+    }
+}
+
+/// What an install pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installed {
+    /// Our file was written (new or changed content); the primary file's name.
+    Written(String),
+    /// Our file already had the right content.
+    Unchanged(String),
+    /// No primary configuration yet.
+    NoPrimary,
+}
+
+/// The manager.
+#[derive(Debug, Clone)]
+pub struct ConfManager {
+    /// `/etc/cni/net.d`.
+    pub dir: PathBuf,
+    /// Our file name (`01-egressgateway.conflist`).
+    pub file_name: String,
+    /// Our plugin entry.
+    pub entry: Value,
+}
+
+fn regular_files(dir: &Path) -> Result<Vec<(String, u64, Option<SystemTime>)>, String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let Ok(meta) = e.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        if let Some(n) = e.file_name().to_str() {
+            out.push((n.to_string(), meta.len(), meta.modified().ok()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl ConfManager {
+    /// Our file's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.file_name)
+    }
+
+    /// Writes our conflist from the current primary configuration when it differs from what is on disk.
+    pub fn install(&self) -> Result<Installed, String> {
+        let names = regular_files(&self.dir)?.into_iter().map(|f| f.0).collect();
+        let Some(primary) = primary_file(names, &self.file_name) else {
+            return Ok(Installed::NoPrimary);
+        };
+        let ppath = self.dir.join(&primary);
+        let text = std::fs::read_to_string(&ppath).map_err(|e| format!("read {}: {e}", ppath.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("cni config file {}: not JSON: {e}", ppath.display()))?;
+        let ours = chained_conflist(&primary, &value, &self.entry)?;
+        let mut bytes = serde_json::to_vec_pretty(&ours).map_err(|e| e.to_string())?;
+        bytes.push(b'\n');
+        let target = self.path();
+        if std::fs::read(&target).ok().as_deref() == Some(bytes.as_slice()) {
+            return Ok(Installed::Unchanged(primary));
+        }
+        let tmp = self.dir.join(format!("{}.tmp", self.file_name));
+        std::fs::write(&tmp, &bytes).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &target).map_err(|e| format!("rename to {}: {e}", target.display()))?;
+        Ok(Installed::Written(primary))
+    }
+
+    /// Removes our file (absent is fine).
+    pub fn uninstall(&self) -> Result<(), String> {
+        match std::fs::remove_file(self.path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("remove {}: {e}", self.path().display())),
+        }
+    }
+
+    /// Polls the directory every `interval`, installing on every change of any file except ours (and on
+    /// changes to ours, to undo edits by others). `installed` becomes true once our file is in place.
+    pub async fn run(
+        self,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+        installed: watch::Sender<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut last = None;
+        let mut first = true;
+        loop {
+            let snapshot = regular_files(&self.dir).ok().map(|mut v| {
+                v.retain(|f| !f.0.ends_with(".tmp"));
+                v
+            });
+            if snapshot != last || snapshot.is_none() {
+                let op = if first { "install" } else { "regenerate" };
+                match self.install() {
+                    Ok(Installed::Written(p)) => {
+                        tracing::info!(primary = %p, file = %self.path().display(), "CNI configuration written");
+                        first = false;
+                        let _ = installed.send(true);
+                    }
+                    Ok(Installed::Unchanged(_)) => {
+                        first = false;
+                        let _ = installed.send(true);
+                    }
+                    Ok(Installed::NoPrimary) => {
+                        tracing::info!(dir = %self.dir.display(), "no existing cni plugin configuration file found");
+                    }
+                    Err(e) => {
+                        metrics.cni_config_failed(op);
+                        tracing::error!(error = %e, operation = op, "CNI configuration");
+                    }
+                }
+                // Re-read so our own write does not count as a change.
+                last = regular_files(&self.dir).ok().map(|mut v| {
+                    v.retain(|f| !f.0.ends_with(".tmp"));
+                    v
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry() -> Value {
+        crate::node::plugin_entry(&["169.254.169.254/32".into()], Path::new("/run/x.sock"))
+    }
+
+    #[test]
+    fn primary_is_first_config_that_is_not_ours() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            primary_file(
+                names(&[
+                    "10-b.conf",
+                    "01-egressgateway.conflist",
+                    "05-a.conflist",
+                    "README"
+                ]),
+                "01-egressgateway.conflist"
+            ),
+            Some("05-a.conflist".into())
+        );
+        assert_eq!(primary_file(names(&["x.txt"]), "01-egressgateway.conflist"), None);
+        assert_eq!(
+            primary_file(
+                names(&["99.json", "01-egressgateway.conflist"]),
+                "01-egressgateway.conflist"
+            ),
+            Some("99.json".into())
+        );
+    }
+
+    #[test]
+    fn uninstall_decision_follows_the_configmap() {
+        assert!(!should_uninstall(None));
+        assert!(!should_uninstall(Some(Some("false"))));
+        assert!(should_uninstall(Some(Some("true"))));
+        assert!(should_uninstall(Some(None)));
+    }
+
+    #[test]
+    fn install_writes_once_and_follows_primary_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = ConfManager {
+            dir: dir.path().to_path_buf(),
+            file_name: "01-egressgateway.conflist".into(),
+            entry: entry(),
+        };
+        assert_eq!(m.install(), Ok(Installed::NoPrimary));
+        std::fs::write(
+            dir.path().join("10-bridge.conflist"),
+            json!({"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"},{"type":"portmap"}]})
+                .to_string(),
+        )
+        .expect("write primary");
+        assert_eq!(m.install(), Ok(Installed::Written("10-bridge.conflist".into())));
+        assert_eq!(m.install(), Ok(Installed::Unchanged("10-bridge.conflist".into())));
+        let v: Value = serde_json::from_slice(&std::fs::read(m.path()).expect("ours")).expect("json");
+        assert_eq!(v["plugins"][1]["type"], "kube-egress-cni");
+        assert_eq!(v["plugins"][2]["type"], "portmap");
+        // primary replaced by a .conf: regenerated from it
+        std::fs::remove_file(dir.path().join("10-bridge.conflist")).expect("rm");
+        std::fs::write(
+            dir.path().join("20-ptp.conf"),
+            json!({"cniVersion":"0.4.0","name":"p","type":"ptp"}).to_string(),
+        )
+        .expect("write conf");
+        assert_eq!(m.install(), Ok(Installed::Written("20-ptp.conf".into())));
+        let v: Value = serde_json::from_slice(&std::fs::read(m.path()).expect("ours")).expect("json");
+        assert_eq!(v["plugins"][0]["type"], "ptp");
+        std::fs::write(dir.path().join("05-broken.conflist"), "{").expect("broken");
+        assert!(
+            m.install()
+                .expect_err("broken primary")
+                .contains("05-broken.conflist")
+        );
+        m.uninstall().expect("remove");
+        assert!(!m.path().exists());
+        m.uninstall().expect("absent is fine");
+    }
+
+    #[tokio::test]
+    async fn run_regenerates_when_the_primary_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = ConfManager {
+            dir: dir.path().to_path_buf(),
+            file_name: "01-egressgateway.conflist".into(),
+            entry: entry(),
+        };
+        let path = m.path();
+        let (itx, mut irx) = watch::channel(false);
+        let (stx, srx) = watch::channel(false);
+        let task = tokio::spawn(m.run(Duration::from_millis(20), Arc::new(Metrics::default()), itx, srx));
+        std::fs::write(
+            dir.path().join("10-a.conflist"),
+            json!({"cniVersion":"1.0.0","name":"a","plugins":[{"type":"bridge"}]}).to_string(),
+        )
+        .expect("primary");
+        tokio::time::timeout(Duration::from_secs(5), irx.wait_for(|v| *v))
+            .await
+            .expect("installed in time")
+            .expect("sender alive");
+        std::fs::write(
+            dir.path().join("10-a.conflist"),
+            json!({"cniVersion":"1.0.0","name":"changed","plugins":[{"type":"bridge"}]}).to_string(),
+        )
+        .expect("primary change");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let v: Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap_or_default()).unwrap_or_default();
+            if v["name"] == "changed" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not regenerated");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stx.send(true);
+        task.await.expect("join");
+    }
+}

@@ -1,0 +1,222 @@
+//! Gateway mode's control loop: watch configurations, their key Secrets and PodEndpoints; on any change
+//! (including deletions) wait a short debounce so a burst of pod events becomes one batch, then rebuild the
+//! plan from the caches and apply it. Deleted PodEndpoints disappear from the cache at once, so their
+//! peers are removed by the next apply (within the debounce), not by a periodic sweep.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use api::internal::{GatewayStatus, GatewayStatusSpec};
+use api::{PodEndpoint, StaticGatewayConfiguration};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, Resource as _};
+use tokio::sync::{Notify, watch};
+
+use super::apply::{ApplyReport, GatewayApplier};
+use super::plan::{GatewayPlan, gateway_plan};
+use super::probe::ProbeState;
+use super::select::{KeySecrets, NodeSettings, active_uids, gateway_status, select};
+use crate::metrics::Metrics;
+
+/// Field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "kube-egress-gateway-agent";
+
+/// Something that makes a plan real: the kernel applier in production, a recorder in tests of the watch
+/// wiring (which need no root).
+pub trait PlanApplier: std::fmt::Debug + Send + Sync + 'static {
+    /// Applies `plan`; errors are already descriptive.
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, String>;
+}
+
+impl PlanApplier for GatewayApplier {
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, String> {
+        self.apply(plan).map_err(|e| e.to_string())
+    }
+}
+
+/// Configuration of the gateway loop.
+#[derive(Debug, Clone)]
+pub struct GatewayLoop {
+    /// Kubernetes node name (GatewayStatus name, owner).
+    pub node_name: String,
+    /// Namespace the agent runs in (GatewayStatus lives here).
+    pub agent_namespace: String,
+    /// Namespace of the key Secrets (the operator's).
+    pub secret_namespace: String,
+    /// Node settings.
+    pub settings: NodeSettings,
+    /// The applier.
+    pub applier: Arc<dyn PlanApplier>,
+    /// Probe state to update.
+    pub probe: ProbeState,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set once the first apply succeeded (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+    /// Quiet time collecting events into one batch.
+    pub debounce: Duration,
+    /// Full re-apply interval even without events (repairs out-of-band changes).
+    pub resync: Duration,
+}
+
+fn spawn_watch<K>(api: Api<K>, writer: reflector::store::Writer<K>, notify: Arc<Notify>, what: &'static str)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(async move {
+        reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .for_each(|ev| {
+                if let Err(e) = &ev {
+                    tracing::warn!(watch = what, error = %e, "watch error");
+                }
+                notify.notify_one();
+                async {}
+            })
+            .await;
+        tracing::warn!(watch = what, "watch ended");
+    });
+}
+
+fn key_secrets(store: &Store<Secret>) -> KeySecrets {
+    store
+        .state()
+        .iter()
+        .filter_map(|s| {
+            let key = s.data.as_ref()?.get(api::names::SECRET_PRIVATE_KEY)?;
+            let text = String::from_utf8(key.0.clone()).ok()?;
+            Some(((s.metadata.namespace.clone()?, s.metadata.name.clone()?), text))
+        })
+        .collect()
+}
+
+impl GatewayLoop {
+    /// Runs until `shutdown` becomes true.
+    pub async fn run(self, client: Client, mut shutdown: watch::Receiver<bool>) {
+        let notify = Arc::new(Notify::new());
+        let (sgcs, sgc_w) = reflector::store::<StaticGatewayConfiguration>();
+        let (secrets, secret_w) = reflector::store::<Secret>();
+        let (pes, pe_w) = reflector::store::<PodEndpoint>();
+        spawn_watch(
+            Api::all(client.clone()),
+            sgc_w,
+            notify.clone(),
+            "staticgatewayconfigurations",
+        );
+        spawn_watch(
+            Api::namespaced(client.clone(), &self.secret_namespace),
+            secret_w,
+            notify.clone(),
+            "secrets",
+        );
+        spawn_watch(Api::all(client.clone()), pe_w, notify.clone(), "podendpoints");
+        tokio::select! {
+            r = async { tokio::try_join!(sgcs.wait_until_ready(), secrets.wait_until_ready(), pes.wait_until_ready()) } => {
+                if r.is_err() { tracing::error!("watch caches closed before sync"); return; }
+            }
+            _ = shutdown.changed() => return,
+        }
+        tracing::info!("gateway caches synced");
+        let mut last_status: Option<GatewayStatusSpec> = None;
+        let mut retry = Duration::from_secs(1);
+        loop {
+            let sgc_list: Vec<StaticGatewayConfiguration> =
+                sgcs.state().iter().map(|s| (**s).clone()).collect();
+            let pe_list: Vec<PodEndpoint> = pes.state().iter().map(|s| (**s).clone()).collect();
+            let sel = select(&self.settings, &sgc_list, &key_secrets(&secrets), &pe_list);
+            for s in &sel.skipped {
+                tracing::debug!(reason = %s, "skipped");
+            }
+            let plan = gateway_plan(&sel.input);
+            for w in &plan.warnings {
+                tracing::warn!(warning = %w, "gateway plan");
+            }
+            let applier = self.applier.clone();
+            let plan2 = plan.clone();
+            let started = Instant::now();
+            let res = tokio::task::spawn_blocking(move || applier.apply_plan(&plan2)).await;
+            self.metrics
+                .gateway_apply_duration
+                .observe(started.elapsed().as_secs_f64());
+            let mut next_wait = self.resync;
+            match res {
+                Ok(Ok(report)) => {
+                    retry = Duration::from_secs(1);
+                    self.metrics.gateway_applies.inc();
+                    self.probe.set_active(active_uids(&plan));
+                    self.metrics.gateway_configurations.set(plan.links.len() as i64);
+                    self.metrics
+                        .gateway_peers
+                        .set(plan.links.values().map(|l| l.peers.len() as i64).sum());
+                    if !report.changes.is_empty() {
+                        tracing::info!(changes = ?report.changes, elapsed_ms = started.elapsed().as_millis() as u64, "applied");
+                    }
+                    self.ready.store(true, Ordering::Release);
+                    let status = gateway_status(&sel.input, &plan);
+                    if last_status.as_ref() != Some(&status) {
+                        match self.write_status(&client, &status).await {
+                            Ok(()) => last_status = Some(status),
+                            Err(e) => tracing::warn!(error = %e, "GatewayStatus update failed"),
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.metrics.gateway_apply_failures.inc();
+                    tracing::error!(error = %e, "gateway apply failed; retrying");
+                    next_wait = retry;
+                    retry = (retry * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => {
+                    self.metrics.gateway_apply_failures.inc();
+                    tracing::error!(error = %e, "gateway apply task failed");
+                    next_wait = retry;
+                }
+            }
+            tokio::select! {
+                _ = notify.notified() => {
+                    // Collect the rest of the burst into this batch.
+                    tokio::time::sleep(self.debounce).await;
+                }
+                _ = tokio::time::sleep(next_wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn write_status(&self, client: &Client, spec: &GatewayStatusSpec) -> Result<(), kube::Error> {
+        let node = Api::<Node>::all(client.clone()).get(&self.node_name).await?;
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: self.node_name.clone(),
+            uid: node.metadata.uid.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut gs = GatewayStatus::new(&self.node_name, spec.clone());
+        gs.metadata.namespace = Some(self.agent_namespace.clone());
+        gs.metadata.owner_references = Some(vec![owner]);
+        let mut v = serde_json::to_value(&gs).map_err(kube::Error::SerdeError)?;
+        v["apiVersion"] = GatewayStatus::api_version(&()).to_string().into();
+        v["kind"] = GatewayStatus::kind(&()).to_string().into();
+        Api::<GatewayStatus>::namespaced(client.clone(), &self.agent_namespace)
+            .patch(
+                &self.node_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&v),
+            )
+            .await?;
+        Ok(())
+    }
+}

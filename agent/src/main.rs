@@ -1,0 +1,329 @@
+//! `kube-egress-gateway-agent --mode gateway|node`. Thin: flags, wiring, signals; logic lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use agent::admin::{self, AdminState};
+use agent::cniconf::{ConfManager, should_uninstall};
+use agent::gateway::apply::GatewayApplier;
+use agent::gateway::probe::{self, ProbeState};
+use agent::gateway::run::GatewayLoop;
+use agent::gateway::select::NodeSettings;
+use agent::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting};
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use cni::netns::Netns;
+use cni::wg::{BackendKind, WireGuard};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Terminate pods' tunnels and SNAT to the egress IP (gateway node pools).
+    Gateway,
+    /// Serve the CNI plugin and install its configuration (every node).
+    Node,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "kube-egress-gateway-agent", version, about)]
+struct Args {
+    /// What this agent does on its node.
+    #[arg(long, env = "AGENT_MODE", value_enum)]
+    mode: Mode,
+    /// This node's Kubernetes name.
+    #[arg(long, env = "MY_NODE_NAME")]
+    node_name: String,
+    /// The agent's namespace (GatewayStatus, cni-uninstall ConfigMap).
+    #[arg(long, env = "MY_POD_NAMESPACE")]
+    namespace: String,
+    /// Namespace of the gateway key Secrets (default: the agent's namespace).
+    #[arg(long, env = "SECRET_NAMESPACE")]
+    secret_namespace: Option<String>,
+    /// Port of /metrics, /healthz, /readyz on all addresses (upstream's flag).
+    #[arg(long, env = "METRICS_BIND_PORT", default_value_t = 8080)]
+    metrics_bind_port: u16,
+    /// Full address for /metrics instead of `0.0.0.0:<metrics-bind-port>` (tests, loopback-only setups).
+    #[arg(long, env = "METRICS_BIND_ADDRESS")]
+    metrics_bind_address: Option<SocketAddr>,
+    /// Port of /healthz and /readyz for the kubelet (same handlers as on the metrics port).
+    #[arg(long, env = "HEALTH_PROBE_BIND_PORT", default_value_t = 8081)]
+    health_probe_bind_port: u16,
+    /// Full address for the health endpoints instead of `0.0.0.0:<health-probe-bind-port>`.
+    #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS")]
+    health_probe_bind_address: Option<SocketAddr>,
+    /// Gateway mode: load-balancer probe port (`/gw/<uid>`).
+    #[arg(long, env = "GATEWAY_LB_PROBE_PORT", default_value_t = api::names::DEFAULT_LB_PROBE_PORT)]
+    gateway_lb_probe_port: u16,
+    /// Gateway mode: seconds the probe answers 503 before the agent exits, so the load balancer moves flows.
+    #[arg(long, env = "LB_PROBE_DRAIN_DELAY_SECONDS", default_value_t = 10)]
+    lb_probe_drain_delay_seconds: u64,
+    /// Azure Instance Metadata Service base URL (the lab serves a fake).
+    #[arg(long, env = "IMDS_ENDPOINT", default_value = "http://169.254.169.254")]
+    imds_endpoint: String,
+    /// Gateway mode: gateway network namespace.
+    #[arg(long, env = "GATEWAY_NETNS", default_value = api::names::GATEWAY_NETNS)]
+    netns_name: String,
+    /// Gateway mode: host interface that receives load-balancer traffic.
+    #[arg(long, env = "HOST_INTERFACE", default_value = "eth0")]
+    host_interface: String,
+    /// WireGuard backend: kernel, userspace (wireguard-go) or auto.
+    #[arg(long, env = "WIREGUARD_BACKEND", default_value = "auto")]
+    wireguard_backend: String,
+    /// Gateway mode: quiet time (ms) collecting watch events into one apply.
+    #[arg(long, env = "APPLY_DEBOUNCE_MS", default_value_t = 200)]
+    apply_debounce_ms: u64,
+    /// Gateway mode: full re-apply interval without events (seconds).
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
+    /// Node mode: CNI configuration directory.
+    #[arg(long, env = "CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Node mode: our conflist's file name.
+    #[arg(long, env = "CNI_CONF_FILE", default_value = api::names::CNI_CONF_FILE)]
+    cni_conf_file: String,
+    /// Node mode: unix socket the CNI plugin talks to (mode 0600).
+    #[arg(
+        long,
+        alias = "socket-path",
+        env = "CNI_SOCKET",
+        default_value = "/var/run/kube-egress-gateway/cni.sock"
+    )]
+    cni_socket: PathBuf,
+    /// Node mode: CIDRs that bypass the gateway for every pod.
+    #[arg(long, env = "EXCEPTION_CIDRS", value_delimiter = ',', default_values_t = api::names::DEFAULT_EXCEPTION_CIDRS.map(String::from))]
+    exception_cidrs: Vec<String>,
+    /// Node mode: ConfigMap whose `data.uninstall` decides whether our conflist is removed on shutdown.
+    #[arg(long, env = "CNI_UNINSTALL_CONFIGMAP_NAME", default_value = api::names::CNI_UNINSTALL_CONFIGMAP)]
+    cni_uninstall_configmap_name: String,
+    /// Node mode: poll interval of the CNI configuration directory (ms).
+    #[arg(long, env = "CNI_CONF_POLL_MS", default_value_t = 1000)]
+    cni_conf_poll_ms: u64,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term => {} }
+}
+
+async fn serve(
+    addr: SocketAddr,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    axum::serve(l, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|v| *v).await;
+        })
+        .await
+        .with_context(|| format!("serving {addr}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client")?;
+    let admin_state = AdminState::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let any = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
+    for addr in [
+        args.metrics_bind_address.unwrap_or(any(args.metrics_bind_port)),
+        args.health_probe_bind_address
+            .unwrap_or(any(args.health_probe_bind_port)),
+    ] {
+        tasks.spawn(serve(addr, admin::router(admin_state.clone()), stop_rx.clone()));
+    }
+    match args.mode {
+        Mode::Gateway => run_gateway(&args, client, admin_state, stop_tx, stop_rx, &mut tasks).await?,
+        Mode::Node => run_node(&args, client, admin_state, stop_tx, stop_rx, &mut tasks).await?,
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "task ended with an error");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn run_gateway(
+    args: &Args,
+    client: kube::Client,
+    admin_state: AdminState,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let identity = agent::imds::fetch(&args.imds_endpoint, Duration::from_secs(10))
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("reading the node's identity from IMDS")?;
+    tracing::info!(computer_name = %identity.computer_name, vmss = %identity.vmss_name, "node identity");
+    let backend = BackendKind::parse(&args.wireguard_backend).map_err(anyhow::Error::msg)?;
+    let probe_state = ProbeState::default();
+    tasks.spawn(serve(
+        SocketAddr::from(([0, 0, 0, 0], args.gateway_lb_probe_port)),
+        probe::router(probe_state.clone()),
+        stop_rx.clone(),
+    ));
+    let lp = GatewayLoop {
+        node_name: args.node_name.clone(),
+        agent_namespace: args.namespace.clone(),
+        secret_namespace: args
+            .secret_namespace
+            .clone()
+            .unwrap_or_else(|| args.namespace.clone()),
+        settings: NodeSettings {
+            identity,
+            netns_name: args.netns_name.clone(),
+            host_interface: args.host_interface.clone(),
+        },
+        applier: std::sync::Arc::new(GatewayApplier {
+            host: Netns::Current,
+            netns_name: args.netns_name.clone(),
+            host_interface: args.host_interface.clone(),
+            wg: WireGuard::new(backend),
+        }),
+        probe: probe_state.clone(),
+        metrics: admin_state.metrics.clone(),
+        ready: admin_state.ready.clone(),
+        debounce: Duration::from_millis(args.apply_debounce_ms),
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+    };
+    let loop_task = tokio::spawn(lp.run(client, stop_rx));
+    shutdown_signal().await;
+    // Drain: the load balancer sees 503 and moves new flows to other gateways before we stop. The data plane
+    // itself stays in place (the kernel keeps forwarding after we exit).
+    let delay = if args.lb_probe_drain_delay_seconds == 0 {
+        10
+    } else {
+        args.lb_probe_drain_delay_seconds
+    };
+    tracing::info!(seconds = delay, "shutting down: probe answers 503 while draining");
+    probe_state.drain();
+    admin_state.draining.store(true, Ordering::Release);
+    tokio::time::sleep(Duration::from_secs(delay)).await;
+    let _ = stop_tx.send(true);
+    let _ = loop_task.await;
+    Ok(())
+}
+
+async fn run_node(
+    args: &Args,
+    client: kube::Client,
+    admin_state: AdminState,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let metrics = admin_state.metrics.clone();
+    let cluster = KubeCluster::new(client.clone(), metrics.clone());
+    let socket = args.cni_socket.clone();
+    let mut grpc_stop = stop_rx.clone();
+    tasks.spawn(async move {
+        agent::node::serve_unix(&socket, cluster, async move {
+            let _ = grpc_stop.wait_for(|v| *v).await;
+        })
+        .await
+        .map_err(anyhow::Error::msg)
+    });
+    let conf = ConfManager {
+        dir: args.cni_conf_dir.clone(),
+        file_name: args.cni_conf_file.clone(),
+        entry: agent::node::plugin_entry(&args.exception_cidrs, &args.cni_socket),
+    };
+    let (installed_tx, mut installed_rx) = watch::channel(false);
+    let conf_task = tokio::spawn(conf.clone().run(
+        Duration::from_millis(args.cni_conf_poll_ms.max(10)),
+        metrics.clone(),
+        installed_tx,
+        stop_rx.clone(),
+    ));
+    // Once installed: ready, and the node may take pods.
+    let node = args.node_name.clone();
+    let taint_client = client.clone();
+    let ready = admin_state.ready.clone();
+    let taint_metrics = metrics.clone();
+    let mut taint_stop = stop_rx.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            r = installed_rx.wait_for(|v| *v) => { if r.is_err() { return Ok(()); } }
+            _ = taint_stop.wait_for(|v| *v) => return Ok(()),
+        }
+        ready.store(true, Ordering::Release);
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match remove_cni_taint(&taint_client, &node).await {
+                Ok(removed) => {
+                    if removed {
+                        tracing::info!(node = %node, "removed taint {}", api::names::CNI_NOT_READY_TAINT);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    taint_metrics
+                        .node_taint_failures
+                        .get_or_create(&agent::metrics::NodeLabels { node: node.clone() })
+                        .inc();
+                    tracing::warn!(error = %e, "removing the cni-not-ready taint");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = taint_stop.wait_for(|v| *v) => return Ok(()),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    admin_state.draining.store(true, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let _ = conf_task.await;
+    match uninstall_setting(&client, &args.namespace, &args.cni_uninstall_configmap_name).await {
+        Ok(setting) if should_uninstall(setting.as_ref().map(|o| o.as_deref())) => {
+            if let Err(e) = conf.uninstall() {
+                metrics.cni_config_failed("uninstall");
+                tracing::error!(error = %e, "uninstalling the CNI configuration");
+            } else {
+                tracing::info!(file = %conf.path().display(), "CNI configuration removed");
+            }
+        }
+        Ok(_) => tracing::info!("keeping the CNI configuration"),
+        Err(e) => {
+            metrics.cni_config_failed("uninstall");
+            tracing::error!(error = %e, "cannot read the uninstall ConfigMap; keeping the CNI configuration");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! [`Cluster`] over the Kubernetes API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use api::internal::{PodEndpoint, PodEndpointSpec};
+use api::names::CNI_NOT_READY_TAINT;
+use api::sgc::StaticGatewayConfiguration;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, Resource as _};
+
+use super::Cluster;
+use crate::metrics::{Metrics, PodEndpointLabels};
+
+/// Field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "kube-egress-gateway-agent";
+
+/// The API-server-backed cluster.
+#[derive(Clone)]
+pub struct KubeCluster {
+    client: Client,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for KubeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeCluster").finish_non_exhaustive()
+    }
+}
+
+impl KubeCluster {
+    /// Wraps a client.
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        KubeCluster { client, metrics }
+    }
+
+    fn failed(&self, ns: &str, name: &str, op: &str) {
+        self.metrics
+            .podendpoint_failures
+            .get_or_create(&PodEndpointLabels {
+                namespace: ns.into(),
+                operation: op.into(),
+                pod: name.into(),
+            })
+            .inc();
+    }
+}
+
+/// The PodEndpoint object for a pod: same namespace and name, controlled by the pod so it is garbage
+/// collected with it.
+pub fn pod_endpoint_for(pod: &Pod, spec: PodEndpointSpec) -> Result<PodEndpoint, String> {
+    let name = pod.metadata.name.clone().ok_or("pod has no metadata.name")?;
+    let uid = pod.metadata.uid.clone().ok_or("pod has no metadata.uid")?;
+    let mut pe = PodEndpoint::new(&name, spec);
+    pe.metadata.namespace = pod.metadata.namespace.clone();
+    pe.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name,
+        uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    Ok(pe)
+}
+
+#[tonic::async_trait]
+impl Cluster for KubeCluster {
+    async fn pod_annotations(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, String> {
+        let pod = Api::<Pod>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(pod.map(|p| p.metadata.annotations.unwrap_or_default()))
+    }
+
+    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, String> {
+        Api::<StaticGatewayConfiguration>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn upsert_pod_endpoint(&self, ns: &str, name: &str, spec: PodEndpointSpec) -> Result<(), String> {
+        let result = async {
+            let pod = Api::<Pod>::namespaced(self.client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("pod {ns}/{name} not found"))?;
+            let pe = pod_endpoint_for(&pod, spec)?;
+            let mut v = serde_json::to_value(&pe).map_err(|e| e.to_string())?;
+            v["apiVersion"] = PodEndpoint::api_version(&()).to_string().into();
+            v["kind"] = PodEndpoint::kind(&()).to_string().into();
+            Api::<PodEndpoint>::namespaced(self.client.clone(), ns)
+                .patch(
+                    name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&v),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        }
+        .await;
+        if result.is_err() {
+            self.failed(ns, name, "create_or_update");
+        }
+        result
+    }
+
+    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), String> {
+        match Api::<PodEndpoint>::namespaced(self.client.clone(), ns)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => {
+                self.failed(ns, name, "delete");
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// The taints without ours, or `None` when ours is not there (nothing to do).
+pub fn without_cni_taint(taints: &[Taint]) -> Option<Vec<Taint>> {
+    let kept: Vec<Taint> = taints
+        .iter()
+        .filter(|t| t.key != CNI_NOT_READY_TAINT)
+        .cloned()
+        .collect();
+    (kept.len() != taints.len()).then_some(kept)
+}
+
+/// Removes the `cni-not-ready` taint from `node` (AKS adds it; we remove it once our plugin is installed).
+/// Uses the node's resourceVersion so a concurrent change makes us re-read instead of overwriting it.
+pub async fn remove_cni_taint(client: &Client, node: &str) -> Result<bool, String> {
+    let api = Api::<Node>::all(client.clone());
+    for _ in 0..5 {
+        let n = api.get(node).await.map_err(|e| format!("get node {node}: {e}"))?;
+        let taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let Some(kept) = without_cni_taint(&taints) else {
+            return Ok(false);
+        };
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": n.metadata.resource_version},
+            "spec": {"taints": kept},
+        });
+        match api
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(format!("patch node {node}: {e}")),
+        }
+    }
+    Err(format!("patch node {node}: conflicts persisted after 5 attempts"))
+}
+
+/// Reads the uninstall ConfigMap: `None` when absent, else its `data.uninstall` value.
+pub async fn uninstall_setting(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Option<String>>, String> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("get ConfigMap {ns}/{name}: {e}"))?;
+    Ok(cm.map(|c| c.data.and_then(|d| d.get("uninstall").cloned())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_taint_is_removed() {
+        let t = |k: &str| Taint {
+            key: k.into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        };
+        assert_eq!(without_cni_taint(&[t("a")]), None);
+        assert_eq!(
+            without_cni_taint(&[t("a"), t(CNI_NOT_READY_TAINT), t("b")]),
+            Some(vec![t("a"), t("b")])
+        );
+        assert_eq!(without_cni_taint(&[t(CNI_NOT_READY_TAINT)]), Some(vec![]));
+    }
+
+    #[test]
+    fn pod_endpoint_is_controlled_by_its_pod() {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("p".into());
+        pod.metadata.namespace = Some("app".into());
+        pod.metadata.uid = Some("u-1".into());
+        let pe = pod_endpoint_for(
+            &pod,
+            PodEndpointSpec {
+                static_gateway_configuration: "gw".into(),
+                pod_ip_address: "10.244.0.5/32".into(),
+                pod_public_key: "k".into(),
+            },
+        )
+        .expect("pod has name and uid");
+        assert_eq!(pe.metadata.name.as_deref(), Some("p"));
+        assert_eq!(pe.metadata.namespace.as_deref(), Some("app"));
+        let o = &pe.metadata.owner_references.expect("owner")[0];
+        assert_eq!(
+            (o.kind.as_str(), o.uid.as_str(), o.controller),
+            ("Pod", "u-1", Some(true))
+        );
+        pod.metadata.uid = None;
+        assert!(pod_endpoint_for(&pod, PodEndpointSpec::default()).is_err());
+    }
+}

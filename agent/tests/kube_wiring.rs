@@ -1,0 +1,428 @@
+//! The agent's Kubernetes wiring against the API simulator (no root: the gateway loop applies into a
+//! recorder instead of the kernel; the kernel applier is covered by the cni crate's netns tests).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent::gateway::apply::ApplyReport;
+use agent::gateway::plan::GatewayPlan;
+use agent::gateway::probe::ProbeState;
+use agent::gateway::run::{GatewayLoop, PlanApplier};
+use agent::gateway::select::NodeSettings;
+use agent::imds::NodeIdentity;
+use agent::metrics::Metrics;
+use agent::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting};
+use agent::node::{Cluster as _, NicServer};
+use api::{GatewayStatus, PodEndpoint, StaticGatewayConfiguration};
+use axum::http::StatusCode;
+use cni::proto::nic_service_server::NicService as _;
+use cni::proto::{NicAddRequest, NicDelRequest, PodInfo};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use testbed::kube::{KubeSim, KubeSimConfig};
+
+async fn sim() -> (KubeSim, Client) {
+    let sim = KubeSim::start(KubeSimConfig::default())
+        .await
+        .expect("simulator starts");
+    let client = sim.client("admin").expect("client");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in api::crd::all() {
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("CRD installs");
+    }
+    (sim, client)
+}
+
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn pubkey() -> String {
+    wireguard_control::Key::generate_private()
+        .get_public()
+        .to_base64()
+}
+
+async fn create<K>(client: &Client, ns: Option<&str>, v: serde_json::Value) -> K
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    let obj: K = serde_json::from_value(v).expect("object JSON");
+    let api: Api<K> = Api::namespaced(client.clone(), ns.expect("namespaced"));
+    api.create(&PostParams::default(), &obj).await.expect("create")
+}
+
+async fn create_node(client: &Client, v: serde_json::Value) {
+    let node: Node = serde_json::from_value(v).expect("node JSON");
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+}
+
+/// A ready configuration on node pool `gwpool` whose VM profile names `gw-vmss000001`.
+async fn ready_sgc(client: &Client, name: &str, port: i32) -> StaticGatewayConfiguration {
+    let sgc: StaticGatewayConfiguration = create(
+        client,
+        Some("default"),
+        json!({"apiVersion":"egressgateway.kubernetes.azure.com/v1alpha1","kind":"StaticGatewayConfiguration",
+               "metadata":{"name":name,"namespace":"default"},
+               "spec":{"gatewayNodepoolName":"gwpool","excludeCidrs":["1.2.3.0/24"]}}),
+    )
+    .await;
+    Api::<StaticGatewayConfiguration>::namespaced(client.clone(), "default")
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status":{
+                "egressIpPrefix":"20.0.0.0/31",
+                "gatewayServerProfile":{"ip":"10.0.0.100","port":port,"publicKey":pubkey(),
+                    "privateKeySecretRef":{"namespace":"kube-system","name":format!("sgw-{name}")}},
+                "gatewayVMProfiles":[{"nodeName":"gw-vmss000001","primaryIP":"10.0.0.4","secondaryIP":"10.0.0.6"}]}})),
+        )
+        .await
+        .expect("status");
+    sgc
+}
+
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<GatewayPlan>>);
+
+impl PlanApplier for Recorder {
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, String> {
+        self.0.lock().expect("lock").push(plan.clone());
+        Ok(ApplyReport::default())
+    }
+}
+
+impl Recorder {
+    fn last_peers(&self, link: &str) -> Option<usize> {
+        self.0
+            .lock()
+            .expect("lock")
+            .last()
+            .map(|p| p.links.get(link).map_or(0, |l| l.peers.len()))
+    }
+    fn applies(&self) -> usize {
+        self.0.lock().expect("lock").len()
+    }
+}
+
+#[tokio::test]
+async fn gateway_loop_follows_configurations_and_pod_endpoints() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("agent=debug")
+        .with_test_writer()
+        .try_init();
+    let (_sim, client) = sim().await;
+    create_node(
+        &client,
+        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node-1"}}),
+    )
+    .await;
+    let sgc = ready_sgc(&client, "gw1", 6000).await;
+    let uid = sgc.metadata.uid.clone().expect("uid");
+    // `data`, not `stringData`: the simulator does not fold stringData into data (kube-apiserver does).
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("sgw-gw1".into());
+    secret.data = Some(BTreeMap::from([(
+        "PrivateKey".to_string(),
+        k8s_openapi::ByteString(
+            wireguard_control::Key::generate_private()
+                .to_base64()
+                .into_bytes(),
+        ),
+    )]));
+    Api::<Secret>::namespaced(client.clone(), "kube-system")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    let pes: Api<PodEndpoint> = Api::namespaced(client.clone(), "default");
+    for (i, name) in ["p1", "p2"].iter().enumerate() {
+        create::<PodEndpoint>(
+            &client,
+            Some("default"),
+            json!({"apiVersion":"egressgateway.kubernetes.azure.com/v1alpha1","kind":"PodEndpoint",
+                   "metadata":{"name":name,"namespace":"default"},
+                   "spec":{"staticGatewayConfiguration":"gw1","podIpAddress":format!("10.244.0.{}/32", i + 5),
+                           "podPublicKey":pubkey()}}),
+        )
+        .await;
+    }
+    let recorder = Arc::new(Recorder::default());
+    let probe = ProbeState::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    let lp = GatewayLoop {
+        node_name: "gw-node-1".into(),
+        agent_namespace: "kube-system".into(),
+        secret_namespace: "kube-system".into(),
+        settings: NodeSettings {
+            identity: NodeIdentity {
+                computer_name: "gw-vmss000001".into(),
+                vmss_name: "gw-vmss".into(),
+                resource_group: "mc_rg".into(),
+                tags: BTreeMap::from([("aks-managed-poolName".to_string(), "gwpool".to_string())]),
+                primary_ip: None,
+            },
+            netns_name: "ns-static-egress-gateway".into(),
+            host_interface: "eth0".into(),
+        },
+        applier: recorder.clone(),
+        probe: probe.clone(),
+        metrics: Arc::new(Metrics::default()),
+        ready: ready.clone(),
+        debounce: Duration::from_millis(150),
+        // Far longer than the test: only watch events can explain timely changes.
+        resync: Duration::from_secs(3600),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(lp.run(client.clone(), stop_rx));
+
+    eventually("both peers applied", || async {
+        recorder.last_peers("wg-6000") == Some(2)
+    })
+    .await;
+    assert!(ready.load(Ordering::Acquire));
+    assert_eq!(probe.status_for(&format!("/gw/{uid}")), StatusCode::OK);
+    let statuses: Api<GatewayStatus> = Api::namespaced(client.clone(), "kube-system");
+    eventually("GatewayStatus lists both peers", || async {
+        statuses
+            .get_opt("gw-node-1")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|g| g.spec.ready_peer_configurations.len() == 2)
+    })
+    .await;
+    let gs = statuses.get("gw-node-1").await.expect("status");
+    let owner = &gs.metadata.owner_references.expect("owner")[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", "gw-node-1"));
+    assert_eq!(
+        gs.spec.ready_gateway_configurations[0].static_gateway_configuration,
+        "default/gw1"
+    );
+
+    // Deleting a PodEndpoint removes its peer at once (watch DELETE), and the status shrinks.
+    pes.delete("p1", &DeleteParams::default())
+        .await
+        .expect("delete p1");
+    eventually("peer removed after PodEndpoint deletion", || async {
+        recorder.last_peers("wg-6000") == Some(1)
+    })
+    .await;
+    eventually("GatewayStatus shrinks", || async {
+        statuses
+            .get("gw-node-1")
+            .await
+            .is_ok_and(|g| g.spec.ready_peer_configurations.len() == 1)
+    })
+    .await;
+
+    // A burst of events becomes few applies (debounce), not one per event.
+    let before = recorder.applies();
+    for i in 0..20 {
+        create::<PodEndpoint>(
+            &client,
+            Some("default"),
+            json!({"apiVersion":"egressgateway.kubernetes.azure.com/v1alpha1","kind":"PodEndpoint",
+                   "metadata":{"name":format!("burst{i}"),"namespace":"default"},
+                   "spec":{"staticGatewayConfiguration":"gw1","podIpAddress":format!("10.244.1.{}/32", i + 1),
+                           "podPublicKey":pubkey()}}),
+        )
+        .await;
+    }
+    eventually("burst applied", || async {
+        recorder.last_peers("wg-6000") == Some(21)
+    })
+    .await;
+    let burst_applies = recorder.applies() - before;
+    assert!(burst_applies < 20, "20 events took {burst_applies} applies");
+
+    // Deleting the configuration deactivates it: no link, probe 503.
+    Api::<StaticGatewayConfiguration>::namespaced(client.clone(), "default")
+        .delete("gw1", &DeleteParams::default())
+        .await
+        .expect("delete sgc");
+    eventually("configuration removed", || async {
+        recorder.last_peers("wg-6000") == Some(0)
+    })
+    .await;
+    assert_eq!(
+        probe.status_for(&format!("/gw/{uid}")),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let _ = stop_tx.send(true);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("loop stops on shutdown")
+        .expect("join");
+}
+
+fn pod_info(name: &str) -> Option<PodInfo> {
+    Some(PodInfo {
+        pod_name: name.into(),
+        pod_namespace: "default".into(),
+    })
+}
+
+#[tokio::test]
+async fn node_mode_writes_pod_endpoints_owned_by_the_pod() {
+    let (_sim, client) = sim().await;
+    ready_sgc(&client, "gw1", 6000).await;
+    let pod: Pod = create(
+        &client,
+        Some("default"),
+        json!({"apiVersion":"v1","kind":"Pod",
+               "metadata":{"name":"p","namespace":"default",
+                           "annotations":{"kubernetes.azure.com/static-gateway-configuration":"gw1"}},
+               "spec":{"containers":[{"name":"c","image":"busybox"}]}}),
+    )
+    .await;
+    let metrics = Arc::new(Metrics::default());
+    let cluster = KubeCluster::new(client.clone(), metrics.clone());
+    let ann = cluster
+        .pod_annotations("default", "p")
+        .await
+        .expect("get")
+        .expect("pod exists");
+    assert_eq!(ann["kubernetes.azure.com/static-gateway-configuration"], "gw1");
+    assert_eq!(cluster.pod_annotations("default", "nope").await, Ok(None));
+
+    let srv = NicServer::new(cluster.clone());
+    let key = pubkey();
+    let resp = srv
+        .nic_add(tonic::Request::new(NicAddRequest {
+            pod_config: pod_info("p"),
+            listen_port: 0,
+            allowed_ip: "10.244.0.5/32".into(),
+            public_key: key.clone(),
+            gateway_name: "gw1".into(),
+        }))
+        .await
+        .expect("NicAdd")
+        .into_inner();
+    assert_eq!(
+        (resp.endpoint_ip.as_str(), resp.listen_port),
+        ("10.0.0.100", 6000)
+    );
+    assert_eq!(resp.exception_cidrs, vec!["1.2.3.0/24"]);
+    let pes: Api<PodEndpoint> = Api::namespaced(client.clone(), "default");
+    let pe = pes.get("p").await.expect("PodEndpoint created");
+    assert_eq!(pe.spec.pod_public_key, key);
+    assert_eq!(pe.spec.pod_ip_address, "10.244.0.5/32");
+    let owner = &pe.metadata.owner_references.expect("owner")[0];
+    assert_eq!(owner.uid, pod.metadata.uid.expect("pod uid"));
+    assert_eq!(owner.controller, Some(true));
+
+    // A second ADD (runtime retry) updates in place.
+    srv.nic_add(tonic::Request::new(NicAddRequest {
+        pod_config: pod_info("p"),
+        listen_port: 0,
+        allowed_ip: "10.244.0.6/32".into(),
+        public_key: key.clone(),
+        gateway_name: "gw1".into(),
+    }))
+    .await
+    .expect("NicAdd again");
+    assert_eq!(
+        pes.get("p").await.expect("pe").spec.pod_ip_address,
+        "10.244.0.6/32"
+    );
+
+    // A pod that does not exist cannot register (and the failure is counted).
+    let err = srv
+        .nic_add(tonic::Request::new(NicAddRequest {
+            pod_config: pod_info("ghost"),
+            listen_port: 0,
+            allowed_ip: "10.244.0.7/32".into(),
+            public_key: pubkey(),
+            gateway_name: "gw1".into(),
+        }))
+        .await
+        .expect_err("no pod");
+    assert!(
+        err.message().contains("pod default/ghost not found"),
+        "{}",
+        err.message()
+    );
+    assert!(metrics.encode().contains(
+        "cnimanager_podendpoint_operation_failures_total{namespace=\"default\",operation=\"create_or_update\",pod=\"ghost\"} 1"
+    ));
+
+    for _ in 0..2 {
+        srv.nic_del(tonic::Request::new(NicDelRequest {
+            pod_config: pod_info("p"),
+        }))
+        .await
+        .expect("NicDel is idempotent");
+    }
+    assert!(pes.get_opt("p").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn node_taint_is_removed_and_uninstall_follows_the_configmap() {
+    let (_sim, client) = sim().await;
+    create_node(
+        &client,
+        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"},
+               "spec":{"taints":[{"key":"egressgateway.kubernetes.azure.com/cni-not-ready","effect":"NoSchedule"},
+                                 {"key":"other","effect":"NoExecute"}]}}),
+    )
+    .await;
+    assert_eq!(remove_cni_taint(&client, "n1").await, Ok(true));
+    let node = Api::<Node>::all(client.clone()).get("n1").await.expect("node");
+    let keys: Vec<String> = node
+        .spec
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.key)
+        .collect();
+    assert_eq!(keys, vec!["other"]);
+    assert_eq!(
+        remove_cni_taint(&client, "n1").await,
+        Ok(false),
+        "nothing left to remove"
+    );
+
+    assert_eq!(
+        uninstall_setting(&client, "kube-system", "cni-uninstall").await,
+        Ok(None)
+    );
+    create::<ConfigMap>(
+        &client,
+        Some("kube-system"),
+        json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"cni-uninstall","namespace":"kube-system"},
+               "data":{"uninstall":"false"}}),
+    )
+    .await;
+    let setting = uninstall_setting(&client, "kube-system", "cni-uninstall")
+        .await
+        .expect("read");
+    assert_eq!(setting, Some(Some("false".to_string())));
+    assert!(!agent::cniconf::should_uninstall(
+        setting.as_ref().map(|o| o.as_deref())
+    ));
+}

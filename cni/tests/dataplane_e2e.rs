@@ -1,0 +1,287 @@
+//! Data-plane behaviour on real namespaces (root): azureNetworking mode, ingress to annotated pods, two
+//! configurations on one gateway, zero loss across an agent restart, and probe-driven failover.
+//! Topology and cleanup: see `netlab`.
+
+mod netlab;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use agent::gateway::plan::gateway_plan;
+use agent::gateway::probe::{self, ProbeState};
+use api::sgc::RouteType;
+use netlab::{FRONTEND, INET, INET2, Lab, Stream, in_netns, wait_until};
+
+const SECONDARY_1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
+const SECONDARY_2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
+
+fn is_pod_ip(ip: Option<Ipv4Addr>) -> bool {
+    ip.is_some_and(|i| i.octets()[..3] == [10, 244, 0])
+}
+
+#[test]
+fn azure_networking_routes_only_listed_cidrs_through_the_gateway() {
+    let mut lab = Lab::new();
+    let gw = lab.add_gateway();
+    lab.route(&format!("{FRONTEND}/32"), gw.ip);
+    lab.route(&format!("{SECONDARY_1}/32"), gw.ip);
+    let cfg = lab.add_config("az", 6000, RouteType::AzureNetworking, &["203.0.113.0/24"]);
+    lab.add_pod("pa", Some("az"));
+    let plan = gateway_plan(&lab.gateway_input(&gw, &[(&cfg, SECONDARY_1)]));
+    gw.applier().apply(&plan).expect("gateway apply");
+    assert_eq!(
+        lab.source_seen("pa", INET),
+        Some(SECONDARY_1),
+        "listed CIDR goes through the gateway"
+    );
+    let other = lab.source_seen("pa", INET2);
+    assert!(
+        is_pod_ip(other),
+        "unlisted CIDR keeps the pod's own path, saw {other:?}"
+    );
+}
+
+#[test]
+fn ingress_to_an_annotated_pod_still_works() {
+    let mut lab = Lab::new();
+    let gw = lab.add_gateway();
+    lab.route(&format!("{FRONTEND}/32"), gw.ip);
+    lab.route(&format!("{SECONDARY_1}/32"), gw.ip);
+    let cfg = lab.add_config("gw1", 6000, RouteType::StaticEgressGateway, &[]);
+    let pa = lab.add_pod("pa", Some("gw1"));
+    lab.add_pod("pp", None);
+    let plan = gateway_plan(&lab.gateway_input(&gw, &[(&cfg, SECONDARY_1)]));
+    gw.applier().apply(&plan).expect("gateway apply");
+    // The annotated pod serves; a plain pod on the same node and a host on the internet connect to it.
+    lab.echo("pa", SocketAddr::from((pa, 8080)));
+    let to = format!("{pa}:8080");
+    let from_plain = lab.source_seen("pp", &to);
+    assert!(
+        is_pod_ip(from_plain),
+        "plain pod gets a reply, saw {from_plain:?}"
+    );
+    assert_eq!(
+        lab.source_seen("inet", &to),
+        Some(Ipv4Addr::new(203, 0, 113, 10)),
+        "an outside client gets a reply (reply leaves via eth0, not the tunnel)"
+    );
+    // Egress of the same pod still goes through the gateway.
+    assert_eq!(lab.source_seen("pa", INET), Some(SECONDARY_1));
+}
+
+#[test]
+fn two_configurations_on_one_gateway_each_use_their_own_secondary_ip() {
+    let mut lab = Lab::new();
+    let gw = lab.add_gateway();
+    lab.route(&format!("{FRONTEND}/32"), gw.ip);
+    lab.route(&format!("{SECONDARY_1}/32"), gw.ip);
+    lab.route(&format!("{SECONDARY_2}/32"), gw.ip);
+    let one = lab.add_config("one", 6000, RouteType::StaticEgressGateway, &[]);
+    let two = lab.add_config("two", 6001, RouteType::StaticEgressGateway, &[]);
+    lab.add_pod("pa", Some("one"));
+    lab.add_pod("pb", Some("two"));
+    let plan = gateway_plan(&lab.gateway_input(&gw, &[(&one, SECONDARY_1), (&two, SECONDARY_2)]));
+    assert_eq!(plan.links.len(), 2);
+    gw.applier().apply(&plan).expect("gateway apply");
+    assert_eq!(lab.source_seen("pa", INET), Some(SECONDARY_1));
+    assert_eq!(lab.source_seen("pb", INET), Some(SECONDARY_2));
+}
+
+#[test]
+fn no_packet_is_lost_across_an_agent_restart() {
+    let mut lab = Lab::new();
+    let gw = lab.add_gateway();
+    lab.route(&format!("{FRONTEND}/32"), gw.ip);
+    lab.route(&format!("{SECONDARY_1}/32"), gw.ip);
+    let cfg = lab.add_config("gw1", 6000, RouteType::StaticEgressGateway, &[]);
+    lab.add_pod("pa", Some("gw1"));
+    gw.applier()
+        .apply(&gateway_plan(&lab.gateway_input(&gw, &[(&cfg, SECONDARY_1)])))
+        .expect("first agent applies");
+    // Tunnel established before the stream starts (the first handshake is not what this test is about).
+    assert_eq!(lab.source_seen("pa", INET), Some(SECONDARY_1));
+    let stream = Stream::start(
+        lab.path("pa"),
+        INET.parse().expect("addr"),
+        Duration::from_millis(2),
+    );
+    wait_until("stream flowing", Duration::from_secs(5), || {
+        stream.answered() >= 100
+    });
+    // "Restart": a new applier with no memory rebuilds the plan from the cluster and applies it, twice
+    // (startup apply and first resync). It must leave the working data plane alone.
+    for round in 0..2 {
+        let report = gw
+            .applier()
+            .apply(&gateway_plan(&lab.gateway_input(&gw, &[(&cfg, SECONDARY_1)])))
+            .expect("restarted agent applies");
+        assert!(
+            report.changes.is_empty(),
+            "round {round}: restart changed {:?}",
+            report.changes
+        );
+    }
+    let seen = stream.answered();
+    wait_until("stream continues after restart", Duration::from_secs(5), || {
+        stream.answered() >= seen + 100
+    });
+    let (sent, lost, sources) = stream.finish();
+    assert!(sent >= 200, "sent {sent}");
+    assert!(
+        lost.is_empty(),
+        "lost {} of {sent}: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert_eq!(sources.into_iter().collect::<Vec<_>>(), vec![SECONDARY_1]);
+}
+
+/// Serves the LB probe inside a gateway node's namespace.
+fn probe_server(
+    ns: std::path::PathBuf,
+    state: ProbeState,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    in_netns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("0.0.0.0:8082")
+                .await
+                .expect("bind probe");
+            let server = axum::serve(l, probe::router(state)).with_graceful_shutdown(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            let _ = server.await;
+        });
+    })
+}
+
+/// HTTP status of `GET http://<ip>:8082<path>` from inside `ns`.
+fn probe_status(ns: std::path::PathBuf, ip: Ipv4Addr, path: String) -> Option<u16> {
+    in_netns(ns, move || {
+        use std::io::{Read as _, Write as _};
+        let mut c =
+            std::net::TcpStream::connect_timeout(&SocketAddr::from((ip, 8082)), Duration::from_millis(500))
+                .ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok()?;
+        out.split(' ').nth(1)?.parse().ok()
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+#[test]
+fn draining_gateway_answers_503_and_the_router_moves_traffic_to_the_other() {
+    let mut lab = Lab::new();
+    let g1 = lab.add_gateway();
+    let g2 = lab.add_gateway();
+    let secondary_g2 = Ipv4Addr::new(10, 0, 0, 8);
+    lab.route(&format!("{SECONDARY_1}/32"), g1.ip);
+    lab.route(&format!("{secondary_g2}/32"), g2.ip);
+    lab.route(&format!("{FRONTEND}/32"), g1.ip);
+    let cfg = lab.add_config("gw1", 6000, RouteType::StaticEgressGateway, &[]);
+    lab.add_pod("pa", Some("gw1"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut servers = vec![];
+    let mut probes = vec![];
+    for (g, secondary) in [(&g1, SECONDARY_1), (&g2, secondary_g2)] {
+        let plan = gateway_plan(&lab.gateway_input(g, &[(&cfg, secondary)]));
+        g.applier().apply(&plan).expect("gateway apply");
+        let p = ProbeState::default();
+        p.set_active(agent::gateway::select::active_uids(&plan));
+        servers.push(probe_server(
+            std::path::Path::new("/var/run/netns").join(&g.ns),
+            p.clone(),
+            stop.clone(),
+        ));
+        probes.push(p);
+    }
+    struct StopGuard(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+    impl Drop for StopGuard {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+            for t in self.1.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+    let _servers = StopGuard(stop.clone(), servers);
+    let path = api::names::lb_probe_path(&cfg.uid);
+    let rt_ns = lab.path("rt");
+    wait_until("both probes answer 200", Duration::from_secs(5), || {
+        [g1.ip, g2.ip]
+            .iter()
+            .all(|ip| probe_status(rt_ns.clone(), *ip, path.clone()) == Some(200))
+    });
+    assert_eq!(
+        lab.source_seen("pa", INET),
+        Some(SECONDARY_1),
+        "flows use gateway 1 first"
+    );
+
+    // The load balancer: one poll round sends the frontend to the first healthy gateway.
+    let poll_once = |lab: &Lab| -> Option<Ipv4Addr> {
+        let healthy = [g1.ip, g2.ip]
+            .into_iter()
+            .find(|ip| probe_status(rt_ns.clone(), *ip, path.clone()) == Some(200))?;
+        lab.route(&format!("{FRONTEND}/32"), healthy);
+        Some(healthy)
+    };
+    assert_eq!(poll_once(&lab), Some(g1.ip));
+    probes[0].drain();
+    assert_eq!(
+        probe_status(rt_ns.clone(), g1.ip, path.clone()),
+        Some(503),
+        "draining gateway answers 503"
+    );
+    assert_eq!(
+        poll_once(&lab),
+        Some(g2.ip),
+        "router moves the frontend to the healthy gateway"
+    );
+    // WireGuard moves the session to the new gateway on its next handshake; re-setting the pod's peer
+    // starts that handshake now instead of after WireGuard's 5-15 s rekey timeout.
+    let pod_wg = cni::netns::Netns::Path(lab.path("pa"));
+    let alias = cni::wg::link_alias(&pod_wg, "wg0")
+        .expect("alias")
+        .expect("alias set");
+    let wg = cni::wg::WireGuard::new(cni::wg::BackendKind::detect());
+    let handle = cni::wg::WgHandle {
+        netns: pod_wg,
+        ifname: "wg0".into(),
+        control_name: alias,
+    };
+    let state = wg.state(&handle).expect("pod wg state");
+    let peer = state.peers.first().expect("pod has the gateway peer").clone();
+    let mut change = cni::wg::DeviceChange {
+        remove_peers: vec![peer.public_key.clone()],
+        ..Default::default()
+    };
+    wg.apply(&handle, &change).expect("remove peer");
+    change = cni::wg::DeviceChange {
+        upsert_peers: vec![cni::wg::PeerSpec {
+            public_key: peer.public_key,
+            endpoint: Some(SocketAddr::from((FRONTEND, cfg.port))),
+            allowed_ips: peer.allowed_ips,
+        }],
+        ..Default::default()
+    };
+    wg.apply(&handle, &change).expect("re-add peer");
+    assert_eq!(
+        lab.source_seen("pa", INET),
+        Some(secondary_g2),
+        "after the move, egress leaves through gateway 2"
+    );
+}

@@ -1,0 +1,663 @@
+//! Network lab on real namespaces for data-plane tests (needs root, wireguard-go or the kernel module,
+//! nft, iproute2 and Debian's CNI plugins in /usr/lib/cni: `scripts/install-deps.sh`).
+//!
+//! Self-contained so it can move to `testbed::netlab` for the lab. Topology (names unique per lab, removed
+//! by Drop even when the test panics):
+//!
+//! ```text
+//!  pods (bridge+host-local, kube-egress-cni chained) ── node 192.168.1.2 ─┐
+//!                                                     gateways 192.168.N.2 ├─ router ── inet 203.0.113.10
+//!                                                                          │           198.51.100.10
+//! ```
+//! The router plays Azure: it routes the pod CIDR to the node, secondary IPs to their gateway node and
+//! the load-balancer frontend IP to one gateway (floating IP). `inet` runs UDP echoes that answer
+//! `<source address seen> <payload>`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent::gateway::apply::GatewayApplier;
+use agent::gateway::plan::{ConfigInput, GatewayInput, PeerInput};
+use agent::node::MemoryCluster;
+use api::sgc::{
+    GatewayServerProfile, RouteType, StaticGatewayConfiguration, StaticGatewayConfigurationSpec,
+    StaticGatewayConfigurationStatus,
+};
+use cni::netns::Netns;
+use cni::wg::{BackendKind, PrivateKey, WireGuard};
+use serde_json::{Value, json};
+
+/// Where Debian installs the reference CNI plugins.
+pub const CNI_DIR: &str = "/usr/lib/cni";
+/// The internet echo reached through the gateway.
+pub const INET: &str = "203.0.113.10:7777";
+/// A second internet address (used for exception CIDRs).
+pub const INET2: &str = "198.51.100.10:7777";
+/// The load-balancer frontend IP.
+pub const FRONTEND: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Fails with a clear message when a tool is missing.
+pub fn require(bin: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin} || test -x {bin}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "{bin} is missing: run scripts/install-deps.sh (as root)");
+}
+
+/// Runs a command, panicking with its stderr on failure.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on a fresh thread that has entered the namespace at `ns`.
+pub fn in_netns<T: Send + 'static>(
+    ns: PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).expect("open netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// A gateway node of the lab.
+#[derive(Debug, Clone)]
+pub struct GatewayNode {
+    /// Its host namespace.
+    pub ns: String,
+    /// Its gateway namespace (created by the applier).
+    pub egw: String,
+    /// Its primary IP.
+    pub ip: Ipv4Addr,
+}
+
+impl GatewayNode {
+    /// An applier for this node (a fresh one is what a restarted agent has).
+    pub fn applier(&self) -> GatewayApplier {
+        GatewayApplier {
+            host: Netns::named(&self.ns),
+            netns_name: self.egw.clone(),
+            host_interface: "eth0".into(),
+            wg: WireGuard::new(BackendKind::detect()),
+        }
+    }
+}
+
+/// One configuration as the lab sets it up.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// SGC name (namespace `default`).
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// Port.
+    pub port: u16,
+    /// Gateway private key.
+    pub key: PrivateKey,
+}
+
+/// The lab. Drop removes everything.
+pub struct Lab {
+    /// Unique id (part of every name).
+    pub id: String,
+    netns: Vec<String>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    tmp: tempfile::TempDir,
+    /// The cluster the node agent serves from.
+    pub cluster: MemoryCluster,
+    runtime: Option<tokio::runtime::Runtime>,
+    agent_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Agent socket.
+    pub socket: PathBuf,
+    gateways: u8,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(tx) = self.agent_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for n in self.netns.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+impl Lab {
+    /// Router, node, inet with echoes, and the node agent serving `cluster`.
+    pub fn new() -> Lab {
+        for b in [
+            "nsenter",
+            "ip",
+            "nft",
+            "wireguard-go",
+            "/usr/lib/cni/bridge",
+            "/usr/lib/cni/host-local",
+        ] {
+            require(b);
+        }
+        let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut lab = Lab {
+            id: format!("{:05x}{n:x}", std::process::id() & 0xfffff),
+            netns: vec![],
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: vec![],
+            socket: tmp.path().join("cni.sock"),
+            tmp,
+            cluster: MemoryCluster::default(),
+            runtime: None,
+            agent_stop: None,
+            gateways: 0,
+        };
+        for r in ["rt", "node", "inet"] {
+            lab.add_ns(r);
+        }
+        lab.link("rt", "r1", "192.168.1.1/24", "node", "eth0", "192.168.1.2/24");
+        lab.link("rt", "r3", "203.0.113.1/24", "inet", "eth0", "203.0.113.10/24");
+        let (rt, node, inet) = (lab.ns("rt"), lab.ns("node"), lab.ns("inet"));
+        sh(&["ip", "-n", &rt, "addr", "add", "198.51.100.1/24", "dev", "r3"]);
+        sh(&[
+            "ip",
+            "-n",
+            &inet,
+            "addr",
+            "add",
+            "198.51.100.10/24",
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &inet, "route", "add", "default", "via", "203.0.113.1"]);
+        sh(&["ip", "-n", &node, "route", "add", "default", "via", "192.168.1.1"]);
+        sh(&[
+            "ip",
+            "-n",
+            &rt,
+            "route",
+            "add",
+            "10.244.0.0/24",
+            "via",
+            "192.168.1.2",
+        ]);
+        for n in [&rt, &node] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                n,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+            ]);
+        }
+        lab.echo("inet", INET.parse().expect("addr"));
+        lab.echo("inet", INET2.parse().expect("addr"));
+        lab.start_agent();
+        lab
+    }
+
+    /// Full name of a role's namespace.
+    pub fn ns(&self, role: &str) -> String {
+        format!("k{}{role}", self.id)
+    }
+
+    /// Path of a role's namespace.
+    pub fn path(&self, role: &str) -> PathBuf {
+        Path::new("/var/run/netns").join(self.ns(role))
+    }
+
+    /// Creates a namespace for `role` (removed on drop).
+    pub fn add_ns(&mut self, role: &str) -> String {
+        let n = self.ns(role);
+        sh(&["ip", "netns", "add", &n]);
+        self.netns.push(n.clone());
+        sh(&["ip", "-n", &n, "link", "set", "lo", "up"]);
+        n
+    }
+
+    /// veth `a_if` in `a` ↔ `b_if` in `b`, with addresses.
+    pub fn link(&self, a: &str, a_if: &str, a_ip: &str, b: &str, b_if: &str, b_ip: &str) {
+        let tmp = format!("t{}{}", self.id, a_if.len() + b_if.len());
+        let (na, nb) = (self.ns(a), self.ns(b));
+        sh(&[
+            "ip", "-n", &na, "link", "add", a_if, "type", "veth", "peer", "name", &tmp,
+        ]);
+        sh(&["ip", "-n", &na, "link", "set", &tmp, "netns", &nb]);
+        sh(&["ip", "-n", &nb, "link", "set", &tmp, "name", b_if]);
+        for (n, i, ip) in [(&na, a_if, a_ip), (&nb, b_if, b_ip)] {
+            sh(&["ip", "-n", n, "addr", "add", ip, "dev", i]);
+            sh(&["ip", "-n", n, "link", "set", i, "up"]);
+        }
+    }
+
+    /// `ip route replace` in the router.
+    pub fn route(&self, dst: &str, via: Ipv4Addr) {
+        sh(&[
+            "ip",
+            "-n",
+            &self.ns("rt"),
+            "route",
+            "replace",
+            dst,
+            "via",
+            &via.to_string(),
+        ]);
+    }
+
+    /// Adds a gateway node on its own router port; its secondary IPs are routed to it by [`Lab::route`].
+    pub fn add_gateway(&mut self) -> GatewayNode {
+        self.gateways += 1;
+        let g = self.gateways;
+        let role = format!("gw{g}");
+        let ns = self.add_ns(&role);
+        let net = 1 + g;
+        self.link(
+            "rt",
+            &format!("rg{g}"),
+            &format!("192.168.{net}.1/24"),
+            &role,
+            "eth0",
+            &format!("192.168.{net}.2/24"),
+        );
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("192.168.{net}.1"),
+        ]);
+        let egw = self.ns(&format!("egw{g}"));
+        self.netns.push(egw.clone()); // created by the applier, removed by the guard
+        GatewayNode {
+            ns,
+            egw,
+            ip: Ipv4Addr::new(192, 168, net, 2),
+        }
+    }
+
+    /// A UDP echo in `role`'s namespace answering `<source seen> <payload>`.
+    pub fn echo(&mut self, role: &str, bind: SocketAddr) {
+        let stop = self.stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.threads.push(in_netns(self.path(role), move || {
+            let s = UdpSocket::bind(bind).expect("bind echo");
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            tx.send(()).expect("ready");
+            let mut buf = [0u8; 256];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let mut reply = format!("{} ", from.ip()).into_bytes();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = s.send_to(&reply, from);
+                }
+            }
+        }));
+        rx.recv_timeout(Duration::from_secs(5)).expect("echo ready");
+    }
+
+    fn start_agent(&mut self) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (c, s) = (self.cluster.clone(), self.socket.clone());
+        rt.spawn(async move {
+            let _ = agent::node::serve_unix(&s, c, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "agent socket never appeared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.runtime = Some(rt);
+        self.agent_stop = Some(tx);
+    }
+
+    /// Registers a ready configuration in the cluster.
+    pub fn add_config(&self, name: &str, port: u16, mode: RouteType, exclude: &[&str]) -> LabConfig {
+        let key = PrivateKey::generate();
+        let mut sgc = StaticGatewayConfiguration::new(
+            name,
+            StaticGatewayConfigurationSpec {
+                default_route: mode,
+                exclude_cidrs: exclude.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+        );
+        sgc.status = Some(StaticGatewayConfigurationStatus {
+            egress_ip_prefix: Some("20.0.0.0/31".into()),
+            gateway_server_profile: Some(GatewayServerProfile {
+                ip: FRONTEND.to_string(),
+                port: i32::from(port),
+                public_key: key.public_base64(),
+                private_key_secret_ref: None,
+            }),
+            ..Default::default()
+        });
+        self.cluster
+            .with(|s| s.sgcs.insert(("default".into(), name.into()), sgc));
+        LabConfig {
+            name: name.into(),
+            uid: format!("uid-{name}-{}", self.id),
+            port,
+            key,
+        }
+    }
+
+    /// Runs the CNI chain (bridge + host-local, then ours) for `pod` like a runtime does.
+    pub fn cni(&self, cmd: &str, pod: &str, annotations: &BTreeMap<String, String>) -> Value {
+        self.cni_timed(cmd, pod, annotations).0
+    }
+
+    /// [`Lab::cni`], also returning how long the primary plugin and ours took.
+    pub fn cni_timed(
+        &self,
+        cmd: &str,
+        pod: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> (Value, Duration, Duration) {
+        // KEG_CNI_BIN lets the benchmark use a release build of the plugin.
+        let ours = std::env::var_os("KEG_CNI_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kube-egress-cni")));
+        let bridge = Path::new(CNI_DIR).join("bridge");
+        let node = self.path("node");
+        let podns = self.path(pod);
+        let cid = format!("{}{pod}container", self.id);
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
+        let ipam = self.tmp.path().join("ipam");
+        let primary = json!({"cniVersion":"1.0.0","name":"k8s","type":"bridge","bridge":format!("b{}", self.id),
+            "isGateway":true,"ipMasq":false,
+            "ipam":{"type":"host-local","dataDir":ipam,"ranges":[[{"subnet":"10.244.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}});
+        let our_conf = |prev: Option<Value>| {
+            let mut c = json!({"cniVersion":"1.0.0","name":"k8s","type":"kube-egress-cni",
+                "excludedCIDRs":["169.254.169.254/32","169.254.10.11/32"],"socketPath":self.socket,
+                "runtimeConfig":{"io.kubernetes.cri.pod-annotations":annotations}});
+            if let Some(p) = prev {
+                c["prevResult"] = p;
+            }
+            c
+        };
+        if cmd == "ADD" {
+            let t = Instant::now();
+            let prev = run_plugin(&bridge, &node, "ADD", &cid, &podns, &args, &primary);
+            let t_primary = t.elapsed();
+            let t = Instant::now();
+            let r = run_plugin(&ours, &node, "ADD", &cid, &podns, &args, &our_conf(Some(prev)));
+            (r, t_primary, t.elapsed())
+        } else {
+            let t = Instant::now();
+            let r = run_plugin(&ours, &node, "DEL", &cid, &podns, &args, &our_conf(None));
+            let t_ours = t.elapsed();
+            let t = Instant::now();
+            run_plugin(&bridge, &node, "DEL", &cid, &podns, &args, &primary);
+            (r, t.elapsed(), t_ours)
+        }
+    }
+
+    /// Deletes a namespace created by [`Lab::add_ns`] early (benchmarks create many pods).
+    pub fn del_ns(&mut self, role: &str) {
+        let n = self.ns(role);
+        let _ = Command::new("ip").args(["netns", "del", &n]).output();
+        self.netns.retain(|x| *x != n);
+    }
+
+    /// Creates pod `role` (namespace + CNI ADD); annotated with `config` when given. Returns its IPv4.
+    pub fn add_pod(&mut self, role: &str, config: Option<&str>) -> Ipv4Addr {
+        self.add_ns(role);
+        let ann: BTreeMap<String, String> = config
+            .map(|c| BTreeMap::from([(api::names::POD_GATEWAY_ANNOTATION.to_string(), c.to_string())]))
+            .unwrap_or_default();
+        self.cluster
+            .with(|s| s.pods.insert(("default".into(), role.into()), ann.clone()));
+        let res = self.cni("ADD", role, &ann);
+        let ip = res["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .filter_map(|i| i["address"].as_str())
+            .find_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
+            .expect("pod IPv4");
+        let has_wg = res["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .any(|i| i["name"] == "wg0");
+        assert_eq!(has_wg, config.is_some(), "wg0 only for annotated pods: {res}");
+        ip
+    }
+
+    /// The gateway input for `configs` on `gw` with secondary IPs `secondaries`, peers from PodEndpoints.
+    pub fn gateway_input(&self, gw: &GatewayNode, configs: &[(&LabConfig, Ipv4Addr)]) -> GatewayInput {
+        let pes = self.cluster.with(|s| s.pod_endpoints.clone());
+        GatewayInput {
+            netns_name: gw.egw.clone(),
+            host_interface: "eth0".into(),
+            primary_ip: gw.ip,
+            frontend_ips: vec![FRONTEND],
+            configs: configs
+                .iter()
+                .map(|(c, secondary)| ConfigInput {
+                    uid: c.uid.clone(),
+                    sgc: format!("default/{}", c.name),
+                    port: c.port,
+                    private_key: c.key.clone(),
+                    secondary_ip: *secondary,
+                    peers: pes
+                        .iter()
+                        .filter(|(_, pe)| pe.static_gateway_configuration == c.name)
+                        .map(|((ns, name), pe)| PeerInput {
+                            pod_endpoint: format!("{ns}/{name}"),
+                            public_key: pe.pod_public_key.clone(),
+                            pod_ip: pe.pod_ip_address.trim_end_matches("/32").parse().expect("pod ip"),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Sends from `role` until the echo at `to` answers (or the deadline passes); the source it saw.
+    pub fn source_seen(&self, role: &str, to: &str) -> Option<Ipv4Addr> {
+        let to: SocketAddr = to.parse().expect("addr");
+        in_netns(self.path(role), move || {
+            let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+            let end = Instant::now() + Duration::from_secs(8);
+            let mut buf = [0u8; 256];
+            while Instant::now() < end {
+                let _ = s.send_to(b"who", to);
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    return text.split(' ').next()?.parse().ok();
+                }
+            }
+            None
+        })
+        .join()
+        .ok()
+        .flatten()
+    }
+}
+
+/// A steady numbered UDP stream from a namespace to an echo; counts answered sequence numbers.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    answered: Arc<Mutex<Vec<bool>>>,
+    sender: Option<std::thread::JoinHandle<(u32, std::collections::BTreeSet<Ipv4Addr>)>>,
+}
+
+impl Stream {
+    /// Starts sending `seq` numbers every `interval` from `ns` to `to`.
+    pub fn start(ns: PathBuf, to: SocketAddr, interval: Duration) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let (st, an) = (stop.clone(), answered.clone());
+        let sender = in_netns(ns, move || {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.set_nonblocking(true).expect("nonblocking");
+            let mut sent = 0u32;
+            let mut sources = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 256];
+            let mut drain = |sources: &mut std::collections::BTreeSet<Ipv4Addr>| {
+                while let Ok((n, _)) = s.recv_from(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let mut it = text.split(' ');
+                    let src = it.next().and_then(|x| x.parse().ok());
+                    let seq: Option<usize> = it.next().and_then(|x| x.parse().ok());
+                    if let (Some(src), Some(seq)) = (src, seq) {
+                        sources.insert(src);
+                        let mut a = an.lock().expect("lock");
+                        if seq < a.len() {
+                            a[seq] = true;
+                        }
+                    }
+                }
+            };
+            while !st.load(Ordering::SeqCst) {
+                an.lock().expect("lock").push(false);
+                let _ = s.send_to(sent.to_string().as_bytes(), to);
+                sent += 1;
+                let next = Instant::now() + interval;
+                while Instant::now() < next {
+                    drain(&mut sources);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+            // Trailing answers: wait until all are in or a generous deadline passes.
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end && an.lock().expect("lock").iter().any(|x| !x) {
+                drain(&mut sources);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (sent, sources)
+        });
+        Stream {
+            stop,
+            answered,
+            sender: Some(sender),
+        }
+    }
+
+    /// Number of answered packets so far.
+    pub fn answered(&self) -> usize {
+        self.answered.lock().expect("lock").iter().filter(|x| **x).count()
+    }
+
+    /// Stops; returns (sent, sequence numbers never answered, sources seen).
+    pub fn finish(mut self) -> (u32, Vec<usize>, std::collections::BTreeSet<Ipv4Addr>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (sent, sources) = self.sender.take().expect("once").join().expect("stream thread");
+        let lost = self
+            .answered
+            .lock()
+            .expect("lock")
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !**a)
+            .map(|(i, _)| i)
+            .collect();
+        (sent, lost, sources)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.sender.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits for `cond` with a deadline (polling), panicking with `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run_plugin(
+    bin: &Path,
+    node: &Path,
+    cmd: &str,
+    cid: &str,
+    podns: &Path,
+    args: &str,
+    conf: &Value,
+) -> Value {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", node.display()))
+        .arg("--")
+        .arg(bin)
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", podns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", CNI_DIR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn plugin");
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("write conf");
+    }
+    let out = child.wait_with_output().expect("plugin");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{} {cmd} failed: {stdout} {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if stdout.trim().is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(&stdout).expect("plugin JSON")
+    }
+}
