@@ -5,3 +5,4 @@
 pub mod arm_json;
 pub mod config;
 pub mod desired;
+pub mod metrics;
