@@ -45,6 +45,10 @@ struct Args {
     /// Time between turning /readyz to 503 and stopping to accept, so the Service drops this pod first.
     #[arg(long, env = "WEBHOOK_DRAIN_SECONDS", default_value_t = 5)]
     drain_seconds: u64,
+    /// Serve without a cluster: no watches, so rule 4 and the pod warnings are skipped and namespace defaults
+    /// are not injected. For local trials and load benchmarks only.
+    #[arg(long, env = "WEBHOOK_STANDALONE")]
+    standalone: bool,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -67,9 +71,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
 
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot build a Kubernetes client")?;
+    let client = if args.standalone {
+        None
+    } else {
+        Some(kube::Client::try_default().await.context("cannot build a Kubernetes client")?)
+    };
     let metrics = Arc::new(metrics::Metrics::default());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
 
@@ -84,8 +90,10 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(files.watch(
                 store.clone(),
                 Duration::from_secs(args.cert_reload_seconds.max(1)),
-                move || {
-                    reloads.inc();
+                move |outcome| {
+                    if outcome == tls::Reload::Swapped {
+                        reloads.inc();
+                    }
                 },
                 shutdown_rx.clone(),
             ));
@@ -97,22 +105,27 @@ async fn main() -> anyhow::Result<()> {
                 "give --tls-cert-file/--tls-key-file, or --self-signed-dns-names for a self-generated certificate"
             );
             let generated = tls::self_signed(&args.self_signed_dns_names)?;
-            cabundle::patch_ca_bundle(
-                client.clone(),
-                &generated.ca_pem,
-                args.mutating_webhook_configuration.as_deref(),
-                args.validating_webhook_configuration.as_deref(),
-            )
-            .await
-            .context("patching the CA bundle into the webhook configurations")?;
+            if let Some(client) = &client {
+                cabundle::patch_ca_bundle(
+                    client.clone(),
+                    &generated.ca_pem,
+                    args.mutating_webhook_configuration.as_deref(),
+                    args.validating_webhook_configuration.as_deref(),
+                )
+                .await
+                .context("patching the CA bundle into the webhook configurations")?;
+            }
             tls::CertStore::new(generated.key)
         }
     };
     let tls_config = Arc::new(tls::server_config(store)?);
 
-    let facts = watch::start(client);
+    let facts: Arc<dyn webhook::facts::ClusterFacts> = match client {
+        Some(client) => Arc::new(watch::start(client)),
+        None => Arc::new(webhook::facts::StaticFacts::default()),
+    };
     let state = Arc::new(AppState {
-        facts: Arc::new(facts),
+        facts,
         policy: Policy {
             podendpoint_writers: args.podendpoint_writers.clone(),
         },

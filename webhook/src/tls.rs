@@ -123,12 +123,12 @@ impl CertFiles {
 
     /// Polls the files every `interval` and swaps the served certificate when they change. A half-written
     /// or mismatched pair (cert-manager writes two files) is retried on the next tick; the old certificate
-    /// keeps being served meanwhile. `on_reload` is called after each successful swap.
+    /// keeps being served meanwhile. `on_change` hears every outcome of a change.
     pub async fn watch(
         self,
         store: Arc<CertStore>,
         interval: Duration,
-        mut on_reload: impl FnMut() + Send + 'static,
+        mut on_change: impl FnMut(Reload) + Send + 'static,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut last = self.read().ok();
@@ -141,20 +141,35 @@ impl CertFiles {
             if last.as_ref() == Some(&now) {
                 continue;
             }
-            match certified_key(&now.0, &now.1, &self.cert.display().to_string()) {
+            let outcome = match certified_key(&now.0, &now.1, &self.cert.display().to_string()) {
                 Ok(key) if key.keys_match().is_ok() => {
                     store.replace(key);
-                    last = Some(now);
-                    on_reload();
                     tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
+                    Reload::Swapped
                 }
                 Ok(_) => {
-                    tracing::warn!(cert = %self.cert.display(), "certificate and key do not match yet; keeping the old pair")
+                    tracing::warn!(cert = %self.cert.display(), "certificate and key do not match; keeping the old pair");
+                    Reload::Rejected
                 }
-                Err(error) => tracing::warn!(%error, "new certificate unusable; keeping the old one"),
-            }
+                Err(error) => {
+                    tracing::warn!(%error, "new certificate unusable; keeping the old one");
+                    Reload::Rejected
+                }
+            };
+            // Judge each content once: a half-written pair is judged again when the second file lands.
+            last = Some(now);
+            on_change(outcome);
         }
     }
+}
+
+/// What the file watcher did with a change on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The new pair is being served.
+    Swapped,
+    /// The new files are unusable (yet); the previous pair is still served.
+    Rejected,
 }
 
 /// A self-generated CA and serving certificate.

@@ -1,0 +1,467 @@
+//! Every handler path through real AdmissionReview v1 JSON, in the shape kube-apiserver sends, checking the
+//! response shape it expects back (uid echo, status, patchType + base64 patch, warnings).
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use webhook::facts::StaticFacts;
+use webhook::handlers::{Endpoint, Policy, review};
+use webhook::review::{DecodeError, decode};
+
+const NODE_AGENT: &str = "system:serviceaccount:kube-egress-gateway-system:kube-egress-gateway-node-agent";
+
+fn request(kind: (&str, &str), operation: &str, object: Value, old: Option<Value>) -> Value {
+    let (group, kind) = kind;
+    let resource = match kind {
+        "StaticGatewayConfiguration" => "staticgatewayconfigurations",
+        "GatewayPool" => "gatewaypools",
+        "PodEndpoint" => "podendpoints",
+        _ => "pods",
+    };
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": group, "version": if group.is_empty() { "v1" } else { "v1alpha1" }, "kind": kind},
+            "resource": {"group": group, "version": "v1alpha1", "resource": resource},
+            "requestKind": {"group": group, "version": "v1alpha1", "kind": kind},
+            "requestResource": {"group": group, "version": "v1alpha1", "resource": resource},
+            "name": "gw",
+            "namespace": "team-a",
+            "operation": operation,
+            "userInfo": {"username": "admin", "uid": "014fbff9a07c", "groups": ["system:authenticated", "my-admin-group"]},
+            "object": object,
+            "oldObject": old,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    })
+}
+
+const SGC: (&str, &str) = ("egressgateway.kubernetes.azure.com", "StaticGatewayConfiguration");
+const POOL: (&str, &str) = ("egressgateway.kubernetes.azure.com", "GatewayPool");
+const POD: (&str, &str) = ("", "Pod");
+const PODENDPOINT: (&str, &str) = ("egressgateway.kubernetes.azure.com", "PodEndpoint");
+
+fn sgc(spec: Value) -> Value {
+    json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
+           "metadata": {"name": "gw", "namespace": "team-a"}, "spec": spec})
+}
+
+fn facts() -> StaticFacts {
+    let gw_node = |i: u32| {
+        let labels: BTreeMap<String, String> =
+            [("kubernetes.azure.com/agentpool".to_string(), "gwpool".to_string())].into();
+        let provider = format!(
+            "azure:///subscriptions/3fa85f64-5717-4562-b3fc-2c963f66afa6/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/gw/virtualMachines/{i}"
+        );
+        (labels, Some(provider))
+    };
+    StaticFacts {
+        nodes: (0..3).map(gw_node).collect(),
+        pools: vec![],
+        namespaces: [
+            (
+                "team-a".to_string(),
+                [(
+                    api::names::NAMESPACE_DEFAULT_GATEWAY_ANNOTATION.to_string(),
+                    "gw".to_string(),
+                )]
+                .into(),
+            ),
+            ("plain".to_string(), BTreeMap::new()),
+        ]
+        .into(),
+        sgcs: vec![("team-a".into(), "gw".into())],
+    }
+}
+
+/// Runs a review end to end through the wire format and returns the response JSON.
+fn run(endpoint: Endpoint, review_json: &Value, facts: &StaticFacts) -> Value {
+    let body = serde_json::to_vec(review_json).expect("encode");
+    let req = decode(&body).expect("decodes");
+    let policy = Policy {
+        podendpoint_writers: vec![NODE_AGENT.to_string()],
+    };
+    let out: Value =
+        serde_json::from_slice(&review(endpoint, &req, facts, &policy).to_review_json()).expect("json");
+    assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(out["kind"], "AdmissionReview");
+    assert_eq!(
+        out["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "uid echoed"
+    );
+    out["response"].clone()
+}
+
+fn patch_of(resp: &Value) -> Value {
+    assert_eq!(resp["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(resp["patch"].as_str().expect("patch"))
+        .expect("b64");
+    serde_json::from_slice(&bytes).expect("patch json")
+}
+
+#[test]
+fn valid_configuration_is_allowed_without_status() {
+    let resp = run(
+        Endpoint::ValidateSgc,
+        &request(SGC, "CREATE", sgc(json!({"gatewayNodepoolName": "gwpool"})), None),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], true);
+    assert!(
+        resp.get("status").is_none() && resp.get("patch").is_none(),
+        "{resp}"
+    );
+}
+
+#[test]
+fn invalid_configuration_is_denied_with_every_violation_and_its_path() {
+    let spec = json!({"gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "gw", "publicIpPrefixSize": 31},
+                      "excludeCidrs": ["10.0.0.0/8", "1.2.3.4"], "publicIpPrefixId": "nope"});
+    let resp = run(
+        Endpoint::ValidateSgc,
+        &request(SGC, "CREATE", sgc(spec), None),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], false);
+    let status = &resp["status"];
+    assert_eq!(status["code"], 422);
+    assert_eq!(status["reason"], "Invalid");
+    let message = status["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("StaticGatewayConfiguration team-a/gw is invalid: "),
+        "{message}"
+    );
+    // rule 4 uses the cluster's 3 gateway nodes of that VMSS
+    assert!(
+        message.contains("spec.gatewayVmssProfile.publicIpPrefixSize: rule 4"),
+        "{message}"
+    );
+    assert!(message.contains("spec.excludeCidrs[1]: rule 7"), "{message}");
+    assert!(message.contains("spec.publicIpPrefixId: rule 6"), "{message}");
+    let fields: Vec<&str> = status["details"]["causes"]
+        .as_array()
+        .expect("causes")
+        .iter()
+        .map(|c| c["field"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(fields.len(), 3, "{fields:?}");
+}
+
+#[test]
+fn pool_in_gateway_pool_gives_rule_four_facts() {
+    let mut f = facts();
+    f.pools.push(api::GatewayPoolSpec {
+        gateway_nodepool_name: Some("gwpool".into()),
+        gateway_vmss_profile: None,
+        public_ip_prefix_size: 31,
+        instance_count: None,
+    });
+    let resp = run(
+        Endpoint::ValidateSgc,
+        &request(SGC, "CREATE", sgc(json!({"gatewayNodepoolName": "GWPOOL"})), None),
+        &f,
+    );
+    assert_eq!(resp["allowed"], false, "3 nodes do not fit /31");
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("spec.gatewayNodepoolName: rule 4"),
+        "{resp}"
+    );
+}
+
+#[test]
+fn immutable_pool_reference_on_update() {
+    let old = sgc(json!({"gatewayNodepoolName": "gwpool"}));
+    let new = sgc(json!({"gatewayNodepoolName": "other"}));
+    let resp = run(
+        Endpoint::ValidateSgc,
+        &request(SGC, "UPDATE", new, Some(old)),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], false);
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("move the pods"),
+        "{resp}"
+    );
+}
+
+#[test]
+fn warnings_are_returned_with_an_allow() {
+    let resp = run(
+        Endpoint::ValidateSgc,
+        &request(
+            SGC,
+            "CREATE",
+            sgc(json!({"gatewayNodepoolName": "gwpool", "excludeCidrs": ["10.1.2.3/16"]})),
+            None,
+        ),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], true);
+    let warnings = resp["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings[0].as_str().unwrap_or("").contains("10.1.0.0/16"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn delete_and_status_updates_are_not_judged() {
+    let bad = sgc(json!({}));
+    assert_eq!(
+        run(
+            Endpoint::ValidateSgc,
+            &request(SGC, "DELETE", Value::Null, Some(bad.clone())),
+            &facts()
+        )["allowed"],
+        true
+    );
+    let mut status_update = request(SGC, "UPDATE", bad.clone(), Some(bad));
+    status_update["request"]["subResource"] = json!("status");
+    assert_eq!(
+        run(Endpoint::ValidateSgc, &status_update, &facts())["allowed"],
+        true
+    );
+}
+
+#[test]
+fn defaults_come_back_as_a_json_patch() {
+    let resp = run(
+        Endpoint::MutateSgc,
+        &request(SGC, "CREATE", sgc(json!({"gatewayNodepoolName": "gwpool"})), None),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], true);
+    assert_eq!(
+        patch_of(&resp),
+        json!([{"op": "add", "path": "/spec/defaultRoute", "value": "staticEgressGateway"},
+               {"op": "add", "path": "/spec/provisionPublicIps", "value": true}])
+    );
+    let complete = sgc(
+        json!({"gatewayNodepoolName": "gwpool", "defaultRoute": "azureNetworking", "provisionPublicIps": false}),
+    );
+    let resp = run(
+        Endpoint::MutateSgc,
+        &request(SGC, "CREATE", complete, None),
+        &facts(),
+    );
+    assert!(
+        resp.get("patch").is_none() && resp.get("patchType").is_none(),
+        "no-op mutation carries no patch: {resp}"
+    );
+}
+
+#[test]
+fn pools_are_validated() {
+    let pool = |spec: Value| json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool", "metadata": {"name": "gwpool"}, "spec": spec});
+    let mut req = request(
+        POOL,
+        "CREATE",
+        pool(json!({"gatewayNodepoolName": "gwpool", "publicIpPrefixSize": 31})),
+        None,
+    );
+    req["request"]["namespace"] = Value::Null;
+    let resp = run(Endpoint::ValidatePool, &req, &facts());
+    assert_eq!(resp["allowed"], false, "3 nodes do not fit /31");
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("GatewayPool gw is invalid"),
+        "{resp}"
+    );
+    let req = request(
+        POOL,
+        "CREATE",
+        pool(json!({"gatewayNodepoolName": "gwpool", "publicIpPrefixSize": 30})),
+        None,
+    );
+    assert_eq!(run(Endpoint::ValidatePool, &req, &facts())["allowed"], true);
+    assert_eq!(run(Endpoint::MutatePool, &req, &facts()).get("patch"), None);
+}
+
+fn pod(annotations: Value, host_network: bool) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "app-", "namespace": "team-a", "annotations": annotations},
+           "spec": {"hostNetwork": host_network, "containers": [{"name": "app", "image": "nginx"}]}})
+}
+
+#[test]
+fn pods_get_the_namespace_default() {
+    let resp = run(
+        Endpoint::MutatePod,
+        &request(POD, "CREATE", pod(json!({"team": "a"}), false), None),
+        &facts(),
+    );
+    assert_eq!(
+        patch_of(&resp),
+        json!([{"op": "add", "path": "/metadata/annotations/kubernetes.azure.com~1static-gateway-configuration", "value": "gw"}])
+    );
+    // Own choice, hostNetwork, or a namespace without default: untouched.
+    for (p, ns) in [
+        (
+            pod(json!({api::names::POD_GATEWAY_ANNOTATION: "other"}), false),
+            "team-a",
+        ),
+        (pod(Value::Null, true), "team-a"),
+        (pod(Value::Null, false), "plain"),
+        (pod(Value::Null, false), "unknown-namespace"),
+    ] {
+        let mut req = request(POD, "CREATE", p, None);
+        req["request"]["namespace"] = json!(ns);
+        let resp = run(Endpoint::MutatePod, &req, &facts());
+        assert_eq!(resp["allowed"], true);
+        assert!(resp.get("patch").is_none(), "{resp}");
+    }
+}
+
+#[test]
+fn annotated_host_network_pods_are_denied_and_missing_configurations_warned() {
+    let resp = run(
+        Endpoint::ValidatePod,
+        &request(
+            POD,
+            "CREATE",
+            pod(json!({api::names::POD_GATEWAY_ANNOTATION: "gw"}), true),
+            None,
+        ),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], false);
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hostNetwork"),
+        "{resp}"
+    );
+
+    let resp = run(
+        Endpoint::ValidatePod,
+        &request(
+            POD,
+            "CREATE",
+            pod(json!({api::names::POD_GATEWAY_ANNOTATION: "missing"}), false),
+            None,
+        ),
+        &facts(),
+    );
+    assert_eq!(
+        resp["allowed"], true,
+        "a missing configuration warns, it does not deny"
+    );
+    assert!(
+        resp["warnings"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("'missing' does not exist in namespace 'team-a'"),
+        "{resp}"
+    );
+
+    let resp = run(
+        Endpoint::ValidatePod,
+        &request(
+            POD,
+            "CREATE",
+            pod(json!({api::names::POD_GATEWAY_ANNOTATION: "gw"}), false),
+            None,
+        ),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], true);
+    assert!(resp.get("warnings").is_none(), "{resp}");
+    let resp = run(
+        Endpoint::ValidatePod,
+        &request(POD, "CREATE", pod(Value::Null, true), None),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], true, "plain hostNetwork pods pass");
+}
+
+#[test]
+fn only_the_node_agent_writes_podendpoints() {
+    let pe = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "PodEndpoint",
+                    "metadata": {"name": "app", "namespace": "team-a"},
+                    "spec": {"staticGatewayConfiguration": "gw", "podIpAddress": "10.244.0.5/32", "podPublicKey": "x"}});
+    let resp = run(
+        Endpoint::ValidatePodEndpoint,
+        &request(PODENDPOINT, "CREATE", pe.clone(), None),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], false);
+    assert_eq!(resp["status"]["code"], 403);
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("user \"admin\" may not create"),
+        "{resp}"
+    );
+    let mut by_agent = request(PODENDPOINT, "UPDATE", pe.clone(), Some(pe));
+    by_agent["request"]["userInfo"]["username"] = json!(NODE_AGENT);
+    assert_eq!(
+        run(Endpoint::ValidatePodEndpoint, &by_agent, &facts())["allowed"],
+        true
+    );
+}
+
+#[test]
+fn wrong_kind_on_an_endpoint_is_denied_not_crashed() {
+    let resp = run(
+        Endpoint::ValidateSgc,
+        &request(POD, "CREATE", pod(Value::Null, false), None),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], false);
+    assert_eq!(resp["status"]["code"], 400);
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("admits StaticGatewayConfiguration objects, got core/Pod"),
+        "{resp}"
+    );
+}
+
+#[test]
+fn malformed_reviews() {
+    assert!(matches!(decode(b"not json"), Err(DecodeError::NotJson(_))));
+    assert!(matches!(decode(b""), Err(DecodeError::NotJson(_))));
+    let v1beta1 =
+        br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u1"}}"#;
+    match decode(v1beta1) {
+        Err(DecodeError::Unreviewable { uid, message }) => {
+            assert_eq!(uid, "u1");
+            assert!(message.contains("admission.k8s.io/v1beta1"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        decode(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#),
+        Err(DecodeError::Unreviewable { .. })
+    ));
+    assert!(matches!(
+        decode(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":5}}"#),
+        Err(DecodeError::Unreviewable { .. })
+    ));
+    assert!(matches!(decode(br#"[1,2]"#), Err(DecodeError::NotJson(_))));
+    // An object that is not an object is a BadRequest denial.
+    let body = serde_json::to_vec(&request(SGC, "CREATE", json!("a string"), None)).expect("json");
+    let req = decode(&body).expect("decodes");
+    let resp = review(Endpoint::ValidateSgc, &req, &facts(), &Policy::default());
+    assert!(!resp.allowed);
+    assert_eq!(
+        resp.denial.as_ref().map(|d| d.code),
+        Some(422),
+        "a non-object spec is a rule violation"
+    );
+}
