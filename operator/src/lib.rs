@@ -3,6 +3,8 @@
 //! back in their status.
 
 pub mod arm_json;
+pub mod azure;
 pub mod config;
 pub mod desired;
 pub mod metrics;
+pub mod reconcile;

@@ -69,7 +69,10 @@ impl PlainCounter {
 }
 
 impl prometheus_client::encoding::EncodeMetric for PlainCounter {
-    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
         let v = i64::try_from(self.0.get()).unwrap_or(i64::MAX);
         encoder.encode_gauge(&v)
     }
@@ -181,7 +184,11 @@ mod tests {
                 resource_group: "rg".into(),
             })
             .observe(0.3);
-        for (op, n) in [("PUT loadBalancers", 2), ("GET loadBalancers", 5), ("DELETE publicIPPrefixes", 1)] {
+        for (op, n) in [
+            ("PUT loadBalancers", 2),
+            ("GET loadBalancers", 5),
+            ("DELETE publicIPPrefixes", 1),
+        ] {
             m.arm_calls
                 .get_or_create(&ArmCallLabels {
                     operation: op.into(),
