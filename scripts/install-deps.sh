@@ -32,3 +32,24 @@ fi
 # Rust toolchain components used by the test command.
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+
+# Python packages of the chart tests (Helm SDK, pytest), only when one is missing or at another version.
+PY_REQUIREMENTS="$(cd "$(dirname "$0")/.." && pwd)/tests/chart/requirements.txt"
+if ! python3 - "$PY_REQUIREMENTS" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version, PackageNotFoundError
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    name, _, wanted = line.partition("==")
+    try:
+        if version(name) != wanted:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
+then
+  echo "install-deps: pip install -r tests/chart/requirements.txt"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r "$PY_REQUIREMENTS"
+fi

@@ -13,3 +13,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
+
+echo "== helm chart (tests/chart, Helm SDK)"
+# The chart tests run the binaries' --help; build them first so the time shows here, not inside pytest.
+cargo build --workspace --bins -q
+# Any non-zero exit fails the run, including pytest's 5 ("no tests collected"), which the suite's conftest
+# also turns into a failure.
+python3 -m pytest -q tests/chart

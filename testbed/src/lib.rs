@@ -1,3 +1,6 @@
-//! testbed: not implemented yet (see the open issue); this crate only reserves its place in the workspace.
+//! Test infrastructure: faithful simulators of what cannot run here (Azure Resource Manager with its token
+//! endpoint and IMDS; the Kubernetes API server with admission webhooks), used by integration tests and the
+//! lab through the product's real clients.
 
+pub mod azure;
 pub mod kube;

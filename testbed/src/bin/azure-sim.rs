@@ -1,0 +1,46 @@
+//! Serves the Azure simulator on a loopback port from a seed file, for the lab and for humans.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(about = "Azure Resource Manager + AAD + IMDS simulator")]
+struct Args {
+    /// Seed file (JSON, see testbed::azure::Seed).
+    #[arg(long, env = "AZURE_SIM_SEED")]
+    seed: PathBuf,
+    /// Listen address (loopback recommended).
+    #[arg(long, env = "AZURE_SIM_LISTEN", default_value = "127.0.0.1:8790")]
+    listen: SocketAddr,
+    /// Log as JSON.
+    #[arg(long, env = "AZURE_SIM_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.log_json {
+        tracing_subscriber::fmt().with_env_filter(filter).json().init();
+    } else {
+        // Plain text when piped, so scripts can read the `url=` line.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .init();
+    }
+    let text = std::fs::read_to_string(&args.seed)
+        .map_err(|e| anyhow::anyhow!("cannot read seed file {}: {e}", args.seed.display()))?;
+    let seed = testbed::azure::seed::parse_seed(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.seed.display()))?;
+    let sim = testbed::azure::AzureSim::start_on(&seed, args.listen).await?;
+    tracing::info!(url = sim.url(), "azure simulator listening");
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
+    drop(sim);
+    Ok(())
+}

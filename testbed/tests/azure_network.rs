@@ -1,0 +1,645 @@
+//! Network resources through azure_mgmt_network 0.21 against the simulator.
+
+mod azure_support;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use azure_mgmt_network::models::{LoadBalancer, PublicIpAddress, PublicIpPrefix};
+use azure_support::{RG, start, status_and_code};
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use serde_json::{Value, json};
+use testbed::azure::{FaultSpec, LroConfig, Seed, WriteLimit};
+
+const LB: &str = "kubeegressgateway-ilb";
+
+fn lb_body(env: &azure_support::Env, rules: Value, probes: Value) -> LoadBalancer {
+    serde_json::from_value(json!({
+        "location": "eastus",
+        "sku": {"name": "Standard", "tier": "Regional"},
+        "properties": {
+            "frontendIPConfigurations": [{"name": "fe1", "properties": {
+                "privateIPAddressVersion": "IPv4", "privateIPAllocationMethod": "Dynamic",
+                "subnet": {"id": env.subnet_id()}}}],
+            "backendAddressPools": [{"name": "be1", "properties": {}}],
+            "probes": probes,
+            "loadBalancingRules": rules,
+        }
+    }))
+    .expect("valid LoadBalancer model")
+}
+
+fn rule(env: &azure_support::Env, name: &str, port: u16, probe: &str) -> Value {
+    let lb_id = env.id("Microsoft.Network/loadBalancers", LB);
+    json!({"name": name, "properties": {
+        "protocol": "Udp", "enableFloatingIP": true, "frontendPort": port, "backendPort": port,
+        "frontendIPConfiguration": {"id": format!("{lb_id}/frontendIPConfigurations/fe1")},
+        "backendAddressPool": {"id": format!("{lb_id}/backendAddressPools/be1")},
+        "probe": {"id": format!("{lb_id}/probes/{probe}")}}})
+}
+
+fn probe(name: &str) -> Value {
+    json!({"name": name, "properties": {"protocol": "Http", "port": 8082, "requestPath": "/gw/abc",
+        "intervalInSeconds": 5, "probeThreshold": 1}})
+}
+
+#[tokio::test]
+async fn load_balancer_create_polls_lro_and_allocates_frontend_ip_from_subnet() {
+    let env = start(Seed::aks_like(2)).await;
+    let lbs = env.network.load_balancers_client();
+    let body = lb_body(&env, json!([rule(&env, "r1", 6000, "p1")]), json!([probe("p1")]));
+    let created = lbs
+        .create_or_update(RG, LB, body, env.sub())
+        .await
+        .expect("LB created");
+
+    let props = created.properties.expect("properties");
+    let fe_ip: Ipv4Addr = props.frontend_ip_configurations[0]
+        .properties
+        .as_ref()
+        .and_then(|p| p.private_ip_address.clone())
+        .expect("frontend private IP")
+        .parse()
+        .expect("IPv4");
+    let subnet: Ipv4Net = "10.224.0.0/16".parse().expect("cidr");
+    assert!(subnet.contains(&fe_ip), "{fe_ip} must come from the subnet");
+    // Two VMSS instances already hold .4 and .5; the five reserved addresses are never handed out.
+    assert_eq!(fe_ip, Ipv4Addr::new(10, 224, 0, 6));
+    assert_eq!(props.load_balancing_rules.len(), 1);
+    // The client polled the Azure-AsyncOperation URL until Succeeded, then re-read the resource.
+    assert!(
+        env.sim.count_calls("GET", r"/operations/") >= 2,
+        "calls: {:?}",
+        env.sim.calls()
+    );
+    assert_eq!(env.sim.count_calls("PUT", r"/loadBalancers/"), 1);
+
+    let got = lbs.get(RG, LB, env.sub()).await.expect("LB get");
+    let state = serde_json::to_value(&got).expect("json")["properties"]["provisioningState"].clone();
+    assert_eq!(state, json!("Succeeded"));
+    assert!(got.etag.is_some(), "ARM returns an etag");
+
+    // Delete: ARM answers 202 + Location; the address goes back to the subnet.
+    let rsp = lbs
+        .delete(RG, LB, env.sub())
+        .send()
+        .await
+        .expect("delete accepted");
+    assert_eq!(u16::from(rsp.as_raw_response().status()), 202);
+    let err = lbs.get(RG, LB, env.sub()).await.expect_err("LB gone");
+    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    let inv = env.sim.inventory();
+    assert!(
+        !inv.to_string().to_lowercase().contains("loadbalancers/"),
+        "nothing of the LB left: {inv}"
+    );
+}
+
+#[tokio::test]
+async fn load_balancer_update_keeps_frontend_ip_and_etag_changes() {
+    let env = start(Seed::aks_like(0)).await;
+    let lbs = env.network.load_balancers_client();
+    let first = lbs
+        .create_or_update(
+            RG,
+            LB,
+            lb_body(&env, json!([rule(&env, "r1", 6000, "p1")]), json!([probe("p1")])),
+            env.sub(),
+        )
+        .await
+        .expect("create");
+    let rules = json!([rule(&env, "r1", 6000, "p1"), rule(&env, "r2", 6001, "p1")]);
+    let second = lbs
+        .create_or_update(RG, LB, lb_body(&env, rules, json!([probe("p1")])), env.sub())
+        .await
+        .expect("update");
+    let ip = |lb: &LoadBalancer| {
+        lb.properties
+            .as_ref()
+            .and_then(|p| p.frontend_ip_configurations[0].properties.clone())
+            .and_then(|p| p.private_ip_address)
+    };
+    assert_eq!(
+        ip(&first),
+        ip(&second),
+        "dynamic frontend IP is stable across updates"
+    );
+    assert_ne!(first.etag, second.etag);
+    assert_eq!(second.properties.expect("props").load_balancing_rules.len(), 2);
+}
+
+#[tokio::test]
+async fn load_balancer_refusals_match_arm() {
+    let env = start(Seed::aks_like(0)).await;
+    let lbs = env.network.load_balancers_client();
+    // A rule referencing a probe that is not in the body.
+    let err = lbs
+        .create_or_update(
+            RG,
+            LB,
+            lb_body(
+                &env,
+                json!([rule(&env, "r1", 6000, "missing")]),
+                json!([probe("p1")]),
+            ),
+            env.sub(),
+        )
+        .await
+        .expect_err("missing probe refused");
+    assert_eq!(
+        status_and_code(&err),
+        (400, "InvalidResourceReference".to_owned())
+    );
+    // Two rules on the same frontend, protocol and port.
+    let dup = json!([rule(&env, "r1", 6000, "p1"), rule(&env, "r2", 6000, "p1")]);
+    let err = lbs
+        .create_or_update(RG, LB, lb_body(&env, dup, json!([probe("p1")])), env.sub())
+        .await
+        .expect_err("dup");
+    assert_eq!(
+        status_and_code(&err),
+        (
+            400,
+            "LoadBalancingRulesWithSameFrontendPortAndProtocol".to_owned()
+        )
+    );
+    // Http probe without request path.
+    let bad_probe = json!([{"name": "p1", "properties": {"protocol": "Http", "port": 8082}}]);
+    let err = lbs
+        .create_or_update(RG, LB, lb_body(&env, json!([]), bad_probe), env.sub())
+        .await
+        .expect_err("probe");
+    assert_eq!(status_and_code(&err).0, 400);
+    // Removing a probe that a rule still references.
+    lbs.create_or_update(
+        RG,
+        LB,
+        lb_body(&env, json!([rule(&env, "r1", 6000, "p1")]), json!([probe("p1")])),
+        env.sub(),
+    )
+    .await
+    .expect("valid LB");
+    let err = lbs
+        .create_or_update(
+            RG,
+            LB,
+            lb_body(&env, json!([rule(&env, "r1", 6000, "p1")]), json!([])),
+            env.sub(),
+        )
+        .await
+        .expect_err("probe still referenced");
+    assert_eq!(
+        status_and_code(&err),
+        (400, "InvalidResourceReference".to_owned())
+    );
+    // Refused requests did not change anything: only the valid LB's frontend holds an address.
+    let inv = env.sim.inventory();
+    let held = inv["privateAddresses"]
+        .as_object()
+        .expect("map")
+        .values()
+        .map(|v| v.as_array().map_or(0, Vec::len))
+        .sum::<usize>();
+    assert_eq!(held, 1, "{inv}");
+    // Missing resource group / resource.
+    let err = lbs.get("no-such-rg", LB, env.sub()).await.expect_err("rg");
+    assert_eq!(status_and_code(&err), (404, "ResourceGroupNotFound".to_owned()));
+    let err = lbs.get(RG, "nope", env.sub()).await.expect_err("lb");
+    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+}
+
+#[tokio::test]
+async fn subnet_get_reports_prefix_and_exhaustion_is_an_arm_error() {
+    let mut seed = Seed::aks_like(0);
+    seed.virtual_networks[0].subnets[0].address_prefix = "10.224.0.0/29".parse().expect("cidr");
+    let env = start(seed).await;
+    let subnet = env
+        .network
+        .subnets_client()
+        .get(RG, "aks-vnet", "aks-subnet", env.sub())
+        .await
+        .expect("subnet");
+    assert_eq!(
+        subnet
+            .properties
+            .as_ref()
+            .and_then(|p| p.address_prefix.clone())
+            .as_deref(),
+        Some("10.224.0.0/29")
+    );
+    // /29: 8 addresses - 5 reserved = 3 usable. Three one-frontend LBs fit, the fourth does not.
+    let lbs = env.network.load_balancers_client();
+    let mut ips = Vec::new();
+    for i in 0..3 {
+        let lb = lbs
+            .create_or_update(
+                RG,
+                format!("lb{i}"),
+                lb_body(&env, json!([]), json!([])),
+                env.sub(),
+            )
+            .await
+            .expect("fits");
+        ips.push(
+            lb.properties
+                .and_then(|p| p.frontend_ip_configurations[0].properties.clone())
+                .and_then(|p| p.private_ip_address),
+        );
+    }
+    assert_eq!(
+        ips,
+        ["10.224.0.4", "10.224.0.5", "10.224.0.6"].map(|s| Some(s.to_owned()))
+    );
+    let err = lbs
+        .create_or_update(RG, "lb3", lb_body(&env, json!([]), json!([])), env.sub())
+        .await
+        .expect_err("full");
+    assert_eq!(status_and_code(&err), (400, "SubnetIsFull".to_owned()));
+}
+
+#[tokio::test]
+async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
+    let env = start(Seed::aks_like(0)).await;
+    let prefixes = env.network.public_ip_prefixes_client();
+    let body: PublicIpPrefix = serde_json::from_value(
+        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
+        "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
+    )
+    .expect("model");
+    let p = prefixes
+        .create_or_update(RG, "egressgateway-uid1", body.clone(), env.sub())
+        .await
+        .expect("prefix");
+    let block = p
+        .properties
+        .as_ref()
+        .and_then(|p| p.ip_prefix.clone())
+        .expect("ipPrefix");
+    assert_eq!(block, "20.10.0.0/31");
+    let p2 = prefixes
+        .create_or_update(RG, "egressgateway-uid2", body, env.sub())
+        .await
+        .expect("prefix 2");
+    assert_eq!(
+        p2.properties.and_then(|p| p.ip_prefix).as_deref(),
+        Some("20.10.0.2/31")
+    );
+
+    let pip_body: PublicIpAddress = serde_json::from_value(
+        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
+        "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4",
+            "publicIPPrefix": {"id": p.resource.id.clone().expect("id")}}}),
+    )
+    .expect("model");
+    let pips = env.network.public_ip_addresses_client();
+    let pip = pips
+        .create_or_update(RG, "egressgateway-uid1-abc", pip_body, env.sub())
+        .await
+        .expect("pip");
+    assert_eq!(
+        pip.properties.and_then(|p| p.ip_address).as_deref(),
+        Some("20.10.0.0")
+    );
+
+    let err = prefixes
+        .delete(RG, "egressgateway-uid1", env.sub())
+        .send()
+        .await
+        .expect_err("in use");
+    assert_eq!(
+        status_and_code(&err),
+        (400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())
+    );
+    let got = prefixes
+        .get(RG, "egressgateway-uid1", env.sub())
+        .await
+        .expect("get");
+    assert_eq!(got.properties.expect("props").public_ip_addresses.len(), 1);
+
+    pips.delete(RG, "egressgateway-uid1-abc", env.sub())
+        .send()
+        .await
+        .expect("pip deleted");
+    prefixes
+        .delete(RG, "egressgateway-uid1", env.sub())
+        .send()
+        .await
+        .expect("prefix deleted");
+    prefixes
+        .delete(RG, "egressgateway-uid2", env.sub())
+        .send()
+        .await
+        .expect("prefix 2 deleted");
+    let inv = env.sim.inventory();
+    assert_eq!(inv["publicBlocks"], json!([]), "{inv}");
+}
+
+#[tokio::test]
+async fn throttling_with_retry_after_is_retried_by_the_client() {
+    let env = start(Seed::aks_like(0)).await;
+    let lbs = env.network.load_balancers_client();
+    lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .await
+        .expect("LB");
+    env.sim.clear_calls();
+    env.sim
+        .inject_fault(FaultSpec::throttle(r"/loadBalancers/", 2, 300))
+        .expect("fault");
+    let started = Instant::now();
+    lbs.get(RG, LB, env.sub())
+        .await
+        .expect("succeeds after throttling");
+    let statuses: Vec<u16> = env.sim.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [429, 429, 200]);
+    // The client waited at least the server's retry-after twice (its own backoff is 5 ms).
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "waited {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn injected_faults_surface_as_arm_errors_after_client_retries() {
+    let env = start(Seed::aks_like(0)).await;
+    let mut fault = FaultSpec::new("GET", r"/loadBalancers/", 10, 500, "InternalServerError");
+    fault.message = Some("simulated outage".into());
+    env.sim.inject_fault(fault).expect("fault");
+    let err = env
+        .network
+        .load_balancers_client()
+        .get(RG, LB, env.sub())
+        .await
+        .expect_err("fails");
+    assert_eq!(status_and_code(&err), (500, "InternalServerError".to_owned()));
+    // fast_retry(): 1 attempt + 4 retries.
+    assert_eq!(env.sim.count_calls("GET", r"/loadBalancers/"), 5);
+    // A non-retriable injected status is seen once.
+    env.sim.clear_calls();
+    env.sim
+        .inject_fault(FaultSpec::new(
+            "PUT",
+            r"/loadBalancers/",
+            1,
+            409,
+            "AnotherOperationInProgress",
+        ))
+        .expect("fault");
+    let err = env
+        .network
+        .load_balancers_client()
+        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .await
+        .expect_err("conflict");
+    assert_eq!(
+        status_and_code(&err),
+        (409, "AnotherOperationInProgress".to_owned())
+    );
+    assert_eq!(env.sim.count_calls("PUT", r"/loadBalancers/"), 1);
+}
+
+#[tokio::test]
+async fn unknown_api_version_is_refused() {
+    let env = start(Seed::aks_like(0)).await;
+    let endpoint =
+        azure_core::Url::parse(&format!("{}/?api-version=1999-01-01", env.sim.url())).expect("url");
+    let client = azure_mgmt_network::Client::builder(azure_support::credential(&env.sim, &env.seed))
+        .endpoint(endpoint)
+        .scopes(&["http://sim/.default"])
+        .build()
+        .expect("client");
+    let err = client
+        .load_balancers_client()
+        .get(RG, LB, env.sub())
+        .await
+        .expect_err("bad version");
+    assert_eq!(
+        status_and_code(&err),
+        (400, "NoRegisteredProviderFound".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn list_returns_created_resources() {
+    let env = start(Seed::aks_like(0)).await;
+    let lbs = env.network.load_balancers_client();
+    lbs.create_or_update(RG, "a", lb_body(&env, json!([]), json!([])), env.sub())
+        .await
+        .expect("a");
+    lbs.create_or_update(RG, "b", lb_body(&env, json!([]), json!([])), env.sub())
+        .await
+        .expect("b");
+    let mut stream = lbs.list(RG, env.sub()).into_stream();
+    let page = stream.next().await.expect("a page").expect("list ok");
+    let mut names: Vec<String> = page.value.into_iter().filter_map(|l| l.resource.name).collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn retry_after_in_seconds_as_arm_sends_it_is_honoured() {
+    let env = start(Seed::aks_like(0)).await;
+    let mut storm = FaultSpec::throttle(r"/publicIPPrefixes/", 1, 0);
+    storm.retry_after_ms = None;
+    storm.retry_after_seconds = Some(1);
+    env.sim.inject_fault(storm).expect("fault");
+    let started = Instant::now();
+    let err = env
+        .network
+        .public_ip_prefixes_client()
+        .get(RG, "none", env.sub())
+        .await
+        .expect_err("404 after the retry");
+    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited {:?}",
+        started.elapsed()
+    );
+    let statuses: Vec<u16> = env
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.path.contains("publicIPPrefixes"))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses, [429, 404]);
+}
+
+#[tokio::test]
+async fn added_latency_delays_answers_without_failing_them() {
+    let env = start(Seed::aks_like(0)).await;
+    env.sim.set_latency(Duration::from_millis(150));
+    let started = Instant::now();
+    env.network
+        .subnets_client()
+        .get(RG, "aks-vnet", "aks-subnet", env.sub())
+        .await
+        .expect("slow but fine");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    env.sim.set_latency(Duration::ZERO);
+    let mut slow = FaultSpec::new("GET", r"/subnets/", 1, 200, "Slow");
+    slow.latency_ms = Some(200);
+    env.sim.inject_fault(slow).expect("fault");
+    let started = Instant::now();
+    env.network
+        .subnets_client()
+        .get(RG, "aks-vnet", "aks-subnet", env.sub())
+        .await
+        .expect("slow but fine");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn failed_long_running_operation_is_reported_and_leaves_resource_failed() {
+    let env = start(Seed::aks_like(0)).await;
+    env.sim.set_lro(LroConfig {
+        fail_next: 1,
+        ..LroConfig::default()
+    });
+    let lbs = env.network.load_balancers_client();
+    let err = lbs
+        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .await
+        .expect_err("LRO fails");
+    assert!(err.to_string().contains("Long running operation failed"), "{err}");
+    let got = serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("get")).expect("json");
+    assert_eq!(got["properties"]["provisioningState"], json!("Failed"));
+    // The next PUT succeeds and repairs it.
+    let ok = serde_json::to_value(
+        lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+            .await
+            .expect("retry"),
+    )
+    .expect("json");
+    assert_eq!(ok["properties"]["provisioningState"], json!("Succeeded"));
+}
+
+/// ARM answers DELETE with 202 + Location + Azure-AsyncOperation (the 0.21 network client exposes only
+/// `send()` for deletes); the resource is gone at once in the simulator; deleting again is 204.
+#[tokio::test]
+async fn delete_is_accepted_with_polling_headers_and_is_idempotent() {
+    let env = start(Seed::aks_like(0)).await;
+    let lbs = env.network.load_balancers_client();
+    lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .await
+        .expect("LB");
+    let rsp = lbs.delete(RG, LB, env.sub()).send().await.expect("accepted");
+    let raw = rsp.as_raw_response();
+    assert_eq!(u16::from(raw.status()), 202);
+    let location = raw
+        .headers()
+        .get_optional_str(&azure_core::headers::LOCATION)
+        .expect("Location header");
+    assert!(location.contains("/operationResults/"), "{location}");
+    assert!(
+        raw.headers()
+            .get_optional_str(&azure_core::headers::AZURE_ASYNCOPERATION)
+            .is_some()
+    );
+    let err = lbs.get(RG, LB, env.sub()).await.expect_err("deleted");
+    assert_eq!(status_and_code(&err).0, 404);
+    let rsp = lbs
+        .delete(RG, LB, env.sub())
+        .send()
+        .await
+        .expect("idempotent delete");
+    assert_eq!(u16::from(rsp.as_raw_response().status()), 204);
+}
+
+#[tokio::test]
+async fn write_during_a_running_operation_conflicts_when_enabled() {
+    let env = start(Seed::aks_like(0)).await;
+    env.sim.set_lro(LroConfig {
+        reject_concurrent: true,
+        in_progress_polls: 100,
+        max_duration_ms: 60_000,
+        ..LroConfig::default()
+    });
+    let lbs = env.network.load_balancers_client();
+    // send(): submit without polling, so the operation stays in progress.
+    let first = lbs
+        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .send()
+        .await
+        .expect("accepted");
+    assert_eq!(u16::from(first.as_raw_response().status()), 201);
+    let err = lbs
+        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .send()
+        .await
+        .expect_err("busy");
+    assert_eq!(
+        status_and_code(&err),
+        (409, "AnotherOperationInProgress".to_owned())
+    );
+    let state = serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("get")).expect("json");
+    assert_eq!(state["properties"]["provisioningState"], json!("Updating"));
+}
+
+#[tokio::test]
+async fn lost_response_fault_applies_the_write_but_reports_an_error() {
+    let env = start(Seed::aks_like(0)).await;
+    let mut lost = FaultSpec::new("PUT", r"/publicIPPrefixes/", 1, 504, "GatewayTimeout");
+    lost.after_apply = true;
+    env.sim.inject_fault(lost).expect("fault");
+    // Fail fast: no client retries, so the caller sees the 504 of the applied write.
+    let client = azure_mgmt_network::Client::builder(azure_support::credential(&env.sim, &env.seed))
+        .endpoint(azure_core::Url::parse(env.sim.url()).expect("url"))
+        .retry(azure_core::RetryOptions::none())
+        .build()
+        .expect("client");
+    let body: PublicIpPrefix =
+        serde_json::from_value(json!({"location": "eastus", "properties": {"prefixLength": 30}}))
+            .expect("model");
+    let err = client
+        .public_ip_prefixes_client()
+        .create_or_update(RG, "p", body, env.sub())
+        .await
+        .expect_err("lost response");
+    assert_eq!(status_and_code(&err), (504, "GatewayTimeout".to_owned()));
+    let got = client
+        .public_ip_prefixes_client()
+        .get(RG, "p", env.sub())
+        .await
+        .expect("write happened");
+    assert_eq!(
+        got.properties.and_then(|p| p.ip_prefix).as_deref(),
+        Some("20.10.0.0/30")
+    );
+}
+
+#[tokio::test]
+async fn write_limit_throttles_bursts_and_the_client_waits_it_out() {
+    let env = start(Seed::aks_like(0)).await;
+    env.sim.set_write_limit(Some(WriteLimit {
+        max_writes: 2,
+        window_ms: 400,
+    }));
+    let lbs = env.network.load_balancers_client();
+    for name in ["a", "b", "c"] {
+        let rsp = lbs
+            .create_or_update(RG, name, lb_body(&env, json!([]), json!([])), env.sub())
+            .send()
+            .await
+            .expect("eventually accepted");
+        assert_eq!(u16::from(rsp.as_raw_response().status()), 201);
+    }
+    let statuses: Vec<u16> = env
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PUT")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3);
+    assert!(
+        statuses.contains(&429),
+        "the third write within the window was throttled: {statuses:?}"
+    );
+    // Reads are not limited.
+    for _ in 0..5 {
+        lbs.get(RG, "a", env.sub()).await.expect("read");
+    }
+}

@@ -1,0 +1,98 @@
+//! Shared setup for the Azure simulator tests: production clients pointed at the simulator.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::auth::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::{ExponentialRetryOptions, RetryOptions, Url};
+use azure_identity::ClientSecretCredential;
+use testbed::azure::{AzureSim, Seed};
+
+pub const RG: &str = "node-rg";
+pub const VMSS: &str = "aks-gateway-12345678-vmss";
+
+pub struct Env {
+    pub sim: AzureSim,
+    pub seed: Seed,
+    pub network: azure_mgmt_network::Client,
+    pub compute: azure_mgmt_compute::Client,
+}
+
+impl Env {
+    pub fn sub(&self) -> String {
+        self.seed.subscription_id.clone()
+    }
+
+    pub fn subnet_id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{RG}/providers/Microsoft.Network/virtualNetworks/aks-vnet/subnets/aks-subnet",
+            self.sub()
+        )
+    }
+
+    pub fn seed_vmss_id(&self) -> String {
+        self.id("Microsoft.Compute/virtualMachineScaleSets", VMSS)
+    }
+
+    pub fn id(&self, ty: &str, name: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{RG}/providers/{ty}/{name}",
+            self.sub()
+        )
+    }
+}
+
+/// Fast retry policy so throttling tests take milliseconds, not seconds.
+pub fn fast_retry() -> RetryOptions {
+    RetryOptions::exponential(
+        ExponentialRetryOptions::default()
+            .initial_delay(Duration::from_millis(5))
+            .max_delay(Duration::from_secs(2))
+            .max_retries(4u32),
+    )
+}
+
+pub fn credential(sim: &AzureSim, seed: &Seed) -> Arc<dyn TokenCredential> {
+    let sp = &seed.service_principals[0];
+    Arc::new(ClientSecretCredential::new(
+        azure_core::new_http_client(),
+        Url::parse(sim.url()).expect("simulator URL"),
+        seed.tenant_id.clone(),
+        sp.client_id.clone(),
+        sp.client_secret.clone(),
+    ))
+}
+
+pub async fn start(seed: Seed) -> Env {
+    let sim = AzureSim::start(&seed).await.expect("simulator starts");
+    let endpoint = Url::parse(sim.url()).expect("simulator URL");
+    let cred = credential(&sim, &seed);
+    let network = azure_mgmt_network::Client::builder(cred.clone())
+        .endpoint(endpoint.clone())
+        .retry(fast_retry())
+        .build()
+        .expect("network client");
+    let compute = azure_mgmt_compute::Client::builder(cred)
+        .endpoint(endpoint)
+        .retry(fast_retry())
+        .build()
+        .expect("compute client");
+    Env {
+        sim,
+        seed,
+        network,
+        compute,
+    }
+}
+
+/// HTTP status and ARM error code of a failed client call.
+pub fn status_and_code(e: &azure_core::Error) -> (u16, String) {
+    match e.kind() {
+        ErrorKind::HttpResponse { status, error_code } => {
+            (u16::from(*status), error_code.clone().unwrap_or_default())
+        }
+        other => panic!("expected an HTTP error, got {other:?}: {e}"),
+    }
+}

@@ -1,0 +1,134 @@
+"""Least-privilege RBAC: every rule names resources that exist, and each component gets only what it uses."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import NAMESPACE, args_map, containers, crds, find, one, scenario_objects, workloads
+from test_render import CORE_RESOURCES, GROUP
+
+PREFIX = "kube-egress-gateway"
+
+
+def rules_of(objs, sa: str) -> list[tuple[str, dict]]:
+    """(scope, rule) for every rule bound to the service account: scope "cluster" or the Role's namespace."""
+    out = []
+    for binding in find(objs, "ClusterRoleBinding") + find(objs, "RoleBinding"):
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa and s["namespace"] == NAMESPACE for s in binding["subjects"]):
+            continue
+        ref = binding["roleRef"]
+        role = one(objs, ref["kind"], ref["name"])
+        if binding["kind"] == "RoleBinding":
+            assert ref["kind"] == "Role", "a RoleBinding to a ClusterRole would hide cluster scope"
+        scope = "cluster" if role["kind"] == "ClusterRole" else role["metadata"]["namespace"]
+        out.extend((scope, r) for r in role["rules"])
+    return out
+
+
+def grants(objs, sa: str) -> set[tuple[str, str, str, str]]:
+    """(scope, group, resource, verb) granted to the service account."""
+    out = set()
+    for scope, r in rules_of(objs, sa):
+        for g in r["apiGroups"]:
+            for res in r["resources"]:
+                for v in r["verbs"]:
+                    out.add((scope, g, res, v))
+    return out
+
+
+def test_every_rule_names_an_existing_resource(scenario: str) -> None:
+    plurals = {c["spec"]["names"]["plural"]: c for c in crds()}
+    for role in find(scenario_objects(scenario), "ClusterRole") + find(scenario_objects(scenario), "Role"):
+        for r in role["rules"]:
+            assert "*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"], role["metadata"]
+            for g in r["apiGroups"]:
+                for res in r["resources"]:
+                    base, _, sub = res.partition("/")
+                    if g == GROUP:
+                        assert base in plurals, f"{role['metadata']['name']}: no CRD {base}"
+                        version = plurals[base]["spec"]["versions"][0]
+                        if sub == "status":
+                            assert "status" in version.get("subresources", {}), f"{base} has no status subresource"
+                        else:
+                            assert sub in ("", "finalizers"), f"unknown subresource {res}"
+                    else:
+                        assert g in CORE_RESOURCES and base in CORE_RESOURCES[g] and not sub, f"unknown {g}/{res}"
+
+
+def test_every_workload_has_its_own_bound_service_account(scenario: str) -> None:
+    objs = scenario_objects(scenario)
+    seen = set()
+    for w in workloads(objs):
+        sa = w["spec"]["template"]["spec"]["serviceAccountName"]
+        assert sa not in seen, f"{sa} shared between workloads"
+        seen.add(sa)
+        one(objs, "ServiceAccount", sa)
+        assert rules_of(objs, sa), f"{sa} has no role"
+
+
+def test_secrets_are_only_readable_in_the_release_namespace(scenario: str) -> None:
+    for cr in find(scenario_objects(scenario), "ClusterRole"):
+        for r in cr["rules"]:
+            assert "secrets" not in r["resources"], f"ClusterRole {cr['metadata']['name']} grants secrets cluster-wide"
+
+
+def test_operator_grants() -> None:
+    g = grants(scenario_objects("default"), f"{PREFIX}-operator")
+    for res in ("staticgatewayconfigurations", "gatewaypools"):
+        assert ("cluster", GROUP, res, "watch") in g and ("cluster", GROUP, res, "patch") in g
+        assert ("cluster", GROUP, f"{res}/status", "patch") in g
+        assert ("cluster", GROUP, f"{res}/finalizers", "update") in g
+        assert ("cluster", GROUP, res, "create") not in g and ("cluster", GROUP, res, "delete") not in g
+    assert (NAMESPACE, "", "secrets", "create") in g and (NAMESPACE, "", "secrets", "delete") in g
+    assert (NAMESPACE, "coordination.k8s.io", "leases", "update") in g
+    assert ("cluster", "", "nodes", "list") in g and ("cluster", "", "nodes", "patch") not in g
+    assert ("cluster", "", "events", "create") in g
+    assert not any(res == "podendpoints" for _, _, res, _ in g)
+
+
+def test_gateway_agent_grants() -> None:
+    g = grants(scenario_objects("default"), f"{PREFIX}-gateway-agent")
+    assert {v for s, gr, res, v in g if res == "staticgatewayconfigurations"} == {"get", "list", "watch"}
+    assert {v for s, gr, res, v in g if res == "podendpoints"} == {"get", "list", "watch"}
+    assert {v for s, gr, res, v in g if res == "secrets"} == {"get", "list", "watch"}
+    assert {s for s, gr, res, v in g if res in ("secrets", "gatewaystatuses")} == {NAMESPACE}
+    assert (NAMESPACE, GROUP, "gatewaystatuses", "create") in g
+    assert ("cluster", "", "nodes", "get") in g and ("cluster", "", "nodes", "patch") not in g
+
+
+def test_node_agent_grants_and_is_the_only_podendpoint_writer() -> None:
+    objs = scenario_objects("default")
+    sa = f"{PREFIX}-node-agent"
+    g = grants(objs, sa)
+    assert {v for s, gr, res, v in g if res == "podendpoints"} >= {"create", "update", "patch", "delete"}
+    assert {v for s, gr, res, v in g if res == "pods"} == {"get", "list", "watch"}
+    assert {v for s, gr, res, v in g if res == "staticgatewayconfigurations"} == {"get", "list", "watch"}
+    assert {v for s, gr, res, v in g if res == "nodes"} == {"get", "list", "watch", "patch"}
+    assert {s for s, gr, res, v in g if res == "configmaps"} == {NAMESPACE}
+    writers = []
+    for w in workloads(objs):
+        other = w["spec"]["template"]["spec"]["serviceAccountName"]
+        if any(res == "podendpoints" and v in ("create", "update", "patch") for _, _, res, v in grants(objs, other)):
+            writers.append(other)
+    assert writers == [sa]
+    webhook = one(objs, "Deployment", f"{PREFIX}-webhook")
+    assert args_map(containers(webhook, init=False)[0])["--podendpoint-writers"] == f"system:serviceaccount:{NAMESPACE}:{sa}"
+
+
+@pytest.mark.parametrize("mode", ["default", "webhook-generated"])
+def test_webhook_grants(mode: str) -> None:
+    objs = scenario_objects(mode)
+    sa = f"{PREFIX}-webhook"
+    g = grants(objs, sa)
+    for res in ("nodes", "namespaces", "staticgatewayconfigurations", "gatewaypools"):
+        assert {v for s, gr, r, v in g if r == res} == {"get", "list", "watch"}, res
+    hooks = [r for _, r in rules_of(objs, sa) if r["apiGroups"] == ["admissionregistration.k8s.io"]]
+    if mode == "default":
+        assert hooks == [], "the chart sets the CA: the webhook must not be able to patch configurations"
+    else:
+        assert len(hooks) == 1 and sorted(hooks[0]["verbs"]) == ["get", "patch"]
+        names = {o["metadata"]["name"] for o in find(objs, "MutatingWebhookConfiguration") + find(objs, "ValidatingWebhookConfiguration")}
+        assert set(hooks[0]["resourceNames"]) == names
+        args = args_map(containers(one(objs, "Deployment", sa), init=False)[0])
+        assert args["--mutating-webhook-configuration"] in names
+        assert args["--validating-webhook-configuration"] in names

@@ -1,0 +1,99 @@
+"""Bad values fail at install/template time with a message naming the field; upstream values files still work."""
+
+from __future__ import annotations
+
+import helm_python as helm
+import pytest
+
+from conftest import objects, render
+
+INVALID = [
+    ({"common": {"gatewayLbProbePort": "x"}}, "/common/gatewayLbProbePort"),
+    ({"common": {"gatewayLbProbePort": 70000}}, "/common/gatewayLbProbePort"),
+    ({"common": {"logFormat": "xml"}}, "/common/logFormat"),
+    ({"common": {"imageTag": 1.1}}, "/common/imageTag"),
+    ({"webhook": {"replicas": -1}}, "/webhook/replicas"),
+    ({"webhook": {"replicas": 0}}, "/webhook/replicas"),
+    ({"webhook": {"failurePolicy": "Sometimes"}}, "/webhook/failurePolicy"),
+    ({"webhook": {"timeoutSeconds": 31}}, "/webhook/timeoutSeconds"),
+    ({"webhook": {"certificates": {"mode": "letsencrypt"}}}, "/webhook/certificates/mode"),
+    ({"webhook": {"certificates": {"mode": "existingSecret"}}}, "/webhook/certificates/existingSecret/name"),
+    (
+        {"webhook": {"certificates": {"mode": "existingSecret", "existingSecret": {"name": "tls", "caBundle": "not base64!"}}}},
+        "/webhook/certificates/existingSecret/caBundle",
+    ),
+    ({"webhook": {"certificates": {"mode": "webhookGenerated"}}}, "/webhook/replicas"),
+    ({"webhook": {"certificates": {"certManager": {"issuerRef": {"kind": "Issuer"}}}}}, "/webhook/certificates/certManager/issuerRef"),
+    ({"webhooks": {"enabled": False}}, "webhooks"),
+    ({"gatewayCNIManager": {"exceptionCidrs": ["169.254.169.254"]}}, "/gatewayCNIManager/exceptionCidrs/0"),
+    ({"gatewayCNIManager": {"exceptionCidrs": ["10.0.0.0/33"]}}, "/gatewayCNIManager/exceptionCidrs/0"),
+    ({"gatewayCNIManager": {"exceptionCidrs": ["fd00::/8"]}}, "/gatewayCNIManager/exceptionCidrs/0"),
+    ({"gatewayCNIManager": {"cniConfigFileName": "../../etc/passwd"}}, "/gatewayCNIManager/cniConfigFileName"),
+    ({"gatewayCNIManager": {"cniUninstall": "yes"}}, "/gatewayCNIManager/cniUninstall"),
+    ({"gatewayCNIManager": {"socketDir": "relative/dir"}}, "/gatewayCNIManager/socketDir"),
+    ({"gatewayControllerManager": {"leaderElect": "maybe"}}, "/gatewayControllerManager/leaderElect"),
+    ({"gatewayControllerManager": {"replicas": 0}}, "/gatewayControllerManager/replicas"),
+    ({"gatewayDaemonManager": {"tolerations": [{"key": "a", "effect": "Sometimes"}]}}, "/gatewayDaemonManager/tolerations/0/effect"),
+    ({"gatewayDaemonManager": {"resources": {"limits": {"memory": "lots"}}}}, "/gatewayDaemonManager/resources/limits/memory"),
+    ({"config": {"azureCloudConfig": {"subscriptionId": "my-sub"}}}, "/config/azureCloudConfig/subscriptionId"),
+    ({"config": {"azureCloudConfig": {"useManagedIdentityExtension": "true"}}}, "/config/azureCloudConfig/useManagedIdentityExtension"),
+]
+
+
+@pytest.mark.parametrize(("values", "field"), INVALID, ids=[f for _, f in INVALID])
+def test_invalid_values_are_refused_by_the_schema(values: dict, field: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as err:
+        render(values)
+    assert field in str(err.value), str(err.value)
+
+
+# Cross-field rules the schema cannot express: refused by the templates, naming both fields.
+CONFLICTS = [
+    ({"gatewayDaemonManager": {"metricsBindPort": 8082}}, "common.gatewayLbProbePort and gatewayDaemonManager.metricsBindPort"),
+    ({"gatewayCNIManager": {"healthProbeBindPort": 8081}}, "gatewayCNIManager.healthProbeBindPort"),
+    ({"gatewayControllerManager": {"healthProbeBindPort": 8080}}, "gatewayControllerManager.metricsBindPort and healthProbeBindPort"),
+    ({"webhook": {"metricsPort": 9443}}, "webhook.port and webhook.metricsPort"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), CONFLICTS, ids=[m for _, m in CONFLICTS])
+def test_conflicting_values_are_refused(values: dict, message: str) -> None:
+    with pytest.raises(helm.HelmRenderError) as err:
+        render(values)
+    assert message in str(err.value), str(err.value)
+
+
+def test_upstream_values_file_still_works() -> None:
+    # Keys from upstream's chart that have no meaning here are accepted (and ignored), so migrating users
+    # keep their values file.
+    upstream = {
+        "common": {"imageRepository": "mcr.microsoft.com/aks", "imageTag": "v0.1.8", "gatewayLbProbePort": 8082},
+        "gatewayControllerManager": {"enabled": True, "leaderElect": "true", "replicas": 1},
+        "gatewayCNIManager": {"grpcServerPort": 50051, "exceptionCidrs": ["169.254.169.254/32"]},
+        "gatewayCNIIpam": {"imageName": "kube-egress-gateway-cni-ipam"},
+        "gatewayCNI": {"imageName": "kube-egress-gateway-cni"},
+        "gatewayDaemonManagerInit": {"imageName": "kube-egress-gateway-daemon-init"},
+        "config": {"azureCloudConfig": {"cloud": "AzurePublicCloud", "cloudProviderBackoff": True}},
+    }
+    objs = objects(upstream)
+    assert any(o["kind"] == "DaemonSet" for o in objs)
+
+
+def test_leader_election_can_be_turned_off() -> None:
+    from conftest import args_map, one
+
+    for value, expected in ((False, False), ("false", False), (True, True), ("true", True)):
+        dep = one(objects({"gatewayControllerManager": {"leaderElect": value}}), "Deployment", "kube-egress-gateway-operator")
+        assert ("--leader-elect" in args_map(dep["spec"]["template"]["spec"]["containers"][0])) is expected, value
+
+
+def test_components_can_be_disabled() -> None:
+    objs = objects(
+        {
+            "gatewayControllerManager": {"enabled": False},
+            "gatewayDaemonManager": {"enabled": False},
+            "gatewayCNIManager": {"enabled": False},
+            "webhook": {"enabled": False},
+        }
+    )
+    assert objs == []
