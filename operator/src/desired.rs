@@ -573,7 +573,12 @@ pub fn plan_pool(
         let name = managed_resource_name(&c.uid);
         let keep = !c.deleting && c.egress == Egress::Managed;
         if !keep && let Some(p) = state.managed_prefixes.get(&name.to_ascii_lowercase()) {
-            for pip in &p.public_ip_ids {
+            // Standalone public IPs (VM pools) only: a scale set's instance addresses go with the ipConfiguration.
+            for pip in p
+                .public_ip_ids
+                .iter()
+                .filter(|id| !id.to_ascii_lowercase().contains("/virtualmachinescalesets/"))
+            {
                 let pip = last_segment(pip).to_ascii_lowercase();
                 if !public_ips_to_delete.contains(&pip) {
                     public_ips_to_delete.push(pip);

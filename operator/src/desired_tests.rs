@@ -395,9 +395,17 @@ fn all_ports_in_use_is_reported_for_the_configuration_that_did_not_fit() {
 fn deleting_the_only_configuration_deletes_the_load_balancer_after_the_nics() {
     let mut state = vmss_state(2);
     converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    // ARM lists the instances' addresses on the prefix; they go with the ipConfigurations, not by DELETE.
+    state
+        .managed_prefixes
+        .get_mut("egressgateway-a")
+        .expect("prefix")
+        .public_ip_ids
+        .push("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/0/networkInterfaces/n/ipConfigurations/egressgateway-a/publicIPAddresses/egressgateway-a".into());
     let p = converge(&vmss_pool(), &[deleting("a", Egress::Managed)], &mut state);
     assert_eq!(p.lb, LbWrite::Delete);
     assert_eq!(p.prefixes_to_delete, vec!["egressgateway-a".to_string()]);
+    assert!(p.public_ips_to_delete.is_empty());
     let model = p.vmss_model.expect("model cleaned");
     assert_eq!(model, primary_nic(), "ipConfig and backend pool gone");
     assert_eq!(p.nic_updates.len(), 2);

@@ -6,5 +6,6 @@ pub mod arm_json;
 pub mod azure;
 pub mod config;
 pub mod desired;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
