@@ -9,3 +9,4 @@ pub mod desired;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod run;

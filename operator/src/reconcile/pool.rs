@@ -353,7 +353,9 @@ pub async fn apply(
             .await?;
         writes += 1;
     }
-    let updates = futures::stream::iter(plan.nic_updates.iter().map(|u| async move {
+    // Bodies are built first so the concurrent futures own their data (and stay `Send` for every lifetime).
+    let mut bodies: Vec<(String, Value)> = Vec::new();
+    for u in &plan.nic_updates {
         match pool.pool.kind {
             PoolKind::Vmss => {
                 let configs = observed
@@ -361,36 +363,37 @@ pub async fn apply(
                     .get(&u.target)
                     .cloned()
                     .unwrap_or_default();
-                let Some(merged) = merge_nic_configs(&configs, &u.nic) else {
-                    return Ok(());
-                };
-                arm.update_instance(
-                    &pool.resource_group,
-                    &pool.name,
-                    &u.target,
-                    &pool.location,
-                    merged,
-                )
-                .await
+                if let Some(merged) = merge_nic_configs(&configs, &u.nic) {
+                    bodies.push((u.target.clone(), merged));
+                }
             }
             PoolKind::Vm => {
-                let Some(mut nic) = observed.vm_nic_json.get(&u.target).cloned() else {
-                    return Ok(());
-                };
-                let current = nic
-                    .pointer("/properties/ipConfigurations")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                nic["properties"]["ipConfigurations"] = merge_ip_configs(&current, &u.nic);
-                arm.put_nic(&pool.resource_group, &u.target, nic)
-                    .await
-                    .map(|_| ())
+                if let Some(mut nic) = observed.vm_nic_json.get(&u.target).cloned() {
+                    let current = nic
+                        .pointer("/properties/ipConfigurations")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    nic["properties"]["ipConfigurations"] = merge_ip_configs(&current, &u.nic);
+                    bodies.push((u.target.clone(), nic));
+                }
+            }
+        }
+    }
+    let updates: Vec<ArmResult<()>> = futures::stream::iter(bodies.into_iter().map(|(target, body)| {
+        let (arm, pool) = (arm.clone(), pool.clone());
+        async move {
+            match pool.pool.kind {
+                PoolKind::Vmss => {
+                    arm.update_instance(&pool.resource_group, &pool.name, &target, &pool.location, body)
+                        .await
+                }
+                PoolKind::Vm => arm.put_nic(&pool.resource_group, &target, body).await.map(|_| ()),
             }
         }
     }))
     .buffer_unordered(NIC_UPDATE_CONCURRENCY)
-    .collect::<Vec<ArmResult<()>>>()
+    .collect()
     .await;
     for r in updates {
         r?;

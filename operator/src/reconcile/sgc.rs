@@ -427,42 +427,45 @@ impl Operator {
         Ok((public, reference))
     }
 
-    async fn emit(&self, sgc: &StaticGatewayConfiguration, events: Vec<(EventType, String, String)>) {
-        let reference = sgc.object_ref(&());
-        for (type_, reason, note) in events {
-            let ev = Event {
-                type_,
-                reason,
-                note: Some(note),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(e) = self.recorder.publish(&ev, &reference).await {
-                tracing::warn!(error = %e, "publishing an Event failed");
-            }
-        }
-    }
-
-    async fn write_status(
+    /// Computes the status synchronously and returns a future that owns everything it needs: keeping
+    /// borrowed arguments out of the future keeps it `Send` for every lifetime (rustc's higher-ranked check).
+    fn write_status(
         &self,
         sgc: &StaticGatewayConfiguration,
         outcome: &Outcome,
         key: Option<(&str, ObjectReference)>,
-    ) -> Result<(), kube::Error> {
+    ) -> impl std::future::Future<Output = Result<(), kube::Error>> + Send + 'static {
         let old = sgc.status.clone().unwrap_or_default();
         let (new, events) = next_status(&old, sgc.metadata.generation, outcome, key);
-        if new != old {
-            let api: Api<StaticGatewayConfiguration> =
-                Api::namespaced(self.client.clone(), &sgc.namespace().unwrap_or_default());
-            api.patch_status(
-                &sgc.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": new})),
-            )
-            .await?;
+        let changed = new != old;
+        let api: Api<StaticGatewayConfiguration> =
+            Api::namespaced(self.client.clone(), &sgc.namespace().unwrap_or_default());
+        let name = sgc.name_any();
+        let reference = sgc.object_ref(&());
+        let recorder = self.recorder.clone();
+        async move {
+            if changed {
+                api.patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": new})),
+                )
+                .await?;
+            }
+            for (type_, reason, note) in events {
+                let ev = Event {
+                    type_,
+                    reason,
+                    note: Some(note),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                };
+                if let Err(e) = recorder.publish(&ev, &reference).await {
+                    tracing::warn!(error = %e, "publishing an Event failed");
+                }
+            }
+            Ok(())
         }
-        self.emit(sgc, events).await;
-        Ok(())
     }
 
     async fn add_finalizer(&self, sgc: &StaticGatewayConfiguration) -> Result<(), kube::Error> {
@@ -644,7 +647,10 @@ impl Operator {
                 return Ok(());
             }
             Err(e @ PoolError::PrefixSize(_)) => {
-                for (sgc, c) in configs.iter().filter(|(_, c)| !c.deleting) {
+                for (sgc, c) in configs.iter() {
+                    if c.deleting {
+                        continue;
+                    }
                     let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
                     self.write_status(sgc, &Outcome::PrefixSizeMismatch(e.to_string()), key)
                         .await?;
@@ -657,7 +663,10 @@ impl Operator {
         // BYO prefixes: same subscription, right length (upstream's checks), CIDR for the status.
         let mut byo_cidrs = BTreeMap::new();
         let mut blocked: BTreeSet<String> = BTreeSet::new();
-        for (sgc, c) in configs.iter().filter(|(_, c)| !c.deleting) {
+        for (sgc, c) in configs.iter() {
+            if c.deleting {
+                continue;
+            }
             let Egress::Byo { prefix_id } = &c.egress else {
                 continue;
             };
@@ -723,7 +732,10 @@ impl Operator {
             PoolError::Arm(a) => (a.reason(), a.to_string()),
             other => ("AzureError", other.to_string()),
         };
-        for (sgc, c) in configs.iter().filter(|(_, c)| !c.deleting) {
+        for (sgc, c) in configs.iter() {
+            if c.deleting {
+                continue;
+            }
             let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
             let outcome = Outcome::AzureFailed {
                 reason,

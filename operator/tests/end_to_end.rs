@@ -1,0 +1,329 @@
+//! The whole operator against both simulators: Kubernetes (kube-sim, through kube-rs) and Azure (azure-sim,
+//! through the azure_mgmt_* clients). Key Secrets, finalizers, status, rules re-check, deletion without
+//! leaks, and leader election.
+
+use std::time::Duration;
+
+use api::StaticGatewayConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, PostParams};
+use operator::azure::{Arm, RetryBudget};
+use operator::config::CloudConfig;
+use operator::leader::LeaseLock;
+use operator::metrics::Metrics;
+use operator::reconcile::sgc::{ACCEPTED, Operator, READY};
+use serde_json::json;
+use testbed::azure::{AzureSim, Seed};
+use testbed::kube::KubeSim;
+
+const NS: &str = "kube-egress-gateway-system";
+
+struct World {
+    _kube: KubeSim,
+    azure: AzureSim,
+    client: kube::Client,
+    op: Operator,
+}
+
+async fn start() -> World {
+    let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
+    let client = kube.client("admin").expect("client");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in api::crd::all() {
+        crds.create(&PostParams::default(), &crd).await.expect("CRD");
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in [NS, "app"] {
+        let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+        namespaces
+            .create(&PostParams::default(), &n)
+            .await
+            .expect("namespace");
+    }
+    let seed = Seed::aks_like(2);
+    let azure = AzureSim::start(&seed).await.expect("azure-sim");
+    let text = json!({
+        "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
+        "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
+        "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
+        "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": azure.url(),
+        "activeDirectoryAuthorityHost": azure.url()
+    })
+    .to_string();
+    let cfg = CloudConfig::parse(&text, |_| None).expect("config");
+    let metrics = Metrics::new();
+    let retry = RetryBudget {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(200),
+        max_retries: 4,
+    };
+    let arm = Arm::new(
+        &cfg,
+        operator::azure::credential(&cfg).expect("cred"),
+        retry,
+        &metrics,
+    )
+    .expect("arm");
+    let op = Operator::new(client.clone(), arm, cfg, NS.into(), NS.into(), 8082, metrics);
+    World {
+        _kube: kube,
+        azure,
+        client,
+        op,
+    }
+}
+
+fn sgc(name: &str, spec: serde_json::Value) -> StaticGatewayConfiguration {
+    serde_json::from_value(json!({
+        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+        "kind": "StaticGatewayConfiguration",
+        "metadata": {"name": name, "namespace": "app"},
+        "spec": spec
+    }))
+    .expect("sgc")
+}
+
+fn condition<'a>(s: &'a StaticGatewayConfiguration, t: &str) -> Option<(&'a str, &'a str)> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+fn resources(azure: &AzureSim) -> Vec<String> {
+    let mut v: Vec<String> = azure.inventory()["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r.as_str().map(str::to_ascii_lowercase))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn configurations_get_keys_status_and_leave_nothing_behind() {
+    let w = start().await;
+    let before = resources(&w.azure);
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    for name in ["a", "b", "c"] {
+        sgcs.create(
+            &PostParams::default(),
+            &sgc(name, json!({"gatewayNodepoolName": "gateway"})),
+        )
+        .await
+        .expect("create");
+    }
+    sgcs.create(
+        &PostParams::default(),
+        &sgc(
+            "private",
+            json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false, "defaultRoute": "azureNetworking", "excludeCidrs": ["10.0.0.0/8"]}),
+        ),
+    )
+    .await
+    .expect("create");
+    // Predates the webhook: a CIDR the CRD schema cannot check.
+    sgcs.create(
+        &PostParams::default(),
+        &sgc(
+            "bad",
+            json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
+        ),
+    )
+    .await
+    .expect("create");
+
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(
+        w.azure.count_calls("PUT", "(?i)/loadBalancers/[^/]+$"),
+        1,
+        "one LB PUT for four configurations"
+    );
+    assert_eq!(
+        w.azure.count_calls("PUT", "(?i)/virtualMachineScaleSets/[^/]+$"),
+        1
+    );
+    assert_eq!(w.azure.count_calls("PUT", "(?i)/virtualMachines/[^/]+$"), 2);
+
+    let mut ports = Vec::new();
+    for name in ["a", "b", "c", "private"] {
+        let s = sgcs.get(name).await.expect("get");
+        assert_eq!(condition(&s, ACCEPTED), Some(("True", "Accepted")), "{name}");
+        assert_eq!(
+            condition(&s, READY),
+            Some(("True", "Provisioned")),
+            "{name}: {:?}",
+            s.status
+        );
+        let st = s.status.as_ref().expect("status");
+        assert!(st.is_ready_for_pods(), "{name}");
+        assert_eq!(st.observed_generation, s.metadata.generation);
+        assert_eq!(st.gateway_vm_profiles.len(), 2);
+        let profile = st.gateway_server_profile.as_ref().expect("profile");
+        ports.push(profile.port);
+        let uid = s.metadata.uid.clone().expect("uid");
+        let secret = secrets.get(&format!("sgw-{uid}")).await.expect("key secret");
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels
+                .get("egressgateway.kubernetes.azure.com/owning-gateway-config-name")
+                .map(String::as_str),
+            Some(name)
+        );
+        let data = secret.data.clone().expect("data");
+        assert_eq!(data["PublicKey"].0, profile.public_key.as_bytes());
+        assert!(
+            s.metadata
+                .finalizers
+                .clone()
+                .unwrap_or_default()
+                .contains(&api::names::SGC_FINALIZER.to_string())
+        );
+        if name == "private" {
+            assert_eq!(
+                st.egress_ip_prefix.as_deref().map(|p| p.split(',').count()),
+                Some(2)
+            );
+        } else {
+            assert!(st.egress_ip_prefix.as_deref().is_some_and(|p| p.ends_with("/31")));
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 4, "distinct ports");
+
+    let bad = sgcs.get("bad").await.expect("get");
+    let (status, reason) = condition(&bad, ACCEPTED).expect("accepted condition");
+    assert_eq!((status, reason), ("False", "InvalidSpec"));
+    assert!(
+        bad.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.message.contains("rule 7")))
+    );
+
+    // Steady state: no writes, no status churn.
+    w.azure.clear_calls();
+    let rv = sgcs.get("a").await.expect("get").metadata.resource_version;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(w.azure.calls().iter().filter(|c| c.method != "GET").count(), 0);
+    assert_eq!(sgcs.get("a").await.expect("get").metadata.resource_version, rv);
+
+    // Deleting a Secret rotates the key (upstream's behaviour).
+    let a = sgcs.get("a").await.expect("get");
+    let old_key = a
+        .status
+        .as_ref()
+        .and_then(|s| s.gateway_server_profile.as_ref())
+        .map(|p| p.public_key.clone());
+    secrets
+        .delete(
+            &format!("sgw-{}", a.metadata.uid.clone().expect("uid")),
+            &DeleteParams::default(),
+        )
+        .await
+        .expect("delete secret");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let a = sgcs.get("a").await.expect("get");
+    let new_key = a
+        .status
+        .as_ref()
+        .and_then(|s| s.gateway_server_profile.as_ref())
+        .map(|p| p.public_key.clone());
+    assert_ne!(new_key, old_key);
+
+    // Delete everything: finalizers released, Secrets and Azure resources gone.
+    for name in ["a", "b", "c", "private", "bad"] {
+        sgcs.delete(name, &DeleteParams::default()).await.expect("delete");
+    }
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(
+        sgcs.list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    assert!(
+        secrets
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    assert_eq!(resources(&w.azure), before);
+}
+
+#[tokio::test]
+async fn a_configuration_on_a_missing_pool_reports_pool_not_found_and_deletes_cleanly() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    sgcs.create(
+        &PostParams::default(),
+        &sgc("x", json!({"gatewayNodepoolName": "nope"})),
+    )
+    .await
+    .expect("create");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let x = sgcs.get("x").await.expect("get");
+    assert_eq!(condition(&x, ACCEPTED), Some(("False", "PoolNotFound")));
+    sgcs.delete("x", &DeleteParams::default()).await.expect("delete");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(
+        sgcs.get_opt("x").await.expect("get").is_none(),
+        "the finalizer does not get stuck"
+    );
+}
+
+#[tokio::test]
+async fn one_leader_at_a_time_and_takeover_after_release_or_expiry() {
+    let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
+    let client = kube.client("admin").expect("client");
+    let a = LeaseLock::new(client.clone(), "default", "lock", "a", Duration::from_secs(1));
+    let b = LeaseLock::new(client.clone(), "default", "lock", "b", Duration::from_secs(1));
+    assert!(a.try_acquire_or_renew().await.expect("a"));
+    assert!(!b.try_acquire_or_renew().await.expect("b"));
+    assert!(a.try_acquire_or_renew().await.expect("a renews"));
+    a.release().await.expect("release");
+    assert!(
+        b.try_acquire_or_renew()
+            .await
+            .expect("b takes over after release")
+    );
+    assert!(!a.try_acquire_or_renew().await.expect("a waits"));
+    // b stops renewing: a takes over once the lease expires.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if a.try_acquire_or_renew().await.expect("a") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never took over an expired lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!b.try_acquire_or_renew().await.expect("b lost it"));
+
+    // Racing candidates: exactly one wins a fresh lease.
+    let locks: Vec<LeaseLock> = (0..5)
+        .map(|i| {
+            LeaseLock::new(
+                client.clone(),
+                "default",
+                "race",
+                &format!("c{i}"),
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    let results = futures::future::join_all(locks.iter().map(|l| l.try_acquire_or_renew())).await;
+    let winners = results.into_iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(winners, 1);
+}
