@@ -20,6 +20,9 @@ use crate::desired::{
 
 /// Instance / NIC updates in flight at once per pool.
 pub const NIC_UPDATE_CONCURRENCY: usize = 8;
+/// Other independent ARM calls (prefix reads, creates, deletes) in flight at once per pool: bounded so that a
+/// burst of configurations does not turn into a burst of 429s.
+pub const ARM_CONCURRENCY: usize = 8;
 
 /// A pool found in Azure.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,9 +209,18 @@ pub async fn observe(
         ..Observed::default()
     };
     o.state.lb = o.lb_json.as_ref().map(lb_from_json);
-    for c in configs {
-        let name = managed_resource_name(&c.uid);
-        if let Some(p) = arm.get_prefix(&cfg.resource_group, &name).await? {
+    let names: Vec<String> = configs.iter().map(|c| managed_resource_name(&c.uid)).collect();
+    let prefixes: Vec<ArmResult<(String, Option<Value>)>> =
+        futures::stream::iter(names.into_iter().map(|name| {
+            let (arm, rg) = (arm.clone(), cfg.resource_group.clone());
+            async move { arm.get_prefix(&rg, &name).await.map(|p| (name, p)) }
+        }))
+        .buffered(ARM_CONCURRENCY)
+        .collect()
+        .await;
+    for r in prefixes {
+        let (name, p) = r?;
+        if let Some(p) = p {
             let p = prefix_from_json(&p);
             if let Some(cidr) = &p.cidr {
                 o.prefix_cidrs.insert(name.to_ascii_lowercase(), cidr.clone());
@@ -322,9 +334,20 @@ pub async fn apply(
 ) -> ArmResult<usize> {
     let rg = &cfg.resource_group;
     let mut writes = 0;
-    for p in &plan.prefixes_to_create {
-        arm.put_prefix(rg, &p.name, managed_prefix_body(&cfg.location, p.prefix_len))
-            .await?;
+    let jobs: Vec<(String, Value)> = plan
+        .prefixes_to_create
+        .iter()
+        .map(|p| (p.name.clone(), managed_prefix_body(&cfg.location, p.prefix_len)))
+        .collect();
+    let created: Vec<ArmResult<Value>> = futures::stream::iter(jobs.into_iter().map(|(name, body)| {
+        let (arm, rg) = (arm.clone(), rg.clone());
+        async move { arm.put_prefix(&rg, &name, body).await }
+    }))
+    .buffer_unordered(ARM_CONCURRENCY)
+    .collect()
+    .await;
+    for r in created {
+        r?;
         writes += 1;
     }
     for pip in &plan.public_ips_to_create {
@@ -406,8 +429,16 @@ pub async fn apply(
         arm.delete_public_ip(&pool.resource_group, name).await?;
         writes += 1;
     }
-    for name in &plan.prefixes_to_delete {
-        arm.delete_prefix(rg, name).await?;
+    let names: Vec<String> = plan.prefixes_to_delete.clone();
+    let deleted: Vec<ArmResult<()>> = futures::stream::iter(names.into_iter().map(|name| {
+        let (arm, rg) = (arm.clone(), rg.clone());
+        async move { arm.delete_prefix(&rg, &name).await }
+    }))
+    .buffer_unordered(ARM_CONCURRENCY)
+    .collect()
+    .await;
+    for r in deleted {
+        r?;
         writes += 1;
     }
     Ok(writes)
