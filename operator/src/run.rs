@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, watch};
 use crate::metrics::Metrics;
 use crate::reconcile::sgc::{Operator, RESYNC_INTERVAL, pool_key};
 
+/// How soon a converging pool is looked at again.
+pub const CONVERGING_RECHECK: Duration = Duration::from_secs(10);
+
 /// What needs a reconcile: some pools, or all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
@@ -140,6 +143,13 @@ pub async fn run_operator(
                 all = false;
                 pending.clear();
                 backoff = Duration::from_millis(500);
+                if op.converging.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(CONVERGING_RECHECK).await;
+                        let _ = tx.send(Trigger::All);
+                    });
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "reconcile failed; will retry");

@@ -110,6 +110,13 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
     let before = resources(&w.azure);
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    let gwp: api::GatewayPool = serde_json::from_value(json!({
+        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
+        "metadata": {"name": "gateway"}, "spec": {"gatewayNodepoolName": "gateway", "publicIpPrefixSize": 31}
+    }))
+    .expect("pool");
+    pools.create(&PostParams::default(), &gwp).await.expect("pool");
     for name in ["a", "b", "c"] {
         sgcs.create(
             &PostParams::default(),
@@ -194,6 +201,35 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
             assert!(st.egress_ip_prefix.as_deref().is_some_and(|p| p.ends_with("/31")));
         }
     }
+    // Instance operations finish asynchronously: the operator looks again while converging.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let ps = loop {
+        let ps = pools
+            .get("gateway")
+            .await
+            .expect("pool")
+            .status
+            .expect("pool status");
+        if ps.ready_instances == 2 {
+            break ps;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "pool never ready: {ps:?}");
+        assert!(
+            w.op.converging.swap(false, std::sync::atomic::Ordering::Relaxed),
+            "not ready yet must mean converging"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.op.reconcile_pools(None).await.expect("reconcile");
+    };
+    assert_eq!(ps.pool_type, Some(api::pool::PoolType::VirtualMachineScaleSet));
+    assert_eq!(ps.ready_instances, 2);
+    assert_eq!(ps.instances.len(), 2);
+    assert!(ps.load_balancer_frontend.is_some_and(|f| !f.ip.is_empty()));
+    assert!(
+        ps.conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.status == "True")
+    );
     ports.sort_unstable();
     ports.dedup();
     assert_eq!(ports.len(), 4, "distinct ports");

@@ -239,28 +239,46 @@ pub async fn observe(
                 .cloned()
                 .unwrap_or_default();
             o.state.vmss_model = primary_nic_from_configs(&o.vmss_nic_configs);
-            for vm in arm.list_instances(&pool.resource_group, &pool.name).await? {
+            let vms = arm.list_instances(&pool.resource_group, &pool.name).await?;
+            // The instances' NICs are read concurrently (bounded): one GET each, the only per-instance read.
+            let reads: Vec<ArmResult<(Value, Vec<Value>, crate::desired::NicAddresses)>> =
+                futures::stream::iter(vms.into_iter().map(|vm| {
+                    let (arm, rg, vmss) = (arm.clone(), pool.resource_group.clone(), pool.name.clone());
+                    async move {
+                        let id = vm
+                            .get("instanceId")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
+                        let nic_configs = vm
+                            .pointer("/properties/networkProfileConfiguration/networkInterfaceConfigurations")
+                            .and_then(Value::as_array)
+                            .cloned()
+                            .unwrap_or_default();
+                        let nic_name = primary_nic_index(&nic_configs)
+                            .and_then(|i| nic_configs[i].get("name").and_then(Value::as_str))
+                            .map(str::to_string);
+                        let addresses = match nic_name {
+                            Some(n) => arm
+                                .get_instance_nic(&rg, &vmss, &id, &n)
+                                .await?
+                                .map(|nic| nic_addresses(&nic))
+                                .unwrap_or_default(),
+                            None => Default::default(),
+                        };
+                        Ok((vm, nic_configs, addresses))
+                    }
+                }))
+                .buffered(ARM_CONCURRENCY)
+                .collect()
+                .await;
+            for r in reads {
+                let (vm, nic_configs, addresses) = r?;
                 let id = vm
                     .get("instanceId")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
-                let nic_configs = vm
-                    .pointer("/properties/networkProfileConfiguration/networkInterfaceConfigurations")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                let nic_name = primary_nic_index(&nic_configs)
-                    .and_then(|i| nic_configs[i].get("name").and_then(Value::as_str))
-                    .map(str::to_string);
-                let addresses = match &nic_name {
-                    Some(n) => arm
-                        .get_instance_nic(&pool.resource_group, &pool.name, &id, n)
-                        .await?
-                        .map(|nic| nic_addresses(&nic))
-                        .unwrap_or_default(),
-                    None => Default::default(),
-                };
                 o.state.instances.push(Instance {
                     instance_id: id.clone(),
                     computer_name: vm
@@ -476,6 +494,8 @@ pub struct PoolOutcome {
     pub writes: usize,
     /// Per configuration uid: what Azure says after the writes.
     pub facts: BTreeMap<String, ConfigFacts>,
+    /// The pool's Azure state after the writes (GatewayPool status).
+    pub state: AzureState,
 }
 
 /// Read, plan, apply, re-read. `byo_cidrs` are the CIDRs of BYO prefixes (read and length-checked by the caller).
@@ -520,5 +540,10 @@ pub async fn reconcile(
             )
         })
         .collect();
-    Ok(PoolOutcome { plan, writes, facts })
+    Ok(PoolOutcome {
+        plan,
+        writes,
+        facts,
+        state: after.state,
+    })
 }

@@ -258,6 +258,101 @@ pub fn next_status(
     (st, events)
 }
 
+/// A GatewayPool's status from the pool's Azure state: its instances, the shared frontend, Ready.
+pub fn pool_status(
+    old: &api::GatewayPoolStatus,
+    generation: Option<i64>,
+    pool: &crate::desired::Pool,
+    state: &crate::desired::AzureState,
+    wanted_ip_configs: &[String],
+    node_names: &BTreeSet<String>,
+) -> api::GatewayPoolStatus {
+    use api::pool::{LoadBalancerFrontend, PoolInstance, PoolType};
+    let ready = |prov: &str, a: &crate::desired::NicAddresses| {
+        prov.eq_ignore_ascii_case("Succeeded")
+            && a.primary_ip.is_some()
+            && wanted_ip_configs
+                .iter()
+                .all(|n| a.by_ip_config.contains_key(&n.to_ascii_lowercase()))
+    };
+    let node = |name: &str| node_names.iter().find(|n| n.eq_ignore_ascii_case(name)).cloned();
+    let instances: Vec<PoolInstance> = match pool.kind {
+        crate::desired::PoolKind::Vmss => state
+            .instances
+            .iter()
+            .map(|i| PoolInstance {
+                name: i.computer_name.clone(),
+                node_name: node(&i.computer_name),
+                primary_ip: i.addresses.primary_ip.clone().unwrap_or_default(),
+                provisioning_state: i.provisioning_state.clone(),
+                ready: ready(&i.provisioning_state, &i.addresses),
+            })
+            .collect(),
+        crate::desired::PoolKind::Vm => state
+            .vm_nics
+            .iter()
+            .map(|n| PoolInstance {
+                name: n.name.clone(),
+                node_name: None,
+                primary_ip: n.addresses.primary_ip.clone().unwrap_or_default(),
+                provisioning_state: n.provisioning_state.clone(),
+                ready: ready(&n.provisioning_state, &n.addresses),
+            })
+            .collect(),
+    };
+    let ready_instances = i32::try_from(instances.iter().filter(|i| i.ready).count()).unwrap_or(i32::MAX);
+    let frontend = state
+        .lb
+        .as_ref()
+        .and_then(|lb| {
+            lb.frontends
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case(&pool.uid))
+        })
+        .map(|f| LoadBalancerFrontend {
+            name: f.name.clone(),
+            ip: f.private_ip.clone().unwrap_or_default(),
+        });
+    let mut st = old.clone();
+    st.pool_type = Some(match pool.kind {
+        crate::desired::PoolKind::Vmss => PoolType::VirtualMachineScaleSet,
+        crate::desired::PoolKind::Vm => PoolType::VirtualMachines,
+    });
+    st.pool_uid = Some(pool.uid.clone());
+    st.ready_instances = ready_instances;
+    let total = instances.len();
+    st.instances = instances;
+    st.load_balancer_frontend = frontend;
+    st.observed_generation = generation;
+    let all_ready = total > 0 && usize::try_from(ready_instances).unwrap_or(0) == total;
+    let msg = format!("{ready_instances} of {total} instances ready");
+    set_condition(
+        &mut st.conditions,
+        READY,
+        all_ready,
+        if all_ready {
+            "InstancesReady"
+        } else {
+            "InstancesNotReady"
+        },
+        &msg,
+        generation,
+    );
+    set_condition(
+        &mut st.conditions,
+        "Degraded",
+        !all_ready && ready_instances > 0,
+        if !all_ready && ready_instances > 0 {
+            "SomeInstancesNotReady"
+        } else {
+            "AsExpected"
+        },
+        &msg,
+        generation,
+    );
+    st
+}
+
 /// Normalised key of a pool reference (ARM compares names case-insensitively).
 pub fn pool_key(r: &PoolRef) -> String {
     match r {
@@ -294,6 +389,9 @@ pub struct Operator {
     pub metrics: Metrics,
     /// Event recorder.
     pub recorder: Recorder,
+    /// Set when a pool is still converging (writes just made, addresses or operations pending): the work
+    /// loop then looks again soon instead of waiting for the periodic resync.
+    pub converging: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Operator {
@@ -342,6 +440,7 @@ impl Operator {
             probe_port,
             metrics,
             recorder,
+            converging: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -701,6 +800,49 @@ impl Operator {
             Err(e) => return self.fail_all(&configs, &keys, e).await,
         };
         tracing::info!(pool = %pool_ref, writes = outcome.writes, "pool reconciled");
+        let pending_ops = outcome
+            .state
+            .instances
+            .iter()
+            .map(|i| i.provisioning_state.as_str())
+            .chain(
+                outcome
+                    .state
+                    .vm_nics
+                    .iter()
+                    .map(|n| n.provisioning_state.as_str()),
+            )
+            .any(|p| !p.eq_ignore_ascii_case("Succeeded"));
+        let incomplete = outcome.facts.values().any(|f| !f.is_complete());
+        if outcome.writes > 0 || pending_ops || incomplete {
+            self.converging.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(p) = pool_obj {
+            let wanted: Vec<String> = plan_configs
+                .iter()
+                .filter(|c| !c.deleting && !outcome.plan.problems.contains_key(&c.uid))
+                .map(|c| api::names::managed_resource_name(&c.uid))
+                .collect();
+            let node_names: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+            let old = p.status.clone().unwrap_or_default();
+            let new = pool_status(
+                &old,
+                p.metadata.generation,
+                &resolved.pool,
+                &outcome.state,
+                &wanted,
+                &node_names,
+            );
+            if new != old {
+                Api::<GatewayPool>::all(self.client.clone())
+                    .patch_status(
+                        &p.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": new})),
+                    )
+                    .await?;
+            }
+        }
         for (sgc, c) in &configs {
             if blocked.contains(&c.uid) {
                 continue;
