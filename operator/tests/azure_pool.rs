@@ -279,3 +279,67 @@ async fn a_failed_instance_is_repaired_and_drift_is_undone() {
     assert_eq!(writes(&env, "PUT", "(?i)/virtualMachines/[^/]+$"), 1);
     assert_eq!(run(&env, &pool, &configs).await.writes, 0);
 }
+
+fn vm_pool_seed() -> Seed {
+    let mut seed = Seed::aks_like(0);
+    seed.vm_scale_sets.clear();
+    seed.vm_pools.push(testbed::azure::seed::VmPoolSeed {
+        resource_group: "node-rg".into(),
+        pool_name: "gateway".into(),
+        gateway_prefix_size: Some(31),
+        vms: 2,
+        nics: 2,
+        subnet: testbed::azure::seed::SubnetRef {
+            resource_group: "node-rg".into(),
+            vnet: "aks-vnet".into(),
+            subnet: "aks-subnet".into(),
+        },
+    });
+    seed
+}
+
+#[tokio::test]
+async fn vm_pool_private_and_public_mode_through_the_pre_created_nics() {
+    let env = start(vm_pool_seed()).await;
+    let before = resources(&env);
+    let pool = resolve(&env).await;
+    assert_eq!(pool.pool.kind, operator::desired::PoolKind::Vm);
+    assert_eq!(pool.pool.uid, api::names::vm_pool_uid("gateway"));
+
+    let mut configs = managed(2);
+    configs[0].egress = Egress::Private;
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!(
+        writes(&env, "PUT", "(?i)/networkInterfaces/[^/]+$"),
+        2,
+        "one PUT per NIC for both configurations"
+    );
+    assert_eq!(
+        writes(&env, "PUT", "(?i)/publicIPAddresses/[^/]+$"),
+        2,
+        "one public IP per NIC for the public one"
+    );
+    let private = &out.facts[&configs[0].uid];
+    assert_eq!(
+        private.egress_ip_prefix.as_deref().map(|p| p.split(',').count()),
+        Some(2),
+        "{private:?}"
+    );
+    let public = &out.facts[&configs[1].uid];
+    assert!(
+        public
+            .egress_ip_prefix
+            .as_deref()
+            .is_some_and(|p| p.ends_with("/31")),
+        "{public:?}"
+    );
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0, "steady state");
+
+    run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(
+        resources(&env),
+        before,
+        "NIC ipConfigurations, public IPs, prefix and LB all gone"
+    );
+}

@@ -74,6 +74,32 @@ async fn start() -> World {
     }
 }
 
+/// A fresh operator process: new clients, no memory of earlier runs.
+fn new_operator(client: &kube::Client, cfg: &CloudConfig) -> Operator {
+    let metrics = Metrics::new();
+    let retry = RetryBudget {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(200),
+        max_retries: 4,
+    };
+    let arm = Arm::new(
+        cfg,
+        operator::azure::credential(cfg).expect("cred"),
+        retry,
+        &metrics,
+    )
+    .expect("arm");
+    Operator::new(
+        client.clone(),
+        arm,
+        cfg.clone(),
+        NS.into(),
+        NS.into(),
+        8082,
+        metrics,
+    )
+}
+
 fn sgc(name: &str, spec: serde_json::Value) -> StaticGatewayConfiguration {
     serde_json::from_value(json!({
         "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
@@ -362,4 +388,69 @@ async fn one_leader_at_a_time_and_takeover_after_release_or_expiry() {
     let results = futures::future::join_all(locks.iter().map(|l| l.try_acquire_or_renew())).await;
     let winners = results.into_iter().filter(|r| matches!(r, Ok(true))).count();
     assert_eq!(winners, 1);
+}
+
+#[tokio::test]
+async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_duplicates() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    for name in ["a", "b"] {
+        sgcs.create(
+            &PostParams::default(),
+            &sgc(name, json!({"gatewayNodepoolName": "gateway"})),
+        )
+        .await
+        .expect("create");
+    }
+    // Every instance update fails: the reconcile stops half-way (prefixes, LB and VMSS model written).
+    w.azure
+        .inject_fault(testbed::azure::FaultSpec::new(
+            "PUT",
+            "(?i)/virtualMachines/[^/]+$",
+            100,
+            500,
+            "InternalServerError",
+        ))
+        .expect("fault");
+    assert!(w.op.reconcile_pools(None).await.is_err());
+    let a = sgcs.get("a").await.expect("get");
+    let ready = a
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "AzureError")
+    );
+    assert!(ready.message.contains("InternalServerError"), "{}", ready.message);
+    let lb_before =
+        w.op.arm
+            .get_lb("node-rg", "kubeegressgateway-ilb")
+            .await
+            .expect("lb")
+            .expect("exists");
+
+    // "Restart": a new operator, Azure healthy again.
+    w.azure.with_state(|s| s.clear_faults());
+    let restarted = new_operator(&w.client, &w.op.cfg);
+    restarted.reconcile_pools(None).await.expect("reconcile");
+    for name in ["a", "b"] {
+        let s = sgcs.get(name).await.expect("get");
+        assert_eq!(condition(&s, READY), Some(("True", "Provisioned")), "{name}");
+    }
+    let lb = restarted
+        .arm
+        .get_lb("node-rg", "kubeegressgateway-ilb")
+        .await
+        .expect("lb")
+        .expect("exists");
+    let rules = |lb: &serde_json::Value| lb["properties"]["loadBalancingRules"].clone();
+    assert_eq!(rules(&lb).as_array().map(Vec::len), Some(2), "no duplicate rules");
+    assert_eq!(rules(&lb), rules(&lb_before), "ports survive the restart");
+    assert_eq!(
+        w.azure.inventory()["publicBlocks"].as_array().map(Vec::len),
+        Some(2),
+        "no duplicate prefixes"
+    );
 }
