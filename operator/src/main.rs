@@ -49,8 +49,15 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() {
+    if let Err(e) = run_main(Args::parse()).await {
+        // One line with the whole cause chain: start-up errors name the field and the rule.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run_main(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_json {
