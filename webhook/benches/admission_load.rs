@@ -45,22 +45,61 @@ fn pod(annotations: Value) -> Value {
 }
 
 fn scenarios() -> Vec<Scenario> {
-    let sgc = |spec: Value| json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
-        "metadata": {"name": "team-a", "namespace": "team-a"}, "spec": spec});
-    let sgc_kind = ("egressgateway.kubernetes.azure.com", "v1alpha1", "StaticGatewayConfiguration");
+    let sgc = |spec: Value| {
+        json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
+        "metadata": {"name": "team-a", "namespace": "team-a"}, "spec": spec})
+    };
+    let sgc_kind = (
+        "egressgateway.kubernetes.azure.com",
+        "v1alpha1",
+        "StaticGatewayConfiguration",
+    );
     vec![
-        Scenario { name: "SGC validate (valid)", path: "/validate-staticgatewayconfiguration", body: review(sgc_kind, sgc(json!({
+        Scenario {
+            name: "SGC validate (valid)",
+            path: "/validate-staticgatewayconfiguration",
+            body: review(
+                sgc_kind,
+                sgc(json!({
             "gatewayVmssProfile": {"vmssResourceGroup": "rg-gw", "vmssName": "gw-vmss", "publicIpPrefixSize": 30},
             "provisionPublicIps": true, "defaultRoute": "staticEgressGateway",
             "publicIpPrefixId": "/subscriptions/3fa85f64-5717-4562-b3fc-2c963f66afa6/resourceGroups/rg/providers/Microsoft.Network/publicIPPrefixes/p",
-            "excludeCidrs": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]}))) },
-        Scenario { name: "SGC validate (denied, 4 violations)", path: "/validate-staticgatewayconfiguration", body: review(sgc_kind, sgc(json!({
+            "excludeCidrs": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]})),
+            ),
+        },
+        Scenario {
+            name: "SGC validate (denied, 4 violations)",
+            path: "/validate-staticgatewayconfiguration",
+            body: review(
+                sgc_kind,
+                sgc(json!({
             "gatewayVmssProfile": {"vmssResourceGroup": "", "vmssName": "gw", "publicIpPrefixSize": 27},
-            "provisionPublicIps": false, "excludeCidrs": ["10.0.0.0/8", "bad"]}))) },
-        Scenario { name: "SGC mutate (defaults)", path: "/mutate-staticgatewayconfiguration", body: review(sgc_kind, sgc(json!({"gatewayNodepoolName": "gwpool"}))) },
-        Scenario { name: "Pod mutate (plain, no change)", path: "/mutate-pod", body: review(("", "v1", "Pod"), pod(json!({"kubernetes.io/psp": "restricted"}))) },
-        Scenario { name: "Pod validate (plain, no change)", path: "/validate-pod", body: review(("", "v1", "Pod"), pod(json!({"kubernetes.io/psp": "restricted"}))) },
-        Scenario { name: "Pod validate (annotated)", path: "/validate-pod", body: review(("", "v1", "Pod"), pod(json!({"kubernetes.azure.com/static-gateway-configuration": "team-a"}))) },
+            "provisionPublicIps": false, "excludeCidrs": ["10.0.0.0/8", "bad"]})),
+            ),
+        },
+        Scenario {
+            name: "SGC mutate (defaults)",
+            path: "/mutate-staticgatewayconfiguration",
+            body: review(sgc_kind, sgc(json!({"gatewayNodepoolName": "gwpool"}))),
+        },
+        Scenario {
+            name: "Pod mutate (plain, no change)",
+            path: "/mutate-pod",
+            body: review(("", "v1", "Pod"), pod(json!({"kubernetes.io/psp": "restricted"}))),
+        },
+        Scenario {
+            name: "Pod validate (plain, no change)",
+            path: "/validate-pod",
+            body: review(("", "v1", "Pod"), pod(json!({"kubernetes.io/psp": "restricted"}))),
+        },
+        Scenario {
+            name: "Pod validate (annotated)",
+            path: "/validate-pod",
+            body: review(
+                ("", "v1", "Pod"),
+                pod(json!({"kubernetes.azure.com/static-gateway-configuration": "team-a"})),
+            ),
+        },
     ]
 }
 
@@ -73,18 +112,29 @@ impl Drop for Guard {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -104,16 +154,27 @@ async fn main() {
     let ca = ca_params.self_signed(&ca_key).expect("ca");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf_key = rcgen::KeyPair::generate().expect("key");
-    let leaf = rcgen::CertificateParams::new(vec!["webhook.bench".to_string()]).expect("p").signed_by(&leaf_key, &issuer).expect("leaf");
+    let leaf = rcgen::CertificateParams::new(vec!["webhook.bench".to_string()])
+        .expect("p")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
     std::fs::write(dir.path().join("tls.crt"), leaf.pem()).expect("write");
     std::fs::write(dir.path().join("tls.key"), leaf_key.serialize_pem()).expect("write");
 
     let port = free_port();
     let metrics_port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_kube-egress-gateway-webhook"))
-        .args(["--standalone", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .arg("--tls-cert-file").arg(dir.path().join("tls.crt"))
-        .arg("--tls-key-file").arg(dir.path().join("tls.key"))
+        .args([
+            "--standalone",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .arg("--tls-cert-file")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key-file")
+        .arg(dir.path().join("tls.key"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -154,7 +215,10 @@ async fn main() {
                     .connect(ServerName::try_from("webhook.bench").expect("name"), tcp)
                     .await
                     .expect("tls");
-                let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
+                let (mut send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .expect("handshake");
                 tokio::spawn(conn);
                 let mut latencies = Vec::new();
                 while Instant::now() < stop {
@@ -187,5 +251,9 @@ async fn main() {
             all.len()
         );
     }
-    println!("\npeak RSS (VmHWM): {} KiB; RSS now: {} KiB", rss_kib(pid, "VmHWM:"), rss_kib(pid, "VmRSS:"));
+    println!(
+        "\npeak RSS (VmHWM): {} KiB; RSS now: {} KiB",
+        rss_kib(pid, "VmHWM:"),
+        rss_kib(pid, "VmRSS:")
+    );
 }

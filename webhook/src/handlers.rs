@@ -169,9 +169,11 @@ fn verdict_response(req: &Request<'_>, kind: &str, verdict: Verdict) -> Response
         warnings,
         ..Response::deny(
             &req.uid,
+            // 400/BadRequest, not 422/Invalid: for Invalid, kubectl prints only the causes as "The request is
+            // invalid" and drops which webhook denied it; users know webhook denials by that line.
             Denial {
-                code: 422,
-                reason: "Invalid",
+                code: 400,
+                reason: "BadRequest",
                 message: format!("{kind} {id} is invalid: {}", verdict.message()),
                 causes,
             },

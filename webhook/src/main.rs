@@ -74,7 +74,11 @@ async fn main() -> anyhow::Result<()> {
     let client = if args.standalone {
         None
     } else {
-        Some(kube::Client::try_default().await.context("cannot build a Kubernetes client")?)
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("cannot build a Kubernetes client")?,
+        )
     };
     let metrics = Arc::new(metrics::Metrics::default());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

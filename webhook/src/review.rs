@@ -167,9 +167,9 @@ pub struct Response {
 /// Why a request is refused.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Denial {
-    /// 422 for invalid objects, 403 for forbidden writers, 400 for malformed reviews.
+    /// 400 for invalid objects and malformed reviews, 403 for forbidden writers.
     pub code: u16,
-    /// `Invalid`, `Forbidden` or `BadRequest`.
+    /// `BadRequest` or `Forbidden`.
     pub reason: &'static str,
     /// One-line message: every violation with its path.
     pub message: String,

@@ -129,8 +129,8 @@ fn invalid_configuration_is_denied_with_every_violation_and_its_path() {
     );
     assert_eq!(resp["allowed"], false);
     let status = &resp["status"];
-    assert_eq!(status["code"], 422);
-    assert_eq!(status["reason"], "Invalid");
+    assert_eq!(status["code"], 400);
+    assert_eq!(status["reason"], "BadRequest");
     let message = status["message"].as_str().expect("message");
     assert!(
         message.starts_with("StaticGatewayConfiguration team-a/gw is invalid: "),

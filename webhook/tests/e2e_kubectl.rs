@@ -1,0 +1,551 @@
+//! End to end: the webhook registered in the Kubernetes API simulator, driven by the real `kubectl`.
+//! What a user sees for each sample manifest (upstream's and broken ones), defaults, rule 4 from the cluster's
+//! Nodes and GatewayPools, pod defaults and warnings, PodEndpoint protection, and failurePolicy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+use testbed::kube::{Access, KubeSim, KubeSimConfig, User};
+use webhook::facts::ClusterFacts;
+use webhook::handlers::Policy;
+use webhook::metrics::Metrics;
+use webhook::server::{AppState, admission_router, serve_tls};
+
+const NS: &str = "kube-egress-gateway-system";
+const SVC: &str = "kube-egress-gateway-webhook";
+const AGENT_SA: &str = "kube-egress-gateway-node-agent";
+
+struct Env {
+    sim: KubeSim,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    facts: webhook::facts::ReflectorFacts,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Env {
+    async fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Out {
+        let out = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .await
+            .expect("kubectl runs");
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> Out {
+        self.kubectl_as(&self.kubeconfig, args).await
+    }
+
+    async fn apply(&self, file: &Path) -> Out {
+        self.kubectl(&["apply", "-f", file.to_str().expect("utf-8")])
+            .await
+    }
+
+    fn write(&self, name: &str, yaml: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, yaml).expect("write manifest");
+        p
+    }
+}
+
+fn manifest(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../api/tests/manifests")
+        .join(name)
+}
+
+fn webhook_entry(
+    name: &str,
+    path: &str,
+    rules: serde_json::Value,
+    ca: &str,
+    failure: &str,
+) -> serde_json::Value {
+    json!({
+        "name": name,
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": failure,
+        "timeoutSeconds": 5,
+        "clientConfig": {"service": {"namespace": NS, "name": SVC, "path": path, "port": 443}, "caBundle": ca},
+        "rules": rules,
+    })
+}
+
+fn rule(group: &str, resource: &str, ops: &[&str]) -> serde_json::Value {
+    json!([{"apiGroups": [group], "apiVersions": ["*"], "resources": [resource], "operations": ops, "scope": "*"}])
+}
+
+async fn start() -> Env {
+    let cfg = KubeSimConfig {
+        users: vec![
+            User::new("admin", "admin-token-e2e", Access::Admin),
+            User::service_account(NS, AGENT_SA, "agent-token-e2e"),
+        ],
+        ..KubeSimConfig::default()
+    };
+    let sim = KubeSim::start(cfg).await.expect("simulator");
+    let admin = sim.client("admin").expect("client");
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for crd in api::crd::all() {
+        crds.create(&PostParams::default(), &crd).await.expect("CRD");
+    }
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    for ns in [NS, "mynamespace", "demo", "team-a"] {
+        let mut obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+        if ns == "team-a" {
+            obj.metadata.annotations = Some(
+                [(
+                    api::names::NAMESPACE_DEFAULT_GATEWAY_ANNOTATION.to_string(),
+                    "team-gw".to_string(),
+                )]
+                .into(),
+            );
+        }
+        namespaces
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("namespace");
+    }
+
+    // The real webhook server, with its own self-generated certificate, reachable as the Service.
+    let generated = webhook::tls::self_signed(&[format!("{SVC}.{NS}.svc")]).expect("certificate");
+    let facts = webhook::watch::start(admin.clone());
+    let state = Arc::new(AppState {
+        facts: Arc::new(facts.clone()),
+        policy: Policy {
+            podendpoint_writers: vec![format!("system:serviceaccount:{NS}:{AGENT_SA}")],
+        },
+        metrics: Arc::new(Metrics::default()),
+        draining: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    sim.map_service(NS, SVC, listener.local_addr().expect("addr"));
+    let (shutdown, rx) = tokio::sync::watch::channel(false);
+    let tls =
+        Arc::new(webhook::tls::server_config(webhook::tls::CertStore::new(generated.key)).expect("tls"));
+    tokio::spawn(serve_tls(
+        listener,
+        tls,
+        admission_router(state),
+        rx,
+        Duration::from_secs(2),
+    ));
+
+    // Webhook configurations as the chart registers them.
+    let ca = base64::engine::general_purpose::STANDARD.encode(&generated.ca_pem);
+    let group = api::names::GROUP;
+    let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "kube-egress-gateway"},
+        "webhooks": [
+            webhook_entry("mutate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com", "/mutate-staticgatewayconfiguration",
+                rule(group, "staticgatewayconfigurations", &["CREATE", "UPDATE"]), &ca, "Fail"),
+            webhook_entry("mutate.pods.egressgateway.kubernetes.azure.com", "/mutate-pod", rule("", "pods", &["CREATE"]), &ca, "Ignore"),
+        ]
+    }))
+    .expect("mutating configuration");
+    let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "kube-egress-gateway"},
+        "webhooks": [
+            webhook_entry("validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com", "/validate-staticgatewayconfiguration",
+                rule(group, "staticgatewayconfigurations", &["CREATE", "UPDATE"]), &ca, "Fail"),
+            webhook_entry("validate.gatewaypools.egressgateway.kubernetes.azure.com", "/validate-gatewaypool",
+                rule(group, "gatewaypools", &["CREATE", "UPDATE"]), &ca, "Fail"),
+            webhook_entry("validate.pods.egressgateway.kubernetes.azure.com", "/validate-pod", rule("", "pods", &["CREATE"]), &ca, "Ignore"),
+            webhook_entry("validate.podendpoints.egressgateway.kubernetes.azure.com", "/validate-podendpoint",
+                rule(group, "podendpoints", &["CREATE", "UPDATE"]), &ca, "Fail"),
+        ]
+    }))
+    .expect("validating configuration");
+    Api::<MutatingWebhookConfiguration>::all(admin.clone())
+        .create(&PostParams::default(), &mutating)
+        .await
+        .expect("mwc");
+    Api::<ValidatingWebhookConfiguration>::all(admin)
+        .create(&PostParams::default(), &validating)
+        .await
+        .expect("vwc");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let kubeconfig = dir.path().join("admin.kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, "admin").expect("kubeconfig");
+    let env = Env {
+        sim,
+        dir,
+        kubeconfig,
+        facts,
+        shutdown,
+    };
+    eventually("webhook watches synced", || async { env.facts.synced() }).await;
+    env
+}
+
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+const DENIED_SGC: &str = "admission webhook \"validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com\" denied the request: ";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_through_kubectl() {
+    let env = start().await;
+
+    // Refused by our rules (before the accepted samples of the same names exist): the exact text kubectl prints.
+    let out = env.apply(&manifest("seed000-vmss-byo.yaml")).await;
+    assert!(!out.ok);
+    let expected = format!(
+        "{DENIED_SGC}StaticGatewayConfiguration mynamespace/mystaticegressgateway is invalid: spec.publicIpPrefixId: rule 6 (public IP prefix ID): \
+         '/subscriptions/mySubscriptionID/resourcegroups/myResourceGroup/providers/Microsoft.Network/publicipprefixes/myPIPPrefix' \
+         has subscription 'mySubscriptionID', which is not a subscription ID (a GUID)"
+    );
+    assert!(
+        out.stderr.contains(&expected),
+        "got: {}\nwant: {expected}",
+        out.stderr
+    );
+    println!("seed000-vmss-byo.yaml:\n{}", out.stderr);
+
+    let out = env.apply(&manifest("seed002-unsubstituted.yaml")).await;
+    assert!(
+        !out.ok && out.stderr.contains(DENIED_SGC) && out.stderr.contains("spec.publicIpPrefixId: rule 6"),
+        "{}",
+        out.stderr
+    );
+    println!("seed002-unsubstituted.yaml:\n{}", out.stderr);
+
+    // Accepted samples are created with the defaults filled in.
+    for (file, ns, name) in [
+        ("seed000-private.yaml", "mynamespace", "myprivateegressgateway"),
+        (
+            "seed000-vmss-byo-real-subscription.yaml",
+            "demo",
+            "mystaticegressgateway",
+        ),
+        ("seed002-nodepool-byo.yaml", "default", "my-static-egress-gateway"),
+        ("seed004-private-fragment.yaml", "demo", "private"),
+    ] {
+        let out = env.apply(&manifest(file)).await;
+        assert!(
+            out.ok
+                && out.stdout.contains(&format!(
+                    "staticgatewayconfiguration.egressgateway.kubernetes.azure.com/{name} created"
+                )),
+            "{file}: {}",
+            out.stderr
+        );
+        let route = env
+            .kubectl(&[
+                "get",
+                "sgc",
+                name,
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.spec.defaultRoute} {.spec.provisionPublicIps}",
+            ])
+            .await;
+        assert!(route.ok, "{}", route.stderr);
+    }
+    let got = env
+        .kubectl(&[
+            "get",
+            "sgc",
+            "my-static-egress-gateway",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.defaultRoute} {.spec.provisionPublicIps}",
+        ])
+        .await;
+    assert_eq!(
+        got.stdout, "staticEgressGateway true",
+        "defaults applied to the manifest that omitted them"
+    );
+
+    // Refused by the CRD schema before our validating webhook runs.
+    for (file, needle) in [
+        (
+            "invalid-enum.yaml",
+            "spec.defaultRoute: Unsupported value: \"internet\"",
+        ),
+        (
+            "invalid-prefix-40.yaml",
+            "spec.gatewayVmssProfile.publicIpPrefixSize",
+        ),
+        ("invalid-types.yaml", "spec.provisionPublicIps"),
+        ("pool-invalid-size.yaml", "spec.publicIpPrefixSize"),
+        // kubectl asks for strict field validation: a misspelled field is an error, not silently dropped.
+        (
+            "upstream-docs-sample-wrong-case.yaml",
+            "unknown field \"spec.excludeCIDRs\"",
+        ),
+        (
+            "upstream-readme-private-misplaced-size.yaml",
+            "unknown field \"spec.publicIpPrefixSize\"",
+        ),
+    ] {
+        let out = env.apply(&manifest(file)).await;
+        assert!(!out.ok && out.stderr.contains(needle), "{file}: {}", out.stderr);
+        println!("{file}:\n{}", out.stderr);
+    }
+
+    // Several violations at once, each with its path, in one message.
+    let bad = env.write(
+        "bad.yaml",
+        "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: bad\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n  publicIpPrefixId: my-prefix\n  excludeCidrs: [10.0.0.0/8, 1.2.3.4, fd00::/8]\n",
+    );
+    let out = env.apply(&bad).await;
+    assert!(!out.ok);
+    for needle in [
+        "spec.publicIpPrefixId: rule 6",
+        "spec.excludeCidrs[1]: rule 7",
+        "'1.2.3.4' is an address, not a CIDR; write 1.2.3.4/32",
+        "spec.excludeCidrs[2]: rule 7",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "missing {needle:?} in {}",
+            out.stderr
+        );
+    }
+    println!("bad.yaml:\n{}", out.stderr);
+
+    // Warnings come back as kubectl warnings.
+    let warned = env.write(
+        "warned.yaml",
+        "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: warned\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n  excludeCidrs: [10.1.2.3/16]\n",
+    );
+    let out = env.apply(&warned).await;
+    assert!(
+        out.ok
+            && out.stderr.contains(
+                "Warning: spec.excludeCidrs[0]: '10.1.2.3/16' has host bits set; it is treated as 10.1.0.0/16"
+            ),
+        "{}",
+        out.stderr
+    );
+
+    // Immutable pool reference (the CRD's CEL rule answers before the webhook; both name the fix).
+    let moved = env.write(
+        "moved.yaml",
+        "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: warned\n  namespace: demo\nspec:\n  gatewayNodepoolName: otherpool\n",
+    );
+    let out = env.apply(&moved).await;
+    assert!(
+        !out.ok && out.stderr.contains("gatewayNodepoolName is immutable"),
+        "{}",
+        out.stderr
+    );
+    let _ = env.shutdown.send(true);
+}
+
+fn node(name: &str, pool: &str) -> Node {
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kubernetes.azure.com/agentpool": pool, "kubernetes.azure.com/mode": "gateway"}}}))
+        .expect("node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_four_uses_the_clusters_nodes_and_pools() {
+    let env = start().await;
+    let admin = env.sim.client("admin").expect("client");
+    let nodes: Api<Node> = Api::all(admin);
+    for i in 0..3 {
+        nodes
+            .create(&PostParams::default(), &node(&format!("gw-{i}"), "gwpool"))
+            .await
+            .expect("node");
+    }
+    let pool_ref = api::PoolRef::Nodepool("gwpool".into());
+    eventually("webhook sees 3 gateway nodes", || async {
+        env.facts.node_count(&pool_ref) == Some(3)
+    })
+    .await;
+
+    let pool = |size: u32| {
+        env.write(&format!("pool{size}.yaml"), &format!(
+        "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: GatewayPool\nmetadata:\n  name: gwpool\nspec:\n  gatewayNodepoolName: gwpool\n  publicIpPrefixSize: {size}\n"))
+    };
+    let out = env.apply(&pool(31)).await;
+    assert!(!out.ok && out.stderr.contains("GatewayPool gwpool is invalid: spec.publicIpPrefixSize: rule 4 (instances fit the prefix): the pool has 3 gateway nodes but a /31 prefix has only 2 addresses; use publicIpPrefixSize: 30"), "{}", out.stderr);
+    println!("pool /31 with 3 nodes:\n{}", out.stderr);
+    let out = env.apply(&pool(30)).await;
+    assert!(out.ok, "{}", out.stderr);
+    eventually("webhook sees the pool", || async {
+        env.facts.gateway_pool(&pool_ref).is_some()
+    })
+    .await;
+
+    // The pool grows beyond /30: new configurations on it are refused with the reason.
+    for i in 3..5 {
+        nodes
+            .create(&PostParams::default(), &node(&format!("gw-{i}"), "gwpool"))
+            .await
+            .expect("node");
+    }
+    eventually("webhook sees 5 gateway nodes", || async {
+        env.facts.node_count(&pool_ref) == Some(5)
+    })
+    .await;
+    let sgc = env.write("sgc.yaml", "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: gw\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n");
+    let out = env.apply(&sgc).await;
+    assert!(!out.ok && out.stderr.contains("spec.gatewayNodepoolName: rule 4 (instances fit the prefix): the pool has 5 gateway nodes but a /30 prefix has only 4 addresses"), "{}", out.stderr);
+    println!("SGC on an overgrown pool:\n{}", out.stderr);
+    let _ = env.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_podendpoints_and_failure_policy() {
+    let env = start().await;
+    // Namespace default injected into a new pod.
+    let out = env
+        .kubectl(&["run", "app", "-n", "team-a", "--image=nginx", "--restart=Never"])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let got = env
+        .kubectl(&[
+            "get",
+            "pod",
+            "app",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.metadata.annotations.kubernetes\\.azure\\.com/static-gateway-configuration}",
+        ])
+        .await;
+    assert_eq!(got.stdout, "team-gw");
+    // It names a configuration that does not exist: a warning, not a denial.
+    assert!(out.stderr.contains("Warning: metadata.annotations[kubernetes.azure.com/static-gateway-configuration]: StaticGatewayConfiguration 'team-gw' does not exist in namespace 'team-a'"), "{}", out.stderr);
+
+    // Plain pods elsewhere are untouched.
+    let out = env
+        .kubectl(&["run", "plain", "-n", "demo", "--image=nginx", "--restart=Never"])
+        .await;
+    assert!(out.ok && !out.stderr.contains("Warning"), "{}", out.stderr);
+    let got = env
+        .kubectl(&[
+            "get",
+            "pod",
+            "plain",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.metadata.annotations}",
+        ])
+        .await;
+    assert_eq!(got.stdout, "");
+
+    // Annotated hostNetwork pods are refused.
+    let host = env.write("host.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: host\n  namespace: demo\n  annotations:\n    kubernetes.azure.com/static-gateway-configuration: gw\nspec:\n  hostNetwork: true\n  containers: [{name: c, image: nginx}]\n");
+    let out = env.apply(&host).await;
+    assert!(
+        !out.ok
+            && out.stderr.contains(
+                "admission webhook \"validate.pods.egressgateway.kubernetes.azure.com\" denied the request"
+            )
+            && out.stderr.contains("hostNetwork"),
+        "{}",
+        out.stderr
+    );
+    println!("annotated hostNetwork pod:\n{}", out.stderr);
+
+    // PodEndpoints: refused for users, allowed for the node agent's service account.
+    let pe = env.write("pe.yaml", "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: PodEndpoint\nmetadata:\n  name: app\n  namespace: team-a\nspec:\n  staticGatewayConfiguration: team-gw\n  podIpAddress: 10.244.0.5/32\n  podPublicKey: aGVsbG8=\n");
+    let out = env.apply(&pe).await;
+    assert!(!out.ok && out.stderr.contains("PodEndpoints register WireGuard peers on gateway nodes and are written only by the node agent"), "{}", out.stderr);
+    println!("PodEndpoint by a user:\n{}", out.stderr);
+    // The chart grants the node agent PodEndpoint writes through RBAC; the webhook is the second lock.
+    let admin = env.sim.client("admin").expect("client");
+    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({"metadata": {"name": "node-agent"},
+        "rules": [{"apiGroups": [api::names::GROUP], "resources": ["podendpoints"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]})).expect("role");
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding =
+        serde_json::from_value(json!({"metadata": {"name": "node-agent"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "node-agent"},
+        "subjects": [{"kind": "ServiceAccount", "name": AGENT_SA, "namespace": NS}]}))
+        .expect("binding");
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("role");
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(admin)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding");
+    let agent_kubeconfig = env.dir.path().join("agent.kubeconfig");
+    env.sim
+        .write_kubeconfig(
+            &agent_kubeconfig,
+            &format!("system:serviceaccount:{NS}:{AGENT_SA}"),
+        )
+        .expect("kubeconfig");
+    let out = env
+        .kubectl_as(&agent_kubeconfig, &["apply", "-f", pe.to_str().expect("utf-8")])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+
+    // Webhook down: our kinds fail closed (failurePolicy Fail), pods are never blocked (Ignore).
+    let _ = env.shutdown.send(true);
+    let sgc = env.write("sgc.yaml", "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: later\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n");
+    eventually("webhook stopped answering", || async {
+        !env.apply(&sgc).await.ok
+    })
+    .await;
+    let out = env.apply(&sgc).await;
+    assert!(out.stderr.contains("failed calling webhook"), "{}", out.stderr);
+    let out = env
+        .kubectl(&[
+            "run",
+            "still-fine",
+            "-n",
+            "team-a",
+            "--image=nginx",
+            "--restart=Never",
+        ])
+        .await;
+    assert!(
+        out.ok,
+        "pods are created while the webhook is down: {}",
+        out.stderr
+    );
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(env.sim.client("admin").expect("client"), "team-a");
+    pods.delete("still-fine", &DeleteParams::default())
+        .await
+        .expect("delete");
+}
