@@ -227,6 +227,14 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
             assert!(st.egress_ip_prefix.as_deref().is_some_and(|p| p.ends_with("/31")));
         }
     }
+    let finalizers = pools
+        .get("gateway")
+        .await
+        .expect("pool")
+        .metadata
+        .finalizers
+        .unwrap_or_default();
+    assert!(finalizers.contains(&api::names::POOL_FINALIZER.to_string()));
     // Instance operations finish asynchronously: the operator looks again while converging.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let ps = loop {
@@ -303,7 +311,18 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
     for name in ["a", "b", "c", "private", "bad"] {
         sgcs.delete(name, &DeleteParams::default()).await.expect("delete");
     }
+    pools
+        .delete("gateway", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    assert!(
+        pools.get_opt("gateway").await.expect("get").is_some(),
+        "held by its finalizer while in use"
+    );
     w.op.reconcile_pools(None).await.expect("reconcile");
+    // The configurations are gone now; the next pass releases the pool.
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(pools.get_opt("gateway").await.expect("get").is_none());
     assert!(
         sgcs.list(&Default::default())
             .await

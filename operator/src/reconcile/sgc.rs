@@ -1035,6 +1035,38 @@ impl Operator {
             let key = pool_key(&r);
             by_pool.entry(key).or_insert_with(|| (r, Vec::new())).1.push(sgc);
         }
+        // GatewayPools carry a finalizer while configurations use them, so a pool object cannot vanish under
+        // its configurations (it is what admission checks rule 4 against).
+        for p in &pools {
+            let Some(r) = p.spec.pool_ref() else { continue };
+            let used = by_pool.contains_key(&pool_key(&r));
+            let has = p.finalizers().iter().any(|f| f == api::names::POOL_FINALIZER);
+            let deleting = p.metadata.deletion_timestamp.is_some();
+            let finalizers: Option<Vec<String>> = match (deleting, has, used) {
+                (false, false, _) => Some(
+                    p.finalizers()
+                        .iter()
+                        .cloned()
+                        .chain([api::names::POOL_FINALIZER.to_string()])
+                        .collect(),
+                ),
+                (true, true, false) => Some(
+                    p.finalizers()
+                        .iter()
+                        .filter(|f| *f != api::names::POOL_FINALIZER)
+                        .cloned()
+                        .collect(),
+                ),
+                _ => None,
+            };
+            if let Some(finalizers) = finalizers {
+                let patch =
+                    json!({"metadata": {"finalizers": finalizers, "resourceVersion": p.resource_version()}});
+                Api::<GatewayPool>::all(self.client.clone())
+                    .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+            }
+        }
         let mut first_error = None;
         let mut n = 0;
         for (key, (r, mut list)) in by_pool {
