@@ -1,0 +1,1030 @@
+//! The pure core of the operator: from one pool, the configurations on it and the Azure state that exists,
+//! compute the ONE desired state of everything the pool shares, and the few writes that get there.
+//!
+//! Upstream reconciles every configuration on its own, so N configurations changing together cost N load
+//! balancer PUTs, N VMSS PUTs and N updates per instance. Here every configuration's wishes are folded into one
+//! desired load balancer, one VMSS network profile and one network configuration per instance, so however
+//! many configurations change, a pool converges with at most one write of each — and with none in steady state
+//! (`PoolPlan::is_noop`).
+//!
+//! Azure objects are modelled by the few fields the operator owns, with references reduced to resource names
+//! (ARM compares them case-insensitively, so does this module). The appliers in `azure.rs` merge a desired
+//! model back into the full ARM object, keeping every field and entry the operator does not own.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use api::names::{
+    WIREGUARD_PORT_END, WIREGUARD_PORT_START, lb_probe_path, managed_resource_name, vm_pool_public_ip_name,
+};
+
+/// Transport protocol of the WireGuard rule (ARM spelling).
+pub const RULE_PROTOCOL: &str = "Udp";
+/// Protocol of the health probe (ARM spelling).
+pub const PROBE_PROTOCOL: &str = "Http";
+/// ARM provisioning state that forces an instance or NIC update (upstream #1011).
+pub const FAILED: &str = "Failed";
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+// ---------------------------------------------------------------------------------------------
+
+/// What the operator knows about the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Names the load-balancer frontend and backend pool (VMSS uniqueId, or the VM pool's v3 UUID).
+    pub uid: String,
+    /// Scale set, or VM pool with pre-created NICs.
+    pub kind: PoolKind,
+    /// Length of every public prefix on this pool.
+    pub prefix_len: i32,
+}
+
+/// How the pool's nodes exist in Azure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    /// Virtual machine scale set: model + instances.
+    Vmss,
+    /// VM-based pool: one pre-created NIC per (future) VM.
+    Vm,
+}
+
+/// One configuration on the pool, reduced to what Azure needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// metadata.uid: names the rule, probe, ipConfiguration and managed prefix.
+    pub uid: String,
+    /// Where the egress addresses come from.
+    pub egress: Egress,
+    /// Being deleted (finalizer pending) or otherwise not wanted on the pool anymore.
+    pub deleting: bool,
+}
+
+/// Source of a configuration's egress addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Egress {
+    /// Private-IP mode: the nodes' secondary private IPs, no public prefix.
+    Private,
+    /// A prefix the operator creates and owns: `egressgateway-<uid>`.
+    Managed,
+    /// A user's prefix (already checked: same subscription, right length).
+    Byo {
+        /// ARM ID of the prefix.
+        prefix_id: String,
+    },
+}
+
+/// Where the pool's resources live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Env {
+    /// ARM ID of the gateway load balancer (in `loadBalancerResourceGroup`).
+    pub lb_id: String,
+    /// `/subscriptions/<sub>/resourceGroups/<rg>`: managed prefixes and VM-pool public IPs live here.
+    pub resource_group_id: String,
+    /// Subnet of new load-balancer frontends.
+    pub frontend_subnet_id: String,
+    /// Port of the gateway agent's health-probe server (`--gateway-lb-probe-port`).
+    pub probe_port: i32,
+}
+
+impl Env {
+    /// ARM ID of the pool's backend address pool.
+    pub fn backend_pool_id(&self, pool_uid: &str) -> String {
+        format!("{}/backendAddressPools/{pool_uid}", self.lb_id)
+    }
+
+    /// ARM ID of a managed public IP prefix.
+    pub fn prefix_id(&self, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.Network/publicIPPrefixes/{name}",
+            self.resource_group_id
+        )
+    }
+
+    /// ARM ID of a public IP address in the resource group.
+    pub fn public_ip_id(&self, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.Network/publicIPAddresses/{name}",
+            self.resource_group_id
+        )
+    }
+}
+
+/// The load balancer as far as the operator cares. References are names within the same load balancer.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Lb {
+    /// Frontend IP configurations.
+    pub frontends: Vec<Frontend>,
+    /// Backend address pool names.
+    pub backends: Vec<String>,
+    /// Load-balancing rules.
+    pub rules: Vec<LbRule>,
+    /// Health probes.
+    pub probes: Vec<Probe>,
+}
+
+/// A frontend IP configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Frontend {
+    /// Name.
+    pub name: String,
+    /// Allocated private IP (unknown until the PUT that creates it returns).
+    pub private_ip: Option<String>,
+    /// Subnet ID.
+    pub subnet_id: Option<String>,
+}
+
+/// A load-balancing rule.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LbRule {
+    /// Name.
+    pub name: String,
+    /// `Udp`, `Tcp`, `All`.
+    pub protocol: String,
+    /// Floating IP (direct server return): the gateway sees the frontend IP as destination.
+    pub floating_ip: bool,
+    /// Frontend name.
+    pub frontend: Option<String>,
+    /// Backend pool name.
+    pub backend: Option<String>,
+    /// Probe name.
+    pub probe: Option<String>,
+    /// Frontend port.
+    pub frontend_port: Option<i32>,
+    /// Backend port.
+    pub backend_port: Option<i32>,
+}
+
+/// A health probe.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Probe {
+    /// Name.
+    pub name: String,
+    /// `Http`, `Tcp`, `Https`.
+    pub protocol: String,
+    /// Port.
+    pub port: i32,
+    /// HTTP request path.
+    pub path: Option<String>,
+    /// Interval in seconds.
+    pub interval: Option<i32>,
+    /// Consecutive probes before a change.
+    pub threshold: Option<i32>,
+}
+
+/// An ipConfiguration of a NIC or NIC configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct IpConfig {
+    /// Name.
+    pub name: String,
+    /// Primary ipConfiguration of its NIC.
+    pub primary: bool,
+    /// IPv4 (the only version the operator creates).
+    pub ipv4: bool,
+    /// Subnet ID.
+    pub subnet_id: Option<String>,
+    /// VMSS: the public IP configuration's `(name, prefix ID)`.
+    pub public_ip_config: Option<(String, String)>,
+    /// VM NIC: the public IP address ID.
+    pub public_ip_address_id: Option<String>,
+    /// Backend address pool IDs.
+    pub backend_pools: Vec<String>,
+}
+
+/// The primary NIC configuration of a VMSS model or instance model, or a VM pool's NIC.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Nic {
+    /// ipConfigurations in ARM order.
+    pub ip_configs: Vec<IpConfig>,
+}
+
+/// A VMSS instance.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Instance {
+    /// instanceId.
+    pub instance_id: String,
+    /// osProfile.computerName: names the Kubernetes node.
+    pub computer_name: String,
+    /// provisioningState.
+    pub provisioning_state: String,
+    /// The primary NIC configuration of the instance model (None: the model has no network profile).
+    pub nic: Option<Nic>,
+    /// Addresses the instance's primary NIC actually has.
+    pub addresses: NicAddresses,
+}
+
+/// Addresses a NIC actually has (from the NIC resource, not the model).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct NicAddresses {
+    /// Private IP of the primary ipConfiguration.
+    pub primary_ip: Option<String>,
+    /// Private IP per ipConfiguration name (lower-cased).
+    pub by_ip_config: BTreeMap<String, String>,
+}
+
+/// A pre-created NIC of a VM-based pool.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct VmNic {
+    /// NIC name (names the node in status).
+    pub name: String,
+    /// provisioningState.
+    pub provisioning_state: String,
+    /// The NIC's ipConfigurations.
+    pub nic: Nic,
+    /// Addresses.
+    pub addresses: NicAddresses,
+}
+
+/// A public IP prefix the operator may own.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PrefixState {
+    /// Prefix length.
+    pub prefix_len: Option<i32>,
+    /// Allocated CIDR.
+    pub cidr: Option<String>,
+    /// IDs of public IP addresses allocated from it (VM pools).
+    pub public_ip_ids: Vec<String>,
+}
+
+/// Everything read from Azure for one pool.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AzureState {
+    /// The gateway load balancer, if it exists.
+    pub lb: Option<Lb>,
+    /// VMSS pools: the primary NIC configuration of the model (None: the scale set is gone or has no network
+    /// profile).
+    pub vmss_model: Option<Nic>,
+    /// VMSS pools: the instances.
+    pub instances: Vec<Instance>,
+    /// VM pools: the pool's pre-created NICs.
+    pub vm_nics: Vec<VmNic>,
+    /// VM pools: public IP addresses that exist, by name (lower-cased) → prefix ID.
+    pub public_ips: BTreeMap<String, String>,
+    /// Managed prefixes that exist, by name (lower-cased). Read for every configuration on the pool.
+    pub managed_prefixes: BTreeMap<String, PrefixState>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs
+// ---------------------------------------------------------------------------------------------
+
+/// What to do with the load balancer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LbWrite {
+    /// Already as desired.
+    Keep,
+    /// PUT this load balancer (merged into the fetched object by the applier).
+    Put {
+        /// The desired model.
+        lb: Lb,
+        /// Write after the VMSS/NIC updates: it removes a backend pool they still reference.
+        after_nics: bool,
+    },
+    /// DELETE the load balancer: no frontend remains. After the NIC updates.
+    Delete,
+}
+
+/// A managed prefix to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixCreate {
+    /// `egressgateway-<uid>`.
+    pub name: String,
+    /// The pool's prefix length.
+    pub prefix_len: i32,
+}
+
+/// Why an instance or NIC is updated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UpdateReason {
+    /// Its ipConfigurations differ from the desired ones.
+    Differs,
+    /// Provisioning state `Failed` (an update repairs it, upstream #1011).
+    Failed,
+    /// The NIC lacks the primary or a wanted secondary private IP.
+    MissingAddresses,
+}
+
+/// One instance / NIC write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicUpdate {
+    /// instanceId (VMSS) or NIC name (VM pool).
+    pub target: String,
+    /// The desired primary NIC (configuration).
+    pub nic: Nic,
+    /// Why.
+    pub reason: UpdateReason,
+}
+
+/// A public IP address to create for a VM-pool NIC.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PublicIpCreate {
+    /// `<prefix name>-<fnv1a64(nic)>`.
+    pub name: String,
+    /// Prefix to allocate from.
+    pub prefix_id: String,
+}
+
+/// A configuration's problem that keeps it from being provisioned; the others on the pool proceed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigProblem {
+    /// 1000 configurations per pool at most.
+    #[error(
+        "selectPortForLBRule: No available ports: all {0} ports of the pool's load balancer rules are in use"
+    )]
+    NoAvailablePorts(u16),
+    /// A managed prefix exists with a length other than the pool's.
+    #[error(
+        "managed public ip prefix has length {found}, the pool requires {required}; delete the prefix or fix the pool's prefix size"
+    )]
+    PrefixSizeMismatch {
+        /// Length found.
+        found: i32,
+        /// Length required.
+        required: i32,
+    },
+}
+
+/// A problem with the pool's Azure objects that blocks every configuration on it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolProblem {
+    /// The VMSS model or an instance has no primary NIC configuration.
+    #[error("{0} primary network interface not found")]
+    NoPrimaryNic(String),
+    /// The primary NIC has no primary ipConfiguration.
+    #[error("{0} primary ipConfig not found")]
+    NoPrimaryIpConfig(String),
+    /// The VMSS model has no network profile.
+    #[error("vmss has empty network profile")]
+    NoNetworkProfile,
+}
+
+/// Every write one pool needs, in the order the applier performs them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolPlan {
+    /// 1. Managed prefixes to create.
+    pub prefixes_to_create: Vec<PrefixCreate>,
+    /// 1b. VM pools: public IP addresses to create before the NICs reference them.
+    pub public_ips_to_create: Vec<PublicIpCreate>,
+    /// 2. (or 5.) The load balancer.
+    pub lb: LbWrite,
+    /// 3. VMSS pools: the model's primary NIC configuration, when it changes.
+    pub vmss_model: Option<Nic>,
+    /// 4. Per-instance (VMSS) or per-NIC (VM pool) updates.
+    pub nic_updates: Vec<NicUpdate>,
+    /// 6. Public IP addresses no longer referenced (names).
+    pub public_ips_to_delete: Vec<String>,
+    /// 7. Managed prefixes no longer used (names). Their public IPs are deleted first.
+    pub prefixes_to_delete: Vec<String>,
+    /// The WireGuard port of every provisioned configuration (uid → port).
+    pub ports: BTreeMap<String, u16>,
+    /// Configurations that cannot be provisioned, and why.
+    pub problems: BTreeMap<String, ConfigProblem>,
+}
+
+impl PoolPlan {
+    /// True when Azure is already as desired: steady state makes no writes.
+    pub fn is_noop(&self) -> bool {
+        self.write_count() == 0
+    }
+
+    /// Number of ARM write calls the plan makes.
+    pub fn write_count(&self) -> usize {
+        self.prefixes_to_create.len()
+            + self.public_ips_to_create.len()
+            + usize::from(self.lb != LbWrite::Keep)
+            + usize::from(self.vmss_model.is_some())
+            + self.nic_updates.len()
+            + self.public_ips_to_delete.len()
+            + self.prefixes_to_delete.len()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planning
+// ---------------------------------------------------------------------------------------------
+
+fn eq_ci(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+fn opt_eq_ci(a: Option<&str>, b: &str) -> bool {
+    a.is_some_and(|a| eq_ci(a, b))
+}
+
+/// The configurations that want resources on the pool, in the order given (the caller sorts by creation).
+fn wanted(configs: &[Config]) -> impl Iterator<Item = &Config> {
+    configs.iter().filter(|c| !c.deleting)
+}
+
+/// Computes the whole plan for a pool.
+pub fn plan_pool(
+    pool: &Pool,
+    configs: &[Config],
+    state: &AzureState,
+    env: &Env,
+) -> Result<PoolPlan, PoolProblem> {
+    let mut problems = BTreeMap::new();
+
+    // Managed prefixes: a wrong-length prefix blocks its configuration (Azure cannot resize prefixes).
+    let mut prefixes_to_create = Vec::new();
+    for c in wanted(configs).filter(|c| c.egress == Egress::Managed) {
+        let name = managed_resource_name(&c.uid);
+        match state.managed_prefixes.get(&name.to_ascii_lowercase()) {
+            None => prefixes_to_create.push(PrefixCreate {
+                name,
+                prefix_len: pool.prefix_len,
+            }),
+            Some(p) => {
+                if let Some(found) = p.prefix_len.filter(|l| *l != pool.prefix_len) {
+                    problems.insert(
+                        c.uid.clone(),
+                        ConfigProblem::PrefixSizeMismatch {
+                            found,
+                            required: pool.prefix_len,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    // The load balancer decides which configurations get a port; the rest are treated as absent.
+    let lb_plan = plan_lb(pool, configs, &problems, state.lb.as_ref(), env);
+    problems.extend(lb_plan.problems);
+    prefixes_to_create.retain(|p| !problems.keys().any(|u| managed_resource_name(u) == p.name));
+    let provisioned: Vec<&Config> = wanted(configs)
+        .filter(|c| !problems.contains_key(&c.uid))
+        .collect();
+
+    // ipConfigurations every NIC must have: name → public prefix ID (None in private mode).
+    let ip_configs: Vec<(String, Option<String>)> = provisioned
+        .iter()
+        .map(|c| {
+            let prefix = match &c.egress {
+                Egress::Private => None,
+                Egress::Managed => Some(env.prefix_id(&managed_resource_name(&c.uid))),
+                Egress::Byo { prefix_id } => Some(prefix_id.clone()),
+            };
+            (managed_resource_name(&c.uid), prefix)
+        })
+        .collect();
+    let backend_id = env.backend_pool_id(&pool.uid);
+
+    let mut vmss_model = None;
+    let mut nic_updates = Vec::new();
+    let mut public_ips_to_create = BTreeSet::new();
+    let mut public_ips_to_delete = Vec::new();
+    match pool.kind {
+        PoolKind::Vmss => {
+            // A scale set that is gone (or has no network profile) needs nothing removed; it can only be a
+            // problem when something must be added to it.
+            match &state.vmss_model {
+                Some(model) => {
+                    let desired = desired_nic(model, &ip_configs, &backend_id, NicFlavor::Vmss, "vmss")?;
+                    if &desired != model {
+                        vmss_model = Some(desired);
+                    }
+                }
+                None if !ip_configs.is_empty() => return Err(PoolProblem::NoNetworkProfile),
+                None => {}
+            }
+            for inst in &state.instances {
+                let Some(nic) = &inst.nic else {
+                    return Err(PoolProblem::NoPrimaryNic(format!(
+                        "vmss vm({})",
+                        inst.computer_name
+                    )));
+                };
+                let desired = desired_nic(nic, &ip_configs, &backend_id, NicFlavor::Vmss, "vmss vm")?;
+                if let Some(reason) = update_reason(
+                    &inst.provisioning_state,
+                    nic,
+                    &desired,
+                    &inst.addresses,
+                    &ip_configs,
+                ) {
+                    nic_updates.push(NicUpdate {
+                        target: inst.instance_id.clone(),
+                        nic: desired,
+                        reason,
+                    });
+                }
+            }
+        }
+        PoolKind::Vm => {
+            let mut wanted_pips = BTreeSet::new();
+            for vm_nic in &state.vm_nics {
+                let flavor = NicFlavor::Vm {
+                    nic_name: &vm_nic.name,
+                    env,
+                };
+                let desired = desired_nic(&vm_nic.nic, &ip_configs, &backend_id, flavor, "nic")?;
+                for ipc in &desired.ip_configs {
+                    if let (Some(pip_id), Some((_, prefix_id))) = (
+                        &ipc.public_ip_address_id,
+                        ip_configs.iter().find(|(n, _)| eq_ci(n, &ipc.name)),
+                    ) {
+                        let name = last_segment(pip_id).to_string();
+                        wanted_pips.insert(name.to_ascii_lowercase());
+                        if !state.public_ips.contains_key(&name.to_ascii_lowercase())
+                            && let Some(prefix_id) = prefix_id
+                        {
+                            public_ips_to_create.insert(PublicIpCreate {
+                                name,
+                                prefix_id: prefix_id.clone(),
+                            });
+                        }
+                    }
+                }
+                if let Some(reason) = update_reason(
+                    &vm_nic.provisioning_state,
+                    &vm_nic.nic,
+                    &desired,
+                    &vm_nic.addresses,
+                    &ip_configs,
+                ) {
+                    nic_updates.push(NicUpdate {
+                        target: vm_nic.name.clone(),
+                        nic: desired,
+                        reason,
+                    });
+                }
+            }
+            // Public IPs the operator created for configurations that no longer use them.
+            for name in state.public_ips.keys() {
+                let ours = configs
+                    .iter()
+                    .any(|c| name.starts_with(&managed_resource_name(&c.uid).to_ascii_lowercase()))
+                    || configs.iter().any(|c| match &c.egress {
+                        Egress::Byo { prefix_id } => {
+                            name.starts_with(&last_segment(prefix_id).to_ascii_lowercase())
+                        }
+                        _ => false,
+                    });
+                if ours && !wanted_pips.contains(name) {
+                    public_ips_to_delete.push(name.clone());
+                }
+            }
+        }
+    }
+
+    // Managed prefixes of configurations that are deleted, or switched to BYO / private.
+    let mut prefixes_to_delete = Vec::new();
+    for c in configs {
+        let name = managed_resource_name(&c.uid);
+        let keep = !c.deleting && c.egress == Egress::Managed;
+        if !keep && let Some(p) = state.managed_prefixes.get(&name.to_ascii_lowercase()) {
+            // Standalone public IPs (VM pools) only: a scale set's instance addresses go with the ipConfiguration.
+            for pip in p
+                .public_ip_ids
+                .iter()
+                .filter(|id| !id.to_ascii_lowercase().contains("/virtualmachinescalesets/"))
+            {
+                let pip = last_segment(pip).to_ascii_lowercase();
+                if !public_ips_to_delete.contains(&pip) {
+                    public_ips_to_delete.push(pip);
+                }
+            }
+            prefixes_to_delete.push(name);
+        }
+    }
+
+    Ok(PoolPlan {
+        prefixes_to_create,
+        public_ips_to_create: public_ips_to_create.into_iter().collect(),
+        lb: lb_plan.write,
+        vmss_model,
+        nic_updates,
+        public_ips_to_delete,
+        prefixes_to_delete,
+        ports: lb_plan.ports,
+        problems,
+    })
+}
+
+fn update_reason(
+    provisioning_state: &str,
+    current: &Nic,
+    desired: &Nic,
+    addresses: &NicAddresses,
+    wanted: &[(String, Option<String>)],
+) -> Option<UpdateReason> {
+    if current != desired {
+        return Some(UpdateReason::Differs);
+    }
+    if eq_ci(provisioning_state, FAILED) {
+        return Some(UpdateReason::Failed);
+    }
+    let missing = !wanted.is_empty()
+        && (addresses.primary_ip.is_none()
+            || wanted
+                .iter()
+                .any(|(n, _)| !addresses.by_ip_config.contains_key(&n.to_ascii_lowercase())));
+    missing.then_some(UpdateReason::MissingAddresses)
+}
+
+/// The last segment of an ARM ID: the resource name.
+pub fn last_segment(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or(id)
+}
+
+/// Whether a NIC belongs to a scale set (public IP configurations) or a VM pool (public IP addresses).
+#[derive(Clone, Copy, Debug)]
+enum NicFlavor<'a> {
+    Vmss,
+    Vm { nic_name: &'a str, env: &'a Env },
+}
+
+fn is_gateway_ip_config(name: &str) -> bool {
+    name.len() >= api::names::MANAGED_RESOURCE_PREFIX.len()
+        && name[..api::names::MANAGED_RESOURCE_PREFIX.len()]
+            .eq_ignore_ascii_case(api::names::MANAGED_RESOURCE_PREFIX)
+}
+
+/// Same ipConfiguration as far as the operator owns it (ARM compares IDs case-insensitively; upstream's
+/// `different()` fields).
+fn same_ip_config(a: &IpConfig, b: &IpConfig) -> bool {
+    let ids = |x: &Option<String>, y: &Option<String>| match (x, y) {
+        (Some(x), Some(y)) => eq_ci(x, y),
+        (None, None) => true,
+        _ => false,
+    };
+    let pip_cfg = match (&a.public_ip_config, &b.public_ip_config) {
+        (Some((an, ai)), Some((bn, bi))) => eq_ci(an, bn) && eq_ci(ai, bi),
+        (None, None) => true,
+        _ => false,
+    };
+    a.primary == b.primary
+        && a.ipv4 == b.ipv4
+        && ids(&a.subnet_id, &b.subnet_id)
+        && pip_cfg
+        && ids(&a.public_ip_address_id, &b.public_ip_address_id)
+}
+
+/// The desired primary NIC: one secondary ipConfiguration per wanted configuration, none for others, and the
+/// pool's backend pool on the primary ipConfiguration iff any gateway ipConfiguration remains.
+fn desired_nic(
+    current: &Nic,
+    wanted: &[(String, Option<String>)],
+    backend_id: &str,
+    flavor: NicFlavor<'_>,
+    what: &str,
+) -> Result<Nic, PoolProblem> {
+    let primary_idx = match current.ip_configs.iter().position(|c| c.primary) {
+        Some(i) => i,
+        None if current.ip_configs.len() == 1 => 0,
+        None => return Err(PoolProblem::NoPrimaryIpConfig(what.to_string())),
+    };
+    let subnet = current.ip_configs[primary_idx].subnet_id.clone();
+    let expected = |name: &str, prefix: &Option<String>| {
+        let mut c = IpConfig {
+            name: name.to_string(),
+            primary: false,
+            ipv4: true,
+            subnet_id: subnet.clone(),
+            ..IpConfig::default()
+        };
+        if let Some(prefix_id) = prefix {
+            match flavor {
+                NicFlavor::Vmss => c.public_ip_config = Some((name.to_string(), prefix_id.clone())),
+                NicFlavor::Vm { nic_name, env } => {
+                    let pip = vm_pool_public_ip_name(last_segment(prefix_id), nic_name);
+                    c.public_ip_address_id = Some(env.public_ip_id(&pip));
+                }
+            }
+        }
+        c
+    };
+
+    let mut out = Vec::with_capacity(current.ip_configs.len() + wanted.len());
+    for (i, c) in current.ip_configs.iter().enumerate() {
+        if i == primary_idx || !is_gateway_ip_config(&c.name) {
+            out.push(c.clone());
+            continue;
+        }
+        if let Some((name, prefix)) = wanted.iter().find(|(n, _)| eq_ci(n, &c.name)) {
+            let want = expected(name, prefix);
+            out.push(if same_ip_config(c, &want) {
+                c.clone()
+            } else {
+                IpConfig {
+                    backend_pools: c.backend_pools.clone(),
+                    ..want
+                }
+            });
+        }
+    }
+    for (name, prefix) in wanted {
+        if !out.iter().any(|c| eq_ci(&c.name, name)) {
+            out.push(expected(name, prefix));
+        }
+    }
+
+    let primary_name = current.ip_configs[primary_idx].name.clone();
+    let has_gateway = out
+        .iter()
+        .any(|c| c.name != primary_name && is_gateway_ip_config(&c.name));
+    if let Some(primary) = out.iter_mut().find(|c| c.name == primary_name) {
+        adjust_backend(primary, backend_id, has_gateway);
+    }
+    Ok(Nic { ip_configs: out })
+}
+
+fn adjust_backend(primary: &mut IpConfig, backend_id: &str, present: bool) {
+    let has = primary.backend_pools.iter().any(|b| eq_ci(b, backend_id));
+    if present && !has {
+        primary.backend_pools.push(backend_id.to_string());
+    } else if !present && has {
+        primary.backend_pools.retain(|b| !eq_ci(b, backend_id));
+    }
+}
+
+/// The load-balancer part of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LbPlan {
+    /// The write.
+    pub write: LbWrite,
+    /// uid → port of every configuration with a rule.
+    pub ports: BTreeMap<String, u16>,
+    /// Configurations that got no rule.
+    pub problems: BTreeMap<String, ConfigProblem>,
+}
+
+fn rule_is_expected(r: &LbRule, pool_uid: &str, config_uid: &str) -> bool {
+    eq_ci(&r.protocol, RULE_PROTOCOL)
+        && r.floating_ip
+        && opt_eq_ci(r.frontend.as_deref(), pool_uid)
+        && opt_eq_ci(r.backend.as_deref(), pool_uid)
+        && opt_eq_ci(r.probe.as_deref(), config_uid)
+}
+
+/// A rule's port when it is usable: frontend = backend, inside 6000..7000.
+fn valid_port(r: &LbRule) -> Option<u16> {
+    let port = r.frontend_port?;
+    if r.backend_port != Some(port) {
+        return None;
+    }
+    let port = u16::try_from(port).ok()?;
+    (WIREGUARD_PORT_START..WIREGUARD_PORT_END)
+        .contains(&port)
+        .then_some(port)
+}
+
+fn expected_probe(config_uid: &str, env: &Env) -> Probe {
+    Probe {
+        name: config_uid.to_string(),
+        protocol: PROBE_PROTOCOL.to_string(),
+        port: env.probe_port,
+        path: Some(lb_probe_path(config_uid)),
+        interval: Some(api::names::LB_PROBE_INTERVAL_SECONDS),
+        threshold: Some(api::names::LB_PROBE_THRESHOLD),
+    }
+}
+
+fn same_probe(a: &Probe, b: &Probe) -> bool {
+    eq_ci(&a.protocol, &b.protocol)
+        && a.port == b.port
+        && a.path == b.path
+        && a.interval == b.interval
+        && a.threshold == b.threshold
+}
+
+/// The desired load balancer for one pool. Entries of other pools are left untouched. An existing rule keeps
+/// its port (stable across restarts: the port lives in Azure); a new or replaced rule gets the lowest free
+/// port of the pool's backend pool.
+pub fn plan_lb(
+    pool: &Pool,
+    configs: &[Config],
+    blocked: &BTreeMap<String, ConfigProblem>,
+    current: Option<&Lb>,
+    env: &Env,
+) -> LbPlan {
+    let uid = pool.uid.as_str();
+    let wanted: Vec<&Config> = wanted(configs)
+        .filter(|c| !blocked.contains_key(&c.uid))
+        .collect();
+    let is_wanted = |name: &str| wanted.iter().any(|c| eq_ci(&c.uid, name));
+    let names_a_config = |name: &str| configs.iter().any(|c| eq_ci(&c.uid, name));
+    let mut lb = current.cloned().unwrap_or_default();
+    let mut problems = BTreeMap::new();
+
+    // Rules of this pool that no wanted configuration owns (deleted configurations, leaks), and wanted rules
+    // that are wrong or have an unusable port (replaced below with a fresh port).
+    let mut ports: BTreeMap<String, u16> = BTreeMap::new();
+    let mut used: BTreeSet<u16> = BTreeSet::new();
+    let mut dropped_probes: BTreeSet<String> = BTreeSet::new();
+    let mut kept = Vec::with_capacity(lb.rules.len());
+    for r in std::mem::take(&mut lb.rules) {
+        let ours = opt_eq_ci(r.backend.as_deref(), uid)
+            || opt_eq_ci(r.frontend.as_deref(), uid)
+            || names_a_config(&r.name);
+        if !ours {
+            kept.push(r);
+            continue;
+        }
+        let keep = is_wanted(&r.name)
+            && rule_is_expected(&r, uid, &r.name)
+            && valid_port(&r).is_some_and(|p| !used.contains(&p))
+            && !ports.keys().any(|k| eq_ci(k, &r.name));
+        if keep {
+            if let (Some(p), Some(c)) = (valid_port(&r), wanted.iter().find(|c| eq_ci(&c.uid, &r.name))) {
+                used.insert(p);
+                ports.insert(c.uid.clone(), p);
+            }
+            kept.push(r);
+        } else if let Some(p) = &r.probe {
+            dropped_probes.insert(p.to_ascii_lowercase());
+        }
+    }
+    lb.rules = kept;
+
+    // Probes: drop those of unwanted configurations and of dropped rules unless still referenced.
+    let referenced: BTreeSet<String> = lb
+        .rules
+        .iter()
+        .filter_map(|r| r.probe.as_deref().map(str::to_ascii_lowercase))
+        .collect();
+    lb.probes.retain(|p| {
+        let lower = p.name.to_ascii_lowercase();
+        let ours = names_a_config(&p.name) || dropped_probes.contains(&lower);
+        !ours || is_wanted(&p.name) || referenced.contains(&lower)
+    });
+
+    if wanted.is_empty() {
+        let referenced_fe = lb.rules.iter().any(|r| opt_eq_ci(r.frontend.as_deref(), uid));
+        let referenced_be = lb.rules.iter().any(|r| opt_eq_ci(r.backend.as_deref(), uid));
+        if !referenced_fe {
+            lb.frontends.retain(|f| !eq_ci(&f.name, uid));
+        }
+        if !referenced_be {
+            lb.backends.retain(|b| !eq_ci(b, uid));
+        }
+    } else {
+        if !lb.frontends.iter().any(|f| eq_ci(&f.name, uid)) {
+            lb.frontends.push(Frontend {
+                name: uid.to_string(),
+                private_ip: None,
+                subnet_id: Some(env.frontend_subnet_id.clone()),
+            });
+        }
+        if !lb.backends.iter().any(|b| eq_ci(b, uid)) {
+            lb.backends.push(uid.to_string());
+        }
+        let fe_name = lb
+            .frontends
+            .iter()
+            .find(|f| eq_ci(&f.name, uid))
+            .map_or_else(|| uid.to_string(), |f| f.name.clone());
+        let be_name = lb
+            .backends
+            .iter()
+            .find(|b| eq_ci(b, uid))
+            .cloned()
+            .unwrap_or_else(|| uid.to_string());
+        for c in &wanted {
+            let want = expected_probe(&c.uid, env);
+            match lb.probes.iter_mut().find(|p| eq_ci(&p.name, &c.uid)) {
+                Some(p) if same_probe(p, &want) => {}
+                Some(p) => {
+                    *p = Probe {
+                        name: p.name.clone(),
+                        ..want
+                    }
+                }
+                None => lb.probes.push(want),
+            }
+            if ports.contains_key(&c.uid) {
+                continue;
+            }
+            let Some(port) = (WIREGUARD_PORT_START..WIREGUARD_PORT_END).find(|p| !used.contains(p)) else {
+                problems.insert(
+                    c.uid.clone(),
+                    ConfigProblem::NoAvailablePorts(WIREGUARD_PORT_END - WIREGUARD_PORT_START),
+                );
+                lb.probes.retain(|p| !eq_ci(&p.name, &c.uid));
+                continue;
+            };
+            used.insert(port);
+            ports.insert(c.uid.clone(), port);
+            lb.rules.push(LbRule {
+                name: c.uid.clone(),
+                protocol: RULE_PROTOCOL.to_string(),
+                floating_ip: true,
+                frontend: Some(fe_name.clone()),
+                backend: Some(be_name.clone()),
+                probe: Some(c.uid.clone()),
+                frontend_port: Some(i32::from(port)),
+                backend_port: Some(i32::from(port)),
+            });
+        }
+    }
+
+    let write = match current {
+        None if lb == Lb::default() => LbWrite::Keep,
+        None => LbWrite::Put {
+            lb,
+            after_nics: false,
+        },
+        Some(cur) if *cur == lb => LbWrite::Keep,
+        Some(_) if lb.frontends.is_empty() => LbWrite::Delete,
+        Some(cur) => {
+            let backend_removed =
+                cur.backends.iter().any(|b| eq_ci(b, uid)) && !lb.backends.iter().any(|b| eq_ci(b, uid));
+            LbWrite::Put {
+                lb,
+                after_nics: backend_removed,
+            }
+        }
+    };
+    LbPlan {
+        write,
+        ports,
+        problems,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status
+// ---------------------------------------------------------------------------------------------
+
+/// What Azure says about one configuration after the writes: the facts its status reports.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ConfigFacts {
+    /// The pool's frontend IP.
+    pub frontend_ip: Option<String>,
+    /// The configuration's port.
+    pub port: Option<u16>,
+    /// Prefix CIDR (public) or comma-joined secondary private IPs (private mode), when known.
+    pub egress_ip_prefix: Option<String>,
+    /// Per node: (node name, primary IP, secondary IP).
+    pub vm_profiles: Vec<api::GatewayVmProfile>,
+}
+
+impl ConfigFacts {
+    /// Everything a pod needs from Azure is known.
+    pub fn is_complete(&self) -> bool {
+        self.frontend_ip.is_some() && self.port.is_some() && self.egress_ip_prefix.is_some()
+    }
+}
+
+/// Reads a configuration's facts from the (re-read) Azure state. `prefix_cidr` is the BYO or managed prefix's
+/// CIDR in public mode.
+pub fn config_facts(
+    pool: &Pool,
+    config: &Config,
+    state: &AzureState,
+    ports: &BTreeMap<String, u16>,
+    prefix_cidr: Option<&str>,
+) -> ConfigFacts {
+    let frontend_ip = state
+        .lb
+        .as_ref()
+        .and_then(|lb| lb.frontends.iter().find(|f| eq_ci(&f.name, &pool.uid)))
+        .and_then(|f| f.private_ip.clone());
+    let ip_config = managed_resource_name(&config.uid).to_ascii_lowercase();
+    let nodes: Vec<(&str, &NicAddresses)> = match pool.kind {
+        PoolKind::Vmss => state
+            .instances
+            .iter()
+            .map(|i| (i.computer_name.as_str(), &i.addresses))
+            .collect(),
+        PoolKind::Vm => state
+            .vm_nics
+            .iter()
+            .map(|n| (n.name.as_str(), &n.addresses))
+            .collect(),
+    };
+    let mut vm_profiles: Vec<api::GatewayVmProfile> = nodes
+        .iter()
+        .filter_map(|(node, a)| {
+            Some(api::GatewayVmProfile {
+                node_name: node.to_string(),
+                primary_ip: a.primary_ip.clone()?,
+                secondary_ip: a.by_ip_config.get(&ip_config)?.clone(),
+            })
+        })
+        .collect();
+    vm_profiles.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+    let egress_ip_prefix = match config.egress {
+        Egress::Private => {
+            // Every node must have its address, or the list would silently miss a gateway.
+            (!nodes.is_empty() && vm_profiles.len() == nodes.len()).then(|| {
+                vm_profiles
+                    .iter()
+                    .map(|p| p.secondary_ip.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        }
+        Egress::Managed | Egress::Byo { .. } => prefix_cidr.map(str::to_string),
+    };
+    ConfigFacts {
+        frontend_ip,
+        port: ports.get(&config.uid).copied(),
+        egress_ip_prefix,
+        vm_profiles,
+    }
+}
+
+#[cfg(test)]
+#[path = "desired_tests.rs"]
+mod tests;

@@ -1,0 +1,861 @@
+//! Behaviour tests of the pure planner: upstream's "Manager LB" / "Manager VM" scenarios (upstream.md §8.2),
+//! the coalescing goal, and convergence (apply the plan to an in-memory Azure, plan again: nothing to do).
+
+use super::*;
+
+const POOL: &str = "pool-uid";
+const SUBNET: &str =
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/gw";
+const NODE_SUBNET: &str =
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/nodes";
+const BYO: &str = "/subscriptions/s/resourceGroups/other/providers/Microsoft.Network/publicIPPrefixes/mine";
+
+fn env() -> Env {
+    Env {
+        lb_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/loadBalancers/kubeegressgateway-ilb".into(),
+        resource_group_id: "/subscriptions/s/resourceGroups/rg".into(),
+        frontend_subnet_id: SUBNET.into(),
+        probe_port: 8082,
+    }
+}
+
+fn vmss_pool() -> Pool {
+    Pool {
+        uid: POOL.into(),
+        kind: PoolKind::Vmss,
+        prefix_len: 31,
+    }
+}
+
+fn vm_pool() -> Pool {
+    Pool {
+        kind: PoolKind::Vm,
+        ..vmss_pool()
+    }
+}
+
+fn cfg(uid: &str, egress: Egress) -> Config {
+    Config {
+        uid: uid.into(),
+        egress,
+        deleting: false,
+    }
+}
+
+fn deleting(uid: &str, egress: Egress) -> Config {
+    Config {
+        deleting: true,
+        ..cfg(uid, egress)
+    }
+}
+
+fn primary_nic() -> Nic {
+    Nic {
+        ip_configs: vec![IpConfig {
+            name: "ipconfig1".into(),
+            primary: true,
+            ipv4: true,
+            subnet_id: Some(NODE_SUBNET.into()),
+            ..IpConfig::default()
+        }],
+    }
+}
+
+fn vmss_state(instances: usize) -> AzureState {
+    AzureState {
+        vmss_model: Some(primary_nic()),
+        instances: (0..instances)
+            .map(|i| Instance {
+                instance_id: i.to_string(),
+                computer_name: format!("gw{i:06}"),
+                provisioning_state: "Succeeded".into(),
+                nic: Some(primary_nic()),
+                addresses: NicAddresses {
+                    primary_ip: Some(format!("10.0.0.{}", 4 + i)),
+                    by_ip_config: BTreeMap::new(),
+                },
+            })
+            .collect(),
+        ..AzureState::default()
+    }
+}
+
+fn vm_state(nics: usize) -> AzureState {
+    AzureState {
+        vm_nics: (0..nics)
+            .map(|i| VmNic {
+                name: format!("aks-gwpool-{i}-nic"),
+                provisioning_state: "Succeeded".into(),
+                nic: primary_nic(),
+                addresses: NicAddresses {
+                    primary_ip: Some(format!("10.0.0.{}", 4 + i)),
+                    by_ip_config: BTreeMap::new(),
+                },
+            })
+            .collect(),
+        ..AzureState::default()
+    }
+}
+
+/// What Azure does with the writes: allocate addresses, store models.
+fn apply(state: &mut AzureState, plan: &PoolPlan) {
+    let mut next_ip = 100;
+    for p in &plan.prefixes_to_create {
+        state.managed_prefixes.insert(
+            p.name.to_ascii_lowercase(),
+            PrefixState {
+                prefix_len: Some(p.prefix_len),
+                cidr: Some(format!(
+                    "20.0.{}.0/{}",
+                    state.managed_prefixes.len(),
+                    p.prefix_len
+                )),
+                public_ip_ids: vec![],
+            },
+        );
+    }
+    for pip in &plan.public_ips_to_create {
+        state
+            .public_ips
+            .insert(pip.name.to_ascii_lowercase(), pip.prefix_id.clone());
+        if let Some(p) = state
+            .managed_prefixes
+            .get_mut(&last_segment(&pip.prefix_id).to_ascii_lowercase())
+        {
+            p.public_ip_ids.push(env().public_ip_id(&pip.name));
+        }
+    }
+    match &plan.lb {
+        LbWrite::Keep => {}
+        LbWrite::Delete => state.lb = None,
+        LbWrite::Put { lb, .. } => {
+            let mut lb = lb.clone();
+            for (i, f) in lb.frontends.iter_mut().enumerate() {
+                if f.private_ip.is_none() {
+                    f.private_ip = Some(format!("10.1.0.{}", 4 + i));
+                }
+            }
+            state.lb = Some(lb);
+        }
+    }
+    if let Some(model) = &plan.vmss_model {
+        state.vmss_model = Some(model.clone());
+    }
+    for u in &plan.nic_updates {
+        let (nic, addresses, prov) = match state.instances.iter_mut().find(|i| i.instance_id == u.target) {
+            Some(i) => (
+                i.nic.get_or_insert_with(Nic::default),
+                &mut i.addresses,
+                &mut i.provisioning_state,
+            ),
+            None => {
+                let n = state
+                    .vm_nics
+                    .iter_mut()
+                    .find(|n| n.name == u.target)
+                    .expect("update targets a known NIC");
+                (&mut n.nic, &mut n.addresses, &mut n.provisioning_state)
+            }
+        };
+        *nic = u.nic.clone();
+        *prov = "Succeeded".into();
+        addresses
+            .by_ip_config
+            .retain(|k, _| u.nic.ip_configs.iter().any(|c| c.name.to_ascii_lowercase() == *k));
+        for c in u.nic.ip_configs.iter().filter(|c| !c.primary) {
+            addresses
+                .by_ip_config
+                .entry(c.name.to_ascii_lowercase())
+                .or_insert_with(|| {
+                    next_ip += 1;
+                    format!("10.0.1.{next_ip}")
+                });
+        }
+    }
+    for name in &plan.public_ips_to_delete {
+        state.public_ips.remove(name);
+    }
+    for name in &plan.prefixes_to_delete {
+        state.managed_prefixes.remove(&name.to_ascii_lowercase());
+    }
+}
+
+fn plan(pool: &Pool, configs: &[Config], state: &AzureState) -> PoolPlan {
+    plan_pool(pool, configs, state, &env()).expect("pool is plannable")
+}
+
+/// Plans, applies, and checks the next plan is empty; returns the first plan.
+fn converge(pool: &Pool, configs: &[Config], state: &mut AzureState) -> PoolPlan {
+    let first = plan(pool, configs, state);
+    apply(state, &first);
+    let second = plan(pool, configs, state);
+    assert!(second.is_noop(), "second plan must be empty, got {second:#?}");
+    first
+}
+
+fn lb_of(plan: &PoolPlan) -> &Lb {
+    match &plan.lb {
+        LbWrite::Put { lb, .. } => lb,
+        other => panic!("expected a load-balancer PUT, got {other:?}"),
+    }
+}
+
+fn rule<'a>(lb: &'a Lb, name: &str) -> &'a LbRule {
+    lb.rules.iter().find(|r| r.name == name).expect("rule exists")
+}
+
+fn existing_lb_with_rule(uid: &str, port: i32) -> Lb {
+    Lb {
+        frontends: vec![Frontend {
+            name: POOL.into(),
+            private_ip: Some("10.1.0.4".into()),
+            subnet_id: Some(SUBNET.into()),
+        }],
+        backends: vec![POOL.into()],
+        rules: vec![LbRule {
+            name: uid.into(),
+            protocol: "Udp".into(),
+            floating_ip: true,
+            frontend: Some(POOL.into()),
+            backend: Some(POOL.into()),
+            probe: Some(uid.into()),
+            frontend_port: Some(port),
+            backend_port: Some(port),
+        }],
+        probes: vec![expected_probe(uid, &env())],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load balancer (upstream "Manager LB")
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn new_configuration_creates_frontend_backend_rule_and_probe() {
+    let mut state = vmss_state(2);
+    let p = converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    let lb = lb_of(&p);
+    assert_eq!(
+        lb.frontends,
+        vec![Frontend {
+            name: POOL.into(),
+            private_ip: None,
+            subnet_id: Some(SUBNET.into())
+        }]
+    );
+    assert_eq!(lb.backends, vec![POOL.to_string()]);
+    assert_eq!(
+        *rule(lb, "a"),
+        LbRule {
+            name: "a".into(),
+            protocol: "Udp".into(),
+            floating_ip: true,
+            frontend: Some(POOL.into()),
+            backend: Some(POOL.into()),
+            probe: Some("a".into()),
+            frontend_port: Some(6000),
+            backend_port: Some(6000),
+        }
+    );
+    assert_eq!(
+        lb.probes,
+        vec![Probe {
+            name: "a".into(),
+            protocol: "Http".into(),
+            port: 8082,
+            path: Some("/gw/a".into()),
+            interval: Some(5),
+            threshold: Some(1),
+        }]
+    );
+    assert!(matches!(
+        p.lb,
+        LbWrite::Put {
+            after_nics: false,
+            ..
+        }
+    ));
+    assert_eq!(p.ports.get("a"), Some(&6000));
+}
+
+#[test]
+fn no_put_when_the_load_balancer_is_already_as_expected() {
+    let mut state = vmss_state(1);
+    state.lb = Some(existing_lb_with_rule("a", 6000));
+    let p = plan(&vmss_pool(), &[cfg("a", Egress::Private)], &state);
+    assert_eq!(p.lb, LbWrite::Keep);
+    assert_eq!(p.ports.get("a"), Some(&6000));
+}
+
+#[test]
+fn names_and_ids_compare_case_insensitively_like_arm() {
+    let mut state = vmss_state(1);
+    let mut lb = existing_lb_with_rule("a", 6000);
+    lb.rules[0].frontend = Some(POOL.to_uppercase());
+    lb.rules[0].protocol = "UDP".into();
+    state.lb = Some(lb);
+    let p = plan(&vmss_pool(), &[cfg("a", Egress::Private)], &state);
+    assert_eq!(p.lb, LbWrite::Keep);
+}
+
+#[test]
+fn occupied_port_6000_gives_the_new_rule_6001() {
+    let mut state = vmss_state(1);
+    state.lb = Some(existing_lb_with_rule("a", 6000));
+    let p = plan(
+        &vmss_pool(),
+        &[cfg("a", Egress::Private), cfg("b", Egress::Private)],
+        &state,
+    );
+    assert_eq!(rule(lb_of(&p), "b").frontend_port, Some(6001));
+    assert_eq!(p.ports, BTreeMap::from([("a".into(), 6000), ("b".into(), 6001)]));
+}
+
+#[test]
+fn an_existing_rule_keeps_its_port_and_new_rules_take_the_lowest_free_one() {
+    let mut state = vmss_state(1);
+    state.lb = Some(existing_lb_with_rule("a", 6005));
+    let p = plan(
+        &vmss_pool(),
+        &[cfg("a", Egress::Private), cfg("b", Egress::Private)],
+        &state,
+    );
+    assert_eq!(p.ports, BTreeMap::from([("a".into(), 6005), ("b".into(), 6000)]));
+}
+
+#[test]
+fn a_rule_with_the_wrong_protocol_or_floating_ip_is_replaced() {
+    for mutate in [
+        (|r: &mut LbRule| r.protocol = "Tcp".into()) as fn(&mut LbRule),
+        |r| r.floating_ip = false,
+        |r| r.probe = Some("other".into()),
+        |r| r.backend_port = Some(6100),
+        |r| {
+            r.frontend_port = Some(7000);
+            r.backend_port = Some(7000);
+        },
+    ] {
+        let mut state = vmss_state(1);
+        let mut lb = existing_lb_with_rule("a", 6003);
+        mutate(&mut lb.rules[0]);
+        state.lb = Some(lb);
+        let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+        let r = rule(lb_of(&p), "a");
+        assert!(rule_is_expected(r, POOL, "a"), "{r:?}");
+        assert_eq!(
+            r.frontend_port,
+            Some(6000),
+            "a replaced rule takes the lowest free port"
+        );
+        assert_eq!(lb_of(&p).rules.len(), 1);
+    }
+}
+
+#[test]
+fn a_wrong_probe_is_replaced_and_the_rule_keeps_its_port() {
+    for mutate in [
+        (|p: &mut Probe| p.path = Some("/gw/other".into())) as fn(&mut Probe),
+        |p| p.protocol = "Tcp".into(),
+        |p| p.port = 80,
+        |p| p.interval = Some(15),
+        |p| p.threshold = Some(2),
+    ] {
+        let mut state = vmss_state(1);
+        let mut lb = existing_lb_with_rule("a", 6003);
+        mutate(&mut lb.probes[0]);
+        state.lb = Some(lb);
+        let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+        assert_eq!(lb_of(&p).probes, vec![expected_probe("a", &env())]);
+        assert_eq!(p.ports.get("a"), Some(&6003));
+    }
+}
+
+#[test]
+fn all_ports_in_use_is_reported_for_the_configuration_that_did_not_fit() {
+    let configs: Vec<Config> = (0..1001)
+        .map(|i| cfg(&format!("c{i:04}"), Egress::Private))
+        .collect();
+    let p = plan(&vmss_pool(), &configs, &vmss_state(1));
+    assert_eq!(p.ports.len(), 1000);
+    assert_eq!(
+        p.problems.get("c1000"),
+        Some(&ConfigProblem::NoAvailablePorts(1000))
+    );
+    assert!(
+        p.problems["c1000"]
+            .to_string()
+            .starts_with("selectPortForLBRule: No available ports")
+    );
+    assert!(!lb_of(&p).probes.iter().any(|pr| pr.name == "c1000"));
+    let model = p.vmss_model.expect("model changes");
+    assert!(!model.ip_configs.iter().any(|c| c.name == "egressgateway-c1000"));
+}
+
+#[test]
+fn deleting_the_only_configuration_deletes_the_load_balancer_after_the_nics() {
+    let mut state = vmss_state(2);
+    converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    // ARM lists the instances' addresses on the prefix; they go with the ipConfigurations, not by DELETE.
+    state
+        .managed_prefixes
+        .get_mut("egressgateway-a")
+        .expect("prefix")
+        .public_ip_ids
+        .push("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/0/networkInterfaces/n/ipConfigurations/egressgateway-a/publicIPAddresses/egressgateway-a".into());
+    let p = converge(&vmss_pool(), &[deleting("a", Egress::Managed)], &mut state);
+    assert_eq!(p.lb, LbWrite::Delete);
+    assert_eq!(p.prefixes_to_delete, vec!["egressgateway-a".to_string()]);
+    assert!(p.public_ips_to_delete.is_empty());
+    let model = p.vmss_model.expect("model cleaned");
+    assert_eq!(model, primary_nic(), "ipConfig and backend pool gone");
+    assert_eq!(p.nic_updates.len(), 2);
+    assert!(state.lb.is_none() && state.managed_prefixes.is_empty());
+}
+
+#[test]
+fn deleting_one_of_several_configurations_removes_only_its_rule_and_probe() {
+    let mut state = vmss_state(1);
+    let both = [cfg("a", Egress::Private), cfg("b", Egress::Private)];
+    converge(&vmss_pool(), &both, &mut state);
+    let p = converge(
+        &vmss_pool(),
+        &[cfg("a", Egress::Private), deleting("b", Egress::Private)],
+        &mut state,
+    );
+    let lb = lb_of(&p);
+    assert!(matches!(
+        p.lb,
+        LbWrite::Put {
+            after_nics: false,
+            ..
+        }
+    ));
+    assert_eq!(lb.rules.len(), 1);
+    assert_eq!(lb.probes.len(), 1);
+    assert_eq!(lb.frontends.len(), 1);
+    assert_eq!(lb.backends.len(), 1);
+    assert_eq!(p.ports.get("a"), Some(&6000), "the remaining rule keeps its port");
+}
+
+#[test]
+fn other_pools_on_the_same_load_balancer_are_left_untouched() {
+    let mut state = vmss_state(1);
+    let mut other = existing_lb_with_rule("x", 6000);
+    for f in &mut other.frontends {
+        f.name = "other-pool".into();
+    }
+    other.backends = vec!["other-pool".into()];
+    other.rules[0].frontend = Some("other-pool".into());
+    other.rules[0].backend = Some("other-pool".into());
+    state.lb = Some(other.clone());
+    converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+    let p = converge(&vmss_pool(), &[deleting("a", Egress::Private)], &mut state);
+    assert_eq!(
+        p.lb,
+        LbWrite::Put {
+            lb: other.clone(),
+            after_nics: true
+        }
+    );
+    assert_eq!(state.lb, Some(other));
+}
+
+#[test]
+fn leaked_rules_on_the_pools_backend_are_removed() {
+    let mut state = vmss_state(1);
+    let mut lb = existing_lb_with_rule("gone", 6000);
+    lb.rules.extend(existing_lb_with_rule("a", 6001).rules);
+    lb.probes.extend(existing_lb_with_rule("a", 6001).probes);
+    state.lb = Some(lb);
+    let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+    let lb = lb_of(&p);
+    assert_eq!(
+        lb.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
+    assert_eq!(
+        lb.probes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
+    assert_eq!(p.ports.get("a"), Some(&6001));
+}
+
+#[test]
+fn nothing_to_do_for_an_unknown_pool_without_configurations() {
+    let p = plan(&vmss_pool(), &[], &vmss_state(2));
+    assert!(p.is_noop(), "{p:?}");
+    let p = plan(
+        &vmss_pool(),
+        &[deleting("a", Egress::Managed)],
+        &AzureState::default(),
+    );
+    assert!(p.is_noop(), "deleting on a vanished scale set: {p:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// VMSS (upstream "Manager VM")
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn vmss_model_and_instances_get_the_ip_config_and_the_backend_pool() {
+    let mut state = vmss_state(2);
+    let p = converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    let model = p.vmss_model.expect("model PUT");
+    let backend = env().backend_pool_id(POOL);
+    assert_eq!(model.ip_configs[0].backend_pools, vec![backend]);
+    assert_eq!(
+        model.ip_configs[1],
+        IpConfig {
+            name: "egressgateway-a".into(),
+            primary: false,
+            ipv4: true,
+            subnet_id: Some(NODE_SUBNET.into()),
+            public_ip_config: Some((
+                "egressgateway-a".into(),
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/publicIPPrefixes/egressgateway-a".into()
+            )),
+            public_ip_address_id: None,
+            backend_pools: vec![],
+        }
+    );
+    assert_eq!(
+        p.prefixes_to_create,
+        vec![PrefixCreate {
+            name: "egressgateway-a".into(),
+            prefix_len: 31
+        }]
+    );
+    assert_eq!(
+        p.nic_updates
+            .iter()
+            .map(|u| (u.target.as_str(), u.reason))
+            .collect::<Vec<_>>(),
+        [("0", UpdateReason::Differs), ("1", UpdateReason::Differs)]
+    );
+    let facts = config_facts(
+        &vmss_pool(),
+        &cfg("a", Egress::Managed),
+        &state,
+        &p.ports,
+        Some("20.0.0.0/31"),
+    );
+    assert_eq!(facts.frontend_ip.as_deref(), Some("10.1.0.4"));
+    assert_eq!(facts.port, Some(6000));
+    assert_eq!(facts.egress_ip_prefix.as_deref(), Some("20.0.0.0/31"));
+    assert_eq!(facts.vm_profiles.len(), 2);
+    assert!(facts.is_complete());
+}
+
+#[test]
+fn an_unexpected_ip_config_is_fixed_in_place() {
+    let mut state = vmss_state(1);
+    converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    let model = state.vmss_model.as_mut().expect("model");
+    model.ip_configs[1].subnet_id = Some(SUBNET.into());
+    model.ip_configs[1].public_ip_config = None;
+    let p = converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    let fixed = p.vmss_model.expect("model fixed");
+    assert_eq!(fixed.ip_configs[1].subnet_id.as_deref(), Some(NODE_SUBNET));
+    assert!(fixed.ip_configs[1].public_ip_config.is_some());
+    assert!(p.nic_updates.is_empty(), "instances were already right");
+}
+
+#[test]
+fn a_failed_instance_is_updated_even_when_its_model_is_right() {
+    let mut state = vmss_state(2);
+    converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+    state.instances[1].provisioning_state = "Failed".into();
+    let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+    assert_eq!(p.write_count(), 1);
+    assert_eq!(p.nic_updates[0].target, "1");
+    assert_eq!(p.nic_updates[0].reason, UpdateReason::Failed);
+}
+
+#[test]
+fn an_instance_missing_its_secondary_ip_is_updated() {
+    let mut state = vmss_state(2);
+    converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+    state.instances[0].addresses.by_ip_config.clear();
+    let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+    assert_eq!(
+        p.nic_updates
+            .iter()
+            .map(|u| (u.target.as_str(), u.reason))
+            .collect::<Vec<_>>(),
+        [("0", UpdateReason::MissingAddresses)]
+    );
+}
+
+#[test]
+fn private_mode_has_no_public_ip_configuration_and_reports_private_ips() {
+    let mut state = vmss_state(2);
+    let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+    assert!(p.prefixes_to_create.is_empty());
+    let model = p.vmss_model.expect("model");
+    assert_eq!(model.ip_configs[1].public_ip_config, None);
+    let facts = config_facts(&vmss_pool(), &cfg("a", Egress::Private), &state, &p.ports, None);
+    let ips: Vec<&str> = facts
+        .vm_profiles
+        .iter()
+        .map(|v| v.secondary_ip.as_str())
+        .collect();
+    assert_eq!(facts.egress_ip_prefix, Some(ips.join(",")));
+    assert_eq!(ips.len(), 2);
+    assert_eq!(facts.vm_profiles[0].node_name, "gw000000");
+    assert_eq!(facts.vm_profiles[0].primary_ip, "10.0.0.4");
+}
+
+#[test]
+fn private_mode_egress_prefix_waits_for_every_node() {
+    let mut state = vmss_state(2);
+    let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+    state.instances[1].addresses.by_ip_config.clear();
+    let facts = config_facts(&vmss_pool(), &cfg("a", Egress::Private), &state, &p.ports, None);
+    assert_eq!(facts.egress_ip_prefix, None);
+    assert!(!facts.is_complete());
+}
+
+#[test]
+fn switching_public_to_private_removes_the_public_ip_config_and_deletes_the_managed_prefix() {
+    let mut state = vmss_state(2);
+    converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+    assert_eq!(p.vmss_model.expect("model").ip_configs[1].public_ip_config, None);
+    assert_eq!(p.prefixes_to_delete, vec!["egressgateway-a".to_string()]);
+    assert_eq!(
+        p.lb,
+        LbWrite::Keep,
+        "the load balancer does not care about the egress mode"
+    );
+}
+
+#[test]
+fn switching_managed_to_byo_points_at_the_users_prefix_and_deletes_the_managed_one() {
+    let mut state = vmss_state(1);
+    converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    let byo = Egress::Byo {
+        prefix_id: BYO.into(),
+    };
+    let p = converge(&vmss_pool(), &[cfg("a", byo.clone())], &mut state);
+    let model = p.vmss_model.expect("model");
+    assert_eq!(
+        model.ip_configs[1].public_ip_config,
+        Some(("egressgateway-a".into(), BYO.into()))
+    );
+    assert_eq!(p.prefixes_to_delete, vec!["egressgateway-a".to_string()]);
+    assert!(p.prefixes_to_create.is_empty());
+    // and back
+    let p = converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    assert_eq!(p.prefixes_to_create.len(), 1);
+    assert!(p.prefixes_to_delete.is_empty());
+}
+
+#[test]
+fn a_managed_prefix_of_the_wrong_length_blocks_only_its_configuration() {
+    let mut state = vmss_state(1);
+    state.managed_prefixes.insert(
+        "egressgateway-a".into(),
+        PrefixState {
+            prefix_len: Some(30),
+            cidr: Some("20.0.0.0/30".into()),
+            public_ip_ids: vec![],
+        },
+    );
+    let p = converge(
+        &vmss_pool(),
+        &[cfg("a", Egress::Managed), cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    assert_eq!(
+        p.problems.get("a"),
+        Some(&ConfigProblem::PrefixSizeMismatch {
+            found: 30,
+            required: 31
+        })
+    );
+    assert_eq!(p.ports.keys().collect::<Vec<_>>(), ["b"]);
+    assert_eq!(
+        p.prefixes_to_create
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["egressgateway-b"]
+    );
+    assert!(
+        p.prefixes_to_delete.is_empty(),
+        "never delete a prefix the configuration still names"
+    );
+}
+
+#[test]
+fn deleting_when_the_scale_set_is_gone_still_cleans_the_load_balancer_and_prefix() {
+    let mut state = vmss_state(2);
+    converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    state.vmss_model = None;
+    state.instances.clear();
+    let p = converge(&vmss_pool(), &[deleting("a", Egress::Managed)], &mut state);
+    assert_eq!(p.lb, LbWrite::Delete);
+    assert_eq!(p.prefixes_to_delete, vec!["egressgateway-a".to_string()]);
+    assert!(state.lb.is_none() && state.managed_prefixes.is_empty());
+}
+
+#[test]
+fn a_scale_set_without_network_profile_or_primary_ip_config_is_a_pool_problem() {
+    let mut state = vmss_state(1);
+    state.vmss_model = None;
+    assert_eq!(
+        plan_pool(&vmss_pool(), &[cfg("a", Egress::Private)], &state, &env()),
+        Err(PoolProblem::NoNetworkProfile)
+    );
+    let mut state = vmss_state(1);
+    let mut nic = primary_nic();
+    nic.ip_configs[0].primary = false;
+    nic.ip_configs.push(IpConfig {
+        name: "second".into(),
+        ..IpConfig::default()
+    });
+    state.vmss_model = Some(nic);
+    assert_eq!(
+        plan_pool(&vmss_pool(), &[cfg("a", Egress::Private)], &state, &env()),
+        Err(PoolProblem::NoPrimaryIpConfig("vmss".into()))
+    );
+    let mut state = vmss_state(1);
+    state.instances[0].nic = None;
+    let err = plan_pool(&vmss_pool(), &[cfg("a", Egress::Private)], &state, &env()).expect_err("no NIC");
+    assert_eq!(
+        err.to_string(),
+        "vmss vm(gw000000) primary network interface not found"
+    );
+}
+
+#[test]
+fn foreign_ip_configs_and_backend_pools_are_kept() {
+    let mut state = vmss_state(1);
+    let mut nic = primary_nic();
+    nic.ip_configs[0]
+        .backend_pools
+        .push("/subscriptions/s/x/backendAddressPools/kubernetes".into());
+    nic.ip_configs.push(IpConfig {
+        name: "users-own".into(),
+        ipv4: true,
+        ..IpConfig::default()
+    });
+    state.vmss_model = Some(nic.clone());
+    converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
+    let p = converge(&vmss_pool(), &[deleting("a", Egress::Private)], &mut state);
+    assert_eq!(p.vmss_model, Some(nic));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Coalescing: the goal of the per-pool design
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn fifty_configurations_converge_with_one_lb_put_one_vmss_put_and_one_update_per_instance() {
+    for instances in [2, 16] {
+        let mut state = vmss_state(instances);
+        let configs: Vec<Config> = (0..50)
+            .map(|i| cfg(&format!("sgc{i:02}"), Egress::Managed))
+            .collect();
+        let p = converge(&vmss_pool(), &configs, &mut state);
+        assert!(matches!(p.lb, LbWrite::Put { .. }));
+        assert!(p.vmss_model.is_some());
+        assert_eq!(p.nic_updates.len(), instances);
+        assert_eq!(
+            p.prefixes_to_create.len(),
+            50,
+            "one prefix per configuration is inherent"
+        );
+        assert_eq!(p.write_count(), 50 + 1 + 1 + instances);
+        let ports: BTreeSet<u16> = p.ports.values().copied().collect();
+        assert_eq!(ports, (6000..6050).collect());
+        let lb = state.lb.as_ref().expect("lb");
+        assert_eq!((lb.rules.len(), lb.probes.len(), lb.frontends.len()), (50, 50, 1));
+
+        // ... and deleting them all together is as cheap.
+        let gone: Vec<Config> = configs
+            .iter()
+            .map(|c| Config {
+                deleting: true,
+                ..c.clone()
+            })
+            .collect();
+        let p = converge(&vmss_pool(), &gone, &mut state);
+        assert_eq!(p.lb, LbWrite::Delete);
+        assert_eq!(p.write_count(), 1 + 1 + instances + 50);
+        assert!(state.managed_prefixes.is_empty());
+    }
+}
+
+#[test]
+fn a_node_joining_gets_every_configuration_in_one_update() {
+    let mut state = vmss_state(2);
+    let configs: Vec<Config> = (0..5).map(|i| cfg(&format!("s{i}"), Egress::Private)).collect();
+    converge(&vmss_pool(), &configs, &mut state);
+    let mut newcomer = vmss_state(3).instances.remove(2);
+    newcomer.instance_id = "7".into();
+    state.instances.push(newcomer);
+    let p = converge(&vmss_pool(), &configs, &mut state);
+    assert_eq!(p.write_count(), 1);
+    assert_eq!(p.nic_updates[0].target, "7");
+    assert_eq!(p.nic_updates[0].nic.ip_configs.len(), 6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// VM-based pools (upstream agentpoolvms)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn vm_pool_private_mode_updates_each_nic_and_reports_secondary_ips() {
+    let mut state = vm_state(2);
+    let p = converge(&vm_pool(), &[cfg("a", Egress::Private)], &mut state);
+    assert_eq!(p.nic_updates.len(), 2);
+    assert!(p.vmss_model.is_none());
+    let nic = &p.nic_updates[0].nic;
+    assert_eq!(nic.ip_configs[0].backend_pools, vec![env().backend_pool_id(POOL)]);
+    assert_eq!(nic.ip_configs[1].name, "egressgateway-a");
+    assert_eq!(nic.ip_configs[1].subnet_id.as_deref(), Some(NODE_SUBNET));
+    let facts = config_facts(&vm_pool(), &cfg("a", Egress::Private), &state, &p.ports, None);
+    assert_eq!(facts.vm_profiles[0].node_name, "aks-gwpool-0-nic");
+    assert_eq!(
+        facts.egress_ip_prefix.as_deref().map(|s| s.split(',').count()),
+        Some(2)
+    );
+}
+
+#[test]
+fn vm_pool_public_mode_creates_a_public_ip_per_nic_named_by_upstreams_hash() {
+    let mut state = vm_state(1);
+    state.vm_nics[0].name = "aks-nodepool1-12345678-vmss000000".into();
+    let p = converge(&vm_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    let name = vm_pool_public_ip_name("egressgateway-a", "aks-nodepool1-12345678-vmss000000");
+    assert_eq!(
+        p.public_ips_to_create,
+        vec![PublicIpCreate {
+            name: name.clone(),
+            prefix_id: env().prefix_id("egressgateway-a"),
+        }]
+    );
+    assert_eq!(
+        p.nic_updates[0].nic.ip_configs[1].public_ip_address_id,
+        Some(env().public_ip_id(&name))
+    );
+    // Deleting: the NIC loses the ipConfig and the backend pool (upstream never removed it), the public IP
+    // goes before its prefix (InUsePublicIpPrefixCannotBeDeleted, upstream #1223).
+    let p = converge(&vm_pool(), &[deleting("a", Egress::Managed)], &mut state);
+    assert_eq!(p.nic_updates[0].nic, primary_nic());
+    assert_eq!(p.public_ips_to_delete, vec![name.to_ascii_lowercase()]);
+    assert_eq!(p.prefixes_to_delete, vec!["egressgateway-a".to_string()]);
+    assert!(state.public_ips.is_empty());
+}
+
+#[test]
+fn vm_pool_nic_without_a_primary_ip_config_is_a_pool_problem() {
+    let mut state = vm_state(1);
+    state.vm_nics[0].nic.ip_configs.push(IpConfig::default());
+    state.vm_nics[0].nic.ip_configs[0].primary = false;
+    assert_eq!(
+        plan_pool(&vm_pool(), &[cfg("a", Egress::Private)], &state, &env()),
+        Err(PoolProblem::NoPrimaryIpConfig("nic".into()))
+    );
+}

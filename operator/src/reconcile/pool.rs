@@ -1,0 +1,549 @@
+//! The Azure half of a pool reconcile: find the pool, read its state, apply the plan, read the facts back.
+
+use std::collections::BTreeMap;
+
+use api::PoolRef;
+use api::names::{TAG_AKS_POOL_NAME, TAG_GATEWAY_PREFIX_SIZE, TAG_STATIC_GATEWAY_NIC, managed_resource_name};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::arm_json::{
+    lb_from_json, managed_prefix_body, merge_ip_configs, merge_lb, merge_nic_configs, nic_addresses,
+    nic_from_json, prefix_from_json, primary_nic_from_configs, primary_nic_index, public_ip_body,
+};
+use crate::azure::{Arm, ArmError, ArmResult};
+use crate::config::CloudConfig;
+use crate::desired::{
+    AzureState, Config, ConfigFacts, Egress, Env, Instance, LbWrite, PoolKind, PoolPlan, PoolProblem, VmNic,
+    config_facts, last_segment, plan_pool,
+};
+
+/// Instance / NIC updates in flight at once per pool.
+pub const NIC_UPDATE_CONCURRENCY: usize = 8;
+/// Other independent ARM calls (prefix reads, creates, deletes) in flight at once per pool: bounded so that a
+/// burst of configurations does not turn into a burst of 429s.
+pub const ARM_CONCURRENCY: usize = 8;
+
+/// A pool found in Azure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedPool {
+    /// The planner's view.
+    pub pool: crate::desired::Pool,
+    /// Resource group of the scale set / VMs / NICs.
+    pub resource_group: String,
+    /// Scale set name (VMSS pools) or node pool name (VM pools).
+    pub name: String,
+    /// Location of the scale set / VMs.
+    pub location: String,
+}
+
+/// Why a pool cannot be reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No scale set or VM pool matches.
+    #[error("gateway VMSS not found: no scale set or VM pool matches {0}")]
+    NotFound(String),
+    /// The pool has no usable prefix size.
+    #[error("{0}")]
+    PrefixSize(String),
+    /// A VMSS without `uniqueId`.
+    #[error("gateway node pool does not have UID. {0}")]
+    NoUid(String),
+    /// The pool's Azure objects are not usable.
+    #[error(transparent)]
+    Problem(#[from] PoolProblem),
+    /// ARM said no.
+    #[error(transparent)]
+    Arm(#[from] ArmError),
+}
+
+fn tag<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get("tags")?
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))?
+        .1
+        .as_str()
+}
+
+fn parse_prefix_size(raw: Option<&str>) -> Result<i32, PoolError> {
+    let raw = raw.ok_or_else(|| PoolError::PrefixSize("nodepool does not have IP prefix size".into()))?;
+    match raw.trim().parse::<i32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(PoolError::PrefixSize(format!(
+            "failed to parse nodepool IP prefix size: {raw}"
+        ))),
+    }
+}
+
+/// Finds the pool in Azure. `declared_prefix_len` comes from a GatewayPool or the configuration's VMSS profile;
+/// without it a node pool's `aks-managed-gatewayIPPrefixSize` tag is read (as upstream).
+pub async fn resolve(
+    arm: &Arm,
+    cfg: &CloudConfig,
+    pool_ref: &PoolRef,
+    declared_prefix_len: Option<i32>,
+) -> Result<ResolvedPool, PoolError> {
+    match pool_ref {
+        PoolRef::Vmss { resource_group, name } => {
+            let vmss = arm
+                .get_vmss(resource_group, name)
+                .await?
+                .ok_or_else(|| PoolError::NotFound(pool_ref.to_string()))?;
+            vmss_pool(&vmss, resource_group, declared_prefix_len, pool_ref)
+        }
+        PoolRef::Nodepool(np) => {
+            // One lookup order for everything (upstream's two controllers disagreed): scale sets, then VMs.
+            let sets = arm.list_vmss(&cfg.resource_group).await?;
+            if let Some(vmss) = sets
+                .iter()
+                .find(|v| tag(v, TAG_AKS_POOL_NAME).is_some_and(|t| t.eq_ignore_ascii_case(np)))
+            {
+                return vmss_pool(vmss, &cfg.resource_group, declared_prefix_len, pool_ref);
+            }
+            let vms = arm.list_vms(&cfg.resource_group).await?;
+            let vm = vms
+                .iter()
+                .find(|v| tag(v, TAG_AKS_POOL_NAME).is_some_and(|t| t.eq_ignore_ascii_case(np)))
+                .ok_or_else(|| PoolError::NotFound(pool_ref.to_string()))?;
+            let prefix_len = match declared_prefix_len {
+                Some(p) => p,
+                None => parse_prefix_size(tag(vm, TAG_GATEWAY_PREFIX_SIZE))?,
+            };
+            Ok(ResolvedPool {
+                pool: crate::desired::Pool {
+                    uid: api::names::vm_pool_uid(np),
+                    kind: PoolKind::Vm,
+                    prefix_len,
+                },
+                resource_group: cfg.resource_group.clone(),
+                name: np.clone(),
+                location: vm
+                    .get("location")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&cfg.location)
+                    .to_string(),
+            })
+        }
+    }
+}
+
+fn vmss_pool(
+    vmss: &Value,
+    rg: &str,
+    declared: Option<i32>,
+    pool_ref: &PoolRef,
+) -> Result<ResolvedPool, PoolError> {
+    let name = vmss
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let uid = vmss
+        .pointer("/properties/uniqueId")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            PoolError::NoUid(format!(
+                "pool={pool_ref}, vmssName={name}, vmssResourceGroup={rg}"
+            ))
+        })?;
+    let prefix_len = match declared {
+        Some(p) => p,
+        None => parse_prefix_size(tag(vmss, TAG_GATEWAY_PREFIX_SIZE))?,
+    };
+    Ok(ResolvedPool {
+        pool: crate::desired::Pool {
+            uid: uid.to_string(),
+            kind: PoolKind::Vmss,
+            prefix_len,
+        },
+        resource_group: rg.to_string(),
+        name,
+        location: vmss
+            .get("location")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    })
+}
+
+/// The pool's Azure state plus the raw objects the appliers merge into.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The planner's view.
+    pub state: AzureState,
+    lb_json: Option<Value>,
+    vmss_nic_configs: Vec<Value>,
+    instance_nic_configs: BTreeMap<String, Vec<Value>>,
+    vm_nic_json: BTreeMap<String, Value>,
+    /// CIDR of every managed prefix, by name (lower-cased).
+    pub prefix_cidrs: BTreeMap<String, String>,
+}
+
+/// The environment of the plan.
+pub fn env_of(cfg: &CloudConfig, probe_port: i32) -> Env {
+    Env {
+        lb_id: cfg.load_balancer_id(),
+        resource_group_id: format!(
+            "/subscriptions/{}/resourceGroups/{}",
+            cfg.subscription_id, cfg.resource_group
+        ),
+        frontend_subnet_id: cfg.subnet_id(),
+        probe_port,
+    }
+}
+
+/// Reads everything the plan needs.
+pub async fn observe(
+    arm: &Arm,
+    cfg: &CloudConfig,
+    pool: &ResolvedPool,
+    configs: &[Config],
+) -> ArmResult<Observed> {
+    let lb_json = arm
+        .get_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
+        .await?;
+    let mut o = Observed {
+        lb_json,
+        ..Observed::default()
+    };
+    o.state.lb = o.lb_json.as_ref().map(lb_from_json);
+    let names: Vec<String> = configs.iter().map(|c| managed_resource_name(&c.uid)).collect();
+    let prefixes: Vec<ArmResult<(String, Option<Value>)>> =
+        futures::stream::iter(names.into_iter().map(|name| {
+            let (arm, rg) = (arm.clone(), cfg.resource_group.clone());
+            async move { arm.get_prefix(&rg, &name).await.map(|p| (name, p)) }
+        }))
+        .buffered(ARM_CONCURRENCY)
+        .collect()
+        .await;
+    for r in prefixes {
+        let (name, p) = r?;
+        if let Some(p) = p {
+            let p = prefix_from_json(&p);
+            if let Some(cidr) = &p.cidr {
+                o.prefix_cidrs.insert(name.to_ascii_lowercase(), cidr.clone());
+            }
+            o.state.managed_prefixes.insert(name.to_ascii_lowercase(), p);
+        }
+    }
+    match pool.pool.kind {
+        PoolKind::Vmss => {
+            let Some(vmss) = arm.get_vmss(&pool.resource_group, &pool.name).await? else {
+                return Ok(o); // gone: nothing to clean on it
+            };
+            o.vmss_nic_configs = vmss
+                .pointer("/properties/virtualMachineProfile/networkProfile/networkInterfaceConfigurations")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            o.state.vmss_model = primary_nic_from_configs(&o.vmss_nic_configs);
+            let vms = arm.list_instances(&pool.resource_group, &pool.name).await?;
+            // The instances' NICs are read concurrently (bounded): one GET each, the only per-instance read.
+            let reads: Vec<ArmResult<(Value, Vec<Value>, crate::desired::NicAddresses)>> =
+                futures::stream::iter(vms.into_iter().map(|vm| {
+                    let (arm, rg, vmss) = (arm.clone(), pool.resource_group.clone(), pool.name.clone());
+                    async move {
+                        let id = vm
+                            .get("instanceId")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
+                        let nic_configs = vm
+                            .pointer("/properties/networkProfileConfiguration/networkInterfaceConfigurations")
+                            .and_then(Value::as_array)
+                            .cloned()
+                            .unwrap_or_default();
+                        let nic_name = primary_nic_index(&nic_configs)
+                            .and_then(|i| nic_configs[i].get("name").and_then(Value::as_str))
+                            .map(str::to_string);
+                        let addresses = match nic_name {
+                            Some(n) => arm
+                                .get_instance_nic(&rg, &vmss, &id, &n)
+                                .await?
+                                .map(|nic| nic_addresses(&nic))
+                                .unwrap_or_default(),
+                            None => Default::default(),
+                        };
+                        Ok((vm, nic_configs, addresses))
+                    }
+                }))
+                .buffered(ARM_CONCURRENCY)
+                .collect()
+                .await;
+            for r in reads {
+                let (vm, nic_configs, addresses) = r?;
+                let id = vm
+                    .get("instanceId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                o.state.instances.push(Instance {
+                    instance_id: id.clone(),
+                    computer_name: vm
+                        .pointer("/properties/osProfile/computerName")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    provisioning_state: vm
+                        .pointer("/properties/provisioningState")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    nic: primary_nic_from_configs(&nic_configs),
+                    addresses,
+                });
+                o.instance_nic_configs.insert(id, nic_configs);
+            }
+        }
+        PoolKind::Vm => {
+            for nic in arm.list_nics(&pool.resource_group).await? {
+                let is_gateway = tag(&nic, TAG_STATIC_GATEWAY_NIC).is_some()
+                    && tag(&nic, TAG_AKS_POOL_NAME).is_some_and(|p| p.eq_ignore_ascii_case(&pool.name));
+                if !is_gateway {
+                    continue;
+                }
+                let name = nic
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let ipcs = nic
+                    .pointer("/properties/ipConfigurations")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                o.state.vm_nics.push(VmNic {
+                    name: name.clone(),
+                    provisioning_state: nic
+                        .pointer("/properties/provisioningState")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    nic: nic_from_json(&ipcs),
+                    addresses: nic_addresses(&nic),
+                });
+                o.vm_nic_json.insert(name, nic);
+            }
+            for pip in arm.list_public_ips(&pool.resource_group).await? {
+                let name = pip.get("name").and_then(Value::as_str).unwrap_or_default();
+                if let Some(prefix) = pip
+                    .pointer("/properties/publicIPPrefix/id")
+                    .and_then(Value::as_str)
+                {
+                    o.state
+                        .public_ips
+                        .insert(name.to_ascii_lowercase(), prefix.to_string());
+                }
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Applies a plan in dependency order; returns the number of ARM writes made.
+pub async fn apply(
+    arm: &Arm,
+    cfg: &CloudConfig,
+    pool: &ResolvedPool,
+    observed: &Observed,
+    plan: &PoolPlan,
+) -> ArmResult<usize> {
+    let rg = &cfg.resource_group;
+    let mut writes = 0;
+    let jobs: Vec<(String, Value)> = plan
+        .prefixes_to_create
+        .iter()
+        .map(|p| (p.name.clone(), managed_prefix_body(&cfg.location, p.prefix_len)))
+        .collect();
+    let created: Vec<ArmResult<Value>> = futures::stream::iter(jobs.into_iter().map(|(name, body)| {
+        let (arm, rg) = (arm.clone(), rg.clone());
+        async move { arm.put_prefix(&rg, &name, body).await }
+    }))
+    .buffer_unordered(ARM_CONCURRENCY)
+    .collect()
+    .await;
+    for r in created {
+        r?;
+        writes += 1;
+    }
+    for pip in &plan.public_ips_to_create {
+        arm.put_public_ip(
+            &pool.resource_group,
+            &pip.name,
+            public_ip_body(&pool.location, &pip.prefix_id),
+        )
+        .await?;
+        writes += 1;
+    }
+    let lb_first = matches!(
+        plan.lb,
+        LbWrite::Put {
+            after_nics: false,
+            ..
+        }
+    );
+    if lb_first {
+        writes += write_lb(arm, cfg, observed, &plan.lb).await?;
+    }
+    if let Some(model) = &plan.vmss_model
+        && let Some(nic_configs) = merge_nic_configs(&observed.vmss_nic_configs, model)
+    {
+        arm.put_vmss_nics(&pool.resource_group, &pool.name, &pool.location, nic_configs)
+            .await?;
+        writes += 1;
+    }
+    // Bodies are built first so the concurrent futures own their data (and stay `Send` for every lifetime).
+    let mut bodies: Vec<(String, Value)> = Vec::new();
+    for u in &plan.nic_updates {
+        match pool.pool.kind {
+            PoolKind::Vmss => {
+                let configs = observed
+                    .instance_nic_configs
+                    .get(&u.target)
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(merged) = merge_nic_configs(&configs, &u.nic) {
+                    bodies.push((u.target.clone(), merged));
+                }
+            }
+            PoolKind::Vm => {
+                if let Some(mut nic) = observed.vm_nic_json.get(&u.target).cloned() {
+                    let current = nic
+                        .pointer("/properties/ipConfigurations")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    nic["properties"]["ipConfigurations"] = merge_ip_configs(&current, &u.nic);
+                    bodies.push((u.target.clone(), nic));
+                }
+            }
+        }
+    }
+    let updates: Vec<ArmResult<()>> = futures::stream::iter(bodies.into_iter().map(|(target, body)| {
+        let (arm, pool) = (arm.clone(), pool.clone());
+        async move {
+            match pool.pool.kind {
+                PoolKind::Vmss => {
+                    arm.update_instance(&pool.resource_group, &pool.name, &target, &pool.location, body)
+                        .await
+                }
+                PoolKind::Vm => arm.put_nic(&pool.resource_group, &target, body).await.map(|_| ()),
+            }
+        }
+    }))
+    .buffer_unordered(NIC_UPDATE_CONCURRENCY)
+    .collect()
+    .await;
+    for r in updates {
+        r?;
+        writes += 1;
+    }
+    if !lb_first {
+        writes += write_lb(arm, cfg, observed, &plan.lb).await?;
+    }
+    for name in &plan.public_ips_to_delete {
+        arm.delete_public_ip(&pool.resource_group, name).await?;
+        writes += 1;
+    }
+    let names: Vec<String> = plan.prefixes_to_delete.clone();
+    let deleted: Vec<ArmResult<()>> = futures::stream::iter(names.into_iter().map(|name| {
+        let (arm, rg) = (arm.clone(), rg.clone());
+        async move { arm.delete_prefix(&rg, &name).await }
+    }))
+    .buffer_unordered(ARM_CONCURRENCY)
+    .collect()
+    .await;
+    for r in deleted {
+        r?;
+        writes += 1;
+    }
+    Ok(writes)
+}
+
+async fn write_lb(arm: &Arm, cfg: &CloudConfig, observed: &Observed, write: &LbWrite) -> ArmResult<usize> {
+    match write {
+        LbWrite::Keep => Ok(0),
+        LbWrite::Delete => {
+            arm.delete_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
+                .await?;
+            Ok(1)
+        }
+        LbWrite::Put { lb, .. } => {
+            let body = merge_lb(
+                observed.lb_json.as_ref(),
+                lb,
+                &cfg.load_balancer_id(),
+                &cfg.load_balancer_name,
+                &cfg.location,
+            );
+            arm.put_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name, body)
+                .await?;
+            Ok(1)
+        }
+    }
+}
+
+/// What one pool reconcile produced.
+#[derive(Debug)]
+pub struct PoolOutcome {
+    /// The plan that was applied.
+    pub plan: PoolPlan,
+    /// ARM writes made.
+    pub writes: usize,
+    /// Per configuration uid: what Azure says after the writes.
+    pub facts: BTreeMap<String, ConfigFacts>,
+    /// The pool's Azure state after the writes (GatewayPool status).
+    pub state: AzureState,
+}
+
+/// Read, plan, apply, re-read. `byo_cidrs` are the CIDRs of BYO prefixes (read and length-checked by the caller).
+pub async fn reconcile(
+    arm: &Arm,
+    cfg: &CloudConfig,
+    pool: &ResolvedPool,
+    configs: &[Config],
+    byo_cidrs: &BTreeMap<String, String>,
+    probe_port: i32,
+) -> Result<PoolOutcome, PoolError> {
+    let env = env_of(cfg, probe_port);
+    let observed = observe(arm, cfg, pool, configs).await?;
+    let plan = plan_pool(&pool.pool, configs, &observed.state, &env)?;
+    let writes = if plan.is_noop() {
+        0
+    } else {
+        apply(arm, cfg, pool, &observed, &plan).await?
+    };
+    let after = if writes == 0 {
+        observed
+    } else {
+        observe(arm, cfg, pool, configs).await?
+    };
+    let facts = configs
+        .iter()
+        .filter(|c| !c.deleting)
+        .map(|c| {
+            let cidr = match &c.egress {
+                Egress::Managed => after
+                    .prefix_cidrs
+                    .get(&managed_resource_name(&c.uid).to_ascii_lowercase())
+                    .cloned(),
+                Egress::Byo { prefix_id } => byo_cidrs
+                    .get(&last_segment(prefix_id).to_ascii_lowercase())
+                    .cloned(),
+                Egress::Private => None,
+            };
+            (
+                c.uid.clone(),
+                config_facts(&pool.pool, c, &after.state, &plan.ports, cidr.as_deref()),
+            )
+        })
+        .collect();
+    Ok(PoolOutcome {
+        plan,
+        writes,
+        facts,
+        state: after.state,
+    })
+}

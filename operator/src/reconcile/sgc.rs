@@ -1,0 +1,1221 @@
+//! The Kubernetes half: configurations' rules re-check, WireGuard key Secrets, finalizers, status and Events.
+//! Work is grouped per pool: every configuration on a pool is reconciled together so that Azure sees one set
+//! of writes (see `desired.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::names::{
+    SECRET_OWNER_NAME_LABEL, SECRET_OWNER_NAMESPACE_LABEL, SECRET_PRIVATE_KEY, SECRET_PUBLIC_KEY,
+    SGC_FINALIZER, key_secret_name,
+};
+use api::pool_ref::is_gateway_node;
+use api::rules::{PoolFacts, validate_sgc};
+use api::{
+    GatewayPool, GatewayServerProfile, PoolRef, StaticGatewayConfiguration, StaticGatewayConfigurationStatus,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::azure::{Arm, ArmError};
+use crate::config::CloudConfig;
+use crate::desired::{Config, ConfigFacts, ConfigProblem, Egress};
+use crate::metrics::{FailLabels, LatencyLabels, Metrics};
+use crate::reconcile::pool::{self, PoolError};
+
+/// Condition types.
+pub const ACCEPTED: &str = "Accepted";
+/// See [`ACCEPTED`].
+pub const READY: &str = "Ready";
+/// Field manager of the operator's writes.
+pub const MANAGER: &str = "kube-egress-gateway-operator";
+
+// ---------------------------------------------------------------------------------------------
+// Pure parts
+// ---------------------------------------------------------------------------------------------
+
+/// A WireGuard key pair as base64 text (wg(8) format).
+pub struct KeyPair {
+    /// Private key (never logged).
+    pub private: String,
+    /// Public key.
+    pub public: String,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("private", &"<redacted>")
+            .field("public", &self.public)
+            .finish()
+    }
+}
+
+/// Generates a fresh x25519 key pair.
+pub fn generate_key_pair() -> KeyPair {
+    let secret = x25519_dalek::StaticSecret::random();
+    let public = x25519_dalek::PublicKey::from(&secret);
+    KeyPair {
+        private: B64.encode(secret.to_bytes()),
+        public: B64.encode(public.as_bytes()),
+    }
+}
+
+/// The public key of a stored private key; None when the text is not a 32-byte base64 key.
+pub fn public_key_of(private_b64: &str) -> Option<String> {
+    let bytes: [u8; 32] = B64.decode(private_b64.trim()).ok()?.try_into().ok()?;
+    let secret = x25519_dalek::StaticSecret::from(bytes);
+    Some(B64.encode(x25519_dalek::PublicKey::from(&secret).as_bytes()))
+}
+
+/// Sets a condition; keeps `lastTransitionTime` when the status does not change. Returns whether anything
+/// changed.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> bool {
+    let status = if status { "True" } else { "False" };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c)
+            if c.status == status
+                && c.reason == reason
+                && c.message == message
+                && c.observed_generation == generation =>
+        {
+            false
+        }
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::now());
+            }
+            c.status = status.into();
+            c.reason = reason.into();
+            c.message = message.into();
+            c.observed_generation = generation;
+            true
+        }
+        None => {
+            conditions.push(Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.into(),
+                observed_generation: generation,
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+            });
+            true
+        }
+    }
+}
+
+/// What happened to one configuration in a pool reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The spec breaks a rule.
+    Invalid(String),
+    /// No scale set or VM pool matches.
+    PoolNotFound(String),
+    /// A prefix of the wrong length (BYO or existing managed).
+    PrefixSizeMismatch(String),
+    /// Azure failed (message carries the ARM code).
+    AzureFailed {
+        /// `AzureThrottled` or `AzureError`.
+        reason: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// Another problem that blocks this configuration only.
+    Blocked(String),
+    /// Azure is provisioned as far as known.
+    Provisioned(ConfigFacts),
+}
+
+/// Computes the new status from the old one; returns (status, events to emit as (type, reason, note)).
+pub fn next_status(
+    old: &StaticGatewayConfigurationStatus,
+    generation: Option<i64>,
+    outcome: &Outcome,
+    key: Option<(&str, ObjectReference)>,
+) -> (StaticGatewayConfigurationStatus, Vec<(EventType, String, String)>) {
+    let mut st = old.clone();
+    st.observed_generation = generation;
+    let mut events = Vec::new();
+    let mut cond = |st: &mut StaticGatewayConfigurationStatus, t: &str, ok: bool, reason: &str, msg: &str| {
+        let before = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.reason.clone()));
+        set_condition(&mut st.conditions, t, ok, reason, msg, generation);
+        let after = Some((if ok { "True" } else { "False" }.to_string(), reason.to_string()));
+        if before != after {
+            let ty = if ok || reason == "Provisioning" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            events.push((ty, reason.to_string(), format!("{t}={}: {msg}", ok)));
+        }
+    };
+    if let Some((public, secret_ref)) = &key {
+        let p = st
+            .gateway_server_profile
+            .get_or_insert_with(GatewayServerProfile::default);
+        p.public_key = public.to_string();
+        p.private_key_secret_ref = Some(secret_ref.clone());
+    }
+    match outcome {
+        Outcome::Invalid(m) => {
+            cond(&mut st, ACCEPTED, false, "InvalidSpec", m);
+            cond(
+                &mut st,
+                READY,
+                false,
+                "InvalidSpec",
+                "the spec breaks a rule; see Accepted",
+            );
+        }
+        Outcome::PoolNotFound(m) => {
+            cond(&mut st, ACCEPTED, false, "PoolNotFound", m);
+            cond(
+                &mut st,
+                READY,
+                false,
+                "PoolNotFound",
+                "the gateway pool does not exist in Azure",
+            );
+        }
+        Outcome::PrefixSizeMismatch(m) => {
+            cond(&mut st, ACCEPTED, false, "PrefixSizeMismatch", m);
+            cond(
+                &mut st,
+                READY,
+                false,
+                "PrefixSizeMismatch",
+                "the public IP prefix does not fit the pool",
+            );
+        }
+        Outcome::AzureFailed { reason, message } => {
+            cond(&mut st, READY, false, reason, message);
+        }
+        Outcome::Blocked(m) => {
+            cond(
+                &mut st,
+                ACCEPTED,
+                true,
+                "Accepted",
+                "the spec is valid and the pool exists",
+            );
+            cond(&mut st, READY, false, "Blocked", m);
+        }
+        Outcome::Provisioned(f) => {
+            cond(
+                &mut st,
+                ACCEPTED,
+                true,
+                "Accepted",
+                "the spec is valid and the pool exists",
+            );
+            let p = st
+                .gateway_server_profile
+                .get_or_insert_with(GatewayServerProfile::default);
+            p.ip = f.frontend_ip.clone().unwrap_or_default();
+            p.port = f.port.map(i32::from).unwrap_or_default();
+            st.egress_ip_prefix = f.egress_ip_prefix.clone();
+            st.gateway_vm_profiles = f.vm_profiles.clone();
+            if f.is_complete() && st.is_ready_for_pods() {
+                let prefix = f.egress_ip_prefix.clone().unwrap_or_default();
+                cond(
+                    &mut st,
+                    READY,
+                    true,
+                    "Provisioned",
+                    &format!("egress prefix {prefix}"),
+                );
+            } else {
+                cond(
+                    &mut st,
+                    READY,
+                    false,
+                    "Provisioning",
+                    "waiting for Azure to allocate addresses",
+                );
+            }
+        }
+    }
+    (st, events)
+}
+
+/// A GatewayPool's status from the pool's Azure state: its instances, the shared frontend, Ready.
+pub fn pool_status(
+    old: &api::GatewayPoolStatus,
+    generation: Option<i64>,
+    pool: &crate::desired::Pool,
+    state: &crate::desired::AzureState,
+    wanted_ip_configs: &[String],
+    node_names: &BTreeSet<String>,
+) -> api::GatewayPoolStatus {
+    use api::pool::{LoadBalancerFrontend, PoolInstance, PoolType};
+    let ready = |prov: &str, a: &crate::desired::NicAddresses| {
+        prov.eq_ignore_ascii_case("Succeeded")
+            && a.primary_ip.is_some()
+            && wanted_ip_configs
+                .iter()
+                .all(|n| a.by_ip_config.contains_key(&n.to_ascii_lowercase()))
+    };
+    let node = |name: &str| node_names.iter().find(|n| n.eq_ignore_ascii_case(name)).cloned();
+    let instances: Vec<PoolInstance> = match pool.kind {
+        crate::desired::PoolKind::Vmss => state
+            .instances
+            .iter()
+            .map(|i| PoolInstance {
+                name: i.computer_name.clone(),
+                node_name: node(&i.computer_name),
+                primary_ip: i.addresses.primary_ip.clone().unwrap_or_default(),
+                provisioning_state: i.provisioning_state.clone(),
+                ready: ready(&i.provisioning_state, &i.addresses),
+            })
+            .collect(),
+        crate::desired::PoolKind::Vm => state
+            .vm_nics
+            .iter()
+            .map(|n| PoolInstance {
+                name: n.name.clone(),
+                node_name: None,
+                primary_ip: n.addresses.primary_ip.clone().unwrap_or_default(),
+                provisioning_state: n.provisioning_state.clone(),
+                ready: ready(&n.provisioning_state, &n.addresses),
+            })
+            .collect(),
+    };
+    let ready_instances = i32::try_from(instances.iter().filter(|i| i.ready).count()).unwrap_or(i32::MAX);
+    let frontend = state
+        .lb
+        .as_ref()
+        .and_then(|lb| {
+            lb.frontends
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case(&pool.uid))
+        })
+        .map(|f| LoadBalancerFrontend {
+            name: f.name.clone(),
+            ip: f.private_ip.clone().unwrap_or_default(),
+        });
+    let mut st = old.clone();
+    st.pool_type = Some(match pool.kind {
+        crate::desired::PoolKind::Vmss => PoolType::VirtualMachineScaleSet,
+        crate::desired::PoolKind::Vm => PoolType::VirtualMachines,
+    });
+    st.pool_uid = Some(pool.uid.clone());
+    st.ready_instances = ready_instances;
+    let total = instances.len();
+    st.instances = instances;
+    st.load_balancer_frontend = frontend;
+    st.observed_generation = generation;
+    let all_ready = total > 0 && usize::try_from(ready_instances).unwrap_or(0) == total;
+    let msg = format!("{ready_instances} of {total} instances ready");
+    set_condition(
+        &mut st.conditions,
+        READY,
+        all_ready,
+        if all_ready {
+            "InstancesReady"
+        } else {
+            "InstancesNotReady"
+        },
+        &msg,
+        generation,
+    );
+    set_condition(
+        &mut st.conditions,
+        "Degraded",
+        !all_ready && ready_instances > 0,
+        if !all_ready && ready_instances > 0 {
+            "SomeInstancesNotReady"
+        } else {
+            "AsExpected"
+        },
+        &msg,
+        generation,
+    );
+    st
+}
+
+/// Normalised key of a pool reference (ARM compares names case-insensitively).
+pub fn pool_key(r: &PoolRef) -> String {
+    match r {
+        PoolRef::Nodepool(n) => format!("nodepool/{}", n.to_ascii_lowercase()),
+        PoolRef::Vmss { resource_group, name } => {
+            format!(
+                "vmss/{}/{}",
+                resource_group.to_ascii_lowercase(),
+                name.to_ascii_lowercase()
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reconciler
+// ---------------------------------------------------------------------------------------------
+
+/// Shared state of the reconcilers.
+pub struct Operator {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// Azure.
+    pub arm: Arm,
+    /// Cloud config.
+    pub cfg: CloudConfig,
+    /// Namespace of the key Secrets (`--secret-namespace`).
+    pub secret_namespace: String,
+    /// The operator's own namespace (metrics label).
+    pub namespace: String,
+    /// `--gateway-lb-probe-port`.
+    pub probe_port: i32,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Set when a pool is still converging (writes just made, addresses or operations pending): the work
+    /// loop then looks again soon instead of waiting for the periodic resync.
+    pub converging: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("secret_namespace", &self.secret_namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors of the Kubernetes half.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kubernetes API.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// Azure.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+impl Operator {
+    /// Builds the operator's shared state.
+    pub fn new(
+        client: kube::Client,
+        arm: Arm,
+        cfg: CloudConfig,
+        secret_namespace: String,
+        namespace: String,
+        probe_port: i32,
+        metrics: Metrics,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("HOSTNAME").ok(),
+            },
+        );
+        Operator {
+            client,
+            arm,
+            cfg,
+            secret_namespace,
+            namespace,
+            probe_port,
+            metrics,
+            recorder,
+            converging: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Ensures the configuration's key Secret; returns its public key. A Secret without a usable private key
+    /// gets a new key pair (as upstream: deleting the Secret rotates the key).
+    pub async fn ensure_key_secret(
+        &self,
+        sgc: &StaticGatewayConfiguration,
+    ) -> Result<(String, ObjectReference), kube::Error> {
+        let uid = sgc.uid().unwrap_or_default();
+        let name = key_secret_name(&uid);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.secret_namespace);
+        let labels = BTreeMap::from([
+            (
+                SECRET_OWNER_NAMESPACE_LABEL.to_string(),
+                sgc.namespace().unwrap_or_default(),
+            ),
+            (SECRET_OWNER_NAME_LABEL.to_string(), sgc.name_any()),
+        ]);
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(name.clone()),
+            namespace: Some(self.secret_namespace.clone()),
+            ..ObjectReference::default()
+        };
+        let existing = api.get_opt(&name).await?;
+        let stored = existing.as_ref().and_then(|s| {
+            let data = s.data.as_ref()?;
+            let private = String::from_utf8(data.get(SECRET_PRIVATE_KEY)?.0.clone()).ok()?;
+            let public = public_key_of(&private)?;
+            Some((private, public))
+        });
+        if let (Some(s), Some((_, public))) = (&existing, &stored) {
+            let labelled = labels.iter().all(|(k, v)| s.labels().get(k) == Some(v));
+            let public_ok = s
+                .data
+                .as_ref()
+                .and_then(|d| d.get(SECRET_PUBLIC_KEY))
+                .is_some_and(|p| p.0 == public.as_bytes());
+            if labelled && public_ok {
+                return Ok((public.clone(), reference));
+            }
+        }
+        let (private, public) = match stored {
+            Some(pair) => pair,
+            None => {
+                let k = generate_key_pair();
+                (k.private, k.public)
+            }
+        };
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(self.secret_namespace.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([
+                (SECRET_PRIVATE_KEY.to_string(), ByteString(private.into_bytes())),
+                (
+                    SECRET_PUBLIC_KEY.to_string(),
+                    ByteString(public.clone().into_bytes()),
+                ),
+            ])),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        };
+        match existing {
+            None => {
+                api.create(&PostParams::default(), &secret).await?;
+            }
+            Some(_) => {
+                api.patch(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&secret),
+                )
+                .await?;
+            }
+        }
+        tracing::info!(secret = %name, "WireGuard key Secret written");
+        Ok((public, reference))
+    }
+
+    /// Computes the status synchronously and returns a future that owns everything it needs: keeping
+    /// borrowed arguments out of the future keeps it `Send` for every lifetime (rustc's higher-ranked check).
+    fn write_status(
+        &self,
+        sgc: &StaticGatewayConfiguration,
+        outcome: &Outcome,
+        key: Option<(&str, ObjectReference)>,
+    ) -> impl std::future::Future<Output = Result<(), kube::Error>> + Send + 'static {
+        let old = sgc.status.clone().unwrap_or_default();
+        let (new, events) = next_status(&old, sgc.metadata.generation, outcome, key);
+        let changed = new != old;
+        let api: Api<StaticGatewayConfiguration> =
+            Api::namespaced(self.client.clone(), &sgc.namespace().unwrap_or_default());
+        let name = sgc.name_any();
+        let reference = sgc.object_ref(&());
+        let recorder = self.recorder.clone();
+        async move {
+            if changed {
+                api.patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": new})),
+                )
+                .await?;
+            }
+            for (type_, reason, note) in events {
+                let ev = Event {
+                    type_,
+                    reason,
+                    note: Some(note),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                };
+                if let Err(e) = recorder.publish(&ev, &reference).await {
+                    tracing::warn!(error = %e, "publishing an Event failed");
+                }
+            }
+            Ok(())
+        }
+    }
+
+    async fn add_finalizer(&self, sgc: &StaticGatewayConfiguration) -> Result<(), kube::Error> {
+        if sgc.finalizers().iter().any(|f| f == SGC_FINALIZER) {
+            return Ok(());
+        }
+        let api: Api<StaticGatewayConfiguration> =
+            Api::namespaced(self.client.clone(), &sgc.namespace().unwrap_or_default());
+        let mut finalizers = sgc.finalizers().to_vec();
+        finalizers.push(SGC_FINALIZER.into());
+        api.patch(
+            &sgc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"finalizers": finalizers, "resourceVersion": sgc.resource_version()}}),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_deletion(&self, sgc: &StaticGatewayConfiguration) -> Result<(), kube::Error> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.secret_namespace);
+        match secrets
+            .delete(
+                &key_secret_name(&sgc.uid().unwrap_or_default()),
+                &DeleteParams::default(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+        let api: Api<StaticGatewayConfiguration> =
+            Api::namespaced(self.client.clone(), &sgc.namespace().unwrap_or_default());
+        let finalizers: Vec<&String> = sgc.finalizers().iter().filter(|f| *f != SGC_FINALIZER).collect();
+        match api
+            .patch(
+                &sgc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": finalizers, "resourceVersion": sgc.resource_version()}})),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reconciles every configuration on one pool together.
+    pub async fn reconcile_pool(
+        &self,
+        pool_ref: &PoolRef,
+        sgcs: &[Arc<StaticGatewayConfiguration>],
+        pools: &[Arc<GatewayPool>],
+        nodes: &[Arc<Node>],
+    ) -> Result<(), Error> {
+        let started = Instant::now();
+        let result = self.reconcile_pool_inner(pool_ref, sgcs, pools, nodes).await;
+        let labels = LatencyLabels {
+            namespace: self.namespace.clone(),
+            operation: "reconcile_gateway_pool".into(),
+            subscription_id: self.cfg.subscription_id.clone(),
+            resource_group: self.cfg.resource_group.clone(),
+        };
+        self.metrics
+            .reconcile_latency
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            tracing::warn!(pool = %pool_ref, error = %e, "pool reconcile failed");
+            self.metrics
+                .reconcile_fail
+                .get_or_create(&FailLabels {
+                    namespace: self.namespace.clone(),
+                    operation: "reconcile_gateway_pool".into(),
+                    subscription_id: self.cfg.subscription_id.clone(),
+                    resource_group: self.cfg.resource_group.clone(),
+                    resource: pool_key(pool_ref),
+                })
+                .inc();
+        }
+        result
+    }
+
+    async fn reconcile_pool_inner(
+        &self,
+        pool_ref: &PoolRef,
+        sgcs: &[Arc<StaticGatewayConfiguration>],
+        pools: &[Arc<GatewayPool>],
+        nodes: &[Arc<Node>],
+    ) -> Result<(), Error> {
+        let pool_obj = pools
+            .iter()
+            .find(|p| p.spec.pool_ref().as_ref() == Some(pool_ref));
+        let node_count = nodes
+            .iter()
+            .filter(|n| {
+                let labels = n.labels();
+                is_gateway_node(labels)
+                    && pool_ref.matches_node(labels, n.spec.as_ref().and_then(|s| s.provider_id.as_deref()))
+            })
+            .count();
+        let facts = PoolFacts {
+            pool: pool_obj.map(|p| p.spec.clone()),
+            node_count: u32::try_from(node_count).ok().filter(|n| *n > 0),
+        };
+
+        // Rules, finalizer, key.
+        let mut keys: BTreeMap<String, (String, ObjectReference)> = BTreeMap::new();
+        let mut configs: Vec<(Arc<StaticGatewayConfiguration>, Config)> = Vec::new();
+        let mut declared_prefix = pool_obj.map(|p| p.spec.public_ip_prefix_size);
+        for sgc in sgcs {
+            let uid = sgc.uid().unwrap_or_default();
+            let deleting = sgc.metadata.deletion_timestamp.is_some();
+            let egress = if !sgc.spec.provision_public_ips {
+                Egress::Private
+            } else if let Some(id) = sgc.spec.byo_prefix_id() {
+                Egress::Byo {
+                    prefix_id: id.to_string(),
+                }
+            } else {
+                Egress::Managed
+            };
+            if deleting {
+                if sgc.finalizers().iter().any(|f| f == SGC_FINALIZER) {
+                    configs.push((
+                        sgc.clone(),
+                        Config {
+                            uid,
+                            egress,
+                            deleting: true,
+                        },
+                    ));
+                }
+                continue;
+            }
+            let verdict = validate_sgc(&sgc.spec, None, &facts);
+            if !verdict.is_allowed() {
+                self.write_status(sgc, &Outcome::Invalid(verdict.message()), None)
+                    .await?;
+                continue;
+            }
+            self.add_finalizer(sgc).await?;
+            let key = self.ensure_key_secret(sgc).await?;
+            keys.insert(uid.clone(), key);
+            if declared_prefix.is_none() {
+                declared_prefix = sgc.spec.vmss_profile().map(|p| p.public_ip_prefix_size);
+            }
+            configs.push((
+                sgc.clone(),
+                Config {
+                    uid,
+                    egress,
+                    deleting: false,
+                },
+            ));
+        }
+        if configs.is_empty() {
+            return Ok(());
+        }
+
+        let resolved = match pool::resolve(&self.arm, &self.cfg, pool_ref, declared_prefix).await {
+            Ok(r) => r,
+            Err(PoolError::NotFound(m)) => {
+                // Nothing to clean on a pool that is gone, except the LB rules and prefixes (found by name).
+                for (sgc, c) in &configs {
+                    if c.deleting {
+                        self.cleanup_without_pool(c).await?;
+                        self.finish_deletion(sgc).await?;
+                    } else {
+                        let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
+                        self.write_status(sgc, &Outcome::PoolNotFound(m.clone()), key)
+                            .await?;
+                    }
+                }
+                return Ok(());
+            }
+            Err(e @ PoolError::PrefixSize(_)) => {
+                for (sgc, c) in configs.iter() {
+                    if c.deleting {
+                        continue;
+                    }
+                    let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
+                    self.write_status(sgc, &Outcome::PrefixSizeMismatch(e.to_string()), key)
+                        .await?;
+                }
+                return Err(e.into());
+            }
+            Err(e) => return self.fail_all(&configs, &keys, e).await,
+        };
+
+        // BYO prefixes: same subscription, right length (upstream's checks), CIDR for the status.
+        let mut byo_cidrs = BTreeMap::new();
+        let mut blocked: BTreeSet<String> = BTreeSet::new();
+        for (sgc, c) in configs.iter() {
+            if c.deleting {
+                continue;
+            }
+            let Egress::Byo { prefix_id } = &c.egress else {
+                continue;
+            };
+            match self.check_byo(prefix_id, resolved.pool.prefix_len).await {
+                Ok(cidr) => {
+                    byo_cidrs.insert(crate::desired::last_segment(prefix_id).to_ascii_lowercase(), cidr);
+                }
+                Err(outcome) => {
+                    let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
+                    self.write_status(sgc, &outcome, key).await?;
+                    blocked.insert(c.uid.clone());
+                }
+            }
+        }
+        let plan_configs: Vec<Config> = configs
+            .iter()
+            .filter(|(_, c)| !blocked.contains(&c.uid))
+            .map(|(_, c)| c.clone())
+            .collect();
+
+        let outcome = match pool::reconcile(
+            &self.arm,
+            &self.cfg,
+            &resolved,
+            &plan_configs,
+            &byo_cidrs,
+            self.probe_port,
+        )
+        .await
+        {
+            Ok(o) => o,
+            Err(e) => return self.fail_all(&configs, &keys, e).await,
+        };
+        tracing::info!(pool = %pool_ref, writes = outcome.writes, "pool reconciled");
+        let pending_ops = outcome
+            .state
+            .instances
+            .iter()
+            .map(|i| i.provisioning_state.as_str())
+            .chain(
+                outcome
+                    .state
+                    .vm_nics
+                    .iter()
+                    .map(|n| n.provisioning_state.as_str()),
+            )
+            .any(|p| !p.eq_ignore_ascii_case("Succeeded"));
+        let incomplete = outcome.facts.values().any(|f| !f.is_complete());
+        if outcome.writes > 0 || pending_ops || incomplete {
+            self.converging.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(p) = pool_obj {
+            let wanted: Vec<String> = plan_configs
+                .iter()
+                .filter(|c| !c.deleting && !outcome.plan.problems.contains_key(&c.uid))
+                .map(|c| api::names::managed_resource_name(&c.uid))
+                .collect();
+            let node_names: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+            let old = p.status.clone().unwrap_or_default();
+            let new = pool_status(
+                &old,
+                p.metadata.generation,
+                &resolved.pool,
+                &outcome.state,
+                &wanted,
+                &node_names,
+            );
+            if new != old {
+                Api::<GatewayPool>::all(self.client.clone())
+                    .patch_status(
+                        &p.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": new})),
+                    )
+                    .await?;
+            }
+        }
+        for (sgc, c) in &configs {
+            if blocked.contains(&c.uid) {
+                continue;
+            }
+            if c.deleting {
+                self.finish_deletion(sgc).await?;
+                continue;
+            }
+            let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
+            let o = match outcome.plan.problems.get(&c.uid) {
+                Some(p @ ConfigProblem::PrefixSizeMismatch { .. }) => {
+                    Outcome::PrefixSizeMismatch(p.to_string())
+                }
+                Some(p) => Outcome::Blocked(p.to_string()),
+                None => Outcome::Provisioned(outcome.facts.get(&c.uid).cloned().unwrap_or_default()),
+            };
+            self.write_status(sgc, &o, key).await?;
+        }
+        Ok(())
+    }
+
+    async fn fail_all(
+        &self,
+        configs: &[(Arc<StaticGatewayConfiguration>, Config)],
+        keys: &BTreeMap<String, (String, ObjectReference)>,
+        e: PoolError,
+    ) -> Result<(), Error> {
+        let (reason, message) = match &e {
+            PoolError::Arm(a) => (a.reason(), a.to_string()),
+            other => ("AzureError", other.to_string()),
+        };
+        for (sgc, c) in configs.iter() {
+            if c.deleting {
+                continue;
+            }
+            let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
+            let outcome = Outcome::AzureFailed {
+                reason,
+                message: message.clone(),
+            };
+            self.write_status(sgc, &outcome, key).await?;
+        }
+        Err(e.into())
+    }
+
+    async fn check_byo(&self, prefix_id: &str, required: i32) -> Result<String, Outcome> {
+        let id = api::arm::parse_public_ip_prefix_id(prefix_id)
+            .map_err(|e| Outcome::Invalid(format!("failed to parse public ip prefix id: {prefix_id} {e}")))?;
+        if !id.subscription.eq_ignore_ascii_case(&self.cfg.subscription_id) {
+            return Err(Outcome::Invalid(format!(
+                "public ip prefix subscription({}) is not in the same subscription({})",
+                id.subscription, self.cfg.subscription_id
+            )));
+        }
+        let failed = |e: ArmError| Outcome::AzureFailed {
+            reason: e.reason(),
+            message: format!("failed to get public ip prefix({prefix_id}): {e}"),
+        };
+        let p = self
+            .arm
+            .get_prefix(&id.resource_group, &id.name)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| Outcome::Blocked(format!("public ip prefix({prefix_id}) does not exist")))?;
+        let p = crate::arm_json::prefix_from_json(&p);
+        match p.prefix_len {
+            Some(l) if l == required => p.cidr.ok_or_else(|| {
+                Outcome::Blocked(format!("public ip prefix({prefix_id}) has no address range yet"))
+            }),
+            Some(l) => Err(Outcome::PrefixSizeMismatch(format!(
+                "provided public ip prefix has invalid length({l}), required({required})"
+            ))),
+            None => Err(Outcome::Blocked(format!(
+                "public ip prefix({prefix_id}) has empty properties"
+            ))),
+        }
+    }
+
+    /// The pool is gone from Azure: remove the configuration's rule and probe (by name) and its managed prefix.
+    async fn cleanup_without_pool(&self, c: &Config) -> Result<(), Error> {
+        let cfg = &self.cfg;
+        if let Some(lb_json) = self
+            .arm
+            .get_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
+            .await
+            .map_err(PoolError::from)?
+        {
+            let lb = crate::arm_json::lb_from_json(&lb_json);
+            let pool_uid = lb
+                .rules
+                .iter()
+                .find(|r| r.name.eq_ignore_ascii_case(&c.uid))
+                .and_then(|r| r.frontend.clone());
+            if let Some(uid) = pool_uid {
+                let pool = crate::desired::Pool {
+                    uid,
+                    kind: crate::desired::PoolKind::Vmss,
+                    prefix_len: 31,
+                };
+                let env = pool::env_of(cfg, self.probe_port);
+                let plan = crate::desired::plan_lb(
+                    &pool,
+                    std::slice::from_ref(c),
+                    &BTreeMap::new(),
+                    Some(&lb),
+                    &env,
+                );
+                match plan.write {
+                    crate::desired::LbWrite::Keep => {}
+                    crate::desired::LbWrite::Delete => self
+                        .arm
+                        .delete_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
+                        .await
+                        .map_err(PoolError::from)?,
+                    crate::desired::LbWrite::Put { lb: desired, .. } => {
+                        let body = crate::arm_json::merge_lb(
+                            Some(&lb_json),
+                            &desired,
+                            &cfg.load_balancer_id(),
+                            &cfg.load_balancer_name,
+                            &cfg.location,
+                        );
+                        self.arm
+                            .put_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name, body)
+                            .await
+                            .map_err(PoolError::from)?;
+                    }
+                }
+            }
+        }
+        let name = api::names::managed_resource_name(&c.uid);
+        if let Some(p) = self
+            .arm
+            .get_prefix(&cfg.resource_group, &name)
+            .await
+            .map_err(PoolError::from)?
+        {
+            for pip in crate::arm_json::prefix_from_json(&p).public_ip_ids {
+                self.arm
+                    .delete_public_ip(&cfg.resource_group, crate::desired::last_segment(&pip))
+                    .await
+                    .map_err(PoolError::from)?;
+            }
+            self.arm
+                .delete_prefix(&cfg.resource_group, &name)
+                .await
+                .map_err(PoolError::from)?;
+        }
+        Ok(())
+    }
+
+    /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
+    /// runs for the pools an event touched.
+    pub async fn reconcile_pools(&self, only: Option<&BTreeSet<String>>) -> Result<usize, Error> {
+        let sgcs: Vec<Arc<StaticGatewayConfiguration>> =
+            Api::<StaticGatewayConfiguration>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+        let pools: Vec<Arc<GatewayPool>> = Api::<GatewayPool>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let nodes: Vec<Arc<Node>> = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let mut by_pool: BTreeMap<String, (PoolRef, Vec<Arc<StaticGatewayConfiguration>>)> = BTreeMap::new();
+        for sgc in sgcs {
+            let Some(r) = sgc.spec.pool_ref() else {
+                // Rule 1 broken: report it (no pool to group by).
+                if sgc.metadata.deletion_timestamp.is_none() {
+                    let verdict = validate_sgc(&sgc.spec, None, &PoolFacts::default());
+                    self.write_status(&sgc, &Outcome::Invalid(verdict.message()), None)
+                        .await?;
+                } else if sgc.finalizers().iter().any(|f| f == SGC_FINALIZER) {
+                    self.finish_deletion(&sgc).await?;
+                }
+                continue;
+            };
+            let key = pool_key(&r);
+            by_pool.entry(key).or_insert_with(|| (r, Vec::new())).1.push(sgc);
+        }
+        // GatewayPools carry a finalizer while configurations use them, so a pool object cannot vanish under
+        // its configurations (it is what admission checks rule 4 against).
+        for p in &pools {
+            let Some(r) = p.spec.pool_ref() else { continue };
+            let used = by_pool.contains_key(&pool_key(&r));
+            let has = p.finalizers().iter().any(|f| f == api::names::POOL_FINALIZER);
+            let deleting = p.metadata.deletion_timestamp.is_some();
+            let finalizers: Option<Vec<String>> = match (deleting, has, used) {
+                (false, false, _) => Some(
+                    p.finalizers()
+                        .iter()
+                        .cloned()
+                        .chain([api::names::POOL_FINALIZER.to_string()])
+                        .collect(),
+                ),
+                (true, true, false) => Some(
+                    p.finalizers()
+                        .iter()
+                        .filter(|f| *f != api::names::POOL_FINALIZER)
+                        .cloned()
+                        .collect(),
+                ),
+                _ => None,
+            };
+            if let Some(finalizers) = finalizers {
+                let patch =
+                    json!({"metadata": {"finalizers": finalizers, "resourceVersion": p.resource_version()}});
+                Api::<GatewayPool>::all(self.client.clone())
+                    .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+            }
+        }
+        let mut first_error = None;
+        let mut n = 0;
+        for (key, (r, mut list)) in by_pool {
+            if only.is_some_and(|o| !o.contains(&key)) {
+                continue;
+            }
+            list.sort_by_key(|s| s.metadata.creation_timestamp.clone().map(|t| t.0));
+            n += 1;
+            if let Err(e) = self.reconcile_pool(&r, &list, &pools, &nodes).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
+    }
+}
+
+/// How often every pool is re-read to repair drift (upstream: 5 minutes).
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_pairs_are_valid_and_private_keys_redacted() {
+        let k = generate_key_pair();
+        assert_eq!(public_key_of(&k.private).as_deref(), Some(k.public.as_str()));
+        assert_eq!(B64.decode(&k.public).expect("base64").len(), 32);
+        let dbg = format!("{k:?}");
+        assert!(!dbg.contains(&k.private) && dbg.contains("<redacted>"));
+        assert_ne!(generate_key_pair().private, k.private);
+        assert_eq!(public_key_of("not a key"), None);
+    }
+
+    fn secret_ref() -> ObjectReference {
+        ObjectReference {
+            name: Some("sgw-u".into()),
+            ..ObjectReference::default()
+        }
+    }
+
+    #[test]
+    fn status_goes_provisioning_then_ready_with_events_only_on_transitions() {
+        let old = StaticGatewayConfigurationStatus::default();
+        let partial = ConfigFacts {
+            frontend_ip: Some("10.1.0.4".into()),
+            port: Some(6000),
+            egress_ip_prefix: None,
+            vm_profiles: vec![],
+        };
+        let (st, ev) = next_status(
+            &old,
+            Some(1),
+            &Outcome::Provisioned(partial),
+            Some(("pub", secret_ref())),
+        );
+        let ready = st.conditions.iter().find(|c| c.type_ == READY).expect("ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Provisioning")
+        );
+        assert_eq!(ev.len(), 2, "Accepted and Ready appeared");
+        let full = ConfigFacts {
+            frontend_ip: Some("10.1.0.4".into()),
+            port: Some(6000),
+            egress_ip_prefix: Some("20.0.0.0/31".into()),
+            vm_profiles: vec![],
+        };
+        let (st2, ev2) = next_status(
+            &st,
+            Some(1),
+            &Outcome::Provisioned(full.clone()),
+            Some(("pub", secret_ref())),
+        );
+        assert!(st2.is_ready_for_pods());
+        assert_eq!(st2.egress_ip_prefix.as_deref(), Some("20.0.0.0/31"));
+        assert_eq!(st2.gateway_server_profile.as_ref().map(|p| p.port), Some(6000));
+        assert_eq!(
+            ev2.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(),
+            ["Provisioned"]
+        );
+        assert!(st2.conditions.iter().all(|c| c.observed_generation == Some(1)));
+        let (st3, ev3) = next_status(
+            &st2,
+            Some(1),
+            &Outcome::Provisioned(full),
+            Some(("pub", secret_ref())),
+        );
+        assert_eq!(st3, st2, "steady state writes nothing");
+        assert!(ev3.is_empty());
+    }
+
+    #[test]
+    fn failures_surface_with_their_reason() {
+        let old = StaticGatewayConfigurationStatus::default();
+        let (st, ev) = next_status(
+            &old,
+            Some(2),
+            &Outcome::AzureFailed {
+                reason: "AzureThrottled",
+                message: "PUT loadBalancers ilb: TooManyRequests: slow down".into(),
+            },
+            None,
+        );
+        let ready = st.conditions.iter().find(|c| c.type_ == READY).expect("ready");
+        assert_eq!(ready.reason, "AzureThrottled");
+        assert!(ready.message.contains("TooManyRequests"));
+        assert_eq!(ev[0].0, EventType::Warning);
+        let (st, _) = next_status(&st, Some(3), &Outcome::Invalid("rule 6 ...".into()), None);
+        let accepted = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ACCEPTED)
+            .expect("accepted");
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert_eq!(accepted.observed_generation, Some(3));
+        let (st, _) = next_status(
+            &st,
+            Some(3),
+            &Outcome::PoolNotFound("gateway VMSS not found".into()),
+            None,
+        );
+        assert_eq!(
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == ACCEPTED)
+                .map(|c| c.reason.as_str()),
+            Some("PoolNotFound")
+        );
+    }
+
+    #[test]
+    fn pool_keys_ignore_case() {
+        assert_eq!(
+            pool_key(&PoolRef::Nodepool("GW".into())),
+            pool_key(&PoolRef::Nodepool("gw".into()))
+        );
+        assert_ne!(
+            pool_key(&PoolRef::Nodepool("gw".into())),
+            pool_key(&PoolRef::Vmss {
+                resource_group: "rg".into(),
+                name: "gw".into()
+            })
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! The Azure half of the operator against the ARM simulator, through the real azure_mgmt_* clients:
+//! coalesced writes, steady state without writes, deletion without leaks, and fault injection.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use api::PoolRef;
+use operator::azure::{Arm, RetryBudget};
+use operator::config::CloudConfig;
+use operator::desired::{Config, Egress};
+use operator::metrics::Metrics;
+use operator::reconcile::pool::{self, PoolOutcome, ResolvedPool};
+use serde_json::{Value, json};
+use testbed::azure::{AzureSim, FaultSpec, Seed};
+
+struct Env {
+    sim: AzureSim,
+    cfg: CloudConfig,
+    arm: Arm,
+    metrics: Metrics,
+}
+
+async fn start(seed: Seed) -> Env {
+    let sim = AzureSim::start(&seed).await.expect("simulator starts");
+    let text = json!({
+        "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
+        "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
+        "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
+        "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": sim.url(),
+        "activeDirectoryAuthorityHost": sim.url()
+    })
+    .to_string();
+    let cfg = CloudConfig::parse(&text, |_| None).expect("config");
+    let metrics = Metrics::new();
+    let cred = operator::azure::credential(&cfg).expect("credential");
+    let retry = RetryBudget {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(200),
+        max_retries: 4,
+    };
+    let arm = Arm::new(&cfg, cred, retry, &metrics).expect("clients");
+    Env {
+        sim,
+        cfg,
+        arm,
+        metrics,
+    }
+}
+
+fn gateway() -> PoolRef {
+    PoolRef::Nodepool("gateway".into())
+}
+
+fn managed(n: usize) -> Vec<Config> {
+    (0..n)
+        .map(|i| Config {
+            uid: format!("00000000-0000-0000-0000-{i:012}"),
+            egress: Egress::Managed,
+            deleting: false,
+        })
+        .collect()
+}
+
+fn deleting(configs: &[Config]) -> Vec<Config> {
+    configs
+        .iter()
+        .map(|c| Config {
+            deleting: true,
+            ..c.clone()
+        })
+        .collect()
+}
+
+async fn resolve(env: &Env) -> ResolvedPool {
+    pool::resolve(&env.arm, &env.cfg, &gateway(), None)
+        .await
+        .expect("pool found")
+}
+
+async fn run(env: &Env, pool: &ResolvedPool, configs: &[Config]) -> PoolOutcome {
+    pool::reconcile(&env.arm, &env.cfg, pool, configs, &BTreeMap::new(), 8082)
+        .await
+        .expect("reconcile")
+}
+
+fn writes(env: &Env, method: &str, path: &str) -> usize {
+    env.sim.count_calls(method, path)
+}
+
+fn resources(env: &Env) -> Vec<String> {
+    let mut v: Vec<String> = env.sim.inventory()["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r.as_str().map(str::to_ascii_lowercase))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn fifty_configurations_converge_with_one_lb_put_one_vmss_put_and_one_update_per_instance() {
+    let env = start(Seed::aks_like(2)).await;
+    let before = resources(&env);
+    let pool = resolve(&env).await;
+    let configs = managed(50);
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+
+    assert_eq!(writes(&env, "PUT", "(?i)/publicIPPrefixes/[^/]+$"), 50);
+    assert_eq!(writes(&env, "PUT", "(?i)/loadBalancers/[^/]+$"), 1);
+    assert_eq!(writes(&env, "PUT", "(?i)/virtualMachineScaleSets/[^/]+$"), 1);
+    assert_eq!(writes(&env, "PUT", "(?i)/virtualMachines/[^/]+$"), 2);
+    assert_eq!(out.writes, 54);
+    let mut ports: Vec<u16> = out.facts.values().filter_map(|f| f.port).collect();
+    ports.sort_unstable();
+    assert_eq!(ports, (6000..6050).collect::<Vec<_>>());
+    for (uid, f) in &out.facts {
+        assert!(f.is_complete(), "{uid}: {f:?}");
+        assert!(
+            f.egress_ip_prefix.as_deref().is_some_and(|p| p.ends_with("/31")),
+            "{f:?}"
+        );
+        assert_eq!(f.vm_profiles.len(), 2, "{f:?}");
+    }
+    assert!(env.metrics.arm_call_total(&["PUT"]) >= 54);
+
+    // Steady state: reads only.
+    env.sim.clear_calls();
+    let again = run(&env, &pool, &configs).await;
+    assert_eq!(again.writes, 0);
+    assert!(again.plan.is_noop());
+    assert_eq!(
+        env.sim.calls().iter().filter(|c| c.method != "GET").count(),
+        0,
+        "{:?}",
+        env.sim.calls()
+    );
+
+    // Deleting everything at once leaves nothing behind.
+    env.sim.clear_calls();
+    let gone = run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(writes(&env, "DELETE", "(?i)/loadBalancers/[^/]+$"), 1);
+    assert_eq!(writes(&env, "PUT", "(?i)/virtualMachineScaleSets/[^/]+$"), 1);
+    assert_eq!(writes(&env, "DELETE", "(?i)/publicIPPrefixes/[^/]+$"), 50);
+    assert_eq!(writes(&env, "DELETE", "(?i)/publicIPAddresses/"), 0);
+    assert_eq!(gone.writes, 1 + 1 + 2 + 50);
+    assert_eq!(resources(&env), before, "inventory is back to the seed");
+    assert_eq!(env.sim.inventory()["publicBlocks"], json!([]));
+}
+
+#[tokio::test]
+async fn private_mode_reports_the_secondary_ips_and_switching_cleans_the_prefix() {
+    let env = start(Seed::aks_like(2)).await;
+    let before = resources(&env);
+    let pool = resolve(&env).await;
+    let mut configs = managed(1);
+    let out = run(&env, &pool, &configs).await;
+    let public = out.facts.values().next().cloned().expect("facts");
+    assert!(
+        public
+            .egress_ip_prefix
+            .as_deref()
+            .is_some_and(|p| p.contains('/'))
+    );
+
+    configs[0].egress = Egress::Private;
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!(out.plan.prefixes_to_delete.len(), 1);
+    let f = out.facts.values().next().cloned().expect("facts");
+    let ips: Vec<&str> = f
+        .egress_ip_prefix
+        .as_deref()
+        .expect("private IPs")
+        .split(',')
+        .collect();
+    assert_eq!(ips.len(), 2);
+    assert!(ips.iter().all(|ip| ip.starts_with("10.224.")), "{ips:?}");
+    assert_eq!(f.port, public.port, "the port does not move");
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0);
+
+    run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(resources(&env), before);
+}
+
+#[tokio::test]
+async fn a_short_429_storm_is_absorbed_and_a_long_one_surfaces_with_the_arm_code() {
+    let env = start(Seed::aks_like(2)).await;
+    let before = resources(&env);
+    let pool = resolve(&env).await;
+    let configs = managed(3);
+
+    env.sim
+        .inject_fault(FaultSpec::throttle("(?i)/loadBalancers/", 3, 10))
+        .expect("fault");
+    let out = run(&env, &pool, &configs).await;
+    assert!(out.facts.values().all(|f| f.is_complete()));
+
+    // More 429s than the retry budget: the error says so, nothing loops silently.
+    env.sim
+        .inject_fault(FaultSpec::throttle("(?i)/virtualMachineScaleSets/", 50, 1))
+        .expect("fault");
+    let err = pool::reconcile(
+        &env.arm,
+        &env.cfg,
+        &pool,
+        &deleting(&configs),
+        &BTreeMap::new(),
+        8082,
+    )
+    .await
+    .expect_err("throttled");
+    let msg = err.to_string();
+    assert!(msg.contains("TooManyRequests"), "{msg}");
+    match &err {
+        pool::PoolError::Arm(a) => assert!(a.is_throttled() && a.reason() == "AzureThrottled"),
+        other => panic!("expected an ARM error, got {other:?}"),
+    }
+    env.sim.with_state(|s| s.clear_faults());
+    run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(resources(&env), before, "converged without leaks after the storm");
+}
+
+#[tokio::test]
+async fn server_errors_and_lost_responses_converge_without_duplicates() {
+    let env = start(Seed::aks_like(2)).await;
+    let before = resources(&env);
+    let pool = resolve(&env).await;
+    let configs = managed(4);
+    // 500 on the VMSS PUT (retried by the client), and a lost response on an instance update: the write
+    // happened, the operator saw an error; the next reconcile must converge without redoing anything twice.
+    env.sim
+        .inject_fault(FaultSpec::new(
+            "PUT",
+            "(?i)/virtualMachineScaleSets/[^/]+$",
+            2,
+            500,
+            "InternalServerError",
+        ))
+        .expect("fault");
+    let mut lost = FaultSpec::new("PUT", "(?i)/virtualMachines/[^/]+$", 1, 409, "Conflict");
+    lost.after_apply = true;
+    env.sim.inject_fault(lost).expect("fault");
+    let first = pool::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082).await;
+    assert!(first.is_err(), "the lost response surfaces");
+    let out = run(&env, &pool, &configs).await;
+    assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0);
+    let inv = env.sim.inventory();
+    assert_eq!(
+        inv["publicBlocks"].as_array().map(Vec::len),
+        Some(4),
+        "one prefix per configuration"
+    );
+    run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(resources(&env), before);
+}
+
+#[tokio::test]
+async fn a_failed_instance_is_repaired_and_drift_is_undone() {
+    let env = start(Seed::aks_like(2)).await;
+    let pool = resolve(&env).await;
+    let configs = managed(1);
+    run(&env, &pool, &configs).await;
+    let instance = env.sim.inventory()["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|r| r.contains("/virtualMachines/") && r.contains("virtualMachineScaleSets"))
+        .map(str::to_string)
+        .expect("an instance");
+    env.sim
+        .patch_resource(&instance, &json!({"properties": {"provisioningState": "Failed"}}))
+        .expect("patch");
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!(out.writes, 1, "{:?}", out.plan);
+    assert_eq!(writes(&env, "PUT", "(?i)/virtualMachines/[^/]+$"), 1);
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0);
+}
+
+fn vm_pool_seed() -> Seed {
+    let mut seed = Seed::aks_like(0);
+    seed.vm_scale_sets.clear();
+    seed.vm_pools.push(testbed::azure::seed::VmPoolSeed {
+        resource_group: "node-rg".into(),
+        pool_name: "gateway".into(),
+        gateway_prefix_size: Some(31),
+        vms: 2,
+        nics: 2,
+        subnet: testbed::azure::seed::SubnetRef {
+            resource_group: "node-rg".into(),
+            vnet: "aks-vnet".into(),
+            subnet: "aks-subnet".into(),
+        },
+    });
+    seed
+}
+
+#[tokio::test]
+async fn vm_pool_private_and_public_mode_through_the_pre_created_nics() {
+    let env = start(vm_pool_seed()).await;
+    let before = resources(&env);
+    let pool = resolve(&env).await;
+    assert_eq!(pool.pool.kind, operator::desired::PoolKind::Vm);
+    assert_eq!(pool.pool.uid, api::names::vm_pool_uid("gateway"));
+
+    let mut configs = managed(2);
+    configs[0].egress = Egress::Private;
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!(
+        writes(&env, "PUT", "(?i)/networkInterfaces/[^/]+$"),
+        2,
+        "one PUT per NIC for both configurations"
+    );
+    assert_eq!(
+        writes(&env, "PUT", "(?i)/publicIPAddresses/[^/]+$"),
+        2,
+        "one public IP per NIC for the public one"
+    );
+    let private = &out.facts[&configs[0].uid];
+    assert_eq!(
+        private.egress_ip_prefix.as_deref().map(|p| p.split(',').count()),
+        Some(2),
+        "{private:?}"
+    );
+    let public = &out.facts[&configs[1].uid];
+    assert!(
+        public
+            .egress_ip_prefix
+            .as_deref()
+            .is_some_and(|p| p.ends_with("/31")),
+        "{public:?}"
+    );
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0, "steady state");
+
+    run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(
+        resources(&env),
+        before,
+        "NIC ipConfigurations, public IPs, prefix and LB all gone"
+    );
+}

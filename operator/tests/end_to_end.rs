@@ -1,0 +1,475 @@
+//! The whole operator against both simulators: Kubernetes (kube-sim, through kube-rs) and Azure (azure-sim,
+//! through the azure_mgmt_* clients). Key Secrets, finalizers, status, rules re-check, deletion without
+//! leaks, and leader election.
+
+use std::time::Duration;
+
+use api::StaticGatewayConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, PostParams};
+use operator::azure::{Arm, RetryBudget};
+use operator::config::CloudConfig;
+use operator::leader::LeaseLock;
+use operator::metrics::Metrics;
+use operator::reconcile::sgc::{ACCEPTED, Operator, READY};
+use serde_json::json;
+use testbed::azure::{AzureSim, Seed};
+use testbed::kube::KubeSim;
+
+const NS: &str = "kube-egress-gateway-system";
+
+struct World {
+    _kube: KubeSim,
+    azure: AzureSim,
+    client: kube::Client,
+    op: Operator,
+}
+
+async fn start() -> World {
+    let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
+    let client = kube.client("admin").expect("client");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in api::crd::all() {
+        crds.create(&PostParams::default(), &crd).await.expect("CRD");
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in [NS, "app"] {
+        let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+        namespaces
+            .create(&PostParams::default(), &n)
+            .await
+            .expect("namespace");
+    }
+    let seed = Seed::aks_like(2);
+    let azure = AzureSim::start(&seed).await.expect("azure-sim");
+    let text = json!({
+        "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
+        "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
+        "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
+        "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": azure.url(),
+        "activeDirectoryAuthorityHost": azure.url()
+    })
+    .to_string();
+    let cfg = CloudConfig::parse(&text, |_| None).expect("config");
+    let metrics = Metrics::new();
+    let retry = RetryBudget {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(200),
+        max_retries: 4,
+    };
+    let arm = Arm::new(
+        &cfg,
+        operator::azure::credential(&cfg).expect("cred"),
+        retry,
+        &metrics,
+    )
+    .expect("arm");
+    let op = Operator::new(client.clone(), arm, cfg, NS.into(), NS.into(), 8082, metrics);
+    World {
+        _kube: kube,
+        azure,
+        client,
+        op,
+    }
+}
+
+/// A fresh operator process: new clients, no memory of earlier runs.
+fn new_operator(client: &kube::Client, cfg: &CloudConfig) -> Operator {
+    let metrics = Metrics::new();
+    let retry = RetryBudget {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(200),
+        max_retries: 4,
+    };
+    let arm = Arm::new(
+        cfg,
+        operator::azure::credential(cfg).expect("cred"),
+        retry,
+        &metrics,
+    )
+    .expect("arm");
+    Operator::new(
+        client.clone(),
+        arm,
+        cfg.clone(),
+        NS.into(),
+        NS.into(),
+        8082,
+        metrics,
+    )
+}
+
+fn sgc(name: &str, spec: serde_json::Value) -> StaticGatewayConfiguration {
+    serde_json::from_value(json!({
+        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+        "kind": "StaticGatewayConfiguration",
+        "metadata": {"name": name, "namespace": "app"},
+        "spec": spec
+    }))
+    .expect("sgc")
+}
+
+fn condition<'a>(s: &'a StaticGatewayConfiguration, t: &str) -> Option<(&'a str, &'a str)> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+fn resources(azure: &AzureSim) -> Vec<String> {
+    let mut v: Vec<String> = azure.inventory()["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r.as_str().map(str::to_ascii_lowercase))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn configurations_get_keys_status_and_leave_nothing_behind() {
+    let w = start().await;
+    let before = resources(&w.azure);
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    let gwp: api::GatewayPool = serde_json::from_value(json!({
+        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
+        "metadata": {"name": "gateway"}, "spec": {"gatewayNodepoolName": "gateway", "publicIpPrefixSize": 31}
+    }))
+    .expect("pool");
+    pools.create(&PostParams::default(), &gwp).await.expect("pool");
+    for name in ["a", "b", "c"] {
+        sgcs.create(
+            &PostParams::default(),
+            &sgc(name, json!({"gatewayNodepoolName": "gateway"})),
+        )
+        .await
+        .expect("create");
+    }
+    sgcs.create(
+        &PostParams::default(),
+        &sgc(
+            "private",
+            json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false, "defaultRoute": "azureNetworking", "excludeCidrs": ["10.0.0.0/8"]}),
+        ),
+    )
+    .await
+    .expect("create");
+    // Predates the webhook: a CIDR the CRD schema cannot check.
+    sgcs.create(
+        &PostParams::default(),
+        &sgc(
+            "bad",
+            json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
+        ),
+    )
+    .await
+    .expect("create");
+
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(
+        w.azure.count_calls("PUT", "(?i)/loadBalancers/[^/]+$"),
+        1,
+        "one LB PUT for four configurations"
+    );
+    assert_eq!(
+        w.azure.count_calls("PUT", "(?i)/virtualMachineScaleSets/[^/]+$"),
+        1
+    );
+    assert_eq!(w.azure.count_calls("PUT", "(?i)/virtualMachines/[^/]+$"), 2);
+
+    let mut ports = Vec::new();
+    for name in ["a", "b", "c", "private"] {
+        let s = sgcs.get(name).await.expect("get");
+        assert_eq!(condition(&s, ACCEPTED), Some(("True", "Accepted")), "{name}");
+        assert_eq!(
+            condition(&s, READY),
+            Some(("True", "Provisioned")),
+            "{name}: {:?}",
+            s.status
+        );
+        let st = s.status.as_ref().expect("status");
+        assert!(st.is_ready_for_pods(), "{name}");
+        assert_eq!(st.observed_generation, s.metadata.generation);
+        assert_eq!(st.gateway_vm_profiles.len(), 2);
+        let profile = st.gateway_server_profile.as_ref().expect("profile");
+        ports.push(profile.port);
+        let uid = s.metadata.uid.clone().expect("uid");
+        let secret = secrets.get(&format!("sgw-{uid}")).await.expect("key secret");
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels
+                .get("egressgateway.kubernetes.azure.com/owning-gateway-config-name")
+                .map(String::as_str),
+            Some(name)
+        );
+        let data = secret.data.clone().expect("data");
+        assert_eq!(data["PublicKey"].0, profile.public_key.as_bytes());
+        assert!(
+            s.metadata
+                .finalizers
+                .clone()
+                .unwrap_or_default()
+                .contains(&api::names::SGC_FINALIZER.to_string())
+        );
+        if name == "private" {
+            assert_eq!(
+                st.egress_ip_prefix.as_deref().map(|p| p.split(',').count()),
+                Some(2)
+            );
+        } else {
+            assert!(st.egress_ip_prefix.as_deref().is_some_and(|p| p.ends_with("/31")));
+        }
+    }
+    let finalizers = pools
+        .get("gateway")
+        .await
+        .expect("pool")
+        .metadata
+        .finalizers
+        .unwrap_or_default();
+    assert!(finalizers.contains(&api::names::POOL_FINALIZER.to_string()));
+    // Instance operations finish asynchronously: the operator looks again while converging.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let ps = loop {
+        let ps = pools
+            .get("gateway")
+            .await
+            .expect("pool")
+            .status
+            .expect("pool status");
+        if ps.ready_instances == 2 {
+            break ps;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "pool never ready: {ps:?}");
+        assert!(
+            w.op.converging.swap(false, std::sync::atomic::Ordering::Relaxed),
+            "not ready yet must mean converging"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.op.reconcile_pools(None).await.expect("reconcile");
+    };
+    assert_eq!(ps.pool_type, Some(api::pool::PoolType::VirtualMachineScaleSet));
+    assert_eq!(ps.ready_instances, 2);
+    assert_eq!(ps.instances.len(), 2);
+    assert!(ps.load_balancer_frontend.is_some_and(|f| !f.ip.is_empty()));
+    assert!(
+        ps.conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.status == "True")
+    );
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 4, "distinct ports");
+
+    let bad = sgcs.get("bad").await.expect("get");
+    let (status, reason) = condition(&bad, ACCEPTED).expect("accepted condition");
+    assert_eq!((status, reason), ("False", "InvalidSpec"));
+    assert!(
+        bad.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.message.contains("rule 7")))
+    );
+
+    // Steady state: no writes, no status churn.
+    w.azure.clear_calls();
+    let rv = sgcs.get("a").await.expect("get").metadata.resource_version;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(w.azure.calls().iter().filter(|c| c.method != "GET").count(), 0);
+    assert_eq!(sgcs.get("a").await.expect("get").metadata.resource_version, rv);
+
+    // Deleting a Secret rotates the key (upstream's behaviour).
+    let a = sgcs.get("a").await.expect("get");
+    let old_key = a
+        .status
+        .as_ref()
+        .and_then(|s| s.gateway_server_profile.as_ref())
+        .map(|p| p.public_key.clone());
+    secrets
+        .delete(
+            &format!("sgw-{}", a.metadata.uid.clone().expect("uid")),
+            &DeleteParams::default(),
+        )
+        .await
+        .expect("delete secret");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let a = sgcs.get("a").await.expect("get");
+    let new_key = a
+        .status
+        .as_ref()
+        .and_then(|s| s.gateway_server_profile.as_ref())
+        .map(|p| p.public_key.clone());
+    assert_ne!(new_key, old_key);
+
+    // Delete everything: finalizers released, Secrets and Azure resources gone.
+    for name in ["a", "b", "c", "private", "bad"] {
+        sgcs.delete(name, &DeleteParams::default()).await.expect("delete");
+    }
+    pools
+        .delete("gateway", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    assert!(
+        pools.get_opt("gateway").await.expect("get").is_some(),
+        "held by its finalizer while in use"
+    );
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    // The configurations are gone now; the next pass releases the pool.
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(pools.get_opt("gateway").await.expect("get").is_none());
+    assert!(
+        sgcs.list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    assert!(
+        secrets
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+    assert_eq!(resources(&w.azure), before);
+}
+
+#[tokio::test]
+async fn a_configuration_on_a_missing_pool_reports_pool_not_found_and_deletes_cleanly() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    sgcs.create(
+        &PostParams::default(),
+        &sgc("x", json!({"gatewayNodepoolName": "nope"})),
+    )
+    .await
+    .expect("create");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let x = sgcs.get("x").await.expect("get");
+    assert_eq!(condition(&x, ACCEPTED), Some(("False", "PoolNotFound")));
+    sgcs.delete("x", &DeleteParams::default()).await.expect("delete");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(
+        sgcs.get_opt("x").await.expect("get").is_none(),
+        "the finalizer does not get stuck"
+    );
+}
+
+#[tokio::test]
+async fn one_leader_at_a_time_and_takeover_after_release_or_expiry() {
+    let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
+    let client = kube.client("admin").expect("client");
+    let a = LeaseLock::new(client.clone(), "default", "lock", "a", Duration::from_secs(1));
+    let b = LeaseLock::new(client.clone(), "default", "lock", "b", Duration::from_secs(1));
+    assert!(a.try_acquire_or_renew().await.expect("a"));
+    assert!(!b.try_acquire_or_renew().await.expect("b"));
+    assert!(a.try_acquire_or_renew().await.expect("a renews"));
+    a.release().await.expect("release");
+    assert!(
+        b.try_acquire_or_renew()
+            .await
+            .expect("b takes over after release")
+    );
+    assert!(!a.try_acquire_or_renew().await.expect("a waits"));
+    // b stops renewing: a takes over once the lease expires.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if a.try_acquire_or_renew().await.expect("a") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never took over an expired lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!b.try_acquire_or_renew().await.expect("b lost it"));
+
+    // Racing candidates: exactly one wins a fresh lease.
+    let locks: Vec<LeaseLock> = (0..5)
+        .map(|i| {
+            LeaseLock::new(
+                client.clone(),
+                "default",
+                "race",
+                &format!("c{i}"),
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    let results = futures::future::join_all(locks.iter().map(|l| l.try_acquire_or_renew())).await;
+    let winners = results.into_iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(winners, 1);
+}
+
+#[tokio::test]
+async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_duplicates() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    for name in ["a", "b"] {
+        sgcs.create(
+            &PostParams::default(),
+            &sgc(name, json!({"gatewayNodepoolName": "gateway"})),
+        )
+        .await
+        .expect("create");
+    }
+    // Every instance update fails: the reconcile stops half-way (prefixes, LB and VMSS model written).
+    w.azure
+        .inject_fault(testbed::azure::FaultSpec::new(
+            "PUT",
+            "(?i)/virtualMachines/[^/]+$",
+            100,
+            500,
+            "InternalServerError",
+        ))
+        .expect("fault");
+    assert!(w.op.reconcile_pools(None).await.is_err());
+    let a = sgcs.get("a").await.expect("get");
+    let ready = a
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "AzureError")
+    );
+    assert!(ready.message.contains("InternalServerError"), "{}", ready.message);
+    let lb_before =
+        w.op.arm
+            .get_lb("node-rg", "kubeegressgateway-ilb")
+            .await
+            .expect("lb")
+            .expect("exists");
+
+    // "Restart": a new operator, Azure healthy again.
+    w.azure.with_state(|s| s.clear_faults());
+    let restarted = new_operator(&w.client, &w.op.cfg);
+    restarted.reconcile_pools(None).await.expect("reconcile");
+    for name in ["a", "b"] {
+        let s = sgcs.get(name).await.expect("get");
+        assert_eq!(condition(&s, READY), Some(("True", "Provisioned")), "{name}");
+    }
+    let lb = restarted
+        .arm
+        .get_lb("node-rg", "kubeegressgateway-ilb")
+        .await
+        .expect("lb")
+        .expect("exists");
+    let rules = |lb: &serde_json::Value| lb["properties"]["loadBalancingRules"].clone();
+    assert_eq!(rules(&lb).as_array().map(Vec::len), Some(2), "no duplicate rules");
+    assert_eq!(rules(&lb), rules(&lb_before), "ports survive the restart");
+    assert_eq!(
+        w.azure.inventory()["publicBlocks"].as_array().map(Vec::len),
+        Some(2),
+        "no duplicate prefixes"
+    );
+}
