@@ -124,9 +124,12 @@ fn parse_object(req: &Request<'_>, which: &str) -> Result<Option<Value>, String>
     };
     match raw {
         None => Ok(None),
-        Some(raw) => serde_json::from_str(raw.get())
-            .map(Some)
-            .map_err(|e| format!("request.{which} is not a JSON object: {e}")),
+        Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::Null) => Ok(None),
+            Ok(v) if v.is_object() => Ok(Some(v)),
+            Ok(_) => Err(format!("request.{which} is not a JSON object")),
+            Err(e) => Err(format!("request.{which} is not a JSON object: {e}")),
+        },
     }
 }
 

@@ -454,14 +454,12 @@ fn malformed_reviews() {
         Err(DecodeError::Unreviewable { .. })
     ));
     assert!(matches!(decode(br#"[1,2]"#), Err(DecodeError::NotJson(_))));
-    // An object that is not an object is a BadRequest denial.
+    // An object that is not an object is a malformed request.
     let body = serde_json::to_vec(&request(SGC, "CREATE", json!("a string"), None)).expect("json");
     let req = decode(&body).expect("decodes");
     let resp = review(Endpoint::ValidateSgc, &req, &facts(), &Policy::default());
     assert!(!resp.allowed);
-    assert_eq!(
-        resp.denial.as_ref().map(|d| d.code),
-        Some(422),
-        "a non-object spec is a rule violation"
-    );
+    let denial = resp.denial.as_ref().expect("denied");
+    assert_eq!((denial.code, denial.reason), (400, "BadRequest"));
+    assert_eq!(denial.message, "request.object is not a JSON object");
 }
