@@ -829,3 +829,29 @@ async fn deleting_a_crd_deletes_its_objects_after_their_finalizers() {
         404
     );
 }
+
+#[tokio::test]
+async fn secret_string_data_is_folded_into_data() {
+    let sim = sim_with_crds().await;
+    let secrets: Api<Secret> = Api::namespaced(sim.client("admin").expect("client"), "default");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s"},
+        "data": {"a": "b2xk", "keep": "eA=="},
+        "stringData": {"a": "new", "b": "plain text"}
+    }))
+    .expect("secret");
+    let created = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create");
+    assert!(created.string_data.is_none(), "stringData is write-only");
+    let data = created.data.expect("data");
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).expect("utf-8");
+    assert_eq!(
+        (text("a"), text("b"), text("keep")),
+        ("new".into(), "plain text".into(), "x".into())
+    );
+    let read = secrets.get("s").await.expect("get");
+    assert!(read.string_data.is_none());
+    assert_eq!(read.data.expect("data").len(), 3);
+}

@@ -855,6 +855,31 @@ fn default_builtin(t: &Target, obj: &mut Value) {
             obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
         }
     }
+    if t.rt.group.is_empty() && t.rt.plural == "secrets" {
+        fold_string_data(obj);
+    }
+}
+
+/// kube-apiserver folds a Secret's write-only `stringData` into `data` (base64, `stringData` winning on
+/// conflicts) and never stores or returns `stringData`.
+fn fold_string_data(obj: &mut Value) {
+    use base64::Engine as _;
+    let Some(map) = obj.as_object_mut() else { return };
+    let Some(Value::Object(string_data)) = map.remove("stringData") else {
+        return;
+    };
+    if !map.get("data").is_some_and(Value::is_object) {
+        map.insert("data".into(), json!({}));
+    }
+    if let Some(Value::Object(data)) = map.get_mut("data") {
+        for (k, v) in string_data {
+            let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            data.insert(
+                k,
+                Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
+        }
+    }
 }
 
 /// Mutating webhooks, re-defaulting, validation, validating webhooks: the admission chain.
