@@ -99,8 +99,24 @@ pub enum DecodeError {
     },
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypedEnvelope<'a> {
+    api_version: String,
+    kind: String,
+    #[serde(borrow)]
+    request: Request<'a>,
+}
+
 /// Decodes an AdmissionReview body.
 pub fn decode(body: &[u8]) -> Result<Request<'_>, DecodeError> {
+    // The common case in one pass over the body; anything unusual is re-read below to say what is wrong.
+    if let Ok(env) = serde_json::from_slice::<TypedEnvelope<'_>>(body)
+        && env.kind == "AdmissionReview"
+        && env.api_version == ADMISSION_API_VERSION
+    {
+        return Ok(env.request);
+    }
     let env: Envelope<'_> = serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let uid_of = |raw: Option<&RawValue>| {
         raw.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
