@@ -86,7 +86,7 @@ struct Args {
     /// Node mode: unix socket the CNI plugin talks to (mode 0600).
     #[arg(
         long,
-        alias = "socket-path",
+        visible_alias = "socket-path",
         env = "CNI_SOCKET",
         default_value = "/var/run/kube-egress-gateway/cni.sock"
     )]

@@ -43,9 +43,12 @@ struct Args {
     /// Namespace of the WireGuard key Secrets.
     #[arg(long, env = "MY_POD_NAMESPACE", default_value = "kube-egress-gateway-system")]
     secret_namespace: String,
-    /// Log as JSON lines.
+    /// Log as JSON lines (same as --log-format json).
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     log_json: bool,
+    /// Log format, as the other components take it.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[tokio::main]
@@ -60,7 +63,7 @@ async fn main() {
 async fn run_main(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_json {
+    if args.log_json || args.log_format == "json" {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
