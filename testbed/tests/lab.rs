@@ -88,3 +88,100 @@ fn lab_runs_the_control_plane_end_to_end_and_leaves_nothing() {
         work.display()
     );
 }
+
+#[test]
+fn a_failing_step_is_named_and_everything_is_still_torn_down() {
+    // No component binaries here: step 2 cannot start the webhook after step 1 started both simulators.
+    let empty = std::env::temp_dir().join(format!("lab-empty-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).expect("empty bin dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .arg("--bin-dir")
+        .arg(&empty)
+        .output()
+        .expect("lab runs");
+    let _ = std::fs::remove_dir(&empty);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "lab should fail:\n{stdout}");
+    assert!(
+        stdout.contains("FAILED at step 2 (webhook and operator (real binaries)): starting webhook"),
+        "failure does not name the step and cause:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("\u{2714} nothing left: no child processes, work dir removed"),
+        "no clean teardown after the failure:\n{stdout}"
+    );
+    let work = work_dir_of(&stdout).expect("the lab names its work dir");
+    assert!(!work.exists(), "work dir {} left behind", work.display());
+}
+
+#[test]
+fn keep_waits_for_ctrl_c_then_tears_down() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = bin_dir();
+    let mut guard = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_lab"))
+            .arg("--bin-dir")
+            .arg(&dir)
+            .arg("--keep")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("lab runs"),
+    );
+    let child = &mut guard.0;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    let mut kubeconfig = None;
+    // Read until the --keep summary has printed its kubeconfig (the lab exits on failure, ending the loop).
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(k) = line.trim().strip_prefix("export KUBECONFIG=") {
+            kubeconfig = Some(PathBuf::from(k));
+        }
+        if line.contains("work dir: ") && kubeconfig.is_some() {
+            break;
+        }
+    }
+    let kubeconfig = kubeconfig.unwrap_or_else(|| panic!("no kubeconfig printed:\n{seen}"));
+    let get = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "sgc", "-n", "demo", "-o", "name"])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        String::from_utf8_lossy(&get.stdout).contains("egress"),
+        "kubectl against the kept lab: {}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    for line in lines {
+        seen.push_str(&line.expect("line"));
+        seen.push('\n');
+    }
+    let status = child.wait().expect("lab exits");
+    assert!(status.success(), "lab after Ctrl-C:\n{seen}");
+    assert!(
+        seen.contains("\u{2714} nothing left: no child processes, work dir removed"),
+        "{seen}"
+    );
+    assert!(!kubeconfig.exists(), "kubeconfig left behind");
+}
+
+/// Stops a kept lab if the test fails before it sends Ctrl-C (SIGINT, so the lab still tears down).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            if let Ok(pid) = i32::try_from(self.0.id()) {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
+            }
+            let _ = self.0.wait();
+        }
+    }
+}
