@@ -5,6 +5,7 @@
 //! GatewayPool and a StaticGatewayConfiguration (and an invalid one refused by the webhook), wait for Ready.
 //! The data plane (network namespaces, agents, CNI, echo host) is not part of the lab yet; the lab says so.
 
+mod azure_view;
 mod procs;
 mod steps;
 

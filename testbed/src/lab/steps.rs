@@ -494,6 +494,9 @@ impl Lab {
                 "azure-sim now has the internal load balancer {}",
                 lbs.join(", ")
             ));
+            let s = sgcs.get(SGC).await?;
+            let st = s.status.unwrap_or_default();
+            super::azure_view::show(a, &lbs, &st.gateway_vm_profiles, net)?;
         }
         Ok(())
     }
