@@ -19,5 +19,5 @@ else
 fi
 echo "building the lab and the component binaries ($profile)..."
 cargo build $flag -p testbed --bin lab -p webhook --bin kube-egress-gateway-webhook \
-    -p operator --bin kube-egress-gateway-operator
+    -p operator --bin kube-egress-gateway-operator -p agent --bin kube-egress-gateway-agent
 exec "$dir/lab" --bin-dir "$dir" "$@"

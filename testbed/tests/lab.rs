@@ -10,7 +10,11 @@ use std::process::Command;
 fn bin_dir() -> PathBuf {
     let lab = PathBuf::from(env!("CARGO_BIN_EXE_lab"));
     let dir = lab.parent().expect("lab binary has a directory").to_path_buf();
-    let needed = ["kube-egress-gateway-webhook", "kube-egress-gateway-operator"];
+    let needed = [
+        "kube-egress-gateway-webhook",
+        "kube-egress-gateway-operator",
+        "kube-egress-gateway-agent",
+    ];
     if needed.iter().any(|b| !dir.join(b).exists()) {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args([
@@ -24,6 +28,10 @@ fn bin_dir() -> PathBuf {
             "operator",
             "--bin",
             "kube-egress-gateway-operator",
+            "-p",
+            "agent",
+            "--bin",
+            "kube-egress-gateway-agent",
         ]);
         if dir.ends_with("release") {
             cmd.arg("--release");
@@ -64,13 +72,21 @@ fn lab_runs_the_control_plane_end_to_end_and_leaves_nothing() {
         "\u{2714} the webhook refused the invalid configuration",
         "demo/egress is Ready; status.egressIpPrefix = 20.10.0.",
         "azure-sim now has the internal load balancer",
-        "\u{2714} nothing left: no child processes, work dir removed",
+        "\u{2714} nothing left: no child processes, no lab network namespaces, work dir removed",
     ] {
         assert!(
             stdout.contains(expected),
             "missing {expected:?} in the lab's output:\n{stdout}"
         );
     }
+    // Both real gateway agents, each in its own namespace, answer the fabric's load-balancer probe.
+    assert_eq!(
+        stdout
+            .matches("own netns) is up; the fabric's LB probe :8082/gw/")
+            .count(),
+        2,
+        "{stdout}"
+    );
     // The printed table comes from kubectl itself.
     let table = stdout
         .lines()
@@ -107,7 +123,9 @@ fn a_failing_step_is_named_and_everything_is_still_torn_down() {
         "failure does not name the step and cause:\n{stdout}"
     );
     assert!(
-        stdout.contains("\u{2714} nothing left: no child processes, work dir removed"),
+        stdout.contains(
+            "\u{2714} nothing left: no child processes, no lab network namespaces, work dir removed"
+        ),
         "no clean teardown after the failure:\n{stdout}"
     );
     let work = work_dir_of(&stdout).expect("the lab names its work dir");
@@ -165,7 +183,9 @@ fn keep_waits_for_ctrl_c_then_tears_down() {
     let status = child.wait().expect("lab exits");
     assert!(status.success(), "lab after Ctrl-C:\n{seen}");
     assert!(
-        seen.contains("\u{2714} nothing left: no child processes, work dir removed"),
+        seen.contains(
+            "\u{2714} nothing left: no child processes, no lab network namespaces, work dir removed"
+        ),
         "{seen}"
     );
     assert!(!kubeconfig.exists(), "kubeconfig left behind");

@@ -6,6 +6,7 @@
 //! The data plane (network namespaces, agents, CNI, echo host) is not part of the lab yet; the lab says so.
 
 mod azure_view;
+mod dataplane;
 mod procs;
 mod steps;
 

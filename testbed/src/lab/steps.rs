@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::net::Ipv4Addr;
+
 use anyhow::{Context as _, anyhow, bail};
 use api::StaticGatewayConfiguration;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -45,6 +47,14 @@ struct Lab {
     kubeconfig: PathBuf,
     /// The step that is running (number, name), for the failure message.
     current: (usize, &'static str),
+    /// UID and gateway profiles of the demo configuration once Ready.
+    sgc_uid: String,
+    profiles: Vec<api::sgc::GatewayVmProfile>,
+    /// Network namespaces the lab created (`ip netns` names) and their inodes.
+    netns: Vec<String>,
+    netns_inodes: Vec<u64>,
+    /// Loopback forwarders into the namespaces.
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs the lab: steps 1–4, then (unless `--keep`) teardown with a check that nothing is left.
@@ -132,13 +142,21 @@ impl Lab {
         self.operator(opts).await?;
         self.begin(3, "kubectl apply: GatewayPool and StaticGatewayConfiguration");
         self.configure(opts).await?;
-        self.begin(4, "data plane");
+        self.begin(4, "data plane: gateway nodes");
+        let agent = opts.bin_dir.join("kube-egress-gateway-agent");
+        if !nix::unistd::geteuid().is_root() || !agent.exists() {
+            info(&format!(
+                "SKIPPED: needs root and {} (scripts/lab.sh builds it and runs as root)",
+                agent.display()
+            ));
+        } else {
+            self.gateways(opts, &agent).await?;
+        }
+        info("NOT PART OF THE LAB YET: regular nodes, node agents, the CNI chain, pods, the floating-IP");
         info(
-            "NOT PART OF THE LAB YET: no node/gateway network namespaces, agents, CNI chain, Azure fabric or",
+            "forwarding and edge SNAT of the Azure fabric, and the echo host; so no pod traffic is sent and",
         );
-        info(
-            "echo host are started, so no pod traffic is sent and no pod source address is shown or verified.",
-        );
+        info("no pod source address is shown or verified.");
         Ok(())
     }
 
@@ -449,6 +467,9 @@ impl Lab {
         })
         .await?;
         let prefix = prefix.lock().map(|g| g.clone()).unwrap_or_default();
+        let current = sgcs.get(SGC).await?;
+        self.sgc_uid = current.metadata.uid.clone().unwrap_or_default();
+        self.profiles = current.status.map(|s| s.gateway_vm_profiles).unwrap_or_default();
         let net: ipnet::Ipv4Net = prefix
             .parse()
             .with_context(|| format!("status.egressIpPrefix '{prefix}' is not an IPv4 CIDR"))?;
@@ -497,6 +518,109 @@ impl Lab {
             let s = sgcs.get(SGC).await?;
             let st = s.status.unwrap_or_default();
             super::azure_view::show(a, &lbs, &st.gateway_vm_profiles, net)?;
+        }
+        Ok(())
+    }
+
+    /// Gateway namespaces on a fabric bridge, the real gateway agent in each, and the fabric's view of their
+    /// load-balancer probes.
+    async fn gateways(&mut self, opts: &Options, agent: &Path) -> anyhow::Result<()> {
+        use super::dataplane::{forward_loopback, ip, netns_inode, probe_from};
+        let tag = format!("lab{}-", std::process::id());
+        let fabric = format!("{tag}fabric");
+        ip(&["netns", "add", &fabric])?;
+        self.netns.push(fabric.clone());
+        ip(&["-n", &fabric, "link", "set", "lo", "up"])?;
+        ip(&["-n", &fabric, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &fabric, "addr", "add", "10.224.0.1/16", "dev", "br0"])?;
+        ip(&["-n", &fabric, "link", "set", "br0", "up"])?;
+        let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
+        let azure = self.azure.as_ref().context("azure-sim")?;
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client()?);
+        let profiles = self.profiles.clone();
+        let mut gws = Vec::new();
+        for (i, vm) in profiles.iter().enumerate() {
+            let ns = format!("{tag}gw{i}");
+            ip(&["netns", "add", &ns])?;
+            self.netns.push(ns.clone());
+            let primary: Ipv4Addr = vm
+                .primary_ip
+                .parse()
+                .with_context(|| format!("primary IP '{}' of {}", vm.primary_ip, vm.node_name))?;
+            let fab_if = format!("gw{i}");
+            ip(&[
+                "link", "add", "name", &fab_if, "netns", &fabric, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            ip(&["-n", &fabric, "link", "set", &fab_if, "master", "br0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{primary}/16"), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "route", "add", "default", "via", "10.224.0.1"])?;
+            self.forwarders.push(forward_loopback(&ns, kube_port)?);
+            let (imds_port, imds) = super::dataplane::imds_for_node(&ns, azure.addr(), &vm.node_name)?;
+            self.forwarders.push(imds);
+            let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+                "metadata": {"name": vm.node_name, "labels": {api::names::NODE_AGENTPOOL_LABEL: POOL}}
+            }))?;
+            nodes
+                .create(&PostParams::default(), &node)
+                .await
+                .with_context(|| format!("creating Node {}", vm.node_name))?;
+            let args = [
+                format!("--net={}", PathBuf::from("/var/run/netns").join(&ns).display()),
+                "--".into(),
+                agent.display().to_string(),
+                "--mode".into(),
+                "gateway".into(),
+                "--node-name".into(),
+                vm.node_name.clone(),
+                "--namespace".into(),
+                SYSTEM_NS.into(),
+                "--netns-name".into(),
+                format!("{tag}gw{i}-egw"),
+                "--host-interface".into(),
+                "eth0".into(),
+                "--imds-endpoint".into(),
+                format!("http://127.0.0.1:{imds_port}"),
+                "--metrics-bind-address".into(),
+                "127.0.0.1:0".into(),
+                "--health-probe-bind-address".into(),
+                "127.0.0.1:0".into(),
+                "--lb-probe-drain-delay-seconds".into(),
+                "1".into(),
+            ];
+            self.children.spawn(
+                &format!("gateway-agent-{i}"),
+                Path::new("nsenter"),
+                &args,
+                &[("KUBECONFIG", self.kubeconfig.display().to_string())],
+                &opts.work_dir,
+            )?;
+            self.netns.push(format!("{tag}gw{i}-egw"));
+            gws.push((vm.node_name.clone(), primary));
+        }
+        for ns in &self.netns {
+            if let Some(i) = netns_inode(ns) {
+                self.netns_inodes.push(i);
+            }
+        }
+        let path = api::names::lb_probe_path(&self.sgc_uid);
+        for (node, primary) in &gws {
+            let (f, p) = (fabric.clone(), path.clone());
+            let primary = *primary;
+            self.wait(
+                &format!("the fabric's probe of {node} ({primary}:8082{path}) answers 200"),
+                opts,
+                move || {
+                    let (f, p) = (f.clone(), p.clone());
+                    async move { Ok(probe_from(&f, primary, 8082, &p).await == Some(200)) }
+                },
+            )
+            .await?;
+            ok(&format!(
+                "gateway agent on {node} ({primary}, own netns) is up; the fabric's LB probe :8082{path} answers 200"
+            ));
         }
         Ok(())
     }
@@ -577,6 +701,44 @@ impl Lab {
             info("azure-sim stopped");
         }
         let mut left = Vec::new();
+        for h in self.forwarders.drain(..) {
+            h.abort();
+        }
+        // Anything still living in the lab's namespaces (e.g. wireguard-go started by an agent) goes first.
+        for (pid, name) in super::dataplane::processes_in(&self.netns_inodes) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            info(&format!("stopping {name} (pid {pid}) left in a lab namespace"));
+        }
+        for signal in [None, Some(nix::sys::signal::Signal::SIGKILL)] {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while tokio::time::Instant::now() < deadline
+                && !super::dataplane::processes_in(&self.netns_inodes).is_empty()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if let Some(sig) = signal {
+                for (pid, _) in super::dataplane::processes_in(&self.netns_inodes) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                }
+            }
+        }
+        for ns in self.netns.drain(..).rev() {
+            if super::dataplane::netns_inode(&ns).is_some()
+                && let Err(e) = super::dataplane::ip(&["netns", "del", &ns])
+            {
+                left.push(format!("{e:#}"));
+            }
+        }
+        let tag = format!("lab{}-", std::process::id());
+        let leftover_ns = super::dataplane::netns_with_prefix(&tag);
+        if !leftover_ns.is_empty() {
+            left.push(format!("network namespaces: {}", leftover_ns.join(", ")));
+        }
+        let stragglers = super::dataplane::processes_in(&self.netns_inodes);
+        if !stragglers.is_empty() {
+            left.push(format!("processes in lab namespaces: {stragglers:?}"));
+        }
         if opts.work_dir.exists()
             && let Err(e) = std::fs::remove_dir_all(&opts.work_dir)
         {
@@ -587,7 +749,7 @@ impl Lab {
             left.push(format!("child processes: {}", children.join(", ")));
         }
         if left.is_empty() {
-            ok("nothing left: no child processes, work dir removed");
+            ok("nothing left: no child processes, no lab network namespaces, work dir removed");
             Ok(())
         } else {
             bail!("left behind: {}", left.join("; "))
