@@ -1,9 +1,11 @@
-//! The lab: the whole control plane on one machine, driven the way a user would (`kubectl`), with every step
-//! named as it runs and everything torn down afterwards unless `--keep`.
+//! The lab: the whole system on one machine, driven the way a user would (`kubectl`), with every step named
+//! as it runs and everything torn down afterwards (also on failure or Ctrl-C) unless `--keep`.
 //!
 //! Steps: simulators (Kubernetes + Azure), webhook + operator as real processes, `kubectl apply` of a
-//! GatewayPool and a StaticGatewayConfiguration (and an invalid one refused by the webhook), wait for Ready.
-//! The data plane (network namespaces, agents, CNI, echo host) is not part of the lab yet; the lab says so.
+//! GatewayPool and a StaticGatewayConfiguration (and an invalid one refused by the webhook), wait for Ready;
+//! then the gateway half of the data plane (gateway namespaces on a fabric bridge, real gateway agents, LB
+//! probes). Regular nodes, pods, floating-IP forwarding, edge SNAT and the echo host are not part of it yet;
+//! the lab says so in its output.
 
 mod azure_view;
 mod dataplane;
