@@ -606,6 +606,38 @@ impl Lab {
             }
         }
         let path = api::names::lb_probe_path(&self.sgc_uid);
+        let frontend = Api::<StaticGatewayConfiguration>::namespaced(self.client()?, DEMO_NS)
+            .get(SGC)
+            .await?
+            .status
+            .and_then(|s| s.gateway_server_profile)
+            .map(|p| p.ip)
+            .unwrap_or_default();
+        for (i, (node, _)) in gws.iter().enumerate() {
+            let ns = format!("{tag}gw{i}");
+            let want = format!("{frontend}/32");
+            self.wait(
+                &format!("the LB frontend {want} on eth0 of {node} (floating IP)"),
+                opts,
+                move || {
+                    let ns = ns.clone();
+                    let want = want.clone();
+                    async move {
+                        let out = tokio::process::Command::new("ip")
+                            .args(["-n", &ns, "-4", "-o", "addr", "show", "dev", "eth0"])
+                            .output()
+                            .await?;
+                        Ok(String::from_utf8_lossy(&out.stdout)
+                            .split_whitespace()
+                            .any(|w| w == want))
+                    }
+                },
+            )
+            .await?;
+            ok(&format!(
+                "the agent put the LB frontend {frontend}/32 on eth0 of {node} (floating IP)"
+            ));
+        }
         for (node, primary) in &gws {
             let (f, p) = (fabric.clone(), path.clone());
             let primary = *primary;
