@@ -17,6 +17,8 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# kubectl (lab, webhook e2e): any installed kubectl will do; otherwise Debian's.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

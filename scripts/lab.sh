@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# The README's main-job command.
-#
-# The full lab (simulated Azure + Kubernetes, network namespaces, real binaries; see product.md) is being
-# built. Until it lands, this runs what exists: the rules every component enforces, applied to upstream's
-# sample manifests and to broken ones, printing what `kubectl apply` will answer.
+# The README's main-job command: the lab (see README "Quick start" and testbed/src/lab/).
+# Builds the workspace binaries (debug by default, quicker to build; LAB_PROFILE=release for optimised), then runs the lab
+# as root. Extra arguments go to the lab, e.g. `scripts/lab.sh --keep`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "kube-egress-gateway lab: the full lab is not built yet; showing the admission rules on sample manifests."
-cargo run -q -p api --example validate -- api/tests/manifests/*.yaml
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/lab.sh: run as root (the lab creates network namespaces)" >&2
+    exit 1
+fi
+scripts/install-deps.sh
+profile="${LAB_PROFILE:-dev}"
+if [ "$profile" = "release" ]; then
+    flag=--release
+    dir=target/release
+else
+    flag=
+    dir=target/debug
+fi
+echo "building the lab and the component binaries ($profile)..."
+cargo build $flag -p testbed --bin lab -p webhook --bin kube-egress-gateway-webhook \
+    -p operator --bin kube-egress-gateway-operator -p agent --bin kube-egress-gateway-agent
+exec "$dir/lab" --bin-dir "$dir" "$@"

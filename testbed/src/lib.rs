@@ -4,3 +4,4 @@
 
 pub mod azure;
 pub mod kube;
+pub mod lab;

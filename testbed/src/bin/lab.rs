@@ -1,0 +1,51 @@
+//! `lab`: the README's main-job command (run by `scripts/lab.sh`). The logic lives in `testbed::lab`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Brings up the simulated Azure and Kubernetes with the real webhook and operator, applies a GatewayPool and a
+/// StaticGatewayConfiguration with kubectl, shows the result, and tears everything down.
+#[derive(Debug, Parser)]
+#[command(name = "lab")]
+struct Args {
+    /// Leave everything running (until Ctrl-C) and print a kubeconfig for kubectl.
+    #[arg(long)]
+    keep: bool,
+    /// Directory with the workspace binaries; default: the directory of this binary.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Longest wait for any one condition, in seconds.
+    #[arg(long, default_value_t = 60)]
+    step_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let bin_dir = match args.bin_dir {
+        Some(d) => d,
+        None => match std::env::current_exe() {
+            Ok(p) => p.parent().map(PathBuf::from).unwrap_or_default(),
+            Err(e) => {
+                eprintln!("error: cannot find the lab binary's directory: {e}");
+                std::process::exit(2);
+            }
+        },
+    };
+    let opts = testbed::lab::Options {
+        keep: args.keep,
+        bin_dir,
+        work_dir: std::env::temp_dir().join(format!("kube-egress-lab-{}", std::process::id())),
+        step_timeout: Duration::from_secs(args.step_timeout),
+    };
+    println!("kube-egress-gateway lab (work dir {})", opts.work_dir.display());
+    match testbed::lab::run(opts).await {
+        Ok(()) => println!("\nlab finished"),
+        Err(e) => {
+            eprintln!("\nlab failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

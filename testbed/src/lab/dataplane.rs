@@ -1,0 +1,193 @@
+//! The gateway half of the data plane: one network namespace per gateway node with its primary IP, joined
+//! by an "Azure fabric" namespace (a bridge on the subnet), the real gateway agent in each, reaching the
+//! simulators through loopback forwarders, and the fabric polling each agent's load-balancer probe.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+/// Runs `ip` with `args`; the error carries its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Network namespace names (`ip netns`) that start with `prefix`.
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from("/var/run/netns").join(name)
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = netns_path(ns);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}
+
+/// Makes `127.0.0.1:<port>` inside `ns` reach `127.0.0.1:<port>` of the lab's own namespace (where the
+/// simulators listen), so the components inside use the same URLs and certificates.
+pub fn forward_loopback(ns: &str, port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let std_listener = in_netns(ns, move || {
+        let l = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+        l.set_nonblocking(true).context("nonblocking")?;
+        Ok(l)
+    })?;
+    let listener = tokio::net::TcpListener::from_std(std_listener).context("tokio listener")?;
+    Ok(tokio::spawn(async move {
+        while let Ok((mut inside, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outside) =
+                    tokio::net::TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inside, &mut outside).await;
+                }
+            });
+        }
+    }))
+}
+
+/// `GET http://<ip>:<port><path>` from inside `ns`: the HTTP status, or None when nothing answers.
+pub async fn probe_from(ns: &str, ip: Ipv4Addr, port: u16, path: &str) -> Option<u16> {
+    let (ns, path) = (ns.to_string(), path.to_string());
+    tokio::task::spawn_blocking(move || {
+        in_netns(&ns, move || {
+            use std::io::{Read as _, Write as _};
+            let mut c = std::net::TcpStream::connect_timeout(
+                &SocketAddr::from((ip, port)),
+                Duration::from_millis(500),
+            )?;
+            c.set_read_timeout(Some(Duration::from_secs(1)))?;
+            c.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            Ok(out.split_whitespace().nth(1).and_then(|s| s.parse().ok()))
+        })
+        .ok()
+        .flatten()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The inode of network namespace `ns` (what `/proc/<pid>/ns/net` links to as `net:[<inode>]`).
+pub fn netns_inode(ns: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(netns_path(ns)).ok().map(|m| m.ino())
+}
+
+/// Processes (pid, name) living in any of the network namespaces with these inodes.
+pub fn processes_in(inodes: &[u64]) -> Vec<(i32, String)> {
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("net:[{i}]")).collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(link) = std::fs::read_link(e.path().join("ns/net")) else {
+            continue;
+        };
+        if wanted.iter().any(|w| link.as_os_str() == w.as_str()) {
+            let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            out.push((pid, name.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Serves IMDS at `http://127.0.0.1:<port>` inside `ns` (what the agent expects: a bare host) by passing every
+/// request on to azure-sim's per-node IMDS under `/_imds/<node>`.
+pub fn imds_for_node(
+    ns: &str,
+    azure: SocketAddr,
+    node: &str,
+) -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
+    let std_listener = in_netns(ns, || {
+        let l = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .context("binding the IMDS port")?;
+        l.set_nonblocking(true).context("nonblocking")?;
+        Ok(l)
+    })?;
+    let port = std_listener.local_addr().context("IMDS address")?.port();
+    let listener = tokio::net::TcpListener::from_std(std_listener).context("tokio listener")?;
+    let prefix = format!("/_imds/{node}");
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let path = format!(
+            "{prefix}{}",
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default()
+        );
+        async move {
+            match relay_get(azure, &path).await {
+                Some((status, body)) => (
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                ),
+                None => (
+                    http::StatusCode::BAD_GATEWAY,
+                    [(http::header::CONTENT_TYPE, "text/plain")],
+                    "azure-sim did not answer".to_string(),
+                ),
+            }
+        }
+    });
+    Ok((
+        port,
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }),
+    ))
+}
+
+/// A plain `GET` with the IMDS header: (status, body).
+async fn relay_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nMetadata: true\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}

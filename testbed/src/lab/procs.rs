@@ -1,0 +1,139 @@
+//! The lab's child processes: started with their output in a log file, stopped with SIGTERM (then SIGKILL
+//! after a grace period), and checked gone at teardown.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// One running component.
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    log: PathBuf,
+    child: tokio::process::Child,
+}
+
+/// Every process the lab started, in start order.
+#[derive(Debug, Default)]
+pub struct Children {
+    procs: Vec<Proc>,
+}
+
+impl Children {
+    /// Starts `program` with `args` and `envs`; stdout and stderr go to `<log_dir>/<name>.log`.
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<()> {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone().context("log file handle")?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} ({})", name, program.display()))?;
+        self.procs.push(Proc {
+            name: name.to_string(),
+            log,
+            child,
+        });
+        Ok(())
+    }
+
+    /// The first component that has exited, with its status and the tail of its log.
+    pub fn exited(&mut self) -> Option<String> {
+        for p in &mut self.procs {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Some(format!(
+                    "{} exited ({status}); last log lines:\n{}",
+                    p.name,
+                    tail(&p.log, 15)
+                ));
+            }
+        }
+        None
+    }
+
+    /// (name, log path) of every component, for the `--keep` summary.
+    pub fn logs(&self) -> Vec<(String, PathBuf)> {
+        self.procs
+            .iter()
+            .map(|p| (p.name.clone(), p.log.clone()))
+            .collect()
+    }
+
+    /// Stops every component (newest first): SIGTERM, then SIGKILL after `grace`. Returns what was stopped.
+    pub async fn stop_all(&mut self, grace: Duration) -> Vec<String> {
+        let mut stopped = Vec::new();
+        while let Some(mut p) = self.procs.pop() {
+            if let Some(id) = p.child.id() {
+                if let Ok(pid) = i32::try_from(id) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+                if tokio::time::timeout(grace, p.child.wait()).await.is_err() {
+                    let _ = p.child.kill().await;
+                    stopped.push(format!("{} (killed after {}s)", p.name, grace.as_secs()));
+                    continue;
+                }
+            }
+            stopped.push(p.name);
+        }
+        stopped
+    }
+}
+
+/// The last `n` lines of a log file (empty when unreadable).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("      | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Processes whose parent is this process (read from /proc), as "pid name".
+pub fn live_children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        if field("PPid:").as_deref() == Some(me.as_str()) {
+            let state = field("State:").unwrap_or_default();
+            // A zombie is already gone as far as resources go, but it still means a child was not reaped.
+            out.push(format!(
+                "{} {} ({state})",
+                e.file_name().to_string_lossy(),
+                field("Name:").unwrap_or_default()
+            ));
+        }
+    }
+    out
+}

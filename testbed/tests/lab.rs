@@ -1,0 +1,207 @@
+//! The README's main-job command, end to end: the lab binary with the real webhook and operator binaries.
+//! Covers upstream scenario (7) (an invalid configuration refused with the rule's message) and the control-plane
+//! half of scenario (1) (the configuration becomes Ready with a prefix from the public range), and that the
+//! teardown leaves no process or work directory behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Directory of the workspace binaries (next to the lab binary); builds webhook and operator when missing.
+fn bin_dir() -> PathBuf {
+    let lab = PathBuf::from(env!("CARGO_BIN_EXE_lab"));
+    let dir = lab.parent().expect("lab binary has a directory").to_path_buf();
+    let needed = [
+        "kube-egress-gateway-webhook",
+        "kube-egress-gateway-operator",
+        "kube-egress-gateway-agent",
+    ];
+    if needed.iter().any(|b| !dir.join(b).exists()) {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "webhook",
+            "--bin",
+            "kube-egress-gateway-webhook",
+            "-p",
+            "operator",
+            "--bin",
+            "kube-egress-gateway-operator",
+            "-p",
+            "agent",
+            "--bin",
+            "kube-egress-gateway-agent",
+        ]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo build runs");
+        assert!(status.success(), "building webhook and operator failed");
+    }
+    dir
+}
+
+fn work_dir_of(stdout: &str) -> Option<PathBuf> {
+    let line = stdout.lines().find(|l| l.contains("(work dir "))?;
+    let start = line.find("(work dir ")? + "(work dir ".len();
+    Some(PathBuf::from(line[start..].trim_end_matches(')')))
+}
+
+#[test]
+fn lab_runs_the_control_plane_end_to_end_and_leaves_nothing() {
+    let dir = bin_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .arg("--bin-dir")
+        .arg(&dir)
+        .arg("--step-timeout")
+        .arg("40")
+        .output()
+        .expect("lab runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "lab failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for expected in [
+        "==> step 1: simulators",
+        "==> step 2: webhook and operator",
+        "operator elected leader",
+        "denied the request: StaticGatewayConfiguration demo/broken is invalid: spec.publicIpPrefixId: rule 6",
+        "\u{2714} the webhook refused the invalid configuration",
+        "demo/egress is Ready; status.egressIpPrefix = 20.10.0.",
+        "azure-sim now has the internal load balancer",
+        "\u{2714} nothing left: no child processes, no lab network namespaces, work dir removed",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in the lab's output:\n{stdout}"
+        );
+    }
+    // Both real gateway agents, each in its own namespace, answer the fabric's load-balancer probe.
+    assert_eq!(
+        stdout
+            .matches("own netns) is up; the fabric's LB probe :8082/gw/")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    // The printed table comes from kubectl itself.
+    let table = stdout
+        .lines()
+        .skip_while(|l| !l.contains("$ kubectl get sgc -n demo"))
+        .nth(2)
+        .unwrap_or_default();
+    assert!(
+        table.contains("egress") && table.contains("True"),
+        "kubectl get sgc row: {table:?}\n{stdout}"
+    );
+    let work = work_dir_of(&stdout).expect("the lab names its work dir");
+    assert!(
+        !Path::new(&work).exists(),
+        "work dir {} left behind",
+        work.display()
+    );
+}
+
+#[test]
+fn a_failing_step_is_named_and_everything_is_still_torn_down() {
+    // No component binaries here: step 2 cannot start the webhook after step 1 started both simulators.
+    let empty = std::env::temp_dir().join(format!("lab-empty-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).expect("empty bin dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .arg("--bin-dir")
+        .arg(&empty)
+        .output()
+        .expect("lab runs");
+    let _ = std::fs::remove_dir(&empty);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "lab should fail:\n{stdout}");
+    assert!(
+        stdout.contains("FAILED at step 2 (webhook and operator (real binaries)): starting webhook"),
+        "failure does not name the step and cause:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "\u{2714} nothing left: no child processes, no lab network namespaces, work dir removed"
+        ),
+        "no clean teardown after the failure:\n{stdout}"
+    );
+    let work = work_dir_of(&stdout).expect("the lab names its work dir");
+    assert!(!work.exists(), "work dir {} left behind", work.display());
+}
+
+#[test]
+fn keep_waits_for_ctrl_c_then_tears_down() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = bin_dir();
+    let mut guard = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_lab"))
+            .arg("--bin-dir")
+            .arg(&dir)
+            .arg("--keep")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("lab runs"),
+    );
+    let child = &mut guard.0;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    let mut kubeconfig = None;
+    // Read until the --keep summary has printed its kubeconfig (the lab exits on failure, ending the loop).
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(k) = line.trim().strip_prefix("export KUBECONFIG=") {
+            kubeconfig = Some(PathBuf::from(k));
+        }
+        if line.contains("work dir: ") && kubeconfig.is_some() {
+            break;
+        }
+    }
+    let kubeconfig = kubeconfig.unwrap_or_else(|| panic!("no kubeconfig printed:\n{seen}"));
+    let get = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "sgc", "-n", "demo", "-o", "name"])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        String::from_utf8_lossy(&get.stdout).contains("egress"),
+        "kubectl against the kept lab: {}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    for line in lines {
+        seen.push_str(&line.expect("line"));
+        seen.push('\n');
+    }
+    let status = child.wait().expect("lab exits");
+    assert!(status.success(), "lab after Ctrl-C:\n{seen}");
+    assert!(
+        seen.contains(
+            "\u{2714} nothing left: no child processes, no lab network namespaces, work dir removed"
+        ),
+        "{seen}"
+    );
+    assert!(!kubeconfig.exists(), "kubeconfig left behind");
+}
+
+/// Stops a kept lab if the test fails before it sends Ctrl-C (SIGINT, so the lab still tears down).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            if let Ok(pid) = i32::try_from(self.0.id()) {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
+            }
+            let _ = self.0.wait();
+        }
+    }
+}
