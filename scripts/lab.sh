@@ -12,10 +12,10 @@ scripts/install-deps.sh
 profile="${LAB_PROFILE:-dev}"
 if [ "$profile" = "release" ]; then
     flag=--release
-    dir=target/release
+    dir="${CARGO_TARGET_DIR:-target}/release"
 else
     flag=
-    dir=target/debug
+    dir="${CARGO_TARGET_DIR:-target}/debug"
 fi
 echo "building the lab and the component binaries ($profile)..."
 cargo build $flag -p testbed --bin lab -p webhook --bin kube-egress-gateway-webhook \
