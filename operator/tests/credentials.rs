@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use azure_core::auth::TokenCredential;
 use operator::azure::{Arm, RetryBudget};
 use operator::config::CloudConfig;
 use operator::metrics::Metrics;
