@@ -43,6 +43,8 @@ pub enum Rule {
     Immutable,
     /// A field has the wrong JSON type (normally caught by the CRD schema first).
     FieldType,
+    /// A hostNetwork pod names a gateway configuration (it shares the node's network).
+    HostNetworkPod,
 }
 
 impl Rule {
@@ -57,7 +59,7 @@ impl Rule {
             Rule::PublicIpPrefixId => 6,
             Rule::ExcludeCidrs => 7,
             Rule::DefaultRoute => 8,
-            Rule::Immutable | Rule::FieldType => return None,
+            Rule::Immutable | Rule::FieldType | Rule::HostNetworkPod => return None,
         })
     }
 
@@ -74,6 +76,7 @@ impl Rule {
             Rule::DefaultRoute => "defaultRoute value",
             Rule::Immutable => "immutable field",
             Rule::FieldType => "field type",
+            Rule::HostNetworkPod => "hostNetwork pod",
         }
     }
 
@@ -90,6 +93,7 @@ impl Rule {
             Rule::DefaultRoute => "InvalidDefaultRoute",
             Rule::Immutable => "ImmutableField",
             Rule::FieldType => "InvalidFieldType",
+            Rule::HostNetworkPod => "HostNetworkPod",
         }
     }
 
@@ -896,14 +900,14 @@ pub fn validate_pod(pod: &Value) -> Verdict {
         .unwrap_or(false);
     let path = format!("metadata.annotations[{}]", crate::names::POD_GATEWAY_ANNOTATION);
     if host_network {
-        v.violations.push(Violation {
-            path: path.clone(),
-            rule: Rule::FieldType,
-            message: format!(
-                "a hostNetwork pod shares its node's network and cannot use a static egress gateway; remove the \
-                 annotation (it names '{name}') or set hostNetwork: false"
+        v.deny(
+            path.clone(),
+            Rule::HostNetworkPod,
+            format!(
+                "it shares its node's network and cannot use a static egress gateway; remove the annotation (it \
+                 names '{name}') or set hostNetwork: false"
             ),
-        });
+        );
     } else if !is_dns1123_subdomain(name) {
         v.warn(
             path,

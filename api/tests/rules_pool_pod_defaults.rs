@@ -148,6 +148,13 @@ fn pods() {
     assert!(validate_pod(&annotated(false)).is_allowed());
     let v = validate_pod(&annotated(true));
     assert!(!v.is_allowed());
+    assert_eq!(
+        only(&v),
+        (
+            Rule::HostNetworkPod,
+            "metadata.annotations[kubernetes.azure.com/static-gateway-configuration]"
+        )
+    );
     assert!(v.message().contains("hostNetwork"), "{}", v.message());
     assert!(
         validate_pod(&json!({"spec": {"hostNetwork": true}})).is_allowed(),
