@@ -673,10 +673,21 @@ pub fn validate_pool(
 /// Validates a StaticGatewayConfiguration object as JSON (`{"spec": …}`), reporting wrong field types and
 /// enum values at their paths before applying [`validate_sgc`].
 pub fn validate_sgc_object(new: &Value, old: Option<&Value>, facts: &PoolFacts) -> Verdict {
+    validate_sgc_object_with(new, old, |_| facts.clone())
+}
+
+/// [`validate_sgc_object`] for callers that look the pool's facts up from the decoded spec (the webhook):
+/// the spec is decoded once.
+pub fn validate_sgc_object_with(
+    new: &Value,
+    old: Option<&Value>,
+    facts: impl FnOnce(&StaticGatewayConfigurationSpec) -> PoolFacts,
+) -> Verdict {
     let mut type_errors = Verdict::default();
     let new_spec = decode_sgc_spec(new.get("spec"), &mut type_errors);
     let old_spec = old.map(|o| decode_sgc_spec(o.get("spec"), &mut Verdict::default()));
-    merge_decoded(type_errors, validate_sgc(&new_spec, old_spec.as_ref(), facts))
+    let facts = facts(&new_spec);
+    merge_decoded(type_errors, validate_sgc(&new_spec, old_spec.as_ref(), &facts))
 }
 
 /// Decoding errors first; a field the decoder already refused is not reported again as "missing".
@@ -694,13 +705,20 @@ fn merge_decoded(mut decoded: Verdict, rules: Verdict) -> Verdict {
 
 /// Validates a GatewayPool object as JSON, like [`validate_sgc_object`].
 pub fn validate_pool_object(new: &Value, old: Option<&Value>, node_count: Option<u32>) -> Verdict {
+    validate_pool_object_with(new, old, |_| node_count)
+}
+
+/// [`validate_pool_object`] for callers that count the pool's nodes from the decoded spec (the webhook).
+pub fn validate_pool_object_with(
+    new: &Value,
+    old: Option<&Value>,
+    node_count: impl FnOnce(&GatewayPoolSpec) -> Option<u32>,
+) -> Verdict {
     let mut type_errors = Verdict::default();
     let new_spec = decode_pool_spec(new.get("spec"), &mut type_errors);
     let old_spec = old.map(|o| decode_pool_spec(o.get("spec"), &mut Verdict::default()));
-    merge_decoded(
-        type_errors,
-        validate_pool(&new_spec, old_spec.as_ref(), node_count),
-    )
+    let nodes = node_count(&new_spec);
+    merge_decoded(type_errors, validate_pool(&new_spec, old_spec.as_ref(), nodes))
 }
 
 struct Fields<'a> {

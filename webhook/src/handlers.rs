@@ -189,14 +189,10 @@ fn validate_sgc(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
         Ok(pair) => pair,
         Err(resp) => return *resp,
     };
-    let mut decode_errors = Verdict::default();
-    let spec = rules::decode_sgc_spec(new.get("spec"), &mut decode_errors);
-    let pool_facts = facts.pool_facts(spec.pool_ref().as_ref());
-    verdict_response(
-        req,
-        "StaticGatewayConfiguration",
-        rules::validate_sgc_object(&new, old.as_ref(), &pool_facts),
-    )
+    let verdict = rules::validate_sgc_object_with(&new, old.as_ref(), |spec| {
+        facts.pool_facts(spec.pool_ref().as_ref())
+    });
+    verdict_response(req, "StaticGatewayConfiguration", verdict)
 }
 
 fn validate_pool(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
@@ -204,14 +200,10 @@ fn validate_pool(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
         Ok(pair) => pair,
         Err(resp) => return *resp,
     };
-    let mut decode_errors = Verdict::default();
-    let spec = rules::decode_pool_spec(new.get("spec"), &mut decode_errors);
-    let nodes = spec.pool_ref().and_then(|p| facts.node_count(&p));
-    verdict_response(
-        req,
-        "GatewayPool",
-        rules::validate_pool_object(&new, old.as_ref(), nodes),
-    )
+    let verdict = rules::validate_pool_object_with(&new, old.as_ref(), |spec| {
+        spec.pool_ref().and_then(|p| facts.node_count(&p))
+    });
+    verdict_response(req, "GatewayPool", verdict)
 }
 
 fn mutate(req: &Request<'_>, defaults: fn(&Value) -> json_patch::Patch) -> Response {

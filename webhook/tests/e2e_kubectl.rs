@@ -479,7 +479,11 @@ async fn pods_podendpoints_and_failure_policy() {
             && out.stderr.contains(
                 "admission webhook \"validate.pods.egressgateway.kubernetes.azure.com\" denied the request"
             )
-            && out.stderr.contains("hostNetwork"),
+            && out.stderr.contains(
+                "Pod demo/host is invalid: metadata.annotations[kubernetes.azure.com/static-gateway-configuration]: \
+                 hostNetwork pod: it shares its node's network and cannot use a static egress gateway; remove the \
+                 annotation (it names 'gw') or set hostNetwork: false"
+            ),
         "{}",
         out.stderr
     );
