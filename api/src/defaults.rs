@@ -61,12 +61,6 @@ pub fn sgc_defaults(obj: &Value) -> Patch {
     Patch(ops)
 }
 
-/// GatewayPools have no defaults: every field is either required or meaningfully optional. Kept as a
-/// function so the webhook treats every kind alike.
-pub fn pool_defaults(_obj: &Value) -> Patch {
-    Patch(Vec::new())
-}
-
 /// Injects the namespace's default configuration into a new pod that names none; `None` when nothing
 /// changes (pods without an annotation in namespaces without a default pass untouched). hostNetwork pods are
 /// never given one: they cannot use a gateway.

@@ -198,7 +198,6 @@ fn sgc_defaults() {
     let obj = json!({"spec": {"gatewayNodepoolName": "gwpool"}});
     let once = apply(obj.clone(), &api::defaults::sgc_defaults(&obj));
     assert!(api::defaults::sgc_defaults(&once).0.is_empty());
-    assert!(api::defaults::pool_defaults(&json!({"spec": {}})).0.is_empty());
 }
 
 #[test]

@@ -12,7 +12,6 @@ NAME = "kube-egress-gateway-webhook"
 EXPECTED_PATHS = {
     "/mutate-staticgatewayconfiguration",
     "/validate-staticgatewayconfiguration",
-    "/mutate-gatewaypool",
     "/validate-gatewaypool",
     "/mutate-pod",
     "/validate-pod",
@@ -35,6 +34,9 @@ def test_paths_are_the_servers_endpoints() -> None:
     assert served == EXPECTED_PATHS
     rendered = {h["clientConfig"]["service"]["path"] for _, _, h in hooks(scenario_objects("default"))}
     assert rendered == EXPECTED_PATHS
+    # GatewayPools have no defaults: no mutating webhook (and no failure mode) for them.
+    mutating = [h for kind, _, h in hooks(scenario_objects("default")) if kind.startswith("Mutating")]
+    assert all("gatewaypools" not in h["rules"][0]["resources"] for h in mutating)
 
 
 def test_webhook_entries(scenario: str) -> None:

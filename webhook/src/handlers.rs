@@ -17,8 +17,6 @@ pub enum Endpoint {
     MutateSgc,
     /// `/validate-gatewaypool`
     ValidatePool,
-    /// `/mutate-gatewaypool`
-    MutatePool,
     /// `/mutate-pod`: inject the namespace default.
     MutatePod,
     /// `/validate-pod`: deny annotated hostNetwork pods, warn about missing configurations.
@@ -29,11 +27,10 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::ValidateSgc,
         Endpoint::MutateSgc,
         Endpoint::ValidatePool,
-        Endpoint::MutatePool,
         Endpoint::MutatePod,
         Endpoint::ValidatePod,
         Endpoint::ValidatePodEndpoint,
@@ -45,7 +42,6 @@ impl Endpoint {
             Endpoint::ValidateSgc => "/validate-staticgatewayconfiguration",
             Endpoint::MutateSgc => "/mutate-staticgatewayconfiguration",
             Endpoint::ValidatePool => "/validate-gatewaypool",
-            Endpoint::MutatePool => "/mutate-gatewaypool",
             Endpoint::MutatePod => "/mutate-pod",
             Endpoint::ValidatePod => "/validate-pod",
             Endpoint::ValidatePodEndpoint => "/validate-podendpoint",
@@ -56,7 +52,7 @@ impl Endpoint {
     pub fn kind(self) -> (&'static str, &'static str) {
         match self {
             Endpoint::ValidateSgc | Endpoint::MutateSgc => (api::names::GROUP, "StaticGatewayConfiguration"),
-            Endpoint::ValidatePool | Endpoint::MutatePool => (api::names::GROUP, "GatewayPool"),
+            Endpoint::ValidatePool => (api::names::GROUP, "GatewayPool"),
             Endpoint::MutatePod | Endpoint::ValidatePod => ("", "Pod"),
             Endpoint::ValidatePodEndpoint => (api::names::GROUP, "PodEndpoint"),
         }
@@ -99,7 +95,6 @@ pub fn review(endpoint: Endpoint, req: &Request<'_>, facts: &dyn ClusterFacts, p
         Endpoint::ValidateSgc => validate_sgc(req, facts),
         Endpoint::MutateSgc => mutate(req, api::defaults::sgc_defaults),
         Endpoint::ValidatePool => validate_pool(req, facts),
-        Endpoint::MutatePool => mutate(req, api::defaults::pool_defaults),
         Endpoint::MutatePod => mutate_pod(req, facts),
         Endpoint::ValidatePod => validate_pod(req, facts),
         Endpoint::ValidatePodEndpoint => validate_podendpoint(req, policy),

@@ -123,6 +123,15 @@ async fn reviews_over_verified_tls() {
         .expect("request");
     assert_eq!(resp.status().as_u16(), 400);
 
+    // Unknown paths, such as a mutating endpoint for GatewayPools (they have no defaults), are not served.
+    let resp = client
+        .post(url(&server, "/mutate-gatewaypool"))
+        .body("{}")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 404);
+
     // Oversized bodies are refused before parsing.
     let huge = vec![b' '; webhook::review::MAX_BODY_BYTES + 1];
     let resp = client
