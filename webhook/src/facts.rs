@@ -108,9 +108,10 @@ impl ClusterFacts for ReflectorFacts {
             .state()
             .iter()
             .filter(|node| {
-                let labels = node.metadata.labels.clone().unwrap_or_default();
+                const NO_LABELS: &BTreeMap<String, String> = &BTreeMap::new();
+                let labels = node.metadata.labels.as_ref().unwrap_or(NO_LABELS);
                 let provider = node.spec.as_ref().and_then(|s| s.provider_id.as_deref());
-                pool.matches_node(&labels, provider)
+                pool.matches_node(labels, provider)
             })
             .count();
         Some(n as u32)

@@ -71,11 +71,6 @@ impl CertStore {
             *cur = Arc::new(key);
         }
     }
-
-    /// The certificate being served (leaf DER).
-    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
-        self.current.read().ok().and_then(|c| c.cert.first().cloned())
-    }
 }
 
 impl ResolvesServerCert for CertStore {
