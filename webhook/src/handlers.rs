@@ -151,7 +151,7 @@ fn verdict_response(req: &Request<'_>, kind: &str, verdict: Verdict) -> Response
         .filter(|n| !n.is_empty())
         .unwrap_or("<generated>");
     let id = match req.namespace.as_deref().filter(|n| !n.is_empty()) {
-        Some(ns) => format!("{ns}/{name}"),
+        Some(ns) => api::names::namespaced(ns, name),
         None => name.to_string(),
     };
     let causes = verdict
