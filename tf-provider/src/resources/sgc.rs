@@ -4,7 +4,7 @@ use api::StaticGatewayConfiguration;
 use api::rules::PoolFacts;
 
 use super::plan::{PlanRules, plan as plan_generic};
-use super::{Extracted, child, conditions_type, conditions_value, object, put_number, put_string};
+use super::{Extracted, conditions_type, conditions_value, object, put_number, put_string};
 use crate::diag::{self, Path};
 use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
@@ -231,7 +231,6 @@ pub fn extract(config: &Value) -> Extracted {
         }
         _ => {}
     }
-    let _ = child;
     Extracted {
         spec: serde_json::Value::Object(spec),
         unknown,
