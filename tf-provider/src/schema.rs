@@ -201,6 +201,16 @@ impl Block {
         Value::Map(out)
     }
 
+    /// Every attribute and nested block name, at any depth.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = self.attributes.iter().map(|a| a.name).collect();
+        for b in &self.blocks {
+            out.push(b.name);
+            out.extend(b.block.names());
+        }
+        out
+    }
+
     /// The protocol form.
     pub fn to_proto(&self) -> pb::schema::Block {
         pb::schema::Block {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::diag::{self, Path};
 use crate::proto::tfplugin6 as pb;
-use crate::schema::Block;
+use crate::schema::{Block, Nesting};
 use crate::value::Value;
 
 /// Which kind a Terraform type name refers to.
@@ -72,14 +72,21 @@ pub struct Extracted {
 }
 
 /// Turns a rules verdict into diagnostics on Terraform paths, leaving out every finding that depends on
-/// a value not known yet (it is checked again when Terraform knows it).
+/// a value not known yet (it is checked again when Terraform knows it). The `schema` gives the Terraform
+/// spelling: which JSON fields are blocks addressed with `[0]`, and which names messages mention.
 pub(crate) fn verdict_diagnostics(
     verdict: &api::rules::Verdict,
     extracted: &Extracted,
-    block_lists: &[&str],
-    camel_fields: &[&str],
+    schema: &Block,
     kind_label: &str,
 ) -> Vec<pb::Diagnostic> {
+    let block_lists: Vec<String> = schema
+        .blocks
+        .iter()
+        .filter(|b| b.nesting == Nesting::List && b.max_items == 1)
+        .map(|b| diag::camel_case(b.name))
+        .collect();
+    let names = schema.names();
     let touches_unknown = |inputs: &[Path]| {
         inputs.iter().any(|i| {
             extracted
@@ -90,7 +97,7 @@ pub(crate) fn verdict_diagnostics(
     };
     let mut out = Vec::new();
     for v in &verdict.violations {
-        let path = diag::terraform_path(&v.path, block_lists);
+        let path = diag::terraform_path(&v.path, &block_lists);
         let mut inputs = rule_inputs(v.rule);
         inputs.push(path.clone());
         if touches_unknown(&inputs) {
@@ -98,18 +105,18 @@ pub(crate) fn verdict_diagnostics(
         }
         out.push(diag::error(
             format!("Invalid {kind_label}: {}", v.rule.title()),
-            diag::terraform_wording(&v.message, camel_fields),
+            diag::terraform_wording(&v.message, &names),
             Some(&path),
         ));
     }
     for w in &verdict.warnings {
-        let path = diag::terraform_path(&w.path, block_lists);
+        let path = diag::terraform_path(&w.path, &block_lists);
         if touches_unknown(std::slice::from_ref(&path)) {
             continue;
         }
         out.push(diag::warning(
             format!("{kind_label} advice"),
-            diag::terraform_wording(&w.message, camel_fields),
+            diag::terraform_wording(&w.message, &names),
             Some(&path),
         ));
     }

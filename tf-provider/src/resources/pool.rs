@@ -9,17 +9,6 @@ use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::{Number, Value};
 
-/// JSON fields that are list blocks of at most one element in Terraform.
-pub const BLOCK_LISTS: &[&str] = &["gatewayVmssProfile"];
-const CAMEL_FIELDS: &[&str] = &[
-    "gatewayNodepoolName",
-    "gatewayVmssProfile",
-    "vmssResourceGroup",
-    "vmssName",
-    "publicIpPrefixSize",
-    "instanceCount",
-];
-
 /// The resource schema.
 pub fn resource_schema() -> Block {
     Block {
@@ -167,8 +156,7 @@ pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
     let extracted = extract(config);
     let object = serde_json::json!({ "spec": extracted.spec });
     let verdict = api::rules::validate_pool_object(&object, None, None);
-    let mut diags =
-        super::verdict_diagnostics(&verdict, &extracted, BLOCK_LISTS, CAMEL_FIELDS, "gateway pool");
+    let mut diags = super::verdict_diagnostics(&verdict, &extracted, &resource_schema(), "gateway pool");
     if let Some(s) = config.get("name").as_str()
         && !api::rules::is_dns1123_subdomain(s)
     {

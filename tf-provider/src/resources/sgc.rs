@@ -10,21 +10,6 @@ use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::Value;
 
-/// JSON fields that are list blocks of at most one element in Terraform.
-pub const BLOCK_LISTS: &[&str] = &["gatewayVmssProfile"];
-/// CRD field names that rule messages mention.
-const CAMEL_FIELDS: &[&str] = &[
-    "gatewayNodepoolName",
-    "gatewayVmssProfile",
-    "vmssResourceGroup",
-    "vmssName",
-    "publicIpPrefixSize",
-    "defaultRoute",
-    "provisionPublicIps",
-    "publicIpPrefixId",
-    "excludeCidrs",
-];
-
 fn vmss_profile_block() -> NestedBlock {
     NestedBlock {
         name: "gateway_vmss_profile",
@@ -249,8 +234,7 @@ pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
     let mut diags = super::verdict_diagnostics(
         &verdict,
         &extracted,
-        BLOCK_LISTS,
-        CAMEL_FIELDS,
+        &resource_schema(),
         "static gateway configuration",
     );
     for attr in ["namespace", "name"] {
