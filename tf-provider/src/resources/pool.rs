@@ -61,26 +61,14 @@ pub fn resource_schema() -> Block {
 
 /// The data source schema.
 pub fn data_source_schema() -> Block {
-    let mut b = resource_schema();
-    b.description = "Reads an existing GatewayPool.";
-    for a in &mut b.attributes {
-        a.force_new = false;
-        if a.name != "name" && a.name != "id" {
-            a.required = false;
-            a.optional = false;
-            a.computed = true;
-        }
-    }
-    b.blocks.clear();
-    b.attributes.push(Attribute::computed(
-        "gateway_vmss_profile",
-        Type::List(Box::new(Type::Object(vec![
-            ("vmss_resource_group", Type::String),
-            ("vmss_name", Type::String),
-        ]))),
-        "The self-managed gateway VMSS, if the pool is one.",
-    ));
-    b
+    resource_schema().to_data_source(
+        "Reads an existing GatewayPool.",
+        &["name"],
+        &[(
+            "gateway_vmss_profile",
+            "The self-managed gateway VMSS, if the pool is one.",
+        )],
+    )
 }
 
 /// The spec part of a pool value.

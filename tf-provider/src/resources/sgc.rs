@@ -97,27 +97,14 @@ pub fn resource_schema() -> Block {
 
 /// The data source schema: identity in, everything else read.
 pub fn data_source_schema() -> Block {
-    let mut b = resource_schema();
-    b.description = "Reads an existing StaticGatewayConfiguration, e.g. to use its egress prefix.";
-    for a in &mut b.attributes {
-        a.force_new = false;
-        if a.name != "namespace" && a.name != "name" && a.name != "id" {
-            a.required = false;
-            a.optional = false;
-            a.computed = true;
-        }
-    }
-    b.blocks.clear();
-    b.attributes.push(Attribute::computed(
-        "gateway_vmss_profile",
-        Type::List(Box::new(Type::Object(vec![
-            ("vmss_resource_group", Type::String),
-            ("vmss_name", Type::String),
-            ("public_ip_prefix_size", Type::Number),
-        ]))),
-        "The self-managed gateway VMSS, if the configuration uses one.",
-    ));
-    b
+    resource_schema().to_data_source(
+        "Reads an existing StaticGatewayConfiguration, e.g. to use its egress prefix.",
+        &["namespace", "name"],
+        &[(
+            "gateway_vmss_profile",
+            "The self-managed gateway VMSS, if the configuration uses one.",
+        )],
+    )
 }
 
 /// The spec part of a configuration value, as the CRD's JSON.
