@@ -141,51 +141,94 @@ fn rule_inputs(rule: api::rules::Rule) -> Vec<Path> {
     names.iter().map(|n| Path::attr(n)).collect()
 }
 
-/// Reads a string attribute into `spec[json_key]`, tracking unknowns.
-pub(crate) fn put_string(
-    obj: &Value,
-    tf: &str,
-    json_key: &str,
-    spec: &mut serde_json::Map<String, serde_json::Value>,
-    unknown: &mut Vec<Path>,
-    base: &Path,
-) {
-    match obj.get(tf) {
-        Value::Null => {}
-        Value::Unknown(_) => unknown.push(child(base, tf)),
-        Value::String(s) => {
-            spec.insert(json_key.into(), serde_json::Value::String(s.clone()));
-        }
-        other => {
-            spec.insert(json_key.into(), to_json(other));
-        }
+/// The CRD spec a Terraform object describes: every configurable attribute and nested block (but
+/// `timeouts`, and the `identity` attributes, which are metadata) under its camelCase name. Unknown values
+/// are left out and their paths recorded.
+pub fn extract(schema: &Block, obj: &Value, identity: &[&str]) -> Extracted {
+    let mut unknown: Vec<Path> = identity
+        .iter()
+        .filter(|a| obj.get(a).is_unknown())
+        .map(|a| Path::attr(a))
+        .collect();
+    let spec = spec_fields(schema, obj, identity, &Path::default(), &mut unknown);
+    Extracted {
+        spec: serde_json::Value::Object(spec),
+        unknown,
     }
 }
 
-/// Reads a number attribute into `spec[json_key]` (whole numbers as integers, anything else as is, so
-/// that the rules report it).
-pub(crate) fn put_number(
+/// A valid IPv4 CIDR standing in for an unknown list element (the one list attribute is
+/// `exclude_cidrs`): it keeps later indexes aligned, and findings at its index are dropped as unknown.
+const UNKNOWN_ITEM: &str = "192.0.2.0/32";
+
+fn spec_fields(
+    block: &Block,
     obj: &Value,
-    tf: &str,
-    json_key: &str,
-    spec: &mut serde_json::Map<String, serde_json::Value>,
-    unknown: &mut Vec<Path>,
+    skip: &[&str],
     base: &Path,
-) {
-    match obj.get(tf) {
-        Value::Null => {}
-        Value::Unknown(_) => unknown.push(child(base, tf)),
-        v => {
-            let j = match v.as_i64() {
-                Some(i) => serde_json::Value::from(i),
-                None => to_json(v),
-            };
-            spec.insert(json_key.into(), j);
-        }
+    unknown: &mut Vec<Path>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut spec = serde_json::Map::new();
+    for a in block
+        .attributes
+        .iter()
+        .filter(|a| (a.required || a.optional) && !skip.contains(&a.name))
+    {
+        let path = child(base, a.name);
+        let json = match obj.get(a.name) {
+            Value::Null => continue,
+            Value::Unknown(_) => {
+                unknown.push(path);
+                continue;
+            }
+            Value::List(items) => serde_json::Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| match item {
+                        Value::Unknown(_) => {
+                            let mut p = path.clone();
+                            p.0.push(diag::Step::Index(i as i64));
+                            unknown.push(p);
+                            serde_json::Value::String(UNKNOWN_ITEM.into())
+                        }
+                        known => to_json(known),
+                    })
+                    .collect(),
+            ),
+            v => to_json(v),
+        };
+        spec.insert(diag::camel_case(a.name), json);
     }
+    for b in block.blocks.iter().filter(|b| b.name != "timeouts") {
+        let path = child(base, b.name);
+        let (item, path) = match (b.nesting, obj.get(b.name)) {
+            (_, Value::Unknown(_)) => {
+                unknown.push(path);
+                continue;
+            }
+            // At most one item (max_items 1), addressed as `[0]`.
+            (Nesting::List, Value::List(items)) => match items.first() {
+                Some(item) => {
+                    let mut p = path;
+                    p.0.push(diag::Step::Index(0));
+                    (item, p)
+                }
+                None => continue,
+            },
+            (Nesting::Single, item @ Value::Map(_)) => (item, path),
+            _ => continue,
+        };
+        if item.is_unknown() {
+            unknown.push(path.clone());
+        }
+        let fields = spec_fields(&b.block, item, &[], &path, unknown);
+        spec.insert(diag::camel_case(b.name), fields.into());
+    }
+    spec
 }
 
-pub(crate) fn child(base: &Path, name: &str) -> Path {
+fn child(base: &Path, name: &str) -> Path {
     let mut p = base.clone();
     p.0.push(diag::Step::Attr(name.to_string()));
     p
@@ -199,6 +242,8 @@ pub fn to_json(v: &Value) -> serde_json::Value {
         Value::Bool(b) => serde_json::Value::Bool(*b),
         Value::Number(Number::Int(i)) => (*i).into(),
         Value::Number(Number::UInt(u)) => (*u).into(),
+        // cty numbers have no integer type: a whole float is written as an integer, as the CRD expects.
+        Value::Number(n @ Number::Float(_)) if n.as_i64().is_some() => n.as_i64().into(),
         Value::Number(Number::Float(f)) => serde_json::Number::from_f64(*f)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
@@ -296,6 +341,71 @@ pub fn validate_timeouts(config: &Value) -> Vec<pb::Diagnostic> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extract_spells_the_spec_as_the_crd_does() {
+        use crate::value::Number;
+        let at = |steps: Vec<diag::Step>| Path(steps);
+        let cfg = sgc::resource_schema().normalise(object([
+            ("namespace", Value::str("app")),
+            ("name", Value::unknown()),
+            ("gateway_nodepool_name", Value::str("gw")),
+            ("provision_public_ips", Value::Bool(false)),
+            (
+                "exclude_cidrs",
+                Value::List(vec![Value::unknown(), Value::str("10.0.0.0/8")]),
+            ),
+            ("egress_ip_prefix", Value::str("20.0.0.0/31")),
+            ("timeouts", object([("create", Value::str("1m"))])),
+        ]));
+        let e = sgc::extract(&cfg);
+        assert_eq!(
+            e.spec,
+            serde_json::json!({
+                "gatewayNodepoolName": "gw",
+                "provisionPublicIps": false,
+                "excludeCidrs": [UNKNOWN_ITEM, "10.0.0.0/8"],
+            })
+        );
+        assert_eq!(
+            e.unknown,
+            vec![
+                Path::attr("name"),
+                at(vec![
+                    diag::Step::Attr("exclude_cidrs".into()),
+                    diag::Step::Index(0)
+                ]),
+            ]
+        );
+
+        let cfg = pool::resource_schema().normalise(object([
+            ("name", Value::str("gw")),
+            ("public_ip_prefix_size", Value::Number(Number::Float(30.0))),
+            (
+                "gateway_vmss_profile",
+                Value::List(vec![object([
+                    ("vmss_resource_group", Value::str("rg")),
+                    ("vmss_name", Value::unknown()),
+                ])]),
+            ),
+        ]));
+        let e = pool::extract(&cfg);
+        assert_eq!(
+            e.spec,
+            serde_json::json!({
+                "publicIpPrefixSize": 30,
+                "gatewayVmssProfile": {"vmssResourceGroup": "rg"},
+            })
+        );
+        assert_eq!(
+            e.unknown,
+            vec![at(vec![
+                diag::Step::Attr("gateway_vmss_profile".into()),
+                diag::Step::Index(0),
+                diag::Step::Attr("vmss_name".into()),
+            ])]
+        );
+    }
 
     #[test]
     fn timeouts_parse_and_name_the_bad_attribute() {

@@ -3,11 +3,14 @@
 use api::GatewayPool;
 
 use super::plan::{PlanRules, plan as plan_generic};
-use super::{Extracted, conditions_type, conditions_value, object, put_number, put_string};
+use super::{Extracted, conditions_type, conditions_value, object};
 use crate::diag::{self, Path};
 use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::{Number, Value};
+
+/// The attributes that name the object (metadata, not spec).
+const IDENTITY: &[&str] = &["name"];
 
 /// The resource schema.
 pub fn resource_schema() -> Block {
@@ -63,7 +66,7 @@ pub fn resource_schema() -> Block {
 pub fn data_source_schema() -> Block {
     resource_schema().to_data_source(
         "Reads an existing GatewayPool.",
-        &["name"],
+        IDENTITY,
         &[(
             "gateway_vmss_profile",
             "The self-managed gateway VMSS, if the pool is one.",
@@ -71,68 +74,9 @@ pub fn data_source_schema() -> Block {
     )
 }
 
-/// The spec part of a pool value.
+/// The spec part of a value, with the paths of unknown values.
 pub fn extract(config: &Value) -> Extracted {
-    let mut spec = serde_json::Map::new();
-    let mut unknown = Vec::new();
-    let root = Path::default();
-    if config.get("name").is_unknown() {
-        unknown.push(Path::attr("name"));
-    }
-    put_string(
-        config,
-        "gateway_nodepool_name",
-        "gatewayNodepoolName",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    put_number(
-        config,
-        "public_ip_prefix_size",
-        "publicIpPrefixSize",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    put_number(
-        config,
-        "instance_count",
-        "instanceCount",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    match config.get("gateway_vmss_profile") {
-        Value::Unknown(_) => unknown.push(Path::attr("gateway_vmss_profile")),
-        Value::List(items) => {
-            if let Some(p) = items.first() {
-                let base = Path(vec![
-                    diag::Step::Attr("gateway_vmss_profile".into()),
-                    diag::Step::Index(0),
-                ]);
-                if p.is_unknown() {
-                    unknown.push(base.clone());
-                }
-                let mut profile = serde_json::Map::new();
-                put_string(
-                    p,
-                    "vmss_resource_group",
-                    "vmssResourceGroup",
-                    &mut profile,
-                    &mut unknown,
-                    &base,
-                );
-                put_string(p, "vmss_name", "vmssName", &mut profile, &mut unknown, &base);
-                spec.insert("gatewayVmssProfile".into(), profile.into());
-            }
-        }
-        _ => {}
-    }
-    Extracted {
-        spec: serde_json::Value::Object(spec),
-        unknown,
-    }
+    super::extract(&resource_schema(), config, IDENTITY)
 }
 
 /// Plan-time check with `api::rules::validate_pool` (through its JSON entry point). The node count is

@@ -4,11 +4,14 @@ use api::StaticGatewayConfiguration;
 use api::rules::PoolFacts;
 
 use super::plan::{PlanRules, plan as plan_generic};
-use super::{Extracted, conditions_type, conditions_value, object, put_number, put_string};
+use super::{Extracted, conditions_type, conditions_value, object};
 use crate::diag::{self, Path};
 use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::Value;
+
+/// The attributes that name the object (metadata, not spec).
+const IDENTITY: &[&str] = &["namespace", "name"];
 
 fn vmss_profile_block() -> NestedBlock {
     NestedBlock {
@@ -99,7 +102,7 @@ pub fn resource_schema() -> Block {
 pub fn data_source_schema() -> Block {
     resource_schema().to_data_source(
         "Reads an existing StaticGatewayConfiguration, e.g. to use its egress prefix.",
-        &["namespace", "name"],
+        IDENTITY,
         &[(
             "gateway_vmss_profile",
             "The self-managed gateway VMSS, if the configuration uses one.",
@@ -107,106 +110,9 @@ pub fn data_source_schema() -> Block {
     )
 }
 
-/// The spec part of a configuration value, as the CRD's JSON.
+/// The spec part of a value, with the paths of unknown values.
 pub fn extract(config: &Value) -> Extracted {
-    let mut spec = serde_json::Map::new();
-    let mut unknown = Vec::new();
-    let root = Path::default();
-    for a in ["namespace", "name"] {
-        if config.get(a).is_unknown() {
-            unknown.push(Path::attr(a));
-        }
-    }
-    put_string(
-        config,
-        "gateway_nodepool_name",
-        "gatewayNodepoolName",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    put_string(
-        config,
-        "default_route",
-        "defaultRoute",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    put_string(
-        config,
-        "public_ip_prefix_id",
-        "publicIpPrefixId",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    match config.get("provision_public_ips") {
-        Value::Unknown(_) => unknown.push(Path::attr("provision_public_ips")),
-        Value::Bool(b) => {
-            spec.insert("provisionPublicIps".into(), (*b).into());
-        }
-        _ => {}
-    }
-    match config.get("exclude_cidrs") {
-        Value::Unknown(_) => unknown.push(Path::attr("exclude_cidrs")),
-        Value::List(items) => {
-            let mut cidrs = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                match item {
-                    Value::String(s) => cidrs.push(serde_json::Value::String(s.clone())),
-                    // Keeps indexes aligned; findings at this index are dropped as unknown.
-                    _ => {
-                        unknown.push(Path(vec![
-                            diag::Step::Attr("exclude_cidrs".into()),
-                            diag::Step::Index(i as i64),
-                        ]));
-                        cidrs.push(serde_json::Value::String("192.0.2.0/32".into()));
-                    }
-                }
-            }
-            spec.insert("excludeCidrs".into(), cidrs.into());
-        }
-        _ => {}
-    }
-    match config.get("gateway_vmss_profile") {
-        Value::Unknown(_) => unknown.push(Path::attr("gateway_vmss_profile")),
-        Value::List(items) => {
-            if let Some(p) = items.first() {
-                let base = Path(vec![
-                    diag::Step::Attr("gateway_vmss_profile".into()),
-                    diag::Step::Index(0),
-                ]);
-                if p.is_unknown() {
-                    unknown.push(base.clone());
-                }
-                let mut profile = serde_json::Map::new();
-                put_string(
-                    p,
-                    "vmss_resource_group",
-                    "vmssResourceGroup",
-                    &mut profile,
-                    &mut unknown,
-                    &base,
-                );
-                put_string(p, "vmss_name", "vmssName", &mut profile, &mut unknown, &base);
-                put_number(
-                    p,
-                    "public_ip_prefix_size",
-                    "publicIpPrefixSize",
-                    &mut profile,
-                    &mut unknown,
-                    &base,
-                );
-                spec.insert("gatewayVmssProfile".into(), profile.into());
-            }
-        }
-        _ => {}
-    }
-    Extracted {
-        spec: serde_json::Value::Object(spec),
-        unknown,
-    }
+    super::extract(&resource_schema(), config, IDENTITY)
 }
 
 /// Plan-time check with `api::rules::validate_sgc` (via its JSON entry point, which also reports wrong
