@@ -330,6 +330,26 @@ pub fn timeout(state: &Value, op: Op, default: Duration) -> Result<Duration, pb:
     }
 }
 
+/// Checks the known `identity` attributes (the object's name, namespace) with the Kubernetes name syntax.
+pub(crate) fn validate_names(config: &Value, identity: &[&str]) -> Vec<pb::Diagnostic> {
+    identity
+        .iter()
+        .filter_map(|attr| {
+            let s = config.get(attr).as_str()?;
+            (!api::rules::is_dns1123_subdomain(s)).then(|| {
+                diag::error(
+                    format!("Invalid {attr}"),
+                    format!(
+                        "'{s}' is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', at most \
+                         253 characters)"
+                    ),
+                    Some(&Path::attr(attr)),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Checks every `timeouts` value that is known.
 pub fn validate_timeouts(config: &Value) -> Vec<pb::Diagnostic> {
     [Op::Create, Op::Update, Op::Delete]
@@ -405,6 +425,16 @@ mod tests {
                 diag::Step::Attr("vmss_name".into()),
             ])]
         );
+    }
+
+    #[test]
+    fn identity_names_are_kubernetes_names() {
+        let cfg = object([("namespace", Value::str("App")), ("name", Value::unknown())]);
+        let diags = validate_names(&cfg, &["namespace", "name"]);
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].summary, "Invalid namespace");
+        assert_eq!(diags[0].attribute, Some(Path::attr("namespace").to_proto()));
+        assert!(validate_names(&object([("name", Value::str("gw.pool"))]), &["name"]).is_empty());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use api::GatewayPool;
 
 use super::plan::{PlanRules, plan as plan_generic};
 use super::{Extracted, conditions_type, conditions_value, object};
-use crate::diag::{self, Path};
+use crate::diag::Path;
 use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::{Number, Value};
@@ -89,15 +89,7 @@ pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
     let object = serde_json::json!({ "spec": extracted.spec });
     let verdict = api::rules::validate_pool_object(&object, None, None);
     let mut diags = super::verdict_diagnostics(&verdict, &extracted, &resource_schema(), "gateway pool");
-    if let Some(s) = config.get("name").as_str()
-        && !api::rules::is_dns1123_subdomain(s)
-    {
-        diags.push(diag::error(
-            "Invalid name",
-            format!("'{s}' is not a valid Kubernetes name (lowercase letters, digits, '-' and '.')"),
-            Some(&Path::attr("name")),
-        ));
-    }
+    diags.extend(super::validate_names(config, IDENTITY));
     diags.extend(super::validate_timeouts(config));
     diags
 }

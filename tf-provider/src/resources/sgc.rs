@@ -5,7 +5,7 @@ use api::rules::PoolFacts;
 
 use super::plan::{PlanRules, plan as plan_generic};
 use super::{Extracted, conditions_type, conditions_value, object};
-use crate::diag::{self, Path};
+use crate::diag::Path;
 use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::Value;
@@ -130,17 +130,7 @@ pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
         &resource_schema(),
         "static gateway configuration",
     );
-    for attr in ["namespace", "name"] {
-        if let Some(s) = config.get(attr).as_str()
-            && !api::rules::is_dns1123_subdomain(s)
-        {
-            diags.push(diag::error(
-                format!("Invalid {attr}"),
-                format!("'{s}' is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', at most 253 characters)"),
-                Some(&Path::attr(attr)),
-            ));
-        }
-    }
+    diags.extend(super::validate_names(config, IDENTITY));
     diags.extend(super::validate_timeouts(config));
     diags
 }
