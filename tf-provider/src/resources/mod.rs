@@ -257,6 +257,18 @@ pub fn to_json(v: &Value) -> serde_json::Value {
     }
 }
 
+/// An Azure name or ID read back from the cluster: the prior spelling when the two differ only in case
+/// (Azure names are case-insensitive, so that is no drift), an empty string when the prior one was empty
+/// and the cluster has none, otherwise the cluster's value.
+pub(crate) fn remote_string(remote: Option<&str>, prior: &Value) -> Value {
+    match (remote, prior.as_str()) {
+        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
+        (Some(r), _) if !r.is_empty() => Value::str(r),
+        (_, Some("")) => Value::str(""),
+        _ => Value::Null,
+    }
+}
+
 /// Builds an object value from pairs.
 pub fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
     Value::Map(
@@ -435,6 +447,21 @@ mod tests {
         assert_eq!(diags[0].summary, "Invalid namespace");
         assert_eq!(diags[0].attribute, Some(Path::attr("namespace").to_proto()));
         assert!(validate_names(&object([("name", Value::str("gw.pool"))]), &["name"]).is_empty());
+    }
+
+    #[test]
+    fn remote_strings_keep_the_prior_spelling_and_show_drift() {
+        assert_eq!(
+            remote_string(Some("gwpool"), &Value::str("GwPool")),
+            Value::str("GwPool")
+        );
+        assert_eq!(
+            remote_string(Some("other"), &Value::str("GwPool")),
+            Value::str("other")
+        );
+        assert_eq!(remote_string(None, &Value::str("")), Value::str(""));
+        assert_eq!(remote_string(Some(""), &Value::Null), Value::Null);
+        assert_eq!(remote_string(None, &Value::str("GwPool")), Value::Null);
     }
 
     #[test]

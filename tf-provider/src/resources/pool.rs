@@ -3,7 +3,7 @@
 use api::GatewayPool;
 
 use super::plan::{PlanRules, plan as plan_generic};
-use super::{Extracted, conditions_type, conditions_value, object};
+use super::{Extracted, conditions_type, conditions_value, object, remote_string};
 use crate::diag::Path;
 use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
@@ -119,14 +119,6 @@ pub fn manifest(planned: &Value) -> serde_json::Value {
 pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
     let name = obj.metadata.name.clone().unwrap_or_default();
     let spec = &obj.spec;
-    let nodepool = match (
-        spec.gateway_nodepool_name.as_deref(),
-        prior.get("gateway_nodepool_name").as_str(),
-    ) {
-        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
-        (Some(r), _) if !r.is_empty() => Value::str(r),
-        _ => Value::Null,
-    };
     let profile = match &spec.gateway_vmss_profile {
         Some(p) => Value::List(vec![object([
             ("vmss_resource_group", Value::str(&p.vmss_resource_group)),
@@ -138,7 +130,13 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
     object([
         ("id", Value::str(&name)),
         ("name", Value::str(&name)),
-        ("gateway_nodepool_name", nodepool),
+        (
+            "gateway_nodepool_name",
+            remote_string(
+                spec.gateway_nodepool_name.as_deref(),
+                prior.get("gateway_nodepool_name"),
+            ),
+        ),
         (
             "public_ip_prefix_size",
             Value::Number(Number::Int(spec.public_ip_prefix_size.into())),

@@ -4,7 +4,7 @@ use api::StaticGatewayConfiguration;
 use api::rules::PoolFacts;
 
 use super::plan::{PlanRules, plan as plan_generic};
-use super::{Extracted, conditions_type, conditions_value, object};
+use super::{Extracted, conditions_type, conditions_value, object, remote_string};
 use crate::diag::Path;
 use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
@@ -176,24 +176,6 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
     let ns = obj.metadata.namespace.clone().unwrap_or_default();
     let name = obj.metadata.name.clone().unwrap_or_default();
     let spec = &obj.spec;
-    let nodepool = match (
-        spec.gateway_nodepool_name.as_deref(),
-        prior.get("gateway_nodepool_name").as_str(),
-    ) {
-        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
-        (Some(r), _) if !r.is_empty() => Value::str(r),
-        (_, Some("")) => Value::str(""),
-        _ => Value::Null,
-    };
-    let prefix_id = match (
-        spec.public_ip_prefix_id.as_deref(),
-        prior.get("public_ip_prefix_id").as_str(),
-    ) {
-        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
-        (Some(r), _) if !r.is_empty() => Value::str(r),
-        (_, Some("")) => Value::str(""),
-        _ => Value::Null,
-    };
     let cidrs = if spec.exclude_cidrs.is_empty() && prior.get("exclude_cidrs").is_null() {
         Value::Null
     } else {
@@ -223,10 +205,22 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
         ("id", Value::str(format!("{ns}/{name}"))),
         ("namespace", Value::str(ns)),
         ("name", Value::str(name)),
-        ("gateway_nodepool_name", nodepool),
+        (
+            "gateway_nodepool_name",
+            remote_string(
+                spec.gateway_nodepool_name.as_deref(),
+                prior.get("gateway_nodepool_name"),
+            ),
+        ),
         ("default_route", Value::str(spec.default_route.as_str())),
         ("provision_public_ips", Value::Bool(spec.provision_public_ips)),
-        ("public_ip_prefix_id", prefix_id),
+        (
+            "public_ip_prefix_id",
+            remote_string(
+                spec.public_ip_prefix_id.as_deref(),
+                prior.get("public_ip_prefix_id"),
+            ),
+        ),
         ("exclude_cidrs", cidrs),
         ("gateway_vmss_profile", profile),
         (
