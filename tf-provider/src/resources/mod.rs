@@ -157,6 +157,25 @@ pub fn extract(schema: &Block, obj: &Value, identity: &[&str]) -> Extracted {
     }
 }
 
+/// The object of kind `K` to server-side apply for a planned value: the `identity` attributes are its
+/// metadata (`name`, `namespace`), the rest its spec.
+pub(crate) fn manifest<K: kube::Resource<DynamicType = ()>>(
+    schema: &Block,
+    planned: &Value,
+    identity: &[&str],
+) -> serde_json::Value {
+    let metadata: serde_json::Map<String, serde_json::Value> = identity
+        .iter()
+        .map(|a| (a.to_string(), to_json(planned.get(a))))
+        .collect();
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": metadata,
+        "spec": extract(schema, planned, identity).spec,
+    })
+}
+
 /// A valid IPv4 CIDR standing in for an unknown list element (the one list attribute is
 /// `exclude_cidrs`): it keeps later indexes aligned, and findings at its index are dropped as unknown.
 const UNKNOWN_ITEM: &str = "192.0.2.0/32";
@@ -436,6 +455,41 @@ mod tests {
                 diag::Step::Index(0),
                 diag::Step::Attr("vmss_name".into()),
             ])]
+        );
+    }
+
+    #[test]
+    fn manifests_name_the_crd_kind_and_carry_identity_as_metadata() {
+        let planned = sgc::resource_schema().normalise(object([
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gw")),
+        ]));
+        assert_eq!(
+            sgc::manifest(&planned),
+            serde_json::json!({
+                "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+                "kind": "StaticGatewayConfiguration",
+                "metadata": {"namespace": "app", "name": "egress"},
+                "spec": {"gatewayNodepoolName": "gw"},
+            })
+        );
+        let planned = pool::resource_schema().normalise(object([
+            ("name", Value::str("gw")),
+            ("gateway_nodepool_name", Value::str("gw")),
+            (
+                "public_ip_prefix_size",
+                Value::Number(crate::value::Number::Int(31)),
+            ),
+        ]));
+        assert_eq!(
+            pool::manifest(&planned),
+            serde_json::json!({
+                "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+                "kind": "GatewayPool",
+                "metadata": {"name": "gw"},
+                "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31},
+            })
         );
     }
 

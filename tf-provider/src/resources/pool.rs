@@ -107,12 +107,7 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
 
 /// The object to server-side apply.
 pub fn manifest(planned: &Value) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": format!("{}/{}", api::names::GROUP, api::names::VERSION),
-        "kind": "GatewayPool",
-        "metadata": { "name": planned.get("name").as_str().unwrap_or_default() },
-        "spec": extract(planned).spec,
-    })
+    super::manifest::<GatewayPool>(&resource_schema(), planned, IDENTITY)
 }
 
 /// The state for a pool read from the cluster (prior spelling kept where only normalisation differs).

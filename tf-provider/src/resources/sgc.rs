@@ -158,16 +158,7 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
 
 /// The object to server-side apply for a planned state.
 pub fn manifest(planned: &Value) -> serde_json::Value {
-    let spec = extract(planned).spec;
-    serde_json::json!({
-        "apiVersion": format!("{}/{}", api::names::GROUP, api::names::VERSION),
-        "kind": "StaticGatewayConfiguration",
-        "metadata": {
-            "name": planned.get("name").as_str().unwrap_or_default(),
-            "namespace": planned.get("namespace").as_str().unwrap_or_default(),
-        },
-        "spec": spec,
-    })
+    super::manifest::<StaticGatewayConfiguration>(&resource_schema(), planned, IDENTITY)
 }
 
 /// The state for an object read from the cluster. Values equal to `prior` up to normalisation keep the
