@@ -10,7 +10,7 @@ use crate::cluster::{self, ClusterError, ProviderConfig};
 use crate::diag::{self, Path};
 use crate::proto::tfplugin6 as pb;
 use crate::proto::tfplugin6::provider_server::Provider as ProviderService;
-use crate::resources::{self, Kind, Op, POOL_TYPE, SGC_TYPE, pool, sgc};
+use crate::resources::{self, Kind, Op, pool, sgc};
 use crate::schema::{Attribute, Block, Type};
 use crate::value::Value;
 
@@ -111,7 +111,10 @@ fn encode(v: &Value) -> Option<pb::DynamicValue> {
 fn unknown_type(type_name: &str) -> pb::Diagnostic {
     diag::error(
         "Unknown type",
-        format!("this provider has no {type_name}; it offers {SGC_TYPE} and {POOL_TYPE}"),
+        format!(
+            "this provider has no {type_name}; it offers {}",
+            Kind::ALL.map(Kind::type_name).join(" and ")
+        ),
         None,
     )
 }
@@ -290,11 +293,15 @@ impl ProviderService for Provider {
         Ok(Response::new(pb::get_metadata::Response {
             server_capabilities: Some(capabilities()),
             diagnostics: vec![],
-            data_sources: [SGC_TYPE, POOL_TYPE]
-                .map(|t| pb::get_metadata::DataSourceMetadata { type_name: t.into() })
+            data_sources: Kind::ALL
+                .map(|k| pb::get_metadata::DataSourceMetadata {
+                    type_name: k.type_name().into(),
+                })
                 .to_vec(),
-            resources: [SGC_TYPE, POOL_TYPE]
-                .map(|t| pb::get_metadata::ResourceMetadata { type_name: t.into() })
+            resources: Kind::ALL
+                .map(|k| pb::get_metadata::ResourceMetadata {
+                    type_name: k.type_name().into(),
+                })
                 .to_vec(),
         }))
     }
@@ -303,16 +310,15 @@ impl ProviderService for Provider {
         &self,
         _r: Request<pb::get_provider_schema::Request>,
     ) -> Result<Response<pb::get_provider_schema::Response>, Status> {
-        let kinds = [(SGC_TYPE, Kind::Sgc), (POOL_TYPE, Kind::Pool)];
         Ok(Response::new(pb::get_provider_schema::Response {
             provider: Some(schema_proto(&provider_schema())),
-            resource_schemas: kinds
+            resource_schemas: Kind::ALL
                 .iter()
-                .map(|(n, k)| (n.to_string(), schema_proto(&k.resource_schema())))
+                .map(|k| (k.type_name().to_string(), schema_proto(&k.resource_schema())))
                 .collect::<HashMap<_, _>>(),
-            data_source_schemas: kinds
+            data_source_schemas: Kind::ALL
                 .iter()
-                .map(|(n, k)| (n.to_string(), schema_proto(&k.data_source_schema())))
+                .map(|k| (k.type_name().to_string(), schema_proto(&k.data_source_schema())))
                 .collect::<HashMap<_, _>>(),
             diagnostics: vec![],
             server_capabilities: Some(capabilities()),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use tf_provider::provider::provider_schema;
-use tf_provider::resources::{Kind, POOL_TYPE, SGC_TYPE};
+use tf_provider::resources::Kind;
 use tf_provider::schema::Block;
 
 /// One documented entry: section and its line.
@@ -119,8 +119,11 @@ fn provider_page_matches_the_provider_schema() {
 
 #[test]
 fn resource_pages_match_the_resource_schemas() {
-    for (type_name, kind) in [(SGC_TYPE, Kind::Sgc), (POOL_TYPE, Kind::Pool)] {
-        let page = format!("resources/{}.md", type_name.trim_start_matches("egressgateway_"));
+    for kind in Kind::ALL {
+        let page = format!(
+            "resources/{}.md",
+            kind.type_name().trim_start_matches("egressgateway_")
+        );
         let text = doc(&page);
         let schema = kind.resource_schema();
         check(&page, &entries(&text, None), &schema);
@@ -146,10 +149,10 @@ fn resource_pages_match_the_resource_schemas() {
 
 #[test]
 fn data_source_pages_match_the_data_source_schemas() {
-    for (type_name, kind) in [(SGC_TYPE, Kind::Sgc), (POOL_TYPE, Kind::Pool)] {
+    for kind in Kind::ALL {
         let page = format!(
             "data-sources/{}.md",
-            type_name.trim_start_matches("egressgateway_")
+            kind.type_name().trim_start_matches("egressgateway_")
         );
         let text = doc(&page);
         let schema = kind.data_source_schema();

@@ -28,13 +28,20 @@ pub const SGC_TYPE: &str = "egressgateway_static_gateway_configuration";
 pub const POOL_TYPE: &str = "egressgateway_gateway_pool";
 
 impl Kind {
+    /// Every kind: the provider's resource and data source types.
+    pub const ALL: [Kind; 2] = [Kind::Sgc, Kind::Pool];
+
+    /// The Terraform type name.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Kind::Sgc => SGC_TYPE,
+            Kind::Pool => POOL_TYPE,
+        }
+    }
+
     /// Parses a Terraform type name.
     pub fn from_type_name(name: &str) -> Option<Kind> {
-        match name {
-            SGC_TYPE => Some(Kind::Sgc),
-            POOL_TYPE => Some(Kind::Pool),
-            _ => None,
-        }
+        Kind::ALL.into_iter().find(|k| k.type_name() == name)
     }
 
     /// The resource schema.
