@@ -135,7 +135,7 @@ resource "egressgateway_gateway_pool" "small" {
     assert!(!out.status.success(), "validate must fail:\n{all}");
     assert_error_at(
         &all,
-        "Invalid static gateway configuration: valid excludeCidrs",
+        "Invalid static gateway configuration: valid exclude_cidrs",
         "exclude_cidrs",
     );
     assert!(flat(&all).contains("'10.1.0.0/33' is not a CIDR"), "{all}");
@@ -151,7 +151,7 @@ resource "egressgateway_gateway_pool" "small" {
     );
     assert_error_at(
         &all,
-        "Invalid static gateway configuration: defaultRoute value",
+        "Invalid static gateway configuration: default_route value",
         "default_route",
     );
     assert_error_at(

@@ -111,7 +111,10 @@ pub(crate) fn verdict_diagnostics(
             continue;
         }
         out.push(diag::error(
-            format!("Invalid {kind_label}: {}", v.rule.title()),
+            format!(
+                "Invalid {kind_label}: {}",
+                diag::terraform_wording(v.rule.title(), &names)
+            ),
             diag::terraform_wording(&v.message, &names),
             Some(&path),
         ));
