@@ -138,12 +138,9 @@ fn rule_inputs(rule: api::rules::Rule) -> Vec<Path> {
     use api::rules::Rule;
     let names: &[&str] = match rule {
         Rule::OnePool => &["gateway_nodepool_name", "gateway_vmss_profile"],
-        Rule::InstancesFitPrefix => &[
-            "gateway_nodepool_name",
-            "gateway_vmss_profile",
-            "instance_count",
-            "public_ip_prefix_size",
-        ],
+        // Only a pool's declared instance_count is checked at plan: a configuration's rule 4 needs the
+        // cluster's GatewayPools and nodes, which planning never reads.
+        Rule::InstancesFitPrefix => &["instance_count", "public_ip_prefix_size"],
         Rule::PrivateNeedsNodepool => &["provision_public_ips", "gateway_vmss_profile"],
         Rule::PublicIpPrefixId => &["provision_public_ips", "public_ip_prefix_id"],
         _ => &[],

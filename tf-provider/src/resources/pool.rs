@@ -216,6 +216,18 @@ mod tests {
             ("instance_count", Value::Number(Number::Int(3))),
         ]);
         assert!(error_paths(&validate(&later)).is_empty());
+
+        // The node pool's name does not matter to this rule: an unknown one does not hide the finding.
+        let nodepool_later = config(vec![
+            ("name", Value::str("gw")),
+            ("gateway_nodepool_name", Value::unknown()),
+            ("public_ip_prefix_size", Value::Number(Number::Int(31))),
+            ("instance_count", Value::Number(Number::Int(3))),
+        ]);
+        assert_eq!(
+            error_paths(&validate(&nodepool_later)),
+            vec!["instance_count".to_string()]
+        );
     }
 
     #[test]
