@@ -164,6 +164,29 @@ pub fn extract(schema: &Block, obj: &Value, identity: &[&str]) -> Extracted {
     }
 }
 
+/// The defaults admission gives the fields of an empty spec (`api::defaults`, a JSON patch), as Terraform
+/// attribute values: what plan shows for an optional+computed attribute left unset.
+pub(crate) fn spec_defaults<P: serde::Serialize>(
+    defaults: impl Fn(&serde_json::Value) -> P,
+) -> Vec<(String, Value)> {
+    let ops = serde_json::to_value(defaults(&serde_json::json!({ "spec": {} }))).unwrap_or_default();
+    let mut out = Vec::new();
+    for op in ops.as_array().into_iter().flatten() {
+        if op.get("op").and_then(serde_json::Value::as_str) != Some("add") {
+            continue;
+        }
+        let field = op
+            .get("path")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|p| p.strip_prefix("/spec/"))
+            .filter(|f| !f.contains('/'));
+        if let (Some(field), Some(value)) = (field, op.get("value")) {
+            out.push((diag::snake_case(field), Value::from_json(value)));
+        }
+    }
+    out
+}
+
 /// The object of kind `K` to server-side apply for a planned value: the `identity` attributes are its
 /// metadata (`name`, `namespace`), the rest its spec.
 pub(crate) fn manifest<K: kube::Resource<DynamicType = ()>>(
@@ -498,6 +521,18 @@ mod tests {
                 "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31},
             })
         );
+    }
+
+    #[test]
+    fn defaults_come_from_admission() {
+        assert_eq!(
+            spec_defaults(api::defaults::sgc_defaults),
+            vec![
+                ("default_route".to_string(), Value::str("staticEgressGateway")),
+                ("provision_public_ips".to_string(), Value::Bool(true)),
+            ]
+        );
+        assert!(spec_defaults(api::defaults::pool_defaults).is_empty());
     }
 
     #[test]

@@ -101,7 +101,10 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
         &resource_schema(),
         prior,
         config,
-        &PlanRules { defaults: &[], id },
+        &PlanRules {
+            defaults: &super::spec_defaults(api::defaults::pool_defaults),
+            id,
+        },
     )
 }
 

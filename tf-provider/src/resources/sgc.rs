@@ -141,10 +141,7 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
         (Some(ns), Some(n)) => Value::str(format!("{ns}/{n}")),
         _ => Value::unknown(),
     };
-    let defaults = [
-        ("default_route", Value::str(api::RouteType::default().as_str())),
-        ("provision_public_ips", Value::Bool(true)),
-    ];
+    let defaults = super::spec_defaults(api::defaults::sgc_defaults);
     plan_generic(
         &resource_schema(),
         prior,
