@@ -647,7 +647,7 @@ impl ProviderService for Provider {
         match self.read(kind, &as_resource).await {
             Ok(Value::Null) => fail(diag::error(
                 "Not found",
-                format!("{} {} does not exist", r.type_name, resources::to_json(&config)),
+                format!("{} '{}' does not exist", r.type_name, kind.display_id(&config)),
                 None,
             )),
             Ok(state) => {

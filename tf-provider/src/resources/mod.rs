@@ -44,6 +44,23 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.type_name() == name)
     }
 
+    /// The attributes that name an object (its metadata): `namespace` and `name`, or `name`.
+    pub fn identity(self) -> &'static [&'static str] {
+        match self {
+            Kind::Sgc => sgc::IDENTITY,
+            Kind::Pool => pool::IDENTITY,
+        }
+    }
+
+    /// How users name an object (the import ID): its identity values joined by `/`.
+    pub fn display_id(self, v: &Value) -> String {
+        self.identity()
+            .iter()
+            .map(|a| v.get(a).as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
     /// The resource schema.
     pub fn resource_schema(self) -> Block {
         match self {
@@ -533,6 +550,17 @@ mod tests {
             ]
         );
         assert!(spec_defaults(api::defaults::pool_defaults).is_empty());
+    }
+
+    #[test]
+    fn objects_are_named_by_their_identity() {
+        let v = object([
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("conditions", Value::Null),
+        ]);
+        assert_eq!(Kind::Sgc.display_id(&v), "app/egress");
+        assert_eq!(Kind::Pool.display_id(&v), "egress");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block
 use crate::value::{Number, Value};
 
 /// The attributes that name the object (metadata, not spec).
-const IDENTITY: &[&str] = &["name"];
+pub(crate) const IDENTITY: &[&str] = &["name"];
 
 /// The resource schema.
 pub fn resource_schema() -> Block {

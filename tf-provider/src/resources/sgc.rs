@@ -11,7 +11,7 @@ use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block
 use crate::value::Value;
 
 /// The attributes that name the object (metadata, not spec).
-const IDENTITY: &[&str] = &["namespace", "name"];
+pub(crate) const IDENTITY: &[&str] = &["namespace", "name"];
 
 fn vmss_profile_block() -> NestedBlock {
     NestedBlock {
