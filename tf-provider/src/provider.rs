@@ -361,7 +361,7 @@ impl ProviderService for Provider {
                 Err(d) => vec![d],
                 // Errors only: warnings are given once, at plan.
                 Ok(cfg) => kind
-                    .validate(&cfg)
+                    .validate(&cfg, None)
                     .into_iter()
                     .filter(|d| d.severity == pb::diagnostic::Severity::Error as i32)
                     .collect(),
@@ -515,14 +515,17 @@ impl ProviderService for Provider {
             // Destroy: nothing to plan.
             return respond(r.proposed_new_state.clone(), vec![], vec![]);
         }
-        let diagnostics = kind.validate(&config);
-        if diag::has_errors(&diagnostics) {
-            return respond(None, vec![], diagnostics);
-        }
         let (planned, replace) = match kind {
             Kind::Sgc => sgc::plan(&prior, &config),
             Kind::Pool => pool::plan(&prior, &config),
         };
+        // An in-place update is checked as one (the rules then add their update warnings, e.g. that
+        // existing pods keep their routes); a create or a replacement makes a new object.
+        let in_place = (!prior.is_null() && replace.is_empty()).then_some(&prior);
+        let diagnostics = kind.validate(&config, in_place);
+        if diag::has_errors(&diagnostics) {
+            return respond(None, vec![], diagnostics);
+        }
         respond(encode(&planned), replace, diagnostics)
     }
 

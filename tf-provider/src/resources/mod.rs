@@ -77,11 +77,12 @@ impl Kind {
         }
     }
 
-    /// Plan-time rule check of a (possibly partly unknown) configuration.
-    pub fn validate(self, config: &Value) -> Vec<pb::Diagnostic> {
+    /// Plan-time rule check of a (possibly partly unknown) configuration, as an in-place update of
+    /// `prior` when given.
+    pub fn validate(self, config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
         match self {
-            Kind::Sgc => sgc::validate(config),
-            Kind::Pool => pool::validate(config),
+            Kind::Sgc => sgc::validate_change(config, prior),
+            Kind::Pool => pool::validate_change(config, prior),
         }
     }
 }

@@ -79,15 +79,22 @@ pub fn extract(config: &Value) -> Extracted {
     super::extract(&resource_schema(), config, IDENTITY)
 }
 
-/// Plan-time check with `api::rules::validate_pool` (through its JSON entry point). The node count is
-/// not known offline; the declared `instance_count` is checked against the prefix size.
+/// Plan-time check of a new pool; see [`validate_change`].
 pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
+    validate_change(config, None)
+}
+
+/// Plan-time check with `api::rules::validate_pool` (through its JSON entry point), as an update of
+/// `prior` when given. The node count is not known offline; the declared `instance_count` is checked
+/// against the prefix size.
+pub fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
     if config.is_unknown() || config.is_null() {
         return Vec::new();
     }
     let extracted = extract(config);
     let object = serde_json::json!({ "spec": extracted.spec });
-    let verdict = api::rules::validate_pool_object(&object, None, None);
+    let old = prior.map(|p| serde_json::json!({ "spec": extract(p).spec }));
+    let verdict = api::rules::validate_pool_object(&object, old.as_ref(), None);
     let mut diags = super::verdict_diagnostics(&verdict, &extracted, &resource_schema(), "gateway pool");
     diags.extend(super::validate_names(config, IDENTITY));
     diags.extend(super::validate_timeouts(config));

@@ -115,15 +115,22 @@ pub fn extract(config: &Value) -> Extracted {
     super::extract(&resource_schema(), config, IDENTITY)
 }
 
-/// Plan-time check with `api::rules::validate_sgc` (via its JSON entry point, which also reports wrong
-/// enum values such as `default_route`). No pool facts: planning never contacts the cluster.
+/// Plan-time check of a new configuration; see [`validate_change`].
 pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
+    validate_change(config, None)
+}
+
+/// Plan-time check with `api::rules::validate_sgc` (via its JSON entry point, which also reports wrong
+/// enum values such as `default_route`), as an update of `prior` when given (which adds the rules'
+/// update warnings). No pool facts: planning never contacts the cluster.
+pub fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
     if config.is_unknown() || config.is_null() {
         return Vec::new();
     }
     let extracted = extract(config);
     let object = serde_json::json!({ "spec": extracted.spec });
-    let verdict = api::rules::validate_sgc_object(&object, None, &PoolFacts::default());
+    let old = prior.map(|p| serde_json::json!({ "spec": extract(p).spec }));
+    let verdict = api::rules::validate_sgc_object(&object, old.as_ref(), &PoolFacts::default());
     let mut diags = super::verdict_diagnostics(
         &verdict,
         &extracted,
@@ -395,6 +402,44 @@ mod tests {
             vec![".gateway_vmss_profile[0].vmss_resource_group".to_string()]
         );
         assert!(validate(&Value::unknown()).is_empty());
+    }
+
+    #[test]
+    fn an_in_place_update_gets_the_rules_update_warnings() {
+        let c = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gw")),
+        ]);
+        let (prior, _) = plan(&Value::Null, &c);
+        let c2 = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gw")),
+            ("exclude_cidrs", Value::List(vec![Value::str("10.0.0.0/8")])),
+        ]);
+        let warnings = |d: &[pb::Diagnostic]| {
+            d.iter()
+                .filter(|d| d.severity == pb::diagnostic::Severity::Warning as i32)
+                .map(|d| d.detail.clone())
+                .collect::<Vec<_>>()
+        };
+        let update = validate_change(&c2, Some(&prior));
+        assert_eq!(paths(&update), Vec::<String>::new());
+        assert!(
+            warnings(&update)
+                .iter()
+                .any(|w| w.contains("existing pods keep their routes")),
+            "{update:?}"
+        );
+        assert!(
+            warnings(&validate_change(&c, Some(&prior))).is_empty(),
+            "no change, no warning"
+        );
+        assert!(
+            warnings(&validate(&c2)).is_empty(),
+            "a new object has no existing pods"
+        );
     }
 
     #[test]
