@@ -77,10 +77,27 @@ pub fn snake_case(camel: &str) -> String {
     out
 }
 
+/// `public_ip_prefix_size` → `publicIpPrefixSize`: the CRD's spelling of a Terraform attribute name.
+pub fn camel_case(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = false;
+    for c in snake.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Translates a rule's JSON path into the Terraform path of the same field. `block_lists` names the JSON
 /// fields that are Terraform list blocks of at most one element (addressed with `[0]`). The `spec`
 /// prefix is dropped (spec fields are top-level attributes); a path of `spec` alone is the whole resource.
-pub fn terraform_path(json_path: &str, block_lists: &[&str]) -> Path {
+pub fn terraform_path(json_path: &str, block_lists: &[impl AsRef<str>]) -> Path {
     let rest = json_path.strip_prefix("spec").unwrap_or(json_path);
     let rest = rest.strip_prefix('.').unwrap_or(rest);
     let mut steps = Vec::new();
@@ -90,7 +107,7 @@ pub fn terraform_path(json_path: &str, block_lists: &[&str]) -> Path {
             None => (segment, None),
         };
         steps.push(Step::Attr(snake_case(name)));
-        if block_lists.contains(&name) {
+        if block_lists.iter().any(|b| b.as_ref() == name) {
             steps.push(Step::Index(0));
         }
         while let Some(idx) = indexes {
@@ -104,12 +121,12 @@ pub fn terraform_path(json_path: &str, block_lists: &[&str]) -> Path {
     Path(steps)
 }
 
-/// Rewrites the CRD field names a rule message mentions into their Terraform names, so that the message
-/// matches what the user wrote.
-pub fn terraform_wording(message: &str, fields: &[&str]) -> String {
+/// Rewrites the CRD field names a rule message mentions into the Terraform attribute `names` they stand
+/// for, so that the message matches what the user wrote.
+pub fn terraform_wording(message: &str, names: &[&str]) -> String {
     let mut out = message.to_string();
-    for f in fields {
-        out = out.replace(f, &snake_case(f));
+    for n in names {
+        out = out.replace(&camel_case(n), n);
     }
     out.replace(": false", " = false").replace(": true", " = true")
 }
@@ -170,6 +187,19 @@ mod tests {
     }
 
     #[test]
+    fn camel_case_inverts_snake_case() {
+        for tf in [
+            "public_ip_prefix_size",
+            "gateway_vmss_profile",
+            "exclude_cidrs",
+            "name",
+        ] {
+            assert_eq!(snake_case(&camel_case(tf)), tf);
+        }
+        assert_eq!(camel_case("provision_public_ips"), "provisionPublicIps");
+    }
+
+    #[test]
     fn proto_path_steps() {
         let p = terraform_path("spec.excludeCidrs[1]", BLOCKS).to_proto();
         assert_eq!(
@@ -186,7 +216,7 @@ mod tests {
         assert_eq!(
             terraform_wording(
                 "provisionPublicIps: false requires gatewayNodepoolName",
-                &["provisionPublicIps", "gatewayNodepoolName"]
+                &["provision_public_ips", "gateway_nodepool_name"]
             ),
             "provision_public_ips = false requires gateway_nodepool_name"
         );

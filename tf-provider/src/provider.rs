@@ -10,7 +10,7 @@ use crate::cluster::{self, ClusterError, ProviderConfig};
 use crate::diag::{self, Path};
 use crate::proto::tfplugin6 as pb;
 use crate::proto::tfplugin6::provider_server::Provider as ProviderService;
-use crate::resources::{self, Kind, Op, POOL_TYPE, SGC_TYPE, pool, sgc};
+use crate::resources::{self, Kind, Op, pool, sgc};
 use crate::schema::{Attribute, Block, Type};
 use crate::value::Value;
 
@@ -111,7 +111,10 @@ fn encode(v: &Value) -> Option<pb::DynamicValue> {
 fn unknown_type(type_name: &str) -> pb::Diagnostic {
     diag::error(
         "Unknown type",
-        format!("this provider has no {type_name}; it offers {SGC_TYPE} and {POOL_TYPE}"),
+        format!(
+            "this provider has no {type_name}; it offers {}",
+            Kind::ALL.map(Kind::type_name).join(" and ")
+        ),
         None,
     )
 }
@@ -290,11 +293,15 @@ impl ProviderService for Provider {
         Ok(Response::new(pb::get_metadata::Response {
             server_capabilities: Some(capabilities()),
             diagnostics: vec![],
-            data_sources: [SGC_TYPE, POOL_TYPE]
-                .map(|t| pb::get_metadata::DataSourceMetadata { type_name: t.into() })
+            data_sources: Kind::ALL
+                .map(|k| pb::get_metadata::DataSourceMetadata {
+                    type_name: k.type_name().into(),
+                })
                 .to_vec(),
-            resources: [SGC_TYPE, POOL_TYPE]
-                .map(|t| pb::get_metadata::ResourceMetadata { type_name: t.into() })
+            resources: Kind::ALL
+                .map(|k| pb::get_metadata::ResourceMetadata {
+                    type_name: k.type_name().into(),
+                })
                 .to_vec(),
         }))
     }
@@ -303,16 +310,15 @@ impl ProviderService for Provider {
         &self,
         _r: Request<pb::get_provider_schema::Request>,
     ) -> Result<Response<pb::get_provider_schema::Response>, Status> {
-        let kinds = [(SGC_TYPE, Kind::Sgc), (POOL_TYPE, Kind::Pool)];
         Ok(Response::new(pb::get_provider_schema::Response {
             provider: Some(schema_proto(&provider_schema())),
-            resource_schemas: kinds
+            resource_schemas: Kind::ALL
                 .iter()
-                .map(|(n, k)| (n.to_string(), schema_proto(&k.resource_schema())))
+                .map(|k| (k.type_name().to_string(), schema_proto(&k.resource_schema())))
                 .collect::<HashMap<_, _>>(),
-            data_source_schemas: kinds
+            data_source_schemas: Kind::ALL
                 .iter()
-                .map(|(n, k)| (n.to_string(), schema_proto(&k.data_source_schema())))
+                .map(|k| (k.type_name().to_string(), schema_proto(&k.data_source_schema())))
                 .collect::<HashMap<_, _>>(),
             diagnostics: vec![],
             server_capabilities: Some(capabilities()),
@@ -355,7 +361,7 @@ impl ProviderService for Provider {
                 Err(d) => vec![d],
                 // Errors only: warnings are given once, at plan.
                 Ok(cfg) => kind
-                    .validate(&cfg)
+                    .validate(&cfg, None)
                     .into_iter()
                     .filter(|d| d.severity == pb::diagnostic::Severity::Error as i32)
                     .collect(),
@@ -509,14 +515,17 @@ impl ProviderService for Provider {
             // Destroy: nothing to plan.
             return respond(r.proposed_new_state.clone(), vec![], vec![]);
         }
-        let diagnostics = kind.validate(&config);
-        if diag::has_errors(&diagnostics) {
-            return respond(None, vec![], diagnostics);
-        }
         let (planned, replace) = match kind {
             Kind::Sgc => sgc::plan(&prior, &config),
             Kind::Pool => pool::plan(&prior, &config),
         };
+        // An in-place update is checked as one (the rules then add their update warnings, e.g. that
+        // existing pods keep their routes); a create or a replacement makes a new object.
+        let in_place = (!prior.is_null() && replace.is_empty()).then_some(&prior);
+        let diagnostics = kind.validate(&config, in_place);
+        if diag::has_errors(&diagnostics) {
+            return respond(None, vec![], diagnostics);
+        }
         respond(encode(&planned), replace, diagnostics)
     }
 
@@ -641,7 +650,7 @@ impl ProviderService for Provider {
         match self.read(kind, &as_resource).await {
             Ok(Value::Null) => fail(diag::error(
                 "Not found",
-                format!("{} {} does not exist", r.type_name, resources::to_json(&config)),
+                format!("{} '{}' does not exist", r.type_name, kind.display_id(&config)),
                 None,
             )),
             Ok(state) => {

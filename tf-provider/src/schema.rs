@@ -159,6 +159,16 @@ pub struct NestedBlock {
     pub force_new: bool,
 }
 
+impl NestedBlock {
+    /// The value type of the block as an attribute: a list of objects, or one object.
+    pub fn value_type(&self) -> Type {
+        match self.nesting {
+            Nesting::List => Type::List(Box::new(self.block.object_type())),
+            Nesting::Single => self.block.object_type(),
+        }
+    }
+}
+
 /// A block: attributes and nested blocks.
 #[derive(Clone, Debug, Default)]
 pub struct Block {
@@ -199,6 +209,59 @@ impl Block {
             out.insert(b.name.to_string(), v);
         }
         Value::Map(out)
+    }
+
+    /// The type of one object of this block (attributes and nested blocks as object attributes).
+    pub fn object_type(&self) -> Type {
+        Type::Object(
+            self.attributes
+                .iter()
+                .map(|a| (a.name, a.ty.clone()))
+                .chain(self.blocks.iter().map(|b| (b.name, b.value_type())))
+                .collect(),
+        )
+    }
+
+    /// A data source schema from a resource schema: the `identity` attributes stay required, every other
+    /// attribute is read-only, and each nested block but `timeouts` becomes a read-only attribute of the
+    /// same shape, described by `block_descriptions` (or by the block's own description).
+    pub fn to_data_source(
+        mut self,
+        description: &'static str,
+        identity: &[&str],
+        block_descriptions: &[(&str, &'static str)],
+    ) -> Block {
+        self.description = description;
+        for a in &mut self.attributes {
+            a.force_new = false;
+            if !identity.contains(&a.name) {
+                a.required = false;
+                a.optional = false;
+                a.computed = true;
+            }
+        }
+        for b in std::mem::take(&mut self.blocks) {
+            if b.name == "timeouts" {
+                continue;
+            }
+            let description = block_descriptions
+                .iter()
+                .find(|(n, _)| *n == b.name)
+                .map_or(b.block.description, |(_, d)| *d);
+            self.attributes
+                .push(Attribute::computed(b.name, b.value_type(), description));
+        }
+        self
+    }
+
+    /// Every attribute and nested block name, at any depth.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = self.attributes.iter().map(|a| a.name).collect();
+        for b in &self.blocks {
+            out.push(b.name);
+            out.extend(b.block.names());
+        }
+        out
     }
 
     /// The protocol form.
@@ -318,6 +381,26 @@ mod tests {
         assert_eq!(n.get("timeouts"), &Value::Null);
         assert_eq!(n.get("profile").get("port"), &Value::Null);
         assert!(n.get("profile").as_str().is_none());
+    }
+
+    #[test]
+    fn data_source_keeps_identity_and_reads_the_rest() {
+        let ds = block().to_data_source("read", &["name"], &[("vmss", "the VMSS")]);
+        let attr = |n: &str| ds.attributes.iter().find(|a| a.name == n).expect(n);
+        assert!(attr("name").required && !attr("name").computed);
+        assert!(attr("size").computed && !attr("size").optional);
+        let vmss = attr("vmss");
+        assert!(vmss.computed && !vmss.force_new);
+        assert_eq!(vmss.description, "the VMSS");
+        assert_eq!(
+            vmss.ty,
+            Type::List(Box::new(Type::Object(vec![("rg", Type::String)])))
+        );
+        assert!(
+            ds.blocks.is_empty(),
+            "timeouts and vmss are no blocks of a data source"
+        );
+        assert!(ds.attributes.iter().all(|a| a.name != "timeouts"));
     }
 
     #[test]

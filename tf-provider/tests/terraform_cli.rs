@@ -1,6 +1,7 @@
 //! End-to-end tests with the real `terraform` CLI (1.11 on PATH), using dev_overrides and no `terraform
 //! init`. These cover what needs no cluster: validate and plan (offline planning, plan-time rules with
-//! attribute paths, unknown provider configuration) and the formatting of the shipped examples.
+//! attribute paths, unknown provider configuration), the formatting of the shipped examples, and that the
+//! offline example validates and plans (the AKS example needs the azurerm provider, hence `init`).
 //! Every run goes through the real go-plugin handshake with AutoMTLS.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,14 @@ struct Workspace {
 }
 
 impl Workspace {
+    /// A workspace whose `main.tf` is `main_tf` after a `required_providers` header.
     fn new(name: &str, main_tf: &str) -> Self {
+        let header = "terraform {\n  required_providers {\n    egressgateway = { source = \"example/egressgateway\" }\n  }\n}\n";
+        Self::with_main_tf(name, &format!("{header}{main_tf}"))
+    }
+
+    /// A workspace whose `main.tf` is exactly `main_tf`.
+    fn with_main_tf(name: &str, main_tf: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("tfp-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create workspace");
@@ -26,8 +34,7 @@ impl Workspace {
             ),
         )
         .expect("write dev.tfrc");
-        let header = "terraform {\n  required_providers {\n    egressgateway = { source = \"example/egressgateway\" }\n  }\n}\n";
-        std::fs::write(dir.join("main.tf"), format!("{header}{main_tf}")).expect("write main.tf");
+        std::fs::write(dir.join("main.tf"), main_tf).expect("write main.tf");
         Workspace { dir }
     }
 
@@ -128,7 +135,7 @@ resource "egressgateway_gateway_pool" "small" {
     assert!(!out.status.success(), "validate must fail:\n{all}");
     assert_error_at(
         &all,
-        "Invalid static gateway configuration: valid excludeCidrs",
+        "Invalid static gateway configuration: valid exclude_cidrs",
         "exclude_cidrs",
     );
     assert!(flat(&all).contains("'10.1.0.0/33' is not a CIDR"), "{all}");
@@ -144,7 +151,7 @@ resource "egressgateway_gateway_pool" "small" {
     );
     assert_error_at(
         &all,
-        "Invalid static gateway configuration: defaultRoute value",
+        "Invalid static gateway configuration: default_route value",
         "default_route",
     );
     assert_error_at(
@@ -264,5 +271,22 @@ fn shipped_examples_are_formatted() {
         out.status.success(),
         "terraform fmt -check {dir}:\n{}",
         text(&out)
+    );
+}
+
+#[test]
+fn shipped_offline_example_validates_and_plans() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/terraform/offline/main.tf");
+    let main_tf = std::fs::read_to_string(&example).expect("examples/terraform/offline/main.tf");
+    let ws = Workspace::with_main_tf("offline-example", &main_tf);
+    let out = ws.terraform(&["validate", "-no-color"]);
+    assert!(out.status.success(), "validate:\n{}", text(&out));
+    // As the example says: plan needs no cluster (nothing exists yet, so nothing is refreshed).
+    let out = ws.terraform(&["plan", "-no-color", "-input=false", "-lock=false"]);
+    let all = text(&out);
+    assert!(out.status.success(), "plan:\n{all}");
+    assert!(
+        all.contains("Plan: 2 to add, 0 to change, 0 to destroy."),
+        "{all}"
     );
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::diag::{self, Path};
 use crate::proto::tfplugin6 as pb;
-use crate::schema::Block;
+use crate::schema::{Block, Nesting};
 use crate::value::Value;
 
 /// Which kind a Terraform type name refers to.
@@ -28,13 +28,37 @@ pub const SGC_TYPE: &str = "egressgateway_static_gateway_configuration";
 pub const POOL_TYPE: &str = "egressgateway_gateway_pool";
 
 impl Kind {
+    /// Every kind: the provider's resource and data source types.
+    pub const ALL: [Kind; 2] = [Kind::Sgc, Kind::Pool];
+
+    /// The Terraform type name.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Kind::Sgc => SGC_TYPE,
+            Kind::Pool => POOL_TYPE,
+        }
+    }
+
     /// Parses a Terraform type name.
     pub fn from_type_name(name: &str) -> Option<Kind> {
-        match name {
-            SGC_TYPE => Some(Kind::Sgc),
-            POOL_TYPE => Some(Kind::Pool),
-            _ => None,
+        Kind::ALL.into_iter().find(|k| k.type_name() == name)
+    }
+
+    /// The attributes that name an object (its metadata): `namespace` and `name`, or `name`.
+    pub fn identity(self) -> &'static [&'static str] {
+        match self {
+            Kind::Sgc => sgc::IDENTITY,
+            Kind::Pool => pool::IDENTITY,
         }
+    }
+
+    /// How users name an object (the import ID): its identity values joined by `/`.
+    pub fn display_id(self, v: &Value) -> String {
+        self.identity()
+            .iter()
+            .map(|a| v.get(a).as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     /// The resource schema.
@@ -53,11 +77,12 @@ impl Kind {
         }
     }
 
-    /// Plan-time rule check of a (possibly partly unknown) configuration.
-    pub fn validate(self, config: &Value) -> Vec<pb::Diagnostic> {
+    /// Plan-time rule check of a (possibly partly unknown) configuration, as an in-place update of
+    /// `prior` when given.
+    pub fn validate(self, config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
         match self {
-            Kind::Sgc => sgc::validate(config),
-            Kind::Pool => pool::validate(config),
+            Kind::Sgc => sgc::validate_change(config, prior),
+            Kind::Pool => pool::validate_change(config, prior),
         }
     }
 }
@@ -72,14 +97,21 @@ pub struct Extracted {
 }
 
 /// Turns a rules verdict into diagnostics on Terraform paths, leaving out every finding that depends on
-/// a value not known yet (it is checked again when Terraform knows it).
+/// a value not known yet (it is checked again when Terraform knows it). The `schema` gives the Terraform
+/// spelling: which JSON fields are blocks addressed with `[0]`, and which names messages mention.
 pub(crate) fn verdict_diagnostics(
     verdict: &api::rules::Verdict,
     extracted: &Extracted,
-    block_lists: &[&str],
-    camel_fields: &[&str],
+    schema: &Block,
     kind_label: &str,
 ) -> Vec<pb::Diagnostic> {
+    let block_lists: Vec<String> = schema
+        .blocks
+        .iter()
+        .filter(|b| b.nesting == Nesting::List && b.max_items == 1)
+        .map(|b| diag::camel_case(b.name))
+        .collect();
+    let names = schema.names();
     let touches_unknown = |inputs: &[Path]| {
         inputs.iter().any(|i| {
             extracted
@@ -90,26 +122,29 @@ pub(crate) fn verdict_diagnostics(
     };
     let mut out = Vec::new();
     for v in &verdict.violations {
-        let path = diag::terraform_path(&v.path, block_lists);
+        let path = diag::terraform_path(&v.path, &block_lists);
         let mut inputs = rule_inputs(v.rule);
         inputs.push(path.clone());
         if touches_unknown(&inputs) {
             continue;
         }
         out.push(diag::error(
-            format!("Invalid {kind_label}: {}", v.rule.title()),
-            diag::terraform_wording(&v.message, camel_fields),
+            format!(
+                "Invalid {kind_label}: {}",
+                diag::terraform_wording(v.rule.title(), &names)
+            ),
+            diag::terraform_wording(&v.message, &names),
             Some(&path),
         ));
     }
     for w in &verdict.warnings {
-        let path = diag::terraform_path(&w.path, block_lists);
+        let path = diag::terraform_path(&w.path, &block_lists);
         if touches_unknown(std::slice::from_ref(&path)) {
             continue;
         }
         out.push(diag::warning(
             format!("{kind_label} advice"),
-            diag::terraform_wording(&w.message, camel_fields),
+            diag::terraform_wording(&w.message, &names),
             Some(&path),
         ));
     }
@@ -121,12 +156,9 @@ fn rule_inputs(rule: api::rules::Rule) -> Vec<Path> {
     use api::rules::Rule;
     let names: &[&str] = match rule {
         Rule::OnePool => &["gateway_nodepool_name", "gateway_vmss_profile"],
-        Rule::InstancesFitPrefix => &[
-            "gateway_nodepool_name",
-            "gateway_vmss_profile",
-            "instance_count",
-            "public_ip_prefix_size",
-        ],
+        // Only a pool's declared instance_count is checked at plan: a configuration's rule 4 needs the
+        // cluster's GatewayPools and nodes, which planning never reads.
+        Rule::InstancesFitPrefix => &["instance_count", "public_ip_prefix_size"],
         Rule::PrivateNeedsNodepool => &["provision_public_ips", "gateway_vmss_profile"],
         Rule::PublicIpPrefixId => &["provision_public_ips", "public_ip_prefix_id"],
         _ => &[],
@@ -134,51 +166,136 @@ fn rule_inputs(rule: api::rules::Rule) -> Vec<Path> {
     names.iter().map(|n| Path::attr(n)).collect()
 }
 
-/// Reads a string attribute into `spec[json_key]`, tracking unknowns.
-pub(crate) fn put_string(
-    obj: &Value,
-    tf: &str,
-    json_key: &str,
-    spec: &mut serde_json::Map<String, serde_json::Value>,
-    unknown: &mut Vec<Path>,
-    base: &Path,
-) {
-    match obj.get(tf) {
-        Value::Null => {}
-        Value::Unknown(_) => unknown.push(child(base, tf)),
-        Value::String(s) => {
-            spec.insert(json_key.into(), serde_json::Value::String(s.clone()));
-        }
-        other => {
-            spec.insert(json_key.into(), to_json(other));
-        }
+/// The CRD spec a Terraform object describes: every configurable attribute and nested block (but
+/// `timeouts`, and the `identity` attributes, which are metadata) under its camelCase name. Unknown values
+/// are left out and their paths recorded.
+pub fn extract(schema: &Block, obj: &Value, identity: &[&str]) -> Extracted {
+    let mut unknown: Vec<Path> = identity
+        .iter()
+        .filter(|a| obj.get(a).is_unknown())
+        .map(|a| Path::attr(a))
+        .collect();
+    let spec = spec_fields(schema, obj, identity, &Path::default(), &mut unknown);
+    Extracted {
+        spec: serde_json::Value::Object(spec),
+        unknown,
     }
 }
 
-/// Reads a number attribute into `spec[json_key]` (whole numbers as integers, anything else as is, so
-/// that the rules report it).
-pub(crate) fn put_number(
-    obj: &Value,
-    tf: &str,
-    json_key: &str,
-    spec: &mut serde_json::Map<String, serde_json::Value>,
-    unknown: &mut Vec<Path>,
-    base: &Path,
-) {
-    match obj.get(tf) {
-        Value::Null => {}
-        Value::Unknown(_) => unknown.push(child(base, tf)),
-        v => {
-            let j = match v.as_i64() {
-                Some(i) => serde_json::Value::from(i),
-                None => to_json(v),
-            };
-            spec.insert(json_key.into(), j);
+/// The defaults admission gives the fields of an empty spec (`api::defaults`, a JSON patch), as Terraform
+/// attribute values: what plan shows for an optional+computed attribute left unset.
+pub(crate) fn spec_defaults<P: serde::Serialize>(
+    defaults: impl Fn(&serde_json::Value) -> P,
+) -> Vec<(String, Value)> {
+    let ops = serde_json::to_value(defaults(&serde_json::json!({ "spec": {} }))).unwrap_or_default();
+    let mut out = Vec::new();
+    for op in ops.as_array().into_iter().flatten() {
+        if op.get("op").and_then(serde_json::Value::as_str) != Some("add") {
+            continue;
+        }
+        let field = op
+            .get("path")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|p| p.strip_prefix("/spec/"))
+            .filter(|f| !f.contains('/'));
+        if let (Some(field), Some(value)) = (field, op.get("value")) {
+            out.push((diag::snake_case(field), Value::from_json(value)));
         }
     }
+    out
 }
 
-pub(crate) fn child(base: &Path, name: &str) -> Path {
+/// The object of kind `K` to server-side apply for a planned value: the `identity` attributes are its
+/// metadata (`name`, `namespace`), the rest its spec.
+pub(crate) fn manifest<K: kube::Resource<DynamicType = ()>>(
+    schema: &Block,
+    planned: &Value,
+    identity: &[&str],
+) -> serde_json::Value {
+    let metadata: serde_json::Map<String, serde_json::Value> = identity
+        .iter()
+        .map(|a| (a.to_string(), to_json(planned.get(a))))
+        .collect();
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": metadata,
+        "spec": extract(schema, planned, identity).spec,
+    })
+}
+
+/// A valid IPv4 CIDR standing in for an unknown list element (the one list attribute is
+/// `exclude_cidrs`): it keeps later indexes aligned, and findings at its index are dropped as unknown.
+const UNKNOWN_ITEM: &str = "192.0.2.0/32";
+
+fn spec_fields(
+    block: &Block,
+    obj: &Value,
+    skip: &[&str],
+    base: &Path,
+    unknown: &mut Vec<Path>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut spec = serde_json::Map::new();
+    for a in block
+        .attributes
+        .iter()
+        .filter(|a| (a.required || a.optional) && !skip.contains(&a.name))
+    {
+        let path = child(base, a.name);
+        let json = match obj.get(a.name) {
+            Value::Null => continue,
+            Value::Unknown(_) => {
+                unknown.push(path);
+                continue;
+            }
+            Value::List(items) => serde_json::Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| match item {
+                        Value::Unknown(_) => {
+                            let mut p = path.clone();
+                            p.0.push(diag::Step::Index(i as i64));
+                            unknown.push(p);
+                            serde_json::Value::String(UNKNOWN_ITEM.into())
+                        }
+                        known => to_json(known),
+                    })
+                    .collect(),
+            ),
+            v => to_json(v),
+        };
+        spec.insert(diag::camel_case(a.name), json);
+    }
+    for b in block.blocks.iter().filter(|b| b.name != "timeouts") {
+        let path = child(base, b.name);
+        let (item, path) = match (b.nesting, obj.get(b.name)) {
+            (_, Value::Unknown(_)) => {
+                unknown.push(path);
+                continue;
+            }
+            // At most one item (max_items 1), addressed as `[0]`.
+            (Nesting::List, Value::List(items)) => match items.first() {
+                Some(item) => {
+                    let mut p = path;
+                    p.0.push(diag::Step::Index(0));
+                    (item, p)
+                }
+                None => continue,
+            },
+            (Nesting::Single, item @ Value::Map(_)) => (item, path),
+            _ => continue,
+        };
+        if item.is_unknown() {
+            unknown.push(path.clone());
+        }
+        let fields = spec_fields(&b.block, item, &[], &path, unknown);
+        spec.insert(diag::camel_case(b.name), fields.into());
+    }
+    spec
+}
+
+fn child(base: &Path, name: &str) -> Path {
     let mut p = base.clone();
     p.0.push(diag::Step::Attr(name.to_string()));
     p
@@ -192,6 +309,8 @@ pub fn to_json(v: &Value) -> serde_json::Value {
         Value::Bool(b) => serde_json::Value::Bool(*b),
         Value::Number(Number::Int(i)) => (*i).into(),
         Value::Number(Number::UInt(u)) => (*u).into(),
+        // cty numbers have no integer type: a whole float is written as an integer, as the CRD expects.
+        Value::Number(n @ Number::Float(_)) if n.as_i64().is_some() => n.as_i64().into(),
         Value::Number(Number::Float(f)) => serde_json::Number::from_f64(*f)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
@@ -202,6 +321,18 @@ pub fn to_json(v: &Value) -> serde_json::Value {
         Value::String(s) => serde_json::Value::String(s.clone()),
         Value::List(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
         Value::Map(m) => serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+    }
+}
+
+/// An Azure name or ID read back from the cluster: the prior spelling when the two differ only in case
+/// (Azure names are case-insensitive, so that is no drift), an empty string when the prior one was empty
+/// and the cluster has none, otherwise the cluster's value.
+pub(crate) fn remote_string(remote: Option<&str>, prior: &Value) -> Value {
+    match (remote, prior.as_str()) {
+        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
+        (Some(r), _) if !r.is_empty() => Value::str(r),
+        (_, Some("")) => Value::str(""),
+        _ => Value::Null,
     }
 }
 
@@ -278,6 +409,26 @@ pub fn timeout(state: &Value, op: Op, default: Duration) -> Result<Duration, pb:
     }
 }
 
+/// Checks the known `identity` attributes (the object's name, namespace) with the Kubernetes name syntax.
+pub(crate) fn validate_names(config: &Value, identity: &[&str]) -> Vec<pb::Diagnostic> {
+    identity
+        .iter()
+        .filter_map(|attr| {
+            let s = config.get(attr).as_str()?;
+            (!api::rules::is_dns1123_subdomain(s)).then(|| {
+                diag::error(
+                    format!("Invalid {attr}"),
+                    format!(
+                        "'{s}' is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', at most \
+                         253 characters)"
+                    ),
+                    Some(&Path::attr(attr)),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Checks every `timeouts` value that is known.
 pub fn validate_timeouts(config: &Value) -> Vec<pb::Diagnostic> {
     [Op::Create, Op::Update, Op::Delete]
@@ -289,6 +440,154 @@ pub fn validate_timeouts(config: &Value) -> Vec<pb::Diagnostic> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extract_spells_the_spec_as_the_crd_does() {
+        use crate::value::Number;
+        let at = |steps: Vec<diag::Step>| Path(steps);
+        let cfg = sgc::resource_schema().normalise(object([
+            ("namespace", Value::str("app")),
+            ("name", Value::unknown()),
+            ("gateway_nodepool_name", Value::str("gw")),
+            ("provision_public_ips", Value::Bool(false)),
+            (
+                "exclude_cidrs",
+                Value::List(vec![Value::unknown(), Value::str("10.0.0.0/8")]),
+            ),
+            ("egress_ip_prefix", Value::str("20.0.0.0/31")),
+            ("timeouts", object([("create", Value::str("1m"))])),
+        ]));
+        let e = sgc::extract(&cfg);
+        assert_eq!(
+            e.spec,
+            serde_json::json!({
+                "gatewayNodepoolName": "gw",
+                "provisionPublicIps": false,
+                "excludeCidrs": [UNKNOWN_ITEM, "10.0.0.0/8"],
+            })
+        );
+        assert_eq!(
+            e.unknown,
+            vec![
+                Path::attr("name"),
+                at(vec![
+                    diag::Step::Attr("exclude_cidrs".into()),
+                    diag::Step::Index(0)
+                ]),
+            ]
+        );
+
+        let cfg = pool::resource_schema().normalise(object([
+            ("name", Value::str("gw")),
+            ("public_ip_prefix_size", Value::Number(Number::Float(30.0))),
+            (
+                "gateway_vmss_profile",
+                Value::List(vec![object([
+                    ("vmss_resource_group", Value::str("rg")),
+                    ("vmss_name", Value::unknown()),
+                ])]),
+            ),
+        ]));
+        let e = pool::extract(&cfg);
+        assert_eq!(
+            e.spec,
+            serde_json::json!({
+                "publicIpPrefixSize": 30,
+                "gatewayVmssProfile": {"vmssResourceGroup": "rg"},
+            })
+        );
+        assert_eq!(
+            e.unknown,
+            vec![at(vec![
+                diag::Step::Attr("gateway_vmss_profile".into()),
+                diag::Step::Index(0),
+                diag::Step::Attr("vmss_name".into()),
+            ])]
+        );
+    }
+
+    #[test]
+    fn manifests_name_the_crd_kind_and_carry_identity_as_metadata() {
+        let planned = sgc::resource_schema().normalise(object([
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gw")),
+        ]));
+        assert_eq!(
+            sgc::manifest(&planned),
+            serde_json::json!({
+                "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+                "kind": "StaticGatewayConfiguration",
+                "metadata": {"namespace": "app", "name": "egress"},
+                "spec": {"gatewayNodepoolName": "gw"},
+            })
+        );
+        let planned = pool::resource_schema().normalise(object([
+            ("name", Value::str("gw")),
+            ("gateway_nodepool_name", Value::str("gw")),
+            (
+                "public_ip_prefix_size",
+                Value::Number(crate::value::Number::Int(31)),
+            ),
+        ]));
+        assert_eq!(
+            pool::manifest(&planned),
+            serde_json::json!({
+                "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+                "kind": "GatewayPool",
+                "metadata": {"name": "gw"},
+                "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31},
+            })
+        );
+    }
+
+    #[test]
+    fn defaults_come_from_admission() {
+        assert_eq!(
+            spec_defaults(api::defaults::sgc_defaults),
+            vec![
+                ("default_route".to_string(), Value::str("staticEgressGateway")),
+                ("provision_public_ips".to_string(), Value::Bool(true)),
+            ]
+        );
+        assert!(spec_defaults(api::defaults::pool_defaults).is_empty());
+    }
+
+    #[test]
+    fn objects_are_named_by_their_identity() {
+        let v = object([
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("conditions", Value::Null),
+        ]);
+        assert_eq!(Kind::Sgc.display_id(&v), "app/egress");
+        assert_eq!(Kind::Pool.display_id(&v), "egress");
+    }
+
+    #[test]
+    fn identity_names_are_kubernetes_names() {
+        let cfg = object([("namespace", Value::str("App")), ("name", Value::unknown())]);
+        let diags = validate_names(&cfg, &["namespace", "name"]);
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].summary, "Invalid namespace");
+        assert_eq!(diags[0].attribute, Some(Path::attr("namespace").to_proto()));
+        assert!(validate_names(&object([("name", Value::str("gw.pool"))]), &["name"]).is_empty());
+    }
+
+    #[test]
+    fn remote_strings_keep_the_prior_spelling_and_show_drift() {
+        assert_eq!(
+            remote_string(Some("gwpool"), &Value::str("GwPool")),
+            Value::str("GwPool")
+        );
+        assert_eq!(
+            remote_string(Some("other"), &Value::str("GwPool")),
+            Value::str("other")
+        );
+        assert_eq!(remote_string(None, &Value::str("")), Value::str(""));
+        assert_eq!(remote_string(Some(""), &Value::Null), Value::Null);
+        assert_eq!(remote_string(None, &Value::str("GwPool")), Value::Null);
+    }
 
     #[test]
     fn timeouts_parse_and_name_the_bad_attribute() {

@@ -10,7 +10,7 @@ use crate::value::Value;
 #[derive(Debug)]
 pub struct PlanRules<'a> {
     /// Defaults for optional+computed attributes that are unset (null) in configuration.
-    pub defaults: &'a [(&'a str, Value)],
+    pub defaults: &'a [(String, Value)],
     /// The computed `id` for the planned object (unknown when its parts are unknown).
     pub id: Value,
 }

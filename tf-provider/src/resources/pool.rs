@@ -3,22 +3,14 @@
 use api::GatewayPool;
 
 use super::plan::{PlanRules, plan as plan_generic};
-use super::{Extracted, conditions_type, conditions_value, object, put_number, put_string};
-use crate::diag::{self, Path};
+use super::{Extracted, conditions_type, conditions_value, object, remote_string};
+use crate::diag::Path;
 use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::{Number, Value};
 
-/// JSON fields that are list blocks of at most one element in Terraform.
-pub const BLOCK_LISTS: &[&str] = &["gatewayVmssProfile"];
-const CAMEL_FIELDS: &[&str] = &[
-    "gatewayNodepoolName",
-    "gatewayVmssProfile",
-    "vmssResourceGroup",
-    "vmssName",
-    "publicIpPrefixSize",
-    "instanceCount",
-];
+/// The attributes that name the object (metadata, not spec).
+pub(crate) const IDENTITY: &[&str] = &["name"];
 
 /// The resource schema.
 pub fn resource_schema() -> Block {
@@ -72,112 +64,39 @@ pub fn resource_schema() -> Block {
 
 /// The data source schema.
 pub fn data_source_schema() -> Block {
-    let mut b = resource_schema();
-    b.description = "Reads an existing GatewayPool.";
-    for a in &mut b.attributes {
-        a.force_new = false;
-        if a.name != "name" && a.name != "id" {
-            a.required = false;
-            a.optional = false;
-            a.computed = true;
-        }
-    }
-    b.blocks.clear();
-    b.attributes.push(Attribute::computed(
-        "gateway_vmss_profile",
-        Type::List(Box::new(Type::Object(vec![
-            ("vmss_resource_group", Type::String),
-            ("vmss_name", Type::String),
-        ]))),
-        "The self-managed gateway VMSS, if the pool is one.",
-    ));
-    b
+    resource_schema().to_data_source(
+        "Reads an existing GatewayPool.",
+        IDENTITY,
+        &[(
+            "gateway_vmss_profile",
+            "The self-managed gateway VMSS, if the pool is one.",
+        )],
+    )
 }
 
-/// The spec part of a pool value.
+/// The spec part of a value, with the paths of unknown values.
 pub fn extract(config: &Value) -> Extracted {
-    let mut spec = serde_json::Map::new();
-    let mut unknown = Vec::new();
-    let root = Path::default();
-    if config.get("name").is_unknown() {
-        unknown.push(Path::attr("name"));
-    }
-    put_string(
-        config,
-        "gateway_nodepool_name",
-        "gatewayNodepoolName",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    put_number(
-        config,
-        "public_ip_prefix_size",
-        "publicIpPrefixSize",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    put_number(
-        config,
-        "instance_count",
-        "instanceCount",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    match config.get("gateway_vmss_profile") {
-        Value::Unknown(_) => unknown.push(Path::attr("gateway_vmss_profile")),
-        Value::List(items) => {
-            if let Some(p) = items.first() {
-                let base = Path(vec![
-                    diag::Step::Attr("gateway_vmss_profile".into()),
-                    diag::Step::Index(0),
-                ]);
-                if p.is_unknown() {
-                    unknown.push(base.clone());
-                }
-                let mut profile = serde_json::Map::new();
-                put_string(
-                    p,
-                    "vmss_resource_group",
-                    "vmssResourceGroup",
-                    &mut profile,
-                    &mut unknown,
-                    &base,
-                );
-                put_string(p, "vmss_name", "vmssName", &mut profile, &mut unknown, &base);
-                spec.insert("gatewayVmssProfile".into(), profile.into());
-            }
-        }
-        _ => {}
-    }
-    Extracted {
-        spec: serde_json::Value::Object(spec),
-        unknown,
-    }
+    super::extract(&resource_schema(), config, IDENTITY)
 }
 
-/// Plan-time check with `api::rules::validate_pool` (through its JSON entry point). The node count is
-/// not known offline; the declared `instance_count` is checked against the prefix size.
+/// Plan-time check of a new pool; see [`validate_change`].
 pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
+    validate_change(config, None)
+}
+
+/// Plan-time check with `api::rules::validate_pool` (through its JSON entry point), as an update of
+/// `prior` when given. The node count is not known offline; the declared `instance_count` is checked
+/// against the prefix size.
+pub fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
     if config.is_unknown() || config.is_null() {
         return Vec::new();
     }
     let extracted = extract(config);
     let object = serde_json::json!({ "spec": extracted.spec });
-    let verdict = api::rules::validate_pool_object(&object, None, None);
-    let mut diags =
-        super::verdict_diagnostics(&verdict, &extracted, BLOCK_LISTS, CAMEL_FIELDS, "gateway pool");
-    if let Some(s) = config.get("name").as_str()
-        && !api::rules::is_dns1123_subdomain(s)
-    {
-        diags.push(diag::error(
-            "Invalid name",
-            format!("'{s}' is not a valid Kubernetes name (lowercase letters, digits, '-' and '.')"),
-            Some(&Path::attr("name")),
-        ));
-    }
+    let old = prior.map(|p| serde_json::json!({ "spec": extract(p).spec }));
+    let verdict = api::rules::validate_pool_object(&object, old.as_ref(), None);
+    let mut diags = super::verdict_diagnostics(&verdict, &extracted, &resource_schema(), "gateway pool");
+    diags.extend(super::validate_names(config, IDENTITY));
     diags.extend(super::validate_timeouts(config));
     diags
 }
@@ -189,32 +108,22 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
         &resource_schema(),
         prior,
         config,
-        &PlanRules { defaults: &[], id },
+        &PlanRules {
+            defaults: &super::spec_defaults(api::defaults::pool_defaults),
+            id,
+        },
     )
 }
 
 /// The object to server-side apply.
 pub fn manifest(planned: &Value) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": format!("{}/{}", api::names::GROUP, api::names::VERSION),
-        "kind": "GatewayPool",
-        "metadata": { "name": planned.get("name").as_str().unwrap_or_default() },
-        "spec": extract(planned).spec,
-    })
+    super::manifest::<GatewayPool>(&resource_schema(), planned, IDENTITY)
 }
 
 /// The state for a pool read from the cluster (prior spelling kept where only normalisation differs).
 pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
     let name = obj.metadata.name.clone().unwrap_or_default();
     let spec = &obj.spec;
-    let nodepool = match (
-        spec.gateway_nodepool_name.as_deref(),
-        prior.get("gateway_nodepool_name").as_str(),
-    ) {
-        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
-        (Some(r), _) if !r.is_empty() => Value::str(r),
-        _ => Value::Null,
-    };
     let profile = match &spec.gateway_vmss_profile {
         Some(p) => Value::List(vec![object([
             ("vmss_resource_group", Value::str(&p.vmss_resource_group)),
@@ -226,7 +135,13 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
     object([
         ("id", Value::str(&name)),
         ("name", Value::str(&name)),
-        ("gateway_nodepool_name", nodepool),
+        (
+            "gateway_nodepool_name",
+            remote_string(
+                spec.gateway_nodepool_name.as_deref(),
+                prior.get("gateway_nodepool_name"),
+            ),
+        ),
         (
             "public_ip_prefix_size",
             Value::Number(Number::Int(spec.public_ip_prefix_size.into())),
@@ -311,6 +226,18 @@ mod tests {
             ("instance_count", Value::Number(Number::Int(3))),
         ]);
         assert!(error_paths(&validate(&later)).is_empty());
+
+        // The node pool's name does not matter to this rule: an unknown one does not hide the finding.
+        let nodepool_later = config(vec![
+            ("name", Value::str("gw")),
+            ("gateway_nodepool_name", Value::unknown()),
+            ("public_ip_prefix_size", Value::Number(Number::Int(31))),
+            ("instance_count", Value::Number(Number::Int(3))),
+        ]);
+        assert_eq!(
+            error_paths(&validate(&nodepool_later)),
+            vec!["instance_count".to_string()]
+        );
     }
 
     #[test]

@@ -4,26 +4,14 @@ use api::StaticGatewayConfiguration;
 use api::rules::PoolFacts;
 
 use super::plan::{PlanRules, plan as plan_generic};
-use super::{Extracted, child, conditions_type, conditions_value, object, put_number, put_string};
-use crate::diag::{self, Path};
+use super::{Extracted, conditions_type, conditions_value, object, remote_string};
+use crate::diag::Path;
 use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::Value;
 
-/// JSON fields that are list blocks of at most one element in Terraform.
-pub const BLOCK_LISTS: &[&str] = &["gatewayVmssProfile"];
-/// CRD field names that rule messages mention.
-const CAMEL_FIELDS: &[&str] = &[
-    "gatewayNodepoolName",
-    "gatewayVmssProfile",
-    "vmssResourceGroup",
-    "vmssName",
-    "publicIpPrefixSize",
-    "defaultRoute",
-    "provisionPublicIps",
-    "publicIpPrefixId",
-    "excludeCidrs",
-];
+/// The attributes that name the object (metadata, not spec).
+pub(crate) const IDENTITY: &[&str] = &["namespace", "name"];
 
 fn vmss_profile_block() -> NestedBlock {
     NestedBlock {
@@ -112,159 +100,44 @@ pub fn resource_schema() -> Block {
 
 /// The data source schema: identity in, everything else read.
 pub fn data_source_schema() -> Block {
-    let mut b = resource_schema();
-    b.description = "Reads an existing StaticGatewayConfiguration, e.g. to use its egress prefix.";
-    for a in &mut b.attributes {
-        a.force_new = false;
-        if a.name != "namespace" && a.name != "name" && a.name != "id" {
-            a.required = false;
-            a.optional = false;
-            a.computed = true;
-        }
-    }
-    b.blocks.clear();
-    b.attributes.push(Attribute::computed(
-        "gateway_vmss_profile",
-        Type::List(Box::new(Type::Object(vec![
-            ("vmss_resource_group", Type::String),
-            ("vmss_name", Type::String),
-            ("public_ip_prefix_size", Type::Number),
-        ]))),
-        "The self-managed gateway VMSS, if the configuration uses one.",
-    ));
-    b
+    resource_schema().to_data_source(
+        "Reads an existing StaticGatewayConfiguration, e.g. to use its egress prefix.",
+        IDENTITY,
+        &[(
+            "gateway_vmss_profile",
+            "The self-managed gateway VMSS, if the configuration uses one.",
+        )],
+    )
 }
 
-/// The spec part of a configuration value, as the CRD's JSON.
+/// The spec part of a value, with the paths of unknown values.
 pub fn extract(config: &Value) -> Extracted {
-    let mut spec = serde_json::Map::new();
-    let mut unknown = Vec::new();
-    let root = Path::default();
-    for a in ["namespace", "name"] {
-        if config.get(a).is_unknown() {
-            unknown.push(Path::attr(a));
-        }
-    }
-    put_string(
-        config,
-        "gateway_nodepool_name",
-        "gatewayNodepoolName",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    put_string(
-        config,
-        "default_route",
-        "defaultRoute",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    put_string(
-        config,
-        "public_ip_prefix_id",
-        "publicIpPrefixId",
-        &mut spec,
-        &mut unknown,
-        &root,
-    );
-    match config.get("provision_public_ips") {
-        Value::Unknown(_) => unknown.push(Path::attr("provision_public_ips")),
-        Value::Bool(b) => {
-            spec.insert("provisionPublicIps".into(), (*b).into());
-        }
-        _ => {}
-    }
-    match config.get("exclude_cidrs") {
-        Value::Unknown(_) => unknown.push(Path::attr("exclude_cidrs")),
-        Value::List(items) => {
-            let mut cidrs = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                match item {
-                    Value::String(s) => cidrs.push(serde_json::Value::String(s.clone())),
-                    // Keeps indexes aligned; findings at this index are dropped as unknown.
-                    _ => {
-                        unknown.push(Path(vec![
-                            diag::Step::Attr("exclude_cidrs".into()),
-                            diag::Step::Index(i as i64),
-                        ]));
-                        cidrs.push(serde_json::Value::String("192.0.2.0/32".into()));
-                    }
-                }
-            }
-            spec.insert("excludeCidrs".into(), cidrs.into());
-        }
-        _ => {}
-    }
-    match config.get("gateway_vmss_profile") {
-        Value::Unknown(_) => unknown.push(Path::attr("gateway_vmss_profile")),
-        Value::List(items) => {
-            if let Some(p) = items.first() {
-                let base = Path(vec![
-                    diag::Step::Attr("gateway_vmss_profile".into()),
-                    diag::Step::Index(0),
-                ]);
-                if p.is_unknown() {
-                    unknown.push(base.clone());
-                }
-                let mut profile = serde_json::Map::new();
-                put_string(
-                    p,
-                    "vmss_resource_group",
-                    "vmssResourceGroup",
-                    &mut profile,
-                    &mut unknown,
-                    &base,
-                );
-                put_string(p, "vmss_name", "vmssName", &mut profile, &mut unknown, &base);
-                put_number(
-                    p,
-                    "public_ip_prefix_size",
-                    "publicIpPrefixSize",
-                    &mut profile,
-                    &mut unknown,
-                    &base,
-                );
-                spec.insert("gatewayVmssProfile".into(), profile.into());
-            }
-        }
-        _ => {}
-    }
-    let _ = child;
-    Extracted {
-        spec: serde_json::Value::Object(spec),
-        unknown,
-    }
+    super::extract(&resource_schema(), config, IDENTITY)
+}
+
+/// Plan-time check of a new configuration; see [`validate_change`].
+pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
+    validate_change(config, None)
 }
 
 /// Plan-time check with `api::rules::validate_sgc` (via its JSON entry point, which also reports wrong
-/// enum values such as `default_route`). No pool facts: planning never contacts the cluster.
-pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
+/// enum values such as `default_route`), as an update of `prior` when given (which adds the rules'
+/// update warnings). No pool facts: planning never contacts the cluster.
+pub fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
     if config.is_unknown() || config.is_null() {
         return Vec::new();
     }
     let extracted = extract(config);
     let object = serde_json::json!({ "spec": extracted.spec });
-    let verdict = api::rules::validate_sgc_object(&object, None, &PoolFacts::default());
+    let old = prior.map(|p| serde_json::json!({ "spec": extract(p).spec }));
+    let verdict = api::rules::validate_sgc_object(&object, old.as_ref(), &PoolFacts::default());
     let mut diags = super::verdict_diagnostics(
         &verdict,
         &extracted,
-        BLOCK_LISTS,
-        CAMEL_FIELDS,
+        &resource_schema(),
         "static gateway configuration",
     );
-    for attr in ["namespace", "name"] {
-        if let Some(s) = config.get(attr).as_str()
-            && !api::rules::is_dns1123_subdomain(s)
-        {
-            diags.push(diag::error(
-                format!("Invalid {attr}"),
-                format!("'{s}' is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', at most 253 characters)"),
-                Some(&Path::attr(attr)),
-            ));
-        }
-    }
+    diags.extend(super::validate_names(config, IDENTITY));
     diags.extend(super::validate_timeouts(config));
     diags
 }
@@ -275,10 +148,7 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
         (Some(ns), Some(n)) => Value::str(format!("{ns}/{n}")),
         _ => Value::unknown(),
     };
-    let defaults = [
-        ("default_route", Value::str(api::RouteType::default().as_str())),
-        ("provision_public_ips", Value::Bool(true)),
-    ];
+    let defaults = super::spec_defaults(api::defaults::sgc_defaults);
     plan_generic(
         &resource_schema(),
         prior,
@@ -292,16 +162,7 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
 
 /// The object to server-side apply for a planned state.
 pub fn manifest(planned: &Value) -> serde_json::Value {
-    let spec = extract(planned).spec;
-    serde_json::json!({
-        "apiVersion": format!("{}/{}", api::names::GROUP, api::names::VERSION),
-        "kind": "StaticGatewayConfiguration",
-        "metadata": {
-            "name": planned.get("name").as_str().unwrap_or_default(),
-            "namespace": planned.get("namespace").as_str().unwrap_or_default(),
-        },
-        "spec": spec,
-    })
+    super::manifest::<StaticGatewayConfiguration>(&resource_schema(), planned, IDENTITY)
 }
 
 /// The state for an object read from the cluster. Values equal to `prior` up to normalisation keep the
@@ -310,24 +171,6 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
     let ns = obj.metadata.namespace.clone().unwrap_or_default();
     let name = obj.metadata.name.clone().unwrap_or_default();
     let spec = &obj.spec;
-    let nodepool = match (
-        spec.gateway_nodepool_name.as_deref(),
-        prior.get("gateway_nodepool_name").as_str(),
-    ) {
-        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
-        (Some(r), _) if !r.is_empty() => Value::str(r),
-        (_, Some("")) => Value::str(""),
-        _ => Value::Null,
-    };
-    let prefix_id = match (
-        spec.public_ip_prefix_id.as_deref(),
-        prior.get("public_ip_prefix_id").as_str(),
-    ) {
-        (Some(r), Some(p)) if r.eq_ignore_ascii_case(p) => Value::str(p),
-        (Some(r), _) if !r.is_empty() => Value::str(r),
-        (_, Some("")) => Value::str(""),
-        _ => Value::Null,
-    };
     let cidrs = if spec.exclude_cidrs.is_empty() && prior.get("exclude_cidrs").is_null() {
         Value::Null
     } else {
@@ -357,10 +200,22 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
         ("id", Value::str(format!("{ns}/{name}"))),
         ("namespace", Value::str(ns)),
         ("name", Value::str(name)),
-        ("gateway_nodepool_name", nodepool),
+        (
+            "gateway_nodepool_name",
+            remote_string(
+                spec.gateway_nodepool_name.as_deref(),
+                prior.get("gateway_nodepool_name"),
+            ),
+        ),
         ("default_route", Value::str(spec.default_route.as_str())),
         ("provision_public_ips", Value::Bool(spec.provision_public_ips)),
-        ("public_ip_prefix_id", prefix_id),
+        (
+            "public_ip_prefix_id",
+            remote_string(
+                spec.public_ip_prefix_id.as_deref(),
+                prior.get("public_ip_prefix_id"),
+            ),
+        ),
         ("exclude_cidrs", cidrs),
         ("gateway_vmss_profile", profile),
         (
@@ -547,6 +402,44 @@ mod tests {
             vec![".gateway_vmss_profile[0].vmss_resource_group".to_string()]
         );
         assert!(validate(&Value::unknown()).is_empty());
+    }
+
+    #[test]
+    fn an_in_place_update_gets_the_rules_update_warnings() {
+        let c = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gw")),
+        ]);
+        let (prior, _) = plan(&Value::Null, &c);
+        let c2 = config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gw")),
+            ("exclude_cidrs", Value::List(vec![Value::str("10.0.0.0/8")])),
+        ]);
+        let warnings = |d: &[pb::Diagnostic]| {
+            d.iter()
+                .filter(|d| d.severity == pb::diagnostic::Severity::Warning as i32)
+                .map(|d| d.detail.clone())
+                .collect::<Vec<_>>()
+        };
+        let update = validate_change(&c2, Some(&prior));
+        assert_eq!(paths(&update), Vec::<String>::new());
+        assert!(
+            warnings(&update)
+                .iter()
+                .any(|w| w.contains("existing pods keep their routes")),
+            "{update:?}"
+        );
+        assert!(
+            warnings(&validate_change(&c, Some(&prior))).is_empty(),
+            "no change, no warning"
+        );
+        assert!(
+            warnings(&validate(&c2)).is_empty(),
+            "a new object has no existing pods"
+        );
     }
 
     #[test]
