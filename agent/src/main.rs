@@ -84,12 +84,7 @@ struct Args {
     #[arg(long, env = "CNI_CONF_FILE", default_value = api::names::CNI_CONF_FILE)]
     cni_conf_file: String,
     /// Node mode: unix socket the CNI plugin talks to (mode 0600).
-    #[arg(
-        long,
-        visible_alias = "socket-path",
-        env = "CNI_SOCKET",
-        default_value = "/var/run/kube-egress-gateway/cni.sock"
-    )]
+    #[arg(long, visible_alias = "socket-path", env = "CNI_SOCKET", default_value = cni::plugin::DEFAULT_SOCKET)]
     cni_socket: PathBuf,
     /// Node mode: CIDRs that bypass the gateway for every pod.
     #[arg(long, env = "EXCEPTION_CIDRS", value_delimiter = ',', default_values_t = api::names::DEFAULT_EXCEPTION_CIDRS.map(String::from))]
