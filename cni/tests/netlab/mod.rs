@@ -615,6 +615,24 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// HTTP status of the load-balancer probe `GET http://<ip>:<default probe port><path>`, asked from inside `ns`.
+pub fn probe_status(ns: PathBuf, ip: Ipv4Addr, path: String) -> Option<u16> {
+    in_netns(ns, move || {
+        use std::io::{Read as _, Write as _};
+        let to = SocketAddr::from((ip, api::names::DEFAULT_LB_PROBE_PORT));
+        let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(500)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok()?;
+        out.split(' ').nth(1)?.parse().ok()
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
 fn run_plugin(
     bin: &Path,
     node: &Path,
