@@ -405,10 +405,17 @@ impl Lab {
         let primary = json!({"cniVersion":"1.0.0","name":"k8s","type":"bridge","bridge":format!("b{}", self.id),
             "isGateway":true,"ipMasq":false,
             "ipam":{"type":"host-local","dataDir":ipam,"ranges":[[{"subnet":"10.244.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}});
+        // Our entry exactly as the node agent writes it with its default flags, plus what a runtime adds to
+        // a list entry: the list's name and version and the enabled capability's runtimeConfig.
+        let entry = agent::node::plugin_entry(
+            &api::names::DEFAULT_EXCEPTION_CIDRS.map(String::from),
+            &self.socket,
+        );
         let our_conf = |prev: Option<Value>| {
-            let mut c = json!({"cniVersion":"1.0.0","name":"k8s","type":"kube-egress-cni",
-                "excludedCIDRs":["169.254.169.254/32","169.254.10.11/32"],"socketPath":self.socket,
-                "runtimeConfig":{"io.kubernetes.cri.pod-annotations":annotations}});
+            let mut c = entry.clone();
+            c["cniVersion"] = json!("1.0.0");
+            c["name"] = json!("k8s");
+            c["runtimeConfig"] = json!({ cni::conf::ANNOTATIONS_CAPABILITY: annotations });
             if let Some(p) = prev {
                 c["prevResult"] = p;
             }
