@@ -201,7 +201,6 @@ async fn run_gateway(
         settings: NodeSettings {
             identity,
             netns_name: args.netns_name.clone(),
-            host_interface: args.host_interface.clone(),
         },
         applier: std::sync::Arc::new(GatewayApplier {
             host: Netns::Current,

@@ -475,7 +475,6 @@ impl Lab {
         let pes = self.cluster.with(|s| s.pod_endpoints.clone());
         GatewayInput {
             netns_name: gw.egw.clone(),
-            host_interface: "eth0".into(),
             primary_ip: gw.ip,
             frontend_ips: vec![FRONTEND],
             configs: configs
