@@ -72,6 +72,13 @@ fn regular_files(dir: &Path) -> Result<Vec<(String, u64, Option<SystemTime>)>, S
     Ok(out)
 }
 
+/// What a change of the directory is judged by: its regular files without in-flight `.tmp` writes.
+fn dir_snapshot(dir: &Path) -> Option<Vec<(String, u64, Option<SystemTime>)>> {
+    let mut v = regular_files(dir).ok()?;
+    v.retain(|f| !f.0.ends_with(".tmp"));
+    Some(v)
+}
+
 impl ConfManager {
     /// Our file's path.
     pub fn path(&self) -> PathBuf {
@@ -122,10 +129,7 @@ impl ConfManager {
         let mut last = None;
         let mut first = true;
         loop {
-            let snapshot = regular_files(&self.dir).ok().map(|mut v| {
-                v.retain(|f| !f.0.ends_with(".tmp"));
-                v
-            });
+            let snapshot = dir_snapshot(&self.dir);
             if snapshot != last || snapshot.is_none() {
                 let op = if first { "install" } else { "regenerate" };
                 match self.install() {
@@ -147,10 +151,7 @@ impl ConfManager {
                     }
                 }
                 // Re-read so our own write does not count as a change.
-                last = regular_files(&self.dir).ok().map(|mut v| {
-                    v.retain(|f| !f.0.ends_with(".tmp"));
-                    v
-                });
+                last = dir_snapshot(&self.dir);
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}

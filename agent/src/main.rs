@@ -18,6 +18,9 @@ use cni::netns::Netns;
 use cni::wg::{BackendKind, WireGuard};
 use tokio::sync::watch;
 
+/// Drain delay when the flag is absent or 0 (upstream #1347).
+const DEFAULT_DRAIN_DELAY_SECONDS: u64 = 10;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     /// Terminate pods' tunnels and SNAT to the egress IP (gateway node pools).
@@ -56,8 +59,9 @@ struct Args {
     /// Gateway mode: load-balancer probe port (`/gw/<uid>`).
     #[arg(long, env = "GATEWAY_LB_PROBE_PORT", default_value_t = api::names::DEFAULT_LB_PROBE_PORT)]
     gateway_lb_probe_port: u16,
-    /// Gateway mode: seconds the probe answers 503 before the agent exits, so the load balancer moves flows.
-    #[arg(long, env = "LB_PROBE_DRAIN_DELAY_SECONDS", default_value_t = 10)]
+    /// Gateway mode: seconds the probe answers 503 before the agent exits, so the load balancer moves flows
+    /// (0 means the default, as upstream).
+    #[arg(long, env = "LB_PROBE_DRAIN_DELAY_SECONDS", default_value_t = DEFAULT_DRAIN_DELAY_SECONDS)]
     lb_probe_drain_delay_seconds: u64,
     /// Azure Instance Metadata Service base URL (the lab serves a fake).
     #[arg(long, env = "IMDS_ENDPOINT", default_value = "http://169.254.169.254")]
@@ -84,12 +88,7 @@ struct Args {
     #[arg(long, env = "CNI_CONF_FILE", default_value = api::names::CNI_CONF_FILE)]
     cni_conf_file: String,
     /// Node mode: unix socket the CNI plugin talks to (mode 0600).
-    #[arg(
-        long,
-        visible_alias = "socket-path",
-        env = "CNI_SOCKET",
-        default_value = "/var/run/kube-egress-gateway/cni.sock"
-    )]
+    #[arg(long, visible_alias = "socket-path", env = "CNI_SOCKET", default_value = cni::plugin::DEFAULT_SOCKET)]
     cni_socket: PathBuf,
     /// Node mode: CIDRs that bypass the gateway for every pod.
     #[arg(long, env = "EXCEPTION_CIDRS", value_delimiter = ',', default_values_t = api::names::DEFAULT_EXCEPTION_CIDRS.map(String::from))]
@@ -206,7 +205,6 @@ async fn run_gateway(
         settings: NodeSettings {
             identity,
             netns_name: args.netns_name.clone(),
-            host_interface: args.host_interface.clone(),
         },
         applier: std::sync::Arc::new(GatewayApplier {
             host: Netns::Current,
@@ -224,10 +222,9 @@ async fn run_gateway(
     shutdown_signal().await;
     // Drain: the load balancer sees 503 and moves new flows to other gateways before we stop. The data plane
     // itself stays in place (the kernel keeps forwarding after we exit).
-    let delay = if args.lb_probe_drain_delay_seconds == 0 {
-        10
-    } else {
-        args.lb_probe_drain_delay_seconds
+    let delay = match args.lb_probe_drain_delay_seconds {
+        0 => DEFAULT_DRAIN_DELAY_SECONDS,
+        d => d,
     };
     tracing::info!(seconds = delay, "shutting down: probe answers 503 while draining");
     probe_state.drain();

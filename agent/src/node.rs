@@ -238,15 +238,23 @@ pub async fn serve_unix<C: Cluster>(
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("remove stale {}: {e}", socket.display())),
+    // Bind under a temporary name, restrict it, then rename it into place: the socket never exists at its
+    // published path with the umask's wider mode, and whoever sees the path sees it 0600.
+    let mut tmp = socket.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    for stale in [tmp.as_path(), socket] {
+        match std::fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("remove stale {}: {e}", stale.display())),
+        }
     }
     let listener =
-        tokio::net::UnixListener::bind(socket).map_err(|e| format!("bind {}: {e}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod 0600 {}: {e}", socket.display()))?;
+        tokio::net::UnixListener::bind(&tmp).map_err(|e| format!("bind {}: {e}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod 0600 {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, socket).map_err(|e| format!("rename to {}: {e}", socket.display()))?;
     tonic::transport::Server::builder()
         .add_service(NicServiceServer::new(NicServer::new(cluster)))
         .serve_with_incoming_shutdown(

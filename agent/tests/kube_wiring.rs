@@ -187,7 +187,6 @@ async fn gateway_loop_follows_configurations_and_pod_endpoints() {
                 primary_ip: None,
             },
             netns_name: "ns-static-egress-gateway".into(),
-            host_interface: "eth0".into(),
         },
         applier: recorder.clone(),
         probe: probe.clone(),

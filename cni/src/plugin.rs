@@ -21,7 +21,7 @@ use crate::conf::{self, CniError, K8sArgs, NetConf, SUPPORTED_VERSIONS};
 use crate::netns::Netns;
 use crate::proto::{self, DefaultRoute, NicAddRequest, NicDelRequest, PodInfo, PodRetrieveRequest};
 use crate::routes::{self, PodPlanInput};
-use crate::wg::{BackendKind, DeviceChange, PeerSpec, PrivateKey, WireGuard, link_alias};
+use crate::wg::{BackendKind, DeviceChange, PeerSpec, PrivateKey, WireGuard};
 
 /// Where the agent listens unless the config says otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/kube-egress-gateway/cni.sock";
@@ -507,7 +507,6 @@ async fn del(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let mut had_tunnel = false;
     if !env.netns.is_empty() && podns.exists() && podns.link_exists(POD_WG_INTERFACE).unwrap_or(false) {
         had_tunnel = true;
-        let _ = link_alias(&podns, POD_WG_INTERFACE);
         let _ = podns.ip(&["link", "del", POD_WG_INTERFACE]);
         remove_pod_rules(&podns);
     }

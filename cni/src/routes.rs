@@ -15,14 +15,18 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use api::names::{POD_INGRESS_MARK, POD_INGRESS_TABLE, POD_WG_INTERFACE};
+use api::names::{GATEWAY_WG_ADDRESS, POD_INGRESS_MARK, POD_INGRESS_TABLE, POD_WG_INTERFACE};
 use api::sgc::RouteType;
 use ipnet::Ipv4Net;
 
 /// The table this project owns in every namespace it writes nftables rules to.
 pub const NFT_TABLE: &str = "kube-egress-gateway";
-/// Gateway-side link-local address every pod routes through (without prefix length).
-pub const GATEWAY_LINK_LOCAL: &str = "fe80::1";
+/// Gateway-side link-local address every pod routes through: [`GATEWAY_WG_ADDRESS`] without its prefix length.
+pub fn gateway_link_local() -> &'static str {
+    GATEWAY_WG_ADDRESS
+        .split_once('/')
+        .map_or(GATEWAY_WG_ADDRESS, |(addr, _)| addr)
+}
 
 /// Where a route sends packets.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -56,7 +60,7 @@ impl PodRoute {
             NextHop::OnLink => a.extend(["scope".into(), "link".into()]),
             NextHop::Via(gw) => a.extend(["via".into(), gw.to_string(), "proto".into(), "static".into()]),
             NextHop::ViaGatewayLinkLocal => {
-                a.extend(["via".into(), "inet6".into(), GATEWAY_LINK_LOCAL.into()]);
+                a.extend(["via".into(), "inet6".into(), gateway_link_local().into()]);
             }
         }
         a.extend(["dev".into(), self.dev.clone()]);

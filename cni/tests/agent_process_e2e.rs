@@ -8,7 +8,7 @@
 
 mod netlab;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use netlab::{FRONTEND, INET, Lab, Stream, in_netns, wait_until};
+use netlab::{FRONTEND, INET, Lab, Stream, in_netns, probe_status, wait_until};
 use serde_json::json;
 
 const SECONDARY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
@@ -46,25 +46,6 @@ fn agent_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-/// HTTP status of `GET http://<ip>:8082<path>` from inside `ns`.
-fn probe_status(ns: PathBuf, ip: Ipv4Addr, path: String) -> Option<u16> {
-    in_netns(ns, move || {
-        use std::io::{Read as _, Write as _};
-        let mut c =
-            std::net::TcpStream::connect_timeout(&SocketAddr::from((ip, 8082)), Duration::from_millis(500))
-                .ok()?;
-        c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut out = String::new();
-        c.read_to_string(&mut out).ok()?;
-        out.split(' ').nth(1)?.parse().ok()
-    })
-    .join()
-    .ok()
-    .flatten()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use agent::gateway::plan::gateway_plan;
 use agent::gateway::probe::{self, ProbeState};
 use api::sgc::RouteType;
-use netlab::{FRONTEND, INET, INET2, Lab, Stream, in_netns, wait_until};
+use netlab::{FRONTEND, INET, INET2, Lab, Stream, in_netns, probe_status, wait_until};
 
 const SECONDARY_1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
 const SECONDARY_2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
@@ -150,7 +150,7 @@ fn probe_server(
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("0.0.0.0:8082")
+            let l = tokio::net::TcpListener::bind(("0.0.0.0", api::names::DEFAULT_LB_PROBE_PORT))
                 .await
                 .expect("bind probe");
             let server = axum::serve(l, probe::router(state)).with_graceful_shutdown(async move {
@@ -161,25 +161,6 @@ fn probe_server(
             let _ = server.await;
         });
     })
-}
-
-/// HTTP status of `GET http://<ip>:8082<path>` from inside `ns`.
-fn probe_status(ns: std::path::PathBuf, ip: Ipv4Addr, path: String) -> Option<u16> {
-    in_netns(ns, move || {
-        use std::io::{Read as _, Write as _};
-        let mut c =
-            std::net::TcpStream::connect_timeout(&SocketAddr::from((ip, 8082)), Duration::from_millis(500))
-                .ok()?;
-        c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut out = String::new();
-        c.read_to_string(&mut out).ok()?;
-        out.split(' ').nth(1)?.parse().ok()
-    })
-    .join()
-    .ok()
-    .flatten()
 }
 
 #[test]

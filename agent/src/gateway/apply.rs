@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use api::names::{GATEWAY_VETH_HOST, GATEWAY_VETH_NS, GATEWAY_WG_ADDRESS, port_of_gateway_wg_interface};
 use cni::netns::{CmdError, Netns};
@@ -47,7 +46,7 @@ pub struct GatewayApplier {
 
 impl GatewayApplier {
     fn gw(&self) -> Netns {
-        Netns::Path(PathBuf::from("/var/run/netns").join(&self.netns_name))
+        Netns::named(&self.netns_name)
     }
 
     /// Applies `plan`.

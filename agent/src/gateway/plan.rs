@@ -52,8 +52,6 @@ pub struct ConfigInput {
 pub struct GatewayInput {
     /// Name of the gateway namespace (default `ns-static-egress-gateway`).
     pub netns_name: String,
-    /// Host interface carrying the primary IP (default `eth0`).
-    pub host_interface: String,
     /// This node's primary IP (next hop of the gateway namespace).
     pub primary_ip: Ipv4Addr,
     /// Load-balancer frontend IPs to accept as local (floating IP).
@@ -292,7 +290,6 @@ mod tests {
     fn input(configs: Vec<ConfigInput>) -> GatewayInput {
         GatewayInput {
             netns_name: "ns-static-egress-gateway".into(),
-            host_interface: "eth0".into(),
             primary_ip: Ipv4Addr::new(10, 0, 0, 4),
             frontend_ips: vec![Ipv4Addr::new(10, 0, 0, 100)],
             configs,

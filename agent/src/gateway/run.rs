@@ -23,9 +23,7 @@ use super::plan::{GatewayPlan, gateway_plan};
 use super::probe::ProbeState;
 use super::select::{KeySecrets, NodeSettings, active_uids, gateway_status, select};
 use crate::metrics::Metrics;
-
-/// Field manager for server-side apply.
-pub const FIELD_MANAGER: &str = "kube-egress-gateway-agent";
+use crate::node::kube_cluster::FIELD_MANAGER;
 
 /// Something that makes a plan real: the kernel applier in production, a recorder in tests of the watch
 /// wiring (which need no root).

@@ -35,8 +35,6 @@ pub struct NodeSettings {
     pub identity: NodeIdentity,
     /// Gateway namespace name.
     pub netns_name: String,
-    /// Host interface.
-    pub host_interface: String,
 }
 
 /// Whether `sgc` runs on this node's pool: the node pool name matches the `aks-managed-poolName` tag, or the
@@ -231,7 +229,6 @@ pub fn select(
     Selection {
         input: GatewayInput {
             netns_name: settings.netns_name.clone(),
-            host_interface: settings.host_interface.clone(),
             primary_ip: primary.unwrap_or(Ipv4Addr::UNSPECIFIED),
             frontend_ips: frontends.into_iter().collect(),
             configs,
@@ -303,7 +300,6 @@ mod tests {
         NodeSettings {
             identity: node(),
             netns_name: "ns-static-egress-gateway".into(),
-            host_interface: "eth0".into(),
         }
     }
 

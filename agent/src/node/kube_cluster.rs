@@ -14,7 +14,7 @@ use kube::{Api, Client, Resource as _};
 use super::Cluster;
 use crate::metrics::{Metrics, PodEndpointLabels};
 
-/// Field manager for server-side apply.
+/// Field manager of every server-side apply the agent makes (PodEndpoints, GatewayStatus).
 pub const FIELD_MANAGER: &str = "kube-egress-gateway-agent";
 
 /// The API-server-backed cluster.

@@ -405,10 +405,17 @@ impl Lab {
         let primary = json!({"cniVersion":"1.0.0","name":"k8s","type":"bridge","bridge":format!("b{}", self.id),
             "isGateway":true,"ipMasq":false,
             "ipam":{"type":"host-local","dataDir":ipam,"ranges":[[{"subnet":"10.244.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}});
+        // Our entry exactly as the node agent writes it with its default flags, plus what a runtime adds to
+        // a list entry: the list's name and version and the enabled capability's runtimeConfig.
+        let entry = agent::node::plugin_entry(
+            &api::names::DEFAULT_EXCEPTION_CIDRS.map(String::from),
+            &self.socket,
+        );
         let our_conf = |prev: Option<Value>| {
-            let mut c = json!({"cniVersion":"1.0.0","name":"k8s","type":"kube-egress-cni",
-                "excludedCIDRs":["169.254.169.254/32","169.254.10.11/32"],"socketPath":self.socket,
-                "runtimeConfig":{"io.kubernetes.cri.pod-annotations":annotations}});
+            let mut c = entry.clone();
+            c["cniVersion"] = json!("1.0.0");
+            c["name"] = json!("k8s");
+            c["runtimeConfig"] = json!({ cni::conf::ANNOTATIONS_CAPABILITY: annotations });
             if let Some(p) = prev {
                 c["prevResult"] = p;
             }
@@ -468,7 +475,6 @@ impl Lab {
         let pes = self.cluster.with(|s| s.pod_endpoints.clone());
         GatewayInput {
             netns_name: gw.egw.clone(),
-            host_interface: "eth0".into(),
             primary_ip: gw.ip,
             frontend_ips: vec![FRONTEND],
             configs: configs
@@ -613,6 +619,24 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// HTTP status of the load-balancer probe `GET http://<ip>:<default probe port><path>`, asked from inside `ns`.
+pub fn probe_status(ns: PathBuf, ip: Ipv4Addr, path: String) -> Option<u16> {
+    in_netns(ns, move || {
+        use std::io::{Read as _, Write as _};
+        let to = SocketAddr::from((ip, api::names::DEFAULT_LB_PROBE_PORT));
+        let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(500)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok()?;
+        out.split(' ').nth(1)?.parse().ok()
+    })
+    .join()
+    .ok()
+    .flatten()
 }
 
 fn run_plugin(
