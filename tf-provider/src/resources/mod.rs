@@ -550,7 +550,6 @@ mod tests {
                 ("provision_public_ips".to_string(), Value::Bool(true)),
             ]
         );
-        assert!(spec_defaults(api::defaults::pool_defaults).is_empty());
     }
 
     #[test]

@@ -109,7 +109,8 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
         prior,
         config,
         &PlanRules {
-            defaults: &super::spec_defaults(api::defaults::pool_defaults),
+            // GatewayPools have no defaults: admission does not mutate them.
+            defaults: &[],
             id,
         },
     )
@@ -261,6 +262,8 @@ mod tests {
             ("public_ip_prefix_size", Value::Number(Number::Int(31))),
         ]);
         let (state, _) = plan(&Value::Null, &c);
+        // Nothing is defaulted: the optional instance_count stays unset.
+        assert!(matches!(state.get("instance_count"), Value::Null), "{state:?}");
         let c2 = config(vec![
             ("name", Value::str("gw")),
             ("gateway_nodepool_name", Value::str("gw")),
