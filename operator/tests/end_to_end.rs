@@ -410,6 +410,41 @@ async fn one_leader_at_a_time_and_takeover_after_release_or_expiry() {
 }
 
 #[tokio::test]
+async fn leadership_is_published_on_transitions_not_on_every_renewal() {
+    let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
+    let client = kube.client("admin").expect("client");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
+    let renewed = || async {
+        leases
+            .get("lock")
+            .await
+            .expect("lease")
+            .spec
+            .and_then(|s| s.renew_time)
+            .map(|t| t.0)
+    };
+    // Renewed every third of a second.
+    let lock = LeaseLock::new(client.clone(), "default", "lock", "a", Duration::from_secs(1));
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { lock.run(leading_tx, shutdown).await });
+    leading.changed().await.expect("published");
+    assert!(*leading.borrow_and_update(), "became leader");
+    let first = renewed().await;
+    // The work loop reconciles every pool when this channel signals: renewals must stay silent.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), leading.changed())
+            .await
+            .is_err(),
+        "a renewal that changes nothing is not published"
+    );
+    assert!(renewed().await > first, "the lease was renewed meanwhile");
+    shutdown_tx.send_replace(true);
+    task.await.expect("elector ends");
+    assert!(!*leading.borrow(), "not leading after shutdown");
+}
+
+#[tokio::test]
 async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_duplicates() {
     let w = start().await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
