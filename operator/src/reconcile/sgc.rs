@@ -176,58 +176,33 @@ pub fn next_status(
         p.public_key = public.to_string();
         p.private_key_secret_ref = Some(secret_ref.clone());
     }
+    // Not accepted: Accepted=False says why, Ready=False mirrors its reason.
+    let rejected = match outcome {
+        Outcome::Invalid(m) => Some(("InvalidSpec", m, "the spec breaks a rule; see Accepted")),
+        Outcome::PoolNotFound(m) => Some(("PoolNotFound", m, "the gateway pool does not exist in Azure")),
+        Outcome::PrefixSizeMismatch(m) => Some((
+            "PrefixSizeMismatch",
+            m,
+            "the public IP prefix does not fit the pool",
+        )),
+        _ => None,
+    };
+    if let Some((reason, accepted_msg, ready_msg)) = rejected {
+        cond(&mut st, ACCEPTED, false, reason, accepted_msg);
+        cond(&mut st, READY, false, reason, ready_msg);
+    }
+    const VALID: &str = "the spec is valid and the pool exists";
     match outcome {
-        Outcome::Invalid(m) => {
-            cond(&mut st, ACCEPTED, false, "InvalidSpec", m);
-            cond(
-                &mut st,
-                READY,
-                false,
-                "InvalidSpec",
-                "the spec breaks a rule; see Accepted",
-            );
-        }
-        Outcome::PoolNotFound(m) => {
-            cond(&mut st, ACCEPTED, false, "PoolNotFound", m);
-            cond(
-                &mut st,
-                READY,
-                false,
-                "PoolNotFound",
-                "the gateway pool does not exist in Azure",
-            );
-        }
-        Outcome::PrefixSizeMismatch(m) => {
-            cond(&mut st, ACCEPTED, false, "PrefixSizeMismatch", m);
-            cond(
-                &mut st,
-                READY,
-                false,
-                "PrefixSizeMismatch",
-                "the public IP prefix does not fit the pool",
-            );
-        }
+        Outcome::Invalid(_) | Outcome::PoolNotFound(_) | Outcome::PrefixSizeMismatch(_) => {}
         Outcome::AzureFailed { reason, message } => {
             cond(&mut st, READY, false, reason, message);
         }
         Outcome::Blocked(m) => {
-            cond(
-                &mut st,
-                ACCEPTED,
-                true,
-                "Accepted",
-                "the spec is valid and the pool exists",
-            );
+            cond(&mut st, ACCEPTED, true, "Accepted", VALID);
             cond(&mut st, READY, false, "Blocked", m);
         }
         Outcome::Provisioned(f) => {
-            cond(
-                &mut st,
-                ACCEPTED,
-                true,
-                "Accepted",
-                "the spec is valid and the pool exists",
-            );
+            cond(&mut st, ACCEPTED, true, "Accepted", VALID);
             let p = st
                 .gateway_server_profile
                 .get_or_insert_with(GatewayServerProfile::default);
