@@ -127,6 +127,11 @@ impl LeaseLock {
     ) {
         let retry = self.duration / 3;
         let mut last_success: Option<tokio::time::Instant> = None;
+        // Receivers hear only real transitions: the work loop reconciles every pool when leadership changes,
+        // so a renewal that changes nothing must not wake it.
+        let set = |value: bool| {
+            leading.send_if_modified(|v| std::mem::replace(v, value) != value);
+        };
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
@@ -134,16 +139,16 @@ impl LeaseLock {
                     if !*leading.borrow() {
                         tracing::info!(identity = %self.identity, lease = %self.name, "became leader");
                     }
-                    leading.send_replace(true);
+                    set(true);
                 }
                 Ok(false) => {
                     last_success = None;
-                    leading.send_replace(false);
+                    set(false);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "lease renewal failed");
                     if last_success.is_none_or(|t| t.elapsed() >= self.duration) {
-                        leading.send_replace(false);
+                        set(false);
                     }
                 }
             }
@@ -153,7 +158,7 @@ impl LeaseLock {
             }
         }
         if *leading.borrow() {
-            leading.send_replace(false);
+            set(false);
             if let Err(e) = self.release().await {
                 tracing::warn!(error = %e, "releasing the lease failed");
             }

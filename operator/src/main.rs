@@ -32,7 +32,7 @@ struct Args {
     #[arg(long, default_value_t = 8081)]
     health_probe_bind_port: u16,
     /// Port of the gateway agents' load-balancer health probe.
-    #[arg(long, default_value_t = 8082)]
+    #[arg(long, default_value_t = api::names::DEFAULT_LB_PROBE_PORT)]
     gateway_lb_probe_port: u16,
     /// Run leader election (for more than one replica).
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true")]

@@ -2,16 +2,17 @@
 //! coalesced writes, steady state without writes, deletion without leaks, and fault injection.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use api::PoolRef;
-use operator::azure::{Arm, RetryBudget};
+use operator::azure::Arm;
 use operator::config::CloudConfig;
 use operator::desired::{Config, Egress};
 use operator::metrics::Metrics;
 use operator::reconcile::pool::{self, PoolOutcome, ResolvedPool};
 use serde_json::{Value, json};
 use testbed::azure::{AzureSim, FaultSpec, Seed};
+
+mod common;
 
 struct Env {
     sim: AzureSim,
@@ -22,23 +23,9 @@ struct Env {
 
 async fn start(seed: Seed) -> Env {
     let sim = AzureSim::start(&seed).await.expect("simulator starts");
-    let text = json!({
-        "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
-        "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
-        "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
-        "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": sim.url(),
-        "activeDirectoryAuthorityHost": sim.url()
-    })
-    .to_string();
-    let cfg = CloudConfig::parse(&text, |_| None).expect("config");
+    let cfg = common::cloud_config(&seed, &sim);
     let metrics = Metrics::new();
-    let cred = operator::azure::credential(&cfg).expect("credential");
-    let retry = RetryBudget {
-        initial: Duration::from_millis(5),
-        max_delay: Duration::from_millis(200),
-        max_retries: 4,
-    };
-    let arm = Arm::new(&cfg, cred, retry, &metrics).expect("clients");
+    let arm = common::arm(&cfg, &metrics);
     Env {
         sim,
         cfg,
@@ -87,21 +74,10 @@ fn writes(env: &Env, method: &str, path: &str) -> usize {
     env.sim.count_calls(method, path)
 }
 
-fn resources(env: &Env) -> Vec<String> {
-    let mut v: Vec<String> = env.sim.inventory()["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .filter_map(|r| r.as_str().map(str::to_ascii_lowercase))
-        .collect();
-    v.sort();
-    v
-}
-
 #[tokio::test]
 async fn fifty_configurations_converge_with_one_lb_put_one_vmss_put_and_one_update_per_instance() {
     let env = start(Seed::aks_like(2)).await;
-    let before = resources(&env);
+    let before = common::resources(&env.sim);
     let pool = resolve(&env).await;
     let configs = managed(50);
     env.sim.clear_calls();
@@ -145,14 +121,18 @@ async fn fifty_configurations_converge_with_one_lb_put_one_vmss_put_and_one_upda
     assert_eq!(writes(&env, "DELETE", "(?i)/publicIPPrefixes/[^/]+$"), 50);
     assert_eq!(writes(&env, "DELETE", "(?i)/publicIPAddresses/"), 0);
     assert_eq!(gone.writes, 1 + 1 + 2 + 50);
-    assert_eq!(resources(&env), before, "inventory is back to the seed");
+    assert_eq!(
+        common::resources(&env.sim),
+        before,
+        "inventory is back to the seed"
+    );
     assert_eq!(env.sim.inventory()["publicBlocks"], json!([]));
 }
 
 #[tokio::test]
 async fn private_mode_reports_the_secondary_ips_and_switching_cleans_the_prefix() {
     let env = start(Seed::aks_like(2)).await;
-    let before = resources(&env);
+    let before = common::resources(&env.sim);
     let pool = resolve(&env).await;
     let mut configs = managed(1);
     let out = run(&env, &pool, &configs).await;
@@ -180,13 +160,13 @@ async fn private_mode_reports_the_secondary_ips_and_switching_cleans_the_prefix(
     assert_eq!(run(&env, &pool, &configs).await.writes, 0);
 
     run(&env, &pool, &deleting(&configs)).await;
-    assert_eq!(resources(&env), before);
+    assert_eq!(common::resources(&env.sim), before);
 }
 
 #[tokio::test]
 async fn a_short_429_storm_is_absorbed_and_a_long_one_surfaces_with_the_arm_code() {
     let env = start(Seed::aks_like(2)).await;
-    let before = resources(&env);
+    let before = common::resources(&env.sim);
     let pool = resolve(&env).await;
     let configs = managed(3);
 
@@ -218,13 +198,17 @@ async fn a_short_429_storm_is_absorbed_and_a_long_one_surfaces_with_the_arm_code
     }
     env.sim.with_state(|s| s.clear_faults());
     run(&env, &pool, &deleting(&configs)).await;
-    assert_eq!(resources(&env), before, "converged without leaks after the storm");
+    assert_eq!(
+        common::resources(&env.sim),
+        before,
+        "converged without leaks after the storm"
+    );
 }
 
 #[tokio::test]
 async fn server_errors_and_lost_responses_converge_without_duplicates() {
     let env = start(Seed::aks_like(2)).await;
-    let before = resources(&env);
+    let before = common::resources(&env.sim);
     let pool = resolve(&env).await;
     let configs = managed(4);
     // 500 on the VMSS PUT (retried by the client), and a lost response on an instance update: the write
@@ -253,7 +237,7 @@ async fn server_errors_and_lost_responses_converge_without_duplicates() {
         "one prefix per configuration"
     );
     run(&env, &pool, &deleting(&configs)).await;
-    assert_eq!(resources(&env), before);
+    assert_eq!(common::resources(&env.sim), before);
 }
 
 #[tokio::test]
@@ -301,7 +285,7 @@ fn vm_pool_seed() -> Seed {
 #[tokio::test]
 async fn vm_pool_private_and_public_mode_through_the_pre_created_nics() {
     let env = start(vm_pool_seed()).await;
-    let before = resources(&env);
+    let before = common::resources(&env.sim);
     let pool = resolve(&env).await;
     assert_eq!(pool.pool.kind, operator::desired::PoolKind::Vm);
     assert_eq!(pool.pool.uid, api::names::vm_pool_uid("gateway"));
@@ -338,7 +322,7 @@ async fn vm_pool_private_and_public_mode_through_the_pre_created_nics() {
 
     run(&env, &pool, &deleting(&configs)).await;
     assert_eq!(
-        resources(&env),
+        common::resources(&env.sim),
         before,
         "NIC ipConfigurations, public IPs, prefix and LB all gone"
     );

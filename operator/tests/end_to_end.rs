@@ -8,7 +8,6 @@ use api::StaticGatewayConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, PostParams};
-use operator::azure::{Arm, RetryBudget};
 use operator::config::CloudConfig;
 use operator::leader::LeaseLock;
 use operator::metrics::Metrics;
@@ -16,6 +15,8 @@ use operator::reconcile::sgc::{ACCEPTED, Operator, READY};
 use serde_json::json;
 use testbed::azure::{AzureSim, Seed};
 use testbed::kube::KubeSim;
+
+mod common;
 
 const NS: &str = "kube-egress-gateway-system";
 
@@ -43,29 +44,7 @@ async fn start() -> World {
     }
     let seed = Seed::aks_like(2);
     let azure = AzureSim::start(&seed).await.expect("azure-sim");
-    let text = json!({
-        "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
-        "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
-        "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
-        "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": azure.url(),
-        "activeDirectoryAuthorityHost": azure.url()
-    })
-    .to_string();
-    let cfg = CloudConfig::parse(&text, |_| None).expect("config");
-    let metrics = Metrics::new();
-    let retry = RetryBudget {
-        initial: Duration::from_millis(5),
-        max_delay: Duration::from_millis(200),
-        max_retries: 4,
-    };
-    let arm = Arm::new(
-        &cfg,
-        operator::azure::credential(&cfg).expect("cred"),
-        retry,
-        &metrics,
-    )
-    .expect("arm");
-    let op = Operator::new(client.clone(), arm, cfg, NS.into(), NS.into(), 8082, metrics);
+    let op = new_operator(&client, &common::cloud_config(&seed, &azure));
     World {
         _kube: kube,
         azure,
@@ -77,18 +56,7 @@ async fn start() -> World {
 /// A fresh operator process: new clients, no memory of earlier runs.
 fn new_operator(client: &kube::Client, cfg: &CloudConfig) -> Operator {
     let metrics = Metrics::new();
-    let retry = RetryBudget {
-        initial: Duration::from_millis(5),
-        max_delay: Duration::from_millis(200),
-        max_retries: 4,
-    };
-    let arm = Arm::new(
-        cfg,
-        operator::azure::credential(cfg).expect("cred"),
-        retry,
-        &metrics,
-    )
-    .expect("arm");
+    let arm = common::arm(cfg, &metrics);
     Operator::new(
         client.clone(),
         arm,
@@ -119,21 +87,10 @@ fn condition<'a>(s: &'a StaticGatewayConfiguration, t: &str) -> Option<(&'a str,
         .map(|c| (c.status.as_str(), c.reason.as_str()))
 }
 
-fn resources(azure: &AzureSim) -> Vec<String> {
-    let mut v: Vec<String> = azure.inventory()["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .filter_map(|r| r.as_str().map(str::to_ascii_lowercase))
-        .collect();
-    v.sort();
-    v
-}
-
 #[tokio::test]
 async fn configurations_get_keys_status_and_leave_nothing_behind() {
     let w = start().await;
-    let before = resources(&w.azure);
+    let before = common::resources(&w.azure);
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
     let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
@@ -338,7 +295,7 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
             .items
             .is_empty()
     );
-    assert_eq!(resources(&w.azure), before);
+    assert_eq!(common::resources(&w.azure), before);
 }
 
 #[tokio::test]
@@ -407,6 +364,41 @@ async fn one_leader_at_a_time_and_takeover_after_release_or_expiry() {
     let results = futures::future::join_all(locks.iter().map(|l| l.try_acquire_or_renew())).await;
     let winners = results.into_iter().filter(|r| matches!(r, Ok(true))).count();
     assert_eq!(winners, 1);
+}
+
+#[tokio::test]
+async fn leadership_is_published_on_transitions_not_on_every_renewal() {
+    let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
+    let client = kube.client("admin").expect("client");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
+    let renewed = || async {
+        leases
+            .get("lock")
+            .await
+            .expect("lease")
+            .spec
+            .and_then(|s| s.renew_time)
+            .map(|t| t.0)
+    };
+    // Renewed every third of a second.
+    let lock = LeaseLock::new(client.clone(), "default", "lock", "a", Duration::from_secs(1));
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { lock.run(leading_tx, shutdown).await });
+    leading.changed().await.expect("published");
+    assert!(*leading.borrow_and_update(), "became leader");
+    let first = renewed().await;
+    // The work loop reconciles every pool when this channel signals: renewals must stay silent.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), leading.changed())
+            .await
+            .is_err(),
+        "a renewal that changes nothing is not published"
+    );
+    assert!(renewed().await > first, "the lease was renewed meanwhile");
+    shutdown_tx.send_replace(true);
+    task.await.expect("elector ends");
+    assert!(!*leading.borrow(), "not leading after shutdown");
 }
 
 #[tokio::test]

@@ -177,8 +177,6 @@ pub struct Observed {
     vmss_nic_configs: Vec<Value>,
     instance_nic_configs: BTreeMap<String, Vec<Value>>,
     vm_nic_json: BTreeMap<String, Value>,
-    /// CIDR of every managed prefix, by name (lower-cased).
-    pub prefix_cidrs: BTreeMap<String, String>,
 }
 
 /// The environment of the plan.
@@ -221,11 +219,9 @@ pub async fn observe(
     for r in prefixes {
         let (name, p) = r?;
         if let Some(p) = p {
-            let p = prefix_from_json(&p);
-            if let Some(cidr) = &p.cidr {
-                o.prefix_cidrs.insert(name.to_ascii_lowercase(), cidr.clone());
-            }
-            o.state.managed_prefixes.insert(name.to_ascii_lowercase(), p);
+            o.state
+                .managed_prefixes
+                .insert(name.to_ascii_lowercase(), prefix_from_json(&p));
         }
     }
     match pool.pool.kind {
@@ -526,9 +522,10 @@ pub async fn reconcile(
         .map(|c| {
             let cidr = match &c.egress {
                 Egress::Managed => after
-                    .prefix_cidrs
+                    .state
+                    .managed_prefixes
                     .get(&managed_resource_name(&c.uid).to_ascii_lowercase())
-                    .cloned(),
+                    .and_then(|p| p.cidr.clone()),
                 Egress::Byo { prefix_id } => byo_cidrs
                     .get(&last_segment(prefix_id).to_ascii_lowercase())
                     .cloned(),

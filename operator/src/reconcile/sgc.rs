@@ -176,58 +176,33 @@ pub fn next_status(
         p.public_key = public.to_string();
         p.private_key_secret_ref = Some(secret_ref.clone());
     }
+    // Not accepted: Accepted=False says why, Ready=False mirrors its reason.
+    let rejected = match outcome {
+        Outcome::Invalid(m) => Some(("InvalidSpec", m, "the spec breaks a rule; see Accepted")),
+        Outcome::PoolNotFound(m) => Some(("PoolNotFound", m, "the gateway pool does not exist in Azure")),
+        Outcome::PrefixSizeMismatch(m) => Some((
+            "PrefixSizeMismatch",
+            m,
+            "the public IP prefix does not fit the pool",
+        )),
+        _ => None,
+    };
+    if let Some((reason, accepted_msg, ready_msg)) = rejected {
+        cond(&mut st, ACCEPTED, false, reason, accepted_msg);
+        cond(&mut st, READY, false, reason, ready_msg);
+    }
+    const VALID: &str = "the spec is valid and the pool exists";
     match outcome {
-        Outcome::Invalid(m) => {
-            cond(&mut st, ACCEPTED, false, "InvalidSpec", m);
-            cond(
-                &mut st,
-                READY,
-                false,
-                "InvalidSpec",
-                "the spec breaks a rule; see Accepted",
-            );
-        }
-        Outcome::PoolNotFound(m) => {
-            cond(&mut st, ACCEPTED, false, "PoolNotFound", m);
-            cond(
-                &mut st,
-                READY,
-                false,
-                "PoolNotFound",
-                "the gateway pool does not exist in Azure",
-            );
-        }
-        Outcome::PrefixSizeMismatch(m) => {
-            cond(&mut st, ACCEPTED, false, "PrefixSizeMismatch", m);
-            cond(
-                &mut st,
-                READY,
-                false,
-                "PrefixSizeMismatch",
-                "the public IP prefix does not fit the pool",
-            );
-        }
+        Outcome::Invalid(_) | Outcome::PoolNotFound(_) | Outcome::PrefixSizeMismatch(_) => {}
         Outcome::AzureFailed { reason, message } => {
             cond(&mut st, READY, false, reason, message);
         }
         Outcome::Blocked(m) => {
-            cond(
-                &mut st,
-                ACCEPTED,
-                true,
-                "Accepted",
-                "the spec is valid and the pool exists",
-            );
+            cond(&mut st, ACCEPTED, true, "Accepted", VALID);
             cond(&mut st, READY, false, "Blocked", m);
         }
         Outcome::Provisioned(f) => {
-            cond(
-                &mut st,
-                ACCEPTED,
-                true,
-                "Accepted",
-                "the spec is valid and the pool exists",
-            );
+            cond(&mut st, ACCEPTED, true, "Accepted", VALID);
             let p = st
                 .gateway_server_profile
                 .get_or_insert_with(GatewayServerProfile::default);
@@ -351,6 +326,36 @@ pub fn pool_status(
         generation,
     );
     st
+}
+
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`: `new`, plus `null` for every field `old` has and
+/// `new` lacks, recursively. Status types omit empty fields when serialised, so a plain merge patch of `new`
+/// would leave a cleared field's old value on the object (and the status would differ, and be written, on every
+/// pass).
+pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, v) in n {
+                patch.insert(k.clone(), merge_patch(o.get(k).unwrap_or(&Value::Null), v));
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                patch.insert(k.clone(), Value::Null);
+            }
+            Value::Object(patch)
+        }
+        _ => new.clone(),
+    }
+}
+
+/// `{"status": …}` merge patch from the status read to the status wanted.
+fn status_patch<T: serde::Serialize>(old: &T, new: &T) -> serde_json::Value {
+    let (old, new) = (
+        serde_json::to_value(old).unwrap_or_default(),
+        serde_json::to_value(new).unwrap_or_default(),
+    );
+    json!({ "status": merge_patch(&old, &new) })
 }
 
 /// Normalised key of a pool reference (ARM compares names case-insensitively).
@@ -536,20 +541,17 @@ impl Operator {
     ) -> impl std::future::Future<Output = Result<(), kube::Error>> + Send + 'static {
         let old = sgc.status.clone().unwrap_or_default();
         let (new, events) = next_status(&old, sgc.metadata.generation, outcome, key);
-        let changed = new != old;
+        // Written only when it changed; the patch also clears what the new status no longer has.
+        let patch = (new != old).then(|| status_patch(&old, &new));
         let api: Api<StaticGatewayConfiguration> =
             Api::namespaced(self.client.clone(), &sgc.namespace().unwrap_or_default());
         let name = sgc.name_any();
         let reference = sgc.object_ref(&());
         let recorder = self.recorder.clone();
         async move {
-            if changed {
-                api.patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": new})),
-                )
-                .await?;
+            if let Some(patch) = patch {
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
             }
             for (type_, reason, note) in events {
                 let ev = Event {
@@ -838,7 +840,7 @@ impl Operator {
                     .patch_status(
                         &p.name_any(),
                         &PatchParams::default(),
-                        &Patch::Merge(json!({"status": new})),
+                        &Patch::Merge(status_patch(&old, &new)),
                     )
                     .await?;
             }
@@ -1202,6 +1204,64 @@ mod tests {
                 .map(|c| c.reason.as_str()),
             Some("PoolNotFound")
         );
+    }
+
+    #[test]
+    fn status_patches_clear_what_the_new_status_no_longer_has() {
+        let old = StaticGatewayConfigurationStatus {
+            egress_ip_prefix: Some("10.0.0.5,10.0.0.6".into()),
+            gateway_server_profile: Some(GatewayServerProfile {
+                ip: "10.1.0.4".into(),
+                port: 6000,
+                public_key: "pub".into(),
+                private_key_secret_ref: Some(secret_ref()),
+            }),
+            gateway_vm_profiles: vec![api::GatewayVmProfile {
+                node_name: "n0".into(),
+                primary_ip: "10.0.0.4".into(),
+                secondary_ip: "10.0.0.5".into(),
+            }],
+            observed_generation: Some(1),
+            conditions: vec![],
+        };
+        // A node lost its address and the frontend is being re-created: those fields go away.
+        let mut new = old.clone();
+        new.egress_ip_prefix = None;
+        new.gateway_vm_profiles.clear();
+        if let Some(p) = new.gateway_server_profile.as_mut() {
+            p.ip.clear();
+        }
+        new.observed_generation = Some(2);
+        let mut object = json!({"status": old});
+        json_patch::merge(&mut object, &status_patch(&old, &new));
+        assert_eq!(object, json!({ "status": new }));
+        let back: StaticGatewayConfigurationStatus =
+            serde_json::from_value(object["status"].clone()).expect("status");
+        assert_eq!(
+            back, new,
+            "the object now equals the wanted status: no write next pass"
+        );
+
+        // Pools: instances gone when the scale set is scaled to zero.
+        let old_pool = api::GatewayPoolStatus {
+            instances: vec![api::pool::PoolInstance {
+                name: "vmss000000".into(),
+                node_name: Some("vmss000000".into()),
+                primary_ip: "10.0.0.4".into(),
+                provisioning_state: "Succeeded".into(),
+                ready: true,
+            }],
+            ready_instances: 1,
+            ..Default::default()
+        };
+        let new_pool = api::GatewayPoolStatus {
+            instances: vec![],
+            ready_instances: 0,
+            ..old_pool.clone()
+        };
+        let mut object = json!({"status": old_pool});
+        json_patch::merge(&mut object, &status_patch(&old_pool, &new_pool));
+        assert_eq!(object, json!({ "status": new_pool }));
     }
 
     #[test]
