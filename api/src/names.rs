@@ -42,6 +42,17 @@ pub const SECRET_PRIVATE_KEY: &str = "PrivateKey";
 pub const SECRET_PUBLIC_KEY: &str = "PublicKey";
 
 // ---------------------------------------------------------------------------------------------
+// Status conditions (written by the operator, read by kubectl columns and the Terraform provider)
+// ---------------------------------------------------------------------------------------------
+
+/// StaticGatewayConfiguration: the spec passed the rules and its pool was found.
+pub const CONDITION_ACCEPTED: &str = "Accepted";
+/// StaticGatewayConfiguration and GatewayPool: provisioned in Azure and usable.
+pub const CONDITION_READY: &str = "Ready";
+/// GatewayPool: some instances are not ready.
+pub const CONDITION_DEGRADED: &str = "Degraded";
+
+// ---------------------------------------------------------------------------------------------
 // Finalizers
 // ---------------------------------------------------------------------------------------------
 

@@ -31,10 +31,10 @@ use crate::desired::{Config, ConfigFacts, ConfigProblem, Egress};
 use crate::metrics::{FailLabels, LatencyLabels, Metrics};
 use crate::reconcile::pool::{self, PoolError};
 
-/// Condition types.
-pub const ACCEPTED: &str = "Accepted";
-/// See [`ACCEPTED`].
-pub const READY: &str = "Ready";
+/// Condition types (defined in `api`, where the provider and kubectl columns read them too).
+pub use api::names::{
+    CONDITION_ACCEPTED as ACCEPTED, CONDITION_DEGRADED as DEGRADED, CONDITION_READY as READY,
+};
 /// Field manager of the operator's writes.
 pub const MANAGER: &str = "kube-egress-gateway-operator";
 
@@ -315,7 +315,7 @@ pub fn pool_status(
     );
     set_condition(
         &mut st.conditions,
-        "Degraded",
+        DEGRADED,
         !all_ready && ready_instances > 0,
         if !all_ready && ready_instances > 0 {
             "SomeInstancesNotReady"

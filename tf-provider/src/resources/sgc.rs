@@ -234,7 +234,7 @@ pub fn is_ready(obj: &StaticGatewayConfiguration) -> bool {
     obj.status.as_ref().is_some_and(|s| {
         s.egress_ip_prefix.as_deref().is_some_and(|p| !p.is_empty())
             && s.conditions.iter().any(|c| {
-                c.type_ == "Ready"
+                c.type_ == api::names::CONDITION_READY
                     && c.status == "True"
                     && (generation.is_none()
                         || c.observed_generation.is_none()
