@@ -955,15 +955,15 @@ pub fn missing_sgc_warning(namespace: &str, name: &str) -> Warning {
 
 /// Kubernetes object name syntax (RFC 1123 subdomain).
 pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// Namespace name syntax (RFC 1123 label: no dots, at most 63 characters).
+pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }

@@ -233,3 +233,20 @@ fn pod_default_injection() {
     assert!(api::defaults::pod_default_gateway(&pod, None).is_none());
     assert!(api::defaults::pod_default_gateway(&pod, Some(&json!({"unrelated": "x"}))).is_none());
 }
+
+#[test]
+fn kubernetes_name_syntax() {
+    use api::rules::{is_dns1123_label, is_dns1123_subdomain};
+    for ok in ["a", "gw-1", "a.b", &"a".repeat(63)] {
+        assert!(is_dns1123_subdomain(ok), "{ok}");
+    }
+    for bad in ["", "A", "-a", "a-", "a..b", "a_b", &"a".repeat(64)] {
+        assert!(!is_dns1123_subdomain(bad), "{bad}");
+    }
+    for ok in ["a", "team-a", &"a".repeat(63)] {
+        assert!(is_dns1123_label(ok), "{ok}");
+    }
+    for bad in ["", "a.b", "A", "-a", "a-", &"a".repeat(64)] {
+        assert!(!is_dns1123_label(bad), "{bad}");
+    }
+}

@@ -415,13 +415,22 @@ pub(crate) fn validate_names(config: &Value, identity: &[&str]) -> Vec<pb::Diagn
         .iter()
         .filter_map(|attr| {
             let s = config.get(attr).as_str()?;
-            (!api::rules::is_dns1123_subdomain(s)).then(|| {
+            // Namespaces are labels (no dots); object names are subdomains.
+            let (valid, rule) = if *attr == "namespace" {
+                (
+                    api::rules::is_dns1123_label(s),
+                    "lowercase letters, digits and '-', at most 63 characters",
+                )
+            } else {
+                (
+                    api::rules::is_dns1123_subdomain(s),
+                    "lowercase letters, digits, '-' and '.', at most 253 characters",
+                )
+            };
+            (!valid).then(|| {
                 diag::error(
                     format!("Invalid {attr}"),
-                    format!(
-                        "'{s}' is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', at most \
-                         253 characters)"
-                    ),
+                    format!("'{s}' is not a valid Kubernetes {attr} ({rule})"),
                     Some(&Path::attr(attr)),
                 )
             })
@@ -571,6 +580,9 @@ mod tests {
         assert_eq!(diags[0].summary, "Invalid namespace");
         assert_eq!(diags[0].attribute, Some(Path::attr("namespace").to_proto()));
         assert!(validate_names(&object([("name", Value::str("gw.pool"))]), &["name"]).is_empty());
+        // A namespace is a DNS label: dots are refused at plan, as the API server would.
+        let diags = validate_names(&object([("namespace", Value::str("a.b"))]), &["namespace"]);
+        assert_eq!(diags.len(), 1, "{diags:?}");
     }
 
     #[test]
