@@ -855,3 +855,84 @@ async fn secret_string_data_is_folded_into_data() {
     assert!(read.string_data.is_none());
     assert_eq!(read.data.expect("data").len(), 3);
 }
+
+#[tokio::test]
+async fn secret_type_and_immutable_contents_cannot_change() {
+    let sim = sim_with_crds().await;
+    let client = sim.client("admin").expect("client");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let typed: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tls"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": "eA==", "tls.key": "eA=="}
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &typed)
+        .await
+        .expect("create");
+    // Like the operator's forced apply of its key Secret over one that has another type.
+    let opaque: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tls"},
+        "type": "Opaque",
+        "data": {"PrivateKey": "eA=="}
+    }))
+    .expect("secret");
+    let s = api_err(
+        secrets
+            .patch("tls", &PatchParams::apply("op").force(), &Patch::Apply(&opaque))
+            .await
+            .expect_err("type is immutable"),
+    );
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        s.message,
+        "Secret \"tls\" is invalid: type: Invalid value: \"Opaque\": field is immutable"
+    );
+    // A Secret created without a type is Opaque.
+    let untyped = secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "plain"}})).expect("secret"),
+        )
+        .await
+        .expect("create");
+    assert_eq!(untyped.type_.as_deref(), Some("Opaque"));
+
+    // `immutable: true` freezes the contents and cannot be undone; other metadata can still change.
+    let configmaps: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut frozen = cm("frozen", &[]);
+    frozen.immutable = Some(true);
+    configmaps
+        .create(&PostParams::default(), &frozen)
+        .await
+        .expect("create");
+    for (patch, field) in [
+        (json!({"data": {"k": "changed"}}), "data"),
+        (json!({"immutable": false}), "immutable"),
+    ] {
+        let s = api_err(
+            configmaps
+                .patch("frozen", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect_err("immutable"),
+        );
+        assert_eq!(s.code, 422, "{patch}");
+        assert_eq!(
+            s.message,
+            format!(
+                "ConfigMap \"frozen\" is invalid: {field}: Forbidden: field is immutable when `immutable` is set"
+            ),
+        );
+    }
+    let labelled = configmaps
+        .patch(
+            "frozen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+        )
+        .await
+        .expect("labels of an immutable ConfigMap can change");
+    assert_eq!(labelled.data, frozen.data);
+}

@@ -747,6 +747,9 @@ fn validate(t: &Target, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
             format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
         ));
     }
+    if let Some(old) = old {
+        causes.extend(builtin_update_causes(t, obj, old));
+    }
     if let Some(schema) = t.rt.version(&t.version).and_then(|v| v.schema.as_ref()) {
         causes.extend(schema::validate(obj, schema));
         if causes.is_empty() {
@@ -779,6 +782,44 @@ fn validate(t: &Target, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
     } else {
         Err(ApiError::invalid(&t.rt.group, &t.rt.kind, name, &causes))
     }
+}
+
+/// Immutable fields of the core kinds our components write, as kube-apiserver's `ValidateSecretUpdate` and
+/// `ValidateConfigMapUpdate` check them: a Secret's `type`, and the contents of a Secret or ConfigMap
+/// marked `immutable: true` (which cannot be unset either).
+fn builtin_update_causes(t: &Target, obj: &Value, old: &Value) -> Vec<(String, String)> {
+    let contents: &[&str] = match (t.rt.group.as_str(), t.rt.plural.as_str()) {
+        ("", "secrets") => &["data"],
+        ("", "configmaps") => &["data", "binaryData"],
+        _ => return Vec::new(),
+    };
+    let mut causes = Vec::new();
+    if t.rt.plural == "secrets" && obj.get("type") != old.get("type") {
+        let new_type = obj.get("type").and_then(Value::as_str).unwrap_or_default();
+        causes.push((
+            "type".to_string(),
+            format!("Invalid value: \"{new_type}\": field is immutable"),
+        ));
+    }
+    let immutable = |o: &Value| o.get("immutable").and_then(Value::as_bool) == Some(true);
+    if immutable(old) {
+        const FORBIDDEN: &str = "Forbidden: field is immutable when `immutable` is set";
+        if !immutable(obj) {
+            causes.push(("immutable".to_string(), FORBIDDEN.to_string()));
+        }
+        // Absent, null and empty maps are the same contents.
+        let field = |o: &Value, f: &str| {
+            o.get(f)
+                .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()))
+                .cloned()
+        };
+        for f in contents {
+            if field(obj, f) != field(old, f) {
+                causes.push(((*f).to_string(), FORBIDDEN.to_string()));
+            }
+        }
+    }
+    causes
 }
 
 /// Defaulting and pruning from the CRD schema; strict field validation turns pruned fields into errors.
@@ -847,7 +888,7 @@ fn options(kind: &str, ctx: &Ctx) -> Value {
 }
 
 /// Built-in defaulting: Namespaces always carry `kubernetes.io/metadata.name` (webhook namespaceSelectors rely
-/// on it).
+/// on it); a Secret without a `type` is `Opaque`.
 fn default_builtin(t: &Target, obj: &mut Value) {
     if t.rt.group.is_empty() && t.rt.plural == "namespaces" {
         let name = meta_str(obj, "name").to_string();
@@ -857,6 +898,9 @@ fn default_builtin(t: &Target, obj: &mut Value) {
     }
     if t.rt.group.is_empty() && t.rt.plural == "secrets" {
         fold_string_data(obj);
+        if obj.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+            obj["type"] = json!("Opaque");
+        }
     }
 }
 
