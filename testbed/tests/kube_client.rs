@@ -936,3 +936,82 @@ async fn secret_type_and_immutable_contents_cannot_change() {
         .expect("labels of an immutable ConfigMap can change");
     assert_eq!(labelled.data, frozen.data);
 }
+
+#[tokio::test]
+async fn writes_naming_another_object_are_refused() {
+    let sim = sim_with_crds().await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(sim.client("admin").expect("client"), "default");
+    let live = configmaps
+        .create(&PostParams::default(), &cm("c", &[]))
+        .await
+        .expect("create");
+    let mut other_ns = live.clone();
+    other_ns.metadata.namespace = Some("kube-system".into());
+    let s = api_err(
+        configmaps
+            .replace("c", &PostParams::default(), &other_ns)
+            .await
+            .expect_err("namespace mismatch"),
+    );
+    assert_eq!(
+        (s.code, s.message.as_str()),
+        (
+            400,
+            "the namespace of the provided object does not match the namespace sent on the request"
+        )
+    );
+    let s = api_err(
+        configmaps
+            .patch(
+                "c",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"name": "renamed"}})),
+            )
+            .await
+            .expect_err("rename"),
+    );
+    assert_eq!(
+        (s.code, s.message.as_str()),
+        (
+            400,
+            "the name of the object (renamed) does not match the name on the URL (c)"
+        )
+    );
+    let mut other_uid = live.clone();
+    other_uid.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    let s = api_err(
+        configmaps
+            .replace("c", &PostParams::default(), &other_uid)
+            .await
+            .expect_err("a PUT's uid is a precondition"),
+    );
+    let live_uid = live.metadata.uid.clone().unwrap_or_default();
+    assert_eq!(
+        (s.code, s.message),
+        (
+            409,
+            format!(
+                "Operation cannot be fulfilled on configmaps \"c\": Precondition failed: UID in precondition: 00000000-0000-0000-0000-000000000000, UID in object meta: {live_uid}"
+            )
+        )
+    );
+    let s = api_err(
+        configmaps
+            .patch(
+                "c",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"uid": "00000000-0000-0000-0000-000000000000"}})),
+            )
+            .await
+            .expect_err("uid is immutable"),
+    );
+    assert_eq!(
+        (s.code, s.message.as_str()),
+        (
+            422,
+            "ConfigMap \"c\" is invalid: metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable"
+        )
+    );
+    let after = configmaps.get("c").await.expect("get");
+    assert_eq!(after.metadata.resource_version, live.metadata.resource_version);
+}
