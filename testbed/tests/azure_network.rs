@@ -210,6 +210,70 @@ async fn load_balancer_refusals_match_arm() {
 }
 
 #[tokio::test]
+async fn resource_names_outside_arm_rules_are_refused_and_change_nothing() {
+    let env = start(Seed::aks_like(0)).await;
+    let prefixes = env.network.public_ip_prefixes_client();
+    let prefix_body: PublicIpPrefix = serde_json::from_value(
+        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
+        "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
+    )
+    .expect("model");
+    // 80 characters is the longest name ARM takes.
+    let longest = format!("p{}", "x".repeat(79));
+    let prefix = prefixes
+        .create_or_update(RG, &longest, prefix_body.clone(), env.sub())
+        .await
+        .expect("an 80-character name is valid");
+    for bad in ["-starts-with-hyphen", "ends-with-dot.", "has,comma"] {
+        let err = prefixes
+            .create_or_update(RG, bad, prefix_body.clone(), env.sub())
+            .await
+            .expect_err(bad);
+        assert_eq!(
+            status_and_code(&err),
+            (400, "InvalidResourceName".to_owned()),
+            "{bad}"
+        );
+    }
+    // A VM-pool public IP name derived from a long prefix name is longer than ARM allows.
+    let pip_name = api::names::vm_pool_public_ip_name(&longest, "aks-gwpool-nic-0");
+    assert!(pip_name.len() > 80);
+    let pip_body: PublicIpAddress = serde_json::from_value(
+        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
+        "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4",
+            "publicIPPrefix": {"id": prefix.resource.id.clone().expect("id")}}}),
+    )
+    .expect("model");
+    let err = env
+        .network
+        .public_ip_addresses_client()
+        .create_or_update(RG, &pip_name, pip_body, env.sub())
+        .await
+        .expect_err("name too long");
+    assert_eq!(status_and_code(&err), (400, "InvalidResourceName".to_owned()));
+    // Child resource names follow the same rules.
+    let lbs = env.network.load_balancers_client();
+    let bad_probe = json!([{"name": "probe!", "properties": {"protocol": "Tcp", "port": 8082}}]);
+    let err = lbs
+        .create_or_update(RG, LB, lb_body(&env, json!([]), bad_probe), env.sub())
+        .await
+        .expect_err("bad probe name");
+    assert_eq!(status_and_code(&err), (400, "InvalidResourceName".to_owned()));
+    // Nothing but the valid prefix exists, and no public address was handed out.
+    let inv = env.sim.inventory();
+    let ids = inv["resources"].to_string().to_ascii_lowercase();
+    assert!(!ids.contains("/loadbalancers/"), "{inv}");
+    assert!(!ids.contains("/publicipaddresses/"), "{inv}");
+    let handed_out = inv["prefixAddresses"]
+        .as_object()
+        .expect("map")
+        .values()
+        .map(|v| v.as_array().map_or(0, Vec::len))
+        .sum::<usize>();
+    assert_eq!(handed_out, 0, "{inv}");
+}
+
+#[tokio::test]
 async fn subnet_get_reports_prefix_and_exhaustion_is_an_arm_error() {
     let mut seed = Seed::aks_like(0);
     seed.virtual_networks[0].subnets[0].address_prefix = "10.224.0.0/29".parse().expect("cidr");

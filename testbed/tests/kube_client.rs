@@ -855,3 +855,163 @@ async fn secret_string_data_is_folded_into_data() {
     assert!(read.string_data.is_none());
     assert_eq!(read.data.expect("data").len(), 3);
 }
+
+#[tokio::test]
+async fn secret_type_and_immutable_contents_cannot_change() {
+    let sim = sim_with_crds().await;
+    let client = sim.client("admin").expect("client");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let typed: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tls"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": "eA==", "tls.key": "eA=="}
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &typed)
+        .await
+        .expect("create");
+    // Like the operator's forced apply of its key Secret over one that has another type.
+    let opaque: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tls"},
+        "type": "Opaque",
+        "data": {"PrivateKey": "eA=="}
+    }))
+    .expect("secret");
+    let s = api_err(
+        secrets
+            .patch("tls", &PatchParams::apply("op").force(), &Patch::Apply(&opaque))
+            .await
+            .expect_err("type is immutable"),
+    );
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        s.message,
+        "Secret \"tls\" is invalid: type: Invalid value: \"Opaque\": field is immutable"
+    );
+    // A Secret created without a type is Opaque.
+    let untyped = secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "plain"}})).expect("secret"),
+        )
+        .await
+        .expect("create");
+    assert_eq!(untyped.type_.as_deref(), Some("Opaque"));
+
+    // `immutable: true` freezes the contents and cannot be undone; other metadata can still change.
+    let configmaps: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut frozen = cm("frozen", &[]);
+    frozen.immutable = Some(true);
+    configmaps
+        .create(&PostParams::default(), &frozen)
+        .await
+        .expect("create");
+    for (patch, field) in [
+        (json!({"data": {"k": "changed"}}), "data"),
+        (json!({"immutable": false}), "immutable"),
+    ] {
+        let s = api_err(
+            configmaps
+                .patch("frozen", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect_err("immutable"),
+        );
+        assert_eq!(s.code, 422, "{patch}");
+        assert_eq!(
+            s.message,
+            format!(
+                "ConfigMap \"frozen\" is invalid: {field}: Forbidden: field is immutable when `immutable` is set"
+            ),
+        );
+    }
+    let labelled = configmaps
+        .patch(
+            "frozen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+        )
+        .await
+        .expect("labels of an immutable ConfigMap can change");
+    assert_eq!(labelled.data, frozen.data);
+}
+
+#[tokio::test]
+async fn writes_naming_another_object_are_refused() {
+    let sim = sim_with_crds().await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(sim.client("admin").expect("client"), "default");
+    let live = configmaps
+        .create(&PostParams::default(), &cm("c", &[]))
+        .await
+        .expect("create");
+    let mut other_ns = live.clone();
+    other_ns.metadata.namespace = Some("kube-system".into());
+    let s = api_err(
+        configmaps
+            .replace("c", &PostParams::default(), &other_ns)
+            .await
+            .expect_err("namespace mismatch"),
+    );
+    assert_eq!(
+        (s.code, s.message.as_str()),
+        (
+            400,
+            "the namespace of the provided object does not match the namespace sent on the request"
+        )
+    );
+    let s = api_err(
+        configmaps
+            .patch(
+                "c",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"name": "renamed"}})),
+            )
+            .await
+            .expect_err("rename"),
+    );
+    assert_eq!(
+        (s.code, s.message.as_str()),
+        (
+            400,
+            "the name of the object (renamed) does not match the name on the URL (c)"
+        )
+    );
+    let mut other_uid = live.clone();
+    other_uid.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    let s = api_err(
+        configmaps
+            .replace("c", &PostParams::default(), &other_uid)
+            .await
+            .expect_err("a PUT's uid is a precondition"),
+    );
+    let live_uid = live.metadata.uid.clone().unwrap_or_default();
+    assert_eq!(
+        (s.code, s.message),
+        (
+            409,
+            format!(
+                "Operation cannot be fulfilled on configmaps \"c\": Precondition failed: UID in precondition: 00000000-0000-0000-0000-000000000000, UID in object meta: {live_uid}"
+            )
+        )
+    );
+    let s = api_err(
+        configmaps
+            .patch(
+                "c",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"uid": "00000000-0000-0000-0000-000000000000"}})),
+            )
+            .await
+            .expect_err("uid is immutable"),
+    );
+    assert_eq!(
+        (s.code, s.message.as_str()),
+        (
+            422,
+            "ConfigMap \"c\" is invalid: metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable"
+        )
+    );
+    let after = configmaps.get("c").await.expect("get");
+    assert_eq!(after.metadata.resource_version, live.metadata.resource_version);
+}

@@ -119,6 +119,10 @@ impl Target {
     fn not_found(&self) -> ApiError {
         ApiError::not_found(&self.rt.group, &self.rt.plural, &self.name)
     }
+    /// The subresource addressed (`status`), if any.
+    fn subresource(&self) -> Option<&str> {
+        (!self.sub.is_empty()).then_some(self.sub.as_str())
+    }
 }
 
 fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {
@@ -747,6 +751,9 @@ fn validate(t: &Target, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
             format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
         ));
     }
+    if let Some(old) = old {
+        causes.extend(builtin_update_causes(t, obj, old));
+    }
     if let Some(schema) = t.rt.version(&t.version).and_then(|v| v.schema.as_ref()) {
         causes.extend(schema::validate(obj, schema));
         if causes.is_empty() {
@@ -779,6 +786,44 @@ fn validate(t: &Target, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
     } else {
         Err(ApiError::invalid(&t.rt.group, &t.rt.kind, name, &causes))
     }
+}
+
+/// Immutable fields of the core kinds our components write, as kube-apiserver's `ValidateSecretUpdate` and
+/// `ValidateConfigMapUpdate` check them: a Secret's `type`, and the contents of a Secret or ConfigMap
+/// marked `immutable: true` (which cannot be unset either).
+fn builtin_update_causes(t: &Target, obj: &Value, old: &Value) -> Vec<(String, String)> {
+    let contents: &[&str] = match (t.rt.group.as_str(), t.rt.plural.as_str()) {
+        ("", "secrets") => &["data"],
+        ("", "configmaps") => &["data", "binaryData"],
+        _ => return Vec::new(),
+    };
+    let mut causes = Vec::new();
+    if t.rt.plural == "secrets" && obj.get("type") != old.get("type") {
+        let new_type = obj.get("type").and_then(Value::as_str).unwrap_or_default();
+        causes.push((
+            "type".to_string(),
+            format!("Invalid value: \"{new_type}\": field is immutable"),
+        ));
+    }
+    let immutable = |o: &Value| o.get("immutable").and_then(Value::as_bool) == Some(true);
+    if immutable(old) {
+        const FORBIDDEN: &str = "Forbidden: field is immutable when `immutable` is set";
+        if !immutable(obj) {
+            causes.push(("immutable".to_string(), FORBIDDEN.to_string()));
+        }
+        // Absent, null and empty maps are the same contents.
+        let field = |o: &Value, f: &str| {
+            o.get(f)
+                .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()))
+                .cloned()
+        };
+        for f in contents {
+            if field(obj, f) != field(old, f) {
+                causes.push(((*f).to_string(), FORBIDDEN.to_string()));
+            }
+        }
+    }
+    causes
 }
 
 /// Defaulting and pruning from the CRD schema; strict field validation turns pruned fields into errors.
@@ -847,7 +892,7 @@ fn options(kind: &str, ctx: &Ctx) -> Value {
 }
 
 /// Built-in defaulting: Namespaces always carry `kubernetes.io/metadata.name` (webhook namespaceSelectors rely
-/// on it).
+/// on it); a Secret without a `type` is `Opaque`.
 fn default_builtin(t: &Target, obj: &mut Value) {
     if t.rt.group.is_empty() && t.rt.plural == "namespaces" {
         let name = meta_str(obj, "name").to_string();
@@ -857,6 +902,9 @@ fn default_builtin(t: &Target, obj: &mut Value) {
     }
     if t.rt.group.is_empty() && t.rt.plural == "secrets" {
         fold_string_data(obj);
+        if obj.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+            obj["type"] = json!("Opaque");
+        }
     }
 }
 
@@ -1117,8 +1165,46 @@ fn spec_part(o: &Value) -> Value {
     c
 }
 
+fn check_name(t: &Target, obj: &Value) -> ApiResult<()> {
+    let name = meta_str(obj, "name");
+    if name == t.name {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "the name of the object ({name}) does not match the name on the URL ({})",
+            t.name
+        )))
+    }
+}
+
+/// What kube-apiserver refuses in an update or patch result before keeping the stored metadata: another
+/// name than the URL's (400), another namespace than the request's (400), another `uid` (422, immutable).
+fn check_identity(t: &Target, live: &Value, proposed: &Value) -> ApiResult<()> {
+    check_name(t, proposed)?;
+    let ns = meta_str(proposed, "namespace");
+    if t.rt.namespaced && !ns.is_empty() && ns != t.ns {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    let uid = meta_str(proposed, "uid");
+    if !uid.is_empty() && uid != meta_str(live, "uid") {
+        return Err(ApiError::invalid(
+            &t.rt.group,
+            &t.rt.kind,
+            &t.name,
+            &[(
+                "metadata.uid".into(),
+                format!("Invalid value: \"{uid}\": field is immutable"),
+            )],
+        ));
+    }
+    Ok(())
+}
+
 /// Combines a proposed object with the live one per subresource semantics and keeps server-owned metadata.
 fn merge_for_update(t: &Target, live: &Value, mut proposed: Value) -> ApiResult<Value> {
+    check_identity(t, live, &proposed)?;
     proposed["apiVersion"] = json!(t.api_version());
     proposed["kind"] = json!(t.rt.kind);
     let mut out = if t.sub == "status" {
@@ -1251,13 +1337,7 @@ async fn update(
 ) -> ApiResult<Response> {
     let body = parse_body(ctx)?;
     check_type(t, &body)?;
-    let body_name = meta_str(&body, "name");
-    if body_name != t.name {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({body_name}) does not match the name on the URL ({})",
-            t.name
-        )));
-    }
+    check_name(t, &body)?;
     let live = shared
         .lock()
         .get(&t.res(), &t.key())
@@ -1279,13 +1359,20 @@ async fn update(
     if !body_rv.is_empty() && body_rv != live_rv {
         return Err(ApiError::conflict(&t.rt.group, &t.rt.plural, &t.name));
     }
+    // A PUT carrying a uid makes it a precondition, as kube-apiserver's update path does.
+    let uid = meta_str(&body, "uid");
+    let live_uid = meta_str(&live, "uid");
+    if !uid.is_empty() && uid != live_uid {
+        return Err(ApiError::conflict_because(
+            &t.rt.group,
+            &t.rt.plural,
+            &t.name,
+            &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {live_uid}"),
+        ));
+    }
     let merged = merge_for_update(t, &live, body)?;
     let mut admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
-    let sub = if t.sub.is_empty() {
-        None
-    } else {
-        Some(t.sub.as_str())
-    };
+    let sub = t.subresource();
     patch::record_update(
         Some(&live),
         &mut admitted,
@@ -1296,6 +1383,15 @@ async fn update(
     );
     let stored = commit_update(shared, ctx, t, &live_rv, admitted)?;
     Ok(json_response(200, &present(&stored, t), warnings))
+}
+
+/// The `fieldManager` an apply patch must name.
+fn apply_manager(ctx: &Ctx) -> ApiResult<&str> {
+    ctx.q("fieldManager").ok_or_else(|| {
+        ApiError::bad_request(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        )
+    })
 }
 
 async fn patch_verb(
@@ -1317,7 +1413,7 @@ async fn patch_verb(
         let Some(live) = live else {
             if ct == "application/apply-patch+yaml" && t.sub.is_empty() {
                 check_type(t, &body)?;
-                let manager = ctx.q("fieldManager").ok_or_else(|| ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"))?;
+                let manager = apply_manager(ctx)?;
                 let mut obj = patch::server_side_apply(
                     None,
                     &body,
@@ -1355,12 +1451,8 @@ async fn patch_verb(
             }
             "application/apply-patch+yaml" => {
                 check_type(t, &body)?;
-                let manager = ctx.q("fieldManager").ok_or_else(|| ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"))?;
-                let sub = if t.sub.is_empty() {
-                    None
-                } else {
-                    Some(t.sub.as_str())
-                };
+                let manager = apply_manager(ctx)?;
+                let sub = t.subresource();
                 obj = patch::server_side_apply(
                     Some(&obj),
                     &body,
@@ -1380,11 +1472,7 @@ async fn patch_verb(
         let merged = merge_for_update(t, &live, obj)?;
         let mut admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
         if ct != "application/apply-patch+yaml" {
-            let sub = if t.sub.is_empty() {
-                None
-            } else {
-                Some(t.sub.as_str())
-            };
+            let sub = t.subresource();
             patch::record_update(
                 Some(&live),
                 &mut admitted,

@@ -72,11 +72,21 @@ impl ApiError {
     }
 
     pub fn conflict(group: &str, plural: &str, name: &str) -> Self {
+        Self::conflict_because(
+            group,
+            plural,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+    }
+
+    /// 409 Conflict with kube-apiserver's "Operation cannot be fulfilled" wording and a specific cause.
+    pub fn conflict_because(group: &str, plural: &str, name: &str, cause: &str) -> Self {
         Self::new(
             409,
             "Conflict",
             format!(
-                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                "Operation cannot be fulfilled on {} \"{name}\": {cause}",
                 qualified(group, plural)
             ),
         )

@@ -111,7 +111,24 @@ pub fn merge(base: &mut Value, patch: &Value) {
     }
 }
 
-/// Checks that names in a child collection are present and unique (case-insensitively).
+/// ARM refuses a Microsoft.Network resource (or child resource) name outside the naming rules that
+/// `api::arm::valid_network_resource_name` holds, before looking at the body.
+fn check_network_name(name: &str) -> Result<(), ArmError> {
+    if api::arm::valid_network_resource_name(name) {
+        Ok(())
+    } else {
+        Err(ArmError::bad_request(
+            "InvalidResourceName",
+            format!(
+                "Resource name {name} is invalid. The name can be up to 80 characters long. It must begin with a word \
+                 character, and it must end with a word character or with '_'. The name may contain word characters \
+                 or '.', '-', '_'."
+            ),
+        ))
+    }
+}
+
+/// Checks that names in a child collection are present, well-formed and unique (case-insensitively).
 fn check_names(items: &[Value], collection: &str) -> Result<(), ArmError> {
     let mut seen = BTreeSet::new();
     for item in items {
@@ -122,6 +139,7 @@ fn check_names(items: &[Value], collection: &str) -> Result<(), ArmError> {
                 format!("{collection}: every item needs a non-empty name."),
             ));
         }
+        check_network_name(name)?;
         if !seen.insert(key(name)) {
             return Err(ArmError::bad_request(
                 "DuplicateResourceName",

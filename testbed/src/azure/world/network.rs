@@ -12,6 +12,7 @@ impl World {
 
     pub fn put_load_balancer(&mut self, rg: &str, name: &str, body: Value) -> Result<PutOutcome, ArmError> {
         self.check_rg(rg)?;
+        check_network_name(name)?;
         let id = self.resource_id(rg, LB_TYPE, name);
         let location = Self::require_location(&body, &id)?;
         let existing = self.get(&id).cloned();
@@ -372,6 +373,7 @@ impl World {
         body: Value,
     ) -> Result<PutOutcome, ArmError> {
         self.check_rg(rg)?;
+        check_network_name(name)?;
         let id = self.resource_id(rg, PREFIX_TYPE, name);
         let location = Self::require_location(&body, &id)?;
         let existing = self.get(&id).cloned();
@@ -474,6 +476,7 @@ impl World {
 
     pub fn put_public_ip(&mut self, rg: &str, name: &str, body: Value) -> Result<PutOutcome, ArmError> {
         self.check_rg(rg)?;
+        check_network_name(name)?;
         let id = self.resource_id(rg, PIP_TYPE, name);
         let location = Self::require_location(&body, &id)?;
         let existing = self.get(&id).cloned();
@@ -618,6 +621,7 @@ impl World {
         body: Value,
     ) -> Result<PutOutcome, ArmError> {
         self.check_rg(rg)?;
+        check_network_name(name)?;
         let id = self.resource_id(rg, NIC_TYPE, name);
         let location = Self::require_location(&body, &id)?;
         let existing = self.get(&id).cloned();
