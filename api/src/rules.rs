@@ -440,7 +440,8 @@ fn check_exclude_cidrs(v: &mut Verdict, cidrs: &[String], route: RouteType) {
     }
 }
 
-/// Parses an IPv4 CIDR strictly (no spaces, no bare addresses, no IPv6): what the data plane accepts.
+/// Parses an IPv4 CIDR strictly (no spaces, no bare addresses, no IPv6), so admission refuses anything ambiguous.
+/// The CNI plugin parses leniently on purpose (objects that predate the webhook must not break pod start-up).
 pub fn parse_ipv4_cidr(raw: &str) -> Result<Ipv4Net, String> {
     if raw.is_empty() {
         return Err("is empty; write an IPv4 CIDR such as 10.0.0.0/16".to_string());
