@@ -613,3 +613,32 @@ async fn webhook_selectors_operations_and_timeouts() {
         status.message
     );
 }
+
+/// kubectl's typed commands (`create namespace`, `create secret`, ...) send protobuf, which the simulator does
+/// not decode: they get kube-apiserver's 415 with the media types that work, and `apply` of the same object
+/// (JSON) succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_kubectl_create_gets_a_clear_unsupported_media_type() {
+    let sim = sim_with_crds().await;
+    let k = Kubectl::new(&sim, "admin");
+    let o = k.run(&["create", "namespace", "team-a"]).await;
+    assert!(!o.ok);
+    assert_eq!(
+        o.stderr.trim(),
+        "Error from server (UnsupportedMediaType): the body of the request was in an unknown format - accepted media types include: application/json, application/yaml"
+    );
+    let f = k.file(
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n",
+    );
+    assert!(
+        k.ok(&["apply", "-f", path_str(&f)])
+            .await
+            .contains("namespace/team-a created")
+    );
+    assert_eq!(
+        k.ok(&["get", "namespace", "team-a", "-o", "jsonpath={.status.phase}"])
+            .await,
+        "Active"
+    );
+}

@@ -703,6 +703,15 @@ fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
+    // Protobuf (what kubectl's typed commands such as `kubectl create namespace` send) and CBOR are not
+    // decoded: refused the way kube-apiserver refuses a media type it does not accept, naming the ones it does.
+    if !ct.contains("json") && !ct.contains("yaml") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+        ));
+    }
     if ct.contains("yaml") {
         serde_yaml::from_slice(&ctx.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
