@@ -82,7 +82,7 @@ fn builtin(
         namespaced,
         short_names: short.iter().map(|s| (*s).to_string()).collect(),
         categories: vec![],
-        bumps_generation: group == "apps",
+        bumps_generation: matches!(group, "apps" | "policy"),
         crd: false,
     }
 }
@@ -110,6 +110,15 @@ pub fn builtins() -> Vec<ResourceType> {
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false),
         builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"], true),
         builtin("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"], true),
+        builtin(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+            true,
+        ),
         builtin(
             "admissionregistration.k8s.io",
             "v1",
