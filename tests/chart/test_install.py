@@ -1,0 +1,360 @@
+"""The chart installed into the Kubernetes simulator, its components run as the chart's service accounts.
+
+What the static tests cannot show: that the rendered objects are accepted by an API server (`kubectl apply`),
+that the chart's self-signed certificate and caBundle let the API server reach the webhook over verified TLS,
+that each component starts with exactly the arguments, environment and mounted files the chart gives it, and
+that the chart's RBAC lets it do its job (the simulator authorizes service accounts from the stored
+Role/ClusterRole bindings). The webhook and the operator run here; the agents need network namespaces and
+run in the lab.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import ipaddress
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from conftest import NAMESPACE, RELEASE, REPO
+
+SEED = REPO / "testbed" / "seeds" / "azure-aks.json"
+RENDER = REPO / "scripts" / "render-chart.py"
+PREFIX = "kube-egress-gateway"
+NODE = "aks-system-0"
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (scripts/install-deps.sh)")
+
+
+@functools.lru_cache(maxsize=1)
+def bin_dir() -> pathlib.Path:
+    """Builds (a no-op after `cargo build --bins`) and locates the binaries this test runs."""
+    # The same command as scripts/test.sh (same feature resolution), so it is a no-op there.
+    subprocess.run(["cargo", "build", "-q", "--bins"], cwd=REPO, check=True, timeout=1800)
+    meta = json.loads(
+        subprocess.run(
+            ["cargo", "metadata", "--no-deps", "--format-version", "1"],
+            cwd=REPO, check=True, capture_output=True, text=True, timeout=120,
+        ).stdout
+    )
+    return pathlib.Path(meta["target_directory"]) / "debug"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], Any], procs: "Processes", timeout: float = 60.0) -> Any:
+    """Polls `check` until it returns something truthy; fails with `what` and the components' logs."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        procs.assert_running()
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})\n{procs.logs()}")
+
+
+class Processes:
+    """Child processes with their logs in files; all killed when the test ends, pass or fail."""
+
+    def __init__(self, work: pathlib.Path) -> None:
+        self.work = work
+        self.children: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.children[name] = subprocess.Popen(
+            argv, cwd=self.work, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+
+    def assert_running(self) -> None:
+        for name, p in self.children.items():
+            if p.poll() is not None:
+                pytest.fail(f"{name} exited with {p.returncode}\n{self.logs()}")
+
+    def logs(self) -> str:
+        out = []
+        for name in self.children:
+            text = (self.work / f"{name}.log").read_text(errors="replace")
+            out.append(f"--- {name} (last lines)\n" + "\n".join(text.splitlines()[-25:]))
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        for p in self.children.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.children.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def container_of(objs: list[dict], kind: str, name: str, container: str) -> tuple[dict, dict]:
+    """(pod spec, container) of a rendered workload."""
+    w = next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
+    spec = w["spec"]["template"]["spec"]
+    return spec, next(c for c in spec["containers"] if c["name"] == container)
+
+
+def mount_secret_volumes(objs: list[dict], spec: dict, container: dict, root: pathlib.Path) -> dict[str, str]:
+    """Writes the Secret volumes the container mounts under `root`, as kubelet would; mountPath -> local dir."""
+    secrets = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Secret"}
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = {}
+    for m in container.get("volumeMounts", []):
+        secret = volumes[m["name"]].get("secret")
+        if not secret:
+            continue
+        local = root / m["name"]
+        local.mkdir(parents=True)
+        for key, b64 in secrets[secret["secretName"]].get("data", {}).items():
+            path = local / key
+            path.write_bytes(base64.b64decode(b64))
+            path.chmod(0o600)
+        mounts[m["mountPath"]] = str(local)
+    return mounts
+
+
+def resolve_env(container: dict) -> dict[str, str]:
+    """The container's environment with the downward-API fields a kubelet would fill."""
+    fields = {"metadata.namespace": NAMESPACE, "spec.nodeName": NODE}
+    env = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            env[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def localize(args: list[str], mounts: dict[str, str], ports: dict[str, str]) -> list[str]:
+    """The chart's arguments, with mounted paths moved to their local directory and listeners to free
+    loopback ports (the only changes a pod's network and filesystem namespaces make unnecessary)."""
+    out = []
+    for a in args:
+        flag, eq, value = a.partition("=")
+        if eq and flag in ports:
+            a = f"{flag}={ports[flag]}"
+        elif eq:
+            for mount, local in mounts.items():
+                if value.startswith(mount + "/"):
+                    a = f"{flag}={local}{value[len(mount):]}"
+        out.append(a)
+    for flag in ports:
+        assert any(a.startswith(flag + "=") for a in args), f"the chart no longer passes {flag}"
+    return out
+
+
+class Cluster:
+    def __init__(self, work: pathlib.Path, kubeconfig: pathlib.Path) -> None:
+        self.work = work
+        self.kubeconfig = kubeconfig
+
+    def kubectl(self, *args: str, stdin: str | None = None, as_sa: str | None = None) -> subprocess.CompletedProcess:
+        config = self.kubeconfig if as_sa is None else pathlib.Path(f"{self.kubeconfig}.sa.{NAMESPACE}.{as_sa}")
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", str(config), *args],
+            input=stdin, capture_output=True, text=True, timeout=60,
+        )
+
+    def get_json(self, *args: str) -> dict | None:
+        r = self.kubectl("get", "-o", "json", *args)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def http_status(port: int, path: str) -> int | None:
+    import http.client
+
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        c.request("GET", path)
+        return c.getresponse().status
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def installed(tmp_path: pathlib.Path):
+    """Simulators up, the chart rendered with values pointing the operator at the Azure simulator, every
+    rendered object applied with kubectl."""
+    bins = bin_dir()
+    procs = Processes(tmp_path)
+    try:
+        azure_port = free_port()
+        procs.start("azure-sim", [str(bins / "azure-sim"), "--seed", str(SEED), "--listen", f"127.0.0.1:{azure_port}"])
+        azure_url = f"http://127.0.0.1:{azure_port}"
+        seed = json.loads(SEED.read_text())
+        sp = seed["servicePrincipals"][0]
+        values = {
+            "config": {
+                "azureCloudConfig": {
+                    "tenantId": seed["tenantId"], "subscriptionId": seed["subscriptionId"],
+                    "aadClientId": sp["clientId"], "aadClientSecret": sp["clientSecret"],
+                    "resourceGroup": "node-rg", "location": seed["location"],
+                    "vnetName": "aks-vnet", "subnetName": "aks-subnet",
+                    # Endpoint overrides (custom clouds); the chart passes unknown keys through.
+                    "resourceManagerEndpoint": azure_url, "activeDirectoryAuthorityHost": azure_url,
+                }
+            }
+        }
+        rendered = subprocess.run(
+            [sys.executable, str(RENDER), "--release", RELEASE, "--namespace", NAMESPACE,
+             "--set-json", json.dumps(values)],
+            check=True, capture_output=True, text=True, timeout=120,
+        ).stdout
+        objs = [d for d in yaml.safe_load_all(rendered) if d]
+        (tmp_path / "rendered.yaml").write_text(rendered)
+
+        webhook_port = free_port()
+        service = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == f"{PREFIX}-webhook")
+        kube_port = free_port()
+        kubeconfig = tmp_path / "kubeconfig"
+        sas = [o["metadata"]["name"] for o in objs if o["kind"] == "ServiceAccount"]
+        procs.start(
+            "kube-sim",
+            [str(bins / "kube-sim"), "--listen", f"127.0.0.1:{kube_port}", "--kubeconfig", str(kubeconfig),
+             "--service", f"{NAMESPACE}/{service['metadata']['name']}=127.0.0.1:{webhook_port}",
+             *[a for sa in sas for a in ("--service-account", f"{NAMESPACE}/{sa}")]],
+        )
+        cluster = Cluster(tmp_path, kubeconfig)
+        wait_for("the Kubernetes simulator", lambda: kubeconfig.exists() and cluster.kubectl("get", "ns").returncode == 0, procs)
+        for ns in (NAMESPACE, "app"):
+            r = cluster.kubectl("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n")
+            assert r.returncode == 0, r.stderr
+        r = cluster.kubectl("apply", "-f", str(tmp_path / "rendered.yaml"))
+        assert r.returncode == 0, f"the API server refused part of the chart:\n{r.stderr}"
+        yield cluster, procs, objs, bins, webhook_port
+    finally:
+        procs.stop()
+
+
+def start_webhook(cluster: Cluster, procs: Processes, objs: list[dict], bins: pathlib.Path, port: int) -> None:
+    spec, c = container_of(objs, "Deployment", f"{PREFIX}-webhook", "webhook")
+    metrics = free_port()
+    mounts = mount_secret_volumes(objs, spec, c, cluster.work / "webhook-volumes")
+    args = localize(c["args"], mounts, {"--listen": f"127.0.0.1:{port}", "--metrics-listen": f"127.0.0.1:{metrics}"})
+    procs.start(
+        "webhook", [str(bins / f"{PREFIX}-webhook"), *args],
+        {**resolve_env(c), "KUBECONFIG": f"{cluster.kubeconfig}.sa.{NAMESPACE}.{spec['serviceAccountName']}"},
+    )
+    wait_for("webhook /readyz", lambda: http_status(metrics, "/readyz") == 200, procs)
+
+
+def start_operator(cluster: Cluster, procs: Processes, objs: list[dict], bins: pathlib.Path) -> int:
+    spec, c = container_of(objs, "Deployment", f"{PREFIX}-operator", "operator")
+    metrics, health = free_port(), free_port()
+    mounts = mount_secret_volumes(objs, spec, c, cluster.work / "operator-volumes")
+    args = localize(c["args"], mounts, {"--metrics-bind-port": str(metrics), "--health-probe-bind-port": str(health)})
+    procs.start(
+        "operator", [str(bins / f"{PREFIX}-operator"), *args],
+        {**resolve_env(c), "KUBECONFIG": f"{cluster.kubeconfig}.sa.{NAMESPACE}.{spec['serviceAccountName']}"},
+    )
+    wait_for("operator /healthz", lambda: http_status(health, "/healthz") == 200, procs)
+    return metrics
+
+
+POOL = """apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: GatewayPool
+metadata: {name: gateway}
+spec: {gatewayNodepoolName: gateway, publicIpPrefixSize: 31}
+"""
+SGC = """apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {name: %s, namespace: app}
+spec:
+  gatewayNodepoolName: gateway
+  excludeCidrs: [%s]
+"""
+
+
+def test_chart_installs_and_its_webhook_answers_over_the_charts_certificate(installed) -> None:
+    cluster, procs, objs, bins, webhook_port = installed
+    # With failurePolicy Fail and no webhook serving yet, our kinds cannot be written: the chart's
+    # registration is live in the API server.
+    r = cluster.kubectl("apply", "-f", "-", stdin=SGC % ("early", "10.0.0.0/8"))
+    assert r.returncode != 0
+    assert "failed calling webhook" in r.stderr, r.stderr
+
+    start_webhook(cluster, procs, objs, bins, webhook_port)
+    # The API server verifies the webhook's serving certificate against the chart's caBundle.
+    r = cluster.kubectl("apply", "-f", "-", stdin=SGC % ("broken", "10.0.0.1"))
+    assert r.returncode != 0
+    assert 'admission webhook "validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com" denied the request' in r.stderr, r.stderr
+    assert "spec.excludeCidrs[0]" in r.stderr, r.stderr
+    r = cluster.kubectl("apply", "-f", "-", stdin=POOL)
+    assert r.returncode == 0, r.stderr
+    r = cluster.kubectl("apply", "-f", "-", stdin=SGC % ("ok", "10.0.0.0/8"))
+    assert r.returncode == 0, r.stderr
+    # The mutating webhook defaulted what the chart's registration sends it.
+    sgc = cluster.get_json("staticgatewayconfiguration", "ok", "-n", "app")
+    assert sgc is not None and sgc["spec"].get("defaultRoute") == "staticEgressGateway", sgc
+    # Only the node agent may write PodEndpoints, as the chart registers it.
+    pe = """apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: PodEndpoint
+metadata: {name: p, namespace: app}
+spec: {podIpAddress: 10.224.0.9/32, podPublicKey: "%s", staticGatewayConfiguration: ok}
+""" % ("A" * 43 + "=")
+    r = cluster.kubectl("apply", "-f", "-", stdin=pe)
+    assert r.returncode != 0 and "validate.podendpoints" in r.stderr, r.stderr
+
+
+def test_operator_provisions_with_the_charts_arguments_config_and_rbac(installed) -> None:
+    cluster, procs, objs, bins, webhook_port = installed
+    start_webhook(cluster, procs, objs, bins, webhook_port)
+    metrics = start_operator(cluster, procs, objs, bins)
+    # Leader election in the chart's namespace, with the chart's Role.
+    lease = wait_for(
+        "the operator's leader Lease",
+        lambda: next(
+            (l for l in (cluster.get_json("lease", "-n", NAMESPACE) or {"items": []})["items"]
+             if l["spec"].get("holderIdentity")),
+            None,
+        ),
+        procs,
+    )
+    assert lease["metadata"]["namespace"] == NAMESPACE
+    for doc in (POOL, SGC % ("web", "10.0.0.0/8")):
+        r = cluster.kubectl("apply", "-f", "-", stdin=doc)
+        assert r.returncode == 0, r.stderr
+
+    def ready() -> dict | None:
+        sgc = cluster.get_json("staticgatewayconfiguration", "web", "-n", "app")
+        conds = {c["type"]: c for c in ((sgc or {}).get("status") or {}).get("conditions", [])}
+        return sgc if conds.get("Ready", {}).get("status") == "True" else None
+
+    sgc = wait_for("the configuration to be Ready", ready, procs, timeout=120)
+    status = sgc["status"]
+    prefix = ipaddress.ip_network(status["egressIpPrefix"])
+    assert prefix.prefixlen == 31 and prefix.subnet_of(ipaddress.ip_network("20.10.0.0/24")), status
+    assert status["gatewayServerProfile"]["publicKey"], status
+    # The key pair lives in the chart's namespace (--secret-namespace), written with the chart's Role.
+    secret = cluster.get_json("secret", f"sgw-{sgc['metadata']['uid']}", "-n", NAMESPACE)
+    assert secret is not None and set(secret["data"]) >= {"PrivateKey", "PublicKey"}, secret
+    # Events for the transition, with the chart's ClusterRole.
+    events = cluster.get_json("events.events.k8s.io", "-n", "app") or {"items": []}
+    assert any(e["regarding"]["name"] == "web" for e in events["items"]), events
+    # Metrics on the chart's port flag, upstream's names.
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+    assert "controller_reconcile_latency" in body
+    # Nothing in the operator's log says it was forbidden anything.
+    log = (cluster.work / "operator.log").read_text(errors="replace")
+    assert "forbidden" not in log.lower(), log[-3000:]
