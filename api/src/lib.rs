@@ -8,6 +8,8 @@ pub mod arm;
 pub mod crd;
 pub mod defaults;
 pub mod internal;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod names;
 pub mod pool;
 pub mod pool_ref;

@@ -61,13 +61,7 @@ async fn main() {
 }
 
 async fn run_main(args: Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_json || args.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    api::logging::init(args.log_json || args.log_format == "json");
 
     let text = std::fs::read_to_string(&args.cloud_config)
         .with_context(|| format!("reading the cloud config {}", args.cloud_config))?;

@@ -358,3 +358,7 @@ def test_operator_provisions_with_the_charts_arguments_config_and_rbac(installed
     # Nothing in the operator's log says it was forbidden anything.
     log = (cluster.work / "operator.log").read_text(errors="replace")
     assert "forbidden" not in log.lower(), log[-3000:]
+    # Container logs are files, not terminals: plain text, no colour escape codes.
+    for component in ("operator", "webhook"):
+        text = (cluster.work / f"{component}.log").read_text(errors="replace")
+        assert " INFO " in text and "\x1b[" not in text, text[:500]

@@ -6,14 +6,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     // stdout carries only the handshake line; logs go to stderr, where Terraform collects them (TF_LOG).
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TF_PROVIDER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    api::logging::init_with_filter_env("TF_PROVIDER_LOG", false);
     let env = tf_provider::server::LaunchEnv::from_env();
     let result = tf_provider::server::serve(&env, |line| {
         let mut out = std::io::stdout().lock();

@@ -22,17 +22,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.log_json {
-        tracing_subscriber::fmt().with_env_filter(filter).json().init();
-    } else {
-        // Plain text when piped, so scripts can read the `url=` line.
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(ansi)
-            .init();
-    }
+    // Plain text when piped, so scripts can read the `url=` line (on stderr).
+    api::logging::init(args.log_json);
     let text = std::fs::read_to_string(&args.seed)
         .map_err(|e| anyhow::anyhow!("cannot read seed file {}: {e}", args.seed.display()))?;
     let seed = testbed::azure::seed::parse_seed(&text)

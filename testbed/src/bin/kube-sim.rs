@@ -66,12 +66,7 @@ fn crd_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.json_logs {
-        tracing_subscriber::fmt().with_env_filter(filter).json().init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    api::logging::init(args.json_logs);
     let mut cfg = KubeSimConfig {
         listen: args.listen,
         ..KubeSimConfig::default()
