@@ -104,6 +104,40 @@ struct Args {
     log_format: String,
 }
 
+/// Why the agent stops: a signal (graceful) or an essential task that failed, such as a server that could not
+/// bind. A failure ends the process non-zero, so kubelet restarts it and the failure is visible, instead of the
+/// agent reporting ready while it cannot serve the CNI plugin or the load balancer's probe.
+struct StopReasons {
+    failures: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl StopReasons {
+    /// Waits for a signal (`None`) or the first essential failure (`Some(message)`).
+    async fn wait(&mut self) -> Option<String> {
+        tokio::select! {
+            _ = shutdown_signal() => None,
+            Some(failure) = self.failures.recv() => Some(failure),
+        }
+    }
+}
+
+/// Spawns a task whose error stops the agent (see [`StopReasons`]).
+fn spawn_essential(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    failures: &tokio::sync::mpsc::UnboundedSender<String>,
+    what: &'static str,
+    task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) {
+    let failures = failures.clone();
+    tasks.spawn(async move {
+        let r = task.await;
+        if let Err(e) = &r {
+            let _ = failures.send(format!("{what}: {e:#}"));
+        }
+        r
+    });
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -142,35 +176,76 @@ async fn main() -> anyhow::Result<()> {
     let admin_state = AdminState::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let (failures, failures_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut stop = StopReasons {
+        failures: failures_rx,
+    };
     let any = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
-    for addr in [
-        args.metrics_bind_address.unwrap_or(any(args.metrics_bind_port)),
-        args.health_probe_bind_address
-            .unwrap_or(any(args.health_probe_bind_port)),
+    for (what, addr) in [
+        (
+            "metrics server",
+            args.metrics_bind_address.unwrap_or(any(args.metrics_bind_port)),
+        ),
+        (
+            "health server",
+            args.health_probe_bind_address
+                .unwrap_or(any(args.health_probe_bind_port)),
+        ),
     ] {
-        tasks.spawn(serve(addr, admin::router(admin_state.clone()), stop_rx.clone()));
+        spawn_essential(
+            &mut tasks,
+            &failures,
+            what,
+            serve(addr, admin::router(admin_state.clone()), stop_rx.clone()),
+        );
     }
-    match args.mode {
-        Mode::Gateway => run_gateway(&args, client, admin_state, stop_tx, stop_rx, &mut tasks).await?,
-        Mode::Node => run_node(&args, client, admin_state, stop_tx, stop_rx, &mut tasks).await?,
-    }
+    let ctx = RunContext {
+        client,
+        admin_state,
+        stop_tx,
+        stop_rx,
+        failures,
+    };
+    let failure = match args.mode {
+        Mode::Gateway => run_gateway(&args, ctx, &mut stop, &mut tasks).await?,
+        Mode::Node => run_node(&args, ctx, &mut stop, &mut tasks).await?,
+    };
     while let Some(r) = tasks.join_next().await {
         if let Ok(Err(e)) = r {
             tracing::warn!(error = %e, "task ended with an error");
         }
     }
+    if let Some(failure) = failure {
+        tracing::error!(error = %failure, "stopped after a failure");
+        anyhow::bail!("{failure}");
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn run_gateway(
-    args: &Args,
+/// What both modes share.
+struct RunContext {
     client: kube::Client,
     admin_state: AdminState,
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
+    failures: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+/// Runs gateway mode until a signal or an essential failure (returned).
+async fn run_gateway(
+    args: &Args,
+    ctx: RunContext,
+    stop: &mut StopReasons,
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
+    let RunContext {
+        client,
+        admin_state,
+        stop_tx,
+        stop_rx,
+        failures,
+    } = ctx;
     let identity = agent::imds::fetch(&args.imds_endpoint, Duration::from_secs(10))
         .await
         .map_err(anyhow::Error::msg)
@@ -178,11 +253,16 @@ async fn run_gateway(
     tracing::info!(computer_name = %identity.computer_name, vmss = %identity.vmss_name, "node identity");
     let backend = BackendKind::parse(&args.wireguard_backend).map_err(anyhow::Error::msg)?;
     let probe_state = ProbeState::default();
-    tasks.spawn(serve(
-        SocketAddr::from(([0, 0, 0, 0], args.gateway_lb_probe_port)),
-        probe::router(probe_state.clone()),
-        stop_rx.clone(),
-    ));
+    spawn_essential(
+        tasks,
+        &failures,
+        "load-balancer probe server",
+        serve(
+            SocketAddr::from(([0, 0, 0, 0], args.gateway_lb_probe_port)),
+            probe::router(probe_state.clone()),
+            stop_rx.clone(),
+        ),
+    );
     let lp = GatewayLoop {
         node_name: args.node_name.clone(),
         agent_namespace: args.namespace.clone(),
@@ -207,35 +287,43 @@ async fn run_gateway(
         resync: Duration::from_secs(args.resync_seconds.max(1)),
     };
     let loop_task = tokio::spawn(lp.run(client, stop_rx));
-    shutdown_signal().await;
-    // Drain: the load balancer sees 503 and moves new flows to other gateways before we stop. The data plane
-    // itself stays in place (the kernel keeps forwarding after we exit).
-    let delay = match args.lb_probe_drain_delay_seconds {
-        0 => DEFAULT_DRAIN_DELAY_SECONDS,
-        d => d,
-    };
-    tracing::info!(seconds = delay, "shutting down: probe answers 503 while draining");
+    let failure = stop.wait().await;
     probe_state.drain();
     admin_state.draining.store(true, Ordering::Release);
-    tokio::time::sleep(Duration::from_secs(delay)).await;
+    if failure.is_none() {
+        // Drain: the load balancer sees 503 and moves new flows to other gateways before we stop. The data
+        // plane itself stays in place (the kernel keeps forwarding after we exit).
+        let delay = match args.lb_probe_drain_delay_seconds {
+            0 => DEFAULT_DRAIN_DELAY_SECONDS,
+            d => d,
+        };
+        tracing::info!(seconds = delay, "shutting down: probe answers 503 while draining");
+        tokio::time::sleep(Duration::from_secs(delay)).await;
+    }
     let _ = stop_tx.send(true);
     let _ = loop_task.await;
-    Ok(())
+    Ok(failure)
 }
 
+/// Runs node mode until a signal or an essential failure (returned).
 async fn run_node(
     args: &Args,
-    client: kube::Client,
-    admin_state: AdminState,
-    stop_tx: watch::Sender<bool>,
-    stop_rx: watch::Receiver<bool>,
+    ctx: RunContext,
+    stop: &mut StopReasons,
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
+    let RunContext {
+        client,
+        admin_state,
+        stop_tx,
+        stop_rx,
+        failures,
+    } = ctx;
     let metrics = admin_state.metrics.clone();
     let cluster = KubeCluster::new(client.clone(), metrics.clone());
     let socket = args.cni_socket.clone();
     let mut grpc_stop = stop_rx.clone();
-    tasks.spawn(async move {
+    spawn_essential(tasks, &failures, "CNI socket server", async move {
         agent::node::serve_unix(&socket, cluster, async move {
             let _ = grpc_stop.wait_for(|v| *v).await;
         })
@@ -290,7 +378,7 @@ async fn run_node(
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     });
-    shutdown_signal().await;
+    let failure = stop.wait().await;
     tracing::info!("shutting down");
     admin_state.draining.store(true, Ordering::Release);
     let _ = stop_tx.send(true);
@@ -310,5 +398,5 @@ async fn run_node(
             tracing::error!(error = %e, "cannot read the uninstall ConfigMap; keeping the CNI configuration");
         }
     }
-    Ok(())
+    Ok(failure)
 }

@@ -175,3 +175,51 @@ async fn node_agent_installs_untaints_serves_and_uninstalls() {
     assert!(status.success(), "agent exit status {status:?}");
     assert!(!Path::new(&ours).exists(), "conflist uninstalled on shutdown");
 }
+
+/// A CNI socket the agent cannot serve (its directory is a file) stops the agent with a non-zero exit that
+/// names the socket, instead of an agent that reports ready while every CNI ADD fails.
+#[tokio::test]
+async fn node_agent_exits_when_it_cannot_serve_the_cni_socket() {
+    let sim = KubeSim::start(KubeSimConfig::default()).await.expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, "admin").expect("kubeconfig");
+    let not_a_dir = dir.path().join("run");
+    std::fs::write(&not_a_dir, "a file where the socket's directory should be").expect("file");
+    let socket = not_a_dir.join("cni.sock");
+    let (metrics_port, health_port) = (free_port(), free_port());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-egress-gateway-agent"))
+        .args([
+            "--mode",
+            "node",
+            "--node-name",
+            "n1",
+            "--namespace",
+            "kube-system",
+        ])
+        .arg("--metrics-bind-address")
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .arg("--health-probe-bind-address")
+        .arg(format!("127.0.0.1:{health_port}"))
+        .arg("--cni-conf-dir")
+        .arg(dir.path().join("net.d"))
+        .arg("--cni-socket")
+        .arg(&socket)
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("agent starts");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the agent stops by itself")
+        .expect("wait");
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CNI socket server") && stderr.contains(&not_a_dir.display().to_string()),
+        "{stderr}"
+    );
+}
