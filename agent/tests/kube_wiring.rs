@@ -25,6 +25,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use testbed::kube::{KubeSim, KubeSimConfig};
+use testbed::wait::eventually;
 
 async fn sim() -> (KubeSim, Client) {
     let sim = KubeSim::start(KubeSimConfig::default())
@@ -38,21 +39,6 @@ async fn sim() -> (KubeSim, Client) {
             .expect("CRD installs");
     }
     (sim, client)
-}
-
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn pubkey() -> String {

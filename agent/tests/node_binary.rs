@@ -12,6 +12,7 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
 use testbed::kube::{KubeSim, KubeSimConfig};
+use testbed::wait::eventually;
 
 struct KillOnDrop(Child);
 
@@ -39,21 +40,6 @@ async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     c.read_to_string(&mut out).await.ok()?;
     let status = out.split(' ').nth(1)?.parse().ok()?;
     Some((status, out))
-}
-
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test]

@@ -5,3 +5,4 @@
 pub mod azure;
 pub mod kube;
 pub mod lab;
+pub mod wait;

@@ -16,6 +16,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 use testbed::kube::{Access, KubeSim, KubeSimConfig, User};
+use testbed::wait::eventually;
 use webhook::facts::ClusterFacts;
 use webhook::handlers::Policy;
 use webhook::metrics::Metrics;
@@ -204,21 +205,6 @@ async fn start() -> Env {
     };
     eventually("webhook watches synced", || async { env.facts.synced() }).await;
     env
-}
-
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 const DENIED_SGC: &str = "admission webhook \"validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com\" denied the request: ";

@@ -1,8 +1,6 @@
 //! Shared helpers for the simulator's integration tests.
 #![allow(dead_code)]
 
-use std::time::Duration;
-
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::PostParams;
@@ -25,17 +23,4 @@ pub async fn sim_with_crds_config(cfg: KubeSimConfig) -> KubeSim {
 }
 
 /// Polls `cond` until it returns true or the deadline passes.
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
+pub use testbed::wait::eventually;
