@@ -19,5 +19,6 @@ else
 fi
 echo "building the lab and the component binaries ($profile)..."
 cargo build $flag -p testbed --bin lab -p webhook --bin kube-egress-gateway-webhook \
-    -p operator --bin kube-egress-gateway-operator -p agent --bin kube-egress-gateway-agent
+    -p operator --bin kube-egress-gateway-operator -p agent --bin kube-egress-gateway-agent \
+    -p cni --bin kube-egress-cni
 exec "$dir/lab" --bin-dir "$dir" "$@"

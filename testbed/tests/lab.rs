@@ -1,7 +1,9 @@
-//! The README's main-job command, end to end: the lab binary with the real webhook and operator binaries.
-//! Covers upstream scenario (7) (an invalid configuration refused with the rule's message) and the control-plane
-//! half of scenario (1) (the configuration becomes Ready with a prefix from the public range), and that the
-//! teardown leaves no process or work directory behind.
+//! The README's main-job command, end to end: the lab binary with the real webhook, operator, agents and CNI
+//! plugin. Covers upstream scenario (7) (an invalid configuration refused with the rule's message) and
+//! scenario (1) (the configuration becomes Ready with a prefix from the public range; the annotated pod's
+//! traffic reaches the echo host from an address inside it, the plain pod's from one outside it), scenario (4)
+//! (a destination in excludeCidrs bypasses the gateway), and that
+//! the teardown leaves no process, namespace, mount or work directory behind.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +16,7 @@ fn bin_dir() -> PathBuf {
         "kube-egress-gateway-webhook",
         "kube-egress-gateway-operator",
         "kube-egress-gateway-agent",
+        "kube-egress-cni",
     ];
     if needed.iter().any(|b| !dir.join(b).exists()) {
         let mut cmd = Command::new(env!("CARGO"));
@@ -32,14 +35,25 @@ fn bin_dir() -> PathBuf {
             "agent",
             "--bin",
             "kube-egress-gateway-agent",
+            "-p",
+            "cni",
+            "--bin",
+            "kube-egress-cni",
         ]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("cargo build runs");
-        assert!(status.success(), "building webhook and operator failed");
+        assert!(status.success(), "building the component binaries failed");
     }
     dir
+}
+
+/// The text after the first occurrence of `marker` (empty when absent).
+fn after<'a>(text: &'a str, marker: &str) -> &'a str {
+    text.find(marker)
+        .map(|i| &text[i + marker.len()..])
+        .unwrap_or_default()
 }
 
 fn work_dir_of(stdout: &str) -> Option<PathBuf> {
@@ -72,7 +86,9 @@ fn lab_runs_the_control_plane_end_to_end_and_leaves_nothing() {
         "\u{2714} the webhook refused the invalid configuration",
         "demo/egress is Ready; status.egressIpPrefix = 20.10.0.",
         "azure-sim now has the internal load balancer",
-        "\u{2714} nothing left: no child processes, no lab network namespaces, work dir removed",
+        "\u{2714} nothing left: no child processes, no lab network namespaces, work dir removed; no lab mounts, nft tables or wireguard sockets",
+        "==> step 8: egress",
+        "CNI DEL of pod demo/egress-client",
     ] {
         assert!(
             stdout.contains(expected),
@@ -87,6 +103,46 @@ fn lab_runs_the_control_plane_end_to_end_and_leaves_nothing() {
         2,
         "{stdout}"
     );
+    // Regular nodes: the node agent chained our plugin after the primary one.
+    assert_eq!(
+        stdout
+            .matches("node agent installed 01-egressgateway.conflist = [bridge -> kube-egress-cni]")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    // The check marks: the annotated pod egresses inside status.egressIpPrefix, the plain one outside it,
+    // which the test re-checks from the addresses printed.
+    let prefix: ipnet::Ipv4Net = after(&stdout, "status.egressIpPrefix = ")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no prefix in:\n{stdout}"));
+    // Upstream scenario (4): the annotated pod's traffic to a destination in excludeCidrs bypasses the gateway.
+    for (pod, inside) in [
+        ("egress-client (annotated)", true),
+        ("plain-client (plain)", false),
+        ("egress-client to 198.51.100.20 (in spec.excludeCidrs)", false),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("demo/{pod}: the echo host saw UDP from ")))
+            .unwrap_or_else(|| panic!("no egress line for {pod}:\n{stdout}"));
+        assert!(line.trim_start().starts_with('\u{2714}'), "{line}");
+        let udp: std::net::Ipv4Addr = after(line, "UDP from ")
+            .trim_end_matches(',')
+            .split([',', ' '])
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no UDP source in {line:?}"));
+        let tcp: std::net::Ipv4Addr = after(line, "TCP from ")
+            .split(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no TCP source in {line:?}"));
+        assert_eq!(prefix.contains(&udp), inside, "{line} (prefix {prefix})");
+        assert_eq!(prefix.contains(&tcp), inside, "{line} (prefix {prefix})");
+    }
     // The printed table comes from kubectl itself.
     let table = stdout
         .lines()
@@ -163,6 +219,10 @@ fn keep_waits_for_ctrl_c_then_tears_down() {
         }
     }
     let kubeconfig = kubeconfig.unwrap_or_else(|| panic!("no kubeconfig printed:\n{seen}"));
+    assert!(
+        seen.contains("pod demo/egress-client: ip netns exec "),
+        "the kept lab names the pods' namespaces:\n{seen}"
+    );
     let get = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&kubeconfig)

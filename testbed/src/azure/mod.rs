@@ -23,6 +23,17 @@ pub use error::ArmError;
 pub use seed::{Seed, ServicePrincipal, SubnetRef, SubnetSeed, VmPoolSeed, VmssSeed, VnetSeed};
 pub use server::{CallRecord, FaultSpec, LroConfig, SimState, WriteLimit};
 
+/// Shared access to a running simulator's state, independent of the [`AzureSim`] borrow.
+#[derive(Debug, Clone)]
+pub struct SimHandle(server::Shared);
+
+impl SimHandle {
+    /// Runs `f` with the state locked.
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut SimState) -> T) -> T {
+        f(&mut server::lock(&self.0))
+    }
+}
+
 /// A running simulator. Dropping it stops the server.
 #[derive(Debug)]
 pub struct AzureSim {
@@ -81,6 +92,11 @@ impl AzureSim {
     /// Runs `f` with the state locked (for assertions and out-of-band changes).
     pub fn with_state<T>(&self, f: impl FnOnce(&mut SimState) -> T) -> T {
         f(&mut server::lock(&self.state))
+    }
+
+    /// A handle onto the state for background readers (the lab's fabric re-reads Azure as it changes).
+    pub fn handle(&self) -> SimHandle {
+        SimHandle(self.state.clone())
     }
 
     pub fn calls(&self) -> Vec<CallRecord> {

@@ -71,7 +71,7 @@ pub fn show(
         ));
     }
     info(&format!(
-        "(in Azure each secondary IP egresses as a public IP from {prefix}; the lab does not realise that edge yet)"
+        "(Azure maps each secondary IP to a public IP from {prefix}; the lab's fabric realises that edge in step 4)"
     ));
     Ok(())
 }

@@ -191,3 +191,93 @@ async fn relay_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_string()))
 }
+
+/// The "internet" echo host's service, in namespace `ns` on each of `addrs` at `port`: UDP answers
+/// `<source address> <payload>` and TCP writes `<source address>\n`, so a client learns the address it was seen
+/// from. One socket per address, so a UDP answer comes from the address that was asked.
+pub fn echo_server(
+    ns: &str,
+    addrs: &[Ipv4Addr],
+    port: u16,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    for addr in addrs {
+        let at = SocketAddr::from((*addr, port));
+        let (udp, tcp) = in_netns(ns, move || {
+            let u = std::net::UdpSocket::bind(at).with_context(|| format!("binding UDP {at}"))?;
+            u.set_nonblocking(true).context("nonblocking")?;
+            let t = std::net::TcpListener::bind(at).with_context(|| format!("binding TCP {at}"))?;
+            t.set_nonblocking(true).context("nonblocking")?;
+            Ok((u, t))
+        })?;
+        let udp = tokio::net::UdpSocket::from_std(udp).context("tokio UDP socket")?;
+        let tcp = tokio::net::TcpListener::from_std(tcp).context("tokio TCP listener")?;
+        tasks.push(tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                let mut reply = format!("{} ", from.ip()).into_bytes();
+                reply.extend_from_slice(&buf[..n.min(256)]);
+                let _ = udp.send_to(&reply, from).await;
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            while let Ok((mut s, from)) = tcp.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(format!("{}\n", from.ip()).as_bytes()).await;
+                });
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
+/// From inside `ns`, asks the UDP echo at `to` (resending every 200 ms until `timeout`) which source address it
+/// saw.
+pub async fn udp_source_seen(ns: &str, to: SocketAddr, timeout: Duration) -> Option<Ipv4Addr> {
+    let ns = ns.to_string();
+    tokio::task::spawn_blocking(move || {
+        in_netns(&ns, move || {
+            let s = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let end = std::time::Instant::now() + timeout;
+            let mut buf = [0u8; 512];
+            while std::time::Instant::now() < end {
+                // Sending fails while no route exists yet (e.g. before the tunnel is up); keep trying.
+                let _ = s.send_to(b"who-am-i", to);
+                if let Ok((n, from)) = s.recv_from(&mut buf)
+                    && from == to
+                {
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    return Ok(text.split(' ').next().and_then(|a| a.parse().ok()));
+                }
+            }
+            Ok(None)
+        })
+        .ok()
+        .flatten()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// From inside `ns`, one TCP connection to the echo at `to`: the source address it saw.
+pub async fn tcp_source_seen(ns: &str, to: SocketAddr) -> Option<Ipv4Addr> {
+    let ns = ns.to_string();
+    tokio::task::spawn_blocking(move || {
+        in_netns(&ns, move || {
+            use std::io::Read as _;
+            let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            Ok(out.trim().parse().ok())
+        })
+        .ok()
+        .flatten()
+    })
+    .await
+    .ok()
+    .flatten()
+}

@@ -3,13 +3,16 @@
 //!
 //! Steps: simulators (Kubernetes + Azure), webhook + operator as real processes, `kubectl apply` of a
 //! GatewayPool and a StaticGatewayConfiguration (and an invalid one refused by the webhook), wait for Ready;
-//! then the gateway half of the data plane (gateway namespaces on a fabric bridge, real gateway agents, LB
-//! probes). Regular nodes, pods, floating-IP forwarding, edge SNAT and the echo host are not part of it yet;
-//! the lab says so in its output.
+//! then the data plane: the Azure fabric computed from the Azure simulator ([`fabric`]), gateway VMs with the
+//! real gateway agent, regular nodes (own network + mount namespace) with the real node agent and the CNI
+//! chain, an annotated and a plain pod created as kubelet would ([`runtime`]), and the source address an
+//! "internet" echo host sees from each.
 
 mod azure_view;
 mod dataplane;
+pub mod fabric;
 mod procs;
+pub mod runtime;
 mod steps;
 
 use std::path::PathBuf;

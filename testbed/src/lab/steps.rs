@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::procs::{Children, live_children, tail};
 use super::{Options, info, ok, step};
+use super::{fabric, runtime};
 use crate::azure::{AzureSim, Seed};
 use crate::kube::KubeSim;
 
@@ -36,6 +37,17 @@ const WEBHOOK_CONFIG: &str = "kube-egress-gateway";
 const POOL: &str = "gwpool";
 /// The demo StaticGatewayConfiguration.
 const SGC: &str = "egress";
+/// The regular node pool.
+const NODE_POOL: &str = "nodepool1";
+/// The fabric's address on every VM link (the VMs' default gateway, as Azure's x.x.x.1).
+const FABRIC_GW: Ipv4Addr = Ipv4Addr::new(10, 224, 0, 1);
+/// The "internet" echo host and its service port.
+const ECHO_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const ECHO_PORT: u16 = 7777;
+/// A second address of the echo host, listed in the configuration's `excludeCidrs`.
+const ECHO_EXCLUDED_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+/// The pods: (name, node index, annotated).
+const PODS: [(&str, usize, bool); 2] = [("egress-client", 0, true), ("plain-client", 1, false)];
 
 /// Everything the lab started, so teardown can stop it whatever happened.
 #[derive(Default)]
@@ -53,8 +65,22 @@ struct Lab {
     /// Network namespaces the lab created (`ip netns` names) and their inodes.
     netns: Vec<String>,
     netns_inodes: Vec<u64>,
-    /// Loopback forwarders into the namespaces.
+    /// Loopback forwarders into the namespaces, the echo host's service.
     forwarders: Vec<tokio::task::JoinHandle<()>>,
+    /// The Azure fabric's namespace, wiring and background loop.
+    fabric_ns: String,
+    wiring: fabric::Wiring,
+    fabric: Option<fabric::Running>,
+    /// Gateway VMs (node name, primary IP, namespace) and regular nodes.
+    gateway_vms: Vec<(String, Ipv4Addr, String)>,
+    nodes: Vec<runtime::Node>,
+    /// Directory (a private mount) holding the nodes' persisted mount namespaces.
+    mnt_dir: Option<PathBuf>,
+    /// Pods the runtime set up (node index, sandbox), for CNI DEL at teardown.
+    pods: Vec<(usize, runtime::Sandbox)>,
+    /// status.egressIpPrefix and the cluster's outbound public IP.
+    prefix: Option<ipnet::Ipv4Net>,
+    outbound: Option<Ipv4Addr>,
 }
 
 /// Runs the lab: steps 1–4, then (unless `--keep`) teardown with a check that nothing is left.
@@ -118,6 +144,22 @@ fn keep_summary(lab: &Lab, opts: &Options) {
             a.url()
         );
     }
+    for (_, sb) in &lab.pods {
+        println!(
+            "    pod {DEMO_NS}/{}: ip netns exec {} bash -c 'echo hi > /dev/udp/{ECHO_IP}/{ECHO_PORT}'   (or curl/nc the echo host)",
+            sb.name, sb.netns
+        );
+    }
+    for n in &lab.nodes {
+        println!("    node {}: nsenter {} bash", n.name, n.enter_args().join(" "));
+    }
+    if !lab.fabric_ns.is_empty() {
+        println!(
+            "    Azure fabric: ip -n {f} route; ip -n {f} rule; ip netns exec {f} nft list table ip {}",
+            fabric::NFT_TABLE,
+            f = lab.fabric_ns
+        );
+    }
     for (name, log) in lab.children.logs() {
         println!("    {name} log: {}", log.display());
     }
@@ -142,21 +184,30 @@ impl Lab {
         self.operator(opts).await?;
         self.begin(3, "kubectl apply: GatewayPool and StaticGatewayConfiguration");
         self.configure(opts).await?;
-        self.begin(4, "data plane: gateway nodes");
         let agent = opts.bin_dir.join("kube-egress-gateway-agent");
-        if !nix::unistd::geteuid().is_root() || !agent.exists() {
+        let cni = opts.bin_dir.join(api::names::CNI_PLUGIN_TYPE);
+        if !nix::unistd::geteuid().is_root() || !agent.exists() || !cni.exists() {
+            self.begin(4, "data plane");
             info(&format!(
-                "SKIPPED: needs root and {} (scripts/lab.sh builds it and runs as root)",
-                agent.display()
+                "SKIPPED: needs root, {} and {} (scripts/lab.sh builds them and runs as root)",
+                agent.display(),
+                cni.display()
             ));
-        } else {
-            self.gateways(opts, &agent).await?;
+            return Ok(());
         }
-        info("NOT PART OF THE LAB YET: regular nodes, node agents, the CNI chain, pods, the floating-IP");
-        info(
-            "forwarding and edge SNAT of the Azure fabric, and the echo host; so no pod traffic is sent and",
+        self.begin(
+            4,
+            "Azure fabric: VM networks, load balancer, edge and the internet echo host",
         );
-        info("no pod source address is shown or verified.");
+        self.fabric(opts).await?;
+        self.begin(5, "gateway nodes: real gateway agents behind the load balancer");
+        self.gateways(opts, &agent).await?;
+        self.begin(6, "regular nodes: real node agents and the CNI chain");
+        self.nodes(opts, &agent).await?;
+        self.begin(7, "pods, created as kubelet and the container runtime would");
+        self.pods(opts).await?;
+        self.begin(8, "egress: the source address the internet echo host sees");
+        self.egress(opts).await?;
         Ok(())
     }
 
@@ -209,9 +260,26 @@ impl Lab {
         if has("/loadbalancers/") != 0 {
             bail!("the Azure simulator already has a load balancer: {resources:?}");
         }
+        // AKS's default outbound: one public IP every private source without its own leaves from.
+        let outbound = azure
+            .with_state(|s| {
+                s.world.put_public_ip(
+                    "node-rg",
+                    "aks-outbound-ip",
+                    json!({"location": seed.location, "tags": {fabric::OUTBOUND_TAG.0: fabric::OUTBOUND_TAG.1}}),
+                )
+            })
+            .map_err(|e| anyhow!("creating the cluster's outbound public IP: {e:?}"))?;
+        let outbound_ip: Ipv4Addr = outbound
+            .resource
+            .pointer("/properties/ipAddress")
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse().ok())
+            .context("the outbound public IP has no address")?;
+        self.outbound = Some(outbound_ip);
         let vmss = &seed.vm_scale_sets[0];
         ok(&format!(
-            "azure-sim at {}: subscription {}, vnet aks-vnet/aks-subnet, VMSS {} ({} instances, tags aks-managed-poolName={}, aks-managed-gatewayIPPrefixSize={}), public range {}, no internal load balancer yet",
+            "azure-sim at {}: subscription {}, vnet aks-vnet/aks-subnet, VMSS {} ({} instances, tags aks-managed-poolName={}, aks-managed-gatewayIPPrefixSize={}), regular pool {NODE_POOL}, public range {}, cluster outbound IP {outbound_ip}, no internal load balancer yet",
             azure.url(),
             seed.subscription_id,
             vmss.name,
@@ -399,7 +467,7 @@ impl Lab {
             "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: GatewayPool\nmetadata:\n  name: {POOL}\nspec:\n  gatewayNodepoolName: {POOL}\n  publicIpPrefixSize: 31\n"
         );
         let sgc = format!(
-            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: {SGC}\n  namespace: {DEMO_NS}\nspec:\n  gatewayNodepoolName: {POOL}\n  excludeCidrs:\n    - 10.0.0.0/8\n"
+            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: {SGC}\n  namespace: {DEMO_NS}\nspec:\n  gatewayNodepoolName: {POOL}\n  excludeCidrs:\n    - 10.0.0.0/8\n    - {ECHO_EXCLUDED_IP}/32\n"
         );
         let invalid = format!(
             "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: broken\n  namespace: {DEMO_NS}\nspec:\n  gatewayNodepoolName: {POOL}\n  publicIpPrefixId: my-prefix\n  excludeCidrs:\n    - 1.2.3.4\n"
@@ -481,6 +549,7 @@ impl Lab {
         if net.prefix_len() != 31 {
             bail!("status.egressIpPrefix {net} is not a /31 as the pool asks");
         }
+        self.prefix = Some(net);
         for args in [
             ["get", "gatewaypool", "-o", "wide"].as_slice(),
             ["get", "sgc", "-n", DEMO_NS].as_slice(),
@@ -522,63 +591,227 @@ impl Lab {
         Ok(())
     }
 
-    /// Gateway namespaces on a fabric bridge, the real gateway agent in each, and the fabric's view of their
-    /// load-balancer probes.
-    async fn gateways(&mut self, opts: &Options, agent: &Path) -> anyhow::Result<()> {
-        use super::dataplane::{forward_loopback, ip, netns_inode, probe_from};
+    /// Creates network namespace `name` (lo up) and remembers it for teardown.
+    fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
+        use super::dataplane::{ip, netns_inode};
+        ip(&["netns", "add", name])?;
+        self.netns.push(name.to_string());
+        if let Some(i) = netns_inode(name) {
+            self.netns_inodes.push(i);
+        }
+        ip(&["-n", name, "link", "set", "lo", "up"])
+    }
+
+    /// A VM: its own namespace whose `eth0` is a point-to-point link into the fabric (`fabric_if`), with the
+    /// primary IP Azure gave it (no subnet route: Azure's SDN, not an L2 segment, delivers everything).
+    fn add_vm(&mut self, ns: &str, fabric_if: &str, primary: Ipv4Addr, table: u32) -> anyhow::Result<()> {
+        use super::dataplane::ip;
+        let fabric = self.fabric_ns.clone();
+        self.add_netns(ns)?;
+        ip(&[
+            "link", "add", "name", fabric_if, "netns", &fabric, "type", "veth", "peer", "name", "eth0",
+            "netns", ns,
+        ])?;
+        ip(&[
+            "-n",
+            &fabric,
+            "addr",
+            "add",
+            &format!("{FABRIC_GW}/32"),
+            "dev",
+            fabric_if,
+        ])?;
+        ip(&["-n", &fabric, "link", "set", fabric_if, "up"])?;
+        let t = table.to_string();
+        ip(&[
+            "-n", &fabric, "rule", "add", "pref", &t, "fwmark", &t, "lookup", &t,
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{primary}/16"),
+            "dev",
+            "eth0",
+            "noprefixroute",
+        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &FABRIC_GW.to_string(),
+            "dev",
+            "eth0",
+            "onlink",
+        ])?;
+        sysctl(ns, "net.ipv4.ip_forward", "1")
+    }
+
+    /// The Azure fabric namespace, the echo host behind its edge, one namespace per VM (gateway and regular
+    /// nodes), and the fabric loop realising the Azure simulator's state.
+    async fn fabric(&mut self, opts: &Options) -> anyhow::Result<()> {
+        use super::dataplane::ip;
         let tag = format!("lab{}-", std::process::id());
-        let fabric = format!("{tag}fabric");
-        ip(&["netns", "add", &fabric])?;
-        self.netns.push(fabric.clone());
-        ip(&["-n", &fabric, "link", "set", "lo", "up"])?;
-        ip(&["-n", &fabric, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &fabric, "addr", "add", "10.224.0.1/16", "dev", "br0"])?;
-        ip(&["-n", &fabric, "link", "set", "br0", "up"])?;
+        self.fabric_ns = format!("{tag}fabric");
+        let fabric = self.fabric_ns.clone();
+        self.add_netns(&fabric)?;
+        sysctl(&fabric, "net.ipv4.ip_forward", "1")?;
+        for k in ["all", "default"] {
+            sysctl(&fabric, &format!("net.ipv4.conf.{k}.rp_filter"), "0")?;
+        }
+        let inet = format!("{tag}inet");
+        self.add_netns(&inet)?;
+        ip(&[
+            "link", "add", "name", "edge0", "netns", &fabric, "type", "veth", "peer", "name", "eth0",
+            "netns", &inet,
+        ])?;
+        ip(&["-n", &fabric, "addr", "add", "198.51.100.1/24", "dev", "edge0"])?;
+        ip(&["-n", &fabric, "link", "set", "edge0", "up"])?;
+        ip(&[
+            "-n",
+            &inet,
+            "addr",
+            "add",
+            &format!("{ECHO_IP}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        let excluded = format!("{ECHO_EXCLUDED_IP}/24");
+        ip(&["-n", &inet, "addr", "add", &excluded, "dev", "eth0"])?;
+        ip(&["-n", &inet, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &inet, "route", "add", "default", "via", "198.51.100.1"])?;
+        self.forwarders.extend(super::dataplane::echo_server(
+            &inet,
+            &[ECHO_IP, ECHO_EXCLUDED_IP],
+            ECHO_PORT,
+        )?);
+        ok(&format!(
+            "internet echo host {ECHO_IP} and {ECHO_EXCLUDED_IP}, port {ECHO_PORT} (UDP and TCP answer the source address they see) behind the fabric's edge"
+        ));
+
+        let azure = self.azure.as_ref().context("azure-sim")?.handle();
+        let gateways: Vec<String> = self.profiles.iter().map(|p| p.node_name.clone()).collect();
+        let regular = regular_nodes();
+        let names: Vec<String> = gateways.iter().chain(&regular).cloned().collect();
+        let view = azure.with_state(|s| fabric::read_view(&s.world, &names));
+        let primary_of = |n: &str| view.vms.iter().find(|v| v.vm == n).map(|v| v.primary);
+        let mut wiring = fabric::Wiring {
+            edge: "edge0".into(),
+            private_space: vec!["10.0.0.0/8".parse()?],
+            ..Default::default()
+        };
+        for (i, node) in gateways.iter().enumerate() {
+            let primary =
+                primary_of(node).with_context(|| format!("azure-sim has no NIC for gateway {node}"))?;
+            let (ns, dev, table) = (format!("{tag}gw{i}"), format!("gw{i}"), 0x100 + i as u32);
+            self.add_vm(&ns, &dev, primary, table)?;
+            wiring.nics.insert(node.clone(), (dev, table));
+            self.gateway_vms.push((node.clone(), primary, ns));
+        }
+        for (i, node) in regular.iter().enumerate() {
+            let primary =
+                primary_of(node).with_context(|| format!("azure-sim has no NIC for node {node}"))?;
+            let (ns, dev, table) = (format!("{tag}node{i}"), format!("node{i}"), 0x110 + i as u32);
+            self.add_vm(&ns, &dev, primary, table)?;
+            wiring.nics.insert(node.clone(), (dev, table));
+            wiring
+                .pod_cidrs
+                .push((format!("10.244.{i}.0/24").parse()?, node.clone()));
+        }
+        self.wiring = wiring.clone();
+        let running = fabric::start(&fabric, azure, wiring, Duration::from_millis(250));
+        let mut status = running.status.clone();
+        self.fabric = Some(running);
+        // Per VM its /32 and its LB table's default route, plus its secondaries; plus one route per pod CIDR.
+        let want = view.vms.iter().map(|v| 2 + v.secondaries.len()).sum::<usize>() + regular.len();
+        self.wait(
+            "the fabric routes every VM, secondary IP and pod CIDR",
+            opts,
+            || {
+                let s = status.borrow_and_update().clone();
+                async move {
+                    if let Some(e) = s.error {
+                        bail!("{e}");
+                    }
+                    Ok(s.desired.routes.len() >= want)
+                }
+            },
+        )
+        .await?;
+        for vm in &view.vms {
+            let role = if gateways.contains(&vm.vm) {
+                "gateway"
+            } else {
+                "node"
+            };
+            let extra = vm
+                .secondaries
+                .iter()
+                .map(|(p, public)| match public {
+                    Some(pub_ip) => format!(", secondary {p} (public {pub_ip})"),
+                    None => format!(", secondary {p}"),
+                })
+                .collect::<String>();
+            info(&format!("VM {} ({role}): primary {}{extra}", vm.vm, vm.primary));
+        }
+        for r in &view.rules {
+            info(&format!(
+                "LB rule {}: {:?} {}:{} floating IP {} -> backends {:?} (probe {})",
+                r.name,
+                r.proto,
+                r.frontend,
+                r.port,
+                r.floating_ip,
+                r.backends,
+                r.probe
+                    .as_deref()
+                    .map(|p| p.rsplit('/').next().unwrap_or(p))
+                    .unwrap_or("none")
+            ));
+        }
+        ok(&format!(
+            "Azure fabric {fabric}: each VM on its own link, secondary IPs routed to their VM, pod CIDRs to their node, floating-IP LB rules to healthy backends only, edge SNAT secondary -> public IP and other private sources -> {}",
+            self.outbound
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "(no outbound IP)".into())
+        ));
+        Ok(())
+    }
+
+    /// The real gateway agent in each gateway VM, the LB frontend on its eth0, and the fabric's probes.
+    async fn gateways(&mut self, opts: &Options, agent: &Path) -> anyhow::Result<()> {
+        use super::dataplane::{forward_loopback, probe_from};
         let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
-        let azure = self.azure.as_ref().context("azure-sim")?;
+        let azure_addr = self.azure.as_ref().context("azure-sim")?.addr();
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client()?);
-        let profiles = self.profiles.clone();
-        let mut gws = Vec::new();
-        for (i, vm) in profiles.iter().enumerate() {
-            let ns = format!("{tag}gw{i}");
-            ip(&["netns", "add", &ns])?;
-            self.netns.push(ns.clone());
-            let primary: Ipv4Addr = vm
-                .primary_ip
-                .parse()
-                .with_context(|| format!("primary IP '{}' of {}", vm.primary_ip, vm.node_name))?;
-            let fab_if = format!("gw{i}");
-            ip(&[
-                "link", "add", "name", &fab_if, "netns", &fabric, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ])?;
-            ip(&["-n", &fabric, "link", "set", &fab_if, "master", "br0", "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{primary}/16"), "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns, "route", "add", "default", "via", "10.224.0.1"])?;
-            self.forwarders.push(forward_loopback(&ns, kube_port)?);
-            let (imds_port, imds) = super::dataplane::imds_for_node(&ns, azure.addr(), &vm.node_name)?;
+        for (i, (node_name, _, ns)) in self.gateway_vms.clone().iter().enumerate() {
+            self.forwarders.push(forward_loopback(ns, kube_port)?);
+            let (imds_port, imds) = super::dataplane::imds_for_node(ns, azure_addr, node_name)?;
             self.forwarders.push(imds);
             let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
-                "metadata": {"name": vm.node_name, "labels": {api::names::NODE_AGENTPOOL_LABEL: POOL}}
+                "metadata": {"name": node_name, "labels": {api::names::NODE_AGENTPOOL_LABEL: POOL}}
             }))?;
             nodes
                 .create(&PostParams::default(), &node)
                 .await
-                .with_context(|| format!("creating Node {}", vm.node_name))?;
+                .with_context(|| format!("creating Node {node_name}"))?;
             let args = [
-                format!("--net={}", PathBuf::from("/var/run/netns").join(&ns).display()),
+                format!("--net={}", PathBuf::from("/var/run/netns").join(ns).display()),
                 "--".into(),
                 agent.display().to_string(),
                 "--mode".into(),
                 "gateway".into(),
                 "--node-name".into(),
-                vm.node_name.clone(),
+                node_name.clone(),
                 "--namespace".into(),
                 SYSTEM_NS.into(),
                 "--netns-name".into(),
-                format!("{tag}gw{i}-egw"),
+                format!("{ns}-egw"),
                 "--host-interface".into(),
                 "eth0".into(),
                 "--imds-endpoint".into(),
@@ -597,13 +830,7 @@ impl Lab {
                 &[("KUBECONFIG", self.kubeconfig.display().to_string())],
                 &opts.work_dir,
             )?;
-            self.netns.push(format!("{tag}gw{i}-egw"));
-            gws.push((vm.node_name.clone(), primary));
-        }
-        for ns in &self.netns {
-            if let Some(i) = netns_inode(ns) {
-                self.netns_inodes.push(i);
-            }
+            self.netns.push(format!("{ns}-egw"));
         }
         let path = api::names::lb_probe_path(&self.sgc_uid);
         let frontend = Api::<StaticGatewayConfiguration>::namespaced(self.client()?, DEMO_NS)
@@ -613,8 +840,7 @@ impl Lab {
             .and_then(|s| s.gateway_server_profile)
             .map(|p| p.ip)
             .unwrap_or_default();
-        for (i, (node, _)) in gws.iter().enumerate() {
-            let ns = format!("{tag}gw{i}");
+        for (node, _, ns) in self.gateway_vms.clone() {
             let want = format!("{frontend}/32");
             self.wait(
                 &format!("the LB frontend {want} on eth0 of {node} (floating IP)"),
@@ -638,9 +864,9 @@ impl Lab {
                 "the agent put the LB frontend {frontend}/32 on eth0 of {node} (floating IP)"
             ));
         }
-        for (node, primary) in &gws {
+        let fabric = self.fabric_ns.clone();
+        for (node, primary, _) in self.gateway_vms.clone() {
             let (f, p) = (fabric.clone(), path.clone());
-            let primary = *primary;
             self.wait(
                 &format!("the fabric's probe of {node} ({primary}:8082{path}) answers 200"),
                 opts,
@@ -653,6 +879,332 @@ impl Lab {
             ok(&format!(
                 "gateway agent on {node} ({primary}, own netns) is up; the fabric's LB probe :8082{path} answers 200"
             ));
+        }
+        let mut status = self.fabric.as_ref().context("fabric not running")?.status.clone();
+        let all: Vec<Ipv4Addr> = self.gateway_vms.iter().map(|g| g.1).collect();
+        let serving = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        self.wait(
+            &format!(
+                "the fabric's health probes (every {}s) put every gateway behind the floating-IP rule",
+                api::names::LB_PROBE_INTERVAL_SECONDS
+            ),
+            opts,
+            || {
+                let s = status.borrow_and_update().clone();
+                let (all, serving) = (all.clone(), serving.clone());
+                async move {
+                    let Some((rule, backends)) = s.desired.serving.iter().next() else {
+                        return Ok(false);
+                    };
+                    if let Ok(mut g) = serving.lock() {
+                        *g = format!("{rule} -> {backends:?}");
+                    }
+                    Ok(all.iter().all(|a| backends.contains(a)))
+                }
+            },
+        )
+        .await?;
+        let serving = serving.lock().map(|g| g.clone()).unwrap_or_default();
+        ok(&format!(
+            "the fabric load-balances {serving} (healthy backends only)"
+        ));
+        Ok(())
+    }
+
+    /// Regular nodes: their own mount namespace, the primary CNI configuration (bridge + host-local), the
+    /// real node agent that chains our plugin after it and removes the node's cni-not-ready taint.
+    async fn nodes(&mut self, opts: &Options, agent: &Path) -> anyhow::Result<()> {
+        use super::dataplane::forward_loopback;
+        let tag = format!("lab{}-", std::process::id());
+        let mnt_dir = PathBuf::from(format!("/run/kube-egress-{tag}mnt"));
+        runtime::private_mount_dir(&mnt_dir)?;
+        self.mnt_dir = Some(mnt_dir.clone());
+        let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
+        let nodes_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client()?);
+        for (i, name) in regular_nodes().iter().enumerate() {
+            let node = runtime::Node {
+                name: name.clone(),
+                netns: format!("{tag}node{i}"),
+                mntns: mnt_dir.join(format!("node{i}")),
+                dir: opts.work_dir.join("nodes").join(name),
+                cni_path: vec![PathBuf::from(runtime::CNI_DIR), opts.bin_dir.clone()],
+            };
+            runtime::create_mount_ns(&node.mntns, &node.dir)?;
+            self.nodes.push(node.clone());
+            let pod_cidr = format!("10.244.{i}.0/24");
+            let primary = runtime::primary_conflist(&pod_cidr, &node.dir.join("ipam"));
+            std::fs::write(
+                node.conf_dir().join("10-kubenet.conflist"),
+                serde_json::to_vec_pretty(&primary)?,
+            )
+            .context("writing the primary CNI configuration")?;
+            self.forwarders.push(forward_loopback(&node.netns, kube_port)?);
+            let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {api::names::NODE_AGENTPOOL_LABEL: NODE_POOL}},
+                "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr],
+                    "taints": [{"key": api::names::CNI_NOT_READY_TAINT, "value": "true", "effect": "NoSchedule"}]}
+            }))?;
+            nodes_api
+                .create(&PostParams::default(), &n)
+                .await
+                .with_context(|| format!("creating Node {name}"))?;
+            let mut args = node.enter_args();
+            args.extend([
+                agent.display().to_string(),
+                "--mode".into(),
+                "node".into(),
+                "--node-name".into(),
+                name.clone(),
+                "--namespace".into(),
+                SYSTEM_NS.into(),
+                "--metrics-bind-address".into(),
+                "127.0.0.1:0".into(),
+                "--health-probe-bind-address".into(),
+                "127.0.0.1:0".into(),
+                "--cni-conf-poll-ms".into(),
+                "200".into(),
+            ]);
+            self.children.spawn(
+                &format!("node-agent-{i}"),
+                Path::new("nsenter"),
+                &args,
+                &[("KUBECONFIG", self.kubeconfig.display().to_string())],
+                &opts.work_dir,
+            )?;
+        }
+        for node in self.nodes.clone() {
+            let ours = node.conf_dir().join(api::names::CNI_CONF_FILE);
+            let (api, name) = (nodes_api.clone(), node.name.clone());
+            self.wait(
+                &format!(
+                    "the node agent on {name} installs /etc/cni/net.d/{} and removes the {} taint",
+                    api::names::CNI_CONF_FILE,
+                    api::names::CNI_NOT_READY_TAINT
+                ),
+                opts,
+                move || {
+                    let (api, name, ours) = (api.clone(), name.clone(), ours.clone());
+                    async move {
+                        if !ours.exists() {
+                            return Ok(false);
+                        }
+                        let n = api.get(&name).await?;
+                        let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+                        Ok(!taints.iter().any(|t| t.key == api::names::CNI_NOT_READY_TAINT))
+                    }
+                },
+            )
+            .await?;
+            let (file, list) = node.network_config()?;
+            let chain: Vec<String> = list["plugins"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p["type"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            ok(&format!(
+                "node {} (own network and mount namespace): node agent installed {file} = [{}] (the runtime's first conflist), taint removed",
+                node.name,
+                chain.join(" -> ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// An annotated and a plain pod: Pod object, network namespace, CNI ADD of the node's chain, status.podIP.
+    async fn pods(&mut self, opts: &Options) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Pod;
+        let tag = format!("lab{}-", std::process::id());
+        let pods: Api<Pod> = Api::namespaced(self.client()?, DEMO_NS);
+        for (name, node_idx, annotated) in PODS {
+            let node = self
+                .nodes
+                .get(node_idx)
+                .cloned()
+                .with_context(|| format!("no regular node {node_idx}"))?;
+            let annotations: std::collections::BTreeMap<String, String> = if annotated {
+                [(api::names::POD_GATEWAY_ANNOTATION.to_string(), SGC.to_string())].into()
+            } else {
+                Default::default()
+            };
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": DEMO_NS, "annotations": annotations},
+                "spec": {"nodeName": node.name, "containers": [{"name": "app",
+                    "image": "registry.k8s.io/e2e-test-images/agnhost:2.36"}]}
+            }))?;
+            let created = pods
+                .create(&PostParams::default(), &pod)
+                .await
+                .with_context(|| format!("creating Pod {DEMO_NS}/{name}"))?;
+            let uid = created.metadata.uid.unwrap_or_default().replace('-', "");
+            let netns = format!("{tag}pod-{name}");
+            self.add_netns(&netns)?;
+            let container_id = format!("{uid:0>64}");
+            let (n2, nn, cid, ann) = (
+                node.clone(),
+                netns.clone(),
+                container_id.clone(),
+                annotations.clone(),
+            );
+            let sandbox = tokio::task::spawn_blocking(move || n2.add(DEMO_NS, name, &cid, &nn, &ann))
+                .await
+                .context("CNI ADD thread")?
+                .with_context(|| format!("CNI ADD for pod {DEMO_NS}/{name} on {}", node.name))?;
+            self.pods.push((node_idx, sandbox.clone()));
+            let pod_ip = sandbox
+                .ipv4()
+                .with_context(|| format!("the CNI result has no IPv4: {}", sandbox.result))?;
+            let host_ip = self
+                .azure
+                .as_ref()
+                .map(|a| a.handle())
+                .and_then(|h| {
+                    h.with_state(|s| fabric::read_view(&s.world, [&node.name]))
+                        .vms
+                        .first()
+                        .map(|v| v.primary.to_string())
+                })
+                .unwrap_or_default();
+            pods.patch_status(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"status": {"phase": "Running", "podIP": pod_ip.to_string(),
+                    "podIPs": [{"ip": pod_ip.to_string()}], "hostIP": host_ip}})),
+            )
+            .await
+            .with_context(|| format!("writing status.podIP of {DEMO_NS}/{name}"))?;
+            info(&format!(
+                "$ (kubelet) pod {DEMO_NS}/{name} on {}: netns {netns}, CNI ADD -> interfaces [{}], status.podIP = {pod_ip}",
+                node.name,
+                sandbox.interfaces().join(", ")
+            ));
+            let has_wg = sandbox.interfaces().iter().any(|i| i == "wg0");
+            if has_wg != annotated {
+                bail!(
+                    "pod {name}: wg0 {} but the pod is {}annotated",
+                    if has_wg { "present" } else { "missing" },
+                    if annotated { "" } else { "not " }
+                );
+            }
+            if annotated {
+                let pes: Api<api::PodEndpoint> = Api::namespaced(self.client()?, DEMO_NS);
+                self.wait(
+                    &format!("the node agent's PodEndpoint {DEMO_NS}/{name}"),
+                    opts,
+                    || {
+                        let pes = pes.clone();
+                        async move { Ok(pes.get_opt(name).await?.is_some()) }
+                    },
+                )
+                .await?;
+                ok(&format!(
+                    "{DEMO_NS}/{name} (annotation {}={SGC}): wg0 tunnel to the gateways' frontend, PodEndpoint {DEMO_NS}/{name} created by the node agent",
+                    api::names::POD_GATEWAY_ANNOTATION
+                ));
+            } else {
+                ok(&format!(
+                    "{DEMO_NS}/{name} (no annotation): eth0 only, the node's normal path"
+                ));
+            }
+        }
+        let columns =
+            "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,POD-IP:.status.podIP,PHASE:.status.phase";
+        let out = self
+            .kubectl(opts, &["get", "pods", "-n", DEMO_NS, "-o", columns])
+            .await?;
+        if out.ok {
+            info(&format!("$ kubectl get pods -n {DEMO_NS} -o {columns}"));
+            for l in out.stdout.lines() {
+                info(&format!("  {l}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each pod asks the echo host which address it came from; the annotated pod's must be inside
+    /// status.egressIpPrefix and the plain pod's outside it.
+    async fn egress(&mut self, opts: &Options) -> anyhow::Result<()> {
+        use super::dataplane::{tcp_source_seen, udp_source_seen};
+        let prefix = self.prefix.context("no egress prefix")?;
+        // Whose public address is it: a gateway's secondary IP, or the cluster's outbound IP.
+        let names: Vec<String> = self.wiring.nics.keys().cloned().collect();
+        let view = self
+            .azure
+            .as_ref()
+            .map(|a| a.handle().with_state(|s| fabric::read_view(&s.world, &names)))
+            .unwrap_or_default();
+        let outbound = self.outbound;
+        let owner = move |a: Ipv4Addr| -> String {
+            if Some(a) == outbound {
+                return " (the cluster's outbound IP)".into();
+            }
+            view.vms
+                .iter()
+                .find_map(|v| {
+                    v.secondaries
+                        .iter()
+                        .find(|(_, p)| *p == Some(a))
+                        .map(|(s, _)| format!(" (public IP of {}'s secondary IP {s})", v.vm))
+                })
+                .unwrap_or_default()
+        };
+        // (pod, echo address, expect inside the prefix, what the check is).
+        let mut checks = Vec::new();
+        for (_, sb) in self.pods.clone() {
+            let annotated = !sb.annotations.is_empty();
+            let kind = if annotated { "annotated" } else { "plain" };
+            checks.push((
+                sb.clone(),
+                ECHO_IP,
+                annotated,
+                format!("{DEMO_NS}/{} ({kind})", sb.name),
+            ));
+            if annotated {
+                // Upstream e2e scenario (4): a destination in spec.excludeCidrs bypasses the gateway.
+                checks.push((
+                    sb.clone(),
+                    ECHO_EXCLUDED_IP,
+                    false,
+                    format!(
+                        "{DEMO_NS}/{} to {ECHO_EXCLUDED_IP} (in spec.excludeCidrs)",
+                        sb.name
+                    ),
+                ));
+            }
+        }
+        let mut failures = Vec::new();
+        for (sb, to, want_inside, what) in checks {
+            let echo = SocketAddr::from((to, ECHO_PORT));
+            let udp = udp_source_seen(&sb.netns, echo, opts.step_timeout).await;
+            let tcp = tcp_source_seen(&sb.netns, echo).await;
+            let seen = |a: Option<Ipv4Addr>| {
+                a.map(|a| a.to_string())
+                    .unwrap_or_else(|| "nothing (no answer)".into())
+            };
+            let whose = udp.map(&owner).unwrap_or_default();
+            let good = [udp, tcp]
+                .iter()
+                .all(|a| a.is_some_and(|a| prefix.contains(&a) == want_inside));
+            let want = format!(
+                "{} status.egressIpPrefix {prefix}",
+                if want_inside { "inside" } else { "outside" }
+            );
+            let line = format!(
+                "{what}: the echo host saw UDP from {}, TCP from {}{whose} -> {want}",
+                seen(udp),
+                seen(tcp)
+            );
+            if good {
+                ok(&line);
+            } else {
+                println!("    \u{2718} {line}: NO");
+                failures.push(what);
+            }
+        }
+        if !failures.is_empty() {
+            bail!("wrong egress address for {}", failures.join(", "));
         }
         Ok(())
     }
@@ -720,6 +1272,42 @@ impl Lab {
     /// Stops everything, then checks nothing is left: no child processes, simulators stopped, work dir gone.
     async fn teardown(&mut self, opts: &Options) -> anyhow::Result<()> {
         println!("\n==> teardown");
+        let mut left = Vec::new();
+        if let Some(f) = self.fabric.take() {
+            f.stop();
+        }
+        // Pods first, while the node agents still answer the plugin's DEL (PodEndpoint removal).
+        for (node_idx, sb) in std::mem::take(&mut self.pods).into_iter().rev() {
+            let Some(node) = self.nodes.get(node_idx).cloned() else {
+                continue;
+            };
+            let name = sb.name.clone();
+            match tokio::task::spawn_blocking(move || node.del(&sb)).await {
+                Ok(Ok(())) => info(&format!("CNI DEL of pod {DEMO_NS}/{name}")),
+                Ok(Err(e)) => left.push(format!("CNI DEL of pod {name} failed: {e:#}")),
+                Err(e) => left.push(format!("CNI DEL of pod {name}: {e}")),
+            }
+        }
+        // wireguard-go processes of the lab, by the UAPI socket name they were started with.
+        for ns in &self.netns {
+            if let Some(i) = super::dataplane::netns_inode(ns)
+                && !self.netns_inodes.contains(&i)
+            {
+                self.netns_inodes.push(i);
+            }
+        }
+        let wg_sockets: Vec<PathBuf> = super::dataplane::processes_in(&self.netns_inodes)
+            .into_iter()
+            .filter(|(_, name)| name == "wireguard-go")
+            .filter_map(|(pid, _)| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let last = cmdline.split(|b| *b == 0).rfind(|a| !a.is_empty())?;
+                Some(PathBuf::from(format!(
+                    "/run/wireguard/{}.sock",
+                    String::from_utf8_lossy(last)
+                )))
+            })
+            .collect();
         let stopped = self.children.stop_all(Duration::from_secs(5)).await;
         if !stopped.is_empty() {
             info(&format!("stopped {}", stopped.join(", ")));
@@ -732,7 +1320,6 @@ impl Lab {
         if self.azure.take().is_some() {
             info("azure-sim stopped");
         }
-        let mut left = Vec::new();
         for h in self.forwarders.drain(..) {
             h.abort();
         }
@@ -762,6 +1349,57 @@ impl Lab {
                 left.push(format!("{e:#}"));
             }
         }
+        // The nodes' mount namespaces: pods' wireguard sockets were in the nodes' own /run/wireguard.
+        for node in std::mem::take(&mut self.nodes) {
+            let sockets: Vec<String> = std::fs::read_dir(node.wireguard_dir())
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !sockets.is_empty() {
+                left.push(format!(
+                    "wireguard sockets on {}: {}",
+                    node.name,
+                    sockets.join(", ")
+                ));
+            }
+            if let Err(e) = runtime::unmount(&node.mntns) {
+                left.push(format!("{e:#}"));
+            }
+        }
+        if let Some(dir) = self.mnt_dir.take() {
+            if let Err(e) = runtime::unmount(&dir) {
+                left.push(format!("{e:#}"));
+            }
+            let mounts = runtime::mounts_under(&dir);
+            if !mounts.is_empty() {
+                left.push(format!("mounts: {}", mounts.join(", ")));
+            } else if let Err(e) = std::fs::remove_dir_all(&dir) {
+                left.push(format!("{}: {e}", dir.display()));
+            }
+        }
+        // Gateways' wireguard-go sockets are on the host; a process that had to be killed leaves its socket.
+        for sock in wg_sockets {
+            if sock.exists() {
+                match std::fs::remove_file(&sock) {
+                    Ok(()) => info(&format!(
+                        "removed {} (its wireguard-go was killed)",
+                        sock.display()
+                    )),
+                    Err(e) => left.push(format!("wireguard socket {}: {e}", sock.display())),
+                }
+            }
+        }
+        let tables = std::process::Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if tables.contains(fabric::NFT_TABLE) {
+            left.push(format!("nft table {} in the host namespace", fabric::NFT_TABLE));
+        }
         let tag = format!("lab{}-", std::process::id());
         let leftover_ns = super::dataplane::netns_with_prefix(&tag);
         if !leftover_ns.is_empty() {
@@ -781,7 +1419,9 @@ impl Lab {
             left.push(format!("child processes: {}", children.join(", ")));
         }
         if left.is_empty() {
-            ok("nothing left: no child processes, no lab network namespaces, work dir removed");
+            ok(
+                "nothing left: no child processes, no lab network namespaces, work dir removed; no lab mounts, nft tables or wireguard sockets",
+            );
             Ok(())
         } else {
             bail!("left behind: {}", left.join("; "))
@@ -796,6 +1436,7 @@ struct KubectlOut {
 }
 
 /// The lab's Azure world: AKS-like, with the gateway VMSS pool `gwpool` (2 instances, /31 prefix size tag).
+/// Plus the regular pool `nodepool1` (2 instances, no gateway tag).
 fn lab_seed() -> Seed {
     let mut seed = Seed::aks_like(2);
     for v in &mut seed.vm_scale_sets {
@@ -803,7 +1444,45 @@ fn lab_seed() -> Seed {
         v.pool_name = POOL.into();
         v.gateway_prefix_size = Some(31);
     }
+    let mut regular = seed.vm_scale_sets[0].clone();
+    regular.name = format!("aks-{NODE_POOL}-12345678-vmss");
+    regular.pool_name = NODE_POOL.into();
+    regular.gateway_prefix_size = None;
+    seed.vm_scale_sets.push(regular);
     seed
+}
+
+/// Computer names of the regular nodes (VMSS instances of `nodepool1`).
+fn regular_nodes() -> Vec<String> {
+    let seed = lab_seed();
+    seed.vm_scale_sets
+        .iter()
+        .filter(|v| v.pool_name == NODE_POOL)
+        .flat_map(|v| (0..v.instances).map(move |i| format!("{}{i:06}", v.name)))
+        .collect()
+}
+
+/// Sets a sysctl inside network namespace `ns`.
+fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("{key}={value}"),
+        ])
+        .output()
+        .context("running sysctl")?;
+    if !out.status.success() {
+        bail!(
+            "sysctl {key}={value} in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// A free loopback port (bound then released; the component binds it right after).
