@@ -1015,3 +1015,45 @@ async fn writes_naming_another_object_are_refused() {
     let after = configmaps.get("c").await.expect("get");
     assert_eq!(after.metadata.resource_version, live.metadata.resource_version);
 }
+
+#[tokio::test]
+async fn delete_preconditions_are_checked() {
+    let sim = sim_with_crds().await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(sim.client("admin").expect("client"), "default");
+    let live = configmaps
+        .create(&PostParams::default(), &cm("c", &[]))
+        .await
+        .expect("create");
+    let live_uid = live.metadata.uid.clone().unwrap_or_default();
+    let stale = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("00000000-0000-0000-0000-000000000000".into()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let s = api_err(
+        configmaps
+            .delete("c", &stale)
+            .await
+            .expect_err("uid precondition"),
+    );
+    assert_eq!(
+        (s.code, s.message),
+        (
+            409,
+            format!(
+                "Operation cannot be fulfilled on configmaps \"c\": Precondition failed: UID in precondition: 00000000-0000-0000-0000-000000000000, UID in object meta: {live_uid}"
+            )
+        )
+    );
+    let exact = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(live_uid),
+            resource_version: live.metadata.resource_version.clone(),
+        }),
+        ..Default::default()
+    };
+    configmaps.delete("c", &exact).await.expect("delete");
+    assert!(configmaps.get_opt("c").await.expect("get").is_none());
+}

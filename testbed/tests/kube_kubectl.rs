@@ -642,3 +642,126 @@ async fn typed_kubectl_create_gets_a_clear_unsupported_media_type() {
         "Active"
     );
 }
+
+/// `kubectl delete --cascade=foreground`: dependents go first; an owner whose dependent is held by a
+/// finalizer waits with `foregroundDeletion` and goes once that dependent is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreground_deletion_waits_for_dependents() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let sim = sim_with_crds().await;
+    let admin = sim.client("admin").expect("client");
+    let cms: Api<ConfigMap> = Api::namespaced(admin, "default");
+    let owner: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "owner"}})).expect("owner");
+    let owner = cms.create(&PostParams::default(), &owner).await.expect("owner");
+    let owner_uid = owner.metadata.uid.clone().expect("uid");
+    for (name, finalizers) in [("held", json!(["example.com/hold"])), ("free", json!([]))] {
+        let dep: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name,
+            "finalizers": finalizers,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner_uid,
+                "blockOwnerDeletion": true}]}}))
+        .expect("dependent");
+        cms.create(&PostParams::default(), &dep).await.expect("dependent");
+    }
+    let k = Kubectl::new(&sim, "admin");
+    k.ok(&[
+        "delete",
+        "configmap",
+        "owner",
+        "--cascade=foreground",
+        "--wait=false",
+    ])
+    .await;
+    assert!(
+        cms.get_opt("free").await.expect("get").is_none(),
+        "a dependent without finalizers is deleted first"
+    );
+    let held = cms.get("held").await.expect("held dependent is terminating");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    let waiting = cms.get("owner").await.expect("owner waits for its dependent");
+    assert!(waiting.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        waiting.metadata.finalizers.unwrap_or_default(),
+        vec!["foregroundDeletion".to_string()]
+    );
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("release the dependent");
+    assert!(cms.get_opt("held").await.expect("get").is_none());
+    assert!(
+        cms.get_opt("owner").await.expect("get").is_none(),
+        "the owner goes with its last dependent"
+    );
+}
+
+/// `--dry-run=server` runs admission and validation but stores nothing, for create, apply and delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_dry_run_stores_nothing() {
+    let sim = sim_with_crds().await;
+    let k = Kubectl::new(&sim, "admin");
+    let f = k.file("sgc.yaml", &SGC.replace("POOL", "gw1"));
+    let out = k.ok(&["apply", "--dry-run=server", "-f", path_str(&f)]).await;
+    assert!(out.contains("sgc1 created (server dry run)"), "{out}");
+    let o = k.run(&["get", "sgc", "sgc1"]).await;
+    assert!(!o.ok && o.stderr.contains("NotFound"), "{}", o.stderr);
+    // The schema still applies under dry run.
+    let bad = k.file(
+        "bad.yaml",
+        &format!("{}  defaultRoute: sideways\n", SGC.replace("POOL", "gw1")),
+    );
+    let o = k.run(&["apply", "--dry-run=server", "-f", path_str(&bad)]).await;
+    assert!(!o.ok && o.stderr.contains("spec.defaultRoute"), "{}", o.stderr);
+    k.ok(&["apply", "-f", path_str(&f)]).await;
+    let out = k.ok(&["delete", "sgc", "sgc1", "--dry-run=server"]).await;
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    assert_eq!(
+        k.ok(&["get", "sgc", "sgc1", "-o", "jsonpath={.metadata.name}"])
+            .await,
+        "sgc1"
+    );
+}
+
+/// `kubectl get -w` streams changes as they happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_streams_changes() {
+    use tokio::io::AsyncBufReadExt as _;
+    let sim = sim_with_crds().await;
+    let k = Kubectl::new(&sim, "admin");
+    let mut child = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .args(["get", "sgc", "-w", "--output-watch-events", "--no-headers"])
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl -w");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let f = k.file("sgc.yaml", &SGC.replace("POOL", "gw1"));
+    // The watch may start after the create; either way the object must appear as ADDED.
+    k.ok(&["apply", "-f", path_str(&f)]).await;
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("a watch line in time")
+            .expect("read")
+            .expect("stream open")
+    };
+    let added = next().await;
+    assert!(added.contains("ADDED") && added.contains("sgc1"), "{added}");
+    k.ok(&["delete", "sgc", "sgc1"]).await;
+    let mut seen = Vec::new();
+    loop {
+        let line = next().await;
+        let done = line.contains("DELETED");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.contains("sgc1")), "{seen:?}");
+}

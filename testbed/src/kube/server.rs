@@ -1528,18 +1528,29 @@ async fn delete(
         .get(&t.res(), &t.key())
         .cloned()
         .ok_or_else(|| t.not_found())?;
-    if let Some(pre_rv) = opts
-        .pointer("/preconditions/resourceVersion")
-        .and_then(Value::as_str)
-        && pre_rv != meta_str(&live, "resourceVersion")
-    {
-        return Err(ApiError::conflict(&t.rt.group, &t.rt.plural, &t.name));
+    for (field, meta) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+        let live_value = meta_str(&live, field);
+        if let Some(pre) = opts
+            .pointer(&format!("/preconditions/{field}"))
+            .and_then(Value::as_str)
+            && pre != live_value
+        {
+            return Err(ApiError::conflict_because(
+                &t.rt.group,
+                &t.rt.plural,
+                &t.name,
+                &format!(
+                    "Precondition failed: {meta} in precondition: {pre}, {meta} in object meta: {live_value}"
+                ),
+            ));
+        }
     }
-    if let Some(pre_uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
-        && pre_uid != meta_str(&live, "uid")
-    {
-        return Err(ApiError::conflict(&t.rt.group, &t.rt.plural, &t.name));
-    }
+    // kubectl sends dryRun in the DeleteOptions body rather than the query.
+    let dry_run = ctx.dry_run()
+        || opts
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
     let presented = present(&live, t);
     let name = t.name.clone();
     let mut dopts = options("DeleteOptions", ctx);
@@ -1555,7 +1566,7 @@ async fn delete(
         namespace: if t.rt.namespaced { &t.ns } else { "" },
         old: Some(&presented),
         user: &ctx.user,
-        dry_run: ctx.dry_run(),
+        dry_run,
         options: dopts,
         namespace_labels: namespace_labels(shared, t),
     };
@@ -1579,7 +1590,7 @@ async fn delete(
         warnings,
     )
     .await?;
-    if ctx.dry_run() {
+    if dry_run {
         return Ok(json_response(200, &presented, warnings));
     }
     let policy = opts
@@ -1641,21 +1652,34 @@ pub fn delete_object(st: &mut State, res: &ResKey, key: &ObjKey, policy: &str) -
             return Some(st.replace(res, o));
         }
     }
-    if has_finalizers(&live) {
-        if live.pointer("/metadata/deletionTimestamp").is_some() {
-            return Some(live);
-        }
-        let mut o = live;
-        o["metadata"]["deletionTimestamp"] = json!(now());
-        o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-        return Some(st.replace(res, o));
-    }
+    // Foreground: dependents go first; an owner whose dependents are held by finalizers waits with the
+    // garbage collector's `foregroundDeletion` finalizer, removed once the last dependent is gone.
+    let mut waiting_for_dependents = false;
     if policy == "Foreground" {
         let uid = meta_str(&live, "uid").to_string();
-        let deps: Vec<(ResKey, ObjKey)> = dependents(st, &uid);
-        for (r, k) in deps {
+        for (r, k) in dependents(st, &uid) {
             delete_object(st, &r, &k, "Foreground");
         }
+        waiting_for_dependents = !dependents(st, &uid).is_empty();
+    }
+    if has_finalizers(&live) || waiting_for_dependents {
+        let mut o = live;
+        if waiting_for_dependents {
+            let finalizers = o["metadata"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !finalizers.iter().any(|f| f == FOREGROUND_DELETION) {
+                let mut finalizers = finalizers;
+                finalizers.push(json!(FOREGROUND_DELETION));
+                o["metadata"]["finalizers"] = Value::Array(finalizers);
+            }
+        }
+        if o.pointer("/metadata/deletionTimestamp").is_none() {
+            o["metadata"]["deletionTimestamp"] = json!(now());
+            o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        }
+        return Some(st.replace(res, o));
     }
     let removed = st.remove(res, key)?;
     after_removal(st, std::slice::from_ref(&removed), policy);
@@ -1677,10 +1701,59 @@ fn dependents(st: &State, uid: &str) -> Vec<(ResKey, ObjKey)> {
         .collect()
 }
 
+/// The finalizer the garbage collector puts on an owner deleted with `propagationPolicy: Foreground`.
+const FOREGROUND_DELETION: &str = "foregroundDeletion";
+
+/// Owners of `removed` in foreground deletion that no longer have dependents lose `foregroundDeletion`, and go
+/// when that was their last finalizer.
+fn release_foreground_owners(st: &mut State, removed: &Value) {
+    let owner_uids: Vec<String> = removed
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    for owner_uid in owner_uids {
+        let Some((res, key, owner)) = st
+            .all()
+            .into_iter()
+            .find(|(_, _, o)| meta_str(o, "uid") == owner_uid)
+            .map(|(r, k, o)| (r, k, o.clone()))
+        else {
+            continue;
+        };
+        let waiting = owner.pointer("/metadata/deletionTimestamp").is_some()
+            && owner["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == FOREGROUND_DELETION));
+        if !waiting || !dependents(st, &owner_uid).is_empty() {
+            continue;
+        }
+        let mut o = owner;
+        let rest: Vec<Value> = o["metadata"]["finalizers"]
+            .as_array()
+            .map(|f| f.iter().filter(|f| *f != FOREGROUND_DELETION).cloned().collect())
+            .unwrap_or_default();
+        if rest.is_empty() {
+            if let Some(gone) = st.remove(&res, &key) {
+                after_removal(st, std::slice::from_ref(&gone), "Foreground");
+            }
+        } else {
+            o["metadata"]["finalizers"] = Value::Array(rest);
+            st.replace(&res, o);
+        }
+    }
+}
+
 /// Garbage collection after objects are gone: dependents whose owners all vanished are deleted (or orphaned),
-/// and terminating namespaces that became empty are removed.
+/// owners waiting in foreground deletion are released, and terminating namespaces that became empty are
+/// removed.
 fn after_removal(st: &mut State, removed: &[Value], policy: &str) {
     for r in removed {
+        release_foreground_owners(st, r);
         let uid = meta_str(r, "uid").to_string();
         for (res, key) in dependents(st, &uid) {
             let Some(dep) = st.get(&res, &key).cloned() else {
