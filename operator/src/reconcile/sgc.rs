@@ -926,53 +926,13 @@ impl Operator {
     /// The pool is gone from Azure: remove the configuration's rule and probe (by name) and its managed prefix.
     async fn cleanup_without_pool(&self, c: &Config) -> Result<(), Error> {
         let cfg = &self.cfg;
-        if let Some(lb_json) = self
-            .arm
-            .get_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
-            .await
-            .map_err(PoolError::from)?
-        {
-            let lb = crate::arm_json::lb_from_json(&lb_json);
-            let pool_uid = lb
-                .rules
-                .iter()
-                .find(|r| r.name.eq_ignore_ascii_case(&c.uid))
-                .and_then(|r| r.frontend.clone());
-            if let Some(uid) = pool_uid {
-                let pool = crate::desired::Pool {
-                    uid,
-                    kind: crate::desired::PoolKind::Vmss,
-                    prefix_len: 31,
-                };
-                let env = pool::env_of(cfg, self.probe_port);
-                let plan = crate::desired::plan_lb(
-                    &pool,
-                    std::slice::from_ref(c),
-                    &BTreeMap::new(),
-                    Some(&lb),
-                    &env,
-                );
-                match plan.write {
-                    crate::desired::LbWrite::Keep => {}
-                    crate::desired::LbWrite::Delete => self
-                        .arm
-                        .delete_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
-                        .await
-                        .map_err(PoolError::from)?,
-                    crate::desired::LbWrite::Put { lb: desired, .. } => {
-                        let body = crate::arm_json::merge_lb(
-                            Some(&lb_json),
-                            &desired,
-                            &cfg.load_balancer_id(),
-                            &cfg.load_balancer_name,
-                            &cfg.location,
-                        );
-                        self.arm
-                            .put_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name, body)
-                            .await
-                            .map_err(PoolError::from)?;
-                    }
+        let mut refetches = 0;
+        loop {
+            match self.remove_rule_without_pool(c).await {
+                Err(e) if e.is_precondition_failed() && refetches < pool::MAX_PRECONDITION_REFETCHES => {
+                    refetches += 1;
                 }
+                r => break r.map_err(PoolError::from)?,
             }
         }
         let name = api::names::managed_resource_name(&c.uid);
@@ -994,6 +954,62 @@ impl Operator {
                 .map_err(PoolError::from)?;
         }
         Ok(())
+    }
+
+    /// Removes a configuration's rule and probe (and the pool's frontend/backend when unused, or the whole load
+    /// balancer) by name, with the load balancer's ETag: a concurrent change gives 412 and the caller re-reads.
+    async fn remove_rule_without_pool(&self, c: &Config) -> Result<(), ArmError> {
+        let cfg = &self.cfg;
+        let Some(lb_json) = self
+            .arm
+            .get_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
+            .await?
+        else {
+            return Ok(());
+        };
+        let expect = crate::azure::Expect::read_as(Some(&lb_json));
+        let lb = crate::arm_json::lb_from_json(&lb_json);
+        let Some(uid) = lb
+            .rules
+            .iter()
+            .find(|r| r.name.eq_ignore_ascii_case(&c.uid))
+            .and_then(|r| r.frontend.clone())
+        else {
+            return Ok(());
+        };
+        let pool = crate::desired::Pool {
+            uid,
+            kind: crate::desired::PoolKind::Vmss,
+            prefix_len: 31,
+        };
+        let env = pool::env_of(cfg, self.probe_port);
+        let plan = crate::desired::plan_lb(&pool, std::slice::from_ref(c), &BTreeMap::new(), Some(&lb), &env);
+        match plan.write {
+            crate::desired::LbWrite::Keep => Ok(()),
+            crate::desired::LbWrite::Delete => {
+                self.arm
+                    .delete_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name, expect)
+                    .await
+            }
+            crate::desired::LbWrite::Put { lb: desired, .. } => {
+                let body = crate::arm_json::merge_lb(
+                    Some(&lb_json),
+                    &desired,
+                    &cfg.load_balancer_id(),
+                    &cfg.load_balancer_name,
+                    &cfg.location,
+                );
+                self.arm
+                    .put_lb(
+                        &cfg.load_balancer_resource_group,
+                        &cfg.load_balancer_name,
+                        body,
+                        expect,
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        }
     }
 
     /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
