@@ -10,7 +10,7 @@ use operator::desired::{Config, Egress};
 use operator::metrics::Metrics;
 use operator::reconcile::pool::{self, PoolOutcome, ResolvedPool};
 use serde_json::{Value, json};
-use testbed::azure::{AzureSim, FaultSpec, Seed};
+use testbed::azure::{AzureSim, FaultSpec, LroConfig, Seed};
 
 mod common;
 
@@ -528,4 +528,73 @@ async fn a_concurrent_write_to_a_vm_pool_nic_is_refetched_not_overwritten() {
     assert_eq!(run(&env, &pool, &configs).await.writes, 0);
     run(&env, &pool, &deleting(&configs)).await;
     assert_eq!(common::resources(&env.sim), before);
+}
+
+#[tokio::test]
+async fn failed_long_running_operations_surface_and_are_redone_without_leaks() {
+    let env = start(Seed::aks_like(2)).await;
+    let before = common::resources(&env.sim);
+    let pool = resolve(&env).await;
+    // Operations finish at the simulator's next request; the next `fail_next` of them end Failed.
+    let lro = |fail_next| LroConfig {
+        enabled: true,
+        in_progress_polls: 0,
+        retry_after_ms: 1,
+        max_duration_ms: 0,
+        fail_next,
+        reject_concurrent: false,
+    };
+    let lb_state = || async {
+        env.arm
+            .get_lb("node-rg", "kubeegressgateway-ilb")
+            .await
+            .expect("GET LB")
+            .expect("LB")["properties"]["provisioningState"]
+            .clone()
+    };
+
+    // A private configuration: the load balancer PUT is the first operation, and the client polls it.
+    let mut configs = managed(1);
+    configs[0].egress = Egress::Private;
+    env.sim.set_lro(lro(1));
+    let err = pool::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082)
+        .await
+        .expect_err("the load balancer operation failed");
+    assert!(err.to_string().contains("PUT loadBalancers"), "{err}");
+    assert_eq!(lb_state().await, json!("Failed"));
+    env.sim.set_lro(lro(0));
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+    assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
+    assert_eq!(
+        writes(&env, "PUT", "(?i)/loadBalancers/[^/]+$"),
+        1,
+        "the Failed load balancer is PUT again"
+    );
+    assert_eq!(lb_state().await, json!("Succeeded"));
+
+    // A managed configuration: the prefix PUT's operation (not polled by the 0.21 client) ends Failed.
+    configs.extend(managed(2).into_iter().skip(1));
+    env.sim.set_lro(lro(1));
+    run(&env, &pool, &configs).await;
+    let prefix = api::names::managed_resource_name(&configs[1].uid);
+    let state = env
+        .arm
+        .get_prefix("node-rg", &prefix)
+        .await
+        .expect("GET prefix")
+        .expect("prefix")["properties"]["provisioningState"]
+        .clone();
+    assert_eq!(state, json!("Failed"));
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!(out.writes, 1, "{:?}", out.plan);
+    assert_eq!(
+        writes(&env, "PUT", "(?i)/publicIPPrefixes/[^/]+$"),
+        1,
+        "created again"
+    );
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0, "converged");
+    run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(common::resources(&env.sim), before, "no leaks");
 }
