@@ -235,6 +235,8 @@ pub struct VmNic {
     pub nic: Nic,
     /// Addresses.
     pub addresses: NicAddresses,
+    /// ARM ID of the VM the NIC is attached to (`properties.virtualMachine.id`); None for a spare NIC.
+    pub vm_id: Option<String>,
 }
 
 /// A public IP prefix the operator may own.

@@ -91,6 +91,7 @@ fn vm_state(nics: usize) -> AzureState {
                     primary_ip: Some(format!("10.0.0.{}", 4 + i)),
                     by_ip_config: BTreeMap::new(),
                 },
+                vm_id: None,
             })
             .collect(),
         ..AzureState::default()

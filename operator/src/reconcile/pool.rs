@@ -338,6 +338,10 @@ pub async fn observe(
                         .to_string(),
                     nic: nic_from_json(&ipcs),
                     addresses: nic_addresses(&nic),
+                    vm_id: nic
+                        .pointer("/properties/virtualMachine/id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 });
                 o.vm_nic_json.insert(name, nic);
             }

@@ -233,6 +233,25 @@ pub fn next_status(
     (st, events)
 }
 
+/// A Node as pool status needs it: its name and `spec.providerID`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.providerID`, e.g. `azure:///subscriptions/…/virtualMachines/<vm>`.
+    pub provider_id: Option<String>,
+}
+
+impl NodeIdentity {
+    /// Of a Node object.
+    pub fn of(n: &Node) -> Self {
+        NodeIdentity {
+            name: n.name_any(),
+            provider_id: n.spec.as_ref().and_then(|s| s.provider_id.clone()),
+        }
+    }
+}
+
 /// A GatewayPool's status from the pool's Azure state: its instances, the shared frontend, Ready.
 pub fn pool_status(
     old: &api::GatewayPoolStatus,
@@ -240,7 +259,7 @@ pub fn pool_status(
     pool: &crate::desired::Pool,
     state: &crate::desired::AzureState,
     wanted_ip_configs: &[String],
-    node_names: &BTreeSet<String>,
+    nodes: &[NodeIdentity],
 ) -> api::GatewayPoolStatus {
     use api::pool::{LoadBalancerFrontend, PoolInstance, PoolType};
     let ready = |prov: &str, a: &crate::desired::NicAddresses| {
@@ -250,7 +269,27 @@ pub fn pool_status(
                 .iter()
                 .all(|n| a.by_ip_config.contains_key(&n.to_ascii_lowercase()))
     };
-    let node = |name: &str| node_names.iter().find(|n| n.eq_ignore_ascii_case(name)).cloned();
+    let node = |name: &str| {
+        nodes
+            .iter()
+            .find(|n| n.name.eq_ignore_ascii_case(name))
+            .map(|n| n.name.clone())
+    };
+    // A VM-based pool's NIC names no node: its VM does. The Node whose providerID is that VM is the one
+    // (what the cloud provider sets: `azure://<VM resource ID>`); AKS names that Node after the VM.
+    let vm_node = |vm_id: Option<&str>| {
+        let vm_id = vm_id?;
+        nodes
+            .iter()
+            .find(|n| {
+                n.provider_id.as_deref().is_some_and(|p| {
+                    p.strip_prefix("azure://")
+                        .is_some_and(|id| id.eq_ignore_ascii_case(vm_id))
+                })
+            })
+            .map(|n| n.name.clone())
+            .or_else(|| node(crate::desired::last_segment(vm_id)))
+    };
     let instances: Vec<PoolInstance> = match pool.kind {
         crate::desired::PoolKind::Vmss => state
             .instances
@@ -268,7 +307,7 @@ pub fn pool_status(
             .iter()
             .map(|n| PoolInstance {
                 name: n.name.clone(),
-                node_name: None,
+                node_name: vm_node(n.vm_id.as_deref()),
                 primary_ip: n.addresses.primary_ip.clone().unwrap_or_default(),
                 provisioning_state: n.provisioning_state.clone(),
                 ready: ready(&n.provisioning_state, &n.addresses),
@@ -825,7 +864,7 @@ impl Operator {
                 .filter(|c| !c.deleting && !outcome.plan.problems.contains_key(&c.uid))
                 .map(|c| api::names::managed_resource_name(&c.uid))
                 .collect();
-            let node_names: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+            let node_ids: Vec<NodeIdentity> = nodes.iter().map(|n| NodeIdentity::of(n)).collect();
             let old = p.status.clone().unwrap_or_default();
             let new = pool_status(
                 &old,
@@ -833,7 +872,7 @@ impl Operator {
                 &resolved.pool,
                 &outcome.state,
                 &wanted,
-                &node_names,
+                &node_ids,
             );
             if new != old {
                 Api::<GatewayPool>::all(self.client.clone())
@@ -1278,6 +1317,63 @@ mod tests {
         let mut object = json!({"status": old_pool});
         json_patch::merge(&mut object, &status_patch(&old_pool, &new_pool));
         assert_eq!(object, json!({ "status": new_pool }));
+    }
+
+    #[test]
+    fn vm_pool_instances_name_the_node_of_their_vm() {
+        use crate::desired::{AzureState, NicAddresses, Pool, PoolKind, VmNic};
+        let vm = |n: &str| {
+            format!("/subscriptions/s/resourceGroups/MC_rg/providers/Microsoft.Compute/virtualMachines/{n}")
+        };
+        let nic = |name: &str, vm_id: Option<String>| VmNic {
+            name: name.into(),
+            provisioning_state: "Succeeded".into(),
+            nic: crate::desired::Nic::default(),
+            addresses: NicAddresses {
+                primary_ip: Some("10.0.0.4".into()),
+                by_ip_config: BTreeMap::new(),
+            },
+            vm_id,
+        };
+        let state = AzureState {
+            vm_nics: vec![
+                nic("aks-gw-vm0-nic", Some(vm("aks-gw-vm0"))),
+                nic("aks-gw-vm1-nic", Some(vm("aks-gw-vm1"))),
+                nic("aks-gw-spare-nic", None),
+            ],
+            ..AzureState::default()
+        };
+        let nodes = [
+            // The cloud provider's providerID (lower-cased resource group), Node named otherwise.
+            NodeIdentity {
+                name: "node-a".into(),
+                provider_id: Some(format!("azure://{}", vm("aks-gw-vm0").to_ascii_lowercase())),
+            },
+            // No providerID yet: the Node is named after its VM, as AKS does.
+            NodeIdentity {
+                name: "aks-gw-vm1".into(),
+                provider_id: None,
+            },
+        ];
+        let pool = Pool {
+            uid: "u".into(),
+            kind: PoolKind::Vm,
+            prefix_len: 31,
+        };
+        let st = pool_status(&Default::default(), Some(1), &pool, &state, &[], &nodes);
+        let names: Vec<(&str, Option<&str>)> = st
+            .instances
+            .iter()
+            .map(|i| (i.name.as_str(), i.node_name.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("aks-gw-vm0-nic", Some("node-a")),
+                ("aks-gw-vm1-nic", Some("aks-gw-vm1")),
+                ("aks-gw-spare-nic", None),
+            ]
+        );
     }
 
     #[test]
