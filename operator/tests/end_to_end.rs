@@ -551,3 +551,138 @@ async fn a_vm_pool_reports_the_node_of_each_pre_created_nic() {
         s.status
     );
 }
+
+/// `base` plus `resource="<resource>"`.
+fn with<'a>(base: &[(&'a str, &'a str)], resource: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut v = base.to_vec();
+    v.push(("resource", resource));
+    v
+}
+
+/// The value of the one sample of `metric` whose labels include every `label="value"` pair given.
+fn sample(metrics: &Metrics, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = metrics.encode();
+    let mut found = text.lines().filter(|l| {
+        l.starts_with(&format!("{metric}{{"))
+            && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+    });
+    let line = found.next()?;
+    assert!(
+        found.next().is_none(),
+        "{metric} {labels:?} is ambiguous:\n{text}"
+    );
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn upstream_metric_series_per_configuration_and_controller() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    sgcs.create(
+        &PostParams::default(),
+        &sgc("a", json!({"gatewayNodepoolName": "gateway"})),
+    )
+    .await
+    .expect("create");
+    sgcs.create(
+        &PostParams::default(),
+        &sgc(
+            "bad",
+            json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
+        ),
+    )
+    .await
+    .expect("create");
+    // The load balancer cannot be written: the LB controller's series of "a" fails, its VM series does not.
+    w.azure
+        .inject_fault(testbed::azure::FaultSpec::new(
+            "PUT",
+            "(?i)/loadBalancers/[^/]+$",
+            100,
+            500,
+            "InternalServerError",
+        ))
+        .expect("fault");
+    assert!(w.op.reconcile_pools(None).await.is_err());
+    let m = &w.op.metrics;
+    let sgc_op = [
+        ("namespace", NS),
+        ("operation", "reconcile_static_gateway_configuration"),
+        ("subscription_id", "n/a"),
+        ("resource_group", "n/a"),
+    ];
+    assert_eq!(
+        sample(m, "controller_reconcile_latency_count", &sgc_op),
+        Some(2.0),
+        "one observation per configuration"
+    );
+    assert_eq!(
+        sample(m, "controller_reconcile_fail_count", &with(&sgc_op, "app/bad")),
+        Some(1.0),
+        "the invalid spec fails the SGC controller's series"
+    );
+    assert_eq!(
+        sample(m, "controller_reconcile_fail_count", &with(&sgc_op, "app/a")),
+        None
+    );
+    let sub = w.op.cfg.subscription_id.as_str();
+    let lb_op = [
+        ("operation", "reconcile_gateway_lb_configuration"),
+        ("subscription_id", sub),
+        ("resource_group", "node-rg"),
+    ];
+    let vm_op = [
+        ("operation", "reconcile_gateway_vm_configuration"),
+        ("subscription_id", sub),
+        ("resource_group", "node-rg"),
+    ];
+    assert_eq!(
+        sample(m, "controller_reconcile_fail_count", &with(&lb_op, "app/a")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(m, "controller_reconcile_fail_count", &with(&vm_op, "app/a")),
+        None
+    );
+    assert_eq!(
+        sample(m, "controller_reconcile_latency_count", &lb_op),
+        Some(1.0),
+        "\"bad\" never reached Azure"
+    );
+    assert_eq!(
+        sample(
+            m,
+            "controller_reconcile_fail_count",
+            &[
+                ("operation", "reconcile_gateway_pool"),
+                ("resource", "nodepool/gateway")
+            ]
+        ),
+        Some(1.0)
+    );
+
+    // Healthy again, then deleted: the delete_ operations get their series.
+    w.azure.with_state(|s| s.clear_faults());
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(sample(m, "controller_reconcile_latency_count", &vm_op), Some(2.0));
+    assert_eq!(
+        sample(m, "controller_reconcile_fail_count", &with(&lb_op, "app/a")),
+        Some(1.0),
+        "fail counts are not reset by a later success (as upstream)"
+    );
+    for name in ["a", "bad"] {
+        sgcs.delete(name, &DeleteParams::default()).await.expect("delete");
+    }
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    for op in [
+        "delete_static_gateway_configuration",
+        "delete_gateway_lb_configuration",
+        "delete_gateway_vm_configuration",
+    ] {
+        assert_eq!(
+            sample(m, "controller_reconcile_latency_count", &[("operation", op)]),
+            Some(1.0),
+            "{op}"
+        );
+    }
+}

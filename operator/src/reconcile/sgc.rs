@@ -411,6 +411,91 @@ pub fn pool_key(r: &PoolRef) -> String {
     }
 }
 
+/// Upstream's three controllers, whose per-object metric series the operator keeps emitting (one pool pass
+/// reconciles every configuration on the pool; each configuration gets the series its upstream objects had).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Layer {
+    /// StaticGatewayConfiguration controller: rules, finalizer, key Secret, status.
+    Sgc,
+    /// GatewayLBConfiguration controller: the load balancer.
+    Lb,
+    /// GatewayVMConfiguration controller: prefixes, scale set, instances, NICs, public IPs.
+    Vm,
+}
+
+impl Layer {
+    /// Upstream's `operation` label value.
+    pub fn operation(self, deleting: bool) -> &'static str {
+        match (self, deleting) {
+            (Layer::Sgc, false) => "reconcile_static_gateway_configuration",
+            (Layer::Sgc, true) => "delete_static_gateway_configuration",
+            (Layer::Lb, false) => "reconcile_gateway_lb_configuration",
+            (Layer::Lb, true) => "delete_gateway_lb_configuration",
+            (Layer::Vm, false) => "reconcile_gateway_vm_configuration",
+            (Layer::Vm, true) => "delete_gateway_vm_configuration",
+        }
+    }
+
+    /// The layers an Azure-half failure belongs to: load-balancer calls to the LB controller's series,
+    /// everything else (prefixes, scale set, instances, NICs, public IPs) to the VM controller's; a pool that
+    /// cannot be found or has no UID failed both, as upstream's two `loadPool`s would.
+    pub fn of_pool_error(e: &PoolError) -> &'static [Layer] {
+        match e {
+            PoolError::NotFound(_) | PoolError::NoUid(_) => &[Layer::Lb, Layer::Vm],
+            PoolError::Arm(a) if a.operation.to_ascii_lowercase().contains("loadbalancers") => &[Layer::Lb],
+            PoolError::PrefixSize(_) | PoolError::Problem(_) | PoolError::Arm(_) => &[Layer::Vm],
+        }
+    }
+}
+
+/// One configuration's part in a pool pass, for the metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigReport {
+    /// lower(`namespace/name`), upstream's `resource` label.
+    pub resource: String,
+    /// Reconciled for deletion.
+    pub deleting: bool,
+    /// Passed the rules: upstream would have had LB and VM configurations for it.
+    pub in_azure: bool,
+    /// Layers that failed.
+    pub failed: BTreeSet<Layer>,
+}
+
+/// What a pool pass did per configuration uid.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// By configuration uid.
+    pub configs: BTreeMap<String, ConfigReport>,
+}
+
+impl PassReport {
+    fn record(&mut self, sgc: &StaticGatewayConfiguration, in_azure: bool) {
+        let resource =
+            format!("{}/{}", sgc.namespace().unwrap_or_default(), sgc.name_any()).to_ascii_lowercase();
+        self.configs.insert(
+            sgc.uid().unwrap_or_default(),
+            ConfigReport {
+                resource,
+                deleting: sgc.metadata.deletion_timestamp.is_some(),
+                in_azure,
+                failed: BTreeSet::new(),
+            },
+        );
+    }
+
+    fn fail(&mut self, uid: &str, layers: &[Layer]) {
+        if let Some(c) = self.configs.get_mut(uid) {
+            c.failed.extend(layers.iter().copied());
+        }
+    }
+
+    fn fail_all(&mut self, layers: &[Layer]) {
+        for c in self.configs.values_mut().filter(|c| c.in_azure) {
+            c.failed.extend(layers.iter().copied());
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The reconciler
 // ---------------------------------------------------------------------------------------------
@@ -657,7 +742,10 @@ impl Operator {
         }
     }
 
-    /// Reconciles every configuration on one pool together.
+    /// Reconciles every configuration on one pool together. Metrics: one `reconcile_gateway_pool` series per
+    /// pool, and upstream's per-object series (`reconcile_static_gateway_configuration`,
+    /// `reconcile_gateway_lb_configuration`, `reconcile_gateway_vm_configuration` and their `delete_` forms)
+    /// for every configuration the pass reconciled, with the pass's duration as their latency.
     pub async fn reconcile_pool(
         &self,
         pool_ref: &PoolRef,
@@ -666,29 +754,69 @@ impl Operator {
         nodes: &[Arc<Node>],
     ) -> Result<(), Error> {
         let started = Instant::now();
-        let result = self.reconcile_pool_inner(pool_ref, sgcs, pools, nodes).await;
-        let labels = LatencyLabels {
+        let mut report = PassReport::default();
+        let result = self
+            .reconcile_pool_inner(pool_ref, sgcs, pools, nodes, &mut report)
+            .await;
+        if let Err(Error::Kube(_)) = &result {
+            // A Kubernetes failure stops the pass: nobody got a complete reconcile of their own part.
+            for c in report.configs.values_mut() {
+                c.failed.insert(Layer::Sgc);
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let latency = |operation: &str, sub: &str, rg: &str| LatencyLabels {
             namespace: self.namespace.clone(),
-            operation: "reconcile_gateway_pool".into(),
-            subscription_id: self.cfg.subscription_id.clone(),
-            resource_group: self.cfg.resource_group.clone(),
+            operation: operation.into(),
+            subscription_id: sub.into(),
+            resource_group: rg.into(),
         };
+        let fail = |operation: &str, sub: &str, rg: &str, resource: &str| FailLabels {
+            namespace: self.namespace.clone(),
+            operation: operation.into(),
+            subscription_id: sub.into(),
+            resource_group: rg.into(),
+            resource: resource.into(),
+        };
+        let (sub, rg) = (
+            self.cfg.subscription_id.as_str(),
+            self.cfg.resource_group.as_str(),
+        );
         self.metrics
             .reconcile_latency
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+            .get_or_create(&latency("reconcile_gateway_pool", sub, rg))
+            .observe(elapsed);
         if let Err(e) = &result {
             tracing::warn!(pool = %pool_ref, error = %e, "pool reconcile failed");
             self.metrics
                 .reconcile_fail
-                .get_or_create(&FailLabels {
-                    namespace: self.namespace.clone(),
-                    operation: "reconcile_gateway_pool".into(),
-                    subscription_id: self.cfg.subscription_id.clone(),
-                    resource_group: self.cfg.resource_group.clone(),
-                    resource: pool_key(pool_ref),
-                })
+                .get_or_create(&fail("reconcile_gateway_pool", sub, rg, &pool_key(pool_ref)))
                 .inc();
+        }
+        for c in report.configs.values() {
+            let layers: &[Layer] = if c.in_azure {
+                &[Layer::Sgc, Layer::Lb, Layer::Vm]
+            } else {
+                &[Layer::Sgc]
+            };
+            for layer in layers {
+                let (sub, rg) = match layer {
+                    Layer::Sgc => ("n/a", "n/a"),
+                    Layer::Lb => (sub, self.cfg.load_balancer_resource_group.as_str()),
+                    Layer::Vm => (sub, rg),
+                };
+                let operation = layer.operation(c.deleting);
+                self.metrics
+                    .reconcile_latency
+                    .get_or_create(&latency(operation, sub, rg))
+                    .observe(elapsed);
+                if c.failed.contains(layer) {
+                    self.metrics
+                        .reconcile_fail
+                        .get_or_create(&fail(operation, sub, rg, &c.resource))
+                        .inc();
+                }
+            }
         }
         result
     }
@@ -699,6 +827,7 @@ impl Operator {
         sgcs: &[Arc<StaticGatewayConfiguration>],
         pools: &[Arc<GatewayPool>],
         nodes: &[Arc<Node>],
+        report: &mut PassReport,
     ) -> Result<(), Error> {
         let pool_obj = pools
             .iter()
@@ -734,6 +863,7 @@ impl Operator {
             };
             if deleting {
                 if sgc.finalizers().iter().any(|f| f == SGC_FINALIZER) {
+                    report.record(sgc, true);
                     configs.push((
                         sgc.clone(),
                         Config {
@@ -747,10 +877,13 @@ impl Operator {
             }
             let verdict = validate_sgc(&sgc.spec, None, &facts);
             if !verdict.is_allowed() {
+                report.record(sgc, false);
+                report.fail(&uid, &[Layer::Sgc]);
                 self.write_status(sgc, &Outcome::Invalid(verdict.message()), None)
                     .await?;
                 continue;
             }
+            report.record(sgc, true);
             self.add_finalizer(sgc).await?;
             let key = self.ensure_key_secret(sgc).await?;
             keys.insert(uid.clone(), key);
@@ -775,6 +908,9 @@ impl Operator {
             Err(PoolError::NotFound(m)) => {
                 // Nothing to clean on a pool that is gone, except the LB rules and prefixes (found by name).
                 for (sgc, c) in &configs {
+                    if !c.deleting {
+                        report.fail(&c.uid, &[Layer::Lb, Layer::Vm]);
+                    }
                     if c.deleting {
                         self.cleanup_without_pool(c).await?;
                         self.finish_deletion(sgc).await?;
@@ -787,6 +923,7 @@ impl Operator {
                 return Ok(());
             }
             Err(e @ PoolError::PrefixSize(_)) => {
+                report.fail_all(Layer::of_pool_error(&e));
                 for (sgc, c) in configs.iter() {
                     if c.deleting {
                         continue;
@@ -797,7 +934,10 @@ impl Operator {
                 }
                 return Err(e.into());
             }
-            Err(e) => return self.fail_all(&configs, &keys, e).await,
+            Err(e) => {
+                report.fail_all(Layer::of_pool_error(&e));
+                return self.fail_all(&configs, &keys, e).await;
+            }
         };
 
         // BYO prefixes: same subscription, right length (upstream's checks), CIDR for the status.
@@ -815,6 +955,7 @@ impl Operator {
                     byo_cidrs.insert(crate::desired::last_segment(prefix_id).to_ascii_lowercase(), cidr);
                 }
                 Err(outcome) => {
+                    report.fail(&c.uid, &[Layer::Vm]);
                     let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
                     self.write_status(sgc, &outcome, key).await?;
                     blocked.insert(c.uid.clone());
@@ -838,7 +979,10 @@ impl Operator {
         .await
         {
             Ok(o) => o,
-            Err(e) => return self.fail_all(&configs, &keys, e).await,
+            Err(e) => {
+                report.fail_all(Layer::of_pool_error(&e));
+                return self.fail_all(&configs, &keys, e).await;
+            }
         };
         tracing::info!(pool = %pool_ref, writes = outcome.writes, "pool reconciled");
         let pending_ops = outcome
@@ -895,9 +1039,13 @@ impl Operator {
             let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
             let o = match outcome.plan.problems.get(&c.uid) {
                 Some(p @ ConfigProblem::PrefixSizeMismatch { .. }) => {
+                    report.fail(&c.uid, &[Layer::Vm]);
                     Outcome::PrefixSizeMismatch(p.to_string())
                 }
-                Some(p) => Outcome::Blocked(p.to_string()),
+                Some(p @ ConfigProblem::NoAvailablePorts(_)) => {
+                    report.fail(&c.uid, &[Layer::Lb]);
+                    Outcome::Blocked(p.to_string())
+                }
                 None => Outcome::Provisioned(outcome.facts.get(&c.uid).cloned().unwrap_or_default()),
             };
             self.write_status(sgc, &o, key).await?;
