@@ -80,9 +80,9 @@ impl ArmError {
     /// The condition reason this error reports.
     pub fn reason(&self) -> &'static str {
         if self.is_throttled() {
-            "AzureThrottled"
+            api::names::REASON_AZURE_THROTTLED
         } else {
-            "AzureError"
+            api::names::REASON_AZURE_ERROR
         }
     }
 }

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::names::{
-    SECRET_OWNER_NAME_LABEL, SECRET_OWNER_NAMESPACE_LABEL, SECRET_PRIVATE_KEY, SECRET_PUBLIC_KEY,
-    SGC_FINALIZER, key_secret_name,
+    REASON_ACCEPTED, REASON_AS_EXPECTED, REASON_AZURE_ERROR, REASON_BLOCKED, REASON_INSTANCES_NOT_READY,
+    REASON_INSTANCES_READY, REASON_INVALID_SPEC, REASON_POOL_NOT_FOUND, REASON_PREFIX_SIZE_MISMATCH,
+    REASON_PROVISIONED, REASON_PROVISIONING, REASON_SOME_INSTANCES_NOT_READY, SECRET_OWNER_NAME_LABEL,
+    SECRET_OWNER_NAMESPACE_LABEL, SECRET_PRIVATE_KEY, SECRET_PUBLIC_KEY, SGC_FINALIZER, key_secret_name,
 };
 use api::pool_ref::is_gateway_node;
 use api::rules::{PoolFacts, validate_sgc};
@@ -161,7 +163,7 @@ pub fn next_status(
         set_condition(&mut st.conditions, t, ok, reason, msg, generation);
         let after = Some((if ok { "True" } else { "False" }.to_string(), reason.to_string()));
         if before != after {
-            let ty = if ok || reason == "Provisioning" {
+            let ty = if ok || reason == REASON_PROVISIONING {
                 EventType::Normal
             } else {
                 EventType::Warning
@@ -178,10 +180,14 @@ pub fn next_status(
     }
     // Not accepted: Accepted=False says why, Ready=False mirrors its reason.
     let rejected = match outcome {
-        Outcome::Invalid(m) => Some(("InvalidSpec", m, "the spec breaks a rule; see Accepted")),
-        Outcome::PoolNotFound(m) => Some(("PoolNotFound", m, "the gateway pool does not exist in Azure")),
+        Outcome::Invalid(m) => Some((REASON_INVALID_SPEC, m, "the spec breaks a rule; see Accepted")),
+        Outcome::PoolNotFound(m) => Some((
+            REASON_POOL_NOT_FOUND,
+            m,
+            "the gateway pool does not exist in Azure",
+        )),
         Outcome::PrefixSizeMismatch(m) => Some((
-            "PrefixSizeMismatch",
+            REASON_PREFIX_SIZE_MISMATCH,
             m,
             "the public IP prefix does not fit the pool",
         )),
@@ -198,11 +204,11 @@ pub fn next_status(
             cond(&mut st, READY, false, reason, message);
         }
         Outcome::Blocked(m) => {
-            cond(&mut st, ACCEPTED, true, "Accepted", VALID);
-            cond(&mut st, READY, false, "Blocked", m);
+            cond(&mut st, ACCEPTED, true, REASON_ACCEPTED, VALID);
+            cond(&mut st, READY, false, REASON_BLOCKED, m);
         }
         Outcome::Provisioned(f) => {
-            cond(&mut st, ACCEPTED, true, "Accepted", VALID);
+            cond(&mut st, ACCEPTED, true, REASON_ACCEPTED, VALID);
             let p = st
                 .gateway_server_profile
                 .get_or_insert_with(GatewayServerProfile::default);
@@ -216,7 +222,7 @@ pub fn next_status(
                     &mut st,
                     READY,
                     true,
-                    "Provisioned",
+                    REASON_PROVISIONED,
                     &format!("egress prefix {prefix}"),
                 );
             } else {
@@ -224,7 +230,7 @@ pub fn next_status(
                     &mut st,
                     READY,
                     false,
-                    "Provisioning",
+                    REASON_PROVISIONING,
                     "waiting for Azure to allocate addresses",
                 );
             }
@@ -345,9 +351,9 @@ pub fn pool_status(
         READY,
         all_ready,
         if all_ready {
-            "InstancesReady"
+            REASON_INSTANCES_READY
         } else {
-            "InstancesNotReady"
+            REASON_INSTANCES_NOT_READY
         },
         &msg,
         generation,
@@ -357,9 +363,9 @@ pub fn pool_status(
         DEGRADED,
         !all_ready && ready_instances > 0,
         if !all_ready && ready_instances > 0 {
-            "SomeInstancesNotReady"
+            REASON_SOME_INSTANCES_NOT_READY
         } else {
-            "AsExpected"
+            REASON_AS_EXPECTED
         },
         &msg,
         generation,
@@ -1061,7 +1067,7 @@ impl Operator {
     ) -> Result<(), Error> {
         let (reason, message) = match &e {
             PoolError::Arm(a) => (a.reason(), a.to_string()),
-            other => ("AzureError", other.to_string()),
+            other => (REASON_AZURE_ERROR, other.to_string()),
         };
         for (sgc, c) in configs.iter() {
             if c.deleting {
