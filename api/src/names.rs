@@ -52,6 +52,33 @@ pub const CONDITION_READY: &str = "Ready";
 /// GatewayPool: some instances are not ready.
 pub const CONDITION_DEGRADED: &str = "Degraded";
 
+/// Condition reasons (StaticGatewayConfiguration): Accepted=True.
+pub const REASON_ACCEPTED: &str = "Accepted";
+/// Accepted=False / Ready=False: the spec breaks a rule.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+/// Accepted=False / Ready=False: no scale set or VM pool matches.
+pub const REASON_POOL_NOT_FOUND: &str = "PoolNotFound";
+/// Accepted=False / Ready=False: a public IP prefix's length does not fit the pool.
+pub const REASON_PREFIX_SIZE_MISMATCH: &str = "PrefixSizeMismatch";
+/// Ready=False: writes in flight, addresses not yet known.
+pub const REASON_PROVISIONING: &str = "Provisioning";
+/// Ready=False: a problem of this configuration only (no free port, BYO prefix unusable).
+pub const REASON_BLOCKED: &str = "Blocked";
+/// Ready=False: ARM answered 429 beyond the retry budget.
+pub const REASON_AZURE_THROTTLED: &str = "AzureThrottled";
+/// Ready=False: any other ARM failure.
+pub const REASON_AZURE_ERROR: &str = "AzureError";
+/// Ready=True: frontend IP, port, egress prefix and key known (the Terraform provider waits for it).
+pub const REASON_PROVISIONED: &str = "Provisioned";
+/// GatewayPool Ready=True.
+pub const REASON_INSTANCES_READY: &str = "InstancesReady";
+/// GatewayPool Ready=False.
+pub const REASON_INSTANCES_NOT_READY: &str = "InstancesNotReady";
+/// GatewayPool Degraded=True.
+pub const REASON_SOME_INSTANCES_NOT_READY: &str = "SomeInstancesNotReady";
+/// GatewayPool Degraded=False.
+pub const REASON_AS_EXPECTED: &str = "AsExpected";
+
 // ---------------------------------------------------------------------------------------------
 // Finalizers
 // ---------------------------------------------------------------------------------------------

@@ -60,7 +60,13 @@ pub fn lb_from_json(lb: &Value) -> Lb {
             .iter()
             .map(probe_from_json)
             .collect(),
+        failed: failed(lb),
     }
+}
+
+/// `properties.provisioningState` is `Failed`.
+fn failed(v: &Value) -> bool {
+    s(v, "/properties/provisioningState").is_some_and(|p| p.eq_ignore_ascii_case(crate::desired::FAILED))
 }
 
 fn frontend_from_json(f: &Value) -> Frontend {
@@ -380,6 +386,7 @@ pub fn prefix_from_json(p: &Value) -> PrefixState {
             .iter()
             .filter_map(|a| s(a, "/id").map(str::to_string))
             .collect(),
+        failed: failed(p),
     }
 }
 

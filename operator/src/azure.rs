@@ -80,9 +80,9 @@ impl ArmError {
     /// The condition reason this error reports.
     pub fn reason(&self) -> &'static str {
         if self.is_throttled() {
-            "AzureThrottled"
+            api::names::REASON_AZURE_THROTTLED
         } else {
-            "AzureError"
+            api::names::REASON_AZURE_ERROR
         }
     }
 }
@@ -90,7 +90,94 @@ impl ArmError {
 /// Result of an ARM call.
 pub type ArmResult<T> = Result<T, ArmError>;
 
-/// Counts every HTTP call by operation (`<METHOD> <resource type>`) and status.
+/// What a conditional write expects to find: the version of the object read in the same pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect<'a> {
+    /// No condition (the object was read without an ETag).
+    Anything,
+    /// The object as read: `If-Match: <etag>`.
+    Version(&'a str),
+    /// No object (it was absent when read): `If-None-Match: *`, so a concurrent creation is not overwritten.
+    Absent,
+}
+
+impl<'a> Expect<'a> {
+    /// The condition for writing back an object read as `read` (`None`: it did not exist).
+    pub fn read_as(read: Option<&'a Value>) -> Self {
+        match read {
+            None => Expect::Absent,
+            Some(v) => v
+                .get("etag")
+                .and_then(Value::as_str)
+                .filter(|e| !e.is_empty())
+                .map_or(Expect::Anything, Expect::Version),
+        }
+    }
+
+    /// `(header, value)`, if any.
+    fn header(self) -> Option<(&'static str, String)> {
+        match self {
+            Expect::Anything => None,
+            Expect::Version(etag) => Some(("if-match", etag.to_string())),
+            Expect::Absent => Some(("if-none-match", "*".to_string())),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The precondition of the one conditional write running in this scope (see [`conditional`]).
+    static PRECONDITION: Precondition;
+}
+
+/// A precondition header for one method on one resource path.
+#[derive(Clone, Debug)]
+struct Precondition {
+    method: &'static str,
+    /// ARM resource ID of the written resource (the request path), compared case-insensitively.
+    resource_id: String,
+    header: (&'static str, String),
+}
+
+impl Precondition {
+    fn applies_to(&self, request: &Request) -> bool {
+        request.method().to_string().eq_ignore_ascii_case(self.method)
+            && request
+                .url()
+                .path()
+                .to_ascii_lowercase()
+                .ends_with(&self.resource_id.to_ascii_lowercase())
+    }
+}
+
+/// Runs `fut` (one ARM write) with the precondition header of `expect` on its `method` request to
+/// `resource_id`. The azure_mgmt_network 0.21 builders have no `if_match` option for load balancers and NICs,
+/// so the transport adds the header; the long-running-operation polls of the same call (GETs on other paths)
+/// are left alone.
+async fn conditional<T>(
+    method: &'static str,
+    resource_id: String,
+    expect: Expect<'_>,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    match expect.header() {
+        Some(header) => {
+            PRECONDITION
+                .scope(
+                    Precondition {
+                        method,
+                        resource_id,
+                        header,
+                    },
+                    fut,
+                )
+                .await
+        }
+        None => fut.await,
+    }
+}
+
+/// The transport under both clients: counts every HTTP call by operation (`<METHOD> <resource type>`) and
+/// status, and adds the `If-Match` of a [`conditional`] write.
 #[derive(Debug)]
 struct CountingClient {
     inner: Arc<dyn HttpClient>,
@@ -119,7 +206,18 @@ pub fn operation_of(method: &str, path: &str) -> String {
 impl HttpClient for CountingClient {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
         let op = operation_of(&request.method().to_string().to_uppercase(), request.url().path());
-        let result = self.inner.execute_request(request).await;
+        let precondition = PRECONDITION
+            .try_with(|p| p.applies_to(request).then(|| p.header.clone()))
+            .ok()
+            .flatten();
+        let result = match precondition {
+            Some((name, value)) => {
+                let mut conditional = request.clone();
+                conditional.insert_header(name, value);
+                self.inner.execute_request(&conditional).await
+            }
+            None => self.inner.execute_request(request).await,
+        };
         let status = match &result {
             Ok(r) => u16::from(r.status()).to_string(),
             Err(_) => "error".to_string(),
@@ -443,26 +541,46 @@ impl Arm {
         optional(call!("GET loadBalancers", name, c.get(rg, name, self.sub())).map(|v| to_json(&v)))
     }
 
-    /// PUT the load balancer; returns what ARM stored (frontend IPs allocated).
-    pub async fn put_lb(&self, rg: &str, name: &str, body: Value) -> ArmResult<Value> {
+    /// ARM ID of a resource in the subscription.
+    fn id(&self, rg: &str, provider_type: &str, name: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{rg}/providers/{provider_type}/{name}",
+            self.subscription
+        )
+    }
+
+    /// PUT the load balancer; returns what ARM stored (frontend IPs allocated). `expect` is the version read
+    /// in the same pass: a concurrent change (or creation) of the load balancer fails the PUT with 412 instead
+    /// of being overwritten.
+    pub async fn put_lb(&self, rg: &str, name: &str, body: Value, expect: Expect<'_>) -> ArmResult<Value> {
         let lb: azure_mgmt_network::models::LoadBalancer = from_json("PUT loadBalancers", name, body)?;
         let c = self.network.load_balancers_client();
-        call!(
-            "PUT loadBalancers",
-            name,
-            c.create_or_update(rg, name, lb, self.sub())
-        )
+        let id = self.id(rg, "Microsoft.Network/loadBalancers", name);
+        conditional("PUT", id, expect, async {
+            call!(
+                "PUT loadBalancers",
+                name,
+                c.create_or_update(rg, name, lb, self.sub())
+            )
+        })
+        .await
         .map(|v| to_json(&v))
     }
 
-    /// DELETE the load balancer (404 is success).
-    pub async fn delete_lb(&self, rg: &str, name: &str) -> ArmResult<()> {
+    /// DELETE the load balancer (404 is success); only the version `expect`ed (412 otherwise).
+    pub async fn delete_lb(&self, rg: &str, name: &str, expect: Expect<'_>) -> ArmResult<()> {
         let c = self.network.load_balancers_client();
-        ignore_404(call!(
-            "DELETE loadBalancers",
-            name,
-            c.delete(rg, name, self.sub()).send()
-        ))
+        let id = self.id(rg, "Microsoft.Network/loadBalancers", name);
+        ignore_404(
+            conditional("DELETE", id, expect, async {
+                call!(
+                    "DELETE loadBalancers",
+                    name,
+                    c.delete(rg, name, self.sub()).send()
+                )
+            })
+            .await,
+        )
     }
 
     // --- scale sets --------------------------------------------------------------------------------------
@@ -487,6 +605,7 @@ impl Arm {
         name: &str,
         location: &str,
         nic_configs: Value,
+        expect: Expect<'_>,
     ) -> ArmResult<()> {
         let body = serde_json::json!({
             "location": location,
@@ -495,12 +614,13 @@ impl Arm {
         let vmss: azure_mgmt_compute::models::VirtualMachineScaleSet =
             from_json("PUT virtualMachineScaleSets", name, body)?;
         let c = self.compute.virtual_machine_scale_sets_client();
-        call!(
-            "PUT virtualMachineScaleSets",
-            name,
-            c.create_or_update(rg, name, vmss, self.sub())
-        )
-        .map(|_| ())
+        let mut put = c.create_or_update(rg, name, vmss, self.sub());
+        match expect {
+            Expect::Version(etag) => put = put.if_match(etag),
+            Expect::Absent => put = put.if_none_match("*"),
+            Expect::Anything => {}
+        }
+        call!("PUT virtualMachineScaleSets", name, put).map(|_| ())
     }
 
     /// LIST the instances of a scale set.
@@ -517,6 +637,7 @@ impl Arm {
         instance_id: &str,
         location: &str,
         nic_configs: Value,
+        expect: Expect<'_>,
     ) -> ArmResult<()> {
         let body = serde_json::json!({
             "location": location,
@@ -525,12 +646,13 @@ impl Arm {
         let vm: azure_mgmt_compute::models::VirtualMachineScaleSetVm =
             from_json("PUT virtualMachines", instance_id, body)?;
         let c = self.compute.virtual_machine_scale_set_v_ms_client();
-        call!(
-            "PUT virtualMachines",
-            instance_id,
-            c.update(rg, vmss, instance_id, vm, self.sub())
-        )
-        .map(|_| ())
+        let mut put = c.update(rg, vmss, instance_id, vm, self.sub());
+        match expect {
+            Expect::Version(etag) => put = put.if_match(etag),
+            Expect::Absent => put = put.if_none_match("*"),
+            Expect::Anything => {}
+        }
+        call!("PUT virtualMachines", instance_id, put).map(|_| ())
     }
 
     /// GET an instance's NIC (its actual addresses).
@@ -566,16 +688,20 @@ impl Arm {
         list_all!("LIST networkInterfaces", rg, c.list(rg, self.sub()))
     }
 
-    /// PUT a NIC.
-    pub async fn put_nic(&self, rg: &str, name: &str, body: Value) -> ArmResult<Value> {
+    /// PUT a NIC, conditional on the version read in the same pass.
+    pub async fn put_nic(&self, rg: &str, name: &str, body: Value, expect: Expect<'_>) -> ArmResult<Value> {
         let nic: azure_mgmt_network::models::NetworkInterface =
             from_json("PUT networkInterfaces", name, body)?;
         let c = self.network.network_interfaces_client();
-        call!(
-            "PUT networkInterfaces",
-            name,
-            c.create_or_update(rg, name, nic, self.sub())
-        )
+        let id = self.id(rg, "Microsoft.Network/networkInterfaces", name);
+        conditional("PUT", id, expect, async {
+            call!(
+                "PUT networkInterfaces",
+                name,
+                c.create_or_update(rg, name, nic, self.sub())
+            )
+        })
+        .await
         .map(|v| to_json(&v))
     }
 
@@ -700,6 +826,23 @@ mod tests {
             ),
             "GET virtualMachines"
         );
+    }
+
+    #[test]
+    fn writes_expect_the_version_they_read() {
+        let read = serde_json::json!({"name": "ilb", "etag": "W/\"1\""});
+        assert_eq!(Expect::read_as(Some(&read)), Expect::Version("W/\"1\""));
+        assert_eq!(
+            Expect::read_as(Some(&read)).header(),
+            Some(("if-match", "W/\"1\"".to_string()))
+        );
+        assert_eq!(
+            Expect::read_as(None).header(),
+            Some(("if-none-match", "*".to_string()))
+        );
+        let unversioned = serde_json::json!({"name": "ilb"});
+        assert_eq!(Expect::read_as(Some(&unversioned)), Expect::Anything);
+        assert_eq!(Expect::Anything.header(), None);
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub struct Lb {
     pub rules: Vec<LbRule>,
     /// Health probes.
     pub probes: Vec<Probe>,
+    /// The last operation on the load balancer ended `Failed`: the plan PUTs it again even when it looks
+    /// right (ARM's remedy for a failed operation).
+    pub failed: bool,
 }
 
 /// A frontend IP configuration.
@@ -232,6 +235,8 @@ pub struct VmNic {
     pub nic: Nic,
     /// Addresses.
     pub addresses: NicAddresses,
+    /// ARM ID of the VM the NIC is attached to (`properties.virtualMachine.id`); None for a spare NIC.
+    pub vm_id: Option<String>,
 }
 
 /// A public IP prefix the operator may own.
@@ -243,6 +248,8 @@ pub struct PrefixState {
     pub cidr: Option<String>,
     /// IDs of public IP addresses allocated from it (VM pools).
     pub public_ip_ids: Vec<String>,
+    /// Its last operation ended `Failed`: created (PUT) again.
+    pub failed: bool,
 }
 
 /// Everything read from Azure for one pool.
@@ -433,6 +440,11 @@ pub fn plan_pool(
                 name,
                 prefix_len: pool.prefix_len,
             }),
+            Some(p) if p.failed && p.prefix_len.is_none_or(|l| l == pool.prefix_len) => prefixes_to_create
+                .push(PrefixCreate {
+                    name,
+                    prefix_len: pool.prefix_len,
+                }),
             Some(p) => {
                 if let Some(found) = p.prefix_len.filter(|l| *l != pool.prefix_len) {
                     problems.insert(
@@ -805,6 +817,7 @@ pub fn plan_lb(
     let is_wanted = |name: &str| wanted.iter().any(|c| eq_ci(&c.uid, name));
     let names_a_config = |name: &str| configs.iter().any(|c| eq_ci(&c.uid, name));
     let mut lb = current.cloned().unwrap_or_default();
+    lb.failed = false;
     let mut problems = BTreeMap::new();
 
     // Rules of this pool that no wanted configuration owns (deleted configurations, leaks), and wanted rules

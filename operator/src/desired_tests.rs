@@ -91,6 +91,7 @@ fn vm_state(nics: usize) -> AzureState {
                     primary_ip: Some(format!("10.0.0.{}", 4 + i)),
                     by_ip_config: BTreeMap::new(),
                 },
+                vm_id: None,
             })
             .collect(),
         ..AzureState::default()
@@ -111,6 +112,7 @@ fn apply(state: &mut AzureState, plan: &PoolPlan) {
                     p.prefix_len
                 )),
                 public_ip_ids: vec![],
+                failed: false,
             },
         );
     }
@@ -223,6 +225,7 @@ fn existing_lb_with_rule(uid: &str, port: i32) -> Lb {
             backend_port: Some(port),
         }],
         probes: vec![expected_probe(uid, &env())],
+        failed: false,
     }
 }
 
@@ -285,6 +288,40 @@ fn no_put_when_the_load_balancer_is_already_as_expected() {
     let p = plan(&vmss_pool(), &[cfg("a", Egress::Private)], &state);
     assert_eq!(p.lb, LbWrite::Keep);
     assert_eq!(p.ports.get("a"), Some(&6000));
+}
+
+#[test]
+fn a_failed_load_balancer_or_prefix_is_written_again_keeping_the_port() {
+    let mut state = vmss_state(1);
+    let mut lb = existing_lb_with_rule("a", 6000);
+    lb.failed = true;
+    state.lb = Some(lb);
+    let p = plan(&vmss_pool(), &[cfg("a", Egress::Private)], &state);
+    match &p.lb {
+        LbWrite::Put { lb, .. } => {
+            assert!(!lb.failed);
+            assert_eq!(rule(lb, "a").frontend_port, Some(6000), "same content, same port");
+        }
+        other => panic!("a Failed load balancer is PUT again, got {other:?}"),
+    }
+
+    let mut state = vmss_state(1);
+    let mut first = converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    assert_eq!(first.prefixes_to_create.len(), 1);
+    let name = first.prefixes_to_create.remove(0).name.to_ascii_lowercase();
+    if let Some(prefix) = state.managed_prefixes.get_mut(&name) {
+        prefix.failed = true;
+    }
+    let again = plan(&vmss_pool(), &[cfg("a", Egress::Managed)], &state);
+    assert_eq!(
+        again
+            .prefixes_to_create
+            .iter()
+            .map(|p| p.name.to_ascii_lowercase())
+            .collect::<Vec<_>>(),
+        [name],
+        "a Failed prefix is PUT again"
+    );
 }
 
 #[test]
@@ -659,6 +696,7 @@ fn a_managed_prefix_of_the_wrong_length_blocks_only_its_configuration() {
             prefix_len: Some(30),
             cidr: Some("20.0.0.0/30".into()),
             public_ip_ids: vec![],
+            failed: false,
         },
     );
     let p = converge(

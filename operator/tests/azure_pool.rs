@@ -10,7 +10,7 @@ use operator::desired::{Config, Egress};
 use operator::metrics::Metrics;
 use operator::reconcile::pool::{self, PoolOutcome, ResolvedPool};
 use serde_json::{Value, json};
-use testbed::azure::{AzureSim, FaultSpec, Seed};
+use testbed::azure::{AzureSim, FaultSpec, LroConfig, Seed};
 
 mod common;
 
@@ -326,4 +326,275 @@ async fn vm_pool_private_and_public_mode_through_the_pre_created_nics() {
         before,
         "NIC ipConfigurations, public IPs, prefix and LB all gone"
     );
+}
+
+/// The load balancer's tags, as Azure holds them now.
+async fn lb_tags(env: &Env) -> Value {
+    env.arm
+        .get_lb("node-rg", "kubeegressgateway-ilb")
+        .await
+        .expect("GET LB")
+        .expect("LB exists")["tags"]
+        .clone()
+}
+
+#[tokio::test]
+async fn a_concurrent_write_to_the_load_balancer_gives_412_and_is_kept_after_a_refetch() {
+    let env = start(Seed::aks_like(2)).await;
+    let before = common::resources(&env.sim);
+    let pool = resolve(&env).await;
+    // Another pool's (or a person's) change lands between our GET and our PUT of the shared load balancer,
+    // first when it is created and again when a second configuration is added.
+    let mut configs = managed(1);
+    run(&env, &pool, &configs).await;
+    configs.extend(managed(2).into_iter().skip(1));
+    env.sim
+        .inject_fault(FaultSpec::concurrent_write(
+            "PUT",
+            "(?i)/loadBalancers/[^/]+$",
+            1,
+            json!({"tags": {"owner": "someone-else"}}),
+        ))
+        .expect("fault");
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+
+    assert_eq!(out.refetches, 1, "one stale ETag, one re-read");
+    let lb_puts: Vec<u16> = env
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| {
+            c.method == "PUT"
+                && c.path
+                    .to_ascii_lowercase()
+                    .ends_with("/loadbalancers/kubeegressgateway-ilb")
+        })
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        lb_puts,
+        [412, 200],
+        "the conditional PUT failed, the re-planned one went through"
+    );
+    assert_eq!(
+        lb_tags(&env).await["owner"],
+        json!("someone-else"),
+        "the other write was not overwritten"
+    );
+    assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
+    assert!(
+        env.metrics
+            .encode()
+            .contains("arm_calls_total{operation=\"PUT loadBalancers\",status=\"412\"} 1"),
+        "{}",
+        env.metrics.encode()
+    );
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0, "converged");
+
+    // The same race on the deletion of the whole load balancer: the DELETE is conditional too.
+    env.sim
+        .inject_fault(FaultSpec::concurrent_write(
+            "DELETE",
+            "(?i)/loadBalancers/[^/]+$",
+            1,
+            json!({"tags": {"owner": "someone-else-again"}}),
+        ))
+        .expect("fault");
+    let gone = run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(gone.refetches, 1);
+    assert_eq!(common::resources(&env.sim), before, "no leaks");
+}
+
+#[tokio::test]
+async fn concurrent_writes_to_the_scale_set_and_an_instance_are_refetched_not_overwritten() {
+    let env = start(Seed::aks_like(2)).await;
+    let pool = resolve(&env).await;
+    let configs = managed(2);
+    env.sim
+        .inject_fault(FaultSpec::concurrent_write(
+            "PUT",
+            "(?i)/virtualMachineScaleSets/[^/]+$",
+            1,
+            json!({"tags": {"drift": "model"}}),
+        ))
+        .expect("fault");
+    env.sim
+        .inject_fault(FaultSpec::concurrent_write(
+            "PUT",
+            "(?i)/virtualMachineScaleSets/[^/]+/virtualMachines/[^/]+$",
+            1,
+            json!({"tags": {"drift": "instance"}}),
+        ))
+        .expect("fault");
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!(out.refetches, 2, "one per stale ETag");
+    assert_eq!(env.sim.calls().iter().filter(|c| c.status == 412).count(), 2);
+    assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
+    let vmss = env
+        .arm
+        .get_vmss("node-rg", &pool.name)
+        .await
+        .expect("GET VMSS")
+        .expect("VMSS");
+    assert_eq!(vmss["tags"]["drift"], json!("model"), "the other write is kept");
+    let tagged: Vec<Value> = env
+        .arm
+        .list_instances("node-rg", &pool.name)
+        .await
+        .expect("instances")
+        .into_iter()
+        .filter(|i| i["tags"]["drift"] == json!("instance"))
+        .collect();
+    assert_eq!(tagged.len(), 1, "the instance change is kept");
+    // Each object was written exactly once successfully: the re-plan did not redo what had succeeded.
+    assert_eq!(
+        env.sim
+            .calls()
+            .iter()
+            .filter(|c| c.method == "PUT" && c.status < 300)
+            .count(),
+        out.writes
+    );
+    assert_eq!(out.writes, 2 + 1 + 1 + 2, "2 prefixes, LB, VMSS, 2 instances");
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0);
+}
+
+#[tokio::test]
+async fn a_412_storm_beyond_the_refetch_budget_surfaces_as_precondition_failed_and_converges_later() {
+    let env = start(Seed::aks_like(2)).await;
+    let before = common::resources(&env.sim);
+    let pool = resolve(&env).await;
+    let mut configs = managed(1);
+    run(&env, &pool, &configs).await;
+    configs = managed(2);
+    let storm = u32::try_from(pool::MAX_PRECONDITION_REFETCHES + 1).expect("small");
+    env.sim
+        .inject_fault(FaultSpec::concurrent_write(
+            "PUT",
+            "(?i)/loadBalancers/[^/]+$",
+            storm,
+            json!({"tags": {"busy": "yes"}}),
+        ))
+        .expect("fault");
+    let err = pool::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082)
+        .await
+        .expect_err("bounded");
+    match &err {
+        pool::PoolError::Arm(a) => {
+            assert!(a.is_precondition_failed(), "{a}");
+            assert_eq!(a.code.as_deref(), Some("PreconditionFailed"));
+            assert_eq!(a.reason(), "AzureError");
+        }
+        other => panic!("expected an ARM error, got {other:?}"),
+    }
+    env.sim.with_state(|s| s.clear_faults());
+    assert_eq!(
+        env.sim.count_calls("PUT", "(?i)/loadBalancers/[^/]+$") - 1,
+        pool::MAX_PRECONDITION_REFETCHES + 1
+    );
+    // The race is over: the next pass converges, and everything is removed again without leaks.
+    let out = run(&env, &pool, &configs).await;
+    assert!(out.facts.values().all(|f| f.is_complete()));
+    run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(common::resources(&env.sim), before);
+}
+
+#[tokio::test]
+async fn a_concurrent_write_to_a_vm_pool_nic_is_refetched_not_overwritten() {
+    let env = start(vm_pool_seed()).await;
+    let before = common::resources(&env.sim);
+    let pool = resolve(&env).await;
+    let mut configs = managed(1);
+    configs[0].egress = Egress::Private;
+    env.sim
+        .inject_fault(FaultSpec::concurrent_write(
+            "PUT",
+            "(?i)/networkInterfaces/[^/]+$",
+            1,
+            json!({"tags": {"drift": "nic"}}),
+        ))
+        .expect("fault");
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!(out.refetches, 1);
+    assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
+    let nics = env.arm.list_nics("node-rg").await.expect("NICs");
+    assert_eq!(
+        nics.iter().filter(|n| n["tags"]["drift"] == json!("nic")).count(),
+        1,
+        "the other write is kept"
+    );
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0);
+    run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(common::resources(&env.sim), before);
+}
+
+#[tokio::test]
+async fn failed_long_running_operations_surface_and_are_redone_without_leaks() {
+    let env = start(Seed::aks_like(2)).await;
+    let before = common::resources(&env.sim);
+    let pool = resolve(&env).await;
+    // Operations finish at the simulator's next request; the next `fail_next` of them end Failed.
+    let lro = |fail_next| LroConfig {
+        enabled: true,
+        in_progress_polls: 0,
+        retry_after_ms: 1,
+        max_duration_ms: 0,
+        fail_next,
+        reject_concurrent: false,
+    };
+    let lb_state = || async {
+        env.arm
+            .get_lb("node-rg", "kubeegressgateway-ilb")
+            .await
+            .expect("GET LB")
+            .expect("LB")["properties"]["provisioningState"]
+            .clone()
+    };
+
+    // A private configuration: the load balancer PUT is the first operation, and the client polls it.
+    let mut configs = managed(1);
+    configs[0].egress = Egress::Private;
+    env.sim.set_lro(lro(1));
+    let err = pool::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082)
+        .await
+        .expect_err("the load balancer operation failed");
+    assert!(err.to_string().contains("PUT loadBalancers"), "{err}");
+    assert_eq!(lb_state().await, json!("Failed"));
+    env.sim.set_lro(lro(0));
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+    assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
+    assert_eq!(
+        writes(&env, "PUT", "(?i)/loadBalancers/[^/]+$"),
+        1,
+        "the Failed load balancer is PUT again"
+    );
+    assert_eq!(lb_state().await, json!("Succeeded"));
+
+    // A managed configuration: the prefix PUT's operation (not polled by the 0.21 client) ends Failed.
+    configs.extend(managed(2).into_iter().skip(1));
+    env.sim.set_lro(lro(1));
+    run(&env, &pool, &configs).await;
+    let prefix = api::names::managed_resource_name(&configs[1].uid);
+    let state = env
+        .arm
+        .get_prefix("node-rg", &prefix)
+        .await
+        .expect("GET prefix")
+        .expect("prefix")["properties"]["provisioningState"]
+        .clone();
+    assert_eq!(state, json!("Failed"));
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!(out.writes, 1, "{:?}", out.plan);
+    assert_eq!(
+        writes(&env, "PUT", "(?i)/publicIPPrefixes/[^/]+$"),
+        1,
+        "created again"
+    );
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0, "converged");
+    run(&env, &pool, &deleting(&configs)).await;
+    assert_eq!(common::resources(&env.sim), before, "no leaks");
 }

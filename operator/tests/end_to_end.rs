@@ -28,6 +28,10 @@ struct World {
 }
 
 async fn start() -> World {
+    start_with(Seed::aks_like(2)).await
+}
+
+async fn start_with(seed: Seed) -> World {
     let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
     let client = kube.client("admin").expect("client");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -42,7 +46,6 @@ async fn start() -> World {
             .await
             .expect("namespace");
     }
-    let seed = Seed::aks_like(2);
     let azure = AzureSim::start(&seed).await.expect("azure-sim");
     let op = new_operator(&client, &common::cloud_config(&seed, &azure));
     World {
@@ -464,4 +467,222 @@ async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_du
         Some(2),
         "no duplicate prefixes"
     );
+}
+
+#[tokio::test]
+async fn a_vm_pool_reports_the_node_of_each_pre_created_nic() {
+    let mut seed = Seed::aks_like(0);
+    seed.vm_scale_sets.clear();
+    seed.vm_pools.push(testbed::azure::seed::VmPoolSeed {
+        resource_group: "node-rg".into(),
+        pool_name: "gateway".into(),
+        gateway_prefix_size: Some(31),
+        vms: 2,
+        nics: 2,
+        subnet: testbed::azure::seed::SubnetRef {
+            resource_group: "node-rg".into(),
+            vnet: "aks-vnet".into(),
+            subnet: "aks-subnet".into(),
+        },
+    });
+    let w = start_with(seed).await;
+    // Gateway Nodes as the cloud provider registers them: providerID = the VM's ARM ID (resource group
+    // lower-cased); one Node is deliberately not named after its VM, so only the providerID links them.
+    let vm_id = |i: usize| {
+        format!(
+            "azure:///subscriptions/{}/resourceGroups/node-rg/providers/Microsoft.Compute/virtualMachines/aks-gateway-12345678-vm{i}",
+            w.op.cfg.subscription_id
+        )
+    };
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(w.client.clone());
+    for (name, i) in [("gw-node-a", 0), ("gw-node-b", 1)] {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kubernetes.azure.com/agentpool": "gateway", "kubernetes.azure.com/mode": "gateway"}},
+            "spec": {"providerID": vm_id(i)}
+        }))
+        .expect("node");
+        nodes.create(&PostParams::default(), &node).await.expect("node");
+    }
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    let gwp: api::GatewayPool = serde_json::from_value(json!({
+        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
+        "metadata": {"name": "gateway"}, "spec": {"gatewayNodepoolName": "gateway", "publicIpPrefixSize": 31}
+    }))
+    .expect("pool");
+    pools.create(&PostParams::default(), &gwp).await.expect("pool");
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    sgcs.create(
+        &PostParams::default(),
+        &sgc(
+            "private",
+            json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false}),
+        ),
+    )
+    .await
+    .expect("create");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+
+    let status = pools.get("gateway").await.expect("pool").status.expect("status");
+    assert_eq!(status.pool_type, Some(api::pool::PoolType::VirtualMachines));
+    let mut instances: Vec<(String, Option<String>)> = status
+        .instances
+        .iter()
+        .map(|i| (i.name.clone(), i.node_name.clone()))
+        .collect();
+    instances.sort();
+    assert_eq!(
+        instances,
+        [
+            (
+                "aks-gateway-12345678-nic0".to_string(),
+                Some("gw-node-a".to_string())
+            ),
+            (
+                "aks-gateway-12345678-nic1".to_string(),
+                Some("gw-node-b".to_string())
+            ),
+        ]
+    );
+    let s = sgcs.get("private").await.expect("get");
+    assert_eq!(
+        condition(&s, READY),
+        Some(("True", "Provisioned")),
+        "{:?}",
+        s.status
+    );
+}
+
+/// `base` plus `resource="<resource>"`.
+fn with<'a>(base: &[(&'a str, &'a str)], resource: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut v = base.to_vec();
+    v.push(("resource", resource));
+    v
+}
+
+/// The value of the one sample of `metric` whose labels include every `label="value"` pair given.
+fn sample(metrics: &Metrics, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = metrics.encode();
+    let mut found = text.lines().filter(|l| {
+        l.starts_with(&format!("{metric}{{"))
+            && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+    });
+    let line = found.next()?;
+    assert!(
+        found.next().is_none(),
+        "{metric} {labels:?} is ambiguous:\n{text}"
+    );
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn upstream_metric_series_per_configuration_and_controller() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    sgcs.create(
+        &PostParams::default(),
+        &sgc("a", json!({"gatewayNodepoolName": "gateway"})),
+    )
+    .await
+    .expect("create");
+    sgcs.create(
+        &PostParams::default(),
+        &sgc(
+            "bad",
+            json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
+        ),
+    )
+    .await
+    .expect("create");
+    // The load balancer cannot be written: the LB controller's series of "a" fails, its VM series does not.
+    w.azure
+        .inject_fault(testbed::azure::FaultSpec::new(
+            "PUT",
+            "(?i)/loadBalancers/[^/]+$",
+            100,
+            500,
+            "InternalServerError",
+        ))
+        .expect("fault");
+    assert!(w.op.reconcile_pools(None).await.is_err());
+    let m = &w.op.metrics;
+    let sgc_op = [
+        ("namespace", NS),
+        ("operation", "reconcile_static_gateway_configuration"),
+        ("subscription_id", "n/a"),
+        ("resource_group", "n/a"),
+    ];
+    assert_eq!(
+        sample(m, "controller_reconcile_latency_count", &sgc_op),
+        Some(2.0),
+        "one observation per configuration"
+    );
+    assert_eq!(
+        sample(m, "controller_reconcile_fail_count", &with(&sgc_op, "app/bad")),
+        Some(1.0),
+        "the invalid spec fails the SGC controller's series"
+    );
+    assert_eq!(
+        sample(m, "controller_reconcile_fail_count", &with(&sgc_op, "app/a")),
+        None
+    );
+    let sub = w.op.cfg.subscription_id.as_str();
+    let lb_op = [
+        ("operation", "reconcile_gateway_lb_configuration"),
+        ("subscription_id", sub),
+        ("resource_group", "node-rg"),
+    ];
+    let vm_op = [
+        ("operation", "reconcile_gateway_vm_configuration"),
+        ("subscription_id", sub),
+        ("resource_group", "node-rg"),
+    ];
+    assert_eq!(
+        sample(m, "controller_reconcile_fail_count", &with(&lb_op, "app/a")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(m, "controller_reconcile_fail_count", &with(&vm_op, "app/a")),
+        None
+    );
+    assert_eq!(
+        sample(m, "controller_reconcile_latency_count", &lb_op),
+        Some(1.0),
+        "\"bad\" never reached Azure"
+    );
+    assert_eq!(
+        sample(
+            m,
+            "controller_reconcile_fail_count",
+            &[
+                ("operation", "reconcile_gateway_pool"),
+                ("resource", "nodepool/gateway")
+            ]
+        ),
+        Some(1.0)
+    );
+
+    // Healthy again, then deleted: the delete_ operations get their series.
+    w.azure.with_state(|s| s.clear_faults());
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(sample(m, "controller_reconcile_latency_count", &vm_op), Some(2.0));
+    assert_eq!(
+        sample(m, "controller_reconcile_fail_count", &with(&lb_op, "app/a")),
+        Some(1.0),
+        "fail counts are not reset by a later success (as upstream)"
+    );
+    for name in ["a", "bad"] {
+        sgcs.delete(name, &DeleteParams::default()).await.expect("delete");
+    }
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    for op in [
+        "delete_static_gateway_configuration",
+        "delete_gateway_lb_configuration",
+        "delete_gateway_vm_configuration",
+    ] {
+        assert_eq!(
+            sample(m, "controller_reconcile_latency_count", &[("operation", op)]),
+            Some(1.0),
+            "{op}"
+        );
+    }
 }

@@ -275,6 +275,55 @@ async fn stale_if_match_is_refused_with_412() {
 }
 
 #[tokio::test]
+async fn a_concurrent_write_between_get_and_put_changes_the_etag_and_the_content() {
+    let env = start(Seed::aks_like(1)).await;
+    let vmss = env.compute.virtual_machine_scale_sets_client();
+    let etag = vmss
+        .get(RG, VMSS, env.sub())
+        .await
+        .expect("get")
+        .etag
+        .expect("etag");
+    // Someone else tags the scale set right before our PUT (which carries the ETag we read).
+    env.sim
+        .inject_fault(testbed::azure::FaultSpec::concurrent_write(
+            "PUT",
+            "(?i)/virtualMachineScaleSets/[^/]+$",
+            1,
+            json!({"tags": {"owner": "someone-else"}}),
+        ))
+        .expect("fault");
+    let body: VirtualMachineScaleSet =
+        serde_json::from_value(json!({"location": "eastus", "tags": {"aks-managed-poolName": "gateway"}}))
+            .expect("model");
+    let err = vmss
+        .create_or_update(RG, VMSS, body.clone(), env.sub())
+        .if_match(etag.clone())
+        .await
+        .expect_err("the other write changed the ETag");
+    assert_eq!(status_and_code(&err), (412, "PreconditionFailed".to_owned()));
+    let now = vmss_json(&env).await;
+    assert_eq!(
+        now["tags"]["owner"],
+        json!("someone-else"),
+        "the other write is kept"
+    );
+    assert_ne!(now["etag"], json!(etag));
+    // Out-of-band patches are writes too: the ETag read before them is stale afterwards.
+    let before = vmss_json(&env).await["etag"].clone();
+    env.sim
+        .patch_resource(&env.seed_vmss_id(), &json!({"tags": {"x": "1"}}))
+        .expect("patch");
+    assert_ne!(vmss_json(&env).await["etag"], before);
+    // The fault was used up: the next conditional PUT with a fresh ETag goes through.
+    let fresh = vmss_json(&env).await["etag"].as_str().expect("etag").to_owned();
+    vmss.create_or_update(RG, VMSS, body, env.sub())
+        .if_match(fresh)
+        .await
+        .expect("fresh etag accepted");
+}
+
+#[tokio::test]
 async fn scale_set_model_with_dangling_references_is_refused() {
     let env = start(Seed::aks_like(1)).await;
     let missing_pool = format!(

@@ -11,7 +11,7 @@ use crate::arm_json::{
     lb_from_json, managed_prefix_body, merge_ip_configs, merge_lb, merge_nic_configs, nic_addresses,
     nic_from_json, prefix_from_json, primary_nic_from_configs, primary_nic_index, public_ip_body,
 };
-use crate::azure::{Arm, ArmError, ArmResult};
+use crate::azure::{Arm, ArmError, ArmResult, Expect};
 use crate::config::CloudConfig;
 use crate::desired::{
     AzureState, Config, ConfigFacts, Egress, Env, Instance, LbWrite, PoolKind, PoolPlan, PoolProblem, VmNic,
@@ -168,15 +168,30 @@ fn vmss_pool(
     })
 }
 
-/// The pool's Azure state plus the raw objects the appliers merge into.
+/// How often one pool reconcile re-reads and re-plans after a conditional write found its ETag stale (412):
+/// someone else changed the load balancer, scale set, instance or NIC between our read and our write. Beyond
+/// this the 412 surfaces (condition + Event) and the work loop retries with backoff.
+pub const MAX_PRECONDITION_REFETCHES: usize = 3;
+
+/// The pool's Azure state plus the raw objects the appliers merge into, and the ETags they were read with.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     /// The planner's view.
     pub state: AzureState,
     lb_json: Option<Value>,
+    vmss_etag: Option<String>,
     vmss_nic_configs: Vec<Value>,
     instance_nic_configs: BTreeMap<String, Vec<Value>>,
+    instance_etags: BTreeMap<String, String>,
     vm_nic_json: BTreeMap<String, Value>,
+}
+
+/// The `etag` of an ARM object as read.
+fn etag_of(v: &Value) -> Option<String> {
+    v.get("etag")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
 }
 
 /// The environment of the plan.
@@ -229,6 +244,7 @@ pub async fn observe(
             let Some(vmss) = arm.get_vmss(&pool.resource_group, &pool.name).await? else {
                 return Ok(o); // gone: nothing to clean on it
             };
+            o.vmss_etag = etag_of(&vmss);
             o.vmss_nic_configs = vmss
                 .pointer("/properties/virtualMachineProfile/networkProfile/networkInterfaceConfigurations")
                 .and_then(Value::as_array)
@@ -290,6 +306,9 @@ pub async fn observe(
                     nic: primary_nic_from_configs(&nic_configs),
                     addresses,
                 });
+                if let Some(etag) = etag_of(&vm) {
+                    o.instance_etags.insert(id.clone(), etag);
+                }
                 o.instance_nic_configs.insert(id, nic_configs);
             }
         }
@@ -319,6 +338,10 @@ pub async fn observe(
                         .to_string(),
                     nic: nic_from_json(&ipcs),
                     addresses: nic_addresses(&nic),
+                    vm_id: nic
+                        .pointer("/properties/virtualMachine/id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 });
                 o.vm_nic_json.insert(name, nic);
             }
@@ -338,16 +361,38 @@ pub async fn observe(
     Ok(o)
 }
 
-/// Applies a plan in dependency order; returns the number of ARM writes made.
+/// Counts the successful results and returns the first failure, preferring any failure over a stale ETag
+/// (a real error is what to report; a 412 alone means "re-read and re-plan").
+fn tally<T>(results: Vec<ArmResult<T>>, writes: &mut usize) -> ArmResult<()> {
+    let mut failure: Option<ArmError> = None;
+    for r in results {
+        match r {
+            Ok(_) => *writes += 1,
+            Err(e) => {
+                if failure
+                    .as_ref()
+                    .is_none_or(|f| f.is_precondition_failed() && !e.is_precondition_failed())
+                {
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Applies a plan in dependency order, adding the ARM writes made to `writes` (also when it fails half-way).
+/// Writes to objects the operator shares (load balancer, scale set, instances, NICs) carry the ETag read in
+/// `observed`: a concurrent change fails them with 412 instead of being overwritten.
 pub async fn apply(
     arm: &Arm,
     cfg: &CloudConfig,
     pool: &ResolvedPool,
     observed: &Observed,
     plan: &PoolPlan,
-) -> ArmResult<usize> {
+    writes: &mut usize,
+) -> ArmResult<()> {
     let rg = &cfg.resource_group;
-    let mut writes = 0;
     let jobs: Vec<(String, Value)> = plan
         .prefixes_to_create
         .iter()
@@ -360,10 +405,7 @@ pub async fn apply(
     .buffer_unordered(ARM_CONCURRENCY)
     .collect()
     .await;
-    for r in created {
-        r?;
-        writes += 1;
-    }
+    tally(created, writes)?;
     for pip in &plan.public_ips_to_create {
         arm.put_public_ip(
             &pool.resource_group,
@@ -371,7 +413,7 @@ pub async fn apply(
             public_ip_body(&pool.location, &pip.prefix_id),
         )
         .await?;
-        writes += 1;
+        *writes += 1;
     }
     let lb_first = matches!(
         plan.lb,
@@ -381,17 +423,26 @@ pub async fn apply(
         }
     );
     if lb_first {
-        writes += write_lb(arm, cfg, observed, &plan.lb).await?;
+        *writes += write_lb(arm, cfg, observed, &plan.lb).await?;
     }
     if let Some(model) = &plan.vmss_model
         && let Some(nic_configs) = merge_nic_configs(&observed.vmss_nic_configs, model)
     {
-        arm.put_vmss_nics(&pool.resource_group, &pool.name, &pool.location, nic_configs)
-            .await?;
-        writes += 1;
+        arm.put_vmss_nics(
+            &pool.resource_group,
+            &pool.name,
+            &pool.location,
+            nic_configs,
+            observed
+                .vmss_etag
+                .as_deref()
+                .map_or(Expect::Anything, Expect::Version),
+        )
+        .await?;
+        *writes += 1;
     }
     // Bodies are built first so the concurrent futures own their data (and stay `Send` for every lifetime).
-    let mut bodies: Vec<(String, Value)> = Vec::new();
+    let mut bodies: Vec<(String, Value, Option<String>)> = Vec::new();
     for u in &plan.nic_updates {
         match pool.pool.kind {
             PoolKind::Vmss => {
@@ -401,7 +452,8 @@ pub async fn apply(
                     .cloned()
                     .unwrap_or_default();
                 if let Some(merged) = merge_nic_configs(&configs, &u.nic) {
-                    bodies.push((u.target.clone(), merged));
+                    let etag = observed.instance_etags.get(&u.target).cloned();
+                    bodies.push((u.target.clone(), merged, etag));
                 }
             }
             PoolKind::Vm => {
@@ -412,36 +464,50 @@ pub async fn apply(
                         .cloned()
                         .unwrap_or_default();
                     nic["properties"]["ipConfigurations"] = merge_ip_configs(&current, &u.nic);
-                    bodies.push((u.target.clone(), nic));
+                    let etag = etag_of(&nic);
+                    bodies.push((u.target.clone(), nic, etag));
                 }
             }
         }
     }
-    let updates: Vec<ArmResult<()>> = futures::stream::iter(bodies.into_iter().map(|(target, body)| {
-        let (arm, pool) = (arm.clone(), pool.clone());
-        async move {
-            match pool.pool.kind {
-                PoolKind::Vmss => {
-                    arm.update_instance(&pool.resource_group, &pool.name, &target, &pool.location, body)
+    let updates: Vec<ArmResult<()>> =
+        futures::stream::iter(bodies.into_iter().map(|(target, body, etag)| {
+            let (arm, pool) = (arm.clone(), pool.clone());
+            async move {
+                match pool.pool.kind {
+                    PoolKind::Vmss => {
+                        arm.update_instance(
+                            &pool.resource_group,
+                            &pool.name,
+                            &target,
+                            &pool.location,
+                            body,
+                            etag.as_deref().map_or(Expect::Anything, Expect::Version),
+                        )
                         .await
+                    }
+                    PoolKind::Vm => arm
+                        .put_nic(
+                            &pool.resource_group,
+                            &target,
+                            body,
+                            etag.as_deref().map_or(Expect::Anything, Expect::Version),
+                        )
+                        .await
+                        .map(|_| ()),
                 }
-                PoolKind::Vm => arm.put_nic(&pool.resource_group, &target, body).await.map(|_| ()),
             }
-        }
-    }))
-    .buffer_unordered(NIC_UPDATE_CONCURRENCY)
-    .collect()
-    .await;
-    for r in updates {
-        r?;
-        writes += 1;
-    }
+        }))
+        .buffer_unordered(NIC_UPDATE_CONCURRENCY)
+        .collect()
+        .await;
+    tally(updates, writes)?;
     if !lb_first {
-        writes += write_lb(arm, cfg, observed, &plan.lb).await?;
+        *writes += write_lb(arm, cfg, observed, &plan.lb).await?;
     }
     for name in &plan.public_ips_to_delete {
         arm.delete_public_ip(&pool.resource_group, name).await?;
-        writes += 1;
+        *writes += 1;
     }
     let names: Vec<String> = plan.prefixes_to_delete.clone();
     let deleted: Vec<ArmResult<()>> = futures::stream::iter(names.into_iter().map(|name| {
@@ -451,18 +517,15 @@ pub async fn apply(
     .buffer_unordered(ARM_CONCURRENCY)
     .collect()
     .await;
-    for r in deleted {
-        r?;
-        writes += 1;
-    }
-    Ok(writes)
+    tally(deleted, writes)
 }
 
 async fn write_lb(arm: &Arm, cfg: &CloudConfig, observed: &Observed, write: &LbWrite) -> ArmResult<usize> {
+    let expect = Expect::read_as(observed.lb_json.as_ref());
     match write {
         LbWrite::Keep => Ok(0),
         LbWrite::Delete => {
-            arm.delete_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
+            arm.delete_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name, expect)
                 .await?;
             Ok(1)
         }
@@ -474,8 +537,13 @@ async fn write_lb(arm: &Arm, cfg: &CloudConfig, observed: &Observed, write: &LbW
                 &cfg.load_balancer_name,
                 &cfg.location,
             );
-            arm.put_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name, body)
-                .await?;
+            arm.put_lb(
+                &cfg.load_balancer_resource_group,
+                &cfg.load_balancer_name,
+                body,
+                expect,
+            )
+            .await?;
             Ok(1)
         }
     }
@@ -486,8 +554,10 @@ async fn write_lb(arm: &Arm, cfg: &CloudConfig, observed: &Observed, write: &LbW
 pub struct PoolOutcome {
     /// The plan that was applied.
     pub plan: PoolPlan,
-    /// ARM writes made.
+    /// ARM writes made (successful ones).
     pub writes: usize,
+    /// Times a stale ETag (412) made this reconcile re-read the pool and re-plan.
+    pub refetches: usize,
     /// Per configuration uid: what Azure says after the writes.
     pub facts: BTreeMap<String, ConfigFacts>,
     /// The pool's Azure state after the writes (GatewayPool status).
@@ -504,12 +574,25 @@ pub async fn reconcile(
     probe_port: i32,
 ) -> Result<PoolOutcome, PoolError> {
     let env = env_of(cfg, probe_port);
-    let observed = observe(arm, cfg, pool, configs).await?;
-    let plan = plan_pool(&pool.pool, configs, &observed.state, &env)?;
-    let writes = if plan.is_noop() {
-        0
-    } else {
-        apply(arm, cfg, pool, &observed, &plan).await?
+    let mut observed = observe(arm, cfg, pool, configs).await?;
+    let mut writes = 0;
+    let mut refetches = 0;
+    let plan = loop {
+        let plan = plan_pool(&pool.pool, configs, &observed.state, &env)?;
+        if plan.is_noop() {
+            break plan;
+        }
+        match apply(arm, cfg, pool, &observed, &plan, &mut writes).await {
+            Ok(()) => break plan,
+            Err(e) if e.is_precondition_failed() && refetches < MAX_PRECONDITION_REFETCHES => {
+                // Someone changed an object between our read and our write: re-read, re-plan, go on. The
+                // writes that succeeded are in the new state, so the new plan does not repeat them.
+                refetches += 1;
+                tracing::info!(error = %e, refetches, "stale ETag: re-reading the pool and re-planning");
+                observed = observe(arm, cfg, pool, configs).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
     let after = if writes == 0 {
         observed
@@ -540,6 +623,7 @@ pub async fn reconcile(
     Ok(PoolOutcome {
         plan,
         writes,
+        refetches,
         facts,
         state: after.state,
     })

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::names::{
-    SECRET_OWNER_NAME_LABEL, SECRET_OWNER_NAMESPACE_LABEL, SECRET_PRIVATE_KEY, SECRET_PUBLIC_KEY,
-    SGC_FINALIZER, key_secret_name,
+    REASON_ACCEPTED, REASON_AS_EXPECTED, REASON_AZURE_ERROR, REASON_BLOCKED, REASON_INSTANCES_NOT_READY,
+    REASON_INSTANCES_READY, REASON_INVALID_SPEC, REASON_POOL_NOT_FOUND, REASON_PREFIX_SIZE_MISMATCH,
+    REASON_PROVISIONED, REASON_PROVISIONING, REASON_SOME_INSTANCES_NOT_READY, SECRET_OWNER_NAME_LABEL,
+    SECRET_OWNER_NAMESPACE_LABEL, SECRET_PRIVATE_KEY, SECRET_PUBLIC_KEY, SGC_FINALIZER, key_secret_name,
 };
 use api::pool_ref::is_gateway_node;
 use api::rules::{PoolFacts, validate_sgc};
@@ -161,7 +163,7 @@ pub fn next_status(
         set_condition(&mut st.conditions, t, ok, reason, msg, generation);
         let after = Some((if ok { "True" } else { "False" }.to_string(), reason.to_string()));
         if before != after {
-            let ty = if ok || reason == "Provisioning" {
+            let ty = if ok || reason == REASON_PROVISIONING {
                 EventType::Normal
             } else {
                 EventType::Warning
@@ -178,10 +180,14 @@ pub fn next_status(
     }
     // Not accepted: Accepted=False says why, Ready=False mirrors its reason.
     let rejected = match outcome {
-        Outcome::Invalid(m) => Some(("InvalidSpec", m, "the spec breaks a rule; see Accepted")),
-        Outcome::PoolNotFound(m) => Some(("PoolNotFound", m, "the gateway pool does not exist in Azure")),
+        Outcome::Invalid(m) => Some((REASON_INVALID_SPEC, m, "the spec breaks a rule; see Accepted")),
+        Outcome::PoolNotFound(m) => Some((
+            REASON_POOL_NOT_FOUND,
+            m,
+            "the gateway pool does not exist in Azure",
+        )),
         Outcome::PrefixSizeMismatch(m) => Some((
-            "PrefixSizeMismatch",
+            REASON_PREFIX_SIZE_MISMATCH,
             m,
             "the public IP prefix does not fit the pool",
         )),
@@ -198,11 +204,11 @@ pub fn next_status(
             cond(&mut st, READY, false, reason, message);
         }
         Outcome::Blocked(m) => {
-            cond(&mut st, ACCEPTED, true, "Accepted", VALID);
-            cond(&mut st, READY, false, "Blocked", m);
+            cond(&mut st, ACCEPTED, true, REASON_ACCEPTED, VALID);
+            cond(&mut st, READY, false, REASON_BLOCKED, m);
         }
         Outcome::Provisioned(f) => {
-            cond(&mut st, ACCEPTED, true, "Accepted", VALID);
+            cond(&mut st, ACCEPTED, true, REASON_ACCEPTED, VALID);
             let p = st
                 .gateway_server_profile
                 .get_or_insert_with(GatewayServerProfile::default);
@@ -216,7 +222,7 @@ pub fn next_status(
                     &mut st,
                     READY,
                     true,
-                    "Provisioned",
+                    REASON_PROVISIONED,
                     &format!("egress prefix {prefix}"),
                 );
             } else {
@@ -224,13 +230,32 @@ pub fn next_status(
                     &mut st,
                     READY,
                     false,
-                    "Provisioning",
+                    REASON_PROVISIONING,
                     "waiting for Azure to allocate addresses",
                 );
             }
         }
     }
     (st, events)
+}
+
+/// A Node as pool status needs it: its name and `spec.providerID`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.providerID`, e.g. `azure:///subscriptions/…/virtualMachines/<vm>`.
+    pub provider_id: Option<String>,
+}
+
+impl NodeIdentity {
+    /// Of a Node object.
+    pub fn of(n: &Node) -> Self {
+        NodeIdentity {
+            name: n.name_any(),
+            provider_id: n.spec.as_ref().and_then(|s| s.provider_id.clone()),
+        }
+    }
 }
 
 /// A GatewayPool's status from the pool's Azure state: its instances, the shared frontend, Ready.
@@ -240,7 +265,7 @@ pub fn pool_status(
     pool: &crate::desired::Pool,
     state: &crate::desired::AzureState,
     wanted_ip_configs: &[String],
-    node_names: &BTreeSet<String>,
+    nodes: &[NodeIdentity],
 ) -> api::GatewayPoolStatus {
     use api::pool::{LoadBalancerFrontend, PoolInstance, PoolType};
     let ready = |prov: &str, a: &crate::desired::NicAddresses| {
@@ -250,7 +275,27 @@ pub fn pool_status(
                 .iter()
                 .all(|n| a.by_ip_config.contains_key(&n.to_ascii_lowercase()))
     };
-    let node = |name: &str| node_names.iter().find(|n| n.eq_ignore_ascii_case(name)).cloned();
+    let node = |name: &str| {
+        nodes
+            .iter()
+            .find(|n| n.name.eq_ignore_ascii_case(name))
+            .map(|n| n.name.clone())
+    };
+    // A VM-based pool's NIC names no node: its VM does. The Node whose providerID is that VM is the one
+    // (what the cloud provider sets: `azure://<VM resource ID>`); AKS names that Node after the VM.
+    let vm_node = |vm_id: Option<&str>| {
+        let vm_id = vm_id?;
+        nodes
+            .iter()
+            .find(|n| {
+                n.provider_id.as_deref().is_some_and(|p| {
+                    p.strip_prefix("azure://")
+                        .is_some_and(|id| id.eq_ignore_ascii_case(vm_id))
+                })
+            })
+            .map(|n| n.name.clone())
+            .or_else(|| node(crate::desired::last_segment(vm_id)))
+    };
     let instances: Vec<PoolInstance> = match pool.kind {
         crate::desired::PoolKind::Vmss => state
             .instances
@@ -268,7 +313,7 @@ pub fn pool_status(
             .iter()
             .map(|n| PoolInstance {
                 name: n.name.clone(),
-                node_name: None,
+                node_name: vm_node(n.vm_id.as_deref()),
                 primary_ip: n.addresses.primary_ip.clone().unwrap_or_default(),
                 provisioning_state: n.provisioning_state.clone(),
                 ready: ready(&n.provisioning_state, &n.addresses),
@@ -306,9 +351,9 @@ pub fn pool_status(
         READY,
         all_ready,
         if all_ready {
-            "InstancesReady"
+            REASON_INSTANCES_READY
         } else {
-            "InstancesNotReady"
+            REASON_INSTANCES_NOT_READY
         },
         &msg,
         generation,
@@ -318,9 +363,9 @@ pub fn pool_status(
         DEGRADED,
         !all_ready && ready_instances > 0,
         if !all_ready && ready_instances > 0 {
-            "SomeInstancesNotReady"
+            REASON_SOME_INSTANCES_NOT_READY
         } else {
-            "AsExpected"
+            REASON_AS_EXPECTED
         },
         &msg,
         generation,
@@ -368,6 +413,91 @@ pub fn pool_key(r: &PoolRef) -> String {
                 resource_group.to_ascii_lowercase(),
                 name.to_ascii_lowercase()
             )
+        }
+    }
+}
+
+/// Upstream's three controllers, whose per-object metric series the operator keeps emitting (one pool pass
+/// reconciles every configuration on the pool; each configuration gets the series its upstream objects had).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Layer {
+    /// StaticGatewayConfiguration controller: rules, finalizer, key Secret, status.
+    Sgc,
+    /// GatewayLBConfiguration controller: the load balancer.
+    Lb,
+    /// GatewayVMConfiguration controller: prefixes, scale set, instances, NICs, public IPs.
+    Vm,
+}
+
+impl Layer {
+    /// Upstream's `operation` label value.
+    pub fn operation(self, deleting: bool) -> &'static str {
+        match (self, deleting) {
+            (Layer::Sgc, false) => "reconcile_static_gateway_configuration",
+            (Layer::Sgc, true) => "delete_static_gateway_configuration",
+            (Layer::Lb, false) => "reconcile_gateway_lb_configuration",
+            (Layer::Lb, true) => "delete_gateway_lb_configuration",
+            (Layer::Vm, false) => "reconcile_gateway_vm_configuration",
+            (Layer::Vm, true) => "delete_gateway_vm_configuration",
+        }
+    }
+
+    /// The layers an Azure-half failure belongs to: load-balancer calls to the LB controller's series,
+    /// everything else (prefixes, scale set, instances, NICs, public IPs) to the VM controller's; a pool that
+    /// cannot be found or has no UID failed both, as upstream's two `loadPool`s would.
+    pub fn of_pool_error(e: &PoolError) -> &'static [Layer] {
+        match e {
+            PoolError::NotFound(_) | PoolError::NoUid(_) => &[Layer::Lb, Layer::Vm],
+            PoolError::Arm(a) if a.operation.to_ascii_lowercase().contains("loadbalancers") => &[Layer::Lb],
+            PoolError::PrefixSize(_) | PoolError::Problem(_) | PoolError::Arm(_) => &[Layer::Vm],
+        }
+    }
+}
+
+/// One configuration's part in a pool pass, for the metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigReport {
+    /// lower(`namespace/name`), upstream's `resource` label.
+    pub resource: String,
+    /// Reconciled for deletion.
+    pub deleting: bool,
+    /// Passed the rules: upstream would have had LB and VM configurations for it.
+    pub in_azure: bool,
+    /// Layers that failed.
+    pub failed: BTreeSet<Layer>,
+}
+
+/// What a pool pass did per configuration uid.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// By configuration uid.
+    pub configs: BTreeMap<String, ConfigReport>,
+}
+
+impl PassReport {
+    fn record(&mut self, sgc: &StaticGatewayConfiguration, in_azure: bool) {
+        let resource =
+            format!("{}/{}", sgc.namespace().unwrap_or_default(), sgc.name_any()).to_ascii_lowercase();
+        self.configs.insert(
+            sgc.uid().unwrap_or_default(),
+            ConfigReport {
+                resource,
+                deleting: sgc.metadata.deletion_timestamp.is_some(),
+                in_azure,
+                failed: BTreeSet::new(),
+            },
+        );
+    }
+
+    fn fail(&mut self, uid: &str, layers: &[Layer]) {
+        if let Some(c) = self.configs.get_mut(uid) {
+            c.failed.extend(layers.iter().copied());
+        }
+    }
+
+    fn fail_all(&mut self, layers: &[Layer]) {
+        for c in self.configs.values_mut().filter(|c| c.in_azure) {
+            c.failed.extend(layers.iter().copied());
         }
     }
 }
@@ -618,7 +748,10 @@ impl Operator {
         }
     }
 
-    /// Reconciles every configuration on one pool together.
+    /// Reconciles every configuration on one pool together. Metrics: one `reconcile_gateway_pool` series per
+    /// pool, and upstream's per-object series (`reconcile_static_gateway_configuration`,
+    /// `reconcile_gateway_lb_configuration`, `reconcile_gateway_vm_configuration` and their `delete_` forms)
+    /// for every configuration the pass reconciled, with the pass's duration as their latency.
     pub async fn reconcile_pool(
         &self,
         pool_ref: &PoolRef,
@@ -627,29 +760,69 @@ impl Operator {
         nodes: &[Arc<Node>],
     ) -> Result<(), Error> {
         let started = Instant::now();
-        let result = self.reconcile_pool_inner(pool_ref, sgcs, pools, nodes).await;
-        let labels = LatencyLabels {
+        let mut report = PassReport::default();
+        let result = self
+            .reconcile_pool_inner(pool_ref, sgcs, pools, nodes, &mut report)
+            .await;
+        if let Err(Error::Kube(_)) = &result {
+            // A Kubernetes failure stops the pass: nobody got a complete reconcile of their own part.
+            for c in report.configs.values_mut() {
+                c.failed.insert(Layer::Sgc);
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let latency = |operation: &str, sub: &str, rg: &str| LatencyLabels {
             namespace: self.namespace.clone(),
-            operation: "reconcile_gateway_pool".into(),
-            subscription_id: self.cfg.subscription_id.clone(),
-            resource_group: self.cfg.resource_group.clone(),
+            operation: operation.into(),
+            subscription_id: sub.into(),
+            resource_group: rg.into(),
         };
+        let fail = |operation: &str, sub: &str, rg: &str, resource: &str| FailLabels {
+            namespace: self.namespace.clone(),
+            operation: operation.into(),
+            subscription_id: sub.into(),
+            resource_group: rg.into(),
+            resource: resource.into(),
+        };
+        let (sub, rg) = (
+            self.cfg.subscription_id.as_str(),
+            self.cfg.resource_group.as_str(),
+        );
         self.metrics
             .reconcile_latency
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+            .get_or_create(&latency("reconcile_gateway_pool", sub, rg))
+            .observe(elapsed);
         if let Err(e) = &result {
             tracing::warn!(pool = %pool_ref, error = %e, "pool reconcile failed");
             self.metrics
                 .reconcile_fail
-                .get_or_create(&FailLabels {
-                    namespace: self.namespace.clone(),
-                    operation: "reconcile_gateway_pool".into(),
-                    subscription_id: self.cfg.subscription_id.clone(),
-                    resource_group: self.cfg.resource_group.clone(),
-                    resource: pool_key(pool_ref),
-                })
+                .get_or_create(&fail("reconcile_gateway_pool", sub, rg, &pool_key(pool_ref)))
                 .inc();
+        }
+        for c in report.configs.values() {
+            let layers: &[Layer] = if c.in_azure {
+                &[Layer::Sgc, Layer::Lb, Layer::Vm]
+            } else {
+                &[Layer::Sgc]
+            };
+            for layer in layers {
+                let (sub, rg) = match layer {
+                    Layer::Sgc => ("n/a", "n/a"),
+                    Layer::Lb => (sub, self.cfg.load_balancer_resource_group.as_str()),
+                    Layer::Vm => (sub, rg),
+                };
+                let operation = layer.operation(c.deleting);
+                self.metrics
+                    .reconcile_latency
+                    .get_or_create(&latency(operation, sub, rg))
+                    .observe(elapsed);
+                if c.failed.contains(layer) {
+                    self.metrics
+                        .reconcile_fail
+                        .get_or_create(&fail(operation, sub, rg, &c.resource))
+                        .inc();
+                }
+            }
         }
         result
     }
@@ -660,6 +833,7 @@ impl Operator {
         sgcs: &[Arc<StaticGatewayConfiguration>],
         pools: &[Arc<GatewayPool>],
         nodes: &[Arc<Node>],
+        report: &mut PassReport,
     ) -> Result<(), Error> {
         let pool_obj = pools
             .iter()
@@ -695,6 +869,7 @@ impl Operator {
             };
             if deleting {
                 if sgc.finalizers().iter().any(|f| f == SGC_FINALIZER) {
+                    report.record(sgc, true);
                     configs.push((
                         sgc.clone(),
                         Config {
@@ -708,10 +883,13 @@ impl Operator {
             }
             let verdict = validate_sgc(&sgc.spec, None, &facts);
             if !verdict.is_allowed() {
+                report.record(sgc, false);
+                report.fail(&uid, &[Layer::Sgc]);
                 self.write_status(sgc, &Outcome::Invalid(verdict.message()), None)
                     .await?;
                 continue;
             }
+            report.record(sgc, true);
             self.add_finalizer(sgc).await?;
             let key = self.ensure_key_secret(sgc).await?;
             keys.insert(uid.clone(), key);
@@ -736,6 +914,9 @@ impl Operator {
             Err(PoolError::NotFound(m)) => {
                 // Nothing to clean on a pool that is gone, except the LB rules and prefixes (found by name).
                 for (sgc, c) in &configs {
+                    if !c.deleting {
+                        report.fail(&c.uid, &[Layer::Lb, Layer::Vm]);
+                    }
                     if c.deleting {
                         self.cleanup_without_pool(c).await?;
                         self.finish_deletion(sgc).await?;
@@ -748,6 +929,7 @@ impl Operator {
                 return Ok(());
             }
             Err(e @ PoolError::PrefixSize(_)) => {
+                report.fail_all(Layer::of_pool_error(&e));
                 for (sgc, c) in configs.iter() {
                     if c.deleting {
                         continue;
@@ -758,7 +940,10 @@ impl Operator {
                 }
                 return Err(e.into());
             }
-            Err(e) => return self.fail_all(&configs, &keys, e).await,
+            Err(e) => {
+                report.fail_all(Layer::of_pool_error(&e));
+                return self.fail_all(&configs, &keys, e).await;
+            }
         };
 
         // BYO prefixes: same subscription, right length (upstream's checks), CIDR for the status.
@@ -776,6 +961,7 @@ impl Operator {
                     byo_cidrs.insert(crate::desired::last_segment(prefix_id).to_ascii_lowercase(), cidr);
                 }
                 Err(outcome) => {
+                    report.fail(&c.uid, &[Layer::Vm]);
                     let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
                     self.write_status(sgc, &outcome, key).await?;
                     blocked.insert(c.uid.clone());
@@ -799,7 +985,10 @@ impl Operator {
         .await
         {
             Ok(o) => o,
-            Err(e) => return self.fail_all(&configs, &keys, e).await,
+            Err(e) => {
+                report.fail_all(Layer::of_pool_error(&e));
+                return self.fail_all(&configs, &keys, e).await;
+            }
         };
         tracing::info!(pool = %pool_ref, writes = outcome.writes, "pool reconciled");
         let pending_ops = outcome
@@ -825,7 +1014,7 @@ impl Operator {
                 .filter(|c| !c.deleting && !outcome.plan.problems.contains_key(&c.uid))
                 .map(|c| api::names::managed_resource_name(&c.uid))
                 .collect();
-            let node_names: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+            let node_ids: Vec<NodeIdentity> = nodes.iter().map(|n| NodeIdentity::of(n)).collect();
             let old = p.status.clone().unwrap_or_default();
             let new = pool_status(
                 &old,
@@ -833,7 +1022,7 @@ impl Operator {
                 &resolved.pool,
                 &outcome.state,
                 &wanted,
-                &node_names,
+                &node_ids,
             );
             if new != old {
                 Api::<GatewayPool>::all(self.client.clone())
@@ -856,9 +1045,13 @@ impl Operator {
             let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
             let o = match outcome.plan.problems.get(&c.uid) {
                 Some(p @ ConfigProblem::PrefixSizeMismatch { .. }) => {
+                    report.fail(&c.uid, &[Layer::Vm]);
                     Outcome::PrefixSizeMismatch(p.to_string())
                 }
-                Some(p) => Outcome::Blocked(p.to_string()),
+                Some(p @ ConfigProblem::NoAvailablePorts(_)) => {
+                    report.fail(&c.uid, &[Layer::Lb]);
+                    Outcome::Blocked(p.to_string())
+                }
                 None => Outcome::Provisioned(outcome.facts.get(&c.uid).cloned().unwrap_or_default()),
             };
             self.write_status(sgc, &o, key).await?;
@@ -874,7 +1067,7 @@ impl Operator {
     ) -> Result<(), Error> {
         let (reason, message) = match &e {
             PoolError::Arm(a) => (a.reason(), a.to_string()),
-            other => ("AzureError", other.to_string()),
+            other => (REASON_AZURE_ERROR, other.to_string()),
         };
         for (sgc, c) in configs.iter() {
             if c.deleting {
@@ -926,53 +1119,13 @@ impl Operator {
     /// The pool is gone from Azure: remove the configuration's rule and probe (by name) and its managed prefix.
     async fn cleanup_without_pool(&self, c: &Config) -> Result<(), Error> {
         let cfg = &self.cfg;
-        if let Some(lb_json) = self
-            .arm
-            .get_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
-            .await
-            .map_err(PoolError::from)?
-        {
-            let lb = crate::arm_json::lb_from_json(&lb_json);
-            let pool_uid = lb
-                .rules
-                .iter()
-                .find(|r| r.name.eq_ignore_ascii_case(&c.uid))
-                .and_then(|r| r.frontend.clone());
-            if let Some(uid) = pool_uid {
-                let pool = crate::desired::Pool {
-                    uid,
-                    kind: crate::desired::PoolKind::Vmss,
-                    prefix_len: 31,
-                };
-                let env = pool::env_of(cfg, self.probe_port);
-                let plan = crate::desired::plan_lb(
-                    &pool,
-                    std::slice::from_ref(c),
-                    &BTreeMap::new(),
-                    Some(&lb),
-                    &env,
-                );
-                match plan.write {
-                    crate::desired::LbWrite::Keep => {}
-                    crate::desired::LbWrite::Delete => self
-                        .arm
-                        .delete_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
-                        .await
-                        .map_err(PoolError::from)?,
-                    crate::desired::LbWrite::Put { lb: desired, .. } => {
-                        let body = crate::arm_json::merge_lb(
-                            Some(&lb_json),
-                            &desired,
-                            &cfg.load_balancer_id(),
-                            &cfg.load_balancer_name,
-                            &cfg.location,
-                        );
-                        self.arm
-                            .put_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name, body)
-                            .await
-                            .map_err(PoolError::from)?;
-                    }
+        let mut refetches = 0;
+        loop {
+            match self.remove_rule_without_pool(c).await {
+                Err(e) if e.is_precondition_failed() && refetches < pool::MAX_PRECONDITION_REFETCHES => {
+                    refetches += 1;
                 }
+                r => break r.map_err(PoolError::from)?,
             }
         }
         let name = api::names::managed_resource_name(&c.uid);
@@ -994,6 +1147,62 @@ impl Operator {
                 .map_err(PoolError::from)?;
         }
         Ok(())
+    }
+
+    /// Removes a configuration's rule and probe (and the pool's frontend/backend when unused, or the whole load
+    /// balancer) by name, with the load balancer's ETag: a concurrent change gives 412 and the caller re-reads.
+    async fn remove_rule_without_pool(&self, c: &Config) -> Result<(), ArmError> {
+        let cfg = &self.cfg;
+        let Some(lb_json) = self
+            .arm
+            .get_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
+            .await?
+        else {
+            return Ok(());
+        };
+        let expect = crate::azure::Expect::read_as(Some(&lb_json));
+        let lb = crate::arm_json::lb_from_json(&lb_json);
+        let Some(uid) = lb
+            .rules
+            .iter()
+            .find(|r| r.name.eq_ignore_ascii_case(&c.uid))
+            .and_then(|r| r.frontend.clone())
+        else {
+            return Ok(());
+        };
+        let pool = crate::desired::Pool {
+            uid,
+            kind: crate::desired::PoolKind::Vmss,
+            prefix_len: 31,
+        };
+        let env = pool::env_of(cfg, self.probe_port);
+        let plan = crate::desired::plan_lb(&pool, std::slice::from_ref(c), &BTreeMap::new(), Some(&lb), &env);
+        match plan.write {
+            crate::desired::LbWrite::Keep => Ok(()),
+            crate::desired::LbWrite::Delete => {
+                self.arm
+                    .delete_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name, expect)
+                    .await
+            }
+            crate::desired::LbWrite::Put { lb: desired, .. } => {
+                let body = crate::arm_json::merge_lb(
+                    Some(&lb_json),
+                    &desired,
+                    &cfg.load_balancer_id(),
+                    &cfg.load_balancer_name,
+                    &cfg.location,
+                );
+                self.arm
+                    .put_lb(
+                        &cfg.load_balancer_resource_group,
+                        &cfg.load_balancer_name,
+                        body,
+                        expect,
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        }
     }
 
     /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
@@ -1262,6 +1471,63 @@ mod tests {
         let mut object = json!({"status": old_pool});
         json_patch::merge(&mut object, &status_patch(&old_pool, &new_pool));
         assert_eq!(object, json!({ "status": new_pool }));
+    }
+
+    #[test]
+    fn vm_pool_instances_name_the_node_of_their_vm() {
+        use crate::desired::{AzureState, NicAddresses, Pool, PoolKind, VmNic};
+        let vm = |n: &str| {
+            format!("/subscriptions/s/resourceGroups/MC_rg/providers/Microsoft.Compute/virtualMachines/{n}")
+        };
+        let nic = |name: &str, vm_id: Option<String>| VmNic {
+            name: name.into(),
+            provisioning_state: "Succeeded".into(),
+            nic: crate::desired::Nic::default(),
+            addresses: NicAddresses {
+                primary_ip: Some("10.0.0.4".into()),
+                by_ip_config: BTreeMap::new(),
+            },
+            vm_id,
+        };
+        let state = AzureState {
+            vm_nics: vec![
+                nic("aks-gw-vm0-nic", Some(vm("aks-gw-vm0"))),
+                nic("aks-gw-vm1-nic", Some(vm("aks-gw-vm1"))),
+                nic("aks-gw-spare-nic", None),
+            ],
+            ..AzureState::default()
+        };
+        let nodes = [
+            // The cloud provider's providerID (lower-cased resource group), Node named otherwise.
+            NodeIdentity {
+                name: "node-a".into(),
+                provider_id: Some(format!("azure://{}", vm("aks-gw-vm0").to_ascii_lowercase())),
+            },
+            // No providerID yet: the Node is named after its VM, as AKS does.
+            NodeIdentity {
+                name: "aks-gw-vm1".into(),
+                provider_id: None,
+            },
+        ];
+        let pool = Pool {
+            uid: "u".into(),
+            kind: PoolKind::Vm,
+            prefix_len: 31,
+        };
+        let st = pool_status(&Default::default(), Some(1), &pool, &state, &[], &nodes);
+        let names: Vec<(&str, Option<&str>)> = st
+            .instances
+            .iter()
+            .map(|i| (i.name.as_str(), i.node_name.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("aks-gw-vm0-nic", Some("node-a")),
+                ("aks-gw-vm1-nic", Some("aks-gw-vm1")),
+                ("aks-gw-spare-nic", None),
+            ]
+        );
     }
 
     #[test]

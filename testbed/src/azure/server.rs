@@ -58,6 +58,13 @@ pub struct FaultSpec {
     /// must cope with a write that happened although it saw an error).
     #[serde(default)]
     pub after_apply: bool,
+    /// Another client's write racing this request: before the matching request is handled, this JSON is
+    /// merged into the resource the request addresses and the resource gets a new ETag (as any write does).
+    /// The request itself then proceeds normally, so a write that carries the `If-Match` it read earlier
+    /// gets 412 `PreconditionFailed`, and one without `If-Match` silently overwrites the other write. Give
+    /// the fault a status below 400 (e.g. 200) so that nothing else is injected.
+    #[serde(default)]
+    pub concurrent_patch: Option<Value>,
 }
 
 fn default_fault_code() -> String {
@@ -77,6 +84,7 @@ impl FaultSpec {
             retry_after_ms: None,
             latency_ms: None,
             after_apply: false,
+            concurrent_patch: None,
         }
     }
 
@@ -86,6 +94,16 @@ impl FaultSpec {
             method: None,
             retry_after_ms: Some(retry_after_ms),
             ..Self::new("", path_regex, count, 429, "TooManyRequests")
+        }
+    }
+
+    /// Before each of the next `count` `method` calls on paths matching `path_regex`, someone else writes the
+    /// addressed resource: `patch` is merged into it and its ETag changes (the race between a caller's GET
+    /// and its PUT/DELETE). The call itself is then answered normally.
+    pub fn concurrent_write(method: &str, path_regex: &str, count: u32, patch: Value) -> Self {
+        Self {
+            concurrent_patch: Some(patch),
+            ..Self::new(method, path_regex, count, 200, "ConcurrentWrite")
         }
     }
 }
@@ -327,6 +345,7 @@ impl SimState {
             retry_after_ms: Some(wait_ms),
             latency_ms: None,
             after_apply: false,
+            concurrent_patch: None,
         })
     }
 }
@@ -392,6 +411,10 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
             && path.starts_with("/subscriptions/");
         if hit.is_none() && is_write {
             hit = s.take_write_budget();
+        }
+        if let Some(patch) = hit.as_ref().and_then(|f| f.concurrent_patch.as_ref()) {
+            // A resource that does not exist has nobody racing on it: nothing to change.
+            let _ = s.world.patch_resource(&path, patch);
         }
         let extra = hit
             .as_ref()

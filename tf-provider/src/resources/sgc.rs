@@ -500,7 +500,7 @@ mod tests {
             "metadata": {"name": "egress", "namespace": "app", "generation": 1},
             "spec": {"gatewayNodepoolName": "gwpool", "excludeCidrs": ["10.0.0.0/8"]},
             "status": {"egressIpPrefix": "20.1.2.4/31",
-                       "conditions": [{"type": "Ready", "status": "True", "reason": "Provisioned", "message": "",
+                       "conditions": [{"type": api::names::CONDITION_READY, "status": "True", "reason": api::names::REASON_PROVISIONED, "message": "",
                                        "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": 1}]}
         }))
         .expect("object");

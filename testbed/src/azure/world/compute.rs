@@ -100,7 +100,7 @@ impl World {
                 "networkProfileConfiguration": {"networkInterfaceConfigurations": nic_configs},
             }
         });
-        self.resources.insert(key(&id), v);
+        self.store(&id, v);
         self.apply_instance_network(&id)?;
         self.get_or_404(&id)
     }

@@ -264,13 +264,15 @@ impl World {
         }
     }
 
-    /// Out-of-band change (as if someone used the portal): merges `patch` into the stored resource.
+    /// Out-of-band change (as if someone used the portal): merges `patch` into the stored resource. Like
+    /// every write, it gives the resource a new ETag.
     pub fn patch_resource(&mut self, id: &str, patch: &Value) -> Result<Value, ArmError> {
         let v = self
             .resources
             .get_mut(&key(id))
             .ok_or_else(|| ArmError::not_found(id))?;
         merge(v, patch);
+        ensure_object(v).insert("etag".into(), json!(new_etag()));
         Ok(v.clone())
     }
 
