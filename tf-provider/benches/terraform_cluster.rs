@@ -75,7 +75,9 @@ async fn round(n: usize, parallelism: Option<usize>) -> [Duration; 4] {
     let shown = ws.show().await;
     let prefixes = shown.output("egress_prefixes");
     assert_eq!(
-        prefixes.as_array().map(|a| a.iter().filter(|p| p.is_string()).count()),
+        prefixes
+            .as_array()
+            .map(|a| a.iter().filter(|p| p.is_string()).count()),
         Some(n),
         "every configuration has its prefix"
     );
