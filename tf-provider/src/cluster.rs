@@ -177,9 +177,25 @@ impl From<kube::Error> for ClusterError {
                 },
                 code: s.code,
             },
-            other => ClusterError::Transport(other.to_string()),
+            other => ClusterError::Transport(with_causes(&other)),
         }
     }
+}
+
+/// An error with its whole source chain: kube-rs and hyper put the useful part (`Connection refused`, a
+/// certificate problem) in the sources, and their own message alone says only `client error (Connect)`.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Reads an object; `None` when it does not exist.
@@ -191,13 +207,47 @@ where
 }
 
 /// Server-side applies a manifest under the provider's field manager (taking over conflicting fields:
-/// Terraform's configuration is the source of truth for the fields it sets).
-pub async fn apply<K>(api: &Api<K>, name: &str, manifest: &serde_json::Value) -> Result<K, ClusterError>
+/// Terraform's configuration is the source of truth for the fields it sets), then removes the `managed`
+/// spec fields the manifest leaves out but the object still has. Server-side apply alone keeps those when
+/// another manager set them (`kubectl edit`, a merge patch): the configuration would never win over that
+/// drift, and the state Terraform records would not be the object.
+pub async fn apply<K>(
+    api: &Api<K>,
+    name: &str,
+    manifest: &serde_json::Value,
+    managed: &[String],
+) -> Result<K, ClusterError>
 where
-    K: kube::Resource + Clone + DeserializeOwned + fmt::Debug,
+    K: kube::Resource + Clone + DeserializeOwned + serde::Serialize + fmt::Debug,
 {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api.patch(name, &params, &Patch::Apply(manifest)).await?)
+    let obj = api.patch(name, &params, &Patch::Apply(manifest)).await?;
+    let spec = serde_json::to_value(&obj)
+        .ok()
+        .and_then(|v| v.get("spec").cloned())
+        .unwrap_or_default();
+    let stale = stale_fields(&spec, &manifest["spec"], managed);
+    if stale.is_empty() {
+        return Ok(obj);
+    }
+    let removal: serde_json::Map<String, serde_json::Value> =
+        stale.into_iter().map(|f| (f, serde_json::Value::Null)).collect();
+    let patch = serde_json::json!({ "spec": removal });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    Ok(api.patch(name, &params, &Patch::Merge(&patch)).await?)
+}
+
+/// The `managed` fields `remote` has and `wanted` does not.
+fn stale_fields(remote: &serde_json::Value, wanted: &serde_json::Value, managed: &[String]) -> Vec<String> {
+    managed
+        .iter()
+        .filter(|f| wanted.get(f.as_str()).is_none_or(serde_json::Value::is_null))
+        .filter(|f| remote.get(f.as_str()).is_some_and(|v| !v.is_null()))
+        .cloned()
+        .collect()
 }
 
 /// Polls until `done` holds for the object, bounded by `timeout`; `describe` explains the last state seen
@@ -283,6 +333,48 @@ mod tests {
         assert_eq!(pc.host.as_deref(), Some("https://k"));
         let dbg = format!("{pc:?}");
         assert!(!dbg.contains("secret-token"), "{dbg}");
+    }
+
+    #[test]
+    fn fields_left_out_of_the_manifest_are_removed_when_the_object_has_them() {
+        let managed = [
+            "excludeCidrs".to_string(),
+            "defaultRoute".to_string(),
+            "publicIpPrefixId".to_string(),
+        ];
+        let remote = serde_json::json!({"excludeCidrs": ["10.0.0.0/8"], "defaultRoute": "staticEgressGateway", "other": 1});
+        let wanted = serde_json::json!({"defaultRoute": "staticEgressGateway"});
+        assert_eq!(
+            stale_fields(&remote, &wanted, &managed),
+            vec!["excludeCidrs".to_string()]
+        );
+        let wanted =
+            serde_json::json!({"defaultRoute": "staticEgressGateway", "excludeCidrs": ["10.0.0.0/8"]});
+        assert!(stale_fields(&remote, &wanted, &managed).is_empty());
+    }
+
+    #[test]
+    fn transport_errors_name_their_cause() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        ));
+        assert_eq!(
+            with_causes(&e),
+            "client error (Connect): Connection refused (os error 111)"
+        );
     }
 
     #[tokio::test]

@@ -16,6 +16,8 @@ use crate::value::Value;
 
 const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a pool's create or update waits for the operator to take the pool on.
+const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What ConfigureProvider left us with.
 #[derive(Default)]
@@ -202,7 +204,10 @@ impl Provider {
         }
     }
 
-    async fn apply(&self, kind: Kind, prior: &Value, planned: &Value) -> Result<Value, pb::Diagnostic> {
+    /// Applies a planned change. A failure after the object was written (a wait that ran out of time or was
+    /// interrupted) carries the object's state as it is in the cluster, so that Terraform records the object
+    /// (tainted, when it was being created) instead of forgetting it.
+    async fn apply(&self, kind: Kind, prior: &Value, planned: &Value) -> Result<Value, ApplyFailure> {
         let client = self.client().await?;
         let mut stop = self.stop_tx.subscribe();
         if planned.is_null() {
@@ -221,40 +226,79 @@ impl Provider {
             };
             return result
                 .map(|()| Value::Null)
-                .map_err(|e| cluster_diag("Cannot delete", &e));
+                .map_err(|e| cluster_diag(&format!("Cannot delete {}", kind.display_id(prior)), &e).into());
         }
         let op = if prior.is_null() { Op::Create } else { Op::Update };
-        let timeout = resources::timeout(planned, op, DEFAULT_CREATE_TIMEOUT)?;
-        let remote = match kind {
+        match kind {
             Kind::Sgc => {
+                let timeout = resources::timeout(planned, op, DEFAULT_CREATE_TIMEOUT)?;
                 let (ns, name) = sgc_key(planned);
                 let api: kube::Api<api::StaticGatewayConfiguration> = kube::Api::namespaced(client, &ns);
                 let summary = format!("Cannot apply StaticGatewayConfiguration {ns}/{name}");
-                cluster::apply(&api, &name, &sgc::manifest(planned))
+                cluster::apply(&api, &name, &sgc::manifest(planned), &kind.spec_fields())
                     .await
                     .map_err(|e| cluster_diag(&summary, &e))?;
-                let obj = cluster::wait_for(&api, &name, timeout, &mut stop, sgc::is_ready, |o| {
+                let waited = cluster::wait_for(&api, &name, timeout, &mut stop, sgc::is_ready, |o| {
                     describe_conditions(o.and_then(|o| o.status.as_ref()).map(|s| s.conditions.as_slice()))
                 })
-                .await
-                .map_err(|e| {
-                    cluster_diag(
-                        &format!("StaticGatewayConfiguration {ns}/{name} did not become Ready"),
-                        &e,
-                    )
-                })?;
-                sgc::state_from_object(planned, &obj)
+                .await;
+                let state = |obj: &api::StaticGatewayConfiguration| {
+                    merge_planned(planned, sgc::state_from_object(planned, obj))
+                };
+                match waited {
+                    Ok(obj) => Ok(state(&obj)),
+                    Err(e) => Err(ApplyFailure {
+                        diagnostic: cluster_diag(
+                            &format!("StaticGatewayConfiguration {ns}/{name} did not become Ready"),
+                            &e,
+                        ),
+                        state: cluster::get(&api, &name).await.ok().flatten().map(|o| state(&o)),
+                    }),
+                }
             }
             Kind::Pool => {
+                let timeout = resources::timeout(planned, op, DEFAULT_POOL_TIMEOUT)?;
                 let name = planned.get("name").as_str().unwrap_or_default().to_string();
                 let api: kube::Api<api::GatewayPool> = kube::Api::all(client);
-                let obj = cluster::apply(&api, &name, &pool::manifest(planned))
+                cluster::apply(&api, &name, &pool::manifest(planned), &kind.spec_fields())
                     .await
                     .map_err(|e| cluster_diag(&format!("Cannot apply GatewayPool {name}"), &e))?;
-                pool::state_from_object(planned, &obj)
+                let waited = cluster::wait_for(
+                    &api,
+                    &name,
+                    timeout,
+                    &mut stop,
+                    pool::is_ready,
+                    pool::describe_wait,
+                )
+                .await;
+                let state =
+                    |obj: &api::GatewayPool| merge_planned(planned, pool::state_from_object(planned, obj));
+                match waited {
+                    Ok(obj) => Ok(state(&obj)),
+                    Err(e) => Err(ApplyFailure {
+                        diagnostic: cluster_diag(&format!("GatewayPool {name} is not ready"), &e),
+                        state: cluster::get(&api, &name).await.ok().flatten().map(|o| state(&o)),
+                    }),
+                }
             }
-        };
-        Ok(merge_planned(planned, remote))
+        }
+    }
+}
+
+/// Why an apply failed, and the object's state when it exists in the cluster nonetheless.
+#[derive(Debug)]
+struct ApplyFailure {
+    diagnostic: pb::Diagnostic,
+    state: Option<Value>,
+}
+
+impl From<pb::Diagnostic> for ApplyFailure {
+    fn from(diagnostic: pb::Diagnostic) -> Self {
+        ApplyFailure {
+            diagnostic,
+            state: None,
+        }
     }
 }
 
@@ -555,8 +599,16 @@ impl ProviderService for Provider {
         };
         match self.apply(kind, &prior, &planned).await {
             Ok(state) => respond(encode(&state), vec![]),
-            // On failure keep the prior state: the object may or may not have changed; refresh will tell.
-            Err(d) => respond(r.prior_state.clone(), vec![d]),
+            // Written but not ready: record the object as it is (Terraform taints a failed create).
+            Err(ApplyFailure {
+                diagnostic,
+                state: Some(state),
+            }) => respond(encode(&state), vec![diagnostic]),
+            // Not written (refused, unreachable): keep the prior state; refresh will tell if anything changed.
+            Err(ApplyFailure {
+                diagnostic,
+                state: None,
+            }) => respond(r.prior_state.clone(), vec![diagnostic]),
         }
     }
 

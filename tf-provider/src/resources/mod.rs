@@ -77,6 +77,27 @@ impl Kind {
         }
     }
 
+    /// The spec fields (CRD spelling) the resource manages: every configurable attribute and block but the
+    /// identity and `timeouts`.
+    pub fn spec_fields(self) -> Vec<String> {
+        let schema = self.resource_schema();
+        let identity = self.identity();
+        schema
+            .attributes
+            .iter()
+            .filter(|a| (a.required || a.optional) && !identity.contains(&a.name))
+            .map(|a| a.name)
+            .chain(
+                schema
+                    .blocks
+                    .iter()
+                    .filter(|b| b.name != "timeouts")
+                    .map(|b| b.name),
+            )
+            .map(diag::camel_case)
+            .collect()
+    }
+
     /// Plan-time rule check of a (possibly partly unknown) configuration, as an in-place update of
     /// `prior` when given.
     pub fn validate(self, config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
@@ -557,6 +578,30 @@ mod tests {
             vec![
                 ("default_route".to_string(), Value::str("staticEgressGateway")),
                 ("provision_public_ips".to_string(), Value::Bool(true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn managed_spec_fields_are_the_configurable_ones_in_crd_spelling() {
+        assert_eq!(
+            Kind::Pool.spec_fields(),
+            vec![
+                "gatewayNodepoolName",
+                "publicIpPrefixSize",
+                "instanceCount",
+                "gatewayVmssProfile"
+            ]
+        );
+        assert_eq!(
+            Kind::Sgc.spec_fields(),
+            vec![
+                "gatewayNodepoolName",
+                "defaultRoute",
+                "provisionPublicIps",
+                "publicIpPrefixId",
+                "excludeCidrs",
+                "gatewayVmssProfile"
             ]
         );
     }

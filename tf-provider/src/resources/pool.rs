@@ -57,7 +57,7 @@ pub fn resource_schema() -> Block {
                 max_items: 1,
                 force_new: true,
             },
-            timeouts_block("How long delete waits for the pool to be gone (default `5m`)."),
+            timeouts_block("How long apply waits for the operator to take the pool on, and for its instances to be Ready once configurations use it (default create/update `5m`), and delete for the pool to be gone (default `5m`)."),
         ],
     }
 }
@@ -177,6 +177,51 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
     ])
 }
 
+/// Has the operator taken the pool on (its finalizer is on the object), without reporting its instances
+/// not Ready for the current generation? The operator publishes a pool's instances only once a
+/// configuration uses it, so a new pool has no Ready condition yet: its finalizer is the sign the operator
+/// runs and accepted it. Once the pool is in use, a Ready condition that is not `True` holds the wait.
+pub fn is_ready(obj: &GatewayPool) -> bool {
+    acknowledged(obj) && unready_condition(obj).is_none()
+}
+
+fn acknowledged(obj: &GatewayPool) -> bool {
+    obj.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == api::names::POOL_FINALIZER)
+}
+
+/// The Ready condition, when it is not `True` for the current generation.
+fn unready_condition(
+    obj: &GatewayPool,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let generation = obj.metadata.generation;
+    obj.status.as_ref()?.conditions.iter().find(|c| {
+        c.type_ == api::names::CONDITION_READY
+            && c.status != "True"
+            && (generation.is_none()
+                || c.observed_generation.is_none()
+                || c.observed_generation >= generation)
+    })
+}
+
+/// Why [`is_ready`] does not hold (for the timeout diagnostic).
+pub fn describe_wait(obj: Option<&GatewayPool>) -> String {
+    match obj {
+        None => "the GatewayPool does not exist (deleted meanwhile?)".to_string(),
+        Some(o) if !acknowledged(o) => format!(
+            "the operator has not taken the pool on (no {} finalizer; is the operator running?)",
+            api::names::POOL_FINALIZER
+        ),
+        Some(o) => match unready_condition(o) {
+            Some(c) => format!("Ready={} ({}: {})", c.status, c.reason, c.message),
+            None => "ready".to_string(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +284,42 @@ mod tests {
             error_paths(&validate(&nodepool_later)),
             vec!["instance_count".to_string()]
         );
+    }
+
+    fn pool_object(finalizer: bool, ready: Option<(&str, i64)>) -> GatewayPool {
+        let mut conditions = vec![];
+        if let Some((status, observed)) = ready {
+            conditions.push(
+                serde_json::json!({"type": "Ready", "status": status, "reason": "R", "message": "m",
+                "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": observed}),
+            );
+        }
+        let finalizers: Vec<&str> = if finalizer {
+            vec![api::names::POOL_FINALIZER]
+        } else {
+            vec![]
+        };
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
+            "metadata": {"name": "gw", "generation": 2, "finalizers": finalizers},
+            "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31},
+            "status": {"conditions": conditions}
+        }))
+        .expect("pool")
+    }
+
+    #[test]
+    fn a_pool_is_ready_once_the_operator_took_it_on_and_does_not_report_it_unready() {
+        assert!(!is_ready(&pool_object(false, None)));
+        assert!(describe_wait(Some(&pool_object(false, None))).contains("is the operator running?"));
+        // Not in use yet: no status, the finalizer is enough.
+        assert!(is_ready(&pool_object(true, None)));
+        assert!(is_ready(&pool_object(true, Some(("True", 2)))));
+        let unready = pool_object(true, Some(("False", 2)));
+        assert!(!is_ready(&unready));
+        assert_eq!(describe_wait(Some(&unready)), "Ready=False (R: m)");
+        // A verdict about an older generation does not hold the wait.
+        assert!(is_ready(&pool_object(true, Some(("False", 1)))));
     }
 
     #[test]

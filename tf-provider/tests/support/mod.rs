@@ -1,0 +1,572 @@
+//! A Terraform acceptance-test harness against the simulators: a Kubernetes API simulator with the real
+//! admission webhook registered, optionally the real operator against the Azure simulator, and Terraform
+//! working directories that run the real `terraform` CLI (dev_overrides, no `terraform init`) with the
+//! provider configured for a simulator user. Everything started here stops when dropped, also when a test
+//! fails half-way: the simulators and the webhook and operator tasks with the test's runtime, `terraform`
+//! processes through `kill_on_drop`, working directories through `TempDir`.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::{Value, json};
+use testbed::azure::{AzureSim, Seed};
+use testbed::kube::KubeSim;
+use webhook::facts::ClusterFacts as _;
+
+/// Namespace of the webhook Service and the operator's key Secrets.
+pub const SYSTEM_NS: &str = "kube-egress-gateway-system";
+/// Namespace the configurations go to.
+pub const APP_NS: &str = "app";
+/// The gateway node pool of `Seed::aks_like` (a VMSS with two instances, /31 prefixes).
+pub const NODEPOOL: &str = "gateway";
+/// Resource group and name of that VMSS.
+pub const VMSS: (&str, &str) = ("node-rg", "aks-gateway-12345678-vmss");
+const WEBHOOK_SVC: &str = "kube-egress-gateway-webhook";
+
+/// Polls `cond` until it holds, failing the test after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}
+
+/// The Kubernetes API simulator with CRDs, namespaces and the real webhook registered as the chart does.
+pub struct Cluster {
+    pub kube: KubeSim,
+    pub admin: kube::Client,
+    /// What the webhook knows (its watches), to wait until it has seen an object.
+    pub facts: webhook::facts::ReflectorFacts,
+    webhook_shutdown: tokio::sync::watch::Sender<bool>,
+    operator: Option<Operator>,
+}
+
+/// The real operator's work loop (`operator::run::run_operator`) against the Azure simulator.
+struct Operator {
+    azure: AzureSim,
+    baseline: Vec<String>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.task.abort();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.webhook_shutdown.send(true);
+    }
+}
+
+fn webhook_entry(name: &str, path: &str, resource: &str, ca: &str) -> Value {
+    json!({
+        "name": name,
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": "Fail",
+        "timeoutSeconds": 5,
+        "clientConfig": {"service": {"namespace": SYSTEM_NS, "name": WEBHOOK_SVC, "path": path, "port": 443}, "caBundle": ca},
+        "rules": [{"apiGroups": [api::names::GROUP], "apiVersions": ["*"], "resources": [resource],
+                   "operations": ["CREATE", "UPDATE"], "scope": "*"}],
+    })
+}
+
+impl Cluster {
+    /// Starts the simulator and the webhook; no operator yet.
+    pub async fn start() -> Cluster {
+        let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
+        let admin = kube.client("admin").expect("client");
+        let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+        for crd in api::crd::all() {
+            crds.create(&PostParams::default(), &crd).await.expect("CRD");
+        }
+        let namespaces: Api<Namespace> = Api::all(admin.clone());
+        for ns in [SYSTEM_NS, APP_NS] {
+            let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+            namespaces
+                .create(&PostParams::default(), &n)
+                .await
+                .expect("namespace");
+        }
+
+        let generated =
+            webhook::tls::self_signed(&[format!("{WEBHOOK_SVC}.{SYSTEM_NS}.svc")]).expect("certificate");
+        let facts = webhook::watch::start(admin.clone());
+        let state = Arc::new(webhook::server::AppState {
+            facts: Arc::new(facts.clone()),
+            policy: webhook::handlers::Policy {
+                podendpoint_writers: vec![],
+            },
+            metrics: Arc::new(webhook::metrics::Metrics::default()),
+            draining: Default::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        kube.map_service(SYSTEM_NS, WEBHOOK_SVC, listener.local_addr().expect("addr"));
+        let (webhook_shutdown, rx) = tokio::sync::watch::channel(false);
+        let tls =
+            Arc::new(webhook::tls::server_config(webhook::tls::CertStore::new(generated.key)).expect("tls"));
+        tokio::spawn(webhook::server::serve_tls(
+            listener,
+            tls,
+            webhook::server::admission_router(state),
+            rx,
+            Duration::from_secs(1),
+        ));
+        let ca = base64::engine::general_purpose::STANDARD.encode(&generated.ca_pem);
+        let sgc_name = "staticgatewayconfigurations.egressgateway.kubernetes.azure.com";
+        let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": "kube-egress-gateway"},
+            "webhooks": [webhook_entry(&format!("mutate.{sgc_name}"), "/mutate-staticgatewayconfiguration", "staticgatewayconfigurations", &ca)]
+        }))
+        .expect("mutating configuration");
+        let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": "kube-egress-gateway"},
+            "webhooks": [
+                webhook_entry(&format!("validate.{sgc_name}"), "/validate-staticgatewayconfiguration", "staticgatewayconfigurations", &ca),
+                webhook_entry("validate.gatewaypools.egressgateway.kubernetes.azure.com", "/validate-gatewaypool", "gatewaypools", &ca),
+            ]
+        }))
+        .expect("validating configuration");
+        Api::<MutatingWebhookConfiguration>::all(admin.clone())
+            .create(&PostParams::default(), &mutating)
+            .await
+            .expect("mutating webhook configuration");
+        Api::<ValidatingWebhookConfiguration>::all(admin.clone())
+            .create(&PostParams::default(), &validating)
+            .await
+            .expect("validating webhook configuration");
+        let cluster = Cluster {
+            kube,
+            admin,
+            facts,
+            webhook_shutdown,
+            operator: None,
+        };
+        let facts = cluster.facts.clone();
+        eventually("the webhook's watches synced", Duration::from_secs(15), || {
+            let f = facts.clone();
+            async move { f.synced() }
+        })
+        .await;
+        cluster
+    }
+
+    /// Starts the real operator (its watch loop, leading) against a fresh Azure simulator seeded with an
+    /// AKS-like cluster whose `gateway` node pool has two instances.
+    pub async fn start_operator(&mut self) {
+        let seed = Seed::aks_like(2);
+        let azure = AzureSim::start(&seed).await.expect("azure-sim");
+        // Long-running operations as Azure answers them (202 and polling), but finished by the next request:
+        // the operator's converging re-check comes 10 s later, which only slows the tests down.
+        azure.set_lro(testbed::azure::LroConfig {
+            in_progress_polls: 0,
+            max_duration_ms: 0,
+            ..Default::default()
+        });
+        let text = json!({
+            "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
+            "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
+            "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
+            "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": azure.url(),
+            "activeDirectoryAuthorityHost": azure.url()
+        })
+        .to_string();
+        let cfg = operator::config::CloudConfig::parse(&text, |_| None).expect("cloud config");
+        let metrics = operator::metrics::Metrics::new();
+        let retry = operator::azure::RetryBudget {
+            initial: Duration::from_millis(5),
+            max_delay: Duration::from_millis(200),
+            max_retries: 4,
+        };
+        let arm = operator::azure::Arm::new(
+            &cfg,
+            operator::azure::credential(&cfg).expect("credential"),
+            retry,
+            &metrics,
+        )
+        .expect("ARM clients");
+        let op = Arc::new(operator::reconcile::sgc::Operator::new(
+            self.admin.clone(),
+            arm,
+            cfg,
+            SYSTEM_NS.into(),
+            SYSTEM_NS.into(),
+            i32::from(api::names::DEFAULT_LB_PROBE_PORT),
+            metrics,
+        ));
+        let (_leading_tx, leading) = tokio::sync::watch::channel(true);
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let _keep_leading = _leading_tx;
+            operator::run::run_operator(op, leading, Default::default(), shutdown_rx).await
+        });
+        let baseline = azure_resources(&azure);
+        self.operator = Some(Operator {
+            azure,
+            baseline,
+            shutdown,
+            task,
+        });
+    }
+
+    /// Asserts that no GatewayPool, configuration or key Secret is left, and (with an operator) that the
+    /// Azure simulator holds exactly what it held before the operator started.
+    pub async fn assert_empty(&self) {
+        let pools: Api<api::GatewayPool> = Api::all(self.admin.clone());
+        let sgcs: Api<api::StaticGatewayConfiguration> = Api::all(self.admin.clone());
+        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), SYSTEM_NS);
+        let names = |v: Vec<String>| v.join(", ");
+        let left_pools = pools.list(&Default::default()).await.expect("list pools");
+        let left_sgcs = sgcs.list(&Default::default()).await.expect("list configurations");
+        let left_secrets = secrets.list(&Default::default()).await.expect("list secrets");
+        assert!(
+            left_pools.items.is_empty(),
+            "GatewayPools left: {}",
+            names(left_pools.items.iter().map(kube::ResourceExt::name_any).collect())
+        );
+        assert!(
+            left_sgcs.items.is_empty(),
+            "configurations left: {}",
+            names(left_sgcs.items.iter().map(kube::ResourceExt::name_any).collect())
+        );
+        assert!(
+            left_secrets.items.is_empty(),
+            "key Secrets left: {}",
+            names(
+                left_secrets
+                    .items
+                    .iter()
+                    .map(kube::ResourceExt::name_any)
+                    .collect()
+            )
+        );
+        if let Some(op) = &self.operator {
+            assert_eq!(azure_resources(&op.azure), op.baseline, "Azure resources leaked");
+        }
+    }
+
+    /// Waits until the webhook's cache knows the GatewayPool of a VMSS (its rule 4 check reads it).
+    pub async fn await_webhook_sees_vmss_pool(&self, resource_group: &str, name: &str) {
+        let pool = api::PoolRef::Vmss {
+            resource_group: resource_group.into(),
+            name: name.into(),
+        };
+        let facts = self.facts.clone();
+        eventually("the webhook saw the GatewayPool", Duration::from_secs(10), || {
+            let f = facts.clone();
+            let p = pool.clone();
+            async move { f.gateway_pool(&p).is_some() }
+        })
+        .await;
+    }
+
+    /// Terraform variables that configure the provider for a simulator user (`host`, `token`,
+    /// `cluster_ca_certificate`).
+    pub fn credentials(&self, user: &str) -> Vec<(String, String)> {
+        vec![
+            ("TF_VAR_host".into(), self.kube.url()),
+            (
+                "TF_VAR_token".into(),
+                self.kube.token(user).expect("user").to_string(),
+            ),
+            (
+                "TF_VAR_cluster_ca_certificate".into(),
+                self.kube.ca().cert_pem().to_string(),
+            ),
+        ]
+    }
+}
+
+fn azure_resources(sim: &AzureSim) -> Vec<String> {
+    let mut v: Vec<String> = sim.inventory()["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r.as_str().map(str::to_ascii_lowercase))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The provider block and its variables: credentials come from `TF_VAR_*` (see [`Cluster::credentials`]).
+pub const PROVIDER_TF: &str = r#"terraform {
+  required_providers {
+    egressgateway = { source = "example/egressgateway" }
+  }
+}
+
+variable "host" {
+  type = string
+}
+
+variable "token" {
+  type      = string
+  sensitive = true
+}
+
+variable "cluster_ca_certificate" {
+  type = string
+}
+
+provider "egressgateway" {
+  host                   = var.host
+  token                  = var.token
+  cluster_ca_certificate = var.cluster_ca_certificate
+}
+"#;
+
+/// What one `terraform` run printed.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout and stderr, with line wrapping undone (for checking message text).
+    pub fn flat(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A Terraform working directory with its own CLI configuration (dev_overrides to the provider built by
+/// cargo), state file and environment; removed on drop.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Workspace {
+    /// A workspace for the given provider credentials; `main.tf` is [`PROVIDER_TF`] plus `config`.
+    pub fn new(env: Vec<(String, String)>, config: &str) -> Workspace {
+        let dir = tempfile::Builder::new()
+            .prefix("tfp-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-egressgateway"));
+        let bin_dir = bin.parent().expect("binary directory");
+        std::fs::write(
+            dir.path().join("dev.tfrc"),
+            format!(
+                "provider_installation {{\n  dev_overrides {{\n    \"example/egressgateway\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
+                bin_dir.display()
+            ),
+        )
+        .expect("write dev.tfrc");
+        let ws = Workspace { dir, env };
+        ws.write(config);
+        ws
+    }
+
+    /// The same workspace (configuration and state) with other credentials.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Workspace {
+        self.env = env;
+        self
+    }
+
+    /// Replaces the configuration (after [`PROVIDER_TF`]).
+    pub fn write(&self, config: &str) {
+        std::fs::write(self.dir.path().join("main.tf"), format!("{PROVIDER_TF}{config}"))
+            .expect("write main.tf");
+    }
+
+    /// The workspace directory.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Runs `terraform <args>` (with `-no-color`, `-input=false` where they apply).
+    pub async fn run(&self, args: &[&str]) -> Run {
+        let out = tokio::process::Command::new("terraform")
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("TF_CLI_CONFIG_FILE", self.dir.path().join("dev.tfrc"))
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_IN_AUTOMATION", "1")
+            .env_remove("TF_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("terraform must be on PATH (Terraform 1.11.4 is what these tests target)");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `terraform apply -auto-approve`, which must succeed.
+    pub async fn apply(&self) -> Run {
+        let run = self.apply_result().await;
+        assert_eq!(run.code, 0, "terraform apply failed:\n{run}");
+        run
+    }
+
+    /// `terraform apply -auto-approve`, whatever its outcome.
+    pub async fn apply_result(&self) -> Run {
+        self.run(&["apply", "-auto-approve", "-no-color", "-input=false"])
+            .await
+    }
+
+    /// `terraform plan -detailed-exitcode`: 0 no changes, 2 changes, 1 error.
+    pub async fn plan(&self) -> Run {
+        self.run(&["plan", "-detailed-exitcode", "-no-color", "-input=false"])
+            .await
+    }
+
+    /// Asserts that a plan (with refresh) proposes nothing.
+    pub async fn assert_plan_empty(&self, when: &str) {
+        let run = self.plan().await;
+        assert_eq!(run.code, 0, "{when}: the plan must be empty:\n{run}");
+    }
+
+    /// `terraform show -json` of the state: `values.root_module.resources` by address, and the outputs.
+    pub async fn show(&self) -> Shown {
+        let run = self.run(&["show", "-json", "-no-color"]).await;
+        assert_eq!(run.code, 0, "terraform show failed:\n{run}");
+        let doc: Value = serde_json::from_str(&run.stdout).expect("show -json is JSON");
+        Shown(doc)
+    }
+
+    /// `terraform import <address> <id>`, which must succeed.
+    pub async fn import(&self, address: &str, id: &str) -> Run {
+        let run = self
+            .run(&["import", "-no-color", "-input=false", address, id])
+            .await;
+        assert_eq!(run.code, 0, "terraform import {address} {id} failed:\n{run}");
+        run
+    }
+
+    /// `terraform state rm <addresses>`, which must succeed.
+    pub async fn state_rm(&self, addresses: &[&str]) {
+        let mut args = vec!["state", "rm"];
+        args.extend_from_slice(addresses);
+        let run = self.run(&args).await;
+        assert_eq!(run.code, 0, "terraform state rm failed:\n{run}");
+    }
+
+    /// `terraform destroy -auto-approve`, which must succeed.
+    pub async fn destroy(&self) -> Run {
+        let run = self
+            .run(&["destroy", "-auto-approve", "-no-color", "-input=false"])
+            .await;
+        assert_eq!(run.code, 0, "terraform destroy failed:\n{run}");
+        run
+    }
+
+    /// Imports every given resource after forgetting it, and checks that the imported state equals the
+    /// refreshed one (but `timeouts`, which lives only in configuration) and that the plan is then empty.
+    pub async fn assert_import_round_trip(&self, resources: &[(&str, &str)]) {
+        // Compare with the objects as they are now (the operator moves status on after apply).
+        let run = self
+            .run(&[
+                "apply",
+                "-refresh-only",
+                "-auto-approve",
+                "-no-color",
+                "-input=false",
+            ])
+            .await;
+        assert_eq!(run.code, 0, "terraform apply -refresh-only failed:\n{run}");
+        let before = self.show().await;
+        let addresses: Vec<&str> = resources.iter().map(|(a, _)| *a).collect();
+        self.state_rm(&addresses).await;
+        for (address, id) in resources {
+            self.import(address, id).await;
+        }
+        let after = self.show().await;
+        for (address, _) in resources {
+            let mut want = before.resource(address).clone();
+            let mut got = after.resource(address).clone();
+            for v in [&mut want, &mut got] {
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("timeouts");
+                    // The status conditions carry messages that may move on between two reads.
+                    m.remove("conditions");
+                }
+            }
+            assert_eq!(got, want, "imported {address} differs from the applied state");
+        }
+        self.assert_plan_empty("after import").await;
+    }
+}
+
+/// `terraform show -json` output.
+#[derive(Debug)]
+pub struct Shown(pub Value);
+
+impl Shown {
+    fn resources(&self) -> Vec<&Value> {
+        self.0["values"]["root_module"]["resources"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// The whole entry of a resource (`values`, `tainted`, ...); panics when absent.
+    pub fn entry(&self, address: &str) -> &Value {
+        self.resources()
+            .into_iter()
+            .find(|r| r["address"] == address)
+            .unwrap_or_else(|| panic!("{address} is not in the state: {}", self.0))
+    }
+
+    /// The attribute values of a resource; panics when absent.
+    pub fn resource(&self, address: &str) -> &Value {
+        &self.entry(address)["values"]
+    }
+
+    /// Addresses of every resource in the state.
+    pub fn addresses(&self) -> Vec<String> {
+        self.resources()
+            .into_iter()
+            .filter_map(|r| r["address"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// An output's value.
+    pub fn output(&self, name: &str) -> &Value {
+        &self.0["values"]["outputs"][name]["value"]
+    }
+}

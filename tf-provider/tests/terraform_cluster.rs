@@ -1,0 +1,521 @@
+//! Acceptance tests with the real `terraform` CLI against the Kubernetes API simulator, the real admission
+//! webhook and (where the scenario needs Ready objects) the real operator against the Azure simulator.
+//! Each scenario follows terraform-plugin-testing's steps: apply, check `terraform show -json`, a follow-up
+//! `plan -detailed-exitcode` that is empty, an import round-trip, destroy, and nothing left in the cluster.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use api::StaticGatewayConfiguration;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::{APP_NS, Cluster, NODEPOOL, VMSS, Workspace, eventually};
+
+const POOL: &str = "egressgateway_gateway_pool.gw";
+const SGC: &str = "egressgateway_static_gateway_configuration.egress";
+const DENIED_SGC: &str = "admission webhook \"validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com\" denied the request: ";
+
+fn sgcs(c: &Cluster) -> Api<StaticGatewayConfiguration> {
+    Api::namespaced(c.admin.clone(), APP_NS)
+}
+
+fn pools(c: &Cluster) -> Api<api::GatewayPool> {
+    Api::all(c.admin.clone())
+}
+
+/// A pool on the seed's gateway node pool and a configuration on it, with the configuration's server-side
+/// values used in outputs. `pool_extra` and `sgc_extra` are added to the two resource blocks.
+fn lifecycle_config(pool_extra: &str, sgc_extra: &str, more: &str) -> String {
+    format!(
+        r#"
+resource "egressgateway_gateway_pool" "gw" {{
+  name                  = "{NODEPOOL}"
+  gateway_nodepool_name = "{NODEPOOL}"
+  public_ip_prefix_size = 31
+{pool_extra}
+}}
+
+resource "egressgateway_static_gateway_configuration" "egress" {{
+  namespace             = "{APP_NS}"
+  name                  = "egress"
+  gateway_nodepool_name = egressgateway_gateway_pool.gw.gateway_nodepool_name
+{sgc_extra}
+}}
+
+output "egress_prefix" {{
+  value = egressgateway_static_gateway_configuration.egress.egress_ip_prefix
+}}
+
+output "firewall_rule" {{
+  value = "allow ${{egressgateway_static_gateway_configuration.egress.egress_ip_prefix}} port ${{egressgateway_static_gateway_configuration.egress.gateway_server_profile.port}}"
+}}
+
+output "server_public_key" {{
+  value = egressgateway_static_gateway_configuration.egress.gateway_server_profile.public_key
+}}
+{more}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_update_drift_import_and_destroy_with_the_operator() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_operator().await;
+    let ws = Workspace::new(
+        cluster.credentials("admin"),
+        &lifecycle_config("", r#"  exclude_cidrs = ["10.0.0.0/8"]"#, ""),
+    );
+
+    // Create: the pool waits for the operator to take it on, the configuration for Ready.
+    ws.apply().await;
+    let pool = pools(&cluster).get(NODEPOOL).await.expect("pool");
+    assert!(
+        pool.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&api::names::POOL_FINALIZER.to_string()),
+        "apply returned before the operator took the pool on"
+    );
+    let remote = sgcs(&cluster).get("egress").await.expect("configuration");
+    let status = remote.status.clone().expect("status");
+    let prefix = status.egress_ip_prefix.clone().expect("egress prefix");
+    let profile = status.gateway_server_profile.clone().expect("server profile");
+    assert!(prefix.ends_with("/31"), "{prefix}");
+    let shown = ws.show().await;
+    let sgc = shown.resource(SGC);
+    assert_eq!(sgc["id"], "app/egress");
+    assert_eq!(sgc["exclude_cidrs"], json!(["10.0.0.0/8"]));
+    assert_eq!(sgc["default_route"], "staticEgressGateway");
+    assert_eq!(sgc["provision_public_ips"], true);
+    assert_eq!(sgc["egress_ip_prefix"], prefix.as_str());
+    assert_eq!(
+        sgc["gateway_server_profile"]["public_key"],
+        profile.public_key.as_str()
+    );
+    assert_eq!(sgc["gateway_server_profile"]["ip"], profile.ip.as_str());
+    assert_eq!(sgc["gateway_server_profile"]["port"], profile.port);
+    assert!(
+        sgc["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+        "{sgc}"
+    );
+    assert_eq!(shown.output("egress_prefix"), prefix.as_str());
+    assert_eq!(
+        shown.output("firewall_rule"),
+        format!("allow {prefix} port {}", profile.port).as_str()
+    );
+    assert_eq!(shown.output("server_public_key"), profile.public_key.as_str());
+    let pool = shown.resource(POOL);
+    assert_eq!(pool["id"], NODEPOOL);
+    assert_eq!(pool["public_ip_prefix_size"], 31);
+    assert!(pool["instance_count"].is_null(), "{pool}");
+    ws.assert_plan_empty("after create").await;
+    ws.assert_import_round_trip(&[(POOL, NODEPOOL), (SGC, "app/egress")])
+        .await;
+
+    // Update in place: more excluded CIDRs, the other route mode, a declared pool size; and a data source.
+    ws.write(&lifecycle_config(
+        "  instance_count = 2",
+        r#"  exclude_cidrs = ["10.0.0.0/8", "192.168.0.0/16"]
+  default_route = "azureNetworking""#,
+        r#"
+data "egressgateway_static_gateway_configuration" "read" {
+  namespace = egressgateway_static_gateway_configuration.egress.namespace
+  name      = egressgateway_static_gateway_configuration.egress.name
+}
+
+output "read_prefix" {
+  value = data.egressgateway_static_gateway_configuration.read.egress_ip_prefix
+}
+"#,
+    ));
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(
+        plan.stdout.contains("2 to change, 0 to destroy"),
+        "updates in place, no replacement:\n{plan}"
+    );
+    ws.apply().await;
+    let remote = sgcs(&cluster).get("egress").await.expect("configuration");
+    assert_eq!(
+        remote.spec.exclude_cidrs,
+        vec!["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()]
+    );
+    assert_eq!(remote.spec.default_route.as_str(), "azureNetworking");
+    let shown = ws.show().await;
+    assert_eq!(shown.resource(SGC)["default_route"], "azureNetworking");
+    assert_eq!(shown.resource(POOL)["instance_count"], 2);
+    assert_eq!(
+        shown.output("read_prefix"),
+        remote
+            .status
+            .as_ref()
+            .and_then(|s| s.egress_ip_prefix.as_deref())
+            .expect("prefix")
+    );
+    ws.assert_plan_empty("after update").await;
+
+    // Drift on a field Terraform sets: refresh shows it, plan proposes the configured value, apply restores it.
+    sgcs(&cluster)
+        .patch(
+            "egress",
+            &PatchParams::apply("kubectl-edit"),
+            &Patch::Merge(json!({"spec": {"excludeCidrs": ["172.16.0.0/12"]}})),
+        )
+        .await
+        .expect("out-of-band change");
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(plan.flat().contains(r#"~ exclude_cidrs = ["#), "{plan}");
+    assert!(plan.flat().contains(r#"- "172.16.0.0/12","#), "{plan}");
+    ws.apply().await;
+    assert_eq!(
+        sgcs(&cluster)
+            .get("egress")
+            .await
+            .expect("get")
+            .spec
+            .exclude_cidrs,
+        vec!["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()]
+    );
+    ws.assert_plan_empty("after repairing drift").await;
+
+    // Drift on a field the configuration leaves unset: someone declares a pool size Terraform does not.
+    ws.write(&lifecycle_config(
+        "",
+        r#"  exclude_cidrs = ["10.0.0.0/8", "192.168.0.0/16"]
+  default_route = "azureNetworking""#,
+        "",
+    ));
+    ws.apply().await;
+    assert_eq!(
+        pools(&cluster)
+            .get(NODEPOOL)
+            .await
+            .expect("get")
+            .spec
+            .instance_count,
+        None,
+        "removing instance_count from the configuration removes it from the pool"
+    );
+    pools(&cluster)
+        .patch(
+            NODEPOOL,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"instanceCount": 1}})),
+        )
+        .await
+        .expect("out-of-band change");
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(plan.flat().contains("- instance_count = 1 -> null"), "{plan}");
+    ws.apply().await;
+    assert_eq!(
+        pools(&cluster)
+            .get(NODEPOOL)
+            .await
+            .expect("get")
+            .spec
+            .instance_count,
+        None,
+        "apply removes a field the configuration does not set"
+    );
+    ws.assert_plan_empty("after removing an out-of-band field").await;
+
+    // Deleted out of band: plan recreates it.
+    sgcs(&cluster)
+        .delete("egress", &DeleteParams::default())
+        .await
+        .expect("out-of-band delete");
+    let api = sgcs(&cluster);
+    eventually(
+        "the operator released the configuration",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            async move { api.get_opt("egress").await.expect("get").is_none() }
+        },
+    )
+    .await;
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(
+        plan.stdout.contains(&format!("# {SGC} will be created")),
+        "{plan}"
+    );
+    ws.apply().await;
+    assert!(ws.show().await.resource(SGC)["egress_ip_prefix"].is_string());
+    ws.assert_plan_empty("after recreating").await;
+
+    ws.destroy().await;
+    assert!(ws.show().await.addresses().is_empty());
+    cluster.assert_empty().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_denial_is_an_apply_diagnostic_with_the_servers_message() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_operator().await;
+    let (rg, vmss) = VMSS;
+    let pool_tf = format!(
+        r#"
+resource "egressgateway_gateway_pool" "gw" {{
+  name                  = "self-managed"
+  public_ip_prefix_size = 31
+  gateway_vmss_profile {{
+    vmss_resource_group = "{rg}"
+    vmss_name           = "{vmss}"
+  }}
+}}
+"#
+    );
+    let ws = Workspace::new(cluster.credentials("admin"), &pool_tf);
+    ws.apply().await;
+    let shown = ws.show().await;
+    assert_eq!(
+        shown.resource(POOL)["gateway_vmss_profile"],
+        json!([{"vmss_resource_group": rg, "vmss_name": vmss}])
+    );
+    ws.assert_plan_empty("after creating the pool").await;
+    ws.assert_import_round_trip(&[(POOL, "self-managed")]).await;
+    cluster.await_webhook_sees_vmss_pool(rg, vmss).await;
+
+    // A /30 configuration on a /31 pool: only the cluster knows the pool's size, so plan cannot tell.
+    let sgc_tf = |size: u8| {
+        format!(
+            r#"{pool_tf}
+resource "egressgateway_static_gateway_configuration" "egress" {{
+  namespace = "{APP_NS}"
+  name      = "egress"
+  gateway_vmss_profile {{
+    vmss_resource_group   = egressgateway_gateway_pool.gw.gateway_vmss_profile[0].vmss_resource_group
+    vmss_name             = egressgateway_gateway_pool.gw.gateway_vmss_profile[0].vmss_name
+    public_ip_prefix_size = {size}
+  }}
+}}
+"#
+        )
+    };
+    ws.write(&sgc_tf(30));
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "plan-time rules cannot see the pool:\n{plan}");
+    let run = ws.apply_result().await;
+    assert_eq!(run.code, 1, "{run}");
+    let flat = run.flat();
+    assert!(
+        flat.contains("Error: Cannot apply StaticGatewayConfiguration app/egress"),
+        "{run}"
+    );
+    assert!(
+        flat.contains(&format!(
+            "{DENIED_SGC}StaticGatewayConfiguration app/egress is invalid: spec.gatewayVmssProfile.publicIpPrefixSize: rule 4 (instances fit the prefix): is 30 but the GatewayPool of this VMSS uses /31; set publicIpPrefixSize: 31"
+        )),
+        "the server's message, verbatim:\n{run}"
+    );
+    assert_eq!(ws.show().await.addresses(), vec![POOL.to_string()]);
+    assert!(sgcs(&cluster).get_opt("egress").await.expect("get").is_none());
+
+    // Fixed: accepted, Ready, importable.
+    ws.write(&sgc_tf(31));
+    ws.apply().await;
+    let shown = ws.show().await;
+    assert!(
+        shown.resource(SGC)["egress_ip_prefix"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/31")),
+        "{}",
+        shown.0
+    );
+    ws.assert_plan_empty("after the fix").await;
+    ws.assert_import_round_trip(&[(SGC, "app/egress")]).await;
+    ws.destroy().await;
+    cluster.assert_empty().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_operator_apply_times_out_and_records_tainted_objects() {
+    let mut cluster = Cluster::start().await;
+    let with_timeouts = |timeouts: &str| {
+        format!(
+            r#"
+resource "egressgateway_gateway_pool" "gw" {{
+  name                  = "{NODEPOOL}"
+  gateway_nodepool_name = "{NODEPOOL}"
+  public_ip_prefix_size = 31
+{timeouts}
+}}
+
+resource "egressgateway_static_gateway_configuration" "egress" {{
+  namespace             = "{APP_NS}"
+  name                  = "egress"
+  gateway_nodepool_name = "{NODEPOOL}"
+{timeouts}
+}}
+
+output "egress_prefix" {{
+  value = egressgateway_static_gateway_configuration.egress.egress_ip_prefix
+}}
+"#
+        )
+    };
+    let ws = Workspace::new(
+        cluster.credentials("admin"),
+        &with_timeouts("  timeouts {\n    create = \"2s\"\n  }"),
+    );
+    let started = Instant::now();
+    let run = ws.apply_result().await;
+    let took = started.elapsed();
+    assert_eq!(run.code, 1, "{run}");
+    assert!(took >= Duration::from_secs(2), "gave up early: {took:?}");
+    assert!(took < Duration::from_secs(30), "waited far too long: {took:?}");
+    let flat = run.flat();
+    assert!(
+        flat.contains("Error: StaticGatewayConfiguration app/egress did not become Ready")
+            && flat.contains(
+                "gave up after 2s: the operator has not reported any condition yet (is it running?)"
+            ),
+        "{run}"
+    );
+    assert!(
+        flat.contains("Error: GatewayPool gateway is not ready")
+            && flat.contains("the operator has not taken the pool on")
+            && flat.contains("is the operator running?"),
+        "{run}"
+    );
+    assert!(
+        !flat.contains("inconsistent result") && !flat.contains("invalid result object"),
+        "{run}"
+    );
+    // Both objects exist, so both are in the state, tainted, as Terraform does for a create that failed.
+    let shown = ws.show().await;
+    for address in [POOL, SGC] {
+        assert_eq!(shown.entry(address)["tainted"], true, "{}", shown.0);
+    }
+    assert!(shown.resource(SGC)["egress_ip_prefix"].is_null());
+    assert!(sgcs(&cluster).get_opt("egress").await.expect("get").is_some());
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(
+        plan.stdout
+            .contains(&format!("# {SGC} is tainted, so must be replaced")),
+        "{plan}"
+    );
+
+    // Once the operator runs, the next apply replaces them and succeeds (with the default timeouts: the
+    // recreated pool is in use at once, so it waits for its instances to be Ready).
+    cluster.start_operator().await;
+    ws.write(&with_timeouts(""));
+    ws.apply().await;
+    let shown = ws.show().await;
+    assert!(shown.entry(SGC)["tainted"].is_null(), "{}", shown.0);
+    assert!(shown.output("egress_prefix").is_string(), "{}", shown.0);
+    ws.assert_plan_empty("after recovering").await;
+    ws.assert_import_round_trip(&[(POOL, NODEPOOL), (SGC, "app/egress")])
+        .await;
+    ws.destroy().await;
+    cluster.assert_empty().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_and_connection_errors_are_diagnostics_with_the_servers_message() {
+    let cluster = Cluster::start().await;
+    let sgc_tf = format!(
+        r#"
+resource "egressgateway_static_gateway_configuration" "egress" {{
+  namespace             = "{APP_NS}"
+  name                  = "egress"
+  gateway_nodepool_name = "{NODEPOOL}"
+}}
+"#
+    );
+    let forbidden = |user: &str, verb: &str| {
+        format!(
+            r#"staticgatewayconfigurations.egressgateway.kubernetes.azure.com "egress" is forbidden: User "{user}" cannot {verb} resource "staticgatewayconfigurations" in API group "egressgateway.kubernetes.azure.com" in the namespace "app""#
+        )
+    };
+    for user in ["nobody", "viewer"] {
+        let ws = Workspace::new(cluster.credentials(user), &sgc_tf);
+        let run = ws.apply_result().await;
+        assert_eq!(run.code, 1, "{run}");
+        assert!(
+            run.flat()
+                .contains("Error: Cannot apply StaticGatewayConfiguration app/egress")
+                && run.flat().contains(&format!(
+                    "the Kubernetes API server answered 403: {}",
+                    forbidden(user, "patch")
+                )),
+            "{user}:\n{run}"
+        );
+        assert!(ws.show().await.addresses().is_empty());
+    }
+
+    let mut bad_token = cluster.credentials("admin");
+    bad_token[1].1 = "not-a-token".into();
+    let ws = Workspace::new(bad_token, &sgc_tf);
+    let run = ws.apply_result().await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.flat()
+            .contains("the Kubernetes API server answered 401: Unauthorized"),
+        "{run}"
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let mut unreachable = cluster.credentials("admin");
+    unreachable[0].1 = format!("https://127.0.0.1:{port}");
+    let ws = Workspace::new(unreachable, &sgc_tf);
+    let run = ws.apply_result().await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.flat()
+            .contains("Cannot apply StaticGatewayConfiguration app/egress")
+            && run.flat().contains("Connection refused"),
+        "the cause, not just 'client error':\n{run}"
+    );
+    assert!(sgcs(&cluster).get_opt("egress").await.expect("get").is_none());
+
+    // Reading needs rights too: import and refresh report the server's refusal.
+    let obj: StaticGatewayConfiguration = serde_json::from_value(json!({
+        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
+        "metadata": {"name": "egress", "namespace": APP_NS}, "spec": {"gatewayNodepoolName": NODEPOOL}
+    }))
+    .expect("configuration");
+    sgcs(&cluster)
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create out of band");
+    let ws = Workspace::new(cluster.credentials("nobody"), &sgc_tf);
+    let run = ws
+        .run(&["import", "-no-color", "-input=false", SGC, "app/egress"])
+        .await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.flat().contains(&forbidden("nobody", "get")), "{run}");
+    let mut ws = ws;
+    ws = ws.with_env(cluster.credentials("admin"));
+    ws.import(SGC, "app/egress").await;
+    let shown = ws.show().await;
+    assert_eq!(shown.resource(SGC)["gateway_nodepool_name"], NODEPOOL);
+    assert_eq!(shown.resource(SGC)["default_route"], "staticEgressGateway");
+    ws.assert_plan_empty("after importing an object created out of band")
+        .await;
+    let ws = ws.with_env(cluster.credentials("nobody"));
+    let run = ws.plan().await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.flat()
+            .contains("Cannot read StaticGatewayConfiguration app/egress")
+            && run.flat().contains(&forbidden("nobody", "get")),
+        "{run}"
+    );
+    let ws = ws.with_env(cluster.credentials("admin"));
+    ws.destroy().await;
+    cluster.assert_empty().await;
+}
