@@ -686,3 +686,76 @@ async fn upstream_metric_series_per_configuration_and_controller() {
         );
     }
 }
+
+/// A declared GatewayPool reports its instances and Ready before any configuration uses it (so `kubectl wait`
+/// and Terraform can wait for it), without writing to Azure; a pool whose node pool is not in Azure says so.
+#[tokio::test]
+async fn an_unused_gateway_pool_reports_its_instances_without_azure_writes() {
+    let w = start().await;
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    for (name, nodepool) in [("gateway", "gateway"), ("missing", "nope")] {
+        let p: api::GatewayPool = serde_json::from_value(json!({
+            "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
+            "metadata": {"name": name}, "spec": {"gatewayNodepoolName": nodepool, "publicIpPrefixSize": 31}
+        }))
+        .expect("pool");
+        pools.create(&PostParams::default(), &p).await.expect("pool");
+    }
+    let before = common::resources(&w.azure);
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let writes: Vec<_> = w
+        .azure
+        .calls()
+        .into_iter()
+        .filter(|c| c.method != "GET" && c.path.starts_with("/subscriptions/"))
+        .collect();
+    assert!(writes.is_empty(), "no ARM writes for unused pools: {writes:?}");
+    assert_eq!(common::resources(&w.azure), before);
+
+    let ready = |p: &api::GatewayPool, t: &str| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let gw = pools.get("gateway").await.expect("get");
+    let st = gw.status.clone().expect("status written");
+    assert_eq!(st.instances.len(), 2, "{st:?}");
+    assert_eq!(st.ready_instances, 2);
+    assert!(
+        st.load_balancer_frontend.is_none(),
+        "no frontend until a configuration needs one"
+    );
+    assert_eq!(st.observed_generation, gw.metadata.generation);
+    assert_eq!(
+        ready(&gw, READY),
+        Some(("True".into(), api::names::REASON_INSTANCES_READY.into()))
+    );
+    let missing = pools.get("missing").await.expect("get");
+    assert_eq!(
+        ready(&missing, READY),
+        Some(("False".into(), api::names::REASON_POOL_NOT_FOUND.into()))
+    );
+
+    // Steady state: a second pass writes nothing anywhere.
+    let rv = (
+        gw.metadata.resource_version.clone(),
+        missing.metadata.resource_version.clone(),
+    );
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(
+        w.azure
+            .calls()
+            .iter()
+            .all(|c| c.method == "GET" || !c.path.starts_with("/subscriptions/"))
+    );
+    assert_eq!(
+        (
+            pools.get("gateway").await.expect("get").metadata.resource_version,
+            pools.get("missing").await.expect("get").metadata.resource_version
+        ),
+        rv
+    );
+}

@@ -905,13 +905,19 @@ impl Operator {
                 },
             ));
         }
-        if configs.is_empty() {
+        // A GatewayPool reports its instances (and Ready) even before a configuration uses it, so whoever
+        // declared it (kubectl, Terraform) can wait for it; a pool nobody declared has nothing to report.
+        let live_pool_obj = pool_obj.filter(|p| p.metadata.deletion_timestamp.is_none());
+        if configs.is_empty() && live_pool_obj.is_none() {
             return Ok(());
         }
 
         let resolved = match pool::resolve(&self.arm, &self.cfg, pool_ref, declared_prefix).await {
             Ok(r) => r,
             Err(PoolError::NotFound(m)) => {
+                if let Some(p) = live_pool_obj {
+                    self.write_pool_not_found(p, &m).await?;
+                }
                 // Nothing to clean on a pool that is gone, except the LB rules and prefixes (found by name).
                 for (sgc, c) in &configs {
                     if !c.deleting {
@@ -1207,6 +1213,34 @@ impl Operator {
 
     /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
     /// runs for the pools an event touched.
+    /// A GatewayPool whose node pool is not in Azure: Ready=False with the reason, nothing else known.
+    async fn write_pool_not_found(&self, p: &GatewayPool, message: &str) -> Result<(), Error> {
+        let old = p.status.clone().unwrap_or_default();
+        let mut new = old.clone();
+        new.observed_generation = p.metadata.generation;
+        new.instances.clear();
+        new.ready_instances = 0;
+        new.load_balancer_frontend = None;
+        set_condition(
+            &mut new.conditions,
+            READY,
+            false,
+            api::names::REASON_POOL_NOT_FOUND,
+            message,
+            p.metadata.generation,
+        );
+        if new != old {
+            Api::<GatewayPool>::all(self.client.clone())
+                .patch_status(
+                    &p.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(status_patch(&old, &new)),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     pub async fn reconcile_pools(&self, only: Option<&BTreeSet<String>>) -> Result<usize, Error> {
         let sgcs: Vec<Arc<StaticGatewayConfiguration>> =
             Api::<StaticGatewayConfiguration>::all(self.client.clone())
@@ -1276,6 +1310,12 @@ impl Operator {
                 Api::<GatewayPool>::all(self.client.clone())
                     .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
                     .await?;
+            }
+        }
+        // Declared pools no configuration uses yet still get a pass (their status).
+        for p in pools.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+            if let Some(r) = p.spec.pool_ref() {
+                by_pool.entry(pool_key(&r)).or_insert_with(|| (r, Vec::new()));
             }
         }
         let mut first_error = None;

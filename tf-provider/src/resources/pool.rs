@@ -177,12 +177,22 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
     ])
 }
 
-/// Has the operator taken the pool on (its finalizer is on the object), without reporting its instances
-/// not Ready for the current generation? The operator publishes a pool's instances only once a
-/// configuration uses it, so a new pool has no Ready condition yet: its finalizer is the sign the operator
-/// runs and accepted it. Once the pool is in use, a Ready condition that is not `True` holds the wait.
+/// Has the operator taken the pool on (its finalizer) and reported it Ready for the current generation? The
+/// operator publishes every declared pool's instances and Ready, used by a configuration or not.
 pub fn is_ready(obj: &GatewayPool) -> bool {
-    acknowledged(obj) && unready_condition(obj).is_none()
+    acknowledged(obj) && unready_condition(obj).is_none() && ready_now(obj)
+}
+
+/// A `Ready=True` condition about the current generation.
+fn ready_now(obj: &GatewayPool) -> bool {
+    let generation = obj.metadata.generation;
+    obj.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == api::names::CONDITION_READY
+                && c.status == "True"
+                && (generation.is_none() || c.observed_generation >= generation)
+        })
+    })
 }
 
 fn acknowledged(obj: &GatewayPool) -> bool {
@@ -217,7 +227,8 @@ pub fn describe_wait(obj: Option<&GatewayPool>) -> String {
         ),
         Some(o) => match unready_condition(o) {
             Some(c) => format!("Ready={} ({}: {})", c.status, c.reason, c.message),
-            None => "ready".to_string(),
+            None if ready_now(o) => "ready".to_string(),
+            None => "the operator has not reported the pool Ready for its current generation yet".to_string(),
         },
     }
 }
@@ -309,17 +320,23 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_is_ready_once_the_operator_took_it_on_and_does_not_report_it_unready() {
+    fn a_pool_is_ready_once_the_operator_took_it_on_and_reports_it_ready_for_this_generation() {
         assert!(!is_ready(&pool_object(false, None)));
         assert!(describe_wait(Some(&pool_object(false, None))).contains("is the operator running?"));
-        // Not in use yet: no status, the finalizer is enough.
-        assert!(is_ready(&pool_object(true, None)));
+        // Taken on but no verdict yet.
+        assert!(!is_ready(&pool_object(true, None)));
+        assert!(describe_wait(Some(&pool_object(true, None))).contains("not reported the pool Ready"));
         assert!(is_ready(&pool_object(true, Some(("True", 2)))));
+        assert_eq!(
+            describe_wait(Some(&pool_object(true, Some(("True", 2))))),
+            "ready"
+        );
         let unready = pool_object(true, Some(("False", 2)));
         assert!(!is_ready(&unready));
         assert_eq!(describe_wait(Some(&unready)), "Ready=False (R: m)");
-        // A verdict about an older generation does not hold the wait.
-        assert!(is_ready(&pool_object(true, Some(("False", 1)))));
+        // A verdict about an older generation, either way, does not end the wait.
+        assert!(!is_ready(&pool_object(true, Some(("False", 1)))));
+        assert!(!is_ready(&pool_object(true, Some(("True", 1)))));
     }
 
     #[test]
