@@ -292,7 +292,7 @@ async fn binary_serves_a_seed_file() {
             "--listen",
             "127.0.0.1:0",
         ])
-        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("binary starts");
     struct Kill(std::process::Child);
@@ -302,9 +302,10 @@ async fn binary_serves_a_seed_file() {
             let _ = self.0.wait();
         }
     }
-    let stdout = child.stdout.take().expect("stdout");
+    // Logs (and so the `url=` line) go to stderr, like every binary's.
+    let stderr = child.stderr.take().expect("stderr");
     let guard = Kill(child);
-    let line = BufReader::new(stdout)
+    let line = BufReader::new(stderr)
         .lines()
         .map_while(Result::ok)
         .find(|l| l.contains("listening"))
