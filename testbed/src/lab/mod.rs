@@ -9,6 +9,7 @@
 //! "internet" echo host sees from each.
 
 mod azure_view;
+pub mod chart;
 mod dataplane;
 pub mod fabric;
 mod procs;
