@@ -464,28 +464,81 @@ impl Lab {
         Ok(())
     }
 
-    async fn webhook(&mut self, opts: &Options) -> anyhow::Result<()> {
-        let listen = free_port()?;
-        let metrics = free_port()?;
+    /// The launch spec of Deployment `name`'s `container` (one replica: the lab runs one process), its
+    /// listeners moved to `ports` (it runs in the host's network namespace, not a pod's own).
+    fn deployment_pod(
+        &self,
+        name: &str,
+        container: &str,
+        ports: &[(&str, String)],
+        opts: &Options,
+    ) -> anyhow::Result<LaunchSpec> {
         let spec = self.chart.launch_spec(
             "Deployment",
-            WEBHOOK,
-            "webhook",
-            &deployment_pod(WEBHOOK),
+            name,
+            container,
+            &deployment_pod(name),
             &Localize {
-                ports: vec![
-                    ("--listen".into(), listen.to_string()),
-                    ("--metrics-listen".into(), metrics.to_string()),
-                ],
-                volume_root: opts.work_dir.join("pods").join("webhook"),
+                ports: ports.iter().map(|(f, v)| (f.to_string(), v.clone())).collect(),
+                volume_root: opts.work_dir.join("pods").join(container),
             },
         )?;
         if spec.replicas != Some(1) {
             bail!(
-                "the lab runs one webhook replica; the chart renders {:?}",
+                "the lab runs one {container} replica; the chart renders {:?}",
                 spec.replicas
             );
         }
+        Ok(spec)
+    }
+
+    /// The launch spec of DaemonSet `ds`'s `agent` container on node `node_name` (the `i`th of its kind, with
+    /// `labels`): the DaemonSet must select the node and mount its hostPaths where they are on the host.
+    fn daemonset_pod(
+        &self,
+        ds: &str,
+        short: &str,
+        i: usize,
+        node_name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        opts: &Options,
+    ) -> anyhow::Result<LaunchSpec> {
+        if !self.chart.selects("DaemonSet", ds, labels)? {
+            bail!("the chart's DaemonSet {ds} does not select node {node_name} ({labels:?})");
+        }
+        let spec = self.chart.launch_spec(
+            "DaemonSet",
+            ds,
+            "agent",
+            &chart::Pod {
+                namespace: SYSTEM_NS.into(),
+                name: format!("{ds}-{i}"),
+                node_name: node_name.to_string(),
+            },
+            &Localize {
+                ports: Vec::new(),
+                volume_root: opts.work_dir.join("pods").join(format!("{short}-{i}")),
+            },
+        )?;
+        let remapped = spec.remapped_host_paths();
+        if !remapped.is_empty() {
+            bail!("{ds} mounts hostPaths elsewhere, which the lab cannot honour: {remapped:?}");
+        }
+        Ok(spec)
+    }
+
+    async fn webhook(&mut self, opts: &Options) -> anyhow::Result<()> {
+        let listen = free_port()?;
+        let metrics = free_port()?;
+        let spec = self.deployment_pod(
+            WEBHOOK,
+            "webhook",
+            &[
+                ("--listen", listen.to_string()),
+                ("--metrics-listen", metrics.to_string()),
+            ],
+            opts,
+        )?;
         // The Service the chart's webhook configurations call, reachable at this replica's listener.
         self.chart.get("Service", WEBHOOK)?;
         self.kube
@@ -534,25 +587,15 @@ impl Lab {
         let client = self.client()?;
         let health = free_port()?;
         let metrics = free_port()?;
-        let spec = self.chart.launch_spec(
-            "Deployment",
+        let spec = self.deployment_pod(
             OPERATOR,
             "operator",
-            &deployment_pod(OPERATOR),
-            &Localize {
-                ports: vec![
-                    ("--metrics-bind-port".into(), metrics.port().to_string()),
-                    ("--health-probe-bind-port".into(), health.port().to_string()),
-                ],
-                volume_root: opts.work_dir.join("pods").join("operator"),
-            },
+            &[
+                ("--metrics-bind-port", metrics.port().to_string()),
+                ("--health-probe-bind-port", health.port().to_string()),
+            ],
+            opts,
         )?;
-        if spec.replicas != Some(1) {
-            bail!(
-                "the lab runs one operator replica; the chart renders {:?}",
-                spec.replicas
-            );
-        }
         self.launch("operator", &spec, &[], opts)?;
         let leases: Api<Lease> = Api::namespaced(client, SYSTEM_NS);
         let holder = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -931,33 +974,9 @@ impl Lab {
                 .create(&PostParams::default(), &node)
                 .await
                 .with_context(|| format!("creating Node {node_name}"))?;
-            if !self.chart.selects("DaemonSet", GATEWAY_AGENT, &labels)? {
-                bail!(
-                    "the chart's DaemonSet {GATEWAY_AGENT} does not select gateway node {node_name} ({labels:?})"
-                );
-            }
             // The DaemonSet's pod on this node: hostNetwork, so the VM's own network namespace; the chart's
             // ports as they are. The gateway VMs share the host's mount namespace, so hostPaths are the host's.
-            let mut spec = self.chart.launch_spec(
-                "DaemonSet",
-                GATEWAY_AGENT,
-                "agent",
-                &chart::Pod {
-                    namespace: SYSTEM_NS.into(),
-                    name: format!("{GATEWAY_AGENT}-{i}"),
-                    node_name: node_name.clone(),
-                },
-                &Localize {
-                    ports: Vec::new(),
-                    volume_root: opts.work_dir.join("pods").join(format!("gateway-agent-{i}")),
-                },
-            )?;
-            let remapped = spec.remapped_host_paths();
-            if !remapped.is_empty() {
-                bail!(
-                    "{GATEWAY_AGENT} mounts hostPaths elsewhere, which the lab cannot honour: {remapped:?}"
-                );
-            }
+            let mut spec = self.daemonset_pod(GATEWAY_AGENT, "gateway-agent", i, node_name, &labels, opts)?;
             spec.add_lab_arg(
                 "--netns-name",
                 &format!("{ns}-egw"),
@@ -1100,29 +1119,9 @@ impl Lab {
                 .create(&PostParams::default(), &n)
                 .await
                 .with_context(|| format!("creating Node {name}"))?;
-            if !self.chart.selects("DaemonSet", NODE_AGENT, &labels)? {
-                bail!("the chart's DaemonSet {NODE_AGENT} does not select node {name} ({labels:?})");
-            }
             // The DaemonSet's pod on this node: hostNetwork, so the node's network namespace, and its hostPath
             // volumes, which must be the node's own directories (bind mounts in its mount namespace).
-            let spec = self.chart.launch_spec(
-                "DaemonSet",
-                NODE_AGENT,
-                "agent",
-                &chart::Pod {
-                    namespace: SYSTEM_NS.into(),
-                    name: format!("{NODE_AGENT}-{i}"),
-                    node_name: name.clone(),
-                },
-                &Localize {
-                    ports: Vec::new(),
-                    volume_root: opts.work_dir.join("pods").join(format!("node-agent-{i}")),
-                },
-            )?;
-            let remapped = spec.remapped_host_paths();
-            if !remapped.is_empty() {
-                bail!("{NODE_AGENT} mounts hostPaths elsewhere, which the lab cannot honour: {remapped:?}");
-            }
+            let spec = self.daemonset_pod(NODE_AGENT, "node-agent", i, name, &labels, opts)?;
             let shared: Vec<&str> = spec
                 .host_paths
                 .iter()
