@@ -645,6 +645,20 @@ async fn authentication_and_authorization() {
         .code,
         403
     );
+    // Who did what: requests are counted per authenticated user (the lab checks components' identities so).
+    let by = |user: &str, method: &str, code: u16| {
+        sim.requests_by(user)
+            .get(&(method.to_string(), code))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(by("nobody", "GET", 403), 1);
+    assert_eq!(by("nobody", "GET", 200), 1);
+    assert_eq!(by("nobody", "DELETE", 403), 1);
+    assert_eq!(by("viewer", "POST", 403), 1);
+    assert_eq!(by("viewer", "GET", 200), 1);
+    assert_eq!(by("admin", "POST", 201), 2);
+    assert!(sim.requests_by("no-such-user").is_empty());
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! The README's main-job command, end to end: the lab binary with the real webhook, operator, agents and CNI
-//! plugin. Covers upstream scenario (7) (an invalid configuration refused with the rule's message) and
+//! The README's main-job command, end to end: the lab binary installing the Helm chart and running the real
+//! webhook, operator, agents (from the chart's workloads, as its service accounts) and CNI plugin. Covers upstream scenario (7) (an invalid configuration refused with the rule's message) and
 //! scenario (1) (the configuration becomes Ready with a prefix from the public range; the annotated pod's
 //! traffic reaches the echo host from an address inside it, the plain pod's from one outside it), scenario (4)
 //! (a destination in excludeCidrs bypasses the gateway), and that
@@ -95,6 +95,57 @@ fn lab_runs_the_control_plane_end_to_end_and_leaves_nothing() {
             "missing {expected:?} in the lab's output:\n{stdout}"
         );
     }
+    // The chart is what the lab installs: every rendered object applied, and every component started from its
+    // workload and talking to the API server as the chart's service account, refused nothing by the chart's RBAC.
+    let installed = stdout
+        .lines()
+        .find(|l| l.contains("installed from the chart ("))
+        .unwrap_or_else(|| panic!("no chart install line:\n{stdout}"));
+    for kind in [
+        "4 CustomResourceDefinition",
+        "4 ServiceAccount",
+        "2 Deployment",
+        "2 DaemonSet",
+        "1 MutatingWebhookConfiguration",
+        "1 ValidatingWebhookConfiguration",
+    ] {
+        assert!(installed.contains(kind), "{kind} not in {installed:?}");
+    }
+    for (component, account, workload) in [
+        ("webhook", "webhook", "Deployment/kube-egress-gateway-webhook"),
+        ("operator", "operator", "Deployment/kube-egress-gateway-operator"),
+        (
+            "gateway agents",
+            "gateway-agent",
+            "DaemonSet/kube-egress-gateway-gateway-agent",
+        ),
+        (
+            "node agents",
+            "node-agent",
+            "DaemonSet/kube-egress-gateway-node-agent",
+        ),
+    ] {
+        let user = format!("system:serviceaccount:kube-egress-gateway-system:kube-egress-gateway-{account}");
+        let line = format!("\u{2714} {component}: API requests as {user} (");
+        assert!(stdout.contains(&line), "missing {line:?}:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("{workload} container ")) && stdout.contains(&format!(" as {user}")),
+            "{component} not started from {workload} as {user}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("\u{2714} over the whole run the chart's RBAC refused its service accounts nothing"),
+        "{stdout}"
+    );
+    // The webhook's PodEndpoint rule (the chart's --podendpoint-writers) refuses admin, and admits the node agent.
+    assert!(
+        stdout.contains("written only by the node agent (system:serviceaccount:kube-egress-gateway-system:kube-egress-gateway-node-agent); user \"admin\" may not create them"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("PodEndpoint demo/egress-client created by the node agent as system:serviceaccount:kube-egress-gateway-system:kube-egress-gateway-node-agent"),
+        "{stdout}"
+    );
     // Both real gateway agents, each in its own namespace, answer the fabric's load-balancer probe.
     assert_eq!(
         stdout

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Brings up the simulated Azure and Kubernetes with the real webhook and operator, applies a GatewayPool and a
+/// Brings up the simulated Azure and Kubernetes, installs the Helm chart, runs the real components from it, applies a GatewayPool and a
 /// StaticGatewayConfiguration with kubectl, shows the result, and tears everything down.
 #[derive(Debug, Parser)]
 #[command(name = "lab")]
@@ -16,6 +16,9 @@ struct Args {
     /// Directory with the workspace binaries; default: the directory of this binary.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The chart renderer (Helm SDK); default: scripts/render-chart.py of the source tree this lab was built from.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/render-chart.py"))]
+    render_chart: PathBuf,
     /// Longest wait for any one condition, in seconds.
     #[arg(long, default_value_t = 60)]
     step_timeout: u64,
@@ -37,6 +40,7 @@ async fn main() {
     let opts = testbed::lab::Options {
         keep: args.keep,
         bin_dir,
+        render_chart: args.render_chart,
         work_dir: std::env::temp_dir().join(format!("kube-egress-lab-{}", std::process::id())),
         step_timeout: Duration::from_secs(args.step_timeout),
     };

@@ -17,6 +17,7 @@ pub mod store;
 pub mod table;
 pub mod tls;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -48,7 +49,8 @@ pub struct KubeSimConfig {
     pub namespaces: Vec<String>,
 }
 
-fn random_token() -> String {
+/// A fresh bearer token (two random UUIDs).
+pub fn random_token() -> String {
     format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
@@ -118,6 +120,7 @@ impl KubeSim {
             addr,
             bookmark_interval: cfg.bookmark_interval,
             requests: Mutex::default(),
+            requests_by_user: Mutex::default(),
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let app = axum::Router::new().fallback({
@@ -159,6 +162,18 @@ impl KubeSim {
             .iter()
             .find(|u| u.name == user)
             .map(|u| u.token.as_str())
+    }
+
+    /// Requests `user` made so far, by (HTTP method, status code): which identity a component really used.
+    pub fn requests_by(&self, user: &str) -> BTreeMap<(String, u16), u64> {
+        self.shared
+            .requests_by_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((u, _, _), _)| u == user)
+            .map(|((_, m, c), n)| ((m.clone(), *c), *n))
+            .collect()
     }
 
     /// Makes webhook `clientConfig.service` `<namespace>/<name>` reachable at `addr`.

@@ -33,6 +33,8 @@ pub struct Shared {
     pub bookmark_interval: Duration,
     /// Requests served, by (method, status code), for `/metrics`.
     pub requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Requests served, by (authenticated user, method, status code): who did what (see `KubeSim::requests_by`).
+    pub requests_by_user: Mutex<BTreeMap<(String, String, u16), u64>>,
 }
 
 impl Shared {
@@ -148,9 +150,22 @@ fn error_response(e: &ApiError, warnings: &[String]) -> Response {
 /// Entry point for every request.
 pub async fn handle(shared: Arc<Shared>, req: http::Request<Body>) -> Response {
     let method = req.method().to_string();
+    let user = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .and_then(|t| shared.users.iter().find(|u| u.token == t))
+        .map(|u| u.name.clone());
     let resp = handle_inner(&shared, req).await;
+    let code = resp.status().as_u16();
+    if let Some(user) = user {
+        let mut by_user = shared.requests_by_user.lock().unwrap_or_else(|p| p.into_inner());
+        *by_user.entry((user, method.clone(), code)).or_default() += 1;
+    }
     let mut counts = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
-    *counts.entry((method, resp.status().as_u16())).or_default() += 1;
+    *counts.entry((method, code)).or_default() += 1;
     resp
 }
 

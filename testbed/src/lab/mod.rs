@@ -1,7 +1,9 @@
 //! The lab: the whole system on one machine, driven the way a user would (`kubectl`), with every step named
 //! as it runs and everything torn down afterwards (also on failure or Ctrl-C) unless `--keep`.
 //!
-//! Steps: simulators (Kubernetes + Azure), webhook + operator as real processes, `kubectl apply` of a
+//! Steps: simulators (Kubernetes + Azure) and the Helm chart rendered and applied with kubectl ([`chart`]:
+//! every component is then started from its rendered workload, as its service account), webhook + operator
+//! as real processes, `kubectl apply` of a
 //! GatewayPool and a StaticGatewayConfiguration (and an invalid one refused by the webhook), wait for Ready;
 //! then the data plane: the Azure fabric computed from the Azure simulator ([`fabric`]), gateway VMs with the
 //! real gateway agent, regular nodes (own network + mount namespace) with the real node agent and the CNI
@@ -9,6 +11,7 @@
 //! "internet" echo host sees from each.
 
 mod azure_view;
+pub mod chart;
 mod dataplane;
 pub mod fabric;
 mod procs;
@@ -29,6 +32,8 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// Scratch directory for kubeconfig, cloud config, manifests and logs (created, removed at teardown).
     pub work_dir: PathBuf,
+    /// `scripts/render-chart.py`: renders the Helm chart the lab installs.
+    pub render_chart: PathBuf,
     /// Longest wait for any one condition.
     pub step_timeout: std::time::Duration,
 }

@@ -8,31 +8,31 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, anyhow, bail};
 use api::StaticGatewayConfiguration;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use super::chart::{self, LaunchSpec, Localize};
 use super::procs::{Children, live_children, tail};
 use super::{Options, info, ok, step};
 use super::{fabric, runtime};
 use crate::azure::{AzureSim, Seed};
-use crate::kube::KubeSim;
+use crate::kube::{KubeSim, KubeSimConfig, User};
 
-/// Namespace of the components (as the chart installs them).
+/// The chart's release namespace: the components' namespace.
 const SYSTEM_NS: &str = "kube-egress-gateway-system";
+/// The chart's release name.
+const RELEASE: &str = "kube-egress-gateway";
 /// Namespace of the demo configuration and pods.
 const DEMO_NS: &str = "demo";
-/// The webhook Service the configurations point at.
-const WEBHOOK_SVC: &str = "kube-egress-gateway-webhook";
-/// Name of both webhook configurations.
-const WEBHOOK_CONFIG: &str = "kube-egress-gateway";
+/// The chart's workloads (and, for the webhook, its Service).
+const WEBHOOK: &str = "kube-egress-gateway-webhook";
+const OPERATOR: &str = "kube-egress-gateway-operator";
+const GATEWAY_AGENT: &str = "kube-egress-gateway-gateway-agent";
+const NODE_AGENT: &str = "kube-egress-gateway-node-agent";
 /// The gateway node pool (AKS agent pool name, and the GatewayPool's name).
 const POOL: &str = "gwpool";
 /// The demo StaticGatewayConfiguration.
@@ -57,6 +57,8 @@ struct Lab {
     azure: Option<AzureSim>,
     client: Option<kube::Client>,
     kubeconfig: PathBuf,
+    /// The chart as rendered for the lab and applied to kube-sim.
+    chart: chart::Rendered,
     /// The step that is running (number, name), for the failure message.
     current: (usize, &'static str),
     /// UID and gateway profiles of the demo configuration once Ready.
@@ -160,6 +162,10 @@ fn keep_summary(lab: &Lab, opts: &Options) {
             f = lab.fabric_ns
         );
     }
+    println!(
+        "    the installed chart: {} (rendered by scripts/render-chart.py; holds the secrets, mode 0600)",
+        opts.work_dir.join("chart.yaml").display()
+    );
     for (name, log) in lab.children.logs() {
         println!("    {name} log: {}", log.display());
     }
@@ -177,8 +183,11 @@ impl Lab {
     }
 
     async fn steps(&mut self, opts: &Options) -> anyhow::Result<()> {
-        self.begin(1, "simulators: Kubernetes API and Azure");
-        self.simulators().await?;
+        self.begin(
+            1,
+            "simulators: Azure and the Kubernetes API, the Helm chart installed with kubectl",
+        );
+        self.simulators(opts).await?;
         self.begin(2, "webhook and operator (real binaries)");
         self.webhook(opts).await?;
         self.operator(opts).await?;
@@ -201,45 +210,19 @@ impl Lab {
         );
         self.fabric(opts).await?;
         self.begin(5, "gateway nodes: real gateway agents behind the load balancer");
-        self.gateways(opts, &agent).await?;
+        self.gateways(opts).await?;
         self.begin(6, "regular nodes: real node agents and the CNI chain");
-        self.nodes(opts, &agent).await?;
+        self.nodes(opts).await?;
         self.begin(7, "pods, created as kubelet and the container runtime would");
         self.pods(opts).await?;
         self.begin(8, "egress: the source address the internet echo host sees");
         self.egress(opts).await?;
+        self.check_accounts()?;
         Ok(())
     }
 
-    async fn simulators(&mut self) -> anyhow::Result<()> {
-        let kube = KubeSim::start(Default::default())
-            .await
-            .context("starting the Kubernetes API simulator")?;
-        kube.write_kubeconfig(&self.kubeconfig, "admin")
-            .context("writing the kubeconfig")?;
-        let client = kube.client("admin").context("Kubernetes client")?;
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let mut names = Vec::new();
-        for crd in api::crd::all() {
-            crds.create(&PostParams::default(), &crd)
-                .await
-                .with_context(|| format!("creating CRD {:?}", crd.metadata.name))?;
-            names.push(crd.spec.names.kind.clone());
-        }
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        for ns in [SYSTEM_NS, DEMO_NS] {
-            let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-            namespaces
-                .create(&PostParams::default(), &n)
-                .await
-                .with_context(|| format!("creating namespace {ns}"))?;
-        }
-        ok(&format!(
-            "kube-sim at {} with CRDs {} and namespaces {SYSTEM_NS}, {DEMO_NS}",
-            kube.url(),
-            names.join(", ")
-        ));
-
+    async fn simulators(&mut self, opts: &Options) -> anyhow::Result<()> {
+        // Azure first: the chart's cloud config points the operator at it.
         let seed = lab_seed();
         let azure = AzureSim::start(&seed)
             .await
@@ -292,145 +275,328 @@ impl Lab {
                 .collect::<Vec<_>>()
                 .join(",")
         ));
-        self.kube = Some(kube);
+        let azure_url = azure.url().to_string();
         self.azure = Some(azure);
-        self.client = Some(client);
-        Ok(())
-    }
 
-    async fn webhook(&mut self, opts: &Options) -> anyhow::Result<()> {
-        let client = self.client()?;
-        // Registered as the chart does; the webhook patches its self-generated CA into both at start.
-        let group = api::names::GROUP;
-        let entry = |name: &str, path: &str, resource: &str| {
-            json!({
-                "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
-                "timeoutSeconds": 5,
-                "clientConfig": {"service": {"namespace": SYSTEM_NS, "name": WEBHOOK_SVC, "path": path, "port": 443}},
-                "rules": [{"apiGroups": [group], "apiVersions": ["*"], "resources": [resource],
-                    "operations": ["CREATE", "UPDATE"], "scope": "*"}],
-            })
-        };
-        let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": WEBHOOK_CONFIG},
-            "webhooks": [entry("mutate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com",
-                "/mutate-staticgatewayconfiguration", "staticgatewayconfigurations")]
-        }))?;
-        let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": WEBHOOK_CONFIG},
-            "webhooks": [
-                entry("validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com",
-                    "/validate-staticgatewayconfiguration", "staticgatewayconfigurations"),
-                entry("validate.gatewaypools.egressgateway.kubernetes.azure.com",
-                    "/validate-gatewaypool", "gatewaypools"),
-            ]
-        }))?;
-        let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-        let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-        mwcs.create(&PostParams::default(), &mutating)
-            .await
-            .context("creating the MutatingWebhookConfiguration")?;
-        vwcs.create(&PostParams::default(), &validating)
-            .await
-            .context("creating the ValidatingWebhookConfiguration")?;
+        // The chart, rendered with the Helm SDK (values and output hold the service principal's secret: 0600).
+        let values = lab_values(&seed, &azure_url)?;
+        let values_path = opts.work_dir.join("values.yaml");
+        write_private(&values_path, &serde_json::to_string_pretty(&values)?)?;
+        let text = render_chart(opts, &values_path).await?;
+        let chart_path = opts.work_dir.join("chart.yaml");
+        write_private(&chart_path, &text)?;
+        self.chart = chart::Rendered::parse(&text).context("reading the rendered chart")?;
+        let script = std::fs::canonicalize(&opts.render_chart).unwrap_or_else(|_| opts.render_chart.clone());
+        info(&format!(
+            "$ {} --release {RELEASE} --namespace {SYSTEM_NS} -f values.yaml > chart.yaml",
+            script.display()
+        ));
+        info(
+            "  values: cloud config -> azure-sim (service principal from its seed), webhook certificates selfSigned with 1 replica and no drain, gateway LB probe port 8082 with a 1s drain",
+        );
 
-        let listen = free_port()?;
-        let metrics = free_port()?;
-        self.kube
-            .as_ref()
-            .context("kube-sim not started")?
-            .map_service(SYSTEM_NS, WEBHOOK_SVC, listen);
-        let args = [
-            "--listen".to_string(),
-            listen.to_string(),
-            "--metrics-listen".into(),
-            metrics.to_string(),
-            "--self-signed-dns-names".into(),
-            format!("{WEBHOOK_SVC}.{SYSTEM_NS}.svc"),
-            "--mutating-webhook-configuration".into(),
-            WEBHOOK_CONFIG.into(),
-            "--validating-webhook-configuration".into(),
-            WEBHOOK_CONFIG.into(),
-            "--podendpoint-writers".into(),
-            format!("system:serviceaccount:{SYSTEM_NS}:kube-egress-gateway-node-agent"),
-            "--drain-seconds".into(),
-            "0".into(),
-        ];
-        self.children.spawn(
-            "webhook",
-            &opts.bin_dir.join("kube-egress-gateway-webhook"),
-            &args,
-            &[("KUBECONFIG", self.kubeconfig.display().to_string())],
-            &opts.work_dir,
-        )?;
-        self.wait("webhook /readyz answers 200", opts, || async {
-            Ok(http_status(metrics, "/readyz").await == Some(200))
-        })
-        .await?;
-        self.wait("the webhook's CA is in both webhook configurations", opts, || {
-            let (mwcs, vwcs) = (mwcs.clone(), vwcs.clone());
-            async move {
-                let m = mwcs.get(WEBHOOK_CONFIG).await?;
-                let v = vwcs.get(WEBHOOK_CONFIG).await?;
-                let m_ok = m.webhooks.unwrap_or_default().iter().all(|w| {
-                    w.client_config
-                        .ca_bundle
-                        .as_ref()
-                        .is_some_and(|b| !b.0.is_empty())
-                });
-                let v_ok = v.webhooks.unwrap_or_default().iter().all(|w| {
-                    w.client_config
-                        .ca_bundle
-                        .as_ref()
-                        .is_some_and(|b| !b.0.is_empty())
-                });
-                Ok(m_ok && v_ok)
-            }
-        })
-        .await?;
+        // kube-sim, with a token for each of the chart's ServiceAccounts (what the token controller would issue).
+        let mut cfg = KubeSimConfig::default();
+        let accounts = self.chart.service_accounts();
+        for (ns, name) in &accounts {
+            cfg.users
+                .push(User::service_account(ns, name, &crate::kube::random_token()));
+        }
+        let kube = KubeSim::start(cfg)
+            .await
+            .context("starting the Kubernetes API simulator")?;
+        kube.write_kubeconfig(&self.kubeconfig, "admin")
+            .context("writing the kubeconfig")?;
+        for (ns, name) in &accounts {
+            kube.write_kubeconfig(
+                &self.sa_kubeconfig(ns, name),
+                &format!("system:serviceaccount:{ns}:{name}"),
+            )
+            .with_context(|| format!("writing the kubeconfig of service account {ns}/{name}"))?;
+        }
+        let client = kube.client("admin").context("Kubernetes client")?;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for ns in [SYSTEM_NS, DEMO_NS] {
+            let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+            namespaces
+                .create(&PostParams::default(), &n)
+                .await
+                .with_context(|| format!("creating namespace {ns}"))?;
+        }
         ok(&format!(
-            "webhook serving at {listen} (Service {SYSTEM_NS}/{WEBHOOK_SVC}), ready, CA patched into the webhook configurations"
+            "kube-sim at {} with namespaces {SYSTEM_NS} (the release's, as `helm install --create-namespace`) and {DEMO_NS}; a token for each of the chart's ServiceAccounts: {}",
+            kube.url(),
+            accounts
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.kube = Some(kube);
+        self.client = Some(client);
+
+        // The lab's `helm install`: every rendered object, CRDs first, then Helm's install order.
+        let out = self.kubectl(opts, &["apply", "-f", "chart.yaml"]).await?;
+        if !out.ok {
+            bail!("the API server refused part of the chart: {}", out.stderr.trim());
+        }
+        info("$ kubectl apply -f chart.yaml");
+        let kinds = self.chart.kinds();
+        ok(&format!(
+            "installed from the chart ({} objects): {}",
+            self.chart.objects.len(),
+            kinds
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         Ok(())
     }
 
+    /// The kubeconfig holding service account `ns/name`'s token (as kube-sim's `--service-account` names it).
+    fn sa_kubeconfig(&self, ns: &str, name: &str) -> PathBuf {
+        let mut p = self.kubeconfig.clone().into_os_string();
+        p.push(format!(".sa.{ns}.{name}"));
+        PathBuf::from(p)
+    }
+
+    /// Starts the process a kubelet would start for `spec`: its Secret volumes written to files, its environment,
+    /// and its service account's token (a kubeconfig instead of the in-cluster token mount). `enter` are the
+    /// `nsenter` arguments that put it in its node's namespaces (hostNetwork pods), empty for the host.
+    fn launch(
+        &mut self,
+        name: &str,
+        spec: &LaunchSpec,
+        enter: &[String],
+        opts: &Options,
+    ) -> anyhow::Result<()> {
+        for f in &spec.secret_files {
+            if let Some(dir) = f.path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            write_private_bytes(&f.path, &f.data)?;
+        }
+        let kubeconfig = self.sa_kubeconfig(&spec.service_account.0, &spec.service_account.1);
+        if !kubeconfig.exists() {
+            bail!("no token for service account {}", spec.user());
+        }
+        let mut envs: Vec<(&str, String)> = spec.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        envs.push(("KUBECONFIG", kubeconfig.display().to_string()));
+        let binary = opts.bin_dir.join(&spec.binary);
+        let (program, args) = if enter.is_empty() {
+            (binary.clone(), spec.argv())
+        } else {
+            let mut a = enter.to_vec();
+            a.push(binary.display().to_string());
+            a.extend(spec.argv());
+            (PathBuf::from("nsenter"), a)
+        };
+        info(&format!(
+            "{name}: {} container {} ({}) as {}",
+            spec.workload,
+            spec.container,
+            spec.binary,
+            spec.user()
+        ));
+        info(&format!("  args: {}", spec.args.join(" ")));
+        for (from, to) in &spec.localized {
+            info(&format!("  localised: {from} -> {to}"));
+        }
+        for (arg, why) in &spec.lab_args {
+            info(&format!("  lab-only: {arg} ({why})"));
+        }
+        self.children.spawn(name, &program, &args, &envs, &opts.work_dir)
+    }
+
+    /// Checks that kube-sim served `user` (a component's service account) and refused it nothing.
+    fn check_identity(&self, component: &str, user: &str) -> anyhow::Result<()> {
+        let kube = self.kube.as_ref().context("kube-sim not started")?;
+        let counts = kube.requests_by(user);
+        let forbidden: u64 = counts
+            .iter()
+            .filter(|((_, code), _)| *code == 403)
+            .map(|(_, n)| n)
+            .sum();
+        let served: u64 = counts
+            .iter()
+            .filter(|((_, code), _)| (200..300).contains(code))
+            .map(|(_, n)| n)
+            .sum();
+        let writes: u64 = counts
+            .iter()
+            .filter(|((m, code), _)| m != "GET" && (200..300).contains(code))
+            .map(|(_, n)| n)
+            .sum();
+        if forbidden > 0 {
+            bail!("{component}: the chart's RBAC refused {user} {forbidden} request(s): {counts:?}");
+        }
+        if served == 0 {
+            bail!("{component}: kube-sim served no request as {user}: {counts:?}");
+        }
+        ok(&format!(
+            "{component}: API requests as {user} ({served} answered, {writes} of them writes), none forbidden by the chart's RBAC"
+        ));
+        Ok(())
+    }
+
+    /// Over the whole run: kube-sim refused none of the chart's service accounts anything (403).
+    fn check_accounts(&self) -> anyhow::Result<()> {
+        let kube = self.kube.as_ref().context("kube-sim not started")?;
+        let mut seen = Vec::new();
+        for (ns, name) in self.chart.service_accounts() {
+            let user = format!("system:serviceaccount:{ns}:{name}");
+            let counts = kube.requests_by(&user);
+            let forbidden: u64 = counts
+                .iter()
+                .filter(|((_, code), _)| *code == 403)
+                .map(|(_, n)| n)
+                .sum();
+            if forbidden > 0 {
+                bail!("the chart's RBAC refused {user} {forbidden} request(s): {counts:?}");
+            }
+            seen.push(format!("{name} {}", counts.values().sum::<u64>()));
+        }
+        ok(&format!(
+            "over the whole run the chart's RBAC refused its service accounts nothing (requests: {})",
+            seen.join(", ")
+        ));
+        Ok(())
+    }
+
+    /// The launch spec of Deployment `name`'s `container` (one replica: the lab runs one process), its
+    /// listeners moved to `ports` (it runs in the host's network namespace, not a pod's own).
+    fn deployment_pod(
+        &self,
+        name: &str,
+        container: &str,
+        ports: &[(&str, String)],
+        opts: &Options,
+    ) -> anyhow::Result<LaunchSpec> {
+        let spec = self.chart.launch_spec(
+            "Deployment",
+            name,
+            container,
+            &deployment_pod(name),
+            &Localize {
+                ports: ports.iter().map(|(f, v)| (f.to_string(), v.clone())).collect(),
+                volume_root: opts.work_dir.join("pods").join(container),
+            },
+        )?;
+        if spec.replicas != Some(1) {
+            bail!(
+                "the lab runs one {container} replica; the chart renders {:?}",
+                spec.replicas
+            );
+        }
+        Ok(spec)
+    }
+
+    /// The launch spec of DaemonSet `ds`'s `agent` container on node `node_name` (the `i`th of its kind, with
+    /// `labels`): the DaemonSet must select the node and mount its hostPaths where they are on the host.
+    fn daemonset_pod(
+        &self,
+        ds: &str,
+        short: &str,
+        i: usize,
+        node_name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        opts: &Options,
+    ) -> anyhow::Result<LaunchSpec> {
+        if !self.chart.selects("DaemonSet", ds, labels)? {
+            bail!("the chart's DaemonSet {ds} does not select node {node_name} ({labels:?})");
+        }
+        let spec = self.chart.launch_spec(
+            "DaemonSet",
+            ds,
+            "agent",
+            &chart::Pod {
+                namespace: SYSTEM_NS.into(),
+                name: format!("{ds}-{i}"),
+                node_name: node_name.to_string(),
+            },
+            &Localize {
+                ports: Vec::new(),
+                volume_root: opts.work_dir.join("pods").join(format!("{short}-{i}")),
+            },
+        )?;
+        let remapped = spec.remapped_host_paths();
+        if !remapped.is_empty() {
+            bail!("{ds} mounts hostPaths elsewhere, which the lab cannot honour: {remapped:?}");
+        }
+        Ok(spec)
+    }
+
+    async fn webhook(&mut self, opts: &Options) -> anyhow::Result<()> {
+        let listen = free_port()?;
+        let metrics = free_port()?;
+        let spec = self.deployment_pod(
+            WEBHOOK,
+            "webhook",
+            &[
+                ("--listen", listen.to_string()),
+                ("--metrics-listen", metrics.to_string()),
+            ],
+            opts,
+        )?;
+        // The Service the chart's webhook configurations call, reachable at this replica's listener.
+        self.chart.get("Service", WEBHOOK)?;
+        self.kube
+            .as_ref()
+            .context("kube-sim not started")?
+            .map_service(SYSTEM_NS, WEBHOOK, listen);
+        self.launch("webhook", &spec, &[], opts)?;
+        self.wait("webhook /readyz answers 200", opts, || async {
+            Ok(http_status(metrics, "/readyz").await == Some(200))
+        })
+        .await?;
+        // The chart's registration is live and reaches the webhook over the chart's certificate: a PodEndpoint
+        // written by anyone but the node agent's account is refused.
+        let pe = format!(
+            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: PodEndpoint\nmetadata:\n  name: forged\n  namespace: {DEMO_NS}\nspec:\n  podIpAddress: 10.244.9.9/32\n  podPublicKey: \"{}=\"\n  staticGatewayConfiguration: {SGC}\n",
+            "A".repeat(43)
+        );
+        std::fs::write(opts.work_dir.join("forged-podendpoint.yaml"), pe)
+            .context("writing forged-podendpoint.yaml")?;
+        let out = self
+            .kubectl(opts, &["apply", "-f", "forged-podendpoint.yaml"])
+            .await?;
+        if out.ok || !out.stderr.contains("written only by the node agent") {
+            bail!(
+                "a PodEndpoint written as admin was not refused by the chart's webhook (exit ok: {}): {}{}",
+                out.ok,
+                out.stdout.trim(),
+                out.stderr.trim()
+            );
+        }
+        info("$ kubectl apply -f forged-podendpoint.yaml   # as admin");
+        info(&format!("  {}", out.stderr.trim()));
+        let writers = spec
+            .args
+            .iter()
+            .find_map(|a| a.strip_prefix("--podendpoint-writers="))
+            .unwrap_or_default()
+            .to_string();
+        ok(&format!(
+            "webhook serving at {listen} (Service {SYSTEM_NS}/{WEBHOOK}), ready; the chart's webhook configurations reach it over the chart's certificate: a PodEndpoint applied as admin is refused (--podendpoint-writers={writers})"
+        ));
+        self.check_identity("webhook", &spec.user())
+    }
+
     async fn operator(&mut self, opts: &Options) -> anyhow::Result<()> {
         let client = self.client()?;
-        let azure = self.azure.as_ref().context("azure-sim not started")?;
-        let seed = lab_seed();
-        let sp = seed
-            .service_principals
-            .first()
-            .context("seed has no service principal")?;
-        let cloud = json!({
-            "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
-            "tenantId": seed.tenant_id, "aadClientId": sp.client_id, "aadClientSecret": sp.client_secret,
-            "resourceGroup": "node-rg", "vnetName": "aks-vnet", "subnetName": "aks-subnet",
-            "resourceManagerEndpoint": azure.url(), "activeDirectoryAuthorityHost": azure.url()
-        });
-        let cloud_path = opts.work_dir.join("azure.json");
-        write_private(&cloud_path, &cloud.to_string())?;
         let health = free_port()?;
         let metrics = free_port()?;
-        let args = [
-            "--cloud-config".to_string(),
-            cloud_path.display().to_string(),
-            "--leader-elect".into(),
-            "--metrics-bind-port".into(),
-            metrics.port().to_string(),
-            "--health-probe-bind-port".into(),
-            health.port().to_string(),
-        ];
-        self.children.spawn(
+        let spec = self.deployment_pod(
+            OPERATOR,
             "operator",
-            &opts.bin_dir.join("kube-egress-gateway-operator"),
-            &args,
             &[
-                ("KUBECONFIG", self.kubeconfig.display().to_string()),
-                ("MY_POD_NAMESPACE", SYSTEM_NS.to_string()),
+                ("--metrics-bind-port", metrics.port().to_string()),
+                ("--health-probe-bind-port", health.port().to_string()),
             ],
-            &opts.work_dir,
+            opts,
         )?;
+        self.launch("operator", &spec, &[], opts)?;
         let leases: Api<Lease> = Api::namespaced(client, SYSTEM_NS);
         let holder = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         self.wait("the operator holds the leader Lease", opts, || {
@@ -457,9 +623,9 @@ impl Lab {
         .await?;
         let who = holder.lock().map(|g| g.clone()).unwrap_or_default();
         ok(&format!(
-            "operator elected leader: {who}; ready; cloud config points at azure-sim"
+            "operator elected leader: {who}; ready; its cloud config (the chart's Secret) points at azure-sim"
         ));
-        Ok(())
+        self.check_identity("operator", &spec.user())
     }
 
     async fn configure(&mut self, opts: &Options) -> anyhow::Result<()> {
@@ -784,7 +950,7 @@ impl Lab {
     }
 
     /// The real gateway agent in each gateway VM, the LB frontend on its eth0, and the fabric's probes.
-    async fn gateways(&mut self, opts: &Options, agent: &Path) -> anyhow::Result<()> {
+    async fn gateways(&mut self, opts: &Options) -> anyhow::Result<()> {
         use super::dataplane::{forward_loopback, probe_from};
         let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
         let azure_addr = self.azure.as_ref().context("azure-sim")?.addr();
@@ -793,43 +959,39 @@ impl Lab {
             self.forwarders.push(forward_loopback(ns, kube_port)?);
             let (imds_port, imds) = super::dataplane::imds_for_node(ns, azure_addr, node_name)?;
             self.forwarders.push(imds);
+            // AKS gateway pool nodes: their pool and the gateway mode label the chart's DaemonSet selects.
+            let labels: std::collections::BTreeMap<String, String> = [
+                (api::names::NODE_AGENTPOOL_LABEL, POOL),
+                (api::names::NODE_GATEWAY_MODE_LABEL, "true"),
+                ("kubernetes.io/os", "linux"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
             let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
-                "metadata": {"name": node_name, "labels": {api::names::NODE_AGENTPOOL_LABEL: POOL}}
+                "metadata": {"name": node_name, "labels": labels}
             }))?;
             nodes
                 .create(&PostParams::default(), &node)
                 .await
                 .with_context(|| format!("creating Node {node_name}"))?;
-            let args = [
-                format!("--net={}", PathBuf::from("/var/run/netns").join(ns).display()),
-                "--".into(),
-                agent.display().to_string(),
-                "--mode".into(),
-                "gateway".into(),
-                "--node-name".into(),
-                node_name.clone(),
-                "--namespace".into(),
-                SYSTEM_NS.into(),
-                "--netns-name".into(),
-                format!("{ns}-egw"),
-                "--host-interface".into(),
-                "eth0".into(),
-                "--imds-endpoint".into(),
-                format!("http://127.0.0.1:{imds_port}"),
-                "--metrics-bind-address".into(),
-                "127.0.0.1:0".into(),
-                "--health-probe-bind-address".into(),
-                "127.0.0.1:0".into(),
-                "--lb-probe-drain-delay-seconds".into(),
-                "1".into(),
-            ];
-            self.children.spawn(
-                &format!("gateway-agent-{i}"),
-                Path::new("nsenter"),
-                &args,
-                &[("KUBECONFIG", self.kubeconfig.display().to_string())],
-                &opts.work_dir,
+            // The DaemonSet's pod on this node: hostNetwork, so the VM's own network namespace; the chart's
+            // ports as they are. The gateway VMs share the host's mount namespace, so hostPaths are the host's.
+            let mut spec = self.daemonset_pod(GATEWAY_AGENT, "gateway-agent", i, node_name, &labels, opts)?;
+            spec.add_lab_arg(
+                "--netns-name",
+                &format!("{ns}-egw"),
+                "all gateway VMs share the host's /var/run/netns; on a node it is ns-static-egress-gateway, made by the chart's netns-init init container",
             )?;
+            spec.add_lab_arg(
+                "--imds-endpoint",
+                &format!("http://127.0.0.1:{imds_port}"),
+                "this VM's instance metadata from azure-sim, instead of 169.254.169.254",
+            )?;
+            let enter = [
+                format!("--net={}", PathBuf::from("/var/run/netns").join(ns).display()),
+                "--".to_string(),
+            ];
+            self.launch(&format!("gateway-agent-{i}"), &spec, &enter, opts)?;
             self.netns.push(format!("{ns}-egw"));
         }
         let path = api::names::lb_probe_path(&self.sgc_uid);
@@ -908,12 +1070,15 @@ impl Lab {
         ok(&format!(
             "the fabric load-balances {serving} (healthy backends only)"
         ));
-        Ok(())
+        self.check_identity(
+            "gateway agents",
+            &format!("system:serviceaccount:{SYSTEM_NS}:{GATEWAY_AGENT}"),
+        )
     }
 
     /// Regular nodes: their own mount namespace, the primary CNI configuration (bridge + host-local), the
     /// real node agent that chains our plugin after it and removes the node's cni-not-ready taint.
-    async fn nodes(&mut self, opts: &Options, agent: &Path) -> anyhow::Result<()> {
+    async fn nodes(&mut self, opts: &Options) -> anyhow::Result<()> {
         use super::dataplane::forward_loopback;
         let tag = format!("lab{}-", std::process::id());
         let mnt_dir = PathBuf::from(format!("/run/kube-egress-{tag}mnt"));
@@ -939,8 +1104,14 @@ impl Lab {
             )
             .context("writing the primary CNI configuration")?;
             self.forwarders.push(forward_loopback(&node.netns, kube_port)?);
+            let labels: std::collections::BTreeMap<String, String> = [
+                (api::names::NODE_AGENTPOOL_LABEL, NODE_POOL),
+                ("kubernetes.io/os", "linux"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
             let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": {api::names::NODE_AGENTPOOL_LABEL: NODE_POOL}},
+                "metadata": {"name": name, "labels": labels},
                 "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr],
                     "taints": [{"key": api::names::CNI_NOT_READY_TAINT, "value": "true", "effect": "NoSchedule"}]}
             }))?;
@@ -948,29 +1119,23 @@ impl Lab {
                 .create(&PostParams::default(), &n)
                 .await
                 .with_context(|| format!("creating Node {name}"))?;
-            let mut args = node.enter_args();
-            args.extend([
-                agent.display().to_string(),
-                "--mode".into(),
-                "node".into(),
-                "--node-name".into(),
-                name.clone(),
-                "--namespace".into(),
-                SYSTEM_NS.into(),
-                "--metrics-bind-address".into(),
-                "127.0.0.1:0".into(),
-                "--health-probe-bind-address".into(),
-                "127.0.0.1:0".into(),
-                "--cni-conf-poll-ms".into(),
-                "200".into(),
-            ]);
-            self.children.spawn(
-                &format!("node-agent-{i}"),
-                Path::new("nsenter"),
-                &args,
-                &[("KUBECONFIG", self.kubeconfig.display().to_string())],
-                &opts.work_dir,
-            )?;
+            // The DaemonSet's pod on this node: hostNetwork, so the node's network namespace, and its hostPath
+            // volumes, which must be the node's own directories (bind mounts in its mount namespace).
+            let spec = self.daemonset_pod(NODE_AGENT, "node-agent", i, name, &labels, opts)?;
+            let shared: Vec<&str> = spec
+                .host_paths
+                .iter()
+                .map(|h| h.host_path.as_str())
+                .filter(|h| {
+                    !runtime::NODE_PRIVATE_DIRS
+                        .iter()
+                        .any(|(d, _)| chart::normalize_run(h) == chart::normalize_run(d))
+                })
+                .collect();
+            if !shared.is_empty() {
+                bail!("{NODE_AGENT} mounts hostPaths that are not the lab node's own: {shared:?}");
+            }
+            self.launch(&format!("node-agent-{i}"), &spec, &node.enter_args(), opts)?;
         }
         for node in self.nodes.clone() {
             let ours = node.conf_dir().join(api::names::CNI_CONF_FILE);
@@ -1010,7 +1175,10 @@ impl Lab {
                 chain.join(" -> ")
             ));
         }
-        Ok(())
+        self.check_identity(
+            "node agents",
+            &format!("system:serviceaccount:{SYSTEM_NS}:{NODE_AGENT}"),
+        )
     }
 
     /// An annotated and a plain pod: Pod object, network namespace, CNI ADD of the node's chain, status.podIP.
@@ -1100,7 +1268,7 @@ impl Lab {
                 )
                 .await?;
                 ok(&format!(
-                    "{DEMO_NS}/{name} (annotation {}={SGC}): wg0 tunnel to the gateways' frontend, PodEndpoint {DEMO_NS}/{name} created by the node agent",
+                    "{DEMO_NS}/{name} (annotation {}={SGC}): wg0 tunnel to the gateways' frontend, PodEndpoint {DEMO_NS}/{name} created by the node agent as system:serviceaccount:{SYSTEM_NS}:{NODE_AGENT} (the only writer the chart's webhook admits)",
                     api::names::POD_GATEWAY_ANNOTATION
                 ));
             } else {
@@ -1485,6 +1653,58 @@ fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The lab's values for the chart: the cloud config points at azure-sim with the service principal of its
+/// seed (the chart passes the endpoint keys through, as for a custom cloud); one webhook replica with the
+/// chart's self-signed certificate and no drain delay, a 1 s LB probe drain (the lab stops components with a
+/// 5 s grace); the LB probe port the fabric probes.
+fn lab_values(seed: &Seed, azure_url: &str) -> anyhow::Result<serde_json::Value> {
+    let sp = seed
+        .service_principals
+        .first()
+        .context("seed has no service principal")?;
+    Ok(json!({
+        "common": {"gatewayLbProbePort": api::names::DEFAULT_LB_PROBE_PORT},
+        "config": {"azureCloudConfig": {
+            "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
+            "tenantId": seed.tenant_id, "aadClientId": sp.client_id, "aadClientSecret": sp.client_secret,
+            "resourceGroup": "node-rg", "vnetName": "aks-vnet", "subnetName": "aks-subnet",
+            "resourceManagerEndpoint": azure_url, "activeDirectoryAuthorityHost": azure_url,
+        }},
+        "webhook": {"replicas": 1, "drainSeconds": 0, "certificates": {"mode": "selfSigned"}},
+        "gatewayDaemonManager": {"lbProbeDrainDelaySeconds": 1},
+    }))
+}
+
+/// Renders the chart with `scripts/render-chart.py` (the Helm SDK) and `values`; the rendered text.
+async fn render_chart(opts: &Options, values: &Path) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new("python3")
+        .arg(&opts.render_chart)
+        .args(["--release", RELEASE, "--namespace", SYSTEM_NS, "-f"])
+        .arg(values)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running python3 (scripts/install-deps.sh installs it and the Helm SDK)")?;
+    if !out.status.success() {
+        bail!(
+            "rendering the chart with {} failed: {}",
+            opts.render_chart.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).context("the rendered chart is not UTF-8")
+}
+
+/// The downward-API view of a Deployment's (only) pod. Webhook and operator run on the host, in no node's
+/// namespaces; their pods are said to be on the first regular node.
+fn deployment_pod(name: &str) -> chart::Pod {
+    chart::Pod {
+        namespace: SYSTEM_NS.into(),
+        name: format!("{name}-0"),
+        node_name: regular_nodes().into_iter().next().unwrap_or_default(),
+    }
+}
+
 /// A free loopback port (bound then released; the component binds it right after).
 fn free_port() -> anyhow::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
@@ -1493,6 +1713,11 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 /// Writes a file only the owner can read (it holds the simulated service principal's secret).
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    write_private_bytes(path, text.as_bytes())
+}
+
+/// [`write_private`] for bytes (Secret volume files: TLS keys, the cloud config).
+fn write_private_bytes(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
@@ -1502,7 +1727,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())
+    f.write_all(data)
         .with_context(|| format!("writing {}", path.display()))
 }
 
