@@ -719,6 +719,9 @@ impl Operator {
     }
 
     async fn finish_deletion(&self, sgc: &StaticGatewayConfiguration) -> Result<(), kube::Error> {
+        // A GatewayPool waiting for its last configuration to go is released on a later pass: ask for one
+        // (the converging re-check) rather than rely on that pool's watch event alone.
+        self.converging.store(true, std::sync::atomic::Ordering::Relaxed);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.secret_namespace);
         match secrets
             .delete(
@@ -1295,6 +1298,11 @@ impl Operator {
                         .chain([api::names::POOL_FINALIZER.to_string()])
                         .collect(),
                 ),
+                (true, true, true) => {
+                    // Released once its configurations are gone: re-check soon.
+                    self.converging.store(true, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
                 (true, true, false) => Some(
                     p.finalizers()
                         .iter()
