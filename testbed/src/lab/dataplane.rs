@@ -262,17 +262,29 @@ pub async fn udp_source_seen(ns: &str, to: SocketAddr, timeout: Duration) -> Opt
     .flatten()
 }
 
-/// From inside `ns`, one TCP connection to the echo at `to`: the source address it saw.
-pub async fn tcp_source_seen(ns: &str, to: SocketAddr) -> Option<Ipv4Addr> {
+/// From inside `ns`, asks the TCP echo at `to` which source address it saw: a new connection (2 s each) until
+/// one answers or `timeout` passes, as the UDP check resends (a first SYN can meet a tunnel still settling).
+pub async fn tcp_source_seen(ns: &str, to: SocketAddr, timeout: Duration) -> Option<Ipv4Addr> {
     let ns = ns.to_string();
     tokio::task::spawn_blocking(move || {
         in_netns(&ns, move || {
             use std::io::Read as _;
-            let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-            c.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let mut out = String::new();
-            c.read_to_string(&mut out)?;
-            Ok(out.trim().parse().ok())
+            let end = std::time::Instant::now() + timeout;
+            loop {
+                let attempt = (|| -> std::io::Result<Option<Ipv4Addr>> {
+                    let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+                    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let mut out = String::new();
+                    c.read_to_string(&mut out)?;
+                    Ok(out.trim().parse().ok())
+                })();
+                match attempt {
+                    Ok(Some(a)) => return Ok(Some(a)),
+                    _ if std::time::Instant::now() >= end => return Ok(None),
+                    // Poll interval, so a refused connection does not spin.
+                    _ => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
         })
         .ok()
         .flatten()

@@ -1346,7 +1346,7 @@ impl Lab {
         for (sb, to, want_inside, what) in checks {
             let echo = SocketAddr::from((to, ECHO_PORT));
             let udp = udp_source_seen(&sb.netns, echo, opts.step_timeout).await;
-            let tcp = tcp_source_seen(&sb.netns, echo).await;
+            let tcp = tcp_source_seen(&sb.netns, echo, opts.step_timeout).await;
             let seen = |a: Option<Ipv4Addr>| {
                 a.map(|a| a.to_string())
                     .unwrap_or_else(|| "nothing (no answer)".into())
