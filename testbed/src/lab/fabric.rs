@@ -19,7 +19,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -589,20 +588,13 @@ async fn prober(ns: String, ip: Ipv4Addr, p: Probe, health: Arc<Mutex<Health>>) 
     }
 }
 
+/// Whether a TCP connection to `ip:port` from inside `ns` succeeds within 500 ms (a TCP probe).
 async fn tcp_connects(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
     let ns = ns.to_string();
     tokio::task::spawn_blocking(move || {
-        let path = PathBuf::from("/var/run/netns").join(&ns);
-        std::thread::spawn(move || {
-            let Ok(f) = std::fs::File::open(&path) else {
-                return false;
-            };
-            if nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
-                return false;
-            }
-            std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(500)).is_ok()
+        super::dataplane::in_netns(&ns, move || {
+            Ok(std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(500)).is_ok())
         })
-        .join()
         .unwrap_or(false)
     })
     .await
