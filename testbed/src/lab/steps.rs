@@ -291,9 +291,10 @@ impl Lab {
             "$ {} --release {RELEASE} --namespace {SYSTEM_NS} -f values.yaml > chart.yaml",
             script.display()
         ));
-        info(
-            "  values: cloud config -> azure-sim (service principal from its seed), webhook certificates selfSigned with 1 replica and no drain, gateway LB probe port 8082 with a 1s drain",
-        );
+        info(&format!(
+            "  values: cloud config -> azure-sim (service principal from its seed), webhook certificates selfSigned with 1 replica and no drain, gateway LB probe port {} with a 1s drain",
+            api::names::DEFAULT_LB_PROBE_PORT
+        ));
 
         // kube-sim, with a token for each of the chart's ServiceAccounts (what the token controller would issue).
         let mut cfg = KubeSimConfig::default();
@@ -1027,19 +1028,21 @@ impl Lab {
             ));
         }
         let fabric = self.fabric_ns.clone();
+        // The port lab_values gives the chart (gatewayLbProbePort), which the operator puts in the LB probe.
+        let port = api::names::DEFAULT_LB_PROBE_PORT;
         for (node, primary, _) in self.gateway_vms.clone() {
             let (f, p) = (fabric.clone(), path.clone());
             self.wait(
-                &format!("the fabric's probe of {node} ({primary}:8082{path}) answers 200"),
+                &format!("the fabric's probe of {node} ({primary}:{port}{path}) answers 200"),
                 opts,
                 move || {
                     let (f, p) = (f.clone(), p.clone());
-                    async move { Ok(probe_from(&f, primary, 8082, &p).await == Some(200)) }
+                    async move { Ok(probe_from(&f, primary, port, &p).await == Some(200)) }
                 },
             )
             .await?;
             ok(&format!(
-                "gateway agent on {node} ({primary}, own netns) is up; the fabric's LB probe :8082{path} answers 200"
+                "gateway agent on {node} ({primary}, own netns) is up; the fabric's LB probe :{port}{path} answers 200"
             ));
         }
         let mut status = self.fabric.as_ref().context("fabric not running")?.status.clone();
