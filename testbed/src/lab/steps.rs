@@ -823,7 +823,7 @@ impl Lab {
     /// nodes), and the fabric loop realising the Azure simulator's state.
     async fn fabric(&mut self, opts: &Options) -> anyhow::Result<()> {
         use super::dataplane::ip;
-        let tag = format!("lab{}-", std::process::id());
+        let tag = lab_tag();
         self.fabric_ns = format!("{tag}fabric");
         let fabric = self.fabric_ns.clone();
         self.add_netns(&fabric)?;
@@ -1083,7 +1083,7 @@ impl Lab {
     /// real node agent that chains our plugin after it and removes the node's cni-not-ready taint.
     async fn nodes(&mut self, opts: &Options) -> anyhow::Result<()> {
         use super::dataplane::forward_loopback;
-        let tag = format!("lab{}-", std::process::id());
+        let tag = lab_tag();
         let mnt_dir = PathBuf::from(format!("/run/kube-egress-{tag}mnt"));
         runtime::private_mount_dir(&mnt_dir)?;
         self.mnt_dir = Some(mnt_dir.clone());
@@ -1187,7 +1187,7 @@ impl Lab {
     /// An annotated and a plain pod: Pod object, network namespace, CNI ADD of the node's chain, status.podIP.
     async fn pods(&mut self, opts: &Options) -> anyhow::Result<()> {
         use k8s_openapi::api::core::v1::Pod;
-        let tag = format!("lab{}-", std::process::id());
+        let tag = lab_tag();
         let pods: Api<Pod> = Api::namespaced(self.client()?, DEMO_NS);
         for (name, node_idx, annotated) in PODS {
             let node = self
@@ -1571,7 +1571,7 @@ impl Lab {
         if tables.contains(fabric::NFT_TABLE) {
             left.push(format!("nft table {} in the host namespace", fabric::NFT_TABLE));
         }
-        let tag = format!("lab{}-", std::process::id());
+        let tag = lab_tag();
         let leftover_ns = super::dataplane::netns_with_prefix(&tag);
         if !leftover_ns.is_empty() {
             left.push(format!("network namespaces: {}", leftover_ns.join(", ")));
@@ -1621,6 +1621,12 @@ fn lab_seed() -> Seed {
     regular.gateway_prefix_size = None;
     seed.vm_scale_sets.push(regular);
     seed
+}
+
+/// Prefix of the names this run gives host-wide things (network namespaces, the nodes' mount directory), so
+/// teardown finds whatever of them is left: `lab<pid>-`.
+fn lab_tag() -> String {
+    format!("lab{}-", std::process::id())
 }
 
 /// Computer names of the regular nodes (VMSS instances of `nodepool1`).
