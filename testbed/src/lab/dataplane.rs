@@ -155,7 +155,7 @@ pub fn imds_for_node(
                 .unwrap_or_default()
         );
         async move {
-            match relay_get(azure, &path).await {
+            match http_get(azure, &path, &[("Metadata", "true")]).await {
                 Some((status, body)) => (
                     http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
                     [(http::header::CONTENT_TYPE, "application/json")],
@@ -177,13 +177,17 @@ pub fn imds_for_node(
     ))
 }
 
-/// A plain `GET` with the IMDS header: (status, body).
-async fn relay_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+/// `GET path` over plain HTTP/1.0 to `addr` (in the lab's own namespace) with `headers`: (status, body), or
+/// None when it does not answer.
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nMetadata: true\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
+    s.write_all(request.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf);

@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::chart::{self, LaunchSpec, Localize};
 use super::procs::{Children, live_children, tail};
@@ -1740,20 +1739,14 @@ fn write_private_bytes(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The HTTP status of `GET path` on a plain-HTTP loopback port, or None when it does not answer.
+/// The HTTP status of `GET path` on a plain-HTTP loopback port, or None when it does not answer within 2 s.
 async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        text.split_whitespace().nth(1)?.parse().ok()
-    };
-    tokio::time::timeout(Duration::from_secs(2), fut)
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        super::dataplane::http_get(addr, path, &[]),
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|(status, _)| status)
 }
