@@ -24,6 +24,34 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `program args` in network namespace `ns` with `stdin`.
+pub fn run_in(ns: &str, program: &str, args: &[&str], stdin: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program} in {ns}"))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.as_bytes())
+            .with_context(|| format!("writing to {program}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("{program} in {ns}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} in {ns}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Network namespace names (`ip netns`) that start with `prefix`.
 pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/var/run/netns")

@@ -1640,25 +1640,7 @@ fn regular_nodes() -> Vec<String> {
 
 /// Sets a sysctl inside network namespace `ns`.
 fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("{key}={value}"),
-        ])
-        .output()
-        .context("running sysctl")?;
-    if !out.status.success() {
-        bail!(
-            "sysctl {key}={value} in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    super::dataplane::run_in(ns, "sysctl", &["-q", "-w", &format!("{key}={value}")], "")
 }
 
 /// The lab's values for the chart: the cloud config points at azure-sim with the service principal of its
