@@ -413,21 +413,9 @@ impl Lab {
     fn check_identity(&self, component: &str, user: &str) -> anyhow::Result<()> {
         let kube = self.kube.as_ref().context("kube-sim not started")?;
         let counts = kube.requests_by(user);
-        let forbidden: u64 = counts
-            .iter()
-            .filter(|((_, code), _)| *code == 403)
-            .map(|(_, n)| n)
-            .sum();
-        let served: u64 = counts
-            .iter()
-            .filter(|((_, code), _)| (200..300).contains(code))
-            .map(|(_, n)| n)
-            .sum();
-        let writes: u64 = counts
-            .iter()
-            .filter(|((m, code), _)| m != "GET" && (200..300).contains(code))
-            .map(|(_, n)| n)
-            .sum();
+        let forbidden = count_requests(&counts, |_, code| code == 403);
+        let served = count_requests(&counts, |_, code| (200..300).contains(&code));
+        let writes = count_requests(&counts, |m, code| m != "GET" && (200..300).contains(&code));
         if forbidden > 0 {
             bail!("{component}: the chart's RBAC refused {user} {forbidden} request(s): {counts:?}");
         }
@@ -447,11 +435,7 @@ impl Lab {
         for (ns, name) in self.chart.service_accounts() {
             let user = format!("system:serviceaccount:{ns}:{name}");
             let counts = kube.requests_by(&user);
-            let forbidden: u64 = counts
-                .iter()
-                .filter(|((_, code), _)| *code == 403)
-                .map(|(_, n)| n)
-                .sum();
+            let forbidden = count_requests(&counts, |_, code| code == 403);
             if forbidden > 0 {
                 bail!("the chart's RBAC refused {user} {forbidden} request(s): {counts:?}");
             }
@@ -1597,6 +1581,18 @@ impl Lab {
             bail!("left behind: {}", left.join("; "))
         }
     }
+}
+
+/// How many of the requests counted by (method, status) in `counts` (kube-sim's `requests_by`) match `which`.
+fn count_requests(
+    counts: &std::collections::BTreeMap<(String, u16), u64>,
+    which: impl Fn(&str, u16) -> bool,
+) -> u64 {
+    counts
+        .iter()
+        .filter(|((method, code), _)| which(method, *code))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 struct KubectlOut {
