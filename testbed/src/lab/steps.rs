@@ -226,21 +226,15 @@ impl Lab {
         let azure = AzureSim::start(&seed)
             .await
             .context("starting the Azure simulator")?;
-        let resources: Vec<String> = azure.inventory()["resources"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
-        let has = |kind: &str| {
-            resources
-                .iter()
-                .filter(|r| r.to_ascii_lowercase().contains(kind))
-                .count()
-        };
-        if has("/virtualmachinescalesets/") == 0 {
-            bail!("the Azure simulator has no VMSS: {resources:?}");
+        if azure_ids(&azure, "/virtualmachinescalesets/").is_empty() {
+            bail!(
+                "the Azure simulator has no VMSS: {}",
+                azure.inventory()["resources"]
+            );
         }
-        if has("/loadbalancers/") != 0 {
-            bail!("the Azure simulator already has a load balancer: {resources:?}");
+        let lbs = azure_ids(&azure, "/loadbalancers/");
+        if !lbs.is_empty() {
+            bail!("the Azure simulator already has a load balancer: {lbs:?}");
         }
         // AKS's default outbound: one public IP every private source without its own leaves from.
         let outbound = azure
@@ -717,16 +711,7 @@ impl Lab {
             "{DEMO_NS}/{SGC} is Ready; status.egressIpPrefix = {net} (a /31 from public range {range})"
         ));
         if let Some(a) = &self.azure {
-            let lbs: Vec<String> = a.inventory()["resources"]
-                .as_array()
-                .map(|v| {
-                    v.iter()
-                        .filter_map(|r| r.as_str())
-                        .filter(|r| r.to_ascii_lowercase().contains("/loadbalancers/"))
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let lbs = azure_ids(a, "/loadbalancers/");
             if lbs.is_empty() {
                 bail!("the configuration is Ready but azure-sim has no load balancer");
             }
@@ -1616,6 +1601,20 @@ fn lab_seed() -> Seed {
     regular.gateway_prefix_size = None;
     seed.vm_scale_sets.push(regular);
     seed
+}
+
+/// IDs of the resources azure-sim holds (its inventory) whose lower-cased ID contains `segment`.
+fn azure_ids(azure: &AzureSim, segment: &str) -> Vec<String> {
+    azure.inventory()["resources"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|r| r.as_str())
+                .filter(|r| r.to_ascii_lowercase().contains(segment))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Prefix of the names this run gives host-wide things (network namespaces, the nodes' mount directory), so
