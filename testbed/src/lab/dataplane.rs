@@ -1,6 +1,7 @@
-//! The gateway half of the data plane: one network namespace per gateway node with its primary IP, joined
-//! by an "Azure fabric" namespace (a bridge on the subnet), the real gateway agent in each, reaching the
-//! simulators through loopback forwarders, and the fabric polling each agent's load-balancer probe.
+//! Network-namespace plumbing the lab's steps and the fabric share: running `ip`, a program or a closure
+//! inside a namespace, loopback forwarders that let components inside a VM reach the simulators, the per-node
+//! IMDS relay, HTTP probes, the "internet" echo host and the source-address checks against it, and finding the
+//! processes left in the lab's namespaces. The VMs' links and the load balancer are [`super::fabric`]'s.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
