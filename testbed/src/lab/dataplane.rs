@@ -55,7 +55,7 @@ pub fn run_in(ns: &str, program: &str, args: &[&str], stdin: &str) -> anyhow::Re
 
 /// Network namespace names (`ip netns`) that start with `prefix`.
 pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/var/run/netns")
+    std::fs::read_dir(NETNS_DIR)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -65,8 +65,12 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn netns_path(name: &str) -> PathBuf {
-    PathBuf::from("/var/run/netns").join(name)
+/// Where `ip netns` keeps its named namespaces.
+const NETNS_DIR: &str = "/var/run/netns";
+
+/// The file of `ip netns` namespace `name` (what `nsenter --net=` and `CNI_NETNS` take).
+pub(super) fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
 }
 
 /// Runs `f` on a thread inside network namespace `ns`.

@@ -957,7 +957,7 @@ impl Lab {
                 "this VM's instance metadata from azure-sim, instead of 169.254.169.254",
             )?;
             let enter = [
-                format!("--net={}", PathBuf::from("/var/run/netns").join(ns).display()),
+                format!("--net={}", super::dataplane::netns_path(ns).display()),
                 "--".to_string(),
             ];
             self.launch(&format!("gateway-agent-{i}"), &spec, &enter, opts)?;
