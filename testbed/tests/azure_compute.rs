@@ -3,7 +3,7 @@
 mod azure_support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use azure_mgmt_compute::models::{VirtualMachineScaleSet, VirtualMachineScaleSetVm};
 use azure_mgmt_network::models::{LoadBalancer, NetworkInterface};
@@ -385,19 +385,18 @@ async fn failed_instance_is_visible_and_an_update_recovers_it() {
         json!("Updating")
     );
     assert_eq!(env.sim.count_calls("PUT", r"/virtualMachines/0$"), 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let inst = to_json(&vms.get(RG, VMSS, "0", env.sub()).await.expect("get instance"));
-        if inst["properties"]["provisioningState"] == json!("Succeeded") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "instance never left {}",
-            inst["properties"]["provisioningState"]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testbed::wait::eventually_within(
+        "the instance's update finishes (provisioningState Succeeded)",
+        Duration::from_secs(5),
+        || {
+            let (vms, sub) = (&vms, env.sub());
+            async move {
+                let inst = to_json(&vms.get(RG, VMSS, "0", sub).await.expect("get instance"));
+                inst["properties"]["provisioningState"] == json!("Succeeded")
+            }
+        },
+    )
+    .await;
 }
 
 fn vm_pool_seed() -> Seed {
