@@ -3,16 +3,14 @@
 mod azure_support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use azure_mgmt_compute::models::{VirtualMachineScaleSet, VirtualMachineScaleSetVm};
-use azure_mgmt_network::models::{LoadBalancer, NetworkInterface, PublicIpAddress, PublicIpPrefix};
-use azure_support::{Env, RG, VMSS, start, status_and_code};
+use azure_mgmt_network::models::{LoadBalancer, NetworkInterface};
+use azure_support::{Env, LB, RG, VMSS, prefix_body, prefix_pip_body, start, status_and_code};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use testbed::azure::{LroConfig, Seed, SubnetRef, VmPoolSeed};
-
-const LB: &str = "kubeegressgateway-ilb";
 
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).expect("serialisable model")
@@ -56,15 +54,10 @@ async fn create_lb(env: &Env, pool: &str) -> String {
 }
 
 async fn create_prefix(env: &Env, name: &str, len: i32) -> String {
-    let p: PublicIpPrefix = serde_json::from_value(
-        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
-        "properties": {"prefixLength": len, "publicIPAddressVersion": "IPv4"}}),
-    )
-    .expect("model");
     let p = env
         .network
         .public_ip_prefixes_client()
-        .create_or_update(RG, name, p, env.sub())
+        .create_or_update(RG, name, prefix_body(len), env.sub())
         .await
         .expect("prefix");
     p.resource.id.expect("prefix id")
@@ -392,19 +385,18 @@ async fn failed_instance_is_visible_and_an_update_recovers_it() {
         json!("Updating")
     );
     assert_eq!(env.sim.count_calls("PUT", r"/virtualMachines/0$"), 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let inst = to_json(&vms.get(RG, VMSS, "0", env.sub()).await.expect("get instance"));
-        if inst["properties"]["provisioningState"] == json!("Succeeded") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "instance never left {}",
-            inst["properties"]["provisioningState"]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testbed::wait::eventually_within(
+        "the instance's update finishes (provisioningState Succeeded)",
+        Duration::from_secs(5),
+        || {
+            let (vms, sub) = (&vms, env.sub());
+            async move {
+                let inst = to_json(&vms.get(RG, VMSS, "0", sub).await.expect("get instance"));
+                inst["properties"]["provisioningState"] == json!("Succeeded")
+            }
+        },
+    )
+    .await;
 }
 
 fn vm_pool_seed() -> Seed {
@@ -450,13 +442,15 @@ async fn vm_pool_lists_vms_and_tagged_nics_and_nic_put_adds_secondary_ip_with_pu
     );
 
     let prefix = create_prefix(&env, "egressgateway-uid1", 31).await;
-    let pip: PublicIpAddress = serde_json::from_value(json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
-        "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4", "publicIPPrefix": {"id": prefix}}}))
-    .expect("model");
     let pip = env
         .network
         .public_ip_addresses_client()
-        .create_or_update(RG, "egressgateway-uid1-65d70f8df610e8df", pip, env.sub())
+        .create_or_update(
+            RG,
+            "egressgateway-uid1-65d70f8df610e8df",
+            prefix_pip_body(&prefix),
+            env.sub(),
+        )
         .await
         .expect("pip");
     let pip_id = pip.resource.id.clone().expect("pip id");

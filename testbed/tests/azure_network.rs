@@ -5,14 +5,12 @@ mod azure_support;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use azure_mgmt_network::models::{LoadBalancer, PublicIpAddress, PublicIpPrefix};
-use azure_support::{RG, start, status_and_code};
+use azure_mgmt_network::models::{LoadBalancer, PublicIpPrefix};
+use azure_support::{LB, RG, prefix_body, prefix_pip_body, start, status_and_code};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use testbed::azure::{FaultSpec, LroConfig, Seed, WriteLimit};
-
-const LB: &str = "kubeegressgateway-ilb";
 
 fn lb_body(env: &azure_support::Env, rules: Value, probes: Value) -> LoadBalancer {
     serde_json::from_value(json!({
@@ -213,11 +211,7 @@ async fn load_balancer_refusals_match_arm() {
 async fn resource_names_outside_arm_rules_are_refused_and_change_nothing() {
     let env = start(Seed::aks_like(0)).await;
     let prefixes = env.network.public_ip_prefixes_client();
-    let prefix_body: PublicIpPrefix = serde_json::from_value(
-        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
-        "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
-    )
-    .expect("model");
+    let prefix_body = prefix_body(31);
     // 80 characters is the longest name ARM takes.
     let longest = format!("p{}", "x".repeat(79));
     let prefix = prefixes
@@ -238,12 +232,7 @@ async fn resource_names_outside_arm_rules_are_refused_and_change_nothing() {
     // A VM-pool public IP name derived from a long prefix name is longer than ARM allows.
     let pip_name = api::names::vm_pool_public_ip_name(&longest, "aks-gwpool-nic-0");
     assert!(pip_name.len() > 80);
-    let pip_body: PublicIpAddress = serde_json::from_value(
-        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
-        "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4",
-            "publicIPPrefix": {"id": prefix.resource.id.clone().expect("id")}}}),
-    )
-    .expect("model");
+    let pip_body = prefix_pip_body(&prefix.resource.id.clone().expect("id"));
     let err = env
         .network
         .public_ip_addresses_client()
@@ -326,11 +315,7 @@ async fn subnet_get_reports_prefix_and_exhaustion_is_an_arm_error() {
 async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
     let env = start(Seed::aks_like(0)).await;
     let prefixes = env.network.public_ip_prefixes_client();
-    let body: PublicIpPrefix = serde_json::from_value(
-        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
-        "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
-    )
-    .expect("model");
+    let body = prefix_body(31);
     let p = prefixes
         .create_or_update(RG, "egressgateway-uid1", body.clone(), env.sub())
         .await
@@ -350,12 +335,7 @@ async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
         Some("20.10.0.2/31")
     );
 
-    let pip_body: PublicIpAddress = serde_json::from_value(
-        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
-        "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4",
-            "publicIPPrefix": {"id": p.resource.id.clone().expect("id")}}}),
-    )
-    .expect("model");
+    let pip_body = prefix_pip_body(&p.resource.id.clone().expect("id"));
     let pips = env.network.public_ip_addresses_client();
     let pip = pips
         .create_or_update(RG, "egressgateway-uid1-abc", pip_body, env.sub())

@@ -150,19 +150,13 @@ fn error_response(e: &ApiError, warnings: &[String]) -> Response {
 /// Entry point for every request.
 pub async fn handle(shared: Arc<Shared>, req: http::Request<Body>) -> Response {
     let method = req.method().to_string();
-    let user = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .and_then(|t| shared.users.iter().find(|u| u.token == t))
-        .map(|u| u.name.clone());
-    let resp = handle_inner(&shared, req).await;
+    let user = authenticate(&shared, req.headers()).cloned();
+    let name = user.as_ref().map(|u| u.name.clone());
+    let resp = handle_inner(&shared, req, user).await;
     let code = resp.status().as_u16();
-    if let Some(user) = user {
+    if let Some(name) = name {
         let mut by_user = shared.requests_by_user.lock().unwrap_or_else(|p| p.into_inner());
-        *by_user.entry((user, method.clone(), code)).or_default() += 1;
+        *by_user.entry((name, method.clone(), code)).or_default() += 1;
     }
     let mut counts = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
     *counts.entry((method, code)).or_default() += 1;
@@ -193,7 +187,17 @@ fn metrics(shared: &Shared) -> String {
     out
 }
 
-async fn handle_inner(shared: &Arc<Shared>, req: http::Request<Body>) -> Response {
+/// The user whose bearer token the request carries, if the token is one kube-sim issued.
+fn authenticate<'a>(shared: &'a Shared, headers: &HeaderMap) -> Option<&'a User> {
+    let token = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)?;
+    shared.users.iter().find(|u| u.token == token)
+}
+
+async fn handle_inner(shared: &Arc<Shared>, req: http::Request<Body>, user: Option<User>) -> Response {
     let shared = shared.clone();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_string();
@@ -211,16 +215,7 @@ async fn handle_inner(shared: &Arc<Shared>, req: http::Request<Body>) -> Respons
             .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return r;
     }
-    let token = parts
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(user) = token
-        .and_then(|t| shared.users.iter().find(|u| u.token == t))
-        .cloned()
-    else {
+    let Some(user) = user else {
         return error_response(&ApiError::unauthorized(), &[]);
     };
     let body = match axum::body::to_bytes(body, 64 << 20).await {

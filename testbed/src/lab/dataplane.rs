@@ -1,6 +1,7 @@
-//! The gateway half of the data plane: one network namespace per gateway node with its primary IP, joined
-//! by an "Azure fabric" namespace (a bridge on the subnet), the real gateway agent in each, reaching the
-//! simulators through loopback forwarders, and the fabric polling each agent's load-balancer probe.
+//! Network-namespace plumbing the lab's steps and the fabric share: running `ip`, a program or a closure
+//! inside a namespace, loopback forwarders that let components inside a VM reach the simulators, the per-node
+//! IMDS relay, HTTP probes, the "internet" echo host and the source-address checks against it, and finding the
+//! processes left in the lab's namespaces. The VMs' links and the load balancer are [`super::fabric`]'s.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -24,9 +25,37 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `program args` in network namespace `ns` with `stdin`.
+pub fn run_in(ns: &str, program: &str, args: &[&str], stdin: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program} in {ns}"))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.as_bytes())
+            .with_context(|| format!("writing to {program}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("{program} in {ns}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} in {ns}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Network namespace names (`ip netns`) that start with `prefix`.
 pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/var/run/netns")
+    std::fs::read_dir(NETNS_DIR)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -36,12 +65,16 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn netns_path(name: &str) -> PathBuf {
-    PathBuf::from("/var/run/netns").join(name)
+/// Where `ip netns` keeps its named namespaces.
+const NETNS_DIR: &str = "/var/run/netns";
+
+/// The file of `ip netns` namespace `name` (what `nsenter --net=` and `CNI_NETNS` take).
+pub(super) fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
 }
 
 /// Runs `f` on a thread inside network namespace `ns`.
-fn in_netns<T: Send + 'static>(
+pub(super) fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
@@ -155,7 +188,7 @@ pub fn imds_for_node(
                 .unwrap_or_default()
         );
         async move {
-            match relay_get(azure, &path).await {
+            match http_get(azure, &path, &[("Metadata", "true")]).await {
                 Some((status, body)) => (
                     http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
                     [(http::header::CONTENT_TYPE, "application/json")],
@@ -177,13 +210,17 @@ pub fn imds_for_node(
     ))
 }
 
-/// A plain `GET` with the IMDS header: (status, body).
-async fn relay_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+/// `GET path` over plain HTTP/1.0 to `addr` (in the lab's own namespace) with `headers`: (status, body), or
+/// None when it does not answer.
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nMetadata: true\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
+    s.write_all(request.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf);

@@ -19,11 +19,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
@@ -385,34 +384,6 @@ pub fn desired(view: &AzureView, wiring: &Wiring, health: &Health) -> Desired {
     d
 }
 
-/// Runs `program args` in network namespace `ns` with `stdin`.
-fn run_in(ns: &str, program: &str, args: &[&str], stdin: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, program])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {program} in {ns}"))?;
-    if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(stdin.as_bytes())
-            .with_context(|| format!("writing to {program}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("{program} in {ns}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} in {ns}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// Makes the fabric namespace match a [`Desired`], touching only what changed since the last apply.
 #[derive(Debug)]
 pub struct Applier {
@@ -441,13 +412,14 @@ impl Applier {
         }
         let mut changed = false;
         if !batch.is_empty() {
-            run_in(&self.ns, "ip", &["-force", "-batch", "-"], &batch).context("fabric routes")?;
+            super::dataplane::run_in(&self.ns, "ip", &["-force", "-batch", "-"], &batch)
+                .context("fabric routes")?;
             self.routes = d.routes.clone();
             changed = true;
         }
         if self.nft.as_deref() != Some(d.nft.as_str()) {
             let script = format!("table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n{}", d.nft);
-            run_in(&self.ns, "nft", &["-f", "-"], &script).context("fabric nftables")?;
+            super::dataplane::run_in(&self.ns, "nft", &["-f", "-"], &script).context("fabric nftables")?;
             self.nft = Some(d.nft.clone());
             changed = true;
         }
@@ -589,20 +561,13 @@ async fn prober(ns: String, ip: Ipv4Addr, p: Probe, health: Arc<Mutex<Health>>) 
     }
 }
 
+/// Whether a TCP connection to `ip:port` from inside `ns` succeeds within 500 ms (a TCP probe).
 async fn tcp_connects(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
     let ns = ns.to_string();
     tokio::task::spawn_blocking(move || {
-        let path = PathBuf::from("/var/run/netns").join(&ns);
-        std::thread::spawn(move || {
-            let Ok(f) = std::fs::File::open(&path) else {
-                return false;
-            };
-            if nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
-                return false;
-            }
-            std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(500)).is_ok()
+        super::dataplane::in_netns(&ns, move || {
+            Ok(std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(500)).is_ok())
         })
-        .join()
         .unwrap_or(false)
     })
     .await

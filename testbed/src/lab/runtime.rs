@@ -163,7 +163,7 @@ impl Node {
     /// `nsenter` arguments that run a program inside the node (network + mount namespace).
     pub fn enter_args(&self) -> Vec<String> {
         vec![
-            format!("--net=/var/run/netns/{}", self.netns),
+            format!("--net={}", super::dataplane::netns_path(&self.netns).display()),
             format!("--mount={}", self.mntns.display()),
             "--".into(),
         ]
@@ -268,7 +268,7 @@ impl Node {
             .arg(&bin)
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &sandbox.container_id)
-            .env("CNI_NETNS", format!("/var/run/netns/{}", sandbox.netns))
+            .env("CNI_NETNS", super::dataplane::netns_path(&sandbox.netns))
             .env("CNI_IFNAME", "eth0")
             .env(
                 "CNI_ARGS",

@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::chart::{self, LaunchSpec, Localize};
 use super::procs::{Children, live_children, tail};
@@ -227,21 +226,15 @@ impl Lab {
         let azure = AzureSim::start(&seed)
             .await
             .context("starting the Azure simulator")?;
-        let resources: Vec<String> = azure.inventory()["resources"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
-        let has = |kind: &str| {
-            resources
-                .iter()
-                .filter(|r| r.to_ascii_lowercase().contains(kind))
-                .count()
-        };
-        if has("/virtualmachinescalesets/") == 0 {
-            bail!("the Azure simulator has no VMSS: {resources:?}");
+        if azure_ids(&azure, "/virtualmachinescalesets/").is_empty() {
+            bail!(
+                "the Azure simulator has no VMSS: {}",
+                azure.inventory()["resources"]
+            );
         }
-        if has("/loadbalancers/") != 0 {
-            bail!("the Azure simulator already has a load balancer: {resources:?}");
+        let lbs = azure_ids(&azure, "/loadbalancers/");
+        if !lbs.is_empty() {
+            bail!("the Azure simulator already has a load balancer: {lbs:?}");
         }
         // AKS's default outbound: one public IP every private source without its own leaves from.
         let outbound = azure
@@ -291,9 +284,10 @@ impl Lab {
             "$ {} --release {RELEASE} --namespace {SYSTEM_NS} -f values.yaml > chart.yaml",
             script.display()
         ));
-        info(
-            "  values: cloud config -> azure-sim (service principal from its seed), webhook certificates selfSigned with 1 replica and no drain, gateway LB probe port 8082 with a 1s drain",
-        );
+        info(&format!(
+            "  values: cloud config -> azure-sim (service principal from its seed), webhook certificates selfSigned with 1 replica and no drain, gateway LB probe port {} with a 1s drain",
+            api::names::DEFAULT_LB_PROBE_PORT
+        ));
 
         // kube-sim, with a token for each of the chart's ServiceAccounts (what the token controller would issue).
         let mut cfg = KubeSimConfig::default();
@@ -413,21 +407,9 @@ impl Lab {
     fn check_identity(&self, component: &str, user: &str) -> anyhow::Result<()> {
         let kube = self.kube.as_ref().context("kube-sim not started")?;
         let counts = kube.requests_by(user);
-        let forbidden: u64 = counts
-            .iter()
-            .filter(|((_, code), _)| *code == 403)
-            .map(|(_, n)| n)
-            .sum();
-        let served: u64 = counts
-            .iter()
-            .filter(|((_, code), _)| (200..300).contains(code))
-            .map(|(_, n)| n)
-            .sum();
-        let writes: u64 = counts
-            .iter()
-            .filter(|((m, code), _)| m != "GET" && (200..300).contains(code))
-            .map(|(_, n)| n)
-            .sum();
+        let forbidden = count_requests(&counts, |_, code| code == 403);
+        let served = count_requests(&counts, |_, code| (200..300).contains(&code));
+        let writes = count_requests(&counts, |m, code| m != "GET" && (200..300).contains(&code));
         if forbidden > 0 {
             bail!("{component}: the chart's RBAC refused {user} {forbidden} request(s): {counts:?}");
         }
@@ -447,11 +429,7 @@ impl Lab {
         for (ns, name) in self.chart.service_accounts() {
             let user = format!("system:serviceaccount:{ns}:{name}");
             let counts = kube.requests_by(&user);
-            let forbidden: u64 = counts
-                .iter()
-                .filter(|((_, code), _)| *code == 403)
-                .map(|(_, n)| n)
-                .sum();
+            let forbidden = count_requests(&counts, |_, code| code == 403);
             if forbidden > 0 {
                 bail!("the chart's RBAC refused {user} {forbidden} request(s): {counts:?}");
             }
@@ -733,16 +711,7 @@ impl Lab {
             "{DEMO_NS}/{SGC} is Ready; status.egressIpPrefix = {net} (a /31 from public range {range})"
         ));
         if let Some(a) = &self.azure {
-            let lbs: Vec<String> = a.inventory()["resources"]
-                .as_array()
-                .map(|v| {
-                    v.iter()
-                        .filter_map(|r| r.as_str())
-                        .filter(|r| r.to_ascii_lowercase().contains("/loadbalancers/"))
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let lbs = azure_ids(a, "/loadbalancers/");
             if lbs.is_empty() {
                 bail!("the configuration is Ready but azure-sim has no load balancer");
             }
@@ -822,7 +791,7 @@ impl Lab {
     /// nodes), and the fabric loop realising the Azure simulator's state.
     async fn fabric(&mut self, opts: &Options) -> anyhow::Result<()> {
         use super::dataplane::ip;
-        let tag = format!("lab{}-", std::process::id());
+        let tag = lab_tag();
         self.fabric_ns = format!("{tag}fabric");
         let fabric = self.fabric_ns.clone();
         self.add_netns(&fabric)?;
@@ -988,7 +957,7 @@ impl Lab {
                 "this VM's instance metadata from azure-sim, instead of 169.254.169.254",
             )?;
             let enter = [
-                format!("--net={}", PathBuf::from("/var/run/netns").join(ns).display()),
+                format!("--net={}", super::dataplane::netns_path(ns).display()),
                 "--".to_string(),
             ];
             self.launch(&format!("gateway-agent-{i}"), &spec, &enter, opts)?;
@@ -1027,19 +996,21 @@ impl Lab {
             ));
         }
         let fabric = self.fabric_ns.clone();
+        // The port lab_values gives the chart (gatewayLbProbePort), which the operator puts in the LB probe.
+        let port = api::names::DEFAULT_LB_PROBE_PORT;
         for (node, primary, _) in self.gateway_vms.clone() {
             let (f, p) = (fabric.clone(), path.clone());
             self.wait(
-                &format!("the fabric's probe of {node} ({primary}:8082{path}) answers 200"),
+                &format!("the fabric's probe of {node} ({primary}:{port}{path}) answers 200"),
                 opts,
                 move || {
                     let (f, p) = (f.clone(), p.clone());
-                    async move { Ok(probe_from(&f, primary, 8082, &p).await == Some(200)) }
+                    async move { Ok(probe_from(&f, primary, port, &p).await == Some(200)) }
                 },
             )
             .await?;
             ok(&format!(
-                "gateway agent on {node} ({primary}, own netns) is up; the fabric's LB probe :8082{path} answers 200"
+                "gateway agent on {node} ({primary}, own netns) is up; the fabric's LB probe :{port}{path} answers 200"
             ));
         }
         let mut status = self.fabric.as_ref().context("fabric not running")?.status.clone();
@@ -1080,7 +1051,7 @@ impl Lab {
     /// real node agent that chains our plugin after it and removes the node's cni-not-ready taint.
     async fn nodes(&mut self, opts: &Options) -> anyhow::Result<()> {
         use super::dataplane::forward_loopback;
-        let tag = format!("lab{}-", std::process::id());
+        let tag = lab_tag();
         let mnt_dir = PathBuf::from(format!("/run/kube-egress-{tag}mnt"));
         runtime::private_mount_dir(&mnt_dir)?;
         self.mnt_dir = Some(mnt_dir.clone());
@@ -1184,7 +1155,7 @@ impl Lab {
     /// An annotated and a plain pod: Pod object, network namespace, CNI ADD of the node's chain, status.podIP.
     async fn pods(&mut self, opts: &Options) -> anyhow::Result<()> {
         use k8s_openapi::api::core::v1::Pod;
-        let tag = format!("lab{}-", std::process::id());
+        let tag = lab_tag();
         let pods: Api<Pod> = Api::namespaced(self.client()?, DEMO_NS);
         for (name, node_idx, annotated) in PODS {
             let node = self
@@ -1568,7 +1539,7 @@ impl Lab {
         if tables.contains(fabric::NFT_TABLE) {
             left.push(format!("nft table {} in the host namespace", fabric::NFT_TABLE));
         }
-        let tag = format!("lab{}-", std::process::id());
+        let tag = lab_tag();
         let leftover_ns = super::dataplane::netns_with_prefix(&tag);
         if !leftover_ns.is_empty() {
             left.push(format!("network namespaces: {}", leftover_ns.join(", ")));
@@ -1597,6 +1568,18 @@ impl Lab {
     }
 }
 
+/// How many of the requests counted by (method, status) in `counts` (kube-sim's `requests_by`) match `which`.
+fn count_requests(
+    counts: &std::collections::BTreeMap<(String, u16), u64>,
+    which: impl Fn(&str, u16) -> bool,
+) -> u64 {
+    counts
+        .iter()
+        .filter(|((method, code), _)| which(method, *code))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 struct KubectlOut {
     ok: bool,
     stdout: String,
@@ -1620,6 +1603,26 @@ fn lab_seed() -> Seed {
     seed
 }
 
+/// IDs of the resources azure-sim holds (its inventory) whose lower-cased ID contains `segment`.
+fn azure_ids(azure: &AzureSim, segment: &str) -> Vec<String> {
+    azure.inventory()["resources"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|r| r.as_str())
+                .filter(|r| r.to_ascii_lowercase().contains(segment))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Prefix of the names this run gives host-wide things (network namespaces, the nodes' mount directory), so
+/// teardown finds whatever of them is left: `lab<pid>-`.
+fn lab_tag() -> String {
+    format!("lab{}-", std::process::id())
+}
+
 /// Computer names of the regular nodes (VMSS instances of `nodepool1`).
 fn regular_nodes() -> Vec<String> {
     let seed = lab_seed();
@@ -1632,25 +1635,7 @@ fn regular_nodes() -> Vec<String> {
 
 /// Sets a sysctl inside network namespace `ns`.
 fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("{key}={value}"),
-        ])
-        .output()
-        .context("running sysctl")?;
-    if !out.status.success() {
-        bail!(
-            "sysctl {key}={value} in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    super::dataplane::run_in(ns, "sysctl", &["-q", "-w", &format!("{key}={value}")], "")
 }
 
 /// The lab's values for the chart: the cloud config points at azure-sim with the service principal of its
@@ -1731,20 +1716,14 @@ fn write_private_bytes(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The HTTP status of `GET path` on a plain-HTTP loopback port, or None when it does not answer.
+/// The HTTP status of `GET path` on a plain-HTTP loopback port, or None when it does not answer within 2 s.
 async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        text.split_whitespace().nth(1)?.parse().ok()
-    };
-    tokio::time::timeout(Duration::from_secs(2), fut)
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        super::dataplane::http_get(addr, path, &[]),
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|(status, _)| status)
 }

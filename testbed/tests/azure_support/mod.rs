@@ -8,10 +8,14 @@ use azure_core::auth::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::{ExponentialRetryOptions, RetryOptions, Url};
 use azure_identity::ClientSecretCredential;
+use azure_mgmt_network::models::{PublicIpAddress, PublicIpPrefix};
+use serde_json::json;
 use testbed::azure::{AzureSim, Seed};
 
 pub const RG: &str = "node-rg";
 pub const VMSS: &str = "aks-gateway-12345678-vmss";
+/// The internal load balancer, named as the operator names it.
+pub const LB: &str = api::names::DEFAULT_LOAD_BALANCER_NAME;
 
 pub struct Env {
     pub sim: AzureSim,
@@ -95,4 +99,23 @@ pub fn status_and_code(e: &azure_core::Error) -> (u16, String) {
         }
         other => panic!("expected an HTTP error, got {other:?}: {e}"),
     }
+}
+
+/// A Standard IPv4 public IP prefix of length `len`.
+pub fn prefix_body(len: i32) -> PublicIpPrefix {
+    serde_json::from_value(
+        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
+        "properties": {"prefixLength": len, "publicIPAddressVersion": "IPv4"}}),
+    )
+    .expect("valid PublicIpPrefix model")
+}
+
+/// A Standard, static IPv4 public IP whose address comes from prefix `prefix_id`.
+pub fn prefix_pip_body(prefix_id: &str) -> PublicIpAddress {
+    serde_json::from_value(
+        json!({"location": "eastus", "sku": {"name": "Standard", "tier": "Regional"},
+        "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4",
+            "publicIPPrefix": {"id": prefix_id}}}),
+    )
+    .expect("valid PublicIpAddress model")
 }

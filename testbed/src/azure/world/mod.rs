@@ -81,6 +81,28 @@ fn ensure_object(v: &mut Value) -> &mut Map<String, Value> {
     }
 }
 
+/// Sets what ARM owns on a resource it stores (`id`, `name`, `type`, `location`) and returns the object for the
+/// caller's own fields.
+fn envelope<'a>(
+    v: &'a mut Value,
+    id: &str,
+    name: &str,
+    ty: &str,
+    location: &str,
+) -> &'a mut Map<String, Value> {
+    let o = ensure_object(v);
+    o.insert("id".into(), json!(id));
+    o.insert("name".into(), json!(name));
+    o.insert("type".into(), json!(ty));
+    o.insert("location".into(), json!(location));
+    o
+}
+
+/// The SKU ARM gives a load balancer, public IP prefix or public IP whose body names none.
+fn standard_sku() -> Value {
+    json!({"name": "Standard", "tier": "Regional"})
+}
+
 fn props(v: &mut Value) -> &mut Map<String, Value> {
     let obj = ensure_object(v);
     let p = obj

@@ -17,15 +17,9 @@ impl World {
         let location = Self::require_location(&body, &id)?;
         let existing = self.get(&id).cloned();
         let mut lb = body;
-        {
-            let o = ensure_object(&mut lb);
-            o.insert("id".into(), json!(id));
-            o.insert("name".into(), json!(name));
-            o.insert("type".into(), json!(LB_TYPE));
-            o.insert("location".into(), json!(location));
-            o.entry("sku")
-                .or_insert_with(|| json!({"name": "Standard", "tier": "Regional"}));
-        }
+        envelope(&mut lb, &id, name, LB_TYPE, &location)
+            .entry("sku")
+            .or_insert_with(standard_sku);
         let p = lb.get("properties").cloned().unwrap_or_else(|| json!({}));
         let mut frontends = arr(&p, "frontendIPConfigurations");
         let mut pools = arr(&p, "backendAddressPools");
@@ -410,15 +404,9 @@ impl World {
             .entry(key(&id))
             .or_insert_with(|| PrefixPool::new(block));
         let mut v = body;
-        {
-            let o = ensure_object(&mut v);
-            o.insert("id".into(), json!(id));
-            o.insert("name".into(), json!(name));
-            o.insert("type".into(), json!(PREFIX_TYPE));
-            o.insert("location".into(), json!(location));
-            o.entry("sku")
-                .or_insert_with(|| json!({"name": "Standard", "tier": "Regional"}));
-        }
+        envelope(&mut v, &id, name, PREFIX_TYPE, &location)
+            .entry("sku")
+            .or_insert_with(standard_sku);
         let vp = props(&mut v);
         vp.insert("ipPrefix".into(), json!(block.to_string()));
         vp.insert("publicIPAddressVersion".into(), json!("IPv4"));
@@ -536,15 +524,9 @@ impl World {
             None => self.public_range.allocate(&id, 32)?.network(),
         };
         let mut v = body;
-        {
-            let o = ensure_object(&mut v);
-            o.insert("id".into(), json!(id));
-            o.insert("name".into(), json!(name));
-            o.insert("type".into(), json!(PIP_TYPE));
-            o.insert("location".into(), json!(location));
-            o.entry("sku")
-                .or_insert_with(|| json!({"name": "Standard", "tier": "Regional"}));
-        }
+        envelope(&mut v, &id, name, PIP_TYPE, &location)
+            .entry("sku")
+            .or_insert_with(standard_sku);
         let vp = props(&mut v);
         vp.insert("ipAddress".into(), json!(ip.to_string()));
         vp.insert("publicIPAllocationMethod".into(), json!("Static"));
@@ -673,13 +655,7 @@ impl World {
             }
             cp.insert("provisioningState".into(), json!("Succeeded"));
         }
-        {
-            let o = ensure_object(&mut v);
-            o.insert("id".into(), json!(id));
-            o.insert("name".into(), json!(name));
-            o.insert("type".into(), json!(NIC_TYPE));
-            o.insert("location".into(), json!(location));
-        }
+        envelope(&mut v, &id, name, NIC_TYPE, &location);
         let mac = existing
             .as_ref()
             .and_then(|e| str_at(e, &["properties", "macAddress"]))
