@@ -373,6 +373,29 @@ pub fn pool_status(
     st
 }
 
+/// A GatewayPool's status when its node pool is not in Azure: Ready=False with the reason, no instances or
+/// frontend.
+pub fn pool_not_found_status(
+    old: &api::GatewayPoolStatus,
+    generation: Option<i64>,
+    message: &str,
+) -> api::GatewayPoolStatus {
+    let mut st = old.clone();
+    st.observed_generation = generation;
+    st.instances.clear();
+    st.ready_instances = 0;
+    st.load_balancer_frontend = None;
+    set_condition(
+        &mut st.conditions,
+        READY,
+        false,
+        REASON_POOL_NOT_FOUND,
+        message,
+        generation,
+    );
+    st
+}
+
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`: `new`, plus `null` for every field `old` has and
 /// `new` lacks, recursively. Status types omit empty fields when serialised, so a plain merge patch of `new`
 /// would leave a cleared field's old value on the object (and the status would differ, and be written, on every
@@ -919,7 +942,9 @@ impl Operator {
             Ok(r) => r,
             Err(PoolError::NotFound(m)) => {
                 if let Some(p) = live_pool_obj {
-                    self.write_pool_not_found(p, &m).await?;
+                    let old = p.status.clone().unwrap_or_default();
+                    self.write_pool_status(p, &pool_not_found_status(&old, p.metadata.generation, &m))
+                        .await?;
                 }
                 // Nothing to clean on a pool that is gone, except the LB rules and prefixes (found by name).
                 for (sgc, c) in &configs {
@@ -1024,24 +1049,15 @@ impl Operator {
                 .map(|c| api::names::managed_resource_name(&c.uid))
                 .collect();
             let node_ids: Vec<NodeIdentity> = nodes.iter().map(|n| NodeIdentity::of(n)).collect();
-            let old = p.status.clone().unwrap_or_default();
             let new = pool_status(
-                &old,
+                &p.status.clone().unwrap_or_default(),
                 p.metadata.generation,
                 &resolved.pool,
                 &outcome.state,
                 &wanted,
                 &node_ids,
             );
-            if new != old {
-                Api::<GatewayPool>::all(self.client.clone())
-                    .patch_status(
-                        &p.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(status_patch(&old, &new)),
-                    )
-                    .await?;
-            }
+            self.write_pool_status(p, &new).await?;
         }
         for (sgc, c) in &configs {
             if blocked.contains(&c.uid) {
@@ -1214,36 +1230,27 @@ impl Operator {
         }
     }
 
-    /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
-    /// runs for the pools an event touched.
-    /// A GatewayPool whose node pool is not in Azure: Ready=False with the reason, nothing else known.
-    async fn write_pool_not_found(&self, p: &GatewayPool, message: &str) -> Result<(), Error> {
+    /// Writes a GatewayPool's status when it differs from the one read.
+    async fn write_pool_status(
+        &self,
+        p: &GatewayPool,
+        new: &api::GatewayPoolStatus,
+    ) -> Result<(), kube::Error> {
         let old = p.status.clone().unwrap_or_default();
-        let mut new = old.clone();
-        new.observed_generation = p.metadata.generation;
-        new.instances.clear();
-        new.ready_instances = 0;
-        new.load_balancer_frontend = None;
-        set_condition(
-            &mut new.conditions,
-            READY,
-            false,
-            api::names::REASON_POOL_NOT_FOUND,
-            message,
-            p.metadata.generation,
-        );
-        if new != old {
+        if *new != old {
             Api::<GatewayPool>::all(self.client.clone())
                 .patch_status(
                     &p.name_any(),
                     &PatchParams::default(),
-                    &Patch::Merge(status_patch(&old, &new)),
+                    &Patch::Merge(status_patch(&old, new)),
                 )
                 .await?;
         }
         Ok(())
     }
 
+    /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
+    /// runs for the pools an event touched.
     pub async fn reconcile_pools(&self, only: Option<&BTreeSet<String>>) -> Result<usize, Error> {
         let sgcs: Vec<Arc<StaticGatewayConfiguration>> =
             Api::<StaticGatewayConfiguration>::all(self.client.clone())
@@ -1575,6 +1582,35 @@ mod tests {
                 ("aks-gw-vm1-nic", Some("aks-gw-vm1")),
                 ("aks-gw-spare-nic", None),
             ]
+        );
+    }
+
+    #[test]
+    fn a_pool_not_in_azure_clears_its_instances_and_is_not_ready() {
+        let old = api::GatewayPoolStatus {
+            ready_instances: 2,
+            instances: vec![api::pool::PoolInstance::default()],
+            load_balancer_frontend: Some(api::pool::LoadBalancerFrontend::default()),
+            ..Default::default()
+        };
+        let st = pool_not_found_status(&old, Some(3), "no node pool 'nope'");
+        assert_eq!(st.observed_generation, Some(3));
+        assert!(st.instances.is_empty());
+        assert_eq!(st.ready_instances, 0);
+        assert!(st.load_balancer_frontend.is_none());
+        let ready = st.conditions.iter().find(|c| c.type_ == READY).expect("Ready");
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            ("False", REASON_POOL_NOT_FOUND, "no node pool 'nope'")
+        );
+        assert_eq!(
+            pool_not_found_status(&st, Some(3), "no node pool 'nope'"),
+            st,
+            "stable"
         );
     }
 
