@@ -1230,6 +1230,17 @@ impl Operator {
         }
     }
 
+    /// Every object of a kind, cluster-wide.
+    async fn list_all<K>(&self) -> Result<Vec<Arc<K>>, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let list = Api::<K>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?;
+        Ok(list.items.into_iter().map(Arc::new).collect())
+    }
+
     /// Writes a GatewayPool's status when it differs from the one read.
     async fn write_pool_status(
         &self,
@@ -1252,28 +1263,9 @@ impl Operator {
     /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
     /// runs for the pools an event touched.
     pub async fn reconcile_pools(&self, only: Option<&BTreeSet<String>>) -> Result<usize, Error> {
-        let sgcs: Vec<Arc<StaticGatewayConfiguration>> =
-            Api::<StaticGatewayConfiguration>::all(self.client.clone())
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .map(Arc::new)
-                .collect();
-        let pools: Vec<Arc<GatewayPool>> = Api::<GatewayPool>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        let nodes: Vec<Arc<Node>> = Api::<Node>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let sgcs: Vec<Arc<StaticGatewayConfiguration>> = self.list_all().await?;
+        let pools: Vec<Arc<GatewayPool>> = self.list_all().await?;
+        let nodes: Vec<Arc<Node>> = self.list_all().await?;
         let mut by_pool: BTreeMap<String, (PoolRef, Vec<Arc<StaticGatewayConfiguration>>)> = BTreeMap::new();
         for sgc in sgcs {
             let Some(r) = sgc.spec.pool_ref() else {
