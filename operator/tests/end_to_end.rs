@@ -280,7 +280,8 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
         "held by its finalizer while in use"
     );
     w.op.reconcile_pools(None).await.expect("reconcile");
-    // The configurations are gone now; the next pass releases the pool.
+    // The pass that deletes the pool's last configurations also releases the pool: no later pass needed.
+    assert!(pools.get_opt("gateway").await.expect("get").is_none());
     w.op.reconcile_pools(None).await.expect("reconcile");
     assert!(pools.get_opt("gateway").await.expect("get").is_none());
     assert!(

@@ -742,9 +742,6 @@ impl Operator {
     }
 
     async fn finish_deletion(&self, sgc: &StaticGatewayConfiguration) -> Result<(), kube::Error> {
-        // A GatewayPool waiting for its last configuration to go is released on a later pass: ask for one
-        // (the converging re-check) rather than rely on that pool's watch event alone.
-        self.converging.store(true, std::sync::atomic::Ordering::Relaxed);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.secret_namespace);
         match secrets
             .delete(
@@ -1284,39 +1281,25 @@ impl Operator {
         }
         // GatewayPools carry a finalizer while configurations use them, so a pool object cannot vanish under
         // its configurations (it is what admission checks rule 4 against).
+        let mut held: Vec<&GatewayPool> = Vec::new();
         for p in &pools {
             let Some(r) = p.spec.pool_ref() else { continue };
             let used = by_pool.contains_key(&pool_key(&r));
             let has = p.finalizers().iter().any(|f| f == api::names::POOL_FINALIZER);
-            let deleting = p.metadata.deletion_timestamp.is_some();
-            let finalizers: Option<Vec<String>> = match (deleting, has, used) {
-                (false, false, _) => Some(
-                    p.finalizers()
+            match (p.metadata.deletion_timestamp.is_some(), has, used) {
+                (false, false, _) => {
+                    let finalizers = p
+                        .finalizers()
                         .iter()
                         .cloned()
                         .chain([api::names::POOL_FINALIZER.to_string()])
-                        .collect(),
-                ),
-                (true, true, true) => {
-                    // Released once its configurations are gone: re-check soon.
-                    self.converging.store(true, std::sync::atomic::Ordering::Relaxed);
-                    None
+                        .collect();
+                    self.set_pool_finalizers(p, finalizers).await?;
                 }
-                (true, true, false) => Some(
-                    p.finalizers()
-                        .iter()
-                        .filter(|f| *f != api::names::POOL_FINALIZER)
-                        .cloned()
-                        .collect(),
-                ),
-                _ => None,
-            };
-            if let Some(finalizers) = finalizers {
-                let patch =
-                    json!({"metadata": {"finalizers": finalizers, "resourceVersion": p.resource_version()}});
-                Api::<GatewayPool>::all(self.client.clone())
-                    .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-                    .await?;
+                // Released after the pool passes below if they deleted its last configurations.
+                (true, true, true) => held.push(p),
+                (true, true, false) => self.release_pool(p).await?,
+                _ => {}
             }
         }
         // Declared pools no configuration uses yet still get a pass (their status).
@@ -1337,10 +1320,58 @@ impl Operator {
                 first_error.get_or_insert(e);
             }
         }
+        if let Err(e) = self.release_pools_left_unused(&held).await {
+            first_error.get_or_insert(e.into());
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(n),
         }
+    }
+
+    /// Deleted pools that still had configurations when the pass began: those whose last configuration went
+    /// in this pass are released now (read again, as the pass may have written their status).
+    async fn release_pools_left_unused(&self, held: &[&GatewayPool]) -> Result<(), kube::Error> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let used: BTreeSet<String> = self
+            .list_all::<StaticGatewayConfiguration>()
+            .await?
+            .iter()
+            .filter_map(|s| s.spec.pool_ref())
+            .map(|r| pool_key(&r))
+            .collect();
+        let api = Api::<GatewayPool>::all(self.client.clone());
+        for p in held {
+            if p.spec.pool_ref().is_some_and(|r| used.contains(&pool_key(&r))) {
+                continue;
+            }
+            if let Some(p) = api.get_opt(&p.name_any()).await? {
+                self.release_pool(&p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the pool finalizer.
+    async fn release_pool(&self, p: &GatewayPool) -> Result<(), kube::Error> {
+        let finalizers = p
+            .finalizers()
+            .iter()
+            .filter(|f| *f != api::names::POOL_FINALIZER)
+            .cloned()
+            .collect();
+        self.set_pool_finalizers(p, finalizers).await
+    }
+
+    /// Patches a GatewayPool's finalizers, conditional on the version read.
+    async fn set_pool_finalizers(&self, p: &GatewayPool, finalizers: Vec<String>) -> Result<(), kube::Error> {
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": p.resource_version()}});
+        Api::<GatewayPool>::all(self.client.clone())
+            .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
     }
 }
 
