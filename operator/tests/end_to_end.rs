@@ -7,6 +7,7 @@ use std::time::Duration;
 use api::StaticGatewayConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, PostParams};
 use operator::config::CloudConfig;
 use operator::leader::LeaseLock;
@@ -81,13 +82,37 @@ fn sgc(name: &str, spec: serde_json::Value) -> StaticGatewayConfiguration {
     .expect("sgc")
 }
 
-fn condition<'a>(s: &'a StaticGatewayConfiguration, t: &str) -> Option<(&'a str, &'a str)> {
-    s.status
-        .as_ref()?
-        .conditions
+/// Creates a configuration in namespace `app`.
+async fn create_sgc(sgcs: &Api<StaticGatewayConfiguration>, name: &str, spec: serde_json::Value) {
+    sgcs.create(&PostParams::default(), &sgc(name, spec))
+        .await
+        .expect("create");
+}
+
+/// Creates a GatewayPool on node pool `nodepool` with a /31 prefix.
+async fn create_pool(pools: &Api<api::GatewayPool>, name: &str, nodepool: &str) {
+    let p: api::GatewayPool = serde_json::from_value(json!({
+        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
+        "metadata": {"name": name}, "spec": {"gatewayNodepoolName": nodepool, "publicIpPrefixSize": 31}
+    }))
+    .expect("pool");
+    pools.create(&PostParams::default(), &p).await.expect("pool");
+}
+
+/// (status, reason) of condition `t`.
+fn find_condition<'a>(conditions: &'a [Condition], t: &str) -> Option<(&'a str, &'a str)> {
+    conditions
         .iter()
         .find(|c| c.type_ == t)
         .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+fn condition<'a>(s: &'a StaticGatewayConfiguration, t: &str) -> Option<(&'a str, &'a str)> {
+    find_condition(&s.status.as_ref()?.conditions, t)
+}
+
+fn pool_condition<'a>(p: &'a api::GatewayPool, t: &str) -> Option<(&'a str, &'a str)> {
+    find_condition(&p.status.as_ref()?.conditions, t)
 }
 
 #[tokio::test]
@@ -97,39 +122,18 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
     let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
-    let gwp: api::GatewayPool = serde_json::from_value(json!({
-        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
-        "metadata": {"name": "gateway"}, "spec": {"gatewayNodepoolName": "gateway", "publicIpPrefixSize": 31}
-    }))
-    .expect("pool");
-    pools.create(&PostParams::default(), &gwp).await.expect("pool");
+    create_pool(&pools, "gateway", "gateway").await;
     for name in ["a", "b", "c"] {
-        sgcs.create(
-            &PostParams::default(),
-            &sgc(name, json!({"gatewayNodepoolName": "gateway"})),
-        )
-        .await
-        .expect("create");
+        create_sgc(&sgcs, name, json!({"gatewayNodepoolName": "gateway"})).await;
     }
-    sgcs.create(
-        &PostParams::default(),
-        &sgc(
-            "private",
-            json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false, "defaultRoute": "azureNetworking", "excludeCidrs": ["10.0.0.0/8"]}),
-        ),
-    )
-    .await
-    .expect("create");
+    create_sgc(&sgcs, "private", json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false, "defaultRoute": "azureNetworking", "excludeCidrs": ["10.0.0.0/8"]})).await;
     // Predates the webhook: a CIDR the CRD schema cannot check.
-    sgcs.create(
-        &PostParams::default(),
-        &sgc(
-            "bad",
-            json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
-        ),
+    create_sgc(
+        &sgcs,
+        "bad",
+        json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
     )
-    .await
-    .expect("create");
+    .await;
 
     w.azure.clear_calls();
     w.op.reconcile_pools(None).await.expect("reconcile");
@@ -219,10 +223,9 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
     assert_eq!(ps.ready_instances, 2);
     assert_eq!(ps.instances.len(), 2);
     assert!(ps.load_balancer_frontend.is_some_and(|f| !f.ip.is_empty()));
-    assert!(
-        ps.conditions
-            .iter()
-            .any(|c| c.type_ == READY && c.status == "True")
+    assert_eq!(
+        find_condition(&ps.conditions, READY),
+        Some(("True", api::names::REASON_INSTANCES_READY))
     );
     ports.sort_unstable();
     ports.dedup();
@@ -280,7 +283,8 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
         "held by its finalizer while in use"
     );
     w.op.reconcile_pools(None).await.expect("reconcile");
-    // The configurations are gone now; the next pass releases the pool.
+    // The pass that deletes the pool's last configurations also releases the pool: no later pass needed.
+    assert!(pools.get_opt("gateway").await.expect("get").is_none());
     w.op.reconcile_pools(None).await.expect("reconcile");
     assert!(pools.get_opt("gateway").await.expect("get").is_none());
     assert!(
@@ -305,12 +309,7 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
 async fn a_configuration_on_a_missing_pool_reports_pool_not_found_and_deletes_cleanly() {
     let w = start().await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
-    sgcs.create(
-        &PostParams::default(),
-        &sgc("x", json!({"gatewayNodepoolName": "nope"})),
-    )
-    .await
-    .expect("create");
+    create_sgc(&sgcs, "x", json!({"gatewayNodepoolName": "nope"})).await;
     w.op.reconcile_pools(None).await.expect("reconcile");
     let x = sgcs.get("x").await.expect("get");
     assert_eq!(condition(&x, ACCEPTED), Some(("False", "PoolNotFound")));
@@ -339,17 +338,12 @@ async fn one_leader_at_a_time_and_takeover_after_release_or_expiry() {
     );
     assert!(!a.try_acquire_or_renew().await.expect("a waits"));
     // b stops renewing: a takes over once the lease expires.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if a.try_acquire_or_renew().await.expect("a") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a never took over an expired lease"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testbed::wait::eventually_within(
+        "a takes over the expired lease",
+        Duration::from_secs(10),
+        || async { a.try_acquire_or_renew().await.expect("a") },
+    )
+    .await;
     assert!(!b.try_acquire_or_renew().await.expect("b lost it"));
 
     // Racing candidates: exactly one wins a fresh lease.
@@ -409,12 +403,7 @@ async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_du
     let w = start().await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
     for name in ["a", "b"] {
-        sgcs.create(
-            &PostParams::default(),
-            &sgc(name, json!({"gatewayNodepoolName": "gateway"})),
-        )
-        .await
-        .expect("create");
+        create_sgc(&sgcs, name, json!({"gatewayNodepoolName": "gateway"})).await;
     }
     // Every instance update fails: the reconcile stops half-way (prefixes, LB and VMSS model written).
     w.azure
@@ -504,22 +493,14 @@ async fn a_vm_pool_reports_the_node_of_each_pre_created_nic() {
         nodes.create(&PostParams::default(), &node).await.expect("node");
     }
     let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
-    let gwp: api::GatewayPool = serde_json::from_value(json!({
-        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
-        "metadata": {"name": "gateway"}, "spec": {"gatewayNodepoolName": "gateway", "publicIpPrefixSize": 31}
-    }))
-    .expect("pool");
-    pools.create(&PostParams::default(), &gwp).await.expect("pool");
+    create_pool(&pools, "gateway", "gateway").await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
-    sgcs.create(
-        &PostParams::default(),
-        &sgc(
-            "private",
-            json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false}),
-        ),
+    create_sgc(
+        &sgcs,
+        "private",
+        json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false}),
     )
-    .await
-    .expect("create");
+    .await;
     w.op.reconcile_pools(None).await.expect("reconcile");
 
     let status = pools.get("gateway").await.expect("pool").status.expect("status");
@@ -578,21 +559,13 @@ fn sample(metrics: &Metrics, metric: &str, labels: &[(&str, &str)]) -> Option<f6
 async fn upstream_metric_series_per_configuration_and_controller() {
     let w = start().await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
-    sgcs.create(
-        &PostParams::default(),
-        &sgc("a", json!({"gatewayNodepoolName": "gateway"})),
+    create_sgc(&sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
+    create_sgc(
+        &sgcs,
+        "bad",
+        json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
     )
-    .await
-    .expect("create");
-    sgcs.create(
-        &PostParams::default(),
-        &sgc(
-            "bad",
-            json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
-        ),
-    )
-    .await
-    .expect("create");
+    .await;
     // The load balancer cannot be written: the LB controller's series of "a" fails, its VM series does not.
     w.azure
         .inject_fault(testbed::azure::FaultSpec::new(
@@ -694,12 +667,7 @@ async fn an_unused_gateway_pool_reports_its_instances_without_azure_writes() {
     let w = start().await;
     let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
     for (name, nodepool) in [("gateway", "gateway"), ("missing", "nope")] {
-        let p: api::GatewayPool = serde_json::from_value(json!({
-            "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
-            "metadata": {"name": name}, "spec": {"gatewayNodepoolName": nodepool, "publicIpPrefixSize": 31}
-        }))
-        .expect("pool");
-        pools.create(&PostParams::default(), &p).await.expect("pool");
+        create_pool(&pools, name, nodepool).await;
     }
     let before = common::resources(&w.azure);
     w.azure.clear_calls();
@@ -713,12 +681,6 @@ async fn an_unused_gateway_pool_reports_its_instances_without_azure_writes() {
     assert!(writes.is_empty(), "no ARM writes for unused pools: {writes:?}");
     assert_eq!(common::resources(&w.azure), before);
 
-    let ready = |p: &api::GatewayPool, t: &str| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
-            .map(|c| (c.status.clone(), c.reason.clone()))
-    };
     let gw = pools.get("gateway").await.expect("get");
     let st = gw.status.clone().expect("status written");
     assert_eq!(st.instances.len(), 2, "{st:?}");
@@ -729,13 +691,13 @@ async fn an_unused_gateway_pool_reports_its_instances_without_azure_writes() {
     );
     assert_eq!(st.observed_generation, gw.metadata.generation);
     assert_eq!(
-        ready(&gw, READY),
-        Some(("True".into(), api::names::REASON_INSTANCES_READY.into()))
+        pool_condition(&gw, READY),
+        Some(("True", api::names::REASON_INSTANCES_READY))
     );
     let missing = pools.get("missing").await.expect("get");
     assert_eq!(
-        ready(&missing, READY),
-        Some(("False".into(), api::names::REASON_POOL_NOT_FOUND.into()))
+        pool_condition(&missing, READY),
+        Some(("False", api::names::REASON_POOL_NOT_FOUND))
     );
 
     // Steady state: a second pass writes nothing anywhere.

@@ -373,6 +373,29 @@ pub fn pool_status(
     st
 }
 
+/// A GatewayPool's status when its node pool is not in Azure: Ready=False with the reason, no instances or
+/// frontend.
+pub fn pool_not_found_status(
+    old: &api::GatewayPoolStatus,
+    generation: Option<i64>,
+    message: &str,
+) -> api::GatewayPoolStatus {
+    let mut st = old.clone();
+    st.observed_generation = generation;
+    st.instances.clear();
+    st.ready_instances = 0;
+    st.load_balancer_frontend = None;
+    set_condition(
+        &mut st.conditions,
+        READY,
+        false,
+        REASON_POOL_NOT_FOUND,
+        message,
+        generation,
+    );
+    st
+}
+
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`: `new`, plus `null` for every field `old` has and
 /// `new` lacks, recursively. Status types omit empty fields when serialised, so a plain merge patch of `new`
 /// would leave a cleared field's old value on the object (and the status would differ, and be written, on every
@@ -719,9 +742,6 @@ impl Operator {
     }
 
     async fn finish_deletion(&self, sgc: &StaticGatewayConfiguration) -> Result<(), kube::Error> {
-        // A GatewayPool waiting for its last configuration to go is released on a later pass: ask for one
-        // (the converging re-check) rather than rely on that pool's watch event alone.
-        self.converging.store(true, std::sync::atomic::Ordering::Relaxed);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.secret_namespace);
         match secrets
             .delete(
@@ -919,7 +939,9 @@ impl Operator {
             Ok(r) => r,
             Err(PoolError::NotFound(m)) => {
                 if let Some(p) = live_pool_obj {
-                    self.write_pool_not_found(p, &m).await?;
+                    let old = p.status.clone().unwrap_or_default();
+                    self.write_pool_status(p, &pool_not_found_status(&old, p.metadata.generation, &m))
+                        .await?;
                 }
                 // Nothing to clean on a pool that is gone, except the LB rules and prefixes (found by name).
                 for (sgc, c) in &configs {
@@ -1024,24 +1046,15 @@ impl Operator {
                 .map(|c| api::names::managed_resource_name(&c.uid))
                 .collect();
             let node_ids: Vec<NodeIdentity> = nodes.iter().map(|n| NodeIdentity::of(n)).collect();
-            let old = p.status.clone().unwrap_or_default();
             let new = pool_status(
-                &old,
+                &p.status.clone().unwrap_or_default(),
                 p.metadata.generation,
                 &resolved.pool,
                 &outcome.state,
                 &wanted,
                 &node_ids,
             );
-            if new != old {
-                Api::<GatewayPool>::all(self.client.clone())
-                    .patch_status(
-                        &p.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(status_patch(&old, &new)),
-                    )
-                    .await?;
-            }
+            self.write_pool_status(p, &new).await?;
         }
         for (sgc, c) in &configs {
             if blocked.contains(&c.uid) {
@@ -1214,59 +1227,42 @@ impl Operator {
         }
     }
 
-    /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
-    /// runs for the pools an event touched.
-    /// A GatewayPool whose node pool is not in Azure: Ready=False with the reason, nothing else known.
-    async fn write_pool_not_found(&self, p: &GatewayPool, message: &str) -> Result<(), Error> {
+    /// Every object of a kind, cluster-wide.
+    async fn list_all<K>(&self) -> Result<Vec<Arc<K>>, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let list = Api::<K>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?;
+        Ok(list.items.into_iter().map(Arc::new).collect())
+    }
+
+    /// Writes a GatewayPool's status when it differs from the one read.
+    async fn write_pool_status(
+        &self,
+        p: &GatewayPool,
+        new: &api::GatewayPoolStatus,
+    ) -> Result<(), kube::Error> {
         let old = p.status.clone().unwrap_or_default();
-        let mut new = old.clone();
-        new.observed_generation = p.metadata.generation;
-        new.instances.clear();
-        new.ready_instances = 0;
-        new.load_balancer_frontend = None;
-        set_condition(
-            &mut new.conditions,
-            READY,
-            false,
-            api::names::REASON_POOL_NOT_FOUND,
-            message,
-            p.metadata.generation,
-        );
-        if new != old {
+        if *new != old {
             Api::<GatewayPool>::all(self.client.clone())
                 .patch_status(
                     &p.name_any(),
                     &PatchParams::default(),
-                    &Patch::Merge(status_patch(&old, &new)),
+                    &Patch::Merge(status_patch(&old, new)),
                 )
                 .await?;
         }
         Ok(())
     }
 
+    /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
+    /// runs for the pools an event touched.
     pub async fn reconcile_pools(&self, only: Option<&BTreeSet<String>>) -> Result<usize, Error> {
-        let sgcs: Vec<Arc<StaticGatewayConfiguration>> =
-            Api::<StaticGatewayConfiguration>::all(self.client.clone())
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .map(Arc::new)
-                .collect();
-        let pools: Vec<Arc<GatewayPool>> = Api::<GatewayPool>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        let nodes: Vec<Arc<Node>> = Api::<Node>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let sgcs: Vec<Arc<StaticGatewayConfiguration>> = self.list_all().await?;
+        let pools: Vec<Arc<GatewayPool>> = self.list_all().await?;
+        let nodes: Vec<Arc<Node>> = self.list_all().await?;
         let mut by_pool: BTreeMap<String, (PoolRef, Vec<Arc<StaticGatewayConfiguration>>)> = BTreeMap::new();
         for sgc in sgcs {
             let Some(r) = sgc.spec.pool_ref() else {
@@ -1285,39 +1281,25 @@ impl Operator {
         }
         // GatewayPools carry a finalizer while configurations use them, so a pool object cannot vanish under
         // its configurations (it is what admission checks rule 4 against).
+        let mut held: Vec<&GatewayPool> = Vec::new();
         for p in &pools {
             let Some(r) = p.spec.pool_ref() else { continue };
             let used = by_pool.contains_key(&pool_key(&r));
             let has = p.finalizers().iter().any(|f| f == api::names::POOL_FINALIZER);
-            let deleting = p.metadata.deletion_timestamp.is_some();
-            let finalizers: Option<Vec<String>> = match (deleting, has, used) {
-                (false, false, _) => Some(
-                    p.finalizers()
+            match (p.metadata.deletion_timestamp.is_some(), has, used) {
+                (false, false, _) => {
+                    let finalizers = p
+                        .finalizers()
                         .iter()
                         .cloned()
                         .chain([api::names::POOL_FINALIZER.to_string()])
-                        .collect(),
-                ),
-                (true, true, true) => {
-                    // Released once its configurations are gone: re-check soon.
-                    self.converging.store(true, std::sync::atomic::Ordering::Relaxed);
-                    None
+                        .collect();
+                    self.set_pool_finalizers(p, finalizers).await?;
                 }
-                (true, true, false) => Some(
-                    p.finalizers()
-                        .iter()
-                        .filter(|f| *f != api::names::POOL_FINALIZER)
-                        .cloned()
-                        .collect(),
-                ),
-                _ => None,
-            };
-            if let Some(finalizers) = finalizers {
-                let patch =
-                    json!({"metadata": {"finalizers": finalizers, "resourceVersion": p.resource_version()}});
-                Api::<GatewayPool>::all(self.client.clone())
-                    .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-                    .await?;
+                // Released after the pool passes below if they deleted its last configurations.
+                (true, true, true) => held.push(p),
+                (true, true, false) => self.release_pool(p).await?,
+                _ => {}
             }
         }
         // Declared pools no configuration uses yet still get a pass (their status).
@@ -1338,10 +1320,58 @@ impl Operator {
                 first_error.get_or_insert(e);
             }
         }
+        if let Err(e) = self.release_pools_left_unused(&held).await {
+            first_error.get_or_insert(e.into());
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(n),
         }
+    }
+
+    /// Deleted pools that still had configurations when the pass began: those whose last configuration went
+    /// in this pass are released now (read again, as the pass may have written their status).
+    async fn release_pools_left_unused(&self, held: &[&GatewayPool]) -> Result<(), kube::Error> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let used: BTreeSet<String> = self
+            .list_all::<StaticGatewayConfiguration>()
+            .await?
+            .iter()
+            .filter_map(|s| s.spec.pool_ref())
+            .map(|r| pool_key(&r))
+            .collect();
+        let api = Api::<GatewayPool>::all(self.client.clone());
+        for p in held {
+            if p.spec.pool_ref().is_some_and(|r| used.contains(&pool_key(&r))) {
+                continue;
+            }
+            if let Some(p) = api.get_opt(&p.name_any()).await? {
+                self.release_pool(&p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the pool finalizer.
+    async fn release_pool(&self, p: &GatewayPool) -> Result<(), kube::Error> {
+        let finalizers = p
+            .finalizers()
+            .iter()
+            .filter(|f| *f != api::names::POOL_FINALIZER)
+            .cloned()
+            .collect();
+        self.set_pool_finalizers(p, finalizers).await
+    }
+
+    /// Patches a GatewayPool's finalizers, conditional on the version read.
+    async fn set_pool_finalizers(&self, p: &GatewayPool, finalizers: Vec<String>) -> Result<(), kube::Error> {
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": p.resource_version()}});
+        Api::<GatewayPool>::all(self.client.clone())
+            .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
     }
 }
 
@@ -1575,6 +1605,35 @@ mod tests {
                 ("aks-gw-vm1-nic", Some("aks-gw-vm1")),
                 ("aks-gw-spare-nic", None),
             ]
+        );
+    }
+
+    #[test]
+    fn a_pool_not_in_azure_clears_its_instances_and_is_not_ready() {
+        let old = api::GatewayPoolStatus {
+            ready_instances: 2,
+            instances: vec![api::pool::PoolInstance::default()],
+            load_balancer_frontend: Some(api::pool::LoadBalancerFrontend::default()),
+            ..Default::default()
+        };
+        let st = pool_not_found_status(&old, Some(3), "no node pool 'nope'");
+        assert_eq!(st.observed_generation, Some(3));
+        assert!(st.instances.is_empty());
+        assert_eq!(st.ready_instances, 0);
+        assert!(st.load_balancer_frontend.is_none());
+        let ready = st.conditions.iter().find(|c| c.type_ == READY).expect("Ready");
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            ("False", REASON_POOL_NOT_FOUND, "no node pool 'nope'")
+        );
+        assert_eq!(
+            pool_not_found_status(&st, Some(3), "no node pool 'nope'"),
+            st,
+            "stable"
         );
     }
 
