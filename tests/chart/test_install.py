@@ -113,6 +113,9 @@ def container_of(objs: list[dict], kind: str, name: str, container: str) -> tupl
     return spec, next(c for c in spec["containers"] if c["name"] == container)
 
 
+# mount_secret_volumes, resolve_env and localize are the kubelet's part, as `testbed/src/lab/chart.rs` does it
+# for the lab (root, all four components); this test runs without root in the chart suite, for the webhook
+# and the operator only.
 def mount_secret_volumes(objs: list[dict], spec: dict, container: dict, root: pathlib.Path) -> dict[str, str]:
     """Writes the Secret volumes the container mounts under `root`, as kubelet would; mountPath -> local dir."""
     secrets = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Secret"}
@@ -124,9 +127,13 @@ def mount_secret_volumes(objs: list[dict], spec: dict, container: dict, root: pa
             continue
         local = root / m["name"]
         local.mkdir(parents=True)
-        for key, b64 in secrets[secret["secretName"]].get("data", {}).items():
+        source = secrets[secret["secretName"]]
+        # As the API server stores it: `stringData` folded over `data`.
+        files = {k: base64.b64decode(v) for k, v in source.get("data", {}).items()}
+        files |= {k: v.encode() for k, v in source.get("stringData", {}).items()}
+        for key, content in files.items():
             path = local / key
-            path.write_bytes(base64.b64decode(b64))
+            path.write_bytes(content)
             path.chmod(0o600)
         mounts[m["mountPath"]] = str(local)
     return mounts
@@ -140,7 +147,10 @@ def resolve_env(container: dict) -> dict[str, str]:
         if "value" in e:
             env[e["name"]] = e["value"]
         else:
-            env[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+            field = e["valueFrom"]["fieldRef"]["fieldPath"]
+            if field not in fields:
+                pytest.fail(f"env {e['name']}: downward-API field {field} is not filled by this test (add it)")
+            env[e["name"]] = fields[field]
     return env
 
 
@@ -150,6 +160,7 @@ def localize(args: list[str], mounts: dict[str, str], ports: dict[str, str]) -> 
     out = []
     for a in args:
         flag, eq, value = a.partition("=")
+        assert eq or a not in ports, f"{a} without `=value`: the chart passes flags as --flag=value"
         if eq and flag in ports:
             a = f"{flag}={ports[flag]}"
         elif eq:
