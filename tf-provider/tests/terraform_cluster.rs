@@ -11,7 +11,8 @@ use api::StaticGatewayConfiguration;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{APP_NS, Cluster, NODEPOOL, VMSS, Workspace, eventually};
+use support::{APP_NS, Cluster, NODEPOOL, VMSS, Workspace};
+use testbed::wait::eventually_within;
 
 const POOL: &str = "egressgateway_gateway_pool.gw";
 const SGC: &str = "egressgateway_static_gateway_configuration.egress";
@@ -234,7 +235,7 @@ output "read_prefix" {
         .await
         .expect("out-of-band delete");
     let api = sgcs(&cluster);
-    eventually(
+    eventually_within(
         "the operator released the configuration",
         Duration::from_secs(30),
         || {
