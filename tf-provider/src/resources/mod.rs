@@ -117,13 +117,18 @@ pub struct Extracted {
     pub unknown: Vec<Path>,
 }
 
+/// A kind's `api::rules::*_rule_inputs`.
+pub(crate) type RuleInputs = fn(api::rules::Rule) -> &'static [&'static str];
+
 /// Turns a rules verdict into diagnostics on Terraform paths, leaving out every finding that depends on
 /// a value not known yet (it is checked again when Terraform knows it). The `schema` gives the Terraform
-/// spelling: which JSON fields are blocks addressed with `[0]`, and which names messages mention.
+/// spelling: which JSON fields are blocks addressed with `[0]`, and which names messages mention. `inputs`
+/// is the kind's `api::rules::*_rule_inputs`: the fields a rule reads besides the one it reports.
 pub(crate) fn verdict_diagnostics(
     verdict: &api::rules::Verdict,
     extracted: &Extracted,
     schema: &Block,
+    inputs: RuleInputs,
     kind_label: &str,
 ) -> Vec<pb::Diagnostic> {
     let block_lists: Vec<String> = schema
@@ -144,9 +149,12 @@ pub(crate) fn verdict_diagnostics(
     let mut out = Vec::new();
     for v in &verdict.violations {
         let path = diag::terraform_path(&v.path, &block_lists);
-        let mut inputs = rule_inputs(v.rule);
-        inputs.push(path.clone());
-        if touches_unknown(&inputs) {
+        let mut read: Vec<Path> = inputs(v.rule)
+            .iter()
+            .map(|i| diag::terraform_path(i, &block_lists))
+            .collect();
+        read.push(path.clone());
+        if touches_unknown(&read) {
             continue;
         }
         out.push(diag::error(
@@ -170,21 +178,6 @@ pub(crate) fn verdict_diagnostics(
         ));
     }
     out
-}
-
-/// Terraform attributes each rule reads (beyond the path it reports at).
-fn rule_inputs(rule: api::rules::Rule) -> Vec<Path> {
-    use api::rules::Rule;
-    let names: &[&str] = match rule {
-        Rule::OnePool => &["gateway_nodepool_name", "gateway_vmss_profile"],
-        // Only a pool's declared instance_count is checked at plan: a configuration's rule 4 needs the
-        // cluster's GatewayPools and nodes, which planning never reads.
-        Rule::InstancesFitPrefix => &["instance_count", "public_ip_prefix_size"],
-        Rule::PrivateNeedsNodepool => &["provision_public_ips", "gateway_vmss_profile"],
-        Rule::PublicIpPrefixId => &["provision_public_ips", "public_ip_prefix_id"],
-        _ => &[],
-    };
-    names.iter().map(|n| Path::attr(n)).collect()
 }
 
 /// The CRD spec a Terraform object describes: every configurable attribute and nested block (but
@@ -569,6 +562,43 @@ mod tests {
                 "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31},
             })
         );
+    }
+
+    #[test]
+    fn rule_inputs_name_attributes_of_the_schema() {
+        use api::rules::Rule;
+        let rules = [
+            Rule::OnePool,
+            Rule::VmssProfileComplete,
+            Rule::PrefixSize,
+            Rule::InstancesFitPrefix,
+            Rule::PrivateNeedsNodepool,
+            Rule::PublicIpPrefixId,
+            Rule::ExcludeCidrs,
+            Rule::DefaultRoute,
+            Rule::Immutable,
+            Rule::FieldType,
+        ];
+        let kinds: [(Kind, RuleInputs); 2] = [
+            (Kind::Sgc, api::rules::sgc_rule_inputs),
+            (Kind::Pool, api::rules::pool_rule_inputs),
+        ];
+        for (kind, inputs) in kinds {
+            let names = kind.resource_schema().names();
+            for rule in rules {
+                for input in inputs(rule) {
+                    let path = diag::terraform_path(input, &[] as &[&str]);
+                    for step in &path.0 {
+                        if let diag::Step::Attr(a) = step {
+                            assert!(
+                                names.contains(&a.as_str()),
+                                "{kind:?} {rule:?}: {input} is no attribute ({a})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

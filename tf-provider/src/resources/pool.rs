@@ -95,7 +95,13 @@ pub fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnos
     let object = serde_json::json!({ "spec": extracted.spec });
     let old = prior.map(|p| serde_json::json!({ "spec": extract(p).spec }));
     let verdict = api::rules::validate_pool_object(&object, old.as_ref(), None);
-    let mut diags = super::verdict_diagnostics(&verdict, &extracted, &resource_schema(), "gateway pool");
+    let mut diags = super::verdict_diagnostics(
+        &verdict,
+        &extracted,
+        &resource_schema(),
+        api::rules::pool_rule_inputs,
+        "gateway pool",
+    );
     diags.extend(super::validate_names(config, IDENTITY));
     diags.extend(super::validate_timeouts(config));
     diags

@@ -135,6 +135,7 @@ pub fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnos
         &verdict,
         &extracted,
         &resource_schema(),
+        api::rules::sgc_rule_inputs,
         "static gateway configuration",
     );
     diags.extend(super::validate_names(config, IDENTITY));
