@@ -24,7 +24,8 @@ pub fn resource_schema() -> Block {
                 Type::String,
                 "The AKS gateway node pool (e.g. `azurerm_kubernetes_cluster_node_pool.gw.name`). Exactly one of `gateway_nodepool_name` and `gateway_vmss_profile`. Changing it replaces the pool.",
             )
-            .force_new(),
+            .force_new()
+            .case_insensitive(),
             Attribute::required(
                 "public_ip_prefix_size",
                 Type::Number,
@@ -356,6 +357,24 @@ mod tests {
             error_paths(&validate(&bad)),
             vec!["public_ip_prefix_size".to_string()]
         );
+    }
+
+    #[test]
+    fn a_nodepool_name_differing_only_in_case_is_no_change() {
+        let named = |np: &str| {
+            config(vec![
+                ("name", Value::str("gw")),
+                ("gateway_nodepool_name", Value::str(np)),
+                ("public_ip_prefix_size", Value::Number(Number::Int(31))),
+            ])
+        };
+        let (state, _) = plan(&Value::Null, &named("GwPool"));
+        // Azure node pool names are case-insensitive, and so is the rules' immutability check.
+        let (planned, replace) = plan(&state, &named("gwpool"));
+        assert_eq!(replace, Vec::<Path>::new());
+        assert_eq!(planned, state, "the prior spelling is kept: no update either");
+        let (_, replace) = plan(&state, &named("otherpool"));
+        assert_eq!(replace, vec![Path::attr("gateway_nodepool_name")]);
     }
 
     #[test]

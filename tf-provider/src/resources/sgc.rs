@@ -61,7 +61,8 @@ pub fn resource_schema() -> Block {
                 Type::String,
                 "Name of the AKS gateway node pool (e.g. `azurerm_kubernetes_cluster_node_pool.gw.name`). Exactly one of `gateway_nodepool_name` and `gateway_vmss_profile`. Changing it replaces the configuration.",
             )
-            .force_new(),
+            .force_new()
+            .case_insensitive(),
             Attribute::optional_computed(
                 "default_route",
                 Type::String,
@@ -76,7 +77,8 @@ pub fn resource_schema() -> Block {
                 "public_ip_prefix_id",
                 Type::String,
                 "ARM ID of an existing public IP prefix to egress from (bring your own); only with `provision_public_ips = true`.",
-            ),
+            )
+            .case_insensitive(),
             Attribute::optional(
                 "exclude_cidrs",
                 Type::List(Box::new(Type::String)),
