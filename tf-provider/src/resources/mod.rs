@@ -108,6 +108,33 @@ impl Kind {
     }
 }
 
+/// The Kubernetes object of a kind, as the provider reads, writes and waits for it.
+pub trait Object:
+    kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug
+{
+    /// The resource type.
+    const KIND: Kind;
+    /// How long create and update wait for [`Object::is_ready`] when `timeouts` does not say.
+    const DEFAULT_APPLY_TIMEOUT: Duration;
+    /// What the diagnostic says of an object the wait gave up on (after its kind and name).
+    const NOT_READY: &'static str;
+    /// The API of the object a state or planned value names.
+    fn api(client: kube::Client, v: &Value) -> kube::Api<Self>;
+    /// The object to server-side apply for a planned value.
+    fn manifest(planned: &Value) -> serde_json::Value;
+    /// The state for the object read from the cluster (prior spelling kept where only normalisation differs).
+    fn state_from_object(prior: &Value, obj: &Self) -> Value;
+    /// Whether apply's wait is over.
+    fn is_ready(obj: &Self) -> bool;
+    /// Why [`Object::is_ready`] does not hold, for the timeout diagnostic.
+    fn describe_wait(obj: Option<&Self>) -> String;
+}
+
+/// The `name` of a state or planned value (both kinds name their object with it).
+pub fn object_name(v: &Value) -> &str {
+    v.get("name").as_str().unwrap_or_default()
+}
+
 /// A spec built from a Terraform value, with the paths whose values are not known yet.
 #[derive(Debug, Default)]
 pub struct Extracted {

@@ -1,5 +1,7 @@
 //! `egressgateway_gateway_pool`: a cluster-scoped GatewayPool.
 
+use std::time::Duration;
+
 use api::GatewayPool;
 
 use super::plan::{PlanRules, plan as plan_generic};
@@ -182,6 +184,27 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
         ("conditions", conditions_value(&status.conditions)),
         ("timeouts", prior.get("timeouts").clone()),
     ])
+}
+
+impl super::Object for GatewayPool {
+    const KIND: super::Kind = super::Kind::Pool;
+    const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(300);
+    const NOT_READY: &'static str = "is not ready";
+    fn api(client: kube::Client, _: &Value) -> kube::Api<Self> {
+        kube::Api::all(client)
+    }
+    fn manifest(planned: &Value) -> serde_json::Value {
+        manifest(planned)
+    }
+    fn state_from_object(prior: &Value, obj: &Self) -> Value {
+        state_from_object(prior, obj)
+    }
+    fn is_ready(obj: &Self) -> bool {
+        is_ready(obj)
+    }
+    fn describe_wait(obj: Option<&Self>) -> String {
+        describe_wait(obj)
+    }
 }
 
 /// Has the operator taken the pool on (its finalizer) and reported it Ready for the current generation? The

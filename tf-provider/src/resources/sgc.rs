@@ -1,5 +1,7 @@
 //! `egressgateway_static_gateway_configuration`: a StaticGatewayConfiguration.
 
+use std::time::Duration;
+
 use api::StaticGatewayConfiguration;
 use api::rules::PoolFacts;
 
@@ -231,6 +233,27 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
     ])
 }
 
+impl super::Object for StaticGatewayConfiguration {
+    const KIND: super::Kind = super::Kind::Sgc;
+    const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(600);
+    const NOT_READY: &'static str = "did not become Ready";
+    fn api(client: kube::Client, v: &Value) -> kube::Api<Self> {
+        kube::Api::namespaced(client, v.get("namespace").as_str().unwrap_or_default())
+    }
+    fn manifest(planned: &Value) -> serde_json::Value {
+        manifest(planned)
+    }
+    fn state_from_object(prior: &Value, obj: &Self) -> Value {
+        state_from_object(prior, obj)
+    }
+    fn is_ready(obj: &Self) -> bool {
+        is_ready(obj)
+    }
+    fn describe_wait(obj: Option<&Self>) -> String {
+        describe_wait(obj)
+    }
+}
+
 /// Is the configuration usable: Ready for its current generation, with the egress prefix known?
 pub fn is_ready(obj: &StaticGatewayConfiguration) -> bool {
     let generation = obj.metadata.generation;
@@ -244,6 +267,21 @@ pub fn is_ready(obj: &StaticGatewayConfiguration) -> bool {
                         || c.observed_generation >= generation)
             })
     })
+}
+
+/// Why [`is_ready`] does not hold: the conditions the operator reported.
+pub fn describe_wait(obj: Option<&StaticGatewayConfiguration>) -> String {
+    match obj
+        .and_then(|o| o.status.as_ref())
+        .map(|s| s.conditions.as_slice())
+    {
+        None | Some([]) => "the operator has not reported any condition yet (is it running?)".to_string(),
+        Some(cs) => cs
+            .iter()
+            .map(|c| format!("{}={} ({}: {})", c.type_, c.status, c.reason, c.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
 
 #[cfg(test)]
