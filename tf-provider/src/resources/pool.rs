@@ -60,7 +60,7 @@ pub fn resource_schema() -> Block {
                 max_items: 1,
                 force_new: true,
             },
-            timeouts_block("How long apply waits for the operator to take the pool on, and for its instances to be Ready once configurations use it (default create/update `5m`), and delete for the pool to be gone (default `5m`)."),
+            timeouts_block("How long apply waits for the operator to take the pool on and report it Ready for its current generation (default create/update `5m`), and delete for the pool to be gone (default `5m`)."),
         ],
     }
 }
