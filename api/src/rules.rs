@@ -229,6 +229,23 @@ fn prefix_size_detail(size: i32) -> String {
 // StaticGatewayConfiguration
 // ---------------------------------------------------------------------------------------------
 
+/// The spec fields, besides the one a violation names, that [`validate_sgc`]'s verdict on `rule` reads. An
+/// enforcer that does not know all of them yet (Terraform at plan, before other resources exist) holds the
+/// finding back until it does.
+pub fn sgc_rule_inputs(rule: Rule) -> &'static [&'static str] {
+    match rule {
+        Rule::OnePool => &["spec.gatewayNodepoolName", "spec.gatewayVmssProfile"],
+        Rule::InstancesFitPrefix => &[
+            "spec.provisionPublicIps",
+            "spec.gatewayNodepoolName",
+            "spec.gatewayVmssProfile.publicIpPrefixSize",
+        ],
+        Rule::PrivateNeedsNodepool => &["spec.provisionPublicIps", "spec.gatewayVmssProfile"],
+        Rule::PublicIpPrefixId => &["spec.provisionPublicIps", "spec.publicIpPrefixId"],
+        _ => &[],
+    }
+}
+
 /// Validates a configuration spec on create (`old` = None) or update.
 pub fn validate_sgc(
     new: &StaticGatewayConfigurationSpec,
@@ -520,6 +537,16 @@ fn quoted(s: Option<&str>) -> String {
 // ---------------------------------------------------------------------------------------------
 // GatewayPool
 // ---------------------------------------------------------------------------------------------
+
+/// As [`sgc_rule_inputs`], for [`validate_pool`]. Rule 4 reads the declared instance count and the prefix
+/// size (the node pool's name does not matter to it).
+pub fn pool_rule_inputs(rule: Rule) -> &'static [&'static str] {
+    match rule {
+        Rule::OnePool => &["spec.gatewayNodepoolName", "spec.gatewayVmssProfile"],
+        Rule::InstancesFitPrefix => &["spec.instanceCount", "spec.publicIpPrefixSize"],
+        _ => &[],
+    }
+}
 
 /// Validates a pool spec on create (`old` = None) or update; `node_count` is the pool's nodes as the cluster
 /// knows them.

@@ -10,14 +10,11 @@ use crate::cluster::{self, ClusterError, ProviderConfig};
 use crate::diag::{self, Path};
 use crate::proto::tfplugin6 as pb;
 use crate::proto::tfplugin6::provider_server::Provider as ProviderService;
-use crate::resources::{self, Kind, Op, pool, sgc};
+use crate::resources::{self, Kind, Object, Op, pool, sgc};
 use crate::schema::{Attribute, Block, Type};
 use crate::value::Value;
 
-const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a pool's create or update waits for the operator to take the pool on.
-const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What ConfigureProvider left us with.
 #[derive(Default)]
@@ -131,14 +128,6 @@ fn cluster_diag(summary: &str, e: &ClusterError) -> pb::Diagnostic {
     diag::error(summary, detail, None)
 }
 
-/// `namespace/name` of an SGC state or planned value.
-fn sgc_key(v: &Value) -> (String, String) {
-    (
-        v.get("namespace").as_str().unwrap_or_default().to_string(),
-        v.get("name").as_str().unwrap_or_default().to_string(),
-    )
-}
-
 impl Provider {
     /// A provider that is not configured yet.
     pub fn new() -> Self {
@@ -180,109 +169,67 @@ impl Provider {
     async fn read(&self, kind: Kind, state: &Value) -> Result<Value, pb::Diagnostic> {
         let client = self.client().await?;
         match kind {
-            Kind::Sgc => {
-                let (ns, name) = sgc_key(state);
-                let api: kube::Api<api::StaticGatewayConfiguration> = kube::Api::namespaced(client, &ns);
-                match cluster::get(&api, &name).await {
-                    Ok(Some(obj)) => Ok(sgc::state_from_object(state, &obj)),
-                    Ok(None) => Ok(Value::Null),
-                    Err(e) => Err(cluster_diag(
-                        &format!("Cannot read StaticGatewayConfiguration {ns}/{name}"),
-                        &e,
-                    )),
-                }
-            }
-            Kind::Pool => {
-                let name = state.get("name").as_str().unwrap_or_default().to_string();
-                let api: kube::Api<api::GatewayPool> = kube::Api::all(client);
-                match cluster::get(&api, &name).await {
-                    Ok(Some(obj)) => Ok(pool::state_from_object(state, &obj)),
-                    Ok(None) => Ok(Value::Null),
-                    Err(e) => Err(cluster_diag(&format!("Cannot read GatewayPool {name}"), &e)),
-                }
-            }
+            Kind::Sgc => read::<api::StaticGatewayConfiguration>(client, state).await,
+            Kind::Pool => read::<api::GatewayPool>(client, state).await,
         }
     }
 
-    /// Applies a planned change. A failure after the object was written (a wait that ran out of time or was
-    /// interrupted) carries the object's state as it is in the cluster, so that Terraform records the object
-    /// (tainted, when it was being created) instead of forgetting it.
     async fn apply(&self, kind: Kind, prior: &Value, planned: &Value) -> Result<Value, ApplyFailure> {
         let client = self.client().await?;
-        let mut stop = self.stop_tx.subscribe();
-        if planned.is_null() {
-            let timeout = resources::timeout(prior, Op::Delete, DEFAULT_DELETE_TIMEOUT)?;
-            let result = match kind {
-                Kind::Sgc => {
-                    let (ns, name) = sgc_key(prior);
-                    let api: kube::Api<api::StaticGatewayConfiguration> = kube::Api::namespaced(client, &ns);
-                    cluster::delete_and_wait(&api, &name, timeout, &mut stop).await
-                }
-                Kind::Pool => {
-                    let name = prior.get("name").as_str().unwrap_or_default().to_string();
-                    let api: kube::Api<api::GatewayPool> = kube::Api::all(client);
-                    cluster::delete_and_wait(&api, &name, timeout, &mut stop).await
-                }
-            };
-            return result
-                .map(|()| Value::Null)
-                .map_err(|e| cluster_diag(&format!("Cannot delete {}", kind.display_id(prior)), &e).into());
-        }
-        let op = if prior.is_null() { Op::Create } else { Op::Update };
+        let stop = self.stop_tx.subscribe();
         match kind {
-            Kind::Sgc => {
-                let timeout = resources::timeout(planned, op, DEFAULT_CREATE_TIMEOUT)?;
-                let (ns, name) = sgc_key(planned);
-                let api: kube::Api<api::StaticGatewayConfiguration> = kube::Api::namespaced(client, &ns);
-                let summary = format!("Cannot apply StaticGatewayConfiguration {ns}/{name}");
-                cluster::apply(&api, &name, &sgc::manifest(planned), &kind.spec_fields())
-                    .await
-                    .map_err(|e| cluster_diag(&summary, &e))?;
-                let waited = cluster::wait_for(&api, &name, timeout, &mut stop, sgc::is_ready, |o| {
-                    describe_conditions(o.and_then(|o| o.status.as_ref()).map(|s| s.conditions.as_slice()))
-                })
-                .await;
-                let state = |obj: &api::StaticGatewayConfiguration| {
-                    merge_planned(planned, sgc::state_from_object(planned, obj))
-                };
-                match waited {
-                    Ok(obj) => Ok(state(&obj)),
-                    Err(e) => Err(ApplyFailure {
-                        diagnostic: cluster_diag(
-                            &format!("StaticGatewayConfiguration {ns}/{name} did not become Ready"),
-                            &e,
-                        ),
-                        state: cluster::get(&api, &name).await.ok().flatten().map(|o| state(&o)),
-                    }),
-                }
-            }
-            Kind::Pool => {
-                let timeout = resources::timeout(planned, op, DEFAULT_POOL_TIMEOUT)?;
-                let name = planned.get("name").as_str().unwrap_or_default().to_string();
-                let api: kube::Api<api::GatewayPool> = kube::Api::all(client);
-                cluster::apply(&api, &name, &pool::manifest(planned), &kind.spec_fields())
-                    .await
-                    .map_err(|e| cluster_diag(&format!("Cannot apply GatewayPool {name}"), &e))?;
-                let waited = cluster::wait_for(
-                    &api,
-                    &name,
-                    timeout,
-                    &mut stop,
-                    pool::is_ready,
-                    pool::describe_wait,
-                )
-                .await;
-                let state =
-                    |obj: &api::GatewayPool| merge_planned(planned, pool::state_from_object(planned, obj));
-                match waited {
-                    Ok(obj) => Ok(state(&obj)),
-                    Err(e) => Err(ApplyFailure {
-                        diagnostic: cluster_diag(&format!("GatewayPool {name} is not ready"), &e),
-                        state: cluster::get(&api, &name).await.ok().flatten().map(|o| state(&o)),
-                    }),
-                }
-            }
+            Kind::Sgc => apply::<api::StaticGatewayConfiguration>(client, prior, planned, stop).await,
+            Kind::Pool => apply::<api::GatewayPool>(client, prior, planned, stop).await,
         }
+    }
+}
+
+/// The state of the object a state names; null when it does not exist.
+async fn read<K: Object>(client: kube::Client, state: &Value) -> Result<Value, pb::Diagnostic> {
+    let api = K::api(client, state);
+    match cluster::get(&api, resources::object_name(state)).await {
+        Ok(Some(obj)) => Ok(K::state_from_object(state, &obj)),
+        Ok(None) => Ok(Value::Null),
+        Err(e) => Err(cluster_diag(
+            &format!("Cannot read {} {}", K::kind(&()), K::KIND.display_id(state)),
+            &e,
+        )),
+    }
+}
+
+/// Applies a planned change (a delete when `planned` is null). A failure after the object was written (a
+/// wait that ran out of time or was interrupted) carries the object's state as it is in the cluster, so that
+/// Terraform records the object (tainted, when it was being created) instead of forgetting it.
+async fn apply<K: Object>(
+    client: kube::Client,
+    prior: &Value,
+    planned: &Value,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Value, ApplyFailure> {
+    if planned.is_null() {
+        let timeout = resources::timeout(prior, Op::Delete, DEFAULT_DELETE_TIMEOUT)?;
+        let api = K::api(client, prior);
+        return cluster::delete_and_wait(&api, resources::object_name(prior), timeout, &mut stop)
+            .await
+            .map(|()| Value::Null)
+            .map_err(|e| cluster_diag(&format!("Cannot delete {}", K::KIND.display_id(prior)), &e).into());
+    }
+    let op = if prior.is_null() { Op::Create } else { Op::Update };
+    let timeout = resources::timeout(planned, op, K::DEFAULT_APPLY_TIMEOUT)?;
+    let api = K::api(client, planned);
+    let name = resources::object_name(planned);
+    let object = format!("{} {}", K::kind(&()), K::KIND.display_id(planned));
+    cluster::apply(&api, name, &K::manifest(planned), &K::KIND.spec_fields())
+        .await
+        .map_err(|e| cluster_diag(&format!("Cannot apply {object}"), &e))?;
+    let waited = cluster::wait_for(&api, name, timeout, &mut stop, K::is_ready, K::describe_wait).await;
+    let state = |obj: &K| merge_planned(planned, K::state_from_object(planned, obj));
+    match waited {
+        Ok(obj) => Ok(state(&obj)),
+        Err(e) => Err(ApplyFailure {
+            diagnostic: cluster_diag(&format!("{object} {}", K::NOT_READY), &e),
+            state: cluster::get(&api, name).await.ok().flatten().map(|o| state(&o)),
+        }),
     }
 }
 
@@ -312,19 +259,6 @@ fn merge_planned(planned: &Value, remote: Value) -> Value {
                 .collect(),
         ),
         (p, _) => p.clone(),
-    }
-}
-
-fn describe_conditions(
-    conditions: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
-) -> String {
-    match conditions {
-        None | Some([]) => "the operator has not reported any condition yet (is it running?)".to_string(),
-        Some(cs) => cs
-            .iter()
-            .map(|c| format!("{}={} ({}: {})", c.type_, c.status, c.reason, c.message))
-            .collect::<Vec<_>>()
-            .join("; "),
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Attribute {
     pub sensitive: bool,
     /// Changing it replaces the object.
     pub force_new: bool,
+    /// An Azure name or ID: a change of letter case alone is no change (plan keeps the prior spelling).
+    pub case_insensitive: bool,
 }
 
 impl Attribute {
@@ -96,6 +98,7 @@ impl Attribute {
             computed: false,
             sensitive: false,
             force_new: false,
+            case_insensitive: false,
         }
     }
     /// An optional attribute.
@@ -129,6 +132,11 @@ impl Attribute {
     /// Marks the attribute as forcing replacement when it changes.
     pub fn force_new(mut self) -> Self {
         self.force_new = true;
+        self
+    }
+    /// Marks the attribute as an Azure name or ID, compared without regard to letter case.
+    pub fn case_insensitive(mut self) -> Self {
+        self.case_insensitive = true;
         self
     }
 }

@@ -11,7 +11,8 @@ use api::StaticGatewayConfiguration;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{APP_NS, Cluster, NODEPOOL, VMSS, Workspace, eventually};
+use support::{APP_NS, Cluster, NODEPOOL, VMSS, Workspace};
+use testbed::wait::eventually_within;
 
 const POOL: &str = "egressgateway_gateway_pool.gw";
 const SGC: &str = "egressgateway_static_gateway_configuration.egress";
@@ -234,7 +235,7 @@ output "read_prefix" {
         .await
         .expect("out-of-band delete");
     let api = sgcs(&cluster);
-    eventually(
+    eventually_within(
         "the operator released the configuration",
         Duration::from_secs(30),
         || {
@@ -341,7 +342,10 @@ resource "egressgateway_static_gateway_configuration" "egress" {{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_operator_apply_times_out_and_records_tainted_objects() {
     let mut cluster = Cluster::start().await;
-    let with_timeouts = |timeouts: &str| {
+    // `nodepool` is the configuration's gateway_nodepool_name: a literal first, so that the two creates
+    // are independent and both time out; then a reference to the pool, so that replacing both deletes the
+    // configuration before the pool (the operator keeps a pool that a configuration uses).
+    let with_timeouts = |nodepool: &str, timeouts: &str| {
         format!(
             r#"
 resource "egressgateway_gateway_pool" "gw" {{
@@ -354,7 +358,7 @@ resource "egressgateway_gateway_pool" "gw" {{
 resource "egressgateway_static_gateway_configuration" "egress" {{
   namespace             = "{APP_NS}"
   name                  = "egress"
-  gateway_nodepool_name = "{NODEPOOL}"
+  gateway_nodepool_name = {nodepool}
 {timeouts}
 }}
 
@@ -366,7 +370,10 @@ output "egress_prefix" {{
     };
     let ws = Workspace::new(
         cluster.credentials("admin"),
-        &with_timeouts("  timeouts {\n    create = \"2s\"\n  }"),
+        &with_timeouts(
+            &format!("\"{NODEPOOL}\""),
+            "  timeouts {\n    create = \"2s\"\n  }",
+        ),
     );
     let started = Instant::now();
     let run = ws.apply_result().await;
@@ -408,9 +415,12 @@ output "egress_prefix" {{
     );
 
     // Once the operator runs, the next apply replaces them and succeeds (with the default timeouts: the
-    // recreated pool is in use at once, so it waits for its instances to be Ready).
+    // recreated pool waits for its instances to be Ready).
     cluster.start_operator().await;
-    ws.write(&with_timeouts(""));
+    ws.write(&with_timeouts(
+        "egressgateway_gateway_pool.gw.gateway_nodepool_name",
+        "",
+    ));
     ws.apply().await;
     let shown = ws.show().await;
     assert!(shown.entry(SGC)["tainted"].is_null(), "{}", shown.0);

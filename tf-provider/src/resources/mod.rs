@@ -108,6 +108,33 @@ impl Kind {
     }
 }
 
+/// The Kubernetes object of a kind, as the provider reads, writes and waits for it.
+pub trait Object:
+    kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug
+{
+    /// The resource type.
+    const KIND: Kind;
+    /// How long create and update wait for [`Object::is_ready`] when `timeouts` does not say.
+    const DEFAULT_APPLY_TIMEOUT: Duration;
+    /// What the diagnostic says of an object the wait gave up on (after its kind and name).
+    const NOT_READY: &'static str;
+    /// The API of the object a state or planned value names.
+    fn api(client: kube::Client, v: &Value) -> kube::Api<Self>;
+    /// The object to server-side apply for a planned value.
+    fn manifest(planned: &Value) -> serde_json::Value;
+    /// The state for the object read from the cluster (prior spelling kept where only normalisation differs).
+    fn state_from_object(prior: &Value, obj: &Self) -> Value;
+    /// Whether apply's wait is over.
+    fn is_ready(obj: &Self) -> bool;
+    /// Why [`Object::is_ready`] does not hold, for the timeout diagnostic.
+    fn describe_wait(obj: Option<&Self>) -> String;
+}
+
+/// The `name` of a state or planned value (both kinds name their object with it).
+pub fn object_name(v: &Value) -> &str {
+    v.get("name").as_str().unwrap_or_default()
+}
+
 /// A spec built from a Terraform value, with the paths whose values are not known yet.
 #[derive(Debug, Default)]
 pub struct Extracted {
@@ -117,13 +144,18 @@ pub struct Extracted {
     pub unknown: Vec<Path>,
 }
 
+/// A kind's `api::rules::*_rule_inputs`.
+pub(crate) type RuleInputs = fn(api::rules::Rule) -> &'static [&'static str];
+
 /// Turns a rules verdict into diagnostics on Terraform paths, leaving out every finding that depends on
 /// a value not known yet (it is checked again when Terraform knows it). The `schema` gives the Terraform
-/// spelling: which JSON fields are blocks addressed with `[0]`, and which names messages mention.
+/// spelling: which JSON fields are blocks addressed with `[0]`, and which names messages mention. `inputs`
+/// is the kind's `api::rules::*_rule_inputs`: the fields a rule reads besides the one it reports.
 pub(crate) fn verdict_diagnostics(
     verdict: &api::rules::Verdict,
     extracted: &Extracted,
     schema: &Block,
+    inputs: RuleInputs,
     kind_label: &str,
 ) -> Vec<pb::Diagnostic> {
     let block_lists: Vec<String> = schema
@@ -144,9 +176,12 @@ pub(crate) fn verdict_diagnostics(
     let mut out = Vec::new();
     for v in &verdict.violations {
         let path = diag::terraform_path(&v.path, &block_lists);
-        let mut inputs = rule_inputs(v.rule);
-        inputs.push(path.clone());
-        if touches_unknown(&inputs) {
+        let mut read: Vec<Path> = inputs(v.rule)
+            .iter()
+            .map(|i| diag::terraform_path(i, &block_lists))
+            .collect();
+        read.push(path.clone());
+        if touches_unknown(&read) {
             continue;
         }
         out.push(diag::error(
@@ -170,21 +205,6 @@ pub(crate) fn verdict_diagnostics(
         ));
     }
     out
-}
-
-/// Terraform attributes each rule reads (beyond the path it reports at).
-fn rule_inputs(rule: api::rules::Rule) -> Vec<Path> {
-    use api::rules::Rule;
-    let names: &[&str] = match rule {
-        Rule::OnePool => &["gateway_nodepool_name", "gateway_vmss_profile"],
-        // Only a pool's declared instance_count is checked at plan: a configuration's rule 4 needs the
-        // cluster's GatewayPools and nodes, which planning never reads.
-        Rule::InstancesFitPrefix => &["instance_count", "public_ip_prefix_size"],
-        Rule::PrivateNeedsNodepool => &["provision_public_ips", "gateway_vmss_profile"],
-        Rule::PublicIpPrefixId => &["provision_public_ips", "public_ip_prefix_id"],
-        _ => &[],
-    };
-    names.iter().map(|n| Path::attr(n)).collect()
 }
 
 /// The CRD spec a Terraform object describes: every configurable attribute and nested block (but
@@ -569,6 +589,43 @@ mod tests {
                 "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31},
             })
         );
+    }
+
+    #[test]
+    fn rule_inputs_name_attributes_of_the_schema() {
+        use api::rules::Rule;
+        let rules = [
+            Rule::OnePool,
+            Rule::VmssProfileComplete,
+            Rule::PrefixSize,
+            Rule::InstancesFitPrefix,
+            Rule::PrivateNeedsNodepool,
+            Rule::PublicIpPrefixId,
+            Rule::ExcludeCidrs,
+            Rule::DefaultRoute,
+            Rule::Immutable,
+            Rule::FieldType,
+        ];
+        let kinds: [(Kind, RuleInputs); 2] = [
+            (Kind::Sgc, api::rules::sgc_rule_inputs),
+            (Kind::Pool, api::rules::pool_rule_inputs),
+        ];
+        for (kind, inputs) in kinds {
+            let names = kind.resource_schema().names();
+            for rule in rules {
+                for input in inputs(rule) {
+                    let path = diag::terraform_path(input, &[] as &[&str]);
+                    for step in &path.0 {
+                        if let diag::Step::Attr(a) = step {
+                            assert!(
+                                names.contains(&a.as_str()),
+                                "{kind:?} {rule:?}: {input} is no attribute ({a})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Planning shared by both resources: config values planned exactly as written, provider defaults for
 //! unset optional+computed attributes, server-derived attributes unknown whenever the spec changes, and
-//! replacement for immutable fields.
+//! replacement for immutable fields (Azure names compared without regard to case, as the rules do).
 
 use crate::diag::Path;
 use crate::schema::Block;
@@ -34,6 +34,16 @@ pub fn plan(block: &Block, prior: &Value, config: &Value, rules: &PlanRules<'_>)
                 .map_or(Value::unknown(), |(_, d)| d.clone())
         } else {
             cfg
+        };
+        // A change of letter case alone in an Azure name is a normalisation: plan the prior value (which
+        // Terraform accepts in place of the configured one), neither an update nor a replacement.
+        let v = match (prior.get(a.name), &v) {
+            (p @ Value::String(ps), Value::String(cs))
+                if a.case_insensitive && ps.eq_ignore_ascii_case(cs) =>
+            {
+                p.clone()
+            }
+            _ => v,
         };
         if !creating && prior.get(a.name) != &v && a.name != "id" {
             spec_changed = true;

@@ -1,5 +1,7 @@
 //! `egressgateway_gateway_pool`: a cluster-scoped GatewayPool.
 
+use std::time::Duration;
+
 use api::GatewayPool;
 
 use super::plan::{PlanRules, plan as plan_generic};
@@ -24,7 +26,8 @@ pub fn resource_schema() -> Block {
                 Type::String,
                 "The AKS gateway node pool (e.g. `azurerm_kubernetes_cluster_node_pool.gw.name`). Exactly one of `gateway_nodepool_name` and `gateway_vmss_profile`. Changing it replaces the pool.",
             )
-            .force_new(),
+            .force_new()
+            .case_insensitive(),
             Attribute::required(
                 "public_ip_prefix_size",
                 Type::Number,
@@ -57,7 +60,7 @@ pub fn resource_schema() -> Block {
                 max_items: 1,
                 force_new: true,
             },
-            timeouts_block("How long apply waits for the operator to take the pool on, and for its instances to be Ready once configurations use it (default create/update `5m`), and delete for the pool to be gone (default `5m`)."),
+            timeouts_block("How long apply waits for the operator to take the pool on and report it Ready for its current generation (default create/update `5m`), and delete for the pool to be gone (default `5m`)."),
         ],
     }
 }
@@ -95,7 +98,13 @@ pub fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnos
     let object = serde_json::json!({ "spec": extracted.spec });
     let old = prior.map(|p| serde_json::json!({ "spec": extract(p).spec }));
     let verdict = api::rules::validate_pool_object(&object, old.as_ref(), None);
-    let mut diags = super::verdict_diagnostics(&verdict, &extracted, &resource_schema(), "gateway pool");
+    let mut diags = super::verdict_diagnostics(
+        &verdict,
+        &extracted,
+        &resource_schema(),
+        api::rules::pool_rule_inputs,
+        "gateway pool",
+    );
     diags.extend(super::validate_names(config, IDENTITY));
     diags.extend(super::validate_timeouts(config));
     diags
@@ -175,6 +184,27 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
         ("conditions", conditions_value(&status.conditions)),
         ("timeouts", prior.get("timeouts").clone()),
     ])
+}
+
+impl super::Object for GatewayPool {
+    const KIND: super::Kind = super::Kind::Pool;
+    const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(300);
+    const NOT_READY: &'static str = "is not ready";
+    fn api(client: kube::Client, _: &Value) -> kube::Api<Self> {
+        kube::Api::all(client)
+    }
+    fn manifest(planned: &Value) -> serde_json::Value {
+        manifest(planned)
+    }
+    fn state_from_object(prior: &Value, obj: &Self) -> Value {
+        state_from_object(prior, obj)
+    }
+    fn is_ready(obj: &Self) -> bool {
+        is_ready(obj)
+    }
+    fn describe_wait(obj: Option<&Self>) -> String {
+        describe_wait(obj)
+    }
 }
 
 /// Has the operator taken the pool on (its finalizer) and reported it Ready for the current generation? The
@@ -350,6 +380,24 @@ mod tests {
             error_paths(&validate(&bad)),
             vec!["public_ip_prefix_size".to_string()]
         );
+    }
+
+    #[test]
+    fn a_nodepool_name_differing_only_in_case_is_no_change() {
+        let named = |np: &str| {
+            config(vec![
+                ("name", Value::str("gw")),
+                ("gateway_nodepool_name", Value::str(np)),
+                ("public_ip_prefix_size", Value::Number(Number::Int(31))),
+            ])
+        };
+        let (state, _) = plan(&Value::Null, &named("GwPool"));
+        // Azure node pool names are case-insensitive, and so is the rules' immutability check.
+        let (planned, replace) = plan(&state, &named("gwpool"));
+        assert_eq!(replace, Vec::<Path>::new());
+        assert_eq!(planned, state, "the prior spelling is kept: no update either");
+        let (_, replace) = plan(&state, &named("otherpool"));
+        assert_eq!(replace, vec![Path::attr("gateway_nodepool_name")]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `egressgateway_static_gateway_configuration`: a StaticGatewayConfiguration.
 
+use std::time::Duration;
+
 use api::StaticGatewayConfiguration;
 use api::rules::PoolFacts;
 
@@ -61,7 +63,8 @@ pub fn resource_schema() -> Block {
                 Type::String,
                 "Name of the AKS gateway node pool (e.g. `azurerm_kubernetes_cluster_node_pool.gw.name`). Exactly one of `gateway_nodepool_name` and `gateway_vmss_profile`. Changing it replaces the configuration.",
             )
-            .force_new(),
+            .force_new()
+            .case_insensitive(),
             Attribute::optional_computed(
                 "default_route",
                 Type::String,
@@ -76,7 +79,8 @@ pub fn resource_schema() -> Block {
                 "public_ip_prefix_id",
                 Type::String,
                 "ARM ID of an existing public IP prefix to egress from (bring your own); only with `provision_public_ips = true`.",
-            ),
+            )
+            .case_insensitive(),
             Attribute::optional(
                 "exclude_cidrs",
                 Type::List(Box::new(Type::String)),
@@ -135,6 +139,7 @@ pub fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnos
         &verdict,
         &extracted,
         &resource_schema(),
+        api::rules::sgc_rule_inputs,
         "static gateway configuration",
     );
     diags.extend(super::validate_names(config, IDENTITY));
@@ -228,6 +233,27 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
     ])
 }
 
+impl super::Object for StaticGatewayConfiguration {
+    const KIND: super::Kind = super::Kind::Sgc;
+    const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(600);
+    const NOT_READY: &'static str = "did not become Ready";
+    fn api(client: kube::Client, v: &Value) -> kube::Api<Self> {
+        kube::Api::namespaced(client, v.get("namespace").as_str().unwrap_or_default())
+    }
+    fn manifest(planned: &Value) -> serde_json::Value {
+        manifest(planned)
+    }
+    fn state_from_object(prior: &Value, obj: &Self) -> Value {
+        state_from_object(prior, obj)
+    }
+    fn is_ready(obj: &Self) -> bool {
+        is_ready(obj)
+    }
+    fn describe_wait(obj: Option<&Self>) -> String {
+        describe_wait(obj)
+    }
+}
+
 /// Is the configuration usable: Ready for its current generation, with the egress prefix known?
 pub fn is_ready(obj: &StaticGatewayConfiguration) -> bool {
     let generation = obj.metadata.generation;
@@ -241,6 +267,21 @@ pub fn is_ready(obj: &StaticGatewayConfiguration) -> bool {
                         || c.observed_generation >= generation)
             })
     })
+}
+
+/// Why [`is_ready`] does not hold: the conditions the operator reported.
+pub fn describe_wait(obj: Option<&StaticGatewayConfiguration>) -> String {
+    match obj
+        .and_then(|o| o.status.as_ref())
+        .map(|s| s.conditions.as_slice())
+    {
+        None | Some([]) => "the operator has not reported any condition yet (is it running?)".to_string(),
+        Some(cs) => cs
+            .iter()
+            .map(|c| format!("{}={} ({}: {})", c.type_, c.status, c.reason, c.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
 
 #[cfg(test)]

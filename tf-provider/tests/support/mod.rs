@@ -7,11 +7,10 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -24,6 +23,7 @@ use kube::api::PostParams;
 use serde_json::{Value, json};
 use testbed::azure::{AzureSim, Seed};
 use testbed::kube::KubeSim;
+use testbed::wait::{eventually, eventually_within};
 use webhook::facts::ClusterFacts as _;
 
 /// Namespace of the webhook Service and the operator's key Secrets.
@@ -35,22 +35,6 @@ pub const NODEPOOL: &str = "gateway";
 /// Resource group and name of that VMSS.
 pub const VMSS: (&str, &str) = ("node-rg", "aks-gateway-12345678-vmss");
 const WEBHOOK_SVC: &str = "kube-egress-gateway-webhook";
-
-/// Polls `cond` until it holds, failing the test after `limit`.
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {limit:?} waiting for: {what}");
-}
 
 /// The Kubernetes API simulator with CRDs, namespaces and the real webhook registered as the chart does.
 pub struct Cluster {
@@ -168,7 +152,7 @@ impl Cluster {
             operator: None,
         };
         let facts = cluster.facts.clone();
-        eventually("the webhook's watches synced", Duration::from_secs(15), || {
+        eventually("the webhook's watches synced", || {
             let f = facts.clone();
             async move { f.synced() }
         })
@@ -277,7 +261,7 @@ impl Cluster {
             name: name.into(),
         };
         let facts = self.facts.clone();
-        eventually("the webhook saw the GatewayPool", Duration::from_secs(10), || {
+        eventually_within("the webhook saw the GatewayPool", Duration::from_secs(10), || {
             let f = facts.clone();
             let p = pool.clone();
             async move { f.gateway_pool(&p).is_some() }
