@@ -41,7 +41,7 @@ fn netns_path(name: &str) -> PathBuf {
 }
 
 /// Runs `f` on a thread inside network namespace `ns`.
-fn in_netns<T: Send + 'static>(
+pub(super) fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {

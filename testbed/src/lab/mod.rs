@@ -13,6 +13,7 @@ mod dataplane;
 pub mod fabric;
 mod procs;
 pub mod runtime;
+pub mod scenarios;
 mod steps;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// Longest wait for any one condition.
     pub step_timeout: std::time::Duration,
+    /// Upstream e2e scenarios (and ours) to run after the default steps, in order (`--scenarios`).
+    pub scenarios: Vec<scenarios::Scenario>,
 }
 
 /// Prints the start of a named step.
