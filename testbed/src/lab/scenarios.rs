@@ -839,6 +839,19 @@ async fn measure(
         }
         if Instant::now() >= deadline {
             let s = status.borrow().clone();
+            let wg = |what: &str| {
+                std::process::Command::new("wg")
+                    .args(["show", "all", what])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            info(&format!(
+                "gateways' WireGuard (host): endpoints\n{}allowed-ips\n{}latest-handshakes\n{}",
+                wg("endpoints"),
+                wg("allowed-ips"),
+                wg("latest-handshakes")
+            ));
             bail!(
                 "after {name} of {agent}, the echo host did not see {new} within {}s (last answer {:?}); the fabric took the gateway out after {detect:?}, serves {:?}; fabric nft:\n{}",
                 limit.as_secs(),
@@ -1214,10 +1227,10 @@ mod tests {
 
     #[test]
     fn parse_names_why_a_number_is_refused() {
-        assert!(parse("1").unwrap_err().contains("part of every lab run"));
-        assert!(parse("8").unwrap_err().contains("terraform"));
-        assert!(parse("12").unwrap_err().contains("no scenario 12"));
-        assert!(parse("2;3").unwrap_err().contains("not a scenario number"));
+        assert!(parse("1").expect_err("refused").contains("part of every lab run"));
+        assert!(parse("8").expect_err("refused").contains("terraform"));
+        assert!(parse("12").expect_err("refused").contains("no scenario 12"));
+        assert!(parse("2;3").expect_err("refused").contains("not a scenario number"));
     }
 
     #[test]
