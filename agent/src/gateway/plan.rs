@@ -246,6 +246,12 @@ fn gateway_nft(configs: &[&ConfigInput]) -> String {
 /// starts on a tunnel port leaves from the frontend too. Otherwise the pod's WireGuard roams its endpoint to
 /// this node's primary IP (WireGuard follows the address answers come from) and the pod's tunnel stops going
 /// through the load balancer: when this node dies its pods never move to another gateway.
+///
+/// Gateways never start a WireGuard handshake (pods always do, and rekey on their own timers even when they
+/// only receive). A gateway whose agent died but whose data plane lives would otherwise, 15 s after the load
+/// balancer moved its pods away, keep sending them handshake initiations (every 5 s for 90 s): each resets the
+/// pod's own re-handshake timer, and the pod's answers go through the load balancer to the other gateway,
+/// which drops them, so the pod never moves.
 fn host_nft(configs: &[&ConfigInput], frontends: &[Ipv4Addr], primary: Ipv4Addr) -> String {
     let mut s = replace_table_preamble();
     let _ = writeln!(s, "table ip {NFT_TABLE} {{");
@@ -269,6 +275,13 @@ fn host_nft(configs: &[&ConfigInput], frontends: &[Ipv4Addr], primary: Ipv4Addr)
         let _ = writeln!(
             s,
             "\t\tip daddr {{ {list} }} udp dport {{ {ports} }} dnat to {primary} comment \"kube-egress-gateway tunnels answer from the frontend\""
+        );
+        s.push_str("\t}\n");
+        // A WireGuard handshake initiation is 148 bytes with message type 1 in its first byte.
+        s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
+        let _ = writeln!(
+            s,
+            "\t\tudp sport {{ {ports} }} udp length 156 @th,64,8 1 drop comment \"kube-egress-gateway gateways never start a handshake\""
         );
         s.push_str("\t}\n");
     }
@@ -397,6 +410,13 @@ mod tests {
         assert!(
             plan.host_nft.contains(
                 "ip saddr 10.0.0.4 udp sport { 6000, 6001 } snat to 10.0.0.100 comment \"kube-egress-gateway tunnels start from the frontend\""
+            ),
+            "{}",
+            plan.host_nft
+        );
+        assert!(
+            plan.host_nft.contains(
+                "udp sport { 6000, 6001 } udp length 156 @th,64,8 1 drop comment \"kube-egress-gateway gateways never start a handshake\""
             ),
             "{}",
             plan.host_nft
