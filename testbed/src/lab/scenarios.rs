@@ -1230,7 +1230,11 @@ mod tests {
         assert!(parse("1").expect_err("refused").contains("part of every lab run"));
         assert!(parse("8").expect_err("refused").contains("terraform"));
         assert!(parse("12").expect_err("refused").contains("no scenario 12"));
-        assert!(parse("2;3").expect_err("refused").contains("not a scenario number"));
+        assert!(
+            parse("2;3")
+                .expect_err("refused")
+                .contains("not a scenario number")
+        );
     }
 
     #[test]
