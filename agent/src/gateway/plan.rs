@@ -205,7 +205,7 @@ pub fn gateway_plan(input: &GatewayInput) -> GatewayPlan {
         ns_addresses: secondaries,
         ns_routes,
         gateway_nft: gateway_nft(&used),
-        host_nft: host_nft(&used),
+        host_nft: host_nft(&used, &input.frontend_ips, input.primary_ip),
         links,
         warnings,
     }
@@ -239,15 +239,64 @@ fn gateway_nft(configs: &[&ConfigInput]) -> String {
 
 /// Host rules: an identity SNAT at a priority before the usual masquerade chains claims the connection's
 /// NAT binding, so kube-proxy's / iptables' MASQUERADE never rewrites the egress source.
-fn host_nft(configs: &[&ConfigInput]) -> String {
+///
+/// And the tunnels' own packets keep the frontend (floating IP) as their address: a tunnel packet arrives with
+/// the frontend as destination, is DNATed to the primary IP (where the WireGuard socket answers from, as
+/// routing picks it), so conntrack rewrites the answer's source back to the frontend; a packet the gateway
+/// starts on a tunnel port leaves from the frontend too. Otherwise the pod's WireGuard roams its endpoint to
+/// this node's primary IP (WireGuard follows the address answers come from) and the pod's tunnel stops going
+/// through the load balancer: when this node dies its pods never move to another gateway.
+///
+/// Gateways never start a WireGuard handshake (pods always do, and rekey on their own timers even when they
+/// only receive). A gateway whose agent died but whose data plane lives would otherwise, 15 s after the load
+/// balancer moved its pods away, keep sending them handshake initiations (every 5 s for 90 s): each resets the
+/// pod's own re-handshake timer, and the pod's answers go through the load balancer to the other gateway,
+/// which drops them, so the pod never moves.
+fn host_nft(configs: &[&ConfigInput], frontends: &[Ipv4Addr], primary: Ipv4Addr) -> String {
     let mut s = replace_table_preamble();
     let _ = writeln!(s, "table ip {NFT_TABLE} {{");
+    let ports = configs
+        .iter()
+        .map(|c| c.port.to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let tunnels = !configs.is_empty() && !frontends.is_empty();
+    if tunnels {
+        let list = frontends
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        s.push_str(
+            "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat - 10; policy accept;\n",
+        );
+        let _ = writeln!(
+            s,
+            "\t\tip daddr {{ {list} }} udp dport {{ {ports} }} dnat to {primary} comment \"kube-egress-gateway tunnels answer from the frontend\""
+        );
+        s.push_str("\t}\n");
+        // A WireGuard handshake initiation is 148 bytes with message type 1 in its first byte.
+        s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
+        let _ = writeln!(
+            s,
+            "\t\tudp sport {{ {ports} }} udp length 156 @th,64,8 1 drop comment \"kube-egress-gateway gateways never start a handshake\""
+        );
+        s.push_str("\t}\n");
+    }
     s.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat - 10; policy accept;\n");
     let ips: BTreeSet<Ipv4Addr> = configs.iter().map(|c| c.secondary_ip).collect();
     for ip in ips {
         let _ = writeln!(
             s,
             "\t\tiifname \"{GATEWAY_VETH_HOST}\" ip saddr {ip} snat to {ip} comment \"kube-egress-gateway no sNAT packet from ip {ip}\""
+        );
+    }
+    if let (true, Some(frontend)) = (tunnels, frontends.first()) {
+        let _ = writeln!(
+            s,
+            "\t\tip saddr {primary} udp sport {{ {ports} }} snat to {frontend} comment \"kube-egress-gateway tunnels start from the frontend\""
         );
     }
     s.push_str("\t}\n}\n");
@@ -337,6 +386,44 @@ mod tests {
                 .contains("iifname \"host-gateway\" ip saddr 10.0.0.6 snat to 10.0.0.6")
         );
         assert!(plan.host_nft.contains("priority srcnat - 10"));
+    }
+
+    #[test]
+    fn tunnel_packets_keep_the_frontend_address() {
+        // Found by the lab's failover scenario: wireguard-go answered from the node's primary IP, the pod's
+        // WireGuard roamed to it, and the pod's tunnel bypassed the load balancer (no failover when the node died).
+        let plan = gateway_plan(&input(vec![
+            config(6001, [10, 0, 0, 7], vec![]),
+            config(6000, [10, 0, 0, 6], vec![]),
+        ]));
+        assert!(
+            plan.host_nft.contains(
+                "ip daddr { 10.0.0.100 } udp dport { 6000, 6001 } dnat to 10.0.0.4 comment \"kube-egress-gateway tunnels answer from the frontend\""
+            ),
+            "{}",
+            plan.host_nft
+        );
+        assert!(
+            plan.host_nft
+                .contains("type nat hook prerouting priority dstnat - 10;")
+        );
+        assert!(
+            plan.host_nft.contains(
+                "ip saddr 10.0.0.4 udp sport { 6000, 6001 } snat to 10.0.0.100 comment \"kube-egress-gateway tunnels start from the frontend\""
+            ),
+            "{}",
+            plan.host_nft
+        );
+        assert!(
+            plan.host_nft.contains(
+                "udp sport { 6000, 6001 } udp length 156 @th,64,8 1 drop comment \"kube-egress-gateway gateways never start a handshake\""
+            ),
+            "{}",
+            plan.host_nft
+        );
+        // Without a configuration nothing is rewritten.
+        let none = gateway_plan(&input(vec![]));
+        assert!(!none.host_nft.contains("dnat"), "{}", none.host_nft);
     }
 
     #[test]

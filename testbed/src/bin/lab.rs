@@ -22,11 +22,23 @@ struct Args {
     /// Longest wait for any one condition, in seconds.
     #[arg(long, default_value_t = 60)]
     step_timeout: u64,
+    /// After the default steps, run these scenarios (upstream's e2e numbering, plus ours): `all`, or a list
+    /// such as `2,3,9`. 2 BYO public IP prefix, 3 ingress to an annotated pod, 5 two configurations on one
+    /// pool, 6 private mode, 9 gateway failover (measured), 10 delete everything and check Azure is clean.
+    #[arg(long, default_value = "none")]
+    scenarios: String,
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let scenarios = match testbed::lab::scenarios::parse(&args.scenarios) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: --scenarios: {e}");
+            std::process::exit(2);
+        }
+    };
     let bin_dir = match args.bin_dir {
         Some(d) => d,
         None => match std::env::current_exe() {
@@ -43,6 +55,7 @@ async fn main() {
         render_chart: args.render_chart,
         work_dir: std::env::temp_dir().join(format!("kube-egress-lab-{}", std::process::id())),
         step_timeout: Duration::from_secs(args.step_timeout),
+        scenarios,
     };
     println!("kube-egress-gateway lab (work dir {})", opts.work_dir.display());
     match testbed::lab::run(opts).await {

@@ -16,6 +16,7 @@ mod dataplane;
 pub mod fabric;
 mod procs;
 pub mod runtime;
+pub mod scenarios;
 mod steps;
 
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ pub struct Options {
     pub render_chart: PathBuf,
     /// Longest wait for any one condition.
     pub step_timeout: std::time::Duration,
+    /// Upstream e2e scenarios (and ours) to run after the default steps, in order (`--scenarios`).
+    pub scenarios: Vec<scenarios::Scenario>,
 }
 
 /// Prints the start of a named step.

@@ -14,6 +14,10 @@ struct Proc {
     name: String,
     log: PathBuf,
     child: tokio::process::Child,
+    /// How it was started, so a stopped component can be started again the same way.
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 /// Every process the lab started, in start order.
@@ -33,7 +37,11 @@ impl Children {
         log_dir: &Path,
     ) -> anyhow::Result<()> {
         let log = log_dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().context("log file handle")?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
@@ -51,8 +59,46 @@ impl Children {
             name: name.to_string(),
             log,
             child,
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         });
         Ok(())
+    }
+
+    /// The process id of component `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.iter().find(|p| p.name == name)?.child.id()
+    }
+
+    /// Sends `signal` to component `name` and waits (up to `grace`, then SIGKILL) until it has exited, taking it
+    /// out of the list (so its exit is not reported as a failure). Returns how to start it again: program,
+    /// arguments, environment (its log is appended to).
+    pub async fn stop_one(&mut self, name: &str, signal: Signal, grace: Duration) -> anyhow::Result<Stopped> {
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no component {name}"))?;
+        let mut p = self.procs.remove(i);
+        if let Some(pid) = p.child.id().and_then(|id| i32::try_from(id).ok()) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+        if tokio::time::timeout(grace, p.child.wait()).await.is_err() {
+            let _ = p.child.kill().await;
+        }
+        Ok(Stopped {
+            name: p.name,
+            program: p.program,
+            args: p.args,
+            envs: p.envs,
+        })
+    }
+
+    /// Starts a component stopped by [`Children::stop_one`] again, as it was started.
+    pub fn restart(&mut self, s: &Stopped, log_dir: &Path) -> anyhow::Result<()> {
+        let envs: Vec<(&str, String)> = s.envs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        self.spawn(&s.name, &s.program, &s.args, &envs, log_dir)
     }
 
     /// The first component that has exited, with its status and the tail of its log.
@@ -95,6 +141,15 @@ impl Children {
         }
         stopped
     }
+}
+
+/// A component taken out by [`Children::stop_one`]: how to start it again.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    pub name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 /// The last `n` lines of a log file (empty when unreadable).

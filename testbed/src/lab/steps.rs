@@ -22,66 +22,66 @@ use crate::azure::{AzureSim, Seed};
 use crate::kube::{KubeSim, KubeSimConfig, User};
 
 /// The chart's release namespace: the components' namespace.
-const SYSTEM_NS: &str = "kube-egress-gateway-system";
+pub(super) const SYSTEM_NS: &str = "kube-egress-gateway-system";
 /// The chart's release name.
 const RELEASE: &str = "kube-egress-gateway";
 /// Namespace of the demo configuration and pods.
-const DEMO_NS: &str = "demo";
+pub(super) const DEMO_NS: &str = "demo";
 /// The chart's workloads (and, for the webhook, its Service).
 const WEBHOOK: &str = "kube-egress-gateway-webhook";
 const OPERATOR: &str = "kube-egress-gateway-operator";
 const GATEWAY_AGENT: &str = "kube-egress-gateway-gateway-agent";
 const NODE_AGENT: &str = "kube-egress-gateway-node-agent";
 /// The gateway node pool (AKS agent pool name, and the GatewayPool's name).
-const POOL: &str = "gwpool";
+pub(super) const POOL: &str = "gwpool";
 /// The demo StaticGatewayConfiguration.
-const SGC: &str = "egress";
+pub(super) const SGC: &str = "egress";
 /// The regular node pool.
 const NODE_POOL: &str = "nodepool1";
 /// The fabric's address on every VM link (the VMs' default gateway, as Azure's x.x.x.1).
 const FABRIC_GW: Ipv4Addr = Ipv4Addr::new(10, 224, 0, 1);
 /// The "internet" echo host and its service port.
-const ECHO_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-const ECHO_PORT: u16 = 7777;
+pub(super) const ECHO_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub(super) const ECHO_PORT: u16 = 7777;
 /// A second address of the echo host, listed in the configuration's `excludeCidrs`.
 const ECHO_EXCLUDED_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
 /// The pods: (name, node index, annotated).
-const PODS: [(&str, usize, bool); 2] = [("egress-client", 0, true), ("plain-client", 1, false)];
+pub(super) const PODS: [(&str, usize, bool); 2] = [("egress-client", 0, true), ("plain-client", 1, false)];
 
 /// Everything the lab started, so teardown can stop it whatever happened.
 #[derive(Default)]
-struct Lab {
-    children: Children,
-    kube: Option<KubeSim>,
-    azure: Option<AzureSim>,
-    client: Option<kube::Client>,
-    kubeconfig: PathBuf,
+pub(super) struct Lab {
+    pub(super) children: Children,
+    pub(super) kube: Option<KubeSim>,
+    pub(super) azure: Option<AzureSim>,
+    pub(super) client: Option<kube::Client>,
+    pub(super) kubeconfig: PathBuf,
     /// The chart as rendered for the lab and applied to kube-sim.
-    chart: chart::Rendered,
+    pub(super) chart: chart::Rendered,
     /// The step that is running (number, name), for the failure message.
-    current: (usize, &'static str),
+    pub(super) current: (usize, &'static str),
     /// UID and gateway profiles of the demo configuration once Ready.
-    sgc_uid: String,
-    profiles: Vec<api::sgc::GatewayVmProfile>,
+    pub(super) sgc_uid: String,
+    pub(super) profiles: Vec<api::sgc::GatewayVmProfile>,
     /// Network namespaces the lab created (`ip netns` names) and their inodes.
-    netns: Vec<String>,
-    netns_inodes: Vec<u64>,
+    pub(super) netns: Vec<String>,
+    pub(super) netns_inodes: Vec<u64>,
     /// Loopback forwarders into the namespaces, the echo host's service.
-    forwarders: Vec<tokio::task::JoinHandle<()>>,
+    pub(super) forwarders: Vec<tokio::task::JoinHandle<()>>,
     /// The Azure fabric's namespace, wiring and background loop.
-    fabric_ns: String,
-    wiring: fabric::Wiring,
-    fabric: Option<fabric::Running>,
+    pub(super) fabric_ns: String,
+    pub(super) wiring: fabric::Wiring,
+    pub(super) fabric: Option<fabric::Running>,
     /// Gateway VMs (node name, primary IP, namespace) and regular nodes.
-    gateway_vms: Vec<(String, Ipv4Addr, String)>,
-    nodes: Vec<runtime::Node>,
+    pub(super) gateway_vms: Vec<(String, Ipv4Addr, String)>,
+    pub(super) nodes: Vec<runtime::Node>,
     /// Directory (a private mount) holding the nodes' persisted mount namespaces.
-    mnt_dir: Option<PathBuf>,
+    pub(super) mnt_dir: Option<PathBuf>,
     /// Pods the runtime set up (node index, sandbox), for CNI DEL at teardown.
-    pods: Vec<(usize, runtime::Sandbox)>,
+    pub(super) pods: Vec<(usize, runtime::Sandbox)>,
     /// status.egressIpPrefix and the cluster's outbound public IP.
-    prefix: Option<ipnet::Ipv4Net>,
-    outbound: Option<Ipv4Addr>,
+    pub(super) prefix: Option<ipnet::Ipv4Net>,
+    pub(super) outbound: Option<Ipv4Addr>,
 }
 
 /// Runs the lab: steps 1–4, then (unless `--keep`) teardown with a check that nothing is left.
@@ -172,12 +172,12 @@ fn keep_summary(lab: &Lab, opts: &Options) {
 }
 
 impl Lab {
-    fn begin(&mut self, n: usize, name: &'static str) {
+    pub(super) fn begin(&mut self, n: usize, name: &'static str) {
         self.current = (n, name);
         step(n, name);
     }
 
-    fn client(&self) -> anyhow::Result<kube::Client> {
+    pub(super) fn client(&self) -> anyhow::Result<kube::Client> {
         self.client.clone().context("Kubernetes client not set up")
     }
 
@@ -216,6 +216,9 @@ impl Lab {
         self.pods(opts).await?;
         self.begin(8, "egress: the source address the internet echo host sees");
         self.egress(opts).await?;
+        if !opts.scenarios.is_empty() {
+            super::scenarios::run(self, opts).await?;
+        }
         self.check_accounts()?;
         Ok(())
     }
@@ -727,7 +730,7 @@ impl Lab {
     }
 
     /// Creates network namespace `name` (lo up) and remembers it for teardown.
-    fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
+    pub(super) fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
         use super::dataplane::{ip, netns_inode};
         ip(&["netns", "add", name])?;
         self.netns.push(name.to_string());
@@ -1349,7 +1352,7 @@ impl Lab {
     }
 
     /// Polls `cond` until true, failing at the step timeout or when a component exits.
-    async fn wait<F, Fut>(&mut self, what: &str, opts: &Options, mut cond: F) -> anyhow::Result<()>
+    pub(super) async fn wait<F, Fut>(&mut self, what: &str, opts: &Options, mut cond: F) -> anyhow::Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<bool>>,
@@ -1388,7 +1391,7 @@ impl Lab {
         }
     }
 
-    async fn kubectl(&self, opts: &Options, args: &[&str]) -> anyhow::Result<KubectlOut> {
+    pub(super) async fn kubectl(&self, opts: &Options, args: &[&str]) -> anyhow::Result<KubectlOut> {
         let out = tokio::process::Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -1580,15 +1583,15 @@ fn count_requests(
         .sum()
 }
 
-struct KubectlOut {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(super) struct KubectlOut {
+    pub(super) ok: bool,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
 }
 
 /// The lab's Azure world: AKS-like, with the gateway VMSS pool `gwpool` (2 instances, /31 prefix size tag).
 /// Plus the regular pool `nodepool1` (2 instances, no gateway tag).
-fn lab_seed() -> Seed {
+pub(super) fn lab_seed() -> Seed {
     let mut seed = Seed::aks_like(2);
     for v in &mut seed.vm_scale_sets {
         v.name = format!("aks-{POOL}-12345678-vmss");

@@ -1,0 +1,1251 @@
+//! Upstream's end-to-end scenarios (upstream.md §8.1) and ours, run on the lab after its default steps when
+//! asked (`lab --scenarios all` or e.g. `--scenarios 2,3,9`). Scenarios 1 (egress via the gateway, plain pods
+//! isolated), 4 (excludeCidrs bypass) and 7 (an invalid configuration refused with the rule's message) are
+//! part of every run (steps 3 and 8). Each scenario here creates what it needs, checks behaviour (source
+//! addresses the echo host sees, the Azure simulator's inventory, Kubernetes objects), and removes what it
+//! created, so the next one starts from the default run's state.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use api::StaticGatewayConfiguration;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+
+use super::steps::{DEMO_NS, ECHO_IP, ECHO_PORT, Lab, POOL, lab_seed};
+use super::{Options, fabric, info, ok, runtime};
+use crate::azure::SimHandle;
+
+/// A scenario the lab can run after its default steps; the number is upstream's (§8.1) or ours (7–10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scenario {
+    /// (2) Bring-your-own public IP prefix; deleting the configuration frees it.
+    ByoPrefix = 2,
+    /// (3) Ingress to an annotated pod is unaffected.
+    Ingress = 3,
+    /// (5) Two configurations on one pool, each pod inside its own prefix.
+    TwoConfigs = 5,
+    /// (6) Private mode with azureNetworking on a VM-based pool.
+    Private = 6,
+    /// (9) A gateway node dies: traffic moves to the other gateway (measured).
+    Failover = 9,
+    /// (10) Deleting everything leaves Azure and the namespaces clean.
+    Cleanup = 10,
+}
+
+impl Scenario {
+    /// Every scenario, in the order they run (cleanup last: it deletes everything).
+    pub const ALL: [Scenario; 6] = [
+        Scenario::ByoPrefix,
+        Scenario::Ingress,
+        Scenario::TwoConfigs,
+        Scenario::Private,
+        Scenario::Failover,
+        Scenario::Cleanup,
+    ];
+
+    fn title(self) -> &'static str {
+        match self {
+            Scenario::ByoPrefix => {
+                "scenario 2: bring-your-own public IP prefix; deleting the configuration frees it"
+            }
+            Scenario::Ingress => "scenario 3: ingress to an annotated pod is unaffected",
+            Scenario::TwoConfigs => {
+                "scenario 5: two configurations on one pool, each pod inside its own prefix"
+            }
+            Scenario::Private => "scenario 6: private egress (azureNetworking) on a VM-based pool",
+            Scenario::Failover => "scenario 9: a gateway dies; traffic moves to the other gateway (measured)",
+            Scenario::Cleanup => "scenario 10: deleting everything leaves Azure and the namespaces clean",
+        }
+    }
+}
+
+/// Parses `--scenarios`: `all`, `none`, or a comma-separated list of numbers (any order; run in the order of
+/// [`Scenario::ALL`]).
+pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("all") {
+        return Ok(Scenario::ALL.to_vec());
+    }
+    if text.is_empty() || text.eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let n: u32 = part
+            .parse()
+            .map_err(|_| format!("{part:?} is not a scenario number (use all, or e.g. 2,3,9)"))?;
+        let s = match n {
+            2 => Scenario::ByoPrefix,
+            3 => Scenario::Ingress,
+            5 => Scenario::TwoConfigs,
+            6 => Scenario::Private,
+            9 => Scenario::Failover,
+            10 => Scenario::Cleanup,
+            1 | 4 | 7 => {
+                return Err(format!(
+                    "scenario {n} is part of every lab run (steps 3 and 8); choose from 2,3,5,6,9,10"
+                ));
+            }
+            8 => return Err("scenario 8 (terraform) does not run on the lab".into()),
+            _ => return Err(format!("no scenario {n}; choose from 2,3,5,6,9,10 or all")),
+        };
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Runs the chosen scenarios (steps 9, 10, ... of the lab).
+pub(super) async fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
+    for (i, s) in opts.scenarios.iter().enumerate() {
+        lab.begin(9 + i, s.title());
+        match s {
+            Scenario::ByoPrefix => byo_prefix(lab, opts).await?,
+            Scenario::Ingress => ingress(lab, opts).await?,
+            Scenario::TwoConfigs => two_configs(lab, opts).await?,
+            Scenario::Private => private(lab, opts).await?,
+            Scenario::Failover => failover(lab, opts).await?,
+            Scenario::Cleanup => cleanup(lab, opts).await?,
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------ helpers
+
+fn sgc_yaml(name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: {name}\n  namespace: {DEMO_NS}\nspec:\n  gatewayNodepoolName: {POOL}\n{extra_spec}"
+    )
+}
+
+/// Writes `yaml` to the work dir and `kubectl apply`s it.
+async fn apply(lab: &Lab, opts: &Options, file: &str, yaml: &str) -> anyhow::Result<()> {
+    std::fs::write(opts.work_dir.join(file), yaml).with_context(|| format!("writing {file}"))?;
+    let out = lab.kubectl(opts, &["apply", "-f", file]).await?;
+    if !out.ok {
+        bail!("kubectl apply -f {file} failed: {}", out.stderr.trim());
+    }
+    info(&format!("$ kubectl apply -f {file}   # {}", out.stdout.trim()));
+    Ok(())
+}
+
+/// Waits until configuration `name` is Ready with a prefix; returns it.
+async fn ready_sgc(lab: &mut Lab, opts: &Options, name: &str) -> anyhow::Result<StaticGatewayConfiguration> {
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(lab.client()?, DEMO_NS);
+    let got = Arc::new(Mutex::new(None));
+    lab.wait(
+        &format!("{DEMO_NS}/{name} is Ready with status.egressIpPrefix"),
+        opts,
+        || {
+            let (sgcs, got, name) = (sgcs.clone(), got.clone(), name.to_string());
+            async move {
+                let s = sgcs.get(&name).await?;
+                let ready = s.status.as_ref().is_some_and(|st| {
+                    st.is_ready_for_pods()
+                        && st.egress_ip_prefix.is_some()
+                        && st.gateway_server_profile.is_some()
+                });
+                if ready && let Ok(mut g) = got.lock() {
+                    *g = Some(s);
+                }
+                Ok(ready)
+            }
+        },
+    )
+    .await?;
+    let s = got.lock().ok().and_then(|mut g| g.take());
+    s.context("configuration vanished")
+}
+
+fn prefix_of(s: &StaticGatewayConfiguration) -> anyhow::Result<ipnet::Ipv4Net> {
+    let p = s
+        .status
+        .as_ref()
+        .and_then(|st| st.egress_ip_prefix.clone())
+        .unwrap_or_default();
+    p.parse()
+        .with_context(|| format!("status.egressIpPrefix {p:?} is not an IPv4 CIDR"))
+}
+
+fn uid_of(s: &StaticGatewayConfiguration) -> String {
+    s.metadata.uid.clone().unwrap_or_default()
+}
+
+/// Creates a pod as kubelet would (Pod object, netns, CNI ADD on node `node_idx`, status.podIP) and, when
+/// annotated, waits for its PodEndpoint. The lab tears it down like the default pods unless removed before.
+async fn add_pod(
+    lab: &mut Lab,
+    opts: &Options,
+    name: &'static str,
+    node_idx: usize,
+    gateway: Option<&str>,
+) -> anyhow::Result<runtime::Sandbox> {
+    let pods: Api<Pod> = Api::namespaced(lab.client()?, DEMO_NS);
+    let node = lab
+        .nodes
+        .get(node_idx)
+        .cloned()
+        .with_context(|| format!("no regular node {node_idx}"))?;
+    let annotations: BTreeMap<String, String> = gateway
+        .map(|g| [(api::names::POD_GATEWAY_ANNOTATION.to_string(), g.to_string())].into())
+        .unwrap_or_default();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": DEMO_NS, "annotations": annotations},
+        "spec": {"nodeName": node.name, "containers": [{"name": "app",
+            "image": "registry.k8s.io/e2e-test-images/agnhost:2.36"}]}
+    }))?;
+    let created = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating Pod {DEMO_NS}/{name}"))?;
+    let uid = created.metadata.uid.unwrap_or_default().replace('-', "");
+    let netns = format!("lab{}-pod-{name}", std::process::id());
+    lab.add_netns(&netns)?;
+    let (n2, nn, cid, ann) = (node.clone(), netns.clone(), format!("{uid:0>64}"), annotations);
+    let sandbox = tokio::task::spawn_blocking(move || n2.add(DEMO_NS, name, &cid, &nn, &ann))
+        .await
+        .context("CNI ADD thread")?
+        .with_context(|| format!("CNI ADD for pod {DEMO_NS}/{name} on {}", node.name))?;
+    lab.pods.push((node_idx, sandbox.clone()));
+    let pod_ip = sandbox
+        .ipv4()
+        .with_context(|| format!("the CNI result has no IPv4: {}", sandbox.result))?;
+    pods.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"phase": "Running", "podIP": pod_ip.to_string(),
+            "podIPs": [{"ip": pod_ip.to_string()}]}})),
+    )
+    .await
+    .with_context(|| format!("writing status.podIP of {DEMO_NS}/{name}"))?;
+    let has_wg = sandbox.interfaces().iter().any(|i| i == "wg0");
+    if has_wg != gateway.is_some() {
+        bail!(
+            "pod {name}: wg0 present = {has_wg}, annotated = {}",
+            gateway.is_some()
+        );
+    }
+    if gateway.is_some() {
+        let pes: Api<api::PodEndpoint> = Api::namespaced(lab.client()?, DEMO_NS);
+        lab.wait(
+            &format!("the node agent's PodEndpoint {DEMO_NS}/{name}"),
+            opts,
+            || {
+                let pes = pes.clone();
+                async move { Ok(pes.get_opt(name).await?.is_some()) }
+            },
+        )
+        .await?;
+    }
+    info(&format!(
+        "$ (kubelet) pod {DEMO_NS}/{name} on {}{}: CNI ADD -> [{}], status.podIP = {pod_ip}",
+        node.name,
+        gateway
+            .map(|g| format!(" (annotation {}={g})", api::names::POD_GATEWAY_ANNOTATION))
+            .unwrap_or_default(),
+        sandbox.interfaces().join(", ")
+    ));
+    Ok(sandbox)
+}
+
+/// CNI DEL and Pod deletion of a pod the lab runs; waits for its PodEndpoint to go.
+async fn remove_pod(lab: &mut Lab, opts: &Options, name: &str) -> anyhow::Result<()> {
+    let Some(i) = lab.pods.iter().position(|(_, sb)| sb.name == name) else {
+        bail!("the lab runs no pod {name}");
+    };
+    let (node_idx, sb) = lab.pods.remove(i);
+    let node = lab
+        .nodes
+        .get(node_idx)
+        .cloned()
+        .with_context(|| format!("no regular node {node_idx}"))?;
+    let netns = sb.netns.clone();
+    tokio::task::spawn_blocking(move || node.del(&sb))
+        .await
+        .context("CNI DEL thread")?
+        .with_context(|| format!("CNI DEL of pod {DEMO_NS}/{name}"))?;
+    if super::dataplane::netns_inode(&netns).is_some() {
+        super::dataplane::ip(&["netns", "del", &netns])?;
+    }
+    lab.netns.retain(|n| *n != netns);
+    let pods: Api<Pod> = Api::namespaced(lab.client()?, DEMO_NS);
+    pods.delete(name, &DeleteParams::default())
+        .await
+        .with_context(|| format!("deleting Pod {DEMO_NS}/{name}"))?;
+    let pes: Api<api::PodEndpoint> = Api::namespaced(lab.client()?, DEMO_NS);
+    let (pes2, pods2, n) = (pes.clone(), pods.clone(), name.to_string());
+    lab.wait(
+        &format!("Pod and PodEndpoint {DEMO_NS}/{name} gone"),
+        opts,
+        move || {
+            let (pes, pods, n) = (pes2.clone(), pods2.clone(), n.clone());
+            async move { Ok(pes.get_opt(&n).await?.is_none() && pods.get_opt(&n).await?.is_none()) }
+        },
+    )
+    .await?;
+    info(&format!(
+        "pod {DEMO_NS}/{name}: CNI DEL, Pod deleted, PodEndpoint gone"
+    ));
+    Ok(())
+}
+
+/// Every stored Azure resource as one lower-case JSON text (to look for a configuration's UID anywhere).
+fn azure_text(azure: &SimHandle) -> String {
+    azure
+        .with_state(|s| {
+            s.world
+                .resource_ids()
+                .iter()
+                .filter_map(|id| s.world.get(id).map(|v| v.to_string()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .to_ascii_lowercase()
+}
+
+fn azure(lab: &Lab) -> anyhow::Result<SimHandle> {
+    Ok(lab.azure.as_ref().context("azure-sim not started")?.handle())
+}
+
+/// `kubectl delete` of configuration `name`, then waits until it is gone and nothing in Azure mentions its UID.
+async fn delete_sgc(lab: &mut Lab, opts: &Options, name: &str, uid: &str) -> anyhow::Result<()> {
+    let out = lab
+        .kubectl(opts, &["delete", "sgc", "-n", DEMO_NS, name, "--wait=false"])
+        .await?;
+    if !out.ok {
+        bail!("kubectl delete sgc {name}: {}", out.stderr.trim());
+    }
+    info(&format!(
+        "$ kubectl delete sgc -n {DEMO_NS} {name}   # {}",
+        out.stdout.trim()
+    ));
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(lab.client()?, DEMO_NS);
+    let n = name.to_string();
+    lab.wait(&format!("{DEMO_NS}/{name} gone (finalizer done)"), opts, || {
+        let (sgcs, n) = (sgcs.clone(), n.clone());
+        async move { Ok(sgcs.get_opt(&n).await?.is_none()) }
+    })
+    .await?;
+    let az = azure(lab)?;
+    let uid_lc = uid.to_ascii_lowercase();
+    lab.wait(
+        &format!("no Azure resource mentions {name}'s UID (LB rule, probe, ipConfigs, public IPs)"),
+        opts,
+        || {
+            let found = !uid_lc.is_empty() && azure_text(&az).contains(&uid_lc);
+            async move { Ok(!found) }
+        },
+    )
+    .await?;
+    ok(&format!(
+        "{DEMO_NS}/{name} deleted: the object is gone and no Azure resource mentions its UID {uid}"
+    ));
+    Ok(())
+}
+
+fn echo() -> SocketAddr {
+    SocketAddr::from((ECHO_IP, ECHO_PORT))
+}
+
+/// The source addresses (UDP, TCP) the echo host sees from pod `sb`; fails when it does not answer.
+async fn seen_from(opts: &Options, sb: &runtime::Sandbox) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
+    use super::dataplane::{tcp_source_seen, udp_source_seen};
+    let udp = udp_source_seen(&sb.netns, echo(), opts.step_timeout)
+        .await
+        .with_context(|| format!("the echo host never answered UDP from pod {}", sb.name))?;
+    let tcp = tcp_source_seen(&sb.netns, echo(), opts.step_timeout)
+        .await
+        .with_context(|| format!("the echo host did not answer TCP from pod {}", sb.name))?;
+    Ok((udp, tcp))
+}
+
+/// Checks the echo host sees pod `sb` from inside `prefix` (UDP and TCP), and from outside every `others`.
+async fn check_egress(
+    opts: &Options,
+    sb: &runtime::Sandbox,
+    prefix: ipnet::Ipv4Net,
+    others: &[ipnet::Ipv4Net],
+) -> anyhow::Result<Ipv4Addr> {
+    let (udp, tcp) = seen_from(opts, sb).await?;
+    let line = format!(
+        "{DEMO_NS}/{}: the echo host saw UDP from {udp}, TCP from {tcp} -> inside {prefix}{}",
+        sb.name,
+        others
+            .iter()
+            .map(|o| format!(", outside {o}"))
+            .collect::<String>()
+    );
+    let good = [udp, tcp]
+        .iter()
+        .all(|a| prefix.contains(a) && !others.iter().any(|o| o.contains(a)));
+    if !good {
+        println!("    \u{2718} {line}: NO");
+        bail!("wrong egress address for {}", sb.name);
+    }
+    ok(&line);
+    Ok(udp)
+}
+
+// ------------------------------------------------------------------------------------------ scenario 2
+
+async fn byo_prefix(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
+    const RG: &str = "node-rg";
+    const NAME: &str = "byo-egress-prefix";
+    let az = azure(lab)?;
+    let location = lab_seed().location;
+    let put = az
+        .with_state(|s| {
+            s.world.put_public_ip_prefix(
+                RG,
+                NAME,
+                json!({"location": location, "sku": {"name": "Standard", "tier": "Regional"},
+                    "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
+            )
+        })
+        .map_err(|e| anyhow!("creating the public IP prefix: {} {}", e.code, e.message))?;
+    let id = put.resource["id"].as_str().unwrap_or_default().to_string();
+    let cidr: ipnet::Ipv4Net = put
+        .resource
+        .pointer("/properties/ipPrefix")
+        .and_then(|v| v.as_str())
+        .and_then(|v| v.parse().ok())
+        .context("the new prefix has no ipPrefix")?;
+    ok(&format!(
+        "the user's public IP prefix {NAME} = {cidr} (Standard, Regional, IPv4 /31) in azure-sim"
+    ));
+    apply(
+        lab,
+        opts,
+        "byo-sgc.yaml",
+        &sgc_yaml("byo", &format!("  publicIpPrefixId: {id}\n")),
+    )
+    .await?;
+    let s = ready_sgc(lab, opts, "byo").await?;
+    let (got, uid) = (prefix_of(&s)?, uid_of(&s));
+    if got != cidr {
+        bail!("status.egressIpPrefix is {got}, not the BYO prefix {cidr}");
+    }
+    ok(&format!(
+        "{DEMO_NS}/byo is Ready; status.egressIpPrefix = {got}, the BYO prefix's CIDR"
+    ));
+    let sb = add_pod(lab, opts, "byo-client", 0, Some("byo")).await?;
+    let demo = lab.prefix.into_iter().collect::<Vec<_>>();
+    check_egress(opts, &sb, cidr, &demo).await?;
+    match az.with_state(|s| s.world.delete_public_ip_prefix(RG, NAME)) {
+        Err(e) => ok(&format!(
+            "deleting the prefix while the configuration uses it is refused: {} ({})",
+            e.code, e.message
+        )),
+        Ok(_) => bail!("azure-sim deleted the prefix while the configuration used it"),
+    }
+    remove_pod(lab, opts, "byo-client").await?;
+    delete_sgc(lab, opts, "byo", &uid).await?;
+    let exists = az.with_state(|s| s.world.get_public_ip_prefix(RG, NAME).is_ok());
+    if !exists {
+        bail!("the operator deleted the user's own prefix (it must only release it)");
+    }
+    match az.with_state(|s| s.world.delete_public_ip_prefix(RG, NAME)) {
+        Ok(true) => {}
+        Ok(false) => bail!("the prefix vanished before it was deleted"),
+        Err(e) => bail!(
+            "the prefix is still not deletable after the configuration was deleted: {} ({})",
+            e.code,
+            e.message
+        ),
+    }
+    let blocks = lab
+        .azure
+        .as_ref()
+        .map(|a| a.inventory()["publicBlocks"].to_string())
+        .unwrap_or_default();
+    if blocks.contains(&cidr.to_string()) {
+        bail!("{cidr} is still allocated after the prefix was deleted: {blocks}");
+    }
+    ok(&format!(
+        "the operator left the user's prefix in place and released it: deleting {NAME} succeeded, {cidr} is free again"
+    ));
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------ scenario 3
+
+/// A TCP service in pod namespace `ns` on `port`: answers `hello from <pod>, you are <peer address>\n`.
+fn serve_hello(ns: &str, pod: &str, port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let l = super::dataplane::in_netns(ns, move || {
+        let l = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+            .with_context(|| format!("binding TCP port {port}"))?;
+        l.set_nonblocking(true).context("nonblocking")?;
+        Ok(l)
+    })?;
+    let l = tokio::net::TcpListener::from_std(l).context("tokio listener")?;
+    let pod = pod.to_string();
+    Ok(tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        while let Ok((mut s, from)) = l.accept().await {
+            let msg = format!("hello from {pod}, you are {}\n", from.ip());
+            tokio::spawn(async move {
+                let _ = s.write_all(msg.as_bytes()).await;
+            });
+        }
+    }))
+}
+
+/// One TCP connection from inside `ns` to `to`: what the server wrote.
+async fn tcp_get(ns: &str, to: SocketAddr) -> Option<String> {
+    let ns = ns.to_string();
+    tokio::task::spawn_blocking(move || {
+        super::dataplane::in_netns(&ns, move || {
+            use std::io::Read as _;
+            let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+async fn ingress(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
+    // No excludeCidrs: everything the pod starts goes to wg0, so a reply to the client (another pod) only takes
+    // eth0 because the connection came in there.
+    apply(lab, opts, "ingress-sgc.yaml", &sgc_yaml("ingress", "")).await?;
+    let s = ready_sgc(lab, opts, "ingress").await?;
+    let (prefix, uid) = (prefix_of(&s)?, uid_of(&s));
+    let server = add_pod(lab, opts, "web", 0, Some("ingress")).await?;
+    check_egress(opts, &server, prefix, &[]).await?;
+    let web_ip = server.ipv4().context("web has no IPv4")?;
+    let client = lab
+        .pods
+        .iter()
+        .find(|(_, sb)| sb.annotations.is_empty())
+        .map(|(_, sb)| sb.clone())
+        .context("no plain pod")?;
+    let client_ip = client.ipv4().context("the plain pod has no IPv4")?;
+    let handle = serve_hello(&server.netns, "web", 8080)?;
+    let to = SocketAddr::from((web_ip, 8080));
+    let answer = tcp_get(&client.netns, to).await;
+    handle.abort();
+    let want = format!("hello from web, you are {client_ip}");
+    match answer {
+        Some(a) if a.trim() == want => ok(&format!(
+            "plain pod {DEMO_NS}/{} ({client_ip}) -> annotated pod {DEMO_NS}/web {to}: {:?} (served, no NAT, the reply left by eth0 although web's default route is wg0)",
+            client.name,
+            a.trim()
+        )),
+        other => bail!(
+            "ingress to the annotated pod failed: {} -> {to} answered {other:?}, want {want:?}",
+            client.name
+        ),
+    }
+    remove_pod(lab, opts, "web").await?;
+    delete_sgc(lab, opts, "ingress", &uid).await
+}
+
+// ------------------------------------------------------------------------------------------ scenario 5
+
+async fn two_configs(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
+    let mut made = Vec::new();
+    for name in ["team-a", "team-b"] {
+        apply(lab, opts, &format!("{name}-sgc.yaml"), &sgc_yaml(name, "")).await?;
+    }
+    for name in ["team-a", "team-b"] {
+        let s = ready_sgc(lab, opts, name).await?;
+        let port = s
+            .status
+            .as_ref()
+            .and_then(|st| st.gateway_server_profile.as_ref())
+            .map(|p| format!("{}:{}", p.ip, p.port))
+            .unwrap_or_default();
+        made.push((name, prefix_of(&s)?, uid_of(&s), port));
+    }
+    let (a, b) = (made[0].1, made[1].1);
+    if a == b || a.contains(&b.network()) || b.contains(&a.network()) {
+        bail!("the two configurations share a prefix: {a} and {b}");
+    }
+    ok(&format!(
+        "{DEMO_NS}/team-a egressIpPrefix {a} (tunnel {}), {DEMO_NS}/team-b {b} (tunnel {}): one pool, two prefixes, two LB rules",
+        made[0].3, made[1].3
+    ));
+    let pa = add_pod(lab, opts, "client-a", 0, Some("team-a")).await?;
+    let pb = add_pod(lab, opts, "client-b", 1, Some("team-b")).await?;
+    let demo: Vec<ipnet::Ipv4Net> = lab.prefix.into_iter().collect();
+    check_egress(opts, &pa, a, &[vec![b], demo.clone()].concat()).await?;
+    check_egress(opts, &pb, b, &[vec![a], demo].concat()).await?;
+    remove_pod(lab, opts, "client-a").await?;
+    remove_pod(lab, opts, "client-b").await?;
+    for (name, _, uid, _) in made {
+        delete_sgc(lab, opts, name, &uid).await?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------ scenario 6
+
+async fn private(_lab: &mut Lab, _opts: &Options) -> anyhow::Result<()> {
+    info(
+        "NOT RUN: the lab's Azure seed has no VM-based gateway pool (gwvms) nor a private-side echo host yet",
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------ scenario 9
+
+/// Packets per second of the failover stream.
+const STREAM_PPS: u64 = 200;
+
+/// A UDP stream from a pod to the echo host with sequence numbers; the echo host's answers say which source
+/// address it saw for each.
+struct Stream {
+    start: Instant,
+    /// Send time of each sequence number.
+    sent: Arc<Mutex<Vec<Duration>>>,
+    /// (receive time, sequence number, source the echo host saw).
+    got: Arc<Mutex<Vec<(Duration, u64, Ipv4Addr)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Stream {
+    fn start(ns: &str) -> anyhow::Result<Stream> {
+        let sock = super::dataplane::in_netns(ns, || {
+            let s = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })?;
+        let sock = Arc::new(tokio::net::UdpSocket::from_std(sock).context("tokio UDP socket")?);
+        let start = Instant::now();
+        let sent: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let got: Arc<Mutex<Vec<(Duration, u64, Ipv4Addr)>>> = Arc::default();
+        let (s2, sent2) = (sock.clone(), sent.clone());
+        let sender = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / STREAM_PPS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for seq in 0u64.. {
+                tick.tick().await;
+                if let Ok(mut g) = sent2.lock() {
+                    g.push(start.elapsed());
+                }
+                let _ = s2.send_to(format!("seq:{seq}").as_bytes(), echo()).await;
+            }
+        });
+        let got2 = got.clone();
+        let receiver = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                // A failed receive (e.g. an ICMP error queued while the path changes) is not the end.
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                    continue;
+                };
+                if from != echo() {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let Some((src, payload)) = text.split_once(' ') else {
+                    continue;
+                };
+                let (Ok(src), Some(Ok(seq))) = (
+                    src.parse::<Ipv4Addr>(),
+                    payload.strip_prefix("seq:").map(str::parse::<u64>),
+                ) else {
+                    continue;
+                };
+                if let Ok(mut g) = got2.lock() {
+                    g.push((start.elapsed(), seq, src));
+                }
+            }
+        });
+        Ok(Stream {
+            start,
+            sent,
+            got,
+            tasks: vec![sender, receiver],
+        })
+    }
+
+    fn got(&self) -> Vec<(Duration, u64, Ipv4Addr)> {
+        self.got.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// The source of the last `n` answers when they all agree.
+    fn steady(&self, n: usize) -> Option<Ipv4Addr> {
+        let got = self.got();
+        if got.len() < n {
+            return None;
+        }
+        let last = &got[got.len() - n..];
+        let src = last[0].2;
+        last.iter().all(|g| g.2 == src).then_some(src)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// One measured failover.
+#[derive(Debug, Clone)]
+struct Failover {
+    signal: &'static str,
+    /// From the signal until the fabric's probe took the gateway out of the rule.
+    detect: Option<Duration>,
+    /// The last answer through the old gateway and the first through the new one, after the signal.
+    last_old: Option<Duration>,
+    first_new: Duration,
+    /// Packets sent after the signal and before the first answer through the new gateway that got no answer.
+    lost: usize,
+    /// Answers through the old gateway after the signal (its data plane outlives the agent).
+    old_after: usize,
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// The gateway (index in `lab.gateway_vms`) whose secondary IP has public address `public`.
+fn gateway_of(lab: &Lab, public: Ipv4Addr) -> Option<(usize, Ipv4Addr)> {
+    let names: Vec<String> = lab.gateway_vms.iter().map(|g| g.0.clone()).collect();
+    let view = lab
+        .azure
+        .as_ref()?
+        .handle()
+        .with_state(|s| fabric::read_view(&s.world, &names));
+    let vm = view
+        .vms
+        .iter()
+        .find(|v| v.secondaries.iter().any(|(_, p)| *p == Some(public)))?;
+    let i = lab.gateway_vms.iter().position(|g| g.0 == vm.vm)?;
+    Some((i, vm.primary))
+}
+
+/// The other gateway's public address inside `prefix`.
+fn other_public(lab: &Lab, not: usize, prefix: ipnet::Ipv4Net) -> Option<Ipv4Addr> {
+    let names: Vec<String> = lab.gateway_vms.iter().map(|g| g.0.clone()).collect();
+    let view = lab
+        .azure
+        .as_ref()?
+        .handle()
+        .with_state(|s| fabric::read_view(&s.world, &names));
+    let other = lab.gateway_vms.iter().enumerate().find(|(i, _)| *i != not)?.1;
+    view.vms
+        .iter()
+        .find(|v| v.vm == other.0)?
+        .secondaries
+        .iter()
+        .find_map(|(_, p)| p.filter(|p| prefix.contains(p)))
+}
+
+/// Waits until every gateway answers the fabric's probe and is behind the demo rule again.
+async fn all_gateways_serving(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
+    let mut status = lab.fabric.as_ref().context("fabric not running")?.status.clone();
+    let all: Vec<Ipv4Addr> = lab.gateway_vms.iter().map(|g| g.1).collect();
+    lab.wait(
+        "the fabric's probes put every gateway behind the rule again",
+        opts,
+        || {
+            let s = status.borrow_and_update().clone();
+            let all = all.clone();
+            async move {
+                Ok(!s.desired.serving.is_empty()
+                    && s.desired
+                        .serving
+                        .values()
+                        .all(|b| all.iter().all(|a| b.contains(a))))
+            }
+        },
+    )
+    .await
+}
+
+async fn measure(
+    lab: &mut Lab,
+    opts: &Options,
+    sb: &runtime::Sandbox,
+    prefix: ipnet::Ipv4Net,
+    signal: nix::sys::signal::Signal,
+    name: &'static str,
+) -> anyhow::Result<Failover> {
+    let stream = Stream::start(&sb.netns)?;
+    let steady = Arc::new(Mutex::new(None));
+    {
+        let (st, stream_got) = (steady.clone(), &stream);
+        let deadline = Instant::now() + opts.step_timeout;
+        info("waiting: 100 answers in a row through one gateway");
+        loop {
+            if let Some(a) = stream_got.steady(100) {
+                if let Ok(mut g) = st.lock() {
+                    *g = Some(a);
+                }
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the stream never settled on one gateway: {:?}",
+                    stream.got().last()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let old = steady.lock().ok().and_then(|g| *g).context("no steady source")?;
+    let (idx, old_primary) =
+        gateway_of(lab, old).with_context(|| format!("{old} is no gateway's public IP (prefix {prefix})"))?;
+    if !prefix.contains(&old) {
+        bail!("the stream leaves from {old}, outside {prefix}");
+    }
+    let new = other_public(lab, idx, prefix).context("no other gateway in the prefix")?;
+    let agent = format!("gateway-agent-{idx}");
+    info(&format!(
+        "{} pps from {DEMO_NS}/{} to {}: answered through {} ({old}); sending {name} to {agent}",
+        STREAM_PPS,
+        sb.name,
+        echo(),
+        lab.gateway_vms[idx].0
+    ));
+    let mut status = lab.fabric.as_ref().context("fabric not running")?.status.clone();
+    let t0 = stream.start.elapsed();
+    let stopped = lab
+        .children
+        .stop_one(&agent, signal, Duration::from_secs(10))
+        .await?;
+    let mut detect = None;
+    let limit = opts.step_timeout.max(Duration::from_secs(60));
+    let deadline = Instant::now() + limit;
+    loop {
+        if detect.is_none() {
+            let s = status.borrow_and_update().clone();
+            if s.desired.serving.values().all(|b| !b.contains(&old_primary)) {
+                detect = Some(stream.start.elapsed().saturating_sub(t0));
+            }
+        }
+        if stream.steady(40) == Some(new) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let s = status.borrow().clone();
+            let wg = |what: &str| {
+                std::process::Command::new("wg")
+                    .args(["show", "all", what])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            info(&format!(
+                "gateways' WireGuard (host): endpoints\n{}allowed-ips\n{}latest-handshakes\n{}",
+                wg("endpoints"),
+                wg("allowed-ips"),
+                wg("latest-handshakes")
+            ));
+            bail!(
+                "after {name} of {agent}, the echo host did not see {new} within {}s (last answer {:?}); the fabric took the gateway out after {detect:?}, serves {:?}; fabric nft:\n{}",
+                limit.as_secs(),
+                stream.got().last(),
+                s.desired.serving,
+                s.desired.nft
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = stream.got();
+    let sent = stream.sent.lock().map(|g| g.clone()).unwrap_or_default();
+    drop(stream);
+    let after: Vec<&(Duration, u64, Ipv4Addr)> = got.iter().filter(|g| g.0 >= t0).collect();
+    let first = after
+        .iter()
+        .find(|g| g.2 == new)
+        .context("no answer through the new gateway")?;
+    let last_old = after.iter().filter(|g| g.2 == old).map(|g| g.0 - t0).max();
+    let old_after = after.iter().filter(|g| g.2 == old).count();
+    let answered: std::collections::BTreeSet<u64> = got.iter().map(|g| g.1).collect();
+    let lost = sent
+        .iter()
+        .enumerate()
+        .filter(|(seq, at)| **at >= t0 && (*seq as u64) < first.1 && !answered.contains(&(*seq as u64)))
+        .count();
+    let f = Failover {
+        signal: name,
+        detect,
+        last_old,
+        first_new: first.0 - t0,
+        lost,
+        old_after,
+    };
+    ok(&format!(
+        "{name} of {agent}: the echo host sees {new} (the other gateway) {} after the signal; the probe took {} out after {}; last answer through {old} at {} ({} answers after the signal); {} packets lost ({} pps)",
+        fmt_ms(f.first_new),
+        lab.gateway_vms[idx].0,
+        f.detect.map(fmt_ms).unwrap_or_else(|| "(not seen)".into()),
+        f.last_old.map(fmt_ms).unwrap_or_else(|| "-".into()),
+        f.old_after,
+        f.lost,
+        STREAM_PPS
+    ));
+    // Bring the node back, as its replacement would be.
+    let back = Instant::now();
+    lab.children.restart(&stopped, &opts.work_dir)?;
+    all_gateways_serving(lab, opts).await?;
+    let seen = super::dataplane::udp_source_seen(&sb.netns, echo(), opts.step_timeout)
+        .await
+        .context("no answer after the gateway came back")?;
+    info(&format!(
+        "{agent} restarted; both gateways behind the rule again; the echo host answers (from {seen}) {} after the restart",
+        fmt_ms(back.elapsed())
+    ));
+    Ok(f)
+}
+
+async fn failover(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
+    use nix::sys::signal::Signal;
+    let prefix = lab.prefix.context("no egress prefix")?;
+    let sb = lab
+        .pods
+        .iter()
+        .find(|(_, sb)| sb.name == super::steps::PODS[0].0)
+        .map(|(_, sb)| sb.clone())
+        .context("no annotated demo pod")?;
+    let names: Vec<String> = lab.gateway_vms.iter().map(|g| g.0.clone()).collect();
+    let view = azure(lab)?.with_state(|s| fabric::read_view(&s.world, &names));
+    let limit = view
+        .probes
+        .first()
+        .map(|p| p.interval * p.threshold)
+        .unwrap_or_default();
+    let mut results = Vec::new();
+    for (signal, name) in [(Signal::SIGKILL, "SIGKILL"), (Signal::SIGTERM, "SIGTERM")] {
+        results.push(measure(lab, opts, &sb, prefix, signal, name).await?);
+    }
+    for f in &results {
+        info(&format!(
+            "failover {}: {} (probe detection {}, physical limit: probe interval x threshold = {} + one WireGuard handshake)",
+            f.signal,
+            fmt_ms(f.first_new),
+            f.detect.map(fmt_ms).unwrap_or_else(|| "-".into()),
+            fmt_ms(limit)
+        ));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------ scenario 10
+
+/// azure-sim's inventory right after step 1 (the seed plus the cluster's outbound IP), from a fresh simulator.
+async fn baseline_inventory() -> anyhow::Result<serde_json::Value> {
+    let seed = lab_seed();
+    let fresh = crate::azure::AzureSim::start(&seed)
+        .await
+        .context("starting a fresh Azure simulator for the baseline")?;
+    fresh
+        .with_state(|s| {
+            s.world.put_public_ip(
+                "node-rg",
+                "aks-outbound-ip",
+                json!({"location": seed.location, "tags": {fabric::OUTBOUND_TAG.0: fabric::OUTBOUND_TAG.1}}),
+            )
+        })
+        .map_err(|e| anyhow!("baseline outbound IP: {} {}", e.code, e.message))?;
+    Ok(fresh.inventory())
+}
+
+/// What differs between two inventories (resources, private and public allocations), or empty.
+fn inventory_diff(live: &serde_json::Value, base: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let ids = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        v["resources"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(str::to_ascii_lowercase))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (l, b) = (ids(live), ids(base));
+    out.extend(l.difference(&b).map(|r| format!("extra resource {r}")));
+    out.extend(b.difference(&l).map(|r| format!("missing resource {r}")));
+    for key in ["privateAddresses", "publicBlocks", "prefixAddresses"] {
+        if live[key] != base[key] {
+            out.push(format!("{key}: {} (fresh: {})", live[key], base[key]));
+        }
+    }
+    out
+}
+
+/// `ip -n <ns> <args>` output (empty when it fails).
+fn ip_out(ns: &str, args: &[&str]) -> String {
+    std::process::Command::new("ip")
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// What the data plane still holds for configurations: the gateways' frontend addresses, their wg links and
+/// wireguard-go processes, and pod wireguard sockets on the nodes.
+fn dataplane_leftovers(gateway_vms: &[(String, Ipv4Addr, String)], nodes: &[runtime::Node]) -> Vec<String> {
+    let mut left = Vec::new();
+    for (node, primary, ns) in gateway_vms {
+        let addrs: Vec<String> = ip_out(ns, &["-4", "-o", "addr", "show", "dev", "eth0"])
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                w.position(|x| x == "inet")?;
+                w.next().map(str::to_string)
+            })
+            .filter(|a| *a != format!("{primary}/16"))
+            .collect();
+        if !addrs.is_empty() {
+            left.push(format!("{node} eth0 still has {}", addrs.join(", ")));
+        }
+        let egw = format!("{ns}-egw");
+        let links: Vec<String> = ip_out(&egw, &["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+            .filter(|n| n.starts_with("wg"))
+            .collect();
+        if !links.is_empty() {
+            left.push(format!("{egw} still has {}", links.join(", ")));
+        }
+        if let Some(inode) = super::dataplane::netns_inode(&egw) {
+            let procs: Vec<String> = super::dataplane::processes_in(&[inode])
+                .into_iter()
+                .map(|(pid, name)| format!("{name} ({pid})"))
+                .collect();
+            if !procs.is_empty() {
+                left.push(format!("{egw} still runs {}", procs.join(", ")));
+            }
+        }
+    }
+    for n in nodes {
+        let socks: Vec<String> = std::fs::read_dir(n.wireguard_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !socks.is_empty() {
+            left.push(format!("{} has wireguard sockets {}", n.name, socks.join(", ")));
+        }
+    }
+    left
+}
+
+async fn cleanup(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
+    use super::steps::SYSTEM_NS;
+    let pods: Vec<String> = lab.pods.iter().map(|(_, sb)| sb.name.clone()).collect();
+    for name in pods.iter().rev() {
+        remove_pod(lab, opts, name).await?;
+    }
+    ok(&format!(
+        "pods {} deleted (CNI DEL, then the Pod objects)",
+        pods.join(", ")
+    ));
+    let client = lab.client()?;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::all(client.clone());
+    let pools: Api<api::GatewayPool> = Api::all(client.clone());
+    let pes: Api<api::PodEndpoint> = Api::all(client.clone());
+    for (args, what) in [
+        (
+            ["delete", "sgc", "--all", "-n", DEMO_NS, "--wait=false"],
+            "configurations",
+        ),
+        (
+            ["delete", "gatewaypool", "--all", "--wait=false", "-o", "name"],
+            "pools",
+        ),
+    ] {
+        let out = lab.kubectl(opts, &args).await?;
+        if !out.ok {
+            bail!("kubectl {}: {}", args.join(" "), out.stderr.trim());
+        }
+        info(&format!(
+            "$ kubectl {}   # {}",
+            args.join(" "),
+            out.stdout.trim().replace('\n', "; ")
+        ));
+        if what == "configurations" {
+            let sgcs = sgcs.clone();
+            lab.wait(
+                "every StaticGatewayConfiguration gone (finalizers done)",
+                opts,
+                || {
+                    let sgcs = sgcs.clone();
+                    async move { Ok(sgcs.list(&Default::default()).await?.items.is_empty()) }
+                },
+            )
+            .await?;
+        }
+    }
+    lab.wait("every GatewayPool and PodEndpoint gone", opts, || {
+        let (pools, pes) = (pools.clone(), pes.clone());
+        async move {
+            Ok(pools.list(&Default::default()).await?.items.is_empty()
+                && pes.list(&Default::default()).await?.items.is_empty())
+        }
+    })
+    .await?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), SYSTEM_NS);
+    lab.wait("no configuration key Secret (sgw-<uid>) left", opts, || {
+        let secrets = secrets.clone();
+        async move {
+            Ok(!secrets
+                .list(&Default::default())
+                .await?
+                .items
+                .iter()
+                .any(|s| s.metadata.name.as_deref().is_some_and(|n| n.starts_with("sgw-"))))
+        }
+    })
+    .await?;
+    ok("Kubernetes: no StaticGatewayConfiguration, GatewayPool, PodEndpoint or key Secret left");
+
+    let base = baseline_inventory().await?;
+    let live = lab.azure.as_ref().context("azure-sim")?.handle();
+    let diff = Arc::new(Mutex::new(Vec::new()));
+    let waited = lab
+        .wait(
+            "azure-sim's inventory equals a freshly seeded one (no LB, prefixes, public IPs but the outbound one, secondary ipConfigs)",
+            opts,
+            || {
+                let d = inventory_diff(&live.with_state(|s| s.inventory()), &base);
+                let empty = d.is_empty();
+                if let Ok(mut g) = diff.lock() {
+                    *g = d;
+                }
+                async move { Ok(empty) }
+            },
+        )
+        .await;
+    if let Err(e) = waited {
+        let d = diff.lock().map(|g| g.join("\n      ")).unwrap_or_default();
+        bail!("{e:#}\n    left in azure-sim:\n      {d}");
+    }
+    let count = base["resources"].as_array().map(Vec::len).unwrap_or(0);
+    ok(&format!(
+        "azure-sim's inventory is the seed's again: the same {count} resources, private and public allocations as a fresh simulator"
+    ));
+
+    let left = Arc::new(Mutex::new(Vec::new()));
+    let waited = {
+        let left2 = left.clone();
+        let snapshot = LabView::of(lab);
+        lab.wait(
+            "the gateways drop the frontend address, wg links and wireguard-go; no pod wireguard socket on the nodes",
+            opts,
+            move || {
+                let l = snapshot.leftovers();
+                let empty = l.is_empty();
+                if let Ok(mut g) = left2.lock() {
+                    *g = l;
+                }
+                async move { Ok(empty) }
+            },
+        )
+        .await
+    };
+    if let Err(e) = waited {
+        let l = left.lock().map(|g| g.join("; ")).unwrap_or_default();
+        bail!("{e:#}\n    left in the data plane: {l}");
+    }
+    let gw_status: Api<api::GatewayStatus> = Api::namespaced(client, SYSTEM_NS);
+    let statuses = gw_status.list(&Default::default()).await?.items;
+    let busy: Vec<String> = statuses
+        .iter()
+        .filter(|s| {
+            !s.spec.ready_gateway_configurations.is_empty() || !s.spec.ready_peer_configurations.is_empty()
+        })
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    if !busy.is_empty() {
+        bail!(
+            "GatewayStatus still lists configurations or peers: {}",
+            busy.join(", ")
+        );
+    }
+    ok(&format!(
+        "data plane: no frontend address, wg link or wireguard-go on {} gateways, no pod wireguard socket on {} nodes; {} GatewayStatus objects list nothing",
+        lab.gateway_vms.len(),
+        lab.nodes.len(),
+        statuses.len()
+    ));
+    Ok(())
+}
+
+/// The parts of the lab the data-plane check reads, owned (so a wait closure can use them).
+#[derive(Clone)]
+struct LabView {
+    gateway_vms: Vec<(String, Ipv4Addr, String)>,
+    nodes: Vec<runtime::Node>,
+}
+
+impl LabView {
+    fn of(lab: &Lab) -> Self {
+        LabView {
+            gateway_vms: lab.gateway_vms.clone(),
+            nodes: lab.nodes.clone(),
+        }
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        dataplane_leftovers(&self.gateway_vms, &self.nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_all_none_and_lists_in_run_order() {
+        assert_eq!(parse("all"), Ok(Scenario::ALL.to_vec()));
+        assert_eq!(parse("none"), Ok(vec![]));
+        assert_eq!(parse(""), Ok(vec![]));
+        assert_eq!(
+            parse("10, 3,2,3"),
+            Ok(vec![Scenario::ByoPrefix, Scenario::Ingress, Scenario::Cleanup])
+        );
+        // Cleanup deletes everything, so it runs last even when listed first.
+        assert_eq!(parse("10,9"), Ok(vec![Scenario::Failover, Scenario::Cleanup]));
+    }
+
+    #[test]
+    fn parse_names_why_a_number_is_refused() {
+        assert!(parse("1").expect_err("refused").contains("part of every lab run"));
+        assert!(parse("8").expect_err("refused").contains("terraform"));
+        assert!(parse("12").expect_err("refused").contains("no scenario 12"));
+        assert!(
+            parse("2;3")
+                .expect_err("refused")
+                .contains("not a scenario number")
+        );
+    }
+
+    #[test]
+    fn inventory_diff_names_extra_and_missing_resources_and_allocations() {
+        let base = json!({"resources": ["/a", "/B"], "privateAddresses": {"s": [1]}, "publicBlocks": [], "prefixAddresses": {}});
+        assert!(inventory_diff(&base, &base).is_empty());
+        let live = json!({"resources": ["/b", "/c"], "privateAddresses": {"s": [1, 2]}, "publicBlocks": [], "prefixAddresses": {}});
+        let d = inventory_diff(&live, &base);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[0].contains("extra resource /c"));
+        assert!(d[1].contains("missing resource /a"));
+        assert!(d[2].starts_with("privateAddresses"));
+    }
+}
