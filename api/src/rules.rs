@@ -45,6 +45,8 @@ pub enum Rule {
     FieldType,
     /// A hostNetwork pod names a gateway configuration (it shares the node's network).
     HostNetworkPod,
+    /// A new configuration names a GatewayPool that is being deleted (a cluster fact the webhook knows).
+    PoolDeleting,
 }
 
 impl Rule {
@@ -59,7 +61,9 @@ impl Rule {
             Rule::PublicIpPrefixId => 6,
             Rule::ExcludeCidrs => 7,
             Rule::DefaultRoute => 8,
-            Rule::Immutable | Rule::FieldType | Rule::HostNetworkPod => return None,
+            Rule::Immutable | Rule::FieldType | Rule::HostNetworkPod | Rule::PoolDeleting => {
+                return None;
+            }
         })
     }
 
@@ -77,6 +81,7 @@ impl Rule {
             Rule::Immutable => "immutable field",
             Rule::FieldType => "field type",
             Rule::HostNetworkPod => "hostNetwork pod",
+            Rule::PoolDeleting => "pool being deleted",
         }
     }
 
@@ -94,6 +99,7 @@ impl Rule {
             Rule::Immutable => "ImmutableField",
             Rule::FieldType => "InvalidFieldType",
             Rule::HostNetworkPod => "HostNetworkPod",
+            Rule::PoolDeleting => "PoolDeleting",
         }
     }
 
@@ -979,6 +985,24 @@ pub fn missing_sgc_warning(namespace: &str, name: &str) -> Warning {
              until it exists and is ready"
         ),
     }
+}
+
+/// Refusal of a new configuration whose pool's GatewayPool `pool_name` is being deleted: the configuration would
+/// hold the pool's deletion (its finalizer waits for the configurations on it) and never become Ready.
+pub fn pool_deleting_violation(spec: &StaticGatewayConfigurationSpec, pool_name: &str) -> Violation {
+    let path = if spec.vmss_profile().is_some() {
+        "spec.gatewayVmssProfile"
+    } else {
+        "spec.gatewayNodepoolName"
+    };
+    Violation::new(
+        path,
+        Rule::PoolDeleting,
+        format!(
+            "GatewayPool '{pool_name}' is being deleted; a configuration created on it would hold its deletion. \
+             Wait until it is gone and create the pool again, or name another pool"
+        ),
+    )
 }
 
 /// Kubernetes object name syntax (RFC 1123 subdomain).

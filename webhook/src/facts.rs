@@ -17,6 +17,9 @@ pub trait ClusterFacts: Send + Sync {
     fn node_count(&self, pool: &PoolRef) -> Option<u32>;
     /// The GatewayPool describing a pool, if one exists (None also while unsynced).
     fn gateway_pool(&self, pool: &PoolRef) -> Option<api::GatewayPoolSpec>;
+    /// Name of the GatewayPool describing a pool when that GatewayPool is being deleted (None: not deleting, no
+    /// such GatewayPool, or unsynced).
+    fn deleting_pool(&self, pool: &PoolRef) -> Option<String>;
     /// Annotations of a namespace (None: unknown namespace or unsynced).
     fn namespace_annotations(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
     /// Does this configuration exist? (None: unsynced.)
@@ -47,6 +50,8 @@ pub struct StaticFacts {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// `(namespace, name)` of existing configurations.
     pub sgcs: Vec<(String, String)>,
+    /// `(name, pool)` of GatewayPools being deleted.
+    pub deleting_pools: Vec<(String, PoolRef)>,
 }
 
 impl ClusterFacts for StaticFacts {
@@ -63,6 +68,12 @@ impl ClusterFacts for StaticFacts {
             .iter()
             .find(|p| p.pool_ref().as_ref() == Some(pool))
             .cloned()
+    }
+    fn deleting_pool(&self, pool: &PoolRef) -> Option<String> {
+        self.deleting_pools
+            .iter()
+            .find(|(_, p)| p == pool)
+            .map(|(name, _)| name.clone())
     }
     fn namespace_annotations(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         self.namespaces.get(namespace).cloned()
@@ -123,6 +134,13 @@ impl ClusterFacts for ReflectorFacts {
             .map(|p| &p.spec)
             .find(|s| s.pool_ref().as_ref() == Some(pool))
             .cloned()
+    }
+    fn deleting_pool(&self, pool: &PoolRef) -> Option<String> {
+        self.pools
+            .state()
+            .iter()
+            .find(|p| p.metadata.deletion_timestamp.is_some() && p.spec.pool_ref().as_ref() == Some(pool))
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
     }
     fn namespace_annotations(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         if !self.synced() {

@@ -184,9 +184,19 @@ fn validate_sgc(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
         Ok(pair) => pair,
         Err(resp) => return *resp,
     };
-    let verdict = rules::validate_sgc_object_with(&new, old.as_ref(), |spec| {
+    let mut deleting = None;
+    let mut verdict = rules::validate_sgc_object_with(&new, old.as_ref(), |spec| {
+        // Only a new configuration can land on a deleting pool: the pool reference is immutable, and existing
+        // configurations must stay updatable (the operator removes their finalizers) while the pool goes.
+        if old.is_none() {
+            deleting = spec
+                .pool_ref()
+                .and_then(|p| facts.deleting_pool(&p))
+                .map(|name| rules::pool_deleting_violation(spec, &name));
+        }
         facts.pool_facts(spec.pool_ref().as_ref())
     });
+    verdict.violations.extend(deleting);
     verdict_response(req, "StaticGatewayConfiguration", verdict)
 }
 

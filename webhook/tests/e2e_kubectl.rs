@@ -416,6 +416,71 @@ async fn rule_four_uses_the_clusters_nodes_and_pools() {
     let _ = env.shutdown.send(true);
 }
 
+/// A configuration created on a GatewayPool that is being deleted would hold the pool's deletion (its finalizer
+/// waits for the configurations on it): the webhook refuses it, and still lets existing configurations change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configurations_on_a_deleting_pool_are_refused() {
+    let env = start().await;
+    let admin = env.sim.client("admin").expect("client");
+    let pools: Api<api::GatewayPool> = Api::all(admin);
+    let held: api::GatewayPool = serde_json::from_value(json!({
+        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
+        "metadata": {"name": "gwpool", "finalizers": ["example.com/hold"]},
+        "spec": {"gatewayNodepoolName": "gwpool", "publicIpPrefixSize": 31}}))
+    .expect("pool");
+    pools.create(&PostParams::default(), &held).await.expect("pool");
+    let sgc = |name: &str| {
+        env.write(&format!("{name}.yaml"), &format!("apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: {name}\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n"))
+    };
+    let out = env.apply(&sgc("before")).await;
+    assert!(out.ok, "{}", out.stderr);
+
+    let out = env
+        .kubectl(&["delete", "gatewaypool", "gwpool", "--wait=false"])
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let pool_ref = api::PoolRef::Nodepool("gwpool".into());
+    eventually("webhook sees the pool deleting", || async {
+        env.facts.deleting_pool(&pool_ref).as_deref() == Some("gwpool")
+    })
+    .await;
+    let out = env.apply(&sgc("after")).await;
+    assert!(
+        !out.ok
+            && out.stderr.contains(
+                "spec.gatewayNodepoolName: pool being deleted: GatewayPool 'gwpool' is being deleted"
+            ),
+        "{}",
+        out.stderr
+    );
+    println!("configuration on a deleting pool:\n{}", out.stderr);
+    let out = env
+        .kubectl(&["label", "sgc", "before", "-n", "demo", "team=a"])
+        .await;
+    assert!(
+        out.ok,
+        "an existing configuration stays updatable: {}",
+        out.stderr
+    );
+
+    // Once the pool is gone, the name is free: a configuration may name it again (and waits for a new pool).
+    pools
+        .patch(
+            "gwpool",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("release the pool");
+    eventually("webhook sees the pool gone", || async {
+        env.facts.deleting_pool(&pool_ref).is_none() && env.facts.gateway_pool(&pool_ref).is_none()
+    })
+    .await;
+    let out = env.apply(&sgc("after")).await;
+    assert!(out.ok, "{}", out.stderr);
+    let _ = env.shutdown.send(true);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_podendpoints_and_failure_policy() {
     let env = start().await;

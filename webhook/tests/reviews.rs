@@ -75,6 +75,7 @@ fn facts() -> StaticFacts {
         ]
         .into(),
         sgcs: vec![("team-a".into(), "gw".into())],
+        deleting_pools: vec![],
     }
 }
 
@@ -173,6 +174,54 @@ fn pool_in_gateway_pool_gives_rule_four_facts() {
             .unwrap_or("")
             .contains("spec.gatewayNodepoolName: rule 4"),
         "{resp}"
+    );
+}
+
+#[test]
+fn new_configurations_on_a_deleting_pool_are_denied() {
+    let mut f = facts();
+    f.nodes.clear();
+    f.deleting_pools
+        .push(("gw-pool".into(), api::PoolRef::Nodepool("gwpool".into())));
+    let create = run(
+        Endpoint::ValidateSgc,
+        &request(SGC, "CREATE", sgc(json!({"gatewayNodepoolName": "gwpool"})), None),
+        &f,
+    );
+    assert_eq!(create["allowed"], false, "{create}");
+    let causes = create["status"]["details"]["causes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(causes.len(), 1, "{create}");
+    assert_eq!(causes[0]["field"], "spec.gatewayNodepoolName");
+    assert!(
+        causes[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("GatewayPool 'gw-pool' is being deleted"),
+        "{create}"
+    );
+    let other_pool = run(
+        Endpoint::ValidateSgc,
+        &request(
+            SGC,
+            "CREATE",
+            sgc(json!({"gatewayNodepoolName": "otherpool"})),
+            None,
+        ),
+        &f,
+    );
+    assert_eq!(other_pool["allowed"], true, "{other_pool}");
+    let existing = sgc(json!({"gatewayNodepoolName": "gwpool"}));
+    let update = run(
+        Endpoint::ValidateSgc,
+        &request(SGC, "UPDATE", existing.clone(), Some(existing)),
+        &f,
+    );
+    assert_eq!(
+        update["allowed"], true,
+        "existing configurations stay updatable: {update}"
     );
 }
 
