@@ -388,6 +388,20 @@ pub fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
 }
 
 /// Kubernetes conditions as the `conditions` attribute value.
+/// Is there a `Ready=True` condition about `generation` (the object's current one)? A condition without
+/// `observedGeneration` does not count when the object has a generation: after an update it could be about the
+/// previous spec, and apply would return before the operator has seen the change. Both kinds wait with this.
+pub(crate) fn ready_for_generation(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    generation: Option<i64>,
+) -> bool {
+    conditions.iter().any(|c| {
+        c.type_ == api::names::CONDITION_READY
+            && c.status == "True"
+            && (generation.is_none() || c.observed_generation >= generation)
+    })
+}
+
 pub fn conditions_value(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> Value {
     Value::List(
         conditions
@@ -490,6 +504,34 @@ pub fn validate_timeouts(config: &Value) -> Vec<pb::Diagnostic> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_counts_only_conditions_about_the_current_generation() {
+        let ready = |status: &str, observed: Option<i64>| {
+            serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>(
+                serde_json::json!({"type": api::names::CONDITION_READY, "status": status, "reason": "R",
+                                   "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z",
+                                   "observedGeneration": observed}),
+            )
+            .expect("condition")
+        };
+        assert!(ready_for_generation(&[ready("True", Some(2))], Some(2)));
+        assert!(ready_for_generation(&[ready("True", Some(3))], Some(2)));
+        assert!(
+            !ready_for_generation(&[ready("True", Some(1))], Some(2)),
+            "about the old spec"
+        );
+        assert!(
+            !ready_for_generation(&[ready("True", None)], Some(2)),
+            "unknown generation"
+        );
+        assert!(!ready_for_generation(&[ready("False", Some(2))], Some(2)));
+        assert!(!ready_for_generation(&[], Some(1)));
+        assert!(
+            ready_for_generation(&[ready("True", None)], None),
+            "objects without a generation"
+        );
+    }
 
     #[test]
     fn extract_spells_the_spec_as_the_crd_does() {

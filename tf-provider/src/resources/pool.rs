@@ -215,14 +215,9 @@ pub fn is_ready(obj: &GatewayPool) -> bool {
 
 /// A `Ready=True` condition about the current generation.
 fn ready_now(obj: &GatewayPool) -> bool {
-    let generation = obj.metadata.generation;
-    obj.status.as_ref().is_some_and(|s| {
-        s.conditions.iter().any(|c| {
-            c.type_ == api::names::CONDITION_READY
-                && c.status == "True"
-                && (generation.is_none() || c.observed_generation >= generation)
-        })
-    })
+    obj.status
+        .as_ref()
+        .is_some_and(|s| super::ready_for_generation(&s.conditions, obj.metadata.generation))
 }
 
 fn acknowledged(obj: &GatewayPool) -> bool {

@@ -256,16 +256,9 @@ impl super::Object for StaticGatewayConfiguration {
 
 /// Is the configuration usable: Ready for its current generation, with the egress prefix known?
 pub fn is_ready(obj: &StaticGatewayConfiguration) -> bool {
-    let generation = obj.metadata.generation;
     obj.status.as_ref().is_some_and(|s| {
         s.egress_ip_prefix.as_deref().is_some_and(|p| !p.is_empty())
-            && s.conditions.iter().any(|c| {
-                c.type_ == api::names::CONDITION_READY
-                    && c.status == "True"
-                    && (generation.is_none()
-                        || c.observed_generation.is_none()
-                        || c.observed_generation >= generation)
-            })
+            && super::ready_for_generation(&s.conditions, obj.metadata.generation)
     })
 }
 
