@@ -709,6 +709,10 @@ async fn kubeconfig_file_works_with_kube_rs() {
         "{metrics}"
     );
     assert!(
+        metrics.contains("kubesim_requests_by_user_total{user=\"admin\",method=\"GET\",code=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("kubesim_objects{resource=\"customresourcedefinitions.apiextensions.k8s.io\"} 4"),
         "{metrics}"
     );

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -177,6 +178,20 @@ class Cluster:
     def __init__(self, work: pathlib.Path, kubeconfig: pathlib.Path) -> None:
         self.work = work
         self.kubeconfig = kubeconfig
+
+    def requests_of(self, service_account: str) -> dict[str, int]:
+        """Requests the simulator served to one of the chart's service accounts, by status code (its
+        kubesim_requests_by_user_total series)."""
+        user = f"system:serviceaccount:{NAMESPACE}:{service_account}"
+        r = self.kubectl("get", "--raw", "/metrics")
+        assert r.returncode == 0, r.stderr
+        body = r.stdout
+        codes: dict[str, int] = {}
+        for line in body.splitlines():
+            m = re.match(r'kubesim_requests_by_user_total\{user="([^"]*)",method="[^"]*",code="(\d+)"\} (\d+)$', line)
+            if m and m.group(1) == user:
+                codes[m.group(2)] = codes.get(m.group(2), 0) + int(m.group(3))
+        return codes
 
     def kubectl(self, *args: str, stdin: str | None = None, as_sa: str | None = None) -> subprocess.CompletedProcess:
         config = self.kubeconfig if as_sa is None else pathlib.Path(f"{self.kubeconfig}.sa.{NAMESPACE}.{as_sa}")
@@ -366,9 +381,15 @@ def test_operator_provisions_with_the_charts_arguments_config_and_rbac(installed
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
     assert "controller_reconcile_latency" in body
-    # Nothing in the operator's log says it was forbidden anything.
-    log = (cluster.work / "operator.log").read_text(errors="replace")
-    assert "forbidden" not in log.lower(), log[-3000:]
+    # The chart's RBAC refused the operator and the webhook nothing (kube-sim counts each account's answers).
+    for sa in (f"{PREFIX}-operator", f"{PREFIX}-webhook"):
+        codes = cluster.requests_of(sa)
+        assert sum(codes.values()) > 0, f"{sa} made no requests: {codes}"
+        assert "403" not in codes, f"{sa} was refused by RBAC: {codes}\n{procs.logs()[-3000:]}"
+    # The count does see refusals: the gateway agent's account may not list Secrets cluster-wide.
+    r = cluster.kubectl("get", "secrets", "-A", as_sa=f"{PREFIX}-gateway-agent")
+    assert r.returncode != 0 and "forbidden" in r.stderr, r.stderr
+    assert cluster.requests_of(f"{PREFIX}-gateway-agent").get("403", 0) >= 1
     # Container logs are files, not terminals: plain text, no colour escape codes.
     for component in ("operator", "webhook"):
         text = (cluster.work / f"{component}.log").read_text(errors="replace")

@@ -173,6 +173,20 @@ fn metrics(shared: &Shared) -> String {
             "kubesim_requests_total{{method=\"{m}\",code=\"{c}\"}} {n}\n"
         ));
     }
+    out.push_str(
+        "# HELP kubesim_requests_by_user_total API requests served to authenticated users, by user, method and status code.\n# TYPE kubesim_requests_by_user_total counter\n",
+    );
+    for ((u, m, c), n) in shared
+        .requests_by_user
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        out.push_str(&format!(
+            "kubesim_requests_by_user_total{{user=\"{}\",method=\"{m}\",code=\"{c}\"}} {n}\n",
+            label_value(u)
+        ));
+    }
     let st = shared.lock();
     out.push_str("# HELP kubesim_resource_version The current global resourceVersion.\n# TYPE kubesim_resource_version gauge\n");
     out.push_str(&format!("kubesim_resource_version {}\n", st.rv));
@@ -185,6 +199,11 @@ fn metrics(shared: &Shared) -> String {
         ));
     }
     out
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// The user whose bearer token the request carries, if the token is one kube-sim issued.
