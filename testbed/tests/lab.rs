@@ -86,6 +86,7 @@ fn lab_runs_the_control_plane_end_to_end_and_leaves_nothing() {
         "\u{2714} the webhook refused the invalid configuration",
         "demo/egress is Ready; status.egressIpPrefix = 20.10.0.",
         "azure-sim now has the internal load balancer",
+        "\u{2714} shutting down, the chart's RBAC refused its service accounts nothing",
         "\u{2714} nothing left: no child processes, no lab network namespaces, work dir removed; no lab mounts, nft tables or wireguard sockets",
         "==> step 8: egress",
         "CNI DEL of pod demo/egress-client",

@@ -428,21 +428,38 @@ impl Lab {
     /// Over the whole run: kube-sim refused none of the chart's service accounts anything (403).
     fn check_accounts(&self) -> anyhow::Result<()> {
         let kube = self.kube.as_ref().context("kube-sim not started")?;
-        let mut seen = Vec::new();
-        for (ns, name) in self.chart.service_accounts() {
-            let user = format!("system:serviceaccount:{ns}:{name}");
-            let counts = kube.requests_by(&user);
-            let forbidden = count_requests(&counts, |_, code| code == 403);
-            if forbidden > 0 {
-                bail!("the chart's RBAC refused {user} {forbidden} request(s): {counts:?}");
-            }
-            seen.push(format!("{name} {}", counts.values().sum::<u64>()));
+        if let Some(refused) = self.rbac_refusals(kube).into_iter().next() {
+            bail!("{refused}");
         }
+        let seen: Vec<String> = self
+            .chart
+            .service_accounts()
+            .into_iter()
+            .map(|(ns, name)| {
+                let user = format!("system:serviceaccount:{ns}:{name}");
+                format!("{name} {}", kube.requests_by(&user).values().sum::<u64>())
+            })
+            .collect();
         ok(&format!(
             "over the whole run the chart's RBAC refused its service accounts nothing (requests: {})",
             seen.join(", ")
         ));
         Ok(())
+    }
+
+    /// One line per chart service account kube-sim answered 403 so far.
+    fn rbac_refusals(&self, kube: &KubeSim) -> Vec<String> {
+        self.chart
+            .service_accounts()
+            .into_iter()
+            .filter_map(|(ns, name)| {
+                let user = format!("system:serviceaccount:{ns}:{name}");
+                let counts = kube.requests_by(&user);
+                let forbidden = count_requests(&counts, |_, code| code == 403);
+                (forbidden > 0)
+                    .then(|| format!("the chart's RBAC refused {user} {forbidden} request(s): {counts:?}"))
+            })
+            .collect()
     }
 
     /// The launch spec of Deployment `name`'s `container` (one replica: the lab runs one process), its
@@ -1454,6 +1471,13 @@ impl Lab {
         if !stopped.is_empty() {
             info(&format!("stopped {}", stopped.join(", ")));
         }
+        // The shutdown paths (PodEndpoint deletion at CNI DEL, the agents' and the operator's cleanup on
+        // SIGTERM) run with the chart's accounts too: a refusal there is a chart bug like any other.
+        let refused = self
+            .kube
+            .as_ref()
+            .map(|kube| self.rbac_refusals(kube))
+            .unwrap_or_default();
         self.client = None;
         if let Some(k) = self.kube.take() {
             k.shutdown().await;
@@ -1560,13 +1584,21 @@ impl Lab {
         if !children.is_empty() {
             left.push(format!("child processes: {}", children.join(", ")));
         }
-        if left.is_empty() {
-            ok(
-                "nothing left: no child processes, no lab network namespaces, work dir removed; no lab mounts, nft tables or wireguard sockets",
-            );
-            Ok(())
-        } else {
-            bail!("left behind: {}", left.join("; "))
+        match (left.is_empty(), refused.is_empty()) {
+            (true, true) => {
+                ok("shutting down, the chart's RBAC refused its service accounts nothing");
+                ok(
+                    "nothing left: no child processes, no lab network namespaces, work dir removed; no lab mounts, nft tables or wireguard sockets",
+                );
+                Ok(())
+            }
+            (true, false) => bail!("during shutdown {}", refused.join("; ")),
+            (false, true) => bail!("left behind: {}", left.join("; ")),
+            (false, false) => bail!(
+                "left behind: {}; during shutdown {}",
+                left.join("; "),
+                refused.join("; ")
+            ),
         }
     }
 }
