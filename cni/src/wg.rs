@@ -29,9 +29,26 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    /// Kernel when the module is loaded (or built in), userspace otherwise.
+    /// Kernel when the kernel has WireGuard, userspace otherwise; probed in this process's namespace.
     pub fn detect() -> Self {
+        Self::detect_in(&Netns::Current)
+    }
+
+    /// Kernel when the module is loaded (or built in) or loads on first use, userspace otherwise.
+    ///
+    /// `/sys/module/wireguard` alone is not enough: on a fresh node the module is available but not loaded
+    /// until the first WireGuard link is created, and choosing userspace there would need `wireguard-go` on a
+    /// node that does not need it. So when it is absent, a throw-away link is created in `ns` (which makes the
+    /// kernel load the module) and deleted again.
+    pub fn detect_in(ns: &Netns) -> Self {
         if Path::new("/sys/module/wireguard").exists() {
+            return BackendKind::Kernel;
+        }
+        let probe = format!("wgprobe{}", std::process::id() % 100_000);
+        if ns.ip(&["link", "add", &probe, "type", "wireguard"]).is_ok() {
+            if let Err(e) = ns.ip(&["link", "del", &probe]) {
+                eprintln!("kube-egress: could not delete the WireGuard probe link {probe}: {e}");
+            }
             BackendKind::Kernel
         } else {
             BackendKind::Userspace

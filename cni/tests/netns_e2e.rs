@@ -95,3 +95,30 @@ fn annotated_pod_egresses_via_gateway_secondary_ip() {
     // DEL again is idempotent.
     lab.cni("DEL", "pa", &ann);
 }
+
+/// `auto` picks the kernel backend exactly when the kernel has WireGuard (loaded, built in, or loaded by the
+/// probe), and the probe leaves no link behind.
+#[test]
+fn backend_detection_probes_the_kernel_and_cleans_up() {
+    struct NetnsGuard(String);
+    impl Drop for NetnsGuard {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let name = format!("kegprobe{}", std::process::id());
+    netlab::sh(&["ip", "netns", "add", &name]);
+    let _guard = NetnsGuard(name.clone());
+    let ns = Netns::named(&name);
+    let kind = cni::wg::BackendKind::detect_in(&ns);
+    assert_eq!(
+        kind == cni::wg::BackendKind::Kernel,
+        std::path::Path::new("/sys/module/wireguard").exists(),
+        "kernel backend iff the kernel has WireGuard after the probe"
+    );
+    let links = ns.ip(&["-o", "link", "show"]).expect("links");
+    assert!(!links.contains("wgprobe"), "probe link left behind: {links}");
+    assert!(links.contains("lo"), "the listing is of the namespace: {links}");
+}

@@ -233,6 +233,11 @@ def test_gateway_agent_runs_only_on_gateway_nodes() -> None:
     assert "ip netns add ns-static-egress-gateway" in init["args"][0]
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
     assert mounts["netns"]["mountPath"] == "/var/run/netns"
+    # With a read-only root filesystem, what the agent writes must be volumes: /tmp, and wireguard-go's
+    # control sockets when the kernel has no WireGuard (the userspace backend).
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = {m["mountPath"] for m in agent["volumeMounts"] if "emptyDir" in volumes[m["name"]]}
+    assert {"/tmp", "/var/run/wireguard"} <= writable, writable
     assert mounts["netns"]["mountPropagation"] == "HostToContainer"
     assert init["volumeMounts"][0]["mountPropagation"] == "Bidirectional"
     # Drain delay fits in the grace period.
