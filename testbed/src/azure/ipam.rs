@@ -9,20 +9,53 @@ use ipnet::Ipv4Net;
 
 use super::error::ArmError;
 
+/// Allocated keys (addresses or blocks) and who holds each: owners are resource or IP-configuration IDs,
+/// compared case-insensitively as ARM does.
+#[derive(Debug, Clone)]
+struct Owned<K: Ord>(BTreeMap<K, String>);
+
+impl<K: Ord + Copy> Owned<K> {
+    fn new() -> Self {
+        Owned(BTreeMap::new())
+    }
+
+    /// What `owner` holds.
+    fn of(&self, owner: &str) -> Option<K> {
+        self.0
+            .iter()
+            .find(|(_, o)| o.eq_ignore_ascii_case(owner))
+            .map(|(k, _)| *k)
+    }
+
+    fn insert(&mut self, key: K, owner: &str) {
+        self.0.insert(key, owner.to_owned());
+    }
+
+    fn release(&mut self, owner: &str) {
+        self.0.retain(|_, o| !o.eq_ignore_ascii_case(owner));
+    }
+
+    /// Releases everything whose owner starts with `prefix` (all IP configurations of a resource).
+    fn release_prefix(&mut self, prefix: &str) {
+        let prefix = prefix.to_ascii_lowercase();
+        self.0.retain(|_, o| !o.to_ascii_lowercase().starts_with(&prefix));
+    }
+}
+
 /// Private addresses of one subnet. Azure reserves the network address, the first three host addresses
 /// (gateway and Azure DNS) and the broadcast address of every subnet.
 #[derive(Debug, Clone)]
 pub struct SubnetPool {
     net: Ipv4Net,
     /// address -> owner (lower-cased ID of the IP configuration holding it)
-    used: BTreeMap<Ipv4Addr, String>,
+    used: Owned<Ipv4Addr>,
 }
 
 impl SubnetPool {
     pub fn new(net: Ipv4Net) -> Self {
         Self {
             net: net.trunc(),
-            used: BTreeMap::new(),
+            used: Owned::new(),
         }
     }
 
@@ -39,14 +72,11 @@ impl SubnetPool {
     }
 
     pub fn owner_of(&self, ip: Ipv4Addr) -> Option<&str> {
-        self.used.get(&ip).map(String::as_str)
+        self.used.0.get(&ip).map(String::as_str)
     }
 
     pub fn address_of(&self, owner: &str) -> Option<Ipv4Addr> {
-        self.used
-            .iter()
-            .find(|(_, o)| o.eq_ignore_ascii_case(owner))
-            .map(|(ip, _)| *ip)
+        self.used.of(owner)
     }
 
     /// Dynamic allocation: lowest free, non-reserved address. Idempotent per owner.
@@ -57,10 +87,10 @@ impl SubnetPool {
         let free = self
             .net
             .hosts()
-            .find(|ip| !self.is_reserved(*ip) && !self.used.contains_key(ip));
+            .find(|ip| !self.is_reserved(*ip) && !self.used.0.contains_key(ip));
         match free {
             Some(ip) => {
-                self.used.insert(ip, owner.to_owned());
+                self.used.insert(ip, owner);
                 Ok(ip)
             }
             None => Err(ArmError::bad_request(
@@ -90,57 +120,52 @@ impl SubnetPool {
                 format!("IP address {ip} is reserved by Azure in subnet {subnet_id}."),
             ));
         }
-        match self.used.get(&ip) {
+        match self.used.0.get(&ip) {
             Some(o) if !o.eq_ignore_ascii_case(owner) => Err(ArmError::bad_request(
                 "PrivateIPAddressInUse",
                 format!("IP address {ip} is already in use by {o}."),
             )),
             _ => {
                 self.release(owner);
-                self.used.insert(ip, owner.to_owned());
+                self.used.insert(ip, owner);
                 Ok(())
             }
         }
     }
 
     pub fn release(&mut self, owner: &str) {
-        self.used.retain(|_, o| !o.eq_ignore_ascii_case(owner));
+        self.used.release(owner);
     }
 
     /// Releases every address whose owner starts with `prefix` (all IP configurations of a resource).
     pub fn release_prefix(&mut self, prefix: &str) {
-        let prefix = prefix.to_ascii_lowercase();
-        self.used
-            .retain(|_, o| !o.to_ascii_lowercase().starts_with(&prefix));
+        self.used.release_prefix(prefix);
     }
 
     pub fn allocations(&self) -> impl Iterator<Item = (&Ipv4Addr, &String)> {
-        self.used.iter()
+        self.used.0.iter()
     }
 }
 
 /// The simulated public address space: public IP prefixes are carved out of it, aligned on their
 /// length, first fit; standalone public IPs take a /32.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PublicRange {
     ranges: Vec<Ipv4Net>,
     /// allocated block -> owner (lower-cased resource ID)
-    allocated: BTreeMap<Ipv4Net, String>,
+    allocated: Owned<Ipv4Net>,
 }
 
 impl PublicRange {
     pub fn new(ranges: Vec<Ipv4Net>) -> Self {
         Self {
             ranges: ranges.into_iter().map(|r| r.trunc()).collect(),
-            allocated: BTreeMap::new(),
+            allocated: Owned::new(),
         }
     }
 
     pub fn block_of(&self, owner: &str) -> Option<Ipv4Net> {
-        self.allocated
-            .iter()
-            .find(|(_, o)| o.eq_ignore_ascii_case(owner))
-            .map(|(n, _)| *n)
+        self.allocated.of(owner)
     }
 
     pub fn allocate(&mut self, owner: &str, prefix_len: u8) -> Result<Ipv4Net, ArmError> {
@@ -152,9 +177,9 @@ impl PublicRange {
                 continue;
             };
             if let Some(block) =
-                blocks.find(|b| !self.allocated.keys().any(|a| a.contains(b) || b.contains(a)))
+                blocks.find(|b| !self.allocated.0.keys().any(|a| a.contains(b) || b.contains(a)))
             {
-                self.allocated.insert(block, owner.to_owned());
+                self.allocated.insert(block, owner);
                 return Ok(block);
             }
         }
@@ -165,11 +190,11 @@ impl PublicRange {
     }
 
     pub fn release(&mut self, owner: &str) {
-        self.allocated.retain(|_, o| !o.eq_ignore_ascii_case(owner));
+        self.allocated.release(owner);
     }
 
     pub fn allocations(&self) -> impl Iterator<Item = (&Ipv4Net, &String)> {
-        self.allocated.iter()
+        self.allocated.0.iter()
     }
 }
 
@@ -177,30 +202,30 @@ impl PublicRange {
 #[derive(Debug, Clone)]
 pub struct PrefixPool {
     pub block: Ipv4Net,
-    used: BTreeMap<Ipv4Addr, String>,
+    used: Owned<Ipv4Addr>,
 }
 
 impl PrefixPool {
     pub fn new(block: Ipv4Net) -> Self {
         Self {
             block,
-            used: BTreeMap::new(),
+            used: Owned::new(),
         }
     }
 
     pub fn allocate(&mut self, owner: &str, prefix_id: &str) -> Result<Ipv4Addr, ArmError> {
-        if let Some((ip, _)) = self.used.iter().find(|(_, o)| o.eq_ignore_ascii_case(owner)) {
-            return Ok(*ip);
+        if let Some(ip) = self.used.of(owner) {
+            return Ok(ip);
         }
         let first = u32::from(self.block.network());
         let count = 1u64 << (32 - u32::from(self.block.prefix_len()));
         let free = (0..count)
             .filter_map(|i| u32::try_from(i).ok())
             .map(|i| Ipv4Addr::from(first.wrapping_add(i)))
-            .find(|ip| !self.used.contains_key(ip));
+            .find(|ip| !self.used.0.contains_key(ip));
         match free {
             Some(ip) => {
-                self.used.insert(ip, owner.to_owned());
+                self.used.insert(ip, owner);
                 Ok(ip)
             }
             None => Err(ArmError::bad_request(
@@ -214,32 +239,30 @@ impl PrefixPool {
     }
 
     pub fn release(&mut self, owner: &str) {
-        self.used.retain(|_, o| !o.eq_ignore_ascii_case(owner));
+        self.used.release(owner);
     }
 
     pub fn release_prefix(&mut self, prefix: &str) {
-        let prefix = prefix.to_ascii_lowercase();
-        self.used
-            .retain(|_, o| !o.to_ascii_lowercase().starts_with(&prefix));
+        self.used.release_prefix(prefix);
     }
 
     pub fn allocations(&self) -> impl Iterator<Item = (&Ipv4Addr, &String)> {
-        self.used.iter()
+        self.used.0.iter()
     }
 
     /// Gives `owner` back the address it held (keeps public addresses stable across updates).
     pub fn restore(&mut self, owner: &str, ip: Ipv4Addr) {
         if self.block.contains(&ip) {
-            self.used.insert(ip, owner.to_owned());
+            self.used.insert(ip, owner);
         }
     }
 
     pub fn owners(&self) -> impl Iterator<Item = &String> {
-        self.used.values()
+        self.used.0.values()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
+        self.used.0.is_empty()
     }
 }
 
