@@ -1,9 +1,9 @@
 //! Issue #9's scenarios on the lab, in one run (`lab --scenarios all`): upstream e2e (2) BYO public IP prefix,
-//! (3) ingress to an annotated pod, (5) two configurations on one pool, (6) private mode (reported as not run
-//! while the lab has no VM-based pool), and ours: (9) gateway failover, measured for SIGKILL and SIGTERM, and
+//! (3) ingress to an annotated pod, (5) two configurations on one pool, (6) private mode with azureNetworking
+//! on the VM-based pool `gwvms`, and ours: (9) gateway failover, measured for SIGKILL and SIGTERM, and
 //! (10) deleting everything leaves azure-sim's inventory and the namespaces clean. Scenarios (1), (4) and (7)
 //! are in every run (`tests/lab.rs`); this test re-asserts (7)'s message. Needs root (network namespaces);
-//! about 110 s more than the default run.
+//! about 125 s more than the default run.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,6 +44,19 @@ fn check_line<'a>(stdout: &'a str, marker: &str) -> &'a str {
         "not a check mark: {line}\n{stdout}"
     );
     line
+}
+
+/// The addresses after `saw UDP from ` and `TCP from ` in `line`.
+fn seen(line: &str) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    let after = |key: &str| -> std::net::Ipv4Addr {
+        let i = line.find(key).unwrap_or_else(|| panic!("no {key:?} in {line:?}"));
+        line[i + key.len()..]
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address after {key:?} in {line:?}"))
+    };
+    (after("saw UDP from "), after("TCP from "))
 }
 
 /// The number (seconds) after `key` in `line`, e.g. `... after 5.12 s`.
@@ -103,6 +116,52 @@ fn lab_scenarios_all_pass_and_leave_nothing() {
     // (5)
     check_line(&stdout, "demo/client-a: the echo host saw UDP from ");
     check_line(&stdout, "demo/client-b: the echo host saw UDP from ");
+    // (6): the private IPs are the VM-based pool's secondary IPs in azure-sim; on-premises traffic in
+    // excludeCidrs leaves from one of them, other on-premises traffic keeps the pod IP, internet traffic leaves
+    // by the node's default path (not from the list); everything of it is removed again.
+    assert!(!stdout.contains("NOT RUN"), "a scenario was not run:\n{stdout}");
+    check_line(&stdout, "the gwvms VMs joined as gateway Nodes");
+    let ready = check_line(&stdout, "demo/private is Ready; status.egressIpPrefix = ");
+    let listed: Vec<std::net::Ipv4Addr> = ready
+        .split('"')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no quoted prefix in {ready:?}"))
+        .split(',')
+        .map(|a| a.parse().unwrap_or_else(|_| panic!("{a:?} in {ready:?}")))
+        .collect();
+    assert_eq!(listed.len(), 2, "one private IP per gwvms VM: {ready}");
+    check_line(
+        &stdout,
+        "GatewayPool gwvms: poolType VirtualMachines, 2 ready instances",
+    );
+    check_line(
+        &stdout,
+        "demo/private-client (defaultRoute azureNetworking): 192.168.100.0/24 via wg0",
+    );
+    let onprem = check_line(
+        &stdout,
+        "demo/private-client -> on-premises 192.168.100.10 (in excludeCidrs)",
+    );
+    let (udp, tcp) = seen(onprem);
+    assert!(listed.contains(&udp) && listed.contains(&tcp), "{onprem}");
+    let other = check_line(&stdout, "demo/private-client -> on-premises 192.168.200.10");
+    let (udp, tcp) = seen(other);
+    assert!(!listed.contains(&udp) && !listed.contains(&tcp), "{other}");
+    let inet = check_line(&stdout, "demo/private-client -> internet 198.51.100.10");
+    let (udp, tcp) = seen(inet);
+    assert!(!listed.contains(&udp) && !listed.contains(&tcp), "{inet}");
+    check_line(
+        &stdout,
+        "demo/private deleted: the object is gone and no Azure resource mentions its UID",
+    );
+    check_line(
+        &stdout,
+        "azure-sim: the gwvms NICs are back to their primary ipConfiguration",
+    );
+    check_line(
+        &stdout,
+        "data plane: no frontend address, wg link or wireguard-go left on the gwvms gateways",
+    );
     // (9): both signals move the traffic to the other gateway within the probe detection (up to 5 s) plus
     // WireGuard's re-handshake (15 s without an answer), with a margin for a loaded CI machine.
     for sig in ["SIGKILL", "SIGTERM"] {
@@ -118,7 +177,7 @@ fn lab_scenarios_all_pass_and_leave_nothing() {
     check_line(&stdout, "azure-sim's inventory is the seed's again");
     check_line(
         &stdout,
-        "data plane: no frontend address, wg link or wireguard-go on 2 gateways",
+        "data plane: no frontend address, wg link or wireguard-go on 4 gateways",
     );
     check_line(
         &stdout,

@@ -773,4 +773,75 @@ mod tests {
         assert!("20.10.0.0/24".parse::<Ipv4Net>().expect("cidr").contains(&out));
         assert!(v.rules.is_empty() && v.frontends.is_empty());
     }
+
+    #[test]
+    fn read_view_takes_a_vm_based_pools_nics_secondaries_and_its_floating_ip_rule() {
+        use serde_json::json;
+        let mut seed = crate::azure::Seed::aks_like(1);
+        seed.vm_pools.push(crate::azure::VmPoolSeed {
+            resource_group: "node-rg".into(),
+            pool_name: "gwvms".into(),
+            gateway_prefix_size: Some(31),
+            vms: 1,
+            nics: 1,
+            subnet: seed.vm_scale_sets[0].subnet.clone(),
+        });
+        let mut w = seed.build().expect("world");
+        let vm = "aks-gwvms-12345678-vm0".to_string();
+        let sub = "/subscriptions/00000000-0000-0000-0000-00000000a5b1/resourceGroups/node-rg";
+        let subnet = format!("{sub}/providers/Microsoft.Network/virtualNetworks/aks-vnet/subnets/aks-subnet");
+        let lb_id = format!("{sub}/providers/Microsoft.Network/loadBalancers/ilb");
+        w.put_load_balancer(
+            "node-rg",
+            "ilb",
+            json!({"location": "eastus", "sku": {"name": "Standard"}, "properties": {
+                "frontendIPConfigurations": [{"name": "fe", "properties": {"subnet": {"id": subnet},
+                    "privateIPAllocationMethod": "Dynamic", "privateIPAddressVersion": "IPv4"}}],
+                "backendAddressPools": [{"name": "be", "properties": {}}],
+                "probes": [{"name": "p", "properties": {"protocol": "Http", "port": 8082,
+                    "requestPath": "/gw/x", "intervalInSeconds": 5, "probeThreshold": 1}}],
+                "loadBalancingRules": [{"name": "r", "properties": {"protocol": "Udp",
+                    "frontendPort": 6000, "backendPort": 6000, "enableFloatingIP": true,
+                    "frontendIPConfiguration": {"id": format!("{lb_id}/frontendIPConfigurations/fe")},
+                    "backendAddressPool": {"id": format!("{lb_id}/backendAddressPools/be")},
+                    "probe": {"id": format!("{lb_id}/probes/p")}}}]}}),
+        )
+        .expect("load balancer");
+        // What the operator does to a pre-created NIC: a secondary ipConfiguration (private mode: no public
+        // IP) and the pool's backend pool on the primary one.
+        w.put_network_interface(
+            "node-rg",
+            "aks-gwvms-12345678-nic0",
+            json!({"location": "eastus", "properties": {"ipConfigurations": [
+                {"name": "ipconfig1", "properties": {"primary": true, "subnet": {"id": subnet},
+                    "loadBalancerBackendAddressPools": [{"id": format!("{lb_id}/backendAddressPools/be")}]}},
+                {"name": "egressgateway-x", "properties": {"primary": false, "subnet": {"id": subnet},
+                    "privateIPAddressVersion": "IPv4"}}]}}),
+        )
+        .expect("nic");
+        let v = read_view(&w, [&vm]);
+        assert_eq!(v.vms.len(), 1, "{v:?}");
+        let nic = &v.vms[0];
+        assert_eq!(nic.secondaries.len(), 1, "{nic:?}");
+        assert_eq!(nic.secondaries[0].1, None, "private mode: no public IP");
+        assert_eq!(v.rules.len(), 1, "{v:?}");
+        assert_eq!(v.rules[0].backends, vec![nic.primary]);
+        assert!(v.rules[0].floating_ip && v.rules[0].port == 6000 && v.rules[0].proto == Proto::Udp);
+        assert_eq!(v.frontends, vec![v.rules[0].frontend]);
+        // Realised like a VMSS pool: the secondary routed to its VM, the rule to the healthy VM.
+        let mut wiring = Wiring::default();
+        wiring.nics.insert(vm.clone(), ("gwvm0".into(), 0x120));
+        let mut health = Health::new();
+        health.insert((v.probes[0].id.clone(), nic.primary), true);
+        let d = desired(&v, &wiring, &health);
+        assert!(
+            d.routes.contains(&format!(
+                "{}/32 via {} dev gwvm0 onlink",
+                nic.secondaries[0].0, nic.primary
+            )),
+            "{:?}",
+            d.routes
+        );
+        assert_eq!(d.serving.get("ilb/r"), Some(&vec![nic.primary]));
+    }
 }

@@ -8,7 +8,8 @@
 //! then the data plane: the Azure fabric computed from the Azure simulator ([`fabric`]), gateway VMs with the
 //! real gateway agent, regular nodes (own network + mount namespace) with the real node agent and the CNI
 //! chain, an annotated and a plain pod created as kubelet would ([`runtime`]), and the source address an
-//! "internet" echo host sees from each.
+//! "internet" echo host sees from each. The fabric also reaches an "on-premises" echo host over a private
+//! link (no SNAT), which scenario 6 (private mode on the VM-based pool `gwvms`) uses.
 
 mod azure_view;
 pub mod chart;

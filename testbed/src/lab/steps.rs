@@ -38,6 +38,16 @@ pub(super) const POOL: &str = "gwpool";
 pub(super) const SGC: &str = "egress";
 /// The regular node pool.
 const NODE_POOL: &str = "nodepool1";
+/// The VM-based gateway pool (AKS VirtualMachines pool with pre-created NICs: private IP mode), and the
+/// GatewayPool scenario 6 declares for it.
+pub(super) const VM_POOL: &str = "gwvms";
+/// Its VMs (each with one pre-created NIC).
+const VM_POOL_VMS: u32 = 2;
+/// The on-premises echo host (reached over a private link: ExpressRoute/VPN, no SNAT) in the range scenario 6
+/// routes through the gateways (`excludeCidrs`), and a second address of it outside that range.
+pub(super) const ONPREM_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 10);
+pub(super) const ONPREM_RANGE: &str = "192.168.100.0/24";
+pub(super) const ONPREM_OTHER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 10);
 /// The fabric's address on every VM link (the VMs' default gateway, as Azure's x.x.x.1).
 const FABRIC_GW: Ipv4Addr = Ipv4Addr::new(10, 224, 0, 1);
 /// The "internet" echo host and its service port.
@@ -74,6 +84,10 @@ pub(super) struct Lab {
     pub(super) fabric: Option<fabric::Running>,
     /// Gateway VMs (node name, primary IP, namespace) and regular nodes.
     pub(super) gateway_vms: Vec<(String, Ipv4Addr, String)>,
+    /// The VM-based pool's VMs (node name, primary IP, namespace): wired into the fabric in step 4, their
+    /// Nodes and gateway agents started by scenario 6 (`vm_pool_agents`).
+    pub(super) vm_pool_vms: Vec<(String, Ipv4Addr, String)>,
+    pub(super) vm_pool_agents: bool,
     pub(super) nodes: Vec<runtime::Node>,
     /// Directory (a private mount) holding the nodes' persisted mount namespaces.
     pub(super) mnt_dir: Option<PathBuf>,
@@ -258,13 +272,15 @@ impl Lab {
         self.outbound = Some(outbound_ip);
         let vmss = &seed.vm_scale_sets[0];
         ok(&format!(
-            "azure-sim at {}: subscription {}, vnet aks-vnet/aks-subnet, VMSS {} ({} instances, tags aks-managed-poolName={}, aks-managed-gatewayIPPrefixSize={}), regular pool {NODE_POOL}, public range {}, cluster outbound IP {outbound_ip}, no internal load balancer yet",
+            "azure-sim at {}: subscription {}, vnet aks-vnet/aks-subnet, VMSS {} ({} instances, tags aks-managed-poolName={}, aks-managed-gatewayIPPrefixSize={}), VM-based gateway pool {VM_POOL} ({} VMs with pre-created NICs tagged {}), regular pool {NODE_POOL}, public range {}, cluster outbound IP {outbound_ip}, no internal load balancer yet",
             azure.url(),
             seed.subscription_id,
             vmss.name,
             vmss.instances,
             vmss.pool_name,
             vmss.gateway_prefix_size.unwrap_or_default(),
+            vm_pool_nodes(&azure.handle()).len(),
+            api::names::TAG_STATIC_GATEWAY_NIC,
             seed.public_ip_ranges
                 .iter()
                 .map(ToString::to_string)
@@ -848,11 +864,38 @@ impl Lab {
         ok(&format!(
             "internet echo host {ECHO_IP} and {ECHO_EXCLUDED_IP}, port {ECHO_PORT} (UDP and TCP answer the source address they see) behind the fabric's edge"
         ));
+        // On-premises, behind a private link (ExpressRoute / VPN gateway): reached from the VNet without the
+        // edge's SNAT, so it sees private sources as they are.
+        let onprem = format!("{tag}onprem");
+        self.add_netns(&onprem)?;
+        ip(&[
+            "link", "add", "name", "onprem0", "netns", &fabric, "type", "veth", "peer", "name", "eth0",
+            "netns", &onprem,
+        ])?;
+        for (fabric_side, host_side) in [
+            ("192.168.100.1/24", format!("{ONPREM_IP}/24")),
+            ("192.168.200.1/24", format!("{ONPREM_OTHER_IP}/24")),
+        ] {
+            ip(&["-n", &fabric, "addr", "add", fabric_side, "dev", "onprem0"])?;
+            ip(&["-n", &onprem, "addr", "add", &host_side, "dev", "eth0"])?;
+        }
+        ip(&["-n", &fabric, "link", "set", "onprem0", "up"])?;
+        ip(&["-n", &onprem, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &onprem, "route", "add", "default", "via", "192.168.100.1"])?;
+        self.forwarders.extend(super::dataplane::echo_server(
+            &onprem,
+            &[ONPREM_IP, ONPREM_OTHER_IP],
+            ECHO_PORT,
+        )?);
+        ok(&format!(
+            "on-premises echo host {ONPREM_IP} and {ONPREM_OTHER_IP}, port {ECHO_PORT}, behind a private link of the fabric (no SNAT: it sees private source addresses)"
+        ));
 
         let azure = self.azure.as_ref().context("azure-sim")?.handle();
         let gateways: Vec<String> = self.profiles.iter().map(|p| p.node_name.clone()).collect();
         let regular = regular_nodes();
-        let names: Vec<String> = gateways.iter().chain(&regular).cloned().collect();
+        let vm_pool = vm_pool_nodes(&azure);
+        let names: Vec<String> = gateways.iter().chain(&regular).chain(&vm_pool).cloned().collect();
         let view = azure.with_state(|s| fabric::read_view(&s.world, &names));
         let primary_of = |n: &str| view.vms.iter().find(|v| v.vm == n).map(|v| v.primary);
         let mut wiring = fabric::Wiring {
@@ -878,6 +921,14 @@ impl Lab {
                 .pod_cidrs
                 .push((format!("10.244.{i}.0/24").parse()?, node.clone()));
         }
+        // The VM-based pool's VMs are wired like the others (cheap; their gateway agents start in scenario 6).
+        for (i, node) in vm_pool.iter().enumerate() {
+            let primary = primary_of(node).with_context(|| format!("azure-sim has no NIC for VM {node}"))?;
+            let (ns, dev, table) = (format!("{tag}gwvm{i}"), format!("gwvm{i}"), 0x120 + i as u32);
+            self.add_vm(&ns, &dev, primary, table)?;
+            wiring.nics.insert(node.clone(), (dev, table));
+            self.vm_pool_vms.push((node.clone(), primary, ns));
+        }
         self.wiring = wiring.clone();
         let running = fabric::start(&fabric, azure, wiring, Duration::from_millis(250));
         let mut status = running.status.clone();
@@ -901,6 +952,8 @@ impl Lab {
         for vm in &view.vms {
             let role = if gateways.contains(&vm.vm) {
                 "gateway"
+            } else if vm_pool.contains(&vm.vm) {
+                "VM-based gateway pool"
             } else {
                 "node"
             };
@@ -940,48 +993,10 @@ impl Lab {
 
     /// The real gateway agent in each gateway VM, the LB frontend on its eth0, and the fabric's probes.
     async fn gateways(&mut self, opts: &Options) -> anyhow::Result<()> {
-        use super::dataplane::{forward_loopback, probe_from};
-        let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
-        let azure_addr = self.azure.as_ref().context("azure-sim")?.addr();
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client()?);
+        use super::dataplane::probe_from;
         for (i, (node_name, _, ns)) in self.gateway_vms.clone().iter().enumerate() {
-            self.forwarders.push(forward_loopback(ns, kube_port)?);
-            let (imds_port, imds) = super::dataplane::imds_for_node(ns, azure_addr, node_name)?;
-            self.forwarders.push(imds);
-            // AKS gateway pool nodes: their pool and the gateway mode label the chart's DaemonSet selects.
-            let labels: std::collections::BTreeMap<String, String> = [
-                (api::names::NODE_AGENTPOOL_LABEL, POOL),
-                (api::names::NODE_GATEWAY_MODE_LABEL, "true"),
-                ("kubernetes.io/os", "linux"),
-            ]
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .into();
-            let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
-                "metadata": {"name": node_name, "labels": labels}
-            }))?;
-            nodes
-                .create(&PostParams::default(), &node)
-                .await
-                .with_context(|| format!("creating Node {node_name}"))?;
-            // The DaemonSet's pod on this node: hostNetwork, so the VM's own network namespace; the chart's
-            // ports as they are. The gateway VMs share the host's mount namespace, so hostPaths are the host's.
-            let mut spec = self.daemonset_pod(GATEWAY_AGENT, "gateway-agent", i, node_name, &labels, opts)?;
-            spec.add_lab_arg(
-                "--netns-name",
-                &format!("{ns}-egw"),
-                "all gateway VMs share the host's /var/run/netns; on a node it is ns-static-egress-gateway, made by the chart's netns-init init container",
-            )?;
-            spec.add_lab_arg(
-                "--imds-endpoint",
-                &format!("http://127.0.0.1:{imds_port}"),
-                "this VM's instance metadata from azure-sim, instead of 169.254.169.254",
-            )?;
-            let enter = [
-                format!("--net={}", super::dataplane::netns_path(ns).display()),
-                "--".to_string(),
-            ];
-            self.launch(&format!("gateway-agent-{i}"), &spec, &enter, opts)?;
-            self.netns.push(format!("{ns}-egw"));
+            self.start_gateway_agent(&format!("gateway-agent-{i}"), i, node_name, ns, POOL, None, opts)
+                .await?;
         }
         let path = api::names::lb_probe_path(&self.sgc_uid);
         let frontend = Api::<StaticGatewayConfiguration>::namespaced(self.client()?, DEMO_NS)
@@ -1065,6 +1080,67 @@ impl Lab {
             "gateway agents",
             &format!("system:serviceaccount:{SYSTEM_NS}:{GATEWAY_AGENT}"),
         )
+    }
+
+    /// A gateway node as AKS registers it (Node `node_name` labelled with its agent pool `pool` and the gateway
+    /// mode the chart's DaemonSet selects; `provider_id` for VM-based pools, whose instances name their Node by
+    /// it) and the chart's gateway DaemonSet pod on it: the real agent in the VM's network namespace `ns`, as
+    /// child `name`; `i` numbers the DaemonSet's pods.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn start_gateway_agent(
+        &mut self,
+        name: &str,
+        i: usize,
+        node_name: &str,
+        ns: &str,
+        pool: &str,
+        provider_id: Option<&str>,
+        opts: &Options,
+    ) -> anyhow::Result<()> {
+        use super::dataplane::forward_loopback;
+        let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
+        let azure_addr = self.azure.as_ref().context("azure-sim")?.addr();
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client()?);
+        self.forwarders.push(forward_loopback(ns, kube_port)?);
+        let (imds_port, imds) = super::dataplane::imds_for_node(ns, azure_addr, node_name)?;
+        self.forwarders.push(imds);
+        // AKS gateway pool nodes: their pool and the gateway mode label the chart's DaemonSet selects.
+        let labels: std::collections::BTreeMap<String, String> = [
+            (api::names::NODE_AGENTPOOL_LABEL, pool),
+            (api::names::NODE_GATEWAY_MODE_LABEL, "true"),
+            ("kubernetes.io/os", "linux"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        let mut node = json!({"metadata": {"name": node_name, "labels": labels}});
+        if let Some(p) = provider_id {
+            node["spec"] = json!({"providerID": p});
+        }
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(node)?;
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .with_context(|| format!("creating Node {node_name}"))?;
+        // The DaemonSet's pod on this node: hostNetwork, so the VM's own network namespace; the chart's
+        // ports as they are. The gateway VMs share the host's mount namespace, so hostPaths are the host's.
+        let mut spec = self.daemonset_pod(GATEWAY_AGENT, "gateway-agent", i, node_name, &labels, opts)?;
+        spec.add_lab_arg(
+            "--netns-name",
+            &format!("{ns}-egw"),
+            "all gateway VMs share the host's /var/run/netns; on a node it is ns-static-egress-gateway, made by the chart's netns-init init container",
+        )?;
+        spec.add_lab_arg(
+            "--imds-endpoint",
+            &format!("http://127.0.0.1:{imds_port}"),
+            "this VM's instance metadata from azure-sim, instead of 169.254.169.254",
+        )?;
+        let enter = [
+            format!("--net={}", super::dataplane::netns_path(ns).display()),
+            "--".to_string(),
+        ];
+        self.launch(name, &spec, &enter, opts)?;
+        self.netns.push(format!("{ns}-egw"));
+        Ok(())
     }
 
     /// Regular nodes: their own mount namespace, the primary CNI configuration (bridge + host-local), the
@@ -1621,8 +1697,9 @@ pub(super) struct KubectlOut {
     pub(super) stderr: String,
 }
 
-/// The lab's Azure world: AKS-like, with the gateway VMSS pool `gwpool` (2 instances, /31 prefix size tag).
-/// Plus the regular pool `nodepool1` (2 instances, no gateway tag).
+/// The lab's Azure world: AKS-like, with the gateway VMSS pool `gwpool` (2 instances, /31 prefix size tag),
+/// the regular pool `nodepool1` (2 instances, no gateway tag) and the VM-based gateway pool `gwvms` (2 VMs,
+/// each with a pre-created NIC tagged as a static gateway NIC of the pool, /31 prefix size tag).
 pub(super) fn lab_seed() -> Seed {
     let mut seed = Seed::aks_like(2);
     for v in &mut seed.vm_scale_sets {
@@ -1634,8 +1711,46 @@ pub(super) fn lab_seed() -> Seed {
     regular.name = format!("aks-{NODE_POOL}-12345678-vmss");
     regular.pool_name = NODE_POOL.into();
     regular.gateway_prefix_size = None;
+    let subnet = regular.subnet.clone();
     seed.vm_scale_sets.push(regular);
+    seed.vm_pools.push(crate::azure::VmPoolSeed {
+        resource_group: "node-rg".into(),
+        pool_name: VM_POOL.into(),
+        gateway_prefix_size: Some(31),
+        vms: VM_POOL_VMS,
+        nics: VM_POOL_VMS,
+        subnet,
+    });
     seed
+}
+
+/// Computer names of the VM-based pool's VMs as azure-sim holds them (VMs tagged with the pool), sorted.
+pub(super) fn vm_pool_nodes(azure: &crate::azure::SimHandle) -> Vec<String> {
+    use crate::azure::world::VM_TYPE;
+    let mut names: Vec<String> = azure.with_state(|s| {
+        s.world
+            .resource_ids()
+            .iter()
+            .filter_map(|id| s.world.get(id))
+            .filter(|v| {
+                v["type"]
+                    .as_str()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(VM_TYPE))
+            })
+            .filter(|v| {
+                v.pointer(&format!("/tags/{}", api::names::TAG_AKS_POOL_NAME))
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(VM_POOL))
+            })
+            .filter_map(|v| {
+                v.pointer("/properties/osProfile/computerName")
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string)
+            })
+            .collect()
+    });
+    names.sort();
+    names
 }
 
 /// IDs of the resources azure-sim holds (its inventory) whose lower-cased ID contains `segment`.
