@@ -18,6 +18,7 @@ mod procs;
 pub mod runtime;
 pub mod scenarios;
 mod steps;
+mod terraform;
 
 use std::path::PathBuf;
 

@@ -34,6 +34,8 @@ const GATEWAY_AGENT: &str = "kube-egress-gateway-gateway-agent";
 const NODE_AGENT: &str = "kube-egress-gateway-node-agent";
 /// The gateway node pool (AKS agent pool name, and the GatewayPool's name).
 pub(super) const POOL: &str = "gwpool";
+/// The gateway node pool Terraform declares a GatewayPool for (scenario 8); nothing uses it before.
+pub(super) const TF_POOL: &str = "tfpool";
 /// The demo StaticGatewayConfiguration.
 pub(super) const SGC: &str = "egress";
 /// The regular node pool.
@@ -74,6 +76,10 @@ pub(super) struct Lab {
     pub(super) fabric: Option<fabric::Running>,
     /// Gateway VMs (node name, primary IP, namespace) and regular nodes.
     pub(super) gateway_vms: Vec<(String, Ipv4Addr, String)>,
+    /// The gateway VMs of the seed's other gateway pools (pool -> VMs as in `gateway_vms`): wired into the
+    /// fabric and running the chart's gateway agent from step 5 on, like gateway nodes of an AKS pool that
+    /// no GatewayPool uses yet (scenario 8 declares one for `tfpool` with Terraform).
+    pub(super) other_pool_vms: std::collections::BTreeMap<String, Vec<(String, Ipv4Addr, String)>>,
     pub(super) nodes: Vec<runtime::Node>,
     /// Directory (a private mount) holding the nodes' persisted mount namespaces.
     pub(super) mnt_dir: Option<PathBuf>,
@@ -256,15 +262,23 @@ impl Lab {
             .and_then(|v| v.parse().ok())
             .context("the outbound public IP has no address")?;
         self.outbound = Some(outbound_ip);
-        let vmss = &seed.vm_scale_sets[0];
+        let gateway_pools = seed
+            .vm_scale_sets
+            .iter()
+            .filter_map(|v| {
+                v.gateway_prefix_size.map(|size| {
+                    format!(
+                        "VMSS {} ({} instances, tags aks-managed-poolName={}, aks-managed-gatewayIPPrefixSize={size})",
+                        v.name, v.instances, v.pool_name
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         ok(&format!(
-            "azure-sim at {}: subscription {}, vnet aks-vnet/aks-subnet, VMSS {} ({} instances, tags aks-managed-poolName={}, aks-managed-gatewayIPPrefixSize={}), regular pool {NODE_POOL}, public range {}, cluster outbound IP {outbound_ip}, no internal load balancer yet",
+            "azure-sim at {}: subscription {}, vnet aks-vnet/aks-subnet, gateway pools: {gateway_pools}; regular pool {NODE_POOL}, public range {}, cluster outbound IP {outbound_ip}, no internal load balancer yet",
             azure.url(),
             seed.subscription_id,
-            vmss.name,
-            vmss.instances,
-            vmss.pool_name,
-            vmss.gateway_prefix_size.unwrap_or_default(),
             seed.public_ip_ranges
                 .iter()
                 .map(ToString::to_string)
@@ -833,9 +847,20 @@ impl Lab {
         ));
 
         let azure = self.azure.as_ref().context("azure-sim")?.handle();
+        // The demo pool's gateways are those of the configuration's profiles; the other gateway pools' VMs
+        // (no configuration yet) follow them.
         let gateways: Vec<String> = self.profiles.iter().map(|p| p.node_name.clone()).collect();
+        let others: Vec<(String, String)> = gateway_nodes()
+            .into_iter()
+            .filter(|(pool, node)| pool != POOL && !gateways.contains(node))
+            .collect();
         let regular = regular_nodes();
-        let names: Vec<String> = gateways.iter().chain(&regular).cloned().collect();
+        let names: Vec<String> = gateways
+            .iter()
+            .chain(others.iter().map(|(_, n)| n))
+            .chain(&regular)
+            .cloned()
+            .collect();
         let view = azure.with_state(|s| fabric::read_view(&s.world, &names));
         let primary_of = |n: &str| view.vms.iter().find(|v| v.vm == n).map(|v| v.primary);
         let mut wiring = fabric::Wiring {
@@ -850,6 +875,21 @@ impl Lab {
             self.add_vm(&ns, &dev, primary, table)?;
             wiring.nics.insert(node.clone(), (dev, table));
             self.gateway_vms.push((node.clone(), primary, ns));
+        }
+        for (j, (pool, node)) in others.iter().enumerate() {
+            let i = gateways.len() + j;
+            if i >= 0x10 {
+                bail!("the lab wires at most 16 gateway VMs (fabric tables 0x100-0x10f)");
+            }
+            let primary =
+                primary_of(node).with_context(|| format!("azure-sim has no NIC for gateway {node}"))?;
+            let (ns, dev, table) = (format!("{tag}gw{i}"), format!("gw{i}"), 0x100 + i as u32);
+            self.add_vm(&ns, &dev, primary, table)?;
+            wiring.nics.insert(node.clone(), (dev, table));
+            self.other_pool_vms
+                .entry(pool.clone())
+                .or_default()
+                .push((node.clone(), primary, ns));
         }
         for (i, node) in regular.iter().enumerate() {
             let primary =
@@ -883,9 +923,11 @@ impl Lab {
         .await?;
         for vm in &view.vms {
             let role = if gateways.contains(&vm.vm) {
-                "gateway"
+                format!("gateway, {POOL}")
+            } else if let Some((pool, _)) = others.iter().find(|(_, n)| *n == vm.vm) {
+                format!("gateway, {pool}: no configuration yet")
             } else {
-                "node"
+                "node".to_string()
             };
             let extra = vm
                 .secondaries
@@ -923,48 +965,24 @@ impl Lab {
 
     /// The real gateway agent in each gateway VM, the LB frontend on its eth0, and the fabric's probes.
     async fn gateways(&mut self, opts: &Options) -> anyhow::Result<()> {
-        use super::dataplane::{forward_loopback, probe_from};
-        let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
-        let azure_addr = self.azure.as_ref().context("azure-sim")?.addr();
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client()?);
-        for (i, (node_name, _, ns)) in self.gateway_vms.clone().iter().enumerate() {
-            self.forwarders.push(forward_loopback(ns, kube_port)?);
-            let (imds_port, imds) = super::dataplane::imds_for_node(ns, azure_addr, node_name)?;
-            self.forwarders.push(imds);
-            // AKS gateway pool nodes: their pool and the gateway mode label the chart's DaemonSet selects.
-            let labels: std::collections::BTreeMap<String, String> = [
-                (api::names::NODE_AGENTPOOL_LABEL, POOL),
-                (api::names::NODE_GATEWAY_MODE_LABEL, "true"),
-                ("kubernetes.io/os", "linux"),
-            ]
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .into();
-            let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
-                "metadata": {"name": node_name, "labels": labels}
-            }))?;
-            nodes
-                .create(&PostParams::default(), &node)
-                .await
-                .with_context(|| format!("creating Node {node_name}"))?;
-            // The DaemonSet's pod on this node: hostNetwork, so the VM's own network namespace; the chart's
-            // ports as they are. The gateway VMs share the host's mount namespace, so hostPaths are the host's.
-            let mut spec = self.daemonset_pod(GATEWAY_AGENT, "gateway-agent", i, node_name, &labels, opts)?;
-            spec.add_lab_arg(
-                "--netns-name",
-                &format!("{ns}-egw"),
-                "all gateway VMs share the host's /var/run/netns; on a node it is ns-static-egress-gateway, made by the chart's netns-init init container",
-            )?;
-            spec.add_lab_arg(
-                "--imds-endpoint",
-                &format!("http://127.0.0.1:{imds_port}"),
-                "this VM's instance metadata from azure-sim, instead of 169.254.169.254",
-            )?;
-            let enter = [
-                format!("--net={}", super::dataplane::netns_path(ns).display()),
-                "--".to_string(),
-            ];
-            self.launch(&format!("gateway-agent-{i}"), &spec, &enter, opts)?;
-            self.netns.push(format!("{ns}-egw"));
+        use super::dataplane::probe_from;
+        let mut vms: Vec<(String, (String, Ipv4Addr, String))> = self
+            .gateway_vms
+            .iter()
+            .map(|vm| (POOL.to_string(), vm.clone()))
+            .collect();
+        for (pool, list) in &self.other_pool_vms {
+            vms.extend(list.iter().map(|vm| (pool.clone(), vm.clone())));
+        }
+        for (i, (pool, (node_name, _, ns))) in vms.iter().enumerate() {
+            self.gateway_agent(i, pool, node_name, ns, opts).await?;
+        }
+        for (pool, list) in &self.other_pool_vms {
+            let names: Vec<&str> = list.iter().map(|vm| vm.0.as_str()).collect();
+            info(&format!(
+                "pool {pool} ({}): gateway agents running; no GatewayPool or configuration uses the pool yet",
+                names.join(", ")
+            ));
         }
         let path = api::names::lb_probe_path(&self.sgc_uid);
         let frontend = Api::<StaticGatewayConfiguration>::namespaced(self.client()?, DEMO_NS)
@@ -1048,6 +1066,60 @@ impl Lab {
             "gateway agents",
             &format!("system:serviceaccount:{SYSTEM_NS}:{GATEWAY_AGENT}"),
         )
+    }
+
+    /// Gateway node `node_name` of `pool` (the `i`th gateway VM, namespace `ns`): its Node object, labelled as
+    /// AKS labels gateway pool nodes, and the chart's gateway DaemonSet pod on it (the real gateway agent).
+    async fn gateway_agent(
+        &mut self,
+        i: usize,
+        pool: &str,
+        node_name: &str,
+        ns: &str,
+        opts: &Options,
+    ) -> anyhow::Result<()> {
+        use super::dataplane::forward_loopback;
+        let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
+        let azure_addr = self.azure.as_ref().context("azure-sim")?.addr();
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client()?);
+        self.forwarders.push(forward_loopback(ns, kube_port)?);
+        let (imds_port, imds) = super::dataplane::imds_for_node(ns, azure_addr, node_name)?;
+        self.forwarders.push(imds);
+        // AKS gateway pool nodes: their pool and the gateway mode label the chart's DaemonSet selects.
+        let labels: std::collections::BTreeMap<String, String> = [
+            (api::names::NODE_AGENTPOOL_LABEL, pool),
+            (api::names::NODE_GATEWAY_MODE_LABEL, "true"),
+            ("kubernetes.io/os", "linux"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+            "metadata": {"name": node_name, "labels": labels}
+        }))?;
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .with_context(|| format!("creating Node {node_name}"))?;
+        // The DaemonSet's pod on this node: hostNetwork, so the VM's own network namespace; the chart's
+        // ports as they are. The gateway VMs share the host's mount namespace, so hostPaths are the host's.
+        let mut spec = self.daemonset_pod(GATEWAY_AGENT, "gateway-agent", i, node_name, &labels, opts)?;
+        spec.add_lab_arg(
+            "--netns-name",
+            &format!("{ns}-egw"),
+            "all gateway VMs share the host's /var/run/netns; on a node it is ns-static-egress-gateway, made by the chart's netns-init init container",
+        )?;
+        spec.add_lab_arg(
+            "--imds-endpoint",
+            &format!("http://127.0.0.1:{imds_port}"),
+            "this VM's instance metadata from azure-sim, instead of 169.254.169.254",
+        )?;
+        let enter = [
+            format!("--net={}", super::dataplane::netns_path(ns).display()),
+            "--".to_string(),
+        ];
+        self.launch(&format!("gateway-agent-{i}"), &spec, &enter, opts)?;
+        self.netns.push(format!("{ns}-egw"));
+        Ok(())
     }
 
     /// Regular nodes: their own mount namespace, the primary CNI configuration (bridge + host-local), the
@@ -1589,8 +1661,10 @@ pub(super) struct KubectlOut {
     pub(super) stderr: String,
 }
 
-/// The lab's Azure world: AKS-like, with the gateway VMSS pool `gwpool` (2 instances, /31 prefix size tag).
-/// Plus the regular pool `nodepool1` (2 instances, no gateway tag).
+/// The lab's Azure world: AKS-like, with the gateway VMSS pool `gwpool` (2 instances, /31 prefix size tag),
+/// the regular pool `nodepool1` (2 instances, no gateway tag) and a second gateway VMSS pool `tfpool` (2
+/// instances, /31) that only scenario 8 declares a GatewayPool for (with Terraform). Pools are seeded in
+/// this order, so adding one after the others leaves their addresses as they were.
 pub(super) fn lab_seed() -> Seed {
     let mut seed = Seed::aks_like(2);
     for v in &mut seed.vm_scale_sets {
@@ -1603,7 +1677,21 @@ pub(super) fn lab_seed() -> Seed {
     regular.pool_name = NODE_POOL.into();
     regular.gateway_prefix_size = None;
     seed.vm_scale_sets.push(regular);
+    let mut tf = seed.vm_scale_sets[0].clone();
+    tf.name = format!("aks-{TF_POOL}-12345678-vmss");
+    tf.pool_name = TF_POOL.into();
+    seed.vm_scale_sets.push(tf);
     seed
+}
+
+/// (pool, computer name) of every gateway VMSS instance in the lab's seed, in seed order.
+pub(super) fn gateway_nodes() -> Vec<(String, String)> {
+    lab_seed()
+        .vm_scale_sets
+        .iter()
+        .filter(|v| v.gateway_prefix_size.is_some())
+        .flat_map(|v| (0..v.instances).map(move |i| (v.pool_name.clone(), format!("{}{i:06}", v.name))))
+        .collect()
 }
 
 /// IDs of the resources azure-sim holds (its inventory) whose lower-cased ID contains `segment`.
