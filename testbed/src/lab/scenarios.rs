@@ -147,11 +147,7 @@ async fn apply(lab: &Lab, opts: &Options, file: &str, yaml: &str) -> anyhow::Res
 }
 
 /// Waits until configuration `name` is Ready with a prefix; returns it.
-pub(super) async fn ready_sgc(
-    lab: &mut Lab,
-    opts: &Options,
-    name: &str,
-) -> anyhow::Result<StaticGatewayConfiguration> {
+async fn ready_sgc(lab: &mut Lab, opts: &Options, name: &str) -> anyhow::Result<StaticGatewayConfiguration> {
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(lab.client()?, DEMO_NS);
     let got = Arc::new(Mutex::new(None));
     lab.wait(
