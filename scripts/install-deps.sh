@@ -31,6 +31,34 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Terraform (tf-provider acceptance tests, lab scenario 8): the CLI the provider is tested with, from
+# HashiCorp's apt repository (Terraform is not in Debian). Any installed terraform is kept; another version
+# than the tested one only gets a warning.
+TERRAFORM_VERSION=1.11.4
+if ! command -v terraform >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to install terraform $TERRAFORM_VERSION" >&2
+    exit 1
+  fi
+  echo "install-deps: installing terraform $TERRAFORM_VERSION (HashiCorp's apt repository)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! command -v curl >/dev/null 2>&1 || [[ ! -e /etc/ssl/certs/ca-certificates.crt ]]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null
+  fi
+  # apt reads an ASCII-armoured key named *.asc directly (no gpg needed).
+  keyring=/usr/share/keyrings/hashicorp-archive-keyring.asc
+  curl -fsSL https://apt.releases.hashicorp.com/gpg -o "$keyring"
+  codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+  echo "deb [signed-by=$keyring] https://apt.releases.hashicorp.com $codename main" \
+    >/etc/apt/sources.list.d/hashicorp.list
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "terraform=$TERRAFORM_VERSION-1" >/dev/null
+fi
+if ! terraform version 2>/dev/null | head -n 1 | grep -qx "Terraform v$TERRAFORM_VERSION"; then
+  echo "install-deps: warning: $(terraform version 2>/dev/null | head -n 1) is not the tested Terraform v$TERRAFORM_VERSION" >&2
+fi
+
 # Rust toolchain components used by the test command.
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

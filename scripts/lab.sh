@@ -20,5 +20,5 @@ fi
 echo "building the lab and the component binaries ($profile)..."
 cargo build $flag -p testbed --bin lab -p webhook --bin kube-egress-gateway-webhook \
     -p operator --bin kube-egress-gateway-operator -p agent --bin kube-egress-gateway-agent \
-    -p cni --bin kube-egress-cni
+    -p cni --bin kube-egress-cni -p tf-provider --bin terraform-provider-egressgateway
 exec "$dir/lab" --bin-dir "$dir" "$@"

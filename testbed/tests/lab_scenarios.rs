@@ -1,9 +1,11 @@
 //! Issue #9's scenarios on the lab, in one run (`lab --scenarios all`): upstream e2e (2) BYO public IP prefix,
 //! (3) ingress to an annotated pod, (5) two configurations on one pool, (6) private mode with azureNetworking
-//! on the VM-based pool `gwvms`, and ours: (9) gateway failover, measured for SIGKILL and SIGTERM, and
-//! (10) deleting everything leaves azure-sim's inventory and the namespaces clean. Scenarios (1), (4) and (7)
-//! are in every run (`tests/lab.rs`); this test re-asserts (7)'s message. Needs root (network namespaces);
-//! about 125 s more than the default run.
+//! on the VM-based pool `gwvms`, and ours: (8) `terraform apply` of a pool and a configuration with our
+//! provider (the real `terraform` CLI), its output prefix used by a pod, then `terraform destroy`; (9) gateway
+//! failover, measured for SIGKILL and SIGTERM, and (10) deleting everything leaves azure-sim's inventory and
+//! the namespaces clean. Scenarios (1), (4) and (7) are in every run (`tests/lab.rs`); this test re-asserts
+//! (7)'s message. Needs root (network namespaces) and `terraform` on PATH; about 140 s more than the default
+//! run.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,6 +19,7 @@ fn bin_dir() -> PathBuf {
         ("operator", "kube-egress-gateway-operator"),
         ("agent", "kube-egress-gateway-agent"),
         ("cni", "kube-egress-cni"),
+        ("tf-provider", "terraform-provider-egressgateway"),
     ];
     if needed.iter().any(|(_, b)| !dir.join(b).exists()) {
         let mut cmd = Command::new(env!("CARGO"));
@@ -94,6 +97,7 @@ fn lab_scenarios_all_pass_and_leave_nothing() {
         "scenario 3: ingress",
         "scenario 5: two configurations",
         "scenario 6: private",
+        "scenario 8: terraform apply",
         "scenario 9: a gateway dies",
         "scenario 10: deleting everything",
     ] {
@@ -162,6 +166,38 @@ fn lab_scenarios_all_pass_and_leave_nothing() {
         &stdout,
         "data plane: no frontend address, wg link or wireguard-go left on the gwvms gateways",
     );
+    // (8): the prefix Terraform outputs is the configuration's and a public IP prefix in Azure, the plan after
+    // apply is empty, a pod egresses from inside it, and destroy leaves nothing.
+    let line = check_line(&stdout, "$ terraform output -json   # egress_ip_prefix = ");
+    let tf_prefix = line.rsplit(' ').next().unwrap_or_default().trim().to_string();
+    assert!(tf_prefix.ends_with("/31"), "{line}");
+    check_line(
+        &stdout,
+        "$ terraform apply -auto-approve   # Apply complete! Resources: 2 added",
+    );
+    check_line(
+        &stdout,
+        &format!("demo/tf-egress status.egressIpPrefix = {tf_prefix} (= the output)"),
+    );
+    let line = check_line(&stdout, "azure-sim: public IP prefix ");
+    assert!(line.ends_with(&format!(" is {tf_prefix}")), "{line}");
+    check_line(
+        &stdout,
+        "$ terraform plan -detailed-exitcode   # exit 0: No changes.",
+    );
+    check_line(&stdout, &format!("-> inside {tf_prefix}, outside "));
+    check_line(
+        &stdout,
+        "$ terraform destroy -auto-approve   # Destroy complete! Resources: 2 destroyed.",
+    );
+    check_line(
+        &stdout,
+        "kube-sim: demo/tf-egress and GatewayPool tfpool are gone",
+    );
+    check_line(
+        &stdout,
+        "after terraform destroy nothing of demo/tf-egress is left",
+    );
     // (9): both signals move the traffic to the other gateway within the probe detection (up to 5 s) plus
     // WireGuard's re-handshake (15 s without an answer), with a margin for a loaded CI machine.
     for sig in ["SIGKILL", "SIGTERM"] {
@@ -177,7 +213,8 @@ fn lab_scenarios_all_pass_and_leave_nothing() {
     check_line(&stdout, "azure-sim's inventory is the seed's again");
     check_line(
         &stdout,
-        "data plane: no frontend address, wg link or wireguard-go on 4 gateways",
+        // gwpool's two gateways, tfpool's (scenario 8) and gwvms' (scenario 6).
+        "data plane: no frontend address, wg link or wireguard-go on 6 gateways",
     );
     check_line(
         &stdout,
@@ -189,7 +226,6 @@ fn lab_scenarios_all_pass_and_leave_nothing() {
 fn lab_refuses_unknown_scenarios() {
     for (arg, want) in [
         ("4", "part of every lab run"),
-        ("8", "terraform"),
         ("11", "no scenario 11"),
         ("x", "not a scenario number"),
     ] {

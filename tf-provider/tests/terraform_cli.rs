@@ -290,3 +290,29 @@ fn shipped_offline_example_validates_and_plans() {
         "{all}"
     );
 }
+
+#[test]
+fn shipped_lab_example_validates_and_plans() {
+    // The configuration lab scenario 8 applies (testbed/src/lab/terraform.rs); the lab checks what apply
+    // does, this only that it stays valid and plans (offline, as nothing exists yet) without the lab.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/terraform/lab/main.tf");
+    let main_tf = std::fs::read_to_string(&example).expect("examples/terraform/lab/main.tf");
+    let ws = Workspace::with_main_tf("lab-example", &main_tf);
+    let out = ws.terraform(&["validate", "-no-color"]);
+    assert!(out.status.success(), "validate:\n{}", text(&out));
+    let out = ws.terraform(&[
+        "plan",
+        "-no-color",
+        "-input=false",
+        "-lock=false",
+        "-var",
+        "kubeconfig=/nonexistent/kubeconfig",
+    ]);
+    let all = text(&out);
+    assert!(out.status.success(), "plan:\n{all}");
+    assert!(
+        all.contains("Plan: 2 to add, 0 to change, 0 to destroy."),
+        "{all}"
+    );
+    assert!(all.contains("+ egress_ip_prefix = (known after apply)"), "{all}");
+}

@@ -24,7 +24,8 @@ struct Args {
     step_timeout: u64,
     /// After the default steps, run these scenarios (upstream's e2e numbering, plus ours): `all`, or a list
     /// such as `2,3,9`. 2 BYO public IP prefix, 3 ingress to an annotated pod, 5 two configurations on one
-    /// pool, 6 private mode, 9 gateway failover (measured), 10 delete everything and check Azure is clean.
+    /// pool, 6 private mode, 8 terraform apply/destroy with our provider (needs `terraform` on PATH), 9 gateway
+    /// failover (measured), 10 delete everything and check Azure is clean.
     #[arg(long, default_value = "none")]
     scenarios: String,
 }

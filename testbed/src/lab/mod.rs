@@ -19,6 +19,7 @@ mod procs;
 pub mod runtime;
 pub mod scenarios;
 mod steps;
+mod terraform;
 
 use std::path::PathBuf;
 

@@ -123,19 +123,23 @@ impl Children {
             .collect()
     }
 
-    /// Stops every component (newest first): SIGTERM, then SIGKILL after `grace`. Returns what was stopped.
+    /// Stops every component, as a node shutting down stops its pods: SIGTERM to all at once (newest
+    /// first), then SIGKILL to whatever has not exited `grace` later. Returns what was stopped (newest first).
+    /// At once, because each gateway agent drains for its probe delay before it exits.
     pub async fn stop_all(&mut self, grace: Duration) -> Vec<String> {
+        let procs: Vec<Proc> = self.procs.drain(..).rev().collect();
+        for p in &procs {
+            if let Some(pid) = p.child.id().and_then(|id| i32::try_from(id).ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
         let mut stopped = Vec::new();
-        while let Some(mut p) = self.procs.pop() {
-            if let Some(id) = p.child.id() {
-                if let Ok(pid) = i32::try_from(id) {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-                }
-                if tokio::time::timeout(grace, p.child.wait()).await.is_err() {
-                    let _ = p.child.kill().await;
-                    stopped.push(format!("{} (killed after {}s)", p.name, grace.as_secs()));
-                    continue;
-                }
+        for mut p in procs {
+            if p.child.id().is_some() && tokio::time::timeout_at(deadline, p.child.wait()).await.is_err() {
+                let _ = p.child.kill().await;
+                stopped.push(format!("{} (killed after {}s)", p.name, grace.as_secs()));
+                continue;
             }
             stopped.push(p.name);
         }

@@ -3,7 +3,7 @@
 //! isolated), 4 (excludeCidrs bypass) and 7 (an invalid configuration refused with the rule's message) are
 //! part of every run (steps 3 and 8). Each scenario here creates what it needs, checks behaviour (source
 //! addresses the echo host sees, the Azure simulator's inventory, Kubernetes objects), and removes what it
-//! created, so the next one starts from the default run's state.
+//! created, so the next one starts from the default run's state. Scenario 8 (Terraform) is in [`super::terraform`].
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,6 +34,8 @@ pub enum Scenario {
     TwoConfigs = 5,
     /// (6) Private mode with azureNetworking on a VM-based pool.
     Private = 6,
+    /// (8) `terraform apply` of a pool and a configuration with our provider; the prefix in its outputs.
+    Terraform = 8,
     /// (9) A gateway node dies: traffic moves to the other gateway (measured).
     Failover = 9,
     /// (10) Deleting everything leaves Azure and the namespaces clean.
@@ -42,11 +44,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order they run (cleanup last: it deletes everything).
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::ByoPrefix,
         Scenario::Ingress,
         Scenario::TwoConfigs,
         Scenario::Private,
+        Scenario::Terraform,
         Scenario::Failover,
         Scenario::Cleanup,
     ];
@@ -61,6 +64,9 @@ impl Scenario {
                 "scenario 5: two configurations on one pool, each pod inside its own prefix"
             }
             Scenario::Private => "scenario 6: private egress (azureNetworking) on a VM-based pool",
+            Scenario::Terraform => {
+                "scenario 8: terraform apply of a pool and a configuration; the egress prefix in its outputs"
+            }
             Scenario::Failover => "scenario 9: a gateway dies; traffic moves to the other gateway (measured)",
             Scenario::Cleanup => "scenario 10: deleting everything leaves Azure and the namespaces clean",
         }
@@ -88,15 +94,15 @@ pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
             3 => Scenario::Ingress,
             5 => Scenario::TwoConfigs,
             6 => Scenario::Private,
+            8 => Scenario::Terraform,
             9 => Scenario::Failover,
             10 => Scenario::Cleanup,
             1 | 4 | 7 => {
                 return Err(format!(
-                    "scenario {n} is part of every lab run (steps 3 and 8); choose from 2,3,5,6,9,10"
+                    "scenario {n} is part of every lab run (steps 3 and 8); choose from 2,3,5,6,8,9,10"
                 ));
             }
-            8 => return Err("scenario 8 (terraform) does not run on the lab".into()),
-            _ => return Err(format!("no scenario {n}; choose from 2,3,5,6,9,10 or all")),
+            _ => return Err(format!("no scenario {n}; choose from 2,3,5,6,8,9,10 or all")),
         };
         if !out.contains(&s) {
             out.push(s);
@@ -115,6 +121,7 @@ pub(super) async fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
             Scenario::Ingress => ingress(lab, opts).await?,
             Scenario::TwoConfigs => two_configs(lab, opts).await?,
             Scenario::Private => private(lab, opts).await?,
+            Scenario::Terraform => super::terraform::scenario(lab, opts).await?,
             Scenario::Failover => failover(lab, opts).await?,
             Scenario::Cleanup => cleanup(lab, opts).await?,
         }
@@ -169,7 +176,7 @@ async fn ready_sgc(lab: &mut Lab, opts: &Options, name: &str) -> anyhow::Result<
     s.context("configuration vanished")
 }
 
-fn prefix_of(s: &StaticGatewayConfiguration) -> anyhow::Result<ipnet::Ipv4Net> {
+pub(super) fn prefix_of(s: &StaticGatewayConfiguration) -> anyhow::Result<ipnet::Ipv4Net> {
     let p = s
         .status
         .as_ref()
@@ -179,13 +186,13 @@ fn prefix_of(s: &StaticGatewayConfiguration) -> anyhow::Result<ipnet::Ipv4Net> {
         .with_context(|| format!("status.egressIpPrefix {p:?} is not an IPv4 CIDR"))
 }
 
-fn uid_of(s: &StaticGatewayConfiguration) -> String {
+pub(super) fn uid_of(s: &StaticGatewayConfiguration) -> String {
     s.metadata.uid.clone().unwrap_or_default()
 }
 
 /// Creates a pod as kubelet would (Pod object, netns, CNI ADD on node `node_idx`, status.podIP) and, when
 /// annotated, waits for its PodEndpoint. The lab tears it down like the default pods unless removed before.
-async fn add_pod(
+pub(super) async fn add_pod(
     lab: &mut Lab,
     opts: &Options,
     name: &'static str,
@@ -261,7 +268,7 @@ async fn add_pod(
 }
 
 /// CNI DEL and Pod deletion of a pod the lab runs; waits for its PodEndpoint to go.
-async fn remove_pod(lab: &mut Lab, opts: &Options, name: &str) -> anyhow::Result<()> {
+pub(super) async fn remove_pod(lab: &mut Lab, opts: &Options, name: &str) -> anyhow::Result<()> {
     let Some(i) = lab.pods.iter().position(|(_, sb)| sb.name == name) else {
         bail!("the lab runs no pod {name}");
     };
@@ -302,7 +309,7 @@ async fn remove_pod(lab: &mut Lab, opts: &Options, name: &str) -> anyhow::Result
 }
 
 /// Every stored Azure resource as one lower-case JSON text (to look for a configuration's UID anywhere).
-fn azure_text(azure: &SimHandle) -> String {
+pub(super) fn azure_text(azure: &SimHandle) -> String {
     azure
         .with_state(|s| {
             s.world
@@ -315,7 +322,7 @@ fn azure_text(azure: &SimHandle) -> String {
         .to_ascii_lowercase()
 }
 
-fn azure(lab: &Lab) -> anyhow::Result<SimHandle> {
+pub(super) fn azure(lab: &Lab) -> anyhow::Result<SimHandle> {
     Ok(lab.azure.as_ref().context("azure-sim not started")?.handle())
 }
 
@@ -372,7 +379,7 @@ async fn seen_from(opts: &Options, sb: &runtime::Sandbox) -> anyhow::Result<(Ipv
 }
 
 /// Checks the echo host sees pod `sb` from inside `prefix` (UDP and TCP), and from outside every `others`.
-async fn check_egress(
+pub(super) async fn check_egress(
     opts: &Options,
     sb: &runtime::Sandbox,
     prefix: ipnet::Ipv4Net,
@@ -660,7 +667,8 @@ async fn start_vm_pool_gateways(lab: &mut Lab, opts: &Options) -> anyhow::Result
         return Ok(());
     }
     let az = azure(lab)?;
-    let first = lab.gateway_vms.len();
+    // DaemonSet pod numbers after those of the gateway VMs step 5 started.
+    let first = lab.gateway_vms.len() + lab.other_pool_vms.values().map(Vec::len).sum::<usize>();
     for (j, (node, _, ns)) in lab.vm_pool_vms.clone().iter().enumerate() {
         let vm_id = az
             .with_state(|s| {
@@ -1390,7 +1398,10 @@ fn ip_out(ns: &str, args: &[&str]) -> String {
 
 /// What the data plane still holds for configurations: the gateways' frontend addresses, their wg links and
 /// wireguard-go processes, and pod wireguard sockets on the nodes.
-fn dataplane_leftovers(gateway_vms: &[(String, Ipv4Addr, String)], nodes: &[runtime::Node]) -> Vec<String> {
+pub(super) fn dataplane_leftovers(
+    gateway_vms: &[(String, Ipv4Addr, String)],
+    nodes: &[runtime::Node],
+) -> Vec<String> {
     let mut left = Vec::new();
     for (node, primary, ns) in gateway_vms {
         let addrs: Vec<String> = ip_out(ns, &["-4", "-o", "addr", "show", "dev", "eth0"])
@@ -1573,7 +1584,9 @@ async fn cleanup(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
     }
     ok(&format!(
         "data plane: no frontend address, wg link or wireguard-go on {} gateways, no pod wireguard socket on {} nodes; {} GatewayStatus objects list nothing",
-        lab.gateway_vms.len() + lab.vm_pool_vms.len(),
+        lab.gateway_vms.len()
+            + lab.other_pool_vms.values().map(Vec::len).sum::<usize>()
+            + lab.vm_pool_vms.len(),
         lab.nodes.len(),
         statuses.len()
     ));
@@ -1590,7 +1603,15 @@ struct LabView {
 impl LabView {
     fn of(lab: &Lab) -> Self {
         LabView {
-            gateway_vms: [lab.gateway_vms.clone(), lab.vm_pool_vms.clone()].concat(),
+            // Every gateway VM: the demo pool's, the other VMSS pools' (scenario 8's tfpool) and the VM-based
+            // pool's (scenario 6's gwvms).
+            gateway_vms: lab
+                .gateway_vms
+                .iter()
+                .chain(lab.other_pool_vms.values().flatten())
+                .chain(&lab.vm_pool_vms)
+                .cloned()
+                .collect(),
             nodes: lab.nodes.clone(),
         }
     }
@@ -1615,12 +1636,17 @@ mod tests {
         );
         // Cleanup deletes everything, so it runs last even when listed first.
         assert_eq!(parse("10,9"), Ok(vec![Scenario::Failover, Scenario::Cleanup]));
+        // Terraform runs before failover and cleanup.
+        assert_eq!(
+            parse("10,8,2"),
+            Ok(vec![Scenario::ByoPrefix, Scenario::Terraform, Scenario::Cleanup])
+        );
     }
 
     #[test]
     fn parse_names_why_a_number_is_refused() {
         assert!(parse("1").expect_err("refused").contains("part of every lab run"));
-        assert!(parse("8").expect_err("refused").contains("terraform"));
+        assert!(parse("7").expect_err("refused").contains("part of every lab run"));
         assert!(parse("12").expect_err("refused").contains("no scenario 12"));
         assert!(
             parse("2;3")

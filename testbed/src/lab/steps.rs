@@ -34,6 +34,8 @@ const GATEWAY_AGENT: &str = "kube-egress-gateway-gateway-agent";
 const NODE_AGENT: &str = "kube-egress-gateway-node-agent";
 /// The gateway node pool (AKS agent pool name, and the GatewayPool's name).
 pub(super) const POOL: &str = "gwpool";
+/// The gateway node pool Terraform declares a GatewayPool for (scenario 8); nothing uses it before.
+pub(super) const TF_POOL: &str = "tfpool";
 /// The demo StaticGatewayConfiguration.
 pub(super) const SGC: &str = "egress";
 /// The regular node pool.
@@ -88,6 +90,10 @@ pub(super) struct Lab {
     /// Nodes and gateway agents started by scenario 6 (`vm_pool_agents`).
     pub(super) vm_pool_vms: Vec<(String, Ipv4Addr, String)>,
     pub(super) vm_pool_agents: bool,
+    /// The gateway VMs of the seed's other gateway pools (pool -> VMs as in `gateway_vms`): wired into the
+    /// fabric and running the chart's gateway agent from step 5 on, like gateway nodes of an AKS pool that
+    /// no GatewayPool uses yet (scenario 8 declares one for `tfpool` with Terraform).
+    pub(super) other_pool_vms: std::collections::BTreeMap<String, Vec<(String, Ipv4Addr, String)>>,
     pub(super) nodes: Vec<runtime::Node>,
     /// Directory (a private mount) holding the nodes' persisted mount namespaces.
     pub(super) mnt_dir: Option<PathBuf>,
@@ -270,15 +276,23 @@ impl Lab {
             .and_then(|v| v.parse().ok())
             .context("the outbound public IP has no address")?;
         self.outbound = Some(outbound_ip);
-        let vmss = &seed.vm_scale_sets[0];
+        let gateway_pools = seed
+            .vm_scale_sets
+            .iter()
+            .filter_map(|v| {
+                v.gateway_prefix_size.map(|size| {
+                    format!(
+                        "VMSS {} ({} instances, tags aks-managed-poolName={}, aks-managed-gatewayIPPrefixSize={size})",
+                        v.name, v.instances, v.pool_name
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         ok(&format!(
-            "azure-sim at {}: subscription {}, vnet aks-vnet/aks-subnet, VMSS {} ({} instances, tags aks-managed-poolName={}, aks-managed-gatewayIPPrefixSize={}), VM-based gateway pool {VM_POOL} ({} VMs with pre-created NICs tagged {}), regular pool {NODE_POOL}, public range {}, cluster outbound IP {outbound_ip}, no internal load balancer yet",
+            "azure-sim at {}: subscription {}, vnet aks-vnet/aks-subnet, gateway pools: {gateway_pools}; VM-based gateway pool {VM_POOL} ({} VMs with pre-created NICs tagged {}), regular pool {NODE_POOL}, public range {}, cluster outbound IP {outbound_ip}, no internal load balancer yet",
             azure.url(),
             seed.subscription_id,
-            vmss.name,
-            vmss.instances,
-            vmss.pool_name,
-            vmss.gateway_prefix_size.unwrap_or_default(),
             vm_pool_nodes(&azure.handle()).len(),
             api::names::TAG_STATIC_GATEWAY_NIC,
             seed.public_ip_ranges
@@ -892,10 +906,22 @@ impl Lab {
         ));
 
         let azure = self.azure.as_ref().context("azure-sim")?.handle();
+        // The demo pool's gateways are those of the configuration's profiles; the other gateway pools' VMs
+        // (no configuration yet) follow them.
         let gateways: Vec<String> = self.profiles.iter().map(|p| p.node_name.clone()).collect();
+        let others: Vec<(String, String)> = gateway_nodes()
+            .into_iter()
+            .filter(|(pool, node)| pool != POOL && !gateways.contains(node))
+            .collect();
         let regular = regular_nodes();
         let vm_pool = vm_pool_nodes(&azure);
-        let names: Vec<String> = gateways.iter().chain(&regular).chain(&vm_pool).cloned().collect();
+        let names: Vec<String> = gateways
+            .iter()
+            .chain(others.iter().map(|(_, n)| n))
+            .chain(&regular)
+            .chain(&vm_pool)
+            .cloned()
+            .collect();
         let view = azure.with_state(|s| fabric::read_view(&s.world, &names));
         let primary_of = |n: &str| view.vms.iter().find(|v| v.vm == n).map(|v| v.primary);
         let mut wiring = fabric::Wiring {
@@ -910,6 +936,21 @@ impl Lab {
             self.add_vm(&ns, &dev, primary, table)?;
             wiring.nics.insert(node.clone(), (dev, table));
             self.gateway_vms.push((node.clone(), primary, ns));
+        }
+        for (j, (pool, node)) in others.iter().enumerate() {
+            let i = gateways.len() + j;
+            if i >= 0x10 {
+                bail!("the lab wires at most 16 gateway VMs (fabric tables 0x100-0x10f)");
+            }
+            let primary =
+                primary_of(node).with_context(|| format!("azure-sim has no NIC for gateway {node}"))?;
+            let (ns, dev, table) = (format!("{tag}gw{i}"), format!("gw{i}"), 0x100 + i as u32);
+            self.add_vm(&ns, &dev, primary, table)?;
+            wiring.nics.insert(node.clone(), (dev, table));
+            self.other_pool_vms
+                .entry(pool.clone())
+                .or_default()
+                .push((node.clone(), primary, ns));
         }
         for (i, node) in regular.iter().enumerate() {
             let primary =
@@ -951,11 +992,13 @@ impl Lab {
         .await?;
         for vm in &view.vms {
             let role = if gateways.contains(&vm.vm) {
-                "gateway"
+                format!("gateway, {POOL}")
+            } else if let Some((pool, _)) = others.iter().find(|(_, n)| *n == vm.vm) {
+                format!("gateway, {pool}: no configuration yet")
             } else if vm_pool.contains(&vm.vm) {
-                "VM-based gateway pool"
+                format!("gateway, {VM_POOL} (VM-based): its agents start with scenario 6")
             } else {
-                "node"
+                "node".to_string()
             };
             let extra = vm
                 .secondaries
@@ -994,9 +1037,24 @@ impl Lab {
     /// The real gateway agent in each gateway VM, the LB frontend on its eth0, and the fabric's probes.
     async fn gateways(&mut self, opts: &Options) -> anyhow::Result<()> {
         use super::dataplane::probe_from;
-        for (i, (node_name, _, ns)) in self.gateway_vms.clone().iter().enumerate() {
-            self.start_gateway_agent(&format!("gateway-agent-{i}"), i, node_name, ns, POOL, None, opts)
+        let mut vms: Vec<(String, (String, Ipv4Addr, String))> = self
+            .gateway_vms
+            .iter()
+            .map(|vm| (POOL.to_string(), vm.clone()))
+            .collect();
+        for (pool, list) in &self.other_pool_vms {
+            vms.extend(list.iter().map(|vm| (pool.clone(), vm.clone())));
+        }
+        for (i, (pool, (node_name, _, ns))) in vms.iter().enumerate() {
+            self.start_gateway_agent(&format!("gateway-agent-{i}"), i, node_name, ns, pool, None, opts)
                 .await?;
+        }
+        for (pool, list) in &self.other_pool_vms {
+            let names: Vec<&str> = list.iter().map(|vm| vm.0.as_str()).collect();
+            info(&format!(
+                "pool {pool} ({}): gateway agents running; no GatewayPool or configuration uses the pool yet",
+                names.join(", ")
+            ));
         }
         let path = api::names::lb_probe_path(&self.sgc_uid);
         let frontend = Api::<StaticGatewayConfiguration>::namespaced(self.client()?, DEMO_NS)
@@ -1698,8 +1756,11 @@ pub(super) struct KubectlOut {
 }
 
 /// The lab's Azure world: AKS-like, with the gateway VMSS pool `gwpool` (2 instances, /31 prefix size tag),
-/// the regular pool `nodepool1` (2 instances, no gateway tag) and the VM-based gateway pool `gwvms` (2 VMs,
-/// each with a pre-created NIC tagged as a static gateway NIC of the pool, /31 prefix size tag).
+/// the regular pool `nodepool1` (2 instances, no gateway tag), a second gateway VMSS pool `tfpool` (2
+/// instances, /31) that only scenario 8 declares a GatewayPool for (with Terraform), and the VM-based gateway
+/// pool `gwvms` (2 VMs, each with a pre-created NIC tagged as a static gateway NIC of the pool, /31 prefix
+/// size tag). Pools are seeded in this order, so adding one after the others leaves their addresses as they
+/// were.
 pub(super) fn lab_seed() -> Seed {
     let mut seed = Seed::aks_like(2);
     for v in &mut seed.vm_scale_sets {
@@ -1713,6 +1774,10 @@ pub(super) fn lab_seed() -> Seed {
     regular.gateway_prefix_size = None;
     let subnet = regular.subnet.clone();
     seed.vm_scale_sets.push(regular);
+    let mut tf = seed.vm_scale_sets[0].clone();
+    tf.name = format!("aks-{TF_POOL}-12345678-vmss");
+    tf.pool_name = TF_POOL.into();
+    seed.vm_scale_sets.push(tf);
     seed.vm_pools.push(crate::azure::VmPoolSeed {
         resource_group: "node-rg".into(),
         pool_name: VM_POOL.into(),
@@ -1722,6 +1787,16 @@ pub(super) fn lab_seed() -> Seed {
         subnet,
     });
     seed
+}
+
+/// (pool, computer name) of every gateway VMSS instance in the lab's seed, in seed order.
+pub(super) fn gateway_nodes() -> Vec<(String, String)> {
+    lab_seed()
+        .vm_scale_sets
+        .iter()
+        .filter(|v| v.gateway_prefix_size.is_some())
+        .flat_map(|v| (0..v.instances).map(move |i| (v.pool_name.clone(), format!("{}{i:06}", v.name))))
+        .collect()
 }
 
 /// Computer names of the VM-based pool's VMs as azure-sim holds them (VMs tagged with the pool), sorted.
