@@ -22,6 +22,24 @@ use crate::reconcile::sgc::{Operator, RESYNC_INTERVAL, pool_key};
 /// How soon a converging pool is looked at again.
 pub const CONVERGING_RECHECK: Duration = Duration::from_secs(10);
 
+/// The work loop's timers. `Default` is what the binary runs with; tests and benchmarks shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Every pool is re-read this often to repair drift.
+    pub resync: Duration,
+    /// A converging pool is looked at again this soon.
+    pub converging_recheck: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            resync: RESYNC_INTERVAL,
+            converging_recheck: CONVERGING_RECHECK,
+        }
+    }
+}
+
 /// What needs a reconcile: some pools, or all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
@@ -90,7 +108,18 @@ pub async fn run_operator(
     op: Arc<Operator>,
     leading: watch::Receiver<bool>,
     ready: Arc<AtomicBool>,
+    shutdown: watch::Receiver<bool>,
+) {
+    run_operator_with(op, leading, ready, shutdown, RunOptions::default()).await;
+}
+
+/// [`run_operator`] with other timers.
+pub async fn run_operator_with(
+    op: Arc<Operator>,
+    leading: watch::Receiver<bool>,
+    ready: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
+    options: RunOptions,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let client = op.client.clone();
@@ -103,7 +132,7 @@ pub async fn run_operator(
         )),
         tokio::spawn(watch_all(Api::<Node>::all(client), tx.clone(), gateway_node)),
     ];
-    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    let mut resync = tokio::time::interval(options.resync);
     let mut pending: BTreeSet<String> = BTreeSet::new();
     let mut all = false;
     let mut backoff = Duration::from_millis(500);
@@ -146,7 +175,7 @@ pub async fn run_operator(
                 if op.converging.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        tokio::time::sleep(CONVERGING_RECHECK).await;
+                        tokio::time::sleep(options.converging_recheck).await;
                         let _ = tx.send(Trigger::All);
                     });
                 }

@@ -550,6 +550,32 @@ pub struct Operator {
     /// Set when a pool is still converging (writes just made, addresses or operations pending): the work
     /// loop then looks again soon instead of waiting for the periodic resync.
     pub converging: std::sync::atomic::AtomicBool,
+    /// Passes (`reconcile_pools`) started and finished, for tests and benchmarks that wait for the work loop.
+    pub passes: PassCounter,
+}
+
+/// Counts the work loop's passes.
+#[derive(Debug, Default)]
+pub struct PassCounter {
+    started: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicU64,
+}
+
+impl PassCounter {
+    /// Passes started so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Passes finished so far (successfully or not).
+    pub fn finished(&self) -> u64 {
+        self.finished.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// No pass is running.
+    pub fn idle(&self) -> bool {
+        self.finished() == self.started()
+    }
 }
 
 impl std::fmt::Debug for Operator {
@@ -599,6 +625,7 @@ impl Operator {
             metrics,
             recorder,
             converging: std::sync::atomic::AtomicBool::new(false),
+            passes: PassCounter::default(),
         }
     }
 
@@ -1260,6 +1287,17 @@ impl Operator {
     /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
     /// runs for the pools an event touched.
     pub async fn reconcile_pools(&self, only: Option<&BTreeSet<String>>) -> Result<usize, Error> {
+        self.passes
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let result = self.reconcile_pools_inner(only).await;
+        self.passes
+            .finished
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        result
+    }
+
+    async fn reconcile_pools_inner(&self, only: Option<&BTreeSet<String>>) -> Result<usize, Error> {
         let sgcs: Vec<Arc<StaticGatewayConfiguration>> = self.list_all().await?;
         let pools: Vec<Arc<GatewayPool>> = self.list_all().await?;
         let nodes: Vec<Arc<Node>> = self.list_all().await?;
