@@ -1,23 +1,25 @@
 //! The running operator: watches, the per-pool work loop, leader gating, the probe and metrics servers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use api::{GatewayPool, StaticGatewayConfiguration};
+use api::{GatewayPool, PoolRef, StaticGatewayConfiguration};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::reconcile::sgc::{Operator, RESYNC_INTERVAL, pool_key};
+use crate::reconcile::sgc::{Inputs, Operator, RESYNC_INTERVAL, pool_key};
 
 /// How soon a converging pool is looked at again.
 pub const CONVERGING_RECHECK: Duration = Duration::from_secs(10);
@@ -45,31 +47,218 @@ impl Default for RunOptions {
 pub enum Trigger {
     /// One pool, by key.
     Pool(String),
-    /// Every pool (node and GatewayPool changes, resync).
+    /// Every pool (a configuration naming no pool, a watch re-listed).
     All,
 }
 
-/// Forwards watch events as triggers until the channel closes.
-async fn watch_sgcs(client: kube::Client, tx: mpsc::UnboundedSender<Trigger>) {
-    let api: Api<StaticGatewayConfiguration> = Api::all(client);
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
-    while let Some(ev) = stream.next().await {
-        let triggers: Vec<Trigger> = match ev {
-            Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s)) => {
-                vec![
-                    s.spec
-                        .pool_ref()
-                        .map_or(Trigger::All, |r| Trigger::Pool(pool_key(&r))),
-                ]
+/// What a watched object means to the work loop: a fingerprint of the fields the operator reads (a change
+/// of anything else triggers nothing) and the pools it concerns (`None`: it cannot tell, every pool).
+type Relevance<F> = (F, Option<BTreeSet<String>>);
+
+/// Turns a watch's events into triggers: an object whose fingerprint changed (or that appeared or went away)
+/// triggers the pools it concerned before and concerns now. Re-lists (after a watch expired) are compared
+/// with what was known, so what changed while the watch was down triggers too.
+struct Tracker<K, F> {
+    relevance: fn(&K) -> Relevance<F>,
+    known: BTreeMap<String, Relevance<F>>,
+    relisted: Option<BTreeMap<String, Relevance<F>>>,
+}
+
+impl<K: kube::Resource, F: PartialEq> Tracker<K, F> {
+    fn new(relevance: fn(&K) -> Relevance<F>) -> Self {
+        Tracker {
+            relevance,
+            known: BTreeMap::new(),
+            relisted: None,
+        }
+    }
+
+    fn key(o: &K) -> String {
+        // The UID tells a re-created object from the old one; the name keeps objects without one apart.
+        let m = o.meta();
+        format!(
+            "{}/{}/{}",
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default(),
+            m.uid.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// The triggers one watch event calls for.
+    fn on(&mut self, ev: &watcher::Event<K>) -> Vec<Trigger> {
+        let mut out = Triggers::default();
+        match ev {
+            watcher::Event::Apply(o) => {
+                let now = (self.relevance)(o);
+                match self.known.get(&Self::key(o)) {
+                    Some(before) if before.0 == now.0 && before.1 == now.1 => {}
+                    before => {
+                        out.add(before.and_then(|b| b.1.as_ref()).cloned(), before.is_some());
+                        out.add(now.1.clone(), true);
+                    }
+                }
+                self.known.insert(Self::key(o), now);
             }
-            Ok(watcher::Event::InitDone) => vec![Trigger::All],
-            Ok(watcher::Event::Init) => vec![],
+            watcher::Event::Delete(o) => {
+                let before = self
+                    .known
+                    .remove(&Self::key(o))
+                    .unwrap_or_else(|| (self.relevance)(o));
+                out.add(before.1, true);
+            }
+            watcher::Event::Init => self.relisted = Some(BTreeMap::new()),
+            watcher::Event::InitApply(o) => {
+                let now = (self.relevance)(o);
+                self.relisted
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(Self::key(o), now);
+            }
+            watcher::Event::InitDone => {
+                let fresh = self.relisted.take().unwrap_or_default();
+                for (k, before) in &self.known {
+                    match fresh.get(k) {
+                        Some(now) if now.0 == before.0 && now.1 == before.1 => {}
+                        Some(now) => {
+                            out.add(before.1.clone(), true);
+                            out.add(now.1.clone(), true);
+                        }
+                        None => out.add(before.1.clone(), true),
+                    }
+                }
+                for (k, now) in &fresh {
+                    if !self.known.contains_key(k) {
+                        out.add(now.1.clone(), true);
+                    }
+                }
+                self.known = fresh;
+            }
+        }
+        out.into_triggers()
+    }
+}
+
+/// Triggers being collected: pool keys, or every pool.
+#[derive(Default)]
+struct Triggers {
+    pools: BTreeSet<String>,
+    all: bool,
+}
+
+impl Triggers {
+    /// The pools an object concerns; `None` (cannot tell) means every pool, unless `counts` is false.
+    fn add(&mut self, pools: Option<BTreeSet<String>>, counts: bool) {
+        match pools {
+            Some(p) => self.pools.extend(p),
+            None if counts => self.all = true,
+            None => {}
+        }
+    }
+
+    fn into_triggers(self) -> Vec<Trigger> {
+        if self.all {
+            vec![Trigger::All]
+        } else {
+            self.pools.into_iter().map(Trigger::Pool).collect()
+        }
+    }
+}
+
+/// A configuration concerns the pool it names (`None`: it names none, which every pass reports). Any change
+/// counts (spec, metadata, status): the pass compares the status it would write with the one stored.
+fn sgc_relevance(s: &StaticGatewayConfiguration) -> Relevance<Option<String>> {
+    (
+        s.metadata.resource_version.clone(),
+        s.spec.pool_ref().map(|r| BTreeSet::from([pool_key(&r)])),
+    )
+}
+
+/// A GatewayPool concerns the node pool it declares. Any change counts, as for configurations.
+fn gateway_pool_relevance(p: &GatewayPool) -> Relevance<Option<String>> {
+    (
+        p.metadata.resource_version.clone(),
+        Some(p.spec.pool_ref().map(|r| pool_key(&r)).into_iter().collect()),
+    )
+}
+
+/// What a pass reads of a Node: whether it is a gateway node, and what ties it to a pool (the agent pool
+/// label, `spec.providerID`, also what names it in a GatewayPool's status). Status (conditions, heartbeats,
+/// addresses), other labels, annotations, taints, `unschedulable` and the resourceVersion are not read, so
+/// their changes trigger nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// Gateway node (AKS gateway mode or the self-managed label).
+    pub gateway: bool,
+    /// `kubernetes.azure.com/agentpool`.
+    pub agentpool: Option<String>,
+    /// `spec.providerID`.
+    pub provider_id: Option<String>,
+}
+
+/// A gateway Node concerns the pool named by its agent pool label and the scale set its providerID names;
+/// other Nodes concern no pool. A gateway Node with neither concerns every pool (it may still match one).
+pub fn node_relevance(n: &Node) -> Relevance<NodeFacts> {
+    let empty = BTreeMap::new();
+    let labels = n.metadata.labels.as_ref().unwrap_or(&empty);
+    let facts = NodeFacts {
+        gateway: api::pool_ref::is_gateway_node(labels),
+        agentpool: labels.get(api::names::NODE_AGENTPOOL_LABEL).cloned(),
+        provider_id: n.spec.as_ref().and_then(|s| s.provider_id.clone()),
+    };
+    if !facts.gateway {
+        return (facts, Some(BTreeSet::new()));
+    }
+    let mut pools = BTreeSet::new();
+    if let Some(np) = &facts.agentpool {
+        pools.insert(pool_key(&PoolRef::Nodepool(np.clone())));
+    }
+    if let Some((rg, vmss)) = facts
+        .provider_id
+        .as_deref()
+        .and_then(api::pool_ref::vmss_of_provider_id)
+    {
+        pools.insert(pool_key(&PoolRef::Vmss {
+            resource_group: rg.to_string(),
+            name: vmss.to_string(),
+        }));
+    }
+    let pools = (!pools.is_empty()).then_some(pools);
+    (facts, pools)
+}
+
+/// Keeps a watch cache (`writer`) and forwards its relevant changes as triggers until the channel closes.
+/// The store is updated before the event is looked at, so the pass it triggers sees the change.
+async fn watch_into<K, F>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    strip: fn(&mut K),
+    relevance: fn(&K) -> Relevance<F>,
+    tx: mpsc::UnboundedSender<Trigger>,
+    what: &'static str,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: PartialEq,
+{
+    let mut tracker = Tracker::new(relevance);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
             Err(e) => {
-                tracing::warn!(error = %e, "StaticGatewayConfiguration watch error");
-                vec![]
+                tracing::warn!(error = %e, kind = what, "watch error");
+                continue;
             }
         };
-        for t in triggers {
+        for t in tracker.on(&ev) {
             if tx.send(t).is_err() {
                 return;
             }
@@ -77,33 +266,44 @@ async fn watch_sgcs(client: kube::Client, tx: mpsc::UnboundedSender<Trigger>) {
     }
 }
 
-async fn watch_all<K>(api: Api<K>, tx: mpsc::UnboundedSender<Trigger>, relevant: fn(&K) -> bool)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
-    while let Some(ev) = stream.next().await {
-        let fire = match &ev {
-            Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => relevant(o),
-            _ => false,
-        };
-        if fire && tx.send(Trigger::All).is_err() {
-            return;
+/// What the caches keep of an object: not its managed fields (never read).
+fn strip_managed_fields<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// Nodes are kept without status (never read; conditions and images are most of a Node).
+fn strip_node(n: &mut Node) {
+    n.metadata.managed_fields = None;
+    n.status = None;
+}
+
+/// The watch caches a pass reads.
+#[derive(Clone)]
+struct Caches {
+    sgcs: Store<StaticGatewayConfiguration>,
+    pools: Store<GatewayPool>,
+    nodes: Store<Node>,
+}
+
+impl Caches {
+    fn inputs(&self) -> Inputs {
+        Inputs {
+            sgcs: self.sgcs.state(),
+            pools: self.pools.state(),
+            nodes: self.nodes.state(),
         }
+    }
+
+    async fn wait_until_ready(&self) -> bool {
+        self.sgcs.wait_until_ready().await.is_ok()
+            && self.pools.wait_until_ready().await.is_ok()
+            && self.nodes.wait_until_ready().await.is_ok()
     }
 }
 
-fn gateway_node(n: &Node) -> bool {
-    api::pool_ref::is_gateway_node(n.metadata.labels.as_ref().unwrap_or(&Default::default()))
-}
-
-fn any_pool(_: &GatewayPool) -> bool {
-    true
-}
-
 /// Runs the work loop until `shutdown`: batches triggers (so that configurations created together are
-/// reconciled together), reconciles only while leading, retries failures with backoff, and resyncs every
-/// pool every five minutes.
+/// reconciled together), reconciles only while leading, re-checks converging pools, retries failed pools with
+/// backoff, and resyncs every pool every five minutes.
 pub async fn run_operator(
     op: Arc<Operator>,
     leading: watch::Receiver<bool>,
@@ -123,22 +323,107 @@ pub async fn run_operator_with(
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let client = op.client.clone();
+    let (sgcs, sgcs_w) = reflector::store();
+    let (pools, pools_w) = reflector::store();
+    let (nodes, nodes_w) = reflector::store();
+    let caches = Caches { sgcs, pools, nodes };
     let watches = [
-        tokio::spawn(watch_sgcs(client.clone(), tx.clone())),
-        tokio::spawn(watch_all(
-            Api::<GatewayPool>::all(client.clone()),
+        tokio::spawn(watch_into(
+            Api::<StaticGatewayConfiguration>::all(client.clone()),
+            sgcs_w,
+            strip_managed_fields,
+            sgc_relevance,
             tx.clone(),
-            any_pool,
+            "StaticGatewayConfiguration",
         )),
-        tokio::spawn(watch_all(Api::<Node>::all(client), tx.clone(), gateway_node)),
+        tokio::spawn(watch_into(
+            Api::<GatewayPool>::all(client.clone()),
+            pools_w,
+            strip_managed_fields,
+            gateway_pool_relevance,
+            tx.clone(),
+            "GatewayPool",
+        )),
+        tokio::spawn(watch_into(
+            Api::<Node>::all(client),
+            nodes_w,
+            strip_node,
+            node_relevance,
+            tx.clone(),
+            "Node",
+        )),
     ];
+    // Passes read the caches, so none runs before all three are filled.
+    let synced = tokio::select! {
+        ok = caches.wait_until_ready() => ok,
+        _ = shutdown.changed() => false,
+    };
+    if synced {
+        ready.store(true, Ordering::Relaxed);
+        work_loop(&op, &caches, leading, &mut rx, shutdown, options).await;
+    }
+    ready.store(false, Ordering::Relaxed);
+    for w in watches {
+        w.abort();
+    }
+}
+
+/// When pools are to be looked at again: converging ones soon, failed ones after their backoff.
+#[derive(Default)]
+struct Schedule {
+    due: BTreeMap<String, Instant>,
+    all_due: Option<Instant>,
+    /// The current backoff of each failing pool, and of failures outside pools.
+    backoff: BTreeMap<String, Duration>,
+    all_backoff: Option<Duration>,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+impl Schedule {
+    fn next(&self) -> Option<Instant> {
+        self.due.values().chain(self.all_due.iter()).min().copied()
+    }
+
+    /// Moves what is due into `pending` / `all`.
+    fn fire(&mut self, now: Instant, pending: &mut BTreeSet<String>, all: &mut bool) {
+        let (ready, later): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.due)
+            .into_iter()
+            .partition(|(_, at)| *at <= now);
+        self.due = later;
+        pending.extend(ready.into_keys());
+        if self.all_due.is_some_and(|at| at <= now) {
+            self.all_due = None;
+            *all = true;
+        }
+    }
+
+    /// Sets `key` due at `at` unless it is due earlier already.
+    fn at(&mut self, key: String, at: Instant) {
+        let e = self.due.entry(key).or_insert(at);
+        *e = (*e).min(at);
+    }
+
+    fn next_backoff(current: Option<Duration>) -> Duration {
+        current.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF))
+    }
+}
+
+async fn work_loop(
+    op: &Operator,
+    caches: &Caches,
+    mut leading: watch::Receiver<bool>,
+    rx: &mut mpsc::UnboundedReceiver<Trigger>,
+    mut shutdown: watch::Receiver<bool>,
+    options: RunOptions,
+) {
     let mut resync = tokio::time::interval(options.resync);
     let mut pending: BTreeSet<String> = BTreeSet::new();
     let mut all = false;
-    let mut backoff = Duration::from_millis(500);
-    let mut leading = leading;
-    ready.store(true, Ordering::Relaxed);
+    let mut schedule = Schedule::default();
     loop {
+        let next = schedule.next();
         tokio::select! {
             t = rx.recv() => match t {
                 Some(Trigger::Pool(k)) => { pending.insert(k); }
@@ -147,6 +432,9 @@ pub async fn run_operator_with(
             },
             _ = resync.tick() => all = true,
             _ = leading.changed() => all = true,
+            _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                schedule.fire(Instant::now(), &mut pending, &mut all);
+            }
             _ = shutdown.changed() => break,
         }
         // Batch: whatever else arrives within a short window joins this pass.
@@ -166,40 +454,39 @@ pub async fn run_operator_with(
             continue;
         }
         let only = (!all).then(|| std::mem::take(&mut pending));
-        let result = op.reconcile_pools(only.as_ref()).await;
-        match result {
-            Ok(_) => {
-                all = false;
+        // What this pass covers is not due separately any more.
+        match &only {
+            None => {
                 pending.clear();
-                backoff = Duration::from_millis(500);
-                if op.converging.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(options.converging_recheck).await;
-                        let _ = tx.send(Trigger::All);
-                    });
-                }
+                schedule.due.clear();
+                schedule.all_due = None;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "reconcile failed; will retry");
-                if let Some(only) = only {
-                    pending.extend(only);
-                } else {
-                    all = true;
-                }
-                let tx = tx.clone();
-                let delay = backoff;
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = tx.send(Trigger::All);
-                });
-                backoff = (backoff * 2).min(Duration::from_secs(300));
-            }
+            Some(keys) => schedule.due.retain(|k, _| !keys.contains(k)),
         }
-    }
-    ready.store(false, Ordering::Relaxed);
-    for w in watches {
-        w.abort();
+        all = false;
+        let out = op.pass(&caches.inputs(), only.as_ref()).await;
+        let now = Instant::now();
+        for k in op.take_converging() {
+            schedule.at(k, now + options.converging_recheck);
+        }
+        for k in out.reconciled.difference(&out.failed) {
+            schedule.backoff.remove(k);
+        }
+        for k in &out.failed {
+            let b = Schedule::next_backoff(schedule.backoff.get(k).copied());
+            schedule.backoff.insert(k.clone(), b);
+            schedule.at(k.clone(), now + b);
+        }
+        if out.failed_outside_pools {
+            let b = Schedule::next_backoff(schedule.all_backoff);
+            schedule.all_backoff = Some(b);
+            schedule.all_due = Some(now + b);
+        } else if only.is_none() {
+            schedule.all_backoff = None;
+        }
+        if let Some(e) = out.error {
+            tracing::warn!(error = %e, failed = ?out.failed, "reconcile failed; will retry");
+        }
     }
 }
 
