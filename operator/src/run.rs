@@ -57,11 +57,13 @@ type Relevance<F> = (F, Option<BTreeSet<String>>);
 
 /// Turns a watch's events into triggers: an object whose fingerprint changed (or that appeared or went away)
 /// triggers the pools it concerned before and concerns now. Re-lists (after a watch expired) are compared
-/// with what was known, so what changed while the watch was down triggers too.
+/// with what was known, so what changed while the watch was down triggers too. The first list triggers
+/// nothing: the work loop's first pass, after every cache is filled, covers every pool.
 struct Tracker<K, F> {
     relevance: fn(&K) -> Relevance<F>,
     known: BTreeMap<String, Relevance<F>>,
     relisted: Option<BTreeMap<String, Relevance<F>>>,
+    synced: bool,
 }
 
 impl<K: kube::Resource, F: PartialEq> Tracker<K, F> {
@@ -70,6 +72,7 @@ impl<K: kube::Resource, F: PartialEq> Tracker<K, F> {
             relevance,
             known: BTreeMap::new(),
             relisted: None,
+            synced: false,
         }
     }
 
@@ -112,6 +115,10 @@ impl<K: kube::Resource, F: PartialEq> Tracker<K, F> {
                 self.relisted
                     .get_or_insert_with(BTreeMap::new)
                     .insert(Self::key(o), now);
+            }
+            watcher::Event::InitDone if !self.synced => {
+                self.known = self.relisted.take().unwrap_or_default();
+                self.synced = true;
             }
             watcher::Event::InitDone => {
                 let fresh = self.relisted.take().unwrap_or_default();
@@ -538,4 +545,173 @@ pub async fn serve(
             let _ = shutdown.changed().await;
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, uid: &str, labels: serde_json::Value, provider_id: Option<&str>, rv: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "uid": uid, "labels": labels, "resourceVersion": rv},
+            "spec": {"providerID": provider_id},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": format!("2026-01-01T00:00:{rv:0>2}Z")}]}
+        }))
+        .expect("node")
+    }
+
+    fn gateway(pool: &str) -> serde_json::Value {
+        json!({"kubernetes.azure.com/agentpool": pool, "kubernetes.azure.com/mode": "gateway"})
+    }
+
+    fn pools(keys: &[&str]) -> Vec<Trigger> {
+        keys.iter().map(|k| Trigger::Pool((*k).to_string())).collect()
+    }
+
+    /// A tracker that has seen its first list (`nodes`).
+    fn synced(nodes: &[Node]) -> Tracker<Node, NodeFacts> {
+        let mut t = Tracker::new(node_relevance);
+        t.on(&watcher::Event::Init);
+        for n in nodes {
+            t.on(&watcher::Event::InitApply(n.clone()));
+        }
+        assert!(
+            t.on(&watcher::Event::InitDone).is_empty(),
+            "the first list triggers nothing: the first pass is a full one"
+        );
+        t
+    }
+
+    #[test]
+    fn node_heartbeats_and_unread_fields_trigger_nothing() {
+        let a = node("a", "u-a", gateway("gw"), None, "1");
+        let mut t = synced(std::slice::from_ref(&a));
+        // Heartbeat: status and resourceVersion change.
+        assert!(
+            t.on(&watcher::Event::Apply(node("a", "u-a", gateway("gw"), None, "2")))
+                .is_empty()
+        );
+        // A label the operator does not read.
+        let mut labels = gateway("gw");
+        labels["topology.kubernetes.io/zone"] = json!("1");
+        assert!(
+            t.on(&watcher::Event::Apply(node("a", "u-a", labels, None, "3")))
+                .is_empty()
+        );
+        // Non-gateway nodes concern no pool, whatever changes.
+        let user = json!({"kubernetes.azure.com/agentpool": "user"});
+        assert!(
+            t.on(&watcher::Event::Apply(node("u", "u-u", user.clone(), None, "4")))
+                .is_empty()
+        );
+        assert!(
+            t.on(&watcher::Event::Delete(node("u", "u-u", user, None, "5")))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn node_changes_that_matter_trigger_the_pools_concerned() {
+        let a = node("a", "u-a", gateway("gw"), None, "1");
+        let mut t = synced(std::slice::from_ref(&a));
+        // Joining: its pool only.
+        assert_eq!(
+            t.on(&watcher::Event::Apply(node(
+                "b",
+                "u-b",
+                gateway("GW2"),
+                None,
+                "2"
+            ))),
+            pools(&["nodepool/gw2"])
+        );
+        // Moving to another pool: both.
+        assert_eq!(
+            t.on(&watcher::Event::Apply(node(
+                "a",
+                "u-a",
+                gateway("gw3"),
+                None,
+                "3"
+            ))),
+            pools(&["nodepool/gw", "nodepool/gw3"])
+        );
+        // providerID set: its scale set's key as well.
+        let pid = "azure:///subscriptions/s/resourceGroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/VMSS/virtualMachines/0";
+        assert_eq!(
+            t.on(&watcher::Event::Apply(node(
+                "a",
+                "u-a",
+                gateway("gw3"),
+                Some(pid),
+                "4"
+            ))),
+            pools(&["nodepool/gw3", "vmss/rg/vmss"])
+        );
+        // No longer a gateway node: the pools it was in.
+        let demoted = json!({"kubernetes.azure.com/agentpool": "gw3"});
+        assert_eq!(
+            t.on(&watcher::Event::Apply(node("a", "u-a", demoted, Some(pid), "5"))),
+            pools(&["nodepool/gw3", "vmss/rg/vmss"])
+        );
+        // Leaving.
+        assert_eq!(
+            t.on(&watcher::Event::Delete(node(
+                "b",
+                "u-b",
+                gateway("gw2"),
+                None,
+                "6"
+            ))),
+            pools(&["nodepool/gw2"])
+        );
+        // A self-managed gateway node tied to no pool by its labels or providerID may match any pool.
+        let loose = json!({"kubeegressgateway.azure.com/mode": "true"});
+        assert_eq!(
+            t.on(&watcher::Event::Apply(node("c", "u-c", loose, None, "7"))),
+            vec![Trigger::All]
+        );
+    }
+
+    #[test]
+    fn a_relist_triggers_what_changed_while_the_watch_was_down() {
+        let a = node("a", "u-a", gateway("gw"), None, "1");
+        let b = node("b", "u-b", gateway("gw2"), None, "1");
+        let c = node("c", "u-c", gateway("gw3"), None, "1");
+        let mut t = synced(&[a, b, c]);
+        t.on(&watcher::Event::Init);
+        // a: heartbeat only; b: gone; c: moved; d: new.
+        for n in [
+            node("a", "u-a", gateway("gw"), None, "9"),
+            node("c", "u-c", gateway("gw4"), None, "9"),
+            node("d", "u-d", gateway("gw5"), None, "9"),
+        ] {
+            assert!(t.on(&watcher::Event::InitApply(n)).is_empty());
+        }
+        assert_eq!(
+            t.on(&watcher::Event::InitDone),
+            pools(&["nodepool/gw2", "nodepool/gw3", "nodepool/gw4", "nodepool/gw5"])
+        );
+    }
+
+    #[test]
+    fn gateway_pool_changes_trigger_their_pool_only() {
+        let pool = |rv: &str, np: &str| -> GatewayPool {
+            serde_json::from_value(json!({
+                "metadata": {"name": "p", "uid": "u-p", "resourceVersion": rv},
+                "spec": {"gatewayNodepoolName": np, "publicIpPrefixSize": 31}
+            }))
+            .expect("pool")
+        };
+        let mut t = Tracker::new(gateway_pool_relevance);
+        t.on(&watcher::Event::Init);
+        t.on(&watcher::Event::InitApply(pool("1", "gw")));
+        t.on(&watcher::Event::InitDone);
+        // Its status written: its pool, not every pool.
+        assert_eq!(
+            t.on(&watcher::Event::Apply(pool("2", "gw"))),
+            pools(&["nodepool/gw"])
+        );
+    }
 }
