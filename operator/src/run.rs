@@ -11,9 +11,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -60,16 +60,16 @@ type Relevance<F> = (F, Option<BTreeSet<String>>);
 /// with what was known, so what changed while the watch was down triggers too. The first list triggers
 /// nothing: the work loop's first pass, after every cache is filled, covers every pool.
 struct Tracker<K, F> {
-    relevance: fn(&K) -> Relevance<F>,
+    relevance: Box<dyn Fn(&K) -> Relevance<F> + Send>,
     known: BTreeMap<String, Relevance<F>>,
     relisted: Option<BTreeMap<String, Relevance<F>>>,
     synced: bool,
 }
 
 impl<K: kube::Resource, F: PartialEq> Tracker<K, F> {
-    fn new(relevance: fn(&K) -> Relevance<F>) -> Self {
+    fn new(relevance: impl Fn(&K) -> Relevance<F> + Send + 'static) -> Self {
         Tracker {
-            relevance,
+            relevance: Box::new(relevance),
             known: BTreeMap::new(),
             relisted: None,
             synced: false,
@@ -236,9 +236,10 @@ pub fn node_relevance(n: &Node) -> Relevance<NodeFacts> {
 /// The store is updated before the event is looked at, so the pass it triggers sees the change.
 async fn watch_into<K, F>(
     api: Api<K>,
+    config: watcher::Config,
     writer: reflector::store::Writer<K>,
     strip: fn(&mut K),
-    relevance: fn(&K) -> Relevance<F>,
+    relevance: impl Fn(&K) -> Relevance<F> + Send + 'static,
     tx: mpsc::UnboundedSender<Trigger>,
     what: &'static str,
 ) where
@@ -252,7 +253,7 @@ async fn watch_into<K, F>(
     F: PartialEq,
 {
     let mut tracker = Tracker::new(relevance);
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, config)
         .default_backoff()
         .modify(strip)
         .reflect(writer);
@@ -284,12 +285,40 @@ fn strip_node(n: &mut Node) {
     n.status = None;
 }
 
+/// A key Secret concerns the pool of the configuration its owner labels name (as the cache of configurations
+/// has it). Any change counts: a deleted Secret is a key rotation, a changed one may need repair.
+fn key_secret_relevance(
+    sgcs: Store<StaticGatewayConfiguration>,
+) -> impl Fn(&Secret) -> Relevance<Option<String>> + Send + 'static {
+    move |secret: &Secret| {
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        let owner = match (
+            labels.get(api::names::SECRET_OWNER_NAMESPACE_LABEL),
+            labels.get(api::names::SECRET_OWNER_NAME_LABEL),
+        ) {
+            (Some(ns), Some(name)) => sgcs.get(&ObjectRef::new(name).within(ns)),
+            _ => None,
+        };
+        (
+            secret.metadata.resource_version.clone(),
+            Some(
+                owner
+                    .and_then(|s| s.spec.pool_ref())
+                    .map(|r| pool_key(&r))
+                    .into_iter()
+                    .collect(),
+            ),
+        )
+    }
+}
+
 /// The watch caches a pass reads.
 #[derive(Clone)]
 struct Caches {
     sgcs: Store<StaticGatewayConfiguration>,
     pools: Store<GatewayPool>,
     nodes: Store<Node>,
+    key_secrets: Store<Secret>,
 }
 
 impl Caches {
@@ -298,6 +327,7 @@ impl Caches {
             sgcs: self.sgcs.state(),
             pools: self.pools.state(),
             nodes: self.nodes.state(),
+            key_secrets: Some(self.key_secrets.clone()),
         }
     }
 
@@ -305,6 +335,7 @@ impl Caches {
         self.sgcs.wait_until_ready().await.is_ok()
             && self.pools.wait_until_ready().await.is_ok()
             && self.nodes.wait_until_ready().await.is_ok()
+            && self.key_secrets.wait_until_ready().await.is_ok()
     }
 }
 
@@ -333,10 +364,18 @@ pub async fn run_operator_with(
     let (sgcs, sgcs_w) = reflector::store();
     let (pools, pools_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
-    let caches = Caches { sgcs, pools, nodes };
+    let (key_secrets, key_secrets_w) = reflector::store();
+    let caches = Caches {
+        sgcs,
+        pools,
+        nodes,
+        key_secrets,
+    };
+    let all = watcher::Config::default;
     let watches = [
         tokio::spawn(watch_into(
             Api::<StaticGatewayConfiguration>::all(client.clone()),
+            all(),
             sgcs_w,
             strip_managed_fields,
             sgc_relevance,
@@ -345,6 +384,7 @@ pub async fn run_operator_with(
         )),
         tokio::spawn(watch_into(
             Api::<GatewayPool>::all(client.clone()),
+            all(),
             pools_w,
             strip_managed_fields,
             gateway_pool_relevance,
@@ -352,12 +392,23 @@ pub async fn run_operator_with(
             "GatewayPool",
         )),
         tokio::spawn(watch_into(
-            Api::<Node>::all(client),
+            Api::<Node>::all(client.clone()),
+            all(),
             nodes_w,
             strip_node,
             node_relevance,
             tx.clone(),
             "Node",
+        )),
+        // Key Secrets only: those labelled with their configuration, in the operator's Secret namespace.
+        tokio::spawn(watch_into(
+            Api::<Secret>::namespaced(client, &op.secret_namespace),
+            all().labels(api::names::SECRET_OWNER_NAME_LABEL),
+            key_secrets_w,
+            strip_managed_fields,
+            key_secret_relevance(caches.sgcs.clone()),
+            tx.clone(),
+            "Secret",
         )),
     ];
     // Passes read the caches, so none runs before all three are filled.

@@ -330,10 +330,52 @@ async fn one_pass_reads_the_shared_objects_once() {
     assert_eq!(lb_reads, passes as usize, "one load-balancer read per pass");
     assert_eq!(vmss_reads, 0, "the listed scale set is not read again");
     let kube_after = kube_verbs(&w.kube);
+    for verb in ["list", "get"] {
+        assert_eq!(
+            kube_after.get(verb).copied().unwrap_or(0),
+            kube_before.get(verb).copied().unwrap_or(0),
+            "passes read the watch caches (configurations, pools, Nodes, key Secrets): {kube_after:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_key_secret_is_replaced_without_waiting_for_the_resync() {
+    let w = start(Duration::from_secs(3600)).await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.admin.clone(), "app");
+    let public_key = |s: &StaticGatewayConfiguration| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.gateway_server_profile.as_ref())
+            .map(|p| p.public_key.clone())
+    };
+    let before = sgcs.get("gateway").await.expect("get");
+    let old_key = public_key(&before);
+    assert!(old_key.is_some());
+    let uid = before.metadata.uid.clone().expect("uid");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.admin.clone(), NS)
+        .delete(&format!("sgw-{uid}"), &Default::default())
+        .await
+        .expect("delete key secret");
+    // The resync is 5 minutes away: the Secret's deletion itself triggers the configuration's pool.
+    eventually("a new key in the status", || {
+        let sgcs = sgcs.clone();
+        let old_key = old_key.clone();
+        async move {
+            let s = sgcs.get("gateway").await.expect("get");
+            public_key(&s).is_some() && public_key(&s) != old_key
+        }
+    })
+    .await;
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.admin.clone(), NS)
+        .get(&format!("sgw-{uid}"))
+        .await
+        .expect("new key secret");
+    let data = secret.data.expect("data");
+    let status = sgcs.get("gateway").await.expect("get");
     assert_eq!(
-        kube_after.get("list").copied().unwrap_or(0),
-        kube_before.get("list").copied().unwrap_or(0),
-        "passes read the watch caches"
+        Some(String::from_utf8_lossy(&data["PublicKey"].0).to_string()),
+        public_key(&status)
     );
 }
 

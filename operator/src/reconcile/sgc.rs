@@ -555,8 +555,9 @@ pub struct Operator {
     pub passes: PassCounter,
 }
 
-/// The Kubernetes objects a pass works from: the work loop's watch caches, or lists.
-#[derive(Clone, Debug, Default)]
+/// The Kubernetes objects a pass works from: the work loop's watch caches, or lists. `Debug` shows counts
+/// only (the Secrets hold private keys).
+#[derive(Clone, Default)]
 pub struct Inputs {
     /// Every StaticGatewayConfiguration.
     pub sgcs: Vec<Arc<StaticGatewayConfiguration>>,
@@ -564,6 +565,37 @@ pub struct Inputs {
     pub pools: Vec<Arc<GatewayPool>>,
     /// Every Node (name, labels and `spec.providerID` are read).
     pub nodes: Vec<Arc<Node>>,
+    /// The key Secrets as the work loop's cache has them (`None`: read each from the API server). A Secret the
+    /// cache does not have is still read from the API server before it is created.
+    pub key_secrets: Option<kube::runtime::reflector::Store<Secret>>,
+}
+
+impl std::fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("sgcs", &self.sgcs.len())
+            .field("pools", &self.pools.len())
+            .field("nodes", &self.nodes.len())
+            .field("key_secrets", &self.key_secrets.as_ref().map(|s| s.state().len()))
+            .finish()
+    }
+}
+
+/// What the pools of one pass share: their ARM reads, the key Secret cache.
+pub struct PassContext<'a> {
+    /// ARM reads shared within the pass.
+    pub reads: &'a PassReads,
+    /// See [`Inputs::key_secrets`].
+    pub key_secrets: Option<&'a kube::runtime::reflector::Store<Secret>>,
+}
+
+impl std::fmt::Debug for PassContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassContext")
+            .field("reads", &self.reads)
+            .field("key_secrets", &self.key_secrets.map(|s| s.state().len()))
+            .finish()
+    }
 }
 
 /// What a pass did.
@@ -663,10 +695,13 @@ impl Operator {
     }
 
     /// Ensures the configuration's key Secret; returns its public key. A Secret without a usable private key
-    /// gets a new key pair (as upstream: deleting the Secret rotates the key).
+    /// gets a new key pair (as upstream: deleting the Secret rotates the key). With `cache`, a Secret the cache
+    /// has is not read again; one it does not have is read from the API server (it may just not have arrived
+    /// yet) before anything is created.
     pub async fn ensure_key_secret(
         &self,
         sgc: &StaticGatewayConfiguration,
+        cache: Option<&kube::runtime::reflector::Store<Secret>>,
     ) -> Result<(String, ObjectReference), kube::Error> {
         let uid = sgc.uid().unwrap_or_default();
         let name = key_secret_name(&uid);
@@ -685,7 +720,13 @@ impl Operator {
             namespace: Some(self.secret_namespace.clone()),
             ..ObjectReference::default()
         };
-        let existing = api.get_opt(&name).await?;
+        let cached = cache.and_then(|c| {
+            c.get(&kube::runtime::reflector::ObjectRef::new(&name).within(&self.secret_namespace))
+        });
+        let existing = match cached {
+            Some(s) => Some(Secret::clone(&s)),
+            None => api.get_opt(&name).await?,
+        };
         let stored = existing.as_ref().and_then(|s| {
             let data = s.data.as_ref()?;
             let private = String::from_utf8(data.get(SECRET_PRIVATE_KEY)?.0.clone()).ok()?;
@@ -841,16 +882,16 @@ impl Operator {
         sgcs: &[Arc<StaticGatewayConfiguration>],
         pools: &[Arc<GatewayPool>],
         nodes: &[Arc<Node>],
-        reads: &PassReads,
+        ctx: &PassContext<'_>,
     ) -> Result<(), Error> {
         let started = Instant::now();
         let mut report = PassReport::default();
         let result = self
-            .reconcile_pool_inner(pool_ref, sgcs, pools, nodes, &mut report, reads)
+            .reconcile_pool_inner(pool_ref, sgcs, pools, nodes, &mut report, ctx)
             .await;
         if result.is_err() {
             // A failure may hide a write (a lost response): what follows reads afresh.
-            reads.forget();
+            ctx.reads.forget();
         }
         if let Err(Error::Kube(_)) = &result {
             // A Kubernetes failure stops the pass: nobody got a complete reconcile of their own part.
@@ -922,8 +963,9 @@ impl Operator {
         pools: &[Arc<GatewayPool>],
         nodes: &[Arc<Node>],
         report: &mut PassReport,
-        reads: &PassReads,
+        ctx: &PassContext<'_>,
     ) -> Result<(), Error> {
+        let reads = ctx.reads;
         let pool_obj = pools
             .iter()
             .find(|p| p.spec.pool_ref().as_ref() == Some(pool_ref));
@@ -987,7 +1029,7 @@ impl Operator {
                 byo_ids.insert(uid.clone(), id);
             }
             self.add_finalizer(sgc).await?;
-            let key = self.ensure_key_secret(sgc).await?;
+            let key = self.ensure_key_secret(sgc, ctx.key_secrets).await?;
             keys.insert(uid.clone(), key);
             if declared_prefix.is_none() {
                 declared_prefix = sgc.spec.vmss_profile().map(|p| p.public_ip_prefix_size);
@@ -1348,6 +1390,7 @@ impl Operator {
             sgcs: self.list_all().await?,
             pools: self.list_all().await?,
             nodes: self.list_all().await?,
+            key_secrets: None,
         };
         let out = self.pass(&inputs, only).await;
         match out.error {
@@ -1372,7 +1415,12 @@ impl Operator {
     }
 
     async fn pass_inner(&self, inputs: &Inputs, only: Option<&BTreeSet<String>>, out: &mut PassOutcome) {
-        let Inputs { sgcs, pools, nodes } = inputs;
+        let Inputs {
+            sgcs,
+            pools,
+            nodes,
+            key_secrets,
+        } = inputs;
         let mut by_pool: BTreeMap<String, (PoolRef, Vec<Arc<StaticGatewayConfiguration>>)> = BTreeMap::new();
         for sgc in sgcs {
             let Some(r) = sgc.spec.pool_ref() else {
@@ -1441,7 +1489,11 @@ impl Operator {
             }
             list.sort_by_key(|s| s.metadata.creation_timestamp.clone().map(|t| t.0));
             out.reconciled.insert(key.clone());
-            if let Err(e) = self.reconcile_pool(&r, &list, pools, nodes, &reads).await {
+            let ctx = PassContext {
+                reads: &reads,
+                key_secrets: key_secrets.as_ref(),
+            };
+            if let Err(e) = self.reconcile_pool(&r, &list, pools, nodes, &ctx).await {
                 out.failed.insert(key);
                 out.error.get_or_insert(e);
             }
