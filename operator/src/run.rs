@@ -55,12 +55,15 @@ pub enum Trigger {
 /// of anything else triggers nothing) and the pools it concerns (`None`: it cannot tell, every pool).
 type Relevance<F> = (F, Option<BTreeSet<String>>);
 
+/// How a watch tells what an object means to the work loop.
+type RelevanceFn<K, F> = Box<dyn Fn(&K) -> Relevance<F> + Send>;
+
 /// Turns a watch's events into triggers: an object whose fingerprint changed (or that appeared or went away)
 /// triggers the pools it concerned before and concerns now. Re-lists (after a watch expired) are compared
 /// with what was known, so what changed while the watch was down triggers too. The first list triggers
 /// nothing: the work loop's first pass, after every cache is filled, covers every pool.
 struct Tracker<K, F> {
-    relevance: Box<dyn Fn(&K) -> Relevance<F> + Send>,
+    relevance: RelevanceFn<K, F>,
     known: BTreeMap<String, Relevance<F>>,
     relisted: Option<BTreeMap<String, Relevance<F>>>,
     synced: bool,
