@@ -538,6 +538,10 @@ async fn work_loop(
             schedule.backoff.insert(k.clone(), b);
             schedule.at(k.clone(), now + b);
         }
+        if only.is_none() {
+            // Pools that are gone keep no backoff.
+            schedule.backoff.retain(|k, _| out.reconciled.contains(k));
+        }
         if out.failed_outside_pools {
             let b = Schedule::next_backoff(schedule.all_backoff);
             schedule.all_backoff = Some(b);
