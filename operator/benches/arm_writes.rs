@@ -2,9 +2,12 @@
 //! per-configuration algorithm issues for the same work.
 //!
 //! Run: `cargo bench -p operator --bench arm_writes` (or `--profile dev` to skip the release build; the
-//! simulated ARM latency dominates either way). Prints a Markdown table for docs/performance.md.
+//! simulated ARM latency dominates either way). Prints Markdown tables for docs/performance.md: the writes of
+//! the Azure half (argument `writes` for only those), and the steady-state cost of the whole operator, its
+//! work loop on the Kubernetes simulator (argument `steady` for only that).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::PoolRef;
@@ -58,6 +61,7 @@ struct Row {
     instances: u32,
     phase: &'static str,
     writes: usize,
+    reads: usize,
     upstream: u64,
     floor: u64,
     seconds: f64,
@@ -116,6 +120,12 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
             })
             .count()
     };
+    let reads = |sim: &AzureSim| {
+        sim.calls()
+            .iter()
+            .filter(|c| c.method == "GET" && !c.path.contains("/oauth2/"))
+            .count()
+    };
     let mut rows = Vec::new();
     let (c, i) = (configs as u64, u64::from(instances));
 
@@ -133,6 +143,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
         instances,
         phase: "create",
         writes: writes(&sim),
+        reads: reads(&sim),
         upstream: upstream_create_writes(c, i),
         floor: floor_writes(c, i),
         seconds: t.elapsed().as_secs_f64(),
@@ -148,6 +159,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
         instances,
         phase: "no-op resync",
         writes: writes(&sim),
+        reads: reads(&sim),
         upstream: upstream_resync_writes(),
         floor: 0,
         seconds: t.elapsed().as_secs_f64(),
@@ -170,6 +182,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
         instances,
         phase: "delete",
         writes: writes(&sim),
+        reads: reads(&sim),
         upstream: upstream_delete_writes(c, i),
         floor: floor_writes(c, i),
         seconds: t.elapsed().as_secs_f64(),
@@ -179,10 +192,24 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
 
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only = |what: &str| {
+        let named: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+        named.is_empty() || named.iter().any(|a| *a == what)
+    };
+    if only("writes") {
+        write_table().await;
+    }
+    if only("steady") {
+        steady::table().await;
+    }
+}
+
+async fn write_table() {
     println!(
-        "| configurations | instances | phase | ARM writes | floor | upstream writes | ratio | floor / upstream | wall time (s) |"
+        "| configurations | instances | phase | ARM writes | floor | upstream writes | ratio | floor / upstream | ARM reads | wall time (s) |"
     );
-    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let pct = |a: f64, b: u64| {
         if b == 0 {
             "-".to_string()
@@ -194,7 +221,7 @@ async fn main() {
         for configs in [1, 10, 50] {
             for r in measure(configs, instances).await {
                 println!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
                     r.configs,
                     r.instances,
                     r.phase,
@@ -203,9 +230,292 @@ async fn main() {
                     r.upstream,
                     pct(r.writes as f64, r.upstream),
                     pct(r.floor as f64, r.upstream),
+                    r.reads,
                     r.seconds
                 );
             }
+        }
+    }
+}
+
+/// The whole operator's steady-state cost: its work loop (`run::run_operator_with`) with watches on the
+/// Kubernetes simulator and the ARM simulator, once every configuration is Ready. Counts what one all-pool
+/// pass (what the 5-minute drift repair runs) and one Node heartbeat cost in ARM reads and Kubernetes requests.
+mod steady {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Namespace, Node};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+    use operator::reconcile::sgc::Operator;
+    use operator::run::{RunOptions, run_operator_with};
+    use testbed::kube::{Access, KubeSim, KubeSimConfig, User};
+
+    const POOLS: usize = 3;
+    const INSTANCES: u32 = 4;
+    const CONFIGS_PER_POOL: usize = 5;
+    const USER_NODES: usize = 20;
+    /// The operator's identity on the Kubernetes simulator (its requests are counted apart from the
+    /// benchmark's own).
+    const OPERATOR: &str = "operator";
+
+    fn pool_name(p: usize) -> String {
+        format!("gw{p}")
+    }
+
+    /// ARM and Kubernetes counters at one moment.
+    #[derive(Clone, Default)]
+    struct Counts {
+        arm_reads: usize,
+        arm_writes: usize,
+        kube: BTreeMap<(String, String), u64>,
+    }
+
+    impl Counts {
+        fn take(azure: &AzureSim, kube: &KubeSim) -> Counts {
+            let calls: Vec<_> = azure
+                .calls()
+                .into_iter()
+                .filter(|c| !c.path.contains("/oauth2/"))
+                .collect();
+            Counts {
+                arm_reads: calls.iter().filter(|c| c.method == "GET").count(),
+                arm_writes: calls.iter().filter(|c| c.method != "GET").count(),
+                kube: kube.verbs_by(OPERATOR),
+            }
+        }
+
+        /// (ARM reads, ARM writes, Kubernetes LIST, GET, writes, WATCH) since `before`.
+        fn since(&self, before: &Counts) -> (usize, usize, u64, u64, u64, u64) {
+            let verb = |c: &Counts, pred: &dyn Fn(&str) -> bool| -> u64 {
+                c.kube.iter().filter(|((v, _), _)| pred(v)).map(|(_, n)| n).sum()
+            };
+            let d = |pred: &dyn Fn(&str) -> bool| verb(self, pred) - verb(before, pred);
+            (
+                self.arm_reads - before.arm_reads,
+                self.arm_writes - before.arm_writes,
+                d(&|v| v == "list"),
+                d(&|v| v == "get"),
+                d(&|v| !matches!(v, "list" | "get" | "watch")),
+                d(&|v| v == "watch"),
+            )
+        }
+    }
+
+    /// Waits until the work loop has been idle for a while (no pass started in `quiet`).
+    async fn settle(op: &Operator, quiet: Duration) {
+        loop {
+            let started = op.passes.started();
+            tokio::time::sleep(quiet).await;
+            if op.passes.started() == started && op.passes.idle() {
+                return;
+            }
+        }
+    }
+
+    pub async fn table() {
+        let mut seed = Seed::aks_like(INSTANCES);
+        seed.vm_scale_sets = (0..POOLS)
+            .map(|p| testbed::azure::seed::VmssSeed {
+                name: format!("aks-{}-12345678-vmss", pool_name(p)),
+                pool_name: pool_name(p),
+                gateway_prefix_size: Some(30),
+                instances: INSTANCES,
+                ..seed.vm_scale_sets[0].clone()
+            })
+            .collect();
+        seed.public_ip_ranges = vec!["20.10.0.0/16".parse().expect("range")];
+        let azure = AzureSim::start(&seed).await.expect("azure-sim");
+        azure.set_latency(Duration::from_millis(5));
+        azure.set_lro(LroConfig {
+            in_progress_polls: 0,
+            max_duration_ms: 0,
+            ..Default::default()
+        });
+        let mut kcfg = KubeSimConfig::default();
+        kcfg.users
+            .push(User::new(OPERATOR, &testbed::kube::random_token(), Access::Admin));
+        let kube = KubeSim::start(kcfg).await.expect("kube-sim");
+        let admin = kube.client("admin").expect("client");
+        for crd in api::crd::all() {
+            Api::<CustomResourceDefinition>::all(admin.clone())
+                .create(&PostParams::default(), &crd)
+                .await
+                .expect("CRD");
+        }
+        for ns in ["kube-egress-gateway-system", "app"] {
+            let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+            Api::<Namespace>::all(admin.clone())
+                .create(&PostParams::default(), &n)
+                .await
+                .expect("namespace");
+        }
+        let nodes: Api<Node> = Api::all(admin.clone());
+        let node = |name: String, labels: serde_json::Value| -> Node {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": labels},
+                "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            }))
+            .expect("node")
+        };
+        for p in 0..POOLS {
+            for i in 0..INSTANCES {
+                let labels = json!({"kubernetes.azure.com/agentpool": pool_name(p), "kubernetes.azure.com/mode": "gateway"});
+                nodes
+                    .create(
+                        &PostParams::default(),
+                        &node(format!("aks-{}-12345678-vmss{i:06}", pool_name(p)), labels),
+                    )
+                    .await
+                    .expect("gateway node");
+            }
+        }
+        for i in 0..USER_NODES {
+            let labels =
+                json!({"kubernetes.azure.com/agentpool": "user", "kubernetes.azure.com/mode": "user"});
+            nodes
+                .create(&PostParams::default(), &node(format!("aks-user-{i}"), labels))
+                .await
+                .expect("user node");
+        }
+        let pools: Api<api::GatewayPool> = Api::all(admin.clone());
+        let sgcs: Api<api::StaticGatewayConfiguration> = Api::namespaced(admin.clone(), "app");
+        for p in 0..POOLS {
+            let gp: api::GatewayPool = serde_json::from_value(json!({
+                "metadata": {"name": pool_name(p)},
+                "spec": {"gatewayNodepoolName": pool_name(p), "publicIpPrefixSize": 30}
+            }))
+            .expect("pool");
+            pools.create(&PostParams::default(), &gp).await.expect("pool");
+            for c in 0..CONFIGS_PER_POOL {
+                let s: api::StaticGatewayConfiguration = serde_json::from_value(json!({
+                    "metadata": {"name": format!("{}-c{c}", pool_name(p)), "namespace": "app"},
+                    "spec": {"gatewayNodepoolName": pool_name(p)}
+                }))
+                .expect("sgc");
+                sgcs.create(&PostParams::default(), &s).await.expect("sgc");
+            }
+        }
+
+        let text = json!({
+            "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
+            "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
+            "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
+            "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": azure.url(),
+            "activeDirectoryAuthorityHost": azure.url()
+        })
+        .to_string();
+        let cfg = CloudConfig::parse(&text, |_| None).expect("config");
+        let metrics = Metrics::new();
+        let arm = Arm::new(
+            &cfg,
+            operator::azure::credential(&cfg).expect("credential"),
+            RetryBudget::default(),
+            &metrics,
+        )
+        .expect("clients");
+        let op = Arc::new(Operator::new(
+            kube.client(OPERATOR).expect("operator client"),
+            arm,
+            cfg,
+            "kube-egress-gateway-system".into(),
+            "kube-egress-gateway-system".into(),
+            8082,
+            metrics,
+        ));
+        let (leading_tx, leading) = tokio::sync::watch::channel(true);
+        let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+        let options = RunOptions {
+            converging_recheck: Duration::from_millis(500),
+            ..RunOptions::default()
+        };
+        tokio::spawn(run_operator_with(
+            op.clone(),
+            leading,
+            Default::default(),
+            shutdown,
+            options,
+        ));
+        let t = Instant::now();
+        loop {
+            let ready = sgcs
+                .list(&ListParams::default())
+                .await
+                .expect("list")
+                .items
+                .iter()
+                .filter(|s| s.status.as_ref().is_some_and(|st| st.is_ready_for_pods()))
+                .count();
+            let pools_ready = pools
+                .list(&ListParams::default())
+                .await
+                .expect("list")
+                .items
+                .iter()
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .is_some_and(|st| st.ready_instances == INSTANCES as i32)
+                })
+                .count();
+            if ready == POOLS * CONFIGS_PER_POOL && pools_ready == POOLS {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "never Ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        settle(&op, Duration::from_secs(2)).await;
+
+        println!();
+        println!(
+            "{POOLS} VMSS pools × {INSTANCES} instances, {CONFIGS_PER_POOL} configurations per pool, {} gateway + {USER_NODES} other Nodes",
+            POOLS as u32 * INSTANCES
+        );
+        println!();
+        println!(
+            "| event | passes | ARM reads | ARM writes | Kubernetes LIST | Kubernetes GET | Kubernetes writes | Kubernetes WATCH (new) |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        let row = |what: &str, passes: u64, (r, w, l, g, kw, wa): (usize, usize, u64, u64, u64, u64)| {
+            println!("| {what} | {passes} | {r} | {w} | {l} | {g} | {kw} | {wa} |");
+        };
+
+        // An all-pool pass: what the periodic drift repair runs (a leadership change runs the same).
+        let before = Counts::take(&azure, &kube);
+        let passes = op.passes.started();
+        leading_tx.send_replace(true);
+        while op.passes.finished() <= passes {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        settle(&op, Duration::from_secs(1)).await;
+        row(
+            "all-pool pass (periodic drift repair), no drift",
+            op.passes.started() - passes,
+            Counts::take(&azure, &kube).since(&before),
+        );
+
+        // Heartbeats: the kubelet's status update (a condition's lastHeartbeatTime) on one Node.
+        for (what, name) in [
+            (
+                "heartbeat of one gateway Node",
+                format!("aks-{}-12345678-vmss000000", pool_name(0)),
+            ),
+            ("heartbeat of one other Node", "aks-user-0".to_string()),
+        ] {
+            let before = Counts::take(&azure, &kube);
+            let passes = op.passes.started();
+            let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "lastHeartbeatTime": "2026-01-01T00:00:10Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+            nodes
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+                .expect("heartbeat");
+            settle(&op, Duration::from_secs(1)).await;
+            row(
+                what,
+                op.passes.started() - passes,
+                Counts::take(&azure, &kube).since(&before),
+            );
         }
     }
 }

@@ -213,7 +213,7 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
         }
         assert!(tokio::time::Instant::now() < deadline, "pool never ready: {ps:?}");
         assert!(
-            w.op.converging.swap(false, std::sync::atomic::Ordering::Relaxed),
+            w.op.take_converging().contains("nodepool/gateway"),
             "not ready yet must mean converging"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -57,6 +57,87 @@ pub enum PoolError {
     Arm(#[from] ArmError),
 }
 
+/// ARM reads the pools of one pass share, so that the same object is not read twice in a pass: the scale-set,
+/// VM, NIC and public IP listings of a resource group, the gateway load balancer, and each scale set found by
+/// [`resolve_in`] (which [`observe_in`] then does not GET again). Whatever was read is forgotten as soon as
+/// anything is written, or may have been (any failure): what follows a write reads afresh.
+#[derive(Debug, Default)]
+pub struct PassReads {
+    inner: std::sync::Mutex<Memo>,
+}
+
+#[derive(Debug, Default)]
+struct Memo {
+    /// By (listing, lower-cased resource group).
+    lists: BTreeMap<(&'static str, String), Vec<Value>>,
+    /// The load balancer as read (`Some(None)`: it does not exist).
+    lb: Option<Option<Value>>,
+    /// Scale sets found by `resolve_in`, by lower-cased (resource group, name).
+    scale_sets: BTreeMap<(String, String), Value>,
+}
+
+const LIST_VMSS: &str = "virtualMachineScaleSets";
+const LIST_VMS: &str = "virtualMachines";
+const LIST_NICS: &str = "networkInterfaces";
+const LIST_PUBLIC_IPS: &str = "publicIPAddresses";
+
+impl PassReads {
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets everything read: after a write, or a failure that may hide one.
+    pub fn forget(&self) {
+        *self.memo() = Memo::default();
+    }
+
+    /// A resource group's listing of `kind`, read at most once until forgotten.
+    async fn list(&self, arm: &Arm, kind: &'static str, rg: &str) -> ArmResult<Vec<Value>> {
+        let key = (kind, rg.to_ascii_lowercase());
+        if let Some(v) = self.memo().lists.get(&key) {
+            return Ok(v.clone());
+        }
+        let v = match kind {
+            LIST_VMSS => arm.list_vmss(rg).await?,
+            LIST_VMS => arm.list_vms(rg).await?,
+            LIST_NICS => arm.list_nics(rg).await?,
+            _ => arm.list_public_ips(rg).await?,
+        };
+        self.memo().lists.insert(key, v.clone());
+        Ok(v)
+    }
+
+    /// The gateway load balancer, read at most once until forgotten.
+    async fn lb(&self, arm: &Arm, cfg: &CloudConfig) -> ArmResult<Option<Value>> {
+        if let Some(v) = &self.memo().lb {
+            return Ok(v.clone());
+        }
+        let v = arm
+            .get_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
+            .await?;
+        self.memo().lb = Some(v.clone());
+        Ok(v)
+    }
+
+    fn remember_scale_set(&self, rg: &str, vmss: &Value) {
+        if let Some(name) = vmss.get("name").and_then(Value::as_str) {
+            self.memo()
+                .scale_sets
+                .insert((rg.to_ascii_lowercase(), name.to_ascii_lowercase()), vmss.clone());
+        }
+    }
+
+    /// A scale set `resolve_in` found, when it came with its ETag (a write of the model must be conditional
+    /// on it); otherwise the caller GETs it.
+    fn scale_set(&self, rg: &str, name: &str) -> Option<Value> {
+        self.memo()
+            .scale_sets
+            .get(&(rg.to_ascii_lowercase(), name.to_ascii_lowercase()))
+            .filter(|v| etag_of(v).is_some())
+            .cloned()
+    }
+}
+
 fn tag<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get("tags")?
         .as_object()?
@@ -84,24 +165,41 @@ pub async fn resolve(
     pool_ref: &PoolRef,
     declared_prefix_len: Option<i32>,
 ) -> Result<ResolvedPool, PoolError> {
+    resolve_in(arm, cfg, pool_ref, declared_prefix_len, &PassReads::default()).await
+}
+
+/// [`resolve`] within a pass: listings already read in the pass are not read again, and the scale set found
+/// is kept for [`observe_in`].
+pub async fn resolve_in(
+    arm: &Arm,
+    cfg: &CloudConfig,
+    pool_ref: &PoolRef,
+    declared_prefix_len: Option<i32>,
+    reads: &PassReads,
+) -> Result<ResolvedPool, PoolError> {
     match pool_ref {
         PoolRef::Vmss { resource_group, name } => {
-            let vmss = arm
-                .get_vmss(resource_group, name)
-                .await?
-                .ok_or_else(|| PoolError::NotFound(pool_ref.to_string()))?;
+            let vmss = match reads.scale_set(resource_group, name) {
+                Some(v) => v,
+                None => arm
+                    .get_vmss(resource_group, name)
+                    .await?
+                    .ok_or_else(|| PoolError::NotFound(pool_ref.to_string()))?,
+            };
+            reads.remember_scale_set(resource_group, &vmss);
             vmss_pool(&vmss, resource_group, declared_prefix_len, pool_ref)
         }
         PoolRef::Nodepool(np) => {
             // One lookup order for everything (upstream's two controllers disagreed): scale sets, then VMs.
-            let sets = arm.list_vmss(&cfg.resource_group).await?;
+            let sets = reads.list(arm, LIST_VMSS, &cfg.resource_group).await?;
             if let Some(vmss) = sets
                 .iter()
                 .find(|v| tag(v, TAG_AKS_POOL_NAME).is_some_and(|t| t.eq_ignore_ascii_case(np)))
             {
+                reads.remember_scale_set(&cfg.resource_group, vmss);
                 return vmss_pool(vmss, &cfg.resource_group, declared_prefix_len, pool_ref);
             }
-            let vms = arm.list_vms(&cfg.resource_group).await?;
+            let vms = reads.list(arm, LIST_VMS, &cfg.resource_group).await?;
             let vm = vms
                 .iter()
                 .find(|v| tag(v, TAG_AKS_POOL_NAME).is_some_and(|t| t.eq_ignore_ascii_case(np)))
@@ -214,9 +312,19 @@ pub async fn observe(
     pool: &ResolvedPool,
     configs: &[Config],
 ) -> ArmResult<Observed> {
-    let lb_json = arm
-        .get_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name)
-        .await?;
+    observe_in(arm, cfg, pool, configs, &PassReads::default()).await
+}
+
+/// [`observe`] within a pass: what the pass read already (load balancer, listings, the scale set `resolve_in`
+/// found) is not read again.
+pub async fn observe_in(
+    arm: &Arm,
+    cfg: &CloudConfig,
+    pool: &ResolvedPool,
+    configs: &[Config],
+    reads: &PassReads,
+) -> ArmResult<Observed> {
+    let lb_json = reads.lb(arm, cfg).await?;
     let mut o = Observed {
         lb_json,
         ..Observed::default()
@@ -241,7 +349,11 @@ pub async fn observe(
     }
     match pool.pool.kind {
         PoolKind::Vmss => {
-            let Some(vmss) = arm.get_vmss(&pool.resource_group, &pool.name).await? else {
+            let vmss = match reads.scale_set(&pool.resource_group, &pool.name) {
+                Some(v) => Some(v),
+                None => arm.get_vmss(&pool.resource_group, &pool.name).await?,
+            };
+            let Some(vmss) = vmss else {
                 return Ok(o); // gone: nothing to clean on it
             };
             o.vmss_etag = etag_of(&vmss);
@@ -313,7 +425,7 @@ pub async fn observe(
             }
         }
         PoolKind::Vm => {
-            for nic in arm.list_nics(&pool.resource_group).await? {
+            for nic in reads.list(arm, LIST_NICS, &pool.resource_group).await? {
                 let is_gateway = tag(&nic, TAG_STATIC_GATEWAY_NIC).is_some()
                     && tag(&nic, TAG_AKS_POOL_NAME).is_some_and(|p| p.eq_ignore_ascii_case(&pool.name));
                 if !is_gateway {
@@ -345,7 +457,7 @@ pub async fn observe(
                 });
                 o.vm_nic_json.insert(name, nic);
             }
-            for pip in arm.list_public_ips(&pool.resource_group).await? {
+            for pip in reads.list(arm, LIST_PUBLIC_IPS, &pool.resource_group).await? {
                 let name = pip.get("name").and_then(Value::as_str).unwrap_or_default();
                 if let Some(prefix) = pip
                     .pointer("/properties/publicIPPrefix/id")
@@ -573,8 +685,31 @@ pub async fn reconcile(
     byo_cidrs: &BTreeMap<String, String>,
     probe_port: i32,
 ) -> Result<PoolOutcome, PoolError> {
+    reconcile_in(
+        arm,
+        cfg,
+        pool,
+        configs,
+        byo_cidrs,
+        probe_port,
+        &PassReads::default(),
+    )
+    .await
+}
+
+/// [`reconcile`] within a pass: the first read uses what the pass read already; after a write, or a failure,
+/// the pass's reads are forgotten and everything is read afresh.
+pub async fn reconcile_in(
+    arm: &Arm,
+    cfg: &CloudConfig,
+    pool: &ResolvedPool,
+    configs: &[Config],
+    byo_cidrs: &BTreeMap<String, String>,
+    probe_port: i32,
+    reads: &PassReads,
+) -> Result<PoolOutcome, PoolError> {
     let env = env_of(cfg, probe_port);
-    let mut observed = observe(arm, cfg, pool, configs).await?;
+    let mut observed = observe_in(arm, cfg, pool, configs, reads).await?;
     let mut writes = 0;
     let mut refetches = 0;
     let plan = loop {
@@ -582,14 +717,18 @@ pub async fn reconcile(
         if plan.is_noop() {
             break plan;
         }
-        match apply(arm, cfg, pool, &observed, &plan, &mut writes).await {
+        let applied = apply(arm, cfg, pool, &observed, &plan, &mut writes).await;
+        if writes > 0 || applied.is_err() {
+            reads.forget();
+        }
+        match applied {
             Ok(()) => break plan,
             Err(e) if e.is_precondition_failed() && refetches < MAX_PRECONDITION_REFETCHES => {
                 // Someone changed an object between our read and our write: re-read, re-plan, go on. The
                 // writes that succeeded are in the new state, so the new plan does not repeat them.
                 refetches += 1;
                 tracing::info!(error = %e, refetches, "stale ETag: re-reading the pool and re-planning");
-                observed = observe(arm, cfg, pool, configs).await?;
+                observed = observe_in(arm, cfg, pool, configs, reads).await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -597,7 +736,7 @@ pub async fn reconcile(
     let after = if writes == 0 {
         observed
     } else {
-        observe(arm, cfg, pool, configs).await?
+        observe_in(arm, cfg, pool, configs, reads).await?
     };
     let facts = configs
         .iter()

@@ -31,7 +31,7 @@ use crate::azure::{Arm, ArmError};
 use crate::config::CloudConfig;
 use crate::desired::{Config, ConfigFacts, ConfigProblem, Egress};
 use crate::metrics::{FailLabels, LatencyLabels, Metrics};
-use crate::reconcile::pool::{self, PoolError};
+use crate::reconcile::pool::{self, PassReads, PoolError};
 
 /// Condition types (defined in `api`, where the provider and kubectl columns read them too).
 pub use api::names::{
@@ -547,9 +547,100 @@ pub struct Operator {
     pub metrics: Metrics,
     /// Event recorder.
     pub recorder: Recorder,
-    /// Set when a pool is still converging (writes just made, addresses or operations pending): the work
-    /// loop then looks again soon instead of waiting for the periodic resync.
-    pub converging: std::sync::atomic::AtomicBool,
+    /// The pools (by [`pool_key`]) still converging (writes just made, addresses or operations pending): the
+    /// work loop looks at them again soon instead of waiting for the periodic resync. See
+    /// [`Operator::take_converging`].
+    converging: std::sync::Mutex<BTreeSet<String>>,
+    /// Passes (`reconcile_pools`) started and finished, for tests and benchmarks that wait for the work loop.
+    pub passes: PassCounter,
+}
+
+/// The Kubernetes objects a pass works from: the work loop's watch caches, or lists. `Debug` shows counts
+/// only (the Secrets hold private keys).
+#[derive(Clone, Default)]
+pub struct Inputs {
+    /// Every StaticGatewayConfiguration.
+    pub sgcs: Vec<Arc<StaticGatewayConfiguration>>,
+    /// Every GatewayPool.
+    pub pools: Vec<Arc<GatewayPool>>,
+    /// Every Node (name, labels and `spec.providerID` are read).
+    pub nodes: Vec<Arc<Node>>,
+    /// The key Secrets as the work loop's cache has them (`None`: read each from the API server). A Secret the
+    /// cache does not have is still read from the API server before it is created.
+    pub key_secrets: Option<kube::runtime::reflector::Store<Secret>>,
+}
+
+impl std::fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("sgcs", &self.sgcs.len())
+            .field("pools", &self.pools.len())
+            .field("nodes", &self.nodes.len())
+            .field("key_secrets", &self.key_secrets.as_ref().map(|s| s.state().len()))
+            .finish()
+    }
+}
+
+/// What the pools of one pass share: their ARM reads, the key Secret cache.
+pub struct PassContext<'a> {
+    /// ARM reads shared within the pass.
+    pub reads: &'a PassReads,
+    /// See [`Inputs::key_secrets`].
+    pub key_secrets: Option<&'a kube::runtime::reflector::Store<Secret>>,
+}
+
+impl std::fmt::Debug for PassContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassContext")
+            .field("reads", &self.reads)
+            .field("key_secrets", &self.key_secrets.map(|s| s.state().len()))
+            .finish()
+    }
+}
+
+/// What a pass did.
+#[derive(Debug, Default)]
+pub struct PassOutcome {
+    /// Pools reconciled, by [`pool_key`] (failed or not).
+    pub reconciled: BTreeSet<String>,
+    /// Pools whose reconcile failed.
+    pub failed: BTreeSet<String>,
+    /// Something outside the pools failed (a GatewayPool's finalizer, a configuration naming no pool): the
+    /// whole pass is to be retried.
+    pub failed_outside_pools: bool,
+    /// The first error.
+    pub error: Option<Error>,
+}
+
+impl PassOutcome {
+    fn fail_outside_pools(&mut self, e: Error) {
+        self.failed_outside_pools = true;
+        self.error.get_or_insert(e);
+    }
+}
+
+/// Counts the work loop's passes.
+#[derive(Debug, Default)]
+pub struct PassCounter {
+    started: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicU64,
+}
+
+impl PassCounter {
+    /// Passes started so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Passes finished so far (successfully or not).
+    pub fn finished(&self) -> u64 {
+        self.finished.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// No pass is running.
+    pub fn idle(&self) -> bool {
+        self.finished() == self.started()
+    }
 }
 
 impl std::fmt::Debug for Operator {
@@ -598,15 +689,19 @@ impl Operator {
             probe_port,
             metrics,
             recorder,
-            converging: std::sync::atomic::AtomicBool::new(false),
+            converging: std::sync::Mutex::default(),
+            passes: PassCounter::default(),
         }
     }
 
     /// Ensures the configuration's key Secret; returns its public key. A Secret without a usable private key
-    /// gets a new key pair (as upstream: deleting the Secret rotates the key).
+    /// gets a new key pair (as upstream: deleting the Secret rotates the key). With `cache`, a Secret the cache
+    /// has is not read again; one it does not have is read from the API server (it may just not have arrived
+    /// yet) before anything is created.
     pub async fn ensure_key_secret(
         &self,
         sgc: &StaticGatewayConfiguration,
+        cache: Option<&kube::runtime::reflector::Store<Secret>>,
     ) -> Result<(String, ObjectReference), kube::Error> {
         let uid = sgc.uid().unwrap_or_default();
         let name = key_secret_name(&uid);
@@ -625,7 +720,13 @@ impl Operator {
             namespace: Some(self.secret_namespace.clone()),
             ..ObjectReference::default()
         };
-        let existing = api.get_opt(&name).await?;
+        let cached = cache.and_then(|c| {
+            c.get(&kube::runtime::reflector::ObjectRef::new(&name).within(&self.secret_namespace))
+        });
+        let existing = match cached {
+            Some(s) => Some(Secret::clone(&s)),
+            None => api.get_opt(&name).await?,
+        };
         let stored = existing.as_ref().and_then(|s| {
             let data = s.data.as_ref()?;
             let private = String::from_utf8(data.get(SECRET_PRIVATE_KEY)?.0.clone()).ok()?;
@@ -781,12 +882,17 @@ impl Operator {
         sgcs: &[Arc<StaticGatewayConfiguration>],
         pools: &[Arc<GatewayPool>],
         nodes: &[Arc<Node>],
+        ctx: &PassContext<'_>,
     ) -> Result<(), Error> {
         let started = Instant::now();
         let mut report = PassReport::default();
         let result = self
-            .reconcile_pool_inner(pool_ref, sgcs, pools, nodes, &mut report)
+            .reconcile_pool_inner(pool_ref, sgcs, pools, nodes, &mut report, ctx)
             .await;
+        if result.is_err() {
+            // A failure may hide a write (a lost response): what follows reads afresh.
+            ctx.reads.forget();
+        }
         if let Err(Error::Kube(_)) = &result {
             // A Kubernetes failure stops the pass: nobody got a complete reconcile of their own part.
             for c in report.configs.values_mut() {
@@ -857,7 +963,9 @@ impl Operator {
         pools: &[Arc<GatewayPool>],
         nodes: &[Arc<Node>],
         report: &mut PassReport,
+        ctx: &PassContext<'_>,
     ) -> Result<(), Error> {
+        let reads = ctx.reads;
         let pool_obj = pools
             .iter()
             .find(|p| p.spec.pool_ref().as_ref() == Some(pool_ref));
@@ -878,6 +986,7 @@ impl Operator {
         let mut keys: BTreeMap<String, (String, ObjectReference)> = BTreeMap::new();
         let mut configs: Vec<(Arc<StaticGatewayConfiguration>, Config)> = Vec::new();
         let mut declared_prefix = pool_obj.map(|p| p.spec.public_ip_prefix_size);
+        let mut byo_ids: BTreeMap<String, api::arm::PublicIpPrefixId> = BTreeMap::new();
         for sgc in sgcs {
             let uid = sgc.uid().unwrap_or_default();
             let deleting = sgc.metadata.deletion_timestamp.is_some();
@@ -913,8 +1022,14 @@ impl Operator {
                 continue;
             }
             report.record(sgc, true);
+            // Rule 6 (just checked) refuses a BYO prefix ID that does not parse, so an accepted one parses.
+            if let Egress::Byo { prefix_id } = &egress
+                && let Ok(id) = api::arm::parse_public_ip_prefix_id(prefix_id)
+            {
+                byo_ids.insert(uid.clone(), id);
+            }
             self.add_finalizer(sgc).await?;
-            let key = self.ensure_key_secret(sgc).await?;
+            let key = self.ensure_key_secret(sgc, ctx.key_secrets).await?;
             keys.insert(uid.clone(), key);
             if declared_prefix.is_none() {
                 declared_prefix = sgc.spec.vmss_profile().map(|p| p.public_ip_prefix_size);
@@ -935,7 +1050,7 @@ impl Operator {
             return Ok(());
         }
 
-        let resolved = match pool::resolve(&self.arm, &self.cfg, pool_ref, declared_prefix).await {
+        let resolved = match pool::resolve_in(&self.arm, &self.cfg, pool_ref, declared_prefix, reads).await {
             Ok(r) => r,
             Err(PoolError::NotFound(m)) => {
                 if let Some(p) = live_pool_obj {
@@ -950,6 +1065,7 @@ impl Operator {
                     }
                     if c.deleting {
                         self.cleanup_without_pool(c).await?;
+                        reads.forget(); // it wrote the load balancer
                         self.finish_deletion(sgc).await?;
                     } else {
                         let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
@@ -984,12 +1100,12 @@ impl Operator {
             if c.deleting {
                 continue;
             }
-            let Egress::Byo { prefix_id } = &c.egress else {
+            let (Egress::Byo { prefix_id }, Some(id)) = (&c.egress, byo_ids.get(&c.uid)) else {
                 continue;
             };
-            match self.check_byo(prefix_id, resolved.pool.prefix_len).await {
+            match self.check_byo(prefix_id, id, resolved.pool.prefix_len).await {
                 Ok(cidr) => {
-                    byo_cidrs.insert(crate::desired::last_segment(prefix_id).to_ascii_lowercase(), cidr);
+                    byo_cidrs.insert(id.name.to_ascii_lowercase(), cidr);
                 }
                 Err(outcome) => {
                     report.fail(&c.uid, &[Layer::Vm]);
@@ -1005,13 +1121,14 @@ impl Operator {
             .map(|(_, c)| c.clone())
             .collect();
 
-        let outcome = match pool::reconcile(
+        let outcome = match pool::reconcile_in(
             &self.arm,
             &self.cfg,
             &resolved,
             &plan_configs,
             &byo_cidrs,
             self.probe_port,
+            reads,
         )
         .await
         {
@@ -1037,7 +1154,10 @@ impl Operator {
             .any(|p| !p.eq_ignore_ascii_case("Succeeded"));
         let incomplete = outcome.facts.values().any(|f| !f.is_complete());
         if outcome.writes > 0 || pending_ops || incomplete {
-            self.converging.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.converging
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pool_key(pool_ref));
         }
         if let Some(p) = pool_obj {
             let wanted: Vec<String> = plan_configs
@@ -1105,9 +1225,14 @@ impl Operator {
         Err(e.into())
     }
 
-    async fn check_byo(&self, prefix_id: &str, required: i32) -> Result<String, Outcome> {
-        let id = api::arm::parse_public_ip_prefix_id(prefix_id)
-            .map_err(|e| Outcome::Invalid(format!("failed to parse public ip prefix id: {prefix_id} {e}")))?;
+    /// A BYO prefix's checks (upstream's): same subscription as the cluster, the pool's length, an address
+    /// range; returns its CIDR. The ID was parsed (and its syntax checked by rule 6) before.
+    async fn check_byo(
+        &self,
+        prefix_id: &str,
+        id: &api::arm::PublicIpPrefixId,
+        required: i32,
+    ) -> Result<String, Outcome> {
         if !id.subscription.eq_ignore_ascii_case(&self.cfg.subscription_id) {
             return Err(Outcome::Invalid(format!(
                 "public ip prefix subscription({}) is not in the same subscription({})",
@@ -1257,36 +1382,78 @@ impl Operator {
         Ok(())
     }
 
-    /// One pass over every pool that has configurations: the periodic drift repair, and what the watch loop
-    /// runs for the pools an event touched.
+    /// One pass over every pool (or the pools in `only`), from objects listed from the API server now. The work
+    /// loop runs [`Operator::pass`] from its watch caches instead; this is for tools and tests that drive passes
+    /// themselves. Returns how many pools were reconciled, or the first error.
     pub async fn reconcile_pools(&self, only: Option<&BTreeSet<String>>) -> Result<usize, Error> {
-        let sgcs: Vec<Arc<StaticGatewayConfiguration>> = self.list_all().await?;
-        let pools: Vec<Arc<GatewayPool>> = self.list_all().await?;
-        let nodes: Vec<Arc<Node>> = self.list_all().await?;
+        let inputs = Inputs {
+            sgcs: self.list_all().await?,
+            pools: self.list_all().await?,
+            nodes: self.list_all().await?,
+            key_secrets: None,
+        };
+        let out = self.pass(&inputs, only).await;
+        match out.error {
+            Some(e) => Err(e),
+            None => Ok(out.reconciled.len()),
+        }
+    }
+
+    /// One pass over every pool that has configurations or a GatewayPool (or only the pools in `only`, by
+    /// [`pool_key`]), working from `inputs`: the periodic drift repair, and what the watch loop runs for the
+    /// pools an event touched. Pools that are still converging are added to [`Operator::take_converging`].
+    pub async fn pass(&self, inputs: &Inputs, only: Option<&BTreeSet<String>>) -> PassOutcome {
+        self.passes
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut out = PassOutcome::default();
+        self.pass_inner(inputs, only, &mut out).await;
+        self.passes
+            .finished
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        out
+    }
+
+    async fn pass_inner(&self, inputs: &Inputs, only: Option<&BTreeSet<String>>, out: &mut PassOutcome) {
+        let Inputs {
+            sgcs,
+            pools,
+            nodes,
+            key_secrets,
+        } = inputs;
         let mut by_pool: BTreeMap<String, (PoolRef, Vec<Arc<StaticGatewayConfiguration>>)> = BTreeMap::new();
         for sgc in sgcs {
             let Some(r) = sgc.spec.pool_ref() else {
                 // Rule 1 broken: report it (no pool to group by).
-                if sgc.metadata.deletion_timestamp.is_none() {
+                let result = if sgc.metadata.deletion_timestamp.is_none() {
                     let verdict = validate_sgc(&sgc.spec, None, &PoolFacts::default());
-                    self.write_status(&sgc, &Outcome::Invalid(verdict.message()), None)
-                        .await?;
+                    self.write_status(sgc, &Outcome::Invalid(verdict.message()), None)
+                        .await
                 } else if sgc.finalizers().iter().any(|f| f == SGC_FINALIZER) {
-                    self.finish_deletion(&sgc).await?;
+                    self.finish_deletion(sgc).await
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = result {
+                    out.fail_outside_pools(e.into());
                 }
                 continue;
             };
             let key = pool_key(&r);
-            by_pool.entry(key).or_insert_with(|| (r, Vec::new())).1.push(sgc);
+            by_pool
+                .entry(key)
+                .or_insert_with(|| (r, Vec::new()))
+                .1
+                .push(sgc.clone());
         }
         // GatewayPools carry a finalizer while configurations use them, so a pool object cannot vanish under
         // its configurations (it is what admission checks rule 4 against).
         let mut held: Vec<&GatewayPool> = Vec::new();
-        for p in &pools {
+        for p in pools {
             let Some(r) = p.spec.pool_ref() else { continue };
             let used = by_pool.contains_key(&pool_key(&r));
             let has = p.finalizers().iter().any(|f| f == api::names::POOL_FINALIZER);
-            match (p.metadata.deletion_timestamp.is_some(), has, used) {
+            let result = match (p.metadata.deletion_timestamp.is_some(), has, used) {
                 (false, false, _) => {
                     let finalizers = p
                         .finalizers()
@@ -1294,39 +1461,52 @@ impl Operator {
                         .cloned()
                         .chain([api::names::POOL_FINALIZER.to_string()])
                         .collect();
-                    self.set_pool_finalizers(p, finalizers).await?;
+                    self.set_pool_finalizers(p, finalizers).await
                 }
                 // Released after the pool passes below if they deleted its last configurations.
-                (true, true, true) => held.push(p),
-                (true, true, false) => self.release_pool(p).await?,
-                _ => {}
+                (true, true, true) => {
+                    held.push(p);
+                    Ok(())
+                }
+                (true, true, false) => self.release_pool(p).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                out.fail_outside_pools(e.into());
             }
         }
+        // Reads the pools of this pass share (listings, the load balancer), forgotten at any write.
+        let reads = PassReads::default();
         // Declared pools no configuration uses yet still get a pass (their status).
         for p in pools.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
             if let Some(r) = p.spec.pool_ref() {
                 by_pool.entry(pool_key(&r)).or_insert_with(|| (r, Vec::new()));
             }
         }
-        let mut first_error = None;
-        let mut n = 0;
         for (key, (r, mut list)) in by_pool {
             if only.is_some_and(|o| !o.contains(&key)) {
                 continue;
             }
             list.sort_by_key(|s| s.metadata.creation_timestamp.clone().map(|t| t.0));
-            n += 1;
-            if let Err(e) = self.reconcile_pool(&r, &list, &pools, &nodes).await {
-                first_error.get_or_insert(e);
+            out.reconciled.insert(key.clone());
+            let ctx = PassContext {
+                reads: &reads,
+                key_secrets: key_secrets.as_ref(),
+            };
+            if let Err(e) = self.reconcile_pool(&r, &list, pools, nodes, &ctx).await {
+                out.failed.insert(key);
+                out.error.get_or_insert(e);
             }
         }
         if let Err(e) = self.release_pools_left_unused(&held).await {
-            first_error.get_or_insert(e.into());
+            out.fail_outside_pools(e.into());
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(n),
-        }
+    }
+
+    /// The pools found converging since the last call (writes just made, instance operations pending, addresses
+    /// not yet allocated), by [`pool_key`]: the work loop looks at exactly these again soon.
+    pub fn take_converging(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.converging.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Deleted pools that still had configurations when the pass began: those whose last configuration went

@@ -121,6 +121,7 @@ impl KubeSim {
             bookmark_interval: cfg.bookmark_interval,
             requests: Mutex::default(),
             requests_by_user: Mutex::default(),
+            verbs_by_user: Mutex::default(),
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let app = axum::Router::new().fallback({
@@ -173,6 +174,19 @@ impl KubeSim {
             .iter()
             .filter(|((u, _, _), _)| u == user)
             .map(|((_, m, c), n)| ((m.clone(), *c), *n))
+            .collect()
+    }
+
+    /// Authorized resource requests `user` made so far, by (verb, resource plural), e.g. `("list", "nodes")`:
+    /// tells a LIST from a WATCH or a GET, which [`Self::requests_by`] (HTTP methods) cannot.
+    pub fn verbs_by(&self, user: &str) -> BTreeMap<(String, String), u64> {
+        self.shared
+            .verbs_by_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((u, _, _), _)| u == user)
+            .map(|((_, v, r), n)| ((v.clone(), r.clone()), *n))
             .collect()
     }
 

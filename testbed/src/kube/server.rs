@@ -35,6 +35,9 @@ pub struct Shared {
     pub requests: Mutex<BTreeMap<(String, u16), u64>>,
     /// Requests served, by (authenticated user, method, status code): who did what (see `KubeSim::requests_by`).
     pub requests_by_user: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// Resource requests, by (authenticated user, verb, resource plural), counted once authorized: what a
+    /// component asked for (`list` vs `watch` vs `get`), see `KubeSim::verbs_by`.
+    pub verbs_by_user: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
 impl Shared {
@@ -433,6 +436,12 @@ async fn resource(
         let mut e = ApiError::new(403, "Forbidden", attrs.forbidden_message(&ctx.user.name));
         e.details = Some(json!({"name": t.name, "group": t.rt.group, "kind": t.rt.plural}));
         return Err(e);
+    }
+    {
+        let mut verbs = shared.verbs_by_user.lock().unwrap_or_else(|p| p.into_inner());
+        *verbs
+            .entry((ctx.user.name.clone(), verb.to_string(), t.rt.plural.clone()))
+            .or_default() += 1;
     }
     if all_ns && !matches!(verb, "list" | "watch" | "deletecollection") {
         return Err(ApiError::new(
