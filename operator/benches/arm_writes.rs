@@ -84,14 +84,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
         fail_next: 0,
         reject_concurrent: false,
     });
-    let text = json!({
-        "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
-        "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
-        "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
-        "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": sim.url(),
-        "activeDirectoryAuthorityHost": sim.url()
-    })
-    .to_string();
+    let text = seed.cloud_config(&sim.url()).to_string();
     let cfg = CloudConfig::parse(&text, |_| None).expect("config");
     let metrics = Metrics::new();
     let arm = Arm::new(
@@ -397,14 +390,7 @@ mod steady {
             }
         }
 
-        let text = json!({
-            "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
-            "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
-            "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
-            "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": azure.url(),
-            "activeDirectoryAuthorityHost": azure.url()
-        })
-        .to_string();
+        let text = seed.cloud_config(&azure.url()).to_string();
         let cfg = CloudConfig::parse(&text, |_| None).expect("config");
         let metrics = Metrics::new();
         let arm = Arm::new(

@@ -32,14 +32,15 @@ async fn list_vmss_with(cfg: &CloudConfig) -> usize {
 async fn user_assigned_managed_identity_through_imds() {
     let seed = Seed::aks_like(2);
     let sim = AzureSim::start(&seed).await.expect("simulator");
-    let text = json!({
-        "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
-        "tenantId": seed.tenant_id, "useManagedIdentityExtension": true, "userAssignedIdentityID": "kubelet-identity-client-id",
-        "resourceGroup": "node-rg", "vnetName": "aks-vnet", "subnetName": "aks-subnet",
-        "resourceManagerEndpoint": sim.url(), "activeDirectoryAuthorityHost": sim.url(),
-        "imdsEndpoint": format!("{}/metadata/identity/oauth2/token", sim.url()),
-    })
-    .to_string();
+    let mut cfg = seed.cloud_config(&sim.url());
+    if let Some(o) = cfg.as_object_mut() {
+        o.remove("aadClientId");
+        o.remove("aadClientSecret");
+    }
+    cfg["useManagedIdentityExtension"] = json!(true);
+    cfg["userAssignedIdentityID"] = json!("kubelet-identity-client-id");
+    cfg["imdsEndpoint"] = json!(format!("{}/metadata/identity/oauth2/token", sim.url()));
+    let text = cfg.to_string();
     let cfg = CloudConfig::parse(&text, |_| None).expect("config");
     assert!(list_vmss_with(&cfg).await >= 1);
 
@@ -67,14 +68,13 @@ async fn workload_identity_rereads_the_rotated_token_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let token_file = dir.path().join("azure-identity-token");
     std::fs::write(&token_file, "projected-service-account-jwt-1\n").expect("token file");
-    let text = json!({
-        "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
-        "tenantId": seed.tenant_id, "aadClientId": "sim-client", "useFederatedWorkloadIdentityExtension": true,
-        "aadFederatedTokenFile": token_file.to_string_lossy(),
-        "resourceGroup": "node-rg", "vnetName": "aks-vnet", "subnetName": "aks-subnet",
-        "resourceManagerEndpoint": sim.url(), "activeDirectoryAuthorityHost": sim.url(),
-    })
-    .to_string();
+    let mut cfg = seed.cloud_config(&sim.url());
+    if let Some(o) = cfg.as_object_mut() {
+        o.remove("aadClientSecret");
+    }
+    cfg["useFederatedWorkloadIdentityExtension"] = json!(true);
+    cfg["aadFederatedTokenFile"] = json!(token_file.to_string_lossy());
+    let text = cfg.to_string();
     let cfg = CloudConfig::parse(&text, |_| None).expect("config");
     assert!(list_vmss_with(&cfg).await >= 1);
 

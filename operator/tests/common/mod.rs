@@ -10,14 +10,7 @@ use testbed::azure::{AzureSim, Seed};
 
 /// The cloud config of the seed's cluster, with the simulator as ARM and AAD endpoint (service principal).
 pub fn cloud_config(seed: &Seed, sim: &AzureSim) -> CloudConfig {
-    let text = json!({
-        "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
-        "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
-        "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
-        "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": sim.url(),
-        "activeDirectoryAuthorityHost": sim.url()
-    })
-    .to_string();
+    let text = seed.cloud_config(&sim.url()).to_string();
     CloudConfig::parse(&text, |_| None).expect("config")
 }
 

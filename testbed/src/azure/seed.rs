@@ -145,6 +145,30 @@ impl Seed {
         }
     }
 
+    /// The operator's cloud config (upstream's `azure.json` keys) for the cluster this seed describes: its
+    /// subscription, tenant and location, the first VNet and subnet (their resource group as the node
+    /// resource group), the first service principal's credentials, and `endpoint` (the simulator's URL) as
+    /// both the ARM and the AAD endpoint. Callers add or replace keys (other credentials) on the object.
+    pub fn cloud_config(&self, endpoint: &str) -> Value {
+        let vnet = self.virtual_networks.first();
+        let mut cfg = json!({
+            "cloud": "AzurePublicCloud",
+            "location": self.location,
+            "subscriptionId": self.subscription_id,
+            "tenantId": self.tenant_id,
+            "resourceGroup": vnet.map(|v| v.resource_group.as_str()).unwrap_or_default(),
+            "vnetName": vnet.map(|v| v.name.as_str()).unwrap_or_default(),
+            "subnetName": vnet.and_then(|v| v.subnets.first()).map(|s| s.name.as_str()).unwrap_or_default(),
+            "resourceManagerEndpoint": endpoint,
+            "activeDirectoryAuthorityHost": endpoint,
+        });
+        if let Some(sp) = self.service_principals.first() {
+            cfg["aadClientId"] = json!(sp.client_id);
+            cfg["aadClientSecret"] = json!(sp.client_secret);
+        }
+        cfg
+    }
+
     /// Builds the world the seed describes; errors name the seed entry that is wrong.
     pub fn build(&self) -> Result<World, ArmError> {
         let mut w = World::new(

@@ -1868,18 +1868,12 @@ fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
 /// chart's self-signed certificate and no drain delay, a 1 s LB probe drain (the lab stops components with a
 /// 5 s grace); the LB probe port the fabric probes.
 fn lab_values(seed: &Seed, azure_url: &str) -> anyhow::Result<serde_json::Value> {
-    let sp = seed
-        .service_principals
-        .first()
-        .context("seed has no service principal")?;
+    if seed.service_principals.is_empty() {
+        bail!("seed has no service principal");
+    }
     Ok(json!({
         "common": {"gatewayLbProbePort": api::names::DEFAULT_LB_PROBE_PORT},
-        "config": {"azureCloudConfig": {
-            "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
-            "tenantId": seed.tenant_id, "aadClientId": sp.client_id, "aadClientSecret": sp.client_secret,
-            "resourceGroup": "node-rg", "vnetName": "aks-vnet", "subnetName": "aks-subnet",
-            "resourceManagerEndpoint": azure_url, "activeDirectoryAuthorityHost": azure_url,
-        }},
+        "config": {"azureCloudConfig": seed.cloud_config(azure_url)},
         "webhook": {"replicas": 1, "drainSeconds": 0, "certificates": {"mode": "selfSigned"}},
         "gatewayDaemonManager": {"lbProbeDrainDelaySeconds": 1},
     }))

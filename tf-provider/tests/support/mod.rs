@@ -172,14 +172,7 @@ impl Cluster {
             max_duration_ms: 0,
             ..Default::default()
         });
-        let text = json!({
-            "cloud": "AzurePublicCloud", "location": seed.location, "subscriptionId": seed.subscription_id,
-            "tenantId": seed.tenant_id, "aadClientId": seed.service_principals[0].client_id,
-            "aadClientSecret": seed.service_principals[0].client_secret, "resourceGroup": "node-rg",
-            "vnetName": "aks-vnet", "subnetName": "aks-subnet", "resourceManagerEndpoint": azure.url(),
-            "activeDirectoryAuthorityHost": azure.url()
-        })
-        .to_string();
+        let text = seed.cloud_config(&azure.url()).to_string();
         let cfg = operator::config::CloudConfig::parse(&text, |_| None).expect("cloud config");
         let metrics = operator::metrics::Metrics::new();
         let retry = operator::azure::RetryBudget {
