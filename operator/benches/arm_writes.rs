@@ -84,7 +84,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
         fail_next: 0,
         reject_concurrent: false,
     });
-    let text = seed.cloud_config(&sim.url()).to_string();
+    let text = seed.cloud_config(sim.url()).to_string();
     let cfg = CloudConfig::parse(&text, |_| None).expect("config");
     let metrics = Metrics::new();
     let arm = Arm::new(
@@ -390,7 +390,7 @@ mod steady {
             }
         }
 
-        let text = seed.cloud_config(&azure.url()).to_string();
+        let text = seed.cloud_config(azure.url()).to_string();
         let cfg = CloudConfig::parse(&text, |_| None).expect("config");
         let metrics = Metrics::new();
         let arm = Arm::new(

@@ -32,7 +32,7 @@ async fn list_vmss_with(cfg: &CloudConfig) -> usize {
 async fn user_assigned_managed_identity_through_imds() {
     let seed = Seed::aks_like(2);
     let sim = AzureSim::start(&seed).await.expect("simulator");
-    let mut cfg = seed.cloud_config(&sim.url());
+    let mut cfg = seed.cloud_config(sim.url());
     if let Some(o) = cfg.as_object_mut() {
         o.remove("aadClientId");
         o.remove("aadClientSecret");
@@ -68,7 +68,7 @@ async fn workload_identity_rereads_the_rotated_token_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let token_file = dir.path().join("azure-identity-token");
     std::fs::write(&token_file, "projected-service-account-jwt-1\n").expect("token file");
-    let mut cfg = seed.cloud_config(&sim.url());
+    let mut cfg = seed.cloud_config(sim.url());
     if let Some(o) = cfg.as_object_mut() {
         o.remove("aadClientSecret");
     }

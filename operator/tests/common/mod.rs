@@ -5,12 +5,11 @@ use std::time::Duration;
 use operator::azure::{Arm, RetryBudget};
 use operator::config::CloudConfig;
 use operator::metrics::Metrics;
-use serde_json::json;
 use testbed::azure::{AzureSim, Seed};
 
 /// The cloud config of the seed's cluster, with the simulator as ARM and AAD endpoint (service principal).
 pub fn cloud_config(seed: &Seed, sim: &AzureSim) -> CloudConfig {
-    let text = seed.cloud_config(&sim.url()).to_string();
+    let text = seed.cloud_config(sim.url()).to_string();
     CloudConfig::parse(&text, |_| None).expect("config")
 }
 

@@ -172,7 +172,7 @@ impl Cluster {
             max_duration_ms: 0,
             ..Default::default()
         });
-        let text = seed.cloud_config(&azure.url()).to_string();
+        let text = seed.cloud_config(azure.url()).to_string();
         let cfg = operator::config::CloudConfig::parse(&text, |_| None).expect("cloud config");
         let metrics = operator::metrics::Metrics::new();
         let retry = operator::azure::RetryBudget {
