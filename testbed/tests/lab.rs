@@ -8,46 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Directory of the workspace binaries (next to the lab binary); builds webhook and operator when missing.
-fn bin_dir() -> PathBuf {
-    let lab = PathBuf::from(env!("CARGO_BIN_EXE_lab"));
-    let dir = lab.parent().expect("lab binary has a directory").to_path_buf();
-    let needed = [
-        "kube-egress-gateway-webhook",
-        "kube-egress-gateway-operator",
-        "kube-egress-gateway-agent",
-        "kube-egress-cni",
-    ];
-    if needed.iter().any(|b| !dir.join(b).exists()) {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "-q",
-            "-p",
-            "webhook",
-            "--bin",
-            "kube-egress-gateway-webhook",
-            "-p",
-            "operator",
-            "--bin",
-            "kube-egress-gateway-operator",
-            "-p",
-            "agent",
-            "--bin",
-            "kube-egress-gateway-agent",
-            "-p",
-            "cni",
-            "--bin",
-            "kube-egress-cni",
-        ]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("cargo build runs");
-        assert!(status.success(), "building the component binaries failed");
-    }
-    dir
-}
+mod lab_common;
+use lab_common::bin_dir;
 
 /// The text after the first occurrence of `marker` (empty when absent).
 fn after<'a>(text: &'a str, marker: &str) -> &'a str {

@@ -218,7 +218,7 @@ pub(super) async fn add_pod(
         .await
         .with_context(|| format!("creating Pod {DEMO_NS}/{name}"))?;
     let uid = created.metadata.uid.unwrap_or_default().replace('-', "");
-    let netns = format!("lab{}-pod-{name}", std::process::id());
+    let netns = format!("{}pod-{name}", super::steps::lab_tag());
     lab.add_netns(&netns)?;
     let (n2, nn, cid, ann) = (node.clone(), netns.clone(), format!("{uid:0>64}"), annotations);
     let sandbox = tokio::task::spawn_blocking(move || n2.add(DEMO_NS, name, &cid, &nn, &ann))
@@ -229,19 +229,27 @@ pub(super) async fn add_pod(
     let pod_ip = sandbox
         .ipv4()
         .with_context(|| format!("the CNI result has no IPv4: {}", sandbox.result))?;
+    // The node's primary IP, as kubelet reports it.
+    let host_ip = azure(lab)?
+        .with_state(|s| fabric::read_view(&s.world, [&node.name]))
+        .vms
+        .first()
+        .map(|v| v.primary.to_string())
+        .unwrap_or_default();
     pods.patch_status(
         name,
         &kube::api::PatchParams::default(),
         &kube::api::Patch::Merge(json!({"status": {"phase": "Running", "podIP": pod_ip.to_string(),
-            "podIPs": [{"ip": pod_ip.to_string()}]}})),
+            "podIPs": [{"ip": pod_ip.to_string()}], "hostIP": host_ip}})),
     )
     .await
     .with_context(|| format!("writing status.podIP of {DEMO_NS}/{name}"))?;
     let has_wg = sandbox.interfaces().iter().any(|i| i == "wg0");
     if has_wg != gateway.is_some() {
         bail!(
-            "pod {name}: wg0 present = {has_wg}, annotated = {}",
-            gateway.is_some()
+            "pod {name}: wg0 {} but the pod is {}annotated",
+            if has_wg { "present" } else { "missing" },
+            if gateway.is_some() { "" } else { "not " }
         );
     }
     if gateway.is_some() {
@@ -257,11 +265,12 @@ pub(super) async fn add_pod(
         .await?;
     }
     info(&format!(
-        "$ (kubelet) pod {DEMO_NS}/{name} on {}{}: CNI ADD -> [{}], status.podIP = {pod_ip}",
+        "$ (kubelet) pod {DEMO_NS}/{name} on {}{}: netns {}, CNI ADD -> interfaces [{}], status.podIP = {pod_ip}",
         node.name,
         gateway
             .map(|g| format!(" (annotation {}={g})", api::names::POD_GATEWAY_ANNOTATION))
             .unwrap_or_default(),
+        sandbox.netns,
         sandbox.interfaces().join(", ")
     ));
     Ok(sandbox)

@@ -1308,90 +1308,9 @@ impl Lab {
 
     /// An annotated and a plain pod: Pod object, network namespace, CNI ADD of the node's chain, status.podIP.
     async fn pods(&mut self, opts: &Options) -> anyhow::Result<()> {
-        use k8s_openapi::api::core::v1::Pod;
-        let tag = lab_tag();
-        let pods: Api<Pod> = Api::namespaced(self.client()?, DEMO_NS);
         for (name, node_idx, annotated) in PODS {
-            let node = self
-                .nodes
-                .get(node_idx)
-                .cloned()
-                .with_context(|| format!("no regular node {node_idx}"))?;
-            let annotations: std::collections::BTreeMap<String, String> = if annotated {
-                [(api::names::POD_GATEWAY_ANNOTATION.to_string(), SGC.to_string())].into()
-            } else {
-                Default::default()
-            };
-            let pod: Pod = serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": DEMO_NS, "annotations": annotations},
-                "spec": {"nodeName": node.name, "containers": [{"name": "app",
-                    "image": "registry.k8s.io/e2e-test-images/agnhost:2.36"}]}
-            }))?;
-            let created = pods
-                .create(&PostParams::default(), &pod)
-                .await
-                .with_context(|| format!("creating Pod {DEMO_NS}/{name}"))?;
-            let uid = created.metadata.uid.unwrap_or_default().replace('-', "");
-            let netns = format!("{tag}pod-{name}");
-            self.add_netns(&netns)?;
-            let container_id = format!("{uid:0>64}");
-            let (n2, nn, cid, ann) = (
-                node.clone(),
-                netns.clone(),
-                container_id.clone(),
-                annotations.clone(),
-            );
-            let sandbox = tokio::task::spawn_blocking(move || n2.add(DEMO_NS, name, &cid, &nn, &ann))
-                .await
-                .context("CNI ADD thread")?
-                .with_context(|| format!("CNI ADD for pod {DEMO_NS}/{name} on {}", node.name))?;
-            self.pods.push((node_idx, sandbox.clone()));
-            let pod_ip = sandbox
-                .ipv4()
-                .with_context(|| format!("the CNI result has no IPv4: {}", sandbox.result))?;
-            let host_ip = self
-                .azure
-                .as_ref()
-                .map(|a| a.handle())
-                .and_then(|h| {
-                    h.with_state(|s| fabric::read_view(&s.world, [&node.name]))
-                        .vms
-                        .first()
-                        .map(|v| v.primary.to_string())
-                })
-                .unwrap_or_default();
-            pods.patch_status(
-                name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(json!({"status": {"phase": "Running", "podIP": pod_ip.to_string(),
-                    "podIPs": [{"ip": pod_ip.to_string()}], "hostIP": host_ip}})),
-            )
-            .await
-            .with_context(|| format!("writing status.podIP of {DEMO_NS}/{name}"))?;
-            info(&format!(
-                "$ (kubelet) pod {DEMO_NS}/{name} on {}: netns {netns}, CNI ADD -> interfaces [{}], status.podIP = {pod_ip}",
-                node.name,
-                sandbox.interfaces().join(", ")
-            ));
-            let has_wg = sandbox.interfaces().iter().any(|i| i == "wg0");
-            if has_wg != annotated {
-                bail!(
-                    "pod {name}: wg0 {} but the pod is {}annotated",
-                    if has_wg { "present" } else { "missing" },
-                    if annotated { "" } else { "not " }
-                );
-            }
+            super::scenarios::add_pod(self, opts, name, node_idx, annotated.then_some(SGC)).await?;
             if annotated {
-                let pes: Api<api::PodEndpoint> = Api::namespaced(self.client()?, DEMO_NS);
-                self.wait(
-                    &format!("the node agent's PodEndpoint {DEMO_NS}/{name}"),
-                    opts,
-                    || {
-                        let pes = pes.clone();
-                        async move { Ok(pes.get_opt(name).await?.is_some()) }
-                    },
-                )
-                .await?;
                 ok(&format!(
                     "{DEMO_NS}/{name} (annotation {}={SGC}): wg0 tunnel to the gateways' frontend, PodEndpoint {DEMO_NS}/{name} created by the node agent as system:serviceaccount:{SYSTEM_NS}:{NODE_AGENT} (the only writer the chart's webhook admits)",
                     api::names::POD_GATEWAY_ANNOTATION
@@ -1844,7 +1763,7 @@ fn azure_ids(azure: &AzureSim, segment: &str) -> Vec<String> {
 
 /// Prefix of the names this run gives host-wide things (network namespaces, the nodes' mount directory), so
 /// teardown finds whatever of them is left: `lab<pid>-`.
-fn lab_tag() -> String {
+pub(super) fn lab_tag() -> String {
     format!("lab{}-", std::process::id())
 }
 
