@@ -7,7 +7,6 @@
 //! (7)'s message. Needs root (network namespaces) and `terraform` on PATH; about 140 s more than the default
 //! run.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 mod lab_common;
