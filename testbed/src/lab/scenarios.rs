@@ -5,7 +5,6 @@
 //! addresses the echo host sees, the Azure simulator's inventory, Kubernetes objects), and removes what it
 //! created, so the next one starts from the default run's state. Scenario 8 (Terraform) is in [`super::terraform`].
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use anyhow::{Context as _, anyhow, bail};
 use api::StaticGatewayConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use serde_json::json;
 
 use super::steps::{
@@ -188,92 +187,6 @@ pub(super) fn prefix_of(s: &StaticGatewayConfiguration) -> anyhow::Result<ipnet:
 
 pub(super) fn uid_of(s: &StaticGatewayConfiguration) -> String {
     s.metadata.uid.clone().unwrap_or_default()
-}
-
-/// Creates a pod as kubelet would (Pod object, netns, CNI ADD on node `node_idx`, status.podIP) and, when
-/// annotated, waits for its PodEndpoint. The lab tears it down like the default pods unless removed before.
-pub(super) async fn add_pod(
-    lab: &mut Lab,
-    opts: &Options,
-    name: &'static str,
-    node_idx: usize,
-    gateway: Option<&str>,
-) -> anyhow::Result<runtime::Sandbox> {
-    let pods: Api<Pod> = Api::namespaced(lab.client()?, DEMO_NS);
-    let node = lab
-        .nodes
-        .get(node_idx)
-        .cloned()
-        .with_context(|| format!("no regular node {node_idx}"))?;
-    let annotations: BTreeMap<String, String> = gateway
-        .map(|g| [(api::names::POD_GATEWAY_ANNOTATION.to_string(), g.to_string())].into())
-        .unwrap_or_default();
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": DEMO_NS, "annotations": annotations},
-        "spec": {"nodeName": node.name, "containers": [{"name": "app",
-            "image": "registry.k8s.io/e2e-test-images/agnhost:2.36"}]}
-    }))?;
-    let created = pods
-        .create(&PostParams::default(), &pod)
-        .await
-        .with_context(|| format!("creating Pod {DEMO_NS}/{name}"))?;
-    let uid = created.metadata.uid.unwrap_or_default().replace('-', "");
-    let netns = format!("{}pod-{name}", super::steps::lab_tag());
-    lab.add_netns(&netns)?;
-    let (n2, nn, cid, ann) = (node.clone(), netns.clone(), format!("{uid:0>64}"), annotations);
-    let sandbox = tokio::task::spawn_blocking(move || n2.add(DEMO_NS, name, &cid, &nn, &ann))
-        .await
-        .context("CNI ADD thread")?
-        .with_context(|| format!("CNI ADD for pod {DEMO_NS}/{name} on {}", node.name))?;
-    lab.pods.push((node_idx, sandbox.clone()));
-    let pod_ip = sandbox
-        .ipv4()
-        .with_context(|| format!("the CNI result has no IPv4: {}", sandbox.result))?;
-    // The node's primary IP, as kubelet reports it.
-    let host_ip = azure(lab)?
-        .with_state(|s| fabric::read_view(&s.world, [&node.name]))
-        .vms
-        .first()
-        .map(|v| v.primary.to_string())
-        .unwrap_or_default();
-    pods.patch_status(
-        name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(json!({"status": {"phase": "Running", "podIP": pod_ip.to_string(),
-            "podIPs": [{"ip": pod_ip.to_string()}], "hostIP": host_ip}})),
-    )
-    .await
-    .with_context(|| format!("writing status.podIP of {DEMO_NS}/{name}"))?;
-    let has_wg = sandbox.interfaces().iter().any(|i| i == "wg0");
-    if has_wg != gateway.is_some() {
-        bail!(
-            "pod {name}: wg0 {} but the pod is {}annotated",
-            if has_wg { "present" } else { "missing" },
-            if gateway.is_some() { "" } else { "not " }
-        );
-    }
-    if gateway.is_some() {
-        let pes: Api<api::PodEndpoint> = Api::namespaced(lab.client()?, DEMO_NS);
-        lab.wait(
-            &format!("the node agent's PodEndpoint {DEMO_NS}/{name}"),
-            opts,
-            || {
-                let pes = pes.clone();
-                async move { Ok(pes.get_opt(name).await?.is_some()) }
-            },
-        )
-        .await?;
-    }
-    info(&format!(
-        "$ (kubelet) pod {DEMO_NS}/{name} on {}{}: netns {}, CNI ADD -> interfaces [{}], status.podIP = {pod_ip}",
-        node.name,
-        gateway
-            .map(|g| format!(" (annotation {}={g})", api::names::POD_GATEWAY_ANNOTATION))
-            .unwrap_or_default(),
-        sandbox.netns,
-        sandbox.interfaces().join(", ")
-    ));
-    Ok(sandbox)
 }
 
 /// CNI DEL and Pod deletion of a pod the lab runs; waits for its PodEndpoint to go.
@@ -456,7 +369,7 @@ async fn byo_prefix(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
     ok(&format!(
         "{DEMO_NS}/byo is Ready; status.egressIpPrefix = {got}, the BYO prefix's CIDR"
     ));
-    let sb = add_pod(lab, opts, "byo-client", 0, Some("byo")).await?;
+    let sb = lab.add_pod(opts, "byo-client", 0, Some("byo")).await?;
     let demo = lab.prefix.into_iter().collect::<Vec<_>>();
     check_egress(opts, &sb, cidr, &demo).await?;
     match az.with_state(|s| s.world.delete_public_ip_prefix(RG, NAME)) {
@@ -543,7 +456,7 @@ async fn ingress(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
     apply(lab, opts, "ingress-sgc.yaml", &sgc_yaml("ingress", "")).await?;
     let s = ready_sgc(lab, opts, "ingress").await?;
     let (prefix, uid) = (prefix_of(&s)?, uid_of(&s));
-    let server = add_pod(lab, opts, "web", 0, Some("ingress")).await?;
+    let server = lab.add_pod(opts, "web", 0, Some("ingress")).await?;
     check_egress(opts, &server, prefix, &[]).await?;
     let web_ip = server.ipv4().context("web has no IPv4")?;
     let client = lab
@@ -598,8 +511,8 @@ async fn two_configs(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
         "{DEMO_NS}/team-a egressIpPrefix {a} (tunnel {}), {DEMO_NS}/team-b {b} (tunnel {}): one pool, two prefixes, two LB rules",
         made[0].3, made[1].3
     ));
-    let pa = add_pod(lab, opts, "client-a", 0, Some("team-a")).await?;
-    let pb = add_pod(lab, opts, "client-b", 1, Some("team-b")).await?;
+    let pa = lab.add_pod(opts, "client-a", 0, Some("team-a")).await?;
+    let pb = lab.add_pod(opts, "client-b", 1, Some("team-b")).await?;
     let demo: Vec<ipnet::Ipv4Net> = lab.prefix.into_iter().collect();
     check_egress(opts, &pa, a, &[vec![b], demo.clone()].concat()).await?;
     check_egress(opts, &pb, b, &[vec![a], demo].concat()).await?;
@@ -892,7 +805,7 @@ async fn private(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
     ));
 
     // A pod using it: only the on-premises range goes through the gateways.
-    let sb = add_pod(lab, opts, POD, 0, Some(NAME)).await?;
+    let sb = lab.add_pod(opts, POD, 0, Some(NAME)).await?;
     let pod_ip = sb.ipv4().context("the pod has no IPv4")?;
     let dev_of = |to: Ipv4Addr| -> String {
         let out = ip_out(&sb.netns, &["-4", "route", "get", &to.to_string()]);
@@ -959,35 +872,25 @@ async fn private(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
         async move { Ok(pools.get_opt(VM_POOL).await?.is_none()) }
     })
     .await?;
-    let left = Arc::new(Mutex::new(String::new()));
-    let (az2, vms2, left2, before) = (az.clone(), vms.clone(), left.clone(), lb_before.clone());
-    let waited = lab
-        .wait(
-            &format!("the {VM_POOL} NICs hold only their primary ipConfiguration without backend pool; the load balancer is as before"),
-            opts,
-            move || {
-                let extra: Vec<String> = nic_ip_configs(&az2, &vms2)
-                    .into_iter()
-                    .filter(|c| !c.primary || c.backend_pools > 0)
-                    .map(|c| format!("{}/{} (backend pools: {})", c.nic, c.name, c.backend_pools))
-                    .collect();
-                let lb = lb_layout(&az2);
-                let mut l = extra.join(", ");
-                if lb != before {
-                    l.push_str(&format!(" load balancer {lb:?}, before {before:?}"));
-                }
-                let empty = l.is_empty();
-                if let Ok(mut g) = left2.lock() {
-                    *g = l;
-                }
-                async move { Ok(empty) }
-            },
-        )
-        .await;
-    if let Err(e) = waited {
-        let l = left.lock().map(|g| g.clone()).unwrap_or_default();
-        bail!("{e:#}\n    left in azure-sim: {l}");
-    }
+    lab.wait_until_none(
+        &format!("the {VM_POOL} NICs hold only their primary ipConfiguration without backend pool; the load balancer is as before"),
+        opts,
+        "azure-sim",
+        ", ",
+        || {
+            let mut l: Vec<String> = nic_ip_configs(&az, &vms)
+                .into_iter()
+                .filter(|c| !c.primary || c.backend_pools > 0)
+                .map(|c| format!("{}/{} (backend pools: {})", c.nic, c.name, c.backend_pools))
+                .collect();
+            let lb = lb_layout(&az);
+            if lb != lb_before {
+                l.push(format!("load balancer {lb:?}, before {lb_before:?}"));
+            }
+            l
+        },
+    )
+    .await?;
     let (frontends, rules, probes) = &lb_before;
     ok(&format!(
         "azure-sim: the {VM_POOL} NICs are back to their primary ipConfiguration (no secondary, no backend pool); the load balancer has the {} frontend(s), {} rule(s) and {} probe(s) it had before",
@@ -1530,52 +1433,28 @@ async fn cleanup(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
 
     let base = baseline_inventory().await?;
     let live = lab.azure.as_ref().context("azure-sim")?.handle();
-    let diff = Arc::new(Mutex::new(Vec::new()));
-    let waited = lab
-        .wait(
-            "azure-sim's inventory equals a freshly seeded one (no LB, prefixes, public IPs but the outbound one, secondary ipConfigs)",
-            opts,
-            || {
-                let d = inventory_diff(&live.with_state(|s| s.inventory()), &base);
-                let empty = d.is_empty();
-                if let Ok(mut g) = diff.lock() {
-                    *g = d;
-                }
-                async move { Ok(empty) }
-            },
-        )
-        .await;
-    if let Err(e) = waited {
-        let d = diff.lock().map(|g| g.join("\n      ")).unwrap_or_default();
-        bail!("{e:#}\n    left in azure-sim:\n      {d}");
-    }
+    lab.wait_until_none(
+        "azure-sim's inventory equals a freshly seeded one (no LB, prefixes, public IPs but the outbound one, secondary ipConfigs)",
+        opts,
+        "azure-sim",
+        "\n      ",
+        || inventory_diff(&live.with_state(|s| s.inventory()), &base),
+    )
+    .await?;
     let count = base["resources"].as_array().map(Vec::len).unwrap_or(0);
     ok(&format!(
         "azure-sim's inventory is the seed's again: the same {count} resources, private and public allocations as a fresh simulator"
     ));
 
-    let left = Arc::new(Mutex::new(Vec::new()));
-    let waited = {
-        let left2 = left.clone();
-        let snapshot = LabView::of(lab);
-        lab.wait(
-            "the gateways drop the frontend address, wg links and wireguard-go; no pod wireguard socket on the nodes",
-            opts,
-            move || {
-                let l = snapshot.leftovers();
-                let empty = l.is_empty();
-                if let Ok(mut g) = left2.lock() {
-                    *g = l;
-                }
-                async move { Ok(empty) }
-            },
-        )
-        .await
-    };
-    if let Err(e) = waited {
-        let l = left.lock().map(|g| g.join("; ")).unwrap_or_default();
-        bail!("{e:#}\n    left in the data plane: {l}");
-    }
+    let snapshot = LabView::of(lab);
+    lab.wait_until_none(
+        "the gateways drop the frontend address, wg links and wireguard-go; no pod wireguard socket on the nodes",
+        opts,
+        "the data plane",
+        "; ",
+        || snapshot.leftovers(),
+    )
+    .await?;
     let gw_status: Api<api::GatewayStatus> = Api::namespaced(client, SYSTEM_NS);
     let statuses = gw_status.list(&Default::default()).await?.items;
     let busy: Vec<String> = statuses

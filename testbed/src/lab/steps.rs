@@ -1306,10 +1306,102 @@ impl Lab {
         )
     }
 
+    /// Creates a pod as kubelet would (Pod object, netns, CNI ADD on node `node_idx`, status.podIP) and, when
+    /// annotated, waits for its PodEndpoint. The lab tears it down like the default pods unless removed before.
+    pub(super) async fn add_pod(
+        &mut self,
+        opts: &Options,
+        name: &'static str,
+        node_idx: usize,
+        gateway: Option<&str>,
+    ) -> anyhow::Result<runtime::Sandbox> {
+        use k8s_openapi::api::core::v1::Pod;
+        let pods: Api<Pod> = Api::namespaced(self.client()?, DEMO_NS);
+        let node = self
+            .nodes
+            .get(node_idx)
+            .cloned()
+            .with_context(|| format!("no regular node {node_idx}"))?;
+        let annotations: std::collections::BTreeMap<String, String> = gateway
+            .map(|g| [(api::names::POD_GATEWAY_ANNOTATION.to_string(), g.to_string())].into())
+            .unwrap_or_default();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": DEMO_NS, "annotations": annotations},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app",
+                "image": "registry.k8s.io/e2e-test-images/agnhost:2.36"}]}
+        }))?;
+        let created = pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .with_context(|| format!("creating Pod {DEMO_NS}/{name}"))?;
+        let uid = created.metadata.uid.unwrap_or_default().replace('-', "");
+        let netns = format!("{}pod-{name}", super::steps::lab_tag());
+        self.add_netns(&netns)?;
+        let (n2, nn, cid, ann) = (node.clone(), netns.clone(), format!("{uid:0>64}"), annotations);
+        let sandbox = tokio::task::spawn_blocking(move || n2.add(DEMO_NS, name, &cid, &nn, &ann))
+            .await
+            .context("CNI ADD thread")?
+            .with_context(|| format!("CNI ADD for pod {DEMO_NS}/{name} on {}", node.name))?;
+        self.pods.push((node_idx, sandbox.clone()));
+        let pod_ip = sandbox
+            .ipv4()
+            .with_context(|| format!("the CNI result has no IPv4: {}", sandbox.result))?;
+        // The node's primary IP, as kubelet reports it.
+        let host_ip = self
+            .azure
+            .as_ref()
+            .context("azure-sim not started")?
+            .handle()
+            .with_state(|s| fabric::read_view(&s.world, [&node.name]))
+            .vms
+            .first()
+            .map(|v| v.primary.to_string())
+            .unwrap_or_default();
+        pods.patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"phase": "Running", "podIP": pod_ip.to_string(),
+                "podIPs": [{"ip": pod_ip.to_string()}], "hostIP": host_ip}})),
+        )
+        .await
+        .with_context(|| format!("writing status.podIP of {DEMO_NS}/{name}"))?;
+        let has_wg = sandbox.interfaces().iter().any(|i| i == "wg0");
+        if has_wg != gateway.is_some() {
+            bail!(
+                "pod {name}: wg0 {} but the pod is {}annotated",
+                if has_wg { "present" } else { "missing" },
+                if gateway.is_some() { "" } else { "not " }
+            );
+        }
+        if gateway.is_some() {
+            let pes: Api<api::PodEndpoint> = Api::namespaced(self.client()?, DEMO_NS);
+            self.wait(
+                &format!("the node agent's PodEndpoint {DEMO_NS}/{name}"),
+                opts,
+                || {
+                    let pes = pes.clone();
+                    async move { Ok(pes.get_opt(name).await?.is_some()) }
+                },
+            )
+            .await?;
+        }
+        info(&format!(
+            "$ (kubelet) pod {DEMO_NS}/{name} on {}{}: netns {}, CNI ADD -> interfaces [{}], status.podIP = {pod_ip}",
+            node.name,
+            gateway
+                .map(|g| format!(" (annotation {}={g})", api::names::POD_GATEWAY_ANNOTATION))
+                .unwrap_or_default(),
+            sandbox.netns,
+            sandbox.interfaces().join(", ")
+        ));
+        Ok(sandbox)
+    }
+
     /// An annotated and a plain pod: Pod object, network namespace, CNI ADD of the node's chain, status.podIP.
     async fn pods(&mut self, opts: &Options) -> anyhow::Result<()> {
         for (name, node_idx, annotated) in PODS {
-            super::scenarios::add_pod(self, opts, name, node_idx, annotated.then_some(SGC)).await?;
+            self.add_pod(opts, name, node_idx, annotated.then_some(SGC))
+                .await?;
             if annotated {
                 ok(&format!(
                     "{DEMO_NS}/{name} (annotation {}={SGC}): wg0 tunnel to the gateways' frontend, PodEndpoint {DEMO_NS}/{name} created by the node agent as system:serviceaccount:{SYSTEM_NS}:{NODE_AGENT} (the only writer the chart's webhook admits)",
@@ -1459,6 +1551,27 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// [`Lab::wait`] until `leftovers` finds nothing; on timeout the error lists what it last found in
+    /// `place` (e.g. "azure-sim"), joined by `sep`.
+    pub(super) async fn wait_until_none(
+        &mut self,
+        what: &str,
+        opts: &Options,
+        place: &str,
+        sep: &str,
+        mut leftovers: impl FnMut() -> Vec<String>,
+    ) -> anyhow::Result<()> {
+        let mut last = Vec::new();
+        let waited = self
+            .wait(what, opts, || {
+                last = leftovers();
+                let none = last.is_empty();
+                async move { Ok(none) }
+            })
+            .await;
+        waited.map_err(|e| anyhow::anyhow!("{e:#}\n    left in {place}: {}", last.join(sep)))
     }
 
     pub(super) async fn kubectl(&self, opts: &Options, args: &[&str]) -> anyhow::Result<KubectlOut> {

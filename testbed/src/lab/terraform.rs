@@ -358,7 +358,7 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let sb = scenarios::add_pod(lab, opts, TF_POD, 0, Some(TF_SGC)).await?;
+    let sb = lab.add_pod(opts, TF_POD, 0, Some(TF_SGC)).await?;
     let demo: Vec<ipnet::Ipv4Net> = lab.prefix.into_iter().collect();
     scenarios::check_egress(opts, &sb, prefix, &demo).await?;
     scenarios::remove_pod(lab, opts, TF_POD).await?;
@@ -397,55 +397,32 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
     let uid_lc = uid.to_ascii_lowercase();
     let live = lab.azure.as_ref().context("azure-sim")?.handle();
     let cidr = prefix.to_string();
-    let left = Arc::new(Mutex::new(Vec::new()));
-    let waited = {
-        let left = left.clone();
-        lab.wait(
-            &format!("nothing in azure-sim mentions {TF_SGC}'s UID and {prefix} is released"),
-            opts,
-            move || {
-                let mut l = Vec::new();
-                if !uid_lc.is_empty() && scenarios::azure_text(&live).contains(&uid_lc) {
-                    l.push(format!("a resource mentions UID {uid_lc}"));
-                }
-                let blocks = live.with_state(|s| s.inventory())["publicBlocks"].to_string();
-                if blocks.contains(&cidr) {
-                    l.push(format!("{cidr} is still allocated: {blocks}"));
-                }
-                let empty = l.is_empty();
-                if let Ok(mut g) = left.lock() {
-                    *g = l;
-                }
-                async move { Ok(empty) }
-            },
-        )
-        .await
-    };
-    if let Err(e) = waited {
-        let l = left.lock().map(|g| g.join("; ")).unwrap_or_default();
-        bail!("{e:#}\n    left in azure-sim: {l}");
-    }
-    let left = Arc::new(Mutex::new(Vec::new()));
-    let waited = {
-        let (left, gateways) = (left.clone(), gateways.clone());
-        lab.wait(
-            &format!("{TF_POOL}'s gateways drop the frontend address, wg link and wireguard-go"),
-            opts,
-            move || {
-                let l = scenarios::dataplane_leftovers(&gateways, &[]);
-                let empty = l.is_empty();
-                if let Ok(mut g) = left.lock() {
-                    *g = l;
-                }
-                async move { Ok(empty) }
-            },
-        )
-        .await
-    };
-    if let Err(e) = waited {
-        let l = left.lock().map(|g| g.join("; ")).unwrap_or_default();
-        bail!("{e:#}\n    left in the data plane: {l}");
-    }
+    lab.wait_until_none(
+        &format!("nothing in azure-sim mentions {TF_SGC}'s UID and {prefix} is released"),
+        opts,
+        "azure-sim",
+        "; ",
+        || {
+            let mut l = Vec::new();
+            if !uid_lc.is_empty() && scenarios::azure_text(&live).contains(&uid_lc) {
+                l.push(format!("a resource mentions UID {uid_lc}"));
+            }
+            let blocks = live.with_state(|s| s.inventory())["publicBlocks"].to_string();
+            if blocks.contains(&cidr) {
+                l.push(format!("{cidr} is still allocated: {blocks}"));
+            }
+            l
+        },
+    )
+    .await?;
+    lab.wait_until_none(
+        &format!("{TF_POOL}'s gateways drop the frontend address, wg link and wireguard-go"),
+        opts,
+        "the data plane",
+        "; ",
+        || scenarios::dataplane_leftovers(&gateways, &[]),
+    )
+    .await?;
     ok(&format!(
         "after terraform destroy nothing of {DEMO_NS}/{TF_SGC} is left: no Azure resource mentions its UID {uid}, {prefix} is released, {TF_POOL}'s gateways hold no frontend address, wg link or wireguard-go"
     ));
