@@ -20,7 +20,6 @@ use axum::http::StatusCode;
 use cni::proto::nic_service_server::NicService as _;
 use cni::proto::{NicAddRequest, NicDelRequest, PodInfo};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -32,12 +31,7 @@ async fn sim() -> (KubeSim, Client) {
         .await
         .expect("simulator starts");
     let client = sim.client("admin").expect("client");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in api::crd::all() {
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .expect("CRD installs");
-    }
+    sim.install_crds().await.expect("CRDs install");
     (sim, client)
 }
 

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use api::sgc::RouteType;
 use k8s_openapi::api::core::v1::{Node, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use netlab::{FRONTEND, INET, Lab, Stream, in_netns, probe_status, wait_until};
@@ -82,10 +81,7 @@ fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
             let sim = testbed::kube::KubeSim::start(Default::default()).await.expect("sim");
             sim.write_kubeconfig(&kc, "admin").expect("kubeconfig");
             let client = sim.client("admin").expect("client");
-            let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-            for crd in api::crd::all() {
-                crds.create(&PostParams::default(), &crd).await.expect("crd");
-            }
+            sim.install_crds().await.expect("CRDs");
             let node: Node = serde_json::from_value(json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node"}}))
                 .expect("node");
             Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.expect("node");

@@ -236,8 +236,7 @@ async fn write_table() {
 /// pass (what the 5-minute drift repair runs) and one Node heartbeat cost in ARM reads and Kubernetes requests.
 mod steady {
     use super::*;
-    use k8s_openapi::api::core::v1::{Namespace, Node};
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use k8s_openapi::api::core::v1::Node;
     use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
     use operator::reconcile::sgc::Operator;
     use operator::run::{RunOptions, run_operator_with};
@@ -329,19 +328,10 @@ mod steady {
             .push(User::new(OPERATOR, &testbed::kube::random_token(), Access::Admin));
         let kube = KubeSim::start(kcfg).await.expect("kube-sim");
         let admin = kube.client("admin").expect("client");
-        for crd in api::crd::all() {
-            Api::<CustomResourceDefinition>::all(admin.clone())
-                .create(&PostParams::default(), &crd)
-                .await
-                .expect("CRD");
-        }
-        for ns in ["kube-egress-gateway-system", "app"] {
-            let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
-            Api::<Namespace>::all(admin.clone())
-                .create(&PostParams::default(), &n)
-                .await
-                .expect("namespace");
-        }
+        kube.install_crds().await.expect("CRDs");
+        kube.create_namespaces(&["kube-egress-gateway-system", "app"])
+            .await
+            .expect("namespaces");
         let nodes: Api<Node> = Api::all(admin.clone());
         let node = |name: String, labels: serde_json::Value| -> Node {
             serde_json::from_value(json!({

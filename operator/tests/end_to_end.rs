@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use api::StaticGatewayConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, PostParams};
 use operator::config::CloudConfig;
@@ -35,18 +34,8 @@ async fn start() -> World {
 async fn start_with(seed: Seed) -> World {
     let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
     let client = kube.client("admin").expect("client");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in api::crd::all() {
-        crds.create(&PostParams::default(), &crd).await.expect("CRD");
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    for ns in [NS, "app"] {
-        let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
-        namespaces
-            .create(&PostParams::default(), &n)
-            .await
-            .expect("namespace");
-    }
+    kube.install_crds().await.expect("CRDs");
+    kube.create_namespaces(&[NS, "app"]).await.expect("namespaces");
     let azure = AzureSim::start(&seed).await.expect("azure-sim");
     let op = new_operator(&client, &common::cloud_config(&seed, &azure));
     World {

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::{GatewayPool, StaticGatewayConfiguration};
-use k8s_openapi::api::core::v1::{Namespace, Node};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use operator::metrics::Metrics;
 use operator::reconcile::sgc::Operator;
@@ -64,19 +63,8 @@ async fn start(recheck: Duration) -> World {
         .push(User::new(OPERATOR, &testbed::kube::random_token(), Access::Admin));
     let kube = KubeSim::start(kcfg).await.expect("kube-sim");
     let admin = kube.client("admin").expect("client");
-    for crd in api::crd::all() {
-        Api::<CustomResourceDefinition>::all(admin.clone())
-            .create(&PostParams::default(), &crd)
-            .await
-            .expect("CRD");
-    }
-    for ns in [NS, "app"] {
-        let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
-        Api::<Namespace>::all(admin.clone())
-            .create(&PostParams::default(), &n)
-            .await
-            .expect("namespace");
-    }
+    kube.install_crds().await.expect("CRDs");
+    kube.create_namespaces(&[NS, "app"]).await.expect("namespaces");
     let nodes: Api<Node> = Api::all(admin.clone());
     for (vmss, pool) in [(VMSS_A, "gateway"), (VMSS_B, "other")] {
         for i in 0..2 {

@@ -11,7 +11,6 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::{Namespace, Node};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
@@ -113,10 +112,7 @@ async fn start() -> Env {
     };
     let sim = KubeSim::start(cfg).await.expect("simulator");
     let admin = sim.client("admin").expect("client");
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    for crd in api::crd::all() {
-        crds.create(&PostParams::default(), &crd).await.expect("CRD");
-    }
+    sim.install_crds().await.expect("CRDs");
     let namespaces: Api<Namespace> = Api::all(admin.clone());
     for ns in [NS, "mynamespace", "demo", "team-a"] {
         let mut obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");

@@ -248,6 +248,33 @@ impl KubeSim {
         ::kube::Client::try_from(self.client_config(user)?).context("building kube client")
     }
 
+    /// Installs the product's CRDs (`api::crd::all()`) as `admin`, as `kubectl apply -f crds/` would.
+    pub async fn install_crds(&self) -> anyhow::Result<()> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crds: ::kube::Api<CustomResourceDefinition> = ::kube::Api::all(self.client("admin")?);
+        for crd in api::crd::all() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            crds.create(&Default::default(), &crd)
+                .await
+                .with_context(|| format!("installing CRD {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Creates plain namespaces as `admin`.
+    pub async fn create_namespaces(&self, names: &[&str]) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let namespaces: ::kube::Api<Namespace> = ::kube::Api::all(self.client("admin")?);
+        for name in names {
+            let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+            namespaces
+                .create(&Default::default(), &ns)
+                .await
+                .with_context(|| format!("creating namespace {name}"))?;
+        }
+        Ok(())
+    }
+
     /// Stops accepting connections and waits for the accept loop to end.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);

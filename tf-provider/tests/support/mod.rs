@@ -16,8 +16,7 @@ use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
@@ -85,18 +84,10 @@ impl Cluster {
     pub async fn start() -> Cluster {
         let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
         let admin = kube.client("admin").expect("client");
-        let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-        for crd in api::crd::all() {
-            crds.create(&PostParams::default(), &crd).await.expect("CRD");
-        }
-        let namespaces: Api<Namespace> = Api::all(admin.clone());
-        for ns in [SYSTEM_NS, APP_NS] {
-            let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
-            namespaces
-                .create(&PostParams::default(), &n)
-                .await
-                .expect("namespace");
-        }
+        kube.install_crds().await.expect("CRDs");
+        kube.create_namespaces(&[SYSTEM_NS, APP_NS])
+            .await
+            .expect("namespaces");
 
         let generated =
             webhook::tls::self_signed(&[format!("{WEBHOOK_SVC}.{SYSTEM_NS}.svc")]).expect("certificate");
