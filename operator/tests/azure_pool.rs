@@ -267,19 +267,7 @@ async fn a_failed_instance_is_repaired_and_drift_is_undone() {
 fn vm_pool_seed() -> Seed {
     let mut seed = Seed::aks_like(0);
     seed.vm_scale_sets.clear();
-    seed.vm_pools.push(testbed::azure::seed::VmPoolSeed {
-        resource_group: "node-rg".into(),
-        pool_name: "gateway".into(),
-        gateway_prefix_size: Some(31),
-        vms: 2,
-        nics: 2,
-        subnet: testbed::azure::seed::SubnetRef {
-            resource_group: "node-rg".into(),
-            vnet: "aks-vnet".into(),
-            subnet: "aks-subnet".into(),
-        },
-    });
-    seed
+    seed.with_vm_pool("gateway", 2, 2)
 }
 
 #[tokio::test]

@@ -451,18 +451,7 @@ async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_du
 async fn a_vm_pool_reports_the_node_of_each_pre_created_nic() {
     let mut seed = Seed::aks_like(0);
     seed.vm_scale_sets.clear();
-    seed.vm_pools.push(testbed::azure::seed::VmPoolSeed {
-        resource_group: "node-rg".into(),
-        pool_name: "gateway".into(),
-        gateway_prefix_size: Some(31),
-        vms: 2,
-        nics: 2,
-        subnet: testbed::azure::seed::SubnetRef {
-            resource_group: "node-rg".into(),
-            vnet: "aks-vnet".into(),
-            subnet: "aks-subnet".into(),
-        },
-    });
+    let seed = seed.with_vm_pool("gateway", 2, 2);
     let w = start_with(seed).await;
     // Gateway Nodes as the cloud provider registers them: providerID = the VM's ARM ID (resource group
     // lower-cased); one Node is deliberately not named after its VM, so only the providerID links them.

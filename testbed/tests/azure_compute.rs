@@ -10,7 +10,7 @@ use azure_mgmt_network::models::{LoadBalancer, NetworkInterface};
 use azure_support::{Env, LB, RG, VMSS, prefix_body, prefix_pip_body, start, status_and_code};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use testbed::azure::{LroConfig, Seed, SubnetRef, VmPoolSeed};
+use testbed::azure::{LroConfig, Seed};
 
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).expect("serialisable model")
@@ -402,19 +402,7 @@ async fn failed_instance_is_visible_and_an_update_recovers_it() {
 fn vm_pool_seed() -> Seed {
     let mut seed = Seed::aks_like(0);
     seed.vm_scale_sets.clear();
-    seed.vm_pools.push(VmPoolSeed {
-        resource_group: RG.into(),
-        pool_name: "gwpool".into(),
-        gateway_prefix_size: Some(31),
-        vms: 2,
-        nics: 3,
-        subnet: SubnetRef {
-            resource_group: RG.into(),
-            vnet: "aks-vnet".into(),
-            subnet: "aks-subnet".into(),
-        },
-    });
-    seed
+    seed.with_vm_pool("gwpool", 2, 3)
 }
 
 #[tokio::test]

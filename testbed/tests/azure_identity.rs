@@ -329,18 +329,7 @@ async fn binary_serves_a_seed_file() {
 async fn imds_for_a_vm_pool_node_carries_the_nic_name_tag() {
     let mut seed = Seed::aks_like(0);
     seed.vm_scale_sets.clear();
-    seed.vm_pools.push(testbed::azure::VmPoolSeed {
-        resource_group: RG.into(),
-        pool_name: "gwvms".into(),
-        gateway_prefix_size: Some(31),
-        vms: 1,
-        nics: 1,
-        subnet: testbed::azure::SubnetRef {
-            resource_group: RG.into(),
-            vnet: "aks-vnet".into(),
-            subnet: "aks-subnet".into(),
-        },
-    });
+    let seed = seed.with_vm_pool("gwvms", 1, 1);
     let env = start(seed).await;
     let url = format!(
         "{}/metadata/instance?api-version=2021-10-01",

@@ -145,6 +145,29 @@ impl Seed {
         }
     }
 
+    /// Adds a VM-based gateway pool (an AKS VirtualMachines pool tagged for a /31 prefix) of `vms` VMs and
+    /// `nics` pre-created NICs in the seed's first subnet (the node resource group's).
+    pub fn with_vm_pool(mut self, pool_name: &str, vms: u32, nics: u32) -> Self {
+        let vnet = self.virtual_networks.first();
+        let subnet = SubnetRef {
+            resource_group: vnet.map(|v| v.resource_group.clone()).unwrap_or_default(),
+            vnet: vnet.map(|v| v.name.clone()).unwrap_or_default(),
+            subnet: vnet
+                .and_then(|v| v.subnets.first())
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+        };
+        self.vm_pools.push(VmPoolSeed {
+            resource_group: subnet.resource_group.clone(),
+            pool_name: pool_name.to_owned(),
+            gateway_prefix_size: Some(31),
+            vms,
+            nics,
+            subnet,
+        });
+        self
+    }
+
     /// The operator's cloud config (upstream's `azure.json` keys) for the cluster this seed describes: its
     /// subscription, tenant and location, the first VNet and subnet (their resource group as the node
     /// resource group), the first service principal's credentials, and `endpoint` (the simulator's URL) as

@@ -777,15 +777,7 @@ mod tests {
     #[test]
     fn read_view_takes_a_vm_based_pools_nics_secondaries_and_its_floating_ip_rule() {
         use serde_json::json;
-        let mut seed = crate::azure::Seed::aks_like(1);
-        seed.vm_pools.push(crate::azure::VmPoolSeed {
-            resource_group: "node-rg".into(),
-            pool_name: "gwvms".into(),
-            gateway_prefix_size: Some(31),
-            vms: 1,
-            nics: 1,
-            subnet: seed.vm_scale_sets[0].subnet.clone(),
-        });
+        let seed = crate::azure::Seed::aks_like(1).with_vm_pool("gwvms", 1, 1);
         let mut w = seed.build().expect("world");
         let vm = "aks-gwvms-12345678-vm0".to_string();
         let sub = "/subscriptions/00000000-0000-0000-0000-00000000a5b1/resourceGroups/node-rg";

@@ -1804,21 +1804,12 @@ pub(super) fn lab_seed() -> Seed {
     regular.name = format!("aks-{NODE_POOL}-12345678-vmss");
     regular.pool_name = NODE_POOL.into();
     regular.gateway_prefix_size = None;
-    let subnet = regular.subnet.clone();
     seed.vm_scale_sets.push(regular);
     let mut tf = seed.vm_scale_sets[0].clone();
     tf.name = format!("aks-{TF_POOL}-12345678-vmss");
     tf.pool_name = TF_POOL.into();
     seed.vm_scale_sets.push(tf);
-    seed.vm_pools.push(crate::azure::VmPoolSeed {
-        resource_group: "node-rg".into(),
-        pool_name: VM_POOL.into(),
-        gateway_prefix_size: Some(31),
-        vms: VM_POOL_VMS,
-        nics: VM_POOL_VMS,
-        subnet,
-    });
-    seed
+    seed.with_vm_pool(VM_POOL, VM_POOL_VMS, VM_POOL_VMS)
 }
 
 /// (pool, computer name) of every gateway VMSS instance in the lab's seed, in seed order.
