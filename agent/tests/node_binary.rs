@@ -23,6 +23,37 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The node agent's arguments for node `n1`: its ports, CNI configuration directory and socket.
+fn node_agent_args(
+    metrics_port: u16,
+    health_port: u16,
+    conf_dir: &std::path::Path,
+    socket: &std::path::Path,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "--mode",
+        "node",
+        "--node-name",
+        "n1",
+        "--namespace",
+        "kube-system",
+    ]
+    .into_iter()
+    .map(Into::into)
+    .collect();
+    args.extend([
+        "--metrics-bind-address".into(),
+        format!("127.0.0.1:{metrics_port}").into(),
+        "--health-probe-bind-address".into(),
+        format!("127.0.0.1:{health_port}").into(),
+        "--cni-conf-dir".into(),
+        conf_dir.into(),
+        "--cni-socket".into(),
+        socket.into(),
+    ]);
+    args
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -75,22 +106,7 @@ async fn node_agent_installs_untaints_serves_and_uninstalls() {
     let socket = dir.path().join("run/cni.sock");
     let (metrics_port, health_port) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_kube-egress-gateway-agent"))
-        .args([
-            "--mode",
-            "node",
-            "--node-name",
-            "n1",
-            "--namespace",
-            "kube-system",
-        ])
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{health_port}"))
-        .arg("--cni-conf-dir")
-        .arg(&netd)
-        .arg("--cni-socket")
-        .arg(&socket)
+        .args(node_agent_args(metrics_port, health_port, &netd, &socket))
         .args(["--cni-conf-poll-ms", "50", "--log-format", "json"])
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
@@ -175,22 +191,12 @@ async fn node_agent_exits_when_it_cannot_serve_the_cni_socket() {
     let socket = not_a_dir.join("cni.sock");
     let (metrics_port, health_port) = (free_port(), free_port());
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-egress-gateway-agent"))
-        .args([
-            "--mode",
-            "node",
-            "--node-name",
-            "n1",
-            "--namespace",
-            "kube-system",
-        ])
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{health_port}"))
-        .arg("--cni-conf-dir")
-        .arg(dir.path().join("net.d"))
-        .arg("--cni-socket")
-        .arg(&socket)
+        .args(node_agent_args(
+            metrics_port,
+            health_port,
+            &dir.path().join("net.d"),
+            &socket,
+        ))
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .stdout(Stdio::null())
