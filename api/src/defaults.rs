@@ -1,11 +1,14 @@
 //! Defaults as JSON patches (what the mutating webhook returns). The CRD schema carries the same defaults,
 //! so objects written while the webhook is unavailable end up identical.
 
+use std::collections::BTreeMap;
+
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use jsonptr::PointerBuf;
 use serde_json::Value;
 
 use crate::names::{NAMESPACE_DEFAULT_GATEWAY_ANNOTATION, POD_GATEWAY_ANNOTATION};
+use crate::pod::PodView;
 use crate::sgc::RouteType;
 
 fn add(tokens: &[&str], value: Value) -> PatchOperation {
@@ -64,28 +67,22 @@ pub fn sgc_defaults(obj: &Value) -> Patch {
 /// Injects the namespace's default configuration into a new pod that names none; `None` when nothing
 /// changes (pods without an annotation in namespaces without a default pass untouched). hostNetwork pods are
 /// never given one: they cannot use a gateway.
-pub fn pod_default_gateway(pod: &Value, namespace_annotations: Option<&Value>) -> Option<Patch> {
+pub fn pod_default_gateway(
+    pod: &PodView,
+    namespace_annotations: Option<&BTreeMap<String, String>>,
+) -> Option<Patch> {
     let default = namespace_annotations?
-        .get(NAMESPACE_DEFAULT_GATEWAY_ANNOTATION)?
-        .as_str()
+        .get(NAMESPACE_DEFAULT_GATEWAY_ANNOTATION)
         .filter(|s| !s.is_empty())?;
-    if pod
-        .pointer("/spec/hostNetwork")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-    {
+    if pod.host_network() || pod.gateway().is_some() {
         return None;
     }
-    let annotations = pod.pointer("/metadata/annotations");
-    if annotations.and_then(|a| a.get(POD_GATEWAY_ANNOTATION)).is_some() {
-        return None;
-    }
-    let op = match annotations {
-        Some(Value::Object(_)) => add(
+    let op = match pod.metadata.annotations {
+        Some(_) => add(
             &["metadata", "annotations", POD_GATEWAY_ANNOTATION],
-            Value::from(default),
+            Value::from(default.as_str()),
         ),
-        _ => add(
+        None => add(
             &["metadata", "annotations"],
             serde_json::json!({ POD_GATEWAY_ANNOTATION: default }),
         ),

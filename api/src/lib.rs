@@ -11,6 +11,7 @@ pub mod internal;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod names;
+pub mod pod;
 pub mod pool;
 pub mod pool_ref;
 pub mod rules;

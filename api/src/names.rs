@@ -139,6 +139,9 @@ pub const POD_WG_INTERFACE: &str = "wg0";
 pub const POD_INGRESS_MARK: u32 = 0x2222;
 /// Routing table used with [`POD_INGRESS_MARK`].
 pub const POD_INGRESS_TABLE: u32 = 8738;
+/// The nftables table (family `ip`) the gateway agent and the CNI plugin own in every namespace they write
+/// rules to; replaced whole on each apply.
+pub const NFT_TABLE: &str = "kube-egress-gateway";
 /// The chained CNI plugin's `type`.
 pub const CNI_PLUGIN_TYPE: &str = "kube-egress-cni";
 /// File name of the CNI configuration the node agent writes; sorts first in `/etc/cni/net.d`.

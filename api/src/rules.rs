@@ -1,4 +1,4 @@
-//! The spec rules (`product.md` §Rules), as pure functions.
+//! The spec rules (docs/design.md, section "Rules"), as pure functions.
 //!
 //! One implementation, three enforcers: the admission webhook denies, the operator reports a condition and a
 //! Warning event (for objects that predate the webhook), and the Terraform provider reports at plan time.
@@ -12,6 +12,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 
 use crate::arm::{parse_public_ip_prefix_id, valid_resource_group};
+use crate::pod::PodView;
 use crate::pool::{GatewayPoolSpec, PoolVmssProfile};
 use crate::sgc::{GatewayVmssProfile, RouteType, StaticGatewayConfigurationSpec};
 
@@ -20,7 +21,7 @@ pub const MIN_PREFIX_SIZE: i32 = 28;
 /// Largest prefix length Azure supports for gateways.
 pub const MAX_PREFIX_SIZE: i32 = 31;
 
-/// Which rule a violation breaks. Numbers are `product.md`'s.
+/// Which rule a violation breaks. Numbers are those of docs/design.md's rules table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rule {
     /// 1. Exactly one of gatewayNodepoolName and gatewayVmssProfile.
@@ -50,7 +51,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    /// `product.md` rule number, where the rule has one.
+    /// The rule's number in docs/design.md, where the rule has one.
     pub fn number(self) -> Option<u8> {
         Some(match self {
             Rule::OnePool => 1,
@@ -941,17 +942,13 @@ pub fn decode_pool_spec(spec: Option<&Value>, v: &mut Verdict) -> GatewayPoolSpe
 // ---------------------------------------------------------------------------------------------
 
 /// Validates a pod's use of the gateway annotation. Pods without the annotation always pass.
-pub fn validate_pod(pod: &Value) -> Verdict {
+pub fn validate_pod(pod: &PodView) -> Verdict {
     let mut v = Verdict::default();
-    let Some(name) = pod_gateway_annotation(pod) else {
+    let Some(name) = pod.gateway() else {
         return v;
     };
-    let host_network = pod
-        .pointer("/spec/hostNetwork")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
     let path = format!("metadata.annotations[{}]", crate::names::POD_GATEWAY_ANNOTATION);
-    if host_network {
+    if pod.host_network() {
         v.deny(
             path.clone(),
             Rule::HostNetworkPod,
@@ -967,13 +964,6 @@ pub fn validate_pod(pod: &Value) -> Verdict {
         );
     }
     v
-}
-
-/// The pod's gateway annotation value, if any.
-pub fn pod_gateway_annotation(pod: &Value) -> Option<&str> {
-    pod.pointer("/metadata/annotations")
-        .and_then(|a| a.get(crate::names::POD_GATEWAY_ANNOTATION))
-        .and_then(Value::as_str)
 }
 
 /// The warning users see when a pod names a configuration that does not exist in its namespace.

@@ -1,5 +1,7 @@
 //! GatewayPool rules, pod rules and the defaulting patches.
 
+use std::collections::BTreeMap;
+
 use api::rules::{Rule, validate_pod, validate_pool_object};
 use serde_json::{Value, json};
 
@@ -142,9 +144,23 @@ fn pool_update_immutability_and_warnings() {
     );
 }
 
+/// The typed pod view the rules take, from JSON as the apiserver sends it.
+fn pod(json: Value) -> api::pod::PodView {
+    serde_json::from_value(json).expect("a pod")
+}
+
+/// Namespace annotations, from JSON.
+fn annotations(json: Value) -> BTreeMap<String, String> {
+    serde_json::from_value(json).expect("annotations")
+}
+
 #[test]
 fn pods() {
-    let annotated = |host: bool| json!({"metadata": {"annotations": {api::names::POD_GATEWAY_ANNOTATION: "gw"}}, "spec": {"hostNetwork": host}});
+    let annotated = |host: bool| {
+        pod(
+            json!({"metadata": {"annotations": {api::names::POD_GATEWAY_ANNOTATION: "gw"}}, "spec": {"hostNetwork": host}}),
+        )
+    };
     assert!(validate_pod(&annotated(false)).is_allowed());
     let v = validate_pod(&annotated(true));
     assert!(!v.is_allowed());
@@ -157,11 +173,12 @@ fn pods() {
     );
     assert!(v.message().contains("hostNetwork"), "{}", v.message());
     assert!(
-        validate_pod(&json!({"spec": {"hostNetwork": true}})).is_allowed(),
+        validate_pod(&pod(json!({"spec": {"hostNetwork": true}}))).is_allowed(),
         "plain hostNetwork pods pass"
     );
-    assert!(validate_pod(&json!({})).is_allowed());
-    let bad_name = json!({"metadata": {"annotations": {api::names::POD_GATEWAY_ANNOTATION: "Not_A_Name"}}});
+    assert!(validate_pod(&pod(json!({}))).is_allowed());
+    let bad_name =
+        pod(json!({"metadata": {"annotations": {api::names::POD_GATEWAY_ANNOTATION: "Not_A_Name"}}}));
     let v = validate_pod(&bad_name);
     assert!(v.is_allowed() && v.warnings.len() == 1, "{v:?}");
     let w = api::rules::missing_sgc_warning("demo", "gw");
@@ -202,36 +219,39 @@ fn sgc_defaults() {
 
 #[test]
 fn pod_default_injection() {
-    let ns = json!({api::names::NAMESPACE_DEFAULT_GATEWAY_ANNOTATION: "team-gw"});
+    let ns = annotations(json!({api::names::NAMESPACE_DEFAULT_GATEWAY_ANNOTATION: "team-gw"}));
     let key = api::names::POD_GATEWAY_ANNOTATION;
 
-    let pod = json!({"metadata": {"name": "p"}, "spec": {}});
+    let plain = json!({"metadata": {"name": "p"}, "spec": {}});
     let out = apply(
-        pod.clone(),
-        &api::defaults::pod_default_gateway(&pod, Some(&ns)).expect("injects"),
+        plain.clone(),
+        &api::defaults::pod_default_gateway(&pod(plain.clone()), Some(&ns)).expect("injects"),
     );
     assert_eq!(out["metadata"]["annotations"][key], "team-gw");
 
-    let pod = json!({"metadata": {"name": "p", "annotations": {"other": "x"}}});
+    let other = json!({"metadata": {"name": "p", "annotations": {"other": "x"}}});
     let out = apply(
-        pod.clone(),
-        &api::defaults::pod_default_gateway(&pod, Some(&ns)).expect("injects"),
+        other.clone(),
+        &api::defaults::pod_default_gateway(&pod(other), Some(&ns)).expect("injects"),
     );
     assert_eq!(out["metadata"]["annotations"][key], "team-gw");
     assert_eq!(out["metadata"]["annotations"]["other"], "x");
 
-    let own = json!({"metadata": {"annotations": {key: "mine"}}});
+    let own = pod(json!({"metadata": {"annotations": {key: "mine"}}}));
     assert!(
         api::defaults::pod_default_gateway(&own, Some(&ns)).is_none(),
         "a pod's own choice wins"
     );
-    let host = json!({"metadata": {}, "spec": {"hostNetwork": true}});
+    let host = pod(json!({"metadata": {}, "spec": {"hostNetwork": true}}));
     assert!(
         api::defaults::pod_default_gateway(&host, Some(&ns)).is_none(),
         "hostNetwork pods are left alone"
     );
-    assert!(api::defaults::pod_default_gateway(&pod, None).is_none());
-    assert!(api::defaults::pod_default_gateway(&pod, Some(&json!({"unrelated": "x"}))).is_none());
+    let plain = pod(plain);
+    assert!(api::defaults::pod_default_gateway(&plain, None).is_none());
+    assert!(
+        api::defaults::pod_default_gateway(&plain, Some(&annotations(json!({"unrelated": "x"})))).is_none()
+    );
 }
 
 #[test]

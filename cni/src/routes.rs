@@ -1,6 +1,6 @@
 //! Pod-side desired state (pure): which routes, rules, sysctls and firewall rules an annotated pod gets.
 //!
-//! Layout as upstream documents it (upstream.md §5.4):
+//! Layout as upstream documents it (https://github.com/Azure/kube-egress-gateway/blob/main/docs/cni.md):
 //! * `staticEgressGateway`: every eth0 route is replaced by `<gw>/32 dev eth0 scope link`, a default route
 //!   `via inet6 fe80::1 dev wg0`, and one route per exception CIDR `via <gw> dev eth0`. Exceptions are the
 //!   configuration's excludeCidrs plus the CNI config's excludedCIDRs (which include the node agent's
@@ -15,12 +15,10 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use api::names::{GATEWAY_WG_ADDRESS, POD_INGRESS_MARK, POD_INGRESS_TABLE, POD_WG_INTERFACE};
+use api::names::{GATEWAY_WG_ADDRESS, NFT_TABLE, POD_INGRESS_MARK, POD_INGRESS_TABLE, POD_WG_INTERFACE};
 use api::sgc::RouteType;
 use ipnet::Ipv4Net;
 
-/// The table this project owns in every namespace it writes nftables rules to.
-pub const NFT_TABLE: &str = "kube-egress-gateway";
 /// Gateway-side link-local address every pod routes through: [`GATEWAY_WG_ADDRESS`] without its prefix length.
 pub fn gateway_link_local() -> &'static str {
     GATEWAY_WG_ADDRESS

@@ -1,9 +1,8 @@
 //! Admission decisions per endpoint: pure functions of the request, the cluster facts and the policy.
 
+use api::pod::PodView;
 use api::rules::{self, Verdict};
-use serde::Deserialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 use crate::facts::ClusterFacts;
 use crate::review::{Cause, Denial, Request, Response};
@@ -229,49 +228,6 @@ fn mutate(req: &Request<'_>, defaults: fn(&Value) -> json_patch::Patch) -> Respo
 /// U+2028/9, none of which is in this tail, so searching the raw text for it is exact.
 const ANNOTATION_KEY_TAIL: &str = "static-gateway-configuration";
 
-/// Just the pod fields the pod webhooks read: parsing a whole PodSpec would cost more than the decision.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodView {
-    #[serde(default)]
-    metadata: PodMeta,
-    #[serde(default)]
-    spec: PodSpecView,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct PodMeta {
-    #[serde(default)]
-    annotations: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodSpecView {
-    #[serde(default)]
-    host_network: Option<bool>,
-}
-
-impl PodView {
-    fn gateway(&self) -> Option<&str> {
-        self.metadata
-            .annotations
-            .as_ref()?
-            .get(api::names::POD_GATEWAY_ANNOTATION)
-            .map(String::as_str)
-    }
-    fn host_network(&self) -> bool {
-        self.spec.host_network.unwrap_or(false)
-    }
-    /// The shape the api rule functions take.
-    fn as_json(&self) -> Value {
-        serde_json::json!({
-            "metadata": {"annotations": self.metadata.annotations},
-            "spec": {"hostNetwork": self.host_network()},
-        })
-    }
-}
-
 fn pod_view(req: &Request<'_>) -> Result<PodView, String> {
     let Some(raw) = req.object else {
         return Ok(PodView::default());
@@ -300,8 +256,7 @@ fn mutate_pod(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
     if pod.gateway().is_some() || pod.host_network() {
         return Response::allow(&req.uid);
     }
-    let ns_json = serde_json::to_value(&annotations).unwrap_or(Value::Null);
-    let patch = api::defaults::pod_default_gateway(&pod.as_json(), Some(&ns_json));
+    let patch = api::defaults::pod_default_gateway(&pod, Some(&annotations));
     Response {
         patch,
         ..Response::allow(&req.uid)
@@ -327,7 +282,7 @@ fn validate_pod(req: &Request<'_>, facts: &dyn ClusterFacts) -> Response {
     let Some(gateway) = pod.gateway() else {
         return Response::allow(&req.uid);
     };
-    let mut verdict = rules::validate_pod(&pod.as_json());
+    let mut verdict = rules::validate_pod(&pod);
     if verdict.is_allowed()
         && let Some(ns) = req.namespace.as_deref()
         && facts.sgc_exists(ns, gateway) == Some(false)

@@ -1,6 +1,7 @@
 //! Gateway-side desired state (pure).
 //!
-//! Layout (upstream.md §4.1, names users see in troubleshooting kept):
+//! Layout (upstream's gateway daemon, https://github.com/Azure/kube-egress-gateway/tree/main/controllers/daemon; names users see in
+//! troubleshooting kept; docs/dataplane.md):
 //! * host: the pool's load-balancer frontend IPs as /32 on the host interface (floating IP: packets arrive
 //!   with the frontend as destination); `<secondary>/32 dev host-gateway`; a NAT exemption so the host's own
 //!   masquerading leaves the secondary source alone.
@@ -14,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use api::names::{GATEWAY_VETH_HOST, GATEWAY_VETH_NS, fnv1a64, gateway_wg_interface};
-use cni::routes::{NFT_TABLE, replace_table_preamble};
+use api::names::{GATEWAY_VETH_HOST, GATEWAY_VETH_NS, NFT_TABLE, fnv1a64, gateway_wg_interface};
+use cni::routes::replace_table_preamble;
 use cni::wg::PrivateKey;
 use ipnet::Ipv4Net;
 
