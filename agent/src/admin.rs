@@ -5,10 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 
 use crate::metrics::Metrics;
 
@@ -23,36 +19,32 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
 }
 
-/// The admin router.
-pub fn router(state: AdminState) -> Router {
-    async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
-        (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            s.metrics.encode(),
-        )
-    }
-    async fn readyz(State(s): State<AdminState>) -> StatusCode {
-        if s.ready.load(Ordering::Acquire) && !s.draining.load(Ordering::Acquire) {
-            StatusCode::OK
+impl AdminState {
+    /// What `/readyz` answers: ready once started (and, in gateway mode, after the first apply), not while
+    /// draining.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            Err("draining")
+        } else if !self.ready.load(Ordering::Acquire) {
+            Err("not ready")
         } else {
-            StatusCode::SERVICE_UNAVAILABLE
+            Ok(())
         }
     }
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(state)
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    let metrics = state.metrics.clone();
+    daemon::http::probe_router(move || state.readiness())
+        .merge(daemon::http::metrics_router(move || metrics.encode()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use tower::ServiceExt as _;
 
     async fn get(r: &Router, path: &str) -> (StatusCode, String) {

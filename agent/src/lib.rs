@@ -5,6 +5,7 @@
 //! idempotent appliers; the Kubernetes-facing parts sit behind [`node::Cluster`].
 
 pub mod admin;
+pub mod cli;
 pub mod cniconf;
 pub mod gateway;
 pub mod imds;

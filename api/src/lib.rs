@@ -8,8 +8,6 @@ pub mod arm;
 pub mod crd;
 pub mod defaults;
 pub mod internal;
-#[cfg(feature = "logging")]
-pub mod logging;
 pub mod names;
 pub mod pod;
 pub mod pool;

@@ -4,6 +4,7 @@
 
 pub mod arm_json;
 pub mod azure;
+pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod leader;

@@ -1,15 +1,11 @@
-//! The running operator: watches, the per-pool work loop, leader gating, the probe and metrics servers.
+//! The running operator: watches, the per-pool work loop, leader gating.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use api::{GatewayPool, PoolRef, StaticGatewayConfiguration};
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
@@ -18,7 +14,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
 use crate::reconcile::sgc::{Inputs, Operator, RESYNC_INTERVAL, pool_key};
 
 /// How soon a converging pool is looked at again.
@@ -553,56 +548,6 @@ async fn work_loop(
             tracing::warn!(error = %e, failed = ?out.failed, "reconcile failed; will retry");
         }
     }
-}
-
-/// `/metrics` on one port.
-pub fn metrics_router(metrics: Metrics) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let m = metrics.clone();
-            async move {
-                (
-                    [(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    m.encode(),
-                )
-            }
-        }),
-    )
-}
-
-/// `/healthz` (the process serves) and `/readyz` (the work loop runs) on the probe port.
-pub fn health_router(ready: Arc<AtomicBool>) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok" })).route(
-        "/readyz",
-        get(move || {
-            let ready = ready.clone();
-            async move {
-                if ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                }
-            }
-        }),
-    )
-}
-
-/// Serves a router until `shutdown`.
-pub async fn serve(
-    addr: SocketAddr,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
 }
 
 #[cfg(test)]

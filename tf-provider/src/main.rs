@@ -6,7 +6,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     // stdout carries only the handshake line; logs go to stderr, where Terraform collects them (TF_LOG).
-    api::logging::init_with_filter_env("TF_PROVIDER_LOG", false);
+    daemon::logging::init_with_filter_env("TF_PROVIDER_LOG", daemon::logging::LogFormat::Text);
     let env = tf_provider::server::LaunchEnv::from_env();
     let result = tf_provider::server::serve(&env, |line| {
         let mut out = std::io::stdout().lock();

@@ -3,6 +3,7 @@
 //! pods, and keeps PodEndpoints to the node agent.
 
 pub mod cabundle;
+pub mod cli;
 pub mod facts;
 pub mod handlers;
 pub mod metrics;

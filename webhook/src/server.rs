@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -36,6 +36,19 @@ pub struct AppState {
     pub draining: AtomicBool,
 }
 
+impl AppState {
+    /// What `/readyz` answers: ready once the cluster watches are synced, not while draining.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            Err("draining")
+        } else if !self.facts.synced() {
+            Err("cluster watches not synced")
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
@@ -53,37 +66,14 @@ pub fn admission_router(state: Arc<AppState>) -> Router {
             post(move |State(state): State<Arc<AppState>>, req: Request| admit(state, endpoint, req)),
         );
     }
-    router.merge(probe_router()).with_state(state)
+    router.with_state(state.clone()).merge(probe_router(state))
 }
 
 /// Health, readiness and metrics (also served over plain HTTP on the metrics port).
-pub fn probe_router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(state): State<Arc<AppState>>| async move {
-                if state.draining.load(Ordering::Acquire) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "draining")
-                } else if !state.facts.synced() {
-                    (StatusCode::SERVICE_UNAVAILABLE, "cluster watches not synced")
-                } else {
-                    (StatusCode::OK, "ok")
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|State(state): State<Arc<AppState>>| async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    state.metrics.encode(),
-                )
-            }),
-        )
+pub fn probe_router(state: Arc<AppState>) -> Router {
+    let readiness = state.clone();
+    daemon::http::probe_router(move || readiness.readiness())
+        .merge(daemon::http::metrics_router(move || state.metrics.encode()))
 }
 
 async fn admit(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
@@ -224,15 +214,5 @@ pub async fn serve_tls(
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("shutdown grace period over with requests in flight");
-    }
-}
-
-/// Serves a plain-HTTP router (metrics, probes) until `shutdown` flips.
-pub async fn serve_plain(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
-    let served = axum::serve(listener, router).with_graceful_shutdown(async move {
-        let _ = shutdown.changed().await;
-    });
-    if let Err(error) = served.await {
-        tracing::warn!(%error, "metrics server failed");
     }
 }

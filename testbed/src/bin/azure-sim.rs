@@ -14,23 +14,22 @@ struct Args {
     /// Listen address (loopback recommended).
     #[arg(long, env = "AZURE_SIM_LISTEN", default_value = "127.0.0.1:8790")]
     listen: SocketAddr,
-    /// Log as JSON.
-    #[arg(long, env = "AZURE_SIM_LOG_JSON")]
-    log_json: bool,
+    #[command(flatten)]
+    log: daemon::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Plain text when piped, so scripts can read the `url=` line (on stderr).
-    api::logging::init(args.log_json);
+    args.log.init();
     let text = std::fs::read_to_string(&args.seed)
         .map_err(|e| anyhow::anyhow!("cannot read seed file {}: {e}", args.seed.display()))?;
     let seed = testbed::azure::seed::parse_seed(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.seed.display()))?;
     let sim = testbed::azure::AzureSim::start_on(&seed, args.listen).await?;
     tracing::info!(url = sim.url(), "azure simulator listening");
-    tokio::signal::ctrl_c().await?;
+    daemon::shutdown_signal().await;
     tracing::info!("shutting down");
     drop(sim);
     Ok(())

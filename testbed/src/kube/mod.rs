@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod auth;
 pub mod cel;
+pub mod cli;
 pub mod openapi;
 pub mod patch;
 pub mod registry;

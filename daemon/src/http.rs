@@ -1,0 +1,160 @@
+//! The plain-HTTP endpoints every long-running binary serves: `/healthz` (the process answers), `/readyz`
+//! (it can do its job; 503 with the reason otherwise) and `/metrics` (Prometheus/OpenMetrics text).
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Content type of the metrics text every component's `Metrics::encode` writes.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `/healthz` answers 200 while the process serves; `/readyz` answers 200 when `readiness` says so and 503
+/// with its reason otherwise (not started, caches not synced, draining).
+pub fn probe_router<F>(readiness: F) -> Router
+where
+    F: Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
+{
+    Router::new().route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get(move || {
+            let verdict = readiness();
+            async move {
+                match verdict {
+                    Ok(()) => (StatusCode::OK, "ok"),
+                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+                }
+            }
+        }),
+    )
+}
+
+/// `/metrics`, answering with what `encode` writes.
+pub fn metrics_router<F>(encode: F) -> Router
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+{
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let text = encode();
+            async move { ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text) }
+        }),
+    )
+}
+
+/// Binds `addr`, naming it in the error (a taken port must say which).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true (or its sender is gone).
+pub async fn serve_on(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr().context("reading the listener's address")?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .with_context(|| format!("serving {addr}"))
+}
+
+/// [`bind`], then [`serve_on`].
+pub async fn serve(addr: SocketAddr, router: Router, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    serve_on(bind(addr).await?, router, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn get(r: &Router, path: &str) -> (StatusCode, String, Option<String>) {
+        let resp = r
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned(), content_type)
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_readiness_and_names_the_reason() {
+        let ready = Arc::new(AtomicBool::new(false));
+        let r = {
+            let ready = ready.clone();
+            probe_router(move || {
+                if ready.load(Ordering::Acquire) {
+                    Ok(())
+                } else {
+                    Err("caches not synced")
+                }
+            })
+        };
+        assert_eq!(get(&r, "/healthz").await.0, StatusCode::OK);
+        let (status, body, _) = get(&r, "/readyz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+        );
+        ready.store(true, Ordering::Release);
+        assert_eq!(get(&r, "/readyz").await.0, StatusCode::OK);
+        assert_eq!(get(&r, "/metrics").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_encoded_per_request_as_openmetrics() {
+        let scrapes = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let r = {
+            let scrapes = scrapes.clone();
+            metrics_router(move || {
+                format!("scrapes {}\n# EOF\n", scrapes.fetch_add(1, Ordering::Relaxed) + 1)
+            })
+        };
+        let (status, body, content_type) = get(&r, "/metrics").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "scrapes 1\n# EOF\n"));
+        assert_eq!(content_type.as_deref(), Some(OPENMETRICS_CONTENT_TYPE));
+        assert_eq!(get(&r, "/metrics").await.1, "scrapes 2\n# EOF\n");
+    }
+
+    #[tokio::test]
+    async fn serve_names_a_taken_address_and_stops_on_shutdown() {
+        let taken = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let (_tx, rx) = watch::channel(false);
+        let err = serve(addr, probe_router(|| Ok(())), rx)
+            .await
+            .expect_err("port taken");
+        assert!(format!("{err:#}").contains(&addr.to_string()), "{err:#}");
+
+        let (tx, rx) = watch::channel(false);
+        let server = tokio::spawn(serve_on(taken, probe_router(|| Ok(())), rx));
+        tx.send_replace(true);
+        server.await.expect("join").expect("graceful stop");
+    }
+}
