@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's main-job command: the lab (see README "Quick start" and testbed/src/lab/).
 # Builds the workspace binaries (debug by default, quicker to build; LAB_PROFILE=release for optimised), then runs the lab
-# as root. Extra arguments go to the lab, e.g. `scripts/lab.sh --keep`.
+# as root. Extra arguments go to the lab, e.g. `scripts/lab.sh --keep`. `scripts/lab.sh --cleanup` only removes
+# what earlier lab runs that are gone (killed, crashed) left behind: network namespaces, mounts under /run,
+# wireguard sockets, work dirs (every lab run does this first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
@@ -16,6 +18,10 @@ if [ "$profile" = "release" ]; then
 else
     flag=
     dir="${CARGO_TARGET_DIR:-target}/debug"
+fi
+if [ "${1:-}" = "--cleanup" ]; then
+    cargo build $flag -q -p testbed --bin lab
+    exec "$dir/lab" "$@"
 fi
 echo "building the lab and the component binaries ($profile)..."
 cargo build $flag -p testbed --bin lab -p webhook --bin kube-egress-gateway-webhook \

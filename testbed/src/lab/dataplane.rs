@@ -66,7 +66,7 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
 }
 
 /// Where `ip netns` keeps its named namespaces.
-const NETNS_DIR: &str = "/var/run/netns";
+pub(super) const NETNS_DIR: &str = "/var/run/netns";
 
 /// The file of `ip netns` namespace `name` (what `nsenter --net=` and `CNI_NETNS` take).
 pub(super) fn netns_path(name: &str) -> PathBuf {

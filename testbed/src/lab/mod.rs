@@ -13,8 +13,10 @@
 
 mod azure_view;
 pub mod chart;
+pub mod cli;
 mod dataplane;
 pub mod fabric;
+pub mod leftovers;
 mod procs;
 pub mod runtime;
 pub mod scenarios;

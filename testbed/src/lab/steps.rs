@@ -1206,7 +1206,7 @@ impl Lab {
     async fn nodes(&mut self, opts: &Options) -> anyhow::Result<()> {
         use super::dataplane::forward_loopback;
         let tag = lab_tag();
-        let mnt_dir = PathBuf::from(format!("/run/kube-egress-{tag}mnt"));
+        let mnt_dir = super::leftovers::mount_dir(std::path::Path::new("/run"), std::process::id());
         runtime::private_mount_dir(&mnt_dir)?;
         self.mnt_dir = Some(mnt_dir.clone());
         let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
@@ -1868,7 +1868,7 @@ fn azure_ids(azure: &AzureSim, segment: &str) -> Vec<String> {
 /// Prefix of the names this run gives host-wide things (network namespaces, the nodes' mount directory), so
 /// teardown finds whatever of them is left: `lab<pid>-`.
 pub(super) fn lab_tag() -> String {
-    format!("lab{}-", std::process::id())
+    super::leftovers::run_tag(std::process::id())
 }
 
 /// Computer names of the regular nodes (VMSS instances of `nodepool1`).
