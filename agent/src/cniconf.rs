@@ -1,6 +1,6 @@
 //! CNI configuration manager (node mode): keeps our conflist chained after the node's primary CNI
 //! configuration, regenerates it when the primary changes, and removes it on shutdown when the
-//! `cni-uninstall` ConfigMap asks for it (upstream.md §5.1).
+//! `cni-uninstall` ConfigMap asks for it (as upstream's cnimanager, https://github.com/Azure/kube-egress-gateway/tree/main/pkg/cni/conf).
 //!
 //! The directory is polled (cheap: one `readdir` + `stat` per file) rather than watched with inotify, so it
 //! also works on filesystems without inotify and needs no extra dependency.

@@ -1,4 +1,4 @@
-//! Upstream's sample manifests (seed documents, upstream.md §1) and malformed ones, each with its expected
+//! Upstream's sample manifests (https://github.com/Azure/kube-egress-gateway: README, docs, samples) and malformed ones, each with its expected
 //! outcome at every layer an apiserver applies: the generated openAPIV3Schema (jsonschema), the CRD's CEL
 //! rules, and the rules the webhook enforces.
 

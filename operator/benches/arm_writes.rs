@@ -23,7 +23,8 @@ use testbed::azure::{AzureSim, LroConfig, Seed};
 const ARM_LATENCY: Duration = Duration::from_millis(40);
 
 /// Upstream's writes for N new configurations with managed prefixes on an I-instance VMSS pool, from its
-/// algorithm (upstream.md §3.2-3.3), per configuration:
+/// algorithm (its GatewayLBConfiguration and GatewayVMConfiguration controllers,
+/// https://github.com/Azure/kube-egress-gateway/tree/main/controllers/manager), per configuration:
 /// - VM controller: GET prefix (404) then one prefix PUT;
 /// - LB controller: one load-balancer PUT (its rule, probe, and for the first one the frontend/backend);
 /// - VM controller: one VMSS model PUT (the configuration's ipConfiguration), then one `Update` PUT per

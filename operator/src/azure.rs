@@ -435,7 +435,7 @@ impl TokenCredential for FileWorkloadIdentity {
     }
 }
 
-/// The ARM calls the operator makes (upstream.md §3.4), on JSON.
+/// The ARM calls the operator makes (upstream's `pkg/azmanager`, on JSON; docs/operator.md lists them).
 #[derive(Clone)]
 pub struct Arm {
     network: azure_mgmt_network::Client,

@@ -1,4 +1,5 @@
-//! Behaviour tests of the pure planner: upstream's "Manager LB" / "Manager VM" scenarios (upstream.md §8.2),
+//! Behaviour tests of the pure planner: upstream's "Manager LB" / "Manager VM" scenarios (the unit tests in
+//! https://github.com/Azure/kube-egress-gateway/tree/main/controllers/manager),
 //! the coalescing goal, and convergence (apply the plan to an in-memory Azure, plan again: nothing to do).
 
 use super::*;

@@ -162,14 +162,6 @@ impl Value {
         }
     }
 
-    /// The items, when known and a list.
-    pub fn as_list(&self) -> Option<&[Value]> {
-        match self {
-            Value::List(items) => Some(items),
-            _ => None,
-        }
-    }
-
     /// Encodes as msgpack, the form Terraform always accepts.
     pub fn to_msgpack(&self) -> Vec<u8> {
         let mut out = Vec::new();

@@ -86,7 +86,7 @@ impl GatewayApplier {
         Ok(r)
     }
 
-    /// A secondary IP must live only in the gateway namespace (upstream.md §4.1 step 4): if the node's
+    /// A secondary IP must live only in the gateway namespace (docs/dataplane.md, as upstream's daemon): if the node's
     /// network setup put it on the host interface, the host would answer for it and bypass the SNAT path.
     fn remove_secondaries_from_host(
         &self,

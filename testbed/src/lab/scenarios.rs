@@ -1,4 +1,4 @@
-//! Upstream's end-to-end scenarios (upstream.md §8.1) and ours, run on the lab after its default steps when
+//! Upstream's end-to-end scenarios (https://github.com/Azure/kube-egress-gateway/tree/main/e2e) and ours, run on the lab after its default steps when
 //! asked (`lab --scenarios all` or e.g. `--scenarios 2,3,9`). Scenarios 1 (egress via the gateway, plain pods
 //! isolated), 4 (excludeCidrs bypass) and 7 (an invalid configuration refused with the rule's message) are
 //! part of every run (steps 3 and 8). Each scenario here creates what it needs, checks behaviour (source
