@@ -11,7 +11,7 @@ use operator::azure::{Arm, RetryBudget};
 use operator::config::CloudConfig;
 use operator::leader::{LEASE_NAME, LeaseLock};
 use operator::metrics::Metrics;
-use operator::reconcile::sgc::Operator;
+use operator::pass::Operator;
 use operator::run;
 
 /// Flags are upstream's (`kube-egress-gateway-controller`), so existing manifests keep working.
