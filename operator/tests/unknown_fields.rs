@@ -45,6 +45,16 @@ fn configs(uids: &[&str], egress: &Egress) -> Vec<Config> {
         .collect()
 }
 
+fn deleting(configs: &[Config]) -> Vec<Config> {
+    configs
+        .iter()
+        .map(|c| Config {
+            deleting: true,
+            ..c.clone()
+        })
+        .collect()
+}
+
 async fn resolve(env: &Env) -> ResolvedPool {
     observe::resolve(&env.arm, &env.cfg, &PoolRef::Nodepool("gateway".into()), None)
         .await
@@ -183,14 +193,7 @@ async fn a_scale_set_pool_keeps_every_field_it_does_not_own() {
     assert_kept(&env, &seeded, "drift repair");
 
     // Delete every configuration: the load balancer stays for its other owner.
-    let gone: Vec<Config> = all
-        .iter()
-        .map(|c| Config {
-            deleting: true,
-            ..c.clone()
-        })
-        .collect();
-    run(&env, &pool, &gone).await;
+    run(&env, &pool, &deleting(&all)).await;
     assert_kept(&env, &seeded, "delete");
     let lb = env
         .arm
@@ -228,14 +231,7 @@ async fn a_vm_pool_keeps_every_field_of_its_nics() {
     assert_kept(&env, &seeded, "create");
     assert_eq!(run(&env, &pool, &all).await.writes, 0, "steady state");
 
-    let gone: Vec<Config> = all
-        .iter()
-        .map(|c| Config {
-            deleting: true,
-            ..c.clone()
-        })
-        .collect();
-    run(&env, &pool, &gone).await;
+    run(&env, &pool, &deleting(&all)).await;
     assert_kept(&env, &seeded, "delete");
     assert_eq!(common::resources(&env.sim), before, "nothing of ours is left");
     assert_puts_keep_everything(&env, &owned_names(&pool, &all));

@@ -424,6 +424,11 @@ impl Arm {
         Ok(out)
     }
 
+    /// Every resource of `t`'s type in resource group `rg` (named by the group in errors).
+    async fn list_group<'a>(&self, rg: &'a str, t: Target<'a>) -> ArmResult<Vec<Value>> {
+        self.list(&Target { name: rg, ..t }).await
+    }
+
     /// PUT `body` as it is, conditional on `expect`; waits for the long-running operation and returns the
     /// resource as ARM then stores it.
     async fn put(&self, t: &Target<'_>, body: &Value, expect: Expect<'_>) -> ArmResult<Value> {
@@ -529,11 +534,7 @@ impl Arm {
 
     /// LIST scale sets of a resource group.
     pub async fn list_vmss(&self, rg: &str) -> ArmResult<Vec<Value>> {
-        self.list(&Target {
-            name: rg,
-            ..self.vmss(rg, "")
-        })
-        .await
+        self.list_group(rg, self.vmss(rg, "")).await
     }
 
     /// GET a scale set (None: 404).
@@ -614,7 +615,7 @@ impl Arm {
             "",
             api_version::COMPUTE,
         );
-        self.list(&Target { name: rg, ..t }).await
+        self.list_group(rg, t).await
     }
 
     fn nic<'a>(&self, rg: &str, name: &'a str) -> Target<'a> {
@@ -629,11 +630,7 @@ impl Arm {
 
     /// LIST NICs of a resource group.
     pub async fn list_nics(&self, rg: &str) -> ArmResult<Vec<Value>> {
-        self.list(&Target {
-            name: rg,
-            ..self.nic(rg, "")
-        })
-        .await
+        self.list_group(rg, self.nic(rg, "")).await
     }
 
     /// PUT a NIC (`body`: the NIC as read, with the operator's entries merged in), conditional on `expect`.
@@ -653,11 +650,7 @@ impl Arm {
 
     /// LIST public IP addresses of a resource group.
     pub async fn list_public_ips(&self, rg: &str) -> ArmResult<Vec<Value>> {
-        self.list(&Target {
-            name: rg,
-            ..self.public_ip(rg, "")
-        })
-        .await
+        self.list_group(rg, self.public_ip(rg, "")).await
     }
 
     /// PUT a public IP address (created by the operator: the body is the whole resource).

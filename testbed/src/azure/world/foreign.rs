@@ -103,9 +103,19 @@ impl World {
                 mark(v, &format!("{ptr}/{i}{inner}"), what);
             }
         }
-        const VMSS_NICS: &str =
-            "/properties/virtualMachineProfile/networkProfile/networkInterfaceConfigurations";
-        const INSTANCE_NICS: &str = "/properties/networkProfileConfiguration/networkInterfaceConfigurations";
+        /// Each NIC configuration at `ptr` and each of its ipConfigurations.
+        fn mark_nic_configs(v: &mut Value, ptr: &str) {
+            mark_each(v, ptr, "/properties", "NicConfigProperty");
+            let n = v.pointer(ptr).and_then(Value::as_array).map_or(0, Vec::len);
+            for i in 0..n {
+                mark_each(
+                    v,
+                    &format!("{ptr}/{i}/properties/ipConfigurations"),
+                    "/properties",
+                    "IpConfigProperty",
+                );
+            }
+        }
         for v in self.resources.values_mut() {
             let ty = v["type"].as_str().unwrap_or_default().to_owned();
             if ty.eq_ignore_ascii_case(VMSS_TYPE) {
@@ -117,32 +127,17 @@ impl World {
                     "/properties/virtualMachineProfile/networkProfile",
                     "NetworkProfileProperty",
                 );
-                mark_each(v, VMSS_NICS, "/properties", "NicConfigProperty");
-                let n = v.pointer(VMSS_NICS).and_then(Value::as_array).map_or(0, Vec::len);
-                for i in 0..n {
-                    mark_each(
-                        v,
-                        &format!("{VMSS_NICS}/{i}/properties/ipConfigurations"),
-                        "/properties",
-                        "IpConfigProperty",
-                    );
-                }
+                mark_nic_configs(
+                    v,
+                    "/properties/virtualMachineProfile/networkProfile/networkInterfaceConfigurations",
+                );
             } else if ty.eq_ignore_ascii_case(VMSS_VM_TYPE) {
                 mark(v, "", "TopLevel");
                 mark(v, "/properties", "InstanceProperty");
-                mark_each(v, INSTANCE_NICS, "/properties", "NicConfigProperty");
-                let n = v
-                    .pointer(INSTANCE_NICS)
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len);
-                for i in 0..n {
-                    mark_each(
-                        v,
-                        &format!("{INSTANCE_NICS}/{i}/properties/ipConfigurations"),
-                        "/properties",
-                        "IpConfigProperty",
-                    );
-                }
+                mark_nic_configs(
+                    v,
+                    "/properties/networkProfileConfiguration/networkInterfaceConfigurations",
+                );
             } else if ty.eq_ignore_ascii_case(NIC_TYPE) {
                 mark(v, "", "TopLevel");
                 mark(v, "/properties", "NicProperty");
