@@ -17,7 +17,7 @@ pub mod sgc;
 
 pub use internal::{GatewayStatus, GatewayStatusSpec, PodEndpoint, PodEndpointSpec};
 pub use pool::{GatewayPool, GatewayPoolSpec, GatewayPoolStatus, PoolVmssProfile};
-pub use pool_ref::PoolRef;
+pub use pool_ref::{PoolKey, PoolRef};
 pub use sgc::{
     GatewayServerProfile, GatewayVmProfile, GatewayVmssProfile, RouteType, StaticGatewayConfiguration,
     StaticGatewayConfigurationSpec, StaticGatewayConfigurationStatus,

@@ -47,7 +47,61 @@ impl fmt::Display for PoolRef {
     }
 }
 
+/// Normalised key of a pool reference: equal for every spelling ARM treats as the same pool (names compare
+/// case-insensitively), so that maps, sets, work queues and metrics agree on which pool is which.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolKey(String);
+
+impl PoolKey {
+    /// `nodepool/<name>` or `vmss/<resource group>/<name>`, lower-cased.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for PoolKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl PoolRef {
+    /// The pool's normalised key.
+    pub fn key(&self) -> PoolKey {
+        PoolKey(match self {
+            PoolRef::Nodepool(n) => format!("nodepool/{}", n.to_ascii_lowercase()),
+            PoolRef::Vmss { resource_group, name } => format!(
+                "vmss/{}/{}",
+                resource_group.to_ascii_lowercase(),
+                name.to_ascii_lowercase()
+            ),
+        })
+    }
+
+    /// Is this Node one of the pool's gateway nodes: a gateway node ([`is_gateway_node`]) that belongs to the
+    /// pool ([`PoolRef::matches_node`])? The one definition admission (rule 4) and the operator count by.
+    pub fn has_gateway_node(&self, labels: &BTreeMap<String, String>, provider_id: Option<&str>) -> bool {
+        is_gateway_node(labels) && self.matches_node(labels, provider_id)
+    }
+
+    /// How many of `nodes` (labels and `spec.providerID` of each) are the pool's gateway nodes.
+    pub fn gateway_node_count<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = (&'a BTreeMap<String, String>, Option<&'a str>)>,
+    ) -> u32 {
+        let n = nodes
+            .into_iter()
+            .filter(|(labels, provider_id)| self.has_gateway_node(labels, *provider_id))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// Does this Node (labels and `spec.providerID`) belong to the pool?
     ///
     /// Node pools match on the agentpool label; VMSS pools on the provider ID
@@ -135,6 +189,47 @@ mod tests {
                 name: "a".into()
             }
         );
+    }
+
+    #[test]
+    fn pool_keys_ignore_case() {
+        assert_eq!(
+            PoolRef::Nodepool("GW".into()).key(),
+            PoolRef::Nodepool("gw".into()).key()
+        );
+        assert_eq!(PoolRef::Nodepool("GW".into()).key().as_str(), "nodepool/gw");
+        assert_ne!(
+            PoolRef::Nodepool("gw".into()).key(),
+            PoolRef::Vmss {
+                resource_group: "rg".into(),
+                name: "gw".into()
+            }
+            .key()
+        );
+    }
+
+    #[test]
+    fn a_pools_gateway_nodes_are_gateway_nodes_of_that_pool() {
+        let pool = PoolRef::Nodepool("gwpool".into());
+        let gateway = labels(&[
+            ("kubernetes.azure.com/agentpool", "gwpool"),
+            ("kubernetes.azure.com/mode", "gateway"),
+        ]);
+        let unlabelled = labels(&[("kubernetes.azure.com/agentpool", "gwpool")]);
+        let elsewhere = labels(&[
+            ("kubernetes.azure.com/agentpool", "other"),
+            ("kubernetes.azure.com/mode", "gateway"),
+        ]);
+        assert!(pool.has_gateway_node(&gateway, None));
+        assert!(!pool.has_gateway_node(&unlabelled, None));
+        assert!(!pool.has_gateway_node(&elsewhere, None));
+        let nodes = [
+            (&gateway, None),
+            (&unlabelled, None),
+            (&elsewhere, None),
+            (&gateway, None),
+        ];
+        assert_eq!(pool.gateway_node_count(nodes), 2);
     }
 
     #[test]

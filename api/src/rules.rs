@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use crate::arm::{parse_public_ip_prefix_id, valid_resource_group};
+use crate::arm::valid_resource_group;
 use crate::pod::PodView;
 use crate::pool::{GatewayPoolSpec, PoolVmssProfile};
 use crate::sgc::{GatewayVmssProfile, RouteType, StaticGatewayConfigurationSpec};
@@ -303,7 +303,7 @@ pub fn validate_sgc(
              or set provisionPublicIps: true",
         ),
         (true, Some(id)) => {
-            if let Err(e) = parse_public_ip_prefix_id(id) {
+            if let Some(Err(e)) = new.byo_prefix() {
                 v.deny("spec.publicIpPrefixId", Rule::PublicIpPrefixId, format!("'{id}' {e}"));
             }
         }

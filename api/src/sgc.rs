@@ -231,6 +231,11 @@ impl StaticGatewayConfigurationSpec {
         self.public_ip_prefix_id.as_deref().filter(|s| !s.is_empty())
     }
 
+    /// The BYO prefix, parsed: the one parse rule 6 checks and the operator carries (None: no BYO prefix).
+    pub fn byo_prefix(&self) -> Option<Result<crate::arm::PublicIpPrefixId, crate::arm::ArmIdError>> {
+        self.byo_prefix_id().map(crate::arm::parse_public_ip_prefix_id)
+    }
+
     /// Which pool this configuration runs on, when the spec names exactly one.
     pub fn pool_ref(&self) -> Option<crate::PoolRef> {
         match (self.nodepool_name(), self.vmss_profile()) {

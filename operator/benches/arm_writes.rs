@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use api::PoolRef;
 use operator::azure::{Arm, RetryBudget};
+use operator::azure::{apply, observe};
 use operator::config::CloudConfig;
 use operator::desired::{Config, Egress};
 use operator::metrics::Metrics;
-use operator::reconcile::pool;
 use serde_json::json;
 use testbed::azure::{AzureSim, LroConfig, Seed};
 
@@ -95,7 +95,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
         &metrics,
     )
     .expect("clients");
-    let p = pool::resolve(&arm, &cfg, &PoolRef::Nodepool("gateway".into()), None)
+    let p = observe::resolve(&arm, &cfg, &PoolRef::Nodepool("gateway".into()), None)
         .await
         .expect("pool");
     let set: Vec<Config> = (0..configs)
@@ -125,7 +125,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
 
     sim.clear_calls();
     let t = Instant::now();
-    let out = pool::reconcile(&arm, &cfg, &p, &set, &BTreeMap::new(), 8082)
+    let out = apply::reconcile(&arm, &cfg, &p, &set, &BTreeMap::new(), 8082)
         .await
         .expect("create");
     assert!(
@@ -145,7 +145,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
 
     sim.clear_calls();
     let t = Instant::now();
-    pool::reconcile(&arm, &cfg, &p, &set, &BTreeMap::new(), 8082)
+    apply::reconcile(&arm, &cfg, &p, &set, &BTreeMap::new(), 8082)
         .await
         .expect("resync");
     rows.push(Row {
@@ -168,7 +168,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
         .collect();
     sim.clear_calls();
     let t = Instant::now();
-    pool::reconcile(&arm, &cfg, &p, &gone, &BTreeMap::new(), 8082)
+    apply::reconcile(&arm, &cfg, &p, &gone, &BTreeMap::new(), 8082)
         .await
         .expect("delete");
     rows.push(Row {
@@ -239,7 +239,7 @@ mod steady {
     use super::*;
     use k8s_openapi::api::core::v1::Node;
     use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-    use operator::reconcile::sgc::Operator;
+    use operator::pass::Operator;
     use operator::run::{RunOptions, run_operator_with};
     use testbed::kube::{Access, KubeSim, KubeSimConfig, User};
 

@@ -12,7 +12,7 @@ use crate::azure::{Arm, RetryBudget};
 use crate::config::CloudConfig;
 use crate::leader::{LEASE_NAME, LeaseLock};
 use crate::metrics::Metrics;
-use crate::reconcile::sgc::Operator;
+use crate::pass::Operator;
 use crate::run;
 
 /// Flags are upstream's (`kube-egress-gateway-controller`), so existing manifests keep working.

@@ -68,8 +68,8 @@ pub enum Egress {
     Managed,
     /// A user's prefix (already checked: same subscription, right length).
     Byo {
-        /// ARM ID of the prefix.
-        prefix_id: String,
+        /// The prefix, as parsed from the configuration.
+        prefix: api::arm::PublicIpPrefixId,
     },
 }
 
@@ -460,7 +460,7 @@ pub fn plan_pool(
     }
 
     // The load balancer decides which configurations get a port; the rest are treated as absent.
-    let lb_plan = plan_lb(pool, configs, &problems, state.lb.as_ref(), env);
+    let lb_plan = plan_lb(&pool.uid, configs, &problems, state.lb.as_ref(), env);
     problems.extend(lb_plan.problems);
     prefixes_to_create.retain(|p| !problems.keys().any(|u| managed_resource_name(u) == p.name));
     let provisioned: Vec<&Config> = wanted(configs)
@@ -474,7 +474,7 @@ pub fn plan_pool(
             let prefix = match &c.egress {
                 Egress::Private => None,
                 Egress::Managed => Some(env.prefix_id(&managed_resource_name(&c.uid))),
-                Egress::Byo { prefix_id } => Some(prefix_id.clone()),
+                Egress::Byo { prefix } => Some(prefix.to_string()),
             };
             (managed_resource_name(&c.uid), prefix)
         })
@@ -567,9 +567,7 @@ pub fn plan_pool(
                     .iter()
                     .any(|c| name.starts_with(&managed_resource_name(&c.uid).to_ascii_lowercase()))
                     || configs.iter().any(|c| match &c.egress {
-                        Egress::Byo { prefix_id } => {
-                            name.starts_with(&last_segment(prefix_id).to_ascii_lowercase())
-                        }
+                        Egress::Byo { prefix } => name.starts_with(&prefix.name.to_ascii_lowercase()),
                         _ => false,
                     });
                 if ours && !wanted_pips.contains(name) {
@@ -802,15 +800,15 @@ fn same_probe(a: &Probe, b: &Probe) -> bool {
 
 /// The desired load balancer for one pool. Entries of other pools are left untouched. An existing rule keeps
 /// its port (stable across restarts: the port lives in Azure); a new or replaced rule gets the lowest free
-/// port of the pool's backend pool.
+/// port of the pool's backend pool. The pool is known by its uid alone: the name of its frontend and backend.
 pub fn plan_lb(
-    pool: &Pool,
+    pool_uid: &str,
     configs: &[Config],
     blocked: &BTreeMap<String, ConfigProblem>,
     current: Option<&Lb>,
     env: &Env,
 ) -> LbPlan {
-    let uid = pool.uid.as_str();
+    let uid = pool_uid;
     let wanted: Vec<&Config> = wanted(configs)
         .filter(|c| !blocked.contains_key(&c.uid))
         .collect();

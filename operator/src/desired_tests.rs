@@ -9,7 +9,7 @@ const SUBNET: &str =
     "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/gw";
 const NODE_SUBNET: &str =
     "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/nodes";
-const BYO: &str = "/subscriptions/s/resourceGroups/other/providers/Microsoft.Network/publicIPPrefixes/mine";
+const BYO: &str = "/subscriptions/00000000-0000-0000-0000-0000000000b0/resourceGroups/other/providers/Microsoft.Network/publicIPPrefixes/mine";
 
 fn env() -> Env {
     Env {
@@ -672,7 +672,7 @@ fn switching_managed_to_byo_points_at_the_users_prefix_and_deletes_the_managed_o
     let mut state = vmss_state(1);
     converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
     let byo = Egress::Byo {
-        prefix_id: BYO.into(),
+        prefix: api::arm::parse_public_ip_prefix_id(BYO).expect("a prefix ID"),
     };
     let p = converge(&vmss_pool(), &[cfg("a", byo.clone())], &mut state);
     let model = p.vmss_model.expect("model");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use api::{GatewayPool, PoolRef, StaticGatewayConfiguration};
+use api::{GatewayPool, PoolKey, PoolRef, StaticGatewayConfiguration};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
@@ -14,7 +14,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::reconcile::sgc::{Inputs, Operator, RESYNC_INTERVAL, pool_key};
+use crate::pass::{Inputs, Operator, RESYNC_INTERVAL};
 
 /// How soon a converging pool is looked at again.
 pub const CONVERGING_RECHECK: Duration = Duration::from_secs(10);
@@ -41,14 +41,14 @@ impl Default for RunOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
     /// One pool, by key.
-    Pool(String),
+    Pool(PoolKey),
     /// Every pool (a configuration naming no pool, a watch re-listed).
     All,
 }
 
 /// What a watched object means to the work loop: a fingerprint of the fields the operator reads (a change
 /// of anything else triggers nothing) and the pools it concerns (`None`: it cannot tell, every pool).
-type Relevance<F> = (F, Option<BTreeSet<String>>);
+type Relevance<F> = (F, Option<BTreeSet<PoolKey>>);
 
 /// How a watch tells what an object means to the work loop.
 type RelevanceFn<K, F> = Box<dyn Fn(&K) -> Relevance<F> + Send>;
@@ -145,13 +145,13 @@ impl<K: kube::Resource, F: PartialEq> Tracker<K, F> {
 /// Triggers being collected: pool keys, or every pool.
 #[derive(Default)]
 struct Triggers {
-    pools: BTreeSet<String>,
+    pools: BTreeSet<PoolKey>,
     all: bool,
 }
 
 impl Triggers {
     /// The pools an object concerns; `None` (cannot tell) means every pool, unless `counts` is false.
-    fn add(&mut self, pools: Option<BTreeSet<String>>, counts: bool) {
+    fn add(&mut self, pools: Option<BTreeSet<PoolKey>>, counts: bool) {
         match pools {
             Some(p) => self.pools.extend(p),
             None if counts => self.all = true,
@@ -173,7 +173,7 @@ impl Triggers {
 fn sgc_relevance(s: &StaticGatewayConfiguration) -> Relevance<Option<String>> {
     (
         s.metadata.resource_version.clone(),
-        s.spec.pool_ref().map(|r| BTreeSet::from([pool_key(&r)])),
+        s.spec.pool_ref().map(|r| BTreeSet::from([r.key()])),
     )
 }
 
@@ -181,7 +181,7 @@ fn sgc_relevance(s: &StaticGatewayConfiguration) -> Relevance<Option<String>> {
 fn gateway_pool_relevance(p: &GatewayPool) -> Relevance<Option<String>> {
     (
         p.metadata.resource_version.clone(),
-        Some(p.spec.pool_ref().map(|r| pool_key(&r)).into_iter().collect()),
+        Some(p.spec.pool_ref().map(|r| r.key()).into_iter().collect()),
     )
 }
 
@@ -214,17 +214,20 @@ pub fn node_relevance(n: &Node) -> Relevance<NodeFacts> {
     }
     let mut pools = BTreeSet::new();
     if let Some(np) = &facts.agentpool {
-        pools.insert(pool_key(&PoolRef::Nodepool(np.clone())));
+        pools.insert(PoolRef::Nodepool(np.clone()).key());
     }
     if let Some((rg, vmss)) = facts
         .provider_id
         .as_deref()
         .and_then(api::pool_ref::vmss_of_provider_id)
     {
-        pools.insert(pool_key(&PoolRef::Vmss {
-            resource_group: rg.to_string(),
-            name: vmss.to_string(),
-        }));
+        pools.insert(
+            PoolRef::Vmss {
+                resource_group: rg.to_string(),
+                name: vmss.to_string(),
+            }
+            .key(),
+        );
     }
     let pools = (!pools.is_empty()).then_some(pools);
     (facts, pools)
@@ -302,7 +305,7 @@ fn key_secret_relevance(
             Some(
                 owner
                     .and_then(|s| s.spec.pool_ref())
-                    .map(|r| pool_key(&r))
+                    .map(|r| r.key())
                     .into_iter()
                     .collect(),
             ),
@@ -358,7 +361,7 @@ pub async fn run_operator_with(
     options: RunOptions,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let client = op.client.clone();
+    let client = op.kube.client.clone();
     let (sgcs, sgcs_w) = reflector::store();
     let (pools, pools_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
@@ -400,7 +403,7 @@ pub async fn run_operator_with(
         )),
         // Key Secrets only: those labelled with their configuration, in the operator's Secret namespace.
         tokio::spawn(watch_into(
-            Api::<Secret>::namespaced(client, &op.secret_namespace),
+            Api::<Secret>::namespaced(client, &op.kube.secret_namespace),
             all().labels(api::names::SECRET_OWNER_NAME_LABEL),
             key_secrets_w,
             strip_managed_fields,
@@ -427,10 +430,10 @@ pub async fn run_operator_with(
 /// When pools are to be looked at again: converging ones soon, failed ones after their backoff.
 #[derive(Default)]
 struct Schedule {
-    due: BTreeMap<String, Instant>,
+    due: BTreeMap<PoolKey, Instant>,
     all_due: Option<Instant>,
     /// The current backoff of each failing pool, and of failures outside pools.
-    backoff: BTreeMap<String, Duration>,
+    backoff: BTreeMap<PoolKey, Duration>,
     all_backoff: Option<Duration>,
 }
 
@@ -443,7 +446,7 @@ impl Schedule {
     }
 
     /// Moves what is due into `pending` / `all`.
-    fn fire(&mut self, now: Instant, pending: &mut BTreeSet<String>, all: &mut bool) {
+    fn fire(&mut self, now: Instant, pending: &mut BTreeSet<PoolKey>, all: &mut bool) {
         let (ready, later): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.due)
             .into_iter()
             .partition(|(_, at)| *at <= now);
@@ -456,7 +459,7 @@ impl Schedule {
     }
 
     /// Sets `key` due at `at` unless it is due earlier already.
-    fn at(&mut self, key: String, at: Instant) {
+    fn at(&mut self, key: PoolKey, at: Instant) {
         let e = self.due.entry(key).or_insert(at);
         *e = (*e).min(at);
     }
@@ -475,7 +478,7 @@ async fn work_loop(
     options: RunOptions,
 ) {
     let mut resync = tokio::time::interval(options.resync);
-    let mut pending: BTreeSet<String> = BTreeSet::new();
+    let mut pending: BTreeSet<PoolKey> = BTreeSet::new();
     let mut all = false;
     let mut schedule = Schedule::default();
     loop {
@@ -568,8 +571,21 @@ mod tests {
         json!({"kubernetes.azure.com/agentpool": pool, "kubernetes.azure.com/mode": "gateway"})
     }
 
+    /// Triggers for `nodepool/<name>` and `vmss/<group>/<name>`.
     fn pools(keys: &[&str]) -> Vec<Trigger> {
-        keys.iter().map(|k| Trigger::Pool((*k).to_string())).collect()
+        keys.iter()
+            .map(|k| {
+                let r = match k.split('/').collect::<Vec<_>>().as_slice() {
+                    ["nodepool", name] => PoolRef::Nodepool((*name).into()),
+                    ["vmss", rg, name] => PoolRef::Vmss {
+                        resource_group: (*rg).into(),
+                        name: (*name).into(),
+                    },
+                    _ => panic!("not a pool key: {k}"),
+                };
+                Trigger::Pool(r.key())
+            })
+            .collect()
     }
 
     /// A tracker that has seen its first list (`nodes`).

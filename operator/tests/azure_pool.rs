@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use api::PoolRef;
 use operator::azure::Arm;
+use operator::azure::apply::{self, PoolOutcome};
+use operator::azure::observe::{self, ResolvedPool};
 use operator::config::CloudConfig;
 use operator::desired::{Config, Egress};
 use operator::metrics::Metrics;
-use operator::reconcile::pool::{self, PoolOutcome, ResolvedPool};
 use serde_json::{Value, json};
 use testbed::azure::{AzureSim, FaultSpec, LroConfig, Seed};
 
@@ -59,13 +60,13 @@ fn deleting(configs: &[Config]) -> Vec<Config> {
 }
 
 async fn resolve(env: &Env) -> ResolvedPool {
-    pool::resolve(&env.arm, &env.cfg, &gateway(), None)
+    observe::resolve(&env.arm, &env.cfg, &gateway(), None)
         .await
         .expect("pool found")
 }
 
 async fn run(env: &Env, pool: &ResolvedPool, configs: &[Config]) -> PoolOutcome {
-    pool::reconcile(&env.arm, &env.cfg, pool, configs, &BTreeMap::new(), 8082)
+    apply::reconcile(&env.arm, &env.cfg, pool, configs, &BTreeMap::new(), 8082)
         .await
         .expect("reconcile")
 }
@@ -180,7 +181,7 @@ async fn a_short_429_storm_is_absorbed_and_a_long_one_surfaces_with_the_arm_code
     env.sim
         .inject_fault(FaultSpec::throttle("(?i)/virtualMachineScaleSets/", 50, 1))
         .expect("fault");
-    let err = pool::reconcile(
+    let err = apply::reconcile(
         &env.arm,
         &env.cfg,
         &pool,
@@ -193,7 +194,7 @@ async fn a_short_429_storm_is_absorbed_and_a_long_one_surfaces_with_the_arm_code
     let msg = err.to_string();
     assert!(msg.contains("TooManyRequests"), "{msg}");
     match &err {
-        pool::PoolError::Arm(a) => assert!(a.is_throttled() && a.reason() == "AzureThrottled"),
+        observe::PoolError::Arm(a) => assert!(a.is_throttled() && a.reason() == "AzureThrottled"),
         other => panic!("expected an ARM error, got {other:?}"),
     }
     env.sim.with_state(|s| s.clear_faults());
@@ -225,7 +226,7 @@ async fn server_errors_and_lost_responses_converge_without_duplicates() {
     let mut lost = FaultSpec::new("PUT", "(?i)/virtualMachines/[^/]+$", 1, 409, "Conflict");
     lost.after_apply = true;
     env.sim.inject_fault(lost).expect("fault");
-    let first = pool::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082).await;
+    let first = apply::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082).await;
     assert!(first.is_err(), "the lost response surfaces");
     let out = run(&env, &pool, &configs).await;
     assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
@@ -457,7 +458,7 @@ async fn a_412_storm_beyond_the_refetch_budget_surfaces_as_precondition_failed_a
     let mut configs = managed(1);
     run(&env, &pool, &configs).await;
     configs = managed(2);
-    let storm = u32::try_from(pool::MAX_PRECONDITION_REFETCHES + 1).expect("small");
+    let storm = u32::try_from(apply::MAX_PRECONDITION_REFETCHES + 1).expect("small");
     env.sim
         .inject_fault(FaultSpec::concurrent_write(
             "PUT",
@@ -466,11 +467,11 @@ async fn a_412_storm_beyond_the_refetch_budget_surfaces_as_precondition_failed_a
             json!({"tags": {"busy": "yes"}}),
         ))
         .expect("fault");
-    let err = pool::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082)
+    let err = apply::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082)
         .await
         .expect_err("bounded");
     match &err {
-        pool::PoolError::Arm(a) => {
+        observe::PoolError::Arm(a) => {
             assert!(a.is_precondition_failed(), "{a}");
             assert_eq!(a.code.as_deref(), Some("PreconditionFailed"));
             assert_eq!(a.reason(), "AzureError");
@@ -480,7 +481,7 @@ async fn a_412_storm_beyond_the_refetch_budget_surfaces_as_precondition_failed_a
     env.sim.with_state(|s| s.clear_faults());
     assert_eq!(
         env.sim.count_calls("PUT", "(?i)/loadBalancers/[^/]+$") - 1,
-        pool::MAX_PRECONDITION_REFETCHES + 1
+        apply::MAX_PRECONDITION_REFETCHES + 1
     );
     // The race is over: the next pass converges, and everything is removed again without leaks.
     let out = run(&env, &pool, &configs).await;
@@ -545,7 +546,7 @@ async fn failed_long_running_operations_surface_and_are_redone_without_leaks() {
     let mut configs = managed(1);
     configs[0].egress = Egress::Private;
     env.sim.set_lro(lro(1));
-    let err = pool::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082)
+    let err = apply::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082)
         .await
         .expect_err("the load balancer operation failed");
     assert!(err.to_string().contains("PUT loadBalancers"), "{err}");

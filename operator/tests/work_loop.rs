@@ -10,7 +10,7 @@ use api::{GatewayPool, StaticGatewayConfiguration};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use operator::metrics::Metrics;
-use operator::reconcile::sgc::Operator;
+use operator::pass::Operator;
 use operator::run::{RunOptions, run_operator_with};
 use serde_json::json;
 use testbed::azure::{AzureSim, LroConfig, Seed};

@@ -443,11 +443,11 @@ async fn injected_faults_surface_as_arm_errors_after_client_retries() {
     assert_eq!(env.sim.count_calls("PUT", r"/loadBalancers/"), 1);
 }
 
-#[tokio::test]
-async fn unknown_api_version_is_refused() {
+/// What ARM answers a load-balancer GET in `api_version`.
+async fn get_lb_in_version(api_version: &str) -> (u16, String) {
     let env = start(Seed::aks_like(0)).await;
     let endpoint =
-        azure_core::Url::parse(&format!("{}/?api-version=1999-01-01", env.sim.url())).expect("url");
+        azure_core::Url::parse(&format!("{}/?api-version={api_version}", env.sim.url())).expect("url");
     let client = azure_mgmt_network::Client::builder(azure_support::credential(&env.sim, &env.seed))
         .endpoint(endpoint)
         .scopes(&["http://sim/.default"])
@@ -457,10 +457,23 @@ async fn unknown_api_version_is_refused() {
         .load_balancers_client()
         .get(RG, LB, env.sub())
         .await
-        .expect_err("bad version");
+        .expect_err("refused");
+    status_and_code(&err)
+}
+
+#[tokio::test]
+async fn unknown_api_version_is_refused() {
     assert_eq!(
-        status_and_code(&err),
+        get_lb_in_version("1999-01-01").await,
         (400, "NoRegisteredProviderFound".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn malformed_api_version_is_refused_as_invalid() {
+    assert_eq!(
+        get_lb_in_version("latest").await,
+        (400, "InvalidApiVersionParameter".to_owned())
     );
 }
 

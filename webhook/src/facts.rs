@@ -13,7 +13,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 /// The facts handlers consult. Answers are `None` while the underlying watch has not synced, so that a
 /// freshly started webhook never denies or warns on incomplete knowledge.
 pub trait ClusterFacts: Send + Sync {
-    /// Gateway nodes of a pool.
+    /// Gateway nodes of a pool ([`PoolRef::gateway_node_count`], as the operator counts them).
     fn node_count(&self, pool: &PoolRef) -> Option<u32>;
     /// The GatewayPool describing a pool, if one exists (None also while unsynced).
     fn gateway_pool(&self, pool: &PoolRef) -> Option<api::GatewayPoolSpec>;
@@ -56,12 +56,7 @@ pub struct StaticFacts {
 
 impl ClusterFacts for StaticFacts {
     fn node_count(&self, pool: &PoolRef) -> Option<u32> {
-        Some(
-            self.nodes
-                .iter()
-                .filter(|(l, p)| pool.matches_node(l, p.as_deref()))
-                .count() as u32,
-        )
+        Some(pool.gateway_node_count(self.nodes.iter().map(|(l, p)| (l, p.as_deref()))))
     }
     fn gateway_pool(&self, pool: &PoolRef) -> Option<api::GatewayPoolSpec> {
         self.pools
@@ -114,18 +109,14 @@ impl ClusterFacts for ReflectorFacts {
         if !self.synced() {
             return None;
         }
-        let n = self
-            .nodes
-            .state()
-            .iter()
-            .filter(|node| {
-                const NO_LABELS: &BTreeMap<String, String> = &BTreeMap::new();
-                let labels = node.metadata.labels.as_ref().unwrap_or(NO_LABELS);
-                let provider = node.spec.as_ref().and_then(|s| s.provider_id.as_deref());
-                pool.matches_node(labels, provider)
-            })
-            .count();
-        Some(n as u32)
+        const NO_LABELS: &BTreeMap<String, String> = &BTreeMap::new();
+        let nodes = self.nodes.state();
+        Some(pool.gateway_node_count(nodes.iter().map(|node| {
+            (
+                node.metadata.labels.as_ref().unwrap_or(NO_LABELS),
+                node.spec.as_ref().and_then(|s| s.provider_id.as_deref()),
+            )
+        })))
     }
     fn gateway_pool(&self, pool: &PoolRef) -> Option<api::GatewayPoolSpec> {
         self.pools

@@ -52,8 +52,11 @@ fn sgc(spec: Value) -> Value {
 
 fn facts() -> StaticFacts {
     let gw_node = |i: u32| {
-        let labels: BTreeMap<String, String> =
-            [("kubernetes.azure.com/agentpool".to_string(), "gwpool".to_string())].into();
+        let labels: BTreeMap<String, String> = [
+            ("kubernetes.azure.com/agentpool".to_string(), "gwpool".to_string()),
+            ("kubernetes.azure.com/mode".to_string(), "gateway".to_string()),
+        ]
+        .into();
         let provider = format!(
             "azure:///subscriptions/3fa85f64-5717-4562-b3fc-2c963f66afa6/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/gw/virtualMachines/{i}"
         );

@@ -20,8 +20,10 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 pub use error::ArmError;
-pub use seed::{Seed, ServicePrincipal, SubnetRef, SubnetSeed, VmPoolSeed, VmssSeed, VnetSeed};
-pub use server::{CallRecord, FaultSpec, LroConfig, SimState, WriteLimit};
+pub use seed::{
+    LoadBalancerSeed, Seed, ServicePrincipal, SubnetRef, SubnetSeed, VmPoolSeed, VmssSeed, VnetSeed,
+};
+pub use server::{CallRecord, FaultSpec, LroConfig, PutRecord, SimState, WriteLimit};
 
 /// Shared access to a running simulator's state, independent of the [`AzureSim`] borrow.
 #[derive(Debug, Clone)]
@@ -101,6 +103,16 @@ impl AzureSim {
 
     pub fn calls(&self) -> Vec<CallRecord> {
         self.with_state(|s| s.calls())
+    }
+
+    /// Starts keeping every accepted PUT's body with the resource it replaced (see [`SimState::puts`]).
+    pub fn record_puts(&self) {
+        self.with_state(|s| s.record_puts = true);
+    }
+
+    /// The PUTs recorded since [`AzureSim::record_puts`].
+    pub fn puts(&self) -> Vec<PutRecord> {
+        self.with_state(|s| s.puts.clone())
     }
 
     pub fn clear_calls(&self) {

@@ -98,6 +98,22 @@ pub struct Seed {
     pub vm_scale_sets: Vec<VmssSeed>,
     #[serde(default)]
     pub vm_pools: Vec<VmPoolSeed>,
+    /// Load balancers that exist before the operator runs, each with one entry of every kind that belongs
+    /// to someone else (frontend, backend pool, rule and probe named `other-*`).
+    #[serde(default)]
+    pub load_balancers: Vec<LoadBalancerSeed>,
+    /// Write properties no model of the operator knows into every seeded scale set, instance, NIC and load
+    /// balancer (see [`World::seed_foreign_fields`]): what newer API versions, AKS and other controllers add.
+    #[serde(default)]
+    pub foreign_fields: bool,
+}
+
+/// A load balancer in the seed's first subnet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerSeed {
+    pub resource_group: String,
+    pub name: String,
 }
 
 fn default_location() -> String {
@@ -142,7 +158,25 @@ impl Seed {
                 subnet,
             }],
             vm_pools: vec![],
+            load_balancers: vec![],
+            foreign_fields: false,
         }
+    }
+
+    /// Adds the operator's default load balancer (`kubeegressgateway-ilb` in the node resource group) as
+    /// already existing, with entries of another owner, and properties no model knows everywhere.
+    pub fn with_foreign_fields(mut self) -> Self {
+        let rg = self
+            .virtual_networks
+            .first()
+            .map(|v| v.resource_group.clone())
+            .unwrap_or_default();
+        self.load_balancers.push(LoadBalancerSeed {
+            resource_group: rg,
+            name: "kubeegressgateway-ilb".into(),
+        });
+        self.foreign_fields = true;
+        self
     }
 
     /// Adds a VM-based gateway pool (an AKS VirtualMachines pool tagged for a /31 prefix) of `vms` VMs and
@@ -247,6 +281,36 @@ impl Seed {
                     w.create_spare_nic(&p.resource_group, &nic_name, &subnet_id, &tags)?;
                 }
             }
+        }
+        let subnet = self.virtual_networks.first().and_then(|v| {
+            v.subnets.first().map(|s| SubnetRef {
+                resource_group: v.resource_group.clone(),
+                vnet: v.name.clone(),
+                subnet: s.name.clone(),
+            })
+        });
+        for lb in &self.load_balancers {
+            let subnet_id = subnet.as_ref().map(|s| subnet_id(&w, s)).unwrap_or_default();
+            let id = w.resource_id(&lb.resource_group, super::world::LB_TYPE, &lb.name);
+            let body = json!({
+                "location": self.location,
+                "sku": {"name": "Standard", "tier": "Regional"},
+                "properties": {
+                    "frontendIPConfigurations": [{"name": "other-frontend", "properties": {
+                        "privateIPAllocationMethod": "Dynamic", "subnet": {"id": subnet_id}}}],
+                    "backendAddressPools": [{"name": "other-backend", "properties": {}}],
+                    "probes": [{"name": "other-probe", "properties": {"protocol": "Tcp", "port": 9000}}],
+                    "loadBalancingRules": [{"name": "other-rule", "properties": {
+                        "protocol": "Tcp", "frontendPort": 9000, "backendPort": 9000, "enableFloatingIP": false,
+                        "frontendIPConfiguration": {"id": format!("{id}/frontendIPConfigurations/other-frontend")},
+                        "backendAddressPool": {"id": format!("{id}/backendAddressPools/other-backend")},
+                        "probe": {"id": format!("{id}/probes/other-probe")}}}]
+                }
+            });
+            w.put_load_balancer(&lb.resource_group, &lb.name, body)?;
+        }
+        if self.foreign_fields {
+            w.seed_foreign_fields();
         }
         Ok(w)
     }

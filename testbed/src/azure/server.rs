@@ -29,6 +29,15 @@ pub struct CallRecord {
     pub status: u16,
 }
 
+/// One accepted PUT: what the client sent and what it replaced (as a GET answered just before).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PutRecord {
+    pub id: String,
+    /// The resource as a GET returned it before the PUT (`None`: it did not exist).
+    pub before: Option<Value>,
+    pub body: Value,
+}
+
 /// "The next `count` calls matching `method` + `path_regex` fail with `status`/`code`."
 /// A 429 storm is a fault with status 429 and a `Retry-After`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -186,6 +195,9 @@ pub struct SimState {
     write_times: std::collections::VecDeque<Instant>,
     operations: HashMap<String, Operation>,
     pub base_url: String,
+    /// Keep accepted PUTs in `puts` (off by default: bodies are large).
+    pub record_puts: bool,
+    pub puts: Vec<PutRecord>,
 }
 
 pub type Shared = Arc<Mutex<SimState>>;
@@ -211,6 +223,8 @@ impl SimState {
             lro: LroConfig::default(),
             operations: HashMap::new(),
             base_url: String::new(),
+            record_puts: false,
+            puts: Vec::new(),
         })
     }
 
@@ -762,6 +776,17 @@ fn check_api_version(
             "The api-version query parameter (?api-version=) is required for all requests.",
         )),
         Some(v) if allowed.contains(&v) => Ok(()),
+        // ARM itself answers a version that is no date, and one of its own types (resource groups) it does
+        // not serve; a resource provider's type in a version the provider does not register is the second.
+        Some(v) if !is_api_version(v) || ty.eq_ignore_ascii_case("resourceGroups") => {
+            Err(ArmError::bad_request(
+                "InvalidApiVersionParameter",
+                format!(
+                    "The api-version '{v}' is invalid. The supported versions are '{}'.",
+                    allowed.join(",")
+                ),
+            ))
+        }
         Some(v) => Err(ArmError::bad_request(
             "NoRegisteredProviderFound",
             format!(
@@ -770,6 +795,19 @@ fn check_api_version(
             ),
         )),
     }
+}
+
+/// `YYYY-MM-DD`, optionally followed by `-preview` (or another `-suffix`).
+fn is_api_version(v: &str) -> bool {
+    let (date, suffix) = v.split_at(v.len().min(10));
+    let b = date.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && (suffix.is_empty() || suffix.len() > 1 && suffix.starts_with('-'))
 }
 
 /// Everything of a request the ARM layer needs, parsed once.
@@ -1168,7 +1206,7 @@ fn crud(
     provider: &str,
     put: impl FnOnce(&mut World) -> Result<PutOutcome, ArmError>,
     delete: impl FnOnce(&mut World) -> Result<bool, ArmError>,
-    get: impl FnOnce(&World) -> Result<Value, ArmError>,
+    get: impl Fn(&World) -> Result<Value, ArmError>,
 ) -> Result<Response, ArmError> {
     match *m {
         Method::GET => Ok(ok_json(StatusCode::OK, &get(&s.world)?)),
@@ -1194,6 +1232,14 @@ fn crud(
                         "InvalidRequestContent",
                         "The request body must be a JSON object.",
                     ));
+                }
+                if s.record_puts {
+                    let before = get(&s.world).ok();
+                    s.puts.push(PutRecord {
+                        id: id.to_owned(),
+                        before,
+                        body: r.body.clone(),
+                    });
                 }
                 let out = put(&mut s.world)?;
                 let status = if out.created {

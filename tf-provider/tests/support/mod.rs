@@ -178,7 +178,7 @@ impl Cluster {
             &metrics,
         )
         .expect("ARM clients");
-        let op = Arc::new(operator::reconcile::sgc::Operator::new(
+        let op = Arc::new(operator::pass::Operator::new(
             self.admin.clone(),
             arm,
             cfg,

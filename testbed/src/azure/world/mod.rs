@@ -12,7 +12,10 @@ use super::error::ArmError;
 use super::ipam::{PrefixPool, PublicRange, SubnetPool};
 
 mod compute;
+mod foreign;
 mod network;
+
+pub use foreign::{FOREIGN_PREFIX, dropped_fields, foreign_fields};
 
 pub const LB_TYPE: &str = "Microsoft.Network/loadBalancers";
 pub const VNET_TYPE: &str = "Microsoft.Network/virtualNetworks";

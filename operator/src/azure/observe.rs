@@ -1,4 +1,5 @@
-//! The Azure half of a pool reconcile: find the pool, read its state, apply the plan, read the facts back.
+//! Reading a pool from Azure: find it, and read everything its plan needs, keeping each object as ARM
+//! returned it (the writers in `apply.rs` merge into those objects).
 
 use std::collections::BTreeMap;
 
@@ -7,19 +8,13 @@ use api::names::{TAG_AKS_POOL_NAME, TAG_GATEWAY_PREFIX_SIZE, TAG_STATIC_GATEWAY_
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::arm_json::{
-    lb_from_json, managed_prefix_body, merge_ip_configs, merge_lb, merge_nic_configs, nic_addresses,
-    nic_from_json, prefix_from_json, primary_nic_from_configs, primary_nic_index, public_ip_body,
+use super::client::{Arm, ArmError, ArmResult};
+use super::json::{
+    lb_from_json, nic_addresses, nic_from_json, prefix_from_json, primary_nic_from_configs, primary_nic_index,
 };
-use crate::azure::{Arm, ArmError, ArmResult, Expect};
 use crate::config::CloudConfig;
-use crate::desired::{
-    AzureState, Config, ConfigFacts, Egress, Env, Instance, LbWrite, PoolKind, PoolPlan, PoolProblem, VmNic,
-    config_facts, last_segment, plan_pool,
-};
+use crate::desired::{AzureState, Config, Env, Instance, PoolKind, PoolProblem, VmNic};
 
-/// Instance / NIC updates in flight at once per pool.
-pub const NIC_UPDATE_CONCURRENCY: usize = 8;
 /// Other independent ARM calls (prefix reads, creates, deletes) in flight at once per pool: bounded so that a
 /// burst of configurations does not turn into a burst of 429s.
 pub const ARM_CONCURRENCY: usize = 8;
@@ -266,26 +261,37 @@ fn vmss_pool(
     })
 }
 
-/// How often one pool reconcile re-reads and re-plans after a conditional write found its ETag stale (412):
-/// someone else changed the load balancer, scale set, instance or NIC between our read and our write. Beyond
-/// this the 412 surfaces (condition + Event) and the work loop retries with backoff.
-pub const MAX_PRECONDITION_REFETCHES: usize = 3;
-
-/// The pool's Azure state plus the raw objects the appliers merge into, and the ETags they were read with.
+/// The pool's Azure state plus each object the appliers merge into, whole and as read (with its ETag).
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     /// The planner's view.
     pub state: AzureState,
-    lb_json: Option<Value>,
-    vmss_etag: Option<String>,
-    vmss_nic_configs: Vec<Value>,
-    instance_nic_configs: BTreeMap<String, Vec<Value>>,
-    instance_etags: BTreeMap<String, String>,
-    vm_nic_json: BTreeMap<String, Value>,
+    /// The load balancer.
+    pub(crate) lb: Option<Value>,
+    /// The scale set (VMSS pools).
+    pub(crate) vmss: Option<Value>,
+    /// The scale set's instances, by instance ID.
+    pub(crate) instances: BTreeMap<String, Value>,
+    /// The pool's gateway NICs (VM pools), by name.
+    pub(crate) vm_nics: BTreeMap<String, Value>,
 }
 
+/// The `networkInterfaceConfigurations` at `ptr` of a scale set or instance.
+pub(crate) fn nic_configs_at<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Where a scale set keeps its model's NIC configurations.
+pub(crate) const VMSS_NIC_CONFIGS: &str =
+    "/properties/virtualMachineProfile/networkProfile/networkInterfaceConfigurations";
+/// Where a scale-set instance keeps its NIC configurations.
+pub(crate) const INSTANCE_NIC_CONFIGS: &str =
+    "/properties/networkProfileConfiguration/networkInterfaceConfigurations";
+
 /// The `etag` of an ARM object as read.
-fn etag_of(v: &Value) -> Option<String> {
+pub(crate) fn etag_of(v: &Value) -> Option<String> {
     v.get("etag")
         .and_then(Value::as_str)
         .filter(|e| !e.is_empty())
@@ -324,12 +330,12 @@ pub async fn observe_in(
     configs: &[Config],
     reads: &PassReads,
 ) -> ArmResult<Observed> {
-    let lb_json = reads.lb(arm, cfg).await?;
+    let lb = reads.lb(arm, cfg).await?;
     let mut o = Observed {
-        lb_json,
+        lb,
         ..Observed::default()
     };
-    o.state.lb = o.lb_json.as_ref().map(lb_from_json);
+    o.state.lb = o.lb.as_ref().map(lb_from_json);
     let names: Vec<String> = configs.iter().map(|c| managed_resource_name(&c.uid)).collect();
     let prefixes: Vec<ArmResult<(String, Option<Value>)>> =
         futures::stream::iter(names.into_iter().map(|name| {
@@ -356,16 +362,11 @@ pub async fn observe_in(
             let Some(vmss) = vmss else {
                 return Ok(o); // gone: nothing to clean on it
             };
-            o.vmss_etag = etag_of(&vmss);
-            o.vmss_nic_configs = vmss
-                .pointer("/properties/virtualMachineProfile/networkProfile/networkInterfaceConfigurations")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            o.state.vmss_model = primary_nic_from_configs(&o.vmss_nic_configs);
+            o.state.vmss_model = primary_nic_from_configs(nic_configs_at(&vmss, VMSS_NIC_CONFIGS));
+            o.vmss = Some(vmss);
             let vms = arm.list_instances(&pool.resource_group, &pool.name).await?;
             // The instances' NICs are read concurrently (bounded): one GET each, the only per-instance read.
-            let reads: Vec<ArmResult<(Value, Vec<Value>, crate::desired::NicAddresses)>> =
+            let reads: Vec<ArmResult<(Value, crate::desired::NicAddresses)>> =
                 futures::stream::iter(vms.into_iter().map(|vm| {
                     let (arm, rg, vmss) = (arm.clone(), pool.resource_group.clone(), pool.name.clone());
                     async move {
@@ -374,12 +375,8 @@ pub async fn observe_in(
                             .and_then(Value::as_str)
                             .unwrap_or_default()
                             .to_string();
-                        let nic_configs = vm
-                            .pointer("/properties/networkProfileConfiguration/networkInterfaceConfigurations")
-                            .and_then(Value::as_array)
-                            .cloned()
-                            .unwrap_or_default();
-                        let nic_name = primary_nic_index(&nic_configs)
+                        let nic_configs = nic_configs_at(&vm, INSTANCE_NIC_CONFIGS);
+                        let nic_name = primary_nic_index(nic_configs)
                             .and_then(|i| nic_configs[i].get("name").and_then(Value::as_str))
                             .map(str::to_string);
                         let addresses = match nic_name {
@@ -390,14 +387,14 @@ pub async fn observe_in(
                                 .unwrap_or_default(),
                             None => Default::default(),
                         };
-                        Ok((vm, nic_configs, addresses))
+                        Ok((vm, addresses))
                     }
                 }))
                 .buffered(ARM_CONCURRENCY)
                 .collect()
                 .await;
             for r in reads {
-                let (vm, nic_configs, addresses) = r?;
+                let (vm, addresses) = r?;
                 let id = vm
                     .get("instanceId")
                     .and_then(Value::as_str)
@@ -415,13 +412,10 @@ pub async fn observe_in(
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_string(),
-                    nic: primary_nic_from_configs(&nic_configs),
+                    nic: primary_nic_from_configs(nic_configs_at(&vm, INSTANCE_NIC_CONFIGS)),
                     addresses,
                 });
-                if let Some(etag) = etag_of(&vm) {
-                    o.instance_etags.insert(id.clone(), etag);
-                }
-                o.instance_nic_configs.insert(id, nic_configs);
+                o.instances.insert(id, vm);
             }
         }
         PoolKind::Vm => {
@@ -455,7 +449,7 @@ pub async fn observe_in(
                         .and_then(Value::as_str)
                         .map(str::to_string),
                 });
-                o.vm_nic_json.insert(name, nic);
+                o.vm_nics.insert(name, nic);
             }
             for pip in reads.list(arm, LIST_PUBLIC_IPS, &pool.resource_group).await? {
                 let name = pip.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -471,299 +465,4 @@ pub async fn observe_in(
         }
     }
     Ok(o)
-}
-
-/// Counts the successful results and returns the first failure, preferring any failure over a stale ETag
-/// (a real error is what to report; a 412 alone means "re-read and re-plan").
-fn tally<T>(results: Vec<ArmResult<T>>, writes: &mut usize) -> ArmResult<()> {
-    let mut failure: Option<ArmError> = None;
-    for r in results {
-        match r {
-            Ok(_) => *writes += 1,
-            Err(e) => {
-                if failure
-                    .as_ref()
-                    .is_none_or(|f| f.is_precondition_failed() && !e.is_precondition_failed())
-                {
-                    failure = Some(e);
-                }
-            }
-        }
-    }
-    failure.map_or(Ok(()), Err)
-}
-
-/// Applies a plan in dependency order, adding the ARM writes made to `writes` (also when it fails half-way).
-/// Writes to objects the operator shares (load balancer, scale set, instances, NICs) carry the ETag read in
-/// `observed`: a concurrent change fails them with 412 instead of being overwritten.
-pub async fn apply(
-    arm: &Arm,
-    cfg: &CloudConfig,
-    pool: &ResolvedPool,
-    observed: &Observed,
-    plan: &PoolPlan,
-    writes: &mut usize,
-) -> ArmResult<()> {
-    let rg = &cfg.resource_group;
-    let jobs: Vec<(String, Value)> = plan
-        .prefixes_to_create
-        .iter()
-        .map(|p| (p.name.clone(), managed_prefix_body(&cfg.location, p.prefix_len)))
-        .collect();
-    let created: Vec<ArmResult<Value>> = futures::stream::iter(jobs.into_iter().map(|(name, body)| {
-        let (arm, rg) = (arm.clone(), rg.clone());
-        async move { arm.put_prefix(&rg, &name, body).await }
-    }))
-    .buffer_unordered(ARM_CONCURRENCY)
-    .collect()
-    .await;
-    tally(created, writes)?;
-    for pip in &plan.public_ips_to_create {
-        arm.put_public_ip(
-            &pool.resource_group,
-            &pip.name,
-            public_ip_body(&pool.location, &pip.prefix_id),
-        )
-        .await?;
-        *writes += 1;
-    }
-    let lb_first = matches!(
-        plan.lb,
-        LbWrite::Put {
-            after_nics: false,
-            ..
-        }
-    );
-    if lb_first {
-        *writes += write_lb(arm, cfg, observed, &plan.lb).await?;
-    }
-    if let Some(model) = &plan.vmss_model
-        && let Some(nic_configs) = merge_nic_configs(&observed.vmss_nic_configs, model)
-    {
-        arm.put_vmss_nics(
-            &pool.resource_group,
-            &pool.name,
-            &pool.location,
-            nic_configs,
-            observed
-                .vmss_etag
-                .as_deref()
-                .map_or(Expect::Anything, Expect::Version),
-        )
-        .await?;
-        *writes += 1;
-    }
-    // Bodies are built first so the concurrent futures own their data (and stay `Send` for every lifetime).
-    let mut bodies: Vec<(String, Value, Option<String>)> = Vec::new();
-    for u in &plan.nic_updates {
-        match pool.pool.kind {
-            PoolKind::Vmss => {
-                let configs = observed
-                    .instance_nic_configs
-                    .get(&u.target)
-                    .cloned()
-                    .unwrap_or_default();
-                if let Some(merged) = merge_nic_configs(&configs, &u.nic) {
-                    let etag = observed.instance_etags.get(&u.target).cloned();
-                    bodies.push((u.target.clone(), merged, etag));
-                }
-            }
-            PoolKind::Vm => {
-                if let Some(mut nic) = observed.vm_nic_json.get(&u.target).cloned() {
-                    let current = nic
-                        .pointer("/properties/ipConfigurations")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    nic["properties"]["ipConfigurations"] = merge_ip_configs(&current, &u.nic);
-                    let etag = etag_of(&nic);
-                    bodies.push((u.target.clone(), nic, etag));
-                }
-            }
-        }
-    }
-    let updates: Vec<ArmResult<()>> =
-        futures::stream::iter(bodies.into_iter().map(|(target, body, etag)| {
-            let (arm, pool) = (arm.clone(), pool.clone());
-            async move {
-                match pool.pool.kind {
-                    PoolKind::Vmss => {
-                        arm.update_instance(
-                            &pool.resource_group,
-                            &pool.name,
-                            &target,
-                            &pool.location,
-                            body,
-                            etag.as_deref().map_or(Expect::Anything, Expect::Version),
-                        )
-                        .await
-                    }
-                    PoolKind::Vm => arm
-                        .put_nic(
-                            &pool.resource_group,
-                            &target,
-                            body,
-                            etag.as_deref().map_or(Expect::Anything, Expect::Version),
-                        )
-                        .await
-                        .map(|_| ()),
-                }
-            }
-        }))
-        .buffer_unordered(NIC_UPDATE_CONCURRENCY)
-        .collect()
-        .await;
-    tally(updates, writes)?;
-    if !lb_first {
-        *writes += write_lb(arm, cfg, observed, &plan.lb).await?;
-    }
-    for name in &plan.public_ips_to_delete {
-        arm.delete_public_ip(&pool.resource_group, name).await?;
-        *writes += 1;
-    }
-    let names: Vec<String> = plan.prefixes_to_delete.clone();
-    let deleted: Vec<ArmResult<()>> = futures::stream::iter(names.into_iter().map(|name| {
-        let (arm, rg) = (arm.clone(), rg.clone());
-        async move { arm.delete_prefix(&rg, &name).await }
-    }))
-    .buffer_unordered(ARM_CONCURRENCY)
-    .collect()
-    .await;
-    tally(deleted, writes)
-}
-
-async fn write_lb(arm: &Arm, cfg: &CloudConfig, observed: &Observed, write: &LbWrite) -> ArmResult<usize> {
-    let expect = Expect::read_as(observed.lb_json.as_ref());
-    match write {
-        LbWrite::Keep => Ok(0),
-        LbWrite::Delete => {
-            arm.delete_lb(&cfg.load_balancer_resource_group, &cfg.load_balancer_name, expect)
-                .await?;
-            Ok(1)
-        }
-        LbWrite::Put { lb, .. } => {
-            let body = merge_lb(
-                observed.lb_json.as_ref(),
-                lb,
-                &cfg.load_balancer_id(),
-                &cfg.load_balancer_name,
-                &cfg.location,
-            );
-            arm.put_lb(
-                &cfg.load_balancer_resource_group,
-                &cfg.load_balancer_name,
-                body,
-                expect,
-            )
-            .await?;
-            Ok(1)
-        }
-    }
-}
-
-/// What one pool reconcile produced.
-#[derive(Debug)]
-pub struct PoolOutcome {
-    /// The plan that was applied.
-    pub plan: PoolPlan,
-    /// ARM writes made (successful ones).
-    pub writes: usize,
-    /// Times a stale ETag (412) made this reconcile re-read the pool and re-plan.
-    pub refetches: usize,
-    /// Per configuration uid: what Azure says after the writes.
-    pub facts: BTreeMap<String, ConfigFacts>,
-    /// The pool's Azure state after the writes (GatewayPool status).
-    pub state: AzureState,
-}
-
-/// Read, plan, apply, re-read. `byo_cidrs` are the CIDRs of BYO prefixes (read and length-checked by the caller).
-pub async fn reconcile(
-    arm: &Arm,
-    cfg: &CloudConfig,
-    pool: &ResolvedPool,
-    configs: &[Config],
-    byo_cidrs: &BTreeMap<String, String>,
-    probe_port: i32,
-) -> Result<PoolOutcome, PoolError> {
-    reconcile_in(
-        arm,
-        cfg,
-        pool,
-        configs,
-        byo_cidrs,
-        probe_port,
-        &PassReads::default(),
-    )
-    .await
-}
-
-/// [`reconcile`] within a pass: the first read uses what the pass read already; after a write, or a failure,
-/// the pass's reads are forgotten and everything is read afresh.
-pub async fn reconcile_in(
-    arm: &Arm,
-    cfg: &CloudConfig,
-    pool: &ResolvedPool,
-    configs: &[Config],
-    byo_cidrs: &BTreeMap<String, String>,
-    probe_port: i32,
-    reads: &PassReads,
-) -> Result<PoolOutcome, PoolError> {
-    let env = env_of(cfg, probe_port);
-    let mut observed = observe_in(arm, cfg, pool, configs, reads).await?;
-    let mut writes = 0;
-    let mut refetches = 0;
-    let plan = loop {
-        let plan = plan_pool(&pool.pool, configs, &observed.state, &env)?;
-        if plan.is_noop() {
-            break plan;
-        }
-        let applied = apply(arm, cfg, pool, &observed, &plan, &mut writes).await;
-        if writes > 0 || applied.is_err() {
-            reads.forget();
-        }
-        match applied {
-            Ok(()) => break plan,
-            Err(e) if e.is_precondition_failed() && refetches < MAX_PRECONDITION_REFETCHES => {
-                // Someone changed an object between our read and our write: re-read, re-plan, go on. The
-                // writes that succeeded are in the new state, so the new plan does not repeat them.
-                refetches += 1;
-                tracing::info!(error = %e, refetches, "stale ETag: re-reading the pool and re-planning");
-                observed = observe_in(arm, cfg, pool, configs, reads).await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let after = if writes == 0 {
-        observed
-    } else {
-        observe_in(arm, cfg, pool, configs, reads).await?
-    };
-    let facts = configs
-        .iter()
-        .filter(|c| !c.deleting)
-        .map(|c| {
-            let cidr = match &c.egress {
-                Egress::Managed => after
-                    .state
-                    .managed_prefixes
-                    .get(&managed_resource_name(&c.uid).to_ascii_lowercase())
-                    .and_then(|p| p.cidr.clone()),
-                Egress::Byo { prefix_id } => byo_cidrs
-                    .get(&last_segment(prefix_id).to_ascii_lowercase())
-                    .cloned(),
-                Egress::Private => None,
-            };
-            (
-                c.uid.clone(),
-                config_facts(&pool.pool, c, &after.state, &plan.ports, cidr.as_deref()),
-            )
-        })
-        .collect();
-    Ok(PoolOutcome {
-        plan,
-        writes,
-        refetches,
-        facts,
-        state: after.state,
-    })
 }

@@ -1,9 +1,10 @@
-//! Bridge between ARM JSON (what the azure_mgmt_* clients send and receive) and the planner's models.
+//! Bridge between ARM JSON (what ARM answers, as it answers it) and the planner's models.
 //!
 //! Reading reduces an ARM object to the fields the operator owns; merging writes a desired model back into
-//! the fetched object: entries whose owned fields already match are kept byte for byte (with every field the
-//! operator does not model), changed or new entries are built fresh, and entries the model no longer has are
-//! dropped. Working on JSON keeps this independent of the generated SDK structs and testable with literals.
+//! the object as read: every field outside the owned entries stays as ARM returned it (whether or not any
+//! SDK model knows it), entries whose owned fields already match are kept byte for byte, changed or new
+//! entries are built fresh, and entries the model no longer has are dropped. No SDK model is involved, so
+//! nothing a newer API version added is lost, and this is testable with literals.
 
 use serde_json::{Map, Value, json};
 
@@ -443,7 +444,7 @@ mod tests {
             egress: crate::desired::Egress::Private,
             deleting: false,
         }];
-        let plan = crate::desired::plan_lb(&pool, &configs, &Default::default(), None, &env());
+        let plan = crate::desired::plan_lb(&pool.uid, &configs, &Default::default(), None, &env());
         let crate::desired::LbWrite::Put { lb, .. } = plan.write else {
             panic!("expected a PUT");
         };

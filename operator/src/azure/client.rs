@@ -1,0 +1,782 @@
+//! The ARM client: raw ARM JSON through an azure_core pipeline.
+//!
+//! Every resource is read as the JSON ARM returns and written back as JSON: the caller merges the entries the
+//! operator owns into the object it read and PUTs that object, so every other field (including fields that
+//! no SDK model knows) goes back byte for byte. Every call goes through the pipeline's retry policy (429 and
+//! 503 honour `Retry-After`, other 5xx back off exponentially, bounded), a bearer token from the configured
+//! credential, and a counting transport (`arm_calls{operation,status}`). Writes to objects the operator shares
+//! carry the ETag they were read with. Errors keep the HTTP status and the ARM error code so that conditions
+//! and Events can say what Azure answered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::auth::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::lro::location::{FinalState, get_location, get_provisioning_state};
+use azure_core::lro::{LroStatus, get_retry_after};
+use azure_core::{
+    Context, ExponentialRetryOptions, HttpClient, Method, Pipeline, Request, Response, RetryOptions,
+    TransportOptions, Url,
+};
+use serde_json::Value;
+
+use crate::config::CloudConfig;
+use crate::metrics::{ArmCallLabels, Metrics};
+
+/// The ARM API versions the operator speaks, one per resource provider: the ones current AKS clusters use
+/// (and the only place they are written down).
+pub mod api_version {
+    /// `Microsoft.Network`: load balancers, network interfaces, public IP addresses and prefixes.
+    pub const NETWORK: &str = "2024-05-01";
+    /// `Microsoft.Compute`: scale sets, their instances, virtual machines.
+    pub const COMPUTE: &str = "2024-07-01";
+    /// The network interfaces of scale-set instances: served by the network provider under
+    /// `Microsoft.Compute/virtualMachineScaleSets`, in these API versions only.
+    pub const SCALE_SET_INSTANCE_NIC: &str = "2018-10-01";
+}
+
+/// An ARM failure, with what Azure said.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} {resource}: {}{message}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
+pub struct ArmError {
+    /// e.g. `PUT loadBalancers`.
+    pub operation: String,
+    /// Resource name.
+    pub resource: String,
+    /// HTTP status, when a response arrived.
+    pub status: Option<u16>,
+    /// ARM error code (`TooManyRequests`, `InUsePublicIpPrefixCannotBeDeleted`, ...).
+    pub code: Option<String>,
+    /// Details.
+    pub message: String,
+}
+
+impl ArmError {
+    pub(crate) fn from_sdk(operation: &str, resource: &str, e: &azure_core::Error) -> Self {
+        let (status, code) = match e.kind() {
+            ErrorKind::HttpResponse { status, error_code } => (Some(u16::from(*status)), error_code.clone()),
+            _ => (None, None),
+        };
+        ArmError {
+            operation: operation.to_string(),
+            resource: resource.to_string(),
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+
+    pub(crate) fn local(operation: &str, resource: &str, message: impl Into<String>) -> Self {
+        ArmError {
+            operation: operation.to_string(),
+            resource: resource.to_string(),
+            status: None,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// 404.
+    pub fn is_not_found(&self) -> bool {
+        self.status == Some(404)
+    }
+
+    /// 429 after the retry budget.
+    pub fn is_throttled(&self) -> bool {
+        self.status == Some(429)
+    }
+
+    /// 412: someone else changed the object; re-read and re-plan.
+    pub fn is_precondition_failed(&self) -> bool {
+        self.status == Some(412)
+    }
+
+    /// The condition reason this error reports.
+    pub fn reason(&self) -> &'static str {
+        if self.is_throttled() {
+            api::names::REASON_AZURE_THROTTLED
+        } else {
+            api::names::REASON_AZURE_ERROR
+        }
+    }
+}
+
+/// Result of an ARM call.
+pub type ArmResult<T> = Result<T, ArmError>;
+
+/// What a conditional write expects to find: the version of the object read in the same pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect<'a> {
+    /// No condition (the object was read without an ETag).
+    Anything,
+    /// The object as read: `If-Match: <etag>`.
+    Version(&'a str),
+    /// No object (it was absent when read): `If-None-Match: *`, so a concurrent creation is not overwritten.
+    Absent,
+}
+
+impl<'a> Expect<'a> {
+    /// The condition for writing back an object read as `read` (`None`: it did not exist).
+    pub fn read_as(read: Option<&'a Value>) -> Self {
+        match read {
+            None => Expect::Absent,
+            Some(v) => v
+                .get("etag")
+                .and_then(Value::as_str)
+                .filter(|e| !e.is_empty())
+                .map_or(Expect::Anything, Expect::Version),
+        }
+    }
+
+    /// `(header, value)`, if any.
+    pub(crate) fn header(self) -> Option<(&'static str, String)> {
+        match self {
+            Expect::Anything => None,
+            Expect::Version(etag) => Some(("if-match", etag.to_string())),
+            Expect::Absent => Some(("if-none-match", "*".to_string())),
+        }
+    }
+}
+
+/// The transport under the pipeline: counts every HTTP call (retries and long-running-operation polls
+/// included) by operation (`<METHOD> <resource type>`) and status.
+#[derive(Debug)]
+struct CountingClient {
+    inner: Arc<dyn HttpClient>,
+    metrics: Metrics,
+}
+
+/// `<METHOD> <last resource type in the path>`, e.g. `PUT virtualMachineScaleSets` or `GET virtualMachines`.
+pub fn operation_of(method: &str, path: &str) -> String {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // ARM paths alternate type/name after the provider; a trailing type (list) has no name after it.
+    let ty = match segs.iter().rposition(|s| s.eq_ignore_ascii_case("providers")) {
+        Some(p) => {
+            let rest = &segs[p + 2..];
+            if rest.len() % 2 == 1 {
+                rest.last().copied()
+            } else {
+                rest.len().checked_sub(2).and_then(|i| rest.get(i).copied())
+            }
+        }
+        None => segs.last().copied(),
+    };
+    format!("{method} {}", ty.unwrap_or("unknown"))
+}
+
+#[async_trait::async_trait]
+impl HttpClient for CountingClient {
+    async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
+        let op = operation_of(&request.method().to_string().to_uppercase(), request.url().path());
+        let result = self.inner.execute_request(request).await;
+        let status = match &result {
+            Ok(r) => u16::from(r.status()).to_string(),
+            Err(_) => "error".to_string(),
+        };
+        self.metrics
+            .arm_calls
+            .get_or_create(&ArmCallLabels {
+                operation: op,
+                status,
+            })
+            .inc();
+        result
+    }
+}
+
+/// Retry budget: bounded, so a throttling storm surfaces as a condition instead of a silent loop.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryBudget {
+    /// First delay.
+    pub initial: Duration,
+    /// Longest delay (Retry-After larger than this is still honoured by the SDK).
+    pub max_delay: Duration,
+    /// Retries per call.
+    pub max_retries: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            initial: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+            max_retries: 6,
+        }
+    }
+}
+
+/// The ARM calls the operator makes (upstream's `pkg/azmanager`, on ARM JSON; docs/operator.md lists them).
+#[derive(Clone)]
+pub struct Arm {
+    pipeline: Pipeline,
+    credential: Arc<dyn TokenCredential>,
+    scope: String,
+    endpoint: Url,
+    subscription: String,
+}
+
+impl std::fmt::Debug for Arm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arm")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("subscription", &self.subscription)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Turns a 404 into `None`.
+fn optional<T>(r: ArmResult<T>) -> ArmResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn ignore_404<T>(r: ArmResult<T>) -> ArmResult<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One ARM resource or collection: how calls on it are named, where it is, which API version serves it.
+#[derive(Clone, Debug)]
+struct Target<'a> {
+    /// Resource type in operation names, e.g. `loadBalancers`.
+    kind: &'static str,
+    /// Resource name in errors.
+    name: &'a str,
+    /// Request path.
+    path: String,
+    api_version: &'static str,
+    /// How the resource provider reports a write's completion (ARM's `final-state-via` of the resource
+    /// type): an `Azure-AsyncOperation` status to poll, or a `Location` that answers 202 until done.
+    completion: FinalState,
+}
+
+impl Target<'_> {
+    fn op(&self, verb: &str) -> String {
+        format!("{verb} {}", self.kind)
+    }
+
+    /// Writes of this resource type complete through `Location` (scale sets, their instances, public IP
+    /// prefixes), not through `Azure-AsyncOperation`.
+    fn completed_at_location(self) -> Self {
+        Target {
+            completion: FinalState::Location,
+            ..self
+        }
+    }
+}
+
+impl Arm {
+    /// A client for the cloud config's endpoint and subscription.
+    pub fn new(
+        cfg: &CloudConfig,
+        credential: Arc<dyn TokenCredential>,
+        retry: RetryBudget,
+        metrics: &Metrics,
+    ) -> ArmResult<Self> {
+        let endpoint = Url::parse(&cfg.resource_manager_endpoint)
+            .map_err(|e| ArmError::local("client", "resourceManagerEndpoint", e.to_string()))?;
+        let retry = RetryOptions::exponential(
+            ExponentialRetryOptions::default()
+                .initial_delay(retry.initial)
+                .max_delay(retry.max_delay)
+                .max_retries(retry.max_retries),
+        );
+        let transport = TransportOptions::new(Arc::new(CountingClient {
+            inner: azure_core::new_http_client(),
+            metrics: metrics.clone(),
+        }));
+        let options = azure_core::ClientOptions::default()
+            .retry(retry)
+            .transport(transport);
+        let pipeline = Pipeline::new(
+            option_env!("CARGO_PKG_NAME"),
+            option_env!("CARGO_PKG_VERSION"),
+            options,
+            Vec::new(),
+            Vec::new(),
+        );
+        Ok(Arm {
+            pipeline,
+            credential,
+            scope: format!("{}/.default", cfg.resource_manager_endpoint),
+            endpoint,
+            subscription: cfg.subscription_id.clone(),
+        })
+    }
+
+    // --- the raw calls -----------------------------------------------------------------------------------
+
+    /// A resource (or, without `name`, a collection) of `provider_type` in a resource group.
+    fn target<'a>(
+        &self,
+        rg: &str,
+        provider_type: &str,
+        kind: &'static str,
+        name: &'a str,
+        api_version: &'static str,
+    ) -> Target<'a> {
+        let mut path = format!(
+            "/subscriptions/{}/resourceGroups/{rg}/providers/{provider_type}",
+            self.subscription
+        );
+        if !name.is_empty() {
+            path.push('/');
+            path.push_str(name);
+        }
+        Target {
+            kind,
+            name,
+            path,
+            api_version,
+            completion: FinalState::AzureAsyncOperation,
+        }
+    }
+
+    fn url(&self, t: &Target<'_>) -> Url {
+        let mut url = self.endpoint.clone();
+        url.set_path(&t.path);
+        url.query_pairs_mut().append_pair("api-version", t.api_version);
+        url
+    }
+
+    /// Sends one request through the pipeline with a bearer token, the precondition of `expect` and `body`.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        expect: Expect<'_>,
+    ) -> azure_core::Result<Response> {
+        let mut req = Request::new(url, method);
+        let token = self.credential.get_token(&[self.scope.as_str()]).await?;
+        req.insert_header(
+            azure_core::headers::AUTHORIZATION,
+            format!("Bearer {}", token.token.secret()),
+        );
+        if let Some((name, value)) = expect.header() {
+            req.insert_header(name, value);
+        }
+        if let Some(body) = body {
+            req.insert_header("content-type", "application/json");
+            req.set_body(azure_core::to_json(body)?);
+        }
+        self.pipeline.send(&Context::new(), &mut req).await
+    }
+
+    /// The JSON body of a response.
+    async fn json(op: &str, name: &str, rsp: Response) -> ArmResult<Value> {
+        let bytes = rsp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ArmError::from_sdk(op, name, &e))?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ArmError::local(op, name, format!("the answer is not JSON: {e}")))
+    }
+
+    /// GET a resource as ARM returns it (None: 404).
+    async fn get(&self, t: &Target<'_>) -> ArmResult<Option<Value>> {
+        let op = t.op("GET");
+        let url = self.url(t);
+        optional(
+            async {
+                let rsp = self
+                    .send(Method::Get, url, None, Expect::Anything)
+                    .await
+                    .map_err(|e| ArmError::from_sdk(&op, t.name, &e))?;
+                Self::json(&op, t.name, rsp).await
+            }
+            .await,
+        )
+    }
+
+    /// Every item of a collection, following `nextLink`.
+    async fn list(&self, t: &Target<'_>) -> ArmResult<Vec<Value>> {
+        let op = t.op("LIST");
+        let mut next = Some(self.url(t));
+        let mut out = Vec::new();
+        while let Some(url) = next.take() {
+            let rsp = self
+                .send(Method::Get, url, None, Expect::Anything)
+                .await
+                .map_err(|e| ArmError::from_sdk(&op, t.name, &e))?;
+            let mut page = Self::json(&op, t.name, rsp).await?;
+            if let Some(Value::Array(items)) = page.get_mut("value").map(Value::take) {
+                out.extend(items);
+            }
+            next = match page.get("nextLink").and_then(Value::as_str) {
+                Some(link) if !link.is_empty() => Some(
+                    Url::parse(link).map_err(|e| ArmError::local(&op, t.name, format!("nextLink: {e}")))?,
+                ),
+                _ => None,
+            };
+        }
+        Ok(out)
+    }
+
+    /// Every resource of `t`'s type in resource group `rg` (named by the group in errors).
+    async fn list_group<'a>(&self, rg: &'a str, t: Target<'a>) -> ArmResult<Vec<Value>> {
+        self.list(&Target { name: rg, ..t }).await
+    }
+
+    /// PUT `body` as it is, conditional on `expect`; waits for the long-running operation and returns the
+    /// resource as ARM then stores it.
+    async fn put(&self, t: &Target<'_>, body: &Value, expect: Expect<'_>) -> ArmResult<Value> {
+        let op = t.op("PUT");
+        let fail = |e: azure_core::Error| ArmError::from_sdk(&op, t.name, &e);
+        let rsp = self
+            .send(Method::Put, self.url(t), Some(body), expect)
+            .await
+            .map_err(fail)?;
+        let Some(poll) = get_location(rsp.headers(), t.completion).map_err(fail)? else {
+            return Self::json(&op, t.name, rsp).await;
+        };
+        loop {
+            let status = self
+                .send(Method::Get, poll.clone(), None, Expect::Anything)
+                .await
+                .map_err(fail)?;
+            let retry_after = get_retry_after(status.headers());
+            let done = match t.completion {
+                FinalState::Location => status.status() != azure_core::StatusCode::Accepted,
+                _ => {
+                    let bytes = status.into_body().collect().await.map_err(fail)?;
+                    match get_provisioning_state(&bytes) {
+                        Some(LroStatus::Succeeded) => true,
+                        Some(LroStatus::Failed) => {
+                            return Err(ArmError::local(&op, t.name, "Long running operation failed"));
+                        }
+                        Some(LroStatus::Canceled) => {
+                            return Err(ArmError::local(&op, t.name, "Long running operation canceled"));
+                        }
+                        Some(_) => false,
+                        None => {
+                            return Err(ArmError::local(
+                                &op,
+                                t.name,
+                                "Long running operation failed (missing provisioning state)",
+                            ));
+                        }
+                    }
+                }
+            };
+            if done {
+                return self
+                    .get(t)
+                    .await?
+                    .ok_or_else(|| ArmError::local(&op, t.name, "gone after the write succeeded"));
+            }
+            tokio::time::sleep(retry_after).await;
+        }
+    }
+
+    /// DELETE, conditional on `expect` (404 is success); does not wait for the operation.
+    async fn delete(&self, t: &Target<'_>, expect: Expect<'_>) -> ArmResult<()> {
+        let op = t.op("DELETE");
+        ignore_404(
+            self.send(Method::Delete, self.url(t), None, expect)
+                .await
+                .map_err(|e| ArmError::from_sdk(&op, t.name, &e)),
+        )
+    }
+
+    // --- load balancer -----------------------------------------------------------------------------------
+
+    fn lb<'a>(&self, rg: &str, name: &'a str) -> Target<'a> {
+        self.target(
+            rg,
+            "Microsoft.Network/loadBalancers",
+            "loadBalancers",
+            name,
+            api_version::NETWORK,
+        )
+    }
+
+    /// GET the load balancer (None: 404).
+    pub async fn get_lb(&self, rg: &str, name: &str) -> ArmResult<Option<Value>> {
+        self.get(&self.lb(rg, name)).await
+    }
+
+    /// PUT the load balancer; returns what ARM stored (frontend IPs allocated). `expect` is the version read
+    /// in the same pass: a concurrent change (or creation) of the load balancer fails the PUT with 412 instead
+    /// of being overwritten.
+    pub async fn put_lb(&self, rg: &str, name: &str, body: &Value, expect: Expect<'_>) -> ArmResult<Value> {
+        self.put(&self.lb(rg, name), body, expect).await
+    }
+
+    /// DELETE the load balancer (404 is success); only the version `expect`ed (412 otherwise).
+    pub async fn delete_lb(&self, rg: &str, name: &str, expect: Expect<'_>) -> ArmResult<()> {
+        self.delete(&self.lb(rg, name), expect).await
+    }
+
+    // --- scale sets ----------------------------------------------------------------------------------------
+
+    fn vmss<'a>(&self, rg: &str, name: &'a str) -> Target<'a> {
+        self.target(
+            rg,
+            "Microsoft.Compute/virtualMachineScaleSets",
+            "virtualMachineScaleSets",
+            name,
+            api_version::COMPUTE,
+        )
+        .completed_at_location()
+    }
+
+    /// LIST scale sets of a resource group.
+    pub async fn list_vmss(&self, rg: &str) -> ArmResult<Vec<Value>> {
+        self.list_group(rg, self.vmss(rg, "")).await
+    }
+
+    /// GET a scale set (None: 404).
+    pub async fn get_vmss(&self, rg: &str, name: &str) -> ArmResult<Option<Value>> {
+        self.get(&self.vmss(rg, name)).await
+    }
+
+    /// PUT a scale set: `body` is the scale set as read, with the operator's entries merged in.
+    pub async fn put_vmss(&self, rg: &str, name: &str, body: &Value, expect: Expect<'_>) -> ArmResult<()> {
+        self.put(&self.vmss(rg, name), body, expect).await.map(|_| ())
+    }
+
+    fn instances<'a>(&self, rg: &str, vmss: &str, instance_id: &'a str) -> Target<'a> {
+        let mut t = self
+            .target(
+                rg,
+                "Microsoft.Compute/virtualMachineScaleSets",
+                "virtualMachines",
+                instance_id,
+                api_version::COMPUTE,
+            )
+            .completed_at_location();
+        t.path = format!(
+            "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/{vmss}/virtualMachines",
+            self.subscription
+        );
+        if !instance_id.is_empty() {
+            t.path = format!("{}/{instance_id}", t.path);
+        }
+        t
+    }
+
+    /// LIST the instances of a scale set.
+    pub async fn list_instances(&self, rg: &str, vmss: &str) -> ArmResult<Vec<Value>> {
+        let mut t = self.instances(rg, vmss, "");
+        t.name = vmss;
+        self.list(&t).await
+    }
+
+    /// PUT one instance: `body` is the instance as read, with the operator's entries merged in.
+    pub async fn put_instance(
+        &self,
+        rg: &str,
+        vmss: &str,
+        instance_id: &str,
+        body: &Value,
+        expect: Expect<'_>,
+    ) -> ArmResult<()> {
+        self.put(&self.instances(rg, vmss, instance_id), body, expect)
+            .await
+            .map(|_| ())
+    }
+
+    /// GET an instance's NIC (its actual addresses).
+    pub async fn get_instance_nic(
+        &self,
+        rg: &str,
+        vmss: &str,
+        instance_id: &str,
+        nic: &str,
+    ) -> ArmResult<Option<Value>> {
+        let mut t = self.instances(rg, vmss, instance_id);
+        t.kind = "networkInterfaces";
+        t.name = nic;
+        t.path = format!("{}/networkInterfaces/{nic}", t.path);
+        t.api_version = api_version::SCALE_SET_INSTANCE_NIC;
+        self.get(&t).await
+    }
+
+    // --- VM pools ------------------------------------------------------------------------------------------
+
+    /// LIST VMs of a resource group.
+    pub async fn list_vms(&self, rg: &str) -> ArmResult<Vec<Value>> {
+        let t = self.target(
+            rg,
+            "Microsoft.Compute/virtualMachines",
+            "virtualMachines",
+            "",
+            api_version::COMPUTE,
+        );
+        self.list_group(rg, t).await
+    }
+
+    fn nic<'a>(&self, rg: &str, name: &'a str) -> Target<'a> {
+        self.target(
+            rg,
+            "Microsoft.Network/networkInterfaces",
+            "networkInterfaces",
+            name,
+            api_version::NETWORK,
+        )
+    }
+
+    /// LIST NICs of a resource group.
+    pub async fn list_nics(&self, rg: &str) -> ArmResult<Vec<Value>> {
+        self.list_group(rg, self.nic(rg, "")).await
+    }
+
+    /// PUT a NIC (`body`: the NIC as read, with the operator's entries merged in), conditional on `expect`.
+    pub async fn put_nic(&self, rg: &str, name: &str, body: &Value, expect: Expect<'_>) -> ArmResult<Value> {
+        self.put(&self.nic(rg, name), body, expect).await
+    }
+
+    fn public_ip<'a>(&self, rg: &str, name: &'a str) -> Target<'a> {
+        self.target(
+            rg,
+            "Microsoft.Network/publicIPAddresses",
+            "publicIPAddresses",
+            name,
+            api_version::NETWORK,
+        )
+    }
+
+    /// LIST public IP addresses of a resource group.
+    pub async fn list_public_ips(&self, rg: &str) -> ArmResult<Vec<Value>> {
+        self.list_group(rg, self.public_ip(rg, "")).await
+    }
+
+    /// PUT a public IP address (created by the operator: the body is the whole resource).
+    pub async fn put_public_ip(&self, rg: &str, name: &str, body: &Value) -> ArmResult<()> {
+        self.put(&self.public_ip(rg, name), body, Expect::Anything)
+            .await
+            .map(|_| ())
+    }
+
+    /// DELETE a public IP address (404 is success), waiting until it is gone.
+    pub async fn delete_public_ip(&self, rg: &str, name: &str) -> ArmResult<()> {
+        let t = self.public_ip(rg, name);
+        self.delete(&t, Expect::Anything).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut delay = Duration::from_millis(50);
+        while self.get(&t).await?.is_some() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ArmError::local(
+                    &t.op("GET"),
+                    name,
+                    "still exists two minutes after DELETE",
+                ));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+
+    // --- prefixes ------------------------------------------------------------------------------------------
+
+    fn prefix<'a>(&self, rg: &str, name: &'a str) -> Target<'a> {
+        self.target(
+            rg,
+            "Microsoft.Network/publicIPPrefixes",
+            "publicIPPrefixes",
+            name,
+            api_version::NETWORK,
+        )
+        .completed_at_location()
+    }
+
+    /// GET a public IP prefix (None: 404).
+    pub async fn get_prefix(&self, rg: &str, name: &str) -> ArmResult<Option<Value>> {
+        self.get(&self.prefix(rg, name)).await
+    }
+
+    /// PUT a public IP prefix (created by the operator: the body is the whole resource).
+    pub async fn put_prefix(&self, rg: &str, name: &str, body: &Value) -> ArmResult<Value> {
+        self.put(&self.prefix(rg, name), body, Expect::Anything).await
+    }
+
+    /// DELETE a public IP prefix (404 is success).
+    pub async fn delete_prefix(&self, rg: &str, name: &str) -> ArmResult<()> {
+        self.delete(&self.prefix(rg, name), Expect::Anything).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_are_named_by_method_and_resource_type() {
+        let lb = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/loadBalancers/ilb";
+        assert_eq!(operation_of("PUT", lb), "PUT loadBalancers");
+        assert_eq!(
+            operation_of(
+                "GET",
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets"
+            ),
+            "GET virtualMachineScaleSets"
+        );
+        assert_eq!(
+            operation_of(
+                "PUT",
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines/3"
+            ),
+            "PUT virtualMachines"
+        );
+        assert_eq!(
+            operation_of(
+                "GET",
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/v/virtualMachines"
+            ),
+            "GET virtualMachines"
+        );
+    }
+
+    #[test]
+    fn writes_expect_the_version_they_read() {
+        let read = serde_json::json!({"name": "ilb", "etag": "W/\"1\""});
+        assert_eq!(Expect::read_as(Some(&read)), Expect::Version("W/\"1\""));
+        assert_eq!(
+            Expect::read_as(Some(&read)).header(),
+            Some(("if-match", "W/\"1\"".to_string()))
+        );
+        assert_eq!(
+            Expect::read_as(None).header(),
+            Some(("if-none-match", "*".to_string()))
+        );
+        let unversioned = serde_json::json!({"name": "ilb"});
+        assert_eq!(Expect::read_as(Some(&unversioned)), Expect::Anything);
+        assert_eq!(Expect::Anything.header(), None);
+    }
+
+    #[test]
+    fn errors_carry_the_arm_code() {
+        let e = ArmError {
+            operation: "DELETE publicIPPrefixes".into(),
+            resource: "egressgateway-x".into(),
+            status: Some(400),
+            code: Some("InUsePublicIpPrefixCannotBeDeleted".into()),
+            message: "in use".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "DELETE publicIPPrefixes egressgateway-x: InUsePublicIpPrefixCannotBeDeleted: in use"
+        );
+        assert_eq!(e.reason(), "AzureError");
+        assert!(
+            ArmError {
+                status: Some(429),
+                ..e
+            }
+            .is_throttled()
+        );
+    }
+}

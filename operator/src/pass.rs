@@ -1,0 +1,798 @@
+//! One pass: the only module that touches both Kubernetes and Azure. Work is grouped per pool: every
+//! configuration on a pool is reconciled together (rules, finalizer, key Secret; then the pool's Azure plan;
+//! then status), so that Azure sees one set of writes per pool (see `desired.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::names::{REASON_AZURE_ERROR, SGC_FINALIZER};
+use api::rules::{PoolFacts, validate_sgc};
+use api::{GatewayPool, PoolKey, PoolRef, StaticGatewayConfiguration};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret};
+use kube::ResourceExt;
+
+use crate::azure::observe::{self, PassReads, PoolError};
+use crate::azure::{Arm, ArmError, apply};
+use crate::config::CloudConfig;
+use crate::desired::{Config, ConfigProblem, Egress};
+use crate::kube::Kube;
+use crate::metrics::{FailLabels, LatencyLabels, Metrics};
+use crate::status::{NodeIdentity, Outcome, pool_not_found_status, pool_status};
+
+/// Upstream's three controllers, whose per-object metric series the operator keeps emitting (one pool pass
+/// reconciles every configuration on the pool; each configuration gets the series its upstream objects had).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Layer {
+    /// StaticGatewayConfiguration controller: rules, finalizer, key Secret, status.
+    Sgc,
+    /// GatewayLBConfiguration controller: the load balancer.
+    Lb,
+    /// GatewayVMConfiguration controller: prefixes, scale set, instances, NICs, public IPs.
+    Vm,
+}
+
+impl Layer {
+    /// Upstream's `operation` label value.
+    pub fn operation(self, deleting: bool) -> &'static str {
+        match (self, deleting) {
+            (Layer::Sgc, false) => "reconcile_static_gateway_configuration",
+            (Layer::Sgc, true) => "delete_static_gateway_configuration",
+            (Layer::Lb, false) => "reconcile_gateway_lb_configuration",
+            (Layer::Lb, true) => "delete_gateway_lb_configuration",
+            (Layer::Vm, false) => "reconcile_gateway_vm_configuration",
+            (Layer::Vm, true) => "delete_gateway_vm_configuration",
+        }
+    }
+
+    /// The layers an Azure-half failure belongs to: load-balancer calls to the LB controller's series,
+    /// everything else (prefixes, scale set, instances, NICs, public IPs) to the VM controller's; a pool that
+    /// cannot be found or has no UID failed both, as upstream's two `loadPool`s would.
+    pub fn of_pool_error(e: &PoolError) -> &'static [Layer] {
+        match e {
+            PoolError::NotFound(_) | PoolError::NoUid(_) => &[Layer::Lb, Layer::Vm],
+            PoolError::Arm(a) if a.operation.to_ascii_lowercase().contains("loadbalancers") => &[Layer::Lb],
+            PoolError::PrefixSize(_) | PoolError::Problem(_) | PoolError::Arm(_) => &[Layer::Vm],
+        }
+    }
+}
+
+/// One configuration's part in a pool pass, for the metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigReport {
+    /// lower(`namespace/name`), upstream's `resource` label.
+    pub resource: String,
+    /// Reconciled for deletion.
+    pub deleting: bool,
+    /// Passed the rules: upstream would have had LB and VM configurations for it.
+    pub in_azure: bool,
+    /// Layers that failed.
+    pub failed: BTreeSet<Layer>,
+}
+
+/// What a pool pass did per configuration uid.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// By configuration uid.
+    pub configs: BTreeMap<String, ConfigReport>,
+}
+
+impl PassReport {
+    fn record(&mut self, sgc: &StaticGatewayConfiguration, in_azure: bool) {
+        let resource =
+            format!("{}/{}", sgc.namespace().unwrap_or_default(), sgc.name_any()).to_ascii_lowercase();
+        self.configs.insert(
+            sgc.uid().unwrap_or_default(),
+            ConfigReport {
+                resource,
+                deleting: sgc.metadata.deletion_timestamp.is_some(),
+                in_azure,
+                failed: BTreeSet::new(),
+            },
+        );
+    }
+
+    fn fail(&mut self, uid: &str, layers: &[Layer]) {
+        if let Some(c) = self.configs.get_mut(uid) {
+            c.failed.extend(layers.iter().copied());
+        }
+    }
+
+    fn fail_all(&mut self, layers: &[Layer]) {
+        for c in self.configs.values_mut().filter(|c| c.in_azure) {
+            c.failed.extend(layers.iter().copied());
+        }
+    }
+}
+
+/// Shared state of the reconcilers.
+pub struct Operator {
+    /// Kubernetes: key Secrets, finalizers, status.
+    pub kube: Kube,
+    /// Azure.
+    pub arm: Arm,
+    /// Cloud config.
+    pub cfg: CloudConfig,
+    /// The operator's own namespace (metrics label).
+    pub namespace: String,
+    /// `--gateway-lb-probe-port`.
+    pub probe_port: i32,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The pools (by [`PoolRef::key`]) still converging (writes just made, addresses or operations pending): the
+    /// work loop looks at them again soon instead of waiting for the periodic resync. See
+    /// [`Operator::take_converging`].
+    converging: std::sync::Mutex<BTreeSet<PoolKey>>,
+    /// Passes (`reconcile_pools`) started and finished, for tests and benchmarks that wait for the work loop.
+    pub passes: PassCounter,
+}
+
+/// The Kubernetes objects a pass works from: the work loop's watch caches, or lists. `Debug` shows counts
+/// only (the Secrets hold private keys).
+#[derive(Clone, Default)]
+pub struct Inputs {
+    /// Every StaticGatewayConfiguration.
+    pub sgcs: Vec<Arc<StaticGatewayConfiguration>>,
+    /// Every GatewayPool.
+    pub pools: Vec<Arc<GatewayPool>>,
+    /// Every Node (name, labels and `spec.providerID` are read).
+    pub nodes: Vec<Arc<Node>>,
+    /// The key Secrets as the work loop's cache has them (`None`: read each from the API server). A Secret the
+    /// cache does not have is still read from the API server before it is created.
+    pub key_secrets: Option<kube::runtime::reflector::Store<Secret>>,
+}
+
+impl std::fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("sgcs", &self.sgcs.len())
+            .field("pools", &self.pools.len())
+            .field("nodes", &self.nodes.len())
+            .field("key_secrets", &self.key_secrets.as_ref().map(|s| s.state().len()))
+            .finish()
+    }
+}
+
+/// What the pools of one pass share: their ARM reads, the key Secret cache.
+pub struct PassContext<'a> {
+    /// ARM reads shared within the pass.
+    pub reads: &'a PassReads,
+    /// See [`Inputs::key_secrets`].
+    pub key_secrets: Option<&'a kube::runtime::reflector::Store<Secret>>,
+}
+
+impl std::fmt::Debug for PassContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassContext")
+            .field("reads", &self.reads)
+            .field("key_secrets", &self.key_secrets.map(|s| s.state().len()))
+            .finish()
+    }
+}
+
+/// What a pass did.
+#[derive(Debug, Default)]
+pub struct PassOutcome {
+    /// Pools reconciled, by [`PoolRef::key`] (failed or not).
+    pub reconciled: BTreeSet<PoolKey>,
+    /// Pools whose reconcile failed.
+    pub failed: BTreeSet<PoolKey>,
+    /// Something outside the pools failed (a GatewayPool's finalizer, a configuration naming no pool): the
+    /// whole pass is to be retried.
+    pub failed_outside_pools: bool,
+    /// The first error.
+    pub error: Option<Error>,
+}
+
+impl PassOutcome {
+    fn fail_outside_pools(&mut self, e: Error) {
+        self.failed_outside_pools = true;
+        self.error.get_or_insert(e);
+    }
+}
+
+/// Counts the work loop's passes.
+#[derive(Debug, Default)]
+pub struct PassCounter {
+    started: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicU64,
+}
+
+impl PassCounter {
+    /// Passes started so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Passes finished so far (successfully or not).
+    pub fn finished(&self) -> u64 {
+        self.finished.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// No pass is running.
+    pub fn idle(&self) -> bool {
+        self.finished() == self.started()
+    }
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("kube", &self.kube)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors of the Kubernetes half.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kubernetes API.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// Azure.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+impl Operator {
+    /// Builds the operator's shared state.
+    pub fn new(
+        client: kube::Client,
+        arm: Arm,
+        cfg: CloudConfig,
+        secret_namespace: String,
+        namespace: String,
+        probe_port: i32,
+        metrics: Metrics,
+    ) -> Self {
+        Operator {
+            kube: Kube::new(client, secret_namespace),
+            arm,
+            cfg,
+            namespace,
+            probe_port,
+            metrics,
+            converging: std::sync::Mutex::default(),
+            passes: PassCounter::default(),
+        }
+    }
+
+    /// Reconciles every configuration on one pool together. Metrics: one `reconcile_gateway_pool` series per
+    /// pool, and upstream's per-object series (`reconcile_static_gateway_configuration`,
+    /// `reconcile_gateway_lb_configuration`, `reconcile_gateway_vm_configuration` and their `delete_` forms)
+    /// for every configuration the pass reconciled, with the pass's duration as their latency.
+    pub async fn reconcile_pool(
+        &self,
+        pool_ref: &PoolRef,
+        sgcs: &[Arc<StaticGatewayConfiguration>],
+        pools: &[Arc<GatewayPool>],
+        nodes: &[Arc<Node>],
+        ctx: &PassContext<'_>,
+    ) -> Result<(), Error> {
+        let started = Instant::now();
+        let mut report = PassReport::default();
+        let result = self
+            .reconcile_pool_inner(pool_ref, sgcs, pools, nodes, &mut report, ctx)
+            .await;
+        if result.is_err() {
+            // A failure may hide a write (a lost response): what follows reads afresh.
+            ctx.reads.forget();
+        }
+        if let Err(Error::Kube(_)) = &result {
+            // A Kubernetes failure stops the pass: nobody got a complete reconcile of their own part.
+            for c in report.configs.values_mut() {
+                c.failed.insert(Layer::Sgc);
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let latency = |operation: &str, sub: &str, rg: &str| LatencyLabels {
+            namespace: self.namespace.clone(),
+            operation: operation.into(),
+            subscription_id: sub.into(),
+            resource_group: rg.into(),
+        };
+        let fail = |operation: &str, sub: &str, rg: &str, resource: &str| FailLabels {
+            namespace: self.namespace.clone(),
+            operation: operation.into(),
+            subscription_id: sub.into(),
+            resource_group: rg.into(),
+            resource: resource.into(),
+        };
+        let (sub, rg) = (
+            self.cfg.subscription_id.as_str(),
+            self.cfg.resource_group.as_str(),
+        );
+        self.metrics
+            .reconcile_latency
+            .get_or_create(&latency("reconcile_gateway_pool", sub, rg))
+            .observe(elapsed);
+        if let Err(e) = &result {
+            tracing::warn!(pool = %pool_ref, error = %e, "pool reconcile failed");
+            self.metrics
+                .reconcile_fail
+                .get_or_create(&fail("reconcile_gateway_pool", sub, rg, pool_ref.key().as_str()))
+                .inc();
+        }
+        for c in report.configs.values() {
+            let layers: &[Layer] = if c.in_azure {
+                &[Layer::Sgc, Layer::Lb, Layer::Vm]
+            } else {
+                &[Layer::Sgc]
+            };
+            for layer in layers {
+                let (sub, rg) = match layer {
+                    Layer::Sgc => ("n/a", "n/a"),
+                    Layer::Lb => (sub, self.cfg.load_balancer_resource_group.as_str()),
+                    Layer::Vm => (sub, rg),
+                };
+                let operation = layer.operation(c.deleting);
+                self.metrics
+                    .reconcile_latency
+                    .get_or_create(&latency(operation, sub, rg))
+                    .observe(elapsed);
+                if c.failed.contains(layer) {
+                    self.metrics
+                        .reconcile_fail
+                        .get_or_create(&fail(operation, sub, rg, &c.resource))
+                        .inc();
+                }
+            }
+        }
+        result
+    }
+
+    async fn reconcile_pool_inner(
+        &self,
+        pool_ref: &PoolRef,
+        sgcs: &[Arc<StaticGatewayConfiguration>],
+        pools: &[Arc<GatewayPool>],
+        nodes: &[Arc<Node>],
+        report: &mut PassReport,
+        ctx: &PassContext<'_>,
+    ) -> Result<(), Error> {
+        let reads = ctx.reads;
+        let pool_obj = pools
+            .iter()
+            .find(|p| p.spec.pool_ref().as_ref() == Some(pool_ref));
+        let node_count = pool_ref.gateway_node_count(
+            nodes
+                .iter()
+                .map(|n| (n.labels(), n.spec.as_ref().and_then(|s| s.provider_id.as_deref()))),
+        );
+        let facts = PoolFacts {
+            pool: pool_obj.map(|p| p.spec.clone()),
+            node_count: Some(node_count).filter(|n| *n > 0),
+        };
+
+        // Rules, finalizer, key.
+        let mut keys: BTreeMap<String, (String, ObjectReference)> = BTreeMap::new();
+        let mut configs: Vec<(Arc<StaticGatewayConfiguration>, Config)> = Vec::new();
+        let mut declared_prefix = pool_obj.map(|p| p.spec.public_ip_prefix_size);
+        for sgc in sgcs {
+            let uid = sgc.uid().unwrap_or_default();
+            let deleting = sgc.metadata.deletion_timestamp.is_some();
+            let egress = match (sgc.spec.provision_public_ips, sgc.spec.byo_prefix()) {
+                (false, _) => Egress::Private,
+                (true, Some(Ok(prefix))) => Egress::Byo { prefix },
+                // An ID that does not parse is refused by rule 6 below; a configuration being deleted with one
+                // never had a BYO prefix in Azure, so what it may own is what a managed one would.
+                (true, Some(Err(_)) | None) => Egress::Managed,
+            };
+            if deleting {
+                if sgc.finalizers().iter().any(|f| f == SGC_FINALIZER) {
+                    report.record(sgc, true);
+                    configs.push((
+                        sgc.clone(),
+                        Config {
+                            uid,
+                            egress,
+                            deleting: true,
+                        },
+                    ));
+                }
+                continue;
+            }
+            let verdict = validate_sgc(&sgc.spec, None, &facts);
+            if !verdict.is_allowed() {
+                report.record(sgc, false);
+                report.fail(&uid, &[Layer::Sgc]);
+                self.kube
+                    .write_status(sgc, &Outcome::Invalid(verdict.message()), None)
+                    .await?;
+                continue;
+            }
+            report.record(sgc, true);
+            self.kube.add_finalizer(sgc).await?;
+            let key = self.kube.ensure_key_secret(sgc, ctx.key_secrets).await?;
+            keys.insert(uid.clone(), key);
+            if declared_prefix.is_none() {
+                declared_prefix = sgc.spec.vmss_profile().map(|p| p.public_ip_prefix_size);
+            }
+            configs.push((
+                sgc.clone(),
+                Config {
+                    uid,
+                    egress,
+                    deleting: false,
+                },
+            ));
+        }
+        // A GatewayPool reports its instances (and Ready) even before a configuration uses it, so whoever
+        // declared it (kubectl, Terraform) can wait for it; a pool nobody declared has nothing to report.
+        let live_pool_obj = pool_obj.filter(|p| p.metadata.deletion_timestamp.is_none());
+        if configs.is_empty() && live_pool_obj.is_none() {
+            return Ok(());
+        }
+
+        let resolved = match observe::resolve_in(&self.arm, &self.cfg, pool_ref, declared_prefix, reads).await
+        {
+            Ok(r) => r,
+            Err(PoolError::NotFound(m)) => {
+                if let Some(p) = live_pool_obj {
+                    let old = p.status.clone().unwrap_or_default();
+                    self.kube
+                        .write_pool_status(p, &pool_not_found_status(&old, p.metadata.generation, &m))
+                        .await?;
+                }
+                // Nothing to clean on a pool that is gone, except the LB rules and prefixes (found by name).
+                for (sgc, c) in &configs {
+                    if !c.deleting {
+                        report.fail(&c.uid, &[Layer::Lb, Layer::Vm]);
+                    }
+                    if c.deleting {
+                        apply::cleanup_without_pool(&self.arm, &self.cfg, c, self.probe_port)
+                            .await
+                            .map_err(PoolError::from)?;
+                        reads.forget(); // it wrote the load balancer
+                        self.kube.finish_deletion(sgc).await?;
+                    } else {
+                        let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
+                        self.kube
+                            .write_status(sgc, &Outcome::PoolNotFound(m.clone()), key)
+                            .await?;
+                    }
+                }
+                return Ok(());
+            }
+            Err(e @ PoolError::PrefixSize(_)) => {
+                report.fail_all(Layer::of_pool_error(&e));
+                for (sgc, c) in configs.iter() {
+                    if c.deleting {
+                        continue;
+                    }
+                    let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
+                    self.kube
+                        .write_status(sgc, &Outcome::PrefixSizeMismatch(e.to_string()), key)
+                        .await?;
+                }
+                return Err(e.into());
+            }
+            Err(e) => {
+                report.fail_all(Layer::of_pool_error(&e));
+                return self.fail_all(&configs, &keys, e).await;
+            }
+        };
+
+        // BYO prefixes: same subscription, right length (upstream's checks), CIDR for the status.
+        let mut byo_cidrs = BTreeMap::new();
+        let mut blocked: BTreeSet<String> = BTreeSet::new();
+        for (sgc, c) in configs.iter() {
+            if c.deleting {
+                continue;
+            }
+            let Egress::Byo { prefix } = &c.egress else {
+                continue;
+            };
+            match self.check_byo(prefix, resolved.pool.prefix_len).await {
+                Ok(cidr) => {
+                    byo_cidrs.insert(prefix.name.to_ascii_lowercase(), cidr);
+                }
+                Err(outcome) => {
+                    report.fail(&c.uid, &[Layer::Vm]);
+                    let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
+                    self.kube.write_status(sgc, &outcome, key).await?;
+                    blocked.insert(c.uid.clone());
+                }
+            }
+        }
+        let plan_configs: Vec<Config> = configs
+            .iter()
+            .filter(|(_, c)| !blocked.contains(&c.uid))
+            .map(|(_, c)| c.clone())
+            .collect();
+
+        let outcome = match apply::reconcile_in(
+            &self.arm,
+            &self.cfg,
+            &resolved,
+            &plan_configs,
+            &byo_cidrs,
+            self.probe_port,
+            reads,
+        )
+        .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                report.fail_all(Layer::of_pool_error(&e));
+                return self.fail_all(&configs, &keys, e).await;
+            }
+        };
+        tracing::info!(pool = %pool_ref, writes = outcome.writes, "pool reconciled");
+        let pending_ops = outcome
+            .state
+            .instances
+            .iter()
+            .map(|i| i.provisioning_state.as_str())
+            .chain(
+                outcome
+                    .state
+                    .vm_nics
+                    .iter()
+                    .map(|n| n.provisioning_state.as_str()),
+            )
+            .any(|p| !p.eq_ignore_ascii_case("Succeeded"));
+        let incomplete = outcome.facts.values().any(|f| !f.is_complete());
+        if outcome.writes > 0 || pending_ops || incomplete {
+            self.converging
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pool_ref.key());
+        }
+        if let Some(p) = pool_obj {
+            let wanted: Vec<String> = plan_configs
+                .iter()
+                .filter(|c| !c.deleting && !outcome.plan.problems.contains_key(&c.uid))
+                .map(|c| api::names::managed_resource_name(&c.uid))
+                .collect();
+            let node_ids: Vec<NodeIdentity> = nodes.iter().map(|n| NodeIdentity::of(n)).collect();
+            let new = pool_status(
+                &p.status.clone().unwrap_or_default(),
+                p.metadata.generation,
+                &resolved.pool,
+                &outcome.state,
+                &wanted,
+                &node_ids,
+            );
+            self.kube.write_pool_status(p, &new).await?;
+        }
+        for (sgc, c) in &configs {
+            if blocked.contains(&c.uid) {
+                continue;
+            }
+            if c.deleting {
+                self.kube.finish_deletion(sgc).await?;
+                continue;
+            }
+            let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
+            let o = match outcome.plan.problems.get(&c.uid) {
+                Some(p @ ConfigProblem::PrefixSizeMismatch { .. }) => {
+                    report.fail(&c.uid, &[Layer::Vm]);
+                    Outcome::PrefixSizeMismatch(p.to_string())
+                }
+                Some(p @ ConfigProblem::NoAvailablePorts(_)) => {
+                    report.fail(&c.uid, &[Layer::Lb]);
+                    Outcome::Blocked(p.to_string())
+                }
+                None => Outcome::Provisioned(outcome.facts.get(&c.uid).cloned().unwrap_or_default()),
+            };
+            self.kube.write_status(sgc, &o, key).await?;
+        }
+        Ok(())
+    }
+
+    async fn fail_all(
+        &self,
+        configs: &[(Arc<StaticGatewayConfiguration>, Config)],
+        keys: &BTreeMap<String, (String, ObjectReference)>,
+        e: PoolError,
+    ) -> Result<(), Error> {
+        let (reason, message) = match &e {
+            PoolError::Arm(a) => (a.reason(), a.to_string()),
+            other => (REASON_AZURE_ERROR, other.to_string()),
+        };
+        for (sgc, c) in configs.iter() {
+            if c.deleting {
+                continue;
+            }
+            let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
+            let outcome = Outcome::AzureFailed {
+                reason,
+                message: message.clone(),
+            };
+            self.kube.write_status(sgc, &outcome, key).await?;
+        }
+        Err(e.into())
+    }
+
+    /// A BYO prefix's checks (upstream's): same subscription as the cluster, the pool's length, an address
+    /// range; returns its CIDR. The ID was parsed (and its syntax checked by rule 6) before.
+    async fn check_byo(&self, id: &api::arm::PublicIpPrefixId, required: i32) -> Result<String, Outcome> {
+        let prefix_id = id.to_string();
+        if !id.subscription.eq_ignore_ascii_case(&self.cfg.subscription_id) {
+            return Err(Outcome::Invalid(format!(
+                "public ip prefix subscription({}) is not in the same subscription({})",
+                id.subscription, self.cfg.subscription_id
+            )));
+        }
+        let failed = |e: ArmError| Outcome::AzureFailed {
+            reason: e.reason(),
+            message: format!("failed to get public ip prefix({prefix_id}): {e}"),
+        };
+        let p = self
+            .arm
+            .get_prefix(&id.resource_group, &id.name)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| Outcome::Blocked(format!("public ip prefix({prefix_id}) does not exist")))?;
+        let p = crate::azure::json::prefix_from_json(&p);
+        match p.prefix_len {
+            Some(l) if l == required => p.cidr.ok_or_else(|| {
+                Outcome::Blocked(format!("public ip prefix({prefix_id}) has no address range yet"))
+            }),
+            Some(l) => Err(Outcome::PrefixSizeMismatch(format!(
+                "provided public ip prefix has invalid length({l}), required({required})"
+            ))),
+            None => Err(Outcome::Blocked(format!(
+                "public ip prefix({prefix_id}) has empty properties"
+            ))),
+        }
+    }
+
+    /// One pass over every pool (or the pools in `only`), from objects listed from the API server now. The work
+    /// loop runs [`Operator::pass`] from its watch caches instead; this is for tools and tests that drive passes
+    /// themselves. Returns how many pools were reconciled, or the first error.
+    pub async fn reconcile_pools(&self, only: Option<&BTreeSet<PoolKey>>) -> Result<usize, Error> {
+        let inputs = Inputs {
+            sgcs: self.kube.list_all().await?,
+            pools: self.kube.list_all().await?,
+            nodes: self.kube.list_all().await?,
+            key_secrets: None,
+        };
+        let out = self.pass(&inputs, only).await;
+        match out.error {
+            Some(e) => Err(e),
+            None => Ok(out.reconciled.len()),
+        }
+    }
+
+    /// One pass over every pool that has configurations or a GatewayPool (or only the pools in `only`, by
+    /// [`PoolRef::key`]), working from `inputs`: the periodic drift repair, and what the watch loop runs for the
+    /// pools an event touched. Pools that are still converging are added to [`Operator::take_converging`].
+    pub async fn pass(&self, inputs: &Inputs, only: Option<&BTreeSet<PoolKey>>) -> PassOutcome {
+        self.passes
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut out = PassOutcome::default();
+        self.pass_inner(inputs, only, &mut out).await;
+        self.passes
+            .finished
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        out
+    }
+
+    async fn pass_inner(&self, inputs: &Inputs, only: Option<&BTreeSet<PoolKey>>, out: &mut PassOutcome) {
+        let Inputs {
+            sgcs,
+            pools,
+            nodes,
+            key_secrets,
+        } = inputs;
+        let mut by_pool: BTreeMap<PoolKey, (PoolRef, Vec<Arc<StaticGatewayConfiguration>>)> = BTreeMap::new();
+        for sgc in sgcs {
+            let Some(r) = sgc.spec.pool_ref() else {
+                // Rule 1 broken: report it (no pool to group by).
+                let result = if sgc.metadata.deletion_timestamp.is_none() {
+                    let verdict = validate_sgc(&sgc.spec, None, &PoolFacts::default());
+                    self.kube
+                        .write_status(sgc, &Outcome::Invalid(verdict.message()), None)
+                        .await
+                } else if sgc.finalizers().iter().any(|f| f == SGC_FINALIZER) {
+                    self.kube.finish_deletion(sgc).await
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = result {
+                    out.fail_outside_pools(e.into());
+                }
+                continue;
+            };
+            let key = r.key();
+            by_pool
+                .entry(key)
+                .or_insert_with(|| (r, Vec::new()))
+                .1
+                .push(sgc.clone());
+        }
+        // GatewayPools carry a finalizer while configurations use them, so a pool object cannot vanish under
+        // its configurations (it is what admission checks rule 4 against).
+        let mut held: Vec<&GatewayPool> = Vec::new();
+        for p in pools {
+            let Some(r) = p.spec.pool_ref() else { continue };
+            let used = by_pool.contains_key(&r.key());
+            let has = p.finalizers().iter().any(|f| f == api::names::POOL_FINALIZER);
+            let result = match (p.metadata.deletion_timestamp.is_some(), has, used) {
+                (false, false, _) => {
+                    let finalizers = p
+                        .finalizers()
+                        .iter()
+                        .cloned()
+                        .chain([api::names::POOL_FINALIZER.to_string()])
+                        .collect();
+                    self.kube.set_pool_finalizers(p, finalizers).await
+                }
+                // Released after the pool passes below if they deleted its last configurations.
+                (true, true, true) => {
+                    held.push(p);
+                    Ok(())
+                }
+                (true, true, false) => self.kube.release_pool(p).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                out.fail_outside_pools(e.into());
+            }
+        }
+        // Reads the pools of this pass share (listings, the load balancer), forgotten at any write.
+        let reads = PassReads::default();
+        // Declared pools no configuration uses yet still get a pass (their status).
+        for p in pools.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+            if let Some(r) = p.spec.pool_ref() {
+                by_pool.entry(r.key()).or_insert_with(|| (r, Vec::new()));
+            }
+        }
+        for (key, (r, mut list)) in by_pool {
+            if only.is_some_and(|o| !o.contains(&key)) {
+                continue;
+            }
+            list.sort_by_key(|s| s.metadata.creation_timestamp.clone().map(|t| t.0));
+            out.reconciled.insert(key.clone());
+            let ctx = PassContext {
+                reads: &reads,
+                key_secrets: key_secrets.as_ref(),
+            };
+            if let Err(e) = self.reconcile_pool(&r, &list, pools, nodes, &ctx).await {
+                out.failed.insert(key);
+                out.error.get_or_insert(e);
+            }
+        }
+        if let Err(e) = self.release_pools_left_unused(&held).await {
+            out.fail_outside_pools(e.into());
+        }
+    }
+
+    /// The pools found converging since the last call (writes just made, instance operations pending, addresses
+    /// not yet allocated), by [`PoolRef::key`]: the work loop looks at exactly these again soon.
+    pub fn take_converging(&self) -> BTreeSet<PoolKey> {
+        std::mem::take(&mut *self.converging.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Deleted pools that still had configurations when the pass began: those whose last configuration went
+    /// in this pass are released now (read again, as the pass may have written their status).
+    async fn release_pools_left_unused(&self, held: &[&GatewayPool]) -> Result<(), kube::Error> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let used: BTreeSet<PoolKey> = self
+            .kube
+            .list_all::<StaticGatewayConfiguration>()
+            .await?
+            .iter()
+            .filter_map(|s| s.spec.pool_ref())
+            .map(|r| r.key())
+            .collect();
+        let api = kube::Api::<GatewayPool>::all(self.kube.client.clone());
+        for p in held {
+            if p.spec.pool_ref().is_some_and(|r| used.contains(&r.key())) {
+                continue;
+            }
+            if let Some(p) = api.get_opt(&p.name_any()).await? {
+                self.kube.release_pool(&p).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How often every pool is re-read to repair drift (upstream: 5 minutes).
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
