@@ -6,10 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use api::PoolRef;
 use operator::azure::Arm;
-use operator::azure::apply::{self, PoolOutcome};
-use operator::azure::observe::{self, ResolvedPool};
+use operator::azure::apply::PoolOutcome;
+use operator::azure::observe::ResolvedPool;
 use operator::config::CloudConfig;
 use operator::desired::{Config, Egress};
 use operator::metrics::Metrics;
@@ -18,6 +17,9 @@ use testbed::azure::world::{dropped_fields, foreign_fields};
 use testbed::azure::{AzureSim, Seed};
 
 mod common;
+mod pool_support;
+
+use pool_support::deleting;
 
 const LB_ID: &str = "/subscriptions/00000000-0000-0000-0000-00000000a5b1/resourceGroups/node-rg/providers/Microsoft.Network/loadBalancers/kubeegressgateway-ilb";
 
@@ -45,26 +47,12 @@ fn configs(uids: &[&str], egress: &Egress) -> Vec<Config> {
         .collect()
 }
 
-fn deleting(configs: &[Config]) -> Vec<Config> {
-    configs
-        .iter()
-        .map(|c| Config {
-            deleting: true,
-            ..c.clone()
-        })
-        .collect()
-}
-
 async fn resolve(env: &Env) -> ResolvedPool {
-    observe::resolve(&env.arm, &env.cfg, &PoolRef::Nodepool("gateway".into()), None)
-        .await
-        .expect("pool found")
+    pool_support::resolve(&env.arm, &env.cfg).await
 }
 
 async fn run(env: &Env, pool: &ResolvedPool, configs: &[Config]) -> PoolOutcome {
-    apply::reconcile(&env.arm, &env.cfg, pool, configs, &BTreeMap::new(), 8082)
-        .await
-        .expect("reconcile")
+    pool_support::reconcile(&env.arm, &env.cfg, pool, configs).await
 }
 
 /// Every resource's unknown properties, by resource ID.
