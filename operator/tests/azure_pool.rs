@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use api::PoolRef;
 use operator::azure::Arm;
 use operator::azure::apply::{self, PoolOutcome};
 use operator::azure::observe::{self, ResolvedPool};
@@ -14,6 +13,9 @@ use serde_json::{Value, json};
 use testbed::azure::{AzureSim, FaultSpec, LroConfig, Seed};
 
 mod common;
+mod pool_support;
+
+use pool_support::deleting;
 
 struct Env {
     sim: AzureSim,
@@ -35,10 +37,6 @@ async fn start(seed: Seed) -> Env {
     }
 }
 
-fn gateway() -> PoolRef {
-    PoolRef::Nodepool("gateway".into())
-}
-
 fn managed(n: usize) -> Vec<Config> {
     (0..n)
         .map(|i| Config {
@@ -49,26 +47,12 @@ fn managed(n: usize) -> Vec<Config> {
         .collect()
 }
 
-fn deleting(configs: &[Config]) -> Vec<Config> {
-    configs
-        .iter()
-        .map(|c| Config {
-            deleting: true,
-            ..c.clone()
-        })
-        .collect()
-}
-
 async fn resolve(env: &Env) -> ResolvedPool {
-    observe::resolve(&env.arm, &env.cfg, &gateway(), None)
-        .await
-        .expect("pool found")
+    pool_support::resolve(&env.arm, &env.cfg).await
 }
 
 async fn run(env: &Env, pool: &ResolvedPool, configs: &[Config]) -> PoolOutcome {
-    apply::reconcile(&env.arm, &env.cfg, pool, configs, &BTreeMap::new(), 8082)
-        .await
-        .expect("reconcile")
+    pool_support::reconcile(&env.arm, &env.cfg, pool, configs).await
 }
 
 fn writes(env: &Env, method: &str, path: &str) -> usize {

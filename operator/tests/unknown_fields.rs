@@ -6,10 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use api::PoolRef;
 use operator::azure::Arm;
-use operator::azure::apply::{self, PoolOutcome};
-use operator::azure::observe::{self, ResolvedPool};
+use operator::azure::observe::ResolvedPool;
 use operator::config::CloudConfig;
 use operator::desired::{Config, Egress};
 use operator::metrics::Metrics;
@@ -18,6 +16,9 @@ use testbed::azure::world::{dropped_fields, foreign_fields};
 use testbed::azure::{AzureSim, Seed};
 
 mod common;
+mod pool_support;
+
+use pool_support::deleting;
 
 const LB_ID: &str = "/subscriptions/00000000-0000-0000-0000-00000000a5b1/resourceGroups/node-rg/providers/Microsoft.Network/loadBalancers/kubeegressgateway-ilb";
 
@@ -43,28 +44,6 @@ fn configs(uids: &[&str], egress: &Egress) -> Vec<Config> {
             deleting: false,
         })
         .collect()
-}
-
-fn deleting(configs: &[Config]) -> Vec<Config> {
-    configs
-        .iter()
-        .map(|c| Config {
-            deleting: true,
-            ..c.clone()
-        })
-        .collect()
-}
-
-async fn resolve(env: &Env) -> ResolvedPool {
-    observe::resolve(&env.arm, &env.cfg, &PoolRef::Nodepool("gateway".into()), None)
-        .await
-        .expect("pool found")
-}
-
-async fn run(env: &Env, pool: &ResolvedPool, configs: &[Config]) -> PoolOutcome {
-    apply::reconcile(&env.arm, &env.cfg, pool, configs, &BTreeMap::new(), 8082)
-        .await
-        .expect("reconcile")
 }
 
 /// Every resource's unknown properties, by resource ID.
@@ -155,18 +134,18 @@ async fn a_scale_set_pool_keeps_every_field_it_does_not_own() {
         "{seeded:?}"
     );
     let before = common::resources(&env.sim);
-    let pool = resolve(&env).await;
+    let pool = pool_support::resolve(&env.arm, &env.cfg).await;
 
     // Create.
     let mut all = configs(&["a", "b"], &Egress::Managed);
-    let out = run(&env, &pool, &all).await;
+    let out = pool_support::reconcile(&env.arm, &env.cfg, &pool, &all).await;
     assert!(out.writes > 0);
     assert_kept(&env, &seeded, "create");
 
     // Update: one more configuration, one fewer.
     all.extend(configs(&["c"], &Egress::Managed));
     all[0].deleting = true;
-    run(&env, &pool, &all).await;
+    pool_support::reconcile(&env.arm, &env.cfg, &pool, &all).await;
     all.remove(0);
     assert_kept(&env, &seeded, "update");
 
@@ -188,12 +167,12 @@ async fn a_scale_set_pool_keeps_every_field_it_does_not_own() {
             |n| !n.eq_ignore_ascii_case(&ip_config),
         );
     });
-    let repaired = run(&env, &pool, &all).await;
+    let repaired = pool_support::reconcile(&env.arm, &env.cfg, &pool, &all).await;
     assert!(repaired.writes >= 2, "{:?}", repaired.plan);
     assert_kept(&env, &seeded, "drift repair");
 
     // Delete every configuration: the load balancer stays for its other owner.
-    run(&env, &pool, &deleting(&all)).await;
+    pool_support::reconcile(&env.arm, &env.cfg, &pool, &deleting(&all)).await;
     assert_kept(&env, &seeded, "delete");
     let lb = env
         .arm
@@ -223,15 +202,21 @@ async fn a_vm_pool_keeps_every_field_of_its_nics() {
         "{seeded:?}"
     );
     let before = common::resources(&env.sim);
-    let pool = resolve(&env).await;
+    let pool = pool_support::resolve(&env.arm, &env.cfg).await;
 
     let mut all = configs(&["a"], &Egress::Private);
     all.extend(configs(&["b"], &Egress::Managed));
-    run(&env, &pool, &all).await;
+    pool_support::reconcile(&env.arm, &env.cfg, &pool, &all).await;
     assert_kept(&env, &seeded, "create");
-    assert_eq!(run(&env, &pool, &all).await.writes, 0, "steady state");
+    assert_eq!(
+        pool_support::reconcile(&env.arm, &env.cfg, &pool, &all)
+            .await
+            .writes,
+        0,
+        "steady state"
+    );
 
-    run(&env, &pool, &deleting(&all)).await;
+    pool_support::reconcile(&env.arm, &env.cfg, &pool, &deleting(&all)).await;
     assert_kept(&env, &seeded, "delete");
     assert_eq!(common::resources(&env.sim), before, "nothing of ours is left");
     assert_puts_keep_everything(&env, &owned_names(&pool, &all));
