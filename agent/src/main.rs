@@ -12,13 +12,13 @@ use agent::gateway::probe::{self, ProbeState};
 use agent::gateway::run::GatewayLoop;
 use agent::gateway::select::NodeSettings;
 use agent::gateway::tunnels::{TunnelReader, TunnelView, drain, run_metrics};
-use agent::node::peer_watch::{self, WatchSettings};
-use futures::FutureExt as _;
 use agent::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting};
+use agent::node::peer_watch::{self, WatchSettings};
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use cni::netns::Netns;
 use cni::wg::{BackendKind, WireGuard};
+use futures::FutureExt as _;
 use tokio::sync::watch;
 
 /// Drain delay when the flag is absent or 0 (upstream #1347).
@@ -107,10 +107,10 @@ struct Args {
     /// Node mode: restart a pod's tunnel session when it sends without hearing back (fast failover).
     #[arg(long, env = "POD_TUNNEL_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     pod_tunnel_watch: bool,
-    /// Node mode: where the pods' network namespaces are, for pods on kernel WireGuard (empty: userspace pods
+    /// Node mode: where the pods' network namespaces are, for pods on kernel WireGuard (absent: userspace pods
     /// only, found by their sockets in /var/run/wireguard).
-    #[arg(long, env = "POD_NETNS_DIR", default_value = "")]
-    pod_netns_dir: PathBuf,
+    #[arg(long, env = "POD_NETNS_DIR")]
+    pod_netns_dir: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -326,7 +326,10 @@ async fn run_gateway(
             d => d,
         };
         admin_state.metrics.gateway_draining.set(1);
-        tracing::info!(max_seconds = delay, "shutting down: probe answers 503; forwarding until the pods have moved");
+        tracing::info!(
+            max_seconds = delay,
+            "shutting down: probe answers 503; forwarding until the pods have moved"
+        );
         let end = drain(&tunnels, &probe_state, DRAIN_QUIET, Duration::from_secs(delay)).await;
         tracing::info!(?end, "drain finished");
     }
@@ -363,10 +366,18 @@ async fn run_node(
     if args.pod_tunnel_watch {
         let devices = peer_watch::Devices {
             socket_dir: cni::wg::userspace_socket_dir(),
-            netns_dir: (!args.pod_netns_dir.as_os_str().is_empty()).then(|| args.pod_netns_dir.clone()),
+            netns_dir: args.pod_netns_dir.clone(),
             skip_netns: args.netns_name.clone(),
         };
-        tasks.spawn(peer_watch::run(WatchSettings::default(), devices, metrics.clone(), stop_rx.clone()).map(Ok));
+        tasks.spawn(
+            peer_watch::run(
+                WatchSettings::default(),
+                devices,
+                metrics.clone(),
+                stop_rx.clone(),
+            )
+            .map(Ok),
+        );
     }
     let conf = ConfManager {
         dir: args.cni_conf_dir.clone(),

@@ -493,7 +493,10 @@ impl WireGuard {
         let key = Key::from_base64(&peer.public_key).map_err(|_| WgError::Control {
             op: "restart session",
             link: h.ifname.clone(),
-            msg: format!("peer public key {:?} is not a base64 WireGuard key", peer.public_key),
+            msg: format!(
+                "peer public key {:?} is not a base64 WireGuard key",
+                peer.public_key
+            ),
         })?;
         let ips: Vec<AllowedIp> = peer
             .allowed_ips
@@ -507,13 +510,13 @@ impl WireGuard {
         if self.kind == BackendKind::Userspace {
             // Not through `DeviceUpdate::apply`: for a socket that is gone (the pod was just deleted) it
             // would start a new wireguard-go under that name.
-            return uapi_set(&h.control_name, &restart_session_uapi(peer, &key.as_bytes()[..])).map_err(|msg| {
-                WgError::Control {
+            return uapi_set(&h.control_name, &restart_session_uapi(peer, &key.as_bytes()[..])).map_err(
+                |msg| WgError::Control {
                     op: "restart session",
                     link: h.ifname.clone(),
                     msg,
-                }
-            });
+                },
+            );
         }
         let mut again = PeerConfigBuilder::new(&key).add_allowed_ips(&ips);
         if let Some(e) = peer.endpoint {
@@ -587,7 +590,8 @@ fn uapi_set(control_name: &str, request: &str) -> Result<(), String> {
         .map_err(|e| format!("connect {}: {e}", path.display()))?;
     sock.set_read_timeout(Some(std::time::Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
-    sock.write_all(request.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    sock.write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     for line in std::io::BufReader::new(sock).lines() {
         let line = line.map_err(|e| format!("read: {e}"))?;
         if let Some(errno) = line.strip_prefix("errno=") {

@@ -40,11 +40,18 @@ impl ProbeState {
     /// Whether a probe of an active configuration has been answered 503 since the drain started.
     pub fn drain_seen(&self) -> bool {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        g.refused_while_draining.load(std::sync::atomic::Ordering::Acquire) > 0
+        g.refused_while_draining
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
     }
     /// Whether any configuration is active here.
     pub fn any_active(&self) -> bool {
-        !self.inner.read().unwrap_or_else(|p| p.into_inner()).active.is_empty()
+        !self
+            .inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .active
+            .is_empty()
     }
     /// The status for a path.
     pub fn status_for(&self, path: &str) -> StatusCode {
@@ -98,7 +105,10 @@ mod tests {
         s.drain();
         assert!(!s.drain_seen(), "no probe answered since");
         assert_eq!(s.status_for("/gw/u2"), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(!s.drain_seen(), "u2 is not active here: not our load balancer's probe");
+        assert!(
+            !s.drain_seen(),
+            "u2 is not active here: not our load balancer's probe"
+        );
         assert_eq!(s.status_for("/gw/u1"), StatusCode::SERVICE_UNAVAILABLE);
         assert!(s.drain_seen());
         assert!(s.any_active());

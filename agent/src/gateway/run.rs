@@ -21,8 +21,8 @@ use tokio::sync::{Notify, watch};
 use super::apply::{ApplyReport, GatewayApplier};
 use super::plan::{GatewayPlan, gateway_plan};
 use super::probe::ProbeState;
-use super::tunnels::{TunnelLink, TunnelView};
 use super::select::{KeySecrets, NodeSettings, active_uids, gateway_status, select};
+use super::tunnels::{TunnelLink, TunnelView};
 use crate::metrics::Metrics;
 use crate::node::kube_cluster::FIELD_MANAGER;
 

@@ -77,7 +77,10 @@ pub fn read(wg: &WireGuard, netns: &Netns, links: &[TunnelLink]) -> Reading {
         .filter_map(|l| {
             let name = l["ifname"].as_str()?.to_string();
             let stats = &l["stats64"];
-            Some((name, (stats["rx"]["packets"].as_u64(), stats["tx"]["packets"].as_u64())))
+            Some((
+                name,
+                (stats["rx"]["packets"].as_u64(), stats["tx"]["packets"].as_u64()),
+            ))
         })
         .collect();
     let mut out = Reading::default();
@@ -159,7 +162,8 @@ pub fn summarize(now: SystemTime, reading: &Reading, previous: Option<&Reading>)
                 .iter()
                 .filter(|p| match (p.last_handshake, before.get(p.public_key.as_str())) {
                     (Some(now_h), Some(Some(prev_h))) => {
-                        now_h != *prev_h && now.duration_since(*prev_h).unwrap_or_default() >= SESSION_LIFETIME
+                        now_h != *prev_h
+                            && now.duration_since(*prev_h).unwrap_or_default() >= SESSION_LIFETIME
                     }
                     (Some(_), Some(None)) => true,
                     // First reading of this peer: its session is not new to us.
@@ -319,17 +323,38 @@ pub async fn run_metrics(
             // which is not a negative increase.
             let grow = |now: u64, was: Option<u64>| was.map_or(0, |w| now.saturating_sub(w));
             metrics.tunnel_peers.get_or_create(&l).set(s.peers as i64);
-            metrics.tunnel_active_peers.get_or_create(&l).set(s.active_peers as i64);
-            metrics.tunnel_rx_bytes.get_or_create(&l).inc_by(grow(s.rx_bytes, was.map(|w| w.rx_bytes)));
-            metrics.tunnel_tx_bytes.get_or_create(&l).inc_by(grow(s.tx_bytes, was.map(|w| w.tx_bytes)));
+            metrics
+                .tunnel_active_peers
+                .get_or_create(&l)
+                .set(s.active_peers as i64);
+            metrics
+                .tunnel_rx_bytes
+                .get_or_create(&l)
+                .inc_by(grow(s.rx_bytes, was.map(|w| w.rx_bytes)));
+            metrics
+                .tunnel_tx_bytes
+                .get_or_create(&l)
+                .inc_by(grow(s.tx_bytes, was.map(|w| w.tx_bytes)));
             if let Some(p) = s.rx_packets {
-                metrics.tunnel_rx_packets.get_or_create(&l).inc_by(grow(p, was.and_then(|w| w.rx_packets)));
+                metrics
+                    .tunnel_rx_packets
+                    .get_or_create(&l)
+                    .inc_by(grow(p, was.and_then(|w| w.rx_packets)));
             }
             if let Some(p) = s.tx_packets {
-                metrics.tunnel_tx_packets.get_or_create(&l).inc_by(grow(p, was.and_then(|w| w.tx_packets)));
+                metrics
+                    .tunnel_tx_packets
+                    .get_or_create(&l)
+                    .inc_by(grow(p, was.and_then(|w| w.tx_packets)));
             }
-            metrics.tunnel_sessions_started.get_or_create(&l).inc_by(s.sessions_started);
-            let set_age = |f: &prometheus_client::metrics::family::Family<ConfigurationLabels, crate::metrics::FloatGauge>,
+            metrics
+                .tunnel_sessions_started
+                .get_or_create(&l)
+                .inc_by(s.sessions_started);
+            let set_age = |f: &prometheus_client::metrics::family::Family<
+                ConfigurationLabels,
+                crate::metrics::FloatGauge,
+            >,
                            v: Option<Duration>| match v {
                 Some(d) => {
                     f.get_or_create(&l).set(d.as_secs_f64());
@@ -339,7 +364,10 @@ pub async fn run_metrics(
                 }
             };
             set_age(&metrics.tunnel_newest_handshake_age, s.newest_handshake_age);
-            set_age(&metrics.tunnel_oldest_active_handshake_age, s.oldest_active_handshake_age);
+            set_age(
+                &metrics.tunnel_oldest_active_handshake_age,
+                s.oldest_active_handshake_age,
+            );
         }
         for gone in shown.difference(&now_shown) {
             let l = ConfigurationLabels {
@@ -369,11 +397,20 @@ pub async fn run_metrics(
 
 /// Drains on shutdown: the probe already answers 503; this keeps the agent (and its node) up, forwarding,
 /// until [`DrainWatch`] says the pods have moved or `max` passed. Reads the tunnels every 200 ms.
-pub async fn drain(reader: &TunnelReader, probe: &super::probe::ProbeState, quiet: Duration, max: Duration) -> DrainEnd {
+pub async fn drain(
+    reader: &TunnelReader,
+    probe: &super::probe::ProbeState,
+    quiet: Duration,
+    max: Duration,
+) -> DrainEnd {
     let started = tokio::time::Instant::now();
     let mut watch = DrainWatch::new(quiet, max);
     loop {
-        let rx = reader.read().await.map(|r| received_by_peer(&r)).unwrap_or_default();
+        let rx = reader
+            .read()
+            .await
+            .map(|r| received_by_peer(&r))
+            .unwrap_or_default();
         if let Some(end) = watch.observe(started.elapsed(), probe.any_active(), probe.drain_seen(), rx) {
             return end;
         }
@@ -399,11 +436,22 @@ mod tests {
         // Traffic keeps arriving and no probe has been refused yet.
         assert_eq!(d.observe(ms(0), true, false, rx(10)), None);
         assert_eq!(d.observe(ms(400), true, false, rx(20)), None);
-        assert_eq!(d.observe(ms(1_600), true, false, rx(20)), None, "quiet but the LB was not told");
-        assert_eq!(d.observe(ms(1_800), true, true, rx(30)), None, "told, still arriving");
+        assert_eq!(
+            d.observe(ms(1_600), true, false, rx(20)),
+            None,
+            "quiet but the LB was not told"
+        );
+        assert_eq!(
+            d.observe(ms(1_800), true, true, rx(30)),
+            None,
+            "told, still arriving"
+        );
         assert_eq!(d.observe(ms(2_000), true, true, rx(30)), None);
         assert_eq!(d.observe(ms(2_600), true, true, rx(30)), None, "800 ms quiet");
-        assert_eq!(d.observe(ms(2_800), true, true, rx(30)), Some(DrainEnd::PodsMoved));
+        assert_eq!(
+            d.observe(ms(2_800), true, true, rx(30)),
+            Some(DrainEnd::PodsMoved)
+        );
     }
 
     #[test]
@@ -411,7 +459,10 @@ mod tests {
         let mut d = DrainWatch::new(ms(1_000), ms(30_000));
         assert_eq!(d.observe(ms(0), true, false, rx(10)), None);
         assert_eq!(d.observe(ms(3_000), true, false, rx(10)), None);
-        assert_eq!(d.observe(ms(3_200), true, true, rx(10)), Some(DrainEnd::PodsMoved));
+        assert_eq!(
+            d.observe(ms(3_200), true, true, rx(10)),
+            Some(DrainEnd::PodsMoved)
+        );
     }
 
     #[test]
@@ -421,7 +472,10 @@ mod tests {
         assert_eq!(d.observe(ms(200), true, true, rx(10)), None);
         assert_eq!(d.observe(ms(800), true, true, rx(11)), None, "a late packet");
         assert_eq!(d.observe(ms(1_600), true, true, rx(11)), None);
-        assert_eq!(d.observe(ms(1_800), true, true, rx(11)), Some(DrainEnd::PodsMoved));
+        assert_eq!(
+            d.observe(ms(1_800), true, true, rx(11)),
+            Some(DrainEnd::PodsMoved)
+        );
     }
 
     #[test]
@@ -432,20 +486,29 @@ mod tests {
         two.insert(("wg-6000".into(), "k2".into()), 0);
         assert_eq!(d.observe(ms(800), true, true, two), None, "new peer");
         assert_eq!(d.observe(ms(1_200), true, true, BTreeMap::new()), None);
-        assert_eq!(d.observe(ms(1_800), true, true, BTreeMap::new()), Some(DrainEnd::PodsMoved));
+        assert_eq!(
+            d.observe(ms(1_800), true, true, BTreeMap::new()),
+            Some(DrainEnd::PodsMoved)
+        );
     }
 
     #[test]
     fn drain_ends_at_once_without_configurations_and_at_the_limit_otherwise() {
         let mut d = DrainWatch::new(ms(1_000), ms(5_000));
-        assert_eq!(d.observe(ms(0), false, false, rx(1)), Some(DrainEnd::NothingActive));
+        assert_eq!(
+            d.observe(ms(0), false, false, rx(1)),
+            Some(DrainEnd::NothingActive)
+        );
         let mut d = DrainWatch::new(ms(1_000), ms(5_000));
         let mut n = 0;
         for t in (0..5_000).step_by(200) {
             n += 1;
             assert_eq!(d.observe(ms(t), true, true, rx(n)), None);
         }
-        assert_eq!(d.observe(ms(5_000), true, true, rx(n + 1)), Some(DrainEnd::TimedOut));
+        assert_eq!(
+            d.observe(ms(5_000), true, true, rx(n + 1)),
+            Some(DrainEnd::TimedOut)
+        );
     }
 
     fn peer(key: &str, rx: u64, tx: u64, hs: Option<SystemTime>) -> PeerStats {

@@ -189,7 +189,9 @@ impl PeerTrack {
 
     /// Whether the pending restart's handshake has been answered (the gateway is reachable).
     fn restart_shook_hands(&self, handshake_now: Option<SystemTime>) -> bool {
-        self.pending_restart.is_some() && handshake_now.is_some() && handshake_now != self.handshake_at_restart
+        self.pending_restart.is_some()
+            && handshake_now.is_some()
+            && handshake_now != self.handshake_at_restart
     }
 
     /// The earliest time the next restart is allowed.
@@ -353,7 +355,10 @@ impl PodNames {
     /// Records a pod's key.
     pub fn remember(&self, public_key: &str, namespace: &str, name: &str) {
         let mut g = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert(public_key.to_string(), (format!("{namespace}/{name}"), Instant::now()));
+        g.insert(
+            public_key.to_string(),
+            (format!("{namespace}/{name}"), Instant::now()),
+        );
     }
     /// The pod of a key, or empty.
     fn name(&self, public_key: &str) -> String {
@@ -443,7 +448,12 @@ pub struct Devices {
 
 /// Watches the node's pod tunnels until `stop`, restarting sessions as [`PeerTrack::observe`] decides and
 /// keeping the per-pod metrics.
-pub async fn run(settings: WatchSettings, devices: Devices, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    settings: WatchSettings,
+    devices: Devices,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
     let start = Instant::now();
     let mut watch = Watch::default();
     let mut shown: BTreeMap<String, PodTunnelLabels> = BTreeMap::new();
@@ -484,9 +494,15 @@ pub async fn run(settings: WatchSettings, devices: Devices, metrics: Arc<Metrics
             let Some(peer) = dev.peers.iter().find(|p| p.public_key == key).cloned() else {
                 continue;
             };
-            let pod = dev.own_key.as_deref().map(|k| pod_names().name(k)).unwrap_or_default();
+            let pod = dev
+                .own_key
+                .as_deref()
+                .map(|k| pod_names().name(k))
+                .unwrap_or_default();
             let (handle, backend) = (dev.handle.clone(), dev.backend);
-            let r = tokio::task::spawn_blocking(move || WireGuard::new(backend).restart_session(&handle, &peer)).await;
+            let r =
+                tokio::task::spawn_blocking(move || WireGuard::new(backend).restart_session(&handle, &peer))
+                    .await;
             match r {
                 Ok(Ok(())) => {
                     tracing::info!(pod = %pod, link = %link, unanswered_ms = unanswered.as_millis() as u64, "pod sent without an answer: restarted its tunnel session (new handshake)");
@@ -510,7 +526,11 @@ pub async fn run(settings: WatchSettings, devices: Devices, metrics: Arc<Metrics
         let mut present = BTreeSet::new();
         let mut keys = BTreeSet::new();
         for dev in &read {
-            let pod = dev.own_key.as_deref().map(|k| pod_names().name(k)).unwrap_or_default();
+            let pod = dev
+                .own_key
+                .as_deref()
+                .map(|k| pod_names().name(k))
+                .unwrap_or_default();
             if let Some(k) = &dev.own_key {
                 keys.insert(k.clone());
             }
@@ -547,7 +567,11 @@ pub async fn run(settings: WatchSettings, devices: Devices, metrics: Arc<Metrics
                         metrics.pod_tunnel_handshake_age.remove(&labels);
                     }
                 }
-                let state = watch.peers.get(&k).map(PeerTrack::state).unwrap_or(TunnelState::Idle);
+                let state = watch
+                    .peers
+                    .get(&k)
+                    .map(PeerTrack::state)
+                    .unwrap_or(TunnelState::Idle);
                 for st in TunnelState::ALL {
                     metrics
                         .pod_tunnel_state
@@ -686,7 +710,12 @@ mod tests {
     #[test]
     fn an_answered_stream_is_never_touched() {
         let mut p = streaming();
-        assert!(drive(&mut p, &s(), ms(10_000), Duration::from_secs(600), |_, _| ANSWERED).is_empty());
+        assert!(
+            drive(&mut p, &s(), ms(10_000), Duration::from_secs(600), |_, _| {
+                ANSWERED
+            })
+            .is_empty()
+        );
         assert_eq!(p.state(), TunnelState::Answered);
         assert_eq!(p.threshold(&s()), Some(s().silence));
     }
@@ -696,7 +725,11 @@ mod tests {
         let mut p = streaming();
         // The flow moves: nothing comes back from 10 s on.
         let restarts = drive(&mut p, &s(), ms(10_000), ms(11_000), |_, _| UNANSWERED);
-        assert_eq!(restarts, vec![ms(10_800)], "first unanswered reading 10.2 s, + 500 ms");
+        assert_eq!(
+            restarts,
+            vec![ms(10_800)],
+            "first unanswered reading 10.2 s, + 500 ms"
+        );
         assert_eq!(p.state(), TunnelState::Restarted);
         // Handshake response with the first answers, then answers: confirmed, no further restart.
         let restarts = drive(&mut p, &s(), ms(11_000), ms(70_000), |_, restarted| Step {
@@ -706,7 +739,11 @@ mod tests {
         assert!(restarts.is_empty());
         assert_eq!(p.state(), TunnelState::Answered);
         assert_eq!(p.strikes, 0);
-        assert_eq!(p.threshold(&s()), Some(s().silence), "the failover did not teach a longer delay");
+        assert_eq!(
+            p.threshold(&s()),
+            Some(s().silence),
+            "the failover did not teach a longer delay"
+        );
         // A second failover is as fast as the first.
         let restarts = drive(&mut p, &s(), ms(70_000), ms(71_000), |_, _| UNANSWERED);
         assert_eq!(restarts, vec![ms(70_800)]);
@@ -723,7 +760,11 @@ mod tests {
             .map(|w| (w[1] - w[0]).as_millis() as u64)
             .collect();
         assert!(gaps[..9].iter().all(|g| *g == 1_000), "{gaps:?}");
-        assert_eq!(gaps[9], 60_000 - 9_000, "the tenth restart waits for the minute: {gaps:?}");
+        assert_eq!(
+            gaps[9],
+            60_000 - 9_000,
+            "the tenth restart waits for the minute: {gaps:?}"
+        );
         at_most_per_minute(&restarts, s().max_per_minute);
         // The load balancer moves the flow at 12.5 s: the next restart (13.8 s) reaches the new gateway.
         let mut p = streaming();
@@ -805,12 +846,21 @@ mod tests {
             }
             Step {
                 tx: 1000,
-                rx: if restarted { 92 } else if keepalive { 32 } else { 0 },
+                rx: if restarted {
+                    92
+                } else if keepalive {
+                    32
+                } else {
+                    0
+                },
                 shook: restarted,
             }
         });
         assert!(restarts.len() <= 4, "{restarts:?}");
-        assert!(restarts.iter().all(|t| *t < Duration::from_secs(60)), "{restarts:?}");
+        assert!(
+            restarts.iter().all(|t| *t < Duration::from_secs(60)),
+            "{restarts:?}"
+        );
         assert_eq!(p.threshold(&s()), None, "left to WireGuard");
     }
 
@@ -820,14 +870,8 @@ mod tests {
         // Request/response: each request is answered 1 s later.
         let restarts = drive(&mut p, &s(), ms(0), ms(60_000), |t, _| {
             match (t.as_millis() / 200) % 10 {
-                0 => Step {
-                    tx: 100,
-                    ..QUIET
-                },
-                5 => Step {
-                    rx: 100,
-                    ..QUIET
-                },
+                0 => Step { tx: 100, ..QUIET },
+                5 => Step { rx: 100, ..QUIET },
                 _ => QUIET,
             }
         });

@@ -168,10 +168,7 @@ impl Stopped {
             .cloned()
             .collect();
         args.push(format!("{prefix}{value}"));
-        Stopped {
-            args,
-            ..self.clone()
-        }
+        Stopped { args, ..self.clone() }
     }
 }
 

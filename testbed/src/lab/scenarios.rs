@@ -1235,7 +1235,10 @@ async fn measure(
         lab.gateway_vms[idx].0,
         match outage {
             Outage::AgentKilled => format!("SIGKILL to {agent}"),
-            Outage::NodeGone => format!("cutting {} off the network and SIGKILL to {agent}", lab.gateway_vms[idx].0),
+            Outage::NodeGone => format!(
+                "cutting {} off the network and SIGKILL to {agent}",
+                lab.gateway_vms[idx].0
+            ),
             Outage::Drain => format!("SIGTERM to {agent} (drain up to {FAILOVER_DRAIN_SECONDS} s)"),
         }
     ));
@@ -1356,7 +1359,9 @@ async fn measure(
         "{agent} back; both gateways behind the rule {} after the restart; failback: {failback_lost} packets lost, longest gap {}; the node agent restarted the pod's session {} times in this run",
         fmt_ms(serving.saturating_sub(back)),
         fmt_ms(failback_gap),
-        restarts.map(|n| n.to_string()).unwrap_or_else(|| "(metrics unreadable)".into())
+        restarts
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "(metrics unreadable)".into())
     ));
     Ok(Failover {
         outage,
