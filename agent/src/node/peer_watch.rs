@@ -220,10 +220,14 @@ impl PeerTrack {
     /// Takes a reading at `now` and decides.
     pub fn observe(&mut self, now: Duration, sample: Sample, s: &WatchSettings) -> Verdict {
         if sample.tx < self.last.tx || sample.rx < self.last.rx {
-            // Counters went back: the peer was re-created (a restart of ours, or by someone else). Keep what
-            // was learnt about the pod, start counting afresh.
+            // Counters went back: the peer was re-created. After a restart of ours the pod is still waiting:
+            // its packets are queued (not counted) until the new handshake completes, so the silence keeps
+            // counting from the restart. Re-created by someone else: start counting afresh. Either way what
+            // was learnt about the pod is kept.
             self.last = sample;
-            self.unanswered_since = None;
+            if self.pending_restart.is_none() {
+                self.unanswered_since = None;
+            }
             return Verdict::Keep;
         }
         let sent = sample.tx > self.last.tx;
@@ -788,6 +792,59 @@ mod tests {
     /// Whether the new gateway answers at `t` (after the restart at 12.8 s).
     fn p_answers(t: Duration) -> bool {
         t > ms(12_800)
+    }
+
+    #[test]
+    fn after_a_restart_the_queued_pod_is_retried_although_its_counters_restart_and_stay_flat() {
+        // What wireguard-go shows after a restart: a new peer (counters from 0) that sent one handshake
+        // initiation (148 bytes) and queues the pod's packets until an answer; it retries the initiation
+        // itself only after REKEY_TIMEOUT (5 s).
+        let mut p = streaming();
+        let mut t = ms(10_000);
+        let mut restarts = Vec::new();
+        let mut sample = p.last();
+        for _ in 0..5 {
+            t += ms(200);
+            sample.tx += 1000;
+            if p.observe(t, sample, &s()) != Verdict::Keep {
+                restarts.push(t);
+                sample = Sample {
+                    tx: 0,
+                    rx: 0,
+                    handshake: None,
+                };
+            }
+        }
+        assert_eq!(restarts, vec![ms(10_800)]);
+        // From here on the counters show only the initiations (each restart starts a new peer at 148).
+        while t < ms(14_000) {
+            t += ms(200);
+            if p.observe(t, sample, &s()) != Verdict::Keep {
+                restarts.push(t);
+                sample.tx = 0;
+            } else if sample.tx == 0 {
+                sample.tx = 148;
+            }
+        }
+        assert_eq!(restarts, vec![ms(10_800), ms(11_800), ms(12_800), ms(13_800)]);
+        assert_eq!(p.state(), TunnelState::Restarted);
+    }
+
+    #[test]
+    fn a_peer_recreated_by_someone_else_starts_a_new_silence() {
+        let mut p = streaming();
+        let mut sample = p.last();
+        sample.tx += 1000;
+        assert_eq!(p.observe(ms(10_200), sample, &s()), Verdict::Keep);
+        // Not our restart: the counters restart and nothing is sent: nothing to judge.
+        let fresh = Sample {
+            tx: 0,
+            rx: 0,
+            handshake: None,
+        };
+        for i in 0..20 {
+            assert_eq!(p.observe(ms(10_400 + 200 * i), fresh, &s()), Verdict::Keep);
+        }
     }
 
     #[test]
