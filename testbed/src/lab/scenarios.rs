@@ -1355,6 +1355,17 @@ async fn measure(
     let restarts = restarts_before
         .zip(restarts_after)
         .map(|(b, a)| a.saturating_sub(b));
+    // Slower than the node agent should make it (the probe interval plus a few seconds): show what it saw.
+    if first_new > limit_hint() || failback_gap > limit_hint() {
+        let log = lab
+            .children
+            .logs()
+            .into_iter()
+            .find(|(n, _)| *n == format!("node-agent-{node}"))
+            .map(|(_, p)| super::procs::tail(&p, 25))
+            .unwrap_or_default();
+        info(&format!("slow run: node-agent-{node}'s last log lines:\n{log}"));
+    }
     info(&format!(
         "{agent} back; both gateways behind the rule {} after the restart; failback: {failback_lost} packets lost, longest gap {}; the node agent restarted the pod's session {} times in this run",
         fmt_ms(serving.saturating_sub(back)),
@@ -1375,6 +1386,11 @@ async fn measure(
         failback_gap,
         restarts,
     })
+}
+
+/// A failover or failback slower than this is shown with the node agent's log (diagnosis, not a check).
+fn limit_hint() -> Duration {
+    Duration::from_secs(8)
 }
 
 /// p50 and max of `v` (sorted copy; nearest rank).
