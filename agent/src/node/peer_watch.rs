@@ -277,10 +277,10 @@ impl PeerTrack {
                 if self.answered_since_restart >= 2 {
                     // It worked: it no longer counts towards the per-minute cap, which is there against
                     // restarts that change nothing (a gateway that does not answer, a one-way stream).
-                    if let Some(r) = self.pending_restart.take() {
-                        if let Some(i) = self.restarts.iter().rposition(|t| *t == r) {
-                            self.restarts.remove(i);
-                        }
+                    if let Some(r) = self.pending_restart.take()
+                        && let Some(i) = self.restarts.iter().rposition(|t| *t == r)
+                    {
+                        self.restarts.remove(i);
                     }
                     self.strikes = 0;
                 }
