@@ -12,15 +12,20 @@ use crate::gateway::apply::GatewayApplier;
 use crate::gateway::probe::{self, ProbeState};
 use crate::gateway::run::GatewayLoop;
 use crate::gateway::select::NodeSettings;
+use crate::gateway::tunnels::{TunnelReader, TunnelView, drain, run_metrics};
 use crate::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting};
+use crate::node::peer_watch::{self, WatchSettings};
 use anyhow::Context as _;
 use clap::ValueEnum;
 use cni::netns::Netns;
 use cni::wg::{BackendKind, WireGuard};
+use futures::FutureExt as _;
 use tokio::sync::watch;
 
 /// Drain delay when the flag is absent or 0 (upstream #1347).
 const DEFAULT_DRAIN_DELAY_SECONDS: u64 = 10;
+/// A draining gateway whose pods sent nothing for this long (after the load balancer saw a 503) has no pods.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -61,8 +66,8 @@ pub struct Args {
     /// Gateway mode: load-balancer probe port (`/gw/<uid>`).
     #[arg(long, env = "GATEWAY_LB_PROBE_PORT", default_value_t = api::names::DEFAULT_LB_PROBE_PORT)]
     pub gateway_lb_probe_port: u16,
-    /// Gateway mode: seconds the probe answers 503 before the agent exits, so the load balancer moves flows
-    /// (0 means the default, as upstream).
+    /// Gateway mode: on SIGTERM the probe answers 503 and the agent keeps its node forwarding until its pods
+    /// have moved to other gateways, at most this many seconds (0 means the default, as upstream).
     #[arg(long, env = "LB_PROBE_DRAIN_DELAY_SECONDS", default_value_t = DEFAULT_DRAIN_DELAY_SECONDS)]
     pub lb_probe_drain_delay_seconds: u64,
     /// Azure Instance Metadata Service base URL (the lab serves a fake).
@@ -101,6 +106,13 @@ pub struct Args {
     /// Node mode: poll interval of the CNI configuration directory (ms).
     #[arg(long, env = "CNI_CONF_POLL_MS", default_value_t = 1000)]
     pub cni_conf_poll_ms: u64,
+    /// Node mode: restart a pod's tunnel session when it sends without hearing back (fast failover).
+    #[arg(long, env = "POD_TUNNEL_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pod_tunnel_watch: bool,
+    /// Node mode: where the pods' network namespaces are, for pods on kernel WireGuard (absent: userspace pods
+    /// only, found by their sockets in /var/run/wireguard).
+    #[arg(long, env = "POD_NETNS_DIR")]
+    pub pod_netns_dir: Option<PathBuf>,
     #[command(flatten)]
     pub log: daemon::LogArgs,
 }
@@ -238,6 +250,20 @@ async fn run_gateway(
             stop_rx.clone(),
         ),
     );
+    let tunnels = TunnelReader {
+        wg: WireGuard::new(backend),
+        netns: Netns::named(&args.netns_name),
+        view: TunnelView::default(),
+    };
+    tasks.spawn(
+        run_metrics(
+            tunnels.clone(),
+            admin_state.metrics.clone(),
+            Duration::from_secs(5),
+            stop_rx.clone(),
+        )
+        .map(Ok),
+    );
     let lp = GatewayLoop {
         node_name: args.node_name.clone(),
         agent_namespace: args.namespace.clone(),
@@ -256,6 +282,7 @@ async fn run_gateway(
             wg: WireGuard::new(backend),
         }),
         probe: probe_state.clone(),
+        tunnels: tunnels.view.clone(),
         metrics: admin_state.metrics.clone(),
         ready: admin_state.ready.clone(),
         debounce: Duration::from_millis(args.apply_debounce_ms),
@@ -266,14 +293,20 @@ async fn run_gateway(
     probe_state.drain();
     admin_state.draining.store(true, Ordering::Release);
     if failure.is_none() {
-        // Drain: the load balancer sees 503 and moves new flows to other gateways before we stop. The data
-        // plane itself stays in place (the kernel keeps forwarding after we exit).
+        // Drain: the load balancer sees 503 and moves the flows to other gateways; we keep forwarding until the
+        // pods' traffic has stopped arriving (they re-handshook there), at most the drain delay. The data plane
+        // itself stays in place (the kernel keeps forwarding after we exit).
         let delay = match args.lb_probe_drain_delay_seconds {
             0 => DEFAULT_DRAIN_DELAY_SECONDS,
             d => d,
         };
-        tracing::info!(seconds = delay, "shutting down: probe answers 503 while draining");
-        tokio::time::sleep(Duration::from_secs(delay)).await;
+        admin_state.metrics.gateway_draining.set(1);
+        tracing::info!(
+            max_seconds = delay,
+            "shutting down: probe answers 503; forwarding until the pods have moved"
+        );
+        let end = drain(&tunnels, &probe_state, DRAIN_QUIET, Duration::from_secs(delay)).await;
+        tracing::info!(?end, "drain finished");
     }
     let _ = stop_tx.send(true);
     let _ = loop_task.await;
@@ -305,6 +338,22 @@ async fn run_node(
         .await
         .map_err(anyhow::Error::msg)
     });
+    if args.pod_tunnel_watch {
+        let devices = peer_watch::Devices {
+            socket_dir: cni::wg::userspace_socket_dir(),
+            netns_dir: args.pod_netns_dir.clone(),
+            skip_netns: args.netns_name.clone(),
+        };
+        tasks.spawn(
+            peer_watch::run(
+                WatchSettings::default(),
+                devices,
+                metrics.clone(),
+                stop_rx.clone(),
+            )
+            .map(Ok),
+        );
+    }
     let conf = ConfManager {
         dir: args.cni_conf_dir.clone(),
         file_name: args.cni_conf_file.clone(),

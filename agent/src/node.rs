@@ -3,6 +3,7 @@
 //! The Kubernetes side is behind [`Cluster`] so the data-plane logic is testable without an API server.
 
 pub mod kube_cluster;
+pub mod peer_watch;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -179,6 +180,7 @@ impl<C: Cluster> NicService for NicServer<C> {
             )
             .await
             .map_err(|e| Status::unknown(format!("failed to update PodEndpoint {ns}/{name}: {e}")))?;
+        peer_watch::pod_names().remember(&r.public_key, ns, name);
         Ok(Response::new(NicAddResponse {
             endpoint_ip: profile.ip,
             listen_port: profile.port,

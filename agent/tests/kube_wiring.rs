@@ -170,6 +170,7 @@ async fn gateway_loop_follows_configurations_and_pod_endpoints() {
         },
         applier: recorder.clone(),
         probe: probe.clone(),
+        tunnels: Default::default(),
         metrics: Arc::new(Metrics::default()),
         ready: ready.clone(),
         debounce: Duration::from_millis(150),

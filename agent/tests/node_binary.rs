@@ -50,6 +50,9 @@ fn node_agent_args(
         conf_dir.into(),
         "--cni-socket".into(),
         socket.into(),
+        // This test has no pods; the host's /var/run/wireguard may hold other tests' pod tunnels, which a
+        // node agent here must not touch.
+        "--pod-tunnel-watch=false".into(),
     ]);
     args
 }

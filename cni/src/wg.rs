@@ -413,3 +413,230 @@ fn wait_userspace_ready(control_name: &str) -> Result<(), WgError> {
         }
     }
 }
+
+/// A device's public key and its peers' counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Public key of the device's private key, if set.
+    pub public_key: Option<String>,
+    /// Peers.
+    pub peers: Vec<PeerStats>,
+}
+
+/// One peer's configuration and counters, as read for health checks and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Base64 public key.
+    pub public_key: String,
+    /// Current endpoint (a pod's: the gateway frontend; a gateway's: where the pod was last heard from).
+    pub endpoint: Option<SocketAddr>,
+    /// Allowed IPs.
+    pub allowed_ips: Vec<IpNet>,
+    /// Persistent keepalive interval (seconds), if set.
+    pub persistent_keepalive: Option<u16>,
+    /// Bytes received from the peer (handshakes included).
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer (handshakes included).
+    pub tx_bytes: u64,
+    /// Time of the last completed handshake, if any.
+    pub last_handshake: Option<std::time::SystemTime>,
+}
+
+impl WireGuard {
+    /// Every peer of a device with its counters.
+    pub fn peer_stats(&self, h: &WgHandle) -> Result<Vec<PeerStats>, WgError> {
+        self.device_stats(h).map(|d| d.peers)
+    }
+
+    /// The device's public key and every peer with its counters, in one read.
+    pub fn device_stats(&self, h: &WgHandle) -> Result<DeviceStats, WgError> {
+        let name = self.control_iface(h)?;
+        let kind = self.kind;
+        let dev = self
+            .in_netns(h, move || Device::get(&name, backend(kind)))
+            .map_err(|msg| WgError::Control {
+                op: "read",
+                link: h.ifname.clone(),
+                msg,
+            })?;
+        let peers = dev
+            .peers
+            .iter()
+            .map(|p| PeerStats {
+                public_key: p.config.public_key.to_base64(),
+                endpoint: p.config.endpoint,
+                allowed_ips: p
+                    .config
+                    .allowed_ips
+                    .iter()
+                    .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
+                    .collect(),
+                persistent_keepalive: p.config.persistent_keepalive_interval,
+                rx_bytes: p.stats.rx_bytes,
+                tx_bytes: p.stats.tx_bytes,
+                last_handshake: p.stats.last_handshake_time,
+            })
+            .collect();
+        Ok(DeviceStats {
+            public_key: dev.public_key.map(|k| k.to_base64()),
+            peers,
+        })
+    }
+
+    /// Makes the device start a new handshake with `peer` at its next packet: the peer is removed and added
+    /// again with the same endpoint, allowed IPs and keepalive, in one configuration call. Its session keys go
+    /// with it, so the next packet the device sends (the caller only does this while the device is sending)
+    /// starts a handshake to the endpoint instead of waiting for WireGuard's own timers
+    /// (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT, 15 s). Packets sent in the meantime are queued until the handshake
+    /// completes, as for any new peer.
+    pub fn restart_session(&self, h: &WgHandle, peer: &PeerStats) -> Result<(), WgError> {
+        let key = Key::from_base64(&peer.public_key).map_err(|_| WgError::Control {
+            op: "restart session",
+            link: h.ifname.clone(),
+            msg: format!(
+                "peer public key {:?} is not a base64 WireGuard key",
+                peer.public_key
+            ),
+        })?;
+        let ips: Vec<AllowedIp> = peer
+            .allowed_ips
+            .iter()
+            .map(|n| AllowedIp {
+                address: n.addr(),
+                cidr: n.prefix_len(),
+            })
+            .collect();
+        let name = self.control_iface(h)?;
+        if self.kind == BackendKind::Userspace {
+            // Not through `DeviceUpdate::apply`: for a socket that is gone (the pod was just deleted) it
+            // would start a new wireguard-go under that name.
+            return uapi_set(&h.control_name, &restart_session_uapi(peer, key.as_bytes())).map_err(
+                |msg| WgError::Control {
+                    op: "restart session",
+                    link: h.ifname.clone(),
+                    msg,
+                },
+            );
+        }
+        let mut again = PeerConfigBuilder::new(&key).add_allowed_ips(&ips);
+        if let Some(e) = peer.endpoint {
+            again = again.set_endpoint(e);
+        }
+        if let Some(k) = peer.persistent_keepalive {
+            again = again.set_persistent_keepalive_interval(k);
+        }
+        let u = DeviceUpdate::new().remove_peer_by_key(&key).add_peer(again);
+        let kind = self.kind;
+        self.in_netns(h, move || u.apply(&name, backend(kind)))
+            .map_err(|msg| WgError::Control {
+                op: "restart session",
+                link: h.ifname.clone(),
+                msg,
+            })
+    }
+}
+
+/// Control names of the userspace (`wireguard-go`) devices whose name starts with `prefix`, from the UAPI
+/// sockets in `dir` (`/var/run/wireguard`). Sorted; empty when the directory does not exist.
+pub fn userspace_devices(dir: &Path, prefix: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".sock")?;
+            stem.starts_with(prefix).then(|| stem.to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Directory of the userspace backend's UAPI sockets (as `wireguard-control` and `wg` pick it).
+pub fn userspace_socket_dir() -> std::path::PathBuf {
+    let var = Path::new("/var/run/wireguard");
+    if var.exists() {
+        var.to_path_buf()
+    } else {
+        Path::new("/run/wireguard").to_path_buf()
+    }
+}
+
+/// The UAPI `set` request that removes `peer` and adds it back unchanged (see [`WireGuard::restart_session`]).
+fn restart_session_uapi(peer: &PeerStats, key: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut req = format!("set=1\npublic_key={hex}\nremove=true\npublic_key={hex}\n");
+    if let Some(e) = peer.endpoint {
+        let _ = writeln!(req, "endpoint={e}");
+    }
+    if let Some(k) = peer.persistent_keepalive {
+        let _ = writeln!(req, "persistent_keepalive_interval={k}");
+    }
+    for ip in &peer.allowed_ips {
+        let _ = writeln!(req, "allowed_ip={ip}");
+    }
+    req.push('\n');
+    req
+}
+
+/// Sends one UAPI `set` request to an existing `wireguard-go` socket and checks its `errno=0` answer.
+fn uapi_set(control_name: &str, request: &str) -> Result<(), String> {
+    use std::io::{BufRead as _, Write as _};
+    let path = userspace_socket_dir().join(format!("{control_name}.sock"));
+    let mut sock = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|e| format!("connect {}: {e}", path.display()))?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    sock.write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    for line in std::io::BufReader::new(sock).lines() {
+        let line = line.map_err(|e| format!("read: {e}"))?;
+        if let Some(errno) = line.strip_prefix("errno=") {
+            return if errno == "0" {
+                Ok(())
+            } else {
+                Err(format!("wireguard-go answered errno={errno}"))
+            };
+        }
+        if line.is_empty() {
+            break;
+        }
+    }
+    Err("wireguard-go closed the socket without an errno".into())
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+
+    #[test]
+    fn restart_session_request_removes_then_re_adds_the_same_peer() {
+        let peer = PeerStats {
+            public_key: String::new(),
+            endpoint: Some("10.0.0.4:6000".parse().expect("endpoint")),
+            allowed_ips: vec!["0.0.0.0/0".parse().expect("net"), "::/0".parse().expect("net")],
+            persistent_keepalive: None,
+            rx_bytes: 1,
+            tx_bytes: 2,
+            last_handshake: None,
+        };
+        let req = restart_session_uapi(&peer, &[0xab, 0x01]);
+        assert_eq!(
+            req,
+            "set=1\npublic_key=ab01\nremove=true\npublic_key=ab01\nendpoint=10.0.0.4:6000\nallowed_ip=0.0.0.0/0\nallowed_ip=::/0\n\n"
+        );
+    }
+
+    #[test]
+    fn userspace_devices_lists_matching_sockets_sorted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in ["wgpb.sock", "wgpa.sock", "wgga.sock", "wgpc.name", "other"] {
+            std::fs::write(dir.path().join(f), "").expect("write");
+        }
+        assert_eq!(userspace_devices(dir.path(), "wgp"), vec!["wgpa", "wgpb"]);
+        assert!(userspace_devices(&dir.path().join("missing"), "wgp").is_empty());
+    }
+}

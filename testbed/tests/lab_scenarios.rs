@@ -2,7 +2,7 @@
 //! (3) ingress to an annotated pod, (5) two configurations on one pool, (6) private mode with azureNetworking
 //! on the VM-based pool `gwvms`, and ours: (8) `terraform apply` of a pool and a configuration with our
 //! provider (the real `terraform` CLI), its output prefix used by a pod, then `terraform destroy`; (9) gateway
-//! failover, measured for SIGKILL and SIGTERM, and (10) deleting everything leaves azure-sim's inventory and
+//! failover, measured for a killed agent, a node gone and a SIGTERM drain, and (10) deleting everything leaves azure-sim's inventory and
 //! the namespaces clean. Scenarios (1), (4) and (7) are in every run (`tests/lab.rs`); this test re-asserts
 //! (7)'s message. Needs root (network namespaces) and `terraform` on PATH; about 140 s more than the default
 //! run.
@@ -174,12 +174,30 @@ fn lab_scenarios_all_pass_and_leave_nothing() {
         &stdout,
         "after terraform destroy nothing of demo/tf-egress is left",
     );
-    // (9): both signals move the traffic to the other gateway within the probe detection (up to 5 s) plus
-    // WireGuard's re-handshake (15 s without an answer), with a margin for a loaded CI machine.
-    for sig in ["SIGKILL", "SIGTERM"] {
-        let line = check_line(&stdout, &format!("{sig} of gateway-agent-"));
+    // (9): each kind of outage moves the traffic to the other gateway, the node agent restarting the pod's
+    // session to get there (WireGuard alone waits 15 s), and the gateway comes back (failback measured). The
+    // times are a benchmark (docs/performance.md), not asserted here.
+    for kind in ["agent-SIGKILL", "node-gone", "SIGTERM-drain"] {
+        let line = check_line(&stdout, &format!("{kind} of gateway-agent-"));
         let t = secs_after(line, "(the other gateway) ");
-        assert!(t > 0.0 && t < 30.0, "{sig} failover took {t} s: {line}");
+        assert!(t > 0.0, "{kind}: {line}");
+        if kind == "SIGTERM-drain" {
+            assert!(line.contains("; the agent drained for "), "{line}");
+        }
+        check_line(&stdout, &format!("failover summary {kind} over 1 run(s)"));
+    }
+    let restarts: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("the node agent restarted the pod's session"))
+        .collect();
+    assert_eq!(restarts.len(), 3, "{stdout}");
+    for l in restarts {
+        let n = l
+            .rsplit_once("the node agent restarted the pod's session ")
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no restart count in {l}"));
+        assert!(n >= 1, "the pod moved without a session restart: {l}");
     }
     // (10)
     check_line(

@@ -58,6 +58,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "webhook": {"imageName": "my-webhook", "imagePullPolicy": "Always"},
         "gatewayCNI": {"imageName": "my-cni"},
     },
+    "monitoring": {
+        "monitoring": {
+            "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
+            "grafanaDashboard": {"enabled": True},
+        }
+    },
     "managed-identity": {
         "config": {
             "azureCloudConfig": {

@@ -15,6 +15,7 @@ from conftest import (
     containers,
     crds,
     find,
+    objects,
     one,
     scenario_objects,
     workloads,
@@ -38,6 +39,8 @@ BUILTIN_KINDS = {
     ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"): False,
     ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration"): False,
 }
+# Kinds of the Prometheus Operator, rendered only with monitoring.serviceMonitor.enabled.
+MONITORING_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): True}
 # Kinds of cert-manager, rendered only in certManager mode (cert-manager must be installed).
 CERT_MANAGER_KINDS = {("cert-manager.io/v1", "Issuer"): True, ("cert-manager.io/v1", "Certificate"): True}
 
@@ -82,6 +85,8 @@ def test_every_kind_known_and_scoped_right(scenario: str) -> None:
     known = dict(BUILTIN_KINDS)
     if scenario.startswith("cert-manager"):
         known.update(CERT_MANAGER_KINDS)
+    if scenario == "monitoring":
+        known.update(MONITORING_KINDS)
     seen = set()
     for o in scenario_objects(scenario):
         key = (o["apiVersion"], o["kind"])
@@ -354,3 +359,96 @@ def test_notes_render() -> None:
     assert "kube-egress-gateway-webhook" in notes and "certificates: selfSigned" in notes
     assert "WARNING" not in notes
     assert "WARNING: webhook.replicas is 1" in render({"webhook": {"replicas": 1}})["kube-egress-gateway/templates/NOTES.txt"]
+
+
+def test_node_agent_watches_pod_tunnels() -> None:
+    """Fast failover: the node agent reads userspace pods' sockets and kernel pods' namespaces."""
+    pod = one(scenario_objects("default"), "DaemonSet", "kube-egress-gateway-node-agent")["spec"]["template"]["spec"]
+    agent = pod["containers"][0]
+    args = args_map(agent)
+    assert args["--pod-tunnel-watch"] == "true"
+    assert args["--pod-netns-dir"] == "/var/run/netns"
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert mounts["wireguard"]["mountPath"] == host_paths["wireguard"] == "/var/run/wireguard"
+    assert mounts["pod-netns"]["mountPath"] == host_paths["pod-netns"] == args["--pod-netns-dir"]
+    assert mounts["pod-netns"]["mountPropagation"] == "HostToContainer"
+    assert agent["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "SYS_ADMIN"]
+    # Userspace pods only: no namespaces, no capability.
+    pod = one(
+        objects({"gatewayCNIManager": {"podTunnelWatch": {"podNetnsDir": ""}}}),
+        "DaemonSet",
+        "kube-egress-gateway-node-agent",
+    )["spec"]["template"]["spec"]
+    agent = pod["containers"][0]
+    assert "--pod-netns-dir" not in args_map(agent)
+    assert "add" not in agent["securityContext"]["capabilities"]
+    assert agent["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {m["name"] for m in agent["volumeMounts"]} == {"cni-conf", "socket", "wireguard"}
+    # Off: neither.
+    pod = one(
+        objects({"gatewayCNIManager": {"podTunnelWatch": {"enabled": False}}}),
+        "DaemonSet",
+        "kube-egress-gateway-node-agent",
+    )["spec"]["template"]["spec"]
+    agent = pod["containers"][0]
+    assert args_map(agent)["--pod-tunnel-watch"] == "false"
+    assert {m["name"] for m in agent["volumeMounts"]} == {"cni-conf", "socket"}
+
+
+def test_monitoring_is_opt_in() -> None:
+    objs = scenario_objects("default")
+    assert not find(objs, "ServiceMonitor")
+    assert not [c for c in find(objs, "ConfigMap") if "dashboard" in c["metadata"]["name"]]
+
+
+def test_service_monitors_scrape_both_agents() -> None:
+    objs = scenario_objects("monitoring")
+    pods = {w["metadata"]["name"]: w["spec"]["template"] for w in workloads(objs)}
+    for name in ("kube-egress-gateway-node-agent", "kube-egress-gateway-gateway-agent"):
+        sm = one(objs, "ServiceMonitor", name)
+        assert sm["metadata"]["labels"]["release"] == "prom"
+        svc = one(objs, "Service", f"{name}-metrics")
+        assert svc["spec"]["clusterIP"] == "None"
+        # The ServiceMonitor selects the Service, the Service selects the agent's pods, on its metrics port.
+        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+        assert svc["spec"]["selector"].items() <= pods[name]["metadata"]["labels"].items()
+        port = svc["spec"]["ports"][0]
+        container_ports = {p["name"]: p["containerPort"] for p in pods[name]["spec"]["containers"][0]["ports"]}
+        assert port["targetPort"] == "metrics" and container_ports["metrics"] == port["port"]
+        endpoint = sm["spec"]["endpoints"][0]
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics" and endpoint["interval"] == "15s"
+        assert sm["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+
+
+def test_dashboard_configmap_holds_the_data_plane_dashboard() -> None:
+    objs = scenario_objects("monitoring")
+    cm = one(objs, "ConfigMap", "kube-egress-gateway-dashboard-dataplane")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["kube-egress-gateway-dataplane.json"])
+    assert dash["uid"] == "keg-dataplane"
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+    # Every data-plane metric the agents expose is on the dashboard.
+    for metric in (
+        "gateway_tunnel_peers",
+        "gateway_tunnel_active_peers",
+        "gateway_tunnel_newest_handshake_age_seconds",
+        "gateway_tunnel_receive_bytes_total",
+        "gateway_tunnel_transmit_bytes_total",
+        "gateway_tunnel_receive_packets_total",
+        "gateway_tunnel_transmit_packets_total",
+        "gateway_tunnel_sessions_started_total",
+        "gateway_snat_flows",
+        "gateway_draining",
+        "pod_tunnel_state",
+        "pod_tunnel_session_restarts_total",
+        "pod_tunnel_handshake_age_seconds",
+        "pod_tunnel_receive_bytes_total",
+        "pod_tunnel_transmit_bytes_total",
+    ):
+        assert metric in exprs, metric
+    agent_src = (CHART.parents[1] / "agent" / "src" / "metrics.rs").read_text()
+    for metric in ("gateway_tunnel_peers", "gateway_snat_flows", "pod_tunnel_state", "pod_tunnel_session_restarts"):
+        assert f'"{metric}"' in agent_src, f"{metric} is not registered by the agent"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))

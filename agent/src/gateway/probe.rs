@@ -20,6 +20,9 @@ pub struct ProbeState {
 struct Inner {
     active: BTreeSet<String>,
     draining: bool,
+    /// Probes of active configurations answered 503 because of the drain: once one was, the load balancer
+    /// knows and moves the flows.
+    refused_while_draining: std::sync::atomic::AtomicU64,
 }
 
 impl ProbeState {
@@ -34,6 +37,22 @@ impl ProbeState {
     pub fn drain(&self) {
         self.write().draining = true;
     }
+    /// Whether a probe of an active configuration has been answered 503 since the drain started.
+    pub fn drain_seen(&self) -> bool {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        g.refused_while_draining
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+    }
+    /// Whether any configuration is active here.
+    pub fn any_active(&self) -> bool {
+        !self
+            .inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .active
+            .is_empty()
+    }
     /// The status for a path.
     pub fn status_for(&self, path: &str) -> StatusCode {
         let parts: Vec<&str> = path.split('/').collect();
@@ -41,7 +60,12 @@ impl ProbeState {
             return StatusCode::BAD_REQUEST;
         }
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        if !g.draining && g.active.contains(parts[2]) {
+        let active = g.active.contains(parts[2]);
+        if g.draining && active {
+            g.refused_while_draining
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        if !g.draining && active {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -77,8 +101,17 @@ mod tests {
         s.set_active(["u1".to_string()]);
         assert_eq!(s.status_for("/gw/u1"), StatusCode::OK);
         assert_eq!(s.status_for("/gw/u2"), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!s.drain_seen());
         s.drain();
+        assert!(!s.drain_seen(), "no probe answered since");
+        assert_eq!(s.status_for("/gw/u2"), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !s.drain_seen(),
+            "u2 is not active here: not our load balancer's probe"
+        );
         assert_eq!(s.status_for("/gw/u1"), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(s.drain_seen());
+        assert!(s.any_active());
     }
 
     #[tokio::test]

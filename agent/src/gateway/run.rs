@@ -22,6 +22,7 @@ use super::apply::{ApplyReport, GatewayApplier};
 use super::plan::{GatewayPlan, gateway_plan};
 use super::probe::ProbeState;
 use super::select::{KeySecrets, NodeSettings, active_uids, gateway_status, select};
+use super::tunnels::{TunnelLink, TunnelView};
 use crate::metrics::Metrics;
 use crate::node::kube_cluster::FIELD_MANAGER;
 
@@ -53,6 +54,8 @@ pub struct GatewayLoop {
     pub applier: Arc<dyn PlanApplier>,
     /// Probe state to update.
     pub probe: ProbeState,
+    /// The applied tunnel links, for the data-plane metrics and the drain.
+    pub tunnels: TunnelView,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Set once the first apply succeeded (`/readyz`).
@@ -86,6 +89,24 @@ where
             .await;
         tracing::warn!(watch = what, "watch ended");
     });
+}
+
+/// The applied links with the configuration each serves.
+fn tunnel_links(input: &super::plan::GatewayInput, plan: &GatewayPlan) -> Vec<TunnelLink> {
+    plan.links
+        .values()
+        .map(|l| TunnelLink {
+            ifname: l.ifname.clone(),
+            control_name: l.control_name.clone(),
+            configuration: input
+                .configs
+                .iter()
+                .find(|c| c.port == l.port)
+                .map(|c| c.sgc.clone())
+                .unwrap_or_else(|| l.uid.clone()),
+            port: l.port,
+        })
+        .collect()
 }
 
 fn key_secrets(store: &Store<Secret>) -> KeySecrets {
@@ -154,6 +175,7 @@ impl GatewayLoop {
                     retry = Duration::from_secs(1);
                     self.metrics.gateway_applies.inc();
                     self.probe.set_active(active_uids(&plan));
+                    self.tunnels.set(tunnel_links(&sel.input, &plan));
                     self.metrics.gateway_configurations.set(plan.links.len() as i64);
                     self.metrics
                         .gateway_peers

@@ -330,3 +330,54 @@ pub async fn tcp_source_seen(ns: &str, to: SocketAddr, timeout: Duration) -> Opt
     .ok()
     .flatten()
 }
+
+/// `GET http://<ip>:<port><path>` from inside `ns`: (status, body), or None when nothing answers.
+pub async fn get_from(ns: &str, ip: Ipv4Addr, port: u16, path: &str) -> Option<(u16, String)> {
+    let (ns, path) = (ns.to_string(), path.to_string());
+    tokio::task::spawn_blocking(move || {
+        in_netns(&ns, move || {
+            use std::io::{Read as _, Write as _};
+            let mut c = std::net::TcpStream::connect_timeout(
+                &SocketAddr::from((ip, port)),
+                Duration::from_millis(500),
+            )?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            c.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
+            Ok(head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .map(|code| (code, body.to_string())))
+        })
+        .ok()
+        .flatten()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The nft table that cuts a VM off (see [`cut_off`]).
+const CUT_TABLE: &str = "kube-egress-lab-cut";
+
+/// Cuts VM namespace `ns` off the network, as a VM that lost power looks from outside: every packet in or
+/// out is dropped before anything else sees it (its processes, links and addresses stay, so [`reconnect`]
+/// brings it back as it was).
+pub fn cut_off(ns: &str) -> anyhow::Result<()> {
+    run_in(
+        ns,
+        "nft",
+        &["-f", "-"],
+        &format!(
+            "table inet {CUT_TABLE} {{\n  chain in {{ type filter hook prerouting priority -500; policy drop; }}\n  chain out {{ type filter hook output priority -500; policy drop; }}\n}}\n"
+        ),
+    )
+}
+
+/// Undoes [`cut_off`].
+pub fn reconnect(ns: &str) -> anyhow::Result<()> {
+    run_in(ns, "nft", &["delete", "table", "inet", CUT_TABLE], "")
+}

@@ -156,6 +156,22 @@ pub struct Stopped {
     envs: Vec<(String, String)>,
 }
 
+impl Stopped {
+    /// The same component with `--<flag>=<value>` instead of the `--<flag>=...` it was started with (added
+    /// when it had none).
+    pub fn with_flag(&self, flag: &str, value: &str) -> Stopped {
+        let prefix = format!("--{flag}=");
+        let mut args: Vec<String> = self
+            .args
+            .iter()
+            .filter(|a| !a.starts_with(&prefix))
+            .cloned()
+            .collect();
+        args.push(format!("{prefix}{value}"));
+        Stopped { args, ..self.clone() }
+    }
+}
+
 /// The last `n` lines of a log file (empty when unreadable).
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

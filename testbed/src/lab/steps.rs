@@ -1889,7 +1889,8 @@ fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
 /// The lab's values for the chart: the cloud config points at azure-sim with the service principal of its
 /// seed (the chart passes the endpoint keys through, as for a custom cloud); one webhook replica with the
 /// chart's self-signed certificate and no drain delay, a 1 s LB probe drain (the lab stops components with a
-/// 5 s grace); the LB probe port the fabric probes.
+/// 5 s grace); the LB probe port the fabric probes; the node agents watch userspace pods' tunnels only (the
+/// lab's pods use wireguard-go, and the pod namespace directory is the host's, shared by every lab node).
 fn lab_values(seed: &Seed, azure_url: &str) -> anyhow::Result<serde_json::Value> {
     if seed.service_principals.is_empty() {
         bail!("seed has no service principal");
@@ -1899,6 +1900,7 @@ fn lab_values(seed: &Seed, azure_url: &str) -> anyhow::Result<serde_json::Value>
         "config": {"azureCloudConfig": seed.cloud_config(azure_url)},
         "webhook": {"replicas": 1, "drainSeconds": 0, "certificates": {"mode": "selfSigned"}},
         "gatewayDaemonManager": {"lbProbeDrainDelaySeconds": 1},
+        "gatewayCNIManager": {"podTunnelWatch": {"podNetnsDir": ""}},
     }))
 }
 
