@@ -205,12 +205,11 @@ async fn admission_through_the_apiserver() {
         .await
         .expect("pod");
     assert!(
-        plain
+        !plain
             .metadata
             .annotations
             .unwrap_or_default()
-            .get(api::names::POD_GATEWAY_ANNOTATION)
-            .is_none()
+            .contains_key(api::names::POD_GATEWAY_ANNOTATION)
     );
 
     // An annotated hostNetwork Pod is refused by our validating webhook, after the apiserver's validation.
