@@ -59,6 +59,50 @@ if ! terraform version 2>/dev/null | head -n 1 | grep -qx "Terraform v$TERRAFORM
   echo "install-deps: warning: $(terraform version 2>/dev/null | head -n 1) is not the tested Terraform v$TERRAFORM_VERSION" >&2
 fi
 
+# --- Real Kubernetes control plane (testbed/src/control_plane, docs/testbed.md) -------------------------------
+# etcd from Debian, and an envtest-style assets folder (kube-apiserver, kube-controller-manager, etcd, kubectl)
+# at $KUBEBUILDER_ASSETS, else .kubebuilder-assets/ in the repository (ignored by git). The Kubernetes binaries
+# come from ../shared/kube/ beside the repository (xz, with their checksums in its README). Without that folder
+# nothing is prepared and the suites that can fall back use kube-sim (and say so).
+if ! command -v etcd >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to install etcd-server" >&2
+    exit 1
+  fi
+  echo "install-deps: installing etcd-server"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # No init system in containers: the package's service must not start (policy-rc.d refuses it).
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+repo_root="$(cd "$(dirname "$0")/.." && pwd)"
+kube_shared="$repo_root/../shared/kube"
+assets="${KUBEBUILDER_ASSETS:-$repo_root/.kubebuilder-assets}"
+if [[ -d "$kube_shared" ]]; then
+  mkdir -p "$assets"
+  for bin in kube-apiserver kube-controller-manager; do
+    want=$(grep -E "^\| $bin \|" "$kube_shared/README.md" | awk -F'|' '{gsub(/ /, "", $3); print $3}')
+    have=$( [[ -x "$assets/$bin" ]] && sha256sum "$assets/$bin" | cut -d' ' -f1 || true)
+    if [[ -z "$want" || "$have" != "$want" ]]; then
+      echo "install-deps: preparing $assets/$bin from $kube_shared/$bin.xz"
+      xz -dc "$kube_shared/$bin.xz" >"$assets/$bin.tmp"
+      chmod +x "$assets/$bin.tmp"
+      mv "$assets/$bin.tmp" "$assets/$bin"
+      if [[ -n "$want" ]] && [[ $(sha256sum "$assets/$bin" | cut -d' ' -f1) != "$want" ]]; then
+        echo "install-deps: $assets/$bin does not match the sha256 in $kube_shared/README.md" >&2
+        exit 1
+      fi
+    fi
+  done
+  ln -sfn "$(command -v etcd)" "$assets/etcd"
+  ln -sfn "$(command -v kubectl)" "$assets/kubectl"
+elif [[ ! -x "$assets/kube-apiserver" ]]; then
+  echo "install-deps: no $kube_shared and no $assets/kube-apiserver: suites fall back to kube-sim" >&2
+fi
+# --- end of the real control plane block ---------------------------------------------------------------------
+
 # Rust toolchain components used by the test command.
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

@@ -73,8 +73,9 @@ pub struct StaticGatewayConfigurationSpec {
     pub public_ip_prefix_id: Option<String>,
 
     /// IPv4 CIDRs that bypass the gateway (staticEgressGateway), or the only CIDRs that use it
-    /// (azureNetworking). Takes effect for pods created after a change.
+    /// (azureNetworking); at most 256. Takes effect for pods created after a change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = crate::sgc::exclude_cidrs_schema)]
     pub exclude_cidrs: Vec<String>,
 }
 
@@ -87,6 +88,23 @@ pub(crate) fn without_defaults(schema: &mut schemars::Schema) {
                 o.remove("default");
             }
         }
+    }
+}
+
+/// Rule 7 in the schema, per entry, so the apiserver reports a bad entry together with every other schema and
+/// CEL violation (validating webhooks run only after the schema passed). The bounds keep the rule's estimated
+/// CEL cost within the apiserver's budget.
+pub(crate) fn exclude_cidrs_schema(schema: &mut schemars::Schema) {
+    schema.insert("maxItems".into(), crate::rules::MAX_EXCLUDE_CIDRS.into());
+    if let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) {
+        items.insert("maxLength".into(), crate::rules::MAX_CIDR_LENGTH.into());
+        items.insert(
+            "x-kubernetes-validations".into(),
+            serde_json::json!([{
+                "rule": format!("self.matches('{}')", crate::rules::IPV4_CIDR_PATTERN),
+                "message": crate::rules::EXCLUDE_CIDR_SCHEMA_MESSAGE,
+            }]),
+        );
     }
 }
 

@@ -57,3 +57,19 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The CRD schema's excludeCidrs pattern accepts exactly what rule 7's parser accepts, so the schema and
+    /// the webhook never disagree about an entry.
+    #[test]
+    fn schema_cidr_pattern_agrees_with_the_parser(
+        raw in prop_oneof![
+            "[0-9./: a-f]{0,20}",
+            (0u16..300, 0u16..300, 0u16..300, 0u16..300, 0u8..40).prop_map(|(a, b, c, d, l)| format!("{a}.{b}.{c}.{d}/{l}")),
+            (0u8..=255, 0u8..=255, 0u8..=255, 0u8..=255, 0u8..=32).prop_map(|(a, b, c, d, l)| format!("{a}.{b}.{c}.{d}/0{l}")),
+        ]
+    ) {
+        let pattern = regex::Regex::new(api::rules::IPV4_CIDR_PATTERN).expect("pattern");
+        prop_assert_eq!(pattern.is_match(&raw), api::rules::parse_ipv4_cidr(&raw).is_ok(), "{}", raw);
+    }
+}

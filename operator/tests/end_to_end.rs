@@ -79,6 +79,32 @@ async fn create_sgc(sgcs: &Api<StaticGatewayConfiguration>, name: &str, spec: se
         .expect("create");
 }
 
+/// Creates a configuration in a cluster whose CRD predates the schema's per-entry excludeCidrs rule (`helm
+/// upgrade` never upgrades a chart's `crds/`): the CRD is replaced by one without that rule first, so only the
+/// operator's rules re-check the entry.
+async fn create_predating_the_cidr_rule(
+    client: &kube::Client,
+    sgcs: &Api<StaticGatewayConfiguration>,
+    name: &str,
+    spec: serde_json::Value,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd_name = "staticgatewayconfigurations.egressgateway.kubernetes.azure.com";
+    let mut older = serde_json::to_value(crds.get(crd_name).await.expect("CRD")).expect("json");
+    if let Some(items) = older
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/excludeCidrs/items")
+        .and_then(|items| items.as_object_mut())
+    {
+        items.remove("x-kubernetes-validations");
+    }
+    let older: CustomResourceDefinition = serde_json::from_value(older).expect("CRD");
+    crds.replace(crd_name, &PostParams::default(), &older)
+        .await
+        .expect("older CRD");
+    create_sgc(sgcs, name, spec).await;
+}
+
 /// Creates a GatewayPool on node pool `nodepool` with a /31 prefix.
 async fn create_pool(pools: &Api<api::GatewayPool>, name: &str, nodepool: &str) {
     let p: api::GatewayPool = serde_json::from_value(json!({
@@ -117,8 +143,9 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
         create_sgc(&sgcs, name, json!({"gatewayNodepoolName": "gateway"})).await;
     }
     create_sgc(&sgcs, "private", json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false, "defaultRoute": "azureNetworking", "excludeCidrs": ["10.0.0.0/8"]})).await;
-    // Predates the webhook: a CIDR the CRD schema cannot check.
-    create_sgc(
+    // Predates the webhook and the schema's per-entry CIDR rule: a CIDR the operator's rules re-check.
+    create_predating_the_cidr_rule(
+        &w.client,
         &sgcs,
         "bad",
         json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
@@ -539,7 +566,8 @@ async fn upstream_metric_series_per_configuration_and_controller() {
     let w = start().await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
     create_sgc(&sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
-    create_sgc(
+    create_predating_the_cidr_rule(
+        &w.client,
         &sgcs,
         "bad",
         json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),

@@ -3,6 +3,7 @@
 //! lab through the product's real clients.
 
 pub mod azure;
+pub mod control_plane;
 pub mod kube;
 pub mod lab;
 pub mod wait;

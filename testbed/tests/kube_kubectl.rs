@@ -139,7 +139,7 @@ async fn kubectl_apply_get_jsonpath_delete() {
     assert!(
         !o.ok
             && o.stderr.contains(
-                "spec.gatewayNodepoolName: Invalid value: \"string\": gatewayNodepoolName is immutable"
+                "spec.gatewayNodepoolName: Invalid value: \"object\": gatewayNodepoolName is immutable"
             ),
         "{}",
         o.stderr

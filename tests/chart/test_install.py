@@ -320,10 +320,16 @@ def test_chart_installs_and_its_webhook_answers_over_the_charts_certificate(inst
 
     start_webhook(cluster, procs, objs, bins, webhook_port)
     # The API server verifies the webhook's serving certificate against the chart's caBundle.
-    r = cluster.kubectl("apply", "-f", "-", stdin=SGC % ("broken", "10.0.0.1"))
+    # (A bad excludeCidrs entry is refused by the CRD schema before any webhook; a publicIpPrefixId that is not
+    # an ARM ID only by the webhook.)
+    broken = SGC % ("broken", "10.0.0.0/8") + "  publicIpPrefixId: my-prefix\n"
+    r = cluster.kubectl("apply", "-f", "-", stdin=broken)
     assert r.returncode != 0
     assert 'admission webhook "validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com" denied the request' in r.stderr, r.stderr
-    assert "spec.excludeCidrs[0]" in r.stderr, r.stderr
+    assert "spec.publicIpPrefixId: rule 6" in r.stderr, r.stderr
+    r = cluster.kubectl("apply", "-f", "-", stdin=SGC % ("broken", "10.0.0.1"))
+    assert r.returncode != 0
+    assert 'spec.excludeCidrs[0]: Invalid value: "string": rule 7' in r.stderr, r.stderr
     r = cluster.kubectl("apply", "-f", "-", stdin=POOL)
     assert r.returncode == 0, r.stderr
     r = cluster.kubectl("apply", "-f", "-", stdin=SGC % ("ok", "10.0.0.0/8"))

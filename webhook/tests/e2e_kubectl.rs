@@ -308,18 +308,19 @@ async fn samples_through_kubectl() {
         println!("{file}:\n{}", out.stderr);
     }
 
-    // Several violations at once, each with its path, in one message.
+    // Several violations at once, each with its path, in one message. Bad excludeCidrs entries are refused by
+    // the CRD schema (rule 7 per entry), which answers before any validating webhook.
     let bad = env.write(
         "bad.yaml",
-        "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: bad\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n  publicIpPrefixId: my-prefix\n  excludeCidrs: [10.0.0.0/8, 1.2.3.4, fd00::/8]\n",
+        "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: bad\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n  provisionPublicIps: false\n  publicIpPrefixId: my-prefix\n  excludeCidrs: [10.0.0.0/8, 1.2.3.4, fd00::/8]\n",
     );
     let out = env.apply(&bad).await;
     assert!(!out.ok);
     for needle in [
-        "spec.publicIpPrefixId: rule 6",
-        "spec.excludeCidrs[1]: rule 7",
-        "'1.2.3.4' is an address, not a CIDR; write 1.2.3.4/32",
-        "spec.excludeCidrs[2]: rule 7",
+        "spec.publicIpPrefixId: Invalid value: \"object\": rule 6",
+        "spec.excludeCidrs[1]: Invalid value: \"string\": rule 7",
+        "a single address is written 1.2.3.4/32",
+        "spec.excludeCidrs[2]: Invalid value: \"string\": rule 7",
     ] {
         assert!(
             out.stderr.contains(needle),
@@ -328,6 +329,26 @@ async fn samples_through_kubectl() {
         );
     }
     println!("bad.yaml:\n{}", out.stderr);
+    // The rules only the webhook can check, several at once.
+    let bad = env.write(
+        "bad-webhook.yaml",
+        "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: bad\n  namespace: demo\nspec:\n  gatewayVmssProfile: {vmssResourceGroup: 'bad/rg', publicIpPrefixSize: 31}\n  publicIpPrefixId: my-prefix\n",
+    );
+    let out = env.apply(&bad).await;
+    assert!(!out.ok);
+    for needle in [
+        DENIED_SGC,
+        "spec.publicIpPrefixId: rule 6",
+        "spec.gatewayVmssProfile.vmssResourceGroup: rule 2",
+        "spec.gatewayVmssProfile.vmssName: rule 2",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "missing {needle:?} in {}",
+            out.stderr
+        );
+    }
+    println!("bad-webhook.yaml:\n{}", out.stderr);
 
     // Warnings come back as kubectl warnings.
     let warned = env.write(

@@ -664,7 +664,7 @@ impl Lab {
             "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: {SGC}\n  namespace: {DEMO_NS}\nspec:\n  gatewayNodepoolName: {POOL}\n  excludeCidrs:\n    - 10.0.0.0/8\n    - {ECHO_EXCLUDED_IP}/32\n"
         );
         let invalid = format!(
-            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: broken\n  namespace: {DEMO_NS}\nspec:\n  gatewayNodepoolName: {POOL}\n  publicIpPrefixId: my-prefix\n  excludeCidrs:\n    - 1.2.3.4\n"
+            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: broken\n  namespace: {DEMO_NS}\nspec:\n  gatewayNodepoolName: {POOL}\n  publicIpPrefixId: my-prefix\n"
         );
         for (file, text) in [
             ("gatewaypool.yaml", &pool),
@@ -681,9 +681,7 @@ impl Lab {
             info(&format!("$ kubectl apply -f {file}"));
             info(&format!("  {}", out.stdout.trim()));
         }
-        info(
-            "$ kubectl apply -f invalid-sgc.yaml   # publicIpPrefixId not an ARM ID, excludeCidrs[0] not a CIDR",
-        );
+        info("$ kubectl apply -f invalid-sgc.yaml   # publicIpPrefixId not an ARM ID (the webhook's rule 6)");
         let out = self.kubectl(opts, &["apply", "-f", "invalid-sgc.yaml"]).await?;
         if out.ok || !out.stderr.contains("denied the request") {
             bail!(

@@ -1,0 +1,638 @@
+//! The product's CRDs on the real kube-apiserver (no webhook registered in this test binary): what
+//! `kubectl explain` and `kubectl get` show, every CEL rule enforced by the apiserver alone, server-side apply
+//! by two managers, the status subresource, and one refusal listing every schema violation. The rules that
+//! the simulator must enforce the same way run against kube-sim too.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::Api;
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use testbed::control_plane::ControlPlane;
+use testbed::kube::KubeSim;
+
+const API_VERSION: &str = "egressgateway.kubernetes.azure.com/v1alpha1";
+
+/// One API server under test: the real one (shared by this binary) or a fresh kube-sim.
+struct Server {
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+    namespace: String,
+    name: &'static str,
+    _dir: tempfile::TempDir,
+    _sim: Option<KubeSim>,
+    _cp: Option<Arc<ControlPlane>>,
+}
+
+impl Server {
+    async fn real(prefix: &str) -> Self {
+        let cp = ControlPlane::shared().await;
+        cp.install_crds().await.expect("CRDs");
+        let dir = tempfile::tempdir().expect("tmp");
+        let kubeconfig = dir.path().join("admin.kubeconfig");
+        cp.write_admin_kubeconfig(&kubeconfig).expect("kubeconfig");
+        Self {
+            client: cp.client().expect("client"),
+            kubeconfig,
+            kubectl: cp.assets().kubectl.clone(),
+            namespace: cp.namespace(prefix, &[]).await.expect("namespace"),
+            name: "kube-apiserver",
+            _dir: dir,
+            _sim: None,
+            _cp: Some(cp),
+        }
+    }
+
+    async fn sim(prefix: &str) -> Self {
+        let sim = KubeSim::start(Default::default()).await.expect("kube-sim");
+        sim.install_crds().await.expect("CRDs");
+        sim.create_namespaces(&[prefix]).await.expect("namespace");
+        let dir = tempfile::tempdir().expect("tmp");
+        let kubeconfig = dir.path().join("admin.kubeconfig");
+        sim.write_kubeconfig(&kubeconfig, "admin").expect("kubeconfig");
+        Self {
+            client: sim.client("admin").expect("client"),
+            kubeconfig,
+            kubectl: PathBuf::from("kubectl"),
+            namespace: prefix.to_string(),
+            name: "kube-sim",
+            _dir: dir,
+            _sim: Some(sim),
+            _cp: None,
+        }
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::process::Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self._dir.path().join("cache"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .await
+            .expect("kubectl runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn sgcs(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &resource("StaticGatewayConfiguration"),
+        )
+    }
+
+    fn pools(&self) -> Api<DynamicObject> {
+        Api::all_with(self.client.clone(), &resource("GatewayPool"))
+    }
+}
+
+fn resource(kind: &str) -> kube::api::ApiResource {
+    let gvk = kube::api::GroupVersionKind::gvk("egressgateway.kubernetes.azure.com", "v1alpha1", kind);
+    let plural = format!("{}s", kind.to_lowercase());
+    kube::api::ApiResource::from_gvk_with_plural(&gvk, &plural)
+}
+
+fn object(kind: &str, name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(
+        json!({"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}),
+    )
+    .expect("object")
+}
+
+/// The apiserver's refusal text, or a panic when it accepted.
+fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            s.message.clone()
+        }
+        other => panic!("expected a 422 refusal, got {other:?}"),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_shows_reflowed_descriptions_of_both_kinds() {
+    let server = Server::real("explain").await;
+    for (what, want) in [
+        (
+            "staticgatewayconfiguration.spec",
+            api::crd::reflow(
+                "Which traffic of annotated pods goes through the gateway. staticEgressGateway (default): all traffic
+                except excludeCidrs.",
+            ),
+        ),
+        ("gatewaypool.spec", "Length of the public IP prefix each configuration on this pool gets: 28 to 31.".into()),
+        ("sgc.spec.excludeCidrs", "IPv4 CIDRs that bypass the gateway (staticEgressGateway)".into()),
+    ] {
+        let (ok, stdout, stderr) = server.kubectl(&["explain", what]).await;
+        assert!(ok, "kubectl explain {what}: {stderr}");
+        // kubectl wraps long lines itself; a description keeps no line break of its own (the source's
+        // wrapping would show as a line ending mid-sentence before kubectl's width).
+        let flat = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains(&want), "kubectl explain {what} lacks {want:?}:\n{stdout}");
+        println!("kubectl explain {what}:\n{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printer_columns_and_short_names() {
+    let server = Server::real("columns").await;
+    let (ok, stdout, stderr) = server
+        .kubectl(&[
+            "api-resources",
+            "--api-group",
+            "egressgateway.kubernetes.azure.com",
+            "--no-headers",
+        ])
+        .await;
+    assert!(ok, "{stderr}");
+    let short: Vec<(String, String)> = stdout
+        .lines()
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (
+                cols[0].to_string(),
+                if cols.len() == 5 {
+                    cols[1].to_string()
+                } else {
+                    String::new()
+                },
+            )
+        })
+        .collect();
+    assert!(
+        short.contains(&("staticgatewayconfigurations".into(), "sgc".into())),
+        "{stdout}"
+    );
+    assert!(short.contains(&("gatewaypools".into(), "gwp".into())), "{stdout}");
+
+    let name = unique("cols");
+    server
+        .sgcs()
+        .create(
+            &PostParams::default(),
+            &object(
+                "StaticGatewayConfiguration",
+                &name,
+                json!({"gatewayNodepoolName": "gwpool"}),
+            ),
+        )
+        .await
+        .expect("create");
+    let (ok, stdout, stderr) = server.kubectl(&["get", "sgc", "-n", &server.namespace]).await;
+    assert!(ok, "{stderr}");
+    let header: Vec<&str> = stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "POOL", "VMSS", "EGRESS PREFIX", "READY", "AGE"],
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&name) && l.contains("gwpool")),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = server.kubectl(&["get", "gwp"]).await;
+    assert!(ok, "{stderr}");
+    println!("{stdout}");
+}
+
+/// Every `x-kubernetes-validations` rule of every CRD, each broken once (the count is checked, so a new
+/// rule needs a case here), refused by the apiserver with its message while no webhook is registered.
+async fn every_cel_rule_is_enforced(server: &Server) {
+    let sgcs = server.sgcs();
+    let pools = server.pools();
+    let mut checked = 0;
+    let sgc = |name: &str, spec: Value| object("StaticGatewayConfiguration", name, spec);
+
+    let create_cases = [
+        (
+            json!({}),
+            "spec: Invalid value: \"object\": rule 1 (one gateway pool)",
+        ),
+        (
+            json!({"gatewayNodepoolName": "a", "gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "v", "publicIpPrefixSize": 31}}),
+            "rule 1 (one gateway pool)",
+        ),
+        (
+            json!({"provisionPublicIps": false, "gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "v", "publicIpPrefixSize": 31}}),
+            "spec.gatewayVmssProfile: Invalid value: \"object\": rule 5 (private IPs need a VM-based pool)",
+        ),
+        (
+            json!({"provisionPublicIps": false, "gatewayNodepoolName": "a", "publicIpPrefixId": "/x"}),
+            "spec.publicIpPrefixId: Invalid value: \"object\": rule 6 (public IP prefix ID)",
+        ),
+        (
+            json!({"gatewayNodepoolName": "a", "excludeCidrs": ["10.0.0.0/8", "1.2.3.4"]}),
+            "spec.excludeCidrs[1]: Invalid value: \"string\": rule 7 (valid excludeCidrs)",
+        ),
+    ];
+    for (spec, want) in create_cases {
+        let msg = refusal(
+            sgcs.create(&PostParams::default(), &sgc(&unique("cel"), spec.clone()))
+                .await,
+        );
+        assert!(msg.contains(want), "{}: {spec}: {msg}", server.name);
+        checked += 1;
+    }
+    // Transition rules (oldSelf) on updates.
+    let name = unique("immutable");
+    sgcs.create(
+        &PostParams::default(),
+        &sgc(&name, json!({"gatewayNodepoolName": "a"})),
+    )
+    .await
+    .expect("create");
+    let msg = refusal(
+        sgcs.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"gatewayNodepoolName": "b"}})),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("spec.gatewayNodepoolName: Invalid value: \"object\": gatewayNodepoolName is immutable"),
+        "{}: {msg}",
+        server.name
+    );
+    checked += 1;
+    let name = unique("immutable");
+    let profile = json!({"vmssResourceGroup": "rg", "vmssName": "v", "publicIpPrefixSize": 31});
+    sgcs.create(
+        &PostParams::default(),
+        &sgc(&name, json!({"gatewayVmssProfile": profile})),
+    )
+    .await
+    .expect("create");
+    let msg = refusal(
+        sgcs.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"gatewayVmssProfile": {"vmssName": "w"}}})),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("spec.gatewayVmssProfile: Invalid value: \"object\": gatewayVmssProfile is immutable"),
+        "{}: {msg}",
+        server.name
+    );
+    checked += 1;
+
+    let pool = |name: &str, spec: Value| object("GatewayPool", name, spec);
+    let msg = refusal(
+        pools
+            .create(
+                &PostParams::default(),
+                &pool(&unique("p"), json!({"publicIpPrefixSize": 31})),
+            )
+            .await,
+    );
+    assert!(
+        msg.contains("rule 1 (one pool identity)"),
+        "{}: {msg}",
+        server.name
+    );
+    checked += 1;
+    let msg = refusal(
+        pools
+            .create(
+                &PostParams::default(),
+                &pool(
+                    &unique("p"),
+                    json!({"gatewayNodepoolName": "a", "publicIpPrefixSize": 31, "instanceCount": 3}),
+                ),
+            )
+            .await,
+    );
+    assert!(
+        msg.contains("spec.instanceCount: Invalid value: \"object\": rule 4 (instances fit the prefix)"),
+        "{}: {msg}",
+        server.name
+    );
+    checked += 1;
+    let name = unique("p");
+    pools
+        .create(
+            &PostParams::default(),
+            &pool(
+                &name,
+                json!({"gatewayNodepoolName": "a", "publicIpPrefixSize": 31}),
+            ),
+        )
+        .await
+        .expect("pool");
+    let msg = refusal(
+        pools
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"gatewayNodepoolName": "b"}})),
+            )
+            .await,
+    );
+    assert!(
+        msg.contains("gatewayNodepoolName is immutable: a GatewayPool always describes the same nodes"),
+        "{}: {msg}",
+        server.name
+    );
+    checked += 1;
+    let msg = refusal(
+        pools
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"publicIpPrefixSize": 30}})),
+            )
+            .await,
+    );
+    assert!(
+        msg.contains("spec.publicIpPrefixSize: Invalid value: \"object\": publicIpPrefixSize is immutable"),
+        "{}: {msg}",
+        server.name
+    );
+    checked += 1;
+    let name = unique("p");
+    pools
+        .create(&PostParams::default(), &pool(&name, json!({"gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "v"}, "publicIpPrefixSize": 31})))
+        .await
+        .expect("pool");
+    let msg = refusal(
+        pools
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"gatewayVmssProfile": {"vmssName": "w"}}})),
+            )
+            .await,
+    );
+    assert!(
+        msg.contains("gatewayVmssProfile is immutable: a GatewayPool always describes the same nodes"),
+        "{}: {msg}",
+        server.name
+    );
+    checked += 1;
+
+    // Rule 1 has two ways to fail (neither, both) and one entry; everything else is one case per rule.
+    let rules = api::crd::all()
+        .iter()
+        .map(|crd| count_rules(&api::crd::openapi_schema(crd).expect("schema")))
+        .sum::<usize>();
+    assert_eq!(checked - 1, rules, "one case per x-kubernetes-validations rule");
+}
+
+fn count_rules(schema: &Value) -> usize {
+    match schema {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| {
+                if k == "x-kubernetes-validations" {
+                    v.as_array().map_or(0, Vec::len)
+                } else {
+                    count_rules(v)
+                }
+            })
+            .sum(),
+        Value::Array(items) => items.iter().map(count_rules).sum(),
+        _ => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cel_rule_is_enforced_without_the_webhook() {
+    every_cel_rule_is_enforced(&Server::real("cel").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_sim_enforces_every_cel_rule_as_the_apiserver_does() {
+    every_cel_rule_is_enforced(&Server::sim("cel").await).await;
+}
+
+/// Private mode with a prefix ID and two bad excludeCidrs entries: one refusal names all three.
+async fn one_refusal_lists_every_violation(server: &Server) {
+    let spec = json!({"gatewayNodepoolName": "gwpool", "provisionPublicIps": false, "publicIpPrefixId": "/subscriptions/x",
+        "excludeCidrs": ["10.0.0.0/8", "1.2.3.4", "fd00::/8"]});
+    let msg = refusal(
+        server
+            .sgcs()
+            .create(
+                &PostParams::default(),
+                &object("StaticGatewayConfiguration", "several", spec),
+            )
+            .await,
+    );
+    for want in [
+        "spec.publicIpPrefixId: Invalid value: \"object\": rule 6 (public IP prefix ID)",
+        "spec.excludeCidrs[1]: Invalid value: \"string\": rule 7 (valid excludeCidrs)",
+        "spec.excludeCidrs[2]: Invalid value: \"string\": rule 7 (valid excludeCidrs)",
+    ] {
+        assert!(msg.contains(want), "{}: missing {want:?} in {msg}", server.name);
+    }
+    assert!(!msg.contains("excludeCidrs[0]"), "{}: {msg}", server.name);
+    println!("{}: {msg}", server.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refusal_lists_every_violation_on_the_apiserver() {
+    one_refusal_lists_every_violation(&Server::real("several").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refusal_lists_every_violation_on_kube_sim() {
+    one_refusal_lists_every_violation(&Server::sim("several").await).await;
+}
+
+/// Two field managers: a field the other manager set survives an apply that leaves it out; applying a field
+/// another manager owns is a conflict unless forced.
+async fn server_side_apply_by_two_managers(server: &Server) {
+    let sgcs = server.sgcs();
+    let name = unique("ssa");
+    let apply = |manager: &str, force: bool, spec: Value, labels: Value| {
+        let sgcs = sgcs.clone();
+        let name = name.clone();
+        let params = if force {
+            PatchParams::apply(manager).force()
+        } else {
+            PatchParams::apply(manager)
+        };
+        async move {
+            let mut body = json!({"apiVersion": API_VERSION, "kind": "StaticGatewayConfiguration",
+                "metadata": {"name": name}, "spec": spec});
+            // An applied empty map would claim the whole map (kube-apiserver then reports a conflict on
+            // .metadata.labels when the other manager adds one).
+            if labels != json!({}) {
+                body["metadata"]["labels"] = labels;
+            }
+            sgcs.patch(&name, &params, &Patch::Apply(body)).await
+        }
+    };
+    apply(
+        "alice",
+        false,
+        json!({"gatewayNodepoolName": "gwpool", "excludeCidrs": ["10.0.0.0/8"]}),
+        json!({}),
+    )
+    .await
+    .expect("alice");
+    apply("bob", false, json!({}), json!({"team": "b"}))
+        .await
+        .expect("bob");
+    // Alice stops managing excludeCidrs: it goes; Bob's label stays.
+    let got = apply(
+        "alice",
+        false,
+        json!({"gatewayNodepoolName": "gwpool"}),
+        json!({}),
+    )
+    .await
+    .expect("alice again");
+    assert_eq!(
+        got.metadata
+            .labels
+            .unwrap_or_default()
+            .get("team")
+            .map(String::as_str),
+        Some("b"),
+        "{}",
+        server.name
+    );
+    assert!(
+        got.data["spec"].get("excludeCidrs").is_none(),
+        "{}: {}",
+        server.name,
+        got.data
+    );
+    // The same value of a field Alice owns is shared ownership; another value is a conflict naming her,
+    // unless forced.
+    apply(
+        "bob",
+        false,
+        json!({"gatewayNodepoolName": "gwpool"}),
+        json!({"team": "b"}),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: shared ownership: {e}", server.name));
+    let err = apply(
+        "bob",
+        false,
+        json!({"gatewayNodepoolName": "otherpool"}),
+        json!({"team": "b"}),
+    )
+    .await;
+    match err {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 409, "{}: {s:?}", server.name);
+            assert!(
+                s.message.contains("conflict with \"alice\"")
+                    && s.message.contains(".spec.gatewayNodepoolName"),
+                "{}: {}",
+                server.name,
+                s.message
+            );
+        }
+        other => panic!("{}: expected a conflict, got {other:?}", server.name),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_by_two_managers_on_the_apiserver() {
+    server_side_apply_by_two_managers(&Server::real("ssa").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_by_two_managers_on_kube_sim() {
+    server_side_apply_by_two_managers(&Server::sim("ssa").await).await;
+}
+
+/// A write to `/status` changes only status (and not the generation); a write to the object keeps status.
+async fn status_subresource_ignores_spec(server: &Server) {
+    let sgcs = server.sgcs();
+    let name = unique("status");
+    let created = sgcs
+        .create(
+            &PostParams::default(),
+            &object(
+                "StaticGatewayConfiguration",
+                &name,
+                json!({"gatewayNodepoolName": "gwpool"}),
+            ),
+        )
+        .await
+        .expect("create");
+    assert!(created.data.get("status").is_none(), "{}", server.name);
+    let generation = created.metadata.generation;
+    let patched = sgcs
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"excludeCidrs": ["10.0.0.0/8"]}, "status": {"egressIpPrefix": "20.0.0.0/31"}})),
+        )
+        .await
+        .expect("status patch");
+    assert_eq!(
+        patched.data["status"]["egressIpPrefix"], "20.0.0.0/31",
+        "{}",
+        server.name
+    );
+    assert!(
+        patched.data["spec"].get("excludeCidrs").is_none(),
+        "{}: spec ignored: {}",
+        server.name,
+        patched.data
+    );
+    assert_eq!(patched.metadata.generation, generation, "{}", server.name);
+    let main = sgcs
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"egressIpPrefix": "1.1.1.1/32"}, "spec": {"excludeCidrs": ["10.0.0.0/8"]}}),
+            ),
+        )
+        .await
+        .expect("main patch");
+    assert_eq!(
+        main.data["status"]["egressIpPrefix"], "20.0.0.0/31",
+        "{}: status kept",
+        server.name
+    );
+    assert_eq!(
+        main.metadata.generation,
+        generation.map(|g| g + 1),
+        "{}",
+        server.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_subresource_ignores_spec_on_the_apiserver() {
+    status_subresource_ignores_spec(&Server::real("status").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_subresource_ignores_spec_on_kube_sim() {
+    status_subresource_ignores_spec(&Server::sim("status").await).await;
+}
