@@ -8,7 +8,7 @@ use clap::Parser;
 /// Brings up the simulated Azure and Kubernetes, installs the Helm chart, runs the real components from it, applies a GatewayPool and a
 /// StaticGatewayConfiguration with kubectl, shows the result, and tears everything down.
 #[derive(Debug, Parser)]
-#[command(name = "lab")]
+#[command(name = "lab", version)]
 struct Args {
     /// Leave everything running (until Ctrl-C) and print a kubeconfig for kubectl.
     #[arg(long)]
