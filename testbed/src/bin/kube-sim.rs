@@ -9,7 +9,11 @@ use clap::Parser;
 use testbed::kube::{KubeSim, KubeSimConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "kube-sim", version, about = "In-memory Kubernetes API server (HTTPS, bearer tokens, CRDs, admission webhooks)")]
+#[command(
+    name = "kube-sim",
+    version,
+    about = "In-memory Kubernetes API server (HTTPS, bearer tokens, CRDs, admission webhooks)"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:6443")]
