@@ -5,4 +5,5 @@
 pub mod azure;
 pub mod kube;
 pub mod lab;
+pub mod provider_release;
 pub mod wait;

@@ -13,7 +13,11 @@ use webhook::server::{AppState, admission_router, probe_router, serve_plain, ser
 use webhook::{cabundle, metrics, tls, watch};
 
 #[derive(Debug, Parser)]
-#[command(name = "kube-egress-gateway-webhook", version, about = "Admission webhook for kube-egress-gateway")]
+#[command(
+    name = "kube-egress-gateway-webhook",
+    version,
+    about = "Admission webhook for kube-egress-gateway"
+)]
 struct Args {
     /// HTTPS address for admission reviews.
     #[arg(long, env = "WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
