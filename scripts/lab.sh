@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main-job command: the lab (see README "Quick start" and testbed/src/lab/).
 # Builds the workspace binaries (debug by default, quicker to build; LAB_PROFILE=release for optimised), then runs the lab
-# as root. Extra arguments go to the lab, e.g. `scripts/lab.sh --keep`.
+# as root. Extra arguments go to the lab, e.g. `scripts/lab.sh --keep`, or `scripts/lab.sh --from-images` to run
+# every component from its image (build them first with scripts/release.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then

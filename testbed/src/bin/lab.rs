@@ -28,6 +28,10 @@ struct Args {
     /// failover (measured), 10 delete everything and check Azure is clean.
     #[arg(long, default_value = "none")]
     scenarios: String,
+    /// Run every component from its image (the chart's image references, in podman's local storage, e.g.
+    /// built by scripts/release.sh) with `podman run` in the lab's namespaces, instead of the binaries.
+    #[arg(long)]
+    from_images: bool,
 }
 
 #[tokio::main]
@@ -57,6 +61,7 @@ async fn main() {
         work_dir: std::env::temp_dir().join(format!("kube-egress-lab-{}", std::process::id())),
         step_timeout: Duration::from_secs(args.step_timeout),
         scenarios,
+        images: args.from_images.then(testbed::lab::images::ImageMode::detect),
     };
     println!("kube-egress-gateway lab (work dir {})", opts.work_dir.display());
     match testbed::lab::run(opts).await {

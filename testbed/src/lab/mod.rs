@@ -15,6 +15,7 @@ mod azure_view;
 pub mod chart;
 mod dataplane;
 pub mod fabric;
+pub mod images;
 mod procs;
 pub mod runtime;
 pub mod scenarios;
@@ -41,6 +42,8 @@ pub struct Options {
     pub step_timeout: std::time::Duration,
     /// Upstream e2e scenarios (and ours) to run after the default steps, in order (`--scenarios`).
     pub scenarios: Vec<scenarios::Scenario>,
+    /// `--from-images`: run every component from its image with podman instead of from `bin_dir`.
+    pub images: Option<images::ImageMode>,
 }
 
 /// Prints the start of a named step.
