@@ -127,3 +127,24 @@ then
   echo "install-deps: pip install -r tests/chart/requirements.txt"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r "$PY_REQUIREMENTS"
 fi
+
+# --- release and images (scripts/release.sh, images/, tests/release) --------------------------------------
+# mmdebstrap makes the image bases from Debian packages; podman builds and runs the images (runc too: crun
+# refuses hosts whose cgroups are in hybrid mode); skopeo reads and pushes OCI archives; docker-registry is the
+# loopback registry of tests/release; zip, gpg and gpgv package, sign and verify the provider release.
+RELEASE_PACKAGES=(mmdebstrap podman crun runc skopeo docker-registry zip unzip gpg gpgv gpg-agent binutils)
+release_missing=()
+for p in "${RELEASE_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || release_missing+=("$p")
+done
+if ((${#release_missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to install: ${release_missing[*]}" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${release_missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${release_missing[@]}" >/dev/null
+fi
+# --- end of release and images ------------------------------------------------------------------------------

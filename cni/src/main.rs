@@ -2,6 +2,11 @@
 use std::io::Read as _;
 
 fn main() -> std::process::ExitCode {
+    // Runtimes pass everything through CNI_* variables; `--version` is for humans and the image tests.
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("kube-egress-cni {}", env!("CARGO_PKG_VERSION"));
+        return std::process::ExitCode::SUCCESS;
+    }
     let env = cni::plugin::CniEnv::from_env();
     let mut stdin = Vec::new();
     if env.command != "VERSION" && std::io::stdin().read_to_end(&mut stdin).is_err() {

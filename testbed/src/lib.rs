@@ -6,4 +6,5 @@ pub mod azure;
 pub mod control_plane;
 pub mod kube;
 pub mod lab;
+pub mod provider_release;
 pub mod wait;

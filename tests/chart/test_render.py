@@ -322,12 +322,12 @@ def test_images() -> None:
         }
 
     assert images(scenario_objects("default")) == {
-        "kube-egress-gateway-operator/operator": ("local/kube-egress-gateway-operator:0.1.0", "IfNotPresent"),
-        "kube-egress-gateway-gateway-agent/netns-init": ("local/kube-egress-gateway-agent:0.1.0", "IfNotPresent"),
-        "kube-egress-gateway-gateway-agent/agent": ("local/kube-egress-gateway-agent:0.1.0", "IfNotPresent"),
-        "kube-egress-gateway-node-agent/cni-install": ("local/kube-egress-gateway-agent:0.1.0", "IfNotPresent"),
-        "kube-egress-gateway-node-agent/agent": ("local/kube-egress-gateway-agent:0.1.0", "IfNotPresent"),
-        "kube-egress-gateway-webhook/webhook": ("local/kube-egress-gateway-webhook:0.1.0", "IfNotPresent"),
+        "kube-egress-gateway-operator/operator": ("ghcr.io/kube-egress-gateway-rs/kube-egress-gateway-operator:0.1.0", "IfNotPresent"),
+        "kube-egress-gateway-gateway-agent/netns-init": ("ghcr.io/kube-egress-gateway-rs/kube-egress-gateway-agent:0.1.0", "IfNotPresent"),
+        "kube-egress-gateway-gateway-agent/agent": ("ghcr.io/kube-egress-gateway-rs/kube-egress-gateway-agent:0.1.0", "IfNotPresent"),
+        "kube-egress-gateway-node-agent/cni-install": ("ghcr.io/kube-egress-gateway-rs/kube-egress-gateway-agent:0.1.0", "IfNotPresent"),
+        "kube-egress-gateway-node-agent/agent": ("ghcr.io/kube-egress-gateway-rs/kube-egress-gateway-agent:0.1.0", "IfNotPresent"),
+        "kube-egress-gateway-webhook/webhook": ("ghcr.io/kube-egress-gateway-rs/kube-egress-gateway-webhook:0.1.0", "IfNotPresent"),
     }
     custom = images(scenario_objects("custom-images"))
     assert custom["kube-egress-gateway-operator/operator"][0] == "other.example.com/ops/kube-egress-gateway-operator:op-1"

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Terraform starts the provider without arguments; `--version` is for humans and the release checks.
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("terraform-provider-egressgateway {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     // stdout carries only the handshake line; logs go to stderr, where Terraform collects them (TF_LOG).
     daemon::logging::init_with_filter_env("TF_PROVIDER_LOG", daemon::logging::LogFormat::Text);
     let env = tf_provider::server::LaunchEnv::from_env();

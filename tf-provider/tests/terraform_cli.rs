@@ -1,5 +1,6 @@
 //! End-to-end tests with the real `terraform` CLI (1.11 on PATH), using dev_overrides and no `terraform
-//! init`. These cover what needs no cluster: validate and plan (offline planning, plan-time rules with
+//! init` (the edit loop: the binary cargo just built, unpackaged; terraform_cluster.rs installs the provider
+//! from a verified release mirror, as users do). These cover what needs no cluster: validate and plan (offline planning, plan-time rules with
 //! attribute paths, unknown provider configuration), the formatting of the shipped examples, and that the
 //! offline example validates and plans (the AKS example needs the azurerm provider, hence `init`).
 //! Every run goes through the real go-plugin handshake with AutoMTLS.
@@ -15,7 +16,7 @@ struct Workspace {
 impl Workspace {
     /// A workspace whose `main.tf` is `main_tf` after a `required_providers` header.
     fn new(name: &str, main_tf: &str) -> Self {
-        let header = "terraform {\n  required_providers {\n    egressgateway = { source = \"example/egressgateway\" }\n  }\n}\n";
+        let header = "terraform {\n  required_providers {\n    egressgateway = { source = \"kube-egress-gateway-rs/egressgateway\" }\n  }\n}\n";
         Self::with_main_tf(name, &format!("{header}{main_tf}"))
     }
 
@@ -29,7 +30,7 @@ impl Workspace {
         std::fs::write(
             dir.join("dev.tfrc"),
             format!(
-                "provider_installation {{\n  dev_overrides {{\n    \"example/egressgateway\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
+                "provider_installation {{\n  dev_overrides {{\n    \"kube-egress-gateway-rs/egressgateway\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
                 bin_dir.display()
             ),
         )

@@ -15,7 +15,11 @@ use crate::server::{AppState, admission_router, probe_router, serve_tls};
 use crate::{cabundle, metrics, tls, watch};
 
 #[derive(Debug, clap::Parser)]
-#[command(version, about = "Admission webhook for kube-egress-gateway")]
+#[command(
+    name = "kube-egress-gateway-webhook",
+    version,
+    about = "Admission webhook for kube-egress-gateway"
+)]
 pub struct Args {
     /// HTTPS address for admission reviews.
     #[arg(long, env = "WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]

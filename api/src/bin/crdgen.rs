@@ -3,6 +3,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("crdgen {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
     let root = std::env::args()
         .nth(1)
         .map(PathBuf::from)

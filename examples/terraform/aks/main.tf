@@ -13,7 +13,8 @@ terraform {
       version = "~> 4.0"
     }
     egressgateway = {
-      source = "example/egressgateway"
+      source  = "kube-egress-gateway-rs/egressgateway"
+      version = "~> 0.1"
     }
   }
 }

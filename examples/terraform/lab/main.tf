@@ -2,10 +2,12 @@
 # against the lab's simulated cluster. The lab applies this file as it is; by hand, against a lab started
 # with `scripts/lab.sh --keep` (which prints the kubeconfig), with the provider built by cargo:
 #
-#   terraform apply -var kubeconfig=/tmp/kube-egress-lab-<pid>/kubeconfig
+#   terraform init && terraform apply -var kubeconfig=/tmp/kube-egress-lab-<pid>/kubeconfig
 #
-# with TF_CLI_CONFIG_FILE naming a CLI configuration whose dev_overrides point "example/egressgateway" at
-# the directory of terraform-provider-egressgateway (no `terraform init`).
+# with the provider installed from a release mirror (docs/install.md, "Terraform provider"; the lab itself
+# packages its provider binary with scripts/package-provider.sh and mirrors it with scripts/provider-mirror.sh),
+# or, while editing the provider, with TF_CLI_CONFIG_FILE naming a CLI configuration whose dev_overrides point
+# "kube-egress-gateway-rs/egressgateway" at the directory of terraform-provider-egressgateway (no init then).
 #
 # The lab's Azure seed has a second gateway node pool `tfpool` (a VMSS with 2 instances, tagged for /31
 # prefixes) that nothing uses until this configuration declares a GatewayPool for it.
@@ -13,7 +15,7 @@
 terraform {
   required_providers {
     egressgateway = {
-      source = "example/egressgateway"
+      source = "kube-egress-gateway-rs/egressgateway"
     }
   }
 }

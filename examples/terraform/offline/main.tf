@@ -2,7 +2,7 @@
 terraform {
   required_providers {
     egressgateway = {
-      source = "example/egressgateway"
+      source = "kube-egress-gateway-rs/egressgateway"
     }
   }
 }

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(about = "Azure Resource Manager + AAD + IMDS simulator")]
+#[command(
+    name = "azure-sim",
+    version,
+    about = "Azure Resource Manager + AAD + IMDS simulator"
+)]
 struct Args {
     /// Seed file (JSON, see testbed::azure::Seed).
     #[arg(long, env = "AZURE_SIM_SEED")]

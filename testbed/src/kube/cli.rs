@@ -13,6 +13,7 @@ use super::{KubeSim, KubeSimConfig, User, random_token};
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "kube-sim",
+    version,
     about = "In-memory Kubernetes API server (HTTPS, bearer tokens, CRDs, admission webhooks)"
 )]
 pub struct Args {

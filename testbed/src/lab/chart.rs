@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use serde::Deserialize as _;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Every object of a rendered chart, in the order rendered (CRDs first, then Helm's install order).
 #[derive(Debug, Clone, Default)]
@@ -70,6 +70,10 @@ pub struct LaunchSpec {
     pub container: String,
     /// The image's binary: the last path segment of the image without its tag (each image has one entrypoint).
     pub binary: String,
+    /// The container's image, as the chart renders it (the lab's `--from-images` mode runs it).
+    pub image: String,
+    /// The container's securityContext, with the pod's runAsUser/runAsGroup where the container sets none.
+    pub security_context: Value,
     /// Namespace and name of the pod's service account.
     pub service_account: (String, String),
     /// The chart's args, localised.
@@ -152,6 +156,27 @@ impl Rendered {
         }))
     }
 
+    /// Every image the chart's Deployments and DaemonSets run (init containers included), sorted, once each.
+    pub fn images(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .objects
+            .iter()
+            .filter(|o| matches!(o["kind"].as_str(), Some("Deployment" | "DaemonSet")))
+            .flat_map(|o| {
+                ["initContainers", "containers"].into_iter().flat_map(move |k| {
+                    o.pointer(&format!("/spec/template/spec/{k}"))
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c["image"].as_str().map(str::to_string))
+                })
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The launch spec of `container` of workload `kind`/`name` for a pod at `pod`.
     pub fn launch_spec(
         &self,
@@ -231,10 +256,21 @@ impl Rendered {
         let (args, localized) =
             localize_args(&str_list(&c["args"]), &mounts, &local.ports).with_context(|| what.clone())?;
         let env = resolve_env(c, pod, sa_name).with_context(|| what.clone())?;
+        let mut security_context = c.get("securityContext").cloned().unwrap_or_else(|| json!({}));
+        for key in ["runAsUser", "runAsGroup"] {
+            if security_context.get(key).is_none()
+                && let Some(v) = spec.pointer(&format!("/securityContext/{key}"))
+                && let Some(obj) = security_context.as_object_mut()
+            {
+                obj.insert(key.to_string(), v.clone());
+            }
+        }
         Ok(LaunchSpec {
             workload: format!("{kind}/{name}"),
             container: container.to_string(),
             binary,
+            image: image.to_string(),
+            security_context,
             service_account: (sa_ns.to_string(), sa_name.to_string()),
             args,
             lab_args: Vec::new(),

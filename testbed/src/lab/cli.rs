@@ -11,7 +11,7 @@ use super::leftovers::{self, Places};
 /// Brings up the simulated Azure and Kubernetes, installs the Helm chart, runs the real components from it, applies a GatewayPool and a
 /// StaticGatewayConfiguration with kubectl, shows the result, and tears everything down.
 #[derive(Debug, clap::Parser)]
-#[command(name = "lab")]
+#[command(name = "lab", version)]
 pub struct Args {
     /// Leave everything running (until Ctrl-C) and print a kubeconfig for kubectl.
     #[arg(long)]
@@ -35,6 +35,10 @@ pub struct Args {
     /// failover (measured), 10 delete everything and check Azure is clean.
     #[arg(long, default_value = "none", value_parser = scenario_list)]
     pub scenarios: ScenarioList,
+    /// Run every component from its image (the chart's image references, in podman's local storage, e.g.
+    /// built by scripts/release.sh) with `podman run` in the lab's namespaces, instead of the binaries.
+    #[arg(long)]
+    pub from_images: bool,
 }
 
 /// The scenarios `--scenarios` names, in order.
@@ -74,6 +78,7 @@ impl Args {
             work_dir: leftovers::work_dir(&std::env::temp_dir(), std::process::id()),
             step_timeout: Duration::from_secs(self.step_timeout),
             scenarios: self.scenarios.0,
+            images: self.from_images.then(super::images::ImageMode::detect),
         };
         println!("kube-egress-gateway lab (work dir {})", opts.work_dir.display());
         super::run(opts).await.context("lab failed")?;

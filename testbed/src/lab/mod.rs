@@ -16,6 +16,7 @@ pub mod chart;
 pub mod cli;
 mod dataplane;
 pub mod fabric;
+pub mod images;
 pub mod leftovers;
 mod procs;
 pub mod runtime;
@@ -43,6 +44,8 @@ pub struct Options {
     pub step_timeout: std::time::Duration,
     /// Upstream e2e scenarios (and ours) to run after the default steps, in order (`--scenarios`).
     pub scenarios: Vec<scenarios::Scenario>,
+    /// `--from-images`: run every component from its image with podman instead of from `bin_dir`.
+    pub images: Option<images::ImageMode>,
 }
 
 /// Prints the start of a named step.

@@ -15,6 +15,7 @@ use kube::api::PostParams;
 use serde_json::json;
 
 use super::chart::{self, LaunchSpec, Localize};
+use super::images::{self, Place};
 use super::procs::{Children, live_children, tail};
 use super::{Options, info, ok, step};
 use super::{fabric, runtime};
@@ -312,6 +313,9 @@ impl Lab {
         let chart_path = opts.work_dir.join("chart.yaml");
         write_private(&chart_path, &text)?;
         self.chart = chart::Rendered::parse(&text).context("reading the rendered chart")?;
+        if let Some(mode) = &opts.images {
+            mode.check_present(&self.chart.images())?;
+        }
         let script = std::fs::canonicalize(&opts.render_chart).unwrap_or_else(|_| opts.render_chart.clone());
         info(&format!(
             "$ {} --release {RELEASE} --namespace {SYSTEM_NS} -f values.yaml > chart.yaml",
@@ -395,7 +399,7 @@ impl Lab {
         &mut self,
         name: &str,
         spec: &LaunchSpec,
-        enter: &[String],
+        place: Place<'_>,
         opts: &Options,
     ) -> anyhow::Result<()> {
         for f in &spec.secret_files {
@@ -411,10 +415,35 @@ impl Lab {
         let mut envs: Vec<(&str, String)> = spec.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         envs.push(("KUBECONFIG", kubeconfig.display().to_string()));
         let binary = opts.bin_dir.join(&spec.binary);
-        let (program, args) = if enter.is_empty() {
+        let enter = place.nsenter_args();
+        let (program, args) = if let Some(mode) = &opts.images {
+            // wireguard-go (the agent's fallback: this machine has no WireGuard kernel module) needs the tun
+            // device, which a node with the module never does.
+            let devices: &[&str] = if matches!(place, Place::Netns(_)) {
+                &["/dev/net/tun"]
+            } else {
+                &[]
+            };
+            let kubeconfig = self.sa_kubeconfig(&spec.service_account.0, &spec.service_account.1);
+            // Kubernetes makes Secret volumes and the token readable by the pod's user; so does the lab, with
+            // the container's own copy of the kubeconfig.
+            let kubeconfig = images::hand_over(spec, &kubeconfig, &opts.work_dir.join("pods").join(name))?;
+            let a = mode.run_args(name, spec, &place, &kubeconfig, devices)?;
+            info(&format!(
+                "{name}: podman run {} ({})",
+                spec.image,
+                images::security_flags(&spec.security_context).join(" ")
+            ));
+            for d in devices {
+                info(&format!(
+                    "  lab-only: --device={d} (wireguard-go without the kernel module)"
+                ));
+            }
+            (PathBuf::from("podman"), a)
+        } else if enter.is_empty() {
             (binary.clone(), spec.argv())
         } else {
-            let mut a = enter.to_vec();
+            let mut a = enter;
             a.push(binary.display().to_string());
             a.extend(spec.argv());
             (PathBuf::from("nsenter"), a)
@@ -423,7 +452,11 @@ impl Lab {
             "{name}: {} container {} ({}) as {}",
             spec.workload,
             spec.container,
-            spec.binary,
+            if opts.images.is_some() {
+                &spec.image
+            } else {
+                &spec.binary
+            },
             spec.user()
         ));
         info(&format!("  args: {}", spec.args.join(" ")));
@@ -434,6 +467,28 @@ impl Lab {
             info(&format!("  lab-only: {arg} ({why})"));
         }
         self.children.spawn(name, &program, &args, &envs, &opts.work_dir)
+    }
+
+    /// The `podman` arguments of init container `container` of DaemonSet `ds` as rendered, at `place`.
+    fn init_container_args(
+        &self,
+        mode: &images::ImageMode,
+        ds: &str,
+        container: &str,
+        name: &str,
+        place: &Place<'_>,
+        replace: Option<(&str, &str)>,
+    ) -> anyhow::Result<Vec<String>> {
+        let w = self.chart.get("DaemonSet", ds)?;
+        let pod = w
+            .pointer("/spec/template/spec")
+            .with_context(|| format!("DaemonSet {ds} has no pod template"))?;
+        let c = pod["initContainers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+            .with_context(|| format!("DaemonSet {ds} has no init container {container}"))?;
+        let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+        mode.init_args(name, c, &volumes, place, replace)
     }
 
     /// Checks that kube-sim served `user` (a component's service account) and refused it nothing.
@@ -573,7 +628,7 @@ impl Lab {
             .as_ref()
             .context("kube-sim not started")?
             .map_service(SYSTEM_NS, WEBHOOK, listen);
-        self.launch("webhook", &spec, &[], opts)?;
+        self.launch("webhook", &spec, Place::Host, opts)?;
         self.wait("webhook /readyz answers 200", opts, || async {
             Ok(http_status(metrics, "/readyz").await == Some(200))
         })
@@ -624,7 +679,7 @@ impl Lab {
             ],
             opts,
         )?;
-        self.launch("operator", &spec, &[], opts)?;
+        self.launch("operator", &spec, Place::Host, opts)?;
         let leases: Api<Lease> = Api::namespaced(client, SYSTEM_NS);
         let holder = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         self.wait("the operator holds the leader Lease", opts, || {
@@ -1190,11 +1245,22 @@ impl Lab {
             &format!("http://127.0.0.1:{imds_port}"),
             "this VM's instance metadata from azure-sim, instead of 169.254.169.254",
         )?;
-        let enter = [
-            format!("--net={}", super::dataplane::netns_path(ns).display()),
-            "--".to_string(),
-        ];
-        self.launch(name, &spec, &enter, opts)?;
+        if let Some(mode) = &opts.images {
+            // The chart's netns-init, privileged as in the chart, makes the gateway namespace (the lab's name).
+            let args = self.init_container_args(
+                mode,
+                GATEWAY_AGENT,
+                "netns-init",
+                &format!("{name}-netns-init"),
+                &Place::Netns(ns),
+                Some(("ns-static-egress-gateway", &format!("{ns}-egw"))),
+            )?;
+            mode.run_init(&args).await?;
+            info(&format!(
+                "{name}: init container netns-init (privileged, as in the chart) made {ns}-egw"
+            ));
+        }
+        self.launch(name, &spec, Place::Netns(ns), opts)?;
         self.netns.push(format!("{ns}-egw"));
         Ok(())
     }
@@ -1215,7 +1281,15 @@ impl Lab {
                 netns: format!("{tag}node{i}"),
                 mntns: mnt_dir.join(format!("node{i}")),
                 dir: opts.work_dir.join("nodes").join(name),
-                cni_path: vec![PathBuf::from(runtime::CNI_DIR), opts.bin_dir.clone()],
+                // From images, the plugin is the one the chart's cni-install copied from the agent image.
+                cni_path: vec![
+                    PathBuf::from(runtime::CNI_DIR),
+                    if opts.images.is_some() {
+                        opts.work_dir.join("nodes").join(name).join("cni-bin")
+                    } else {
+                        opts.bin_dir.clone()
+                    },
+                ],
             };
             runtime::create_mount_ns(&node.mntns, &node.dir)?;
             self.nodes.push(node.clone());
@@ -1258,7 +1332,24 @@ impl Lab {
             if !shared.is_empty() {
                 bail!("{NODE_AGENT} mounts hostPaths that are not the lab node's own: {shared:?}");
             }
-            self.launch(&format!("node-agent-{i}"), &spec, &node.enter_args(), opts)?;
+            if let Some(mode) = &opts.images {
+                // The chart's cni-install copies the image's plugin into the node's plugin directory.
+                let args = self.init_container_args(
+                    mode,
+                    NODE_AGENT,
+                    "cni-install",
+                    &format!("node-agent-{i}-cni-install"),
+                    &Place::Node(&node),
+                    None,
+                )?;
+                mode.run_init(&args).await?;
+                info(&format!(
+                    "node-agent-{i}: init container cni-install copied the image's {} into {}",
+                    api::names::CNI_PLUGIN_TYPE,
+                    node.dir.join("cni-bin").display()
+                ));
+            }
+            self.launch(&format!("node-agent-{i}"), &spec, Place::Node(&node), opts)?;
         }
         for node in self.nodes.clone() {
             let ours = node.conf_dir().join(api::names::CNI_CONF_FILE);
@@ -1632,6 +1723,14 @@ impl Lab {
             })
             .collect();
         let stopped = self.children.stop_all(Duration::from_secs(5)).await;
+        if let Some(mode) = &opts.images {
+            let left = mode.remove_leftovers();
+            if !left.is_empty() {
+                info(&format!(
+                    "removed containers left by killed `podman run`s: {left:?}"
+                ));
+            }
+        }
         if !stopped.is_empty() {
             info(&format!("stopped {}", stopped.join(", ")));
         }

@@ -1,7 +1,9 @@
 //! Scenario 8: the Terraform provider on the lab, as a user would run it. `terraform apply` of
 //! `examples/terraform/lab/main.tf` (a GatewayPool for the seed's second gateway pool `tfpool` and a
-//! StaticGatewayConfiguration on it, the egress prefix as an output) with the provider from the lab's bin dir
-//! (dev_overrides, no `terraform init`), pointed at the lab's kubeconfig; then the output is compared with
+//! StaticGatewayConfiguration on it, the egress prefix as an output) with the provider installed as users
+//! install it: the lab's provider binary packaged as a signed release, verified and mirrored, and installed by
+//! `terraform init` from that mirror with checksum verification ([`crate::provider_release`]); pointed at the
+//! lab's kubeconfig; then the output is compared with
 //! kube-sim and azure-sim, the plan must be empty, a pod annotated with the new configuration must egress
 //! from inside the output prefix through tfpool's gateways, and `terraform destroy` must leave nothing of
 //! the pool and the configuration in Kubernetes, Azure or the gateways' data plane.
@@ -17,14 +19,16 @@ use kube::Api;
 
 use super::steps::{DEMO_NS, Lab, TF_POOL};
 use super::{Options, fabric, info, ok, scenarios};
+use crate::provider_release::{ProviderMirror, provider_source};
 
 /// The configuration the scenario applies, as shipped for users.
 const MAIN_TF: &str = include_str!("../../../examples/terraform/lab/main.tf");
 /// Where it lives in the repository (for the messages).
 const MAIN_TF_PATH: &str = "examples/terraform/lab/main.tf";
-/// The provider's address in `required_providers` and its binary.
-const PROVIDER_SOURCE: &str = "example/egressgateway";
+/// The provider's binary.
 const PROVIDER_BINARY: &str = "terraform-provider-egressgateway";
+/// The workspace's CLI configuration file (TF_CLI_CONFIG_FILE): the provider from the mirror only.
+const CLI_CONFIG: &str = "mirror.tfrc";
 /// The field manager the provider applies with (tf-provider's `cluster::FIELD_MANAGER`).
 const PROVIDER_FIELD_MANAGER: &str = "terraform-provider-egressgateway";
 /// The configuration `main.tf` declares (in the demo namespace) and the pod that uses it.
@@ -93,11 +97,11 @@ struct Workspace {
 }
 
 impl Workspace {
-    /// Writes `main.tf` and a CLI configuration whose dev_overrides send the provider to `bin_dir`.
-    fn create(dir: &Path, bin_dir: &Path, kubeconfig: &Path) -> anyhow::Result<Workspace> {
+    /// Writes `main.tf`, then the mirror's CLI configuration and lock file, and runs `terraform init`.
+    fn create(dir: &Path, mirror: &ProviderMirror, kubeconfig: &Path) -> anyhow::Result<Workspace> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("main.tf"), MAIN_TF).context("writing main.tf")?;
-        std::fs::write(dir.join("dev.tfrc"), cli_config(bin_dir)).context("writing dev.tfrc")?;
+        mirror.init_workspace(dir, CLI_CONFIG)?;
         Ok(Workspace {
             dir: dir.to_path_buf(),
             vars: vec![("TF_VAR_kubeconfig".into(), kubeconfig.display().to_string())],
@@ -116,7 +120,7 @@ impl Workspace {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("TF_CLI_CONFIG_FILE", self.dir.join("dev.tfrc"))
+        cmd.env("TF_CLI_CONFIG_FILE", self.dir.join(CLI_CONFIG))
             .env("TF_IN_AUTOMATION", "1")
             .env("CHECKPOINT_DISABLE", "1")
             .env_remove("KUBECONFIG")
@@ -154,14 +158,6 @@ impl Workspace {
     }
 }
 
-/// The CLI configuration: `example/egressgateway` from `bin_dir` (dev_overrides), everything else as usual.
-fn cli_config(bin_dir: &Path) -> String {
-    format!(
-        "provider_installation {{\n  dev_overrides {{\n    \"{PROVIDER_SOURCE}\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
-        bin_dir.display()
-    )
-}
-
 /// The output `name` of `terraform output -json`.
 fn output_value(json_text: &str, name: &str) -> anyhow::Result<String> {
     let doc: serde_json::Value =
@@ -188,16 +184,31 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
         .get(TF_POOL)
         .cloned()
         .with_context(|| format!("the lab runs no gateway VMs of pool {TF_POOL}"))?;
-    let ws = Workspace::create(&opts.work_dir.join("terraform"), &opts.bin_dir, &lab.kubeconfig)?;
+    let tf_dir = opts.work_dir.join("terraform");
+    let mirror_dir = opts.work_dir.join("provider-release");
+    let mirror = tokio::task::spawn_blocking(move || ProviderMirror::build(&provider, &mirror_dir))
+        .await
+        .context("packaging the provider")??;
+    ok(&format!(
+        "provider release in {}: zip, SHA256SUMS signed by a key generated for this run, protocol-6 manifest; signature and checksums verified, mirrored in {}",
+        mirror.release.display(),
+        mirror.mirror.display()
+    ));
+    let ws = {
+        let (mirror, kubeconfig) = (mirror.clone(), lab.kubeconfig.clone());
+        tokio::task::spawn_blocking(move || Workspace::create(&tf_dir, &mirror, &kubeconfig))
+            .await
+            .context("terraform init")??
+    };
     let version = ws.run(&["version", "-json"]).await?.success()?;
     let version: serde_json::Value =
         serde_json::from_str(&version.stdout).context("`terraform version -json` is not JSON")?;
     info(&format!(
-        "Terraform {} ({}); working dir {} with {MAIN_TF_PATH} and a CLI configuration (TF_CLI_CONFIG_FILE) whose dev_overrides use {}; TF_VAR_kubeconfig = the lab's kubeconfig",
+        "Terraform {} ({}); working dir {} with {MAIN_TF_PATH}; $ terraform init   # installed {} from the mirror, checked against the lock file's verified checksums; TF_VAR_kubeconfig = the lab's kubeconfig",
         version["terraform_version"].as_str().unwrap_or("?"),
         version["platform"].as_str().unwrap_or("?"),
         ws.dir.display(),
-        provider.display()
+        provider_source(),
     ));
 
     // Apply.
@@ -434,19 +445,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cli_configuration_overrides_only_our_provider() {
-        let c = cli_config(Path::new("/x/target/debug"));
-        assert!(
-            c.contains("dev_overrides {\n    \"example/egressgateway\" = \"/x/target/debug\"\n  }"),
-            "{c}"
-        );
-        assert!(c.contains("direct {}"), "{c}");
-    }
-
-    #[test]
     fn the_shipped_configuration_is_what_the_scenario_checks() {
         // The names the scenario looks up in kube-sim and the output it reads are the ones main.tf declares.
-        assert!(MAIN_TF.contains(&format!("source = \"{PROVIDER_SOURCE}\"")));
+        // The released provider (release.env), in the short form of `required_providers`.
+        let source = provider_source()
+            .strip_prefix("registry.terraform.io/")
+            .expect("a registry.terraform.io address");
+        assert!(MAIN_TF.contains(&format!("source = \"{source}\"")));
         assert!(MAIN_TF.contains(&format!("name                  = \"{TF_SGC}\"")));
         assert!(MAIN_TF.contains(&format!("namespace             = \"{DEMO_NS}\"")));
         assert!(MAIN_TF.contains(&format!("gateway_nodepool_name = \"{TF_POOL}\"")));

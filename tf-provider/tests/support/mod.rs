@@ -1,7 +1,9 @@
 //! A Terraform acceptance-test harness against the simulators: a Kubernetes API simulator with the real
 //! admission webhook registered, optionally the real operator against the Azure simulator, and Terraform
-//! working directories that run the real `terraform` CLI (dev_overrides, no `terraform init`) with the
-//! provider configured for a simulator user. Everything started here stops when dropped, also when a test
+//! working directories that run the real `terraform` CLI with the provider configured for a simulator user.
+//! The provider is installed as users install it: the cargo-built binary packaged as a signed registry
+//! release, mirrored, and installed by `terraform init` with checksum verification
+//! ([`testbed::provider_release`]). Everything started here stops when dropped, also when a test
 //! fails half-way: the simulators and the webhook and operator tasks with the test's runtime, `terraform`
 //! processes through `kill_on_drop`, working directories through `TempDir`.
 
@@ -284,7 +286,7 @@ fn azure_resources(sim: &AzureSim) -> Vec<String> {
 /// The provider block and its variables: credentials come from `TF_VAR_*` (see [`Cluster::credentials`]).
 pub const PROVIDER_TF: &str = r#"terraform {
   required_providers {
-    egressgateway = { source = "example/egressgateway" }
+    egressgateway = { source = "kube-egress-gateway-rs/egressgateway" }
   }
 }
 
@@ -336,8 +338,38 @@ impl std::fmt::Display for Run {
     }
 }
 
-/// A Terraform working directory with its own CLI configuration (dev_overrides to the provider built by
-/// cargo), state file and environment; removed on drop.
+/// The provider built by cargo as a verified release in a filesystem mirror, made once per test process under
+/// cargo's per-target temporary directory and reused while the binary is unchanged.
+fn provider_mirror() -> &'static testbed::provider_release::ProviderMirror {
+    static MIRROR: std::sync::OnceLock<testbed::provider_release::ProviderMirror> =
+        std::sync::OnceLock::new();
+    MIRROR.get_or_init(|| {
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-egressgateway"));
+        let meta = std::fs::metadata(&bin).expect("provider binary");
+        let stamp = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("provider-mirror");
+        let dir = base.join(format!("{}-{stamp}-{}", meta.len(), std::process::id()));
+        // Older mirrors (of binaries since rebuilt, or of earlier runs) are not needed any more.
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        testbed::provider_release::ProviderMirror::build(&bin, &dir)
+            .expect("packaging the provider and mirroring it (scripts/package-provider.sh, scripts/provider-mirror.sh)")
+    })
+}
+
+/// The workspace's Terraform CLI configuration file.
+const CLI_CONFIG: &str = "mirror.tfrc";
+
+/// A Terraform working directory with its own CLI configuration (the provider installed by `terraform init`
+/// from the mirror of [`provider_mirror`]), state file and environment; removed on drop.
 pub struct Workspace {
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
@@ -350,18 +382,11 @@ impl Workspace {
             .prefix("tfp-e2e-")
             .tempdir()
             .expect("temp dir");
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-egressgateway"));
-        let bin_dir = bin.parent().expect("binary directory");
-        std::fs::write(
-            dir.path().join("dev.tfrc"),
-            format!(
-                "provider_installation {{\n  dev_overrides {{\n    \"example/egressgateway\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
-                bin_dir.display()
-            ),
-        )
-        .expect("write dev.tfrc");
         let ws = Workspace { dir, env };
         ws.write(config);
+        provider_mirror()
+            .init_workspace(ws.dir.path(), CLI_CONFIG)
+            .expect("terraform init installs the provider from the mirror");
         ws
     }
 
@@ -387,7 +412,7 @@ impl Workspace {
         let out = tokio::process::Command::new("terraform")
             .args(args)
             .current_dir(self.dir.path())
-            .env("TF_CLI_CONFIG_FILE", self.dir.path().join("dev.tfrc"))
+            .env("TF_CLI_CONFIG_FILE", self.dir.path().join(CLI_CONFIG))
             .env("CHECKPOINT_DISABLE", "1")
             .env("TF_IN_AUTOMATION", "1")
             .env_remove("TF_LOG")
