@@ -510,13 +510,13 @@ impl WireGuard {
         if self.kind == BackendKind::Userspace {
             // Not through `DeviceUpdate::apply`: for a socket that is gone (the pod was just deleted) it
             // would start a new wireguard-go under that name.
-            return uapi_set(&h.control_name, &restart_session_uapi(peer, key.as_bytes())).map_err(
-                |msg| WgError::Control {
+            return uapi_set(&h.control_name, &restart_session_uapi(peer, key.as_bytes())).map_err(|msg| {
+                WgError::Control {
                     op: "restart session",
                     link: h.ifname.clone(),
                     msg,
-                },
-            );
+                }
+            });
         }
         let mut again = PeerConfigBuilder::new(&key).add_allowed_ips(&ips);
         if let Some(e) = peer.endpoint {
