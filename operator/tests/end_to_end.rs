@@ -1,5 +1,5 @@
 //! The whole operator against both simulators: Kubernetes (kube-sim, through kube-rs) and Azure (azure-sim,
-//! through the azure_mgmt_* clients). Key Secrets, finalizers, status, rules re-check, deletion without
+//! through the operator's ARM JSON client on the azure_core pipeline). Key Secrets, finalizers, status, rules re-check, deletion without
 //! leaks, and leader election.
 
 use std::time::Duration;
