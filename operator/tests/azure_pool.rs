@@ -1,5 +1,5 @@
-//! The Azure half of the operator against the ARM simulator, through the operator's real ARM client (raw JSON on the azure_core pipeline):
-//! coalesced writes, steady state without writes, deletion without leaks, and fault injection.
+//! The Azure half of the operator against the ARM simulator, through the operator's real ARM client (raw
+//! JSON on the azure_core pipeline): coalesced writes, steady state without writes, deletion without leaks, and fault injection.
 
 use std::collections::BTreeMap;
 
