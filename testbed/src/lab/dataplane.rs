@@ -111,28 +111,12 @@ pub fn forward_loopback(ns: &str, port: u16) -> anyhow::Result<tokio::task::Join
     }))
 }
 
-/// `GET http://<ip>:<port><path>` from inside `ns`: the HTTP status, or None when nothing answers.
+/// `GET http://<ip>:<port><path>` from inside `ns`: the HTTP status, or None when nothing answers within 1 s
+/// (the fabric's health probe).
 pub async fn probe_from(ns: &str, ip: Ipv4Addr, port: u16, path: &str) -> Option<u16> {
-    let (ns, path) = (ns.to_string(), path.to_string());
-    tokio::task::spawn_blocking(move || {
-        in_netns(&ns, move || {
-            use std::io::{Read as _, Write as _};
-            let mut c = std::net::TcpStream::connect_timeout(
-                &SocketAddr::from((ip, port)),
-                Duration::from_millis(500),
-            )?;
-            c.set_read_timeout(Some(Duration::from_secs(1)))?;
-            c.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())?;
-            let mut out = String::new();
-            c.read_to_string(&mut out)?;
-            Ok(out.split_whitespace().nth(1).and_then(|s| s.parse().ok()))
-        })
-        .ok()
-        .flatten()
-    })
-    .await
-    .ok()
-    .flatten()
+    http_get_in(ns, ip, port, path, Duration::from_secs(1))
+        .await
+        .map(|(status, _)| status)
 }
 
 /// The inode of network namespace `ns` (what `/proc/<pid>/ns/net` links to as `net:[<inode>]`).
@@ -333,6 +317,17 @@ pub async fn tcp_source_seen(ns: &str, to: SocketAddr, timeout: Duration) -> Opt
 
 /// `GET http://<ip>:<port><path>` from inside `ns`: (status, body), or None when nothing answers.
 pub async fn get_from(ns: &str, ip: Ipv4Addr, port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_in(ns, ip, port, path, Duration::from_secs(2)).await
+}
+
+/// One HTTP/1.0 GET from inside `ns`, waiting at most `read_timeout` for the answer.
+async fn http_get_in(
+    ns: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    path: &str,
+    read_timeout: Duration,
+) -> Option<(u16, String)> {
     let (ns, path) = (ns.to_string(), path.to_string());
     tokio::task::spawn_blocking(move || {
         in_netns(&ns, move || {
@@ -341,7 +336,7 @@ pub async fn get_from(ns: &str, ip: Ipv4Addr, port: u16, path: &str) -> Option<(
                 &SocketAddr::from((ip, port)),
                 Duration::from_millis(500),
             )?;
-            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            c.set_read_timeout(Some(read_timeout))?;
             c.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())?;
             let mut out = String::new();
             c.read_to_string(&mut out)?;
