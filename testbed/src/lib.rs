@@ -3,6 +3,7 @@
 //! lab through the product's real clients.
 
 pub mod azure;
+pub mod cluster;
 pub mod control_plane;
 pub mod kube;
 pub mod lab;

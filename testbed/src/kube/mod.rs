@@ -116,7 +116,7 @@ impl KubeSim {
         }
         let shared = Arc::new(server::Shared {
             state: Mutex::new(state),
-            users: cfg.users,
+            users: RwLock::new(cfg.users),
             services: RwLock::new(cfg.services),
             addr,
             bookmark_interval: cfg.bookmark_interval,
@@ -158,12 +158,28 @@ impl KubeSim {
     }
 
     /// The bearer token of a configured user.
-    pub fn token(&self, user: &str) -> Option<&str> {
+    pub fn token(&self, user: &str) -> Option<String> {
         self.shared
             .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .find(|u| u.name == user)
-            .map(|u| u.token.as_str())
+            .map(|u| u.token.clone())
+    }
+
+    /// A bearer token for ServiceAccount `namespace/name` (user `system:serviceaccount:<ns>:<name>` with its
+    /// groups, authorized by RBAC), made on first request like the TokenRequest API would: the same identity
+    /// a pod of that account gets in a real cluster.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        let mut users = self.shared.users.write().unwrap_or_else(|p| p.into_inner());
+        let user = User::service_account(namespace, name, &random_token());
+        if let Some(u) = users.iter().find(|u| u.name == user.name) {
+            return u.token.clone();
+        }
+        let token = user.token.clone();
+        users.push(user);
+        token
     }
 
     /// Requests `user` made so far, by (HTTP method, status code): which identity a component really used.

@@ -27,7 +27,8 @@ use super::table;
 #[derive(Debug)]
 pub struct Shared {
     pub state: Mutex<State>,
-    pub users: Vec<User>,
+    /// Configured users plus service-account tokens handed out later (`KubeSim::service_account_token`).
+    pub users: RwLock<Vec<User>>,
     pub services: RwLock<ServiceMap>,
     pub addr: SocketAddr,
     pub bookmark_interval: Duration,
@@ -153,7 +154,7 @@ fn error_response(e: &ApiError, warnings: &[String]) -> Response {
 /// Entry point for every request.
 pub async fn handle(shared: Arc<Shared>, req: http::Request<Body>) -> Response {
     let method = req.method().to_string();
-    let user = authenticate(&shared, req.headers()).cloned();
+    let user = authenticate(&shared, req.headers());
     let name = user.as_ref().map(|u| u.name.clone());
     let resp = handle_inner(&shared, req, user).await;
     let code = resp.status().as_u16();
@@ -210,13 +211,19 @@ fn label_value(v: &str) -> String {
 }
 
 /// The user whose bearer token the request carries, if the token is one kube-sim issued.
-fn authenticate<'a>(shared: &'a Shared, headers: &HeaderMap) -> Option<&'a User> {
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Option<User> {
     let token = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)?;
-    shared.users.iter().find(|u| u.token == token)
+    shared
+        .users
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|u| u.token == token)
+        .cloned()
 }
 
 async fn handle_inner(shared: &Arc<Shared>, req: http::Request<Body>, user: Option<User>) -> Response {
