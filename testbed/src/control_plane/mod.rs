@@ -172,6 +172,9 @@ impl ControlPlane {
                 "--service-cluster-ip-range",
                 "10.96.0.0/16",
                 "--allow-privileged=true",
+                // Webhooks and aggregated APIs registered by Service are called at an endpoint of the
+                // Service (no kube-proxy here to route a ClusterIP).
+                "--enable-aggregator-routing=true",
                 "--profiling=false",
             ]),
             &file("kube-apiserver.log"),
