@@ -253,6 +253,23 @@ pub fn sgc_rule_inputs(rule: Rule) -> &'static [&'static str] {
     }
 }
 
+/// Rule 1, shared by configurations and pools: exactly one of a node pool name and a VMSS profile.
+fn one_pool(v: &mut Verdict, nodepool: bool, profile: bool) {
+    match (nodepool, profile) {
+        (false, false) => v.deny(
+            "spec.gatewayNodepoolName",
+            Rule::OnePool,
+            "neither gatewayNodepoolName nor gatewayVmssProfile is set; set gatewayNodepoolName to an AKS gateway \
+             node pool, or gatewayVmssProfile to a self-managed VMSS",
+        ),
+        (true, true) => v.deny(
+            "spec.gatewayNodepoolName",
+            Rule::OnePool,
+            "both gatewayNodepoolName and gatewayVmssProfile are set; keep only one",
+        ),
+        _ => {}
+    }
+}
 /// Validates a configuration spec on create (`old` = None) or update.
 pub fn validate_sgc(
     new: &StaticGatewayConfigurationSpec,
@@ -264,20 +281,7 @@ pub fn validate_sgc(
     let profile = new.vmss_profile();
 
     // Rule 1
-    match (nodepool, profile) {
-        (None, None) => v.deny(
-            "spec.gatewayNodepoolName",
-            Rule::OnePool,
-            "neither gatewayNodepoolName nor gatewayVmssProfile is set; set gatewayNodepoolName to an AKS gateway \
-             node pool, or gatewayVmssProfile to a self-managed VMSS",
-        ),
-        (Some(_), Some(_)) => v.deny(
-            "spec.gatewayNodepoolName",
-            Rule::OnePool,
-            "both gatewayNodepoolName and gatewayVmssProfile are set; keep only one",
-        ),
-        _ => {}
-    }
+    one_pool(&mut v, nodepool.is_some(), profile.is_some());
 
     // Rules 2 and 3
     if let Some(p) = profile {
@@ -579,20 +583,7 @@ pub fn validate_pool(
 ) -> Verdict {
     let mut v = Verdict::default();
     let nodepool = new.gateway_nodepool_name.as_deref().filter(|s| !s.is_empty());
-    match (nodepool, &new.gateway_vmss_profile) {
-        (None, None) => v.deny(
-            "spec.gatewayNodepoolName",
-            Rule::OnePool,
-            "neither gatewayNodepoolName nor gatewayVmssProfile is set; set gatewayNodepoolName to an AKS gateway \
-             node pool, or gatewayVmssProfile to a self-managed VMSS",
-        ),
-        (Some(_), Some(_)) => v.deny(
-            "spec.gatewayNodepoolName",
-            Rule::OnePool,
-            "both gatewayNodepoolName and gatewayVmssProfile are set; keep only one",
-        ),
-        _ => {}
-    }
+    one_pool(&mut v, nodepool.is_some(), new.gateway_vmss_profile.is_some());
     if let Some(PoolVmssProfile {
         vmss_resource_group,
         vmss_name,
