@@ -18,41 +18,36 @@ pub async fn patch_ca_bundle(
     let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     if let Some(name) = mutating {
         let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-        match api.get_opt(name).await? {
-            Some(cfg) => {
-                let n = cfg.webhooks.map_or(0, |w| w.len());
-                api.patch(name, &PatchParams::default(), &Patch::Json::<()>(ops(n, &bundle)))
-                    .await?;
-                tracing::info!(
-                    name,
-                    webhooks = n,
-                    "patched caBundle into MutatingWebhookConfiguration"
-                );
-            }
-            None => tracing::warn!(
-                name,
-                "MutatingWebhookConfiguration not found; caBundle not patched"
-            ),
-        }
+        let count = |c: &MutatingWebhookConfiguration| c.webhooks.as_ref().map_or(0, Vec::len);
+        patch_one(&api, name, &bundle, count).await?;
     }
     if let Some(name) = validating {
         let api: Api<ValidatingWebhookConfiguration> = Api::all(client);
-        match api.get_opt(name).await? {
-            Some(cfg) => {
-                let n = cfg.webhooks.map_or(0, |w| w.len());
-                api.patch(name, &PatchParams::default(), &Patch::Json::<()>(ops(n, &bundle)))
-                    .await?;
-                tracing::info!(
-                    name,
-                    webhooks = n,
-                    "patched caBundle into ValidatingWebhookConfiguration"
-                );
-            }
-            None => tracing::warn!(
-                name,
-                "ValidatingWebhookConfiguration not found; caBundle not patched"
-            ),
+        let count = |c: &ValidatingWebhookConfiguration| c.webhooks.as_ref().map_or(0, Vec::len);
+        patch_one(&api, name, &bundle, count).await?;
+    }
+    Ok(())
+}
+
+/// Patches `bundle` into every webhook of configuration `name` of `api`'s kind; `webhooks` counts them.
+async fn patch_one<K>(
+    api: &Api<K>,
+    name: &str,
+    bundle: &str,
+    webhooks: impl Fn(&K) -> usize,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let kind = K::kind(&());
+    match api.get_opt(name).await? {
+        Some(cfg) => {
+            let n = webhooks(&cfg);
+            api.patch(name, &PatchParams::default(), &Patch::Json::<()>(ops(n, bundle)))
+                .await?;
+            tracing::info!(name, webhooks = n, %kind, "patched caBundle into the webhook configuration");
         }
+        None => tracing::warn!(name, %kind, "webhook configuration not found; caBundle not patched"),
     }
     Ok(())
 }
