@@ -54,7 +54,8 @@ for target in operator webhook agent; do
   ref="$repository/$name:$version"
   podman build --quiet --target "$target" --file "$root/images/Containerfile" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg AGENT_BASE_IMAGE="$AGENT_BASE_IMAGE" \
-    --build-arg VERSION="$version" --build-arg REVISION="$revision" --build-arg SOURCE_URL="$SOURCE_URL" \
+    --label org.opencontainers.image.version="$version" --label org.opencontainers.image.revision="$revision" \
+    --label org.opencontainers.image.source="$SOURCE_URL" --label org.opencontainers.image.licenses=Apache-2.0 \
     --tag "$ref" "$ctx" >/dev/null
   size="$(podman image inspect --format '{{.Size}}' "$ref")"
   echo "image $ref: $((size / 1000 / 1000)) MB ($size bytes)"
