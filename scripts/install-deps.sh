@@ -13,23 +13,30 @@ PACKAGES=(
   procps                      # sysctl
 )
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-# kubectl (lab, webhook e2e): any installed kubectl will do; otherwise Debian's.
-command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
-
-if ((${#missing[@]})); then
+# apt_install WHAT PACKAGE...: installs the packages not installed yet (root needed only then). WHAT names
+# them in messages. Package services must not start (no init system in containers: policy-rc.d refuses).
+apt_install() {
+  local what=$1 p missing=()
+  shift
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
   if [[ $(id -u) -ne 0 ]]; then
-    echo "install-deps: need root to install: ${missing[*]}" >&2
+    echo "install-deps: need root to install $what: ${missing[*]}" >&2
     exit 1
   fi
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+  rm -f /usr/sbin/policy-rc.d
+}
+
+# kubectl (lab, webhook e2e): any installed kubectl will do; otherwise Debian's.
+command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)
+apt_install "the test tools" "${PACKAGES[@]}"
 
 # Terraform (tf-provider acceptance tests, lab scenario 8): the CLI the provider is tested with, from
 # HashiCorp's apt repository (Terraform is not in Debian). Any installed terraform is kept; another version
@@ -42,10 +49,7 @@ if ! command -v terraform >/dev/null 2>&1; then
   fi
   echo "install-deps: installing terraform $TERRAFORM_VERSION (HashiCorp's apt repository)"
   export DEBIAN_FRONTEND=noninteractive
-  if ! command -v curl >/dev/null 2>&1 || [[ ! -e /etc/ssl/certs/ca-certificates.crt ]]; then
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null
-  fi
+  apt_install "terraform's download tools" curl ca-certificates
   # apt reads an ASCII-armoured key named *.asc directly (no gpg needed).
   keyring=/usr/share/keyrings/hashicorp-archive-keyring.asc
   curl -fsSL https://apt.releases.hashicorp.com/gpg -o "$keyring"
@@ -55,8 +59,11 @@ if ! command -v terraform >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "terraform=$TERRAFORM_VERSION-1" >/dev/null
 fi
-if ! terraform version 2>/dev/null | head -n 1 | grep -qx "Terraform v$TERRAFORM_VERSION"; then
-  echo "install-deps: warning: $(terraform version 2>/dev/null | head -n 1) is not the tested Terraform v$TERRAFORM_VERSION" >&2
+# Read the whole output first: with pipefail, `terraform version | head` fails when head closes the pipe early.
+tf_version="$(terraform version 2>/dev/null || true)"
+tf_version="${tf_version%%$'\n'*}"
+if [[ "$tf_version" != "Terraform v$TERRAFORM_VERSION" ]]; then
+  echo "install-deps: warning: $tf_version is not the tested Terraform v$TERRAFORM_VERSION" >&2
 fi
 
 # --- Real Kubernetes control plane (testbed/src/control_plane, docs/testbed.md) -------------------------------
@@ -64,19 +71,7 @@ fi
 # at $KUBEBUILDER_ASSETS, else .kubebuilder-assets/ in the repository (ignored by git). The Kubernetes binaries
 # come from ../shared/kube/ beside the repository (xz, with their checksums in its README). Without that folder
 # nothing is prepared and the suites that can fall back use kube-sim (and say so).
-if ! command -v etcd >/dev/null 2>&1; then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "install-deps: need root to install etcd-server" >&2
-    exit 1
-  fi
-  echo "install-deps: installing etcd-server"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # No init system in containers: the package's service must not start (policy-rc.d refuses it).
-  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
-  rm -f /usr/sbin/policy-rc.d
-fi
+command -v etcd >/dev/null 2>&1 || apt_install "the control plane's etcd" etcd-server
 repo_root="$(cd "$(dirname "$0")/.." && pwd)"
 kube_shared="$repo_root/../shared/kube"
 assets="${KUBEBUILDER_ASSETS:-$repo_root/.kubebuilder-assets}"
@@ -133,18 +128,5 @@ fi
 # refuses hosts whose cgroups are in hybrid mode); skopeo reads and pushes OCI archives; docker-registry is the
 # loopback registry of tests/release; zip, gpg and gpgv package, sign and verify the provider release.
 RELEASE_PACKAGES=(mmdebstrap podman crun runc skopeo docker-registry zip unzip gpg gpgv gpg-agent binutils)
-release_missing=()
-for p in "${RELEASE_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || release_missing+=("$p")
-done
-if ((${#release_missing[@]})); then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "install-deps: need root to install: ${release_missing[*]}" >&2
-    exit 1
-  fi
-  echo "install-deps: installing ${release_missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${release_missing[@]}" >/dev/null
-fi
+apt_install "the release tools" "${RELEASE_PACKAGES[@]}"
 # --- end of release and images ------------------------------------------------------------------------------
