@@ -103,8 +103,10 @@ pub struct Metrics {
     /// `gateway_tunnel_sessions_started_total{configuration}`: pods arriving (new or expired session), e.g.
     /// after their gateway failed.
     pub tunnel_sessions_started: Family<ConfigurationLabels, Counter>,
-    /// `gateway_snat_flows`: conntrack entries in the gateway namespace.
-    pub snat_flows: Gauge,
+    /// `gateway_snat_flows{configuration}`: the configuration's tracked flows (conntrack mark = its port).
+    pub snat_flows: Family<ConfigurationLabels, Gauge>,
+    /// `gateway_conntrack_entries`: all conntrack entries in the gateway namespace.
+    pub conntrack_entries: Gauge,
     /// `gateway_draining`: 1 while the agent drains on shutdown.
     pub gateway_draining: Gauge,
     /// `pod_tunnel_state{pod,link,state}`: 1 for the pod tunnel's current state.
@@ -223,7 +225,12 @@ impl Default for Metrics {
         );
         let snat_flows = reg!(
             "gateway_snat_flows",
-            "Connection-tracking entries in the gateway namespace (the pods' SNATed flows)",
+            "The configuration's flows tracked in the gateway namespace (SNATed to its egress IP)",
+            Family<ConfigurationLabels, Gauge>
+        );
+        let conntrack_entries = reg!(
+            "gateway_conntrack_entries",
+            "Connection-tracking entries in the gateway namespace, all configurations",
             Gauge
         );
         let gateway_draining = reg!(
@@ -272,6 +279,7 @@ impl Default for Metrics {
             tunnel_tx_packets,
             tunnel_sessions_started,
             snat_flows,
+            conntrack_entries,
             gateway_draining,
             pod_tunnel_state,
             pod_tunnel_handshake_age,
@@ -346,7 +354,8 @@ mod tests {
         };
         m.tunnel_rx_bytes.get_or_create(&c).inc_by(10);
         m.tunnel_newest_handshake_age.get_or_create(&c).set(1.5);
-        m.snat_flows.set(3);
+        m.snat_flows.get_or_create(&c).set(3);
+        m.conntrack_entries.set(4);
         let p = PodTunnelLabels {
             pod: "demo/client".into(),
             link: "wgp0123".into(),
@@ -363,7 +372,8 @@ mod tests {
         for line in [
             "gateway_tunnel_receive_bytes_total{configuration=\"demo/egress\"} 10",
             "gateway_tunnel_newest_handshake_age_seconds{configuration=\"demo/egress\"} 1.5",
-            "gateway_snat_flows 3",
+            "gateway_snat_flows{configuration=\"demo/egress\"} 3",
+            "gateway_conntrack_entries 4",
             "pod_tunnel_session_restarts_total{pod=\"demo/client\",link=\"wgp0123\"} 1",
             "pod_tunnel_state{pod=\"demo/client\",link=\"wgp0123\",state=\"answered\"} 1",
             "# TYPE pod_tunnel_receive_bytes counter",

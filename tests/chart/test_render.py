@@ -439,6 +439,7 @@ def test_dashboard_configmap_holds_the_data_plane_dashboard() -> None:
         "gateway_tunnel_transmit_packets_total",
         "gateway_tunnel_sessions_started_total",
         "gateway_snat_flows",
+        "gateway_conntrack_entries",
         "gateway_draining",
         "pod_tunnel_state",
         "pod_tunnel_session_restarts_total",
@@ -448,7 +449,7 @@ def test_dashboard_configmap_holds_the_data_plane_dashboard() -> None:
     ):
         assert metric in exprs, metric
     agent_src = (CHART.parents[1] / "agent" / "src" / "metrics.rs").read_text()
-    for metric in ("gateway_tunnel_peers", "gateway_snat_flows", "pod_tunnel_state", "pod_tunnel_session_restarts"):
+    for metric in ("gateway_tunnel_peers", "gateway_snat_flows", "gateway_conntrack_entries", "pod_tunnel_state", "pod_tunnel_session_restarts"):
         assert f'"{metric}"' in agent_src, f"{metric} is not registered by the agent"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))

@@ -1,7 +1,8 @@
 //! Gateway mode: what the tunnels carry (metrics) and when a draining gateway's pods have moved (shutdown).
 //!
-//! The readings are taken by [`read`] (WireGuard counters of each `wg-<port>`, the links' packet counters,
-//! the gateway namespace's conntrack count); [`summarize`] and [`DrainWatch`] are pure.
+//! The readings are taken by [`read`] (WireGuard counters of each `wg-<port>`, the links' packet counters)
+//! and [`read_flows`] (the gateway namespace's connection tracking, per configuration by the conntrack mark
+//! its link sets); [`summarize`], [`count_flows_by_mark`] and [`DrainWatch`] are pure.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -61,8 +62,58 @@ pub struct LinkReading {
 pub struct Reading {
     /// Per link.
     pub links: Vec<LinkReading>,
-    /// Connection-tracking entries in the gateway namespace (its flows are the pods' SNATed flows).
-    pub conntrack_entries: Option<u64>,
+}
+
+/// The gateway namespace's tracked connections (its flows are the pods' SNATed flows).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FlowReading {
+    /// All entries in the namespace (`nf_conntrack_count`), when readable.
+    pub total: Option<u64>,
+    /// Entries per conntrack mark (the configuration's port, set on its link's ingress), when the kernel
+    /// lists its table (`/proc/net/nf_conntrack`).
+    pub by_mark: Option<BTreeMap<u32, u64>>,
+}
+
+/// Counts `/proc/net/nf_conntrack` lines by their `mark=` field. Lines without one (kernels built without
+/// CONFIG_NF_CONNTRACK_MARK print none) are not counted.
+pub fn count_flows_by_mark(table: impl std::io::BufRead) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for line in table.lines().map_while(Result::ok) {
+        let mark = line
+            .split_ascii_whitespace()
+            .find_map(|f| f.strip_prefix("mark="))
+            .and_then(|m| m.parse::<u32>().ok());
+        if let Some(m) = mark {
+            *out.entry(m).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Reads the connection tracking of `netns` (blocking). The table is streamed, not held: a busy gateway
+/// tracks hundreds of thousands of flows.
+pub fn read_flows(netns: &Netns) -> FlowReading {
+    let total = netns
+        .run("cat", &["/proc/sys/net/netfilter/nf_conntrack_count"])
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let by_mark = netns
+        .command("cat")
+        .arg("/proc/net/nf_conntrack")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+        .and_then(|mut child| {
+            let counts = child
+                .stdout
+                .take()
+                .map(|out| count_flows_by_mark(std::io::BufReader::new(out)));
+            let ok = child.wait().is_ok_and(|s| s.success());
+            counts.filter(|_| ok)
+        });
+    FlowReading { total, by_mark }
 }
 
 /// Reads every link of `view` in `netns` (blocking: run it off the async threads). A link that cannot be
@@ -107,10 +158,6 @@ pub fn read(wg: &WireGuard, netns: &Netns, links: &[TunnelLink]) -> Reading {
             Err(e) => tracing::debug!(link = %link.ifname, error = %e, "reading tunnel counters"),
         }
     }
-    out.conntrack_entries = netns
-        .run("cat", &["/proc/sys/net/netfilter/nf_conntrack_count"])
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
     out
 }
 
@@ -288,6 +335,11 @@ impl TunnelReader {
             .await
             .ok()
     }
+
+    async fn read_flows(&self) -> Option<FlowReading> {
+        let netns = self.netns.clone();
+        tokio::task::spawn_blocking(move || read_flows(&netns)).await.ok()
+    }
 }
 
 /// Keeps the per-configuration tunnel metrics, reading every `every` until `stop`.
@@ -380,12 +432,26 @@ pub async fn run_metrics(
             metrics.tunnel_rx_packets.remove(&l);
             metrics.tunnel_tx_packets.remove(&l);
             metrics.tunnel_sessions_started.remove(&l);
+            metrics.snat_flows.remove(&l);
             metrics.tunnel_newest_handshake_age.remove(&l);
             metrics.tunnel_oldest_active_handshake_age.remove(&l);
         }
         shown = now_shown;
-        if let Some(n) = reading.conntrack_entries {
-            metrics.snat_flows.set(n as i64);
+        if let Some(flows) = reader.read_flows().await {
+            if let Some(n) = flows.total {
+                metrics.conntrack_entries.set(n as i64);
+            }
+            if let Some(by_mark) = &flows.by_mark {
+                for l in &reading.links {
+                    let n = by_mark.get(&u32::from(l.link.port)).copied().unwrap_or(0);
+                    metrics
+                        .snat_flows
+                        .get_or_create(&ConfigurationLabels {
+                            configuration: l.link.configuration.clone(),
+                        })
+                        .set(n as i64);
+                }
+            }
         }
         previous = Some(reading);
         tokio::select! {
@@ -511,6 +577,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn flows_are_counted_per_conntrack_mark() {
+        // /proc/net/nf_conntrack lines as the kernel prints them (fields vary by protocol and state).
+        let table = "\
+ipv4     2 tcp      6 431999 ESTABLISHED src=10.244.1.5 dst=93.184.216.34 sport=40112 dport=443 src=93.184.216.34 dst=10.0.0.6 sport=443 dport=40112 [ASSURED] mark=6000 zone=0 use=2
+ipv4     2 udp      17 29 src=10.244.1.5 dst=10.0.0.53 sport=5353 dport=53 [UNREPLIED] src=10.0.0.53 dst=10.0.0.6 sport=53 dport=5353 mark=6000 zone=0 use=2
+ipv4     2 icmp     1 29 src=10.244.2.7 dst=1.1.1.1 type=8 code=0 id=7 src=1.1.1.1 dst=10.0.0.7 type=0 code=0 id=7 mark=6001 zone=0 use=2
+ipv4     2 udp      17 170 src=10.0.0.4 dst=10.0.0.100 sport=51820 dport=6000 src=10.0.0.100 dst=10.0.0.4 sport=6000 dport=51820 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 10 TIME_WAIT src=10.244.1.5 dst=1.2.3.4 sport=1 dport=2 src=1.2.3.4 dst=10.0.0.6 sport=2 dport=1 [ASSURED] zone=0 use=2
+";
+        let counts = count_flows_by_mark(table.as_bytes());
+        assert_eq!(counts, BTreeMap::from([(0, 1), (6000, 2), (6001, 1)]));
+        assert!(count_flows_by_mark(&b""[..]).is_empty());
+    }
+
     fn peer(key: &str, rx: u64, tx: u64, hs: Option<SystemTime>) -> PeerStats {
         PeerStats {
             public_key: key.into(),
@@ -536,7 +617,6 @@ mod tests {
                 rx_packets: Some(7),
                 tx_packets: Some(5),
             }],
-            conntrack_entries: Some(3),
         }
     }
 

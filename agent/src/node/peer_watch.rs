@@ -65,8 +65,8 @@ pub struct WatchSettings {
 impl Default for WatchSettings {
     fn default() -> Self {
         WatchSettings {
-            poll: Duration::from_millis(200),
-            silence: Duration::from_millis(500),
+            poll: Duration::from_millis(100),
+            silence: Duration::from_millis(400),
             silence_unknown: Duration::from_secs(2),
             slow_answer_factor: 4,
             give_up: Duration::from_secs(10),
@@ -694,11 +694,36 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// The profile the timelines below are written for (200 ms readings, 500 ms silence); the shipped
+    /// defaults only read more often and wait less, see
+    /// [`the_defaults_restart_within_half_a_second_of_the_first_unanswered_reading`].
     fn s() -> WatchSettings {
-        WatchSettings::default()
+        WatchSettings {
+            poll: ms(200),
+            silence: ms(500),
+            ..WatchSettings::default()
+        }
     }
 
-    /// What happens in one 200 ms step: bytes sent, bytes heard, whether a handshake completed.
+    #[test]
+    fn the_defaults_restart_within_half_a_second_of_the_first_unanswered_reading() {
+        let d = WatchSettings::default();
+        let mut p = fresh();
+        assert!(drive(&mut p, &d, ms(0), ms(10_000), |_, _| ANSWERED).is_empty());
+        let restarts = drive(&mut p, &d, ms(10_000), ms(12_000), |_, _| UNANSWERED);
+        let first_unanswered = ms(10_000) + d.poll;
+        assert_eq!(restarts[0], first_unanswered + d.silence);
+        assert!(restarts[0] - ms(10_000) <= ms(500), "{restarts:?}");
+        // The same bounds hold: the next restart waits the retry interval.
+        assert_eq!(restarts[1] - restarts[0], d.retry_interval, "{restarts:?}");
+        // A quiet pod and an answered stream are still never touched at this rate.
+        let mut quiet = fresh();
+        assert!(drive(&mut quiet, &d, ms(0), ms(60_000), |_, _| QUIET).is_empty());
+        let mut answered = fresh();
+        assert!(drive(&mut answered, &d, ms(0), ms(60_000), |_, _| ANSWERED).is_empty());
+    }
+
+    /// What happens in one poll step: bytes sent, bytes heard, whether a handshake completed.
     #[derive(Clone, Copy)]
     struct Step {
         tx: u64,
@@ -722,7 +747,7 @@ mod tests {
         shook: false,
     };
 
-    /// Reads the peer every 200 ms from `from` to `until`; `step(t, restarted_last_step)` says what the
+    /// Reads the peer every `settings.poll` from `from` to `until`; `step(t, restarted_last_step)` says what the
     /// tunnel did in the step ending at t. Returns the times of the restarts.
     fn drive(
         track: &mut PeerTrack,
@@ -735,7 +760,7 @@ mod tests {
         let mut t = from;
         let mut restarted = false;
         while t < until {
-            t += ms(200);
+            t += settings.poll;
             let st = step(t, restarted);
             let mut sample = track.last();
             sample.tx += st.tx;
