@@ -1,8 +1,8 @@
 //! A configuration stored under an older CRD schema, which the current schema refuses on every write (status,
 //! finalizer: Kubernetes 1.28 has no validation ratcheting), only affects itself: the other configurations of
 //! its pool are reconciled (Azure and status), and it gets a Warning Event, a fail metric and a retry. Against
-//! the real kube-apiserver with azure-sim. Its own test binary (and control plane): it replaces the CRDs, which
-//! are cluster-wide.
+//! the binary's cluster (`TestCluster`: the real kube-apiserver by default, kube-sim with `TESTBED_KUBE=sim`)
+//! with azure-sim. Its own test binary (and control plane): it replaces the CRDs, which are cluster-wide.
 
 use api::StaticGatewayConfiguration;
 use k8s_openapi::api::events::v1::Event;
@@ -14,7 +14,7 @@ use operator::pass::{Error, Operator, REASON_WRITE_FAILED};
 use operator::status::READY;
 use serde_json::json;
 use testbed::azure::{AzureSim, Seed};
-use testbed::control_plane::ControlPlane;
+use testbed::cluster::TestCluster;
 use testbed::wait::eventually_within;
 
 mod common;
@@ -51,7 +51,7 @@ fn ready(s: &StaticGatewayConfiguration) -> Option<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configuration_the_current_schema_refuses_only_affects_itself() {
-    let cp = ControlPlane::shared().await;
+    let cp = TestCluster::shared().await;
     let client = cp.client().expect("client");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     // The CRDs of an older release; the GatewayPool CRD as today.
