@@ -40,7 +40,7 @@ enum On {
 
 /// The Kubernetes API server of a test.
 enum Cluster {
-    CountingSim(KubeSim),
+    CountingSim(Box<KubeSim>),
     /// Held for the test's duration.
     Shared {
         _turn: turn::Turn,
@@ -105,7 +105,7 @@ async fn start(recheck: Duration, on: On) -> World {
             kube.create_namespaces(&[NS, "app"]).await.expect("namespaces");
             let operator = kube.client(OPERATOR).expect("operator client");
             (
-                Cluster::CountingSim(kube),
+                Cluster::CountingSim(Box::new(kube)),
                 admin,
                 operator,
                 NS.to_string(),

@@ -72,6 +72,7 @@ impl std::fmt::Display for Backend {
 
 /// A running Kubernetes API server of either kind, with the same operations on both.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one or two per process: boxing kube-sim would buy nothing
 pub enum TestCluster {
     Real(Arc<ControlPlane>),
     Sim(KubeSim),
