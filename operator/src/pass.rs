@@ -105,6 +105,107 @@ impl PassReport {
     }
 }
 
+/// One of a configuration's own Kubernetes writes in a pool pass. Each can fail for that configuration alone
+/// (e.g. an object stored under an older CRD schema that the current one refuses on every write: Kubernetes
+/// 1.28 does not exempt unchanged fields), so a failure stops that configuration, never its pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigWrite {
+    /// Adding the configuration finalizer (before anything is made in Azure for it).
+    Finalizer,
+    /// Creating or repairing the key Secret.
+    KeySecret,
+    /// Writing the status.
+    Status,
+    /// Deleting the key Secret and removing the finalizer, after its Azure part is gone.
+    Release,
+}
+
+impl ConfigWrite {
+    /// Whether the configuration still takes part in the pool's Azure plan after this write failed. Without
+    /// its finalizer it must own nothing in Azure (deleting it would leave its resources behind), so it stays
+    /// out; the finalizer is only ever missing before its first Azure write. A key Secret only feeds the
+    /// status, so leaving the configuration out of the plan for it would delete what it already owns in Azure:
+    /// it stays in. Status and release come after the Azure plan.
+    pub fn keeps_azure_part(self) -> bool {
+        !matches!(self, ConfigWrite::Finalizer)
+    }
+
+    /// What was being written, for logs and Events.
+    pub fn doing(self) -> &'static str {
+        match self {
+            ConfigWrite::Finalizer => "adding the finalizer",
+            ConfigWrite::KeySecret => "writing the key Secret",
+            ConfigWrite::Status => "writing the status",
+            ConfigWrite::Release => "removing the finalizer",
+        }
+    }
+}
+
+/// The Event reason of a configuration whose own write the API server refused.
+pub const REASON_WRITE_FAILED: &str = "WriteFailed";
+
+/// A configuration whose own write failed in a pool pass; the other configurations of the pool went on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFailure {
+    /// `namespace/name`.
+    pub resource: String,
+    /// What failed.
+    pub write: ConfigWrite,
+    /// The API server's HTTP status, when it answered.
+    pub code: Option<u16>,
+    /// Why (the API server's message).
+    pub reason: String,
+}
+
+impl ConfigFailure {
+    /// From a failed write of `sgc`.
+    pub fn new(sgc: &StaticGatewayConfiguration, write: ConfigWrite, e: &kube::Error) -> Self {
+        let (code, reason) = match e {
+            kube::Error::Api(s) => (Some(s.code), s.message.clone()),
+            other => (None, other.to_string()),
+        };
+        ConfigFailure {
+            resource: format!("{}/{}", sgc.namespace().unwrap_or_default(), sgc.name_any()),
+            write,
+            code,
+            reason,
+        }
+    }
+
+    /// The Warning Event for the configuration (reason, note), or none when the retry fixes it without
+    /// anyone acting: 409 (the pass read an older version) and 404 (the object is gone).
+    pub fn event(&self) -> Option<(&'static str, String)> {
+        match self.code {
+            Some(409 | 404) => None,
+            _ => Some((
+                REASON_WRITE_FAILED,
+                format!(
+                    "{} failed (retried with backoff; the other configurations of the pool are reconciled): {}",
+                    self.write.doing(),
+                    self.reason
+                ),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.resource, self.write.doing(), self.reason)
+    }
+}
+
+/// The configurations whose own writes failed in one pool pass.
+#[derive(Debug)]
+pub struct ConfigFailures(pub Vec<ConfigFailure>);
+
+impl std::fmt::Display for ConfigFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        write!(f, "configurations not written: {}", all.join("; "))
+    }
+}
+
 /// Shared state of the reconcilers.
 pub struct Operator {
     /// Kubernetes: key Secrets, finalizers, status.
@@ -232,6 +333,9 @@ pub enum Error {
     /// Azure.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// Some configurations' own writes failed; the rest of their pool was reconciled.
+    #[error("{0}")]
+    Configs(ConfigFailures),
 }
 
 impl Operator {
@@ -274,8 +378,9 @@ impl Operator {
         let result = self
             .reconcile_pool_inner(pool_ref, sgcs, pools, nodes, &mut report, ctx)
             .await;
-        if result.is_err() {
-            // A failure may hide a write (a lost response): what follows reads afresh.
+        if matches!(result, Err(Error::Kube(_) | Error::Pool(_))) {
+            // A failure may hide a write (a lost response): what follows reads afresh. A configuration's own
+            // Kubernetes write hides no Azure write.
             ctx.reads.forget();
         }
         if let Err(Error::Kube(_)) = &result {
@@ -364,7 +469,8 @@ impl Operator {
             node_count: Some(node_count).filter(|n| *n > 0),
         };
 
-        // Rules, finalizer, key.
+        // Rules, finalizer, key. A configuration whose own write fails is reported and retried; the others go on.
+        let mut failures: Vec<ConfigFailure> = Vec::new();
         let mut keys: BTreeMap<String, (String, ObjectReference)> = BTreeMap::new();
         let mut configs: Vec<(Arc<StaticGatewayConfiguration>, Config)> = Vec::new();
         let mut declared_prefix = pool_obj.map(|p| p.spec.public_ip_prefix_size);
@@ -396,15 +502,32 @@ impl Operator {
             if !verdict.is_allowed() {
                 report.record(sgc, false);
                 report.fail(&uid, &[Layer::Sgc]);
-                self.kube
+                let written = self
+                    .kube
                     .write_status(sgc, &Outcome::Invalid(verdict.message()), None)
-                    .await?;
+                    .await;
+                self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+                    .await;
                 continue;
             }
             report.record(sgc, true);
-            self.kube.add_finalizer(sgc).await?;
-            let key = self.kube.ensure_key_secret(sgc, ctx.key_secrets).await?;
-            keys.insert(uid.clone(), key);
+            let added = self.kube.add_finalizer(sgc).await;
+            let finalized = self
+                .own_write(sgc, ConfigWrite::Finalizer, added, report, &mut failures)
+                .await
+                .is_some();
+            if !finalized && !ConfigWrite::Finalizer.keeps_azure_part() {
+                report.record(sgc, false);
+                report.fail(&uid, &[Layer::Sgc]);
+                continue;
+            }
+            let key = self.kube.ensure_key_secret(sgc, ctx.key_secrets).await;
+            if let Some(key) = self
+                .own_write(sgc, ConfigWrite::KeySecret, key, report, &mut failures)
+                .await
+            {
+                keys.insert(uid.clone(), key);
+            }
             if declared_prefix.is_none() {
                 declared_prefix = sgc.spec.vmss_profile().map(|p| p.public_ip_prefix_size);
             }
@@ -421,7 +544,7 @@ impl Operator {
         // declared it (kubectl, Terraform) can wait for it; a pool nobody declared has nothing to report.
         let live_pool_obj = pool_obj.filter(|p| p.metadata.deletion_timestamp.is_none());
         if configs.is_empty() && live_pool_obj.is_none() {
-            return Ok(());
+            return Self::unless_failed(failures);
         }
 
         let resolved = match observe::resolve_in(&self.arm, &self.cfg, pool_ref, declared_prefix, reads).await
@@ -444,15 +567,20 @@ impl Operator {
                             .await
                             .map_err(PoolError::from)?;
                         reads.forget(); // it wrote the load balancer
-                        self.kube.finish_deletion(sgc).await?;
+                        let released = self.kube.finish_deletion(sgc).await;
+                        self.own_write(sgc, ConfigWrite::Release, released, report, &mut failures)
+                            .await;
                     } else {
                         let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
-                        self.kube
+                        let written = self
+                            .kube
                             .write_status(sgc, &Outcome::PoolNotFound(m.clone()), key)
-                            .await?;
+                            .await;
+                        self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+                            .await;
                     }
                 }
-                return Ok(());
+                return Self::unless_failed(failures);
             }
             Err(e @ PoolError::PrefixSize(_)) => {
                 report.fail_all(Layer::of_pool_error(&e));
@@ -461,15 +589,18 @@ impl Operator {
                         continue;
                     }
                     let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
-                    self.kube
+                    let written = self
+                        .kube
                         .write_status(sgc, &Outcome::PrefixSizeMismatch(e.to_string()), key)
-                        .await?;
+                        .await;
+                    self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+                        .await;
                 }
                 return Err(e.into());
             }
             Err(e) => {
                 report.fail_all(Layer::of_pool_error(&e));
-                return self.fail_all(&configs, &keys, e).await;
+                return self.fail_all(&configs, &keys, e, report, failures).await;
             }
         };
 
@@ -490,7 +621,9 @@ impl Operator {
                 Err(outcome) => {
                     report.fail(&c.uid, &[Layer::Vm]);
                     let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
-                    self.kube.write_status(sgc, &outcome, key).await?;
+                    let written = self.kube.write_status(sgc, &outcome, key).await;
+                    self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+                        .await;
                     blocked.insert(c.uid.clone());
                 }
             }
@@ -515,7 +648,7 @@ impl Operator {
             Ok(o) => o,
             Err(e) => {
                 report.fail_all(Layer::of_pool_error(&e));
-                return self.fail_all(&configs, &keys, e).await;
+                return self.fail_all(&configs, &keys, e, report, failures).await;
             }
         };
         tracing::info!(pool = %pool_ref, writes = outcome.writes, "pool reconciled");
@@ -539,6 +672,7 @@ impl Operator {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(pool_ref.key());
         }
+        let mut pool_written = Ok(());
         if let Some(p) = pool_obj {
             let wanted: Vec<String> = plan_configs
                 .iter()
@@ -554,14 +688,17 @@ impl Operator {
                 &wanted,
                 &node_ids,
             );
-            self.kube.write_pool_status(p, &new).await?;
+            // The pool's own status: a failure fails the pool, after its configurations' statuses are written.
+            pool_written = self.kube.write_pool_status(p, &new).await;
         }
         for (sgc, c) in &configs {
             if blocked.contains(&c.uid) {
                 continue;
             }
             if c.deleting {
-                self.kube.finish_deletion(sgc).await?;
+                let released = self.kube.finish_deletion(sgc).await;
+                self.own_write(sgc, ConfigWrite::Release, released, report, &mut failures)
+                    .await;
                 continue;
             }
             let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
@@ -576,9 +713,52 @@ impl Operator {
                 }
                 None => Outcome::Provisioned(outcome.facts.get(&c.uid).cloned().unwrap_or_default()),
             };
-            self.kube.write_status(sgc, &o, key).await?;
+            let written = self.kube.write_status(sgc, &o, key).await;
+            self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+                .await;
         }
-        Ok(())
+        pool_written?;
+        Self::unless_failed(failures)
+    }
+
+    /// `Ok` unless some configuration's own write failed.
+    fn unless_failed(failures: Vec<ConfigFailure>) -> Result<(), Error> {
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Configs(ConfigFailures(failures)))
+        }
+    }
+
+    /// The result of one configuration's own write: a failure is that configuration's alone. It is logged
+    /// with the configuration's name and the reason, counted in its `reconcile_static_gateway_configuration`
+    /// fail series, reported as a Warning Event on it (when the Event can be written), and fails the pool
+    /// pass so that the work loop retries it with backoff; the pass goes on with the other configurations.
+    async fn own_write<T>(
+        &self,
+        sgc: &StaticGatewayConfiguration,
+        write: ConfigWrite,
+        result: Result<T, kube::Error>,
+        report: &mut PassReport,
+        failures: &mut Vec<ConfigFailure>,
+    ) -> Option<T> {
+        let e = match result {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let failure = ConfigFailure::new(sgc, write, &e);
+        tracing::warn!(
+            configuration = %failure.resource,
+            write = write.doing(),
+            reason = %failure.reason,
+            "a configuration's own write failed; the rest of its pool goes on"
+        );
+        report.fail(&sgc.uid().unwrap_or_default(), &[Layer::Sgc]);
+        if let Some((reason, note)) = failure.event() {
+            self.kube.warn(sgc, reason, note).await;
+        }
+        failures.push(failure);
+        None
     }
 
     async fn fail_all(
@@ -586,6 +766,8 @@ impl Operator {
         configs: &[(Arc<StaticGatewayConfiguration>, Config)],
         keys: &BTreeMap<String, (String, ObjectReference)>,
         e: PoolError,
+        report: &mut PassReport,
+        mut failures: Vec<ConfigFailure>,
     ) -> Result<(), Error> {
         let (reason, message) = match &e {
             PoolError::Arm(a) => (a.reason(), a.to_string()),
@@ -600,8 +782,11 @@ impl Operator {
                 reason,
                 message: message.clone(),
             };
-            self.kube.write_status(sgc, &outcome, key).await?;
+            let written = self.kube.write_status(sgc, &outcome, key).await;
+            self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+                .await;
         }
+        // The Azure failure is the pool's; the configurations' own ones were reported above.
         Err(e.into())
     }
 
@@ -796,3 +981,70 @@ impl Operator {
 
 /// How often every pool is re-read to repair drift (upstream: 5 minutes).
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sgc() -> StaticGatewayConfiguration {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "old", "namespace": "app", "uid": "u-1"},
+            "spec": {"gatewayNodepoolName": "gateway"}
+        }))
+        .expect("sgc")
+    }
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            serde_json::from_value(serde_json::json!({
+                "status": "Failure", "message": message, "reason": "Invalid", "code": code
+            }))
+            .expect("status"),
+        ))
+    }
+
+    #[test]
+    fn only_a_configuration_without_its_finalizer_stays_out_of_the_azure_plan() {
+        assert!(
+            !ConfigWrite::Finalizer.keeps_azure_part(),
+            "no finalizer: nothing in Azure"
+        );
+        // Leaving these out would delete what the configuration already owns in Azure.
+        for w in [ConfigWrite::KeySecret, ConfigWrite::Status, ConfigWrite::Release] {
+            assert!(w.keeps_azure_part(), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_write_names_the_configuration_and_the_reason_and_warns_on_it() {
+        let refused = "StaticGatewayConfiguration.egressgateway.kubernetes.azure.com \"old\" is invalid: \
+            spec.excludeCidrs[0]: Invalid value: \"string\": rule 7";
+        let f = ConfigFailure::new(&sgc(), ConfigWrite::Status, &api_error(422, refused));
+        assert_eq!(f.resource, "app/old");
+        assert_eq!(f.code, Some(422));
+        let (reason, note) = f.event().expect("a Warning Event");
+        assert_eq!(reason, REASON_WRITE_FAILED);
+        assert!(note.starts_with("writing the status failed"), "{note}");
+        assert!(note.contains(refused), "{note}");
+        let all = Error::Configs(ConfigFailures(vec![f])).to_string();
+        assert!(
+            all.contains("app/old: writing the status: ") && all.contains("rule 7"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_stale_read_or_a_vanished_object_is_retried_without_an_event() {
+        for code in [409, 404] {
+            let f = ConfigFailure::new(&sgc(), ConfigWrite::Finalizer, &api_error(code, "conflict"));
+            assert_eq!(f.event(), None, "{code}");
+        }
+        // Not an API answer (connection lost): the Event says so.
+        let f = ConfigFailure::new(
+            &sgc(),
+            ConfigWrite::KeySecret,
+            &kube::Error::LinesCodecMaxLineLengthExceeded,
+        );
+        assert!(f.event().is_some());
+    }
+}

@@ -1,6 +1,7 @@
-//! The whole operator against both simulators: Kubernetes (kube-sim, through kube-rs) and Azure (azure-sim,
-//! through the operator's ARM JSON client on the azure_core pipeline). Key Secrets, finalizers, status, rules re-check, deletion without
-//! leaks, and leader election.
+//! The whole operator against a Kubernetes API server (the real kube-apiserver by default, kube-sim with
+//! `TESTBED_KUBE=sim`; through kube-rs) and Azure (azure-sim, through the operator's ARM JSON client on the
+//! azure_core pipeline). Key Secrets, finalizers, status, rules re-check, deletion without leaks, and leader
+//! election. The tests that run an operator take turns on the binary's one cluster (see `turn`).
 
 use std::time::Duration;
 
@@ -15,17 +16,21 @@ use operator::pass::Operator;
 use operator::status::{ACCEPTED, READY};
 use serde_json::json;
 use testbed::azure::{AzureSim, Seed};
-use testbed::kube::KubeSim;
+use testbed::cluster::TestCluster;
+use testbed::wait::eventually_within;
 
 mod common;
-
-const NS: &str = "kube-egress-gateway-system";
+mod turn;
 
 struct World {
-    _kube: KubeSim,
     azure: AzureSim,
     client: kube::Client,
     op: Operator,
+    /// The operator's namespace.
+    system: String,
+    /// The configurations' namespace.
+    app: String,
+    _turn: turn::Turn,
 }
 
 async fn start() -> World {
@@ -33,30 +38,30 @@ async fn start() -> World {
 }
 
 async fn start_with(seed: Seed) -> World {
-    let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
-    let client = kube.client("admin").expect("client");
-    kube.install_crds().await.expect("CRDs");
-    kube.create_namespaces(&[NS, "app"]).await.expect("namespaces");
+    let turn = turn::take().await;
+    let client = turn.client.clone();
     let azure = AzureSim::start(&seed).await.expect("azure-sim");
-    let op = new_operator(&client, &common::cloud_config(&seed, &azure));
+    let op = new_operator(&client, &common::cloud_config(&seed, &azure), &turn.system);
     World {
-        _kube: kube,
         azure,
         client,
         op,
+        system: turn.system.clone(),
+        app: turn.app.clone(),
+        _turn: turn,
     }
 }
 
 /// A fresh operator process: new clients, no memory of earlier runs.
-fn new_operator(client: &kube::Client, cfg: &CloudConfig) -> Operator {
+fn new_operator(client: &kube::Client, cfg: &CloudConfig, system: &str) -> Operator {
     let metrics = Metrics::new();
     let arm = common::arm(cfg, &metrics);
     Operator::new(
         client.clone(),
         arm,
         cfg.clone(),
-        NS.into(),
-        NS.into(),
+        system.into(),
+        system.into(),
         8082,
         metrics,
     )
@@ -66,13 +71,13 @@ fn sgc(name: &str, spec: serde_json::Value) -> StaticGatewayConfiguration {
     serde_json::from_value(json!({
         "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
         "kind": "StaticGatewayConfiguration",
-        "metadata": {"name": name, "namespace": "app"},
+        "metadata": {"name": name},
         "spec": spec
     }))
     .expect("sgc")
 }
 
-/// Creates a configuration in namespace `app`.
+/// Creates a configuration in the namespace of `sgcs`.
 async fn create_sgc(sgcs: &Api<StaticGatewayConfiguration>, name: &str, spec: serde_json::Value) {
     sgcs.create(&PostParams::default(), &sgc(name, spec))
         .await
@@ -81,7 +86,8 @@ async fn create_sgc(sgcs: &Api<StaticGatewayConfiguration>, name: &str, spec: se
 
 /// Creates a configuration in a cluster whose CRD predates the schema's per-entry excludeCidrs rule (`helm
 /// upgrade` never upgrades a chart's `crds/`): the CRD is replaced by one without that rule first, so only the
-/// operator's rules re-check the entry.
+/// operator's rules re-check the entry. The CRD stays so for the rest of the test binary (CRDs are
+/// cluster-wide; no test here relies on that rule).
 async fn create_predating_the_cidr_rule(
     client: &kube::Client,
     sgcs: &Api<StaticGatewayConfiguration>,
@@ -102,7 +108,22 @@ async fn create_predating_the_cidr_rule(
     crds.replace(crd_name, &PostParams::default(), &older)
         .await
         .expect("older CRD");
-    create_sgc(sgcs, name, spec).await;
+    // The real server serves a CRD's new schema a moment after the update.
+    eventually_within(
+        "the older schema takes the configuration",
+        Duration::from_secs(30),
+        || {
+            let (sgcs, spec) = (sgcs.clone(), spec.clone());
+            async move {
+                match sgcs.create(&PostParams::default(), &sgc(name, spec)).await {
+                    Ok(_) => true,
+                    Err(kube::Error::Api(s)) if s.code == 422 => false,
+                    Err(e) => panic!("create: {e}"),
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// Creates a GatewayPool on node pool `nodepool` with a /31 prefix.
@@ -135,8 +156,8 @@ fn pool_condition<'a>(p: &'a api::GatewayPool, t: &str) -> Option<(&'a str, &'a 
 async fn configurations_get_keys_status_and_leave_nothing_behind() {
     let w = start().await;
     let before = common::resources(&w.azure);
-    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
-    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.system);
     let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
     create_pool(&pools, "gateway", "gateway").await;
     for name in ["a", "b", "c"] {
@@ -217,25 +238,33 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
         .unwrap_or_default();
     assert!(finalizers.contains(&api::names::POOL_FINALIZER.to_string()));
     // Instance operations finish asynchronously: the operator looks again while converging.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let ps = loop {
-        let ps = pools
-            .get("gateway")
-            .await
-            .expect("pool")
-            .status
-            .expect("pool status");
-        if ps.ready_instances == 2 {
-            break ps;
+    eventually_within("the pool is ready", Duration::from_secs(20), || {
+        let (op, pools) = (&w.op, pools.clone());
+        async move {
+            let ps = pools
+                .get("gateway")
+                .await
+                .expect("pool")
+                .status
+                .expect("pool status");
+            if ps.ready_instances == 2 {
+                return true;
+            }
+            assert!(
+                op.take_converging().contains("nodepool/gateway"),
+                "not ready yet must mean converging"
+            );
+            op.reconcile_pools(None).await.expect("reconcile");
+            false
         }
-        assert!(tokio::time::Instant::now() < deadline, "pool never ready: {ps:?}");
-        assert!(
-            w.op.take_converging().contains("nodepool/gateway"),
-            "not ready yet must mean converging"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        w.op.reconcile_pools(None).await.expect("reconcile");
-    };
+    })
+    .await;
+    let ps = pools
+        .get("gateway")
+        .await
+        .expect("pool")
+        .status
+        .expect("pool status");
     assert_eq!(ps.pool_type, Some(api::pool::PoolType::VirtualMachineScaleSet));
     assert_eq!(ps.ready_instances, 2);
     assert_eq!(ps.instances.len(), 2);
@@ -325,7 +354,7 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
 #[tokio::test]
 async fn a_configuration_on_a_missing_pool_reports_pool_not_found_and_deletes_cleanly() {
     let w = start().await;
-    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
     create_sgc(&sgcs, "x", json!({"gatewayNodepoolName": "nope"})).await;
     w.op.reconcile_pools(None).await.expect("reconcile");
     let x = sgcs.get("x").await.expect("get");
@@ -340,10 +369,12 @@ async fn a_configuration_on_a_missing_pool_reports_pool_not_found_and_deletes_cl
 
 #[tokio::test]
 async fn one_leader_at_a_time_and_takeover_after_release_or_expiry() {
-    let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
-    let client = kube.client("admin").expect("client");
-    let a = LeaseLock::new(client.clone(), "default", "lock", "a", Duration::from_secs(1));
-    let b = LeaseLock::new(client.clone(), "default", "lock", "b", Duration::from_secs(1));
+    // Leases only: no operator runs, so no turn is needed; a namespace of its own.
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().expect("client");
+    let ns = cluster.namespace("leases", &[]).await.expect("namespace");
+    let a = LeaseLock::new(client.clone(), &ns, "lock", "a", Duration::from_secs(1));
+    let b = LeaseLock::new(client.clone(), &ns, "lock", "b", Duration::from_secs(1));
     assert!(a.try_acquire_or_renew().await.expect("a"));
     assert!(!b.try_acquire_or_renew().await.expect("b"));
     assert!(a.try_acquire_or_renew().await.expect("a renews"));
@@ -368,7 +399,7 @@ async fn one_leader_at_a_time_and_takeover_after_release_or_expiry() {
         .map(|i| {
             LeaseLock::new(
                 client.clone(),
-                "default",
+                &ns,
                 "race",
                 &format!("c{i}"),
                 Duration::from_secs(30),
@@ -382,9 +413,10 @@ async fn one_leader_at_a_time_and_takeover_after_release_or_expiry() {
 
 #[tokio::test]
 async fn leadership_is_published_on_transitions_not_on_every_renewal() {
-    let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
-    let client = kube.client("admin").expect("client");
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().expect("client");
+    let ns = cluster.namespace("leases", &[]).await.expect("namespace");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), &ns);
     let renewed = || async {
         leases
             .get("lock")
@@ -395,7 +427,7 @@ async fn leadership_is_published_on_transitions_not_on_every_renewal() {
             .map(|t| t.0)
     };
     // Renewed every third of a second.
-    let lock = LeaseLock::new(client.clone(), "default", "lock", "a", Duration::from_secs(1));
+    let lock = LeaseLock::new(client.clone(), &ns, "lock", "a", Duration::from_secs(1));
     let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move { lock.run(leading_tx, shutdown).await });
@@ -418,7 +450,7 @@ async fn leadership_is_published_on_transitions_not_on_every_renewal() {
 #[tokio::test]
 async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_duplicates() {
     let w = start().await;
-    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
     for name in ["a", "b"] {
         create_sgc(&sgcs, name, json!({"gatewayNodepoolName": "gateway"})).await;
     }
@@ -453,7 +485,7 @@ async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_du
 
     // "Restart": a new operator, Azure healthy again.
     w.azure.with_state(|s| s.clear_faults());
-    let restarted = new_operator(&w.client, &w.op.cfg);
+    let restarted = new_operator(&w.client, &w.op.cfg, &w.system);
     restarted.reconcile_pools(None).await.expect("reconcile");
     for name in ["a", "b"] {
         let s = sgcs.get(name).await.expect("get");
@@ -500,7 +532,7 @@ async fn a_vm_pool_reports_the_node_of_each_pre_created_nic() {
     }
     let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
     create_pool(&pools, "gateway", "gateway").await;
-    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
     create_sgc(
         &sgcs,
         "private",
@@ -564,7 +596,7 @@ fn sample(metrics: &Metrics, metric: &str, labels: &[(&str, &str)]) -> Option<f6
 #[tokio::test]
 async fn upstream_metric_series_per_configuration_and_controller() {
     let w = start().await;
-    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), "app");
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
     create_sgc(&sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
     create_predating_the_cidr_rule(
         &w.client,
@@ -585,8 +617,9 @@ async fn upstream_metric_series_per_configuration_and_controller() {
         .expect("fault");
     assert!(w.op.reconcile_pools(None).await.is_err());
     let m = &w.op.metrics;
+    let (a, bad) = (format!("{}/a", w.app), format!("{}/bad", w.app));
     let sgc_op = [
-        ("namespace", NS),
+        ("namespace", w.system.as_str()),
         ("operation", "reconcile_static_gateway_configuration"),
         ("subscription_id", "n/a"),
         ("resource_group", "n/a"),
@@ -597,12 +630,12 @@ async fn upstream_metric_series_per_configuration_and_controller() {
         "one observation per configuration"
     );
     assert_eq!(
-        sample(m, "controller_reconcile_fail_count", &with(&sgc_op, "app/bad")),
+        sample(m, "controller_reconcile_fail_count", &with(&sgc_op, &bad)),
         Some(1.0),
         "the invalid spec fails the SGC controller's series"
     );
     assert_eq!(
-        sample(m, "controller_reconcile_fail_count", &with(&sgc_op, "app/a")),
+        sample(m, "controller_reconcile_fail_count", &with(&sgc_op, &a)),
         None
     );
     let sub = w.op.cfg.subscription_id.as_str();
@@ -617,11 +650,11 @@ async fn upstream_metric_series_per_configuration_and_controller() {
         ("resource_group", "node-rg"),
     ];
     assert_eq!(
-        sample(m, "controller_reconcile_fail_count", &with(&lb_op, "app/a")),
+        sample(m, "controller_reconcile_fail_count", &with(&lb_op, &a)),
         Some(1.0)
     );
     assert_eq!(
-        sample(m, "controller_reconcile_fail_count", &with(&vm_op, "app/a")),
+        sample(m, "controller_reconcile_fail_count", &with(&vm_op, &a)),
         None
     );
     assert_eq!(
@@ -646,7 +679,7 @@ async fn upstream_metric_series_per_configuration_and_controller() {
     w.op.reconcile_pools(None).await.expect("reconcile");
     assert_eq!(sample(m, "controller_reconcile_latency_count", &vm_op), Some(2.0));
     assert_eq!(
-        sample(m, "controller_reconcile_fail_count", &with(&lb_op, "app/a")),
+        sample(m, "controller_reconcile_fail_count", &with(&lb_op, &a)),
         Some(1.0),
         "fail counts are not reset by a later success (as upstream)"
     );

@@ -1,6 +1,9 @@
-//! The operator's work loop (`run::run_operator_with`: watches, caches, triggers, re-checks) against the
-//! Kubernetes simulator and the ARM simulator, through the real clients: what it costs in steady state.
+//! The operator's work loop (`run::run_operator_with`: watches, caches, triggers, re-checks) against a
+//! Kubernetes API server and the ARM simulator, through the real clients: what it costs in steady state.
 //! Two VMSS pools, `gateway` (/31) and `other` (/30), two instances each, one configuration on each.
+//! The tests that count the operator's Kubernetes requests per verb run on a kube-sim of their own (the real
+//! server has no per-user request counts); the others run on the binary's one cluster (`TestCluster`: the
+//! real kube-apiserver by default, kube-sim with `TESTBED_KUBE=sim`), taking turns (see `turn`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,19 +21,52 @@ use testbed::kube::{Access, KubeSim, KubeSimConfig, User};
 use testbed::wait::eventually;
 
 mod common;
+mod turn;
 
+/// The operator's namespace on a kube-sim of the test's own.
 const NS: &str = "kube-egress-gateway-system";
 /// The operator's identity on the Kubernetes simulator: its requests are counted apart from the test's.
 const OPERATOR: &str = "operator";
 const VMSS_A: &str = "aks-gateway-12345678-vmss";
 const VMSS_B: &str = "aks-other-12345678-vmss";
 
+/// Where a test runs.
+enum On {
+    /// A kube-sim of its own, whose per-user request counts the test reads.
+    CountingSim,
+    /// The binary's one cluster.
+    Shared,
+}
+
+/// The Kubernetes API server of a test.
+enum Cluster {
+    CountingSim(Box<KubeSim>),
+    /// Held for the test's duration.
+    Shared {
+        _turn: turn::Turn,
+    },
+}
+
 struct World {
-    kube: KubeSim,
+    cluster: Cluster,
     azure: AzureSim,
     admin: kube::Client,
     op: Arc<Operator>,
+    /// The operator's namespace.
+    system: String,
+    /// The configurations' namespace.
+    app: String,
     _shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl World {
+    /// The kube-sim that counts requests.
+    fn counting(&self) -> &KubeSim {
+        match &self.cluster {
+            Cluster::CountingSim(k) => k,
+            Cluster::Shared { .. } => panic!("this test counts requests: start it On::CountingSim"),
+        }
+    }
 }
 
 fn gateway_node(name: &str, pool: &str) -> Node {
@@ -44,7 +80,7 @@ fn gateway_node(name: &str, pool: &str) -> Node {
 
 /// Both pools converged by passes the test drives (`reconcile_pools`), then the work loop started; returns
 /// once the loop's first pass (a full one) has finished.
-async fn start(recheck: Duration) -> World {
+async fn start(recheck: Duration, on: On) -> World {
     let mut seed = Seed::aks_like(2);
     let mut other = seed.vm_scale_sets[0].clone();
     other.name = VMSS_B.into();
@@ -58,13 +94,30 @@ async fn start(recheck: Duration) -> World {
         max_duration_ms: 0,
         ..Default::default()
     });
-    let mut kcfg = KubeSimConfig::default();
-    kcfg.users
-        .push(User::new(OPERATOR, &testbed::kube::random_token(), Access::Admin));
-    let kube = KubeSim::start(kcfg).await.expect("kube-sim");
-    let admin = kube.client("admin").expect("client");
-    kube.install_crds().await.expect("CRDs");
-    kube.create_namespaces(&[NS, "app"]).await.expect("namespaces");
+    let (cluster, admin, operator, system, app) = match on {
+        On::CountingSim => {
+            let mut kcfg = KubeSimConfig::default();
+            kcfg.users
+                .push(User::new(OPERATOR, &testbed::kube::random_token(), Access::Admin));
+            let kube = KubeSim::start(kcfg).await.expect("kube-sim");
+            let admin = kube.client("admin").expect("client");
+            kube.install_crds().await.expect("CRDs");
+            kube.create_namespaces(&[NS, "app"]).await.expect("namespaces");
+            let operator = kube.client(OPERATOR).expect("operator client");
+            (
+                Cluster::CountingSim(Box::new(kube)),
+                admin,
+                operator,
+                NS.to_string(),
+                "app".to_string(),
+            )
+        }
+        On::Shared => {
+            let turn = turn::take().await;
+            let (admin, system, app) = (turn.client.clone(), turn.system.clone(), turn.app.clone());
+            (Cluster::Shared { _turn: turn }, admin.clone(), admin, system, app)
+        }
+    };
     let nodes: Api<Node> = Api::all(admin.clone());
     for (vmss, pool) in [(VMSS_A, "gateway"), (VMSS_B, "other")] {
         for i in 0..2 {
@@ -86,7 +139,7 @@ async fn start(recheck: Duration) -> World {
         .await
         .expect("user node");
     let pools: Api<GatewayPool> = Api::all(admin.clone());
-    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(admin.clone(), "app");
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(admin.clone(), &app);
     for (pool, prefix) in [("gateway", 31), ("other", 30)] {
         let p: GatewayPool = serde_json::from_value(json!({
             "metadata": {"name": pool},
@@ -95,7 +148,7 @@ async fn start(recheck: Duration) -> World {
         .expect("pool");
         pools.create(&PostParams::default(), &p).await.expect("pool");
         let s: StaticGatewayConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": pool, "namespace": "app"},
+            "metadata": {"name": pool},
             "spec": {"gatewayNodepoolName": pool}
         }))
         .expect("sgc");
@@ -106,11 +159,11 @@ async fn start(recheck: Duration) -> World {
     let metrics = Metrics::new();
     let arm = common::arm(&cfg, &metrics);
     let op = Arc::new(Operator::new(
-        kube.client(OPERATOR).expect("operator client"),
+        operator,
         arm,
         cfg,
-        NS.into(),
-        NS.into(),
+        system.clone(),
+        system.clone(),
         8082,
         metrics,
     ));
@@ -159,10 +212,12 @@ async fn start(recheck: Duration) -> World {
     })
     .await;
     World {
-        kube,
+        cluster,
         azure,
         admin,
         op,
+        system,
+        app,
         _shutdown: shutdown,
     }
 }
@@ -198,11 +253,11 @@ fn kube_verbs(kube: &KubeSim) -> BTreeMap<String, u64> {
 
 #[tokio::test]
 async fn node_heartbeats_cost_nothing_and_a_joining_node_rereads_only_its_pool() {
-    let w = start(Duration::from_secs(3600)).await;
+    let w = start(Duration::from_secs(3600), On::CountingSim).await;
     let nodes: Api<Node> = Api::all(w.admin.clone());
     let inventory = common::resources(&w.azure);
     w.azure.clear_calls();
-    let kube_before = kube_verbs(&w.kube);
+    let kube_before = kube_verbs(w.counting());
     let passes = w.op.passes.started();
 
     // Status-only updates, as the kubelet makes them, of a gateway Node of pool `gateway` and of another
@@ -261,7 +316,7 @@ async fn node_heartbeats_cost_nothing_and_a_joining_node_rereads_only_its_pool()
     );
     assert_eq!(arm_writes(&w.azure), Vec::<String>::new(), "no ARM writes");
     assert_eq!(common::resources(&w.azure), inventory);
-    let kube_after = kube_verbs(&w.kube);
+    let kube_after = kube_verbs(w.counting());
     let delta =
         |verb: &str| kube_after.get(verb).copied().unwrap_or(0) - kube_before.get(verb).copied().unwrap_or(0);
     assert_eq!(delta("list"), 0, "no Kubernetes LIST: {kube_after:?}");
@@ -274,10 +329,10 @@ async fn node_heartbeats_cost_nothing_and_a_joining_node_rereads_only_its_pool()
 
 #[tokio::test]
 async fn one_pass_reads_the_shared_objects_once() {
-    let w = start(Duration::from_secs(3600)).await;
+    let w = start(Duration::from_secs(3600), On::CountingSim).await;
     w.azure.clear_calls();
     let passes = w.op.passes.started();
-    let kube_before = kube_verbs(&w.kube);
+    let kube_before = kube_verbs(w.counting());
     // A GatewayPool's change triggers its pool; a label change of the other pool's configuration triggers
     // that pool: both land in one batch, one pass over two pools.
     Api::<GatewayPool>::all(w.admin.clone())
@@ -288,7 +343,7 @@ async fn one_pass_reads_the_shared_objects_once() {
         )
         .await
         .expect("label pool");
-    Api::<StaticGatewayConfiguration>::namespaced(w.admin.clone(), "app")
+    Api::<StaticGatewayConfiguration>::namespaced(w.admin.clone(), &w.app)
         .patch(
             "other",
             &PatchParams::default(),
@@ -317,7 +372,7 @@ async fn one_pass_reads_the_shared_objects_once() {
     assert_eq!(lists, passes as usize, "one scale-set listing per pass");
     assert_eq!(lb_reads, passes as usize, "one load-balancer read per pass");
     assert_eq!(vmss_reads, 0, "the listed scale set is not read again");
-    let kube_after = kube_verbs(&w.kube);
+    let kube_after = kube_verbs(w.counting());
     for verb in ["list", "get"] {
         assert_eq!(
             kube_after.get(verb).copied().unwrap_or(0),
@@ -329,8 +384,8 @@ async fn one_pass_reads_the_shared_objects_once() {
 
 #[tokio::test]
 async fn a_deleted_key_secret_is_replaced_without_waiting_for_the_resync() {
-    let w = start(Duration::from_secs(3600)).await;
-    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.admin.clone(), "app");
+    let w = start(Duration::from_secs(3600), On::Shared).await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.admin.clone(), &w.app);
     let public_key = |s: &StaticGatewayConfiguration| {
         s.status
             .as_ref()
@@ -341,7 +396,7 @@ async fn a_deleted_key_secret_is_replaced_without_waiting_for_the_resync() {
     let old_key = public_key(&before);
     assert!(old_key.is_some());
     let uid = before.metadata.uid.clone().expect("uid");
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.admin.clone(), NS)
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.admin.clone(), &w.system)
         .delete(&format!("sgw-{uid}"), &Default::default())
         .await
         .expect("delete key secret");
@@ -355,7 +410,7 @@ async fn a_deleted_key_secret_is_replaced_without_waiting_for_the_resync() {
         }
     })
     .await;
-    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.admin.clone(), NS)
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.admin.clone(), &w.system)
         .get(&format!("sgw-{uid}"))
         .await
         .expect("new key secret");
@@ -369,7 +424,7 @@ async fn a_deleted_key_secret_is_replaced_without_waiting_for_the_resync() {
 
 #[tokio::test]
 async fn only_the_converging_pool_is_checked_again() {
-    let w = start(Duration::from_millis(100)).await;
+    let w = start(Duration::from_millis(100), On::Shared).await;
     // An instance operation of pool `gateway` that does not end: that pool converges (reads, no writes).
     let instance = format!(
         "/subscriptions/{}/resourceGroups/node-rg/providers/Microsoft.Compute/virtualMachineScaleSets/{VMSS_A}/virtualMachines/0",

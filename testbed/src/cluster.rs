@@ -72,6 +72,7 @@ impl std::fmt::Display for Backend {
 
 /// A running Kubernetes API server of either kind, with the same operations on both.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one or two per process: boxing kube-sim would buy nothing
 pub enum TestCluster {
     Real(Arc<ControlPlane>),
     Sim(KubeSim),
@@ -87,7 +88,7 @@ impl TestCluster {
         SHARED
             .get_or_init(|| async {
                 let backend = Backend::from_env().unwrap_or_else(|e| panic!("{e:#}"));
-                let cluster = Self::start(backend)
+                let cluster = Self::start_for_process(backend)
                     .await
                     .unwrap_or_else(|e| panic!("starting the {backend} Kubernetes API: {e:#}"));
                 cluster
@@ -107,6 +108,27 @@ impl TestCluster {
             Backend::Real => Self::Real(ControlPlane::shared().await),
             Backend::Sim => Self::Sim(KubeSim::start(KubeSimConfig::default()).await?),
         })
+    }
+
+    /// [`Self::start`], with kube-sim served by a runtime of its own that lives as long as the process: each
+    /// `#[tokio::test]` has its own runtime, and a kube-sim started on the first test's would stop with it.
+    async fn start_for_process(backend: Backend) -> anyhow::Result<Self> {
+        if backend == Backend::Real {
+            return Self::start(backend).await;
+        }
+        static SIM_RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        let rt = SIM_RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("kube-sim")
+                .enable_all()
+                .build()
+                .expect("a runtime for kube-sim")
+        });
+        rt.spawn(async { KubeSim::start(KubeSimConfig::default()).await })
+            .await
+            .context("starting kube-sim")?
+            .map(Self::Sim)
     }
 
     pub fn backend(&self) -> Backend {

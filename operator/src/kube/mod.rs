@@ -94,6 +94,21 @@ impl Kube {
         }
     }
 
+    /// Publishes a Warning Event on a configuration; a failure to publish is only logged (the Event API is
+    /// separate from the configuration's, so it usually works when writing the configuration does not).
+    pub async fn warn(&self, sgc: &StaticGatewayConfiguration, reason: &str, note: String) {
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &sgc.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing an Event failed");
+        }
+    }
+
     /// Adds the configuration finalizer, conditional on the version read.
     pub async fn add_finalizer(&self, sgc: &StaticGatewayConfiguration) -> Result<(), kube::Error> {
         if sgc.finalizers().iter().any(|f| f == SGC_FINALIZER) {
