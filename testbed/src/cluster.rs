@@ -359,11 +359,12 @@ impl TestCluster {
         name: &str,
         backend: std::net::SocketAddr,
     ) -> anyhow::Result<()> {
-        let Self::Real(cp) = self else {
-            if let Self::Sim(sim) = self {
+        let cp = match self {
+            Self::Real(cp) => cp,
+            Self::Sim(sim) => {
                 sim.map_service(namespace, name, backend);
+                return Ok(());
             }
-            return Ok(());
         };
         use k8s_openapi::api::core::v1::{Endpoints, Service};
         let client = cp.client()?;
