@@ -285,12 +285,14 @@ pub fn server_side_apply(
         })
         .collect();
 
-    // A path another manager owns as a whole (an applied empty map, such as `labels: {}`, is a leaf) that
-    // this configuration sets inside: kube-apiserver reports a conflict on the map when that changes it.
+    // An applied empty `labels: {}` or `annotations: {}` is owned as a whole (a leaf): kube-apiserver reports
+    // a conflict on the map when another manager's apply sets a key in it. (An applied empty object such as
+    // `spec: {}` owns nothing there.)
     let set_inside = |owned: &Vec<String>| {
-        new_set
-            .iter()
-            .any(|p| p.len() > owned.len() && p.starts_with(owned))
+        matches!(owned.as_slice(), [m, f] if m == "metadata" && (f == "labels" || f == "annotations"))
+            && new_set
+                .iter()
+                .any(|p| p.len() > owned.len() && p.starts_with(owned))
     };
     let mut conflicts = Vec::new();
     for (other, set) in &others {
