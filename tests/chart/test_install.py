@@ -299,6 +299,10 @@ def installed(tmp_path: pathlib.Path):
             assert r.returncode == 0, r.stderr
         r = cluster.kubectl("apply", "-f", str(tmp_path / "rendered.yaml"))
         assert r.returncode == 0, f"the API server refused part of the chart:\n{r.stderr}"
+        if backend == "real":
+            # kube-apiserver serves a new CRD's kind a moment later (kube-sim at once).
+            r = cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+            assert r.returncode == 0, r.stderr
         yield cluster, procs, objs, bins, webhook_listen
     finally:
         procs.stop()
