@@ -74,7 +74,7 @@ impl std::fmt::Display for Backend {
 #[derive(Debug)]
 pub enum TestCluster {
     Real(Arc<ControlPlane>),
-    Sim(KubeSim),
+    Sim(Box<KubeSim>),
 }
 
 static SHARED: tokio::sync::OnceCell<Arc<TestCluster>> = tokio::sync::OnceCell::const_new();
@@ -90,7 +90,9 @@ impl TestCluster {
                 let cluster = match backend {
                     // Each #[tokio::test] has its own runtime, which stops the tasks it spawned when the test
                     // ends: the process's kube-sim serves from a runtime of its own.
-                    Backend::Sim => Self::start_sim_for_process().await.map(Self::Sim),
+                    Backend::Sim => Self::start_sim_for_process()
+                        .await
+                        .map(|sim| Self::Sim(Box::new(sim))),
                     Backend::Real => Self::start(backend).await,
                 };
                 let cluster =
@@ -138,7 +140,7 @@ impl TestCluster {
     pub async fn start(backend: Backend) -> anyhow::Result<Self> {
         Ok(match backend {
             Backend::Real => Self::Real(ControlPlane::shared().await),
-            Backend::Sim => Self::Sim(KubeSim::start(KubeSimConfig::default()).await?),
+            Backend::Sim => Self::Sim(Box::new(KubeSim::start(KubeSimConfig::default()).await?)),
         })
     }
 
