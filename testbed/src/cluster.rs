@@ -72,10 +72,9 @@ impl std::fmt::Display for Backend {
 
 /// A running Kubernetes API server of either kind, with the same operations on both.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // one or two per process: boxing kube-sim would buy nothing
 pub enum TestCluster {
     Real(Arc<ControlPlane>),
-    Sim(KubeSim),
+    Sim(Box<KubeSim>),
 }
 
 static SHARED: tokio::sync::OnceCell<Arc<TestCluster>> = tokio::sync::OnceCell::const_new();
@@ -88,9 +87,16 @@ impl TestCluster {
         SHARED
             .get_or_init(|| async {
                 let backend = Backend::from_env().unwrap_or_else(|e| panic!("{e:#}"));
-                let cluster = Self::start_for_process(backend)
-                    .await
-                    .unwrap_or_else(|e| panic!("starting the {backend} Kubernetes API: {e:#}"));
+                let cluster = match backend {
+                    // Each #[tokio::test] has its own runtime, which stops the tasks it spawned when the test
+                    // ends: the process's kube-sim serves from a runtime of its own.
+                    Backend::Sim => Self::start_sim_for_process()
+                        .await
+                        .map(|sim| Self::Sim(Box::new(sim))),
+                    Backend::Real => Self::start(backend).await,
+                };
+                let cluster =
+                    cluster.unwrap_or_else(|e| panic!("starting the {backend} Kubernetes API: {e:#}"));
                 cluster
                     .install_crds()
                     .await
@@ -102,33 +108,40 @@ impl TestCluster {
             .clone()
     }
 
+    /// kube-sim on a thread and runtime that live as long as the process.
+    async fn start_sim_for_process() -> anyhow::Result<KubeSim> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kube-sim".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(rt) => rt.block_on(async move {
+                        let started = KubeSim::start(KubeSimConfig::default()).await;
+                        let serving = started.is_ok();
+                        let _ = tx.send(started);
+                        if serving {
+                            std::future::pending::<()>().await;
+                        }
+                    }),
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::Error::from(e).context("kube-sim's runtime")));
+                    }
+                }
+            })
+            .context("kube-sim's thread")?;
+        rx.await.context("kube-sim's thread ended before starting it")?
+    }
+
     /// Starts a cluster of `backend`: the real one is this process's shared control plane.
     pub async fn start(backend: Backend) -> anyhow::Result<Self> {
         Ok(match backend {
             Backend::Real => Self::Real(ControlPlane::shared().await),
-            Backend::Sim => Self::Sim(KubeSim::start(KubeSimConfig::default()).await?),
+            Backend::Sim => Self::Sim(Box::new(KubeSim::start(KubeSimConfig::default()).await?)),
         })
-    }
-
-    /// [`Self::start`], with kube-sim served by a runtime of its own that lives as long as the process: each
-    /// `#[tokio::test]` has its own runtime, and a kube-sim started on the first test's would stop with it.
-    async fn start_for_process(backend: Backend) -> anyhow::Result<Self> {
-        if backend == Backend::Real {
-            return Self::start(backend).await;
-        }
-        static SIM_RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-        let rt = SIM_RUNTIME.get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("kube-sim")
-                .enable_all()
-                .build()
-                .expect("a runtime for kube-sim")
-        });
-        rt.spawn(async { KubeSim::start(KubeSimConfig::default()).await })
-            .await
-            .context("starting kube-sim")?
-            .map(Self::Sim)
     }
 
     pub fn backend(&self) -> Backend {
@@ -155,6 +168,14 @@ impl TestCluster {
         match self {
             Self::Real(cp) => cp.url().to_string(),
             Self::Sim(sim) => sim.url(),
+        }
+    }
+
+    /// The PEM of the CA that signed the server's serving certificate (a client's trust anchor).
+    pub fn ca_pem(&self) -> String {
+        match self {
+            Self::Real(cp) => cp.ca_pem().to_string(),
+            Self::Sim(sim) => sim.ca().cert_pem().to_string(),
         }
     }
 
@@ -276,6 +297,168 @@ impl TestCluster {
             }
         }
     }
+}
+
+impl TestCluster {
+    /// The `kubectl` to drive this cluster with: the assets' on the real server (the same version), else
+    /// the one on `PATH`.
+    pub fn kubectl(&self) -> std::path::PathBuf {
+        match self {
+            Self::Real(cp) => cp.assets().kubectl.clone(),
+            Self::Sim(_) => "kubectl".into(),
+        }
+    }
+
+    /// Namespace `name` with `annotations`, created unless it exists (tests of one binary share the
+    /// cluster; a fixed name is for manifests that name their namespace), ready for pods.
+    pub async fn ensure_namespace(&self, name: &str, annotations: &[(&str, &str)]) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let namespaces: kube::Api<Namespace> = kube::Api::all(self.client()?);
+        if namespaces.get_opt(name).await?.is_some() {
+            return Ok(());
+        }
+        match self {
+            Self::Real(cp) => cp.create_namespace(name, &[], annotations).await,
+            Self::Sim(_) => {
+                let annotations: serde_json::Map<String, serde_json::Value> = annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), serde_json::json!(v)))
+                    .collect();
+                let ns: Namespace = serde_json::from_value(
+                    serde_json::json!({"metadata": {"name": name, "annotations": annotations}}),
+                )?;
+                namespaces
+                    .create(&Default::default(), &ns)
+                    .await
+                    .with_context(|| format!("creating namespace {name}"))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A local address the API server reaches and a Service's Endpoints may hold, for a process of this test
+    /// that serves as the backend of a Service (a webhook registered by Service, as the chart registers it).
+    /// kube-apiserver refuses loopback endpoints, so on the real server this is a fresh non-loopback address
+    /// on the host's `lo` (root), removed when the returned guard drops; kube-sim maps
+    /// Services to any address, so there it is `127.0.0.1`.
+    pub fn endpoint_address(&self) -> anyhow::Result<EndpointAddress> {
+        match self {
+            Self::Real(_) => EndpointAddress::on_loopback_device(),
+            Self::Sim(_) => Ok(EndpointAddress {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                on_lo: false,
+            }),
+        }
+    }
+
+    /// Makes Service `namespace/name` (port 443, named `https`, as the chart's webhook Service) lead to
+    /// `backend`: on the real server a selector-less Service and its Endpoints (kube-apiserver calls webhooks
+    /// at an endpoint, `--enable-aggregator-routing`); on kube-sim its service map. `backend`'s IP must come
+    /// from [`Self::endpoint_address`].
+    pub async fn route_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        backend: std::net::SocketAddr,
+    ) -> anyhow::Result<()> {
+        let cp = match self {
+            Self::Real(cp) => cp,
+            Self::Sim(sim) => {
+                sim.map_service(namespace, name, backend);
+                return Ok(());
+            }
+        };
+        use k8s_openapi::api::core::v1::{Endpoints, Service};
+        let client = cp.client()?;
+        let params = kube::api::PatchParams::apply("testbed").force();
+        let service = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"type": "ClusterIP", "ports": [{"name": "https", "port": 443, "targetPort": backend.port(), "protocol": "TCP"}]}});
+        kube::Api::<Service>::namespaced(client.clone(), namespace)
+            .patch(name, &params, &kube::api::Patch::Apply(service))
+            .await
+            .with_context(|| format!("applying Service {namespace}/{name}"))?;
+        let endpoints = serde_json::json!({"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": name, "namespace": namespace},
+            "subsets": [{"addresses": [{"ip": backend.ip().to_string()}],
+                         "ports": [{"name": "https", "port": backend.port(), "protocol": "TCP"}]}]});
+        kube::Api::<Endpoints>::namespaced(client, namespace)
+            .patch(name, &params, &kube::api::Patch::Apply(endpoints))
+            .await
+            .with_context(|| format!("applying Endpoints {namespace}/{name} ({backend})"))?;
+        Ok(())
+    }
+}
+
+/// A local IPv4 address for Service endpoints (see [`TestCluster::endpoint_address`]); on the real server
+/// an extra address of the host's `lo`, removed on drop (also when the test fails).
+#[derive(Debug)]
+pub struct EndpointAddress {
+    ip: std::net::IpAddr,
+    on_lo: bool,
+}
+
+impl EndpointAddress {
+    /// The address to bind to and to put into the Endpoints.
+    pub fn ip(&self) -> std::net::IpAddr {
+        self.ip
+    }
+
+    /// One address of 198.18.0.0/15 (RFC 2544, benchmarking: nothing routes it) added to `lo`, chosen from
+    /// the pid and a counter and skipped when the host already has it. Not in 127/8, so Endpoints may hold
+    /// it; on `lo`, so it never leaves the host. (A dummy link would do too, where the kernel has the module.)
+    fn on_loopback_device() -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        for _ in 0..64 {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let slot = (pid.wrapping_mul(64).wrapping_add(n)) % (1 << 17);
+            let [_, _, hi, lo] = slot.to_be_bytes();
+            let ip = std::net::Ipv4Addr::new(198, 18 + u8::from(slot >= 1 << 16), hi, lo);
+            if lo == 0 || lo == 255 || address_in_use(ip)? {
+                continue;
+            }
+            ip_cmd(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
+            return Ok(Self {
+                ip: ip.into(),
+                on_lo: true,
+            });
+        }
+        anyhow::bail!("no free address in 198.18.0.0/15 for a Service endpoint after 64 tries")
+    }
+}
+
+impl Drop for EndpointAddress {
+    fn drop(&mut self) {
+        if self.on_lo
+            && let Err(e) = ip_cmd(&["addr", "del", &format!("{}/32", self.ip), "dev", "lo"])
+        {
+            eprintln!("removing the endpoint address {}: {e:#}", self.ip);
+        }
+    }
+}
+
+fn address_in_use(ip: std::net::Ipv4Addr) -> anyhow::Result<bool> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "addr", "show", "to", &format!("{ip}/32")])
+        .output()
+        .context("running ip (iproute2)")?;
+    Ok(!out.stdout.is_empty())
+}
+
+fn ip_cmd(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {}: {} (a Service endpoint on the real control plane needs root for an address on lo)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -481,8 +481,7 @@ async fn server_side_apply_by_two_managers(server: &Server) {
         async move {
             let mut body = json!({"apiVersion": API_VERSION, "kind": "StaticGatewayConfiguration",
                 "metadata": {"name": name}, "spec": spec});
-            // An applied empty map would claim the whole map (kube-apiserver then reports a conflict on
-            // .metadata.labels when the other manager adds one).
+            // An applied empty map claims the whole map (see the end of this test): `{}` means no labels.
             if labels != json!({}) {
                 body["metadata"]["labels"] = labels;
             }
@@ -554,6 +553,38 @@ async fn server_side_apply_by_two_managers(server: &Server) {
             );
         }
         other => panic!("{}: expected a conflict, got {other:?}", server.name),
+    }
+
+    // An applied empty map is owned as a whole: another manager adding a key to it conflicts on the map.
+    let name = unique("ssa-empty");
+    let body = |labels: Value| {
+        json!({"apiVersion": API_VERSION, "kind": "StaticGatewayConfiguration",
+            "metadata": {"name": name, "labels": labels}, "spec": {"gatewayNodepoolName": "gwpool"}})
+    };
+    sgcs.patch(
+        &name,
+        &PatchParams::apply("carol"),
+        &Patch::Apply(body(json!({}))),
+    )
+    .await
+    .expect("carol");
+    match sgcs
+        .patch(
+            &name,
+            &PatchParams::apply("dave"),
+            &Patch::Apply(body(json!({"team": "d"}))),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert!(
+            s.code == 409 && s.message.contains("conflict with \"carol\": .metadata.labels"),
+            "{}: {s:?}",
+            server.name
+        ),
+        other => panic!(
+            "{}: expected a conflict on the labels, got {other:?}",
+            server.name
+        ),
     }
 }
 

@@ -1,11 +1,19 @@
-"""The chart installed into the Kubernetes simulator, its components run as the chart's service accounts.
+"""The chart installed into a Kubernetes API server, its components run as the chart's service accounts.
+
+The server is the real control plane (the `control-plane` binary: etcd, kube-apiserver and
+kube-controller-manager from the assets folder, ServiceAccount tokens from the TokenRequest API) when its
+binaries are found, else kube-sim; `TESTBED_KUBE=real|sim` chooses, as for the Rust suites
+(`testbed::cluster::Backend`).
 
 What the static tests cannot show: that the rendered objects are accepted by an API server (`kubectl apply`),
 that the chart's self-signed certificate and caBundle let the API server reach the webhook over verified TLS,
 that each component starts with exactly the arguments, environment and mounted files the chart gives it, and
 that the chart's RBAC lets it do its job (the simulator authorizes service accounts from the stored
-Role/ClusterRole bindings). The webhook and the operator run here; the agents need network namespaces and
-run in the lab.
+Role/ClusterRole bindings; the real server's authorizer on the real one). The webhook and the operator run
+here; the agents need network namespaces and run in the lab, and here each agent's account makes its
+component's calls with its own token. On the real server the webhook is reached as the chart registers it, by
+its Service: a Pod of the webhook Deployment's template is reported Running and Ready at an address of `lo`
+(no kubelet runs), the endpoints controller puts it behind the Service, and the webhook listens there.
 """
 
 from __future__ import annotations
@@ -49,6 +57,18 @@ def bin_dir() -> pathlib.Path:
         ).stdout
     )
     return pathlib.Path(meta["target_directory"]) / "debug"
+
+
+def kube_backend() -> str:
+    """`TESTBED_KUBE`, else `real` when the control plane's binaries are found (`KUBEBUILDER_ASSETS` or the
+    repository's `.kubebuilder-assets`), else `sim`: the choice `testbed::cluster::Backend::from_env` makes."""
+    chosen = os.environ.get("TESTBED_KUBE", "")
+    if chosen:
+        assert chosen in ("real", "sim"), f"TESTBED_KUBE={chosen!r} is not one of: real, sim"
+        return chosen
+    assets = pathlib.Path(os.environ.get("KUBEBUILDER_ASSETS") or REPO / ".kubebuilder-assets")
+    names = ("kube-apiserver", "kube-controller-manager", "etcd", "kubectl")
+    return "real" if all(os.access(assets / n, os.X_OK) for n in names) else "sim"
 
 
 def free_port() -> int:
@@ -175,12 +195,15 @@ def localize(args: list[str], mounts: dict[str, str], ports: dict[str, str]) -> 
 
 
 class Cluster:
-    def __init__(self, work: pathlib.Path, kubeconfig: pathlib.Path) -> None:
+    def __init__(self, work: pathlib.Path, kubeconfig: pathlib.Path, backend: str, endpoint_ip: str) -> None:
         self.work = work
         self.kubeconfig = kubeconfig
+        self.backend = backend
+        # Where a Service's backend listens: an address of `lo` on the real server (Endpoints refuse 127/8).
+        self.endpoint_ip = endpoint_ip
 
     def requests_of(self, service_account: str) -> dict[str, int]:
-        """Requests the simulator served to one of the chart's service accounts, by status code (its
+        """Requests kube-sim served to one of the chart's service accounts, by status code (its
         kubesim_requests_by_user_total series)."""
         user = f"system:serviceaccount:{NAMESPACE}:{service_account}"
         r = self.kubectl("get", "--raw", "/metrics")
@@ -248,39 +271,80 @@ def installed(tmp_path: pathlib.Path):
         objs = [d for d in yaml.safe_load_all(rendered) if d]
         (tmp_path / "rendered.yaml").write_text(rendered)
 
-        webhook_port = free_port()
         service = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == f"{PREFIX}-webhook")
-        kube_port = free_port()
         kubeconfig = tmp_path / "kubeconfig"
         sas = [o["metadata"]["name"] for o in objs if o["kind"] == "ServiceAccount"]
-        procs.start(
-            "kube-sim",
-            [str(bins / "kube-sim"), "--listen", f"127.0.0.1:{kube_port}", "--kubeconfig", str(kubeconfig),
-             "--service", f"{NAMESPACE}/{service['metadata']['name']}=127.0.0.1:{webhook_port}",
-             *[a for sa in sas for a in ("--service-account", f"{NAMESPACE}/{sa}")]],
-        )
-        cluster = Cluster(tmp_path, kubeconfig)
-        wait_for("the Kubernetes simulator", lambda: kubeconfig.exists() and cluster.kubectl("get", "ns").returncode == 0, procs)
+        sa_flags = [a for sa in sas for a in ("--service-account", f"{NAMESPACE}/{sa}")]
+        backend = kube_backend()
+        if backend == "real":
+            procs.start("control-plane", [str(bins / "control-plane"), "--kubeconfig", str(kubeconfig), *sa_flags])
+            ready = pathlib.Path(f"{kubeconfig}.ready")
+            wait_for("the control plane", ready.exists, procs, timeout=120)
+            cluster = Cluster(tmp_path, kubeconfig, backend, json.loads(ready.read_text())["endpointIp"])
+            # The container port the chart's Service leads to, on the address the webhook's Pod reports.
+            _, c = container_of(objs, "Deployment", f"{PREFIX}-webhook", "webhook")
+            port = next(p["containerPort"] for p in c["ports"] if p["name"] == service["spec"]["ports"][0]["targetPort"])
+            webhook_listen = f"{cluster.endpoint_ip}:{port}"
+        else:
+            webhook_listen = f"127.0.0.1:{free_port()}"
+            procs.start(
+                "kube-sim",
+                [str(bins / "kube-sim"), "--listen", f"127.0.0.1:{free_port()}", "--kubeconfig", str(kubeconfig),
+                 "--service", f"{NAMESPACE}/{service['metadata']['name']}={webhook_listen}", *sa_flags],
+            )
+            cluster = Cluster(tmp_path, kubeconfig, backend, "127.0.0.1")
+        wait_for(f"the Kubernetes API ({backend})", lambda: kubeconfig.exists() and cluster.kubectl("get", "ns").returncode == 0, procs)
         for ns in (NAMESPACE, "app"):
             r = cluster.kubectl("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n")
             assert r.returncode == 0, r.stderr
         r = cluster.kubectl("apply", "-f", str(tmp_path / "rendered.yaml"))
         assert r.returncode == 0, f"the API server refused part of the chart:\n{r.stderr}"
-        yield cluster, procs, objs, bins, webhook_port
+        if backend == "real":
+            # kube-apiserver serves a new CRD's kind a moment later (kube-sim at once).
+            r = cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+            assert r.returncode == 0, r.stderr
+        yield cluster, procs, objs, bins, webhook_listen
     finally:
         procs.stop()
 
 
-def start_webhook(cluster: Cluster, procs: Processes, objs: list[dict], bins: pathlib.Path, port: int) -> None:
+def report_pod_ready(cluster: Cluster, procs: Processes, objs: list[dict], deployment: str) -> None:
+    """What a kubelet would do for one replica of a Deployment: a Pod of its template on NODE, reported
+    Running and Ready at the cluster's endpoint address, so the endpoints controller puts it behind the
+    Services that select it (the real server only: kube-sim maps Services to addresses directly)."""
+    w = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == deployment)
+    template = w["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": f"{deployment}-0", "namespace": NAMESPACE, "labels": template["metadata"]["labels"]},
+           "spec": {**template["spec"], "nodeName": NODE}}
+    r = cluster.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
+    assert r.returncode == 0, f"the API server refused the {deployment} Deployment's Pod:\n{r.stderr}"
+    ip = cluster.endpoint_ip
+    status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                         "conditions": [{"type": "Ready", "status": "True"}]}}
+    r = cluster.kubectl("patch", "pod", f"{deployment}-0", "-n", NAMESPACE, "--subresource=status",
+                        "--type=merge", "-p", json.dumps(status))
+    assert r.returncode == 0, r.stderr
+
+    def behind_service() -> bool:
+        eps = cluster.get_json("endpoints", deployment, "-n", NAMESPACE) or {}
+        return any(a.get("ip") == ip for s in eps.get("subsets") or [] for a in s.get("addresses") or [])
+
+    wait_for(f"the endpoints of Service {deployment}", behind_service, procs)
+
+
+def start_webhook(cluster: Cluster, procs: Processes, objs: list[dict], bins: pathlib.Path, listen: str) -> None:
     spec, c = container_of(objs, "Deployment", f"{PREFIX}-webhook", "webhook")
     metrics = free_port()
     mounts = mount_secret_volumes(objs, spec, c, cluster.work / "webhook-volumes")
-    args = localize(c["args"], mounts, {"--listen": f"127.0.0.1:{port}", "--metrics-listen": f"127.0.0.1:{metrics}"})
+    args = localize(c["args"], mounts, {"--listen": listen, "--metrics-listen": f"127.0.0.1:{metrics}"})
     procs.start(
         "webhook", [str(bins / f"{PREFIX}-webhook"), *args],
         {**resolve_env(c), "KUBECONFIG": f"{cluster.kubeconfig}.sa.{NAMESPACE}.{spec['serviceAccountName']}"},
     )
     wait_for("webhook /readyz", lambda: http_status(metrics, "/readyz") == 200, procs)
+    if cluster.backend == "real":
+        report_pod_ready(cluster, procs, objs, f"{PREFIX}-webhook")
 
 
 def start_operator(cluster: Cluster, procs: Processes, objs: list[dict], bins: pathlib.Path) -> int:
@@ -311,14 +375,14 @@ spec:
 
 
 def test_chart_installs_and_its_webhook_answers_over_the_charts_certificate(installed) -> None:
-    cluster, procs, objs, bins, webhook_port = installed
+    cluster, procs, objs, bins, webhook_listen = installed
     # With failurePolicy Fail and no webhook serving yet, our kinds cannot be written: the chart's
     # registration is live in the API server.
     r = cluster.kubectl("apply", "-f", "-", stdin=SGC % ("early", "10.0.0.0/8"))
     assert r.returncode != 0
     assert "failed calling webhook" in r.stderr, r.stderr
 
-    start_webhook(cluster, procs, objs, bins, webhook_port)
+    start_webhook(cluster, procs, objs, bins, webhook_listen)
     # The API server verifies the webhook's serving certificate against the chart's caBundle.
     # (A bad excludeCidrs entry is refused by the CRD schema before any webhook; a publicIpPrefixId that is not
     # an ARM ID only by the webhook.)
@@ -348,8 +412,8 @@ spec: {podIpAddress: 10.224.0.9/32, podPublicKey: "%s", staticGatewayConfigurati
 
 
 def test_operator_provisions_with_the_charts_arguments_config_and_rbac(installed) -> None:
-    cluster, procs, objs, bins, webhook_port = installed
-    start_webhook(cluster, procs, objs, bins, webhook_port)
+    cluster, procs, objs, bins, webhook_listen = installed
+    start_webhook(cluster, procs, objs, bins, webhook_listen)
     metrics = start_operator(cluster, procs, objs, bins)
     # Leader election in the chart's namespace, with the chart's Role.
     lease = wait_for(
@@ -387,16 +451,70 @@ def test_operator_provisions_with_the_charts_arguments_config_and_rbac(installed
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
     assert "controller_reconcile_latency" in body
-    # The chart's RBAC refused the operator and the webhook nothing (kube-sim counts each account's answers).
-    for sa in (f"{PREFIX}-operator", f"{PREFIX}-webhook"):
-        codes = cluster.requests_of(sa)
-        assert sum(codes.values()) > 0, f"{sa} made no requests: {codes}"
-        assert "403" not in codes, f"{sa} was refused by RBAC: {codes}\n{procs.logs()[-3000:]}"
-    # The count does see refusals: the gateway agent's account may not list Secrets cluster-wide.
+    # The chart's RBAC refused the operator and the webhook nothing: kube-sim counts each account's answers;
+    # the real server's refusals are in the components' logs (its authorizer has no per-user count).
     r = cluster.kubectl("get", "secrets", "-A", as_sa=f"{PREFIX}-gateway-agent")
     assert r.returncode != 0 and "forbidden" in r.stderr, r.stderr
-    assert cluster.requests_of(f"{PREFIX}-gateway-agent").get("403", 0) >= 1
+    for sa in (f"{PREFIX}-operator", f"{PREFIX}-webhook"):
+        if cluster.backend == "sim":
+            codes = cluster.requests_of(sa)
+            assert sum(codes.values()) > 0, f"{sa} made no requests: {codes}"
+            assert "403" not in codes, f"{sa} was refused by RBAC: {codes}\n{procs.logs()[-3000:]}"
+        else:
+            log = (cluster.work / f"{sa.removeprefix(PREFIX + '-')}.log").read_text(errors="replace")
+            assert "forbidden" not in log.lower(), f"{sa} was refused by RBAC:\n{log[-3000:]}"
+    if cluster.backend == "sim":
+        # The count does see refusals: the gateway agent's listing of Secrets above.
+        assert cluster.requests_of(f"{PREFIX}-gateway-agent").get("403", 0) >= 1
     # Container logs are files, not terminals: plain text, no colour escape codes.
     for component in ("operator", "webhook"):
         text = (cluster.work / f"{component}.log").read_text(errors="replace")
         assert " INFO " in text and "\x1b[" not in text, text[:500]
+
+
+def test_each_agent_account_makes_its_components_calls_with_its_own_token(installed) -> None:
+    """The agents run in the lab; here their accounts make the calls the agents make (writes as server-side
+    dry runs: authorized and admitted like real ones, nothing stored), with the chart's tokens, and are
+    refused what the agents must not do."""
+    cluster, procs, objs, bins, webhook_listen = installed
+    start_webhook(cluster, procs, objs, bins, webhook_listen)
+    for doc in (POOL, SGC % ("web", "10.0.0.0/8")):
+        r = cluster.kubectl("apply", "-f", "-", stdin=doc)
+        assert r.returncode == 0, r.stderr
+    pe = """apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: PodEndpoint
+metadata: {name: p, namespace: app}
+spec: {podIpAddress: 10.224.0.9/32, podPublicKey: "%s", staticGatewayConfiguration: web}
+""" % ("A" * 43 + "=")
+    status = """apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: GatewayStatus
+metadata: {name: %s, namespace: %s}
+spec: {}
+""" % (NODE, NAMESPACE)
+    node_agent, gateway_agent = f"{PREFIX}-node-agent", f"{PREFIX}-gateway-agent"
+    allowed = {
+        node_agent: [
+            ("get", "staticgatewayconfigurations", "-A"), ("get", "pods", "-A"), ("get", "nodes"),
+            ("get", "configmaps", "-n", NAMESPACE), ("get", "podendpoints", "-A"),
+            ("create", "--dry-run=server", "-f", "-", pe),
+        ],
+        gateway_agent: [
+            ("get", "staticgatewayconfigurations", "-A"), ("get", "podendpoints", "-A"),
+            ("get", "secrets", "-n", NAMESPACE), ("get", "gatewaystatuses", "-n", NAMESPACE),
+            ("create", "--dry-run=server", "-f", "-", status),
+        ],
+    }
+    refused = {
+        node_agent: [("get", "secrets", "-n", NAMESPACE)],
+        gateway_agent: [("create", "--dry-run=server", "-f", "-", pe), ("get", "secrets", "-A")],
+    }
+    for sa, calls in allowed.items():
+        for call in calls:
+            args, stdin = (call[:-1], call[-1]) if "-f" in call else (call, None)
+            r = cluster.kubectl(*args, stdin=stdin, as_sa=sa)
+            assert r.returncode == 0, f"{sa}: kubectl {' '.join(args)}: {r.stderr}"
+    for sa, calls in refused.items():
+        for call in calls:
+            args, stdin = (call[:-1], call[-1]) if "-f" in call else (call, None)
+            r = cluster.kubectl(*args, stdin=stdin, as_sa=sa)
+            assert r.returncode != 0 and "forbidden" in r.stderr, f"{sa}: kubectl {' '.join(args)}: {r.stderr}"

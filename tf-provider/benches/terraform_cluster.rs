@@ -1,5 +1,5 @@
-//! Wall time of the real `terraform` CLI with this provider against the simulators (kube-sim with the real
-//! webhook, the real operator on the Azure simulator): `plan` and `apply` for 1 and 100 configurations on
+//! Wall time of the real `terraform` CLI with this provider against the test cluster (the real control plane,
+//! or kube-sim with `TESTBED_KUBE=sim`, with the real webhook; the real operator on the Azure simulator): `plan` and `apply` for 1 and 100 configurations on
 //! one pool, the refresh-only `plan` after them and `destroy`; and the provider's start-up time (process
 //! spawn to handshake line, with AutoMTLS as Terraform launches it).
 //!
@@ -61,11 +61,11 @@ async fn timed<F: std::future::Future<Output = support::Run>>(what: &str, code: 
     took
 }
 
-/// One round for `n` configurations in a fresh cluster: (plan, apply, plan after, destroy).
+/// One round for `n` configurations (the process's cluster, emptied by the round before): (plan, apply, plan after, destroy).
 async fn round(n: usize, parallelism: Option<usize>) -> [Duration; 4] {
     let mut cluster = Cluster::start().await;
     cluster.start_operator().await;
-    let mut env = cluster.credentials("admin");
+    let mut env = cluster.credentials("admin").await;
     if let Some(p) = parallelism {
         for cmd in ["plan", "apply", "destroy"] {
             env.push((format!("TF_CLI_ARGS_{cmd}"), format!("-parallelism={p}")));

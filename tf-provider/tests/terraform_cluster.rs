@@ -1,5 +1,6 @@
-//! Acceptance tests with the real `terraform` CLI against the Kubernetes API simulator, the real admission
-//! webhook and (where the scenario needs Ready objects) the real operator against the Azure simulator.
+//! Acceptance tests with the real `terraform` CLI against the Kubernetes API server of `TestCluster` (the real
+//! control plane, or kube-sim with `TESTBED_KUBE=sim`), the real admission webhook registered by Service as the
+//! chart registers it and (where the scenario needs Ready objects) the real operator against the Azure simulator.
 //! Each scenario follows terraform-plugin-testing's steps: apply, check `terraform show -json`, a follow-up
 //! `plan -detailed-exitcode` that is empty, an import round-trip, destroy, and nothing left in the cluster.
 
@@ -66,7 +67,7 @@ async fn create_update_drift_import_and_destroy_with_the_operator() {
     let mut cluster = Cluster::start().await;
     cluster.start_operator().await;
     let ws = Workspace::new(
-        cluster.credentials("admin"),
+        cluster.credentials("admin").await,
         &lifecycle_config("", r#"  exclude_cidrs = ["10.0.0.0/8"]"#, ""),
     );
 
@@ -276,7 +277,7 @@ resource "egressgateway_gateway_pool" "gw" {{
 }}
 "#
     );
-    let ws = Workspace::new(cluster.credentials("admin"), &pool_tf);
+    let ws = Workspace::new(cluster.credentials("admin").await, &pool_tf);
     ws.apply().await;
     let shown = ws.show().await;
     assert_eq!(
@@ -369,7 +370,7 @@ output "egress_prefix" {{
         )
     };
     let ws = Workspace::new(
-        cluster.credentials("admin"),
+        cluster.credentials("admin").await,
         &with_timeouts(
             &format!("\"{NODEPOOL}\""),
             "  timeouts {\n    create = \"2s\"\n  }",
@@ -445,12 +446,13 @@ resource "egressgateway_static_gateway_configuration" "egress" {{
 "#
     );
     let forbidden = |user: &str, verb: &str| {
+        let user = cluster.user_name(user);
         format!(
             r#"staticgatewayconfigurations.egressgateway.kubernetes.azure.com "egress" is forbidden: User "{user}" cannot {verb} resource "staticgatewayconfigurations" in API group "egressgateway.kubernetes.azure.com" in the namespace "app""#
         )
     };
     for user in ["nobody", "viewer"] {
-        let ws = Workspace::new(cluster.credentials(user), &sgc_tf);
+        let ws = Workspace::new(cluster.credentials(user).await, &sgc_tf);
         let run = ws.apply_result().await;
         assert_eq!(run.code, 1, "{run}");
         assert!(
@@ -465,7 +467,7 @@ resource "egressgateway_static_gateway_configuration" "egress" {{
         assert!(ws.show().await.addresses().is_empty());
     }
 
-    let mut bad_token = cluster.credentials("admin");
+    let mut bad_token = cluster.credentials("admin").await;
     bad_token[1].1 = "not-a-token".into();
     let ws = Workspace::new(bad_token, &sgc_tf);
     let run = ws.apply_result().await;
@@ -479,7 +481,7 @@ resource "egressgateway_static_gateway_configuration" "egress" {{
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
-    let mut unreachable = cluster.credentials("admin");
+    let mut unreachable = cluster.credentials("admin").await;
     unreachable[0].1 = format!("https://127.0.0.1:{port}");
     let ws = Workspace::new(unreachable, &sgc_tf);
     let run = ws.apply_result().await;
@@ -502,21 +504,21 @@ resource "egressgateway_static_gateway_configuration" "egress" {{
         .create(&PostParams::default(), &obj)
         .await
         .expect("create out of band");
-    let ws = Workspace::new(cluster.credentials("nobody"), &sgc_tf);
+    let ws = Workspace::new(cluster.credentials("nobody").await, &sgc_tf);
     let run = ws
         .run(&["import", "-no-color", "-input=false", SGC, "app/egress"])
         .await;
     assert_eq!(run.code, 1, "{run}");
     assert!(run.flat().contains(&forbidden("nobody", "get")), "{run}");
     let mut ws = ws;
-    ws = ws.with_env(cluster.credentials("admin"));
+    ws = ws.with_env(cluster.credentials("admin").await);
     ws.import(SGC, "app/egress").await;
     let shown = ws.show().await;
     assert_eq!(shown.resource(SGC)["gateway_nodepool_name"], NODEPOOL);
     assert_eq!(shown.resource(SGC)["default_route"], "staticEgressGateway");
     ws.assert_plan_empty("after importing an object created out of band")
         .await;
-    let ws = ws.with_env(cluster.credentials("nobody"));
+    let ws = ws.with_env(cluster.credentials("nobody").await);
     let run = ws.plan().await;
     assert_eq!(run.code, 1, "{run}");
     assert!(
@@ -525,7 +527,7 @@ resource "egressgateway_static_gateway_configuration" "egress" {{
             && run.flat().contains(&forbidden("nobody", "get")),
         "{run}"
     );
-    let ws = ws.with_env(cluster.credentials("admin"));
+    let ws = ws.with_env(cluster.credentials("admin").await);
     ws.destroy().await;
     cluster.assert_empty().await;
 }

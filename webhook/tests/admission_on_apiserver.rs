@@ -4,24 +4,16 @@
 //! answer for configurations, and only the node agent's ServiceAccount (a TokenRequest token, authorized by
 //! RBAC) writes PodEndpoints. One test: the webhook configurations are cluster-wide.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use base64::Engine as _;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-};
+use std::path::{Path, PathBuf};
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::PostParams;
-use serde_json::{Value, json};
+use serde_json::json;
+use support::{Reach, Webhook};
 use testbed::control_plane::ControlPlane;
 use testbed::wait::eventually;
-use webhook::facts::ClusterFacts as _;
-use webhook::handlers::Policy;
-use webhook::metrics::Metrics;
-use webhook::server::{AppState, admission_router, serve_tls};
 
 const AGENT_SA: &str = "kube-egress-gateway-node-agent";
 const GROUP: &str = api::names::GROUP;
@@ -40,31 +32,6 @@ async fn kubectl(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> (bool, 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// The chart's webhook entry (`templates/webhook.yaml`) with `clientConfig.url` for the loopback process.
-fn entry(
-    base: &str,
-    ca: &str,
-    name: &str,
-    path: &str,
-    failure: &str,
-    rules: Value,
-    pods: Option<&str>,
-) -> Value {
-    let mut w = json!({
-        "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "timeoutSeconds": 10,
-        "failurePolicy": failure, "clientConfig": {"url": format!("{base}{path}"), "caBundle": ca}, "rules": rules,
-    });
-    if let Some(system_ns) = pods {
-        w["namespaceSelector"] = json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [system_ns]}]});
-        w["objectSelector"] = json!({"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "NotIn", "values": ["kube-egress-gateway"]}]});
-    }
-    w
-}
-
-fn rule(group: &str, version: &str, resource: &str, ops: &[&str], scope: &str) -> Value {
-    json!([{"apiGroups": [group], "apiVersions": [version], "resources": [resource], "operations": ops, "scope": scope}])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,78 +53,15 @@ async fn admission_through_the_apiserver() {
     let kubeconfig: PathBuf = dir.path().join("admin.kubeconfig");
     cp.write_admin_kubeconfig(&kubeconfig).expect("kubeconfig");
 
-    // The real webhook server with a self-generated certificate for the address the apiserver calls.
-    let generated = webhook::tls::self_signed(&["127.0.0.1".to_string()]).expect("certificate");
-    let facts = webhook::watch::start(admin.clone());
-    let state = Arc::new(AppState {
-        facts: Arc::new(facts.clone()),
-        policy: Policy {
-            podendpoint_writers: vec![format!("system:serviceaccount:{system}:{AGENT_SA}")],
-        },
-        metrics: Arc::new(Metrics::default()),
-        draining: Default::default(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("https://{}", listener.local_addr().expect("addr"));
-    let (_shutdown, rx) = tokio::sync::watch::channel(false);
-    let tls =
-        Arc::new(webhook::tls::server_config(webhook::tls::CertStore::new(generated.key)).expect("tls"));
-    tokio::spawn(serve_tls(
-        listener,
-        tls,
-        admission_router(state),
-        rx,
-        Duration::from_secs(2),
-    ));
-    eventually("webhook watches synced", || async { facts.synced() }).await;
-
-    let ca = base64::engine::general_purpose::STANDARD.encode(&generated.ca_pem);
-    let sgc_rule = rule(
-        GROUP,
-        "v1alpha1",
-        "staticgatewayconfigurations",
-        &["CREATE", "UPDATE"],
-        "Namespaced",
-    );
-    let mut mutate_pods = entry(
-        &base,
-        &ca,
-        "mutate.pods.egressgateway.kubernetes.azure.com",
-        "/mutate-pod",
-        "Ignore",
-        rule("", "v1", "pods", &["CREATE"], "Namespaced"),
-        Some(&system),
-    );
-    mutate_pods["reinvocationPolicy"] = json!("Never");
-    let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": "kube-egress-gateway"},
-        "webhooks": [
-            entry(&base, &ca, "mutate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com", "/mutate-staticgatewayconfiguration", "Fail", sgc_rule.clone(), None),
-            mutate_pods,
-        ]
-    }))
-    .expect("mutating configuration");
-    let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": "kube-egress-gateway"},
-        "webhooks": [
-            entry(&base, &ca, "validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com", "/validate-staticgatewayconfiguration", "Fail", sgc_rule, None),
-            entry(&base, &ca, "validate.gatewaypools.egressgateway.kubernetes.azure.com", "/validate-gatewaypool", "Fail",
-                rule(GROUP, "v1alpha1", "gatewaypools", &["CREATE", "UPDATE"], "Cluster"), None),
-            entry(&base, &ca, "validate.podendpoints.egressgateway.kubernetes.azure.com", "/validate-podendpoint", "Fail",
-                rule(GROUP, "v1alpha1", "podendpoints", &["CREATE", "UPDATE"], "Namespaced"), None),
-            entry(&base, &ca, "validate.pods.egressgateway.kubernetes.azure.com", "/validate-pod", "Ignore",
-                rule("", "v1", "pods", &["CREATE", "UPDATE"], "Namespaced"), Some(&system)),
-        ]
-    }))
-    .expect("validating configuration");
-    Api::<MutatingWebhookConfiguration>::all(admin.clone())
-        .create(&PostParams::default(), &mutating)
-        .await
-        .expect("mwc");
-    Api::<ValidatingWebhookConfiguration>::all(admin.clone())
-        .create(&PostParams::default(), &validating)
-        .await
-        .expect("vwc");
+    // The real webhook server with a self-generated certificate for the address the apiserver calls,
+    // registered as the chart registers it but by `clientConfig.url`.
+    let hook = Webhook::start(
+        admin.clone(),
+        vec![format!("system:serviceaccount:{system}:{AGENT_SA}")],
+        Reach::Url,
+    )
+    .await;
+    hook.register(&admin, &system).await;
 
     // A real Pod in a namespace with a default configuration: the apiserver defaults it, our mutating
     // webhook adds the annotation (and warns that the configuration does not exist yet).

@@ -1,36 +1,39 @@
-//! End to end: the webhook registered in the Kubernetes API simulator, driven by the real `kubectl`.
-//! What a user sees for each sample manifest (upstream's and broken ones), defaults, rule 4 from the cluster's
-//! Nodes and GatewayPools, pod defaults and warnings, PodEndpoint protection, and failurePolicy.
+//! End to end: the webhook registered as the chart registers it (by Service, the Service's endpoint leading to
+//! the webhook process) in the API server of [`TestCluster`] (the real control plane, or kube-sim with
+//! `TESTBED_KUBE=sim`), driven by the real `kubectl`. What a user sees for each sample manifest (upstream's
+//! and broken ones), defaults, rule 4 from the cluster's Nodes and GatewayPools, pod defaults and warnings,
+//! PodEndpoint protection, and failurePolicy. The tests share one API server and run one at a time (the
+//! webhook configurations are cluster-wide); each uses its own namespaces and cluster-scoped names, but for
+//! the samples, whose manifests name theirs.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
-use testbed::kube::{Access, KubeSim, KubeSimConfig, User};
+use support::{Reach, Webhook};
+use testbed::cluster::TestCluster;
 use testbed::wait::eventually;
 use webhook::facts::ClusterFacts;
-use webhook::handlers::Policy;
-use webhook::metrics::Metrics;
-use webhook::server::{AppState, admission_router, serve_tls};
 
 const NS: &str = "kube-egress-gateway-system";
 const SVC: &str = "kube-egress-gateway-webhook";
 const AGENT_SA: &str = "kube-egress-gateway-node-agent";
 
 struct Env {
-    sim: KubeSim,
+    cluster: Arc<TestCluster>,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
-    facts: webhook::facts::ReflectorFacts,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    webhook: Webhook,
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
 
 struct Out {
@@ -41,7 +44,7 @@ struct Out {
 
 impl Env {
     async fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Out {
-        let out = tokio::process::Command::new("kubectl")
+        let out = tokio::process::Command::new(self.cluster.kubectl())
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .arg("--cache-dir")
@@ -72,6 +75,15 @@ impl Env {
         std::fs::write(&p, yaml).expect("write manifest");
         p
     }
+
+    fn admin(&self) -> kube::Client {
+        self.cluster.client().expect("admin client")
+    }
+
+    /// A fresh namespace `<prefix>-<random>`.
+    async fn namespace(&self, prefix: &str) -> String {
+        self.cluster.namespace(prefix, &[]).await.expect("namespace")
+    }
 }
 
 fn manifest(name: &str) -> PathBuf {
@@ -80,127 +92,34 @@ fn manifest(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn webhook_entry(
-    name: &str,
-    path: &str,
-    rules: serde_json::Value,
-    ca: &str,
-    failure: &str,
-) -> serde_json::Value {
-    json!({
-        "name": name,
-        "admissionReviewVersions": ["v1"],
-        "sideEffects": "None",
-        "failurePolicy": failure,
-        "timeoutSeconds": 5,
-        "clientConfig": {"service": {"namespace": NS, "name": SVC, "path": path, "port": 443}, "caBundle": ca},
-        "rules": rules,
-    })
-}
-
-fn rule(group: &str, resource: &str, ops: &[&str]) -> serde_json::Value {
-    json!([{"apiGroups": [group], "apiVersions": ["*"], "resources": [resource], "operations": ops, "scope": "*"}])
-}
-
+/// The cluster of this binary with the real webhook behind the chart's Service and the chart's
+/// registrations, held by this test until it ends.
 async fn start() -> Env {
-    let cfg = KubeSimConfig {
-        users: vec![
-            User::new("admin", "admin-token-e2e", Access::Admin),
-            User::service_account(NS, AGENT_SA, "agent-token-e2e"),
-        ],
-        ..KubeSimConfig::default()
-    };
-    let sim = KubeSim::start(cfg).await.expect("simulator");
-    let admin = sim.client("admin").expect("client");
-    sim.install_crds().await.expect("CRDs");
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    for ns in [NS, "mynamespace", "demo", "team-a"] {
-        let mut obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
-        if ns == "team-a" {
-            obj.metadata.annotations = Some(
-                [(
-                    api::names::NAMESPACE_DEFAULT_GATEWAY_ANNOTATION.to_string(),
-                    "team-gw".to_string(),
-                )]
-                .into(),
-            );
-        }
-        namespaces
-            .create(&PostParams::default(), &obj)
-            .await
-            .expect("namespace");
-    }
-
-    // The real webhook server, with its own self-generated certificate, reachable as the Service.
-    let generated = webhook::tls::self_signed(&[format!("{SVC}.{NS}.svc")]).expect("certificate");
-    let facts = webhook::watch::start(admin.clone());
-    let state = Arc::new(AppState {
-        facts: Arc::new(facts.clone()),
-        policy: Policy {
-            podendpoint_writers: vec![format!("system:serviceaccount:{NS}:{AGENT_SA}")],
+    let exclusive = support::exclusive().await;
+    let cluster = TestCluster::shared().await;
+    let admin = cluster.client().expect("client");
+    cluster.ensure_namespace(NS, &[]).await.expect("namespace");
+    let webhook = Webhook::start(
+        admin.clone(),
+        vec![format!("system:serviceaccount:{NS}:{AGENT_SA}")],
+        Reach::Service {
+            cluster: &cluster,
+            namespace: NS,
+            name: SVC,
         },
-        metrics: Arc::new(Metrics::default()),
-        draining: Default::default(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    sim.map_service(NS, SVC, listener.local_addr().expect("addr"));
-    let (shutdown, rx) = tokio::sync::watch::channel(false);
-    let tls =
-        Arc::new(webhook::tls::server_config(webhook::tls::CertStore::new(generated.key)).expect("tls"));
-    tokio::spawn(serve_tls(
-        listener,
-        tls,
-        admission_router(state),
-        rx,
-        Duration::from_secs(2),
-    ));
-
-    // Webhook configurations as the chart registers them.
-    let ca = base64::engine::general_purpose::STANDARD.encode(&generated.ca_pem);
-    let group = api::names::GROUP;
-    let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": "kube-egress-gateway"},
-        "webhooks": [
-            webhook_entry("mutate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com", "/mutate-staticgatewayconfiguration",
-                rule(group, "staticgatewayconfigurations", &["CREATE", "UPDATE"]), &ca, "Fail"),
-            webhook_entry("mutate.pods.egressgateway.kubernetes.azure.com", "/mutate-pod", rule("", "pods", &["CREATE"]), &ca, "Ignore"),
-        ]
-    }))
-    .expect("mutating configuration");
-    let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": "kube-egress-gateway"},
-        "webhooks": [
-            webhook_entry("validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com", "/validate-staticgatewayconfiguration",
-                rule(group, "staticgatewayconfigurations", &["CREATE", "UPDATE"]), &ca, "Fail"),
-            webhook_entry("validate.gatewaypools.egressgateway.kubernetes.azure.com", "/validate-gatewaypool",
-                rule(group, "gatewaypools", &["CREATE", "UPDATE"]), &ca, "Fail"),
-            webhook_entry("validate.pods.egressgateway.kubernetes.azure.com", "/validate-pod", rule("", "pods", &["CREATE"]), &ca, "Ignore"),
-            webhook_entry("validate.podendpoints.egressgateway.kubernetes.azure.com", "/validate-podendpoint",
-                rule(group, "podendpoints", &["CREATE", "UPDATE"]), &ca, "Fail"),
-        ]
-    }))
-    .expect("validating configuration");
-    Api::<MutatingWebhookConfiguration>::all(admin.clone())
-        .create(&PostParams::default(), &mutating)
-        .await
-        .expect("mwc");
-    Api::<ValidatingWebhookConfiguration>::all(admin)
-        .create(&PostParams::default(), &validating)
-        .await
-        .expect("vwc");
-
+    )
+    .await;
+    webhook.register(&admin, NS).await;
     let dir = tempfile::tempdir().expect("tmp");
     let kubeconfig = dir.path().join("admin.kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, "admin").expect("kubeconfig");
-    let env = Env {
-        sim,
+    cluster.write_admin_kubeconfig(&kubeconfig).expect("kubeconfig");
+    Env {
+        cluster,
         dir,
         kubeconfig,
-        facts,
-        shutdown,
-    };
-    eventually("webhook watches synced", || async { env.facts.synced() }).await;
-    env
+        webhook,
+        _exclusive: exclusive,
+    }
 }
 
 const DENIED_SGC: &str = "admission webhook \"validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com\" denied the request: ";
@@ -208,6 +127,9 @@ const DENIED_SGC: &str = "admission webhook \"validate.staticgatewayconfiguratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn samples_through_kubectl() {
     let env = start().await;
+    for ns in ["mynamespace", "demo"] {
+        env.cluster.ensure_namespace(ns, &[]).await.expect("namespace");
+    }
 
     // Refused by our rules (before the accepted samples of the same names exist): the exact text kubectl prints.
     let out = env.apply(&manifest("seed000-vmss-byo.yaml")).await;
@@ -376,7 +298,6 @@ async fn samples_through_kubectl() {
         "{}",
         out.stderr
     );
-    let _ = env.shutdown.send(true);
 }
 
 fn node(name: &str, pool: &str) -> Node {
@@ -387,50 +308,51 @@ fn node(name: &str, pool: &str) -> Node {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_four_uses_the_clusters_nodes_and_pools() {
     let env = start().await;
-    let admin = env.sim.client("admin").expect("client");
-    let nodes: Api<Node> = Api::all(admin);
+    let ns = env.namespace("rule4").await;
+    // Nodes and pools are cluster-wide: this test's own pool name.
+    let gwpool = format!("gw{}", &ns[ns.len() - 6..]);
+    let nodes: Api<Node> = Api::all(env.admin());
     for i in 0..3 {
         nodes
-            .create(&PostParams::default(), &node(&format!("gw-{i}"), "gwpool"))
+            .create(&PostParams::default(), &node(&format!("{gwpool}-{i}"), &gwpool))
             .await
             .expect("node");
     }
-    let pool_ref = api::PoolRef::Nodepool("gwpool".into());
+    let pool_ref = api::PoolRef::Nodepool(gwpool.clone());
     eventually("webhook sees 3 gateway nodes", || async {
-        env.facts.node_count(&pool_ref) == Some(3)
+        env.webhook.facts.node_count(&pool_ref) == Some(3)
     })
     .await;
 
     let pool = |size: u32| {
         env.write(&format!("pool{size}.yaml"), &format!(
-        "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: GatewayPool\nmetadata:\n  name: gwpool\nspec:\n  gatewayNodepoolName: gwpool\n  publicIpPrefixSize: {size}\n"))
+        "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: GatewayPool\nmetadata:\n  name: {gwpool}\nspec:\n  gatewayNodepoolName: {gwpool}\n  publicIpPrefixSize: {size}\n"))
     };
     let out = env.apply(&pool(31)).await;
-    assert!(!out.ok && out.stderr.contains("GatewayPool gwpool is invalid: spec.publicIpPrefixSize: rule 4 (instances fit the prefix): the pool has 3 gateway nodes but a /31 prefix has only 2 addresses; use publicIpPrefixSize: 30"), "{}", out.stderr);
+    assert!(!out.ok && out.stderr.contains(&format!("GatewayPool {gwpool} is invalid: spec.publicIpPrefixSize: rule 4 (instances fit the prefix): the pool has 3 gateway nodes but a /31 prefix has only 2 addresses; use publicIpPrefixSize: 30")), "{}", out.stderr);
     println!("pool /31 with 3 nodes:\n{}", out.stderr);
     let out = env.apply(&pool(30)).await;
     assert!(out.ok, "{}", out.stderr);
     eventually("webhook sees the pool", || async {
-        env.facts.gateway_pool(&pool_ref).is_some()
+        env.webhook.facts.gateway_pool(&pool_ref).is_some()
     })
     .await;
 
     // The pool grows beyond /30: new configurations on it are refused with the reason.
     for i in 3..5 {
         nodes
-            .create(&PostParams::default(), &node(&format!("gw-{i}"), "gwpool"))
+            .create(&PostParams::default(), &node(&format!("{gwpool}-{i}"), &gwpool))
             .await
             .expect("node");
     }
     eventually("webhook sees 5 gateway nodes", || async {
-        env.facts.node_count(&pool_ref) == Some(5)
+        env.webhook.facts.node_count(&pool_ref) == Some(5)
     })
     .await;
-    let sgc = env.write("sgc.yaml", "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: gw\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n");
+    let sgc = env.write("sgc.yaml", &format!("apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: gw\n  namespace: {ns}\nspec:\n  gatewayNodepoolName: {gwpool}\n"));
     let out = env.apply(&sgc).await;
     assert!(!out.ok && out.stderr.contains("spec.gatewayNodepoolName: rule 4 (instances fit the prefix): the pool has 5 gateway nodes but a /30 prefix has only 4 addresses"), "{}", out.stderr);
     println!("SGC on an overgrown pool:\n{}", out.stderr);
-    let _ = env.shutdown.send(true);
 }
 
 /// A configuration created on a GatewayPool that is being deleted would hold the pool's deletion (its finalizer
@@ -438,41 +360,42 @@ async fn rule_four_uses_the_clusters_nodes_and_pools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configurations_on_a_deleting_pool_are_refused() {
     let env = start().await;
-    let admin = env.sim.client("admin").expect("client");
-    let pools: Api<api::GatewayPool> = Api::all(admin);
+    let ns = env.namespace("deleting").await;
+    let gwpool = format!("gw{}", &ns[ns.len() - 6..]);
+    let pools: Api<api::GatewayPool> = Api::all(env.admin());
     let held: api::GatewayPool = serde_json::from_value(json!({
         "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
-        "metadata": {"name": "gwpool", "finalizers": ["example.com/hold"]},
-        "spec": {"gatewayNodepoolName": "gwpool", "publicIpPrefixSize": 31}}))
+        "metadata": {"name": gwpool, "finalizers": ["example.com/hold"]},
+        "spec": {"gatewayNodepoolName": gwpool, "publicIpPrefixSize": 31}}))
     .expect("pool");
     pools.create(&PostParams::default(), &held).await.expect("pool");
     let sgc = |name: &str| {
-        env.write(&format!("{name}.yaml"), &format!("apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: {name}\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n"))
+        env.write(&format!("{name}.yaml"), &format!("apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  gatewayNodepoolName: {gwpool}\n"))
     };
     let out = env.apply(&sgc("before")).await;
     assert!(out.ok, "{}", out.stderr);
 
     let out = env
-        .kubectl(&["delete", "gatewaypool", "gwpool", "--wait=false"])
+        .kubectl(&["delete", "gatewaypool", &gwpool, "--wait=false"])
         .await;
     assert!(out.ok, "{}", out.stderr);
-    let pool_ref = api::PoolRef::Nodepool("gwpool".into());
+    let pool_ref = api::PoolRef::Nodepool(gwpool.clone());
     eventually("webhook sees the pool deleting", || async {
-        env.facts.deleting_pool(&pool_ref).as_deref() == Some("gwpool")
+        env.webhook.facts.deleting_pool(&pool_ref).as_deref() == Some(gwpool.as_str())
     })
     .await;
     let out = env.apply(&sgc("after")).await;
     assert!(
         !out.ok
-            && out.stderr.contains(
-                "spec.gatewayNodepoolName: pool being deleted: GatewayPool 'gwpool' is being deleted"
-            ),
+            && out.stderr.contains(&format!(
+                "spec.gatewayNodepoolName: pool being deleted: GatewayPool '{gwpool}' is being deleted"
+            )),
         "{}",
         out.stderr
     );
     println!("configuration on a deleting pool:\n{}", out.stderr);
     let out = env
-        .kubectl(&["label", "sgc", "before", "-n", "demo", "team=a"])
+        .kubectl(&["label", "sgc", "before", "-n", &ns, "team=a"])
         .await;
     assert!(
         out.ok,
@@ -483,27 +406,43 @@ async fn configurations_on_a_deleting_pool_are_refused() {
     // Once the pool is gone, the name is free: a configuration may name it again (and waits for a new pool).
     pools
         .patch(
-            "gwpool",
+            &gwpool,
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
         )
         .await
         .expect("release the pool");
     eventually("webhook sees the pool gone", || async {
-        env.facts.deleting_pool(&pool_ref).is_none() && env.facts.gateway_pool(&pool_ref).is_none()
+        env.webhook.facts.deleting_pool(&pool_ref).is_none()
+            && env.webhook.facts.gateway_pool(&pool_ref).is_none()
     })
     .await;
     let out = env.apply(&sgc("after")).await;
     assert!(out.ok, "{}", out.stderr);
-    let _ = env.shutdown.send(true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_podendpoints_and_failure_policy() {
     let env = start().await;
+    let demo = env.namespace("demo").await;
+    let team = format!("team-{}", &demo[demo.len() - 6..]);
+    env.cluster
+        .ensure_namespace(
+            &team,
+            &[(api::names::NAMESPACE_DEFAULT_GATEWAY_ANNOTATION, "team-gw")],
+        )
+        .await
+        .expect("namespace");
+    eventually("webhook sees the namespace's default", || async {
+        env.webhook
+            .facts
+            .namespace_annotations(&team)
+            .is_some_and(|a| a.contains_key(api::names::NAMESPACE_DEFAULT_GATEWAY_ANNOTATION))
+    })
+    .await;
     // Namespace default injected into a new pod.
     let out = env
-        .kubectl(&["run", "app", "-n", "team-a", "--image=nginx", "--restart=Never"])
+        .kubectl(&["run", "app", "-n", &team, "--image=nginx", "--restart=Never"])
         .await;
     assert!(out.ok, "{}", out.stderr);
     let got = env
@@ -512,18 +451,18 @@ async fn pods_podendpoints_and_failure_policy() {
             "pod",
             "app",
             "-n",
-            "team-a",
+            &team,
             "-o",
             "jsonpath={.metadata.annotations.kubernetes\\.azure\\.com/static-gateway-configuration}",
         ])
         .await;
     assert_eq!(got.stdout, "team-gw");
     // It names a configuration that does not exist: a warning, not a denial.
-    assert!(out.stderr.contains("Warning: metadata.annotations[kubernetes.azure.com/static-gateway-configuration]: StaticGatewayConfiguration 'team-gw' does not exist in namespace 'team-a'"), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("Warning: metadata.annotations[kubernetes.azure.com/static-gateway-configuration]: StaticGatewayConfiguration 'team-gw' does not exist in namespace '{team}'")), "{}", out.stderr);
 
     // Plain pods elsewhere are untouched.
     let out = env
-        .kubectl(&["run", "plain", "-n", "demo", "--image=nginx", "--restart=Never"])
+        .kubectl(&["run", "plain", "-n", &demo, "--image=nginx", "--restart=Never"])
         .await;
     assert!(out.ok && !out.stderr.contains("Warning"), "{}", out.stderr);
     let got = env
@@ -532,43 +471,44 @@ async fn pods_podendpoints_and_failure_policy() {
             "pod",
             "plain",
             "-n",
-            "demo",
+            &demo,
             "-o",
             "jsonpath={.metadata.annotations}",
         ])
         .await;
     assert_eq!(got.stdout, "");
 
-    // Annotated hostNetwork pods are refused.
-    let host = env.write("host.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: host\n  namespace: demo\n  annotations:\n    kubernetes.azure.com/static-gateway-configuration: gw\nspec:\n  hostNetwork: true\n  containers: [{name: c, image: nginx}]\n");
+    // Annotated hostNetwork pods are refused (after the API server's own validation and defaulting).
+    let host = env.write("host.yaml", &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: host\n  namespace: {demo}\n  annotations:\n    kubernetes.azure.com/static-gateway-configuration: gw\nspec:\n  hostNetwork: true\n  containers: [{{name: c, image: nginx}}]\n"));
     let out = env.apply(&host).await;
     assert!(
         !out.ok
             && out.stderr.contains(
                 "admission webhook \"validate.pods.egressgateway.kubernetes.azure.com\" denied the request"
             )
-            && out.stderr.contains(
-                "Pod demo/host is invalid: metadata.annotations[kubernetes.azure.com/static-gateway-configuration]: \
+            && out.stderr.contains(&format!(
+                "Pod {demo}/host is invalid: metadata.annotations[kubernetes.azure.com/static-gateway-configuration]: \
                  hostNetwork pod: it shares its node's network and cannot use a static egress gateway; remove the \
                  annotation (it names 'gw') or set hostNetwork: false"
-            ),
+            )),
         "{}",
         out.stderr
     );
     println!("annotated hostNetwork pod:\n{}", out.stderr);
 
     // PodEndpoints: refused for users, allowed for the node agent's service account.
-    let pe = env.write("pe.yaml", "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: PodEndpoint\nmetadata:\n  name: app\n  namespace: team-a\nspec:\n  staticGatewayConfiguration: team-gw\n  podIpAddress: 10.244.0.5/32\n  podPublicKey: aGVsbG8=\n");
+    let pe = env.write("pe.yaml", &format!("apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: PodEndpoint\nmetadata:\n  name: app\n  namespace: {team}\nspec:\n  staticGatewayConfiguration: team-gw\n  podIpAddress: 10.244.0.5/32\n  podPublicKey: aGVsbG8=\n"));
     let out = env.apply(&pe).await;
     assert!(!out.ok && out.stderr.contains("PodEndpoints register WireGuard peers on gateway nodes and are written only by the node agent"), "{}", out.stderr);
     println!("PodEndpoint by a user:\n{}", out.stderr);
     // The chart grants the node agent PodEndpoint writes through RBAC; the webhook is the second lock.
-    let admin = env.sim.client("admin").expect("client");
-    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({"metadata": {"name": "node-agent"},
+    let admin = env.admin();
+    let role_name = format!("node-agent-{team}");
+    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({"metadata": {"name": role_name},
         "rules": [{"apiGroups": [api::names::GROUP], "resources": ["podendpoints"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]})).expect("role");
     let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding =
-        serde_json::from_value(json!({"metadata": {"name": "node-agent"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "node-agent"},
+        serde_json::from_value(json!({"metadata": {"name": role_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
         "subjects": [{"kind": "ServiceAccount", "name": AGENT_SA, "namespace": NS}]}))
         .expect("binding");
     Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
@@ -579,21 +519,28 @@ async fn pods_podendpoints_and_failure_policy() {
         .create(&PostParams::default(), &binding)
         .await
         .expect("binding");
-    let agent_kubeconfig = env.dir.path().join("agent.kubeconfig");
-    env.sim
-        .write_kubeconfig(
-            &agent_kubeconfig,
-            &format!("system:serviceaccount:{NS}:{AGENT_SA}"),
-        )
-        .expect("kubeconfig");
-    let out = env
-        .kubectl_as(&agent_kubeconfig, &["apply", "-f", pe.to_str().expect("utf-8")])
-        .await;
-    assert!(out.ok, "{}", out.stderr);
+    let token = env
+        .cluster
+        .service_account_token(NS, AGENT_SA)
+        .await
+        .expect("the node agent's token");
+    let agent_kubeconfig = env.write(
+        "agent.kubeconfig",
+        &env.cluster
+            .kubeconfig_for("node-agent", &token)
+            .expect("kubeconfig"),
+    );
+    // RBAC caches settle within moments on the real server.
+    eventually("the node agent's account writes the PodEndpoint", || async {
+        env.kubectl_as(&agent_kubeconfig, &["apply", "-f", pe.to_str().expect("utf-8")])
+            .await
+            .ok
+    })
+    .await;
 
     // Webhook down: our kinds fail closed (failurePolicy Fail), pods are never blocked (Ignore).
-    let _ = env.shutdown.send(true);
-    let sgc = env.write("sgc.yaml", "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: later\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n");
+    env.webhook.stop();
+    let sgc = env.write("sgc.yaml", &format!("apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: later\n  namespace: {demo}\nspec:\n  gatewayNodepoolName: gwpool\n"));
     eventually("webhook stopped answering", || async {
         !env.apply(&sgc).await.ok
     })
@@ -605,7 +552,7 @@ async fn pods_podendpoints_and_failure_policy() {
             "run",
             "still-fine",
             "-n",
-            "team-a",
+            &team,
             "--image=nginx",
             "--restart=Never",
         ])
@@ -615,8 +562,7 @@ async fn pods_podendpoints_and_failure_policy() {
         "pods are created while the webhook is down: {}",
         out.stderr
     );
-    let pods: Api<k8s_openapi::api::core::v1::Pod> =
-        Api::namespaced(env.sim.client("admin").expect("client"), "team-a");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(env.admin(), &team);
     pods.delete("still-fine", &DeleteParams::default())
         .await
         .expect("delete");
@@ -625,7 +571,7 @@ async fn pods_podendpoints_and_failure_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_generated_ca_is_patched_into_the_webhook_configurations() {
     let env = start().await;
-    let admin = env.sim.client("admin").expect("client");
+    let admin = env.admin();
     let generated = webhook::tls::self_signed(&[format!("{SVC}.{NS}.svc")]).expect("certificate");
     webhook::cabundle::patch_ca_bundle(
         admin.clone(),
@@ -672,5 +618,4 @@ async fn self_generated_ca_is_patched_into_the_webhook_configurations() {
     webhook::cabundle::patch_ca_bundle(admin, &generated.ca_pem, Some("absent"), None)
         .await
         .expect("absent is fine");
-    let _ = env.shutdown.send(true);
 }

@@ -285,9 +285,18 @@ pub fn server_side_apply(
         })
         .collect();
 
+    // An applied empty `labels: {}` or `annotations: {}` is owned as a whole (a leaf): kube-apiserver reports
+    // a conflict on the map when another manager's apply sets a key in it. (An applied empty object such as
+    // `spec: {}` owns nothing there.)
+    let set_inside = |owned: &Vec<String>| {
+        matches!(owned.as_slice(), [m, f] if m == "metadata" && (f == "labels" || f == "annotations"))
+            && new_set
+                .iter()
+                .any(|p| p.len() > owned.len() && p.starts_with(owned))
+    };
     let mut conflicts = Vec::new();
     for (other, set) in &others {
-        for p in set.intersection(&new_set) {
+        for p in set.iter().filter(|p| new_set.contains(*p) || set_inside(p)) {
             if get_path(&obj, p) != get_path(config, p) {
                 conflicts.push((other.clone(), p.clone()));
             }
@@ -311,7 +320,7 @@ pub fn server_side_apply(
     }
     if force {
         for (_, set) in others.iter_mut() {
-            set.retain(|p| !new_set.contains(p));
+            set.retain(|p| !new_set.contains(p) && !set_inside(p));
         }
     }
     for p in prev_set.difference(&new_set) {
@@ -437,6 +446,34 @@ mod tests {
         assert_eq!(forced["spec"]["a"], 2);
         let mf = forced["metadata"]["managedFields"].as_array().expect("managed");
         assert_eq!(mf.len(), 1, "m1 lost its only field: {mf:?}");
+    }
+
+    #[test]
+    fn an_applied_empty_map_is_owned_whole_so_adding_a_key_conflicts() {
+        let first = server_side_apply(
+            None,
+            &json!({"metadata": {"name": "x", "labels": {}}, "spec": {"a": 1}}),
+            "m1",
+            false,
+            None,
+            "v1",
+            "t",
+        )
+        .expect("apply");
+        let add = json!({"metadata": {"name": "x", "labels": {"team": "b"}}});
+        let err = server_side_apply(Some(&first), &add, "m2", false, None, "v1", "t").expect_err("conflict");
+        assert_eq!(err.code, 409);
+        assert!(
+            err.message
+                .contains("Apply failed with 1 conflict: conflict with \"m1\": .metadata.labels"),
+            "{}",
+            err.message
+        );
+        let forced = server_side_apply(Some(&first), &add, "m2", true, None, "v1", "t").expect("forced");
+        assert_eq!(forced["metadata"]["labels"]["team"], "b");
+        let m1 = &forced["metadata"]["managedFields"][0];
+        assert_eq!(m1["manager"], "m1");
+        assert_eq!(m1["fieldsV1"], json!({"f:spec": {"f:a": {}}}), "m1 lost the map");
     }
 
     #[test]

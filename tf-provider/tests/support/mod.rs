@@ -1,31 +1,31 @@
-//! A Terraform acceptance-test harness against the simulators: a Kubernetes API simulator with the real
-//! admission webhook registered, optionally the real operator against the Azure simulator, and Terraform
-//! working directories that run the real `terraform` CLI with the provider configured for a simulator user.
+//! A Terraform acceptance-test harness: the Kubernetes API server of [`TestCluster`] (the real control plane,
+//! or kube-sim with `TESTBED_KUBE=sim`) with the real admission webhook registered as the chart registers it,
+//! optionally the real operator against the Azure simulator, and Terraform
+//! working directories that run the real `terraform` CLI with the provider configured for a user.
 //! The provider is installed as users install it: the cargo-built binary packaged as a signed registry
 //! release, mirrored, and installed by `terraform init` with checksum verification
 //! ([`testbed::provider_release`]). Everything started here stops when dropped, also when a test
-//! fails half-way: the simulators and the webhook and operator tasks with the test's runtime, `terraform`
+//! fails half-way: the webhook and its endpoint address, the Azure simulator and the operator task, `terraform`
 //! processes through `kill_on_drop`, working directories through `TempDir`.
 
 #![allow(dead_code)] // each test binary uses its own subset
+
+#[path = "../../../webhook/tests/support/mod.rs"]
+mod webhook_support;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::PostParams;
 use serde_json::{Value, json};
 use testbed::azure::{AzureSim, Seed};
-use testbed::kube::KubeSim;
-use testbed::wait::{eventually, eventually_within};
+use testbed::cluster::TestCluster;
+use testbed::wait::eventually_within;
 use webhook::facts::ClusterFacts as _;
+use webhook_support::{Reach, Webhook};
 
 /// Namespace of the webhook Service and the operator's key Secrets.
 pub const SYSTEM_NS: &str = "kube-egress-gateway-system";
@@ -36,15 +36,21 @@ pub const NODEPOOL: &str = "gateway";
 /// Resource group and name of that VMSS.
 pub const VMSS: (&str, &str) = ("node-rg", "aks-gateway-12345678-vmss");
 const WEBHOOK_SVC: &str = "kube-egress-gateway-webhook";
+/// Namespace of the ServiceAccounts the tests use as users other than the admin.
+const USERS_NS: &str = "tf-users";
+/// The ClusterRole of the `viewer` user: read our kinds, nothing else.
+const VIEWER_ROLE: &str = "tf-acceptance-viewer";
 
-/// The Kubernetes API simulator with CRDs, namespaces and the real webhook registered as the chart does.
+/// The API server of this test binary ([`TestCluster`]: the real control plane, or kube-sim with
+/// `TESTBED_KUBE=sim`) with CRDs, namespaces and the real webhook registered as the chart does (by Service).
+/// The tests of a binary share it and run one at a time: GatewayPools are cluster-wide, and so are the
+/// operator's watches and the webhook configurations.
 pub struct Cluster {
-    pub kube: KubeSim,
+    pub cluster: Arc<TestCluster>,
     pub admin: kube::Client,
-    /// What the webhook knows (its watches), to wait until it has seen an object.
-    pub facts: webhook::facts::ReflectorFacts,
-    webhook_shutdown: tokio::sync::watch::Sender<bool>,
+    webhook: Webhook,
     operator: Option<Operator>,
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// The real operator's work loop (`operator::run::run_operator`) against the Azure simulator.
@@ -62,95 +68,50 @@ impl Drop for Operator {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.webhook_shutdown.send(true);
-    }
-}
-
-fn webhook_entry(name: &str, path: &str, resource: &str, ca: &str) -> Value {
-    json!({
-        "name": name,
-        "admissionReviewVersions": ["v1"],
-        "sideEffects": "None",
-        "failurePolicy": "Fail",
-        "timeoutSeconds": 5,
-        "clientConfig": {"service": {"namespace": SYSTEM_NS, "name": WEBHOOK_SVC, "path": path, "port": 443}, "caBundle": ca},
-        "rules": [{"apiGroups": [api::names::GROUP], "apiVersions": ["*"], "resources": [resource],
-                   "operations": ["CREATE", "UPDATE"], "scope": "*"}],
-    })
-}
-
 impl Cluster {
-    /// Starts the simulator and the webhook; no operator yet.
+    /// The shared API server with the webhook serving and registered; no operator yet.
     pub async fn start() -> Cluster {
-        let kube = KubeSim::start(Default::default()).await.expect("kube-sim");
-        let admin = kube.client("admin").expect("client");
-        kube.install_crds().await.expect("CRDs");
-        kube.create_namespaces(&[SYSTEM_NS, APP_NS])
-            .await
-            .expect("namespaces");
-
-        let generated =
-            webhook::tls::self_signed(&[format!("{WEBHOOK_SVC}.{SYSTEM_NS}.svc")]).expect("certificate");
-        let facts = webhook::watch::start(admin.clone());
-        let state = Arc::new(webhook::server::AppState {
-            facts: Arc::new(facts.clone()),
-            policy: webhook::handlers::Policy {
-                podendpoint_writers: vec![],
+        let exclusive = webhook_support::exclusive().await;
+        let cluster = TestCluster::shared().await;
+        let admin = cluster.client().expect("client");
+        for ns in [SYSTEM_NS, APP_NS, USERS_NS] {
+            cluster.ensure_namespace(ns, &[]).await.expect("namespace");
+        }
+        let webhook = Webhook::start(
+            admin.clone(),
+            vec![],
+            Reach::Service {
+                cluster: &cluster,
+                namespace: SYSTEM_NS,
+                name: WEBHOOK_SVC,
             },
-            metrics: Arc::new(webhook::metrics::Metrics::default()),
-            draining: Default::default(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        kube.map_service(SYSTEM_NS, WEBHOOK_SVC, listener.local_addr().expect("addr"));
-        let (webhook_shutdown, rx) = tokio::sync::watch::channel(false);
-        let tls =
-            Arc::new(webhook::tls::server_config(webhook::tls::CertStore::new(generated.key)).expect("tls"));
-        tokio::spawn(webhook::server::serve_tls(
-            listener,
-            tls,
-            webhook::server::admission_router(state),
-            rx,
-            Duration::from_secs(1),
-        ));
-        let ca = base64::engine::general_purpose::STANDARD.encode(&generated.ca_pem);
-        let sgc_name = "staticgatewayconfigurations.egressgateway.kubernetes.azure.com";
-        let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": "kube-egress-gateway"},
-            "webhooks": [webhook_entry(&format!("mutate.{sgc_name}"), "/mutate-staticgatewayconfiguration", "staticgatewayconfigurations", &ca)]
-        }))
-        .expect("mutating configuration");
-        let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": "kube-egress-gateway"},
-            "webhooks": [
-                webhook_entry(&format!("validate.{sgc_name}"), "/validate-staticgatewayconfiguration", "staticgatewayconfigurations", &ca),
-                webhook_entry("validate.gatewaypools.egressgateway.kubernetes.azure.com", "/validate-gatewaypool", "gatewaypools", &ca),
-            ]
-        }))
-        .expect("validating configuration");
-        Api::<MutatingWebhookConfiguration>::all(admin.clone())
-            .create(&PostParams::default(), &mutating)
-            .await
-            .expect("mutating webhook configuration");
-        Api::<ValidatingWebhookConfiguration>::all(admin.clone())
-            .create(&PostParams::default(), &validating)
-            .await
-            .expect("validating webhook configuration");
-        let cluster = Cluster {
-            kube,
-            admin,
-            facts,
-            webhook_shutdown,
-            operator: None,
-        };
-        let facts = cluster.facts.clone();
-        eventually("the webhook's watches synced", || {
-            let f = facts.clone();
-            async move { f.synced() }
-        })
+        )
         .await;
-        cluster
+        webhook.register(&admin, SYSTEM_NS).await;
+        // The `viewer` user may read our kinds; `nobody` has no grant.
+        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": VIEWER_ROLE},
+            "rules": [{"apiGroups": [api::names::GROUP], "resources": ["*"], "verbs": ["get", "list", "watch"]}]});
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": VIEWER_ROLE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": VIEWER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": USERS_NS}]});
+        let params = kube::api::PatchParams::apply("tf-acceptance").force();
+        Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
+            .patch(VIEWER_ROLE, &params, &kube::api::Patch::Apply(role))
+            .await
+            .expect("viewer ClusterRole");
+        Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(admin.clone())
+            .patch(VIEWER_ROLE, &params, &kube::api::Patch::Apply(binding))
+            .await
+            .expect("viewer ClusterRoleBinding");
+        Cluster {
+            cluster,
+            admin,
+            webhook,
+            operator: None,
+            _exclusive: exclusive,
+        }
     }
 
     /// Starts the real operator (its watch loop, leading) against a fresh Azure simulator seeded with an
@@ -246,7 +207,7 @@ impl Cluster {
             resource_group: resource_group.into(),
             name: name.into(),
         };
-        let facts = self.facts.clone();
+        let facts = self.webhook.facts.clone();
         eventually_within("the webhook saw the GatewayPool", Duration::from_secs(10), || {
             let f = facts.clone();
             let p = pool.clone();
@@ -255,19 +216,26 @@ impl Cluster {
         .await;
     }
 
-    /// Terraform variables that configure the provider for a simulator user (`host`, `token`,
-    /// `cluster_ca_certificate`).
-    pub fn credentials(&self, user: &str) -> Vec<(String, String)> {
+    /// The user name the API server sees for one of the tests' users (`viewer`, `nobody`: ServiceAccounts).
+    pub fn user_name(&self, user: &str) -> String {
+        format!("system:serviceaccount:{USERS_NS}:{user}")
+    }
+
+    /// Terraform variables that configure the provider for a user (`host`, `token`,
+    /// `cluster_ca_certificate`): `admin`, or `viewer` / `nobody` (ServiceAccount tokens).
+    pub async fn credentials(&self, user: &str) -> Vec<(String, String)> {
+        let token = match user {
+            "admin" => self.cluster.admin_token().expect("admin token"),
+            other => self
+                .cluster
+                .service_account_token(USERS_NS, other)
+                .await
+                .expect("ServiceAccount token"),
+        };
         vec![
-            ("TF_VAR_host".into(), self.kube.url()),
-            (
-                "TF_VAR_token".into(),
-                self.kube.token(user).expect("user").to_string(),
-            ),
-            (
-                "TF_VAR_cluster_ca_certificate".into(),
-                self.kube.ca().cert_pem().to_string(),
-            ),
+            ("TF_VAR_host".into(), self.cluster.url()),
+            ("TF_VAR_token".into(), token),
+            ("TF_VAR_cluster_ca_certificate".into(), self.cluster.ca_pem()),
         ]
     }
 }
