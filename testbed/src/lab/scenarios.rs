@@ -213,6 +213,8 @@ pub(super) async fn remove_pod(lab: &mut Lab, opts: &Options, name: &str) -> any
     pods.delete(name, &DeleteParams::default())
         .await
         .with_context(|| format!("deleting Pod {DEMO_NS}/{name}"))?;
+    // The kubelet, its sandbox gone, confirms the graceful deletion (kube-sim has deleted it already).
+    super::kubelet::confirm_deleted(&pods, name).await?;
     let pes: Api<api::PodEndpoint> = Api::namespaced(lab.client()?, DEMO_NS);
     let (pes2, pods2, n) = (pes.clone(), pods.clone(), name.to_string());
     lab.wait(
