@@ -77,9 +77,9 @@ impl Args {
                     "Kubernetes API: the real control plane (etcd, kube-apiserver, kube-controller-manager from {}; chosen by {why}; --kube sim for kube-sim)",
                     a.dir.display()
                 ),
-                Err(e) if !self.cleanup => anyhow::bail!(
-                    "--kube real (chosen by {why}): no control plane binaries: {e}"
-                ),
+                Err(e) if !self.cleanup => {
+                    anyhow::bail!("--kube real (chosen by {why}): no control plane binaries: {e}")
+                }
                 Err(_) => {}
             },
             Backend::Sim => println!(

@@ -45,7 +45,10 @@ impl Heartbeat {
         let leases: Api<Lease> = Api::namespaced(client, NODE_LEASE_NS);
         let task = tokio::spawn(async move {
             loop {
-                let current: Vec<String> = names.lock().map(|n| n.iter().cloned().collect()).unwrap_or_default();
+                let current: Vec<String> = names
+                    .lock()
+                    .map(|n| n.iter().cloned().collect())
+                    .unwrap_or_default();
                 for node in current {
                     if let Err(e) = renew(&leases, &node).await {
                         tracing::warn!(node, error = %format!("{e:#}"), "renewing the node's Lease");
@@ -74,9 +77,7 @@ impl Heartbeat {
             .await
             .with_context(|| format!("creating Node {name}"))?;
         let now = now();
-        let ready = |t: &str, status: &str, reason: &str| {
-            json!({"type": t, "status": status, "reason": reason, "lastHeartbeatTime": now, "lastTransitionTime": now})
-        };
+        let ready = |t: &str, status: &str, reason: &str| json!({"type": t, "status": status, "reason": reason, "lastHeartbeatTime": now, "lastTransitionTime": now});
         nodes
             .patch_status(
                 &name,
@@ -109,11 +110,16 @@ impl Heartbeat {
 
 /// Creates or renews Lease `kube-node-lease/<node>`, as the node's kubelet does.
 async fn renew(leases: &Api<Lease>, node: &str) -> anyhow::Result<()> {
-    let spec = json!({"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now_micro()});
+    let spec =
+        json!({"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now_micro()});
     match leases.get_opt(node).await? {
         Some(_) => {
             leases
-                .patch(node, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
+                .patch(
+                    node,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": spec})),
+                )
                 .await?;
         }
         None => {
@@ -131,7 +137,9 @@ fn now() -> String {
 
 /// Now, as a `metav1.MicroTime` (a Lease's renewTime).
 fn now_micro() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string()
 }
 
 /// The scheduler's part: binds pod `ns/name` to `node` (the `binding` subresource).
@@ -198,7 +206,11 @@ pub(super) async fn confirm_deleted(pods: &Api<Pod>, name: &str) -> anyhow::Resu
 
 /// The ready `ip:port` addresses of Endpoints `ns/name` (what kube-controller-manager's endpoints controller
 /// derived from the Service's Ready pods), empty while there are none.
-pub(super) async fn ready_endpoints(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<Vec<String>> {
+pub(super) async fn ready_endpoints(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<Vec<String>> {
     let eps: Api<Endpoints> = Api::namespaced(client.clone(), ns);
     let Some(e) = eps.get_opt(name).await? else {
         return Ok(Vec::new());

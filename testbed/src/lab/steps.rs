@@ -16,11 +16,11 @@ use serde_json::json;
 
 use super::chart::{self, LaunchSpec, Localize};
 use super::images::{self, Place};
+use super::kube_api::{self, KubeApi};
+use super::kubelet::{self, Heartbeat};
 use super::procs::{Children, live_children, tail};
 use super::{Options, info, ok, step};
 use super::{fabric, runtime};
-use super::kube_api::{self, KubeApi};
-use super::kubelet::{self, Heartbeat};
 use crate::azure::{AzureSim, Seed};
 use crate::cluster::Backend;
 
@@ -165,6 +165,9 @@ fn keep_summary(lab: &Lab, opts: &Options) {
     println!("\n==> --keep: everything stays up until Ctrl-C");
     println!("    export KUBECONFIG={}", lab.kubeconfig.display());
     println!("    kubectl get gatewaypools,sgc -A");
+    if let Some(k) = &lab.kube {
+        println!("    Kubernetes API: {}", k.describe());
+    }
     if let Some(a) = &lab.azure {
         println!(
             "    Azure simulator: {} (inventory: {}/_sim/inventory)",
@@ -576,7 +579,9 @@ impl Lab {
         let counts = kube.requests_by(user)?;
         let forbidden = count_requests(&counts, |_, code| code == 403);
         let served = count_requests(&counts, |_, code| (200..300).contains(&code));
-        let writes = count_requests(&counts, |m, code| !kube_api::is_read(m) && (200..300).contains(&code));
+        let writes = count_requests(&counts, |m, code| {
+            !kube_api::is_read(m) && (200..300).contains(&code)
+        });
         if forbidden > 0 {
             bail!("{component}: the chart's RBAC refused {user} {forbidden} request(s): {counts:?}");
         }
@@ -602,7 +607,10 @@ impl Lab {
         let mut seen = Vec::new();
         for (ns, name) in self.chart.service_accounts() {
             let user = format!("system:serviceaccount:{ns}:{name}");
-            seen.push(format!("{name} {}", kube.requests_by(&user)?.values().sum::<u64>()));
+            seen.push(format!(
+                "{name} {}",
+                kube.requests_by(&user)?.values().sum::<u64>()
+            ));
         }
         ok(&format!(
             "over the whole run the chart's RBAC refused its service accounts nothing (requests: {})",
@@ -619,7 +627,9 @@ impl Lab {
             let counts = kube.requests_by(&user)?;
             let forbidden = count_requests(&counts, |_, code| code == 403);
             if forbidden > 0 {
-                out.push(format!("the chart's RBAC refused {user} {forbidden} request(s): {counts:?}"));
+                out.push(format!(
+                    "the chart's RBAC refused {user} {forbidden} request(s): {counts:?}"
+                ));
             }
         }
         Ok(out)
@@ -710,7 +720,11 @@ impl Lab {
     /// The scheduler's part for Deployment `name` on the real server: waits for the pod its ReplicaSet
     /// creates, binds it to the first regular node (where the lab counts the Deployments' pods) and gives it
     /// an IP of the lab's pod network. Returns the pod as the downward API sees it, and its IP.
-    async fn schedule_deployment_pod(&mut self, name: &str, opts: &Options) -> anyhow::Result<(chart::Pod, Ipv4Addr)> {
+    async fn schedule_deployment_pod(
+        &mut self,
+        name: &str,
+        opts: &Options,
+    ) -> anyhow::Result<(chart::Pod, Ipv4Addr)> {
         use k8s_openapi::api::core::v1::Pod;
         let d = self.chart.get("Deployment", name)?;
         let selector = d
@@ -1981,7 +1995,9 @@ impl Lab {
         }
         if let Some(k) = self.kube.take() {
             let what = match k.backend() {
-                Backend::Real => "the control plane (etcd, kube-apiserver, kube-controller-manager) stopped, its folder removed",
+                Backend::Real => {
+                    "the control plane (etcd, kube-apiserver, kube-controller-manager) stopped, its folder removed"
+                }
                 Backend::Sim => "kube-sim stopped",
             };
             k.shutdown().await;

@@ -238,7 +238,9 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
     let pool = Api::<api::GatewayPool>::all(client.clone())
         .get_opt(TF_POOL)
         .await?
-        .with_context(|| format!("terraform apply succeeded but the API server has no GatewayPool {TF_POOL}"))?;
+        .with_context(|| {
+            format!("terraform apply succeeded but the API server has no GatewayPool {TF_POOL}")
+        })?;
     let in_kube = scenarios::prefix_of(&sgc)?;
     if in_kube != prefix {
         bail!(
