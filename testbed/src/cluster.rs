@@ -74,7 +74,7 @@ impl std::fmt::Display for Backend {
 #[derive(Debug)]
 pub enum TestCluster {
     Real(Arc<ControlPlane>),
-    Sim(KubeSim),
+    Sim(Box<KubeSim>),
 }
 
 static SHARED: tokio::sync::OnceCell<Arc<TestCluster>> = tokio::sync::OnceCell::const_new();
@@ -105,7 +105,7 @@ impl TestCluster {
     pub async fn start(backend: Backend) -> anyhow::Result<Self> {
         Ok(match backend {
             Backend::Real => Self::Real(ControlPlane::shared().await),
-            Backend::Sim => Self::Sim(KubeSim::start(KubeSimConfig::default()).await?),
+            Backend::Sim => Self::Sim(Box::new(KubeSim::start(KubeSimConfig::default()).await?)),
         })
     }
 

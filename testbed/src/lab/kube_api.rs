@@ -15,8 +15,8 @@ use crate::kube::{KubeSim, KubeSimConfig, User};
 
 /// A running API server of either kind.
 pub(super) enum KubeApi {
-    Sim(KubeSim),
-    Real(ControlPlane),
+    Sim(Box<KubeSim>),
+    Real(Box<ControlPlane>),
 }
 
 impl KubeApi {
@@ -31,19 +31,19 @@ impl KubeApi {
                     cfg.users
                         .push(User::service_account(ns, name, &crate::kube::random_token()));
                 }
-                Self::Sim(
+                Self::Sim(Box::new(
                     KubeSim::start(cfg)
                         .await
                         .context("starting the Kubernetes API simulator")?,
-                )
+                ))
             }
             Backend::Real => {
                 let assets = Assets::find().map_err(|e| anyhow::anyhow!("no control plane binaries: {e}"))?;
-                Self::Real(
+                Self::Real(Box::new(
                     ControlPlane::start_with(&assets, &StartOptions { audit_log: true })
                         .await
                         .context("starting the real control plane")?,
-                )
+                ))
             }
         })
     }
