@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's main-job command: the lab (see README "Quick start" and testbed/src/lab/).
 # Builds the workspace binaries (debug by default, quicker to build; LAB_PROFILE=release for optimised), then runs the lab
-# as root. Extra arguments go to the lab, e.g. `scripts/lab.sh --keep`, or `scripts/lab.sh --from-images` to run
+# as root. Extra arguments go to the lab, e.g. `scripts/lab.sh --keep`, `scripts/lab.sh --kube sim` (the in-process
+# Kubernetes API simulator instead of the real control plane install-deps.sh prepares; the lab's first line says
+# which one runs), or `scripts/lab.sh --from-images` to run
 # every component from its image (build them first with scripts/release.sh). `scripts/lab.sh --cleanup` only
 # removes what earlier lab runs that are gone (killed, crashed) left behind: network namespaces, mounts under
 # /run, wireguard sockets, work dirs (every lab run does this first).

@@ -53,12 +53,15 @@ pub struct PodEndpointStatus {}
            the agent's namespace)."
 )]
 #[serde(rename_all = "camelCase")]
+// Both lists are written even when empty: the agent server-side applies this object, and an applied
+// `spec: {}` owns no field, so kube-apiserver removes the lists the agent owned and leaves `spec: null`,
+// which the schema refuses (`spec` is a required object): the last entry could never be removed.
 pub struct GatewayStatusSpec {
     /// Configurations whose WireGuard interface is up on this node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub ready_gateway_configurations: Vec<GatewayConfigurationStatus>,
     /// Pod peers configured on this node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub ready_peer_configurations: Vec<PeerConfigurationStatus>,
 }
 
@@ -87,3 +90,19 @@ pub struct PeerConfigurationStatus {
 /// GatewayStatus has no status (kept as an empty object for upstream compatibility).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub struct GatewayStatusStatus {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_gateway_status_spec_still_names_both_lists() {
+        // What the agent server-side applies once the last configuration is gone: the applier must keep
+        // owning the (empty) lists, or kube-apiserver leaves `spec: null` and refuses the object.
+        let v = serde_json::to_value(GatewayStatusSpec::default()).expect("serialises");
+        assert_eq!(
+            v,
+            serde_json::json!({"readyGatewayConfigurations": [], "readyPeerConfigurations": []})
+        );
+    }
+}

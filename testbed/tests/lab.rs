@@ -3,7 +3,8 @@
 //! scenario (1) (the configuration becomes Ready with a prefix from the public range; the annotated pod's
 //! traffic reaches the echo host from an address inside it, the plain pod's from one outside it), scenario (4)
 //! (a destination in excludeCidrs bypasses the gateway), and that
-//! the teardown leaves no process, namespace, mount or work directory behind.
+//! the teardown leaves no process, namespace, mount or work directory behind. The main job runs on both API
+//! servers (`--kube real` and `--kube sim`), the other tests on the default one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,16 +26,69 @@ fn work_dir_of(stdout: &str) -> Option<PathBuf> {
 }
 
 #[test]
-fn lab_runs_the_control_plane_end_to_end_and_leaves_nothing() {
+fn lab_runs_end_to_end_on_the_real_control_plane_and_leaves_nothing() {
+    let stdout = main_job("real");
+    assert!(
+        stdout.lines().next().is_some_and(|l| l.starts_with(
+            "Kubernetes API: the real control plane (etcd, kube-apiserver, kube-controller-manager from "
+        ) && l.contains("chosen by --kube")),
+        "the first line names the API server:\n{stdout}"
+    );
+    // The apiserver calls the chart's webhooks at the Service's endpoints, which kube-controller-manager's
+    // endpoints controller derived from the webhook's pod the lab bound and reported Ready.
+    let endpoints = after(
+        &stdout,
+        "\u{2714} Endpoints kube-egress-gateway-system/kube-egress-gateway-webhook = ",
+    )
+    .split_whitespace()
+    .next()
+    .unwrap_or_else(|| panic!("no Endpoints line:\n{stdout}"));
+    let ip: std::net::SocketAddr = endpoints.parse().expect("an address");
+    assert!(!ip.ip().is_loopback() && ip.port() == 9443, "{endpoints}");
+    assert!(
+        stdout.contains(&format!("--listen=0.0.0.0:9443 -> --listen={endpoints}")),
+        "the webhook listens at its endpoint:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("Kubernetes API v1.28.7: real etcd + kube-apiserver + kube-controller-manager"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("a token for each of the chart's ServiceAccounts (TokenRequest API)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches("none forbidden by the chart's RBAC (the apiserver's audit log)")
+            .count(),
+        4,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn lab_runs_end_to_end_on_kube_sim_and_leaves_nothing() {
+    let stdout = main_job("sim");
+    assert!(
+        stdout.lines().next().is_some_and(
+            |l| l.starts_with("Kubernetes API: kube-sim, the in-process simulator (chosen by --kube")
+        ),
+        "the first line names the API server:\n{stdout}"
+    );
+}
+
+/// Runs the lab's main job on `kube` and checks what both API servers must show; returns its output.
+fn main_job(kube: &str) -> String {
     let dir = bin_dir();
     let out = Command::new(env!("CARGO_BIN_EXE_lab"))
         .arg("--bin-dir")
         .arg(&dir)
         .arg("--step-timeout")
         .arg("40")
+        .args(["--kube", kube])
         .output()
         .expect("lab runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -173,6 +227,7 @@ fn lab_runs_the_control_plane_end_to_end_and_leaves_nothing() {
         "work dir {} left behind",
         work.display()
     );
+    stdout
 }
 
 #[test]

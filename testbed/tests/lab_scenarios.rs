@@ -168,7 +168,7 @@ fn lab_scenarios_all_pass_and_leave_nothing() {
     );
     check_line(
         &stdout,
-        "kube-sim: demo/tf-egress and GatewayPool tfpool are gone",
+        "the API server: demo/tf-egress and GatewayPool tfpool are gone",
     );
     check_line(
         &stdout,

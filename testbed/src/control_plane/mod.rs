@@ -27,6 +27,25 @@ use process::Guarded;
 
 use crate::kube::TestCa;
 
+/// What a start may add to the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Write the apiserver's audit log (every request at `Metadata` level: user, verb, resource, response
+    /// code) to `<dir>/audit.log`; [`ControlPlane::requests_by`] reads it.
+    pub audit_log: bool,
+}
+
+/// The audit log's file name in the control plane's folder.
+const AUDIT_LOG: &str = "audit.log";
+
+/// Every request at `Metadata` level (no bodies: tokens and secrets stay out of the log), once answered.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+";
+
 /// How long a cold start may take before it is reported as failed (with the processes' last log lines).
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -73,6 +92,11 @@ impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager in a fresh temporary folder and waits until
     /// the apiserver's `/readyz` is ok and the controllers have created the `default` ServiceAccount.
     pub async fn start(assets: &Assets) -> anyhow::Result<Self> {
+        Self::start_with(assets, &StartOptions::default()).await
+    }
+
+    /// [`ControlPlane::start`] with options (e.g. the audit log).
+    pub async fn start_with(assets: &Assets, options: &StartOptions) -> anyhow::Result<Self> {
         let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("control-plane-")
@@ -108,6 +132,18 @@ impl ControlPlane {
             "tokens.csv",
             &format!("{},admin,admin,system:masters\n", cp.admin_token),
         )?;
+
+        let mut audit_args = Vec::new();
+        if options.audit_log {
+            let policy = write("audit-policy.yaml", AUDIT_POLICY)?;
+            audit_args = vec![
+                format!("--audit-policy-file={policy}"),
+                format!("--audit-log-path={}", file(AUDIT_LOG).display()),
+                // One JSON event per line, written before the response (blocking), never rotated.
+                "--audit-log-format=json".to_string(),
+                "--audit-log-mode=blocking".to_string(),
+            ];
+        }
 
         let etcd_client = free_port()?;
         let etcd_peer = free_port()?;
@@ -176,7 +212,10 @@ impl ControlPlane {
                 // Service (no kube-proxy here to route a ClusterIP).
                 "--enable-aggregator-routing=true",
                 "--profiling=false",
-            ]),
+            ])
+            .into_iter()
+            .chain(audit_args)
+            .collect::<Vec<_>>(),
             &file("kube-apiserver.log"),
             None,
         )?);
@@ -426,6 +465,23 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// The audit log, when started with [`StartOptions::audit_log`].
+    pub fn audit_log(&self) -> Option<PathBuf> {
+        let path = self.dir.join(AUDIT_LOG);
+        path.exists().then_some(path)
+    }
+
+    /// The requests the apiserver answered `user` so far, counted by (verb, response code), from the audit
+    /// log (kube-sim's `KubeSim::requests_by` counts by HTTP method instead). A watch counts once, with the
+    /// code it started with. `Err` when the control plane writes no audit log.
+    pub fn requests_by(&self, user: &str) -> anyhow::Result<std::collections::BTreeMap<(String, u16), u64>> {
+        let path = self
+            .audit_log()
+            .context("this control plane writes no audit log (StartOptions::audit_log)")?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(count_audit_events(&text, user))
+    }
+
     /// Stops the processes and removes the folder (also done on drop).
     pub fn stop(&mut self) {
         while let Some(mut p) = self.processes.pop() {
@@ -440,6 +496,35 @@ impl Drop for ControlPlane {
     }
 }
 
+/// Counts the audit events (JSON lines) of `user` by (verb, response code), one per request: a request logged
+/// at several stages (a watch: ResponseStarted, then ResponseComplete) counts once, with its first code.
+fn count_audit_events(text: &str, user: &str) -> std::collections::BTreeMap<(String, u16), u64> {
+    let mut seen = std::collections::HashSet::new();
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue; // a line being written
+        };
+        if event.pointer("/user/username").and_then(|u| u.as_str()) != Some(user) {
+            continue;
+        }
+        let (Some(id), Some(verb), Some(code)) = (
+            event["auditID"].as_str(),
+            event["verb"].as_str(),
+            event
+                .pointer("/responseStatus/code")
+                .and_then(|c| c.as_u64())
+                .and_then(|c| u16::try_from(c).ok()),
+        ) else {
+            continue;
+        };
+        if seen.insert(id.to_string()) {
+            *counts.entry((verb.to_string(), code)).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
 /// A port free on 127.0.0.1 right now (the OS picks it; the process binds it a moment later).
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
@@ -451,4 +536,36 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_events_count_once_per_request_by_verb_and_code_for_one_user() {
+        let sa = "system:serviceaccount:ns:agent";
+        let ev = |id: &str, user: &str, verb: &str, stage: &str, code: u16| {
+            json!({"kind": "Event", "auditID": id, "stage": stage, "verb": verb,
+                "user": {"username": user}, "responseStatus": {"code": code}})
+            .to_string()
+        };
+        let text = [
+            ev("1", sa, "watch", "ResponseStarted", 200),
+            ev("2", sa, "create", "ResponseComplete", 403),
+            ev("1", sa, "watch", "ResponseComplete", 200),
+            ev("3", "admin", "create", "ResponseComplete", 403),
+            ev("4", sa, "get", "ResponseComplete", 200),
+            "{\"kind\": \"Ev".to_string(),
+        ]
+        .join("\n");
+        let counts = count_audit_events(&text, sa);
+        let want: std::collections::BTreeMap<(String, u16), u64> = [
+            (("watch".to_string(), 200), 1),
+            (("create".to_string(), 403), 1),
+            (("get".to_string(), 200), 1),
+        ]
+        .into();
+        assert_eq!(counts, want);
+    }
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::leftovers::{self, Places};
+use crate::cluster::Backend;
+use crate::control_plane::Assets;
 
-/// Brings up the simulated Azure and Kubernetes, installs the Helm chart, runs the real components from it, applies a GatewayPool and a
+/// Brings up a Kubernetes API server (the real control plane or kube-sim) and the simulated Azure, installs the Helm chart, runs the real components from it, applies a GatewayPool and a
 /// StaticGatewayConfiguration with kubectl, shows the result, and tears everything down.
 #[derive(Debug, clap::Parser)]
 #[command(name = "lab", version)]
@@ -35,6 +37,11 @@ pub struct Args {
     /// failover (measured), 10 delete everything and check Azure is clean.
     #[arg(long, default_value = "none", value_parser = scenario_list)]
     pub scenarios: ScenarioList,
+    /// The Kubernetes API server: `real` (etcd, kube-apiserver and kube-controller-manager from
+    /// `KUBEBUILDER_ASSETS` or `.kubebuilder-assets/`, which scripts/install-deps.sh prepares) or `sim`
+    /// (kube-sim, in process). Default: `TESTBED_KUBE` when set, else `real` when those binaries are found.
+    #[arg(long, value_parser = ["real", "sim"])]
+    pub kube: Option<String>,
     /// Run every component from its image (the chart's image references, in podman's local storage, e.g.
     /// built by scripts/release.sh) with `podman run` in the lab's namespaces, instead of the binaries.
     #[arg(long)]
@@ -53,6 +60,36 @@ impl Args {
     /// Removes earlier runs' leftovers, then (unless `--cleanup`) runs the lab. Errors are bad flags, leftovers
     /// `--cleanup` could not remove, and a failed lab.
     pub async fn run(self) -> anyhow::Result<()> {
+        let (kube, why) = match &self.kube {
+            Some(k) => (k.parse::<Backend>()?, "--kube".to_string()),
+            None => match std::env::var(crate::cluster::BACKEND_ENV) {
+                Ok(v) if !v.is_empty() => (
+                    Backend::from_env()?,
+                    format!("{}={v}", crate::cluster::BACKEND_ENV),
+                ),
+                _ => (Backend::default_here(), "default".to_string()),
+            },
+        };
+        // The first lines: which API server, and where it comes from.
+        match kube {
+            Backend::Real => match Assets::find() {
+                Ok(a) => println!(
+                    "Kubernetes API: the real control plane (etcd, kube-apiserver, kube-controller-manager from {}; chosen by {why}; --kube sim for kube-sim)",
+                    a.dir.display()
+                ),
+                Err(e) if !self.cleanup => {
+                    anyhow::bail!("--kube real (chosen by {why}): no control plane binaries: {e}")
+                }
+                Err(_) => {}
+            },
+            Backend::Sim => println!(
+                "Kubernetes API: kube-sim, the in-process simulator (chosen by {why}{})",
+                match Assets::find() {
+                    Ok(_) => String::new(),
+                    Err(e) => format!("; no real control plane: {e}"),
+                }
+            ),
+        }
         let bin_dir = match self.bin_dir {
             Some(d) => d,
             None => std::env::current_exe()
@@ -79,6 +116,7 @@ impl Args {
             step_timeout: Duration::from_secs(self.step_timeout),
             scenarios: self.scenarios.0,
             images: self.from_images.then(super::images::ImageMode::detect),
+            kube,
         };
         println!("kube-egress-gateway lab (work dir {})", opts.work_dir.display());
         super::run(opts).await.context("lab failed")?;

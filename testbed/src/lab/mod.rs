@@ -1,7 +1,8 @@
 //! The lab: the whole system on one machine, driven the way a user would (`kubectl`), with every step named
 //! as it runs and everything torn down afterwards (also on failure or Ctrl-C) unless `--keep`.
 //!
-//! Steps: simulators (Kubernetes + Azure) and the Helm chart rendered and applied with kubectl ([`chart`]:
+//! Steps: the Kubernetes API server (the real control plane, or kube-sim: `--kube`, [`kube_api`]; the lab
+//! plays the node components it lacks, [`kubelet`]) and the Azure simulator and the Helm chart rendered and applied with kubectl ([`chart`]:
 //! every component is then started from its rendered workload, as its service account), webhook + operator
 //! as real processes, `kubectl apply` of a
 //! GatewayPool and a StaticGatewayConfiguration (and an invalid one refused by the webhook), wait for Ready;
@@ -17,6 +18,8 @@ pub mod cli;
 mod dataplane;
 pub mod fabric;
 pub mod images;
+mod kube_api;
+mod kubelet;
 pub mod leftovers;
 mod procs;
 pub mod runtime;
@@ -46,6 +49,8 @@ pub struct Options {
     pub scenarios: Vec<scenarios::Scenario>,
     /// `--from-images`: run every component from its image with podman instead of from `bin_dir`.
     pub images: Option<images::ImageMode>,
+    /// `--kube`: the real control plane or kube-sim.
+    pub kube: crate::cluster::Backend,
 }
 
 /// Prints the start of a named step.

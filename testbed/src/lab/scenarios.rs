@@ -213,6 +213,8 @@ pub(super) async fn remove_pod(lab: &mut Lab, opts: &Options, name: &str) -> any
     pods.delete(name, &DeleteParams::default())
         .await
         .with_context(|| format!("deleting Pod {DEMO_NS}/{name}"))?;
+    // The kubelet, its sandbox gone, confirms the graceful deletion (kube-sim has deleted it already).
+    super::kubelet::confirm_deleted(&pods, name).await?;
     let pes: Api<api::PodEndpoint> = Api::namespaced(lab.client()?, DEMO_NS);
     let (pes2, pods2, n) = (pes.clone(), pods.clone(), name.to_string());
     lab.wait(
@@ -1700,28 +1702,46 @@ async fn cleanup(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
         || snapshot.leftovers(),
     )
     .await?;
+    // Each agent writes its GatewayStatus after changing its data plane: await it, as for any written state.
     let gw_status: Api<api::GatewayStatus> = Api::namespaced(client, SYSTEM_NS);
-    let statuses = gw_status.list(&Default::default()).await?.items;
-    let busy: Vec<String> = statuses
-        .iter()
-        .filter(|s| {
-            !s.spec.ready_gateway_configurations.is_empty() || !s.spec.ready_peer_configurations.is_empty()
+    let busy = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let statuses = std::sync::Arc::new(std::sync::Mutex::new(0usize));
+    let waited = lab
+        .wait("every GatewayStatus lists no configuration or peer", opts, || {
+            let (gw_status, busy, statuses) = (gw_status.clone(), busy.clone(), statuses.clone());
+            async move {
+                let items = gw_status.list(&Default::default()).await?.items;
+                let names: Vec<String> = items
+                    .iter()
+                    .filter(|s| {
+                        !s.spec.ready_gateway_configurations.is_empty()
+                            || !s.spec.ready_peer_configurations.is_empty()
+                    })
+                    .filter_map(|s| s.metadata.name.clone())
+                    .collect();
+                let done = names.is_empty();
+                if let Ok(mut g) = busy.lock() {
+                    *g = names;
+                }
+                if let Ok(mut g) = statuses.lock() {
+                    *g = items.len();
+                }
+                Ok(done)
+            }
         })
-        .filter_map(|s| s.metadata.name.clone())
-        .collect();
-    if !busy.is_empty() {
-        bail!(
-            "GatewayStatus still lists configurations or peers: {}",
-            busy.join(", ")
-        );
+        .await;
+    if let Err(e) = waited {
+        let names = busy.lock().map(|g| g.join(", ")).unwrap_or_default();
+        bail!("GatewayStatus still lists configurations or peers: {names} ({e:#})");
     }
+    let statuses = statuses.lock().map(|g| *g).unwrap_or_default();
     ok(&format!(
         "data plane: no frontend address, wg link or wireguard-go on {} gateways, no pod wireguard socket on {} nodes; {} GatewayStatus objects list nothing",
         lab.gateway_vms.len()
             + lab.other_pool_vms.values().map(Vec::len).sum::<usize>()
             + lab.vm_pool_vms.len(),
         lab.nodes.len(),
-        statuses.len()
+        statuses
     ));
     Ok(())
 }

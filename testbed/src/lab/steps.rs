@@ -16,11 +16,13 @@ use serde_json::json;
 
 use super::chart::{self, LaunchSpec, Localize};
 use super::images::{self, Place};
+use super::kube_api::{self, KubeApi};
+use super::kubelet::{self, Heartbeat};
 use super::procs::{Children, live_children, tail};
 use super::{Options, info, ok, step};
 use super::{fabric, runtime};
 use crate::azure::{AzureSim, Seed};
-use crate::kube::{KubeSim, KubeSimConfig, User};
+use crate::cluster::Backend;
 
 /// The chart's release namespace: the components' namespace.
 pub(super) const SYSTEM_NS: &str = "kube-egress-gateway-system";
@@ -65,7 +67,11 @@ pub(super) const PODS: [(&str, usize, bool); 2] = [("egress-client", 0, true), (
 #[derive(Default)]
 pub(super) struct Lab {
     pub(super) children: Children,
-    pub(super) kube: Option<KubeSim>,
+    pub(super) kube: Option<KubeApi>,
+    /// The kubelet's part for every Node the lab registers (Ready, Lease renewed).
+    pub(super) heartbeat: Option<Heartbeat>,
+    /// On the real server: the namespace whose veth's host end carries the Deployments' pod IPs.
+    pub(super) pod_network: Option<PodNetwork>,
     pub(super) azure: Option<AzureSim>,
     pub(super) client: Option<kube::Client>,
     pub(super) kubeconfig: PathBuf,
@@ -159,6 +165,9 @@ fn keep_summary(lab: &Lab, opts: &Options) {
     println!("\n==> --keep: everything stays up until Ctrl-C");
     println!("    export KUBECONFIG={}", lab.kubeconfig.display());
     println!("    kubectl get gatewaypools,sgc -A");
+    if let Some(k) = &lab.kube {
+        println!("    Kubernetes API: {}", k.describe());
+    }
     if let Some(a) = &lab.azure {
         println!(
             "    Azure simulator: {} (inventory: {}/_sim/inventory)",
@@ -326,26 +335,18 @@ impl Lab {
             api::names::DEFAULT_LB_PROBE_PORT
         ));
 
-        // kube-sim, with a token for each of the chart's ServiceAccounts (what the token controller would issue).
-        let mut cfg = KubeSimConfig::default();
+        // The API server (kube-sim: with a user for each of the chart's ServiceAccounts, what the token
+        // controller would issue; the real one hands out tokens by TokenRequest once the chart made them).
         let accounts = self.chart.service_accounts();
-        for (ns, name) in &accounts {
-            cfg.users
-                .push(User::service_account(ns, name, &crate::kube::random_token()));
-        }
-        let kube = KubeSim::start(cfg)
-            .await
-            .context("starting the Kubernetes API simulator")?;
-        kube.write_kubeconfig(&self.kubeconfig, "admin")
+        let kube = KubeApi::start(opts.kube, &accounts).await?;
+        kube.write_admin_kubeconfig(&self.kubeconfig)
             .context("writing the kubeconfig")?;
-        for (ns, name) in &accounts {
-            kube.write_kubeconfig(
-                &self.sa_kubeconfig(ns, name),
-                &format!("system:serviceaccount:{ns}:{name}"),
-            )
-            .with_context(|| format!("writing the kubeconfig of service account {ns}/{name}"))?;
-        }
-        let client = kube.client("admin").context("Kubernetes client")?;
+        let client = kube.client().context("Kubernetes client")?;
+        let version = client
+            .apiserver_version()
+            .await
+            .context("GET /version")?
+            .git_version;
         let namespaces: Api<Namespace> = Api::all(client.clone());
         for ns in [SYSTEM_NS, DEMO_NS] {
             let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
@@ -355,16 +356,29 @@ impl Lab {
                 .with_context(|| format!("creating namespace {ns}"))?;
         }
         ok(&format!(
-            "kube-sim at {} with namespaces {SYSTEM_NS} (the release's, as `helm install --create-namespace`) and {DEMO_NS}; a token for each of the chart's ServiceAccounts: {}",
-            kube.url(),
-            accounts
-                .iter()
-                .map(|(_, n)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "Kubernetes API {version}: {}; namespaces {SYSTEM_NS} (the release's, as `helm install --create-namespace`) and {DEMO_NS}",
+            kube.describe()
         ));
+        let backend = kube.backend();
         self.kube = Some(kube);
-        self.client = Some(client);
+        self.client = Some(client.clone());
+        if backend == Backend::Real {
+            // Pods need their namespace's default ServiceAccount (the ServiceAccount admission plugin).
+            for ns in [SYSTEM_NS, DEMO_NS] {
+                let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                    Api::namespaced(client.clone(), ns);
+                self.wait(
+                    &format!("kube-controller-manager creates ServiceAccount {ns}/default"),
+                    opts,
+                    || {
+                        let accounts = accounts.clone();
+                        async move { Ok(accounts.get_opt("default").await?.is_some()) }
+                    },
+                )
+                .await?;
+            }
+        }
+        self.heartbeat = Some(Heartbeat::start(client).await?);
 
         // The lab's `helm install`: every rendered object, CRDs first, then Helm's install order.
         let out = self.kubectl(opts, &["apply", "-f", "chart.yaml"]).await?;
@@ -372,6 +386,21 @@ impl Lab {
             bail!("the API server refused part of the chart: {}", out.stderr.trim());
         }
         info("$ kubectl apply -f chart.yaml");
+        // As `helm install` does for its CRDs: wait until they are served.
+        let crds: Vec<String> = self
+            .chart
+            .objects
+            .iter()
+            .filter(|o| o["kind"] == "CustomResourceDefinition")
+            .filter_map(|o| o.pointer("/metadata/name").and_then(|n| n.as_str()))
+            .map(|n| format!("crd/{n}"))
+            .collect();
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        args.extend(crds.iter().map(String::as_str));
+        let out = self.kubectl(opts, &args).await?;
+        if !out.ok {
+            bail!("the chart's CRDs are not served: {}", out.stderr.trim());
+        }
         let kinds = self.chart.kinds();
         ok(&format!(
             "installed from the chart ({} objects): {}",
@@ -381,6 +410,58 @@ impl Lab {
                 .map(|(k, n)| format!("{n} {k}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        ));
+        // Each component's identity: a token of its ServiceAccount, in a kubeconfig.
+        let kube = self.kube.as_ref().context("no API server")?;
+        for (ns, name) in &accounts {
+            kube.write_service_account_kubeconfig(&self.sa_kubeconfig(ns, name), ns, name)
+                .await
+                .with_context(|| format!("writing the kubeconfig of service account {ns}/{name}"))?;
+        }
+        ok(&format!(
+            "a token for each of the chart's ServiceAccounts ({}): {}",
+            if backend == Backend::Real {
+                "TokenRequest API"
+            } else {
+                "kube-sim's users"
+            },
+            accounts
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.register_regular_nodes().await
+    }
+
+    /// The regular nodes join the cluster (their kubelets register them, report them Ready and renew their
+    /// Leases from now on), with their pod CIDR and the cni-not-ready taint their node agent removes.
+    async fn register_regular_nodes(&mut self) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let heartbeat = self.heartbeat.as_ref().context("no heartbeat")?;
+        let azure = self.azure.as_ref().context("azure-sim not started")?.handle();
+        let names = regular_nodes();
+        let view = azure.with_state(|s| fabric::read_view(&s.world, &names));
+        for (i, name) in names.iter().enumerate() {
+            let primary = view
+                .vms
+                .iter()
+                .find(|v| v.vm == *name)
+                .map(|v| v.primary)
+                .with_context(|| format!("azure-sim has no NIC for node {name}"))?;
+            let pod_cidr = regular_pod_cidr(i);
+            let node = json!({
+                "metadata": {"name": name, "labels": regular_node_labels()},
+                "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr],
+                    "taints": [{"key": api::names::CNI_NOT_READY_TAINT, "value": "true", "effect": "NoSchedule"}]}
+            });
+            heartbeat.register(&client, node, primary).await?;
+        }
+        ok(&format!(
+            "regular nodes {} registered as their kubelets do (Ready, InternalIP, Lease renewed every 10 s in {}; pod CIDRs 10.244.<i>.0/24; taint {})",
+            names.join(", "),
+            kubelet::NODE_LEASE_NS,
+            api::names::CNI_NOT_READY_TAINT
         ));
         Ok(())
     }
@@ -491,40 +572,46 @@ impl Lab {
         mode.init_args(name, c, &volumes, place, replace)
     }
 
-    /// Checks that kube-sim served `user` (a component's service account) and refused it nothing.
+    /// Checks that the API server served `user` (a component's service account) and refused it nothing (403).
+    /// kube-sim counts each user's requests; the real apiserver's audit log has them.
     fn check_identity(&self, component: &str, user: &str) -> anyhow::Result<()> {
-        let kube = self.kube.as_ref().context("kube-sim not started")?;
-        let counts = kube.requests_by(user);
+        let kube = self.kube.as_ref().context("no API server")?;
+        let counts = kube.requests_by(user)?;
         let forbidden = count_requests(&counts, |_, code| code == 403);
         let served = count_requests(&counts, |_, code| (200..300).contains(&code));
-        let writes = count_requests(&counts, |m, code| m != "GET" && (200..300).contains(&code));
+        let writes = count_requests(&counts, |m, code| {
+            !kube_api::is_read(m) && (200..300).contains(&code)
+        });
         if forbidden > 0 {
             bail!("{component}: the chart's RBAC refused {user} {forbidden} request(s): {counts:?}");
         }
         if served == 0 {
-            bail!("{component}: kube-sim served no request as {user}: {counts:?}");
+            bail!("{component}: the API server served no request as {user}: {counts:?}");
         }
         ok(&format!(
-            "{component}: API requests as {user} ({served} answered, {writes} of them writes), none forbidden by the chart's RBAC"
+            "{component}: API requests as {user} ({served} answered, {writes} of them writes), none forbidden by the chart's RBAC{}",
+            match kube.backend() {
+                Backend::Real => " (the apiserver's audit log)",
+                Backend::Sim => "",
+            }
         ));
         Ok(())
     }
 
-    /// Over the whole run: kube-sim refused none of the chart's service accounts anything (403).
+    /// Over the whole run: the API server refused none of the chart's service accounts anything (403).
     fn check_accounts(&self) -> anyhow::Result<()> {
-        let kube = self.kube.as_ref().context("kube-sim not started")?;
-        if let Some(refused) = self.rbac_refusals(kube).into_iter().next() {
+        let kube = self.kube.as_ref().context("no API server")?;
+        if let Some(refused) = self.rbac_refusals(kube)?.into_iter().next() {
             bail!("{refused}");
         }
-        let seen: Vec<String> = self
-            .chart
-            .service_accounts()
-            .into_iter()
-            .map(|(ns, name)| {
-                let user = format!("system:serviceaccount:{ns}:{name}");
-                format!("{name} {}", kube.requests_by(&user).values().sum::<u64>())
-            })
-            .collect();
+        let mut seen = Vec::new();
+        for (ns, name) in self.chart.service_accounts() {
+            let user = format!("system:serviceaccount:{ns}:{name}");
+            seen.push(format!(
+                "{name} {}",
+                kube.requests_by(&user)?.values().sum::<u64>()
+            ));
+        }
         ok(&format!(
             "over the whole run the chart's RBAC refused its service accounts nothing (requests: {})",
             seen.join(", ")
@@ -532,19 +619,20 @@ impl Lab {
         Ok(())
     }
 
-    /// One line per chart service account kube-sim answered 403 so far.
-    fn rbac_refusals(&self, kube: &KubeSim) -> Vec<String> {
-        self.chart
-            .service_accounts()
-            .into_iter()
-            .filter_map(|(ns, name)| {
-                let user = format!("system:serviceaccount:{ns}:{name}");
-                let counts = kube.requests_by(&user);
-                let forbidden = count_requests(&counts, |_, code| code == 403);
-                (forbidden > 0)
-                    .then(|| format!("the chart's RBAC refused {user} {forbidden} request(s): {counts:?}"))
-            })
-            .collect()
+    /// One line per chart service account the API server answered 403 so far.
+    fn rbac_refusals(&self, kube: &KubeApi) -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (ns, name) in self.chart.service_accounts() {
+            let user = format!("system:serviceaccount:{ns}:{name}");
+            let counts = kube.requests_by(&user)?;
+            let forbidden = count_requests(&counts, |_, code| code == 403);
+            if forbidden > 0 {
+                out.push(format!(
+                    "the chart's RBAC refused {user} {forbidden} request(s): {counts:?}"
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// The launch spec of Deployment `name`'s `container` (one replica: the lab runs one process), its
@@ -554,13 +642,14 @@ impl Lab {
         name: &str,
         container: &str,
         ports: &[(&str, String)],
+        pod: &chart::Pod,
         opts: &Options,
     ) -> anyhow::Result<LaunchSpec> {
         let spec = self.chart.launch_spec(
             "Deployment",
             name,
             container,
-            &deployment_pod(name),
+            pod,
             &Localize {
                 ports: ports.iter().map(|(f, v)| (f.to_string(), v.clone())).collect(),
                 volume_root: opts.work_dir.join("pods").join(container),
@@ -610,9 +699,148 @@ impl Lab {
         Ok(spec)
     }
 
+    /// Which API server the lab runs on.
+    pub(super) fn backend(&self) -> anyhow::Result<Backend> {
+        Ok(self.kube.as_ref().context("no API server")?.backend())
+    }
+
+    /// Container `container`'s port named `port` in Deployment `name` as rendered.
+    fn container_port(&self, name: &str, container: &str, port: &str) -> anyhow::Result<u16> {
+        let d = self.chart.get("Deployment", name)?;
+        d.pointer("/spec/template/spec/containers")
+            .and_then(|c| c.as_array())
+            .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+            .and_then(|c| c["ports"].as_array())
+            .and_then(|ps| ps.iter().find(|p| p["name"] == port))
+            .and_then(|p| p["containerPort"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .with_context(|| format!("Deployment {name} has no port {port} on container {container}"))
+    }
+
+    /// The scheduler's part for Deployment `name` on the real server: waits for the pod its ReplicaSet
+    /// creates, binds it to the first regular node (where the lab counts the Deployments' pods) and gives it
+    /// an IP of the lab's pod network. Returns the pod as the downward API sees it, and its IP.
+    async fn schedule_deployment_pod(
+        &mut self,
+        name: &str,
+        opts: &Options,
+    ) -> anyhow::Result<(chart::Pod, Ipv4Addr)> {
+        use k8s_openapi::api::core::v1::Pod;
+        let d = self.chart.get("Deployment", name)?;
+        let selector = d
+            .pointer("/spec/selector/matchLabels")
+            .and_then(|m| m.as_object())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .with_context(|| format!("Deployment {name} has no spec.selector.matchLabels"))?;
+        let pods: Api<Pod> = Api::namespaced(self.client()?, SYSTEM_NS);
+        let found = std::sync::Arc::new(std::sync::Mutex::new(None::<Pod>));
+        self.wait(
+            &format!("kube-controller-manager's ReplicaSet controller creates the pod of Deployment {name}"),
+            opts,
+            || {
+                let (pods, found, selector) = (pods.clone(), found.clone(), selector.clone());
+                async move {
+                    let list = pods
+                        .list(&kube::api::ListParams::default().labels(&selector))
+                        .await?;
+                    let pod = list
+                        .items
+                        .into_iter()
+                        .find(|p| p.metadata.deletion_timestamp.is_none());
+                    let there = pod.is_some();
+                    if let Ok(mut g) = found.lock() {
+                        *g = pod;
+                    }
+                    Ok(there)
+                }
+            },
+        )
+        .await?;
+        let pod = found
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .context("no pod found")?;
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let node = regular_nodes().into_iter().next().context("no regular node")?;
+        kubelet::bind(&pods, &pod_name, &node).await?;
+        let ip = self.pod_network()?.next_ip()?;
+        info(&format!(
+            "$ (scheduler) bind Pod {SYSTEM_NS}/{pod_name} (ReplicaSet of Deployment {name}) to {node}; (kubelet) its IP {ip}"
+        ));
+        Ok((
+            chart::Pod {
+                namespace: SYSTEM_NS.into(),
+                name: pod_name,
+                node_name: node,
+            },
+            ip,
+        ))
+    }
+
+    /// The kubelet's report for a Deployment's pod whose container passed its readiness probe.
+    async fn report_running(&self, pod: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Pod;
+        let node = regular_nodes().into_iter().next().context("no regular node")?;
+        let host_ip = self
+            .azure
+            .as_ref()
+            .context("azure-sim")?
+            .handle()
+            .with_state(|s| fabric::read_view(&s.world, [&node]))
+            .vms
+            .first()
+            .map(|v| v.primary)
+            .with_context(|| format!("azure-sim has no NIC for {node}"))?;
+        let pods: Api<Pod> = Api::namespaced(self.client()?, SYSTEM_NS);
+        kubelet::report_running(&pods, pod, ip, host_ip).await?;
+        info(&format!(
+            "$ (kubelet) Pod {SYSTEM_NS}/{pod} Running and Ready (readiness probe /readyz answered 200), podIP {ip}, hostIP {host_ip}"
+        ));
+        Ok(())
+    }
+
+    /// The pod network of the Deployments' pods (created on first use).
+    fn pod_network(&mut self) -> anyhow::Result<&mut PodNetwork> {
+        if self.pod_network.is_none() {
+            let net = PodNetwork::create(&lab_tag(), std::process::id())?;
+            self.netns.push(net.ns.clone());
+            if let Some(i) = super::dataplane::netns_inode(&net.ns) {
+                self.netns_inodes.push(i);
+            }
+            info(&format!(
+                "pod network of the Deployments' pods: veth {} on the host (its peer in namespace {}), addresses {}/30",
+                net.link, net.ns, net.base
+            ));
+            self.pod_network = Some(net);
+        }
+        self.pod_network.as_mut().context("pod network")
+    }
+
     async fn webhook(&mut self, opts: &Options) -> anyhow::Result<()> {
-        let listen = free_port()?;
-        let metrics = free_port()?;
+        self.chart.get("Service", WEBHOOK)?;
+        let real = self.backend()? == Backend::Real;
+        // On the real server the apiserver calls the Service's endpoints, which must be the pod's own
+        // (non-loopback) IP and the chart's port: the webhook listens there. kube-sim maps the Service to a
+        // loopback listener instead.
+        let (pod, pod_ip) = if real {
+            let (pod, ip) = self.schedule_deployment_pod(WEBHOOK, opts).await?;
+            (pod, Some(ip))
+        } else {
+            (deployment_pod(WEBHOOK), None)
+        };
+        let (listen, metrics) = match pod_ip {
+            Some(ip) => (
+                SocketAddr::from((ip, self.container_port(WEBHOOK, "webhook", "https")?)),
+                SocketAddr::from((ip, self.container_port(WEBHOOK, "webhook", "metrics")?)),
+            ),
+            None => (free_port()?, free_port()?),
+        };
         let spec = self.deployment_pod(
             WEBHOOK,
             "webhook",
@@ -620,19 +848,34 @@ impl Lab {
                 ("--listen", listen.to_string()),
                 ("--metrics-listen", metrics.to_string()),
             ],
+            &pod,
             opts,
         )?;
-        // The Service the chart's webhook configurations call, reachable at this replica's listener.
-        self.chart.get("Service", WEBHOOK)?;
-        self.kube
-            .as_ref()
-            .context("kube-sim not started")?
-            .map_service(SYSTEM_NS, WEBHOOK, listen);
+        if let Some(KubeApi::Sim(sim)) = &self.kube {
+            sim.map_service(SYSTEM_NS, WEBHOOK, listen);
+        }
         self.launch("webhook", &spec, Place::Host, opts)?;
         self.wait("webhook /readyz answers 200", opts, || async {
             Ok(http_status(metrics, "/readyz").await == Some(200))
         })
         .await?;
+        if let Some(ip) = pod_ip {
+            self.report_running(&pod.name, ip).await?;
+            let client = self.client()?;
+            let want = listen.to_string();
+            self.wait(
+                &format!("kube-controller-manager's endpoints controller puts {want} in Endpoints {SYSTEM_NS}/{WEBHOOK}"),
+                opts,
+                || {
+                    let (client, want) = (client.clone(), want.clone());
+                    async move { Ok(kubelet::ready_endpoints(&client, SYSTEM_NS, WEBHOOK).await?.contains(&want)) }
+                },
+            )
+            .await?;
+            ok(&format!(
+                "Endpoints {SYSTEM_NS}/{WEBHOOK} = {want} (the Ready pod's IP and the Service's targetPort): where the apiserver calls the chart's webhooks"
+            ));
+        }
         // The chart's registration is live and reaches the webhook over the chart's certificate: a PodEndpoint
         // written by anyone but the node agent's account is refused.
         let pe = format!(
@@ -670,6 +913,12 @@ impl Lab {
         let client = self.client()?;
         let health = free_port()?;
         let metrics = free_port()?;
+        let (pod, pod_ip) = if self.backend()? == Backend::Real {
+            let (pod, ip) = self.schedule_deployment_pod(OPERATOR, opts).await?;
+            (pod, Some(ip))
+        } else {
+            (deployment_pod(OPERATOR), None)
+        };
         let spec = self.deployment_pod(
             OPERATOR,
             "operator",
@@ -677,6 +926,7 @@ impl Lab {
                 ("--metrics-bind-port", metrics.port().to_string()),
                 ("--health-probe-bind-port", health.port().to_string()),
             ],
+            &pod,
             opts,
         )?;
         self.launch("operator", &spec, Place::Host, opts)?;
@@ -704,6 +954,9 @@ impl Lab {
             Ok(http_status(health, "/readyz").await == Some(200))
         })
         .await?;
+        if let Some(ip) = pod_ip {
+            self.report_running(&pod.name, ip).await?;
+        }
         let who = holder.lock().map(|g| g.clone()).unwrap_or_default();
         ok(&format!(
             "operator elected leader: {who}; ready; its cloud config (the chart's Secret) points at azure-sim"
@@ -1013,7 +1266,7 @@ impl Lab {
             wiring.nics.insert(node.clone(), (dev, table));
             wiring
                 .pod_cidrs
-                .push((format!("10.244.{i}.0/24").parse()?, node.clone()));
+                .push((regular_pod_cidr(i).parse()?, node.clone()));
         }
         // The VM-based pool's VMs are wired like the others (cheap; their gateway agents start in scenario 6).
         for (i, node) in vm_pool.iter().enumerate() {
@@ -1209,9 +1462,18 @@ impl Lab {
         opts: &Options,
     ) -> anyhow::Result<()> {
         use super::dataplane::forward_loopback;
-        let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
+        let kube_port = self.kube.as_ref().context("no API server")?.port()?;
         let azure_addr = self.azure.as_ref().context("azure-sim")?.addr();
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client()?);
+        let primary = self
+            .azure
+            .as_ref()
+            .context("azure-sim")?
+            .handle()
+            .with_state(|s| fabric::read_view(&s.world, [&node_name.to_string()]))
+            .vms
+            .first()
+            .map(|v| v.primary)
+            .with_context(|| format!("azure-sim has no NIC for {node_name}"))?;
         self.forwarders.push(forward_loopback(ns, kube_port)?);
         let (imds_port, imds) = super::dataplane::imds_for_node(ns, azure_addr, node_name)?;
         self.forwarders.push(imds);
@@ -1227,11 +1489,11 @@ impl Lab {
         if let Some(p) = provider_id {
             node["spec"] = json!({"providerID": p});
         }
-        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(node)?;
-        nodes
-            .create(&PostParams::default(), &node)
-            .await
-            .with_context(|| format!("creating Node {node_name}"))?;
+        self.heartbeat
+            .as_ref()
+            .context("no heartbeat")?
+            .register(&self.client()?, node, primary)
+            .await?;
         // The DaemonSet's pod on this node: hostNetwork, so the VM's own network namespace; the chart's
         // ports as they are. The gateway VMs share the host's mount namespace, so hostPaths are the host's.
         let mut spec = self.daemonset_pod(GATEWAY_AGENT, "gateway-agent", i, node_name, &labels, opts)?;
@@ -1273,7 +1535,7 @@ impl Lab {
         let mnt_dir = super::leftovers::mount_dir(std::path::Path::new("/run"), std::process::id());
         runtime::private_mount_dir(&mnt_dir)?;
         self.mnt_dir = Some(mnt_dir.clone());
-        let kube_port = self.kube.as_ref().context("kube-sim")?.addr().port();
+        let kube_port = self.kube.as_ref().context("no API server")?.port()?;
         let nodes_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client()?);
         for (i, name) in regular_nodes().iter().enumerate() {
             let node = runtime::Node {
@@ -1293,7 +1555,7 @@ impl Lab {
             };
             runtime::create_mount_ns(&node.mntns, &node.dir)?;
             self.nodes.push(node.clone());
-            let pod_cidr = format!("10.244.{i}.0/24");
+            let pod_cidr = regular_pod_cidr(i);
             let primary = runtime::primary_conflist(&pod_cidr, &node.dir.join("ipam"));
             std::fs::write(
                 node.conf_dir().join("10-kubenet.conflist"),
@@ -1301,21 +1563,7 @@ impl Lab {
             )
             .context("writing the primary CNI configuration")?;
             self.forwarders.push(forward_loopback(&node.netns, kube_port)?);
-            let labels: std::collections::BTreeMap<String, String> = [
-                (api::names::NODE_AGENTPOOL_LABEL, NODE_POOL),
-                ("kubernetes.io/os", "linux"),
-            ]
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .into();
-            let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": labels},
-                "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr],
-                    "taints": [{"key": api::names::CNI_NOT_READY_TAINT, "value": "true", "effect": "NoSchedule"}]}
-            }))?;
-            nodes_api
-                .create(&PostParams::default(), &n)
-                .await
-                .with_context(|| format!("creating Node {name}"))?;
+            let labels = regular_node_labels();
             // The DaemonSet's pod on this node: hostNetwork, so the node's network namespace, and its hostPath
             // volumes, which must be the node's own directories (bind mounts in its mount namespace).
             let spec = self.daemonset_pod(NODE_AGENT, "node-agent", i, name, &labels, opts)?;
@@ -1736,15 +1984,24 @@ impl Lab {
         }
         // The shutdown paths (PodEndpoint deletion at CNI DEL, the agents' and the operator's cleanup on
         // SIGTERM) run with the chart's accounts too: a refusal there is a chart bug like any other.
-        let refused = self
-            .kube
-            .as_ref()
-            .map(|kube| self.rbac_refusals(kube))
-            .unwrap_or_default();
+        let refused = match self.kube.as_ref().map(|kube| self.rbac_refusals(kube)) {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => vec![format!("cannot tell what the API server refused: {e:#}")],
+            None => Vec::new(),
+        };
         self.client = None;
+        if let Some(h) = self.heartbeat.take() {
+            h.stop();
+        }
         if let Some(k) = self.kube.take() {
+            let what = match k.backend() {
+                Backend::Real => {
+                    "the control plane (etcd, kube-apiserver, kube-controller-manager) stopped, its folder removed"
+                }
+                Backend::Sim => "kube-sim stopped",
+            };
             k.shutdown().await;
-            info("kube-sim stopped");
+            info(what);
         }
         if self.azure.take().is_some() {
             info("azure-sim stopped");
@@ -1866,6 +2123,60 @@ impl Lab {
     }
 }
 
+/// The Deployments' pods' IPs on the real server. The webhook's must be one the apiserver can reach and that
+/// Endpoints accept (not loopback): the host end of a veth whose peer sits in the lab's namespace
+/// `lab<pid>-pods`, so deleting that namespace (teardown, or the next run's leftovers clean-up) removes the
+/// link too. A /30 of `10.254.0.0/16` per run, from its pid; refused when an interface already has it.
+pub(super) struct PodNetwork {
+    ns: String,
+    link: String,
+    base: Ipv4Addr,
+    used: u32,
+}
+
+impl PodNetwork {
+    fn create(tag: &str, pid: u32) -> anyhow::Result<Self> {
+        use super::dataplane::ip;
+        let n = pid % 16_000;
+        let base = Ipv4Addr::new(10, 254, (n / 64) as u8, ((n % 64) * 4) as u8);
+        let taken = std::process::Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "to", &format!("{base}/30")])
+            .output()
+            .context("running ip")?;
+        if !taken.stdout.is_empty() {
+            bail!(
+                "the pod network {base}/30 is in use on this machine: {}",
+                String::from_utf8_lossy(&taken.stdout).trim()
+            );
+        }
+        let ns = format!("{tag}pods");
+        let link = format!("{tag}pods");
+        ip(&["netns", "add", &ns])?;
+        ip(&[
+            "link", "add", "name", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        ip(&["link", "set", &link, "up"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        Ok(Self {
+            ns,
+            link,
+            base,
+            used: 0,
+        })
+    }
+
+    /// The next pod's IP (`.1`, `.2` of the /30), added to the host end.
+    fn next_ip(&mut self) -> anyhow::Result<Ipv4Addr> {
+        if self.used >= 2 {
+            bail!("the lab's pod network has room for two Deployment pods");
+        }
+        self.used += 1;
+        let ip = Ipv4Addr::from(u32::from(self.base) + self.used);
+        super::dataplane::ip(&["addr", "add", &format!("{ip}/32"), "dev", &self.link])?;
+        Ok(ip)
+    }
+}
+
 /// How many of the requests counted by (method, status) in `counts` (kube-sim's `requests_by`) match `which`.
 fn count_requests(
     counts: &std::collections::BTreeMap<(String, u16), u64>,
@@ -1966,6 +2277,21 @@ fn azure_ids(azure: &AzureSim, segment: &str) -> Vec<String> {
 /// teardown finds whatever of them is left: `lab<pid>-`.
 pub(super) fn lab_tag() -> String {
     super::leftovers::run_tag(std::process::id())
+}
+
+/// The labels AKS gives a regular node.
+fn regular_node_labels() -> std::collections::BTreeMap<String, String> {
+    [
+        (api::names::NODE_AGENTPOOL_LABEL, NODE_POOL),
+        ("kubernetes.io/os", "linux"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into()
+}
+
+/// Regular node `i`'s pod CIDR (kubenet's per-node range).
+fn regular_pod_cidr(i: usize) -> String {
+    format!("10.244.{i}.0/24")
 }
 
 /// Computer names of the regular nodes (VMSS instances of `nodepool1`).

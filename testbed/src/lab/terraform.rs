@@ -4,7 +4,7 @@
 //! install it: the lab's provider binary packaged as a signed release, verified and mirrored, and installed by
 //! `terraform init` from that mirror with checksum verification ([`crate::provider_release`]); pointed at the
 //! lab's kubeconfig; then the output is compared with
-//! kube-sim and azure-sim, the plan must be empty, a pod annotated with the new configuration must egress
+//! the API server and azure-sim, the plan must be empty, a pod annotated with the new configuration must egress
 //! from inside the output prefix through tfpool's gateways, and `terraform destroy` must leave nothing of
 //! the pool and the configuration in Kubernetes, Azure or the gateways' data plane.
 
@@ -234,11 +234,13 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
     let sgc = Api::<StaticGatewayConfiguration>::namespaced(client.clone(), DEMO_NS)
         .get_opt(TF_SGC)
         .await?
-        .with_context(|| format!("terraform apply succeeded but kube-sim has no {DEMO_NS}/{TF_SGC}"))?;
+        .with_context(|| format!("terraform apply succeeded but the API server has no {DEMO_NS}/{TF_SGC}"))?;
     let pool = Api::<api::GatewayPool>::all(client.clone())
         .get_opt(TF_POOL)
         .await?
-        .with_context(|| format!("terraform apply succeeded but kube-sim has no GatewayPool {TF_POOL}"))?;
+        .with_context(|| {
+            format!("terraform apply succeeded but the API server has no GatewayPool {TF_POOL}")
+        })?;
     let in_kube = scenarios::prefix_of(&sgc)?;
     if in_kube != prefix {
         bail!(
@@ -277,7 +279,7 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
     )
     .await?;
     ok(&format!(
-        "kube-sim: {DEMO_NS}/{TF_SGC} status.egressIpPrefix = {in_kube} (= the output), GatewayPool {TF_POOL} with {want} ready instances; both applied by field manager {PROVIDER_FIELD_MANAGER}"
+        "the API server: {DEMO_NS}/{TF_SGC} status.egressIpPrefix = {in_kube} (= the output), GatewayPool {TF_POOL} with {want} ready instances; both applied by field manager {PROVIDER_FIELD_MANAGER}"
     ));
     let az = scenarios::azure(lab)?;
     let prefixes: Vec<(String, String)> = az.with_state(|s| {
@@ -389,7 +391,7 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
     let pool_left = Api::<api::GatewayPool>::all(client).get_opt(TF_POOL).await?;
     if sgc_left.is_some() || pool_left.is_some() {
         bail!(
-            "terraform destroy returned but kube-sim still has{}{}",
+            "terraform destroy returned but the API server still has{}{}",
             if sgc_left.is_some() {
                 format!(" {DEMO_NS}/{TF_SGC}")
             } else {
@@ -403,7 +405,7 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
         );
     }
     ok(&format!(
-        "kube-sim: {DEMO_NS}/{TF_SGC} and GatewayPool {TF_POOL} are gone"
+        "the API server: {DEMO_NS}/{TF_SGC} and GatewayPool {TF_POOL} are gone"
     ));
     let uid_lc = uid.to_ascii_lowercase();
     let live = lab.azure.as_ref().context("azure-sim")?.handle();
@@ -446,7 +448,7 @@ mod tests {
 
     #[test]
     fn the_shipped_configuration_is_what_the_scenario_checks() {
-        // The names the scenario looks up in kube-sim and the output it reads are the ones main.tf declares.
+        // The names the scenario looks up in the API server and the output it reads are the ones main.tf declares.
         // The released provider (release.env), in the short form of `required_providers`.
         let source = provider_source()
             .strip_prefix("registry.terraform.io/")
