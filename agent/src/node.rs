@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use api::internal::PodEndpointSpec;
 use api::names::{CNI_PLUGIN_TYPE, POD_GATEWAY_ANNOTATION};
 use api::sgc::{RouteType, StaticGatewayConfiguration};
-use cni::proto::nic_service_server::{NicService, NicServiceServer};
-use cni::proto::{
+use dataplane::proto::nic_service_server::{NicService, NicServiceServer};
+use dataplane::proto::{
     DefaultRoute, NicAddRequest, NicAddResponse, NicDelRequest, NicDelResponse, PodInfo, PodRetrieveRequest,
     PodRetrieveResponse,
 };
@@ -273,7 +273,7 @@ pub fn plugin_entry(excluded_cidrs: &[String], socket: &Path) -> Value {
         "type": CNI_PLUGIN_TYPE,
         "excludedCIDRs": excluded_cidrs,
         "socketPath": socket.display().to_string(),
-        "capabilities": {cni::conf::ANNOTATIONS_CAPABILITY: true},
+        "capabilities": {dataplane::ANNOTATIONS_CAPABILITY: true},
     })
 }
 
@@ -521,7 +521,7 @@ mod tests {
         }
         let mode = std::fs::metadata(&sock).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let mut client = cni::client::connect(sock.clone(), std::time::Duration::from_secs(2))
+        let mut client = dataplane::client::connect(sock.clone(), std::time::Duration::from_secs(2))
             .await
             .expect("connect");
         let ann = client

@@ -18,13 +18,11 @@ use api::sgc::RouteType;
 use serde_json::{Value, json};
 
 use crate::conf::{self, CniError, K8sArgs, NetConf, SUPPORTED_VERSIONS};
-use crate::netns::Netns;
-use crate::proto::{self, DefaultRoute, NicAddRequest, NicDelRequest, PodInfo, PodRetrieveRequest};
 use crate::routes::{self, PodPlanInput};
-use crate::wg::{BackendKind, DeviceChange, PeerSpec, PrivateKey, WireGuard};
-
-/// Where the agent listens unless the config says otherwise.
-pub const DEFAULT_SOCKET: &str = "/var/run/kube-egress-gateway/cni.sock";
+use dataplane::client::DEFAULT_SOCKET;
+use dataplane::netns::Netns;
+use dataplane::proto::{self, DefaultRoute, NicAddRequest, NicDelRequest, PodInfo, PodRetrieveRequest};
+use dataplane::wg::{BackendKind, DeviceChange, PeerSpec, PrivateKey, WireGuard};
 
 /// The CNI environment.
 #[derive(Debug, Clone, Default)]
@@ -113,7 +111,7 @@ async fn gateway_of(conf: &NetConf, k8s: &K8sArgs) -> Result<Option<String>, Cni
     let annotations: BTreeMap<String, String> = match conf.runtime_annotations() {
         Some(a) => a,
         None => {
-            let mut c = crate::client::connect(socket(conf), Duration::from_secs(3))
+            let mut c = dataplane::client::connect(socket(conf), Duration::from_secs(3))
                 .await
                 .map_err(|e| agent_err("cannot read pod annotations (runtime did not provide them)", e))?;
             c.pod_retrieve(PodRetrieveRequest {
@@ -214,7 +212,7 @@ async fn add_annotated(
         .map_err(|e| dp_err("create wg0", e))?;
     undo.wg_created = true;
 
-    let mut client = crate::client::connect(socket(conf), Duration::from_secs(3))
+    let mut client = dataplane::client::connect(socket(conf), Duration::from_secs(3))
         .await
         .map_err(|e| agent_err("unreachable", e))?;
     undo.nic_added = true;
@@ -258,7 +256,7 @@ async fn add_annotated(
             private_key: Some(key),
             upsert_peers: vec![PeerSpec {
                 public_key: resp.public_key.clone(),
-                endpoint: Some(crate::wg::endpoint(endpoint_ip, port)),
+                endpoint: Some(dataplane::wg::endpoint(endpoint_ip, port)),
                 allowed_ips: vec![
                     "0.0.0.0/0".parse().map_err(|e| dp_err("cidr", e))?,
                     "::/0".parse().map_err(|e| dp_err("cidr", e))?,
@@ -326,7 +324,7 @@ async fn add_annotated(
     ))
 }
 
-fn ensure_ingress_rule(ns: &Netns) -> Result<(), crate::netns::CmdError> {
+fn ensure_ingress_rule(ns: &Netns) -> Result<(), dataplane::netns::CmdError> {
     let rules = ns.ip_json(&["-4", "rule", "show"])?;
     let present = rules.as_array().is_some_and(|a| {
         a.iter().any(|r| {
@@ -467,7 +465,7 @@ fn restore_routes(ns: &Netns, routes: &[Value]) {
 }
 
 fn remove_pod_rules(ns: &Netns) {
-    let _ = ns.nft(&routes::delete_table_script());
+    let _ = ns.nft(&dataplane::nft::delete_table_script());
     let _ = ns.ip(&["-4", "route", "flush", "table", &POD_INGRESS_TABLE.to_string()]);
     let _ = ns.ip(&[
         "-4",
@@ -481,7 +479,7 @@ fn remove_pod_rules(ns: &Netns) {
 }
 
 async fn nic_del(socket: &std::path::Path, k8s: &K8sArgs) {
-    match crate::client::connect(socket.to_path_buf(), Duration::from_secs(2)).await {
+    match dataplane::client::connect(socket.to_path_buf(), Duration::from_secs(2)).await {
         Ok(mut c) => {
             if let Err(e) = c
                 .nic_del(NicDelRequest {

@@ -178,7 +178,7 @@ pub fn pod_plan(input: &PodPlanInput<'_>) -> PodPlan {
 
 /// nftables script for the pod namespace: mark connections that arrive on eth0 so their replies leave via eth0.
 pub fn pod_nft(eth: &str) -> String {
-    let mut s = replace_table_preamble();
+    let mut s = dataplane::nft::replace_table_preamble();
     let _ = write!(
         s,
         "table ip {NFT_TABLE} {{\n\
@@ -194,17 +194,6 @@ pub fn pod_nft(eth: &str) -> String {
          }}\n"
     );
     s
-}
-
-/// First lines of every script that replaces our table in one transaction: ensure it exists, delete it,
-/// then the caller re-creates it. `nft -f` applies the whole file atomically.
-pub fn replace_table_preamble() -> String {
-    format!("table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
-}
-
-/// Script that removes our table (idempotent: the table is created first so deletion never fails).
-pub fn delete_table_script() -> String {
-    replace_table_preamble()
 }
 
 #[cfg(test)]

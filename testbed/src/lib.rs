@@ -6,5 +6,6 @@ pub mod azure;
 pub mod control_plane;
 pub mod kube;
 pub mod lab;
+pub mod netlab;
 pub mod provider_release;
 pub mod wait;
