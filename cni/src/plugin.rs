@@ -625,6 +625,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bare_address_in_excluded_cidrs_is_an_invalid_config_error_naming_the_field() {
+        let env = CniEnv {
+            command: "ADD".into(),
+            container_id: "bare".into(),
+            args: "K8S_POD_NAME=a;K8S_POD_NAMESPACE=b".into(),
+            netns: "/nonexistent/ns".into(),
+            ifname: "eth0".into(),
+        };
+        let conf = br#"{"cniVersion":"1.0.0","type":"kube-egress-cni","socketPath":"/nonexistent/agent.sock",
+            "excludedCIDRs":["10.0.0.0/8","169.254.169.254"],
+            "runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"kubernetes.azure.com/static-gateway-configuration":"gw"}},
+            "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.2/24","interface":0}]}}"#;
+        let (e, version) = run(&env, conf).await.expect_err("bare address refused");
+        assert_eq!(e.code, CniError::INVALID_CONFIG);
+        assert!(
+            e.details.contains("excludedCIDRs") && e.details.contains("\"169.254.169.254\""),
+            "{e}"
+        );
+        let printed = e.to_json(&version);
+        assert_eq!(printed["code"], 7);
+        assert_eq!(printed["cniVersion"], "1.0.0");
+    }
+
+    #[tokio::test]
     async fn del_of_nothing_succeeds_even_with_agent_down() {
         let env = CniEnv {
             command: "DEL".into(),

@@ -101,15 +101,14 @@ pub struct PodPlanInput<'a> {
     pub eth_gateway: Ipv4Addr,
 }
 
-/// Parses a list of IPv4 CIDRs; the error names the field and the offending entry.
+/// Parses a list of IPv4 CIDRs with the admission rules' parser ([`api::rules::parse_ipv4_cidr`]: no bare
+/// addresses, no spaces, no IPv6), normalised to their network address; the error names the field and entry.
 pub fn parse_cidrs(field: &str, raw: &[String]) -> Result<Vec<Ipv4Net>, String> {
     raw.iter()
         .map(|s| {
-            let t = s.trim();
-            t.parse::<Ipv4Net>()
-                .or_else(|_| t.parse::<Ipv4Addr>().map(Ipv4Net::from))
+            api::rules::parse_ipv4_cidr(s)
                 .map(|n| n.trunc())
-                .map_err(|_| format!("{field}: {s:?} is not an IPv4 CIDR (expected a.b.c.d/len)"))
+                .map_err(|e| format!("{field}: {s:?} {e}"))
         })
         .collect()
 }
@@ -308,12 +307,22 @@ mod tests {
     }
 
     #[test]
-    fn parse_cidrs_accepts_bare_addresses_trims_and_normalises() {
-        let raw = vec![" 10.0.0.5 ".to_string(), "10.1.2.3/16".to_string()];
+    fn parse_cidrs_normalises_to_the_network_address() {
+        let raw = vec!["10.0.0.5/32".to_string(), "10.1.2.3/16".to_string()];
         assert_eq!(
             parse_cidrs("excludedCIDRs", &raw).expect("valid"),
             nets(&["10.0.0.5/32", "10.1.0.0/16"])
         );
+    }
+
+    #[test]
+    fn parse_cidrs_refuses_bare_addresses_and_spaces_like_admission() {
+        let err = parse_cidrs("excludedCIDRs", &["10.0.0.5".to_string()]).expect_err("bare address");
+        assert!(
+            err.contains("excludedCIDRs") && err.contains("\"10.0.0.5\"") && err.contains("10.0.0.5/32"),
+            "{err}"
+        );
+        assert!(parse_cidrs("excludedCIDRs", &[" 10.0.0.0/8 ".to_string()]).is_err());
     }
 
     #[test]

@@ -163,7 +163,11 @@ impl Lab {
                 ip: FRONTEND.to_string(),
                 port: i32::from(port),
                 public_key: key.public_base64(),
-                private_key_secret_ref: None,
+                private_key_secret_ref: Some(k8s_openapi::api::core::v1::ObjectReference {
+                    namespace: Some("kube-egress-gateway-system".into()),
+                    name: Some(format!("sgw-{name}")),
+                    ..Default::default()
+                }),
             }),
             ..Default::default()
         });
