@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use crate::conf::{self, CniError, K8sArgs, NetConf, SUPPORTED_VERSIONS};
 use crate::routes::{self, PodPlanInput};
 use dataplane::client::DEFAULT_SOCKET;
+use dataplane::netlink::delete_link_if_present;
 use dataplane::netns::Netns;
 use dataplane::proto::{self, DefaultRoute, NicAddRequest, NicDelRequest, PodInfo, PodRetrieveRequest};
 use dataplane::wg::{BackendKind, DeviceChange, PeerSpec, PrivateKey, WireGuard};
@@ -502,16 +503,26 @@ async fn nic_del(socket: &std::path::Path, k8s: &K8sArgs) {
 async fn del(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let k8s = K8sArgs::parse(&env.args);
     let podns = Netns::Path(PathBuf::from(&env.netns));
+    // Both look-ups are netlink requests, not `ip` processes: for a plain pod they find nothing, and DEL
+    // costs little more than the plugin's own process start.
     let mut had_tunnel = false;
-    if !env.netns.is_empty() && podns.exists() && podns.link_exists(POD_WG_INTERFACE).unwrap_or(false) {
-        had_tunnel = true;
-        let _ = podns.ip(&["link", "del", POD_WG_INTERFACE]);
-        remove_pod_rules(&podns);
+    if !env.netns.is_empty() && podns.exists() {
+        had_tunnel = match delete_link_if_present(&podns, POD_WG_INTERFACE).await {
+            Ok(removed) => removed,
+            Err(e) => {
+                // Unknown: clean up as if there were a tunnel (every step is idempotent).
+                eprintln!("kube-egress-cni: DEL {POD_WG_INTERFACE}: {e}");
+                true
+            }
+        };
+        if had_tunnel {
+            remove_pod_rules(&podns);
+        }
     }
     // A link left in the host namespace by an interrupted ADD.
     let ctl = control_name(&env.container_id);
-    if Netns::Current.link_exists(&ctl).unwrap_or(false) {
-        let _ = Netns::Current.ip(&["link", "del", &ctl]);
+    if let Err(e) = delete_link_if_present(&Netns::Current, &ctl).await {
+        eprintln!("kube-egress-cni: DEL {ctl}: {e}");
     }
     let annotated = match conf.runtime_annotations() {
         Some(a) => a.contains_key(POD_GATEWAY_ANNOTATION),

@@ -1,8 +1,9 @@
 //! The data plane the node agent, the gateway agent and the CNI plugin share: network namespaces
-//! ([`netns`]), WireGuard links on either backend ([`wg`]), our nftables table ([`nft`]) and the
+//! ([`netns`], links over [`netlink`]), WireGuard links on either backend ([`wg`]), our nftables table ([`nft`]) and the
 //! plugin <-> agent protocol with its client ([`proto`], [`client`]).
 
 pub mod client;
+pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod wg;
