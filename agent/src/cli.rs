@@ -235,7 +235,6 @@ async fn run_gateway(
     } = ctx;
     let identity = crate::imds::fetch(&args.imds_endpoint, Duration::from_secs(10))
         .await
-        .map_err(anyhow::Error::msg)
         .context("reading the node's identity from IMDS")?;
     tracing::info!(computer_name = %identity.computer_name, vmss = %identity.vmss_name, "node identity");
     let backend = BackendKind::parse(&args.wireguard_backend).map_err(anyhow::Error::msg)?;
