@@ -9,7 +9,6 @@ use dataplane::ANNOTATIONS_CAPABILITY;
 
 /// Versions this plugin understands (VERSION reply).
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-/// Runtime capability carrying pod annotations (CRI-O, containerd ≥ 2 with the capability enabled).
 
 /// Our entry of the network configuration list.
 #[derive(Debug, Clone, Deserialize)]

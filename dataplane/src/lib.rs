@@ -14,6 +14,7 @@ pub mod proto {
     tonic::include_proto!("kubeegressgateway.cni.v1");
 }
 
-/// The CNI capability under which the runtime hands the plugin the pod's annotations: the agent enables it
-/// in the configuration it writes, the plugin reads it from `runtimeConfig`.
+/// The CNI capability under which the runtime hands the plugin the pod's annotations (CRI-O, containerd ≥ 2
+/// with the capability enabled): the agent enables it in the configuration it writes, the plugin reads it
+/// from `runtimeConfig`.
 pub const ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
