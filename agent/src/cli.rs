@@ -17,8 +17,8 @@ use crate::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting
 use crate::node::peer_watch::{self, WatchSettings};
 use anyhow::Context as _;
 use clap::ValueEnum;
-use cni::netns::Netns;
-use cni::wg::{BackendKind, WireGuard};
+use dataplane::netns::Netns;
+use dataplane::wg::{BackendKind, WireGuard};
 use futures::FutureExt as _;
 use tokio::sync::watch;
 
@@ -95,7 +95,7 @@ pub struct Args {
     #[arg(long, env = "CNI_CONF_FILE", default_value = api::names::CNI_CONF_FILE)]
     pub cni_conf_file: String,
     /// Node mode: unix socket the CNI plugin talks to (mode 0600).
-    #[arg(long, visible_alias = "socket-path", env = "CNI_SOCKET", default_value = cni::plugin::DEFAULT_SOCKET)]
+    #[arg(long, visible_alias = "socket-path", env = "CNI_SOCKET", default_value = dataplane::client::DEFAULT_SOCKET)]
     pub cni_socket: PathBuf,
     /// Node mode: CIDRs that bypass the gateway for every pod.
     #[arg(long, env = "EXCEPTION_CIDRS", value_delimiter = ',', default_values_t = api::names::DEFAULT_EXCEPTION_CIDRS.map(String::from))]
@@ -235,7 +235,6 @@ async fn run_gateway(
     } = ctx;
     let identity = crate::imds::fetch(&args.imds_endpoint, Duration::from_secs(10))
         .await
-        .map_err(anyhow::Error::msg)
         .context("reading the node's identity from IMDS")?;
     tracing::info!(computer_name = %identity.computer_name, vmss = %identity.vmss_name, "node identity");
     let backend = BackendKind::parse(&args.wireguard_backend).map_err(anyhow::Error::msg)?;
@@ -340,7 +339,7 @@ async fn run_node(
     });
     if args.pod_tunnel_watch {
         let devices = peer_watch::Devices {
-            socket_dir: cni::wg::userspace_socket_dir(),
+            socket_dir: dataplane::wg::userspace_socket_dir(),
             netns_dir: args.pod_netns_dir.clone(),
             skip_netns: args.netns_name.clone(),
         };

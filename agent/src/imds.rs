@@ -41,17 +41,75 @@ pub fn parse_tags(s: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Why the node's identity could not be read from IMDS; [`ImdsError::reason`] is its metric/log label.
+#[derive(Debug, thiserror::Error)]
+pub enum ImdsError {
+    /// `--imds-endpoint` is not `http://host[:port]`.
+    #[error("--imds-endpoint: {endpoint:?} {rule}")]
+    Endpoint {
+        /// The flag's value.
+        endpoint: String,
+        /// What it must look like.
+        rule: &'static str,
+    },
+    /// Connecting, writing or reading failed.
+    #[error("IMDS {addr}: {step}: {source}")]
+    Io {
+        /// host:port.
+        addr: String,
+        /// connect, write or read.
+        step: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No complete answer in time.
+    #[error("IMDS {addr}: no answer within {timeout:?}")]
+    Timeout {
+        /// host:port.
+        addr: String,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// An answer that is not a 200 with a JSON body.
+    #[error("IMDS {addr}: {what}")]
+    Response {
+        /// host:port.
+        addr: String,
+        /// What was wrong with it.
+        what: String,
+    },
+    /// The instance document lacks a field the agent needs.
+    #[error("IMDS instance metadata: {0}")]
+    Document(&'static str),
+}
+
+impl ImdsError {
+    /// A short stable label (metrics, logs).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ImdsError::Endpoint { .. } => "InvalidEndpoint",
+            ImdsError::Io { .. } => "Unreachable",
+            ImdsError::Timeout { .. } => "Timeout",
+            ImdsError::Response { .. } => "BadResponse",
+            ImdsError::Document(_) => "IncompleteDocument",
+        }
+    }
+}
+
 /// Parses the `/metadata/instance` document.
-pub fn parse_instance(doc: &Value) -> Result<NodeIdentity, String> {
+pub fn parse_instance(doc: &Value) -> Result<NodeIdentity, ImdsError> {
     let compute = doc
         .get("compute")
-        .ok_or("IMDS instance metadata: field compute is missing")?;
+        .ok_or(ImdsError::Document("field compute is missing"))?;
     let s = |v: &Value, field: &str| v.get(field).and_then(Value::as_str).unwrap_or("").to_string();
     let computer_name = compute
         .get("osProfile")
         .map(|o| s(o, "computerName"))
         .filter(|n| !n.is_empty())
-        .ok_or("IMDS instance metadata: compute.osProfile.computerName is missing or empty")?;
+        .ok_or(ImdsError::Document(
+            "compute.osProfile.computerName is missing or empty",
+        ))?;
     let primary_ip = doc
         .pointer("/network/interface/0/ipv4/ipAddress/0/privateIpAddress")
         .and_then(Value::as_str)
@@ -66,15 +124,19 @@ pub fn parse_instance(doc: &Value) -> Result<NodeIdentity, String> {
 }
 
 /// Fetches the instance metadata from `endpoint` (`http://host[:port]`, default `http://169.254.169.254`).
-pub async fn fetch(endpoint: &str, timeout: Duration) -> Result<NodeIdentity, String> {
+pub async fn fetch(endpoint: &str, timeout: Duration) -> Result<NodeIdentity, ImdsError> {
     let hostport = endpoint
         .strip_prefix("http://")
-        .ok_or_else(|| format!("--imds-endpoint: {endpoint:?} must start with http://"))?
+        .ok_or_else(|| ImdsError::Endpoint {
+            endpoint: endpoint.to_string(),
+            rule: "must start with http://",
+        })?
         .trim_end_matches('/');
     if hostport.is_empty() || hostport.contains('/') {
-        return Err(format!(
-            "--imds-endpoint: {endpoint:?} must be http://host[:port] without a path"
-        ));
+        return Err(ImdsError::Endpoint {
+            endpoint: endpoint.to_string(),
+            rule: "must be http://host[:port] without a path",
+        });
     }
     let addr = if hostport.contains(':') {
         hostport.to_string()
@@ -85,35 +147,53 @@ pub async fn fetch(endpoint: &str, timeout: Duration) -> Result<NodeIdentity, St
     let body = tokio::time::timeout(timeout, async {
         let mut c = tokio::net::TcpStream::connect(&addr)
             .await
-            .map_err(|e| format!("IMDS {addr}: connect: {e}"))?;
+            .map_err(|source| io_err(&addr, "connect", source))?;
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nMetadata: true\r\nUser-Agent: kube-egress-gateway-agent\r\nConnection: close\r\n\r\n"
         );
         c.write_all(req.as_bytes())
             .await
-            .map_err(|e| format!("IMDS {addr}: write: {e}"))?;
+            .map_err(|source| io_err(&addr, "write", source))?;
         let mut raw = Vec::new();
         c.read_to_end(&mut raw)
             .await
-            .map_err(|e| format!("IMDS {addr}: read: {e}"))?;
-        Ok::<_, String>(raw)
+            .map_err(|source| io_err(&addr, "read", source))?;
+        Ok::<_, ImdsError>(raw)
     })
     .await
-    .map_err(|_| format!("IMDS {addr}: no answer within {timeout:?}"))??;
+    .map_err(|_| ImdsError::Timeout {
+        addr: addr.clone(),
+        timeout,
+    })??;
     let text = String::from_utf8_lossy(&body);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("IMDS {addr}: malformed HTTP response"))?;
+        .ok_or_else(|| bad(&addr, "malformed HTTP response".into()))?;
     let status = head.split(' ').nth(1).unwrap_or("");
     if status != "200" {
-        return Err(format!("IMDS {addr}: HTTP status {status}"));
+        return Err(bad(&addr, format!("HTTP status {status}")));
     }
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Err(format!("IMDS {addr}: chunked responses are not supported"));
+        return Err(bad(&addr, "chunked responses are not supported".into()));
     }
     let doc: Value =
-        serde_json::from_str(body).map_err(|e| format!("IMDS {addr}: instance metadata is not JSON: {e}"))?;
+        serde_json::from_str(body).map_err(|e| bad(&addr, format!("instance metadata is not JSON: {e}")))?;
     parse_instance(&doc)
+}
+
+fn io_err(addr: &str, step: &'static str, source: std::io::Error) -> ImdsError {
+    ImdsError::Io {
+        addr: addr.to_string(),
+        step,
+        source,
+    }
+}
+
+fn bad(addr: &str, what: String) -> ImdsError {
+    ImdsError::Response {
+        addr: addr.to_string(),
+        what,
+    }
 }
 
 #[cfg(test)]
@@ -147,7 +227,8 @@ mod tests {
         assert_eq!(id.tags["aks-managed-nic-name"], "nic1");
         assert_eq!(id.primary_ip, Some(Ipv4Addr::new(10, 0, 0, 4)));
         let e = parse_instance(&json!({"compute": {}})).expect_err("no name");
-        assert!(e.contains("computerName"), "{e}");
+        assert!(e.to_string().contains("computerName"), "{e}");
+        assert_eq!(e.reason(), "IncompleteDocument");
     }
 
     #[tokio::test]

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use api::internal::PodEndpointSpec;
 use api::names::{CNI_PLUGIN_TYPE, POD_GATEWAY_ANNOTATION};
 use api::sgc::{RouteType, StaticGatewayConfiguration};
-use cni::proto::nic_service_server::{NicService, NicServiceServer};
-use cni::proto::{
+use dataplane::proto::nic_service_server::{NicService, NicServiceServer};
+use dataplane::proto::{
     DefaultRoute, NicAddRequest, NicAddResponse, NicDelRequest, NicDelResponse, PodInfo, PodRetrieveRequest,
     PodRetrieveResponse,
 };
@@ -152,21 +152,15 @@ impl<C: Cluster> NicService for NicServer<C> {
                 ))
             })?
             .ok_or_else(|| Status::not_found(format!("StaticGatewayConfiguration {ns}/{gw} not found")))?;
-        let status = sgc.status.clone().unwrap_or_default();
-        let profile = match status.gateway_server_profile.as_ref() {
-            Some(p)
-                if status.egress_ip_prefix.as_deref().is_some_and(|s| !s.is_empty())
-                    && !p.ip.is_empty()
-                    && p.port != 0
-                    && !p.public_key.is_empty() =>
-            {
-                p.clone()
-            }
-            _ => {
-                return Err(Status::failed_precondition(format!(
-                    "StaticGatewayConfiguration {ns}/{gw}: the egress IP prefix is not ready yet"
-                )));
-            }
+        let Some(profile) = sgc
+            .status
+            .as_ref()
+            .filter(|st| st.is_ready_for_pods())
+            .and_then(|st| st.gateway_server_profile.clone())
+        else {
+            return Err(Status::failed_precondition(format!(
+                "StaticGatewayConfiguration {ns}/{gw}: the egress IP prefix is not ready yet"
+            )));
         };
         self.cluster
             .upsert_pod_endpoint(
@@ -273,7 +267,7 @@ pub fn plugin_entry(excluded_cidrs: &[String], socket: &Path) -> Value {
         "type": CNI_PLUGIN_TYPE,
         "excludedCIDRs": excluded_cidrs,
         "socketPath": socket.display().to_string(),
-        "capabilities": {cni::conf::ANNOTATIONS_CAPABILITY: true},
+        "capabilities": {dataplane::ANNOTATIONS_CAPABILITY: true},
     })
 }
 
@@ -398,7 +392,11 @@ mod tests {
                 public_key: wireguard_control::Key::generate_private()
                     .get_public()
                     .to_base64(),
-                private_key_secret_ref: None,
+                private_key_secret_ref: Some(k8s_openapi::api::core::v1::ObjectReference {
+                    namespace: Some("kube-egress-gateway-system".into()),
+                    name: Some("sgw-uid-gw".into()),
+                    ..Default::default()
+                }),
             }),
             ..Default::default()
         });
@@ -521,7 +519,7 @@ mod tests {
         }
         let mode = std::fs::metadata(&sock).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let mut client = cni::client::connect(sock.clone(), std::time::Duration::from_secs(2))
+        let mut client = dataplane::client::connect(sock.clone(), std::time::Duration::from_secs(2))
             .await
             .expect("connect");
         let ann = client

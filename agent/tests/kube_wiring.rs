@@ -17,8 +17,8 @@ use agent::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting
 use agent::node::{Cluster as _, NicServer};
 use api::{GatewayStatus, PodEndpoint, StaticGatewayConfiguration};
 use axum::http::StatusCode;
-use cni::proto::nic_service_server::NicService as _;
-use cni::proto::{NicAddRequest, NicDelRequest, PodInfo};
+use dataplane::proto::nic_service_server::NicService as _;
+use dataplane::proto::{NicAddRequest, NicDelRequest, PodInfo};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};

@@ -484,7 +484,8 @@ pub const MAX_EXCLUDE_CIDRS: u32 = 256;
 pub const MAX_CIDR_LENGTH: u32 = 64;
 
 /// Parses an IPv4 CIDR strictly (no spaces, no bare addresses, no IPv6), so admission refuses anything ambiguous.
-/// The CNI plugin parses leniently on purpose (objects that predate the webhook must not break pod start-up).
+/// The CNI plugin uses it too (its excludedCIDRs and a configuration's excludeCidrs), so a bad entry is
+/// refused with the same words wherever it appears.
 pub fn parse_ipv4_cidr(raw: &str) -> Result<Ipv4Net, String> {
     if raw.is_empty() {
         return Err("is empty; write an IPv4 CIDR such as 10.0.0.0/16".to_string());

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use dataplane::ANNOTATIONS_CAPABILITY;
+
 /// Versions this plugin understands (VERSION reply).
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-/// Runtime capability carrying pod annotations (CRI-O, containerd ≥ 2 with the capability enabled).
-pub const ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 
 /// Our entry of the network configuration list.
 #[derive(Debug, Clone, Deserialize)]

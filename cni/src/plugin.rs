@@ -18,13 +18,12 @@ use api::sgc::RouteType;
 use serde_json::{Value, json};
 
 use crate::conf::{self, CniError, K8sArgs, NetConf, SUPPORTED_VERSIONS};
-use crate::netns::Netns;
-use crate::proto::{self, DefaultRoute, NicAddRequest, NicDelRequest, PodInfo, PodRetrieveRequest};
 use crate::routes::{self, PodPlanInput};
-use crate::wg::{BackendKind, DeviceChange, PeerSpec, PrivateKey, WireGuard};
-
-/// Where the agent listens unless the config says otherwise.
-pub const DEFAULT_SOCKET: &str = "/var/run/kube-egress-gateway/cni.sock";
+use dataplane::client::DEFAULT_SOCKET;
+use dataplane::netlink::delete_link_if_present;
+use dataplane::netns::Netns;
+use dataplane::proto::{self, DefaultRoute, NicAddRequest, NicDelRequest, PodInfo, PodRetrieveRequest};
+use dataplane::wg::{BackendKind, DeviceChange, PeerSpec, PrivateKey, WireGuard};
 
 /// The CNI environment.
 #[derive(Debug, Clone, Default)]
@@ -113,7 +112,7 @@ async fn gateway_of(conf: &NetConf, k8s: &K8sArgs) -> Result<Option<String>, Cni
     let annotations: BTreeMap<String, String> = match conf.runtime_annotations() {
         Some(a) => a,
         None => {
-            let mut c = crate::client::connect(socket(conf), Duration::from_secs(3))
+            let mut c = dataplane::client::connect(socket(conf), Duration::from_secs(3))
                 .await
                 .map_err(|e| agent_err("cannot read pod annotations (runtime did not provide them)", e))?;
             c.pod_retrieve(PodRetrieveRequest {
@@ -214,7 +213,7 @@ async fn add_annotated(
         .map_err(|e| dp_err("create wg0", e))?;
     undo.wg_created = true;
 
-    let mut client = crate::client::connect(socket(conf), Duration::from_secs(3))
+    let mut client = dataplane::client::connect(socket(conf), Duration::from_secs(3))
         .await
         .map_err(|e| agent_err("unreachable", e))?;
     undo.nic_added = true;
@@ -258,7 +257,7 @@ async fn add_annotated(
             private_key: Some(key),
             upsert_peers: vec![PeerSpec {
                 public_key: resp.public_key.clone(),
-                endpoint: Some(crate::wg::endpoint(endpoint_ip, port)),
+                endpoint: Some(dataplane::wg::endpoint(endpoint_ip, port)),
                 allowed_ips: vec![
                     "0.0.0.0/0".parse().map_err(|e| dp_err("cidr", e))?,
                     "::/0".parse().map_err(|e| dp_err("cidr", e))?,
@@ -326,7 +325,7 @@ async fn add_annotated(
     ))
 }
 
-fn ensure_ingress_rule(ns: &Netns) -> Result<(), crate::netns::CmdError> {
+fn ensure_ingress_rule(ns: &Netns) -> Result<(), dataplane::netns::CmdError> {
     let rules = ns.ip_json(&["-4", "rule", "show"])?;
     let present = rules.as_array().is_some_and(|a| {
         a.iter().any(|r| {
@@ -467,7 +466,7 @@ fn restore_routes(ns: &Netns, routes: &[Value]) {
 }
 
 fn remove_pod_rules(ns: &Netns) {
-    let _ = ns.nft(&routes::delete_table_script());
+    let _ = ns.nft(&dataplane::nft::delete_table_script());
     let _ = ns.ip(&["-4", "route", "flush", "table", &POD_INGRESS_TABLE.to_string()]);
     let _ = ns.ip(&[
         "-4",
@@ -481,7 +480,7 @@ fn remove_pod_rules(ns: &Netns) {
 }
 
 async fn nic_del(socket: &std::path::Path, k8s: &K8sArgs) {
-    match crate::client::connect(socket.to_path_buf(), Duration::from_secs(2)).await {
+    match dataplane::client::connect(socket.to_path_buf(), Duration::from_secs(2)).await {
         Ok(mut c) => {
             if let Err(e) = c
                 .nic_del(NicDelRequest {
@@ -504,16 +503,26 @@ async fn nic_del(socket: &std::path::Path, k8s: &K8sArgs) {
 async fn del(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let k8s = K8sArgs::parse(&env.args);
     let podns = Netns::Path(PathBuf::from(&env.netns));
+    // Both look-ups are netlink requests, not `ip` processes: for a plain pod they find nothing, and DEL
+    // costs little more than the plugin's own process start.
     let mut had_tunnel = false;
-    if !env.netns.is_empty() && podns.exists() && podns.link_exists(POD_WG_INTERFACE).unwrap_or(false) {
-        had_tunnel = true;
-        let _ = podns.ip(&["link", "del", POD_WG_INTERFACE]);
-        remove_pod_rules(&podns);
+    if !env.netns.is_empty() && podns.exists() {
+        had_tunnel = match delete_link_if_present(&podns, POD_WG_INTERFACE).await {
+            Ok(removed) => removed,
+            Err(e) => {
+                // Unknown: clean up as if there were a tunnel (every step is idempotent).
+                eprintln!("kube-egress-cni: DEL {POD_WG_INTERFACE}: {e}");
+                true
+            }
+        };
+        if had_tunnel {
+            remove_pod_rules(&podns);
+        }
     }
     // A link left in the host namespace by an interrupted ADD.
     let ctl = control_name(&env.container_id);
-    if Netns::Current.link_exists(&ctl).unwrap_or(false) {
-        let _ = Netns::Current.ip(&["link", "del", &ctl]);
+    if let Err(e) = delete_link_if_present(&Netns::Current, &ctl).await {
+        eprintln!("kube-egress-cni: DEL {ctl}: {e}");
     }
     let annotated = match conf.runtime_annotations() {
         Some(a) => a.contains_key(POD_GATEWAY_ANNOTATION),
@@ -624,6 +633,30 @@ mod tests {
             "prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}]}}"#;
         let (e, _) = run(&env, conf).await.expect_err("must not guess");
         assert_eq!(e.code, CniError::AGENT);
+    }
+
+    #[tokio::test]
+    async fn bare_address_in_excluded_cidrs_is_an_invalid_config_error_naming_the_field() {
+        let env = CniEnv {
+            command: "ADD".into(),
+            container_id: "bare".into(),
+            args: "K8S_POD_NAME=a;K8S_POD_NAMESPACE=b".into(),
+            netns: "/nonexistent/ns".into(),
+            ifname: "eth0".into(),
+        };
+        let conf = br#"{"cniVersion":"1.0.0","type":"kube-egress-cni","socketPath":"/nonexistent/agent.sock",
+            "excludedCIDRs":["10.0.0.0/8","169.254.169.254"],
+            "runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"kubernetes.azure.com/static-gateway-configuration":"gw"}},
+            "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.2/24","interface":0}]}}"#;
+        let (e, version) = run(&env, conf).await.expect_err("bare address refused");
+        assert_eq!(e.code, CniError::INVALID_CONFIG);
+        assert!(
+            e.details.contains("excludedCIDRs") && e.details.contains("\"169.254.169.254\""),
+            "{e}"
+        );
+        let printed = e.to_json(&version);
+        assert_eq!(printed["code"], 7);
+        assert_eq!(printed["cniVersion"], "1.0.0");
     }
 
     #[tokio::test]

@@ -101,15 +101,14 @@ pub struct PodPlanInput<'a> {
     pub eth_gateway: Ipv4Addr,
 }
 
-/// Parses a list of IPv4 CIDRs; the error names the field and the offending entry.
+/// Parses a list of IPv4 CIDRs with the admission rules' parser ([`api::rules::parse_ipv4_cidr`]: no bare
+/// addresses, no spaces, no IPv6), normalised to their network address; the error names the field and entry.
 pub fn parse_cidrs(field: &str, raw: &[String]) -> Result<Vec<Ipv4Net>, String> {
     raw.iter()
         .map(|s| {
-            let t = s.trim();
-            t.parse::<Ipv4Net>()
-                .or_else(|_| t.parse::<Ipv4Addr>().map(Ipv4Net::from))
+            api::rules::parse_ipv4_cidr(s)
                 .map(|n| n.trunc())
-                .map_err(|_| format!("{field}: {s:?} is not an IPv4 CIDR (expected a.b.c.d/len)"))
+                .map_err(|e| format!("{field}: {s:?} {e}"))
         })
         .collect()
 }
@@ -178,7 +177,7 @@ pub fn pod_plan(input: &PodPlanInput<'_>) -> PodPlan {
 
 /// nftables script for the pod namespace: mark connections that arrive on eth0 so their replies leave via eth0.
 pub fn pod_nft(eth: &str) -> String {
-    let mut s = replace_table_preamble();
+    let mut s = dataplane::nft::replace_table_preamble();
     let _ = write!(
         s,
         "table ip {NFT_TABLE} {{\n\
@@ -194,17 +193,6 @@ pub fn pod_nft(eth: &str) -> String {
          }}\n"
     );
     s
-}
-
-/// First lines of every script that replaces our table in one transaction: ensure it exists, delete it,
-/// then the caller re-creates it. `nft -f` applies the whole file atomically.
-pub fn replace_table_preamble() -> String {
-    format!("table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
-}
-
-/// Script that removes our table (idempotent: the table is created first so deletion never fails).
-pub fn delete_table_script() -> String {
-    replace_table_preamble()
 }
 
 #[cfg(test)]
@@ -319,12 +307,22 @@ mod tests {
     }
 
     #[test]
-    fn parse_cidrs_accepts_bare_addresses_trims_and_normalises() {
-        let raw = vec![" 10.0.0.5 ".to_string(), "10.1.2.3/16".to_string()];
+    fn parse_cidrs_normalises_to_the_network_address() {
+        let raw = vec!["10.0.0.5/32".to_string(), "10.1.2.3/16".to_string()];
         assert_eq!(
             parse_cidrs("excludedCIDRs", &raw).expect("valid"),
             nets(&["10.0.0.5/32", "10.1.0.0/16"])
         );
+    }
+
+    #[test]
+    fn parse_cidrs_refuses_bare_addresses_and_spaces_like_admission() {
+        let err = parse_cidrs("excludedCIDRs", &["10.0.0.5".to_string()]).expect_err("bare address");
+        assert!(
+            err.contains("excludedCIDRs") && err.contains("\"10.0.0.5\"") && err.contains("10.0.0.5/32"),
+            "{err}"
+        );
+        assert!(parse_cidrs("excludedCIDRs", &[" 10.0.0.0/8 ".to_string()]).is_err());
     }
 
     #[test]

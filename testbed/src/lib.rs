@@ -7,5 +7,6 @@ pub mod cluster;
 pub mod control_plane;
 pub mod kube;
 pub mod lab;
+pub mod netlab;
 pub mod provider_release;
 pub mod wait;

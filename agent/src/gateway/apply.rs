@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use api::names::{GATEWAY_VETH_HOST, GATEWAY_VETH_NS, GATEWAY_WG_ADDRESS, port_of_gateway_wg_interface};
-use cni::netns::{CmdError, Netns};
-use cni::wg::{DeviceChange, PeerSpec, WgError, WgHandle, WireGuard, link_alias};
+use dataplane::netns::{CmdError, Netns};
+use dataplane::wg::{DeviceChange, PeerSpec, WgError, WgHandle, WireGuard, link_alias};
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
 

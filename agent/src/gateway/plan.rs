@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use api::names::{GATEWAY_VETH_HOST, GATEWAY_VETH_NS, NFT_TABLE, fnv1a64, gateway_wg_interface};
-use cni::routes::replace_table_preamble;
-use cni::wg::PrivateKey;
+use dataplane::nft::replace_table_preamble;
+use dataplane::wg::PrivateKey;
 use ipnet::Ipv4Net;
 
 /// A pod peer (from a PodEndpoint).

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use api::internal::{GatewayConfigurationStatus, GatewayStatusSpec, PeerConfigurationStatus};
 use api::names::{TAG_AKS_NIC_NAME, TAG_AKS_POOL_NAME, gateway_wg_interface};
 use api::{PodEndpoint, StaticGatewayConfiguration};
-use cni::wg::PrivateKey;
+use dataplane::wg::PrivateKey;
 use ipnet::Ipv4Net;
 
 use super::plan::{ConfigInput, GatewayInput, GatewayPlan, PeerInput};

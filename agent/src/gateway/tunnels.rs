@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use cni::netns::Netns;
-use cni::wg::{PeerStats, WgHandle, WireGuard, link_alias};
+use dataplane::netns::Netns;
+use dataplane::wg::{PeerStats, WgHandle, WireGuard, link_alias};
 
 /// A handshake older than this has no session left (WireGuard's REJECT_AFTER_TIME, 180 s).
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(180);

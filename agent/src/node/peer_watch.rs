@@ -5,7 +5,7 @@
 //! starts a new handshake after "data sent, nothing received for KEEPALIVE_TIMEOUT + REKEY_TIMEOUT" (15 s).
 //! The node agent watches each pod's peer (transmit and receive counters) and, when the pod keeps sending
 //! without hearing back for longer than it usually waits for an answer, restarts the peer's session
-//! ([`cni::wg::WireGuard::restart_session`]): the pod's next packet starts a handshake, which the load balancer
+//! ([`dataplane::wg::WireGuard::restart_session`]): the pod's next packet starts a handshake, which the load balancer
 //! delivers to the gateway that now has the flow. Only pods start handshakes; gateways still never do (see
 //! docs/performance.md, bug 2).
 //!
@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use cni::netns::Netns;
-use cni::wg::{BackendKind, PeerStats, WgHandle, WireGuard};
+use dataplane::netns::Netns;
+use dataplane::wg::{BackendKind, PeerStats, WgHandle, WireGuard};
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, PodTunnelLabels, PodTunnelStateLabels};
@@ -435,14 +435,14 @@ fn read_devices(
     let mut out = Vec::new();
     let mut unread = BTreeSet::new();
     let userspace = WireGuard::new(BackendKind::Userspace);
-    for name in cni::wg::userspace_devices(socket_dir, "wgp") {
+    for name in dataplane::wg::userspace_devices(socket_dir, "wgp") {
         let handle = WgHandle {
             netns: Netns::Current,
             ifname: name.clone(),
             control_name: name.clone(),
         };
         match userspace.device_stats(&handle) {
-            Ok(cni::wg::DeviceStats { public_key, peers }) => out.push(PodDevice {
+            Ok(dataplane::wg::DeviceStats { public_key, peers }) => out.push(PodDevice {
                 link: name,
                 handle,
                 backend: BackendKind::Userspace,
@@ -472,7 +472,7 @@ fn read_devices(
             ifname: "wg0".into(),
             control_name: "wg0".into(),
         };
-        if let Ok(cni::wg::DeviceStats { public_key, peers }) = kernel.device_stats(&handle) {
+        if let Ok(dataplane::wg::DeviceStats { public_key, peers }) = kernel.device_stats(&handle) {
             out.push(PodDevice {
                 link: format!("{file}/wg0"),
                 handle,

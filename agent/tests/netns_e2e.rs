@@ -8,9 +8,9 @@ use std::net::Ipv4Addr;
 
 use agent::gateway::plan::gateway_plan;
 use api::sgc::RouteType;
-use cni::netns::Netns;
-use cni::wg::WgHandle;
-use netlab::{FRONTEND, INET, INET2, Lab};
+use dataplane::netns::Netns;
+use dataplane::wg::WgHandle;
+use netlab::{FRONTEND, INET, INET2, Lab, NodeApplier};
 
 #[test]
 fn annotated_pod_egresses_via_gateway_secondary_ip() {
@@ -76,7 +76,7 @@ fn annotated_pod_egresses_via_gateway_secondary_ip() {
     let plan = gateway_plan(&lab.gateway_input(&gw, &[(&cfg, secondary)]));
     applier.apply(&plan).expect("gateway apply after delete");
     let egw = Netns::named(&gw.egw);
-    let alias = cni::wg::link_alias(&egw, "wg-6000")
+    let alias = dataplane::wg::link_alias(&egw, "wg-6000")
         .expect("alias")
         .expect("alias set");
     let state = applier
@@ -112,9 +112,9 @@ fn backend_detection_probes_the_kernel_and_cleans_up() {
     netlab::sh(&["ip", "netns", "add", &name]);
     let _guard = NetnsGuard(name.clone());
     let ns = Netns::named(&name);
-    let kind = cni::wg::BackendKind::detect_in(&ns);
+    let kind = dataplane::wg::BackendKind::detect_in(&ns);
     assert_eq!(
-        kind == cni::wg::BackendKind::Kernel,
+        kind == dataplane::wg::BackendKind::Kernel,
         std::path::Path::new("/sys/module/wireguard").exists(),
         "kernel backend iff the kernel has WireGuard after the probe"
     );

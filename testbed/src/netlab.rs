@@ -1,8 +1,9 @@
-//! Network lab on real namespaces for data-plane tests (needs root, wireguard-go or the kernel module,
-//! nft, iproute2 and Debian's CNI plugins in /usr/lib/cni: `scripts/install-deps.sh`).
+//! Network lab on real namespaces for data-plane tests and benchmarks (needs root, wireguard-go or the kernel
+//! module, nft, iproute2 and Debian's CNI plugins in /usr/lib/cni: `scripts/install-deps.sh`).
 //!
-//! Self-contained so it can move to `testbed::netlab` for the lab. Topology (names unique per lab, removed
-//! by Drop even when the test panics):
+//! Topology only: the node agent, gateways' appliers and the CNI plugin are added by the agent's tests
+//! (`agent/tests/netlab`), so this crate depends on none of them. Names are unique per lab and removed by
+//! Drop even when the test panics:
 //!
 //! ```text
 //!  pods (bridge+host-local, kube-egress-cni chained) ── node 192.168.1.2 ─┐
@@ -12,9 +13,7 @@
 //! The router plays Azure: it routes the pod CIDR to the node, secondary IPs to their gateway node and
 //! the load-balancer frontend IP to one gateway (floating IP). `inet` runs UDP echoes that answer
 //! `<source address seen> <payload>`.
-#![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,15 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::gateway::apply::GatewayApplier;
-use agent::gateway::plan::{ConfigInput, GatewayInput, PeerInput};
-use agent::node::MemoryCluster;
-use api::sgc::{
-    GatewayServerProfile, RouteType, StaticGatewayConfiguration, StaticGatewayConfigurationSpec,
-    StaticGatewayConfigurationStatus,
-};
-use cni::netns::Netns;
-use cni::wg::{BackendKind, PrivateKey, WireGuard};
 use serde_json::{Value, json};
 
 /// Where Debian installs the reference CNI plugins.
@@ -89,56 +79,20 @@ pub struct GatewayNode {
     pub ip: Ipv4Addr,
 }
 
-impl GatewayNode {
-    /// An applier for this node (a fresh one is what a restarted agent has).
-    pub fn applier(&self) -> GatewayApplier {
-        GatewayApplier {
-            host: Netns::named(&self.ns),
-            netns_name: self.egw.clone(),
-            host_interface: "eth0".into(),
-            wg: WireGuard::new(BackendKind::detect()),
-        }
-    }
-}
-
-/// One configuration as the lab sets it up.
-#[derive(Debug, Clone)]
-pub struct LabConfig {
-    /// SGC name (namespace `default`).
-    pub name: String,
-    /// UID.
-    pub uid: String,
-    /// Port.
-    pub port: u16,
-    /// Gateway private key.
-    pub key: PrivateKey,
-}
-
-/// The lab. Drop removes everything.
-pub struct Lab {
+/// The namespaces, links and echo servers of one lab. Drop removes everything.
+#[derive(Debug)]
+pub struct Network {
     /// Unique id (part of every name).
     pub id: String,
     netns: Vec<String>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     tmp: tempfile::TempDir,
-    /// The cluster the node agent serves from.
-    pub cluster: MemoryCluster,
-    runtime: Option<tokio::runtime::Runtime>,
-    agent_stop: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Agent socket.
-    pub socket: PathBuf,
     gateways: u8,
 }
 
-impl Drop for Lab {
+impl Drop for Network {
     fn drop(&mut self) {
-        if let Some(tx) = self.agent_stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(Duration::from_secs(2));
-        }
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -149,9 +103,9 @@ impl Drop for Lab {
     }
 }
 
-impl Lab {
-    /// Router, node, inet with echoes, and the node agent serving `cluster`.
-    pub fn new() -> Lab {
+impl Network {
+    /// Router, node and inet with its echoes.
+    pub fn start() -> Network {
         for b in [
             "nsenter",
             "ip",
@@ -164,16 +118,12 @@ impl Lab {
         }
         let n = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut lab = Lab {
+        let mut lab = Network {
             id: format!("{:05x}{n:x}", std::process::id() & 0xfffff),
             netns: vec![],
             stop: Arc::new(AtomicBool::new(false)),
             threads: vec![],
-            socket: tmp.path().join("cni.sock"),
             tmp,
-            cluster: MemoryCluster::default(),
-            runtime: None,
-            agent_stop: None,
             gateways: 0,
         };
         for r in ["rt", "node", "inet"] {
@@ -219,7 +169,6 @@ impl Lab {
         }
         lab.echo("inet", INET.parse().expect("addr"));
         lab.echo("inet", INET2.parse().expect("addr"));
-        lab.start_agent();
         lab
     }
 
@@ -271,7 +220,7 @@ impl Lab {
         ]);
     }
 
-    /// Adds a gateway node on its own router port; its secondary IPs are routed to it by [`Lab::route`].
+    /// Adds a gateway node on its own router port; its secondary IPs are routed to it by [`Network::route`].
     pub fn add_gateway(&mut self) -> GatewayNode {
         self.gateways += 1;
         let g = self.gateways;
@@ -326,177 +275,23 @@ impl Lab {
         rx.recv_timeout(Duration::from_secs(5)).expect("echo ready");
     }
 
-    fn start_agent(&mut self) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (c, s) = (self.cluster.clone(), self.socket.clone());
-        rt.spawn(async move {
-            let _ = agent::node::serve_unix(&s, c, async {
-                let _ = rx.await;
-            })
-            .await;
-        });
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.socket.exists() {
-            assert!(Instant::now() < deadline, "agent socket never appeared");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.runtime = Some(rt);
-        self.agent_stop = Some(tx);
-    }
-
-    /// Registers a ready configuration in the cluster.
-    pub fn add_config(&self, name: &str, port: u16, mode: RouteType, exclude: &[&str]) -> LabConfig {
-        let key = PrivateKey::generate();
-        let mut sgc = StaticGatewayConfiguration::new(
-            name,
-            StaticGatewayConfigurationSpec {
-                default_route: mode,
-                exclude_cidrs: exclude.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            },
-        );
-        sgc.status = Some(StaticGatewayConfigurationStatus {
-            egress_ip_prefix: Some("20.0.0.0/31".into()),
-            gateway_server_profile: Some(GatewayServerProfile {
-                ip: FRONTEND.to_string(),
-                port: i32::from(port),
-                public_key: key.public_base64(),
-                private_key_secret_ref: None,
-            }),
-            ..Default::default()
-        });
-        self.cluster
-            .with(|s| s.sgcs.insert(("default".into(), name.into()), sgc));
-        LabConfig {
-            name: name.into(),
-            uid: format!("uid-{name}-{}", self.id),
-            port,
-            key,
-        }
-    }
-
-    /// Runs the CNI chain (bridge + host-local, then ours) for `pod` like a runtime does.
-    pub fn cni(&self, cmd: &str, pod: &str, annotations: &BTreeMap<String, String>) -> Value {
-        self.cni_timed(cmd, pod, annotations).0
-    }
-
-    /// [`Lab::cni`], also returning how long the primary plugin and ours took.
-    pub fn cni_timed(
-        &self,
-        cmd: &str,
-        pod: &str,
-        annotations: &BTreeMap<String, String>,
-    ) -> (Value, Duration, Duration) {
-        // KEG_CNI_BIN lets the benchmark use a release build of the plugin.
-        let ours = std::env::var_os("KEG_CNI_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kube-egress-cni")));
-        let bridge = Path::new(CNI_DIR).join("bridge");
-        let node = self.path("node");
-        let podns = self.path(pod);
-        let cid = format!("{}{pod}container", self.id);
-        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
-        let ipam = self.tmp.path().join("ipam");
-        let primary = json!({"cniVersion":"1.0.0","name":"k8s","type":"bridge","bridge":format!("b{}", self.id),
-            "isGateway":true,"ipMasq":false,
-            "ipam":{"type":"host-local","dataDir":ipam,"ranges":[[{"subnet":"10.244.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}});
-        // Our entry exactly as the node agent writes it with its default flags, plus what a runtime adds to
-        // a list entry: the list's name and version and the enabled capability's runtimeConfig.
-        let entry = agent::node::plugin_entry(
-            &api::names::DEFAULT_EXCEPTION_CIDRS.map(String::from),
-            &self.socket,
-        );
-        let our_conf = |prev: Option<Value>| {
-            let mut c = entry.clone();
-            c["cniVersion"] = json!("1.0.0");
-            c["name"] = json!("k8s");
-            c["runtimeConfig"] = json!({ cni::conf::ANNOTATIONS_CAPABILITY: annotations });
-            if let Some(p) = prev {
-                c["prevResult"] = p;
-            }
-            c
-        };
-        if cmd == "ADD" {
-            let t = Instant::now();
-            let prev = run_plugin(&bridge, &node, "ADD", &cid, &podns, &args, &primary);
-            let t_primary = t.elapsed();
-            let t = Instant::now();
-            let r = run_plugin(&ours, &node, "ADD", &cid, &podns, &args, &our_conf(Some(prev)));
-            (r, t_primary, t.elapsed())
-        } else {
-            let t = Instant::now();
-            let r = run_plugin(&ours, &node, "DEL", &cid, &podns, &args, &our_conf(None));
-            let t_ours = t.elapsed();
-            let t = Instant::now();
-            run_plugin(&bridge, &node, "DEL", &cid, &podns, &args, &primary);
-            (r, t.elapsed(), t_ours)
-        }
-    }
-
-    /// Deletes a namespace created by [`Lab::add_ns`] early (benchmarks create many pods).
+    /// Deletes a namespace created by [`Network::add_ns`] early (benchmarks create many pods).
     pub fn del_ns(&mut self, role: &str) {
         let n = self.ns(role);
         let _ = Command::new("ip").args(["netns", "del", &n]).output();
         self.netns.retain(|x| *x != n);
     }
 
-    /// Creates pod `role` (namespace + CNI ADD); annotated with `config` when given. Returns its IPv4.
-    pub fn add_pod(&mut self, role: &str, config: Option<&str>) -> Ipv4Addr {
-        self.add_ns(role);
-        let ann: BTreeMap<String, String> = config
-            .map(|c| BTreeMap::from([(api::names::POD_GATEWAY_ANNOTATION.to_string(), c.to_string())]))
-            .unwrap_or_default();
-        self.cluster
-            .with(|s| s.pods.insert(("default".into(), role.into()), ann.clone()));
-        let res = self.cni("ADD", role, &ann);
-        let ip = res["ips"]
-            .as_array()
-            .expect("ips")
-            .iter()
-            .filter_map(|i| i["address"].as_str())
-            .find_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
-            .expect("pod IPv4");
-        let has_wg = res["interfaces"]
-            .as_array()
-            .expect("interfaces")
-            .iter()
-            .any(|i| i["name"] == "wg0");
-        assert_eq!(has_wg, config.is_some(), "wg0 only for annotated pods: {res}");
-        ip
+    /// The lab's temporary directory (sockets, IPAM state), removed on drop.
+    pub fn tmp(&self) -> &Path {
+        self.tmp.path()
     }
 
-    /// The gateway input for `configs` on `gw` with secondary IPs `secondaries`, peers from PodEndpoints.
-    pub fn gateway_input(&self, gw: &GatewayNode, configs: &[(&LabConfig, Ipv4Addr)]) -> GatewayInput {
-        let pes = self.cluster.with(|s| s.pod_endpoints.clone());
-        GatewayInput {
-            netns_name: gw.egw.clone(),
-            primary_ip: gw.ip,
-            frontend_ips: vec![FRONTEND],
-            configs: configs
-                .iter()
-                .map(|(c, secondary)| ConfigInput {
-                    uid: c.uid.clone(),
-                    sgc: format!("default/{}", c.name),
-                    port: c.port,
-                    private_key: c.key.clone(),
-                    secondary_ip: *secondary,
-                    peers: pes
-                        .iter()
-                        .filter(|(_, pe)| pe.static_gateway_configuration == c.name)
-                        .map(|((ns, name), pe)| PeerInput {
-                            pod_endpoint: format!("{ns}/{name}"),
-                            public_key: pe.pod_public_key.clone(),
-                            pod_ip: pe.pod_ip_address.trim_end_matches("/32").parse().expect("pod ip"),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
+    /// The primary plugin's configuration (bridge + host-local on the pod CIDR), as a runtime passes it.
+    pub fn primary_plugin_conf(&self) -> Value {
+        json!({"cniVersion":"1.0.0","name":"k8s","type":"bridge","bridge":format!("b{}", self.id),
+            "isGateway":true,"ipMasq":false,
+            "ipam":{"type":"host-local","dataDir":self.tmp.path().join("ipam"),"ranges":[[{"subnet":"10.244.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}})
     }
 
     /// Sends from `role` until the echo at `to` answers (or the deadline passes); the source it saw.
@@ -523,6 +318,7 @@ impl Lab {
 }
 
 /// A steady numbered UDP stream from a namespace to an echo; counts answered sequence numbers.
+#[derive(Debug)]
 pub struct Stream {
     stop: Arc<AtomicBool>,
     answered: Arc<Mutex<Vec<bool>>>,
@@ -639,7 +435,9 @@ pub fn probe_status(ns: PathBuf, ip: Ipv4Addr, path: String) -> Option<u16> {
     .flatten()
 }
 
-fn run_plugin(
+/// Runs CNI plugin `bin` for `cmd` like a runtime does (from the node's namespace, with the CNI variables and
+/// `conf` on stdin); returns its JSON output, panicking with its output when it fails.
+pub fn run_plugin(
     bin: &Path,
     node: &Path,
     cmd: &str,

@@ -3,8 +3,8 @@
 //! the LB probe; on SIGTERM the probe turns 503 for the drain delay; a *new* agent process then takes
 //! over, and a steady UDP stream from an annotated pod loses no packet across the whole restart.
 //!
-//! Needs the agent binary next to the CNI plugin (`cargo build -p agent`, done by `cargo test --workspace`)
-//! or its path in `KEG_AGENT_BIN`.
+//! Uses this package's agent binary (or the one `KEG_AGENT_BIN` names) and the CNI plugin next to it (see
+//! `netlab::cni_bin`).
 
 mod netlab;
 
@@ -36,9 +36,7 @@ impl Drop for KillOnDrop {
 fn agent_bin() -> PathBuf {
     let p = std::env::var_os("KEG_AGENT_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_BIN_EXE_kube-egress-cni")).with_file_name("kube-egress-gateway-agent")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kube-egress-gateway-agent")));
     assert!(
         p.exists(),
         "{} missing: run `cargo build -p agent` (or set KEG_AGENT_BIN)",

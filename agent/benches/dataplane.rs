@@ -1,6 +1,6 @@
 //! Data-plane benchmark (root; a bench binary, not a timed test). Prints a Markdown report:
 //! CNI ADD/DEL latency (plain and annotated pods), time to apply 1000 peers on a gateway, and tunnel
-//! throughput vs direct with iperf3. Run: `cargo bench -p cni --bench dataplane` (see docs/performance.md).
+//! throughput vs direct with iperf3. Run: `cargo bench -p agent --bench dataplane` (see docs/performance.md).
 
 #[path = "../tests/netlab/mod.rs"]
 mod netlab;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use agent::gateway::plan::{PeerInput, gateway_plan};
 use api::sgc::RouteType;
-use netlab::{FRONTEND, Lab};
+use netlab::{FRONTEND, Lab, NodeApplier};
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -74,7 +74,7 @@ fn peers_apply(lab: &mut Lab) {
     full.configs[0].peers = (0..1000u32)
         .map(|i| PeerInput {
             pod_endpoint: format!("default/p{i}"),
-            public_key: cni::wg::PrivateKey::generate().public_base64(),
+            public_key: dataplane::wg::PrivateKey::generate().public_base64(),
             pod_ip: Ipv4Addr::new(10, 250, (i / 250) as u8, (i % 250 + 1) as u8),
         })
         .collect();
@@ -185,6 +185,6 @@ fn main() {
     let tunnel = iperf(&lab, "pa", 5);
     println!(
         "| path | Gbit/s |\n|---|---|\n| direct (plain pod) | {direct:.2} |\n| WireGuard tunnel via gateway ({:?} backend) | {tunnel:.2} |",
-        cni::wg::BackendKind::detect()
+        dataplane::wg::BackendKind::detect()
     );
 }

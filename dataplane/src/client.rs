@@ -8,6 +8,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::proto::nic_service_client::NicServiceClient;
 
+/// Where the agent listens and the plugin dials unless their configuration says otherwise.
+pub const DEFAULT_SOCKET: &str = "/var/run/kube-egress-gateway/cni.sock";
+
 /// Connects to the agent's unix socket. `connect_timeout` bounds how long a missing agent can delay us.
 pub async fn connect(
     socket: PathBuf,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use agent::gateway::plan::gateway_plan;
 use agent::gateway::probe::{self, ProbeState};
 use api::sgc::RouteType;
-use netlab::{FRONTEND, INET, INET2, Lab, Stream, in_netns, probe_status, wait_until};
+use netlab::{FRONTEND, INET, INET2, Lab, NodeApplier, Stream, in_netns, probe_status, wait_until};
 
 const SECONDARY_1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
 const SECONDARY_2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
@@ -234,25 +234,25 @@ fn draining_gateway_answers_503_and_the_router_moves_traffic_to_the_other() {
     );
     // WireGuard moves the session to the new gateway on its next handshake; re-setting the pod's peer
     // starts that handshake now instead of after WireGuard's 5-15 s rekey timeout.
-    let pod_wg = cni::netns::Netns::Path(lab.path("pa"));
-    let alias = cni::wg::link_alias(&pod_wg, "wg0")
+    let pod_wg = dataplane::netns::Netns::Path(lab.path("pa"));
+    let alias = dataplane::wg::link_alias(&pod_wg, "wg0")
         .expect("alias")
         .expect("alias set");
-    let wg = cni::wg::WireGuard::new(cni::wg::BackendKind::detect());
-    let handle = cni::wg::WgHandle {
+    let wg = dataplane::wg::WireGuard::new(dataplane::wg::BackendKind::detect());
+    let handle = dataplane::wg::WgHandle {
         netns: pod_wg,
         ifname: "wg0".into(),
         control_name: alias,
     };
     let state = wg.state(&handle).expect("pod wg state");
     let peer = state.peers.first().expect("pod has the gateway peer").clone();
-    let mut change = cni::wg::DeviceChange {
+    let mut change = dataplane::wg::DeviceChange {
         remove_peers: vec![peer.public_key.clone()],
         ..Default::default()
     };
     wg.apply(&handle, &change).expect("remove peer");
-    change = cni::wg::DeviceChange {
-        upsert_peers: vec![cni::wg::PeerSpec {
+    change = dataplane::wg::DeviceChange {
+        upsert_peers: vec![dataplane::wg::PeerSpec {
             public_key: peer.public_key,
             endpoint: Some(SocketAddr::from((FRONTEND, cfg.port))),
             allowed_ips: peer.allowed_ips,
