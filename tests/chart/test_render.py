@@ -271,9 +271,9 @@ def test_node_agent_installs_cni_and_serves_socket() -> None:
     # The socket lives on the host under the same path as in the container, since the conflist names it.
     socket = args["--socket-path"]
     assert socket.startswith(mounts["socket"] + "/") and mounts["socket"] == host_paths["socket"]
-    # The CNI plugin's compiled-in default socket is the chart's default.
-    plugin_src = (CHART.parents[1] / "cni" / "src" / "plugin.rs").read_text()
-    assert f'DEFAULT_SOCKET: &str = "{socket}"' in plugin_src
+    # The CNI plugin's compiled-in default socket (the data-plane crate's, shared with the agent) is the chart's default.
+    client_src = (CHART.parents[1] / "dataplane" / "src" / "client.rs").read_text()
+    assert f'DEFAULT_SOCKET: &str = "{socket}"' in client_src
     init = pod["initContainers"][0]
     script = init["args"][0]
     init_mount = init["volumeMounts"][0]

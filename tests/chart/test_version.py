@@ -28,6 +28,7 @@ BINARIES = [
     "lab",
     "kube-sim",
     "azure-sim",
+    "control-plane",
 ]
 
 
