@@ -335,7 +335,7 @@ async fn run_node(
             let _ = grpc_stop.wait_for(|v| *v).await;
         })
         .await
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::from)
     });
     if args.pod_tunnel_watch {
         let devices = peer_watch::Devices {
@@ -391,7 +391,7 @@ async fn run_node(
                         .node_taint_failures
                         .get_or_create(&crate::metrics::NodeLabels { node: node.clone() })
                         .inc();
-                    tracing::warn!(error = %e, "removing the cni-not-ready taint");
+                    tracing::warn!(error = %e, reason = e.reason(), "removing the cni-not-ready taint");
                 }
             }
             tokio::select! {

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::error::{CniConfigError, CniInstallError, FileError};
 use crate::metrics::Metrics;
 use crate::node::chained_conflist;
 
@@ -56,8 +57,8 @@ pub struct ConfManager {
     pub entry: Value,
 }
 
-fn regular_files(dir: &Path) -> Result<Vec<(String, u64, Option<SystemTime>)>, String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+fn regular_files(dir: &Path) -> Result<Vec<(String, u64, Option<SystemTime>)>, FileError> {
+    let rd = std::fs::read_dir(dir).map_err(FileError::at("read", dir))?;
     let mut out = Vec::new();
     for e in rd.flatten() {
         let Ok(meta) = e.metadata() else { continue };
@@ -86,34 +87,36 @@ impl ConfManager {
     }
 
     /// Writes our conflist from the current primary configuration when it differs from what is on disk.
-    pub fn install(&self) -> Result<Installed, String> {
+    pub fn install(&self) -> Result<Installed, CniInstallError> {
         let names = regular_files(&self.dir)?.into_iter().map(|f| f.0).collect();
         let Some(primary) = primary_file(names, &self.file_name) else {
             return Ok(Installed::NoPrimary);
         };
         let ppath = self.dir.join(&primary);
-        let text = std::fs::read_to_string(&ppath).map_err(|e| format!("read {}: {e}", ppath.display()))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("cni config file {}: not JSON: {e}", ppath.display()))?;
+        let text = std::fs::read_to_string(&ppath).map_err(FileError::at("read", &ppath))?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| CniConfigError::NotJson {
+            file: ppath.display().to_string(),
+            message: e.to_string(),
+        })?;
         let ours = chained_conflist(&primary, &value, &self.entry)?;
-        let mut bytes = serde_json::to_vec_pretty(&ours).map_err(|e| e.to_string())?;
+        let mut bytes = serde_json::to_vec_pretty(&ours)?;
         bytes.push(b'\n');
         let target = self.path();
         if std::fs::read(&target).ok().as_deref() == Some(bytes.as_slice()) {
             return Ok(Installed::Unchanged(primary));
         }
         let tmp = self.dir.join(format!("{}.tmp", self.file_name));
-        std::fs::write(&tmp, &bytes).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &target).map_err(|e| format!("rename to {}: {e}", target.display()))?;
+        std::fs::write(&tmp, &bytes).map_err(FileError::at("write", &tmp))?;
+        std::fs::rename(&tmp, &target).map_err(FileError::at("rename to", &target))?;
         Ok(Installed::Written(primary))
     }
 
     /// Removes our file (absent is fine).
-    pub fn uninstall(&self) -> Result<(), String> {
+    pub fn uninstall(&self) -> Result<(), FileError> {
         match std::fs::remove_file(self.path()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("remove {}: {e}", self.path().display())),
+            Err(e) => Err(FileError::at("remove", self.path())(e)),
         }
     }
 
@@ -147,7 +150,7 @@ impl ConfManager {
                     }
                     Err(e) => {
                         metrics.cni_config_failed(op);
-                        tracing::error!(error = %e, operation = op, "CNI configuration");
+                        tracing::error!(error = %e, reason = e.reason(), operation = op, "CNI configuration");
                     }
                 }
                 // Re-read so our own write does not count as a change.
@@ -211,15 +214,21 @@ mod tests {
             file_name: "01-egressgateway.conflist".into(),
             entry: entry(),
         };
-        assert_eq!(m.install(), Ok(Installed::NoPrimary));
+        assert_eq!(m.install().expect("no primary is no error"), Installed::NoPrimary);
         std::fs::write(
             dir.path().join("10-bridge.conflist"),
             json!({"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"},{"type":"portmap"}]})
                 .to_string(),
         )
         .expect("write primary");
-        assert_eq!(m.install(), Ok(Installed::Written("10-bridge.conflist".into())));
-        assert_eq!(m.install(), Ok(Installed::Unchanged("10-bridge.conflist".into())));
+        assert_eq!(
+            m.install().expect("installs"),
+            Installed::Written("10-bridge.conflist".into())
+        );
+        assert_eq!(
+            m.install().expect("installs"),
+            Installed::Unchanged("10-bridge.conflist".into())
+        );
         let v: Value = serde_json::from_slice(&std::fs::read(m.path()).expect("ours")).expect("json");
         assert_eq!(v["plugins"][1]["type"], "kube-egress-cni");
         assert_eq!(v["plugins"][2]["type"], "portmap");
@@ -230,15 +239,16 @@ mod tests {
             json!({"cniVersion":"0.4.0","name":"p","type":"ptp"}).to_string(),
         )
         .expect("write conf");
-        assert_eq!(m.install(), Ok(Installed::Written("20-ptp.conf".into())));
+        assert_eq!(
+            m.install().expect("installs"),
+            Installed::Written("20-ptp.conf".into())
+        );
         let v: Value = serde_json::from_slice(&std::fs::read(m.path()).expect("ours")).expect("json");
         assert_eq!(v["plugins"][0]["type"], "ptp");
         std::fs::write(dir.path().join("05-broken.conflist"), "{").expect("broken");
-        assert!(
-            m.install()
-                .expect_err("broken primary")
-                .contains("05-broken.conflist")
-        );
+        let broken = m.install().expect_err("broken primary");
+        assert_eq!(broken.reason(), "invalid_primary_config");
+        assert!(broken.to_string().contains("05-broken.conflist"), "{broken}");
         m.uninstall().expect("remove");
         assert!(!m.path().exists());
         m.uninstall().expect("absent is fine");

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod cniconf;
+pub mod error;
 pub mod gateway;
 pub mod imds;
 pub mod metrics;

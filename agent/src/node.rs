@@ -21,18 +21,28 @@ use dataplane::proto::{
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 
-/// What node mode needs from Kubernetes. Errors are plain strings (already descriptive).
+use crate::error::{ClusterError, CniConfigError, FileError, ServeError};
+
+/// What node mode needs from Kubernetes.
 #[tonic::async_trait]
 pub trait Cluster: Send + Sync + 'static {
     /// A pod's annotations; `None` when the pod does not exist.
-    async fn pod_annotations(&self, ns: &str, name: &str)
-    -> Result<Option<BTreeMap<String, String>>, String>;
+    async fn pod_annotations(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, ClusterError>;
     /// A configuration; `None` when absent.
-    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, String>;
+    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, ClusterError>;
     /// Creates or updates the pod's PodEndpoint (owned by the pod).
-    async fn upsert_pod_endpoint(&self, ns: &str, name: &str, spec: PodEndpointSpec) -> Result<(), String>;
+    async fn upsert_pod_endpoint(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: PodEndpointSpec,
+    ) -> Result<(), ClusterError>;
     /// Deletes the pod's PodEndpoint; absent is success.
-    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), String>;
+    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), ClusterError>;
 }
 
 /// In-memory cluster (tests, simulations).
@@ -73,17 +83,22 @@ impl Cluster for MemoryCluster {
         &self,
         ns: &str,
         name: &str,
-    ) -> Result<Option<BTreeMap<String, String>>, String> {
+    ) -> Result<Option<BTreeMap<String, String>>, ClusterError> {
         Ok(self.with(|s| s.pods.get(&key(ns, name)).cloned()))
     }
-    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, String> {
+    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, ClusterError> {
         Ok(self.with(|s| s.sgcs.get(&key(ns, name)).cloned()))
     }
-    async fn upsert_pod_endpoint(&self, ns: &str, name: &str, spec: PodEndpointSpec) -> Result<(), String> {
+    async fn upsert_pod_endpoint(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: PodEndpointSpec,
+    ) -> Result<(), ClusterError> {
         self.with(|s| s.pod_endpoints.insert(key(ns, name), spec));
         Ok(())
     }
-    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), String> {
+    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), ClusterError> {
         self.with(|s| s.pod_endpoints.remove(&key(ns, name)));
         Ok(())
     }
@@ -230,9 +245,9 @@ pub async fn serve_unix<C: Cluster>(
     socket: &Path,
     cluster: C,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(FileError::at("create", dir))?;
     }
     // Bind under a temporary name, restrict it, then rename it into place: the socket never exists at its
     // published path with the umask's wider mode, and whoever sees the path sees it 0600.
@@ -243,22 +258,21 @@ pub async fn serve_unix<C: Cluster>(
         match std::fs::remove_file(stale) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("remove stale {}: {e}", stale.display())),
+            Err(e) => return Err(FileError::at("remove stale", stale)(e).into()),
         }
     }
-    let listener =
-        tokio::net::UnixListener::bind(&tmp).map_err(|e| format!("bind {}: {e}", tmp.display()))?;
+    let listener = tokio::net::UnixListener::bind(&tmp).map_err(FileError::at("bind", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod 0600 {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, socket).map_err(|e| format!("rename to {}: {e}", socket.display()))?;
+        .map_err(FileError::at("chmod 0600", &tmp))?;
+    std::fs::rename(&tmp, socket).map_err(FileError::at("rename to", socket))?;
     tonic::transport::Server::builder()
         .add_service(NicServiceServer::new(NicServer::new(cluster)))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,
         )
-        .await
-        .map_err(|e| format!("gRPC server: {e}"))
+        .await?;
+    Ok(())
 }
 
 /// Our plugin entry in the CNI configuration list.
@@ -273,25 +287,26 @@ pub fn plugin_entry(excluded_cidrs: &[String], socket: &Path) -> Value {
 
 /// Builds our conflist from the primary configuration: `.conflist` gets our entry at `plugins[1]` (any
 /// previous entry of ours removed), a single-plugin `.conf`/`.json` is converted to a list.
-pub fn chained_conflist(file_name: &str, primary: &Value, entry: &Value) -> Result<Value, String> {
+pub fn chained_conflist(file_name: &str, primary: &Value, entry: &Value) -> Result<Value, CniConfigError> {
+    let file = || file_name.to_string();
     let obj = primary
         .as_object()
-        .ok_or_else(|| format!("{file_name}: not a JSON object"))?;
+        .ok_or_else(|| CniConfigError::NotObject { file: file() })?;
     if file_name.ends_with(".conflist") {
         let plugins = obj
             .get("plugins")
-            .ok_or_else(|| format!("failed to find plugins in cni config file {file_name}"))?
+            .ok_or_else(|| CniConfigError::NoPlugins { file: file() })?
             .as_array()
-            .ok_or_else(|| format!("plugins field is not an array in {file_name}"))?;
+            .ok_or_else(|| CniConfigError::PluginsNotArray { file: file() })?;
         if plugins.is_empty() {
-            return Err(format!("empty plugin list in cni config file {file_name}"));
+            return Err(CniConfigError::EmptyPlugins { file: file() });
         }
         let mut kept = Vec::with_capacity(plugins.len() + 1);
         for p in plugins {
             let t = p
                 .get("type")
                 .and_then(Value::as_str)
-                .ok_or_else(|| format!("failed to find type in plugin conf in file {file_name}"))?;
+                .ok_or_else(|| CniConfigError::NoType { file: file() })?;
             if t != CNI_PLUGIN_TYPE {
                 kept.push(p.clone());
             }
@@ -302,7 +317,7 @@ pub fn chained_conflist(file_name: &str, primary: &Value, entry: &Value) -> Resu
         Ok(out)
     } else {
         if obj.get("type").and_then(Value::as_str).is_none() {
-            return Err(format!("failed to find type in plugin conf in file {file_name}"));
+            return Err(CniConfigError::NoType { file: file() });
         }
         let mut plugin = obj.clone();
         let name = plugin.remove("name").unwrap_or(Value::from(""));
@@ -352,7 +367,11 @@ mod tests {
 
     #[test]
     fn malformed_primaries_are_named_errors() {
-        let e = |f: &str, v: Value| chained_conflist(f, &v, &entry()).expect_err("invalid");
+        let e = |f: &str, v: Value| {
+            chained_conflist(f, &v, &entry())
+                .expect_err("invalid")
+                .to_string()
+        };
         assert_eq!(
             e("a.conflist", json!({})),
             "failed to find plugins in cni config file a.conflist"

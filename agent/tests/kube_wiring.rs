@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::gateway::apply::ApplyReport;
+use agent::gateway::apply::{ApplyError, ApplyReport};
 use agent::gateway::plan::GatewayPlan;
 use agent::gateway::probe::ProbeState;
 use agent::gateway::run::{GatewayLoop, PlanApplier};
@@ -91,7 +91,7 @@ async fn ready_sgc(client: &Client, name: &str, port: i32) -> StaticGatewayConfi
 struct Recorder(Mutex<Vec<GatewayPlan>>);
 
 impl PlanApplier for Recorder {
-    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, String> {
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
         self.0.lock().expect("lock").push(plan.clone());
         Ok(ApplyReport::default())
     }
@@ -288,7 +288,13 @@ async fn node_mode_writes_pod_endpoints_owned_by_the_pod() {
         .expect("get")
         .expect("pod exists");
     assert_eq!(ann["kubernetes.azure.com/static-gateway-configuration"], "gw1");
-    assert_eq!(cluster.pod_annotations("default", "nope").await, Ok(None));
+    assert_eq!(
+        cluster
+            .pod_annotations("default", "nope")
+            .await
+            .expect("absent is no error"),
+        None
+    );
 
     let srv = NicServer::new(cluster.clone());
     let key = pubkey();
@@ -371,7 +377,7 @@ async fn node_taint_is_removed_and_uninstall_follows_the_configmap() {
                                  {"key":"other","effect":"NoExecute"}]}}),
     )
     .await;
-    assert_eq!(remove_cni_taint(&client, "n1").await, Ok(true));
+    assert!(remove_cni_taint(&client, "n1").await.expect("removes the taint"));
     let node = Api::<Node>::all(client.clone()).get("n1").await.expect("node");
     let keys: Vec<String> = node
         .spec
@@ -381,15 +387,16 @@ async fn node_taint_is_removed_and_uninstall_follows_the_configmap() {
         .map(|t| t.key)
         .collect();
     assert_eq!(keys, vec!["other"]);
-    assert_eq!(
-        remove_cni_taint(&client, "n1").await,
-        Ok(false),
+    assert!(
+        !remove_cni_taint(&client, "n1").await.expect("reads the node"),
         "nothing left to remove"
     );
 
     assert_eq!(
-        uninstall_setting(&client, "kube-system", "cni-uninstall").await,
-        Ok(None)
+        uninstall_setting(&client, "kube-system", "cni-uninstall")
+            .await
+            .expect("reads"),
+        None
     );
     create::<ConfigMap>(
         &client,

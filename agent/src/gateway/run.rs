@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource as _};
 use tokio::sync::{Notify, watch};
 
-use super::apply::{ApplyReport, GatewayApplier};
+use super::apply::{ApplyError, ApplyReport, GatewayApplier};
 use super::plan::{GatewayPlan, gateway_plan};
 use super::probe::ProbeState;
 use super::select::{KeySecrets, NodeSettings, active_uids, gateway_status, select};
@@ -29,13 +29,13 @@ use crate::node::kube_cluster::FIELD_MANAGER;
 /// Something that makes a plan real: the kernel applier in production, a recorder in tests of the watch
 /// wiring (which need no root).
 pub trait PlanApplier: std::fmt::Debug + Send + Sync + 'static {
-    /// Applies `plan`; errors are already descriptive.
-    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, String>;
+    /// Applies `plan`.
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError>;
 }
 
 impl PlanApplier for GatewayApplier {
-    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, String> {
-        self.apply(plan).map_err(|e| e.to_string())
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
+        self.apply(plan)
     }
 }
 

@@ -14,6 +14,7 @@ use dataplane::wg::PrivateKey;
 use ipnet::Ipv4Net;
 
 use super::plan::{ConfigInput, GatewayInput, GatewayPlan, PeerInput};
+use crate::error::NodeIpsError;
 use crate::imds::NodeIdentity;
 
 /// Secrets by `(namespace, name)`: the value of their `PrivateKey` entry (base64 key text).
@@ -61,7 +62,7 @@ pub fn applies_to_node(sgc: &StaticGatewayConfiguration, node: &NodeIdentity) ->
 pub fn node_ips(
     sgc: &StaticGatewayConfiguration,
     node: &NodeIdentity,
-) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+) -> Result<(Ipv4Addr, Ipv4Addr), NodeIpsError> {
     let nic = node.tags.get(TAG_AKS_NIC_NAME);
     let profiles = sgc
         .status
@@ -74,25 +75,20 @@ pub fn node_ips(
             p.node_name.eq_ignore_ascii_case(&node.computer_name)
                 || nic.is_some_and(|n| p.node_name.eq_ignore_ascii_case(n))
         })
-        .ok_or_else(|| {
-            format!(
-                "failed to find primary or secondary IP for node {}",
-                node.computer_name
-            )
+        .ok_or_else(|| NodeIpsError::NotListed {
+            node: node.computer_name.clone(),
         })?;
-    let primary = p.primary_ip.parse().map_err(|_| {
-        format!(
-            "gatewayVMProfiles[{}].primaryIP: {:?} is not an IPv4 address",
-            p.node_name, p.primary_ip
-        )
-    })?;
-    let secondary = p.secondary_ip.parse().map_err(|_| {
-        format!(
-            "gatewayVMProfiles[{}].secondaryIP: {:?} is not an IPv4 address",
-            p.node_name, p.secondary_ip
-        )
-    })?;
-    Ok((primary, secondary))
+    let parse = |field: &'static str, value: &str| {
+        value.parse().map_err(|_| NodeIpsError::NotIpv4 {
+            node: p.node_name.clone(),
+            field,
+            value: value.to_string(),
+        })
+    };
+    Ok((
+        parse("primaryIP", &p.primary_ip)?,
+        parse("secondaryIP", &p.secondary_ip)?,
+    ))
 }
 
 fn ns_name(sgc: &StaticGatewayConfiguration) -> (String, String) {
@@ -412,12 +408,19 @@ mod tests {
         let by_nic = sgc("a", Some("gwpool"), 6000, "nic-7", "10.0.0.8");
         assert_eq!(node_ips(&by_nic, &n).map(|x| x.1), Ok(Ipv4Addr::new(10, 0, 0, 8)));
         let missing = sgc("a", Some("gwpool"), 6000, "someone-else", "10.0.0.8");
+        let not_listed = node_ips(&missing, &n).expect_err("not listed");
         assert_eq!(
-            node_ips(&missing, &n),
-            Err("failed to find primary or secondary IP for node gw-vmss000001".to_string())
+            not_listed.to_string(),
+            "failed to find primary or secondary IP for node gw-vmss000001"
         );
+        assert_eq!(not_listed.reason(), "node_not_listed");
         let bad = sgc("a", Some("gwpool"), 6000, "nic-7", "nope");
-        assert!(node_ips(&bad, &n).expect_err("bad ip").contains("secondaryIP"));
+        let bad = node_ips(&bad, &n).expect_err("bad ip");
+        assert_eq!(
+            bad.to_string(),
+            "gatewayVMProfiles[nic-7].secondaryIP: \"nope\" is not an IPv4 address"
+        );
+        assert_eq!(bad.reason(), "invalid_ip");
     }
 
     #[test]

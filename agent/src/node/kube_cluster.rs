@@ -12,6 +12,7 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, Resource as _};
 
 use super::Cluster;
+use crate::error::ClusterError;
 use crate::metrics::{Metrics, PodEndpointLabels};
 
 /// Field manager of every server-side apply the agent makes (PodEndpoints, GatewayStatus).
@@ -50,9 +51,17 @@ impl KubeCluster {
 
 /// The PodEndpoint object for a pod: same namespace and name, controlled by the pod so it is garbage
 /// collected with it.
-pub fn pod_endpoint_for(pod: &Pod, spec: PodEndpointSpec) -> Result<PodEndpoint, String> {
-    let name = pod.metadata.name.clone().ok_or("pod has no metadata.name")?;
-    let uid = pod.metadata.uid.clone().ok_or("pod has no metadata.uid")?;
+pub fn pod_endpoint_for(pod: &Pod, spec: PodEndpointSpec) -> Result<PodEndpoint, ClusterError> {
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .ok_or(ClusterError::PodIncomplete("name"))?;
+    let uid = pod
+        .metadata
+        .uid
+        .clone()
+        .ok_or(ClusterError::PodIncomplete("uid"))?;
     let mut pe = PodEndpoint::new(&name, spec);
     pe.metadata.namespace = pod.metadata.namespace.clone();
     pe.metadata.owner_references = Some(vec![OwnerReference {
@@ -72,30 +81,43 @@ impl Cluster for KubeCluster {
         &self,
         ns: &str,
         name: &str,
-    ) -> Result<Option<BTreeMap<String, String>>, String> {
+    ) -> Result<Option<BTreeMap<String, String>>, ClusterError> {
         let pod = Api::<Pod>::namespaced(self.client.clone(), ns)
             .get_opt(name)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ClusterError::api(format!("get pod {ns}/{name}")))?;
         Ok(pod.map(|p| p.metadata.annotations.unwrap_or_default()))
     }
 
-    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, String> {
+    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, ClusterError> {
         Api::<StaticGatewayConfiguration>::namespaced(self.client.clone(), ns)
             .get_opt(name)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(ClusterError::api(format!(
+                "get StaticGatewayConfiguration {ns}/{name}"
+            )))
     }
 
-    async fn upsert_pod_endpoint(&self, ns: &str, name: &str, spec: PodEndpointSpec) -> Result<(), String> {
+    async fn upsert_pod_endpoint(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: PodEndpointSpec,
+    ) -> Result<(), ClusterError> {
         let result = async {
             let pod = Api::<Pod>::namespaced(self.client.clone(), ns)
                 .get_opt(name)
                 .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("pod {ns}/{name} not found"))?;
+                .map_err(ClusterError::api(format!("get pod {ns}/{name}")))?
+                .ok_or_else(|| ClusterError::PodNotFound {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })?;
             let pe = pod_endpoint_for(&pod, spec)?;
-            let mut v = serde_json::to_value(&pe).map_err(|e| e.to_string())?;
+            let mut v = serde_json::to_value(&pe).map_err(|source| ClusterError::Encode {
+                what: "PodEndpoint",
+                source,
+            })?;
             v["apiVersion"] = PodEndpoint::api_version(&()).to_string().into();
             v["kind"] = PodEndpoint::kind(&()).to_string().into();
             Api::<PodEndpoint>::namespaced(self.client.clone(), ns)
@@ -105,8 +127,8 @@ impl Cluster for KubeCluster {
                     &Patch::Apply(&v),
                 )
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(())
+                .map_err(ClusterError::api("server-side apply"))?;
+            Ok::<_, ClusterError>(())
         }
         .await;
         if result.is_err() {
@@ -115,7 +137,7 @@ impl Cluster for KubeCluster {
         result
     }
 
-    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), String> {
+    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), ClusterError> {
         match Api::<PodEndpoint>::namespaced(self.client.clone(), ns)
             .delete(name, &DeleteParams::default())
             .await
@@ -124,7 +146,7 @@ impl Cluster for KubeCluster {
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => {
                 self.failed(ns, name, "delete");
-                Err(e.to_string())
+                Err(ClusterError::api("delete")(e))
             }
         }
     }
@@ -142,10 +164,13 @@ pub fn without_cni_taint(taints: &[Taint]) -> Option<Vec<Taint>> {
 
 /// Removes the `cni-not-ready` taint from `node` (AKS adds it; we remove it once our plugin is installed).
 /// Uses the node's resourceVersion so a concurrent change makes us re-read instead of overwriting it.
-pub async fn remove_cni_taint(client: &Client, node: &str) -> Result<bool, String> {
+pub async fn remove_cni_taint(client: &Client, node: &str) -> Result<bool, ClusterError> {
     let api = Api::<Node>::all(client.clone());
     for _ in 0..5 {
-        let n = api.get(node).await.map_err(|e| format!("get node {node}: {e}"))?;
+        let n = api
+            .get(node)
+            .await
+            .map_err(ClusterError::api(format!("get node {node}")))?;
         let taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
         let Some(kept) = without_cni_taint(&taints) else {
             return Ok(false);
@@ -160,10 +185,13 @@ pub async fn remove_cni_taint(client: &Client, node: &str) -> Result<bool, Strin
         {
             Ok(_) => return Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(format!("patch node {node}: {e}")),
+            Err(e) => return Err(ClusterError::api(format!("patch node {node}"))(e)),
         }
     }
-    Err(format!("patch node {node}: conflicts persisted after 5 attempts"))
+    Err(ClusterError::Conflicts {
+        what: format!("patch node {node}"),
+        attempts: 5,
+    })
 }
 
 /// Reads the uninstall ConfigMap: `None` when absent, else its `data.uninstall` value.
@@ -171,11 +199,11 @@ pub async fn uninstall_setting(
     client: &Client,
     ns: &str,
     name: &str,
-) -> Result<Option<Option<String>>, String> {
+) -> Result<Option<Option<String>>, ClusterError> {
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get_opt(name)
         .await
-        .map_err(|e| format!("get ConfigMap {ns}/{name}: {e}"))?;
+        .map_err(ClusterError::api(format!("get ConfigMap {ns}/{name}")))?;
     Ok(cm.map(|c| c.data.and_then(|d| d.get("uninstall").cloned())))
 }
 
