@@ -184,8 +184,16 @@ async fn gateway_loop_follows_configurations_and_pod_endpoints() {
         recorder.last_peers("wg-6000") == Some(2)
     })
     .await;
-    assert!(ready.load(Ordering::Acquire));
-    assert_eq!(probe.status_for(&format!("/gw/{uid}")), StatusCode::OK);
+    // The recorder sees the plan while it is applied; readiness and the probe follow once the apply
+    // returns, so await them too.
+    eventually("ready after the first apply", || async {
+        ready.load(Ordering::Acquire)
+    })
+    .await;
+    eventually("the probe answers 200 for the configuration", || async {
+        probe.status_for(&format!("/gw/{uid}")) == StatusCode::OK
+    })
+    .await;
     let statuses: Api<GatewayStatus> = Api::namespaced(client.clone(), "kube-system");
     eventually("GatewayStatus lists both peers", || async {
         statuses
@@ -249,10 +257,10 @@ async fn gateway_loop_follows_configurations_and_pod_endpoints() {
         recorder.last_peers("wg-6000") == Some(0)
     })
     .await;
-    assert_eq!(
-        probe.status_for(&format!("/gw/{uid}")),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    eventually("the probe answers 503 for the removed configuration", || async {
+        probe.status_for(&format!("/gw/{uid}")) == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
     let _ = stop_tx.send(true);
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
