@@ -5,6 +5,7 @@
 pub mod azure;
 pub mod cluster;
 pub mod control_plane;
+pub mod files;
 pub mod kube;
 pub mod lab;
 pub mod netlab;

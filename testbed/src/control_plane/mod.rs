@@ -25,6 +25,7 @@ use serde_json::json;
 pub use assets::Assets;
 use process::Guarded;
 
+use crate::files::write_private;
 use crate::kube::TestCa;
 
 /// What a start may add to the defaults.
@@ -529,13 +530,6 @@ fn count_audit_events(text: &str, user: &str) -> std::collections::BTreeMap<(Str
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod {}", path.display()))
 }
 
 #[cfg(test)]

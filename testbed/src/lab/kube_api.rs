@@ -11,6 +11,7 @@ use anyhow::Context as _;
 
 use crate::cluster::Backend;
 use crate::control_plane::{Assets, ControlPlane, StartOptions};
+use crate::files::write_private;
 use crate::kube::{KubeSim, KubeSimConfig, User};
 
 /// A running API server of either kind.
@@ -140,18 +141,4 @@ impl KubeApi {
 /// the audit log).
 pub(super) fn is_read(method_or_verb: &str) -> bool {
     matches!(method_or_verb, "GET" | "HEAD" | "get" | "list" | "watch")
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
 }

@@ -23,6 +23,7 @@ use super::{Options, info, ok, step};
 use super::{fabric, runtime};
 use crate::azure::{AzureSim, Seed};
 use crate::cluster::Backend;
+use crate::files::write_private;
 
 /// The chart's release namespace: the components' namespace.
 pub(super) const SYSTEM_NS: &str = "kube-egress-gateway-system";
@@ -487,7 +488,7 @@ impl Lab {
             if let Some(dir) = f.path.parent() {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            write_private_bytes(&f.path, &f.data)?;
+            write_private(&f.path, &f.data)?;
         }
         let kubeconfig = self.sa_kubeconfig(&spec.service_account.0, &spec.service_account.1);
         if !kubeconfig.exists() {
@@ -2361,26 +2362,6 @@ fn deployment_pod(name: &str) -> chart::Pod {
 fn free_port() -> anyhow::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     l.local_addr().context("free port address")
-}
-
-/// Writes a file only the owner can read (it holds the simulated service principal's secret).
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    write_private_bytes(path, text.as_bytes())
-}
-
-/// [`write_private`] for bytes (Secret volume files: TLS keys, the cloud config).
-fn write_private_bytes(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The HTTP status of `GET path` on a plain-HTTP loopback port, or None when it does not answer within 2 s.
