@@ -4,7 +4,7 @@
 use anyhow::bail;
 use serde_json::Value;
 
-use super::info;
+use super::report::info;
 use crate::azure::AzureSim;
 
 /// The value at `ptr` as text ("?" when absent).

@@ -177,6 +177,33 @@ impl Rendered {
         out
     }
 
+    /// Workload `kind`/`name`'s pod template spec and its container `container` from the template's `list`
+    /// (`containers` or `initContainers`).
+    pub fn container(
+        &self,
+        kind: &str,
+        name: &str,
+        list: &str,
+        container: &str,
+    ) -> anyhow::Result<(&Value, &Value)> {
+        let spec = self
+            .get(kind, name)?
+            .pointer("/spec/template/spec")
+            .with_context(|| format!("{kind} {name} has no pod template"))?;
+        let c = spec[list]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+            .with_context(|| {
+                let what = if list == "initContainers" {
+                    "init container"
+                } else {
+                    "container"
+                };
+                format!("{kind} {name} has no {what} {container}")
+            })?;
+        Ok((spec, c))
+    }
+
     /// The launch spec of `container` of workload `kind`/`name` for a pod at `pod`.
     pub fn launch_spec(
         &self,
@@ -187,13 +214,7 @@ impl Rendered {
         local: &Localize,
     ) -> anyhow::Result<LaunchSpec> {
         let w = self.get(kind, name)?;
-        let spec = w
-            .pointer("/spec/template/spec")
-            .with_context(|| format!("{kind} {name} has no pod template"))?;
-        let c = spec["containers"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["name"] == container))
-            .with_context(|| format!("{kind} {name} has no container {container}"))?;
+        let (spec, c) = self.container(kind, name, "containers", container)?;
         let what = format!("{kind} {name} container {container}");
         if c.get("command").is_some() {
             bail!("{what}: sets `command`; the lab runs the image's entrypoint binary only");

@@ -50,10 +50,10 @@ pub struct Args {
 
 /// The scenarios `--scenarios` names, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScenarioList(pub Vec<super::scenarios::Scenario>);
+pub struct ScenarioList(pub Vec<super::catalog::Scenario>);
 
 fn scenario_list(text: &str) -> Result<ScenarioList, String> {
-    super::scenarios::parse(text).map(ScenarioList)
+    super::catalog::parse(text).map(ScenarioList)
 }
 
 impl Args {
@@ -108,7 +108,7 @@ impl Args {
         if self.cleanup {
             return Ok(());
         }
-        let opts = super::Options {
+        let opts = super::harness::Options {
             keep: self.keep,
             bin_dir,
             render_chart: self.render_chart,
@@ -119,7 +119,7 @@ impl Args {
             kube,
         };
         println!("kube-egress-gateway lab (work dir {})", opts.work_dir.display());
-        super::run(opts).await.context("lab failed")?;
+        super::run::run(opts).await.context("lab failed")?;
         println!("\nlab finished");
         Ok(())
     }

@@ -11,17 +11,11 @@ use anyhow::{Context as _, bail};
 
 /// Runs `ip` with `args`; the error carries its stderr.
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    super::procs::run_checked(
+        std::process::Command::new("ip").args(args),
+        "running ip (iproute2)",
+        format_args!("ip {}", args.join(" ")),
+    )?;
     Ok(())
 }
 
@@ -88,16 +82,21 @@ pub(super) fn in_netns<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
 }
 
+/// A TCP listener bound to `addr` inside network namespace `ns`, served by the lab's runtime.
+pub fn tcp_listener_in(ns: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let l = in_netns(ns, move || {
+        let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding TCP {addr}"))?;
+        l.set_nonblocking(true).context("nonblocking")?;
+        Ok(l)
+    })
+    .with_context(|| format!("in {ns}"))?;
+    tokio::net::TcpListener::from_std(l).context("tokio listener")
+}
+
 /// Makes `127.0.0.1:<port>` inside `ns` reach `127.0.0.1:<port>` of the lab's own namespace (where the
 /// simulators listen), so the components inside use the same URLs and certificates.
 pub fn forward_loopback(ns: &str, port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let std_listener = in_netns(ns, move || {
-        let l = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-            .with_context(|| format!("binding 127.0.0.1:{port}"))?;
-        l.set_nonblocking(true).context("nonblocking")?;
-        Ok(l)
-    })?;
-    let listener = tokio::net::TcpListener::from_std(std_listener).context("tokio listener")?;
+    let listener = tcp_listener_in(ns, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
     Ok(tokio::spawn(async move {
         while let Ok((mut inside, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -154,14 +153,8 @@ pub fn imds_for_node(
     azure: SocketAddr,
     node: &str,
 ) -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
-    let std_listener = in_netns(ns, || {
-        let l = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .context("binding the IMDS port")?;
-        l.set_nonblocking(true).context("nonblocking")?;
-        Ok(l)
-    })?;
-    let port = std_listener.local_addr().context("IMDS address")?.port();
-    let listener = tokio::net::TcpListener::from_std(std_listener).context("tokio listener")?;
+    let listener = tcp_listener_in(ns, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    let port = listener.local_addr().context("IMDS address")?.port();
     let prefix = format!("/_imds/{node}");
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let path = format!(

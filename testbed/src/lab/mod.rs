@@ -11,59 +11,42 @@
 //! chain, an annotated and a plain pod created as kubelet would ([`runtime`]), and the source address an
 //! "internet" echo host sees from each. The fabric also reaches an "on-premises" echo host over a private
 //! link (no SNAT), which scenario 6 (private mode on the VM-based pool `gwvms`) uses.
+//!
+//! # Modules, imported one way (each row imports only rows below it, never one above)
+//!
+//! | module | what | imports (lab modules) |
+//! | --- | --- | --- |
+//! | `cli` | the `lab` binary's flags | `run`, `harness`, `catalog`, `images`, `leftovers` |
+//! | `run` | [`run`]: the default steps, then the scenarios, then teardown | `steps`, `scenarios`, `harness`, `fabric` |
+//! | `scenarios/` | scenarios 2, 3, 5, 6, 9, 10, one file per group; 8 is `terraform` | `terraform`, `harness`, `catalog`, leaves |
+//! | `terraform` | scenario 8 | `harness`, leaves |
+//! | `steps` | steps 1–8, in order | `harness` |
+//! | `harness/` | the `Lab`, its constants, kubectl / wait / apply / check-egress; its jobs `boot`, `cluster`, `network` (the node fabric), `pods`, `checks`, `teardown` | `catalog`, leaves |
+//! | `catalog` | the scenarios' numbers and titles, `--scenarios` parsing | — |
+//! | leaves | `chart`, `images`, `runtime`, `leftovers`, `fabric`, `dataplane`, `azure_view`, `kube_api`, `kubelet`, `procs`, `report` | only each other: `images` → `chart`, `runtime`, `dataplane`; `leftovers` → `runtime`, `dataplane`; `runtime`, `fabric` → `dataplane`; `azure_view` → `report` |
+//!
+//! This file only declares the modules and re-exports the public entry points.
 
 mod azure_view;
+pub mod catalog;
 pub mod chart;
 pub mod cli;
 mod dataplane;
 pub mod fabric;
+mod harness;
 pub mod images;
 mod kube_api;
 mod kubelet;
 pub mod leftovers;
 mod procs;
+mod report;
+mod run;
 pub mod runtime;
 pub mod scenarios;
 mod steps;
 mod terraform;
 
-use std::path::PathBuf;
-
+pub use harness::Options;
 pub use procs::Children;
-pub use steps::run;
-
-/// What the lab binary was asked to do.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Leave everything running and print a kubeconfig for `kubectl`.
-    pub keep: bool,
-    /// Directory holding the workspace binaries (webhook, operator).
-    pub bin_dir: PathBuf,
-    /// Scratch directory for kubeconfig, cloud config, manifests and logs (created, removed at teardown).
-    pub work_dir: PathBuf,
-    /// `scripts/render-chart.py`: renders the Helm chart the lab installs.
-    pub render_chart: PathBuf,
-    /// Longest wait for any one condition.
-    pub step_timeout: std::time::Duration,
-    /// Upstream e2e scenarios (and ours) to run after the default steps, in order (`--scenarios`).
-    pub scenarios: Vec<scenarios::Scenario>,
-    /// `--from-images`: run every component from its image with podman instead of from `bin_dir`.
-    pub images: Option<images::ImageMode>,
-    /// `--kube`: the real control plane or kube-sim.
-    pub kube: crate::cluster::Backend,
-}
-
-/// Prints the start of a named step.
-pub fn step(n: usize, name: &str) {
-    println!("\n==> step {n}: {name}");
-}
-
-/// Prints a verified fact under the current step.
-pub fn ok(msg: &str) {
-    println!("    \u{2714} {msg}");
-}
-
-/// Prints information (not a verification) under the current step.
-pub fn info(msg: &str) {
-    println!("    {msg}");
-}
+pub use report::{info, ok, step};
+pub use run::run;

@@ -212,3 +212,17 @@ pub fn live_children() -> Vec<String> {
     }
     out
 }
+
+/// Runs `cmd` to completion (the short commands the lab sets the machine up with: `ip`, `mount`, ...). The
+/// error says `starting` when it cannot start, and `failed` with its stderr when it exits non-zero.
+pub fn run_checked(
+    cmd: &mut std::process::Command,
+    starting: &str,
+    failed: impl std::fmt::Display,
+) -> anyhow::Result<std::process::Output> {
+    let out = cmd.output().with_context(|| starting.to_string())?;
+    if !out.status.success() {
+        anyhow::bail!("{failed}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out)
+}

@@ -7,12 +7,13 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use dataplane::ANNOTATIONS_CAPABILITY;
 use serde_json::{Value, json};
+
+use super::procs::run_checked;
 
 /// Where Debian's containernetworking-plugins are.
 pub const CNI_DIR: &str = "/usr/lib/cni";
-/// The runtime capability our plugin reads pod annotations from.
-pub const ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 /// Host paths a node's mount namespace replaces with directories of its own (created on the host as empty
 /// mount points when missing).
 pub const NODE_PRIVATE_DIRS: [(&str, &str); 3] = [
@@ -82,18 +83,13 @@ pub fn create_mount_ns(file: &Path, dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::write(file, b"").with_context(|| format!("creating {}", file.display()))?;
     // slave: later `ip netns add`s on the host (pod namespaces) still appear in the node's /run/netns.
-    let out = std::process::Command::new("unshare")
-        .arg(format!("--mount={}", file.display()))
-        .args(["--propagation", "slave", "sh", "-c", &script])
-        .output()
-        .context("running unshare")?;
-    if !out.status.success() {
-        bail!(
-            "unshare --mount={}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    run_checked(
+        std::process::Command::new("unshare")
+            .arg(format!("--mount={}", file.display()))
+            .args(["--propagation", "slave", "sh", "-c", &script]),
+        "running unshare",
+        format_args!("unshare --mount={}", file.display()),
+    )?;
     Ok(())
 }
 
@@ -104,17 +100,11 @@ pub fn private_mount_dir(dir: &Path) -> anyhow::Result<()> {
         vec!["--bind", &*dir.to_string_lossy(), &*dir.to_string_lossy()],
         vec!["--make-private", &*dir.to_string_lossy()],
     ] {
-        let out = std::process::Command::new("mount")
-            .args(&args)
-            .output()
-            .context("running mount")?;
-        if !out.status.success() {
-            bail!(
-                "mount {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        run_checked(
+            std::process::Command::new("mount").args(&args),
+            "running mount",
+            format_args!("mount {}", args.join(" ")),
+        )?;
     }
     Ok(())
 }
@@ -124,18 +114,11 @@ pub fn unmount(path: &Path) -> anyhow::Result<()> {
     if !mounts_under(path).iter().any(|m| Path::new(m) == path) {
         return Ok(());
     }
-    let out = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(path)
-        .output()
-        .context("running umount")?;
-    if !out.status.success() {
-        bail!(
-            "umount {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    run_checked(
+        std::process::Command::new("umount").arg("-l").arg(path),
+        "running umount",
+        format_args!("umount {}", path.display()),
+    )?;
     Ok(())
 }
 
@@ -158,6 +141,17 @@ impl Node {
     /// The node's `/run/wireguard` as seen from the host.
     pub fn wireguard_dir(&self) -> PathBuf {
         self.dir.join("run-wireguard")
+    }
+
+    /// The wireguard-go sockets in the node's `/run/wireguard` (pods' tunnels that are still up).
+    pub fn wireguard_sockets(&self) -> Vec<String> {
+        std::fs::read_dir(self.wireguard_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// `nsenter` arguments that run a program inside the node (network + mount namespace).

@@ -17,8 +17,10 @@ use anyhow::{Context as _, bail};
 use api::StaticGatewayConfiguration;
 use kube::Api;
 
-use super::steps::{DEMO_NS, Lab, TF_POOL};
-use super::{Options, fabric, info, ok, scenarios};
+use crate::lab::fabric;
+use crate::lab::harness::checks;
+use crate::lab::harness::{DEMO_NS, Lab, Options, TF_POOL};
+use crate::lab::report::{info, ok};
 use crate::provider_release::{ProviderMirror, provider_source};
 
 /// The configuration the scenario applies, as shipped for users.
@@ -156,6 +158,16 @@ impl Workspace {
             .with_context(|| format!("writing {}", log.display()))?;
         Ok(run)
     }
+
+    /// `terraform <verb> -auto-approve` (apply or destroy), which must succeed; says what it did.
+    async fn auto_approve(&self, verb: &str) -> anyhow::Result<()> {
+        let run = self
+            .run(&[verb, "-auto-approve", "-no-color", "-input=false"])
+            .await?
+            .success()?;
+        ok(&format!("$ terraform {verb} -auto-approve   # {}", run.summary()));
+        Ok(())
+    }
 }
 
 /// The output `name` of `terraform output -json`.
@@ -169,8 +181,8 @@ fn output_value(json_text: &str, name: &str) -> anyhow::Result<String> {
         .with_context(|| format!("`terraform output -json` has no string output {name:?}: {doc}"))
 }
 
-/// Scenario 8 (steps 9, 10, ...: see [`scenarios::run`]).
-pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
+/// Scenario 8 (steps 9, 10, ...: see [`crate::lab::scenarios`]).
+pub(in crate::lab) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()> {
     // Preflight: the CLI and the provider binary.
     let provider = opts.bin_dir.join(PROVIDER_BINARY);
     if !provider.exists() {
@@ -212,14 +224,7 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
     ));
 
     // Apply.
-    let apply = ws
-        .run(&["apply", "-auto-approve", "-no-color", "-input=false"])
-        .await?
-        .success()?;
-    ok(&format!(
-        "$ terraform apply -auto-approve   # {}",
-        apply.summary()
-    ));
+    ws.auto_approve("apply").await?;
     let out = ws.run(&["output", "-json", "-no-color"]).await?.success()?;
     let text = output_value(&out.stdout, "egress_ip_prefix")?;
     let prefix: ipnet::Ipv4Net = text
@@ -241,7 +246,7 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
         .with_context(|| {
             format!("terraform apply succeeded but the API server has no GatewayPool {TF_POOL}")
         })?;
-    let in_kube = scenarios::prefix_of(&sgc)?;
+    let in_kube = checks::prefix_of(&sgc)?;
     if in_kube != prefix {
         bail!(
             "terraform's output {prefix} differs from {DEMO_NS}/{TF_SGC}'s status.egressIpPrefix {in_kube}"
@@ -260,7 +265,7 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
             );
         }
     }
-    let uid = scenarios::uid_of(&sgc);
+    let uid = checks::uid_of(&sgc);
     // The pool was Ready before the configuration was created; while the operator adds the configuration's
     // IP configurations to the instances they are updating, so wait for them as step 3 does for gwpool.
     let want = gateways.len();
@@ -281,7 +286,7 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
     ok(&format!(
         "the API server: {DEMO_NS}/{TF_SGC} status.egressIpPrefix = {in_kube} (= the output), GatewayPool {TF_POOL} with {want} ready instances; both applied by field manager {PROVIDER_FIELD_MANAGER}"
     ));
-    let az = scenarios::azure(lab)?;
+    let az = checks::azure(lab)?;
     let prefixes: Vec<(String, String)> = az.with_state(|s| {
         s.world
             .resource_ids()
@@ -373,18 +378,11 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
     ));
     let sb = lab.add_pod(opts, TF_POD, 0, Some(TF_SGC)).await?;
     let demo: Vec<ipnet::Ipv4Net> = lab.prefix.into_iter().collect();
-    scenarios::check_egress(opts, &sb, prefix, &demo).await?;
-    scenarios::remove_pod(lab, opts, TF_POD).await?;
+    checks::check_egress(opts, &sb, prefix, &demo).await?;
+    checks::remove_pod(lab, opts, TF_POD).await?;
 
     // Destroy: the provider waits until both objects are gone.
-    let destroy = ws
-        .run(&["destroy", "-auto-approve", "-no-color", "-input=false"])
-        .await?
-        .success()?;
-    ok(&format!(
-        "$ terraform destroy -auto-approve   # {}",
-        destroy.summary()
-    ));
+    ws.auto_approve("destroy").await?;
     let sgc_left = Api::<StaticGatewayConfiguration>::namespaced(client.clone(), DEMO_NS)
         .get_opt(TF_SGC)
         .await?;
@@ -417,7 +415,7 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
         "; ",
         || {
             let mut l = Vec::new();
-            if !uid_lc.is_empty() && scenarios::azure_text(&live).contains(&uid_lc) {
+            if !uid_lc.is_empty() && checks::azure_text(&live).contains(&uid_lc) {
                 l.push(format!("a resource mentions UID {uid_lc}"));
             }
             let blocks = live.with_state(|s| s.inventory())["publicBlocks"].to_string();
@@ -433,7 +431,7 @@ pub(super) async fn scenario(lab: &mut Lab, opts: &Options) -> anyhow::Result<()
         opts,
         "the data plane",
         "; ",
-        || scenarios::dataplane_leftovers(&gateways, &[]),
+        || checks::dataplane_leftovers(&gateways, &[]),
     )
     .await?;
     ok(&format!(
