@@ -17,15 +17,16 @@
 //! | module | what | imports (lab modules) |
 //! | --- | --- | --- |
 //! | `cli` | the `lab` binary's flags | `run`, `harness`, `catalog`, `images`, `leftovers` |
-//! | `run` | [`run`]: the default steps, then the scenarios, then teardown | `steps`, `scenarios`, `harness`, `fabric` |
+//! | `run` | [`run`]: the default steps, then the scenarios, then teardown | `steps`, `scenarios`, `harness`, leaves |
 //! | `scenarios/` | scenarios 2, 3, 5, 6, 9, 10, one file per group; 8 is `terraform` | `terraform`, `harness`, `catalog`, leaves |
 //! | `terraform` | scenario 8 | `harness`, leaves |
-//! | `steps` | steps 1–8, in order | `harness` |
+//! | `steps` | steps 1–8, in order | `harness`, `report` |
 //! | `harness/` | the `Lab`, its constants, kubectl / wait / apply / check-egress; its jobs `boot`, `cluster`, `network` (the node fabric), `pods`, `checks`, `teardown` | `catalog`, leaves |
 //! | `catalog` | the scenarios' numbers and titles, `--scenarios` parsing | — |
-//! | leaves | `chart`, `images`, `runtime`, `leftovers`, `fabric`, `dataplane`, `azure_view`, `kube_api`, `kubelet`, `procs`, `report` | only each other: `images` → `chart`, `runtime`, `dataplane`; `leftovers` → `runtime`, `dataplane`; `runtime`, `fabric` → `dataplane`; `azure_view` → `report` |
+//! | leaves | `chart`, `images`, `runtime`, `leftovers`, `fabric`, `dataplane`, `azure_view`, `kube_api`, `kubelet`, `procs`, `report` | only leaves further down: `images` → `chart`, `runtime`, `dataplane`; `leftovers` → `runtime`, `dataplane`; `runtime` → `dataplane`, `procs`; `fabric` → `dataplane`; `dataplane` → `procs`; `azure_view` → `report` |
 //!
-//! This file only declares the modules and re-exports the public entry points.
+//! This file only declares the modules and re-exports the public entry points. Checked by reading every
+//! file's `crate::lab::` / `super::` paths: no cycle.
 
 mod azure_view;
 pub mod catalog;

@@ -6,7 +6,8 @@ use crate::lab::harness::{DEMO_NS, ECHO_IP, ECHO_PORT, Lab, Options};
 use crate::lab::steps::{self, Reached};
 use crate::lab::{fabric, scenarios};
 
-/// Runs the lab: steps 1–4, then (unless `--keep`) teardown with a check that nothing is left.
+/// Runs the lab: steps 1–8 and the chosen scenarios, then (unless `--keep`) teardown with a check that
+/// nothing is left.
 /// Ctrl-C or SIGTERM at any point jumps to teardown.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.work_dir)

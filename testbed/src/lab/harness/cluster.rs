@@ -300,19 +300,16 @@ impl Lab {
         );
         std::fs::write(opts.work_dir.join("forged-podendpoint.yaml"), pe)
             .context("writing forged-podendpoint.yaml")?;
-        let out = self
-            .kubectl(opts, &["apply", "-f", "forged-podendpoint.yaml"])
+        let refusal = self
+            .refused_apply(
+                opts,
+                "forged-podendpoint.yaml",
+                "written only by the node agent",
+                "a PodEndpoint written as admin was not refused by the chart's webhook",
+            )
             .await?;
-        if out.ok || !out.stderr.contains("written only by the node agent") {
-            bail!(
-                "a PodEndpoint written as admin was not refused by the chart's webhook (exit ok: {}): {}{}",
-                out.ok,
-                out.stdout.trim(),
-                out.stderr.trim()
-            );
-        }
         info("$ kubectl apply -f forged-podendpoint.yaml   # as admin");
-        info(&format!("  {}", out.stderr.trim()));
+        info(&format!("  {refusal}"));
         let writers = spec
             .args
             .iter()
@@ -323,6 +320,27 @@ impl Lab {
             "webhook serving at {listen} (Service {SYSTEM_NS}/{WEBHOOK}), ready; the chart's webhook configurations reach it over the chart's certificate: a PodEndpoint applied as admin is refused (--podendpoint-writers={writers})"
         ));
         self.check_identity("webhook", &spec.user())
+    }
+
+    /// `kubectl apply -f file`, which must be refused with `marker` in the message; the refusal (stderr).
+    /// Otherwise fails with `not_refused` and what kubectl said.
+    async fn refused_apply(
+        &self,
+        opts: &Options,
+        file: &str,
+        marker: &str,
+        not_refused: &str,
+    ) -> anyhow::Result<String> {
+        let out = self.kubectl(opts, &["apply", "-f", file]).await?;
+        if out.ok || !out.stderr.contains(marker) {
+            bail!(
+                "{not_refused} (exit ok: {}): {}{}",
+                out.ok,
+                out.stdout.trim(),
+                out.stderr.trim()
+            );
+        }
+        Ok(out.stderr.trim().to_string())
     }
 
     pub(in crate::lab) async fn operator(&mut self, opts: &Options) -> anyhow::Result<()> {
@@ -406,16 +424,15 @@ impl Lab {
             info(&format!("  {}", out.stdout.trim()));
         }
         info("$ kubectl apply -f invalid-sgc.yaml   # publicIpPrefixId not an ARM ID (the webhook's rule 6)");
-        let out = self.kubectl(opts, &["apply", "-f", "invalid-sgc.yaml"]).await?;
-        if out.ok || !out.stderr.contains("denied the request") {
-            bail!(
-                "the invalid configuration was not refused by the webhook (exit ok: {}): {}{}",
-                out.ok,
-                out.stdout.trim(),
-                out.stderr.trim()
-            );
-        }
-        info(&format!("  {}", out.stderr.trim()));
+        let refusal = self
+            .refused_apply(
+                opts,
+                "invalid-sgc.yaml",
+                "denied the request",
+                "the invalid configuration was not refused by the webhook",
+            )
+            .await?;
+        info(&format!("  {refusal}"));
         ok("the webhook refused the invalid configuration");
 
         let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(self.client()?, DEMO_NS);

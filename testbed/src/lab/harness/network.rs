@@ -39,12 +39,7 @@ impl Lab {
         table: u32,
     ) -> anyhow::Result<()> {
         use crate::lab::dataplane::ip;
-        let fabric = self.fabric_ns.clone();
-        self.add_netns(ns)?;
-        ip(&[
-            "link", "add", "name", fabric_if, "netns", &fabric, "type", "veth", "peer", "name", "eth0",
-            "netns", ns,
-        ])?;
+        let fabric = self.linked_to_fabric(ns, fabric_if)?;
         ip(&[
             "-n",
             &fabric,
@@ -85,6 +80,17 @@ impl Lab {
         sysctl(ns, "net.ipv4.ip_forward", "1")
     }
 
+    /// A new network namespace `ns` whose eth0 is a veth to the fabric's `fabric_if`; the fabric's namespace.
+    fn linked_to_fabric(&mut self, ns: &str, fabric_if: &str) -> anyhow::Result<String> {
+        let fabric = self.fabric_ns.clone();
+        self.add_netns(ns)?;
+        crate::lab::dataplane::ip(&[
+            "link", "add", "name", fabric_if, "netns", &fabric, "type", "veth", "peer", "name", "eth0",
+            "netns", ns,
+        ])?;
+        Ok(fabric)
+    }
+
     /// An echo host behind the fabric: namespace `ns` linked to the fabric's `fabric_if` (addresses
     /// `fabric_side`, the first its default gateway) with the `hosts` addresses (/24) on its eth0, each
     /// answering on the echo port with the source address it sees.
@@ -96,12 +102,7 @@ impl Lab {
         hosts: &[Ipv4Addr],
     ) -> anyhow::Result<()> {
         use crate::lab::dataplane::ip;
-        let fabric = self.fabric_ns.clone();
-        self.add_netns(ns)?;
-        ip(&[
-            "link", "add", "name", fabric_if, "netns", &fabric, "type", "veth", "peer", "name", "eth0",
-            "netns", ns,
-        ])?;
+        let fabric = self.linked_to_fabric(ns, fabric_if)?;
         for a in fabric_side {
             ip(&["-n", &fabric, "addr", "add", a, "dev", fabric_if])?;
         }

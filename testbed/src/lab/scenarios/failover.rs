@@ -179,14 +179,20 @@ fn fmt_ms(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+/// What azure-sim holds for the demo pool's gateways (None before it runs).
+fn gateways_view(lab: &Lab) -> Option<fabric::AzureView> {
+    let names: Vec<String> = lab.gateway_vms.iter().map(|g| g.0.clone()).collect();
+    Some(
+        lab.azure
+            .as_ref()?
+            .handle()
+            .with_state(|s| fabric::read_view(&s.world, &names)),
+    )
+}
+
 /// The gateway (index in `lab.gateway_vms`) whose secondary IP has public address `public`.
 fn gateway_of(lab: &Lab, public: Ipv4Addr) -> Option<(usize, Ipv4Addr)> {
-    let names: Vec<String> = lab.gateway_vms.iter().map(|g| g.0.clone()).collect();
-    let view = lab
-        .azure
-        .as_ref()?
-        .handle()
-        .with_state(|s| fabric::read_view(&s.world, &names));
+    let view = gateways_view(lab)?;
     let vm = view
         .vms
         .iter()
@@ -197,12 +203,7 @@ fn gateway_of(lab: &Lab, public: Ipv4Addr) -> Option<(usize, Ipv4Addr)> {
 
 /// The other gateway's public address inside `prefix`.
 fn other_public(lab: &Lab, not: usize, prefix: ipnet::Ipv4Net) -> Option<Ipv4Addr> {
-    let names: Vec<String> = lab.gateway_vms.iter().map(|g| g.0.clone()).collect();
-    let view = lab
-        .azure
-        .as_ref()?
-        .handle()
-        .with_state(|s| fabric::read_view(&s.world, &names));
+    let view = gateways_view(lab)?;
     let other = lab.gateway_vms.iter().enumerate().find(|(i, _)| *i != not)?.1;
     view.vms
         .iter()
