@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use kube::Api;
 
-use super::*;
+use super::{Lab, Options, SYSTEM_NS, lab_tag, regular_nodes};
 use crate::cluster::Backend;
 use crate::files::write_private;
 use crate::lab::chart::{self, LaunchSpec, Localize};

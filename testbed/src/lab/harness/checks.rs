@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::DeleteParams;
 
-use super::*;
+use super::{DEMO_NS, ECHO_IP, ECHO_PORT, Lab, Options, POOL};
 use crate::azure::SimHandle;
 use crate::lab::report::{info, ok};
 use crate::lab::runtime;

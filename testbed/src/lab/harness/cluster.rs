@@ -13,7 +13,10 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
 
-use super::*;
+use super::{
+    DEMO_NS, ECHO_EXCLUDED_IP, Lab, NODE_POOL, OPERATOR, Options, POOL, RELEASE, SGC, SYSTEM_NS, VM_POOL,
+    WEBHOOK, azure_ids, lab_seed, regular_node_labels, regular_nodes, regular_pod_cidr, vm_pool_nodes,
+};
 use crate::azure::{AzureSim, Seed};
 use crate::cluster::Backend;
 use crate::files::write_private;
@@ -23,6 +26,7 @@ use crate::lab::images::Place;
 use crate::lab::kube_api::KubeApi;
 use crate::lab::kubelet::{self, Heartbeat};
 use crate::lab::report::{info, ok};
+use anyhow::Context as _;
 
 impl Lab {
     pub(in crate::lab) async fn simulators(&mut self, opts: &Options) -> anyhow::Result<()> {

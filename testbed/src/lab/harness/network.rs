@@ -11,7 +11,11 @@ use api::StaticGatewayConfiguration;
 use kube::Api;
 use serde_json::json;
 
-use super::*;
+use super::{
+    DEMO_NS, ECHO_EXCLUDED_IP, ECHO_IP, ECHO_PORT, FABRIC_GW, GATEWAY_AGENT, Lab, NODE_AGENT, ONPREM_IP,
+    ONPREM_OTHER_IP, Options, POOL, SGC, SYSTEM_NS, VM_POOL, gateway_nodes, lab_tag, regular_node_labels,
+    regular_nodes, regular_pod_cidr, vm_pool_nodes,
+};
 use crate::lab::chart;
 use crate::lab::images::Place;
 use crate::lab::report::{info, ok};

@@ -7,7 +7,9 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
 
-use super::*;
+use super::{
+    DEMO_NS, ECHO_EXCLUDED_IP, ECHO_IP, ECHO_PORT, Lab, NODE_AGENT, Options, PODS, SGC, SYSTEM_NS, lab_tag,
+};
 use crate::lab::report::{info, ok};
 use crate::lab::{fabric, runtime};
 

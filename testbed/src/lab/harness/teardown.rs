@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::*;
+use super::{DEMO_NS, Lab, Options, lab_tag};
 use crate::cluster::Backend;
 use crate::lab::procs::live_children;
 use crate::lab::report::{info, ok};

@@ -7,8 +7,8 @@ use api::StaticGatewayConfiguration;
 use kube::Api;
 use serde_json::json;
 
-use crate::lab::harness::checks::*;
-use crate::lab::harness::*;
+use crate::lab::harness::checks::{dataplane_leftovers, remove_pod};
+use crate::lab::harness::{DEMO_NS, Lab, Options, SYSTEM_NS, lab_seed};
 use crate::lab::report::{info, ok};
 use crate::lab::{fabric, runtime};
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::lab::harness::checks::*;
-use crate::lab::harness::*;
+use crate::lab::harness::checks::{azure, echo};
+use crate::lab::harness::{Lab, Options, PODS};
 use crate::lab::report::{info, ok};
 use crate::lab::{fabric, runtime};
 

@@ -6,8 +6,12 @@ use anyhow::{Context as _, bail};
 use kube::Api;
 
 use crate::azure::SimHandle;
-use crate::lab::harness::checks::*;
-use crate::lab::harness::*;
+use crate::lab::harness::checks::{
+    apply, azure, dataplane_leftovers, delete_sgc, ip_out, kubectl_delete, ready_sgc, remove_pod, uid_of,
+};
+use crate::lab::harness::{
+    DEMO_NS, ECHO_IP, ECHO_PORT, Lab, ONPREM_IP, ONPREM_OTHER_IP, ONPREM_RANGE, Options, VM_POOL,
+};
 use crate::lab::report::ok;
 use crate::lab::{fabric, runtime};
 
@@ -395,6 +399,7 @@ pub(super) async fn private(lab: &mut Lab, opts: &Options) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::harness::{lab_seed, vm_pool_nodes};
 
     #[tokio::test]
     async fn the_lab_seed_has_a_vm_based_gateway_pool_with_one_pre_created_nic_per_vm() {

@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::json;
 
-use crate::lab::harness::checks::*;
-use crate::lab::harness::*;
+use crate::lab::harness::checks::{
+    apply, azure, check_egress, delete_sgc, prefix_of, ready_sgc, remove_pod, sgc_yaml, uid_of,
+};
+use crate::lab::harness::{DEMO_NS, Lab, Options, lab_seed};
 use crate::lab::report::ok;
 
 // ------------------------------------------------------------------------------------------ scenario 2
