@@ -1075,3 +1075,116 @@ async fn delete_preconditions_are_checked() {
     configmaps.delete("c", &exact).await.expect("delete");
     assert!(configmaps.get_opt("c").await.expect("get").is_none());
 }
+
+/// A field manager that owned every field of a map and applies it empty: kube-apiserver v1.28 leaves the map
+/// `null` (the applier still owns it), so the CRD schema refuses a required `spec` (422, `spec`, type
+/// invalid) and keeps the object as it was; a map nobody owns any more goes, and a built-in kind's emptied
+/// `labels` and `data` are gone. The same requests and answers on both backends.
+async fn emptying_an_applied_map(backend: testbed::cluster::Backend) {
+    let cluster = testbed::cluster::TestCluster::start(backend)
+        .await
+        .expect("cluster");
+    cluster.install_crds().await.expect("CRDs");
+    let ns = cluster.namespace("emptied-map", &[]).await.expect("namespace");
+    let client = cluster.client().expect("client");
+    let resource = kube::api::ApiResource::erase::<api::internal::GatewayStatus>(&());
+    let statuses: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    let apply = PatchParams::apply("agent");
+    let gateway_status = |spec: serde_json::Value| {
+        Patch::Apply(
+            json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+            "kind": "GatewayStatus", "metadata": {"name": "node-1"}, "spec": spec}),
+        )
+    };
+    let both_lists = json!({
+        "readyGatewayConfigurations": [{"staticGatewayConfiguration": "a/b", "interfaceName": "wg-1"}],
+        "readyPeerConfigurations": [{"podEndpoint": "a/p", "interfaceName": "wg-1", "publicKey": "k"}]});
+    let applied = statuses
+        .patch("node-1", &apply, &gateway_status(both_lists.clone()))
+        .await
+        .expect("apply both lists");
+    let refused = api_err(
+        statuses
+            .patch("node-1", &apply, &gateway_status(json!({})))
+            .await
+            .expect_err("spec: null refused"),
+    );
+    let what = format!("{backend}: {refused:?}");
+    assert_eq!(
+        (refused.code, refused.reason.as_str()),
+        (422, "Invalid"),
+        "{what}"
+    );
+    assert_eq!(
+        refused.message,
+        "GatewayStatus.egressgateway.kubernetes.azure.com \"node-1\" is invalid: spec: Invalid value: \"null\": spec in body must be of type object: \"null\"",
+        "{what}"
+    );
+    let causes = refused
+        .details
+        .as_ref()
+        .map(|d| d.causes.clone())
+        .unwrap_or_default();
+    assert_eq!(causes.len(), 1, "{what}");
+    assert_eq!(
+        (causes[0].reason.as_str(), causes[0].field.as_str()),
+        ("FieldValueTypeInvalid", "spec"),
+        "{what}"
+    );
+    let kept = statuses.get("node-1").await.expect("get");
+    assert_eq!(kept.data["spec"], both_lists, "{backend}: nothing applied");
+    assert_eq!(kept.metadata.resource_version, applied.metadata.resource_version);
+
+    // An applier that owns one list: the other (defaulted, nobody's) keeps `spec` a map, and the given-up
+    // list is defaulted again.
+    let one_list = json!({"readyGatewayConfigurations": [{"staticGatewayConfiguration": "a/b", "interfaceName": "wg-1"}]});
+    let fresh = PatchParams::apply("other-agent");
+    let node2 = |spec: serde_json::Value| {
+        Patch::Apply(
+            json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+            "kind": "GatewayStatus", "metadata": {"name": "node-2"}, "spec": spec}),
+        )
+    };
+    statuses
+        .patch("node-2", &fresh, &node2(one_list))
+        .await
+        .expect("apply one list");
+    let emptied = statuses
+        .patch("node-2", &fresh, &node2(json!({})))
+        .await
+        .expect("spec stays a map");
+    assert_eq!(
+        emptied.data["spec"],
+        json!({"readyGatewayConfigurations": [], "readyPeerConfigurations": []}),
+        "{backend}"
+    );
+
+    let configmaps: Api<ConfigMap> = Api::namespaced(client, &ns);
+    let cm_apply = |labels: serde_json::Value, data: serde_json::Value| {
+        Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "labels": labels}, "data": data}))
+    };
+    configmaps
+        .patch("c", &apply, &cm_apply(json!({"a": "b"}), json!({"k": "v"})))
+        .await
+        .expect("apply labels and data");
+    let emptied = configmaps
+        .patch("c", &apply, &cm_apply(json!({}), json!({})))
+        .await
+        .expect("apply them empty");
+    assert_eq!(
+        (emptied.metadata.labels, emptied.data),
+        (None, None),
+        "{backend}: emptied maps of a built-in kind are gone"
+    );
+}
+
+#[tokio::test]
+async fn sim_refuses_an_applied_map_emptied_into_null_like_the_real_server() {
+    emptying_an_applied_map(testbed::cluster::Backend::Sim).await;
+}
+
+#[tokio::test]
+async fn real_refuses_an_applied_map_emptied_into_null() {
+    emptying_an_applied_map(testbed::cluster::Backend::Real).await;
+}

@@ -69,7 +69,11 @@ pub(super) fn validate(t: &Target, obj: &Value, old: Option<&Value>) -> ApiResul
         causes.extend(builtin_update_causes(t, obj, old));
     }
     if let Some(schema) = t.rt.version(&t.version).and_then(|v| v.schema.as_ref()) {
-        causes.extend(schema::validate(obj, schema));
+        causes.extend(if t.sub == "status" {
+            schema::validate_status(obj, schema)
+        } else {
+            schema::validate(obj, schema)
+        });
         if causes.is_empty() {
             causes.extend(super::super::cel::validate(obj, old, schema));
         }
@@ -528,7 +532,15 @@ pub(super) fn merge_for_update(t: &Target, live: &Value, mut proposed: Value) ->
     proposed["kind"] = json!(t.rt.kind);
     let mut out = if t.sub == "status" {
         let mut o = live.clone();
-        o["status"] = proposed.get("status").cloned().unwrap_or(Value::Null);
+        // A status write without `status` removes it (the apply that gave up every status field).
+        match proposed.get("status") {
+            Some(status) => o["status"] = status.clone(),
+            None => {
+                if let Some(m) = o.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
         if let Some(mf) = proposed.pointer("/metadata/managedFields") {
             o["metadata"]["managedFields"] = mf.clone();
         }
@@ -787,6 +799,7 @@ pub(super) async fn patch_verb(
                     &t.api_version(),
                     &now(),
                 )?;
+                patch::drop_typed_nulls(&mut obj, !t.rt.crd);
             }
             other => return Err(ApiError::unsupported_media(other)),
         }
