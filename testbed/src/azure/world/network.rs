@@ -237,17 +237,8 @@ impl World {
         for coll in [&mut frontends, &mut pools, &mut probes] {
             for item in coll.iter_mut() {
                 let cid = key(item["id"].as_str().unwrap_or_default());
-                let users: Vec<Value> = refs
-                    .get(&cid)
-                    .map(|r| r.iter().map(|i| json!({"id": i})).collect())
-                    .unwrap_or_default();
-                let ip = props(item);
-                if users.is_empty() {
-                    ip.remove("loadBalancingRules");
-                } else {
-                    ip.insert("loadBalancingRules".into(), Value::Array(users));
-                }
-                ip.insert("provisioningState".into(), json!("Succeeded"));
+                set_back_references(item, "loadBalancingRules", refs.get(&cid));
+                props(item).insert("provisioningState".into(), json!("Succeeded"));
             }
         }
         for rule in &mut rules {
@@ -314,16 +305,7 @@ impl World {
         {
             for pool in pools {
                 let pid = key(pool["id"].as_str().unwrap_or_default());
-                let refs: Vec<Value> = members
-                    .get(&pid)
-                    .map(|m| m.iter().map(|i| json!({"id": i})).collect())
-                    .unwrap_or_default();
-                let pp = props(pool);
-                if refs.is_empty() {
-                    pp.remove("backendIPConfigurations");
-                } else {
-                    pp.insert("backendIPConfigurations".into(), Value::Array(refs));
-                }
+                set_back_references(pool, "backendIPConfigurations", members.get(&pid));
             }
         }
         lb
@@ -699,5 +681,19 @@ impl World {
         }
         self.resources.remove(&key(&id));
         Ok(true)
+    }
+}
+
+/// Sets `properties.<field>` of a sub-resource to the `{"id": ...}` references ARM derives for it (the rules
+/// using a frontend, the ipConfigurations in a pool), or removes it when there are none, as ARM shows it.
+fn set_back_references(item: &mut Value, field: &str, ids: Option<&Vec<String>>) {
+    let refs: Vec<Value> = ids
+        .map(|ids| ids.iter().map(|id| json!({"id": id})).collect())
+        .unwrap_or_default();
+    let p = props(item);
+    if refs.is_empty() {
+        p.remove(field);
+    } else {
+        p.insert(field.into(), Value::Array(refs));
     }
 }

@@ -362,9 +362,7 @@ pub(super) async fn create(
     t: &Target,
     warnings: &mut Vec<String>,
 ) -> ApiResult<Response> {
-    if !t.sub.is_empty() {
-        return Err(ApiError::method_not_allowed());
-    }
+    t.whole_object_only()?;
     let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
     obj["apiVersion"] = json!(t.api_version());
@@ -731,6 +729,20 @@ pub(super) fn apply_manager(ctx: &Ctx) -> ApiResult<&str> {
     })
 }
 
+/// Server-side apply of a request's configuration onto the live object (`None`: the apply creates it).
+fn apply_patch(ctx: &Ctx, t: &Target, live: Option<&Value>, config: &Value) -> ApiResult<Value> {
+    check_type(t, config)?;
+    patch::server_side_apply(
+        live,
+        config,
+        apply_manager(ctx)?,
+        ctx.flag("force"),
+        t.subresource(),
+        &t.api_version(),
+        &now(),
+    )
+}
+
 pub(super) async fn patch_verb(
     shared: &Arc<Shared>,
     ctx: &Ctx,
@@ -749,17 +761,7 @@ pub(super) async fn patch_verb(
         let live = shared.lock().get(&t.res(), &t.key()).cloned();
         let Some(live) = live else {
             if ct == "application/apply-patch+yaml" && t.sub.is_empty() {
-                check_type(t, &body)?;
-                let manager = apply_manager(ctx)?;
-                let mut obj = patch::server_side_apply(
-                    None,
-                    &body,
-                    manager,
-                    ctx.flag("force"),
-                    None,
-                    &t.api_version(),
-                    &now(),
-                )?;
+                let mut obj = apply_patch(ctx, t, None, &body)?;
                 obj["metadata"]["name"] = json!(t.name);
                 if t.rt.namespaced {
                     obj["metadata"]["namespace"] = json!(t.ns);
@@ -787,18 +789,7 @@ pub(super) async fn patch_verb(
                 patch::strategic_merge(&mut obj, &body)
             }
             "application/apply-patch+yaml" => {
-                check_type(t, &body)?;
-                let manager = apply_manager(ctx)?;
-                let sub = t.subresource();
-                obj = patch::server_side_apply(
-                    Some(&obj),
-                    &body,
-                    manager,
-                    ctx.flag("force"),
-                    sub,
-                    &t.api_version(),
-                    &now(),
-                )?;
+                obj = apply_patch(ctx, t, Some(&obj), &body)?;
                 patch::drop_typed_nulls(&mut obj, !t.rt.crd);
             }
             other => return Err(ApiError::unsupported_media(other)),
