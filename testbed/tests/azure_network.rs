@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use azure_mgmt_network::models::{LoadBalancer, PublicIpPrefix};
-use azure_support::{LB, RG, prefix_body, prefix_pip_body, start, status_and_code};
+use azure_support::{LB, Network, RG, prefix_body, prefix_pip_body, start, status_and_code};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
@@ -346,14 +346,10 @@ async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
         Some("20.10.0.0")
     );
 
-    let err = prefixes
-        .delete(RG, "egressgateway-uid1", env.sub())
-        .send()
-        .await
-        .expect_err("in use");
     assert_eq!(
-        status_and_code(&err),
-        (400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())
+        env.delete(Network::PublicIpPrefix, "egressgateway-uid1").await,
+        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
+        "in use"
     );
     let got = prefixes
         .get(RG, "egressgateway-uid1", env.sub())
@@ -361,18 +357,13 @@ async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
         .expect("get");
     assert_eq!(got.properties.expect("props").public_ip_addresses.len(), 1);
 
-    pips.delete(RG, "egressgateway-uid1-abc", env.sub())
-        .send()
+    env.delete(Network::PublicIp, "egressgateway-uid1-abc")
         .await
         .expect("pip deleted");
-    prefixes
-        .delete(RG, "egressgateway-uid1", env.sub())
-        .send()
+    env.delete(Network::PublicIpPrefix, "egressgateway-uid1")
         .await
         .expect("prefix deleted");
-    prefixes
-        .delete(RG, "egressgateway-uid2", env.sub())
-        .send()
+    env.delete(Network::PublicIpPrefix, "egressgateway-uid2")
         .await
         .expect("prefix 2 deleted");
     let inv = env.sim.inventory();

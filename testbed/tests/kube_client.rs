@@ -965,71 +965,54 @@ async fn writes_naming_another_object_are_refused() {
         .expect("create");
     let mut other_ns = live.clone();
     other_ns.metadata.namespace = Some("kube-system".into());
-    let s = api_err(
-        configmaps
-            .replace("c", &PostParams::default(), &other_ns)
-            .await
-            .expect_err("namespace mismatch"),
-    );
-    assert_eq!(
-        (s.code, s.message.as_str()),
-        (
-            400,
-            "the namespace of the provided object does not match the namespace sent on the request"
-        )
-    );
-    let s = api_err(
-        configmaps
-            .patch(
-                "c",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"name": "renamed"}})),
-            )
-            .await
-            .expect_err("rename"),
-    );
-    assert_eq!(
-        (s.code, s.message.as_str()),
-        (
-            400,
-            "the name of the object (renamed) does not match the name on the URL (c)"
-        )
-    );
     let mut other_uid = live.clone();
     other_uid.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
-    let s = api_err(
-        configmaps
-            .replace("c", &PostParams::default(), &other_uid)
-            .await
-            .expect_err("a PUT's uid is a precondition"),
-    );
     let live_uid = live.metadata.uid.clone().unwrap_or_default();
-    assert_eq!(
-        (s.code, s.message),
+    /// A PUT of a whole object or a merge patch.
+    enum Write {
+        Replace(Box<ConfigMap>),
+        Merge(serde_json::Value),
+    }
+    let refused = [
         (
+            "namespace mismatch",
+            Write::Replace(Box::new(other_ns)),
+            400,
+            "the namespace of the provided object does not match the namespace sent on the request".to_string(),
+        ),
+        (
+            "rename",
+            Write::Merge(json!({"metadata": {"name": "renamed"}})),
+            400,
+            "the name of the object (renamed) does not match the name on the URL (c)".to_string(),
+        ),
+        (
+            "a PUT's uid is a precondition",
+            Write::Replace(Box::new(other_uid)),
             409,
             format!(
                 "Operation cannot be fulfilled on configmaps \"c\": Precondition failed: UID in precondition: 00000000-0000-0000-0000-000000000000, UID in object meta: {live_uid}"
-            )
-        )
-    );
-    let s = api_err(
-        configmaps
-            .patch(
-                "c",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"uid": "00000000-0000-0000-0000-000000000000"}})),
-            )
-            .await
-            .expect_err("uid is immutable"),
-    );
-    assert_eq!(
-        (s.code, s.message.as_str()),
+            ),
+        ),
         (
+            "uid is immutable",
+            Write::Merge(json!({"metadata": {"uid": "00000000-0000-0000-0000-000000000000"}})),
             422,
-            "ConfigMap \"c\" is invalid: metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable"
-        )
-    );
+            "ConfigMap \"c\" is invalid: metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable".to_string(),
+        ),
+    ];
+    for (what, write, code, message) in refused {
+        let result = match write {
+            Write::Replace(obj) => configmaps.replace("c", &PostParams::default(), &obj).await,
+            Write::Merge(patch) => {
+                configmaps
+                    .patch("c", &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+            }
+        };
+        let s = api_err(result.expect_err(what));
+        assert_eq!((s.code, s.message), (code, message), "{what}");
+    }
     let after = configmaps.get("c").await.expect("get");
     assert_eq!(after.metadata.resource_version, live.metadata.resource_version);
 }

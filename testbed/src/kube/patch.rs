@@ -455,6 +455,11 @@ pub fn server_side_apply(
 mod tests {
     use super::*;
 
+    /// An unforced apply of the main resource that must succeed.
+    pub(super) fn apply_as(live: Option<&Value>, config: Value, manager: &str) -> Value {
+        server_side_apply(live, &config, manager, false, None, "v1", "t").expect("apply")
+    }
+
     #[test]
     fn strategic_merge_merges_containers_by_name() {
         let mut t =
@@ -468,33 +473,14 @@ mod tests {
 
     #[test]
     fn apply_removes_fields_the_manager_stopped_setting() {
-        let first = server_side_apply(
-            None,
-            &json!({"spec": {"a": 1, "b": 2}}),
-            "m1",
-            false,
-            None,
-            "v1",
-            "t",
-        )
-        .expect("apply");
-        let second = server_side_apply(
-            Some(&first),
-            &json!({"spec": {"a": 1}}),
-            "m1",
-            false,
-            None,
-            "v1",
-            "t",
-        )
-        .expect("apply");
+        let first = apply_as(None, json!({"spec": {"a": 1, "b": 2}}), "m1");
+        let second = apply_as(Some(&first), json!({"spec": {"a": 1}}), "m1");
         assert_eq!(second["spec"], json!({"a": 1}));
     }
 
     #[test]
     fn apply_conflicts_with_other_manager_unless_forced() {
-        let first =
-            server_side_apply(None, &json!({"spec": {"a": 1}}), "m1", false, None, "v1", "t").expect("apply");
+        let first = apply_as(None, json!({"spec": {"a": 1}}), "m1");
         let err = server_side_apply(
             Some(&first),
             &json!({"spec": {"a": 2}}),
@@ -528,16 +514,11 @@ mod tests {
 
     #[test]
     fn an_applied_empty_map_is_owned_whole_so_adding_a_key_conflicts() {
-        let first = server_side_apply(
+        let first = apply_as(
             None,
-            &json!({"metadata": {"name": "x", "labels": {}}, "spec": {"a": 1}}),
+            json!({"metadata": {"name": "x", "labels": {}}, "spec": {"a": 1}}),
             "m1",
-            false,
-            None,
-            "v1",
-            "t",
-        )
-        .expect("apply");
+        );
         let add = json!({"metadata": {"name": "x", "labels": {"team": "b"}}});
         let err = server_side_apply(Some(&first), &add, "m2", false, None, "v1", "t").expect_err("conflict");
         assert_eq!(err.code, 409);
@@ -552,10 +533,6 @@ mod tests {
         let m1 = &forced["metadata"]["managedFields"][0];
         assert_eq!(m1["manager"], "m1");
         assert_eq!(m1["fieldsV1"], json!({"f:spec": {"f:a": {}}}), "m1 lost the map");
-    }
-
-    fn apply_as(live: Option<&Value>, config: Value, manager: &str) -> Value {
-        server_side_apply(live, &config, manager, false, None, "v1", "t").expect("apply")
     }
 
     /// What kube-apiserver v1.28 answers (seen on it): a map emptied by an apply stays as `null` while a
@@ -676,20 +653,12 @@ pub fn record_update(
 
 #[cfg(test)]
 mod update_tests {
+    use super::tests::apply_as;
     use super::*;
 
     #[test]
     fn updates_take_ownership_from_appliers_so_reapply_conflicts() {
-        let applied = server_side_apply(
-            None,
-            &json!({"spec": {"a": 1, "b": 1}}),
-            "tf",
-            false,
-            None,
-            "v1",
-            "t",
-        )
-        .expect("apply");
+        let applied = apply_as(None, json!({"spec": {"a": 1, "b": 1}}), "tf");
         let mut edited = applied.clone();
         edited["spec"]["a"] = json!(2);
         record_update(Some(&applied), &mut edited, "kubectl-edit", None, "v1", "t");

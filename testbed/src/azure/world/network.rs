@@ -11,11 +11,11 @@ impl World {
     // ---------------------------------------------------------------- load balancers
 
     pub fn put_load_balancer(&mut self, rg: &str, name: &str, body: Value) -> Result<PutOutcome, ArmError> {
-        self.check_rg(rg)?;
-        check_network_name(name)?;
-        let id = self.resource_id(rg, LB_TYPE, name);
-        let location = Self::require_location(&body, &id)?;
-        let existing = self.get(&id).cloned();
+        let NetworkPut {
+            id,
+            location,
+            existing,
+        } = self.network_put(LB_TYPE, rg, name, &body)?;
         let mut lb = body;
         envelope(&mut lb, &id, name, LB_TYPE, &location)
             .entry("sku")
@@ -348,11 +348,11 @@ impl World {
         name: &str,
         body: Value,
     ) -> Result<PutOutcome, ArmError> {
-        self.check_rg(rg)?;
-        check_network_name(name)?;
-        let id = self.resource_id(rg, PREFIX_TYPE, name);
-        let location = Self::require_location(&body, &id)?;
-        let existing = self.get(&id).cloned();
+        let NetworkPut {
+            id,
+            location,
+            existing,
+        } = self.network_put(PREFIX_TYPE, rg, name, &body)?;
         let p = body.get("properties").cloned().unwrap_or_default();
         let what = format!("publicIPPrefix '{name}'");
         let len = int_field(&p, "prefixLength", &what, 21, 31)?.ok_or_else(|| {
@@ -445,11 +445,11 @@ impl World {
     }
 
     pub fn put_public_ip(&mut self, rg: &str, name: &str, body: Value) -> Result<PutOutcome, ArmError> {
-        self.check_rg(rg)?;
-        check_network_name(name)?;
-        let id = self.resource_id(rg, PIP_TYPE, name);
-        let location = Self::require_location(&body, &id)?;
-        let existing = self.get(&id).cloned();
+        let NetworkPut {
+            id,
+            location,
+            existing,
+        } = self.network_put(PIP_TYPE, rg, name, &body)?;
         let p = body.get("properties").cloned().unwrap_or_default();
         let version = p
             .get("publicIPAddressVersion")
@@ -584,11 +584,11 @@ impl World {
         name: &str,
         body: Value,
     ) -> Result<PutOutcome, ArmError> {
-        self.check_rg(rg)?;
-        check_network_name(name)?;
-        let id = self.resource_id(rg, NIC_TYPE, name);
-        let location = Self::require_location(&body, &id)?;
-        let existing = self.get(&id).cloned();
+        let NetworkPut {
+            id,
+            location,
+            existing,
+        } = self.network_put(NIC_TYPE, rg, name, &body)?;
         let mut v = body;
         let mut configs = arr(&v["properties"], "ipConfigurations");
         let what = format!("networkInterface '{name}'");
@@ -695,5 +695,29 @@ fn set_back_references(item: &mut Value, field: &str, ids: Option<&Vec<String>>)
         p.remove(field);
     } else {
         p.insert(field.into(), Value::Array(refs));
+    }
+}
+
+/// What every PUT of a network resource checks and reads first.
+struct NetworkPut {
+    id: String,
+    location: String,
+    /// The resource as it was, `None` when the PUT creates it.
+    existing: Option<Value>,
+}
+
+impl World {
+    /// Checks the resource group, the name and the body's `location` of a PUT of a `ty` resource.
+    fn network_put(&self, ty: &str, rg: &str, name: &str, body: &Value) -> Result<NetworkPut, ArmError> {
+        self.check_rg(rg)?;
+        check_network_name(name)?;
+        let id = self.resource_id(rg, ty, name);
+        let location = Self::require_location(body, &id)?;
+        let existing = self.get(&id).cloned();
+        Ok(NetworkPut {
+            id,
+            location,
+            existing,
+        })
     }
 }

@@ -330,6 +330,18 @@ pub(super) fn clear_system_fields(obj: &mut Value) {
     }
 }
 
+/// Records a non-apply write (`old`: `None` for a create) in `managedFields` under the request's manager.
+fn record_update(ctx: &Ctx, t: &Target, old: Option<&Value>, new: &mut Value) {
+    patch::record_update(
+        old,
+        new,
+        &update_manager(ctx),
+        t.subresource(),
+        &t.api_version(),
+        &now(),
+    );
+}
+
 /// The field manager of a non-apply write: `fieldManager`, else the User-Agent's product, like kube-apiserver.
 pub(super) fn update_manager(ctx: &Ctx) -> String {
     if let Some(m) = ctx.q("fieldManager").filter(|m| !m.is_empty()) {
@@ -413,14 +425,7 @@ pub(super) async fn create_admitted(
     };
     let mut obj = admit(shared, ctx, t, "CREATE", None, obj, warnings).await?;
     if record_manager {
-        patch::record_update(
-            None,
-            &mut obj,
-            &update_manager(ctx),
-            None,
-            &t.api_version(),
-            &now(),
-        );
+        record_update(ctx, t, None, &mut obj);
     }
     let mut st = shared.lock();
     if t.rt.namespaced {
@@ -707,15 +712,7 @@ pub(super) async fn update(
     }
     let merged = merge_for_update(t, &live, body)?;
     let mut admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
-    let sub = t.subresource();
-    patch::record_update(
-        Some(&live),
-        &mut admitted,
-        &update_manager(ctx),
-        sub,
-        &t.api_version(),
-        &now(),
-    );
+    record_update(ctx, t, Some(&live), &mut admitted);
     let stored = commit_update(shared, ctx, t, &live_rv, admitted)?;
     Ok(json_response(200, &present(&stored, t), warnings))
 }
@@ -801,15 +798,7 @@ pub(super) async fn patch_verb(
         let merged = merge_for_update(t, &live, obj)?;
         let mut admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
         if ct != "application/apply-patch+yaml" {
-            let sub = t.subresource();
-            patch::record_update(
-                Some(&live),
-                &mut admitted,
-                &update_manager(ctx),
-                sub,
-                &t.api_version(),
-                &now(),
-            );
+            record_update(ctx, t, Some(&live), &mut admitted);
         }
         match commit_update(shared, ctx, t, &live_rv, admitted) {
             Ok(stored) => return Ok(json_response(200, &present(&stored, t), warnings)),
