@@ -36,6 +36,22 @@ fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     }
 }
 
+/// Creates Secret `name` with `owner` as its owner reference.
+async fn create_owned_secret(secrets: &Api<Secret>, name: &str, owner: OwnerReference) {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("dependent");
+}
+
 fn api_err(e: Error) -> kube::core::Status {
     match e {
         Error::Api(s) => *s,
@@ -497,18 +513,7 @@ async fn garbage_collection_follows_owner_references() {
         ..Default::default()
     };
     for name in ["dep1", "dep2"] {
-        let s = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                owner_references: Some(vec![oref.clone()]),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        secrets
-            .create(&PostParams::default(), &s)
-            .await
-            .expect("dependent");
+        create_owned_secret(&secrets, name, oref.clone()).await;
     }
     cms.delete("owner", &DeleteParams::background())
         .await
@@ -522,21 +527,11 @@ async fn garbage_collection_follows_owner_references() {
         .create(&PostParams::default(), &cm("owner", &[]))
         .await
         .expect("owner again");
-    let s = Secret {
-        metadata: ObjectMeta {
-            name: Some("orphan".into()),
-            owner_references: Some(vec![OwnerReference {
-                uid: owner2.metadata.uid.clone().expect("uid"),
-                ..oref
-            }]),
-            ..Default::default()
-        },
-        ..Default::default()
+    let owned_by_owner2 = OwnerReference {
+        uid: owner2.metadata.uid.clone().expect("uid"),
+        ..oref
     };
-    secrets
-        .create(&PostParams::default(), &s)
-        .await
-        .expect("dependent");
+    create_owned_secret(&secrets, "orphan", owned_by_owner2).await;
     cms.delete("owner", &DeleteParams::orphan())
         .await
         .expect("orphaning delete");

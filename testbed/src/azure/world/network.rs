@@ -11,11 +11,7 @@ impl World {
     // ---------------------------------------------------------------- load balancers
 
     pub fn put_load_balancer(&mut self, rg: &str, name: &str, body: Value) -> Result<PutOutcome, ArmError> {
-        let NetworkPut {
-            id,
-            location,
-            existing,
-        } = self.network_put(LB_TYPE, rg, name, &body)?;
+        let (id, location, existing) = self.network_put(LB_TYPE, rg, name, &body)?;
         let mut lb = body;
         envelope(&mut lb, &id, name, LB_TYPE, &location)
             .entry("sku")
@@ -348,11 +344,7 @@ impl World {
         name: &str,
         body: Value,
     ) -> Result<PutOutcome, ArmError> {
-        let NetworkPut {
-            id,
-            location,
-            existing,
-        } = self.network_put(PREFIX_TYPE, rg, name, &body)?;
+        let (id, location, existing) = self.network_put(PREFIX_TYPE, rg, name, &body)?;
         let p = body.get("properties").cloned().unwrap_or_default();
         let what = format!("publicIPPrefix '{name}'");
         let len = int_field(&p, "prefixLength", &what, 21, 31)?.ok_or_else(|| {
@@ -445,11 +437,7 @@ impl World {
     }
 
     pub fn put_public_ip(&mut self, rg: &str, name: &str, body: Value) -> Result<PutOutcome, ArmError> {
-        let NetworkPut {
-            id,
-            location,
-            existing,
-        } = self.network_put(PIP_TYPE, rg, name, &body)?;
+        let (id, location, existing) = self.network_put(PIP_TYPE, rg, name, &body)?;
         let p = body.get("properties").cloned().unwrap_or_default();
         let version = p
             .get("publicIPAddressVersion")
@@ -584,11 +572,7 @@ impl World {
         name: &str,
         body: Value,
     ) -> Result<PutOutcome, ArmError> {
-        let NetworkPut {
-            id,
-            location,
-            existing,
-        } = self.network_put(NIC_TYPE, rg, name, &body)?;
+        let (id, location, existing) = self.network_put(NIC_TYPE, rg, name, &body)?;
         let mut v = body;
         let mut configs = arr(&v["properties"], "ipConfigurations");
         let what = format!("networkInterface '{name}'");
@@ -698,26 +682,22 @@ fn set_back_references(item: &mut Value, field: &str, ids: Option<&Vec<String>>)
     }
 }
 
-/// What every PUT of a network resource checks and reads first.
-struct NetworkPut {
-    id: String,
-    location: String,
-    /// The resource as it was, `None` when the PUT creates it.
-    existing: Option<Value>,
-}
-
 impl World {
-    /// Checks the resource group, the name and the body's `location` of a PUT of a `ty` resource.
-    fn network_put(&self, ty: &str, rg: &str, name: &str, body: &Value) -> Result<NetworkPut, ArmError> {
+    /// What every PUT of a network resource checks and reads first: the resource group, the name and the
+    /// body's `location`. Returns the resource's ID, its location and the resource as it was (`None` when
+    /// the PUT creates it).
+    fn network_put(
+        &self,
+        ty: &str,
+        rg: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<(String, String, Option<Value>), ArmError> {
         self.check_rg(rg)?;
         check_network_name(name)?;
         let id = self.resource_id(rg, ty, name);
         let location = Self::require_location(body, &id)?;
         let existing = self.get(&id).cloned();
-        Ok(NetworkPut {
-            id,
-            location,
-            existing,
-        })
+        Ok((id, location, existing))
     }
 }
