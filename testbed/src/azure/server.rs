@@ -1045,7 +1045,10 @@ fn route_resource(
         "/subscriptions/{}/resourceGroups/{rg}/providers",
         w.subscription_id
     );
-    if let Some(kind) = RESOURCE_KINDS.iter().find(|k| k.ns == ns && k.ty == ty) {
+    let routed = RESOURCE_KINDS
+        .iter()
+        .find(|k| k.arm_type.eq_ignore_ascii_case(&format!("{ns}/{ty}")));
+    if let Some(kind) = routed {
         match (rest.len(), &r.method, kind.writes) {
             (0, &Method::GET, _) => {
                 let listed = w.list(&format!("{rg_scope}/{}", kind.arm_type));
@@ -1062,7 +1065,7 @@ fn route_resource(
                     r,
                     m,
                     &id,
-                    kind.provider,
+                    kind.provider(),
                     |w| (writes.put)(w, rg, name, r.body.clone()),
                     |w| (writes.delete)(w, rg, name),
                     |w| (kind.get)(w, rg, name, &id),
@@ -1128,17 +1131,21 @@ fn route_resource(
 /// A resource type directly under a resource group: its collection lists (`GET .../<type>`), and one
 /// resource is read or, with `writes`, goes through [`crud`] (ETags, long-running operations).
 struct ResourceKind {
-    /// Provider namespace and type as routed (lowercase).
-    ns: &'static str,
-    ty: &'static str,
-    /// The ARM type (`Microsoft.Network/loadBalancers`) and its provider (`Microsoft.Network`).
+    /// The ARM type (`Microsoft.Network/loadBalancers`): routed case-insensitively, its provider is the part
+    /// before the slash.
     arm_type: &'static str,
-    provider: &'static str,
     /// Reads one resource: `(world, resource group, name, id)`.
     get: fn(&World, &str, &str, &str) -> Result<Value, ArmError>,
     /// How a listed resource is shown (a load balancer with its derived fields).
     listed: fn(&World, Value) -> Value,
     writes: Option<Writes>,
+}
+
+impl ResourceKind {
+    /// `Microsoft.Network` of `Microsoft.Network/loadBalancers`.
+    fn provider(&self) -> &'static str {
+        self.arm_type.split('/').next().unwrap_or(self.arm_type)
+    }
 }
 
 /// PUT and DELETE of one resource: `(world, resource group, name[, body])`.
@@ -1159,10 +1166,7 @@ fn as_stored(_: &World, v: Value) -> Value {
 /// The routing table of the resource types served as plain collections of a resource group.
 const RESOURCE_KINDS: &[ResourceKind] = &[
     ResourceKind {
-        ns: "microsoft.network",
-        ty: "loadbalancers",
         arm_type: world::LB_TYPE,
-        provider: "Microsoft.Network",
         get: |w, _, _, id| w.get_load_balancer(id),
         listed: |w, lb| w.decorate_lb(lb),
         writes: Some(Writes {
@@ -1171,10 +1175,7 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
         }),
     },
     ResourceKind {
-        ns: "microsoft.network",
-        ty: "publicipprefixes",
         arm_type: world::PREFIX_TYPE,
-        provider: "Microsoft.Network",
         get: |w, rg, name, _| w.get_public_ip_prefix(rg, name),
         listed: as_stored,
         writes: Some(Writes {
@@ -1183,10 +1184,7 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
         }),
     },
     ResourceKind {
-        ns: "microsoft.network",
-        ty: "publicipaddresses",
         arm_type: world::PIP_TYPE,
-        provider: "Microsoft.Network",
         get: |w, rg, name, _| w.get_public_ip(rg, name),
         listed: as_stored,
         writes: Some(Writes {
@@ -1195,10 +1193,7 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
         }),
     },
     ResourceKind {
-        ns: "microsoft.network",
-        ty: "networkinterfaces",
         arm_type: world::NIC_TYPE,
-        provider: "Microsoft.Network",
         get: by_id,
         listed: as_stored,
         writes: Some(Writes {
@@ -1207,10 +1202,7 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
         }),
     },
     ResourceKind {
-        ns: "microsoft.compute",
-        ty: "virtualmachinescalesets",
         arm_type: world::VMSS_TYPE,
-        provider: "Microsoft.Compute",
         get: by_id,
         listed: as_stored,
         writes: Some(Writes {
@@ -1219,10 +1211,7 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
         }),
     },
     ResourceKind {
-        ns: "microsoft.compute",
-        ty: "virtualmachines",
         arm_type: world::VM_TYPE,
-        provider: "Microsoft.Compute",
         get: by_id,
         listed: as_stored,
         writes: None,
