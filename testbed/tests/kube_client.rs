@@ -52,6 +52,16 @@ async fn create_owned_secret(secrets: &Api<Secret>, name: &str, owner: OwnerRefe
         .expect("dependent");
 }
 
+/// The API's refusal of creating `body` (panics naming `what` when it is created).
+async fn refused_create(
+    api: &Api<kube::api::DynamicObject>,
+    body: serde_json::Value,
+    what: &str,
+) -> kube::core::Status {
+    let obj = serde_json::from_value(body).expect("dynamic");
+    api_err(api.create(&PostParams::default(), &obj).await.expect_err(what))
+}
+
 fn api_err(e: Error) -> kube::core::Status {
     match e {
         Error::Api(s) => *s,
@@ -183,15 +193,7 @@ async fn crd_objects_are_defaulted_pruned_validated_and_track_generation() {
     // Schema validation: wrong type.
     let bad = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
         "metadata": {"name": "bad"}, "spec": {"gatewayNodepoolName": "gw", "defaultRoute": "sideways"}});
-    let e = api_err(
-        dynamic
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(bad).expect("dynamic"),
-            )
-            .await
-            .expect_err("invalid"),
-    );
+    let e = refused_create(&dynamic, bad, "invalid").await;
     assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
     assert!(
         e.message.starts_with("StaticGatewayConfiguration.egressgateway.kubernetes.azure.com \"bad\" is invalid: spec.defaultRoute: Unsupported value: \"sideways\""),
@@ -202,15 +204,7 @@ async fn crd_objects_are_defaulted_pruned_validated_and_track_generation() {
     // CEL rules of the schema (x-kubernetes-validations), including transition rules with oldSelf.
     let no_pool = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
         "metadata": {"name": "nopool"}, "spec": {}});
-    let e = api_err(
-        dynamic
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(no_pool).expect("dynamic"),
-            )
-            .await
-            .expect_err("rule 1"),
-    );
+    let e = refused_create(&dynamic, no_pool, "rule 1").await;
     assert_eq!(e.code, 422);
     assert!(
         e.message

@@ -252,11 +252,7 @@ impl World {
                 .and_then(|e| str_at(e, &["properties", "resourceGuid"]))
                 .map_or_else(|| json!(uuid::Uuid::new_v4().to_string()), |g| json!(g))
         });
-        let stored = self.store(&id, lb);
-        Ok(PutOutcome {
-            resource: self.decorate_lb(stored),
-            created: existing.is_none(),
-        })
+        Ok(self.store_put(&id, lb, existing.is_none(), Self::decorate_lb))
     }
 
     pub fn get_load_balancer(&self, id: &str) -> Result<Value, ArmError> {
@@ -386,11 +382,7 @@ impl World {
         vp.insert("publicIPAddressVersion".into(), json!("IPv4"));
         vp.insert("provisioningState".into(), json!("Succeeded"));
         vp.remove("publicIPAddresses");
-        let stored = self.store(&id, v);
-        Ok(PutOutcome {
-            resource: self.decorate_prefix(stored),
-            created: existing.is_none(),
-        })
+        Ok(self.store_put(&id, v, existing.is_none(), Self::decorate_prefix))
     }
 
     /// Adds the computed `publicIPAddresses` list (every address handed out of the prefix).
@@ -502,11 +494,7 @@ impl World {
         vp.insert("publicIPAllocationMethod".into(), json!("Static"));
         vp.insert("publicIPAddressVersion".into(), json!("IPv4"));
         vp.insert("provisioningState".into(), json!("Succeeded"));
-        let stored = self.store(&id, v);
-        Ok(PutOutcome {
-            resource: self.decorate_public_ip(stored),
-            created: existing.is_none(),
-        })
+        Ok(self.store_put(&id, v, existing.is_none(), Self::decorate_public_ip))
     }
 
     /// Adds `ipConfiguration` (which NIC ipConfiguration uses this public IP), as ARM does.
@@ -699,5 +687,20 @@ impl World {
         let location = Self::require_location(body, &id)?;
         let existing = self.get(&id).cloned();
         Ok((id, location, existing))
+    }
+
+    /// Stores the resource a PUT wrote and answers with it as ARM shows it (`decorate` adds what ARM derives).
+    fn store_put(
+        &mut self,
+        id: &str,
+        v: Value,
+        created: bool,
+        decorate: fn(&World, Value) -> Value,
+    ) -> PutOutcome {
+        let stored = self.store(id, v);
+        PutOutcome {
+            resource: decorate(self, stored),
+            created,
+        }
     }
 }
