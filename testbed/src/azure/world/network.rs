@@ -104,27 +104,22 @@ impl World {
                     format!("{what}: frontendIPConfiguration is required."),
                 )
             })?;
-            if !fe_ids.contains(&key(fe)) {
-                return Err(ArmError::invalid_reference(
-                    &format!("{what}.frontendIPConfiguration"),
-                    fe,
-                ));
-            }
-            refs.entry(key(fe)).or_default().push(rid.clone());
-            if let Some(bp) = str_at(&rp, &["backendAddressPool", "id"]) {
-                if !pool_ids.contains(&key(bp)) {
-                    return Err(ArmError::invalid_reference(
-                        &format!("{what}.backendAddressPool"),
-                        bp,
-                    ));
+            // Each reference must name an entry of this body; the entry then lists the rule as a user.
+            let references = [
+                ("frontendIPConfiguration", Some(fe), &fe_ids),
+                (
+                    "backendAddressPool",
+                    str_at(&rp, &["backendAddressPool", "id"]),
+                    &pool_ids,
+                ),
+                ("probe", str_at(&rp, &["probe", "id"]), &probe_ids),
+            ];
+            for (field, id, known) in references {
+                let Some(id) = id else { continue };
+                if !known.contains(&key(id)) {
+                    return Err(ArmError::invalid_reference(&format!("{what}.{field}"), id));
                 }
-                refs.entry(key(bp)).or_default().push(rid.clone());
-            }
-            if let Some(pr) = str_at(&rp, &["probe", "id"]) {
-                if !probe_ids.contains(&key(pr)) {
-                    return Err(ArmError::invalid_reference(&format!("{what}.probe"), pr));
-                }
-                refs.entry(key(pr)).or_default().push(rid.clone());
+                refs.entry(key(id)).or_default().push(rid.clone());
             }
             let proto = rp
                 .get("protocol")
