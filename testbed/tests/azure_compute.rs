@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use azure_mgmt_compute::models::{VirtualMachineScaleSet, VirtualMachineScaleSetVm};
 use azure_mgmt_network::models::{LoadBalancer, NetworkInterface};
-use azure_support::{Env, LB, RG, VMSS, prefix_body, prefix_pip_body, start, status_and_code};
+use azure_support::{Env, LB, Network, RG, VMSS, prefix_body, prefix_pip_body, start, status_and_code};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use testbed::azure::{LroConfig, Seed};
@@ -220,28 +220,16 @@ async fn partial_model_put_merges_and_instance_update_allocates_addresses() {
         2,
         "both instance public IPs come from the /31"
     );
-    let err = env
-        .network
-        .public_ip_prefixes_client()
-        .delete(RG, "egressgateway-uid1", env.sub())
-        .send()
-        .await
-        .expect_err("in use");
     assert_eq!(
-        status_and_code(&err),
-        (400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())
+        env.delete(Network::PublicIpPrefix, "egressgateway-uid1").await,
+        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
+        "in use"
     );
     // The backend pool is in use by the scale set, so the LB cannot go away.
-    let err = env
-        .network
-        .load_balancers_client()
-        .delete(RG, LB, env.sub())
-        .send()
-        .await
-        .expect_err("LB in use");
     assert_eq!(
-        status_and_code(&err),
-        (400, "LoadBalancerInUseByVirtualMachineScaleSet".to_owned())
+        env.delete(Network::LoadBalancer, LB).await,
+        Err((400, "LoadBalancerInUseByVirtualMachineScaleSet".to_owned())),
+        "LB in use"
     );
 }
 
@@ -467,24 +455,17 @@ async fn vm_pool_lists_vms_and_tagged_nics_and_nic_put_adds_secondary_ip_with_pu
     assert_eq!(secondary, "10.224.0.7");
 
     // An attached public IP cannot be deleted; the prefix cannot either.
-    let err = env
-        .network
-        .public_ip_addresses_client()
-        .delete(RG, "egressgateway-uid1-65d70f8df610e8df", env.sub())
-        .send()
-        .await
-        .expect_err("attached");
-    assert_eq!(status_and_code(&err).0, 400);
-    let err = env
-        .network
-        .public_ip_prefixes_client()
-        .delete(RG, "egressgateway-uid1", env.sub())
-        .send()
-        .await
-        .expect_err("in use");
     assert_eq!(
-        status_and_code(&err),
-        (400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())
+        env.delete(Network::PublicIp, "egressgateway-uid1-65d70f8df610e8df")
+            .await
+            .map_err(|(status, _)| status),
+        Err(400),
+        "attached"
+    );
+    assert_eq!(
+        env.delete(Network::PublicIpPrefix, "egressgateway-uid1").await,
+        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
+        "in use"
     );
 }
 
@@ -614,12 +595,10 @@ async fn operator_style_provision_and_teardown_leaves_no_leaks() {
             .expect("instance");
         assert_eq!(to_json(&after)["properties"]["latestModelApplied"], json!(true));
     }
-    prefixes
-        .delete(RG, "egressgateway-uid1", env.sub())
-        .send()
+    env.delete(Network::PublicIpPrefix, "egressgateway-uid1")
         .await
         .expect("prefix deleted");
-    lbs.delete(RG, LB, env.sub()).send().await.expect("LB deleted");
+    env.delete(Network::LoadBalancer, LB).await.expect("LB deleted");
 
     let after = env.sim.inventory();
     assert_eq!(

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use azure_mgmt_network::models::{LoadBalancer, PublicIpPrefix};
-use azure_support::{LB, RG, prefix_body, prefix_pip_body, start, status_and_code};
+use azure_support::{LB, Network, RG, prefix_body, prefix_pip_body, start, status_and_code};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
@@ -35,6 +35,19 @@ fn rule(env: &azure_support::Env, name: &str, port: u16, probe: &str) -> Value {
         "frontendIPConfiguration": {"id": format!("{lb_id}/frontendIPConfigurations/fe1")},
         "backendAddressPool": {"id": format!("{lb_id}/backendAddressPools/be1")},
         "probe": {"id": format!("{lb_id}/probes/{probe}")}}})
+}
+
+/// PUT of load balancer `LB` with `rules` and `probes`: the stored LB, or ARM's status and error code.
+async fn put_lb(
+    env: &azure_support::Env,
+    rules: Value,
+    probes: Value,
+) -> Result<LoadBalancer, (u16, String)> {
+    env.network
+        .load_balancers_client()
+        .create_or_update(RG, LB, lb_body(env, rules, probes), env.sub())
+        .await
+        .map_err(|e| status_and_code(&e))
 }
 
 fn probe(name: &str) -> Value {
@@ -97,21 +110,11 @@ async fn load_balancer_create_polls_lro_and_allocates_frontend_ip_from_subnet() 
 #[tokio::test]
 async fn load_balancer_update_keeps_frontend_ip_and_etag_changes() {
     let env = start(Seed::aks_like(0)).await;
-    let lbs = env.network.load_balancers_client();
-    let first = lbs
-        .create_or_update(
-            RG,
-            LB,
-            lb_body(&env, json!([rule(&env, "r1", 6000, "p1")]), json!([probe("p1")])),
-            env.sub(),
-        )
+    let first = put_lb(&env, json!([rule(&env, "r1", 6000, "p1")]), json!([probe("p1")]))
         .await
         .expect("create");
     let rules = json!([rule(&env, "r1", 6000, "p1"), rule(&env, "r2", 6001, "p1")]);
-    let second = lbs
-        .create_or_update(RG, LB, lb_body(&env, rules, json!([probe("p1")])), env.sub())
-        .await
-        .expect("update");
+    let second = put_lb(&env, rules, json!([probe("p1")])).await.expect("update");
     let ip = |lb: &LoadBalancer| {
         lb.properties
             .as_ref()
@@ -131,66 +134,41 @@ async fn load_balancer_update_keeps_frontend_ip_and_etag_changes() {
 async fn load_balancer_refusals_match_arm() {
     let env = start(Seed::aks_like(0)).await;
     let lbs = env.network.load_balancers_client();
-    // A rule referencing a probe that is not in the body.
-    let err = lbs
-        .create_or_update(
-            RG,
-            LB,
-            lb_body(
-                &env,
-                json!([rule(&env, "r1", 6000, "missing")]),
-                json!([probe("p1")]),
-            ),
-            env.sub(),
-        )
-        .await
-        .expect_err("missing probe refused");
-    assert_eq!(
-        status_and_code(&err),
-        (400, "InvalidResourceReference".to_owned())
-    );
-    // Two rules on the same frontend, protocol and port.
-    let dup = json!([rule(&env, "r1", 6000, "p1"), rule(&env, "r2", 6000, "p1")]);
-    let err = lbs
-        .create_or_update(RG, LB, lb_body(&env, dup, json!([probe("p1")])), env.sub())
-        .await
-        .expect_err("dup");
-    assert_eq!(
-        status_and_code(&err),
+    // (what, rules, probes, the refusal's status and ARM code; `None`: any code)
+    let refusals = [
         (
-            400,
-            "LoadBalancingRulesWithSameFrontendPortAndProtocol".to_owned()
-        )
-    );
-    // Http probe without request path.
-    let bad_probe = json!([{"name": "p1", "properties": {"protocol": "Http", "port": 8082}}]);
-    let err = lbs
-        .create_or_update(RG, LB, lb_body(&env, json!([]), bad_probe), env.sub())
+            "a rule referencing a probe that is not in the body",
+            json!([rule(&env, "r1", 6000, "missing")]),
+            json!([probe("p1")]),
+            (400, Some("InvalidResourceReference")),
+        ),
+        (
+            "two rules on the same frontend, protocol and port",
+            json!([rule(&env, "r1", 6000, "p1"), rule(&env, "r2", 6000, "p1")]),
+            json!([probe("p1")]),
+            (400, Some("LoadBalancingRulesWithSameFrontendPortAndProtocol")),
+        ),
+        (
+            "an Http probe without request path",
+            json!([]),
+            json!([{"name": "p1", "properties": {"protocol": "Http", "port": 8082}}]),
+            (400, None),
+        ),
+    ];
+    for (what, rules, probes, (status, code)) in refusals {
+        let (got_status, got_code) = put_lb(&env, rules, probes).await.expect_err(what);
+        assert_eq!(got_status, status, "{what}");
+        if let Some(code) = code {
+            assert_eq!(got_code, code, "{what}");
+        }
+    }
+    put_lb(&env, json!([rule(&env, "r1", 6000, "p1")]), json!([probe("p1")]))
         .await
-        .expect_err("probe");
-    assert_eq!(status_and_code(&err).0, 400);
-    // Removing a probe that a rule still references.
-    lbs.create_or_update(
-        RG,
-        LB,
-        lb_body(&env, json!([rule(&env, "r1", 6000, "p1")]), json!([probe("p1")])),
-        env.sub(),
-    )
-    .await
-    .expect("valid LB");
-    let err = lbs
-        .create_or_update(
-            RG,
-            LB,
-            lb_body(&env, json!([rule(&env, "r1", 6000, "p1")]), json!([])),
-            env.sub(),
-        )
+        .expect("valid LB");
+    let err = put_lb(&env, json!([rule(&env, "r1", 6000, "p1")]), json!([]))
         .await
-        .expect_err("probe still referenced");
-    assert_eq!(
-        status_and_code(&err),
-        (400, "InvalidResourceReference".to_owned())
-    );
+        .expect_err("removing a probe that a rule still references");
+    assert_eq!(err, (400, "InvalidResourceReference".to_owned()));
     // Refused requests did not change anything: only the valid LB's frontend holds an address.
     let inv = env.sim.inventory();
     let held = inv["privateAddresses"]
@@ -346,14 +324,10 @@ async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
         Some("20.10.0.0")
     );
 
-    let err = prefixes
-        .delete(RG, "egressgateway-uid1", env.sub())
-        .send()
-        .await
-        .expect_err("in use");
     assert_eq!(
-        status_and_code(&err),
-        (400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())
+        env.delete(Network::PublicIpPrefix, "egressgateway-uid1").await,
+        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
+        "in use"
     );
     let got = prefixes
         .get(RG, "egressgateway-uid1", env.sub())
@@ -361,18 +335,13 @@ async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
         .expect("get");
     assert_eq!(got.properties.expect("props").public_ip_addresses.len(), 1);
 
-    pips.delete(RG, "egressgateway-uid1-abc", env.sub())
-        .send()
+    env.delete(Network::PublicIp, "egressgateway-uid1-abc")
         .await
         .expect("pip deleted");
-    prefixes
-        .delete(RG, "egressgateway-uid1", env.sub())
-        .send()
+    env.delete(Network::PublicIpPrefix, "egressgateway-uid1")
         .await
         .expect("prefix deleted");
-    prefixes
-        .delete(RG, "egressgateway-uid2", env.sub())
-        .send()
+    env.delete(Network::PublicIpPrefix, "egressgateway-uid2")
         .await
         .expect("prefix 2 deleted");
     let inv = env.sim.inventory();

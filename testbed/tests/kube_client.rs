@@ -36,6 +36,32 @@ fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     }
 }
 
+/// Creates Secret `name` with `owner` as its owner reference.
+async fn create_owned_secret(secrets: &Api<Secret>, name: &str, owner: OwnerReference) {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("dependent");
+}
+
+/// The API's refusal of creating `body` (panics naming `what` when it is created).
+async fn refused_create(
+    api: &Api<kube::api::DynamicObject>,
+    body: serde_json::Value,
+    what: &str,
+) -> kube::core::Status {
+    let obj = serde_json::from_value(body).expect("dynamic");
+    api_err(api.create(&PostParams::default(), &obj).await.expect_err(what))
+}
+
 fn api_err(e: Error) -> kube::core::Status {
     match e {
         Error::Api(s) => *s,
@@ -167,15 +193,7 @@ async fn crd_objects_are_defaulted_pruned_validated_and_track_generation() {
     // Schema validation: wrong type.
     let bad = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
         "metadata": {"name": "bad"}, "spec": {"gatewayNodepoolName": "gw", "defaultRoute": "sideways"}});
-    let e = api_err(
-        dynamic
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(bad).expect("dynamic"),
-            )
-            .await
-            .expect_err("invalid"),
-    );
+    let e = refused_create(&dynamic, bad, "invalid").await;
     assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
     assert!(
         e.message.starts_with("StaticGatewayConfiguration.egressgateway.kubernetes.azure.com \"bad\" is invalid: spec.defaultRoute: Unsupported value: \"sideways\""),
@@ -186,15 +204,7 @@ async fn crd_objects_are_defaulted_pruned_validated_and_track_generation() {
     // CEL rules of the schema (x-kubernetes-validations), including transition rules with oldSelf.
     let no_pool = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
         "metadata": {"name": "nopool"}, "spec": {}});
-    let e = api_err(
-        dynamic
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(no_pool).expect("dynamic"),
-            )
-            .await
-            .expect_err("rule 1"),
-    );
+    let e = refused_create(&dynamic, no_pool, "rule 1").await;
     assert_eq!(e.code, 422);
     assert!(
         e.message
@@ -497,18 +507,7 @@ async fn garbage_collection_follows_owner_references() {
         ..Default::default()
     };
     for name in ["dep1", "dep2"] {
-        let s = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                owner_references: Some(vec![oref.clone()]),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        secrets
-            .create(&PostParams::default(), &s)
-            .await
-            .expect("dependent");
+        create_owned_secret(&secrets, name, oref.clone()).await;
     }
     cms.delete("owner", &DeleteParams::background())
         .await
@@ -522,21 +521,11 @@ async fn garbage_collection_follows_owner_references() {
         .create(&PostParams::default(), &cm("owner", &[]))
         .await
         .expect("owner again");
-    let s = Secret {
-        metadata: ObjectMeta {
-            name: Some("orphan".into()),
-            owner_references: Some(vec![OwnerReference {
-                uid: owner2.metadata.uid.clone().expect("uid"),
-                ..oref
-            }]),
-            ..Default::default()
-        },
-        ..Default::default()
+    let owned_by_owner2 = OwnerReference {
+        uid: owner2.metadata.uid.clone().expect("uid"),
+        ..oref
     };
-    secrets
-        .create(&PostParams::default(), &s)
-        .await
-        .expect("dependent");
+    create_owned_secret(&secrets, "orphan", owned_by_owner2).await;
     cms.delete("owner", &DeleteParams::orphan())
         .await
         .expect("orphaning delete");
@@ -965,71 +954,54 @@ async fn writes_naming_another_object_are_refused() {
         .expect("create");
     let mut other_ns = live.clone();
     other_ns.metadata.namespace = Some("kube-system".into());
-    let s = api_err(
-        configmaps
-            .replace("c", &PostParams::default(), &other_ns)
-            .await
-            .expect_err("namespace mismatch"),
-    );
-    assert_eq!(
-        (s.code, s.message.as_str()),
-        (
-            400,
-            "the namespace of the provided object does not match the namespace sent on the request"
-        )
-    );
-    let s = api_err(
-        configmaps
-            .patch(
-                "c",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"name": "renamed"}})),
-            )
-            .await
-            .expect_err("rename"),
-    );
-    assert_eq!(
-        (s.code, s.message.as_str()),
-        (
-            400,
-            "the name of the object (renamed) does not match the name on the URL (c)"
-        )
-    );
     let mut other_uid = live.clone();
     other_uid.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
-    let s = api_err(
-        configmaps
-            .replace("c", &PostParams::default(), &other_uid)
-            .await
-            .expect_err("a PUT's uid is a precondition"),
-    );
     let live_uid = live.metadata.uid.clone().unwrap_or_default();
-    assert_eq!(
-        (s.code, s.message),
+    /// A PUT of a whole object or a merge patch.
+    enum Write {
+        Replace(Box<ConfigMap>),
+        Merge(serde_json::Value),
+    }
+    let refused = [
         (
+            "namespace mismatch",
+            Write::Replace(Box::new(other_ns)),
+            400,
+            "the namespace of the provided object does not match the namespace sent on the request".to_string(),
+        ),
+        (
+            "rename",
+            Write::Merge(json!({"metadata": {"name": "renamed"}})),
+            400,
+            "the name of the object (renamed) does not match the name on the URL (c)".to_string(),
+        ),
+        (
+            "a PUT's uid is a precondition",
+            Write::Replace(Box::new(other_uid)),
             409,
             format!(
                 "Operation cannot be fulfilled on configmaps \"c\": Precondition failed: UID in precondition: 00000000-0000-0000-0000-000000000000, UID in object meta: {live_uid}"
-            )
-        )
-    );
-    let s = api_err(
-        configmaps
-            .patch(
-                "c",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"uid": "00000000-0000-0000-0000-000000000000"}})),
-            )
-            .await
-            .expect_err("uid is immutable"),
-    );
-    assert_eq!(
-        (s.code, s.message.as_str()),
+            ),
+        ),
         (
+            "uid is immutable",
+            Write::Merge(json!({"metadata": {"uid": "00000000-0000-0000-0000-000000000000"}})),
             422,
-            "ConfigMap \"c\" is invalid: metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable"
-        )
-    );
+            "ConfigMap \"c\" is invalid: metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable".to_string(),
+        ),
+    ];
+    for (what, write, code, message) in refused {
+        let result = match write {
+            Write::Replace(obj) => configmaps.replace("c", &PostParams::default(), &obj).await,
+            Write::Merge(patch) => {
+                configmaps
+                    .patch("c", &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+            }
+        };
+        let s = api_err(result.expect_err(what));
+        assert_eq!((s.code, s.message), (code, message), "{what}");
+    }
     let after = configmaps.get("c").await.expect("get");
     assert_eq!(after.metadata.resource_version, live.metadata.resource_version);
 }
@@ -1074,4 +1046,117 @@ async fn delete_preconditions_are_checked() {
     };
     configmaps.delete("c", &exact).await.expect("delete");
     assert!(configmaps.get_opt("c").await.expect("get").is_none());
+}
+
+/// A field manager that owned every field of a map and applies it empty: kube-apiserver v1.28 leaves the map
+/// `null` (the applier still owns it), so the CRD schema refuses a required `spec` (422, `spec`, type
+/// invalid) and keeps the object as it was; a map nobody owns any more goes, and a built-in kind's emptied
+/// `labels` and `data` are gone. The same requests and answers on both backends.
+async fn emptying_an_applied_map(backend: testbed::cluster::Backend) {
+    let cluster = testbed::cluster::TestCluster::start(backend)
+        .await
+        .expect("cluster");
+    cluster.install_crds().await.expect("CRDs");
+    let ns = cluster.namespace("emptied-map", &[]).await.expect("namespace");
+    let client = cluster.client().expect("client");
+    let resource = kube::api::ApiResource::erase::<api::internal::GatewayStatus>(&());
+    let statuses: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    let apply = PatchParams::apply("agent");
+    let gateway_status = |spec: serde_json::Value| {
+        Patch::Apply(
+            json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+            "kind": "GatewayStatus", "metadata": {"name": "node-1"}, "spec": spec}),
+        )
+    };
+    let both_lists = json!({
+        "readyGatewayConfigurations": [{"staticGatewayConfiguration": "a/b", "interfaceName": "wg-1"}],
+        "readyPeerConfigurations": [{"podEndpoint": "a/p", "interfaceName": "wg-1", "publicKey": "k"}]});
+    let applied = statuses
+        .patch("node-1", &apply, &gateway_status(both_lists.clone()))
+        .await
+        .expect("apply both lists");
+    let refused = api_err(
+        statuses
+            .patch("node-1", &apply, &gateway_status(json!({})))
+            .await
+            .expect_err("spec: null refused"),
+    );
+    let what = format!("{backend}: {refused:?}");
+    assert_eq!(
+        (refused.code, refused.reason.as_str()),
+        (422, "Invalid"),
+        "{what}"
+    );
+    assert_eq!(
+        refused.message,
+        "GatewayStatus.egressgateway.kubernetes.azure.com \"node-1\" is invalid: spec: Invalid value: \"null\": spec in body must be of type object: \"null\"",
+        "{what}"
+    );
+    let causes = refused
+        .details
+        .as_ref()
+        .map(|d| d.causes.clone())
+        .unwrap_or_default();
+    assert_eq!(causes.len(), 1, "{what}");
+    assert_eq!(
+        (causes[0].reason.as_str(), causes[0].field.as_str()),
+        ("FieldValueTypeInvalid", "spec"),
+        "{what}"
+    );
+    let kept = statuses.get("node-1").await.expect("get");
+    assert_eq!(kept.data["spec"], both_lists, "{backend}: nothing applied");
+    assert_eq!(kept.metadata.resource_version, applied.metadata.resource_version);
+
+    // An applier that owns one list: the other (defaulted, nobody's) keeps `spec` a map, and the given-up
+    // list is defaulted again.
+    let one_list = json!({"readyGatewayConfigurations": [{"staticGatewayConfiguration": "a/b", "interfaceName": "wg-1"}]});
+    let fresh = PatchParams::apply("other-agent");
+    let node2 = |spec: serde_json::Value| {
+        Patch::Apply(
+            json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+            "kind": "GatewayStatus", "metadata": {"name": "node-2"}, "spec": spec}),
+        )
+    };
+    statuses
+        .patch("node-2", &fresh, &node2(one_list))
+        .await
+        .expect("apply one list");
+    let emptied = statuses
+        .patch("node-2", &fresh, &node2(json!({})))
+        .await
+        .expect("spec stays a map");
+    assert_eq!(
+        emptied.data["spec"],
+        json!({"readyGatewayConfigurations": [], "readyPeerConfigurations": []}),
+        "{backend}"
+    );
+
+    let configmaps: Api<ConfigMap> = Api::namespaced(client, &ns);
+    let cm_apply = |labels: serde_json::Value, data: serde_json::Value| {
+        Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "labels": labels}, "data": data}))
+    };
+    configmaps
+        .patch("c", &apply, &cm_apply(json!({"a": "b"}), json!({"k": "v"})))
+        .await
+        .expect("apply labels and data");
+    let emptied = configmaps
+        .patch("c", &apply, &cm_apply(json!({}), json!({})))
+        .await
+        .expect("apply them empty");
+    assert_eq!(
+        (emptied.metadata.labels, emptied.data),
+        (None, None),
+        "{backend}: emptied maps of a built-in kind are gone"
+    );
+}
+
+#[tokio::test]
+async fn sim_refuses_an_applied_map_emptied_into_null_like_the_real_server() {
+    emptying_an_applied_map(testbed::cluster::Backend::Sim).await;
+}
+
+#[tokio::test]
+async fn real_refuses_an_applied_map_emptied_into_null() {
+    emptying_an_applied_map(testbed::cluster::Backend::Real).await;
 }

@@ -12,7 +12,52 @@ use super::error::ArmError;
 /// Allocated keys (addresses or blocks) and who holds each: owners are resource or IP-configuration IDs,
 /// compared case-insensitively as ARM does.
 #[derive(Debug, Clone)]
-struct Owned<K: Ord>(BTreeMap<K, String>);
+pub struct Owned<K: Ord>(BTreeMap<K, String>);
+
+/// Releasing and listing, the same for every pool: each keeps its allocations in an [`Owned`] map.
+pub trait Allocations {
+    type Key: Ord + Copy;
+
+    fn owned(&self) -> &Owned<Self::Key>;
+    fn owned_mut(&mut self) -> &mut Owned<Self::Key>;
+
+    /// Releases what `owner` holds.
+    fn release(&mut self, owner: &str) {
+        self.owned_mut().release(owner);
+    }
+
+    /// Releases everything whose owner starts with `prefix` (all IP configurations of a resource).
+    fn release_prefix(&mut self, prefix: &str) {
+        self.owned_mut().release_prefix(prefix);
+    }
+
+    /// Every allocation and its owner.
+    fn allocations(&self) -> impl Iterator<Item = (&Self::Key, &String)> {
+        self.owned().0.iter()
+    }
+
+    /// [`Self::allocations`], owned (for inventory dumps and invariants).
+    fn allocation_list(&self) -> Vec<(Self::Key, String)> {
+        self.allocations().map(|(k, o)| (*k, o.clone())).collect()
+    }
+}
+
+macro_rules! allocations_in {
+    ($pool:ty, $key:ty, $field:ident) => {
+        impl Allocations for $pool {
+            type Key = $key;
+            fn owned(&self) -> &Owned<$key> {
+                &self.$field
+            }
+            fn owned_mut(&mut self) -> &mut Owned<$key> {
+                &mut self.$field
+            }
+        }
+    };
+}
+allocations_in!(SubnetPool, Ipv4Addr, used);
+allocations_in!(PublicRange, Ipv4Net, allocated);
+allocations_in!(PrefixPool, Ipv4Addr, used);
 
 impl<K: Ord + Copy> Owned<K> {
     fn new() -> Self {
@@ -132,19 +177,6 @@ impl SubnetPool {
             }
         }
     }
-
-    pub fn release(&mut self, owner: &str) {
-        self.used.release(owner);
-    }
-
-    /// Releases every address whose owner starts with `prefix` (all IP configurations of a resource).
-    pub fn release_prefix(&mut self, prefix: &str) {
-        self.used.release_prefix(prefix);
-    }
-
-    pub fn allocations(&self) -> impl Iterator<Item = (&Ipv4Addr, &String)> {
-        self.used.0.iter()
-    }
 }
 
 /// The simulated public address space: public IP prefixes are carved out of it, aligned on their
@@ -188,14 +220,6 @@ impl PublicRange {
             format!("No contiguous block of length /{prefix_len} is available in the public address range."),
         ))
     }
-
-    pub fn release(&mut self, owner: &str) {
-        self.allocated.release(owner);
-    }
-
-    pub fn allocations(&self) -> impl Iterator<Item = (&Ipv4Net, &String)> {
-        self.allocated.0.iter()
-    }
 }
 
 /// Addresses handed out inside one public IP prefix (no reserved addresses in public prefixes).
@@ -236,18 +260,6 @@ impl PrefixPool {
                 ),
             )),
         }
-    }
-
-    pub fn release(&mut self, owner: &str) {
-        self.used.release(owner);
-    }
-
-    pub fn release_prefix(&mut self, prefix: &str) {
-        self.used.release_prefix(prefix);
-    }
-
-    pub fn allocations(&self) -> impl Iterator<Item = (&Ipv4Addr, &String)> {
-        self.used.0.iter()
     }
 
     /// Gives `owner` back the address it held (keeps public addresses stable across updates).

@@ -1045,30 +1045,36 @@ fn route_resource(
         "/subscriptions/{}/resourceGroups/{rg}/providers",
         w.subscription_id
     );
+    let routed = RESOURCE_KINDS
+        .iter()
+        .find(|k| k.arm_type.eq_ignore_ascii_case(&format!("{ns}/{ty}")));
+    if let Some(kind) = routed {
+        match (rest.len(), &r.method, kind.writes) {
+            (0, &Method::GET, _) => {
+                let listed = w.list(&format!("{rg_scope}/{}", kind.arm_type));
+                return Ok(page.list(r, listed.into_iter().map(|v| (kind.listed)(w, v)).collect()));
+            }
+            (1, &Method::GET, None) => {
+                let id = w.resource_id(rg, kind.arm_type, name);
+                return Ok(ok_json(StatusCode::OK, &(kind.get)(w, rg, name, &id)?));
+            }
+            (1, m, Some(writes)) => {
+                let id = w.resource_id(rg, kind.arm_type, name);
+                return crud(
+                    s,
+                    r,
+                    m,
+                    &id,
+                    kind.provider(),
+                    |w| (writes.put)(w, rg, name, r.body.clone()),
+                    |w| (writes.delete)(w, rg, name),
+                    |w| (kind.get)(w, rg, name, &id),
+                );
+            }
+            _ => {}
+        }
+    }
     match (ns, ty, rest.len(), &r.method) {
-        // collections
-        ("microsoft.network", "loadbalancers", 0, &Method::GET) => Ok(page.list(
-            r,
-            w.list(&format!("{rg_scope}/{}", world::LB_TYPE))
-                .into_iter()
-                .map(|lb| w.decorate_lb(lb))
-                .collect(),
-        )),
-        ("microsoft.network", "publicipprefixes", 0, &Method::GET) => {
-            Ok(page.list(r, w.list(&format!("{rg_scope}/{}", world::PREFIX_TYPE))))
-        }
-        ("microsoft.network", "publicipaddresses", 0, &Method::GET) => {
-            Ok(page.list(r, w.list(&format!("{rg_scope}/{}", world::PIP_TYPE))))
-        }
-        ("microsoft.network", "networkinterfaces", 0, &Method::GET) => {
-            Ok(page.list(r, w.list(&format!("{rg_scope}/{}", world::NIC_TYPE))))
-        }
-        ("microsoft.compute", "virtualmachinescalesets", 0, &Method::GET) => {
-            Ok(page.list(r, w.list(&format!("{rg_scope}/{}", world::VMSS_TYPE))))
-        }
-        ("microsoft.compute", "virtualmachines", 0, &Method::GET) => {
-            Ok(page.list(r, w.list(&format!("{rg_scope}/{}", world::VM_TYPE))))
-        }
         // virtual networks (read-only)
         ("microsoft.network", "virtualnetworks", 1, &Method::GET) => {
             let id = w.resource_id(rg, world::VNET_TYPE, name);
@@ -1080,73 +1086,7 @@ fn route_resource(
         ("microsoft.network", "virtualnetworks", 3, &Method::GET) if rest[1] == "subnets" => {
             Ok(ok_json(StatusCode::OK, &w.get_subnet(rg, name, &names[2])?))
         }
-        // load balancers
-        ("microsoft.network", "loadbalancers", 1, m) => {
-            let id = w.resource_id(rg, world::LB_TYPE, name);
-            crud(
-                s,
-                r,
-                m,
-                &id,
-                "Microsoft.Network",
-                |w| w.put_load_balancer(rg, name, r.body.clone()),
-                |w| w.delete_load_balancer(rg, name),
-                |w| w.get_load_balancer(&id),
-            )
-        }
-        ("microsoft.network", "publicipprefixes", 1, m) => {
-            let id = w.resource_id(rg, world::PREFIX_TYPE, name);
-            crud(
-                s,
-                r,
-                m,
-                &id,
-                "Microsoft.Network",
-                |w| w.put_public_ip_prefix(rg, name, r.body.clone()),
-                |w| w.delete_public_ip_prefix(rg, name),
-                |w| w.get_public_ip_prefix(rg, name),
-            )
-        }
-        ("microsoft.network", "publicipaddresses", 1, m) => {
-            let id = w.resource_id(rg, world::PIP_TYPE, name);
-            crud(
-                s,
-                r,
-                m,
-                &id,
-                "Microsoft.Network",
-                |w| w.put_public_ip(rg, name, r.body.clone()),
-                |w| w.delete_public_ip(rg, name),
-                |w| w.get_public_ip(rg, name),
-            )
-        }
-        ("microsoft.network", "networkinterfaces", 1, m) => {
-            let id = w.resource_id(rg, world::NIC_TYPE, name);
-            crud(
-                s,
-                r,
-                m,
-                &id,
-                "Microsoft.Network",
-                |w| w.put_network_interface(rg, name, r.body.clone()),
-                |w| w.delete_network_interface(rg, name),
-                |w| w.get_or_404(&id),
-            )
-        }
-        // scale sets
-        ("microsoft.compute", "virtualmachinescalesets", 1, m) => {
-            let id = w.resource_id(rg, world::VMSS_TYPE, name);
-            crud(
-                s,
-                r,
-                m,
-                &id,
-                "Microsoft.Compute",
-                |w| w.put_vmss(rg, name, r.body.clone()),
-                |_| Err(not_simulated("DELETE virtualMachineScaleSets")),
-                |w| w.get_or_404(&id),
-            )
-        }
+        // scale set instances
         ("microsoft.compute", "virtualmachinescalesets", 2, &Method::GET) if rest[1] == "virtualmachines" => {
             Ok(page.list(
                 r,
@@ -1179,10 +1119,6 @@ fn route_resource(
                 &w.get_vmss_nic(rg, name, &names[2], &names[4])?,
             ))
         }
-        ("microsoft.compute", "virtualmachines", 1, &Method::GET) => {
-            let id = w.resource_id(rg, world::VM_TYPE, name);
-            Ok(ok_json(StatusCode::OK, &w.get_or_404(&id)?))
-        }
         (_, _, _, m) if *m == Method::GET || *m == Method::PUT || *m == Method::DELETE => Err(ArmError::new(
             404,
             "InvalidResourceType",
@@ -1191,6 +1127,96 @@ fn route_resource(
         (_, _, _, m) => Err(method_not_allowed(m)),
     }
 }
+
+/// A resource type directly under a resource group: its collection lists (`GET .../<type>`), and one
+/// resource is read or, with `writes`, goes through [`crud`] (ETags, long-running operations).
+struct ResourceKind {
+    /// The ARM type (`Microsoft.Network/loadBalancers`): routed case-insensitively, its provider is the part
+    /// before the slash.
+    arm_type: &'static str,
+    /// Reads one resource: `(world, resource group, name, id)`.
+    get: fn(&World, &str, &str, &str) -> Result<Value, ArmError>,
+    /// How a listed resource is shown (a load balancer with its derived fields).
+    listed: fn(&World, Value) -> Value,
+    writes: Option<Writes>,
+}
+
+impl ResourceKind {
+    /// `Microsoft.Network` of `Microsoft.Network/loadBalancers`.
+    fn provider(&self) -> &'static str {
+        self.arm_type.split('/').next().unwrap_or(self.arm_type)
+    }
+}
+
+/// PUT and DELETE of one resource: `(world, resource group, name[, body])`.
+#[derive(Clone, Copy)]
+struct Writes {
+    put: fn(&mut World, &str, &str, Value) -> Result<PutOutcome, ArmError>,
+    delete: fn(&mut World, &str, &str) -> Result<bool, ArmError>,
+}
+
+fn by_id(w: &World, _rg: &str, _name: &str, id: &str) -> Result<Value, ArmError> {
+    w.get_or_404(id)
+}
+
+fn as_stored(_: &World, v: Value) -> Value {
+    v
+}
+
+/// The routing table of the resource types served as plain collections of a resource group.
+const RESOURCE_KINDS: &[ResourceKind] = &[
+    ResourceKind {
+        arm_type: world::LB_TYPE,
+        get: |w, _, _, id| w.get_load_balancer(id),
+        listed: |w, lb| w.decorate_lb(lb),
+        writes: Some(Writes {
+            put: |w, rg, name, body| w.put_load_balancer(rg, name, body),
+            delete: |w, rg, name| w.delete_load_balancer(rg, name),
+        }),
+    },
+    ResourceKind {
+        arm_type: world::PREFIX_TYPE,
+        get: |w, rg, name, _| w.get_public_ip_prefix(rg, name),
+        listed: as_stored,
+        writes: Some(Writes {
+            put: |w, rg, name, body| w.put_public_ip_prefix(rg, name, body),
+            delete: |w, rg, name| w.delete_public_ip_prefix(rg, name),
+        }),
+    },
+    ResourceKind {
+        arm_type: world::PIP_TYPE,
+        get: |w, rg, name, _| w.get_public_ip(rg, name),
+        listed: as_stored,
+        writes: Some(Writes {
+            put: |w, rg, name, body| w.put_public_ip(rg, name, body),
+            delete: |w, rg, name| w.delete_public_ip(rg, name),
+        }),
+    },
+    ResourceKind {
+        arm_type: world::NIC_TYPE,
+        get: by_id,
+        listed: as_stored,
+        writes: Some(Writes {
+            put: |w, rg, name, body| w.put_network_interface(rg, name, body),
+            delete: |w, rg, name| w.delete_network_interface(rg, name),
+        }),
+    },
+    ResourceKind {
+        arm_type: world::VMSS_TYPE,
+        get: by_id,
+        listed: as_stored,
+        writes: Some(Writes {
+            put: |w, rg, name, body| w.put_vmss(rg, name, body),
+            delete: |_, _, _| Err(not_simulated("DELETE virtualMachineScaleSets")),
+        }),
+    },
+    ResourceKind {
+        arm_type: world::VM_TYPE,
+        get: by_id,
+        listed: as_stored,
+        writes: None,
+    },
+];
 
 fn not_simulated(what: &str) -> ArmError {
     ArmError::new(405, "OperationNotSimulated", format!("{what} is not simulated."))

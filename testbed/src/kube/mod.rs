@@ -184,27 +184,13 @@ impl KubeSim {
 
     /// Requests `user` made so far, by (HTTP method, status code): which identity a component really used.
     pub fn requests_by(&self, user: &str) -> BTreeMap<(String, u16), u64> {
-        self.shared
-            .requests_by_user
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|((u, _, _), _)| u == user)
-            .map(|((_, m, c), n)| ((m.clone(), *c), *n))
-            .collect()
+        counts_of(&self.shared.requests_by_user, user)
     }
 
     /// Authorized resource requests `user` made so far, by (verb, resource plural), e.g. `("list", "nodes")`:
     /// tells a LIST from a WATCH or a GET, which [`Self::requests_by`] (HTTP methods) cannot.
     pub fn verbs_by(&self, user: &str) -> BTreeMap<(String, String), u64> {
-        self.shared
-            .verbs_by_user
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|((u, _, _), _)| u == user)
-            .map(|((_, v, r), n)| ((v.clone(), r.clone()), *n))
-            .collect()
+        counts_of(&self.shared.verbs_by_user, user)
     }
 
     /// Makes webhook `clientConfig.service` `<namespace>/<name>` reachable at `addr`.
@@ -354,4 +340,18 @@ async fn serve(
         }
     }
     conns.abort_all();
+}
+
+/// One user's rows of a `(user, a, b) -> count` table.
+fn counts_of<A: Clone + Ord, B: Clone + Ord>(
+    table: &Mutex<BTreeMap<(String, A, B), u64>>,
+    user: &str,
+) -> BTreeMap<(A, B), u64> {
+    table
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|((u, _, _), _)| u == user)
+        .map(|((_, a, b), n)| ((a.clone(), b.clone()), *n))
+        .collect()
 }

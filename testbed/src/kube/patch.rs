@@ -220,24 +220,122 @@ fn get_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
     path.iter().try_fold(v, |cur, seg| cur.get(seg))
 }
 
-fn remove_path(v: &mut Value, path: &[String]) {
+fn get_path_mut<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |cur, seg| cur.get_mut(seg))
+}
+
+/// Removes the field at `path` from the merged apply result, then settles the maps this emptied, innermost
+/// first, like structured-merge-diff's pruning in kube-apiserver: an emptied map that some manager still
+/// owns (an applied `spec: {}` owns `spec` itself) stays as `null`, one nobody owns is removed as well.
+/// So an applier that owned every field of `spec` and applies `spec: {}` leaves `spec: null`, which a CRD
+/// schema then refuses (`spec in body must be of type object: "null"`), as the real server does.
+fn remove_owned_path(v: &mut Value, path: &[String], owned: impl Fn(&[String]) -> bool) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
-    let mut cur = v;
-    for seg in parents {
-        match cur.get_mut(seg) {
-            Some(next) => cur = next,
-            None => return,
-        }
+    let removed = get_path_mut(v, parents)
+        .and_then(Value::as_object_mut)
+        .and_then(|m| m.remove(last))
+        .is_some();
+    if !removed {
+        return;
     }
-    if let Some(m) = cur.as_object_mut() {
-        m.remove(last);
+    for depth in (1..path.len()).rev() {
+        let map = &path[..depth];
+        if !get_path(v, map)
+            .and_then(Value::as_object)
+            .is_some_and(Map::is_empty)
+        {
+            return;
+        }
+        if owned(map) {
+            if let Some(slot) = get_path_mut(v, map) {
+                *slot = Value::Null;
+            }
+            return;
+        }
+        let (last, parents) = map.split_last().unwrap_or_else(|| unreachable!());
+        if let Some(m) = get_path_mut(v, parents).and_then(Value::as_object_mut) {
+            m.remove(last);
+        }
     }
 }
 
+/// Drops `null` fields the way decoding into a typed object does (absent and `null` are the same there):
+/// everywhere in a built-in kind, in `metadata` of a custom resource.
+pub fn drop_typed_nulls(obj: &mut Value, everywhere: bool) {
+    fn walk(v: &mut Value) {
+        if let Some(m) = v.as_object_mut() {
+            m.retain(|_, c| !c.is_null());
+            m.values_mut().for_each(walk);
+        }
+    }
+    match (everywhere, obj.get_mut("metadata")) {
+        (true, _) => walk(obj),
+        (false, Some(meta)) => walk(meta),
+        (false, None) => {}
+    }
+}
+
+/// One `managedFields` entry's identity: who wrote, how (`Apply` or `Update`), through which subresource.
+struct Writer<'a> {
+    manager: &'a str,
+    operation: &'static str,
+    subresource: Option<&'a str>,
+}
+
+impl Writer<'_> {
+    fn wrote(&self, entry: &Value) -> bool {
+        entry.get("manager").and_then(Value::as_str) == Some(self.manager)
+            && entry.get("operation").and_then(Value::as_str) == Some(self.operation)
+            && entry.get("subresource").and_then(Value::as_str).unwrap_or("")
+                == self.subresource.unwrap_or("")
+    }
+
+    /// Whether a field path belongs to the part of the object this writer's endpoint writes.
+    fn in_scope(&self, path: &[String]) -> bool {
+        (path.first().map(String::as_str) == Some("status")) == (self.subresource == Some("status"))
+    }
+
+    /// Replaces the object's `managedFields` by `others` followed by this writer's entry for `set`.
+    fn record(
+        &self,
+        obj: &mut Value,
+        mut others: Vec<Value>,
+        set: &BTreeSet<Vec<String>>,
+        api_version: &str,
+        now: &str,
+    ) {
+        let mut entry = json!({
+            "manager": self.manager, "operation": self.operation, "apiVersion": api_version, "time": now,
+            "fieldsType": "FieldsV1", "fieldsV1": fields_v1(set),
+        });
+        if let Some(s) = self.subresource {
+            entry["subresource"] = json!(s);
+        }
+        others.push(entry);
+        if let Some(meta) = obj
+            .as_object_mut()
+            .map(|m| m.entry("metadata").or_insert_with(|| json!({})))
+        {
+            meta["managedFields"] = Value::Array(others);
+        }
+    }
+}
+
+fn managed_entries(obj: &Value) -> Vec<Value> {
+    obj.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn entry_fields(entry: &Value) -> BTreeSet<Vec<String>> {
+    entry.get("fieldsV1").map(parse_fields_v1).unwrap_or_default()
+}
+
 /// Server-side apply (simplified ownership model, see docs/testbed.md): overlays the configuration onto the
-/// live object, removes fields this manager applied before but no longer sets (unless another applier owns
+/// live object, removes fields this manager applied before but no longer sets (unless another manager owns
 /// them), reports conflicts with other appliers' differing values unless `force`, and records
 /// `managedFields`. `subresource` is `Some("status")` for `/status` applies.
 pub fn server_side_apply(
@@ -249,45 +347,36 @@ pub fn server_side_apply(
     api_version: &str,
     now: &str,
 ) -> ApiResult<Value> {
-    let in_scope = |p: &Vec<String>| {
-        (p.first().map(String::as_str) == Some("status")) == (subresource == Some("status"))
+    let me = Writer {
+        manager,
+        operation: "Apply",
+        subresource,
     };
-    let new_set: BTreeSet<Vec<String>> = field_set(config).into_iter().filter(|p| in_scope(p)).collect();
+    let new_set: BTreeSet<Vec<String>> = field_set(config).into_iter().filter(|p| me.in_scope(p)).collect();
     let mut obj = live.cloned().unwrap_or_else(|| json!({}));
-    let managed: Vec<Value> = obj
-        .pointer("/metadata/managedFields")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let sub = subresource.unwrap_or("");
-    let is_mine = |e: &Value| {
-        e.get("manager").and_then(Value::as_str) == Some(manager)
-            && e.get("operation").and_then(Value::as_str) == Some("Apply")
-            && e.get("subresource").and_then(Value::as_str).unwrap_or("") == sub
-    };
+    let managed = managed_entries(&obj);
     let prev_set = managed
         .iter()
-        .find(|e| is_mine(e))
-        .and_then(|e| e.get("fieldsV1"))
-        .map(parse_fields_v1)
+        .find(|e| me.wrote(e))
+        .map(entry_fields)
         .unwrap_or_default();
     let mut others: Vec<(String, BTreeSet<Vec<String>>)> = managed
         .iter()
-        .filter(|e| !is_mine(e))
+        .filter(|e| !me.wrote(e))
         .map(|e| {
             (
                 e.get("manager")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string(),
-                e.get("fieldsV1").map(parse_fields_v1).unwrap_or_default(),
+                entry_fields(e),
             )
         })
         .collect();
 
     // An applied empty `labels: {}` or `annotations: {}` is owned as a whole (a leaf): kube-apiserver reports
     // a conflict on the map when another manager's apply sets a key in it. (An applied empty object such as
-    // `spec: {}` owns nothing there.)
+    // `spec: {}` owns `spec` itself, which keeps it as `null` once emptied, but conflicts with no key in it.)
     let set_inside = |owned: &Vec<String>| {
         matches!(owned.as_slice(), [m, f] if m == "metadata" && (f == "labels" || f == "annotations"))
             && new_set
@@ -323,29 +412,31 @@ pub fn server_side_apply(
             set.retain(|p| !new_set.contains(p) && !set_inside(p));
         }
     }
-    for p in prev_set.difference(&new_set) {
-        if !others.iter().any(|(_, s)| s.contains(p)) {
-            remove_path(&mut obj, p);
-        }
-    }
+    // Merge first, then prune what this manager gave up, as kube-apiserver does: an applied `spec: {}`
+    // merges into the live `spec` before its former fields are removed.
     let mut cfg = config.clone();
     if subresource.is_none()
         && let Some(m) = cfg.as_object_mut()
     {
         m.remove("status");
     }
-    let overlay = if subresource == Some("status") {
-        json!({"status": config.get("status").cloned().unwrap_or(Value::Null)})
-    } else {
-        cfg
+    let overlay = match (subresource, config.get("status")) {
+        (Some("status"), Some(status)) => json!({"status": status}),
+        (Some("status"), None) => json!({}),
+        _ => cfg,
     };
     strategic_merge(&mut obj, &overlay);
+    let owned_by_others = |p: &[String]| others.iter().any(|(_, s)| s.iter().any(|o| o.starts_with(p)));
+    for p in prev_set.difference(&new_set) {
+        if !owned_by_others(p) {
+            remove_owned_path(&mut obj, p, |map| {
+                new_set.contains(map) || others.iter().any(|(_, s)| s.contains(map))
+            });
+        }
+    }
 
     let mut entries: Vec<Value> = Vec::new();
-    for e in &managed {
-        if is_mine(e) {
-            continue;
-        }
+    for e in managed.iter().filter(|e| !me.wrote(e)) {
         let name = e.get("manager").and_then(Value::as_str).unwrap_or_default();
         let mut e = e.clone();
         if let Some((_, set)) = others.iter().find(|(m, _)| m == name) {
@@ -356,26 +447,18 @@ pub fn server_side_apply(
         }
         entries.push(e);
     }
-    let mut mine = json!({
-        "manager": manager, "operation": "Apply", "apiVersion": api_version, "time": now,
-        "fieldsType": "FieldsV1", "fieldsV1": fields_v1(&new_set),
-    });
-    if let Some(s) = subresource {
-        mine["subresource"] = json!(s);
-    }
-    entries.push(mine);
-    if let Some(meta) = obj
-        .as_object_mut()
-        .map(|m| m.entry("metadata").or_insert_with(|| json!({})))
-    {
-        meta["managedFields"] = Value::Array(entries);
-    }
+    me.record(&mut obj, entries, &new_set, api_version, now);
     Ok(obj)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unforced apply of the main resource that must succeed.
+    pub(super) fn apply_as(live: Option<&Value>, config: Value, manager: &str) -> Value {
+        server_side_apply(live, &config, manager, false, None, "v1", "t").expect("apply")
+    }
 
     #[test]
     fn strategic_merge_merges_containers_by_name() {
@@ -390,33 +473,14 @@ mod tests {
 
     #[test]
     fn apply_removes_fields_the_manager_stopped_setting() {
-        let first = server_side_apply(
-            None,
-            &json!({"spec": {"a": 1, "b": 2}}),
-            "m1",
-            false,
-            None,
-            "v1",
-            "t",
-        )
-        .expect("apply");
-        let second = server_side_apply(
-            Some(&first),
-            &json!({"spec": {"a": 1}}),
-            "m1",
-            false,
-            None,
-            "v1",
-            "t",
-        )
-        .expect("apply");
+        let first = apply_as(None, json!({"spec": {"a": 1, "b": 2}}), "m1");
+        let second = apply_as(Some(&first), json!({"spec": {"a": 1}}), "m1");
         assert_eq!(second["spec"], json!({"a": 1}));
     }
 
     #[test]
     fn apply_conflicts_with_other_manager_unless_forced() {
-        let first =
-            server_side_apply(None, &json!({"spec": {"a": 1}}), "m1", false, None, "v1", "t").expect("apply");
+        let first = apply_as(None, json!({"spec": {"a": 1}}), "m1");
         let err = server_side_apply(
             Some(&first),
             &json!({"spec": {"a": 2}}),
@@ -450,16 +514,11 @@ mod tests {
 
     #[test]
     fn an_applied_empty_map_is_owned_whole_so_adding_a_key_conflicts() {
-        let first = server_side_apply(
+        let first = apply_as(
             None,
-            &json!({"metadata": {"name": "x", "labels": {}}, "spec": {"a": 1}}),
+            json!({"metadata": {"name": "x", "labels": {}}, "spec": {"a": 1}}),
             "m1",
-            false,
-            None,
-            "v1",
-            "t",
-        )
-        .expect("apply");
+        );
         let add = json!({"metadata": {"name": "x", "labels": {"team": "b"}}});
         let err = server_side_apply(Some(&first), &add, "m2", false, None, "v1", "t").expect_err("conflict");
         assert_eq!(err.code, 409);
@@ -474,6 +533,57 @@ mod tests {
         let m1 = &forced["metadata"]["managedFields"][0];
         assert_eq!(m1["manager"], "m1");
         assert_eq!(m1["fieldsV1"], json!({"f:spec": {"f:a": {}}}), "m1 lost the map");
+    }
+
+    /// What kube-apiserver v1.28 answers (seen on it): a map emptied by an apply stays as `null` while a
+    /// manager owns it (an applied `spec: {}` owns `spec`), and goes when none does.
+    #[test]
+    fn an_emptied_map_is_null_while_owned_and_gone_when_not() {
+        let full = apply_as(None, json!({"spec": {"a": 1, "sub": {"x": 1}}}), "m1");
+        let emptied = apply_as(Some(&full), json!({"spec": {}}), "m1");
+        assert_eq!(emptied["spec"], Value::Null, "{emptied}");
+        assert!(emptied.as_object().is_some_and(|o| o.contains_key("spec")));
+        assert_eq!(
+            emptied["metadata"]["managedFields"][0]["fieldsV1"],
+            json!({"f:spec": {}})
+        );
+
+        let sub_emptied = apply_as(Some(&full), json!({"spec": {"a": 1, "sub": {}}}), "m1");
+        assert_eq!(sub_emptied["spec"], json!({"a": 1, "sub": null}));
+        let sub_dropped = apply_as(Some(&full), json!({"spec": {"a": 1}}), "m1");
+        assert_eq!(sub_dropped["spec"], json!({"a": 1}), "nobody owns spec.sub");
+        let all_dropped = apply_as(Some(&full), json!({"metadata": {"name": "x"}}), "m1");
+        assert_eq!(all_dropped.get("spec"), None, "nobody owns spec");
+
+        let leaf_of_another = apply_as(Some(&full), json!({"spec": {}}), "m2");
+        assert_eq!(
+            leaf_of_another["spec"], full["spec"],
+            "an applied spec: {{}} conflicts with no key"
+        );
+        let emptied_under_m2 = apply_as(Some(&leaf_of_another), json!({}), "m1");
+        assert_eq!(emptied_under_m2["spec"], Value::Null, "m2 still owns spec");
+    }
+
+    #[test]
+    fn a_status_apply_without_status_removes_only_the_appliers_fields() {
+        let live = json!({"spec": {"a": 1}, "status": {"mine": 1, "theirs": 2},
+            "metadata": {"managedFields": [
+                {"manager": "m", "operation": "Apply", "subresource": "status", "fieldsV1": {"f:status": {"f:mine": {}}}},
+                {"manager": "o", "operation": "Update", "subresource": "status", "fieldsV1": {"f:status": {"f:theirs": {}}}}]}});
+        let out =
+            server_side_apply(Some(&live), &json!({}), "m", false, Some("status"), "v1", "t").expect("apply");
+        assert_eq!(out["status"], json!({"theirs": 2}));
+        assert_eq!(out["spec"], json!({"a": 1}));
+    }
+
+    #[test]
+    fn typed_nulls_are_dropped() {
+        let mut builtin = json!({"metadata": {"labels": null}, "data": null, "spec": {"x": null, "y": 1}});
+        drop_typed_nulls(&mut builtin, true);
+        assert_eq!(builtin, json!({"metadata": {}, "spec": {"y": 1}}));
+        let mut custom = json!({"metadata": {"labels": null}, "spec": null});
+        drop_typed_nulls(&mut custom, false);
+        assert_eq!(custom, json!({"metadata": {}, "spec": null}));
     }
 
     #[test]
@@ -504,38 +614,29 @@ pub fn record_update(
     api_version: &str,
     now: &str,
 ) {
-    let in_scope = |p: &Vec<String>| {
-        (p.first().map(String::as_str) == Some("status")) == (subresource == Some("status"))
+    let me = Writer {
+        manager,
+        operation: "Update",
+        subresource,
     };
     let changed: BTreeSet<Vec<String>> = field_set(new)
         .into_iter()
-        .filter(|p| in_scope(p))
+        .filter(|p| me.in_scope(p))
         .filter(|p| old.is_none_or(|o| get_path(o, p) != get_path(new, p)))
         .collect();
     if changed.is_empty() {
         return;
     }
-    let sub = subresource.unwrap_or("");
-    let entries: Vec<Value> = new
-        .pointer("/metadata/managedFields")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let is_mine = |e: &Value| {
-        e.get("manager").and_then(Value::as_str) == Some(manager)
-            && e.get("operation").and_then(Value::as_str) == Some("Update")
-            && e.get("subresource").and_then(Value::as_str).unwrap_or("") == sub
-    };
+    let entries = managed_entries(new);
     let mut mine: BTreeSet<Vec<String>> = entries
         .iter()
-        .find(|e| is_mine(e))
-        .and_then(|e| e.get("fieldsV1"))
-        .map(parse_fields_v1)
+        .find(|e| me.wrote(e))
+        .map(entry_fields)
         .unwrap_or_default();
     mine.extend(changed.iter().cloned());
     let mut out: Vec<Value> = Vec::new();
-    for e in entries.iter().filter(|e| !is_mine(e)) {
-        let mut set = e.get("fieldsV1").map(parse_fields_v1).unwrap_or_default();
+    for e in entries.iter().filter(|e| !me.wrote(e)) {
+        let mut set = entry_fields(e);
         let before = set.len();
         set.retain(|p| !changed.contains(p));
         if set.is_empty() {
@@ -547,38 +648,17 @@ pub fn record_update(
         }
         out.push(e);
     }
-    let mut entry = json!({
-        "manager": manager, "operation": "Update", "apiVersion": api_version, "time": now,
-        "fieldsType": "FieldsV1", "fieldsV1": fields_v1(&mine),
-    });
-    if let Some(s) = subresource {
-        entry["subresource"] = json!(s);
-    }
-    out.push(entry);
-    if let Some(meta) = new
-        .as_object_mut()
-        .map(|m| m.entry("metadata").or_insert_with(|| json!({})))
-    {
-        meta["managedFields"] = Value::Array(out);
-    }
+    me.record(new, out, &mine, api_version, now);
 }
 
 #[cfg(test)]
 mod update_tests {
+    use super::tests::apply_as;
     use super::*;
 
     #[test]
     fn updates_take_ownership_from_appliers_so_reapply_conflicts() {
-        let applied = server_side_apply(
-            None,
-            &json!({"spec": {"a": 1, "b": 1}}),
-            "tf",
-            false,
-            None,
-            "v1",
-            "t",
-        )
-        .expect("apply");
+        let applied = apply_as(None, json!({"spec": {"a": 1, "b": 1}}), "tf");
         let mut edited = applied.clone();
         edited["spec"]["a"] = json!(2);
         record_update(Some(&applied), &mut edited, "kubectl-edit", None, "v1", "t");

@@ -87,102 +87,45 @@ fn builtin(
     }
 }
 
-/// The built-in kinds the product and its chart use.
+const ADMISSION: &str = "admissionregistration.k8s.io";
+const RBAC: &str = "rbac.authorization.k8s.io";
+const APIEXTENSIONS: &str = "apiextensions.k8s.io";
+
+/// The built-in kinds the product and its chart use:
+/// `(group, plural, kind, namespaced, short names, has a status subresource)`, all at version `v1`.
+#[allow(clippy::type_complexity)]
+#[rustfmt::skip]
+const BUILTINS: &[(&str, &str, &str, bool, &[&str], bool)] = &[
+    ("", "namespaces", "Namespace", false, &["ns"], true),
+    ("", "nodes", "Node", false, &["no"], true),
+    ("", "pods", "Pod", true, &["po"], true),
+    ("", "secrets", "Secret", true, &[], false),
+    ("", "configmaps", "ConfigMap", true, &["cm"], false),
+    ("", "events", "Event", true, &["ev"], false),
+    ("", "serviceaccounts", "ServiceAccount", true, &["sa"], false),
+    ("", "services", "Service", true, &["svc"], true),
+    ("events.k8s.io", "events", "Event", true, &["ev"], false),
+    ("coordination.k8s.io", "leases", "Lease", true, &[], false),
+    ("apps", "deployments", "Deployment", true, &["deploy"], true),
+    ("apps", "daemonsets", "DaemonSet", true, &["ds"], true),
+    ("policy", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true),
+    (ADMISSION, "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", false, &[], false),
+    (ADMISSION, "validatingwebhookconfigurations", "ValidatingWebhookConfiguration", false, &[], false),
+    (APIEXTENSIONS, "customresourcedefinitions", "CustomResourceDefinition", false, &["crd", "crds"], true),
+    (RBAC, "roles", "Role", true, &[], false),
+    (RBAC, "rolebindings", "RoleBinding", true, &[], false),
+    (RBAC, "clusterroles", "ClusterRole", false, &[], false),
+    (RBAC, "clusterrolebindings", "ClusterRoleBinding", false, &[], false),
+];
+
+/// The built-in kinds, as [`BUILTINS`] lists them.
 pub fn builtins() -> Vec<ResourceType> {
-    vec![
-        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true),
-        builtin("", "v1", "nodes", "Node", false, &["no"], true),
-        builtin("", "v1", "pods", "Pod", true, &["po"], true),
-        builtin("", "v1", "secrets", "Secret", true, &[], false),
-        builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], false),
-        builtin("", "v1", "events", "Event", true, &["ev"], false),
-        builtin(
-            "",
-            "v1",
-            "serviceaccounts",
-            "ServiceAccount",
-            true,
-            &["sa"],
-            false,
-        ),
-        builtin("", "v1", "services", "Service", true, &["svc"], true),
-        builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"], false),
-        builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false),
-        builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"], true),
-        builtin("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"], true),
-        builtin(
-            "policy",
-            "v1",
-            "poddisruptionbudgets",
-            "PodDisruptionBudget",
-            true,
-            &["pdb"],
-            true,
-        ),
-        builtin(
-            "admissionregistration.k8s.io",
-            "v1",
-            "mutatingwebhookconfigurations",
-            "MutatingWebhookConfiguration",
-            false,
-            &[],
-            false,
-        ),
-        builtin(
-            "admissionregistration.k8s.io",
-            "v1",
-            "validatingwebhookconfigurations",
-            "ValidatingWebhookConfiguration",
-            false,
-            &[],
-            false,
-        ),
-        builtin(
-            "apiextensions.k8s.io",
-            "v1",
-            "customresourcedefinitions",
-            "CustomResourceDefinition",
-            false,
-            &["crd", "crds"],
-            true,
-        ),
-        builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "roles",
-            "Role",
-            true,
-            &[],
-            false,
-        ),
-        builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "rolebindings",
-            "RoleBinding",
-            true,
-            &[],
-            false,
-        ),
-        builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "clusterroles",
-            "ClusterRole",
-            false,
-            &[],
-            false,
-        ),
-        builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "clusterrolebindings",
-            "ClusterRoleBinding",
-            false,
-            &[],
-            false,
-        ),
-    ]
+    BUILTINS
+        .iter()
+        .map(|&(group, plural, kind, namespaced, short, status)| {
+            builtin(group, "v1", plural, kind, namespaced, short, status)
+        })
+        .collect()
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {

@@ -224,10 +224,14 @@ pub fn validate(obj: &Value, schema: &Value) -> Vec<(String, String)> {
                     opts.join(", ")
                 )
             }
-            K::Type { kind } => format!(
-                "Invalid value: {shown}: {field} in body must be of type {}: {shown}",
-                type_name(kind)
-            ),
+            // kube-apiserver names the type it found, not the value: `"null"`, `"integer"`, ...
+            K::Type { kind } => {
+                let found = json_type(&inst);
+                format!(
+                    "Invalid value: \"{found}\": {field} in body must be of type {}: \"{found}\"",
+                    type_name(kind)
+                )
+            }
             K::Pattern { pattern } => {
                 format!("Invalid value: {shown}: {field} in body should match '{pattern}'")
             }
@@ -255,6 +259,41 @@ pub fn validate(obj: &Value, schema: &Value) -> Vec<(String, String)> {
     }
     list_type_errors(obj, schema, "", &mut causes);
     causes
+}
+
+/// The OpenAPI name of a JSON value's type.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Validation of a `/status` write. kube-apiserver checks `status` against the status schema alone, so the
+/// fields it names are relative to `status` (`conditions[0].type`, and `<nil>` for `status` itself).
+pub fn validate_status(obj: &Value, schema: &Value) -> Vec<(String, String)> {
+    let (Some(status), Some(status_schema)) = (obj.get("status"), schema.pointer("/properties/status"))
+    else {
+        return Vec::new();
+    };
+    validate(status, status_schema)
+        .into_iter()
+        .map(|(field, msg)| {
+            (
+                if field.is_empty() {
+                    "<nil>".to_string()
+                } else {
+                    field
+                },
+                msg,
+            )
+        })
+        .collect()
 }
 
 fn type_name(kind: &jsonschema::error::TypeKind) -> String {
@@ -428,10 +467,46 @@ mod tests {
             "{causes:?}"
         );
         assert_eq!(causes.len(), 2, "{causes:?}");
+        let wrong_types = validate(&json!({"spec": {"name": 5}, "status": null}), &schema());
+        assert_eq!(
+            wrong_types,
+            vec![
+                (
+                    "spec.name".to_string(),
+                    "Invalid value: \"integer\": spec.name in body must be of type string: \"integer\""
+                        .to_string()
+                ),
+                (
+                    "status".to_string(),
+                    "Invalid value: \"null\": status in body must be of type object: \"null\"".to_string()
+                ),
+            ]
+        );
         let missing = validate(&json!({"spec": {}}), &schema());
         assert_eq!(
             missing,
             vec![("spec.name".to_string(), "Required value".to_string())]
         );
+    }
+
+    #[test]
+    fn a_status_write_is_validated_against_the_status_schema_alone() {
+        let causes = validate_status(&json!({"spec": {"name": 1}, "status": {"ok": "yes"}}), &schema());
+        assert_eq!(
+            causes,
+            vec![(
+                "ok".to_string(),
+                "Invalid value: \"string\": ok in body must be of type boolean: \"string\"".to_string()
+            )]
+        );
+        let null = validate_status(&json!({"status": null}), &schema());
+        assert_eq!(
+            null,
+            vec![(
+                "<nil>".to_string(),
+                "Invalid value: \"null\":  in body must be of type object: \"null\"".to_string()
+            )]
+        );
+        assert!(validate_status(&json!({"spec": {}}), &schema()).is_empty());
     }
 }

@@ -53,22 +53,22 @@ impl ApiError {
         self
     }
 
-    pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
+    /// `<resource> "<name>" <state>`, with the object named in `details`.
+    fn about_object(code: u16, reason: &str, group: &str, plural: &str, name: &str, state: &str) -> Self {
         Self::new(
-            404,
-            "NotFound",
-            format!("{} \"{name}\" not found", qualified(group, plural)),
+            code,
+            reason,
+            format!("{} \"{name}\" {state}", qualified(group, plural)),
         )
         .with_details(name, group, plural)
     }
 
+    pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
+        Self::about_object(404, "NotFound", group, plural, name, "not found")
+    }
+
     pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
-        Self::new(
-            409,
-            "AlreadyExists",
-            format!("{} \"{name}\" already exists", qualified(group, plural)),
-        )
-        .with_details(name, group, plural)
+        Self::about_object(409, "AlreadyExists", group, plural, name, "already exists")
     }
 
     pub fn conflict(group: &str, plural: &str, name: &str) -> Self {
@@ -119,7 +119,7 @@ impl ApiError {
             d["causes"] = Value::Array(
                 causes
                     .iter()
-                    .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+                    .map(|(f, m)| json!({"reason": cause_reason(m), "message": m, "field": f}))
                     .collect(),
             );
         }
@@ -172,6 +172,29 @@ impl ApiError {
         }
         s
     }
+}
+
+/// A field error's `reason` in `details.causes`, from the words its message starts with (kube-apiserver's
+/// `field.ErrorType` names): `Required value` is `FieldValueRequired`, a schema type mismatch
+/// `FieldValueTypeInvalid`, and so on.
+fn cause_reason(message: &str) -> &'static str {
+    const BY_PREFIX: &[(&str, &str)] = &[
+        ("Required value", "FieldValueRequired"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Not found", "FieldValueNotFound"),
+        ("Internal error", "InternalError"),
+    ];
+    if message.starts_with("Invalid value") && message.contains(" in body must be of type ") {
+        return "FieldValueTypeInvalid";
+    }
+    BY_PREFIX
+        .iter()
+        .find(|(prefix, _)| message.starts_with(prefix))
+        .map_or("FieldValueInvalid", |(_, reason)| reason)
 }
 
 /// kube-apiserver lists several field errors as `[a, b]`, one error as itself.

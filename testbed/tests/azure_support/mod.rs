@@ -119,3 +119,45 @@ pub fn prefix_pip_body(prefix_id: &str) -> PublicIpAddress {
     )
     .expect("valid PublicIpAddress model")
 }
+
+/// A network resource type the tests delete.
+#[derive(Debug, Clone, Copy)]
+pub enum Network {
+    LoadBalancer,
+    PublicIpPrefix,
+    PublicIp,
+}
+
+impl Env {
+    /// DELETE of a network resource of the seed's resource group: the HTTP status ARM answered, or the status
+    /// and ARM error code of a refusal.
+    pub async fn delete(&self, kind: Network, name: &str) -> Result<u16, (u16, String)> {
+        let sub = self.sub();
+        let status = |rsp: &azure_core::Response| u16::from(rsp.status());
+        let sent = match kind {
+            Network::LoadBalancer => {
+                let lbs = self.network.load_balancers_client();
+                lbs.delete(RG, name, sub)
+                    .send()
+                    .await
+                    .map(|r| status(r.as_raw_response()))
+            }
+            Network::PublicIpPrefix => {
+                let prefixes = self.network.public_ip_prefixes_client();
+                prefixes
+                    .delete(RG, name, sub)
+                    .send()
+                    .await
+                    .map(|r| status(r.as_raw_response()))
+            }
+            Network::PublicIp => {
+                let pips = self.network.public_ip_addresses_client();
+                pips.delete(RG, name, sub)
+                    .send()
+                    .await
+                    .map(|r| status(r.as_raw_response()))
+            }
+        };
+        sent.map_err(|e| status_and_code(&e))
+    }
+}

@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Map, Value, json};
 
 use super::error::ArmError;
-use super::ipam::{PrefixPool, PublicRange, SubnetPool};
+use super::ipam::{Allocations, PrefixPool, PublicRange, SubnetPool};
 
 mod compute;
 mod foreign;
@@ -104,6 +104,14 @@ fn envelope<'a>(
 /// The SKU ARM gives a load balancer, public IP prefix or public IP whose body names none.
 fn standard_sku() -> Value {
     json!({"name": "Standard", "tier": "Regional"})
+}
+
+/// The allocations of each pool of a map of pools (subnets or public IP prefixes by ID).
+fn by_pool<P: Allocations>(pools: &BTreeMap<String, P>) -> BTreeMap<String, Vec<(P::Key, String)>> {
+    pools
+        .iter()
+        .map(|(k, p)| (k.clone(), p.allocation_list()))
+        .collect()
 }
 
 fn props(v: &mut Value) -> &mut Map<String, Value> {
@@ -419,34 +427,15 @@ impl World {
 
     /// Addresses in use per subnet (for inventory dumps and invariants).
     pub fn subnet_allocations(&self) -> BTreeMap<String, Vec<(Ipv4Addr, String)>> {
-        self.subnets
-            .iter()
-            .map(|(k, p)| {
-                (
-                    k.clone(),
-                    p.allocations().map(|(ip, o)| (*ip, o.clone())).collect(),
-                )
-            })
-            .collect()
+        by_pool(&self.subnets)
     }
 
     pub fn public_allocations(&self) -> Vec<(Ipv4Net, String)> {
-        self.public_range
-            .allocations()
-            .map(|(n, o)| (*n, o.clone()))
-            .collect()
+        self.public_range.allocation_list()
     }
 
     pub fn prefix_allocations(&self) -> BTreeMap<String, Vec<(Ipv4Addr, String)>> {
-        self.prefix_pools
-            .iter()
-            .map(|(k, p)| {
-                (
-                    k.clone(),
-                    p.allocations().map(|(ip, o)| (*ip, o.clone())).collect(),
-                )
-            })
-            .collect()
+        by_pool(&self.prefix_pools)
     }
 
     pub fn resource_ids(&self) -> Vec<String> {

@@ -11,11 +11,7 @@ impl World {
     // ---------------------------------------------------------------- load balancers
 
     pub fn put_load_balancer(&mut self, rg: &str, name: &str, body: Value) -> Result<PutOutcome, ArmError> {
-        self.check_rg(rg)?;
-        check_network_name(name)?;
-        let id = self.resource_id(rg, LB_TYPE, name);
-        let location = Self::require_location(&body, &id)?;
-        let existing = self.get(&id).cloned();
+        let (id, location, existing) = self.network_put(LB_TYPE, rg, name, &body)?;
         let mut lb = body;
         envelope(&mut lb, &id, name, LB_TYPE, &location)
             .entry("sku")
@@ -108,27 +104,22 @@ impl World {
                     format!("{what}: frontendIPConfiguration is required."),
                 )
             })?;
-            if !fe_ids.contains(&key(fe)) {
-                return Err(ArmError::invalid_reference(
-                    &format!("{what}.frontendIPConfiguration"),
-                    fe,
-                ));
-            }
-            refs.entry(key(fe)).or_default().push(rid.clone());
-            if let Some(bp) = str_at(&rp, &["backendAddressPool", "id"]) {
-                if !pool_ids.contains(&key(bp)) {
-                    return Err(ArmError::invalid_reference(
-                        &format!("{what}.backendAddressPool"),
-                        bp,
-                    ));
+            // Each reference must name an entry of this body; the entry then lists the rule as a user.
+            let references = [
+                ("frontendIPConfiguration", Some(fe), &fe_ids),
+                (
+                    "backendAddressPool",
+                    str_at(&rp, &["backendAddressPool", "id"]),
+                    &pool_ids,
+                ),
+                ("probe", str_at(&rp, &["probe", "id"]), &probe_ids),
+            ];
+            for (field, id, known) in references {
+                let Some(id) = id else { continue };
+                if !known.contains(&key(id)) {
+                    return Err(ArmError::invalid_reference(&format!("{what}.{field}"), id));
                 }
-                refs.entry(key(bp)).or_default().push(rid.clone());
-            }
-            if let Some(pr) = str_at(&rp, &["probe", "id"]) {
-                if !probe_ids.contains(&key(pr)) {
-                    return Err(ArmError::invalid_reference(&format!("{what}.probe"), pr));
-                }
-                refs.entry(key(pr)).or_default().push(rid.clone());
+                refs.entry(key(id)).or_default().push(rid.clone());
             }
             let proto = rp
                 .get("protocol")
@@ -237,17 +228,8 @@ impl World {
         for coll in [&mut frontends, &mut pools, &mut probes] {
             for item in coll.iter_mut() {
                 let cid = key(item["id"].as_str().unwrap_or_default());
-                let users: Vec<Value> = refs
-                    .get(&cid)
-                    .map(|r| r.iter().map(|i| json!({"id": i})).collect())
-                    .unwrap_or_default();
-                let ip = props(item);
-                if users.is_empty() {
-                    ip.remove("loadBalancingRules");
-                } else {
-                    ip.insert("loadBalancingRules".into(), Value::Array(users));
-                }
-                ip.insert("provisioningState".into(), json!("Succeeded"));
+                set_back_references(item, "loadBalancingRules", refs.get(&cid));
+                props(item).insert("provisioningState".into(), json!("Succeeded"));
             }
         }
         for rule in &mut rules {
@@ -265,11 +247,7 @@ impl World {
                 .and_then(|e| str_at(e, &["properties", "resourceGuid"]))
                 .map_or_else(|| json!(uuid::Uuid::new_v4().to_string()), |g| json!(g))
         });
-        let stored = self.store(&id, lb);
-        Ok(PutOutcome {
-            resource: self.decorate_lb(stored),
-            created: existing.is_none(),
-        })
+        Ok(self.store_put(&id, lb, existing.is_none(), Self::decorate_lb))
     }
 
     pub fn get_load_balancer(&self, id: &str) -> Result<Value, ArmError> {
@@ -314,16 +292,7 @@ impl World {
         {
             for pool in pools {
                 let pid = key(pool["id"].as_str().unwrap_or_default());
-                let refs: Vec<Value> = members
-                    .get(&pid)
-                    .map(|m| m.iter().map(|i| json!({"id": i})).collect())
-                    .unwrap_or_default();
-                let pp = props(pool);
-                if refs.is_empty() {
-                    pp.remove("backendIPConfigurations");
-                } else {
-                    pp.insert("backendIPConfigurations".into(), Value::Array(refs));
-                }
+                set_back_references(pool, "backendIPConfigurations", members.get(&pid));
             }
         }
         lb
@@ -366,11 +335,7 @@ impl World {
         name: &str,
         body: Value,
     ) -> Result<PutOutcome, ArmError> {
-        self.check_rg(rg)?;
-        check_network_name(name)?;
-        let id = self.resource_id(rg, PREFIX_TYPE, name);
-        let location = Self::require_location(&body, &id)?;
-        let existing = self.get(&id).cloned();
+        let (id, location, existing) = self.network_put(PREFIX_TYPE, rg, name, &body)?;
         let p = body.get("properties").cloned().unwrap_or_default();
         let what = format!("publicIPPrefix '{name}'");
         let len = int_field(&p, "prefixLength", &what, 21, 31)?.ok_or_else(|| {
@@ -412,11 +377,7 @@ impl World {
         vp.insert("publicIPAddressVersion".into(), json!("IPv4"));
         vp.insert("provisioningState".into(), json!("Succeeded"));
         vp.remove("publicIPAddresses");
-        let stored = self.store(&id, v);
-        Ok(PutOutcome {
-            resource: self.decorate_prefix(stored),
-            created: existing.is_none(),
-        })
+        Ok(self.store_put(&id, v, existing.is_none(), Self::decorate_prefix))
     }
 
     /// Adds the computed `publicIPAddresses` list (every address handed out of the prefix).
@@ -463,11 +424,7 @@ impl World {
     }
 
     pub fn put_public_ip(&mut self, rg: &str, name: &str, body: Value) -> Result<PutOutcome, ArmError> {
-        self.check_rg(rg)?;
-        check_network_name(name)?;
-        let id = self.resource_id(rg, PIP_TYPE, name);
-        let location = Self::require_location(&body, &id)?;
-        let existing = self.get(&id).cloned();
+        let (id, location, existing) = self.network_put(PIP_TYPE, rg, name, &body)?;
         let p = body.get("properties").cloned().unwrap_or_default();
         let version = p
             .get("publicIPAddressVersion")
@@ -532,11 +489,7 @@ impl World {
         vp.insert("publicIPAllocationMethod".into(), json!("Static"));
         vp.insert("publicIPAddressVersion".into(), json!("IPv4"));
         vp.insert("provisioningState".into(), json!("Succeeded"));
-        let stored = self.store(&id, v);
-        Ok(PutOutcome {
-            resource: self.decorate_public_ip(stored),
-            created: existing.is_none(),
-        })
+        Ok(self.store_put(&id, v, existing.is_none(), Self::decorate_public_ip))
     }
 
     /// Adds `ipConfiguration` (which NIC ipConfiguration uses this public IP), as ARM does.
@@ -602,11 +555,7 @@ impl World {
         name: &str,
         body: Value,
     ) -> Result<PutOutcome, ArmError> {
-        self.check_rg(rg)?;
-        check_network_name(name)?;
-        let id = self.resource_id(rg, NIC_TYPE, name);
-        let location = Self::require_location(&body, &id)?;
-        let existing = self.get(&id).cloned();
+        let (id, location, existing) = self.network_put(NIC_TYPE, rg, name, &body)?;
         let mut v = body;
         let mut configs = arr(&v["properties"], "ipConfigurations");
         let what = format!("networkInterface '{name}'");
@@ -699,5 +648,54 @@ impl World {
         }
         self.resources.remove(&key(&id));
         Ok(true)
+    }
+}
+
+/// Sets `properties.<field>` of a sub-resource to the `{"id": ...}` references ARM derives for it (the rules
+/// using a frontend, the ipConfigurations in a pool), or removes it when there are none, as ARM shows it.
+fn set_back_references(item: &mut Value, field: &str, ids: Option<&Vec<String>>) {
+    let refs: Vec<Value> = ids
+        .map(|ids| ids.iter().map(|id| json!({"id": id})).collect())
+        .unwrap_or_default();
+    let p = props(item);
+    if refs.is_empty() {
+        p.remove(field);
+    } else {
+        p.insert(field.into(), Value::Array(refs));
+    }
+}
+
+impl World {
+    /// What every PUT of a network resource checks and reads first: the resource group, the name and the
+    /// body's `location`. Returns the resource's ID, its location and the resource as it was (`None` when
+    /// the PUT creates it).
+    fn network_put(
+        &self,
+        ty: &str,
+        rg: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<(String, String, Option<Value>), ArmError> {
+        self.check_rg(rg)?;
+        check_network_name(name)?;
+        let id = self.resource_id(rg, ty, name);
+        let location = Self::require_location(body, &id)?;
+        let existing = self.get(&id).cloned();
+        Ok((id, location, existing))
+    }
+
+    /// Stores the resource a PUT wrote and answers with it as ARM shows it (`decorate` adds what ARM derives).
+    fn store_put(
+        &mut self,
+        id: &str,
+        v: Value,
+        created: bool,
+        decorate: fn(&World, Value) -> Value,
+    ) -> PutOutcome {
+        let stored = self.store(id, v);
+        PutOutcome {
+            resource: decorate(self, stored),
+            created,
+        }
     }
 }

@@ -20,9 +20,7 @@ pub(super) async fn delete(
     t: &Target,
     warnings: &mut Vec<String>,
 ) -> ApiResult<Response> {
-    if !t.sub.is_empty() {
-        return Err(ApiError::method_not_allowed());
-    }
+    t.whole_object_only()?;
     let opts = delete_options(ctx);
     let live = shared
         .lock()

@@ -140,6 +140,13 @@ impl Target {
     fn subresource(&self) -> Option<&str> {
         (!self.sub.is_empty()).then_some(self.sub.as_str())
     }
+    /// Refuses a verb that exists only on the object itself (create, delete) when a subresource is addressed.
+    fn whole_object_only(&self) -> ApiResult<()> {
+        match self.subresource() {
+            None => Ok(()),
+            Some(_) => Err(ApiError::method_not_allowed()),
+        }
+    }
 }
 
 fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {

@@ -69,7 +69,11 @@ pub(super) fn validate(t: &Target, obj: &Value, old: Option<&Value>) -> ApiResul
         causes.extend(builtin_update_causes(t, obj, old));
     }
     if let Some(schema) = t.rt.version(&t.version).and_then(|v| v.schema.as_ref()) {
-        causes.extend(schema::validate(obj, schema));
+        causes.extend(if t.sub == "status" {
+            schema::validate_status(obj, schema)
+        } else {
+            schema::validate(obj, schema)
+        });
         if causes.is_empty() {
             causes.extend(super::super::cel::validate(obj, old, schema));
         }
@@ -326,6 +330,18 @@ pub(super) fn clear_system_fields(obj: &mut Value) {
     }
 }
 
+/// Records a non-apply write (`old`: `None` for a create) in `managedFields` under the request's manager.
+fn record_update(ctx: &Ctx, t: &Target, old: Option<&Value>, new: &mut Value) {
+    patch::record_update(
+        old,
+        new,
+        &update_manager(ctx),
+        t.subresource(),
+        &t.api_version(),
+        &now(),
+    );
+}
+
 /// The field manager of a non-apply write: `fieldManager`, else the User-Agent's product, like kube-apiserver.
 pub(super) fn update_manager(ctx: &Ctx) -> String {
     if let Some(m) = ctx.q("fieldManager").filter(|m| !m.is_empty()) {
@@ -358,9 +374,7 @@ pub(super) async fn create(
     t: &Target,
     warnings: &mut Vec<String>,
 ) -> ApiResult<Response> {
-    if !t.sub.is_empty() {
-        return Err(ApiError::method_not_allowed());
-    }
+    t.whole_object_only()?;
     let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
     obj["apiVersion"] = json!(t.api_version());
@@ -411,14 +425,7 @@ pub(super) async fn create_admitted(
     };
     let mut obj = admit(shared, ctx, t, "CREATE", None, obj, warnings).await?;
     if record_manager {
-        patch::record_update(
-            None,
-            &mut obj,
-            &update_manager(ctx),
-            None,
-            &t.api_version(),
-            &now(),
-        );
+        record_update(ctx, t, None, &mut obj);
     }
     let mut st = shared.lock();
     if t.rt.namespaced {
@@ -528,7 +535,15 @@ pub(super) fn merge_for_update(t: &Target, live: &Value, mut proposed: Value) ->
     proposed["kind"] = json!(t.rt.kind);
     let mut out = if t.sub == "status" {
         let mut o = live.clone();
-        o["status"] = proposed.get("status").cloned().unwrap_or(Value::Null);
+        // A status write without `status` removes it (the apply that gave up every status field).
+        match proposed.get("status") {
+            Some(status) => o["status"] = status.clone(),
+            None => {
+                if let Some(m) = o.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
         if let Some(mf) = proposed.pointer("/metadata/managedFields") {
             o["metadata"]["managedFields"] = mf.clone();
         }
@@ -697,15 +712,7 @@ pub(super) async fn update(
     }
     let merged = merge_for_update(t, &live, body)?;
     let mut admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
-    let sub = t.subresource();
-    patch::record_update(
-        Some(&live),
-        &mut admitted,
-        &update_manager(ctx),
-        sub,
-        &t.api_version(),
-        &now(),
-    );
+    record_update(ctx, t, Some(&live), &mut admitted);
     let stored = commit_update(shared, ctx, t, &live_rv, admitted)?;
     Ok(json_response(200, &present(&stored, t), warnings))
 }
@@ -717,6 +724,20 @@ pub(super) fn apply_manager(ctx: &Ctx) -> ApiResult<&str> {
             "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
         )
     })
+}
+
+/// Server-side apply of a request's configuration onto the live object (`None`: the apply creates it).
+fn apply_patch(ctx: &Ctx, t: &Target, live: Option<&Value>, config: &Value) -> ApiResult<Value> {
+    check_type(t, config)?;
+    patch::server_side_apply(
+        live,
+        config,
+        apply_manager(ctx)?,
+        ctx.flag("force"),
+        t.subresource(),
+        &t.api_version(),
+        &now(),
+    )
 }
 
 pub(super) async fn patch_verb(
@@ -737,17 +758,7 @@ pub(super) async fn patch_verb(
         let live = shared.lock().get(&t.res(), &t.key()).cloned();
         let Some(live) = live else {
             if ct == "application/apply-patch+yaml" && t.sub.is_empty() {
-                check_type(t, &body)?;
-                let manager = apply_manager(ctx)?;
-                let mut obj = patch::server_side_apply(
-                    None,
-                    &body,
-                    manager,
-                    ctx.flag("force"),
-                    None,
-                    &t.api_version(),
-                    &now(),
-                )?;
+                let mut obj = apply_patch(ctx, t, None, &body)?;
                 obj["metadata"]["name"] = json!(t.name);
                 if t.rt.namespaced {
                     obj["metadata"]["namespace"] = json!(t.ns);
@@ -775,18 +786,8 @@ pub(super) async fn patch_verb(
                 patch::strategic_merge(&mut obj, &body)
             }
             "application/apply-patch+yaml" => {
-                check_type(t, &body)?;
-                let manager = apply_manager(ctx)?;
-                let sub = t.subresource();
-                obj = patch::server_side_apply(
-                    Some(&obj),
-                    &body,
-                    manager,
-                    ctx.flag("force"),
-                    sub,
-                    &t.api_version(),
-                    &now(),
-                )?;
+                obj = apply_patch(ctx, t, Some(&obj), &body)?;
+                patch::drop_typed_nulls(&mut obj, !t.rt.crd);
             }
             other => return Err(ApiError::unsupported_media(other)),
         }
@@ -797,15 +798,7 @@ pub(super) async fn patch_verb(
         let merged = merge_for_update(t, &live, obj)?;
         let mut admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
         if ct != "application/apply-patch+yaml" {
-            let sub = t.subresource();
-            patch::record_update(
-                Some(&live),
-                &mut admitted,
-                &update_manager(ctx),
-                sub,
-                &t.api_version(),
-                &now(),
-            );
+            record_update(ctx, t, Some(&live), &mut admitted);
         }
         match commit_update(shared, ctx, t, &live_rv, admitted) {
             Ok(stored) => return Ok(json_response(200, &present(&stored, t), warnings)),
