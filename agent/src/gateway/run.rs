@@ -253,8 +253,6 @@ impl GatewayLoop {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use kube::api::PostParams;
     use testbed::kube::{KubeSim, KubeSimConfig};
     use testbed::wait::eventually;
@@ -284,15 +282,10 @@ mod tests {
             node_name: "gw-node-1".into(),
             agent_namespace: "kube-system".into(),
             secret_namespace: "kube-system".into(),
+            // No configuration exists, so which pool this node is in does not matter.
             settings: NodeSettings {
-                identity: NodeIdentity {
-                    computer_name: "gw-vmss000001".into(),
-                    vmss_name: "gw-vmss".into(),
-                    resource_group: "mc_rg".into(),
-                    tags: BTreeMap::new(),
-                    primary_ip: None,
-                },
-                netns_name: "ns-static-egress-gateway".into(),
+                identity: NodeIdentity::default(),
+                netns_name: String::new(),
             },
             applier: Arc::new(NoKernel),
             probe: ProbeState::default(),
