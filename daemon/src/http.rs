@@ -33,6 +33,15 @@ where
     )
 }
 
+/// The text of `registry` in the [`OPENMETRICS_CONTENT_TYPE`] format: what every component's
+/// `Metrics::encode` answers `/metrics` with.
+pub fn openmetrics_text(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
 /// `/metrics`, answering with what `encode` writes.
 pub fn metrics_router<F>(encode: F) -> Router
 where
