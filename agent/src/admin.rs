@@ -43,22 +43,8 @@ pub fn router(state: AdminState) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
-    use tower::ServiceExt as _;
-
-    async fn get(r: &Router, path: &str) -> (StatusCode, String) {
-        let resp = r
-            .clone()
-            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible");
-        let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .expect("body");
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
+    use axum::http::StatusCode;
+    use daemon::http::get_in_process as get;
 
     #[tokio::test]
     async fn readiness_follows_state_and_drain() {
@@ -70,7 +56,7 @@ mod tests {
         assert_eq!(get(&r, "/readyz").await.0, StatusCode::OK);
         s.draining.store(true, Ordering::Release);
         assert_eq!(get(&r, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
-        let (st, body) = get(&r, "/metrics").await;
+        let (st, _, body) = get(&r, "/metrics").await;
         assert_eq!(st, StatusCode::OK);
         assert!(body.contains("gateway_apply_duration_seconds"), "{body}");
     }

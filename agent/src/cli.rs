@@ -134,23 +134,6 @@ impl StopReasons {
     }
 }
 
-/// Spawns a task whose error stops the agent (see [`StopReasons`]).
-fn spawn_essential(
-    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-    failures: &tokio::sync::mpsc::UnboundedSender<String>,
-    what: &'static str,
-    task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-) {
-    let failures = failures.clone();
-    tasks.spawn(async move {
-        let r = task.await;
-        if let Err(e) = &r {
-            let _ = failures.send(format!("{what}: {e:#}"));
-        }
-        r
-    });
-}
-
 impl Args {
     /// Runs the agent in its mode until SIGTERM or Ctrl-C (then drains) or until an essential task fails.
     pub async fn run(self) -> anyhow::Result<()> {
@@ -159,12 +142,19 @@ impl Args {
         let client = kube::Client::try_default()
             .await
             .context("cannot build a Kubernetes client")?;
-        let admin_state = AdminState::default();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut tasks = tokio::task::JoinSet::new();
         let (failures, failures_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut stop = StopReasons {
-            failures: failures_rx,
+        let mut ctx = RunContext {
+            args,
+            client,
+            admin_state: AdminState::default(),
+            stop_tx,
+            stop_rx,
+            failures,
+            stop: StopReasons {
+                failures: failures_rx,
+            },
+            tasks: tokio::task::JoinSet::new(),
         };
         let any = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
         for (what, addr) in [
@@ -178,25 +168,15 @@ impl Args {
                     .unwrap_or(any(args.health_probe_bind_port)),
             ),
         ] {
-            spawn_essential(
-                &mut tasks,
-                &failures,
-                what,
-                daemon::http::serve(addr, admin::router(admin_state.clone()), stop_rx.clone()),
-            );
+            let server =
+                daemon::http::serve(addr, admin::router(ctx.admin_state.clone()), ctx.stop_rx.clone());
+            ctx.spawn_essential(what, server);
         }
-        let ctx = RunContext {
-            client,
-            admin_state,
-            stop_tx,
-            stop_rx,
-            failures,
-        };
         let failure = match args.mode {
-            Mode::Gateway => run_gateway(args, ctx, &mut stop, &mut tasks).await?,
-            Mode::Node => run_node(args, ctx, &mut stop, &mut tasks).await?,
+            Mode::Gateway => ctx.run_gateway().await?,
+            Mode::Node => ctx.run_node().await?,
         };
-        while let Some(r) = tasks.join_next().await {
+        while let Some(r) = ctx.tasks.join_next().await {
             if let Ok(Err(e)) = r {
                 tracing::warn!(error = %e, "task ended with an error");
             }
@@ -210,216 +190,218 @@ impl Args {
     }
 }
 
-/// What both modes share.
-struct RunContext {
+/// What both modes share: the flags, the cluster client, the admin servers' state, and the tasks with how
+/// they stop.
+struct RunContext<'a> {
+    args: &'a Args,
     client: kube::Client,
     admin_state: AdminState,
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
     failures: tokio::sync::mpsc::UnboundedSender<String>,
+    stop: StopReasons,
+    tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
 
-/// Runs gateway mode until a signal or an essential failure (returned).
-async fn run_gateway(
-    args: &Args,
-    ctx: RunContext,
-    stop: &mut StopReasons,
-    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-) -> anyhow::Result<Option<String>> {
-    let RunContext {
-        client,
-        admin_state,
-        stop_tx,
-        stop_rx,
-        failures,
-    } = ctx;
-    let identity = crate::imds::fetch(&args.imds_endpoint, Duration::from_secs(10))
-        .await
-        .context("reading the node's identity from IMDS")?;
-    tracing::info!(computer_name = %identity.computer_name, vmss = %identity.vmss_name, "node identity");
-    let backend = BackendKind::parse(&args.wireguard_backend).map_err(anyhow::Error::msg)?;
-    let probe_state = ProbeState::default();
-    spawn_essential(
-        tasks,
-        &failures,
-        "load-balancer probe server",
-        daemon::http::serve(
-            SocketAddr::from(([0, 0, 0, 0], args.gateway_lb_probe_port)),
-            probe::router(probe_state.clone()),
-            stop_rx.clone(),
-        ),
-    );
-    let tunnels = TunnelReader {
-        wg: WireGuard::new(backend),
-        netns: Netns::named(&args.netns_name),
-        view: TunnelView::default(),
-    };
-    tasks.spawn(
-        run_metrics(
-            tunnels.clone(),
-            admin_state.metrics.clone(),
-            Duration::from_secs(5),
-            stop_rx.clone(),
-        )
-        .map(Ok),
-    );
-    let lp = GatewayLoop {
-        node_name: args.node_name.clone(),
-        agent_namespace: args.namespace.clone(),
-        secret_namespace: args
-            .secret_namespace
-            .clone()
-            .unwrap_or_else(|| args.namespace.clone()),
-        settings: NodeSettings {
-            identity,
-            netns_name: args.netns_name.clone(),
-        },
-        applier: std::sync::Arc::new(GatewayApplier {
-            host: Netns::Current,
-            netns_name: args.netns_name.clone(),
-            host_interface: args.host_interface.clone(),
-            wg: WireGuard::new(backend),
-        }),
-        probe: probe_state.clone(),
-        tunnels: tunnels.view.clone(),
-        metrics: admin_state.metrics.clone(),
-        ready: admin_state.ready.clone(),
-        debounce: Duration::from_millis(args.apply_debounce_ms),
-        resync: Duration::from_secs(args.resync_seconds.max(1)),
-    };
-    let loop_task = tokio::spawn(lp.run(client, stop_rx));
-    let failure = stop.wait().await;
-    probe_state.drain();
-    admin_state.draining.store(true, Ordering::Release);
-    if failure.is_none() {
-        // Drain: the load balancer sees 503 and moves the flows to other gateways; we keep forwarding until the
-        // pods' traffic has stopped arriving (they re-handshook there), at most the drain delay. The data plane
-        // itself stays in place (the kernel keeps forwarding after we exit).
-        let delay = match args.lb_probe_drain_delay_seconds {
-            0 => DEFAULT_DRAIN_DELAY_SECONDS,
-            d => d,
-        };
-        admin_state.metrics.gateway_draining.set(1);
-        tracing::info!(
-            max_seconds = delay,
-            "shutting down: probe answers 503; forwarding until the pods have moved"
-        );
-        let end = drain(&tunnels, &probe_state, DRAIN_QUIET, Duration::from_secs(delay)).await;
-        tracing::info!(?end, "drain finished");
+impl RunContext<'_> {
+    /// Spawns a task whose error stops the agent (see [`StopReasons`]).
+    fn spawn_essential(
+        &mut self,
+        what: &'static str,
+        task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let failures = self.failures.clone();
+        self.tasks.spawn(async move {
+            let r = task.await;
+            if let Err(e) = &r {
+                let _ = failures.send(format!("{what}: {e:#}"));
+            }
+            r
+        });
     }
-    let _ = stop_tx.send(true);
-    let _ = loop_task.await;
-    Ok(failure)
-}
 
-/// Runs node mode until a signal or an essential failure (returned).
-async fn run_node(
-    args: &Args,
-    ctx: RunContext,
-    stop: &mut StopReasons,
-    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-) -> anyhow::Result<Option<String>> {
-    let RunContext {
-        client,
-        admin_state,
-        stop_tx,
-        stop_rx,
-        failures,
-    } = ctx;
-    let metrics = admin_state.metrics.clone();
-    let cluster = KubeCluster::new(client.clone(), metrics.clone());
-    let socket = args.cni_socket.clone();
-    let mut grpc_stop = stop_rx.clone();
-    spawn_essential(tasks, &failures, "CNI socket server", async move {
-        crate::node::serve_unix(&socket, cluster, async move {
-            let _ = grpc_stop.wait_for(|v| *v).await;
-        })
-        .await
-        .map_err(anyhow::Error::from)
-    });
-    if args.pod_tunnel_watch {
-        let devices = peer_watch::Devices {
-            socket_dir: dataplane::wg::userspace_socket_dir(),
-            netns_dir: args.pod_netns_dir.clone(),
-            skip_netns: args.netns_name.clone(),
+    /// Runs gateway mode until a signal or an essential failure (returned).
+    async fn run_gateway(&mut self) -> anyhow::Result<Option<String>> {
+        let args = self.args;
+        let admin_state = self.admin_state.clone();
+        let stop_rx = self.stop_rx.clone();
+        let identity = crate::imds::fetch(&args.imds_endpoint, Duration::from_secs(10))
+            .await
+            .context("reading the node's identity from IMDS")?;
+        tracing::info!(computer_name = %identity.computer_name, vmss = %identity.vmss_name, "node identity");
+        let backend = BackendKind::parse(&args.wireguard_backend).map_err(anyhow::Error::msg)?;
+        let probe_state = ProbeState::default();
+        self.spawn_essential(
+            "load-balancer probe server",
+            daemon::http::serve(
+                SocketAddr::from(([0, 0, 0, 0], args.gateway_lb_probe_port)),
+                probe::router(probe_state.clone()),
+                stop_rx.clone(),
+            ),
+        );
+        let tunnels = TunnelReader {
+            wg: WireGuard::new(backend),
+            netns: Netns::named(&args.netns_name),
+            view: TunnelView::default(),
         };
-        tasks.spawn(
-            peer_watch::run(
-                WatchSettings::default(),
-                devices,
-                metrics.clone(),
+        self.tasks.spawn(
+            run_metrics(
+                tunnels.clone(),
+                admin_state.metrics.clone(),
+                Duration::from_secs(5),
                 stop_rx.clone(),
             )
             .map(Ok),
         );
-    }
-    let conf = ConfManager {
-        dir: args.cni_conf_dir.clone(),
-        file_name: args.cni_conf_file.clone(),
-        entry: crate::node::plugin_entry(&args.exception_cidrs, &args.cni_socket),
-    };
-    let (installed_tx, mut installed_rx) = watch::channel(false);
-    let conf_task = tokio::spawn(conf.clone().run(
-        Duration::from_millis(args.cni_conf_poll_ms.max(10)),
-        metrics.clone(),
-        installed_tx,
-        stop_rx.clone(),
-    ));
-    // Once installed: ready, and the node may take pods.
-    let node = args.node_name.clone();
-    let taint_client = client.clone();
-    let ready = admin_state.ready.clone();
-    let taint_metrics = metrics.clone();
-    let mut taint_stop = stop_rx.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            r = installed_rx.wait_for(|v| *v) => { if r.is_err() { return Ok(()); } }
-            _ = taint_stop.wait_for(|v| *v) => return Ok(()),
+        let lp = GatewayLoop {
+            node_name: args.node_name.clone(),
+            agent_namespace: args.namespace.clone(),
+            secret_namespace: args
+                .secret_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone()),
+            settings: NodeSettings {
+                identity,
+                netns_name: args.netns_name.clone(),
+            },
+            applier: std::sync::Arc::new(GatewayApplier {
+                host: Netns::Current,
+                netns_name: args.netns_name.clone(),
+                host_interface: args.host_interface.clone(),
+                wg: WireGuard::new(backend),
+            }),
+            probe: probe_state.clone(),
+            tunnels: tunnels.view.clone(),
+            metrics: admin_state.metrics.clone(),
+            ready: admin_state.ready.clone(),
+            debounce: Duration::from_millis(args.apply_debounce_ms),
+            resync: Duration::from_secs(args.resync_seconds.max(1)),
+        };
+        let loop_task = tokio::spawn(lp.run(self.client.clone(), stop_rx));
+        let failure = self.stop.wait().await;
+        probe_state.drain();
+        admin_state.draining.store(true, Ordering::Release);
+        if failure.is_none() {
+            // Drain: the load balancer sees 503 and moves the flows to other gateways; we keep forwarding until the
+            // pods' traffic has stopped arriving (they re-handshook there), at most the drain delay. The data plane
+            // itself stays in place (the kernel keeps forwarding after we exit).
+            let delay = match args.lb_probe_drain_delay_seconds {
+                0 => DEFAULT_DRAIN_DELAY_SECONDS,
+                d => d,
+            };
+            admin_state.metrics.gateway_draining.set(1);
+            tracing::info!(
+                max_seconds = delay,
+                "shutting down: probe answers 503; forwarding until the pods have moved"
+            );
+            let end = drain(&tunnels, &probe_state, DRAIN_QUIET, Duration::from_secs(delay)).await;
+            tracing::info!(?end, "drain finished");
         }
-        ready.store(true, Ordering::Release);
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            match remove_cni_taint(&taint_client, &node).await {
-                Ok(removed) => {
-                    if removed {
-                        tracing::info!(node = %node, "removed taint {}", api::names::CNI_NOT_READY_TAINT);
-                    }
-                    return Ok(());
-                }
-                Err(e) => {
-                    taint_metrics
-                        .node_taint_failures
-                        .get_or_create(&crate::metrics::NodeLabels { node: node.clone() })
-                        .inc();
-                    tracing::warn!(error = %e, reason = e.reason(), "removing the cni-not-ready taint");
-                }
-            }
+        let _ = self.stop_tx.send(true);
+        let _ = loop_task.await;
+        Ok(failure)
+    }
+
+    /// Runs node mode until a signal or an essential failure (returned).
+    async fn run_node(&mut self) -> anyhow::Result<Option<String>> {
+        let args = self.args;
+        let admin_state = self.admin_state.clone();
+        let stop_rx = self.stop_rx.clone();
+        let metrics = admin_state.metrics.clone();
+        let cluster = KubeCluster::new(self.client.clone(), metrics.clone());
+        let socket = args.cni_socket.clone();
+        let mut grpc_stop = stop_rx.clone();
+        self.spawn_essential("CNI socket server", async move {
+            crate::node::serve_unix(&socket, cluster, async move {
+                let _ = grpc_stop.wait_for(|v| *v).await;
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        });
+        if args.pod_tunnel_watch {
+            let devices = peer_watch::Devices {
+                socket_dir: dataplane::wg::userspace_socket_dir(),
+                netns_dir: args.pod_netns_dir.clone(),
+                skip_netns: args.netns_name.clone(),
+            };
+            self.tasks.spawn(
+                peer_watch::run(
+                    WatchSettings::default(),
+                    devices,
+                    metrics.clone(),
+                    stop_rx.clone(),
+                )
+                .map(Ok),
+            );
+        }
+        let conf = ConfManager {
+            dir: args.cni_conf_dir.clone(),
+            file_name: args.cni_conf_file.clone(),
+            entry: crate::node::plugin_entry(&args.exception_cidrs, &args.cni_socket),
+        };
+        let (installed_tx, mut installed_rx) = watch::channel(false);
+        let conf_task = tokio::spawn(conf.clone().run(
+            Duration::from_millis(args.cni_conf_poll_ms.max(10)),
+            metrics.clone(),
+            installed_tx,
+            stop_rx.clone(),
+        ));
+        // Once installed: ready, and the node may take pods.
+        let node = args.node_name.clone();
+        let taint_client = self.client.clone();
+        let ready = admin_state.ready.clone();
+        let taint_metrics = metrics.clone();
+        let mut taint_stop = stop_rx.clone();
+        self.tasks.spawn(async move {
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                r = installed_rx.wait_for(|v| *v) => { if r.is_err() { return Ok(()); } }
                 _ = taint_stop.wait_for(|v| *v) => return Ok(()),
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
-    });
-    let failure = stop.wait().await;
-    tracing::info!("shutting down");
-    admin_state.draining.store(true, Ordering::Release);
-    let _ = stop_tx.send(true);
-    let _ = conf_task.await;
-    match uninstall_setting(&client, &args.namespace, &args.cni_uninstall_configmap_name).await {
-        Ok(setting) if should_uninstall(setting.as_ref().map(|o| o.as_deref())) => {
-            if let Err(e) = conf.uninstall() {
+            ready.store(true, Ordering::Release);
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                match remove_cni_taint(&taint_client, &node).await {
+                    Ok(removed) => {
+                        if removed {
+                            tracing::info!(node = %node, "removed taint {}", api::names::CNI_NOT_READY_TAINT);
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        taint_metrics
+                            .node_taint_failures
+                            .get_or_create(&crate::metrics::NodeLabels { node: node.clone() })
+                            .inc();
+                        tracing::warn!(error = %e, reason = e.reason(), "removing the cni-not-ready taint");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = taint_stop.wait_for(|v| *v) => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+        let failure = self.stop.wait().await;
+        tracing::info!("shutting down");
+        admin_state.draining.store(true, Ordering::Release);
+        let _ = self.stop_tx.send(true);
+        let _ = conf_task.await;
+        match uninstall_setting(&self.client, &args.namespace, &args.cni_uninstall_configmap_name).await {
+            Ok(setting) if should_uninstall(setting.as_ref().map(|o| o.as_deref())) => {
+                if let Err(e) = conf.uninstall() {
+                    metrics.cni_config_failed("uninstall");
+                    tracing::error!(error = %e, "uninstalling the CNI configuration");
+                } else {
+                    tracing::info!(file = %conf.path().display(), "CNI configuration removed");
+                }
+            }
+            Ok(_) => tracing::info!("keeping the CNI configuration"),
+            Err(e) => {
                 metrics.cni_config_failed("uninstall");
-                tracing::error!(error = %e, "uninstalling the CNI configuration");
-            } else {
-                tracing::info!(file = %conf.path().display(), "CNI configuration removed");
+                tracing::error!(error = %e, "cannot read the uninstall ConfigMap; keeping the CNI configuration");
             }
         }
-        Ok(_) => tracing::info!("keeping the CNI configuration"),
-        Err(e) => {
-            metrics.cni_config_failed("uninstall");
-            tracing::error!(error = %e, "cannot read the uninstall ConfigMap; keeping the CNI configuration");
-        }
+        Ok(failure)
     }
-    Ok(failure)
 }

@@ -33,6 +33,13 @@ pub struct NodeLabels {
     pub node: String,
 }
 
+/// Labels of a failure counted by its kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The error's `reason()`: a short fixed label such as `not_found` or `unreachable`.
+    pub reason: String,
+}
+
 /// Labels of the gateway's per-configuration tunnel metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct ConfigurationLabels {
@@ -84,6 +91,8 @@ pub struct Metrics {
     pub gateway_peers: Gauge,
     /// `gateway_configurations`: active configurations after the last apply.
     pub gateway_configurations: Gauge,
+    /// `gateway_status_update_failures_total{reason}`: failed writes of this gateway's GatewayStatus.
+    pub gateway_status_update_failures: Family<ReasonLabels, Counter>,
     /// `gateway_tunnel_peers{configuration}`: peers configured on the configuration's link.
     pub tunnel_peers: Family<ConfigurationLabels, Gauge>,
     /// `gateway_tunnel_active_peers{configuration}`: peers with a live session (handshake within 180 s).
@@ -126,58 +135,52 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let podendpoint_failures = Family::<PodEndpointLabels, Counter>::default();
-        registry.register(
-            "cnimanager_podendpoint_operation_failures",
-            "PodEndpoint create/update/delete failures",
-            podendpoint_failures.clone(),
-        );
-        let cni_config_failures = Family::<OperationLabels, Counter>::default();
-        registry.register(
-            "cnimanager_cni_config_operation_failures",
-            "CNI configuration install/regenerate/uninstall failures",
-            cni_config_failures.clone(),
-        );
-        let node_taint_failures = Family::<NodeLabels, Counter>::default();
-        registry.register(
-            "cnimanager_node_taint_operation_failures",
-            "Failures removing the cni-not-ready taint from the node",
-            node_taint_failures.clone(),
-        );
-        let gateway_applies = Counter::default();
-        registry.register(
-            "gateway_apply",
-            "Successful gateway applies",
-            gateway_applies.clone(),
-        );
-        let gateway_apply_failures = Counter::default();
-        registry.register(
-            "gateway_apply_failures",
-            "Failed gateway applies",
-            gateway_apply_failures.clone(),
-        );
-        // 1 ms .. ~32 s
-        let gateway_apply_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
-            "gateway_apply_duration_seconds",
-            "Time to apply the gateway's desired state",
-            gateway_apply_duration.clone(),
-        );
-        let gateway_peers = Gauge::default();
-        registry.register("gateway_peers", "Pod peers configured", gateway_peers.clone());
-        let gateway_configurations = Gauge::default();
-        registry.register(
-            "gateway_configurations",
-            "Configurations active on this gateway",
-            gateway_configurations.clone(),
-        );
+        /// Registers a metric of type `$ty` (built by `$new`, default `Default`) and returns a handle to it.
         macro_rules! reg {
-            ($name:literal, $help:literal, $ty:ty) => {{
-                let m = <$ty>::default();
+            ($name:literal, $help:literal, $ty:ty) => {
+                reg!($name, $help, $ty, <$ty>::default())
+            };
+            ($name:literal, $help:literal, $ty:ty, $new:expr) => {{
+                let m: $ty = $new;
                 registry.register($name, $help, m.clone());
                 m
             }};
         }
+        let podendpoint_failures = reg!(
+            "cnimanager_podendpoint_operation_failures",
+            "PodEndpoint create/update/delete failures",
+            Family<PodEndpointLabels, Counter>
+        );
+        let cni_config_failures = reg!(
+            "cnimanager_cni_config_operation_failures",
+            "CNI configuration install/regenerate/uninstall failures",
+            Family<OperationLabels, Counter>
+        );
+        let node_taint_failures = reg!(
+            "cnimanager_node_taint_operation_failures",
+            "Failures removing the cni-not-ready taint from the node",
+            Family<NodeLabels, Counter>
+        );
+        let gateway_applies = reg!("gateway_apply", "Successful gateway applies", Counter);
+        let gateway_apply_failures = reg!("gateway_apply_failures", "Failed gateway applies", Counter);
+        let gateway_apply_duration = reg!(
+            "gateway_apply_duration_seconds",
+            "Time to apply the gateway's desired state",
+            Histogram,
+            // 1 ms .. ~32 s
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        );
+        let gateway_peers = reg!("gateway_peers", "Pod peers configured", Gauge);
+        let gateway_configurations = reg!(
+            "gateway_configurations",
+            "Configurations active on this gateway",
+            Gauge
+        );
+        let gateway_status_update_failures = reg!(
+            "gateway_status_update_failures",
+            "Failed writes of this gateway's GatewayStatus, by reason (retried with backoff)",
+            Family<ReasonLabels, Counter>
+        );
         let tunnel_peers = reg!(
             "gateway_tunnel_peers",
             "Pod peers configured on the configuration's WireGuard link",
@@ -296,6 +299,7 @@ impl Default for Metrics {
             gateway_apply_duration,
             gateway_peers,
             gateway_configurations,
+            gateway_status_update_failures,
         }
     }
 }
@@ -303,10 +307,16 @@ impl Default for Metrics {
 impl Metrics {
     /// Text exposition format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        daemon::http::openmetrics_text(&self.registry)
+    }
+
+    /// Counts a failed GatewayStatus write; `reason` is the error's `reason()`.
+    pub fn gateway_status_update_failed(&self, reason: &str) {
+        self.gateway_status_update_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Counts a CNI configuration failure (`install`, `regenerate`, `uninstall`).
@@ -344,6 +354,11 @@ mod tests {
         assert!(text.contains("cnimanager_cni_config_operation_failures_total{operation=\"install\"} 1"));
         assert!(text.contains("cnimanager_node_taint_operation_failures_total{node=\"n1\"} 1"));
         assert!(text.contains("gateway_apply_duration_seconds_bucket"));
+        m.gateway_status_update_failed("not_found");
+        assert!(
+            m.encode()
+                .contains("gateway_status_update_failures_total{reason=\"not_found\"} 1")
+        );
     }
 
     #[test]

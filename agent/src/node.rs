@@ -459,24 +459,18 @@ mod tests {
             .expect("PodEndpoint");
         assert_eq!(pe.pod_ip_address, "10.244.0.5/32");
         assert_eq!(pe.static_gateway_configuration, "gw");
-        srv.nic_del(Request::new(NicDelRequest {
-            pod_config: Some(PodInfo {
-                pod_name: "p".into(),
-                pod_namespace: "ns".into(),
-            }),
-        }))
-        .await
-        .expect("del");
+        let del = || {
+            Request::new(NicDelRequest {
+                pod_config: Some(PodInfo {
+                    pod_name: "p".into(),
+                    pod_namespace: "ns".into(),
+                }),
+            })
+        };
+        srv.nic_del(del()).await.expect("del");
         assert!(c.with(|s| s.pod_endpoints.is_empty()));
         // deleting again is fine
-        srv.nic_del(Request::new(NicDelRequest {
-            pod_config: Some(PodInfo {
-                pod_name: "p".into(),
-                pod_namespace: "ns".into(),
-            }),
-        }))
-        .await
-        .expect("idempotent del");
+        srv.nic_del(del()).await.expect("idempotent del");
     }
 
     #[tokio::test]

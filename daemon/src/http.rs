@@ -33,6 +33,15 @@ where
     )
 }
 
+/// The text of `registry` in the [`OPENMETRICS_CONTENT_TYPE`] format: what every component's
+/// `Metrics::encode` answers `/metrics` with.
+pub fn openmetrics_text(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
 /// `/metrics`, answering with what `encode` writes.
 pub fn metrics_router<F>(encode: F) -> Router
 where
@@ -69,6 +78,28 @@ pub async fn serve_on(
         .with_context(|| format!("serving {addr}"))
 }
 
+/// What [`get_in_process`] answers: status, `Content-Type` and body (lossy UTF-8).
+pub type Answer = (StatusCode, Option<String>, String);
+
+/// GETs `path` from `router` in-process, without a socket: for the tests of every binary's endpoints.
+pub async fn get_in_process(router: &Router, path: &str) -> Answer {
+    use tower::ServiceExt as _;
+    let request = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .expect("a path is a valid request");
+    let Ok(resp) = router.clone().oneshot(request).await;
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    (status, content_type, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// [`bind`], then [`serve_on`].
 pub async fn serve(addr: SocketAddr, router: Router, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     serve_on(bind(addr).await?, router, shutdown).await
@@ -79,29 +110,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt as _;
-
     use super::*;
-
-    async fn get(r: &Router, path: &str) -> (StatusCode, String, Option<String>) {
-        let resp = r
-            .clone()
-            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible");
-        let status = resp.status();
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .expect("body");
-        (status, String::from_utf8_lossy(&body).into_owned(), content_type)
-    }
 
     #[tokio::test]
     async fn readyz_follows_readiness_and_names_the_reason() {
@@ -116,15 +125,15 @@ mod tests {
                 }
             })
         };
-        assert_eq!(get(&r, "/healthz").await.0, StatusCode::OK);
-        let (status, body, _) = get(&r, "/readyz").await;
+        assert_eq!(get_in_process(&r, "/healthz").await.0, StatusCode::OK);
+        let (status, _, body) = get_in_process(&r, "/readyz").await;
         assert_eq!(
             (status, body.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
         );
         ready.store(true, Ordering::Release);
-        assert_eq!(get(&r, "/readyz").await.0, StatusCode::OK);
-        assert_eq!(get(&r, "/metrics").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get_in_process(&r, "/readyz").await.0, StatusCode::OK);
+        assert_eq!(get_in_process(&r, "/metrics").await.0, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
@@ -136,10 +145,10 @@ mod tests {
                 format!("scrapes {}\n# EOF\n", scrapes.fetch_add(1, Ordering::Relaxed) + 1)
             })
         };
-        let (status, body, content_type) = get(&r, "/metrics").await;
+        let (status, content_type, body) = get_in_process(&r, "/metrics").await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "scrapes 1\n# EOF\n"));
         assert_eq!(content_type.as_deref(), Some(OPENMETRICS_CONTENT_TYPE));
-        assert_eq!(get(&r, "/metrics").await.1, "scrapes 2\n# EOF\n");
+        assert_eq!(get_in_process(&r, "/metrics").await.2, "scrapes 2\n# EOF\n");
     }
 
     #[tokio::test]

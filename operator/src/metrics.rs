@@ -142,10 +142,7 @@ impl Metrics {
 
     /// Text exposition of every metric.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        daemon::http::openmetrics_text(&self.registry)
     }
 
     /// Total ARM calls whose operation starts with one of `methods` (e.g. PUT, DELETE, PATCH, POST = writes).

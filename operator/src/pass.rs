@@ -20,6 +20,9 @@ use crate::kube::Kube;
 use crate::metrics::{FailLabels, LatencyLabels, Metrics};
 use crate::status::{NodeIdentity, Outcome, pool_not_found_status, pool_status};
 
+/// Per configuration uid: its WireGuard public key and the Secret holding the private one.
+type ConfigKeys = BTreeMap<String, (String, ObjectReference)>;
+
 /// Upstream's three controllers, whose per-object metric series the operator keeps emitting (one pool pass
 /// reconciles every configuration on the pool; each configuration gets the series its upstream objects had).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -471,7 +474,7 @@ impl Operator {
 
         // Rules, finalizer, key. A configuration whose own write fails is reported and retried; the others go on.
         let mut failures: Vec<ConfigFailure> = Vec::new();
-        let mut keys: BTreeMap<String, (String, ObjectReference)> = BTreeMap::new();
+        let mut keys: ConfigKeys = BTreeMap::new();
         let mut configs: Vec<(Arc<StaticGatewayConfiguration>, Config)> = Vec::new();
         let mut declared_prefix = pool_obj.map(|p| p.spec.public_ip_prefix_size);
         for sgc in sgcs {
@@ -571,12 +574,8 @@ impl Operator {
                         self.own_write(sgc, ConfigWrite::Release, released, report, &mut failures)
                             .await;
                     } else {
-                        let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
-                        let written = self
-                            .kube
-                            .write_status(sgc, &Outcome::PoolNotFound(m.clone()), key)
-                            .await;
-                        self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+                        let outcome = Outcome::PoolNotFound(m.clone());
+                        self.write_config_status(sgc, &c.uid, &outcome, &keys, report, &mut failures)
                             .await;
                     }
                 }
@@ -588,12 +587,8 @@ impl Operator {
                     if c.deleting {
                         continue;
                     }
-                    let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
-                    let written = self
-                        .kube
-                        .write_status(sgc, &Outcome::PrefixSizeMismatch(e.to_string()), key)
-                        .await;
-                    self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+                    let outcome = Outcome::PrefixSizeMismatch(e.to_string());
+                    self.write_config_status(sgc, &c.uid, &outcome, &keys, report, &mut failures)
                         .await;
                 }
                 return Err(e.into());
@@ -620,9 +615,7 @@ impl Operator {
                 }
                 Err(outcome) => {
                     report.fail(&c.uid, &[Layer::Vm]);
-                    let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
-                    let written = self.kube.write_status(sgc, &outcome, key).await;
-                    self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+                    self.write_config_status(sgc, &c.uid, &outcome, &keys, report, &mut failures)
                         .await;
                     blocked.insert(c.uid.clone());
                 }
@@ -701,7 +694,6 @@ impl Operator {
                     .await;
                 continue;
             }
-            let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
             let o = match outcome.plan.problems.get(&c.uid) {
                 Some(p @ ConfigProblem::PrefixSizeMismatch { .. }) => {
                     report.fail(&c.uid, &[Layer::Vm]);
@@ -713,8 +705,7 @@ impl Operator {
                 }
                 None => Outcome::Provisioned(outcome.facts.get(&c.uid).cloned().unwrap_or_default()),
             };
-            let written = self.kube.write_status(sgc, &o, key).await;
-            self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+            self.write_config_status(sgc, &c.uid, &o, &keys, report, &mut failures)
                 .await;
         }
         pool_written?;
@@ -728,6 +719,23 @@ impl Operator {
         } else {
             Err(Error::Configs(ConfigFailures(failures)))
         }
+    }
+
+    /// Writes a configuration's status, with its WireGuard key (public half and Secret) when `keys` has one
+    /// for `uid`; a failure is the configuration's own (see [`Self::own_write`]).
+    async fn write_config_status(
+        &self,
+        sgc: &StaticGatewayConfiguration,
+        uid: &str,
+        outcome: &Outcome,
+        keys: &ConfigKeys,
+        report: &mut PassReport,
+        failures: &mut Vec<ConfigFailure>,
+    ) {
+        let key = keys.get(uid).map(|(p, r)| (p.as_str(), r.clone()));
+        let written = self.kube.write_status(sgc, outcome, key).await;
+        self.own_write(sgc, ConfigWrite::Status, written, report, failures)
+            .await;
     }
 
     /// The result of one configuration's own write: a failure is that configuration's alone. It is logged
@@ -764,7 +772,7 @@ impl Operator {
     async fn fail_all(
         &self,
         configs: &[(Arc<StaticGatewayConfiguration>, Config)],
-        keys: &BTreeMap<String, (String, ObjectReference)>,
+        keys: &ConfigKeys,
         e: PoolError,
         report: &mut PassReport,
         mut failures: Vec<ConfigFailure>,
@@ -777,13 +785,11 @@ impl Operator {
             if c.deleting {
                 continue;
             }
-            let key = keys.get(&c.uid).map(|(p, r)| (p.as_str(), r.clone()));
             let outcome = Outcome::AzureFailed {
                 reason,
                 message: message.clone(),
             };
-            let written = self.kube.write_status(sgc, &outcome, key).await;
-            self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
+            self.write_config_status(sgc, &c.uid, &outcome, keys, report, &mut failures)
                 .await;
         }
         // The Azure failure is the pool's; the configurations' own ones were reported above.

@@ -72,9 +72,6 @@ impl Default for Metrics {
 impl Metrics {
     /// Text exposition format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        daemon::http::openmetrics_text(&self.registry)
     }
 }

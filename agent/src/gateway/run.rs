@@ -12,10 +12,9 @@ use api::{PodEndpoint, StaticGatewayConfiguration};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, Client, Resource as _};
+use kube::{Api, Client};
 use tokio::sync::{Notify, watch};
 
 use super::apply::{ApplyError, ApplyReport, GatewayApplier};
@@ -23,8 +22,9 @@ use super::plan::{GatewayPlan, gateway_plan};
 use super::probe::ProbeState;
 use super::select::{KeySecrets, NodeSettings, active_uids, gateway_status, select};
 use super::tunnels::{TunnelLink, TunnelView};
+use crate::error::ClusterError;
 use crate::metrics::Metrics;
-use crate::node::kube_cluster::FIELD_MANAGER;
+use crate::node::kube_cluster::server_side_apply;
 
 /// Something that makes a plan real: the kernel applier in production, a recorder in tests of the watch
 /// wiring (which need no root).
@@ -37,6 +37,13 @@ impl PlanApplier for GatewayApplier {
     fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
         self.apply(plan)
     }
+}
+
+/// The wait before the next retry: `retry`, which doubles for the one after (at most 30 s).
+fn back_off(retry: &mut Duration) -> Duration {
+    let wait = *retry;
+    *retry = (wait * 2).min(Duration::from_secs(30));
+    wait
 }
 
 /// Configuration of the gateway loop.
@@ -172,7 +179,6 @@ impl GatewayLoop {
             let mut next_wait = self.resync;
             match res {
                 Ok(Ok(report)) => {
-                    retry = Duration::from_secs(1);
                     self.metrics.gateway_applies.inc();
                     self.probe.set_active(active_uids(&plan));
                     self.tunnels.set(tunnel_links(&sel.input, &plan));
@@ -185,18 +191,29 @@ impl GatewayLoop {
                     }
                     self.ready.store(true, Ordering::Release);
                     let status = gateway_status(&sel.input, &plan);
-                    if last_status.as_ref() != Some(&status) {
-                        match self.write_status(&client, &status).await {
-                            Ok(()) => last_status = Some(status),
-                            Err(e) => tracing::warn!(error = %e, "GatewayStatus update failed"),
+                    let written = if last_status.as_ref() == Some(&status) {
+                        Ok(())
+                    } else {
+                        self.write_status(&client, &status).await
+                    };
+                    match written {
+                        Ok(()) => {
+                            last_status = Some(status);
+                            retry = Duration::from_secs(1);
+                        }
+                        Err(e) => {
+                            self.metrics.gateway_status_update_failed(e.reason());
+                            tracing::warn!(error = %e, reason = e.reason(), "GatewayStatus update failed; retrying");
+                            // Retried with backoff: waiting for the next event or the resync would leave the
+                            // operator's view of this gateway stale that long.
+                            next_wait = back_off(&mut retry);
                         }
                     }
                 }
                 Ok(Err(e)) => {
                     self.metrics.gateway_apply_failures.inc();
                     tracing::error!(error = %e, "gateway apply failed; retrying");
-                    next_wait = retry;
-                    retry = (retry * 2).min(Duration::from_secs(30));
+                    next_wait = back_off(&mut retry);
                 }
                 Err(e) => {
                     self.metrics.gateway_apply_failures.inc();
@@ -215,8 +232,11 @@ impl GatewayLoop {
         }
     }
 
-    async fn write_status(&self, client: &Client, spec: &GatewayStatusSpec) -> Result<(), kube::Error> {
-        let node = Api::<Node>::all(client.clone()).get(&self.node_name).await?;
+    async fn write_status(&self, client: &Client, spec: &GatewayStatusSpec) -> Result<(), ClusterError> {
+        let node = Api::<Node>::all(client.clone())
+            .get(&self.node_name)
+            .await
+            .map_err(ClusterError::api(format!("get node {}", self.node_name)))?;
         let owner = OwnerReference {
             api_version: "v1".into(),
             kind: "Node".into(),
@@ -227,16 +247,97 @@ impl GatewayLoop {
         let mut gs = GatewayStatus::new(&self.node_name, spec.clone());
         gs.metadata.namespace = Some(self.agent_namespace.clone());
         gs.metadata.owner_references = Some(vec![owner]);
-        let mut v = serde_json::to_value(&gs).map_err(kube::Error::SerdeError)?;
-        v["apiVersion"] = GatewayStatus::api_version(&()).to_string().into();
-        v["kind"] = GatewayStatus::kind(&()).to_string().into();
-        Api::<GatewayStatus>::namespaced(client.clone(), &self.agent_namespace)
-            .patch(
-                &self.node_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&v),
-            )
-            .await?;
-        Ok(())
+        server_side_apply(client, &self.agent_namespace, &self.node_name, &gs).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::api::PostParams;
+    use testbed::kube::{KubeSim, KubeSimConfig};
+    use testbed::wait::eventually;
+
+    use super::*;
+    use crate::imds::NodeIdentity;
+
+    /// Applies nothing: this test is about the status write, not the kernel.
+    #[derive(Debug)]
+    struct NoKernel;
+
+    impl PlanApplier for NoKernel {
+        fn apply_plan(&self, _: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
+            Ok(ApplyReport::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_gateway_status_write_is_counted_by_reason_and_retried() {
+        let sim = KubeSim::start(KubeSimConfig::default())
+            .await
+            .expect("simulator starts");
+        let client = sim.client("admin").expect("client");
+        sim.install_crds().await.expect("CRDs install");
+        let metrics = Arc::new(Metrics::default());
+        let lp = GatewayLoop {
+            node_name: "gw-node-1".into(),
+            agent_namespace: "kube-system".into(),
+            secret_namespace: "kube-system".into(),
+            // No configuration exists, so which pool this node is in does not matter.
+            settings: NodeSettings {
+                identity: NodeIdentity::default(),
+                netns_name: String::new(),
+            },
+            applier: Arc::new(NoKernel),
+            probe: ProbeState::default(),
+            tunnels: Default::default(),
+            metrics: metrics.clone(),
+            ready: Arc::new(AtomicBool::new(false)),
+            debounce: Duration::from_millis(50),
+            // Far longer than the test: only the loop's own retry can write the status once the Node exists.
+            resync: Duration::from_secs(3600),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(lp.run(client.clone(), stop_rx));
+
+        // The GatewayStatus is owned by its Node; while the Node does not exist the write fails. Nothing the
+        // loop watches changes after its first passes, so a second failure means the write is retried by the
+        // loop itself.
+        let failures = || {
+            let text = metrics.encode();
+            text.lines()
+                .find_map(|l| l.strip_prefix("gateway_status_update_failures_total{reason=\"not_found\"} "))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        eventually(
+            "the failed write is counted as not_found, and retried",
+            || async { failures() >= 2 },
+        )
+        .await;
+
+        let node: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "gw-node-1"}})).expect("node");
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+        let statuses: Api<GatewayStatus> = Api::namespaced(client.clone(), "kube-system");
+        eventually("the retry writes the GatewayStatus", || async {
+            statuses.get_opt("gw-node-1").await.ok().flatten().is_some()
+        })
+        .await;
+        let counted = failures();
+        assert!(counted >= 2, "{counted}");
+        assert!(
+            !metrics
+                .encode()
+                .contains("gateway_status_update_failures_total{reason=\"unreachable\"}"),
+            "only the missing Node failed the writes"
+        );
+        let _ = stop_tx.send(true);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("loop stops on shutdown")
+            .expect("join");
     }
 }

@@ -9,7 +9,7 @@ use api::sgc::StaticGatewayConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::{Api, Client, Resource as _};
+use kube::{Api, Client};
 
 use super::Cluster;
 use crate::error::ClusterError;
@@ -17,6 +17,39 @@ use crate::metrics::{Metrics, PodEndpointLabels};
 
 /// Field manager of every server-side apply the agent makes (PodEndpoints, GatewayStatus).
 pub const FIELD_MANAGER: &str = "kube-egress-gateway-agent";
+
+/// Writes `obj` as `<ns>/<name>` with server-side apply under [`FIELD_MANAGER`], taking over any field another
+/// manager holds: the agent is the only writer of its PodEndpoints and its GatewayStatus.
+pub(crate) async fn server_side_apply<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    obj: &K,
+) -> Result<(), ClusterError>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let mut v = serde_json::to_value(obj).map_err(|source| ClusterError::Encode {
+        what: std::any::type_name::<K>(),
+        source,
+    })?;
+    v["apiVersion"] = K::api_version(&()).to_string().into();
+    v["kind"] = kind.to_string().into();
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&v),
+        )
+        .await
+        .map_err(ClusterError::api(format!("apply {kind} {ns}/{name}")))?;
+    Ok(())
+}
 
 /// The API-server-backed cluster.
 #[derive(Clone)]
@@ -114,21 +147,7 @@ impl Cluster for KubeCluster {
                     name: name.to_string(),
                 })?;
             let pe = pod_endpoint_for(&pod, spec)?;
-            let mut v = serde_json::to_value(&pe).map_err(|source| ClusterError::Encode {
-                what: "PodEndpoint",
-                source,
-            })?;
-            v["apiVersion"] = PodEndpoint::api_version(&()).to_string().into();
-            v["kind"] = PodEndpoint::kind(&()).to_string().into();
-            Api::<PodEndpoint>::namespaced(self.client.clone(), ns)
-                .patch(
-                    name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&v),
-                )
-                .await
-                .map_err(ClusterError::api("server-side apply"))?;
-            Ok::<_, ClusterError>(())
+            server_side_apply(&self.client, ns, name, &pe).await
         }
         .await;
         if result.is_err() {

@@ -694,15 +694,26 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// The profile the timelines below are written for (200 ms readings, 500 ms silence); the shipped
-    /// defaults only read more often and wait less, see
-    /// [`the_defaults_restart_within_half_a_second_of_the_first_unanswered_reading`].
+    /// The shipped settings: every timeline below is written in their terms (readings every `poll`, a
+    /// restart `silence` after the first unanswered reading, retries `retry_interval` apart, …).
     fn s() -> WatchSettings {
-        WatchSettings {
-            poll: ms(200),
-            silence: ms(500),
-            ..WatchSettings::default()
-        }
+        WatchSettings::default()
+    }
+
+    /// When the flow stops being answered in the timelines below (after 10 s of [`streaming`]).
+    const LOST: Duration = Duration::from_secs(10);
+
+    /// The first restart of a stream that loses its answers at `lost`: the first unanswered reading is one
+    /// poll later, the restart the first reading at least `silence` after it.
+    fn first_restart(lost: Duration) -> Duration {
+        let s = s();
+        lost + s.poll + on_poll(s.silence)
+    }
+
+    /// `d` rounded up to whole polls (a reading sees only what happened by then).
+    fn on_poll(d: Duration) -> Duration {
+        let poll = s().poll;
+        poll * u32::try_from(d.as_nanos().div_ceil(poll.as_nanos())).expect("a few polls")
     }
 
     #[test]
@@ -710,10 +721,10 @@ mod tests {
         let d = WatchSettings::default();
         let mut p = fresh();
         assert!(drive(&mut p, &d, ms(0), ms(10_000), |_, _| ANSWERED).is_empty());
-        let restarts = drive(&mut p, &d, ms(10_000), ms(12_000), |_, _| UNANSWERED);
-        let first_unanswered = ms(10_000) + d.poll;
+        let restarts = drive(&mut p, &d, LOST, LOST + ms(2_000), |_, _| UNANSWERED);
+        let first_unanswered = LOST + d.poll;
         assert_eq!(restarts[0], first_unanswered + d.silence);
-        assert!(restarts[0] - ms(10_000) <= ms(500), "{restarts:?}");
+        assert!(restarts[0] - LOST <= ms(500), "{restarts:?}");
         // The same bounds hold: the next restart waits the retry interval.
         assert_eq!(restarts[1] - restarts[0], d.retry_interval, "{restarts:?}");
         // A quiet pod and an answered stream are still never touched at this rate.
@@ -787,7 +798,7 @@ mod tests {
     /// A stream that has been answered for 10 s (its answer delay is known: at once).
     fn streaming() -> PeerTrack {
         let mut p = fresh();
-        assert!(drive(&mut p, &s(), ms(0), ms(10_000), |_, _| ANSWERED).is_empty());
+        assert!(drive(&mut p, &s(), ms(0), LOST, |_, _| ANSWERED).is_empty());
         p
     }
 
@@ -811,12 +822,7 @@ mod tests {
     #[test]
     fn an_answered_stream_is_never_touched() {
         let mut p = streaming();
-        assert!(
-            drive(&mut p, &s(), ms(10_000), Duration::from_secs(600), |_, _| {
-                ANSWERED
-            })
-            .is_empty()
-        );
+        assert!(drive(&mut p, &s(), LOST, Duration::from_secs(600), |_, _| { ANSWERED }).is_empty());
         assert_eq!(p.state(), TunnelState::Answered);
         assert_eq!(p.threshold(&s()), Some(s().silence));
     }
@@ -824,16 +830,18 @@ mod tests {
     #[test]
     fn a_stream_that_loses_its_answers_is_restarted_after_the_silence_then_recovers() {
         let mut p = streaming();
-        // The flow moves: nothing comes back from 10 s on.
-        let restarts = drive(&mut p, &s(), ms(10_000), ms(11_000), |_, _| UNANSWERED);
+        // The flow moves: nothing comes back from LOST on. Read until just before a retry would be due.
+        let first = first_restart(LOST);
+        let until = first + s().retry_interval - s().poll;
+        let restarts = drive(&mut p, &s(), LOST, until, |_, _| UNANSWERED);
         assert_eq!(
             restarts,
-            vec![ms(10_800)],
-            "first unanswered reading 10.2 s, + 500 ms"
+            vec![first],
+            "first unanswered reading one poll after LOST, + the silence"
         );
         assert_eq!(p.state(), TunnelState::Restarted);
         // Handshake response with the first answers, then answers: confirmed, no further restart.
-        let restarts = drive(&mut p, &s(), ms(11_000), ms(70_000), |_, restarted| Step {
+        let restarts = drive(&mut p, &s(), until, ms(70_000), |_, restarted| Step {
             shook: restarted,
             ..ANSWERED
         });
@@ -847,48 +855,46 @@ mod tests {
         );
         // A second failover is as fast as the first.
         let restarts = drive(&mut p, &s(), ms(70_000), ms(71_000), |_, _| UNANSWERED);
-        assert_eq!(restarts, vec![ms(70_800)]);
+        assert_eq!(restarts, vec![first_restart(ms(70_000))]);
     }
 
     #[test]
     fn an_unreachable_gateway_is_retried_every_second_at_most_max_per_minute() {
+        let s = s();
         let mut p = streaming();
         // The gateway is gone and the load balancer has not moved the flow: handshakes go unanswered.
-        let restarts = drive(&mut p, &s(), ms(10_000), ms(190_000), |_, _| UNANSWERED);
-        assert_eq!(restarts[0], ms(10_800));
-        let gaps: Vec<u64> = restarts
-            .windows(2)
-            .map(|w| (w[1] - w[0]).as_millis() as u64)
-            .collect();
-        assert!(gaps[..9].iter().all(|g| *g == 1_000), "{gaps:?}");
+        let restarts = drive(&mut p, &s, LOST, ms(190_000), |_, _| UNANSWERED);
+        let first = first_restart(LOST);
+        assert_eq!(restarts[0], first);
+        let gaps: Vec<Duration> = restarts.windows(2).map(|w| w[1] - w[0]).collect();
+        let capped = s.max_per_minute - 1;
+        assert!(gaps[..capped].iter().all(|g| *g == s.retry_interval), "{gaps:?}");
         assert_eq!(
-            gaps[9],
-            60_000 - 9_000,
-            "the tenth restart waits for the minute: {gaps:?}"
+            gaps[capped],
+            Duration::from_secs(60) - s.retry_interval * capped as u32,
+            "the restart after max_per_minute waits for the minute: {gaps:?}"
         );
-        at_most_per_minute(&restarts, s().max_per_minute);
-        // The load balancer moves the flow at 12.5 s: the next restart (13.8 s) reaches the new gateway.
+        at_most_per_minute(&restarts, s.max_per_minute);
+        // The load balancer moves the flow between the second and the third restart: the third reaches the
+        // new gateway, which answers its handshake and from then on the pod's data.
+        let third = first + s.retry_interval * 2;
+        let moved = third - s.retry_interval / 2;
         let mut p = streaming();
-        let restarts = drive(&mut p, &s(), ms(10_000), ms(20_000), |t, restarted| {
-            if t < ms(12_500) {
+        let restarts = drive(&mut p, &s, LOST, third + ms(7_000), |t, restarted| {
+            if t < moved {
                 UNANSWERED
             } else if restarted {
                 Step {
                     shook: true,
                     ..ANSWERED
                 }
-            } else if p_answers(t) {
+            } else if t > third {
                 ANSWERED
             } else {
                 UNANSWERED
             }
         });
-        assert_eq!(restarts, vec![ms(10_800), ms(11_800), ms(12_800)]);
-    }
-
-    /// Whether the new gateway answers at `t` (after the restart at 12.8 s).
-    fn p_answers(t: Duration) -> bool {
-        t > ms(12_800)
+        assert_eq!(restarts, vec![first, first + s.retry_interval, third]);
     }
 
     #[test]
@@ -896,14 +902,17 @@ mod tests {
         // What wireguard-go shows after a restart: a new peer (counters from 0) that sent one handshake
         // initiation (148 bytes) and queues the pod's packets until an answer; it retries the initiation
         // itself only after REKEY_TIMEOUT (5 s).
+        let s = s();
         let mut p = streaming();
-        let mut t = ms(10_000);
+        let first = first_restart(LOST);
+        let mut t = LOST;
         let mut restarts = Vec::new();
         let mut sample = p.last();
-        for _ in 0..5 {
-            t += ms(200);
+        // The pod keeps sending until half-way to the first retry.
+        while t < first + s.retry_interval / 2 {
+            t += s.poll;
             sample.tx += 1000;
-            if p.observe(t, sample, &s()) != Verdict::Keep {
+            if p.observe(t, sample, &s) != Verdict::Keep {
                 restarts.push(t);
                 sample = Sample {
                     tx: 0,
@@ -912,54 +921,67 @@ mod tests {
                 };
             }
         }
-        assert_eq!(restarts, vec![ms(10_800)]);
+        assert_eq!(restarts, vec![first]);
         // From here on the counters show only the initiations (each restart starts a new peer at 148).
-        while t < ms(14_000) {
-            t += ms(200);
-            if p.observe(t, sample, &s()) != Verdict::Keep {
+        let retries = 3;
+        while t < first + s.retry_interval * retries + s.retry_interval / 2 {
+            t += s.poll;
+            if p.observe(t, sample, &s) != Verdict::Keep {
                 restarts.push(t);
                 sample.tx = 0;
             } else if sample.tx == 0 {
                 sample.tx = 148;
             }
         }
-        assert_eq!(restarts, vec![ms(10_800), ms(11_800), ms(12_800), ms(13_800)]);
+        let expected: Vec<Duration> = (0..=retries).map(|k| first + s.retry_interval * k).collect();
+        assert_eq!(restarts, expected);
         assert_eq!(p.state(), TunnelState::Restarted);
     }
 
     #[test]
     fn a_peer_recreated_by_someone_else_starts_a_new_silence() {
+        let s = s();
         let mut p = streaming();
         let mut sample = p.last();
         sample.tx += 1000;
-        assert_eq!(p.observe(ms(10_200), sample, &s()), Verdict::Keep);
-        // Not our restart: the counters restart and nothing is sent: nothing to judge.
+        assert_eq!(p.observe(LOST + s.poll, sample, &s), Verdict::Keep);
+        // Not our restart: the counters restart and nothing is sent: nothing to judge, for longer than any
+        // threshold of a pod whose answer delay is not known.
         let fresh = Sample {
             tx: 0,
             rx: 0,
             handshake: None,
         };
-        for i in 0..20 {
-            assert_eq!(p.observe(ms(10_400 + 200 * i), fresh, &s()), Verdict::Keep);
+        let readings = u32::try_from(on_poll(s.silence_unknown).as_nanos() / s.poll.as_nanos()).expect("few");
+        for i in 0..readings * 2 {
+            assert_eq!(p.observe(LOST + s.poll * (i + 2), fresh, &s), Verdict::Keep);
         }
     }
 
     #[test]
     fn restarts_whose_handshake_is_answered_but_not_the_data_back_off_doubling() {
+        let s = s();
         let mut p = streaming();
         // The gateway answers handshakes but the pod's data never gets answers (and no keepalive either).
-        let restarts = drive(&mut p, &s(), ms(10_000), ms(400_000), |_, restarted| Step {
+        let restarts = drive(&mut p, &s, LOST, ms(400_000), |_, restarted| Step {
             tx: 1000,
             rx: if restarted { 92 } else { 0 },
             shook: restarted,
         });
-        let gaps: Vec<u64> = restarts
-            .windows(2)
-            .map(|w| (w[1] - w[0]).as_millis() as u64)
+        let gaps: Vec<Duration> = restarts.windows(2).map(|w| w[1] - w[0]).collect();
+        // min_interval doubled per restart whose handshake was answered, up to max_interval (2 s: 4, 8, 16,
+        // 32 s, then 60 s).
+        let doubling: Vec<Duration> = (1..)
+            .map(|k| s.min_interval * 2u32.pow(k))
+            .take_while(|g| *g < s.max_interval)
             .collect();
-        assert_eq!(gaps[..4], [4_000, 8_000, 16_000, 32_000], "{gaps:?}");
-        assert!(gaps[4..].iter().all(|g| *g == 60_000), "{gaps:?}");
-        at_most_per_minute(&restarts, s().max_per_minute);
+        assert_eq!(doubling.len(), 4, "the shipped settings double four times");
+        assert_eq!(gaps[..doubling.len()], doubling[..], "{gaps:?}");
+        assert!(
+            gaps[doubling.len()..].iter().all(|g| *g == s.max_interval),
+            "{gaps:?}"
+        );
+        at_most_per_minute(&restarts, s.max_per_minute);
     }
 
     #[test]
@@ -969,7 +991,7 @@ mod tests {
         // Worst case for the spacing: every restart is confirmed (two readings with answers right after it),
         // then the answers stop again.
         let mut after_restart = 0u32;
-        let restarts = drive(&mut p, &settings, ms(10_000), ms(250_000), |_, restarted| {
+        let restarts = drive(&mut p, &settings, LOST, ms(250_000), |_, restarted| {
             if restarted {
                 after_restart = 0;
             }
@@ -995,7 +1017,7 @@ mod tests {
         let mut p = streaming();
         let mut restarts = Vec::new();
         for k in 0..30u64 {
-            let from = ms(10_000 + 5_000 * k);
+            let from = LOST + ms(5_000 * k);
             restarts.extend(drive(&mut p, &s(), from, from + ms(1_000), |_, _| UNANSWERED));
             drive(
                 &mut p,
@@ -1009,9 +1031,12 @@ mod tests {
             );
         }
         assert_eq!(restarts.len(), 30, "one restart per failover: {restarts:?}");
+        let after_move = first_restart(LOST) - LOST;
         assert!(
-            restarts.iter().all(|t| (t.as_millis() % 5_000) == 800),
-            "{restarts:?}"
+            restarts
+                .iter()
+                .all(|t| (*t - LOST).as_millis() % 5_000 == after_move.as_millis()),
+            "each as fast as the first: {restarts:?}"
         );
     }
 
@@ -1022,7 +1047,7 @@ mod tests {
         let mut p = fresh();
         let mut since_gateway_sent = Duration::ZERO;
         let restarts = drive(&mut p, &s(), ms(0), Duration::from_secs(600), |_, restarted| {
-            since_gateway_sent += ms(200);
+            since_gateway_sent += s().poll;
             let keepalive = since_gateway_sent >= Duration::from_secs(10);
             if restarted || keepalive {
                 since_gateway_sent = Duration::ZERO;
@@ -1049,17 +1074,23 @@ mod tests {
 
     #[test]
     fn slow_answers_raise_the_threshold_and_are_not_restarted() {
+        let s = s();
         let mut p = fresh();
-        // Request/response: each request is answered 1 s later.
-        let restarts = drive(&mut p, &s(), ms(0), ms(60_000), |t, _| {
-            match (t.as_millis() / 200) % 10 {
-                0 => Step { tx: 100, ..QUIET },
-                5 => Step { rx: 100, ..QUIET },
-                _ => QUIET,
+        // Request/response: a request every 2 s, each answered 1 s later (both on readings).
+        let (every, answer_delay) = (ms(2_000), ms(1_000));
+        let restarts = drive(&mut p, &s, ms(0), ms(60_000), |t, _| {
+            let phase = t.as_nanos() % every.as_nanos();
+            if phase == 0 {
+                Step { tx: 100, ..QUIET }
+            } else if phase == answer_delay.as_nanos() {
+                Step { rx: 100, ..QUIET }
+            } else {
+                QUIET
             }
         });
         assert!(restarts.is_empty(), "{restarts:?}");
-        assert_eq!(p.threshold(&s()), Some(ms(4_000)));
+        assert_eq!(p.threshold(&s), Some(answer_delay * s.slow_answer_factor));
+        assert_eq!(p.threshold(&s), Some(ms(4_000)));
     }
 
     #[test]
@@ -1070,7 +1101,7 @@ mod tests {
             rx: 0,
             handshake: None,
         };
-        assert_eq!(p.observe(ms(10_200), reset, &s()), Verdict::Keep);
+        assert_eq!(p.observe(LOST + s().poll, reset, &s()), Verdict::Keep);
         assert_eq!(p.last(), reset);
     }
 
@@ -1083,21 +1114,25 @@ mod tests {
             rx,
             handshake: None,
         };
+        let s = s();
         let mut r = BTreeMap::new();
         r.insert(key("a"), sample(10, 10));
-        assert!(w.observe_all(ms(0), &r, &s()).is_empty());
+        assert!(w.observe_all(ms(0), &r, &s).is_empty());
         let (mut tx, mut out) = (10, Vec::new());
-        // Answered for a while (the answer delay becomes known), then unanswered.
-        for i in 1..=15 {
+        // Answered for a while (the answer delay becomes known), then unanswered until just before a retry.
+        let answered = 10;
+        let to_restart = on_poll(s.silence).as_nanos() / s.poll.as_nanos();
+        let readings = answered + 1 + u32::try_from(to_restart).expect("a few readings");
+        for i in 1..=readings + 2 {
             tx += 100;
-            let rx = if i <= 10 { tx } else { 1010 };
+            let rx = if i <= answered { tx } else { 1010 };
             r.insert(key("a"), sample(tx, rx));
-            out.extend(w.observe_all(ms(200 * i), &r, &s()));
+            out.extend(w.observe_all(s.poll * i, &r, &s));
         }
-        assert_eq!(out, vec![(key("a"), ms(600))]);
+        assert_eq!(out, vec![(key("a"), on_poll(s.silence))]);
         r.clear();
         r.insert(key("b"), sample(1, 1));
-        assert!(w.observe_all(ms(3_200), &r, &s()).is_empty());
+        assert!(w.observe_all(s.poll * (readings + 3), &r, &s).is_empty());
         assert_eq!(w.peers.keys().cloned().collect::<Vec<_>>(), vec![key("b")]);
     }
 }

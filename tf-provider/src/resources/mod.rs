@@ -100,11 +100,34 @@ impl Kind {
 
     /// Plan-time rule check of a (possibly partly unknown) configuration, as an in-place update of
     /// `prior` when given.
+    /// The rules are `api::rules`' (through their JSON entry points, which also report wrong enum values
+    /// such as `default_route`); an update adds their update warnings. Planning never contacts the
+    /// cluster: configurations are checked without pool facts, and a pool's declared `instance_count`
+    /// against its prefix size (the node count is not known offline).
     pub fn validate(self, config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
-        match self {
-            Kind::Sgc => sgc::validate_change(config, prior),
-            Kind::Pool => pool::validate_change(config, prior),
+        if config.is_unknown() || config.is_null() {
+            return Vec::new();
         }
+        let (schema, identity) = (self.resource_schema(), self.identity());
+        let extracted = extract(&schema, config, identity);
+        let object = serde_json::json!({ "spec": extracted.spec });
+        let old = prior.map(|p| serde_json::json!({ "spec": extract(&schema, p, identity).spec }));
+        let (verdict, inputs, label): (_, RuleInputs, _) = match self {
+            Kind::Sgc => (
+                api::rules::validate_sgc_object(&object, old.as_ref(), &api::rules::PoolFacts::default()),
+                api::rules::sgc_rule_inputs,
+                "static gateway configuration",
+            ),
+            Kind::Pool => (
+                api::rules::validate_pool_object(&object, old.as_ref(), None),
+                api::rules::pool_rule_inputs,
+                "gateway pool",
+            ),
+        };
+        let mut diags = verdict_diagnostics(&verdict, &extracted, &schema, inputs, label);
+        diags.extend(validate_names(config, identity));
+        diags.extend(validate_timeouts(config));
+        diags
     }
 }
 

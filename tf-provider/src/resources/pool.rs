@@ -7,7 +7,6 @@ use api::GatewayPool;
 use super::plan::{PlanRules, plan as plan_generic};
 use super::{Extracted, conditions_type, conditions_value, object, remote_string};
 use crate::diag::Path;
-use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::{Number, Value};
 
@@ -80,34 +79,6 @@ pub fn data_source_schema() -> Block {
 /// The spec part of a value, with the paths of unknown values.
 pub fn extract(config: &Value) -> Extracted {
     super::extract(&resource_schema(), config, IDENTITY)
-}
-
-/// Plan-time check of a new pool; see [`validate_change`].
-pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
-    validate_change(config, None)
-}
-
-/// Plan-time check with `api::rules::validate_pool` (through its JSON entry point), as an update of
-/// `prior` when given. The node count is not known offline; the declared `instance_count` is checked
-/// against the prefix size.
-pub fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
-    if config.is_unknown() || config.is_null() {
-        return Vec::new();
-    }
-    let extracted = extract(config);
-    let object = serde_json::json!({ "spec": extracted.spec });
-    let old = prior.map(|p| serde_json::json!({ "spec": extract(p).spec }));
-    let verdict = api::rules::validate_pool_object(&object, old.as_ref(), None);
-    let mut diags = super::verdict_diagnostics(
-        &verdict,
-        &extracted,
-        &resource_schema(),
-        api::rules::pool_rule_inputs,
-        "gateway pool",
-    );
-    diags.extend(super::validate_names(config, IDENTITY));
-    diags.extend(super::validate_timeouts(config));
-    diags
 }
 
 /// Plans a create or update.
@@ -261,6 +232,12 @@ pub fn describe_wait(obj: Option<&GatewayPool>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::tfplugin6 as pb;
+    use crate::resources::Kind;
+
+    fn validate(config: &Value) -> Vec<pb::Diagnostic> {
+        Kind::Pool.validate(config, None)
+    }
 
     fn config(pairs: Vec<(&str, Value)>) -> Value {
         resource_schema().normalise(Value::Map(

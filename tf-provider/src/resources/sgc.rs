@@ -3,12 +3,10 @@
 use std::time::Duration;
 
 use api::StaticGatewayConfiguration;
-use api::rules::PoolFacts;
 
 use super::plan::{PlanRules, plan as plan_generic};
 use super::{Extracted, conditions_type, conditions_value, object, remote_string};
 use crate::diag::Path;
-use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::Value;
 
@@ -117,34 +115,6 @@ pub fn data_source_schema() -> Block {
 /// The spec part of a value, with the paths of unknown values.
 pub fn extract(config: &Value) -> Extracted {
     super::extract(&resource_schema(), config, IDENTITY)
-}
-
-/// Plan-time check of a new configuration; see [`validate_change`].
-pub fn validate(config: &Value) -> Vec<pb::Diagnostic> {
-    validate_change(config, None)
-}
-
-/// Plan-time check with `api::rules::validate_sgc` (via its JSON entry point, which also reports wrong
-/// enum values such as `default_route`), as an update of `prior` when given (which adds the rules'
-/// update warnings). No pool facts: planning never contacts the cluster.
-pub fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
-    if config.is_unknown() || config.is_null() {
-        return Vec::new();
-    }
-    let extracted = extract(config);
-    let object = serde_json::json!({ "spec": extracted.spec });
-    let old = prior.map(|p| serde_json::json!({ "spec": extract(p).spec }));
-    let verdict = api::rules::validate_sgc_object(&object, old.as_ref(), &PoolFacts::default());
-    let mut diags = super::verdict_diagnostics(
-        &verdict,
-        &extracted,
-        &resource_schema(),
-        api::rules::sgc_rule_inputs,
-        "static gateway configuration",
-    );
-    diags.extend(super::validate_names(config, IDENTITY));
-    diags.extend(super::validate_timeouts(config));
-    diags
 }
 
 /// Plans a create or update.
@@ -280,6 +250,16 @@ pub fn describe_wait(obj: Option<&StaticGatewayConfiguration>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::tfplugin6 as pb;
+    use crate::resources::Kind;
+
+    fn validate(config: &Value) -> Vec<pb::Diagnostic> {
+        Kind::Sgc.validate(config, None)
+    }
+
+    fn validate_change(config: &Value, prior: Option<&Value>) -> Vec<pb::Diagnostic> {
+        Kind::Sgc.validate(config, prior)
+    }
     use crate::value::Number;
 
     fn config(pairs: Vec<(&str, Value)>) -> Value {
