@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::PoolRef;
-use operator::azure::{Arm, RetryBudget};
+use operator::azure::RetryBudget;
 use operator::azure::{apply, observe};
-use operator::config::CloudConfig;
 use operator::desired::{Config, Egress};
 use operator::metrics::Metrics;
 use serde_json::json;
@@ -88,16 +87,9 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
         fail_next: 0,
         reject_concurrent: false,
     });
-    let text = seed.cloud_config(sim.url()).to_string();
-    let cfg = CloudConfig::parse(&text, |_| None).expect("config");
+    let cfg = common::cloud_config(&seed, &sim);
     let metrics = Metrics::new();
-    let arm = Arm::new(
-        &cfg,
-        operator::azure::credential(&cfg).expect("credential"),
-        RetryBudget::default(),
-        &metrics,
-    )
-    .expect("clients");
+    let arm = common::arm_with(&cfg, &metrics, RetryBudget::default());
     let p = observe::resolve(&arm, &cfg, &PoolRef::Nodepool("gateway".into()), None)
         .await
         .expect("pool");
@@ -361,16 +353,9 @@ mod steady {
             }
         }
 
-        let text = seed.cloud_config(azure.url()).to_string();
-        let cfg = CloudConfig::parse(&text, |_| None).expect("config");
+        let cfg = common::cloud_config(&seed, &azure);
         let metrics = Metrics::new();
-        let arm = Arm::new(
-            &cfg,
-            operator::azure::credential(&cfg).expect("credential"),
-            RetryBudget::default(),
-            &metrics,
-        )
-        .expect("clients");
+        let arm = common::arm_with(&cfg, &metrics, RetryBudget::default());
         let op = Arc::new(Operator::new(
             kube.client(OPERATOR).expect("operator client"),
             arm,

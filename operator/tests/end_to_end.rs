@@ -120,6 +120,16 @@ async fn create_pool(pools: &Api<api::GatewayPool>, name: &str, nodepool: &str) 
     pools.create(&PostParams::default(), &p).await.expect("pool");
 }
 
+/// The status of GatewayPool `gateway`, which must have one.
+async fn pool_status(pools: &Api<api::GatewayPool>) -> api::pool::GatewayPoolStatus {
+    pools
+        .get("gateway")
+        .await
+        .expect("pool")
+        .status
+        .expect("pool status")
+}
+
 /// (status, reason) of condition `t`.
 fn find_condition<'a>(conditions: &'a [Condition], t: &str) -> Option<(&'a str, &'a str)> {
     conditions
@@ -219,12 +229,7 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
     eventually_within("the pool is ready", Duration::from_secs(20), || {
         let (op, pools) = (&w.op, pools.clone());
         async move {
-            let ps = pools
-                .get("gateway")
-                .await
-                .expect("pool")
-                .status
-                .expect("pool status");
+            let ps = pool_status(&pools).await;
             if ps.ready_instances == 2 {
                 return true;
             }
@@ -237,12 +242,7 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
         }
     })
     .await;
-    let ps = pools
-        .get("gateway")
-        .await
-        .expect("pool")
-        .status
-        .expect("pool status");
+    let ps = pool_status(&pools).await;
     assert_eq!(ps.pool_type, Some(api::pool::PoolType::VirtualMachineScaleSet));
     assert_eq!(ps.ready_instances, 2);
     assert_eq!(ps.instances.len(), 2);

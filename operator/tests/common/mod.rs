@@ -29,6 +29,11 @@ pub fn arm(cfg: &CloudConfig, metrics: &Metrics) -> Arm {
         max_delay: Duration::from_millis(200),
         max_retries: 4,
     };
+    arm_with(cfg, metrics, retry)
+}
+
+/// ARM clients with `retry` as their retry budget.
+pub fn arm_with(cfg: &CloudConfig, metrics: &Metrics, retry: RetryBudget) -> Arm {
     Arm::new(
         cfg,
         operator::azure::credential(cfg).expect("credential"),
