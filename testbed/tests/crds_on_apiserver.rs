@@ -50,6 +50,21 @@ impl Server {
         )
     }
 
+    /// Creates configuration `name` on node pool `gwpool`, which must be accepted.
+    async fn create_sgc(&self, name: &str) -> DynamicObject {
+        self.sgcs()
+            .create(
+                &PostParams::default(),
+                &object(
+                    "StaticGatewayConfiguration",
+                    name,
+                    json!({"gatewayNodepoolName": "gwpool"}),
+                ),
+            )
+            .await
+            .expect("create")
+    }
+
     fn pools(&self) -> Api<DynamicObject> {
         Api::all_with(self.client.clone(), &resource("GatewayPool"))
     }
@@ -143,18 +158,7 @@ async fn printer_columns_and_short_names() {
     assert!(short.contains(&("gatewaypools".into(), "gwp".into())), "{stdout}");
 
     let name = unique("cols");
-    server
-        .sgcs()
-        .create(
-            &PostParams::default(),
-            &object(
-                "StaticGatewayConfiguration",
-                &name,
-                json!({"gatewayNodepoolName": "gwpool"}),
-            ),
-        )
-        .await
-        .expect("create");
+    server.create_sgc(&name).await;
     let out = server.kubectl.run(&["get", "sgc", "-n", &server.namespace]).await;
     assert!(out.ok, "{}", out.stderr);
     let stdout = out.stdout;
@@ -536,17 +540,7 @@ async fn server_side_apply_by_two_managers(server: &Server) {
 async fn status_subresource_ignores_spec(server: &Server) {
     let sgcs = server.sgcs();
     let name = unique("status");
-    let created = sgcs
-        .create(
-            &PostParams::default(),
-            &object(
-                "StaticGatewayConfiguration",
-                &name,
-                json!({"gatewayNodepoolName": "gwpool"}),
-            ),
-        )
-        .await
-        .expect("create");
+    let created = server.create_sgc(&name).await;
     assert!(created.data.get("status").is_none(), "{}", server.name);
     let generation = created.metadata.generation;
     let patched = sgcs

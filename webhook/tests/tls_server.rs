@@ -279,29 +279,20 @@ async fn readiness_follows_draining() {
     let generated = tls::self_signed(&["webhook.test.svc".to_string()]).expect("certs");
     let server = start(CertStore::new(generated.key)).await;
     let client = trusting(&generated.ca_pem);
-    assert_eq!(
+    let readyz = || async {
         client
             .get(url(&server, "/readyz"))
             .send()
             .await
             .expect("readyz")
             .status()
-            .as_u16(),
-        200
-    );
+            .as_u16()
+    };
+    assert_eq!(readyz().await, 200);
     server
         .state
         .draining
         .store(true, std::sync::atomic::Ordering::Release);
-    assert_eq!(
-        client
-            .get(url(&server, "/readyz"))
-            .send()
-            .await
-            .expect("readyz")
-            .status()
-            .as_u16(),
-        503
-    );
+    assert_eq!(readyz().await, 503);
     let _ = server.shutdown.send(true);
 }
