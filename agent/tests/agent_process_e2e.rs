@@ -17,7 +17,7 @@ use api::sgc::RouteType;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use netlab::{FRONTEND, INET, Lab, Stream, in_netns, probe_status, wait_until};
+use netlab::{FRONTEND, INET, Lab, in_netns, probe_status, wait_until};
 use serde_json::json;
 
 const SECONDARY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
@@ -179,14 +179,7 @@ fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
         Some(SECONDARY),
         "egress through the agent-built gateway"
     );
-    let stream = Stream::start(
-        lab.path("pa"),
-        INET.parse().expect("addr"),
-        Duration::from_millis(2),
-    );
-    wait_until("stream flowing", Duration::from_secs(5), || {
-        stream.answered() >= 100
-    });
+    let stream = lab.flowing_stream("pa");
 
     // SIGTERM: the probe drains (503) while the process is still alive, then it exits cleanly.
     let pid = first.0.as_ref().expect("child").id().to_string();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use agent::gateway::plan::gateway_plan;
 use agent::gateway::probe::{self, ProbeState};
 use api::sgc::RouteType;
-use netlab::{FRONTEND, INET, INET2, Lab, NodeApplier, Stream, in_netns, probe_status, wait_until};
+use netlab::{FRONTEND, INET, INET2, Lab, NodeApplier, in_netns, probe_status, wait_until};
 
 const SECONDARY_1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
 const SECONDARY_2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
@@ -102,14 +102,7 @@ fn no_packet_is_lost_across_an_agent_restart() {
         .expect("first agent applies");
     // Tunnel established before the stream starts (the first handshake is not what this test is about).
     assert_eq!(lab.source_seen("pa", INET), Some(SECONDARY_1));
-    let stream = Stream::start(
-        lab.path("pa"),
-        INET.parse().expect("addr"),
-        Duration::from_millis(2),
-    );
-    wait_until("stream flowing", Duration::from_secs(5), || {
-        stream.answered() >= 100
-    });
+    let stream = lab.flowing_stream("pa");
     // "Restart": a new applier with no memory rebuilds the plan from the cluster and applies it, twice
     // (startup apply and first resync). It must leave the working data plane alone.
     for round in 0..2 {

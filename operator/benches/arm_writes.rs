@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::PoolRef;
-use operator::azure::{Arm, RetryBudget};
+use operator::azure::RetryBudget;
 use operator::azure::{apply, observe};
-use operator::config::CloudConfig;
 use operator::desired::{Config, Egress};
 use operator::metrics::Metrics;
 use serde_json::json;
 use testbed::azure::{AzureSim, LroConfig, Seed};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 /// Per-request latency of the simulated ARM front door.
 const ARM_LATENCY: Duration = Duration::from_millis(40);
@@ -85,16 +87,9 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
         fail_next: 0,
         reject_concurrent: false,
     });
-    let text = seed.cloud_config(sim.url()).to_string();
-    let cfg = CloudConfig::parse(&text, |_| None).expect("config");
+    let cfg = common::cloud_config(&seed, &sim);
     let metrics = Metrics::new();
-    let arm = Arm::new(
-        &cfg,
-        operator::azure::credential(&cfg).expect("credential"),
-        RetryBudget::default(),
-        &metrics,
-    )
-    .expect("clients");
+    let arm = common::arm_with(&cfg, &metrics, RetryBudget::default());
     let p = observe::resolve(&arm, &cfg, &PoolRef::Nodepool("gateway".into()), None)
         .await
         .expect("pool");
@@ -120,45 +115,6 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
             .filter(|c| c.method == "GET" && !c.path.contains("/oauth2/"))
             .count()
     };
-    let mut rows = Vec::new();
-    let (c, i) = (configs as u64, u64::from(instances));
-
-    sim.clear_calls();
-    let t = Instant::now();
-    let out = apply::reconcile(&arm, &cfg, &p, &set, &BTreeMap::new(), 8082)
-        .await
-        .expect("create");
-    assert!(
-        out.facts.values().all(|f| f.is_complete()),
-        "every configuration is Ready"
-    );
-    rows.push(Row {
-        configs,
-        instances,
-        phase: "create",
-        writes: writes(&sim),
-        reads: reads(&sim),
-        upstream: upstream_create_writes(c, i),
-        floor: floor_writes(c, i),
-        seconds: t.elapsed().as_secs_f64(),
-    });
-
-    sim.clear_calls();
-    let t = Instant::now();
-    apply::reconcile(&arm, &cfg, &p, &set, &BTreeMap::new(), 8082)
-        .await
-        .expect("resync");
-    rows.push(Row {
-        configs,
-        instances,
-        phase: "no-op resync",
-        writes: writes(&sim),
-        reads: reads(&sim),
-        upstream: upstream_resync_writes(),
-        floor: 0,
-        seconds: t.elapsed().as_secs_f64(),
-    });
-
     let gone: Vec<Config> = set
         .iter()
         .map(|c| Config {
@@ -166,21 +122,49 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
             ..c.clone()
         })
         .collect();
-    sim.clear_calls();
-    let t = Instant::now();
-    apply::reconcile(&arm, &cfg, &p, &gone, &BTreeMap::new(), 8082)
-        .await
-        .expect("delete");
-    rows.push(Row {
-        configs,
-        instances,
-        phase: "delete",
-        writes: writes(&sim),
-        reads: reads(&sim),
-        upstream: upstream_delete_writes(c, i),
-        floor: floor_writes(c, i),
-        seconds: t.elapsed().as_secs_f64(),
-    });
+    let (c, i) = (configs as u64, u64::from(instances));
+    // phase, the configurations it reconciles, upstream's writes, the floor, whether all must end Ready
+    let phases = [
+        (
+            "create",
+            &set,
+            upstream_create_writes(c, i),
+            floor_writes(c, i),
+            true,
+        ),
+        ("no-op resync", &set, upstream_resync_writes(), 0, false),
+        (
+            "delete",
+            &gone,
+            upstream_delete_writes(c, i),
+            floor_writes(c, i),
+            false,
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (phase, configs_now, upstream, floor, all_ready) in phases {
+        sim.clear_calls();
+        let t = Instant::now();
+        let out = apply::reconcile(&arm, &cfg, &p, configs_now, &BTreeMap::new(), 8082)
+            .await
+            .expect(phase);
+        if all_ready {
+            assert!(
+                out.facts.values().all(|f| f.is_complete()),
+                "every configuration is Ready"
+            );
+        }
+        rows.push(Row {
+            configs,
+            instances,
+            phase,
+            writes: writes(&sim),
+            reads: reads(&sim),
+            upstream,
+            floor,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+    }
     rows
 }
 
@@ -241,7 +225,7 @@ mod steady {
     use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
     use operator::pass::Operator;
     use operator::run::{RunOptions, run_operator_with};
-    use testbed::kube::{Access, KubeSim, KubeSimConfig, User};
+    use testbed::kube::KubeSim;
 
     const POOLS: usize = 3;
     const INSTANCES: u32 = 4;
@@ -249,7 +233,7 @@ mod steady {
     const USER_NODES: usize = 20;
     /// The operator's identity on the Kubernetes simulator (its requests are counted apart from the
     /// benchmark's own).
-    const OPERATOR: &str = "operator";
+    const OPERATOR: &str = common::OPERATOR_USER;
 
     fn pool_name(p: usize) -> String {
         format!("gw{p}")
@@ -324,31 +308,16 @@ mod steady {
             max_duration_ms: 0,
             ..Default::default()
         });
-        let mut kcfg = KubeSimConfig::default();
-        kcfg.users
-            .push(User::new(OPERATOR, &testbed::kube::random_token(), Access::Admin));
-        let kube = KubeSim::start(kcfg).await.expect("kube-sim");
+        let kube = common::counting_sim(&["kube-egress-gateway-system", "app"]).await;
         let admin = kube.client("admin").expect("client");
-        kube.install_crds().await.expect("CRDs");
-        kube.create_namespaces(&["kube-egress-gateway-system", "app"])
-            .await
-            .expect("namespaces");
         let nodes: Api<Node> = Api::all(admin.clone());
-        let node = |name: String, labels: serde_json::Value| -> Node {
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": labels},
-                "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                    "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
-            }))
-            .expect("node")
-        };
         for p in 0..POOLS {
             for i in 0..INSTANCES {
                 let labels = json!({"kubernetes.azure.com/agentpool": pool_name(p), "kubernetes.azure.com/mode": "gateway"});
                 nodes
                     .create(
                         &PostParams::default(),
-                        &node(format!("aks-{}-12345678-vmss{i:06}", pool_name(p)), labels),
+                        &common::ready_node(&format!("aks-{}-12345678-vmss{i:06}", pool_name(p)), labels),
                     )
                     .await
                     .expect("gateway node");
@@ -358,7 +327,10 @@ mod steady {
             let labels =
                 json!({"kubernetes.azure.com/agentpool": "user", "kubernetes.azure.com/mode": "user"});
             nodes
-                .create(&PostParams::default(), &node(format!("aks-user-{i}"), labels))
+                .create(
+                    &PostParams::default(),
+                    &common::ready_node(&format!("aks-user-{i}"), labels),
+                )
                 .await
                 .expect("user node");
         }
@@ -381,16 +353,9 @@ mod steady {
             }
         }
 
-        let text = seed.cloud_config(azure.url()).to_string();
-        let cfg = CloudConfig::parse(&text, |_| None).expect("config");
+        let cfg = common::cloud_config(&seed, &azure);
         let metrics = Metrics::new();
-        let arm = Arm::new(
-            &cfg,
-            operator::azure::credential(&cfg).expect("credential"),
-            RetryBudget::default(),
-            &metrics,
-        )
-        .expect("clients");
+        let arm = common::arm_with(&cfg, &metrics, RetryBudget::default());
         let op = Arc::new(Operator::new(
             kube.client(OPERATOR).expect("operator client"),
             arm,

@@ -9,7 +9,6 @@ use api::StaticGatewayConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, PostParams};
-use operator::config::CloudConfig;
 use operator::leader::LeaseLock;
 use operator::metrics::Metrics;
 use operator::pass::Operator;
@@ -41,7 +40,7 @@ async fn start_with(seed: Seed) -> World {
     let turn = turn::take().await;
     let client = turn.client.clone();
     let azure = AzureSim::start(&seed).await.expect("azure-sim");
-    let op = new_operator(&client, &common::cloud_config(&seed, &azure), &turn.system);
+    let op = common::operator(&client, &common::cloud_config(&seed, &azure), &turn.system);
     World {
         azure,
         client,
@@ -50,21 +49,6 @@ async fn start_with(seed: Seed) -> World {
         app: turn.app.clone(),
         _turn: turn,
     }
-}
-
-/// A fresh operator process: new clients, no memory of earlier runs.
-fn new_operator(client: &kube::Client, cfg: &CloudConfig, system: &str) -> Operator {
-    let metrics = Metrics::new();
-    let arm = common::arm(cfg, &metrics);
-    Operator::new(
-        client.clone(),
-        arm,
-        cfg.clone(),
-        system.into(),
-        system.into(),
-        8082,
-        metrics,
-    )
 }
 
 fn sgc(name: &str, spec: serde_json::Value) -> StaticGatewayConfiguration {
@@ -84,16 +68,16 @@ async fn create_sgc(sgcs: &Api<StaticGatewayConfiguration>, name: &str, spec: se
         .expect("create");
 }
 
-/// Creates a configuration in a cluster whose CRD predates the schema's per-entry excludeCidrs rule (`helm
-/// upgrade` never upgrades a chart's `crds/`): the CRD is replaced by one without that rule first, so only the
-/// operator's rules re-check the entry. The CRD stays so for the rest of the test binary (CRDs are
-/// cluster-wide; no test here relies on that rule).
-async fn create_predating_the_cidr_rule(
-    client: &kube::Client,
-    sgcs: &Api<StaticGatewayConfiguration>,
-    name: &str,
-    spec: serde_json::Value,
-) {
+/// Creates configuration `bad`, whose excludeCidrs entry `10.0.0.1` lacks its prefix length, in a cluster
+/// whose CRD predates the schema's per-entry excludeCidrs rule (`helm upgrade` never upgrades a chart's
+/// `crds/`): the CRD is replaced by one without that rule first, so only the operator's rules re-check the
+/// entry. The CRD stays so for the rest of the test binary (CRDs are cluster-wide; no test here relies on
+/// that rule).
+async fn create_bad_predating_the_cidr_rule(client: &kube::Client, sgcs: &Api<StaticGatewayConfiguration>) {
+    let (name, spec) = (
+        "bad",
+        json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
+    );
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd_name = "staticgatewayconfigurations.egressgateway.kubernetes.azure.com";
@@ -136,6 +120,16 @@ async fn create_pool(pools: &Api<api::GatewayPool>, name: &str, nodepool: &str) 
     pools.create(&PostParams::default(), &p).await.expect("pool");
 }
 
+/// The status of GatewayPool `gateway`, which must have one.
+async fn pool_status(pools: &Api<api::GatewayPool>) -> api::pool::GatewayPoolStatus {
+    pools
+        .get("gateway")
+        .await
+        .expect("pool")
+        .status
+        .expect("pool status")
+}
+
 /// (status, reason) of condition `t`.
 fn find_condition<'a>(conditions: &'a [Condition], t: &str) -> Option<(&'a str, &'a str)> {
     conditions
@@ -165,13 +159,7 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
     }
     create_sgc(&sgcs, "private", json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false, "defaultRoute": "azureNetworking", "excludeCidrs": ["10.0.0.0/8"]})).await;
     // Predates the webhook and the schema's per-entry CIDR rule: a CIDR the operator's rules re-check.
-    create_predating_the_cidr_rule(
-        &w.client,
-        &sgcs,
-        "bad",
-        json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
-    )
-    .await;
+    create_bad_predating_the_cidr_rule(&w.client, &sgcs).await;
 
     w.azure.clear_calls();
     w.op.reconcile_pools(None).await.expect("reconcile");
@@ -241,12 +229,7 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
     eventually_within("the pool is ready", Duration::from_secs(20), || {
         let (op, pools) = (&w.op, pools.clone());
         async move {
-            let ps = pools
-                .get("gateway")
-                .await
-                .expect("pool")
-                .status
-                .expect("pool status");
+            let ps = pool_status(&pools).await;
             if ps.ready_instances == 2 {
                 return true;
             }
@@ -259,12 +242,7 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
         }
     })
     .await;
-    let ps = pools
-        .get("gateway")
-        .await
-        .expect("pool")
-        .status
-        .expect("pool status");
+    let ps = pool_status(&pools).await;
     assert_eq!(ps.pool_type, Some(api::pool::PoolType::VirtualMachineScaleSet));
     assert_eq!(ps.ready_instances, 2);
     assert_eq!(ps.instances.len(), 2);
@@ -485,7 +463,7 @@ async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_du
 
     // "Restart": a new operator, Azure healthy again.
     w.azure.with_state(|s| s.clear_faults());
-    let restarted = new_operator(&w.client, &w.op.cfg, &w.system);
+    let restarted = common::operator(&w.client, &w.op.cfg, &w.system);
     restarted.reconcile_pools(None).await.expect("reconcile");
     for name in ["a", "b"] {
         let s = sgcs.get(name).await.expect("get");
@@ -598,13 +576,7 @@ async fn upstream_metric_series_per_configuration_and_controller() {
     let w = start().await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
     create_sgc(&sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
-    create_predating_the_cidr_rule(
-        &w.client,
-        &sgcs,
-        "bad",
-        json!({"gatewayNodepoolName": "gateway", "excludeCidrs": ["10.0.0.1"]}),
-    )
-    .await;
+    create_bad_predating_the_cidr_rule(&w.client, &sgcs).await;
     // The load balancer cannot be written: the LB controller's series of "a" fails, its VM series does not.
     w.azure
         .inject_fault(testbed::azure::FaultSpec::new(

@@ -5,8 +5,6 @@
 use api::StaticGatewayConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
-use operator::metrics::Metrics;
-use operator::pass::Operator;
 use operator::status::READY;
 use serde_json::json;
 use testbed::azure::{AzureSim, Seed};
@@ -25,17 +23,7 @@ async fn deleting_a_namespace_with_configurations_completes() {
     let seed = Seed::aks_like(2);
     let azure = AzureSim::start(&seed).await.expect("azure-sim");
     let before = common::resources(&azure);
-    let cfg = common::cloud_config(&seed, &azure);
-    let metrics = Metrics::new();
-    let op = Operator::new(
-        client.clone(),
-        common::arm(&cfg, &metrics),
-        cfg,
-        system.clone(),
-        system.clone(),
-        8082,
-        metrics,
-    );
+    let op = common::operator(&client, &common::cloud_config(&seed, &azure), &system);
 
     // The pool's name is unique: GatewayPools are cluster-scoped and the control plane is shared.
     let pool_name = format!("gateway-{app}");

@@ -9,8 +9,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use operator::metrics::Metrics;
-use operator::pass::{Error, Operator, REASON_WRITE_FAILED};
+use operator::pass::{Error, REASON_WRITE_FAILED};
 use operator::status::READY;
 use serde_json::json;
 use testbed::azure::{AzureSim, Seed};
@@ -118,17 +117,7 @@ async fn a_configuration_the_current_schema_refuses_only_affects_itself() {
     let seed = Seed::aks_like(2);
     let azure = AzureSim::start(&seed).await.expect("azure-sim");
     let before = common::resources(&azure);
-    let cfg = common::cloud_config(&seed, &azure);
-    let metrics = Metrics::new();
-    let op = Operator::new(
-        client.clone(),
-        common::arm(&cfg, &metrics),
-        cfg,
-        system.clone(),
-        system.clone(),
-        8082,
-        metrics,
-    );
+    let op = common::operator(&client, &common::cloud_config(&seed, &azure), &system);
 
     // One pass: `old` fails alone (its status write is refused), `good` is provisioned.
     match op.reconcile_pools(None).await {

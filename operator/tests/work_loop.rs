@@ -12,12 +12,11 @@ use std::time::Duration;
 use api::{GatewayPool, StaticGatewayConfiguration};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use operator::metrics::Metrics;
 use operator::pass::Operator;
 use operator::run::{RunOptions, run_operator_with};
 use serde_json::json;
 use testbed::azure::{AzureSim, LroConfig, Seed};
-use testbed::kube::{Access, KubeSim, KubeSimConfig, User};
+use testbed::kube::KubeSim;
 use testbed::wait::eventually;
 
 mod common;
@@ -25,8 +24,6 @@ mod turn;
 
 /// The operator's namespace on a kube-sim of the test's own.
 const NS: &str = "kube-egress-gateway-system";
-/// The operator's identity on the Kubernetes simulator: its requests are counted apart from the test's.
-const OPERATOR: &str = "operator";
 const VMSS_A: &str = "aks-gateway-12345678-vmss";
 const VMSS_B: &str = "aks-other-12345678-vmss";
 
@@ -70,12 +67,10 @@ impl World {
 }
 
 fn gateway_node(name: &str, pool: &str) -> Node {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"kubernetes.azure.com/agentpool": pool, "kubernetes.azure.com/mode": "gateway"}},
-        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-            "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
-    }))
-    .expect("node")
+    common::ready_node(
+        name,
+        json!({"kubernetes.azure.com/agentpool": pool, "kubernetes.azure.com/mode": "gateway"}),
+    )
 }
 
 /// Both pools converged by passes the test drives (`reconcile_pools`), then the work loop started; returns
@@ -96,14 +91,9 @@ async fn start(recheck: Duration, on: On) -> World {
     });
     let (cluster, admin, operator, system, app) = match on {
         On::CountingSim => {
-            let mut kcfg = KubeSimConfig::default();
-            kcfg.users
-                .push(User::new(OPERATOR, &testbed::kube::random_token(), Access::Admin));
-            let kube = KubeSim::start(kcfg).await.expect("kube-sim");
+            let kube = common::counting_sim(&[NS, "app"]).await;
             let admin = kube.client("admin").expect("client");
-            kube.install_crds().await.expect("CRDs");
-            kube.create_namespaces(&[NS, "app"]).await.expect("namespaces");
-            let operator = kube.client(OPERATOR).expect("operator client");
+            let operator = kube.client(common::OPERATOR_USER).expect("operator client");
             (
                 Cluster::CountingSim(Box::new(kube)),
                 admin,
@@ -155,17 +145,10 @@ async fn start(recheck: Duration, on: On) -> World {
         sgcs.create(&PostParams::default(), &s).await.expect("sgc");
     }
 
-    let cfg = common::cloud_config(&seed, &azure);
-    let metrics = Metrics::new();
-    let arm = common::arm(&cfg, &metrics);
-    let op = Arc::new(Operator::new(
-        operator,
-        arm,
-        cfg,
-        system.clone(),
-        system.clone(),
-        8082,
-        metrics,
+    let op = Arc::new(common::operator(
+        &operator,
+        &common::cloud_config(&seed, &azure),
+        &system,
     ));
     // Converge first, pass by pass: the loop then starts on a steady world.
     let (sgcs2, pools2, op2) = (sgcs.clone(), pools.clone(), op.clone());
@@ -245,7 +228,7 @@ fn arm_writes(azure: &AzureSim) -> Vec<String> {
 /// The operator's Kubernetes requests by verb (all resources).
 fn kube_verbs(kube: &KubeSim) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for ((verb, _), n) in kube.verbs_by(OPERATOR) {
+    for ((verb, _), n) in kube.verbs_by(common::OPERATOR_USER) {
         *out.entry(verb).or_default() += n;
     }
     out

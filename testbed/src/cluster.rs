@@ -4,7 +4,7 @@
 //! kubeconfigs, ServiceAccount identities, fresh namespaces and the product's CRDs. Suites that need a fault
 //! only kube-sim can inject (watch compaction, request counts per user) use [`crate::kube::KubeSim`] directly.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -299,14 +299,39 @@ impl TestCluster {
     }
 }
 
+/// A turn on the binary's shared cluster ([`TestCluster::exclusive`]), held until dropped.
+#[derive(Debug)]
+pub struct Exclusive {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
 impl TestCluster {
+    /// Waits until no other test of this binary holds a turn, and holds one. Namespaces keep the tests of a
+    /// binary apart on the one cluster they share, but nothing keeps apart what is cluster-wide: the webhook
+    /// configurations, GatewayPools, Nodes, CRDs, and an operator that watches every namespace. A test that
+    /// writes or watches those takes a turn for its whole length, so that two such tests never see each
+    /// other's objects; tests that only use their own namespaces need none.
+    pub async fn exclusive() -> Exclusive {
+        static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        Exclusive {
+            _turn: TURNS.lock().await,
+        }
+    }
+
     /// The `kubectl` to drive this cluster with: the assets' on the real server (the same version), else
     /// the one on `PATH`.
-    pub fn kubectl(&self) -> std::path::PathBuf {
+    pub fn kubectl(&self) -> PathBuf {
         match self {
             Self::Real(cp) => cp.assets().kubectl.clone(),
             Self::Sim(_) => "kubectl".into(),
         }
+    }
+
+    /// [`Self::kubectl`] as the admin, its kubeconfig (`admin.kubeconfig`) and discovery cache in `dir`.
+    pub fn admin_kubectl(&self, dir: &Path) -> anyhow::Result<Kubectl> {
+        let kubeconfig = dir.join("admin.kubeconfig");
+        self.write_admin_kubeconfig(&kubeconfig)?;
+        Ok(Kubectl::new(self.kubectl(), kubeconfig, dir.join("cache")))
     }
 
     /// Namespace `name` with `annotations`, created unless it exists (tests of one binary share the
@@ -387,6 +412,77 @@ impl TestCluster {
             .await
             .with_context(|| format!("applying Endpoints {namespace}/{name} ({backend})"))?;
         Ok(())
+    }
+}
+
+/// `kubectl` as a test runs it: with one kubeconfig and a discovery cache of its own, the environment's
+/// `KUBECONFIG` ignored, so that a test never reads or writes the user's `~/.kube` nor another test's cache.
+#[derive(Debug, Clone)]
+pub struct Kubectl {
+    program: PathBuf,
+    kubeconfig: PathBuf,
+    cache_dir: PathBuf,
+}
+
+/// What one `kubectl` run printed, and whether it succeeded.
+#[derive(Debug)]
+pub struct KubectlOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Kubectl {
+    /// `program` (a path, or a name looked up on `PATH`) with `kubeconfig`, caching discovery in `cache_dir`.
+    pub fn new(
+        program: impl Into<PathBuf>,
+        kubeconfig: impl Into<PathBuf>,
+        cache_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            program: program.into(),
+            kubeconfig: kubeconfig.into(),
+            cache_dir: cache_dir.into(),
+        }
+    }
+
+    /// The same `kubectl` and cache with another kubeconfig (another user).
+    pub fn with_kubeconfig(&self, kubeconfig: impl Into<PathBuf>) -> Self {
+        Self {
+            kubeconfig: kubeconfig.into(),
+            ..self.clone()
+        }
+    }
+
+    /// The kubeconfig it uses.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Runs `kubectl <args>` to its end. Panics when `kubectl` cannot be started: no test that drives it can
+    /// go on without it.
+    pub async fn run(&self, args: &[&str]) -> KubectlOutput {
+        let out = tokio::process::Command::new(&self.program)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache_dir)
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running {} (scripts/install-deps.sh installs kubectl): {e}",
+                    self.program.display()
+                )
+            });
+        KubectlOutput {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 

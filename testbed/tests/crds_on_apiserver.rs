@@ -3,91 +3,66 @@
 //! by two managers, the status subresource, and one refusal listing every schema violation. The rules that
 //! the simulator must enforce the same way run against kube-sim too.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use testbed::control_plane::ControlPlane;
-use testbed::kube::KubeSim;
+use testbed::cluster::{Backend, Kubectl, TestCluster};
 
 const API_VERSION: &str = "egressgateway.kubernetes.azure.com/v1alpha1";
 
 /// One API server under test: the real one (shared by this binary) or a fresh kube-sim.
 struct Server {
     client: kube::Client,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
+    kubectl: Kubectl,
     namespace: String,
     name: &'static str,
     _dir: tempfile::TempDir,
-    _sim: Option<KubeSim>,
-    _cp: Option<Arc<ControlPlane>>,
+    _cluster: TestCluster,
 }
 
 impl Server {
+    /// The `backend` with the CRDs, a fresh namespace `<prefix>-<random>` and an admin `kubectl`.
+    async fn start(backend: Backend, prefix: &str) -> Self {
+        let cluster = TestCluster::start(backend).await.expect("API server");
+        cluster.install_crds().await.expect("CRDs");
+        let dir = tempfile::tempdir().expect("tmp");
+        Self {
+            client: cluster.client().expect("client"),
+            kubectl: cluster.admin_kubectl(dir.path()).expect("kubeconfig"),
+            namespace: cluster.namespace(prefix, &[]).await.expect("namespace"),
+            name: match backend {
+                Backend::Real => "kube-apiserver",
+                Backend::Sim => "kube-sim",
+            },
+            _dir: dir,
+            _cluster: cluster,
+        }
+    }
+
     async fn real(prefix: &str) -> Self {
-        let cp = ControlPlane::shared().await;
-        cp.install_crds().await.expect("CRDs");
-        let dir = tempfile::tempdir().expect("tmp");
-        let kubeconfig = dir.path().join("admin.kubeconfig");
-        cp.write_admin_kubeconfig(&kubeconfig).expect("kubeconfig");
-        Self {
-            client: cp.client().expect("client"),
-            kubeconfig,
-            kubectl: cp.assets().kubectl.clone(),
-            namespace: cp.namespace(prefix, &[]).await.expect("namespace"),
-            name: "kube-apiserver",
-            _dir: dir,
-            _sim: None,
-            _cp: Some(cp),
-        }
+        Self::start(Backend::Real, prefix).await
     }
-
-    async fn sim(prefix: &str) -> Self {
-        let sim = KubeSim::start(Default::default()).await.expect("kube-sim");
-        sim.install_crds().await.expect("CRDs");
-        sim.create_namespaces(&[prefix]).await.expect("namespace");
-        let dir = tempfile::tempdir().expect("tmp");
-        let kubeconfig = dir.path().join("admin.kubeconfig");
-        sim.write_kubeconfig(&kubeconfig, "admin").expect("kubeconfig");
-        Self {
-            client: sim.client("admin").expect("client"),
-            kubeconfig,
-            kubectl: PathBuf::from("kubectl"),
-            namespace: prefix.to_string(),
-            name: "kube-sim",
-            _dir: dir,
-            _sim: Some(sim),
-            _cp: None,
-        }
-    }
-
-    async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = tokio::process::Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self._dir.path().join("cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .output()
-            .await
-            .expect("kubectl runs");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
     fn sgcs(&self) -> Api<DynamicObject> {
         Api::namespaced_with(
             self.client.clone(),
             &self.namespace,
             &resource("StaticGatewayConfiguration"),
         )
+    }
+
+    /// Creates configuration `name` on node pool `gwpool`, which must be accepted.
+    async fn create_sgc(&self, name: &str) -> DynamicObject {
+        self.sgcs()
+            .create(
+                &PostParams::default(),
+                &object(
+                    "StaticGatewayConfiguration",
+                    name,
+                    json!({"gatewayNodepoolName": "gwpool"}),
+                ),
+            )
+            .await
+            .expect("create")
     }
 
     fn pools(&self) -> Api<DynamicObject> {
@@ -137,8 +112,9 @@ async fn kubectl_explain_shows_reflowed_descriptions_of_both_kinds() {
         ("gatewaypool.spec", "Length of the public IP prefix each configuration on this pool gets: 28 to 31.".into()),
         ("sgc.spec.excludeCidrs", "IPv4 CIDRs that bypass the gateway (staticEgressGateway)".into()),
     ] {
-        let (ok, stdout, stderr) = server.kubectl(&["explain", what]).await;
-        assert!(ok, "kubectl explain {what}: {stderr}");
+        let out = server.kubectl.run(&["explain", what]).await;
+        let stdout = out.stdout;
+        assert!(out.ok, "kubectl explain {what}: {}", out.stderr);
         // kubectl wraps long lines itself; a description keeps no line break of its own (the source's
         // wrapping would show as a line ending mid-sentence before kubectl's width).
         let flat = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -150,15 +126,17 @@ async fn kubectl_explain_shows_reflowed_descriptions_of_both_kinds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn printer_columns_and_short_names() {
     let server = Server::real("columns").await;
-    let (ok, stdout, stderr) = server
-        .kubectl(&[
+    let out = server
+        .kubectl
+        .run(&[
             "api-resources",
             "--api-group",
             "egressgateway.kubernetes.azure.com",
             "--no-headers",
         ])
         .await;
-    assert!(ok, "{stderr}");
+    assert!(out.ok, "{}", out.stderr);
+    let stdout = out.stdout;
     let short: Vec<(String, String)> = stdout
         .lines()
         .map(|l| {
@@ -180,20 +158,10 @@ async fn printer_columns_and_short_names() {
     assert!(short.contains(&("gatewaypools".into(), "gwp".into())), "{stdout}");
 
     let name = unique("cols");
-    server
-        .sgcs()
-        .create(
-            &PostParams::default(),
-            &object(
-                "StaticGatewayConfiguration",
-                &name,
-                json!({"gatewayNodepoolName": "gwpool"}),
-            ),
-        )
-        .await
-        .expect("create");
-    let (ok, stdout, stderr) = server.kubectl(&["get", "sgc", "-n", &server.namespace]).await;
-    assert!(ok, "{stderr}");
+    server.create_sgc(&name).await;
+    let out = server.kubectl.run(&["get", "sgc", "-n", &server.namespace]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let stdout = out.stdout;
     let header: Vec<&str> = stdout
         .lines()
         .next()
@@ -214,9 +182,9 @@ async fn printer_columns_and_short_names() {
             .is_some_and(|l| l.starts_with(&name) && l.contains("gwpool")),
         "{stdout}"
     );
-    let (ok, stdout, stderr) = server.kubectl(&["get", "gwp"]).await;
-    assert!(ok, "{stderr}");
-    println!("{stdout}");
+    let out = server.kubectl.run(&["get", "gwp"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    println!("{}", out.stdout);
 }
 
 /// Every `x-kubernetes-validations` rule of every CRD, each broken once (the count is checked, so a new
@@ -421,16 +389,6 @@ fn count_rules(schema: &Value) -> usize {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_cel_rule_is_enforced_without_the_webhook() {
-    every_cel_rule_is_enforced(&Server::real("cel").await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_sim_enforces_every_cel_rule_as_the_apiserver_does() {
-    every_cel_rule_is_enforced(&Server::sim("cel").await).await;
-}
-
 /// Private mode with a prefix ID and two bad excludeCidrs entries: one refusal names all three.
 async fn one_refusal_lists_every_violation(server: &Server) {
     let spec = json!({"gatewayNodepoolName": "gwpool", "provisionPublicIps": false, "publicIpPrefixId": "/subscriptions/x",
@@ -453,16 +411,6 @@ async fn one_refusal_lists_every_violation(server: &Server) {
     }
     assert!(!msg.contains("excludeCidrs[0]"), "{}: {msg}", server.name);
     println!("{}: {msg}", server.name);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_refusal_lists_every_violation_on_the_apiserver() {
-    one_refusal_lists_every_violation(&Server::real("several").await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_refusal_lists_every_violation_on_kube_sim() {
-    one_refusal_lists_every_violation(&Server::sim("several").await).await;
 }
 
 /// Two field managers: a field the other manager set survives an apply that leaves it out; applying a field
@@ -588,31 +536,11 @@ async fn server_side_apply_by_two_managers(server: &Server) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_side_apply_by_two_managers_on_the_apiserver() {
-    server_side_apply_by_two_managers(&Server::real("ssa").await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_side_apply_by_two_managers_on_kube_sim() {
-    server_side_apply_by_two_managers(&Server::sim("ssa").await).await;
-}
-
 /// A write to `/status` changes only status (and not the generation); a write to the object keeps status.
 async fn status_subresource_ignores_spec(server: &Server) {
     let sgcs = server.sgcs();
     let name = unique("status");
-    let created = sgcs
-        .create(
-            &PostParams::default(),
-            &object(
-                "StaticGatewayConfiguration",
-                &name,
-                json!({"gatewayNodepoolName": "gwpool"}),
-            ),
-        )
-        .await
-        .expect("create");
+    let created = server.create_sgc(&name).await;
     assert!(created.data.get("status").is_none(), "{}", server.name);
     let generation = created.metadata.generation;
     let patched = sgcs
@@ -658,12 +586,25 @@ async fn status_subresource_ignores_spec(server: &Server) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_subresource_ignores_spec_on_the_apiserver() {
-    status_subresource_ignores_spec(&Server::real("status").await).await;
+/// One test per row, `test name: check(backend, "namespace prefix");`: the check against a [`Server`] of that
+/// backend (the binary's real apiserver, or a kube-sim of the test's own). Each check runs on both, to hold
+/// the simulator to the apiserver's answers.
+macro_rules! on_servers {
+    ($($test:ident: $check:ident($backend:ident, $prefix:literal);)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            $check(&Server::start(Backend::$backend, $prefix).await).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_subresource_ignores_spec_on_kube_sim() {
-    status_subresource_ignores_spec(&Server::sim("status").await).await;
+on_servers! {
+    every_cel_rule_is_enforced_without_the_webhook: every_cel_rule_is_enforced(Real, "cel");
+    kube_sim_enforces_every_cel_rule_as_the_apiserver_does: every_cel_rule_is_enforced(Sim, "cel");
+    one_refusal_lists_every_violation_on_the_apiserver: one_refusal_lists_every_violation(Real, "several");
+    one_refusal_lists_every_violation_on_kube_sim: one_refusal_lists_every_violation(Sim, "several");
+    server_side_apply_by_two_managers_on_the_apiserver: server_side_apply_by_two_managers(Real, "ssa");
+    server_side_apply_by_two_managers_on_kube_sim: server_side_apply_by_two_managers(Sim, "ssa");
+    status_subresource_ignores_spec_on_the_apiserver: status_subresource_ignores_spec(Real, "status");
+    status_subresource_ignores_spec_on_kube_sim: status_subresource_ignores_spec(Sim, "status");
 }

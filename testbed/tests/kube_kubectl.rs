@@ -44,20 +44,13 @@ impl Kubectl {
     }
 
     async fn run(&self, args: &[&str]) -> Output {
-        let out = tokio::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .output()
-            .await
-            .expect("kubectl runs");
+        let kubectl =
+            testbed::cluster::Kubectl::new("kubectl", &self.kubeconfig, self.dir.path().join("cache"));
+        let out = kubectl.run(args).await;
         Output {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            ok: out.ok,
+            stdout: out.stdout,
+            stderr: out.stderr,
         }
     }
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import CHART, REPO
+from release_facts import release_env, workspace_version
 
 # Every binary a release ships, and the dev tools.
 BINARIES = [
@@ -30,20 +31,6 @@ BINARIES = [
     "azure-sim",
     "control-plane",
 ]
-
-
-def workspace_version() -> str:
-    return tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
-
-
-def release_env() -> dict[str, str]:
-    out = {}
-    for line in (REPO / "release.env").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,7 +7,6 @@ passes it here); otherwise the session builds one into a temporary directory (a 
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
 import shutil
@@ -16,31 +15,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import urllib.request
 from typing import Iterator
 
 import pytest
 
+# Re-exported to the tests: the release's version and where it is published.
+from release_facts import release_env  # noqa: F401
+from release_facts import workspace_version as version
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 IMAGES = ("kube-egress-gateway-operator", "kube-egress-gateway-webhook", "kube-egress-gateway-agent")
 PROVIDER = "terraform-provider-egressgateway"
-
-
-
-def version() -> str:
-    return tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
-
-
-@functools.lru_cache(maxsize=1)
-def release_env() -> dict[str, str]:
-    out = {}
-    for line in (REPO / "release.env").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
 
 
 def oci_runtime() -> str:

@@ -12,17 +12,12 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{APP_NS, Cluster, NODEPOOL, Workspace};
+use support::{APP_NS, Cluster, Workspace, pool_tf};
 
 fn config(n: usize) -> String {
+    let pool = pool_tf("");
     format!(
-        r#"
-resource "egressgateway_gateway_pool" "gw" {{
-  name                  = "{NODEPOOL}"
-  gateway_nodepool_name = "{NODEPOOL}"
-  public_ip_prefix_size = 31
-}}
-
+        r#"{pool}
 resource "egressgateway_static_gateway_configuration" "egress" {{
   count                 = {n}
   namespace             = "{APP_NS}"

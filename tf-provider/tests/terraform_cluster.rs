@@ -12,7 +12,7 @@ use api::StaticGatewayConfiguration;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{APP_NS, Cluster, NODEPOOL, VMSS, Workspace};
+use support::{APP_NS, Cluster, NODEPOOL, VMSS, Workspace, pool_tf};
 use testbed::wait::eventually_within;
 
 const POOL: &str = "egressgateway_gateway_pool.gw";
@@ -27,18 +27,22 @@ fn pools(c: &Cluster) -> Api<api::GatewayPool> {
     Api::all(c.admin.clone())
 }
 
+/// The pool of [`lifecycle_config`], which must exist.
+async fn remote_pool(c: &Cluster) -> api::GatewayPool {
+    pools(c).get(NODEPOOL).await.expect("the pool")
+}
+
+/// The configuration of [`lifecycle_config`], which must exist.
+async fn remote_sgc(c: &Cluster) -> StaticGatewayConfiguration {
+    sgcs(c).get("egress").await.expect("the configuration")
+}
+
 /// A pool on the seed's gateway node pool and a configuration on it, with the configuration's server-side
 /// values used in outputs. `pool_extra` and `sgc_extra` are added to the two resource blocks.
 fn lifecycle_config(pool_extra: &str, sgc_extra: &str, more: &str) -> String {
+    let pool = pool_tf(pool_extra);
     format!(
-        r#"
-resource "egressgateway_gateway_pool" "gw" {{
-  name                  = "{NODEPOOL}"
-  gateway_nodepool_name = "{NODEPOOL}"
-  public_ip_prefix_size = 31
-{pool_extra}
-}}
-
+        r#"{pool}
 resource "egressgateway_static_gateway_configuration" "egress" {{
   namespace             = "{APP_NS}"
   name                  = "egress"
@@ -73,7 +77,7 @@ async fn create_update_drift_import_and_destroy_with_the_operator() {
 
     // Create: the pool waits for the operator to take it on, the configuration for Ready.
     ws.apply().await;
-    let pool = pools(&cluster).get(NODEPOOL).await.expect("pool");
+    let pool = remote_pool(&cluster).await;
     assert!(
         pool.metadata
             .finalizers
@@ -81,7 +85,7 @@ async fn create_update_drift_import_and_destroy_with_the_operator() {
             .contains(&api::names::POOL_FINALIZER.to_string()),
         "apply returned before the operator took the pool on"
     );
-    let remote = sgcs(&cluster).get("egress").await.expect("configuration");
+    let remote = remote_sgc(&cluster).await;
     let status = remote.status.clone().expect("status");
     let prefix = status.egress_ip_prefix.clone().expect("egress prefix");
     let profile = status.gateway_server_profile.clone().expect("server profile");
@@ -144,7 +148,7 @@ output "read_prefix" {
         "updates in place, no replacement:\n{plan}"
     );
     ws.apply().await;
-    let remote = sgcs(&cluster).get("egress").await.expect("configuration");
+    let remote = remote_sgc(&cluster).await;
     assert_eq!(
         remote.spec.exclude_cidrs,
         vec!["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()]
@@ -178,12 +182,7 @@ output "read_prefix" {
     assert!(plan.flat().contains(r#"- "172.16.0.0/12","#), "{plan}");
     ws.apply().await;
     assert_eq!(
-        sgcs(&cluster)
-            .get("egress")
-            .await
-            .expect("get")
-            .spec
-            .exclude_cidrs,
+        remote_sgc(&cluster).await.spec.exclude_cidrs,
         vec!["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()]
     );
     ws.assert_plan_empty("after repairing drift").await;
@@ -197,12 +196,7 @@ output "read_prefix" {
     ));
     ws.apply().await;
     assert_eq!(
-        pools(&cluster)
-            .get(NODEPOOL)
-            .await
-            .expect("get")
-            .spec
-            .instance_count,
+        remote_pool(&cluster).await.spec.instance_count,
         None,
         "removing instance_count from the configuration removes it from the pool"
     );
@@ -219,12 +213,7 @@ output "read_prefix" {
     assert!(plan.flat().contains("- instance_count = 1 -> null"), "{plan}");
     ws.apply().await;
     assert_eq!(
-        pools(&cluster)
-            .get(NODEPOOL)
-            .await
-            .expect("get")
-            .spec
-            .instance_count,
+        remote_pool(&cluster).await.spec.instance_count,
         None,
         "apply removes a field the configuration does not set"
     );
@@ -347,15 +336,9 @@ async fn without_an_operator_apply_times_out_and_records_tainted_objects() {
     // are independent and both time out; then a reference to the pool, so that replacing both deletes the
     // configuration before the pool (the operator keeps a pool that a configuration uses).
     let with_timeouts = |nodepool: &str, timeouts: &str| {
+        let pool = pool_tf(timeouts);
         format!(
-            r#"
-resource "egressgateway_gateway_pool" "gw" {{
-  name                  = "{NODEPOOL}"
-  gateway_nodepool_name = "{NODEPOOL}"
-  public_ip_prefix_size = 31
-{timeouts}
-}}
-
+            r#"{pool}
 resource "egressgateway_static_gateway_configuration" "egress" {{
   namespace             = "{APP_NS}"
   name                  = "egress"

@@ -6,33 +6,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use serde_json::json;
 use support::{Reach, Webhook};
+use testbed::cluster::{Kubectl, KubectlOutput};
 use testbed::control_plane::ControlPlane;
 use testbed::wait::eventually;
 
 const AGENT_SA: &str = "kube-egress-gateway-node-agent";
 const GROUP: &str = api::names::GROUP;
-
-async fn kubectl(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(&cp.assets().kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
-        .await
-        .expect("kubectl runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_through_the_apiserver() {
@@ -50,8 +33,9 @@ async fn admission_through_the_apiserver() {
     .await
     .expect("namespace");
     let dir = tempfile::tempdir().expect("tmp");
-    let kubeconfig: PathBuf = dir.path().join("admin.kubeconfig");
+    let kubeconfig = dir.path().join("admin.kubeconfig");
     cp.write_admin_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let kubectl = Kubectl::new(&cp.assets().kubectl, kubeconfig, dir.path().join("cache"));
 
     // The real webhook server with a self-generated certificate for the address the apiserver calls,
     // registered as the chart registers it but by `clientConfig.url`.
@@ -65,12 +49,9 @@ async fn admission_through_the_apiserver() {
 
     // A real Pod in a namespace with a default configuration: the apiserver defaults it, our mutating
     // webhook adds the annotation (and warns that the configuration does not exist yet).
-    let (ok, _, stderr) = kubectl(
-        &cp,
-        &kubeconfig,
-        &["run", "app", "-n", &team, "--image=nginx", "--restart=Never"],
-    )
-    .await;
+    let KubectlOutput { ok, stderr, .. } = kubectl
+        .run(&["run", "app", "-n", &team, "--image=nginx", "--restart=Never"])
+        .await;
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains(&format!("Warning: metadata.annotations[kubernetes.azure.com/static-gateway-configuration]: StaticGatewayConfiguration 'team-gw' does not exist in namespace '{team}'")),
@@ -97,12 +78,9 @@ async fn admission_through_the_apiserver() {
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
 
     // A plain pod elsewhere is untouched.
-    let (ok, _, stderr) = kubectl(
-        &cp,
-        &kubeconfig,
-        &["run", "plain", "-n", &demo, "--image=nginx", "--restart=Never"],
-    )
-    .await;
+    let KubectlOutput { ok, stderr, .. } = kubectl
+        .run(&["run", "plain", "-n", &demo, "--image=nginx", "--restart=Never"])
+        .await;
     assert!(ok && !stderr.contains("Warning"), "{stderr}");
     let plain = Api::<Pod>::namespaced(admin.clone(), &demo)
         .get("plain")
@@ -119,7 +97,7 @@ async fn admission_through_the_apiserver() {
     // An annotated hostNetwork Pod is refused by our validating webhook, after the apiserver's validation.
     let host = dir.path().join("host.yaml");
     std::fs::write(&host, format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: host\n  namespace: {demo}\n  annotations:\n    kubernetes.azure.com/static-gateway-configuration: gw\nspec:\n  hostNetwork: true\n  containers: [{{name: c, image: nginx}}]\n")).expect("write");
-    let (ok, _, stderr) = kubectl(&cp, &kubeconfig, &["apply", "-f", host.to_str().expect("utf-8")]).await;
+    let KubectlOutput { ok, stderr, .. } = kubectl.run(&["apply", "-f", host.to_str().expect("utf-8")]).await;
     assert!(
         !ok && stderr.contains("admission webhook \"validate.pods.egressgateway.kubernetes.azure.com\" denied the request")
             && stderr.contains(&format!("Pod {demo}/host is invalid: metadata.annotations[kubernetes.azure.com/static-gateway-configuration]: hostNetwork pod")),
@@ -128,7 +106,7 @@ async fn admission_through_the_apiserver() {
     println!("annotated hostNetwork pod:\n{stderr}");
     // A Pod the apiserver itself refuses never reaches the webhook: its own message answers.
     std::fs::write(&host, format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: host\n  namespace: {demo}\n  annotations:\n    kubernetes.azure.com/static-gateway-configuration: gw\nspec:\n  hostNetwork: true\n  containers: [{{name: c}}]\n")).expect("write");
-    let (ok, _, stderr) = kubectl(&cp, &kubeconfig, &["apply", "-f", host.to_str().expect("utf-8")]).await;
+    let KubectlOutput { ok, stderr, .. } = kubectl.run(&["apply", "-f", host.to_str().expect("utf-8")]).await;
     assert!(
         !ok && stderr.contains("spec.containers[0].image: Required value")
             && !stderr.contains("admission webhook"),
@@ -138,21 +116,21 @@ async fn admission_through_the_apiserver() {
     // Configurations: the webhook's rules after the schema's.
     let sgc = dir.path().join("sgc.yaml");
     std::fs::write(&sgc, format!("apiVersion: {GROUP}/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: gw\n  namespace: {demo}\nspec:\n  gatewayNodepoolName: gwpool\n  publicIpPrefixId: /subscriptions/mySubscriptionID/resourceGroups/rg/providers/Microsoft.Network/publicIPPrefixes/p\n")).expect("write");
-    let (ok, _, stderr) = kubectl(&cp, &kubeconfig, &["apply", "-f", sgc.to_str().expect("utf-8")]).await;
+    let KubectlOutput { ok, stderr, .. } = kubectl.run(&["apply", "-f", sgc.to_str().expect("utf-8")]).await;
     assert!(
         !ok && stderr.contains("admission webhook \"validate.staticgatewayconfigurations.egressgateway.kubernetes.azure.com\" denied the request")
             && stderr.contains("has subscription 'mySubscriptionID', which is not a subscription ID (a GUID)"),
         "{stderr}"
     );
     std::fs::write(&sgc, format!("apiVersion: {GROUP}/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: gw\n  namespace: {demo}\nspec:\n  gatewayNodepoolName: gwpool\n")).expect("write");
-    let (ok, stdout, stderr) =
-        kubectl(&cp, &kubeconfig, &["apply", "-f", sgc.to_str().expect("utf-8")]).await;
+    let KubectlOutput { ok, stdout, stderr } =
+        kubectl.run(&["apply", "-f", sgc.to_str().expect("utf-8")]).await;
     assert!(ok && stdout.contains("created"), "{stderr}");
 
     // PodEndpoints: refused for the admin, written by the node agent's ServiceAccount once RBAC allows it.
     let pe = dir.path().join("pe.yaml");
     std::fs::write(&pe, format!("apiVersion: {GROUP}/v1alpha1\nkind: PodEndpoint\nmetadata:\n  name: app\n  namespace: {team}\nspec:\n  staticGatewayConfiguration: team-gw\n  podIpAddress: 10.244.0.5/32\n  podPublicKey: aGVsbG8=\n")).expect("write");
-    let (ok, _, stderr) = kubectl(&cp, &kubeconfig, &["apply", "-f", pe.to_str().expect("utf-8")]).await;
+    let KubectlOutput { ok, stderr, .. } = kubectl.run(&["apply", "-f", pe.to_str().expect("utf-8")]).await;
     assert!(
         !ok && stderr.contains("written only by the node agent"),
         "{stderr}"
@@ -164,12 +142,10 @@ async fn admission_through_the_apiserver() {
         cp.kubeconfig_for("node-agent", &token).expect("kubeconfig"),
     )
     .expect("write");
-    let (ok, _, stderr) = kubectl(
-        &cp,
-        &agent_kubeconfig,
-        &["apply", "-f", pe.to_str().expect("utf-8")],
-    )
-    .await;
+    let KubectlOutput { ok, stderr, .. } = kubectl
+        .with_kubeconfig(&agent_kubeconfig)
+        .run(&["apply", "-f", pe.to_str().expect("utf-8")])
+        .await;
     assert!(
         !ok && stderr.contains(&format!(
             "User \"system:serviceaccount:{system}:{AGENT_SA}\" cannot"
@@ -190,20 +166,11 @@ async fn admission_through_the_apiserver() {
         json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string(),
     )
     .expect("write");
-    let (ok, _, stderr) = kubectl(&cp, &kubeconfig, &["apply", "-f", rbac.to_str().expect("utf-8")]).await;
+    let KubectlOutput { ok, stderr, .. } = kubectl.run(&["apply", "-f", rbac.to_str().expect("utf-8")]).await;
     assert!(ok, "{stderr}");
-    eventually("the node agent's account writes the PodEndpoint", || {
-        let (agent_kubeconfig, pe) = (agent_kubeconfig.clone(), pe.clone());
-        let cp = cp.clone();
-        async move {
-            kubectl(
-                &cp,
-                &agent_kubeconfig,
-                &["apply", "-f", pe.to_str().expect("utf-8")],
-            )
-            .await
-            .0
-        }
+    let agent = kubectl.with_kubeconfig(&agent_kubeconfig);
+    eventually("the node agent's account writes the PodEndpoint", || async {
+        agent.run(&["apply", "-f", pe.to_str().expect("utf-8")]).await.ok
     })
     .await;
 
@@ -211,7 +178,7 @@ async fn admission_through_the_apiserver() {
         vec!["delete", "mutatingwebhookconfiguration", "kube-egress-gateway"],
         vec!["delete", "validatingwebhookconfiguration", "kube-egress-gateway"],
     ] {
-        let (ok, _, stderr) = kubectl(&cp, &kubeconfig, &cleanup).await;
+        let KubectlOutput { ok, stderr, .. } = kubectl.run(&cleanup).await;
         assert!(ok, "{stderr}");
     }
 }

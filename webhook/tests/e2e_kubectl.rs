@@ -20,7 +20,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 use support::{Reach, Webhook};
-use testbed::cluster::TestCluster;
+use testbed::cluster::{Exclusive, Kubectl, KubectlOutput, TestCluster};
 use testbed::wait::eventually;
 use webhook::facts::ClusterFacts;
 
@@ -31,43 +31,33 @@ const AGENT_SA: &str = "kube-egress-gateway-node-agent";
 struct Env {
     cluster: Arc<TestCluster>,
     dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
+    kubectl: Kubectl,
     webhook: Webhook,
-    _exclusive: tokio::sync::MutexGuard<'static, ()>,
-}
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+    _exclusive: Exclusive,
 }
 
 impl Env {
-    async fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Out {
-        let out = tokio::process::Command::new(self.cluster.kubectl())
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .output()
-            .await
-            .expect("kubectl runs");
-        Out {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+    async fn kubectl(&self, args: &[&str]) -> KubectlOutput {
+        self.kubectl.run(args).await
     }
 
-    async fn kubectl(&self, args: &[&str]) -> Out {
-        self.kubectl_as(&self.kubeconfig, args).await
-    }
-
-    async fn apply(&self, file: &Path) -> Out {
+    async fn apply(&self, file: &Path) -> KubectlOutput {
         self.kubectl(&["apply", "-f", file.to_str().expect("utf-8")])
             .await
+    }
+
+    /// Applies manifest `name` (`yaml`), which must be refused with every one of `needles` in the message.
+    async fn assert_refused_naming_all(&self, name: &str, yaml: &str, needles: &[&str]) {
+        let out = self.apply(&self.write(name, yaml)).await;
+        assert!(!out.ok, "{name} was accepted: {}", out.stdout);
+        for needle in needles {
+            assert!(
+                out.stderr.contains(needle),
+                "missing {needle:?} in {}",
+                out.stderr
+            );
+        }
+        println!("{name}:\n{}", out.stderr);
     }
 
     fn write(&self, name: &str, yaml: &str) -> PathBuf {
@@ -95,7 +85,7 @@ fn manifest(name: &str) -> PathBuf {
 /// The cluster of this binary with the real webhook behind the chart's Service and the chart's
 /// registrations, held by this test until it ends.
 async fn start() -> Env {
-    let exclusive = support::exclusive().await;
+    let exclusive = TestCluster::exclusive().await;
     let cluster = TestCluster::shared().await;
     let admin = cluster.client().expect("client");
     cluster.ensure_namespace(NS, &[]).await.expect("namespace");
@@ -111,12 +101,11 @@ async fn start() -> Env {
     .await;
     webhook.register(&admin, NS).await;
     let dir = tempfile::tempdir().expect("tmp");
-    let kubeconfig = dir.path().join("admin.kubeconfig");
-    cluster.write_admin_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let kubectl = cluster.admin_kubectl(dir.path()).expect("kubeconfig");
     Env {
         cluster,
         dir,
-        kubeconfig,
+        kubectl,
         webhook,
         _exclusive: exclusive,
     }
@@ -232,45 +221,29 @@ async fn samples_through_kubectl() {
 
     // Several violations at once, each with its path, in one message. Bad excludeCidrs entries are refused by
     // the CRD schema (rule 7 per entry), which answers before any validating webhook.
-    let bad = env.write(
+    env.assert_refused_naming_all(
         "bad.yaml",
         "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: bad\n  namespace: demo\nspec:\n  gatewayNodepoolName: gwpool\n  provisionPublicIps: false\n  publicIpPrefixId: my-prefix\n  excludeCidrs: [10.0.0.0/8, 1.2.3.4, fd00::/8]\n",
-    );
-    let out = env.apply(&bad).await;
-    assert!(!out.ok);
-    for needle in [
-        "spec.publicIpPrefixId: Invalid value: \"object\": rule 6",
-        "spec.excludeCidrs[1]: Invalid value: \"string\": rule 7",
-        "a single address is written 1.2.3.4/32",
-        "spec.excludeCidrs[2]: Invalid value: \"string\": rule 7",
-    ] {
-        assert!(
-            out.stderr.contains(needle),
-            "missing {needle:?} in {}",
-            out.stderr
-        );
-    }
-    println!("bad.yaml:\n{}", out.stderr);
+        &[
+            "spec.publicIpPrefixId: Invalid value: \"object\": rule 6",
+            "spec.excludeCidrs[1]: Invalid value: \"string\": rule 7",
+            "a single address is written 1.2.3.4/32",
+            "spec.excludeCidrs[2]: Invalid value: \"string\": rule 7",
+        ],
+    )
+    .await;
     // The rules only the webhook can check, several at once.
-    let bad = env.write(
+    env.assert_refused_naming_all(
         "bad-webhook.yaml",
         "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\nmetadata:\n  name: bad\n  namespace: demo\nspec:\n  gatewayVmssProfile: {vmssResourceGroup: 'bad/rg', publicIpPrefixSize: 31}\n  publicIpPrefixId: my-prefix\n",
-    );
-    let out = env.apply(&bad).await;
-    assert!(!out.ok);
-    for needle in [
-        DENIED_SGC,
-        "spec.publicIpPrefixId: rule 6",
-        "spec.gatewayVmssProfile.vmssResourceGroup: rule 2",
-        "spec.gatewayVmssProfile.vmssName: rule 2",
-    ] {
-        assert!(
-            out.stderr.contains(needle),
-            "missing {needle:?} in {}",
-            out.stderr
-        );
-    }
-    println!("bad-webhook.yaml:\n{}", out.stderr);
+        &[
+            DENIED_SGC,
+            "spec.publicIpPrefixId: rule 6",
+            "spec.gatewayVmssProfile.vmssResourceGroup: rule 2",
+            "spec.gatewayVmssProfile.vmssName: rule 2",
+        ],
+    )
+    .await;
 
     // Warnings come back as kubectl warnings.
     let warned = env.write(
@@ -532,7 +505,9 @@ async fn pods_podendpoints_and_failure_policy() {
     );
     // RBAC caches settle within moments on the real server.
     eventually("the node agent's account writes the PodEndpoint", || async {
-        env.kubectl_as(&agent_kubeconfig, &["apply", "-f", pe.to_str().expect("utf-8")])
+        env.kubectl
+            .with_kubeconfig(&agent_kubeconfig)
+            .run(&["apply", "-f", pe.to_str().expect("utf-8")])
             .await
             .ok
     })

@@ -100,6 +100,11 @@ fn run(endpoint: Endpoint, review_json: &Value, facts: &StaticFacts) -> Value {
     out["response"].clone()
 }
 
+/// [`run`] of a CREATE of `object` (a `kind`) with [`facts`].
+fn create(endpoint: Endpoint, kind: (&str, &str), object: Value) -> Value {
+    run(endpoint, &request(kind, "CREATE", object, None), &facts())
+}
+
 fn patch_of(resp: &Value) -> Value {
     assert_eq!(resp["patchType"], "JSONPatch");
     let bytes = base64::engine::general_purpose::STANDARD
@@ -110,10 +115,10 @@ fn patch_of(resp: &Value) -> Value {
 
 #[test]
 fn valid_configuration_is_allowed_without_status() {
-    let resp = run(
+    let resp = create(
         Endpoint::ValidateSgc,
-        &request(SGC, "CREATE", sgc(json!({"gatewayNodepoolName": "gwpool"})), None),
-        &facts(),
+        SGC,
+        sgc(json!({"gatewayNodepoolName": "gwpool"})),
     );
     assert_eq!(resp["allowed"], true);
     assert!(
@@ -126,11 +131,7 @@ fn valid_configuration_is_allowed_without_status() {
 fn invalid_configuration_is_denied_with_every_violation_and_its_path() {
     let spec = json!({"gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "gw", "publicIpPrefixSize": 31},
                       "excludeCidrs": ["10.0.0.0/8", "1.2.3.4"], "publicIpPrefixId": "nope"});
-    let resp = run(
-        Endpoint::ValidateSgc,
-        &request(SGC, "CREATE", sgc(spec), None),
-        &facts(),
-    );
+    let resp = create(Endpoint::ValidateSgc, SGC, sgc(spec));
     assert_eq!(resp["allowed"], false);
     let status = &resp["status"];
     assert_eq!(status["code"], 400);
@@ -249,15 +250,10 @@ fn immutable_pool_reference_on_update() {
 
 #[test]
 fn warnings_are_returned_with_an_allow() {
-    let resp = run(
+    let resp = create(
         Endpoint::ValidateSgc,
-        &request(
-            SGC,
-            "CREATE",
-            sgc(json!({"gatewayNodepoolName": "gwpool", "excludeCidrs": ["10.1.2.3/16"]})),
-            None,
-        ),
-        &facts(),
+        SGC,
+        sgc(json!({"gatewayNodepoolName": "gwpool", "excludeCidrs": ["10.1.2.3/16"]})),
     );
     assert_eq!(resp["allowed"], true);
     let warnings = resp["warnings"].as_array().expect("warnings");
@@ -288,10 +284,10 @@ fn delete_and_status_updates_are_not_judged() {
 
 #[test]
 fn defaults_come_back_as_a_json_patch() {
-    let resp = run(
+    let resp = create(
         Endpoint::MutateSgc,
-        &request(SGC, "CREATE", sgc(json!({"gatewayNodepoolName": "gwpool"})), None),
-        &facts(),
+        SGC,
+        sgc(json!({"gatewayNodepoolName": "gwpool"})),
     );
     assert_eq!(resp["allowed"], true);
     assert_eq!(
@@ -302,11 +298,7 @@ fn defaults_come_back_as_a_json_patch() {
     let complete = sgc(
         json!({"gatewayNodepoolName": "gwpool", "defaultRoute": "azureNetworking", "provisionPublicIps": false}),
     );
-    let resp = run(
-        Endpoint::MutateSgc,
-        &request(SGC, "CREATE", complete, None),
-        &facts(),
-    );
+    let resp = create(Endpoint::MutateSgc, SGC, complete);
     assert!(
         resp.get("patch").is_none() && resp.get("patchType").is_none(),
         "no-op mutation carries no patch: {resp}"
@@ -355,11 +347,7 @@ fn pod(annotations: Value, host_network: bool) -> Value {
 
 #[test]
 fn pods_get_the_namespace_default() {
-    let resp = run(
-        Endpoint::MutatePod,
-        &request(POD, "CREATE", pod(json!({"team": "a"}), false), None),
-        &facts(),
-    );
+    let resp = create(Endpoint::MutatePod, POD, pod(json!({"team": "a"}), false));
     assert_eq!(
         patch_of(&resp),
         json!([{"op": "add", "path": "/metadata/annotations/kubernetes.azure.com~1static-gateway-configuration", "value": "gw"}])
@@ -384,15 +372,10 @@ fn pods_get_the_namespace_default() {
 
 #[test]
 fn annotated_host_network_pods_are_denied_and_missing_configurations_warned() {
-    let resp = run(
+    let resp = create(
         Endpoint::ValidatePod,
-        &request(
-            POD,
-            "CREATE",
-            pod(json!({api::names::POD_GATEWAY_ANNOTATION: "gw"}), true),
-            None,
-        ),
-        &facts(),
+        POD,
+        pod(json!({api::names::POD_GATEWAY_ANNOTATION: "gw"}), true),
     );
     assert_eq!(resp["allowed"], false);
     assert!(
@@ -403,15 +386,10 @@ fn annotated_host_network_pods_are_denied_and_missing_configurations_warned() {
         "{resp}"
     );
 
-    let resp = run(
+    let resp = create(
         Endpoint::ValidatePod,
-        &request(
-            POD,
-            "CREATE",
-            pod(json!({api::names::POD_GATEWAY_ANNOTATION: "missing"}), false),
-            None,
-        ),
-        &facts(),
+        POD,
+        pod(json!({api::names::POD_GATEWAY_ANNOTATION: "missing"}), false),
     );
     assert_eq!(
         resp["allowed"], true,
@@ -425,23 +403,14 @@ fn annotated_host_network_pods_are_denied_and_missing_configurations_warned() {
         "{resp}"
     );
 
-    let resp = run(
+    let resp = create(
         Endpoint::ValidatePod,
-        &request(
-            POD,
-            "CREATE",
-            pod(json!({api::names::POD_GATEWAY_ANNOTATION: "gw"}), false),
-            None,
-        ),
-        &facts(),
+        POD,
+        pod(json!({api::names::POD_GATEWAY_ANNOTATION: "gw"}), false),
     );
     assert_eq!(resp["allowed"], true);
     assert!(resp.get("warnings").is_none(), "{resp}");
-    let resp = run(
-        Endpoint::ValidatePod,
-        &request(POD, "CREATE", pod(Value::Null, true), None),
-        &facts(),
-    );
+    let resp = create(Endpoint::ValidatePod, POD, pod(Value::Null, true));
     assert_eq!(resp["allowed"], true, "plain hostNetwork pods pass");
 }
 
@@ -450,11 +419,7 @@ fn only_the_node_agent_writes_podendpoints() {
     let pe = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "PodEndpoint",
                     "metadata": {"name": "app", "namespace": "team-a"},
                     "spec": {"staticGatewayConfiguration": "gw", "podIpAddress": "10.244.0.5/32", "podPublicKey": "x"}});
-    let resp = run(
-        Endpoint::ValidatePodEndpoint,
-        &request(PODENDPOINT, "CREATE", pe.clone(), None),
-        &facts(),
-    );
+    let resp = create(Endpoint::ValidatePodEndpoint, PODENDPOINT, pe.clone());
     assert_eq!(resp["allowed"], false);
     assert_eq!(resp["status"]["code"], 403);
     assert!(
@@ -474,11 +439,7 @@ fn only_the_node_agent_writes_podendpoints() {
 
 #[test]
 fn wrong_kind_on_an_endpoint_is_denied_not_crashed() {
-    let resp = run(
-        Endpoint::ValidateSgc,
-        &request(POD, "CREATE", pod(Value::Null, false), None),
-        &facts(),
-    );
+    let resp = create(Endpoint::ValidateSgc, POD, pod(Value::Null, false));
     assert_eq!(resp["allowed"], false);
     assert_eq!(resp["status"]["code"], 400);
     assert!(

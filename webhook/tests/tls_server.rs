@@ -80,6 +80,18 @@ async fn post(client: &reqwest::Client, server: &Server, path: &str, body: &Valu
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Posts the review of a valid configuration, which must be allowed (HTTP 200).
+async fn assert_allows_a_valid_configuration(client: &reqwest::Client, server: &Server) {
+    let (code, body) = post(
+        client,
+        server,
+        "/validate-staticgatewayconfiguration",
+        &sgc_review(json!({"gatewayNodepoolName": "p"})),
+    )
+    .await;
+    assert_eq!((code, body["response"]["allowed"].clone()), (200, json!(true)));
+}
+
 #[tokio::test]
 async fn reviews_over_verified_tls() {
     let generated = tls::self_signed(&["webhook.test.svc".to_string()]).expect("certs");
@@ -97,14 +109,7 @@ async fn reviews_over_verified_tls() {
     assert_eq!(body["response"]["allowed"], false);
     assert_eq!(body["response"]["uid"], "u-1");
 
-    let (code, body) = post(
-        &client,
-        &server,
-        "/validate-staticgatewayconfiguration",
-        &sgc_review(json!({"gatewayNodepoolName": "p"})),
-    )
-    .await;
-    assert_eq!((code, body["response"]["allowed"].clone()), (200, json!(true)));
+    assert_allows_a_valid_configuration(&client, &server).await;
 
     // Parsable but not a review: 200 with a denial; not JSON: 400.
     let (code, body) = post(
@@ -264,14 +269,7 @@ async fn slow_and_garbage_clients_do_not_wedge_the_server() {
 
     // Meanwhile real reviews are served.
     for _ in 0..20 {
-        let (code, body) = post(
-            &client,
-            &server,
-            "/validate-staticgatewayconfiguration",
-            &sgc_review(json!({"gatewayNodepoolName": "p"})),
-        )
-        .await;
-        assert_eq!((code, body["response"]["allowed"].clone()), (200, json!(true)));
+        assert_allows_a_valid_configuration(&client, &server).await;
     }
     let _ = server.shutdown.send(true);
 }
@@ -281,29 +279,20 @@ async fn readiness_follows_draining() {
     let generated = tls::self_signed(&["webhook.test.svc".to_string()]).expect("certs");
     let server = start(CertStore::new(generated.key)).await;
     let client = trusting(&generated.ca_pem);
-    assert_eq!(
+    let readyz = || async {
         client
             .get(url(&server, "/readyz"))
             .send()
             .await
             .expect("readyz")
             .status()
-            .as_u16(),
-        200
-    );
+            .as_u16()
+    };
+    assert_eq!(readyz().await, 200);
     server
         .state
         .draining
         .store(true, std::sync::atomic::Ordering::Release);
-    assert_eq!(
-        client
-            .get(url(&server, "/readyz"))
-            .send()
-            .await
-            .expect("readyz")
-            .status()
-            .as_u16(),
-        503
-    );
+    assert_eq!(readyz().await, 503);
     let _ = server.shutdown.send(true);
 }

@@ -108,6 +108,20 @@ impl Drop for Lab {
 }
 
 impl Lab {
+    /// A stream of probes every 2 ms from pod `pod` to [`INET`], returned once 100 have been answered: the
+    /// path works before the test changes anything under it.
+    pub fn flowing_stream(&self, pod: &str) -> Stream {
+        let stream = Stream::start(
+            self.path(pod),
+            INET.parse().expect("addr"),
+            Duration::from_millis(2),
+        );
+        wait_until("stream flowing", Duration::from_secs(5), || {
+            stream.answered() >= 100
+        });
+        stream
+    }
+
     /// The network with the node agent serving an empty cluster.
     pub fn new() -> Lab {
         let net = Network::start();

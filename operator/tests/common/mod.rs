@@ -1,11 +1,20 @@
-//! Set-up shared by the integration tests that run the operator against the ARM simulator.
+//! Set-up shared by the integration tests (and benchmarks) that run the operator against the ARM simulator.
+
+#![allow(dead_code)] // each test binary uses its own subset
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Node;
 use operator::azure::{Arm, RetryBudget};
 use operator::config::CloudConfig;
 use operator::metrics::Metrics;
+use operator::pass::Operator;
+use serde_json::json;
 use testbed::azure::{AzureSim, Seed};
+use testbed::kube::{Access, KubeSim, KubeSimConfig, User};
+
+/// The operator's identity on a [`counting_sim`]: its requests are counted apart from the test's.
+pub const OPERATOR_USER: &str = "operator";
 
 /// The cloud config of the seed's cluster, with the simulator as ARM and AAD endpoint (service principal).
 pub fn cloud_config(seed: &Seed, sim: &AzureSim) -> CloudConfig {
@@ -20,6 +29,11 @@ pub fn arm(cfg: &CloudConfig, metrics: &Metrics) -> Arm {
         max_delay: Duration::from_millis(200),
         max_retries: 4,
     };
+    arm_with(cfg, metrics, retry)
+}
+
+/// ARM clients with `retry` as their retry budget.
+pub fn arm_with(cfg: &CloudConfig, metrics: &Metrics, retry: RetryBudget) -> Arm {
     Arm::new(
         cfg,
         operator::azure::credential(cfg).expect("credential"),
@@ -39,4 +53,45 @@ pub fn resources(sim: &AzureSim) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// A fresh operator process (new ARM clients as [`arm`] makes them, no memory of earlier runs) on `client`,
+/// with `system` as its namespace and its key Secrets' namespace.
+pub fn operator(client: &kube::Client, cfg: &CloudConfig, system: &str) -> Operator {
+    let metrics = Metrics::new();
+    let arm = arm(cfg, &metrics);
+    Operator::new(
+        client.clone(),
+        arm,
+        cfg.clone(),
+        system.into(),
+        system.into(),
+        i32::from(api::names::DEFAULT_LB_PROBE_PORT),
+        metrics,
+    )
+}
+
+/// A kube-sim of the caller's own with the CRDs, `namespaces`, and the admin-level user [`OPERATOR_USER`],
+/// whose requests it counts apart from the admin's (`KubeSim::requests_by`).
+pub async fn counting_sim(namespaces: &[&str]) -> KubeSim {
+    let mut config = KubeSimConfig::default();
+    config.users.push(User::new(
+        OPERATOR_USER,
+        &testbed::kube::random_token(),
+        Access::Admin,
+    ));
+    let kube = KubeSim::start(config).await.expect("kube-sim");
+    kube.install_crds().await.expect("CRDs");
+    kube.create_namespaces(namespaces).await.expect("namespaces");
+    kube
+}
+
+/// A Node with `labels` whose kubelet reports Ready.
+pub fn ready_node(name: &str, labels: serde_json::Value) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    }))
+    .expect("node")
 }

@@ -1,20 +1,21 @@
 //! One Kubernetes API server for the whole test binary: testbed's `TestCluster` (the real control plane by
 //! default, kube-sim with `TESTBED_KUBE=sim`). An operator works cluster-wide (configurations of every
-//! namespace, cluster-scoped GatewayPools and Nodes), so the tests that run one take turns: a turn has the
-//! cluster to itself, starts without configurations, GatewayPools or Nodes left by an earlier test (passed or
-//! failed), and has namespaces of its own.
+//! namespace, cluster-scoped GatewayPools and Nodes), so the tests that run one take turns
+//! (`TestCluster::exclusive`): a turn has the cluster to itself and, on top of that, starts without
+//! configurations, GatewayPools or Nodes left by an earlier test (passed or failed), and has namespaces of
+//! its own.
 
 use std::time::Duration;
 
 use api::{GatewayPool, StaticGatewayConfiguration};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use testbed::cluster::TestCluster;
+use testbed::cluster::{Exclusive, TestCluster};
 use testbed::wait::eventually_within;
 
 /// The cluster, held by one test until dropped.
 pub struct Turn {
-    _turn: tokio::sync::MutexGuard<'static, ()>,
+    _turn: Exclusive,
     /// An admin client (of this test's runtime).
     pub client: kube::Client,
     /// The operator's namespace (key Secrets, Events of the operator).
@@ -25,8 +26,7 @@ pub struct Turn {
 
 /// Waits for the cluster, clears it, and makes this test's namespaces.
 pub async fn take() -> Turn {
-    static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let turn = TURNS.lock().await;
+    let turn = TestCluster::exclusive().await;
     let cluster = TestCluster::shared().await;
     let client = cluster.client().expect("client");
     clear(&client, |ns| {

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+#[path = "../../../operator/tests/common/mod.rs"]
+mod operator_common;
 #[path = "../../../webhook/tests/support/mod.rs"]
 mod webhook_support;
 
@@ -22,7 +24,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::{Value, json};
 use testbed::azure::{AzureSim, Seed};
-use testbed::cluster::TestCluster;
+use testbed::cluster::{Exclusive, TestCluster};
 use testbed::wait::eventually_within;
 use webhook::facts::ClusterFacts as _;
 use webhook_support::{Reach, Webhook};
@@ -50,7 +52,7 @@ pub struct Cluster {
     pub admin: kube::Client,
     webhook: Webhook,
     operator: Option<Operator>,
-    _exclusive: tokio::sync::MutexGuard<'static, ()>,
+    _exclusive: Exclusive,
 }
 
 /// The real operator's work loop (`operator::run::run_operator`) against the Azure simulator.
@@ -71,7 +73,7 @@ impl Drop for Operator {
 impl Cluster {
     /// The shared API server with the webhook serving and registered; no operator yet.
     pub async fn start() -> Cluster {
-        let exclusive = webhook_support::exclusive().await;
+        let exclusive = TestCluster::exclusive().await;
         let cluster = TestCluster::shared().await;
         let admin = cluster.client().expect("client");
         for ns in [SYSTEM_NS, APP_NS, USERS_NS] {
@@ -126,29 +128,10 @@ impl Cluster {
             max_duration_ms: 0,
             ..Default::default()
         });
-        let text = seed.cloud_config(azure.url()).to_string();
-        let cfg = operator::config::CloudConfig::parse(&text, |_| None).expect("cloud config");
-        let metrics = operator::metrics::Metrics::new();
-        let retry = operator::azure::RetryBudget {
-            initial: Duration::from_millis(5),
-            max_delay: Duration::from_millis(200),
-            max_retries: 4,
-        };
-        let arm = operator::azure::Arm::new(
-            &cfg,
-            operator::azure::credential(&cfg).expect("credential"),
-            retry,
-            &metrics,
-        )
-        .expect("ARM clients");
-        let op = Arc::new(operator::pass::Operator::new(
-            self.admin.clone(),
-            arm,
-            cfg,
-            SYSTEM_NS.into(),
-            SYSTEM_NS.into(),
-            i32::from(api::names::DEFAULT_LB_PROBE_PORT),
-            metrics,
+        let op = Arc::new(operator_common::operator(
+            &self.admin,
+            &operator_common::cloud_config(&seed, &azure),
+            SYSTEM_NS,
         ));
         let (_leading_tx, leading) = tokio::sync::watch::channel(true);
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -156,7 +139,7 @@ impl Cluster {
             let _keep_leading = _leading_tx;
             operator::run::run_operator(op, leading, Default::default(), shutdown_rx).await
         });
-        let baseline = azure_resources(&azure);
+        let baseline = operator_common::resources(&azure);
         self.operator = Some(Operator {
             azure,
             baseline,
@@ -197,7 +180,11 @@ impl Cluster {
             )
         );
         if let Some(op) = &self.operator {
-            assert_eq!(azure_resources(&op.azure), op.baseline, "Azure resources leaked");
+            assert_eq!(
+                operator_common::resources(&op.azure),
+                op.baseline,
+                "Azure resources leaked"
+            );
         }
     }
 
@@ -240,17 +227,6 @@ impl Cluster {
     }
 }
 
-fn azure_resources(sim: &AzureSim) -> Vec<String> {
-    let mut v: Vec<String> = sim.inventory()["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .filter_map(|r| r.as_str().map(str::to_ascii_lowercase))
-        .collect();
-    v.sort();
-    v
-}
-
 /// The provider block and its variables: credentials come from `TF_VAR_*` (see [`Cluster::credentials`]).
 pub const PROVIDER_TF: &str = r#"terraform {
   required_providers {
@@ -277,6 +253,21 @@ provider "egressgateway" {
   cluster_ca_certificate = var.cluster_ca_certificate
 }
 "#;
+
+/// The GatewayPool resource `egressgateway_gateway_pool.gw` on [`NODEPOOL`] with /31 prefixes, `extra` added
+/// to its block.
+pub fn pool_tf(extra: &str) -> String {
+    format!(
+        r#"
+resource "egressgateway_gateway_pool" "gw" {{
+  name                  = "{NODEPOOL}"
+  gateway_nodepool_name = "{NODEPOOL}"
+  public_ip_prefix_size = 31
+{extra}
+}}
+"#
+    )
+}
 
 /// What one `terraform` run printed.
 #[derive(Debug)]

@@ -230,10 +230,3 @@ impl Webhook {
             .expect("validating webhook configuration");
     }
 }
-
-/// Serialises the tests of one binary that register the webhook configurations (they are cluster-wide, and
-/// the tests share one API server): hold the guard for the whole test.
-pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
