@@ -95,14 +95,14 @@ pub(crate) fn without_defaults(schema: &mut schemars::Schema) {
 /// CEL violation (validating webhooks run only after the schema passed). The bounds keep the rule's estimated
 /// CEL cost within the apiserver's budget.
 pub(crate) fn exclude_cidrs_schema(schema: &mut schemars::Schema) {
-    schema.insert("maxItems".into(), crate::rules::MAX_EXCLUDE_CIDRS.into());
+    schema.insert("maxItems".into(), crate::cidr::MAX_EXCLUDE_CIDRS.into());
     if let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) {
-        items.insert("maxLength".into(), crate::rules::MAX_CIDR_LENGTH.into());
+        items.insert("maxLength".into(), crate::cidr::MAX_CIDR_LENGTH.into());
         items.insert(
             "x-kubernetes-validations".into(),
             serde_json::json!([{
-                "rule": format!("self.matches('{}')", crate::rules::IPV4_CIDR_PATTERN),
-                "message": crate::rules::EXCLUDE_CIDR_SCHEMA_MESSAGE,
+                "rule": format!("self.matches('{}')", crate::cidr::IPV4_CIDR_PATTERN),
+                "message": crate::cidr::EXCLUDE_CIDR_SCHEMA_MESSAGE,
             }]),
         );
     }
