@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use azure_mgmt_compute::models::{VirtualMachineScaleSet, VirtualMachineScaleSetVm};
 use azure_mgmt_network::models::{LoadBalancer, NetworkInterface};
-use azure_support::{Env, LB, Network, RG, VMSS, prefix_body, prefix_pip_body, start, status_and_code};
+use azure_support::{Env, LB, Network, RG, VMSS, prefix_body, prefix_pip_body, refusal, start};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use testbed::azure::{LroConfig, Seed};
@@ -65,6 +65,15 @@ async fn create_prefix(env: &Env, name: &str, len: i32) -> String {
 
 /// The NIC configuration the operator writes: primary ipConfig in the backend pool, plus a secondary
 /// ipConfig whose public address comes from the prefix.
+/// Deleting prefix `name` is refused while public IPs handed out from it exist.
+async fn assert_prefix_in_use(env: &Env, name: &str) {
+    assert_eq!(
+        env.delete(Network::PublicIpPrefix, name).await,
+        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
+        "{name} in use"
+    );
+}
+
 fn gateway_nic_configs(env: &Env, pool_id: &str, prefix_id: Option<&str>) -> Value {
     let mut secondary = json!({"name": "egressgateway-uid1", "properties": {"primary": false, "privateIPAddressVersion": "IPv4",
         "subnet": {"id": env.subnet_id()}}});
@@ -220,11 +229,7 @@ async fn partial_model_put_merges_and_instance_update_allocates_addresses() {
         2,
         "both instance public IPs come from the /31"
     );
-    assert_eq!(
-        env.delete(Network::PublicIpPrefix, "egressgateway-uid1").await,
-        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
-        "in use"
-    );
+    assert_prefix_in_use(&env, "egressgateway-uid1").await;
     // The backend pool is in use by the scale set, so the LB cannot go away.
     assert_eq!(
         env.delete(Network::LoadBalancer, LB).await,
@@ -247,12 +252,13 @@ async fn stale_if_match_is_refused_with_412() {
         .if_match(etag.clone())
         .await
         .expect("matching etag accepted");
-    let err = vmss
-        .create_or_update(RG, VMSS, body, env.sub())
-        .if_match(etag)
-        .await
-        .expect_err("stale etag");
-    assert_eq!(status_and_code(&err), (412, "PreconditionFailed".to_owned()));
+    let refused = refusal(
+        vmss.create_or_update(RG, VMSS, body, env.sub())
+            .if_match(etag)
+            .await,
+        "stale etag",
+    );
+    assert_eq!(refused, (412, "PreconditionFailed".to_owned()));
 }
 
 #[tokio::test]
@@ -277,12 +283,13 @@ async fn a_concurrent_write_between_get_and_put_changes_the_etag_and_the_content
     let body: VirtualMachineScaleSet =
         serde_json::from_value(json!({"location": "eastus", "tags": {"aks-managed-poolName": "gateway"}}))
             .expect("model");
-    let err = vmss
-        .create_or_update(RG, VMSS, body.clone(), env.sub())
-        .if_match(etag.clone())
-        .await
-        .expect_err("the other write changed the ETag");
-    assert_eq!(status_and_code(&err), (412, "PreconditionFailed".to_owned()));
+    let refused = refusal(
+        vmss.create_or_update(RG, VMSS, body.clone(), env.sub())
+            .if_match(etag.clone())
+            .await,
+        "the other write changed the ETag",
+    );
+    assert_eq!(refused, (412, "PreconditionFailed".to_owned()));
     let now = vmss_json(&env).await;
     assert_eq!(
         now["tags"]["owner"],
@@ -315,14 +322,11 @@ async fn scale_set_model_with_dangling_references_is_refused() {
         "virtualMachineProfile": {"networkProfile": {"networkInterfaceConfigurations": gateway_nic_configs(&env, &missing_pool, None)}}}}))
     .expect("model");
     let vmss = env.compute.virtual_machine_scale_sets_client();
-    let err = vmss
-        .create_or_update(RG, VMSS, body, env.sub())
-        .await
-        .expect_err("dangling pool");
-    assert_eq!(
-        status_and_code(&err),
-        (400, "InvalidResourceReference".to_owned())
+    let refused = refusal(
+        vmss.create_or_update(RG, VMSS, body, env.sub()).await,
+        "dangling pool",
     );
+    assert_eq!(refused, (400, "InvalidResourceReference".to_owned()));
     let unique = vmss_json(&env).await["properties"]["uniqueId"]
         .as_str()
         .expect("uniqueId")
@@ -332,14 +336,11 @@ async fn scale_set_model_with_dangling_references_is_refused() {
     let body: VirtualMachineScaleSet = serde_json::from_value(json!({"location": "eastus", "properties": {
         "virtualMachineProfile": {"networkProfile": {"networkInterfaceConfigurations": gateway_nic_configs(&env, &pool, Some(&missing_prefix))}}}}))
     .expect("model");
-    let err = vmss
-        .create_or_update(RG, VMSS, body, env.sub())
-        .await
-        .expect_err("dangling prefix");
-    assert_eq!(
-        status_and_code(&err),
-        (400, "InvalidResourceReference".to_owned())
+    let refused = refusal(
+        vmss.create_or_update(RG, VMSS, body, env.sub()).await,
+        "dangling prefix",
     );
+    assert_eq!(refused, (400, "InvalidResourceReference".to_owned()));
     // Nothing changed: the model still has one ipConfiguration.
     let v = vmss_json(&env).await;
     let ipcs = &v["properties"]["virtualMachineProfile"]["networkProfile"]["networkInterfaceConfigurations"]
@@ -462,11 +463,7 @@ async fn vm_pool_lists_vms_and_tagged_nics_and_nic_put_adds_secondary_ip_with_pu
         Err(400),
         "attached"
     );
-    assert_eq!(
-        env.delete(Network::PublicIpPrefix, "egressgateway-uid1").await,
-        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
-        "in use"
-    );
+    assert_prefix_in_use(&env, "egressgateway-uid1").await;
 }
 
 /// The upstream operator's order of calls for one gateway configuration on a VMSS pool with a managed
@@ -483,10 +480,7 @@ async fn operator_style_provision_and_teardown_leaves_no_leaks() {
     env.sim.clear_calls();
 
     // LB controller.
-    assert_eq!(
-        status_and_code(&lbs.get(RG, LB, env.sub()).await.expect_err("no LB yet")).0,
-        404
-    );
+    assert_eq!(refusal(lbs.get(RG, LB, env.sub()).await, "no LB yet").0, 404);
     let mut stream = vmss.list(RG, env.sub()).into_stream();
     let pool_vmss = to_json(&stream.next().await.expect("page").expect("list").value[0]);
     let unique = pool_vmss["properties"]["uniqueId"]
@@ -502,11 +496,9 @@ async fn operator_style_provision_and_teardown_leaves_no_leaks() {
 
     // VM controller.
     assert_eq!(
-        status_and_code(
-            &prefixes
-                .get(RG, "egressgateway-uid1", env.sub())
-                .await
-                .expect_err("no prefix")
+        refusal(
+            prefixes.get(RG, "egressgateway-uid1", env.sub()).await,
+            "no prefix"
         )
         .0,
         404
@@ -646,31 +638,26 @@ async fn paged_lists_are_followed_by_the_client_via_next_link() {
 async fn wrong_subscription_and_unsimulated_operations_are_explicit_errors() {
     let env = start(Seed::aks_like(1)).await;
     let vmss = env.compute.virtual_machine_scale_sets_client();
-    let err = vmss
-        .get(RG, VMSS, "00000000-0000-0000-0000-000000000000")
-        .await
-        .expect_err("other subscription");
-    assert_eq!(status_and_code(&err), (404, "SubscriptionNotFound".to_owned()));
-    let err = vmss
-        .get(RG, "no-such-vmss", env.sub())
-        .await
-        .expect_err("missing VMSS");
-    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
-    let err = env
-        .network
-        .network_interfaces_client()
-        .get_virtual_machine_scale_set_network_interface(RG, VMSS, "0", "no-such-nic", env.sub())
-        .await
-        .expect_err("missing instance NIC");
-    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    let refused = refusal(
+        vmss.get(RG, VMSS, "00000000-0000-0000-0000-000000000000").await,
+        "other subscription",
+    );
+    assert_eq!(refused, (404, "SubscriptionNotFound".to_owned()));
+    let refused = refusal(vmss.get(RG, "no-such-vmss", env.sub()).await, "missing VMSS");
+    assert_eq!(refused, (404, "ResourceNotFound".to_owned()));
+    let refused = refusal(
+        env.network
+            .network_interfaces_client()
+            .get_virtual_machine_scale_set_network_interface(RG, VMSS, "0", "no-such-nic", env.sub())
+            .await,
+        "missing instance NIC",
+    );
+    assert_eq!(refused, (404, "ResourceNotFound".to_owned()));
     // Creating a scale set is not simulated, and says so.
     let body: VirtualMachineScaleSet = serde_json::from_value(json!({"location": "eastus"})).expect("model");
-    let err = vmss
-        .create_or_update(RG, "new-vmss", body, env.sub())
-        .await
-        .expect_err("not simulated");
-    assert_eq!(
-        status_and_code(&err),
-        (400, "ScaleSetCreationNotSimulated".to_owned())
+    let refused = refusal(
+        vmss.create_or_update(RG, "new-vmss", body, env.sub()).await,
+        "not simulated",
     );
+    assert_eq!(refused, (400, "ScaleSetCreationNotSimulated".to_owned()));
 }

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use azure_mgmt_network::models::{LoadBalancer, PublicIpPrefix};
-use azure_support::{LB, Network, RG, prefix_body, prefix_pip_body, start, status_and_code};
+use azure_support::{LB, Network, RG, prefix_body, prefix_pip_body, refusal, start, status_and_code};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
@@ -98,8 +98,8 @@ async fn load_balancer_create_polls_lro_and_allocates_frontend_ip_from_subnet() 
         .await
         .expect("delete accepted");
     assert_eq!(u16::from(rsp.as_raw_response().status()), 202);
-    let err = lbs.get(RG, LB, env.sub()).await.expect_err("LB gone");
-    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    let refused = refusal(lbs.get(RG, LB, env.sub()).await, "LB gone");
+    assert_eq!(refused, (404, "ResourceNotFound".to_owned()));
     let inv = env.sim.inventory();
     assert!(
         !inv.to_string().to_lowercase().contains("loadbalancers/"),
@@ -179,10 +179,10 @@ async fn load_balancer_refusals_match_arm() {
         .sum::<usize>();
     assert_eq!(held, 1, "{inv}");
     // Missing resource group / resource.
-    let err = lbs.get("no-such-rg", LB, env.sub()).await.expect_err("rg");
-    assert_eq!(status_and_code(&err), (404, "ResourceGroupNotFound".to_owned()));
-    let err = lbs.get(RG, "nope", env.sub()).await.expect_err("lb");
-    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    let refused = refusal(lbs.get("no-such-rg", LB, env.sub()).await, "rg");
+    assert_eq!(refused, (404, "ResourceGroupNotFound".to_owned()));
+    let refused = refusal(lbs.get(RG, "nope", env.sub()).await, "lb");
+    assert_eq!(refused, (404, "ResourceNotFound".to_owned()));
 }
 
 #[tokio::test]
@@ -197,35 +197,35 @@ async fn resource_names_outside_arm_rules_are_refused_and_change_nothing() {
         .await
         .expect("an 80-character name is valid");
     for bad in ["-starts-with-hyphen", "ends-with-dot.", "has,comma"] {
-        let err = prefixes
-            .create_or_update(RG, bad, prefix_body.clone(), env.sub())
-            .await
-            .expect_err(bad);
-        assert_eq!(
-            status_and_code(&err),
-            (400, "InvalidResourceName".to_owned()),
-            "{bad}"
+        let refused = refusal(
+            prefixes
+                .create_or_update(RG, bad, prefix_body.clone(), env.sub())
+                .await,
+            bad,
         );
+        assert_eq!(refused, (400, "InvalidResourceName".to_owned()), "{bad}");
     }
     // A VM-pool public IP name derived from a long prefix name is longer than ARM allows.
     let pip_name = api::names::vm_pool_public_ip_name(&longest, "aks-gwpool-nic-0");
     assert!(pip_name.len() > 80);
     let pip_body = prefix_pip_body(&prefix.resource.id.clone().expect("id"));
-    let err = env
-        .network
-        .public_ip_addresses_client()
-        .create_or_update(RG, &pip_name, pip_body, env.sub())
-        .await
-        .expect_err("name too long");
-    assert_eq!(status_and_code(&err), (400, "InvalidResourceName".to_owned()));
+    let refused = refusal(
+        env.network
+            .public_ip_addresses_client()
+            .create_or_update(RG, &pip_name, pip_body, env.sub())
+            .await,
+        "name too long",
+    );
+    assert_eq!(refused, (400, "InvalidResourceName".to_owned()));
     // Child resource names follow the same rules.
     let lbs = env.network.load_balancers_client();
     let bad_probe = json!([{"name": "probe!", "properties": {"protocol": "Tcp", "port": 8082}}]);
-    let err = lbs
-        .create_or_update(RG, LB, lb_body(&env, json!([]), bad_probe), env.sub())
-        .await
-        .expect_err("bad probe name");
-    assert_eq!(status_and_code(&err), (400, "InvalidResourceName".to_owned()));
+    let refused = refusal(
+        lbs.create_or_update(RG, LB, lb_body(&env, json!([]), bad_probe), env.sub())
+            .await,
+        "bad probe name",
+    );
+    assert_eq!(refused, (400, "InvalidResourceName".to_owned()));
     // Nothing but the valid prefix exists, and no public address was handed out.
     let inv = env.sim.inventory();
     let ids = inv["resources"].to_string().to_ascii_lowercase();
@@ -282,11 +282,12 @@ async fn subnet_get_reports_prefix_and_exhaustion_is_an_arm_error() {
         ips,
         ["10.224.0.4", "10.224.0.5", "10.224.0.6"].map(|s| Some(s.to_owned()))
     );
-    let err = lbs
-        .create_or_update(RG, "lb3", lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect_err("full");
-    assert_eq!(status_and_code(&err), (400, "SubnetIsFull".to_owned()));
+    let refused = refusal(
+        lbs.create_or_update(RG, "lb3", lb_body(&env, json!([]), json!([])), env.sub())
+            .await,
+        "full",
+    );
+    assert_eq!(refused, (400, "SubnetIsFull".to_owned()));
 }
 
 #[tokio::test]
@@ -379,13 +380,11 @@ async fn injected_faults_surface_as_arm_errors_after_client_retries() {
     let mut fault = FaultSpec::new("GET", r"/loadBalancers/", 10, 500, "InternalServerError");
     fault.message = Some("simulated outage".into());
     env.sim.inject_fault(fault).expect("fault");
-    let err = env
-        .network
-        .load_balancers_client()
-        .get(RG, LB, env.sub())
-        .await
-        .expect_err("fails");
-    assert_eq!(status_and_code(&err), (500, "InternalServerError".to_owned()));
+    let refused = refusal(
+        env.network.load_balancers_client().get(RG, LB, env.sub()).await,
+        "fails",
+    );
+    assert_eq!(refused, (500, "InternalServerError".to_owned()));
     // fast_retry(): 1 attempt + 4 retries.
     assert_eq!(env.sim.count_calls("GET", r"/loadBalancers/"), 5);
     // A non-retriable injected status is seen once.
@@ -399,16 +398,14 @@ async fn injected_faults_surface_as_arm_errors_after_client_retries() {
             "AnotherOperationInProgress",
         ))
         .expect("fault");
-    let err = env
-        .network
-        .load_balancers_client()
-        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect_err("conflict");
-    assert_eq!(
-        status_and_code(&err),
-        (409, "AnotherOperationInProgress".to_owned())
+    let refused = refusal(
+        env.network
+            .load_balancers_client()
+            .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+            .await,
+        "conflict",
     );
+    assert_eq!(refused, (409, "AnotherOperationInProgress".to_owned()));
     assert_eq!(env.sim.count_calls("PUT", r"/loadBalancers/"), 1);
 }
 
@@ -422,12 +419,10 @@ async fn get_lb_in_version(api_version: &str) -> (u16, String) {
         .scopes(&["http://sim/.default"])
         .build()
         .expect("client");
-    let err = client
-        .load_balancers_client()
-        .get(RG, LB, env.sub())
-        .await
-        .expect_err("refused");
-    status_and_code(&err)
+    refusal(
+        client.load_balancers_client().get(RG, LB, env.sub()).await,
+        "refused",
+    )
 }
 
 #[tokio::test]
@@ -471,13 +466,14 @@ async fn retry_after_in_seconds_as_arm_sends_it_is_honoured() {
     storm.retry_after_seconds = Some(1);
     env.sim.inject_fault(storm).expect("fault");
     let started = Instant::now();
-    let err = env
-        .network
-        .public_ip_prefixes_client()
-        .get(RG, "none", env.sub())
-        .await
-        .expect_err("404 after the retry");
-    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    let refused = refusal(
+        env.network
+            .public_ip_prefixes_client()
+            .get(RG, "none", env.sub())
+            .await,
+        "404 after the retry",
+    );
+    assert_eq!(refused, (404, "ResourceNotFound".to_owned()));
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "waited {:?}",
@@ -564,8 +560,8 @@ async fn delete_is_accepted_with_polling_headers_and_is_idempotent() {
             .get_optional_str(&azure_core::headers::AZURE_ASYNCOPERATION)
             .is_some()
     );
-    let err = lbs.get(RG, LB, env.sub()).await.expect_err("deleted");
-    assert_eq!(status_and_code(&err).0, 404);
+    let refused = refusal(lbs.get(RG, LB, env.sub()).await, "deleted");
+    assert_eq!(refused.0, 404);
     let rsp = lbs
         .delete(RG, LB, env.sub())
         .send()
@@ -591,15 +587,13 @@ async fn write_during_a_running_operation_conflicts_when_enabled() {
         .await
         .expect("accepted");
     assert_eq!(u16::from(first.as_raw_response().status()), 201);
-    let err = lbs
-        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-        .send()
-        .await
-        .expect_err("busy");
-    assert_eq!(
-        status_and_code(&err),
-        (409, "AnotherOperationInProgress".to_owned())
+    let refused = refusal(
+        lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+            .send()
+            .await,
+        "busy",
     );
+    assert_eq!(refused, (409, "AnotherOperationInProgress".to_owned()));
     let state = serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("get")).expect("json");
     assert_eq!(state["properties"]["provisioningState"], json!("Updating"));
 }
@@ -619,12 +613,14 @@ async fn lost_response_fault_applies_the_write_but_reports_an_error() {
     let body: PublicIpPrefix =
         serde_json::from_value(json!({"location": "eastus", "properties": {"prefixLength": 30}}))
             .expect("model");
-    let err = client
-        .public_ip_prefixes_client()
-        .create_or_update(RG, "p", body, env.sub())
-        .await
-        .expect_err("lost response");
-    assert_eq!(status_and_code(&err), (504, "GatewayTimeout".to_owned()));
+    let refused = refusal(
+        client
+            .public_ip_prefixes_client()
+            .create_or_update(RG, "p", body, env.sub())
+            .await,
+        "lost response",
+    );
+    assert_eq!(refused, (504, "GatewayTimeout".to_owned()));
     let got = client
         .public_ip_prefixes_client()
         .get(RG, "p", env.sub())

@@ -62,6 +62,19 @@ async fn refused_create(
     api_err(api.create(&PostParams::default(), &obj).await.expect_err(what))
 }
 
+/// Server-side apply of `body` to object `name` with `params` (manager, force).
+async fn apply<K>(
+    api: &Api<K>,
+    name: &str,
+    params: &PatchParams,
+    body: &serde_json::Value,
+) -> Result<K, Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, params, &Patch::Apply(body)).await
+}
+
 fn api_err(e: Error) -> kube::core::Status {
     match e {
         Error::Api(s) => *s,
@@ -269,8 +282,7 @@ async fn server_side_apply_owns_fields_per_manager() {
     let cfg = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
         "metadata": {"name": "p1", "labels": {"team": "a", "tier": "gw"}},
         "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31}});
-    let created = pools
-        .patch("p1", &PatchParams::apply("tf"), &Patch::Apply(&cfg))
+    let created = apply(&pools, "p1", &PatchParams::apply("tf"), &cfg)
         .await
         .expect("apply creates");
     assert_eq!(created.metadata.generation, Some(1));
@@ -282,8 +294,7 @@ async fn server_side_apply_owns_fields_per_manager() {
     let cfg2 = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
         "metadata": {"name": "p1", "labels": {"team": "a"}},
         "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31}});
-    let applied = pools
-        .patch("p1", &PatchParams::apply("tf"), &Patch::Apply(&cfg2))
+    let applied = apply(&pools, "p1", &PatchParams::apply("tf"), &cfg2)
         .await
         .expect("re-apply");
     assert_eq!(
@@ -300,19 +311,13 @@ async fn server_side_apply_owns_fields_per_manager() {
     let other = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
         "metadata": {"name": "p1", "labels": {"team": "b"}}});
     let e = api_err(
-        pools
-            .patch("p1", &PatchParams::apply("intruder"), &Patch::Apply(&other))
+        apply(&pools, "p1", &PatchParams::apply("intruder"), &other)
             .await
             .expect_err("conflict"),
     );
     assert_eq!(e.code, 409);
     assert!(e.message.contains("conflict with \"tf\""), "{}", e.message);
-    let forced = pools
-        .patch(
-            "p1",
-            &PatchParams::apply("intruder").force(),
-            &Patch::Apply(&other),
-        )
+    let forced = apply(&pools, "p1", &PatchParams::apply("intruder").force(), &other)
         .await
         .expect("forced");
     assert_eq!(
@@ -327,12 +332,7 @@ async fn server_side_apply_owns_fields_per_manager() {
 
     // A no-op apply does not bump resourceVersion.
     let rv = forced.metadata.resource_version.clone();
-    let again = pools
-        .patch(
-            "p1",
-            &PatchParams::apply("intruder").force(),
-            &Patch::Apply(&other),
-        )
+    let again = apply(&pools, "p1", &PatchParams::apply("intruder").force(), &other)
         .await
         .expect("no-op");
     assert_eq!(again.metadata.resource_version, rv);

@@ -101,6 +101,11 @@ pub fn status_and_code(e: &azure_core::Error) -> (u16, String) {
     }
 }
 
+/// HTTP status and ARM error code of a client call that must fail; `what` names the call when it succeeded.
+pub fn refusal<T: std::fmt::Debug>(result: azure_core::Result<T>, what: &str) -> (u16, String) {
+    status_and_code(&result.expect_err(what))
+}
+
 /// A Standard IPv4 public IP prefix of length `len`.
 pub fn prefix_body(len: i32) -> PublicIpPrefix {
     serde_json::from_value(
