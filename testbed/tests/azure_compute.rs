@@ -36,6 +36,23 @@ async fn instances(env: &Env) -> Vec<Value> {
     page.value.iter().map(to_json).collect()
 }
 
+/// The gateway NIC of scale-set instance `iid`, as JSON.
+async fn gateway_nic(env: &Env, iid: &str) -> Value {
+    to_json(
+        &env.network
+            .network_interfaces_client()
+            .get_virtual_machine_scale_set_network_interface(
+                RG,
+                VMSS,
+                iid,
+                "aks-gateway-12345678-nic",
+                env.sub(),
+            )
+            .await
+            .expect("instance NIC"),
+    )
+}
+
 /// LB with a backend pool named after the scale set's uniqueId (what the operator creates first).
 async fn create_lb(env: &Env, pool: &str) -> String {
     let lb: LoadBalancer = serde_json::from_value(json!({"location": "eastus", "properties": {
@@ -178,19 +195,7 @@ async fn partial_model_put_merges_and_instance_update_allocates_addresses() {
             .expect("instance update");
         assert_eq!(to_json(&after)["properties"]["latestModelApplied"], json!(true));
 
-        let nic = env
-            .network
-            .network_interfaces_client()
-            .get_virtual_machine_scale_set_network_interface(
-                RG,
-                VMSS,
-                &iid,
-                "aks-gateway-12345678-nic",
-                env.sub(),
-            )
-            .await
-            .expect("instance NIC");
-        let nic = to_json(&nic);
+        let nic = gateway_nic(&env, &iid).await;
         let ipcs = nic["properties"]["ipConfigurations"]
             .as_array()
             .expect("ipConfigurations")
@@ -475,7 +480,6 @@ async fn operator_style_provision_and_teardown_leaves_no_leaks() {
     let lbs = env.network.load_balancers_client();
     let vmss = env.compute.virtual_machine_scale_sets_client();
     let vms = env.compute.virtual_machine_scale_set_v_ms_client();
-    let nics = env.network.network_interfaces_client();
     let prefixes = env.network.public_ip_prefixes_client();
     env.sim.clear_calls();
 
@@ -524,27 +528,11 @@ async fn operator_style_provision_and_teardown_leaves_no_leaks() {
     };
     for inst in instances(&env).await {
         let iid = inst["instanceId"].as_str().expect("id").to_owned();
-        nics.get_virtual_machine_scale_set_network_interface(
-            RG,
-            VMSS,
-            &iid,
-            "aks-gateway-12345678-nic",
-            env.sub(),
-        )
-        .await
-        .expect("NIC");
+        gateway_nic(&env, &iid).await;
         vms.update(RG, VMSS, &iid, apply(with_gateway.clone()), env.sub())
             .await
             .expect("instance");
-        nics.get_virtual_machine_scale_set_network_interface(
-            RG,
-            VMSS,
-            &iid,
-            "aks-gateway-12345678-nic",
-            env.sub(),
-        )
-        .await
-        .expect("NIC");
+        gateway_nic(&env, &iid).await;
     }
     let lb = to_json(&lbs.get(RG, LB, env.sub()).await.expect("LB"));
     let members = lb["properties"]["backendAddressPools"][0]["properties"]["backendIPConfigurations"]

@@ -50,6 +50,14 @@ async fn put_lb(
         .map_err(|e| status_and_code(&e))
 }
 
+/// PUT of load balancer `name` with no rules or probes, as the client returns it.
+async fn put_bare_lb(env: &azure_support::Env, name: &str) -> azure_core::Result<LoadBalancer> {
+    env.network
+        .load_balancers_client()
+        .create_or_update(RG, name, lb_body(env, json!([]), json!([])), env.sub())
+        .await
+}
+
 fn probe(name: &str) -> Value {
     json!({"name": name, "properties": {"protocol": "Http", "port": 8082, "requestPath": "/gw/abc",
         "intervalInSeconds": 5, "probeThreshold": 1}})
@@ -282,11 +290,7 @@ async fn subnet_get_reports_prefix_and_exhaustion_is_an_arm_error() {
         ips,
         ["10.224.0.4", "10.224.0.5", "10.224.0.6"].map(|s| Some(s.to_owned()))
     );
-    let refused = refusal(
-        lbs.create_or_update(RG, "lb3", lb_body(&env, json!([]), json!([])), env.sub())
-            .await,
-        "full",
-    );
+    let refused = refusal(put_bare_lb(&env, "lb3").await, "full");
     assert_eq!(refused, (400, "SubnetIsFull".to_owned()));
 }
 
@@ -353,9 +357,7 @@ async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
 async fn throttling_with_retry_after_is_retried_by_the_client() {
     let env = start(Seed::aks_like(0)).await;
     let lbs = env.network.load_balancers_client();
-    lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect("LB");
+    put_bare_lb(&env, LB).await.expect("LB");
     env.sim.clear_calls();
     env.sim
         .inject_fault(FaultSpec::throttle(r"/loadBalancers/", 2, 300))
@@ -398,13 +400,7 @@ async fn injected_faults_surface_as_arm_errors_after_client_retries() {
             "AnotherOperationInProgress",
         ))
         .expect("fault");
-    let refused = refusal(
-        env.network
-            .load_balancers_client()
-            .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-            .await,
-        "conflict",
-    );
+    let refused = refusal(put_bare_lb(&env, LB).await, "conflict");
     assert_eq!(refused, (409, "AnotherOperationInProgress".to_owned()));
     assert_eq!(env.sim.count_calls("PUT", r"/loadBalancers/"), 1);
 }
@@ -445,12 +441,8 @@ async fn malformed_api_version_is_refused_as_invalid() {
 async fn list_returns_created_resources() {
     let env = start(Seed::aks_like(0)).await;
     let lbs = env.network.load_balancers_client();
-    lbs.create_or_update(RG, "a", lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect("a");
-    lbs.create_or_update(RG, "b", lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect("b");
+    put_bare_lb(&env, "a").await.expect("a");
+    put_bare_lb(&env, "b").await.expect("b");
     let mut stream = lbs.list(RG, env.sub()).into_stream();
     let page = stream.next().await.expect("a page").expect("list ok");
     let mut names: Vec<String> = page.value.into_iter().filter_map(|l| l.resource.name).collect();
@@ -521,20 +513,12 @@ async fn failed_long_running_operation_is_reported_and_leaves_resource_failed() 
         ..LroConfig::default()
     });
     let lbs = env.network.load_balancers_client();
-    let err = lbs
-        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect_err("LRO fails");
+    let err = put_bare_lb(&env, LB).await.expect_err("LRO fails");
     assert!(err.to_string().contains("Long running operation failed"), "{err}");
     let got = serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("get")).expect("json");
     assert_eq!(got["properties"]["provisioningState"], json!("Failed"));
     // The next PUT succeeds and repairs it.
-    let ok = serde_json::to_value(
-        lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-            .await
-            .expect("retry"),
-    )
-    .expect("json");
+    let ok = serde_json::to_value(put_bare_lb(&env, LB).await.expect("retry")).expect("json");
     assert_eq!(ok["properties"]["provisioningState"], json!("Succeeded"));
 }
 
@@ -544,9 +528,7 @@ async fn failed_long_running_operation_is_reported_and_leaves_resource_failed() 
 async fn delete_is_accepted_with_polling_headers_and_is_idempotent() {
     let env = start(Seed::aks_like(0)).await;
     let lbs = env.network.load_balancers_client();
-    lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect("LB");
+    put_bare_lb(&env, LB).await.expect("LB");
     let rsp = lbs.delete(RG, LB, env.sub()).send().await.expect("accepted");
     let raw = rsp.as_raw_response();
     assert_eq!(u16::from(raw.status()), 202);
