@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use azure_mgmt_compute::models::{VirtualMachineScaleSet, VirtualMachineScaleSetVm};
 use azure_mgmt_network::models::{LoadBalancer, NetworkInterface};
-use azure_support::{Env, LB, Network, RG, VMSS, prefix_body, prefix_pip_body, refusal, start};
+use azure_support::{
+    Env, LB, Network, RG, VMSS, assert_prefix_in_use, assert_refused, prefix_body, prefix_pip_body, refusal,
+    start,
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use testbed::azure::{LroConfig, Seed};
@@ -82,15 +85,6 @@ async fn create_prefix(env: &Env, name: &str, len: i32) -> String {
 
 /// The NIC configuration the operator writes: primary ipConfig in the backend pool, plus a secondary
 /// ipConfig whose public address comes from the prefix.
-/// Deleting prefix `name` is refused while public IPs handed out from it exist.
-async fn assert_prefix_in_use(env: &Env, name: &str) {
-    assert_eq!(
-        env.delete(Network::PublicIpPrefix, name).await,
-        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
-        "{name} in use"
-    );
-}
-
 fn gateway_nic_configs(env: &Env, pool_id: &str, prefix_id: Option<&str>) -> Value {
     let mut secondary = json!({"name": "egressgateway-uid1", "properties": {"primary": false, "privateIPAddressVersion": "IPv4",
         "subnet": {"id": env.subnet_id()}}});
@@ -257,13 +251,14 @@ async fn stale_if_match_is_refused_with_412() {
         .if_match(etag.clone())
         .await
         .expect("matching etag accepted");
-    let refused = refusal(
+    assert_refused(
         vmss.create_or_update(RG, VMSS, body, env.sub())
             .if_match(etag)
             .await,
         "stale etag",
+        412,
+        "PreconditionFailed",
     );
-    assert_eq!(refused, (412, "PreconditionFailed".to_owned()));
 }
 
 #[tokio::test]
@@ -288,13 +283,14 @@ async fn a_concurrent_write_between_get_and_put_changes_the_etag_and_the_content
     let body: VirtualMachineScaleSet =
         serde_json::from_value(json!({"location": "eastus", "tags": {"aks-managed-poolName": "gateway"}}))
             .expect("model");
-    let refused = refusal(
+    assert_refused(
         vmss.create_or_update(RG, VMSS, body.clone(), env.sub())
             .if_match(etag.clone())
             .await,
         "the other write changed the ETag",
+        412,
+        "PreconditionFailed",
     );
-    assert_eq!(refused, (412, "PreconditionFailed".to_owned()));
     let now = vmss_json(&env).await;
     assert_eq!(
         now["tags"]["owner"],
@@ -327,11 +323,12 @@ async fn scale_set_model_with_dangling_references_is_refused() {
         "virtualMachineProfile": {"networkProfile": {"networkInterfaceConfigurations": gateway_nic_configs(&env, &missing_pool, None)}}}}))
     .expect("model");
     let vmss = env.compute.virtual_machine_scale_sets_client();
-    let refused = refusal(
+    assert_refused(
         vmss.create_or_update(RG, VMSS, body, env.sub()).await,
         "dangling pool",
+        400,
+        "InvalidResourceReference",
     );
-    assert_eq!(refused, (400, "InvalidResourceReference".to_owned()));
     let unique = vmss_json(&env).await["properties"]["uniqueId"]
         .as_str()
         .expect("uniqueId")
@@ -341,11 +338,12 @@ async fn scale_set_model_with_dangling_references_is_refused() {
     let body: VirtualMachineScaleSet = serde_json::from_value(json!({"location": "eastus", "properties": {
         "virtualMachineProfile": {"networkProfile": {"networkInterfaceConfigurations": gateway_nic_configs(&env, &pool, Some(&missing_prefix))}}}}))
     .expect("model");
-    let refused = refusal(
+    assert_refused(
         vmss.create_or_update(RG, VMSS, body, env.sub()).await,
         "dangling prefix",
+        400,
+        "InvalidResourceReference",
     );
-    assert_eq!(refused, (400, "InvalidResourceReference".to_owned()));
     // Nothing changed: the model still has one ipConfiguration.
     let v = vmss_json(&env).await;
     let ipcs = &v["properties"]["virtualMachineProfile"]["networkProfile"]["networkInterfaceConfigurations"]
@@ -626,26 +624,33 @@ async fn paged_lists_are_followed_by_the_client_via_next_link() {
 async fn wrong_subscription_and_unsimulated_operations_are_explicit_errors() {
     let env = start(Seed::aks_like(1)).await;
     let vmss = env.compute.virtual_machine_scale_sets_client();
-    let refused = refusal(
+    assert_refused(
         vmss.get(RG, VMSS, "00000000-0000-0000-0000-000000000000").await,
         "other subscription",
+        404,
+        "SubscriptionNotFound",
     );
-    assert_eq!(refused, (404, "SubscriptionNotFound".to_owned()));
-    let refused = refusal(vmss.get(RG, "no-such-vmss", env.sub()).await, "missing VMSS");
-    assert_eq!(refused, (404, "ResourceNotFound".to_owned()));
-    let refused = refusal(
+    assert_refused(
+        vmss.get(RG, "no-such-vmss", env.sub()).await,
+        "missing VMSS",
+        404,
+        "ResourceNotFound",
+    );
+    assert_refused(
         env.network
             .network_interfaces_client()
             .get_virtual_machine_scale_set_network_interface(RG, VMSS, "0", "no-such-nic", env.sub())
             .await,
         "missing instance NIC",
+        404,
+        "ResourceNotFound",
     );
-    assert_eq!(refused, (404, "ResourceNotFound".to_owned()));
     // Creating a scale set is not simulated, and says so.
     let body: VirtualMachineScaleSet = serde_json::from_value(json!({"location": "eastus"})).expect("model");
-    let refused = refusal(
+    assert_refused(
         vmss.create_or_update(RG, "new-vmss", body, env.sub()).await,
         "not simulated",
+        400,
+        "ScaleSetCreationNotSimulated",
     );
-    assert_eq!(refused, (400, "ScaleSetCreationNotSimulated".to_owned()));
 }
