@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use azure_mgmt_compute::models::{VirtualMachineScaleSet, VirtualMachineScaleSetVm};
 use azure_mgmt_network::models::{LoadBalancer, NetworkInterface};
-use azure_support::{Env, LB, Network, RG, VMSS, prefix_body, prefix_pip_body, start, status_and_code};
+use azure_support::{
+    Env, LB, Network, RG, VMSS, assert_prefix_in_use, assert_refused, prefix_body, prefix_pip_body, refusal,
+    start,
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use testbed::azure::{LroConfig, Seed};
@@ -34,6 +37,23 @@ async fn instances(env: &Env) -> Vec<Value> {
         .into_stream();
     let page = stream.next().await.expect("a page").expect("list instances");
     page.value.iter().map(to_json).collect()
+}
+
+/// The gateway NIC of scale-set instance `iid`, as JSON.
+async fn gateway_nic(env: &Env, iid: &str) -> Value {
+    to_json(
+        &env.network
+            .network_interfaces_client()
+            .get_virtual_machine_scale_set_network_interface(
+                RG,
+                VMSS,
+                iid,
+                "aks-gateway-12345678-nic",
+                env.sub(),
+            )
+            .await
+            .expect("instance NIC"),
+    )
 }
 
 /// LB with a backend pool named after the scale set's uniqueId (what the operator creates first).
@@ -169,19 +189,7 @@ async fn partial_model_put_merges_and_instance_update_allocates_addresses() {
             .expect("instance update");
         assert_eq!(to_json(&after)["properties"]["latestModelApplied"], json!(true));
 
-        let nic = env
-            .network
-            .network_interfaces_client()
-            .get_virtual_machine_scale_set_network_interface(
-                RG,
-                VMSS,
-                &iid,
-                "aks-gateway-12345678-nic",
-                env.sub(),
-            )
-            .await
-            .expect("instance NIC");
-        let nic = to_json(&nic);
+        let nic = gateway_nic(&env, &iid).await;
         let ipcs = nic["properties"]["ipConfigurations"]
             .as_array()
             .expect("ipConfigurations")
@@ -220,11 +228,7 @@ async fn partial_model_put_merges_and_instance_update_allocates_addresses() {
         2,
         "both instance public IPs come from the /31"
     );
-    assert_eq!(
-        env.delete(Network::PublicIpPrefix, "egressgateway-uid1").await,
-        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
-        "in use"
-    );
+    assert_prefix_in_use(&env, "egressgateway-uid1").await;
     // The backend pool is in use by the scale set, so the LB cannot go away.
     assert_eq!(
         env.delete(Network::LoadBalancer, LB).await,
@@ -247,12 +251,14 @@ async fn stale_if_match_is_refused_with_412() {
         .if_match(etag.clone())
         .await
         .expect("matching etag accepted");
-    let err = vmss
-        .create_or_update(RG, VMSS, body, env.sub())
-        .if_match(etag)
-        .await
-        .expect_err("stale etag");
-    assert_eq!(status_and_code(&err), (412, "PreconditionFailed".to_owned()));
+    assert_refused(
+        vmss.create_or_update(RG, VMSS, body, env.sub())
+            .if_match(etag)
+            .await,
+        "stale etag",
+        412,
+        "PreconditionFailed",
+    );
 }
 
 #[tokio::test]
@@ -277,12 +283,14 @@ async fn a_concurrent_write_between_get_and_put_changes_the_etag_and_the_content
     let body: VirtualMachineScaleSet =
         serde_json::from_value(json!({"location": "eastus", "tags": {"aks-managed-poolName": "gateway"}}))
             .expect("model");
-    let err = vmss
-        .create_or_update(RG, VMSS, body.clone(), env.sub())
-        .if_match(etag.clone())
-        .await
-        .expect_err("the other write changed the ETag");
-    assert_eq!(status_and_code(&err), (412, "PreconditionFailed".to_owned()));
+    assert_refused(
+        vmss.create_or_update(RG, VMSS, body.clone(), env.sub())
+            .if_match(etag.clone())
+            .await,
+        "the other write changed the ETag",
+        412,
+        "PreconditionFailed",
+    );
     let now = vmss_json(&env).await;
     assert_eq!(
         now["tags"]["owner"],
@@ -315,13 +323,11 @@ async fn scale_set_model_with_dangling_references_is_refused() {
         "virtualMachineProfile": {"networkProfile": {"networkInterfaceConfigurations": gateway_nic_configs(&env, &missing_pool, None)}}}}))
     .expect("model");
     let vmss = env.compute.virtual_machine_scale_sets_client();
-    let err = vmss
-        .create_or_update(RG, VMSS, body, env.sub())
-        .await
-        .expect_err("dangling pool");
-    assert_eq!(
-        status_and_code(&err),
-        (400, "InvalidResourceReference".to_owned())
+    assert_refused(
+        vmss.create_or_update(RG, VMSS, body, env.sub()).await,
+        "dangling pool",
+        400,
+        "InvalidResourceReference",
     );
     let unique = vmss_json(&env).await["properties"]["uniqueId"]
         .as_str()
@@ -332,13 +338,11 @@ async fn scale_set_model_with_dangling_references_is_refused() {
     let body: VirtualMachineScaleSet = serde_json::from_value(json!({"location": "eastus", "properties": {
         "virtualMachineProfile": {"networkProfile": {"networkInterfaceConfigurations": gateway_nic_configs(&env, &pool, Some(&missing_prefix))}}}}))
     .expect("model");
-    let err = vmss
-        .create_or_update(RG, VMSS, body, env.sub())
-        .await
-        .expect_err("dangling prefix");
-    assert_eq!(
-        status_and_code(&err),
-        (400, "InvalidResourceReference".to_owned())
+    assert_refused(
+        vmss.create_or_update(RG, VMSS, body, env.sub()).await,
+        "dangling prefix",
+        400,
+        "InvalidResourceReference",
     );
     // Nothing changed: the model still has one ipConfiguration.
     let v = vmss_json(&env).await;
@@ -462,11 +466,7 @@ async fn vm_pool_lists_vms_and_tagged_nics_and_nic_put_adds_secondary_ip_with_pu
         Err(400),
         "attached"
     );
-    assert_eq!(
-        env.delete(Network::PublicIpPrefix, "egressgateway-uid1").await,
-        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
-        "in use"
-    );
+    assert_prefix_in_use(&env, "egressgateway-uid1").await;
 }
 
 /// The upstream operator's order of calls for one gateway configuration on a VMSS pool with a managed
@@ -478,15 +478,11 @@ async fn operator_style_provision_and_teardown_leaves_no_leaks() {
     let lbs = env.network.load_balancers_client();
     let vmss = env.compute.virtual_machine_scale_sets_client();
     let vms = env.compute.virtual_machine_scale_set_v_ms_client();
-    let nics = env.network.network_interfaces_client();
     let prefixes = env.network.public_ip_prefixes_client();
     env.sim.clear_calls();
 
     // LB controller.
-    assert_eq!(
-        status_and_code(&lbs.get(RG, LB, env.sub()).await.expect_err("no LB yet")).0,
-        404
-    );
+    assert_eq!(refusal(lbs.get(RG, LB, env.sub()).await, "no LB yet").0, 404);
     let mut stream = vmss.list(RG, env.sub()).into_stream();
     let pool_vmss = to_json(&stream.next().await.expect("page").expect("list").value[0]);
     let unique = pool_vmss["properties"]["uniqueId"]
@@ -502,11 +498,9 @@ async fn operator_style_provision_and_teardown_leaves_no_leaks() {
 
     // VM controller.
     assert_eq!(
-        status_and_code(
-            &prefixes
-                .get(RG, "egressgateway-uid1", env.sub())
-                .await
-                .expect_err("no prefix")
+        refusal(
+            prefixes.get(RG, "egressgateway-uid1", env.sub()).await,
+            "no prefix"
         )
         .0,
         404
@@ -532,27 +526,11 @@ async fn operator_style_provision_and_teardown_leaves_no_leaks() {
     };
     for inst in instances(&env).await {
         let iid = inst["instanceId"].as_str().expect("id").to_owned();
-        nics.get_virtual_machine_scale_set_network_interface(
-            RG,
-            VMSS,
-            &iid,
-            "aks-gateway-12345678-nic",
-            env.sub(),
-        )
-        .await
-        .expect("NIC");
+        gateway_nic(&env, &iid).await;
         vms.update(RG, VMSS, &iid, apply(with_gateway.clone()), env.sub())
             .await
             .expect("instance");
-        nics.get_virtual_machine_scale_set_network_interface(
-            RG,
-            VMSS,
-            &iid,
-            "aks-gateway-12345678-nic",
-            env.sub(),
-        )
-        .await
-        .expect("NIC");
+        gateway_nic(&env, &iid).await;
     }
     let lb = to_json(&lbs.get(RG, LB, env.sub()).await.expect("LB"));
     let members = lb["properties"]["backendAddressPools"][0]["properties"]["backendIPConfigurations"]
@@ -646,31 +624,33 @@ async fn paged_lists_are_followed_by_the_client_via_next_link() {
 async fn wrong_subscription_and_unsimulated_operations_are_explicit_errors() {
     let env = start(Seed::aks_like(1)).await;
     let vmss = env.compute.virtual_machine_scale_sets_client();
-    let err = vmss
-        .get(RG, VMSS, "00000000-0000-0000-0000-000000000000")
-        .await
-        .expect_err("other subscription");
-    assert_eq!(status_and_code(&err), (404, "SubscriptionNotFound".to_owned()));
-    let err = vmss
-        .get(RG, "no-such-vmss", env.sub())
-        .await
-        .expect_err("missing VMSS");
-    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
-    let err = env
-        .network
-        .network_interfaces_client()
-        .get_virtual_machine_scale_set_network_interface(RG, VMSS, "0", "no-such-nic", env.sub())
-        .await
-        .expect_err("missing instance NIC");
-    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    assert_refused(
+        vmss.get(RG, VMSS, "00000000-0000-0000-0000-000000000000").await,
+        "other subscription",
+        404,
+        "SubscriptionNotFound",
+    );
+    assert_refused(
+        vmss.get(RG, "no-such-vmss", env.sub()).await,
+        "missing VMSS",
+        404,
+        "ResourceNotFound",
+    );
+    assert_refused(
+        env.network
+            .network_interfaces_client()
+            .get_virtual_machine_scale_set_network_interface(RG, VMSS, "0", "no-such-nic", env.sub())
+            .await,
+        "missing instance NIC",
+        404,
+        "ResourceNotFound",
+    );
     // Creating a scale set is not simulated, and says so.
     let body: VirtualMachineScaleSet = serde_json::from_value(json!({"location": "eastus"})).expect("model");
-    let err = vmss
-        .create_or_update(RG, "new-vmss", body, env.sub())
-        .await
-        .expect_err("not simulated");
-    assert_eq!(
-        status_and_code(&err),
-        (400, "ScaleSetCreationNotSimulated".to_owned())
+    assert_refused(
+        vmss.create_or_update(RG, "new-vmss", body, env.sub()).await,
+        "not simulated",
+        400,
+        "ScaleSetCreationNotSimulated",
     );
 }

@@ -6,7 +6,10 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use azure_mgmt_network::models::{LoadBalancer, PublicIpPrefix};
-use azure_support::{LB, Network, RG, prefix_body, prefix_pip_body, start, status_and_code};
+use azure_support::{
+    LB, Network, RG, assert_prefix_in_use, assert_refused, prefix_body, prefix_pip_body, refusal, start,
+    status_and_code,
+};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
@@ -48,6 +51,24 @@ async fn put_lb(
         .create_or_update(RG, LB, lb_body(env, rules, probes), env.sub())
         .await
         .map_err(|e| status_and_code(&e))
+}
+
+/// PUT of load balancer `name` with no rules or probes, as the client returns it.
+async fn put_bare_lb(env: &azure_support::Env, name: &str) -> azure_core::Result<LoadBalancer> {
+    env.network
+        .load_balancers_client()
+        .create_or_update(RG, name, lb_body(env, json!([]), json!([])), env.sub())
+        .await
+}
+
+/// How many addresses the simulator inventory's `table` (owner → list of addresses) hands out.
+fn addresses_in(inv: &Value, table: &str) -> usize {
+    inv[table]
+        .as_object()
+        .expect("map")
+        .values()
+        .map(|v| v.as_array().map_or(0, Vec::len))
+        .sum()
 }
 
 fn probe(name: &str) -> Value {
@@ -98,8 +119,12 @@ async fn load_balancer_create_polls_lro_and_allocates_frontend_ip_from_subnet() 
         .await
         .expect("delete accepted");
     assert_eq!(u16::from(rsp.as_raw_response().status()), 202);
-    let err = lbs.get(RG, LB, env.sub()).await.expect_err("LB gone");
-    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    assert_refused(
+        lbs.get(RG, LB, env.sub()).await,
+        "LB gone",
+        404,
+        "ResourceNotFound",
+    );
     let inv = env.sim.inventory();
     assert!(
         !inv.to_string().to_lowercase().contains("loadbalancers/"),
@@ -171,18 +196,21 @@ async fn load_balancer_refusals_match_arm() {
     assert_eq!(err, (400, "InvalidResourceReference".to_owned()));
     // Refused requests did not change anything: only the valid LB's frontend holds an address.
     let inv = env.sim.inventory();
-    let held = inv["privateAddresses"]
-        .as_object()
-        .expect("map")
-        .values()
-        .map(|v| v.as_array().map_or(0, Vec::len))
-        .sum::<usize>();
+    let held = addresses_in(&inv, "privateAddresses");
     assert_eq!(held, 1, "{inv}");
     // Missing resource group / resource.
-    let err = lbs.get("no-such-rg", LB, env.sub()).await.expect_err("rg");
-    assert_eq!(status_and_code(&err), (404, "ResourceGroupNotFound".to_owned()));
-    let err = lbs.get(RG, "nope", env.sub()).await.expect_err("lb");
-    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    assert_refused(
+        lbs.get("no-such-rg", LB, env.sub()).await,
+        "rg",
+        404,
+        "ResourceGroupNotFound",
+    );
+    assert_refused(
+        lbs.get(RG, "nope", env.sub()).await,
+        "lb",
+        404,
+        "ResourceNotFound",
+    );
 }
 
 #[tokio::test]
@@ -197,46 +225,44 @@ async fn resource_names_outside_arm_rules_are_refused_and_change_nothing() {
         .await
         .expect("an 80-character name is valid");
     for bad in ["-starts-with-hyphen", "ends-with-dot.", "has,comma"] {
-        let err = prefixes
-            .create_or_update(RG, bad, prefix_body.clone(), env.sub())
-            .await
-            .expect_err(bad);
-        assert_eq!(
-            status_and_code(&err),
-            (400, "InvalidResourceName".to_owned()),
-            "{bad}"
+        assert_refused(
+            prefixes
+                .create_or_update(RG, bad, prefix_body.clone(), env.sub())
+                .await,
+            bad,
+            400,
+            "InvalidResourceName",
         );
     }
     // A VM-pool public IP name derived from a long prefix name is longer than ARM allows.
     let pip_name = api::names::vm_pool_public_ip_name(&longest, "aks-gwpool-nic-0");
     assert!(pip_name.len() > 80);
     let pip_body = prefix_pip_body(&prefix.resource.id.clone().expect("id"));
-    let err = env
-        .network
-        .public_ip_addresses_client()
-        .create_or_update(RG, &pip_name, pip_body, env.sub())
-        .await
-        .expect_err("name too long");
-    assert_eq!(status_and_code(&err), (400, "InvalidResourceName".to_owned()));
+    assert_refused(
+        env.network
+            .public_ip_addresses_client()
+            .create_or_update(RG, &pip_name, pip_body, env.sub())
+            .await,
+        "name too long",
+        400,
+        "InvalidResourceName",
+    );
     // Child resource names follow the same rules.
     let lbs = env.network.load_balancers_client();
     let bad_probe = json!([{"name": "probe!", "properties": {"protocol": "Tcp", "port": 8082}}]);
-    let err = lbs
-        .create_or_update(RG, LB, lb_body(&env, json!([]), bad_probe), env.sub())
-        .await
-        .expect_err("bad probe name");
-    assert_eq!(status_and_code(&err), (400, "InvalidResourceName".to_owned()));
+    assert_refused(
+        lbs.create_or_update(RG, LB, lb_body(&env, json!([]), bad_probe), env.sub())
+            .await,
+        "bad probe name",
+        400,
+        "InvalidResourceName",
+    );
     // Nothing but the valid prefix exists, and no public address was handed out.
     let inv = env.sim.inventory();
     let ids = inv["resources"].to_string().to_ascii_lowercase();
     assert!(!ids.contains("/loadbalancers/"), "{inv}");
     assert!(!ids.contains("/publicipaddresses/"), "{inv}");
-    let handed_out = inv["prefixAddresses"]
-        .as_object()
-        .expect("map")
-        .values()
-        .map(|v| v.as_array().map_or(0, Vec::len))
-        .sum::<usize>();
+    let handed_out = addresses_in(&inv, "prefixAddresses");
     assert_eq!(handed_out, 0, "{inv}");
 }
 
@@ -282,11 +308,7 @@ async fn subnet_get_reports_prefix_and_exhaustion_is_an_arm_error() {
         ips,
         ["10.224.0.4", "10.224.0.5", "10.224.0.6"].map(|s| Some(s.to_owned()))
     );
-    let err = lbs
-        .create_or_update(RG, "lb3", lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect_err("full");
-    assert_eq!(status_and_code(&err), (400, "SubnetIsFull".to_owned()));
+    assert_refused(put_bare_lb(&env, "lb3").await, "full", 400, "SubnetIsFull");
 }
 
 #[tokio::test]
@@ -294,26 +316,25 @@ async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
     let env = start(Seed::aks_like(0)).await;
     let prefixes = env.network.public_ip_prefixes_client();
     let body = prefix_body(31);
-    let p = prefixes
-        .create_or_update(RG, "egressgateway-uid1", body.clone(), env.sub())
-        .await
-        .expect("prefix");
-    let block = p
-        .properties
-        .as_ref()
-        .and_then(|p| p.ip_prefix.clone())
-        .expect("ipPrefix");
-    assert_eq!(block, "20.10.0.0/31");
-    let p2 = prefixes
-        .create_or_update(RG, "egressgateway-uid2", body, env.sub())
-        .await
-        .expect("prefix 2");
-    assert_eq!(
-        p2.properties.and_then(|p| p.ip_prefix).as_deref(),
-        Some("20.10.0.2/31")
-    );
+    // Prefixes are handed out in order from the simulator's public range.
+    let mut ids = Vec::new();
+    for (name, block) in [
+        ("egressgateway-uid1", "20.10.0.0/31"),
+        ("egressgateway-uid2", "20.10.0.2/31"),
+    ] {
+        let p = prefixes
+            .create_or_update(RG, name, body.clone(), env.sub())
+            .await
+            .expect(name);
+        assert_eq!(
+            p.properties.and_then(|p| p.ip_prefix).as_deref(),
+            Some(block),
+            "{name}"
+        );
+        ids.push(p.resource.id.expect("id"));
+    }
 
-    let pip_body = prefix_pip_body(&p.resource.id.clone().expect("id"));
+    let pip_body = prefix_pip_body(&ids[0]);
     let pips = env.network.public_ip_addresses_client();
     let pip = pips
         .create_or_update(RG, "egressgateway-uid1-abc", pip_body, env.sub())
@@ -324,11 +345,7 @@ async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
         Some("20.10.0.0")
     );
 
-    assert_eq!(
-        env.delete(Network::PublicIpPrefix, "egressgateway-uid1").await,
-        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
-        "in use"
-    );
+    assert_prefix_in_use(&env, "egressgateway-uid1").await;
     let got = prefixes
         .get(RG, "egressgateway-uid1", env.sub())
         .await
@@ -352,9 +369,7 @@ async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
 async fn throttling_with_retry_after_is_retried_by_the_client() {
     let env = start(Seed::aks_like(0)).await;
     let lbs = env.network.load_balancers_client();
-    lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect("LB");
+    put_bare_lb(&env, LB).await.expect("LB");
     env.sim.clear_calls();
     env.sim
         .inject_fault(FaultSpec::throttle(r"/loadBalancers/", 2, 300))
@@ -379,13 +394,12 @@ async fn injected_faults_surface_as_arm_errors_after_client_retries() {
     let mut fault = FaultSpec::new("GET", r"/loadBalancers/", 10, 500, "InternalServerError");
     fault.message = Some("simulated outage".into());
     env.sim.inject_fault(fault).expect("fault");
-    let err = env
-        .network
-        .load_balancers_client()
-        .get(RG, LB, env.sub())
-        .await
-        .expect_err("fails");
-    assert_eq!(status_and_code(&err), (500, "InternalServerError".to_owned()));
+    assert_refused(
+        env.network.load_balancers_client().get(RG, LB, env.sub()).await,
+        "fails",
+        500,
+        "InternalServerError",
+    );
     // fast_retry(): 1 attempt + 4 retries.
     assert_eq!(env.sim.count_calls("GET", r"/loadBalancers/"), 5);
     // A non-retriable injected status is seen once.
@@ -399,15 +413,11 @@ async fn injected_faults_surface_as_arm_errors_after_client_retries() {
             "AnotherOperationInProgress",
         ))
         .expect("fault");
-    let err = env
-        .network
-        .load_balancers_client()
-        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect_err("conflict");
-    assert_eq!(
-        status_and_code(&err),
-        (409, "AnotherOperationInProgress".to_owned())
+    assert_refused(
+        put_bare_lb(&env, LB).await,
+        "conflict",
+        409,
+        "AnotherOperationInProgress",
     );
     assert_eq!(env.sim.count_calls("PUT", r"/loadBalancers/"), 1);
 }
@@ -422,12 +432,10 @@ async fn get_lb_in_version(api_version: &str) -> (u16, String) {
         .scopes(&["http://sim/.default"])
         .build()
         .expect("client");
-    let err = client
-        .load_balancers_client()
-        .get(RG, LB, env.sub())
-        .await
-        .expect_err("refused");
-    status_and_code(&err)
+    refusal(
+        client.load_balancers_client().get(RG, LB, env.sub()).await,
+        "refused",
+    )
 }
 
 #[tokio::test]
@@ -450,12 +458,8 @@ async fn malformed_api_version_is_refused_as_invalid() {
 async fn list_returns_created_resources() {
     let env = start(Seed::aks_like(0)).await;
     let lbs = env.network.load_balancers_client();
-    lbs.create_or_update(RG, "a", lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect("a");
-    lbs.create_or_update(RG, "b", lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect("b");
+    put_bare_lb(&env, "a").await.expect("a");
+    put_bare_lb(&env, "b").await.expect("b");
     let mut stream = lbs.list(RG, env.sub()).into_stream();
     let page = stream.next().await.expect("a page").expect("list ok");
     let mut names: Vec<String> = page.value.into_iter().filter_map(|l| l.resource.name).collect();
@@ -471,13 +475,15 @@ async fn retry_after_in_seconds_as_arm_sends_it_is_honoured() {
     storm.retry_after_seconds = Some(1);
     env.sim.inject_fault(storm).expect("fault");
     let started = Instant::now();
-    let err = env
-        .network
-        .public_ip_prefixes_client()
-        .get(RG, "none", env.sub())
-        .await
-        .expect_err("404 after the retry");
-    assert_eq!(status_and_code(&err), (404, "ResourceNotFound".to_owned()));
+    assert_refused(
+        env.network
+            .public_ip_prefixes_client()
+            .get(RG, "none", env.sub())
+            .await,
+        "404 after the retry",
+        404,
+        "ResourceNotFound",
+    );
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "waited {:?}",
@@ -493,28 +499,27 @@ async fn retry_after_in_seconds_as_arm_sends_it_is_honoured() {
     assert_eq!(statuses, [429, 404]);
 }
 
+/// Reads the AKS subnet, which must succeed, and asserts the answer took at least `min`.
+async fn subnet_get_takes_at_least(env: &azure_support::Env, min: Duration) {
+    let started = Instant::now();
+    env.network
+        .subnets_client()
+        .get(RG, "aks-vnet", "aks-subnet", env.sub())
+        .await
+        .expect("slow but fine");
+    assert!(started.elapsed() >= min, "{:?} < {min:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn added_latency_delays_answers_without_failing_them() {
     let env = start(Seed::aks_like(0)).await;
     env.sim.set_latency(Duration::from_millis(150));
-    let started = Instant::now();
-    env.network
-        .subnets_client()
-        .get(RG, "aks-vnet", "aks-subnet", env.sub())
-        .await
-        .expect("slow but fine");
-    assert!(started.elapsed() >= Duration::from_millis(150));
+    subnet_get_takes_at_least(&env, Duration::from_millis(150)).await;
     env.sim.set_latency(Duration::ZERO);
     let mut slow = FaultSpec::new("GET", r"/subnets/", 1, 200, "Slow");
     slow.latency_ms = Some(200);
     env.sim.inject_fault(slow).expect("fault");
-    let started = Instant::now();
-    env.network
-        .subnets_client()
-        .get(RG, "aks-vnet", "aks-subnet", env.sub())
-        .await
-        .expect("slow but fine");
-    assert!(started.elapsed() >= Duration::from_millis(200));
+    subnet_get_takes_at_least(&env, Duration::from_millis(200)).await;
 }
 
 #[tokio::test]
@@ -525,20 +530,12 @@ async fn failed_long_running_operation_is_reported_and_leaves_resource_failed() 
         ..LroConfig::default()
     });
     let lbs = env.network.load_balancers_client();
-    let err = lbs
-        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect_err("LRO fails");
+    let err = put_bare_lb(&env, LB).await.expect_err("LRO fails");
     assert!(err.to_string().contains("Long running operation failed"), "{err}");
     let got = serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("get")).expect("json");
     assert_eq!(got["properties"]["provisioningState"], json!("Failed"));
     // The next PUT succeeds and repairs it.
-    let ok = serde_json::to_value(
-        lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-            .await
-            .expect("retry"),
-    )
-    .expect("json");
+    let ok = serde_json::to_value(put_bare_lb(&env, LB).await.expect("retry")).expect("json");
     assert_eq!(ok["properties"]["provisioningState"], json!("Succeeded"));
 }
 
@@ -548,9 +545,7 @@ async fn failed_long_running_operation_is_reported_and_leaves_resource_failed() 
 async fn delete_is_accepted_with_polling_headers_and_is_idempotent() {
     let env = start(Seed::aks_like(0)).await;
     let lbs = env.network.load_balancers_client();
-    lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-        .await
-        .expect("LB");
+    put_bare_lb(&env, LB).await.expect("LB");
     let rsp = lbs.delete(RG, LB, env.sub()).send().await.expect("accepted");
     let raw = rsp.as_raw_response();
     assert_eq!(u16::from(raw.status()), 202);
@@ -564,8 +559,8 @@ async fn delete_is_accepted_with_polling_headers_and_is_idempotent() {
             .get_optional_str(&azure_core::headers::AZURE_ASYNCOPERATION)
             .is_some()
     );
-    let err = lbs.get(RG, LB, env.sub()).await.expect_err("deleted");
-    assert_eq!(status_and_code(&err).0, 404);
+    let refused = refusal(lbs.get(RG, LB, env.sub()).await, "deleted");
+    assert_eq!(refused.0, 404);
     let rsp = lbs
         .delete(RG, LB, env.sub())
         .send()
@@ -591,14 +586,13 @@ async fn write_during_a_running_operation_conflicts_when_enabled() {
         .await
         .expect("accepted");
     assert_eq!(u16::from(first.as_raw_response().status()), 201);
-    let err = lbs
-        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
-        .send()
-        .await
-        .expect_err("busy");
-    assert_eq!(
-        status_and_code(&err),
-        (409, "AnotherOperationInProgress".to_owned())
+    assert_refused(
+        lbs.create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+            .send()
+            .await,
+        "busy",
+        409,
+        "AnotherOperationInProgress",
     );
     let state = serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("get")).expect("json");
     assert_eq!(state["properties"]["provisioningState"], json!("Updating"));
@@ -619,12 +613,15 @@ async fn lost_response_fault_applies_the_write_but_reports_an_error() {
     let body: PublicIpPrefix =
         serde_json::from_value(json!({"location": "eastus", "properties": {"prefixLength": 30}}))
             .expect("model");
-    let err = client
-        .public_ip_prefixes_client()
-        .create_or_update(RG, "p", body, env.sub())
-        .await
-        .expect_err("lost response");
-    assert_eq!(status_and_code(&err), (504, "GatewayTimeout".to_owned()));
+    assert_refused(
+        client
+            .public_ip_prefixes_client()
+            .create_or_update(RG, "p", body, env.sub())
+            .await,
+        "lost response",
+        504,
+        "GatewayTimeout",
+    );
     let got = client
         .public_ip_prefixes_client()
         .get(RG, "p", env.sub())

@@ -187,182 +187,138 @@ async fn printer_columns_and_short_names() {
     println!("{}", out.stdout);
 }
 
+/// One way to break a CEL rule: create a `kind` object with `spec` (refused), or, with `change`, create it
+/// (accepted) and merge-patch `change` into its spec (refused by a transition rule on `oldSelf`).
+struct BrokenRule {
+    kind: &'static str,
+    spec: Value,
+    change: Option<Value>,
+    /// Text the refusal must contain.
+    want: &'static str,
+}
+
+const SGC: &str = "StaticGatewayConfiguration";
+const POOL: &str = "GatewayPool";
+
 /// Every `x-kubernetes-validations` rule of every CRD, each broken once (the count is checked, so a new
 /// rule needs a case here), refused by the apiserver with its message while no webhook is registered.
 async fn every_cel_rule_is_enforced(server: &Server) {
-    let sgcs = server.sgcs();
-    let pools = server.pools();
-    let mut checked = 0;
-    let sgc = |name: &str, spec: Value| object("StaticGatewayConfiguration", name, spec);
-
-    let create_cases = [
-        (
+    let create = |kind, spec, want| BrokenRule {
+        kind,
+        spec,
+        change: None,
+        want,
+    };
+    let update = |kind, spec, change, want| BrokenRule {
+        kind,
+        spec,
+        change: Some(change),
+        want,
+    };
+    let vmss = json!({"vmssResourceGroup": "rg", "vmssName": "v", "publicIpPrefixSize": 31});
+    let cases = [
+        create(
+            SGC,
             json!({}),
             "spec: Invalid value: \"object\": rule 1 (one gateway pool)",
         ),
-        (
-            json!({"gatewayNodepoolName": "a", "gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "v", "publicIpPrefixSize": 31}}),
+        create(
+            SGC,
+            json!({"gatewayNodepoolName": "a", "gatewayVmssProfile": vmss}),
             "rule 1 (one gateway pool)",
         ),
-        (
-            json!({"provisionPublicIps": false, "gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "v", "publicIpPrefixSize": 31}}),
+        create(
+            SGC,
+            json!({"provisionPublicIps": false, "gatewayVmssProfile": vmss}),
             "spec.gatewayVmssProfile: Invalid value: \"object\": rule 5 (private IPs need a VM-based pool)",
         ),
-        (
+        create(
+            SGC,
             json!({"provisionPublicIps": false, "gatewayNodepoolName": "a", "publicIpPrefixId": "/x"}),
             "spec.publicIpPrefixId: Invalid value: \"object\": rule 6 (public IP prefix ID)",
         ),
-        (
+        create(
+            SGC,
             json!({"gatewayNodepoolName": "a", "excludeCidrs": ["10.0.0.0/8", "1.2.3.4"]}),
             "spec.excludeCidrs[1]: Invalid value: \"string\": rule 7 (valid excludeCidrs)",
         ),
+        update(
+            SGC,
+            json!({"gatewayNodepoolName": "a"}),
+            json!({"gatewayNodepoolName": "b"}),
+            "spec.gatewayNodepoolName: Invalid value: \"object\": gatewayNodepoolName is immutable",
+        ),
+        update(
+            SGC,
+            json!({"gatewayVmssProfile": vmss}),
+            json!({"gatewayVmssProfile": {"vmssName": "w"}}),
+            "spec.gatewayVmssProfile: Invalid value: \"object\": gatewayVmssProfile is immutable",
+        ),
+        create(
+            POOL,
+            json!({"publicIpPrefixSize": 31}),
+            "rule 1 (one pool identity)",
+        ),
+        create(
+            POOL,
+            json!({"gatewayNodepoolName": "a", "publicIpPrefixSize": 31, "instanceCount": 3}),
+            "spec.instanceCount: Invalid value: \"object\": rule 4 (instances fit the prefix)",
+        ),
+        update(
+            POOL,
+            json!({"gatewayNodepoolName": "a", "publicIpPrefixSize": 31}),
+            json!({"gatewayNodepoolName": "b"}),
+            "gatewayNodepoolName is immutable: a GatewayPool always describes the same nodes",
+        ),
+        update(
+            POOL,
+            json!({"gatewayNodepoolName": "a", "publicIpPrefixSize": 31}),
+            json!({"publicIpPrefixSize": 30}),
+            "spec.publicIpPrefixSize: Invalid value: \"object\": publicIpPrefixSize is immutable",
+        ),
+        update(
+            POOL,
+            json!({"gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "v"}, "publicIpPrefixSize": 31}),
+            json!({"gatewayVmssProfile": {"vmssName": "w"}}),
+            "gatewayVmssProfile is immutable: a GatewayPool always describes the same nodes",
+        ),
     ];
-    for (spec, want) in create_cases {
-        let msg = refusal(
-            sgcs.create(&PostParams::default(), &sgc(&unique("cel"), spec.clone()))
-                .await,
+    let checked = cases.len();
+    for case in cases {
+        let api = if case.kind == POOL {
+            server.pools()
+        } else {
+            server.sgcs()
+        };
+        let name = unique("cel");
+        let created = api
+            .create(
+                &PostParams::default(),
+                &object(case.kind, &name, case.spec.clone()),
+            )
+            .await;
+        let result = match &case.change {
+            None => created,
+            Some(change) => {
+                created.expect("create");
+                api.patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": change })),
+                )
+                .await
+            }
+        };
+        let msg = refusal(result);
+        assert!(
+            msg.contains(case.want),
+            "{}: {} {} then {:?}: {msg}",
+            server.name,
+            case.kind,
+            case.spec,
+            case.change
         );
-        assert!(msg.contains(want), "{}: {spec}: {msg}", server.name);
-        checked += 1;
     }
-    // Transition rules (oldSelf) on updates.
-    let name = unique("immutable");
-    sgcs.create(
-        &PostParams::default(),
-        &sgc(&name, json!({"gatewayNodepoolName": "a"})),
-    )
-    .await
-    .expect("create");
-    let msg = refusal(
-        sgcs.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"gatewayNodepoolName": "b"}})),
-        )
-        .await,
-    );
-    assert!(
-        msg.contains("spec.gatewayNodepoolName: Invalid value: \"object\": gatewayNodepoolName is immutable"),
-        "{}: {msg}",
-        server.name
-    );
-    checked += 1;
-    let name = unique("immutable");
-    let profile = json!({"vmssResourceGroup": "rg", "vmssName": "v", "publicIpPrefixSize": 31});
-    sgcs.create(
-        &PostParams::default(),
-        &sgc(&name, json!({"gatewayVmssProfile": profile})),
-    )
-    .await
-    .expect("create");
-    let msg = refusal(
-        sgcs.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"gatewayVmssProfile": {"vmssName": "w"}}})),
-        )
-        .await,
-    );
-    assert!(
-        msg.contains("spec.gatewayVmssProfile: Invalid value: \"object\": gatewayVmssProfile is immutable"),
-        "{}: {msg}",
-        server.name
-    );
-    checked += 1;
-
-    let pool = |name: &str, spec: Value| object("GatewayPool", name, spec);
-    let msg = refusal(
-        pools
-            .create(
-                &PostParams::default(),
-                &pool(&unique("p"), json!({"publicIpPrefixSize": 31})),
-            )
-            .await,
-    );
-    assert!(
-        msg.contains("rule 1 (one pool identity)"),
-        "{}: {msg}",
-        server.name
-    );
-    checked += 1;
-    let msg = refusal(
-        pools
-            .create(
-                &PostParams::default(),
-                &pool(
-                    &unique("p"),
-                    json!({"gatewayNodepoolName": "a", "publicIpPrefixSize": 31, "instanceCount": 3}),
-                ),
-            )
-            .await,
-    );
-    assert!(
-        msg.contains("spec.instanceCount: Invalid value: \"object\": rule 4 (instances fit the prefix)"),
-        "{}: {msg}",
-        server.name
-    );
-    checked += 1;
-    let name = unique("p");
-    pools
-        .create(
-            &PostParams::default(),
-            &pool(
-                &name,
-                json!({"gatewayNodepoolName": "a", "publicIpPrefixSize": 31}),
-            ),
-        )
-        .await
-        .expect("pool");
-    let msg = refusal(
-        pools
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"gatewayNodepoolName": "b"}})),
-            )
-            .await,
-    );
-    assert!(
-        msg.contains("gatewayNodepoolName is immutable: a GatewayPool always describes the same nodes"),
-        "{}: {msg}",
-        server.name
-    );
-    checked += 1;
-    let msg = refusal(
-        pools
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"publicIpPrefixSize": 30}})),
-            )
-            .await,
-    );
-    assert!(
-        msg.contains("spec.publicIpPrefixSize: Invalid value: \"object\": publicIpPrefixSize is immutable"),
-        "{}: {msg}",
-        server.name
-    );
-    checked += 1;
-    let name = unique("p");
-    pools
-        .create(&PostParams::default(), &pool(&name, json!({"gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "v"}, "publicIpPrefixSize": 31})))
-        .await
-        .expect("pool");
-    let msg = refusal(
-        pools
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"gatewayVmssProfile": {"vmssName": "w"}}})),
-            )
-            .await,
-    );
-    assert!(
-        msg.contains("gatewayVmssProfile is immutable: a GatewayPool always describes the same nodes"),
-        "{}: {msg}",
-        server.name
-    );
-    checked += 1;
 
     // Rule 1 has two ways to fail (neither, both) and one entry; everything else is one case per rule.
     let rules = api::crd::all()

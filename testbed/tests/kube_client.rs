@@ -62,6 +62,49 @@ async fn refused_create(
     api_err(api.create(&PostParams::default(), &obj).await.expect_err(what))
 }
 
+/// Server-side apply of `body` to object `name` with `params` (manager, force).
+async fn apply<K>(
+    api: &Api<K>,
+    name: &str,
+    params: &PatchParams,
+    body: &serde_json::Value,
+) -> Result<K, Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, params, &Patch::Apply(body)).await
+}
+
+/// Asserts that reading `name` through `api` answers 404; `what` says why it is gone.
+async fn assert_gone<K>(api: &Api<K>, name: &str, what: &str)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    assert_eq!(api_err(api.get(name).await.expect_err(what)).code, 404, "{what}");
+}
+
+/// The first event of a raw watch of `cms` from resourceVersion `rv`.
+async fn first_event_since(cms: &Api<ConfigMap>, rv: &str) -> Option<WatchEvent<ConfigMap>> {
+    let mut events = cms
+        .watch(&WatchParams::default().timeout(5), rv)
+        .await
+        .expect("watch")
+        .boxed();
+    events.try_next().await.expect("event")
+}
+
+/// A simulator with ConfigMap `c` created in `default`: the simulator (keep it alive while testing),
+/// the `default` ConfigMaps and `c` as stored.
+async fn sim_with_configmap_c() -> (testbed::kube::KubeSim, Api<ConfigMap>, ConfigMap) {
+    let sim = sim_with_crds().await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(sim.client("admin").expect("client"), "default");
+    let live = configmaps
+        .create(&PostParams::default(), &cm("c", &[]))
+        .await
+        .expect("create");
+    (sim, configmaps, live)
+}
+
 fn api_err(e: Error) -> kube::core::Status {
     match e {
         Error::Api(s) => *s,
@@ -269,8 +312,7 @@ async fn server_side_apply_owns_fields_per_manager() {
     let cfg = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
         "metadata": {"name": "p1", "labels": {"team": "a", "tier": "gw"}},
         "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31}});
-    let created = pools
-        .patch("p1", &PatchParams::apply("tf"), &Patch::Apply(&cfg))
+    let created = apply(&pools, "p1", &PatchParams::apply("tf"), &cfg)
         .await
         .expect("apply creates");
     assert_eq!(created.metadata.generation, Some(1));
@@ -282,8 +324,7 @@ async fn server_side_apply_owns_fields_per_manager() {
     let cfg2 = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
         "metadata": {"name": "p1", "labels": {"team": "a"}},
         "spec": {"gatewayNodepoolName": "gw", "publicIpPrefixSize": 31}});
-    let applied = pools
-        .patch("p1", &PatchParams::apply("tf"), &Patch::Apply(&cfg2))
+    let applied = apply(&pools, "p1", &PatchParams::apply("tf"), &cfg2)
         .await
         .expect("re-apply");
     assert_eq!(
@@ -300,19 +341,13 @@ async fn server_side_apply_owns_fields_per_manager() {
     let other = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
         "metadata": {"name": "p1", "labels": {"team": "b"}}});
     let e = api_err(
-        pools
-            .patch("p1", &PatchParams::apply("intruder"), &Patch::Apply(&other))
+        apply(&pools, "p1", &PatchParams::apply("intruder"), &other)
             .await
             .expect_err("conflict"),
     );
     assert_eq!(e.code, 409);
     assert!(e.message.contains("conflict with \"tf\""), "{}", e.message);
-    let forced = pools
-        .patch(
-            "p1",
-            &PatchParams::apply("intruder").force(),
-            &Patch::Apply(&other),
-        )
+    let forced = apply(&pools, "p1", &PatchParams::apply("intruder").force(), &other)
         .await
         .expect("forced");
     assert_eq!(
@@ -327,12 +362,7 @@ async fn server_side_apply_owns_fields_per_manager() {
 
     // A no-op apply does not bump resourceVersion.
     let rv = forced.metadata.resource_version.clone();
-    let again = pools
-        .patch(
-            "p1",
-            &PatchParams::apply("intruder").force(),
-            &Patch::Apply(&other),
-        )
+    let again = apply(&pools, "p1", &PatchParams::apply("intruder").force(), &other)
         .await
         .expect("no-op");
     assert_eq!(again.metadata.resource_version, rv);
@@ -391,23 +421,13 @@ async fn watcher_and_reflector_follow_changes_and_old_versions_are_gone() {
     cms.delete("other", &DeleteParams::default())
         .await
         .expect("delete");
-    let mut w = cms
-        .watch(&WatchParams::default().timeout(5), &rv)
-        .await
-        .expect("watch")
-        .boxed();
-    match w.try_next().await.expect("event") {
+    match first_event_since(&cms, &rv).await {
         Some(WatchEvent::Deleted(c)) => assert_eq!(c.metadata.name.as_deref(), Some("other")),
         other => panic!("expected DELETED, got {other:?}"),
     }
     // After compaction the old version is gone.
     sim.compact();
-    let mut w = cms
-        .watch(&WatchParams::default().timeout(5), &rv)
-        .await
-        .expect("watch")
-        .boxed();
-    match w.try_next().await.expect("event") {
+    match first_event_since(&cms, &rv).await {
         Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
         other => panic!("expected 410, got {other:?}"),
     }
@@ -485,8 +505,7 @@ async fn finalizer_helper_delays_deletion_until_cleanup() {
     assert_eq!(e.code, 422);
     run(terminating).await.expect("cleanup");
     assert_eq!(*seen.lock().expect("lock"), ["applied", "cleaned"]);
-    let gone = api_err(cms.get("f").await.expect_err("removed after finalizer cleared"));
-    assert_eq!(gone.code, 404);
+    assert_gone(&cms, "f", "removed after finalizer cleared").await;
 }
 
 #[tokio::test]
@@ -512,10 +531,7 @@ async fn garbage_collection_follows_owner_references() {
     cms.delete("owner", &DeleteParams::background())
         .await
         .expect("delete owner");
-    assert_eq!(
-        api_err(secrets.get("dep1").await.expect_err("collected")).code,
-        404
-    );
+    assert_gone(&secrets, "dep1", "collected").await;
 
     let owner2 = cms
         .create(&PostParams::default(), &cm("owner", &[]))
@@ -553,8 +569,8 @@ async fn garbage_collection_follows_owner_references() {
     nss.delete("tmp", &DeleteParams::default())
         .await
         .expect("delete ns");
-    assert_eq!(api_err(nss.get("tmp").await.expect_err("ns gone")).code, 404);
-    assert_eq!(api_err(tmp.get("x").await.expect_err("content gone")).code, 404);
+    assert_gone(&nss, "tmp", "ns gone").await;
+    assert_gone(&tmp, "x", "content gone").await;
 }
 
 #[tokio::test]
@@ -799,10 +815,7 @@ async fn deleting_a_crd_deletes_its_objects_after_their_finalizers() {
     crds.delete(crd_name, &DeleteParams::default())
         .await
         .expect("delete CRD");
-    assert_eq!(
-        api_err(pools.get("plain").await.expect_err("deleted with the CRD")).code,
-        404
-    );
+    assert_gone(&pools, "plain", "deleted with the CRD").await;
     let held = pools
         .get("held")
         .await
@@ -824,7 +837,7 @@ async fn deleting_a_crd_deletes_its_objects_after_their_finalizers() {
         )
         .await
         .expect("release");
-    assert_eq!(api_err(crds.get(crd_name).await.expect_err("CRD gone")).code, 404);
+    assert_gone(&crds, crd_name, "CRD gone").await;
     assert_eq!(
         api_err(
             pools
@@ -946,12 +959,7 @@ async fn secret_type_and_immutable_contents_cannot_change() {
 
 #[tokio::test]
 async fn writes_naming_another_object_are_refused() {
-    let sim = sim_with_crds().await;
-    let configmaps: Api<ConfigMap> = Api::namespaced(sim.client("admin").expect("client"), "default");
-    let live = configmaps
-        .create(&PostParams::default(), &cm("c", &[]))
-        .await
-        .expect("create");
+    let (_sim, configmaps, live) = sim_with_configmap_c().await;
     let mut other_ns = live.clone();
     other_ns.metadata.namespace = Some("kube-system".into());
     let mut other_uid = live.clone();
@@ -1008,12 +1016,7 @@ async fn writes_naming_another_object_are_refused() {
 
 #[tokio::test]
 async fn delete_preconditions_are_checked() {
-    let sim = sim_with_crds().await;
-    let configmaps: Api<ConfigMap> = Api::namespaced(sim.client("admin").expect("client"), "default");
-    let live = configmaps
-        .create(&PostParams::default(), &cm("c", &[]))
-        .await
-        .expect("create");
+    let (_sim, configmaps, live) = sim_with_configmap_c().await;
     let live_uid = live.metadata.uid.clone().unwrap_or_default();
     let stale = kube::api::DeleteParams {
         preconditions: Some(kube::api::Preconditions {

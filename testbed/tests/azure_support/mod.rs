@@ -101,6 +101,31 @@ pub fn status_and_code(e: &azure_core::Error) -> (u16, String) {
     }
 }
 
+/// HTTP status and ARM error code of a client call that must fail; `what` names the call when it succeeded.
+pub fn refusal<T: std::fmt::Debug>(result: azure_core::Result<T>, what: &str) -> (u16, String) {
+    status_and_code(&result.expect_err(what))
+}
+
+/// Asserts that a client call failed with HTTP `status` and ARM error `code`; `what` names the call.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(
+    result: azure_core::Result<T>,
+    what: &str,
+    status: u16,
+    code: &str,
+) {
+    assert_eq!(refusal(result, what), (status, code.to_owned()), "{what}");
+}
+
+/// Deleting prefix `name` is refused while public IPs handed out from it exist.
+pub async fn assert_prefix_in_use(env: &Env, name: &str) {
+    assert_eq!(
+        env.delete(Network::PublicIpPrefix, name).await,
+        Err((400, "InUsePublicIpPrefixCannotBeDeleted".to_owned())),
+        "{name} in use"
+    );
+}
+
 /// A Standard IPv4 public IP prefix of length `len`.
 pub fn prefix_body(len: i32) -> PublicIpPrefix {
     serde_json::from_value(
