@@ -29,7 +29,15 @@ pub async fn resolve(arm: &Arm, cfg: &CloudConfig) -> ResolvedPool {
 
 /// One pool reconcile (probe port 8082, no BYO prefixes) that must succeed.
 pub async fn reconcile(arm: &Arm, cfg: &CloudConfig, pool: &ResolvedPool, configs: &[Config]) -> PoolOutcome {
-    apply::reconcile(arm, cfg, pool, configs, &BTreeMap::new(), 8082)
-        .await
-        .expect("reconcile")
+    apply::reconcile(
+        arm,
+        cfg,
+        pool,
+        configs,
+        &BTreeMap::new(),
+        8082,
+        &observe::PassReads::default(),
+    )
+    .await
+    .expect("reconcile")
 }
