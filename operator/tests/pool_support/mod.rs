@@ -27,8 +27,13 @@ pub async fn resolve(arm: &Arm, cfg: &CloudConfig) -> ResolvedPool {
         .expect("pool found")
 }
 
-/// One pool reconcile (probe port 8082, no BYO prefixes) that must succeed.
-pub async fn reconcile(arm: &Arm, cfg: &CloudConfig, pool: &ResolvedPool, configs: &[Config]) -> PoolOutcome {
+/// One pool reconcile outside a pass (probe port 8082, no BYO prefixes).
+pub async fn try_reconcile(
+    arm: &Arm,
+    cfg: &CloudConfig,
+    pool: &ResolvedPool,
+    configs: &[Config],
+) -> Result<PoolOutcome, observe::PoolError> {
     apply::reconcile(
         arm,
         cfg,
@@ -39,5 +44,9 @@ pub async fn reconcile(arm: &Arm, cfg: &CloudConfig, pool: &ResolvedPool, config
         &observe::PassReads::default(),
     )
     .await
-    .expect("reconcile")
+}
+
+/// [`try_reconcile`] that must succeed.
+pub async fn reconcile(arm: &Arm, cfg: &CloudConfig, pool: &ResolvedPool, configs: &[Config]) -> PoolOutcome {
+    try_reconcile(arm, cfg, pool, configs).await.expect("reconcile")
 }
