@@ -237,8 +237,13 @@ fn draining_gateway_answers_503_and_the_router_moves_traffic_to_the_other() {
         ifname: "wg0".into(),
         control_name: alias,
     };
-    let state = wg.state(&handle).expect("pod wg state");
-    let peer = state.peers.first().expect("pod has the gateway peer").clone();
+    let state = wg.device_stats(&handle).expect("pod wg state");
+    let peer = state
+        .peers
+        .first()
+        .expect("pod has the gateway peer")
+        .peer
+        .clone();
     let mut change = dataplane::wg::DeviceChange {
         remove_peers: vec![peer.public_key.clone()],
         ..Default::default()

@@ -81,7 +81,7 @@ fn annotated_pod_egresses_via_gateway_secondary_ip() {
         .expect("alias set");
     let state = applier
         .wg
-        .state(&WgHandle {
+        .device_stats(&WgHandle {
             netns: egw.clone(),
             ifname: "wg-6000".into(),
             control_name: alias,

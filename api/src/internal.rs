@@ -54,8 +54,9 @@ pub struct PodEndpointStatus {}
 )]
 #[serde(rename_all = "camelCase")]
 // Both lists are written even when empty: the agent server-side applies this object, and an applied
-// `spec: {}` owns no field, so kube-apiserver removes the lists the agent owned and leaves `spec: null`,
-// which the schema refuses (`spec` is a required object): the last entry could never be removed.
+// `spec: {}` owns only `spec` itself (`f:spec: {}` in managedFields), not the lists, so kube-apiserver removes
+// the lists the agent owned and leaves `spec: null`, which the schema refuses (`spec` is a required object):
+// the last entry could never be removed.
 pub struct GatewayStatusSpec {
     /// Configurations whose WireGuard interface is up on this node.
     #[serde(default)]

@@ -135,24 +135,27 @@ pub struct PeerSpec {
     pub allowed_ips: Vec<IpNet>,
 }
 
-/// A peer as configured on a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerState {
-    /// Base64 public key.
-    pub public_key: String,
-    /// Allowed IPs.
-    pub allowed_ips: Vec<IpNet>,
-}
-
-/// What a device currently has.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceState {
-    /// Public key of the device's private key, if set.
-    pub public_key: Option<String>,
-    /// Listen port.
-    pub listen_port: Option<u16>,
-    /// Peers.
-    pub peers: Vec<PeerState>,
+impl PeerSpec {
+    /// The key and allowed IPs as the WireGuard library takes them; `op` and `link` name the change in the error.
+    fn key_and_ips(&self, op: &'static str, link: &str) -> Result<(Key, Vec<AllowedIp>), WgError> {
+        let key = Key::from_base64(&self.public_key).map_err(|_| WgError::Control {
+            op,
+            link: link.into(),
+            msg: format!(
+                "peer public key {:?} is not a base64 WireGuard key",
+                self.public_key
+            ),
+        })?;
+        let ips = self
+            .allowed_ips
+            .iter()
+            .map(|n| AllowedIp {
+                address: n.addr(),
+                cidr: n.prefix_len(),
+            })
+            .collect();
+        Ok((key, ips))
+    }
 }
 
 /// A change to a device. Only what is set is changed.
@@ -266,19 +269,7 @@ impl WireGuard {
             u = u.set_listen_port(p);
         }
         for p in &change.upsert_peers {
-            let key = Key::from_base64(&p.public_key).map_err(|_| WgError::Control {
-                op: "add peer",
-                link: h.ifname.clone(),
-                msg: format!("peer public key {:?} is not a base64 WireGuard key", p.public_key),
-            })?;
-            let ips: Vec<AllowedIp> = p
-                .allowed_ips
-                .iter()
-                .map(|n| AllowedIp {
-                    address: n.addr(),
-                    cidr: n.prefix_len(),
-                })
-                .collect();
+            let (key, ips) = p.key_and_ips("add peer", &h.ifname)?;
             let mut b = PeerConfigBuilder::new(&key)
                 .replace_allowed_ips()
                 .add_allowed_ips(&ips);
@@ -300,36 +291,6 @@ impl WireGuard {
                 link: h.ifname.clone(),
                 msg,
             })
-    }
-
-    /// Reads a device's state.
-    pub fn state(&self, h: &WgHandle) -> Result<DeviceState, WgError> {
-        let name = self.control_iface(h)?;
-        let kind = self.kind;
-        let dev = self
-            .in_netns(h, move || Device::get(&name, backend(kind)))
-            .map_err(|msg| WgError::Control {
-                op: "read",
-                link: h.ifname.clone(),
-                msg,
-            })?;
-        Ok(DeviceState {
-            public_key: dev.public_key.map(|k| k.to_base64()),
-            listen_port: dev.listen_port,
-            peers: dev
-                .peers
-                .iter()
-                .map(|p| PeerState {
-                    public_key: p.config.public_key.to_base64(),
-                    allowed_ips: p
-                        .config
-                        .allowed_ips
-                        .iter()
-                        .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
-                        .collect(),
-                })
-                .collect(),
-        })
     }
 
     /// The name to address the device by: the interface for the kernel, the UAPI socket for userspace.
@@ -414,11 +375,13 @@ fn wait_userspace_ready(control_name: &str) -> Result<(), WgError> {
     }
 }
 
-/// A device's public key and its peers' counters.
+/// What a device currently has: its key, its port, and its peers with their counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStats {
     /// Public key of the device's private key, if set.
     pub public_key: Option<String>,
+    /// Listen port.
+    pub listen_port: Option<u16>,
     /// Peers.
     pub peers: Vec<PeerStats>,
 }
@@ -426,12 +389,9 @@ pub struct DeviceStats {
 /// One peer's configuration and counters, as read for health checks and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStats {
-    /// Base64 public key.
-    pub public_key: String,
-    /// Current endpoint (a pod's: the gateway frontend; a gateway's: where the pod was last heard from).
-    pub endpoint: Option<SocketAddr>,
-    /// Allowed IPs.
-    pub allowed_ips: Vec<IpNet>,
+    /// The peer as configured now (its endpoint: a pod's, the gateway frontend; a gateway's, where the pod was
+    /// last heard from).
+    pub peer: PeerSpec,
     /// Persistent keepalive interval (seconds), if set.
     pub persistent_keepalive: Option<u16>,
     /// Bytes received from the peer (handshakes included).
@@ -448,7 +408,7 @@ impl WireGuard {
         self.device_stats(h).map(|d| d.peers)
     }
 
-    /// The device's public key and every peer with its counters, in one read.
+    /// The device's public key, listen port and every peer with its counters, in one read.
     pub fn device_stats(&self, h: &WgHandle) -> Result<DeviceStats, WgError> {
         let name = self.control_iface(h)?;
         let kind = self.kind;
@@ -463,14 +423,16 @@ impl WireGuard {
             .peers
             .iter()
             .map(|p| PeerStats {
-                public_key: p.config.public_key.to_base64(),
-                endpoint: p.config.endpoint,
-                allowed_ips: p
-                    .config
-                    .allowed_ips
-                    .iter()
-                    .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
-                    .collect(),
+                peer: PeerSpec {
+                    public_key: p.config.public_key.to_base64(),
+                    endpoint: p.config.endpoint,
+                    allowed_ips: p
+                        .config
+                        .allowed_ips
+                        .iter()
+                        .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
+                        .collect(),
+                },
                 persistent_keepalive: p.config.persistent_keepalive_interval,
                 rx_bytes: p.stats.rx_bytes,
                 tx_bytes: p.stats.tx_bytes,
@@ -479,6 +441,7 @@ impl WireGuard {
             .collect();
         Ok(DeviceStats {
             public_key: dev.public_key.map(|k| k.to_base64()),
+            listen_port: dev.listen_port,
             peers,
         })
     }
@@ -490,22 +453,7 @@ impl WireGuard {
     /// (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT, 15 s). Packets sent in the meantime are queued until the handshake
     /// completes, as for any new peer.
     pub fn restart_session(&self, h: &WgHandle, peer: &PeerStats) -> Result<(), WgError> {
-        let key = Key::from_base64(&peer.public_key).map_err(|_| WgError::Control {
-            op: "restart session",
-            link: h.ifname.clone(),
-            msg: format!(
-                "peer public key {:?} is not a base64 WireGuard key",
-                peer.public_key
-            ),
-        })?;
-        let ips: Vec<AllowedIp> = peer
-            .allowed_ips
-            .iter()
-            .map(|n| AllowedIp {
-                address: n.addr(),
-                cidr: n.prefix_len(),
-            })
-            .collect();
+        let (key, ips) = peer.peer.key_and_ips("restart session", &h.ifname)?;
         let name = self.control_iface(h)?;
         if self.kind == BackendKind::Userspace {
             // Not through `DeviceUpdate::apply`: for a socket that is gone (the pod was just deleted) it
@@ -519,7 +467,7 @@ impl WireGuard {
             });
         }
         let mut again = PeerConfigBuilder::new(&key).add_allowed_ips(&ips);
-        if let Some(e) = peer.endpoint {
+        if let Some(e) = peer.peer.endpoint {
             again = again.set_endpoint(e);
         }
         if let Some(k) = peer.persistent_keepalive {
@@ -569,13 +517,13 @@ fn restart_session_uapi(peer: &PeerStats, key: &[u8]) -> String {
     use std::fmt::Write as _;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     let mut req = format!("set=1\npublic_key={hex}\nremove=true\npublic_key={hex}\n");
-    if let Some(e) = peer.endpoint {
+    if let Some(e) = peer.peer.endpoint {
         let _ = writeln!(req, "endpoint={e}");
     }
     if let Some(k) = peer.persistent_keepalive {
         let _ = writeln!(req, "persistent_keepalive_interval={k}");
     }
-    for ip in &peer.allowed_ips {
+    for ip in &peer.peer.allowed_ips {
         let _ = writeln!(req, "allowed_ip={ip}");
     }
     req.push('\n');
@@ -615,9 +563,11 @@ mod restart_tests {
     #[test]
     fn restart_session_request_removes_then_re_adds_the_same_peer() {
         let peer = PeerStats {
-            public_key: String::new(),
-            endpoint: Some("10.0.0.4:6000".parse().expect("endpoint")),
-            allowed_ips: vec!["0.0.0.0/0".parse().expect("net"), "::/0".parse().expect("net")],
+            peer: PeerSpec {
+                public_key: String::new(),
+                endpoint: Some("10.0.0.4:6000".parse().expect("endpoint")),
+                allowed_ips: vec!["0.0.0.0/0".parse().expect("net"), "::/0".parse().expect("net")],
+            },
             persistent_keepalive: None,
             rx_bytes: 1,
             tx_bytes: 2,

@@ -145,9 +145,17 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
     for (phase, configs_now, upstream, floor, all_ready) in phases {
         sim.clear_calls();
         let t = Instant::now();
-        let out = apply::reconcile(&arm, &cfg, &p, configs_now, &BTreeMap::new(), 8082)
-            .await
-            .expect(phase);
+        let out = apply::reconcile(
+            &arm,
+            &cfg,
+            &p,
+            configs_now,
+            &BTreeMap::new(),
+            8082,
+            &observe::PassReads::default(),
+        )
+        .await
+        .expect(phase);
         if all_ready {
             assert!(
                 out.facts.values().all(|f| f.is_complete()),

@@ -627,7 +627,7 @@ impl Operator {
             .map(|(_, c)| c.clone())
             .collect();
 
-        let outcome = match apply::reconcile_in(
+        let outcome = match apply::reconcile(
             &self.arm,
             &self.cfg,
             &resolved,

@@ -1,8 +1,6 @@
 //! The Azure half of the operator against the ARM simulator, through the operator's real ARM client (raw
 //! JSON on the azure_core pipeline): coalesced writes, steady state without writes, deletion without leaks, and fault injection.
 
-use std::collections::BTreeMap;
-
 use operator::azure::Arm;
 use operator::azure::apply::{self, PoolOutcome};
 use operator::azure::observe::{self, ResolvedPool};
@@ -165,16 +163,9 @@ async fn a_short_429_storm_is_absorbed_and_a_long_one_surfaces_with_the_arm_code
     env.sim
         .inject_fault(FaultSpec::throttle("(?i)/virtualMachineScaleSets/", 50, 1))
         .expect("fault");
-    let err = apply::reconcile(
-        &env.arm,
-        &env.cfg,
-        &pool,
-        &deleting(&configs),
-        &BTreeMap::new(),
-        8082,
-    )
-    .await
-    .expect_err("throttled");
+    let err = pool_support::try_reconcile(&env.arm, &env.cfg, &pool, &deleting(&configs))
+        .await
+        .expect_err("throttled");
     let msg = err.to_string();
     assert!(msg.contains("TooManyRequests"), "{msg}");
     match &err {
@@ -210,7 +201,7 @@ async fn server_errors_and_lost_responses_converge_without_duplicates() {
     let mut lost = FaultSpec::new("PUT", "(?i)/virtualMachines/[^/]+$", 1, 409, "Conflict");
     lost.after_apply = true;
     env.sim.inject_fault(lost).expect("fault");
-    let first = apply::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082).await;
+    let first = pool_support::try_reconcile(&env.arm, &env.cfg, &pool, &configs).await;
     assert!(first.is_err(), "the lost response surfaces");
     let out = run(&env, &pool, &configs).await;
     assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
@@ -451,7 +442,7 @@ async fn a_412_storm_beyond_the_refetch_budget_surfaces_as_precondition_failed_a
             json!({"tags": {"busy": "yes"}}),
         ))
         .expect("fault");
-    let err = apply::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082)
+    let err = pool_support::try_reconcile(&env.arm, &env.cfg, &pool, &configs)
         .await
         .expect_err("bounded");
     match &err {
@@ -530,7 +521,7 @@ async fn failed_long_running_operations_surface_and_are_redone_without_leaks() {
     let mut configs = managed(1);
     configs[0].egress = Egress::Private;
     env.sim.set_lro(lro(1));
-    let err = apply::reconcile(&env.arm, &env.cfg, &pool, &configs, &BTreeMap::new(), 8082)
+    let err = pool_support::try_reconcile(&env.arm, &env.cfg, &pool, &configs)
         .await
         .expect_err("the load balancer operation failed");
     assert!(err.to_string().contains("PUT loadBalancers"), "{err}");

@@ -202,7 +202,7 @@ impl GatewayApplier {
                 &l.ifname,
                 "nodad",
             ])?;
-            let state = self.wg.state(&handle)?;
+            let state = self.wg.device_stats(&handle)?;
             let mut change = DeviceChange::default();
             if state.public_key.as_deref() != Some(l.private_key.public_base64().as_str()) {
                 change.private_key = Some(l.private_key.clone());
@@ -215,7 +215,7 @@ impl GatewayApplier {
             let current: BTreeMap<&str, &Vec<IpNet>> = state
                 .peers
                 .iter()
-                .map(|p| (p.public_key.as_str(), &p.allowed_ips))
+                .map(|p| (p.peer.public_key.as_str(), &p.peer.allowed_ips))
                 .collect();
             for (key, ip) in &l.peers {
                 let want = vec![IpNet::V4(*ip)];

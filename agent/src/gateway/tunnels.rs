@@ -200,22 +200,24 @@ pub fn summarize(now: SystemTime, reading: &Reading, previous: Option<&Reading>)
                 .map(|pl| {
                     pl.peers
                         .iter()
-                        .map(|p| (p.public_key.as_str(), p.last_handshake))
+                        .map(|p| (p.peer.public_key.as_str(), p.last_handshake))
                         .collect()
                 })
                 .unwrap_or_default();
             let sessions_started = l
                 .peers
                 .iter()
-                .filter(|p| match (p.last_handshake, before.get(p.public_key.as_str())) {
-                    (Some(now_h), Some(Some(prev_h))) => {
-                        now_h != *prev_h
-                            && now.duration_since(*prev_h).unwrap_or_default() >= SESSION_LIFETIME
-                    }
-                    (Some(_), Some(None)) => true,
-                    // First reading of this peer: its session is not new to us.
-                    _ => false,
-                })
+                .filter(
+                    |p| match (p.last_handshake, before.get(p.peer.public_key.as_str())) {
+                        (Some(now_h), Some(Some(prev_h))) => {
+                            now_h != *prev_h
+                                && now.duration_since(*prev_h).unwrap_or_default() >= SESSION_LIFETIME
+                        }
+                        (Some(_), Some(None)) => true,
+                        // First reading of this peer: its session is not new to us.
+                        _ => false,
+                    },
+                )
                 .count() as u64;
             ConfigSummary {
                 configuration: l.link.configuration.clone(),
@@ -247,7 +249,7 @@ pub fn received_by_peer(reading: &Reading) -> BTreeMap<(String, String), u64> {
         .flat_map(|l| {
             l.peers
                 .iter()
-                .map(|p| ((l.link.ifname.clone(), p.public_key.clone()), p.rx_bytes))
+                .map(|p| ((l.link.ifname.clone(), p.peer.public_key.clone()), p.rx_bytes))
         })
         .collect()
 }
@@ -487,6 +489,7 @@ pub async fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dataplane::wg::PeerSpec;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -594,9 +597,11 @@ ipv4     2 tcp      6 10 TIME_WAIT src=10.244.1.5 dst=1.2.3.4 sport=1 dport=2 sr
 
     fn peer(key: &str, rx: u64, tx: u64, hs: Option<SystemTime>) -> PeerStats {
         PeerStats {
-            public_key: key.into(),
-            endpoint: None,
-            allowed_ips: vec![],
+            peer: PeerSpec {
+                public_key: key.into(),
+                endpoint: None,
+                allowed_ips: vec![],
+            },
             persistent_keepalive: None,
             rx_bytes: rx,
             tx_bytes: tx,

@@ -442,7 +442,9 @@ fn read_devices(
             control_name: name.clone(),
         };
         match userspace.device_stats(&handle) {
-            Ok(dataplane::wg::DeviceStats { public_key, peers }) => out.push(PodDevice {
+            Ok(dataplane::wg::DeviceStats {
+                public_key, peers, ..
+            }) => out.push(PodDevice {
                 link: name,
                 handle,
                 backend: BackendKind::Userspace,
@@ -472,7 +474,10 @@ fn read_devices(
             ifname: "wg0".into(),
             control_name: "wg0".into(),
         };
-        if let Ok(dataplane::wg::DeviceStats { public_key, peers }) = kernel.device_stats(&handle) {
+        if let Ok(dataplane::wg::DeviceStats {
+            public_key, peers, ..
+        }) = kernel.device_stats(&handle)
+        {
             out.push(PodDevice {
                 link: format!("{file}/wg0"),
                 handle,
@@ -526,7 +531,7 @@ pub async fn run(
         for dev in &read {
             for p in &dev.peers {
                 readings.insert(
-                    (dev.link.clone(), p.public_key.clone()),
+                    (dev.link.clone(), p.peer.public_key.clone()),
                     Sample {
                         tx: p.tx_bytes,
                         rx: p.rx_bytes,
@@ -567,7 +572,7 @@ pub async fn run(
             let Some(dev) = read.iter().find(|d| d.link == link) else {
                 continue;
             };
-            let Some(peer) = dev.peers.iter().find(|p| p.public_key == key).cloned() else {
+            let Some(peer) = dev.peers.iter().find(|p| p.peer.public_key == key).cloned() else {
                 continue;
             };
             let pod = dev
@@ -621,7 +626,7 @@ pub async fn run(
                 forget(&metrics, &old);
             }
             for p in &dev.peers {
-                let k = (dev.link.clone(), p.public_key.clone());
+                let k = (dev.link.clone(), p.peer.public_key.clone());
                 let prev = before.get(&k);
                 let grow = |now: u64, was: Option<u64>| was.map_or(0, |w| now.saturating_sub(w));
                 metrics

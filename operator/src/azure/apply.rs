@@ -283,29 +283,9 @@ pub struct PoolOutcome {
 }
 
 /// Read, plan, apply, re-read. `byo_cidrs` are the CIDRs of BYO prefixes (read and length-checked by the caller).
+/// Within a pass, the first read uses what the pass's `reads` hold already; after a write, or a failure, they
+/// are forgotten and everything is read afresh. Outside a pass, give `&PassReads::default()`.
 pub async fn reconcile(
-    arm: &Arm,
-    cfg: &CloudConfig,
-    pool: &ResolvedPool,
-    configs: &[Config],
-    byo_cidrs: &BTreeMap<String, String>,
-    probe_port: i32,
-) -> Result<PoolOutcome, PoolError> {
-    reconcile_in(
-        arm,
-        cfg,
-        pool,
-        configs,
-        byo_cidrs,
-        probe_port,
-        &PassReads::default(),
-    )
-    .await
-}
-
-/// [`reconcile`] within a pass: the first read uses what the pass read already; after a write, or a failure,
-/// the pass's reads are forgotten and everything is read afresh.
-pub async fn reconcile_in(
     arm: &Arm,
     cfg: &CloudConfig,
     pool: &ResolvedPool,

@@ -27,9 +27,26 @@ pub async fn resolve(arm: &Arm, cfg: &CloudConfig) -> ResolvedPool {
         .expect("pool found")
 }
 
-/// One pool reconcile (probe port 8082, no BYO prefixes) that must succeed.
+/// One pool reconcile outside a pass (probe port 8082, no BYO prefixes).
+pub async fn try_reconcile(
+    arm: &Arm,
+    cfg: &CloudConfig,
+    pool: &ResolvedPool,
+    configs: &[Config],
+) -> Result<PoolOutcome, observe::PoolError> {
+    apply::reconcile(
+        arm,
+        cfg,
+        pool,
+        configs,
+        &BTreeMap::new(),
+        8082,
+        &observe::PassReads::default(),
+    )
+    .await
+}
+
+/// [`try_reconcile`] that must succeed.
 pub async fn reconcile(arm: &Arm, cfg: &CloudConfig, pool: &ResolvedPool, configs: &[Config]) -> PoolOutcome {
-    apply::reconcile(arm, cfg, pool, configs, &BTreeMap::new(), 8082)
-        .await
-        .expect("reconcile")
+    try_reconcile(arm, cfg, pool, configs).await.expect("reconcile")
 }

@@ -1,6 +1,25 @@
 //! The two resource types (and their data sources): schemas, the mapping between Terraform values and
 //! Kubernetes specs, plan-time validation with `api::rules`, and planning. Pure: no I/O here.
 
+/// The [`Object`] methods a kind's module already defines as free functions of the same name (`manifest`,
+/// `state_from_object`, `is_ready`, `describe_wait`), written once for every kind's impl.
+macro_rules! object_fns_from_module {
+    () => {
+        fn manifest(planned: &crate::value::Value) -> serde_json::Value {
+            manifest(planned)
+        }
+        fn state_from_object(prior: &crate::value::Value, obj: &Self) -> crate::value::Value {
+            state_from_object(prior, obj)
+        }
+        fn is_ready(obj: &Self) -> bool {
+            is_ready(obj)
+        }
+        fn describe_wait(obj: Option<&Self>) -> String {
+            describe_wait(obj)
+        }
+    };
+}
+
 pub mod plan;
 pub mod pool;
 pub mod sgc;

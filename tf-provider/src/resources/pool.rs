@@ -164,18 +164,7 @@ impl super::Object for GatewayPool {
     fn api(client: kube::Client, _: &Value) -> kube::Api<Self> {
         kube::Api::all(client)
     }
-    fn manifest(planned: &Value) -> serde_json::Value {
-        manifest(planned)
-    }
-    fn state_from_object(prior: &Value, obj: &Self) -> Value {
-        state_from_object(prior, obj)
-    }
-    fn is_ready(obj: &Self) -> bool {
-        is_ready(obj)
-    }
-    fn describe_wait(obj: Option<&Self>) -> String {
-        describe_wait(obj)
-    }
+    object_fns_from_module!();
 }
 
 /// Has the operator taken the pool on (its finalizer) and reported it Ready for the current generation? The

@@ -210,18 +210,7 @@ impl super::Object for StaticGatewayConfiguration {
     fn api(client: kube::Client, v: &Value) -> kube::Api<Self> {
         kube::Api::namespaced(client, v.get("namespace").as_str().unwrap_or_default())
     }
-    fn manifest(planned: &Value) -> serde_json::Value {
-        manifest(planned)
-    }
-    fn state_from_object(prior: &Value, obj: &Self) -> Value {
-        state_from_object(prior, obj)
-    }
-    fn is_ready(obj: &Self) -> bool {
-        is_ready(obj)
-    }
-    fn describe_wait(obj: Option<&Self>) -> String {
-        describe_wait(obj)
-    }
+    object_fns_from_module!();
 }
 
 /// Is the configuration usable: Ready for its current generation, with the egress prefix known?
