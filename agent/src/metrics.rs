@@ -71,237 +71,116 @@ pub struct PodTunnelStateLabels {
 /// A gauge holding a float (seconds).
 pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
-/// The agent's metrics and their registry.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
-    /// `cnimanager_podendpoint_operation_failures_total`.
-    pub podendpoint_failures: Family<PodEndpointLabels, Counter>,
-    /// `cnimanager_cni_config_operation_failures_total`.
-    pub cni_config_failures: Family<OperationLabels, Counter>,
-    /// `cnimanager_node_taint_operation_failures_total`.
-    pub node_taint_failures: Family<NodeLabels, Counter>,
-    /// `gateway_apply_total` (successful applies).
-    pub gateway_applies: Counter,
-    /// `gateway_apply_failures_total`.
-    pub gateway_apply_failures: Counter,
-    /// `gateway_apply_duration_seconds`.
-    pub gateway_apply_duration: Histogram,
-    /// `gateway_peers`: peers configured after the last apply.
-    pub gateway_peers: Gauge,
-    /// `gateway_configurations`: active configurations after the last apply.
-    pub gateway_configurations: Gauge,
-    /// `gateway_status_update_failures_total{reason}`: failed writes of this gateway's GatewayStatus.
-    pub gateway_status_update_failures: Family<ReasonLabels, Counter>,
-    /// `gateway_tunnel_peers{configuration}`: peers configured on the configuration's link.
-    pub tunnel_peers: Family<ConfigurationLabels, Gauge>,
-    /// `gateway_tunnel_active_peers{configuration}`: peers with a live session (handshake within 180 s).
-    pub tunnel_active_peers: Family<ConfigurationLabels, Gauge>,
-    /// `gateway_tunnel_newest_handshake_age_seconds{configuration}`.
-    pub tunnel_newest_handshake_age: Family<ConfigurationLabels, FloatGauge>,
-    /// `gateway_tunnel_oldest_active_handshake_age_seconds{configuration}`.
-    pub tunnel_oldest_active_handshake_age: Family<ConfigurationLabels, FloatGauge>,
-    /// `gateway_tunnel_receive_bytes_total{configuration}`: from pods.
-    pub tunnel_rx_bytes: Family<ConfigurationLabels, Counter>,
-    /// `gateway_tunnel_transmit_bytes_total{configuration}`: to pods.
-    pub tunnel_tx_bytes: Family<ConfigurationLabels, Counter>,
-    /// `gateway_tunnel_receive_packets_total{configuration}`.
-    pub tunnel_rx_packets: Family<ConfigurationLabels, Counter>,
-    /// `gateway_tunnel_transmit_packets_total{configuration}`.
-    pub tunnel_tx_packets: Family<ConfigurationLabels, Counter>,
-    /// `gateway_tunnel_sessions_started_total{configuration}`: pods arriving (new or expired session), e.g.
-    /// after their gateway failed.
-    pub tunnel_sessions_started: Family<ConfigurationLabels, Counter>,
-    /// `gateway_snat_flows{configuration}`: the configuration's tracked flows (conntrack mark = its port).
-    pub snat_flows: Family<ConfigurationLabels, Gauge>,
-    /// `gateway_conntrack_entries`: all conntrack entries in the gateway namespace.
-    pub conntrack_entries: Gauge,
-    /// `gateway_draining`: 1 while the agent drains on shutdown.
-    pub gateway_draining: Gauge,
-    /// `pod_tunnel_state{pod,link,state}`: 1 for the pod tunnel's current state.
-    pub pod_tunnel_state: Family<PodTunnelStateLabels, Gauge>,
-    /// `pod_tunnel_handshake_age_seconds{pod,link}`.
-    pub pod_tunnel_handshake_age: Family<PodTunnelLabels, FloatGauge>,
-    /// `pod_tunnel_receive_bytes_total{pod,link}`.
-    pub pod_tunnel_rx_bytes: Family<PodTunnelLabels, Counter>,
-    /// `pod_tunnel_transmit_bytes_total{pod,link}`.
-    pub pod_tunnel_tx_bytes: Family<PodTunnelLabels, Counter>,
-    /// `pod_tunnel_session_restarts_total{pod,link}`: sessions the node agent restarted (forced handshakes).
-    pub pod_tunnel_session_restarts: Family<PodTunnelLabels, Counter>,
-    /// `pod_tunnel_session_restart_failures_total`.
-    pub pod_tunnel_session_restart_failures: Counter,
+/// Declares the agent's metrics once: each field's doc, type, Prometheus name and help (and its constructor,
+/// where `Default` is not it). The struct and its registering `Default` are generated from the same list, so a
+/// metric cannot be declared without being registered or registered under another type.
+macro_rules! agent_metrics {
+    ($($(#[doc = $doc:expr])* $field:ident: $ty:ty $(= $new:expr)? => ($name:literal, $help:literal),)*) => {
+        /// The agent's metrics and their registry.
+        #[derive(Debug)]
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[doc = $doc])* pub $field: $ty,)*
+        }
+
+        impl Default for Metrics {
+            fn default() -> Self {
+                let mut registry = Registry::default();
+                $(
+                    let $field: $ty = agent_metrics!(@new $ty $(, $new)?);
+                    registry.register($name, $help, $field.clone());
+                )*
+                Metrics { registry, $($field,)* }
+            }
+        }
+    };
+    (@new $ty:ty) => { <$ty>::default() };
+    (@new $ty:ty, $new:expr) => { $new };
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::default();
-        /// Registers a metric of type `$ty` (built by `$new`, default `Default`) and returns a handle to it.
-        macro_rules! reg {
-            ($name:literal, $help:literal, $ty:ty) => {
-                reg!($name, $help, $ty, <$ty>::default())
-            };
-            ($name:literal, $help:literal, $ty:ty, $new:expr) => {{
-                let m: $ty = $new;
-                registry.register($name, $help, m.clone());
-                m
-            }};
-        }
-        let podendpoint_failures = reg!(
-            "cnimanager_podendpoint_operation_failures",
-            "PodEndpoint create/update/delete failures",
-            Family<PodEndpointLabels, Counter>
-        );
-        let cni_config_failures = reg!(
-            "cnimanager_cni_config_operation_failures",
-            "CNI configuration install/regenerate/uninstall failures",
-            Family<OperationLabels, Counter>
-        );
-        let node_taint_failures = reg!(
-            "cnimanager_node_taint_operation_failures",
-            "Failures removing the cni-not-ready taint from the node",
-            Family<NodeLabels, Counter>
-        );
-        let gateway_applies = reg!("gateway_apply", "Successful gateway applies", Counter);
-        let gateway_apply_failures = reg!("gateway_apply_failures", "Failed gateway applies", Counter);
-        let gateway_apply_duration = reg!(
-            "gateway_apply_duration_seconds",
-            "Time to apply the gateway's desired state",
-            Histogram,
-            // 1 ms .. ~32 s
-            Histogram::new(exponential_buckets(0.001, 2.0, 16))
-        );
-        let gateway_peers = reg!("gateway_peers", "Pod peers configured", Gauge);
-        let gateway_configurations = reg!(
-            "gateway_configurations",
-            "Configurations active on this gateway",
-            Gauge
-        );
-        let gateway_status_update_failures = reg!(
-            "gateway_status_update_failures",
-            "Failed writes of this gateway's GatewayStatus, by reason (retried with backoff)",
-            Family<ReasonLabels, Counter>
-        );
-        let tunnel_peers = reg!(
-            "gateway_tunnel_peers",
-            "Pod peers configured on the configuration's WireGuard link",
-            Family<ConfigurationLabels, Gauge>
-        );
-        let tunnel_active_peers = reg!(
-            "gateway_tunnel_active_peers",
-            "Pod peers with a live session (last handshake within 180 s)",
-            Family<ConfigurationLabels, Gauge>
-        );
-        let tunnel_newest_handshake_age = reg!(
-            "gateway_tunnel_newest_handshake_age_seconds",
-            "Age of the most recent handshake of any pod peer",
-            Family<ConfigurationLabels, FloatGauge>
-        );
-        let tunnel_oldest_active_handshake_age = reg!(
-            "gateway_tunnel_oldest_active_handshake_age_seconds",
-            "Age of the oldest handshake among the peers with a live session",
-            Family<ConfigurationLabels, FloatGauge>
-        );
-        let tunnel_rx_bytes = reg!(
-            "gateway_tunnel_receive_bytes",
-            "Bytes received from pods (WireGuard, handshakes included)",
-            Family<ConfigurationLabels, Counter>
-        );
-        let tunnel_tx_bytes = reg!(
-            "gateway_tunnel_transmit_bytes",
-            "Bytes sent to pods (WireGuard, handshakes included)",
-            Family<ConfigurationLabels, Counter>
-        );
-        let tunnel_rx_packets = reg!(
-            "gateway_tunnel_receive_packets",
-            "Packets received from pods on the configuration's link (decrypted)",
-            Family<ConfigurationLabels, Counter>
-        );
-        let tunnel_tx_packets = reg!(
-            "gateway_tunnel_transmit_packets",
-            "Packets sent to pods on the configuration's link",
-            Family<ConfigurationLabels, Counter>
-        );
-        let tunnel_sessions_started = reg!(
-            "gateway_tunnel_sessions_started",
-            "Pod sessions started here (no or an expired session before): pods arriving, e.g. after a failover",
-            Family<ConfigurationLabels, Counter>
-        );
-        let snat_flows = reg!(
-            "gateway_snat_flows",
-            "The configuration's flows tracked in the gateway namespace (SNATed to its egress IP)",
-            Family<ConfigurationLabels, Gauge>
-        );
-        let conntrack_entries = reg!(
-            "gateway_conntrack_entries",
-            "Connection-tracking entries in the gateway namespace, all configurations",
-            Gauge
-        );
-        let gateway_draining = reg!(
-            "gateway_draining",
-            "1 while the agent drains on shutdown (probe answers 503, data plane forwarding)",
-            Gauge
-        );
-        let pod_tunnel_state = reg!(
-            "pod_tunnel_state",
-            "1 for the state of the pod's tunnel: idle, answered, unanswered or restarted",
-            Family<PodTunnelStateLabels, Gauge>
-        );
-        let pod_tunnel_handshake_age = reg!(
-            "pod_tunnel_handshake_age_seconds",
-            "Age of the pod tunnel's last handshake",
-            Family<PodTunnelLabels, FloatGauge>
-        );
-        let pod_tunnel_rx_bytes = reg!(
-            "pod_tunnel_receive_bytes",
-            "Bytes the pod's tunnel received from its gateway",
-            Family<PodTunnelLabels, Counter>
-        );
-        let pod_tunnel_tx_bytes = reg!(
-            "pod_tunnel_transmit_bytes",
-            "Bytes the pod's tunnel sent to its gateway",
-            Family<PodTunnelLabels, Counter>
-        );
-        let pod_tunnel_session_restarts = reg!(
-            "pod_tunnel_session_restarts",
-            "Sessions the node agent restarted because the pod sent without hearing back (forced handshakes)",
-            Family<PodTunnelLabels, Counter>
-        );
-        let pod_tunnel_session_restart_failures = reg!(
-            "pod_tunnel_session_restart_failures",
-            "Session restarts that failed",
-            Counter
-        );
-        Metrics {
-            tunnel_peers,
-            tunnel_active_peers,
-            tunnel_newest_handshake_age,
-            tunnel_oldest_active_handshake_age,
-            tunnel_rx_bytes,
-            tunnel_tx_bytes,
-            tunnel_rx_packets,
-            tunnel_tx_packets,
-            tunnel_sessions_started,
-            snat_flows,
-            conntrack_entries,
-            gateway_draining,
-            pod_tunnel_state,
-            pod_tunnel_handshake_age,
-            pod_tunnel_rx_bytes,
-            pod_tunnel_tx_bytes,
-            pod_tunnel_session_restarts,
-            pod_tunnel_session_restart_failures,
-            registry,
-            podendpoint_failures,
-            cni_config_failures,
-            node_taint_failures,
-            gateway_applies,
-            gateway_apply_failures,
-            gateway_apply_duration,
-            gateway_peers,
-            gateway_configurations,
-            gateway_status_update_failures,
-        }
-    }
+agent_metrics! {
+    /// `cnimanager_podendpoint_operation_failures_total`.
+    podendpoint_failures: Family<PodEndpointLabels, Counter>
+        => ("cnimanager_podendpoint_operation_failures", "PodEndpoint create/update/delete failures"),
+    /// `cnimanager_cni_config_operation_failures_total`.
+    cni_config_failures: Family<OperationLabels, Counter>
+        => ("cnimanager_cni_config_operation_failures", "CNI configuration install/regenerate/uninstall failures"),
+    /// `cnimanager_node_taint_operation_failures_total`.
+    node_taint_failures: Family<NodeLabels, Counter>
+        => ("cnimanager_node_taint_operation_failures", "Failures removing the cni-not-ready taint from the node"),
+    /// `gateway_apply_total` (successful applies).
+    gateway_applies: Counter
+        => ("gateway_apply", "Successful gateway applies"),
+    /// `gateway_apply_failures_total`.
+    gateway_apply_failures: Counter
+        => ("gateway_apply_failures", "Failed gateway applies"),
+    /// `gateway_apply_duration_seconds`.
+    gateway_apply_duration: Histogram = Histogram::new(exponential_buckets(0.001, 2.0, 16)) // 1 ms .. ~32 s
+        => ("gateway_apply_duration_seconds", "Time to apply the gateway's desired state"),
+    /// `gateway_peers`: peers configured after the last apply.
+    gateway_peers: Gauge
+        => ("gateway_peers", "Pod peers configured"),
+    /// `gateway_configurations`: active configurations after the last apply.
+    gateway_configurations: Gauge
+        => ("gateway_configurations", "Configurations active on this gateway"),
+    /// `gateway_status_update_failures_total{reason}`: failed writes of this gateway's GatewayStatus.
+    gateway_status_update_failures: Family<ReasonLabels, Counter>
+        => ("gateway_status_update_failures", "Failed writes of this gateway's GatewayStatus, by reason (retried with backoff)"),
+    /// `gateway_tunnel_peers{configuration}`: peers configured on the configuration's link.
+    tunnel_peers: Family<ConfigurationLabels, Gauge>
+        => ("gateway_tunnel_peers", "Pod peers configured on the configuration's WireGuard link"),
+    /// `gateway_tunnel_active_peers{configuration}`: peers with a live session (handshake within 180 s).
+    tunnel_active_peers: Family<ConfigurationLabels, Gauge>
+        => ("gateway_tunnel_active_peers", "Pod peers with a live session (last handshake within 180 s)"),
+    /// `gateway_tunnel_newest_handshake_age_seconds{configuration}`.
+    tunnel_newest_handshake_age: Family<ConfigurationLabels, FloatGauge>
+        => ("gateway_tunnel_newest_handshake_age_seconds", "Age of the most recent handshake of any pod peer"),
+    /// `gateway_tunnel_oldest_active_handshake_age_seconds{configuration}`.
+    tunnel_oldest_active_handshake_age: Family<ConfigurationLabels, FloatGauge>
+        => ("gateway_tunnel_oldest_active_handshake_age_seconds", "Age of the oldest handshake among the peers with a live session"),
+    /// `gateway_tunnel_receive_bytes_total{configuration}`: from pods.
+    tunnel_rx_bytes: Family<ConfigurationLabels, Counter>
+        => ("gateway_tunnel_receive_bytes", "Bytes received from pods (WireGuard, handshakes included)"),
+    /// `gateway_tunnel_transmit_bytes_total{configuration}`: to pods.
+    tunnel_tx_bytes: Family<ConfigurationLabels, Counter>
+        => ("gateway_tunnel_transmit_bytes", "Bytes sent to pods (WireGuard, handshakes included)"),
+    /// `gateway_tunnel_receive_packets_total{configuration}`.
+    tunnel_rx_packets: Family<ConfigurationLabels, Counter>
+        => ("gateway_tunnel_receive_packets", "Packets received from pods on the configuration's link (decrypted)"),
+    /// `gateway_tunnel_transmit_packets_total{configuration}`.
+    tunnel_tx_packets: Family<ConfigurationLabels, Counter>
+        => ("gateway_tunnel_transmit_packets", "Packets sent to pods on the configuration's link"),
+    /// `gateway_tunnel_sessions_started_total{configuration}`: pods arriving (new or expired session), e.g.
+    /// after their gateway failed.
+    tunnel_sessions_started: Family<ConfigurationLabels, Counter>
+        => ("gateway_tunnel_sessions_started", "Pod sessions started here (no or an expired session before): pods arriving, e.g. after a failover"),
+    /// `gateway_snat_flows{configuration}`: the configuration's tracked flows (conntrack mark = its port).
+    snat_flows: Family<ConfigurationLabels, Gauge>
+        => ("gateway_snat_flows", "The configuration's flows tracked in the gateway namespace (SNATed to its egress IP)"),
+    /// `gateway_conntrack_entries`: all conntrack entries in the gateway namespace.
+    conntrack_entries: Gauge
+        => ("gateway_conntrack_entries", "Connection-tracking entries in the gateway namespace, all configurations"),
+    /// `gateway_draining`: 1 while the agent drains on shutdown.
+    gateway_draining: Gauge
+        => ("gateway_draining", "1 while the agent drains on shutdown (probe answers 503, data plane forwarding)"),
+    /// `pod_tunnel_state{pod,link,state}`: 1 for the pod tunnel's current state.
+    pod_tunnel_state: Family<PodTunnelStateLabels, Gauge>
+        => ("pod_tunnel_state", "1 for the state of the pod's tunnel: idle, answered, unanswered or restarted"),
+    /// `pod_tunnel_handshake_age_seconds{pod,link}`.
+    pod_tunnel_handshake_age: Family<PodTunnelLabels, FloatGauge>
+        => ("pod_tunnel_handshake_age_seconds", "Age of the pod tunnel's last handshake"),
+    /// `pod_tunnel_receive_bytes_total{pod,link}`.
+    pod_tunnel_rx_bytes: Family<PodTunnelLabels, Counter>
+        => ("pod_tunnel_receive_bytes", "Bytes the pod's tunnel received from its gateway"),
+    /// `pod_tunnel_transmit_bytes_total{pod,link}`.
+    pod_tunnel_tx_bytes: Family<PodTunnelLabels, Counter>
+        => ("pod_tunnel_transmit_bytes", "Bytes the pod's tunnel sent to its gateway"),
+    /// `pod_tunnel_session_restarts_total{pod,link}`: sessions the node agent restarted (forced handshakes).
+    pod_tunnel_session_restarts: Family<PodTunnelLabels, Counter>
+        => ("pod_tunnel_session_restarts", "Sessions the node agent restarted because the pod sent without hearing back (forced handshakes)"),
+    /// `pod_tunnel_session_restart_failures_total`.
+    pod_tunnel_session_restart_failures: Counter
+        => ("pod_tunnel_session_restart_failures", "Session restarts that failed"),
 }
 
 impl Metrics {

@@ -48,8 +48,7 @@ impl World {
         model: Value,
         instances: u32,
     ) -> Result<Value, ArmError> {
-        self.check_rg(rg)?;
-        let id = self.resource_id(rg, VMSS_TYPE, name);
+        let id = self.id_in(rg, VMSS_TYPE, name)?;
         let mut v = model;
         {
             let o = ensure_object(&mut v);
@@ -132,8 +131,7 @@ impl World {
 
     /// PUT on a scale set: the body is merged into the stored model, like ARM treats partial models.
     pub fn put_vmss(&mut self, rg: &str, name: &str, body: Value) -> Result<PutOutcome, ArmError> {
-        self.check_rg(rg)?;
-        let id = self.resource_id(rg, VMSS_TYPE, name);
+        let id = self.id_in(rg, VMSS_TYPE, name)?;
         Self::require_location(&body, &id)?;
         let Some(existing) = self.get(&id).cloned() else {
             return Err(ArmError::bad_request(
@@ -182,8 +180,7 @@ impl World {
         instance: &str,
         body: Value,
     ) -> Result<PutOutcome, ArmError> {
-        self.check_rg(rg)?;
-        let vmss_id = self.resource_id(rg, VMSS_TYPE, vmss);
+        let vmss_id = self.id_in(rg, VMSS_TYPE, vmss)?;
         let model = self.get_or_404(&vmss_id)?;
         let id = format!("{vmss_id}/virtualMachines/{instance}");
         let existing = self.get_or_404(&id)?;

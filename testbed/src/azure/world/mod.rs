@@ -230,6 +230,13 @@ impl World {
         }
     }
 
+    /// The ID of resource `name` of type `ty` in resource group `rg`, which must exist: every read, write and
+    /// delete of a resource answers 404 ResourceGroupNotFound for a missing group first.
+    pub fn id_in(&self, rg: &str, ty: &str, name: &str) -> Result<String, ArmError> {
+        self.check_rg(rg)?;
+        Ok(self.resource_id(rg, ty, name))
+    }
+
     pub fn check_rg(&self, rg: &str) -> Result<(), ArmError> {
         if self.resource_groups.contains_key(&key(rg)) {
             Ok(())
@@ -358,8 +365,7 @@ impl World {
         address_prefixes: &[Ipv4Net],
         subnets: &[(String, Ipv4Net)],
     ) -> Result<Value, ArmError> {
-        self.check_rg(rg)?;
-        let id = self.resource_id(rg, VNET_TYPE, name);
+        let id = self.id_in(rg, VNET_TYPE, name)?;
         let mut subnet_values = Vec::new();
         for (sname, prefix) in subnets {
             if !address_prefixes.iter().any(|p| p.contains(prefix)) {
@@ -662,6 +668,36 @@ mod tests {
         let mut base = json!({"a": {"b": 1, "c": [1, 2]}, "d": "x"});
         merge(&mut base, &json!({"a": {"c": [3], "e": true}, "d": null}));
         assert_eq!(base, json!({"a": {"b": 1, "c": [3], "e": true}, "d": "x"}));
+    }
+
+    /// Public IPs and prefixes are simulated for IPv4 only; both refuse IPv6 with the same code, naming the
+    /// resource, and store nothing.
+    #[test]
+    fn public_ips_and_prefixes_refuse_ipv6() {
+        let mut w = crate::azure::Seed::aks_like(1).build().expect("seed");
+        let v6 = |extra: Value| {
+            let mut body = json!({"location": "eastus", "properties": {"publicIPAddressVersion": "IPv6"}});
+            merge(&mut body, &extra);
+            body
+        };
+        let prefix = w
+            .put_public_ip_prefix("node-rg", "p6", v6(json!({"properties": {"prefixLength": 30}})))
+            .expect_err("an IPv6 prefix is refused");
+        let ip = w
+            .put_public_ip("node-rg", "ip6", v6(json!({})))
+            .expect_err("an IPv6 public IP is refused");
+        for (err, name) in [(prefix, "p6"), (ip, "ip6")] {
+            assert_eq!(err.code, "UnsupportedPublicIPAddressVersion", "{name}");
+            assert!(
+                err.message.contains(&format!("'{name}'")) && err.message.contains("got IPv6"),
+                "{}",
+                err.message
+            );
+        }
+        assert!(w.get(&w.resource_id("node-rg", PREFIX_TYPE, "p6")).is_none());
+        assert!(w.get(&w.resource_id("node-rg", PIP_TYPE, "ip6")).is_none());
+        w.put_public_ip("node-rg", "ip4", json!({"location": "eastus", "properties": {}}))
+            .expect("IPv4 (the default) is accepted");
     }
 
     /// An instance keeps its public address across updates even when a lower address became free.

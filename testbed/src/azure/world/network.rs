@@ -300,8 +300,7 @@ impl World {
 
     /// Returns whether something was deleted (ARM answers 204 when there was nothing).
     pub fn delete_load_balancer(&mut self, rg: &str, name: &str) -> Result<bool, ArmError> {
-        self.check_rg(rg)?;
-        let id = self.resource_id(rg, LB_TYPE, name);
+        let id = self.id_in(rg, LB_TYPE, name)?;
         let Some(lb) = self.get(&id).cloned() else {
             return Ok(false);
         };
@@ -344,16 +343,7 @@ impl World {
                 format!("{what}: prefixLength is required."),
             )
         })?;
-        let version = p
-            .get("publicIPAddressVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("IPv4");
-        if version != "IPv4" {
-            return Err(ArmError::bad_request(
-                "UnsupportedPublicIPAddressVersion",
-                format!("{what}: only IPv4 is simulated, got {version}."),
-            ));
-        }
+        ipv4_only(&p, &what)?;
         if let Some(old) = &existing {
             let old_len = old["properties"]["prefixLength"].as_i64();
             if old_len != Some(len) {
@@ -393,14 +383,12 @@ impl World {
     }
 
     pub fn get_public_ip_prefix(&self, rg: &str, name: &str) -> Result<Value, ArmError> {
-        self.check_rg(rg)?;
-        let id = self.resource_id(rg, PREFIX_TYPE, name);
+        let id = self.id_in(rg, PREFIX_TYPE, name)?;
         Ok(self.decorate_prefix(self.get_or_404(&id)?))
     }
 
     pub fn delete_public_ip_prefix(&mut self, rg: &str, name: &str) -> Result<bool, ArmError> {
-        self.check_rg(rg)?;
-        let id = self.resource_id(rg, PREFIX_TYPE, name);
+        let id = self.id_in(rg, PREFIX_TYPE, name)?;
         if self.get(&id).is_none() {
             return Ok(false);
         }
@@ -426,16 +414,7 @@ impl World {
     pub fn put_public_ip(&mut self, rg: &str, name: &str, body: Value) -> Result<PutOutcome, ArmError> {
         let (id, location, existing) = self.network_put(PIP_TYPE, rg, name, &body)?;
         let p = body.get("properties").cloned().unwrap_or_default();
-        let version = p
-            .get("publicIPAddressVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("IPv4");
-        if version != "IPv4" {
-            return Err(ArmError::bad_request(
-                "UnsupportedPublicIPAddressVersion",
-                format!("publicIPAddress '{name}': only IPv4 is simulated, got {version}."),
-            ));
-        }
+        ipv4_only(&p, &format!("publicIPAddress '{name}'"))?;
         let method = p
             .get("publicIPAllocationMethod")
             .and_then(Value::as_str)
@@ -517,14 +496,12 @@ impl World {
     }
 
     pub fn get_public_ip(&self, rg: &str, name: &str) -> Result<Value, ArmError> {
-        self.check_rg(rg)?;
-        let id = self.resource_id(rg, PIP_TYPE, name);
+        let id = self.id_in(rg, PIP_TYPE, name)?;
         Ok(self.decorate_public_ip(self.get_or_404(&id)?))
     }
 
     pub fn delete_public_ip(&mut self, rg: &str, name: &str) -> Result<bool, ArmError> {
-        self.check_rg(rg)?;
-        let id = self.resource_id(rg, PIP_TYPE, name);
+        let id = self.id_in(rg, PIP_TYPE, name)?;
         let Some(v) = self.get(&id).cloned() else {
             return Ok(false);
         };
@@ -634,8 +611,7 @@ impl World {
     }
 
     pub fn delete_network_interface(&mut self, rg: &str, name: &str) -> Result<bool, ArmError> {
-        self.check_rg(rg)?;
-        let id = self.resource_id(rg, NIC_TYPE, name);
+        let id = self.id_in(rg, NIC_TYPE, name)?;
         let Some(v) = self.get(&id) else { return Ok(false) };
         if let Some(vm) = str_at(v, &["properties", "virtualMachine", "id"]) {
             return Err(ArmError::bad_request(
@@ -697,5 +673,22 @@ impl World {
             resource: decorate(self, stored),
             created,
         }
+    }
+}
+
+/// Public IP addresses and prefixes are simulated for IPv4 only: refuse any other `publicIPAddressVersion`
+/// (absent means IPv4, as on ARM). `what` names the resource in the message.
+fn ipv4_only(props: &Value, what: &str) -> Result<(), ArmError> {
+    let version = props
+        .get("publicIPAddressVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("IPv4");
+    if version == "IPv4" {
+        Ok(())
+    } else {
+        Err(ArmError::bad_request(
+            "UnsupportedPublicIPAddressVersion",
+            format!("{what}: only IPv4 is simulated, got {version}."),
+        ))
     }
 }
