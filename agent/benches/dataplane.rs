@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent::gateway::plan::{PeerInput, gateway_plan};
+use agent::node::NamespacedName;
 use api::sgc::RouteType;
 use netlab::{FRONTEND, Lab, NodeApplier};
 
@@ -44,8 +45,10 @@ fn cni_latency(lab: &mut Lab, annotated: bool, n: usize) {
     for i in 0..n {
         let role = format!("b{i}");
         lab.add_ns(&role);
-        lab.cluster
-            .with(|s| s.pods.insert(("default".into(), role.clone()), ann.clone()));
+        lab.cluster.with(|s| {
+            s.pods
+                .insert(NamespacedName::new("default", role.as_str()), ann.clone())
+        });
         let (_, p, o) = lab.cni_timed("ADD", &role, &ann);
         add_primary.push(p);
         add_ours.push(o);

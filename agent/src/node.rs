@@ -23,26 +23,50 @@ use tonic::{Request, Response, Status};
 
 use crate::error::{ClusterError, CniConfigError, FileError, ServeError};
 
+/// A namespaced object's identity: a pod, its PodEndpoint (which has the pod's namespace and name), or a
+/// configuration. One value instead of two string arguments, so a namespace and a name cannot be swapped.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamespacedName {
+    /// The namespace.
+    pub namespace: String,
+    /// The name within it.
+    pub name: String,
+}
+
+impl NamespacedName {
+    /// `<namespace>/<name>`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        NamespacedName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// What node mode needs from Kubernetes.
 #[tonic::async_trait]
 pub trait Cluster: Send + Sync + 'static {
     /// A pod's annotations; `None` when the pod does not exist.
     async fn pod_annotations(
         &self,
-        ns: &str,
-        name: &str,
+        pod: &NamespacedName,
     ) -> Result<Option<BTreeMap<String, String>>, ClusterError>;
     /// A configuration; `None` when absent.
-    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, ClusterError>;
+    async fn sgc(&self, config: &NamespacedName) -> Result<Option<StaticGatewayConfiguration>, ClusterError>;
     /// Creates or updates the pod's PodEndpoint (owned by the pod).
     async fn upsert_pod_endpoint(
         &self,
-        ns: &str,
-        name: &str,
+        pod: &NamespacedName,
         spec: PodEndpointSpec,
     ) -> Result<(), ClusterError>;
     /// Deletes the pod's PodEndpoint; absent is success.
-    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), ClusterError>;
+    async fn delete_pod_endpoint(&self, pod: &NamespacedName) -> Result<(), ClusterError>;
 }
 
 /// In-memory cluster (tests, simulations).
@@ -54,12 +78,12 @@ pub struct MemoryCluster {
 /// Contents of a [`MemoryCluster`].
 #[derive(Debug, Default)]
 pub struct MemoryState {
-    /// `(ns, name)` → annotations.
-    pub pods: BTreeMap<(String, String), BTreeMap<String, String>>,
-    /// `(ns, name)` → configuration.
-    pub sgcs: BTreeMap<(String, String), StaticGatewayConfiguration>,
-    /// `(ns, name)` → PodEndpoint spec.
-    pub pod_endpoints: BTreeMap<(String, String), PodEndpointSpec>,
+    /// Pod → its annotations.
+    pub pods: BTreeMap<NamespacedName, BTreeMap<String, String>>,
+    /// Configurations.
+    pub sgcs: BTreeMap<NamespacedName, StaticGatewayConfiguration>,
+    /// Pod → its PodEndpoint's spec.
+    pub pod_endpoints: BTreeMap<NamespacedName, PodEndpointSpec>,
 }
 
 impl MemoryCluster {
@@ -73,33 +97,27 @@ impl MemoryCluster {
     }
 }
 
-fn key(ns: &str, name: &str) -> (String, String) {
-    (ns.to_string(), name.to_string())
-}
-
 #[tonic::async_trait]
 impl Cluster for MemoryCluster {
     async fn pod_annotations(
         &self,
-        ns: &str,
-        name: &str,
+        pod: &NamespacedName,
     ) -> Result<Option<BTreeMap<String, String>>, ClusterError> {
-        Ok(self.with(|s| s.pods.get(&key(ns, name)).cloned()))
+        Ok(self.with(|s| s.pods.get(pod).cloned()))
     }
-    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, ClusterError> {
-        Ok(self.with(|s| s.sgcs.get(&key(ns, name)).cloned()))
+    async fn sgc(&self, config: &NamespacedName) -> Result<Option<StaticGatewayConfiguration>, ClusterError> {
+        Ok(self.with(|s| s.sgcs.get(config).cloned()))
     }
     async fn upsert_pod_endpoint(
         &self,
-        ns: &str,
-        name: &str,
+        pod: &NamespacedName,
         spec: PodEndpointSpec,
     ) -> Result<(), ClusterError> {
-        self.with(|s| s.pod_endpoints.insert(key(ns, name), spec));
+        self.with(|s| s.pod_endpoints.insert(pod.clone(), spec));
         Ok(())
     }
-    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), ClusterError> {
-        self.with(|s| s.pod_endpoints.remove(&key(ns, name)));
+    async fn delete_pod_endpoint(&self, pod: &NamespacedName) -> Result<(), ClusterError> {
+        self.with(|s| s.pod_endpoints.remove(pod));
         Ok(())
     }
 }
@@ -117,14 +135,15 @@ impl<C: Cluster> NicServer<C> {
     }
 }
 
-fn pod_of(p: Option<PodInfo>) -> Result<PodInfo, Status> {
+/// The pod a request is about.
+fn pod_of(p: Option<PodInfo>) -> Result<NamespacedName, Status> {
     let p = p.ok_or_else(|| Status::invalid_argument("pod_config: required"))?;
     if p.pod_name.is_empty() || p.pod_namespace.is_empty() {
         return Err(Status::invalid_argument(
             "pod_config: pod_name and pod_namespace are required",
         ));
     }
-    Ok(p)
+    Ok(NamespacedName::new(p.pod_namespace, p.pod_name))
 }
 
 #[tonic::async_trait]
@@ -132,17 +151,16 @@ impl<C: Cluster> NicService for NicServer<C> {
     async fn nic_add(&self, req: Request<NicAddRequest>) -> Result<Response<NicAddResponse>, Status> {
         let r = req.into_inner();
         let pod = pod_of(r.pod_config)?;
-        let (ns, name) = (pod.pod_namespace.as_str(), pod.pod_name.as_str());
         let gw = r.gateway_name.trim();
         if gw.contains('/') {
             return Err(Status::permission_denied(format!(
-                "pod {ns}/{name}: annotation {POD_GATEWAY_ANNOTATION}={gw:?} names a configuration of another \
+                "pod {pod}: annotation {POD_GATEWAY_ANNOTATION}={gw:?} names a configuration of another \
                  namespace; a pod can only use configurations of its own namespace"
             )));
         }
         if !api::rules::is_dns1123_subdomain(gw) {
             return Err(Status::invalid_argument(format!(
-                "pod {ns}/{name}: annotation {POD_GATEWAY_ANNOTATION}={gw:?} is not a valid object name"
+                "pod {pod}: annotation {POD_GATEWAY_ANNOTATION}={gw:?} is not a valid object name"
             )));
         }
         let allowed: ipnet::Ipv4Net = r.allowed_ip.parse().map_err(|_| {
@@ -157,16 +175,18 @@ impl<C: Cluster> NicService for NicServer<C> {
         if wireguard_control::Key::from_base64(&r.public_key).is_err() {
             return Err(Status::invalid_argument("public_key: not a base64 WireGuard key"));
         }
+        // A pod can only use configurations of its own namespace.
+        let config = NamespacedName::new(pod.namespace.as_str(), gw);
         let sgc = self
             .cluster
-            .sgc(ns, gw)
+            .sgc(&config)
             .await
             .map_err(|e| {
                 Status::unknown(format!(
-                    "failed to retrieve StaticGatewayConfiguration {ns}/{gw}: {e}"
+                    "failed to retrieve StaticGatewayConfiguration {config}: {e}"
                 ))
             })?
-            .ok_or_else(|| Status::not_found(format!("StaticGatewayConfiguration {ns}/{gw} not found")))?;
+            .ok_or_else(|| Status::not_found(format!("StaticGatewayConfiguration {config} not found")))?;
         let Some(profile) = sgc
             .status
             .as_ref()
@@ -174,13 +194,12 @@ impl<C: Cluster> NicService for NicServer<C> {
             .and_then(|st| st.gateway_server_profile.clone())
         else {
             return Err(Status::failed_precondition(format!(
-                "StaticGatewayConfiguration {ns}/{gw}: the egress IP prefix is not ready yet"
+                "StaticGatewayConfiguration {config}: the egress IP prefix is not ready yet"
             )));
         };
         self.cluster
             .upsert_pod_endpoint(
-                ns,
-                name,
+                &pod,
                 PodEndpointSpec {
                     static_gateway_configuration: gw.to_string(),
                     pod_ip_address: allowed.to_string(),
@@ -188,8 +207,8 @@ impl<C: Cluster> NicService for NicServer<C> {
                 },
             )
             .await
-            .map_err(|e| Status::unknown(format!("failed to update PodEndpoint {ns}/{name}: {e}")))?;
-        peer_watch::pod_names().remember(&r.public_key, ns, name);
+            .map_err(|e| Status::unknown(format!("failed to update PodEndpoint {pod}: {e}")))?;
+        peer_watch::pod_names().remember(&r.public_key, &pod);
         Ok(Response::new(NicAddResponse {
             endpoint_ip: profile.ip,
             listen_port: profile.port,
@@ -205,14 +224,9 @@ impl<C: Cluster> NicService for NicServer<C> {
     async fn nic_del(&self, req: Request<NicDelRequest>) -> Result<Response<NicDelResponse>, Status> {
         let pod = pod_of(req.into_inner().pod_config)?;
         self.cluster
-            .delete_pod_endpoint(&pod.pod_namespace, &pod.pod_name)
+            .delete_pod_endpoint(&pod)
             .await
-            .map_err(|e| {
-                Status::unknown(format!(
-                    "failed to delete PodEndpoint {}/{}: {e}",
-                    pod.pod_namespace, pod.pod_name
-                ))
-            })?;
+            .map_err(|e| Status::unknown(format!("failed to delete PodEndpoint {pod}: {e}")))?;
         Ok(Response::new(NicDelResponse {}))
     }
 
@@ -223,17 +237,10 @@ impl<C: Cluster> NicService for NicServer<C> {
         let pod = pod_of(req.into_inner().pod_config)?;
         let ann = self
             .cluster
-            .pod_annotations(&pod.pod_namespace, &pod.pod_name)
+            .pod_annotations(&pod)
             .await
-            .map_err(|e| {
-                Status::unknown(format!(
-                    "failed to retrieve pod {}/{}: {e}",
-                    pod.pod_namespace, pod.pod_name
-                ))
-            })?
-            .ok_or_else(|| {
-                Status::not_found(format!("pod {}/{} not found", pod.pod_namespace, pod.pod_name))
-            })?;
+            .map_err(|e| Status::unknown(format!("failed to retrieve pod {pod}: {e}")))?
+            .ok_or_else(|| Status::not_found(format!("pod {pod} not found")))?;
         Ok(Response::new(PodRetrieveResponse {
             annotations: ann.into_iter().collect(),
         }))
@@ -441,8 +448,10 @@ mod tests {
     async fn nic_add_creates_pod_endpoint_and_returns_gateway() {
         let c = MemoryCluster::default();
         c.with(|s| {
-            s.sgcs
-                .insert(key("ns", "gw"), ready_sgc(RouteType::AzureNetworking))
+            s.sgcs.insert(
+                NamespacedName::new("ns", "gw"),
+                ready_sgc(RouteType::AzureNetworking),
+            )
         });
         let srv = NicServer::new(c.clone());
         let resp = srv
@@ -455,7 +464,7 @@ mod tests {
         assert_eq!(resp.exception_cidrs, vec!["1.2.3.0/24"]);
         assert_eq!(resp.default_route, DefaultRoute::AzureNetworking as i32);
         let pe = c
-            .with(|s| s.pod_endpoints.get(&key("ns", "p")).cloned())
+            .with(|s| s.pod_endpoints.get(&NamespacedName::new("ns", "p")).cloned())
             .expect("PodEndpoint");
         assert_eq!(pe.pod_ip_address, "10.244.0.5/32");
         assert_eq!(pe.static_gateway_configuration, "gw");
@@ -478,10 +487,12 @@ mod tests {
         let c = MemoryCluster::default();
         let mut unready = ready_sgc(RouteType::StaticEgressGateway);
         unready.status = None;
-        c.with(|s| s.sgcs.insert(key("ns", "unready"), unready));
+        c.with(|s| s.sgcs.insert(NamespacedName::new("ns", "unready"), unready));
         c.with(|s| {
-            s.sgcs
-                .insert(key("other", "gw"), ready_sgc(RouteType::StaticEgressGateway))
+            s.sgcs.insert(
+                NamespacedName::new("other", "gw"),
+                ready_sgc(RouteType::StaticEgressGateway),
+            )
         });
         let srv = NicServer::new(c.clone());
         let code = |r: Result<Response<NicAddResponse>, Status>| r.expect_err("refused").code();
@@ -513,7 +524,7 @@ mod tests {
         let c = MemoryCluster::default();
         c.with(|s| {
             s.pods.insert(
-                key("ns", "p"),
+                NamespacedName::new("ns", "p"),
                 BTreeMap::from([(POD_GATEWAY_ANNOTATION.to_string(), "gw".to_string())]),
             )
         });

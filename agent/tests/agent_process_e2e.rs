@@ -3,16 +3,18 @@
 //! the LB probe; on SIGTERM the probe turns 503 for the drain delay; a *new* agent process then takes
 //! over, and a steady UDP stream from an annotated pod loses no packet across the whole restart.
 //!
-//! Uses this package's agent binary (or the one `KEG_AGENT_BIN` names) and the CNI plugin next to it (see
-//! `netlab::cni_bin`).
+//! Uses this package's agent binary (or the one `KEG_AGENT_BIN` names, see `agent_process::agent_bin`) and
+//! the CNI plugin next to it (see `netlab::cni_bin`).
 
+mod agent_process;
 mod netlab;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use agent::node::NamespacedName;
+use agent_process::{RunningAgent, agent_bin, agent_command};
 use api::sgc::RouteType;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
@@ -21,29 +23,6 @@ use netlab::{FRONTEND, INET, Lab, in_netns, probe_status, wait_until};
 use serde_json::json;
 
 const SECONDARY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
-
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn agent_bin() -> PathBuf {
-    let p = std::env::var_os("KEG_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kube-egress-gateway-agent")));
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build -p agent` (or set KEG_AGENT_BIN)",
-        p.display()
-    );
-    p
-}
 
 #[test]
 fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
@@ -58,7 +37,7 @@ fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
         .cluster
         .with(|s| {
             s.pod_endpoints
-                .get(&("default".to_string(), "pa".to_string()))
+                .get(&NamespacedName::new("default", "pa"))
                 .cloned()
         })
         .expect("PodEndpoint written by the node agent");
@@ -136,8 +115,8 @@ fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
         .recv_timeout(Duration::from_secs(30))
         .expect("control plane up");
     let start_agent = || {
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", gw.ns))
+        let mut cmd = agent_command("nsenter", &kubeconfig);
+        cmd.arg(format!("--net=/var/run/netns/{}", gw.ns))
             .arg("--")
             .arg(&bin)
             .args([
@@ -157,20 +136,14 @@ fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
                 "--health-probe-bind-address",
                 "127.0.0.1:0",
             ])
-            .args(["--lb-probe-drain-delay-seconds", "3", "--apply-debounce-ms", "50"])
-            .env("KUBECONFIG", &kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent starts");
-        KillOnDrop(Some(child))
+            .args(["--lb-probe-drain-delay-seconds", "3", "--apply-debounce-ms", "50"]);
+        RunningAgent::spawn(&mut cmd)
     };
     let rt_ns = lab.path("rt");
     let path = api::names::lb_probe_path(&uid);
     let probe = || probe_status(rt_ns.clone(), gw.ip, path.clone());
 
-    let mut first = start_agent();
+    let first = start_agent();
     wait_until("probe 200 from the first agent", Duration::from_secs(20), || {
         probe() == Some(200)
     });
@@ -182,18 +155,11 @@ fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
     let stream = lab.flowing_stream("pa");
 
     // SIGTERM: the probe drains (503) while the process is still alive, then it exits cleanly.
-    let pid = first.0.as_ref().expect("child").id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    first.terminate();
     wait_until("probe 503 while draining", Duration::from_secs(3), || {
         probe() == Some(503)
     });
-    let status = first.0.take().expect("child").wait().expect("wait");
+    let status = first.wait();
     assert!(status.success(), "agent exit {status:?}");
 
     // A new process takes over; the data plane was never torn down.

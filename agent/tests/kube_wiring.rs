@@ -14,7 +14,7 @@ use agent::gateway::select::NodeSettings;
 use agent::imds::NodeIdentity;
 use agent::metrics::Metrics;
 use agent::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting};
-use agent::node::{Cluster as _, NicServer};
+use agent::node::{Cluster as _, NamespacedName, NicServer};
 use api::{GatewayStatus, PodEndpoint, StaticGatewayConfiguration};
 use axum::http::StatusCode;
 use dataplane::proto::nic_service_server::NicService as _;
@@ -291,14 +291,14 @@ async fn node_mode_writes_pod_endpoints_owned_by_the_pod() {
     let metrics = Arc::new(Metrics::default());
     let cluster = KubeCluster::new(client.clone(), metrics.clone());
     let ann = cluster
-        .pod_annotations("default", "p")
+        .pod_annotations(&NamespacedName::new("default", "p"))
         .await
         .expect("get")
         .expect("pod exists");
     assert_eq!(ann["kubernetes.azure.com/static-gateway-configuration"], "gw1");
     assert_eq!(
         cluster
-            .pod_annotations("default", "nope")
+            .pod_annotations(&NamespacedName::new("default", "nope"))
             .await
             .expect("absent is no error"),
         None

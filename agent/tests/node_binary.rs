@@ -2,26 +2,20 @@
 //! the chained conflist, removes the cni-not-ready taint, serves the CNI socket with mode 0600, exposes
 //! metrics/health, and on SIGTERM removes the conflist as the `cni-uninstall` ConfigMap says.
 
+mod agent_process;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use agent_process::{RunningAgent, agent_bin, agent_command};
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
 use testbed::kube::{KubeSim, KubeSimConfig};
 use testbed::wait::eventually;
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The node agent's arguments for node `n1`: its ports, CNI configuration directory and socket.
 fn node_agent_args(
@@ -108,16 +102,11 @@ async fn node_agent_installs_untaints_serves_and_uninstalls() {
     .expect("primary");
     let socket = dir.path().join("run/cni.sock");
     let (metrics_port, health_port) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_kube-egress-gateway-agent"))
-        .args(node_agent_args(metrics_port, health_port, &netd, &socket))
-        .args(["--cni-conf-poll-ms", "50", "--log-format", "json"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agent starts");
-    let mut child = KillOnDrop(child);
+    let agent = RunningAgent::spawn(
+        agent_command(agent_bin(), &kubeconfig)
+            .args(node_agent_args(metrics_port, health_port, &netd, &socket))
+            .args(["--cni-conf-poll-ms", "50", "--log-format", "json"]),
+    );
 
     let ours = netd.join(api::names::CNI_CONF_FILE);
     eventually("conflist installed", || async { ours.exists() }).await;
@@ -161,22 +150,10 @@ async fn node_agent_installs_untaints_serves_and_uninstalls() {
     .await;
 
     // SIGTERM: clean exit, conflist removed (ConfigMap says uninstall).
-    let pid = child.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let status = tokio::task::spawn_blocking(move || {
-        let s = child.0.wait();
-        (s, child)
-    })
-    .await
-    .expect("join")
-    .0
-    .expect("wait");
+    agent.terminate();
+    let status = tokio::task::spawn_blocking(move || agent.wait())
+        .await
+        .expect("join");
     assert!(status.success(), "agent exit status {status:?}");
     assert!(!Path::new(&ours).exists(), "conflist uninstalled on shutdown");
 }
@@ -193,17 +170,15 @@ async fn node_agent_exits_when_it_cannot_serve_the_cni_socket() {
     std::fs::write(&not_a_dir, "a file where the socket's directory should be").expect("file");
     let socket = not_a_dir.join("cni.sock");
     let (metrics_port, health_port) = (free_port(), free_port());
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-egress-gateway-agent"))
-        .args(node_agent_args(
-            metrics_port,
-            health_port,
-            &dir.path().join("net.d"),
-            &socket,
-        ))
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let mut cmd = agent_command(agent_bin(), &kubeconfig);
+    cmd.args(node_agent_args(
+        metrics_port,
+        health_port,
+        &dir.path().join("net.d"),
+        &socket,
+    ))
+    .stderr(Stdio::piped());
+    let child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
         .expect("agent starts");

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 
-use super::Cluster;
+use super::{Cluster, NamespacedName};
 use crate::error::ClusterError;
 use crate::metrics::{Metrics, PodEndpointLabels};
 
@@ -70,15 +70,23 @@ impl KubeCluster {
         KubeCluster { client, metrics }
     }
 
-    fn failed(&self, ns: &str, name: &str, op: &str) {
+    fn failed(&self, pod: &NamespacedName, op: &str) {
         self.metrics
             .podendpoint_failures
             .get_or_create(&PodEndpointLabels {
-                namespace: ns.into(),
+                namespace: pod.namespace.clone(),
                 operation: op.into(),
-                pod: name.into(),
+                pod: pod.name.clone(),
             })
             .inc();
+    }
+
+    /// The pod; `None` when it does not exist.
+    async fn get_pod(&self, pod: &NamespacedName) -> Result<Option<Pod>, ClusterError> {
+        Api::<Pod>::namespaced(self.client.clone(), &pod.namespace)
+            .get_opt(&pod.name)
+            .await
+            .map_err(ClusterError::api(format!("get pod {pod}")))
     }
 }
 
@@ -112,59 +120,53 @@ pub fn pod_endpoint_for(pod: &Pod, spec: PodEndpointSpec) -> Result<PodEndpoint,
 impl Cluster for KubeCluster {
     async fn pod_annotations(
         &self,
-        ns: &str,
-        name: &str,
+        pod: &NamespacedName,
     ) -> Result<Option<BTreeMap<String, String>>, ClusterError> {
-        let pod = Api::<Pod>::namespaced(self.client.clone(), ns)
-            .get_opt(name)
-            .await
-            .map_err(ClusterError::api(format!("get pod {ns}/{name}")))?;
-        Ok(pod.map(|p| p.metadata.annotations.unwrap_or_default()))
+        let found = self.get_pod(pod).await?;
+        Ok(found.map(|p| p.metadata.annotations.unwrap_or_default()))
     }
 
-    async fn sgc(&self, ns: &str, name: &str) -> Result<Option<StaticGatewayConfiguration>, ClusterError> {
-        Api::<StaticGatewayConfiguration>::namespaced(self.client.clone(), ns)
-            .get_opt(name)
+    async fn sgc(&self, config: &NamespacedName) -> Result<Option<StaticGatewayConfiguration>, ClusterError> {
+        Api::<StaticGatewayConfiguration>::namespaced(self.client.clone(), &config.namespace)
+            .get_opt(&config.name)
             .await
             .map_err(ClusterError::api(format!(
-                "get StaticGatewayConfiguration {ns}/{name}"
+                "get StaticGatewayConfiguration {config}"
             )))
     }
 
     async fn upsert_pod_endpoint(
         &self,
-        ns: &str,
-        name: &str,
+        pod: &NamespacedName,
         spec: PodEndpointSpec,
     ) -> Result<(), ClusterError> {
         let result = async {
-            let pod = Api::<Pod>::namespaced(self.client.clone(), ns)
-                .get_opt(name)
-                .await
-                .map_err(ClusterError::api(format!("get pod {ns}/{name}")))?
+            let owner = self
+                .get_pod(pod)
+                .await?
                 .ok_or_else(|| ClusterError::PodNotFound {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
                 })?;
-            let pe = pod_endpoint_for(&pod, spec)?;
-            server_side_apply(&self.client, ns, name, &pe).await
+            let pe = pod_endpoint_for(&owner, spec)?;
+            server_side_apply(&self.client, &pod.namespace, &pod.name, &pe).await
         }
         .await;
         if result.is_err() {
-            self.failed(ns, name, "create_or_update");
+            self.failed(pod, "create_or_update");
         }
         result
     }
 
-    async fn delete_pod_endpoint(&self, ns: &str, name: &str) -> Result<(), ClusterError> {
-        match Api::<PodEndpoint>::namespaced(self.client.clone(), ns)
-            .delete(name, &DeleteParams::default())
+    async fn delete_pod_endpoint(&self, pod: &NamespacedName) -> Result<(), ClusterError> {
+        match Api::<PodEndpoint>::namespaced(self.client.clone(), &pod.namespace)
+            .delete(&pod.name, &DeleteParams::default())
             .await
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => {
-                self.failed(ns, name, "delete");
+                self.failed(pod, "delete");
                 Err(ClusterError::api("delete")(e))
             }
         }

@@ -35,6 +35,7 @@ use dataplane::netns::Netns;
 use dataplane::wg::{BackendKind, PeerStats, WgHandle, WireGuard};
 use tokio::sync::watch;
 
+use super::NamespacedName;
 use crate::metrics::{Metrics, PodTunnelLabels, PodTunnelStateLabels};
 
 /// Thresholds of the watch.
@@ -393,12 +394,9 @@ pub fn pod_names() -> &'static PodNames {
 
 impl PodNames {
     /// Records a pod's key.
-    pub fn remember(&self, public_key: &str, namespace: &str, name: &str) {
+    pub fn remember(&self, public_key: &str, pod: &NamespacedName) {
         let mut g = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert(
-            public_key.to_string(),
-            (format!("{namespace}/{name}"), Instant::now()),
-        );
+        g.insert(public_key.to_string(), (pod.to_string(), Instant::now()));
     }
     /// The pod of a key, or empty.
     fn name(&self, public_key: &str) -> String {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use agent::gateway::apply::GatewayApplier;
 use agent::gateway::plan::{ConfigInput, GatewayInput, PeerInput};
-use agent::node::MemoryCluster;
+use agent::node::{MemoryCluster, NamespacedName};
 use api::sgc::{
     GatewayServerProfile, RouteType, StaticGatewayConfiguration, StaticGatewayConfigurationSpec,
     StaticGatewayConfigurationStatus,
@@ -186,7 +186,7 @@ impl Lab {
             ..Default::default()
         });
         self.cluster
-            .with(|s| s.sgcs.insert(("default".into(), name.into()), sgc));
+            .with(|s| s.sgcs.insert(NamespacedName::new("default", name), sgc));
         LabConfig {
             name: name.into(),
             uid: format!("uid-{name}-{}", self.id),
@@ -254,7 +254,7 @@ impl Lab {
             .map(|c| BTreeMap::from([(api::names::POD_GATEWAY_ANNOTATION.to_string(), c.to_string())]))
             .unwrap_or_default();
         self.cluster
-            .with(|s| s.pods.insert(("default".into(), role.into()), ann.clone()));
+            .with(|s| s.pods.insert(NamespacedName::new("default", role), ann.clone()));
         let res = self.cni("ADD", role, &ann);
         let ip = res["ips"]
             .as_array()
@@ -290,8 +290,8 @@ impl Lab {
                     peers: pes
                         .iter()
                         .filter(|(_, pe)| pe.static_gateway_configuration == c.name)
-                        .map(|((ns, name), pe)| PeerInput {
-                            pod_endpoint: format!("{ns}/{name}"),
+                        .map(|(pod, pe)| PeerInput {
+                            pod_endpoint: pod.to_string(),
                             public_key: pe.pod_public_key.clone(),
                             pod_ip: pe.pod_ip_address.trim_end_matches("/32").parse().expect("pod ip"),
                         })
