@@ -2,7 +2,12 @@
 //! (including deletions) wait a short debounce so a burst of pod events becomes one batch, then rebuild the
 //! plan from the caches and apply it. Deleted PodEndpoints disappear from the cache at once, so their
 //! peers are removed by the next apply (within the debounce), not by a periodic sweep.
+//!
+//! The GatewayStatus each apply yields is written beside the loop, by [`keep_status_written`]: a write that
+//! fails is retried on its own, so an API server that refuses the status does not make the node re-plan and
+//! re-apply its data plane, and a status the next apply replaces is never written.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +43,9 @@ impl PlanApplier for GatewayApplier {
         self.apply(plan)
     }
 }
+
+/// The wait before the first retry of a failed apply or status write.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// The wait before the next retry: `retry`, which doubles for the one after (at most 30 s).
 fn back_off(retry: &mut Duration) -> Duration {
@@ -128,9 +136,70 @@ fn key_secrets(store: &Store<Secret>) -> KeySecrets {
         .collect()
 }
 
+/// Keeps the latest GatewayStatus the apply loop computed (`desired`) written with `write`, until `desired`'s
+/// sender is gone or `shutdown`. A failed write is counted by reason, logged and retried on its own backoff
+/// (`first_retry`, doubling to 30 s): waiting for the next event or the resync would leave the operator's view
+/// of this gateway stale that long, and re-running the apply for it would redo the data plane for nothing.
+/// A newer status supersedes the one being retried and is written at once; a status equal to the last one
+/// written is not written again.
+async fn keep_status_written<W, Fut>(
+    mut desired: watch::Receiver<Option<GatewayStatusSpec>>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: &Metrics,
+    first_retry: Duration,
+    mut write: W,
+) where
+    W: FnMut(GatewayStatusSpec) -> Fut,
+    Fut: Future<Output = Result<(), ClusterError>>,
+{
+    let mut written: Option<GatewayStatusSpec> = None;
+    let mut retry = first_retry;
+    loop {
+        let latest = desired.borrow_and_update().clone();
+        let mut retry_in = None;
+        if let Some(status) = latest.filter(|s| written.as_ref() != Some(s)) {
+            match write(status.clone()).await {
+                Ok(()) => {
+                    written = Some(status);
+                    retry = first_retry;
+                }
+                Err(e) => {
+                    metrics.gateway_status_update_failed(e.reason());
+                    tracing::warn!(error = %e, reason = e.reason(), "GatewayStatus update failed; retrying");
+                    retry_in = Some(back_off(&mut retry));
+                }
+            }
+        }
+        tokio::select! {
+            newer = desired.changed() => if newer.is_err() { return },
+            _ = tokio::time::sleep(retry_in.unwrap_or_default()), if retry_in.is_some() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 impl GatewayLoop {
     /// Runs until `shutdown` becomes true.
-    pub async fn run(self, client: Client, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, client: Client, shutdown: watch::Receiver<bool>) {
+        let (status_tx, status_rx) = watch::channel(None);
+        let write = |spec: GatewayStatusSpec| {
+            let (this, client) = (&self, &client);
+            async move { this.write_status(client, &spec).await }
+        };
+        tokio::join!(
+            self.apply_until_shutdown(&client, status_tx, shutdown.clone()),
+            keep_status_written(status_rx, shutdown, &self.metrics, FIRST_RETRY, write),
+        );
+    }
+
+    /// The loop proper: applies after every batch of events (and every resync), and hands each applied
+    /// plan's GatewayStatus to `status` when it differs from the one before.
+    async fn apply_until_shutdown(
+        &self,
+        client: &Client,
+        status: watch::Sender<Option<GatewayStatusSpec>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let notify = Arc::new(Notify::new());
         let (sgcs, sgc_w) = reflector::store::<StaticGatewayConfiguration>();
         let (secrets, secret_w) = reflector::store::<Secret>();
@@ -155,8 +224,7 @@ impl GatewayLoop {
             _ = shutdown.changed() => return,
         }
         tracing::info!("gateway caches synced");
-        let mut last_status: Option<GatewayStatusSpec> = None;
-        let mut retry = Duration::from_secs(1);
+        let mut retry = FIRST_RETRY;
         loop {
             let sgc_list: Vec<StaticGatewayConfiguration> =
                 sgcs.state().iter().map(|s| (**s).clone()).collect();
@@ -190,25 +258,15 @@ impl GatewayLoop {
                         tracing::info!(changes = ?report.changes, elapsed_ms = started.elapsed().as_millis() as u64, "applied");
                     }
                     self.ready.store(true, Ordering::Release);
-                    let status = gateway_status(&sel.input, &plan);
-                    let written = if last_status.as_ref() == Some(&status) {
-                        Ok(())
-                    } else {
-                        self.write_status(&client, &status).await
-                    };
-                    match written {
-                        Ok(()) => {
-                            last_status = Some(status);
-                            retry = Duration::from_secs(1);
+                    retry = FIRST_RETRY;
+                    let applied = gateway_status(&sel.input, &plan);
+                    status.send_if_modified(|desired| {
+                        let newer = desired.as_ref() != Some(&applied);
+                        if newer {
+                            *desired = Some(applied);
                         }
-                        Err(e) => {
-                            self.metrics.gateway_status_update_failed(e.reason());
-                            tracing::warn!(error = %e, reason = e.reason(), "GatewayStatus update failed; retrying");
-                            // Retried with backoff: waiting for the next event or the resync would leave the
-                            // operator's view of this gateway stale that long.
-                            next_wait = back_off(&mut retry);
-                        }
-                    }
+                        newer
+                    });
                 }
                 Ok(Err(e)) => {
                     self.metrics.gateway_apply_failures.inc();
@@ -253,91 +311,266 @@ impl GatewayLoop {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use api::internal::GatewayConfigurationStatus;
     use kube::api::PostParams;
     use testbed::kube::{KubeSim, KubeSimConfig};
-    use testbed::wait::eventually;
+    use testbed::wait::{eventually, eventually_within};
+    use tokio::sync::mpsc;
 
     use super::*;
     use crate::imds::NodeIdentity;
 
-    /// Applies nothing: this test is about the status write, not the kernel.
-    #[derive(Debug)]
-    struct NoKernel;
+    /// Applies nothing and counts the applies: these tests are about the status write, not the kernel.
+    #[derive(Debug, Default)]
+    struct CountingApplier(AtomicUsize);
 
-    impl PlanApplier for NoKernel {
+    impl PlanApplier for CountingApplier {
         fn apply_plan(&self, _: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
             Ok(ApplyReport::default())
+        }
+    }
+
+    /// A gateway loop on the simulator whose Node does not exist (yet): the GatewayStatus is owned by its
+    /// Node, so every write fails until the test creates it. Nothing the loop watches changes, and the
+    /// resync is far longer than a test, so any second apply or write comes from the loop's own retries.
+    struct NodelessGateway {
+        _sim: KubeSim,
+        client: Client,
+        metrics: Arc<Metrics>,
+        applier: Arc<CountingApplier>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl NodelessGateway {
+        const NODE: &str = "gw-node-1";
+
+        async fn start() -> Self {
+            let sim = KubeSim::start(KubeSimConfig::default())
+                .await
+                .expect("simulator starts");
+            let client = sim.client("admin").expect("client");
+            sim.install_crds().await.expect("CRDs install");
+            let metrics = Arc::new(Metrics::default());
+            let applier = Arc::new(CountingApplier::default());
+            let lp = GatewayLoop {
+                node_name: Self::NODE.into(),
+                agent_namespace: "kube-system".into(),
+                secret_namespace: "kube-system".into(),
+                // No configuration exists, so which pool this node is in does not matter.
+                settings: NodeSettings {
+                    identity: NodeIdentity::default(),
+                    netns_name: String::new(),
+                },
+                applier: applier.clone(),
+                probe: ProbeState::default(),
+                tunnels: Default::default(),
+                metrics: metrics.clone(),
+                ready: Arc::new(AtomicBool::new(false)),
+                debounce: Duration::from_millis(50),
+                resync: Duration::from_secs(3600),
+            };
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(lp.run(client.clone(), stop_rx));
+            NodelessGateway {
+                _sim: sim,
+                client,
+                metrics,
+                applier,
+                stop,
+                task,
+            }
+        }
+
+        /// Failed writes counted as `not_found` (the missing Node).
+        fn failures(&self) -> u64 {
+            let text = self.metrics.encode();
+            text.lines()
+                .find_map(|l| l.strip_prefix("gateway_status_update_failures_total{reason=\"not_found\"} "))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+
+        fn applies(&self) -> usize {
+            self.applier.0.load(Ordering::SeqCst)
+        }
+
+        async fn stop(self) {
+            let _ = self.stop.send(true);
+            tokio::time::timeout(Duration::from_secs(5), self.task)
+                .await
+                .expect("loop stops on shutdown")
+                .expect("join");
         }
     }
 
     #[tokio::test]
     async fn a_failed_gateway_status_write_is_counted_by_reason_and_retried() {
-        let sim = KubeSim::start(KubeSimConfig::default())
-            .await
-            .expect("simulator starts");
-        let client = sim.client("admin").expect("client");
-        sim.install_crds().await.expect("CRDs install");
-        let metrics = Arc::new(Metrics::default());
-        let lp = GatewayLoop {
-            node_name: "gw-node-1".into(),
-            agent_namespace: "kube-system".into(),
-            secret_namespace: "kube-system".into(),
-            // No configuration exists, so which pool this node is in does not matter.
-            settings: NodeSettings {
-                identity: NodeIdentity::default(),
-                netns_name: String::new(),
-            },
-            applier: Arc::new(NoKernel),
-            probe: ProbeState::default(),
-            tunnels: Default::default(),
-            metrics: metrics.clone(),
-            ready: Arc::new(AtomicBool::new(false)),
-            debounce: Duration::from_millis(50),
-            // Far longer than the test: only the loop's own retry can write the status once the Node exists.
-            resync: Duration::from_secs(3600),
-        };
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(lp.run(client.clone(), stop_rx));
-
-        // The GatewayStatus is owned by its Node; while the Node does not exist the write fails. Nothing the
-        // loop watches changes after its first passes, so a second failure means the write is retried by the
-        // loop itself.
-        let failures = || {
-            let text = metrics.encode();
-            text.lines()
-                .find_map(|l| l.strip_prefix("gateway_status_update_failures_total{reason=\"not_found\"} "))
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let gw = NodelessGateway::start().await;
+        // A second failure means the write is retried by the loop itself.
         eventually(
             "the failed write is counted as not_found, and retried",
-            || async { failures() >= 2 },
+            || async { gw.failures() >= 2 },
         )
         .await;
 
         let node: Node =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "gw-node-1"}})).expect("node");
-        Api::<Node>::all(client.clone())
+            serde_json::from_value(serde_json::json!({"metadata": {"name": NodelessGateway::NODE}}))
+                .expect("node");
+        Api::<Node>::all(gw.client.clone())
             .create(&PostParams::default(), &node)
             .await
             .expect("create node");
-        let statuses: Api<GatewayStatus> = Api::namespaced(client.clone(), "kube-system");
+        let statuses: Api<GatewayStatus> = Api::namespaced(gw.client.clone(), "kube-system");
         eventually("the retry writes the GatewayStatus", || async {
-            statuses.get_opt("gw-node-1").await.ok().flatten().is_some()
+            statuses
+                .get_opt(NodelessGateway::NODE)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
         })
         .await;
-        let counted = failures();
+        let counted = gw.failures();
         assert!(counted >= 2, "{counted}");
         assert!(
-            !metrics
+            !gw.metrics
                 .encode()
                 .contains("gateway_status_update_failures_total{reason=\"unreachable\"}"),
             "only the missing Node failed the writes"
         );
-        let _ = stop_tx.send(true);
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("loop stops on shutdown")
-            .expect("join");
+        gw.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_gateway_status_write_is_retried_without_applying_again() {
+        let gw = NodelessGateway::start().await;
+        // By the second failure (1 s in) the applies of the start are over.
+        eventually("the failed write is retried", || async { gw.failures() >= 2 }).await;
+        let applies = gw.applies();
+        assert!(applies >= 1, "the loop applied before it wrote a status");
+        // Two more retries (2 s and 4 s later): a retry that re-ran the loop would apply each time.
+        eventually_within("two more retries", Duration::from_secs(30), || async {
+            gw.failures() >= 4
+        })
+        .await;
+        assert_eq!(
+            gw.applies(),
+            applies,
+            "a status write retry planned and applied the data plane again"
+        );
+        gw.stop().await;
+    }
+
+    fn status(configuration: &str) -> GatewayStatusSpec {
+        GatewayStatusSpec {
+            ready_gateway_configurations: vec![GatewayConfigurationStatus {
+                static_gateway_configuration: configuration.into(),
+                interface_name: "wg-6000".into(),
+            }],
+            ready_peer_configurations: vec![],
+        }
+    }
+
+    /// [`keep_status_written`] with a writer that reports every attempt and fails the first `failing` ones
+    /// (as a conflict).
+    struct StatusWriter {
+        desired: watch::Sender<Option<GatewayStatusSpec>>,
+        attempts: mpsc::UnboundedReceiver<GatewayStatusSpec>,
+        metrics: Arc<Metrics>,
+        _stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl StatusWriter {
+        fn start(first_retry: Duration, failing: usize) -> Self {
+            let (desired, desired_rx) = watch::channel(None);
+            let (stop, stop_rx) = watch::channel(false);
+            let (attempt_tx, attempts) = mpsc::unbounded_channel();
+            let metrics = Arc::new(Metrics::default());
+            let failing = Arc::new(AtomicUsize::new(failing));
+            let m = metrics.clone();
+            let task = tokio::spawn(async move {
+                let write = |spec: GatewayStatusSpec| {
+                    let _ = attempt_tx.send(spec);
+                    let fail = failing
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    let result = if fail {
+                        Err(ClusterError::Conflicts {
+                            what: "apply GatewayStatus".into(),
+                            attempts: 1,
+                        })
+                    } else {
+                        Ok(())
+                    };
+                    std::future::ready(result)
+                };
+                keep_status_written(desired_rx, stop_rx, &m, first_retry, write).await
+            });
+            StatusWriter {
+                desired,
+                attempts,
+                metrics,
+                _stop: stop,
+                task,
+            }
+        }
+
+        async fn next_attempt(&mut self) -> GatewayStatusSpec {
+            tokio::time::timeout(Duration::from_secs(10), self.attempts.recv())
+                .await
+                .expect("a write is attempted")
+                .expect("writer alive")
+        }
+
+        /// Ends the writer (the apply loop is gone) and returns the attempts not taken yet.
+        async fn finish(mut self) -> (Vec<GatewayStatusSpec>, String) {
+            drop(self.desired);
+            self.task.await.expect("writer ends with its sender");
+            let mut rest = vec![];
+            while let Ok(s) = self.attempts.try_recv() {
+                rest.push(s);
+            }
+            (rest, self.metrics.encode())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_status_write_is_retried_on_its_own_until_it_succeeds_and_not_again() {
+        let mut w = StatusWriter::start(Duration::from_millis(10), 2);
+        w.desired.send_replace(Some(status("demo/a")));
+        for _ in 0..3 {
+            assert_eq!(w.next_attempt().await, status("demo/a"));
+        }
+        // The same status again (a resync's apply) is not written again once written.
+        w.desired.send_replace(Some(status("demo/a")));
+        let (rest, metrics) = w.finish().await;
+        assert_eq!(rest, vec![], "written once, so no further attempt");
+        assert!(
+            metrics.contains("gateway_status_update_failures_total{reason=\"conflict\"} 2"),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newer_status_supersedes_the_one_being_retried() {
+        // The retry timer is far longer than the test: only a newer status can cause the next attempt.
+        let mut w = StatusWriter::start(Duration::from_secs(3600), 2);
+        w.desired.send_replace(Some(status("demo/a")));
+        assert_eq!(w.next_attempt().await, status("demo/a"));
+        w.desired.send_replace(Some(status("demo/b")));
+        assert_eq!(w.next_attempt().await, status("demo/b"), "written at once");
+        w.desired.send_replace(Some(status("demo/c")));
+        assert_eq!(w.next_attempt().await, status("demo/c"));
+        let (rest, metrics) = w.finish().await;
+        assert_eq!(rest, vec![], "the superseded statuses are never retried");
+        assert!(
+            metrics.contains("gateway_status_update_failures_total{reason=\"conflict\"} 2"),
+            "{metrics}"
+        );
     }
 }
