@@ -220,7 +220,7 @@ async fn apply<K: Object>(
             .map_err(|e| cluster_diag(&format!("Cannot delete {}", K::KIND.display_id(prior)), &e).into());
     }
     let op = if prior.is_null() { Op::Create } else { Op::Update };
-    let timeout = resources::timeout(planned, op, K::DEFAULT_APPLY_TIMEOUT)?;
+    let timeout = resources::timeout(planned, op, K::KIND.default_apply_timeout())?;
     let api = K::api(client, planned);
     let name = resources::object_name(planned);
     let object = format!("{} {}", K::kind(&()), K::KIND.display_id(planned));
@@ -232,7 +232,7 @@ async fn apply<K: Object>(
     match waited {
         Ok(obj) => Ok(state(&obj)),
         Err(e) => Err(ApplyFailure {
-            diagnostic: cluster_diag(&format!("{object} {}", K::NOT_READY), &e),
+            diagnostic: cluster_diag(&format!("{object} {}", K::KIND.not_ready()), &e),
             state: cluster::get(&api, name).await.ok().flatten().map(|o| state(&o)),
         }),
     }
