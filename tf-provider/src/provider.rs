@@ -118,6 +118,11 @@ fn unknown_type(type_name: &str) -> pb::Diagnostic {
     )
 }
 
+/// The kind a request's type name names, or the diagnostic for a type this provider does not have.
+fn kind_of(type_name: &str) -> Result<Kind, pb::Diagnostic> {
+    Kind::from_type_name(type_name).ok_or_else(|| unknown_type(type_name))
+}
+
 fn cluster_diag(summary: &str, e: &ClusterError) -> pb::Diagnostic {
     let detail = match e {
         ClusterError::Api { message, code } => {
@@ -215,7 +220,7 @@ async fn apply<K: Object>(
             .map_err(|e| cluster_diag(&format!("Cannot delete {}", K::KIND.display_id(prior)), &e).into());
     }
     let op = if prior.is_null() { Op::Create } else { Op::Update };
-    let timeout = resources::timeout(planned, op, K::DEFAULT_APPLY_TIMEOUT)?;
+    let timeout = resources::timeout(planned, op, K::KIND.default_apply_timeout())?;
     let api = K::api(client, planned);
     let name = resources::object_name(planned);
     let object = format!("{} {}", K::kind(&()), K::KIND.display_id(planned));
@@ -227,7 +232,7 @@ async fn apply<K: Object>(
     match waited {
         Ok(obj) => Ok(state(&obj)),
         Err(e) => Err(ApplyFailure {
-            diagnostic: cluster_diag(&format!("{object} {}", K::NOT_READY), &e),
+            diagnostic: cluster_diag(&format!("{object} {}", K::KIND.not_ready()), &e),
             state: cluster::get(&api, name).await.ok().flatten().map(|o| state(&o)),
         }),
     }
@@ -266,27 +271,20 @@ fn merge_planned(planned: &Value, remote: Value) -> Value {
 impl ProviderService for Provider {
     async fn get_metadata(
         &self,
-        _r: Request<pb::get_metadata::Request>,
+        _r: Request<pb::Empty>,
     ) -> Result<Response<pb::get_metadata::Response>, Status> {
         Ok(Response::new(pb::get_metadata::Response {
             server_capabilities: Some(capabilities()),
             diagnostics: vec![],
-            data_sources: Kind::ALL
-                .map(|k| pb::get_metadata::DataSourceMetadata {
-                    type_name: k.type_name().into(),
-                })
-                .to_vec(),
-            resources: Kind::ALL
-                .map(|k| pb::get_metadata::ResourceMetadata {
-                    type_name: k.type_name().into(),
-                })
-                .to_vec(),
+            // Every kind is both a resource and a data source type.
+            data_sources: type_metadata(),
+            resources: type_metadata(),
         }))
     }
 
     async fn get_provider_schema(
         &self,
-        _r: Request<pb::get_provider_schema::Request>,
+        _r: Request<pb::Empty>,
     ) -> Result<Response<pb::get_provider_schema::Response>, Status> {
         Ok(Response::new(pb::get_provider_schema::Response {
             provider: Some(schema_proto(&provider_schema())),
@@ -330,38 +328,30 @@ impl ProviderService for Provider {
 
     async fn validate_resource_config(
         &self,
-        r: Request<pb::validate_resource_config::Request>,
-    ) -> Result<Response<pb::validate_resource_config::Response>, Status> {
+        r: Request<pb::TypeConfig>,
+    ) -> Result<Response<pb::Diagnostics>, Status> {
         let r = r.get_ref();
-        let diagnostics = match Kind::from_type_name(&r.type_name) {
-            None => vec![unknown_type(&r.type_name)],
-            Some(kind) => match decode(r.config.as_ref(), &kind.resource_schema()) {
-                Err(d) => vec![d],
-                // Errors only: warnings are given once, at plan.
-                Ok(cfg) => kind
-                    .validate(&cfg, None)
-                    .into_iter()
-                    .filter(|d| d.severity == pb::diagnostic::Severity::Error as i32)
-                    .collect(),
-            },
+        let checked = kind_of(&r.type_name)
+            .and_then(|kind| Ok((kind, decode(r.config.as_ref(), &kind.resource_schema())?)));
+        let diagnostics = match checked {
+            Err(d) => vec![d],
+            // Errors only: warnings are given once, at plan.
+            Ok((kind, cfg)) => kind
+                .validate(&cfg, None)
+                .into_iter()
+                .filter(|d| d.severity == pb::diagnostic::Severity::Error as i32)
+                .collect(),
         };
-        Ok(Response::new(pb::validate_resource_config::Response {
-            diagnostics,
-        }))
+        Ok(Response::new(pb::Diagnostics { diagnostics }))
     }
 
     async fn validate_data_resource_config(
         &self,
-        r: Request<pb::validate_data_resource_config::Request>,
-    ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
-        let r = r.get_ref();
-        let diagnostics = match Kind::from_type_name(&r.type_name) {
-            None => vec![unknown_type(&r.type_name)],
-            Some(_) => vec![],
-        };
-        Ok(Response::new(pb::validate_data_resource_config::Response {
-            diagnostics,
-        }))
+        r: Request<pb::TypeConfig>,
+    ) -> Result<Response<pb::Diagnostics>, Status> {
+        // Only the type: a data source's configuration is the identity of the object to read.
+        let diagnostics = kind_of(&r.get_ref().type_name).err().into_iter().collect();
+        Ok(Response::new(pb::Diagnostics { diagnostics }))
     }
 
     async fn upgrade_resource_state(
@@ -401,13 +391,11 @@ impl ProviderService for Provider {
     async fn configure_provider(
         &self,
         r: Request<pb::configure_provider::Request>,
-    ) -> Result<Response<pb::configure_provider::Response>, Status> {
+    ) -> Result<Response<pb::Diagnostics>, Status> {
         let cfg = match decode(r.get_ref().config.as_ref(), &provider_schema()) {
             Ok(c) => c,
             Err(d) => {
-                return Ok(Response::new(pb::configure_provider::Response {
-                    diagnostics: vec![d],
-                }));
+                return Ok(Response::new(pb::Diagnostics { diagnostics: vec![d] }));
             }
         };
         let mut guard = self.configured.lock().await;
@@ -421,9 +409,7 @@ impl ProviderService for Provider {
                 Configured::Unknown
             }
         };
-        Ok(Response::new(pb::configure_provider::Response {
-            diagnostics: vec![],
-        }))
+        Ok(Response::new(pb::Diagnostics::default()))
     }
 
     async fn read_resource(
@@ -615,7 +601,7 @@ impl ProviderService for Provider {
 
     async fn read_data_source(
         &self,
-        r: Request<pb::read_data_source::Request>,
+        r: Request<pb::TypeConfig>,
     ) -> Result<Response<pb::read_data_source::Response>, Status> {
         let r = r.get_ref();
         let fail = |d| {
@@ -655,18 +641,27 @@ impl ProviderService for Provider {
 
     async fn get_functions(
         &self,
-        _r: Request<pb::get_functions::Request>,
+        _r: Request<pb::Empty>,
     ) -> Result<Response<pb::get_functions::Response>, Status> {
         Ok(Response::new(pb::get_functions::Response::default()))
     }
 
     async fn stop_provider(
         &self,
-        _r: Request<pb::stop_provider::Request>,
+        _r: Request<pb::Empty>,
     ) -> Result<Response<pb::stop_provider::Response>, Status> {
         let _ = self.stop_tx.send(true);
         Ok(Response::new(pb::stop_provider::Response::default()))
     }
+}
+
+/// GetMetadata's list of the provider's types.
+fn type_metadata() -> Vec<pb::get_metadata::TypeMetadata> {
+    Kind::ALL
+        .map(|k| pb::get_metadata::TypeMetadata {
+            type_name: k.type_name().into(),
+        })
+        .to_vec()
 }
 
 fn capabilities() -> pb::ServerCapabilities {

@@ -282,7 +282,6 @@ impl Block {
                 .map(|a| pb::schema::Attribute {
                     name: a.name.to_string(),
                     r#type: a.ty.to_json().to_string().into_bytes(),
-                    nested_type: None,
                     description: a.description.to_string(),
                     required: a.required,
                     optional: a.optional,

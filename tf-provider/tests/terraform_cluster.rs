@@ -37,23 +37,35 @@ async fn remote_sgc(c: &Cluster) -> StaticGatewayConfiguration {
     sgcs(c).get("egress").await.expect("the configuration")
 }
 
-/// A pool on the seed's gateway node pool and a configuration on it, with the configuration's server-side
-/// values used in outputs. `pool_extra` and `sgc_extra` are added to the two resource blocks.
-fn lifecycle_config(pool_extra: &str, sgc_extra: &str, more: &str) -> String {
-    let pool = pool_tf(pool_extra);
+/// The HCL of the pool's node pool name: a configuration that names it depends on the pool.
+const POOL_NODEPOOL: &str = "egressgateway_gateway_pool.gw.gateway_nodepool_name";
+
+/// The configuration [`SGC`] in [`APP_NS`] on the gateway node pool `nodepool` (an HCL expression), `extra`
+/// added to its block, and its egress prefix as the output `egress_prefix`.
+fn sgc_tf(nodepool: &str, extra: &str) -> String {
     format!(
-        r#"{pool}
+        r#"
 resource "egressgateway_static_gateway_configuration" "egress" {{
   namespace             = "{APP_NS}"
   name                  = "egress"
-  gateway_nodepool_name = egressgateway_gateway_pool.gw.gateway_nodepool_name
-{sgc_extra}
+  gateway_nodepool_name = {nodepool}
+{extra}
 }}
 
 output "egress_prefix" {{
   value = egressgateway_static_gateway_configuration.egress.egress_ip_prefix
 }}
+"#
+    )
+}
 
+/// A pool on the seed's gateway node pool and a configuration on it, with the configuration's server-side
+/// values used in outputs. `pool_extra` and `sgc_extra` are added to the two resource blocks.
+fn lifecycle_config(pool_extra: &str, sgc_extra: &str, more: &str) -> String {
+    let pool = pool_tf(pool_extra);
+    let sgc = sgc_tf(POOL_NODEPOOL, sgc_extra);
+    format!(
+        r#"{pool}{sgc}
 output "firewall_rule" {{
   value = "allow ${{egressgateway_static_gateway_configuration.egress.egress_ip_prefix}} port ${{egressgateway_static_gateway_configuration.egress.gateway_server_profile.port}}"
 }}
@@ -335,23 +347,7 @@ async fn without_an_operator_apply_times_out_and_records_tainted_objects() {
     // `nodepool` is the configuration's gateway_nodepool_name: a literal first, so that the two creates
     // are independent and both time out; then a reference to the pool, so that replacing both deletes the
     // configuration before the pool (the operator keeps a pool that a configuration uses).
-    let with_timeouts = |nodepool: &str, timeouts: &str| {
-        let pool = pool_tf(timeouts);
-        format!(
-            r#"{pool}
-resource "egressgateway_static_gateway_configuration" "egress" {{
-  namespace             = "{APP_NS}"
-  name                  = "egress"
-  gateway_nodepool_name = {nodepool}
-{timeouts}
-}}
-
-output "egress_prefix" {{
-  value = egressgateway_static_gateway_configuration.egress.egress_ip_prefix
-}}
-"#
-        )
-    };
+    let with_timeouts = |nodepool: &str, timeouts: &str| pool_tf(timeouts) + &sgc_tf(nodepool, timeouts);
     let ws = Workspace::new(
         cluster.credentials("admin").await,
         &with_timeouts(
@@ -401,10 +397,7 @@ output "egress_prefix" {{
     // Once the operator runs, the next apply replaces them and succeeds (with the default timeouts: the
     // recreated pool waits for its instances to be Ready).
     cluster.start_operator().await;
-    ws.write(&with_timeouts(
-        "egressgateway_gateway_pool.gw.gateway_nodepool_name",
-        "",
-    ));
+    ws.write(&with_timeouts(POOL_NODEPOOL, ""));
     ws.apply().await;
     let shown = ws.show().await;
     assert!(shown.entry(SGC)["tainted"].is_null(), "{}", shown.0);

@@ -80,6 +80,22 @@ impl Kind {
             .join("/")
     }
 
+    /// How long create and update wait for [`Object::is_ready`] when `timeouts` does not say.
+    pub fn default_apply_timeout(self) -> Duration {
+        match self {
+            Kind::Sgc => sgc::DEFAULT_APPLY_TIMEOUT,
+            Kind::Pool => pool::DEFAULT_APPLY_TIMEOUT,
+        }
+    }
+
+    /// What apply's diagnostic says of an object the wait gave up on (after its kind and name).
+    pub fn not_ready(self) -> &'static str {
+        match self {
+            Kind::Sgc => sgc::NOT_READY,
+            Kind::Pool => pool::NOT_READY,
+        }
+    }
+
     /// The resource schema.
     pub fn resource_schema(self) -> Block {
         match self {
@@ -154,12 +170,8 @@ impl Kind {
 pub trait Object:
     kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug
 {
-    /// The resource type.
+    /// The resource type (and with it the kind's facts).
     const KIND: Kind;
-    /// How long create and update wait for [`Object::is_ready`] when `timeouts` does not say.
-    const DEFAULT_APPLY_TIMEOUT: Duration;
-    /// What the diagnostic says of an object the wait gave up on (after its kind and name).
-    const NOT_READY: &'static str;
     /// The API of the object a state or planned value names.
     fn api(client: kube::Client, v: &Value) -> kube::Api<Self>;
     /// The object to server-side apply for a planned value.
@@ -419,8 +431,22 @@ pub(crate) fn remote_string(remote: Option<&str>, prior: &Value) -> Value {
     }
 }
 
+/// The state of an object: its kind's `attributes`, then what every kind's state ends with: its status
+/// `conditions`, and the `timeouts` of `prior` (Terraform's setting, which the object does not hold).
+pub(crate) fn state<const N: usize>(
+    attributes: [(&str, Value); N],
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    prior: &Value,
+) -> Value {
+    let common = [
+        ("conditions", conditions_value(conditions)),
+        ("timeouts", prior.get("timeouts").clone()),
+    ];
+    object(attributes.into_iter().chain(common))
+}
+
 /// Builds an object value from pairs.
-pub fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+pub fn object<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
     Value::Map(
         pairs
             .into_iter()
@@ -429,7 +455,6 @@ pub fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
     )
 }
 
-/// Kubernetes conditions as the `conditions` attribute value.
 /// Is there a `Ready=True` condition about `generation` (the object's current one)? A condition without
 /// `observedGeneration` does not count when the object has a generation: after an update it could be about the
 /// previous spec, and apply would return before the operator has seen the change. Both kinds wait with this.
@@ -444,7 +469,8 @@ pub(crate) fn ready_for_generation(
     })
 }
 
-pub fn conditions_value(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> Value {
+/// Kubernetes conditions as the `conditions` attribute value.
+fn conditions_value(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> Value {
     Value::List(
         conditions
             .iter()
@@ -541,6 +567,45 @@ pub fn validate_timeouts(config: &Value) -> Vec<pb::Diagnostic> {
         .into_iter()
         .filter_map(|op| timeout(config, op, Duration::ZERO).err())
         .collect()
+}
+
+/// What the kinds' unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{Kind, object, pb};
+    use crate::value::Value;
+
+    impl Kind {
+        /// A configuration as Terraform sends it: the given attributes, null for the others.
+        pub(crate) fn config(self, pairs: Vec<(&str, Value)>) -> Value {
+            self.resource_schema().normalise(object(pairs))
+        }
+    }
+
+    /// Where the error diagnostics point, written as `.exclude_cidrs[1]`.
+    pub(crate) fn error_paths(diags: &[pb::Diagnostic]) -> Vec<String> {
+        diags
+            .iter()
+            .filter(|d| d.severity == pb::diagnostic::Severity::Error as i32)
+            .map(|d| {
+                d.attribute
+                    .as_ref()
+                    .map(|p| {
+                        p.steps
+                            .iter()
+                            .map(|s| match &s.selector {
+                                Some(pb::attribute_path::step::Selector::AttributeName(a)) => format!(".{a}"),
+                                Some(pb::attribute_path::step::Selector::ElementKeyInt(i)) => {
+                                    format!("[{i}]")
+                                }
+                                _ => "?".into(),
+                            })
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

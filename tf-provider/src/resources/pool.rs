@@ -5,13 +5,17 @@ use std::time::Duration;
 use api::GatewayPool;
 
 use super::plan::{PlanRules, plan as plan_generic};
-use super::{Extracted, conditions_type, conditions_value, object, remote_string};
+use super::{Extracted, conditions_type, object, remote_string};
 use crate::diag::Path;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::{Number, Value};
 
 /// The attributes that name the object (metadata, not spec).
 pub(crate) const IDENTITY: &[&str] = &["name"];
+/// How long create and update wait for the pool to be Ready when `timeouts` does not say.
+pub(crate) const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// What the diagnostic says of a pool apply's wait gave up on.
+pub(crate) const NOT_READY: &str = "is not ready";
 
 /// The resource schema.
 pub fn resource_schema() -> Block {
@@ -113,7 +117,7 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
         None => Value::List(vec![]),
     };
     let status = obj.status.clone().unwrap_or_default();
-    object([
+    let attributes = [
         ("id", Value::str(&name)),
         ("name", Value::str(&name)),
         (
@@ -152,15 +156,12 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
                 .load_balancer_frontend
                 .map_or(Value::Null, |f| Value::str(f.ip)),
         ),
-        ("conditions", conditions_value(&status.conditions)),
-        ("timeouts", prior.get("timeouts").clone()),
-    ])
+    ];
+    super::state(attributes, &status.conditions, prior)
 }
 
 impl super::Object for GatewayPool {
     const KIND: super::Kind = super::Kind::Pool;
-    const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(300);
-    const NOT_READY: &'static str = "is not ready";
     fn api(client: kube::Client, _: &Value) -> kube::Api<Self> {
         kube::Api::all(client)
     }
@@ -223,51 +224,29 @@ mod tests {
     use super::*;
     use crate::proto::tfplugin6 as pb;
     use crate::resources::Kind;
+    use crate::resources::test_support::error_paths;
 
     fn validate(config: &Value) -> Vec<pb::Diagnostic> {
         Kind::Pool.validate(config, None)
     }
 
-    fn config(pairs: Vec<(&str, Value)>) -> Value {
-        resource_schema().normalise(Value::Map(
-            pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        ))
-    }
-
-    fn error_paths(diags: &[pb::Diagnostic]) -> Vec<String> {
-        diags
-            .iter()
-            .filter(|d| d.severity == pb::diagnostic::Severity::Error as i32)
-            .map(|d| {
-                d.attribute
-                    .as_ref()
-                    .and_then(|p| p.steps.first())
-                    .and_then(|s| match &s.selector {
-                        Some(pb::attribute_path::step::Selector::AttributeName(a)) => Some(a.clone()),
-                        _ => None,
-                    })
-                    .unwrap_or_default()
-            })
-            .collect()
-    }
-
     #[test]
     fn instance_count_must_fit_the_prefix_when_both_are_known() {
-        let bad = config(vec![
+        let bad = Kind::Pool.config(vec![
             ("name", Value::str("gw")),
             ("gateway_nodepool_name", Value::str("gw")),
             ("public_ip_prefix_size", Value::Number(Number::Int(31))),
             ("instance_count", Value::Number(Number::Int(3))),
         ]);
         let diags = validate(&bad);
-        assert_eq!(error_paths(&diags), vec!["instance_count".to_string()]);
+        assert_eq!(error_paths(&diags), vec![".instance_count".to_string()]);
         assert!(
             diags[0].detail.contains("public_ip_prefix_size: 30"),
             "{}",
             diags[0].detail
         );
 
-        let later = config(vec![
+        let later = Kind::Pool.config(vec![
             ("name", Value::str("gw")),
             ("gateway_nodepool_name", Value::str("gw")),
             ("public_ip_prefix_size", Value::unknown()),
@@ -276,7 +255,7 @@ mod tests {
         assert!(error_paths(&validate(&later)).is_empty());
 
         // The node pool's name does not matter to this rule: an unknown one does not hide the finding.
-        let nodepool_later = config(vec![
+        let nodepool_later = Kind::Pool.config(vec![
             ("name", Value::str("gw")),
             ("gateway_nodepool_name", Value::unknown()),
             ("public_ip_prefix_size", Value::Number(Number::Int(31))),
@@ -284,7 +263,7 @@ mod tests {
         ]);
         assert_eq!(
             error_paths(&validate(&nodepool_later)),
-            vec!["instance_count".to_string()]
+            vec![".instance_count".to_string()]
         );
     }
 
@@ -332,21 +311,21 @@ mod tests {
 
     #[test]
     fn prefix_size_range() {
-        let bad = config(vec![
+        let bad = Kind::Pool.config(vec![
             ("name", Value::str("gw")),
             ("gateway_nodepool_name", Value::str("gw")),
             ("public_ip_prefix_size", Value::Number(Number::Int(27))),
         ]);
         assert_eq!(
             error_paths(&validate(&bad)),
-            vec!["public_ip_prefix_size".to_string()]
+            vec![".public_ip_prefix_size".to_string()]
         );
     }
 
     #[test]
     fn a_nodepool_name_differing_only_in_case_is_no_change() {
         let named = |np: &str| {
-            config(vec![
+            Kind::Pool.config(vec![
                 ("name", Value::str("gw")),
                 ("gateway_nodepool_name", Value::str(np)),
                 ("public_ip_prefix_size", Value::Number(Number::Int(31))),
@@ -363,7 +342,7 @@ mod tests {
 
     #[test]
     fn prefix_size_change_replaces() {
-        let c = config(vec![
+        let c = Kind::Pool.config(vec![
             ("name", Value::str("gw")),
             ("gateway_nodepool_name", Value::str("gw")),
             ("public_ip_prefix_size", Value::Number(Number::Int(31))),
@@ -371,7 +350,7 @@ mod tests {
         let (state, _) = plan(&Value::Null, &c);
         // Nothing is defaulted: the optional instance_count stays unset.
         assert!(matches!(state.get("instance_count"), Value::Null), "{state:?}");
-        let c2 = config(vec![
+        let c2 = Kind::Pool.config(vec![
             ("name", Value::str("gw")),
             ("gateway_nodepool_name", Value::str("gw")),
             ("public_ip_prefix_size", Value::Number(Number::Int(30))),

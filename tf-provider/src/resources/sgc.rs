@@ -5,13 +5,18 @@ use std::time::Duration;
 use api::StaticGatewayConfiguration;
 
 use super::plan::{PlanRules, plan as plan_generic};
-use super::{Extracted, conditions_type, conditions_value, object, remote_string};
+use super::{Extracted, conditions_type, object, remote_string};
 use crate::diag::Path;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::Value;
 
 /// The attributes that name the object (metadata, not spec).
 pub(crate) const IDENTITY: &[&str] = &["namespace", "name"];
+/// How long create and update wait for the configuration to be Ready, with its egress prefix, when
+/// `timeouts` does not say.
+pub(crate) const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(600);
+/// What the diagnostic says of a configuration apply's wait gave up on.
+pub(crate) const NOT_READY: &str = "did not become Ready";
 
 fn vmss_profile_block() -> NestedBlock {
     NestedBlock {
@@ -171,7 +176,7 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
         ]),
         None => Value::Null,
     };
-    object([
+    let attributes = [
         ("id", Value::str(format!("{ns}/{name}"))),
         ("namespace", Value::str(ns)),
         ("name", Value::str(name)),
@@ -198,15 +203,12 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
             status.egress_ip_prefix.clone().map_or(Value::Null, Value::String),
         ),
         ("gateway_server_profile", server_profile),
-        ("conditions", conditions_value(&status.conditions)),
-        ("timeouts", prior.get("timeouts").clone()),
-    ])
+    ];
+    super::state(attributes, &status.conditions, prior)
 }
 
 impl super::Object for StaticGatewayConfiguration {
     const KIND: super::Kind = super::Kind::Sgc;
-    const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(600);
-    const NOT_READY: &'static str = "did not become Ready";
     fn api(client: kube::Client, v: &Value) -> kube::Api<Self> {
         kube::Api::namespaced(client, v.get("namespace").as_str().unwrap_or_default())
     }
@@ -241,6 +243,7 @@ mod tests {
     use super::*;
     use crate::proto::tfplugin6 as pb;
     use crate::resources::Kind;
+    use crate::resources::test_support::error_paths;
 
     fn validate(config: &Value) -> Vec<pb::Diagnostic> {
         Kind::Sgc.validate(config, None)
@@ -250,38 +253,6 @@ mod tests {
         Kind::Sgc.validate(config, prior)
     }
     use crate::value::Number;
-
-    fn config(pairs: Vec<(&str, Value)>) -> Value {
-        let mut m = std::collections::BTreeMap::new();
-        for (k, v) in pairs {
-            m.insert(k.to_string(), v);
-        }
-        resource_schema().normalise(Value::Map(m))
-    }
-
-    fn paths(diags: &[pb::Diagnostic]) -> Vec<String> {
-        diags
-            .iter()
-            .filter(|d| d.severity == pb::diagnostic::Severity::Error as i32)
-            .map(|d| {
-                d.attribute
-                    .as_ref()
-                    .map(|p| {
-                        p.steps
-                            .iter()
-                            .map(|s| match &s.selector {
-                                Some(pb::attribute_path::step::Selector::AttributeName(a)) => format!(".{a}"),
-                                Some(pb::attribute_path::step::Selector::ElementKeyInt(i)) => {
-                                    format!("[{i}]")
-                                }
-                                _ => "?".into(),
-                            })
-                            .collect::<String>()
-                    })
-                    .unwrap_or_default()
-            })
-            .collect()
-    }
 
     fn profile(rg: Value, name: Value, size: Value) -> Value {
         Value::List(vec![object([
@@ -293,13 +264,13 @@ mod tests {
 
     #[test]
     fn valid_nodepool_config_passes() {
-        let c = config(vec![
+        let c = Kind::Sgc.config(vec![
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
             ("gateway_nodepool_name", Value::str("gwpool")),
             ("exclude_cidrs", Value::List(vec![Value::str("10.0.0.0/8")])),
         ]);
-        assert_eq!(paths(&validate(&c)), Vec::<String>::new());
+        assert_eq!(error_paths(&validate(&c)), Vec::<String>::new());
     }
 
     #[test]
@@ -373,7 +344,7 @@ mod tests {
         for (fields, want) in cases {
             let mut all = vec![ns.clone(), name.clone()];
             all.extend(fields);
-            let got = paths(&validate(&config(all)));
+            let got = error_paths(&validate(&Kind::Sgc.config(all)));
             assert!(got.iter().any(|p| p == want), "want {want}, got {got:?}");
         }
     }
@@ -381,7 +352,7 @@ mod tests {
     #[test]
     fn findings_that_depend_on_unknowns_wait() {
         // Nodepool name unknown (it comes from azurerm): rule 1 cannot be judged yet.
-        let c = config(vec![
+        let c = Kind::Sgc.config(vec![
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
             ("gateway_nodepool_name", Value::unknown()),
@@ -390,9 +361,9 @@ mod tests {
                 Value::List(vec![Value::unknown(), Value::str("bad")]),
             ),
         ]);
-        assert_eq!(paths(&validate(&c)), vec![".exclude_cidrs[1]".to_string()]);
+        assert_eq!(error_paths(&validate(&c)), vec![".exclude_cidrs[1]".to_string()]);
         // Unknown prefix size: no range finding; a known bad sibling is still reported.
-        let c = config(vec![
+        let c = Kind::Sgc.config(vec![
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
             (
@@ -401,7 +372,7 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            paths(&validate(&c)),
+            error_paths(&validate(&c)),
             vec![".gateway_vmss_profile[0].vmss_resource_group".to_string()]
         );
         assert!(validate(&Value::unknown()).is_empty());
@@ -409,13 +380,13 @@ mod tests {
 
     #[test]
     fn an_in_place_update_gets_the_rules_update_warnings() {
-        let c = config(vec![
+        let c = Kind::Sgc.config(vec![
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
             ("gateway_nodepool_name", Value::str("gw")),
         ]);
         let (prior, _) = plan(&Value::Null, &c);
-        let c2 = config(vec![
+        let c2 = Kind::Sgc.config(vec![
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
             ("gateway_nodepool_name", Value::str("gw")),
@@ -428,7 +399,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let update = validate_change(&c2, Some(&prior));
-        assert_eq!(paths(&update), Vec::<String>::new());
+        assert_eq!(error_paths(&update), Vec::<String>::new());
         assert!(
             warnings(&update)
                 .iter()
@@ -447,7 +418,7 @@ mod tests {
 
     #[test]
     fn plan_create_defaults_and_unknown_status() {
-        let c = config(vec![
+        let c = Kind::Sgc.config(vec![
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
             ("gateway_nodepool_name", Value::str("gw")),
@@ -464,7 +435,7 @@ mod tests {
 
     #[test]
     fn plan_without_change_is_prior_and_nodepool_change_replaces() {
-        let c = config(vec![
+        let c = Kind::Sgc.config(vec![
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
             ("gateway_nodepool_name", Value::str("gw")),
@@ -479,7 +450,7 @@ mod tests {
         assert_eq!(same, state);
         assert!(replace.is_empty());
 
-        let c2 = config(vec![
+        let c2 = Kind::Sgc.config(vec![
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
             ("gateway_nodepool_name", Value::str("gw2")),
@@ -491,7 +462,7 @@ mod tests {
 
     #[test]
     fn read_keeps_prior_spelling_and_reports_drift() {
-        let c = config(vec![
+        let c = Kind::Sgc.config(vec![
             ("namespace", Value::str("app")),
             ("name", Value::str("egress")),
             ("gateway_nodepool_name", Value::str("GwPool")),
