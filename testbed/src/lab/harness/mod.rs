@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use crate::azure::{AzureSim, Seed};
-use crate::cluster::Backend;
+use crate::cluster::{Backend, Kubectl, KubectlOutput};
 use crate::lab::chart;
 use crate::lab::fabric;
 use crate::lab::kube_api::KubeApi;
@@ -222,31 +222,17 @@ impl Lab {
         waited.map_err(|e| anyhow::anyhow!("{e:#}\n    left in {place}: {}", last.join(sep)))
     }
 
-    pub(in crate::lab) async fn kubectl(&self, opts: &Options, args: &[&str]) -> anyhow::Result<KubectlOut> {
-        let out = tokio::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(opts.work_dir.join("kube-cache"))
-            .args(args)
-            .current_dir(&opts.work_dir)
-            .env_remove("KUBECONFIG")
-            .kill_on_drop(true)
-            .output()
+    /// `kubectl <args>` as the cluster's admin, run in the work directory (where the lab writes its manifests).
+    pub(in crate::lab) async fn kubectl(
+        &self,
+        opts: &Options,
+        args: &[&str],
+    ) -> anyhow::Result<KubectlOutput> {
+        Kubectl::new("kubectl", &self.kubeconfig, opts.work_dir.join("kube-cache"))
+            .in_dir(&opts.work_dir)
+            .try_run(args)
             .await
-            .context("running kubectl (is it installed? scripts/install-deps.sh installs it)")?;
-        Ok(KubectlOut {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
     }
-}
-
-pub(in crate::lab) struct KubectlOut {
-    pub(in crate::lab) ok: bool,
-    pub(in crate::lab) stdout: String,
-    pub(in crate::lab) stderr: String,
 }
 
 /// The lab's Azure world: AKS-like, with the gateway VMSS pool `gwpool` (2 instances, /31 prefix size tag),
