@@ -422,6 +422,8 @@ pub struct Kubectl {
     program: PathBuf,
     kubeconfig: PathBuf,
     cache_dir: PathBuf,
+    /// Where it runs (relative file arguments resolve there); the caller's directory when `None`.
+    dir: Option<PathBuf>,
 }
 
 /// What one `kubectl` run printed, and whether it succeeded.
@@ -443,6 +445,7 @@ impl Kubectl {
             program: program.into(),
             kubeconfig: kubeconfig.into(),
             cache_dir: cache_dir.into(),
+            dir: None,
         }
     }
 
@@ -454,35 +457,50 @@ impl Kubectl {
         }
     }
 
+    /// The same `kubectl` run in `dir`, so that `-f file` names a file there.
+    pub fn in_dir(self, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: Some(dir.into()),
+            ..self
+        }
+    }
+
     /// The kubeconfig it uses.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
     }
 
     /// Runs `kubectl <args>` to its end. Panics when `kubectl` cannot be started: no test that drives it can
-    /// go on without it.
+    /// go on without it (see [`Kubectl::try_run`] for a caller that reports it instead).
     pub async fn run(&self, args: &[&str]) -> KubectlOutput {
-        let out = tokio::process::Command::new(&self.program)
-            .arg("--kubeconfig")
+        self.try_run(args).await.unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Runs `kubectl <args>` to its end; an error only when `kubectl` cannot be started (a failed command is
+    /// an output that is not `ok`).
+    pub async fn try_run(&self, args: &[&str]) -> anyhow::Result<KubectlOutput> {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
             .arg(&self.cache_dir)
             .args(args)
             .env_remove("KUBECONFIG")
-            .kill_on_drop(true)
-            .output()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "running {} (scripts/install-deps.sh installs kubectl): {e}",
-                    self.program.display()
-                )
-            });
-        KubectlOutput {
+            .kill_on_drop(true);
+        if let Some(dir) = &self.dir {
+            cmd.current_dir(dir);
+        }
+        let out = cmd.output().await.with_context(|| {
+            format!(
+                "running {} (scripts/install-deps.sh installs kubectl)",
+                self.program.display()
+            )
+        })?;
+        Ok(KubectlOutput {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! endpoint and IMDS; the Kubernetes API server with admission webhooks), used by integration tests and the
 //! lab through the product's real clients.
 
+pub mod asserts;
 pub mod azure;
 pub mod cluster;
 pub mod control_plane;

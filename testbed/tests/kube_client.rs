@@ -17,6 +17,7 @@ use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, Error};
 use kube_common::{eventually, sim_with_crds};
 use serde_json::json;
+use testbed::asserts::assert_contains;
 use testbed::kube::{KubeSim, KubeSimConfig};
 
 fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
@@ -144,11 +145,7 @@ async fn core_crud_conflicts_selectors_and_paging() {
         .expect("first update with current resourceVersion");
     let conflict = api_err(cms.replace("a", &pp, &stale).await.expect_err("stale update"));
     assert_eq!((conflict.code, conflict.reason.as_str()), (409, "Conflict"));
-    assert!(
-        conflict.message.contains("the object has been modified"),
-        "{}",
-        conflict.message
-    );
+    assert_contains(&conflict.message, "the object has been modified");
 
     let web = cms
         .list(&ListParams::default().labels("app=web"))
@@ -249,11 +246,9 @@ async fn crd_objects_are_defaulted_pruned_validated_and_track_generation() {
         "metadata": {"name": "nopool"}, "spec": {}});
     let e = refused_create(&dynamic, no_pool, "rule 1").await;
     assert_eq!(e.code, 422);
-    assert!(
-        e.message
-            .contains("spec: Invalid value: \"object\": rule 1 (one gateway pool)"),
-        "{}",
-        e.message
+    assert_contains(
+        &e.message,
+        "spec: Invalid value: \"object\": rule 1 (one gateway pool)",
     );
     let rename = json!({"spec": {"gatewayNodepoolName": "other"}});
     let e = api_err(
@@ -346,7 +341,7 @@ async fn server_side_apply_owns_fields_per_manager() {
             .expect_err("conflict"),
     );
     assert_eq!(e.code, 409);
-    assert!(e.message.contains("conflict with \"tf\""), "{}", e.message);
+    assert_contains(&e.message, "conflict with \"tf\"");
     let forced = apply(&pools, "p1", &PatchParams::apply("intruder").force(), &other)
         .await
         .expect("forced");

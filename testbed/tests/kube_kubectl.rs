@@ -15,6 +15,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube_common::sim_with_crds;
 use serde_json::{Value, json};
+use testbed::asserts::assert_contains;
 use testbed::kube::{KubeSim, TestCa, spawn_https};
 
 /// A kubectl bound to one simulator user, with its own kubeconfig and discovery cache.
@@ -207,23 +208,18 @@ async fn kubectl_apply_get_jsonpath_delete() {
     );
     let o = k.run(&["get", "sgc", "sgc1"]).await;
     assert!(!o.ok);
-    assert!(
-        o.stderr
-            .contains("staticgatewayconfigurations.egressgateway.kubernetes.azure.com \"sgc1\" not found"),
-        "{}",
-        o.stderr
+    assert_contains(
+        &o.stderr,
+        "staticgatewayconfigurations.egressgateway.kubernetes.azure.com \"sgc1\" not found",
     );
 
     // A read-only user gets kube-apiserver's Forbidden.
     let viewer = Kubectl::new(&sim, "viewer");
     let o = viewer.run(&["delete", "configmap", "c1"]).await;
     assert!(!o.ok);
-    assert!(
-        o.stderr.contains(
-            "configmaps \"c1\" is forbidden: User \"viewer\" cannot delete resource \"configmaps\""
-        ),
-        "{}",
-        o.stderr
+    assert_contains(
+        &o.stderr,
+        "configmaps \"c1\" is forbidden: User \"viewer\" cannot delete resource \"configmaps\"",
     );
 }
 
@@ -331,22 +327,15 @@ async fn webhook_denies_and_mutates_through_kubectl() {
     let bad = k.file("bad.yaml", &SGC.replace("POOL", "invalid"));
     let o = k.run(&["apply", "-f", path_str(&bad)]).await;
     assert!(!o.ok);
-    assert!(
-        o.stderr.contains(
-            "admission webhook \"validate.sgc.test\" denied the request: rule 1 (one gateway pool): spec.gatewayNodepoolName is invalid"
-        ),
-        "{}",
-        o.stderr
+    assert_contains(
+        &o.stderr,
+        "admission webhook \"validate.sgc.test\" denied the request: rule 1 (one gateway pool): spec.gatewayNodepoolName is invalid",
     );
 
     let good = k.file("good.yaml", &SGC.replace("POOL", "gw"));
     let o = k.run(&["apply", "-f", path_str(&good)]).await;
     assert!(o.ok, "{}", o.stderr);
-    assert!(
-        o.stderr.contains("Warning: pool names are case-sensitive"),
-        "{}",
-        o.stderr
-    );
+    assert_contains(&o.stderr, "Warning: pool names are case-sensitive");
     assert_eq!(
         k.ok(&["get", "sgc", "sgc1", "-o", "jsonpath={.metadata.labels.mutated}"])
             .await,
@@ -419,11 +408,9 @@ async fn failure_policy_decides_when_webhook_is_unreachable_or_untrusted() {
     let f = k.file("sgc.yaml", &SGC.replace("POOL", "gw"));
     let o = k.run(&["apply", "-f", path_str(&f)]).await;
     assert!(!o.ok);
-    assert!(
-        o.stderr
-            .contains("Internal error occurred: failed calling webhook \"down.sgc.test\""),
-        "{}",
-        o.stderr
+    assert_contains(
+        &o.stderr,
+        "Internal error occurred: failed calling webhook \"down.sgc.test\"",
     );
 
     // A webhook whose certificate is not signed by the caBundle is as good as down.
@@ -599,12 +586,8 @@ async fn webhook_selectors_operations_and_timeouts() {
         panic!("expected API error, got {err:?}")
     };
     assert_eq!(status.code, 500);
-    assert!(
-        status.message.contains("failed calling webhook \"slow.test\"")
-            && status.message.contains("context deadline exceeded"),
-        "{}",
-        status.message
-    );
+    assert_contains(&status.message, "failed calling webhook \"slow.test\"");
+    assert_contains(&status.message, "context deadline exceeded");
 }
 
 /// kubectl's typed commands (`create namespace`, `create secret`, ...) send protobuf, which the simulator does

@@ -62,14 +62,136 @@ fn module_of(src: &Path, file: &Path) -> Vec<String> {
     parts
 }
 
-fn strip_line_comments(text: &str) -> String {
-    text.lines()
-        .map(|line| match line.find("//") {
-            Some(at) => &line[..at],
-            None => line,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The code of a source file: comments (line and nested block comments) and the insides of string, raw string
+/// and char literals turned into spaces, line breaks kept. A `//` inside a string (a URL) then starts no
+/// comment, and a path written in a comment or a string is no reference.
+fn code_of(text: &str) -> String {
+    let c: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let blank = |out: &mut String, dropped: &[char]| {
+        out.extend(dropped.iter().map(|&ch| if ch == '\n' { '\n' } else { ' ' }));
+    };
+    let mut at = 0;
+    while at < c.len() {
+        let next = c.get(at + 1).copied();
+        let end = match (c[at], next) {
+            ('/', Some('/')) => {
+                let end = c[at..]
+                    .iter()
+                    .position(|&ch| ch == '\n')
+                    .map_or(c.len(), |p| at + p);
+                blank(&mut out, &c[at..end]);
+                end
+            }
+            ('/', Some('*')) => {
+                let end = block_comment_end(&c, at);
+                blank(&mut out, &c[at..end]);
+                end
+            }
+            ('"', _) => literal(&mut out, &c, at, None),
+            ('\'', _) => match char_literal_end(&c, at) {
+                Some(end) => {
+                    out.push('\'');
+                    blank(&mut out, &c[at + 1..end - 1]);
+                    out.push('\'');
+                    end
+                }
+                None => {
+                    out.push('\''); // a lifetime or a label
+                    at + 1
+                }
+            },
+            (ch, _) if is_ident(ch) => {
+                let word_end = c[at..]
+                    .iter()
+                    .position(|&ch| !is_ident(ch))
+                    .map_or(c.len(), |p| at + p);
+                let word: String = c[at..word_end].iter().collect();
+                let hashes = c[word_end..].iter().take_while(|&&ch| ch == '#').count();
+                if matches!(word.as_str(), "r" | "br" | "cr") && c.get(word_end + hashes) == Some(&'"') {
+                    out.push_str(&word);
+                    out.extend(std::iter::repeat_n('#', hashes));
+                    literal(&mut out, &c, word_end + hashes, Some(hashes))
+                } else {
+                    out.push_str(&word);
+                    word_end
+                }
+            }
+            (ch, _) => {
+                out.push(ch);
+                at + 1
+            }
+        };
+        at = end;
+    }
+    out
+}
+
+/// Where the block comment that opens at `start` ends (block comments nest).
+fn block_comment_end(c: &[char], start: usize) -> usize {
+    let mut depth = 0;
+    let mut at = start;
+    while at < c.len() {
+        match (c[at], c.get(at + 1)) {
+            ('/', Some('*')) => {
+                depth += 1;
+                at += 2;
+            }
+            ('*', Some('/')) => {
+                depth -= 1;
+                at += 2;
+                if depth == 0 {
+                    return at;
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    c.len()
+}
+
+/// Copies the string literal whose opening quote is at `quote` (its prefix and `#`s already written) with its
+/// inside blanked; `raw_hashes`: a raw string, closed by `"` and that many `#`s, with no escapes. Returns where
+/// the literal ends.
+fn literal(out: &mut String, c: &[char], quote: usize, raw_hashes: Option<usize>) -> usize {
+    let raw = raw_hashes.is_some();
+    let hashes = raw_hashes.unwrap_or(0);
+    let inside = quote + 1;
+    let mut at = inside;
+    let close = loop {
+        match c.get(at) {
+            None => break c.len(),
+            Some('\\') if !raw => at += 2,
+            Some('"') if c[at + 1..].iter().take(hashes).filter(|&&ch| ch == '#').count() == hashes => {
+                break at;
+            }
+            Some(_) => at += 1,
+        }
+    };
+    out.push('"');
+    out.extend(
+        c[inside.min(close)..close]
+            .iter()
+            .map(|&ch| if ch == '\n' { '\n' } else { ' ' }),
+    );
+    if close < c.len() {
+        out.push('"');
+        out.extend(std::iter::repeat_n('#', hashes));
+    }
+    (close + 1 + hashes).min(c.len())
+}
+
+/// Where the char literal opening at `quote` ends, or `None` when the quote starts a lifetime or a label
+/// (`'a`, `'outer:`) instead.
+fn char_literal_end(c: &[char], quote: usize) -> Option<usize> {
+    match (c.get(quote + 1), c.get(quote + 2)) {
+        (Some('\\'), _) => c[quote + 3..]
+            .iter()
+            .position(|&ch| ch == '\'')
+            .map(|p| quote + 3 + p + 1),
+        (Some(_), Some('\'')) => Some(quote + 3),
+        _ => None,
+    }
 }
 
 fn is_ident(c: char) -> bool {
@@ -142,7 +264,7 @@ fn word_at(chars: &[char], at: usize, word: &str) -> bool {
 /// (`self` and `super` chains resolve from the file's own module). Re-exports are not followed: a path to
 /// an item a parent re-exports counts as a path to the parent.
 fn references(module: &[String], text: &str) -> Vec<Vec<String>> {
-    let chars: Vec<char> = strip_line_comments(text).chars().collect();
+    let chars: Vec<char> = code_of(text).chars().collect();
     let mut out = Vec::new();
     let mut at = 0;
     while at < chars.len() {
@@ -289,4 +411,44 @@ fn the_checker_sees_crate_super_and_grouped_paths() {
         .get(&vec!["lab".to_string()])
         .expect("the lab has a module graph");
     assert!(lab.get("steps").is_some_and(|s| s.contains("harness")), "{lab:?}");
+}
+
+/// Comments are told from literals as the compiler does: a `//` inside a string (a URL, a raw string) starts no
+/// comment, so the paths after it on the line count; a path inside a block comment, a string or a raw string
+/// is no reference; a char literal `'"'` opens no string and a lifetime `'a` no char literal.
+#[test]
+fn the_checker_reads_comments_and_literals_as_the_compiler_does() {
+    let module = vec!["lab".to_string(), "steps".to_string()];
+    let text = r####"
+let url = "https://example.com/x"; use crate::after_url::a;
+let raw = r#"crate::in_raw::no "quoted" // not a comment"#; use crate::after_raw::b;
+let quote = '"'; use crate::after_char::c;
+let escaped = "a \" // still a string"; use crate::after_escape::d;
+fn f<'a>(x: &'a str) -> &'a str { crate::after_lifetime::e(x) }
+/* crate::in_block::no /* nested */ crate::in_nested_block::no */ use crate::after_block::g;
+let s = "crate::in_string::no"; let bytes = br"super::in_bytes::no"; let h = b'\''; use crate::after_byte::h;
+// crate::in_line_comment::no
+"####;
+    let refs = references(&module, text);
+    let heads: BTreeSet<&str> = refs
+        .iter()
+        .filter_map(|r| r.first().map(String::as_str))
+        .collect();
+    assert_eq!(
+        heads,
+        BTreeSet::from([
+            "after_url",
+            "after_raw",
+            "after_char",
+            "after_escape",
+            "after_lifetime",
+            "after_block",
+            "after_byte",
+        ]),
+        "{refs:?}"
+    );
+    // Lines stay where they were, so what follows a literal or comment is read in place.
+    let code = code_of(text);
+    assert_eq!(code.lines().count(), text.lines().count(), "{code}");
+    assert!(code.contains("use crate::after_block::g;"), "{code}");
 }

@@ -1,7 +1,8 @@
 //! HTTP face of the simulator: ARM routing and mechanics (api-version, bearer tokens, ETags, long-running
 //! operations), the AAD token endpoint, IMDS, fault injection, the call log and the `/_sim` control API.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -274,44 +275,28 @@ impl SimState {
     /// What a test wants to see to assert that nothing leaked.
     pub fn inventory(&mut self) -> Value {
         self.settle();
-        let private: serde_json::Map<String, Value> = self
-            .world
-            .subnet_allocations()
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    json!(
-                        v.into_iter()
-                            .map(|(ip, o)| json!({"ip": ip, "owner": o}))
-                            .collect::<Vec<_>>()
-                    ),
-                )
-            })
-            .collect();
-        let prefix_addresses: serde_json::Map<String, Value> = self
-            .world
-            .prefix_allocations()
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    json!(
-                        v.into_iter()
-                            .map(|(ip, o)| json!({"ip": ip, "owner": o}))
-                            .collect::<Vec<_>>()
-                    ),
-                )
-            })
-            .collect();
         json!({
             "resources": self.world.resource_ids(),
-            "privateAddresses": private,
+            "privateAddresses": addresses_json(self.world.subnet_allocations()),
             "publicBlocks": self.world.public_allocations().into_iter().map(|(n, o)| json!({"block": n, "owner": o})).collect::<Vec<_>>(),
-            "prefixAddresses": prefix_addresses,
+            "prefixAddresses": addresses_json(self.world.prefix_allocations()),
             "pendingOperations": self.operations.values().filter(|o| !o.done).count(),
         })
     }
+}
+
+/// Addresses handed out of each pool (a subnet, a prefix), as `{pool: [{"ip", "owner"}]}`.
+fn addresses_json(pools: BTreeMap<String, Vec<(Ipv4Addr, String)>>) -> Value {
+    pools
+        .into_iter()
+        .map(|(pool, addresses)| {
+            let listed = addresses
+                .into_iter()
+                .map(|(ip, owner)| json!({"ip": ip, "owner": owner}))
+                .collect::<Vec<_>>();
+            (pool, json!(listed))
+        })
+        .collect()
 }
 
 /// ARM-style write throttling: at most `max_writes` writes per sliding `window_ms`; the rest get 429
@@ -1052,11 +1037,11 @@ fn route_resource(
         match (rest.len(), &r.method, kind.writes) {
             (0, &Method::GET, _) => {
                 let listed = w.list(&format!("{rg_scope}/{}", kind.arm_type));
-                return Ok(page.list(r, listed.into_iter().map(|v| (kind.listed)(w, v)).collect()));
+                return Ok(page.list(r, listed.into_iter().map(|v| (kind.shown)(w, v)).collect()));
             }
             (1, &Method::GET, None) => {
                 let id = w.resource_id(rg, kind.arm_type, name);
-                return Ok(ok_json(StatusCode::OK, &(kind.get)(w, rg, name, &id)?));
+                return Ok(ok_json(StatusCode::OK, &kind.get(w, &id)?));
             }
             (1, m, Some(writes)) => {
                 let id = w.resource_id(rg, kind.arm_type, name);
@@ -1068,7 +1053,7 @@ fn route_resource(
                     kind.provider(),
                     |w| (writes.put)(w, rg, name, r.body.clone()),
                     |w| (writes.delete)(w, rg, name),
-                    |w| (kind.get)(w, rg, name, &id),
+                    |w| kind.get(w, &id),
                 );
             }
             _ => {}
@@ -1134,17 +1119,35 @@ struct ResourceKind {
     /// The ARM type (`Microsoft.Network/loadBalancers`): routed case-insensitively, its provider is the part
     /// before the slash.
     arm_type: &'static str,
-    /// Reads one resource: `(world, resource group, name, id)`.
-    get: fn(&World, &str, &str, &str) -> Result<Value, ArmError>,
-    /// How a listed resource is shown (a load balancer with its derived fields).
-    listed: fn(&World, Value) -> Value,
+    /// How a stored resource is shown, alone or listed: with the fields ARM derives from other resources
+    /// (a load balancer's backend members, a public IP's user).
+    shown: fn(&World, Value) -> Value,
     writes: Option<Writes>,
 }
 
 impl ResourceKind {
+    /// A kind read, written and deleted through the world's methods of that kind.
+    const fn writable(
+        arm_type: &'static str,
+        shown: fn(&World, Value) -> Value,
+        put: fn(&mut World, &str, &str, Value) -> Result<PutOutcome, ArmError>,
+        delete: fn(&mut World, &str, &str) -> Result<bool, ArmError>,
+    ) -> Self {
+        Self {
+            arm_type,
+            shown,
+            writes: Some(Writes { put, delete }),
+        }
+    }
+
     /// `Microsoft.Network` of `Microsoft.Network/loadBalancers`.
     fn provider(&self) -> &'static str {
         self.arm_type.split('/').next().unwrap_or(self.arm_type)
+    }
+
+    /// One resource as a GET shows it.
+    fn get(&self, w: &World, id: &str) -> Result<Value, ArmError> {
+        Ok((self.shown)(w, w.get_or_404(id)?))
     }
 }
 
@@ -1155,65 +1158,42 @@ struct Writes {
     delete: fn(&mut World, &str, &str) -> Result<bool, ArmError>,
 }
 
-fn by_id(w: &World, _rg: &str, _name: &str, id: &str) -> Result<Value, ArmError> {
-    w.get_or_404(id)
-}
-
 fn as_stored(_: &World, v: Value) -> Value {
     v
 }
 
 /// The routing table of the resource types served as plain collections of a resource group.
 const RESOURCE_KINDS: &[ResourceKind] = &[
-    ResourceKind {
-        arm_type: world::LB_TYPE,
-        get: |w, _, _, id| w.get_load_balancer(id),
-        listed: |w, lb| w.decorate_lb(lb),
-        writes: Some(Writes {
-            put: |w, rg, name, body| w.put_load_balancer(rg, name, body),
-            delete: |w, rg, name| w.delete_load_balancer(rg, name),
-        }),
-    },
-    ResourceKind {
-        arm_type: world::PREFIX_TYPE,
-        get: |w, rg, name, _| w.get_public_ip_prefix(rg, name),
-        listed: as_stored,
-        writes: Some(Writes {
-            put: |w, rg, name, body| w.put_public_ip_prefix(rg, name, body),
-            delete: |w, rg, name| w.delete_public_ip_prefix(rg, name),
-        }),
-    },
-    ResourceKind {
-        arm_type: world::PIP_TYPE,
-        get: |w, rg, name, _| w.get_public_ip(rg, name),
-        listed: as_stored,
-        writes: Some(Writes {
-            put: |w, rg, name, body| w.put_public_ip(rg, name, body),
-            delete: |w, rg, name| w.delete_public_ip(rg, name),
-        }),
-    },
-    ResourceKind {
-        arm_type: world::NIC_TYPE,
-        get: by_id,
-        listed: as_stored,
-        writes: Some(Writes {
-            put: |w, rg, name, body| w.put_network_interface(rg, name, body),
-            delete: |w, rg, name| w.delete_network_interface(rg, name),
-        }),
-    },
-    ResourceKind {
-        arm_type: world::VMSS_TYPE,
-        get: by_id,
-        listed: as_stored,
-        writes: Some(Writes {
-            put: |w, rg, name, body| w.put_vmss(rg, name, body),
-            delete: |_, _, _| Err(not_simulated("DELETE virtualMachineScaleSets")),
-        }),
-    },
+    ResourceKind::writable(
+        world::LB_TYPE,
+        World::decorate_lb,
+        World::put_load_balancer,
+        World::delete_load_balancer,
+    ),
+    ResourceKind::writable(
+        world::PREFIX_TYPE,
+        World::decorate_prefix,
+        World::put_public_ip_prefix,
+        World::delete_public_ip_prefix,
+    ),
+    ResourceKind::writable(
+        world::PIP_TYPE,
+        World::decorate_public_ip,
+        World::put_public_ip,
+        World::delete_public_ip,
+    ),
+    ResourceKind::writable(
+        world::NIC_TYPE,
+        as_stored,
+        World::put_network_interface,
+        World::delete_network_interface,
+    ),
+    ResourceKind::writable(world::VMSS_TYPE, as_stored, World::put_vmss, |_, _, _| {
+        Err(not_simulated("DELETE virtualMachineScaleSets"))
+    }),
     ResourceKind {
         arm_type: world::VM_TYPE,
-        get: by_id,
-        listed: as_stored,
+        shown: as_stored,
         writes: None,
     },
 ];

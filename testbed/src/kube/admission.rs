@@ -15,6 +15,7 @@ use super::auth::User;
 use super::registry::ResourceType;
 use super::selectors::LabelSelector;
 use super::status::{ApiError, ApiResult};
+use super::store::str_at;
 
 /// Where in-cluster webhook Services (`clientConfig.service`) are reachable: `(namespace, name)` -> address.
 pub type ServiceMap = HashMap<(String, String), SocketAddr>;
@@ -47,7 +48,7 @@ fn rule_matches(rule: &Value, req: &Request<'_>) -> bool {
     let groups = strs(rule.get("apiGroups"));
     let versions = strs(rule.get("apiVersions"));
     let resources = strs(rule.get("resources"));
-    let scope = rule.get("scope").and_then(Value::as_str).unwrap_or("*");
+    let scope = str_at(rule, "/scope").unwrap_or("*");
     let any = |list: &[&str], v: &str| list.iter().any(|x| *x == "*" || *x == v);
     // "x" matches the resource only, "x/sub" one subresource, "x/*" all its subresources, "*/*" everything.
     let res_ok = resources.iter().any(|r| {
@@ -129,10 +130,10 @@ fn endpoint(cc: &Value, services: &ServiceMap) -> Result<(SocketAddr, String, St
         return Ok((addr, host_trim, url.to_string(), path));
     }
     let svc = cc.get("service").ok_or("clientConfig needs url or service")?;
-    let ns = svc.get("namespace").and_then(Value::as_str).unwrap_or_default();
-    let name = svc.get("name").and_then(Value::as_str).unwrap_or_default();
+    let ns = str_at(svc, "/namespace").unwrap_or_default();
+    let name = str_at(svc, "/name").unwrap_or_default();
     let port = svc.get("port").and_then(Value::as_u64).unwrap_or(443);
-    let path = svc.get("path").and_then(Value::as_str).unwrap_or("/").to_string();
+    let path = str_at(svc, "/path").unwrap_or("/").to_string();
     let server_name = format!("{name}.{ns}.svc");
     let url = format!("https://{server_name}:{port}{path}");
     let addr = services
@@ -263,14 +264,11 @@ pub async fn run(
             .into_iter()
             .flatten()
         {
-            let name = hook.get("name").and_then(Value::as_str).unwrap_or_default();
+            let name = str_at(hook, "/name").unwrap_or_default();
             if !webhook_matches(hook, req, object.as_ref())? {
                 continue;
             }
-            let side_effects = hook
-                .get("sideEffects")
-                .and_then(Value::as_str)
-                .unwrap_or("Unknown");
+            let side_effects = str_at(hook, "/sideEffects").unwrap_or("Unknown");
             if req.dry_run && !matches!(side_effects, "None" | "NoneOnDryRun") {
                 return Err(ApiError::bad_request(format!(
                     "admission webhook \"{name}\" does not support dry run"

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::store::{ResKey, State};
+use super::store::{ResKey, State, str_at};
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,15 +135,12 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
 }
 
 fn subject_matches(subject: &Value, user: &User, groups: &[String]) -> bool {
-    let name = subject.get("name").and_then(Value::as_str).unwrap_or_default();
+    let name = str_at(subject, "/name").unwrap_or_default();
     match subject.get("kind").and_then(Value::as_str) {
         Some("User") => name == user.name,
         Some("Group") => groups.iter().any(|g| g == name),
         Some("ServiceAccount") => {
-            let ns = subject
-                .get("namespace")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let ns = str_at(subject, "/namespace").unwrap_or_default();
             user.name == format!("system:serviceaccount:{ns}:{name}")
         }
         _ => false,
@@ -180,10 +177,7 @@ pub fn authorize(state: &State, user: &User, a: &Attributes) -> bool {
             let rbac = |p: &str| -> ResKey { ("rbac.authorization.k8s.io".into(), p.into()) };
             for b in state.list(&rbac("clusterrolebindings"), None) {
                 if bound(b) {
-                    let name = b
-                        .pointer("/roleRef/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
+                    let name = str_at(b, "/roleRef/name").unwrap_or_default();
                     if role_rules(state, "ClusterRole", "", name)
                         .iter()
                         .any(|r| rule_allows(r, a))
@@ -197,14 +191,8 @@ pub fn authorize(state: &State, user: &User, a: &Attributes) -> bool {
             }
             for b in state.list(&rbac("rolebindings"), Some(&a.namespace)) {
                 if bound(b) {
-                    let kind = b
-                        .pointer("/roleRef/kind")
-                        .and_then(Value::as_str)
-                        .unwrap_or("Role");
-                    let name = b
-                        .pointer("/roleRef/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
+                    let kind = str_at(b, "/roleRef/kind").unwrap_or("Role");
+                    let name = str_at(b, "/roleRef/name").unwrap_or_default();
                     if role_rules(state, kind, &a.namespace, name)
                         .iter()
                         .any(|r| rule_allows(r, a))

@@ -454,6 +454,7 @@ pub fn server_side_apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::asserts::assert_contains;
 
     /// An unforced apply of the main resource that must succeed.
     pub(super) fn apply_as(live: Option<&Value>, config: Value, manager: &str) -> Value {
@@ -492,11 +493,7 @@ mod tests {
         )
         .expect_err("conflict");
         assert_eq!(err.code, 409);
-        assert!(
-            err.message.contains("conflict with \"m1\": .spec.a"),
-            "{}",
-            err.message
-        );
+        assert_contains(&err.message, "conflict with \"m1\": .spec.a");
         let forced = server_side_apply(
             Some(&first),
             &json!({"spec": {"a": 2}}),
@@ -522,11 +519,9 @@ mod tests {
         let add = json!({"metadata": {"name": "x", "labels": {"team": "b"}}});
         let err = server_side_apply(Some(&first), &add, "m2", false, None, "v1", "t").expect_err("conflict");
         assert_eq!(err.code, 409);
-        assert!(
-            err.message
-                .contains("Apply failed with 1 conflict: conflict with \"m1\": .metadata.labels"),
-            "{}",
-            err.message
+        assert_contains(
+            &err.message,
+            "Apply failed with 1 conflict: conflict with \"m1\": .metadata.labels",
         );
         let forced = server_side_apply(Some(&first), &add, "m2", true, None, "v1", "t").expect("forced");
         assert_eq!(forced["metadata"]["labels"]["team"], "b");
@@ -655,6 +650,7 @@ pub fn record_update(
 mod update_tests {
     use super::tests::apply_as;
     use super::*;
+    use crate::asserts::assert_contains;
 
     #[test]
     fn updates_take_ownership_from_appliers_so_reapply_conflicts() {
@@ -674,11 +670,7 @@ mod update_tests {
             "t",
         )
         .expect_err("conflict");
-        assert!(
-            e.message.contains("conflict with \"kubectl-edit\": .spec.a"),
-            "{}",
-            e.message
-        );
+        assert_contains(&e.message, "conflict with \"kubectl-edit\": .spec.a");
         let mut unchanged = edited.clone();
         record_update(Some(&edited), &mut unchanged, "other", None, "v1", "t2");
         assert_eq!(unchanged, edited, "a no-op update records nothing");

@@ -202,28 +202,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    /// An object carrying `labels` (a JSON map), as the server matches selectors against stored objects.
+    fn labelled(labels: Value) -> Value {
+        json!({"metadata": {"labels": labels}})
     }
 
     #[test]
     fn label_selector_syntax() {
         let s = LabelSelector::parse("app=web,tier!=db,env in (a, b),!legacy,team").expect("parses");
-        assert!(s.matches(&labels(&[("app", "web"), ("env", "a"), ("team", "x")])));
-        assert!(!s.matches(&labels(&[("app", "web"), ("env", "c"), ("team", "x")])));
-        assert!(!s.matches(&labels(&[
-            ("app", "web"),
-            ("env", "a"),
-            ("team", "x"),
-            ("legacy", "1")
-        ])));
-        assert!(!s.matches(&labels(&[("app", "web"), ("env", "a")])));
+        assert!(s.matches_object(&labelled(json!({"app": "web", "env": "a", "team": "x"}))));
+        assert!(!s.matches_object(&labelled(json!({"app": "web", "env": "c", "team": "x"}))));
+        assert!(!s.matches_object(&labelled(
+            json!({"app": "web", "env": "a", "team": "x", "legacy": "1"})
+        )));
+        assert!(!s.matches_object(&labelled(json!({"app": "web", "env": "a"}))));
         let n = LabelSelector::parse("x notin (1,2)").expect("parses");
-        assert!(n.matches(&labels(&[])));
-        assert!(!n.matches(&labels(&[("x", "1")])));
+        assert!(n.matches_object(&labelled(json!({}))));
+        assert!(!n.matches_object(&labelled(json!({"x": "1"}))));
     }
 
     #[test]
@@ -233,8 +228,8 @@ mod tests {
             "matchExpressions": [{"key": "b", "operator": "DoesNotExist"}]
         })))
         .expect("valid");
-        assert!(s.matches(&labels(&[("a", "1")])));
-        assert!(!s.matches(&labels(&[("a", "1"), ("b", "")])));
+        assert!(s.matches_object(&labelled(json!({"a": "1"}))));
+        assert!(!s.matches_object(&labelled(json!({"a": "1", "b": ""}))));
         assert!(
             LabelSelector::from_object(Some(
                 &json!({"matchExpressions": [{"key": "b", "operator": "Bogus"}]})

@@ -577,6 +577,7 @@ async fn tcp_connects(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::asserts::{assert_contains, assert_lacks};
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().expect("ip")
@@ -665,12 +666,8 @@ mod tests {
         let (view, wiring) = world();
         let none = desired(&view, &wiring, &Health::new());
         assert_eq!(none.serving["lb/rule"], Vec::<Ipv4Addr>::new());
-        assert!(!none.nft.contains("jhash"), "{}", none.nft);
-        assert!(
-            none.nft.contains("ip daddr { 10.224.0.7 } meta mark 0 drop"),
-            "{}",
-            none.nft
-        );
+        assert_lacks(&none.nft, "jhash");
+        assert_contains(&none.nft, "ip daddr { 10.224.0.7 } meta mark 0 drop");
 
         let both = desired(
             &view,
@@ -678,12 +675,9 @@ mod tests {
             &healthy(&[("10.224.0.4", true), ("10.224.0.5", true)]),
         );
         assert_eq!(both.serving["lb/rule"], vec![ip("10.224.0.4"), ip("10.224.0.5")]);
-        assert!(
-            both.nft.contains(
-                "ip daddr 10.224.0.7 udp dport 6000 meta mark set jhash ip saddr . udp sport mod 2 seed 0x6c6162 map { 0 : 0x100, 1 : 0x101 }"
-            ),
-            "{}",
-            both.nft
+        assert_contains(
+            &both.nft,
+            "ip daddr 10.224.0.7 udp dport 6000 meta mark set jhash ip saddr . udp sport mod 2 seed 0x6c6162 map { 0 : 0x100, 1 : 0x101 }",
         );
 
         let one = desired(
@@ -692,11 +686,7 @@ mod tests {
             &healthy(&[("10.224.0.4", false), ("10.224.0.5", true)]),
         );
         assert_eq!(one.serving["lb/rule"], vec![ip("10.224.0.5")]);
-        assert!(
-            one.nft.contains("mod 1 seed 0x6c6162 map { 0 : 0x101 }"),
-            "{}",
-            one.nft
-        );
+        assert_contains(&one.nft, "mod 1 seed 0x6c6162 map { 0 : 0x101 }");
         // Routes do not depend on health.
         assert_eq!(one.routes, both.routes);
     }
@@ -745,7 +735,7 @@ mod tests {
         let (mut view, wiring) = world();
         view.outbound = None;
         let d = desired(&view, &wiring, &Health::new());
-        assert!(!d.nft.contains("10.0.0.0/8"), "{}", d.nft);
+        assert_lacks(&d.nft, "10.0.0.0/8");
     }
 
     #[test]

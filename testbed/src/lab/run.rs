@@ -12,10 +12,7 @@ use crate::lab::{fabric, scenarios};
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.work_dir)
         .with_context(|| format!("creating {}", opts.work_dir.display()))?;
-    let mut lab = Lab {
-        kubeconfig: opts.work_dir.join("kubeconfig"),
-        ..Lab::default()
-    };
+    let mut lab = Lab::new(&opts);
     let outcome = tokio::select! {
         r = job(&mut lab, &opts) => r,
         s = interrupted() => Err(anyhow!("interrupted by {s}")),

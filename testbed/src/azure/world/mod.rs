@@ -662,6 +662,7 @@ fn mac_for(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::asserts::assert_contains;
 
     #[test]
     fn merge_objects_recursively_replaces_arrays_and_ignores_nulls() {
@@ -688,11 +689,8 @@ mod tests {
             .expect_err("an IPv6 public IP is refused");
         for (err, name) in [(prefix, "p6"), (ip, "ip6")] {
             assert_eq!(err.code, "UnsupportedPublicIPAddressVersion", "{name}");
-            assert!(
-                err.message.contains(&format!("'{name}'")) && err.message.contains("got IPv6"),
-                "{}",
-                err.message
-            );
+            assert_contains(&err.message, &format!("'{name}'"));
+            assert_contains(&err.message, "got IPv6");
         }
         assert!(w.get(&w.resource_id("node-rg", PREFIX_TYPE, "p6")).is_none());
         assert!(w.get(&w.resource_id("node-rg", PIP_TYPE, "ip6")).is_none());

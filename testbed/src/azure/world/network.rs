@@ -28,11 +28,7 @@ impl World {
         let set_id = |items: &mut Vec<Value>, coll: &str| -> BTreeSet<String> {
             let mut ids = BTreeSet::new();
             for item in items.iter_mut() {
-                let n = item
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
+                let n = str_at(item, &["name"]).unwrap_or_default().to_owned();
                 let cid = format!("{id}/{coll}/{n}");
                 ids.insert(key(&cid));
                 ensure_object(item).insert("id".into(), json!(cid));
@@ -121,11 +117,7 @@ impl World {
                 }
                 refs.entry(key(id)).or_default().push(rid.clone());
             }
-            let proto = rp
-                .get("protocol")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
+            let proto = str_at(&rp, &["protocol"]).unwrap_or_default().to_owned();
             if !matches!(proto.as_str(), "Tcp" | "Udp" | "All") {
                 return Err(ArmError::bad_request(
                     "InvalidLoadBalancingRuleProtocol",
@@ -194,15 +186,9 @@ impl World {
                     subnet,
                 ));
             }
-            let method = fp
-                .get("privateIPAllocationMethod")
-                .and_then(Value::as_str)
-                .unwrap_or("Dynamic");
+            let method = str_at(&fp, &["privateIPAllocationMethod"]).unwrap_or("Dynamic");
             let fixed = if method.eq_ignore_ascii_case("Static") {
-                let ip = fp
-                    .get("privateIPAddress")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let ip = str_at(&fp, &["privateIPAddress"]).unwrap_or_default();
                 Some(ip.parse::<Ipv4Addr>().map_err(|_| {
                     ArmError::bad_request(
                         "InvalidPrivateIPAddress",
@@ -248,10 +234,6 @@ impl World {
                 .map_or_else(|| json!(uuid::Uuid::new_v4().to_string()), |g| json!(g))
         });
         Ok(self.store_put(&id, lb, existing.is_none(), Self::decorate_lb))
-    }
-
-    pub fn get_load_balancer(&self, id: &str) -> Result<Value, ArmError> {
-        Ok(self.decorate_lb(self.get_or_404(id)?))
     }
 
     /// Fills `backendAddressPools[].properties.backendIPConfigurations` with the NIC and scale set
@@ -415,15 +397,8 @@ impl World {
         let (id, location, existing) = self.network_put(PIP_TYPE, rg, name, &body)?;
         let p = body.get("properties").cloned().unwrap_or_default();
         ipv4_only(&p, &format!("publicIPAddress '{name}'"))?;
-        let method = p
-            .get("publicIPAllocationMethod")
-            .and_then(Value::as_str)
-            .unwrap_or("Static");
-        let sku = body
-            .get("sku")
-            .and_then(|s| s.get("name"))
-            .and_then(Value::as_str)
-            .unwrap_or("Standard");
+        let method = str_at(&p, &["publicIPAllocationMethod"]).unwrap_or("Static");
+        let sku = str_at(&body, &["sku", "name"]).unwrap_or("Standard");
         if sku == "Standard" && method != "Static" {
             return Err(ArmError::bad_request(
                 "StandardSkuPublicIPAddressesMustBeStatic",
@@ -679,10 +654,7 @@ impl World {
 /// Public IP addresses and prefixes are simulated for IPv4 only: refuse any other `publicIPAddressVersion`
 /// (absent means IPv4, as on ARM). `what` names the resource in the message.
 fn ipv4_only(props: &Value, what: &str) -> Result<(), ArmError> {
-    let version = props
-        .get("publicIPAddressVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("IPv4");
+    let version = str_at(props, &["publicIPAddressVersion"]).unwrap_or("IPv4");
     if version == "IPv4" {
         Ok(())
     } else {

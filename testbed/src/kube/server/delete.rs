@@ -14,24 +14,12 @@ pub(super) fn delete_options(ctx: &Ctx) -> Value {
     o
 }
 
-pub(super) async fn delete(
-    shared: &Arc<Shared>,
-    ctx: &Ctx,
-    t: &Target,
-    warnings: &mut Vec<String>,
-) -> ApiResult<Response> {
-    t.whole_object_only()?;
+pub(super) async fn delete(ctx: &Ctx, t: &Target, warnings: &mut Vec<String>) -> ApiResult<Response> {
     let opts = delete_options(ctx);
-    let live = shared
-        .lock()
-        .get(&t.res(), &t.key())
-        .cloned()
-        .ok_or_else(|| t.not_found())?;
+    let live = ctx.live(t)?;
     for (field, meta) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
         let live_value = meta_str(&live, field);
-        if let Some(pre) = opts
-            .pointer(&format!("/preconditions/{field}"))
-            .and_then(Value::as_str)
+        if let Some(pre) = str_at(&opts, &format!("/preconditions/{field}"))
             && pre != live_value
         {
             return Err(ApiError::conflict_because(
@@ -67,12 +55,12 @@ pub(super) async fn delete(
         user: &ctx.user,
         dry_run,
         options: dopts,
-        namespace_labels: namespace_labels(shared, t),
+        namespace_labels: namespace_labels(&ctx.shared, t),
     };
-    let services = shared.services();
+    let services = ctx.shared.services();
     let mut none = None;
     admission::run(
-        &webhook_configs(shared, "mutatingwebhookconfigurations"),
+        &webhook_configs(&ctx.shared, "mutatingwebhookconfigurations"),
         true,
         &req,
         &mut none,
@@ -81,7 +69,7 @@ pub(super) async fn delete(
     )
     .await?;
     admission::run(
-        &webhook_configs(shared, "validatingwebhookconfigurations"),
+        &webhook_configs(&ctx.shared, "validatingwebhookconfigurations"),
         false,
         &req,
         &mut none,
@@ -92,12 +80,10 @@ pub(super) async fn delete(
     if dry_run {
         return Ok(json_response(200, &presented, warnings));
     }
-    let policy = opts
-        .get("propagationPolicy")
-        .and_then(Value::as_str)
+    let policy = str_at(&opts, "/propagationPolicy")
         .unwrap_or("Background")
         .to_string();
-    let mut st = shared.lock();
+    let mut st = ctx.shared.lock();
     let res = delete_object(&mut st, &t.res(), &t.key(), &policy).ok_or_else(|| t.not_found())?;
     Ok(json_response(200, &present(&res, t), warnings))
 }
@@ -315,14 +301,13 @@ pub(super) fn after_removal(st: &mut State, removed: &[Value], policy: &str) {
 }
 
 pub(super) async fn delete_collection(
-    shared: &Arc<Shared>,
     ctx: &Ctx,
     t: &Target,
     warnings: &mut Vec<String>,
 ) -> ApiResult<Response> {
     let (ls, fs) = selectors(ctx)?;
     let names: Vec<(String, String)> = {
-        let st = shared.lock();
+        let st = ctx.shared.lock();
         let ns = if t.ns.is_empty() {
             None
         } else {
@@ -341,10 +326,10 @@ pub(super) async fn delete_collection(
             name,
             ..t.clone()
         };
-        delete(shared, ctx, &tt, warnings).await?;
+        delete(ctx, &tt, warnings).await?;
         items.push(json!({"metadata": {"name": tt.name, "namespace": tt.ns}}));
     }
-    let st = shared.lock();
+    let st = ctx.shared.lock();
     let body = json!({"kind": format!("{}List", t.rt.kind), "apiVersion": t.api_version(), "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
     Ok(json_response(200, &body, warnings))
 }

@@ -31,7 +31,7 @@ use super::registry::{self, ResourceType};
 use super::schema;
 use super::selectors::{FieldSelector, LabelSelector, labels_of};
 use super::status::{ApiError, ApiResult};
-use super::store::{EventType, ObjKey, ResKey, State, meta_str, now, obj_key};
+use super::store::{EventType, ObjKey, ResKey, State, meta_str, now, obj_key, str_at};
 use super::table;
 
 /// Server state shared by all connections.
@@ -85,8 +85,9 @@ fn types_of(st: &State) -> Vec<ResourceType> {
     t
 }
 
-/// A parsed request.
+/// A parsed request and the server it came to: what every handler works with.
 struct Ctx {
+    shared: Arc<Shared>,
     method: Method,
     query: HashMap<String, String>,
     headers: HeaderMap,
@@ -103,6 +104,14 @@ impl Ctx {
     }
     fn dry_run(&self) -> bool {
         self.q("dryRun") == Some("All")
+    }
+    /// The stored object `t` addresses, as it is now (`None`: there is none).
+    fn stored(&self, t: &Target) -> Option<Value> {
+        self.shared.lock().get(&t.res(), &t.key()).cloned()
+    }
+    /// The stored object `t` addresses, or kube-apiserver's NotFound.
+    fn live(&self, t: &Target) -> ApiResult<Value> {
+        self.stored(t).ok_or_else(|| t.not_found())
     }
 }
 
@@ -139,13 +148,6 @@ impl Target {
     /// The subresource addressed (`status`), if any.
     fn subresource(&self) -> Option<&str> {
         (!self.sub.is_empty()).then_some(self.sub.as_str())
-    }
-    /// Refuses a verb that exists only on the object itself (create, delete) when a subresource is addressed.
-    fn whole_object_only(&self) -> ApiResult<()> {
-        match self.subresource() {
-            None => Ok(()),
-            Some(_) => Err(ApiError::method_not_allowed()),
-        }
     }
 }
 

@@ -55,8 +55,8 @@ pub(super) fn accept(ctx: &Ctx) -> String {
         .to_string()
 }
 
-pub(super) fn get(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Response> {
-    let st = shared.lock();
+pub(super) fn get(ctx: &Ctx, t: &Target) -> ApiResult<Response> {
+    let st = ctx.shared.lock();
     let obj = st.get(&t.res(), &t.key()).ok_or_else(|| t.not_found())?;
     Ok(json_response(
         200,
@@ -72,9 +72,9 @@ pub(super) fn selectors(ctx: &Ctx) -> ApiResult<(LabelSelector, FieldSelector)> 
     ))
 }
 
-pub(super) fn list(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Response> {
+pub(super) fn list(ctx: &Ctx, t: &Target) -> ApiResult<Response> {
     let (ls, fs) = selectors(ctx)?;
-    let st = shared.lock();
+    let st = ctx.shared.lock();
     let ns = if t.ns.is_empty() {
         None
     } else {
@@ -139,7 +139,7 @@ pub(super) fn watch_line(etype: &str, obj: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-pub(super) fn watch(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Response> {
+pub(super) fn watch(ctx: &Ctx, t: &Target) -> ApiResult<Response> {
     let (ls, mut fs) = selectors(ctx)?;
     let mut t = t.clone();
     if !t.name.is_empty() {
@@ -160,7 +160,7 @@ pub(super) fn watch(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Re
     let mut events_rx;
     let current_rv;
     {
-        let st = shared.lock();
+        let st = ctx.shared.lock();
         events_rx = st.tx.subscribe();
         current_rv = st.rv;
         let snapshot = |backlog: &mut Vec<Bytes>| {
@@ -212,8 +212,8 @@ pub(super) fn watch(shared: &Arc<Shared>, ctx: &Ctx, t: &Target) -> ApiResult<Re
     }
     let kind = t.rt.kind.clone();
     let api_version = t.api_version();
-    let shared2 = shared.clone();
-    let interval = shared.bookmark_interval;
+    let shared2 = ctx.shared.clone();
+    let interval = ctx.shared.bookmark_interval;
     tokio::spawn(async move {
         for line in backlog {
             if tx.send(line).await.is_err() {

@@ -7,11 +7,10 @@ pub(super) async fn handle_inner(
     req: http::Request<Body>,
     user: Option<User>,
 ) -> Response {
-    let shared = shared.clone();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_string();
     if path == "/metrics" {
-        let mut r = Response::new(Body::from(metrics(&shared)));
+        let mut r = Response::new(Body::from(metrics(shared)));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -41,6 +40,7 @@ pub(super) async fn handle_inner(
         headers: parts.headers,
         body,
         user,
+        shared: shared.clone(),
     };
     let segs: Vec<String> = path
         .split('/')
@@ -48,7 +48,7 @@ pub(super) async fn handle_inner(
         .map(String::from)
         .collect();
     let mut warnings = Vec::new();
-    match route(&shared, &ctx, &segs, &mut warnings).await {
+    match route(&ctx, &segs, &mut warnings).await {
         Ok(r) => {
             let mut r = r;
             for w in &warnings {
@@ -67,12 +67,8 @@ pub(super) fn discovery_ok(v: Value) -> ApiResult<Response> {
     Ok(json_response(200, &v, &[]))
 }
 
-pub(super) async fn route(
-    shared: &Arc<Shared>,
-    ctx: &Ctx,
-    segs: &[String],
-    warnings: &mut Vec<String>,
-) -> ApiResult<Response> {
+pub(super) async fn route(ctx: &Ctx, segs: &[String], warnings: &mut Vec<String>) -> ApiResult<Response> {
+    let shared = &ctx.shared;
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let get = ctx.method == Method::GET;
     match s.as_slice() {
@@ -124,8 +120,8 @@ pub(super) async fn route(
                     )
                 })
         }
-        ["api", "v1", rest @ ..] => resource(shared, ctx, "", "v1", rest, warnings).await,
-        ["apis", g, v, rest @ ..] => resource(shared, ctx, g, v, rest, warnings).await,
+        ["api", "v1", rest @ ..] => resource(ctx, "", "v1", rest, warnings).await,
+        ["apis", g, v, rest @ ..] => resource(ctx, g, v, rest, warnings).await,
         _ => Err(ApiError::new(
             404,
             "NotFound",
@@ -195,19 +191,21 @@ pub(super) fn verb_of(ctx: &Ctx, t: &Target) -> &'static str {
 }
 
 pub(super) async fn resource(
-    shared: &Arc<Shared>,
     ctx: &Ctx,
     group: &str,
     version: &str,
     rest: &[&str],
     warnings: &mut Vec<String>,
 ) -> ApiResult<Response> {
+    let shared = &ctx.shared;
     let types = shared.types();
     let (t, all_ns) = parse_target(&types, group, version, rest)?;
     let verb = verb_of(ctx, &t);
     if verb == "unknown"
         || (t.name.is_empty() && matches!(verb, "update" | "patch"))
         || (!t.name.is_empty() && verb == "create")
+        // A subresource (status) is only read, updated and patched; the object itself is created and deleted.
+        || (t.subresource().is_some() && !matches!(verb, "get" | "update" | "patch"))
     {
         return Err(ApiError::method_not_allowed());
     }
@@ -238,13 +236,13 @@ pub(super) async fn resource(
         ));
     }
     match verb {
-        "get" => get(shared, ctx, &t),
-        "list" => list(shared, ctx, &t),
-        "watch" => watch(shared, ctx, &t),
-        "create" => create(shared, ctx, &t, warnings).await,
-        "update" => update(shared, ctx, &t, warnings).await,
-        "patch" => patch_verb(shared, ctx, &t, warnings).await,
-        "delete" => delete(shared, ctx, &t, warnings).await,
-        _ => delete_collection(shared, ctx, &t, warnings).await,
+        "get" => get(ctx, &t),
+        "list" => list(ctx, &t),
+        "watch" => watch(ctx, &t),
+        "create" => create(ctx, &t, warnings).await,
+        "update" => update(ctx, &t, warnings).await,
+        "patch" => patch_verb(ctx, &t, warnings).await,
+        "delete" => delete(ctx, &t, warnings).await,
+        _ => delete_collection(ctx, &t, warnings).await,
     }
 }

@@ -29,8 +29,8 @@ pub(super) fn parse_body(ctx: &Ctx) -> ApiResult<Value> {
 
 /// Checks `apiVersion`/`kind` of a request body against the endpoint.
 pub(super) fn check_type(t: &Target, obj: &Value) -> ApiResult<()> {
-    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let av = str_at(obj, "/apiVersion").unwrap_or_default();
+    let kind = str_at(obj, "/kind").unwrap_or_default();
     if (!av.is_empty() && av != t.api_version()) || (!kind.is_empty() && kind != t.rt.kind) {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({av}) does not match the expected API version ({})",
@@ -79,14 +79,8 @@ pub(super) fn validate(t: &Target, obj: &Value, old: Option<&Value>) -> ApiResul
         }
     }
     if t.rt.group == "apiextensions.k8s.io" && t.rt.plural == "customresourcedefinitions" {
-        let group = obj
-            .pointer("/spec/group")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let plural = obj
-            .pointer("/spec/names/plural")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let group = str_at(obj, "/spec/group").unwrap_or_default();
+        let plural = str_at(obj, "/spec/names/plural").unwrap_or_default();
         if registry::from_crd(obj).is_none() {
             causes.push((
                 "spec".into(),
@@ -117,7 +111,7 @@ pub(super) fn builtin_update_causes(t: &Target, obj: &Value, old: &Value) -> Vec
     };
     let mut causes = Vec::new();
     if t.rt.plural == "secrets" && obj.get("type") != old.get("type") {
-        let new_type = obj.get("type").and_then(Value::as_str).unwrap_or_default();
+        let new_type = str_at(obj, "/type").unwrap_or_default();
         causes.push((
             "type".to_string(),
             format!("Invalid value: \"{new_type}\": field is immutable"),
@@ -255,7 +249,6 @@ pub(super) fn fold_string_data(obj: &mut Value) {
 
 /// Mutating webhooks, re-defaulting, validation, validating webhooks: the admission chain.
 pub(super) async fn admit(
-    shared: &Shared,
     ctx: &Ctx,
     t: &Target,
     operation: &str,
@@ -283,12 +276,12 @@ pub(super) async fn admit(
         user: &ctx.user,
         dry_run: ctx.dry_run(),
         options: options(opts_kind, ctx),
-        namespace_labels: namespace_labels(shared, t),
+        namespace_labels: namespace_labels(&ctx.shared, t),
     };
-    let services = shared.services();
+    let services = ctx.shared.services();
     let mut o = Some(present(&obj, t));
     admission::run(
-        &webhook_configs(shared, "mutatingwebhookconfigurations"),
+        &webhook_configs(&ctx.shared, "mutatingwebhookconfigurations"),
         true,
         &req,
         &mut o,
@@ -302,7 +295,7 @@ pub(super) async fn admit(
     validate(t, &obj, old)?;
     let mut o = Some(obj);
     admission::run(
-        &webhook_configs(shared, "validatingwebhookconfigurations"),
+        &webhook_configs(&ctx.shared, "validatingwebhookconfigurations"),
         false,
         &req,
         &mut o,
@@ -368,13 +361,7 @@ pub(super) fn random_suffix() -> String {
         .collect()
 }
 
-pub(super) async fn create(
-    shared: &Arc<Shared>,
-    ctx: &Ctx,
-    t: &Target,
-    warnings: &mut Vec<String>,
-) -> ApiResult<Response> {
-    t.whole_object_only()?;
+pub(super) async fn create(ctx: &Ctx, t: &Target, warnings: &mut Vec<String>) -> ApiResult<Response> {
     let mut obj = parse_body(ctx)?;
     check_type(t, &obj)?;
     obj["apiVersion"] = json!(t.api_version());
@@ -406,13 +393,12 @@ pub(super) async fn create(
     {
         m.remove("status");
     }
-    let (stored, code) = create_admitted(shared, ctx, t, obj, warnings, true).await?;
+    let (stored, code) = create_admitted(ctx, t, obj, warnings, true).await?;
     Ok(json_response(code, &present(&stored, t), warnings))
 }
 
 /// Admission + commit of a new object (shared by POST and apply-creates).
 pub(super) async fn create_admitted(
-    shared: &Arc<Shared>,
     ctx: &Ctx,
     t: &Target,
     obj: Value,
@@ -423,11 +409,11 @@ pub(super) async fn create_admitted(
         name: meta_str(&obj, "name").to_string(),
         ..t.clone()
     };
-    let mut obj = admit(shared, ctx, t, "CREATE", None, obj, warnings).await?;
+    let mut obj = admit(ctx, t, "CREATE", None, obj, warnings).await?;
     if record_manager {
         record_update(ctx, t, None, &mut obj);
     }
-    let mut st = shared.lock();
+    let mut st = ctx.shared.lock();
     if t.rt.namespaced {
         let ns = st.get(
             &(String::new(), "namespaces".into()),
@@ -643,14 +629,8 @@ pub(super) fn has_finalizers(o: &Value) -> bool {
 }
 
 /// Commits an admitted update if the live object is still at `expected_rv`.
-pub(super) fn commit_update(
-    shared: &Shared,
-    ctx: &Ctx,
-    t: &Target,
-    expected_rv: &str,
-    obj: Value,
-) -> ApiResult<Value> {
-    let mut st = shared.lock();
+pub(super) fn commit_update(ctx: &Ctx, t: &Target, expected_rv: &str, obj: Value) -> ApiResult<Value> {
+    let mut st = ctx.shared.lock();
     let live = st.get(&t.res(), &t.key()).ok_or_else(|| t.not_found())?;
     if meta_str(live, "resourceVersion") != expected_rv {
         return Err(ApiError::conflict(&t.rt.group, &t.rt.plural, &t.name));
@@ -669,20 +649,11 @@ pub(super) fn commit_update(
     Ok(st.replace(&t.res(), obj))
 }
 
-pub(super) async fn update(
-    shared: &Arc<Shared>,
-    ctx: &Ctx,
-    t: &Target,
-    warnings: &mut Vec<String>,
-) -> ApiResult<Response> {
+pub(super) async fn update(ctx: &Ctx, t: &Target, warnings: &mut Vec<String>) -> ApiResult<Response> {
     let body = parse_body(ctx)?;
     check_type(t, &body)?;
     check_name(t, &body)?;
-    let live = shared
-        .lock()
-        .get(&t.res(), &t.key())
-        .cloned()
-        .ok_or_else(|| t.not_found())?;
+    let live = ctx.live(t)?;
     let live_rv = meta_str(&live, "resourceVersion").to_string();
     let body_rv = meta_str(&body, "resourceVersion").to_string();
     if body_rv.is_empty() && t.rt.crd {
@@ -711,9 +682,9 @@ pub(super) async fn update(
         ));
     }
     let merged = merge_for_update(t, &live, body)?;
-    let mut admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
+    let mut admitted = admit(ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
     record_update(ctx, t, Some(&live), &mut admitted);
-    let stored = commit_update(shared, ctx, t, &live_rv, admitted)?;
+    let stored = commit_update(ctx, t, &live_rv, admitted)?;
     Ok(json_response(200, &present(&stored, t), warnings))
 }
 
@@ -740,12 +711,7 @@ fn apply_patch(ctx: &Ctx, t: &Target, live: Option<&Value>, config: &Value) -> A
     )
 }
 
-pub(super) async fn patch_verb(
-    shared: &Arc<Shared>,
-    ctx: &Ctx,
-    t: &Target,
-    warnings: &mut Vec<String>,
-) -> ApiResult<Response> {
+pub(super) async fn patch_verb(ctx: &Ctx, t: &Target, warnings: &mut Vec<String>) -> ApiResult<Response> {
     let ct = ctx
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -755,7 +721,7 @@ pub(super) async fn patch_verb(
     let ct = ct.split(';').next().unwrap_or_default().trim().to_string();
     let body = parse_body(ctx)?;
     for _attempt in 0..8 {
-        let live = shared.lock().get(&t.res(), &t.key()).cloned();
+        let live = ctx.stored(t);
         let Some(live) = live else {
             if ct == "application/apply-patch+yaml" && t.sub.is_empty() {
                 let mut obj = apply_patch(ctx, t, None, &body)?;
@@ -769,7 +735,7 @@ pub(super) async fn patch_verb(
                 {
                     m.remove("status");
                 }
-                let (stored, code) = create_admitted(shared, ctx, t, obj, warnings, false).await?;
+                let (stored, code) = create_admitted(ctx, t, obj, warnings, false).await?;
                 return Ok(json_response(code, &present(&stored, t), warnings));
             }
             return Err(t.not_found());
@@ -796,11 +762,11 @@ pub(super) async fn patch_verb(
             return Err(ApiError::conflict(&t.rt.group, &t.rt.plural, &t.name));
         }
         let merged = merge_for_update(t, &live, obj)?;
-        let mut admitted = admit(shared, ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
+        let mut admitted = admit(ctx, t, "UPDATE", Some(&live), merged, warnings).await?;
         if ct != "application/apply-patch+yaml" {
             record_update(ctx, t, Some(&live), &mut admitted);
         }
-        match commit_update(shared, ctx, t, &live_rv, admitted) {
+        match commit_update(ctx, t, &live_rv, admitted) {
             Ok(stored) => return Ok(json_response(200, &present(&stored, t), warnings)),
             // Someone else wrote in between: re-apply the patch to the new live object, like GuaranteedUpdate.
             Err(e) if e.reason == "Conflict" && patched_rv.is_empty() => continue,

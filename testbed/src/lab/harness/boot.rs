@@ -19,7 +19,7 @@ use crate::lab::report::{info, ok};
 
 impl Lab {
     /// The kubeconfig holding service account `ns/name`'s token (as kube-sim's `--service-account` names it).
-    pub(in crate::lab) fn sa_kubeconfig(&self, ns: &str, name: &str) -> PathBuf {
+    pub(super) fn sa_kubeconfig(&self, ns: &str, name: &str) -> PathBuf {
         let mut p = self.kubeconfig.clone().into_os_string();
         p.push(format!(".sa.{ns}.{name}"));
         PathBuf::from(p)
@@ -28,7 +28,7 @@ impl Lab {
     /// Starts the process a kubelet would start for `spec`: its Secret volumes written to files, its environment,
     /// and its service account's token (a kubeconfig instead of the in-cluster token mount). `enter` are the
     /// `nsenter` arguments that put it in its node's namespaces (hostNetwork pods), empty for the host.
-    pub(in crate::lab) fn launch(
+    pub(super) fn launch(
         &mut self,
         name: &str,
         spec: &LaunchSpec,
@@ -103,7 +103,7 @@ impl Lab {
     }
 
     /// The `podman` arguments of init container `container` of DaemonSet `ds` as rendered, at `place`.
-    pub(in crate::lab) fn init_container_args(
+    pub(super) fn init_container_args(
         &self,
         mode: &images::ImageMode,
         ds: &str,
@@ -167,7 +167,7 @@ impl Lab {
     }
 
     /// One line per chart service account the API server answered 403 so far.
-    pub(in crate::lab) fn rbac_refusals(&self, kube: &KubeApi) -> anyhow::Result<Vec<String>> {
+    pub(super) fn rbac_refusals(&self, kube: &KubeApi) -> anyhow::Result<Vec<String>> {
         let mut out = Vec::new();
         for (ns, name) in self.chart.service_accounts() {
             let user = format!("system:serviceaccount:{ns}:{name}");
@@ -184,7 +184,7 @@ impl Lab {
 
     /// The launch spec of Deployment `name`'s `container` (one replica: the lab runs one process), its
     /// listeners moved to `ports` (it runs in the host's network namespace, not a pod's own).
-    pub(in crate::lab) fn deployment_pod(
+    pub(super) fn deployment_pod(
         &self,
         name: &str,
         container: &str,
@@ -213,7 +213,7 @@ impl Lab {
 
     /// The launch spec of DaemonSet `ds`'s `agent` container on node `node_name` (the `i`th of its kind, with
     /// `labels`): the DaemonSet must select the node and mount its hostPaths where they are on the host.
-    pub(in crate::lab) fn daemonset_pod(
+    pub(super) fn daemonset_pod(
         &self,
         ds: &str,
         short: &str,
@@ -247,12 +247,7 @@ impl Lab {
     }
 
     /// Container `container`'s port named `port` in Deployment `name` as rendered.
-    pub(in crate::lab) fn container_port(
-        &self,
-        name: &str,
-        container: &str,
-        port: &str,
-    ) -> anyhow::Result<u16> {
+    pub(super) fn container_port(&self, name: &str, container: &str, port: &str) -> anyhow::Result<u16> {
         let d = self.chart.get("Deployment", name)?;
         d.pointer("/spec/template/spec/containers")
             .and_then(|c| c.as_array())
@@ -267,7 +262,7 @@ impl Lab {
     /// The scheduler's part for Deployment `name` on the real server: waits for the pod its ReplicaSet
     /// creates, binds it to the first regular node (where the lab counts the Deployments' pods) and gives it
     /// an IP of the lab's pod network. Returns the pod as the downward API sees it, and its IP.
-    pub(in crate::lab) async fn schedule_deployment_pod(
+    pub(super) async fn schedule_deployment_pod(
         &mut self,
         name: &str,
         opts: &Options,
@@ -353,7 +348,7 @@ impl Lab {
     }
 
     /// The pod network of the Deployments' pods (created on first use).
-    pub(in crate::lab) fn pod_network(&mut self) -> anyhow::Result<&mut PodNetwork> {
+    pub(super) fn pod_network(&mut self) -> anyhow::Result<&mut PodNetwork> {
         if self.pod_network.is_none() {
             let net = PodNetwork::create(&lab_tag(), std::process::id())?;
             self.netns.push(net.ns.clone());
@@ -374,7 +369,7 @@ impl Lab {
 /// Endpoints accept (not loopback): the host end of a veth whose peer sits in the lab's namespace
 /// `lab<pid>-pods`, so deleting that namespace (teardown, or the next run's leftovers clean-up) removes the
 /// link too. A /30 of `10.254.0.0/16` per run, from its pid; refused when an interface already has it.
-pub(in crate::lab) struct PodNetwork {
+pub(super) struct PodNetwork {
     ns: String,
     link: String,
     base: Ipv4Addr,
@@ -413,7 +408,7 @@ impl PodNetwork {
     }
 
     /// The next pod's IP (`.1`, `.2` of the /30), added to the host end.
-    pub(in crate::lab) fn next_ip(&mut self) -> anyhow::Result<Ipv4Addr> {
+    fn next_ip(&mut self) -> anyhow::Result<Ipv4Addr> {
         if self.used >= 2 {
             bail!("the lab's pod network has room for two Deployment pods");
         }
@@ -425,7 +420,7 @@ impl PodNetwork {
 }
 
 /// How many of the requests counted by (method, status) in `counts` (kube-sim's `requests_by`) match `which`.
-pub(in crate::lab) fn count_requests(
+fn count_requests(
     counts: &std::collections::BTreeMap<(String, u16), u64>,
     which: impl Fn(&str, u16) -> bool,
 ) -> u64 {

@@ -200,10 +200,7 @@ pub(in crate::lab) fn echo() -> SocketAddr {
 }
 
 /// The source addresses (UDP, TCP) the echo host sees from pod `sb`; fails when it does not answer.
-pub(in crate::lab) async fn seen_from(
-    opts: &Options,
-    sb: &runtime::Sandbox,
-) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
+async fn seen_from(opts: &Options, sb: &runtime::Sandbox) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
     use crate::lab::dataplane::{tcp_source_seen, udp_source_seen};
     let udp = udp_source_seen(&sb.netns, echo(), opts.step_timeout)
         .await

@@ -212,7 +212,7 @@ impl Lab {
 
     /// The regular nodes join the cluster (their kubelets register them, report them Ready and renew their
     /// Leases from now on), with their pod CIDR and the cni-not-ready taint their node agent removes.
-    pub(in crate::lab) async fn register_regular_nodes(&mut self) -> anyhow::Result<()> {
+    async fn register_regular_nodes(&mut self) -> anyhow::Result<()> {
         let client = self.client()?;
         let heartbeat = self.heartbeat.as_ref().context("no heartbeat")?;
         let azure = self.azure.as_ref().context("azure-sim not started")?.handle();
@@ -525,7 +525,7 @@ impl Lab {
 /// chart's self-signed certificate and no drain delay, a 1 s LB probe drain (the lab stops components with a
 /// 5 s grace); the LB probe port the fabric probes; the node agents watch userspace pods' tunnels only (the
 /// lab's pods use wireguard-go, and the pod namespace directory is the host's, shared by every lab node).
-pub(in crate::lab) fn lab_values(seed: &Seed, azure_url: &str) -> anyhow::Result<serde_json::Value> {
+fn lab_values(seed: &Seed, azure_url: &str) -> anyhow::Result<serde_json::Value> {
     if seed.service_principals.is_empty() {
         bail!("seed has no service principal");
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use crate::azure::{AzureSim, Seed};
-use crate::cluster::Backend;
+use crate::cluster::{Backend, Kubectl, KubectlOutput};
 use crate::lab::chart;
 use crate::lab::fabric;
 use crate::lab::kube_api::KubeApi;
@@ -30,7 +30,7 @@ use crate::lab::procs::{Children, tail};
 use crate::lab::report::{info, step};
 use crate::lab::runtime;
 
-pub(in crate::lab) use boot::PodNetwork;
+use boot::PodNetwork;
 
 /// What the lab binary was asked to do.
 #[derive(Debug, Clone)]
@@ -99,9 +99,9 @@ pub(in crate::lab) struct Lab {
     pub(in crate::lab) children: Children,
     pub(in crate::lab) kube: Option<KubeApi>,
     /// The kubelet's part for every Node the lab registers (Ready, Lease renewed).
-    pub(in crate::lab) heartbeat: Option<Heartbeat>,
+    heartbeat: Option<Heartbeat>,
     /// On the real server: the namespace whose veth's host end carries the Deployments' pod IPs.
-    pub(in crate::lab) pod_network: Option<PodNetwork>,
+    pod_network: Option<PodNetwork>,
     pub(in crate::lab) azure: Option<AzureSim>,
     pub(in crate::lab) client: Option<kube::Client>,
     pub(in crate::lab) kubeconfig: PathBuf,
@@ -110,13 +110,13 @@ pub(in crate::lab) struct Lab {
     /// The step that is running (number, name), for the failure message.
     pub(in crate::lab) current: (usize, &'static str),
     /// UID and gateway profiles of the demo configuration once Ready.
-    pub(in crate::lab) sgc_uid: String,
+    sgc_uid: String,
     pub(in crate::lab) profiles: Vec<api::sgc::GatewayVmProfile>,
     /// Network namespaces the lab created (`ip netns` names) and their inodes.
     pub(in crate::lab) netns: Vec<String>,
-    pub(in crate::lab) netns_inodes: Vec<u64>,
+    netns_inodes: Vec<u64>,
     /// Loopback forwarders into the namespaces, the echo host's service.
-    pub(in crate::lab) forwarders: Vec<tokio::task::JoinHandle<()>>,
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
     /// The Azure fabric's namespace, wiring and background loop.
     pub(in crate::lab) fabric_ns: String,
     pub(in crate::lab) wiring: fabric::Wiring,
@@ -133,7 +133,7 @@ pub(in crate::lab) struct Lab {
     pub(in crate::lab) other_pool_vms: std::collections::BTreeMap<String, Vec<(String, Ipv4Addr, String)>>,
     pub(in crate::lab) nodes: Vec<runtime::Node>,
     /// Directory (a private mount) holding the nodes' persisted mount namespaces.
-    pub(in crate::lab) mnt_dir: Option<PathBuf>,
+    mnt_dir: Option<PathBuf>,
     /// Pods the runtime set up (node index, sandbox), for CNI DEL at teardown.
     pub(in crate::lab) pods: Vec<(usize, runtime::Sandbox)>,
     /// status.egressIpPrefix and the cluster's outbound public IP.
@@ -142,6 +142,14 @@ pub(in crate::lab) struct Lab {
 }
 
 impl Lab {
+    /// A lab that has started nothing yet, its files (the admin kubeconfig first) under `opts.work_dir`.
+    pub(in crate::lab) fn new(opts: &Options) -> Self {
+        Self {
+            kubeconfig: opts.work_dir.join("kubeconfig"),
+            ..Self::default()
+        }
+    }
+
     pub(in crate::lab) fn begin(&mut self, n: usize, name: &'static str) {
         self.current = (n, name);
         step(n, name);
@@ -222,31 +230,17 @@ impl Lab {
         waited.map_err(|e| anyhow::anyhow!("{e:#}\n    left in {place}: {}", last.join(sep)))
     }
 
-    pub(in crate::lab) async fn kubectl(&self, opts: &Options, args: &[&str]) -> anyhow::Result<KubectlOut> {
-        let out = tokio::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(opts.work_dir.join("kube-cache"))
-            .args(args)
-            .current_dir(&opts.work_dir)
-            .env_remove("KUBECONFIG")
-            .kill_on_drop(true)
-            .output()
+    /// `kubectl <args>` as the cluster's admin, run in the work directory (where the lab writes its manifests).
+    pub(in crate::lab) async fn kubectl(
+        &self,
+        opts: &Options,
+        args: &[&str],
+    ) -> anyhow::Result<KubectlOutput> {
+        Kubectl::new("kubectl", &self.kubeconfig, opts.work_dir.join("kube-cache"))
+            .in_dir(&opts.work_dir)
+            .try_run(args)
             .await
-            .context("running kubectl (is it installed? scripts/install-deps.sh installs it)")?;
-        Ok(KubectlOut {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
     }
-}
-
-pub(in crate::lab) struct KubectlOut {
-    pub(in crate::lab) ok: bool,
-    pub(in crate::lab) stdout: String,
-    pub(in crate::lab) stderr: String,
 }
 
 /// The lab's Azure world: AKS-like, with the gateway VMSS pool `gwpool` (2 instances, /31 prefix size tag),
@@ -275,7 +269,7 @@ pub(in crate::lab) fn lab_seed() -> Seed {
 }
 
 /// (pool, computer name) of every gateway VMSS instance in the lab's seed, in seed order.
-pub(in crate::lab) fn gateway_nodes() -> Vec<(String, String)> {
+fn gateway_nodes() -> Vec<(String, String)> {
     lab_seed()
         .vm_scale_sets
         .iter()
@@ -329,7 +323,7 @@ fn azure_ids(azure: &AzureSim, segment: &str) -> Vec<String> {
 
 /// Prefix of the names this run gives host-wide things (network namespaces, the nodes' mount directory), so
 /// teardown finds whatever of them is left: `lab<pid>-`.
-pub(in crate::lab) fn lab_tag() -> String {
+fn lab_tag() -> String {
     crate::lab::leftovers::run_tag(std::process::id())
 }
 

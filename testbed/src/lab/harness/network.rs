@@ -23,7 +23,7 @@ use crate::lab::{fabric, runtime};
 
 impl Lab {
     /// Creates network namespace `name` (lo up) and remembers it for teardown.
-    pub(in crate::lab) fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
+    pub(super) fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
         use crate::lab::dataplane::{ip, netns_inode};
         ip(&["netns", "add", name])?;
         self.netns.push(name.to_string());
@@ -35,13 +35,7 @@ impl Lab {
 
     /// A VM: its own namespace whose `eth0` is a point-to-point link into the fabric (`fabric_if`), with the
     /// primary IP Azure gave it (no subnet route: Azure's SDN, not an L2 segment, delivers everything).
-    pub(in crate::lab) fn add_vm(
-        &mut self,
-        ns: &str,
-        fabric_if: &str,
-        primary: Ipv4Addr,
-        table: u32,
-    ) -> anyhow::Result<()> {
+    fn add_vm(&mut self, ns: &str, fabric_if: &str, primary: Ipv4Addr, table: u32) -> anyhow::Result<()> {
         use crate::lab::dataplane::ip;
         let fabric = self.linked_to_fabric(ns, fabric_if)?;
         ip(&[
@@ -98,7 +92,7 @@ impl Lab {
     /// An echo host behind the fabric: namespace `ns` linked to the fabric's `fabric_if` (addresses
     /// `fabric_side`, the first its default gateway) with the `hosts` addresses (/24) on its eth0, each
     /// answering on the echo port with the source address it sees.
-    pub(in crate::lab) fn echo_host(
+    fn echo_host(
         &mut self,
         ns: &str,
         fabric_if: &str,
