@@ -30,7 +30,7 @@ CONTRACT = {
             "--mode", "--metrics-bind-port", "--health-probe-bind-port", "--gateway-lb-probe-port",
             "--lb-probe-drain-delay-seconds", "--secret-namespace", "--exception-cidrs", "--cni-conf-file",
             "--cni-uninstall-configmap-name", "--socket-path", "--log-format", "--pod-tunnel-watch",
-            "--pod-netns-dir",
+            "--pod-netns-dir", "--wireguard-backend",
         },
     ),
     "kube-egress-gateway-webhook": (

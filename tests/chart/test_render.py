@@ -251,6 +251,32 @@ def test_gateway_agent_runs_only_on_gateway_nodes() -> None:
     assert pod["terminationGracePeriodSeconds"] > drain
 
 
+def test_gateway_agent_wireguard_backend() -> None:
+    def gateway_pod(backend: str | None) -> dict:
+        values = {"gatewayDaemonManager": {"wireguardBackend": backend}} if backend else None
+        return one(objects(values), "DaemonSet", "kube-egress-gateway-gateway-agent")["spec"]["template"]["spec"]
+
+    # Default: auto, which mounts no device (kernel WireGuard needs none).
+    for backend in (None, "auto", "kernel"):
+        pod = gateway_pod(backend)
+        agent = pod["containers"][0]
+        assert args_map(agent)["--wireguard-backend"] == (backend or "auto")
+        assert not [v for v in pod["volumes"] if "/dev" in v.get("hostPath", {}).get("path", "")], backend
+        assert not [m for m in agent["volumeMounts"] if m["mountPath"].startswith("/dev")], backend
+    # Userspace: wireguard-go creates TUN devices, so the host's /dev/net/tun is mounted, as a character device.
+    pod = gateway_pod("userspace")
+    agent = pod["containers"][0]
+    assert args_map(agent)["--wireguard-backend"] == "userspace"
+    tun = [m for m in agent["volumeMounts"] if m["mountPath"] == "/dev/net/tun"]
+    assert len(tun) == 1, agent["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == tun[0]["name"])
+    assert volume["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
+    # It is the agent's capabilities that let wireguard-go create a TUN device (TUNSETIFF needs NET_ADMIN).
+    assert "NET_ADMIN" in agent["securityContext"]["capabilities"]["add"]
+    # The netns init container needs no device.
+    assert all(m["mountPath"] != "/dev/net/tun" for m in pod["initContainers"][0]["volumeMounts"])
+
+
 def test_node_agent_installs_cni_and_serves_socket() -> None:
     objs = scenario_objects("default")
     ds = one(objs, "DaemonSet", "kube-egress-gateway-node-agent")
