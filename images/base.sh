@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the two runtime bases of images/Containerfile from Debian packages (mmdebstrap, no image is pulled)
+# Builds the two runtime bases of the images (images/build.sh) from Debian packages (mmdebstrap, no image is pulled)
 # and loads them into podman's local storage:
 #
 #   localhost/kube-egress-gateway-base:static-<key>  libc, libgcc, libssl (the operator's Azure client), CA

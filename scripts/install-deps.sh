@@ -124,9 +124,9 @@ then
 fi
 
 # --- release and images (scripts/release.sh, images/, tests/release) --------------------------------------
-# mmdebstrap makes the image bases from Debian packages; podman builds and runs the images (runc too: crun
-# refuses hosts whose cgroups are in hybrid mode); skopeo reads and pushes OCI archives; docker-registry is the
+# mmdebstrap makes the image bases from Debian packages; buildah builds the images, podman runs them (runc too:
+# crun refuses hosts whose cgroups are in hybrid mode); skopeo reads and pushes OCI archives; docker-registry is the
 # loopback registry of tests/release; zip, gpg and gpgv package, sign and verify the provider release.
-RELEASE_PACKAGES=(mmdebstrap podman crun runc skopeo docker-registry zip unzip gpg gpgv gpg-agent binutils)
+RELEASE_PACKAGES=(mmdebstrap buildah podman crun runc skopeo docker-registry zip unzip gpg gpgv gpg-agent binutils)
 apt_install "the release tools" "${RELEASE_PACKAGES[@]}"
 # --- end of release and images ------------------------------------------------------------------------------

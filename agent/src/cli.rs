@@ -1,5 +1,5 @@
 //! The agent process (`--mode gateway|node`): its flags, the servers and loops each mode runs, and how it
-//! stops. `main.rs` parses the flags and calls [`Args::run`].
+//! stops. `main.rs` hands [`Args`] to [`daemon::main`], which parses them and runs them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -113,8 +113,6 @@ pub struct Args {
     /// only, found by their sockets in /var/run/wireguard).
     #[arg(long, env = "POD_NETNS_DIR")]
     pub pod_netns_dir: Option<PathBuf>,
-    #[command(flatten)]
-    pub log: daemon::LogArgs,
 }
 
 /// Why the agent stops: a signal (graceful) or an essential task that failed, such as a server that could not
@@ -134,11 +132,10 @@ impl StopReasons {
     }
 }
 
-impl Args {
+impl daemon::Daemon for Args {
     /// Runs the agent in its mode until SIGTERM or Ctrl-C (then drains) or until an essential task fails.
-    pub async fn run(self) -> anyhow::Result<()> {
+    async fn run(self) -> anyhow::Result<()> {
         let args = &self;
-        args.log.init();
         let client = kube::Client::try_default()
             .await
             .context("cannot build a Kubernetes client")?;

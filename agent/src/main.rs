@@ -1,8 +1,6 @@
-//! `kube-egress-gateway-agent --mode gateway|node`: flags, then [`agent::cli::Args::run`].
-
-use clap::Parser as _;
+//! `kube-egress-gateway-agent --mode gateway|node`: [`agent::cli::Args`], started by [`daemon::main`].
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    daemon::exit_code(agent::cli::Args::parse().run().await)
+    daemon::main::<agent::cli::Args>().await
 }

@@ -12,7 +12,6 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 
 use crate::arm::valid_resource_group;
-pub use crate::cidr::{EXCLUDE_CIDR_SCHEMA_MESSAGE, IPV4_CIDR_PATTERN, MAX_CIDR_LENGTH, MAX_EXCLUDE_CIDRS};
 use crate::pod::PodView;
 use crate::pool::{GatewayPoolSpec, PoolVmssProfile};
 use crate::sgc::{GatewayVmssProfile, RouteType, StaticGatewayConfigurationSpec};

@@ -69,7 +69,7 @@ proptest! {
             (0u8..=255, 0u8..=255, 0u8..=255, 0u8..=255, 0u8..=32).prop_map(|(a, b, c, d, l)| format!("{a}.{b}.{c}.{d}/0{l}")),
         ]
     ) {
-        let pattern = regex::Regex::new(api::rules::IPV4_CIDR_PATTERN).expect("pattern");
+        let pattern = regex::Regex::new(api::cidr::IPV4_CIDR_PATTERN).expect("pattern");
         prop_assert_eq!(pattern.is_match(&raw), api::rules::parse_ipv4_cidr(&raw).is_ok(), "{}", raw);
     }
 }

@@ -16,7 +16,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// The log flags every binary takes (`#[command(flatten)]`); the chart passes `--log-format`.
+/// The log flags of every daemon binary ([`crate::main`] adds them to its own flags). The chart passes
+/// `--log-format`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct LogArgs {
     /// Log format (`RUST_LOG` sets the level).

@@ -1,5 +1,5 @@
 //! The operator process: its flags and what runs until SIGTERM (the probe and metrics servers, leader
-//! election, the work loop). `main.rs` parses the flags and calls [`Args::run`].
+//! election, the work loop). `main.rs` hands [`Args`] to [`daemon::main`], which parses them and runs them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,16 +44,12 @@ pub struct Args {
     /// Namespace of the WireGuard key Secrets.
     #[arg(long, env = "MY_POD_NAMESPACE", default_value = "kube-egress-gateway-system")]
     pub secret_namespace: String,
-    #[command(flatten)]
-    pub log: daemon::LogArgs,
 }
 
-impl Args {
+impl daemon::Daemon for Args {
     /// Runs the operator until SIGTERM or Ctrl-C; errors are start-up failures (config, Azure, Kubernetes).
-    pub async fn run(self) -> anyhow::Result<()> {
+    async fn run(self) -> anyhow::Result<()> {
         let args = self;
-        args.log.init();
-
         let text = std::fs::read_to_string(&args.cloud_config)
             .with_context(|| format!("reading the cloud config {}", args.cloud_config))?;
         let cfg = CloudConfig::parse(&text, |k| std::env::var(k).ok())

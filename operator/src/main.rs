@@ -1,8 +1,6 @@
-//! `kube-egress-gateway-operator`: flags, then [`operator::cli::Args::run`].
-
-use clap::Parser as _;
+//! `kube-egress-gateway-operator`: [`operator::cli::Args`], started by [`daemon::main`].
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    daemon::exit_code(operator::cli::Args::parse().run().await)
+    daemon::main::<operator::cli::Args>().await
 }

@@ -30,7 +30,7 @@ CONTRACT = {
             "--mode", "--metrics-bind-port", "--health-probe-bind-port", "--gateway-lb-probe-port",
             "--lb-probe-drain-delay-seconds", "--secret-namespace", "--exception-cidrs", "--cni-conf-file",
             "--cni-uninstall-configmap-name", "--socket-path", "--log-format", "--pod-tunnel-watch",
-            "--pod-netns-dir",
+            "--pod-netns-dir", "--wireguard-backend",
         },
     ),
     "kube-egress-gateway-webhook": (
@@ -39,6 +39,61 @@ CONTRACT = {
             "--listen", "--metrics-listen", "--tls-cert-file", "--tls-key-file", "--self-signed-dns-names",
             "--mutating-webhook-configuration", "--validating-webhook-configuration", "--podendpoint-writers",
             "--drain-seconds", "--log-format",
+        },
+    ),
+}
+# Binary -> (cargo package, first line of its --help, every flag -> the environment variable that sets it). These
+# are what manifests, the chart and users write (upstream's names where upstream has one): changing one breaks them.
+HELP = {
+    "kube-egress-gateway-operator": (
+        "operator",
+        "Flags are upstream's (`kube-egress-gateway-controller`), so existing manifests keep working",
+        {
+            "--cloud-config": "CLOUD_CONFIG", "--metrics-bind-port": "METRICS_BIND_PORT",
+            "--health-probe-bind-port": "HEALTH_PROBE_BIND_PORT", "--gateway-lb-probe-port": "GATEWAY_LB_PROBE_PORT",
+            "--leader-elect": "LEADER_ELECT", "--leader-election-namespace": "MY_POD_NAMESPACE",
+            "--secret-namespace": "MY_POD_NAMESPACE", "--log-format": "LOG_FORMAT",
+        },
+    ),
+    "kube-egress-gateway-webhook": (
+        "webhook",
+        "Admission webhook for kube-egress-gateway",
+        {
+            "--listen": "WEBHOOK_LISTEN", "--metrics-listen": "WEBHOOK_METRICS_LISTEN",
+            "--tls-cert-file": "WEBHOOK_TLS_CERT_FILE", "--tls-key-file": "WEBHOOK_TLS_KEY_FILE",
+            "--cert-reload-seconds": "WEBHOOK_CERT_RELOAD_SECONDS",
+            "--self-signed-dns-names": "WEBHOOK_SELF_SIGNED_DNS_NAMES",
+            "--mutating-webhook-configuration": "WEBHOOK_MUTATING_CONFIG",
+            "--validating-webhook-configuration": "WEBHOOK_VALIDATING_CONFIG",
+            "--podendpoint-writers": "WEBHOOK_PODENDPOINT_WRITERS", "--drain-seconds": "WEBHOOK_DRAIN_SECONDS",
+            "--standalone": "WEBHOOK_STANDALONE", "--log-format": "LOG_FORMAT",
+        },
+    ),
+    "kube-egress-gateway-agent": (
+        "agent",
+        "The agent's flags (upstream's where upstream has one)",
+        {
+            "--mode": "AGENT_MODE", "--node-name": "MY_NODE_NAME", "--namespace": "MY_POD_NAMESPACE",
+            "--secret-namespace": "SECRET_NAMESPACE", "--metrics-bind-port": "METRICS_BIND_PORT",
+            "--metrics-bind-address": "METRICS_BIND_ADDRESS", "--health-probe-bind-port": "HEALTH_PROBE_BIND_PORT",
+            "--health-probe-bind-address": "HEALTH_PROBE_BIND_ADDRESS",
+            "--gateway-lb-probe-port": "GATEWAY_LB_PROBE_PORT",
+            "--lb-probe-drain-delay-seconds": "LB_PROBE_DRAIN_DELAY_SECONDS", "--imds-endpoint": "IMDS_ENDPOINT",
+            "--netns-name": "GATEWAY_NETNS", "--host-interface": "HOST_INTERFACE",
+            "--wireguard-backend": "WIREGUARD_BACKEND", "--apply-debounce-ms": "APPLY_DEBOUNCE_MS",
+            "--resync-seconds": "RESYNC_SECONDS", "--cni-conf-dir": "CNI_CONF_DIR", "--cni-conf-file": "CNI_CONF_FILE",
+            "--cni-socket": "CNI_SOCKET", "--exception-cidrs": "EXCEPTION_CIDRS",
+            "--cni-uninstall-configmap-name": "CNI_UNINSTALL_CONFIGMAP_NAME", "--cni-conf-poll-ms": "CNI_CONF_POLL_MS",
+            "--pod-tunnel-watch": "POD_TUNNEL_WATCH", "--pod-netns-dir": "POD_NETNS_DIR", "--log-format": "LOG_FORMAT",
+        },
+    ),
+    # The simulator the lab and local trials start: flags only, apart from the log format every binary shares.
+    "kube-sim": (
+        "testbed",
+        "In-memory Kubernetes API server (HTTPS, bearer tokens, CRDs, admission webhooks)",
+        {
+            "--listen": None, "--kubeconfig": None, "--crds": None, "--service": None, "--service-account": None,
+            "--log-format": "LOG_FORMAT",
         },
     ),
 }
@@ -81,6 +136,28 @@ def help_flags(package: str, binary: str) -> tuple[set[str], str]:
     )
     assert out.returncode == 0, f"{binary} --help failed:\n{out.stderr[-2000:]}"
     return set(re.findall(r"(--[a-z][a-z0-9-]*)", out.stdout)), out.stdout
+
+
+def flag_environment(help_text: str) -> dict[str, str | None]:
+    """Every option of a clap --help (but --help and --version) -> the `[env: NAME=]` under it, or None."""
+    options: dict[str, str | None] = {}
+    flag = None
+    for line in help_text.splitlines():
+        if start := re.match(r"\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", line):
+            flag = start.group(1)
+            options[flag] = None
+        elif flag and (env := re.match(r"\s+\[env: ([A-Z0-9_]+)=", line)):
+            options[flag] = env.group(1)
+    return {f: e for f, e in options.items() if f not in ("--help", "--version")}
+
+
+@pytest.mark.parametrize("binary", sorted(HELP))
+def test_binary_help_names_its_flags_and_their_environment_variables(binary: str) -> None:
+    package, about, flags = HELP[binary]
+    assert bin_targets()[binary] == package
+    _, text = help_flags(package, binary)
+    assert text.startswith(f"{about}\n\nUsage: {binary} "), text
+    assert flag_environment(text) == flags, text
 
 
 def test_chart_uses_only_agreed_flags() -> None:

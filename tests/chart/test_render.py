@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import helm_python as helm
 
@@ -250,6 +251,32 @@ def test_gateway_agent_runs_only_on_gateway_nodes() -> None:
     assert pod["terminationGracePeriodSeconds"] > drain
 
 
+def test_gateway_agent_wireguard_backend() -> None:
+    def gateway_pod(backend: str | None) -> dict:
+        values = {"gatewayDaemonManager": {"wireguardBackend": backend}} if backend else None
+        return one(objects(values), "DaemonSet", "kube-egress-gateway-gateway-agent")["spec"]["template"]["spec"]
+
+    # Default: auto, which mounts no device (kernel WireGuard needs none).
+    for backend in (None, "auto", "kernel"):
+        pod = gateway_pod(backend)
+        agent = pod["containers"][0]
+        assert args_map(agent)["--wireguard-backend"] == (backend or "auto")
+        assert not [v for v in pod["volumes"] if "/dev" in v.get("hostPath", {}).get("path", "")], backend
+        assert not [m for m in agent["volumeMounts"] if m["mountPath"].startswith("/dev")], backend
+    # Userspace: wireguard-go creates TUN devices, so the host's /dev/net/tun is mounted, as a character device.
+    pod = gateway_pod("userspace")
+    agent = pod["containers"][0]
+    assert args_map(agent)["--wireguard-backend"] == "userspace"
+    tun = [m for m in agent["volumeMounts"] if m["mountPath"] == "/dev/net/tun"]
+    assert len(tun) == 1, agent["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == tun[0]["name"])
+    assert volume["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
+    # It is the agent's capabilities that let wireguard-go create a TUN device (TUNSETIFF needs NET_ADMIN).
+    assert "NET_ADMIN" in agent["securityContext"]["capabilities"]["add"]
+    # The netns init container needs no device.
+    assert all(m["mountPath"] != "/dev/net/tun" for m in pod["initContainers"][0]["volumeMounts"])
+
+
 def test_node_agent_installs_cni_and_serves_socket() -> None:
     objs = scenario_objects("default")
     ds = one(objs, "DaemonSet", "kube-egress-gateway-node-agent")
@@ -421,6 +448,15 @@ def test_service_monitors_scrape_both_agents() -> None:
         assert sm["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
 
 
+def agent_metrics() -> set[str]:
+    """The metric names the agent exposes, read from its registrations in agent/src/metrics.rs (a counter
+    `x` is exposed as `x_total`)."""
+    src = (CHART.parents[1] / "agent" / "src" / "metrics.rs").read_text()
+    registered = re.findall(r"\b(Counter|Gauge|FloatGauge|Histogram)>?[^\n]*\n\s*=> \(\"([a-z_]+)\"", src)
+    assert len(registered) == src.count('=> ("') > 0, "a registration in agent/src/metrics.rs was not read"
+    return {f"{name}_total" if kind == "Counter" else name for kind, name in registered}
+
+
 def test_dashboard_configmap_holds_the_data_plane_dashboard() -> None:
     objs = scenario_objects("monitoring")
     cm = one(objs, "ConfigMap", "kube-egress-gateway-dashboard-dataplane")
@@ -428,8 +464,9 @@ def test_dashboard_configmap_holds_the_data_plane_dashboard() -> None:
     dash = json.loads(cm["data"]["kube-egress-gateway-dataplane.json"])
     assert dash["uid"] == "keg-dataplane"
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+    exported = agent_metrics()
     # Every data-plane metric the agents expose is on the dashboard.
-    for metric in (
+    data_plane = {
         "gateway_tunnel_peers",
         "gateway_tunnel_active_peers",
         "gateway_tunnel_newest_handshake_age_seconds",
@@ -443,13 +480,15 @@ def test_dashboard_configmap_holds_the_data_plane_dashboard() -> None:
         "gateway_draining",
         "pod_tunnel_state",
         "pod_tunnel_session_restarts_total",
+        "pod_tunnel_session_restart_failures_total",
         "pod_tunnel_handshake_age_seconds",
         "pod_tunnel_receive_bytes_total",
         "pod_tunnel_transmit_bytes_total",
-    ):
-        assert metric in exprs, metric
-    agent_src = (CHART.parents[1] / "agent" / "src" / "metrics.rs").read_text()
-    for metric in ("gateway_tunnel_peers", "gateway_snat_flows", "gateway_conntrack_entries", "pod_tunnel_state", "pod_tunnel_session_restarts"):
-        assert f'"{metric}"' in agent_src, f"{metric} is not registered by the agent"
+    }
+    assert not data_plane - exported, f"not exposed by the agent: {sorted(data_plane - exported)}"
+    on_dashboard = set(re.findall(r"\b(?:gateway|pod_tunnel|cnimanager)_[a-z_]+", exprs))
+    assert not data_plane - on_dashboard, f"not on the dashboard: {sorted(data_plane - on_dashboard)}"
+    # And the dashboard queries nothing the agent does not expose (a renamed metric leaves an empty panel).
+    assert not on_dashboard - exported, f"queried but not exposed by the agent: {sorted(on_dashboard - exported)}"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))

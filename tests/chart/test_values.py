@@ -39,6 +39,7 @@ INVALID = [
     ({"gatewayControllerManager": {"replicas": 0}}, "/gatewayControllerManager/replicas"),
     ({"gatewayDaemonManager": {"tolerations": [{"key": "a", "effect": "Sometimes"}]}}, "/gatewayDaemonManager/tolerations/0/effect"),
     ({"gatewayDaemonManager": {"resources": {"limits": {"memory": "lots"}}}}, "/gatewayDaemonManager/resources/limits/memory"),
+    ({"gatewayDaemonManager": {"wireguardBackend": "wireguard-go"}}, "/gatewayDaemonManager/wireguardBackend"),
     ({"config": {"azureCloudConfig": {"subscriptionId": "my-sub"}}}, "/config/azureCloudConfig/subscriptionId"),
     ({"config": {"azureCloudConfig": {"useManagedIdentityExtension": "true"}}}, "/config/azureCloudConfig/useManagedIdentityExtension"),
 ]

@@ -1,6 +1,6 @@
 //! The webhook process: its flags and what runs until SIGTERM (certificates, cluster watches, the HTTPS
-//! admission server and the plain-HTTP probe and metrics server, then the drain). `main.rs` parses the flags
-//! and calls [`Args::run`].
+//! admission server and the plain-HTTP probe and metrics server, then the drain). `main.rs` hands [`Args`] to
+//! [`daemon::main`], which parses them and runs them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,16 +55,12 @@ pub struct Args {
     /// are not injected. For local trials and load benchmarks only.
     #[arg(long, env = "WEBHOOK_STANDALONE")]
     pub standalone: bool,
-    #[command(flatten)]
-    pub log: daemon::LogArgs,
 }
 
-impl Args {
+impl daemon::Daemon for Args {
     /// Serves admission reviews until SIGTERM or Ctrl-C, then drains; errors are start-up failures.
-    pub async fn run(self) -> anyhow::Result<()> {
+    async fn run(self) -> anyhow::Result<()> {
         let args = self;
-        args.log.init();
-
         let client = if args.standalone {
             None
         } else {

@@ -1,8 +1,6 @@
-//! `kube-egress-gateway-webhook`: flags, then [`webhook::cli::Args::run`].
-
-use clap::Parser as _;
+//! `kube-egress-gateway-webhook`: [`webhook::cli::Args`], started by [`daemon::main`].
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    daemon::exit_code(webhook::cli::Args::parse().run().await)
+    daemon::main::<webhook::cli::Args>().await
 }

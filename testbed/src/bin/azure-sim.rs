@@ -3,9 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
-
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(
     name = "azure-sim",
     version,
@@ -18,23 +16,27 @@ struct Args {
     /// Listen address (loopback recommended).
     #[arg(long, env = "AZURE_SIM_LISTEN", default_value = "127.0.0.1:8790")]
     listen: SocketAddr,
-    #[command(flatten)]
-    log: daemon::LogArgs,
+}
+
+impl daemon::Daemon for Args {
+    /// Serves until SIGTERM or Ctrl-C. Logs are plain text by default, so scripts can read the `url=` line (on
+    /// stderr).
+    async fn run(self) -> anyhow::Result<()> {
+        let args = self;
+        let text = std::fs::read_to_string(&args.seed)
+            .map_err(|e| anyhow::anyhow!("cannot read seed file {}: {e}", args.seed.display()))?;
+        let seed = testbed::azure::seed::parse_seed(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.seed.display()))?;
+        let sim = testbed::azure::AzureSim::start_on(&seed, args.listen).await?;
+        tracing::info!(url = sim.url(), "azure simulator listening");
+        daemon::shutdown_signal().await;
+        tracing::info!("shutting down");
+        drop(sim);
+        Ok(())
+    }
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    // Plain text when piped, so scripts can read the `url=` line (on stderr).
-    args.log.init();
-    let text = std::fs::read_to_string(&args.seed)
-        .map_err(|e| anyhow::anyhow!("cannot read seed file {}: {e}", args.seed.display()))?;
-    let seed = testbed::azure::seed::parse_seed(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.seed.display()))?;
-    let sim = testbed::azure::AzureSim::start_on(&seed, args.listen).await?;
-    tracing::info!(url = sim.url(), "azure simulator listening");
-    daemon::shutdown_signal().await;
-    tracing::info!("shutting down");
-    drop(sim);
-    Ok(())
+async fn main() -> std::process::ExitCode {
+    daemon::main::<Args>().await
 }

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use testbed::cluster::TestCluster;
 
 /// The `control-plane` flags.
@@ -27,8 +26,6 @@ struct Args {
     /// kubeconfig to write.
     #[arg(long = "service-account")]
     service_accounts: Vec<String>,
-    #[command(flatten)]
-    log: daemon::LogArgs,
 }
 
 fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
@@ -37,37 +34,39 @@ fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    args.log.init();
-    let assets = testbed::control_plane::Assets::find().map_err(anyhow::Error::msg)?;
-    let cluster = TestCluster::Real(std::sync::Arc::new(
-        testbed::control_plane::ControlPlane::start(&assets).await?,
-    ));
-    cluster.write_admin_kubeconfig(&args.kubeconfig)?;
-    for sa in &args.service_accounts {
-        let (ns, name) = sa
-            .split_once('/')
-            .with_context(|| format!("--service-account {sa:?}: expected namespace/name"))?;
-        cluster.ensure_namespace(ns, &[]).await?;
-        let token = cluster.service_account_token(ns, name).await?;
-        let path = with_suffix(&args.kubeconfig, &format!(".sa.{ns}.{name}"));
-        std::fs::write(&path, cluster.kubeconfig_for(name, &token)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+impl daemon::Daemon for Args {
+    async fn run(self) -> anyhow::Result<()> {
+        let args = self;
+        let assets = testbed::control_plane::Assets::find().map_err(anyhow::Error::msg)?;
+        let cluster = TestCluster::Real(std::sync::Arc::new(
+            testbed::control_plane::ControlPlane::start(&assets).await?,
+        ));
+        cluster.write_admin_kubeconfig(&args.kubeconfig)?;
+        for sa in &args.service_accounts {
+            let (ns, name) = sa
+                .split_once('/')
+                .with_context(|| format!("--service-account {sa:?}: expected namespace/name"))?;
+            cluster.ensure_namespace(ns, &[]).await?;
+            let token = cluster.service_account_token(ns, name).await?;
+            let path = with_suffix(&args.kubeconfig, &format!(".sa.{ns}.{name}"));
+            std::fs::write(&path, cluster.kubeconfig_for(name, &token)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let address = cluster.endpoint_address()?;
+        let ready = serde_json::json!({"url": cluster.url(), "endpointIp": address.ip().to_string()});
+        let ready_path = with_suffix(&args.kubeconfig, ".ready");
+        std::fs::write(&ready_path, ready.to_string())
+            .with_context(|| format!("writing {}", ready_path.display()))?;
+        tracing::info!(url = %cluster.url(), kubeconfig = %args.kubeconfig.display(), "ready");
+        daemon::shutdown_signal().await;
+        tracing::info!("shutting down");
+        drop(address);
+        drop(cluster);
+        Ok(())
     }
-    let address = cluster.endpoint_address()?;
-    let ready = serde_json::json!({"url": cluster.url(), "endpointIp": address.ip().to_string()});
-    let ready_path = with_suffix(&args.kubeconfig, ".ready");
-    std::fs::write(&ready_path, ready.to_string())
-        .with_context(|| format!("writing {}", ready_path.display()))?;
-    tracing::info!(url = %cluster.url(), kubeconfig = %args.kubeconfig.display(), "ready");
-    daemon::shutdown_signal().await;
-    tracing::info!("shutting down");
-    drop(address);
-    drop(cluster);
-    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    daemon::exit_code(run(Args::parse()).await)
+    daemon::main::<Args>().await
 }

@@ -1,8 +1,6 @@
-//! `kube-sim`: flags, then [`testbed::kube::cli::Args::run`].
-
-use clap::Parser as _;
+//! `kube-sim`: [`testbed::kube::cli::Args`], started by [`daemon::main`].
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    daemon::exit_code(testbed::kube::cli::Args::parse().run().await)
+    daemon::main::<testbed::kube::cli::Args>().await
 }

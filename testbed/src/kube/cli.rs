@@ -1,5 +1,6 @@
 //! The `kube-sim` binary's flags and run: the simulator on loopback, a kubeconfig per user, CRDs from files;
-//! stops on Ctrl-C or SIGTERM. `src/bin/kube-sim.rs` parses the flags and calls [`Args::run`].
+//! stops on Ctrl-C or SIGTERM. `src/bin/kube-sim.rs` hands [`Args`] to [`daemon::main`], which parses them
+//! and runs them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,15 +34,12 @@ pub struct Args {
     /// `<kubeconfig>.sa.<namespace>.<name>`.
     #[arg(long = "service-account")]
     pub service_accounts: Vec<String>,
-    #[command(flatten)]
-    pub log: daemon::LogArgs,
 }
 
-impl Args {
+impl daemon::Daemon for Args {
     /// Serves until Ctrl-C or SIGTERM; errors are bad flags, unreadable CRD files and start-up failures.
-    pub async fn run(self) -> anyhow::Result<()> {
+    async fn run(self) -> anyhow::Result<()> {
         let args = self;
-        args.log.init();
         let mut cfg = KubeSimConfig {
             listen: args.listen,
             ..KubeSimConfig::default()
