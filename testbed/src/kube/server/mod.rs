@@ -158,13 +158,19 @@ fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    append_warnings(&mut resp, warnings);
+    resp
+}
+
+/// Adds each warning as a `Warning: 299 - "<text>"` header, as kube-apiserver sends them (kubectl and
+/// kube-rs show them); a warning that cannot be a header value is dropped.
+fn append_warnings(resp: &mut Response, warnings: &[String]) {
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
             resp.headers_mut().append("warning", v);
         }
     }
-    resp
 }
 
 fn error_response(e: &ApiError, warnings: &[String]) -> Response {

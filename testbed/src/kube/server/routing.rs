@@ -49,14 +49,8 @@ pub(super) async fn handle_inner(
         .collect();
     let mut warnings = Vec::new();
     match route(&ctx, &segs, &mut warnings).await {
-        Ok(r) => {
-            let mut r = r;
-            for w in &warnings {
-                let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
-                if let Ok(v) = HeaderValue::from_str(&text) {
-                    r.headers_mut().append("warning", v);
-                }
-            }
+        Ok(mut r) => {
+            append_warnings(&mut r, &warnings);
             r
         }
         Err(e) => error_response(&e, &warnings),
