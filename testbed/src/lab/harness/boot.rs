@@ -51,7 +51,8 @@ impl Lab {
         let enter = place.nsenter_args();
         let (program, args) = if let Some(mode) = &opts.images {
             // wireguard-go (the agent's fallback: this machine has no WireGuard kernel module) needs the tun
-            // device, which a node with the module never does.
+            // device, which a node with the module never does. The chart mounts it only for
+            // `wireguardBackend: userspace`; the lab renders the default (`auto`), so it adds the device.
             let devices: &[&str] = if matches!(place, Place::Netns(_)) {
                 &["/dev/net/tun"]
             } else {
