@@ -659,6 +659,16 @@ async fn authentication_and_authorization() {
     assert_eq!(by("viewer", "GET", 200), 1);
     assert_eq!(by("admin", "POST", 201), 2);
     assert!(sim.requests_by("no-such-user").is_empty());
+    // A method the resource has no handler for: refused by authorization first, as kube-apiserver does.
+    let status_url = "/api/v1/namespaces/default/pods/x/status";
+    let viewer_client = sim.client("viewer").expect("client");
+    let e = api_err(
+        delete_raw(&viewer_client, status_url)
+            .await
+            .expect_err("forbidden"),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"), "{e:?}");
+    assert_eq!(by("viewer", "DELETE", 403), 1);
 }
 
 #[tokio::test]
@@ -1147,6 +1157,60 @@ async fn emptying_an_applied_map(backend: testbed::cluster::Backend) {
         (None, None),
         "{backend}: emptied maps of a built-in kind are gone"
     );
+}
+
+/// `DELETE` of `path` through `client`, as kubectl or a misbehaving controller could send it.
+async fn delete_raw(client: &kube::Client, path: &str) -> Result<serde_json::Value, Error> {
+    let req = http::Request::delete(path).body(Vec::new()).expect("request");
+    client.request::<serde_json::Value>(req).await
+}
+
+/// A subresource is only read, updated and patched: deleting `status` is refused with 405 for a user who
+/// may delete it, and the object stays. The same request and answer on both backends.
+async fn deleting_a_status_subresource(backend: testbed::cluster::Backend) {
+    let cluster = testbed::cluster::TestCluster::start(backend)
+        .await
+        .expect("cluster");
+    cluster.install_crds().await.expect("CRDs");
+    let ns = cluster.namespace("status-delete", &[]).await.expect("namespace");
+    let client = cluster.client().expect("client");
+    let resource = kube::api::ApiResource::erase::<api::internal::GatewayStatus>(&());
+    let statuses: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    statuses
+        .patch(
+            "node-1",
+            &PatchParams::apply("agent"),
+            &Patch::Apply(
+                json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+                "kind": "GatewayStatus", "metadata": {"name": "node-1"},
+                "spec": {"readyGatewayConfigurations": [], "readyPeerConfigurations": []}}),
+            ),
+        )
+        .await
+        .expect("create");
+    let path = format!(
+        "/apis/egressgateway.kubernetes.azure.com/v1alpha1/namespaces/{ns}/gatewaystatuses/node-1/status"
+    );
+    let e = api_err(delete_raw(&client, &path).await.expect_err("405"));
+    assert_eq!(
+        (e.code, e.reason.as_str()),
+        (405, "MethodNotAllowed"),
+        "{backend}: {e:?}"
+    );
+    assert!(
+        statuses.get_opt("node-1").await.expect("get").is_some(),
+        "{backend}: object kept"
+    );
+}
+
+#[tokio::test]
+async fn sim_refuses_deleting_a_status_subresource_like_the_real_server() {
+    deleting_a_status_subresource(testbed::cluster::Backend::Sim).await;
+}
+
+#[tokio::test]
+async fn real_refuses_deleting_a_status_subresource() {
+    deleting_a_status_subresource(testbed::cluster::Backend::Real).await;
 }
 
 #[tokio::test]

@@ -195,12 +195,7 @@ pub(super) async fn resource(
     let types = shared.types();
     let (t, all_ns) = parse_target(&types, group, version, rest)?;
     let verb = verb_of(ctx, &t);
-    if verb == "unknown"
-        || (t.name.is_empty() && matches!(verb, "update" | "patch"))
-        || (!t.name.is_empty() && verb == "create")
-        // A subresource (status) is only read, updated and patched; the object itself is created and deleted.
-        || (t.subresource().is_some() && !matches!(verb, "get" | "update" | "patch"))
-    {
+    if verb == "unknown" {
         return Err(ApiError::method_not_allowed());
     }
     let attrs = Attributes {
@@ -221,6 +216,15 @@ pub(super) async fn resource(
         *verbs
             .entry((ctx.user.name.clone(), verb.to_string(), t.rt.plural.clone()))
             .or_default() += 1;
+    }
+    // As in kube-apiserver, a method the resource has no handler for is refused after authorization: a
+    // user who may not make the request gets 403, one who may gets 405.
+    if (t.name.is_empty() && matches!(verb, "update" | "patch"))
+        || (!t.name.is_empty() && verb == "create")
+        // A subresource (status) is only read, updated and patched; the object itself is created and deleted.
+        || (t.subresource().is_some() && !matches!(verb, "get" | "update" | "patch"))
+    {
+        return Err(ApiError::method_not_allowed());
     }
     if all_ns && !matches!(verb, "list" | "watch" | "deletecollection") {
         return Err(ApiError::new(
