@@ -1,5 +1,5 @@
-//! The excludeCidrs bounds and syntax as the CRD schema states them. A leaf module: the schema (`sgc`) and
-//! the rules (`rules`) both read it, so neither has to import the other.
+//! The excludeCidrs bounds and syntax as the CRD schema (`sgc`) states them. Not in `rules`, whose parser
+//! the pattern mirrors: `rules` imports `sgc`, so `sgc` importing `rules` would make a module cycle.
 
 /// The syntax [`crate::rules::parse_ipv4_cidr`] accepts, as an RE2 pattern for the CRD schema (CEL `matches`): four decimal
 /// octets 0-255 without leading zeros, a prefix length 0-32 without leading zeros, nothing around them.
