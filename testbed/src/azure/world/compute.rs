@@ -212,11 +212,7 @@ impl World {
 
     /// `GetVirtualMachineScaleSetNetworkInterface`: the NIC of an instance with its allocated addresses.
     pub fn get_vmss_nic(&self, rg: &str, vmss: &str, instance: &str, nic: &str) -> Result<Value, ArmError> {
-        self.check_rg(rg)?;
-        let inst_id = format!(
-            "{}/virtualMachines/{instance}",
-            self.resource_id(rg, VMSS_TYPE, vmss)
-        );
+        let inst_id = format!("{}/virtualMachines/{instance}", self.id_in(rg, VMSS_TYPE, vmss)?);
         let inst = self.get_or_404(&inst_id)?;
         let nic_id = format!("{inst_id}/networkInterfaces/{nic}");
         let nc = Self::instance_nic_configs(&inst)

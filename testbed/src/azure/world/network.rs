@@ -364,11 +364,6 @@ impl World {
         v
     }
 
-    pub fn get_public_ip_prefix(&self, rg: &str, name: &str) -> Result<Value, ArmError> {
-        let id = self.id_in(rg, PREFIX_TYPE, name)?;
-        Ok(self.decorate_prefix(self.get_or_404(&id)?))
-    }
-
     pub fn delete_public_ip_prefix(&mut self, rg: &str, name: &str) -> Result<bool, ArmError> {
         let id = self.id_in(rg, PREFIX_TYPE, name)?;
         if self.get(&id).is_none() {
@@ -468,11 +463,6 @@ impl World {
             props(&mut v).insert("ipConfiguration".into(), json!({"id": user}));
         }
         v
-    }
-
-    pub fn get_public_ip(&self, rg: &str, name: &str) -> Result<Value, ArmError> {
-        let id = self.id_in(rg, PIP_TYPE, name)?;
-        Ok(self.decorate_public_ip(self.get_or_404(&id)?))
     }
 
     pub fn delete_public_ip(&mut self, rg: &str, name: &str) -> Result<bool, ArmError> {
@@ -627,9 +617,8 @@ impl World {
         name: &str,
         body: &Value,
     ) -> Result<(String, String, Option<Value>), ArmError> {
-        self.check_rg(rg)?;
+        let id = self.id_in(rg, ty, name)?;
         check_network_name(name)?;
-        let id = self.resource_id(rg, ty, name);
         let location = Self::require_location(body, &id)?;
         let existing = self.get(&id).cloned();
         Ok((id, location, existing))

@@ -67,7 +67,10 @@ pub(super) async fn byo_prefix(lab: &mut Lab, opts: &Options) -> anyhow::Result<
     }
     remove_pod(lab, opts, "byo-client").await?;
     delete_sgc(lab, opts, "byo", &uid).await?;
-    let exists = az.with_state(|s| s.world.get_public_ip_prefix(RG, NAME).is_ok());
+    let exists = az.with_state(|s| {
+        let id = s.world.resource_id(RG, crate::azure::world::PREFIX_TYPE, NAME);
+        s.world.get(&id).is_some()
+    });
     if !exists {
         bail!("the operator deleted the user's own prefix (it must only release it)");
     }
