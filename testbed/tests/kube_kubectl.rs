@@ -18,16 +18,10 @@ use serde_json::{Value, json};
 use testbed::asserts::assert_contains;
 use testbed::kube::{KubeSim, TestCa, spawn_https};
 
-/// A kubectl bound to one simulator user, with its own kubeconfig and discovery cache.
+/// A kubectl bound to one simulator user, with its own kubeconfig, discovery cache and manifest directory.
 struct Kubectl {
     dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-}
-
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+    kubectl: testbed::cluster::Kubectl,
 }
 
 impl Kubectl {
@@ -35,7 +29,8 @@ impl Kubectl {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig, user).expect("kubeconfig");
-        Self { dir, kubeconfig }
+        let kubectl = testbed::cluster::Kubectl::new("kubectl", kubeconfig, dir.path().join("cache"));
+        Self { dir, kubectl }
     }
 
     fn file(&self, name: &str, yaml: &str) -> PathBuf {
@@ -44,15 +39,8 @@ impl Kubectl {
         p
     }
 
-    async fn run(&self, args: &[&str]) -> Output {
-        let kubectl =
-            testbed::cluster::Kubectl::new("kubectl", &self.kubeconfig, self.dir.path().join("cache"));
-        let out = kubectl.run(args).await;
-        Output {
-            ok: out.ok,
-            stdout: out.stdout,
-            stderr: out.stderr,
-        }
+    async fn run(&self, args: &[&str]) -> testbed::cluster::KubectlOutput {
+        self.kubectl.run(args).await
     }
 
     async fn ok(&self, args: &[&str]) -> String {
@@ -708,7 +696,7 @@ async fn kubectl_get_watch_streams_changes() {
     let k = Kubectl::new(&sim, "admin");
     let mut child = tokio::process::Command::new("kubectl")
         .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
+        .arg(k.kubectl.kubeconfig())
         .args(["get", "sgc", "-w", "--output-watch-events", "--no-headers"])
         .env_remove("KUBECONFIG")
         .stdout(std::process::Stdio::piped())
