@@ -21,6 +21,15 @@ pub(super) enum KubeApi {
 }
 
 impl KubeApi {
+    /// The kubectl to drive this server with: the control plane's own on the real server, as
+    /// [`crate::cluster::TestCluster::kubectl`] chooses.
+    pub(super) fn kubectl(&self) -> std::path::PathBuf {
+        match self {
+            Self::Real(cp) => cp.assets().kubectl.clone(),
+            Self::Sim(_) => "kubectl".into(),
+        }
+    }
+
     /// Starts `backend`; on kube-sim, with a user for each of `accounts` (ServiceAccount namespace, name), as
     /// the token controller would issue (the real server hands out tokens by TokenRequest, see
     /// [`KubeApi::write_service_account_kubeconfig`]).

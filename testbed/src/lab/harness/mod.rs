@@ -230,13 +230,18 @@ impl Lab {
         waited.map_err(|e| anyhow::anyhow!("{e:#}\n    left in {place}: {}", last.join(sep)))
     }
 
-    /// `kubectl <args>` as the cluster's admin, run in the work directory (where the lab writes its manifests).
+    /// `kubectl <args>` as the cluster's admin, run in the work directory (where the lab writes its manifests):
+    /// the control plane's own kubectl on the real server (same version), the one on PATH on kube-sim.
     pub(in crate::lab) async fn kubectl(
         &self,
         opts: &Options,
         args: &[&str],
     ) -> anyhow::Result<KubectlOutput> {
-        Kubectl::new("kubectl", &self.kubeconfig, opts.work_dir.join("kube-cache"))
+        let program = self
+            .kube
+            .as_ref()
+            .map_or_else(|| "kubectl".into(), KubeApi::kubectl);
+        Kubectl::new(program, &self.kubeconfig, opts.work_dir.join("kube-cache"))
             .in_dir(&opts.work_dir)
             .try_run(args)
             .await
