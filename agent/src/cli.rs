@@ -227,6 +227,9 @@ impl RunContext<'_> {
             .context("reading the node's identity from IMDS")?;
         tracing::info!(computer_name = %identity.computer_name, vmss = %identity.vmss_name, "node identity");
         let backend = BackendKind::parse(&args.wireguard_backend).map_err(anyhow::Error::msg)?;
+        backend
+            .check_usable(std::path::Path::new("/dev/net/tun"))
+            .map_err(anyhow::Error::msg)?;
         let probe_state = ProbeState::default();
         self.spawn_essential(
             "load-balancer probe server",

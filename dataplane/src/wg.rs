@@ -55,6 +55,20 @@ impl BackendKind {
         }
     }
 
+    /// Whether this backend can create links here: `wireguard-go` needs the TUN device at `tun`
+    /// (`/dev/net/tun`), which a container has only when it is mounted. Checked at start-up, so a gateway agent
+    /// without it says so once, instead of failing every link it creates.
+    pub fn check_usable(self, tun: &Path) -> Result<(), String> {
+        match self {
+            BackendKind::Userspace if !tun.exists() => Err(format!(
+                "wireguard backend: userspace (wireguard-go) needs {}, which is missing here; in a container, \
+                 mount it (the chart does with gatewayDaemonManager.wireguardBackend: userspace)",
+                tun.display()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Parses `kernel`, `userspace` or `auto`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
@@ -578,6 +592,23 @@ mod restart_tests {
             req,
             "set=1\npublic_key=ab01\nremove=true\npublic_key=ab01\nendpoint=10.0.0.4:6000\nallowed_ip=0.0.0.0/0\nallowed_ip=::/0\n\n"
         );
+    }
+
+    #[test]
+    fn userspace_needs_the_tun_device_and_kernel_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("tun");
+        let err = BackendKind::Userspace
+            .check_usable(&missing)
+            .expect_err("no TUN device");
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        assert!(
+            err.contains("gatewayDaemonManager.wireguardBackend: userspace"),
+            "{err}"
+        );
+        assert_eq!(BackendKind::Kernel.check_usable(&missing), Ok(()));
+        std::fs::write(&missing, "").expect("stand-in device");
+        assert_eq!(BackendKind::Userspace.check_usable(&missing), Ok(()));
     }
 
     #[test]
