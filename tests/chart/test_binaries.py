@@ -1,7 +1,5 @@
-"""The chart's command lines against the binaries: every flag it passes exists in the binary's --help.
-
-Binaries not written yet are checked against the agreed flag contract only, and the help test is skipped
-with the reason (never silently passed).
+"""The chart's command lines against the binaries: every flag it passes exists in the binary's --help, and
+each binary's --help names its flags and their environment variables as manifests and users write them.
 """
 
 from __future__ import annotations
@@ -15,38 +13,35 @@ import pytest
 
 from conftest import REPO, args_map, containers, scenario_objects, workloads
 
-# Binary -> (cargo package, flags agreed for it). The chart may use only these.
-CONTRACT = {
-    "kube-egress-gateway-operator": (
-        "operator",
-        {
-            "--cloud-config", "--metrics-bind-port", "--health-probe-bind-port", "--gateway-lb-probe-port",
-            "--leader-elect", "--leader-election-namespace", "--secret-namespace", "--log-format",
-        },
-    ),
-    "kube-egress-gateway-agent": (
-        "agent",
-        {
-            "--mode", "--metrics-bind-port", "--health-probe-bind-port", "--gateway-lb-probe-port",
-            "--lb-probe-drain-delay-seconds", "--secret-namespace", "--exception-cidrs", "--cni-conf-file",
-            "--cni-uninstall-configmap-name", "--socket-path", "--log-format", "--pod-tunnel-watch",
-            "--pod-netns-dir", "--wireguard-backend",
-        },
-    ),
-    "kube-egress-gateway-webhook": (
-        "webhook",
-        {
-            "--listen", "--metrics-listen", "--tls-cert-file", "--tls-key-file", "--self-signed-dns-names",
-            "--mutating-webhook-configuration", "--validating-webhook-configuration", "--podendpoint-writers",
-            "--drain-seconds", "--log-format",
-        },
-    ),
+# Binary -> the cargo package that builds it.
+PACKAGE = {
+    "kube-egress-gateway-operator": "operator",
+    "kube-egress-gateway-agent": "agent",
+    "kube-egress-gateway-webhook": "webhook",
+    "kube-sim": "testbed",
 }
-# Binary -> (cargo package, first line of its --help, every flag -> the environment variable that sets it). These
+# Binary -> flags agreed for it. The chart may use only these.
+CONTRACT = {
+    "kube-egress-gateway-operator": {
+        "--cloud-config", "--metrics-bind-port", "--health-probe-bind-port", "--gateway-lb-probe-port",
+        "--leader-elect", "--leader-election-namespace", "--secret-namespace", "--log-format",
+    },
+    "kube-egress-gateway-agent": {
+        "--mode", "--metrics-bind-port", "--health-probe-bind-port", "--gateway-lb-probe-port",
+        "--lb-probe-drain-delay-seconds", "--secret-namespace", "--exception-cidrs", "--cni-conf-file",
+        "--cni-uninstall-configmap-name", "--socket-path", "--log-format", "--pod-tunnel-watch",
+        "--pod-netns-dir", "--wireguard-backend",
+    },
+    "kube-egress-gateway-webhook": {
+        "--listen", "--metrics-listen", "--tls-cert-file", "--tls-key-file", "--self-signed-dns-names",
+        "--mutating-webhook-configuration", "--validating-webhook-configuration", "--podendpoint-writers",
+        "--drain-seconds", "--log-format",
+    },
+}
+# Binary -> (first line of its --help, every flag -> the environment variable that sets it). These
 # are what manifests, the chart and users write (upstream's names where upstream has one): changing one breaks them.
 HELP = {
     "kube-egress-gateway-operator": (
-        "operator",
         "Flags are upstream's (`kube-egress-gateway-controller`), so existing manifests keep working",
         {
             "--cloud-config": "CLOUD_CONFIG", "--metrics-bind-port": "METRICS_BIND_PORT",
@@ -56,7 +51,6 @@ HELP = {
         },
     ),
     "kube-egress-gateway-webhook": (
-        "webhook",
         "Admission webhook for kube-egress-gateway",
         {
             "--listen": "WEBHOOK_LISTEN", "--metrics-listen": "WEBHOOK_METRICS_LISTEN",
@@ -70,7 +64,6 @@ HELP = {
         },
     ),
     "kube-egress-gateway-agent": (
-        "agent",
         "The agent's flags (upstream's where upstream has one)",
         {
             "--mode": "AGENT_MODE", "--node-name": "MY_NODE_NAME", "--namespace": "MY_POD_NAMESPACE",
@@ -89,7 +82,6 @@ HELP = {
     ),
     # The simulator the lab and local trials start: flags only, apart from the log format every binary shares.
     "kube-sim": (
-        "testbed",
         "In-memory Kubernetes API server (HTTPS, bearer tokens, CRDs, admission webhooks)",
         {
             "--listen": None, "--kubeconfig": None, "--crds": None, "--service": None, "--service-account": None,
@@ -153,28 +145,24 @@ def flag_environment(help_text: str) -> dict[str, str | None]:
 
 @pytest.mark.parametrize("binary", sorted(HELP))
 def test_binary_help_names_its_flags_and_their_environment_variables(binary: str) -> None:
-    package, about, flags = HELP[binary]
-    assert bin_targets()[binary] == package
-    _, text = help_flags(package, binary)
+    about, flags = HELP[binary]
+    assert bin_targets()[binary] == PACKAGE[binary]
+    _, text = help_flags(PACKAGE[binary], binary)
     assert text.startswith(f"{about}\n\nUsage: {binary} "), text
     assert flag_environment(text) == flags, text
 
 
 def test_chart_uses_only_agreed_flags() -> None:
     for binary, flags in flags_used_by_chart().items():
-        allowed = CONTRACT[binary][1]
+        allowed = CONTRACT[binary]
         assert flags, f"no container runs {binary}"
         assert flags <= allowed, f"{binary}: chart passes flags outside the contract: {sorted(flags - allowed)}"
 
 
 @pytest.mark.parametrize("binary", sorted(CONTRACT))
 def test_binary_help_knows_every_flag_the_chart_passes(binary: str) -> None:
-    package = CONTRACT[binary][0]
-    targets = bin_targets()
-    if binary not in targets:
-        pytest.skip(f"{binary} is not a bin target of the workspace yet; flags checked against the contract only")
-    assert targets[binary] == package
-    known, text = help_flags(package, binary)
+    assert bin_targets()[binary] == PACKAGE[binary]
+    known, text = help_flags(PACKAGE[binary], binary)
     missing = flags_used_by_chart()[binary] - known
     assert not missing, f"{binary} --help lacks {sorted(missing)}:\n{text}"
     if binary == "kube-egress-gateway-agent":
