@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent::gateway::plan::{PeerInput, gateway_plan};
-use agent::node::NamespacedName;
+use agent::object::NamespacedName;
 use api::sgc::RouteType;
 use netlab::{FRONTEND, Lab, NodeApplier};
 

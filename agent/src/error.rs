@@ -24,7 +24,7 @@ pub enum ClusterError {
     /// An object could not be encoded for the API server.
     #[error("encoding {what}: {source}")]
     Encode {
-        what: &'static str,
+        what: String,
         #[source]
         source: serde_json::Error,
     },

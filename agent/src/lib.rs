@@ -12,3 +12,4 @@ pub mod gateway;
 pub mod imds;
 pub mod metrics;
 pub mod node;
+pub mod object;

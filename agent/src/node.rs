@@ -22,32 +22,7 @@ use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 
 use crate::error::{ClusterError, CniConfigError, FileError, ServeError};
-
-/// A namespaced object's identity: a pod, its PodEndpoint (which has the pod's namespace and name), or a
-/// configuration. One value instead of two string arguments, so a namespace and a name cannot be swapped.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NamespacedName {
-    /// The namespace.
-    pub namespace: String,
-    /// The name within it.
-    pub name: String,
-}
-
-impl NamespacedName {
-    /// `<namespace>/<name>`.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        NamespacedName {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for NamespacedName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+use crate::object::NamespacedName;
 
 /// What node mode needs from Kubernetes.
 #[tonic::async_trait]

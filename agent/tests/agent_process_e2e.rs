@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agent::node::NamespacedName;
+use agent::object::NamespacedName;
 use agent_process::{RunningAgent, agent_bin, agent_command};
 use api::sgc::RouteType;
 use k8s_openapi::api::core::v1::{Node, Secret};

@@ -30,6 +30,7 @@ use super::tunnels::{TunnelLink, TunnelView};
 use crate::error::ClusterError;
 use crate::metrics::Metrics;
 use crate::node::kube_cluster::server_side_apply;
+use crate::object::NamespacedName;
 
 /// Something that makes a plan real: the kernel applier in production, a recorder in tests of the watch
 /// wiring (which need no root).
@@ -131,7 +132,7 @@ fn key_secrets(store: &Store<Secret>) -> KeySecrets {
         .filter_map(|s| {
             let key = s.data.as_ref()?.get(api::names::SECRET_PRIVATE_KEY)?;
             let text = String::from_utf8(key.0.clone()).ok()?;
-            Some(((s.metadata.namespace.clone()?, s.metadata.name.clone()?), text))
+            Some((NamespacedName::of(&s.metadata), text))
         })
         .collect()
 }
@@ -305,7 +306,8 @@ impl GatewayLoop {
         let mut gs = GatewayStatus::new(&self.node_name, spec.clone());
         gs.metadata.namespace = Some(self.agent_namespace.clone());
         gs.metadata.owner_references = Some(vec![owner]);
-        server_side_apply(client, &self.agent_namespace, &self.node_name, &gs).await
+        let id = NamespacedName::new(self.agent_namespace.clone(), self.node_name.clone());
+        server_side_apply(client, &id, &gs).await
     }
 }
 

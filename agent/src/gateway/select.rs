@@ -16,9 +16,10 @@ use ipnet::Ipv4Net;
 use super::plan::{ConfigInput, GatewayInput, GatewayPlan, PeerInput};
 use crate::error::NodeIpsError;
 use crate::imds::NodeIdentity;
+use crate::object::NamespacedName;
 
-/// Secrets by `(namespace, name)`: the value of their `PrivateKey` entry (base64 key text).
-pub type KeySecrets = BTreeMap<(String, String), String>;
+/// Secrets by identity: the value of their `PrivateKey` entry (base64 key text).
+pub type KeySecrets = BTreeMap<NamespacedName, String>;
 
 /// The input built from cluster objects, and why some objects were left out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,13 +92,6 @@ pub fn node_ips(
     ))
 }
 
-fn ns_name(sgc: &StaticGatewayConfiguration) -> (String, String) {
-    (
-        sgc.metadata.namespace.clone().unwrap_or_default(),
-        sgc.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
 /// Builds the plan input.
 pub fn select(
     settings: &NodeSettings,
@@ -111,10 +105,9 @@ pub fn select(
     let mut frontends = BTreeSet::new();
     let mut primary = node.primary_ip;
     let mut sorted: Vec<&StaticGatewayConfiguration> = sgcs.iter().collect();
-    sorted.sort_by_key(|s| ns_name(s));
+    sorted.sort_by_key(|s| NamespacedName::of(&s.metadata));
     for sgc in sorted {
-        let (ns, name) = ns_name(sgc);
-        let id = format!("{ns}/{name}");
+        let id = NamespacedName::of(&sgc.metadata);
         if sgc.metadata.deletion_timestamp.is_some() || !applies_to_node(sgc, node) {
             continue;
         }
@@ -147,8 +140,8 @@ pub fn select(
             }
         };
         let secret_key = profile.private_key_secret_ref.as_ref().map(|r| {
-            (
-                r.namespace.clone().unwrap_or_else(|| ns.clone()),
+            NamespacedName::new(
+                r.namespace.clone().unwrap_or_else(|| id.namespace.clone()),
                 r.name.clone().unwrap_or_default(),
             )
         });
@@ -156,18 +149,17 @@ pub fn select(
             Some(text) => match PrivateKey::from_base64(text.trim()) {
                 Ok(k) => k,
                 Err(_) => {
+                    let secret = secret_key.unwrap_or_default();
                     skipped.push(format!(
-                        "StaticGatewayConfiguration {id}: Secret {}/{} key PrivateKey is not a base64 WireGuard key",
-                        secret_key.as_ref().map(|k| k.0.as_str()).unwrap_or(""),
-                        secret_key.as_ref().map(|k| k.1.as_str()).unwrap_or("")
+                        "StaticGatewayConfiguration {id}: Secret {secret} key PrivateKey is not a base64 WireGuard key"
                     ));
                     continue;
                 }
             },
             None => {
-                let (sns, sname) = secret_key.unwrap_or_default();
+                let secret = secret_key.unwrap_or_default();
                 skipped.push(format!(
-                    "StaticGatewayConfiguration {id}: private key Secret {sns}/{sname} (key PrivateKey) not found"
+                    "StaticGatewayConfiguration {id}: private key Secret {secret} (key PrivateKey) not found"
                 ));
                 continue;
             }
@@ -182,11 +174,11 @@ pub fn select(
         primary = primary.or(Some(node_primary));
         let mut peers = Vec::new();
         for pe in pod_endpoints.iter().filter(|pe| {
-            pe.metadata.namespace.as_deref() == Some(ns.as_str())
-                && pe.spec.static_gateway_configuration == name
+            pe.metadata.namespace.as_deref() == Some(id.namespace.as_str())
+                && pe.spec.static_gateway_configuration == id.name
                 && pe.metadata.deletion_timestamp.is_none()
         }) {
-            let pe_id = format!("{ns}/{}", pe.metadata.name.as_deref().unwrap_or(""));
+            let pe_id = NamespacedName::of(&pe.metadata);
             let ip = match pe.spec.pod_ip_address.parse::<Ipv4Net>() {
                 Ok(n) if n.prefix_len() == 32 => n.addr(),
                 _ => match pe.spec.pod_ip_address.parse::<Ipv4Addr>() {
@@ -207,7 +199,7 @@ pub fn select(
                 continue;
             }
             peers.push(PeerInput {
-                pod_endpoint: pe_id,
+                pod_endpoint: pe_id.to_string(),
                 public_key: pe.spec.pod_public_key.clone(),
                 pod_ip: ip,
             });
@@ -215,7 +207,7 @@ pub fn select(
         frontends.insert(frontend);
         configs.push(ConfigInput {
             uid,
-            sgc: id,
+            sgc: id.to_string(),
             port,
             private_key,
             secondary_ip: secondary,
@@ -354,7 +346,7 @@ mod tests {
             .iter()
             .map(|n| {
                 (
-                    ("kube-egress-gateway-system".to_string(), format!("sgw-uid-{n}")),
+                    NamespacedName::new("kube-egress-gateway-system", format!("sgw-uid-{n}")),
                     PrivateKey::generate().0.to_base64(),
                 )
             })

@@ -11,19 +11,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 
-use super::{Cluster, NamespacedName};
+use super::Cluster;
 use crate::error::ClusterError;
 use crate::metrics::{Metrics, PodEndpointLabels};
+use crate::object::NamespacedName;
 
 /// Field manager of every server-side apply the agent makes (PodEndpoints, GatewayStatus).
 pub const FIELD_MANAGER: &str = "kube-egress-gateway-agent";
 
-/// Writes `obj` as `<ns>/<name>` with server-side apply under [`FIELD_MANAGER`], taking over any field another
+/// Writes `obj` as `id` with server-side apply under [`FIELD_MANAGER`], taking over any field another
 /// manager holds: the agent is the only writer of its PodEndpoints and its GatewayStatus.
 pub(crate) async fn server_side_apply<K>(
     client: &Client,
-    ns: &str,
-    name: &str,
+    id: &NamespacedName,
     obj: &K,
 ) -> Result<(), ClusterError>
 where
@@ -35,19 +35,19 @@ where
 {
     let kind = K::kind(&());
     let mut v = serde_json::to_value(obj).map_err(|source| ClusterError::Encode {
-        what: std::any::type_name::<K>(),
+        what: format!("{kind} {id}"),
         source,
     })?;
     v["apiVersion"] = K::api_version(&()).to_string().into();
     v["kind"] = kind.to_string().into();
-    Api::<K>::namespaced(client.clone(), ns)
+    Api::<K>::namespaced(client.clone(), &id.namespace)
         .patch(
-            name,
+            &id.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&v),
         )
         .await
-        .map_err(ClusterError::api(format!("apply {kind} {ns}/{name}")))?;
+        .map_err(ClusterError::api(format!("apply {kind} {id}")))?;
     Ok(())
 }
 
@@ -149,7 +149,7 @@ impl Cluster for KubeCluster {
                     name: pod.name.clone(),
                 })?;
             let pe = pod_endpoint_for(&owner, spec)?;
-            server_side_apply(&self.client, &pod.namespace, &pod.name, &pe).await
+            server_side_apply(&self.client, pod, &pe).await
         }
         .await;
         if result.is_err() {

@@ -35,8 +35,8 @@ use dataplane::netns::Netns;
 use dataplane::wg::{BackendKind, PeerStats, WgHandle, WireGuard};
 use tokio::sync::watch;
 
-use super::NamespacedName;
 use crate::metrics::{Metrics, PodTunnelLabels, PodTunnelStateLabels};
+use crate::object::NamespacedName;
 
 /// Thresholds of the watch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use agent::gateway::apply::GatewayApplier;
 use agent::gateway::plan::{ConfigInput, GatewayInput, PeerInput};
-use agent::node::{MemoryCluster, NamespacedName};
+use agent::node::MemoryCluster;
+use agent::object::NamespacedName;
 use api::sgc::{
     GatewayServerProfile, RouteType, StaticGatewayConfiguration, StaticGatewayConfigurationSpec,
     StaticGatewayConfigurationStatus,
