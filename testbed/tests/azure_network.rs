@@ -5,7 +5,7 @@ mod azure_support;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use azure_mgmt_network::models::{LoadBalancer, PublicIpPrefix};
+use azure_mgmt_network::models::{LoadBalancer, PublicIpAddress, PublicIpPrefix};
 use azure_support::{
     LB, Network, RG, assert_prefix_in_use, assert_refused, prefix_body, prefix_pip_body, refusal, start,
     status_and_code,
@@ -665,4 +665,58 @@ async fn write_limit_throttles_bursts_and_the_client_waits_it_out() {
     for _ in 0..5 {
         lbs.get(RG, "a", env.sub()).await.expect("read");
     }
+}
+
+/// A public IP body with the given allocation method and IP version, as a client may spell them.
+fn pip_body(method: &str, version: &str) -> PublicIpAddress {
+    serde_json::from_value(json!({"location": "eastus", "sku": {"name": "Standard"},
+        "properties": {"publicIPAllocationMethod": method, "publicIPAddressVersion": version}}))
+    .expect("valid PublicIpAddress model")
+}
+
+#[tokio::test]
+async fn public_ip_enum_values_are_taken_in_any_case_and_refused_by_meaning() {
+    let env = start(Seed::aks_like(0)).await;
+    let pips = env.network.public_ip_addresses_client();
+    // ARM takes enum values in any case and answers in its own spelling.
+    let pip = pips
+        .create_or_update(RG, "lower-case", pip_body("static", "ipv4"), env.sub())
+        .await
+        .expect("lower-case enum values are accepted");
+    let raw = serde_json::to_value(&pip).expect("encodes");
+    assert_eq!(raw["properties"]["publicIPAllocationMethod"], "Static", "{raw}");
+    assert_eq!(raw["properties"]["publicIPAddressVersion"], "IPv4", "{raw}");
+
+    // What is refused is refused by meaning, whatever the case.
+    for method in ["Dynamic", "dynamic"] {
+        assert_refused(
+            pips.create_or_update(RG, "dynamic", pip_body(method, "IPv4"), env.sub())
+                .await,
+            method,
+            400,
+            "StandardSkuPublicIPAddressesMustBeStatic",
+        );
+    }
+    assert_refused(
+        pips.create_or_update(RG, "v6", pip_body("Static", "IPv6"), env.sub())
+            .await,
+        "IPv6",
+        400,
+        "UnsupportedPublicIPAddressVersion",
+    );
+    let inv = env.sim.inventory();
+    let pip_ids: Vec<&str> = inv["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|id| id.contains("/publicIPAddresses/"))
+        .collect();
+    assert_eq!(pip_ids.len(), 1, "refused bodies store nothing: {inv}");
+    assert!(pip_ids[0].ends_with("/lower-case"), "{inv}");
+    assert_eq!(
+        inv["publicBlocks"].as_array().map(Vec::len),
+        Some(1),
+        "refused bodies take no address: {inv}"
+    );
 }

@@ -394,7 +394,8 @@ impl World {
         ipv4_only(&p, &format!("publicIPAddress '{name}'"))?;
         let method = str_at(&p, &["publicIPAllocationMethod"]).unwrap_or("Static");
         let sku = str_at(&body, &["sku", "name"]).unwrap_or("Standard");
-        if sku == "Standard" && method != "Static" {
+        // ARM takes enum values in any case and answers in its own (kept below).
+        if sku.eq_ignore_ascii_case("Standard") && !method.eq_ignore_ascii_case("Static") {
             return Err(ArmError::bad_request(
                 "StandardSkuPublicIPAddressesMustBeStatic",
                 format!(
@@ -641,10 +642,11 @@ impl World {
 }
 
 /// Public IP addresses and prefixes are simulated for IPv4 only: refuse any other `publicIPAddressVersion`
-/// (absent means IPv4, as on ARM). `what` names the resource in the message.
+/// (absent means IPv4, as on ARM; any case, as ARM takes enum values). `what` names the resource in the
+/// message.
 fn ipv4_only(props: &Value, what: &str) -> Result<(), ArmError> {
     let version = str_at(props, &["publicIPAddressVersion"]).unwrap_or("IPv4");
-    if version == "IPv4" {
+    if version.eq_ignore_ascii_case("IPv4") {
         Ok(())
     } else {
         Err(ArmError::bad_request(
