@@ -193,6 +193,14 @@ impl Verdict {
             message: message.into(),
         });
     }
+
+    /// Adds `other`'s violations as warnings, each followed by `why` it does not refuse the request.
+    fn warn_instead(&mut self, other: Verdict, why: &str) {
+        for violation in other.violations {
+            self.warn(violation.path, format!("{} ({why})", violation.message));
+        }
+        self.warnings.extend(other.warnings);
+    }
 }
 
 /// What the enforcer knows about the pool a configuration runs on. Never obtained from Azure in the
@@ -314,9 +322,20 @@ pub fn validate_sgc(
         _ => {}
     }
 
-    // Rule 4
+    // Rule 4. The pool's size is a cluster fact, not part of the request: an update that keeps the configuration
+    // public on the same pool is warned, not refused, so that the operator's finalizer writes, labels and
+    // unrelated edits go through while the pool is over its prefix (an AKS surge upgrade adds a node).
     if new.provision_public_ips {
-        check_sgc_fits_pool(&mut v, new, facts);
+        let mut fit = Verdict::default();
+        check_sgc_fits_pool(&mut fit, new, facts);
+        if old.is_some_and(|old| old.provision_public_ips && same_pool(new, old)) {
+            v.warn_instead(
+                fit,
+                "this update does not change the pool, so it is not refused for it",
+            );
+        } else {
+            v.violations.extend(fit.violations);
+        }
     }
 
     // Rule 7
@@ -498,16 +517,25 @@ pub fn parse_ipv4_cidr(raw: &str) -> Result<Ipv4Net, String> {
     Ipv4Net::new(addr, len).map_err(|e| format!("is not a CIDR: {e}"))
 }
 
+/// Whether two node pool names (or their absence) are the same pool: Azure names are case-insensitive.
+fn same_nodepool(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        (a, b) => a == b,
+    }
+}
+
+/// Whether an update keeps a configuration on the same pool: the same node pool and the same VMSS profile.
+fn same_pool(new: &StaticGatewayConfigurationSpec, old: &StaticGatewayConfigurationSpec) -> bool {
+    same_nodepool(new.nodepool_name(), old.nodepool_name()) && new.vmss_profile() == old.vmss_profile()
+}
+
 fn check_sgc_update(
     v: &mut Verdict,
     new: &StaticGatewayConfigurationSpec,
     old: &StaticGatewayConfigurationSpec,
 ) {
-    let same_pool = match (new.nodepool_name(), old.nodepool_name()) {
-        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-        (a, b) => a == b,
-    };
-    if !same_pool {
+    if !same_nodepool(new.nodepool_name(), old.nodepool_name()) {
         v.deny(
             "spec.gatewayNodepoolName",
             Rule::Immutable,
@@ -629,7 +657,11 @@ pub fn validate_pool(
         if let Some(nodes) = node_count
             && u64::from(nodes) > capacity
         {
-            v.deny(
+            // The node count is a cluster fact the request does not change (the pool's nodes and prefix size are
+            // immutable): an update is warned, not refused, so the operator's finalizer writes and other edits
+            // go through while the pool is over its prefix (an AKS surge upgrade adds a node).
+            let mut fit = Verdict::default();
+            fit.deny(
                 "spec.publicIpPrefixSize",
                 Rule::InstancesFitPrefix,
                 format!(
@@ -640,6 +672,14 @@ pub fn validate_pool(
                     }
                 ),
             );
+            if old.is_some() {
+                v.warn_instead(
+                    fit,
+                    "an update does not change the pool's nodes, so it is not refused for them",
+                );
+            } else {
+                v.violations.extend(fit.violations);
+            }
         }
         if let (Some(declared), Some(nodes)) = (new.instance_count, node_count)
             && declared >= 1
@@ -655,11 +695,7 @@ pub fn validate_pool(
     }
     if let Some(old) = old {
         let old_np = old.gateway_nodepool_name.as_deref().filter(|s| !s.is_empty());
-        let same = match (nodepool, old_np) {
-            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-            (a, b) => a == b,
-        };
-        if !same {
+        if !same_nodepool(nodepool, old_np) {
             v.deny(
                 "spec.gatewayNodepoolName",
                 Rule::Immutable,

@@ -144,6 +144,32 @@ fn pool_update_immutability_and_warnings() {
     );
 }
 
+#[test]
+fn pool_update_over_its_prefix_is_warned_not_refused() {
+    let gwpool = pool(json!({"gatewayNodepoolName": "gwpool", "publicIpPrefixSize": 31}));
+    // Creating a pool that already has more nodes than its prefix holds is refused...
+    assert_eq!(
+        only(&validate_pool_object(&gwpool, None, Some(3))),
+        (Rule::InstancesFitPrefix, "spec.publicIpPrefixSize")
+    );
+    // ...but an update (the operator's finalizer write while a surge upgrade adds a node) goes through, warned.
+    let v = validate_pool_object(&gwpool, Some(&gwpool), Some(3));
+    assert!(v.is_allowed(), "{}", v.message());
+    let warning = v
+        .warnings
+        .iter()
+        .find(|w| w.path == "spec.publicIpPrefixSize")
+        .unwrap_or_else(|| panic!("still reported, as a warning: {:?}", v.warnings));
+    assert!(warning.message.contains("3 gateway nodes"), "{warning}");
+    // A declared instanceCount over the prefix is part of the request: refused on update too.
+    let declared =
+        pool(json!({"gatewayNodepoolName": "gwpool", "publicIpPrefixSize": 31, "instanceCount": 3}));
+    assert_eq!(
+        only(&validate_pool_object(&declared, Some(&gwpool), None)),
+        (Rule::InstancesFitPrefix, "spec.instanceCount")
+    );
+}
+
 /// The typed pod view the rules take, from JSON as the apiserver sends it.
 fn pod(json: Value) -> api::pod::PodView {
     serde_json::from_value(json).expect("a pod")

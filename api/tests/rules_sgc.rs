@@ -301,6 +301,41 @@ fn rule4_message_says_how_to_fix() {
 }
 
 #[test]
+fn rule4_on_update_refuses_only_a_change_of_pool_or_egress() {
+    let over = pool(31, None, Some(3));
+    // The pool's node count is not part of the request: an update that keeps the configuration public on its
+    // pool (the operator removing its finalizer, a label, an edit of excludeCidrs) goes through, warned.
+    let kept = nodepool();
+    let edited = with(nodepool(), "excludeCidrs", json!(["10.0.0.0/8"]));
+    for (name, new) in [("unchanged", &kept), ("excludeCidrs edited", &edited)] {
+        let v = validate_sgc_object(new, Some(&kept), &over);
+        assert!(v.is_allowed(), "{name}: {}", v.message());
+        let warning = v
+            .warnings
+            .iter()
+            .find(|w| w.path == "spec.gatewayNodepoolName")
+            .unwrap_or_else(|| panic!("{name}: rule 4 is still reported, as a warning: {:?}", v.warnings));
+        assert!(warning.message.contains("3 gateway nodes"), "{name}: {warning}");
+        assert!(warning.message.contains("not refused"), "{name}: {warning}");
+    }
+    // A new configuration, or an update that makes a private one public, is refused as before.
+    let private = with(nodepool(), "provisionPublicIps", json!(false));
+    for (name, old) in [("create", None), ("private to public", Some(&private))] {
+        let v = validate_sgc_object(&kept, old, &over);
+        assert_eq!(
+            v.rules(),
+            [Rule::InstancesFitPrefix].into(),
+            "{name}: {}",
+            v.message()
+        );
+    }
+    // An update that moves the configuration to another VMSS is refused for rule 4 too, beside immutability.
+    let v = validate_sgc_object(&vmss(json!(31)), Some(&vmss(json!(30))), &nodes(3));
+    assert!(v.rules().contains(&Rule::InstancesFitPrefix), "{}", v.message());
+    assert!(v.rules().contains(&Rule::Immutable), "{}", v.message());
+}
+
+#[test]
 fn rule5_private_mode_needs_nodepool() {
     let private_vmss = with(vmss(json!(31)), "provisionPublicIps", json!(false));
     check(

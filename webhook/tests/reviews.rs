@@ -230,6 +230,53 @@ fn new_configurations_on_a_deleting_pool_are_denied() {
 }
 
 #[test]
+fn finalizers_come_off_while_a_pool_is_over_its_prefix() {
+    // A surge upgrade: the /31 pool has 3 gateway nodes. The operator must still be able to remove its
+    // finalizers from a configuration and a pool being deleted; the update is warned, not refused.
+    let mut f = facts();
+    f.pools.push(api::GatewayPoolSpec {
+        gateway_nodepool_name: Some("gwpool".into()),
+        gateway_vmss_profile: None,
+        public_ip_prefix_size: 31,
+        instance_count: None,
+    });
+    let deleting = |mut obj: Value, finalizer: &str| {
+        obj["metadata"]["deletionTimestamp"] = json!("2026-12-07T10:00:00Z");
+        obj["metadata"]["finalizers"] = json!([finalizer]);
+        obj
+    };
+    let released = |mut obj: Value| {
+        obj["metadata"]["finalizers"] = json!([]);
+        obj
+    };
+    let old = deleting(
+        sgc(json!({"gatewayNodepoolName": "gwpool", "provisionPublicIps": true})),
+        api::names::SGC_FINALIZER,
+    );
+    let resp = run(
+        Endpoint::ValidateSgc,
+        &request(SGC, "UPDATE", released(old.clone()), Some(old)),
+        &f,
+    );
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let warnings = resp["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap_or("").contains("3 gateway nodes")),
+        "rule 4 is still said: {resp}"
+    );
+
+    let pool = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
+        "metadata": {"name": "gwpool"}, "spec": {"gatewayNodepoolName": "gwpool", "publicIpPrefixSize": 31}});
+    let old = deleting(pool, api::names::POOL_FINALIZER);
+    let mut req = request(POOL, "UPDATE", released(old.clone()), Some(old));
+    req["request"]["namespace"] = Value::Null;
+    let resp = run(Endpoint::ValidatePool, &req, &f);
+    assert_eq!(resp["allowed"], true, "{resp}");
+}
+
+#[test]
 fn immutable_pool_reference_on_update() {
     let old = sgc(json!({"gatewayNodepoolName": "gwpool"}));
     let new = sgc(json!({"gatewayNodepoolName": "other"}));
