@@ -60,6 +60,8 @@ impl std::fmt::Debug for SecretFile {
 pub struct HostPath {
     pub mount_path: String,
     pub host_path: String,
+    /// `type: CharDevice`: a device node (the kubelet checks it is one), not a directory.
+    pub char_device: bool,
 }
 
 /// The process a kubelet would start for one container of a rendered workload.
@@ -266,6 +268,7 @@ impl Rendered {
                 host_paths.push(HostPath {
                     mount_path: mount_path.to_string(),
                     host_path: hp["path"].as_str().unwrap_or_default().to_string(),
+                    char_device: hp["type"] == "CharDevice",
                 });
             } else if v.get("emptyDir").is_none() {
                 bail!(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use super::chart::{LaunchSpec, normalize_run};
+use super::chart::{HostPath, LaunchSpec, normalize_run};
 use super::runtime::{self, NODE_PRIVATE_DIRS};
 
 /// The node's plugin directory (the chart's `gatewayCNIManager.cniBinDir`), which only the node agent's
@@ -108,21 +108,17 @@ impl ImageMode {
     }
 
     /// The `podman` arguments that run `spec` as container `name` at `place`, authenticating with
-    /// `kubeconfig`. `lab_devices` are devices the lab adds (each said why, as for lab arguments).
+    /// `kubeconfig`.
     pub fn run_args(
         &self,
         name: &str,
         spec: &LaunchSpec,
         place: &Place<'_>,
         kubeconfig: &Path,
-        lab_devices: &[&str],
     ) -> anyhow::Result<Vec<String>> {
         let mut a = self.base(name);
         a.push(place.network());
         a.extend(security_flags(&spec.security_context));
-        for d in lab_devices {
-            a.push(format!("--device={d}"));
-        }
         // Secret volumes, materialised by the lab where the (localised) arguments point.
         let mut dirs: Vec<&Path> = spec.secret_files.iter().filter_map(|f| f.path.parent()).collect();
         dirs.sort();
@@ -131,6 +127,10 @@ impl ImageMode {
             a.push(format!("--volume={0}:{0}:ro", d.display()));
         }
         for h in &spec.host_paths {
+            if h.char_device {
+                a.push(device_arg(h)?);
+                continue;
+            }
             let host = place.host_dir(&h.host_path)?;
             create_host_dir(&host)?;
             // The gateway agent sees namespaces created on the host later (HostToContainer in the chart).
@@ -331,7 +331,23 @@ pub fn security_flags(sc: &Value) -> Vec<String> {
     f
 }
 
-/// The chart's hostPaths are `DirectoryOrCreate`: the kubelet creates a missing one.
+/// A `CharDevice` hostPath as podman's `--device`: the device node, and access to it in the container's
+/// device cgroup, which is what a kubelet's bind mount of it gives (runc and crun allow the TUN device by
+/// default). Like the kubelet, refuses a path that is not a character device.
+fn device_arg(h: &HostPath) -> anyhow::Result<String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let meta = std::fs::metadata(&h.host_path)
+        .with_context(|| format!("hostPath {} (type CharDevice)", h.host_path))?;
+    if !meta.file_type().is_char_device() {
+        bail!(
+            "hostPath {} is not a character device (type CharDevice)",
+            h.host_path
+        );
+    }
+    Ok(format!("--device={}:{}", h.host_path, h.mount_path))
+}
+
+/// The chart's other hostPaths are `DirectoryOrCreate`: the kubelet creates a missing one.
 fn create_host_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating hostPath {}", dir.display()))
 }
@@ -391,6 +407,24 @@ mod tests {
             ["--privileged", "--user=0"]
         );
         assert!(!security_flags(&gateway).iter().any(|f| f == "--privileged"));
+    }
+
+    #[test]
+    fn char_device_host_paths_become_devices_and_must_be_devices() {
+        let device = |path: &str| HostPath {
+            mount_path: path.into(),
+            host_path: path.into(),
+            char_device: true,
+        };
+        assert_eq!(
+            device_arg(&device("/dev/null")).expect("a character device"),
+            "--device=/dev/null:/dev/null"
+        );
+        let dir = std::env::temp_dir();
+        let err = device_arg(&device(&dir.display().to_string())).expect_err("a directory");
+        assert!(err.to_string().contains("is not a character device"), "{err}");
+        let err = device_arg(&device("/dev/keg-lab-no-such-device")).expect_err("missing");
+        assert!(format!("{err:#}").contains("keg-lab-no-such-device"), "{err:#}");
     }
 
     #[test]

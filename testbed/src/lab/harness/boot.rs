@@ -50,29 +50,16 @@ impl Lab {
         let binary = opts.bin_dir.join(&spec.binary);
         let enter = place.nsenter_args();
         let (program, args) = if let Some(mode) = &opts.images {
-            // wireguard-go (the agent's fallback: this machine has no WireGuard kernel module) needs the tun
-            // device, which a node with the module never does. The chart mounts it only for
-            // `wireguardBackend: userspace`; the lab renders the default (`auto`), so it adds the device.
-            let devices: &[&str] = if matches!(place, Place::Netns(_)) {
-                &["/dev/net/tun"]
-            } else {
-                &[]
-            };
             let kubeconfig = self.sa_kubeconfig(&spec.service_account.0, &spec.service_account.1);
             // Kubernetes makes Secret volumes and the token readable by the pod's user; so does the lab, with
             // the container's own copy of the kubeconfig.
             let kubeconfig = images::hand_over(spec, &kubeconfig, &opts.work_dir.join("pods").join(name))?;
-            let a = mode.run_args(name, spec, &place, &kubeconfig, devices)?;
+            let a = mode.run_args(name, spec, &place, &kubeconfig)?;
             info(&format!(
                 "{name}: podman run {} ({})",
                 spec.image,
                 images::security_flags(&spec.security_context).join(" ")
             ));
-            for d in devices {
-                info(&format!(
-                    "  lab-only: --device={d} (wireguard-go without the kernel module)"
-                ));
-            }
             (PathBuf::from("podman"), a)
         } else if enter.is_empty() {
             (binary.clone(), spec.argv())
