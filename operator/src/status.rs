@@ -526,6 +526,27 @@ mod tests {
         assert!(ev3.is_empty());
     }
 
+    /// Condition `t` of `st`, which must have it.
+    fn cond<'a>(st: &'a StaticGatewayConfigurationStatus, t: &str) -> &'a Condition {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("no {t} condition"))
+    }
+
+    /// The next status of a configuration provisioned with `facts` (and its key).
+    fn provisioned(
+        old: &StaticGatewayConfigurationStatus,
+        facts: &ConfigFacts,
+    ) -> (StaticGatewayConfigurationStatus, Vec<(EventKind, String, String)>) {
+        next_status(
+            old,
+            Some(1),
+            &Outcome::Provisioned(facts.clone()),
+            Some(("pub", secret_ref())),
+        )
+    }
+
     #[test]
     fn degraded_appears_with_a_warning_and_clears_without_touching_ready() {
         let ready = ConfigFacts {
@@ -534,12 +555,7 @@ mod tests {
             egress_ip_prefix: Some("20.0.0.0/31".into()),
             ..ConfigFacts::default()
         };
-        let (st, _) = next_status(
-            &StaticGatewayConfigurationStatus::default(),
-            Some(1),
-            &Outcome::Provisioned(ready.clone()),
-            Some(("pub", secret_ref())),
-        );
+        let (st, _) = provisioned(&StaticGatewayConfigurationStatus::default(), &ready);
         assert!(
             !st.conditions.iter().any(|c| c.type_ == DEGRADED),
             "never degraded: no Degraded condition"
@@ -559,17 +575,8 @@ mod tests {
             refused_updates: vec!["gw000002: PublicIPPrefixOutOfIpAddressesForPublicIPAddress".into()],
             ..ready.clone()
         };
-        let (st, ev) = next_status(
-            &st,
-            Some(1),
-            &Outcome::Provisioned(surge.clone()),
-            Some(("pub", secret_ref())),
-        );
-        let d = st
-            .conditions
-            .iter()
-            .find(|c| c.type_ == DEGRADED)
-            .expect("degraded");
+        let (st, ev) = provisioned(&st, &surge);
+        let d = cond(&st, DEGRADED);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
             ("True", "PoolExceedsPrefix")
@@ -579,36 +586,20 @@ mod tests {
             "{}",
             d.message
         );
-        assert_eq!(
-            ev,
-            [(
-                EventKind::Warning,
-                "PoolExceedsPrefix".to_string(),
-                d.message.clone()
-            )]
+        let warning = (
+            EventKind::Warning,
+            "PoolExceedsPrefix".to_string(),
+            d.message.clone(),
         );
-        let r = st.conditions.iter().find(|c| c.type_ == READY).expect("ready");
+        assert_eq!(ev, [warning]);
+        let r = cond(&st, READY);
         assert_eq!((r.status.as_str(), r.reason.as_str()), ("True", "Provisioned"));
         // Still so: no new Event.
-        let (st, ev) = next_status(
-            &st,
-            Some(1),
-            &Outcome::Provisioned(surge),
-            Some(("pub", secret_ref())),
-        );
+        let (st, ev) = provisioned(&st, &surge);
         assert!(ev.is_empty(), "{ev:?}");
         // Over: Degraded=False, a Normal Event.
-        let (st, ev) = next_status(
-            &st,
-            Some(1),
-            &Outcome::Provisioned(ready),
-            Some(("pub", secret_ref())),
-        );
-        let d = st
-            .conditions
-            .iter()
-            .find(|c| c.type_ == DEGRADED)
-            .expect("degraded");
+        let (st, ev) = provisioned(&st, &ready);
+        let d = cond(&st, DEGRADED);
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("False", "AsExpected"));
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].0, EventKind::Normal);

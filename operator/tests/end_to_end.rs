@@ -110,6 +110,12 @@ async fn create_bad_predating_the_cidr_rule(client: &kube::Client, sgcs: &Api<St
     .await;
 }
 
+/// Creates configuration `private`: private-IP egress on node pool `gateway`.
+async fn create_private_sgc(sgcs: &Api<StaticGatewayConfiguration>) {
+    let spec = json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false});
+    create_sgc(sgcs, "private", spec).await;
+}
+
 /// Creates a GatewayPool on node pool `nodepool` with a /31 prefix.
 async fn create_pool(pools: &Api<api::GatewayPool>, name: &str, nodepool: &str) {
     let p: api::GatewayPool = serde_json::from_value(json!({
@@ -511,12 +517,7 @@ async fn a_vm_pool_reports_the_node_of_each_pre_created_nic() {
     let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
     create_pool(&pools, "gateway", "gateway").await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
-    create_sgc(
-        &sgcs,
-        "private",
-        json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false}),
-    )
-    .await;
+    create_private_sgc(&sgcs).await;
     w.op.reconcile_pools(None).await.expect("reconcile");
 
     let status = pools.get("gateway").await.expect("pool").status.expect("status");
@@ -775,8 +776,6 @@ fn condition_message(s: &StaticGatewayConfiguration, t: &str) -> Option<(String,
 /// again Degraded turns False and the new instance gets its address.
 async fn surge_upgrade_keeps_the_configuration(with_gateway_pool: bool) {
     use k8s_openapi::api::core::v1::Node;
-    use k8s_openapi::api::events::v1::Event;
-    use kube::api::ListParams;
     use operator::status::DEGRADED;
 
     let w = start().await;
@@ -852,18 +851,7 @@ async fn surge_upgrade_keeps_the_configuration(with_gateway_pool: bool) {
     ] {
         assert!(message.contains(part), "{part}: {message}");
     }
-    let events: Api<Event> = Api::namespaced(w.client.clone(), &w.app);
-    let warned = events
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .find(|e| {
-            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("a")
-                && e.reason.as_deref() == Some("PoolExceedsPrefix")
-        })
-        .expect("a PoolExceedsPrefix Event on `a`");
+    let warned = common::event_about(&w.client, &w.app, "a", "PoolExceedsPrefix").await;
     assert_eq!(warned.type_.as_deref(), Some("Warning"));
     let note = warned.note.unwrap_or_default();
     assert!(
@@ -936,12 +924,7 @@ async fn a_private_configuration_stays_ready_while_a_new_instance_lacks_its_addr
 
     let w = start().await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
-    create_sgc(
-        &sgcs,
-        "private",
-        json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false}),
-    )
-    .await;
+    create_private_sgc(&sgcs).await;
     w.op.reconcile_pools(None).await.expect("reconcile");
     let converged = sgcs.get("private").await.expect("get");
     assert_eq!(condition(&converged, READY), Some(("True", "Provisioned")));
