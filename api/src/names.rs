@@ -49,7 +49,8 @@ pub const SECRET_PUBLIC_KEY: &str = "PublicKey";
 pub const CONDITION_ACCEPTED: &str = "Accepted";
 /// StaticGatewayConfiguration and GatewayPool: provisioned in Azure and usable.
 pub const CONDITION_READY: &str = "Ready";
-/// GatewayPool: some instances are not ready.
+/// GatewayPool: some instances are not ready. StaticGatewayConfiguration: provisioned and kept as it is, but
+/// something needs a look (the pool outgrew its prefix, instances without their egress address).
 pub const CONDITION_DEGRADED: &str = "Degraded";
 
 /// Condition reasons (StaticGatewayConfiguration): Accepted=True.
@@ -76,8 +77,14 @@ pub const REASON_INSTANCES_READY: &str = "InstancesReady";
 pub const REASON_INSTANCES_NOT_READY: &str = "InstancesNotReady";
 /// GatewayPool Degraded=True.
 pub const REASON_SOME_INSTANCES_NOT_READY: &str = "SomeInstancesNotReady";
-/// GatewayPool Degraded=False.
+/// GatewayPool and StaticGatewayConfiguration Degraded=False.
 pub const REASON_AS_EXPECTED: &str = "AsExpected";
+/// StaticGatewayConfiguration Degraded=True: the pool has more gateway nodes than its public IP prefix has
+/// addresses (rule 4 now fails); the configuration stays provisioned as it was, the surplus nodes get no address.
+pub const REASON_POOL_EXCEEDS_PREFIX: &str = "PoolExceedsPrefix";
+/// StaticGatewayConfiguration Degraded=True (private-IP mode): some instances do not have their secondary IP
+/// yet; the egress IPs listed are the ones that exist.
+pub const REASON_INSTANCES_WITHOUT_EGRESS_IP: &str = "InstancesWithoutEgressIp";
 
 // ---------------------------------------------------------------------------------------------
 // Finalizers

@@ -18,6 +18,54 @@ pub const DEFAULT_RESOURCE_MANAGER_ENDPOINT: &str = "https://management.azure.co
 /// Public-cloud Entra ID authority.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 
+/// An Azure cloud the `cloud` key names: where its Resource Manager and Entra ID authority are. The ARM token's
+/// scope is `<resource manager endpoint>/.default`, as azure_mgmt_* clients derive it, so it follows the endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AzureCloud {
+    /// Resource Manager endpoint.
+    pub resource_manager_endpoint: &'static str,
+    /// Entra ID authority host.
+    pub authority_host: &'static str,
+}
+
+/// The names `cloud` accepts, compared case-insensitively (cloud-provider-azure's, from go-autorest's
+/// `EnvironmentFromName`), and the endpoints of each (azure_core's `resource_manager_endpoint` and
+/// `authority_hosts` constants).
+const AZURE_CLOUDS: &[(&str, AzureCloud)] = &[
+    ("AzurePublicCloud", PUBLIC_CLOUD),
+    ("AzureCloud", PUBLIC_CLOUD),
+    ("AzureChinaCloud", CHINA_CLOUD),
+    ("AzureUSGovernmentCloud", US_GOVERNMENT_CLOUD),
+    ("AzureUSGovernment", US_GOVERNMENT_CLOUD),
+];
+const PUBLIC_CLOUD: AzureCloud = AzureCloud {
+    resource_manager_endpoint: DEFAULT_RESOURCE_MANAGER_ENDPOINT,
+    authority_host: DEFAULT_AUTHORITY_HOST,
+};
+const CHINA_CLOUD: AzureCloud = AzureCloud {
+    resource_manager_endpoint: "https://management.chinacloudapi.cn",
+    authority_host: "https://login.chinacloudapi.cn",
+};
+const US_GOVERNMENT_CLOUD: AzureCloud = AzureCloud {
+    resource_manager_endpoint: "https://management.usgovcloudapi.net",
+    authority_host: "https://login.microsoftonline.us",
+};
+
+impl AzureCloud {
+    /// The cloud `name` names (case-insensitive, surrounding blanks ignored; empty: the public cloud).
+    pub fn named(name: &str) -> Result<Self, ConfigError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Ok(PUBLIC_CLOUD);
+        }
+        AZURE_CLOUDS
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, c)| *c)
+            .ok_or_else(|| ConfigError::UnknownCloud(name.to_string()))
+    }
+}
+
 /// How the operator authenticates to Azure.
 #[derive(Clone, PartialEq, Eq)]
 pub enum AzureAuth {
@@ -100,9 +148,11 @@ pub struct CloudConfig {
     pub subnet_name: String,
     /// `userAgent` (default `kube-egress-gateway-controller`).
     pub user_agent: String,
-    /// `resourceManagerEndpoint` (default: public cloud); tests point it at the simulator.
+    /// `resourceManagerEndpoint` (default: `cloud`'s); tests point it at the simulator. The ARM token's
+    /// scope is this endpoint + `/.default`.
     pub resource_manager_endpoint: String,
-    /// `activeDirectoryAuthorityHost` (or `AZURE_AUTHORITY_HOST`); tests point it at the simulator.
+    /// `activeDirectoryAuthorityHost` (or `AZURE_AUTHORITY_HOST`; default: `cloud`'s); tests point it at the
+    /// simulator.
     pub authority_host: String,
     /// `imdsEndpoint` (or `AZURE_POD_IDENTITY_AUTHORITY_HOST`-style override) for managed identity in tests.
     pub imds_endpoint: Option<String>,
@@ -127,6 +177,13 @@ pub enum ConfigError {
     /// A rule of upstream's `DefaultAndValidate` (message is upstream's).
     #[error("{0}")]
     Invalid(&'static str),
+    /// `cloud` names no Azure cloud the operator knows the endpoints of.
+    #[error(
+        "cloud config key cloud: '{0}' is not a known Azure cloud; use AzurePublicCloud (or AzureCloud), \
+         AzureChinaCloud, or AzureUSGovernmentCloud (or AzureUSGovernment), or set resourceManagerEndpoint and \
+         activeDirectoryAuthorityHost for another cloud"
+    )]
+    UnknownCloud(String),
 }
 
 /// Case-insensitive view of the JSON object (Go `encoding/json` semantics: later keys win).
@@ -274,9 +331,24 @@ impl CloudConfig {
             return Err(ConfigError::Invalid("virtual network subnet name is empty"));
         }
 
-        let authority_host = non_empty(keys.string("activeDirectoryAuthorityHost")?)
-            .or_else(|| env("AZURE_AUTHORITY_HOST"))
-            .unwrap_or_else(|| DEFAULT_AUTHORITY_HOST.to_string());
+        // `cloud` chooses the endpoints (and so the token scope); explicit endpoints override it. A cloud the
+        // operator has no endpoints for is usable only with both given.
+        let explicit_arm = non_empty(keys.string("resourceManagerEndpoint")?);
+        let explicit_authority =
+            non_empty(keys.string("activeDirectoryAuthorityHost")?).or_else(|| env("AZURE_AUTHORITY_HOST"));
+        let known = match AzureCloud::named(&cloud) {
+            Ok(c) => Some(c),
+            Err(_) if explicit_arm.is_some() && explicit_authority.is_some() => None,
+            Err(e) => return Err(e),
+        };
+        let authority_host = explicit_authority
+            .or_else(|| known.map(|c| c.authority_host.to_string()))
+            .unwrap_or_default();
+        let resource_manager_endpoint = explicit_arm
+            .or_else(|| known.map(|c| c.resource_manager_endpoint.to_string()))
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string();
         Ok(CloudConfig {
             cloud,
             location,
@@ -294,12 +366,7 @@ impl CloudConfig {
             vnet_name,
             subnet_name,
             user_agent: or_default(keys.string("userAgent")?, DEFAULT_USER_AGENT),
-            resource_manager_endpoint: or_default(
-                keys.string("resourceManagerEndpoint")?,
-                DEFAULT_RESOURCE_MANAGER_ENDPOINT,
-            )
-            .trim_end_matches('/')
-            .to_string(),
+            resource_manager_endpoint,
             authority_host,
             imds_endpoint: non_empty(keys.string("imdsEndpoint")?),
             auth,
@@ -474,6 +541,77 @@ mod tests {
             err.to_string(),
             "workload identity needs aadClientId or AZURE_CLIENT_ID"
         );
+    }
+
+    #[test]
+    fn cloud_selects_the_endpoints_unless_they_are_given() {
+        let china = (
+            "https://management.chinacloudapi.cn",
+            "https://login.chinacloudapi.cn",
+        );
+        let usgov = (
+            "https://management.usgovcloudapi.net",
+            "https://login.microsoftonline.us",
+        );
+        let public = (
+            "https://management.azure.com",
+            "https://login.microsoftonline.com",
+        );
+        let explicit = ("http://127.0.0.1:1234", "http://127.0.0.1:1235");
+        let given = Some(("http://127.0.0.1:1234/", "http://127.0.0.1:1235"));
+        /// (Resource Manager endpoint, authority host).
+        type Endpoints = (&'static str, &'static str);
+        let cases: &[(&str, Option<Endpoints>, Endpoints)] = &[
+            ("AzurePublicCloud", None, public),
+            ("azurecloud", None, public),
+            ("AzureChinaCloud", None, china),
+            ("AZURECHINACLOUD", None, china),
+            (" AzureUSGovernmentCloud ", None, usgov),
+            ("AzureUSGovernment", None, usgov),
+            ("AzureChinaCloud", given, explicit),
+            ("AzureStackCloud", given, explicit),
+        ];
+        for (cloud, endpoints, (arm, authority)) in cases {
+            let mut v: Value = serde_json::from_str(HELM).expect("json");
+            v["cloud"] = Value::from(*cloud);
+            if let Some((arm, authority)) = endpoints {
+                v["resourceManagerEndpoint"] = Value::from(*arm);
+                v["activeDirectoryAuthorityHost"] = Value::from(*authority);
+            }
+            let c = CloudConfig::parse(&v.to_string(), no_env).expect(cloud);
+            assert_eq!(
+                (c.resource_manager_endpoint.as_str(), c.authority_host.as_str()),
+                (*arm, *authority),
+                "{cloud} {endpoints:?}"
+            );
+        }
+        assert_eq!(AzureCloud::named("").expect("empty"), PUBLIC_CLOUD);
+
+        // The environment's authority host overrides the cloud's too (workload identity's webhook sets it).
+        let mut v: Value = serde_json::from_str(HELM).expect("json");
+        v["cloud"] = Value::from("AzureChinaCloud");
+        let env = |k: &str| (k == "AZURE_AUTHORITY_HOST").then(|| "https://login.example".to_string());
+        let c = CloudConfig::parse(&v.to_string(), env).expect("china");
+        assert_eq!(c.authority_host, "https://login.example");
+        assert_eq!(c.resource_manager_endpoint, china.0);
+
+        // An unknown cloud without both endpoints is refused, naming the key and the accepted names.
+        for endpoint in [None, Some("resourceManagerEndpoint")] {
+            let mut v: Value = serde_json::from_str(HELM).expect("json");
+            v["cloud"] = Value::from("AzureGermanCloud");
+            if let Some(k) = endpoint {
+                v[k] = Value::from("https://management.example");
+            }
+            let err = CloudConfig::parse(&v.to_string(), no_env).expect_err("unknown cloud");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("cloud config key cloud: 'AzureGermanCloud'"),
+                "{msg}"
+            );
+            for name in ["AzurePublicCloud", "AzureChinaCloud", "AzureUSGovernmentCloud"] {
+                assert!(msg.contains(name), "{msg}");
+            }
+        }
     }
 
     #[test]

@@ -968,6 +968,14 @@ pub struct ConfigFacts {
     pub egress_ip_prefix: Option<String>,
     /// Per node: (node name, primary IP, secondary IP).
     pub vm_profiles: Vec<api::GatewayVmProfile>,
+    /// Instances (VMSS computer names, or VM-pool NIC names) without this configuration's secondary IP yet,
+    /// sorted: in private-IP mode they are left out of `egress_ip_prefix`, and reported.
+    pub without_address: Vec<String>,
+    /// Set by the pass, not read from Azure: the pool has more gateway nodes than its public prefix has
+    /// addresses (what it says). The configuration stays provisioned as it was; the status reports this.
+    pub pool_exceeds_prefix: Option<String>,
+    /// Set by the pass: instance (or NIC) updates ARM refused for that instance alone, as `<name>: <error>`.
+    pub refused_updates: Vec<String>,
 }
 
 impl ConfigFacts {
@@ -1015,17 +1023,23 @@ pub fn config_facts(
         })
         .collect();
     vm_profiles.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+    let mut without_address: Vec<String> = nodes
+        .iter()
+        .map(|(node, _)| node.to_string())
+        .filter(|node| !vm_profiles.iter().any(|p| p.node_name == *node))
+        .collect();
+    without_address.sort();
     let egress_ip_prefix = match config.egress {
-        Egress::Private => {
-            // Every node must have its address, or the list would silently miss a gateway.
-            (!nodes.is_empty() && vm_profiles.len() == nodes.len()).then(|| {
-                vm_profiles
-                    .iter()
-                    .map(|p| p.secondary_ip.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-        }
+        // The addresses that exist, as upstream lists them: one instance still without its address (a new
+        // node, a failed update) must not take the configuration off the gateways that have theirs. The
+        // instances still without one are in `without_address`, and the status says so.
+        Egress::Private => (!vm_profiles.is_empty()).then(|| {
+            vm_profiles
+                .iter()
+                .map(|p| p.secondary_ip.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
         Egress::Managed | Egress::Byo { .. } => prefix_cidr.map(str::to_string),
     };
     ConfigFacts {
@@ -1033,6 +1047,9 @@ pub fn config_facts(
         port: ports.get(&config.uid).copied(),
         egress_ip_prefix,
         vm_profiles,
+        without_address,
+        pool_exceeds_prefix: None,
+        refused_updates: Vec::new(),
     }
 }
 

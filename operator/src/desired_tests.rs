@@ -644,13 +644,32 @@ fn private_mode_has_no_public_ip_configuration_and_reports_private_ips() {
 }
 
 #[test]
-fn private_mode_egress_prefix_waits_for_every_node() {
-    let mut state = vmss_state(2);
+fn private_mode_egress_prefix_lists_the_addresses_that_exist_and_names_the_instances_without() {
+    let mut state = vmss_state(3);
     let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
     state.instances[1].addresses.by_ip_config.clear();
     let facts = config_facts(&vmss_pool(), &cfg("a", Egress::Private), &state, &p.ports, None);
+    let ips: Vec<&str> = facts
+        .vm_profiles
+        .iter()
+        .map(|v| v.secondary_ip.as_str())
+        .collect();
+    assert_eq!(ips.len(), 2);
+    assert_eq!(facts.egress_ip_prefix, Some(ips.join(",")));
+    assert!(
+        facts.is_complete(),
+        "one instance without its address keeps the configuration usable"
+    );
+    assert_eq!(facts.without_address, ["gw000001"]);
+
+    // None has its address: nothing to list yet.
+    for i in &mut state.instances {
+        i.addresses.by_ip_config.clear();
+    }
+    let facts = config_facts(&vmss_pool(), &cfg("a", Egress::Private), &state, &p.ports, None);
     assert_eq!(facts.egress_ip_prefix, None);
     assert!(!facts.is_complete());
+    assert_eq!(facts.without_address, ["gw000000", "gw000001", "gw000002"]);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::config::CloudConfig;
 use crate::desired::{Config, ConfigProblem, Egress};
 use crate::kube::Kube;
 use crate::metrics::{FailLabels, LatencyLabels, Metrics};
-use crate::status::{NodeIdentity, Outcome, pool_not_found_status, pool_status};
+use crate::status::{NodeIdentity, Outcome, pool_exceeds_prefix, pool_not_found_status, pool_status};
 
 /// Per configuration uid: its WireGuard public key and the Secret holding the private one.
 type ConfigKeys = BTreeMap<String, (String, ObjectReference)>;
@@ -471,6 +471,13 @@ impl Operator {
             pool: pool_obj.map(|p| p.spec.clone()),
             node_count: Some(node_count).filter(|n| *n > 0),
         };
+        // The spec rules without the cluster's node count: what an admitted configuration is held to. A
+        // node count beyond the prefix (rule 4; an AKS surge upgrade adds a node for a while) never takes an
+        // admitted configuration off Azure: it is reported (Degraded) once the pool's prefix is known below.
+        let spec_facts = PoolFacts {
+            node_count: None,
+            ..facts.clone()
+        };
 
         // Rules, finalizer, key. A configuration whose own write fails is reported and retried; the others go on.
         let mut failures: Vec<ConfigFailure> = Vec::new();
@@ -501,7 +508,8 @@ impl Operator {
                 }
                 continue;
             }
-            let verdict = validate_sgc(&sgc.spec, None, &facts);
+            let admitted = sgc.finalizers().iter().any(|f| f == SGC_FINALIZER);
+            let verdict = validate_sgc(&sgc.spec, None, if admitted { &spec_facts } else { &facts });
             if !verdict.is_allowed() {
                 report.record(sgc, false);
                 report.fail(&uid, &[Layer::Sgc]);
@@ -645,6 +653,27 @@ impl Operator {
             }
         };
         tracing::info!(pool = %pool_ref, writes = outcome.writes, "pool reconciled");
+        let exceeds = pool_exceeds_prefix(pool_ref, node_count, resolved.pool.prefix_len);
+        if let Some(m) = &exceeds {
+            tracing::warn!(pool = %pool_ref, "{m}");
+        }
+        // Updates ARM refused for one instance: reported on it (by the name the status uses), the rest applied.
+        let refused_updates: Vec<String> = outcome
+            .failed_updates
+            .iter()
+            .map(|(target, e)| {
+                let name = outcome
+                    .state
+                    .instances
+                    .iter()
+                    .find(|i| i.instance_id.eq_ignore_ascii_case(target))
+                    .map_or(target.as_str(), |i| i.computer_name.as_str());
+                tracing::warn!(pool = %pool_ref, instance = name, error = %e, "an instance update was refused");
+                // The code only: ARM's message may differ on every try, the status should not.
+                let code = e.code.clone().unwrap_or_else(|| format!("HTTP {}", e.status.unwrap_or_default()));
+                format!("{name}: {code}")
+            })
+            .collect();
         let pending_ops = outcome
             .state
             .instances
@@ -659,7 +688,9 @@ impl Operator {
             )
             .any(|p| !p.eq_ignore_ascii_case("Succeeded"));
         let incomplete = outcome.facts.values().any(|f| !f.is_complete());
-        if outcome.writes > 0 || pending_ops || incomplete {
+        // A refused instance update is retried as a converging pool is re-checked.
+        let refused = !outcome.failed_updates.is_empty();
+        if outcome.writes > 0 || pending_ops || incomplete || refused {
             self.converging
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -703,7 +734,14 @@ impl Operator {
                     report.fail(&c.uid, &[Layer::Lb]);
                     Outcome::Blocked(p.to_string())
                 }
-                None => Outcome::Provisioned(outcome.facts.get(&c.uid).cloned().unwrap_or_default()),
+                None => {
+                    let mut facts = outcome.facts.get(&c.uid).cloned().unwrap_or_default();
+                    if c.egress != Egress::Private {
+                        facts.pool_exceeds_prefix = exceeds.clone();
+                    }
+                    facts.refused_updates = refused_updates.clone();
+                    Outcome::Provisioned(facts)
+                }
             };
             self.write_config_status(sgc, &c.uid, &o, &keys, report, &mut failures)
                 .await;

@@ -3,8 +3,9 @@
 
 use api::names::{
     REASON_ACCEPTED, REASON_AS_EXPECTED, REASON_BLOCKED, REASON_INSTANCES_NOT_READY, REASON_INSTANCES_READY,
-    REASON_INVALID_SPEC, REASON_POOL_NOT_FOUND, REASON_PREFIX_SIZE_MISMATCH, REASON_PROVISIONED,
-    REASON_PROVISIONING, REASON_SOME_INSTANCES_NOT_READY,
+    REASON_INSTANCES_WITHOUT_EGRESS_IP, REASON_INVALID_SPEC, REASON_POOL_EXCEEDS_PREFIX,
+    REASON_POOL_NOT_FOUND, REASON_PREFIX_SIZE_MISMATCH, REASON_PROVISIONED, REASON_PROVISIONING,
+    REASON_SOME_INSTANCES_NOT_READY,
 };
 use api::{GatewayServerProfile, StaticGatewayConfigurationStatus};
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
@@ -147,6 +148,7 @@ pub fn next_status(
         cond(&mut st, READY, false, reason, ready_msg);
     }
     const VALID: &str = "the spec is valid and the pool exists";
+    let mut degraded_events = Vec::new();
     match outcome {
         Outcome::Invalid(_) | Outcome::PoolNotFound(_) | Outcome::PrefixSizeMismatch(_) => {}
         Outcome::AzureFailed { reason, message } => {
@@ -165,6 +167,7 @@ pub fn next_status(
             p.port = f.port.map(i32::from).unwrap_or_default();
             st.egress_ip_prefix = f.egress_ip_prefix.clone();
             st.gateway_vm_profiles = f.vm_profiles.clone();
+            degraded(&mut st, f, generation, &mut degraded_events);
             if f.is_complete() && st.is_ready_for_pods() {
                 let prefix = f.egress_ip_prefix.clone().unwrap_or_default();
                 cond(
@@ -185,7 +188,89 @@ pub fn next_status(
             }
         }
     }
+    events.extend(degraded_events);
     (st, events)
+}
+
+/// Degraded on a provisioned configuration: True (with a Warning Event when it turns so, or its reason changes)
+/// while the pool outgrew its prefix or, in private-IP mode, some instances are still without their address;
+/// False once that is over. A configuration that was never degraded gets no Degraded condition.
+fn degraded(
+    st: &mut StaticGatewayConfigurationStatus,
+    f: &ConfigFacts,
+    generation: Option<i64>,
+    events: &mut Vec<(EventKind, String, String)>,
+) {
+    // Instances without an address matter once the configuration is usable; before, Ready=False says more.
+    let missing = (f.egress_ip_prefix.is_some() && !f.without_address.is_empty()).then(|| {
+        let mut m = format!(
+            "instances without this configuration's address: {}",
+            f.without_address.join(", ")
+        );
+        if !f.refused_updates.is_empty() {
+            m.push_str(&format!(" (Azure refused: {})", f.refused_updates.join("; ")));
+        }
+        m
+    });
+    let problem = match (&f.pool_exceeds_prefix, missing) {
+        (Some(m), None) => Some((REASON_POOL_EXCEEDS_PREFIX, m.clone())),
+        (Some(m), Some(missing)) => Some((REASON_POOL_EXCEEDS_PREFIX, format!("{m}; {missing}"))),
+        (None, Some(missing)) => Some((
+            REASON_INSTANCES_WITHOUT_EGRESS_IP,
+            format!("{missing}; egress uses the addresses that exist"),
+        )),
+        (None, None) => None,
+    };
+    let before = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == DEGRADED)
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    match problem {
+        Some((reason, message)) => {
+            set_condition(&mut st.conditions, DEGRADED, true, reason, &message, generation);
+            if before != Some(("True".into(), reason.into())) {
+                events.push((EventKind::Warning, reason.into(), message));
+            }
+        }
+        None if before.is_some() => {
+            let message = "the pool fits its prefix and every instance has its egress address";
+            set_condition(
+                &mut st.conditions,
+                DEGRADED,
+                false,
+                REASON_AS_EXPECTED,
+                message,
+                generation,
+            );
+            if before.is_some_and(|(status, _)| status == "True") {
+                events.push((
+                    EventKind::Normal,
+                    REASON_AS_EXPECTED.into(),
+                    format!("{DEGRADED}=false: {message}"),
+                ));
+            }
+        }
+        None => {}
+    }
+}
+
+/// What Degraded says when `pool` has more gateway nodes than its public prefixes (of length `prefix_len`) have
+/// addresses: rule 4 fails because of the cluster's state, not a spec, so the configurations on the pool keep
+/// what they have (an AKS surge upgrade adds a node for a while). None while the nodes fit.
+pub fn pool_exceeds_prefix(pool: &api::PoolRef, nodes: u32, prefix_len: i32) -> Option<String> {
+    use api::rules::{Rule, prefix_capacity};
+    let capacity = prefix_capacity(prefix_len);
+    (u64::from(nodes) > capacity).then(|| {
+        let rule = Rule::InstancesFitPrefix;
+        format!(
+            "gateway {pool} has {nodes} gateway nodes but its /{prefix_len} public IP prefix holds {capacity} \
+             addresses (rule {} ({}) fails): the configuration stays provisioned as it was and the surplus \
+             nodes get no egress IP; bring the pool back to {capacity} nodes (a surge upgrade does when it ends)",
+            rule.number().unwrap_or_default(),
+            rule.title()
+        )
+    })
 }
 
 /// A Node as pool status needs it: its name and `spec.providerID`.
@@ -396,6 +481,7 @@ mod tests {
             port: Some(6000),
             egress_ip_prefix: None,
             vm_profiles: vec![],
+            ..ConfigFacts::default()
         };
         let (st, ev) = next_status(
             &old,
@@ -414,6 +500,7 @@ mod tests {
             port: Some(6000),
             egress_ip_prefix: Some("20.0.0.0/31".into()),
             vm_profiles: vec![],
+            ..ConfigFacts::default()
         };
         let (st2, ev2) = next_status(
             &st,
@@ -437,6 +524,85 @@ mod tests {
         );
         assert_eq!(st3, st2, "steady state writes nothing");
         assert!(ev3.is_empty());
+    }
+
+    /// Condition `t` of `st`, which must have it.
+    fn cond<'a>(st: &'a StaticGatewayConfigurationStatus, t: &str) -> &'a Condition {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("no {t} condition"))
+    }
+
+    /// The next status of a configuration provisioned with `facts` (and its key).
+    fn provisioned(
+        old: &StaticGatewayConfigurationStatus,
+        facts: &ConfigFacts,
+    ) -> (StaticGatewayConfigurationStatus, Vec<(EventKind, String, String)>) {
+        next_status(
+            old,
+            Some(1),
+            &Outcome::Provisioned(facts.clone()),
+            Some(("pub", secret_ref())),
+        )
+    }
+
+    #[test]
+    fn degraded_appears_with_a_warning_and_clears_without_touching_ready() {
+        let ready = ConfigFacts {
+            frontend_ip: Some("10.1.0.4".into()),
+            port: Some(6000),
+            egress_ip_prefix: Some("20.0.0.0/31".into()),
+            ..ConfigFacts::default()
+        };
+        let (st, _) = provisioned(&StaticGatewayConfigurationStatus::default(), &ready);
+        assert!(
+            !st.conditions.iter().any(|c| c.type_ == DEGRADED),
+            "never degraded: no Degraded condition"
+        );
+        let pool = api::PoolRef::Nodepool("gateway".into());
+        assert_eq!(pool_exceeds_prefix(&pool, 2, 31), None);
+        let exceeds = pool_exceeds_prefix(&pool, 3, 31).expect("3 nodes do not fit a /31");
+        assert!(
+            exceeds.contains("node pool gateway")
+                && exceeds.contains("3 gateway nodes")
+                && exceeds.contains("holds 2"),
+            "{exceeds}"
+        );
+        let surge = ConfigFacts {
+            pool_exceeds_prefix: Some(exceeds.clone()),
+            without_address: vec!["gw000002".into()],
+            refused_updates: vec!["gw000002: PublicIPPrefixOutOfIpAddressesForPublicIPAddress".into()],
+            ..ready.clone()
+        };
+        let (st, ev) = provisioned(&st, &surge);
+        let d = cond(&st, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "PoolExceedsPrefix")
+        );
+        assert!(
+            d.message.starts_with(&exceeds) && d.message.contains("gw000002"),
+            "{}",
+            d.message
+        );
+        let warning = (
+            EventKind::Warning,
+            "PoolExceedsPrefix".to_string(),
+            d.message.clone(),
+        );
+        assert_eq!(ev, [warning]);
+        let r = cond(&st, READY);
+        assert_eq!((r.status.as_str(), r.reason.as_str()), ("True", "Provisioned"));
+        // Still so: no new Event.
+        let (st, ev) = provisioned(&st, &surge);
+        assert!(ev.is_empty(), "{ev:?}");
+        // Over: Degraded=False, a Normal Event.
+        let (st, ev) = provisioned(&st, &ready);
+        let d = cond(&st, DEGRADED);
+        assert_eq!((d.status.as_str(), d.reason.as_str()), ("False", "AsExpected"));
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].0, EventKind::Normal);
     }
 
     #[test]
@@ -499,7 +665,7 @@ mod tests {
             observed_generation: Some(1),
             conditions: vec![],
         };
-        // A node lost its address and the frontend is being re-created: those fields go away.
+        // No node has its address any more and the frontend is being re-created: those fields go away.
         let mut new = old.clone();
         new.egress_ip_prefix = None;
         new.gateway_vm_profiles.clear();

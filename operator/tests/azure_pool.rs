@@ -201,8 +201,15 @@ async fn server_errors_and_lost_responses_converge_without_duplicates() {
     let mut lost = FaultSpec::new("PUT", "(?i)/virtualMachines/[^/]+$", 1, 409, "Conflict");
     lost.after_apply = true;
     env.sim.inject_fault(lost).expect("fault");
-    let first = pool_support::try_reconcile(&env.arm, &env.cfg, &pool, &configs).await;
-    assert!(first.is_err(), "the lost response surfaces");
+    let first = pool_support::try_reconcile(&env.arm, &env.cfg, &pool, &configs)
+        .await
+        .expect("a refused instance update is that instance's, not the pool's");
+    let refused: Vec<Option<&str>> = first.failed_updates.values().map(|e| e.code.as_deref()).collect();
+    assert_eq!(
+        refused,
+        [Some("Conflict")],
+        "the lost response surfaces, for its instance"
+    );
     let out = run(&env, &pool, &configs).await;
     assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
     assert_eq!(run(&env, &pool, &configs).await.writes, 0);

@@ -110,6 +110,12 @@ async fn create_bad_predating_the_cidr_rule(client: &kube::Client, sgcs: &Api<St
     .await;
 }
 
+/// Creates configuration `private`: private-IP egress on node pool `gateway`.
+async fn create_private_sgc(sgcs: &Api<StaticGatewayConfiguration>) {
+    let spec = json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false});
+    create_sgc(sgcs, "private", spec).await;
+}
+
 /// Creates a GatewayPool on node pool `nodepool` with a /31 prefix.
 async fn create_pool(pools: &Api<api::GatewayPool>, name: &str, nodepool: &str) {
     let p: api::GatewayPool = serde_json::from_value(json!({
@@ -511,12 +517,7 @@ async fn a_vm_pool_reports_the_node_of_each_pre_created_nic() {
     let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
     create_pool(&pools, "gateway", "gateway").await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
-    create_sgc(
-        &sgcs,
-        "private",
-        json!({"gatewayNodepoolName": "gateway", "provisionPublicIps": false}),
-    )
-    .await;
+    create_private_sgc(&sgcs).await;
     w.op.reconcile_pools(None).await.expect("reconcile");
 
     let status = pools.get("gateway").await.expect("pool").status.expect("status");
@@ -732,4 +733,291 @@ async fn an_unused_gateway_pool_reports_its_instances_without_azure_writes() {
         ),
         rv
     );
+}
+
+const GATEWAY_VMSS: &str = "aks-gateway-12345678-vmss";
+
+/// A gateway Node of node pool `gateway`, named as AKS names the node of scale set instance `i`.
+fn gateway_node(i: u32) -> k8s_openapi::api::core::v1::Node {
+    common::ready_node(
+        &format!("{GATEWAY_VMSS}{i:06}"),
+        json!({"kubernetes.azure.com/agentpool": "gateway", "kubernetes.azure.com/mode": "gateway"}),
+    )
+}
+
+/// Every simulated resource but the scale set's instance `surplus`, with its full JSON (ETags included: a
+/// write changes them).
+fn azure_except_instance(azure: &AzureSim, surplus: u32) -> Vec<(String, serde_json::Value)> {
+    let skip = format!("/virtualmachines/{surplus}");
+    common::resources(azure)
+        .into_iter()
+        .filter(|id| !id.contains(&skip))
+        .map(|id| {
+            let v = azure.with_state(|s| s.world.get(&id).cloned());
+            (id, v.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// (status, reason, message) of condition `t`.
+fn condition_message(s: &StaticGatewayConfiguration, t: &str) -> Option<(String, String, String)> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// An AKS surge upgrade of a /31 pool: a third gateway node (and scale set instance, which the full prefix has
+/// no address for) for a while, then an old one goes. A configuration provisioned before keeps everything it
+/// has in Azure and in its status (rule 4 counts the cluster's nodes: it fails, and is reported, but does not
+/// take the configuration off); the surplus instance is reported without failing the pass; once the pool fits
+/// again Degraded turns False and the new instance gets its address.
+async fn surge_upgrade_keeps_the_configuration(with_gateway_pool: bool) {
+    use k8s_openapi::api::core::v1::Node;
+    use operator::status::DEGRADED;
+
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    let nodes: Api<Node> = Api::all(w.client.clone());
+    if with_gateway_pool {
+        create_pool(&pools, "gateway", "gateway").await;
+    }
+    for i in 0..2 {
+        nodes
+            .create(&PostParams::default(), &gateway_node(i))
+            .await
+            .expect("node");
+    }
+    create_sgc(&sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let provisioned = sgcs.get("a").await.expect("a");
+    assert_eq!(condition(&provisioned, READY), Some(("True", "Provisioned")));
+    let azure_before = azure_except_instance(&w.azure, 2);
+
+    // The surge: a third node, and its instance, made from the model, whose public IP the /31 cannot hold.
+    nodes
+        .create(&PostParams::default(), &gateway_node(2))
+        .await
+        .expect("node");
+    let added = w
+        .azure
+        .with_state(|s| s.world.add_vmss_instance("node-rg", GATEWAY_VMSS, 2));
+    let refused = added.expect_err("a /31 prefix has no third address");
+    assert!(
+        refused.to_string().contains("PublicIPPrefixOutOfIpAddresses"),
+        "{refused}"
+    );
+    let surplus = w.azure.with_state(|s| {
+        let id = s.world.resource_id(
+            "node-rg",
+            "Microsoft.Compute/virtualMachineScaleSets",
+            GATEWAY_VMSS,
+        );
+        let id = format!("{id}/virtualMachines/2");
+        s.world.set_provisioning_state(&id, "Failed");
+        id
+    });
+    w.op.reconcile_pools(None)
+        .await
+        .expect("the surplus instance fails neither the pass nor the others");
+
+    assert_eq!(
+        azure_except_instance(&w.azure, 2),
+        azure_before,
+        "rule, probe, port, frontend, backend, ipConfigs and prefix are as they were"
+    );
+    let a = sgcs.get("a").await.expect("a");
+    let (before, now) = (
+        provisioned.status.clone().expect("status"),
+        a.status.clone().expect("status"),
+    );
+    assert_eq!(now.gateway_server_profile, before.gateway_server_profile);
+    assert_eq!(now.egress_ip_prefix, before.egress_ip_prefix);
+    assert_eq!(now.gateway_vm_profiles, before.gateway_vm_profiles);
+    assert_eq!(condition(&a, ACCEPTED), Some(("True", "Accepted")));
+    assert_eq!(condition(&a, READY), Some(("True", "Provisioned")));
+    let (status, reason, message) = condition_message(&a, DEGRADED).expect("Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "PoolExceedsPrefix"));
+    for part in [
+        "node pool gateway",
+        "3 gateway nodes",
+        "/31",
+        "2 addresses",
+        "aks-gateway-12345678-vmss000002",
+        "PublicIPPrefixOutOfIpAddressesForPublicIPAddress",
+    ] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    let warned = common::event_about(&w.client, &w.app, "a", "PoolExceedsPrefix").await;
+    assert_eq!(warned.type_.as_deref(), Some("Warning"));
+    let note = warned.note.unwrap_or_default();
+    assert!(
+        note.contains("node pool gateway") && note.contains("3 gateway nodes") && note.contains("holds 2"),
+        "{note}"
+    );
+    if with_gateway_pool {
+        let p = pools.get("gateway").await.expect("pool");
+        let st = p.status.expect("pool status");
+        let surplus = st
+            .instances
+            .iter()
+            .find(|i| i.name == "aks-gateway-12345678-vmss000002")
+            .expect("the surplus instance is listed");
+        assert!(!surplus.ready, "{surplus:?}");
+    }
+
+    // The surge ends: an old node and its instance go, the new instance gets the freed address.
+    nodes
+        .delete(&format!("{GATEWAY_VMSS}000000"), &DeleteParams::default())
+        .await
+        .expect("delete node");
+    w.azure
+        .with_state(|s| s.world.remove_vmss_instance("node-rg", GATEWAY_VMSS, 0))
+        .expect("scale-in");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let a = sgcs.get("a").await.expect("a");
+    assert_eq!(condition(&a, DEGRADED), Some(("False", "AsExpected")));
+    assert_eq!(condition(&a, READY), Some(("True", "Provisioned")));
+    let st = a.status.expect("status");
+    assert_eq!(
+        st.gateway_vm_profiles
+            .iter()
+            .map(|p| p.node_name.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "aks-gateway-12345678-vmss000001",
+            "aks-gateway-12345678-vmss000002"
+        ]
+    );
+    assert_eq!(st.egress_ip_prefix, before.egress_ip_prefix, "the same prefix");
+    assert_eq!(
+        st.gateway_server_profile, before.gateway_server_profile,
+        "same frontend and port"
+    );
+    let instance = w
+        .azure
+        .with_state(|s| s.world.get(&surplus).cloned())
+        .expect("instance");
+    assert_ne!(instance["properties"]["provisioningState"], "Failed");
+}
+
+#[tokio::test]
+async fn a_surge_upgrade_keeps_a_configuration_on_a_gateway_pool() {
+    surge_upgrade_keeps_the_configuration(true).await;
+}
+
+#[tokio::test]
+async fn a_surge_upgrade_keeps_a_configuration_on_a_node_pool_without_gateway_pool() {
+    surge_upgrade_keeps_the_configuration(false).await;
+}
+
+/// Private-IP mode: a new instance still without the configuration's secondary IP (here ARM refuses its
+/// update for a while) does not take the configuration off the instances that have theirs. The status keeps
+/// listing their addresses and stays ready, Degraded names the instance; once it has its address, the
+/// address is added and Degraded turns False.
+#[tokio::test]
+async fn a_private_configuration_stays_ready_while_a_new_instance_lacks_its_address() {
+    use operator::status::DEGRADED;
+
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_private_sgc(&sgcs).await;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let converged = sgcs.get("private").await.expect("get");
+    assert_eq!(condition(&converged, READY), Some(("True", "Provisioned")));
+    let two = converged.status.clone().expect("status");
+    assert_eq!(two.gateway_vm_profiles.len(), 2);
+    let listed = |st: &api::StaticGatewayConfigurationStatus| {
+        st.egress_ip_prefix
+            .clone()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&two).len(), 2);
+
+    // A third instance, made from a model without the configuration's ipConfiguration, whose update ARM
+    // refuses for now.
+    let id = w.azure.with_state(|s| {
+        s.world
+            .add_vmss_instance("node-rg", GATEWAY_VMSS, 2)
+            .expect("scale-out");
+        let vmss = s.world.resource_id(
+            "node-rg",
+            "Microsoft.Compute/virtualMachineScaleSets",
+            GATEWAY_VMSS,
+        );
+        format!("{vmss}/virtualMachines/2")
+    });
+    let mut instance = w
+        .azure
+        .with_state(|s| s.world.get(&id).cloned())
+        .expect("instance");
+    let configs = instance
+        .pointer_mut("/properties/networkProfileConfiguration/networkInterfaceConfigurations/0/properties/ipConfigurations")
+        .and_then(serde_json::Value::as_array_mut)
+        .expect("ipConfigurations");
+    configs.retain(|c| {
+        !c["name"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("egressgateway-")
+    });
+    w.azure
+        .patch_resource(&id, &json!({"properties": instance["properties"].clone()}))
+        .expect("patch");
+    w.azure
+        .inject_fault(testbed::azure::FaultSpec::new(
+            "PUT",
+            "(?i)/virtualMachines/2$",
+            100,
+            409,
+            "OperationNotAllowed",
+        ))
+        .expect("fault");
+    w.op.reconcile_pools(None)
+        .await
+        .expect("one instance's refused update fails neither the pass nor the others");
+    let s = sgcs.get("private").await.expect("get");
+    let st = s.status.clone().expect("status");
+    assert_eq!(
+        listed(&st),
+        listed(&two),
+        "the two addresses that exist, as before"
+    );
+    assert_eq!(st.gateway_vm_profiles, two.gateway_vm_profiles);
+    assert!(st.is_ready_for_pods());
+    assert_eq!(condition(&s, READY), Some(("True", "Provisioned")));
+    let (status, reason, message) = condition_message(&s, DEGRADED).expect("Degraded");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "InstancesWithoutEgressIp")
+    );
+    assert!(
+        message.contains("aks-gateway-12345678-vmss000002") && message.contains("OperationNotAllowed"),
+        "{message}"
+    );
+
+    // ARM takes the update again: the third address is added.
+    w.azure.with_state(|s| s.clear_faults());
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let s = sgcs.get("private").await.expect("get");
+    let st = s.status.clone().expect("status");
+    let three = listed(&st);
+    assert_eq!(three.len(), 3, "{three:?}");
+    assert!(listed(&two).iter().all(|ip| three.contains(ip)), "{three:?}");
+    assert_eq!(
+        st.gateway_vm_profiles
+            .iter()
+            .map(|p| p.secondary_ip.clone())
+            .collect::<Vec<_>>(),
+        three,
+        "listed in node order"
+    );
+    assert_eq!(condition(&s, DEGRADED), Some(("False", "AsExpected")));
+    assert_eq!(condition(&s, READY), Some(("True", "Provisioned")));
 }

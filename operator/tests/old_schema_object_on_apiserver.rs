@@ -5,7 +5,6 @@
 //! with azure-sim. Its own test binary (and control plane): it replaces the CRDs, which are cluster-wide.
 
 use api::StaticGatewayConfiguration;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -156,18 +155,7 @@ async fn a_configuration_the_current_schema_refuses_only_affects_itself() {
     assert!(old.status.is_none(), "nothing could be written to `old`");
 
     // `old` says why, on itself: a Warning Event naming the refused write and the schema's reason.
-    let events: Api<Event> = Api::namespaced(client.clone(), &app);
-    let warned = events
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .find(|e| {
-            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("old")
-                && e.reason.as_deref() == Some(REASON_WRITE_FAILED)
-        })
-        .expect("a WriteFailed Event on `old`");
+    let warned = common::event_about(&client, &app, "old", REASON_WRITE_FAILED).await;
     assert_eq!(warned.type_.as_deref(), Some("Warning"));
     let note = warned.note.unwrap_or_default();
     assert!(

@@ -80,7 +80,8 @@ async fn start(recheck: Duration, on: On) -> World {
     let mut other = seed.vm_scale_sets[0].clone();
     other.name = VMSS_B.into();
     other.pool_name = "other".into();
-    // Room for a third node (a /31 fits two: a third would break rule 4 and take the configuration off).
+    // Room for a third node (a /31 fits two: a third would break rule 4, and the configuration would report
+    // Degraded, which these request counts do not want).
     other.gateway_prefix_size = Some(30);
     seed.vm_scale_sets.push(other);
     let azure = AzureSim::start(&seed).await.expect("azure-sim");

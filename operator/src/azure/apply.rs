@@ -149,7 +149,17 @@ fn with_nic_configs(read: &Value, ptr: &str, desired: &crate::desired::Nic) -> O
     Some(body)
 }
 
+/// Whether ARM refused an instance or NIC update for that instance alone (a 4xx other than a stale ETag or
+/// throttling: e.g. `PublicIPPrefixOutOfIpAddressesForPublicIPAddress` for the node a full prefix has no
+/// address for). Such a refusal is that instance's: it is reported for it, and the rest of the plan goes on.
+fn refused_for_this_target(e: &ArmError) -> bool {
+    e.status
+        .is_some_and(|s| (400..500).contains(&s) && !e.is_precondition_failed() && !e.is_throttled())
+}
+
 /// Applies a plan in dependency order, adding the ARM writes made to `writes` (also when it fails half-way).
+/// An instance (or NIC) update ARM refuses for that instance alone goes to `failed_updates` (by target) and
+/// does not stop the plan: one node a full prefix has no address for must not hold up, or undo, the others.
 /// Writes to objects the operator shares (load balancer, scale set, instances, NICs) carry the ETag read in
 /// `observed`: a concurrent change fails them with 412 instead of being overwritten.
 pub async fn apply(
@@ -159,6 +169,7 @@ pub async fn apply(
     observed: &Observed,
     plan: &PoolPlan,
     writes: &mut usize,
+    failed_updates: &mut BTreeMap<String, ArmError>,
 ) -> ArmResult<()> {
     let rg = &cfg.resource_group;
     let jobs: Vec<(String, Value)> = plan
@@ -229,11 +240,11 @@ pub async fn apply(
             });
         }
     }
-    let updates: Vec<ArmResult<()>> = futures::stream::iter(nic_writes.into_iter().map(|w| {
+    let updates: Vec<(String, ArmResult<()>)> = futures::stream::iter(nic_writes.into_iter().map(|w| {
         let (arm, pool) = (arm.clone(), pool.clone());
         async move {
             let expect = expect_of(&w.read);
-            match pool.pool.kind {
+            let result = match pool.pool.kind {
                 PoolKind::Vmss => {
                     arm.put_instance(&pool.resource_group, &pool.name, &w.target, &w.body, expect)
                         .await
@@ -242,13 +253,23 @@ pub async fn apply(
                     .put_nic(&pool.resource_group, &w.target, &w.body, expect)
                     .await
                     .map(|_| ()),
-            }
+            };
+            (w.target, result)
         }
     }))
     .buffer_unordered(NIC_UPDATE_CONCURRENCY)
     .collect()
     .await;
-    tally(updates, writes)?;
+    let mut pool_wide = Vec::new();
+    for (target, result) in updates {
+        match result {
+            Err(e) if refused_for_this_target(&e) => {
+                failed_updates.insert(target, e);
+            }
+            other => pool_wide.push(other),
+        }
+    }
+    tally(pool_wide, writes)?;
     if !lb_first {
         *writes += write_lb(arm, cfg, observed.lb.as_ref(), &plan.lb).await?;
     }
@@ -280,6 +301,9 @@ pub struct PoolOutcome {
     pub facts: BTreeMap<String, ConfigFacts>,
     /// The pool's Azure state after the writes (GatewayPool status).
     pub state: AzureState,
+    /// Instance (VMSS instance ID) or NIC (VM pool) updates ARM refused for that target alone, in the last
+    /// round: the rest of the plan was applied.
+    pub failed_updates: BTreeMap<String, ArmError>,
 }
 
 /// Read, plan, apply, re-read. `byo_cidrs` are the CIDRs of BYO prefixes (read and length-checked by the caller).
@@ -296,6 +320,7 @@ pub async fn reconcile(
 ) -> Result<PoolOutcome, PoolError> {
     let env = env_of(cfg, probe_port);
     let writes = std::sync::atomic::AtomicUsize::new(0);
+    let failed_updates = std::sync::Mutex::new(BTreeMap::new());
     let (applied, refetches) = replanning(|| async {
         let observed = observe_in(arm, cfg, pool, configs, reads).await?;
         let plan = plan_pool(&pool.pool, configs, &observed.state, &env)?;
@@ -303,9 +328,12 @@ pub async fn reconcile(
             return Ok((plan, observed));
         }
         let mut made = 0;
-        let applied = apply(arm, cfg, pool, &observed, &plan, &mut made).await;
+        let mut failed = BTreeMap::new();
+        let applied = apply(arm, cfg, pool, &observed, &plan, &mut made, &mut failed).await;
+        let refused = !failed.is_empty();
+        *failed_updates.lock().unwrap_or_else(|p| p.into_inner()) = failed;
         writes.fetch_add(made, std::sync::atomic::Ordering::Relaxed);
-        if made > 0 || applied.is_err() {
+        if made > 0 || refused || applied.is_err() {
             reads.forget();
         }
         applied.map(|()| (plan, observed)).map_err(PoolError::from)
@@ -343,6 +371,7 @@ pub async fn reconcile(
         refetches,
         facts,
         state: after.state,
+        failed_updates: failed_updates.into_inner().unwrap_or_else(|p| p.into_inner()),
     })
 }
 

@@ -95,3 +95,25 @@ pub fn ready_node(name: &str, labels: serde_json::Value) -> Node {
     }))
     .expect("node")
 }
+
+/// The Event with `reason` about object `name` in `namespace`; panics naming both when there is none.
+pub async fn event_about(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> k8s_openapi::api::events::v1::Event {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(client.clone(), namespace);
+    events
+        .list(&kube::api::ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .find(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                && e.reason.as_deref() == Some(reason)
+        })
+        .unwrap_or_else(|| panic!("no {reason} Event on {namespace}/{name}"))
+}

@@ -77,12 +77,9 @@ impl World {
         Ok(stored)
     }
 
-    pub(crate) fn add_vmss_instance(
-        &mut self,
-        rg: &str,
-        vmss: &str,
-        instance: u32,
-    ) -> Result<Value, ArmError> {
+    /// Adds instance `instance` to a scale set, from its model (a scale-out, as an AKS surge upgrade makes);
+    /// fails, keeping the instance without addresses, when they cannot be allocated (a full prefix).
+    pub fn add_vmss_instance(&mut self, rg: &str, vmss: &str, instance: u32) -> Result<Value, ArmError> {
         let vmss_id = self.resource_id(rg, VMSS_TYPE, vmss);
         let model = self.get_or_404(&vmss_id)?;
         let iid = instance.to_string();
@@ -102,6 +99,16 @@ impl World {
         self.store(&id, v);
         self.apply_instance_network(&id)?;
         self.get_or_404(&id)
+    }
+
+    /// Removes instance `instance` of a scale set and releases its addresses (a scale-in, as the end of an AKS
+    /// surge upgrade makes).
+    pub fn remove_vmss_instance(&mut self, rg: &str, vmss: &str, instance: u32) -> Result<(), ArmError> {
+        let id = format!("{}/virtualMachines/{instance}", self.id_in(rg, VMSS_TYPE, vmss)?);
+        self.get_or_404(&id)?;
+        self.reconcile_addresses(&format!("{id}/"), &[], &[])?;
+        self.resources.remove(&key(&id));
+        Ok(())
     }
 
     /// Allocates the addresses the instance's NIC configurations need and refreshes `networkProfile`.
