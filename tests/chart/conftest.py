@@ -15,8 +15,9 @@ try:
     import helm_python as helm
 except ImportError as exc:  # pragma: no cover - environment problem, reported loudly
     raise SystemExit(
-        "helm-python-sdk is not installed: run scripts/install-deps.sh "
-        f"(pip install -r tests/chart/requirements.txt): {exc}"
+        "helm-python-sdk is not installed in this Python: run scripts/install-deps.sh, which installs "
+        "tests/chart/requirements.txt into .venv, and the tests with .venv/bin/python3 (scripts/test.sh does): "
+        f"{exc}"
     ) from exc
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
