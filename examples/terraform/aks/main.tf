@@ -167,23 +167,17 @@ resource "azurerm_kubernetes_cluster_node_pool" "gw" {
 # the load balancer, public IP prefixes and the gateway scale set in the node resource group, and the subnet.
 locals {
   operator_identity = azurerm_kubernetes_cluster.aks.kubelet_identity[0]
+  operator_roles = {
+    node_network = { scope = azurerm_kubernetes_cluster.aks.node_resource_group_id, role = "Network Contributor" }
+    node_vms     = { scope = azurerm_kubernetes_cluster.aks.node_resource_group_id, role = "Virtual Machine Contributor" }
+    subnet       = { scope = azurerm_virtual_network.vnet.id, role = "Network Contributor" }
+  }
 }
 
-resource "azurerm_role_assignment" "operator_node_network" {
-  scope                = azurerm_kubernetes_cluster.aks.node_resource_group_id
-  role_definition_name = "Network Contributor"
-  principal_id         = local.operator_identity.object_id
-}
-
-resource "azurerm_role_assignment" "operator_node_vms" {
-  scope                = azurerm_kubernetes_cluster.aks.node_resource_group_id
-  role_definition_name = "Virtual Machine Contributor"
-  principal_id         = local.operator_identity.object_id
-}
-
-resource "azurerm_role_assignment" "operator_subnet" {
-  scope                = azurerm_virtual_network.vnet.id
-  role_definition_name = "Network Contributor"
+resource "azurerm_role_assignment" "operator" {
+  for_each             = local.operator_roles
+  scope                = each.value.scope
+  role_definition_name = each.value.role
   principal_id         = local.operator_identity.object_id
 }
 
@@ -247,11 +241,7 @@ resource "helm_release" "kube_egress_gateway" {
 
   # The operator's roles exist before it starts, and outlive it on destroy (its finalizers release Azure
   # resources with them).
-  depends_on = [
-    azurerm_role_assignment.operator_node_network,
-    azurerm_role_assignment.operator_node_vms,
-    azurerm_role_assignment.operator_subnet,
-  ]
+  depends_on = [azurerm_role_assignment.operator]
 }
 
 resource "kubernetes_namespace_v1" "app" {
