@@ -14,6 +14,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 scripts/install-deps.sh
+# The lab renders the chart with python3 (scripts/render-chart.py): the project's environment has the Helm SDK.
+source scripts/python-env.sh
 profile="${LAB_PROFILE:-dev}"
 if [ "$profile" = "release" ]; then
     flag=--release

@@ -24,6 +24,8 @@ shopt -s inherit_errexit
 root="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=../release.env
 source "$root/release.env"
+# The Helm SDK is in the project's Python environment (scripts/install-deps.sh).
+source "$root/scripts/python-env.sh"
 images=(kube-egress-gateway-operator kube-egress-gateway-webhook kube-egress-gateway-agent)
 
 build() {

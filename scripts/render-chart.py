@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 
-import helm_python as helm
-import yaml
+try:
+    import helm_python as helm
+    import yaml
+except ImportError:
+    # Started with a Python that lacks the Helm SDK (e.g. `python3` outside scripts/python-env.sh): run again
+    # with the project's environment, which scripts/install-deps.sh makes.
+    _venv = pathlib.Path(os.environ.get("KEG_VENV") or pathlib.Path(__file__).resolve().parents[1] / ".venv")
+    _python = _venv / "bin" / "python3"
+    if _python.exists() and pathlib.Path(sys.prefix).resolve() != _venv.resolve():
+        os.execv(_python, [str(_python), __file__, *sys.argv[1:]])
+    raise SystemExit(f"render-chart: the Helm SDK is not installed in {sys.prefix}: run scripts/install-deps.sh")
 
 CHART = pathlib.Path(__file__).resolve().parents[1] / "charts" / "kube-egress-gateway"
 

@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
+# python3 is the project's virtual environment's from here on (pytest, the Helm SDK; the lab and release.sh too).
+source scripts/python-env.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

@@ -15,8 +15,9 @@ try:
     import helm_python as helm
 except ImportError as exc:  # pragma: no cover - environment problem, reported loudly
     raise SystemExit(
-        "helm-python-sdk is not installed: run scripts/install-deps.sh "
-        f"(pip install -r tests/chart/requirements.txt): {exc}"
+        "helm-python-sdk is not installed in this Python: run scripts/install-deps.sh, which installs "
+        "tests/chart/requirements.txt into .venv, and the tests with .venv/bin/python3 (scripts/test.sh does): "
+        f"{exc}"
     ) from exc
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -79,6 +80,23 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             }
         }
     },
+    # Azure Workload Identity: its webhook injects the client, tenant and token file into the operator's pod.
+    "workload-identity": {
+        "gatewayControllerManager": {
+            "podLabels": {"azure.workload.identity/use": "true"},
+            "serviceAccount": {"annotations": {"azure.workload.identity/client-id": "11111111-2222-3333-4444-555555555555"}},
+        },
+        "config": {
+            "azureCloudConfig": {
+                "subscriptionId": "00000000-0000-0000-0000-000000000001",
+                "useFederatedWorkloadIdentityExtension": True,
+                "resourceGroup": "mc_rg",
+                "location": "westeurope",
+            }
+        },
+    },
+    # The cloud configuration (e.g. with a service principal's secret) in a Secret the platform team manages.
+    "existing-cloud-config": {"config": {"existingSecret": {"name": "corp-azure-cloud-config", "key": "cloud.json"}}},
 }
 
 

@@ -319,6 +319,23 @@ def test_cni_uninstall_switch() -> None:
 
 def test_operator_reads_cloud_config_secret(scenario: str) -> None:
     objs = scenario_objects(scenario)
+    existing = SCENARIOS[scenario].get("config", {}).get("existingSecret")
+    if existing:
+        # A Secret the user manages: the chart renders none and mounts theirs, its key at the flag's path.
+        assert not find(objs, "Secret", "kube-egress-gateway-azure-cloud-config")
+        dep = one(objs, "Deployment", "kube-egress-gateway-operator")
+        pod = dep["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "cloud-config")
+        vol = next(v for v in pod["volumes"] if v["name"] == "cloud-config")
+        assert vol["secret"] == {
+            "secretName": existing["name"],
+            "items": [{"key": existing["key"], "path": "azure-cloud-config.json"}],
+        }
+        assert args_map(c)["--cloud-config"] == f"{mount['mountPath']}/azure-cloud-config.json"
+        # The chart cannot see the Secret's content, so no checksum pretends to track it.
+        assert "checksum/cloud-config" not in dep["spec"]["template"]["metadata"].get("annotations", {})
+        return
     secret = one(objs, "Secret", "kube-egress-gateway-azure-cloud-config")
     config = json.loads(base64.b64decode(secret["data"]["azure-cloud-config.json"]))
     expected = {
@@ -338,6 +355,41 @@ def test_operator_reads_cloud_config_secret(scenario: str) -> None:
     assert vol["secret"]["secretName"] == secret["metadata"]["name"]
     assert args_map(c)["--cloud-config"] == f"{mount['mountPath']}/azure-cloud-config.json"
     assert "--leader-elect" in args_map(c) and args_map(c)["--leader-election-namespace"] == NAMESPACE
+    assert "checksum/cloud-config" in dep["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_workload_identity_labels_the_operator_pod_and_annotates_its_service_account() -> None:
+    objs = scenario_objects("workload-identity")
+    dep = one(objs, "Deployment", "kube-egress-gateway-operator")
+    template = dep["spec"]["template"]
+    # Azure Workload Identity's webhook mutates pods with this label, using the client ID on their account.
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    # The extra label never replaces the selector's.
+    for key, value in dep["spec"]["selector"]["matchLabels"].items():
+        assert template["metadata"]["labels"][key] == value
+    account = one(objs, "ServiceAccount", template["spec"]["serviceAccountName"])
+    assert account["metadata"]["annotations"] == {
+        "azure.workload.identity/client-id": "11111111-2222-3333-4444-555555555555"
+    }
+    secret = one(objs, "Secret", "kube-egress-gateway-azure-cloud-config")
+    config = json.loads(base64.b64decode(secret["data"]["azure-cloud-config.json"]))
+    assert config["useFederatedWorkloadIdentityExtension"] is True
+    assert config["useManagedIdentityExtension"] is False and config["aadClientSecret"] == ""
+    # Only the operator talks to Azure: the other components' pods and accounts stay as they were.
+    for w in workloads(objs):
+        if w["metadata"]["name"] != "kube-egress-gateway-operator":
+            assert "azure.workload.identity/use" not in w["spec"]["template"]["metadata"]["labels"]
+    default = one(scenario_objects("default"), "ServiceAccount", "kube-egress-gateway-operator")
+    assert "annotations" not in default["metadata"]
+
+
+def test_operator_pod_annotations_are_added_to_the_chart_s_own() -> None:
+    from conftest import objects
+
+    dep = one(objects({"gatewayControllerManager": {"podAnnotations": {"example.com/team": "net"}}}), "Deployment", "kube-egress-gateway-operator")
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["example.com/team"] == "net"
+    assert "checksum/cloud-config" in annotations
 
 
 def test_images() -> None:
@@ -385,6 +437,11 @@ def test_notes_render() -> None:
     notes = render()["kube-egress-gateway/templates/NOTES.txt"]
     assert "kube-egress-gateway-webhook" in notes and "certificates: selfSigned" in notes
     assert "WARNING" not in notes
+    # The prefix-size tag is needed only by a node pool no GatewayPool describes.
+    assert "GatewayPool describing its node pool (spec.publicIpPrefixSize); only a node pool without a GatewayPool needs\nthe Azure tag aks-managed-gatewayIPPrefixSize" in notes
+    existing = render(SCENARIOS["existing-cloud-config"])["kube-egress-gateway/templates/NOTES.txt"]
+    assert "from Secret corp-azure-cloud-config (key cloud.json)" in existing and "rollout restart" in existing
+    assert "Secret corp-azure-cloud-config" not in notes
     assert "WARNING: webhook.replicas is 1" in render({"webhook": {"replicas": 1}})["kube-egress-gateway/templates/NOTES.txt"]
 
 

@@ -42,6 +42,18 @@ INVALID = [
     ({"gatewayDaemonManager": {"wireguardBackend": "wireguard-go"}}, "/gatewayDaemonManager/wireguardBackend"),
     ({"config": {"azureCloudConfig": {"subscriptionId": "my-sub"}}}, "/config/azureCloudConfig/subscriptionId"),
     ({"config": {"azureCloudConfig": {"useManagedIdentityExtension": "true"}}}, "/config/azureCloudConfig/useManagedIdentityExtension"),
+    (
+        {"config": {"azureCloudConfig": {"useFederatedWorkloadIdentityExtension": "yes"}}},
+        "/config/azureCloudConfig/useFederatedWorkloadIdentityExtension",
+    ),
+    ({"config": {"existingSecret": {"name": "Corp_Config"}}}, "/config/existingSecret/name"),
+    ({"config": {"existingSecret": {"name": "corp", "key": "../cloud.json"}}}, "/config/existingSecret/key"),
+    ({"config": {"existingSecret": {"name": "corp", "key": ""}}}, "/config/existingSecret/key"),
+    ({"config": {"existingSecret": {"secretName": "corp"}}}, "at '/config/existingSecret': additional properties 'secretName'"),
+    ({"gatewayControllerManager": {"podLabels": {"azure.workload.identity/use": True}}}, "/gatewayControllerManager/podLabels/azure.workload.identity~1use"),
+    ({"gatewayControllerManager": {"podAnnotations": {"a": 1}}}, "/gatewayControllerManager/podAnnotations/a"),
+    ({"gatewayControllerManager": {"serviceAccount": {"name": "mine"}}}, "at '/gatewayControllerManager/serviceAccount': additional properties 'name'"),
+    ({"gatewayControllerManager": {"serviceAccount": {"annotations": {"azure.workload.identity/client-id": 7}}}}, "/gatewayControllerManager/serviceAccount/annotations"),
 ]
 
 
@@ -58,6 +70,18 @@ CONFLICTS = [
     ({"gatewayCNIManager": {"healthProbeBindPort": 8081}}, "gatewayCNIManager.healthProbeBindPort"),
     ({"gatewayControllerManager": {"healthProbeBindPort": 8080}}, "gatewayControllerManager.metricsBindPort and healthProbeBindPort"),
     ({"webhook": {"metricsPort": 9443}}, "webhook.port and webhook.metricsPort"),
+    (
+        {"gatewayControllerManager": {"podLabels": {"app.kubernetes.io/component": "mine"}}},
+        "gatewayControllerManager.podLabels.app.kubernetes.io/component: the chart sets this selector label itself",
+    ),
+    (
+        {"gatewayControllerManager": {"podAnnotations": {"checksum/cloud-config": "x"}}},
+        "gatewayControllerManager.podAnnotations.checksum/cloud-config",
+    ),
+    (
+        {"config": {"existingSecret": {"name": "corp"}, "azureCloudConfig": {"aadClientSecret": "s3cret"}}},
+        "config.existingSecret.name and config.azureCloudConfig.aadClientSecret are both set",
+    ),
 ]
 
 

@@ -45,7 +45,10 @@ imageTag win over common's; an empty tag means the chart's appVersion. */}}
 {{ include "keg.webhook.name" . }}-tls
 {{- end -}}
 {{- end -}}
-{{- define "keg.cloudConfigSecret" -}}{{ include "keg.name" . }}-azure-cloud-config{{- end -}}
+{{/* The Secret the operator reads its cloud configuration from: config.existingSecret, or the chart's own. */}}
+{{- define "keg.cloudConfigSecret" -}}
+{{- default (printf "%s-azure-cloud-config" (include "keg.name" .)) .Values.config.existingSecret.name -}}
+{{- end -}}
 
 {{/* The node agent's identity, the only user allowed to write PodEndpoints. */}}
 {{- define "keg.nodeAgent.user" -}}
