@@ -335,6 +335,7 @@ impl Lab {
                                 .trim_end_matches("/32")
                                 .parse()
                                 .expect("pod ip"),
+                            created: pe.metadata.creation_timestamp.as_ref().map(|t| t.0),
                         })
                         .collect(),
                 })
