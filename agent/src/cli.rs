@@ -13,7 +13,7 @@ use crate::gateway::probe::{self, ProbeState};
 use crate::gateway::run::GatewayLoop;
 use crate::gateway::select::NodeSettings;
 use crate::gateway::tunnels::{TunnelReader, TunnelView, drain, run_metrics};
-use crate::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting};
+use crate::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting, watch_gateway_keys};
 use crate::node::peer_watch::{self, WatchSettings};
 use anyhow::Context as _;
 use clap::ValueEnum;
@@ -324,10 +324,14 @@ impl RunContext<'_> {
                 netns_dir: args.pod_netns_dir.clone(),
                 skip_netns: args.netns_name.clone(),
             };
+            let (keys_tx, keys_rx) = watch::channel(Default::default());
+            self.tasks
+                .spawn(watch_gateway_keys(self.client.clone(), keys_tx, stop_rx.clone()).map(Ok));
             self.tasks.spawn(
                 peer_watch::run(
                     WatchSettings::default(),
                     devices,
+                    keys_rx,
                     metrics.clone(),
                     stop_rx.clone(),
                 )

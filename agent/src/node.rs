@@ -5,6 +5,7 @@
 pub mod kube_cluster;
 pub mod ownership;
 pub mod peer_watch;
+pub mod rekey;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;

@@ -6,11 +6,15 @@ use std::sync::Arc;
 use api::internal::{PodEndpoint, PodEndpointSpec};
 use api::names::CNI_NOT_READY_TAINT;
 use api::sgc::StaticGatewayConfiguration;
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Taint};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, Client};
+use tokio::sync::watch;
 
 use super::ownership::{self, Sandbox};
+use super::rekey::GatewayKeys;
 use super::{Cluster, Deletion};
 use crate::error::ClusterError;
 use crate::metrics::{Metrics, PodEndpointLabels};
@@ -189,6 +193,41 @@ impl Cluster for KubeCluster {
                 self.failed(pod, "delete");
                 Err(ClusterError::api(format!("delete PodEndpoint {pod}"))(e))
             }
+        }
+    }
+}
+
+/// Keeps `keys` at the gateway keys the configurations publish (a watch of them) until `stop`: the pod tunnel
+/// watch re-keys running pods from it after a key rotation.
+pub async fn watch_gateway_keys(
+    client: Client,
+    keys: watch::Sender<GatewayKeys>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (store, writer) = reflector::store::<StaticGatewayConfiguration>();
+    let mut events = Box::pin(
+        reflector::reflector(writer, watcher(Api::all(client), watcher::Config::default())).default_backoff(),
+    );
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                None => {
+                    tracing::warn!("configuration watch ended: running pods no longer follow key rotations");
+                    return;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "configuration watch"),
+                Some(Ok(_)) => {
+                    let sgcs: Vec<StaticGatewayConfiguration> =
+                        store.state().iter().map(|s| (**s).clone()).collect();
+                    let now = GatewayKeys::of(&sgcs);
+                    keys.send_if_modified(|k| {
+                        let changed = *k != now;
+                        *k = now;
+                        changed
+                    });
+                }
+            },
+            _ = stop.wait_for(|v| *v) => return,
         }
     }
 }
