@@ -13,7 +13,8 @@ use agent::gateway::run::{GatewayLoop, PlanApplier};
 use agent::gateway::select::NodeSettings;
 use agent::imds::NodeIdentity;
 use agent::metrics::Metrics;
-use agent::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting};
+use agent::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting, watch_gateway_keys};
+use agent::node::rekey::GatewayKeys;
 use agent::node::{Cluster as _, Deletion, NicServer, ownership};
 use agent::object::NamespacedName;
 use api::{GatewayStatus, PodEndpoint, StaticGatewayConfiguration};
@@ -479,6 +480,54 @@ async fn node_mode_deletes_only_the_pod_endpoint_its_sandbox_made() {
         cluster.delete_pod_endpoint(&id, None).await.expect("delete"),
         Deletion::Absent
     );
+}
+
+/// Waits until `keys` has `key` for `endpoint`.
+async fn published(
+    keys: &mut tokio::sync::watch::Receiver<GatewayKeys>,
+    endpoint: &std::net::SocketAddr,
+    key: &str,
+    what: &str,
+) {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        keys.wait_for(|k| k.get(endpoint) == Some(key)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    .expect("the watch runs");
+}
+
+#[tokio::test]
+async fn node_mode_follows_the_gateway_keys_configurations_publish() {
+    let (_sim, client) = sim().await;
+    let (keys_tx, mut keys) = tokio::sync::watch::channel(GatewayKeys::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(watch_gateway_keys(client.clone(), keys_tx, stop));
+    let endpoint: std::net::SocketAddr = "10.0.0.100:6000".parse().expect("endpoint");
+    ready_sgc(&client, "gw1", 6000).await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(client.clone(), "default");
+    let first_key = sgcs
+        .get("gw1")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.gateway_server_profile)
+        .map(|p| p.public_key)
+        .expect("published key");
+    published(&mut keys, &endpoint, &first_key, "the configuration's key").await;
+    // Rotation: the operator publishes a new key.
+    let rotated = pubkey();
+    sgcs.patch_status(
+        "gw1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status":{"gatewayServerProfile":{"publicKey":rotated}}})),
+    )
+    .await
+    .expect("status");
+    published(&mut keys, &endpoint, &rotated, "the rotated key").await;
+    stop_tx.send(true).expect("stop");
+    task.await.expect("the watch stops");
 }
 
 #[tokio::test]

@@ -56,6 +56,11 @@ impl GatewayKeys {
         GatewayKeys { by_endpoint }
     }
 
+    /// The current key of the configuration whose WireGuard endpoint is `endpoint`, if known.
+    pub fn get(&self, endpoint: &SocketAddr) -> Option<&str> {
+        self.by_endpoint.get(endpoint).map(String::as_str)
+    }
+
     /// Whether no key is known (nothing to compare with).
     pub fn is_empty(&self) -> bool {
         self.by_endpoint.is_empty()
