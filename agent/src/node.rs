@@ -85,6 +85,23 @@ pub struct MemoryState {
     pub pod_endpoints: BTreeMap<NamespacedName, PodEndpoint>,
     /// Writes so far: the source of uids and resourceVersions.
     pub writes: u64,
+    /// Runs once right after the next PodEndpoint read, before the reader acts on it: where tests make a
+    /// concurrent writer's change land.
+    pub after_next_read: Option<fn(&mut MemoryState, &NamespacedName)>,
+}
+
+impl MemoryState {
+    /// Stores a PodEndpoint as the API server would: a new resourceVersion, its uid kept across updates.
+    pub fn put_pod_endpoint(&mut self, mut pe: PodEndpoint) {
+        let id = NamespacedName::of(&pe.metadata);
+        self.writes += 1;
+        pe.metadata.resource_version = Some(self.writes.to_string());
+        pe.metadata.uid = Some(match self.pod_endpoints.get(&id) {
+            Some(old) => old.metadata.uid.clone().unwrap_or_default(),
+            None => format!("memory-{}", self.writes),
+        });
+        self.pod_endpoints.insert(id, pe);
+    }
 }
 
 impl MemoryCluster {
@@ -116,20 +133,18 @@ impl Cluster for MemoryCluster {
         sandbox: &Sandbox,
     ) -> Result<(), ClusterError> {
         let owner = (!sandbox.pod_uid.is_empty()).then_some(sandbox.pod_uid.as_str());
-        let mut pe = ownership::pod_endpoint(pod, owner, spec, sandbox);
-        self.with(|s| {
-            s.writes += 1;
-            pe.metadata.resource_version = Some(s.writes.to_string());
-            pe.metadata.uid = Some(match s.pod_endpoints.get(pod) {
-                Some(old) => old.metadata.uid.clone().unwrap_or_default(),
-                None => format!("memory-{}", s.writes),
-            });
-            s.pod_endpoints.insert(pod.clone(), pe);
-        });
+        let pe = ownership::pod_endpoint(pod, owner, spec, sandbox);
+        self.with(|s| s.put_pod_endpoint(pe));
         Ok(())
     }
     async fn pod_endpoint(&self, pod: &NamespacedName) -> Result<Option<PodEndpoint>, ClusterError> {
-        Ok(self.with(|s| s.pod_endpoints.get(pod).cloned()))
+        Ok(self.with(|s| {
+            let read = s.pod_endpoints.get(pod).cloned();
+            if let Some(concurrently) = s.after_next_read.take() {
+                concurrently(s, pod);
+            }
+            read
+        }))
     }
     async fn delete_pod_endpoint(
         &self,
@@ -564,34 +579,34 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn a_del_from_another_sandbox_or_pod_leaves_the_pod_endpoint() {
+    /// A cluster and server where sandbox B of pod uid-2 has added ns/p.
+    async fn added_from_b() -> (MemoryCluster, NicServer<MemoryCluster>) {
         let c = cluster_with_gw();
         let srv = NicServer::new(c.clone());
-        // web-0 now runs in sandbox B (pod uid-2); sandbox A belonged to its former incarnation (uid-1).
         srv.nic_add(add_from(sandbox("sandbox-b", "uid-2")))
             .await
             .expect("NicAdd from B");
         assert_eq!(recorded_sandbox_of_p(&c).as_deref(), Some("sandbox-b"));
-        srv.nic_del(del_from(sandbox("sandbox-a", "uid-1")))
-            .await
-            .expect("a skipped DEL is no error");
-        assert_eq!(
-            recorded_sandbox_of_p(&c).as_deref(),
-            Some("sandbox-b"),
-            "a former pod's DEL"
-        );
-        srv.nic_del(del_from(sandbox("sandbox-a", "uid-2")))
-            .await
-            .expect("skipped");
-        srv.nic_del(del_from(sandbox("sandbox-a", "")))
-            .await
-            .expect("skipped");
-        assert_eq!(
-            recorded_sandbox_of_p(&c).as_deref(),
-            Some("sandbox-b"),
-            "an older sandbox of the same pod, with or without K8S_POD_UID"
-        );
+        (c, srv)
+    }
+
+    #[tokio::test]
+    async fn a_del_from_another_sandbox_or_pod_leaves_the_pod_endpoint() {
+        // ns/p now runs in sandbox B (pod uid-2); sandbox A belonged to its former incarnation (uid-1).
+        let (c, srv) = added_from_b().await;
+        for (from, why) in [
+            (sandbox("sandbox-a", "uid-1"), "a former pod's DEL"),
+            (sandbox("sandbox-a", "uid-2"), "an older sandbox of the same pod"),
+            (
+                sandbox("sandbox-a", ""),
+                "an older sandbox, from a runtime without K8S_POD_UID",
+            ),
+        ] {
+            srv.nic_del(del_from(from))
+                .await
+                .expect("a skipped DEL is no error");
+            assert_eq!(recorded_sandbox_of_p(&c).as_deref(), Some("sandbox-b"), "{why}");
+        }
         srv.nic_del(del_from(sandbox("sandbox-b", "uid-2")))
             .await
             .expect("own DEL");
@@ -606,11 +621,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_del_without_ids_deletes_by_name_as_older_plugins_expect() {
-        let c = cluster_with_gw();
-        let srv = NicServer::new(c.clone());
-        srv.nic_add(add_from(sandbox("sandbox-b", "uid-2")))
-            .await
-            .expect("NicAdd from B");
+        let (c, srv) = added_from_b().await;
         srv.nic_del(del_from(None)).await.expect("older plugin's DEL");
         assert!(c.with(|s| s.pod_endpoints.is_empty()));
         // An older plugin's ADD records no sandbox; a newer DEL of any sandbox then deletes by name.
@@ -622,64 +633,21 @@ mod tests {
         assert!(c.with(|s| s.pod_endpoints.is_empty()));
     }
 
-    /// A cluster where sandbox B re-creates ns/p right after the first read of it, before the delete.
-    struct RecreatedAfterRead {
-        inner: MemoryCluster,
-        reads: std::sync::atomic::AtomicU32,
-    }
-
-    #[tonic::async_trait]
-    impl Cluster for RecreatedAfterRead {
-        async fn pod_annotations(
-            &self,
-            pod: &NamespacedName,
-        ) -> Result<Option<BTreeMap<String, String>>, ClusterError> {
-            self.inner.pod_annotations(pod).await
-        }
-        async fn sgc(
-            &self,
-            config: &NamespacedName,
-        ) -> Result<Option<StaticGatewayConfiguration>, ClusterError> {
-            self.inner.sgc(config).await
-        }
-        async fn upsert_pod_endpoint(
-            &self,
-            pod: &NamespacedName,
-            spec: PodEndpointSpec,
-            sandbox: &Sandbox,
-        ) -> Result<(), ClusterError> {
-            self.inner.upsert_pod_endpoint(pod, spec, sandbox).await
-        }
-        async fn pod_endpoint(&self, pod: &NamespacedName) -> Result<Option<PodEndpoint>, ClusterError> {
-            let read = self.inner.pod_endpoint(pod).await?;
-            if self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                self.inner.with(|s| s.pod_endpoints.remove(pod));
-                let b = Sandbox::from_request(sandbox("sandbox-b", "uid-1"));
-                let spec = read.as_ref().map(|pe| pe.spec.clone()).unwrap_or_default();
-                self.inner.upsert_pod_endpoint(pod, spec, &b).await?;
-            }
-            Ok(read)
-        }
-        async fn delete_pod_endpoint(
-            &self,
-            pod: &NamespacedName,
-            expected: Option<&Preconditions>,
-        ) -> Result<Deletion, ClusterError> {
-            self.inner.delete_pod_endpoint(pod, expected).await
-        }
-    }
-
     #[tokio::test]
     async fn a_pod_endpoint_recreated_between_read_and_delete_is_judged_again() {
         let c = cluster_with_gw();
-        let racing = RecreatedAfterRead {
-            inner: c.clone(),
-            reads: Default::default(),
-        };
-        let srv = NicServer::new(racing);
+        let srv = NicServer::new(c.clone());
         srv.nic_add(add_from(sandbox("sandbox-a", "uid-1")))
             .await
             .expect("NicAdd from A");
+        // Sandbox B of the same pod re-creates it between A's read and A's delete.
+        c.with(|s| {
+            s.after_next_read = Some(|s, pod| {
+                let spec = s.pod_endpoints.remove(pod).map(|pe| pe.spec).unwrap_or_default();
+                let b = Sandbox::from_request(sandbox("sandbox-b", "uid-1"));
+                s.put_pod_endpoint(ownership::pod_endpoint(pod, Some("uid-1"), spec, &b));
+            })
+        });
         srv.nic_del(del_from(sandbox("sandbox-a", "uid-1")))
             .await
             .expect("DEL from A");

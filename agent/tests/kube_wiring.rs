@@ -277,17 +277,26 @@ fn pod_info(name: &str) -> Option<PodInfo> {
     })
 }
 
+/// Creates pod `name` in `default` with `annotations`.
+async fn create_pod(client: &Client, name: &str, annotations: serde_json::Value) -> Pod {
+    create(
+        client,
+        Some("default"),
+        json!({"apiVersion":"v1","kind":"Pod",
+               "metadata":{"name":name,"namespace":"default","annotations":annotations},
+               "spec":{"containers":[{"name":"c","image":"busybox"}]}}),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn node_mode_writes_pod_endpoints_owned_by_the_pod() {
     let (_sim, client) = sim().await;
     ready_sgc(&client, "gw1", 6000).await;
-    let pod: Pod = create(
+    let pod = create_pod(
         &client,
-        Some("default"),
-        json!({"apiVersion":"v1","kind":"Pod",
-               "metadata":{"name":"p","namespace":"default",
-                           "annotations":{"kubernetes.azure.com/static-gateway-configuration":"gw1"}},
-               "spec":{"containers":[{"name":"c","image":"busybox"}]}}),
+        "p",
+        json!({"kubernetes.azure.com/static-gateway-configuration":"gw1"}),
     )
     .await;
     let metrics = Arc::new(Metrics::default());
@@ -392,14 +401,7 @@ fn sandbox(container_id: &str, pod_uid: &str) -> Option<SandboxInfo> {
 async fn node_mode_deletes_only_the_pod_endpoint_its_sandbox_made() {
     let (_sim, client) = sim().await;
     ready_sgc(&client, "gw1", 6000).await;
-    let pod: Pod = create(
-        &client,
-        Some("default"),
-        json!({"apiVersion":"v1","kind":"Pod",
-               "metadata":{"name":"web-0","namespace":"default"},
-               "spec":{"containers":[{"name":"c","image":"busybox"}]}}),
-    )
-    .await;
+    let pod = create_pod(&client, "web-0", json!({})).await;
     let uid = pod.metadata.uid.clone().expect("pod uid");
     let cluster = KubeCluster::new(client.clone(), Arc::new(Metrics::default()));
     let srv = NicServer::new(cluster.clone());
