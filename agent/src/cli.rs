@@ -106,7 +106,8 @@ pub struct Args {
     /// Node mode: poll interval of the CNI configuration directory (ms).
     #[arg(long, env = "CNI_CONF_POLL_MS", default_value_t = 1000)]
     pub cni_conf_poll_ms: u64,
-    /// Node mode: restart a pod's tunnel session when it sends without hearing back (fast failover).
+    /// Node mode: restart a pod's tunnel session when it sends without hearing back (fast failover), and give
+    /// pods their gateway's current key after a key rotation.
     #[arg(long, env = "POD_TUNNEL_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     pub pod_tunnel_watch: bool,
     /// Node mode: where the pods' network namespaces are, for pods on kernel WireGuard (absent: userspace pods

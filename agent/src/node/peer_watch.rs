@@ -9,7 +9,8 @@
 //! delivers to the gateway that now has the flow. Only pods start handshakes; gateways still never do (see
 //! docs/performance.md, bug 2).
 //!
-//! [`PeerTrack::observe`] is the whole decision, as data; [`run`] reads the devices and applies it.
+//! [`PeerTrack::observe`] is the whole decision, as data; [`run`] reads the devices and applies it. [`run`]
+//! also gives pods their gateway's current key after a key rotation ([`super::rekey`]).
 //! Bounds, so that one-way streams and quiet pods cause no handshake storm:
 //! * a pod that sends nothing is never touched;
 //! * the silence that counts is relative to how long this pod usually waits for answers
