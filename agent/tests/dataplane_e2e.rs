@@ -354,9 +354,29 @@ fn running_pods_follow_a_gateway_key_rotation() {
         "the pod still has the old key: its egress is broken"
     );
 
-    let done = peer_watch::rekey_once(&devices, &keys());
-    assert_eq!(done.len(), 1, "{done:?}");
-    assert_eq!(done[0].error, None);
+    // The node agent's pod tunnel watch, given the configurations' keys as node mode's watch of them does.
+    let (keys_tx, keys_rx) = tokio::sync::watch::channel(GatewayKeys::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let watch = rt.spawn(peer_watch::run(
+        peer_watch::WatchSettings::default(),
+        devices.clone(),
+        keys_rx,
+        Arc::new(agent::metrics::Metrics::default()),
+        stop_rx,
+    ));
+    keys_tx.send(keys()).expect("the watch runs");
+    wait_until("the pod's peer has the new key", Duration::from_secs(5), || {
+        WireGuard::new(kind)
+            .device_stats(&handle)
+            .is_ok_and(|d| d.peers.iter().any(|p| p.peer.public_key == new_public))
+    });
+    stop_tx.send(true).expect("the watch runs");
+    rt.block_on(watch).expect("the watch stops");
     let after = WireGuard::new(kind).device_stats(&handle).expect("pod wg").peers;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].peer.public_key, new_public);
