@@ -79,6 +79,7 @@ fn peers_apply(lab: &mut Lab) {
             pod_endpoint: format!("default/p{i}"),
             public_key: dataplane::wg::PrivateKey::generate().public_base64(),
             pod_ip: Ipv4Addr::new(10, 250, (i / 250) as u8, (i % 250 + 1) as u8),
+            created: None,
         })
         .collect();
     let plan = gateway_plan(&full);

@@ -13,7 +13,7 @@ use crate::gateway::probe::{self, ProbeState};
 use crate::gateway::run::GatewayLoop;
 use crate::gateway::select::NodeSettings;
 use crate::gateway::tunnels::{TunnelReader, TunnelView, drain, run_metrics};
-use crate::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting};
+use crate::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting, watch_gateway_keys};
 use crate::node::peer_watch::{self, WatchSettings};
 use anyhow::Context as _;
 use clap::ValueEnum;
@@ -106,7 +106,8 @@ pub struct Args {
     /// Node mode: poll interval of the CNI configuration directory (ms).
     #[arg(long, env = "CNI_CONF_POLL_MS", default_value_t = 1000)]
     pub cni_conf_poll_ms: u64,
-    /// Node mode: restart a pod's tunnel session when it sends without hearing back (fast failover).
+    /// Node mode: restart a pod's tunnel session when it sends without hearing back (fast failover), and give
+    /// pods their gateway's current key after a key rotation.
     #[arg(long, env = "POD_TUNNEL_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     pub pod_tunnel_watch: bool,
     /// Node mode: where the pods' network namespaces are, for pods on kernel WireGuard (absent: userspace pods
@@ -324,10 +325,14 @@ impl RunContext<'_> {
                 netns_dir: args.pod_netns_dir.clone(),
                 skip_netns: args.netns_name.clone(),
             };
+            let (keys_tx, keys_rx) = watch::channel(Default::default());
+            self.tasks
+                .spawn(watch_gateway_keys(self.client.clone(), keys_tx, stop_rx.clone()).map(Ok));
             self.tasks.spawn(
                 peer_watch::run(
                     WatchSettings::default(),
                     devices,
+                    keys_rx,
                     metrics.clone(),
                     stop_rx.clone(),
                 )

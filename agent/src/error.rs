@@ -18,6 +18,17 @@ pub enum ClusterError {
     /// The pod a PodEndpoint is for does not exist (any more).
     #[error("pod {namespace}/{name} not found")]
     PodNotFound { namespace: String, name: String },
+    /// A CNI ADD from a sandbox of a former pod of that name (its K8S_POD_UID is not the live pod's uid).
+    #[error(
+        "pod {namespace}/{name} now has uid {live_uid}, not {sandbox_uid}: the CNI ADD comes from a sandbox of a \
+         former pod of that name"
+    )]
+    PodReplaced {
+        namespace: String,
+        name: String,
+        sandbox_uid: String,
+        live_uid: String,
+    },
     /// The pod lacks a field a PodEndpoint's owner reference needs.
     #[error("pod has no metadata.{0}")]
     PodIncomplete(&'static str),
@@ -57,6 +68,7 @@ impl ClusterError {
             },
             ClusterError::Api { .. } => "unreachable",
             ClusterError::PodNotFound { .. } => "pod_not_found",
+            ClusterError::PodReplaced { .. } => "pod_replaced",
             ClusterError::PodIncomplete(_) => "invalid_pod",
             ClusterError::Encode { .. } => "encode",
             ClusterError::Conflicts { .. } => "conflict",

@@ -3,14 +3,16 @@
 //! The Kubernetes side is behind [`Cluster`] so the data-plane logic is testable without an API server.
 
 pub mod kube_cluster;
+pub mod ownership;
 pub mod peer_watch;
+pub mod rekey;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use api::internal::PodEndpointSpec;
+use api::internal::{PodEndpoint, PodEndpointSpec};
 use api::names::{CNI_PLUGIN_TYPE, POD_GATEWAY_ANNOTATION};
 use api::sgc::{RouteType, StaticGatewayConfiguration};
 use dataplane::proto::nic_service_server::{NicService, NicServiceServer};
@@ -18,11 +20,13 @@ use dataplane::proto::{
     DefaultRoute, NicAddRequest, NicAddResponse, NicDelRequest, NicDelResponse, PodInfo, PodRetrieveRequest,
     PodRetrieveResponse,
 };
+use kube::api::Preconditions;
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 
 use crate::error::{ClusterError, CniConfigError, FileError, ServeError};
 use crate::object::NamespacedName;
+use ownership::Sandbox;
 
 /// What node mode needs from Kubernetes.
 #[tonic::async_trait]
@@ -34,14 +38,33 @@ pub trait Cluster: Send + Sync + 'static {
     ) -> Result<Option<BTreeMap<String, String>>, ClusterError>;
     /// A configuration; `None` when absent.
     async fn sgc(&self, config: &NamespacedName) -> Result<Option<StaticGatewayConfiguration>, ClusterError>;
-    /// Creates or updates the pod's PodEndpoint (owned by the pod).
+    /// Creates or updates the pod's PodEndpoint (owned by the pod), recording the sandbox that wrote it. A
+    /// sandbox naming another pod uid than the live pod's is refused ([`ClusterError::PodReplaced`]).
     async fn upsert_pod_endpoint(
         &self,
         pod: &NamespacedName,
         spec: PodEndpointSpec,
+        sandbox: &Sandbox,
     ) -> Result<(), ClusterError>;
-    /// Deletes the pod's PodEndpoint; absent is success.
-    async fn delete_pod_endpoint(&self, pod: &NamespacedName) -> Result<(), ClusterError>;
+    /// The pod's PodEndpoint; `None` when absent.
+    async fn pod_endpoint(&self, pod: &NamespacedName) -> Result<Option<PodEndpoint>, ClusterError>;
+    /// Deletes the pod's PodEndpoint, only if it still is the version `expected` names (when given).
+    async fn delete_pod_endpoint(
+        &self,
+        pod: &NamespacedName,
+        expected: Option<&Preconditions>,
+    ) -> Result<Deletion, ClusterError>;
+}
+
+/// What a conditional delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Deleted.
+    Deleted,
+    /// There was nothing to delete.
+    Absent,
+    /// The object is no longer the version the precondition named (re-created or rewritten); kept.
+    Changed,
 }
 
 /// In-memory cluster (tests, simulations).
@@ -57,8 +80,28 @@ pub struct MemoryState {
     pub pods: BTreeMap<NamespacedName, BTreeMap<String, String>>,
     /// Configurations.
     pub sgcs: BTreeMap<NamespacedName, StaticGatewayConfiguration>,
-    /// Pod → its PodEndpoint's spec.
-    pub pod_endpoints: BTreeMap<NamespacedName, PodEndpointSpec>,
+    /// Pod → its PodEndpoint (owned by the sandbox's pod uid when the plugin gave it; uid and resourceVersion
+    /// assigned as the API server does).
+    pub pod_endpoints: BTreeMap<NamespacedName, PodEndpoint>,
+    /// Writes so far: the source of uids and resourceVersions.
+    pub writes: u64,
+    /// Runs once right after the next PodEndpoint read, before the reader acts on it: where tests make a
+    /// concurrent writer's change land.
+    pub after_next_read: Option<fn(&mut MemoryState, &NamespacedName)>,
+}
+
+impl MemoryState {
+    /// Stores a PodEndpoint as the API server would: a new resourceVersion, its uid kept across updates.
+    pub fn put_pod_endpoint(&mut self, mut pe: PodEndpoint) {
+        let id = NamespacedName::of(&pe.metadata);
+        self.writes += 1;
+        pe.metadata.resource_version = Some(self.writes.to_string());
+        pe.metadata.uid = Some(match self.pod_endpoints.get(&id) {
+            Some(old) => old.metadata.uid.clone().unwrap_or_default(),
+            None => format!("memory-{}", self.writes),
+        });
+        self.pod_endpoints.insert(id, pe);
+    }
 }
 
 impl MemoryCluster {
@@ -87,15 +130,47 @@ impl Cluster for MemoryCluster {
         &self,
         pod: &NamespacedName,
         spec: PodEndpointSpec,
+        sandbox: &Sandbox,
     ) -> Result<(), ClusterError> {
-        self.with(|s| s.pod_endpoints.insert(pod.clone(), spec));
+        let owner = (!sandbox.pod_uid.is_empty()).then_some(sandbox.pod_uid.as_str());
+        let pe = ownership::pod_endpoint(pod, owner, spec, sandbox);
+        self.with(|s| s.put_pod_endpoint(pe));
         Ok(())
     }
-    async fn delete_pod_endpoint(&self, pod: &NamespacedName) -> Result<(), ClusterError> {
-        self.with(|s| s.pod_endpoints.remove(pod));
-        Ok(())
+    async fn pod_endpoint(&self, pod: &NamespacedName) -> Result<Option<PodEndpoint>, ClusterError> {
+        Ok(self.with(|s| {
+            let read = s.pod_endpoints.get(pod).cloned();
+            if let Some(concurrently) = s.after_next_read.take() {
+                concurrently(s, pod);
+            }
+            read
+        }))
+    }
+    async fn delete_pod_endpoint(
+        &self,
+        pod: &NamespacedName,
+        expected: Option<&Preconditions>,
+    ) -> Result<Deletion, ClusterError> {
+        Ok(self.with(|s| {
+            let Some(live) = s.pod_endpoints.get(pod) else {
+                return Deletion::Absent;
+            };
+            if let Some(p) = expected {
+                let differs = |want: &Option<String>, have: &Option<String>| want.is_some() && want != have;
+                if differs(&p.uid, &live.metadata.uid)
+                    || differs(&p.resource_version, &live.metadata.resource_version)
+                {
+                    return Deletion::Changed;
+                }
+            }
+            s.pod_endpoints.remove(pod);
+            Deletion::Deleted
+        }))
     }
 }
+
+/// Reads and conditional deletes a NicDel tries while the PodEndpoint keeps changing under it.
+const DELETE_ATTEMPTS: u32 = 5;
 
 /// The NicService implementation.
 #[derive(Debug)]
@@ -126,6 +201,7 @@ impl<C: Cluster> NicService for NicServer<C> {
     async fn nic_add(&self, req: Request<NicAddRequest>) -> Result<Response<NicAddResponse>, Status> {
         let r = req.into_inner();
         let pod = pod_of(r.pod_config)?;
+        let sandbox = Sandbox::from_request(r.sandbox);
         let gw = r.gateway_name.trim();
         if gw.contains('/') {
             return Err(Status::permission_denied(format!(
@@ -180,9 +256,16 @@ impl<C: Cluster> NicService for NicServer<C> {
                     pod_ip_address: allowed.to_string(),
                     pod_public_key: r.public_key.clone(),
                 },
+                &sandbox,
             )
             .await
-            .map_err(|e| Status::unknown(format!("failed to update PodEndpoint {pod}: {e}")))?;
+            .map_err(|e| {
+                let msg = format!("failed to update PodEndpoint {pod}: {e}");
+                match e {
+                    ClusterError::PodReplaced { .. } => Status::failed_precondition(msg),
+                    _ => Status::unknown(msg),
+                }
+            })?;
         peer_watch::pod_names().remember(&r.public_key, &pod);
         Ok(Response::new(NicAddResponse {
             endpoint_ip: profile.ip,
@@ -196,13 +279,44 @@ impl<C: Cluster> NicService for NicServer<C> {
         }))
     }
 
+    /// Deletes the PodEndpoint only when the DEL's sandbox and pod made it ([`ownership::may_delete`]), and
+    /// only the version judged: re-created or rewritten in between, it is read and judged again.
     async fn nic_del(&self, req: Request<NicDelRequest>) -> Result<Response<NicDelResponse>, Status> {
-        let pod = pod_of(req.into_inner().pod_config)?;
-        self.cluster
-            .delete_pod_endpoint(&pod)
-            .await
-            .map_err(|e| Status::unknown(format!("failed to delete PodEndpoint {pod}: {e}")))?;
-        Ok(Response::new(NicDelResponse {}))
+        let r = req.into_inner();
+        let pod = pod_of(r.pod_config)?;
+        let sandbox = Sandbox::from_request(r.sandbox);
+        let failed = |e: ClusterError| Status::unknown(format!("failed to delete PodEndpoint {pod}: {e}"));
+        if sandbox.is_unknown() {
+            // An older plugin: by name, as it always did.
+            self.cluster
+                .delete_pod_endpoint(&pod, None)
+                .await
+                .map_err(failed)?;
+            return Ok(Response::new(NicDelResponse {}));
+        }
+        for _ in 0..DELETE_ATTEMPTS {
+            let Some(pe) = self.cluster.pod_endpoint(&pod).await.map_err(failed)? else {
+                return Ok(Response::new(NicDelResponse {}));
+            };
+            if let Err(keep) = ownership::may_delete(&pe, &sandbox) {
+                tracing::info!(pod = %pod, sandbox = %sandbox.container_id, reason = %keep, "CNI DEL left the PodEndpoint in place");
+                return Ok(Response::new(NicDelResponse {}));
+            }
+            let expected = ownership::precondition(&pe);
+            match self
+                .cluster
+                .delete_pod_endpoint(&pod, Some(&expected))
+                .await
+                .map_err(failed)?
+            {
+                Deletion::Deleted | Deletion::Absent => return Ok(Response::new(NicDelResponse {})),
+                Deletion::Changed => continue,
+            }
+        }
+        Err(failed(ClusterError::Conflicts {
+            what: format!("delete PodEndpoint {pod}"),
+            attempts: DELETE_ATTEMPTS,
+        }))
     }
 
     async fn pod_retrieve(
@@ -312,6 +426,7 @@ pub fn chained_conflist(file_name: &str, primary: &Value, entry: &Value) -> Resu
 mod tests {
     use super::*;
     use api::sgc::{GatewayServerProfile, StaticGatewayConfigurationSpec, StaticGatewayConfigurationStatus};
+    use dataplane::proto::SandboxInfo;
 
     fn entry() -> Value {
         plugin_entry(&["169.254.169.254/32".into()], Path::new("/run/keg/cni.sock"))
@@ -416,7 +531,131 @@ mod tests {
                 .get_public()
                 .to_base64(),
             gateway_name: gw.into(),
+            sandbox: None,
         }
+    }
+
+    fn sandbox(container_id: &str, pod_uid: &str) -> Option<SandboxInfo> {
+        Some(SandboxInfo {
+            container_id: container_id.into(),
+            pod_uid: pod_uid.into(),
+        })
+    }
+
+    /// NicAdd of ns/p on configuration `gw` from `sandbox`.
+    fn add_from(sandbox: Option<SandboxInfo>) -> Request<NicAddRequest> {
+        Request::new(NicAddRequest {
+            sandbox,
+            ..add_req("gw")
+        })
+    }
+
+    /// NicDel of ns/p from `sandbox`.
+    fn del_from(sandbox: Option<SandboxInfo>) -> Request<NicDelRequest> {
+        Request::new(NicDelRequest {
+            pod_config: Some(PodInfo {
+                pod_name: "p".into(),
+                pod_namespace: "ns".into(),
+            }),
+            sandbox,
+        })
+    }
+
+    fn cluster_with_gw() -> MemoryCluster {
+        let c = MemoryCluster::default();
+        c.with(|s| {
+            s.sgcs.insert(
+                NamespacedName::new("ns", "gw"),
+                ready_sgc(RouteType::StaticEgressGateway),
+            )
+        });
+        c
+    }
+
+    fn recorded_sandbox_of_p(c: &MemoryCluster) -> Option<String> {
+        c.with(|s| {
+            let pe = s.pod_endpoints.get(&NamespacedName::new("ns", "p"))?;
+            ownership::recorded_sandbox(pe).map(String::from)
+        })
+    }
+
+    /// A cluster and server where sandbox B of pod uid-2 has added ns/p.
+    async fn added_from_b() -> (MemoryCluster, NicServer<MemoryCluster>) {
+        let c = cluster_with_gw();
+        let srv = NicServer::new(c.clone());
+        srv.nic_add(add_from(sandbox("sandbox-b", "uid-2")))
+            .await
+            .expect("NicAdd from B");
+        assert_eq!(recorded_sandbox_of_p(&c).as_deref(), Some("sandbox-b"));
+        (c, srv)
+    }
+
+    #[tokio::test]
+    async fn a_del_from_another_sandbox_or_pod_leaves_the_pod_endpoint() {
+        // ns/p now runs in sandbox B (pod uid-2); sandbox A belonged to its former incarnation (uid-1).
+        let (c, srv) = added_from_b().await;
+        for (from, why) in [
+            (sandbox("sandbox-a", "uid-1"), "a former pod's DEL"),
+            (sandbox("sandbox-a", "uid-2"), "an older sandbox of the same pod"),
+            (
+                sandbox("sandbox-a", ""),
+                "an older sandbox, from a runtime without K8S_POD_UID",
+            ),
+        ] {
+            srv.nic_del(del_from(from))
+                .await
+                .expect("a skipped DEL is no error");
+            assert_eq!(recorded_sandbox_of_p(&c).as_deref(), Some("sandbox-b"), "{why}");
+        }
+        srv.nic_del(del_from(sandbox("sandbox-b", "uid-2")))
+            .await
+            .expect("own DEL");
+        assert!(
+            c.with(|s| s.pod_endpoints.is_empty()),
+            "its own sandbox deletes it"
+        );
+        srv.nic_del(del_from(sandbox("sandbox-b", "uid-2")))
+            .await
+            .expect("idempotent");
+    }
+
+    #[tokio::test]
+    async fn a_del_without_ids_deletes_by_name_as_older_plugins_expect() {
+        let (c, srv) = added_from_b().await;
+        srv.nic_del(del_from(None)).await.expect("older plugin's DEL");
+        assert!(c.with(|s| s.pod_endpoints.is_empty()));
+        // An older plugin's ADD records no sandbox; a newer DEL of any sandbox then deletes by name.
+        srv.nic_add(add_from(None)).await.expect("older plugin's ADD");
+        assert_eq!(recorded_sandbox_of_p(&c), None);
+        srv.nic_del(del_from(sandbox("sandbox-a", "")))
+            .await
+            .expect("DEL");
+        assert!(c.with(|s| s.pod_endpoints.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_pod_endpoint_recreated_between_read_and_delete_is_judged_again() {
+        let c = cluster_with_gw();
+        let srv = NicServer::new(c.clone());
+        srv.nic_add(add_from(sandbox("sandbox-a", "uid-1")))
+            .await
+            .expect("NicAdd from A");
+        // Sandbox B of the same pod re-creates it between A's read and A's delete.
+        c.with(|s| {
+            s.after_next_read = Some(|s, pod| {
+                let spec = s.pod_endpoints.remove(pod).map(|pe| pe.spec).unwrap_or_default();
+                let b = Sandbox::from_request(sandbox("sandbox-b", "uid-1"));
+                s.put_pod_endpoint(ownership::pod_endpoint(pod, Some("uid-1"), spec, &b));
+            })
+        });
+        srv.nic_del(del_from(sandbox("sandbox-a", "uid-1")))
+            .await
+            .expect("DEL from A");
+        assert_eq!(
+            recorded_sandbox_of_p(&c).as_deref(),
+            Some("sandbox-b"),
+            "A's DEL judged the object it read; B's re-created one fails the precondition and is kept"
+        );
     }
 
     #[tokio::test]
@@ -441,16 +680,9 @@ mod tests {
         let pe = c
             .with(|s| s.pod_endpoints.get(&NamespacedName::new("ns", "p")).cloned())
             .expect("PodEndpoint");
-        assert_eq!(pe.pod_ip_address, "10.244.0.5/32");
-        assert_eq!(pe.static_gateway_configuration, "gw");
-        let del = || {
-            Request::new(NicDelRequest {
-                pod_config: Some(PodInfo {
-                    pod_name: "p".into(),
-                    pod_namespace: "ns".into(),
-                }),
-            })
-        };
+        assert_eq!(pe.spec.pod_ip_address, "10.244.0.5/32");
+        assert_eq!(pe.spec.static_gateway_configuration, "gw");
+        let del = || del_from(None);
         srv.nic_del(del()).await.expect("del");
         assert!(c.with(|s| s.pod_endpoints.is_empty()));
         // deleting again is fine

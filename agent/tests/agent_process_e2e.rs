@@ -38,7 +38,7 @@ fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
         .with(|s| {
             s.pod_endpoints
                 .get(&NamespacedName::new("default", "pa"))
-                .cloned()
+                .map(|pe| pe.spec.clone())
         })
         .expect("PodEndpoint written by the node agent");
 

@@ -264,3 +264,135 @@ fn draining_gateway_answers_503_and_the_router_moves_traffic_to_the_other() {
         "after the move, egress leaves through gateway 2"
     );
 }
+
+/// A gateway key rotation (the key Secret deleted, the operator publishes a new key, the gateways take it)
+/// breaks running pods, which still have the old key as their peer, until the node agent's pod tunnel watch
+/// gives them the key the configuration now publishes: same endpoint and allowed IPs, new key.
+#[test]
+fn running_pods_follow_a_gateway_key_rotation() {
+    use agent::node::peer_watch::{self, Devices};
+    use agent::node::rekey::GatewayKeys;
+    use dataplane::netns::Netns;
+    use dataplane::wg::{BackendKind, PrivateKey, WgHandle, WireGuard};
+
+    let mut lab = Lab::new();
+    let gw = lab.add_gateway();
+    lab.route(&format!("{FRONTEND}/32"), gw.ip);
+    lab.route(&format!("{SECONDARY_1}/32"), gw.ip);
+    let mut cfg = lab.add_config("gw1", 6000, RouteType::StaticEgressGateway, &[]);
+    lab.add_pod("pa", Some("gw1"));
+    let applier = gw.applier();
+    let apply = |cfg: &netlab::LabConfig| {
+        let plan = gateway_plan(&lab.gateway_input(&gw, &[(cfg, SECONDARY_1)]));
+        applier.apply(&plan).expect("gateway apply");
+    };
+    apply(&cfg);
+    assert_eq!(
+        lab.source_seen("pa", INET),
+        Some(SECONDARY_1),
+        "before the rotation"
+    );
+
+    // The pod's device as the node agent finds it: only this lab's pod (a private listing directory).
+    let pod_ns = Netns::Path(lab.path("pa"));
+    let control = dataplane::wg::link_alias(&pod_ns, "wg0")
+        .expect("alias")
+        .expect("alias set");
+    let listing = tempfile::tempdir().expect("tempdir");
+    let (sockets, netns) = (listing.path().join("sockets"), listing.path().join("netns"));
+    std::fs::create_dir_all(&sockets).expect("mkdir");
+    std::fs::create_dir_all(&netns).expect("mkdir");
+    let kind = BackendKind::detect();
+    let handle = if kind == BackendKind::Userspace {
+        std::fs::write(sockets.join(format!("{control}.sock")), b"").expect("listing entry");
+        WgHandle {
+            netns: Netns::Current,
+            ifname: control.clone(),
+            control_name: control.clone(),
+        }
+    } else {
+        std::os::unix::fs::symlink(lab.path("pa"), netns.join("pa")).expect("listing entry");
+        WgHandle {
+            netns: pod_ns.clone(),
+            ifname: "wg0".into(),
+            control_name: "wg0".into(),
+        }
+    };
+    let devices = Devices {
+        socket_dir: sockets,
+        netns_dir: Some(netns),
+        skip_netns: String::new(),
+    };
+    let before = WireGuard::new(kind).device_stats(&handle).expect("pod wg").peers;
+    assert_eq!(before.len(), 1);
+    let keys = || GatewayKeys::of(&lab.cluster.with(|s| s.sgcs.values().cloned().collect::<Vec<_>>()));
+    assert!(
+        peer_watch::rekey_once(&devices, &keys()).is_empty(),
+        "a current key is left alone"
+    );
+
+    // Rotation.
+    cfg.key = PrivateKey::generate();
+    let new_public = cfg.key.public_base64();
+    lab.cluster.with(|s| {
+        let sgc = s
+            .sgcs
+            .get_mut(&agent::object::NamespacedName::new("default", "gw1"))
+            .expect("configuration");
+        if let Some(p) = sgc
+            .status
+            .as_mut()
+            .and_then(|st| st.gateway_server_profile.as_mut())
+        {
+            p.public_key = new_public.clone();
+        }
+    });
+    apply(&cfg);
+    assert_eq!(
+        lab.source_seen("pa", INET),
+        None,
+        "the pod still has the old key: its egress is broken"
+    );
+
+    // The node agent's pod tunnel watch, given the configurations' keys as node mode's watch of them does.
+    let (keys_tx, keys_rx) = tokio::sync::watch::channel(GatewayKeys::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let watch = rt.spawn(peer_watch::run(
+        peer_watch::WatchSettings::default(),
+        devices.clone(),
+        keys_rx,
+        Arc::new(agent::metrics::Metrics::default()),
+        stop_rx,
+    ));
+    keys_tx.send(keys()).expect("the watch runs");
+    wait_until("the pod's peer has the new key", Duration::from_secs(5), || {
+        WireGuard::new(kind)
+            .device_stats(&handle)
+            .is_ok_and(|d| d.peers.iter().any(|p| p.peer.public_key == new_public))
+    });
+    stop_tx.send(true).expect("the watch runs");
+    rt.block_on(watch).expect("the watch stops");
+    let after = WireGuard::new(kind).device_stats(&handle).expect("pod wg").peers;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].peer.public_key, new_public);
+    assert_eq!(after[0].peer.endpoint, before[0].peer.endpoint);
+    let sorted = |mut v: Vec<ipnet::IpNet>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(after[0].peer.allowed_ips.clone()),
+        sorted(before[0].peer.allowed_ips.clone())
+    );
+    assert_eq!(
+        lab.source_seen("pa", INET),
+        Some(SECONDARY_1),
+        "re-keyed, the pod egresses again"
+    );
+    assert!(peer_watch::rekey_once(&devices, &keys()).is_empty(), "done once");
+}

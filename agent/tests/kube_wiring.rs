@@ -13,13 +13,14 @@ use agent::gateway::run::{GatewayLoop, PlanApplier};
 use agent::gateway::select::NodeSettings;
 use agent::imds::NodeIdentity;
 use agent::metrics::Metrics;
-use agent::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting};
-use agent::node::{Cluster as _, NicServer};
+use agent::node::kube_cluster::{KubeCluster, remove_cni_taint, uninstall_setting, watch_gateway_keys};
+use agent::node::rekey::GatewayKeys;
+use agent::node::{Cluster as _, Deletion, NicServer, ownership};
 use agent::object::NamespacedName;
 use api::{GatewayStatus, PodEndpoint, StaticGatewayConfiguration};
 use axum::http::StatusCode;
 use dataplane::proto::nic_service_server::NicService as _;
-use dataplane::proto::{NicAddRequest, NicDelRequest, PodInfo};
+use dataplane::proto::{NicAddRequest, NicDelRequest, PodInfo, SandboxInfo};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -276,17 +277,26 @@ fn pod_info(name: &str) -> Option<PodInfo> {
     })
 }
 
+/// Creates pod `name` in `default` with `annotations`.
+async fn create_pod(client: &Client, name: &str, annotations: serde_json::Value) -> Pod {
+    create(
+        client,
+        Some("default"),
+        json!({"apiVersion":"v1","kind":"Pod",
+               "metadata":{"name":name,"namespace":"default","annotations":annotations},
+               "spec":{"containers":[{"name":"c","image":"busybox"}]}}),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn node_mode_writes_pod_endpoints_owned_by_the_pod() {
     let (_sim, client) = sim().await;
     ready_sgc(&client, "gw1", 6000).await;
-    let pod: Pod = create(
+    let pod = create_pod(
         &client,
-        Some("default"),
-        json!({"apiVersion":"v1","kind":"Pod",
-               "metadata":{"name":"p","namespace":"default",
-                           "annotations":{"kubernetes.azure.com/static-gateway-configuration":"gw1"}},
-               "spec":{"containers":[{"name":"c","image":"busybox"}]}}),
+        "p",
+        json!({"kubernetes.azure.com/static-gateway-configuration":"gw1"}),
     )
     .await;
     let metrics = Arc::new(Metrics::default());
@@ -314,6 +324,7 @@ async fn node_mode_writes_pod_endpoints_owned_by_the_pod() {
             allowed_ip: "10.244.0.5/32".into(),
             public_key: key.clone(),
             gateway_name: "gw1".into(),
+            sandbox: None,
         }))
         .await
         .expect("NicAdd")
@@ -338,6 +349,7 @@ async fn node_mode_writes_pod_endpoints_owned_by_the_pod() {
         allowed_ip: "10.244.0.6/32".into(),
         public_key: key.clone(),
         gateway_name: "gw1".into(),
+        sandbox: None,
     }))
     .await
     .expect("NicAdd again");
@@ -354,6 +366,7 @@ async fn node_mode_writes_pod_endpoints_owned_by_the_pod() {
             allowed_ip: "10.244.0.7/32".into(),
             public_key: pubkey(),
             gateway_name: "gw1".into(),
+            sandbox: None,
         }))
         .await
         .expect_err("no pod");
@@ -369,11 +382,154 @@ async fn node_mode_writes_pod_endpoints_owned_by_the_pod() {
     for _ in 0..2 {
         srv.nic_del(tonic::Request::new(NicDelRequest {
             pod_config: pod_info("p"),
+            sandbox: None,
         }))
         .await
         .expect("NicDel is idempotent");
     }
     assert!(pes.get_opt("p").await.expect("get").is_none());
+}
+
+fn sandbox(container_id: &str, pod_uid: &str) -> Option<SandboxInfo> {
+    Some(SandboxInfo {
+        container_id: container_id.into(),
+        pod_uid: pod_uid.into(),
+    })
+}
+
+#[tokio::test]
+async fn node_mode_deletes_only_the_pod_endpoint_its_sandbox_made() {
+    let (_sim, client) = sim().await;
+    ready_sgc(&client, "gw1", 6000).await;
+    let pod = create_pod(&client, "web-0", json!({})).await;
+    let uid = pod.metadata.uid.clone().expect("pod uid");
+    let cluster = KubeCluster::new(client.clone(), Arc::new(Metrics::default()));
+    let srv = NicServer::new(cluster.clone());
+    let add = |sandbox: Option<SandboxInfo>| {
+        tonic::Request::new(NicAddRequest {
+            pod_config: pod_info("web-0"),
+            listen_port: 0,
+            allowed_ip: "10.244.0.5/32".into(),
+            public_key: pubkey(),
+            gateway_name: "gw1".into(),
+            sandbox,
+        })
+    };
+    let del = |sandbox: Option<SandboxInfo>| {
+        tonic::Request::new(NicDelRequest {
+            pod_config: pod_info("web-0"),
+            sandbox,
+        })
+    };
+    let pes: Api<PodEndpoint> = Api::namespaced(client.clone(), "default");
+    srv.nic_add(add(sandbox("sandbox-b", &uid)))
+        .await
+        .expect("NicAdd from the live pod's sandbox");
+    let pe = pes.get("web-0").await.expect("PodEndpoint");
+    assert_eq!(
+        pe.metadata.annotations.as_ref().expect("annotations")[api::names::POD_ENDPOINT_SANDBOX_ANNOTATION],
+        "sandbox-b"
+    );
+
+    // A late ADD from a former pod of that name is refused and writes nothing.
+    let err = srv
+        .nic_add(add(sandbox("sandbox-a", "uid-of-a-former-pod")))
+        .await
+        .expect_err("a former pod's sandbox");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("former pod"), "{}", err.message());
+    let unchanged = pes.get("web-0").await.expect("PodEndpoint");
+    assert_eq!(unchanged.metadata.resource_version, pe.metadata.resource_version);
+
+    // Late DELs of another sandbox or pod leave it; its own sandbox's DEL deletes it.
+    srv.nic_del(del(sandbox("sandbox-a", "uid-of-a-former-pod")))
+        .await
+        .expect("skipped, no error");
+    srv.nic_del(del(sandbox("sandbox-a", &uid)))
+        .await
+        .expect("skipped, no error");
+    assert!(pes.get_opt("web-0").await.expect("get").is_some(), "kept");
+    srv.nic_del(del(sandbox("sandbox-b", &uid)))
+        .await
+        .expect("own DEL");
+    assert!(pes.get_opt("web-0").await.expect("get").is_none(), "deleted");
+
+    // The delete is conditional: a PodEndpoint rewritten since it was read is kept.
+    let id = NamespacedName::new("default", "web-0");
+    srv.nic_add(add(sandbox("sandbox-b", &uid)))
+        .await
+        .expect("NicAdd");
+    let read = cluster.pod_endpoint(&id).await.expect("get").expect("present");
+    srv.nic_add(add(sandbox("sandbox-c", &uid)))
+        .await
+        .expect("rewritten");
+    assert_eq!(
+        cluster
+            .delete_pod_endpoint(&id, Some(&ownership::precondition(&read)))
+            .await
+            .expect("conditional delete"),
+        Deletion::Changed
+    );
+    let fresh = cluster.pod_endpoint(&id).await.expect("get").expect("present");
+    assert_eq!(
+        cluster
+            .delete_pod_endpoint(&id, Some(&ownership::precondition(&fresh)))
+            .await
+            .expect("conditional delete"),
+        Deletion::Deleted
+    );
+    assert_eq!(
+        cluster.delete_pod_endpoint(&id, None).await.expect("delete"),
+        Deletion::Absent
+    );
+}
+
+/// Waits until `keys` has `key` for `endpoint`.
+async fn published(
+    keys: &mut tokio::sync::watch::Receiver<GatewayKeys>,
+    endpoint: &std::net::SocketAddr,
+    key: &str,
+    what: &str,
+) {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        keys.wait_for(|k| k.get(endpoint) == Some(key)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    .expect("the watch runs");
+}
+
+#[tokio::test]
+async fn node_mode_follows_the_gateway_keys_configurations_publish() {
+    let (_sim, client) = sim().await;
+    let (keys_tx, mut keys) = tokio::sync::watch::channel(GatewayKeys::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(watch_gateway_keys(client.clone(), keys_tx, stop));
+    let endpoint: std::net::SocketAddr = "10.0.0.100:6000".parse().expect("endpoint");
+    ready_sgc(&client, "gw1", 6000).await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(client.clone(), "default");
+    let first_key = sgcs
+        .get("gw1")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.gateway_server_profile)
+        .map(|p| p.public_key)
+        .expect("published key");
+    published(&mut keys, &endpoint, &first_key, "the configuration's key").await;
+    // Rotation: the operator publishes a new key.
+    let rotated = pubkey();
+    sgcs.patch_status(
+        "gw1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status":{"gatewayServerProfile":{"publicKey":rotated}}})),
+    )
+    .await
+    .expect("status");
+    published(&mut keys, &endpoint, &rotated, "the rotated key").await;
+    stop_tx.send(true).expect("stop");
+    task.await.expect("the watch stops");
 }
 
 #[tokio::test]

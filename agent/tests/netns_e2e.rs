@@ -7,6 +7,8 @@ mod netlab;
 use std::net::Ipv4Addr;
 
 use agent::gateway::plan::gateway_plan;
+use agent::node::ownership;
+use agent::object::NamespacedName;
 use api::sgc::RouteType;
 use dataplane::netns::Netns;
 use dataplane::wg::WgHandle;
@@ -26,6 +28,19 @@ fn annotated_pod_egresses_via_gateway_secondary_ip() {
         lab.cluster.with(|s| s.pod_endpoints.len()),
         1,
         "only the annotated pod registers"
+    );
+    let pa = NamespacedName::new("default", "pa");
+    let pe = lab
+        .cluster
+        .with(|s| s.pod_endpoints.get(&pa).cloned())
+        .expect("PodEndpoint of pa");
+    assert_eq!(
+        (ownership::recorded_sandbox(&pe), ownership::owner_uid(&pe)),
+        (
+            Some(lab.container_id("pa").as_str()),
+            Some(lab.pod_uid("pa").as_str())
+        ),
+        "the plugin told the agent its sandbox and pod uid"
     );
 
     // The node's network setup put the secondary IP on eth0: the gateway must take it off.
@@ -66,11 +81,20 @@ fn annotated_pod_egresses_via_gateway_secondary_ip() {
         "excludeCidrs bypass the gateway, saw {excluded}"
     );
 
-    // Pod deletion removes its PodEndpoint, and the next apply removes the peer and its route.
+    // A late DEL of a former sandbox of the same name (its namespace gone) leaves the live pod's PodEndpoint.
     let ann = std::collections::BTreeMap::from([(
         api::names::POD_GATEWAY_ANNOTATION.to_string(),
         "gw1".to_string(),
     )]);
+    lab.stale_del("pa", &ann);
+    assert_eq!(
+        lab.cluster
+            .with(|s| s.pod_endpoints.get(&pa).map(|kept| kept.metadata.clone())),
+        Some(pe.metadata),
+        "a former sandbox's DEL must not delete the live pod's PodEndpoint"
+    );
+
+    // Pod deletion removes its PodEndpoint, and the next apply removes the peer and its route.
     lab.cni("DEL", "pa", &ann);
     assert_eq!(lab.cluster.with(|s| s.pod_endpoints.len()), 0);
     let plan = gateway_plan(&lab.gateway_input(&gw, &[(&cfg, secondary)]));

@@ -30,6 +30,9 @@ pub const NODE_MODE_GATEWAY: &str = "gateway";
 pub const NODE_GATEWAY_MODE_LABEL: &str = "kubeegressgateway.azure.com/mode";
 /// Taint AKS puts on new nodes until the node agent has installed the CNI configuration.
 pub const CNI_NOT_READY_TAINT: &str = "egressgateway.kubernetes.azure.com/cni-not-ready";
+/// PodEndpoint annotation: the runtime's id (CNI_CONTAINERID) of the pod sandbox whose CNI ADD wrote it. The
+/// node agent deletes the PodEndpoint at CNI DEL only for that sandbox.
+pub const POD_ENDPOINT_SANDBOX_ANNOTATION: &str = "egressgateway.kubernetes.azure.com/cni-sandbox-id";
 
 /// Labels on the WireGuard key Secret pointing back at its configuration.
 pub const SECRET_OWNER_NAMESPACE_LABEL: &str =

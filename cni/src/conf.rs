@@ -70,6 +70,8 @@ pub struct K8sArgs {
     pub pod_name: String,
     /// Pod namespace.
     pub pod_namespace: String,
+    /// Pod uid (`K8S_POD_UID`: containerd and CRI-O give it); empty when the runtime does not.
+    pub pod_uid: String,
 }
 
 impl K8sArgs {
@@ -81,6 +83,7 @@ impl K8sArgs {
                 match k.trim() {
                     "K8S_POD_NAME" => a.pod_name = v.trim().into(),
                     "K8S_POD_NAMESPACE" => a.pod_namespace = v.trim().into(),
+                    "K8S_POD_UID" => a.pod_uid = v.trim().into(),
                     _ => {}
                 }
             }
@@ -251,7 +254,10 @@ mod tests {
         );
         assert_eq!(a.pod_name, "web-0");
         assert_eq!(a.pod_namespace, "ns");
+        assert_eq!(a.pod_uid, "", "not given");
         assert!(a.is_pod());
+        let with_uid = K8sArgs::parse("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0;K8S_POD_UID=9f1c-77");
+        assert_eq!(with_uid.pod_uid, "9f1c-77");
         assert!(!K8sArgs::parse("").is_pod());
     }
 

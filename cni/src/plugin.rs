@@ -7,6 +7,8 @@
 //! * An annotated pod either gets its tunnel and routes, or ADD fails and everything done so far is undone:
 //!   it never silently egresses via the node.
 //! * DEL is idempotent and succeeds when nothing is left to remove.
+//! * ADD and DEL tell the agent their sandbox (CNI_CONTAINERID, and K8S_POD_UID when the runtime gives it):
+//!   a DEL removes only the PodEndpoint its own sandbox made, never that of a newer pod of the same name.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -22,7 +24,9 @@ use crate::routes::{self, PodPlanInput};
 use dataplane::client::DEFAULT_SOCKET;
 use dataplane::netlink::delete_link_if_present;
 use dataplane::netns::Netns;
-use dataplane::proto::{self, DefaultRoute, NicAddRequest, NicDelRequest, PodInfo, PodRetrieveRequest};
+use dataplane::proto::{
+    self, DefaultRoute, NicAddRequest, NicDelRequest, PodInfo, PodRetrieveRequest, SandboxInfo,
+};
 use dataplane::wg::{BackendKind, DeviceChange, PeerSpec, PrivateKey, WireGuard};
 
 /// The CNI environment.
@@ -96,6 +100,14 @@ fn pod_info(k8s: &K8sArgs) -> PodInfo {
     PodInfo {
         pod_name: k8s.pod_name.clone(),
         pod_namespace: k8s.pod_namespace.clone(),
+    }
+}
+
+/// The sandbox this invocation is about: the agent records it at ADD and deletes at DEL only what it made.
+fn sandbox_info(env: &CniEnv, k8s: &K8sArgs) -> SandboxInfo {
+    SandboxInfo {
+        container_id: env.container_id.clone(),
+        pod_uid: k8s.pod_uid.clone(),
     }
 }
 
@@ -224,6 +236,7 @@ async fn add_annotated(
             allowed_ip: format!("{pod_ip}/32"),
             public_key: key.public_base64(),
             gateway_name: gateway.to_string(),
+            sandbox: Some(sandbox_info(env, k8s)),
         })
         .await
         .map_err(|e| agent_err("NicAdd", e.message()))?
@@ -437,7 +450,7 @@ impl Undo {
             let _ = Netns::Current.ip(&["link", "del", &control_name(&self.env.container_id)]);
         }
         if self.nic_added {
-            nic_del(&self.socket, &self.k8s).await;
+            nic_del(&self.socket, &self.k8s, sandbox_info(&self.env, &self.k8s)).await;
         }
     }
 }
@@ -479,12 +492,13 @@ fn remove_pod_rules(ns: &Netns) {
     ]);
 }
 
-async fn nic_del(socket: &std::path::Path, k8s: &K8sArgs) {
+async fn nic_del(socket: &std::path::Path, k8s: &K8sArgs, sandbox: SandboxInfo) {
     match dataplane::client::connect(socket.to_path_buf(), Duration::from_secs(2)).await {
         Ok(mut c) => {
             if let Err(e) = c
                 .nic_del(NicDelRequest {
                     pod_config: Some(pod_info(k8s)),
+                    sandbox: Some(sandbox),
                 })
                 .await
             {
@@ -528,8 +542,10 @@ async fn del(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         Some(a) => a.contains_key(POD_GATEWAY_ANNOTATION),
         None => true, // unknown: ask the agent to delete (idempotent there)
     };
+    // Sent even when the namespace is gone (its tunnel with it): the agent deletes the PodEndpoint only if
+    // this sandbox made it, so a late DEL of a stale sandbox leaves a newer pod of the same name alone.
     if k8s.is_pod() && (had_tunnel || annotated) {
-        nic_del(&socket(conf), &k8s).await;
+        nic_del(&socket(conf), &k8s, sandbox_info(env, &k8s)).await;
     }
     Ok(json!({"cniVersion": conf.cni_version}))
 }

@@ -19,6 +19,7 @@ use api::names::{GATEWAY_VETH_HOST, GATEWAY_VETH_NS, NFT_TABLE, fnv1a64, gateway
 use dataplane::nft::replace_table_preamble;
 use dataplane::wg::PrivateKey;
 use ipnet::Ipv4Net;
+use k8s_openapi::jiff::Timestamp;
 
 /// A pod peer (from a PodEndpoint).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,35 @@ pub struct PeerInput {
     pub public_key: String,
     /// Pod's IPv4 address.
     pub pod_ip: Ipv4Addr,
+    /// The PodEndpoint's creationTimestamp: of two claiming one pod IP, the newest wins.
+    pub created: Option<Timestamp>,
+}
+
+/// Of the peers claiming one pod IP, the one that gets it: the newest PodEndpoint (a stale one whose CNI DEL
+/// never ran must not shadow the pod that reuses its IP), of equally new ones the first by name. A missing
+/// creationTimestamp counts as oldest.
+fn claims_before(a: &PeerInput, b: &PeerInput) -> std::cmp::Ordering {
+    b.created
+        .cmp(&a.created)
+        .then_with(|| a.pod_endpoint.cmp(&b.pod_endpoint))
+}
+
+/// Why `loser` does not get its pod IP, which `winner` has.
+fn shadowed(loser: &PeerInput, winner: &PeerInput) -> String {
+    let created = |p: &PeerInput| {
+        p.created
+            .map_or_else(|| "no creationTimestamp".to_string(), |t| format!("created {t}"))
+    };
+    let why = if winner.created == loser.created {
+        "as new and first by name".to_string()
+    } else {
+        format!("newer: {} against {}", created(winner), created(loser))
+    };
+    format!(
+        "PodEndpoint {} has pod IP {} also claimed by PodEndpoint {} ({why}); ignored: the newest claim of a pod \
+         IP wins",
+        loser.pod_endpoint, loser.pod_ip, winner.pod_endpoint
+    )
 }
 
 /// One configuration active on this gateway node.
@@ -137,29 +167,39 @@ pub fn gateway_plan(input: &GatewayInput) -> GatewayPlan {
     configs.sort_by(|a, b| a.port.cmp(&b.port).then(a.sgc.cmp(&b.sgc)));
     let mut used: Vec<&ConfigInput> = Vec::new();
     for c in configs {
-        let ifname = gateway_wg_interface(c.port);
-        if links.contains_key(&ifname) {
+        if used.iter().any(|u| u.port == c.port) {
             warnings.push(format!(
                 "configuration {} uses port {} already used by another configuration; ignored",
                 c.sgc, c.port
             ));
             continue;
         }
-        let mut peers = BTreeMap::new();
-        let mut ips: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
-        let mut sorted: Vec<&PeerInput> = c.peers.iter().collect();
-        sorted.sort_by(|a, b| a.pod_endpoint.cmp(&b.pod_endpoint));
-        for p in sorted {
-            if let Some(other) = ips.get(&p.pod_ip) {
-                warnings.push(format!(
-                    "PodEndpoint {} has pod IP {} already used by {}; ignored",
-                    p.pod_endpoint, p.pod_ip, other
-                ));
-                continue;
+        used.push(c);
+    }
+    // One owner per pod IP across all links (each gets a `<pod>/32` route in the one gateway namespace).
+    let mut claims: Vec<&PeerInput> = used.iter().flat_map(|c| &c.peers).collect();
+    claims.sort_by(|a, b| claims_before(a, b));
+    let mut owners: BTreeMap<Ipv4Addr, &PeerInput> = BTreeMap::new();
+    for p in claims {
+        match owners.get(&p.pod_ip) {
+            Some(winner) => warnings.push(shadowed(p, winner)),
+            None => {
+                owners.insert(p.pod_ip, p);
             }
-            ips.insert(p.pod_ip, &p.pod_endpoint);
-            peers.insert(p.public_key.clone(), Ipv4Net::from(p.pod_ip));
         }
+    }
+    for c in &used {
+        let ifname = gateway_wg_interface(c.port);
+        let peers = c
+            .peers
+            .iter()
+            .filter(|p| {
+                owners
+                    .get(&p.pod_ip)
+                    .is_some_and(|o| o.pod_endpoint == p.pod_endpoint)
+            })
+            .map(|p| (p.public_key.clone(), Ipv4Net::from(p.pod_ip)))
+            .collect();
         links.insert(
             ifname.clone(),
             LinkPlan {
@@ -171,7 +211,6 @@ pub fn gateway_plan(input: &GatewayInput) -> GatewayPlan {
                 uid: c.uid.clone(),
             },
         );
-        used.push(c);
     }
     let secondaries: BTreeSet<Ipv4Addr> = used.iter().map(|c| c.secondary_ip).collect();
     let mut ns_routes = Vec::new();
@@ -323,7 +362,13 @@ mod tests {
             pod_endpoint: format!("ns/{name}"),
             public_key: key.into(),
             pod_ip: Ipv4Addr::from(ip),
+            created: None,
         }
+    }
+
+    fn created_at(mut p: PeerInput, rfc3339: &str) -> PeerInput {
+        p.created = Some(rfc3339.parse().expect("timestamp"));
+        p
     }
 
     fn config(port: u16, secondary: [u8; 4], peers: Vec<PeerInput>) -> ConfigInput {
@@ -479,6 +524,66 @@ mod tests {
         assert!(plan.links["wg-6000"].peers.contains_key("KA"));
         assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
         assert!(!plan.ns_addresses.contains(&Ipv4Addr::new(10, 0, 0, 9)));
+    }
+
+    #[test]
+    fn of_two_pod_endpoints_claiming_one_pod_ip_the_newest_wins_whatever_the_order() {
+        // web-0's stale PodEndpoint (its DEL never ran) and the new pod that got its IP.
+        let stale = created_at(peer("a-stale", "KS", [10, 244, 0, 5]), "2026-12-01T10:00:00Z");
+        let new = created_at(peer("b-new", "KN", [10, 244, 0, 5]), "2026-12-07T10:00:00Z");
+        for peers in [vec![stale.clone(), new.clone()], vec![new.clone(), stale.clone()]] {
+            let plan = gateway_plan(&input(vec![config(6000, [10, 0, 0, 6], peers)]));
+            let link = &plan.links["wg-6000"];
+            assert_eq!(
+                link.peers.keys().collect::<Vec<_>>(),
+                vec!["KN"],
+                "the newest PodEndpoint gets the IP"
+            );
+            assert_eq!(
+                plan.warnings,
+                vec![
+                    "PodEndpoint ns/a-stale has pod IP 10.244.0.5 also claimed by PodEndpoint ns/b-new (newer: \
+                     created 2026-12-07T10:00:00Z against created 2026-12-01T10:00:00Z); ignored: the newest \
+                     claim of a pod IP wins"
+                ]
+            );
+        }
+        // Across configurations too: the pod IP has one route in the gateway namespace.
+        let plan = gateway_plan(&input(vec![
+            config(6000, [10, 0, 0, 6], vec![stale.clone()]),
+            config(6001, [10, 0, 0, 7], vec![new.clone()]),
+        ]));
+        assert!(plan.links["wg-6000"].peers.is_empty());
+        assert_eq!(plan.links["wg-6001"].peers.len(), 1);
+        assert_eq!(
+            plan.ns_routes
+                .iter()
+                .filter(|r| r.dst == "10.244.0.5/32".parse::<Ipv4Net>().expect("net"))
+                .map(|r| r.dev.as_str())
+                .collect::<Vec<_>>(),
+            vec!["wg-6001"]
+        );
+        // Equally new: the first by name, reported as such; no timestamp counts as oldest.
+        let twin = created_at(peer("c-twin", "KT", [10, 244, 0, 5]), "2026-12-07T10:00:00Z");
+        let untimed = peer("0-untimed", "KU", [10, 244, 0, 5]);
+        let plan = gateway_plan(&input(vec![config(
+            6000,
+            [10, 0, 0, 6],
+            vec![twin, untimed, new],
+        )]));
+        assert_eq!(plan.links["wg-6000"].peers.keys().collect::<Vec<_>>(), vec!["KN"]);
+        assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].starts_with("PodEndpoint ns/c-twin has pod IP 10.244.0.5 also claimed by PodEndpoint ns/b-new (as new and first by name)"),
+            "{:?}",
+            plan.warnings
+        );
+        assert!(
+            plan.warnings[1].contains("ns/0-untimed")
+                && plan.warnings[1].contains("against no creationTimestamp"),
+            "{:?}",
+            plan.warnings
+        );
     }
 
     #[test]

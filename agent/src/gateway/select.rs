@@ -202,6 +202,7 @@ pub fn select(
                 pod_endpoint: pe_id.to_string(),
                 public_key: pe.spec.pod_public_key.clone(),
                 pod_ip: ip,
+                created: pe.metadata.creation_timestamp.as_ref().map(|t| t.0),
             });
         }
         frontends.insert(frontend);
@@ -430,8 +431,11 @@ mod tests {
         }
         let mut all = sgcs.clone();
         all.push(unready);
+        let mut p1 = pe("p1", "one", "10.244.0.5/32", &k1);
+        let created: k8s_openapi::jiff::Timestamp = "2026-12-07T10:00:00Z".parse().expect("timestamp");
+        p1.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created));
         let pes = vec![
-            pe("p1", "one", "10.244.0.5/32", &k1),
+            p1,
             pe("p2", "two", "10.244.0.6", &k2),
             pe("p3", "one", "10.244.0.0/24", &k3),
             pe("p4", "one", "10.244.0.8/32", "not-a-key"),
@@ -445,6 +449,11 @@ mod tests {
         assert_eq!(one.secondary_ip, Ipv4Addr::new(10, 0, 0, 6));
         assert_eq!(one.peers.len(), 1);
         assert_eq!(one.peers[0].public_key, k1);
+        assert_eq!(
+            one.peers[0].created,
+            Some(created),
+            "the newest claim of a pod IP wins"
+        );
         assert_eq!(sel.input.configs[1].peers[0].pod_ip, Ipv4Addr::new(10, 244, 0, 6));
         let joined = sel.skipped.join("\n");
         assert!(

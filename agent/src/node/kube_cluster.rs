@@ -6,12 +6,16 @@ use std::sync::Arc;
 use api::internal::{PodEndpoint, PodEndpointSpec};
 use api::names::CNI_NOT_READY_TAINT;
 use api::sgc::StaticGatewayConfiguration;
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Taint};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, Client};
+use tokio::sync::watch;
 
-use super::Cluster;
+use super::ownership::{self, Sandbox};
+use super::rekey::GatewayKeys;
+use super::{Cluster, Deletion};
 use crate::error::ClusterError;
 use crate::metrics::{Metrics, PodEndpointLabels};
 use crate::object::NamespacedName;
@@ -91,29 +95,31 @@ impl KubeCluster {
 }
 
 /// The PodEndpoint object for a pod: same namespace and name, controlled by the pod so it is garbage
-/// collected with it.
-pub fn pod_endpoint_for(pod: &Pod, spec: PodEndpointSpec) -> Result<PodEndpoint, ClusterError> {
-    let name = pod
-        .metadata
-        .name
-        .clone()
-        .ok_or(ClusterError::PodIncomplete("name"))?;
+/// collected with it, recording the sandbox that wrote it. A sandbox of another pod uid (a former pod of
+/// that name) is refused.
+pub fn pod_endpoint_for(
+    pod: &Pod,
+    spec: PodEndpointSpec,
+    sandbox: &Sandbox,
+) -> Result<PodEndpoint, ClusterError> {
+    let id = NamespacedName::of(&pod.metadata);
+    if id.name.is_empty() {
+        return Err(ClusterError::PodIncomplete("name"));
+    }
     let uid = pod
         .metadata
         .uid
-        .clone()
+        .as_deref()
         .ok_or(ClusterError::PodIncomplete("uid"))?;
-    let mut pe = PodEndpoint::new(&name, spec);
-    pe.metadata.namespace = pod.metadata.namespace.clone();
-    pe.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "v1".into(),
-        kind: "Pod".into(),
-        name,
-        uid,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }]);
-    Ok(pe)
+    if !sandbox.pod_uid.is_empty() && sandbox.pod_uid != uid {
+        return Err(ClusterError::PodReplaced {
+            namespace: id.namespace,
+            name: id.name,
+            sandbox_uid: sandbox.pod_uid.clone(),
+            live_uid: uid.to_string(),
+        });
+    }
+    Ok(ownership::pod_endpoint(&id, Some(uid), spec, sandbox))
 }
 
 #[tonic::async_trait]
@@ -139,6 +145,7 @@ impl Cluster for KubeCluster {
         &self,
         pod: &NamespacedName,
         spec: PodEndpointSpec,
+        sandbox: &Sandbox,
     ) -> Result<(), ClusterError> {
         let result = async {
             let owner = self
@@ -148,7 +155,7 @@ impl Cluster for KubeCluster {
                     namespace: pod.namespace.clone(),
                     name: pod.name.clone(),
                 })?;
-            let pe = pod_endpoint_for(&owner, spec)?;
+            let pe = pod_endpoint_for(&owner, spec, sandbox)?;
             server_side_apply(&self.client, pod, &pe).await
         }
         .await;
@@ -158,17 +165,69 @@ impl Cluster for KubeCluster {
         result
     }
 
-    async fn delete_pod_endpoint(&self, pod: &NamespacedName) -> Result<(), ClusterError> {
+    async fn pod_endpoint(&self, pod: &NamespacedName) -> Result<Option<PodEndpoint>, ClusterError> {
+        Api::<PodEndpoint>::namespaced(self.client.clone(), &pod.namespace)
+            .get_opt(&pod.name)
+            .await
+            .map_err(ClusterError::api(format!("get PodEndpoint {pod}")))
+    }
+
+    async fn delete_pod_endpoint(
+        &self,
+        pod: &NamespacedName,
+        expected: Option<&Preconditions>,
+    ) -> Result<Deletion, ClusterError> {
+        let params = DeleteParams {
+            preconditions: expected.cloned(),
+            ..DeleteParams::default()
+        };
         match Api::<PodEndpoint>::namespaced(self.client.clone(), &pod.namespace)
-            .delete(&pod.name, &DeleteParams::default())
+            .delete(&pod.name, &params)
             .await
         {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Ok(_) => Ok(Deletion::Deleted),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Deletion::Absent),
+            // A failed precondition: re-created or rewritten since it was read.
+            Err(kube::Error::Api(s)) if s.code == 409 && expected.is_some() => Ok(Deletion::Changed),
             Err(e) => {
                 self.failed(pod, "delete");
-                Err(ClusterError::api("delete")(e))
+                Err(ClusterError::api(format!("delete PodEndpoint {pod}"))(e))
             }
+        }
+    }
+}
+
+/// Keeps `keys` at the gateway keys the configurations publish (a watch of them) until `stop`: the pod tunnel
+/// watch re-keys running pods from it after a key rotation.
+pub async fn watch_gateway_keys(
+    client: Client,
+    keys: watch::Sender<GatewayKeys>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (store, writer) = reflector::store::<StaticGatewayConfiguration>();
+    let mut events = Box::pin(
+        reflector::reflector(writer, watcher(Api::all(client), watcher::Config::default())).default_backoff(),
+    );
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                None => {
+                    tracing::warn!("configuration watch ended: running pods no longer follow key rotations");
+                    return;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "configuration watch"),
+                Some(Ok(_)) => {
+                    let sgcs: Vec<StaticGatewayConfiguration> =
+                        store.state().iter().map(|s| (**s).clone()).collect();
+                    let now = GatewayKeys::of(&sgcs);
+                    keys.send_if_modified(|k| {
+                        let changed = *k != now;
+                        *k = now;
+                        changed
+                    });
+                }
+            },
+            _ = stop.wait_for(|v| *v) => return,
         }
     }
 }
@@ -253,6 +312,10 @@ mod tests {
         pod.metadata.name = Some("p".into());
         pod.metadata.namespace = Some("app".into());
         pod.metadata.uid = Some("u-1".into());
+        let sandbox = Sandbox {
+            container_id: "sandbox-1".into(),
+            pod_uid: "u-1".into(),
+        };
         let pe = pod_endpoint_for(
             &pod,
             PodEndpointSpec {
@@ -260,6 +323,7 @@ mod tests {
                 pod_ip_address: "10.244.0.5/32".into(),
                 pod_public_key: "k".into(),
             },
+            &sandbox,
         )
         .expect("pod has name and uid");
         assert_eq!(pe.metadata.name.as_deref(), Some("p"));
@@ -269,7 +333,21 @@ mod tests {
             (o.kind.as_str(), o.uid.as_str(), o.controller),
             ("Pod", "u-1", Some(true))
         );
+        assert_eq!(
+            pe.metadata.annotations.expect("annotations")[api::names::POD_ENDPOINT_SANDBOX_ANNOTATION],
+            "sandbox-1"
+        );
+        let former = Sandbox {
+            container_id: "sandbox-0".into(),
+            pod_uid: "u-0".into(),
+        };
+        let e =
+            pod_endpoint_for(&pod, PodEndpointSpec::default(), &former).expect_err("a former pod's sandbox");
+        assert_eq!(
+            e.to_string(),
+            "pod app/p now has uid u-1, not u-0: the CNI ADD comes from a sandbox of a former pod of that name"
+        );
         pod.metadata.uid = None;
-        assert!(pod_endpoint_for(&pod, PodEndpointSpec::default()).is_err());
+        assert!(pod_endpoint_for(&pod, PodEndpointSpec::default(), &Sandbox::default()).is_err());
     }
 }

@@ -9,7 +9,8 @@
 //! delivers to the gateway that now has the flow. Only pods start handshakes; gateways still never do (see
 //! docs/performance.md, bug 2).
 //!
-//! [`PeerTrack::observe`] is the whole decision, as data; [`run`] reads the devices and applies it.
+//! [`PeerTrack::observe`] is the whole decision, as data; [`run`] reads the devices and applies it. [`run`]
+//! also gives pods their gateway's current key after a key rotation ([`super::rekey`]).
 //! Bounds, so that one-way streams and quiet pods cause no handshake storm:
 //! * a pod that sends nothing is never touched;
 //! * the silence that counts is relative to how long this pod usually waits for answers
@@ -35,6 +36,7 @@ use dataplane::netns::Netns;
 use dataplane::wg::{BackendKind, PeerStats, WgHandle, WireGuard};
 use tokio::sync::watch;
 
+use super::rekey::{self, GatewayKeys, Replacement};
 use crate::metrics::{Metrics, PodTunnelLabels, PodTunnelStateLabels};
 use crate::object::NamespacedName;
 
@@ -499,11 +501,77 @@ pub struct Devices {
     pub skip_netns: String,
 }
 
-/// Watches the node's pod tunnels until `stop`, restarting sessions as [`PeerTrack::observe`] decides and
-/// keeping the per-pod metrics.
+/// What re-keying one pod device did.
+#[derive(Debug, Clone)]
+pub struct Rekeyed {
+    /// The device's link (metric label).
+    pub link: String,
+    /// The pod, when known.
+    pub pod: String,
+    /// The peers replaced.
+    pub replaced: Vec<Replacement>,
+    /// Why the device could not be re-keyed.
+    pub error: Option<String>,
+}
+
+/// Gives each pod device in `read` its configurations' current gateway keys ([`rekey::rekey`]); blocking.
+fn rekey_devices(read: &[PodDevice], keys: &GatewayKeys) -> Vec<Rekeyed> {
+    let mut out = Vec::new();
+    for dev in read {
+        let peers: Vec<_> = dev.peers.iter().map(|p| p.peer.clone()).collect();
+        let replaced = rekey::rekey(&peers, keys);
+        if replaced.is_empty() {
+            continue;
+        }
+        let error = WireGuard::new(dev.backend)
+            .apply(&dev.handle, &rekey::change(&replaced))
+            .err()
+            .map(|e| e.to_string());
+        out.push(Rekeyed {
+            link: dev.link.clone(),
+            pod: dev
+                .own_key
+                .as_deref()
+                .map(|k| pod_names().name(k))
+                .unwrap_or_default(),
+            replaced,
+            error,
+        });
+    }
+    out
+}
+
+/// Reads the pod devices once and re-keys those whose gateway key is not current (what every reading of
+/// [`run`] does); blocking.
+pub fn rekey_once(devices: &Devices, keys: &GatewayKeys) -> Vec<Rekeyed> {
+    let (read, _) = read_devices(
+        &devices.socket_dir,
+        devices.netns_dir.as_deref(),
+        &devices.skip_netns,
+    );
+    rekey_devices(&read, keys)
+}
+
+fn log_rekeyed(r: &Rekeyed) {
+    for rep in &r.replaced {
+        let endpoint = rep.peer.endpoint.map(|e| e.to_string()).unwrap_or_default();
+        match &r.error {
+            None => {
+                tracing::info!(pod = %r.pod, link = %r.link, endpoint = %endpoint, old_key = %rep.old_key, new_key = %rep.peer.public_key, "the gateway's key was rotated: replaced the pod's gateway peer")
+            }
+            Some(e) => {
+                tracing::warn!(pod = %r.pod, link = %r.link, endpoint = %endpoint, error = %e, "replacing the pod's gateway peer after a key rotation")
+            }
+        }
+    }
+}
+
+/// Watches the node's pod tunnels until `stop`, restarting sessions as [`PeerTrack::observe`] decides,
+/// giving pods the current gateway keys of `keys` ([`rekey`]) and keeping the per-pod metrics.
 pub async fn run(
     settings: WatchSettings,
     devices: Devices,
+    keys: watch::Receiver<GatewayKeys>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -524,6 +592,22 @@ pub async fn run(
         else {
             continue;
         };
+        let keys_now = keys.borrow().clone();
+        if !keys_now.is_empty() {
+            let stale: Vec<PodDevice> = read
+                .iter()
+                .filter(|d| {
+                    let peers: Vec<_> = d.peers.iter().map(|p| p.peer.clone()).collect();
+                    !rekey::rekey(&peers, &keys_now).is_empty()
+                })
+                .cloned()
+                .collect();
+            if !stale.is_empty()
+                && let Ok(done) = tokio::task::spawn_blocking(move || rekey_devices(&stale, &keys_now)).await
+            {
+                done.iter().for_each(log_rekeyed);
+            }
+        }
         let now = start.elapsed();
         let mut readings = BTreeMap::new();
         for dev in &read {

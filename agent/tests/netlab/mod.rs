@@ -201,6 +201,56 @@ impl Lab {
         self.cni_timed(cmd, pod, annotations).0
     }
 
+    /// The runtime's id of `pod`'s sandbox (CNI_CONTAINERID).
+    pub fn container_id(&self, pod: &str) -> String {
+        format!("{}{pod}container", self.id)
+    }
+
+    /// `pod`'s uid (K8S_POD_UID, as containerd and CRI-O pass it).
+    pub fn pod_uid(&self, pod: &str) -> String {
+        format!("uid-{pod}-{}", self.id)
+    }
+
+    /// CNI_ARGS for the sandbox of pod `pod` with uid `uid`, as containerd writes them.
+    fn cni_args(pod: &str, uid: &str, container_id: &str) -> String {
+        format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid}"
+        )
+    }
+
+    /// Our entry exactly as the node agent writes it with its default flags, plus what a runtime adds to a
+    /// list entry: the list's name and version and the enabled capability's runtimeConfig.
+    fn our_conf(&self, annotations: &BTreeMap<String, String>, prev: Option<Value>) -> Value {
+        let mut c = agent::node::plugin_entry(
+            &api::names::DEFAULT_EXCEPTION_CIDRS.map(String::from),
+            &self.socket,
+        );
+        c["cniVersion"] = json!("1.0.0");
+        c["name"] = json!("k8s");
+        c["runtimeConfig"] = json!({ dataplane::ANNOTATIONS_CAPABILITY: annotations });
+        if let Some(p) = prev {
+            c["prevResult"] = p;
+        }
+        c
+    }
+
+    /// Runs our plugin's DEL for a former sandbox of pod `pod` (another pod uid and sandbox id) whose network
+    /// namespace is gone, as a node back from a partition does for a pod that moved away meanwhile.
+    pub fn stale_del(&self, pod: &str, annotations: &BTreeMap<String, String>) -> Value {
+        let cid = format!("{}{pod}former", self.id);
+        let args = Self::cni_args(pod, &format!("uid-former-{pod}-{}", self.id), &cid);
+        let gone = self.tmp().join("former-netns");
+        run_plugin(
+            &cni_bin(),
+            &self.path("node"),
+            "DEL",
+            &cid,
+            &gone,
+            &args,
+            &self.our_conf(annotations, None),
+        )
+    }
+
     /// [`Lab::cni`], also returning how long the primary plugin and ours took.
     pub fn cni_timed(
         &self,
@@ -212,25 +262,10 @@ impl Lab {
         let bridge = Path::new(CNI_DIR).join("bridge");
         let node = self.path("node");
         let podns = self.path(pod);
-        let cid = format!("{}{pod}container", self.id);
-        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
+        let cid = self.container_id(pod);
+        let args = Self::cni_args(pod, &self.pod_uid(pod), &cid);
         let primary = self.primary_plugin_conf();
-        // Our entry exactly as the node agent writes it with its default flags, plus what a runtime adds to
-        // a list entry: the list's name and version and the enabled capability's runtimeConfig.
-        let entry = agent::node::plugin_entry(
-            &api::names::DEFAULT_EXCEPTION_CIDRS.map(String::from),
-            &self.socket,
-        );
-        let our_conf = |prev: Option<Value>| {
-            let mut c = entry.clone();
-            c["cniVersion"] = json!("1.0.0");
-            c["name"] = json!("k8s");
-            c["runtimeConfig"] = json!({ dataplane::ANNOTATIONS_CAPABILITY: annotations });
-            if let Some(p) = prev {
-                c["prevResult"] = p;
-            }
-            c
-        };
+        let our_conf = |prev: Option<Value>| self.our_conf(annotations, prev);
         if cmd == "ADD" {
             let t = Instant::now();
             let prev = run_plugin(&bridge, &node, "ADD", &cid, &podns, &args, &primary);
@@ -290,11 +325,17 @@ impl Lab {
                     secondary_ip: *secondary,
                     peers: pes
                         .iter()
-                        .filter(|(_, pe)| pe.static_gateway_configuration == c.name)
+                        .filter(|(_, pe)| pe.spec.static_gateway_configuration == c.name)
                         .map(|(pod, pe)| PeerInput {
                             pod_endpoint: pod.to_string(),
-                            public_key: pe.pod_public_key.clone(),
-                            pod_ip: pe.pod_ip_address.trim_end_matches("/32").parse().expect("pod ip"),
+                            public_key: pe.spec.pod_public_key.clone(),
+                            pod_ip: pe
+                                .spec
+                                .pod_ip_address
+                                .trim_end_matches("/32")
+                                .parse()
+                                .expect("pod ip"),
+                            created: pe.metadata.creation_timestamp.as_ref().map(|t| t.0),
                         })
                         .collect(),
                 })
