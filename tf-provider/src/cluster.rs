@@ -206,6 +206,22 @@ where
     Ok(api.get_opt(name).await?)
 }
 
+/// Lists every object of the API (all namespaces for an `Api::all`).
+pub async fn list<K>(api: &Api<K>) -> Result<Vec<K>, ClusterError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + fmt::Debug,
+{
+    Ok(api.list(&Default::default()).await?.items)
+}
+
+/// Waits one poll interval, or fails with [`ClusterError::Stopped`] when Terraform asks the provider to stop.
+pub async fn pause(stop: &mut watch::Receiver<bool>) -> Result<(), ClusterError> {
+    tokio::select! {
+        _ = tokio::time::sleep(POLL_INTERVAL) => Ok(()),
+        _ = stop.wait_for(|s| *s) => Err(ClusterError::Stopped),
+    }
+}
+
 /// Server-side applies a manifest under the provider's field manager (taking over conflicting fields:
 /// Terraform's configuration is the source of truth for the fields it sets), then removes the `managed`
 /// spec fields the manifest leaves out but the object still has. Server-side apply alone keeps those when
@@ -276,10 +292,7 @@ where
                 describe(current.as_ref())
             )));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
-            _ = stop.wait_for(|s| *s) => return Err(ClusterError::Stopped),
-        }
+        pause(stop).await?;
     }
 }
 
@@ -309,10 +322,7 @@ where
                 humantime::format_duration(timeout)
             )));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
-            _ = stop.wait_for(|s| *s) => return Err(ClusterError::Stopped),
-        }
+        pause(stop).await?;
     }
 }
 

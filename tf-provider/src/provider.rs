@@ -181,11 +181,54 @@ impl Provider {
 
     async fn apply(&self, kind: Kind, prior: &Value, planned: &Value) -> Result<Value, ApplyFailure> {
         let client = self.client().await?;
-        let stop = self.stop_tx.subscribe();
+        let mut stop = self.stop_tx.subscribe();
+        if kind == Kind::Pool && planned.is_null() {
+            refuse_pool_in_use(&client, resources::object_name(prior), &mut stop).await?;
+        }
         match kind {
             Kind::Sgc => apply::<api::StaticGatewayConfiguration>(client, prior, planned, stop).await,
             Kind::Pool => apply::<api::GatewayPool>(client, prior, planned, stop).await,
         }
+    }
+}
+
+/// How long a pool delete gives the configurations on the pool to start being deleted. Without a reference
+/// from the configurations to the pool (a literal node pool name), `terraform destroy` deletes both at once,
+/// and the configurations' deletes may reach the cluster a moment after the pool's.
+const POOL_IN_USE_GRACE: Duration = Duration::from_secs(5);
+
+/// Refuses, before anything is deleted, to delete a pool that configurations (not being deleted themselves)
+/// still use: the operator would keep it until they go, so the delete would hang until its timeout and
+/// leave the pool Terminating. Configurations that start being deleted within [`POOL_IN_USE_GRACE`] do not count.
+async fn refuse_pool_in_use(
+    client: &kube::Client,
+    name: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), pb::Diagnostic> {
+    let pools: kube::Api<api::GatewayPool> = kube::Api::all(client.clone());
+    let sgcs: kube::Api<api::StaticGatewayConfiguration> = kube::Api::all(client.clone());
+    let cannot_check = |e: &ClusterError| {
+        cluster_diag(
+            &format!("Cannot check which configurations use GatewayPool {name} before deleting it"),
+            e,
+        )
+    };
+    let deadline = tokio::time::Instant::now() + POOL_IN_USE_GRACE;
+    loop {
+        let Some(pool) = cluster::get(&pools, name).await.map_err(|e| cannot_check(&e))? else {
+            return Ok(());
+        };
+        let all = cluster::list(&sgcs).await.map_err(|e| cannot_check(&e))?;
+        let users = pool::users(&pool, &all);
+        if users.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(pool::in_use(name, &users));
+        }
+        cluster::pause(stop)
+            .await
+            .map_err(|e| cluster_diag(&format!("Cannot delete {name}"), &e))?;
     }
 }
 
@@ -232,7 +275,10 @@ async fn apply<K: Object>(
     match waited {
         Ok(obj) => Ok(state(&obj)),
         Err(e) => Err(ApplyFailure {
-            diagnostic: cluster_diag(&format!("{object} {}", K::KIND.not_ready()), &e),
+            diagnostic: match e {
+                ClusterError::Stopped => cluster_diag(&format!("Stopped waiting for {object}"), &e),
+                _ => cluster_diag(&format!("{object} {}", K::KIND.not_ready()), &e),
+            },
             state: cluster::get(&api, name).await.ok().flatten().map(|o| state(&o)),
         }),
     }
@@ -675,6 +721,53 @@ fn capabilities() -> pb::ServerCapabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn upgrade(type_name: &str, json: &str) -> pb::upgrade_resource_state::Response {
+        Provider::new()
+            .upgrade_resource_state(Request::new(pb::upgrade_resource_state::Request {
+                type_name: type_name.into(),
+                version: 0,
+                raw_state: Some(pb::RawState {
+                    json: json.as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .expect("answered")
+            .into_inner()
+    }
+
+    #[tokio::test]
+    async fn upgrading_a_state_gives_exactly_the_schemas_keys() {
+        // Written by an older provider: it had an attribute since removed, and lacks the newer `uid`.
+        let old = r#"{"id": "app/egress", "namespace": "app", "name": "egress", "gateway_nodepool_name": "gw",
+            "default_route": "staticEgressGateway", "provision_public_ips": true, "exclude_cidrs": ["10.0.0.0/8"],
+            "egress_ip_prefix": "20.0.0.0/31", "gateway_server_profile": null, "conditions": [],
+            "gateway_vmss_profile": [], "timeouts": null, "removed_attribute": "gone"}"#;
+        let r = upgrade(resources::SGC_TYPE, old).await;
+        assert!(r.diagnostics.is_empty(), "{:?}", r.diagnostics);
+        let upgraded = Value::from_msgpack(&r.upgraded_state.expect("state").msgpack).expect("msgpack");
+        let Value::Map(m) = &upgraded else {
+            panic!("an object: {upgraded:?}")
+        };
+        let schema = Kind::Sgc.resource_schema();
+        let mut want: Vec<&str> = schema.attributes.iter().map(|a| a.name).collect();
+        want.extend(schema.blocks.iter().map(|b| b.name));
+        want.sort_unstable();
+        assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), want);
+        assert!(upgraded.get("uid").is_null());
+        assert_eq!(upgraded.get("egress_ip_prefix").as_str(), Some("20.0.0.0/31"));
+        assert_eq!(
+            upgraded.get("exclude_cidrs"),
+            &Value::List(vec![Value::str("10.0.0.0/8")])
+        );
+
+        let r = upgrade(resources::SGC_TYPE, "{not json").await;
+        assert!(r.upgraded_state.is_none());
+        assert_eq!(r.diagnostics[0].summary, "Cannot read the stored state");
+        let r = upgrade("egressgateway_other", "{}").await;
+        assert_eq!(r.diagnostics[0].summary, "Unknown type");
+    }
 
     #[test]
     fn apply_keeps_known_planned_values() {
