@@ -11,7 +11,7 @@ use crate::diag::{self, Path};
 use crate::proto::tfplugin6 as pb;
 use crate::proto::tfplugin6::provider_server::Provider as ProviderService;
 use crate::resources::{self, Kind, Object, Op, pool, sgc};
-use crate::schema::{Attribute, Block, Type};
+use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type};
 use crate::value::Value;
 
 const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -71,8 +71,58 @@ pub fn provider_schema() -> Block {
             ),
             s("config_context", "Context in the kubeconfig."),
         ],
-        blocks: vec![],
+        blocks: vec![NestedBlock {
+            name: "exec",
+            block: Block {
+                description: "A client-go credential plugin that prints the token, used with `host` instead of `token` (for AKS with Entra ID: `kubelogin`). Run when the provider first contacts the cluster, and again when the credential expires; never interactively.",
+                attributes: vec![
+                    Attribute::required(
+                        "api_version",
+                        Type::String,
+                        "ExecCredential version the plugin speaks, e.g. `client.authentication.k8s.io/v1beta1`.",
+                    ),
+                    Attribute::required("command", Type::String, "The program, e.g. `kubelogin`."),
+                    Attribute::optional("args", Type::List(Box::new(Type::String)), "Its arguments."),
+                    Attribute::optional(
+                        "env",
+                        Type::Map(Box::new(Type::String)),
+                        "Extra environment variables for it.",
+                    ),
+                ],
+                blocks: vec![],
+            },
+            nesting: Nesting::List,
+            min_items: 0,
+            max_items: 1,
+            force_new: false,
+        }],
     }
+}
+
+/// An `exec` block needs `host` (a kubeconfig from `config_path` has its own user) and replaces `token`.
+fn validate_exec(cfg: &Value) -> Vec<pb::Diagnostic> {
+    let has_exec = matches!(cfg.get("exec"), Value::List(items) if !items.is_empty());
+    if !has_exec {
+        return Vec::new();
+    }
+    let exec_path = Path::attr("exec");
+    let mut d = Vec::new();
+    if cfg.get("host").is_null() {
+        d.push(diag::error(
+            "exec needs host",
+            "an exec block authenticates to the API server named by `host`; set `host` (and \
+             `cluster_ca_certificate`), or use `config_path` with a kubeconfig whose user runs the plugin",
+            Some(&exec_path),
+        ));
+    }
+    if !cfg.get("token").is_null() {
+        d.push(diag::error(
+            "Conflicting credentials",
+            "set either `token` or an `exec` block, not both",
+            Some(&exec_path),
+        ));
+    }
+    d
 }
 
 fn schema_proto(block: &Block) -> pb::Schema {
@@ -354,7 +404,7 @@ impl ProviderService for Provider {
         let diagnostics = match decode(r.get_ref().config.as_ref(), &provider_schema()) {
             Err(d) => vec![d],
             Ok(cfg) => {
-                let mut d = vec![];
+                let mut d = validate_exec(&cfg);
                 if let Some(h) = cfg.get("host").as_str()
                     && !(h.starts_with("https://") || h.starts_with("http://"))
                 {
@@ -735,6 +785,39 @@ mod tests {
             .await
             .expect("answered")
             .into_inner()
+    }
+
+    #[test]
+    fn an_exec_block_needs_host_and_replaces_the_token() {
+        let exec = Value::List(vec![resources::object([
+            ("api_version", Value::str("client.authentication.k8s.io/v1beta1")),
+            ("command", Value::str("kubelogin")),
+        ])]);
+        let cfg = |host: Value, token: Value| {
+            provider_schema().normalise(resources::object([
+                ("host", host),
+                ("token", token),
+                ("exec", exec.clone()),
+            ]))
+        };
+        let summaries = |v: Value| {
+            validate_exec(&v)
+                .into_iter()
+                .map(|d| (d.summary, d.attribute))
+                .collect::<Vec<_>>()
+        };
+        let at_exec = Some(Path::attr("exec").to_proto());
+        assert!(summaries(cfg(Value::str("https://k"), Value::Null)).is_empty());
+        // A host from a cluster created in this run is unknown at first: no finding yet.
+        assert!(summaries(cfg(Value::unknown(), Value::Null)).is_empty());
+        assert_eq!(
+            summaries(cfg(Value::Null, Value::Null)),
+            vec![("exec needs host".to_string(), at_exec.clone())]
+        );
+        assert_eq!(
+            summaries(cfg(Value::str("https://k"), Value::str("t"))),
+            vec![("Conflicting credentials".to_string(), at_exec)]
+        );
     }
 
     #[tokio::test]
