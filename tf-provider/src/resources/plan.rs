@@ -132,19 +132,21 @@ mod tests {
     use crate::resources::object;
     use crate::schema::{Attribute, Type};
 
+    /// A kind with a replacing `name`, a `mode` that moves `prefix`, a `note` that moves nothing derived,
+    /// a fixed `uid` and a live `status`.
     fn block() -> Block {
+        let computed = |name| Attribute::computed(name, Type::String, "");
         Block {
-            description: "test",
             attributes: vec![
-                Attribute::computed("id", Type::String, "id"),
-                Attribute::required("name", Type::String, "name").force_new(),
-                Attribute::optional("mode", Type::String, "decides `prefix`"),
-                Attribute::optional("note", Type::String, "decides nothing derived"),
-                Attribute::computed("uid", Type::String, "fixed"),
-                Attribute::computed("prefix", Type::String, "moved by `mode`"),
-                Attribute::computed("status", Type::String, "live"),
+                computed("id"),
+                Attribute::required("name", Type::String, "").force_new(),
+                Attribute::optional("mode", Type::String, ""),
+                Attribute::optional("note", Type::String, ""),
+                computed("uid"),
+                computed("prefix"),
+                computed("status"),
             ],
-            blocks: vec![],
+            ..Default::default()
         }
     }
 
