@@ -1,13 +1,15 @@
 //! The provider's Kubernetes side: credentials from the provider block, and the calls Read, Apply, Import
 //! and Delete make. Validate and Plan never come here.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::config::{
-    AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+    AuthInfo, Cluster, Context, ExecConfig, ExecInteractiveMode, KubeConfigOptions, Kubeconfig,
+    NamedAuthInfo, NamedCluster, NamedContext,
 };
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
@@ -37,6 +39,89 @@ pub struct ProviderConfig {
     pub config_path: Option<String>,
     /// Context in that kubeconfig.
     pub config_context: Option<String>,
+    /// A credential plugin that prints the token (kubelogin for AKS with Entra ID), with `host`.
+    pub exec: Option<ExecPlugin>,
+}
+
+/// The `exec {}` block: a client-go credential plugin, run when the client is built and again when the
+/// credential it printed expires.
+#[derive(Clone, Default, PartialEq)]
+pub struct ExecPlugin {
+    /// The ExecCredential version the plugin speaks, e.g. `client.authentication.k8s.io/v1beta1`.
+    pub api_version: String,
+    /// The program.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for ExecPlugin {
+    /// Arguments and environment values may carry secrets (a client secret for kubelogin): only their
+    /// number and the variables' names are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecPlugin")
+            .field("api_version", &self.api_version)
+            .field("command", &self.command)
+            .field("args", &format_args!("<{} redacted>", self.args.len()))
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ExecPlugin {
+    /// Reads an `exec` block (a list of at most one object); `None` when absent.
+    fn from_value(v: &Value) -> Option<ExecPlugin> {
+        let block = match v {
+            Value::List(items) => items.first()?,
+            Value::Map(_) => v,
+            _ => return None,
+        };
+        let strings = |v: &Value| match v {
+            Value::List(items) => items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let env = match block.get("env") {
+            Value::Map(m) => m
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        Some(ExecPlugin {
+            api_version: block.get("api_version").as_str().unwrap_or_default().to_string(),
+            command: block.get("command").as_str().unwrap_or_default().to_string(),
+            args: strings(block.get("args")),
+            env,
+        })
+    }
+
+    /// The kubeconfig form. Never interactive: the provider has no terminal, so a plugin that would prompt
+    /// fails with its own message instead of waiting for input.
+    fn to_exec_config(&self) -> ExecConfig {
+        ExecConfig {
+            api_version: Some(self.api_version.clone()),
+            command: Some(self.command.clone()),
+            args: Some(self.args.clone()),
+            env: Some(
+                self.env
+                    .iter()
+                    .map(|(name, value)| {
+                        std::collections::HashMap::from([
+                            ("name".to_string(), name.clone()),
+                            ("value".to_string(), value.clone()),
+                        ])
+                    })
+                    .collect(),
+            ),
+            interactive_mode: Some(ExecInteractiveMode::Never),
+            ..Default::default()
+        }
+    }
 }
 
 impl fmt::Debug for ProviderConfig {
@@ -56,6 +141,7 @@ impl fmt::Debug for ProviderConfig {
             )
             .field("config_path", &self.config_path)
             .field("config_context", &self.config_context)
+            .field("exec", &self.exec)
             .finish()
     }
 }
@@ -76,6 +162,7 @@ impl ProviderConfig {
             cluster_ca_certificate: s("cluster_ca_certificate"),
             config_path: s("config_path"),
             config_context: s("config_context"),
+            exec: ExecPlugin::from_value(v.get("exec")),
         })
     }
 
@@ -99,6 +186,7 @@ impl ProviderConfig {
                         token: self.token.clone().map(Into::into),
                         client_certificate_data: self.client_certificate.as_deref().map(b64),
                         client_key_data: self.client_key.as_deref().map(|k| b64(k).into()),
+                        exec: self.exec.as_ref().map(ExecPlugin::to_exec_config),
                         ..Default::default()
                     }),
                     other: Default::default(),
@@ -140,7 +228,15 @@ impl ProviderConfig {
                 format!("no host or config_path in the provider block, and no kubeconfig or in-cluster config: {e}")
             })?
         };
-        Client::try_from(config).map_err(|e| e.to_string())
+        let exec = self.exec.as_ref().map(|e| e.command.clone());
+        // Building the client runs an exec plugin, a blocking child process.
+        tokio::task::spawn_blocking(move || Client::try_from(config))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| match exec {
+                Some(command) => format!("exec credential plugin `{command}`: {}", with_causes(&e)),
+                None => e.to_string(),
+            })
     }
 }
 
@@ -204,6 +300,22 @@ where
     K: kube::Resource + Clone + DeserializeOwned + fmt::Debug,
 {
     Ok(api.get_opt(name).await?)
+}
+
+/// Lists every object of the API (all namespaces for an `Api::all`).
+pub async fn list<K>(api: &Api<K>) -> Result<Vec<K>, ClusterError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + fmt::Debug,
+{
+    Ok(api.list(&Default::default()).await?.items)
+}
+
+/// Waits one poll interval, or fails with [`ClusterError::Stopped`] when Terraform asks the provider to stop.
+pub async fn pause(stop: &mut watch::Receiver<bool>) -> Result<(), ClusterError> {
+    tokio::select! {
+        _ = tokio::time::sleep(POLL_INTERVAL) => Ok(()),
+        _ = stop.wait_for(|s| *s) => Err(ClusterError::Stopped),
+    }
 }
 
 /// Server-side applies a manifest under the provider's field manager (taking over conflicting fields:
@@ -276,10 +388,7 @@ where
                 describe(current.as_ref())
             )));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
-            _ = stop.wait_for(|s| *s) => return Err(ClusterError::Stopped),
-        }
+        pause(stop).await?;
     }
 }
 
@@ -309,10 +418,7 @@ where
                 humantime::format_duration(timeout)
             )));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
-            _ = stop.wait_for(|s| *s) => return Err(ClusterError::Stopped),
-        }
+        pause(stop).await?;
     }
 }
 
@@ -374,6 +480,108 @@ mod tests {
         assert_eq!(
             with_causes(&e),
             "client error (Connect): Connection refused (os error 111)"
+        );
+    }
+
+    /// Answers one HTTP request with a Kubernetes version document; returns the request's head.
+    async fn answer_one_version_request(listener: tokio::net::TcpListener) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the client closed before sending a request");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let body = r#"{"major":"1","minor":"33","gitVersion":"v1.33.0","gitCommit":"","gitTreeState":"","buildDate":"","goVersion":"","compiler":"","platform":""}"#;
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(response.as_bytes()).await.expect("write");
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_exec_plugin_supplies_the_token_and_its_failure_names_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let host = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(answer_one_version_request(listener));
+        // A plugin as kubelogin is one: it reads its settings from its arguments and environment and prints
+        // an ExecCredential.
+        let plugin = |script: &str| ExecPlugin {
+            api_version: "client.authentication.k8s.io/v1beta1".into(),
+            command: "sh".into(),
+            args: vec!["-c".into(), script.into(), "plugin".into(), "from-args".into()],
+            env: BTreeMap::from([("TOKEN_SUFFIX".to_string(), "from-env".to_string())]),
+        };
+        let pc = ProviderConfig {
+            host: Some(host.clone()),
+            exec: Some(plugin(
+                r#"echo "{\"apiVersion\":\"client.authentication.k8s.io/v1beta1\",\"kind\":\"ExecCredential\",\"status\":{\"token\":\"$1-$TOKEN_SUFFIX\"}}""#,
+            )),
+            ..Default::default()
+        };
+        let client = pc.client().await.expect("a client");
+        let version = client.apiserver_version().await.expect("version");
+        assert_eq!(version.git_version, "v1.33.0");
+        let head = server.await.expect("server").to_ascii_lowercase();
+        assert!(
+            head.contains("authorization: bearer from-args-from-env\r\n"),
+            "the plugin's token is sent: {head}"
+        );
+        let dbg = format!("{pc:?}");
+        assert!(
+            !dbg.contains("from-args") && dbg.contains("TOKEN_SUFFIX"),
+            "{dbg}"
+        );
+
+        let failing = ProviderConfig {
+            host: Some(host),
+            exec: Some(plugin("echo 'not logged in' >&2; exit 3")),
+            ..Default::default()
+        };
+        let Err(err) = failing.client().await else {
+            panic!("a failing plugin must be an error")
+        };
+        assert!(err.starts_with("exec credential plugin `sh`: "), "{err}");
+        assert!(err.contains("not logged in"), "the plugin's own message: {err}");
+    }
+
+    #[test]
+    fn the_exec_block_is_read_from_the_provider_configuration() {
+        let cfg = object([
+            ("host", Value::str("https://k")),
+            (
+                "exec",
+                Value::List(vec![object([
+                    ("api_version", Value::str("client.authentication.k8s.io/v1beta1")),
+                    ("command", Value::str("kubelogin")),
+                    (
+                        "args",
+                        Value::List(vec![
+                            Value::str("get-token"),
+                            Value::str("--login"),
+                            Value::str("azurecli"),
+                        ]),
+                    ),
+                    ("env", object([("AAD_LOGIN_METHOD", Value::str("azurecli"))])),
+                ])]),
+            ),
+        ]);
+        let exec = ProviderConfig::from_value(&cfg)
+            .and_then(|pc| pc.exec)
+            .expect("exec");
+        assert_eq!(exec.command, "kubelogin");
+        assert_eq!(exec.args, vec!["get-token", "--login", "azurecli"]);
+        assert_eq!(exec.env["AAD_LOGIN_METHOD"], "azurecli");
+        let no_exec = object([("host", Value::str("https://k")), ("exec", Value::List(vec![]))]);
+        assert!(
+            ProviderConfig::from_value(&no_exec)
+                .expect("known")
+                .exec
+                .is_none()
         );
     }
 

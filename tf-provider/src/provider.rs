@@ -11,7 +11,7 @@ use crate::diag::{self, Path};
 use crate::proto::tfplugin6 as pb;
 use crate::proto::tfplugin6::provider_server::Provider as ProviderService;
 use crate::resources::{self, Kind, Object, Op, pool, sgc};
-use crate::schema::{Attribute, Block, Type};
+use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type};
 use crate::value::Value;
 
 const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -71,8 +71,58 @@ pub fn provider_schema() -> Block {
             ),
             s("config_context", "Context in the kubeconfig."),
         ],
-        blocks: vec![],
+        blocks: vec![NestedBlock {
+            name: "exec",
+            block: Block {
+                description: "A client-go credential plugin that prints the token, used with `host` instead of `token` (for AKS with Entra ID: `kubelogin`). Run when the provider first contacts the cluster, and again when the credential expires; never interactively.",
+                attributes: vec![
+                    Attribute::required(
+                        "api_version",
+                        Type::String,
+                        "ExecCredential version the plugin speaks, e.g. `client.authentication.k8s.io/v1beta1`.",
+                    ),
+                    Attribute::required("command", Type::String, "The program, e.g. `kubelogin`."),
+                    Attribute::optional("args", Type::List(Box::new(Type::String)), "Its arguments."),
+                    Attribute::optional(
+                        "env",
+                        Type::Map(Box::new(Type::String)),
+                        "Extra environment variables for it.",
+                    ),
+                ],
+                blocks: vec![],
+            },
+            nesting: Nesting::List,
+            min_items: 0,
+            max_items: 1,
+            force_new: false,
+        }],
     }
+}
+
+/// An `exec` block needs `host` (a kubeconfig from `config_path` has its own user) and replaces `token`.
+fn validate_exec(cfg: &Value) -> Vec<pb::Diagnostic> {
+    let has_exec = matches!(cfg.get("exec"), Value::List(items) if !items.is_empty());
+    if !has_exec {
+        return Vec::new();
+    }
+    let exec_path = Path::attr("exec");
+    let mut d = Vec::new();
+    if cfg.get("host").is_null() {
+        d.push(diag::error(
+            "exec needs host",
+            "an exec block authenticates to the API server named by `host`; set `host` (and \
+             `cluster_ca_certificate`), or use `config_path` with a kubeconfig whose user runs the plugin",
+            Some(&exec_path),
+        ));
+    }
+    if !cfg.get("token").is_null() {
+        d.push(diag::error(
+            "Conflicting credentials",
+            "set either `token` or an `exec` block, not both",
+            Some(&exec_path),
+        ));
+    }
+    d
 }
 
 fn schema_proto(block: &Block) -> pb::Schema {
@@ -181,11 +231,54 @@ impl Provider {
 
     async fn apply(&self, kind: Kind, prior: &Value, planned: &Value) -> Result<Value, ApplyFailure> {
         let client = self.client().await?;
-        let stop = self.stop_tx.subscribe();
+        let mut stop = self.stop_tx.subscribe();
+        if kind == Kind::Pool && planned.is_null() {
+            refuse_pool_in_use(&client, resources::object_name(prior), &mut stop).await?;
+        }
         match kind {
             Kind::Sgc => apply::<api::StaticGatewayConfiguration>(client, prior, planned, stop).await,
             Kind::Pool => apply::<api::GatewayPool>(client, prior, planned, stop).await,
         }
+    }
+}
+
+/// How long a pool delete gives the configurations on the pool to start being deleted. Without a reference
+/// from the configurations to the pool (a literal node pool name), `terraform destroy` deletes both at once,
+/// and the configurations' deletes may reach the cluster a moment after the pool's.
+const POOL_IN_USE_GRACE: Duration = Duration::from_secs(5);
+
+/// Refuses, before anything is deleted, to delete a pool that configurations (not being deleted themselves)
+/// still use: the operator would keep it until they go, so the delete would hang until its timeout and
+/// leave the pool Terminating. Configurations that start being deleted within [`POOL_IN_USE_GRACE`] do not count.
+async fn refuse_pool_in_use(
+    client: &kube::Client,
+    name: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), pb::Diagnostic> {
+    let pools: kube::Api<api::GatewayPool> = kube::Api::all(client.clone());
+    let sgcs: kube::Api<api::StaticGatewayConfiguration> = kube::Api::all(client.clone());
+    let cannot_check = |e: &ClusterError| {
+        cluster_diag(
+            &format!("Cannot check which configurations use GatewayPool {name} before deleting it"),
+            e,
+        )
+    };
+    let deadline = tokio::time::Instant::now() + POOL_IN_USE_GRACE;
+    loop {
+        let Some(pool) = cluster::get(&pools, name).await.map_err(|e| cannot_check(&e))? else {
+            return Ok(());
+        };
+        let all = cluster::list(&sgcs).await.map_err(|e| cannot_check(&e))?;
+        let users = pool::users(&pool, &all);
+        if users.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(pool::in_use(name, &users));
+        }
+        cluster::pause(stop)
+            .await
+            .map_err(|e| cluster_diag(&format!("Cannot delete {name}"), &e))?;
     }
 }
 
@@ -232,7 +325,10 @@ async fn apply<K: Object>(
     match waited {
         Ok(obj) => Ok(state(&obj)),
         Err(e) => Err(ApplyFailure {
-            diagnostic: cluster_diag(&format!("{object} {}", K::KIND.not_ready()), &e),
+            diagnostic: match e {
+                ClusterError::Stopped => cluster_diag(&format!("Stopped waiting for {object}"), &e),
+                _ => cluster_diag(&format!("{object} {}", K::KIND.not_ready()), &e),
+            },
             state: cluster::get(&api, name).await.ok().flatten().map(|o| state(&o)),
         }),
     }
@@ -308,7 +404,7 @@ impl ProviderService for Provider {
         let diagnostics = match decode(r.get_ref().config.as_ref(), &provider_schema()) {
             Err(d) => vec![d],
             Ok(cfg) => {
-                let mut d = vec![];
+                let mut d = validate_exec(&cfg);
                 if let Some(h) = cfg.get("host").as_str()
                     && !(h.starts_with("https://") || h.starts_with("http://"))
                 {
@@ -675,6 +771,86 @@ fn capabilities() -> pb::ServerCapabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn upgrade(type_name: &str, json: &str) -> pb::upgrade_resource_state::Response {
+        Provider::new()
+            .upgrade_resource_state(Request::new(pb::upgrade_resource_state::Request {
+                type_name: type_name.into(),
+                version: 0,
+                raw_state: Some(pb::RawState {
+                    json: json.as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .expect("answered")
+            .into_inner()
+    }
+
+    #[test]
+    fn an_exec_block_needs_host_and_replaces_the_token() {
+        let exec = Value::List(vec![resources::object([
+            ("api_version", Value::str("client.authentication.k8s.io/v1beta1")),
+            ("command", Value::str("kubelogin")),
+        ])]);
+        let cfg = |host: Value, token: Value| {
+            provider_schema().normalise(resources::object([
+                ("host", host),
+                ("token", token),
+                ("exec", exec.clone()),
+            ]))
+        };
+        let summaries = |v: Value| {
+            validate_exec(&v)
+                .into_iter()
+                .map(|d| (d.summary, d.attribute))
+                .collect::<Vec<_>>()
+        };
+        let at_exec = Some(Path::attr("exec").to_proto());
+        assert!(summaries(cfg(Value::str("https://k"), Value::Null)).is_empty());
+        // A host from a cluster created in this run is unknown at first: no finding yet.
+        assert!(summaries(cfg(Value::unknown(), Value::Null)).is_empty());
+        assert_eq!(
+            summaries(cfg(Value::Null, Value::Null)),
+            vec![("exec needs host".to_string(), at_exec.clone())]
+        );
+        assert_eq!(
+            summaries(cfg(Value::str("https://k"), Value::str("t"))),
+            vec![("Conflicting credentials".to_string(), at_exec)]
+        );
+    }
+
+    #[tokio::test]
+    async fn upgrading_a_state_gives_exactly_the_schemas_keys() {
+        // Written by an older provider: it had an attribute since removed, and lacks the newer `uid`.
+        let old = r#"{"id": "app/egress", "namespace": "app", "name": "egress", "gateway_nodepool_name": "gw",
+            "default_route": "staticEgressGateway", "provision_public_ips": true, "exclude_cidrs": ["10.0.0.0/8"],
+            "egress_ip_prefix": "20.0.0.0/31", "gateway_server_profile": null, "conditions": [],
+            "gateway_vmss_profile": [], "timeouts": null, "removed_attribute": "gone"}"#;
+        let r = upgrade(resources::SGC_TYPE, old).await;
+        assert!(r.diagnostics.is_empty(), "{:?}", r.diagnostics);
+        let upgraded = Value::from_msgpack(&r.upgraded_state.expect("state").msgpack).expect("msgpack");
+        let Value::Map(m) = &upgraded else {
+            panic!("an object: {upgraded:?}")
+        };
+        let schema = Kind::Sgc.resource_schema();
+        let mut want: Vec<&str> = schema.attributes.iter().map(|a| a.name).collect();
+        want.extend(schema.blocks.iter().map(|b| b.name));
+        want.sort_unstable();
+        assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), want);
+        assert!(upgraded.get("uid").is_null());
+        assert_eq!(upgraded.get("egress_ip_prefix").as_str(), Some("20.0.0.0/31"));
+        assert_eq!(
+            upgraded.get("exclude_cidrs"),
+            &Value::List(vec![Value::str("10.0.0.0/8")])
+        );
+
+        let r = upgrade(resources::SGC_TYPE, "{not json").await;
+        assert!(r.upgraded_state.is_none());
+        assert_eq!(r.diagnostics[0].summary, "Cannot read the stored state");
+        let r = upgrade("egressgateway_other", "{}").await;
+        assert_eq!(r.diagnostics[0].summary, "Unknown type");
+    }
 
     #[test]
     fn apply_keeps_known_planned_values() {

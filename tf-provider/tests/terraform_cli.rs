@@ -216,6 +216,95 @@ output "egress_prefix" {
 }
 
 #[test]
+fn data_sources_are_read_at_plan_when_their_arguments_are_known() {
+    // As docs/tf-provider/index.md says: with credentials unknown, a data source with literal arguments
+    // fails at plan; one whose arguments come from a resource being created is read at apply.
+    let config = |namespace: &str, name: &str| {
+        format!(
+            r#"
+resource "terraform_data" "cluster" {{
+  input = "aks.example.invalid"
+}}
+
+provider "egressgateway" {{
+  host  = "https://${{terraform_data.cluster.output}}"
+  token = "not-used-at-plan"
+}}
+
+resource "egressgateway_static_gateway_configuration" "egress" {{
+  namespace             = "app"
+  name                  = "egress"
+  gateway_nodepool_name = "gwpool"
+}}
+
+data "egressgateway_static_gateway_configuration" "read" {{
+  namespace = {namespace}
+  name      = {name}
+}}
+"#
+        )
+    };
+    let ws = Workspace::new("ds-literal", &config(r#""app""#, r#""egress""#));
+    let out = ws.terraform(&["plan", "-no-color", "-input=false", "-lock=false"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        flat(&all).contains("Error: Provider configuration is not known yet"),
+        "{all}"
+    );
+    let ws = Workspace::new(
+        "ds-deferred",
+        &config(
+            "egressgateway_static_gateway_configuration.egress.namespace",
+            "egressgateway_static_gateway_configuration.egress.name",
+        ),
+    );
+    let out = ws.terraform(&["plan", "-no-color", "-input=false", "-lock=false"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("data.egressgateway_static_gateway_configuration.read will be read during apply"),
+        "{all}"
+    );
+}
+
+#[test]
+fn an_exec_block_validates_with_host_and_is_refused_without() {
+    let config = |host: &str| {
+        format!(
+            r#"
+provider "egressgateway" {{
+{host}
+  exec {{
+    api_version = "client.authentication.k8s.io/v1beta1"
+    command     = "kubelogin"
+    args        = ["get-token", "--login", "azurecli", "--server-id", "6dae42f8-4368-4678-94ff-3960e28e3630"]
+    env         = {{ AAD_LOGIN_METHOD = "azurecli" }}
+  }}
+}}
+
+resource "egressgateway_gateway_pool" "gw" {{
+  name                  = "gwpool"
+  gateway_nodepool_name = "gwpool"
+  public_ip_prefix_size = 31
+}}
+"#
+        )
+    };
+    let ws = Workspace::new(
+        "exec-ok",
+        &config(r#"  host = "https://aks.example.invalid:443""#),
+    );
+    let out = ws.terraform(&["validate", "-no-color"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ws = Workspace::new("exec-no-host", &config(""));
+    let out = ws.terraform(&["validate", "-no-color"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(flat(&all).contains("Error: exec needs host"), "{all}");
+}
+
+#[test]
 fn plan_reports_rules_once_inputs_are_known() {
     // Variables are known at plan; the pool-size-vs-prefix rule needs both values.
     let ws = Workspace::new(

@@ -12,7 +12,7 @@ use api::StaticGatewayConfiguration;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{APP_NS, Cluster, NODEPOOL, VMSS, Workspace, pool_tf};
+use support::{APP_NS, Cluster, NODEPOOL, VMSS, Workspace, pool_tf, pool_tf_sized};
 use testbed::wait::eventually_within;
 
 const POOL: &str = "egressgateway_gateway_pool.gw";
@@ -159,8 +159,49 @@ output "read_prefix" {
         plan.stdout.contains("2 to change, 0 to destroy"),
         "updates in place, no replacement:\n{plan}"
     );
-    ws.apply().await;
+    // None of these edits can move the egress prefix or the server profile (only the egress mode can): the
+    // plan shows them known, as they are, so nothing fed from them (firewall allowlists) changes; the UIDs
+    // are the objects'.
+    let saved = ws.saved_plan("update.tfplan").await;
+    let change = &planned_change(&saved, SGC)["change"];
+    assert_eq!(change["actions"], json!(["update"]), "{change}");
+    assert_eq!(change["after"]["egress_ip_prefix"], prefix.as_str(), "{change}");
+    assert_eq!(
+        change["after"]["gateway_server_profile"]["public_key"],
+        profile.public_key.as_str(),
+        "{change}"
+    );
+    assert_eq!(
+        change["after"]["uid"],
+        remote.metadata.uid.as_deref().expect("uid"),
+        "{change}"
+    );
+    for known in ["egress_ip_prefix", "gateway_server_profile", "uid"] {
+        assert!(!has_unknown(&change["after_unknown"][known]), "{known}: {change}");
+    }
+    assert_eq!(change["after_unknown"]["conditions"], true, "{change}");
+    for output in ["egress_prefix", "firewall_rule", "server_public_key"] {
+        assert_eq!(
+            saved["output_changes"][output]["actions"],
+            json!(["no-op"]),
+            "{output}: {}",
+            saved["output_changes"]
+        );
+    }
+    let pool_change = &planned_change(&saved, POOL)["change"];
+    assert_eq!(
+        pool_change["after"]["uid"],
+        remote_pool(&cluster).await.metadata.uid.as_deref().expect("uid"),
+        "{pool_change}"
+    );
+    ws.apply_saved("update.tfplan").await;
+    assert_eq!(ws.show().await.resource(SGC)["egress_ip_prefix"], prefix.as_str());
     let remote = remote_sgc(&cluster).await;
+    assert_eq!(
+        remote.status.as_ref().and_then(|s| s.egress_ip_prefix.as_deref()),
+        Some(prefix.as_str()),
+        "the operator kept the prefix, as planned"
+    );
     assert_eq!(
         remote.spec.exclude_cidrs,
         vec!["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()]
@@ -258,6 +299,128 @@ output "read_prefix" {
 
     ws.destroy().await;
     assert!(ws.show().await.addresses().is_empty());
+    cluster.assert_empty().await;
+}
+
+/// Does a plan's `after_unknown` value mark anything unknown (`true`, or an object or list holding one)?
+fn has_unknown(after_unknown: &serde_json::Value) -> bool {
+    match after_unknown {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Array(items) => items.iter().any(has_unknown),
+        serde_json::Value::Object(m) => m.values().any(has_unknown),
+        _ => false,
+    }
+}
+
+/// The entry of `resource_changes` for an address in a saved plan (`terraform show -json <plan>`).
+fn planned_change<'a>(plan: &'a serde_json::Value, address: &str) -> &'a serde_json::Value {
+    plan["resource_changes"]
+        .as_array()
+        .and_then(|changes| changes.iter().find(|c| c["address"] == address))
+        .unwrap_or_else(|| panic!("no change for {address} in the plan: {plan}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_pool_fails_fast_while_configurations_use_it_and_replaces_them_when_triggered() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_operator().await;
+    const TRIGGER: &str =
+        "  lifecycle {\n    replace_triggered_by = [egressgateway_gateway_pool.gw.uid]\n  }";
+    let config =
+        |prefix_size: u8, sgc_extra: &str| pool_tf_sized(prefix_size, "") + &sgc_tf(POOL_NODEPOOL, sgc_extra);
+    let ws = Workspace::new(cluster.credentials("admin").await, &config(31, ""));
+    ws.apply().await;
+    let old_pool = remote_pool(&cluster).await;
+    let old_sgc = remote_sgc(&cluster).await;
+    let shown = ws.show().await;
+    assert_eq!(
+        shown.resource(POOL)["uid"],
+        old_pool.metadata.uid.as_deref().expect("uid")
+    );
+    assert_eq!(
+        shown.resource(SGC)["uid"],
+        old_sgc.metadata.uid.as_deref().expect("uid")
+    );
+
+    // A new prefix size replaces the pool, but the configuration sees an unchanged node pool name: deleting
+    // the pool first is refused before anything is deleted (the operator would keep the pool while the
+    // configuration uses it, and the apply would wait out timeouts.delete, 5 minutes).
+    ws.write(&config(30, ""));
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(
+        plan.stdout.contains("1 to add, 0 to change, 1 to destroy"),
+        "{plan}"
+    );
+    let started = Instant::now();
+    let run = ws.apply_result().await;
+    let took = started.elapsed();
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        took < Duration::from_secs(60),
+        "waited for the delete: {took:?}\n{run}"
+    );
+    let flat = run.flat();
+    assert!(
+        flat.contains("Error: GatewayPool gateway is still in use")
+            && flat.contains("the StaticGatewayConfigurations app/egress still use it")
+            && flat.contains("replace_triggered_by = [egressgateway_gateway_pool.<pool>.uid]"),
+        "{run}"
+    );
+    let pool = remote_pool(&cluster).await;
+    assert_eq!(pool.metadata.uid, old_pool.metadata.uid);
+    assert!(
+        pool.metadata.deletion_timestamp.is_none(),
+        "the pool was deleted: {pool:?}"
+    );
+    assert_eq!(pool.spec.public_ip_prefix_size, 31);
+    assert_eq!(remote_sgc(&cluster).await.metadata.uid, old_sgc.metadata.uid);
+    let shown = ws.show().await;
+    assert_eq!(shown.resource(POOL)["public_ip_prefix_size"], 31, "{}", shown.0);
+    assert!(shown.entry(POOL)["tainted"].is_null(), "{}", shown.0);
+
+    // With the pool's UID as the configuration's replacement trigger, Terraform replaces both: the
+    // configuration goes first, and comes back on the new pool with a /30.
+    ws.write(&config(30, TRIGGER));
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(
+        plan.stdout.contains(&format!(
+            "# {SGC} will be replaced due to changes in replace_triggered_by"
+        )) && plan.stdout.contains("2 to add, 0 to change, 2 to destroy"),
+        "{plan}"
+    );
+    ws.apply().await;
+    let new_pool = remote_pool(&cluster).await;
+    let new_sgc = remote_sgc(&cluster).await;
+    assert_ne!(
+        new_pool.metadata.uid, old_pool.metadata.uid,
+        "the pool was replaced"
+    );
+    assert_ne!(
+        new_sgc.metadata.uid, old_sgc.metadata.uid,
+        "the configuration was replaced"
+    );
+    assert_eq!(new_pool.spec.public_ip_prefix_size, 30);
+    let shown = ws.show().await;
+    assert_eq!(
+        shown.resource(POOL)["uid"],
+        new_pool.metadata.uid.as_deref().expect("uid")
+    );
+    assert_eq!(
+        shown.resource(SGC)["uid"],
+        new_sgc.metadata.uid.as_deref().expect("uid")
+    );
+    assert!(
+        shown
+            .output("egress_prefix")
+            .as_str()
+            .is_some_and(|p| p.ends_with("/30")),
+        "{}",
+        shown.0
+    );
+    ws.assert_plan_empty("after replacing the pool").await;
+    ws.destroy().await;
     cluster.assert_empty().await;
 }
 
@@ -505,5 +668,103 @@ resource "egressgateway_static_gateway_configuration" "egress" {{
     );
     let ws = ws.with_env(cluster.credentials("admin").await);
     ws.destroy().await;
+    cluster.assert_empty().await;
+}
+
+/// StopProvider (Terraform's answer to Ctrl-C) ends a create's wait for readiness at once, with an error and
+/// the object as it is in the cluster, so that Terraform records it (tainted) rather than forget an object that
+/// exists. Driven in process: the `terraform` CLI only sends StopProvider on an interrupt signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_provider_ends_a_create_waiting_for_readiness_and_records_the_object() {
+    use tf_provider::proto::tfplugin6 as pb;
+    use tf_provider::proto::tfplugin6::provider_server::Provider as _;
+    use tf_provider::resources::{Kind, object, sgc};
+    use tf_provider::value::Value as TfValue;
+
+    // No operator: the configuration never becomes Ready, so the create waits (10 minutes by default).
+    let cluster = Cluster::start().await;
+    let provider = std::sync::Arc::new(tf_provider::provider::Provider::new());
+    let credentials: std::collections::BTreeMap<String, String> =
+        cluster.credentials("admin").await.into_iter().collect();
+    let provider_config = tf_provider::provider::provider_schema().normalise(object(
+        ["host", "token", "cluster_ca_certificate"]
+            .map(|k| (k, TfValue::str(&credentials[&format!("TF_VAR_{k}")]))),
+    ));
+    let dynamic = |v: &TfValue| pb::DynamicValue {
+        msgpack: v.to_msgpack(),
+        json: vec![],
+    };
+    let configured = provider
+        .configure_provider(tonic::Request::new(pb::configure_provider::Request {
+            config: Some(dynamic(&provider_config)),
+            ..Default::default()
+        }))
+        .await
+        .expect("answered");
+    assert!(configured.get_ref().diagnostics.is_empty(), "{configured:?}");
+
+    let config = Kind::Sgc.resource_schema().normalise(object([
+        ("namespace", TfValue::str(APP_NS)),
+        ("name", TfValue::str("egress")),
+        ("gateway_nodepool_name", TfValue::str(NODEPOOL)),
+    ]));
+    let (planned, _) = sgc::plan(&TfValue::Null, &config);
+    let create = {
+        let provider = provider.clone();
+        let request = pb::apply_resource_change::Request {
+            type_name: Kind::Sgc.type_name().into(),
+            prior_state: Some(dynamic(&TfValue::Null)),
+            planned_state: Some(dynamic(&planned)),
+            config: Some(dynamic(&config)),
+            ..Default::default()
+        };
+        tokio::spawn(async move { provider.apply_resource_change(tonic::Request::new(request)).await })
+    };
+    let api = sgcs(&cluster);
+    eventually_within(
+        "the create wrote the configuration",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            async move { api.get_opt("egress").await.expect("get").is_some() }
+        },
+    )
+    .await;
+    assert!(!create.is_finished(), "the create must be waiting for readiness");
+
+    provider
+        .stop_provider(tonic::Request::new(pb::Empty {}))
+        .await
+        .expect("answered");
+    let applied = tokio::time::timeout(Duration::from_secs(30), create)
+        .await
+        .expect("the create returns once stopped, not after its 10 minute wait")
+        .expect("task")
+        .expect("answered")
+        .into_inner();
+    assert_eq!(applied.diagnostics.len(), 1, "{:?}", applied.diagnostics);
+    let d = &applied.diagnostics[0];
+    assert_eq!(d.severity, pb::diagnostic::Severity::Error as i32);
+    assert_eq!(
+        d.summary,
+        "Stopped waiting for StaticGatewayConfiguration app/egress"
+    );
+    assert_eq!(d.detail, "interrupted: Terraform asked the provider to stop");
+    let state =
+        TfValue::from_msgpack(&applied.new_state.expect("the object is recorded").msgpack).expect("msgpack");
+    let remote = remote_sgc(&cluster).await;
+    assert_eq!(state.get("id").as_str(), Some("app/egress"));
+    assert_eq!(state.get("uid").as_str(), remote.metadata.uid.as_deref());
+    assert!(state.is_wholly_known(), "{state:?}");
+
+    sgcs(&cluster)
+        .delete("egress", &DeleteParams::default())
+        .await
+        .expect("clean up");
+    eventually_within("the configuration is gone", Duration::from_secs(30), || {
+        let api = api.clone();
+        async move { api.get_opt("egress").await.expect("get").is_none() }
+    })
+    .await;
     cluster.assert_empty().await;
 }

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use api::GatewayPool;
+use api::{GatewayPool, StaticGatewayConfiguration};
 
-use super::plan::{PlanRules, plan as plan_generic};
+use super::plan::{Derived, PlanRules, plan as plan_generic};
 use super::{Extracted, conditions_type, object, remote_string};
 use crate::diag::Path;
+use crate::proto::tfplugin6 as pb;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
 use crate::value::{Number, Value};
 
@@ -17,12 +18,23 @@ pub(crate) const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(300);
 /// What the diagnostic says of a pool apply's wait gave up on.
 pub(crate) const NOT_READY: &str = "is not ready";
 
+/// What an in-place update (only `instance_count`, a declaration the operator checks but does not act on,
+/// or a node pool name's letter case) does to the status the pool reports: its UID and kind stay; the
+/// instance count, the load-balancer frontend (there while configurations use the pool) and the conditions
+/// are live, so they are read again.
+const DERIVED: &[(&str, Derived)] = &[("uid", Derived::On(&[])), ("pool_type", Derived::On(&[]))];
+
 /// The resource schema.
 pub fn resource_schema() -> Block {
     Block {
         description: "A GatewayPool: the gateway nodes (an AKS gateway node pool or a self-managed VMSS) that serve static gateway configurations, with the public IP prefix size each configuration on it gets.",
         attributes: vec![
             Attribute::computed("id", Type::String, "The pool's name."),
+            Attribute::computed(
+                "uid",
+                Type::String,
+                "The GatewayPool's Kubernetes UID. A replaced pool gets a new one, unknown until apply: configurations on the pool name it in `lifecycle { replace_triggered_by = [egressgateway_gateway_pool.<name>.uid] }` so that Terraform replaces them with the pool (the operator keeps a pool while configurations use it).",
+            ),
             Attribute::required("name", Type::String, "Name of the GatewayPool (cluster-scoped). Changing it replaces the pool.").force_new(),
             Attribute::optional(
                 "gateway_nodepool_name",
@@ -96,6 +108,7 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
             // GatewayPools have no defaults: admission does not mutate them.
             defaults: &[],
             id,
+            derived: DERIVED,
         },
     )
 }
@@ -119,6 +132,7 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
     let status = obj.status.clone().unwrap_or_default();
     let attributes = [
         ("id", Value::str(&name)),
+        ("uid", obj.metadata.uid.as_deref().map_or(Value::Null, Value::str)),
         ("name", Value::str(&name)),
         (
             "gateway_nodepool_name",
@@ -158,6 +172,46 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
         ),
     ];
     super::state(attributes, &status.conditions, prior)
+}
+
+/// The configurations (`namespace/name`) that use a pool and are not being deleted themselves. The operator
+/// keeps a pool (its finalizer) while any configuration uses it, so deleting the pool before these would
+/// wait until `timeouts.delete` and leave it Terminating. Configurations being deleted release it.
+pub fn users(pool: &GatewayPool, sgcs: &[StaticGatewayConfiguration]) -> Vec<String> {
+    let Some(key) = pool.spec.pool_ref().map(|r| r.key()) else {
+        return Vec::new();
+    };
+    let mut users: Vec<String> = sgcs
+        .iter()
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .filter(|s| s.spec.pool_ref().is_some_and(|r| r.key() == key))
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                s.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    users.sort();
+    users
+}
+
+/// The error of a pool delete refused because configurations still use the pool: which, why, and the fix.
+pub fn in_use(name: &str, users: &[String]) -> pb::Diagnostic {
+    crate::diag::error(
+        format!("GatewayPool {name} is still in use"),
+        format!(
+            "The GatewayPool was not deleted: the StaticGatewayConfigurations {} still use it, and the operator \
+             keeps a pool while any configuration uses it, so the delete would wait until timeouts.delete. \
+             Delete those configurations first, or move them to another pool. When Terraform replaces the pool \
+             (a change of `name`, `public_ip_prefix_size`, `gateway_nodepool_name` or `gateway_vmss_profile`), \
+             have it replace the configurations on the pool too: add \
+             `lifecycle {{ replace_triggered_by = [egressgateway_gateway_pool.<pool>.uid] }}` to each of them.",
+            users.join(", ")
+        ),
+        None,
+    )
 }
 
 impl super::Object for GatewayPool {
@@ -222,7 +276,6 @@ pub fn describe_wait(obj: Option<&GatewayPool>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::tfplugin6 as pb;
     use crate::resources::Kind;
     use crate::resources::test_support::error_paths;
 
@@ -307,6 +360,56 @@ mod tests {
         // A verdict about an older generation, either way, does not end the wait.
         assert!(!is_ready(&pool_object(true, Some(("False", 1)))));
         assert!(!is_ready(&pool_object(true, Some(("True", 1)))));
+    }
+
+    #[test]
+    fn a_pool_is_used_by_the_configurations_on_it_that_are_not_being_deleted() {
+        let sgc = |ns: &str, name: &str, spec: serde_json::Value, deleting: bool| {
+            let mut metadata = serde_json::json!({"namespace": ns, "name": name});
+            if deleting {
+                metadata["deletionTimestamp"] = "2025-01-01T00:00:00Z".into();
+                metadata["finalizers"] = serde_json::json!(["x"]);
+            }
+            serde_json::from_value::<StaticGatewayConfiguration>(serde_json::json!({
+                "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+                "kind": "StaticGatewayConfiguration", "metadata": metadata, "spec": spec,
+            }))
+            .expect("configuration")
+        };
+        let on = |np: &str| serde_json::json!({"gatewayNodepoolName": np});
+        let sgcs = [
+            sgc("b", "egress", on("GW"), false), // node pool names compare without case, as in Azure
+            sgc("a", "egress", on("gw"), false),
+            sgc("a", "leaving", on("gw"), true),
+            sgc("a", "elsewhere", on("other"), false),
+            sgc(
+                "a",
+                "vmss",
+                serde_json::json!({"gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "gw", "publicIpPrefixSize": 31}}),
+                false,
+            ),
+        ];
+        let pool = pool_object(true, None);
+        assert_eq!(
+            users(&pool, &sgcs),
+            vec!["a/egress".to_string(), "b/egress".to_string()]
+        );
+        assert!(users(&pool, &sgcs[2..4]).is_empty());
+
+        let d = in_use("gw", &users(&pool, &sgcs));
+        assert_eq!(d.summary, "GatewayPool gw is still in use");
+        assert!(
+            d.detail
+                .contains("StaticGatewayConfigurations a/egress, b/egress still use it"),
+            "{}",
+            d.detail
+        );
+        assert!(
+            d.detail
+                .contains("replace_triggered_by = [egressgateway_gateway_pool.<pool>.uid]"),
+            "{}",
+            d.detail
+        );
     }
 
     #[test]

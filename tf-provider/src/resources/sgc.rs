@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use api::StaticGatewayConfiguration;
 
-use super::plan::{PlanRules, plan as plan_generic};
+use super::plan::{Derived, PlanRules, plan as plan_generic};
 use super::{Extracted, conditions_type, object, remote_string};
 use crate::diag::Path;
 use crate::schema::{Attribute, Block, NestedBlock, Nesting, Type, timeouts_block};
@@ -53,12 +53,33 @@ fn server_profile_type() -> Type {
     ])
 }
 
+/// The attributes that decide the egress mode: a managed prefix, the bring-your-own prefix, or the gateway
+/// nodes' private IPs.
+const EGRESS_MODE: &[&str] = &["provision_public_ips", "public_ip_prefix_id"];
+
+/// What an in-place update does to what the operator reports. The egress prefix is decided by the egress
+/// mode (and by the pool and the VMSS prefix size, which replace the configuration). The server profile is
+/// the pool's load-balancer frontend, the configuration's own load-balancer rule port and its key Secret,
+/// kept for the configuration's life, unless the operator drops the rule because the new mode is blocked
+/// (a managed prefix of the wrong length), after which the port may differ: so it follows the mode too.
+/// `default_route` and `exclude_cidrs` only steer pods' routes; the conditions follow every change.
+const DERIVED: &[(&str, Derived)] = &[
+    ("uid", Derived::On(&[])),
+    ("egress_ip_prefix", Derived::On(EGRESS_MODE)),
+    ("gateway_server_profile", Derived::On(EGRESS_MODE)),
+];
+
 /// The resource schema.
 pub fn resource_schema() -> Block {
     Block {
         description: "A StaticGatewayConfiguration: a static egress IP prefix for the pods of a namespace that name it in the annotation `kubernetes.azure.com/static-gateway-configuration`. Validated at plan time with the same rules the admission webhook enforces; apply waits until the configuration is Ready and its egress prefix is known.",
         attributes: vec![
             Attribute::computed("id", Type::String, "`namespace/name`."),
+            Attribute::computed(
+                "uid",
+                Type::String,
+                "The configuration's Kubernetes UID (its WireGuard key Secret is `sgw-<uid>`); a replaced configuration gets a new one, unknown until apply.",
+            ),
             Attribute::required("namespace", Type::String, "Namespace of the configuration (the pods' namespace). Changing it replaces the configuration.").force_new(),
             Attribute::required("name", Type::String, "Name of the configuration. Changing it replaces the configuration.").force_new(),
             Attribute::optional(
@@ -136,6 +157,7 @@ pub fn plan(prior: &Value, config: &Value) -> (Value, Vec<Path>) {
         &PlanRules {
             defaults: &defaults,
             id,
+            derived: DERIVED,
         },
     )
 }
@@ -178,6 +200,7 @@ pub fn state_from_object(prior: &Value, obj: &StaticGatewayConfiguration) -> Val
     };
     let attributes = [
         ("id", Value::str(format!("{ns}/{name}"))),
+        ("uid", obj.metadata.uid.as_deref().map_or(Value::Null, Value::str)),
         ("namespace", Value::str(ns)),
         ("name", Value::str(name)),
         (
@@ -458,6 +481,65 @@ mod tests {
         let (changed, replace) = plan(&state, &c2);
         assert!(changed.get("egress_ip_prefix").is_unknown());
         assert_eq!(replace, vec![Path::attr("gateway_nodepool_name")]);
+    }
+
+    #[test]
+    fn only_an_egress_mode_change_puts_the_egress_prefix_and_server_profile_in_doubt() {
+        let config = |extra: Vec<(&'static str, Value)>| {
+            let mut pairs = vec![
+                ("namespace", Value::str("app")),
+                ("name", Value::str("egress")),
+                ("gateway_nodepool_name", Value::str("gw")),
+            ];
+            pairs.extend(extra);
+            Kind::Sgc.config(pairs)
+        };
+        let (mut state, _) = plan(&Value::Null, &config(vec![]));
+        let server = object([
+            ("ip", Value::str("10.0.0.4")),
+            ("port", Value::Number(Number::Int(6000))),
+            ("public_key", Value::str("key")),
+        ]);
+        if let Value::Map(m) = &mut state {
+            m.insert("uid".into(), Value::str("uid-1"));
+            m.insert("egress_ip_prefix".into(), Value::str("20.0.0.0/31"));
+            m.insert("gateway_server_profile".into(), server.clone());
+            m.insert("conditions".into(), Value::List(vec![]));
+        }
+        let routes_only = [
+            ("exclude_cidrs", Value::List(vec![Value::str("10.0.0.0/8")])),
+            ("default_route", Value::str("azureNetworking")),
+        ];
+        for edit in routes_only {
+            let name = edit.0;
+            let (planned, replace) = plan(&state, &config(vec![edit]));
+            assert!(replace.is_empty(), "{name}");
+            assert_eq!(
+                planned.get("egress_ip_prefix"),
+                &Value::str("20.0.0.0/31"),
+                "{name}"
+            );
+            assert_eq!(planned.get("gateway_server_profile"), &server, "{name}");
+            assert_eq!(planned.get("uid"), &Value::str("uid-1"), "{name}");
+            assert!(planned.get("conditions").is_unknown(), "{name}");
+        }
+        let mode_changes = [
+            ("provision_public_ips", Value::Bool(false)),
+            (
+                "public_ip_prefix_id",
+                Value::str(
+                    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/publicIPPrefixes/p",
+                ),
+            ),
+        ];
+        for edit in mode_changes {
+            let name = edit.0;
+            let (planned, replace) = plan(&state, &config(vec![edit]));
+            assert!(replace.is_empty(), "{name}");
+            assert!(planned.get("egress_ip_prefix").is_unknown(), "{name}");
+            assert!(planned.get("gateway_server_profile").is_unknown(), "{name}");
+            assert_eq!(planned.get("uid"), &Value::str("uid-1"), "{name}");
+        }
     }
 
     #[test]

@@ -257,12 +257,17 @@ provider "egressgateway" {
 /// The GatewayPool resource `egressgateway_gateway_pool.gw` on [`NODEPOOL`] with /31 prefixes, `extra` added
 /// to its block.
 pub fn pool_tf(extra: &str) -> String {
+    pool_tf_sized(31, extra)
+}
+
+/// [`pool_tf`] with prefixes of the given length.
+pub fn pool_tf_sized(prefix_size: u8, extra: &str) -> String {
     format!(
         r#"
 resource "egressgateway_gateway_pool" "gw" {{
   name                  = "{NODEPOOL}"
   gateway_nodepool_name = "{NODEPOOL}"
-  public_ip_prefix_size = 31
+  public_ip_prefix_size = {prefix_size}
 {extra}
 }}
 "#
@@ -405,6 +410,26 @@ impl Workspace {
     pub async fn plan(&self) -> Run {
         self.run(&["plan", "-detailed-exitcode", "-no-color", "-input=false"])
             .await
+    }
+
+    /// `terraform plan -out=<file>`, which must succeed, and the saved plan as `terraform show -json <file>`
+    /// prints it.
+    pub async fn saved_plan(&self, file: &str) -> Value {
+        let out = format!("-out={file}");
+        let run = self.run(&["plan", "-no-color", "-input=false", &out]).await;
+        assert_eq!(run.code, 0, "terraform plan -out failed:\n{run}");
+        let run = self.run(&["show", "-json", "-no-color", file]).await;
+        assert_eq!(run.code, 0, "terraform show <plan> failed:\n{run}");
+        serde_json::from_str(&run.stdout).expect("show -json is JSON")
+    }
+
+    /// `terraform apply <file>` of a saved plan, which must succeed.
+    pub async fn apply_saved(&self, file: &str) -> Run {
+        let run = self
+            .run(&["apply", "-auto-approve", "-no-color", "-input=false", file])
+            .await;
+        assert_eq!(run.code, 0, "terraform apply {file} failed:\n{run}");
+        run
     }
 
     /// Asserts that a plan (with refresh) proposes nothing.
