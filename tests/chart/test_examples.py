@@ -1,6 +1,7 @@
 """examples/terraform/aks works with this chart: its gateway node pool carries the labels and taints the gateway
 agent's DaemonSet selects and tolerates, AKS's own managed static egress gateway stays off, the chart is installed
-before the objects it serves, and every namespace the configurations use is created.
+before the objects it serves, and every namespace the configurations use is created. In every example, a
+configuration is replaced with its pool.
 
 The HCL is parsed with python-hcl2 (tests/chart/requirements.txt); expressions stay text (`${...}`).
 """
@@ -182,3 +183,19 @@ def test_configuration_namespaces_are_created(tf: dict[str, Any]) -> None:
 def test_example_is_terraform_fmt_clean() -> None:
     out = subprocess.run(["terraform", "fmt", "-check", "-diff", str(EXAMPLE)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("example", sorted(p.parent.name for p in (REPO / "examples" / "terraform").glob("*/main.tf")))
+def test_configurations_are_replaced_with_their_pool(example: str) -> None:
+    # A pool's new name or prefix size replaces it, and the operator keeps a pool while configurations use it:
+    # a configuration on a pool of the same example must be replaced with it (its uid is unknown then), or the
+    # apply stops at the pool's delete (docs/tf-provider/resources/static_gateway_configuration.md).
+    tf = load(REPO / "examples" / "terraform" / example / "main.tf")
+    pools = resources(tf, "egressgateway_gateway_pool")
+    configs = resources(tf, "egressgateway_static_gateway_configuration")
+    assert configs, f"{example}: no configuration"
+    for cname, body in configs.items():
+        pool = referenced(body["gateway_nodepool_name"], "egressgateway_gateway_pool")
+        assert pool in pools, f"{example}: configuration {cname} names pool {pool}, which the example does not declare"
+        triggers = [t for block in body.get("lifecycle", []) for t in block.get("replace_triggered_by", [])]
+        assert f"${{egressgateway_gateway_pool.{pool}.uid}}" in triggers, f"{example}: configuration {cname}: {triggers}"

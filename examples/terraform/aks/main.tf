@@ -271,6 +271,12 @@ resource "egressgateway_static_gateway_configuration" "app" {
   }
 
   depends_on = [helm_release.kube_egress_gateway]
+
+  # Replaced with its pool: a pool's new name or prefix size replaces the pool, and the operator does not let a
+  # pool go while configurations use it (docs/tf-provider/resources/static_gateway_configuration.md).
+  lifecycle {
+    replace_triggered_by = [egressgateway_gateway_pool.gw.uid]
+  }
 }
 
 output "egress_ip_prefix" {

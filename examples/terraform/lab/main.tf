@@ -51,6 +51,12 @@ resource "egressgateway_static_gateway_configuration" "tf" {
     create = "2m"
     delete = "2m"
   }
+
+  # Replaced with its pool: a pool's new name or prefix size replaces the pool, and the operator does not let a
+  # pool go while configurations use it (docs/tf-provider/resources/static_gateway_configuration.md).
+  lifecycle {
+    replace_triggered_by = [egressgateway_gateway_pool.tf.uid]
+  }
 }
 
 output "egress_ip_prefix" {

@@ -23,6 +23,12 @@ resource "egressgateway_static_gateway_configuration" "app" {
   gateway_nodepool_name = egressgateway_gateway_pool.gw.gateway_nodepool_name
   default_route         = "staticEgressGateway"
   exclude_cidrs         = ["10.0.0.0/8"]
+
+  # Replaced with its pool: a pool's new name or prefix size replaces the pool, and the operator does not let a
+  # pool go while configurations use it (docs/tf-provider/resources/static_gateway_configuration.md).
+  lifecycle {
+    replace_triggered_by = [egressgateway_gateway_pool.gw.uid]
+  }
 }
 
 data "egressgateway_static_gateway_configuration" "app" {
