@@ -40,12 +40,7 @@ pub trait Cluster: Send + Sync + 'static {
     async fn sgc(&self, config: &NamespacedName) -> Result<Option<StaticGatewayConfiguration>, ClusterError>;
     /// Creates or updates the pod's PodEndpoint (owned by the pod), recording the sandbox that wrote it. A
     /// sandbox naming another pod uid than the live pod's is refused ([`ClusterError::PodReplaced`]).
-    async fn upsert_pod_endpoint(
-        &self,
-        pod: &NamespacedName,
-        spec: PodEndpointSpec,
-        sandbox: &Sandbox,
-    ) -> Result<(), ClusterError>;
+    async fn upsert_pod_endpoint(&self, registration: &Registration) -> Result<(), ClusterError>;
     /// The pod's PodEndpoint; `None` when absent.
     async fn pod_endpoint(&self, pod: &NamespacedName) -> Result<Option<PodEndpoint>, ClusterError>;
     /// Deletes the pod's PodEndpoint, only if it still is the version `expected` names (when given).
@@ -54,6 +49,17 @@ pub trait Cluster: Send + Sync + 'static {
         pod: &NamespacedName,
         expected: Option<&Preconditions>,
     ) -> Result<Deletion, ClusterError>;
+}
+
+/// What a NicAdd registers: the pod's WireGuard peer (its PodEndpoint's spec), and from which sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The pod, whose name the PodEndpoint takes.
+    pub pod: NamespacedName,
+    /// The peer: configuration, pod IP, public key.
+    pub spec: PodEndpointSpec,
+    /// The sandbox whose CNI ADD asks.
+    pub sandbox: Sandbox,
 }
 
 /// What a conditional delete did.
@@ -126,14 +132,9 @@ impl Cluster for MemoryCluster {
     async fn sgc(&self, config: &NamespacedName) -> Result<Option<StaticGatewayConfiguration>, ClusterError> {
         Ok(self.with(|s| s.sgcs.get(config).cloned()))
     }
-    async fn upsert_pod_endpoint(
-        &self,
-        pod: &NamespacedName,
-        spec: PodEndpointSpec,
-        sandbox: &Sandbox,
-    ) -> Result<(), ClusterError> {
-        let owner = (!sandbox.pod_uid.is_empty()).then_some(sandbox.pod_uid.as_str());
-        let pe = ownership::pod_endpoint(pod, owner, spec, sandbox);
+    async fn upsert_pod_endpoint(&self, r: &Registration) -> Result<(), ClusterError> {
+        let owner = (!r.sandbox.pod_uid.is_empty()).then_some(r.sandbox.pod_uid.as_str());
+        let pe = ownership::pod_endpoint(&r.pod, owner, r.spec.clone(), &r.sandbox);
         self.with(|s| s.put_pod_endpoint(pe));
         Ok(())
     }
@@ -248,16 +249,17 @@ impl<C: Cluster> NicService for NicServer<C> {
                 "StaticGatewayConfiguration {config}: the egress IP prefix is not ready yet"
             )));
         };
+        let registration = Registration {
+            pod: pod.clone(),
+            spec: PodEndpointSpec {
+                static_gateway_configuration: gw.to_string(),
+                pod_ip_address: allowed.to_string(),
+                pod_public_key: r.public_key.clone(),
+            },
+            sandbox,
+        };
         self.cluster
-            .upsert_pod_endpoint(
-                &pod,
-                PodEndpointSpec {
-                    static_gateway_configuration: gw.to_string(),
-                    pod_ip_address: allowed.to_string(),
-                    pod_public_key: r.public_key.clone(),
-                },
-                &sandbox,
-            )
+            .upsert_pod_endpoint(&registration)
             .await
             .map_err(|e| {
                 let msg = format!("failed to update PodEndpoint {pod}: {e}");

@@ -337,28 +337,27 @@ fn names_and_ids_compare_case_insensitively_like_arm() {
 }
 
 #[test]
-fn occupied_port_6000_gives_the_new_rule_6001() {
-    let mut state = vmss_state(1);
-    state.lb = Some(existing_lb_with_rule("a", 6000));
-    let p = plan(
-        &vmss_pool(),
-        &[cfg("a", Egress::Private), cfg("b", Egress::Private)],
-        &state,
-    );
-    assert_eq!(rule(lb_of(&p), "b").frontend_port, Some(6001));
-    assert_eq!(p.ports, BTreeMap::from([("a".into(), 6000), ("b".into(), 6001)]));
-}
-
-#[test]
 fn an_existing_rule_keeps_its_port_and_new_rules_take_the_lowest_free_one() {
-    let mut state = vmss_state(1);
-    state.lb = Some(existing_lb_with_rule("a", 6005));
-    let p = plan(
-        &vmss_pool(),
-        &[cfg("a", Egress::Private), cfg("b", Egress::Private)],
-        &state,
-    );
-    assert_eq!(p.ports, BTreeMap::from([("a".into(), 6005), ("b".into(), 6000)]));
+    // (port of a's existing rule, port the new rule of b gets)
+    for (existing, new) in [(6000_u16, 6001_u16), (6005, 6000)] {
+        let mut state = vmss_state(1);
+        state.lb = Some(existing_lb_with_rule("a", i32::from(existing)));
+        let p = plan(
+            &vmss_pool(),
+            &[cfg("a", Egress::Private), cfg("b", Egress::Private)],
+            &state,
+        );
+        assert_eq!(
+            rule(lb_of(&p), "b").frontend_port,
+            Some(i32::from(new)),
+            "a on {existing}"
+        );
+        assert_eq!(
+            p.ports,
+            BTreeMap::from([("a".into(), existing), ("b".into(), new)]),
+            "a on {existing}"
+        );
+    }
 }
 
 #[test]
@@ -624,19 +623,29 @@ fn an_instance_missing_its_secondary_ip_is_updated() {
     );
 }
 
+/// The facts of private configuration `a` on the scale-set pool after `plan`.
+fn private_facts(state: &AzureState, plan: &PoolPlan) -> ConfigFacts {
+    config_facts(&vmss_pool(), &cfg("a", Egress::Private), state, &plan.ports, None)
+}
+
+/// The secondary (egress) IPs the facts list, in node order.
+fn secondary_ips(facts: &ConfigFacts) -> Vec<&str> {
+    facts
+        .vm_profiles
+        .iter()
+        .map(|v| v.secondary_ip.as_str())
+        .collect()
+}
+
 #[test]
 fn private_mode_has_no_public_ip_configuration_and_reports_private_ips() {
     let mut state = vmss_state(2);
     let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
     assert!(p.prefixes_to_create.is_empty());
-    let model = p.vmss_model.expect("model");
+    let model = p.vmss_model.as_ref().expect("model");
     assert_eq!(model.ip_configs[1].public_ip_config, None);
-    let facts = config_facts(&vmss_pool(), &cfg("a", Egress::Private), &state, &p.ports, None);
-    let ips: Vec<&str> = facts
-        .vm_profiles
-        .iter()
-        .map(|v| v.secondary_ip.as_str())
-        .collect();
+    let facts = private_facts(&state, &p);
+    let ips = secondary_ips(&facts);
     assert_eq!(facts.egress_ip_prefix, Some(ips.join(",")));
     assert_eq!(ips.len(), 2);
     assert_eq!(facts.vm_profiles[0].node_name, "gw000000");
@@ -648,12 +657,8 @@ fn private_mode_egress_prefix_lists_the_addresses_that_exist_and_names_the_insta
     let mut state = vmss_state(3);
     let p = converge(&vmss_pool(), &[cfg("a", Egress::Private)], &mut state);
     state.instances[1].addresses.by_ip_config.clear();
-    let facts = config_facts(&vmss_pool(), &cfg("a", Egress::Private), &state, &p.ports, None);
-    let ips: Vec<&str> = facts
-        .vm_profiles
-        .iter()
-        .map(|v| v.secondary_ip.as_str())
-        .collect();
+    let facts = private_facts(&state, &p);
+    let ips = secondary_ips(&facts);
     assert_eq!(ips.len(), 2);
     assert_eq!(facts.egress_ip_prefix, Some(ips.join(",")));
     assert!(
@@ -666,7 +671,7 @@ fn private_mode_egress_prefix_lists_the_addresses_that_exist_and_names_the_insta
     for i in &mut state.instances {
         i.addresses.by_ip_config.clear();
     }
-    let facts = config_facts(&vmss_pool(), &cfg("a", Egress::Private), &state, &p.ports, None);
+    let facts = private_facts(&state, &p);
     assert_eq!(facts.egress_ip_prefix, None);
     assert!(!facts.is_complete());
     assert_eq!(facts.without_address, ["gw000000", "gw000001", "gw000002"]);

@@ -82,6 +82,23 @@ fn facts() -> StaticFacts {
     }
 }
 
+/// [`facts`] with a GatewayPool giving node pool `gwpool` (whose 3 gateway nodes do not fit) a /31 prefix.
+fn facts_with_gwpool_31() -> StaticFacts {
+    let mut f = facts();
+    f.pools.push(api::GatewayPoolSpec {
+        gateway_nodepool_name: Some("gwpool".into()),
+        gateway_vmss_profile: None,
+        public_ip_prefix_size: 31,
+        instance_count: None,
+    });
+    f
+}
+
+/// A configuration on node pool `gwpool`, with nothing else set.
+fn gwpool_sgc() -> Value {
+    sgc(json!({"gatewayNodepoolName": "gwpool"}))
+}
+
 /// Runs a review end to end through the wire format and returns the response JSON.
 fn run(endpoint: Endpoint, review_json: &Value, facts: &StaticFacts) -> Value {
     let body = serde_json::to_vec(review_json).expect("encode");
@@ -115,11 +132,7 @@ fn patch_of(resp: &Value) -> Value {
 
 #[test]
 fn valid_configuration_is_allowed_without_status() {
-    let resp = create(
-        Endpoint::ValidateSgc,
-        SGC,
-        sgc(json!({"gatewayNodepoolName": "gwpool"})),
-    );
+    let resp = create(Endpoint::ValidateSgc, SGC, gwpool_sgc());
     assert_eq!(resp["allowed"], true);
     assert!(
         resp.get("status").is_none() && resp.get("patch").is_none(),
@@ -159,13 +172,7 @@ fn invalid_configuration_is_denied_with_every_violation_and_its_path() {
 
 #[test]
 fn pool_in_gateway_pool_gives_rule_four_facts() {
-    let mut f = facts();
-    f.pools.push(api::GatewayPoolSpec {
-        gateway_nodepool_name: Some("gwpool".into()),
-        gateway_vmss_profile: None,
-        public_ip_prefix_size: 31,
-        instance_count: None,
-    });
+    let f = facts_with_gwpool_31();
     let resp = run(
         Endpoint::ValidateSgc,
         &request(SGC, "CREATE", sgc(json!({"gatewayNodepoolName": "GWPOOL"})), None),
@@ -189,7 +196,7 @@ fn new_configurations_on_a_deleting_pool_are_denied() {
         .push(("gw-pool".into(), api::PoolRef::Nodepool("gwpool".into())));
     let create = run(
         Endpoint::ValidateSgc,
-        &request(SGC, "CREATE", sgc(json!({"gatewayNodepoolName": "gwpool"})), None),
+        &request(SGC, "CREATE", gwpool_sgc(), None),
         &f,
     );
     assert_eq!(create["allowed"], false, "{create}");
@@ -217,7 +224,7 @@ fn new_configurations_on_a_deleting_pool_are_denied() {
         &f,
     );
     assert_eq!(other_pool["allowed"], true, "{other_pool}");
-    let existing = sgc(json!({"gatewayNodepoolName": "gwpool"}));
+    let existing = gwpool_sgc();
     let update = run(
         Endpoint::ValidateSgc,
         &request(SGC, "UPDATE", existing.clone(), Some(existing)),
@@ -233,13 +240,7 @@ fn new_configurations_on_a_deleting_pool_are_denied() {
 fn finalizers_come_off_while_a_pool_is_over_its_prefix() {
     // A surge upgrade: the /31 pool has 3 gateway nodes. The operator must still be able to remove its
     // finalizers from a configuration and a pool being deleted; the update is warned, not refused.
-    let mut f = facts();
-    f.pools.push(api::GatewayPoolSpec {
-        gateway_nodepool_name: Some("gwpool".into()),
-        gateway_vmss_profile: None,
-        public_ip_prefix_size: 31,
-        instance_count: None,
-    });
+    let f = facts_with_gwpool_31();
     let deleting = |mut obj: Value, finalizer: &str| {
         obj["metadata"]["deletionTimestamp"] = json!("2026-12-07T10:00:00Z");
         obj["metadata"]["finalizers"] = json!([finalizer]);
@@ -278,7 +279,7 @@ fn finalizers_come_off_while_a_pool_is_over_its_prefix() {
 
 #[test]
 fn immutable_pool_reference_on_update() {
-    let old = sgc(json!({"gatewayNodepoolName": "gwpool"}));
+    let old = gwpool_sgc();
     let new = sgc(json!({"gatewayNodepoolName": "other"}));
     let resp = run(
         Endpoint::ValidateSgc,
@@ -331,11 +332,7 @@ fn delete_and_status_updates_are_not_judged() {
 
 #[test]
 fn defaults_come_back_as_a_json_patch() {
-    let resp = create(
-        Endpoint::MutateSgc,
-        SGC,
-        sgc(json!({"gatewayNodepoolName": "gwpool"})),
-    );
+    let resp = create(Endpoint::MutateSgc, SGC, gwpool_sgc());
     assert_eq!(resp["allowed"], true);
     assert_eq!(
         patch_of(&resp),

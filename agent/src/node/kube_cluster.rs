@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::ownership::{self, Sandbox};
 use super::rekey::GatewayKeys;
-use super::{Cluster, Deletion};
+use super::{Cluster, Deletion, Registration};
 use crate::error::ClusterError;
 use crate::metrics::{Metrics, PodEndpointLabels};
 use crate::object::NamespacedName;
@@ -141,12 +141,8 @@ impl Cluster for KubeCluster {
             )))
     }
 
-    async fn upsert_pod_endpoint(
-        &self,
-        pod: &NamespacedName,
-        spec: PodEndpointSpec,
-        sandbox: &Sandbox,
-    ) -> Result<(), ClusterError> {
+    async fn upsert_pod_endpoint(&self, r: &Registration) -> Result<(), ClusterError> {
+        let pod = &r.pod;
         let result = async {
             let owner = self
                 .get_pod(pod)
@@ -155,7 +151,7 @@ impl Cluster for KubeCluster {
                     namespace: pod.namespace.clone(),
                     name: pod.name.clone(),
                 })?;
-            let pe = pod_endpoint_for(&owner, spec, sandbox)?;
+            let pe = pod_endpoint_for(&owner, r.spec.clone(), &r.sandbox)?;
             server_side_apply(&self.client, pod, &pe).await
         }
         .await;
