@@ -41,6 +41,8 @@ pub struct Node {
 pub struct Sandbox {
     pub namespace: String,
     pub name: String,
+    /// The Pod's uid, which containerd and CRI-O pass as `K8S_POD_UID`.
+    pub pod_uid: String,
     pub container_id: String,
     /// `ip netns` name.
     pub netns: String,
@@ -192,6 +194,7 @@ impl Node {
         &self,
         namespace: &str,
         name: &str,
+        pod_uid: &str,
         container_id: &str,
         netns: &str,
         annotations: &BTreeMap<String, String>,
@@ -204,6 +207,7 @@ impl Node {
         let mut sandbox = Sandbox {
             namespace: namespace.into(),
             name: name.into(),
+            pod_uid: pod_uid.into(),
             container_id: container_id.into(),
             netns: netns.into(),
             annotations: annotations.clone(),
@@ -267,8 +271,8 @@ impl Node {
             .env(
                 "CNI_ARGS",
                 format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
-                    sandbox.namespace, sandbox.name, sandbox.container_id
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+                    sandbox.namespace, sandbox.name, sandbox.container_id, sandbox.pod_uid
                 ),
             )
             .env("CNI_PATH", cni_path)

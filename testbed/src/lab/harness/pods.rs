@@ -42,11 +42,12 @@ impl Lab {
             .create(&PostParams::default(), &pod)
             .await
             .with_context(|| format!("creating Pod {DEMO_NS}/{name}"))?;
-        let uid = created.metadata.uid.unwrap_or_default().replace('-', "");
+        let uid = created.metadata.uid.unwrap_or_default();
         let netns = format!("{}pod-{name}", lab_tag());
         self.add_netns(&netns)?;
-        let (n2, nn, cid, ann) = (node.clone(), netns.clone(), format!("{uid:0>64}"), annotations);
-        let sandbox = tokio::task::spawn_blocking(move || n2.add(DEMO_NS, name, &cid, &nn, &ann))
+        let cid = format!("{:0>64}", uid.replace('-', ""));
+        let (n2, nn, ann) = (node.clone(), netns.clone(), annotations);
+        let sandbox = tokio::task::spawn_blocking(move || n2.add(DEMO_NS, name, &uid, &cid, &nn, &ann))
             .await
             .context("CNI ADD thread")?
             .with_context(|| format!("CNI ADD for pod {DEMO_NS}/{name} on {}", node.name))?;
@@ -92,6 +93,28 @@ impl Lab {
                 },
             )
             .await?;
+            // The node agent deletes it at CNI DEL only for this sandbox of this pod, so a late DEL of an older
+            // sandbox cannot take a live pod's peer away: it must have recorded both.
+            let pe = pes.get(name).await?;
+            let recorded = pe
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(api::names::POD_ENDPOINT_SANDBOX_ANNOTATION));
+            let owner_uid = pe
+                .metadata
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.iter().find(|r| r.kind == "Pod"))
+                .map(|r| r.uid.as_str());
+            if recorded != Some(&sandbox.container_id) || owner_uid != Some(sandbox.pod_uid.as_str()) {
+                bail!(
+                    "PodEndpoint {DEMO_NS}/{name}: sandbox {recorded:?} and owner Pod uid {owner_uid:?}, expected \
+                     sandbox {} of Pod uid {}",
+                    sandbox.container_id,
+                    sandbox.pod_uid
+                );
+            }
         }
         info(&format!(
             "$ (kubelet) pod {DEMO_NS}/{name} on {}{}: netns {}, CNI ADD -> interfaces [{}], status.podIP = {pod_ip}",
@@ -112,7 +135,7 @@ impl Lab {
                 .await?;
             if annotated {
                 ok(&format!(
-                    "{DEMO_NS}/{name} (annotation {}={SGC}): wg0 tunnel to the gateways' frontend, PodEndpoint {DEMO_NS}/{name} created by the node agent as system:serviceaccount:{SYSTEM_NS}:{NODE_AGENT} (the only writer the chart's webhook admits)",
+                    "{DEMO_NS}/{name} (annotation {}={SGC}): wg0 tunnel to the gateways' frontend, PodEndpoint {DEMO_NS}/{name} created by the node agent as system:serviceaccount:{SYSTEM_NS}:{NODE_AGENT} (the only writer the chart's webhook admits), owned by the Pod and recording its sandbox (only that sandbox's CNI DEL removes it)",
                     api::names::POD_GATEWAY_ANNOTATION
                 ));
             } else {
