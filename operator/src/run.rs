@@ -101,11 +101,13 @@ impl<K: kube::Resource, F: PartialEq> Tracker<K, F> {
                 self.known.insert(Self::key(o), now);
             }
             watcher::Event::Delete(o) => {
-                let before = self
-                    .known
-                    .remove(&Self::key(o))
-                    .unwrap_or_else(|| (self.relevance)(o));
-                out.add(before.1, true);
+                // The pools it concerned when last seen, and the pools it concerns as the caches are now: a
+                // relevance that reads another watch's cache (a key Secret's configuration) may have been
+                // taken before that watch caught up, when it concerned no pool it could tell.
+                if let Some(before) = self.known.remove(&Self::key(o)) {
+                    out.add(before.1, true);
+                }
+                out.add((self.relevance)(o).1, true);
             }
             watcher::Event::Init => self.relisted = Some(BTreeMap::new()),
             watcher::Event::InitApply(o) => {
@@ -732,5 +734,29 @@ mod tests {
             t.on(&watcher::Event::Apply(pool("2", "gw"))),
             pools(&["nodepool/gw"])
         );
+    }
+
+    #[test]
+    fn a_key_secret_listed_before_its_configuration_triggers_its_pool_when_deleted() {
+        // The Secret watch's first list may land before the configuration watch has filled its cache: the
+        // Secret is then known as concerning no pool. Its deletion (a key rotation) must still reach its pool.
+        let (sgcs, mut sgcs_w) = reflector::store::<StaticGatewayConfiguration>();
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "sgw-u-gw", "namespace": "keg-system", "uid": "u-s", "resourceVersion": "1",
+                "labels": {(api::names::SECRET_OWNER_NAMESPACE_LABEL): "app",
+                           (api::names::SECRET_OWNER_NAME_LABEL): "gw"}}
+        }))
+        .expect("secret");
+        let mut t = Tracker::new(key_secret_relevance(sgcs));
+        t.on(&watcher::Event::Init);
+        t.on(&watcher::Event::InitApply(secret.clone()));
+        t.on(&watcher::Event::InitDone);
+        let sgc: StaticGatewayConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": "gw", "namespace": "app", "uid": "u-gw"},
+            "spec": {"gatewayNodepoolName": "gwpool"}
+        }))
+        .expect("sgc");
+        sgcs_w.apply_watcher_event(&watcher::Event::Apply(sgc));
+        assert_eq!(t.on(&watcher::Event::Delete(secret)), pools(&["nodepool/gwpool"]));
     }
 }
