@@ -514,31 +514,42 @@ pub struct Rekeyed {
     pub error: Option<String>,
 }
 
-/// Gives each pod device in `read` its configurations' current gateway keys ([`rekey::rekey`]); blocking.
-fn rekey_devices(read: &[PodDevice], keys: &GatewayKeys) -> Vec<Rekeyed> {
-    let mut out = Vec::new();
-    for dev in read {
-        let peers: Vec<_> = dev.peers.iter().map(|p| p.peer.clone()).collect();
-        let replaced = rekey::rekey(&peers, keys);
-        if replaced.is_empty() {
-            continue;
-        }
-        let error = WireGuard::new(dev.backend)
-            .apply(&dev.handle, &rekey::change(&replaced))
-            .err()
-            .map(|e| e.to_string());
-        out.push(Rekeyed {
-            link: dev.link.clone(),
-            pod: dev
-                .own_key
-                .as_deref()
-                .map(|k| pod_names().name(k))
-                .unwrap_or_default(),
-            replaced,
-            error,
-        });
+/// The pod devices of `read` whose gateway peers are not their configurations' current keys, each with the
+/// peers to replace ([`rekey::rekey`]). Pure: a comparison per device, nothing applied.
+fn stale_devices(read: &[PodDevice], keys: &GatewayKeys) -> Vec<(PodDevice, Vec<Replacement>)> {
+    if keys.is_empty() {
+        return Vec::new();
     }
-    out
+    read.iter()
+        .filter_map(|dev| {
+            let peers: Vec<_> = dev.peers.iter().map(|p| p.peer.clone()).collect();
+            let replaced = rekey::rekey(&peers, keys);
+            (!replaced.is_empty()).then(|| (dev.clone(), replaced))
+        })
+        .collect()
+}
+
+/// Replaces the peers [`stale_devices`] found; blocking.
+fn apply_rekeys(stale: Vec<(PodDevice, Vec<Replacement>)>) -> Vec<Rekeyed> {
+    stale
+        .into_iter()
+        .map(|(dev, replaced)| {
+            let error = WireGuard::new(dev.backend)
+                .apply(&dev.handle, &rekey::change(&replaced))
+                .err()
+                .map(|e| e.to_string());
+            Rekeyed {
+                pod: dev
+                    .own_key
+                    .as_deref()
+                    .map(|k| pod_names().name(k))
+                    .unwrap_or_default(),
+                link: dev.link,
+                replaced,
+                error,
+            }
+        })
+        .collect()
 }
 
 /// Reads the pod devices once and re-keys those whose gateway key is not current (what every reading of
@@ -549,19 +560,24 @@ pub fn rekey_once(devices: &Devices, keys: &GatewayKeys) -> Vec<Rekeyed> {
         devices.netns_dir.as_deref(),
         &devices.skip_netns,
     );
-    rekey_devices(&read, keys)
+    apply_rekeys(stale_devices(&read, keys))
 }
 
-fn log_rekeyed(r: &Rekeyed) {
+/// Logs what re-keying did. A failure is warned about once per device and new key (`warned`), not at every
+/// reading while it is retried.
+fn log_rekeyed(r: &Rekeyed, warned: &mut BTreeSet<(String, String)>) {
     for rep in &r.replaced {
         let endpoint = rep.peer.endpoint.map(|e| e.to_string()).unwrap_or_default();
+        let attempt = (r.link.clone(), rep.peer.public_key.clone());
         match &r.error {
             None => {
+                warned.remove(&attempt);
                 tracing::info!(pod = %r.pod, link = %r.link, endpoint = %endpoint, old_key = %rep.old_key, new_key = %rep.peer.public_key, "the gateway's key was rotated: replaced the pod's gateway peer")
             }
-            Some(e) => {
-                tracing::warn!(pod = %r.pod, link = %r.link, endpoint = %endpoint, error = %e, "replacing the pod's gateway peer after a key rotation")
+            Some(e) if warned.insert(attempt) => {
+                tracing::warn!(pod = %r.pod, link = %r.link, endpoint = %endpoint, error = %e, "replacing the pod's gateway peer after a key rotation (retried at every reading)")
             }
+            Some(_) => {}
         }
     }
 }
@@ -579,6 +595,7 @@ pub async fn run(
     let mut watch = Watch::default();
     let mut shown: BTreeMap<String, PodTunnelLabels> = BTreeMap::new();
     let mut quiet_logged: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut rekey_warned: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(settings.poll) => {}
@@ -592,21 +609,11 @@ pub async fn run(
         else {
             continue;
         };
-        let keys_now = keys.borrow().clone();
-        if !keys_now.is_empty() {
-            let stale: Vec<PodDevice> = read
-                .iter()
-                .filter(|d| {
-                    let peers: Vec<_> = d.peers.iter().map(|p| p.peer.clone()).collect();
-                    !rekey::rekey(&peers, &keys_now).is_empty()
-                })
-                .cloned()
-                .collect();
-            if !stale.is_empty()
-                && let Ok(done) = tokio::task::spawn_blocking(move || rekey_devices(&stale, &keys_now)).await
-            {
-                done.iter().for_each(log_rekeyed);
-            }
+        let stale = stale_devices(&read, &keys.borrow());
+        if !stale.is_empty()
+            && let Ok(done) = tokio::task::spawn_blocking(move || apply_rekeys(stale)).await
+        {
+            done.iter().for_each(|r| log_rekeyed(r, &mut rekey_warned));
         }
         let now = start.elapsed();
         let mut readings = BTreeMap::new();
