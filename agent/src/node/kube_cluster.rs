@@ -212,6 +212,8 @@ pub async fn watch_gateway_keys(
                     return;
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "configuration watch"),
+                // While a (re)list streams in, the store is incomplete: rebuild once it is done.
+                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                 Some(Ok(_)) => {
                     let sgcs: Vec<StaticGatewayConfiguration> =
                         store.state().iter().map(|s| (**s).clone()).collect();
