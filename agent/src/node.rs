@@ -577,7 +577,7 @@ mod tests {
     fn recorded_sandbox_of_p(c: &MemoryCluster) -> Option<String> {
         c.with(|s| {
             let pe = s.pod_endpoints.get(&NamespacedName::new("ns", "p"))?;
-            ownership::recorded_sandbox(pe).map(String::from)
+            pe.recorded_sandbox().map(String::from)
         })
     }
 

@@ -7,7 +7,6 @@ mod netlab;
 use std::net::Ipv4Addr;
 
 use agent::gateway::plan::gateway_plan;
-use agent::node::ownership;
 use agent::object::NamespacedName;
 use api::sgc::RouteType;
 use dataplane::netns::Netns;
@@ -35,7 +34,7 @@ fn annotated_pod_egresses_via_gateway_secondary_ip() {
         .with(|s| s.pod_endpoints.get(&pa).cloned())
         .expect("PodEndpoint of pa");
     assert_eq!(
-        (ownership::recorded_sandbox(&pe), ownership::owner_uid(&pe)),
+        (pe.recorded_sandbox(), pe.controller_pod_uid()),
         (
             Some(lab.container_id("pa").as_str()),
             Some(lab.pod_uid("pa").as_str())

@@ -1,6 +1,8 @@
 //! Internal kinds written by the agents. Names and fields are upstream's (troubleshooting guides show them).
 
 use kube::CustomResource;
+
+use crate::names::POD_ENDPOINT_SANDBOX_ANNOTATION;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,29 @@ pub struct PodEndpointSpec {
     /// The pod's WireGuard public key (base64).
     #[serde(default)]
     pub pod_public_key: String,
+}
+
+impl PodEndpoint {
+    /// The uid of the Pod controlling it (its controller owner reference), if recorded: the pod it belongs to.
+    pub fn controller_pod_uid(&self) -> Option<&str> {
+        self.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "Pod" && o.controller == Some(true))
+            .map(|o| o.uid.as_str())
+            .filter(|u| !u.is_empty())
+    }
+
+    /// The pod sandbox whose CNI ADD wrote it ([`POD_ENDPOINT_SANDBOX_ANNOTATION`]), if recorded.
+    pub fn recorded_sandbox(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(POD_ENDPOINT_SANDBOX_ANNOTATION))
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
 }
 
 /// PodEndpoint has no status (kept as an empty object for upstream compatibility).

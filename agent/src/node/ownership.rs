@@ -75,31 +75,10 @@ impl std::fmt::Display for Keep {
     }
 }
 
-/// The uid of the pod controlling `pe`, if recorded.
-pub fn owner_uid(pe: &PodEndpoint) -> Option<&str> {
-    pe.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.kind == "Pod" && o.controller == Some(true))
-        .map(|o| o.uid.as_str())
-        .filter(|u| !u.is_empty())
-}
-
-/// The sandbox that wrote `pe`, if recorded.
-pub fn recorded_sandbox(pe: &PodEndpoint) -> Option<&str> {
-    pe.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(POD_ENDPOINT_SANDBOX_ANNOTATION))
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
-}
-
 /// Whether a DEL from `sandbox` may delete `pe`. What either side does not know is not held against the DEL
 /// (an older plugin sends no ids, an older agent recorded no sandbox): it then deletes by name as before.
 pub fn may_delete(pe: &PodEndpoint, sandbox: &Sandbox) -> Result<(), Keep> {
-    if let Some(owner) = owner_uid(pe)
+    if let Some(owner) = pe.controller_pod_uid()
         && !sandbox.pod_uid.is_empty()
         && owner != sandbox.pod_uid
     {
@@ -108,7 +87,7 @@ pub fn may_delete(pe: &PodEndpoint, sandbox: &Sandbox) -> Result<(), Keep> {
             request: sandbox.pod_uid.clone(),
         });
     }
-    if let Some(recorded) = recorded_sandbox(pe)
+    if let Some(recorded) = pe.recorded_sandbox()
         && !sandbox.container_id.is_empty()
         && recorded != sandbox.container_id
     {
@@ -186,8 +165,8 @@ mod tests {
     fn only_the_writing_sandbox_and_pod_may_delete() {
         let b = sandbox("sandbox-b", "uid-2");
         let pe = written_by(&b);
-        assert_eq!(recorded_sandbox(&pe), Some("sandbox-b"));
-        assert_eq!(owner_uid(&pe), Some("uid-2"));
+        assert_eq!(pe.recorded_sandbox(), Some("sandbox-b"));
+        assert_eq!(pe.controller_pod_uid(), Some("uid-2"));
         assert_eq!(may_delete(&pe, &b), Ok(()));
         assert_eq!(
             may_delete(&pe, &sandbox("sandbox-a", "uid-1")),
@@ -220,7 +199,7 @@ mod tests {
         let pe = written_by(&sandbox("sandbox-b", "uid-2"));
         assert_eq!(may_delete(&pe, &Sandbox::default()), Ok(()), "an older plugin");
         let unrecorded = written_by(&Sandbox::default());
-        assert_eq!(recorded_sandbox(&unrecorded), None);
+        assert_eq!(unrecorded.recorded_sandbox(), None);
         assert!(unrecorded.metadata.annotations.is_none());
         assert_eq!(
             may_delete(&unrecorded, &sandbox("sandbox-a", "uid-1")),

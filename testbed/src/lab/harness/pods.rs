@@ -96,18 +96,9 @@ impl Lab {
             // The node agent deletes it at CNI DEL only for this sandbox of this pod, so a late DEL of an older
             // sandbox cannot take a live pod's peer away: it must have recorded both.
             let pe = pes.get(name).await?;
-            let recorded = pe
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(api::names::POD_ENDPOINT_SANDBOX_ANNOTATION));
-            let owner_uid = pe
-                .metadata
-                .owner_references
-                .as_ref()
-                .and_then(|o| o.iter().find(|r| r.kind == "Pod"))
-                .map(|r| r.uid.as_str());
-            if recorded != Some(&sandbox.container_id) || owner_uid != Some(sandbox.pod_uid.as_str()) {
+            let (recorded, owner_uid) = (pe.recorded_sandbox(), pe.controller_pod_uid());
+            if recorded != Some(sandbox.container_id.as_str()) || owner_uid != Some(sandbox.pod_uid.as_str())
+            {
                 bail!(
                     "PodEndpoint {DEMO_NS}/{name}: sandbox {recorded:?} and owner Pod uid {owner_uid:?}, expected \
                      sandbox {} of Pod uid {}",
