@@ -15,6 +15,8 @@ use base64::Engine as _;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
+use crate::kube::store::str_at;
+
 /// Every object of a rendered chart, in the order rendered (CRDs first, then Helm's install order).
 #[derive(Debug, Clone, Default)]
 pub struct Rendered {
@@ -128,7 +130,10 @@ impl Rendered {
     pub fn service_accounts(&self) -> Vec<(String, String)> {
         self.of_kind("ServiceAccount")
             .into_iter()
-            .map(|o| (str_at(o, "/metadata/namespace"), str_at(o, "/metadata/name")))
+            .map(|o| {
+                let at = |p: &str| str_at(o, p).unwrap_or_default().to_string();
+                (at("/metadata/namespace"), at("/metadata/name"))
+            })
             .collect()
     }
 
@@ -362,13 +367,6 @@ pub fn normalize_run(p: &str) -> String {
     }
 }
 
-fn str_at(v: &Value, pointer: &str) -> String {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn str_list(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
@@ -388,7 +386,7 @@ fn image_binary(image: &str) -> anyhow::Result<String> {
 
 /// A Secret's keys and decoded values (`data` base64, `stringData` plain), sorted by key.
 fn secret_data(secret: &Value) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
-    let name = str_at(secret, "/metadata/name");
+    let name = str_at(secret, "/metadata/name").unwrap_or_default();
     let mut out = BTreeMap::new();
     for (k, v) in secret["data"].as_object().into_iter().flatten() {
         let b64 = v
