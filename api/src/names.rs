@@ -85,8 +85,9 @@ pub const REASON_AS_EXPECTED: &str = "AsExpected";
 /// StaticGatewayConfiguration Degraded=True: the pool has more gateway nodes than its public IP prefix has
 /// addresses (rule 4 now fails); the configuration stays provisioned as it was, the surplus nodes get no address.
 pub const REASON_POOL_EXCEEDS_PREFIX: &str = "PoolExceedsPrefix";
-/// StaticGatewayConfiguration Degraded=True (private-IP mode): some instances do not have their secondary IP
-/// yet; the egress IPs listed are the ones that exist.
+/// StaticGatewayConfiguration Degraded=True: some instances do not have the configuration's IP configuration
+/// (secondary IP) yet, so their gateways do not serve it; in private-IP mode the egress IPs listed are the ones
+/// that exist.
 pub const REASON_INSTANCES_WITHOUT_EGRESS_IP: &str = "InstancesWithoutEgressIp";
 
 // ---------------------------------------------------------------------------------------------

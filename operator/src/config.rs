@@ -29,8 +29,8 @@ pub struct AzureCloud {
 }
 
 /// The names `cloud` accepts, compared case-insensitively (cloud-provider-azure's, from go-autorest's
-/// `EnvironmentFromName`), and the endpoints of each (azure_core's `resource_manager_endpoint` and
-/// `authority_hosts` constants).
+/// `EnvironmentFromName`), and the endpoints of each (the values of azure_core's `resource_manager_endpoint`
+/// and `authority_hosts` statics, which are lazily built URLs and so cannot serve as constants here).
 const AZURE_CLOUDS: &[(&str, AzureCloud)] = &[
     ("AzurePublicCloud", PUBLIC_CLOUD),
     ("AzureCloud", PUBLIC_CLOUD),

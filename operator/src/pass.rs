@@ -471,13 +471,6 @@ impl Operator {
             pool: pool_obj.map(|p| p.spec.clone()),
             node_count: Some(node_count).filter(|n| *n > 0),
         };
-        // The spec rules without the cluster's node count: what an admitted configuration is held to. A
-        // node count beyond the prefix (rule 4; an AKS surge upgrade adds a node for a while) never takes an
-        // admitted configuration off Azure: it is reported (Degraded) once the pool's prefix is known below.
-        let spec_facts = PoolFacts {
-            node_count: None,
-            ..facts.clone()
-        };
 
         // Rules, finalizer, key. A configuration whose own write fails is reported and retried; the others go on.
         let mut failures: Vec<ConfigFailure> = Vec::new();
@@ -494,8 +487,10 @@ impl Operator {
                 // never had a BYO prefix in Azure, so what it may own is what a managed one would.
                 (true, Some(Err(_)) | None) => Egress::Managed,
             };
+            // The finalizer is added only once the configuration is accepted: it marks one the operator admitted.
+            let admitted = sgc.finalizers().iter().any(|f| f == SGC_FINALIZER);
             if deleting {
-                if sgc.finalizers().iter().any(|f| f == SGC_FINALIZER) {
+                if admitted {
                     report.record(sgc, true);
                     configs.push((
                         sgc.clone(),
@@ -508,8 +503,11 @@ impl Operator {
                 }
                 continue;
             }
-            let admitted = sgc.finalizers().iter().any(|f| f == SGC_FINALIZER);
-            let verdict = validate_sgc(&sgc.spec, None, if admitted { &spec_facts } else { &facts });
+            // An admitted configuration is judged as the webhook judges an update that keeps its pool: rule 4
+            // (the cluster's node count against the prefix; an AKS surge upgrade adds a node for a while) is
+            // only a warning there, and never takes it off Azure. It is reported (Degraded) once the pool's
+            // prefix is known below.
+            let verdict = validate_sgc(&sgc.spec, admitted.then_some(&sgc.spec), &facts);
             if !verdict.is_allowed() {
                 report.record(sgc, false);
                 report.fail(&uid, &[Layer::Sgc]);
@@ -653,7 +651,12 @@ impl Operator {
             }
         };
         tracing::info!(pool = %pool_ref, writes = outcome.writes, "pool reconciled");
-        let exceeds = pool_exceeds_prefix(pool_ref, node_count, resolved.pool.prefix_len);
+        // Only public configurations use the prefix: a pool serving none has nothing to outgrow.
+        let uses_prefix = configs
+            .iter()
+            .any(|(_, c)| !c.deleting && c.egress != Egress::Private);
+        let exceeds =
+            pool_exceeds_prefix(pool_ref, node_count, resolved.pool.prefix_len).filter(|_| uses_prefix);
         if let Some(m) = &exceeds {
             tracing::warn!(pool = %pool_ref, "{m}");
         }

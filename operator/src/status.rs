@@ -193,7 +193,8 @@ pub fn next_status(
 }
 
 /// Degraded on a provisioned configuration: True (with a Warning Event when it turns so, or its reason changes)
-/// while the pool outgrew its prefix or, in private-IP mode, some instances are still without their address;
+/// while the pool outgrew its prefix or some instances are still without their address (in either mode: such
+/// a node's gateway cannot serve the configuration; in private-IP mode its address is also not listed);
 /// False once that is over. A configuration that was never degraded gets no Degraded condition.
 fn degraded(
     st: &mut StaticGatewayConfigurationStatus,
@@ -217,7 +218,7 @@ fn degraded(
         (Some(m), Some(missing)) => Some((REASON_POOL_EXCEEDS_PREFIX, format!("{m}; {missing}"))),
         (None, Some(missing)) => Some((
             REASON_INSTANCES_WITHOUT_EGRESS_IP,
-            format!("{missing}; egress uses the addresses that exist"),
+            format!("{missing}; the gateways with theirs serve it"),
         )),
         (None, None) => None,
     };

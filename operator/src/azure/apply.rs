@@ -149,12 +149,23 @@ fn with_nic_configs(read: &Value, ptr: &str, desired: &crate::desired::Nic) -> O
     Some(body)
 }
 
-/// Whether ARM refused an instance or NIC update for that instance alone (a 4xx other than a stale ETag or
-/// throttling: e.g. `PublicIPPrefixOutOfIpAddressesForPublicIPAddress` for the node a full prefix has no
-/// address for). Such a refusal is that instance's: it is reported for it, and the rest of the plan goes on.
+/// ARM's 400 codes that concern the one instance or NIC being updated: its address could not be allocated.
+const INSTANCE_REFUSAL_CODES: &[&str] = &["PublicIPPrefixOutOfIpAddressesForPublicIPAddress", "SubnetIsFull"];
+
+/// Whether ARM refused an instance or NIC update for that instance alone: it is gone (404), busy or in a state
+/// that refuses the change (409), or there is no address for it (e.g. the node a full prefix has none for).
+/// Such a refusal is that instance's: it is reported for it, and the rest of the plan goes on. Anything else
+/// (401/403: a missing role; another 400: a body the operator built wrong; 412, 429, 5xx) is the pool's and
+/// fails the pass, as every other write's does.
 fn refused_for_this_target(e: &ArmError) -> bool {
-    e.status
-        .is_some_and(|s| (400..500).contains(&s) && !e.is_precondition_failed() && !e.is_throttled())
+    match e.status {
+        Some(404 | 409) => true,
+        Some(400) => e
+            .code
+            .as_deref()
+            .is_some_and(|c| INSTANCE_REFUSAL_CODES.iter().any(|k| c.eq_ignore_ascii_case(k))),
+        _ => false,
+    }
 }
 
 /// Applies a plan in dependency order, adding the ARM writes made to `writes` (also when it fails half-way).
@@ -422,4 +433,45 @@ pub async fn cleanup_without_pool(
         arm.delete_prefix(&cfg.resource_group, &name).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    fn refusal(status: u16, code: &str) -> ArmError {
+        ArmError {
+            operation: "PUT virtualMachines".into(),
+            resource: "2".into(),
+            status: Some(status),
+            code: Some(code.into()),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_refusals_about_the_instance_itself_stay_with_it() {
+        for (status, code) in [
+            (400, "PublicIPPrefixOutOfIpAddressesForPublicIPAddress"),
+            (400, "SubnetIsFull"),
+            (404, "NotFound"),
+            (409, "OperationNotAllowed"),
+        ] {
+            assert!(refused_for_this_target(&refusal(status, code)), "{status} {code}");
+        }
+        // A missing role, a wrong body, a stale ETag, throttling, a server error: the pool's.
+        for (status, code) in [
+            (401, "InvalidAuthenticationToken"),
+            (403, "AuthorizationFailed"),
+            (400, "InvalidParameter"),
+            (412, "PreconditionFailed"),
+            (429, "TooManyRequests"),
+            (500, "InternalServerError"),
+        ] {
+            assert!(
+                !refused_for_this_target(&refusal(status, code)),
+                "{status} {code}"
+            );
+        }
+    }
 }
