@@ -174,26 +174,37 @@ pub fn state_from_object(prior: &Value, obj: &GatewayPool) -> Value {
     super::state(attributes, &status.conditions, prior)
 }
 
-/// The configurations (`namespace/name`) that use a pool and are not being deleted themselves. The operator
-/// keeps a pool (its finalizer) while any configuration uses it, so deleting the pool before these would
-/// wait until `timeouts.delete` and leave it Terminating. Configurations being deleted release it.
-pub fn users(pool: &GatewayPool, sgcs: &[StaticGatewayConfiguration]) -> Vec<String> {
+/// The configurations that use a pool. The operator keeps a pool (its finalizer) while any configuration uses
+/// it, so deleting the pool while some stay would wait until `timeouts.delete` and leave it Terminating.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PoolUsers {
+    /// Those not being deleted (`namespace/name`, sorted).
+    pub staying: Vec<String>,
+    /// How many are being deleted: they release the pool as they go.
+    pub leaving: usize,
+}
+
+/// The configurations of `sgcs` that use `pool`.
+pub fn users(pool: &GatewayPool, sgcs: &[StaticGatewayConfiguration]) -> PoolUsers {
     let Some(key) = pool.spec.pool_ref().map(|r| r.key()) else {
-        return Vec::new();
+        return PoolUsers::default();
     };
-    let mut users: Vec<String> = sgcs
+    let mut users = PoolUsers::default();
+    for s in sgcs
         .iter()
-        .filter(|s| s.metadata.deletion_timestamp.is_none())
         .filter(|s| s.spec.pool_ref().is_some_and(|r| r.key() == key))
-        .map(|s| {
-            format!(
+    {
+        if s.metadata.deletion_timestamp.is_some() {
+            users.leaving += 1;
+        } else {
+            users.staying.push(format!(
                 "{}/{}",
                 s.metadata.namespace.as_deref().unwrap_or_default(),
                 s.metadata.name.as_deref().unwrap_or_default()
-            )
-        })
-        .collect();
-    users.sort();
+            ));
+        }
+    }
+    users.staying.sort();
     users
 }
 
@@ -392,11 +403,15 @@ mod tests {
         let pool = pool_object(true, None);
         assert_eq!(
             users(&pool, &sgcs),
-            vec!["a/egress".to_string(), "b/egress".to_string()]
+            PoolUsers {
+                staying: vec!["a/egress".to_string(), "b/egress".to_string()],
+                leaving: 1
+            }
         );
-        assert!(users(&pool, &sgcs[2..4]).is_empty());
+        assert!(users(&pool, &sgcs[2..4]).staying.is_empty());
+        assert_eq!(users(&pool, &sgcs[3..]), PoolUsers::default());
 
-        let d = in_use("gw", &users(&pool, &sgcs));
+        let d = in_use("gw", &users(&pool, &sgcs).staying);
         assert_eq!(d.summary, "GatewayPool gw is still in use");
         assert!(
             d.detail
