@@ -92,6 +92,19 @@ def test_conflicting_values_are_refused(values: dict, message: str) -> None:
     assert message in str(err.value), str(err.value)
 
 
+def test_own_cloud_config_checksum_with_an_existing_secret() -> None:
+    # With an existing Secret the chart computes no checksum, so the user's own (restarting the operator when
+    # they change the Secret) is theirs to set.
+    from conftest import one
+
+    values = {
+        "config": {"existingSecret": {"name": "corp", "key": "azure.json"}},
+        "gatewayControllerManager": {"podAnnotations": {"checksum/cloud-config": "v2"}},
+    }
+    dep = one(objects(values), "Deployment", "kube-egress-gateway-operator")
+    assert dep["spec"]["template"]["metadata"]["annotations"]["checksum/cloud-config"] == "v2"
+
+
 def test_upstream_values_file_still_works() -> None:
     # Keys from upstream's chart that have no meaning here are accepted (and ignored), so migrating users
     # keep their values file.
