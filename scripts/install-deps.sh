@@ -64,9 +64,9 @@ apt_install() {
   rm -f /usr/sbin/policy-rc.d
 }
 
-# kubectl (lab on kube-sim, chart install test): the control plane's own when ../shared/kube has one (below);
-# else any installed kubectl will do; otherwise Debian's.
-[[ -e "$repo_root/../shared/kube/kubectl.xz" ]] || command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)
+# kubectl on PATH (the lab on kube-sim and the chart install test run it; the real control plane's tests use
+# the assets' own, below): any installed kubectl will do, otherwise Debian's.
+command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)
 apt_install "the test tools" "${PACKAGES[@]}"
 
 # Terraform (tf-provider acceptance tests, lab scenario 8): the CLI the provider is tested with, from
