@@ -72,6 +72,26 @@ pub fn set_condition(
     }
 }
 
+/// Sets a condition like [`set_condition`] and returns the Event of its transition: one when its status or
+/// reason changes (a message alone changing is no news), as `(kind, reason, "<type>=<status>: <message>")`.
+pub fn transition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    kind: EventKind,
+) -> Option<(EventKind, String, String)> {
+    let before = conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status == "True", c.reason.clone()));
+    set_condition(conditions, type_, status, reason, message, generation);
+    (before != Some((status, reason.to_string())))
+        .then(|| (kind, reason.to_string(), format!("{type_}={status}: {message}")))
+}
+
 /// What happened to one configuration in a pool reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -105,21 +125,21 @@ pub fn next_status(
     st.observed_generation = generation;
     let mut events = Vec::new();
     let mut cond = |st: &mut StaticGatewayConfigurationStatus, t: &str, ok: bool, reason: &str, msg: &str| {
-        let before = st
-            .conditions
-            .iter()
-            .find(|c| c.type_ == t)
-            .map(|c| (c.status.clone(), c.reason.clone()));
-        set_condition(&mut st.conditions, t, ok, reason, msg, generation);
-        let after = Some((if ok { "True" } else { "False" }.to_string(), reason.to_string()));
-        if before != after {
-            let ty = if ok || reason == REASON_PROVISIONING {
-                EventKind::Normal
-            } else {
-                EventKind::Warning
-            };
-            events.push((ty, reason.to_string(), format!("{t}={}: {msg}", ok)));
-        }
+        // Accepted and Ready: True is progress, and so is Provisioning; any other False is a problem.
+        let kind = if ok || reason == REASON_PROVISIONING {
+            EventKind::Normal
+        } else {
+            EventKind::Warning
+        };
+        events.extend(transition(
+            &mut st.conditions,
+            t,
+            ok,
+            reason,
+            msg,
+            generation,
+            kind,
+        ));
     };
     if let Some((public, secret_ref)) = &key {
         let p = st
@@ -222,38 +242,34 @@ fn degraded(
         )),
         (None, None) => None,
     };
-    let before = st
+    let was_degraded = st
         .conditions
         .iter()
         .find(|c| c.type_ == DEGRADED)
-        .map(|c| (c.status.clone(), c.reason.clone()));
-    match problem {
-        Some((reason, message)) => {
-            set_condition(&mut st.conditions, DEGRADED, true, reason, &message, generation);
-            if before != Some(("True".into(), reason.into())) {
-                events.push((EventKind::Warning, reason.into(), message));
-            }
-        }
-        None if before.is_some() => {
-            let message = "the pool fits its prefix and every instance has its egress address";
-            set_condition(
-                &mut st.conditions,
-                DEGRADED,
-                false,
-                REASON_AS_EXPECTED,
-                message,
-                generation,
-            );
-            if before.is_some_and(|(status, _)| status == "True") {
-                events.push((
-                    EventKind::Normal,
-                    REASON_AS_EXPECTED.into(),
-                    format!("{DEGRADED}=false: {message}"),
-                ));
-            }
-        }
-        None => {}
-    }
+        .map(|c| c.status == "True");
+    let event = match (problem, was_degraded) {
+        (Some((reason, message)), _) => transition(
+            &mut st.conditions,
+            DEGRADED,
+            true,
+            reason,
+            &message,
+            generation,
+            EventKind::Warning,
+        ),
+        // Once degraded, the condition stays and says it is over; never degraded, none at all.
+        (None, Some(_)) => transition(
+            &mut st.conditions,
+            DEGRADED,
+            false,
+            REASON_AS_EXPECTED,
+            "the pool fits its prefix and every instance has its egress address",
+            generation,
+            EventKind::Normal,
+        ),
+        (None, None) => None,
+    };
+    events.extend(event);
 }
 
 /// What Degraded says when `pool` has more gateway nodes than its public prefixes (of length `prefix_len`) have
@@ -590,7 +606,7 @@ mod tests {
         let warning = (
             EventKind::Warning,
             "PoolExceedsPrefix".to_string(),
-            d.message.clone(),
+            format!("Degraded=true: {}", d.message),
         );
         assert_eq!(ev, [warning]);
         let r = cond(&st, READY);
@@ -602,8 +618,17 @@ mod tests {
         let (st, ev) = provisioned(&st, &ready);
         let d = cond(&st, DEGRADED);
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("False", "AsExpected"));
-        assert_eq!(ev.len(), 1);
-        assert_eq!(ev[0].0, EventKind::Normal);
+        assert_eq!(
+            ev,
+            [(
+                EventKind::Normal,
+                "AsExpected".to_string(),
+                format!("Degraded=false: {}", d.message)
+            )]
+        );
+        // Still over: no new Event.
+        let (_, ev) = provisioned(&st, &ready);
+        assert!(ev.is_empty(), "{ev:?}");
     }
 
     #[test]
