@@ -17,6 +17,8 @@ resource "egressgateway_gateway_pool" "gw" {
   public_ip_prefix_size = 31
 }
 
+# The namespace must exist before an apply (this provider manages only the egress gateway kinds: create it with
+# kubectl or the hashicorp/kubernetes provider's kubernetes_namespace_v1, as examples/terraform/aks does).
 resource "egressgateway_static_gateway_configuration" "app" {
   namespace             = "app"
   name                  = "egress"
