@@ -151,15 +151,21 @@ fi
 # Python packages of the chart tests (Helm SDK, pytest, ...) in the virtual environment scripts/python-env.sh
 # puts first on PATH, not in the system's Python (Debian refuses pip there, PEP 668): Python >= 3.11 (tomllib)
 # with its venv module (Debian: python3-venv). Installed only when one is missing or at another version.
-command -v python3 >/dev/null 2>&1 || apt_install "Python" python3
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
-  echo "install-deps: $(command -v python3) is Python $(python3 -c 'import platform; print(platform.python_version())'); the tests need 3.11 or newer" >&2
+source "$repo_root/scripts/python-env.sh"
+# The base Python is the system's: never the venv's, which python-env.sh puts first on PATH and which may be the
+# broken one this block is about to make anew.
+path_without_venv=":$PATH:"
+path_without_venv="${path_without_venv//":$KEG_VENV/bin:"/:}"
+path_without_venv="${path_without_venv#:}"
+path_without_venv="${path_without_venv%:}"
+find_base_python() { PATH="$path_without_venv" command -v python3; }
+find_base_python >/dev/null || apt_install "Python" python3
+base_python="$(find_base_python)"
+"$base_python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "install-deps: $base_python is Python $("$base_python" -c 'import platform; print(platform.python_version())'); the tests need 3.11 or newer" >&2
   exit 1
 }
-python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install "Python's venv module" python3-venv
-base_python="$(command -v python3)"
-source "$repo_root/scripts/python-env.sh"
-[[ "$base_python" != "$KEG_VENV/bin/python3" ]] || base_python="$(PATH="${PATH#"$KEG_VENV/bin:"}" command -v python3)"
+"$base_python" -c 'import venv, ensurepip' 2>/dev/null || apt_install "Python's venv module" python3-venv
 # A venv whose Python no longer runs (its base Python was removed or upgraded) is made anew.
 if ! "$KEG_VENV/bin/python3" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "install-deps: creating the Python virtual environment $KEG_VENV ($base_python)"
