@@ -229,6 +229,27 @@ impl Provider {
         }
     }
 
+    /// State written before the provider had `uid` holds null there. A refresh fills it, but a plan without
+    /// one (`plan -refresh=false`) would see null become the UID, a change, and replace every configuration
+    /// whose `replace_triggered_by` names it. So the upgrade reads the UID from the cluster (as SDKv2's state
+    /// upgraders may use the configured client) when it can be reached; otherwise it stays null.
+    async fn with_uid(&self, kind: Kind, state: Value) -> Value {
+        if state.is_null() || !state.get("uid").is_null() {
+            return state;
+        }
+        let uid = match self.read(kind, &state).await {
+            Ok(live) => live.get("uid").clone(),
+            Err(_) => return state,
+        };
+        match (uid, state) {
+            (uid @ Value::String(_), Value::Map(mut m)) => {
+                m.insert("uid".into(), uid);
+                Value::Map(m)
+            }
+            (_, state) => state,
+        }
+    }
+
     async fn apply(&self, kind: Kind, prior: &Value, planned: &Value) -> Result<Value, ApplyFailure> {
         let client = self.client().await?;
         let mut stop = self.stop_tx.subscribe();
@@ -483,6 +504,10 @@ impl ProviderService for Provider {
         } else {
             serde_json::from_slice::<serde_json::Value>(json)
                 .map(|j| kind.resource_schema().normalise(Value::from_json(&j)))
+        };
+        let result = match result {
+            Ok(v) => Ok(self.with_uid(kind, v).await),
+            Err(e) => Err(e),
         };
         Ok(Response::new(match result {
             Ok(v) => pb::upgrade_resource_state::Response {

@@ -420,6 +420,42 @@ async fn replacing_a_pool_fails_fast_while_configurations_use_it_and_replaces_th
         shown.0
     );
     ws.assert_plan_empty("after replacing the pool").await;
+
+    // State from a provider that had no `uid` yet: an in-place pool edit planned without a refresh must not
+    // replace the configuration (its trigger names the pool's UID, which the edit keeps).
+    let state_file = ws.path().join("terraform.tfstate");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).expect("state")).expect("state is JSON");
+    for r in state["resources"].as_array_mut().expect("resources") {
+        for i in r["instances"].as_array_mut().expect("instances") {
+            i["attributes"].as_object_mut().expect("attributes").remove("uid");
+        }
+    }
+    std::fs::write(&state_file, serde_json::to_vec(&state).expect("JSON")).expect("write state");
+    ws.write(&(pool_tf_sized(30, "  instance_count = 2") + &sgc_tf(POOL_NODEPOOL, TRIGGER)));
+    let saved = ws.saved_plan_with("no-refresh.tfplan", &["-refresh=false"]).await;
+    assert_eq!(
+        planned_change(&saved, POOL)["change"]["actions"],
+        json!(["update"]),
+        "{saved}"
+    );
+    assert_eq!(
+        planned_change(&saved, SGC)["change"]["actions"],
+        json!(["no-op"]),
+        "{saved}"
+    );
+    assert_eq!(
+        planned_change(&saved, POOL)["change"]["after"]["uid"],
+        new_pool.metadata.uid.as_deref().expect("uid")
+    );
+    ws.apply_saved("no-refresh.tfplan").await;
+    assert_eq!(remote_pool(&cluster).await.metadata.uid, new_pool.metadata.uid);
+    assert_eq!(remote_sgc(&cluster).await.metadata.uid, new_sgc.metadata.uid);
+    assert_eq!(
+        ws.show().await.resource(POOL)["uid"],
+        new_pool.metadata.uid.as_deref().expect("uid")
+    );
+
     ws.destroy().await;
     cluster.assert_empty().await;
 }

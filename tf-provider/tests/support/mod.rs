@@ -415,8 +415,15 @@ impl Workspace {
     /// `terraform plan -out=<file>`, which must succeed, and the saved plan as `terraform show -json <file>`
     /// prints it.
     pub async fn saved_plan(&self, file: &str) -> Value {
+        self.saved_plan_with(file, &[]).await
+    }
+
+    /// [`Workspace::saved_plan`] with more `terraform plan` options (e.g. `-refresh=false`).
+    pub async fn saved_plan_with(&self, file: &str, options: &[&str]) -> Value {
         let out = format!("-out={file}");
-        let run = self.run(&["plan", "-no-color", "-input=false", &out]).await;
+        let mut args = vec!["plan", "-no-color", "-input=false", &out];
+        args.extend_from_slice(options);
+        let run = self.run(&args).await;
         assert_eq!(run.code, 0, "terraform plan -out failed:\n{run}");
         let run = self.run(&["show", "-json", "-no-color", file]).await;
         assert_eq!(run.code, 0, "terraform show <plan> failed:\n{run}");
