@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import CHART, args_map, containers, objects, one, render
+from release_facts import release_env
 
 INVALID = [
     ({"common": {"gatewayLbProbePort": "x"}}, "/common/gatewayLbProbePort"),
@@ -171,7 +172,7 @@ def test_upstream_values_file_without_its_images_works() -> None:
         for w in objs if w["kind"] in ("Deployment", "DaemonSet") for c in containers(w)
     }
     version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
-    repo = "ghcr.io/kube-egress-gateway-rs"
+    repo = release_env()["IMAGE_REPOSITORY"]
     assert images == {
         "operator": (f"{repo}/kube-egress-gateway-operator:{version}", "IfNotPresent"),
         "webhook": (f"{repo}/kube-egress-gateway-webhook:{version}", "IfNotPresent"),
