@@ -84,7 +84,7 @@ image kube-egress-gateway-operator "$BASE_IMAGE" 65532:65532 40 \
   "kube-egress-gateway operator: Azure load balancer, gateway IP configurations and public IP prefixes per gateway pool"
 image kube-egress-gateway-webhook "$BASE_IMAGE" 65532:65532 40 \
   "kube-egress-gateway admission webhook: validation and defaults for StaticGatewayConfiguration and GatewayPool"
-# Root: the agents manage links, routes and nftables (the chart grants NET_ADMIN, NET_RAW, SYS_ADMIN only). The
+# Root: the agents manage links, routes and nftables (the chart grants NET_ADMIN and SYS_ADMIN only). The
 # node agent's init container copies kube-egress-cni onto the host's CNI bin directory (values
 # gatewayCNI.binaryPath).
 image kube-egress-gateway-agent "$AGENT_BASE_IMAGE" 0:0 120 \

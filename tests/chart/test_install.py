@@ -492,27 +492,40 @@ metadata: {name: %s, namespace: %s}
 spec: {}
 """ % (NODE, NAMESPACE)
     node_agent, gateway_agent = f"{PREFIX}-node-agent", f"{PREFIX}-gateway-agent"
+    # The calls agent/src makes: reflectors list and watch, server-side applies (a patch that creates a missing
+    # object), and gets, patches and deletes by name. A call by name may find nothing (NotFound: authorized).
+    apply = ("apply", "--server-side", "--field-manager=kube-egress-gateway-agent", "--dry-run=server", "-f", "-")
     allowed = {
         node_agent: [
-            ("get", "staticgatewayconfigurations", "-A"), ("get", "pods", "-A"), ("get", "nodes"),
-            ("get", "configmaps", "-n", NAMESPACE), ("get", "podendpoints", "-A"),
-            ("create", "--dry-run=server", "-f", "-", pe),
+            ("get", "staticgatewayconfigurations", "-A"), ("get", "staticgatewayconfiguration", "web", "-n", "app"),
+            ("get", "pod", "p", "-n", "app"), ("get", "node", NODE),
+            ("patch", "node", NODE, "--type=merge", "--dry-run=server", "-p", '{"metadata":{"labels":{}}}'),
+            ("get", "configmap", "cni-uninstall", "-n", NAMESPACE), ("get", "podendpoint", "p", "-n", "app"),
+            (*apply, pe), ("delete", "podendpoint", "p", "-n", "app", "--dry-run=server"),
         ],
         gateway_agent: [
             ("get", "staticgatewayconfigurations", "-A"), ("get", "podendpoints", "-A"),
-            ("get", "secrets", "-n", NAMESPACE), ("get", "gatewaystatuses", "-n", NAMESPACE),
-            ("create", "--dry-run=server", "-f", "-", status),
+            ("get", "secrets", "-n", NAMESPACE), ("get", "node", NODE),
+            (*apply, status),
         ],
-    }
-    refused = {
-        node_agent: [("get", "secrets", "-n", NAMESPACE)],
-        gateway_agent: [("create", "--dry-run=server", "-f", "-", pe), ("get", "secrets", "-A")],
     }
     for sa, calls in allowed.items():
         for call in calls:
             args, stdin = (call[:-1], call[-1]) if "-f" in call else (call, None)
             r = cluster.kubectl(*args, stdin=stdin, as_sa=sa)
-            assert r.returncode == 0, f"{sa}: kubectl {' '.join(args)}: {r.stderr}"
+            assert r.returncode == 0 or "NotFound" in r.stderr, f"{sa}: kubectl {' '.join(args)}: {r.stderr}"
+            assert "forbidden" not in r.stderr.lower(), f"{sa}: kubectl {' '.join(args)}: {r.stderr}"
+    # What they never do: lists where they get by name, other ConfigMaps, Secrets, the other agent's writes.
+    refused = {
+        node_agent: [
+            ("get", "secrets", "-n", NAMESPACE), ("get", "pods", "-A"), ("get", "nodes"),
+            ("get", "configmaps", "-n", NAMESPACE), ("get", "podendpoints", "-A"),
+        ],
+        gateway_agent: [
+            ("create", "--dry-run=server", "-f", "-", pe), ("get", "secrets", "-A"),
+            ("get", "gatewaystatuses", "-n", NAMESPACE),
+        ],
+    }
     for sa, calls in refused.items():
         for call in calls:
             args, stdin = (call[:-1], call[-1]) if "-f" in call else (call, None)

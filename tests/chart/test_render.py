@@ -192,6 +192,8 @@ def test_resources_and_security_contexts(scenario: str) -> None:
     privileged = []
     for w in workloads(scenario_objects(scenario)):
         pod = w["spec"]["template"]["spec"]
+        # Every pod, the agents' too, under the runtime's default seccomp profile.
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", w["metadata"]["name"]
         for c in containers(w):
             where = f"{w['metadata']['name']}/{c['name']}"
             sc = c.get("securityContext", {})
@@ -206,7 +208,8 @@ def test_resources_and_security_contexts(scenario: str) -> None:
             caps = sc.get("capabilities", {})
             assert caps.get("drop") == ["ALL"], f"{where}: must drop ALL capabilities"
             added = set(caps.get("add", []))
-            assert added <= {"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}, f"{where}: capabilities {added}"
+            # No NET_RAW: nothing opens a raw IP or packet socket (netlink and nftables need none).
+            assert added <= {"NET_ADMIN", "SYS_ADMIN"}, f"{where}: capabilities {added}"
             if "SYS_ADMIN" in added:
                 # The API server refuses allowPrivilegeEscalation: false together with CAP_SYS_ADMIN.
                 assert sc.get("allowPrivilegeEscalation") is not False, where
@@ -215,7 +218,6 @@ def test_resources_and_security_contexts(scenario: str) -> None:
             if w["kind"] == "Deployment":
                 assert not added, f"{where}: control-plane components need no capability"
                 assert sc.get("runAsNonRoot") is True and pod["securityContext"]["runAsNonRoot"] is True, where
-                assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
     # The only privileged container creates the gateway namespace (mount propagation to the host).
     assert privileged == ["kube-egress-gateway-gateway-agent/netns-init"], privileged
 
@@ -233,7 +235,7 @@ def test_gateway_agent_runs_only_on_gateway_nodes() -> None:
         "effect": "NoSchedule",
     } in pod["tolerations"]
     agent = pod["containers"][0]
-    assert agent["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
+    assert agent["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "SYS_ADMIN"]
     assert args_map(agent)["--mode"] == "gateway"
     init = pod["initContainers"][0]
     assert "ip netns add ns-static-egress-gateway" in init["args"][0]
@@ -486,15 +488,16 @@ def test_monitoring_is_opt_in() -> None:
     assert not [c for c in find(objs, "ConfigMap") if "dashboard" in c["metadata"]["name"]]
 
 
-def test_service_monitors_scrape_both_agents() -> None:
+def test_service_monitors_scrape_every_component() -> None:
     objs = scenario_objects("monitoring")
     pods = {w["metadata"]["name"]: w["spec"]["template"] for w in workloads(objs)}
-    for name in ("kube-egress-gateway-node-agent", "kube-egress-gateway-gateway-agent"):
+    assert len(pods) == 4
+    for name in pods:
         sm = one(objs, "ServiceMonitor", name)
         assert sm["metadata"]["labels"]["release"] == "prom"
         svc = one(objs, "Service", f"{name}-metrics")
         assert svc["spec"]["clusterIP"] == "None"
-        # The ServiceMonitor selects the Service, the Service selects the agent's pods, on its metrics port.
+        # The ServiceMonitor selects the Service, the Service selects the component's pods, on its metrics port.
         assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
         assert svc["spec"]["selector"].items() <= pods[name]["metadata"]["labels"].items()
         port = svc["spec"]["ports"][0]
@@ -503,6 +506,17 @@ def test_service_monitors_scrape_both_agents() -> None:
         endpoint = sm["spec"]["endpoints"][0]
         assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics" and endpoint["interval"] == "15s"
         assert sm["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+        # Of the Services it selects, only the metrics Service has the endpoint's port (the webhook's admission
+        # Service, selected too, gives no target): one target per pod, never the admission port.
+        selected = [o for o in find(objs, "Service") if sm["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()]
+        with_port = [o["metadata"]["name"] for o in selected if any(p["name"] == endpoint["port"] for p in o["spec"]["ports"])]
+        assert with_port == [f"{name}-metrics"], with_port
+    # The metrics port the binaries serve is the one the chart passes them.
+    operator = containers(one(objs, "Deployment", "kube-egress-gateway-operator"), init=False)[0]
+    assert args_map(operator)["--metrics-bind-port"] == str(one(objs, "Service", "kube-egress-gateway-operator-metrics")["spec"]["ports"][0]["port"])
+    webhook = containers(one(objs, "Deployment", "kube-egress-gateway-webhook"), init=False)[0]
+    port = one(objs, "Service", "kube-egress-gateway-webhook-metrics")["spec"]["ports"][0]["port"]
+    assert args_map(webhook)["--metrics-listen"] == f"0.0.0.0:{port}"
 
 
 def agent_metrics() -> set[str]:

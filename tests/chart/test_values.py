@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import copy
+import json
+
 import helm_python as helm
 import pytest
+import yaml
 
-from conftest import objects, render
+from conftest import CHART, args_map, containers, objects, one, render
+from release_facts import release_env
 
 INVALID = [
     ({"common": {"gatewayLbProbePort": "x"}}, "/common/gatewayLbProbePort"),
@@ -105,20 +111,103 @@ def test_own_cloud_config_checksum_with_an_existing_secret() -> None:
     assert dep["spec"]["template"]["metadata"]["annotations"]["checksum/cloud-config"] == "v2"
 
 
-def test_upstream_values_file_still_works() -> None:
-    # Keys from upstream's chart that have no meaning here are accepted (and ignored), so migrating users
-    # keep their values file.
-    upstream = {
-        "common": {"imageRepository": "mcr.microsoft.com/aks", "imageTag": "v0.1.8", "gatewayLbProbePort": 8082},
-        "gatewayControllerManager": {"enabled": True, "leaderElect": "true", "replicas": 1},
-        "gatewayCNIManager": {"grpcServerPort": 50051, "exceptionCidrs": ["169.254.169.254/32"]},
-        "gatewayCNIIpam": {"imageName": "kube-egress-gateway-cni-ipam"},
-        "gatewayCNI": {"imageName": "kube-egress-gateway-cni"},
-        "gatewayDaemonManagerInit": {"imageName": "kube-egress-gateway-daemon-init"},
-        "config": {"azureCloudConfig": {"cloud": "AzurePublicCloud", "cloudProviderBackoff": True}},
+# Upstream's values file as a user of Azure/kube-egress-gateway keeps it: its chart's defaults
+# (https://github.com/Azure/kube-egress-gateway/blob/main/helm/kube-egress-gateway/values.yaml) with the
+# published images and a filled-in configuration.
+UPSTREAM_VALUES = {
+    "common": {"imageRepository": "mcr.microsoft.com/aks", "imageTag": "v0.1.8", "gatewayLbProbePort": 8082},
+    "gatewayControllerManager": {
+        "enabled": True, "imageName": "kube-egress-gateway-controller", "imagePullPolicy": "IfNotPresent",
+        "replicas": 1, "leaderElect": "true", "metricsBindPort": 8080, "healthProbeBindPort": 8081,
+        "nodeSelector": {}, "tolerations": [],
+    },
+    "gatewayCNIManager": {
+        "enabled": True, "imageName": "kube-egress-gateway-cnimanager", "imagePullPolicy": "IfNotPresent",
+        "grpcServerPort": 50051, "exceptionCidrs": ["169.254.169.254/32", "169.254.10.11/32"],
+        "cniConfigFileName": "01-egressgateway.conflist", "cniUninstallConfigMapName": "cni-uninstall",
+        "cniUninstall": False, "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [],
+    },
+    "gatewayDaemonManager": {
+        "enabled": True, "imageName": "kube-egress-gateway-daemon", "imagePullPolicy": "IfNotPresent",
+        "metricsBindPort": 8080, "healthProbeBindPort": 8081,
+    },
+    "gatewayDaemonManagerInit": {"imageName": "kube-egress-gateway-daemon-init", "imagePullPolicy": "Always"},
+    "gatewayCNI": {"imageName": "kube-egress-gateway-cni", "imagePullPolicy": "Always"},
+    "gatewayCNIIpam": {"imageName": "kube-egress-gateway-cni-ipam", "imagePullPolicy": "IfNotPresent"},
+    "config": {
+        "azureCloudConfig": {
+            "cloud": "AzurePublicCloud", "tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "subscriptionId": "00000000-0000-0000-0000-000000000001", "useManagedIdentityExtension": True,
+            "userAssignedIdentityID": "11111111-2222-3333-4444-555555555555", "aadClientId": "", "aadClientSecret": "",
+            "userAgent": "kube-egress-gateway-controller", "resourceGroup": "mc_rg", "location": "westeurope",
+            "gatewayLoadBalancerName": "kubeegressgateway-ilb", "loadBalancerResourceGroup": "",
+            "vnetName": "aks-vnet", "vnetResourceGroup": "", "subnetName": "aks-subnet", "cloudProviderBackoff": True,
+        }
+    },
+}
+UPSTREAM_IMAGE_KEYS = [
+    ("common", "imageRepository"),
+    ("gatewayControllerManager", "imageName"),
+    ("gatewayCNIManager", "imageName"),
+    ("gatewayDaemonManager", "imageName"),
+    ("gatewayDaemonManagerInit", "imageName"),
+    ("gatewayCNI", "imageName"),
+]
+
+
+def without_upstream_images(values: dict) -> dict:
+    """The values with upstream's image keys dropped, as docs/install.md says to (the tag goes too: upstream's
+    versions are not this chart's)."""
+    out = copy.deepcopy(values)
+    for section, key in UPSTREAM_IMAGE_KEYS + [("common", "imageTag")]:
+        out[section].pop(key)
+    return out
+
+
+def test_upstream_values_file_without_its_images_works() -> None:
+    """Upstream's keys keep their meaning; the images are this chart's."""
+    objs = objects(without_upstream_images(UPSTREAM_VALUES))
+    images = {
+        c["name"]: (c["image"], c["imagePullPolicy"])
+        for w in objs if w["kind"] in ("Deployment", "DaemonSet") for c in containers(w)
     }
-    objs = objects(upstream)
-    assert any(o["kind"] == "DaemonSet" for o in objs)
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    repo = release_env()["IMAGE_REPOSITORY"]
+    assert images == {
+        "operator": (f"{repo}/kube-egress-gateway-operator:{version}", "IfNotPresent"),
+        "webhook": (f"{repo}/kube-egress-gateway-webhook:{version}", "IfNotPresent"),
+        "cni-install": (f"{repo}/kube-egress-gateway-agent:{version}", "Always"),
+        "netns-init": (f"{repo}/kube-egress-gateway-agent:{version}", "Always"),
+        "agent": (f"{repo}/kube-egress-gateway-agent:{version}", "IfNotPresent"),
+    }
+    node_agent = one(objs, "DaemonSet", "kube-egress-gateway-node-agent")
+    assert containers(node_agent, init=False)[0]["image"] == f"{repo}/kube-egress-gateway-agent:{version}"
+    args = args_map(containers(node_agent, init=False)[0])
+    assert args["--exception-cidrs"] == "169.254.169.254/32,169.254.10.11/32"
+    assert args["--cni-conf-file"] == "01-egressgateway.conflist"
+    assert args["--cni-uninstall-configmap-name"] == "cni-uninstall"
+    secret = one(objs, "Secret", "kube-egress-gateway-azure-cloud-config")
+    cloud = json.loads(base64.b64decode(secret["data"]["azure-cloud-config.json"]))
+    assert cloud == UPSTREAM_VALUES["config"]["azureCloudConfig"]
+
+
+@pytest.mark.parametrize(("section", "key"), UPSTREAM_IMAGE_KEYS, ids=[f"{s}.{k}" for s, k in UPSTREAM_IMAGE_KEYS])
+def test_upstream_image_keys_are_refused_by_name(section: str, key: str) -> None:
+    """Upstream's images run its Go binaries, which take other flags (or do not exist under this chart's names):
+    refused with the key to drop, not rendered into pods that crash."""
+    values = without_upstream_images(UPSTREAM_VALUES)
+    values[section][key] = UPSTREAM_VALUES[section][key]
+    with pytest.raises(helm.HelmRenderError) as err:
+        render(values)
+    assert f"{section}.{key} {UPSTREAM_VALUES[section][key]}" in str(err.value), str(err.value)
+    assert "upstream's (Azure/kube-egress-gateway)" in str(err.value) and "remove the key" in str(err.value)
+
+
+def test_upstream_repository_is_refused_on_a_component_too() -> None:
+    values = {"webhook": {"imageRepository": "mcr.microsoft.com/aks"}}
+    with pytest.raises(helm.HelmRenderError) as err:
+        render(values)
+    assert "webhook.imageRepository mcr.microsoft.com/aks" in str(err.value)
 
 
 def test_leader_election_can_be_turned_off() -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import re
 
-from conftest import CHART, NAMESPACE, args_map, containers, find, one, scenario_objects
+import helm_python as helm
+import pytest
+
+from conftest import CHART, NAMESPACE, args_map, containers, find, objects, one, scenario_objects
 from test_render import GROUP
 
 NAME = "kube-egress-gateway-webhook"
@@ -171,3 +174,28 @@ def test_availability() -> None:
     drain = int(args_map(webhook_container(objs))["--drain-seconds"])
     assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain
     one(objs, "PodDisruptionBudget", "kube-egress-gateway-operator")
+
+
+def test_every_disruption_budget_allows_an_eviction(scenario: str) -> None:
+    """A budget that allows no eviction makes `kubectl drain` and AKS node-image upgrades wait forever."""
+    objs = scenario_objects(scenario)
+    for pdb in find(objs, "PodDisruptionBudget"):
+        name = pdb["metadata"]["name"]
+        replicas = one(objs, "Deployment", name)["spec"]["replicas"]
+        spec = pdb["spec"]
+        allowed = spec["maxUnavailable"] if "maxUnavailable" in spec else replicas - spec["minAvailable"]
+        assert allowed >= 1, f"PodDisruptionBudget {name} allows {allowed} evictions of {replicas} pod(s)"
+
+
+def test_single_webhook_replica_has_no_disruption_budget() -> None:
+    # webhookGenerated mode runs one replica: a budget of minAvailable 1 there would block every drain.
+    assert not find(scenario_objects("webhook-generated"), "PodDisruptionBudget", NAME)
+    assert not find(objects({"webhook": {"replicas": 1}}), "PodDisruptionBudget", NAME)
+    pdb = one(objects({"webhook": {"replicas": 3, "podDisruptionBudget": {"minAvailable": 2}}}), "PodDisruptionBudget", NAME)
+    assert pdb["spec"]["minAvailable"] == 2
+
+
+def test_a_budget_that_allows_no_eviction_is_refused() -> None:
+    with pytest.raises(helm.HelmRenderError) as err:
+        objects({"webhook": {"replicas": 2, "podDisruptionBudget": {"minAvailable": 2}}})
+    assert "webhook.podDisruptionBudget.minAvailable (2) must be below webhook.replicas (2)" in str(err.value)

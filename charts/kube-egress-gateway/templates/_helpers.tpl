@@ -64,13 +64,19 @@ capabilities:
   drop: [ALL]
 {{- end -}}
 
+{{/* The container runtime's default seccomp profile: every pod runs under it. (Privileged containers, the
+gateway agent's netns-init only, are unconfined whatever it says.) */}}
+{{- define "keg.runtimeDefaultSeccomp" -}}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
 {{/* Pod security context of the operator and the webhook. */}}
 {{- define "keg.restrictedPod" -}}
 runAsNonRoot: true
 runAsUser: 65532
 runAsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
+{{ include "keg.runtimeDefaultSeccomp" . }}
 {{- end -}}
 
 {{- define "keg.podEnv" -}}

@@ -120,7 +120,11 @@ pub fn resource_schema() -> Block {
                 server_profile_type(),
                 "Where pods' WireGuard tunnels terminate: load-balancer frontend `ip`, `port` and gateway `public_key`.",
             ),
-            Attribute::computed("conditions", conditions_type(), "The configuration's status conditions (Accepted, Ready)."),
+            Attribute::computed(
+                "conditions",
+                conditions_type(),
+                "The configuration's status conditions: Accepted, Ready and, once the configuration needed a look, Degraded (True with reason PoolExceedsPrefix or InstancesWithoutEgressIp, False with AsExpected once that is over).",
+            ),
         ],
         blocks: vec![vmss_profile_block(), timeouts_block("How long apply waits for readiness (default create/update `10m`) and delete for the object to be gone (default `5m`).")],
     }
