@@ -100,6 +100,7 @@ async fn an_arm_endpoint_that_never_answers_fails_the_call() {
         ("LIST virtualMachineScaleSets", None),
         "{err}"
     );
+    assert!(err.message.contains("timed out"), "the error says why: {err}");
 }
 
 #[tokio::test]

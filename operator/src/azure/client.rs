@@ -58,12 +58,23 @@ impl ArmError {
             ErrorKind::HttpResponse { status, error_code } => (Some(u16::from(*status)), error_code.clone()),
             _ => (None, None),
         };
+        // With its causes: azure_core's own text of a transport failure does not say what failed (a timeout, a
+        // refused connection).
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = c.source();
+        }
         ArmError {
             operation: operation.to_string(),
             resource: resource.to_string(),
             status,
             code,
-            message: e.to_string(),
+            message,
         }
     }
 
