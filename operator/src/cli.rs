@@ -131,10 +131,10 @@ impl daemon::Daemon for Args {
             ended
         });
 
+        // A failure is logged where it is found, and ends the process non-zero once the rest has stopped.
         let stopped = tasks.until(daemon::shutdown_signal()).await;
-        match &stopped {
-            Ok(()) => tracing::info!("shutting down"),
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "shutting down after a failure"),
+        if stopped.is_ok() {
+            tracing::info!("shutting down");
         }
         stop_work.send_replace(true);
         tasks.join().await;
