@@ -50,7 +50,7 @@ pub struct Args {
     pub stuck_pass_seconds: u64,
     /// On SIGTERM the pool being reconciled may finish for at most this many seconds before the Lease is
     /// released; keep it below the pod's terminationGracePeriodSeconds.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 7)]
     pub shutdown_grace_seconds: u64,
 }
 
