@@ -19,7 +19,26 @@ pub fn probe_router<F>(readiness: F) -> Router
 where
     F: Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
 {
-    Router::new().route("/healthz", get(|| async { "ok" })).route(
+    probe_router_with_liveness(readiness, || Ok(()))
+}
+
+/// [`probe_router`] whose `/healthz` answers 503 with the reason when `liveness` says the process is stuck
+/// (e.g. [`crate::liveness::Heartbeat::check`]), so that kubelet restarts it.
+pub fn probe_router_with_liveness<F, L>(readiness: F, liveness: L) -> Router
+where
+    F: Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
+    L: Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
+{
+    let healthz = move || {
+        let verdict = liveness();
+        async move {
+            match verdict {
+                Ok(()) => (StatusCode::OK, "ok".to_string()),
+                Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+            }
+        }
+    };
+    Router::new().route("/healthz", get(healthz)).route(
         "/readyz",
         get(move || {
             let verdict = readiness();
@@ -135,6 +154,36 @@ mod tests {
         ready.store(true, Ordering::Release);
         assert_eq!(get_in_process(&r, "/readyz").await.0, StatusCode::OK);
         assert_eq!(get_in_process(&r, "/metrics").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn healthz_follows_liveness_and_names_the_reason() {
+        let heartbeat = crate::liveness::Heartbeat::new("work loop", std::time::Duration::ZERO);
+        let r = {
+            let heartbeat = heartbeat.clone();
+            probe_router_with_liveness(|| Ok(()), move || heartbeat.check())
+        };
+        assert_eq!(get_in_process(&r, "/healthz").await.0, StatusCode::OK);
+        let busy = heartbeat.begin();
+        let stuck = || async {
+            let (status, _, body) = get_in_process(&r, "/healthz").await;
+            (status == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
+        };
+        let mut body = stuck().await;
+        while body.is_none() {
+            // A zero bound is passed as soon as the clock moves.
+            tokio::task::yield_now().await;
+            body = stuck().await;
+        }
+        let body = body.unwrap_or_default();
+        assert!(body.starts_with("work loop stuck: no progress for "), "{body}");
+        assert_eq!(
+            get_in_process(&r, "/readyz").await.0,
+            StatusCode::OK,
+            "liveness is not readiness"
+        );
+        drop(busy);
+        assert_eq!(get_in_process(&r, "/healthz").await.0, StatusCode::OK);
     }
 
     #[tokio::test]

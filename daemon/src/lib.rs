@@ -1,12 +1,15 @@
 //! What every kube-egress-gateway binary shares, so they all start, log, probe and stop alike: the start-up
-//! ([`Daemon`], [`main`]: flags, the log flags and log set-up, the exit status), the shutdown signal, and the
-//! plain-HTTP probe (`/healthz`, `/readyz`) and metrics servers. Each binary's `main.rs` is one call to
+//! ([`Daemon`], [`main`]: flags, the log flags and log set-up, the exit status), the shutdown signal, the tasks
+//! that must run until it ([`tasks`]), a work loop's liveness ([`liveness`]), and the plain-HTTP probe
+//! (`/healthz`, `/readyz`) and metrics servers. Each binary's `main.rs` is one call to
 //! [`main`] with its flags, whose [`Daemon::run`] (in its library) uses these.
 
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod liveness;
 pub mod logging;
+pub mod tasks;
 
 use std::ffi::OsString;
 

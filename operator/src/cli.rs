@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::azure::{Arm, RetryBudget};
+use crate::azure::{Arm, RetryBudget, Timeouts};
 use crate::config::CloudConfig;
 use crate::leader::{LEASE_NAME, LeaseLock};
 use crate::metrics::Metrics;
 use crate::pass::Operator;
-use crate::run;
+use crate::run::{self, RunOptions};
 
 /// Flags are upstream's (`kube-egress-gateway-controller`), so existing manifests keep working.
 #[derive(Debug, clap::Parser)]
@@ -44,10 +44,19 @@ pub struct Args {
     /// Namespace of the WireGuard key Secrets.
     #[arg(long, env = "MY_POD_NAMESPACE", default_value = "kube-egress-gateway-system")]
     pub secret_namespace: String,
+    /// /healthz fails (and kubelet restarts the operator) when a reconcile pass goes this many seconds without
+    /// finishing a pool.
+    #[arg(long, env = "STUCK_PASS_SECONDS", default_value_t = crate::pass::DEFAULT_LIVENESS_BOUND.as_secs())]
+    pub stuck_pass_seconds: u64,
+    /// On SIGTERM the pool being reconciled may finish for at most this many seconds before the Lease is
+    /// released; keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 7)]
+    pub shutdown_grace_seconds: u64,
 }
 
 impl daemon::Daemon for Args {
-    /// Runs the operator until SIGTERM or Ctrl-C; errors are start-up failures (config, Azure, Kubernetes).
+    /// Runs the operator until SIGTERM or Ctrl-C; errors are start-up failures (config, Azure, Kubernetes, a
+    /// taken port) or a server or the work loop that ended on its own.
     async fn run(self) -> anyhow::Result<()> {
         let args = self;
         let text = std::fs::read_to_string(&args.cloud_config)
@@ -57,12 +66,13 @@ impl daemon::Daemon for Args {
         tracing::info!(subscription = %cfg.subscription_id, resource_group = %cfg.resource_group, "cloud config loaded");
 
         let metrics = Metrics::new();
-        let credential = crate::azure::credential(&cfg)?;
-        let arm = Arm::new(&cfg, credential, RetryBudget::default(), &metrics)?;
+        let timeouts = Timeouts::default();
+        let credential = crate::azure::credential(&cfg, &timeouts)?;
+        let arm = Arm::new(&cfg, credential, RetryBudget::default(), &timeouts, &metrics)?;
         let client = kube::Client::try_default()
             .await
             .context("connecting to Kubernetes")?;
-        let op = Arc::new(Operator::new(
+        let op = Operator::new(
             client.clone(),
             arm,
             cfg,
@@ -70,63 +80,80 @@ impl daemon::Daemon for Args {
             args.leader_election_namespace.clone(),
             i32::from(args.gateway_lb_probe_port),
             metrics.clone(),
-        ));
+        )
+        .with_liveness_bound(Duration::from_secs(args.stuck_pass_seconds));
+        let op = Arc::new(op);
 
-        let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
-        let (leading_tx, leading) = tokio::sync::watch::channel(!args.leader_elect);
+        // A taken port ends the start-up with the address in the error.
+        let metrics_listener =
+            daemon::http::bind(SocketAddr::from(([0, 0, 0, 0], args.metrics_bind_port))).await?;
+        let health_listener =
+            daemon::http::bind(SocketAddr::from(([0, 0, 0, 0], args.health_probe_bind_port))).await?;
+        let (stop_servers, servers_stopping) = tokio::sync::watch::channel(false);
+        let (stop_work, work_stopping) = tokio::sync::watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
-
-        let mut tasks = tokio::task::JoinSet::new();
-        let metrics_addr = SocketAddr::from(([0, 0, 0, 0], args.metrics_bind_port));
-        let health_addr = SocketAddr::from(([0, 0, 0, 0], args.health_probe_bind_port));
-        tasks.spawn(daemon::http::serve(
-            metrics_addr,
-            daemon::http::metrics_router(move || metrics.encode()),
-            shutdown.clone(),
-        ));
-        let work_loop_ready = ready.clone();
-        tasks.spawn(daemon::http::serve(
-            health_addr,
-            daemon::http::probe_router(move || {
-                if work_loop_ready.load(Ordering::Relaxed) {
-                    Ok(())
-                } else {
-                    Err("not ready")
-                }
-            }),
-            shutdown.clone(),
-        ));
-        if args.leader_elect {
+        let mut tasks = daemon::tasks::Essential::default();
+        tasks.spawn(
+            "metrics server",
+            daemon::http::serve_on(
+                metrics_listener,
+                daemon::http::metrics_router(move || metrics.encode()),
+                servers_stopping.clone(),
+            ),
+        );
+        tasks.spawn(
+            "health server",
+            daemon::http::serve_on(
+                health_listener,
+                health_router(&op, ready.clone()),
+                servers_stopping,
+            ),
+        );
+        let lock = args.leader_elect.then(|| {
             let identity = std::env::var("HOSTNAME").unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
-            let lock = LeaseLock::new(
+            LeaseLock::new(
                 client,
                 &args.leader_election_namespace,
                 LEASE_NAME,
                 &identity,
                 Duration::from_secs(15),
-            );
-            let s = shutdown.clone();
-            tasks.spawn(async move {
-                lock.run(leading_tx, s).await;
-                Ok(())
-            });
-        }
-        tasks.spawn({
-            let s = shutdown.clone();
-            async move {
-                run::run_operator(op, leading, ready, s).await;
-                Ok(())
-            }
+            )
+        });
+        let grace = Duration::from_secs(args.shutdown_grace_seconds);
+        tasks.spawn("work loop", async move {
+            let mut work_stopping = work_stopping;
+            let stop = async move {
+                let _ = work_stopping.wait_for(|stop| *stop).await;
+            };
+            let ended = run::run_until(op, lock, ready, RunOptions::default(), grace, stop).await;
+            // The servers answer probes and scrapes until the work loop has stopped.
+            stop_servers.send_replace(true);
+            ended
         });
 
-        daemon::shutdown_signal().await;
-        tracing::info!("shutting down");
-        shutdown_tx.send_replace(true);
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(Err(e)) = r {
-                tracing::warn!(error = %e, "task ended with an error");
-            }
+        // A failure is logged where it is found, and ends the process non-zero once the rest has stopped.
+        let stopped = tasks.until(daemon::shutdown_signal()).await;
+        if stopped.is_ok() {
+            tracing::info!("shutting down");
         }
-        Ok(())
+        stop_work.send_replace(true);
+        tasks.join().await;
+        stopped
     }
+}
+
+/// `/readyz`: the work loop's caches are filled (`ready`); `/healthz`: no pass is stuck (see
+/// [`Operator::heartbeat`]).
+pub fn health_router(op: &Operator, ready: Arc<AtomicBool>) -> axum::Router {
+    let heartbeat = op.heartbeat.clone();
+    daemon::http::probe_router_with_liveness(
+        move || {
+            if ready.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("not ready")
+            }
+        },
+        move || heartbeat.check(),
+    )
 }

@@ -229,7 +229,15 @@ pub struct Operator {
     converging: std::sync::Mutex<BTreeSet<PoolKey>>,
     /// Passes (`reconcile_pools`) started and finished, for tests and benchmarks that wait for the work loop.
     pub passes: PassCounter,
+    /// Every pass's progress (a pass is under way from its start, and progresses at each pool), for the
+    /// liveness probe: a pass stuck on a call that never returns fails `/healthz`.
+    pub heartbeat: daemon::liveness::Heartbeat,
 }
+
+/// How long a pass may go without finishing a pool before the liveness probe fails (`--liveness-bound`):
+/// well above one pool's worst legitimate time (every ARM call and token request is bounded by
+/// [`crate::azure::Timeouts`], a long-running operation by its deadline, a pool makes a few in sequence).
+pub const DEFAULT_LIVENESS_BOUND: Duration = Duration::from_secs(15 * 60);
 
 /// The Kubernetes objects a pass works from: the work loop's watch caches, or lists. `Debug` shows counts
 /// only (the Secrets hold private keys).
@@ -361,7 +369,14 @@ impl Operator {
             metrics,
             converging: std::sync::Mutex::default(),
             passes: PassCounter::default(),
+            heartbeat: daemon::liveness::Heartbeat::new("reconcile pass", DEFAULT_LIVENESS_BOUND),
         }
+    }
+
+    /// The operator with `bound` as its liveness bound (see [`Operator::heartbeat`]).
+    pub fn with_liveness_bound(mut self, bound: Duration) -> Self {
+        self.heartbeat = daemon::liveness::Heartbeat::new("reconcile pass", bound);
+        self
     }
 
     /// Reconciles every configuration on one pool together. Metrics: one `reconcile_gateway_pool` series per
@@ -892,18 +907,42 @@ impl Operator {
     /// [`PoolRef::key`]), working from `inputs`: the periodic drift repair, and what the watch loop runs for the
     /// pools an event touched. Pools that are still converging are added to [`Operator::take_converging`].
     pub async fn pass(&self, inputs: &Inputs, only: Option<&BTreeSet<PoolKey>>) -> PassOutcome {
+        self.pass_while(inputs, only, &|| true).await
+    }
+
+    /// [`Operator::pass`] that asks `proceed` before each pool (and before releasing GatewayPools) and stops
+    /// when it says no: the work loop's pass starts no pool once leadership is lost or the operator is
+    /// stopping. What a stopped pass skipped is not in [`PassOutcome::reconciled`].
+    pub async fn pass_while(
+        &self,
+        inputs: &Inputs,
+        only: Option<&BTreeSet<PoolKey>>,
+        proceed: &(dyn Fn() -> bool + Sync),
+    ) -> PassOutcome {
         self.passes
             .started
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let busy = self.heartbeat.begin();
+        let proceed = || {
+            busy.progress();
+            proceed()
+        };
         let mut out = PassOutcome::default();
-        self.pass_inner(inputs, only, &mut out).await;
+        self.pass_inner(inputs, only, &proceed, &mut out).await;
+        drop(busy);
         self.passes
             .finished
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         out
     }
 
-    async fn pass_inner(&self, inputs: &Inputs, only: Option<&BTreeSet<PoolKey>>, out: &mut PassOutcome) {
+    async fn pass_inner(
+        &self,
+        inputs: &Inputs,
+        only: Option<&BTreeSet<PoolKey>>,
+        proceed: &(dyn Fn() -> bool + Sync),
+        out: &mut PassOutcome,
+    ) {
         let Inputs {
             sgcs,
             pools,
@@ -977,6 +1016,9 @@ impl Operator {
             if only.is_some_and(|o| !o.contains(&key)) {
                 continue;
             }
+            if !proceed() {
+                return;
+            }
             list.sort_by_key(|s| s.metadata.creation_timestamp.clone().map(|t| t.0));
             out.reconciled.insert(key.clone());
             let ctx = PassContext {
@@ -987,6 +1029,9 @@ impl Operator {
                 out.failed.insert(key);
                 out.error.get_or_insert(e);
             }
+        }
+        if !proceed() {
+            return;
         }
         if let Err(e) = self.release_pools_left_unused(&held).await {
             out.fail_outside_pools(e.into());

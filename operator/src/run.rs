@@ -14,6 +14,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::leader::LeaseLock;
 use crate::pass::{Inputs, Operator, RESYNC_INTERVAL};
 
 /// How soon a converging pool is looked at again.
@@ -429,6 +430,50 @@ pub async fn run_operator_with(
     }
 }
 
+/// Runs the operator's work loop, leading through `lock` when given (else always leading), until `stop`; then
+/// ends in order. The work loop finishes the pool it is on and stops (at most `grace`, then it is cut off);
+/// only then is the Lease released, so a replica that takes over never writes while this one still does.
+/// An error: the work loop ended before `stop` (it should not).
+pub async fn run_until(
+    op: Arc<Operator>,
+    lock: Option<LeaseLock>,
+    ready: Arc<AtomicBool>,
+    options: RunOptions,
+    grace: Duration,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (leading_tx, leading) = watch::channel(lock.is_none());
+    let (stop_loop, loop_stopping) = watch::channel(false);
+    let (stop_elector, elector_stopping) = watch::channel(false);
+    // Without an elector the sender stays here: the work loop takes a closed channel for a change.
+    let (elector, _always_leading) = match lock {
+        Some(lock) => {
+            let elector = tokio::spawn(async move { lock.run(leading_tx, elector_stopping).await });
+            (Some(elector), None)
+        }
+        None => (None, Some(leading_tx)),
+    };
+    let mut work = tokio::spawn(run_operator_with(op, leading, ready, loop_stopping, options));
+    let ended_early = tokio::select! {
+        _ = stop => false,
+        _ = &mut work => true,
+    };
+    stop_loop.send_replace(true);
+    if !ended_early && tokio::time::timeout(grace, &mut work).await.is_err() {
+        tracing::warn!(
+            grace_seconds = grace.as_secs_f64(),
+            "the work loop did not stop within the grace period; cut off"
+        );
+        work.abort();
+    }
+    stop_elector.send_replace(true);
+    if let Some(elector) = elector {
+        let _ = elector.await;
+    }
+    anyhow::ensure!(!ended_early, "the work loop ended on its own");
+    Ok(())
+}
+
 /// When pools are to be looked at again: converging ones soon, failed ones after their backoff.
 #[derive(Default)]
 struct Schedule {
@@ -525,7 +570,9 @@ async fn work_loop(
             Some(keys) => schedule.due.retain(|k, _| !keys.contains(k)),
         }
         all = false;
-        let out = op.pass(&caches.inputs(), only.as_ref()).await;
+        // A pass starts no pool once leadership is lost or the operator is stopping (the pool under way ends).
+        let proceed = || *leading.borrow() && !*shutdown.borrow();
+        let out = op.pass_while(&caches.inputs(), only.as_ref(), &proceed).await;
         let now = Instant::now();
         for k in op.take_converging() {
             schedule.at(k, now + options.converging_recheck);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use operator::azure::{Arm, RetryBudget};
+use operator::azure::{Arm, RetryBudget, Timeouts};
 use operator::config::CloudConfig;
 use operator::metrics::Metrics;
 use serde_json::json;
@@ -20,8 +20,9 @@ fn retry() -> RetryBudget {
 
 async fn list_vmss_with(cfg: &CloudConfig) -> usize {
     let metrics = Metrics::new();
-    let cred = operator::azure::credential(cfg).expect("credential");
-    let arm = Arm::new(cfg, cred, retry(), &metrics).expect("clients");
+    let timeouts = Timeouts::default();
+    let cred = operator::azure::credential(cfg, &timeouts).expect("credential");
+    let arm = Arm::new(cfg, cred, retry(), &timeouts, &metrics).expect("clients");
     arm.list_vmss("node-rg")
         .await
         .expect("ARM call authorised by the credential")
@@ -53,7 +54,7 @@ async fn user_assigned_managed_identity_through_imds() {
         |_| None,
     )
     .expect("config");
-    let cred = operator::azure::credential(&broken).expect("credential");
+    let cred = operator::azure::credential(&broken, &Timeouts::default()).expect("credential");
     let err = cred
         .get_token(&[&format!("{}/.default", sim.url())])
         .await
@@ -79,7 +80,7 @@ async fn workload_identity_rereads_the_rotated_token_file() {
     assert!(list_vmss_with(&cfg).await >= 1);
 
     // The kubelet rotates the projected token; the credential reads the new one instead of failing later.
-    let cred = operator::azure::credential(&cfg).expect("credential");
+    let cred = operator::azure::credential(&cfg, &Timeouts::default()).expect("credential");
     let scope = format!("{}/.default", sim.url());
     cred.get_token(&[&scope])
         .await

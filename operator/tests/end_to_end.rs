@@ -1021,3 +1021,90 @@ async fn a_private_configuration_stays_ready_while_a_new_instance_lacks_its_addr
     assert_eq!(condition(&s, DEGRADED), Some(("False", "AsExpected")));
     assert_eq!(condition(&s, READY), Some(("True", "Provisioned")));
 }
+
+/// A Degraded Warning whose text outgrows what an Event may carry (the pool overflow, every instance without
+/// its address, every refusal): the API server refuses an Event note over 1 KiB outright, so the operator cuts
+/// the note (the condition keeps the whole text) and the Event is published.
+#[tokio::test]
+async fn a_degraded_warning_longer_than_an_event_note_is_published_cut() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use kube::Resource as _;
+    use operator::desired::ConfigFacts;
+    use operator::kube::EVENT_NOTE_LIMIT;
+    use operator::status::{DEGRADED, Outcome};
+
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_sgc(&sgcs, "long", json!({"gatewayNodepoolName": "gateway"})).await;
+    let sgc = sgcs.get("long").await.expect("long");
+    let instances: Vec<String> = (0..60).map(|i| format!("{GATEWAY_VMSS}{i:06}")).collect();
+    let facts = ConfigFacts {
+        frontend_ip: Some("10.224.0.10".into()),
+        port: Some(6000),
+        egress_ip_prefix: Some("20.10.0.0/31".into()),
+        pool_exceeds_prefix: operator::status::pool_exceeds_prefix(
+            &api::PoolRef::Nodepool("gateway".into()),
+            62,
+            31,
+        ),
+        refused_updates: instances
+            .iter()
+            .map(|i| format!("{i}: PublicIPPrefixOutOfIpAddressesForPublicIPAddress"))
+            .collect(),
+        without_address: instances,
+        ..ConfigFacts::default()
+    };
+    let key = ObjectReference {
+        name: Some("sgw-long".into()),
+        namespace: Some(w.system.clone()),
+        ..ObjectReference::default()
+    };
+    w.op.kube
+        .write_status(&sgc, &Outcome::Provisioned(facts), Some(("pub", key)))
+        .await
+        .expect("status");
+
+    let (_, _, message) =
+        condition_message(&sgcs.get("long").await.expect("long"), DEGRADED).expect("Degraded");
+    assert!(
+        message.len() > EVENT_NOTE_LIMIT,
+        "the whole text is longer: {} bytes",
+        message.len()
+    );
+    let warned = common::event_about(&w.client, &w.app, "long", "PoolExceedsPrefix").await;
+    assert_eq!(warned.type_.as_deref(), Some("Warning"));
+    let note = warned.note.unwrap_or_default();
+    assert!(note.len() <= EVENT_NOTE_LIMIT, "{} bytes", note.len());
+    let kept = note.strip_suffix('…').expect("a cut note ends with an ellipsis");
+    assert!(format!("Degraded=true: {message}").starts_with(kept), "{note}");
+
+    // What the cut avoids: the API server refuses a longer note, naming the field as kube-apiserver does.
+    let recorder = kube::runtime::events::Recorder::new(
+        w.client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "uncut".into(),
+            instance: None,
+        },
+    );
+    let uncut = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "Uncut".into(),
+        note: Some("x".repeat(EVENT_NOTE_LIMIT + 1)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let refused = recorder
+        .publish(&uncut, &sgc.object_ref(&()))
+        .await
+        .expect_err("a note over the limit is refused");
+    let kube::Error::Api(status) = refused else {
+        panic!("not an API refusal: {refused:?}");
+    };
+    assert_eq!(status.code, 422, "{status:?}");
+    assert!(
+        status
+            .message
+            .contains("message: Invalid value: \"\": can have at most 1024 characters"),
+        "{status:?}"
+    );
+}

@@ -771,6 +771,27 @@ async fn event_recorder_and_lease_round_trip() {
     );
     assert_eq!(list.items[0].reason.as_deref(), Some("Synced"));
     assert_eq!(list.items[0].series.as_ref().map(|s| s.count), Some(2));
+    // A note over 1 KiB is refused as kube-apiserver refuses it (field `message`, the internal name).
+    let long = Event {
+        reason: "Long".into(),
+        note: Some("x".repeat(1025)),
+        ..ev
+    };
+    let refused = api_err(recorder.publish(&long, &reference).await.expect_err("over 1 KiB"));
+    assert_eq!(refused.code, 422);
+    assert_contains(
+        &refused.message,
+        "message: Invalid value: \"\": can have at most 1024 characters",
+    );
+    let exact = Event {
+        reason: "Exact".into(),
+        note: Some("x".repeat(1024)),
+        ..long
+    };
+    recorder
+        .publish(&exact, &reference)
+        .await
+        .expect("1 KiB is allowed");
 
     let leases: Api<Lease> = Api::namespaced(client, "kube-system");
     let lease: Lease =

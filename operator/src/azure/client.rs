@@ -58,12 +58,23 @@ impl ArmError {
             ErrorKind::HttpResponse { status, error_code } => (Some(u16::from(*status)), error_code.clone()),
             _ => (None, None),
         };
+        // With its causes: azure_core's own text of a transport failure does not say what failed (a timeout, a
+        // refused connection).
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = c.source();
+        }
         ArmError {
             operation: operation.to_string(),
             resource: resource.to_string(),
             status,
             code,
-            message: e.to_string(),
+            message,
         }
     }
 
@@ -185,6 +196,42 @@ impl HttpClient for CountingClient {
     }
 }
 
+/// How long ARM and token endpoints may take, so that an endpoint that accepts a connection and never answers
+/// fails the call (into the pool's retry and backoff) instead of stopping the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening a connection (TCP and TLS).
+    pub connect: Duration,
+    /// One HTTP exchange, from sending the request to the last byte of the answer. Every retry and every poll
+    /// of a long-running operation is an exchange of its own.
+    pub request: Duration,
+    /// Waiting for a long-running operation (a PUT's completion, polls included). Past it the write is reported
+    /// as failed and retried later; ARM may still complete it, and the next pass reads what it did.
+    pub operation: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(60),
+            operation: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The HTTP client of every ARM and token call: azure_core's reqwest client (no idle connections kept, as
+/// azure_core keeps none), with `timeouts`' connect and request bounds, which azure_core's own lacks.
+pub fn http_client(timeouts: &Timeouts) -> Result<Arc<dyn HttpClient>, ArmError> {
+    let client = reqwest::ClientBuilder::new()
+        .pool_max_idle_per_host(0)
+        .connect_timeout(timeouts.connect)
+        .timeout(timeouts.request)
+        .build()
+        .map_err(|e| ArmError::local("client", "http", e.to_string()))?;
+    Ok(Arc::new(client))
+}
+
 /// Retry budget: bounded, so a throttling storm surfaces as a condition instead of a silent loop.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryBudget {
@@ -214,6 +261,8 @@ pub struct Arm {
     scope: String,
     endpoint: Url,
     subscription: String,
+    /// [`Timeouts::operation`].
+    operation_deadline: Duration,
 }
 
 impl std::fmt::Debug for Arm {
@@ -278,6 +327,7 @@ impl Arm {
         cfg: &CloudConfig,
         credential: Arc<dyn TokenCredential>,
         retry: RetryBudget,
+        timeouts: &Timeouts,
         metrics: &Metrics,
     ) -> ArmResult<Self> {
         let endpoint = Url::parse(&cfg.resource_manager_endpoint)
@@ -289,7 +339,7 @@ impl Arm {
                 .max_retries(retry.max_retries),
         );
         let transport = TransportOptions::new(Arc::new(CountingClient {
-            inner: azure_core::new_http_client(),
+            inner: http_client(timeouts)?,
             metrics: metrics.clone(),
         }));
         let options = azure_core::ClientOptions::default()
@@ -308,6 +358,7 @@ impl Arm {
             scope: format!("{}/.default", cfg.resource_manager_endpoint),
             endpoint,
             subscription: cfg.subscription_id.clone(),
+            operation_deadline: timeouts.operation,
         })
     }
 
@@ -429,8 +480,8 @@ impl Arm {
         self.list(&Target { name: rg, ..t }).await
     }
 
-    /// PUT `body` as it is, conditional on `expect`; waits for the long-running operation and returns the
-    /// resource as ARM then stores it.
+    /// PUT `body` as it is, conditional on `expect`; waits for the long-running operation (at most
+    /// [`Timeouts::operation`]) and returns the resource as ARM then stores it.
     async fn put(&self, t: &Target<'_>, body: &Value, expect: Expect<'_>) -> ArmResult<Value> {
         let op = t.op("PUT");
         let fail = |e: azure_core::Error| ArmError::from_sdk(&op, t.name, &e);
@@ -441,6 +492,27 @@ impl Arm {
         let Some(poll) = get_location(rsp.headers(), t.completion).map_err(fail)? else {
             return Self::json(&op, t.name, rsp).await;
         };
+        let deadline = self.operation_deadline;
+        tokio::time::timeout(deadline, self.wait_for_operation(t, &op, poll))
+            .await
+            .map_err(|_| {
+                ArmError::local(
+                    &op,
+                    t.name,
+                    format!(
+                        "the operation did not finish within {}s; it is retried later (ARM may still complete it)",
+                        deadline.as_secs_f64()
+                    ),
+                )
+            })??;
+        self.get(t)
+            .await?
+            .ok_or_else(|| ArmError::local(&op, t.name, "gone after the write succeeded"))
+    }
+
+    /// Polls a long-running operation at `poll` until it has succeeded (an error if it failed).
+    async fn wait_for_operation(&self, t: &Target<'_>, op: &str, poll: Url) -> ArmResult<()> {
+        let fail = |e: azure_core::Error| ArmError::from_sdk(op, t.name, &e);
         loop {
             let status = self
                 .send(Method::Get, poll.clone(), None, Expect::Anything)
@@ -454,15 +526,15 @@ impl Arm {
                     match get_provisioning_state(&bytes) {
                         Some(LroStatus::Succeeded) => true,
                         Some(LroStatus::Failed) => {
-                            return Err(ArmError::local(&op, t.name, "Long running operation failed"));
+                            return Err(ArmError::local(op, t.name, "Long running operation failed"));
                         }
                         Some(LroStatus::Canceled) => {
-                            return Err(ArmError::local(&op, t.name, "Long running operation canceled"));
+                            return Err(ArmError::local(op, t.name, "Long running operation canceled"));
                         }
                         Some(_) => false,
                         None => {
                             return Err(ArmError::local(
-                                &op,
+                                op,
                                 t.name,
                                 "Long running operation failed (missing provisioning state)",
                             ));
@@ -471,10 +543,7 @@ impl Arm {
                 }
             };
             if done {
-                return self
-                    .get(t)
-                    .await?
-                    .ok_or_else(|| ArmError::local(&op, t.name, "gone after the write succeeded"));
+                return Ok(());
             }
             tokio::time::sleep(retry_after).await;
         }

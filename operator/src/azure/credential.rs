@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use azure_core::auth::TokenCredential;
 use azure_core::error::ErrorKind;
-use azure_core::{Request, Url};
+use azure_core::{HttpClient, Request, Url};
 use serde_json::Value;
 
-use super::client::ArmError;
+use super::client::{ArmError, Timeouts, http_client};
 use crate::config::{AzureAuth, CloudConfig};
 
-/// Builds the credential the cloud config asks for.
-pub fn credential(cfg: &CloudConfig) -> Result<Arc<dyn TokenCredential>, ArmError> {
-    let http = azure_core::new_http_client();
+/// Builds the credential the cloud config asks for; its token requests are bounded by `timeouts`' connect and
+/// request times (a token endpoint that never answers fails the ARM call instead of stopping the operator).
+pub fn credential(cfg: &CloudConfig, timeouts: &Timeouts) -> Result<Arc<dyn TokenCredential>, ArmError> {
+    let http = http_client(timeouts)?;
     let authority = Url::parse(&cfg.authority_host)
         .map_err(|e| ArmError::local("credential", "activeDirectoryAuthorityHost", e.to_string()))?;
     Ok(match &cfg.auth {
@@ -38,6 +39,7 @@ pub fn credential(cfg: &CloudConfig) -> Result<Arc<dyn TokenCredential>, ArmErro
             let endpoint = Url::parse(&endpoint)
                 .map_err(|e| ArmError::local("credential", "imdsEndpoint", e.to_string()))?;
             Arc::new(ImdsCredential {
+                http,
                 endpoint,
                 client_id: user_assigned_identity_id.clone(),
                 cache: tokio::sync::Mutex::new(None),
@@ -48,6 +50,7 @@ pub fn credential(cfg: &CloudConfig) -> Result<Arc<dyn TokenCredential>, ArmErro
             client_id,
             token_file,
         } => Arc::new(FileWorkloadIdentity {
+            http,
             authority,
             tenant_id: tenant_id.clone(),
             client_id: client_id.clone(),
@@ -60,6 +63,7 @@ pub fn credential(cfg: &CloudConfig) -> Result<Arc<dyn TokenCredential>, ArmErro
 /// Managed identity through IMDS (system-assigned, or user-assigned by client ID — what AKS uses). The
 /// azure_identity 0.21 IMDS credential has neither a client ID nor an endpoint override, hence this one.
 struct ImdsCredential {
+    http: Arc<dyn HttpClient>,
     endpoint: Url,
     client_id: Option<String>,
     cache: tokio::sync::Mutex<Option<azure_core::auth::AccessToken>>,
@@ -111,7 +115,7 @@ impl TokenCredential for ImdsCredential {
         }
         let mut req = Request::new(url, azure_core::Method::Get);
         req.insert_header("metadata", "true");
-        let rsp = azure_core::new_http_client().execute_request(&req).await?;
+        let rsp = self.http.execute_request(&req).await?;
         let status = rsp.status();
         let body = rsp.into_body().collect().await?;
         if !status.is_success() {
@@ -139,6 +143,7 @@ impl TokenCredential for ImdsCredential {
 
 /// Workload identity whose projected token file is re-read when it rotates (the kubelet refreshes it hourly).
 struct FileWorkloadIdentity {
+    http: Arc<dyn HttpClient>,
     authority: Url,
     tenant_id: String,
     client_id: String,
@@ -172,7 +177,7 @@ impl TokenCredential for FileWorkloadIdentity {
                 Some((t, c)) if *t == token => c.clone(),
                 _ => {
                     let c = Arc::new(azure_identity::WorkloadIdentityCredential::new(
-                        azure_core::new_http_client(),
+                        self.http.clone(),
                         self.authority.clone(),
                         self.tenant_id.clone(),
                         self.client_id.clone(),

@@ -8,5 +8,7 @@ pub mod credential;
 pub mod json;
 pub mod observe;
 
-pub use client::{Arm, ArmError, ArmResult, Expect, RetryBudget, api_version, operation_of};
+pub use client::{
+    Arm, ArmError, ArmResult, Expect, RetryBudget, Timeouts, api_version, http_client, operation_of,
+};
 pub use credential::credential;

@@ -18,6 +18,53 @@ use crate::status::{EventKind, Outcome, next_status, status_patch};
 /// Field manager of the operator's writes.
 pub const MANAGER: &str = "kube-egress-gateway-operator";
 
+/// The longest Event note kube-apiserver accepts, in bytes (`NoteLengthLimit` in
+/// <https://github.com/kubernetes/kubernetes/blob/v1.28.0/pkg/apis/core/validation/events.go>); a longer one
+/// refuses the whole Event.
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// What ends a note cut to [`EVENT_NOTE_LIMIT`].
+const CUT: &str = "…";
+
+/// `note` as an Event can carry it: within [`EVENT_NOTE_LIMIT`] bytes, cut at a character boundary and ended
+/// with "…" when it was longer (the status condition keeps the whole text).
+pub fn event_note(mut note: String) -> String {
+    if note.len() <= EVENT_NOTE_LIMIT {
+        return note;
+    }
+    let mut end = EVENT_NOTE_LIMIT - CUT.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push_str(CUT);
+    note
+}
+
+/// The one place the operator publishes Events: the note within the API server's limit; a failure to publish
+/// is only logged.
+async fn publish(
+    recorder: &Recorder,
+    kind: EventKind,
+    reason: String,
+    note: String,
+    regarding: &ObjectReference,
+) {
+    let ev = Event {
+        type_: match kind {
+            EventKind::Normal => EventType::Normal,
+            EventKind::Warning => EventType::Warning,
+        },
+        reason,
+        note: Some(event_note(note)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, regarding).await {
+        tracing::warn!(error = %e, "publishing an Event failed");
+    }
+}
+
 /// The operator's Kubernetes client, where its key Secrets live, and its Event recorder.
 #[derive(Clone)]
 pub struct Kube {
@@ -76,19 +123,7 @@ impl Kube {
                     .await?;
             }
             for (kind, reason, note) in events {
-                let ev = Event {
-                    type_: match kind {
-                        EventKind::Normal => EventType::Normal,
-                        EventKind::Warning => EventType::Warning,
-                    },
-                    reason,
-                    note: Some(note),
-                    action: "Reconcile".into(),
-                    secondary: None,
-                };
-                if let Err(e) = recorder.publish(&ev, &reference).await {
-                    tracing::warn!(error = %e, "publishing an Event failed");
-                }
+                publish(&recorder, kind, reason, note, &reference).await;
             }
             Ok(())
         }
@@ -97,16 +132,14 @@ impl Kube {
     /// Publishes a Warning Event on a configuration; a failure to publish is only logged (the Event API is
     /// separate from the configuration's, so it usually works when writing the configuration does not).
     pub async fn warn(&self, sgc: &StaticGatewayConfiguration, reason: &str, note: String) {
-        let ev = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &sgc.object_ref(&())).await {
-            tracing::warn!(error = %e, "publishing an Event failed");
-        }
+        publish(
+            &self.recorder,
+            EventKind::Warning,
+            reason.into(),
+            note,
+            &sgc.object_ref(&()),
+        )
+        .await;
     }
 
     /// Adds the configuration finalizer, conditional on the version read.
@@ -212,5 +245,25 @@ impl Kube {
             .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_are_cut_to_the_api_servers_limit_at_a_character_boundary() {
+        let short = "Degraded=true: fine".to_string();
+        assert_eq!(event_note(short.clone()), short);
+        let exact = "x".repeat(EVENT_NOTE_LIMIT);
+        assert_eq!(event_note(exact.clone()), exact);
+
+        let long = format!("Degraded=true: {}", "instance-ü, ".repeat(200));
+        let note = event_note(long.clone());
+        assert!(note.len() <= EVENT_NOTE_LIMIT, "{} bytes", note.len());
+        assert!(note.len() > EVENT_NOTE_LIMIT - 8, "cut no shorter than needed");
+        let kept = note.strip_suffix('…').expect("a cut note ends with an ellipsis");
+        assert!(long.starts_with(kept));
     }
 }

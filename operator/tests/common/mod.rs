@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use operator::azure::{Arm, RetryBudget};
+use operator::azure::{Arm, RetryBudget, Timeouts};
 use operator::config::CloudConfig;
 use operator::metrics::Metrics;
 use operator::pass::Operator;
@@ -34,10 +34,12 @@ pub fn arm(cfg: &CloudConfig, metrics: &Metrics) -> Arm {
 
 /// ARM clients with `retry` as their retry budget.
 pub fn arm_with(cfg: &CloudConfig, metrics: &Metrics, retry: RetryBudget) -> Arm {
+    let timeouts = Timeouts::default();
     Arm::new(
         cfg,
-        operator::azure::credential(cfg).expect("credential"),
+        operator::azure::credential(cfg, &timeouts).expect("credential"),
         retry,
+        &timeouts,
         metrics,
     )
     .expect("clients")

@@ -68,6 +68,7 @@ pub(super) fn validate(t: &Target, obj: &Value, old: Option<&Value>) -> ApiResul
     if let Some(old) = old {
         causes.extend(builtin_update_causes(t, obj, old));
     }
+    causes.extend(event_causes(t, obj));
     if let Some(schema) = t.rt.version(&t.version).and_then(|v| v.schema.as_ref()) {
         causes.extend(if t.sub == "status" {
             schema::validate_status(obj, schema)
@@ -97,6 +98,28 @@ pub(super) fn validate(t: &Target, obj: &Value, old: Option<&Value>) -> ApiResul
         Ok(())
     } else {
         Err(ApiError::invalid(&t.rt.group, &t.rt.kind, name, &causes))
+    }
+}
+
+/// The longest Event note (`message` in core/v1) kube-apiserver accepts, in bytes: `NoteLengthLimit` in
+/// <https://github.com/kubernetes/kubernetes/blob/v1.28.0/pkg/apis/core/validation/events.go>.
+pub(super) const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// An Event's note over [`EVENT_NOTE_LIMIT`], refused as kube-apiserver's `legacyValidateEvent` refuses it: an
+/// events.k8s.io Event always, a core/v1 one when it has an `eventTime` (a "new" Event); the field is named
+/// by its internal name, `message`, in both.
+pub(super) fn event_causes(t: &Target, obj: &Value) -> Vec<(String, String)> {
+    let note = match (t.rt.group.as_str(), t.rt.plural.as_str()) {
+        ("events.k8s.io", "events") => str_at(obj, "/note"),
+        ("", "events") if obj.get("eventTime").is_some_and(|v| !v.is_null()) => str_at(obj, "/message"),
+        _ => None,
+    };
+    match note {
+        Some(note) if note.len() > EVENT_NOTE_LIMIT => vec![(
+            "message".to_string(),
+            format!("Invalid value: \"\": can have at most {EVENT_NOTE_LIMIT} characters"),
+        )],
+        _ => Vec::new(),
     }
 }
 

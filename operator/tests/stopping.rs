@@ -1,0 +1,139 @@
+//! How the operator stops writing: on SIGTERM the work loop finishes the pool it is on and stops before the
+//! Lease is released (a replica that takes over never writes while this one still does), and a pass starts no
+//! pool once it is told to stop (leadership lost, shutting down). On a kube-sim of the test's own with
+//! azure-sim.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use api::StaticGatewayConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, ListParams, PostParams};
+use operator::leader::{LEASE_NAME, LeaseLock};
+use operator::pass::Inputs;
+use operator::run::{RunOptions, run_until};
+use serde_json::json;
+use testbed::azure::{AzureSim, Seed};
+use testbed::wait::eventually;
+
+mod common;
+
+const SYSTEM: &str = "keg-system";
+
+async fn create_sgc(client: &kube::Client, name: &str, nodepool: &str) {
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(client.clone(), "app");
+    let sgc = serde_json::from_value(json!({
+        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
+        "metadata": {"name": name}, "spec": {"gatewayNodepoolName": nodepool}}))
+    .expect("sgc");
+    sgcs.create(&PostParams::default(), &sgc).await.expect("create");
+}
+
+async fn holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt(LEASE_NAME)
+        .await
+        .expect("lease")
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_pass_finish_before_the_lease_is_released() {
+    let kube = common::counting_sim(&[SYSTEM, "app"]).await;
+    let client = kube.client("admin").expect("client");
+    let seed = Seed::aks_like(2);
+    let azure = AzureSim::start(&seed).await.expect("azure-sim");
+    // Every ARM call is slow: a pool takes seconds, so the stop comes while it is being written.
+    azure.set_latency(Duration::from_millis(150));
+    create_sgc(&client, "gw", "gateway").await;
+    let op = Arc::new(common::operator(
+        &client,
+        &common::cloud_config(&seed, &azure),
+        SYSTEM,
+    ));
+    let lock = LeaseLock::new(client.clone(), SYSTEM, LEASE_NAME, "me", Duration::from_secs(15));
+    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(run_until(
+        op.clone(),
+        Some(lock),
+        Arc::new(AtomicBool::new(false)),
+        RunOptions::default(),
+        Duration::from_secs(120),
+        async {
+            let _ = stopping.await;
+        },
+    ));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
+    eventually("a pass under way as leader", || async {
+        op.passes.started() > 0 && !op.passes.idle() && holder(&leases).await.as_deref() == Some("me")
+    })
+    .await;
+
+    stop.send(()).expect("stop");
+    let idle_at_release = Arc::new(AtomicBool::new(false));
+    eventually("the Lease released", || async {
+        if holder(&leases).await.is_some() {
+            return false;
+        }
+        idle_at_release.store(op.passes.idle(), Ordering::SeqCst);
+        true
+    })
+    .await;
+    assert!(
+        idle_at_release.load(Ordering::SeqCst),
+        "the Lease was released while the pass was still writing"
+    );
+    running.await.expect("join").expect("stopped as asked");
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(client, "app");
+    let gw = sgcs.get("gw").await.expect("gw");
+    assert!(
+        gw.status.is_some_and(|s| !s.conditions.is_empty()),
+        "the pool under way was finished (its status written)"
+    );
+}
+
+#[tokio::test]
+async fn a_pass_starts_no_pool_once_told_to_stop() {
+    let kube = common::counting_sim(&[SYSTEM, "app"]).await;
+    let client = kube.client("admin").expect("client");
+    let mut seed = Seed::aks_like(1);
+    let mut other = seed.vm_scale_sets[0].clone();
+    other.name = "aks-other-12345678-vmss".into();
+    other.pool_name = "other".into();
+    seed.vm_scale_sets.push(other);
+    let azure = AzureSim::start(&seed).await.expect("azure-sim");
+    create_sgc(&client, "a", "gateway").await;
+    create_sgc(&client, "b", "other").await;
+    let op = common::operator(&client, &common::cloud_config(&seed, &azure), SYSTEM);
+    let sgcs: Api<StaticGatewayConfiguration> = Api::all(client.clone());
+    let inputs = Inputs {
+        sgcs: sgcs
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+        ..Inputs::default()
+    };
+
+    // Told to stop after the first pool: the second is not started, nor reported as reconciled.
+    let asked = AtomicUsize::new(0);
+    let proceed = || asked.fetch_add(1, Ordering::SeqCst) == 0;
+    let out = op.pass_while(&inputs, None, &proceed).await;
+    assert_eq!(out.reconciled.len(), 1, "{out:?}");
+    assert!(out.failed.is_empty(), "{out:?}");
+    let untouched = if out.reconciled.iter().any(|k| k.as_str() == "nodepool/gateway") {
+        "aks-other-12345678-vmss"
+    } else {
+        "aks-gateway-12345678-vmss"
+    };
+    assert_eq!(
+        azure.count_calls("PUT", untouched),
+        0,
+        "nothing written for the pool not started"
+    );
+    assert!(op.passes.idle());
+}

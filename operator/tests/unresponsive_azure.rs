@@ -1,0 +1,213 @@
+//! Azure that never answers: an ARM or token endpoint that accepts the connection and then says nothing, a
+//! long-running operation that never finishes. Each call fails within its bound (short ones here) into the
+//! pool's usual retry, instead of stopping the operator while its probes still answer; and a pass stuck
+//! anyway (bounds longer than the liveness bound) fails `/healthz`, so kubelet restarts the operator.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use azure_core::auth::{AccessToken, TokenCredential};
+use operator::azure::{Arm, RetryBudget, Timeouts};
+use operator::config::CloudConfig;
+use operator::metrics::Metrics;
+use serde_json::json;
+use testbed::azure::{AzureSim, LroConfig, Seed};
+use testbed::wait::eventually;
+
+mod common;
+
+/// An endpoint that accepts every connection and never answers (nor closes one); its base URL.
+async fn silent_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+/// Bounds short enough for a test.
+fn short() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_millis(500),
+        request: Duration::from_millis(300),
+        operation: Duration::from_millis(500),
+    }
+}
+
+/// No retries: one exchange per call.
+fn no_retries() -> RetryBudget {
+    RetryBudget {
+        initial: Duration::from_millis(5),
+        max_delay: Duration::from_millis(10),
+        max_retries: 0,
+    }
+}
+
+/// A token that is always valid, so that only ARM itself is in question.
+#[derive(Debug)]
+struct FixedToken;
+
+#[async_trait::async_trait]
+impl TokenCredential for FixedToken {
+    async fn get_token(&self, _scopes: &[&str]) -> azure_core::Result<AccessToken> {
+        Ok(AccessToken::new(
+            "token".to_string(),
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        ))
+    }
+
+    async fn clear_cache(&self) -> azure_core::Result<()> {
+        Ok(())
+    }
+}
+
+/// The cloud config of the seed's cluster with `url` as ARM and AAD endpoint, changed by `edit`.
+fn cloud_config(url: &str, edit: impl FnOnce(&mut serde_json::Value)) -> CloudConfig {
+    let mut cfg = Seed::aks_like(1).cloud_config(url);
+    edit(&mut cfg);
+    CloudConfig::parse(&cfg.to_string(), |_| None).expect("config")
+}
+
+/// Awaits `call`, which must return at all (a generous outer bound keeps a regression from hanging the suite).
+async fn returns<T>(what: &str, call: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} never returned"))
+}
+
+#[tokio::test]
+async fn an_arm_endpoint_that_never_answers_fails_the_call() {
+    let (url, _endpoint) = silent_endpoint().await;
+    let cfg = cloud_config(&url, |_| {});
+    let arm = Arm::new(
+        &cfg,
+        Arc::new(FixedToken),
+        no_retries(),
+        &short(),
+        &Metrics::new(),
+    )
+    .expect("client");
+    let err = returns("the ARM call", arm.list_vmss("node-rg"))
+        .await
+        .expect_err("no answer is an error");
+    assert_eq!(
+        (err.operation.as_str(), err.status),
+        ("LIST virtualMachineScaleSets", None),
+        "{err}"
+    );
+    assert!(err.message.contains("timed out"), "the error says why: {err}");
+}
+
+#[tokio::test]
+async fn token_endpoints_that_never_answer_fail_the_token_request() {
+    let (url, _endpoint) = silent_endpoint().await;
+    // Service principal: the token endpoint is the authority host.
+    let cfg = cloud_config(&url, |_| {});
+    let credential = operator::azure::credential(&cfg, &short()).expect("credential");
+    let scope = format!("{url}/.default");
+    returns("the AAD token request", credential.get_token(&[&scope]))
+        .await
+        .expect_err("no answer is an error");
+    // Managed identity through IMDS.
+    let cfg = cloud_config(&url, |cfg| {
+        if let Some(o) = cfg.as_object_mut() {
+            o.remove("aadClientId");
+            o.remove("aadClientSecret");
+        }
+        cfg["useManagedIdentityExtension"] = json!(true);
+        cfg["imdsEndpoint"] = json!(format!("{url}/metadata/identity/oauth2/token"));
+    });
+    let credential = operator::azure::credential(&cfg, &short()).expect("credential");
+    returns("the IMDS token request", credential.get_token(&[&scope]))
+        .await
+        .expect_err("no answer is an error");
+}
+
+#[tokio::test]
+async fn a_long_running_operation_that_never_finishes_fails_at_its_deadline() {
+    let seed = Seed::aks_like(1);
+    let azure = AzureSim::start(&seed).await.expect("azure-sim");
+    azure.set_lro(LroConfig {
+        in_progress_polls: u32::MAX,
+        retry_after_ms: 20,
+        max_duration_ms: 3_600_000,
+        ..LroConfig::default()
+    });
+    let cfg = common::cloud_config(&seed, &azure);
+    let timeouts = Timeouts {
+        request: Duration::from_secs(10),
+        ..short()
+    };
+    let credential = operator::azure::credential(&cfg, &timeouts).expect("credential");
+    let arm = Arm::new(&cfg, credential, no_retries(), &timeouts, &Metrics::new()).expect("client");
+    let ip = json!({"location": seed.location, "sku": {"name": "Standard"},
+        "properties": {"publicIPAllocationMethod": "Static"}});
+    let err = returns("the public IP write", arm.put_public_ip("node-rg", "ip", &ip))
+        .await
+        .expect_err("an operation that never finishes is an error");
+    assert_eq!(err.operation, "PUT publicIPAddresses");
+    assert!(err.message.contains("did not finish within 0.5s"), "{err}");
+}
+
+#[tokio::test]
+async fn a_pass_stuck_on_azure_fails_healthz_with_the_reason() {
+    let (url, _endpoint) = silent_endpoint().await;
+    let kube = common::counting_sim(&["keg-system", "app"]).await;
+    let client = kube.client("admin").expect("client");
+    let sgcs: kube::Api<api::StaticGatewayConfiguration> = kube::Api::namespaced(client.clone(), "app");
+    let sgc = serde_json::from_value(json!({
+        "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
+        "metadata": {"name": "gw"}, "spec": {"gatewayNodepoolName": "gateway"}}))
+    .expect("sgc");
+    sgcs.create(&Default::default(), &sgc).await.expect("create");
+    // Default bounds (a minute per call): the pass waits on ARM far longer than its liveness bound.
+    let cfg = cloud_config(&url, |_| {});
+    let timeouts = Timeouts::default();
+    let arm = Arm::new(
+        &cfg,
+        Arc::new(FixedToken),
+        no_retries(),
+        &timeouts,
+        &Metrics::new(),
+    )
+    .expect("client");
+    let op = operator::pass::Operator::new(
+        client,
+        arm,
+        cfg,
+        "keg-system".into(),
+        "keg-system".into(),
+        i32::from(api::names::DEFAULT_LB_PROBE_PORT),
+        Metrics::new(),
+    )
+    .with_liveness_bound(Duration::from_millis(200));
+    let op = Arc::new(op);
+    let router = operator::cli::health_router(&op, Arc::new(AtomicBool::new(true)));
+    assert_eq!(daemon::http::get_in_process(&router, "/healthz").await.0, 200);
+
+    let stuck = op.clone();
+    let pass = tokio::spawn(async move { stuck.reconcile_pools(None).await });
+    eventually("/healthz fails", || async {
+        daemon::http::get_in_process(&router, "/healthz").await.0 == 503
+    })
+    .await;
+    let (_, _, reason) = daemon::http::get_in_process(&router, "/healthz").await;
+    assert!(
+        reason.starts_with("reconcile pass stuck: no progress for "),
+        "{reason}"
+    );
+    assert_eq!(daemon::http::get_in_process(&router, "/readyz").await.0, 200);
+    assert!(!pass.is_finished(), "the pass is still waiting on ARM");
+    pass.abort();
+    let _ = pass.await;
+    assert_eq!(
+        daemon::http::get_in_process(&router, "/healthz").await.0,
+        200,
+        "no pass under way"
+    );
+}
