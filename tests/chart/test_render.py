@@ -176,6 +176,17 @@ def test_flags_agree_with_ports_and_each_other(scenario: str) -> None:
         assert len(lb_ports) == 1, f"operator and gateway agent disagree on the LB probe port: {lb_ports}"
 
 
+def test_operator_shutdown_grace_fits_the_pod_s() -> None:
+    for grace in (None, 60):
+        values = {"gatewayControllerManager": {"shutdownGraceSeconds": grace}} if grace else None
+        dep = one(objects(values), "Deployment", "kube-egress-gateway-operator")
+        pod = dep["spec"]["template"]["spec"]
+        flag = int(args_map(pod["containers"][0])["--shutdown-grace-seconds"])
+        assert flag == (grace or 25)
+        # The pool being reconciled finishes, the Lease is released, then the servers stop: all before SIGKILL.
+        assert pod["terminationGracePeriodSeconds"] >= flag + 5
+
+
 def test_host_network_ports_do_not_collide() -> None:
     objs = scenario_objects("default")
     used: dict[int, str] = {}
