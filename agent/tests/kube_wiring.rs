@@ -149,6 +149,15 @@ async fn key_secret(client: &Client, configuration: &str, labelled: bool) {
         .expect("secret");
 }
 
+/// Stops a gateway loop the test started, which must end on shutdown.
+async fn stop(stop: tokio::sync::watch::Sender<bool>, task: tokio::task::JoinHandle<()>) {
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("loop stops on shutdown")
+        .expect("join");
+}
+
 /// A gateway loop for node `gw-node-1` (VM `gw-vmss000001` of pool `gwpool`) applying into `recorder`.
 fn gateway_loop(recorder: Arc<Recorder>) -> GatewayLoop {
     GatewayLoop {
@@ -290,11 +299,7 @@ async fn gateway_loop_follows_configurations_and_pod_endpoints() {
         probe.status_for(&format!("/gw/{uid}")) == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
-    let _ = stop_tx.send(true);
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("loop stops on shutdown")
-        .expect("join");
+    stop(stop_tx, task).await;
 }
 
 #[tokio::test]
@@ -341,11 +346,7 @@ async fn gateway_loop_reads_only_the_key_secrets_the_operator_labels() {
         recorder.links().last() == Some(&vec!["wg-6000".to_string(), "wg-6001".to_string()])
     })
     .await;
-    let _ = stop_tx.send(true);
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("loop stops on shutdown")
-        .expect("join");
+    stop(stop_tx, task).await;
 }
 
 fn pod_info(name: &str) -> Option<PodInfo> {

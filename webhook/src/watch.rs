@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
@@ -24,24 +24,59 @@ pub fn start(client: Client) -> ReflectorFacts {
     let (namespaces, namespaces_w) = reflector::store();
     let (sgcs, sgcs_w) = reflector::store();
 
-    keep_watching("nodes", Api::all(client.clone()), nodes_w, node_facts_only);
-    keep_watching(
+    let cfg = watcher::Config::default();
+    let run = |name: &'static str, stream: futures::stream::BoxStream<'static, ()>| {
+        tokio::spawn(async move {
+            stream.for_each(|_| async {}).await;
+            tracing::warn!(watch = name, "watch ended");
+        });
+    };
+    // Each store gets its objects cut down (`modify`) before they are stored.
+    run(
+        "nodes",
+        watcher(Api::<Node>::all(client.clone()), cfg.clone())
+            .default_backoff()
+            .modify(node_facts_only)
+            .reflect(nodes_w)
+            .applied_objects()
+            .map(|_| ())
+            .boxed(),
+    );
+    run(
         "gatewaypools",
-        Api::<GatewayPool>::all(client.clone()),
-        pools_w,
-        strip_managed_fields,
+        watcher(Api::<GatewayPool>::all(client.clone()), cfg.clone())
+            .default_backoff()
+            .modify(strip_managed_fields)
+            .reflect(pools_w)
+            .applied_objects()
+            .map(|_| ())
+            .boxed(),
     );
-    keep_watching(
+    run(
         "namespaces",
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        namespaces_w,
-        strip_managed_fields,
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            cfg.clone(),
+        )
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(namespaces_w)
+        .applied_objects()
+        .map(|_| ())
+        .boxed(),
     );
-    keep_watching(
+    run(
         "staticgatewayconfigurations",
-        Api::<PartialObjectMeta<StaticGatewayConfiguration>>::all(client),
-        sgcs_w,
-        strip_managed_fields,
+        watcher(
+            Api::<PartialObjectMeta<StaticGatewayConfiguration>>::all(client),
+            cfg,
+        )
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(sgcs_w)
+        .applied_objects()
+        .map(|_| ())
+        .boxed(),
     );
 
     let facts = ReflectorFacts {
@@ -65,32 +100,6 @@ pub fn start(client: Client) -> ReflectorFacts {
         }
     });
     facts
-}
-
-/// Keeps `writer`'s store filled from a watch of `api`, each object cut down by `strip` before it is stored.
-fn keep_watching<K>(
-    name: &'static str,
-    api: Api<K>,
-    writer: Writer<K>,
-    strip: impl FnMut(&mut K) + Send + 'static,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(strip)
-        .reflect(writer)
-        .applied_objects();
-    tokio::spawn(async move {
-        stream.for_each(|_| async {}).await;
-        tracing::warn!(watch = name, "watch ended");
-    });
 }
 
 /// Managed fields are never read, and are often the largest part of an object's metadata.
