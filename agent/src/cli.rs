@@ -284,8 +284,9 @@ impl RunContext<'_> {
         admin_state.draining.store(true, Ordering::Release);
         if failure.is_none() {
             // Drain: the load balancer sees 503 and moves the flows to other gateways; we keep forwarding until the
-            // pods' traffic has stopped arriving (they re-handshook there), at most the drain delay. The data plane
-            // itself stays in place (the kernel keeps forwarding after we exit).
+            // pods' traffic has stopped arriving (they re-handshook there), at most the drain delay. With kernel
+            // WireGuard the data plane stays in place (the kernel keeps forwarding after we exit); wireguard-go's
+            // tunnels are processes of this container and end with it (docs/dataplane.md, "On SIGTERM").
             let delay = match args.lb_probe_drain_delay_seconds {
                 0 => DEFAULT_DRAIN_DELAY_SECONDS,
                 d => d,

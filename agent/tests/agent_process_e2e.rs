@@ -64,6 +64,11 @@ fn agent_process_restart_drains_the_probe_and_loses_no_packet() {
             Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.expect("node");
             let mut secret = Secret::default();
             secret.metadata.name = Some("sgw-gw1".into());
+            // Labelled with its configuration, as the operator writes it (the agent watches only those).
+            secret.metadata.labels = Some(std::collections::BTreeMap::from([
+                (api::names::SECRET_OWNER_NAMESPACE_LABEL.to_string(), "default".to_string()),
+                (api::names::SECRET_OWNER_NAME_LABEL.to_string(), "gw1".to_string()),
+            ]));
             secret.data = Some(std::collections::BTreeMap::from([(
                 "PrivateKey".to_string(),
                 k8s_openapi::ByteString(key.0.to_base64().into_bytes()),

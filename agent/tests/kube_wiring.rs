@@ -110,6 +110,79 @@ impl Recorder {
     fn applies(&self) -> usize {
         self.0.lock().expect("lock").len()
     }
+    /// The links of every plan applied so far, in order.
+    fn links(&self) -> Vec<Vec<String>> {
+        let plans = self.0.lock().expect("lock");
+        plans.iter().map(|p| p.links.keys().cloned().collect()).collect()
+    }
+}
+
+/// The WireGuard key Secret `kube-system/sgw-<configuration>` that [`ready_sgc`] refers to, labelled with its
+/// configuration as the operator writes it; unlabelled, it stands for any other Secret of the namespace.
+async fn key_secret(client: &Client, configuration: &str, labelled: bool) {
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(format!("sgw-{configuration}"));
+    if labelled {
+        secret.metadata.labels = Some(BTreeMap::from([
+            (
+                api::names::SECRET_OWNER_NAMESPACE_LABEL.to_string(),
+                "default".to_string(),
+            ),
+            (
+                api::names::SECRET_OWNER_NAME_LABEL.to_string(),
+                configuration.to_string(),
+            ),
+        ]));
+    }
+    // `data`, not `stringData`: the simulator does not fold stringData into data (kube-apiserver does).
+    secret.data = Some(BTreeMap::from([(
+        "PrivateKey".to_string(),
+        k8s_openapi::ByteString(
+            wireguard_control::Key::generate_private()
+                .to_base64()
+                .into_bytes(),
+        ),
+    )]));
+    Api::<Secret>::namespaced(client.clone(), "kube-system")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+}
+
+/// Stops a gateway loop the test started, which must end on shutdown.
+async fn stop(stop: tokio::sync::watch::Sender<bool>, task: tokio::task::JoinHandle<()>) {
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("loop stops on shutdown")
+        .expect("join");
+}
+
+/// A gateway loop for node `gw-node-1` (VM `gw-vmss000001` of pool `gwpool`) applying into `recorder`.
+fn gateway_loop(recorder: Arc<Recorder>) -> GatewayLoop {
+    GatewayLoop {
+        node_name: "gw-node-1".into(),
+        agent_namespace: "kube-system".into(),
+        secret_namespace: "kube-system".into(),
+        settings: NodeSettings {
+            identity: NodeIdentity {
+                computer_name: "gw-vmss000001".into(),
+                vmss_name: "gw-vmss".into(),
+                resource_group: "mc_rg".into(),
+                tags: BTreeMap::from([("aks-managed-poolName".to_string(), "gwpool".to_string())]),
+                primary_ip: None,
+            },
+            netns_name: "ns-static-egress-gateway".into(),
+        },
+        applier: recorder,
+        probe: ProbeState::default(),
+        tunnels: Default::default(),
+        metrics: Arc::new(Metrics::default()),
+        ready: Arc::new(AtomicBool::new(false)),
+        debounce: Duration::from_millis(150),
+        // Far longer than the test: only watch events can explain timely changes.
+        resync: Duration::from_secs(3600),
+    }
 }
 
 #[tokio::test]
@@ -126,21 +199,7 @@ async fn gateway_loop_follows_configurations_and_pod_endpoints() {
     .await;
     let sgc = ready_sgc(&client, "gw1", 6000).await;
     let uid = sgc.metadata.uid.clone().expect("uid");
-    // `data`, not `stringData`: the simulator does not fold stringData into data (kube-apiserver does).
-    let mut secret = Secret::default();
-    secret.metadata.name = Some("sgw-gw1".into());
-    secret.data = Some(BTreeMap::from([(
-        "PrivateKey".to_string(),
-        k8s_openapi::ByteString(
-            wireguard_control::Key::generate_private()
-                .to_base64()
-                .into_bytes(),
-        ),
-    )]));
-    Api::<Secret>::namespaced(client.clone(), "kube-system")
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("secret");
+    key_secret(&client, "gw1", true).await;
     let pes: Api<PodEndpoint> = Api::namespaced(client.clone(), "default");
     for (i, name) in ["p1", "p2"].iter().enumerate() {
         create::<PodEndpoint>(
@@ -154,31 +213,8 @@ async fn gateway_loop_follows_configurations_and_pod_endpoints() {
         .await;
     }
     let recorder = Arc::new(Recorder::default());
-    let probe = ProbeState::default();
-    let ready = Arc::new(AtomicBool::new(false));
-    let lp = GatewayLoop {
-        node_name: "gw-node-1".into(),
-        agent_namespace: "kube-system".into(),
-        secret_namespace: "kube-system".into(),
-        settings: NodeSettings {
-            identity: NodeIdentity {
-                computer_name: "gw-vmss000001".into(),
-                vmss_name: "gw-vmss".into(),
-                resource_group: "mc_rg".into(),
-                tags: BTreeMap::from([("aks-managed-poolName".to_string(), "gwpool".to_string())]),
-                primary_ip: None,
-            },
-            netns_name: "ns-static-egress-gateway".into(),
-        },
-        applier: recorder.clone(),
-        probe: probe.clone(),
-        tunnels: Default::default(),
-        metrics: Arc::new(Metrics::default()),
-        ready: ready.clone(),
-        debounce: Duration::from_millis(150),
-        // Far longer than the test: only watch events can explain timely changes.
-        resync: Duration::from_secs(3600),
-    };
+    let lp = gateway_loop(recorder.clone());
+    let (probe, ready) = (lp.probe.clone(), lp.ready.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(lp.run(client.clone(), stop_rx));
 
@@ -263,11 +299,54 @@ async fn gateway_loop_follows_configurations_and_pod_endpoints() {
         probe.status_for(&format!("/gw/{uid}")) == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
-    let _ = stop_tx.send(true);
-    tokio::time::timeout(Duration::from_secs(5), task)
+    stop(stop_tx, task).await;
+}
+
+#[tokio::test]
+async fn gateway_loop_reads_only_the_key_secrets_the_operator_labels() {
+    let (_sim, client) = sim().await;
+    create_node(
+        &client,
+        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node-1"}}),
+    )
+    .await;
+    ready_sgc(&client, "labelled", 6000).await;
+    ready_sgc(&client, "unlabelled", 6001).await;
+    key_secret(&client, "labelled", true).await;
+    // Same namespace, a valid key, referenced by a ready configuration: only the label is missing.
+    key_secret(&client, "unlabelled", false).await;
+    let recorder = Arc::new(Recorder::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(gateway_loop(recorder.clone()).run(client.clone(), stop_rx));
+
+    // The first apply comes after every cache has its first full list, so a cached unlabelled Secret would
+    // give the first plan a link for its configuration.
+    eventually("the labelled Secret's configuration applied", || async {
+        recorder.links().last() == Some(&vec!["wg-6000".to_string()])
+    })
+    .await;
+    let plans = recorder.links();
+    assert!(
+        plans.iter().all(|links| !links.contains(&"wg-6001".to_string())),
+        "the unlabelled Secret reached the plan: {plans:?}"
+    );
+
+    // Labelled as the operator does, the same Secret is watched and its configuration applied.
+    Api::<Secret>::namespaced(client.clone(), "kube-system")
+        .patch(
+            "sgw-unlabelled",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {
+                (api::names::SECRET_OWNER_NAMESPACE_LABEL): "default",
+                (api::names::SECRET_OWNER_NAME_LABEL): "unlabelled"}}})),
+        )
         .await
-        .expect("loop stops on shutdown")
-        .expect("join");
+        .expect("label the Secret");
+    eventually("both configurations applied once labelled", || async {
+        recorder.links().last() == Some(&vec!["wg-6000".to_string(), "wg-6001".to_string()])
+    })
+    .await;
+    stop(stop_tx, task).await;
 }
 
 fn pod_info(name: &str) -> Option<PodInfo> {

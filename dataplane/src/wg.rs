@@ -224,6 +224,9 @@ impl WireGuard {
                 host.ip(&["link", "add", control_name, "type", "wireguard"])?;
             }
             BackendKind::Userspace => {
+                // wireguard-go daemonizes, but stays a process of our PID namespace: in a container it ends,
+                // and its link with it, when the container does (the gateway agent's tunnels do not outlive
+                // the agent; docs/dataplane.md).
                 let mut c = host.command("wireguard-go");
                 c.arg(control_name)
                     .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")

@@ -12,3 +12,4 @@ pub mod lab;
 pub mod netlab;
 pub mod provider_release;
 pub mod wait;
+pub mod workspace_bins;

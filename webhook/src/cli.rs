@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::handlers::Policy;
-use crate::server::{AppState, admission_router, probe_router, serve_tls};
+use crate::server::{AppState, probe_router, serve_tls};
 use crate::{cabundle, metrics, tls, watch};
 
 #[derive(Debug, clap::Parser)]
@@ -125,6 +125,7 @@ impl daemon::Daemon for Args {
             },
             metrics,
             draining: Default::default(),
+            client_timeout: crate::server::DEFAULT_CLIENT_TIMEOUT,
         });
 
         let https = daemon::http::bind(args.listen).await?;
@@ -134,7 +135,7 @@ impl daemon::Daemon for Args {
         let tls_task = tokio::spawn(serve_tls(
             https,
             tls_config,
-            admission_router(state.clone()),
+            state.clone(),
             shutdown_rx.clone(),
             Duration::from_secs(10),
         ));

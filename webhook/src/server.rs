@@ -10,19 +10,23 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tower::ServiceExt as _;
 
 use crate::facts::ClusterFacts;
 use crate::handlers::{Endpoint, Policy, review};
 use crate::metrics::{KindLabels, Metrics, ReviewLabels};
 use crate::review::{DecodeError, Denial, MAX_BODY_BYTES, Response as Review, decode};
 
-/// How long a client may take for the TLS handshake, request headers, or request body.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take for each of the TLS handshake, the request headers and the request body in
+/// production: the webhook timeout the chart registers (`timeoutSeconds: 10`, also kube-apiserver's default),
+/// after which the API server has given up on the call anyway.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared by every request.
 pub struct AppState {
@@ -34,6 +38,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when shutting down: /readyz turns 503 so the Service stops sending reviews.
     pub draining: AtomicBool,
+    /// How long a client may take for each of the TLS handshake, the request headers and the request body
+    /// ([`DEFAULT_CLIENT_TIMEOUT`] in production): a slow or silent client then costs only its own connection,
+    /// for that long.
+    pub client_timeout: Duration,
 }
 
 impl AppState {
@@ -53,6 +61,7 @@ impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("policy", &self.policy)
+            .field("client_timeout", &self.client_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -80,7 +89,7 @@ async fn admit(state: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respon
     let started = Instant::now();
     let kind = endpoint.kind().1;
     let body = match tokio::time::timeout(
-        CLIENT_TIMEOUT,
+        state.client_timeout,
         axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES),
     )
     .await
@@ -158,16 +167,20 @@ fn count(state: &AppState, kind: &str, operation: &str, result: &str) {
         .inc();
 }
 
-/// Serves `router` over TLS on `listener` until `shutdown` flips, then lets in-flight requests finish (up to
-/// `grace`). Handshakes and request headers are bounded by [`CLIENT_TIMEOUT`], so slow or garbage clients
-/// only ever cost their own connection.
+/// Serves [`admission_router`] for `state` over TLS on `listener` until `shutdown` flips, then lets in-flight
+/// requests finish (up to `grace`). `state.client_timeout` bounds the TLS handshake, then the time until the
+/// first request's headers are in (whether HTTP/1.1 or HTTP/2: neither hyper's protocol detection nor the
+/// HTTP/2 preface has a timeout of its own), then each later HTTP/1.1 request's headers, and each body (in
+/// [`admit`]). So slow, silent or garbage clients only ever cost their own connection, for that long.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    router: Router,
+    state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
+    let client_timeout = state.client_timeout;
+    let router = admission_router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     loop {
@@ -182,10 +195,17 @@ pub async fn serve_tls(
             _ = shutdown.changed() => break,
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let first_request = Arc::new(Notify::new());
+        let service = TowerToHyperService::new(router.clone().map_request({
+            let first_request = first_request.clone();
+            move |req: axum::http::Request<Incoming>| {
+                first_request.notify_one();
+                req
+            }
+        }));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(client_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -200,14 +220,25 @@ pub async fn serve_tls(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(CLIENT_TIMEOUT);
+                .header_read_timeout(client_timeout);
             builder
                 .http2()
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
-            if let Err(error) = watcher.watch(conn).await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            let no_first_request = async {
+                if tokio::time::timeout(client_timeout, first_request.notified())
+                    .await
+                    .is_ok()
+                {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                ended = watcher.watch(conn) => if let Err(error) = ended {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                },
+                () = no_first_request => tracing::debug!(%peer, "no request in time; connection closed"),
             }
         });
     }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use webhook::facts::StaticFacts;
 use webhook::handlers::Policy;
 use webhook::metrics::Metrics;
-use webhook::server::{AppState, admission_router, serve_tls};
+use webhook::server::{AppState, DEFAULT_CLIENT_TIMEOUT, serve_tls};
 use webhook::tls::{self, CertFiles, CertStore};
 
 struct Server {
@@ -21,11 +21,17 @@ struct Server {
 }
 
 async fn start(store: Arc<CertStore>) -> Server {
+    start_with(store, DEFAULT_CLIENT_TIMEOUT).await
+}
+
+/// A server whose clients get `client_timeout` for each of the handshake, the headers and the body.
+async fn start_with(store: Arc<CertStore>, client_timeout: Duration) -> Server {
     let state = Arc::new(AppState {
         facts: Arc::new(StaticFacts::default()),
         policy: Policy::default(),
         metrics: Arc::new(Metrics::default()),
         draining: Default::default(),
+        client_timeout,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -34,7 +40,7 @@ async fn start(store: Arc<CertStore>) -> Server {
     let task = tokio::spawn(serve_tls(
         listener,
         config,
-        admission_router(state.clone()),
+        state.clone(),
         rx,
         Duration::from_secs(5),
     ));
@@ -271,6 +277,113 @@ async fn slow_and_garbage_clients_do_not_wedge_the_server() {
     for _ in 0..20 {
         assert_allows_a_valid_configuration(&client, &server).await;
     }
+    let _ = server.shutdown.send(true);
+}
+
+/// The client timeout of [`slow_clients_are_cut_off_after_the_client_timeout`]: short, so the test is quick.
+const SHORT_CLIENT_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Reads `stream` until the server closes it and returns what it sent. Bounded by half the default client
+/// timeout: only the short timeout under test, not the default one, closes the connection within that.
+async fn until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin), what: &str) -> Vec<u8> {
+    let mut sent = Vec::new();
+    let read = tokio::time::timeout(DEFAULT_CLIENT_TIMEOUT / 2, stream.read_to_end(&mut sent))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the server kept the connection open"));
+    match read {
+        Ok(_) => sent,
+        // A reset (the server closed with bytes of ours unread) closes it too, and so does a TLS connection
+        // closed without close_notify (the server dropped it).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            sent
+        }
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// A TLS connection to `server` that trusts `ca_pem`, offering only `alpn` (`http/1.1` or `h2`).
+async fn tls_connect(
+    server: &Server,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM"))
+        .expect("CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("webhook.test.svc").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_after_the_client_timeout() {
+    let generated = tls::self_signed(&["webhook.test.svc".to_string()]).expect("certs");
+    let server = start_with(CertStore::new(generated.key), SHORT_CLIENT_TIMEOUT).await;
+
+    // Connects and says nothing: closed once the handshake's time is up.
+    let mut silent = TcpStream::connect(server.addr).await.expect("connect");
+    assert_eq!(until_closed(&mut silent, "silent client").await, b"");
+
+    // Starts a ClientHello and stalls: closed, with nothing sent back.
+    let mut stalled = TcpStream::connect(server.addr).await.expect("connect");
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .expect("write");
+    assert_eq!(until_closed(&mut stalled, "stalled handshake").await, b"");
+
+    // Completes the handshake, then sends no request (HTTP/1.1 and HTTP/2): closed.
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut idle = tls_connect(&server, &generated.ca_pem, alpn).await;
+        let what = format!("{} client sending no request", String::from_utf8_lossy(alpn));
+        until_closed(&mut idle, &what).await;
+    }
+
+    // Stalls in the request headers: closed.
+    let mut headers = tls_connect(&server, &generated.ca_pem, b"http/1.1").await;
+    headers
+        .write_all(b"POST /validate-staticgatewayconfiguration HTTP/1.1\r\nHost: webhook.test.svc\r\n")
+        .await
+        .expect("write");
+    until_closed(&mut headers, "stalled headers").await;
+
+    // Sends its headers, then only part of the body it announced: 408.
+    let mut body = tls_connect(&server, &generated.ca_pem, b"http/1.1").await;
+    body.write_all(
+        b"POST /validate-staticgatewayconfiguration HTTP/1.1\r\nHost: webhook.test.svc\r\n\
+          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersion\"",
+    )
+    .await
+    .expect("write");
+    let answer = String::from_utf8(until_closed(&mut body, "stalled body").await).expect("HTTP text");
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    let metrics = server.state.metrics.encode();
+    assert!(
+        metrics.contains(
+            "admission_requests_total{kind=\"StaticGatewayConfiguration\",operation=\"\",result=\"error\"} 1"
+        ),
+        "{metrics}"
+    );
+
+    // Meanwhile a client that does not dawdle is served.
+    assert_allows_a_valid_configuration(&trusting(&generated.ca_pem), &server).await;
     let _ = server.shutdown.send(true);
 }
 

@@ -1,6 +1,7 @@
 //! Applies a [`GatewayPlan`] by diffing it against what the kernel has. Idempotent: applying the same plan
 //! twice changes nothing the second time (links, keys, peers and routes that are already right are left
-//! alone), so traffic keeps flowing across an agent restart.
+//! alone), so with kernel WireGuard traffic keeps flowing across an agent restart (wireguard-go's links end
+//! with the agent's container; the restarted agent re-creates them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

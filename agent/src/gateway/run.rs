@@ -82,8 +82,13 @@ pub struct GatewayLoop {
     pub resync: Duration,
 }
 
-fn spawn_watch<K>(api: Api<K>, writer: reflector::store::Writer<K>, notify: Arc<Notify>, what: &'static str)
-where
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    notify: Arc<Notify>,
+    what: &'static str,
+) where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
@@ -93,7 +98,7 @@ where
         + 'static,
 {
     tokio::spawn(async move {
-        reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        reflector::reflector(writer, watcher(api, config))
             .default_backoff()
             .for_each(|ev| {
                 if let Err(e) = &ev {
@@ -123,6 +128,14 @@ fn tunnel_links(input: &super::plan::GatewayInput, plan: &GatewayPlan) -> Vec<Tu
             port: l.port,
         })
         .collect()
+}
+
+/// The Secrets the gateway reads: only the WireGuard key Secrets, which the operator labels with their
+/// configuration (the operator watches them with the same selector). The Secret namespace also holds other
+/// Secrets (the Azure cloud config, the webhook's TLS key, Helm's release records), which no gateway node
+/// needs, so they are never listed into its cache.
+fn key_secrets_only() -> watcher::Config {
+    watcher::Config::default().labels(api::names::SECRET_OWNER_NAME_LABEL)
 }
 
 fn key_secrets(store: &Store<Secret>) -> KeySecrets {
@@ -207,17 +220,25 @@ impl GatewayLoop {
         let (pes, pe_w) = reflector::store::<PodEndpoint>();
         spawn_watch(
             Api::all(client.clone()),
+            watcher::Config::default(),
             sgc_w,
             notify.clone(),
             "staticgatewayconfigurations",
         );
         spawn_watch(
             Api::namespaced(client.clone(), &self.secret_namespace),
+            key_secrets_only(),
             secret_w,
             notify.clone(),
             "secrets",
         );
-        spawn_watch(Api::all(client.clone()), pe_w, notify.clone(), "podendpoints");
+        spawn_watch(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            pe_w,
+            notify.clone(),
+            "podendpoints",
+        );
         tokio::select! {
             r = async { tokio::try_join!(sgcs.wait_until_ready(), secrets.wait_until_ready(), pes.wait_until_ready()) } => {
                 if r.is_err() { tracing::error!("watch caches closed before sync"); return; }

@@ -26,19 +26,18 @@ pub use testbed::netlab::{
     wait_until,
 };
 
-/// The CNI plugin binary: `KEG_CNI_BIN` (the benchmark uses a release build), else the one built next to
-/// the agent binary (`cargo build -p cni`; `cargo test --workspace` builds it).
+/// The CNI plugin binary: `KEG_CNI_BIN` (the benchmark uses a release build), else the one next to the agent
+/// binary, built from the current source first (the cni crate is not a dependency of this one, so nothing
+/// else rebuilds it when it changes).
 pub fn cni_bin() -> PathBuf {
     let p = std::env::var_os("KEG_CNI_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_BIN_EXE_kube-egress-gateway-agent")).with_file_name("kube-egress-cni")
+            let agent = Path::new(env!("CARGO_BIN_EXE_kube-egress-gateway-agent"));
+            testbed::workspace_bins::built_in(agent.parent().expect("agent binary has a directory"))
+                .join("kube-egress-cni")
         });
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build -p cni` (or set KEG_CNI_BIN)",
-        p.display()
-    );
+    assert!(p.exists(), "{} missing (KEG_CNI_BIN names no file?)", p.display());
     p
 }
 

@@ -145,15 +145,17 @@ impl Node {
         self.dir.join("run-wireguard")
     }
 
-    /// The wireguard-go sockets in the node's `/run/wireguard` (pods' tunnels that are still up).
-    pub fn wireguard_sockets(&self) -> Vec<String> {
-        std::fs::read_dir(self.wireguard_dir())
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// The wireguard-go sockets in the node's `/run/wireguard` (pods' tunnels that are still up); an error when
+    /// the directory cannot be read, which would otherwise look like no tunnel at all.
+    pub fn wireguard_sockets(&self) -> anyhow::Result<Vec<String>> {
+        let dir = self.wireguard_dir();
+        let entries = std::fs::read_dir(&dir)
+            .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+            .with_context(|| format!("reading {}'s /run/wireguard ({})", self.name, dir.display()))?;
+        Ok(entries
+            .iter()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect())
     }
 
     /// `nsenter` arguments that run a program inside the node (network + mount namespace).

@@ -88,6 +88,7 @@ impl Webhook {
             policy: webhook::handlers::Policy { podendpoint_writers },
             metrics: Arc::new(webhook::metrics::Metrics::default()),
             draining: Default::default(),
+            client_timeout: webhook::server::DEFAULT_CLIENT_TIMEOUT,
         });
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
         let local = listener.local_addr().expect("addr");
@@ -114,7 +115,7 @@ impl Webhook {
         tokio::spawn(webhook::server::serve_tls(
             listener,
             tls,
-            webhook::server::admission_router(state),
+            state,
             rx,
             Duration::from_secs(1),
         ));

@@ -238,44 +238,56 @@ pub(in crate::lab) async fn check_egress(
     Ok(udp)
 }
 
-/// `ip -n <ns> <args>` output (empty when it fails).
-pub(in crate::lab) fn ip_out(ns: &str, args: &[&str]) -> String {
-    std::process::Command::new("ip")
-        .args(["-n", ns])
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+/// `ip -n <ns> <args>` output; an error (with `ip`'s stderr) when it cannot run or fails, e.g. because the
+/// namespace is gone: an empty answer would read as "nothing there".
+pub(in crate::lab) fn ip_out(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = crate::lab::procs::run_checked(
+        std::process::Command::new("ip").args(["-n", ns]).args(args),
+        "running ip (iproute2)",
+        format_args!("ip -n {ns} {}", args.join(" ")),
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// What the data plane still holds for configurations: the gateways' frontend addresses, their wg links and
-/// wireguard-go processes, and pod wireguard sockets on the nodes.
+/// wireguard-go processes, and pod wireguard sockets on the nodes. A place that cannot be read (a namespace
+/// gone or renamed, `ip` failing) is reported as such, never taken for an empty one.
 pub(in crate::lab) fn dataplane_leftovers(
     gateway_vms: &[(String, Ipv4Addr, String)],
     nodes: &[runtime::Node],
 ) -> Vec<String> {
     let mut left = Vec::new();
     for (node, primary, ns) in gateway_vms {
-        let addrs: Vec<String> = ip_out(ns, &["-4", "-o", "addr", "show", "dev", "eth0"])
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                w.position(|x| x == "inet")?;
-                w.next().map(str::to_string)
-            })
-            .filter(|a| *a != format!("{primary}/16"))
-            .collect();
-        if !addrs.is_empty() {
-            left.push(format!("{node} eth0 still has {}", addrs.join(", ")));
+        match ip_out(ns, &["-4", "-o", "addr", "show", "dev", "eth0"]) {
+            Ok(out) => {
+                let addrs: Vec<String> = out
+                    .lines()
+                    .filter_map(|l| {
+                        let mut w = l.split_whitespace();
+                        w.position(|x| x == "inet")?;
+                        w.next().map(str::to_string)
+                    })
+                    .filter(|a| *a != format!("{primary}/16"))
+                    .collect();
+                if !addrs.is_empty() {
+                    left.push(format!("{node} eth0 still has {}", addrs.join(", ")));
+                }
+            }
+            Err(e) => left.push(format!("{node} eth0 cannot be read: {e:#}")),
         }
         let egw = format!("{ns}-egw");
-        let links: Vec<String> = ip_out(&egw, &["-o", "link", "show"])
-            .lines()
-            .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
-            .filter(|n| n.starts_with("wg"))
-            .collect();
-        if !links.is_empty() {
-            left.push(format!("{egw} still has {}", links.join(", ")));
+        match ip_out(&egw, &["-o", "link", "show"]) {
+            Ok(out) => {
+                let links: Vec<String> = out
+                    .lines()
+                    .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+                    .filter(|n| n.starts_with("wg"))
+                    .collect();
+                if !links.is_empty() {
+                    left.push(format!("{egw} still has {}", links.join(", ")));
+                }
+            }
+            Err(e) => left.push(format!("{egw}'s links cannot be read: {e:#}")),
         }
         if let Some(inode) = crate::lab::dataplane::netns_inode(&egw) {
             let procs: Vec<String> = crate::lab::dataplane::processes_in(&[inode])
@@ -288,10 +300,41 @@ pub(in crate::lab) fn dataplane_leftovers(
         }
     }
     for n in nodes {
-        let socks: Vec<String> = n.wireguard_sockets();
-        if !socks.is_empty() {
-            left.push(format!("{} has wireguard sockets {}", n.name, socks.join(", ")));
+        match n.wireguard_sockets() {
+            Ok(socks) if socks.is_empty() => {}
+            Ok(socks) => left.push(format!("{} has wireguard sockets {}", n.name, socks.join(", "))),
+            Err(e) => left.push(format!("{e:#}")),
         }
     }
     left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_place_that_cannot_be_read_is_a_leftover_not_an_empty_one() {
+        // A gateway VM whose namespace does not exist (gone, or renamed), and a node without its directories.
+        let ns = format!("keg-test-missing-{}", std::process::id());
+        let gone = tempfile::tempdir().expect("tmp").path().join("node");
+        let node = runtime::Node {
+            name: "node-x".into(),
+            netns: ns.clone(),
+            mntns: gone.join("mnt"),
+            dir: gone,
+            cni_path: vec![],
+        };
+        let left = dataplane_leftovers(
+            &[("gw-vm".into(), Ipv4Addr::new(10, 0, 0, 4), ns.clone())],
+            &[node],
+        );
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(left[0].starts_with("gw-vm eth0 cannot be read: "), "{left:?}");
+        assert!(
+            left[1].starts_with(&format!("{ns}-egw's links cannot be read: ")),
+            "{left:?}"
+        );
+        assert!(left[2].starts_with("reading node-x's /run/wireguard"), "{left:?}");
+    }
 }

@@ -118,13 +118,14 @@ impl Lab {
         }
         // The nodes' mount namespaces: pods' wireguard sockets were in the nodes' own /run/wireguard.
         for node in std::mem::take(&mut self.nodes) {
-            let sockets: Vec<String> = node.wireguard_sockets();
-            if !sockets.is_empty() {
-                left.push(format!(
+            match node.wireguard_sockets() {
+                Ok(sockets) if sockets.is_empty() => {}
+                Ok(sockets) => left.push(format!(
                     "wireguard sockets on {}: {}",
                     node.name,
                     sockets.join(", ")
-                ));
+                )),
+                Err(e) => left.push(format!("{e:#}")),
             }
             if let Err(e) = runtime::unmount(&node.mntns) {
                 left.push(format!("{e:#}"));

@@ -257,9 +257,8 @@ pub(super) async fn private(lab: &mut Lab, opts: &Options) -> anyhow::Result<()>
             opts,
             move || {
                 let found = ip_out(&ns, &["-4", "-o", "addr", "show", "dev", "eth0"])
-                    .split_whitespace()
-                    .any(|w| w == want);
-                async move { Ok(found) }
+                    .map(|out| out.split_whitespace().any(|w| w == want));
+                async move { found }
             },
         )
         .await?;
@@ -298,13 +297,13 @@ pub(super) async fn private(lab: &mut Lab, opts: &Options) -> anyhow::Result<()>
     // A pod using it: only the on-premises range goes through the gateways.
     let sb = lab.add_pod(opts, POD, 0, Some(NAME)).await?;
     let pod_ip = sb.ipv4().context("the pod has no IPv4")?;
-    let dev_of = |to: Ipv4Addr| -> String {
-        let out = ip_out(&sb.netns, &["-4", "route", "get", &to.to_string()]);
+    let dev_of = |to: Ipv4Addr| -> anyhow::Result<String> {
+        let out = ip_out(&sb.netns, &["-4", "route", "get", &to.to_string()])?;
         let mut w = out.split_whitespace();
         w.position(|x| x == "dev");
-        w.next().unwrap_or("(no route)").to_string()
+        Ok(w.next().unwrap_or("(no route)").to_string())
     };
-    let (onprem_dev, inet_dev, other_dev) = (dev_of(ONPREM_IP), dev_of(ECHO_IP), dev_of(ONPREM_OTHER_IP));
+    let (onprem_dev, inet_dev, other_dev) = (dev_of(ONPREM_IP)?, dev_of(ECHO_IP)?, dev_of(ONPREM_OTHER_IP)?);
     verdict(
         onprem_dev == "wg0" && inet_dev == "eth0" && other_dev == "eth0",
         &format!(
