@@ -16,6 +16,21 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
 
+echo "== benchmarks, each once at its smallest size (--smoke): docs/performance.md's numbers come from them"
+# A bench is a binary of its own (harness = false) that clippy only compiles: this runs each with its checks
+# (about a minute; the data-plane one needs root, as the lab's tests do). One `cargo test --workspace` builds
+# them with the features and test profile `cargo test` just used, so no dependency is built again.
+bench_args=$(cargo metadata --no-deps --format-version 1 | python3 -c '
+import json, sys
+for package in json.load(sys.stdin)["packages"]:
+    for target in package["targets"]:
+        if "bench" in target["kind"]:
+            print("--bench", target["name"])
+')
+[ -n "$bench_args" ] || { echo "no bench targets found" >&2; exit 1; }
+# shellcheck disable=SC2086 # one word per argument
+cargo test --workspace $bench_args -- --smoke
+
 echo "== helm chart (tests/chart, Helm SDK)"
 # The chart tests run the binaries' --help; build them first so the time shows here, not inside pytest.
 cargo build --workspace --bins -q

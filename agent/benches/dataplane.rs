@@ -1,6 +1,7 @@
 //! Data-plane benchmark (root; a bench binary, not a timed test). Prints a Markdown report:
 //! CNI ADD/DEL latency (plain and annotated pods), time to apply 1000 peers on a gateway, and tunnel
 //! throughput vs direct with iperf3. Run: `cargo bench -p agent --bench dataplane` (see docs/performance.md).
+//! `--smoke` runs every step once at the smallest size, with the same checks (scripts/test.sh does, as root).
 
 #[path = "../tests/netlab/mod.rs"]
 mod netlab;
@@ -64,7 +65,7 @@ fn cni_latency(lab: &mut Lab, annotated: bool, n: usize) {
     row(&format!("DEL {kind}: bridge+host-local (baseline)"), del_primary);
 }
 
-fn peers_apply(lab: &mut Lab) {
+fn peers_apply(lab: &mut Lab, peers: u32) {
     let gw = lab.add_gateway();
     let cfg = lab.add_config("big", 6100, RouteType::StaticEgressGateway, &[]);
     let secondary = Ipv4Addr::new(10, 0, 0, 9);
@@ -74,7 +75,7 @@ fn peers_apply(lab: &mut Lab) {
     applier.apply(&gateway_plan(&empty)).expect("empty apply");
     let setup = t.elapsed();
     let mut full = empty.clone();
-    full.configs[0].peers = (0..1000u32)
+    full.configs[0].peers = (0..peers)
         .map(|i| PeerInput {
             pod_endpoint: format!("default/p{i}"),
             public_key: dataplane::wg::PrivateKey::generate().public_base64(),
@@ -84,7 +85,7 @@ fn peers_apply(lab: &mut Lab) {
         .collect();
     let plan = gateway_plan(&full);
     let t = Instant::now();
-    applier.apply(&plan).expect("1000 peers");
+    applier.apply(&plan).expect("the peers");
     let add = t.elapsed();
     let t = Instant::now();
     let again = applier.apply(&plan).expect("no-op");
@@ -97,12 +98,15 @@ fn peers_apply(lab: &mut Lab) {
         "| gateway setup (namespace, veth, link, nft), no peers | {} |",
         ms(setup)
     );
-    println!("| add 1000 peers + 1000 routes to a running link | {} |", ms(add));
     println!(
-        "| re-apply with 1000 peers, nothing to change (restart) | {} |",
+        "| add {peers} peers + {peers} routes to a running link | {} |",
+        ms(add)
+    );
+    println!(
+        "| re-apply with {peers} peers, nothing to change (restart) | {} |",
         ms(noop)
     );
-    println!("| remove 1000 peers + routes | {} |", ms(remove));
+    println!("| remove {peers} peers + routes | {} |", ms(remove));
 }
 
 fn iperf(lab: &Lab, client_role: &str, seconds: u32) -> f64 {
@@ -151,9 +155,12 @@ fn iperf(lab: &Lab, client_role: &str, seconds: u32) -> f64 {
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` does not: then do nothing (no root needed).
-    if !std::env::args().any(|a| a == "--bench") {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    if !smoke && !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // (plain pods, annotated pods, peers, iperf3 seconds)
+    let (plain, annotated, peers, seconds) = if smoke { (1, 1, 10, 1) } else { (100, 50, 1000, 5) };
     let mut lab = Lab::new();
     let gw = lab.add_gateway();
     lab.route(&format!("{FRONTEND}/32"), gw.ip);
@@ -166,14 +173,14 @@ fn main() {
         .expect("gateway");
     println!("### CNI latency (ms)\n");
     println!("| step | n | p50 | p99 | max |\n|---|---|---|---|---|");
-    cni_latency(&mut lab, false, 100);
-    cni_latency(&mut lab, true, 50);
+    cni_latency(&mut lab, false, plain);
+    cni_latency(&mut lab, true, annotated);
 
-    println!("\n### Gateway apply, 1000 peers (ms)\n");
+    println!("\n### Gateway apply, {peers} peers (ms)\n");
     println!("| step | ms |\n|---|---|");
-    peers_apply(&mut lab);
+    peers_apply(&mut lab, peers);
 
-    println!("\n### Throughput, pod to internet host (iperf3 TCP, 5 s)\n");
+    println!("\n### Throughput, pod to internet host (iperf3 TCP, {seconds} s)\n");
     lab.add_pod("pp", None);
     lab.add_pod("pa", Some("gw1"));
     gw.applier()
@@ -185,8 +192,8 @@ fn main() {
         lab.source_seen("pa", netlab::INET),
         Some(Ipv4Addr::new(10, 0, 0, 6))
     );
-    let direct = iperf(&lab, "pp", 5);
-    let tunnel = iperf(&lab, "pa", 5);
+    let direct = iperf(&lab, "pp", seconds);
+    let tunnel = iperf(&lab, "pa", seconds);
     println!(
         "| path | Gbit/s |\n|---|---|\n| direct (plain pod) | {direct:.2} |\n| WireGuard tunnel via gateway ({:?} backend) | {tunnel:.2} |",
         dataplane::wg::BackendKind::detect()

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::names::{NAMESPACE_DEFAULT_GATEWAY_ANNOTATION, POD_GATEWAY_ANNOTATION};
 use crate::pod::PodView;
-use crate::sgc::RouteType;
+use crate::rules::{Verdict, decode_sgc_spec};
+use crate::sgc::{GatewayVmssProfile, RouteType};
 
 fn add(tokens: &[&str], value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation {
@@ -23,7 +24,8 @@ fn is_unset(v: Option<&Value>) -> bool {
 }
 
 /// Defaults for a StaticGatewayConfiguration: `defaultRoute: staticEgressGateway`, `provisionPublicIps: true`,
-/// and an all-empty `gatewayVmssProfile` dropped when a node pool is named (upstream treats it as absent).
+/// and an empty `gatewayVmssProfile` dropped (every rule counts it as absent, see
+/// [`GatewayVmssProfile::is_empty`]).
 pub fn sgc_defaults(obj: &Value) -> Patch {
     let mut ops = Vec::new();
     let spec = obj.get("spec");
@@ -45,23 +47,27 @@ pub fn sgc_defaults(obj: &Value) -> Patch {
     if is_unset(field("provisionPublicIps")) {
         ops.push(add(&["spec", "provisionPublicIps"], Value::Bool(true)));
     }
-    if let Some(Value::Object(profile)) = field("gatewayVmssProfile") {
-        let empty = profile.values().all(|v| match v {
-            Value::Null => true,
-            Value::String(s) => s.is_empty(),
-            Value::Number(n) => n.as_i64() == Some(0),
-            _ => false,
-        });
-        let has_nodepool = field("gatewayNodepoolName")
-            .and_then(Value::as_str)
-            .is_some_and(|s| !s.is_empty());
-        if empty && has_nodepool {
-            ops.push(PatchOperation::Remove(RemoveOperation {
-                path: PointerBuf::from_tokens(["spec", "gatewayVmssProfile"]),
-            }));
-        }
+    if has_empty_vmss_profile(spec) {
+        ops.push(PatchOperation::Remove(RemoveOperation {
+            path: PointerBuf::from_tokens(["spec", "gatewayVmssProfile"]),
+        }));
     }
     Patch(ops)
+}
+
+/// `spec.gatewayVmssProfile` is present and empty. A profile with a field of the wrong type stays, for
+/// validation to report.
+fn has_empty_vmss_profile(spec: Option<&Value>) -> bool {
+    let mut wrong_types = Verdict::default();
+    let decoded = decode_sgc_spec(spec, &mut wrong_types);
+    decoded
+        .gateway_vmss_profile
+        .as_ref()
+        .is_some_and(GatewayVmssProfile::is_empty)
+        && !wrong_types
+            .violations
+            .iter()
+            .any(|v| v.path.starts_with("spec.gatewayVmssProfile"))
 }
 
 /// Injects the namespace's default configuration into a new pod that names none; `None` when nothing

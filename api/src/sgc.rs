@@ -27,20 +27,15 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[x_kube(validation = Rule::new("(has(self.gatewayNodepoolName) && self.gatewayNodepoolName != '') != has(self.gatewayVmssProfile)")
-    .message("rule 1 (one gateway pool): set exactly one of spec.gatewayNodepoolName and spec.gatewayVmssProfile"))]
-#[x_kube(validation = Rule::new("self.provisionPublicIps || !has(self.gatewayVmssProfile)")
-    .message("rule 5 (private IPs need a VM-based pool): provisionPublicIps: false requires gatewayNodepoolName, not gatewayVmssProfile")
-    .field_path(".gatewayVmssProfile"))]
+#[x_kube(validation = crate::sgc::one_pool_rule())]
+#[x_kube(validation = crate::sgc::private_needs_nodepool_rule())]
 #[x_kube(validation = Rule::new("self.provisionPublicIps || !has(self.publicIpPrefixId) || self.publicIpPrefixId == ''")
     .message("rule 6 (public IP prefix ID): publicIpPrefixId must be empty when provisionPublicIps is false")
     .field_path(".publicIpPrefixId"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.gatewayNodepoolName) || (has(self.gatewayNodepoolName) && self.gatewayNodepoolName == oldSelf.gatewayNodepoolName)")
     .message("gatewayNodepoolName is immutable: create a new StaticGatewayConfiguration on the other pool, move the pods, then delete this one")
     .field_path(".gatewayNodepoolName"))]
-#[x_kube(validation = Rule::new("!has(oldSelf.gatewayVmssProfile) || (has(self.gatewayVmssProfile) && self.gatewayVmssProfile == oldSelf.gatewayVmssProfile)")
-    .message("gatewayVmssProfile is immutable: create a new StaticGatewayConfiguration on the other VMSS, move the pods, then delete this one")
-    .field_path(".gatewayVmssProfile"))]
+#[x_kube(validation = crate::sgc::vmss_profile_immutable_rule())]
 #[serde(rename_all = "camelCase")]
 pub struct StaticGatewayConfigurationSpec {
     /// Name of the AKS gateway node pool (matched case-insensitively against the Azure tag
@@ -77,6 +72,45 @@ pub struct StaticGatewayConfigurationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = crate::sgc::exclude_cidrs_schema)]
     pub exclude_cidrs: Vec<String>,
+}
+
+/// Rule 1 in the CRD: exactly one of a non-empty gatewayNodepoolName and a non-empty gatewayVmssProfile.
+pub(crate) fn one_pool_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "(has(self.gatewayNodepoolName) && self.gatewayNodepoolName != '') != {}",
+        GatewayVmssProfile::cel_is_set("self")
+    ))
+    .message(
+        "rule 1 (one gateway pool): set exactly one of spec.gatewayNodepoolName and spec.gatewayVmssProfile",
+    )
+}
+
+/// Rule 5 in the CRD: private-IP mode has no (non-empty) gatewayVmssProfile.
+pub(crate) fn private_needs_nodepool_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "self.provisionPublicIps || !{}",
+        GatewayVmssProfile::cel_is_set("self")
+    ))
+    .message(
+        "rule 5 (private IPs need a VM-based pool): provisionPublicIps: false requires gatewayNodepoolName, not \
+         gatewayVmssProfile",
+    )
+    .field_path(".gatewayVmssProfile")
+}
+
+/// A set profile cannot change or go. An empty one was never set: an upstream-written configuration on a node
+/// pool (`gatewayVmssProfile: {}`) may lose it, as the mutating webhook's defaults do on every update.
+pub(crate) fn vmss_profile_immutable_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "!{} || ({} && self.gatewayVmssProfile == oldSelf.gatewayVmssProfile)",
+        GatewayVmssProfile::cel_is_set("oldSelf"),
+        GatewayVmssProfile::cel_is_set("self")
+    ))
+    .message(
+        "gatewayVmssProfile is immutable: create a new StaticGatewayConfiguration on the other VMSS, move the \
+         pods, then delete this one",
+    )
+    .field_path(".gatewayVmssProfile")
 }
 
 /// Missing profile fields must reach the rules as missing (rule 2), not be defaulted to values the schema
@@ -131,9 +165,31 @@ pub struct GatewayVmssProfile {
 }
 
 impl GatewayVmssProfile {
-    /// Upstream treats a profile whose fields are all empty as absent; manifests rely on that.
+    /// Each field's JSON name and its zero value as a CEL literal: what [`Self::default`] holds, and what
+    /// upstream's Go type leaves out (`omitempty`).
+    pub const ZERO_FIELDS: [(&'static str, &'static str); 3] = [
+        ("vmssResourceGroup", "''"),
+        ("vmssName", "''"),
+        ("publicIpPrefixSize", "0"),
+    ];
+
+    /// Upstream treats a profile whose fields are all empty as absent, and writes one: its Go type embeds the
+    /// profile as a struct value, which `omitempty` never drops, so every configuration its clients write on a
+    /// node pool carries `gatewayVmssProfile: {}`. Every rule counts an empty profile as absent.
     pub fn is_empty(&self) -> bool {
-        self.vmss_resource_group.is_empty() && self.vmss_name.is_empty() && self.public_ip_prefix_size == 0
+        *self == Self::default()
+    }
+
+    /// [`Self::is_empty`]'s negation for the CRD's CEL rules: `object` (`self` or `oldSelf`, the spec) has a
+    /// gatewayVmssProfile with some field set to a value other than its zero value.
+    pub fn cel_is_set(object: &str) -> String {
+        let profile = format!("{object}.gatewayVmssProfile");
+        let fields = Self::ZERO_FIELDS
+            .iter()
+            .map(|(field, zero)| format!("(has({profile}.{field}) && {profile}.{field} != {zero})"))
+            .collect::<Vec<_>>()
+            .join(" || ");
+        format!("(has({profile}) && ({fields}))")
     }
 }
 

@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p operator --bench arm_writes` (or `--profile dev` to skip the release build; the
 //! simulated ARM latency dominates either way). Prints Markdown tables for docs/performance.md: the writes of
 //! the Azure half (argument `writes` for only those), and the steady-state cost of the whole operator, its
-//! work loop on the Kubernetes simulator (argument `steady` for only that).
+//! work loop on the Kubernetes simulator (argument `steady` for only that). `--smoke` runs each once at the
+//! smallest size, with the same checks (scripts/test.sh does, so a bench that no longer runs is noticed).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -179,19 +180,25 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
     let only = |what: &str| {
         let named: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
         named.is_empty() || named.iter().any(|a| *a == what)
     };
     if only("writes") {
-        write_table().await;
+        write_table(smoke).await;
     }
     if only("steady") {
-        steady::table().await;
+        steady::table(if smoke { steady::SMOKE } else { steady::PUBLISHED }).await;
     }
 }
 
-async fn write_table() {
+async fn write_table(smoke: bool) {
+    let (instance_counts, config_counts): (&[u32], &[usize]) = if smoke {
+        (&[2], &[1])
+    } else {
+        (&[2, 16], &[1, 10, 50])
+    };
     println!(
         "| configurations | instances | phase | ARM writes | floor | upstream writes | ratio | floor / upstream | ARM reads | wall time (s) |"
     );
@@ -203,8 +210,8 @@ async fn write_table() {
             format!("{:.1} %", 100.0 * a / b as f64)
         }
     };
-    for instances in [2, 16] {
-        for configs in [1, 10, 50] {
+    for &instances in instance_counts {
+        for &configs in config_counts {
             for r in measure(configs, instances).await {
                 println!(
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
@@ -235,10 +242,30 @@ mod steady {
     use operator::run::{RunOptions, run_operator_with};
     use testbed::kube::KubeSim;
 
-    const POOLS: usize = 3;
-    const INSTANCES: u32 = 4;
-    const CONFIGS_PER_POOL: usize = 5;
-    const USER_NODES: usize = 20;
+    /// The cluster a run sets up.
+    #[derive(Clone, Copy)]
+    pub struct Shape {
+        pools: usize,
+        instances: u32,
+        configs_per_pool: usize,
+        user_nodes: usize,
+    }
+
+    /// The size docs/performance.md reports.
+    pub const PUBLISHED: Shape = Shape {
+        pools: 3,
+        instances: 4,
+        configs_per_pool: 5,
+        user_nodes: 20,
+    };
+
+    /// The smallest that still has every kind of object (`--smoke`).
+    pub const SMOKE: Shape = Shape {
+        pools: 1,
+        instances: 2,
+        configs_per_pool: 1,
+        user_nodes: 1,
+    };
     /// The operator's identity on the Kubernetes simulator (its requests are counted apart from the
     /// benchmark's own).
     const OPERATOR: &str = common::OPERATOR_USER;
@@ -297,14 +324,14 @@ mod steady {
         }
     }
 
-    pub async fn table() {
-        let mut seed = Seed::aks_like(INSTANCES);
-        seed.vm_scale_sets = (0..POOLS)
+    pub async fn table(shape: Shape) {
+        let mut seed = Seed::aks_like(shape.instances);
+        seed.vm_scale_sets = (0..shape.pools)
             .map(|p| testbed::azure::seed::VmssSeed {
                 name: format!("aks-{}-12345678-vmss", pool_name(p)),
                 pool_name: pool_name(p),
                 gateway_prefix_size: Some(30),
-                instances: INSTANCES,
+                instances: shape.instances,
                 ..seed.vm_scale_sets[0].clone()
             })
             .collect();
@@ -319,8 +346,8 @@ mod steady {
         let kube = common::counting_sim(&["kube-egress-gateway-system", "app"]).await;
         let admin = kube.client("admin").expect("client");
         let nodes: Api<Node> = Api::all(admin.clone());
-        for p in 0..POOLS {
-            for i in 0..INSTANCES {
+        for p in 0..shape.pools {
+            for i in 0..shape.instances {
                 let labels = json!({"kubernetes.azure.com/agentpool": pool_name(p), "kubernetes.azure.com/mode": "gateway"});
                 nodes
                     .create(
@@ -331,7 +358,7 @@ mod steady {
                     .expect("gateway node");
             }
         }
-        for i in 0..USER_NODES {
+        for i in 0..shape.user_nodes {
             let labels =
                 json!({"kubernetes.azure.com/agentpool": "user", "kubernetes.azure.com/mode": "user"});
             nodes
@@ -344,14 +371,14 @@ mod steady {
         }
         let pools: Api<api::GatewayPool> = Api::all(admin.clone());
         let sgcs: Api<api::StaticGatewayConfiguration> = Api::namespaced(admin.clone(), "app");
-        for p in 0..POOLS {
+        for p in 0..shape.pools {
             let gp: api::GatewayPool = serde_json::from_value(json!({
                 "metadata": {"name": pool_name(p)},
                 "spec": {"gatewayNodepoolName": pool_name(p), "publicIpPrefixSize": 30}
             }))
             .expect("pool");
             pools.create(&PostParams::default(), &gp).await.expect("pool");
-            for c in 0..CONFIGS_PER_POOL {
+            for c in 0..shape.configs_per_pool {
                 let s: api::StaticGatewayConfiguration = serde_json::from_value(json!({
                     "metadata": {"name": format!("{}-c{c}", pool_name(p)), "namespace": "app"},
                     "spec": {"gatewayNodepoolName": pool_name(p)}
@@ -405,10 +432,10 @@ mod steady {
                 .filter(|p| {
                     p.status
                         .as_ref()
-                        .is_some_and(|st| st.ready_instances == INSTANCES as i32)
+                        .is_some_and(|st| st.ready_instances == shape.instances as i32)
                 })
                 .count();
-            if ready == POOLS * CONFIGS_PER_POOL && pools_ready == POOLS {
+            if ready == shape.pools * shape.configs_per_pool && pools_ready == shape.pools {
                 break;
             }
             assert!(t.elapsed() < Duration::from_secs(120), "never Ready");
@@ -418,8 +445,12 @@ mod steady {
 
         println!();
         println!(
-            "{POOLS} VMSS pools × {INSTANCES} instances, {CONFIGS_PER_POOL} configurations per pool, {} gateway + {USER_NODES} other Nodes",
-            POOLS as u32 * INSTANCES
+            "{} VMSS pools × {} instances, {} configurations per pool, {} gateway + {} other Nodes",
+            shape.pools,
+            shape.instances,
+            shape.configs_per_pool,
+            shape.pools as u32 * shape.instances,
+            shape.user_nodes
         );
         println!();
         println!(

@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+# The run's rules (no tests ran, or a test skipped under CI: a failure), as hooks of this conftest.
+from session_rules import pytest_make_collect_report, pytest_runtest_makereport, pytest_sessionfinish  # noqa: F401
+
 try:
     import helm_python as helm
 except ImportError as exc:  # pragma: no cover - environment problem, reported loudly
@@ -180,8 +183,3 @@ def args_map(container: dict[str, Any]) -> dict[str, str | None]:
 def scenario(request: pytest.FixtureRequest) -> str:
     return request.param
 
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # "No tests ran" (exit 5, e.g. everything deselected) must never look like a result: make it a failure.
-    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED

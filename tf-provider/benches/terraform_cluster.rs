@@ -3,7 +3,8 @@
 //! one pool, the refresh-only `plan` after them and `destroy`; and the provider's start-up time (process
 //! spawn to handshake line, with AutoMTLS as Terraform launches it).
 //!
-//! `cargo bench -p tf-provider --bench terraform_cluster -- [--runs N] [--sizes 1,100] [--parallelism P]`
+//! `cargo bench -p tf-provider --bench terraform_cluster -- [--runs N] [--sizes 1,100] [--parallelism P]`;
+//! `--smoke` is one round of one configuration and one start-up, with the same checks (scripts/test.sh does).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -129,20 +130,27 @@ async fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let runs: usize = if smoke {
+        1
+    } else {
+        arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(3)
+    };
     // Terraform's default is 10 operations at a time.
     let parallelism: Option<usize> = arg("--parallelism").and_then(|p| p.parse().ok());
     let sizes: Vec<usize> = arg("--sizes")
-        .unwrap_or_else(|| "1,100".into())
+        .filter(|_| !smoke)
+        .unwrap_or_else(|| if smoke { "1" } else { "1,100" }.into())
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
 
-    let starts = startup(20);
+    let start_runs = if smoke { 1 } else { 20 };
+    let starts = startup(start_runs);
     let mut sorted = starts.clone();
     sorted.sort();
     println!(
-        "provider start-up (spawn to handshake, AutoMTLS), 20 runs: p50 {}, max {}",
+        "provider start-up (spawn to handshake, AutoMTLS), {start_runs} runs: p50 {}, max {}",
         fmt(median(starts)),
         fmt(sorted[sorted.len() - 1])
     );
