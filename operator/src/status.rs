@@ -28,42 +28,60 @@ pub enum EventKind {
     Warning,
 }
 
-/// Sets a condition; keeps `lastTransitionTime` when the status does not change. Returns whether anything
-/// changed.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) -> bool {
-    let status = if status { "True" } else { "False" };
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c)
-            if c.status == status
-                && c.reason == reason
-                && c.message == message
-                && c.observed_generation == generation =>
+/// One condition as the operator sets it (`lastTransitionTime` and `observedGeneration` are the setter's).
+#[derive(Clone, Copy, Debug)]
+pub struct Cond<'a> {
+    /// `type`, e.g. `Ready`.
+    pub type_: &'a str,
+    /// True or False.
+    pub status: bool,
+    /// CamelCase reason.
+    pub reason: &'a str,
+    /// For people.
+    pub message: &'a str,
+}
+
+impl Cond<'_> {
+    /// The Event of this condition's transition: `(kind, reason, "<type>=<status>: <message>")`.
+    fn event(&self, kind: EventKind) -> (EventKind, String, String) {
+        (
+            kind,
+            self.reason.to_string(),
+            format!("{}={}: {}", self.type_, self.status, self.message),
+        )
+    }
+}
+
+/// Sets a condition; keeps `lastTransitionTime` when the status does not change. Returns whether it made a
+/// transition (its status or reason changed; a new message alone is no news).
+pub fn set_condition(conditions: &mut Vec<Condition>, c: Cond<'_>, generation: Option<i64>) -> bool {
+    let status = if c.status { "True" } else { "False" };
+    match conditions.iter_mut().find(|old| old.type_ == c.type_) {
+        Some(old)
+            if old.status == status
+                && old.reason == c.reason
+                && old.message == c.message
+                && old.observed_generation == generation =>
         {
             false
         }
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::now());
+        Some(old) => {
+            let transition = old.status != status || old.reason != c.reason;
+            if old.status != status {
+                old.last_transition_time = Time(k8s_openapi::jiff::Timestamp::now());
             }
-            c.status = status.into();
-            c.reason = reason.into();
-            c.message = message.into();
-            c.observed_generation = generation;
-            true
+            old.status = status.into();
+            old.reason = c.reason.into();
+            old.message = c.message.into();
+            old.observed_generation = generation;
+            transition
         }
         None => {
             conditions.push(Condition {
-                type_: type_.into(),
+                type_: c.type_.into(),
                 status: status.into(),
-                reason: reason.into(),
-                message: message.into(),
+                reason: c.reason.into(),
+                message: c.message.into(),
                 observed_generation: generation,
                 last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
             });
@@ -72,24 +90,14 @@ pub fn set_condition(
     }
 }
 
-/// Sets a condition like [`set_condition`] and returns the Event of its transition: one when its status or
-/// reason changes (a message alone changing is no news), as `(kind, reason, "<type>=<status>: <message>")`.
+/// Sets a condition like [`set_condition`] and returns the Event of its transition, if it made one.
 pub fn transition(
     conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
+    c: Cond<'_>,
     generation: Option<i64>,
     kind: EventKind,
 ) -> Option<(EventKind, String, String)> {
-    let before = conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status == "True", c.reason.clone()));
-    set_condition(conditions, type_, status, reason, message, generation);
-    (before != Some((status, reason.to_string())))
-        .then(|| (kind, reason.to_string(), format!("{type_}={status}: {message}")))
+    set_condition(conditions, c, generation).then(|| c.event(kind))
 }
 
 /// What happened to one configuration in a pool reconcile.
@@ -131,15 +139,13 @@ pub fn next_status(
         } else {
             EventKind::Warning
         };
-        events.extend(transition(
-            &mut st.conditions,
-            t,
-            ok,
+        let c = Cond {
+            type_: t,
+            status: ok,
             reason,
-            msg,
-            generation,
-            kind,
-        ));
+            message: msg,
+        };
+        events.extend(transition(&mut st.conditions, c, generation, kind));
     };
     if let Some((public, secret_ref)) = &key {
         let p = st
@@ -248,25 +254,25 @@ fn degraded(
         .find(|c| c.type_ == DEGRADED)
         .map(|c| c.status == "True");
     let event = match (problem, was_degraded) {
-        (Some((reason, message)), _) => transition(
-            &mut st.conditions,
-            DEGRADED,
-            true,
-            reason,
-            &message,
-            generation,
-            EventKind::Warning,
-        ),
+        (Some((reason, message)), _) => {
+            let c = Cond {
+                type_: DEGRADED,
+                status: true,
+                reason,
+                message: &message,
+            };
+            transition(&mut st.conditions, c, generation, EventKind::Warning)
+        }
         // Once degraded, the condition stays and says it is over; never degraded, none at all.
-        (None, Some(_)) => transition(
-            &mut st.conditions,
-            DEGRADED,
-            false,
-            REASON_AS_EXPECTED,
-            "the pool fits its prefix and every instance has its egress address",
-            generation,
-            EventKind::Normal,
-        ),
+        (None, Some(_)) => {
+            let c = Cond {
+                type_: DEGRADED,
+                status: false,
+                reason: REASON_AS_EXPECTED,
+                message: "the pool fits its prefix and every instance has its egress address",
+            };
+            transition(&mut st.conditions, c, generation, EventKind::Normal)
+        }
         (None, None) => None,
     };
     events.extend(event);
@@ -397,30 +403,29 @@ pub fn pool_status(
     st.observed_generation = generation;
     let all_ready = total > 0 && usize::try_from(ready_instances).unwrap_or(0) == total;
     let msg = format!("{ready_instances} of {total} instances ready");
-    set_condition(
-        &mut st.conditions,
-        READY,
-        all_ready,
-        if all_ready {
+    let some_not_ready = !all_ready && ready_instances > 0;
+    let ready = Cond {
+        type_: READY,
+        status: all_ready,
+        reason: if all_ready {
             REASON_INSTANCES_READY
         } else {
             REASON_INSTANCES_NOT_READY
         },
-        &msg,
-        generation,
-    );
-    set_condition(
-        &mut st.conditions,
-        DEGRADED,
-        !all_ready && ready_instances > 0,
-        if !all_ready && ready_instances > 0 {
+        message: &msg,
+    };
+    let degraded = Cond {
+        type_: DEGRADED,
+        status: some_not_ready,
+        reason: if some_not_ready {
             REASON_SOME_INSTANCES_NOT_READY
         } else {
             REASON_AS_EXPECTED
         },
-        &msg,
-        generation,
-    );
+        message: &msg,
+    };
+    set_condition(&mut st.conditions, ready, generation);
+    set_condition(&mut st.conditions, degraded, generation);
     st
 }
 
@@ -436,14 +441,13 @@ pub fn pool_not_found_status(
     st.instances.clear();
     st.ready_instances = 0;
     st.load_balancer_frontend = None;
-    set_condition(
-        &mut st.conditions,
-        READY,
-        false,
-        REASON_POOL_NOT_FOUND,
+    let not_found = Cond {
+        type_: READY,
+        status: false,
+        reason: REASON_POOL_NOT_FOUND,
         message,
-        generation,
-    );
+    };
+    set_condition(&mut st.conditions, not_found, generation);
     st
 }
 
