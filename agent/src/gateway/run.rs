@@ -98,7 +98,9 @@ fn spawn_watch<K>(
         + 'static,
 {
     tokio::spawn(async move {
-        reflector::reflector(writer, watcher(api, config))
+        // managedFields are never read here and can be most of an object's size.
+        let stream = watcher(api, config).modify(|o: &mut K| o.meta_mut().managed_fields = None);
+        reflector::reflector(writer, stream)
             .default_backoff()
             .for_each(|ev| {
                 if let Err(e) = &ev {

@@ -202,7 +202,12 @@ pub async fn watch_gateway_keys(
 ) {
     let (store, writer) = reflector::store::<StaticGatewayConfiguration>();
     let mut events = Box::pin(
-        reflector::reflector(writer, watcher(Api::all(client), watcher::Config::default())).default_backoff(),
+        reflector::reflector(
+            writer,
+            watcher(Api::all(client), watcher::Config::default())
+                .modify(|s: &mut StaticGatewayConfiguration| s.metadata.managed_fields = None),
+        )
+        .default_backoff(),
     );
     loop {
         tokio::select! {
