@@ -25,6 +25,7 @@ CONTRACT = {
     "kube-egress-gateway-operator": {
         "--cloud-config", "--metrics-bind-port", "--health-probe-bind-port", "--gateway-lb-probe-port",
         "--leader-elect", "--leader-election-namespace", "--secret-namespace", "--log-format",
+        "--shutdown-grace-seconds",
     },
     "kube-egress-gateway-agent": {
         "--mode", "--metrics-bind-port", "--health-probe-bind-port", "--gateway-lb-probe-port",
@@ -48,6 +49,7 @@ HELP = {
             "--health-probe-bind-port": "HEALTH_PROBE_BIND_PORT", "--gateway-lb-probe-port": "GATEWAY_LB_PROBE_PORT",
             "--leader-elect": "LEADER_ELECT", "--leader-election-namespace": "MY_POD_NAMESPACE",
             "--secret-namespace": "MY_POD_NAMESPACE", "--log-format": "LOG_FORMAT",
+            "--stuck-pass-seconds": "STUCK_PASS_SECONDS", "--shutdown-grace-seconds": "SHUTDOWN_GRACE_SECONDS",
         },
     ),
     "kube-egress-gateway-webhook": (
