@@ -177,8 +177,9 @@ def test_flags_agree_with_ports_and_each_other(scenario: str) -> None:
 
 
 def test_operator_shutdown_grace_fits_the_pod_s() -> None:
+    # None: values kept by `helm upgrade --reuse-values` from a chart without the key.
     for grace in (None, 60):
-        values = {"gatewayControllerManager": {"shutdownGraceSeconds": grace}} if grace else None
+        values = {"gatewayControllerManager": {"shutdownGraceSeconds": grace}}
         dep = one(objects(values), "Deployment", "kube-egress-gateway-operator")
         pod = dep["spec"]["template"]["spec"]
         flag = int(args_map(pod["containers"][0])["--shutdown-grace-seconds"])

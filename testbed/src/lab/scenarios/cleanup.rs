@@ -184,9 +184,7 @@ pub(super) async fn cleanup(lab: &mut Lab, opts: &Options) -> anyhow::Result<()>
     let statuses = statuses.lock().map(|g| *g).unwrap_or_default();
     ok(&format!(
         "data plane: no frontend address, wg link or wireguard-go on {} gateways, no pod wireguard socket on {} nodes; {} GatewayStatus objects list nothing",
-        lab.gateway_vms.len()
-            + lab.other_pool_vms.values().map(Vec::len).sum::<usize>()
-            + lab.vm_pool_vms.len(),
+        snapshot.gateway_vms.len(),
         lab.nodes.len(),
         statuses
     ));
@@ -203,13 +201,14 @@ struct LabView {
 impl LabView {
     fn of(lab: &Lab) -> Self {
         LabView {
-            // Every gateway VM: the demo pool's, the other VMSS pools' (scenario 8's tfpool) and the VM-based
-            // pool's (scenario 6's gwvms).
+            // Every gateway VM that ran a gateway agent: the demo pool's, the other VMSS pools' (scenario 8's
+            // tfpool) and the VM-based pool's once scenario 6 started their agents (before, they have no
+            // gateway namespace to read, and nothing to leave).
             gateway_vms: lab
                 .gateway_vms
                 .iter()
                 .chain(lab.other_pool_vms.values().flatten())
-                .chain(&lab.vm_pool_vms)
+                .chain(lab.vm_pool_vms.iter().filter(|_| lab.vm_pool_agents))
                 .cloned()
                 .collect(),
             nodes: lab.nodes.clone(),
