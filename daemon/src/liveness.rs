@@ -3,8 +3,9 @@
 //! failing liveness probe makes kubelet restart it.
 //!
 //! The loop marks the span of a unit of work ([`Heartbeat::begin`], e.g. one reconcile pass) and records
-//! progress inside it ([`Busy::progress`], e.g. each object done). The loop is stuck when a unit of work has
-//! gone longer than the bound without progress; waiting for work is never stuck.
+//! progress inside it ([`Busy::progress`], e.g. each object done, or [`Heartbeat::progress`] from what the work
+//! calls, e.g. each HTTP call that returned). The loop is stuck when a unit of work has gone longer than the
+//! bound without progress; waiting for work is never stuck.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,12 +16,13 @@ use std::time::Instant;
 #[derive(Clone, Debug)]
 pub struct Heartbeat {
     what: &'static str,
-    bound: Duration,
     state: Arc<Mutex<State>>,
 }
 
 #[derive(Debug, Default)]
 struct State {
+    /// How long a unit of work may go without progress.
+    bound: Duration,
     /// Last progress (or start) of the unit of work under way; `None` while the loop waits for work.
     busy_since: Option<Instant>,
     /// The current stall was logged already (one log line per stall, not one per probe).
@@ -33,8 +35,29 @@ impl Heartbeat {
     pub fn new(what: &'static str, bound: Duration) -> Self {
         Heartbeat {
             what,
-            bound,
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(State {
+                bound,
+                ..State::default()
+            })),
+        }
+    }
+
+    /// Changes the bound, for every clone (which may already be in the hands of the probe or of a client).
+    pub fn set_bound(&self, bound: Duration) {
+        self.state().bound = bound;
+    }
+
+    /// When the unit of work under way started or last made progress; `None` while the loop waits for work.
+    pub fn last_progress(&self) -> Option<Instant> {
+        self.state().busy_since
+    }
+
+    /// Records progress of the unit of work under way, if any (progress outside one is not work).
+    pub fn progress(&self) {
+        let mut state = self.state();
+        if state.busy_since.is_some() {
+            state.busy_since = Some(Instant::now());
+            state.reported = false;
         }
     }
 
@@ -45,10 +68,10 @@ impl Heartbeat {
 
     /// A unit of work starts: it must make progress (or end) within the bound. It ends when the guard drops.
     pub fn begin(&self) -> Busy {
-        *self.state() = State {
-            busy_since: Some(Instant::now()),
-            reported: false,
-        };
+        let mut state = self.state();
+        state.busy_since = Some(Instant::now());
+        state.reported = false;
+        drop(state);
         Busy(self.clone())
     }
 
@@ -65,14 +88,14 @@ impl Heartbeat {
             return Ok(());
         };
         let quiet = now.saturating_duration_since(since);
-        if quiet <= self.bound {
+        if quiet <= state.bound {
             return Ok(());
         }
         let reason = format!(
             "{} stuck: no progress for {}s (bound {}s)",
             self.what,
             quiet.as_secs(),
-            self.bound.as_secs()
+            state.bound.as_secs()
         );
         if !std::mem::replace(&mut state.reported, true) {
             tracing::error!(reason = %reason, "liveness check fails");
@@ -88,15 +111,15 @@ pub struct Busy(Heartbeat);
 impl Busy {
     /// The unit of work made progress: the bound starts again from now.
     pub fn progress(&self) {
-        let mut state = self.0.state();
-        state.busy_since = Some(Instant::now());
-        state.reported = false;
+        self.0.progress();
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self.0.state() = State::default();
+        let mut state = self.0.state();
+        state.busy_since = None;
+        state.reported = false;
     }
 }
 
@@ -126,11 +149,27 @@ mod tests {
             heartbeat.check_at(later(120)).is_err(),
             "progress restarts the bound"
         );
+        // What the work calls reports progress through any clone, under way or not.
+        let client_side = heartbeat.clone();
+        assert!(heartbeat.check_at(later(61)).is_err());
+        client_side.progress();
+        assert_eq!(heartbeat.check_at(later(59)), Ok(()), "a call returned: progress");
+        heartbeat.set_bound(Duration::from_secs(30));
+        assert!(
+            heartbeat.check_at(later(45)).is_err(),
+            "a new bound holds for every clone"
+        );
         drop(busy);
         assert_eq!(
             heartbeat.check_at(later(3600)),
             Ok(()),
             "finished work is not stuck"
+        );
+        client_side.progress();
+        assert_eq!(
+            heartbeat.check_at(later(3600)),
+            Ok(()),
+            "progress outside a unit of work starts none"
         );
     }
 }

@@ -45,8 +45,13 @@ pub struct Args {
     #[arg(long, env = "MY_POD_NAMESPACE", default_value = "kube-egress-gateway-system")]
     pub secret_namespace: String,
     /// /healthz fails (and kubelet restarts the operator) when a reconcile pass goes this many seconds without
-    /// finishing a pool.
-    #[arg(long, env = "STUCK_PASS_SECONDS", default_value_t = crate::pass::DEFAULT_LIVENESS_BOUND.as_secs())]
+    /// progress: no pool finished and no ARM call returned. At least 60.
+    #[arg(
+        long,
+        env = "STUCK_PASS_SECONDS",
+        default_value_t = crate::pass::DEFAULT_LIVENESS_BOUND.as_secs(),
+        value_parser = clap::value_parser!(u64).range(60..)
+    )]
     pub stuck_pass_seconds: u64,
     /// On SIGTERM the pool being reconciled may finish for at most this many seconds before the Lease is
     /// released; keep it below the pod's terminationGracePeriodSeconds.
@@ -90,6 +95,7 @@ impl daemon::Daemon for Args {
         let health_listener =
             daemon::http::bind(SocketAddr::from(([0, 0, 0, 0], args.health_probe_bind_port))).await?;
         let (stop_servers, servers_stopping) = tokio::sync::watch::channel(false);
+        let stop_servers = Arc::new(stop_servers);
         let (stop_work, work_stopping) = tokio::sync::watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let mut tasks = daemon::tasks::Essential::default();
@@ -120,21 +126,29 @@ impl daemon::Daemon for Args {
             )
         });
         let grace = Duration::from_secs(args.shutdown_grace_seconds);
+        let stop_servers_after_work = stop_servers.clone();
         tasks.spawn("work loop", async move {
             let mut work_stopping = work_stopping;
             let stop = async move {
                 let _ = work_stopping.wait_for(|stop| *stop).await;
             };
             let ended = run::run_until(op, lock, ready, RunOptions::default(), grace, stop).await;
-            // The servers answer probes and scrapes until the work loop has stopped.
-            stop_servers.send_replace(true);
+            // The servers answer probes and scrapes until the work loop has stopped. After a failure they
+            // stay until it is reported, so that the report names the work loop, not a server it stopped.
+            if ended.is_ok() {
+                stop_servers_after_work.send_replace(true);
+            }
             ended
         });
 
         // A failure is logged where it is found, and ends the process non-zero once the rest has stopped.
         let stopped = tasks.until(daemon::shutdown_signal()).await;
-        if stopped.is_ok() {
-            tracing::info!("shutting down");
+        match &stopped {
+            Ok(()) => tracing::info!("shutting down"),
+            // The work loop then stops (it may be what ended) and the servers with it.
+            Err(_) => {
+                stop_servers.send_replace(true);
+            }
         }
         stop_work.send_replace(true);
         tasks.join().await;

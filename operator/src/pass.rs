@@ -229,14 +229,14 @@ pub struct Operator {
     converging: std::sync::Mutex<BTreeSet<PoolKey>>,
     /// Passes (`reconcile_pools`) started and finished, for tests and benchmarks that wait for the work loop.
     pub passes: PassCounter,
-    /// Every pass's progress (a pass is under way from its start, and progresses at each pool), for the
-    /// liveness probe: a pass stuck on a call that never returns fails `/healthz`.
+    /// Every pass's progress (a pass is under way from its start, and progresses at each pool and at each ARM
+    /// call that returns), for the liveness probe: a pass stuck on a call that never returns fails `/healthz`.
     pub heartbeat: daemon::liveness::Heartbeat,
 }
 
-/// How long a pass may go without finishing a pool before the liveness probe fails (`--liveness-bound`):
-/// well above one pool's worst legitimate time (every ARM call and token request is bounded by
-/// [`crate::azure::Timeouts`], a long-running operation by its deadline, a pool makes a few in sequence).
+/// How long a pass may go without progress (a pool finished, an ARM call returned) before the liveness probe
+/// fails (`--stuck-pass-seconds`): well above the longest legitimate quiet spell, one ARM call with its
+/// retries' waits (each attempt is bounded by [`crate::azure::Timeouts`]).
 pub const DEFAULT_LIVENESS_BOUND: Duration = Duration::from_secs(15 * 60);
 
 /// The Kubernetes objects a pass works from: the work loop's watch caches, or lists. `Debug` shows counts
@@ -360,6 +360,8 @@ impl Operator {
         probe_port: i32,
         metrics: Metrics,
     ) -> Self {
+        let heartbeat = daemon::liveness::Heartbeat::new("reconcile pass", DEFAULT_LIVENESS_BOUND);
+        arm.report_progress_to(&heartbeat);
         Operator {
             kube: Kube::new(client, secret_namespace),
             arm,
@@ -369,13 +371,13 @@ impl Operator {
             metrics,
             converging: std::sync::Mutex::default(),
             passes: PassCounter::default(),
-            heartbeat: daemon::liveness::Heartbeat::new("reconcile pass", DEFAULT_LIVENESS_BOUND),
+            heartbeat,
         }
     }
 
     /// The operator with `bound` as its liveness bound (see [`Operator::heartbeat`]).
-    pub fn with_liveness_bound(mut self, bound: Duration) -> Self {
-        self.heartbeat = daemon::liveness::Heartbeat::new("reconcile pass", bound);
+    pub fn with_liveness_bound(self, bound: Duration) -> Self {
+        self.heartbeat.set_bound(bound);
         self
     }
 

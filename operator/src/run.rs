@@ -446,33 +446,60 @@ pub async fn run_until(
     let (stop_loop, loop_stopping) = watch::channel(false);
     let (stop_elector, elector_stopping) = watch::channel(false);
     // Without an elector the sender stays here: the work loop takes a closed channel for a change.
-    let (elector, _always_leading) = match lock {
+    let (mut elector, _always_leading) = match lock {
         Some(lock) => {
             let elector = tokio::spawn(async move { lock.run(leading_tx, elector_stopping).await });
             (Some(elector), None)
         }
         None => (None, Some(leading_tx)),
     };
+    let elector_ended = async {
+        match elector.as_mut() {
+            Some(e) => e.await,
+            None => std::future::pending().await,
+        }
+    };
     let mut work = tokio::spawn(run_operator_with(op, leading, ready, loop_stopping, options));
+    // Why the operator stops before a signal: the work loop or the elector ended (a panic, or a bug). A dead
+    // elector leaves the last leadership value standing while the Lease expires: stop rather than write beside
+    // the replica that takes over.
     let ended_early = tokio::select! {
-        _ = stop => false,
-        _ = &mut work => true,
+        _ = stop => None,
+        r = &mut work => Some(match r {
+            Ok(()) => "the work loop ended on its own".to_string(),
+            Err(e) => format!("the work loop failed: {e}"),
+        }),
+        r = elector_ended => Some(match r {
+            Ok(()) => "leader election ended on its own".to_string(),
+            Err(e) => format!("leader election failed: {e}"),
+        }),
     };
     stop_loop.send_replace(true);
-    if !ended_early && tokio::time::timeout(grace, &mut work).await.is_err() {
+    if !work.is_finished() && tokio::time::timeout(grace, &mut work).await.is_err() {
         tracing::warn!(
             grace_seconds = grace.as_secs_f64(),
             "the work loop did not stop within the grace period; cut off"
         );
         work.abort();
+        // Gone before the Lease is released: abort only asks, a poll under way on another thread finishes.
+        let _ = (&mut work).await;
     }
     stop_elector.send_replace(true);
-    if let Some(elector) = elector {
-        let _ = elector.await;
+    if let Some(elector) = elector.filter(|e| !e.is_finished()) {
+        // Releasing is one write; an API server that does not answer must not hold the pod past its grace
+        // (the Lease then expires instead).
+        if tokio::time::timeout(LEASE_RELEASE_LIMIT, elector).await.is_err() {
+            tracing::warn!("the Lease was not released in time; it expires instead");
+        }
     }
-    anyhow::ensure!(!ended_early, "the work loop ended on its own");
-    Ok(())
+    match ended_early {
+        Some(why) => anyhow::bail!(why),
+        None => Ok(()),
+    }
 }
+
+/// How long shutdown waits for the Lease's release after the work loop stopped (the chart leaves 5 s).
+const LEASE_RELEASE_LIMIT: Duration = Duration::from_secs(3);
 
 /// When pools are to be looked at again: converging ones soon, failed ones after their backoff.
 #[derive(Default)]

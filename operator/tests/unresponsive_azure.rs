@@ -81,6 +81,36 @@ async fn returns<T>(what: &str, call: impl Future<Output = T>) -> T {
 }
 
 #[tokio::test]
+async fn every_arm_call_that_returns_is_progress_of_the_pass() {
+    let (url, _endpoint) = silent_endpoint().await;
+    let cfg = cloud_config(&url, |_| {});
+    let arm = Arm::new(
+        &cfg,
+        Arc::new(FixedToken),
+        no_retries(),
+        &short(),
+        &Metrics::new(),
+    )
+    .expect("client");
+    let heartbeat = daemon::liveness::Heartbeat::new("reconcile pass", Duration::from_secs(900));
+    arm.report_progress_to(&heartbeat);
+    let _ = returns("an ARM call outside a pass", arm.list_vmss("node-rg")).await;
+    assert_eq!(heartbeat.last_progress(), None, "no pass under way, no progress");
+
+    let busy = heartbeat.begin();
+    let started = heartbeat.last_progress().expect("a pass under way");
+    // A call that fails (here: its request timeout) has returned too: slow ARM is not a stuck pass.
+    let err = returns("an ARM call in a pass", arm.list_vmss("node-rg")).await;
+    assert!(err.is_err());
+    let progressed = heartbeat.last_progress().expect("still under way");
+    assert!(
+        progressed > started,
+        "the call's return was not recorded as progress"
+    );
+    drop(busy);
+}
+
+#[tokio::test]
 async fn an_arm_endpoint_that_never_answers_fails_the_call() {
     let (url, _endpoint) = silent_endpoint().await;
     let cfg = cloud_config(&url, |_| {});

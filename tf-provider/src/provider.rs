@@ -237,9 +237,10 @@ impl Provider {
         if state.is_null() || !state.get("uid").is_null() {
             return state;
         }
-        let uid = match self.read(kind, &state).await {
-            Ok(live) => live.get("uid").clone(),
-            Err(_) => return state,
+        // A plan does not save the upgraded state, so each plan reads again until an apply or refresh: short.
+        let uid = match tokio::time::timeout(UID_READ_LIMIT, self.read(kind, &state)).await {
+            Ok(Ok(live)) => live.get("uid").clone(),
+            _ => return state,
         };
         match (uid, state) {
             (uid @ Value::String(_), Value::Map(mut m)) => {
@@ -804,6 +805,9 @@ fn capabilities() -> pb::ServerCapabilities {
         move_resource_state: false,
     }
 }
+
+/// How long a state upgrade may spend reading a missing `uid` from the cluster (see `Provider::with_uid`).
+const UID_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

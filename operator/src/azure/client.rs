@@ -8,7 +8,7 @@
 //! carry the ETag they were read with. Errors keep the HTTP status and the ARM error code so that conditions
 //! and Events can say what Azure answered.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use azure_core::auth::TokenCredential;
@@ -156,6 +156,8 @@ impl<'a> Expect<'a> {
 struct CountingClient {
     inner: Arc<dyn HttpClient>,
     metrics: Metrics,
+    /// Told of every call that returned (see [`Arm::report_progress_to`]).
+    progress: Arc<OnceLock<daemon::liveness::Heartbeat>>,
 }
 
 /// `<METHOD> <last resource type in the path>`, e.g. `PUT virtualMachineScaleSets` or `GET virtualMachines`.
@@ -181,6 +183,9 @@ impl HttpClient for CountingClient {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
         let op = operation_of(&request.method().to_string().to_uppercase(), request.url().path());
         let result = self.inner.execute_request(request).await;
+        if let Some(heartbeat) = self.progress.get() {
+            heartbeat.progress();
+        }
         let status = match &result {
             Ok(r) => u16::from(r.status()).to_string(),
             Err(_) => "error".to_string(),
@@ -263,6 +268,8 @@ pub struct Arm {
     subscription: String,
     /// [`Timeouts::operation`].
     operation_deadline: Duration,
+    /// Shared with the transport: the heartbeat told of every ARM call that returned.
+    progress: Arc<OnceLock<daemon::liveness::Heartbeat>>,
 }
 
 impl std::fmt::Debug for Arm {
@@ -338,9 +345,11 @@ impl Arm {
                 .max_delay(retry.max_delay)
                 .max_retries(retry.max_retries),
         );
+        let progress = Arc::new(OnceLock::new());
         let transport = TransportOptions::new(Arc::new(CountingClient {
             inner: http_client(timeouts)?,
             metrics: metrics.clone(),
+            progress: progress.clone(),
         }));
         let options = azure_core::ClientOptions::default()
             .retry(retry)
@@ -359,7 +368,15 @@ impl Arm {
             endpoint,
             subscription: cfg.subscription_id.clone(),
             operation_deadline: timeouts.operation,
+            progress,
         })
+    }
+
+    /// Every ARM call that returns (an answer or an error, retries and operation polls included) is progress
+    /// of `heartbeat`'s work: a pool whose writes are slow (throttled, long operations) is not stuck, only one
+    /// whose calls stop returning. The first heartbeat given stays.
+    pub fn report_progress_to(&self, heartbeat: &daemon::liveness::Heartbeat) {
+        let _ = self.progress.set(heartbeat.clone());
     }
 
     // --- the raw calls -----------------------------------------------------------------------------------
