@@ -80,9 +80,9 @@ async fn returns<T>(what: &str, call: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what} never returned"))
 }
 
-#[tokio::test]
-async fn every_arm_call_that_returns_is_progress_of_the_pass() {
-    let (url, _endpoint) = silent_endpoint().await;
+/// An ARM client (short bounds, no retries, a fixed token) of a [`silent_endpoint`], and the endpoint's task.
+async fn arm_on_silent_endpoint() -> (Arm, tokio::task::JoinHandle<()>) {
+    let (url, endpoint) = silent_endpoint().await;
     let cfg = cloud_config(&url, |_| {});
     let arm = Arm::new(
         &cfg,
@@ -92,6 +92,12 @@ async fn every_arm_call_that_returns_is_progress_of_the_pass() {
         &Metrics::new(),
     )
     .expect("client");
+    (arm, endpoint)
+}
+
+#[tokio::test]
+async fn every_arm_call_that_returns_is_progress_of_the_pass() {
+    let (arm, _endpoint) = arm_on_silent_endpoint().await;
     let heartbeat = daemon::liveness::Heartbeat::new("reconcile pass", Duration::from_secs(900));
     arm.report_progress_to(&heartbeat);
     let _ = returns("an ARM call outside a pass", arm.list_vmss("node-rg")).await;
@@ -112,16 +118,7 @@ async fn every_arm_call_that_returns_is_progress_of_the_pass() {
 
 #[tokio::test]
 async fn an_arm_endpoint_that_never_answers_fails_the_call() {
-    let (url, _endpoint) = silent_endpoint().await;
-    let cfg = cloud_config(&url, |_| {});
-    let arm = Arm::new(
-        &cfg,
-        Arc::new(FixedToken),
-        no_retries(),
-        &short(),
-        &Metrics::new(),
-    )
-    .expect("client");
+    let (arm, _endpoint) = arm_on_silent_endpoint().await;
     let err = returns("the ARM call", arm.list_vmss("node-rg"))
         .await
         .expect_err("no answer is an error");
