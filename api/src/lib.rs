@@ -5,6 +5,7 @@
 //! Terraform plans cannot drift apart.
 
 pub mod arm;
+pub mod cache;
 pub mod cidr;
 pub mod crd;
 pub mod defaults;

@@ -1,5 +1,6 @@
 //! The running operator: watches, the per-pool work loop, leader gating.
 
+use api::cache::strip_managed_fields;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -278,14 +279,9 @@ async fn watch_into<K, F>(
     }
 }
 
-/// What the caches keep of an object: not its managed fields (never read).
-fn strip_managed_fields<K: kube::Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
-}
-
 /// Nodes are kept without status (never read; conditions and images are most of a Node).
 fn strip_node(n: &mut Node) {
-    n.metadata.managed_fields = None;
+    strip_managed_fields(n);
     n.status = None;
 }
 

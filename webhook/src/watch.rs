@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use api::cache::strip_managed_fields;
 use api::{GatewayPool, StaticGatewayConfiguration};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeSpec};
@@ -100,11 +101,6 @@ pub fn start(client: Client) -> ReflectorFacts {
         }
     });
     facts
-}
-
-/// Managed fields are never read, and are often the largest part of an object's metadata.
-fn strip_managed_fields<K: kube::Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
 }
 
 /// What rule 4's node count reads of a Node (`ReflectorFacts::node_count`): its labels and `spec.providerID`;

@@ -99,7 +99,7 @@ fn spawn_watch<K>(
 {
     tokio::spawn(async move {
         // managedFields are never read here and can be most of an object's size.
-        let stream = watcher(api, config).modify(|o: &mut K| o.meta_mut().managed_fields = None);
+        let stream = watcher(api, config).modify(api::cache::strip_managed_fields);
         reflector::reflector(writer, stream)
             .default_backoff()
             .for_each(|ev| {

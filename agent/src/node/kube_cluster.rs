@@ -204,8 +204,7 @@ pub async fn watch_gateway_keys(
     let mut events = Box::pin(
         reflector::reflector(
             writer,
-            watcher(Api::all(client), watcher::Config::default())
-                .modify(|s: &mut StaticGatewayConfiguration| s.metadata.managed_fields = None),
+            watcher(Api::all(client), watcher::Config::default()).modify(api::cache::strip_managed_fields),
         )
         .default_backoff(),
     );
