@@ -18,11 +18,17 @@ struct Scenario {
     name: &'static str,
     path: &'static str,
     body: Value,
+    /// The verdict the webhook must give (checked on each connection's first answer).
+    allowed: bool,
+    /// Whether its answer carries a JSON patch (defaults).
+    patched: bool,
 }
+
+const REVIEW_UID: &str = "0df28fbd-5f5f-11e8-bc74-36e6bb280816";
 
 fn review(kind: (&str, &str, &str), object: Value) -> Value {
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "0df28fbd-5f5f-11e8-bc74-36e6bb280816",
+        "uid": REVIEW_UID,
         "kind": {"group": kind.0, "version": kind.1, "kind": kind.2},
         "resource": {"group": kind.0, "version": kind.1, "resource": "x"},
         "namespace": "team-a", "name": "obj", "operation": "CREATE",
@@ -67,6 +73,8 @@ fn scenarios() -> Vec<Scenario> {
             "publicIpPrefixId": "/subscriptions/3fa85f64-5717-4562-b3fc-2c963f66afa6/resourceGroups/rg/providers/Microsoft.Network/publicIPPrefixes/p",
             "excludeCidrs": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]})),
             ),
+            allowed: true,
+            patched: false,
         },
         Scenario {
             name: "SGC validate (denied, 4 violations)",
@@ -77,21 +85,29 @@ fn scenarios() -> Vec<Scenario> {
             "gatewayVmssProfile": {"vmssResourceGroup": "", "vmssName": "gw", "publicIpPrefixSize": 27},
             "provisionPublicIps": false, "excludeCidrs": ["10.0.0.0/8", "bad"]})),
             ),
+            allowed: false,
+            patched: false,
         },
         Scenario {
             name: "SGC mutate (defaults)",
             path: "/mutate-staticgatewayconfiguration",
             body: review(sgc_kind, sgc(json!({"gatewayNodepoolName": "gwpool"}))),
+            allowed: true,
+            patched: true,
         },
         Scenario {
             name: "Pod mutate (plain, no change)",
             path: "/mutate-pod",
             body: review(("", "v1", "Pod"), pod(json!({"kubernetes.io/psp": "restricted"}))),
+            allowed: true,
+            patched: false,
         },
         Scenario {
             name: "Pod validate (plain, no change)",
             path: "/validate-pod",
             body: review(("", "v1", "Pod"), pod(json!({"kubernetes.io/psp": "restricted"}))),
+            allowed: true,
+            patched: false,
         },
         Scenario {
             name: "Pod validate (annotated)",
@@ -100,6 +116,8 @@ fn scenarios() -> Vec<Scenario> {
                 ("", "v1", "Pod"),
                 pod(json!({"kubernetes.azure.com/static-gateway-configuration": "team-a"})),
             ),
+            allowed: true,
+            patched: false,
         },
     ]
 }
@@ -215,6 +233,7 @@ async fn main() {
             let tls = tls.clone();
             let body = body.clone();
             let path = sc.path;
+            let (allowed, patched, name) = (sc.allowed, sc.patched, sc.name);
             tasks.push(tokio::spawn(async move {
                 let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
                 tcp.set_nodelay(true).expect("nodelay");
@@ -238,8 +257,16 @@ async fn main() {
                     let t = Instant::now();
                     let resp = send.send_request(req).await.expect("response");
                     assert_eq!(resp.status(), 200);
-                    let _ = resp.into_body().collect().await.expect("body");
+                    let answer = resp.into_body().collect().await.expect("body").to_bytes();
                     latencies.push(t.elapsed());
+                    if latencies.len() == 1 {
+                        // The path measured is the one meant: this review's verdict, not an error's.
+                        let review: Value = serde_json::from_slice(&answer).expect("an AdmissionReview");
+                        let r = &review["response"];
+                        assert_eq!(r["uid"], REVIEW_UID, "{name}: {review}");
+                        assert_eq!(r["allowed"], allowed, "{name}: {review}");
+                        assert_eq!(r.get("patch").is_some(), patched, "{name}: {review}");
+                    }
                 }
                 latencies
             }));
