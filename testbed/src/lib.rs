@@ -11,5 +11,6 @@ pub mod kube;
 pub mod lab;
 pub mod netlab;
 pub mod provider_release;
+pub mod proxy;
 pub mod wait;
 pub mod workspace_bins;
