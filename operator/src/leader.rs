@@ -2,9 +2,13 @@
 //!
 //! kube-rs has no built-in elector. This one follows client-go's rules: the holder renews `renewTime`; another
 //! candidate takes over only when `renewTime + leaseDurationSeconds` has passed; every write carries the
-//! resourceVersion it read, so of two racing candidates exactly one wins (the other gets 409 Conflict).
+//! resourceVersion it read, so of two racing candidates exactly one wins (the other gets 409 Conflict); the
+//! holder steps down when it has not renewed within the renew deadline, a third of the lease duration before the
+//! others may take over, so a leader cut off from the API server stops before anyone else starts.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -118,44 +122,87 @@ impl LeaseLock {
         }
     }
 
-    /// Keeps trying to lead until `shutdown`; publishes leadership on `leading`. Leadership is dropped when a
-    /// renewal has not succeeded for a whole lease duration.
+    /// How long leadership lasts after a renewal was sent without a newer one succeeding: two thirds of the
+    /// lease duration, as client-go's renew deadline (10 s of 15 s). The rest of the duration is the margin
+    /// before another candidate may take the Lease over, so this replica has stepped down by then.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+
+    /// How often the Lease is renewed (or, by a candidate, tried): 2/15 of the lease duration, as client-go's
+    /// retry period (2 s of 15 s), so several renewals fit in the renew deadline.
+    pub fn retry_period(&self) -> Duration {
+        self.duration * 2 / 15
+    }
+
+    /// Keeps trying to lead until `shutdown`; publishes leadership on `leading`. Leadership is dropped when no
+    /// renewal sent in the last [`renew_deadline`](Self::renew_deadline) succeeded, or the Lease is found with
+    /// another holder. Every attempt is bounded, so an API server that stops answering cannot keep a stale
+    /// leader: it steps down before the Lease can expire for the other candidates.
     pub async fn run(
         &self,
         leading: tokio::sync::watch::Sender<bool>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let retry = self.duration / 3;
-        let mut last_success: Option<tokio::time::Instant> = None;
+        let deadline = self.renew_deadline();
+        let retry = self.retry_period();
+        // While leading: until when leadership holds without a further successful renewal. Counted from when
+        // the renewal was sent, since the renewTime it wrote is from then.
+        let mut valid_until: Option<Instant> = None;
         // Receivers hear only real transitions: the work loop reconciles every pool when leadership changes,
         // so a renewal that changes nothing must not wake it.
         let set = |value: bool| {
             leading.send_if_modified(|v| std::mem::replace(v, value) != value);
         };
+        let step_down_if_expired = |valid_until: &mut Option<Instant>| {
+            if valid_until.is_some_and(|t| Instant::now() >= t) {
+                *valid_until = None;
+                tracing::warn!(
+                    identity = %self.identity,
+                    lease = %self.name,
+                    renew_deadline_seconds = deadline.as_secs_f64(),
+                    "leadership lost: the Lease was not renewed within the renew deadline"
+                );
+                set(false);
+            }
+        };
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
-                    last_success = Some(tokio::time::Instant::now());
-                    if !*leading.borrow() {
+            let sent = Instant::now();
+            // A leader's attempt may last until its leadership ends; a candidate's, one renew deadline.
+            let limit = valid_until.map_or(deadline, |t| t.saturating_duration_since(sent));
+            // Shutdown does not wait for an attempt that hangs.
+            let attempt = tokio::select! {
+                r = tokio::time::timeout(limit, self.try_acquire_or_renew()) => r,
+                _ = shutdown.changed() => break,
+            };
+            match attempt {
+                Ok(Ok(true)) => {
+                    if valid_until.is_none() {
                         tracing::info!(identity = %self.identity, lease = %self.name, "became leader");
                     }
+                    valid_until = Some(sent + deadline);
                     set(true);
                 }
-                Ok(false) => {
-                    last_success = None;
+                Ok(Ok(false)) => {
+                    if valid_until.take().is_some() {
+                        tracing::warn!(identity = %self.identity, lease = %self.name, "leadership lost: another candidate holds the Lease");
+                    }
                     set(false);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "lease renewal failed");
-                    if last_success.is_none_or(|t| t.elapsed() >= self.duration) {
-                        set(false);
-                    }
-                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),
+                Err(_) => tracing::warn!(
+                    timeout_seconds = limit.as_secs_f64(),
+                    "lease renewal did not answer in time"
+                ),
             }
+            step_down_if_expired(&mut valid_until);
+            // The next attempt; a leader wakes at the end of its leadership at the latest.
+            let next = valid_until.map_or(sent + retry, |t| (sent + retry).min(t));
             tokio::select! {
-                _ = tokio::time::sleep(retry) => {}
+                _ = tokio::time::sleep_until(next) => {}
                 _ = shutdown.changed() => break,
             }
+            step_down_if_expired(&mut valid_until);
         }
         if *leading.borrow() {
             set(false);

@@ -429,7 +429,8 @@ pub async fn run_operator_with(
 /// Runs the operator's work loop, leading through `lock` when given (else always leading), until `stop`; then
 /// ends in order. The work loop finishes the pool it is on and stops (at most `grace`, then it is cut off);
 /// only then is the Lease released, so a replica that takes over never writes while this one still does.
-/// An error: the work loop ended before `stop` (it should not).
+/// An error: the work loop or the elector ended before `stop` (they should not), or leadership was lost (the
+/// work loop is then cut off at once).
 pub async fn run_until(
     op: Arc<Operator>,
     lock: Option<LeaseLock>,
@@ -455,12 +456,27 @@ pub async fn run_until(
             None => std::future::pending().await,
         }
     };
+    // Leadership once held and then lost (not renewed in time, or taken over).
+    let mut leadership = leading.clone();
+    let lost = async move {
+        if leadership.wait_for(|l| *l).await.is_err() || leadership.wait_for(|l| !*l).await.is_err() {
+            // The elector is gone: the branch below tells.
+            std::future::pending::<()>().await;
+        }
+    };
     let mut work = tokio::spawn(run_operator_with(op, leading, ready, loop_stopping, options));
     // Why the operator stops before a signal: the work loop or the elector ended (a panic, or a bug). A dead
     // elector leaves the last leadership value standing while the Lease expires: stop rather than write beside
-    // the replica that takes over.
+    // the replica that takes over. Lost leadership stops it too, as controller-runtime's "leader election lost"
+    // does: the pool under way is cut off at once (another replica may take over a third of a lease duration
+    // later), and the restarted process is a candidate again.
+    let mut leadership_lost = false;
     let ended_early = tokio::select! {
         _ = stop => None,
+        () = lost => {
+            leadership_lost = true;
+            Some("leadership lost: the Lease was not renewed in time or another replica holds it".to_string())
+        }
         r = &mut work => Some(match r {
             Ok(()) => "the work loop ended on its own".to_string(),
             Err(e) => format!("the work loop failed: {e}"),
@@ -471,7 +487,10 @@ pub async fn run_until(
         }),
     };
     stop_loop.send_replace(true);
-    if !work.is_finished() && tokio::time::timeout(grace, &mut work).await.is_err() {
+    if leadership_lost {
+        work.abort();
+        let _ = (&mut work).await;
+    } else if !work.is_finished() && tokio::time::timeout(grace, &mut work).await.is_err() {
         tracing::warn!(
             grace_seconds = grace.as_secs_f64(),
             "the work loop did not stop within the grace period; cut off"

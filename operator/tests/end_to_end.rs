@@ -3,6 +3,8 @@
 //! azure_core pipeline). Key Secrets, finalizers, status, rules re-check, deletion without leaks, and leader
 //! election. The tests that run an operator take turns on the binary's one cluster (see `turn`).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use api::StaticGatewayConfiguration;
@@ -429,6 +431,68 @@ async fn leadership_is_published_on_transitions_not_on_every_renewal() {
     shutdown_tx.send_replace(true);
     task.await.expect("elector ends");
     assert!(!*leading.borrow(), "not leading after shutdown");
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_steps_down_before_another_can_take_over() {
+    let cluster = TestCluster::shared().await;
+    let client = cluster.client().expect("client");
+    let ns = cluster.namespace("leases", &[]).await.expect("namespace");
+    // Leader a reaches the API server through a proxy that goes silent; candidate b directly.
+    let config = cluster
+        .client_config_for(&cluster.admin_token().expect("token"))
+        .expect("config");
+    let (config, proxy) = testbed::proxy::StallableProxy::in_front_of(config)
+        .await
+        .expect("proxy");
+    let cut_off = kube::Client::try_from(config).expect("client");
+    let duration = Duration::from_secs(3);
+    let a = LeaseLock::new(cut_off, &ns, "lock", "a", duration);
+    let b = LeaseLock::new(client, &ns, "lock", "b", duration);
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let elector = tokio::spawn(async move { a.run(leading_tx, shutdown).await });
+    leading.wait_for(|l| *l).await.expect("a leads");
+    assert!(!b.try_acquire_or_renew().await.expect("b"), "a holds the Lease");
+
+    // Renewals hang from now on: no error ever comes back, only silence.
+    proxy.stall();
+    let stepped_down = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stepped_down = stepped_down.clone();
+        let mut leading = leading.clone();
+        tokio::spawn(async move {
+            if leading.wait_for(|l| !*l).await.is_ok() {
+                stepped_down.store(true, Ordering::SeqCst);
+            }
+        })
+    };
+    let down_before_takeover = Arc::new(AtomicBool::new(false));
+    eventually_within(
+        "b takes the Lease over once it expires",
+        Duration::from_secs(20),
+        || async {
+            let a_down = stepped_down.load(Ordering::SeqCst);
+            let won = b.try_acquire_or_renew().await.expect("b");
+            if won {
+                down_before_takeover.store(a_down, Ordering::SeqCst);
+            }
+            won
+        },
+    )
+    .await;
+    assert!(
+        down_before_takeover.load(Ordering::SeqCst),
+        "a still counted itself leader when b took the Lease over"
+    );
+    watcher.await.expect("watcher");
+
+    // Once the API server answers again, a is a candidate that waits for b.
+    proxy.resume();
+    assert!(b.try_acquire_or_renew().await.expect("b renews"));
+    shutdown_tx.send_replace(true);
+    elector.await.expect("elector ends");
+    assert!(!*leading.borrow(), "a does not lead");
 }
 
 #[tokio::test]

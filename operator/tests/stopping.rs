@@ -94,6 +94,64 @@ async fn sigterm_lets_the_pass_finish_before_the_lease_is_released() {
 }
 
 #[tokio::test]
+async fn lost_leadership_cuts_the_pass_off_and_stops_the_operator_before_a_takeover() {
+    let kube = common::counting_sim(&[SYSTEM, "app"]).await;
+    let client = kube.client("admin").expect("client");
+    let seed = Seed::aks_like(2);
+    let azure = AzureSim::start(&seed).await.expect("azure-sim");
+    azure.set_latency(Duration::from_millis(150));
+    create_sgc(&client, "gw", "gateway").await;
+    let op = Arc::new(common::operator(
+        &client,
+        &common::cloud_config(&seed, &azure),
+        SYSTEM,
+    ));
+    // The Lease is renewed through a proxy that goes silent; Azure and the rest of the API stay reachable.
+    let (config, proxy) =
+        testbed::proxy::StallableProxy::in_front_of(kube.client_config("admin").expect("config"))
+            .await
+            .expect("proxy");
+    let lease_client = kube::Client::try_from(config).expect("client");
+    let duration = Duration::from_secs(3);
+    let lock = LeaseLock::new(lease_client, SYSTEM, LEASE_NAME, "me", duration);
+    let running = tokio::spawn(run_until(
+        op.clone(),
+        Some(lock),
+        Arc::new(AtomicBool::new(false)),
+        RunOptions::default(),
+        Duration::from_secs(120),
+        std::future::pending(),
+    ));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
+    eventually("a pass under way as leader", || async {
+        op.passes.started() > 0 && !op.passes.idle() && holder(&leases).await.as_deref() == Some("me")
+    })
+    .await;
+
+    proxy.stall();
+    let other = LeaseLock::new(client, SYSTEM, LEASE_NAME, "other", duration);
+    let stopped_before_takeover = Arc::new(AtomicBool::new(false));
+    eventually("another replica takes the Lease over", || async {
+        let stopped = running.is_finished();
+        let won = other.try_acquire_or_renew().await.expect("other");
+        if won {
+            stopped_before_takeover.store(stopped, Ordering::SeqCst);
+        }
+        won
+    })
+    .await;
+    assert!(
+        stopped_before_takeover.load(Ordering::SeqCst),
+        "the operator was still running when another replica took the Lease over"
+    );
+    let err = running
+        .await
+        .expect("join")
+        .expect_err("lost leadership ends the operator with an error");
+    assert!(err.to_string().contains("leadership lost"), "{err:#}");
+}
+
+#[tokio::test]
 async fn a_pass_starts_no_pool_once_told_to_stop() {
     let kube = common::counting_sim(&[SYSTEM, "app"]).await;
     let client = kube.client("admin").expect("client");
