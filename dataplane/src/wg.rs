@@ -62,7 +62,7 @@ impl BackendKind {
         match self {
             BackendKind::Userspace if !tun.exists() => Err(format!(
                 "wireguard backend: userspace (wireguard-go) needs {}, which is missing here; in a container, \
-                 mount it (the chart does with gatewayDaemonManager.wireguardBackend: userspace)",
+                 mount it (the chart does unless gatewayDaemonManager.wireguardBackend is kernel)",
                 tun.display()
             )),
             _ => Ok(()),

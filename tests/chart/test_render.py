@@ -270,23 +270,24 @@ def test_gateway_agent_wireguard_backend() -> None:
         values = {"gatewayDaemonManager": {"wireguardBackend": backend}} if backend else None
         return one(objects(values), "DaemonSet", "kube-egress-gateway-gateway-agent")["spec"]["template"]["spec"]
 
-    # Default: auto, which mounts no device (kernel WireGuard needs none).
-    for backend in (None, "auto", "kernel"):
+    # Kernel WireGuard needs no device: none is mounted.
+    pod = gateway_pod("kernel")
+    agent = pod["containers"][0]
+    assert args_map(agent)["--wireguard-backend"] == "kernel"
+    assert not [v for v in pod["volumes"] if "/dev" in v.get("hostPath", {}).get("path", "")]
+    assert not [m for m in agent["volumeMounts"] if m["mountPath"].startswith("/dev")]
+    # Userspace, and auto (the default) which falls back to it on nodes without the module: wireguard-go creates
+    # TUN devices, so the host's /dev/net/tun is mounted, as a character device.
+    for backend in (None, "auto", "userspace"):
         pod = gateway_pod(backend)
         agent = pod["containers"][0]
         assert args_map(agent)["--wireguard-backend"] == (backend or "auto")
-        assert not [v for v in pod["volumes"] if "/dev" in v.get("hostPath", {}).get("path", "")], backend
-        assert not [m for m in agent["volumeMounts"] if m["mountPath"].startswith("/dev")], backend
-    # Userspace: wireguard-go creates TUN devices, so the host's /dev/net/tun is mounted, as a character device.
-    pod = gateway_pod("userspace")
-    agent = pod["containers"][0]
-    assert args_map(agent)["--wireguard-backend"] == "userspace"
-    tun = [m for m in agent["volumeMounts"] if m["mountPath"] == "/dev/net/tun"]
-    assert len(tun) == 1, agent["volumeMounts"]
-    volume = next(v for v in pod["volumes"] if v["name"] == tun[0]["name"])
-    assert volume["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
-    # It is the agent's capabilities that let wireguard-go create a TUN device (TUNSETIFF needs NET_ADMIN).
-    assert "NET_ADMIN" in agent["securityContext"]["capabilities"]["add"]
+        tun = [m for m in agent["volumeMounts"] if m["mountPath"] == "/dev/net/tun"]
+        assert len(tun) == 1, (backend, agent["volumeMounts"])
+        volume = next(v for v in pod["volumes"] if v["name"] == tun[0]["name"])
+        assert volume["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}, backend
+        # It is the agent's capabilities that let wireguard-go create a TUN device (TUNSETIFF needs NET_ADMIN).
+        assert "NET_ADMIN" in agent["securityContext"]["capabilities"]["add"]
     # The netns init container needs no device.
     assert all(m["mountPath"] != "/dev/net/tun" for m in pod["initContainers"][0]["volumeMounts"])
 

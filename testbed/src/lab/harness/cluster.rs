@@ -523,8 +523,8 @@ impl Lab {
 /// The lab's values for the chart: the cloud config points at azure-sim with the service principal of its
 /// seed (the chart passes the endpoint keys through, as for a custom cloud); one webhook replica with the
 /// chart's self-signed certificate and no drain delay, a 1 s LB probe drain (the lab stops components with a
-/// 5 s grace); the LB probe port the fabric probes; the gateway agents on wireguard-go (`wireguardBackend:
-/// userspace`: this machine has no WireGuard kernel module), for which the chart mounts `/dev/net/tun`; the node
+/// 5 s grace); the LB probe port the fabric probes; the gateway agents on the default `wireguardBackend: auto`,
+/// which finds no WireGuard kernel module here and uses wireguard-go, through the `/dev/net/tun` the chart mounts; the node
 /// agents watch userspace pods' tunnels only (the lab's pods use wireguard-go, and the pod namespace directory
 /// is the host's, shared by every lab node).
 fn lab_values(seed: &Seed, azure_url: &str) -> anyhow::Result<serde_json::Value> {
@@ -535,7 +535,7 @@ fn lab_values(seed: &Seed, azure_url: &str) -> anyhow::Result<serde_json::Value>
         "common": {"gatewayLbProbePort": api::names::DEFAULT_LB_PROBE_PORT},
         "config": {"azureCloudConfig": seed.cloud_config(azure_url)},
         "webhook": {"replicas": 1, "drainSeconds": 0, "certificates": {"mode": "selfSigned"}},
-        "gatewayDaemonManager": {"lbProbeDrainDelaySeconds": 1, "wireguardBackend": "userspace"},
+        "gatewayDaemonManager": {"lbProbeDrainDelaySeconds": 1},
         "gatewayCNIManager": {"podTunnelWatch": {"podNetnsDir": ""}},
     }))
 }
