@@ -734,6 +734,34 @@ fn apply_patch(ctx: &Ctx, t: &Target, live: Option<&Value>, config: &Value) -> A
     )
 }
 
+/// An apply that creates is authorized for `create` too, as kube-apiserver's patch handler does: a user who may
+/// patch but not create gets 403 Forbidden. The message is the real server's, whose RBAC gives no reason.
+fn authorize_create_on_apply(ctx: &Ctx, t: &Target) -> ApiResult<()> {
+    let attrs = auth::Attributes {
+        verb: "create".to_string(),
+        group: t.rt.group.clone(),
+        resource: t.rt.plural.clone(),
+        subresource: String::new(),
+        namespace: t.ns.clone(),
+        name: t.name.clone(),
+    };
+    if auth::authorize(&ctx.shared.lock(), &ctx.user, &attrs) {
+        return Ok(());
+    }
+    let resource = if t.rt.group.is_empty() {
+        t.rt.plural.clone()
+    } else {
+        format!("{}.{}", t.rt.plural, t.rt.group)
+    };
+    let mut e = ApiError::new(
+        403,
+        "Forbidden",
+        format!("{resource} \"{}\" is forbidden: ", t.name),
+    );
+    e.details = Some(json!({"name": t.name, "group": t.rt.group, "kind": t.rt.plural}));
+    Err(e)
+}
+
 pub(super) async fn patch_verb(ctx: &Ctx, t: &Target, warnings: &mut Vec<String>) -> ApiResult<Response> {
     let ct = ctx
         .headers
@@ -747,6 +775,7 @@ pub(super) async fn patch_verb(ctx: &Ctx, t: &Target, warnings: &mut Vec<String>
         let live = ctx.stored(t);
         let Some(live) = live else {
             if ct == "application/apply-patch+yaml" && t.sub.is_empty() {
+                authorize_create_on_apply(ctx, t)?;
                 let mut obj = apply_patch(ctx, t, None, &body)?;
                 obj["metadata"]["name"] = json!(t.name);
                 if t.rt.namespaced {
