@@ -100,7 +100,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     # The cloud configuration (e.g. with a service principal's secret) in a Secret the platform team manages.
     "existing-cloud-config": {"config": {"existingSecret": {"name": "corp-azure-cloud-config", "key": "cloud.json"}}},
+    # Hardening: the WireGuard key Secrets in a namespace of their own, away from the release namespace's Secrets.
+    "key-secret-namespace": {"common": {"keySecretNamespace": "keg-keys"}},
 }
+
+
+def key_secret_namespace(values: dict[str, Any] | None) -> str:
+    """The namespace the key Secrets of a rendering with these values are in: common.keySecretNamespace, or
+    the release namespace."""
+    return ((values or {}).get("common") or {}).get("keySecretNamespace") or NAMESPACE
 
 
 @functools.lru_cache(maxsize=1)

@@ -239,10 +239,18 @@ def http_status(port: int, path: str) -> int | None:
         return None
 
 
+def key_namespace_of(values: dict) -> str | None:
+    """common.keySecretNamespace of these values when it is a namespace apart from the release's."""
+    ns = (values.get("common") or {}).get("keySecretNamespace")
+    return ns if ns and ns != NAMESPACE else None
+
+
 @pytest.fixture
-def installed(tmp_path: pathlib.Path):
-    """Simulators up, the chart rendered with values pointing the operator at the Azure simulator, every
-    rendered object applied with kubectl."""
+def installed(tmp_path: pathlib.Path, request: pytest.FixtureRequest):
+    """Simulators up, the chart rendered with values pointing the operator at the Azure simulator (plus the
+    test's own, given as the fixture's indirect parameter), the namespaces it needs created (the chart creates
+    none), every rendered object applied with kubectl."""
+    extra: dict = getattr(request, "param", None) or {}
     bins = bin_dir()
     procs = Processes(tmp_path)
     try:
@@ -263,6 +271,8 @@ def installed(tmp_path: pathlib.Path):
                 }
             }
         }
+        assert "config" not in extra, "the fixture's cloud configuration points at the Azure simulator"
+        values |= extra
         rendered = subprocess.run(
             [sys.executable, str(RENDER), "--release", RELEASE, "--namespace", NAMESPACE,
              "--set-json", json.dumps(values)],
@@ -294,7 +304,7 @@ def installed(tmp_path: pathlib.Path):
             )
             cluster = Cluster(tmp_path, kubeconfig, backend, "127.0.0.1")
         wait_for(f"the Kubernetes API ({backend})", lambda: kubeconfig.exists() and cluster.kubectl("get", "ns").returncode == 0, procs)
-        for ns in (NAMESPACE, "app"):
+        for ns in (NAMESPACE, "app", *filter(None, [key_namespace_of(values)])):
             r = cluster.kubectl("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n")
             assert r.returncode == 0, r.stderr
         r = cluster.kubectl("apply", "-f", str(tmp_path / "rendered.yaml"))
@@ -358,6 +368,18 @@ def start_operator(cluster: Cluster, procs: Processes, objs: list[dict], bins: p
     )
     wait_for("operator /healthz", lambda: http_status(health, "/healthz") == 200, procs)
     return metrics
+
+
+def no_rbac_refusal(cluster: Cluster, procs: Processes, sa: str) -> None:
+    """The chart's RBAC refused the component nothing: kube-sim counts each account's answers; the real server's
+    refusals are in the component's log (its authorizer has no per-user count)."""
+    if cluster.backend == "sim":
+        codes = cluster.requests_of(sa)
+        assert sum(codes.values()) > 0, f"{sa} made no requests: {codes}"
+        assert "403" not in codes, f"{sa} was refused by RBAC: {codes}\n{procs.logs()[-3000:]}"
+    else:
+        log = (cluster.work / f"{sa.removeprefix(PREFIX + '-')}.log").read_text(errors="replace")
+        assert "forbidden" not in log.lower(), f"{sa} was refused by RBAC:\n{log[-3000:]}"
 
 
 POOL = """apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
@@ -451,18 +473,11 @@ def test_operator_provisions_with_the_charts_arguments_config_and_rbac(installed
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
     assert "controller_reconcile_latency" in body
-    # The chart's RBAC refused the operator and the webhook nothing: kube-sim counts each account's answers;
-    # the real server's refusals are in the components' logs (its authorizer has no per-user count).
+    # The chart's RBAC refused the operator and the webhook nothing.
     r = cluster.kubectl("get", "secrets", "-A", as_sa=f"{PREFIX}-gateway-agent")
     assert r.returncode != 0 and "forbidden" in r.stderr, r.stderr
     for sa in (f"{PREFIX}-operator", f"{PREFIX}-webhook"):
-        if cluster.backend == "sim":
-            codes = cluster.requests_of(sa)
-            assert sum(codes.values()) > 0, f"{sa} made no requests: {codes}"
-            assert "403" not in codes, f"{sa} was refused by RBAC: {codes}\n{procs.logs()[-3000:]}"
-        else:
-            log = (cluster.work / f"{sa.removeprefix(PREFIX + '-')}.log").read_text(errors="replace")
-            assert "forbidden" not in log.lower(), f"{sa} was refused by RBAC:\n{log[-3000:]}"
+        no_rbac_refusal(cluster, procs, sa)
     if cluster.backend == "sim":
         # The count does see refusals: the gateway agent's listing of Secrets above.
         assert cluster.requests_of(f"{PREFIX}-gateway-agent").get("403", 0) >= 1
@@ -531,3 +546,88 @@ spec: {}
             args, stdin = (call[:-1], call[-1]) if "-f" in call else (call, None)
             r = cluster.kubectl(*args, stdin=stdin, as_sa=sa)
             assert r.returncode != 0 and "forbidden" in r.stderr, f"{sa}: kubectl {' '.join(args)}: {r.stderr}"
+
+
+KEYS = "keg-keys"
+KEYS_APART = {"common": {"keySecretNamespace": KEYS}}
+
+
+@pytest.mark.parametrize("installed", [KEYS_APART], indirect=True, ids=["keySecretNamespace"])
+def test_key_secret_namespace_keeps_the_keys_apart_from_the_release_namespaces_secrets(installed) -> None:
+    """common.keySecretNamespace installed: the operator, with the chart's arguments and the Role the chart gives
+    it there, writes each configuration's key Secret into that namespace; the gateway agent's account reads
+    Secrets there and none of the release namespace's (the operator's Azure credentials, the webhook's TLS key).
+    One installation, as each test here has: the value adds one test, not a second run of the others."""
+    cluster, procs, objs, bins, webhook_listen = installed
+    start_webhook(cluster, procs, objs, bins, webhook_listen)
+    start_operator(cluster, procs, objs, bins)
+    for doc in (POOL, SGC % ("web", "10.0.0.0/8")):
+        r = cluster.kubectl("apply", "-f", "-", stdin=doc)
+        assert r.returncode == 0, r.stderr
+
+    def ready() -> dict | None:
+        sgc = cluster.get_json("staticgatewayconfiguration", "web", "-n", "app")
+        conds = {c["type"]: c for c in ((sgc or {}).get("status") or {}).get("conditions", [])}
+        return sgc if conds.get("Ready", {}).get("status") == "True" else None
+
+    sgc = wait_for("the configuration to be Ready", ready, procs, timeout=120)
+    name = f"sgw-{sgc['metadata']['uid']}"
+    secret = cluster.get_json("secret", name, "-n", KEYS)
+    assert secret is not None and set(secret["data"]) >= {"PrivateKey", "PublicKey"}, secret
+    assert base64.b64decode(secret["data"]["PublicKey"]).decode() == sgc["status"]["gatewayServerProfile"]["publicKey"]
+    assert cluster.get_json("secret", name, "-n", NAMESPACE) is None, "a key Secret in the release namespace"
+    no_rbac_refusal(cluster, procs, f"{PREFIX}-operator")
+
+    operator, gateway_agent = f"{PREFIX}-operator", f"{PREFIX}-gateway-agent"
+    # The release namespace's Secrets the agent must not reach (both exist: a refusal is not a NotFound).
+    cloud_config, webhook_tls = f"{PREFIX}-azure-cloud-config", f"{PREFIX}-webhook-tls"
+    for other in (cloud_config, webhook_tls):
+        assert cluster.get_json("secret", other, "-n", NAMESPACE) is not None, other
+    probe = """apiVersion: v1
+kind: Secret
+metadata: {name: probe, namespace: %s}
+stringData: {k: v}
+"""
+    # The gateway agent's reflector lists and watches the key Secrets (a watch the server ends after a second).
+    watch = f"/api/v1/namespaces/{KEYS}/secrets?watch=1&timeoutSeconds=1"
+    allowed = {
+        gateway_agent: [("get", "secrets", "-n", KEYS), ("get", "--raw", watch)],
+        operator: [
+            ("get", "secret", name, "-n", KEYS), ("get", "secrets", "-n", KEYS),
+            ("create", "--dry-run=server", "-f", "-", probe % KEYS),
+            ("delete", "secret", name, "-n", KEYS, "--dry-run=server"),
+        ],
+    }
+    refused = {
+        gateway_agent: [
+            ("get", "secrets", "-n", NAMESPACE), ("get", "secret", cloud_config, "-n", NAMESPACE),
+            ("get", "secret", webhook_tls, "-n", NAMESPACE),
+            ("get", "--raw", f"/api/v1/namespaces/{NAMESPACE}/secrets?watch=1&timeoutSeconds=1"),
+            ("get", "secrets", "-A"),
+        ],
+        operator: [
+            ("get", "secrets", "-n", NAMESPACE), ("create", "--dry-run=server", "-f", "-", probe % NAMESPACE),
+        ],
+    }
+    for sa, calls in allowed.items():
+        for call in calls:
+            args, stdin = (call[:-1], call[-1]) if "-f" in call else (call, None)
+            r = cluster.kubectl(*args, stdin=stdin, as_sa=sa)
+            assert r.returncode == 0, f"{sa}: kubectl {' '.join(args)}: {r.stderr}"
+    for sa, calls in refused.items():
+        for call in calls:
+            args, stdin = (call[:-1], call[-1]) if "-f" in call else (call, None)
+            r = cluster.kubectl(*args, stdin=stdin, as_sa=sa)
+            assert r.returncode != 0 and "forbidden" in r.stderr.lower(), f"{sa}: kubectl {' '.join(args)}: {r.stderr}"
+
+    if cluster.backend == "real":
+        # The chart does not create the namespace: installing into a missing one fails with the API server's
+        # error naming it (kube-sim does not check namespaces).
+        missing = "keg-keys-missing"
+        rendered = subprocess.run(
+            [sys.executable, str(RENDER), "--release", RELEASE, "--namespace", NAMESPACE, "--no-crds",
+             "--set-json", json.dumps({"common": {"keySecretNamespace": missing}})],
+            check=True, capture_output=True, text=True, timeout=120,
+        ).stdout
+        r = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered)
+        assert r.returncode != 0 and f'namespaces "{missing}" not found' in r.stderr, r.stderr

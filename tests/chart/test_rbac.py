@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
-from conftest import NAMESPACE, args_map, containers, crds, find, one, scenario_objects, workloads
+from conftest import (
+    NAMESPACE,
+    SCENARIOS,
+    args_map,
+    containers,
+    crds,
+    find,
+    key_secret_namespace,
+    objects,
+    one,
+    scenario_objects,
+    workloads,
+)
 from test_render import CORE_RESOURCES, GROUP
 
 PREFIX = "kube-egress-gateway"
@@ -17,9 +31,14 @@ def rules_of(objs, sa: str) -> list[tuple[str, dict]]:
         if not any(s["kind"] == "ServiceAccount" and s["name"] == sa and s["namespace"] == NAMESPACE for s in binding["subjects"]):
             continue
         ref = binding["roleRef"]
-        role = one(objs, ref["kind"], ref["name"])
         if binding["kind"] == "RoleBinding":
             assert ref["kind"] == "Role", "a RoleBinding to a ClusterRole would hide cluster scope"
+            # A RoleBinding's Role is the one of that name in the binding's own namespace.
+            ns = binding["metadata"]["namespace"]
+            [role] = [r for r in find(objs, "Role", ref["name"]) if r["metadata"]["namespace"] == ns] or [None]
+            assert role is not None, f"RoleBinding {ns}/{binding['metadata']['name']}: no Role {ns}/{ref['name']}"
+        else:
+            role = one(objs, ref["kind"], ref["name"])
         scope = "cluster" if role["kind"] == "ClusterRole" else role["metadata"]["namespace"]
         out.extend((scope, r) for r in role["rules"])
     return out
@@ -157,3 +176,75 @@ def test_webhook_grants(mode: str) -> None:
         args = args_map(containers(one(objs, "Deployment", sa), init=False)[0])
         assert args["--mutating-webhook-configuration"] in names
         assert args["--validating-webhook-configuration"] in names
+
+
+# Hardening (common.keySecretNamespace): the key Secrets in a namespace of their own.
+KEYS = key_secret_namespace(SCENARIOS["key-secret-namespace"])
+SECRET_MANAGER_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+
+
+def secret_grants(objs, sa: str) -> dict[str, set[str]]:
+    """Namespace (or "cluster") -> the verbs on Secrets granted to the service account there."""
+    out: dict[str, set[str]] = {}
+    for scope, group, res, verb in grants(objs, sa):
+        if group == "" and res == "secrets":
+            out.setdefault(scope, set()).add(verb)
+    return out
+
+
+def test_key_secret_namespace_takes_the_gateway_agents_secret_access_out_of_the_release_namespace() -> None:
+    assert KEYS != NAMESPACE
+    objs = scenario_objects("key-secret-namespace")
+    sa = f"{PREFIX}-gateway-agent"
+    # It reads the key Secrets where they are now, and no Secret of the release namespace (the operator's Azure
+    # credentials, the webhook's TLS key).
+    assert secret_grants(objs, sa) == {KEYS: {"list", "watch"}}
+    # Everything else it calls is where it was.
+    expected = {(KEYS if res == "secrets" else scope, g, res): v for (scope, g, res), v in GATEWAY_AGENT_CALLS.items()}
+    assert verbs_by_resource(grants(objs, sa)) == expected
+
+
+def test_key_secret_namespace_is_where_the_operator_manages_secrets() -> None:
+    objs = scenario_objects("key-secret-namespace")
+    sa = f"{PREFIX}-operator"
+    assert secret_grants(objs, sa) == {KEYS: SECRET_MANAGER_VERBS}
+    # The leader-election Lease stays in the release namespace, with the release namespace's Role.
+    g = grants(objs, sa)
+    assert {v for s, gr, res, v in g if res == "leases" and s == NAMESPACE} == {"get", "list", "watch", "create", "update", "patch"}
+    default = grants(scenario_objects("default"), sa)
+    assert {x for x in g if x[2] != "secrets"} == {x for x in default if x[2] != "secrets"}
+
+
+def test_key_secret_namespace_holds_only_the_key_secrets_rbac() -> None:
+    """The key namespace's Roles grant Secrets and nothing else, to the operator and the gateway agent only;
+    the release namespace's Roles grant no Secret to anyone."""
+    objs = scenario_objects("key-secret-namespace")
+    accounts = [w["spec"]["template"]["spec"]["serviceAccountName"] for w in workloads(objs)]
+    in_keys = {sa: {(g, res) for scope, g, res, _ in grants(objs, sa) if scope == KEYS} for sa in accounts}
+    assert {sa: got for sa, got in in_keys.items() if got} == {
+        f"{PREFIX}-operator": {("", "secrets")},
+        f"{PREFIX}-gateway-agent": {("", "secrets")},
+    }
+    for sa in accounts:
+        assert NAMESPACE not in secret_grants(objs, sa), f"{sa} still has Secret access in the release namespace"
+
+
+def test_key_secret_namespace_is_every_components_secret_namespace() -> None:
+    objs = scenario_objects("key-secret-namespace")
+    for kind, name in (("Deployment", "operator"), ("DaemonSet", "gateway-agent"), ("DaemonSet", "node-agent")):
+        args = args_map(containers(one(objs, kind, f"{PREFIX}-{name}"), init=False)[0])
+        assert args["--secret-namespace"] == KEYS, name
+    operator = args_map(containers(one(objs, "Deployment", f"{PREFIX}-operator"), init=False)[0])
+    assert operator["--leader-election-namespace"] == NAMESPACE
+
+
+@pytest.mark.parametrize("value", [None, "", NAMESPACE])
+def test_key_secret_namespace_of_the_release_changes_nothing(value: str | None) -> None:
+    """Empty, absent (values kept by `helm upgrade --reuse-values` from an older chart) or the release namespace
+    itself: the chart renders exactly what it renders without the value. (cert-manager mode: the default mode
+    generates a new certificate on every rendering.)"""
+    values = copy.deepcopy(SCENARIOS["cert-manager"])
+    values["common"] = {"keySecretNamespace": value}
+    assert objects(values) == scenario_objects("cert-manager")
+    for sa in (f"{PREFIX}-operator", f"{PREFIX}-gateway-agent"):
+        assert set(secret_grants(objects(values), sa)) == {NAMESPACE}, sa

@@ -16,6 +16,7 @@ from conftest import (
     containers,
     crds,
     find,
+    key_secret_namespace,
     objects,
     one,
     scenario_objects,
@@ -96,7 +97,11 @@ def test_every_kind_known_and_scoped_right(scenario: str) -> None:
         name = (o["kind"], meta.get("namespace"), meta["name"])
         assert name not in seen, f"{name} rendered twice"
         seen.add(name)
-        if known[key]:
+        if known[key] and o["kind"] in ("Role", "RoleBinding") and meta.get("namespace") != NAMESPACE:
+            # Only the key Secrets' RBAC lives elsewhere: in common.keySecretNamespace, when that is another.
+            keys = key_secret_namespace(SCENARIOS[scenario])
+            assert keys != NAMESPACE and meta.get("namespace") == keys, f"{o['kind']}/{meta['name']} in {meta.get('namespace')}"
+        elif known[key]:
             assert meta.get("namespace") == NAMESPACE, f"{o['kind']}/{meta['name']} not in the release namespace"
         else:
             assert "namespace" not in meta, f"cluster-scoped {o['kind']}/{meta['name']} has a namespace"
@@ -171,7 +176,7 @@ def test_flags_agree_with_ports_and_each_other(scenario: str) -> None:
             if "lb-probe" in ports:
                 lb_ports.add(ports["lb-probe"])
             if "--secret-namespace" in args:
-                assert args["--secret-namespace"] == NAMESPACE
+                assert args["--secret-namespace"] == key_secret_namespace(SCENARIOS[scenario])
     if scenario != "webhook-disabled":
         assert len(lb_ports) == 1, f"operator and gateway agent disagree on the LB probe port: {lb_ports}"
 
@@ -458,6 +463,10 @@ def test_notes_render() -> None:
     assert "from Secret corp-azure-cloud-config (key cloud.json)" in existing and "rollout restart" in existing
     assert "Secret corp-azure-cloud-config" not in notes
     assert "WARNING: webhook.replicas is 1" in render({"webhook": {"replicas": 1}})["kube-egress-gateway/templates/NOTES.txt"]
+    # Key Secrets in a namespace of their own: the notes say where, and to keep nothing else there.
+    apart = render(SCENARIOS["key-secret-namespace"])["kube-egress-gateway/templates/NOTES.txt"]
+    assert "WireGuard key Secrets (sgw-<UID>) are in namespace keg-keys" in apart and "keep no other Secret" in apart
+    assert "keySecretNamespace" not in notes
 
 
 def test_node_agent_watches_pod_tunnels() -> None:

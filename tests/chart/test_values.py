@@ -70,6 +70,31 @@ def test_invalid_values_are_refused_by_the_schema(values: dict, field: str) -> N
     assert field in str(err.value), str(err.value)
 
 
+# Not DNS-1123 labels (namespace names): upper case and '_', a dot (a subdomain, not a label), a '-' at either
+# end, 64 characters.
+BAD_KEY_NAMESPACES = ["Keg_Keys", "keg.keys", "-keys", "keys-", "k" * 64, "keg keys"]
+
+
+@pytest.mark.parametrize("value", BAD_KEY_NAMESPACES)
+def test_key_secret_namespace_must_be_a_namespace_name(value: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as err:
+        render({"common": {"keySecretNamespace": value}})
+    message = str(err.value)
+    assert "/common/keySecretNamespace" in message and f"'{value}'" in message, message
+
+
+def test_key_secret_namespace_must_be_a_string() -> None:
+    with pytest.raises(helm.HelmValuesError) as err:
+        render({"common": {"keySecretNamespace": 7}})
+    assert "/common/keySecretNamespace" in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("value", ["k", "k" * 63, "keg-keys-2", "0keys"])
+def test_key_secret_namespace_takes_every_namespace_name(value: str) -> None:
+    dep = one(objects({"common": {"keySecretNamespace": value}}), "Deployment", "kube-egress-gateway-operator")
+    assert args_map(containers(dep, init=False)[0])["--secret-namespace"] == value
+
+
 # Cross-field rules the schema cannot express: refused by the templates, naming both fields.
 CONFLICTS = [
     ({"gatewayDaemonManager": {"metricsBindPort": 8082}}, "common.gatewayLbProbePort and gatewayDaemonManager.metricsBindPort"),

@@ -50,6 +50,19 @@ imageTag win over common's; an empty tag means the chart's appVersion. */}}
 {{- default (printf "%s-azure-cloud-config" (include "keg.name" .)) .Values.config.existingSecret.name -}}
 {{- end -}}
 
+{{/* Namespace of the configurations' WireGuard key Secrets (sgw-<uid>, --secret-namespace):
+common.keySecretNamespace, or the release namespace when it is empty (or absent: values kept by
+`helm upgrade --reuse-values` from an older chart). */}}
+{{- define "keg.keySecretNamespace" -}}
+{{- default .Release.Namespace .Values.common.keySecretNamespace -}}
+{{- end -}}
+
+{{/* "true" when the key Secrets have a namespace of their own (not the release namespace): their RBAC then
+goes into a Role there, and the release namespace's Roles grant no Secret. */}}
+{{- define "keg.keySecretsApart" -}}
+{{- if ne (include "keg.keySecretNamespace" .) .Release.Namespace }}true{{ end -}}
+{{- end -}}
+
 {{/* The node agent's identity, the only user allowed to write PodEndpoints. */}}
 {{- define "keg.nodeAgent.user" -}}
 system:serviceaccount:{{ .Release.Namespace }}:{{ include "keg.nodeAgent.name" . }}
