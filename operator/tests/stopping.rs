@@ -38,32 +38,66 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
         .and_then(|l| l.spec?.holder_identity)
 }
 
-#[tokio::test]
-async fn sigterm_lets_the_pass_finish_before_the_lease_is_released() {
-    let kube = common::counting_sim(&[SYSTEM, "app"]).await;
-    let client = kube.client("admin").expect("client");
-    let seed = Seed::aks_like(2);
-    let azure = AzureSim::start(&seed).await.expect("azure-sim");
-    // Every ARM call is slow: a pool takes seconds, so the stop comes while it is being written.
-    azure.set_latency(Duration::from_millis(150));
-    create_sgc(&client, "gw", "gateway").await;
-    let op = Arc::new(common::operator(
-        &client,
-        &common::cloud_config(&seed, &azure),
-        SYSTEM,
-    ));
-    let lock = LeaseLock::new(client.clone(), SYSTEM, LEASE_NAME, "me", Duration::from_secs(15));
-    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(run_until(
+/// A configuration "gw" on a 2-instance pool whose every ARM call is slow, so a pass takes seconds and a stop or
+/// a loss of leadership comes while the pool is being written; and the operator for it.
+struct SlowPool {
+    kube: testbed::kube::KubeSim,
+    client: kube::Client,
+    azure: AzureSim,
+    op: Arc<operator::pass::Operator>,
+}
+
+impl SlowPool {
+    async fn start() -> Self {
+        let kube = common::counting_sim(&[SYSTEM, "app"]).await;
+        let client = kube.client("admin").expect("client");
+        let seed = Seed::aks_like(2);
+        let azure = AzureSim::start(&seed).await.expect("azure-sim");
+        azure.set_latency(Duration::from_millis(150));
+        create_sgc(&client, "gw", "gateway").await;
+        let op = Arc::new(common::operator(
+            &client,
+            &common::cloud_config(&seed, &azure),
+            SYSTEM,
+        ));
+        SlowPool {
+            kube,
+            client,
+            azure,
+            op,
+        }
+    }
+}
+
+/// The operator's run (work loop and elector through `lock`) until `stop`, with a grace longer than any pass.
+fn run_as_leader(
+    op: &Arc<operator::pass::Operator>,
+    lock: LeaseLock,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(run_until(
         op.clone(),
         Some(lock),
         Arc::new(AtomicBool::new(false)),
         RunOptions::default(),
         Duration::from_secs(120),
-        async {
-            let _ = stopping.await;
-        },
-    ));
+        stop,
+    ))
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_pass_finish_before_the_lease_is_released() {
+    let SlowPool {
+        kube: _kube,
+        client,
+        azure: _azure,
+        op,
+    } = SlowPool::start().await;
+    let lock = LeaseLock::new(client.clone(), SYSTEM, LEASE_NAME, "me", Duration::from_secs(15));
+    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
+    let running = run_as_leader(&op, lock, async {
+        let _ = stopping.await;
+    });
     let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
     eventually("a pass under way as leader", || async {
         op.passes.started() > 0 && !op.passes.idle() && holder(&leases).await.as_deref() == Some("me")
@@ -95,17 +129,12 @@ async fn sigterm_lets_the_pass_finish_before_the_lease_is_released() {
 
 #[tokio::test]
 async fn lost_leadership_cuts_the_pass_off_and_stops_the_operator_before_a_takeover() {
-    let kube = common::counting_sim(&[SYSTEM, "app"]).await;
-    let client = kube.client("admin").expect("client");
-    let seed = Seed::aks_like(2);
-    let azure = AzureSim::start(&seed).await.expect("azure-sim");
-    azure.set_latency(Duration::from_millis(150));
-    create_sgc(&client, "gw", "gateway").await;
-    let op = Arc::new(common::operator(
-        &client,
-        &common::cloud_config(&seed, &azure),
-        SYSTEM,
-    ));
+    let SlowPool {
+        kube,
+        client,
+        azure: _azure,
+        op,
+    } = SlowPool::start().await;
     // The Lease is renewed through a proxy that goes silent; Azure and the rest of the API stay reachable.
     let (config, proxy) =
         testbed::proxy::StallableProxy::in_front_of(kube.client_config("admin").expect("config"))
@@ -114,14 +143,7 @@ async fn lost_leadership_cuts_the_pass_off_and_stops_the_operator_before_a_takeo
     let lease_client = kube::Client::try_from(config).expect("client");
     let duration = Duration::from_secs(3);
     let lock = LeaseLock::new(lease_client, SYSTEM, LEASE_NAME, "me", duration);
-    let running = tokio::spawn(run_until(
-        op.clone(),
-        Some(lock),
-        Arc::new(AtomicBool::new(false)),
-        RunOptions::default(),
-        Duration::from_secs(120),
-        std::future::pending(),
-    ));
+    let running = run_as_leader(&op, lock, std::future::pending());
     let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
     eventually("a pass under way as leader", || async {
         op.passes.started() > 0 && !op.passes.idle() && holder(&leases).await.as_deref() == Some("me")

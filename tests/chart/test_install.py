@@ -396,6 +396,20 @@ spec:
 """
 
 
+def apply_pool_and_configuration(cluster: Cluster, procs: Processes) -> dict:
+    """Applies POOL and configuration app/web; the configuration once the operator has made it Ready."""
+    for doc in (POOL, SGC % ("web", "10.0.0.0/8")):
+        r = cluster.kubectl("apply", "-f", "-", stdin=doc)
+        assert r.returncode == 0, r.stderr
+
+    def ready() -> dict | None:
+        sgc = cluster.get_json("staticgatewayconfiguration", "web", "-n", "app")
+        conds = {c["type"]: c for c in ((sgc or {}).get("status") or {}).get("conditions", [])}
+        return sgc if conds.get("Ready", {}).get("status") == "True" else None
+
+    return wait_for("the configuration to be Ready", ready, procs, timeout=120)
+
+
 def test_chart_installs_and_its_webhook_answers_over_the_charts_certificate(installed) -> None:
     cluster, procs, objs, bins, webhook_listen = installed
     # With failurePolicy Fail and no webhook serving yet, our kinds cannot be written: the chart's
@@ -448,16 +462,7 @@ def test_operator_provisions_with_the_charts_arguments_config_and_rbac(installed
         procs,
     )
     assert lease["metadata"]["namespace"] == NAMESPACE
-    for doc in (POOL, SGC % ("web", "10.0.0.0/8")):
-        r = cluster.kubectl("apply", "-f", "-", stdin=doc)
-        assert r.returncode == 0, r.stderr
-
-    def ready() -> dict | None:
-        sgc = cluster.get_json("staticgatewayconfiguration", "web", "-n", "app")
-        conds = {c["type"]: c for c in ((sgc or {}).get("status") or {}).get("conditions", [])}
-        return sgc if conds.get("Ready", {}).get("status") == "True" else None
-
-    sgc = wait_for("the configuration to be Ready", ready, procs, timeout=120)
+    sgc = apply_pool_and_configuration(cluster, procs)
     status = sgc["status"]
     prefix = ipaddress.ip_network(status["egressIpPrefix"])
     assert prefix.prefixlen == 31 and prefix.subnet_of(ipaddress.ip_network("20.10.0.0/24")), status
@@ -561,16 +566,7 @@ def test_key_secret_namespace_keeps_the_keys_apart_from_the_release_namespaces_s
     cluster, procs, objs, bins, webhook_listen = installed
     start_webhook(cluster, procs, objs, bins, webhook_listen)
     start_operator(cluster, procs, objs, bins)
-    for doc in (POOL, SGC % ("web", "10.0.0.0/8")):
-        r = cluster.kubectl("apply", "-f", "-", stdin=doc)
-        assert r.returncode == 0, r.stderr
-
-    def ready() -> dict | None:
-        sgc = cluster.get_json("staticgatewayconfiguration", "web", "-n", "app")
-        conds = {c["type"]: c for c in ((sgc or {}).get("status") or {}).get("conditions", [])}
-        return sgc if conds.get("Ready", {}).get("status") == "True" else None
-
-    sgc = wait_for("the configuration to be Ready", ready, procs, timeout=120)
+    sgc = apply_pool_and_configuration(cluster, procs)
     name = f"sgw-{sgc['metadata']['uid']}"
     secret = cluster.get_json("secret", name, "-n", KEYS)
     assert secret is not None and set(secret["data"]) >= {"PrivateKey", "PublicKey"}, secret
