@@ -6,19 +6,8 @@ import copy
 
 import pytest
 
-from conftest import (
-    NAMESPACE,
-    SCENARIOS,
-    args_map,
-    containers,
-    crds,
-    find,
-    key_secret_namespace,
-    objects,
-    one,
-    scenario_objects,
-    workloads,
-)
+from conftest import NAMESPACE, SCENARIOS, args_map, containers, crds
+from conftest import find, key_secret_namespace, objects, one, scenario_objects, workloads
 from test_render import CORE_RESOURCES, GROUP
 
 PREFIX = "kube-egress-gateway"

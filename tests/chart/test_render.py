@@ -8,20 +8,8 @@ import re
 
 import helm_python as helm
 
-from conftest import (
-    CHART,
-    NAMESPACE,
-    SCENARIOS,
-    args_map,
-    containers,
-    crds,
-    find,
-    key_secret_namespace,
-    objects,
-    one,
-    scenario_objects,
-    workloads,
-)
+from conftest import CHART, NAMESPACE, SCENARIOS, args_map, containers, crds
+from conftest import find, key_secret_namespace, objects, one, scenario_objects, workloads
 
 GROUP = "egressgateway.kubernetes.azure.com"
 
