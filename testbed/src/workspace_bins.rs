@@ -7,7 +7,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Builds every binary of the workspace into `dir` and returns `dir`: the directory of the calling test's own
-/// binaries (`<target>/debug`, or `<target>/release` for a release build). The command is the one
+/// binaries (`<target>/debug`, `<target>/release` or another profile's, under `<target>/<triple>/` for a cross
+/// build: [`layout_args`]). The command is the one
 /// `scripts/test.sh` and the chart tests run (`cargo build --workspace --bins`), so dependencies resolve with
 /// the same features and it is a no-op when everything is up to date. Built once per test process.
 ///
@@ -32,10 +33,8 @@ pub fn built_in(dir: &Path) -> PathBuf {
             .arg("-q")
             .arg("--manifest-path")
             .arg(root.join("Cargo.toml"))
-            .args(["--workspace", "--bins"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
+            .args(["--workspace", "--bins"])
+            .args(layout_args(dir, |p| p.join("CACHEDIR.TAG").exists()));
         let status = cmd.status().expect("cargo build runs");
         assert!(
             status.success(),
@@ -43,6 +42,32 @@ pub fn built_in(dir: &Path) -> PathBuf {
         );
     });
     dir.to_path_buf()
+}
+
+/// The `cargo build` arguments that put the binaries into `dir`, a profile directory of a target directory:
+/// `<target>/<profile dir>` or, for a cross build, `<target>/<triple>/<profile dir>` (`debug` is the dev
+/// profile's directory; every other profile's is its name). `is_target_root` tells the target directory itself
+/// (cargo marks it with a CACHEDIR.TAG). A `dir` of another shape gets no arguments: cargo's defaults.
+fn layout_args(dir: &Path, is_target_root: impl Fn(&Path) -> bool) -> Vec<String> {
+    let (Some(profile_dir), Some(parent)) = (dir.file_name().and_then(|n| n.to_str()), dir.parent()) else {
+        return Vec::new();
+    };
+    let (root, triple) = if is_target_root(parent) {
+        (parent, None)
+    } else {
+        match (parent.parent(), parent.file_name().and_then(|n| n.to_str())) {
+            (Some(root), Some(triple)) if is_target_root(root) => (root, Some(triple)),
+            _ => return Vec::new(),
+        }
+    };
+    let mut args = vec!["--target-dir".to_string(), root.display().to_string()];
+    if let Some(triple) = triple {
+        args.extend(["--target".to_string(), triple.to_string()]);
+    }
+    if profile_dir != "debug" {
+        args.extend(["--profile".to_string(), profile_dir.to_string()]);
+    }
+    args
 }
 
 /// Whether cargo sets the environment variable `name` for the program it runs (cargo's "Environment variables
@@ -65,6 +90,33 @@ fn set_by_cargo_for_the_test(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_lands_in_the_calling_tests_own_profile_and_target() {
+        let root = |p: &Path| p == Path::new("/t");
+        let args = |dir: &str| layout_args(Path::new(dir), root);
+        assert_eq!(args("/t/debug"), ["--target-dir", "/t"]);
+        assert_eq!(args("/t/release"), ["--target-dir", "/t", "--profile", "release"]);
+        assert_eq!(args("/t/ci-fast"), ["--target-dir", "/t", "--profile", "ci-fast"]);
+        assert_eq!(
+            args("/t/x86_64-unknown-linux-gnu/debug"),
+            ["--target-dir", "/t", "--target", "x86_64-unknown-linux-gnu"]
+        );
+        assert_eq!(
+            args("/t/aarch64-unknown-linux-gnu/release"),
+            [
+                "--target-dir",
+                "/t",
+                "--target",
+                "aarch64-unknown-linux-gnu",
+                "--profile",
+                "release"
+            ]
+        );
+        // Not inside a target directory: cargo's own defaults.
+        assert!(args("/elsewhere/debug").is_empty());
+        assert!(args("/").is_empty());
+    }
 
     #[test]
     fn only_what_cargo_sets_for_the_test_is_left_out() {
