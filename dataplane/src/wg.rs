@@ -606,7 +606,7 @@ mod restart_tests {
             .expect_err("no TUN device");
         assert!(err.contains(&missing.display().to_string()), "{err}");
         assert!(
-            err.contains("gatewayDaemonManager.wireguardBackend: userspace"),
+            err.contains("unless gatewayDaemonManager.wireguardBackend is kernel"),
             "{err}"
         );
         assert_eq!(BackendKind::Kernel.check_usable(&missing), Ok(()));
