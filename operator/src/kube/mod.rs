@@ -163,7 +163,8 @@ impl Kube {
     }
 
     /// Records that the configuration adopted the public IP prefix `prefix_id` (its
-    /// [`api::names::ADOPTED_PREFIX_ANNOTATION`]), conditional on the version read.
+    /// [`api::names::ADOPTED_PREFIX_ANNOTATION`]) on the object of the uid read. Not conditional on the version
+    /// read: the pass has just added the finalizer, and the patch sets this one key only.
     pub async fn set_adopted_prefix(
         &self,
         sgc: &StaticGatewayConfiguration,
@@ -173,7 +174,7 @@ impl Kube {
             Api::namespaced(self.client.clone(), &sgc.namespace().unwrap_or_default());
         let patch = json!({"metadata": {
             "annotations": {api::names::ADOPTED_PREFIX_ANNOTATION: prefix_id},
-            "resourceVersion": sgc.resource_version(),
+            "uid": sgc.uid(),
         }});
         api.patch(&sgc.name_any(), &PatchParams::default(), &Patch::Merge(patch))
             .await?;
