@@ -1183,16 +1183,15 @@ async fn a_migrated_configuration_adopts_upstreams_prefix(w: World) {
     create_pool(&pools, "gateway", "gateway").await;
     // Upstream's prefix, as upstream created it.
     let upstream = format!("egressgateway-{}", uuid::Uuid::new_v4());
-    let created =
-        w.op.arm
-            .put_prefix(
-                &w.op.cfg.resource_group,
-                &upstream,
-                &json!({"location": w.op.cfg.location, "sku": {"name": "Standard", "tier": "Regional"},
+    w.op.arm
+        .put_prefix(
+            &w.op.cfg.resource_group,
+            &upstream,
+            &json!({"location": w.op.cfg.location, "sku": {"name": "Standard", "tier": "Regional"},
                     "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
-            )
-            .await
-            .expect("upstream's prefix");
+        )
+        .await
+        .expect("upstream's prefix");
     let created =
         w.op.arm
             .get_prefix(&w.op.cfg.resource_group, &upstream)
