@@ -648,20 +648,22 @@ impl Operator {
         // Upstream's prefixes, adopted before any Azure write: a configuration whose adoption could not be
         // recorded stays out of the plan (as a managed one it would get a new prefix).
         let mut blocked: BTreeSet<String> = BTreeSet::new();
-        self.adopt(
-            &mut configs,
-            &resolved,
-            &adoptions,
-            ctx,
-            report,
-            &mut failures,
-            &mut blocked,
-        )
-        .await
-        .map_err(|e| {
-            report.fail_all(&[Layer::Vm]);
-            PoolError::from(e)
-        })?;
+        let adopted = self
+            .adopt(
+                &mut configs,
+                &resolved,
+                &adoptions,
+                ctx,
+                report,
+                &mut failures,
+                &mut blocked,
+            )
+            .await;
+        if let Err(e) = adopted {
+            let e = PoolError::from(e);
+            report.fail_all(Layer::of_pool_error(&e));
+            return self.fail_all(&configs, &keys, e, report, failures).await;
+        }
 
         // BYO prefixes: same subscription, right length (upstream's checks), CIDR for the status.
         let mut byo_cidrs = BTreeMap::new();
