@@ -1216,6 +1216,51 @@ pub fn check_adopted_annotation(
     Ok(id.name)
 }
 
+/// A configuration's [`api::names::ADOPTED_PREFIX_ANNOTATION`], as [`check_adoption_claims`] takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptionClaim {
+    /// The configuration's uid.
+    pub uid: String,
+    /// `namespace/name`, for messages.
+    pub who: String,
+    /// The annotation's value.
+    pub value: String,
+}
+
+/// Every configuration's adoption annotation checked ([`check_adopted_annotation`]), `claims` given oldest
+/// first: of two configurations naming the same prefix the older keeps it, the other is refused. Returns the
+/// verdict per uid, and the names (lower-cased) of every prefix an annotation names (valid or not: none of
+/// them is adopted again).
+pub fn check_adoption_claims(
+    claims: &[AdoptionClaim],
+    subscription: &str,
+    resource_group: &str,
+    known_uids: &BTreeSet<String>,
+) -> (BTreeMap<String, Result<String, String>>, BTreeSet<String>) {
+    let mut taken = BTreeSet::new();
+    let mut owner: BTreeMap<String, &str> = BTreeMap::new();
+    let mut checked = BTreeMap::new();
+    for claim in claims {
+        if let Ok(id) = api::arm::parse_public_ip_prefix_id(claim.value.trim()) {
+            taken.insert(id.name.to_ascii_lowercase());
+        }
+        let verdict = check_adopted_annotation(&claim.value, subscription, resource_group, known_uids)
+            .and_then(|name| match owner.get(&name.to_ascii_lowercase()) {
+                Some(first) => Err(format!(
+                    "annotation {} names prefix {name}, which configuration {first} adopted; a prefix is adopted by \
+                     one configuration only",
+                    api::names::ADOPTED_PREFIX_ANNOTATION
+                )),
+                None => {
+                    owner.insert(name.to_ascii_lowercase(), &claim.who);
+                    Ok(name)
+                }
+            });
+        checked.insert(claim.uid.clone(), verdict);
+    }
+    (checked, taken)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Status
 // ---------------------------------------------------------------------------------------------

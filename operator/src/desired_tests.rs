@@ -1281,3 +1281,40 @@ fn an_adoption_annotation_must_name_an_upstream_prefix_of_the_node_resource_grou
     let uid = UPSTREAM.trim_start_matches("egressgateway-");
     refused(&id("mc_rg", UPSTREAM), &uids(&["a", uid]), UPSTREAM);
 }
+
+#[test]
+fn of_two_configurations_adopting_one_prefix_the_older_keeps_it() {
+    const SUB: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+    let id = format!(
+        "/subscriptions/{SUB}/resourceGroups/mc_rg/providers/Microsoft.Network/publicIPPrefixes/{UPSTREAM}"
+    );
+    let claim = |uid: &str, value: &str| AdoptionClaim {
+        uid: uid.into(),
+        who: format!("app/{uid}"),
+        value: value.into(),
+    };
+    let (checked, taken) = check_adoption_claims(
+        &[
+            claim("old", &id),
+            claim(
+                "young",
+                &id.to_ascii_uppercase().replace(&SUB.to_ascii_uppercase(), SUB),
+            ),
+            claim(
+                "odd",
+                "/subscriptions/x/resourceGroups/mc_rg/providers/Microsoft.Network/publicIPPrefixes/mine",
+            ),
+        ],
+        SUB,
+        "mc_rg",
+        &uids(&["old", "young", "odd"]),
+    );
+    assert_eq!(checked["old"], Ok(UPSTREAM.to_string()));
+    let refused = checked["young"].clone().expect_err("adopted already");
+    assert!(
+        refused.contains("app/old") && refused.contains(api::names::ADOPTED_PREFIX_ANNOTATION),
+        "{refused}"
+    );
+    assert!(checked["odd"].is_err());
+    assert_eq!(taken, uids(&[&UPSTREAM.to_ascii_lowercase()]));
+}

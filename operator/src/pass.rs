@@ -1239,36 +1239,19 @@ impl Adoptions {
             .collect();
         let mut by_age: Vec<&Arc<StaticGatewayConfiguration>> = sgcs.iter().collect();
         by_age.sort_by_key(|s| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.uid()));
-        let mut taken: BTreeSet<String> = BTreeSet::new();
-        let mut owner: BTreeMap<String, String> = BTreeMap::new();
-        let mut checked = BTreeMap::new();
-        for s in by_age {
-            let Some(value) = s.annotations().get(api::names::ADOPTED_PREFIX_ANNOTATION) else {
-                continue;
-            };
-            if let Ok(id) = api::arm::parse_public_ip_prefix_id(value.trim()) {
-                taken.insert(id.name.to_ascii_lowercase());
-            }
-            let who = format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any());
-            let verdict = desired::check_adopted_annotation(
-                value,
-                &cfg.subscription_id,
-                &cfg.resource_group,
-                &uids,
-            )
-            .and_then(|name| match owner.get(&name.to_ascii_lowercase()) {
-                Some(first) => Err(format!(
-                    "annotation {} names prefix {name}, which configuration {first} adopted; a prefix is \
-                         adopted by one configuration only",
-                    api::names::ADOPTED_PREFIX_ANNOTATION
-                )),
-                None => {
-                    owner.insert(name.to_ascii_lowercase(), who);
-                    Ok(name)
-                }
-            });
-            checked.insert(s.uid().unwrap_or_default(), verdict);
-        }
+        let claims: Vec<desired::AdoptionClaim> = by_age
+            .iter()
+            .filter_map(|s| {
+                let value = s.annotations().get(api::names::ADOPTED_PREFIX_ANNOTATION)?;
+                Some(desired::AdoptionClaim {
+                    uid: s.uid().unwrap_or_default(),
+                    who: format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()),
+                    value: value.clone(),
+                })
+            })
+            .collect();
+        let (checked, taken) =
+            desired::check_adoption_claims(&claims, &cfg.subscription_id, &cfg.resource_group, &uids);
         Adoptions { uids, taken, checked }
     }
 
