@@ -44,6 +44,12 @@ pub const SECRET_PRIVATE_KEY: &str = "PrivateKey";
 /// Secret data key of the gateway's WireGuard public key.
 pub const SECRET_PUBLIC_KEY: &str = "PublicKey";
 
+/// StaticGatewayConfiguration annotation the operator writes when it adopts the public IP prefix an upstream
+/// installation created for the configuration (`egressgateway-<UUID>` in the node resource group, matched by
+/// `status.egressIpPrefix`): the prefix's ARM ID. From then on the configuration uses that prefix and the
+/// operator deletes it with the configuration. A user may set it by hand to adopt such a prefix deliberately.
+pub const ADOPTED_PREFIX_ANNOTATION: &str = "egressgateway.kubernetes.azure.com/adopted-public-ip-prefix";
+
 // ---------------------------------------------------------------------------------------------
 // Status conditions (written by the operator, read by kubectl columns and the Terraform provider)
 // ---------------------------------------------------------------------------------------------

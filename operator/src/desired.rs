@@ -57,6 +57,10 @@ pub struct Config {
     pub egress: Egress,
     /// Being deleted (finalizer pending) or otherwise not wanted on the pool anymore.
     pub deleting: bool,
+    /// The prefix this configuration adopted (name, in the node resource group; from its annotation, already
+    /// checked), whatever its egress is now: deleted, like a managed prefix, once the configuration no longer
+    /// uses it (deleted, or switched to BYO or private). With [`Egress::Adopted`] it is that prefix.
+    pub adopted: Option<String>,
 }
 
 /// Source of a configuration's egress addresses.
@@ -71,6 +75,34 @@ pub enum Egress {
         /// The prefix, as parsed from the configuration.
         prefix: api::arm::PublicIpPrefixId,
     },
+    /// A prefix an upstream installation created (`egressgateway-<UUID>` in the node resource group) that the
+    /// configuration adopted (its annotation): referenced like a BYO prefix, deleted like a managed one.
+    Adopted {
+        /// The prefix's name, in the node resource group.
+        name: String,
+    },
+}
+
+impl Config {
+    /// The names (lower-cased) of the prefixes the operator owns for this configuration: its managed prefix
+    /// name, and the prefix it adopted.
+    fn owned_prefix_names(&self) -> Vec<String> {
+        let mut names = vec![managed_resource_name(&self.uid).to_ascii_lowercase()];
+        if let Some(a) = &self.adopted {
+            names.push(a.to_ascii_lowercase());
+        }
+        names
+    }
+
+    /// The name (lower-cased) of the prefix the operator owns that this configuration uses now, if any.
+    fn used_owned_prefix(&self) -> Option<String> {
+        match &self.egress {
+            _ if self.deleting => None,
+            Egress::Managed => Some(managed_resource_name(&self.uid).to_ascii_lowercase()),
+            Egress::Adopted { name } => Some(name.to_ascii_lowercase()),
+            Egress::Private | Egress::Byo { .. } => None,
+        }
+    }
 }
 
 /// Where the pool's resources live.
@@ -266,7 +298,8 @@ pub struct AzureState {
     pub vm_nics: Vec<VmNic>,
     /// VM pools: public IP addresses that exist, by name (lower-cased) → prefix ID.
     pub public_ips: BTreeMap<String, String>,
-    /// Managed prefixes that exist, by name (lower-cased). Read for every configuration on the pool.
+    /// Prefixes the operator owns that exist (managed and adopted), by name (lower-cased). Read for every
+    /// configuration on the pool.
     pub managed_prefixes: BTreeMap<String, PrefixState>,
 }
 
@@ -347,6 +380,15 @@ pub enum ConfigProblem {
         found: i32,
         /// Length required.
         required: i32,
+    },
+    /// The prefix the configuration adopted does not exist (any more).
+    #[error(
+        "the public ip prefix {name} named by annotation {annotation} does not exist; remove the annotation to have the operator create the configuration's own prefix (new egress IPs)",
+        annotation = api::names::ADOPTED_PREFIX_ANNOTATION
+    )]
+    AdoptedPrefixMissing {
+        /// The adopted prefix's name.
+        name: String,
     },
 }
 
@@ -458,6 +500,32 @@ pub fn plan_pool(
             }
         }
     }
+    // Adopted prefixes are never created (a new one would have other addresses): one that is gone, or has
+    // another length, blocks its configuration.
+    for c in wanted(configs) {
+        let Egress::Adopted { name } = &c.egress else {
+            continue;
+        };
+        match state.managed_prefixes.get(&name.to_ascii_lowercase()) {
+            None => {
+                problems.insert(
+                    c.uid.clone(),
+                    ConfigProblem::AdoptedPrefixMissing { name: name.clone() },
+                );
+            }
+            Some(p) => {
+                if let Some(found) = p.prefix_len.filter(|l| *l != pool.prefix_len) {
+                    problems.insert(
+                        c.uid.clone(),
+                        ConfigProblem::PrefixSizeMismatch {
+                            found,
+                            required: pool.prefix_len,
+                        },
+                    );
+                }
+            }
+        }
+    }
 
     // The load balancer decides which configurations get a port; the rest are treated as absent.
     let lb_plan = plan_lb(&pool.uid, configs, &problems, state.lb.as_ref(), env);
@@ -475,6 +543,7 @@ pub fn plan_pool(
                 Egress::Private => None,
                 Egress::Managed => Some(env.prefix_id(&managed_resource_name(&c.uid))),
                 Egress::Byo { prefix } => Some(prefix.to_string()),
+                Egress::Adopted { name } => Some(env.prefix_id(name)),
             };
             (managed_resource_name(&c.uid), prefix)
         })
@@ -569,6 +638,11 @@ pub fn plan_pool(
                     || configs.iter().any(|c| match &c.egress {
                         Egress::Byo { prefix } => name.starts_with(&prefix.name.to_ascii_lowercase()),
                         _ => false,
+                    })
+                    || configs.iter().any(|c| {
+                        c.adopted
+                            .as_ref()
+                            .is_some_and(|a| name.starts_with(&a.to_ascii_lowercase()))
                     });
                 if ours && !wanted_pips.contains(name) {
                     public_ips_to_delete.push(name.clone());
@@ -577,12 +651,18 @@ pub fn plan_pool(
         }
     }
 
-    // Managed prefixes of configurations that are deleted, or switched to BYO / private.
+    // Managed and adopted prefixes of configurations that are deleted, or switched to BYO / private (or from
+    // one of the two to the other). A prefix still used by another configuration stays.
+    let in_use: BTreeSet<String> = configs.iter().filter_map(Config::used_owned_prefix).collect();
     let mut prefixes_to_delete = Vec::new();
     for c in configs {
-        let name = managed_resource_name(&c.uid);
-        let keep = !c.deleting && c.egress == Egress::Managed;
-        if !keep && let Some(p) = state.managed_prefixes.get(&name.to_ascii_lowercase()) {
+        for name in c.owned_prefix_names() {
+            if in_use.contains(&name) || prefixes_to_delete.iter().any(|d: &String| eq_ci(d, &name)) {
+                continue;
+            }
+            let Some(p) = state.managed_prefixes.get(&name) else {
+                continue;
+            };
             // Standalone public IPs (VM pools) only: a scale set's instance addresses go with the ipConfiguration.
             for pip in p
                 .public_ip_ids
@@ -954,6 +1034,234 @@ pub fn plan_lb(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Adopting upstream's prefixes
+// ---------------------------------------------------------------------------------------------
+
+/// A public IP prefix of the node resource group, as a LIST of the group shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ListedPrefix {
+    /// Name.
+    pub name: String,
+    /// `properties.ipPrefix`.
+    pub cidr: Option<String>,
+    /// `properties.prefixLength`.
+    pub prefix_len: Option<i32>,
+}
+
+/// A configuration as adoption sees it: the plan's view and the `status.egressIpPrefix` it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptionCandidate {
+    /// The configuration.
+    pub config: Config,
+    /// Its `status.egressIpPrefix`.
+    pub status_cidr: Option<String>,
+}
+
+/// Why a configuration that could adopt a prefix adopts none (it gets its own new prefix, as before).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoAdoption {
+    /// No prefix fits.
+    #[error(
+        "no public ip prefix named egressgateway-<UUID of no StaticGatewayConfiguration> with ipPrefix {cidr} and length {prefix_len}, adopted by no other configuration"
+    )]
+    NoMatch {
+        /// The status CIDR.
+        cidr: String,
+        /// The pool's prefix length.
+        prefix_len: i32,
+    },
+    /// More than one prefix fits.
+    #[error("public ip prefixes {} all have ipPrefix {cidr}: none is adopted", .names.join(", "))]
+    Ambiguous {
+        /// The status CIDR.
+        cidr: String,
+        /// The prefixes that fit.
+        names: Vec<String>,
+    },
+    /// Another configuration wants the same prefix.
+    #[error("configurations {} also have egressIpPrefix {cidr}: none adopts its prefix", .others.join(", "))]
+    SharedCidr {
+        /// The status CIDR.
+        cidr: String,
+        /// The other configurations' uids.
+        others: Vec<String>,
+    },
+}
+
+fn parse_v4(cidr: &str) -> Option<ipnet::Ipv4Net> {
+    cidr.trim().parse().ok()
+}
+
+/// Whether `c` may adopt a prefix, as far as the configuration alone tells: public with neither a BYO prefix
+/// nor an adopted one, not being deleted, and a `status.egressIpPrefix` that is an IPv4 CIDR (what an
+/// upstream-migrated public configuration has). Whether its own prefix exists is for [`plan_adoptions`].
+pub fn may_adopt(c: &Config, status_cidr: Option<&str>) -> bool {
+    !c.deleting
+        && c.egress == Egress::Managed
+        && c.adopted.is_none()
+        && status_cidr.and_then(parse_v4).is_some()
+}
+
+/// `egressgateway-<UUID>` where the UUID is no known configuration's uid: a prefix the operator may adopt.
+fn is_foreign_managed_name(name: &str, known_uids: &BTreeSet<String>) -> bool {
+    let prefix = api::names::MANAGED_RESOURCE_PREFIX;
+    if name.len() <= prefix.len() || !name[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return false;
+    }
+    let uuid = &name[prefix.len()..];
+    uuid.len() == 36
+        && uuid::Uuid::try_parse(uuid).is_ok()
+        && !known_uids.contains(&uuid.to_ascii_lowercase())
+}
+
+/// Which configurations adopt which of the `listed` prefixes (the node resource group's). A configuration
+/// that [`may_adopt`] and whose own prefix `egressgateway-<uid>` is not listed adopts the one prefix that is
+/// named `egressgateway-<UUID>` with a UUID not in `known_uids` (lower-cased: every configuration's uid), has
+/// its `status.egressIpPrefix` as ipPrefix and the pool's length, and is not in `taken` (lower-cased names
+/// adopted already by any configuration). Exactly one such prefix, and no other candidate with the same CIDR:
+/// `Ok(name)`; otherwise `Err(why)`. Configurations that cannot adopt get no entry.
+pub fn plan_adoptions(
+    pool: &Pool,
+    candidates: &[AdoptionCandidate],
+    listed: &[ListedPrefix],
+    known_uids: &BTreeSet<String>,
+    taken: &BTreeSet<String>,
+) -> BTreeMap<String, Result<String, NoAdoption>> {
+    let listed_names: BTreeSet<String> = listed.iter().map(|p| p.name.to_ascii_lowercase()).collect();
+    let seeking: Vec<(&Config, ipnet::Ipv4Net, &str)> = candidates
+        .iter()
+        .filter(|a| may_adopt(&a.config, a.status_cidr.as_deref()))
+        .filter(|a| !listed_names.contains(&managed_resource_name(&a.config.uid).to_ascii_lowercase()))
+        .filter_map(|a| {
+            let raw = a.status_cidr.as_deref()?;
+            Some((&a.config, parse_v4(raw)?, raw.trim()))
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for (c, net, raw) in &seeking {
+        let others: Vec<String> = seeking
+            .iter()
+            .filter(|(o, n, _)| o.uid != c.uid && n == net)
+            .map(|(o, _, _)| o.uid.clone())
+            .collect();
+        if !others.is_empty() {
+            out.insert(
+                c.uid.clone(),
+                Err(NoAdoption::SharedCidr {
+                    cidr: raw.to_string(),
+                    others,
+                }),
+            );
+            continue;
+        }
+        let matches: Vec<&ListedPrefix> = listed
+            .iter()
+            .filter(|p| is_foreign_managed_name(&p.name, known_uids))
+            .filter(|p| !taken.contains(&p.name.to_ascii_lowercase()))
+            .filter(|p| p.prefix_len == Some(pool.prefix_len))
+            .filter(|p| p.cidr.as_deref().and_then(parse_v4) == Some(*net))
+            .collect();
+        let verdict = match matches.as_slice() {
+            [one] => Ok(one.name.clone()),
+            [] => Err(NoAdoption::NoMatch {
+                cidr: raw.to_string(),
+                prefix_len: pool.prefix_len,
+            }),
+            many => Err(NoAdoption::Ambiguous {
+                cidr: raw.to_string(),
+                names: many.iter().map(|p| p.name.clone()).collect(),
+            }),
+        };
+        out.insert(c.uid.clone(), verdict);
+    }
+    out
+}
+
+/// Checks the value of a configuration's [`api::names::ADOPTED_PREFIX_ANNOTATION`]: the ARM ID of a public IP
+/// prefix in the node resource group (`subscription`, `resource_group`) named `egressgateway-<UUID>`, where
+/// the UUID is no known configuration's uid (`known_uids`, lower-cased), so that the annotation can never make
+/// the operator delete a prefix that is not a left-over of an upstream installation. Returns the prefix name.
+pub fn check_adopted_annotation(
+    value: &str,
+    subscription: &str,
+    resource_group: &str,
+    known_uids: &BTreeSet<String>,
+) -> Result<String, String> {
+    let annotation = api::names::ADOPTED_PREFIX_ANNOTATION;
+    let rule = format!(
+        "it must be the ARM ID of a public IP prefix in the node resource group {resource_group} named {}<UUID>, \
+         where the UUID is not the uid of a StaticGatewayConfiguration",
+        api::names::MANAGED_RESOURCE_PREFIX
+    );
+    let id = api::arm::parse_public_ip_prefix_id(value.trim())
+        .map_err(|e| format!("annotation {annotation} {e}; {rule}"))?;
+    if !id.subscription.eq_ignore_ascii_case(subscription) {
+        return Err(format!(
+            "annotation {annotation} names a prefix in subscription {}, not the cluster's {subscription}; {rule}",
+            id.subscription
+        ));
+    }
+    if !id.resource_group.eq_ignore_ascii_case(resource_group) {
+        return Err(format!(
+            "annotation {annotation} names a prefix in resource group {}; {rule}",
+            id.resource_group
+        ));
+    }
+    if !is_foreign_managed_name(&id.name, known_uids) {
+        return Err(format!(
+            "annotation {annotation} names prefix {}; {rule}",
+            id.name
+        ));
+    }
+    Ok(id.name)
+}
+
+/// A configuration's [`api::names::ADOPTED_PREFIX_ANNOTATION`], as [`check_adoption_claims`] takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptionClaim {
+    /// The configuration's uid.
+    pub uid: String,
+    /// `namespace/name`, for messages.
+    pub who: String,
+    /// The annotation's value.
+    pub value: String,
+}
+
+/// Every configuration's adoption annotation checked ([`check_adopted_annotation`]), `claims` given oldest
+/// first: of two configurations naming the same prefix the older keeps it, the other is refused. Returns the
+/// verdict per uid, and the names (lower-cased) of every prefix an annotation names (valid or not: none of
+/// them is adopted again).
+pub fn check_adoption_claims(
+    claims: &[AdoptionClaim],
+    subscription: &str,
+    resource_group: &str,
+    known_uids: &BTreeSet<String>,
+) -> (BTreeMap<String, Result<String, String>>, BTreeSet<String>) {
+    let mut taken = BTreeSet::new();
+    let mut owner: BTreeMap<String, &str> = BTreeMap::new();
+    let mut checked = BTreeMap::new();
+    for claim in claims {
+        if let Ok(id) = api::arm::parse_public_ip_prefix_id(claim.value.trim()) {
+            taken.insert(id.name.to_ascii_lowercase());
+        }
+        let verdict = check_adopted_annotation(&claim.value, subscription, resource_group, known_uids)
+            .and_then(|name| match owner.get(&name.to_ascii_lowercase()) {
+                Some(first) => Err(format!(
+                    "annotation {} names prefix {name}, which configuration {first} adopted; a prefix is adopted by \
+                     one configuration only",
+                    api::names::ADOPTED_PREFIX_ANNOTATION
+                )),
+                None => {
+                    owner.insert(name.to_ascii_lowercase(), &claim.who);
+                    Ok(name)
+                }
+            });
+        checked.insert(claim.uid.clone(), verdict);
+    }
+    (checked, taken)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Status
 // ---------------------------------------------------------------------------------------------
 
@@ -1040,7 +1348,7 @@ pub fn config_facts(
                 .collect::<Vec<_>>()
                 .join(",")
         }),
-        Egress::Managed | Egress::Byo { .. } => prefix_cidr.map(str::to_string),
+        Egress::Managed | Egress::Byo { .. } | Egress::Adopted { .. } => prefix_cidr.map(str::to_string),
     };
     ConfigFacts {
         frontend_ip,

@@ -40,6 +40,7 @@ fn cfg(uid: &str, egress: Egress) -> Config {
         uid: uid.into(),
         egress,
         deleting: false,
+        adopted: None,
     }
 }
 
@@ -921,4 +922,399 @@ fn vm_pool_nic_without_a_primary_ip_config_is_a_pool_problem() {
         plan_pool(&vm_pool(), &[cfg("a", Egress::Private)], &state, &env()),
         Err(PoolProblem::NoPrimaryIpConfig("nic".into()))
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adopted prefixes (upstream's, after a migration)
+// ---------------------------------------------------------------------------------------------
+
+const UPSTREAM: &str = "egressgateway-6f1c3a52-9a0e-4d5b-8c1e-2b7d9e4f0a11";
+
+fn adopted(uid: &str, name: &str) -> Config {
+    Config {
+        adopted: Some(name.into()),
+        ..cfg(uid, Egress::Adopted { name: name.into() })
+    }
+}
+
+/// The state with upstream's prefix in it (as it is after a migration), CIDR 20.9.9.0/31.
+fn with_upstream_prefix(mut state: AzureState) -> AzureState {
+    state.managed_prefixes.insert(
+        UPSTREAM.into(),
+        PrefixState {
+            prefix_len: Some(31),
+            cidr: Some("20.9.9.0/31".into()),
+            public_ip_ids: vec![],
+            failed: false,
+        },
+    );
+    state
+}
+
+#[test]
+fn an_adopted_prefix_is_referenced_like_a_byo_one_and_never_created() {
+    let mut state = with_upstream_prefix(vmss_state(2));
+    let p = converge(&vmss_pool(), &[adopted("a", UPSTREAM)], &mut state);
+    assert!(p.prefixes_to_create.is_empty(), "{p:?}");
+    assert!(p.prefixes_to_delete.is_empty());
+    assert!(p.problems.is_empty());
+    let model = p.vmss_model.expect("model");
+    assert_eq!(
+        model.ip_configs[1].public_ip_config,
+        Some(("egressgateway-a".into(), env().prefix_id(UPSTREAM)))
+    );
+    let facts = config_facts(
+        &vmss_pool(),
+        &adopted("a", UPSTREAM),
+        &state,
+        &p.ports,
+        Some("20.9.9.0/31"),
+    );
+    assert_eq!(facts.egress_ip_prefix.as_deref(), Some("20.9.9.0/31"));
+    // Updating (another configuration joins): the adopted prefix stays as it is.
+    let p = converge(
+        &vmss_pool(),
+        &[adopted("a", UPSTREAM), cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    assert_eq!(p.prefixes_to_create.len(), 1);
+    assert_eq!(p.prefixes_to_create[0].name, "egressgateway-b");
+    assert!(p.prefixes_to_delete.is_empty());
+    assert!(state.managed_prefixes.contains_key(UPSTREAM));
+}
+
+#[test]
+fn deleting_an_adopted_configuration_deletes_its_prefix_after_the_nics_release_it() {
+    let mut state = with_upstream_prefix(vmss_state(2));
+    converge(&vmss_pool(), &[adopted("a", UPSTREAM)], &mut state);
+    let gone = Config {
+        deleting: true,
+        ..adopted("a", UPSTREAM)
+    };
+    let p = converge(&vmss_pool(), &[gone], &mut state);
+    assert_eq!(p.prefixes_to_delete, vec![UPSTREAM.to_string()]);
+    assert!(p.prefixes_to_create.is_empty());
+    assert_eq!(p.lb, LbWrite::Delete);
+    assert_eq!(
+        p.vmss_model.expect("model"),
+        primary_nic(),
+        "ipConfig released first"
+    );
+    assert!(!state.managed_prefixes.contains_key(UPSTREAM));
+}
+
+#[test]
+fn deleting_an_adopted_configuration_on_a_vm_pool_deletes_the_public_ips_before_the_prefix() {
+    let mut state = with_upstream_prefix(vm_state(1));
+    let p = converge(&vm_pool(), &[adopted("a", UPSTREAM)], &mut state);
+    let pip = vm_pool_public_ip_name(UPSTREAM, "aks-gwpool-0-nic");
+    assert_eq!(
+        p.public_ips_to_create,
+        vec![PublicIpCreate {
+            name: pip.clone(),
+            prefix_id: env().prefix_id(UPSTREAM),
+        }]
+    );
+    assert!(p.prefixes_to_create.is_empty());
+    let gone = Config {
+        deleting: true,
+        ..adopted("a", UPSTREAM)
+    };
+    let p = converge(&vm_pool(), &[gone], &mut state);
+    assert_eq!(p.nic_updates[0].nic, primary_nic());
+    assert_eq!(p.public_ips_to_delete, vec![pip.to_ascii_lowercase()]);
+    assert_eq!(p.prefixes_to_delete, vec![UPSTREAM.to_string()]);
+    assert!(state.public_ips.is_empty());
+    assert!(state.managed_prefixes.is_empty());
+}
+
+#[test]
+fn switching_an_adopted_configuration_to_byo_or_private_deletes_the_adopted_prefix() {
+    let byo = Egress::Byo {
+        prefix: api::arm::parse_public_ip_prefix_id(BYO).expect("a prefix ID"),
+    };
+    for other in [Egress::Private, byo] {
+        let mut state = with_upstream_prefix(vmss_state(1));
+        converge(&vmss_pool(), &[adopted("a", UPSTREAM)], &mut state);
+        let switched = Config {
+            egress: other.clone(),
+            ..adopted("a", UPSTREAM)
+        };
+        let p = converge(&vmss_pool(), &[switched], &mut state);
+        assert_eq!(p.prefixes_to_delete, vec![UPSTREAM.to_string()], "{other:?}");
+        assert!(p.prefixes_to_create.is_empty(), "{other:?}");
+    }
+}
+
+#[test]
+fn an_adopted_prefix_that_is_gone_or_of_another_length_blocks_only_its_configuration() {
+    let mut state = vmss_state(1);
+    let p = plan(
+        &vmss_pool(),
+        &[adopted("a", UPSTREAM), cfg("b", Egress::Managed)],
+        &state,
+    );
+    assert_eq!(
+        p.problems.get("a"),
+        Some(&ConfigProblem::AdoptedPrefixMissing {
+            name: UPSTREAM.into()
+        })
+    );
+    let message = p.problems["a"].to_string();
+    assert!(
+        message.contains(api::names::ADOPTED_PREFIX_ANNOTATION) && message.contains(UPSTREAM),
+        "{message}"
+    );
+    assert!(p.prefixes_to_create.iter().all(|c| c.name == "egressgateway-b"));
+    assert!(!p.ports.contains_key("a"));
+    state = with_upstream_prefix(state);
+    if let Some(pr) = state.managed_prefixes.get_mut(UPSTREAM) {
+        pr.prefix_len = Some(30);
+    }
+    let p = plan(&vmss_pool(), &[adopted("a", UPSTREAM)], &state);
+    assert_eq!(
+        p.problems.get("a"),
+        Some(&ConfigProblem::PrefixSizeMismatch {
+            found: 30,
+            required: 31
+        })
+    );
+    assert!(p.prefixes_to_delete.is_empty(), "never deleted while adopted");
+}
+
+// --- which prefix to adopt ---
+
+const CIDR: &str = "20.9.9.0/31";
+
+fn listed(name: &str, cidr: &str, len: i32) -> ListedPrefix {
+    ListedPrefix {
+        name: name.into(),
+        cidr: Some(cidr.into()),
+        prefix_len: Some(len),
+    }
+}
+
+fn candidate(c: Config, cidr: Option<&str>) -> AdoptionCandidate {
+    AdoptionCandidate {
+        config: c,
+        status_cidr: cidr.map(str::to_string),
+    }
+}
+
+fn uids(u: &[&str]) -> BTreeSet<String> {
+    u.iter().map(|s| s.to_string()).collect()
+}
+
+fn adoptions(
+    candidates: &[AdoptionCandidate],
+    prefixes: &[ListedPrefix],
+    known: &[&str],
+    taken: &[&str],
+) -> BTreeMap<String, Result<String, NoAdoption>> {
+    plan_adoptions(&vmss_pool(), candidates, prefixes, &uids(known), &uids(taken))
+}
+
+#[test]
+fn the_one_matching_upstream_prefix_is_adopted() {
+    let got = adoptions(
+        &[candidate(cfg("a", Egress::Managed), Some(CIDR))],
+        &[
+            listed(UPSTREAM, CIDR, 31),
+            listed(
+                "egressgateway-0b7e5a0e-3f52-4f3c-9d6e-7b1a2c3d4e5f",
+                "20.9.9.2/31",
+                31,
+            ),
+            listed("unrelated", "20.9.9.4/31", 31),
+        ],
+        &["a"],
+        &[],
+    );
+    assert_eq!(got, BTreeMap::from([("a".to_string(), Ok(UPSTREAM.to_string()))]));
+}
+
+#[test]
+fn nothing_is_adopted_without_a_match() {
+    let no_match = |prefixes: &[ListedPrefix], known: &[&str], taken: &[&str]| {
+        let got = adoptions(
+            &[candidate(cfg("a", Egress::Managed), Some(CIDR))],
+            prefixes,
+            known,
+            taken,
+        );
+        assert_eq!(
+            got.get("a"),
+            Some(&Err(NoAdoption::NoMatch {
+                cidr: CIDR.into(),
+                prefix_len: 31
+            })),
+            "{prefixes:?}"
+        );
+    };
+    // No prefix at all.
+    no_match(&[], &["a"], &[]);
+    // Another CIDR.
+    no_match(&[listed(UPSTREAM, "20.9.9.2/31", 31)], &["a"], &[]);
+    // The same CIDR with another length.
+    no_match(&[listed(UPSTREAM, "20.9.9.0/30", 30)], &["a"], &[]);
+    no_match(&[listed(UPSTREAM, CIDR, 30)], &["a"], &[]);
+    // Named after a configuration that exists: its managed prefix, never adopted.
+    let uid = UPSTREAM.trim_start_matches("egressgateway-");
+    no_match(&[listed(UPSTREAM, CIDR, 31)], &["a", uid], &[]);
+    // Not named egressgateway-<UUID>.
+    no_match(&[listed("egressgateway-notauuid", CIDR, 31)], &["a"], &[]);
+    no_match(&[listed("my-prefix", CIDR, 31)], &["a"], &[]);
+    // Adopted already by another configuration.
+    no_match(
+        &[listed(UPSTREAM, CIDR, 31)],
+        &["a"],
+        &[&UPSTREAM.to_ascii_lowercase()],
+    );
+    // A prefix without properties.
+    no_match(
+        &[ListedPrefix {
+            name: UPSTREAM.into(),
+            ..ListedPrefix::default()
+        }],
+        &["a"],
+        &[],
+    );
+}
+
+#[test]
+fn two_matching_prefixes_or_two_configurations_with_the_cidr_adopt_nothing() {
+    let second = "egressgateway-0b7e5a0e-3f52-4f3c-9d6e-7b1a2c3d4e5f";
+    let got = adoptions(
+        &[candidate(cfg("a", Egress::Managed), Some(CIDR))],
+        &[listed(UPSTREAM, CIDR, 31), listed(second, CIDR, 31)],
+        &["a"],
+        &[],
+    );
+    assert!(
+        matches!(got.get("a"), Some(Err(NoAdoption::Ambiguous { names, .. })) if names.len() == 2),
+        "{got:?}"
+    );
+    let got = adoptions(
+        &[
+            candidate(cfg("a", Egress::Managed), Some(CIDR)),
+            candidate(cfg("b", Egress::Managed), Some(CIDR)),
+        ],
+        &[listed(UPSTREAM, CIDR, 31)],
+        &["a", "b"],
+        &[],
+    );
+    assert_eq!(
+        got.get("a"),
+        Some(&Err(NoAdoption::SharedCidr {
+            cidr: CIDR.into(),
+            others: vec!["b".into()]
+        }))
+    );
+    assert_eq!(
+        got.get("b"),
+        Some(&Err(NoAdoption::SharedCidr {
+            cidr: CIDR.into(),
+            others: vec!["a".into()]
+        }))
+    );
+}
+
+#[test]
+fn only_managed_public_configurations_without_their_own_prefix_and_with_a_status_cidr_adopt() {
+    let prefixes = [
+        listed(UPSTREAM, CIDR, 31),
+        listed("egressgateway-own", "20.9.9.8/31", 31),
+    ];
+    let byo = Egress::Byo {
+        prefix: api::arm::parse_public_ip_prefix_id(BYO).expect("a prefix ID"),
+    };
+    for c in [
+        candidate(cfg("a", Egress::Private), Some(CIDR)),
+        candidate(cfg("a", byo), Some(CIDR)),
+        candidate(
+            adopted("a", "egressgateway-7d3f0f6e-1c1b-4b59-a8a1-0e3c6f9d2b44"),
+            Some(CIDR),
+        ),
+        candidate(deleting("a", Egress::Managed), Some(CIDR)),
+        candidate(cfg("a", Egress::Managed), None),
+        // Private mode's status: addresses, not a CIDR.
+        candidate(cfg("a", Egress::Managed), Some("10.0.1.4,10.0.1.5")),
+        candidate(cfg("a", Egress::Managed), Some("")),
+        // Its own prefix exists.
+        candidate(cfg("own", Egress::Managed), Some(CIDR)),
+    ] {
+        let got = adoptions(std::slice::from_ref(&c), &prefixes, &["a", "own"], &[]);
+        assert!(got.is_empty(), "{c:?}: {got:?}");
+    }
+}
+
+#[test]
+fn an_adoption_annotation_must_name_an_upstream_prefix_of_the_node_resource_group() {
+    const SUB: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+    let id = |rg: &str, name: &str| {
+        format!(
+            "/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Network/publicIPPrefixes/{name}"
+        )
+    };
+    let known = uids(&["a"]);
+    assert_eq!(
+        check_adopted_annotation(&id("MC_rg", UPSTREAM), SUB, "mc_rg", &known),
+        Ok(UPSTREAM.to_string())
+    );
+    let refused = |value: &str, known: &BTreeSet<String>, says: &str| {
+        let e = check_adopted_annotation(value, SUB, "mc_rg", known).expect_err(value);
+        assert!(
+            e.contains(api::names::ADOPTED_PREFIX_ANNOTATION) && e.contains("egressgateway-<UUID>"),
+            "{e}"
+        );
+        assert!(e.contains(says), "{e}");
+    };
+    refused(&id("mc_rg", "my-prefix"), &known, "my-prefix");
+    refused(&id("mc_rg", "egressgateway-x"), &known, "egressgateway-x");
+    refused(&id("other", UPSTREAM), &known, "resource group other");
+    refused(
+        &id("mc_rg", UPSTREAM).replace(SUB, "00000000-0000-0000-0000-000000000001"),
+        &known,
+        "subscription",
+    );
+    refused("not an id", &known, "ARM resource ID");
+    let uid = UPSTREAM.trim_start_matches("egressgateway-");
+    refused(&id("mc_rg", UPSTREAM), &uids(&["a", uid]), UPSTREAM);
+}
+
+#[test]
+fn of_two_configurations_adopting_one_prefix_the_older_keeps_it() {
+    const SUB: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+    let id = format!(
+        "/subscriptions/{SUB}/resourceGroups/mc_rg/providers/Microsoft.Network/publicIPPrefixes/{UPSTREAM}"
+    );
+    let claim = |uid: &str, value: &str| AdoptionClaim {
+        uid: uid.into(),
+        who: format!("app/{uid}"),
+        value: value.into(),
+    };
+    let (checked, taken) = check_adoption_claims(
+        &[
+            claim("old", &id),
+            claim(
+                "young",
+                &id.to_ascii_uppercase().replace(&SUB.to_ascii_uppercase(), SUB),
+            ),
+            claim(
+                "odd",
+                "/subscriptions/x/resourceGroups/mc_rg/providers/Microsoft.Network/publicIPPrefixes/mine",
+            ),
+        ],
+        SUB,
+        "mc_rg",
+        &uids(&["old", "young", "odd"]),
+    );
+    assert_eq!(checked["old"], Ok(UPSTREAM.to_string()));
+    let refused = checked["young"].clone().expect_err("adopted already");
+    assert!(
+        refused.contains("app/old") && refused.contains(api::names::ADOPTED_PREFIX_ANNOTATION),
+        "{refused}"
+    );
+    assert!(checked["odd"].is_err());
+    assert_eq!(taken, uids(&[&UPSTREAM.to_ascii_lowercase()]));
 }

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use crate::azure::observe::{self, PassReads, PoolError};
 use crate::azure::{Arm, ArmError, apply};
 use crate::config::CloudConfig;
-use crate::desired::{Config, ConfigProblem, Egress};
+use crate::desired::{self, Config, ConfigProblem, Egress};
 use crate::kube::Kube;
 use crate::metrics::{FailLabels, LatencyLabels, Metrics};
 use crate::status::{NodeIdentity, Outcome, pool_exceeds_prefix, pool_not_found_status, pool_status};
@@ -121,6 +121,8 @@ pub enum ConfigWrite {
     Status,
     /// Deleting the key Secret and removing the finalizer, after its Azure part is gone.
     Release,
+    /// Recording the public IP prefix the configuration adopts (its annotation), before any Azure write uses it.
+    Adoption,
 }
 
 impl ConfigWrite {
@@ -129,8 +131,10 @@ impl ConfigWrite {
     /// out; the finalizer is only ever missing before its first Azure write. A key Secret only feeds the
     /// status, so leaving the configuration out of the plan for it would delete what it already owns in Azure:
     /// it stays in. Status and release come after the Azure plan.
+    /// Nor may a configuration that was to adopt a prefix take part without the record of it: as a managed one
+    /// it would get a new prefix (new egress IPs).
     pub fn keeps_azure_part(self) -> bool {
-        !matches!(self, ConfigWrite::Finalizer)
+        !matches!(self, ConfigWrite::Finalizer | ConfigWrite::Adoption)
     }
 
     /// What was being written, for logs and Events.
@@ -140,6 +144,7 @@ impl ConfigWrite {
             ConfigWrite::KeySecret => "writing the key Secret",
             ConfigWrite::Status => "writing the status",
             ConfigWrite::Release => "removing the finalizer",
+            ConfigWrite::Adoption => "recording the adopted public ip prefix",
         }
     }
 }
@@ -271,6 +276,9 @@ pub struct PassContext<'a> {
     pub reads: &'a PassReads,
     /// See [`Inputs::key_secrets`].
     pub key_secrets: Option<&'a kube::runtime::reflector::Store<Secret>>,
+    /// Every StaticGatewayConfiguration of the pass, on every pool: which prefixes the operator may adopt
+    /// depends on them all (their uids, the prefixes they adopted).
+    pub sgcs: &'a [Arc<StaticGatewayConfiguration>],
 }
 
 impl std::fmt::Debug for PassContext<'_> {
@@ -494,12 +502,20 @@ impl Operator {
         let mut keys: ConfigKeys = BTreeMap::new();
         let mut configs: Vec<(Arc<StaticGatewayConfiguration>, Config)> = Vec::new();
         let mut declared_prefix = pool_obj.map(|p| p.spec.public_ip_prefix_size);
+        let adoptions = Adoptions::of(ctx.sgcs, &self.cfg);
         for sgc in sgcs {
             let uid = sgc.uid().unwrap_or_default();
             let deleting = sgc.metadata.deletion_timestamp.is_some();
+            // The prefix it adopted (its annotation, checked): a refused annotation is reported below, and a
+            // configuration being deleted with one never used that prefix.
+            let adoption = adoptions.of_config(sgc);
+            let adopted = adoption.clone().and_then(Result::ok);
             let egress = match (sgc.spec.provision_public_ips, sgc.spec.byo_prefix()) {
                 (false, _) => Egress::Private,
                 (true, Some(Ok(prefix))) => Egress::Byo { prefix },
+                (true, Some(Err(_)) | None) if adopted.is_some() => Egress::Adopted {
+                    name: adopted.clone().unwrap_or_default(),
+                },
                 // An ID that does not parse is refused by rule 6 below; a configuration being deleted with one
                 // never had a BYO prefix in Azure, so what it may own is what a managed one would.
                 (true, Some(Err(_)) | None) => Egress::Managed,
@@ -515,6 +531,7 @@ impl Operator {
                             uid,
                             egress,
                             deleting: true,
+                            adopted,
                         },
                     ));
                 }
@@ -525,12 +542,17 @@ impl Operator {
             // only a warning there, and never takes it off Azure. It is reported (Degraded) once the pool's
             // prefix is known below.
             let verdict = validate_sgc(&sgc.spec, admitted.then_some(&sgc.spec), &facts);
-            if !verdict.is_allowed() {
+            let refused = if verdict.is_allowed() {
+                adoption.and_then(Result::err)
+            } else {
+                Some(verdict.message())
+            };
+            if let Some(message) = refused {
                 report.record(sgc, false);
                 report.fail(&uid, &[Layer::Sgc]);
                 let written = self
                     .kube
-                    .write_status(sgc, &Outcome::Invalid(verdict.message()), None)
+                    .write_status(sgc, &Outcome::Invalid(message), None)
                     .await;
                 self.own_write(sgc, ConfigWrite::Status, written, report, &mut failures)
                     .await;
@@ -563,6 +585,7 @@ impl Operator {
                     uid,
                     egress,
                     deleting: false,
+                    adopted,
                 },
             ));
         }
@@ -622,9 +645,28 @@ impl Operator {
             }
         };
 
+        // Upstream's prefixes, adopted before any Azure write: a configuration whose adoption could not be
+        // recorded stays out of the plan (as a managed one it would get a new prefix).
+        let mut blocked: BTreeSet<String> = BTreeSet::new();
+        let adopted = self
+            .adopt(
+                &mut configs,
+                &resolved,
+                &adoptions,
+                ctx,
+                report,
+                &mut failures,
+                &mut blocked,
+            )
+            .await;
+        if let Err(e) = adopted {
+            let e = PoolError::from(e);
+            report.fail_all(Layer::of_pool_error(&e));
+            return self.fail_all(&configs, &keys, e, report, failures).await;
+        }
+
         // BYO prefixes: same subscription, right length (upstream's checks), CIDR for the status.
         let mut byo_cidrs = BTreeMap::new();
-        let mut blocked: BTreeSet<String> = BTreeSet::new();
         for (sgc, c) in configs.iter() {
             if c.deleting {
                 continue;
@@ -754,6 +796,10 @@ impl Operator {
                     report.fail(&c.uid, &[Layer::Lb]);
                     Outcome::Blocked(p.to_string())
                 }
+                Some(p @ ConfigProblem::AdoptedPrefixMissing { .. }) => {
+                    report.fail(&c.uid, &[Layer::Vm]);
+                    Outcome::Blocked(p.to_string())
+                }
                 None => {
                     let mut facts = outcome.facts.get(&c.uid).cloned().unwrap_or_default();
                     if c.egress != Egress::Private {
@@ -768,6 +814,105 @@ impl Operator {
         }
         pool_written?;
         Self::unless_failed(failures)
+    }
+
+    /// Adoption of upstream's prefixes (docs/operator.md): the configurations that may adopt one and whose own
+    /// prefix does not exist look through one LIST of the node resource group's prefixes; each that finds its
+    /// prefix records it (annotation) and becomes [`Egress::Adopted`]. One whose record fails is `blocked`.
+    #[allow(clippy::too_many_arguments)]
+    async fn adopt(
+        &self,
+        configs: &mut [(Arc<StaticGatewayConfiguration>, Config)],
+        resolved: &observe::ResolvedPool,
+        adoptions: &Adoptions,
+        ctx: &PassContext<'_>,
+        report: &mut PassReport,
+        failures: &mut Vec<ConfigFailure>,
+        blocked: &mut BTreeSet<String>,
+    ) -> Result<(), ArmError> {
+        let rg = &self.cfg.resource_group;
+        let status_cidr =
+            |sgc: &StaticGatewayConfiguration| sgc.status.as_ref().and_then(|s| s.egress_ip_prefix.clone());
+        let mut candidates = Vec::new();
+        for (sgc, c) in configs.iter() {
+            let cidr = status_cidr(sgc);
+            if !desired::may_adopt(c, cidr.as_deref()) {
+                continue;
+            }
+            // Its own prefix exists (the usual case): nothing to adopt. Read through the pass's reads, so the
+            // plan's read of it costs no second call.
+            if ctx
+                .reads
+                .prefix(&self.arm, rg, &api::names::managed_resource_name(&c.uid))
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            candidates.push(desired::AdoptionCandidate {
+                config: c.clone(),
+                status_cidr: cidr,
+            });
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let listed: Vec<desired::ListedPrefix> = ctx
+            .reads
+            .prefixes(&self.arm, rg)
+            .await?
+            .iter()
+            .map(|p| {
+                let state = crate::azure::json::prefix_from_json(p);
+                desired::ListedPrefix {
+                    name: p
+                        .get("name")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    cidr: state.cidr,
+                    prefix_len: state.prefix_len,
+                }
+            })
+            .collect();
+        let verdicts = desired::plan_adoptions(
+            &resolved.pool,
+            &candidates,
+            &listed,
+            &adoptions.uids,
+            &adoptions.taken,
+        );
+        let env = observe::env_of(&self.cfg, self.probe_port);
+        for (sgc, c) in configs.iter_mut() {
+            match verdicts.get(&c.uid) {
+                None => {}
+                Some(Err(why)) => tracing::info!(
+                    configuration = %format!("{}/{}", sgc.namespace().unwrap_or_default(), sgc.name_any()),
+                    reason = %why,
+                    "no upstream public ip prefix adopted: the configuration gets its own prefix"
+                ),
+                Some(Ok(name)) => {
+                    let id = env.prefix_id(name);
+                    let written = self.kube.set_adopted_prefix(sgc, &id).await;
+                    if self
+                        .own_write(sgc, ConfigWrite::Adoption, written, report, failures)
+                        .await
+                        .is_some()
+                    {
+                        tracing::info!(
+                            configuration = %format!("{}/{}", sgc.namespace().unwrap_or_default(), sgc.name_any()),
+                            prefix = %id,
+                            "adopted upstream's public ip prefix"
+                        );
+                        c.egress = Egress::Adopted { name: name.clone() };
+                        c.adopted = Some(name.clone());
+                    } else {
+                        blocked.insert(c.uid.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `Ok` unless some configuration's own write failed.
@@ -1026,6 +1171,7 @@ impl Operator {
             let ctx = PassContext {
                 reads: &reads,
                 key_secrets: key_secrets.as_ref(),
+                sgcs,
             };
             if let Err(e) = self.reconcile_pool(&r, &list, pools, nodes, &ctx).await {
                 out.failed.insert(key);
@@ -1073,6 +1219,48 @@ impl Operator {
     }
 }
 
+/// What the adoption of upstream's prefixes needs to know about every configuration of the pass.
+struct Adoptions {
+    /// Every configuration's uid, lower-cased.
+    uids: BTreeSet<String>,
+    /// The prefixes (names, lower-cased) that configurations adopted, or claim by annotation.
+    taken: BTreeSet<String>,
+    /// Per configuration uid: its annotation checked, `Err` with the reason it is refused. Of two
+    /// configurations naming the same prefix the older keeps it.
+    checked: BTreeMap<String, Result<String, String>>,
+}
+
+impl Adoptions {
+    fn of(sgcs: &[Arc<StaticGatewayConfiguration>], cfg: &CloudConfig) -> Self {
+        let uids: BTreeSet<String> = sgcs
+            .iter()
+            .filter_map(|s| s.uid())
+            .map(|u| u.to_ascii_lowercase())
+            .collect();
+        let mut by_age: Vec<&Arc<StaticGatewayConfiguration>> = sgcs.iter().collect();
+        by_age.sort_by_key(|s| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.uid()));
+        let claims: Vec<desired::AdoptionClaim> = by_age
+            .iter()
+            .filter_map(|s| {
+                let value = s.annotations().get(api::names::ADOPTED_PREFIX_ANNOTATION)?;
+                Some(desired::AdoptionClaim {
+                    uid: s.uid().unwrap_or_default(),
+                    who: format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()),
+                    value: value.clone(),
+                })
+            })
+            .collect();
+        let (checked, taken) =
+            desired::check_adoption_claims(&claims, &cfg.subscription_id, &cfg.resource_group, &uids);
+        Adoptions { uids, taken, checked }
+    }
+
+    /// The configuration's annotation checked (`None`: it has none).
+    fn of_config(&self, sgc: &StaticGatewayConfiguration) -> Option<Result<String, String>> {
+        self.checked.get(&sgc.uid().unwrap_or_default()).cloned()
+    }
+}
+
 /// How often every pool is re-read to repair drift (upstream: 5 minutes).
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -1098,10 +1286,14 @@ mod tests {
     }
 
     #[test]
-    fn only_a_configuration_without_its_finalizer_stays_out_of_the_azure_plan() {
+    fn only_a_configuration_without_its_finalizer_or_its_adoption_stays_out_of_the_azure_plan() {
         assert!(
             !ConfigWrite::Finalizer.keeps_azure_part(),
             "no finalizer: nothing in Azure"
+        );
+        assert!(
+            !ConfigWrite::Adoption.keeps_azure_part(),
+            "an adoption not recorded: no new prefix either"
         );
         // Leaving these out would delete what the configuration already owns in Azure.
         for w in [ConfigWrite::KeySecret, ConfigWrite::Status, ConfigWrite::Release] {

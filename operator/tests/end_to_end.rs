@@ -1172,3 +1172,213 @@ async fn a_degraded_warning_longer_than_an_event_note_is_published_cut() {
         "{status:?}"
     );
 }
+
+/// A configuration migrated from upstream (its `status.egressIpPrefix` is the CIDR of the prefix upstream
+/// created, `egressgateway-<UUID of an object that is gone>`) adopts that prefix: the annotation is written,
+/// no prefix is created, the egress prefix stays; deleting the configuration deletes the prefix and leaves
+/// nothing in Azure that mentions it.
+async fn a_migrated_configuration_adopts_upstreams_prefix(w: World) {
+    let before = common::resources(&w.azure);
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    create_pool(&pools, "gateway", "gateway").await;
+    // Upstream's prefix, as upstream created it.
+    let upstream = format!("egressgateway-{}", uuid::Uuid::new_v4());
+    w.op.arm
+        .put_prefix(
+            &w.op.cfg.resource_group,
+            &upstream,
+            &json!({"location": w.op.cfg.location, "sku": {"name": "Standard", "tier": "Regional"},
+                    "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
+        )
+        .await
+        .expect("upstream's prefix");
+    let created =
+        w.op.arm
+            .get_prefix(&w.op.cfg.resource_group, &upstream)
+            .await
+            .expect("get")
+            .expect("upstream's prefix exists");
+    let cidr = created
+        .pointer("/properties/ipPrefix")
+        .and_then(|v| v.as_str())
+        .expect("allocated")
+        .to_string();
+    let upstream_id = created["id"].as_str().expect("id").to_string();
+
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_sgc(&sgcs, "migrated", json!({"gatewayNodepoolName": "gateway"})).await;
+    sgcs.patch_status(
+        "migrated",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"egressIpPrefix": cidr}})),
+    )
+    .await
+    .expect("upstream's status");
+
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(
+        w.azure.count_calls("PUT", "(?i)/publicIPPrefixes/[^/]+$"),
+        0,
+        "no prefix created"
+    );
+    assert_eq!(
+        w.azure.count_calls("GET", "(?i)/publicIPPrefixes$"),
+        1,
+        "one LIST of the prefixes"
+    );
+    let s = sgcs.get("migrated").await.expect("get");
+    assert_eq!(
+        s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(api::names::ADOPTED_PREFIX_ANNOTATION))
+            .map(|id| id.to_ascii_lowercase()),
+        Some(upstream_id.to_ascii_lowercase())
+    );
+    assert_eq!(
+        condition(&s, READY),
+        Some(("True", "Provisioned")),
+        "{:?}",
+        s.status
+    );
+    assert_eq!(
+        s.status.as_ref().and_then(|st| st.egress_ip_prefix.clone()),
+        Some(cidr.clone())
+    );
+    let uid = s.metadata.uid.clone().expect("uid");
+    let own = format!("egressgateway-{uid}/").to_ascii_lowercase();
+    assert!(
+        !common::resources(&w.azure)
+            .iter()
+            .any(|r| r.contains("publicipprefixes/") && r.ends_with(&own[..own.len() - 1])),
+        "no egressgateway-<uid> prefix"
+    );
+
+    // Steady state: no LIST any more (the configuration has its prefix), no writes.
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(w.azure.count_calls("GET", "(?i)/publicIPPrefixes$"), 0);
+    assert_eq!(w.azure.calls().iter().filter(|c| c.method != "GET").count(), 0);
+
+    sgcs.delete("migrated", &DeleteParams::default())
+        .await
+        .expect("delete");
+    pools
+        .delete("gateway", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(sgcs.get_opt("migrated").await.expect("get").is_none());
+    assert_eq!(
+        common::resources(&w.azure),
+        before,
+        "the adopted prefix is deleted"
+    );
+    let inventory = w.azure.inventory().to_string().to_ascii_lowercase();
+    assert!(
+        !inventory.contains(&upstream.to_ascii_lowercase()),
+        "nothing in Azure mentions the adopted prefix: {inventory}"
+    );
+}
+
+#[tokio::test]
+async fn a_migrated_configuration_on_a_scale_set_adopts_upstreams_prefix() {
+    a_migrated_configuration_adopts_upstreams_prefix(start().await).await;
+}
+
+#[tokio::test]
+async fn a_migrated_configuration_on_a_vm_pool_adopts_upstreams_prefix() {
+    let mut seed = Seed::aks_like(0);
+    seed.vm_scale_sets.clear();
+    a_migrated_configuration_adopts_upstreams_prefix(start_with(seed.with_vm_pool("gateway", 2, 2)).await)
+        .await;
+}
+
+#[tokio::test]
+async fn without_a_matching_prefix_a_configuration_gets_its_own_as_before() {
+    let w = start().await;
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    create_pool(&pools, "gateway", "gateway").await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_sgc(&sgcs, "migrated", json!({"gatewayNodepoolName": "gateway"})).await;
+    sgcs.patch_status(
+        "migrated",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"egressIpPrefix": "203.0.113.0/31"}})),
+    )
+    .await
+    .expect("upstream's status");
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let s = sgcs.get("migrated").await.expect("get");
+    let uid = s.metadata.uid.clone().expect("uid");
+    assert_eq!(
+        w.azure
+            .count_calls("PUT", &format!("(?i)/publicIPPrefixes/egressgateway-{uid}$")),
+        1
+    );
+    assert_eq!(w.azure.count_calls("PUT", "(?i)/publicIPPrefixes/[^/]+$"), 1);
+    assert!(
+        s.metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key(api::names::ADOPTED_PREFIX_ANNOTATION))
+    );
+    assert_eq!(condition(&s, READY), Some(("True", "Provisioned")));
+    assert_ne!(
+        s.status.as_ref().and_then(|st| st.egress_ip_prefix.as_deref()),
+        Some("203.0.113.0/31")
+    );
+}
+
+#[tokio::test]
+async fn an_adoption_annotation_naming_another_prefix_is_refused_and_nothing_is_deleted() {
+    let w = start().await;
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    create_pool(&pools, "gateway", "gateway").await;
+    let created =
+        w.op.arm
+            .put_prefix(
+                &w.op.cfg.resource_group,
+                "users-prefix",
+                &json!({"location": w.op.cfg.location, "sku": {"name": "Standard", "tier": "Regional"},
+                    "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
+            )
+            .await
+            .expect("a user's prefix");
+    let id = created["id"].as_str().expect("id").to_string();
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    let mut s = sgc("hand", json!({"gatewayNodepoolName": "gateway"}));
+    s.metadata.annotations = Some([(api::names::ADOPTED_PREFIX_ANNOTATION.to_string(), id)].into());
+    sgcs.create(&PostParams::default(), &s).await.expect("create");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let s = sgcs.get("hand").await.expect("get");
+    let accepted = s
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == ACCEPTED))
+        .expect("Accepted");
+    assert_eq!(
+        (accepted.status.as_str(), accepted.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        accepted.message.contains(api::names::ADOPTED_PREFIX_ANNOTATION)
+            && accepted.message.contains("egressgateway-<UUID>"),
+        "{}",
+        accepted.message
+    );
+    sgcs.delete("hand", &DeleteParams::default())
+        .await
+        .expect("delete");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(
+        w.op.arm
+            .get_prefix(&w.op.cfg.resource_group, "users-prefix")
+            .await
+            .expect("get")
+            .is_some(),
+        "a prefix the annotation named but the operator refused is never deleted"
+    );
+}

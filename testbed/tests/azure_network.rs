@@ -366,6 +366,68 @@ async fn public_ip_prefix_lifecycle_and_in_use_refusal() {
 }
 
 #[tokio::test]
+async fn public_ip_prefixes_list_in_pages_as_a_get_shows_them() {
+    let env = start(Seed::aks_like(0)).await;
+    let prefixes = env.network.public_ip_prefixes_client();
+    for name in ["egressgateway-uid1", "egressgateway-uid2", "other"] {
+        prefixes
+            .create_or_update(RG, name, prefix_body(31), env.sub())
+            .await
+            .expect(name);
+    }
+    let id = prefixes
+        .get(RG, "egressgateway-uid1", env.sub())
+        .await
+        .expect("get")
+        .resource
+        .id
+        .expect("id");
+    let pips = env.network.public_ip_addresses_client();
+    pips.create_or_update(RG, "egressgateway-uid1-abc", prefix_pip_body(&id), env.sub())
+        .await
+        .expect("pip");
+    env.sim.set_page_size(Some(2));
+    env.sim.clear_calls();
+    let mut stream = prefixes.list(RG, env.sub()).into_stream();
+    let mut listed = Vec::new();
+    while let Some(page) = stream.next().await {
+        for p in page.expect("page").value {
+            let props = p.properties.expect("properties");
+            listed.push((
+                p.resource.name.expect("name"),
+                props.ip_prefix,
+                props.prefix_length,
+                props.public_ip_addresses.len(),
+            ));
+        }
+    }
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            (
+                "egressgateway-uid1".to_string(),
+                Some("20.10.0.0/31".to_string()),
+                Some(31),
+                1
+            ),
+            (
+                "egressgateway-uid2".to_string(),
+                Some("20.10.0.2/31".to_string()),
+                Some(31),
+                0
+            ),
+            ("other".to_string(), Some("20.10.0.4/31".to_string()), Some(31), 0),
+        ]
+    );
+    assert_eq!(
+        env.sim.count_calls("GET", r"(?i)/publicIPPrefixes$"),
+        2,
+        "two pages of at most 2, the second by nextLink"
+    );
+}
+
+#[tokio::test]
 async fn throttling_with_retry_after_is_retried_by_the_client() {
     let env = start(Seed::aks_like(0)).await;
     let lbs = env.network.load_balancers_client();

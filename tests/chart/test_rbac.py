@@ -82,6 +82,7 @@ def test_secrets_are_only_readable_in_the_release_namespace(scenario: str) -> No
 
 def test_operator_grants() -> None:
     g = grants(scenario_objects("default"), f"{PREFIX}-operator")
+    # patch on staticgatewayconfigurations: the finalizer, and the adopted-public-ip-prefix annotation.
     for res in ("staticgatewayconfigurations", "gatewaypools"):
         assert ("cluster", GROUP, res, "watch") in g and ("cluster", GROUP, res, "patch") in g
         assert ("cluster", GROUP, f"{res}/status", "patch") in g

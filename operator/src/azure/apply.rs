@@ -368,6 +368,11 @@ pub async fn reconcile(
                     .get(&managed_resource_name(&c.uid).to_ascii_lowercase())
                     .and_then(|p| p.cidr.clone()),
                 Egress::Byo { prefix } => byo_cidrs.get(&prefix.name.to_ascii_lowercase()).cloned(),
+                Egress::Adopted { name } => after
+                    .state
+                    .managed_prefixes
+                    .get(&name.to_ascii_lowercase())
+                    .and_then(|p| p.cidr.clone()),
                 Egress::Private => None,
             };
             (
@@ -388,7 +393,7 @@ pub async fn reconcile(
 
 /// The pool of a configuration is gone from Azure: remove its rule and probe (and the pool's frontend and
 /// backend when nothing else uses them, or the whole load balancer) through the same writer and re-plan loop
-/// as a pool reconcile, then its managed prefix and that prefix's public IPs.
+/// as a pool reconcile, then its managed (and adopted) prefix and that prefix's public IPs.
 pub async fn cleanup_without_pool(
     arm: &Arm,
     cfg: &CloudConfig,
@@ -424,13 +429,14 @@ pub async fn cleanup_without_pool(
     })
     .await;
     removed?;
-    let name = managed_resource_name(&c.uid);
-    if let Some(p) = arm.get_prefix(&cfg.resource_group, &name).await? {
-        for pip in prefix_from_json(&p).public_ip_ids {
-            arm.delete_public_ip(&cfg.resource_group, last_segment(&pip))
-                .await?;
+    for name in std::iter::once(managed_resource_name(&c.uid)).chain(c.adopted.clone()) {
+        if let Some(p) = arm.get_prefix(&cfg.resource_group, &name).await? {
+            for pip in prefix_from_json(&p).public_ip_ids {
+                arm.delete_public_ip(&cfg.resource_group, last_segment(&pip))
+                    .await?;
+            }
+            arm.delete_prefix(&cfg.resource_group, &name).await?;
         }
-        arm.delete_prefix(&cfg.resource_group, &name).await?;
     }
     Ok(())
 }

@@ -779,6 +779,11 @@ impl Arm {
         .completed_at_location()
     }
 
+    /// LIST the public IP prefixes of a resource group.
+    pub async fn list_prefixes(&self, rg: &str) -> ArmResult<Vec<Value>> {
+        self.list_group(rg, self.prefix(rg, "")).await
+    }
+
     /// GET a public IP prefix (None: 404).
     pub async fn get_prefix(&self, rg: &str, name: &str) -> ArmResult<Option<Value>> {
         self.get(&self.prefix(rg, name)).await

@@ -69,12 +69,15 @@ struct Memo {
     lb: Option<Option<Value>>,
     /// Scale sets found by `resolve_in`, by lower-cased (resource group, name).
     scale_sets: BTreeMap<(String, String), Value>,
+    /// Public IP prefixes read by name, by lower-cased (resource group, name) (`None`: it does not exist).
+    prefixes: BTreeMap<(String, String), Option<Value>>,
 }
 
 const LIST_VMSS: &str = "virtualMachineScaleSets";
 const LIST_VMS: &str = "virtualMachines";
 const LIST_NICS: &str = "networkInterfaces";
 const LIST_PUBLIC_IPS: &str = "publicIPAddresses";
+const LIST_PREFIXES: &str = "publicIPPrefixes";
 
 impl PassReads {
     fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
@@ -96,9 +99,27 @@ impl PassReads {
             LIST_VMSS => arm.list_vmss(rg).await?,
             LIST_VMS => arm.list_vms(rg).await?,
             LIST_NICS => arm.list_nics(rg).await?,
+            LIST_PREFIXES => arm.list_prefixes(rg).await?,
             _ => arm.list_public_ips(rg).await?,
         };
         self.memo().lists.insert(key, v.clone());
+        Ok(v)
+    }
+
+    /// The public IP prefixes of a resource group (one LIST), read at most once until forgotten: what the
+    /// adoption of upstream's prefixes looks through.
+    pub async fn prefixes(&self, arm: &Arm, rg: &str) -> ArmResult<Vec<Value>> {
+        self.list(arm, LIST_PREFIXES, rg).await
+    }
+
+    /// A public IP prefix (`None`: it does not exist), read at most once until forgotten.
+    pub async fn prefix(&self, arm: &Arm, rg: &str, name: &str) -> ArmResult<Option<Value>> {
+        let key = (rg.to_ascii_lowercase(), name.to_ascii_lowercase());
+        if let Some(v) = self.memo().prefixes.get(&key) {
+            return Ok(v.clone());
+        }
+        let v = arm.get_prefix(rg, name).await?;
+        self.memo().prefixes.insert(key, v.clone());
         Ok(v)
     }
 
@@ -336,11 +357,15 @@ pub async fn observe_in(
         ..Observed::default()
     };
     o.state.lb = o.lb.as_ref().map(lb_from_json);
-    let names: Vec<String> = configs.iter().map(|c| managed_resource_name(&c.uid)).collect();
+    // Every configuration's managed prefix name, and the prefix it adopted.
+    let mut names: Vec<String> = configs.iter().map(|c| managed_resource_name(&c.uid)).collect();
+    names.extend(configs.iter().filter_map(|c| c.adopted.clone()));
+    names.sort_by_key(|n| n.to_ascii_lowercase());
+    names.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
     let prefixes: Vec<ArmResult<(String, Option<Value>)>> =
         futures::stream::iter(names.into_iter().map(|name| {
-            let (arm, rg) = (arm.clone(), cfg.resource_group.clone());
-            async move { arm.get_prefix(&rg, &name).await.map(|p| (name, p)) }
+            let rg = cfg.resource_group.clone();
+            async move { reads.prefix(arm, &rg, &name).await.map(|p| (name, p)) }
         }))
         .buffered(ARM_CONCURRENCY)
         .collect()

@@ -162,6 +162,25 @@ impl Kube {
         Ok(())
     }
 
+    /// Records that the configuration adopted the public IP prefix `prefix_id` (its
+    /// [`api::names::ADOPTED_PREFIX_ANNOTATION`]) on the object of the uid read. Not conditional on the version
+    /// read: the pass has just added the finalizer, and the patch sets this one key only.
+    pub async fn set_adopted_prefix(
+        &self,
+        sgc: &StaticGatewayConfiguration,
+        prefix_id: &str,
+    ) -> Result<(), kube::Error> {
+        let api: Api<StaticGatewayConfiguration> =
+            Api::namespaced(self.client.clone(), &sgc.namespace().unwrap_or_default());
+        let patch = json!({"metadata": {
+            "annotations": {api::names::ADOPTED_PREFIX_ANNOTATION: prefix_id},
+            "uid": sgc.uid(),
+        }});
+        api.patch(&sgc.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
+    }
+
     /// Deletes the key Secret and removes the configuration finalizer (gone already is fine).
     pub async fn finish_deletion(&self, sgc: &StaticGatewayConfiguration) -> Result<(), kube::Error> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.secret_namespace);
