@@ -182,6 +182,16 @@ pub fn managed_resource_name(sgc_uid: &str) -> String {
     format!("{MANAGED_RESOURCE_PREFIX}{sgc_uid}")
 }
 
+/// The UUID of a name `egressgateway-<UUID>` (prefix matched without regard to case), as this operator and
+/// upstream's name the public IP prefixes they create; `None` for any other name.
+pub fn managed_name_uuid(name: &str) -> Option<&str> {
+    let prefix = MANAGED_RESOURCE_PREFIX;
+    let head = name.get(..prefix.len())?;
+    let uuid = name.get(prefix.len()..)?;
+    (head.eq_ignore_ascii_case(prefix) && uuid.len() == 36 && uuid::Uuid::try_parse(uuid).is_ok())
+        .then_some(uuid)
+}
+
 /// Health-probe request path of a configuration.
 pub fn lb_probe_path(sgc_uid: &str) -> String {
     format!("{LB_PROBE_PATH_PREFIX}{sgc_uid}")

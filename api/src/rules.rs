@@ -48,6 +48,8 @@ pub enum Rule {
     HostNetworkPod,
     /// A new configuration names a GatewayPool that is being deleted (a cluster fact the webhook knows).
     PoolDeleting,
+    /// The adopted-prefix annotation names a public IP prefix the operator may adopt: `egressgateway-<UUID>`.
+    AdoptedPrefixAnnotation,
 }
 
 impl Rule {
@@ -62,7 +64,11 @@ impl Rule {
             Rule::PublicIpPrefixId => 6,
             Rule::ExcludeCidrs => 7,
             Rule::DefaultRoute => 8,
-            Rule::Immutable | Rule::FieldType | Rule::HostNetworkPod | Rule::PoolDeleting => {
+            Rule::Immutable
+            | Rule::FieldType
+            | Rule::HostNetworkPod
+            | Rule::PoolDeleting
+            | Rule::AdoptedPrefixAnnotation => {
                 return None;
             }
         })
@@ -83,6 +89,7 @@ impl Rule {
             Rule::FieldType => "field type",
             Rule::HostNetworkPod => "hostNetwork pod",
             Rule::PoolDeleting => "pool being deleted",
+            Rule::AdoptedPrefixAnnotation => "adopted public IP prefix",
         }
     }
 
@@ -101,6 +108,7 @@ impl Rule {
             Rule::FieldType => "InvalidFieldType",
             Rule::HostNetworkPod => "HostNetworkPod",
             Rule::PoolDeleting => "PoolDeleting",
+            Rule::AdoptedPrefixAnnotation => "InvalidAdoptedPrefixAnnotation",
         }
     }
 
@@ -750,7 +758,74 @@ pub fn validate_sgc_object_with(
     let new_spec = decode_sgc_spec(new.get("spec"), &mut type_errors);
     let old_spec = old.map(|o| decode_sgc_spec(o.get("spec"), &mut Verdict::default()));
     let facts = facts(&new_spec);
-    merge_decoded(type_errors, validate_sgc(&new_spec, old_spec.as_ref(), &facts))
+    let mut verdict = merge_decoded(type_errors, validate_sgc(&new_spec, old_spec.as_ref(), &facts));
+    verdict.violations.extend(adopted_prefix_violation(new, old));
+    verdict
+}
+
+/// The adopted-prefix annotation ([`crate::names::ADOPTED_PREFIX_ANNOTATION`]), when it is set or changed:
+/// the ARM ID of a public IP prefix named `egressgateway-<UUID>`, the UUID not the configuration's own uid
+/// (that is its own prefix). Which resource group holds it only the operator knows, and checks. A value that
+/// is kept is not judged again, so an object is never stuck on it (the operator's finalizer removal).
+fn adopted_prefix_violation(new: &Value, old: Option<&Value>) -> Option<Violation> {
+    let key = crate::names::ADOPTED_PREFIX_ANNOTATION;
+    let annotation = |o: &Value| {
+        o.get("metadata")
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
+    let value = annotation(new)?;
+    if old.and_then(annotation).as_ref() == Some(&value) {
+        return None;
+    }
+    let path = format!("metadata.annotations[{key}]");
+    let Some(value) = value.as_str() else {
+        return Some(Violation::new(
+            path,
+            Rule::AdoptedPrefixAnnotation,
+            "must be a string",
+        ));
+    };
+    let rule = format!(
+        "must be the ARM ID of a public IP prefix named {}<UUID> that upstream kube-egress-gateway created, in the \
+         cluster's node resource group",
+        crate::names::MANAGED_RESOURCE_PREFIX
+    );
+    let id = match crate::arm::parse_public_ip_prefix_id(value.trim()) {
+        Ok(id) => id,
+        Err(e) => {
+            return Some(Violation::new(
+                path,
+                Rule::AdoptedPrefixAnnotation,
+                format!("{e}; it {rule}"),
+            ));
+        }
+    };
+    let own_uid = new
+        .get("metadata")
+        .and_then(|m| m.get("uid"))
+        .and_then(Value::as_str);
+    match crate::names::managed_name_uuid(&id.name) {
+        None => Some(Violation::new(
+            path,
+            Rule::AdoptedPrefixAnnotation,
+            format!(
+                "prefix '{}' is not named {}<UUID>; it {rule}",
+                id.name,
+                crate::names::MANAGED_RESOURCE_PREFIX
+            ),
+        )),
+        Some(uuid) if own_uid.is_some_and(|u| u.eq_ignore_ascii_case(uuid)) => Some(Violation::new(
+            path,
+            Rule::AdoptedPrefixAnnotation,
+            format!(
+                "prefix '{}' is this configuration's own managed prefix; remove the annotation",
+                id.name
+            ),
+        )),
+        Some(_) => None,
+    }
 }
 
 /// Decoding errors first; a field the decoder already refused is not reported again as "missing".

@@ -720,3 +720,103 @@ fn typed_and_json_entry_points_agree() {
         );
     }
 }
+
+const ADOPTED: &str = api::names::ADOPTED_PREFIX_ANNOTATION;
+const ADOPTED_PATH: &str =
+    "metadata.annotations[egressgateway.kubernetes.azure.com/adopted-public-ip-prefix]";
+const UPSTREAM_UUID: &str = "0b4e2c64-3f1d-4a63-9c55-2b8f0d3e7a19";
+const OWN_UID: &str = "6f2d1c3e-8b4a-4e5f-9a7b-1c2d3e4f5a6b";
+
+fn annotated(value: Value) -> Value {
+    let mut obj = nodepool();
+    obj["metadata"] = json!({"uid": OWN_UID, "annotations": {ADOPTED: value}});
+    obj
+}
+
+#[test]
+fn the_adopted_prefix_annotation_names_a_prefix_the_operator_may_adopt() {
+    let prefix = |name: &str| json!(byo(&format!("Microsoft.Network/publicIPPrefixes/{name}")));
+    let cases: Vec<(&str, Value, Expect)> = vec![
+        (
+            "upstream's prefix",
+            prefix(&format!("egressgateway-{UPSTREAM_UUID}")),
+            None,
+        ),
+        (
+            "any case, surrounding blanks",
+            json!(format!(
+                " {} ",
+                byo(&format!(
+                    "Microsoft.Network/publicIPPrefixes/EgressGateway-{}",
+                    UPSTREAM_UUID.to_uppercase()
+                ))
+            )),
+            None,
+        ),
+        (
+            "a user's prefix",
+            prefix("corp-egress"),
+            Some((Rule::AdoptedPrefixAnnotation, ADOPTED_PATH)),
+        ),
+        (
+            "no UUID",
+            prefix("egressgateway-notauuid"),
+            Some((Rule::AdoptedPrefixAnnotation, ADOPTED_PATH)),
+        ),
+        (
+            "its own prefix",
+            prefix(&format!("egressgateway-{OWN_UID}")),
+            Some((Rule::AdoptedPrefixAnnotation, ADOPTED_PATH)),
+        ),
+        (
+            "not a prefix",
+            json!(byo(&format!(
+                "Microsoft.Network/publicIPAddresses/egressgateway-{UPSTREAM_UUID}"
+            ))),
+            Some((Rule::AdoptedPrefixAnnotation, ADOPTED_PATH)),
+        ),
+        (
+            "not an ARM ID",
+            json!("egressgateway-x"),
+            Some((Rule::AdoptedPrefixAnnotation, ADOPTED_PATH)),
+        ),
+        (
+            "empty",
+            json!(""),
+            Some((Rule::AdoptedPrefixAnnotation, ADOPTED_PATH)),
+        ),
+        (
+            "not a string",
+            json!(7),
+            Some((Rule::AdoptedPrefixAnnotation, ADOPTED_PATH)),
+        ),
+    ];
+    for (name, value, expect) in cases {
+        check(name, &annotated(value), &no_facts(), expect);
+    }
+    let refused = validate_sgc_object(&annotated(prefix("corp-egress")), None, &no_facts());
+    let message = refused.message();
+    assert!(
+        message.contains("corp-egress") && message.contains("egressgateway-<UUID>"),
+        "names the value and the rule: {message}"
+    );
+}
+
+#[test]
+fn an_adopted_prefix_annotation_is_judged_when_set_or_changed_not_when_kept() {
+    let bad = annotated(json!("not an id"));
+    // Kept as it was (the operator removing its finalizer, a spec edit): not judged again.
+    assert!(validate_sgc_object(&bad, Some(&bad), &no_facts()).is_allowed());
+    // Set on an update, or changed: judged.
+    let before = nodepool();
+    let v = validate_sgc_object(&bad, Some(&before), &no_facts());
+    assert_eq!(v.violations.len(), 1, "{}", v.message());
+    assert_eq!(v.violations[0].path, ADOPTED_PATH);
+    let good = annotated(json!(byo(&format!(
+        "Microsoft.Network/publicIPPrefixes/egressgateway-{UPSTREAM_UUID}"
+    ))));
+    let v = validate_sgc_object(&bad, Some(&good), &no_facts());
+    assert_eq!(v.violations.len(), 1, "{}", v.message());
+    // Removed: nothing to judge.
+    assert!(validate_sgc_object(&before, Some(&bad), &no_facts()).is_allowed());
+}

@@ -1104,14 +1104,7 @@ pub fn may_adopt(c: &Config, status_cidr: Option<&str>) -> bool {
 
 /// `egressgateway-<UUID>` where the UUID is no known configuration's uid: a prefix the operator may adopt.
 fn is_foreign_managed_name(name: &str, known_uids: &BTreeSet<String>) -> bool {
-    let prefix = api::names::MANAGED_RESOURCE_PREFIX;
-    if name.len() <= prefix.len() || !name[..prefix.len()].eq_ignore_ascii_case(prefix) {
-        return false;
-    }
-    let uuid = &name[prefix.len()..];
-    uuid.len() == 36
-        && uuid::Uuid::try_parse(uuid).is_ok()
-        && !known_uids.contains(&uuid.to_ascii_lowercase())
+    api::names::managed_name_uuid(name).is_some_and(|uuid| !known_uids.contains(&uuid.to_ascii_lowercase()))
 }
 
 /// Which configurations adopt which of the `listed` prefixes (the node resource group's). A configuration

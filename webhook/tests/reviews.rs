@@ -297,6 +297,49 @@ fn immutable_pool_reference_on_update() {
 }
 
 #[test]
+fn a_hand_set_adoption_annotation_is_judged_at_admission() {
+    let annotate = |value: &str| {
+        let mut obj = gwpool_sgc();
+        obj["metadata"]["annotations"] = json!({api::names::ADOPTED_PREFIX_ANNOTATION: value});
+        obj
+    };
+    let upstream = "/subscriptions/3fa85f64-5717-4562-b3fc-2c963f66afa6/resourceGroups/mc_rg/providers/\
+                    Microsoft.Network/publicIPPrefixes/egressgateway-0b4e2c64-3f1d-4a63-9c55-2b8f0d3e7a19";
+    let users = "/subscriptions/3fa85f64-5717-4562-b3fc-2c963f66afa6/resourceGroups/mc_rg/providers/\
+                 Microsoft.Network/publicIPPrefixes/corp-egress";
+    let update = |new: Value| {
+        run(
+            Endpoint::ValidateSgc,
+            &request(SGC, "UPDATE", new, Some(gwpool_sgc())),
+            &facts(),
+        )
+    };
+    assert_eq!(update(annotate(upstream))["allowed"], true);
+    let resp = update(annotate(users));
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let causes = resp["status"]["details"]["causes"].as_array().expect("causes");
+    assert_eq!(causes.len(), 1, "{resp}");
+    assert_eq!(
+        causes[0]["field"],
+        format!("metadata.annotations[{}]", api::names::ADOPTED_PREFIX_ANNOTATION)
+    );
+    assert!(
+        causes[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("corp-egress"),
+        "{resp}"
+    );
+    // The same value kept on a later update (the operator removing its finalizer) is not judged again.
+    let kept = run(
+        Endpoint::ValidateSgc,
+        &request(SGC, "UPDATE", annotate(users), Some(annotate(users))),
+        &facts(),
+    );
+    assert_eq!(kept["allowed"], true, "{kept}");
+}
+
+#[test]
 fn warnings_are_returned_with_an_allow() {
     let resp = create(
         Endpoint::ValidateSgc,
