@@ -459,6 +459,16 @@ fn opt_eq_ci(a: Option<&str>, b: &str) -> bool {
     a.is_some_and(|a| eq_ci(a, b))
 }
 
+/// A prefix of another length than the pool's blocks its configuration (Azure cannot resize prefixes).
+fn wrong_length(p: &PrefixState, pool: &Pool) -> Option<ConfigProblem> {
+    p.prefix_len
+        .filter(|l| *l != pool.prefix_len)
+        .map(|found| ConfigProblem::PrefixSizeMismatch {
+            found,
+            required: pool.prefix_len,
+        })
+}
+
 /// The configurations that want resources on the pool, in the order given (the caller sorts by creation).
 fn wanted(configs: &[Config]) -> impl Iterator<Item = &Config> {
     configs.iter().filter(|c| !c.deleting)
@@ -488,14 +498,8 @@ pub fn plan_pool(
                     prefix_len: pool.prefix_len,
                 }),
             Some(p) => {
-                if let Some(found) = p.prefix_len.filter(|l| *l != pool.prefix_len) {
-                    problems.insert(
-                        c.uid.clone(),
-                        ConfigProblem::PrefixSizeMismatch {
-                            found,
-                            required: pool.prefix_len,
-                        },
-                    );
+                if let Some(problem) = wrong_length(p, pool) {
+                    problems.insert(c.uid.clone(), problem);
                 }
             }
         }
@@ -514,14 +518,8 @@ pub fn plan_pool(
                 );
             }
             Some(p) => {
-                if let Some(found) = p.prefix_len.filter(|l| *l != pool.prefix_len) {
-                    problems.insert(
-                        c.uid.clone(),
-                        ConfigProblem::PrefixSizeMismatch {
-                            found,
-                            required: pool.prefix_len,
-                        },
-                    );
+                if let Some(problem) = wrong_length(p, pool) {
+                    problems.insert(c.uid.clone(), problem);
                 }
             }
         }
