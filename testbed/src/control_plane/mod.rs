@@ -463,6 +463,26 @@ impl ControlPlane {
                 .with_context(|| format!("CRD {name} not Established after 30 s"))?
                 .with_context(|| format!("watching CRD {name}"))?;
         }
+        // Established serves the resources; their OpenAPI (what `kubectl explain` and typed clients read) is
+        // published a moment later. Await that too, so a caller's next step sees the whole CRD.
+        let client = self.client()?;
+        let started = Instant::now();
+        for crd in api::crd::all() {
+            let spec = &crd.spec;
+            for version in spec.versions.iter().filter(|v| v.served) {
+                let path = format!("/openapi/v3/apis/{}/{}", spec.group, version.name);
+                let suffix = format!(".{}", spec.names.kind);
+                let what = format!(
+                    "kube-apiserver publishing the OpenAPI of {} {}",
+                    spec.names.kind, version.name
+                );
+                self.wait_for(&what, started, || {
+                    let (client, path, suffix) = (client.clone(), path.clone(), suffix.clone());
+                    async move { openapi_has_kind(&client, &path, &suffix).await }
+                })
+                .await?;
+            }
+        }
         Ok(())
     }
 
@@ -530,6 +550,24 @@ fn count_audit_events(text: &str, user: &str) -> std::collections::BTreeMap<(Str
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
+}
+
+/// Whether the OpenAPI v3 document at `path` has a schema whose name ends in `suffix` (`.<Kind>`).
+async fn openapi_has_kind(client: &kube::Client, path: &str, suffix: &str) -> bool {
+    let Ok(req) = http::Request::get(path).body(Vec::new()) else {
+        return false;
+    };
+    let Ok(text) = client.request_text(req).await else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|doc| {
+            doc.pointer("/components/schemas")
+                .and_then(serde_json::Value::as_object)
+                .map(|schemas| schemas.keys().any(|k| k.ends_with(suffix)))
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
