@@ -3,8 +3,6 @@
 //! azure_core pipeline). Key Secrets, finalizers, status, rules re-check, deletion without leaks, and leader
 //! election. The tests that run an operator take turns on the binary's one cluster (see `turn`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use api::StaticGatewayConfiguration;
@@ -457,35 +455,12 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_another_can_take
 
     // Renewals hang from now on: no error ever comes back, only silence.
     proxy.stall();
-    let stepped_down = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let stepped_down = stepped_down.clone();
-        let mut leading = leading.clone();
-        tokio::spawn(async move {
-            if leading.wait_for(|l| !*l).await.is_ok() {
-                stepped_down.store(true, Ordering::SeqCst);
-            }
-        })
-    };
-    let down_before_takeover = Arc::new(AtomicBool::new(false));
-    eventually_within(
-        "b takes the Lease over once it expires",
-        Duration::from_secs(20),
-        || async {
-            let a_down = stepped_down.load(Ordering::SeqCst);
-            let won = b.try_acquire_or_renew().await.expect("b");
-            if won {
-                down_before_takeover.store(a_down, Ordering::SeqCst);
-            }
-            won
-        },
-    )
-    .await;
+    let down_before_takeover =
+        common::takeover_after(&b, Duration::from_secs(20), || !*leading.borrow()).await;
     assert!(
-        down_before_takeover.load(Ordering::SeqCst),
+        down_before_takeover,
         "a still counted itself leader when b took the Lease over"
     );
-    watcher.await.expect("watcher");
 
     // Once the API server answers again, a is a candidate that waits for b.
     proxy.resume();

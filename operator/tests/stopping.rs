@@ -152,18 +152,10 @@ async fn lost_leadership_cuts_the_pass_off_and_stops_the_operator_before_a_takeo
 
     proxy.stall();
     let other = LeaseLock::new(client, SYSTEM, LEASE_NAME, "other", duration);
-    let stopped_before_takeover = Arc::new(AtomicBool::new(false));
-    eventually("another replica takes the Lease over", || async {
-        let stopped = running.is_finished();
-        let won = other.try_acquire_or_renew().await.expect("other");
-        if won {
-            stopped_before_takeover.store(stopped, Ordering::SeqCst);
-        }
-        won
-    })
-    .await;
+    let stopped_before_takeover =
+        common::takeover_after(&other, testbed::wait::DEFAULT_TIMEOUT, || running.is_finished()).await;
     assert!(
-        stopped_before_takeover.load(Ordering::SeqCst),
+        stopped_before_takeover,
         "the operator was still running when another replica took the Lease over"
     );
     let err = running

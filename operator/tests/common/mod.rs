@@ -119,3 +119,21 @@ pub async fn event_about(
         })
         .unwrap_or_else(|| panic!("no {reason} Event on {namespace}/{name}"))
 }
+
+/// Tries `candidate` until it takes the Lease over (within `timeout`); returns what `before` said just before
+/// the winning attempt: whether the old leader had already stopped when the takeover began.
+pub async fn takeover_after(
+    candidate: &operator::leader::LeaseLock,
+    timeout: Duration,
+    before: impl Fn() -> bool,
+) -> bool {
+    let seen = std::sync::atomic::AtomicBool::new(false);
+    testbed::wait::eventually_within("another candidate takes the Lease over", timeout, || async {
+        let stopped = before();
+        let won = candidate.try_acquire_or_renew().await.expect("candidate");
+        seen.store(stopped, std::sync::atomic::Ordering::SeqCst);
+        won
+    })
+    .await;
+    seen.load(std::sync::atomic::Ordering::SeqCst)
+}
