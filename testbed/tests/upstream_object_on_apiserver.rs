@@ -133,13 +133,16 @@ async fn an_upstream_configuration_with_an_empty_vmss_profile_stays_writable() {
     assert_eq!(written.data["status"]["egressIpPrefix"], "20.1.2.4/31");
     assert_eq!(written.data["spec"]["gatewayVmssProfile"], json!({}));
 
+    // A merge patch of configuration `name` (the writes a kubectl user or the operator makes).
+    let merge = |name: &'static str, body: Value| {
+        let sgcs = sgcs.clone();
+        async move {
+            sgcs.patch(name, &PatchParams::default(), &Patch::Merge(body))
+                .await
+        }
+    };
     // A metadata write that keeps the spec (no webhook drops the empty profile here).
-    let labelled = sgcs
-        .patch(
-            "upstream",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
-        )
+    let labelled = merge("upstream", json!({"metadata": {"labels": {"team": "a"}}}))
         .await
         .expect("a label on an upstream configuration");
     assert_eq!(labelled.data["spec"]["gatewayVmssProfile"], json!({}));
@@ -148,32 +151,21 @@ async fn an_upstream_configuration_with_an_empty_vmss_profile_stays_writable() {
     let profile = json!({"vmssResourceGroup": "rg", "vmssName": "gw", "publicIpPrefixSize": 31});
     let why = refusal(
         "moving to a VMSS",
-        sgcs.patch(
+        merge(
             "upstream",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"gatewayNodepoolName": null, "gatewayVmssProfile": profile}})),
+            json!({"spec": {"gatewayNodepoolName": null, "gatewayVmssProfile": profile}}),
         )
         .await,
     );
     assert!(why.contains("gatewayNodepoolName is immutable"), "{why}");
     let why = refusal(
         "adding a VMSS beside the node pool",
-        sgcs.patch(
-            "upstream",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"gatewayVmssProfile": profile}})),
-        )
-        .await,
+        merge("upstream", json!({"spec": {"gatewayVmssProfile": profile}})).await,
     );
     assert!(why.contains("rule 1 (one gateway pool)"), "{why}");
     let why = refusal(
         "another node pool",
-        sgcs.patch(
-            "upstream",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"gatewayNodepoolName": "other"}})),
-        )
-        .await,
+        merge("upstream", json!({"spec": {"gatewayNodepoolName": "other"}})).await,
     );
     assert!(why.contains("gatewayNodepoolName is immutable"), "{why}");
 
@@ -181,13 +173,9 @@ async fn an_upstream_configuration_with_an_empty_vmss_profile_stays_writable() {
     sgcs.delete("upstream", &DeleteParams::default())
         .await
         .expect("delete");
-    sgcs.patch(
-        "upstream",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .expect("the finalizer's removal from an upstream configuration");
+    merge("upstream", json!({"metadata": {"finalizers": null}}))
+        .await
+        .expect("the finalizer's removal from an upstream configuration");
     eventually("the deleted configuration is gone", || {
         let sgcs = sgcs.clone();
         async move { sgcs.get_opt("upstream").await.is_ok_and(|o| o.is_none()) }
@@ -207,22 +195,15 @@ async fn an_upstream_configuration_with_an_empty_vmss_profile_stays_writable() {
     .expect("a status write with publicIpPrefixSize: 0 stored");
     let why = refusal(
         "the finalizer's removal without the webhook, publicIpPrefixSize: 0 stored",
-        sgcs.patch(
-            "zero-size",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
-        .await,
+        merge("zero-size", json!({"metadata": {"finalizers": null}})).await,
     );
     assert!(why.contains("publicIpPrefixSize"), "{why}");
-    let fixed = sgcs
-        .patch(
-            "zero-size",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"gatewayVmssProfile": null}, "metadata": {"finalizers": null}})),
-        )
-        .await
-        .expect("the finalizer's removal with the empty profile dropped");
+    let fixed = merge(
+        "zero-size",
+        json!({"spec": {"gatewayVmssProfile": null}, "metadata": {"finalizers": null}}),
+    )
+    .await
+    .expect("the finalizer's removal with the empty profile dropped");
     assert!(
         fixed.data["spec"].get("gatewayVmssProfile").is_none(),
         "{:?}",
