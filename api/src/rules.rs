@@ -787,44 +787,41 @@ fn adopted_prefix_violation(new: &Value, old: Option<&Value>) -> Option<Violatio
             "must be a string",
         ));
     };
-    let rule = format!(
-        "must be the ARM ID of a public IP prefix named {}<UUID> that upstream kube-egress-gateway created, in the \
-         cluster's node resource group",
-        crate::names::MANAGED_RESOURCE_PREFIX
-    );
-    let id = match crate::arm::parse_public_ip_prefix_id(value.trim()) {
-        Ok(id) => id,
-        Err(e) => {
-            return Some(Violation::new(
-                path,
-                Rule::AdoptedPrefixAnnotation,
-                format!("{e}; it {rule}"),
-            ));
-        }
-    };
     let own_uid = new
         .get("metadata")
         .and_then(|m| m.get("uid"))
         .and_then(Value::as_str);
+    adopted_prefix_id(value, |uuid| {
+        own_uid.is_some_and(|u| u.eq_ignore_ascii_case(uuid))
+    })
+    .err()
+    .map(|e| Violation::new(path, Rule::AdoptedPrefixAnnotation, e))
+}
+
+/// The prefix an adopted-prefix annotation's `value` names: the ARM ID of a public IP prefix named
+/// `egressgateway-<UUID>` whose UUID is not `taken` (a StaticGatewayConfiguration's uid: its own prefix). The
+/// one check of the value's shape, for the webhook (`taken`: the configuration's own uid) and the operator
+/// (every configuration's uid; it checks the resource group too). `Err`: what is wrong, with the rule.
+pub fn adopted_prefix_id(
+    value: &str,
+    taken: impl Fn(&str) -> bool,
+) -> Result<crate::arm::PublicIpPrefixId, String> {
+    let managed = crate::names::MANAGED_RESOURCE_PREFIX;
+    let rule = format!(
+        "it must be the ARM ID of a public IP prefix in the cluster's node resource group named {managed}<UUID> \
+         (as upstream kube-egress-gateway named its prefixes), the UUID not a StaticGatewayConfiguration's uid"
+    );
+    let id = crate::arm::parse_public_ip_prefix_id(value.trim()).map_err(|e| format!("{e}; {rule}"))?;
     match crate::names::managed_name_uuid(&id.name) {
-        None => Some(Violation::new(
-            path,
-            Rule::AdoptedPrefixAnnotation,
-            format!(
-                "prefix '{}' is not named {}<UUID>; it {rule}",
-                id.name,
-                crate::names::MANAGED_RESOURCE_PREFIX
-            ),
+        None => Err(format!(
+            "prefix '{}' is not named {managed}<UUID>; {rule}",
+            id.name
         )),
-        Some(uuid) if own_uid.is_some_and(|u| u.eq_ignore_ascii_case(uuid)) => Some(Violation::new(
-            path,
-            Rule::AdoptedPrefixAnnotation,
-            format!(
-                "prefix '{}' is this configuration's own managed prefix; remove the annotation",
-                id.name
-            ),
+        Some(uuid) if taken(uuid) => Err(format!(
+            "prefix '{}' is a StaticGatewayConfiguration's own managed prefix; {rule}",
+            id.name
         )),
-        Some(_) => None,
+        Some(_) => Ok(id),
     }
 }
 

@@ -1179,16 +1179,16 @@ pub fn check_adopted_annotation(
     known_uids: &BTreeSet<String>,
 ) -> Result<String, String> {
     let annotation = api::names::ADOPTED_PREFIX_ANNOTATION;
+    // The value's shape: the webhook's check, with every configuration's uid taken instead of its own.
+    let id = api::rules::adopted_prefix_id(value, |uuid| known_uids.contains(&uuid.to_ascii_lowercase()))
+        .map_err(|e| format!("annotation {annotation}: {e}"))?;
     let rule = format!(
-        "it must be the ARM ID of a public IP prefix in the node resource group {resource_group} named {}<UUID>, \
-         where the UUID is not the uid of a StaticGatewayConfiguration",
+        "the prefix must be in the node resource group {resource_group} of subscription {subscription}, named {}<UUID>",
         api::names::MANAGED_RESOURCE_PREFIX
     );
-    let id = api::arm::parse_public_ip_prefix_id(value.trim())
-        .map_err(|e| format!("annotation {annotation} {e}; {rule}"))?;
     if !id.subscription.eq_ignore_ascii_case(subscription) {
         return Err(format!(
-            "annotation {annotation} names a prefix in subscription {}, not the cluster's {subscription}; {rule}",
+            "annotation {annotation} names a prefix in subscription {}, not the cluster's; {rule}",
             id.subscription
         ));
     }
@@ -1196,12 +1196,6 @@ pub fn check_adopted_annotation(
         return Err(format!(
             "annotation {annotation} names a prefix in resource group {}; {rule}",
             id.resource_group
-        ));
-    }
-    if !is_foreign_managed_name(&id.name, known_uids) {
-        return Err(format!(
-            "annotation {annotation} names prefix {}; {rule}",
-            id.name
         ));
     }
     Ok(id.name)
