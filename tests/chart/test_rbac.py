@@ -74,7 +74,7 @@ def test_every_workload_has_its_own_bound_service_account(scenario: str) -> None
         assert rules_of(objs, sa), f"{sa} has no role"
 
 
-def test_secrets_are_only_readable_in_the_release_namespace(scenario: str) -> None:
+def test_no_cluster_role_grants_secrets(scenario: str) -> None:
     for cr in find(scenario_objects(scenario), "ClusterRole"):
         for r in cr["rules"]:
             assert "secrets" not in r["resources"], f"ClusterRole {cr['metadata']['name']} grants secrets cluster-wide"
