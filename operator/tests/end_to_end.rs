@@ -450,7 +450,10 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_another_can_take
     let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let elector = tokio::spawn(async move { a.run(leading_tx, shutdown).await });
-    leading.wait_for(|l| *l).await.expect("a leads");
+    tokio::time::timeout(Duration::from_secs(15), leading.wait_for(|l| *l))
+        .await
+        .expect("a leads within 15 s")
+        .expect("a's elector runs");
     assert!(!b.try_acquire_or_renew().await.expect("b"), "a holds the Lease");
 
     // Renewals hang from now on: no error ever comes back, only silence.
@@ -465,9 +468,9 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_another_can_take
     // Once the API server answers again, a is a candidate that waits for b.
     proxy.resume();
     assert!(b.try_acquire_or_renew().await.expect("b renews"));
+    assert!(!*leading.borrow(), "a does not lead while b holds the Lease");
     shutdown_tx.send_replace(true);
     elector.await.expect("elector ends");
-    assert!(!*leading.borrow(), "a does not lead");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! A TCP proxy that a test can stall: while stalled, bytes stop flowing both ways and connections stay open,
-//! as when a network path to a server goes silent. No real server does that on demand; tests put this in front
+//! as when a server stops answering (new connections are still accepted, so a client's connect timeout does
+//! not fire; its request and read timeouts do). No real server does that on demand; tests put this in front
 //! of one (TLS passes through untouched, so a client keeps verifying the server's certificate).
 
 use std::net::SocketAddr;
@@ -33,7 +34,9 @@ impl StallableProxy {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((client, _)) = accepted else { continue };
+                        // A listener that fails (out of descriptors) ends the proxy: its clients then fail
+                        // visibly instead of the loop spinning.
+                        let Ok((client, _)) = accepted else { break };
                         let stalled = stalled_rx.clone();
                         connections.spawn(async move {
                             let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
@@ -57,7 +60,8 @@ impl StallableProxy {
         self.addr
     }
 
-    /// Holds every byte from now on (read, not forwarded) until [`resume`](Self::resume).
+    /// Forwards nothing from now on until [`resume`](Self::resume): each direction holds the chunk it read last,
+    /// and the rest waits in the sockets' buffers.
     pub fn stall(&self) {
         self.stalled.send_replace(true);
     }
@@ -67,7 +71,8 @@ impl StallableProxy {
         self.stalled.send_replace(false);
     }
 
-    /// `config` with its API server reached through a new proxy (kept alive by the returned value).
+    /// `config` with its API server reached through a new proxy (kept alive by the returned value). For URLs of
+    /// the form `https://<IP>:<port>`, as both test API servers have: a host name would need `tls_server_name`.
     pub async fn in_front_of(mut config: kube::Config) -> anyhow::Result<(kube::Config, StallableProxy)> {
         let url = &config.cluster_url;
         let host = url.host().context("the API server URL has no host")?;

@@ -463,7 +463,7 @@ impl ControlPlane {
                 .with_context(|| format!("CRD {name} not Established after 30 s"))?
                 .with_context(|| format!("watching CRD {name}"))?;
         }
-        // Established serves the resources; their OpenAPI (what `kubectl explain` and typed clients read) is
+        // Established serves the resources; their OpenAPI (what `kubectl explain` and `kubectl apply`'s validation read) is
         // published a moment later. Await that too, so a caller's next step sees the whole CRD.
         let client = self.client()?;
         let started = Instant::now();

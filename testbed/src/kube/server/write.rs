@@ -748,11 +748,7 @@ fn authorize_create_on_apply(ctx: &Ctx, t: &Target) -> ApiResult<()> {
     if auth::authorize(&ctx.shared.lock(), &ctx.user, &attrs) {
         return Ok(());
     }
-    let resource = if t.rt.group.is_empty() {
-        t.rt.plural.clone()
-    } else {
-        format!("{}.{}", t.rt.plural, t.rt.group)
-    };
+    let resource = super::super::status::qualified(&t.rt.group, &t.rt.plural);
     let mut e = ApiError::new(
         403,
         "Forbidden",
