@@ -99,6 +99,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
             uid: format!("00000000-0000-0000-0000-{i:012}"),
             egress: Egress::Managed,
             deleting: false,
+            kept: false,
             adopted: None,
         })
         .collect();

@@ -57,6 +57,14 @@ pub struct Config {
     pub egress: Egress,
     /// Being deleted (finalizer pending) or otherwise not wanted on the pool anymore.
     pub deleting: bool,
+    /// Kept as it is: the configuration is on the pool, but this plan may neither provision nor remove it
+    /// (its own checks failed in this pass, or it names the scale set through another pool reference, whose
+    /// pass provisions it). Whatever it has in Azure stays exactly as it is: its ipConfigurations on the model,
+    /// instances and NICs, its rule and probe with their port (no new rule takes that port), its prefixes and
+    /// public IPs; nothing is created or changed for it, and it never counts as deleting (whatever
+    /// `deleting` says). The pool's frontend, backend pool and the backend pool on the primary ipConfigurations
+    /// stay while it may use them.
+    pub kept: bool,
     /// The prefix this configuration adopted (name, in the node resource group; from its annotation, already
     /// checked), whatever its egress is now: deleted, like a managed prefix, once the configuration no longer
     /// uses it (deleted, or switched to BYO or private). With [`Egress::Adopted`] it is that prefix.
@@ -90,6 +98,25 @@ impl Config {
         let mut names = vec![managed_resource_name(&self.uid).to_ascii_lowercase()];
         if let Some(a) = &self.adopted {
             names.push(a.to_ascii_lowercase());
+        }
+        names
+    }
+
+    /// The names (lower-cased) of the prefixes the operator owns that this configuration uses now: none once
+    /// deleted, all it may use while kept (its ipConfigurations, left as they are, may still reference any).
+    fn used_owned_prefixes(&self) -> Vec<String> {
+        if self.kept {
+            return self.owned_prefix_names();
+        }
+        self.used_owned_prefix().into_iter().collect()
+    }
+
+    /// The names (lower-cased) of the prefixes its public IP addresses (VM pools) are named after: the owned
+    /// ones and a BYO prefix.
+    fn public_ip_prefix_names(&self) -> Vec<String> {
+        let mut names = self.owned_prefix_names();
+        if let Egress::Byo { prefix } = &self.egress {
+            names.push(prefix.name.to_ascii_lowercase());
         }
         names
     }
@@ -471,7 +498,12 @@ fn wrong_length(p: &PrefixState, pool: &Pool) -> Option<ConfigProblem> {
 
 /// The configurations that want resources on the pool, in the order given (the caller sorts by creation).
 fn wanted(configs: &[Config]) -> impl Iterator<Item = &Config> {
-    configs.iter().filter(|c| !c.deleting)
+    configs.iter().filter(|c| !c.deleting && !c.kept)
+}
+
+/// The configurations whose part is kept as it is ([`Config::kept`]).
+fn kept(configs: &[Config]) -> impl Iterator<Item = &Config> {
+    configs.iter().filter(|c| c.kept)
 }
 
 /// Computes the whole plan for a pool.
@@ -546,7 +578,13 @@ pub fn plan_pool(
             (managed_resource_name(&c.uid), prefix)
         })
         .collect();
+    // ipConfigurations left as they are wherever they exist (kept configurations).
+    let kept_ip_configs: Vec<String> = kept(configs).map(|c| managed_resource_name(&c.uid)).collect();
     let backend_id = env.backend_pool_id(&pool.uid);
+    let keeping = Keeping {
+        ip_configs: &kept_ip_configs,
+        backend_id: &backend_id,
+    };
 
     let mut vmss_model = None;
     let mut nic_updates = Vec::new();
@@ -558,7 +596,7 @@ pub fn plan_pool(
             // problem when something must be added to it.
             match &state.vmss_model {
                 Some(model) => {
-                    let desired = desired_nic(model, &ip_configs, &backend_id, NicFlavor::Vmss, "vmss")?;
+                    let desired = desired_nic(model, &ip_configs, &keeping, NicFlavor::Vmss, "vmss")?;
                     if &desired != model {
                         vmss_model = Some(desired);
                     }
@@ -573,7 +611,7 @@ pub fn plan_pool(
                         inst.computer_name
                     )));
                 };
-                let desired = desired_nic(nic, &ip_configs, &backend_id, NicFlavor::Vmss, "vmss vm")?;
+                let desired = desired_nic(nic, &ip_configs, &keeping, NicFlavor::Vmss, "vmss vm")?;
                 if let Some(reason) = update_reason(
                     &inst.provisioning_state,
                     nic,
@@ -596,7 +634,7 @@ pub fn plan_pool(
                     nic_name: &vm_nic.name,
                     env,
                 };
-                let desired = desired_nic(&vm_nic.nic, &ip_configs, &backend_id, flavor, "nic")?;
+                let desired = desired_nic(&vm_nic.nic, &ip_configs, &keeping, flavor, "nic")?;
                 for ipc in &desired.ip_configs {
                     if let (Some(pip_id), Some((_, prefix_id))) = (
                         &ipc.public_ip_address_id,
@@ -628,21 +666,17 @@ pub fn plan_pool(
                     });
                 }
             }
-            // Public IPs the operator created for configurations that no longer use them.
-            for name in state.public_ips.keys() {
-                let ours = configs
+            // Public IPs the operator created for configurations that no longer use them; a kept
+            // configuration's stay.
+            let named_after = |c: &Config, name: &str| {
+                c.public_ip_prefix_names()
                     .iter()
-                    .any(|c| name.starts_with(&managed_resource_name(&c.uid).to_ascii_lowercase()))
-                    || configs.iter().any(|c| match &c.egress {
-                        Egress::Byo { prefix } => name.starts_with(&prefix.name.to_ascii_lowercase()),
-                        _ => false,
-                    })
-                    || configs.iter().any(|c| {
-                        c.adopted
-                            .as_ref()
-                            .is_some_and(|a| name.starts_with(&a.to_ascii_lowercase()))
-                    });
-                if ours && !wanted_pips.contains(name) {
+                    .any(|p| name.starts_with(p.as_str()))
+            };
+            for name in state.public_ips.keys() {
+                let ours = configs.iter().any(|c| named_after(c, name));
+                let kept = kept(configs).any(|c| named_after(c, name));
+                if ours && !kept && !wanted_pips.contains(name) {
                     public_ips_to_delete.push(name.clone());
                 }
             }
@@ -650,10 +684,11 @@ pub fn plan_pool(
     }
 
     // Managed and adopted prefixes of configurations that are deleted, or switched to BYO / private (or from
-    // one of the two to the other). A prefix still used by another configuration stays.
-    let in_use: BTreeSet<String> = configs.iter().filter_map(Config::used_owned_prefix).collect();
+    // one of the two to the other). A prefix still used by another configuration stays, and a kept
+    // configuration's prefixes all stay.
+    let in_use: BTreeSet<String> = configs.iter().flat_map(Config::used_owned_prefixes).collect();
     let mut prefixes_to_delete = Vec::new();
-    for c in configs {
+    for c in configs.iter().filter(|c| !c.kept) {
         for name in c.owned_prefix_names() {
             if in_use.contains(&name) || prefixes_to_delete.iter().any(|d: &String| eq_ci(d, &name)) {
                 continue;
@@ -748,12 +783,20 @@ fn same_ip_config(a: &IpConfig, b: &IpConfig) -> bool {
         && ids(&a.public_ip_address_id, &b.public_ip_address_id)
 }
 
-/// The desired primary NIC: one secondary ipConfiguration per wanted configuration, none for others, and the
-/// pool's backend pool on the primary ipConfiguration iff any gateway ipConfiguration remains.
+/// What a NIC keeps as it is: the kept configurations' ipConfigurations (names), and the pool's backend pool.
+struct Keeping<'a> {
+    ip_configs: &'a [String],
+    backend_id: &'a str,
+}
+
+/// The desired primary NIC: one secondary ipConfiguration per wanted configuration, a kept configuration's
+/// as it is where it exists, none for others; the pool's backend pool on the primary ipConfiguration when any
+/// configuration is wanted, off it when no gateway ipConfiguration remains, and as it is when only kept ones
+/// remain.
 fn desired_nic(
     current: &Nic,
     wanted: &[(String, Option<String>)],
-    backend_id: &str,
+    keeping: &Keeping<'_>,
     flavor: NicFlavor<'_>,
     what: &str,
 ) -> Result<Nic, PoolProblem> {
@@ -799,6 +842,8 @@ fn desired_nic(
                     ..want
                 }
             });
+        } else if keeping.ip_configs.iter().any(|n| eq_ci(n, &c.name)) {
+            out.push(c.clone());
         }
     }
     for (name, prefix) in wanted {
@@ -812,7 +857,12 @@ fn desired_nic(
         .iter()
         .any(|c| c.name != primary_name && is_gateway_ip_config(&c.name));
     if let Some(primary) = out.iter_mut().find(|c| c.name == primary_name) {
-        adjust_backend(primary, backend_id, has_gateway);
+        if !wanted.is_empty() {
+            adjust_backend(primary, keeping.backend_id, true);
+        } else if !has_gateway {
+            adjust_backend(primary, keeping.backend_id, false);
+        }
+        // Only kept ipConfigurations remain: the backend pool stays as it is.
     }
     Ok(Nic { ip_configs: out })
 }
@@ -878,7 +928,8 @@ fn same_probe(a: &Probe, b: &Probe) -> bool {
 
 /// The desired load balancer for one pool. Entries of other pools are left untouched. An existing rule keeps
 /// its port (stable across restarts: the port lives in Azure); a new or replaced rule gets the lowest free
-/// port of the pool's backend pool. The pool is known by its uid alone: the name of its frontend and backend.
+/// port of the pool's backend pool. A kept configuration's rule and probe stay as they are, and its port is
+/// taken. The pool is known by its uid alone: the name of its frontend and backend.
 pub fn plan_lb(
     pool_uid: &str,
     configs: &[Config],
@@ -891,6 +942,7 @@ pub fn plan_lb(
         .filter(|c| !blocked.contains_key(&c.uid))
         .collect();
     let is_wanted = |name: &str| wanted.iter().any(|c| eq_ci(&c.uid, name));
+    let is_kept = |name: &str| kept(configs).any(|c| eq_ci(&c.uid, name));
     let names_a_config = |name: &str| configs.iter().any(|c| eq_ci(&c.uid, name));
     let mut lb = current.cloned().unwrap_or_default();
     lb.failed = false;
@@ -901,13 +953,21 @@ pub fn plan_lb(
     let mut ports: BTreeMap<String, u16> = BTreeMap::new();
     let mut used: BTreeSet<u16> = BTreeSet::new();
     let mut dropped_probes: BTreeSet<String> = BTreeSet::new();
-    let mut kept = Vec::with_capacity(lb.rules.len());
+    let on_pool = |r: &LbRule| opt_eq_ci(r.backend.as_deref(), uid) || opt_eq_ci(r.frontend.as_deref(), uid);
+    // Kept configurations' rules stay as they are: their ports are taken before any other rule's.
+    for r in lb.rules.iter().filter(|r| is_kept(&r.name) && on_pool(r)) {
+        used.extend(
+            [r.frontend_port, r.backend_port]
+                .into_iter()
+                .flatten()
+                .filter_map(|p| u16::try_from(p).ok()),
+        );
+    }
+    let mut rules_left = Vec::with_capacity(lb.rules.len());
     for r in std::mem::take(&mut lb.rules) {
-        let ours = opt_eq_ci(r.backend.as_deref(), uid)
-            || opt_eq_ci(r.frontend.as_deref(), uid)
-            || names_a_config(&r.name);
-        if !ours {
-            kept.push(r);
+        let ours = on_pool(&r) || names_a_config(&r.name);
+        if !ours || is_kept(&r.name) {
+            rules_left.push(r);
             continue;
         }
         let keep = is_wanted(&r.name)
@@ -919,12 +979,12 @@ pub fn plan_lb(
                 used.insert(p);
                 ports.insert(c.uid.clone(), p);
             }
-            kept.push(r);
+            rules_left.push(r);
         } else if let Some(p) = &r.probe {
             dropped_probes.insert(p.to_ascii_lowercase());
         }
     }
-    lb.rules = kept;
+    lb.rules = rules_left;
 
     // Probes: drop those of unwanted configurations and of dropped rules unless still referenced.
     let referenced: BTreeSet<String> = lb
@@ -935,16 +995,19 @@ pub fn plan_lb(
     lb.probes.retain(|p| {
         let lower = p.name.to_ascii_lowercase();
         let ours = names_a_config(&p.name) || dropped_probes.contains(&lower);
-        !ours || is_wanted(&p.name) || referenced.contains(&lower)
+        !ours || is_wanted(&p.name) || is_kept(&p.name) || referenced.contains(&lower)
     });
 
     if wanted.is_empty() {
+        // Kept configurations may still use the frontend and backend pool (their rules, their NICs): both
+        // stay as they are while there are any.
         let referenced_fe = lb.rules.iter().any(|r| opt_eq_ci(r.frontend.as_deref(), uid));
         let referenced_be = lb.rules.iter().any(|r| opt_eq_ci(r.backend.as_deref(), uid));
-        if !referenced_fe {
+        let keeping = kept(configs).next().is_some();
+        if !referenced_fe && !keeping {
             lb.frontends.retain(|f| !eq_ci(&f.name, uid));
         }
-        if !referenced_be {
+        if !referenced_be && !keeping {
             lb.backends.retain(|b| !eq_ci(b, uid));
         }
     } else {

@@ -40,6 +40,7 @@ fn cfg(uid: &str, egress: Egress) -> Config {
         uid: uid.into(),
         egress,
         deleting: false,
+        kept: false,
         adopted: None,
     }
 }
@@ -1317,4 +1318,217 @@ fn of_two_configurations_adopting_one_prefix_the_older_keeps_it() {
     );
     assert!(checked["odd"].is_err());
     assert_eq!(taken, uids(&[&UPSTREAM.to_ascii_lowercase()]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kept configurations (blocked for a pass, or provisioned by another reference to the same scale set)
+// ---------------------------------------------------------------------------------------------
+
+fn kept_cfg(uid: &str, egress: Egress) -> Config {
+    Config {
+        kept: true,
+        ..cfg(uid, egress)
+    }
+}
+
+fn byo() -> Egress {
+    Egress::Byo {
+        prefix: api::arm::parse_public_ip_prefix_id(BYO).expect("a prefix ID"),
+    }
+}
+
+#[test]
+fn a_kept_configuration_loses_nothing_and_changes_nothing() {
+    let mut state = vmss_state(2);
+    converge(
+        &vmss_pool(),
+        &[cfg("a", Egress::Managed), cfg("b", byo())],
+        &mut state,
+    );
+    let before = state.clone();
+    // b's BYO prefix cannot be read this pass: b is kept as it is.
+    let p = plan(
+        &vmss_pool(),
+        &[cfg("a", Egress::Managed), kept_cfg("b", byo())],
+        &state,
+    );
+    assert!(p.is_noop(), "{p:#?}");
+    assert_eq!(p.ports.get("a"), Some(&6000));
+    // Even as the only configuration left: rule, probe, frontend, backend, ipConfigurations, backend pool
+    // on the NICs, and its prefix all stay.
+    let p = plan(
+        &vmss_pool(),
+        &[deleting("a", Egress::Managed), kept_cfg("b", byo())],
+        &state,
+    );
+    apply(&mut state, &p);
+    let lb = state.lb.as_ref().expect("load balancer");
+    assert_eq!(
+        *rule(lb, "b"),
+        *rule(before.lb.as_ref().expect("lb"), "b"),
+        "b's rule, port included"
+    );
+    assert_eq!(lb.rules.len(), 1, "a's rule is gone");
+    assert!(lb.probes.iter().any(|p| p.name == "b") && lb.probes.len() == 1);
+    assert_eq!((lb.frontends.len(), lb.backends.len()), (1, 1));
+    assert_eq!(p.prefixes_to_delete, vec!["egressgateway-a".to_string()]);
+    let b_ip_config = |nic: &Nic| {
+        nic.ip_configs
+            .iter()
+            .find(|c| c.name == "egressgateway-b")
+            .cloned()
+    };
+    let model = state.vmss_model.as_ref().expect("model");
+    assert_eq!(
+        b_ip_config(model),
+        b_ip_config(before.vmss_model.as_ref().expect("model"))
+    );
+    assert!(b_ip_config(model).is_some());
+    assert!(!model.ip_configs.iter().any(|c| c.name == "egressgateway-a"));
+    assert_eq!(
+        model.ip_configs[0].backend_pools,
+        vec![env().backend_pool_id(POOL)],
+        "the backend pool stays on the primary ipConfiguration"
+    );
+    for i in &state.instances {
+        let nic = i.nic.as_ref().expect("nic");
+        assert!(b_ip_config(nic).is_some(), "{}", i.instance_id);
+        assert_eq!(nic.ip_configs[0].backend_pools, vec![env().backend_pool_id(POOL)]);
+    }
+    // Nothing more to do while it stays kept.
+    let again = plan(&vmss_pool(), &[kept_cfg("b", byo())], &state);
+    assert!(again.is_noop(), "{again:#?}");
+}
+
+#[test]
+fn a_kept_configuration_gets_nothing_new() {
+    let mut state = vmss_state(2);
+    let p = plan(
+        &vmss_pool(),
+        &[cfg("a", Egress::Private), kept_cfg("b", Egress::Managed)],
+        &state,
+    );
+    assert!(p.prefixes_to_create.is_empty(), "{:?}", p.prefixes_to_create);
+    assert!(!p.ports.contains_key("b"));
+    let lb = lb_of(&p);
+    assert!(!lb.rules.iter().any(|r| r.name == "b"));
+    assert!(!lb.probes.iter().any(|r| r.name == "b"));
+    apply(&mut state, &p);
+    let named_b = |nic: &Option<Nic>| {
+        nic.as_ref()
+            .is_some_and(|n| n.ip_configs.iter().any(|c| c.name == "egressgateway-b"))
+    };
+    assert!(!named_b(&state.vmss_model));
+    assert!(!state.instances.iter().any(|i| named_b(&i.nic)));
+    // Alone, it creates neither a frontend nor a load balancer.
+    let p = plan(&vmss_pool(), &[kept_cfg("b", Egress::Managed)], &vmss_state(2));
+    assert!(p.is_noop(), "{p:#?}");
+}
+
+#[test]
+fn a_kept_rule_stays_as_it_is_and_new_rules_avoid_its_port() {
+    let mut state = vmss_state(1);
+    // b's rule has a port the plan would replace for a wanted configuration (out of range).
+    let mut lb = existing_lb_with_rule("a", 6000);
+    let odd = existing_lb_with_rule("b", 6001);
+    lb.rules.extend(odd.rules);
+    lb.probes.extend(odd.probes);
+    lb.rules[1].frontend_port = Some(7001);
+    lb.rules[1].backend_port = Some(7001);
+    let c = existing_lb_with_rule("c", 6002);
+    lb.rules.extend(c.rules);
+    lb.probes.extend(c.probes);
+    state.lb = Some(lb.clone());
+    let p = plan(
+        &vmss_pool(),
+        &[
+            kept_cfg("a", Egress::Private),
+            kept_cfg("b", Egress::Private),
+            cfg("c", Egress::Private),
+            cfg("d", Egress::Private),
+        ],
+        &state,
+    );
+    let planned = lb_of(&p);
+    assert_eq!(*rule(planned, "a"), lb.rules[0]);
+    assert_eq!(*rule(planned, "b"), lb.rules[1], "kept, port and all");
+    assert_eq!(p.ports.get("c"), Some(&6002));
+    assert_eq!(p.ports.get("d"), Some(&6001), "the lowest port no kept rule has");
+    assert!(!p.ports.contains_key("a") && !p.ports.contains_key("b"));
+}
+
+#[test]
+fn a_kept_configuration_on_a_vm_pool_keeps_its_public_ips_and_prefix() {
+    let mut state = vm_state(1);
+    converge(
+        &vm_pool(),
+        &[cfg("a", Egress::Managed), cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    let before = state.clone();
+    let p = plan(
+        &vm_pool(),
+        &[deleting("a", Egress::Managed), kept_cfg("b", Egress::Managed)],
+        &state,
+    );
+    let pip_b = vm_pool_public_ip_name("egressgateway-b", "aks-gwpool-0-nic").to_ascii_lowercase();
+    assert!(
+        !p.public_ips_to_delete.contains(&pip_b),
+        "{:?}",
+        p.public_ips_to_delete
+    );
+    assert_eq!(p.prefixes_to_delete, vec!["egressgateway-a".to_string()]);
+    apply(&mut state, &p);
+    let ip_config_b = |s: &AzureState| {
+        s.vm_nics[0]
+            .nic
+            .ip_configs
+            .iter()
+            .find(|c| c.name == "egressgateway-b")
+            .cloned()
+    };
+    assert!(ip_config_b(&state).is_some());
+    assert_eq!(ip_config_b(&state), ip_config_b(&before));
+    assert!(state.public_ips.contains_key(&pip_b));
+}
+
+#[test]
+fn two_references_to_one_scale_set_each_keep_the_others_configurations() {
+    // a is provisioned by the pass of `nodepool/gateway`, b by that of the scale set's own reference: each
+    // plan keeps the other's configuration.
+    let of_a = [cfg("a", Egress::Managed), kept_cfg("b", Egress::Managed)];
+    let of_b = [kept_cfg("a", Egress::Managed), cfg("b", Egress::Managed)];
+    let mut state = vmss_state(2);
+    converge(&vmss_pool(), &of_a, &mut state);
+    converge(&vmss_pool(), &of_b, &mut state);
+    let lb = state.lb.clone().expect("load balancer");
+    assert_eq!(
+        (rule(&lb, "a").frontend_port, rule(&lb, "b").frontend_port),
+        (Some(6000), Some(6001))
+    );
+    for plan_of in [&of_a[..], &of_b[..]] {
+        let p = plan(&vmss_pool(), plan_of, &state);
+        assert!(p.is_noop(), "{p:#?}");
+    }
+    let names = |nic: &Option<Nic>| {
+        nic.as_ref()
+            .map(|n| n.ip_configs.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        names(&state.vmss_model),
+        ["ipconfig1", "egressgateway-a", "egressgateway-b"]
+    );
+    // a is deleted: its pass removes only a's part; b's, and the frontend and backend pool it uses, stay.
+    let p = converge(
+        &vmss_pool(),
+        &[deleting("a", Egress::Managed), kept_cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    assert_eq!(p.prefixes_to_delete, vec!["egressgateway-a".to_string()]);
+    let lb = state.lb.clone().expect("load balancer");
+    assert_eq!(rule(&lb, "b").frontend_port, Some(6001));
+    assert_eq!((lb.frontends.len(), lb.backends.len()), (1, 1));
+    assert_eq!(names(&state.vmss_model), ["ipconfig1", "egressgateway-b"]);
+    assert!(plan(&vmss_pool(), &of_b[1..], &state).is_noop());
 }

@@ -125,16 +125,31 @@ pub enum ConfigWrite {
     Adoption,
 }
 
+/// A configuration's part in its pool's Azure plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AzurePart {
+    /// Planned: provisioned, or removed when it is being deleted.
+    Planned,
+    /// Kept as it is ([`desired::Config::kept`]): what it has in Azure stays, nothing is added or changed.
+    Kept,
+    /// Not in the plan at all: it owns nothing in Azure.
+    Out,
+}
+
 impl ConfigWrite {
-    /// Whether the configuration still takes part in the pool's Azure plan after this write failed. Without
-    /// its finalizer it must own nothing in Azure (deleting it would leave its resources behind), so it stays
-    /// out; the finalizer is only ever missing before its first Azure write. A key Secret only feeds the
-    /// status, so leaving the configuration out of the plan for it would delete what it already owns in Azure:
-    /// it stays in. Status and release come after the Azure plan.
-    /// Nor may a configuration that was to adopt a prefix take part without the record of it: as a managed one
-    /// it would get a new prefix (new egress IPs).
-    pub fn keeps_azure_part(self) -> bool {
-        !matches!(self, ConfigWrite::Finalizer | ConfigWrite::Adoption)
+    /// The configuration's part in the pool's Azure plan after this write failed. Without its finalizer it
+    /// must own nothing in Azure (deleting it would leave its resources behind), so it stays out; the
+    /// finalizer is only ever missing before its first Azure write. A key Secret only feeds the status, so
+    /// leaving the configuration out of the plan for it would delete what it already owns in Azure: it stays
+    /// planned. Status and release come after the Azure plan. A configuration that was to adopt a prefix
+    /// cannot be planned without the record of it (as a managed one it would get a new prefix: new egress IPs),
+    /// nor left out (that would delete what it has): it is kept as it is.
+    pub fn azure_part(self) -> AzurePart {
+        match self {
+            ConfigWrite::Finalizer => AzurePart::Out,
+            ConfigWrite::Adoption => AzurePart::Kept,
+            ConfigWrite::KeySecret | ConfigWrite::Status | ConfigWrite::Release => AzurePart::Planned,
+        }
     }
 
     /// What was being written, for logs and Events.
@@ -509,17 +524,7 @@ impl Operator {
             // The prefix it adopted (its annotation, checked): a refused annotation is reported below, and a
             // configuration being deleted with one never used that prefix.
             let adoption = adoptions.of_config(sgc);
-            let adopted = adoption.clone().and_then(Result::ok);
-            let egress = match (sgc.spec.provision_public_ips, sgc.spec.byo_prefix()) {
-                (false, _) => Egress::Private,
-                (true, Some(Ok(prefix))) => Egress::Byo { prefix },
-                (true, Some(Err(_)) | None) if adopted.is_some() => Egress::Adopted {
-                    name: adopted.clone().unwrap_or_default(),
-                },
-                // An ID that does not parse is refused by rule 6 below; a configuration being deleted with one
-                // never had a BYO prefix in Azure, so what it may own is what a managed one would.
-                (true, Some(Err(_)) | None) => Egress::Managed,
-            };
+            let (egress, adopted) = egress_of(sgc, adoption.as_ref());
             // The finalizer is added only once the configuration is accepted: it marks one the operator admitted.
             let admitted = sgc.finalizers().iter().any(|f| f == SGC_FINALIZER);
             if deleting {
@@ -531,6 +536,7 @@ impl Operator {
                             uid,
                             egress,
                             deleting: true,
+                            kept: false,
                             adopted,
                         },
                     ));
@@ -564,7 +570,7 @@ impl Operator {
                 .own_write(sgc, ConfigWrite::Finalizer, added, report, &mut failures)
                 .await
                 .is_some();
-            if !finalized && !ConfigWrite::Finalizer.keeps_azure_part() {
+            if !finalized && ConfigWrite::Finalizer.azure_part() == AzurePart::Out {
                 report.record(sgc, false);
                 report.fail(&uid, &[Layer::Sgc]);
                 continue;
@@ -585,6 +591,7 @@ impl Operator {
                     uid,
                     egress,
                     deleting: false,
+                    kept: false,
                     adopted,
                 },
             ));
@@ -646,8 +653,9 @@ impl Operator {
         };
 
         // Upstream's prefixes, adopted before any Azure write: a configuration whose adoption could not be
-        // recorded stays out of the plan (as a managed one it would get a new prefix).
-        let mut blocked: BTreeSet<String> = BTreeSet::new();
+        // recorded is kept as it is (as a managed one it would get a new prefix; left out, it would lose what it
+        // has).
+        let mut kept: BTreeSet<String> = BTreeSet::new();
         let adopted = self
             .adopt(
                 &mut configs,
@@ -656,7 +664,7 @@ impl Operator {
                 ctx,
                 report,
                 &mut failures,
-                &mut blocked,
+                &mut kept,
             )
             .await;
         if let Err(e) = adopted {
@@ -665,8 +673,12 @@ impl Operator {
             return self.fail_all(&configs, &keys, e, report, failures).await;
         }
 
-        // BYO prefixes: same subscription, right length (upstream's checks), CIDR for the status.
+        // BYO prefixes: same subscription, right length (upstream's checks), CIDR for the status. A
+        // configuration whose prefix fails them, or cannot be read, is kept as it is: its status says why, and
+        // what it has in Azure stays (its egress goes on while the prefix is unreadable for a moment). A failed
+        // read also fails the pool pass at its end, so that the work loop retries it with backoff.
         let mut byo_cidrs = BTreeMap::new();
+        let mut byo_unread: Option<ArmError> = None;
         for (sgc, c) in configs.iter() {
             if c.deleting {
                 continue;
@@ -674,22 +686,35 @@ impl Operator {
             let Egress::Byo { prefix } = &c.egress else {
                 continue;
             };
-            match self.check_byo(prefix, resolved.pool.prefix_len).await {
-                Ok(cidr) => {
+            let outcome = match self.check_byo(prefix, resolved.pool.prefix_len).await {
+                Ok(Ok(cidr)) => {
                     byo_cidrs.insert(prefix.name.to_ascii_lowercase(), cidr);
+                    continue;
                 }
-                Err(outcome) => {
-                    report.fail(&c.uid, &[Layer::Vm]);
-                    self.write_config_status(sgc, &c.uid, &outcome, &keys, report, &mut failures)
-                        .await;
-                    blocked.insert(c.uid.clone());
+                Ok(Err(unusable)) => unusable,
+                Err(e) => {
+                    let outcome = Outcome::AzureFailed {
+                        reason: e.reason(),
+                        message: format!("failed to get public ip prefix({prefix}): {e}"),
+                    };
+                    byo_unread.get_or_insert(e);
+                    outcome
                 }
-            }
+            };
+            report.fail(&c.uid, &[Layer::Vm]);
+            self.write_config_status(sgc, &c.uid, &outcome, &keys, report, &mut failures)
+                .await;
+            kept.insert(c.uid.clone());
         }
+        // This pool's configurations, and those of other pool references naming the same scale set: their
+        // passes provision them, this one keeps what they have.
         let plan_configs: Vec<Config> = configs
             .iter()
-            .filter(|(_, c)| !blocked.contains(&c.uid))
-            .map(|(_, c)| c.clone())
+            .map(|(_, c)| Config {
+                kept: kept.contains(&c.uid),
+                ..c.clone()
+            })
+            .chain(siblings(pool_ref, &resolved, &self.cfg, ctx.sgcs, &adoptions))
             .collect();
 
         let outcome = match apply::reconcile(
@@ -762,7 +787,7 @@ impl Operator {
         if let Some(p) = pool_obj {
             let wanted: Vec<String> = plan_configs
                 .iter()
-                .filter(|c| !c.deleting && !outcome.plan.problems.contains_key(&c.uid))
+                .filter(|c| !c.deleting && !c.kept && !outcome.plan.problems.contains_key(&c.uid))
                 .map(|c| api::names::managed_resource_name(&c.uid))
                 .collect();
             let node_ids: Vec<NodeIdentity> = nodes.iter().map(|n| NodeIdentity::of(n)).collect();
@@ -778,10 +803,20 @@ impl Operator {
             pool_written = self.kube.write_pool_status(p, &new).await;
         }
         for (sgc, c) in &configs {
-            if blocked.contains(&c.uid) {
+            if kept.contains(&c.uid) {
                 continue;
             }
             if c.deleting {
+                if refused {
+                    // ARM refused an instance (or NIC) update: the configuration's ipConfiguration may still be
+                    // on it (and reference its prefix). The finalizer stays; the converging pool is retried.
+                    tracing::info!(
+                        pool = %pool_ref,
+                        configuration = %format!("{}/{}", sgc.namespace().unwrap_or_default(), sgc.name_any()),
+                        "deletion waits for the refused instance updates"
+                    );
+                    continue;
+                }
                 let released = self.kube.finish_deletion(sgc).await;
                 self.own_write(sgc, ConfigWrite::Release, released, report, &mut failures)
                     .await;
@@ -813,12 +848,16 @@ impl Operator {
                 .await;
         }
         pool_written?;
+        if let Some(e) = byo_unread {
+            return Err(PoolError::Arm(e).into());
+        }
         Self::unless_failed(failures)
     }
 
     /// Adoption of upstream's prefixes (docs/operator.md): the configurations that may adopt one and whose own
     /// prefix does not exist look through one LIST of the node resource group's prefixes; each that finds its
-    /// prefix records it (annotation) and becomes [`Egress::Adopted`]. One whose record fails is `blocked`.
+    /// prefix records it (annotation) and becomes [`Egress::Adopted`]. One whose record fails is `kept` as it is
+    /// ([`ConfigWrite::azure_part`]).
     #[allow(clippy::too_many_arguments)]
     async fn adopt(
         &self,
@@ -828,7 +867,7 @@ impl Operator {
         ctx: &PassContext<'_>,
         report: &mut PassReport,
         failures: &mut Vec<ConfigFailure>,
-        blocked: &mut BTreeSet<String>,
+        kept: &mut BTreeSet<String>,
     ) -> Result<(), ArmError> {
         let rg = &self.cfg.resource_group;
         let status_cidr =
@@ -906,8 +945,8 @@ impl Operator {
                         );
                         c.egress = Egress::Adopted { name: name.clone() };
                         c.adopted = Some(name.clone());
-                    } else {
-                        blocked.insert(c.uid.clone());
+                    } else if ConfigWrite::Adoption.azure_part() == AzurePart::Kept {
+                        kept.insert(c.uid.clone());
                     }
                 }
             }
@@ -1000,27 +1039,27 @@ impl Operator {
     }
 
     /// A BYO prefix's checks (upstream's): same subscription as the cluster, the pool's length, an address
-    /// range; returns its CIDR. The ID was parsed (and its syntax checked by rule 6) before.
-    async fn check_byo(&self, id: &api::arm::PublicIpPrefixId, required: i32) -> Result<String, Outcome> {
+    /// range; returns its CIDR, or why it cannot be used (`Ok(Err)`), or the error of reading it (`Err`). The ID
+    /// was parsed (and its syntax checked by rule 6) before.
+    async fn check_byo(
+        &self,
+        id: &api::arm::PublicIpPrefixId,
+        required: i32,
+    ) -> Result<Result<String, Outcome>, ArmError> {
         let prefix_id = id.to_string();
         if !id.subscription.eq_ignore_ascii_case(&self.cfg.subscription_id) {
-            return Err(Outcome::Invalid(format!(
+            return Ok(Err(Outcome::Invalid(format!(
                 "public ip prefix subscription({}) is not in the same subscription({})",
                 id.subscription, self.cfg.subscription_id
-            )));
+            ))));
         }
-        let failed = |e: ArmError| Outcome::AzureFailed {
-            reason: e.reason(),
-            message: format!("failed to get public ip prefix({prefix_id}): {e}"),
+        let Some(p) = self.arm.get_prefix(&id.resource_group, &id.name).await? else {
+            return Ok(Err(Outcome::Blocked(format!(
+                "public ip prefix({prefix_id}) does not exist"
+            ))));
         };
-        let p = self
-            .arm
-            .get_prefix(&id.resource_group, &id.name)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| Outcome::Blocked(format!("public ip prefix({prefix_id}) does not exist")))?;
         let p = crate::azure::json::prefix_from_json(&p);
-        match p.prefix_len {
+        Ok(match p.prefix_len {
             Some(l) if l == required => p.cidr.ok_or_else(|| {
                 Outcome::Blocked(format!("public ip prefix({prefix_id}) has no address range yet"))
             }),
@@ -1030,7 +1069,7 @@ impl Operator {
             None => Err(Outcome::Blocked(format!(
                 "public ip prefix({prefix_id}) has empty properties"
             ))),
-        }
+        })
     }
 
     /// One pass over every pool (or the pools in `only`), from objects listed from the API server now. The work
@@ -1219,6 +1258,82 @@ impl Operator {
     }
 }
 
+/// A configuration's egress and the prefix it adopted, from its spec and its adoption annotation as checked
+/// (`adoption`; a refused one is reported by the caller and adopts nothing).
+fn egress_of(
+    sgc: &StaticGatewayConfiguration,
+    adoption: Option<&Result<String, String>>,
+) -> (Egress, Option<String>) {
+    let adopted = adoption.and_then(|a| a.as_ref().ok()).cloned();
+    let egress = match (sgc.spec.provision_public_ips, sgc.spec.byo_prefix()) {
+        (false, _) => Egress::Private,
+        (true, Some(Ok(prefix))) => Egress::Byo { prefix },
+        (true, Some(Err(_)) | None) => match &adopted {
+            Some(name) => Egress::Adopted { name: name.clone() },
+            // An ID that does not parse is refused by rule 6; a configuration being deleted with one never
+            // had a BYO prefix in Azure, so what it may own is what a managed one would.
+            None => Egress::Managed,
+        },
+    };
+    (egress, adopted)
+}
+
+/// Whether `other`, a pool reference of another group, names the scale set `resolved` that this pool's
+/// reference resolved to: a scale-set reference by its resource group and name, a node-pool reference when
+/// the scale set is in the node resource group and carries that pool's `aks-managed-poolName` tag (what
+/// resolving the reference looks for). Read from the scale set already in hand: no ARM call.
+fn same_scale_set(other: &PoolRef, resolved: &observe::ResolvedPool, cfg: &CloudConfig) -> bool {
+    if resolved.pool.kind != desired::PoolKind::Vmss {
+        return false;
+    }
+    match other {
+        PoolRef::Vmss { resource_group, name } => {
+            resource_group.eq_ignore_ascii_case(&resolved.resource_group)
+                && name.eq_ignore_ascii_case(&resolved.name)
+        }
+        PoolRef::Nodepool(np) => {
+            resolved.resource_group.eq_ignore_ascii_case(&cfg.resource_group)
+                && resolved
+                    .aks_pool_name
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(np))
+        }
+    }
+}
+
+/// The configurations of other pool references (`nodepool/<name>` and `vmss/<rg>/<name>` are grouped apart)
+/// that name the same scale set as `pool_ref`, as kept configurations of this pool's plan: their own pool's
+/// pass provisions or deletes them, this one leaves what they have as it is (two passes would otherwise
+/// remove each other's ipConfigurations and rules). With or without their finalizer: the pass's objects may
+/// predate the one their own pool's pass added a moment ago, and keeping adds nothing, so one without it still
+/// owns nothing through this plan.
+fn siblings(
+    pool_ref: &PoolRef,
+    resolved: &observe::ResolvedPool,
+    cfg: &CloudConfig,
+    sgcs: &[Arc<StaticGatewayConfiguration>],
+    adoptions: &Adoptions,
+) -> Vec<Config> {
+    let key = pool_ref.key();
+    sgcs.iter()
+        .filter(|s| {
+            s.spec
+                .pool_ref()
+                .is_some_and(|r| r.key() != key && same_scale_set(&r, resolved, cfg))
+        })
+        .map(|s| {
+            let (egress, adopted) = egress_of(s, adoptions.of_config(s).as_ref());
+            Config {
+                uid: s.uid().unwrap_or_default(),
+                egress,
+                deleting: false,
+                kept: true,
+                adopted,
+            }
+        })
+        .collect()
+}
+
 /// What the adoption of upstream's prefixes needs to know about every configuration of the pass.
 struct Adoptions {
     /// Every configuration's uid, lower-cased.
@@ -1286,18 +1401,20 @@ mod tests {
     }
 
     #[test]
-    fn only_a_configuration_without_its_finalizer_or_its_adoption_stays_out_of_the_azure_plan() {
-        assert!(
-            !ConfigWrite::Finalizer.keeps_azure_part(),
+    fn without_its_finalizer_a_configuration_stays_out_and_without_its_adoption_it_is_kept() {
+        assert_eq!(
+            ConfigWrite::Finalizer.azure_part(),
+            AzurePart::Out,
             "no finalizer: nothing in Azure"
         );
-        assert!(
-            !ConfigWrite::Adoption.keeps_azure_part(),
-            "an adoption not recorded: no new prefix either"
+        assert_eq!(
+            ConfigWrite::Adoption.azure_part(),
+            AzurePart::Kept,
+            "an adoption not recorded: no new prefix, and nothing it has is lost"
         );
         // Leaving these out would delete what the configuration already owns in Azure.
         for w in [ConfigWrite::KeySecret, ConfigWrite::Status, ConfigWrite::Release] {
-            assert!(w.keeps_azure_part(), "{w:?}");
+            assert_eq!(w.azure_part(), AzurePart::Planned, "{w:?}");
         }
     }
 

@@ -41,6 +41,7 @@ fn managed(n: usize) -> Vec<Config> {
             uid: format!("00000000-0000-0000-0000-{i:012}"),
             egress: Egress::Managed,
             deleting: false,
+            kept: false,
             adopted: None,
         })
         .collect()

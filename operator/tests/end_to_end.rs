@@ -802,6 +802,23 @@ fn azure_except_instance(azure: &AzureSim, surplus: u32) -> Vec<(String, serde_j
 }
 
 /// (status, reason, message) of condition `t`.
+/// A pass in which ARM refuses every update of scale-set instance `instance` (409 `OperationNotAllowed`, until
+/// the faults are cleared): it fails neither the pass nor the other instances and configurations.
+async fn pass_with_instance_update_refused(w: &World, instance: u32) {
+    w.azure
+        .inject_fault(testbed::azure::FaultSpec::new(
+            "PUT",
+            &format!("(?i)/virtualMachines/{instance}$"),
+            100,
+            409,
+            "OperationNotAllowed",
+        ))
+        .expect("fault");
+    w.op.reconcile_pools(None)
+        .await
+        .expect("one instance's refused update fails neither the pass nor the others");
+}
+
 fn condition_message(s: &StaticGatewayConfiguration, t: &str) -> Option<(String, String, String)> {
     s.status
         .as_ref()?
@@ -1012,18 +1029,7 @@ async fn a_private_configuration_stays_ready_while_a_new_instance_lacks_its_addr
     w.azure
         .patch_resource(&id, &json!({"properties": instance["properties"].clone()}))
         .expect("patch");
-    w.azure
-        .inject_fault(testbed::azure::FaultSpec::new(
-            "PUT",
-            "(?i)/virtualMachines/2$",
-            100,
-            409,
-            "OperationNotAllowed",
-        ))
-        .expect("fault");
-    w.op.reconcile_pools(None)
-        .await
-        .expect("one instance's refused update fails neither the pass nor the others");
+    pass_with_instance_update_refused(&w, 2).await;
     let s = sgcs.get("private").await.expect("get");
     let st = s.status.clone().expect("status");
     assert_eq!(
@@ -1315,17 +1321,7 @@ async fn an_adoption_annotation_naming_another_prefix_is_refused_and_nothing_is_
     let w = start().await;
     let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
     create_pool(&pools, "gateway", "gateway").await;
-    let created =
-        w.op.arm
-            .put_prefix(
-                &w.op.cfg.resource_group,
-                "users-prefix",
-                &json!({"location": w.op.cfg.location, "sku": {"name": "Standard", "tier": "Regional"},
-                    "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
-            )
-            .await
-            .expect("a user's prefix");
-    let id = created["id"].as_str().expect("id").to_string();
+    let id = create_users_prefix(&w).await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
     let mut s = sgc("hand", json!({"gatewayNodepoolName": "gateway"}));
     s.metadata.annotations = Some([(api::names::ADOPTED_PREFIX_ANNOTATION.to_string(), id)].into());
@@ -1359,4 +1355,293 @@ async fn an_adoption_annotation_naming_another_prefix_is_refused_and_nothing_is_
             .is_some(),
         "a prefix the annotation named but the operator refused is never deleted"
     );
+}
+
+/// Creates a user's public IP prefix `users-prefix` (/31, the pool's length) in the node resource group;
+/// returns its ID.
+async fn create_users_prefix(w: &World) -> String {
+    let created =
+        w.op.arm
+            .put_prefix(
+                &w.op.cfg.resource_group,
+                "users-prefix",
+                &json!({"location": w.op.cfg.location, "sku": {"name": "Standard", "tier": "Regional"},
+                    "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
+            )
+            .await
+            .expect("a user's prefix");
+    created["id"].as_str().expect("id").to_string()
+}
+
+/// Creates configuration `a` (managed prefix) and `byo`, whose prefix is [`create_users_prefix`]'s, on node
+/// pool `gateway`, and provisions them (one pass).
+async fn provision_managed_and_byo(w: &World) -> Api<StaticGatewayConfiguration> {
+    let prefix_id = create_users_prefix(w).await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_sgc(&sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
+    create_sgc(
+        &sgcs,
+        "byo",
+        json!({"gatewayNodepoolName": "gateway", "publicIpPrefixId": prefix_id}),
+    )
+    .await;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    sgcs
+}
+
+/// The ARM writes the simulator saw since its calls were last cleared, as `METHOD path`.
+fn arm_writes(azure: &AzureSim) -> Vec<String> {
+    azure
+        .calls()
+        .iter()
+        .filter(|c| c.method != "GET")
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect()
+}
+
+/// The load balancer's rules: lower-cased name → frontend port.
+async fn rule_ports(w: &World) -> std::collections::BTreeMap<String, i64> {
+    let lb =
+        w.op.arm
+            .get_lb("node-rg", "kubeegressgateway-ilb")
+            .await
+            .expect("lb")
+            .expect("the load balancer exists");
+    lb["properties"]["loadBalancingRules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or_default().to_ascii_lowercase(),
+                r["properties"]["frontendPort"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// The names (lower-cased, sorted) of the primary NIC configuration's ipConfigurations of the gateway scale
+/// set's model and of each of its instances, model first.
+async fn ip_config_names(w: &World) -> Vec<Vec<String>> {
+    let names = |nic_configs: &serde_json::Value| {
+        let mut v: Vec<String> = nic_configs[0]["properties"]["ipConfigurations"]
+            .as_array()
+            .expect("ipConfigurations")
+            .iter()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_ascii_lowercase())
+            .collect();
+        v.sort();
+        v
+    };
+    let vmss =
+        w.op.arm
+            .get_vmss("node-rg", GATEWAY_VMSS)
+            .await
+            .expect("vmss")
+            .expect("the scale set exists");
+    let mut out = vec![names(
+        &vmss["properties"]["virtualMachineProfile"]["networkProfile"]["networkInterfaceConfigurations"],
+    )];
+    for vm in
+        w.op.arm
+            .list_instances("node-rg", GATEWAY_VMSS)
+            .await
+            .expect("instances")
+    {
+        out.push(names(
+            &vm["properties"]["networkProfileConfiguration"]["networkInterfaceConfigurations"],
+        ));
+    }
+    out
+}
+
+/// The uid of configuration `name`.
+async fn uid_of(sgcs: &Api<StaticGatewayConfiguration>, name: &str) -> String {
+    sgcs.get(name)
+        .await
+        .expect("get")
+        .metadata
+        .uid
+        .expect("uid")
+        .to_ascii_lowercase()
+}
+
+/// A BYO prefix that cannot be read for a pass (ARM answers 500 beyond the retries) costs its configuration
+/// nothing in Azure: no write at all in that pass, its rule keeps its port, its ipConfigurations stay; its
+/// status says why, the pass fails (retried), and the next pass finds everything as it was.
+#[tokio::test]
+async fn a_byo_prefix_unreadable_for_a_pass_keeps_its_configuration_in_azure() {
+    let w = start().await;
+    let sgcs = provision_managed_and_byo(&w).await;
+    let byo = uid_of(&sgcs, "byo").await;
+    let s = sgcs.get("byo").await.expect("get");
+    assert_eq!(
+        condition(&s, READY),
+        Some(("True", "Provisioned")),
+        "{:?}",
+        s.status
+    );
+    let ports = rule_ports(&w).await;
+    let configs = ip_config_names(&w).await;
+    assert!(ports.contains_key(&byo), "{ports:?}");
+    assert!(
+        configs
+            .iter()
+            .all(|c| c.contains(&format!("egressgateway-{byo}"))),
+        "{configs:?}"
+    );
+
+    w.azure
+        .inject_fault(testbed::azure::FaultSpec::new(
+            "GET",
+            "(?i)/publicIPPrefixes/users-prefix$",
+            100,
+            500,
+            "InternalServerError",
+        ))
+        .expect("fault");
+    w.azure.clear_calls();
+    assert!(
+        w.op.reconcile_pools(None).await.is_err(),
+        "the unread prefix fails the pass, so that it is retried"
+    );
+    let writes = arm_writes(&w.azure);
+    assert!(writes.is_empty(), "no write in that pass: {writes:?}");
+    assert_eq!(rule_ports(&w).await, ports, "the rule keeps its port");
+    assert_eq!(ip_config_names(&w).await, configs, "the ipConfigurations stay");
+    let s = sgcs.get("byo").await.expect("get");
+    let (status, reason, message) = condition_message(&s, READY).expect("Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "AzureError"));
+    assert!(
+        message.contains("users-prefix") && message.contains("InternalServerError"),
+        "{message}"
+    );
+    let a = sgcs.get("a").await.expect("get");
+    assert_eq!(condition(&a, READY), Some(("True", "Provisioned")));
+
+    w.azure.with_state(|s| s.clear_faults());
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let s = sgcs.get("byo").await.expect("get");
+    assert_eq!(condition(&s, READY), Some(("True", "Provisioned")));
+    assert_eq!(rule_ports(&w).await, ports);
+    assert_eq!(
+        s.status
+            .as_ref()
+            .and_then(|st| st.gateway_server_profile.as_ref())
+            .map(|p| i64::from(p.port)),
+        ports.get(&byo).copied()
+    );
+}
+
+/// One scale set named two ways: configuration `by-pool` by its AKS node pool, `by-vmss` by the scale set's
+/// resource group and name (as upstream's e2e builds profiles from node providerIDs). Their pool passes keep
+/// each other's part: both rules and ipConfigurations exist after two passes and a third writes nothing;
+/// deleting one leaves the other's rule, frontend and backend pool.
+#[tokio::test]
+async fn two_references_to_one_scale_set_keep_each_others_configurations() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_sgc(&sgcs, "by-pool", json!({"gatewayNodepoolName": "gateway"})).await;
+    create_sgc(
+        &sgcs,
+        "by-vmss",
+        json!({"gatewayVmssProfile": {"vmssResourceGroup": "node-rg", "vmssName": GATEWAY_VMSS,
+            "publicIpPrefixSize": 31}}),
+    )
+    .await;
+    for _ in 0..2 {
+        w.op.reconcile_pools(None).await.expect("reconcile");
+    }
+    let (by_pool, by_vmss) = (uid_of(&sgcs, "by-pool").await, uid_of(&sgcs, "by-vmss").await);
+    let ports = rule_ports(&w).await;
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert_ne!(ports.get(&by_pool), ports.get(&by_vmss));
+    for configs in ip_config_names(&w).await {
+        for uid in [&by_pool, &by_vmss] {
+            assert!(configs.contains(&format!("egressgateway-{uid}")), "{configs:?}");
+        }
+    }
+    for (name, uid) in [("by-pool", &by_pool), ("by-vmss", &by_vmss)] {
+        let s = sgcs.get(name).await.expect("get");
+        assert_eq!(condition(&s, READY), Some(("True", "Provisioned")), "{name}");
+        let port = s
+            .status
+            .as_ref()
+            .and_then(|st| st.gateway_server_profile.as_ref())
+            .map(|p| i64::from(p.port));
+        assert_eq!(port, ports.get(uid).copied(), "{name}");
+    }
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let writes = arm_writes(&w.azure);
+    assert!(writes.is_empty(), "steady state: {writes:?}");
+
+    sgcs.delete("by-pool", &DeleteParams::default())
+        .await
+        .expect("delete");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(sgcs.get_opt("by-pool").await.expect("get").is_none());
+    let left = rule_ports(&w).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        left.get(&by_vmss),
+        ports.get(&by_vmss),
+        "the other rule keeps its port"
+    );
+    for configs in ip_config_names(&w).await {
+        assert!(
+            configs.contains(&format!("egressgateway-{by_vmss}")),
+            "{configs:?}"
+        );
+        assert!(
+            !configs.contains(&format!("egressgateway-{by_pool}")),
+            "{configs:?}"
+        );
+    }
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let writes = arm_writes(&w.azure);
+    assert!(
+        writes.is_empty(),
+        "the frontend and backend pool stayed for by-vmss: {writes:?}"
+    );
+    let s = sgcs.get("by-vmss").await.expect("get");
+    assert_eq!(condition(&s, READY), Some(("True", "Provisioned")));
+}
+
+/// A deleted configuration keeps its finalizer while ARM refuses an instance update of its pool (that
+/// instance may still have its ipConfiguration, referencing its prefix); the next pass, with ARM taking the
+/// update, releases it.
+#[tokio::test]
+async fn a_deletion_waits_for_a_refused_instance_update() {
+    let w = start().await;
+    let sgcs = provision_managed_and_byo(&w).await;
+    let byo = format!("egressgateway-{}", uid_of(&sgcs, "byo").await);
+
+    sgcs.delete("byo", &DeleteParams::default())
+        .await
+        .expect("delete");
+    pass_with_instance_update_refused(&w, 1).await;
+    let held = sgcs.get_opt("byo").await.expect("get");
+    assert!(
+        held.and_then(|s| s.metadata.finalizers)
+            .is_some_and(|f| f.iter().any(|f| f == api::names::SGC_FINALIZER)),
+        "the finalizer stays"
+    );
+    let configs = ip_config_names(&w).await;
+    assert!(!configs[0].contains(&byo), "gone from the model: {configs:?}");
+    assert!(
+        configs.iter().any(|c| c.contains(&byo)),
+        "the refused instance still has it: {configs:?}"
+    );
+
+    w.azure.with_state(|s| s.clear_faults());
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(sgcs.get_opt("byo").await.expect("get").is_none(), "released");
+    assert!(
+        ip_config_names(&w).await.iter().all(|c| !c.contains(&byo)),
+        "no instance has its ipConfiguration"
+    );
+    let a = sgcs.get("a").await.expect("get");
+    assert_eq!(condition(&a, READY), Some(("True", "Provisioned")));
 }

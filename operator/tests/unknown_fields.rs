@@ -42,6 +42,7 @@ fn configs(uids: &[&str], egress: &Egress) -> Vec<Config> {
             uid: format!("00000000-0000-0000-0000-{u:0>12}"),
             egress: egress.clone(),
             deleting: false,
+            kept: false,
             adopted: None,
         })
         .collect()

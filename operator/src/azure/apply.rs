@@ -359,7 +359,7 @@ pub async fn reconcile(
     };
     let facts = configs
         .iter()
-        .filter(|c| !c.deleting)
+        .filter(|c| !c.deleting && !c.kept)
         .map(|c| {
             let cidr = match &c.egress {
                 Egress::Managed => after

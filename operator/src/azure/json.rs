@@ -443,6 +443,7 @@ mod tests {
             uid: "a".into(),
             egress: crate::desired::Egress::Private,
             deleting: false,
+            kept: false,
             adopted: None,
         }];
         let plan = crate::desired::plan_lb(&pool.uid, &configs, &Default::default(), None, &env());

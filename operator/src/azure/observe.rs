@@ -30,6 +30,9 @@ pub struct ResolvedPool {
     pub name: String,
     /// Location of the scale set / VMs.
     pub location: String,
+    /// The AKS node pool a scale set belongs to (its `aks-managed-poolName` tag): a node-pool reference of
+    /// that name resolves to it when it is in the node resource group.
+    pub aks_pool_name: Option<String>,
 }
 
 /// Why a pool cannot be reconciled.
@@ -232,6 +235,7 @@ pub async fn resolve_in(
                 },
                 resource_group: cfg.resource_group.clone(),
                 name: np.clone(),
+                aks_pool_name: Some(np.clone()),
                 location: vm
                     .get("location")
                     .and_then(Value::as_str)
@@ -274,6 +278,7 @@ fn vmss_pool(
         },
         resource_group: rg.to_string(),
         name,
+        aks_pool_name: tag(vmss, TAG_AKS_POOL_NAME).map(str::to_string),
         location: vmss
             .get("location")
             .and_then(Value::as_str)
@@ -357,9 +362,11 @@ pub async fn observe_in(
         ..Observed::default()
     };
     o.state.lb = o.lb.as_ref().map(lb_from_json);
-    // Every configuration's managed prefix name, and the prefix it adopted.
-    let mut names: Vec<String> = configs.iter().map(|c| managed_resource_name(&c.uid)).collect();
-    names.extend(configs.iter().filter_map(|c| c.adopted.clone()));
+    // Every configuration's managed prefix name, and the prefix it adopted; not a kept configuration's (the
+    // plan neither creates nor deletes them, nor reports on it).
+    let planned = || configs.iter().filter(|c| !c.kept);
+    let mut names: Vec<String> = planned().map(|c| managed_resource_name(&c.uid)).collect();
+    names.extend(planned().filter_map(|c| c.adopted.clone()));
     names.sort_by_key(|n| n.to_ascii_lowercase());
     names.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
     let prefixes: Vec<ArmResult<(String, Option<Value>)>> =
