@@ -1346,14 +1346,23 @@ fn a_kept_configuration_loses_nothing_and_changes_nothing() {
         &mut state,
     );
     let before = state.clone();
-    // b's BYO prefix cannot be read this pass: b is kept as it is.
+    // b's BYO prefix cannot be read this pass: b is kept as it is; so is c, new, whose adoption was not
+    // recorded: nothing is made for it (no prefix, rule, probe or ipConfiguration).
     let p = plan(
         &vmss_pool(),
-        &[cfg("a", Egress::Managed), kept_cfg("b", byo())],
+        &[
+            cfg("a", Egress::Managed),
+            kept_cfg("b", byo()),
+            kept_cfg("c", Egress::Managed),
+        ],
         &state,
     );
     assert!(p.is_noop(), "{p:#?}");
     assert_eq!(p.ports.get("a"), Some(&6000));
+    assert!(!p.ports.contains_key("b") && !p.ports.contains_key("c"));
+    // Alone on a pool with nothing yet, a kept configuration makes neither a frontend nor a load balancer.
+    let p = plan(&vmss_pool(), &[kept_cfg("c", Egress::Managed)], &vmss_state(2));
+    assert!(p.is_noop(), "{p:#?}");
     // Even as the only configuration left: rule, probe, frontend, backend, ipConfigurations, backend pool
     // on the NICs, and its prefix all stay.
     let p = plan(
@@ -1398,31 +1407,6 @@ fn a_kept_configuration_loses_nothing_and_changes_nothing() {
     // Nothing more to do while it stays kept.
     let again = plan(&vmss_pool(), &[kept_cfg("b", byo())], &state);
     assert!(again.is_noop(), "{again:#?}");
-}
-
-#[test]
-fn a_kept_configuration_gets_nothing_new() {
-    let mut state = vmss_state(2);
-    let p = plan(
-        &vmss_pool(),
-        &[cfg("a", Egress::Private), kept_cfg("b", Egress::Managed)],
-        &state,
-    );
-    assert!(p.prefixes_to_create.is_empty(), "{:?}", p.prefixes_to_create);
-    assert!(!p.ports.contains_key("b"));
-    let lb = lb_of(&p);
-    assert!(!lb.rules.iter().any(|r| r.name == "b"));
-    assert!(!lb.probes.iter().any(|r| r.name == "b"));
-    apply(&mut state, &p);
-    let named_b = |nic: &Option<Nic>| {
-        nic.as_ref()
-            .is_some_and(|n| n.ip_configs.iter().any(|c| c.name == "egressgateway-b"))
-    };
-    assert!(!named_b(&state.vmss_model));
-    assert!(!state.instances.iter().any(|i| named_b(&i.nic)));
-    // Alone, it creates neither a frontend nor a load balancer.
-    let p = plan(&vmss_pool(), &[kept_cfg("b", Egress::Managed)], &vmss_state(2));
-    assert!(p.is_noop(), "{p:#?}");
 }
 
 #[test]
