@@ -675,8 +675,8 @@ pub fn plan_pool(
             };
             for name in state.public_ips.keys() {
                 let ours = configs.iter().any(|c| named_after(c, name));
-                let kept = kept(configs).any(|c| named_after(c, name));
-                if ours && !kept && !wanted_pips.contains(name) {
+                let of_kept = kept(configs).any(|c| named_after(c, name));
+                if ours && !of_kept && !wanted_pips.contains(name) {
                     public_ips_to_delete.push(name.clone());
                 }
             }
