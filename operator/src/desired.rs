@@ -506,6 +506,51 @@ fn kept(configs: &[Config]) -> impl Iterator<Item = &Config> {
     configs.iter().filter(|c| c.kept)
 }
 
+/// Whether any NIC of the pool (the scale set's model, an instance's model, a VM pool's NIC) has one of the
+/// ipConfigurations `names`.
+fn carries_any(state: &AzureState, names: &[String]) -> bool {
+    nics_of(state).any(|nic| {
+        nic.ip_configs
+            .iter()
+            .any(|i| names.iter().any(|n| eq_ci(n, &i.name)))
+    })
+}
+
+/// Every NIC of the pool in `state`: the scale set's model, the instances' models, a VM pool's NICs.
+fn nics_of(state: &AzureState) -> impl Iterator<Item = &Nic> {
+    state
+        .vmss_model
+        .iter()
+        .chain(state.instances.iter().filter_map(|i| i.nic.as_ref()))
+        .chain(state.vm_nics.iter().map(|v| &v.nic))
+}
+
+/// Whether an instance or VM NIC whose update ARM refused (`refused`: instance IDs and NIC names) still has
+/// the configuration `uid`'s ipConfiguration: its deletion is not done until that update goes through.
+pub fn left_on_refused<'a>(
+    state: &AzureState,
+    refused: impl IntoIterator<Item = &'a String>,
+    uid: &str,
+) -> bool {
+    let name = managed_resource_name(uid);
+    let has = |nic: &Nic| nic.ip_configs.iter().any(|i| eq_ci(&i.name, &name));
+    refused.into_iter().any(|target| {
+        state
+            .instances
+            .iter()
+            .filter(|i| eq_ci(&i.instance_id, target))
+            .filter_map(|i| i.nic.as_ref())
+            .chain(
+                state
+                    .vm_nics
+                    .iter()
+                    .filter(|v| eq_ci(&v.name, target))
+                    .map(|v| &v.nic),
+            )
+            .any(has)
+    })
+}
+
 /// Computes the whole plan for a pool.
 pub fn plan_pool(
     pool: &Pool,
@@ -557,8 +602,17 @@ pub fn plan_pool(
         }
     }
 
+    // ipConfigurations left as they are wherever they exist (kept configurations).
+    let kept_ip_configs: Vec<String> = kept(configs).map(|c| managed_resource_name(&c.uid)).collect();
     // The load balancer decides which configurations get a port; the rest are treated as absent.
-    let lb_plan = plan_lb(&pool.uid, configs, &problems, state.lb.as_ref(), env);
+    let lb_plan = plan_lb(
+        &pool.uid,
+        configs,
+        &problems,
+        state.lb.as_ref(),
+        env,
+        carries_any(state, &kept_ip_configs),
+    );
     problems.extend(lb_plan.problems);
     prefixes_to_create.retain(|p| !problems.keys().any(|u| managed_resource_name(u) == p.name));
     let provisioned: Vec<&Config> = wanted(configs)
@@ -578,8 +632,6 @@ pub fn plan_pool(
             (managed_resource_name(&c.uid), prefix)
         })
         .collect();
-    // ipConfigurations left as they are wherever they exist (kept configurations).
-    let kept_ip_configs: Vec<String> = kept(configs).map(|c| managed_resource_name(&c.uid)).collect();
     let backend_id = env.backend_pool_id(&pool.uid);
     let keeping = Keeping {
         ip_configs: &kept_ip_configs,
@@ -936,6 +988,7 @@ pub fn plan_lb(
     blocked: &BTreeMap<String, ConfigProblem>,
     current: Option<&Lb>,
     env: &Env,
+    kept_on_nics: bool,
 ) -> LbPlan {
     let uid = pool_uid;
     let wanted: Vec<&Config> = wanted(configs)
@@ -999,15 +1052,16 @@ pub fn plan_lb(
     });
 
     if wanted.is_empty() {
-        // Kept configurations may still use the frontend and backend pool (their rules, their NICs): both
-        // stay as they are while there are any.
+        // What still uses the frontend and backend pool keeps them: a rule left on them (a kept configuration's),
+        // or a NIC that still carries a kept configuration's ipConfiguration (its primary ipConfiguration stays
+        // in the backend pool, so neither the pool nor the load balancer can go; the frontend stays with them).
+        // A kept configuration with nothing in Azure keeps nothing.
         let referenced_fe = lb.rules.iter().any(|r| opt_eq_ci(r.frontend.as_deref(), uid));
         let referenced_be = lb.rules.iter().any(|r| opt_eq_ci(r.backend.as_deref(), uid));
-        let keeping = kept(configs).next().is_some();
-        if !referenced_fe && !keeping {
+        if !referenced_fe && !kept_on_nics {
             lb.frontends.retain(|f| !eq_ci(&f.name, uid));
         }
-        if !referenced_be && !keeping {
+        if !referenced_be && !kept_on_nics {
             lb.backends.retain(|b| !eq_ci(b, uid));
         }
     } else {

@@ -1516,3 +1516,65 @@ fn two_references_to_one_scale_set_each_keep_the_others_configurations() {
     assert_eq!(names(&state.vmss_model), ["ipconfig1", "egressgateway-b"]);
     assert!(plan(&vmss_pool(), &of_b[1..], &state).is_noop());
 }
+
+#[test]
+fn a_kept_configuration_with_nothing_in_azure_keeps_no_frontend_backend_or_load_balancer() {
+    let mut state = vmss_state(2);
+    converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    // b (another reference's configuration, never admitted) has no rule and no ipConfiguration: deleting a,
+    // the last configuration with anything in Azure, deletes the load balancer as if b were not there.
+    let p = converge(
+        &vmss_pool(),
+        &[deleting("a", Egress::Managed), kept_cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    assert_eq!(p.lb, LbWrite::Delete, "{p:#?}");
+    assert_eq!(state.vmss_model.as_ref(), Some(&primary_nic()));
+}
+
+#[test]
+fn a_kept_ip_configuration_alone_keeps_the_backend_pool_and_the_load_balancer() {
+    let mut state = vmss_state(2);
+    converge(
+        &vmss_pool(),
+        &[cfg("a", Egress::Managed), cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    // b's rule is gone (removed by hand, say) but its ipConfigurations are still on the NICs, whose primary
+    // ipConfigurations stay in the backend pool: the pool stays, and with it the load balancer and frontend
+    // (ARM refuses to delete a load balancer whose backend pool NICs reference).
+    if let Some(lb) = state.lb.as_mut() {
+        lb.rules.retain(|r| r.name != "b");
+        lb.probes.retain(|p| p.name != "b");
+    }
+    let p = plan(
+        &vmss_pool(),
+        &[deleting("a", Egress::Managed), kept_cfg("b", Egress::Managed)],
+        &state,
+    );
+    let lb = lb_of(&p);
+    assert!(lb.rules.is_empty() && lb.probes.is_empty(), "{lb:#?}");
+    assert_eq!(lb.backends, vec![POOL.to_string()]);
+    assert_eq!(lb.frontends.len(), 1);
+}
+
+#[test]
+fn a_deletion_waits_only_for_refused_targets_that_still_carry_its_ip_configuration() {
+    let mut state = vmss_state(2);
+    converge(&vmss_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    let with_a = state.instances[0].instance_id.clone();
+    // A new instance that never got a's ipConfiguration.
+    if let Some(nic) = state.instances[1].nic.as_mut() {
+        nic.ip_configs.retain(|c| c.name != "egressgateway-a");
+    }
+    let without_a = state.instances[1].instance_id.clone();
+    assert!(left_on_refused(&state, [&with_a], "a"));
+    assert!(left_on_refused(&state, [&with_a.to_uppercase()], "A"));
+    assert!(!left_on_refused(&state, [&without_a], "a"));
+    assert!(!left_on_refused(&state, [&"gone".to_string()], "a"));
+    assert!(!left_on_refused(&state, [&with_a], "b"));
+    let mut vm = vm_state(1);
+    converge(&vm_pool(), &[cfg("a", Egress::Private)], &mut vm);
+    let nic = vm.vm_nics[0].name.clone();
+    assert!(left_on_refused(&vm, [&nic], "a"));
+}

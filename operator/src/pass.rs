@@ -807,13 +807,14 @@ impl Operator {
                 continue;
             }
             if c.deleting {
-                if refused {
-                    // ARM refused an instance (or NIC) update: the configuration's ipConfiguration may still be
-                    // on it (and reference its prefix). The finalizer stays; the converging pool is retried.
-                    tracing::info!(
+                if desired::left_on_refused(&outcome.state, outcome.failed_updates.keys(), &c.uid) {
+                    // ARM refused the update of an instance (or NIC) that still has the configuration's
+                    // ipConfiguration (which references its prefix). The finalizer stays; the converging pool is
+                    // retried. A refusal elsewhere in the pool does not hold it.
+                    tracing::warn!(
                         pool = %pool_ref,
                         configuration = %format!("{}/{}", sgc.namespace().unwrap_or_default(), sgc.name_any()),
-                        "deletion waits for the refused instance updates"
+                        "deletion waits for a refused instance update that would remove its ipConfiguration"
                     );
                     continue;
                 }

@@ -424,6 +424,7 @@ pub async fn cleanup_without_pool(
             &BTreeMap::new(),
             Some(&lb),
             &env,
+            false,
         );
         write_lb(arm, cfg, Some(&current), &plan.write).await
     })

@@ -446,7 +446,7 @@ mod tests {
             kept: false,
             adopted: None,
         }];
-        let plan = crate::desired::plan_lb(&pool.uid, &configs, &Default::default(), None, &env());
+        let plan = crate::desired::plan_lb(&pool.uid, &configs, &Default::default(), None, &env(), false);
         let crate::desired::LbWrite::Put { lb, .. } = plan.write else {
             panic!("expected a PUT");
         };
