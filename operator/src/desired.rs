@@ -628,20 +628,37 @@ pub fn plan_pool(
                     });
                 }
             }
-            // Public IPs the operator created for configurations that no longer use them.
-            for name in state.public_ips.keys() {
-                let ours = configs
-                    .iter()
-                    .any(|c| name.starts_with(&managed_resource_name(&c.uid).to_ascii_lowercase()))
-                    || configs.iter().any(|c| match &c.egress {
-                        Egress::Byo { prefix } => name.starts_with(&prefix.name.to_ascii_lowercase()),
-                        _ => false,
+            // Public IPs the operator created for configurations that no longer use them. The resource group
+            // holds others (the user's, another VM pool's of a shared BYO prefix), so only those it can tell
+            // are its own go: named exactly as it names the public IP of one of this pool's NICs on one of
+            // the configurations' prefixes (managed, adopted or BYO), and allocated from that prefix.
+            let prefix_ids: Vec<String> = configs
+                .iter()
+                .flat_map(|c| {
+                    let used = match &c.egress {
+                        Egress::Byo { prefix } => Some(prefix.to_string()),
+                        Egress::Adopted { name } => Some(env.prefix_id(name)),
+                        Egress::Private | Egress::Managed => None,
+                    };
+                    c.owned_prefix_names()
+                        .into_iter()
+                        .map(|name| env.prefix_id(&name))
+                        .chain(used)
+                })
+                .collect();
+            let own: BTreeSet<(String, String)> = prefix_ids
+                .iter()
+                .flat_map(|prefix_id| {
+                    state.vm_nics.iter().map(move |nic| {
+                        (
+                            vm_pool_public_ip_name(last_segment(prefix_id), &nic.name).to_ascii_lowercase(),
+                            prefix_id.to_ascii_lowercase(),
+                        )
                     })
-                    || configs.iter().any(|c| {
-                        c.adopted
-                            .as_ref()
-                            .is_some_and(|a| name.starts_with(&a.to_ascii_lowercase()))
-                    });
+                })
+                .collect();
+            for (name, prefix_id) in &state.public_ips {
+                let ours = own.contains(&(name.clone(), prefix_id.to_ascii_lowercase()));
                 if ours && !wanted_pips.contains(name) {
                     public_ips_to_delete.push(name.clone());
                 }

@@ -592,6 +592,97 @@ async fn a_vm_pool_reports_the_node_of_each_pre_created_nic() {
     );
 }
 
+/// On a VM pool the operator deletes only the public IPs it made: the user's `prod-appgw-pip`, named after the
+/// BYO prefix `prod` a configuration uses and allocated from it, stays through the configuration's passes and
+/// its deletion (it was deleted as soon as the operator saw it).
+#[tokio::test]
+async fn a_vm_pool_keeps_a_users_public_ip_named_after_its_byo_prefix() {
+    let mut seed = Seed::aks_like(0);
+    seed.vm_scale_sets.clear();
+    // One NIC: its public IP and the user's fill the /31 prefix.
+    let w = start_with(seed.with_vm_pool("gateway", 1, 1)).await;
+    let (rg, location) = (w.op.cfg.resource_group.clone(), w.op.cfg.location.clone());
+    w.op.arm
+        .put_prefix(
+            &rg,
+            "prod",
+            &json!({"location": location, "sku": {"name": "Standard", "tier": "Regional"},
+                    "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
+        )
+        .await
+        .expect("the user's prefix");
+    let prefix =
+        w.op.arm
+            .get_prefix(&rg, "prod")
+            .await
+            .expect("get")
+            .expect("exists");
+    let prefix_id = prefix["id"].as_str().expect("id").to_string();
+    w.op.arm
+        .put_public_ip(
+            &rg,
+            "prod-appgw-pip",
+            &operator::azure::json::public_ip_body(&location, &prefix_id),
+        )
+        .await
+        .expect("the user's public IP");
+    let users = common::resources(&w.azure);
+    let public_ips = || async {
+        let mut names: Vec<String> =
+            w.op.arm
+                .list_public_ips(&rg)
+                .await
+                .expect("list")
+                .iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_string))
+                .collect();
+        names.sort();
+        names
+    };
+
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    create_pool(&pools, "gateway", "gateway").await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_sgc(
+        &sgcs,
+        "byo",
+        json!({"gatewayNodepoolName": "gateway", "publicIpPrefixId": prefix_id}),
+    )
+    .await;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let s = sgcs.get("byo").await.expect("get");
+    assert_eq!(
+        condition(&s, READY),
+        Some(("True", "Provisioned")),
+        "{:?}",
+        s.status
+    );
+    let ours = api::names::vm_pool_public_ip_name("prod", "aks-gateway-12345678-nic0");
+    let mut want = vec!["prod-appgw-pip".to_string(), ours];
+    want.sort();
+    assert_eq!(public_ips().await, want);
+
+    // Steady state: nothing to delete, pass after pass.
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(w.azure.calls().iter().filter(|c| c.method != "GET").count(), 0);
+
+    sgcs.delete("byo", &DeleteParams::default())
+        .await
+        .expect("delete");
+    pools
+        .delete("gateway", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(sgcs.get_opt("byo").await.expect("get").is_none());
+    assert_eq!(
+        common::resources(&w.azure),
+        users,
+        "the operator's public IP is deleted, the user's prefix and public IP stay"
+    );
+}
+
 /// `base` plus `resource="<resource>"`.
 fn with<'a>(base: &[(&'a str, &'a str)], resource: &'a str) -> Vec<(&'a str, &'a str)> {
     let mut v = base.to_vec();
