@@ -126,6 +126,20 @@ async fn create_pool(pools: &Api<api::GatewayPool>, name: &str, nodepool: &str) 
     pools.create(&PostParams::default(), &p).await.expect("pool");
 }
 
+/// Deletes configuration `name` (in the app namespace) and GatewayPool `gateway`, runs one pass, and checks
+/// that the configuration is gone (its finalizer released).
+async fn delete_sgc_and_pool(w: &World, name: &str) {
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    sgcs.delete(name, &DeleteParams::default()).await.expect("delete");
+    pools
+        .delete("gateway", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(sgcs.get_opt(name).await.expect("get").is_none());
+}
+
 /// The status of GatewayPool `gateway`, which must have one.
 async fn pool_status(pools: &Api<api::GatewayPool>) -> api::pool::GatewayPoolStatus {
     pools
@@ -667,15 +681,7 @@ async fn a_vm_pool_keeps_a_users_public_ip_named_after_its_byo_prefix() {
     w.op.reconcile_pools(None).await.expect("reconcile");
     assert_eq!(w.azure.calls().iter().filter(|c| c.method != "GET").count(), 0);
 
-    sgcs.delete("byo", &DeleteParams::default())
-        .await
-        .expect("delete");
-    pools
-        .delete("gateway", &DeleteParams::default())
-        .await
-        .expect("delete pool");
-    w.op.reconcile_pools(None).await.expect("reconcile");
-    assert!(sgcs.get_opt("byo").await.expect("get").is_none());
+    delete_sgc_and_pool(&w, "byo").await;
     assert_eq!(
         common::resources(&w.azure),
         users,
@@ -1330,15 +1336,7 @@ async fn a_migrated_configuration_adopts_upstreams_prefix(w: World) {
     assert_eq!(w.azure.count_calls("GET", "(?i)/publicIPPrefixes$"), 0);
     assert_eq!(w.azure.calls().iter().filter(|c| c.method != "GET").count(), 0);
 
-    sgcs.delete("migrated", &DeleteParams::default())
-        .await
-        .expect("delete");
-    pools
-        .delete("gateway", &DeleteParams::default())
-        .await
-        .expect("delete pool");
-    w.op.reconcile_pools(None).await.expect("reconcile");
-    assert!(sgcs.get_opt("migrated").await.expect("get").is_none());
+    delete_sgc_and_pool(&w, "migrated").await;
     assert_eq!(
         common::resources(&w.azure),
         before,
