@@ -111,14 +111,18 @@ impl Config {
         self.used_owned_prefix().into_iter().collect()
     }
 
-    /// The names (lower-cased) of the prefixes its public IP addresses (VM pools) are named after: the owned
-    /// ones and a BYO prefix.
-    fn public_ip_prefix_names(&self) -> Vec<String> {
-        let mut names = self.owned_prefix_names();
+    /// The IDs of the prefixes its public IP addresses (VM pools) may be allocated from: the owned ones and a
+    /// BYO prefix.
+    fn public_ip_prefix_ids(&self, env: &Env) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .owned_prefix_names()
+            .iter()
+            .map(|n| env.prefix_id(n))
+            .collect();
         if let Egress::Byo { prefix } = &self.egress {
-            names.push(prefix.name.to_ascii_lowercase());
+            ids.push(prefix.to_string());
         }
-        names
+        ids
     }
 
     /// The name (lower-cased) of the prefix the operator owns that this configuration uses now, if any.
@@ -718,17 +722,29 @@ pub fn plan_pool(
                     });
                 }
             }
-            // Public IPs the operator created for configurations that no longer use them; a kept
+            // Public IPs the operator created for configurations that no longer use them. The resource group
+            // holds others (the user's, another VM pool's of a shared BYO prefix), so only those it can tell
+            // are its own go: named exactly as it names the public IP of one of this pool's NICs on one of
+            // the configurations' prefixes (managed, adopted or BYO), and allocated from that prefix. A kept
             // configuration's stay.
-            let named_after = |c: &Config, name: &str| {
-                c.public_ip_prefix_names()
-                    .iter()
-                    .any(|p| name.starts_with(p.as_str()))
+            let own_of = |c: &Config| -> Vec<(String, String)> {
+                let mut own = Vec::new();
+                for prefix_id in c.public_ip_prefix_ids(env) {
+                    for nic in &state.vm_nics {
+                        own.push((
+                            vm_pool_public_ip_name(last_segment(&prefix_id), &nic.name).to_ascii_lowercase(),
+                            prefix_id.to_ascii_lowercase(),
+                        ));
+                    }
+                }
+                own
             };
-            for name in state.public_ips.keys() {
-                let ours = configs.iter().any(|c| named_after(c, name));
-                let of_kept = kept(configs).any(|c| named_after(c, name));
-                if ours && !of_kept && !wanted_pips.contains(name) {
+            let own: BTreeSet<(String, String)> =
+                configs.iter().filter(|c| !c.kept).flat_map(own_of).collect();
+            let of_kept: BTreeSet<(String, String)> = kept(configs).flat_map(own_of).collect();
+            for (name, prefix_id) in &state.public_ips {
+                let key = (name.clone(), prefix_id.to_ascii_lowercase());
+                if own.contains(&key) && !of_kept.contains(&key) && !wanted_pips.contains(name) {
                     public_ips_to_delete.push(name.clone());
                 }
             }

@@ -915,6 +915,75 @@ fn vm_pool_public_mode_creates_a_public_ip_per_nic_named_by_upstreams_hash() {
 }
 
 #[test]
+fn a_vm_pool_deletes_only_the_public_ips_it_made_for_its_nics_from_its_configurations_prefixes() {
+    let byo = || Egress::Byo {
+        prefix: api::arm::parse_public_ip_prefix_id(BYO).expect("a prefix ID"),
+    };
+    let mut state = vm_state(2);
+    converge(
+        &vm_pool(),
+        &[cfg("a", byo()), cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    let own: Vec<String> = state
+        .vm_nics
+        .iter()
+        .map(|n| vm_pool_public_ip_name("mine", &n.name).to_ascii_lowercase())
+        .collect();
+    for name in &own {
+        assert_eq!(
+            state.public_ips.get(name).map(String::as_str),
+            Some(BYO),
+            "{name}"
+        );
+    }
+    // The node resource group holds other public IPs that reference a prefix, named like the operator's.
+    let user_prefix = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/publicIPPrefixes/users";
+    let others = [
+        // The user's, of the BYO prefix and named after it.
+        ("mine-appgw".to_string(), BYO.to_string()),
+        // Another VM pool's, of the same BYO prefix.
+        (
+            vm_pool_public_ip_name("mine", "aks-otherpool-0-nic"),
+            BYO.to_string(),
+        ),
+        // Named after a managed prefix, of another prefix.
+        ("egressgateway-b-appgw".to_string(), user_prefix.to_string()),
+    ];
+    for (name, prefix) in &others {
+        state.public_ips.insert(name.to_ascii_lowercase(), prefix.clone());
+    }
+    let p = converge(
+        &vm_pool(),
+        &[cfg("a", byo()), cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    assert!(p.public_ips_to_delete.is_empty(), "{p:#?}");
+
+    // `a` goes. The public IP of the second NIC has the name the operator gives it, but another prefix (of
+    // the same name, in another resource group): not the operator's either.
+    let same_name =
+        "/subscriptions/s/resourceGroups/elsewhere/providers/Microsoft.Network/publicIPPrefixes/mine";
+    state.public_ips.insert(own[1].clone(), same_name.to_string());
+    let p = converge(
+        &vm_pool(),
+        &[deleting("a", byo()), cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    assert_eq!(p.public_ips_to_delete, vec![own[0].clone()]);
+    assert!(p.prefixes_to_delete.is_empty());
+    for (name, prefix) in &others {
+        assert_eq!(
+            state.public_ips.get(&name.to_ascii_lowercase()),
+            Some(prefix),
+            "{name} was deleted"
+        );
+    }
+    assert_eq!(state.public_ips.get(&own[1]).map(String::as_str), Some(same_name));
+    assert!(!state.public_ips.contains_key(&own[0]));
+}
+
+#[test]
 fn vm_pool_nic_without_a_primary_ip_config_is_a_pool_problem() {
     let mut state = vm_state(1);
     state.vm_nics[0].nic.ip_configs.push(IpConfig::default());

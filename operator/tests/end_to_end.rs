@@ -126,6 +126,20 @@ async fn create_pool(pools: &Api<api::GatewayPool>, name: &str, nodepool: &str) 
     pools.create(&PostParams::default(), &p).await.expect("pool");
 }
 
+/// Deletes configuration `name` (in the app namespace) and GatewayPool `gateway`, runs one pass, and checks
+/// that the configuration is gone (its finalizer released).
+async fn delete_sgc_and_pool(w: &World, name: &str) {
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    sgcs.delete(name, &DeleteParams::default()).await.expect("delete");
+    pools
+        .delete("gateway", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(sgcs.get_opt(name).await.expect("get").is_none());
+}
+
 /// The status of GatewayPool `gateway`, which must have one.
 async fn pool_status(pools: &Api<api::GatewayPool>) -> api::pool::GatewayPoolStatus {
     pools
@@ -589,6 +603,89 @@ async fn a_vm_pool_reports_the_node_of_each_pre_created_nic() {
         Some(("True", "Provisioned")),
         "{:?}",
         s.status
+    );
+}
+
+/// On a VM pool the operator deletes only the public IPs it made: the user's `prod-appgw-pip`, named after the
+/// BYO prefix `prod` a configuration uses and allocated from it, stays through the configuration's passes and
+/// its deletion (it was deleted as soon as the operator saw it).
+#[tokio::test]
+async fn a_vm_pool_keeps_a_users_public_ip_named_after_its_byo_prefix() {
+    let mut seed = Seed::aks_like(0);
+    seed.vm_scale_sets.clear();
+    // One NIC: its public IP and the user's fill the /31 prefix.
+    let w = start_with(seed.with_vm_pool("gateway", 1, 1)).await;
+    let (rg, location) = (w.op.cfg.resource_group.clone(), w.op.cfg.location.clone());
+    w.op.arm
+        .put_prefix(
+            &rg,
+            "prod",
+            &json!({"location": location, "sku": {"name": "Standard", "tier": "Regional"},
+                    "properties": {"prefixLength": 31, "publicIPAddressVersion": "IPv4"}}),
+        )
+        .await
+        .expect("the user's prefix");
+    let prefix =
+        w.op.arm
+            .get_prefix(&rg, "prod")
+            .await
+            .expect("get")
+            .expect("exists");
+    let prefix_id = prefix["id"].as_str().expect("id").to_string();
+    w.op.arm
+        .put_public_ip(
+            &rg,
+            "prod-appgw-pip",
+            &operator::azure::json::public_ip_body(&location, &prefix_id),
+        )
+        .await
+        .expect("the user's public IP");
+    let users = common::resources(&w.azure);
+    let public_ips = || async {
+        let mut names: Vec<String> =
+            w.op.arm
+                .list_public_ips(&rg)
+                .await
+                .expect("list")
+                .iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_string))
+                .collect();
+        names.sort();
+        names
+    };
+
+    let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
+    create_pool(&pools, "gateway", "gateway").await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_sgc(
+        &sgcs,
+        "byo",
+        json!({"gatewayNodepoolName": "gateway", "publicIpPrefixId": prefix_id}),
+    )
+    .await;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let s = sgcs.get("byo").await.expect("get");
+    assert_eq!(
+        condition(&s, READY),
+        Some(("True", "Provisioned")),
+        "{:?}",
+        s.status
+    );
+    let ours = api::names::vm_pool_public_ip_name("prod", "aks-gateway-12345678-nic0");
+    let mut want = vec!["prod-appgw-pip".to_string(), ours];
+    want.sort();
+    assert_eq!(public_ips().await, want);
+
+    // Steady state: nothing to delete, pass after pass.
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(w.azure.calls().iter().filter(|c| c.method != "GET").count(), 0);
+
+    delete_sgc_and_pool(&w, "byo").await;
+    assert_eq!(
+        common::resources(&w.azure),
+        users,
+        "the operator's public IP is deleted, the user's prefix and public IP stay"
     );
 }
 
@@ -1245,15 +1342,7 @@ async fn a_migrated_configuration_adopts_upstreams_prefix(w: World) {
     assert_eq!(w.azure.count_calls("GET", "(?i)/publicIPPrefixes$"), 0);
     assert_eq!(w.azure.calls().iter().filter(|c| c.method != "GET").count(), 0);
 
-    sgcs.delete("migrated", &DeleteParams::default())
-        .await
-        .expect("delete");
-    pools
-        .delete("gateway", &DeleteParams::default())
-        .await
-        .expect("delete pool");
-    w.op.reconcile_pools(None).await.expect("reconcile");
-    assert!(sgcs.get_opt("migrated").await.expect("get").is_none());
+    delete_sgc_and_pool(&w, "migrated").await;
     assert_eq!(
         common::resources(&w.azure),
         before,

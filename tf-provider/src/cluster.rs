@@ -318,21 +318,24 @@ pub async fn pause(stop: &mut watch::Receiver<bool>) -> Result<(), ClusterError>
     }
 }
 
-/// Server-side applies a manifest under the provider's field manager (taking over conflicting fields:
-/// Terraform's configuration is the source of truth for the fields it sets), then removes the `managed`
-/// spec fields the manifest leaves out but the object still has. Server-side apply alone keeps those when
-/// another manager set them (`kubectl edit`, a merge patch): the configuration would never win over that
-/// drift, and the state Terraform records would not be the object.
+/// Server-side applies a manifest under the provider's field manager, then removes the `managed` spec fields
+/// the manifest leaves out but the object still has. Server-side apply alone keeps those when another manager
+/// set them (`kubectl edit`, a merge patch): the configuration would never win over that drift, and the state
+/// Terraform records would not be the object. With `take_over` (an update of an object in Terraform's state)
+/// the apply takes over conflicting fields: Terraform's configuration is the source of truth for the fields it
+/// sets. Without it (a create) a field another manager set to another value is a conflict error.
 pub async fn apply<K>(
     api: &Api<K>,
     name: &str,
     manifest: &serde_json::Value,
     managed: &[String],
+    take_over: bool,
 ) -> Result<K, ClusterError>
 where
     K: kube::Resource + Clone + DeserializeOwned + serde::Serialize + fmt::Debug,
 {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = PatchParams::apply(FIELD_MANAGER);
+    let params = if take_over { params.force() } else { params };
     let obj = api.patch(name, &params, &Patch::Apply(manifest)).await?;
     let spec = serde_json::to_value(&obj)
         .ok()

@@ -351,9 +351,28 @@ async fn apply<K: Object>(
     let api = K::api(client, planned);
     let name = resources::object_name(planned);
     let object = format!("{} {}", K::kind(&()), K::KIND.display_id(planned));
-    cluster::apply(&api, name, &K::manifest(planned), &K::KIND.spec_fields())
-        .await
-        .map_err(|e| cluster_diag(&format!("Cannot apply {object}"), &e))?;
+    let cannot_apply = |e: &ClusterError| cluster_diag(&format!("Cannot apply {object}"), e);
+    if op == Op::Create {
+        // Terraform plans a create when its state has no such object, which says nothing of the cluster: one
+        // applied with kubectl, a chart or another Terraform state must be imported, not taken over (a later
+        // destroy would delete it, and the operator release its egress IPs).
+        if let Some(existing) = cluster::get(&api, name).await.map_err(|e| cannot_apply(&e))? {
+            let terminating = existing.meta().deletion_timestamp.is_some();
+            return Err(exists(K::KIND, &K::kind(&()), planned, terminating).into());
+        }
+    }
+    // A create does not force ownership: should an object of this name appear after the check above, its
+    // other managers' values conflict (an error) instead of being taken over.
+    let take_over = op == Op::Update;
+    cluster::apply(
+        &api,
+        name,
+        &K::manifest(planned),
+        &K::KIND.spec_fields(),
+        take_over,
+    )
+    .await
+    .map_err(|e| cannot_apply(&e))?;
     let waited = cluster::wait_for(&api, name, timeout, &mut stop, K::is_ready, K::describe_wait).await;
     let state = |obj: &K| merge_planned(planned, K::state_from_object(planned, obj));
     match waited {
@@ -366,6 +385,37 @@ async fn apply<K: Object>(
             state: cluster::get(&api, name).await.ok().flatten().map(|o| state(&o)),
         }),
     }
+}
+
+/// The error of a create refused because the cluster already has an object of that name (`terminating`: one
+/// being deleted): what to do instead, with the import command. The resource's address is not in the
+/// protocol's request; Terraform shows it with the diagnostic (`with <address>`).
+fn exists(kind: Kind, kube_kind: &str, planned: &Value, terminating: bool) -> pb::Diagnostic {
+    let id = kind.display_id(planned);
+    let type_name = kind.type_name();
+    if terminating {
+        return diag::error(
+            format!("{kube_kind} {id} is being deleted"),
+            format!(
+                "The cluster still has the {kube_kind} {id}, being deleted: its finalizer has not completed \
+                 (the operator first releases what it made in Azure for it). It was left as it is. Apply again \
+                 once it is gone."
+            ),
+            None,
+        );
+    }
+    diag::error(
+        format!("{kube_kind} {id} already exists"),
+        format!(
+            "The cluster already has the {kube_kind} {id}, and Terraform's state does not: it was made outside \
+             this configuration (kubectl, a Helm chart, another Terraform state). Creating it here would take it \
+             over, and a later destroy would delete it. It was left as it is. To manage it with Terraform, import \
+             it into the state first: `terraform import {type_name}.<name> {id}`, where `{type_name}.<name>` is \
+             this resource's address (Terraform names it with this error), or add an `import` block with `to` \
+             that address and `id = \"{id}\"`. Otherwise give this resource another name."
+        ),
+        None,
+    )
 }
 
 /// Why an apply failed, and the object's state when it exists in the cluster nonetheless.
@@ -891,6 +941,35 @@ mod tests {
         assert_eq!(r.diagnostics[0].summary, "Cannot read the stored state");
         let r = upgrade("egressgateway_other", "{}").await;
         assert_eq!(r.diagnostics[0].summary, "Unknown type");
+    }
+
+    #[test]
+    fn creating_an_existing_object_names_it_and_the_import_to_run() {
+        let planned = resources::object([("namespace", Value::str("app")), ("name", Value::str("egress"))]);
+        let d = exists(Kind::Sgc, "StaticGatewayConfiguration", &planned, false);
+        assert_eq!(d.severity, pb::diagnostic::Severity::Error as i32);
+        assert_eq!(d.summary, "StaticGatewayConfiguration app/egress already exists");
+        assert!(
+            d.detail
+                .contains("`terraform import egressgateway_static_gateway_configuration.<name> app/egress`")
+                && d.detail.contains("It was left as it is."),
+            "{}",
+            d.detail
+        );
+        let pool = resources::object([("name", Value::str("gw"))]);
+        let d = exists(Kind::Pool, "GatewayPool", &pool, false);
+        assert_eq!(d.summary, "GatewayPool gw already exists");
+        assert!(
+            d.detail
+                .contains("`terraform import egressgateway_gateway_pool.<name> gw`")
+                && d.detail
+                    .contains(r#"`import` block with `to` that address and `id = "gw"`"#),
+            "{}",
+            d.detail
+        );
+        let d = exists(Kind::Pool, "GatewayPool", &pool, true);
+        assert_eq!(d.summary, "GatewayPool gw is being deleted");
+        assert!(d.detail.contains("Apply again once it is gone"), "{}", d.detail);
     }
 
     #[test]

@@ -626,7 +626,8 @@ resource "egressgateway_static_gateway_configuration" "egress" {{
             r#"staticgatewayconfigurations.egressgateway.kubernetes.azure.com "egress" is forbidden: User "{user}" cannot {verb} resource "staticgatewayconfigurations" in API group "egressgateway.kubernetes.azure.com" in the namespace "app""#
         )
     };
-    for user in ["nobody", "viewer"] {
+    // A create first checks that the object does not exist yet (`get`), then applies it (`patch`).
+    for (user, verb) in [("nobody", "get"), ("viewer", "patch")] {
         let ws = Workspace::new(cluster.credentials(user).await, &sgc_tf);
         let run = ws.apply_result().await;
         assert_eq!(run.code, 1, "{run}");
@@ -635,7 +636,7 @@ resource "egressgateway_static_gateway_configuration" "egress" {{
                 .contains("Error: Cannot apply StaticGatewayConfiguration app/egress")
                 && run.flat().contains(&format!(
                     "the Kubernetes API server answered 403: {}",
-                    forbidden(user, "patch")
+                    forbidden(user, verb)
                 )),
             "{user}:\n{run}"
         );
@@ -703,6 +704,195 @@ resource "egressgateway_static_gateway_configuration" "egress" {{
         "{run}"
     );
     let ws = ws.with_env(cluster.credentials("admin").await);
+    ws.destroy().await;
+    cluster.assert_empty().await;
+}
+
+/// The names of the field managers of an object.
+fn managers(meta: &kube::api::ObjectMeta) -> Vec<String> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect()
+}
+
+/// Asserts that an object is the one it was (same UID, spec and generation) and that the provider manages
+/// none of its fields.
+fn assert_untouched<K>(now: &K, before: &K)
+where
+    K: kube::Resource + serde::Serialize,
+{
+    let spec = |o: &K| serde_json::to_value(o).expect("serialise")["spec"].clone();
+    let (m, b) = (now.meta(), before.meta());
+    assert_eq!(m.uid, b.uid, "{:?}", m.name);
+    assert_eq!(m.generation, b.generation, "{:?}: the spec was written", m.name);
+    assert_eq!(spec(now), spec(before), "{:?}", m.name);
+    assert!(
+        !managers(m)
+            .iter()
+            .any(|n| n == tf_provider::cluster::FIELD_MANAGER),
+        "{:?}: the provider took fields over: {:?}",
+        m.name,
+        managers(m)
+    );
+}
+
+/// Objects applied outside Terraform (kubectl, a chart, another state) are not taken over by a create: apply
+/// fails, naming each object and the import to run, and leaves them as they are (so a later destroy cannot
+/// delete them, nor the operator release their egress prefixes). Imported, they are Terraform's to update and
+/// destroy. An object still being deleted is not taken over either; once it is gone, the create goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_objects_that_exist_fails_and_leaves_them_alone_until_imported() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_operator().await;
+    let kubectl = PatchParams::apply("kubectl");
+    let group_version = format!("{}/v1alpha1", api::names::GROUP);
+    pools(&cluster)
+        .patch(
+            NODEPOOL,
+            &kubectl,
+            &Patch::Apply(json!({"apiVersion": group_version, "kind": "GatewayPool",
+                "metadata": {"name": NODEPOOL},
+                "spec": {"gatewayNodepoolName": NODEPOOL, "publicIpPrefixSize": 31, "instanceCount": 2}})),
+        )
+        .await
+        .expect("pool applied out of band");
+    let sgc_manifest = |finalizers: &[&str]| {
+        json!({"apiVersion": group_version, "kind": "StaticGatewayConfiguration",
+            "metadata": {"name": "egress", "namespace": APP_NS, "finalizers": finalizers},
+            "spec": {"gatewayNodepoolName": NODEPOOL, "excludeCidrs": ["172.16.0.0/12"]}})
+    };
+    sgcs(&cluster)
+        .patch("egress", &kubectl, &Patch::Apply(sgc_manifest(&[])))
+        .await
+        .expect("configuration applied out of band");
+    let api = sgcs(&cluster);
+    let ready_prefix = || {
+        let api = api.clone();
+        async move {
+            let sgc = api.get("egress").await.expect("get");
+            sgc.status.and_then(|s| s.egress_ip_prefix)
+        }
+    };
+    eventually_within(
+        "the operator gave the configuration its prefix",
+        Duration::from_secs(60),
+        || async { ready_prefix().await.is_some() },
+    )
+    .await;
+    let prefix = ready_prefix().await.expect("prefix");
+    let (pool_before, sgc_before) = (remote_pool(&cluster).await, remote_sgc(&cluster).await);
+
+    // Both declared, neither in the state: Terraform plans two creates. The configuration names the node
+    // pool literally, so that both creates are attempted.
+    let config = |sgc_extra: &str| pool_tf("") + &sgc_tf(&format!("\"{NODEPOOL}\""), sgc_extra);
+    let ws = Workspace::new(
+        cluster.credentials("admin").await,
+        &config(r#"  exclude_cidrs = ["10.0.0.0/8"]"#),
+    );
+    let run = ws.apply_result().await;
+    assert_eq!(run.code, 1, "{run}");
+    let flat = run.flat();
+    for (kind, id, address) in [
+        ("GatewayPool", NODEPOOL, POOL),
+        ("StaticGatewayConfiguration", "app/egress", SGC),
+    ] {
+        let type_name = address.split('.').next().expect("type");
+        assert!(
+            flat.contains(&format!("Error: {kind} {id} already exists"))
+                && flat.contains(&format!("with {address},"))
+                && flat.contains(&format!(
+                    "import it into the state first: `terraform import {type_name}.<name> {id}`"
+                ))
+                && flat.contains("It was left as it is."),
+            "{kind}:\n{run}"
+        );
+    }
+    assert!(ws.show().await.addresses().is_empty());
+    assert_untouched(&remote_pool(&cluster).await, &pool_before);
+    assert_untouched(&remote_sgc(&cluster).await, &sgc_before);
+
+    // Imported, they are Terraform's: apply brings them to the configuration, keeping the configuration's
+    // prefix, and destroy deletes them.
+    ws.import(POOL, NODEPOOL).await;
+    ws.import(SGC, "app/egress").await;
+    let plan = ws.plan().await;
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(
+        plan.stdout.contains("0 to add, 2 to change, 0 to destroy"),
+        "{plan}"
+    );
+    ws.apply().await;
+    let pool = remote_pool(&cluster).await;
+    assert_eq!(pool.metadata.uid, pool_before.metadata.uid);
+    assert_eq!(pool.spec.instance_count, None);
+    let sgc = remote_sgc(&cluster).await;
+    assert_eq!(sgc.metadata.uid, sgc_before.metadata.uid);
+    assert_eq!(sgc.spec.exclude_cidrs, vec!["10.0.0.0/8".to_string()]);
+    assert_eq!(
+        sgc.status.and_then(|s| s.egress_ip_prefix).as_deref(),
+        Some(prefix.as_str())
+    );
+    ws.assert_plan_empty("after importing and applying").await;
+    ws.destroy().await;
+    cluster.assert_empty().await;
+
+    // Out of band again, held by a finalizer of its own while being deleted.
+    const HOLD: &str = "tf-acceptance/hold";
+    sgcs(&cluster)
+        .patch("egress", &kubectl, &Patch::Apply(sgc_manifest(&[HOLD])))
+        .await
+        .expect("configuration applied out of band");
+    sgcs(&cluster)
+        .delete("egress", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let terminating = remote_sgc(&cluster).await;
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    let run = ws.apply_result().await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.flat()
+            .contains("Error: StaticGatewayConfiguration app/egress is being deleted")
+            && run.flat().contains(&format!("with {SGC},"))
+            && run.flat().contains("Apply again once it is gone."),
+        "{run}"
+    );
+    assert_eq!(ws.show().await.addresses(), vec![POOL.to_string()]);
+    assert_untouched(&remote_sgc(&cluster).await, &terminating);
+    // Released once the operator is done with it (its own finalizer gone).
+    eventually_within(
+        "only the test's finalizer holds the configuration",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            async move {
+                let sgc = api.get("egress").await.expect("get");
+                sgc.metadata.finalizers == Some(vec![HOLD.to_string()])
+            }
+        },
+    )
+    .await;
+    sgcs(&cluster)
+        .patch(
+            "egress",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("release the finalizer");
+    eventually_within("the configuration is gone", Duration::from_secs(30), || {
+        let api = api.clone();
+        async move { api.get_opt("egress").await.expect("get").is_none() }
+    })
+    .await;
+    ws.apply().await;
+    assert_eq!(
+        remote_sgc(&cluster).await.spec.exclude_cidrs,
+        vec!["10.0.0.0/8".to_string()]
+    );
+    ws.assert_plan_empty("after creating").await;
     ws.destroy().await;
     cluster.assert_empty().await;
 }
