@@ -12,7 +12,9 @@ use std::time::Duration;
 use agent::gateway::plan::gateway_plan;
 use agent::gateway::probe::{self, ProbeState};
 use api::sgc::RouteType;
-use netlab::{FRONTEND, INET, INET2, Lab, NodeApplier, in_netns, probe_status, wait_until};
+use netlab::{
+    FRONTEND, GatewayNode, INET, INET2, Lab, LabConfig, NodeApplier, in_netns, probe_status, wait_until,
+};
 
 const SECONDARY_1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
 const SECONDARY_2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
@@ -71,8 +73,9 @@ fn ingress_to_an_annotated_pod_still_works() {
     assert_eq!(lab.source_seen("pa", INET), Some(SECONDARY_1));
 }
 
-#[test]
-fn two_configurations_on_one_gateway_each_use_their_own_secondary_ip() {
+/// A lab with one gateway node routed for both secondary IPs and two configurations on it, `one` (port 6000,
+/// [`SECONDARY_1`]) and `two` (port 6001, [`SECONDARY_2`]); no pods yet.
+fn two_configurations() -> (Lab, GatewayNode, LabConfig, LabConfig) {
     let mut lab = Lab::new();
     let gw = lab.add_gateway();
     lab.route(&format!("{FRONTEND}/32"), gw.ip);
@@ -80,6 +83,12 @@ fn two_configurations_on_one_gateway_each_use_their_own_secondary_ip() {
     lab.route(&format!("{SECONDARY_2}/32"), gw.ip);
     let one = lab.add_config("one", 6000, RouteType::StaticEgressGateway, &[]);
     let two = lab.add_config("two", 6001, RouteType::StaticEgressGateway, &[]);
+    (lab, gw, one, two)
+}
+
+#[test]
+fn two_configurations_on_one_gateway_each_use_their_own_secondary_ip() {
+    let (mut lab, gw, one, two) = two_configurations();
     lab.add_pod("pa", Some("one"));
     lab.add_pod("pb", Some("two"));
     let plan = gateway_plan(&lab.gateway_input(&gw, &[(&one, SECONDARY_1), (&two, SECONDARY_2)]));
@@ -91,13 +100,7 @@ fn two_configurations_on_one_gateway_each_use_their_own_secondary_ip() {
 
 #[test]
 fn a_configuration_whose_port_is_taken_does_not_stop_the_others() {
-    let mut lab = Lab::new();
-    let gw = lab.add_gateway();
-    lab.route(&format!("{FRONTEND}/32"), gw.ip);
-    lab.route(&format!("{SECONDARY_1}/32"), gw.ip);
-    lab.route(&format!("{SECONDARY_2}/32"), gw.ip);
-    let one = lab.add_config("one", 6000, RouteType::StaticEgressGateway, &[]);
-    let two = lab.add_config("two", 6001, RouteType::StaticEgressGateway, &[]);
+    let (mut lab, gw, one, two) = two_configurations();
     // Something else on the gateway node holds configuration one's UDP port.
     let taken = in_netns(lab.path("gw1"), || {
         std::net::UdpSocket::bind(("0.0.0.0", 6000)).expect("bind 6000")

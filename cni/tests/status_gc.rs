@@ -1,8 +1,11 @@
 //! CNI 1.1.0's STATUS and GC, run as a runtime runs the plugin: CNI_* environment, configuration on stdin.
 
-use std::io::Write as _;
+mod runtime;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use runtime::text;
 
 /// Runs the plugin binary with `command` and `conf` on stdin.
 fn run(command: &str, conf: &str) -> Output {
@@ -11,26 +14,7 @@ fn run(command: &str, conf: &str) -> Output {
 
 /// [`run`] with the runtime's `PATH` set to `path`.
 fn run_with_path(command: &str, conf: &str, path: &std::ffi::OsStr) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-egress-cni"))
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("PATH", path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the plugin");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.as_bytes())
-        .expect("write the configuration");
-    child.wait_with_output().expect("plugin exits")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    runtime::run(&[("CNI_COMMAND", command.as_ref()), ("PATH", path)], conf)
 }
 
 fn conf(version: &str, socket: &Path, extra: &str) -> String {
