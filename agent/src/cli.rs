@@ -350,6 +350,7 @@ impl RunContext<'_> {
             Duration::from_millis(args.cni_conf_poll_ms.max(10)),
             metrics.clone(),
             installed_tx,
+            admin_state.not_ready.clone(),
             stop_rx.clone(),
         ));
         // Once installed: ready, and the node may take pods.

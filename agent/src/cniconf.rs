@@ -12,9 +12,13 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::admin::NotReady;
 use crate::error::{CniConfigError, CniInstallError, FileError};
 use crate::metrics::Metrics;
 use crate::node::chained_conflist;
+
+/// The name [`ConfManager::run`] records its problems under in [`NotReady`].
+pub const NOT_READY_SOURCE: &str = "cni_config";
 
 /// Extensions of CNI configuration files.
 const CNI_EXTENSIONS: [&str; 3] = [".conflist", ".conf", ".json"];
@@ -87,11 +91,21 @@ impl ConfManager {
     }
 
     /// Writes our conflist from the current primary configuration when it differs from what is on disk.
+    /// A primary that sorts before our file is an error ([`CniInstallError::Shadowed`]): the runtime would
+    /// load it, never ours.
     pub fn install(&self) -> Result<Installed, CniInstallError> {
         let names = regular_files(&self.dir)?.into_iter().map(|f| f.0).collect();
         let Some(primary) = primary_file(names, &self.file_name) else {
             return Ok(Installed::NoPrimary);
         };
+        // Runtimes (libcni's ConfFiles) sort the names byte by byte, as `str`'s order does.
+        if primary.as_str() < self.file_name.as_str() {
+            return Err(CniInstallError::Shadowed {
+                dir: self.dir.display().to_string(),
+                ours: self.file_name.clone(),
+                by: primary,
+            });
+        }
         let ppath = self.dir.join(&primary);
         let text = std::fs::read_to_string(&ppath).map_err(FileError::at("read", &ppath))?;
         let value: Value = serde_json::from_str(&text).map_err(|e| CniConfigError::NotJson {
@@ -121,12 +135,14 @@ impl ConfManager {
     }
 
     /// Polls the directory every `interval`, installing on every change of any file except ours (and on
-    /// changes to ours, to undo edits by others). `installed` becomes true once our file is in place.
+    /// changes to ours, to undo edits by others). `installed` becomes true once our file is in place. While
+    /// another configuration shadows ours, `not_ready` holds the problem (the agent is not ready).
     pub async fn run(
         self,
         interval: Duration,
         metrics: Arc<Metrics>,
         installed: watch::Sender<bool>,
+        not_ready: NotReady,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut last = None;
@@ -135,7 +151,14 @@ impl ConfManager {
             let snapshot = dir_snapshot(&self.dir);
             if snapshot != last || snapshot.is_none() {
                 let op = if first { "install" } else { "regenerate" };
-                match self.install() {
+                let result = self.install();
+                match &result {
+                    Err(e @ CniInstallError::Shadowed { .. }) => {
+                        not_ready.set(NOT_READY_SOURCE, e.to_string())
+                    }
+                    _ => not_ready.clear(NOT_READY_SOURCE),
+                }
+                match result {
                     Ok(Installed::Written(p)) => {
                         tracing::info!(primary = %p, file = %self.path().display(), "CNI configuration written");
                         first = false;
@@ -265,7 +288,13 @@ mod tests {
         let path = m.path();
         let (itx, mut irx) = watch::channel(false);
         let (stx, srx) = watch::channel(false);
-        let task = tokio::spawn(m.run(Duration::from_millis(20), Arc::new(Metrics::default()), itx, srx));
+        let task = tokio::spawn(m.run(
+            Duration::from_millis(20),
+            Arc::new(Metrics::default()),
+            itx,
+            NotReady::default(),
+            srx,
+        ));
         std::fs::write(
             dir.path().join("10-a.conflist"),
             json!({"cniVersion":"1.0.0","name":"a","plugins":[{"type":"bridge"}]}).to_string(),
@@ -290,6 +319,61 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "not regenerated");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let _ = stx.send(true);
+        task.await.expect("join");
+    }
+
+    #[tokio::test]
+    async fn a_configuration_sorting_before_ours_keeps_the_agent_not_ready_and_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = ConfManager {
+            dir: dir.path().to_path_buf(),
+            file_name: "01-egressgateway.conflist".into(),
+            entry: entry(),
+        };
+        let primary = json!({"cniVersion":"1.0.0","name":"a","plugins":[{"type":"bridge"}]}).to_string();
+        std::fs::write(dir.path().join("00-a.conflist"), &primary).expect("shadowing config");
+        let e = m.install().expect_err("shadowed");
+        assert_eq!(e.reason(), "shadowed");
+        assert!(
+            e.to_string()
+                .contains("00-a.conflist sorts before ours (01-egressgateway.conflist)"),
+            "{e}"
+        );
+        assert!(!m.path().exists(), "nothing written the runtime would never load");
+
+        let (metrics, not_ready) = (Arc::new(Metrics::default()), NotReady::default());
+        let (itx, mut irx) = watch::channel(false);
+        let (stx, srx) = watch::channel(false);
+        let task = tokio::spawn(m.clone().run(
+            Duration::from_millis(20),
+            metrics.clone(),
+            itx,
+            not_ready.clone(),
+            srx,
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while not_ready.reasons().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "never not ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let reasons = not_ready.reasons().unwrap_or_default();
+        assert!(reasons.contains("00-a.conflist"), "{reasons}");
+        assert!(
+            metrics
+                .encode()
+                .contains("cnimanager_cni_config_operation_failures_total{operation=\"install\"} 1"),
+            "{}",
+            metrics.encode()
+        );
+        assert!(!*irx.borrow(), "not installed while shadowed");
+        // Renamed to sort after ours: installed, and the problem is gone.
+        std::fs::rename(dir.path().join("00-a.conflist"), dir.path().join("10-a.conflist")).expect("rename");
+        tokio::time::timeout(Duration::from_secs(5), irx.wait_for(|v| *v))
+            .await
+            .expect("installed in time")
+            .expect("sender alive");
+        assert_eq!(not_ready.reasons(), None);
         let _ = stx.send(true);
         task.await.expect("join");
     }

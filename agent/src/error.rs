@@ -121,6 +121,20 @@ pub enum CniInstallError {
     Config(#[from] CniConfigError),
     #[error("encoding our conflist: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A configuration sorts before ours: the runtime loads only the first file of the directory.
+    #[error(
+        "CNI configuration {by} sorts before ours ({ours}) in {dir}: the container runtime uses only the first \
+         file, so kube-egress-cni never runs and annotated pods would egress with the node's IP; remove or rename \
+         {by}, or give ours a name that sorts first (--cni-conf-file)"
+    )]
+    Shadowed {
+        /// The directory.
+        dir: String,
+        /// Our file's name.
+        ours: String,
+        /// The file the runtime loads instead.
+        by: String,
+    },
 }
 
 impl CniInstallError {
@@ -130,6 +144,7 @@ impl CniInstallError {
             CniInstallError::File(_) => "io",
             CniInstallError::Config(_) => "invalid_primary_config",
             CniInstallError::Encode(_) => "encode",
+            CniInstallError::Shadowed { .. } => "shadowed",
         }
     }
 }

@@ -47,6 +47,15 @@ pub struct ConfigurationLabels {
     pub configuration: String,
 }
 
+/// Labels of `gateway_configurations_skipped`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct SkippedLabels {
+    /// `<namespace>/<name>` of the StaticGatewayConfiguration.
+    pub configuration: String,
+    /// Why it (or some of its PodEndpoints) cannot be served here: a short fixed label.
+    pub reason: String,
+}
+
 /// Labels of the node agent's per-pod tunnel metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct PodTunnelLabels {
@@ -111,9 +120,13 @@ agent_metrics! {
     /// `gateway_apply_total` (successful applies).
     gateway_applies: Counter
         => ("gateway_apply", "Successful gateway applies"),
-    /// `gateway_apply_failures_total`.
+    /// `gateway_apply_failures_total`: applies that failed in whole or in part (some configuration's link).
     gateway_apply_failures: Counter
-        => ("gateway_apply_failures", "Failed gateway applies"),
+        => ("gateway_apply_failures", "Failed gateway applies, in whole or in part (retried with backoff)"),
+    /// `gateway_configuration_apply_failures_total{configuration}`: applies that left the configuration out
+    /// because its WireGuard link could not be applied (the other configurations were applied).
+    gateway_configuration_apply_failures: Family<ConfigurationLabels, Counter>
+        => ("gateway_configuration_apply_failures", "Applies that left the configuration out because its WireGuard link failed (the others were applied)"),
     /// `gateway_apply_duration_seconds`.
     gateway_apply_duration: Histogram = Histogram::new(exponential_buckets(0.001, 2.0, 16)) // 1 ms .. ~32 s
         => ("gateway_apply_duration_seconds", "Time to apply the gateway's desired state"),
@@ -123,6 +136,10 @@ agent_metrics! {
     /// `gateway_configurations`: active configurations after the last apply.
     gateway_configurations: Gauge
         => ("gateway_configurations", "Configurations active on this gateway"),
+    /// `gateway_configurations_skipped{configuration,reason}`: configurations (or their PodEndpoints, counted
+    /// one each) this gateway node cannot serve, by reason, after the last plan.
+    gateway_configurations_skipped: Family<SkippedLabels, Gauge>
+        => ("gateway_configurations_skipped", "Configurations, or PodEndpoints of them, this gateway cannot serve, by reason (see the agent's warnings)"),
     /// `gateway_status_update_failures_total{reason}`: failed writes of this gateway's GatewayStatus.
     gateway_status_update_failures: Family<ReasonLabels, Counter>
         => ("gateway_status_update_failures", "Failed writes of this gateway's GatewayStatus, by reason (retried with backoff)"),
@@ -194,6 +211,19 @@ impl Metrics {
         self.gateway_status_update_failures
             .get_or_create(&ReasonLabels {
                 reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts an apply that left `configuration` out (its link failed); a leftover link of no configuration
+    /// (empty name) is counted only in `gateway_apply_failures_total`.
+    pub fn gateway_configuration_apply_failed(&self, configuration: &str) {
+        if configuration.is_empty() {
+            return;
+        }
+        self.gateway_configuration_apply_failures
+            .get_or_create(&ConfigurationLabels {
+                configuration: configuration.into(),
             })
             .inc();
     }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use agent::gateway::plan::gateway_plan;
 use agent::gateway::probe::{self, ProbeState};
 use api::sgc::RouteType;
-use netlab::{FRONTEND, INET, INET2, Lab, NodeApplier, in_netns, probe_status, wait_until};
+use netlab::{
+    FRONTEND, GatewayNode, INET, INET2, Lab, LabConfig, NodeApplier, in_netns, probe_status, wait_until,
+};
 
 const SECONDARY_1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
 const SECONDARY_2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
@@ -71,8 +73,9 @@ fn ingress_to_an_annotated_pod_still_works() {
     assert_eq!(lab.source_seen("pa", INET), Some(SECONDARY_1));
 }
 
-#[test]
-fn two_configurations_on_one_gateway_each_use_their_own_secondary_ip() {
+/// A lab with one gateway node routed for both secondary IPs and two configurations on it, `one` (port 6000,
+/// [`SECONDARY_1`]) and `two` (port 6001, [`SECONDARY_2`]); no pods yet.
+fn two_configurations() -> (Lab, GatewayNode, LabConfig, LabConfig) {
     let mut lab = Lab::new();
     let gw = lab.add_gateway();
     lab.route(&format!("{FRONTEND}/32"), gw.ip);
@@ -80,6 +83,12 @@ fn two_configurations_on_one_gateway_each_use_their_own_secondary_ip() {
     lab.route(&format!("{SECONDARY_2}/32"), gw.ip);
     let one = lab.add_config("one", 6000, RouteType::StaticEgressGateway, &[]);
     let two = lab.add_config("two", 6001, RouteType::StaticEgressGateway, &[]);
+    (lab, gw, one, two)
+}
+
+#[test]
+fn two_configurations_on_one_gateway_each_use_their_own_secondary_ip() {
+    let (mut lab, gw, one, two) = two_configurations();
     lab.add_pod("pa", Some("one"));
     lab.add_pod("pb", Some("two"));
     let plan = gateway_plan(&lab.gateway_input(&gw, &[(&one, SECONDARY_1), (&two, SECONDARY_2)]));
@@ -87,6 +96,51 @@ fn two_configurations_on_one_gateway_each_use_their_own_secondary_ip() {
     gw.applier().apply(&plan).expect("gateway apply");
     assert_eq!(lab.source_seen("pa", INET), Some(SECONDARY_1));
     assert_eq!(lab.source_seen("pb", INET), Some(SECONDARY_2));
+}
+
+#[test]
+fn a_configuration_whose_port_is_taken_does_not_stop_the_others() {
+    let (mut lab, gw, one, two) = two_configurations();
+    // Something else on the gateway node holds configuration one's UDP port.
+    let taken = in_netns(lab.path("gw1"), || {
+        std::net::UdpSocket::bind(("0.0.0.0", 6000)).expect("bind 6000")
+    })
+    .join()
+    .expect("bind thread");
+    let pa = lab.add_pod("pa", Some("one"));
+    let pb = lab.add_pod("pb", Some("two"));
+    let plan = gateway_plan(&lab.gateway_input(&gw, &[(&one, SECONDARY_1), (&two, SECONDARY_2)]));
+    let report = gw.applier().apply(&plan).expect("the rest of the plan applies");
+    let failed: Vec<(&str, &str)> = report
+        .failed
+        .iter()
+        .map(|f| (f.configuration.as_str(), f.ifname.as_str()))
+        .collect();
+    assert_eq!(failed, vec![("default/one", "wg-6000")], "{:?}", report.failed);
+    let egw = dataplane::netns::Netns::named(&gw.egw);
+    assert!(
+        !egw.link_exists("wg-6000").expect("links"),
+        "no half-built link is left for the failed configuration"
+    );
+    let routes = egw.ip_json(&["-4", "route", "show"]).expect("routes").to_string();
+    assert!(
+        routes.contains(&format!("\"{pb}\"")),
+        "the healthy pod's return route: {routes}"
+    );
+    assert!(
+        !routes.contains(&format!("\"{pa}\"")),
+        "no route into the failed link: {routes}"
+    );
+    assert_eq!(
+        lab.source_seen("pb", INET),
+        Some(SECONDARY_2),
+        "the healthy configuration serves"
+    );
+    // Once the port is free, the next apply brings the configuration up.
+    drop(taken);
+    let report = gw.applier().apply(&plan).expect("apply");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(lab.source_seen("pa", INET), Some(SECONDARY_1));
 }
 
 #[test]

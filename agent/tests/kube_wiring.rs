@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::gateway::apply::{ApplyError, ApplyReport};
+use agent::gateway::apply::{ApplyError, ApplyReport, LinkError};
 use agent::gateway::plan::GatewayPlan;
 use agent::gateway::probe::ProbeState;
 use agent::gateway::run::{GatewayLoop, PlanApplier};
@@ -21,6 +21,7 @@ use api::{GatewayStatus, PodEndpoint, StaticGatewayConfiguration};
 use axum::http::StatusCode;
 use dataplane::proto::nic_service_server::NicService as _;
 use dataplane::proto::{NicAddRequest, NicDelRequest, PodInfo, SandboxInfo};
+use dataplane::wg::WgError;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -159,7 +160,7 @@ async fn stop(stop: tokio::sync::watch::Sender<bool>, task: tokio::task::JoinHan
 }
 
 /// A gateway loop for node `gw-node-1` (VM `gw-vmss000001` of pool `gwpool`) applying into `recorder`.
-fn gateway_loop(recorder: Arc<Recorder>) -> GatewayLoop {
+fn gateway_loop(recorder: Arc<dyn PlanApplier>) -> GatewayLoop {
     GatewayLoop {
         node_name: "gw-node-1".into(),
         agent_namespace: "kube-system".into(),
@@ -346,6 +347,133 @@ async fn gateway_loop_reads_only_the_key_secrets_the_operator_labels() {
         recorder.links().last() == Some(&vec!["wg-6000".to_string(), "wg-6001".to_string()])
     })
     .await;
+    stop(stop_tx, task).await;
+}
+
+/// Applies every link but those on `failing_port`, which it reports failed as the kernel applier does (the
+/// rest of the plan applied without them).
+#[derive(Debug)]
+struct FailingPort {
+    failing_port: u16,
+    recorder: Recorder,
+}
+
+impl PlanApplier for FailingPort {
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
+        self.recorder.apply_plan(plan)?;
+        let failed = plan
+            .links
+            .values()
+            .filter(|l| l.port == self.failing_port)
+            .map(|l| LinkError {
+                configuration: l.configuration.clone(),
+                ifname: l.ifname.clone(),
+                source: ApplyError::Wg(WgError::Control {
+                    op: "configure",
+                    link: l.ifname.clone(),
+                    msg: "Address already in use".into(),
+                }),
+            })
+            .collect();
+        Ok(ApplyReport {
+            changes: vec![],
+            failed,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_configuration_whose_link_fails_is_left_out_and_the_others_are_served() {
+    let (_sim, client) = sim().await;
+    create_node(
+        &client,
+        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node-1"}}),
+    )
+    .await;
+    let broken = ready_sgc(&client, "broken", 6000).await;
+    let healthy = ready_sgc(&client, "healthy", 6001).await;
+    key_secret(&client, "broken", true).await;
+    key_secret(&client, "healthy", true).await;
+    for (name, sgc) in [("pb", "broken"), ("ph", "healthy")] {
+        create::<PodEndpoint>(
+            &client,
+            Some("default"),
+            json!({"apiVersion":"egressgateway.kubernetes.azure.com/v1alpha1","kind":"PodEndpoint",
+                   "metadata":{"name":name,"namespace":"default"},
+                   "spec":{"staticGatewayConfiguration":sgc,
+                           "podIpAddress":if name == "pb" { "10.244.0.5/32" } else { "10.244.0.6/32" },
+                           "podPublicKey":pubkey()}}),
+        )
+        .await;
+    }
+    let applier = Arc::new(FailingPort {
+        failing_port: 6000,
+        recorder: Recorder::default(),
+    });
+    let lp = gateway_loop(applier.clone());
+    let (probe, ready, metrics) = (lp.probe.clone(), lp.ready.clone(), lp.metrics.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(lp.run(client.clone(), stop_rx));
+
+    let uid = |s: &StaticGatewayConfiguration| s.metadata.uid.clone().expect("uid");
+    eventually("the healthy configuration is active", || async {
+        probe.status_for(&format!("/gw/{}", uid(&healthy))) == StatusCode::OK
+    })
+    .await;
+    assert_eq!(
+        probe.status_for(&format!("/gw/{}", uid(&broken))),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the configuration whose link failed is not active"
+    );
+    assert!(
+        ready.load(Ordering::Acquire),
+        "a partial apply still serves: ready"
+    );
+    let statuses: Api<GatewayStatus> = Api::namespaced(client.clone(), "kube-system");
+    eventually(
+        "GatewayStatus lists the healthy configuration and its peer",
+        || async {
+            statuses
+                .get_opt("gw-node-1")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|g| g.spec.ready_peer_configurations.len() == 1)
+        },
+    )
+    .await;
+    let gs = statuses.get("gw-node-1").await.expect("status");
+    let listed: Vec<&str> = gs
+        .spec
+        .ready_gateway_configurations
+        .iter()
+        .map(|c| c.static_gateway_configuration.as_str())
+        .collect();
+    assert_eq!(listed, vec!["default/healthy"]);
+    assert_eq!(gs.spec.ready_peer_configurations[0].pod_endpoint, "default/ph");
+    // Counted under the configuration, and retried on the apply's backoff (not only at the hour's resync).
+    let count = || {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "gateway_configuration_apply_failures_total{configuration=\"default/broken\"} ",
+                )
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    eventually("the failed configuration is counted and retried", || async {
+        count() >= 2
+    })
+    .await;
+    let text = metrics.encode();
+    assert!(text.contains("gateway_configurations 1"), "{text}");
+    assert!(
+        !text.contains("gateway_configuration_apply_failures_total{configuration=\"default/healthy\"}"),
+        "{text}"
+    );
     stop(stop_tx, task).await;
 }
 

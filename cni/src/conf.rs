@@ -38,6 +38,20 @@ pub struct NetConf {
     /// Runtime capabilities (pod annotations).
     #[serde(default)]
     pub runtime_config: Option<Value>,
+    /// GC (CNI 1.1.0): the attachments the runtime still has; whatever the plugin made for any other is stale.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// One attachment of `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    /// The sandbox (CNI_CONTAINERID of its ADD).
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// Its interface (CNI_IFNAME).
+    #[serde(default)]
+    pub ifname: String,
 }
 
 fn default_version() -> String {
@@ -119,6 +133,8 @@ impl CniError {
     pub const INVALID_CONFIG: u32 = 7;
     /// Try again later.
     pub const TRY_AGAIN: u32 = 11;
+    /// STATUS (CNI 1.1.0): the plugin is not available (cannot serve ADD).
+    pub const NOT_AVAILABLE: u32 = 50;
     /// Plugin-specific: the node agent refused or is unreachable.
     pub const AGENT: u32 = 100;
     /// Plugin-specific: a data-plane operation failed.

@@ -29,7 +29,10 @@ fn main() -> std::process::ExitCode {
     };
     match rt.block_on(cni::plugin::run(&env, &stdin)) {
         Ok(v) => {
-            println!("{v}");
+            // STATUS and GC succeed without output.
+            if !v.is_null() {
+                println!("{v}");
+            }
             std::process::ExitCode::SUCCESS
         }
         Err((e, version)) => {

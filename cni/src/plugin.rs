@@ -1,4 +1,4 @@
-//! ADD / DEL / CHECK / VERSION.
+//! ADD / DEL / CHECK / VERSION, and STATUS / GC (CNI 1.1.0).
 //!
 //! Safety properties:
 //! * A pod without the annotation is passed through untouched. When the runtime hands over pod annotations
@@ -79,10 +79,12 @@ pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Value, (CniError, String)
         "ADD" => add(env, &conf).await,
         "DEL" => del(env, &conf).await,
         "CHECK" => check(env, &conf).await,
+        "STATUS" => since_1_1("STATUS", &conf).and_then(|()| status(&conf)),
+        "GC" => since_1_1("GC", &conf).and_then(|()| gc(&conf)),
         other => Err(CniError::new(
             CniError::INVALID_CONFIG,
             "unknown CNI_COMMAND",
-            format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, VERSION"),
+            format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"),
         )),
     };
     r.map_err(|e| (e, version))
@@ -564,6 +566,143 @@ async fn check(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         }
     }
     Ok(conf::passthrough(conf.prev_result.as_ref(), &conf.cni_version))
+}
+
+/// STATUS and GC exist from CNI 1.1.0 on: a runtime must not send them with an older configuration.
+fn since_1_1(command: &str, conf: &NetConf) -> Result<(), CniError> {
+    let older = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].contains(&conf.cni_version.as_str());
+    if older {
+        return Err(CniError::new(
+            CniError::INCOMPATIBLE_VERSION,
+            "incompatible CNI version",
+            format!(
+                "{command} needs cniVersion 1.1.0 or later, the configuration has {:?}",
+                conf.cni_version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The node's programs ADD and DEL run (docs/install.md lists them): found on `PATH` as the runtime runs us.
+pub const HOST_TOOLS: [&str; 4] = ["ip", "nft", "nsenter", "sysctl"];
+
+/// The [`HOST_TOOLS`] not found as executable files in the directories of `path` (a `PATH` value).
+pub fn missing_tools(path: &std::ffi::OsStr) -> Vec<&'static str> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dirs: Vec<PathBuf> = std::env::split_paths(path).collect();
+    HOST_TOOLS
+        .into_iter()
+        .filter(|tool| {
+            !dirs.iter().any(|d| {
+                std::fs::metadata(d.join(tool))
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+        })
+        .collect()
+}
+
+/// STATUS: ready when the node has the programs ADD needs ([`HOST_TOOLS`], `ip` with JSON output) and the
+/// node agent's socket answers (an annotated pod's ADD needs the agent); otherwise error 50, "the plugin is
+/// not available", saying what is missing. Success prints nothing.
+fn status(conf: &NetConf) -> Result<Value, CniError> {
+    let mut problems = Vec::new();
+    let missing = missing_tools(&std::env::var_os("PATH").unwrap_or_default());
+    if !missing.is_empty() {
+        problems.push(format!(
+            "missing on the node's PATH: {} (docs/install.md lists what the plugin needs)",
+            missing.join(", ")
+        ));
+    } else if Netns::Current.ip_json(&["link", "show", "lo"]).is_err() {
+        problems.push(
+            "`ip -json link show lo` fails: the node's iproute2 has no JSON output (4.14 or later has)"
+                .into(),
+        );
+    }
+    let path = socket(conf);
+    if let Err(e) = std::os::unix::net::UnixStream::connect(&path) {
+        problems.push(format!(
+            "the node agent does not answer on {}: {e}",
+            path.display()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(Value::Null)
+    } else {
+        Err(CniError::new(
+            CniError::NOT_AVAILABLE,
+            "the plugin is not available",
+            problems.join("; "),
+        ))
+    }
+}
+
+/// How old a userspace tunnel of no valid attachment must be before GC removes it: an ADD still running when
+/// the runtime listed its attachments is not in the list yet.
+const GC_GRACE: Duration = Duration::from_secs(60);
+
+/// GC: removes what ADD made in the host namespace for a sandbox the runtime no longer has: a pod link left
+/// there by an interrupted ADD (`wgp…`, [`control_name`]) and a userspace pod tunnel's UAPI socket, which ends
+/// its `wireguard-go` and, with it, the pod's `wg0`. Only names of our own pattern are touched; whatever sits
+/// in a pod's network namespace goes with that namespace. Best effort: every leftover is tried, and the
+/// ones that could not be removed are reported together.
+fn gc(conf: &NetConf) -> Result<Value, CniError> {
+    let Some(valid) = conf.valid_attachments.as_ref() else {
+        return Err(CniError::new(
+            CniError::INVALID_CONFIG,
+            "invalid network configuration",
+            "GC needs cni.dev/valid-attachments (an empty list when no attachment is valid)",
+        ));
+    };
+    let keep: std::collections::BTreeSet<String> =
+        valid.iter().map(|a| control_name(&a.container_id)).collect();
+    let ours = |name: &str| is_control_name(name) && !keep.contains(name);
+    let mut failed = Vec::new();
+    let dir = dataplane::wg::userspace_socket_dir();
+    let young = |name: &str| {
+        std::fs::symlink_metadata(dir.join(format!("{name}.sock")))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().map_or(true, |age| age < GC_GRACE))
+    };
+    let links = Netns::Current
+        .ip_json(&["link", "show"])
+        .map_err(|e| dp_err("GC: list links", e))?;
+    for name in links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|n| ours(n) && !young(n))
+    {
+        if let Err(e) = Netns::Current.ip(&["link", "del", name]) {
+            failed.push(format!("link {name}: {e}"));
+        }
+    }
+    for name in dataplane::wg::userspace_devices(&dir, "wgp")
+        .into_iter()
+        .filter(|n| ours(n) && !young(n))
+    {
+        let path = dir.join(format!("{name}.sock"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => failed.push(format!("{}: {e}", path.display())),
+        }
+    }
+    if failed.is_empty() {
+        Ok(Value::Null)
+    } else {
+        Err(dp_err("GC: stale pod tunnels left", failed.join("; ")))
+    }
+}
+
+/// Whether `name` has the shape of a [`control_name`].
+fn is_control_name(name: &str) -> bool {
+    name.len() == 15
+        && name.starts_with("wgp")
+        && name[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! What the plugin tells the node agent, seen from the agent's socket: the plugin binary runs as a runtime
 //! runs it (environment, configuration on stdin) against a recording agent.
 
+mod runtime;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use dataplane::proto::nic_service_server::{NicService, NicServiceServer};
@@ -40,33 +41,21 @@ impl NicService for RecordingAgent {
 
 /// Runs the plugin binary like a runtime: CNI_* environment, configuration on stdin; returns its stdout.
 fn run_plugin(command: &str, container_id: &str, netns: &Path, args: &str, conf: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-egress-cni"))
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", "/opt/cni/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the plugin");
-    {
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(conf.as_bytes())
-            .expect("write the configuration");
-    }
-    let out = child.wait_with_output().expect("plugin exits");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = runtime::run(
+        &[
+            ("CNI_COMMAND", command.as_ref()),
+            ("CNI_CONTAINERID", container_id.as_ref()),
+            ("CNI_NETNS", netns.as_os_str()),
+            ("CNI_IFNAME", "eth0".as_ref()),
+            ("CNI_ARGS", args.as_ref()),
+        ],
+        conf,
+    );
+    let stdout = runtime::text(&out.stdout);
     assert!(
         out.status.success(),
         "{command} failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
+        runtime::text(&out.stderr)
     );
     stdout
 }

@@ -29,6 +29,24 @@ where
     F: Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
     L: Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
 {
+    probe_routes(readiness, liveness)
+}
+
+/// [`probe_router`] whose readiness reason is built at the time of the request (e.g. naming the file or tool
+/// that keeps the component from being ready).
+pub fn probe_router_explained<F>(readiness: F) -> Router
+where
+    F: Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
+{
+    probe_routes(readiness, || Ok(()))
+}
+
+fn probe_routes<F, L, R>(readiness: F, liveness: L) -> Router
+where
+    F: Fn() -> Result<(), R> + Clone + Send + Sync + 'static,
+    R: Into<String> + Send + 'static,
+    L: Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
+{
     let healthz = move || {
         let verdict = liveness();
         async move {
@@ -44,8 +62,8 @@ where
             let verdict = readiness();
             async move {
                 match verdict {
-                    Ok(()) => (StatusCode::OK, "ok"),
-                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+                    Ok(()) => (StatusCode::OK, "ok".to_string()),
+                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason.into()),
                 }
             }
         }),

@@ -25,11 +25,35 @@ pub enum ApplyError {
     Wg(#[from] WgError),
 }
 
+/// A WireGuard link that could not be applied. Its configuration is left out of this apply (no link, routes,
+/// addresses or nftables rules of it remain); every other configuration is applied.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration {configuration}: link {ifname}: {source}")]
+pub struct LinkError {
+    /// `<namespace>/<name>` of the configuration; empty for a leftover link of no configuration in the plan.
+    pub configuration: String,
+    /// The link, `wg-<port>`.
+    pub ifname: String,
+    /// What failed.
+    #[source]
+    pub source: ApplyError,
+}
+
 /// What an apply changed (for logs, metrics and idempotency tests).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct ApplyReport {
     /// Human-readable changes, empty when everything was already right.
     pub changes: Vec<String>,
+    /// Links that could not be applied, each with its configuration: the rest of the plan was applied without
+    /// them ([`GatewayPlan::without_links`] of [`ApplyReport::failed_links`]).
+    pub failed: Vec<LinkError>,
+}
+
+impl ApplyReport {
+    /// The interface names of the links that could not be applied.
+    pub fn failed_links(&self) -> BTreeSet<String> {
+        self.failed.iter().map(|f| f.ifname.clone()).collect()
+    }
 }
 
 /// Where to apply.
@@ -50,12 +74,23 @@ impl GatewayApplier {
         Netns::named(&self.netns_name)
     }
 
-    /// Applies `plan`.
+    /// Applies `plan`. Each WireGuard link is applied on its own: one that fails is removed (no half-built link
+    /// stays) and reported in [`ApplyReport::failed`], and the rest of the plan is applied without it, so one
+    /// configuration that cannot be served never stops the others. `Err` is for what every configuration
+    /// needs (the namespace, the veth pair, addresses, routes, nftables).
     pub fn apply(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
         let mut r = ApplyReport::default();
         let gw = self.gw();
         self.ensure_namespace(&gw, &mut r)?;
         self.ensure_veth(&gw, &mut r)?;
+        self.sync_links(&gw, &plan.links, &mut r)?;
+        let pruned;
+        let plan = if r.failed.iter().any(|f| plan.links.contains_key(&f.ifname)) {
+            pruned = plan.without_links(&r.failed_links());
+            &pruned
+        } else {
+            plan
+        };
         sync_addresses(
             &self.host,
             &self.host_interface,
@@ -75,7 +110,6 @@ impl GatewayApplier {
             })
             .collect();
         sync_routes(&self.host, &host_routes, |dev| dev == GATEWAY_VETH_HOST, &mut r)?;
-        self.sync_links(&gw, &plan.links, &mut r)?;
         sync_routes(
             &gw,
             &plan.ns_routes,
@@ -170,6 +204,8 @@ impl GatewayApplier {
         Ok(())
     }
 
+    /// Brings every link of `links` to its plan and deletes the links of no configuration. A link that fails is
+    /// deleted and recorded in `r.failed`; the others go on. `Err` only when the links cannot be listed.
     fn sync_links(
         &self,
         gw: &Netns,
@@ -178,70 +214,110 @@ impl GatewayApplier {
     ) -> Result<(), ApplyError> {
         let existing = wg_links(gw)?;
         for name in existing.iter().filter(|n| !links.contains_key(*n)) {
-            gw.ip(&["link", "del", name])?;
-            r.changes.push(format!("deleted {name}"));
+            match gw.ip(&["link", "del", name]) {
+                Ok(_) => r.changes.push(format!("deleted {name}")),
+                Err(e) => r.failed.push(LinkError {
+                    configuration: String::new(),
+                    ifname: name.clone(),
+                    source: e.into(),
+                }),
+            }
         }
         for l in links.values() {
-            let handle = if existing.contains(&l.ifname) {
-                let control = link_alias(gw, &l.ifname)?.unwrap_or_else(|| l.control_name.clone());
-                WgHandle {
-                    netns: gw.clone(),
+            let had = existing.contains(&l.ifname);
+            if let Err(source) = self.sync_link(gw, l, had, r) {
+                // Nothing half-built stays: a link not at its plan would carry traffic with a stale key, port or
+                // peers. Its configuration is left out of this apply and retried with the next.
+                if gw.link_exists(&l.ifname).unwrap_or(true) && gw.ip(&["link", "del", &l.ifname]).is_ok() {
+                    r.changes.push(format!("removed {} (not applied)", l.ifname));
+                }
+                // A creation that failed before the move leaves the new link in the host namespace.
+                if !had
+                    && self.host.link_exists(&l.control_name).unwrap_or(false)
+                    && self.host.ip(&["link", "del", &l.control_name]).is_ok()
+                {
+                    r.changes
+                        .push(format!("removed {} (not applied)", l.control_name));
+                }
+                r.failed.push(LinkError {
+                    configuration: l.configuration.clone(),
                     ifname: l.ifname.clone(),
-                    control_name: control,
-                }
-            } else {
-                r.changes.push(format!("created {}", l.ifname));
-                self.wg
-                    .create_and_move(&self.host, &l.control_name, gw, &l.ifname)?
-            };
-            gw.ip(&[
-                "-6",
-                "addr",
-                "replace",
-                GATEWAY_WG_ADDRESS,
-                "dev",
-                &l.ifname,
-                "nodad",
-            ])?;
-            let state = self.wg.device_stats(&handle)?;
-            let mut change = DeviceChange::default();
-            if state.public_key.as_deref() != Some(l.private_key.public_base64().as_str()) {
-                change.private_key = Some(l.private_key.clone());
-                r.changes.push(format!("{}: private key", l.ifname));
+                    source,
+                });
             }
-            if state.listen_port != Some(l.port) {
-                change.listen_port = Some(l.port);
-                r.changes.push(format!("{}: listen port {}", l.ifname, l.port));
-            }
-            let current: BTreeMap<&str, &Vec<IpNet>> = state
-                .peers
-                .iter()
-                .map(|p| (p.peer.public_key.as_str(), &p.peer.allowed_ips))
-                .collect();
-            for (key, ip) in &l.peers {
-                let want = vec![IpNet::V4(*ip)];
-                if current.get(key.as_str()).map(|v| **v != want).unwrap_or(true) {
-                    change.upsert_peers.push(PeerSpec {
-                        public_key: key.clone(),
-                        endpoint: None,
-                        allowed_ips: want,
-                    });
-                }
-            }
-            for key in current.keys().filter(|k| !l.peers.contains_key(**k)) {
-                change.remove_peers.push((*key).to_string());
-            }
-            if !change.upsert_peers.is_empty() || !change.remove_peers.is_empty() {
-                r.changes.push(format!(
-                    "{}: +{} -{} peers",
-                    l.ifname,
-                    change.upsert_peers.len(),
-                    change.remove_peers.len()
-                ));
-            }
-            self.wg.apply(&handle, &change)?;
-            gw.ip(&["link", "set", &l.ifname, "up"])?;
         }
+        Ok(())
+    }
+
+    /// Brings one link to its plan; `existing` when the link is already there.
+    fn sync_link(
+        &self,
+        gw: &Netns,
+        l: &LinkPlan,
+        existing: bool,
+        r: &mut ApplyReport,
+    ) -> Result<(), ApplyError> {
+        let handle = if existing {
+            let control = link_alias(gw, &l.ifname)?.unwrap_or_else(|| l.control_name.clone());
+            WgHandle {
+                netns: gw.clone(),
+                ifname: l.ifname.clone(),
+                control_name: control,
+            }
+        } else {
+            let h = self
+                .wg
+                .create_and_move(&self.host, &l.control_name, gw, &l.ifname)?;
+            r.changes.push(format!("created {}", l.ifname));
+            h
+        };
+        gw.ip(&[
+            "-6",
+            "addr",
+            "replace",
+            GATEWAY_WG_ADDRESS,
+            "dev",
+            &l.ifname,
+            "nodad",
+        ])?;
+        let state = self.wg.device_stats(&handle)?;
+        let mut change = DeviceChange::default();
+        if state.public_key.as_deref() != Some(l.private_key.public_base64().as_str()) {
+            change.private_key = Some(l.private_key.clone());
+            r.changes.push(format!("{}: private key", l.ifname));
+        }
+        if state.listen_port != Some(l.port) {
+            change.listen_port = Some(l.port);
+            r.changes.push(format!("{}: listen port {}", l.ifname, l.port));
+        }
+        let current: BTreeMap<&str, &Vec<IpNet>> = state
+            .peers
+            .iter()
+            .map(|p| (p.peer.public_key.as_str(), &p.peer.allowed_ips))
+            .collect();
+        for (key, ip) in &l.peers {
+            let want = vec![IpNet::V4(*ip)];
+            if current.get(key.as_str()).map(|v| **v != want).unwrap_or(true) {
+                change.upsert_peers.push(PeerSpec {
+                    public_key: key.clone(),
+                    endpoint: None,
+                    allowed_ips: want,
+                });
+            }
+        }
+        for key in current.keys().filter(|k| !l.peers.contains_key(**k)) {
+            change.remove_peers.push((*key).to_string());
+        }
+        if !change.upsert_peers.is_empty() || !change.remove_peers.is_empty() {
+            r.changes.push(format!(
+                "{}: +{} -{} peers",
+                l.ifname,
+                change.upsert_peers.len(),
+                change.remove_peers.len()
+            ));
+        }
+        self.wg.apply(&handle, &change)?;
+        gw.ip(&["link", "set", &l.ifname, "up"])?;
         Ok(())
     }
 }

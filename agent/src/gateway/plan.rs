@@ -106,6 +106,10 @@ pub struct LinkPlan {
     pub peers: BTreeMap<String, Ipv4Net>,
     /// Configuration UID.
     pub uid: String,
+    /// `<namespace>/<name>` of the configuration (errors and metrics name it).
+    pub configuration: String,
+    /// This node's secondary IP for the configuration (its egress source).
+    pub secondary_ip: Ipv4Addr,
 }
 
 /// A route in the gateway namespace.
@@ -151,6 +155,25 @@ pub struct GatewayPlan {
     pub host_nft: String,
     /// Problems found in the input (duplicate ports or pod IPs); the rest is still applied.
     pub warnings: Vec<String>,
+    /// This node's primary IP (kept to re-plan without some links, [`GatewayPlan::without_links`]).
+    pub primary_ip: Ipv4Addr,
+    /// The load-balancer frontend IPs of the input.
+    pub frontend_ips: Vec<Ipv4Addr>,
+}
+
+impl GatewayPlan {
+    /// The plan without the links `failed` names (interface names): their configurations' routes, addresses and
+    /// nftables rules go too, as if they were not in the input. What the applier makes of a plan whose links
+    /// could not all be applied, so that every other configuration is still served.
+    pub fn without_links(&self, failed: &BTreeSet<String>) -> GatewayPlan {
+        let links = self
+            .links
+            .iter()
+            .filter(|(name, _)| !failed.contains(*name))
+            .map(|(name, l)| (name.clone(), l.clone()))
+            .collect();
+        assemble(links, self.primary_ip, &self.frontend_ips, self.warnings.clone())
+    }
 }
 
 /// Control name of a gateway link: unique per (namespace, port) so userspace sockets never collide.
@@ -209,20 +232,35 @@ pub fn gateway_plan(input: &GatewayInput) -> GatewayPlan {
                 private_key: c.private_key.clone(),
                 peers,
                 uid: c.uid.clone(),
+                configuration: c.sgc.clone(),
+                secondary_ip: c.secondary_ip,
             },
         );
     }
-    let secondaries: BTreeSet<Ipv4Addr> = used.iter().map(|c| c.secondary_ip).collect();
+    assemble(links, input.primary_ip, &input.frontend_ips, warnings)
+}
+
+/// Everything else of the plan follows from its links: addresses, routes and nftables rules.
+fn assemble(
+    links: BTreeMap<String, LinkPlan>,
+    primary_ip: Ipv4Addr,
+    frontend_ips: &[Ipv4Addr],
+    warnings: Vec<String>,
+) -> GatewayPlan {
+    // By port, as the configurations were chosen (rule order in the nftables scripts).
+    let mut used: Vec<&LinkPlan> = links.values().collect();
+    used.sort_by_key(|l| l.port);
+    let secondaries: BTreeSet<Ipv4Addr> = used.iter().map(|l| l.secondary_ip).collect();
     let mut ns_routes = Vec::new();
     if !used.is_empty() {
         ns_routes.push(NsRoute {
-            dst: Ipv4Net::from(input.primary_ip),
+            dst: Ipv4Net::from(primary_ip),
             via: None,
             dev: GATEWAY_VETH_NS.into(),
         });
         ns_routes.push(NsRoute {
             dst: Ipv4Net::default(),
-            via: Some(input.primary_ip),
+            via: Some(primary_ip),
             dev: GATEWAY_VETH_NS.into(),
         });
     }
@@ -239,19 +277,21 @@ pub fn gateway_plan(input: &GatewayInput) -> GatewayPlan {
         host_addresses: if used.is_empty() {
             BTreeSet::new()
         } else {
-            input.frontend_ips.iter().copied().collect()
+            frontend_ips.iter().copied().collect()
         },
         host_routes: secondaries.clone(),
         ns_addresses: secondaries,
         ns_routes,
         gateway_nft: gateway_nft(&used),
-        host_nft: host_nft(&used, &input.frontend_ips, input.primary_ip),
-        links,
+        host_nft: host_nft(&used, frontend_ips, primary_ip),
         warnings,
+        primary_ip,
+        frontend_ips: frontend_ips.to_vec(),
+        links,
     }
 }
 
-fn gateway_nft(configs: &[&ConfigInput]) -> String {
+fn gateway_nft(configs: &[&LinkPlan]) -> String {
     let mut s = replace_table_preamble();
     let _ = writeln!(s, "table ip {NFT_TABLE} {{");
     s.push_str("\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n");
@@ -292,7 +332,7 @@ fn gateway_nft(configs: &[&ConfigInput]) -> String {
 /// balancer moved its pods away, keep sending them handshake initiations (every 5 s for 90 s): each resets the
 /// pod's own re-handshake timer, and the pod's answers go through the load balancer to the other gateway,
 /// which drops them, so the pod never moves.
-fn host_nft(configs: &[&ConfigInput], frontends: &[Ipv4Addr], primary: Ipv4Addr) -> String {
+fn host_nft(configs: &[&LinkPlan], frontends: &[Ipv4Addr], primary: Ipv4Addr) -> String {
     let mut s = replace_table_preamble();
     let _ = writeln!(s, "table ip {NFT_TABLE} {{");
     let ports = configs
@@ -600,5 +640,24 @@ mod tests {
         let dbg = format!("{plan:?}");
         assert!(dbg.contains("<redacted>"));
         assert!(!dbg.contains(&plan.links["wg-6000"].private_key.0.to_base64()));
+    }
+
+    #[test]
+    fn a_plan_without_a_failed_link_is_the_plan_of_the_other_configurations() {
+        let a = config(6000, [10, 0, 0, 6], vec![peer("a", "KA", [10, 244, 0, 5])]);
+        let b = config(6001, [10, 0, 0, 7], vec![peer("b", "KB", [10, 244, 0, 6])]);
+        let both = gateway_plan(&input(vec![a.clone(), b.clone()]));
+        let without_a = both.without_links(&BTreeSet::from(["wg-6000".to_string()]));
+        assert_eq!(without_a, gateway_plan(&input(vec![b])));
+        assert!(
+            !without_a.gateway_nft.contains("wg-6000"),
+            "{}",
+            without_a.gateway_nft
+        );
+        assert!(!without_a.host_nft.contains("10.0.0.6"), "{}", without_a.host_nft);
+        let none = both.without_links(&BTreeSet::from(["wg-6000".to_string(), "wg-6001".to_string()]));
+        assert_eq!(none, gateway_plan(&input(vec![])));
+        assert!(none.host_addresses.is_empty() && none.ns_routes.is_empty());
+        assert_eq!(both.without_links(&BTreeSet::new()), both);
     }
 }

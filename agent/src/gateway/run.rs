@@ -7,6 +7,7 @@
 //! fails is retried on its own, so an API server that refuses the status does not make the node re-plan and
 //! re-apply its data plane, and a status the next apply replaces is never written.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,10 +26,10 @@ use tokio::sync::{Notify, watch};
 use super::apply::{ApplyError, ApplyReport, GatewayApplier};
 use super::plan::{GatewayPlan, gateway_plan};
 use super::probe::ProbeState;
-use super::select::{KeySecrets, NodeSettings, active_uids, gateway_status, select};
+use super::select::{KeySecrets, NodeSettings, Skipped, active_uids, gateway_status, select};
 use super::tunnels::{TunnelLink, TunnelView};
 use crate::error::ClusterError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SkippedLabels};
 use crate::node::kube_cluster::server_side_apply;
 use crate::object::NamespacedName;
 
@@ -115,21 +116,65 @@ fn spawn_watch<K>(
 }
 
 /// The applied links with the configuration each serves.
-fn tunnel_links(input: &super::plan::GatewayInput, plan: &GatewayPlan) -> Vec<TunnelLink> {
+fn tunnel_links(plan: &GatewayPlan) -> Vec<TunnelLink> {
     plan.links
         .values()
         .map(|l| TunnelLink {
             ifname: l.ifname.clone(),
             control_name: l.control_name.clone(),
-            configuration: input
-                .configs
-                .iter()
-                .find(|c| c.port == l.port)
-                .map(|c| c.sgc.clone())
-                .unwrap_or_else(|| l.uid.clone()),
+            configuration: l.configuration.clone(),
             port: l.port,
         })
         .collect()
+}
+
+/// What the gateway cannot serve, as last recorded: each (configuration, reason) is warned about when it
+/// appears (not on every apply), logged when it is gone, and exposed as `gateway_configurations_skipped`.
+#[derive(Debug, Default)]
+struct SkipLog {
+    last: BTreeMap<(String, &'static str), i64>,
+}
+
+impl SkipLog {
+    /// Records this plan's skips; returns the (configuration, reason) pairs that are new.
+    fn record(&mut self, skipped: &[Skipped], metrics: &Metrics) -> Vec<(String, &'static str)> {
+        let mut now: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        for s in skipped {
+            *now.entry((s.configuration.clone(), s.reason)).or_default() += 1;
+        }
+        let mut new = Vec::new();
+        for s in skipped {
+            let key = (s.configuration.clone(), s.reason);
+            if self.last.contains_key(&key) || new.contains(&key) {
+                continue;
+            }
+            // A configuration still being provisioned is expected, not a problem.
+            if s.reason == "not_ready" {
+                tracing::info!(configuration = %s.configuration, reason = s.reason, "{s}");
+            } else {
+                tracing::warn!(configuration = %s.configuration, reason = s.reason, "not served on this gateway: {s}");
+            }
+            new.push(key);
+        }
+        for (configuration, reason) in self.last.keys().filter(|k| !now.contains_key(*k)) {
+            tracing::info!(%configuration, reason, "no longer skipped");
+            metrics.gateway_configurations_skipped.remove(&SkippedLabels {
+                configuration: configuration.clone(),
+                reason: (*reason).into(),
+            });
+        }
+        for ((configuration, reason), n) in &now {
+            metrics
+                .gateway_configurations_skipped
+                .get_or_create(&SkippedLabels {
+                    configuration: configuration.clone(),
+                    reason: (*reason).into(),
+                })
+                .set(*n);
+        }
+        self.last = now;
+        new
+    }
 }
 
 /// The Secrets the gateway reads: only the WireGuard key Secrets, which the operator labels with their
@@ -249,14 +294,13 @@ impl GatewayLoop {
         }
         tracing::info!("gateway caches synced");
         let mut retry = FIRST_RETRY;
+        let mut skips = SkipLog::default();
         loop {
             let sgc_list: Vec<StaticGatewayConfiguration> =
                 sgcs.state().iter().map(|s| (**s).clone()).collect();
             let pe_list: Vec<PodEndpoint> = pes.state().iter().map(|s| (**s).clone()).collect();
             let sel = select(&self.settings, &sgc_list, &key_secrets(&secrets), &pe_list);
-            for s in &sel.skipped {
-                tracing::debug!(reason = %s, "skipped");
-            }
+            skips.record(&sel.skipped, &self.metrics);
             let plan = gateway_plan(&sel.input);
             for w in &plan.warnings {
                 tracing::warn!(warning = %w, "gateway plan");
@@ -271,9 +315,31 @@ impl GatewayLoop {
             let mut next_wait = self.resync;
             match res {
                 Ok(Ok(report)) => {
-                    self.metrics.gateway_applies.inc();
+                    // What the kernel now has: the plan without the links that could not be applied. Only
+                    // those configurations are left out of the probe, the metrics and the GatewayStatus.
+                    let plan = if report.failed.is_empty() {
+                        plan
+                    } else {
+                        plan.without_links(&report.failed_links())
+                    };
+                    for f in &report.failed {
+                        self.metrics.gateway_configuration_apply_failed(&f.configuration);
+                        tracing::error!(
+                            configuration = %f.configuration,
+                            link = %f.ifname,
+                            error = %f,
+                            "gateway link not applied (the other configurations are); retrying"
+                        );
+                    }
+                    if report.failed.is_empty() {
+                        self.metrics.gateway_applies.inc();
+                        retry = FIRST_RETRY;
+                    } else {
+                        self.metrics.gateway_apply_failures.inc();
+                        next_wait = back_off(&mut retry);
+                    }
                     self.probe.set_active(active_uids(&plan));
-                    self.tunnels.set(tunnel_links(&sel.input, &plan));
+                    self.tunnels.set(tunnel_links(&plan));
                     self.metrics.gateway_configurations.set(plan.links.len() as i64);
                     self.metrics
                         .gateway_peers
@@ -282,7 +348,6 @@ impl GatewayLoop {
                         tracing::info!(changes = ?report.changes, elapsed_ms = started.elapsed().as_millis() as u64, "applied");
                     }
                     self.ready.store(true, Ordering::Release);
-                    retry = FIRST_RETRY;
                     let applied = gateway_status(&sel.input, &plan);
                     status.send_if_modified(|desired| {
                         let newer = desired.as_ref() != Some(&applied);
@@ -597,5 +662,59 @@ mod tests {
             metrics.contains("gateway_status_update_failures_total{reason=\"conflict\"} 2"),
             "{metrics}"
         );
+    }
+
+    fn skipped(configuration: &str, reason: &'static str) -> Skipped {
+        Skipped {
+            configuration: configuration.into(),
+            reason,
+            message: format!("{configuration}: {reason}"),
+        }
+    }
+
+    #[test]
+    fn skipped_configurations_are_warned_about_once_per_change_and_exposed_by_reason() {
+        let metrics = Metrics::default();
+        let mut log = SkipLog::default();
+        let key = |c: &str, r: &'static str| (c.to_string(), r);
+        let first = vec![
+            skipped("demo/a", "key_secret_missing"),
+            skipped("demo/b", "invalid_pod_ip"),
+            skipped("demo/b", "invalid_pod_ip"),
+        ];
+        assert_eq!(
+            log.record(&first, &metrics),
+            vec![
+                key("demo/a", "key_secret_missing"),
+                key("demo/b", "invalid_pod_ip")
+            ]
+        );
+        let text = metrics.encode();
+        for line in [
+            "gateway_configurations_skipped{configuration=\"demo/a\",reason=\"key_secret_missing\"} 1",
+            "gateway_configurations_skipped{configuration=\"demo/b\",reason=\"invalid_pod_ip\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(
+            log.record(&first, &metrics),
+            vec![],
+            "the same skips again: no new warning"
+        );
+        // a's Secret now exists but holds no valid key: a new reason, warned once; b is fixed.
+        let second = vec![skipped("demo/a", "key_secret_invalid")];
+        assert_eq!(
+            log.record(&second, &metrics),
+            vec![key("demo/a", "key_secret_invalid")]
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "gateway_configurations_skipped{configuration=\"demo/a\",reason=\"key_secret_invalid\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("key_secret_missing"), "{text}");
+        assert!(!text.contains("demo/b"), "{text}");
     }
 }

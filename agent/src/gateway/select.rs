@@ -26,8 +26,27 @@ pub type KeySecrets = BTreeMap<NamespacedName, String>;
 pub struct Selection {
     /// Input of [`super::plan::gateway_plan`].
     pub input: GatewayInput,
-    /// Configurations or PodEndpoints left out, with the reason (logged, not fatal).
-    pub skipped: Vec<String>,
+    /// Configurations or PodEndpoints left out, with the reason (logged and counted, not fatal).
+    pub skipped: Vec<Skipped>,
+}
+
+/// A configuration, or a PodEndpoint of one, this gateway node cannot serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// `<namespace>/<name>` of the configuration (of the PodEndpoint's configuration for a PodEndpoint).
+    pub configuration: String,
+    /// A short fixed label: `not_ready`, `missing_uid`, `invalid_port`, `invalid_frontend_ip`,
+    /// `key_secret_missing`, `key_secret_invalid`, `node_not_listed`, `invalid_ip`, `invalid_pod_ip` or
+    /// `invalid_pod_public_key`.
+    pub reason: &'static str,
+    /// What is wrong, naming the object and field (never a key).
+    pub message: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// Static settings of the gateway node.
@@ -92,6 +111,14 @@ pub fn node_ips(
     ))
 }
 
+fn skip(skipped: &mut Vec<Skipped>, configuration: &NamespacedName, reason: &'static str, message: String) {
+    skipped.push(Skipped {
+        configuration: configuration.to_string(),
+        reason,
+        message,
+    });
+}
+
 /// Builds the plan input.
 pub fn select(
     settings: &NodeSettings,
@@ -112,30 +139,50 @@ pub fn select(
             continue;
         }
         let Some(status) = sgc.status.as_ref().filter(|s| s.is_ready_for_pods()) else {
-            skipped.push(format!("StaticGatewayConfiguration {id}: not ready yet"));
+            skip(
+                &mut skipped,
+                &id,
+                "not_ready",
+                format!("StaticGatewayConfiguration {id}: not ready yet"),
+            );
             continue;
         };
         let Some(profile) = status.gateway_server_profile.as_ref() else {
             continue;
         };
         let Some(uid) = sgc.metadata.uid.clone() else {
-            skipped.push(format!("StaticGatewayConfiguration {id}: metadata.uid is empty"));
+            skip(
+                &mut skipped,
+                &id,
+                "missing_uid",
+                format!("StaticGatewayConfiguration {id}: metadata.uid is empty"),
+            );
             continue;
         };
         let Ok(port) = u16::try_from(profile.port) else {
-            skipped.push(format!(
-                "StaticGatewayConfiguration {id}: status.gatewayServerProfile.port {} is not a port",
-                profile.port
-            ));
+            skip(
+                &mut skipped,
+                &id,
+                "invalid_port",
+                format!(
+                    "StaticGatewayConfiguration {id}: status.gatewayServerProfile.port {} is not a port",
+                    profile.port
+                ),
+            );
             continue;
         };
         let frontend: Ipv4Addr = match profile.ip.parse() {
             Ok(ip) => ip,
             Err(_) => {
-                skipped.push(format!(
-                    "StaticGatewayConfiguration {id}: status.gatewayServerProfile.ip {:?} is not an IPv4 address",
-                    profile.ip
-                ));
+                skip(
+                    &mut skipped,
+                    &id,
+                    "invalid_frontend_ip",
+                    format!(
+                        "StaticGatewayConfiguration {id}: status.gatewayServerProfile.ip {:?} is not an IPv4 address",
+                        profile.ip
+                    ),
+                );
                 continue;
             }
         };
@@ -150,24 +197,39 @@ pub fn select(
                 Ok(k) => k,
                 Err(_) => {
                     let secret = secret_key.unwrap_or_default();
-                    skipped.push(format!(
-                        "StaticGatewayConfiguration {id}: Secret {secret} key PrivateKey is not a base64 WireGuard key"
-                    ));
+                    skip(
+                        &mut skipped,
+                        &id,
+                        "key_secret_invalid",
+                        format!(
+                            "StaticGatewayConfiguration {id}: Secret {secret} key PrivateKey is not a base64 WireGuard key"
+                        ),
+                    );
                     continue;
                 }
             },
             None => {
                 let secret = secret_key.unwrap_or_default();
-                skipped.push(format!(
-                    "StaticGatewayConfiguration {id}: private key Secret {secret} (key PrivateKey) not found"
-                ));
+                skip(
+                    &mut skipped,
+                    &id,
+                    "key_secret_missing",
+                    format!(
+                        "StaticGatewayConfiguration {id}: private key Secret {secret} (key PrivateKey) not found"
+                    ),
+                );
                 continue;
             }
         };
         let (node_primary, secondary) = match node_ips(sgc, node) {
             Ok(ips) => ips,
             Err(e) => {
-                skipped.push(format!("StaticGatewayConfiguration {id}: {e}"));
+                skip(
+                    &mut skipped,
+                    &id,
+                    e.reason(),
+                    format!("StaticGatewayConfiguration {id}: {e}"),
+                );
                 continue;
             }
         };
@@ -184,18 +246,26 @@ pub fn select(
                 _ => match pe.spec.pod_ip_address.parse::<Ipv4Addr>() {
                     Ok(a) => a,
                     Err(_) => {
-                        skipped.push(format!(
-                            "PodEndpoint {pe_id}: spec.podIpAddress {:?} is not an IPv4 /32",
-                            pe.spec.pod_ip_address
-                        ));
+                        skip(
+                            &mut skipped,
+                            &id,
+                            "invalid_pod_ip",
+                            format!(
+                                "PodEndpoint {pe_id}: spec.podIpAddress {:?} is not an IPv4 /32",
+                                pe.spec.pod_ip_address
+                            ),
+                        );
                         continue;
                     }
                 },
             };
             if wireguard_control::Key::from_base64(&pe.spec.pod_public_key).is_err() {
-                skipped.push(format!(
-                    "PodEndpoint {pe_id}: spec.podPublicKey is not a base64 WireGuard key"
-                ));
+                skip(
+                    &mut skipped,
+                    &id,
+                    "invalid_pod_public_key",
+                    format!("PodEndpoint {pe_id}: spec.podPublicKey is not a base64 WireGuard key"),
+                );
                 continue;
             }
             peers.push(PeerInput {
@@ -455,7 +525,26 @@ mod tests {
             "the newest claim of a pod IP wins"
         );
         assert_eq!(sel.input.configs[1].peers[0].pod_ip, Ipv4Addr::new(10, 244, 0, 6));
-        let joined = sel.skipped.join("\n");
+        let joined = sel
+            .skipped
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let reasons: Vec<(&str, &str)> = sel
+            .skipped
+            .iter()
+            .map(|s| (s.configuration.as_str(), s.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("app/nokey", "key_secret_missing"),
+                ("app/one", "invalid_pod_ip"),
+                ("app/one", "invalid_pod_public_key"),
+                ("app/unready", "not_ready"),
+            ]
+        );
         assert!(
             joined.contains("app/nokey: private key Secret kube-egress-gateway-system/sgw-uid-nokey"),
             "{joined}"

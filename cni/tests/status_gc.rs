@@ -1,0 +1,160 @@
+//! CNI 1.1.0's STATUS and GC, run as a runtime runs the plugin: CNI_* environment, configuration on stdin.
+
+mod runtime;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use runtime::text;
+
+/// Runs the plugin binary with `command` and `conf` on stdin.
+fn run(command: &str, conf: &str) -> Output {
+    run_with_path(command, conf, &std::env::var_os("PATH").unwrap_or_default())
+}
+
+/// [`run`] with the runtime's `PATH` set to `path`.
+fn run_with_path(command: &str, conf: &str, path: &std::ffi::OsStr) -> Output {
+    runtime::run(&[("CNI_COMMAND", command.as_ref()), ("PATH", path)], conf)
+}
+
+fn conf(version: &str, socket: &Path, extra: &str) -> String {
+    format!(
+        r#"{{"cniVersion":"{version}","name":"k8s","type":"kube-egress-cni","socketPath":{socket:?}{extra}}}"#,
+        socket = socket.display().to_string()
+    )
+}
+
+#[test]
+fn status_succeeds_silently_while_the_agent_answers_and_is_error_50_when_it_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("cni.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the agent socket");
+
+    let out = run("STATUS", &conf("1.1.0", &socket, ""));
+    assert!(
+        out.status.success(),
+        "{} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout).trim(), "", "STATUS prints nothing on success");
+
+    // The agent is gone: its socket file stays but nobody answers.
+    drop(listener);
+    let out = run("STATUS", &conf("1.1.0", &socket, ""));
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
+    assert_eq!(err["code"], 50, "{err}");
+    assert_eq!(err["msg"], "the plugin is not available");
+    assert!(
+        err["details"].as_str().is_some_and(|d| d.contains("cni.sock")),
+        "names the socket: {err}"
+    );
+
+    // STATUS is a 1.1.0 command.
+    let out = run("STATUS", &conf("1.0.0", &socket, ""));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
+    assert_eq!(err["code"], 1, "{err}");
+}
+
+#[test]
+fn status_is_error_50_naming_the_programs_the_node_lacks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("cni.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the agent socket");
+    // A PATH with the node's `ip`, `nsenter` and `sysctl`, but no `nft`.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin dir");
+    for tool in ["ip", "nsenter", "sysctl"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{tool} on this machine's PATH"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).expect("link the tool");
+    }
+    let out = run_with_path("STATUS", &conf("1.1.0", &socket, ""), bin.as_os_str());
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
+    assert_eq!(err["code"], 50, "{err}");
+    let details = err["details"].as_str().unwrap_or_default();
+    assert!(details.contains("missing on the node's PATH: nft"), "{err}");
+    assert!(!details.contains("node agent"), "the agent answers: {err}");
+}
+
+#[test]
+fn gc_without_the_valid_attachments_removes_nothing_and_says_what_is_missing() {
+    let out = run("GC", &conf("1.1.0", Path::new("/nonexistent.sock"), ""));
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
+    assert_eq!(err["code"], 7, "{err}");
+    assert!(
+        err["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("cni.dev/valid-attachments")),
+        "{err}"
+    );
+}
+
+/// GC in a private mount and network namespace (root): the userspace socket directory is a fresh tmpfs and
+/// the links are the namespace's own, so nothing of the machine's is touched.
+#[test]
+fn gc_removes_only_the_stale_pod_tunnels_of_sandboxes_the_runtime_no_longer_has() {
+    let name = cni::plugin::control_name;
+    let (keep, stale, young) = (name("sandbox-keep"), name("sandbox-stale"), name("sandbox-young"));
+    let conf = conf(
+        "1.1.0",
+        Path::new("/nonexistent.sock"),
+        r#","cni.dev/valid-attachments":[{"containerID":"sandbox-keep","ifname":"eth0"}]"#,
+    );
+    let script = format!(
+        r#"set -e
+mkdir -p /run/wireguard
+mount -t tmpfs tmpfs /run/wireguard
+cd /run/wireguard
+python3 -c 'import socket, sys
+for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {keep} {stale} {young} wgg000000000001 wg0
+# Old enough for GC, all but the tunnel whose ADD may still be running.
+touch -h -d '-10 minutes' {keep}.sock {stale}.sock wgg000000000001.sock wg0.sock
+ip link add {stale} type veth peer name gcpeer1
+ip link add {keep} type veth peer name gcpeer2
+ip link add wgpnotours type veth peer name gcpeer3
+rc=0
+printf '%s' "$CONF" | "$@" || rc=$?
+echo "rc=$rc"
+ls /run/wireguard
+ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
+"#
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--net", "sh", "-c", &script, "gc"])
+        .arg(env!("CARGO_BIN_EXE_kube-egress-cni"))
+        .env("CNI_COMMAND", "GC")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CONF", &conf)
+        .output()
+        .expect("unshare runs");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"rc=0"),
+        "GC succeeds silently: {stdout} {stderr}"
+    );
+    let has = |n: &str| lines.contains(&n);
+    assert!(
+        !has(&format!("{stale}.sock")),
+        "the stale tunnel's socket is removed: {stdout}"
+    );
+    assert!(!has(&stale), "the stale sandbox's host link is removed: {stdout}");
+    for kept in [
+        format!("{keep}.sock"),
+        keep.clone(),
+        format!("{young}.sock"),
+        "wgg000000000001.sock".to_string(),
+        "wg0.sock".to_string(),
+        "wgpnotours".to_string(),
+    ] {
+        assert!(has(&kept), "{kept} is kept: {stdout}");
+    }
+}
