@@ -79,7 +79,7 @@ pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Value, (CniError, String)
         "ADD" => add(env, &conf).await,
         "DEL" => del(env, &conf).await,
         "CHECK" => check(env, &conf).await,
-        "STATUS" => since_1_1("STATUS", &conf).and_then(|()| status(&conf)),
+        "STATUS" => since_1_1("STATUS", &conf).and_then(|()| status()),
         "GC" => since_1_1("GC", &conf).and_then(|()| gc(&conf)),
         other => Err(CniError::new(
             CniError::INVALID_CONFIG,
@@ -602,10 +602,14 @@ pub fn missing_tools(path: &std::ffi::OsStr) -> Vec<&'static str> {
         .collect()
 }
 
-/// STATUS: ready when the node has the programs ADD needs ([`HOST_TOOLS`], `ip` with JSON output) and the
-/// node agent's socket answers (an annotated pod's ADD needs the agent); otherwise error 50, "the plugin is
-/// not available", saying what is missing. Success prints nothing.
-fn status(conf: &NetConf) -> Result<Value, CniError> {
+/// STATUS: ready when the node has the programs ADD needs ([`HOST_TOOLS`], `ip` with JSON output); otherwise
+/// error 50, "the plugin is not available", saying what is missing. Success prints nothing.
+///
+/// The node agent's socket is deliberately not checked: a runtime that calls STATUS (containerd 2) reports
+/// the node's whole pod network not ready while it fails, so every restart of the node agent (a rolling
+/// upgrade) would flip every node NotReady. While the agent is away an ADD that needs it fails on its own and
+/// the kubelet retries it.
+fn status() -> Result<Value, CniError> {
     let mut problems = Vec::new();
     let missing = missing_tools(&std::env::var_os("PATH").unwrap_or_default());
     if !missing.is_empty() {
@@ -618,13 +622,6 @@ fn status(conf: &NetConf) -> Result<Value, CniError> {
             "`ip -json link show lo` fails: the node's iproute2 has no JSON output (4.14 or later has)"
                 .into(),
         );
-    }
-    let path = socket(conf);
-    if let Err(e) = std::os::unix::net::UnixStream::connect(&path) {
-        problems.push(format!(
-            "the node agent does not answer on {}: {e}",
-            path.display()
-        ));
     }
     if problems.is_empty() {
         Ok(Value::Null)

@@ -25,7 +25,7 @@ fn conf(version: &str, socket: &Path, extra: &str) -> String {
 }
 
 #[test]
-fn status_succeeds_silently_while_the_agent_answers_and_is_error_50_when_it_does_not() {
+fn status_succeeds_silently_whether_or_not_the_agent_answers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("cni.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the agent socket");
@@ -39,17 +39,17 @@ fn status_succeeds_silently_while_the_agent_answers_and_is_error_50_when_it_does
     );
     assert_eq!(text(&out.stdout).trim(), "", "STATUS prints nothing on success");
 
-    // The agent is gone: its socket file stays but nobody answers.
+    // The agent is away (restarting): its socket file stays but nobody answers. The node's pod network is
+    // not reported down for it.
     drop(listener);
     let out = run("STATUS", &conf("1.1.0", &socket, ""));
-    assert!(!out.status.success());
-    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
-    assert_eq!(err["code"], 50, "{err}");
-    assert_eq!(err["msg"], "the plugin is not available");
     assert!(
-        err["details"].as_str().is_some_and(|d| d.contains("cni.sock")),
-        "names the socket: {err}"
+        out.status.success(),
+        "{} {}",
+        text(&out.stdout),
+        text(&out.stderr)
     );
+    assert_eq!(text(&out.stdout).trim(), "");
 
     // STATUS is a 1.1.0 command.
     let out = run("STATUS", &conf("1.0.0", &socket, ""));
