@@ -166,6 +166,7 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let Some(gateway) = gateway_of(conf, &k8s).await? else {
         return Ok(conf::passthrough(Some(prev), &conf.cni_version));
     };
+    check_host_tools()?;
     let mut undo = Undo::new(env, conf, &k8s);
     match add_annotated(env, conf, &k8s, &gateway, prev, &mut undo).await {
         Ok(v) => {
@@ -602,36 +603,30 @@ pub fn missing_tools(path: &std::ffi::OsStr) -> Vec<&'static str> {
         .collect()
 }
 
-/// STATUS: ready when the node has the programs ADD needs ([`HOST_TOOLS`], `ip` with JSON output); otherwise
-/// error 50, "the plugin is not available", saying what is missing. Success prints nothing.
-///
-/// The node agent's socket is deliberately not checked: a runtime that calls STATUS (containerd 2) reports
-/// the node's whole pod network not ready while it fails, so every restart of the node agent (a rolling
-/// upgrade) would flip every node NotReady. While the agent is away an ADD that needs it fails on its own and
-/// the kubelet retries it.
-fn status() -> Result<Value, CniError> {
-    let mut problems = Vec::new();
+/// The programs an annotated pod's ADD runs, checked before it changes anything: one that is missing fails the
+/// ADD with error 50, "the plugin is not available", naming it, instead of failing half-way.
+fn check_host_tools() -> Result<(), CniError> {
     let missing = missing_tools(&std::env::var_os("PATH").unwrap_or_default());
-    if !missing.is_empty() {
-        problems.push(format!(
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        CniError::NOT_AVAILABLE,
+        "the plugin is not available",
+        format!(
             "missing on the node's PATH: {} (docs/install.md lists what the plugin needs)",
             missing.join(", ")
-        ));
-    } else if Netns::Current.ip_json(&["link", "show", "lo"]).is_err() {
-        problems.push(
-            "`ip -json link show lo` fails: the node's iproute2 has no JSON output (4.14 or later has)"
-                .into(),
-        );
-    }
-    if problems.is_empty() {
-        Ok(Value::Null)
-    } else {
-        Err(CniError::new(
-            CniError::NOT_AVAILABLE,
-            "the plugin is not available",
-            problems.join("; "),
-        ))
-    }
+        ),
+    ))
+}
+
+/// STATUS: always ready (success prints nothing). A runtime that calls STATUS (containerd 2) reports the
+/// node's whole pod network not ready while it fails, yet only annotated pods need anything beyond the plugin
+/// itself: the node agent (away while it restarts, in a rolling upgrade) and the node's programs (checked by
+/// their ADD, which then fails with error 50 naming what is missing). Pods without the annotation pass
+/// through either way, so neither may take the node's pod network down.
+fn status() -> Result<Value, CniError> {
+    Ok(Value::Null)
 }
 
 /// How old a userspace tunnel of no valid attachment must be before GC removes it: an ADD still running when
