@@ -685,6 +685,7 @@ pub fn plan_pool(
         }
         PoolKind::Vm => {
             let mut wanted_pips = BTreeSet::new();
+            let mut still_used: BTreeSet<String> = BTreeSet::new();
             for vm_nic in &state.vm_nics {
                 let flavor = NicFlavor::Vm {
                     nic_name: &vm_nic.name,
@@ -692,6 +693,10 @@ pub fn plan_pool(
                 };
                 let desired = desired_nic(&vm_nic.nic, &ip_configs, &keeping, flavor, "nic")?;
                 for ipc in &desired.ip_configs {
+                    // Whatever the NIC keeps using (a kept configuration's public IP too) stays.
+                    if let Some(pip_id) = &ipc.public_ip_address_id {
+                        still_used.insert(last_segment(pip_id).to_ascii_lowercase());
+                    }
                     if let (Some(pip_id), Some((_, prefix_id))) = (
                         &ipc.public_ip_address_id,
                         ip_configs.iter().find(|(n, _)| eq_ci(n, &ipc.name)),
@@ -722,29 +727,32 @@ pub fn plan_pool(
                     });
                 }
             }
-            // Public IPs the operator created for configurations that no longer use them. The resource group
-            // holds others (the user's, another VM pool's of a shared BYO prefix), so only those it can tell
-            // are its own go: named exactly as it names the public IP of one of this pool's NICs on one of
-            // the configurations' prefixes (managed, adopted or BYO), and allocated from that prefix. A kept
-            // configuration's stay.
-            let own_of = |c: &Config| -> Vec<(String, String)> {
-                let mut own = Vec::new();
-                for prefix_id in c.public_ip_prefix_ids(env) {
-                    for nic in &state.vm_nics {
-                        own.push((
-                            vm_pool_public_ip_name(last_segment(&prefix_id), &nic.name).to_ascii_lowercase(),
-                            prefix_id.to_ascii_lowercase(),
-                        ));
-                    }
-                }
-                own
+            // Public IPs the operator created that no NIC uses any more. The resource group holds others (the
+            // user's, another VM pool's of a shared BYO prefix), so only those it can tell are its own go: named
+            // exactly as it names the public IP of one of this pool's NICs on the prefix the IP is allocated
+            // from. That is judged from the IP itself, not from the configurations, so the IPs of a prefix a
+            // configuration no longer uses (switched from BYO to managed or private, or to another BYO prefix)
+            // go too. A kept configuration's stay.
+            let made_here = |name: &str, prefix_id: &str| {
+                state
+                    .vm_nics
+                    .iter()
+                    .any(|nic| eq_ci(&vm_pool_public_ip_name(last_segment(prefix_id), &nic.name), name))
             };
-            let own: BTreeSet<(String, String)> =
-                configs.iter().filter(|c| !c.kept).flat_map(own_of).collect();
-            let of_kept: BTreeSet<(String, String)> = kept(configs).flat_map(own_of).collect();
+            let of_kept: BTreeSet<String> = kept(configs)
+                .flat_map(|c| c.public_ip_prefix_ids(env))
+                .flat_map(|prefix_id| {
+                    state.vm_nics.iter().map(move |nic| {
+                        vm_pool_public_ip_name(last_segment(&prefix_id), &nic.name).to_ascii_lowercase()
+                    })
+                })
+                .collect();
             for (name, prefix_id) in &state.public_ips {
-                let key = (name.clone(), prefix_id.to_ascii_lowercase());
-                if own.contains(&key) && !of_kept.contains(&key) && !wanted_pips.contains(name) {
+                if made_here(name, prefix_id)
+                    && !of_kept.contains(name)
+                    && !wanted_pips.contains(name)
+                    && !still_used.contains(name)
+                {
                     public_ips_to_delete.push(name.clone());
                 }
             }
