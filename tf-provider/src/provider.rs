@@ -357,14 +357,23 @@ async fn apply<K: Object>(
         // applied with kubectl, a chart or another Terraform state must be imported, not taken over (a later
         // destroy would delete it, and the operator release its egress IPs).
         if let Some(existing) = cluster::get(&api, name).await.map_err(|e| cannot_apply(&e))? {
-            let terminating = existing.meta().deletion_timestamp.is_some();
-            return Err(exists(K::KIND, &K::kind(&()), planned, terminating).into());
+            let meta = existing.meta();
+            let found = Found {
+                terminating: meta.deletion_timestamp.is_some(),
+                by_this_provider: meta
+                    .managed_fields
+                    .iter()
+                    .flatten()
+                    .any(|m| m.manager.as_deref() == Some(cluster::FIELD_MANAGER)),
+            };
+            return Err(exists(K::KIND, &K::kind(&()), planned, found).into());
         }
     }
-    // A create does not force ownership: should an object of this name appear after the check above, its
-    // other managers' values conflict (an error) instead of being taken over.
+    // A create does not force ownership: should an object of this name appear after the check above, values of
+    // its other managers that differ from ours conflict (an error) instead of being taken over. (Equal values
+    // would be shared, not refused: the check above is what refuses an existing object.)
     let take_over = op == Op::Update;
-    cluster::apply(
+    let applied = cluster::apply(
         &api,
         name,
         &K::manifest(planned),
@@ -382,18 +391,33 @@ async fn apply<K: Object>(
                 ClusterError::Stopped => cluster_diag(&format!("Stopped waiting for {object}"), &e),
                 _ => cluster_diag(&format!("{object} {}", K::KIND.not_ready()), &e),
             },
-            state: cluster::get(&api, name).await.ok().flatten().map(|o| state(&o)),
+            // The object exists (it was just applied): a failed read must not leave it out of the state, or the
+            // next apply would find it "made elsewhere". Only a read that finds it gone does.
+            state: match cluster::get(&api, name).await {
+                Ok(found) => found.map(|o| state(&o)),
+                Err(_) => Some(state(&applied)),
+            },
         }),
     }
 }
 
-/// The error of a create refused because the cluster already has an object of that name (`terminating`: one
-/// being deleted): what to do instead, with the import command. The resource's address is not in the
-/// protocol's request; Terraform shows it with the diagnostic (`with <address>`).
-fn exists(kind: Kind, kube_kind: &str, planned: &Value, terminating: bool) -> pb::Diagnostic {
+/// What a create found in the cluster under its name.
+#[derive(Clone, Copy, Debug)]
+struct Found {
+    /// Being deleted (its finalizer has not completed).
+    terminating: bool,
+    /// This provider has written it before (its field manager is among the object's managers).
+    by_this_provider: bool,
+}
+
+/// The error of a create refused because the cluster already has an object of that name: what to do instead,
+/// with the import command. The resource's address is not in the protocol's request; Terraform shows it with
+/// the diagnostic (`with <address>`), which points at the resource's `name`.
+fn exists(kind: Kind, kube_kind: &str, planned: &Value, found: Found) -> pb::Diagnostic {
     let id = kind.display_id(planned);
     let type_name = kind.type_name();
-    if terminating {
+    let at = Path::attr("name");
+    if found.terminating {
         return diag::error(
             format!("{kube_kind} {id} is being deleted"),
             format!(
@@ -401,21 +425,31 @@ fn exists(kind: Kind, kube_kind: &str, planned: &Value, terminating: bool) -> pb
                  (the operator first releases what it made in Azure for it). It was left as it is. Apply again \
                  once it is gone."
             ),
-            None,
+            Some(&at),
         );
     }
-    diag::error(
-        format!("{kube_kind} {id} already exists"),
+    let import = format!(
+        "import it into the state first: `terraform import {type_name}.<name> {id}`, where `{type_name}.<name>` \
+         is this resource's address (Terraform names it with this error), or add an `import` block with `to` \
+         that address and `id = \"{id}\"`"
+    );
+    let detail = if found.by_this_provider {
+        format!(
+            "The cluster already has the {kube_kind} {id}, written by this provider, and this resource's state \
+             does not hold it. Either an earlier apply made it and its state was not saved (Terraform was \
+             stopped, or the state could not be written): {import}; or another Terraform state manages it; or \
+             this is a replacement with `create_before_destroy`, which cannot work for a name that exists only \
+             once: remove `create_before_destroy` or give the new object another name. It was left as it is."
+        )
+    } else {
         format!(
             "The cluster already has the {kube_kind} {id}, and Terraform's state does not: it was made outside \
              this configuration (kubectl, a Helm chart, another Terraform state). Creating it here would take it \
-             over, and a later destroy would delete it. It was left as it is. To manage it with Terraform, import \
-             it into the state first: `terraform import {type_name}.<name> {id}`, where `{type_name}.<name>` is \
-             this resource's address (Terraform names it with this error), or add an `import` block with `to` \
-             that address and `id = \"{id}\"`. Otherwise give this resource another name."
-        ),
-        None,
-    )
+             over, and a later destroy would delete it. It was left as it is. To manage it with Terraform, \
+             {import}. Otherwise give this resource another name."
+        )
+    };
+    diag::error(format!("{kube_kind} {id} already exists"), detail, Some(&at))
 }
 
 /// Why an apply failed, and the object's state when it exists in the cluster nonetheless.
@@ -945,19 +979,29 @@ mod tests {
 
     #[test]
     fn creating_an_existing_object_names_it_and_the_import_to_run() {
+        let elsewhere = Found {
+            terminating: false,
+            by_this_provider: false,
+        };
         let planned = resources::object([("namespace", Value::str("app")), ("name", Value::str("egress"))]);
-        let d = exists(Kind::Sgc, "StaticGatewayConfiguration", &planned, false);
+        let d = exists(Kind::Sgc, "StaticGatewayConfiguration", &planned, elsewhere);
         assert_eq!(d.severity, pb::diagnostic::Severity::Error as i32);
         assert_eq!(d.summary, "StaticGatewayConfiguration app/egress already exists");
         assert!(
             d.detail
                 .contains("`terraform import egressgateway_static_gateway_configuration.<name> app/egress`")
-                && d.detail.contains("It was left as it is."),
+                && d.detail.contains("It was left as it is.")
+                && d.detail.contains("made outside this configuration"),
             "{}",
             d.detail
         );
+        assert_eq!(
+            d.attribute,
+            Some(Path::attr("name").to_proto()),
+            "points at the name"
+        );
         let pool = resources::object([("name", Value::str("gw"))]);
-        let d = exists(Kind::Pool, "GatewayPool", &pool, false);
+        let d = exists(Kind::Pool, "GatewayPool", &pool, elsewhere);
         assert_eq!(d.summary, "GatewayPool gw already exists");
         assert!(
             d.detail
@@ -967,7 +1011,31 @@ mod tests {
             "{}",
             d.detail
         );
-        let d = exists(Kind::Pool, "GatewayPool", &pool, true);
+        // Written by this provider: a lost state or a create_before_destroy replacement, not kubectl.
+        let ours = Found {
+            by_this_provider: true,
+            ..elsewhere
+        };
+        let d = exists(Kind::Pool, "GatewayPool", &pool, ours);
+        assert_eq!(d.summary, "GatewayPool gw already exists");
+        assert!(
+            d.detail.contains("written by this provider")
+                && d.detail.contains("create_before_destroy")
+                && d.detail
+                    .contains("`terraform import egressgateway_gateway_pool.<name> gw`")
+                && !d.detail.contains("kubectl"),
+            "{}",
+            d.detail
+        );
+        let d = exists(
+            Kind::Pool,
+            "GatewayPool",
+            &pool,
+            Found {
+                terminating: true,
+                ..elsewhere
+            },
+        );
         assert_eq!(d.summary, "GatewayPool gw is being deleted");
         assert!(d.detail.contains("Apply again once it is gone"), "{}", d.detail);
     }
