@@ -30,6 +30,16 @@ pub fn primary_file(mut names: Vec<String>, ours: &str) -> Option<String> {
     names.into_iter().next()
 }
 
+/// Whether the CNI configuration `v` (a `.conflist`'s `plugins`, or a single `.conf`) runs the plugin of type
+/// `plugin_type`.
+fn chains_plugin(v: &Value, plugin_type: &str) -> bool {
+    let is_it = |p: &Value| p.get("type").and_then(Value::as_str) == Some(plugin_type);
+    match v.get("plugins").and_then(Value::as_array) {
+        Some(plugins) => plugins.iter().any(is_it),
+        None => is_it(v),
+    }
+}
+
 /// Whether our file should be removed on shutdown, from the `cni-uninstall` ConfigMap's `data.uninstall`:
 /// no ConfigMap keeps the file; `"false"` keeps it; anything else removes it.
 pub fn should_uninstall(configmap_data: Option<Option<&str>>) -> bool {
@@ -65,7 +75,10 @@ fn regular_files(dir: &Path) -> Result<Vec<(String, u64, Option<SystemTime>)>, F
     let rd = std::fs::read_dir(dir).map_err(FileError::at("read", dir))?;
     let mut out = Vec::new();
     for e in rd.flatten() {
-        let Ok(meta) = e.metadata() else { continue };
+        // Through symlinks, as runtimes load them.
+        let Ok(meta) = std::fs::metadata(e.path()) else {
+            continue;
+        };
         if !meta.is_file() {
             continue;
         }
@@ -94,7 +107,8 @@ impl ConfManager {
     /// A primary that sorts before our file is an error ([`CniInstallError::Shadowed`]): the runtime would
     /// load it, never ours.
     pub fn install(&self) -> Result<Installed, CniInstallError> {
-        let names = regular_files(&self.dir)?.into_iter().map(|f| f.0).collect();
+        let mut names: Vec<String> = regular_files(&self.dir)?.into_iter().map(|f| f.0).collect();
+        names.retain(|n| !self.remove_if_an_earlier_copy_of_ours(n));
         let Some(primary) = primary_file(names, &self.file_name) else {
             return Ok(Installed::NoPrimary);
         };
@@ -123,6 +137,35 @@ impl ConfManager {
         std::fs::write(&tmp, &bytes).map_err(FileError::at("write", &tmp))?;
         std::fs::rename(&tmp, &target).map_err(FileError::at("rename to", &target))?;
         Ok(Installed::Written(primary))
+    }
+
+    /// Whether `name` is an earlier copy of our conflist under another name (the agent ran with another
+    /// `--cni-conf-file`): a CNI configuration file other than ours that chains our plugin. It is removed (an
+    /// earlier copy chains an old primary, and would shadow ours or be taken for the primary). Returns true
+    /// when it is such a copy, removed or not (a copy is never the primary).
+    fn remove_if_an_earlier_copy_of_ours(&self, name: &str) -> bool {
+        if name == self.file_name || !CNI_EXTENSIONS.iter().any(|e| name.ends_with(e)) {
+            return false;
+        }
+        let Some(our_type) = self.entry.get("type").and_then(Value::as_str) else {
+            return false;
+        };
+        let path = self.dir.join(name);
+        let chains_ours = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| chains_plugin(&v, our_type));
+        if chains_ours {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::warn!(file = %path.display(), "removed an earlier copy of our CNI configuration")
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "cannot remove an earlier copy of our CNI configuration")
+                }
+            }
+        }
+        chains_ours
     }
 
     /// Removes our file (absent is fine).
@@ -275,6 +318,46 @@ mod tests {
         m.uninstall().expect("remove");
         assert!(!m.path().exists());
         m.uninstall().expect("absent is fine");
+    }
+
+    #[test]
+    fn an_earlier_copy_of_ours_under_another_name_is_removed_not_taken_for_the_primary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = ConfManager {
+            dir: dir.path().to_path_buf(),
+            file_name: "00-egressgateway.conflist".into(),
+            entry: entry(),
+        };
+        std::fs::write(
+            dir.path().join("10-bridge.conflist"),
+            json!({"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"}]}).to_string(),
+        )
+        .expect("write primary");
+        std::fs::write(dir.path().join("05-other.txt"), "not a CNI configuration").expect("other file");
+        // An agent ran with `--cni-conf-file 00-egressgateway.conflist` before: that copy sorts before ours.
+        let installed = old.clone();
+        assert_eq!(
+            installed.install().expect("installs"),
+            Installed::Written("10-bridge.conflist".into())
+        );
+        let now = ConfManager {
+            file_name: "01-egressgateway.conflist".into(),
+            ..old
+        };
+        assert_eq!(
+            now.install().expect("not shadowed by our own earlier copy"),
+            Installed::Written("10-bridge.conflist".into())
+        );
+        assert!(!installed.path().exists(), "the earlier copy is removed");
+        assert!(dir.path().join("05-other.txt").exists());
+        // An earlier copy that sorts after ours but before the primary is not taken for the primary either.
+        let copy = dir.path().join("05-egress.conflist");
+        std::fs::copy(now.path(), &copy).expect("copy");
+        assert_eq!(
+            now.install().expect("installs"),
+            Installed::Unchanged("10-bridge.conflist".into())
+        );
+        assert!(!copy.exists());
     }
 
     #[tokio::test]
