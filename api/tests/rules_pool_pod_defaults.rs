@@ -296,3 +296,32 @@ fn kubernetes_name_syntax() {
         assert!(!is_dns1123_label(bad), "{bad}");
     }
 }
+
+#[test]
+fn pool_update_that_keeps_the_spec_is_warned_not_refused() {
+    let old = json!({"metadata": {"finalizers": ["egressgateway.kubernetes.azure.com/finalizer"]},
+                     "spec": {"gatewayNodepoolName": "gwpool", "publicIpPrefixSize": 27}});
+    let mut released = old.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let v = validate_pool_object(&released, Some(&old), None);
+    assert!(v.is_allowed(), "{}", v.message());
+    let warning = v
+        .warnings
+        .iter()
+        .find(|w| w.path == "spec.publicIpPrefixSize")
+        .unwrap_or_else(|| panic!("still reported, as a warning: {:?}", v.warnings));
+    assert!(
+        warning.message.contains("rule 3") && warning.message.contains("does not change the spec"),
+        "{warning}"
+    );
+    // A spec change is judged: refused for rule 3 still.
+    let mut counted = old.clone();
+    counted["spec"]["instanceCount"] = json!(1);
+    assert_eq!(
+        only(&validate_pool_object(&counted, Some(&old), None)),
+        (Rule::PrefixSize, "spec.publicIpPrefixSize")
+    );
+    // The typed check (the operator's) still reports it.
+    let spec: api::pool::GatewayPoolSpec = serde_json::from_value(old["spec"].clone()).expect("typed");
+    assert!(!api::rules::validate_pool(&spec, Some(&spec), None).is_allowed());
+}
