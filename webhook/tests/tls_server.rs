@@ -32,6 +32,7 @@ async fn start_with(store: Arc<CertStore>, client_timeout: Duration) -> Server {
         metrics: Arc::new(Metrics::default()),
         draining: Default::default(),
         client_timeout,
+        certificate: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
