@@ -73,21 +73,49 @@ impl Patches {
     }
 }
 
-#[tokio::test]
-async fn renewal_keeps_the_served_certificate_verifiable_for_years() {
-    let lifetime = Duration::days(30);
+/// A pair made at [`t0`] valid for `lifetime`, served from a store, and its renewer (which counts swaps in the
+/// returned counter).
+struct Fixture {
+    first: webhook::tls::SelfSigned,
+    store: Arc<CertStore>,
+    expiry: Arc<CertExpiry>,
+    reloads: prometheus_client::metrics::counter::Counter,
+    renewer: Renewer,
+}
+
+fn fixture(lifetime: Duration) -> Fixture {
     let first = self_signed_at(&[DNS.to_string()], t0(), lifetime).expect("certificate");
     let store = CertStore::new(first.key.clone());
     let expiry = Arc::new(CertExpiry::default());
-    let mut renewer = Renewer::new(
+    let reloads = prometheus_client::metrics::counter::Counter::default();
+    let renewer = Renewer::new(
         vec![DNS.to_string()],
         &first,
         lifetime,
         store.clone(),
         expiry.clone(),
-        Default::default(),
+        reloads.clone(),
     )
     .with_waits(PROPAGATION, RETRY);
+    Fixture {
+        first,
+        store,
+        expiry,
+        reloads,
+        renewer,
+    }
+}
+
+#[tokio::test]
+async fn renewal_keeps_the_served_certificate_verifiable_for_years() {
+    let lifetime = Duration::days(30);
+    let Fixture {
+        first,
+        store,
+        expiry,
+        mut renewer,
+        ..
+    } = fixture(lifetime);
     let patches = Patches::default();
     let patch = patches.patcher();
     // Every bundle the API server may hold, with when it was patched (the start-up patch first).
@@ -132,19 +160,13 @@ async fn renewal_keeps_the_served_certificate_verifiable_for_years() {
 #[tokio::test]
 async fn a_failing_patch_keeps_the_old_certificate_and_health_says_so_before_it_expires() {
     let lifetime = Duration::days(30);
-    let first = self_signed_at(&[DNS.to_string()], t0(), lifetime).expect("certificate");
-    let store = CertStore::new(first.key.clone());
-    let expiry = Arc::new(CertExpiry::default());
-    let reloads = prometheus_client::metrics::counter::Counter::<u64>::default();
-    let mut renewer = Renewer::new(
-        vec![DNS.to_string()],
-        &first,
-        lifetime,
-        store.clone(),
-        expiry.clone(),
-        reloads.clone(),
-    )
-    .with_waits(PROPAGATION, RETRY);
+    let Fixture {
+        first,
+        store,
+        expiry,
+        reloads,
+        mut renewer,
+    } = fixture(lifetime);
     let patches = Patches::default();
     *patches.refuse.lock().expect("lock") = true;
     let patch = patches.patcher();
