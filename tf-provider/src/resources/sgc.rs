@@ -368,7 +368,7 @@ mod tests {
                         "exclude_cidrs",
                         Value::List(
                             (0..257)
-                                .map(|i| Value::str(&format!("10.{}.{}.0/24", i / 256, i % 256)))
+                                .map(|i| Value::str(format!("10.{}.{}.0/24", i / 256, i % 256)))
                                 .collect(),
                         ),
                     ),
@@ -378,7 +378,7 @@ mod tests {
             (
                 vec![
                     ("gateway_nodepool_name", Value::str("gw")),
-                    ("exclude_cidrs", Value::List(vec![Value::str(&"1".repeat(65))])),
+                    ("exclude_cidrs", Value::List(vec![Value::str("1".repeat(65))])),
                 ],
                 ".exclude_cidrs[0]",
             ),
