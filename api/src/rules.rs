@@ -475,7 +475,8 @@ fn check_exclude_cidrs(v: &mut Verdict, cidrs: &[String], route: RouteType) {
             "spec.excludeCidrs",
             Rule::ExcludeCidrs,
             format!(
-                "has {} entries, more than the {MAX_EXCLUDE_CIDRS} the CRD accepts; merge adjacent ranges into                  shorter prefixes",
+                "has {} entries, more than the {MAX_EXCLUDE_CIDRS} the CRD accepts; merge adjacent ranges into \
+                 shorter prefixes",
                 cidrs.len()
             ),
         );
@@ -490,7 +491,8 @@ fn check_exclude_cidrs(v: &mut Verdict, cidrs: &[String], route: RouteType) {
                 path,
                 Rule::ExcludeCidrs,
                 format!(
-                    "is {length} characters long, more than the {MAX_CIDR_LENGTH} the CRD accepts; write an IPv4                      CIDR such as 10.0.0.0/16"
+                    "is {length} characters long, more than the {MAX_CIDR_LENGTH} the CRD accepts; write an IPv4 \
+                     CIDR such as 10.0.0.0/16"
                 ),
             );
             continue;

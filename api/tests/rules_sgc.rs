@@ -498,7 +498,7 @@ fn rule7_exclude_cidrs_bounds() {
     );
     let v = validate_sgc_object(&cidrs(vec![long]), None, &no_facts());
     assert!(
-        v.message().contains("65 characters") && v.message().contains("64"),
+        v.message().contains("65 characters") && v.message().contains("64") && !v.message().contains("  "),
         "{}",
         v.message()
     );
