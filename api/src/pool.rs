@@ -29,9 +29,8 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("(has(self.gatewayNodepoolName) && self.gatewayNodepoolName != '') != has(self.gatewayVmssProfile)")
     .message("rule 1 (one pool identity): set exactly one of spec.gatewayNodepoolName and spec.gatewayVmssProfile"))]
-#[x_kube(validation = Rule::new("!has(oldSelf.gatewayNodepoolName) || (has(self.gatewayNodepoolName) && self.gatewayNodepoolName == oldSelf.gatewayNodepoolName)")
-    .message("gatewayNodepoolName is immutable: a GatewayPool always describes the same nodes; create another GatewayPool instead")
-    .field_path(".gatewayNodepoolName"))]
+#[x_kube(validation = crate::sgc::nodepool_immutable_rule(
+    "gatewayNodepoolName is immutable: a GatewayPool always describes the same nodes; create another GatewayPool instead"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.gatewayVmssProfile) || (has(self.gatewayVmssProfile) && self.gatewayVmssProfile == oldSelf.gatewayVmssProfile)")
     .message("gatewayVmssProfile is immutable: a GatewayPool always describes the same nodes; create another GatewayPool instead")
     .field_path(".gatewayVmssProfile"))]

@@ -36,7 +36,7 @@ pub enum Rule {
     PrivateNeedsNodepool,
     /// 6. publicIpPrefixId empty in private mode; otherwise a well-formed publicIPPrefixes ARM ID.
     PublicIpPrefixId,
-    /// 7. Every excludeCidrs entry is a valid IPv4 CIDR.
+    /// 7. Every excludeCidrs entry is a valid IPv4 CIDR, of at most 64 characters; at most 256 entries.
     ExcludeCidrs,
     /// 8. defaultRoute is one of the two values.
     DefaultRoute,
@@ -469,9 +469,34 @@ fn check_sgc_fits_pool(v: &mut Verdict, new: &StaticGatewayConfigurationSpec, fa
 }
 
 fn check_exclude_cidrs(v: &mut Verdict, cidrs: &[String], route: RouteType) {
+    use crate::cidr::{MAX_CIDR_LENGTH, MAX_EXCLUDE_CIDRS};
+    if cidrs.len() > MAX_EXCLUDE_CIDRS as usize {
+        v.deny(
+            "spec.excludeCidrs",
+            Rule::ExcludeCidrs,
+            format!(
+                "has {} entries, more than the {MAX_EXCLUDE_CIDRS} the CRD accepts; merge adjacent ranges into \
+                 shorter prefixes",
+                cidrs.len()
+            ),
+        );
+    }
     let mut seen = BTreeSet::new();
     for (i, raw) in cidrs.iter().enumerate() {
         let path = format!("spec.excludeCidrs[{i}]");
+        // The CRD bounds an entry in characters (an IPv4 CIDR has at most 18); too long to quote in full.
+        let length = raw.chars().count();
+        if length > MAX_CIDR_LENGTH as usize {
+            v.deny(
+                path,
+                Rule::ExcludeCidrs,
+                format!(
+                    "is {length} characters long, more than the {MAX_CIDR_LENGTH} the CRD accepts; write an IPv4 \
+                     CIDR such as 10.0.0.0/16"
+                ),
+            );
+            continue;
+        }
         match parse_ipv4_cidr(raw) {
             Ok(net) => {
                 if net.addr() != net.network() {
@@ -758,9 +783,43 @@ pub fn validate_sgc_object_with(
     let new_spec = decode_sgc_spec(new.get("spec"), &mut type_errors);
     let old_spec = old.map(|o| decode_sgc_spec(o.get("spec"), &mut Verdict::default()));
     let facts = facts(&new_spec);
-    let mut verdict = merge_decoded(type_errors, validate_sgc(&new_spec, old_spec.as_ref(), &facts));
+    let spec_verdict = merge_decoded(type_errors, validate_sgc(&new_spec, old_spec.as_ref(), &facts));
+    let unchanged =
+        old.is_some_and(|old| normalized_sgc_spec(new.get("spec")) == normalized_sgc_spec(old.get("spec")));
+    let mut verdict = keep_unchanged_spec(spec_verdict, unchanged);
     verdict.violations.extend(adopted_prefix_violation(new, old));
     verdict
+}
+
+/// Why an update that leaves the spec as it was is not refused for the spec's rules.
+pub const UNCHANGED_SPEC_WHY: &str = "this update does not change the spec, so it is not refused for it";
+
+/// An update that leaves the spec as it was (`unchanged`) is not refused for the spec's rules: its violations
+/// become warnings ([`UNCHANGED_SPEC_WHY`]). Objects admitted before these rules (upstream's CRD accepted specs
+/// they refuse) stay writable, above all for the operator's finalizer removal, without which deleting them
+/// would wait forever. Only the admission entry points ([`validate_sgc_object_with`],
+/// [`validate_pool_object_with`]) relax: [`validate_sgc`] and [`validate_pool`], which the operator re-checks
+/// admitted objects with, still report the violations, so the object's status says what is wrong.
+fn keep_unchanged_spec(verdict: Verdict, unchanged: bool) -> Verdict {
+    if !unchanged || verdict.is_allowed() {
+        return verdict;
+    }
+    let mut kept = Verdict::default();
+    kept.warn_instead(verdict, UNCHANGED_SPEC_WHY);
+    kept
+}
+
+/// A configuration's spec as stored after the mutating webhook's defaults ([`crate::defaults::sgc_defaults`]):
+/// an object written before them (upstream's `gatewayVmssProfile: {}`, a spec without `defaultRoute`) compares
+/// equal to itself as the webhook passes it on.
+fn normalized_sgc_spec(spec: Option<&Value>) -> Value {
+    let mut obj = serde_json::json!({ "spec": spec.cloned().unwrap_or(Value::Null) });
+    let patch = crate::defaults::sgc_defaults(&obj);
+    if json_patch::patch(&mut obj, &patch).is_err() {
+        // The defaults did not apply (a spec of the wrong type): compare it as it is.
+        return spec.cloned().unwrap_or(Value::Null);
+    }
+    obj.get_mut("spec").map(Value::take).unwrap_or(Value::Null)
 }
 
 /// The adopted-prefix annotation ([`crate::names::ADOPTED_PREFIX_ANNOTATION`]), when it is set or changed:
@@ -853,7 +912,13 @@ pub fn validate_pool_object_with(
     let new_spec = decode_pool_spec(new.get("spec"), &mut type_errors);
     let old_spec = old.map(|o| decode_pool_spec(o.get("spec"), &mut Verdict::default()));
     let nodes = node_count(&new_spec);
-    merge_decoded(type_errors, validate_pool(&new_spec, old_spec.as_ref(), nodes))
+    let unchanged = old.is_some_and(|old| {
+        new.get("spec").filter(|s| !s.is_null()) == old.get("spec").filter(|s| !s.is_null())
+    });
+    keep_unchanged_spec(
+        merge_decoded(type_errors, validate_pool(&new_spec, old_spec.as_ref(), nodes)),
+        unchanged,
+    )
 }
 
 struct Fields<'a> {

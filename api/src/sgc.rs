@@ -32,9 +32,8 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("self.provisionPublicIps || !has(self.publicIpPrefixId) || self.publicIpPrefixId == ''")
     .message("rule 6 (public IP prefix ID): publicIpPrefixId must be empty when provisionPublicIps is false")
     .field_path(".publicIpPrefixId"))]
-#[x_kube(validation = Rule::new("!has(oldSelf.gatewayNodepoolName) || (has(self.gatewayNodepoolName) && self.gatewayNodepoolName == oldSelf.gatewayNodepoolName)")
-    .message("gatewayNodepoolName is immutable: create a new StaticGatewayConfiguration on the other pool, move the pods, then delete this one")
-    .field_path(".gatewayNodepoolName"))]
+#[x_kube(validation = crate::sgc::nodepool_immutable_rule(
+    "gatewayNodepoolName is immutable: create a new StaticGatewayConfiguration on the other pool, move the pods, then delete this one"))]
 #[x_kube(validation = crate::sgc::vmss_profile_immutable_rule())]
 #[serde(rename_all = "camelCase")]
 pub struct StaticGatewayConfigurationSpec {
@@ -96,6 +95,20 @@ pub(crate) fn private_needs_nodepool_rule() -> kube::core::Rule {
          gatewayVmssProfile",
     )
     .field_path(".gatewayVmssProfile")
+}
+
+/// gatewayNodepoolName cannot change or go once set, the case aside: Azure's node pool names are
+/// case-insensitive, and so are the webhook (`rules::same_nodepool`), the pool lookups and the Terraform
+/// provider. The CRDs of both kinds share it, each with its `message`. (A null name has no `lowerAscii`: the
+/// plain comparison first lets null stay null; null to a name or back fails evaluation, which refuses too.)
+pub(crate) fn nodepool_immutable_rule(message: &str) -> kube::core::Rule {
+    kube::core::Rule::new(
+        "!has(oldSelf.gatewayNodepoolName) || (has(self.gatewayNodepoolName) && (self.gatewayNodepoolName == \
+         oldSelf.gatewayNodepoolName || self.gatewayNodepoolName.lowerAscii() == \
+         oldSelf.gatewayNodepoolName.lowerAscii()))",
+    )
+    .message(message)
+    .field_path(".gatewayNodepoolName")
 }
 
 /// A set profile cannot change or go. An empty one was never set: an upstream-written configuration on a node

@@ -204,3 +204,49 @@ fn cel_rules_refuse_what_the_webhook_refuses() {
         .is_err()
     );
 }
+
+/// Node pool names are case-insensitive in Azure, the webhook's rules and the pool lookups: the CRDs'
+/// immutability rules must not refuse a re-cased name that the webhook accepts, and both refuse a rename.
+#[test]
+fn cel_nodepool_immutability_ignores_case_as_the_rules_do() {
+    for kind in ["StaticGatewayConfiguration", "GatewayPool"] {
+        let schema = schema_for(kind);
+        let cel =
+            |obj: &Value, old: &Value| kube::core::cel::Validator::new().validate(&schema, obj, Some(old));
+        let obj = |name: Value| {
+            let mut spec = serde_json::json!({"gatewayNodepoolName": name, "publicIpPrefixSize": 31});
+            if kind == "StaticGatewayConfiguration" {
+                spec = serde_json::json!({"gatewayNodepoolName": name, "provisionPublicIps": true,
+                                          "defaultRoute": "staticEgressGateway"});
+            }
+            serde_json::json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+                "kind": kind, "metadata": {"name": "x"}, "spec": spec})
+        };
+        let rules = |new: &Value, old: &Value| match kind {
+            "GatewayPool" => validate_pool_object(new, Some(old), None),
+            _ => validate_sgc_object(new, Some(old), &PoolFacts::default()),
+        };
+        let old = obj("GwPool".into());
+        for (new, same) in [
+            ("gwpool", true),
+            ("GWPOOL", true),
+            ("GwPool", true),
+            ("other", false),
+        ] {
+            let new = obj(new.into());
+            assert_eq!(
+                cel(&new, &old).is_ok(),
+                same,
+                "{kind} GwPool -> {}: CEL {:?}",
+                new["spec"]["gatewayNodepoolName"],
+                cel(&new, &old)
+            );
+            assert_eq!(
+                rules(&new, &old).is_allowed(),
+                same,
+                "{kind} GwPool -> {}: rules",
+                new["spec"]["gatewayNodepoolName"]
+            );
+        }
+    }
+}

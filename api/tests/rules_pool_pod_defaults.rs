@@ -155,11 +155,7 @@ fn pool_update_over_its_prefix_is_warned_not_refused() {
     // ...but an update (the operator's finalizer write while a surge upgrade adds a node) goes through, warned.
     let v = validate_pool_object(&gwpool, Some(&gwpool), Some(3));
     assert!(v.is_allowed(), "{}", v.message());
-    let warning = v
-        .warnings
-        .iter()
-        .find(|w| w.path == "spec.publicIpPrefixSize")
-        .unwrap_or_else(|| panic!("still reported, as a warning: {:?}", v.warnings));
+    let warning = warning_at(&v, "spec.publicIpPrefixSize");
     assert!(warning.message.contains("3 gateway nodes"), "{warning}");
     // A declared instanceCount over the prefix is part of the request: refused on update too.
     let declared =
@@ -168,6 +164,14 @@ fn pool_update_over_its_prefix_is_warned_not_refused() {
         only(&validate_pool_object(&declared, Some(&gwpool), None)),
         (Rule::InstancesFitPrefix, "spec.instanceCount")
     );
+}
+
+/// The warning at `path`: a violation still reported, as a warning.
+fn warning_at<'a>(v: &'a api::rules::Verdict, path: &str) -> &'a api::rules::Warning {
+    v.warnings
+        .iter()
+        .find(|w| w.path == path)
+        .unwrap_or_else(|| panic!("{path} is still reported, as a warning: {:?}", v.warnings))
 }
 
 /// The typed pod view the rules take, from JSON as the apiserver sends it.
@@ -295,4 +299,29 @@ fn kubernetes_name_syntax() {
     for bad in ["", "a.b", "A", "-a", "a-", &"a".repeat(64)] {
         assert!(!is_dns1123_label(bad), "{bad}");
     }
+}
+
+#[test]
+fn pool_update_that_keeps_the_spec_is_warned_not_refused() {
+    let old = json!({"metadata": {"finalizers": ["egressgateway.kubernetes.azure.com/finalizer"]},
+                     "spec": {"gatewayNodepoolName": "gwpool", "publicIpPrefixSize": 27}});
+    let mut released = old.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let v = validate_pool_object(&released, Some(&old), None);
+    assert!(v.is_allowed(), "{}", v.message());
+    let warning = warning_at(&v, "spec.publicIpPrefixSize");
+    assert!(
+        warning.message.contains("rule 3") && warning.message.contains("does not change the spec"),
+        "{warning}"
+    );
+    // A spec change is judged: refused for rule 3 still.
+    let mut counted = old.clone();
+    counted["spec"]["instanceCount"] = json!(1);
+    assert_eq!(
+        only(&validate_pool_object(&counted, Some(&old), None)),
+        (Rule::PrefixSize, "spec.publicIpPrefixSize")
+    );
+    // The typed check (the operator's) still reports it.
+    let spec: api::pool::GatewayPoolSpec = serde_json::from_value(old["spec"].clone()).expect("typed");
+    assert!(!api::rules::validate_pool(&spec, Some(&spec), None).is_allowed());
 }

@@ -463,6 +463,50 @@ fn rule6_public_ip_prefix_id() {
     );
 }
 
+/// The CRD's bounds (`maxItems` 256, `maxLength` 64) are rule 7's too, so the webhook, the operator and a
+/// Terraform plan report them with the field, not only the API server's schema.
+#[test]
+fn rule7_exclude_cidrs_bounds() {
+    let cidrs = |list: Vec<String>| with(nodepool(), "excludeCidrs", json!(list));
+    let distinct = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+            .collect()
+    };
+    let v = validate_sgc_object(&cidrs(distinct(256)), None, &no_facts());
+    assert!(v.is_allowed() && v.warnings.is_empty(), "{v:?}");
+    check(
+        "257 entries",
+        &cidrs(distinct(257)),
+        &no_facts(),
+        Some((Rule::ExcludeCidrs, "spec.excludeCidrs")),
+    );
+    let v = validate_sgc_object(&cidrs(distinct(257)), None, &no_facts());
+    assert!(
+        v.message().contains("257 entries") && v.message().contains("256"),
+        "{}",
+        v.message()
+    );
+
+    let long = format!("10.0.0.0/8{}", " ".repeat(55));
+    assert_eq!(long.chars().count(), 65);
+    check(
+        "65 characters",
+        &cidrs(vec!["10.0.0.0/8".into(), long.clone()]),
+        &no_facts(),
+        Some((Rule::ExcludeCidrs, "spec.excludeCidrs[1]")),
+    );
+    let v = validate_sgc_object(&cidrs(vec![long]), None, &no_facts());
+    assert!(
+        v.message().contains("65 characters") && v.message().contains("64") && !v.message().contains("  "),
+        "{}",
+        v.message()
+    );
+    // Characters, not bytes, as the schema counts: 64 of them is within the bound (and refused for its syntax).
+    let v = validate_sgc_object(&cidrs(vec!["é".repeat(64)]), None, &no_facts());
+    assert!(!v.message().contains("characters long"), "{}", v.message());
+}
+
 #[test]
 fn rule7_exclude_cidrs() {
     let cidrs = |list: Value| with(nodepool(), "excludeCidrs", list);
@@ -819,4 +863,82 @@ fn an_adopted_prefix_annotation_is_judged_when_set_or_changed_not_when_kept() {
     assert_eq!(v.violations.len(), 1, "{}", v.message());
     // Removed: nothing to judge.
     assert!(validate_sgc_object(&before, Some(&bad), &no_facts()).is_allowed());
+}
+
+/// A configuration admitted before these rules (upstream's CRD took a malformed publicIpPrefixId and any prefix
+/// size), terminating: the operator's finalizer removal is an update that keeps the spec.
+fn admitted_before_the_rules() -> Value {
+    json!({
+        "metadata": {"name": "old", "finalizers": ["egressgateway.kubernetes.azure.com/finalizer"],
+                     "deletionTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "gw", "publicIpPrefixSize": 27},
+                 "publicIpPrefixId": "not-an-arm-id"}
+    })
+}
+
+#[test]
+fn an_update_that_keeps_the_spec_is_warned_not_refused() {
+    let old = admitted_before_the_rules();
+    let mut released = old.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let v = validate_sgc_object(&released, Some(&old), &no_facts());
+    assert!(v.is_allowed(), "{}", v.message());
+    for path in [
+        "spec.gatewayVmssProfile.publicIpPrefixSize",
+        "spec.publicIpPrefixId",
+    ] {
+        let warning = v
+            .warnings
+            .iter()
+            .find(|w| w.path == path)
+            .unwrap_or_else(|| panic!("{path} is still reported, as a warning: {:?}", v.warnings));
+        assert!(
+            warning
+                .message
+                .contains("does not change the spec, so it is not refused"),
+            "{warning}"
+        );
+    }
+
+    // The stored object may predate the mutating webhook's defaults (upstream's `gatewayVmssProfile: {}`, no
+    // defaultRoute); the webhook passes it on defaulted, which is still the same spec.
+    let bare = json!({"spec": {"gatewayNodepoolName": "gwpool", "gatewayVmssProfile": {},
+                               "provisionPublicIps": false, "publicIpPrefixId": "x"}});
+    let defaulted = json!({"spec": {"gatewayNodepoolName": "gwpool", "defaultRoute": "staticEgressGateway",
+                                    "provisionPublicIps": false, "publicIpPrefixId": "x"}});
+    let v = validate_sgc_object(&defaulted, Some(&bare), &no_facts());
+    assert!(v.is_allowed(), "{}", v.message());
+    assert!(
+        v.warnings.iter().any(|w| w.path == "spec.publicIpPrefixId"),
+        "{:?}",
+        v.warnings
+    );
+
+    // An update that changes the spec is judged as a create is: refused for every rule it breaks.
+    let edited = with(old.clone(), "excludeCidrs", json!(["10.0.0.0/8"]));
+    let v = validate_sgc_object(&edited, Some(&old), &no_facts());
+    assert_eq!(
+        v.rules(),
+        [Rule::PrefixSize, Rule::PublicIpPrefixId].into(),
+        "{}",
+        v.message()
+    );
+    // A create of the same spec is refused.
+    assert!(!validate_sgc_object(&old, None, &no_facts()).is_allowed());
+}
+
+/// The operator re-checks an admitted configuration with `validate_sgc(spec, Some(spec), ..)` (operator/src/
+/// pass.rs): it must still see the violations, so the status says what is wrong; only admission stops refusing.
+#[test]
+fn the_typed_check_of_an_admitted_spec_still_reports_its_violations() {
+    let obj = admitted_before_the_rules();
+    let spec: api::StaticGatewayConfigurationSpec =
+        serde_json::from_value(obj["spec"].clone()).expect("typed");
+    let v = validate_sgc(&spec, Some(&spec), &no_facts());
+    assert_eq!(
+        v.rules(),
+        [Rule::PrefixSize, Rule::PublicIpPrefixId].into(),
+        "{}",
+        v.message()
+    );
 }

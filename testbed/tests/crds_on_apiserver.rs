@@ -356,6 +356,40 @@ fn count_rules(schema: &Value) -> usize {
     }
 }
 
+/// Node pool names are case-insensitive (Azure, the webhook, the pool lookups): re-casing
+/// `gatewayNodepoolName` is accepted by the immutability rules of both kinds, renaming it is not.
+async fn recasing_the_nodepool_name_is_no_change(server: &Server) {
+    for kind in [SGC, POOL] {
+        let api = if kind == POOL {
+            server.pools()
+        } else {
+            server.sgcs()
+        };
+        let name = unique("recase");
+        let spec = json!({"gatewayNodepoolName": "GwPool", "publicIpPrefixSize": 31});
+        let spec = if kind == POOL {
+            spec
+        } else {
+            json!({"gatewayNodepoolName": "GwPool"})
+        };
+        api.create(&PostParams::default(), &object(kind, &name, spec))
+            .await
+            .expect("create");
+        let rename = |to: &str| Patch::Merge(json!({"spec": {"gatewayNodepoolName": to}}));
+        for recased in ["gwpool", "GWPOOL"] {
+            if let Err(e) = api.patch(&name, &PatchParams::default(), &rename(recased)).await {
+                panic!("{}: {kind} GwPool re-cased to {recased}: {e}", server.name);
+            }
+        }
+        let msg = refusal(api.patch(&name, &PatchParams::default(), &rename("other")).await);
+        assert!(
+            msg.contains("gatewayNodepoolName is immutable"),
+            "{}: {kind}: {msg}",
+            server.name
+        );
+    }
+}
+
 /// Private mode with a prefix ID and two bad excludeCidrs entries: one refusal names all three.
 async fn one_refusal_lists_every_violation(server: &Server) {
     let spec = json!({"gatewayNodepoolName": "gwpool", "provisionPublicIps": false, "publicIpPrefixId": "/subscriptions/x",
@@ -558,6 +592,8 @@ macro_rules! on_servers {
 on_servers! {
     every_cel_rule_is_enforced_without_the_webhook: every_cel_rule_is_enforced(Real, "cel");
     kube_sim_enforces_every_cel_rule_as_the_apiserver_does: every_cel_rule_is_enforced(Sim, "cel");
+    recasing_the_nodepool_name_is_no_change_on_the_apiserver: recasing_the_nodepool_name_is_no_change(Real, "recase");
+    recasing_the_nodepool_name_is_no_change_on_kube_sim: recasing_the_nodepool_name_is_no_change(Sim, "recase");
     one_refusal_lists_every_violation_on_the_apiserver: one_refusal_lists_every_violation(Real, "several");
     one_refusal_lists_every_violation_on_kube_sim: one_refusal_lists_every_violation(Sim, "several");
     server_side_apply_by_two_managers_on_the_apiserver: server_side_apply_by_two_managers(Real, "ssa");

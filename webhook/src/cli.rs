@@ -73,6 +73,7 @@ impl daemon::Daemon for Args {
         let metrics = Arc::new(metrics::Metrics::default());
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
 
+        let certificate = Arc::new(crate::renew::CertExpiry::default());
         let store = match (&args.tls_cert_file, &args.tls_key_file) {
             (Some(cert), Some(key)) => {
                 let files = tls::CertFiles {
@@ -99,17 +100,43 @@ impl daemon::Daemon for Args {
                     "give --tls-cert-file/--tls-key-file, or --self-signed-dns-names for a self-generated certificate"
                 );
                 let generated = tls::self_signed(&args.self_signed_dns_names)?;
-                if let Some(client) = &client {
-                    cabundle::patch_ca_bundle(
-                        client.clone(),
-                        &generated.ca_pem,
-                        args.mutating_webhook_configuration.as_deref(),
-                        args.validating_webhook_configuration.as_deref(),
-                    )
+                let patch = {
+                    let client = client.clone();
+                    let mutating = args.mutating_webhook_configuration.clone();
+                    let validating = args.validating_webhook_configuration.clone();
+                    move |bundle: String| {
+                        let (client, mutating, validating) =
+                            (client.clone(), mutating.clone(), validating.clone());
+                        async move {
+                            match client {
+                                Some(client) => {
+                                    cabundle::patch_ca_bundle(
+                                        client,
+                                        &bundle,
+                                        mutating.as_deref(),
+                                        validating.as_deref(),
+                                    )
+                                    .await
+                                }
+                                None => Ok(()),
+                            }
+                        }
+                    }
+                };
+                patch(generated.ca_pem.clone())
                     .await
                     .context("patching the CA bundle into the webhook configurations")?;
-                }
-                tls::CertStore::new(generated.key)
+                let store = tls::CertStore::new(generated.key.clone());
+                let renewer = crate::renew::Renewer::new(
+                    args.self_signed_dns_names.clone(),
+                    &generated,
+                    tls::SELF_SIGNED_LIFETIME,
+                    store.clone(),
+                    certificate.clone(),
+                    metrics.cert_reloads.clone(),
+                );
+                tokio::spawn(renewer.run(patch, shutdown_rx.clone()));
+                store
             }
         };
         let tls_config = Arc::new(tls::server_config(store)?);
@@ -126,6 +153,7 @@ impl daemon::Daemon for Args {
             metrics,
             draining: Default::default(),
             client_timeout: crate::server::DEFAULT_CLIENT_TIMEOUT,
+            certificate,
         });
 
         let https = daemon::http::bind(args.listen).await?;

@@ -42,6 +42,9 @@ pub struct AppState {
     /// ([`DEFAULT_CLIENT_TIMEOUT`] in production): a slow or silent client then costs only its own connection,
     /// for that long.
     pub client_timeout: Duration,
+    /// The self-generated serving certificate's expiry (untracked with certificate files): `/healthz` fails
+    /// when renewing it has failed for long ([`crate::renew::CertExpiry::check`]).
+    pub certificate: Arc<crate::renew::CertExpiry>,
 }
 
 impl AppState {
@@ -54,6 +57,11 @@ impl AppState {
         } else {
             Ok(())
         }
+    }
+
+    /// What `/healthz` answers: alive unless the self-generated certificate nears its expiry unrenewed.
+    pub fn liveness(&self) -> Result<(), String> {
+        self.certificate.check(time::OffsetDateTime::now_utc())
     }
 }
 
@@ -80,8 +88,8 @@ pub fn admission_router(state: Arc<AppState>) -> Router {
 
 /// Health, readiness and metrics (also served over plain HTTP on the metrics port).
 pub fn probe_router(state: Arc<AppState>) -> Router {
-    let readiness = state.clone();
-    daemon::http::probe_router(move || readiness.readiness())
+    let (readiness, liveness) = (state.clone(), state.clone());
+    daemon::http::probe_router_with_liveness(move || readiness.readiness(), move || liveness.liveness())
         .merge(daemon::http::metrics_router(move || state.metrics.encode()))
 }
 

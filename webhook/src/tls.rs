@@ -71,11 +71,16 @@ impl CertStore {
             *cur = Arc::new(key);
         }
     }
+
+    /// The certificate being served.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| Arc::clone(&c))
+    }
 }
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok().map(|c| Arc::clone(&c))
+        self.current()
     }
 }
 
@@ -173,28 +178,49 @@ pub struct SelfSigned {
     pub ca_pem: String,
     /// The serving key.
     pub key: CertifiedKey,
+    /// When they were made (their `notBefore` is a little earlier, for clock skew).
+    pub issued: time::OffsetDateTime,
+    /// When the CA and the serving certificate expire.
+    pub not_after: time::OffsetDateTime,
 }
 
 impl std::fmt::Debug for SelfSigned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SelfSigned")
             .field("ca_pem", &self.ca_pem)
+            .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
 }
 
-/// Generates a CA and a serving certificate for `dns_names` (e.g. `svc.ns.svc`), valid one year.
+/// How long a self-generated CA and serving certificate are valid. The webhook renews them at two-thirds of it
+/// ([`crate::renew`]).
+pub const SELF_SIGNED_LIFETIME: time::Duration = time::Duration::days(365);
+
+/// Generates a CA and a serving certificate for `dns_names` (e.g. `svc.ns.svc`), valid
+/// [`SELF_SIGNED_LIFETIME`] from now.
 pub fn self_signed(dns_names: &[String]) -> Result<SelfSigned, TlsError> {
+    self_signed_at(dns_names, time::OffsetDateTime::now_utc(), SELF_SIGNED_LIFETIME)
+}
+
+/// [`self_signed`] as made at `now`, valid for `lifetime`.
+pub fn self_signed_at(
+    dns_names: &[String],
+    now: time::OffsetDateTime,
+    lifetime: time::Duration,
+) -> Result<SelfSigned, TlsError> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let now = time_now();
+    // Tolerate small clock skew between the webhook and the apiserver.
+    let not_before = now - time::Duration::minutes(5);
+    let not_after = now + lifetime;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params
         .distinguished_name
         .push(DnType::CommonName, "kube-egress-gateway webhook CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.not_before = now;
-    ca_params.not_after = now + time::Duration::days(365);
+    ca_params.not_before = not_before;
+    ca_params.not_after = not_after;
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
@@ -203,8 +229,8 @@ pub fn self_signed(dns_names: &[String]) -> Result<SelfSigned, TlsError> {
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, dns_names.first().cloned().unwrap_or_default());
-    leaf_params.not_before = now;
-    leaf_params.not_after = now + time::Duration::days(365);
+    leaf_params.not_before = not_before;
+    leaf_params.not_after = not_after;
     let leaf_key = KeyPair::generate()?;
     let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
     let chain = format!("{}{}", leaf.pem(), ca_cert.pem());
@@ -216,10 +242,7 @@ pub fn self_signed(dns_names: &[String]) -> Result<SelfSigned, TlsError> {
     Ok(SelfSigned {
         ca_pem: ca_cert.pem(),
         key,
+        issued: now,
+        not_after,
     })
-}
-
-fn time_now() -> time::OffsetDateTime {
-    // Tolerate small clock skew between the webhook and the apiserver.
-    time::OffsetDateTime::now_utc() - time::Duration::minutes(5)
 }

@@ -278,6 +278,83 @@ fn finalizers_come_off_while_a_pool_is_over_its_prefix() {
 }
 
 #[test]
+fn configurations_admitted_before_the_rules_can_still_lose_their_finalizer() {
+    // Upstream's CRD took a publicIpPrefixId our rule 6 refuses and a /27 prefix (rule 3). The configuration is
+    // being deleted; the operator's finalizer removal keeps the spec and must go through, warned.
+    let mut old = sgc(json!({
+        "gatewayVmssProfile": {"vmssResourceGroup": "rg", "vmssName": "gw", "publicIpPrefixSize": 27},
+        "publicIpPrefixId": "upstream-prefix",
+        "defaultRoute": "staticEgressGateway",
+        "provisionPublicIps": true
+    }));
+    old["metadata"]["deletionTimestamp"] = json!("2026-12-07T10:00:00Z");
+    old["metadata"]["finalizers"] = json!([api::names::SGC_FINALIZER]);
+    let mut released = old.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let resp = run(
+        Endpoint::ValidateSgc,
+        &request(SGC, "UPDATE", released, Some(old.clone())),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let warnings: Vec<String> = resp["warnings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|w| w.as_str().unwrap_or_default().to_string())
+        .collect();
+    for (path, rule) in [
+        ("spec.publicIpPrefixId", "rule 6"),
+        ("spec.gatewayVmssProfile.publicIpPrefixSize", "rule 3"),
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(path)
+                && w.contains(rule)
+                && w.contains("does not change the spec, so it is not refused")),
+            "{rule} is still said, as a warning: {warnings:?}"
+        );
+    }
+
+    // An update that changes the spec is judged as before: refused for both.
+    let mut edited = old.clone();
+    edited["spec"]["excludeCidrs"] = json!(["10.0.0.0/8"]);
+    let resp = run(
+        Endpoint::ValidateSgc,
+        &request(SGC, "UPDATE", edited, Some(old)),
+        &facts(),
+    );
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let fields: Vec<&str> = resp["status"]["details"]["causes"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["field"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        fields.contains(&"spec.publicIpPrefixId")
+            && fields.contains(&"spec.gatewayVmssProfile.publicIpPrefixSize"),
+        "{resp}"
+    );
+
+    // A GatewayPool alike: a /27 pool loses its finalizer; resizing it is refused.
+    let pool = json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayPool",
+        "metadata": {"name": "gw", "deletionTimestamp": "2026-12-07T10:00:00Z",
+                     "finalizers": [api::names::POOL_FINALIZER]},
+        "spec": {"gatewayNodepoolName": "other", "publicIpPrefixSize": 27}});
+    let mut released = pool.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let mut req = request(POOL, "UPDATE", released, Some(pool.clone()));
+    req["request"]["namespace"] = Value::Null;
+    let resp = run(Endpoint::ValidatePool, &req, &facts());
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(resp["warnings"].to_string().contains("rule 3"), "{resp}");
+    let mut counted = pool.clone();
+    counted["spec"]["instanceCount"] = json!(1);
+    let mut req = request(POOL, "UPDATE", counted, Some(pool));
+    req["request"]["namespace"] = Value::Null;
+    assert_eq!(run(Endpoint::ValidatePool, &req, &facts())["allowed"], false);
+}
+
+#[test]
 fn immutable_pool_reference_on_update() {
     let old = gwpool_sgc();
     let new = sgc(json!({"gatewayNodepoolName": "other"}));

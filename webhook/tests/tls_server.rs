@@ -32,6 +32,7 @@ async fn start_with(store: Arc<CertStore>, client_timeout: Duration) -> Server {
         metrics: Arc::new(Metrics::default()),
         draining: Default::default(),
         client_timeout,
+        certificate: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -407,5 +408,39 @@ async fn readiness_follows_draining() {
         .draining
         .store(true, std::sync::atomic::Ordering::Release);
     assert_eq!(readyz().await, 503);
+    let _ = server.shutdown.send(true);
+}
+
+#[tokio::test]
+async fn liveness_fails_when_the_self_generated_certificate_nears_expiry_unrenewed() {
+    let generated = tls::self_signed(&["webhook.test.svc".to_string()]).expect("certs");
+    let server = start(CertStore::new(generated.key.clone())).await;
+    let client = trusting(&generated.ca_pem);
+    let healthz = || async {
+        let resp = client
+            .get(url(&server, "/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+    };
+    // Untracked (certificate files) and freshly made: alive.
+    assert_eq!(healthz().await.0, 200);
+    server
+        .state
+        .certificate
+        .track(&generated, tls::SELF_SIGNED_LIFETIME);
+    assert_eq!(healthz().await.0, 200);
+    // A pair made 320 days ago (renewal was due at day 243) that is still served: kubelet should restart.
+    let old = tls::self_signed_at(
+        &["webhook.test.svc".to_string()],
+        time::OffsetDateTime::now_utc() - time::Duration::days(320),
+        tls::SELF_SIGNED_LIFETIME,
+    )
+    .expect("certs");
+    server.state.certificate.track(&old, tls::SELF_SIGNED_LIFETIME);
+    let (status, reason) = healthz().await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("renewing it has failed"), "{reason}");
     let _ = server.shutdown.send(true);
 }

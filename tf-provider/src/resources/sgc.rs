@@ -360,6 +360,28 @@ mod tests {
                 ],
                 ".exclude_cidrs[1]",
             ),
+            // The CRD's bounds: at most 256 entries, each at most 64 characters.
+            (
+                vec![
+                    ("gateway_nodepool_name", Value::str("gw")),
+                    (
+                        "exclude_cidrs",
+                        Value::List(
+                            (0..257)
+                                .map(|i| Value::str(format!("10.{}.{}.0/24", i / 256, i % 256)))
+                                .collect(),
+                        ),
+                    ),
+                ],
+                ".exclude_cidrs",
+            ),
+            (
+                vec![
+                    ("gateway_nodepool_name", Value::str("gw")),
+                    ("exclude_cidrs", Value::List(vec![Value::str("1".repeat(65))])),
+                ],
+                ".exclude_cidrs[0]",
+            ),
             (
                 vec![
                     ("gateway_nodepool_name", Value::str("gw")),

@@ -89,6 +89,7 @@ impl Webhook {
             metrics: Arc::new(webhook::metrics::Metrics::default()),
             draining: Default::default(),
             client_timeout: webhook::server::DEFAULT_CLIENT_TIMEOUT,
+            certificate: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
         let local = listener.local_addr().expect("addr");
