@@ -667,6 +667,19 @@ impl Arm {
         mut delay: Option<Duration>,
     ) -> ArmResult<Option<Value>> {
         let fail = |e: azure_core::Error| ArmError::from_sdk(op, t.name, &e);
+        if let Completion::AsyncOperation(url) | Completion::Location(url) = &pending
+            && url.origin() != self.endpoint.origin()
+        {
+            // Polls carry the bearer token: only to the ARM endpoint it is for.
+            return Err(ArmError::local(
+                op,
+                t.name,
+                format!(
+                    "the operation to poll is at {}, not at the resource manager endpoint",
+                    url.host_str().unwrap_or("a URL without a host")
+                ),
+            ));
+        }
         loop {
             tokio::time::sleep(delay.unwrap_or(DEFAULT_POLL_DELAY)).await;
             let url = match &pending {
