@@ -8,7 +8,7 @@ use operator::config::CloudConfig;
 use operator::desired::{Config, Egress};
 use operator::metrics::Metrics;
 use serde_json::{Value, json};
-use testbed::azure::{AzureSim, FaultSpec, LroConfig, Seed};
+use testbed::azure::{AzureSim, CallRecord, FaultSpec, LroConfig, Seed};
 
 mod common;
 mod pool_support;
@@ -546,10 +546,17 @@ async fn failed_long_running_operations_surface_and_are_redone_without_leaks() {
     );
     assert_eq!(lb_state().await, json!("Succeeded"));
 
-    // A managed configuration: the prefix PUT's operation (not polled by the 0.21 client) ends Failed.
+    // A managed configuration: the prefix PUT's operation ends Failed; the client polls it (ARM answers the
+    // PUT with Azure-AsyncOperation alone) and reports ARM's code.
     configs.extend(managed(2).into_iter().skip(1));
     env.sim.set_lro(lro(1));
-    run(&env, &pool, &configs).await;
+    let err = pool_support::try_reconcile(&env.arm, &env.cfg, &pool, &configs)
+        .await
+        .expect_err("the prefix operation failed");
+    assert!(
+        err.to_string().contains("PUT publicIPPrefixes") && err.to_string().contains("InternalServerError"),
+        "{err}"
+    );
     let prefix = api::names::managed_resource_name(&configs[1].uid);
     let state = env
         .arm
@@ -561,13 +568,137 @@ async fn failed_long_running_operations_surface_and_are_redone_without_leaks() {
     assert_eq!(state, json!("Failed"));
     env.sim.clear_calls();
     let out = run(&env, &pool, &configs).await;
-    assert_eq!(out.writes, 1, "{:?}", out.plan);
+    // The failed pass stopped at the prefix: nothing was pointed at it. This one writes the prefix again,
+    // then what depends on it (the load balancer's rule, the scale set, its 2 instances).
+    assert_eq!(out.writes, 5, "{:?}", out.plan);
     assert_eq!(
         writes(&env, "PUT", "(?i)/publicIPPrefixes/[^/]+$"),
         1,
         "created again"
     );
+    assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
     assert_eq!(run(&env, &pool, &configs).await.writes, 0, "converged");
     run(&env, &pool, &deleting(&configs)).await;
     assert_eq!(common::resources(&env.sim), before, "no leaks");
+}
+
+/// Operations that answer `InProgress` 3 times and never finish by themselves; `reject_concurrent`: the
+/// simulator refuses a write while an operation on the resource (or on its scale set) runs, as ARM does.
+fn slow_operations(reject_concurrent: bool) -> LroConfig {
+    LroConfig {
+        enabled: true,
+        in_progress_polls: 3,
+        retry_after_ms: 1,
+        max_duration_ms: 600_000,
+        fail_next: 0,
+        reject_concurrent,
+    }
+}
+
+/// `method` on a resource of type `ty` (`publicIPPrefixes`): one resource, not a collection.
+fn is(method: &'static str, ty: &'static str) -> impl Fn(&CallRecord) -> bool {
+    move |c| {
+        let parent = c.path.rsplit_once('/').map_or("", |(parent, _)| parent);
+        c.method == method
+            && parent
+                .to_ascii_lowercase()
+                .ends_with(&format!("/{}", ty.to_ascii_lowercase()))
+    }
+}
+
+/// The calls after the first that is `from`, up to the first after it that is `to`.
+fn calls_between(
+    env: &Env,
+    from: impl Fn(&CallRecord) -> bool,
+    to: impl Fn(&CallRecord) -> bool,
+) -> Vec<CallRecord> {
+    env.sim
+        .calls()
+        .into_iter()
+        .skip_while(|c| !from(c))
+        .skip(1)
+        .take_while(|c| !to(c))
+        .collect()
+}
+
+/// Polls of an operation status that answered while the operation ran, and the one that said it was over.
+fn operation_polls(calls: &[CallRecord]) -> usize {
+    calls
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.contains("/operations/"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_scale_sets_instances_are_written_once_its_operation_is_over_and_provisioning_takes_one_pass() {
+    let env = start(Seed::aks_like(2)).await;
+    let pool = resolve(&env).await;
+    let configs = managed(1);
+    env.sim.set_lro(slow_operations(true));
+    env.sim.clear_calls();
+
+    // The instance PUTs come after the scale set's operation was polled to its end, so the simulator (which
+    // refuses an instance write while its scale set's operation runs, and finishes an operation only when
+    // polled) accepts them.
+    let out = run(&env, &pool, &configs).await;
+    assert!(out.failed_updates.is_empty(), "{:?}", out.failed_updates);
+    assert!(out.facts.values().all(|f| f.is_complete()), "{:?}", out.facts);
+    let calls = env.sim.calls();
+    assert!(
+        calls.iter().all(|c| c.status != 409),
+        "no write was refused: {calls:?}"
+    );
+    assert_eq!(writes(&env, "PUT", "(?i)/virtualMachines/[^/]+$"), 2);
+    let between = calls_between(
+        &env,
+        is("PUT", "virtualMachineScaleSets"),
+        is("PUT", "virtualMachines"),
+    );
+    assert_eq!(
+        operation_polls(&between),
+        4,
+        "the scale set's operation polled to its end (3 InProgress, then Succeeded) before any instance PUT: {between:?}"
+    );
+    // So was the prefix's (ARM answers a prefix PUT with Azure-AsyncOperation alone).
+    let after_prefix = calls_between(
+        &env,
+        is("PUT", "publicIPPrefixes"),
+        is("PUT", "virtualMachineScaleSets"),
+    );
+    assert!(operation_polls(&after_prefix) >= 4, "{after_prefix:?}");
+    assert_eq!(
+        env.sim.inventory()["pendingOperations"],
+        json!(0),
+        "no write left running"
+    );
+    env.sim.clear_calls();
+    assert_eq!(
+        run(&env, &pool, &configs).await.writes,
+        0,
+        "converged in one pass"
+    );
+}
+
+#[tokio::test]
+async fn a_deletion_returns_once_the_prefix_is_gone_not_while_its_delete_runs() {
+    let env = start(Seed::aks_like(2)).await;
+    let before = common::resources(&env.sim);
+    let pool = resolve(&env).await;
+    let configs = managed(1);
+    run(&env, &pool, &configs).await;
+    env.sim.set_lro(slow_operations(false));
+    env.sim.clear_calls();
+
+    // The pass returns (and the configuration's finalizer may go) only when ARM has deleted the prefix.
+    let gone = run(&env, &pool, &deleting(&configs)).await;
+    assert!(gone.failed_updates.is_empty(), "{:?}", gone.failed_updates);
+    assert_eq!(writes(&env, "DELETE", "(?i)/publicIPPrefixes/[^/]+$"), 1);
+    let after_delete = calls_between(&env, is("DELETE", "publicIPPrefixes"), |_| false);
+    assert_eq!(operation_polls(&after_delete), 4, "{after_delete:?}");
+    assert_eq!(env.sim.inventory()["pendingOperations"], json!(0));
+    assert_eq!(
+        common::resources(&env.sim),
+        before,
+        "nothing left, nothing still being deleted"
+    );
 }

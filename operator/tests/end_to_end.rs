@@ -14,7 +14,7 @@ use operator::metrics::Metrics;
 use operator::pass::Operator;
 use operator::status::{ACCEPTED, READY};
 use serde_json::json;
-use testbed::azure::{AzureSim, Seed};
+use testbed::azure::{AzureSim, LroConfig, Seed};
 use testbed::cluster::TestCluster;
 use testbed::wait::eventually_within;
 
@@ -362,6 +362,83 @@ async fn a_configuration_on_a_missing_pool_reports_pool_not_found_and_deletes_cl
     assert!(
         sgcs.get_opt("x").await.expect("get").is_none(),
         "the finalizer does not get stuck"
+    );
+}
+
+/// ARM as it answers (every PUT and DELETE a long-running operation, here of 3 polls that ends only when
+/// polled) and refusing writes while an operation on the resource or its scale set runs: one pass provisions
+/// a configuration on a scale-set pool without a refused write, the instance PUTs after the scale set's
+/// operation is over; deleting it releases its finalizer only once ARM has deleted its prefix.
+#[tokio::test]
+async fn writes_wait_for_their_operations_so_one_pass_provisions_and_a_finalizer_goes_after_the_delete() {
+    let w = start().await;
+    let before = common::resources(&w.azure);
+    w.azure.set_lro(LroConfig {
+        enabled: true,
+        in_progress_polls: 3,
+        retry_after_ms: 1,
+        max_duration_ms: 600_000,
+        fail_next: 0,
+        reject_concurrent: true,
+    });
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_sgc(&sgcs, "slow", json!({"gatewayNodepoolName": "gateway"})).await;
+    w.azure.clear_calls();
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let s = sgcs.get("slow").await.expect("get");
+    assert_eq!(
+        condition(&s, READY),
+        Some(("True", "Provisioned")),
+        "{:?}",
+        s.status
+    );
+    let calls = w.azure.calls();
+    assert!(
+        calls.iter().all(|c| c.status != 409),
+        "no write refused: {calls:?}"
+    );
+    let vmss_put = calls
+        .iter()
+        .position(|c| {
+            c.method == "PUT"
+                && c.path.to_ascii_lowercase().contains("/virtualmachinescalesets/")
+                && !c.path.contains("/virtualMachines/")
+        })
+        .expect("the scale set PUT");
+    let first_instance_put = calls
+        .iter()
+        .position(|c| c.method == "PUT" && c.path.contains("/virtualMachines/"))
+        .expect("an instance PUT");
+    let polls = calls[vmss_put..first_instance_put]
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.contains("/operations/"))
+        .count();
+    assert_eq!(
+        polls, 4,
+        "the scale set's operation is over before an instance is written: {calls:?}"
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.method == "PUT" && c.path.contains("/virtualMachines/") && c.status == 200)
+            .count(),
+        2
+    );
+
+    sgcs.delete("slow", &DeleteParams::default())
+        .await
+        .expect("delete");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(
+        sgcs.get_opt("slow").await.expect("get").is_none(),
+        "finalizer released"
+    );
+    let inventory = w.azure.inventory();
+    assert_eq!(inventory["pendingOperations"], json!(0), "{inventory}");
+    assert_eq!(
+        common::resources(&w.azure),
+        before,
+        "the prefix is gone, not still being deleted, when the finalizer goes"
     );
 }
 

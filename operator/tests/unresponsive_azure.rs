@@ -1,7 +1,9 @@
 //! Azure that never answers: an ARM or token endpoint that accepts the connection and then says nothing, a
 //! long-running operation that never finishes. Each call fails within its bound (short ones here) into the
 //! pool's usual retry, instead of stopping the operator while its probes still answer; and a pass stuck
-//! anyway (bounds longer than the liveness bound) fails `/healthz`, so kubelet restarts the operator.
+//! anyway (bounds longer than the liveness bound) fails `/healthz`, so kubelet restarts the operator. And an
+//! answer naming an operation to poll elsewhere than at the ARM endpoint is not followed (a poll carries the
+//! bearer token).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -236,5 +238,89 @@ async fn a_pass_stuck_on_azure_fails_healthz_with_the_reason() {
         daemon::http::get_in_process(&router, "/healthz").await.0,
         200,
         "no pass under way"
+    );
+}
+
+/// An endpoint that answers every request (reading it whole first) with `status` and `headers`, an empty
+/// JSON object as body; its base URL and the number of requests it got.
+async fn answering_endpoint(
+    status: &'static str,
+    headers: String,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (count, headers) = (counted.clone(), headers.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\n{headers}content-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn an_operation_to_poll_elsewhere_than_at_the_arm_endpoint_is_not_polled() {
+    use std::sync::atomic::Ordering;
+    // Another origin (another port): it would get the bearer token with every poll.
+    let (elsewhere, polls) = answering_endpoint("200 OK", String::new()).await;
+    let (arm_url, writes) = answering_endpoint(
+        "201 Created",
+        format!("azure-asyncoperation: {elsewhere}/operations/1\r\nretry-after-ms: 1\r\n"),
+    )
+    .await;
+    let arm = Arm::new(
+        &cloud_config(&arm_url, |_| {}),
+        Arc::new(FixedToken),
+        no_retries(),
+        &short(),
+        &Metrics::new(),
+    )
+    .expect("client");
+    let prefix = json!({"location": "eastus", "properties": {"prefixLength": 31}});
+    let err = returns("the prefix write", arm.put_prefix("node-rg", "p", &prefix))
+        .await
+        .expect_err("not polled");
+    assert_eq!(err.operation, "PUT publicIPPrefixes");
+    assert!(
+        err.message.contains("not at the resource manager endpoint"),
+        "{err}"
+    );
+    assert_eq!(writes.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        0,
+        "nothing sent to the other origin"
     );
 }

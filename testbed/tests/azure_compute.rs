@@ -351,6 +351,47 @@ async fn scale_set_model_with_dangling_references_is_refused() {
     assert_eq!(ipcs.as_array().map(Vec::len), Some(1));
 }
 
+/// With `reject_concurrent`, an instance refuses writes while its scale set's own operation runs, with the 409
+/// Compute answers (`OperationNotAllowed`), and takes them once that operation is over.
+#[tokio::test]
+async fn an_instance_refuses_writes_while_its_scale_sets_operation_runs_when_enabled() {
+    let env = start(Seed::aks_like(1)).await;
+    env.sim.set_lro(LroConfig {
+        reject_concurrent: true,
+        in_progress_polls: 2,
+        max_duration_ms: 60_000,
+        ..LroConfig::default()
+    });
+    let model: VirtualMachineScaleSet = serde_json::from_value(
+        json!({"location": "eastus", "tags": {"aks-managed-poolName": "gateway", "x": "1"}}),
+    )
+    .expect("model");
+    let instance: VirtualMachineScaleSetVm =
+        serde_json::from_value(instances(&env).await.remove(0)).expect("model");
+    let vms = env.compute.virtual_machine_scale_set_v_ms_client();
+    // send(): submit without waiting, so the scale set's operation stays in progress.
+    let running = env
+        .compute
+        .virtual_machine_scale_sets_client()
+        .create_or_update(RG, VMSS, model, env.sub())
+        .send()
+        .await
+        .expect("accepted");
+    assert_refused(
+        vms.update(RG, VMSS, "0", instance.clone(), env.sub())
+            .send()
+            .await,
+        "the scale set's operation runs",
+        409,
+        "OperationNotAllowed",
+    );
+    assert_eq!(env.follow(running.as_raw_response()).await, "Succeeded");
+    vms.update(RG, VMSS, "0", instance, env.sub())
+        .send()
+        .await
+        .expect("taken once the scale set's operation is over");
+}
+
 #[tokio::test]
 async fn failed_instance_is_visible_and_an_update_recovers_it() {
     let env = start(Seed::aks_like(1)).await;

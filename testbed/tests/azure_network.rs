@@ -112,13 +112,18 @@ async fn load_balancer_create_polls_lro_and_allocates_frontend_ip_from_subnet() 
     assert_eq!(state, json!("Succeeded"));
     assert!(got.etag.is_some(), "ARM returns an etag");
 
-    // Delete: ARM answers 202 + Location; the address goes back to the subnet.
+    // Delete: ARM answers 202 + Location; the LB stays visible, Deleting, until its operation is over; the
+    // address goes back to the subnet.
     let rsp = lbs
         .delete(RG, LB, env.sub())
         .send()
         .await
         .expect("delete accepted");
     assert_eq!(u16::from(rsp.as_raw_response().status()), 202);
+    let deleting =
+        serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("LB while deleting")).expect("json");
+    assert_eq!(deleting["properties"]["provisioningState"], json!("Deleting"));
+    assert_eq!(env.follow(rsp.as_raw_response()).await, "Succeeded");
     assert_refused(
         lbs.get(RG, LB, env.sub()).await,
         "LB gone",
@@ -602,12 +607,23 @@ async fn failed_long_running_operation_is_reported_and_leaves_resource_failed() 
 }
 
 /// ARM answers DELETE with 202 + Location + Azure-AsyncOperation (the 0.21 network client exposes only
-/// `send()` for deletes); the resource is gone at once in the simulator; deleting again is 204.
+/// `send()` for deletes); the resource stays visible, `Deleting`, in a GET and a LIST until the operation is
+/// over, and is gone after; deleting again is 204.
 #[tokio::test]
 async fn delete_is_accepted_with_polling_headers_and_is_idempotent() {
     let env = start(Seed::aks_like(0)).await;
+    env.sim.set_lro(LroConfig {
+        in_progress_polls: 2,
+        max_duration_ms: 60_000,
+        ..LroConfig::default()
+    });
     let lbs = env.network.load_balancers_client();
-    put_bare_lb(&env, LB).await.expect("LB");
+    let created = lbs
+        .create_or_update(RG, LB, lb_body(&env, json!([]), json!([])), env.sub())
+        .send()
+        .await
+        .expect("accepted");
+    assert_eq!(env.follow(created.as_raw_response()).await, "Succeeded");
     let rsp = lbs.delete(RG, LB, env.sub()).send().await.expect("accepted");
     let raw = rsp.as_raw_response();
     assert_eq!(u16::from(raw.status()), 202);
@@ -621,6 +637,29 @@ async fn delete_is_accepted_with_polling_headers_and_is_idempotent() {
             .get_optional_str(&azure_core::headers::AZURE_ASYNCOPERATION)
             .is_some()
     );
+    let shown = serde_json::to_value(lbs.get(RG, LB, env.sub()).await.expect("still there")).expect("json");
+    assert_eq!(shown["properties"]["provisioningState"], json!("Deleting"));
+    let listed = lbs
+        .list(RG, env.sub())
+        .into_stream()
+        .next()
+        .await
+        .expect("page")
+        .expect("list");
+    let listed = serde_json::to_value(listed).expect("json");
+    assert_eq!(
+        listed["value"][0]["properties"]["provisioningState"],
+        json!("Deleting")
+    );
+    assert!(
+        env.sim.inventory()["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .any(|r| r.as_str().is_some_and(|r| r.ends_with(LB))),
+        "the inventory lists it while its DELETE runs"
+    );
+    assert_eq!(env.follow(raw).await, "Succeeded");
     let refused = refusal(lbs.get(RG, LB, env.sub()).await, "deleted");
     assert_eq!(refused.0, 404);
     let rsp = lbs

@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use azure_core::auth::TokenCredential;
 use azure_core::error::ErrorKind;
-use azure_core::lro::location::{FinalState, get_location, get_provisioning_state};
-use azure_core::lro::{LroStatus, get_retry_after};
+use azure_core::headers::{
+    AZURE_ASYNCOPERATION, HeaderName, Headers, LOCATION, RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS,
+};
 use azure_core::{
     Context, ExponentialRetryOptions, HttpClient, Method, Pipeline, Request, Response, RetryOptions,
-    TransportOptions, Url,
+    StatusCode, TransportOptions, Url,
 };
 use serde_json::Value;
 
@@ -298,6 +299,109 @@ fn ignore_404<T>(r: ArmResult<T>) -> ArmResult<()> {
     }
 }
 
+/// How the end of a write is awaited, by what ARM's answer to it carries (ARM's asynchronous-operation
+/// contract, <https://github.com/Azure/azure-resource-manager-rpc/blob/master/v1.0/async-api-reference.md>,
+/// as the Azure SDKs' generic pollers follow it): never by resource type, since a provider answers a PUT of
+/// a type whose SDK says `final-state-via: location` with `Azure-AsyncOperation` alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Completion {
+    /// The answer is the end.
+    Done,
+    /// The answer already says the write ended unsuccessfully (`Failed`, `Canceled`).
+    Ended(String),
+    /// `Azure-AsyncOperation`: an operation status, whose body's `status` says when it is over.
+    AsyncOperation(Url),
+    /// `Location` (and no `Azure-AsyncOperation`): 202 while the operation runs, 200/204 when it is done.
+    Location(Url),
+    /// A PUT answered with a running `provisioningState` and no header: GET the resource until it is terminal.
+    ProvisioningState,
+    /// A DELETE accepted (202) without a header: GET the resource until it is 404.
+    Gone,
+}
+
+/// ARM's answer to `method` (`status`, `headers`, the JSON `body` for a PUT): what to wait for. A header whose
+/// value is no URL is ignored as if absent (the next rule applies).
+fn completion_of(method: &Method, status: StatusCode, headers: &Headers, body: &Value) -> Completion {
+    let url = |name: &HeaderName| headers.get_optional_str(name).and_then(|v| Url::parse(v).ok());
+    if let Some(url) = url(&AZURE_ASYNCOPERATION) {
+        return Completion::AsyncOperation(url);
+    }
+    if let Some(url) = url(&LOCATION) {
+        return Completion::Location(url);
+    }
+    if *method == Method::Delete {
+        return if status == StatusCode::Accepted {
+            Completion::Gone
+        } else {
+            Completion::Done
+        };
+    }
+    match provisioning_state(body).map(progress) {
+        Some(Progress::Running) => Completion::ProvisioningState,
+        Some(Progress::Ended(state)) => Completion::Ended(state),
+        Some(Progress::Succeeded) | None => Completion::Done,
+    }
+}
+
+/// Where an operation (or a resource's provisioning) is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Progress {
+    Running,
+    Succeeded,
+    /// `Failed` or `Canceled`, as ARM spelled it.
+    Ended(String),
+}
+
+/// An operation status's `status` or a resource's `provisioningState`: terminal are `Succeeded`, `Failed` and
+/// `Canceled` (`Cancelled` too, which some providers send); anything else (`InProgress`, `Updating`,
+/// `Deleting`, ...) is still running.
+fn progress(state: &str) -> Progress {
+    if state.eq_ignore_ascii_case("Succeeded") {
+        Progress::Succeeded
+    } else if ["Failed", "Canceled", "Cancelled"]
+        .iter()
+        .any(|s| state.eq_ignore_ascii_case(s))
+    {
+        Progress::Ended(state.to_string())
+    } else {
+        Progress::Running
+    }
+}
+
+fn provisioning_state(resource: &Value) -> Option<&str> {
+    resource
+        .pointer("/properties/provisioningState")
+        .and_then(Value::as_str)
+}
+
+/// The error of an operation that ended `state` (`Failed`, `Canceled`): ARM's code and message from the
+/// operation status's (or the resource's) `error`, when it has one.
+fn ended(op: &str, name: &str, state: &str, answer: &Value) -> ArmError {
+    let error = answer.get("error");
+    let text = |field: &str| error.and_then(|e| e.get(field)).and_then(Value::as_str);
+    ArmError {
+        operation: op.to_string(),
+        resource: name.to_string(),
+        status: None,
+        code: text("code").map(str::to_string),
+        message: format!(
+            "the operation ended {state}: {}",
+            text("message").unwrap_or("ARM said no more")
+        ),
+    }
+}
+
+/// How long to wait before polling when no answer said (azure_core's default for long-running operations).
+const DEFAULT_POLL_DELAY: Duration = Duration::from_secs(30);
+
+/// The answer's `retry-after-ms`, `x-ms-retry-after-ms` or `Retry-After`, if it has one.
+fn retry_after(headers: &Headers) -> Option<Duration> {
+    [RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS, RETRY_AFTER]
+        .iter()
+        .any(|h| headers.get_optional_str(h).is_some())
+        .then(|| azure_core::lro::get_retry_after(headers))
+}
+
 /// One ARM resource or collection: how calls on it are named, where it is, which API version serves it.
 #[derive(Clone, Debug)]
 struct Target<'a> {
@@ -308,23 +412,11 @@ struct Target<'a> {
     /// Request path.
     path: String,
     api_version: &'static str,
-    /// How the resource provider reports a write's completion (ARM's `final-state-via` of the resource
-    /// type): an `Azure-AsyncOperation` status to poll, or a `Location` that answers 202 until done.
-    completion: FinalState,
 }
 
 impl Target<'_> {
     fn op(&self, verb: &str) -> String {
         format!("{verb} {}", self.kind)
-    }
-
-    /// Writes of this resource type complete through `Location` (scale sets, their instances, public IP
-    /// prefixes), not through `Azure-AsyncOperation`.
-    fn completed_at_location(self) -> Self {
-        Target {
-            completion: FinalState::Location,
-            ..self
-        }
     }
 }
 
@@ -403,7 +495,6 @@ impl Arm {
             name,
             path,
             api_version,
-            completion: FinalState::AzureAsyncOperation,
         }
     }
 
@@ -501,79 +592,146 @@ impl Arm {
     /// [`Timeouts::operation`]) and returns the resource as ARM then stores it.
     async fn put(&self, t: &Target<'_>, body: &Value, expect: Expect<'_>) -> ArmResult<Value> {
         let op = t.op("PUT");
-        let fail = |e: azure_core::Error| ArmError::from_sdk(&op, t.name, &e);
         let rsp = self
             .send(Method::Put, self.url(t), Some(body), expect)
             .await
-            .map_err(fail)?;
-        let Some(poll) = get_location(rsp.headers(), t.completion).map_err(fail)? else {
-            return Self::json(&op, t.name, rsp).await;
+            .map_err(|e| ArmError::from_sdk(&op, t.name, &e))?;
+        let (status, headers) = (rsp.status(), rsp.headers().clone());
+        let answer = Self::json(&op, t.name, rsp).await?;
+        match completion_of(&Method::Put, status, &headers, &answer) {
+            Completion::Done => Ok(answer),
+            Completion::Ended(state) => Err(ended(&op, t.name, &state, &answer)),
+            pending => {
+                if let Some(last) = self.wait(t, &op, pending, retry_after(&headers)).await? {
+                    return Ok(last);
+                }
+                self.get(t)
+                    .await?
+                    .ok_or_else(|| ArmError::local(&op, t.name, "gone after the write succeeded"))
+            }
+        }
+    }
+
+    /// DELETE, conditional on `expect` (404 is success); waits for the long-running operation (at most
+    /// [`Timeouts::operation`]), so that the resource is gone when this returns.
+    async fn delete(&self, t: &Target<'_>, expect: Expect<'_>) -> ArmResult<()> {
+        let op = t.op("DELETE");
+        let rsp = match self.send(Method::Delete, self.url(t), None, expect).await {
+            Ok(rsp) => rsp,
+            Err(e) => return ignore_404::<()>(Err(ArmError::from_sdk(&op, t.name, &e))),
         };
+        let (status, headers) = (rsp.status(), rsp.headers().clone());
+        match completion_of(&Method::Delete, status, &headers, &Value::Null) {
+            Completion::Done => Ok(()),
+            Completion::Ended(state) => Err(ended(&op, t.name, &state, &Value::Null)),
+            pending => self
+                .wait(t, &op, pending, retry_after(&headers))
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Waits (at most [`Timeouts::operation`]) for the operation of a write whose answer asked for `pending`
+    /// polling, first `delay` (the answer's `Retry-After`) after the answer. Returns the resource when the
+    /// last poll read it (a PUT followed through its provisioningState).
+    async fn wait(
+        &self,
+        t: &Target<'_>,
+        op: &str,
+        pending: Completion,
+        delay: Option<Duration>,
+    ) -> ArmResult<Option<Value>> {
         let deadline = self.operation_deadline;
-        tokio::time::timeout(deadline, self.wait_for_operation(t, &op, poll))
+        tokio::time::timeout(deadline, self.poll_until_done(t, op, pending, delay))
             .await
             .map_err(|_| {
                 ArmError::local(
-                    &op,
+                    op,
                     t.name,
                     format!(
                         "the operation did not finish within {}s; it is retried later (ARM may still complete it)",
                         deadline.as_secs_f64()
                     ),
                 )
-            })??;
-        self.get(t)
-            .await?
-            .ok_or_else(|| ArmError::local(&op, t.name, "gone after the write succeeded"))
+            })?
     }
 
-    /// Polls a long-running operation at `poll` until it has succeeded (an error if it failed).
-    async fn wait_for_operation(&self, t: &Target<'_>, op: &str, poll: Url) -> ArmResult<()> {
+    /// Polls as `pending` says until the operation is over: `Ok` when it succeeded, an error naming `op` and
+    /// ARM's code and message when it failed or was canceled. Each poll waits the `Retry-After` of the last
+    /// answer that had one (azure_core's default before any did).
+    async fn poll_until_done(
+        &self,
+        t: &Target<'_>,
+        op: &str,
+        pending: Completion,
+        mut delay: Option<Duration>,
+    ) -> ArmResult<Option<Value>> {
         let fail = |e: azure_core::Error| ArmError::from_sdk(op, t.name, &e);
+        if let Completion::AsyncOperation(url) | Completion::Location(url) = &pending
+            && url.origin() != self.endpoint.origin()
+        {
+            // Polls carry the bearer token: only to the ARM endpoint it is for.
+            return Err(ArmError::local(
+                op,
+                t.name,
+                format!(
+                    "the operation to poll is at {}, not at the resource manager endpoint",
+                    url.host_str().unwrap_or("a URL without a host")
+                ),
+            ));
+        }
         loop {
-            let status = self
-                .send(Method::Get, poll.clone(), None, Expect::Anything)
-                .await
-                .map_err(fail)?;
-            let retry_after = get_retry_after(status.headers());
-            let done = match t.completion {
-                FinalState::Location => status.status() != azure_core::StatusCode::Accepted,
-                _ => {
-                    let bytes = status.into_body().collect().await.map_err(fail)?;
-                    match get_provisioning_state(&bytes) {
-                        Some(LroStatus::Succeeded) => true,
-                        Some(LroStatus::Failed) => {
-                            return Err(ArmError::local(op, t.name, "Long running operation failed"));
-                        }
-                        Some(LroStatus::Canceled) => {
-                            return Err(ArmError::local(op, t.name, "Long running operation canceled"));
-                        }
-                        Some(_) => false,
+            tokio::time::sleep(delay.unwrap_or(DEFAULT_POLL_DELAY)).await;
+            let url = match &pending {
+                Completion::AsyncOperation(url) | Completion::Location(url) => url.clone(),
+                _ => self.url(t),
+            };
+            let rsp = match self.send(Method::Get, url, None, Expect::Anything).await {
+                Ok(rsp) => rsp,
+                Err(e) => {
+                    let e = fail(e);
+                    return match pending {
+                        Completion::Gone if e.is_not_found() => Ok(None),
+                        _ => Err(e),
+                    };
+                }
+            };
+            delay = retry_after(rsp.headers()).or(delay);
+            let status = rsp.status();
+            match &pending {
+                Completion::Location(_) => {
+                    if status != StatusCode::Accepted {
+                        return Ok(None);
+                    }
+                }
+                Completion::AsyncOperation(_) => {
+                    let body = Self::json(op, t.name, rsp).await?;
+                    match body.get("status").and_then(Value::as_str).map(progress) {
+                        Some(Progress::Succeeded) => return Ok(None),
+                        Some(Progress::Ended(state)) => return Err(ended(op, t.name, &state, &body)),
+                        Some(Progress::Running) => {}
                         None => {
                             return Err(ArmError::local(
                                 op,
                                 t.name,
-                                "Long running operation failed (missing provisioning state)",
+                                "the operation's status answer has no `status`",
                             ));
                         }
                     }
                 }
-            };
-            if done {
-                return Ok(());
+                Completion::ProvisioningState => {
+                    let body = Self::json(op, t.name, rsp).await?;
+                    match provisioning_state(&body).map_or(Progress::Succeeded, progress) {
+                        Progress::Succeeded => return Ok(Some(body)),
+                        Progress::Ended(state) => return Err(ended(op, t.name, &state, &body)),
+                        Progress::Running => {}
+                    }
+                }
+                // Still there: the DELETE's operation still runs.
+                Completion::Gone => {}
+                Completion::Done | Completion::Ended(_) => return Ok(None),
             }
-            tokio::time::sleep(retry_after).await;
         }
-    }
-
-    /// DELETE, conditional on `expect` (404 is success); does not wait for the operation.
-    async fn delete(&self, t: &Target<'_>, expect: Expect<'_>) -> ArmResult<()> {
-        let op = t.op("DELETE");
-        ignore_404(
-            self.send(Method::Delete, self.url(t), None, expect)
-                .await
-                .map_err(|e| ArmError::from_sdk(&op, t.name, &e)),
-        )
     }
 
     // --- load balancer -----------------------------------------------------------------------------------
@@ -600,7 +758,8 @@ impl Arm {
         self.put(&self.lb(rg, name), body, expect).await
     }
 
-    /// DELETE the load balancer (404 is success); only the version `expect`ed (412 otherwise).
+    /// DELETE the load balancer (404 is success), waiting until it is gone; only the version `expect`ed (412
+    /// otherwise).
     pub async fn delete_lb(&self, rg: &str, name: &str, expect: Expect<'_>) -> ArmResult<()> {
         self.delete(&self.lb(rg, name), expect).await
     }
@@ -615,7 +774,6 @@ impl Arm {
             name,
             api_version::COMPUTE,
         )
-        .completed_at_location()
     }
 
     /// LIST scale sets of a resource group.
@@ -634,15 +792,13 @@ impl Arm {
     }
 
     fn instances<'a>(&self, rg: &str, vmss: &str, instance_id: &'a str) -> Target<'a> {
-        let mut t = self
-            .target(
-                rg,
-                "Microsoft.Compute/virtualMachineScaleSets",
-                "virtualMachines",
-                instance_id,
-                api_version::COMPUTE,
-            )
-            .completed_at_location();
+        let mut t = self.target(
+            rg,
+            "Microsoft.Compute/virtualMachineScaleSets",
+            "virtualMachines",
+            instance_id,
+            api_version::COMPUTE,
+        );
         t.path = format!(
             "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets/{vmss}/virtualMachines",
             self.subscription
@@ -748,22 +904,7 @@ impl Arm {
 
     /// DELETE a public IP address (404 is success), waiting until it is gone.
     pub async fn delete_public_ip(&self, rg: &str, name: &str) -> ArmResult<()> {
-        let t = self.public_ip(rg, name);
-        self.delete(&t, Expect::Anything).await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        let mut delay = Duration::from_millis(50);
-        while self.get(&t).await?.is_some() {
-            if tokio::time::Instant::now() > deadline {
-                return Err(ArmError::local(
-                    &t.op("GET"),
-                    name,
-                    "still exists two minutes after DELETE",
-                ));
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-        Ok(())
+        self.delete(&self.public_ip(rg, name), Expect::Anything).await
     }
 
     // --- prefixes ------------------------------------------------------------------------------------------
@@ -776,7 +917,6 @@ impl Arm {
             name,
             api_version::NETWORK,
         )
-        .completed_at_location()
     }
 
     /// LIST the public IP prefixes of a resource group.
@@ -794,7 +934,7 @@ impl Arm {
         self.put(&self.prefix(rg, name), body, Expect::Anything).await
     }
 
-    /// DELETE a public IP prefix (404 is success).
+    /// DELETE a public IP prefix (404 is success), waiting until it is gone.
     pub async fn delete_prefix(&self, rg: &str, name: &str) -> ArmResult<()> {
         self.delete(&self.prefix(rg, name), Expect::Anything).await
     }
@@ -868,6 +1008,132 @@ mod tests {
                 ..e
             }
             .is_throttled()
+        );
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> Headers {
+        let mut h = Headers::new();
+        for (name, value) in pairs {
+            h.insert(HeaderName::from_static(name), value.to_string());
+        }
+        h
+    }
+
+    const OPERATION: &str = "https://management.azure.com/subscriptions/s/providers/Microsoft.Compute/locations/eastus/operations/1?api-version=2024-07-01";
+    const RESULT: &str = "https://management.azure.com/subscriptions/s/providers/Microsoft.Compute/locations/eastus/operationResults/1?api-version=2024-07-01";
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).expect("url")
+    }
+
+    #[test]
+    fn a_write_is_awaited_by_the_header_its_answer_carries_whatever_the_resource_type() {
+        let updating = serde_json::json!({"properties": {"provisioningState": "Updating"}});
+        // What ARM answers a scale set's, an instance's or a prefix's PUT: Azure-AsyncOperation alone.
+        let async_only = headers(&[("azure-asyncoperation", OPERATION)]);
+        for status in [StatusCode::Ok, StatusCode::Created] {
+            assert_eq!(
+                completion_of(&Method::Put, status, &async_only, &updating),
+                Completion::AsyncOperation(url(OPERATION))
+            );
+        }
+        // Both: the operation status (Location is for the final result, which a PUT reads from its own URI).
+        let both = headers(&[("location", RESULT), ("azure-asyncoperation", OPERATION)]);
+        assert_eq!(
+            completion_of(&Method::Delete, StatusCode::Accepted, &both, &Value::Null),
+            Completion::AsyncOperation(url(OPERATION))
+        );
+        let location_only = headers(&[("location", RESULT)]);
+        assert_eq!(
+            completion_of(
+                &Method::Delete,
+                StatusCode::Accepted,
+                &location_only,
+                &Value::Null
+            ),
+            Completion::Location(url(RESULT))
+        );
+        assert_eq!(
+            completion_of(&Method::Put, StatusCode::Accepted, &location_only, &Value::Null),
+            Completion::Location(url(RESULT))
+        );
+        // A header that is no URL counts as absent.
+        let garbage = headers(&[("azure-asyncoperation", "not a url"), ("location", RESULT)]);
+        assert_eq!(
+            completion_of(&Method::Delete, StatusCode::Accepted, &garbage, &Value::Null),
+            Completion::Location(url(RESULT))
+        );
+    }
+
+    #[test]
+    fn without_a_header_a_put_follows_its_provisioning_state_and_a_delete_its_status() {
+        let none = Headers::new();
+        let state = |s: &str| serde_json::json!({"properties": {"provisioningState": s}});
+        for running in ["Updating", "Creating", "Accepted"] {
+            assert_eq!(
+                completion_of(&Method::Put, StatusCode::Created, &none, &state(running)),
+                Completion::ProvisioningState,
+                "{running}"
+            );
+        }
+        assert_eq!(
+            completion_of(&Method::Put, StatusCode::Ok, &none, &state("Succeeded")),
+            Completion::Done
+        );
+        assert_eq!(
+            completion_of(
+                &Method::Put,
+                StatusCode::Ok,
+                &none,
+                &serde_json::json!({"name": "x"})
+            ),
+            Completion::Done,
+            "no provisioningState: the answer is the end"
+        );
+        assert_eq!(
+            completion_of(&Method::Put, StatusCode::Ok, &none, &state("Failed")),
+            Completion::Ended("Failed".into())
+        );
+        assert_eq!(
+            completion_of(&Method::Delete, StatusCode::Accepted, &none, &Value::Null),
+            Completion::Gone
+        );
+        for done in [StatusCode::Ok, StatusCode::NoContent] {
+            assert_eq!(
+                completion_of(&Method::Delete, done, &none, &Value::Null),
+                Completion::Done
+            );
+        }
+    }
+
+    #[test]
+    fn operation_states_and_the_error_of_one_that_failed() {
+        assert_eq!(progress("InProgress"), Progress::Running);
+        assert_eq!(progress("Deleting"), Progress::Running);
+        assert_eq!(progress("Succeeded"), Progress::Succeeded);
+        assert_eq!(progress("Cancelled"), Progress::Ended("Cancelled".into()));
+        let status = serde_json::json!({"status": "Failed", "error": {"code": "OperationNotAllowed", "message": "busy"}});
+        let e = ended("PUT virtualMachineScaleSets", "gw", "Failed", &status);
+        assert_eq!(
+            e.to_string(),
+            "PUT virtualMachineScaleSets gw: OperationNotAllowed: the operation ended Failed: busy"
+        );
+        assert_eq!(e.status, None);
+        let e = ended("PUT publicIPPrefixes", "p", "Canceled", &Value::Null);
+        assert_eq!(e.code, None);
+        assert!(e.message.contains("ended Canceled"), "{e}");
+    }
+
+    #[test]
+    fn polls_wait_what_the_answer_says() {
+        assert_eq!(retry_after(&Headers::new()), None);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "20"), ("retry-after", "1")])),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "3")])),
+            Some(Duration::from_secs(3))
         );
     }
 }

@@ -139,8 +139,11 @@ pub struct LroConfig {
     /// The next this-many operations end `Failed` (the resource's provisioningState becomes `Failed`).
     #[serde(default)]
     pub fail_next: u32,
-    /// Refuse a write to a resource whose previous operation is still running (409
-    /// `AnotherOperationInProgress`), as the network resource provider does.
+    /// Refuse a write to a resource while an operation on it, or on the resource it belongs to (a scale set's
+    /// instance while the scale set's own operation runs), is still running: 409 `AnotherOperationInProgress`
+    /// from the network resource provider, 409 `OperationNotAllowed` from the compute one (the codes each
+    /// answers, <https://github.com/MicrosoftDocs/azure-docs/blob/main/articles/virtual-machines/troubleshooting/error-messages.md>
+    /// lists Compute's "... since another operation is in progress").
     #[serde(default)]
     pub reject_concurrent: bool,
 }
@@ -161,6 +164,10 @@ impl Default for LroConfig {
 #[derive(Debug, Clone)]
 struct Operation {
     resource_id: Option<String>,
+    /// A DELETE's: the resource as a GET showed it, `provisioningState` `Deleting`. The world has let it go
+    /// (its addresses, its references), but GET and LIST still show it, as ARM does, until the operation
+    /// completes. A DELETE whose operation ends `Failed` has deleted the resource all the same.
+    deleting: Option<Value>,
     polls: u32,
     started: Instant,
     done: bool,
@@ -265,6 +272,9 @@ impl SimState {
     fn complete(&mut self, op_id: &str) {
         if let Some(op) = self.operations.get_mut(op_id) {
             op.done = true;
+            if op.deleting.take().is_some() {
+                return;
+            }
             let state = if op.fails { "Failed" } else { "Succeeded" };
             if let Some(rid) = op.resource_id.clone() {
                 self.world.set_provisioning_state(&rid, state);
@@ -272,11 +282,63 @@ impl SimState {
         }
     }
 
+    /// The resources whose DELETE's operation still runs (see [`Operation::deleting`]).
+    fn being_deleted(&self) -> impl Iterator<Item = &Value> {
+        self.operations
+            .values()
+            .filter(|o| !o.done)
+            .filter_map(|o| o.deleting.as_ref())
+    }
+
+    /// `id` while its DELETE's operation runs.
+    fn being_deleted_as(&self, id: &str) -> Option<Value> {
+        self.being_deleted()
+            .find(|v| {
+                v.get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|i| i.eq_ignore_ascii_case(id))
+            })
+            .cloned()
+    }
+
+    /// The resources of collection `collection_id` whose DELETE's operation still runs.
+    fn being_deleted_in(&self, collection_id: &str) -> Vec<Value> {
+        let prefix = format!("{}/", world::key(collection_id));
+        self.being_deleted()
+            .filter(|v| {
+                v.get("id")
+                    .and_then(Value::as_str)
+                    .map(world::key)
+                    .is_some_and(|k| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The running operation that a write to `id` must wait for: one on `id` itself or on a resource `id`
+    /// belongs to (a scale set, for its instance).
+    fn operation_blocking(&self, id: &str) -> Option<&str> {
+        let id = world::key(id);
+        self.operations
+            .values()
+            .filter(|o| !o.done)
+            .filter_map(|o| o.resource_id.as_deref())
+            .find(|rid| {
+                let rid = world::key(rid);
+                id == rid || id.starts_with(&format!("{rid}/"))
+            })
+    }
+
     /// What a test wants to see to assert that nothing leaked.
     pub fn inventory(&mut self) -> Value {
         self.settle();
+        let mut resources = self.world.resource_ids();
+        resources.extend(
+            self.being_deleted()
+                .filter_map(|v| v.get("id").and_then(Value::as_str).map(str::to_owned)),
+        );
         json!({
-            "resources": self.world.resource_ids(),
+            "resources": resources,
             "privateAddresses": addresses_json(self.world.subnet_allocations()),
             "publicBlocks": self.world.public_allocations().into_iter().map(|(n, o)| json!({"block": n, "owner": o})).collect::<Vec<_>>(),
             "prefixAddresses": addresses_json(self.world.prefix_allocations()),
@@ -1036,8 +1098,14 @@ fn route_resource(
     if let Some(kind) = routed {
         match (rest.len(), &r.method, kind.writes) {
             (0, &Method::GET, _) => {
-                let listed = w.list(&format!("{rg_scope}/{}", kind.arm_type));
-                return Ok(page.list(r, listed.into_iter().map(|v| (kind.shown)(w, v)).collect()));
+                let collection = format!("{rg_scope}/{}", kind.arm_type);
+                let mut listed: Vec<Value> = w
+                    .list(&collection)
+                    .into_iter()
+                    .map(|v| (kind.shown)(w, v))
+                    .collect();
+                listed.extend(s.being_deleted_in(&collection));
+                return Ok(page.list(r, listed));
             }
             (1, &Method::GET, None) => {
                 let id = w.resource_id(rg, kind.arm_type, name);
@@ -1215,22 +1283,19 @@ fn crud(
     get: impl Fn(&World) -> Result<Value, ArmError>,
 ) -> Result<Response, ArmError> {
     match *m {
-        Method::GET => Ok(ok_json(StatusCode::OK, &get(&s.world)?)),
+        Method::GET => match get(&s.world) {
+            Err(e) if e.status == 404 => s
+                .being_deleted_as(id)
+                .map(|v| ok_json(StatusCode::OK, &v))
+                .ok_or(e),
+            other => Ok(ok_json(StatusCode::OK, &other?)),
+        },
         Method::PUT | Method::DELETE => {
             check_preconditions(&s.world, r, id)?;
             if s.lro.reject_concurrent
-                && s.operations.values().any(|o| {
-                    !o.done
-                        && o.resource_id
-                            .as_deref()
-                            .is_some_and(|rid| rid.eq_ignore_ascii_case(id))
-                })
+                && let Some(running) = s.operation_blocking(id)
             {
-                return Err(ArmError::new(
-                    409,
-                    "AnotherOperationInProgress",
-                    format!("Another operation on resource {id} is in progress; retry later."),
-                ));
+                return Err(another_operation_in_progress(provider, m, id, running));
             }
             if *m == Method::PUT {
                 if !r.body.is_object() {
@@ -1266,19 +1331,48 @@ fn crud(
                 lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), false);
                 Ok(resp)
             } else {
+                let shown = get(&s.world).ok();
                 if !delete(&mut s.world)? {
                     return Ok(StatusCode::NO_CONTENT.into_response());
                 }
                 if !s.lro.enabled {
                     return Ok(StatusCode::OK.into_response());
                 }
-                let op = start_operation(s, None);
+                let op = start_operation(s, Some(id.to_owned()));
+                if let (Some(mut shown), Some(o)) = (shown, s.operations.get_mut(&op)) {
+                    if let Some(p) = shown.get_mut("properties").and_then(Value::as_object_mut) {
+                        p.insert("provisioningState".into(), json!("Deleting"));
+                    }
+                    o.deleting = Some(shown);
+                }
                 let mut resp = StatusCode::ACCEPTED.into_response();
                 lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), true);
                 Ok(resp)
             }
         }
         _ => Err(method_not_allowed(m)),
+    }
+}
+
+/// 409 for a write to `id` while operation on `running` (`id` or the resource it belongs to) runs, as the
+/// resource provider answers it.
+fn another_operation_in_progress(provider: &str, m: &Method, id: &str, running: &str) -> ArmError {
+    if provider.eq_ignore_ascii_case("Microsoft.Compute") {
+        ArmError::new(
+            409,
+            "OperationNotAllowed",
+            format!(
+                "Operation '{m}' is not allowed on {id} since another operation is in progress on {running}."
+            ),
+        )
+    } else {
+        ArmError::new(
+            409,
+            "AnotherOperationInProgress",
+            format!(
+                "Another operation on resource {id} or a resource it depends on is in progress; retry later."
+            ),
+        )
     }
 }
 
@@ -1315,6 +1409,7 @@ fn start_operation(s: &mut SimState, resource_id: Option<String>) -> String {
         op.clone(),
         Operation {
             resource_id,
+            deleting: None,
             polls: 0,
             started: Instant::now(),
             done: false,

@@ -154,18 +154,18 @@ pub enum Network {
 }
 
 impl Env {
-    /// DELETE of a network resource of the seed's resource group: the HTTP status ARM answered, or the status
-    /// and ARM error code of a refusal.
+    /// DELETE of a network resource of the seed's resource group, its operation followed to the end as an ARM
+    /// client does (the resource is gone when this returns): the HTTP status ARM answered the DELETE with, or
+    /// the status and ARM error code of a refusal.
     pub async fn delete(&self, kind: Network, name: &str) -> Result<u16, (u16, String)> {
         let sub = self.sub();
-        let status = |rsp: &azure_core::Response| u16::from(rsp.status());
         let sent = match kind {
             Network::LoadBalancer => {
                 let lbs = self.network.load_balancers_client();
                 lbs.delete(RG, name, sub)
                     .send()
                     .await
-                    .map(|r| status(r.as_raw_response()))
+                    .map(|r| r.into_raw_response())
             }
             Network::PublicIpPrefix => {
                 let prefixes = self.network.public_ip_prefixes_client();
@@ -173,16 +173,53 @@ impl Env {
                     .delete(RG, name, sub)
                     .send()
                     .await
-                    .map(|r| status(r.as_raw_response()))
+                    .map(|r| r.into_raw_response())
             }
             Network::PublicIp => {
                 let pips = self.network.public_ip_addresses_client();
                 pips.delete(RG, name, sub)
                     .send()
                     .await
-                    .map(|r| status(r.as_raw_response()))
+                    .map(|r| r.into_raw_response())
             }
         };
-        sent.map_err(|e| status_and_code(&e))
+        let rsp = sent.map_err(|e| status_and_code(&e))?;
+        if rsp.status() == azure_core::StatusCode::Accepted {
+            assert_eq!(self.follow(&rsp).await, "Succeeded", "DELETE {name}");
+        }
+        Ok(u16::from(rsp.status()))
+    }
+
+    /// Polls the `Azure-AsyncOperation` of `accepted` (honouring its `retry-after-ms`) until the operation is
+    /// over; its final `status`.
+    pub async fn follow(&self, accepted: &azure_core::Response) -> String {
+        let url = accepted
+            .headers()
+            .get_optional_str(&azure_core::headers::AZURE_ASYNCOPERATION)
+            .expect("Azure-AsyncOperation header");
+        let url = Url::parse(url).expect("operation URL");
+        let token = credential(&self.sim, &self.seed)
+            .get_token(&[&format!("{}/.default", self.sim.url())])
+            .await
+            .expect("token");
+        let http = azure_core::new_http_client();
+        for _ in 0..200 {
+            let mut req = azure_core::Request::new(url.clone(), azure_core::Method::Get);
+            req.insert_header("authorization", format!("Bearer {}", token.token.secret()));
+            let rsp = http.execute_request(&req).await.expect("poll sent");
+            let delay = rsp
+                .headers()
+                .get_optional_str(&azure_core::headers::RETRY_AFTER_MS)
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis);
+            let body = rsp.into_body().collect().await.expect("poll body");
+            let status: serde_json::Value = serde_json::from_slice(&body).expect("operation status");
+            let status = status["status"].as_str().expect("status").to_owned();
+            if status != "InProgress" {
+                return status;
+            }
+            tokio::time::sleep(delay.unwrap_or(Duration::from_millis(20))).await;
+        }
+        panic!("the operation at {url} did not end within 200 polls");
     }
 }
