@@ -8,34 +8,37 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 
 /// Sets `clientConfig.caBundle` of every webhook in the named configurations (absent ones are skipped with
-/// a warning: the chart may not install both).
+/// a warning: the chart may not install both). Returns how many configurations it patched: a renewal that
+/// patched none must not serve a certificate of the new CA, which nobody would trust.
 pub async fn patch_ca_bundle(
     client: Client,
     ca_pem: &str,
     mutating: Option<&str>,
     validating: Option<&str>,
-) -> Result<(), kube::Error> {
+) -> Result<usize, kube::Error> {
     let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let mut patched = 0;
     if let Some(name) = mutating {
         let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
         let count = |c: &MutatingWebhookConfiguration| c.webhooks.as_ref().map_or(0, Vec::len);
-        patch_one(&api, name, &bundle, count).await?;
+        patched += usize::from(patch_one(&api, name, &bundle, count).await?);
     }
     if let Some(name) = validating {
         let api: Api<ValidatingWebhookConfiguration> = Api::all(client);
         let count = |c: &ValidatingWebhookConfiguration| c.webhooks.as_ref().map_or(0, Vec::len);
-        patch_one(&api, name, &bundle, count).await?;
+        patched += usize::from(patch_one(&api, name, &bundle, count).await?);
     }
-    Ok(())
+    Ok(patched)
 }
 
-/// Patches `bundle` into every webhook of configuration `name` of `api`'s kind; `webhooks` counts them.
+/// Patches `bundle` into every webhook of configuration `name` of `api`'s kind; `webhooks` counts them. Returns
+/// whether the configuration exists (and was patched).
 async fn patch_one<K>(
     api: &Api<K>,
     name: &str,
     bundle: &str,
     webhooks: impl Fn(&K) -> usize,
-) -> Result<(), kube::Error>
+) -> Result<bool, kube::Error>
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
@@ -46,10 +49,13 @@ where
             api.patch(name, &PatchParams::default(), &Patch::Json::<()>(ops(n, bundle)))
                 .await?;
             tracing::info!(name, webhooks = n, %kind, "patched caBundle into the webhook configuration");
+            Ok(true)
         }
-        None => tracing::warn!(name, %kind, "webhook configuration not found; caBundle not patched"),
+        None => {
+            tracing::warn!(name, %kind, "webhook configuration not found; caBundle not patched");
+            Ok(false)
+        }
     }
-    Ok(())
 }
 
 fn ops(webhooks: usize, bundle: &str) -> json_patch::Patch {

@@ -73,7 +73,10 @@ impl daemon::Daemon for Args {
         let metrics = Arc::new(metrics::Metrics::default());
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
 
-        let certificate = Arc::new(crate::renew::CertExpiry::default());
+        let certificate = Arc::new(crate::renew::CertExpiry::exported(
+            metrics.cert_not_after.clone(),
+            metrics.cert_renewal_failures.clone(),
+        ));
         let store = match (&args.tls_cert_file, &args.tls_key_file) {
             (Some(cert), Some(key)) => {
                 let files = tls::CertFiles {
@@ -109,22 +112,22 @@ impl daemon::Daemon for Args {
                             (client.clone(), mutating.clone(), validating.clone());
                         async move {
                             match client {
-                                Some(client) => {
-                                    cabundle::patch_ca_bundle(
-                                        client,
-                                        &bundle,
-                                        mutating.as_deref(),
-                                        validating.as_deref(),
-                                    )
-                                    .await
-                                }
-                                None => Ok(()),
+                                Some(client) => cabundle::patch_ca_bundle(
+                                    client,
+                                    &bundle,
+                                    mutating.as_deref(),
+                                    validating.as_deref(),
+                                )
+                                .await
+                                .map_err(|e| e.to_string()),
+                                None => Ok(0),
                             }
                         }
                     }
                 };
-                patch(generated.ca_pem.clone())
+                let patched = patch(generated.ca_pem.clone())
                     .await
+                    .map_err(anyhow::Error::msg)
                     .context("patching the CA bundle into the webhook configurations")?;
                 let store = tls::CertStore::new(generated.key.clone());
                 let renewer = crate::renew::Renewer::new(
@@ -135,7 +138,25 @@ impl daemon::Daemon for Args {
                     certificate.clone(),
                     metrics.cert_reloads.clone(),
                 );
-                tokio::spawn(renewer.run(patch, shutdown_rx.clone()));
+                // Renewal needs a configuration to carry the new CA: a renewal that patched none fails (and is
+                // retried) rather than serve a certificate nobody trusts. Without any (standalone, or none
+                // found at start) there is nothing to renew into: the certificate lasts its year.
+                if patched > 0 {
+                    let renew_patch = move |bundle: String| {
+                        let patch = patch.clone();
+                        async move {
+                            match patch(bundle).await? {
+                                0 => Err("no webhook configuration was found to patch".to_string()),
+                                _ => Ok(()),
+                            }
+                        }
+                    };
+                    tokio::spawn(renewer.run(renew_patch, shutdown_rx.clone()));
+                } else {
+                    tracing::warn!(
+                        "no webhook configuration carries the self-generated CA: the certificate is not renewed"
+                    );
+                }
                 store
             }
         };

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -34,6 +35,10 @@ pub struct Metrics {
     pub latency: Family<KindLabels, Histogram>,
     /// `admission_certificate_reloads_total`.
     pub cert_reloads: Counter,
+    /// `admission_certificate_expiry_timestamp_seconds` (self-generated certificates; 0 otherwise).
+    pub cert_not_after: Gauge,
+    /// `admission_certificate_renewal_failures_total` (self-generated certificates).
+    pub cert_renewal_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -60,11 +65,25 @@ impl Default for Metrics {
             "Serving certificate reloads",
             cert_reloads.clone(),
         );
+        let cert_not_after = Gauge::default();
+        registry.register(
+            "admission_certificate_expiry_timestamp_seconds",
+            "When the self-generated serving certificate expires (Unix time; 0: certificate files are served)",
+            cert_not_after.clone(),
+        );
+        let cert_renewal_failures = Counter::default();
+        registry.register(
+            "admission_certificate_renewal_failures",
+            "Failed attempts to renew the self-generated serving certificate",
+            cert_renewal_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             cert_reloads,
+            cert_not_after,
+            cert_renewal_failures,
         }
     }
 }

@@ -12,15 +12,16 @@
 //! A failed patch is retried every [`RETRY`] while the old certificate keeps being served: nothing is
 //! swapped before the bundle that verifies it is in place. The model is the one of the start-up patch: the
 //! chart runs one replica in this mode (each replica would make its own CA), and that replica owns the bundle.
-//! If renewal keeps failing, `/healthz` says so from five-sixths of the lifetime on ([`CertExpiry::check`]),
-//! so that kubelet restarts the webhook, whose start makes and patches a new pair (or fails visibly).
+//! A renewal that keeps failing is logged at every attempt and counted (`/metrics`, next to the served
+//! certificate's expiry); `/healthz` fails only once the served certificate has expired
+//! ([`CertExpiry::check`]), when a restart, which makes and patches a new pair, is all that is left.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use time::{Duration, OffsetDateTime};
 
 use crate::tls::{CertStore, SelfSigned, self_signed_at};
@@ -35,48 +36,55 @@ pub const RETRY: Duration = Duration::minutes(1);
 /// suspended node or a clock step does not push renewal back by months).
 const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// The self-generated serving certificate's expiry, for `/healthz`. Untracked (certificate files, whose
-/// renewal is cert-manager's or the operator's of the Secret) it is always healthy.
+/// The self-generated serving certificate's expiry and its renewal failures, for `/healthz` and `/metrics`.
+/// Untracked (certificate files, whose renewal is cert-manager's or the operator's of the Secret) it is always
+/// healthy.
 #[derive(Debug, Default)]
 pub struct CertExpiry {
-    /// Unix seconds of the served certificate's `notAfter`; 0: untracked.
-    not_after: AtomicI64,
-    /// Unix seconds from which an unrenewed certificate makes `/healthz` fail.
-    unhealthy_from: AtomicI64,
+    /// Unix seconds of the served certificate's `notAfter`; 0: untracked
+    /// (`admission_certificate_expiry_timestamp_seconds`).
+    not_after: Gauge,
+    /// Failed renewal attempts (`admission_certificate_renewal_failures_total`).
+    failures: Counter,
 }
 
 impl CertExpiry {
-    /// Tracks `served`, valid for `lifetime`: unhealthy from five-sixths of it on (renewal was due at
-    /// two-thirds and has failed since).
-    pub fn track(&self, served: &SelfSigned, lifetime: Duration) {
-        let not_after = served.not_after.unix_timestamp();
-        self.unhealthy_from
-            .store(not_after - (lifetime / 6_i32).whole_seconds(), Ordering::Release);
-        self.not_after.store(not_after, Ordering::Release);
+    /// Tracks into these metrics (registered by [`crate::metrics::Metrics`]).
+    pub fn exported(not_after: Gauge, failures: Counter) -> Self {
+        CertExpiry { not_after, failures }
     }
 
-    /// What `/healthz` says at `now`.
+    /// Tracks `served`.
+    pub fn track(&self, served: &SelfSigned) {
+        self.not_after.set(served.not_after.unix_timestamp());
+    }
+
+    /// Counts a failed renewal attempt.
+    pub fn renewal_failed(&self) {
+        self.failures.inc();
+    }
+
+    /// Failed renewal attempts so far.
+    pub fn renewal_failures(&self) -> u64 {
+        self.failures.get()
+    }
+
+    /// What `/healthz` says at `now`: unhealthy only once the served certificate has expired. A renewal that
+    /// keeps failing before that is a warning (logged each attempt, counted, and visible as the expiry
+    /// gauge), not a reason to restart: the start-up would make the same patch that fails, and a webhook
+    /// that cannot start fails every write its `failurePolicy: Fail` covers, while the old certificate is
+    /// still good for weeks.
     pub fn check(&self, now: OffsetDateTime) -> Result<(), String> {
-        let not_after = self.not_after.load(Ordering::Acquire);
-        if not_after == 0 {
+        let not_after = self.not_after.get();
+        if not_after == 0 || now.unix_timestamp() < not_after {
             return Ok(());
         }
-        let now = now.unix_timestamp();
         let at = OffsetDateTime::from_unix_timestamp(not_after)
             .map_or_else(|_| not_after.to_string(), |t| t.to_string());
-        if now >= not_after {
-            Err(format!(
-                "the self-generated serving certificate expired at {at} and was not renewed (see the log); a \
-                 restart makes a new one"
-            ))
-        } else if now >= self.unhealthy_from.load(Ordering::Acquire) {
-            Err(format!(
-                "the self-generated serving certificate expires at {at} and renewing it has failed (see the log); \
-                 a restart makes a new one"
-            ))
-        } else {
-            Ok(())
-        }
+        Err(format!(
+            "the self-generated serving certificate expired at {at} and was not renewed (see the log); a restart \
+             makes a new one"
+        ))
     }
 }
 
@@ -119,7 +127,7 @@ impl Renewer {
         expiry: Arc<CertExpiry>,
         reloads: Counter,
     ) -> Self {
-        expiry.track(served, lifetime);
+        expiry.track(served);
         Renewer {
             dns_names,
             lifetime,
@@ -155,7 +163,7 @@ impl Renewer {
             && let Some((next, _)) = self.pending.take()
         {
             self.store.replace(next.key.clone());
-            self.expiry.track(&next, self.lifetime);
+            self.expiry.track(&next);
             self.reloads.inc();
             self.serving_ca = next.ca_pem.clone();
             self.due = renewal_due(&next, self.lifetime);
@@ -171,6 +179,7 @@ impl Renewer {
             Ok(next) => next,
             Err(error) => {
                 tracing::warn!(%error, "cannot renew the self-generated certificate; retrying");
+                self.expiry.renewal_failed();
                 self.due = now + self.retry;
                 return self.due;
             }
@@ -185,6 +194,7 @@ impl Renewer {
                 serve_at
             }
             Err(error) => {
+                self.expiry.renewal_failed();
                 tracing::warn!(
                     error = %error,
                     "cannot patch the renewed CA into the webhook configurations; the current certificate is \

@@ -548,7 +548,7 @@ async fn self_generated_ca_is_patched_into_the_webhook_configurations() {
     let env = start().await;
     let admin = env.admin();
     let generated = webhook::tls::self_signed(&[format!("{SVC}.{NS}.svc")]).expect("certificate");
-    webhook::cabundle::patch_ca_bundle(
+    let patched = webhook::cabundle::patch_ca_bundle(
         admin.clone(),
         &generated.ca_pem,
         Some("kube-egress-gateway"),
@@ -556,6 +556,7 @@ async fn self_generated_ca_is_patched_into_the_webhook_configurations() {
     )
     .await
     .expect("patch");
+    assert_eq!(patched, 2, "both configurations");
     let want = base64::engine::general_purpose::STANDARD.encode(&generated.ca_pem);
     let mwc = Api::<MutatingWebhookConfiguration>::all(admin.clone())
         .get("kube-egress-gateway")
@@ -589,8 +590,10 @@ async fn self_generated_ca_is_patched_into_the_webhook_configurations() {
         bundles.iter().all(|b| *b == want),
         "every webhook trusts the new CA"
     );
-    // Absent configurations are skipped, not an error.
-    webhook::cabundle::patch_ca_bundle(admin, &generated.ca_pem, Some("absent"), None)
+    // Absent configurations are skipped, not an error, and not counted (a renewal that patched nothing must
+    // not serve the new CA's certificate).
+    let patched = webhook::cabundle::patch_ca_bundle(admin, &generated.ca_pem, Some("absent"), None)
         .await
         .expect("absent is fine");
+    assert_eq!(patched, 0);
 }
