@@ -798,8 +798,9 @@ pub const UNCHANGED_SPEC_WHY: &str = "this update does not change the spec, so i
 /// become warnings ([`UNCHANGED_SPEC_WHY`]). Objects admitted before these rules (upstream's CRD accepted specs
 /// they refuse) stay writable, above all for the operator's finalizer removal, without which deleting them
 /// would wait forever. Only the admission entry points ([`validate_sgc_object_with`],
-/// [`validate_pool_object_with`]) relax: [`validate_sgc`] and [`validate_pool`], which the operator re-checks
-/// admitted objects with, still report the violations, so the object's status says what is wrong.
+/// [`validate_pool_object_with`]) relax: the typed checks [`validate_sgc`] (which the operator re-checks
+/// admitted configurations with, so their status says what is wrong) and [`validate_pool`] still report the
+/// violations.
 fn keep_unchanged_spec(verdict: Verdict, unchanged: bool) -> Verdict {
     if !unchanged || verdict.is_allowed() {
         return verdict;

@@ -321,7 +321,7 @@ fn pool_update_that_keeps_the_spec_is_warned_not_refused() {
         only(&validate_pool_object(&counted, Some(&old), None)),
         (Rule::PrefixSize, "spec.publicIpPrefixSize")
     );
-    // The typed check (the operator's) still reports it.
+    // The typed check still reports it.
     let spec: api::pool::GatewayPoolSpec = serde_json::from_value(old["spec"].clone()).expect("typed");
     assert!(!api::rules::validate_pool(&spec, Some(&spec), None).is_allowed());
 }
