@@ -158,6 +158,28 @@ fn find_condition<'a>(conditions: &'a [Condition], t: &str) -> Option<(&'a str, 
         .map(|c| (c.status.as_str(), c.reason.as_str()))
 }
 
+/// Creates the configuration `byo` on the `gateway` node pool with the BYO prefix `prefix_id`.
+async fn create_byo_sgc(sgcs: &Api<StaticGatewayConfiguration>, prefix_id: &str) {
+    create_sgc(
+        sgcs,
+        "byo",
+        json!({"gatewayNodepoolName": "gateway", "publicIpPrefixId": prefix_id}),
+    )
+    .await;
+}
+
+/// The configuration `name`, which must be `Ready=True` (`Provisioned`).
+async fn provisioned(sgcs: &Api<StaticGatewayConfiguration>, name: &str) -> StaticGatewayConfiguration {
+    let s = sgcs.get(name).await.expect("get");
+    assert_eq!(
+        condition(&s, READY),
+        Some(("True", "Provisioned")),
+        "{name}: {:?}",
+        s.status
+    );
+    s
+}
+
 fn condition<'a>(s: &'a StaticGatewayConfiguration, t: &str) -> Option<(&'a str, &'a str)> {
     find_condition(&s.status.as_ref()?.conditions, t)
 }
@@ -385,13 +407,7 @@ async fn writes_wait_for_their_operations_so_one_pass_provisions_and_a_finalizer
     create_sgc(&sgcs, "slow", json!({"gatewayNodepoolName": "gateway"})).await;
     w.azure.clear_calls();
     w.op.reconcile_pools(None).await.expect("reconcile");
-    let s = sgcs.get("slow").await.expect("get");
-    assert_eq!(
-        condition(&s, READY),
-        Some(("True", "Provisioned")),
-        "{:?}",
-        s.status
-    );
+    provisioned(&sgcs, "slow").await;
     let calls = w.azure.calls();
     assert!(
         calls.iter().all(|c| c.status != 409),
@@ -674,13 +690,7 @@ async fn a_vm_pool_reports_the_node_of_each_pre_created_nic() {
             ),
         ]
     );
-    let s = sgcs.get("private").await.expect("get");
-    assert_eq!(
-        condition(&s, READY),
-        Some(("True", "Provisioned")),
-        "{:?}",
-        s.status
-    );
+    provisioned(&sgcs, "private").await;
 }
 
 /// On a VM pool the operator deletes only the public IPs it made: the user's `prod-appgw-pip`, named after the
@@ -734,20 +744,9 @@ async fn a_vm_pool_keeps_a_users_public_ip_named_after_its_byo_prefix() {
     let pools: Api<api::GatewayPool> = Api::all(w.client.clone());
     create_pool(&pools, "gateway", "gateway").await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
-    create_sgc(
-        &sgcs,
-        "byo",
-        json!({"gatewayNodepoolName": "gateway", "publicIpPrefixId": prefix_id}),
-    )
-    .await;
+    create_byo_sgc(&sgcs, &prefix_id).await;
     w.op.reconcile_pools(None).await.expect("reconcile");
-    let s = sgcs.get("byo").await.expect("get");
-    assert_eq!(
-        condition(&s, READY),
-        Some(("True", "Provisioned")),
-        "{:?}",
-        s.status
-    );
+    provisioned(&sgcs, "byo").await;
     let ours = api::names::vm_pool_public_ip_name("prod", "aks-gateway-12345678-nic0");
     let mut want = vec!["prod-appgw-pip".to_string(), ours];
     want.sort();
@@ -1545,12 +1544,7 @@ async fn provision_managed_and_byo(w: &World) -> Api<StaticGatewayConfiguration>
     let prefix_id = create_users_prefix(w).await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
     create_sgc(&sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
-    create_sgc(
-        &sgcs,
-        "byo",
-        json!({"gatewayNodepoolName": "gateway", "publicIpPrefixId": prefix_id}),
-    )
-    .await;
+    create_byo_sgc(&sgcs, &prefix_id).await;
     w.op.reconcile_pools(None).await.expect("reconcile");
     sgcs
 }
@@ -1640,13 +1634,7 @@ async fn a_byo_prefix_unreadable_for_a_pass_keeps_its_configuration_in_azure() {
     let w = start().await;
     let sgcs = provision_managed_and_byo(&w).await;
     let byo = uid_of(&sgcs, "byo").await;
-    let s = sgcs.get("byo").await.expect("get");
-    assert_eq!(
-        condition(&s, READY),
-        Some(("True", "Provisioned")),
-        "{:?}",
-        s.status
-    );
+    provisioned(&sgcs, "byo").await;
     let ports = rule_ports(&w).await;
     let configs = ip_config_names(&w).await;
     assert!(ports.contains_key(&byo), "{ports:?}");
