@@ -373,6 +373,7 @@ impl PlanApplier for FailingPort {
                     link: l.ifname.clone(),
                     msg: "Address already in use".into(),
                 }),
+                left_behind: None,
             })
             .collect();
         Ok(ApplyReport {

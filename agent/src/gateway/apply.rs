@@ -28,7 +28,10 @@ pub enum ApplyError {
 /// A WireGuard link that could not be applied. Its configuration is left out of this apply (no link, routes,
 /// addresses or nftables rules of it remain); every other configuration is applied.
 #[derive(Debug, thiserror::Error)]
-#[error("configuration {configuration}: link {ifname}: {source}")]
+#[error(
+    "configuration {configuration}: link {ifname}: {source}{}",
+    .left_behind.as_deref().map(|e| format!(" (and the link could not be removed: {e})")).unwrap_or_default()
+)]
 pub struct LinkError {
     /// `<namespace>/<name>` of the configuration; empty for a leftover link of no configuration in the plan.
     pub configuration: String,
@@ -37,6 +40,9 @@ pub struct LinkError {
     /// What failed.
     #[source]
     pub source: ApplyError,
+    /// Why the half-built link could not be removed afterwards, when it could not: it is then still there, with
+    /// whatever key, port and peers it had (its routes and nftables rules are gone all the same).
+    pub left_behind: Option<String>,
 }
 
 /// What an apply changed (for logs, metrics and idempotency tests).
@@ -220,6 +226,7 @@ impl GatewayApplier {
                     configuration: String::new(),
                     ifname: name.clone(),
                     source: e.into(),
+                    left_behind: None,
                 }),
             }
         }
@@ -228,21 +235,27 @@ impl GatewayApplier {
             if let Err(source) = self.sync_link(gw, l, had, r) {
                 // Nothing half-built stays: a link not at its plan would carry traffic with a stale key, port or
                 // peers. Its configuration is left out of this apply and retried with the next.
-                if gw.link_exists(&l.ifname).unwrap_or(true) && gw.ip(&["link", "del", &l.ifname]).is_ok() {
-                    r.changes.push(format!("removed {} (not applied)", l.ifname));
+                let mut left_behind = None;
+                if gw.link_exists(&l.ifname).unwrap_or(true) {
+                    match gw.ip(&["link", "del", &l.ifname]) {
+                        Ok(_) => r.changes.push(format!("removed {} (not applied)", l.ifname)),
+                        Err(e) => left_behind = Some(e.to_string()),
+                    }
                 }
                 // A creation that failed before the move leaves the new link in the host namespace.
-                if !had
-                    && self.host.link_exists(&l.control_name).unwrap_or(false)
-                    && self.host.ip(&["link", "del", &l.control_name]).is_ok()
-                {
-                    r.changes
-                        .push(format!("removed {} (not applied)", l.control_name));
+                if !had && self.host.link_exists(&l.control_name).unwrap_or(false) {
+                    match self.host.ip(&["link", "del", &l.control_name]) {
+                        Ok(_) => r
+                            .changes
+                            .push(format!("removed {} (not applied)", l.control_name)),
+                        Err(e) => left_behind = Some(format!("{}: {e}", l.control_name)),
+                    }
                 }
                 r.failed.push(LinkError {
                     configuration: l.configuration.clone(),
                     ifname: l.ifname.clone(),
                     source,
+                    left_behind,
                 });
             }
         }
@@ -444,4 +457,37 @@ fn sync_routes(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_error_says_when_the_half_built_link_is_still_there() {
+        let err = |left_behind: Option<&str>| {
+            LinkError {
+                configuration: "app/egress".into(),
+                ifname: "wg-6000".into(),
+                source: ApplyError::Wg(WgError::Control {
+                    op: "configure",
+                    link: "wg-6000".into(),
+                    msg: "Address already in use".into(),
+                }),
+                left_behind: left_behind.map(str::to_string),
+            }
+            .to_string()
+        };
+        let removed = err(None);
+        assert!(
+            removed.starts_with("configuration app/egress: link wg-6000: "),
+            "{removed}"
+        );
+        assert!(!removed.contains("could not be removed"), "{removed}");
+        let stuck = err(Some("Device or resource busy"));
+        assert!(
+            stuck.ends_with(" (and the link could not be removed: Device or resource busy)"),
+            "{stuck}"
+        );
+    }
 }

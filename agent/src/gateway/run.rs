@@ -7,7 +7,7 @@
 //! fails is retried on its own, so an API server that refuses the status does not make the node re-plan and
 //! re-apply its data plane, and a status the next apply replaces is never written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ use super::probe::ProbeState;
 use super::select::{KeySecrets, NodeSettings, Skipped, active_uids, gateway_status, select};
 use super::tunnels::{TunnelLink, TunnelView};
 use crate::error::ClusterError;
-use crate::metrics::{Metrics, SkippedLabels};
+use crate::metrics::{ConfigurationLabels, Metrics, SkippedLabels};
 use crate::node::kube_cluster::server_side_apply;
 use crate::object::NamespacedName;
 
@@ -116,6 +116,34 @@ fn spawn_watch<K>(
 }
 
 /// The applied links with the configuration each serves.
+
+/// Removes the `gateway_configuration_apply_failures_total` series of the configurations in `counted` that
+/// are no longer in the cluster (`sgcs`), so a deleted configuration's series does not stay forever.
+fn forget_gone_configurations(
+    counted: &mut BTreeSet<String>,
+    sgcs: &[StaticGatewayConfiguration],
+    metrics: &Metrics,
+) {
+    if counted.is_empty() {
+        return;
+    }
+    let present: BTreeSet<String> = sgcs
+        .iter()
+        .map(|s| crate::object::NamespacedName::of(&s.metadata).to_string())
+        .collect();
+    counted.retain(|configuration| {
+        let keep = present.contains(configuration);
+        if !keep {
+            metrics
+                .gateway_configuration_apply_failures
+                .remove(&ConfigurationLabels {
+                    configuration: configuration.clone(),
+                });
+        }
+        keep
+    });
+}
+
 fn tunnel_links(plan: &GatewayPlan) -> Vec<TunnelLink> {
     plan.links
         .values()
@@ -295,9 +323,12 @@ impl GatewayLoop {
         tracing::info!("gateway caches synced");
         let mut retry = FIRST_RETRY;
         let mut skips = SkipLog::default();
+        // Configurations with a `gateway_configuration_apply_failures_total` series: removed with them.
+        let mut counted: BTreeSet<String> = BTreeSet::new();
         loop {
             let sgc_list: Vec<StaticGatewayConfiguration> =
                 sgcs.state().iter().map(|s| (**s).clone()).collect();
+            forget_gone_configurations(&mut counted, &sgc_list, &self.metrics);
             let pe_list: Vec<PodEndpoint> = pes.state().iter().map(|s| (**s).clone()).collect();
             let sel = select(&self.settings, &sgc_list, &key_secrets(&secrets), &pe_list);
             skips.record(&sel.skipped, &self.metrics);
@@ -324,6 +355,9 @@ impl GatewayLoop {
                     };
                     for f in &report.failed {
                         self.metrics.gateway_configuration_apply_failed(&f.configuration);
+                        if !f.configuration.is_empty() {
+                            counted.insert(f.configuration.clone());
+                        }
                         tracing::error!(
                             configuration = %f.configuration,
                             link = %f.ifname,
