@@ -153,11 +153,16 @@ fn with_nic_configs(read: &Value, ptr: &str, desired: &crate::desired::Nic) -> O
 const INSTANCE_REFUSAL_CODES: &[&str] = &["PublicIPPrefixOutOfIpAddressesForPublicIPAddress", "SubnetIsFull"];
 
 /// Whether ARM refused an instance or NIC update for that instance alone: it is gone (404), busy or in a state
-/// that refuses the change (409), or there is no address for it (e.g. the node a full prefix has none for).
-/// Such a refusal is that instance's: it is reported for it, and the rest of the plan goes on. Anything else
-/// (401/403: a missing role; another 400: a body the operator built wrong; 412, 429, 5xx) is the pool's and
-/// fails the pass, as every other write's does.
+/// that refuses the change (409), or there is no address for it (e.g. the node a full prefix has none for),
+/// whether ARM says so at once or as the end of the update's long-running operation (Compute reports an
+/// allocation failure there). An update whose operation ended `Failed` or `Canceled` was accepted, so what
+/// went wrong is that instance's too. Such a refusal is that instance's: it is reported for it, and the rest of
+/// the plan goes on. Anything else (401/403: a missing role; another 400: a body the operator built wrong; 412,
+/// 429, 5xx) is the pool's and fails the pass, as every other write's does.
 fn refused_for_this_target(e: &ArmError) -> bool {
+    if e.operation_ended {
+        return true;
+    }
     match e.status {
         Some(404 | 409) => true,
         Some(400) => e
@@ -453,7 +458,25 @@ mod refusal_tests {
             status: Some(status),
             code: Some(code.into()),
             message: String::new(),
+            operation_ended: false,
         }
+    }
+
+    #[test]
+    fn an_update_whose_operation_failed_stays_with_its_instance() {
+        let ended = ArmError {
+            status: None,
+            code: Some("AllocationFailed".into()),
+            operation_ended: true,
+            ..refusal(400, "")
+        };
+        assert!(refused_for_this_target(&ended));
+        let timed_out = ArmError {
+            status: None,
+            code: None,
+            ..refusal(400, "")
+        };
+        assert!(!refused_for_this_target(&timed_out), "a deadline is the pool's");
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct ArmError {
     pub code: Option<String>,
     /// Details.
     pub message: String,
+    /// ARM accepted the write and its long-running operation ended `Failed` or `Canceled` (what went wrong is
+    /// then about the resource itself, not the request).
+    pub operation_ended: bool,
 }
 
 impl ArmError {
@@ -76,6 +79,7 @@ impl ArmError {
             status,
             code,
             message,
+            operation_ended: false,
         }
     }
 
@@ -86,6 +90,7 @@ impl ArmError {
             status: None,
             code: None,
             message: message.into(),
+            operation_ended: false,
         }
     }
 
@@ -388,6 +393,7 @@ fn ended(op: &str, name: &str, state: &str, answer: &Value) -> ArmError {
             "the operation ended {state}: {}",
             text("message").unwrap_or("ARM said no more")
         ),
+        operation_ended: true,
     }
 }
 
@@ -996,6 +1002,7 @@ mod tests {
             status: Some(400),
             code: Some("InUsePublicIpPrefixCannotBeDeleted".into()),
             message: "in use".into(),
+            operation_ended: false,
         };
         assert_eq!(
             e.to_string(),
