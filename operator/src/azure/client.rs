@@ -328,6 +328,15 @@ enum Completion {
 /// value is no URL is ignored as if absent (the next rule applies).
 fn completion_of(method: &Method, status: StatusCode, headers: &Headers, body: &Value) -> Completion {
     let url = |name: &HeaderName| headers.get_optional_str(name).and_then(|v| Url::parse(v).ok());
+    // A PUT answered 200/201 whose resource already says it is done is done, whatever headers come with it
+    // (as the Azure SDKs' pollers take it): no wait, no poll.
+    if *method != Method::Delete && matches!(status, StatusCode::Ok | StatusCode::Created) {
+        match provisioning_state(body).map(progress) {
+            Some(Progress::Succeeded) => return Completion::Done,
+            Some(Progress::Ended(state)) => return Completion::Ended(state),
+            Some(Progress::Running) | None => {}
+        }
+    }
     if let Some(url) = url(&AZURE_ASYNCOPERATION) {
         return Completion::AsyncOperation(url);
     }
@@ -400,12 +409,14 @@ fn ended(op: &str, name: &str, state: &str, answer: &Value) -> ArmError {
 /// How long to wait before polling when no answer said (azure_core's default for long-running operations).
 const DEFAULT_POLL_DELAY: Duration = Duration::from_secs(30);
 
-/// The answer's `retry-after-ms`, `x-ms-retry-after-ms` or `Retry-After`, if it has one.
+/// The answer's `retry-after-ms`, `x-ms-retry-after-ms` or `Retry-After`, if it has one. Zero counts as none
+/// (as the Azure SDKs take it): polling back to back would spend the read quota until the deadline.
 fn retry_after(headers: &Headers) -> Option<Duration> {
     [RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS, RETRY_AFTER]
         .iter()
         .any(|h| headers.get_optional_str(h).is_some())
         .then(|| azure_core::lro::get_retry_after(headers))
+        .filter(|d| !d.is_zero())
 }
 
 /// One ARM resource or collection: how calls on it are named, where it is, which API version serves it.
@@ -1064,6 +1075,19 @@ mod tests {
             completion_of(&Method::Put, StatusCode::Accepted, &location_only, &Value::Null),
             Completion::Location(url(RESULT))
         );
+        // An answer whose resource already says it is done is done, with whatever header.
+        let succeeded = serde_json::json!({"properties": {"provisioningState": "Succeeded"}});
+        let failed = serde_json::json!({"properties": {"provisioningState": "Failed"}});
+        for status in [StatusCode::Ok, StatusCode::Created] {
+            assert_eq!(
+                completion_of(&Method::Put, status, &async_only, &succeeded),
+                Completion::Done
+            );
+            assert_eq!(
+                completion_of(&Method::Put, status, &both, &failed),
+                Completion::Ended("Failed".into())
+            );
+        }
         // A header that is no URL counts as absent.
         let garbage = headers(&[("azure-asyncoperation", "not a url"), ("location", RESULT)]);
         assert_eq!(
@@ -1142,5 +1166,8 @@ mod tests {
             retry_after(&headers(&[("retry-after", "3")])),
             Some(Duration::from_secs(3))
         );
+        // Zero is no answer: polling back to back would spend the read quota.
+        assert_eq!(retry_after(&headers(&[("retry-after", "0")])), None);
+        assert_eq!(retry_after(&headers(&[("retry-after-ms", "0")])), None);
     }
 }
