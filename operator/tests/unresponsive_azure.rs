@@ -247,6 +247,15 @@ async fn answering_endpoint(
     status: &'static str,
     headers: String,
 ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    answering_endpoint_with(status, headers, "{}".to_string()).await
+}
+
+/// [`answering_endpoint`] answering `body`.
+async fn answering_endpoint_with(
+    status: &'static str,
+    headers: String,
+    body: String,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -255,7 +264,7 @@ async fn answering_endpoint(
     let counted = count.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            let (count, headers) = (counted.clone(), headers.clone());
+            let (count, headers, body) = (counted.clone(), headers.clone(), body.clone());
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -281,7 +290,8 @@ async fn answering_endpoint(
                 }
                 count.fetch_add(1, Ordering::SeqCst);
                 let answer = format!(
-                    "HTTP/1.1 {status}\r\n{headers}content-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                    "HTTP/1.1 {status}\r\n{headers}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
                 );
                 let _ = socket.write_all(answer.as_bytes()).await;
             });
@@ -320,6 +330,41 @@ async fn an_operation_to_poll_elsewhere_than_at_the_arm_endpoint_is_not_polled()
     assert_eq!(writes.load(Ordering::SeqCst), 1);
     assert_eq!(
         polls.load(Ordering::SeqCst),
+        0,
+        "nothing sent to the other origin"
+    );
+}
+
+#[tokio::test]
+async fn a_next_page_elsewhere_than_at_the_arm_endpoint_is_not_fetched() {
+    use std::sync::atomic::Ordering;
+    // Another origin (another port): it would get the bearer token with the request.
+    let (elsewhere, fetched) = answering_endpoint("200 OK", String::new()).await;
+    let (arm_url, listed) = answering_endpoint_with(
+        "200 OK",
+        String::new(),
+        json!({"value": [], "nextLink": format!("{elsewhere}/page2")}).to_string(),
+    )
+    .await;
+    let arm = Arm::new(
+        &cloud_config(&arm_url, |_| {}),
+        Arc::new(FixedToken),
+        no_retries(),
+        &short(),
+        &Metrics::new(),
+    )
+    .expect("client");
+    let err = returns("the listing", arm.list_vmss("node-rg"))
+        .await
+        .expect_err("the next page is not fetched");
+    assert!(
+        err.message.contains("nextLink is at")
+            && err.message.contains("not at the resource manager endpoint"),
+        "{err}"
+    );
+    assert_eq!(listed.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        fetched.load(Ordering::SeqCst),
         0,
         "nothing sent to the other origin"
     );

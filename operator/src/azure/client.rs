@@ -591,9 +591,22 @@ impl Arm {
                 out.extend(items);
             }
             next = match page.get("nextLink").and_then(Value::as_str) {
-                Some(link) if !link.is_empty() => Some(
-                    Url::parse(link).map_err(|e| ArmError::local(&op, t.name, format!("nextLink: {e}")))?,
-                ),
+                Some(link) if !link.is_empty() => {
+                    let url = Url::parse(link)
+                        .map_err(|e| ArmError::local(&op, t.name, format!("nextLink: {e}")))?;
+                    // The next page's request carries the bearer token: only to the ARM endpoint it is for.
+                    if url.origin() != self.endpoint.origin() {
+                        return Err(ArmError::local(
+                            &op,
+                            t.name,
+                            format!(
+                                "nextLink is at {}, not at the resource manager endpoint",
+                                url.host_str().unwrap_or("a URL without a host")
+                            ),
+                        ));
+                    }
+                    Some(url)
+                }
                 _ => None,
             };
         }
