@@ -784,8 +784,7 @@ pub fn validate_sgc_object_with(
     let old_spec = old.map(|o| decode_sgc_spec(o.get("spec"), &mut Verdict::default()));
     let facts = facts(&new_spec);
     let spec_verdict = merge_decoded(type_errors, validate_sgc(&new_spec, old_spec.as_ref(), &facts));
-    let unchanged =
-        old.is_some_and(|old| normalized_sgc_spec(new.get("spec")) == normalized_sgc_spec(old.get("spec")));
+    let unchanged = old.is_some_and(|old| same_sgc_spec(new.get("spec"), old.get("spec")));
     let mut verdict = keep_unchanged_spec(spec_verdict, unchanged);
     verdict.violations.extend(adopted_prefix_violation(new, old));
     verdict
@@ -810,17 +809,28 @@ fn keep_unchanged_spec(verdict: Verdict, unchanged: bool) -> Verdict {
     kept
 }
 
-/// A configuration's spec as stored after the mutating webhook's defaults ([`crate::defaults::sgc_defaults`]):
-/// an object written before them (upstream's `gatewayVmssProfile: {}`, a spec without `defaultRoute`) compares
-/// equal to itself as the webhook passes it on.
-fn normalized_sgc_spec(spec: Option<&Value>) -> Value {
-    let mut obj = serde_json::json!({ "spec": spec.cloned().unwrap_or(Value::Null) });
-    let patch = crate::defaults::sgc_defaults(&obj);
-    if json_patch::patch(&mut obj, &patch).is_err() {
-        // The defaults did not apply (a spec of the wrong type): compare it as it is.
-        return spec.cloned().unwrap_or(Value::Null);
+/// Whether two configuration specs are the same as stored after the mutating webhook's defaults
+/// ([`crate::defaults::sgc_defaults`]): an object written before them (upstream's `gatewayVmssProfile: {}`, a
+/// spec without `defaultRoute` or `provisionPublicIps`) is the same as itself as the webhook passes it on.
+/// Both are compared as [`decode_sgc_spec`] reads them (which fills those defaults), an empty profile counting
+/// as none; a spec that does not decode cleanly (a field of the wrong type) is compared as it is.
+fn same_sgc_spec(a: Option<&Value>, b: Option<&Value>) -> bool {
+    let typed = |spec: Option<&Value>| {
+        let mut wrong = Verdict::default();
+        let mut decoded = decode_sgc_spec(spec, &mut wrong);
+        if decoded
+            .gateway_vmss_profile
+            .as_ref()
+            .is_some_and(GatewayVmssProfile::is_empty)
+        {
+            decoded.gateway_vmss_profile = None;
+        }
+        wrong.violations.is_empty().then_some(decoded)
+    };
+    match (typed(a), typed(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
     }
-    obj.get_mut("spec").map(Value::take).unwrap_or(Value::Null)
 }
 
 /// The adopted-prefix annotation ([`crate::names::ADOPTED_PREFIX_ANNOTATION`]), when it is set or changed:
