@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use api::PoolRef;
 use operator::azure::RetryBudget;
 use operator::azure::{apply, observe};
-use operator::desired::{Config, Egress};
+use operator::desired::Config;
 use operator::metrics::Metrics;
 use serde_json::json;
 use testbed::azure::{AzureSim, LroConfig, Seed};
@@ -94,15 +94,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
     let p = observe::resolve(&arm, &cfg, &PoolRef::Nodepool("gateway".into()), None)
         .await
         .expect("pool");
-    let set: Vec<Config> = (0..configs)
-        .map(|i| Config {
-            uid: format!("00000000-0000-0000-0000-{i:012}"),
-            egress: Egress::Managed,
-            deleting: false,
-            kept: false,
-            adopted: None,
-        })
-        .collect();
+    let set: Vec<Config> = common::managed_configs(configs);
     let writes = |sim: &AzureSim| {
         sim.calls()
             .iter()

@@ -36,15 +36,7 @@ async fn start(seed: Seed) -> Env {
 }
 
 fn managed(n: usize) -> Vec<Config> {
-    (0..n)
-        .map(|i| Config {
-            uid: format!("00000000-0000-0000-0000-{i:012}"),
-            egress: Egress::Managed,
-            deleting: false,
-            kept: false,
-            adopted: None,
-        })
-        .collect()
+    common::managed_configs(n)
 }
 
 async fn resolve(env: &Env) -> ResolvedPool {

@@ -85,16 +85,7 @@ async fn returns<T>(what: &str, call: impl Future<Output = T>) -> T {
 /// An ARM client (short bounds, no retries, a fixed token) of a [`silent_endpoint`], and the endpoint's task.
 async fn arm_on_silent_endpoint() -> (Arm, tokio::task::JoinHandle<()>) {
     let (url, endpoint) = silent_endpoint().await;
-    let cfg = cloud_config(&url, |_| {});
-    let arm = Arm::new(
-        &cfg,
-        Arc::new(FixedToken),
-        no_retries(),
-        &short(),
-        &Metrics::new(),
-    )
-    .expect("client");
-    (arm, endpoint)
+    (quick_client(&url), endpoint)
 }
 
 #[tokio::test]
@@ -310,14 +301,7 @@ async fn an_operation_to_poll_elsewhere_than_at_the_arm_endpoint_is_not_polled()
         format!("azure-asyncoperation: {elsewhere}/operations/1\r\nretry-after-ms: 1\r\n"),
     )
     .await;
-    let arm = Arm::new(
-        &cloud_config(&arm_url, |_| {}),
-        Arc::new(FixedToken),
-        no_retries(),
-        &short(),
-        &Metrics::new(),
-    )
-    .expect("client");
+    let arm = quick_client(&arm_url);
     let prefix = json!({"location": "eastus", "properties": {"prefixLength": 31}});
     let err = returns("the prefix write", arm.put_prefix("node-rg", "p", &prefix))
         .await
@@ -346,14 +330,7 @@ async fn a_next_page_elsewhere_than_at_the_arm_endpoint_is_not_fetched() {
         json!({"value": [], "nextLink": format!("{elsewhere}/page2")}).to_string(),
     )
     .await;
-    let arm = Arm::new(
-        &cloud_config(&arm_url, |_| {}),
-        Arc::new(FixedToken),
-        no_retries(),
-        &short(),
-        &Metrics::new(),
-    )
-    .expect("client");
+    let arm = quick_client(&arm_url);
     let err = returns("the listing", arm.list_vmss("node-rg"))
         .await
         .expect_err("the next page is not fetched");
@@ -368,4 +345,16 @@ async fn a_next_page_elsewhere_than_at_the_arm_endpoint_is_not_fetched() {
         0,
         "nothing sent to the other origin"
     );
+}
+
+/// A client of the ARM endpoint at `url`: a fixed token, no retries, short timeouts.
+fn quick_client(url: &str) -> Arm {
+    Arm::new(
+        &cloud_config(url, |_| {}),
+        Arc::new(FixedToken),
+        no_retries(),
+        &short(),
+        &Metrics::new(),
+    )
+    .expect("client")
 }

@@ -137,3 +137,16 @@ pub async fn takeover_after(
     .await;
     seen.load(std::sync::atomic::Ordering::SeqCst)
 }
+
+/// `n` managed configurations, as a pool pass plans them, with uids `00000000-0000-0000-0000-<i>`.
+pub fn managed_configs(n: usize) -> Vec<operator::desired::Config> {
+    (0..n)
+        .map(|i| operator::desired::Config {
+            uid: format!("00000000-0000-0000-0000-{i:012}"),
+            egress: operator::desired::Egress::Managed,
+            deleting: false,
+            kept: false,
+            adopted: None,
+        })
+        .collect()
+}
