@@ -115,8 +115,6 @@ fn spawn_watch<K>(
     });
 }
 
-/// The applied links with the configuration each serves.
-
 /// Removes the `gateway_configuration_apply_failures_total` series of the configurations in `counted` that
 /// are no longer in the cluster (`sgcs`), so a deleted configuration's series does not stay forever.
 fn forget_gone_configurations(
@@ -144,6 +142,7 @@ fn forget_gone_configurations(
     });
 }
 
+/// The applied links with the configuration each serves.
 fn tunnel_links(plan: &GatewayPlan) -> Vec<TunnelLink> {
     plan.links
         .values()
