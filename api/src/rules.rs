@@ -781,10 +781,18 @@ pub fn validate_sgc_object_with(
 ) -> Verdict {
     let mut type_errors = Verdict::default();
     let new_spec = decode_sgc_spec(new.get("spec"), &mut type_errors);
-    let old_spec = old.map(|o| decode_sgc_spec(o.get("spec"), &mut Verdict::default()));
+    let mut old_type_errors = Verdict::default();
+    let old_spec = old.map(|o| decode_sgc_spec(o.get("spec"), &mut old_type_errors));
+    // Unchanged as stored after the mutating webhook's defaults, which the decoder fills in too; a spec that
+    // does not decode cleanly (a field of the wrong type) is compared as it is.
+    let decoded_cleanly = type_errors.violations.is_empty() && old_type_errors.violations.is_empty();
+    let unchanged = match (old, &old_spec) {
+        (Some(_), Some(old_spec)) if decoded_cleanly => same_sgc_spec(&new_spec, old_spec),
+        (Some(old), _) => new.get("spec") == old.get("spec"),
+        (None, _) => false,
+    };
     let facts = facts(&new_spec);
     let spec_verdict = merge_decoded(type_errors, validate_sgc(&new_spec, old_spec.as_ref(), &facts));
-    let unchanged = old.is_some_and(|old| same_sgc_spec(new.get("spec"), old.get("spec")));
     let mut verdict = keep_unchanged_spec(spec_verdict, unchanged);
     verdict.violations.extend(adopted_prefix_violation(new, old));
     verdict
@@ -809,28 +817,16 @@ fn keep_unchanged_spec(verdict: Verdict, unchanged: bool) -> Verdict {
     kept
 }
 
-/// Whether two configuration specs are the same as stored after the mutating webhook's defaults
-/// ([`crate::defaults::sgc_defaults`]): an object written before them (upstream's `gatewayVmssProfile: {}`, a
-/// spec without `defaultRoute` or `provisionPublicIps`) is the same as itself as the webhook passes it on.
-/// Both are compared as [`decode_sgc_spec`] reads them (which fills those defaults), an empty profile counting
-/// as none; a spec that does not decode cleanly (a field of the wrong type) is compared as it is.
-fn same_sgc_spec(a: Option<&Value>, b: Option<&Value>) -> bool {
-    let typed = |spec: Option<&Value>| {
-        let mut wrong = Verdict::default();
-        let mut decoded = decode_sgc_spec(spec, &mut wrong);
-        if decoded
-            .gateway_vmss_profile
-            .as_ref()
-            .is_some_and(GatewayVmssProfile::is_empty)
-        {
-            decoded.gateway_vmss_profile = None;
-        }
-        wrong.violations.is_empty().then_some(decoded)
+/// Whether two decoded configuration specs are the same as stored after the mutating webhook's defaults
+/// ([`crate::defaults::sgc_defaults`]): the decoder fills `defaultRoute` and `provisionPublicIps` as they do,
+/// and an empty `gatewayVmssProfile` (which the defaults drop) counts as none, so an object written before
+/// them (upstream's `gatewayVmssProfile: {}`) is the same as itself as the webhook passes it on.
+fn same_sgc_spec(a: &StaticGatewayConfigurationSpec, b: &StaticGatewayConfigurationSpec) -> bool {
+    let as_stored = |s: &StaticGatewayConfigurationSpec| StaticGatewayConfigurationSpec {
+        gateway_vmss_profile: s.vmss_profile().cloned(),
+        ..s.clone()
     };
-    match (typed(a), typed(b)) {
-        (Some(a), Some(b)) => a == b,
-        _ => a == b,
-    }
+    as_stored(a) == as_stored(b)
 }
 
 /// The adopted-prefix annotation ([`crate::names::ADOPTED_PREFIX_ANNOTATION`]), when it is set or changed:
