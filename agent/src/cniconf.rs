@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use api::names::CNI_PLUGIN_TYPE;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -30,10 +31,10 @@ pub fn primary_file(mut names: Vec<String>, ours: &str) -> Option<String> {
     names.into_iter().next()
 }
 
-/// Whether the CNI configuration `v` (a `.conflist`'s `plugins`, or a single `.conf`) runs the plugin of type
-/// `plugin_type`.
-fn chains_plugin(v: &Value, plugin_type: &str) -> bool {
-    let is_it = |p: &Value| p.get("type").and_then(Value::as_str) == Some(plugin_type);
+/// Whether the CNI configuration `v` (a `.conflist`'s `plugins`, or a single `.conf`) runs our plugin
+/// ([`CNI_PLUGIN_TYPE`]).
+fn runs_our_plugin(v: &Value) -> bool {
+    let is_it = |p: &Value| p.get("type").and_then(Value::as_str) == Some(CNI_PLUGIN_TYPE);
     match v.get("plugins").and_then(Value::as_array) {
         Some(plugins) => plugins.iter().any(is_it),
         None => is_it(v),
@@ -147,14 +148,11 @@ impl ConfManager {
         if name == self.file_name || !CNI_EXTENSIONS.iter().any(|e| name.ends_with(e)) {
             return false;
         }
-        let Some(our_type) = self.entry.get("type").and_then(Value::as_str) else {
-            return false;
-        };
         let path = self.dir.join(name);
         let chains_ours = std::fs::read_to_string(&path)
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .is_some_and(|v| chains_plugin(&v, our_type));
+            .is_some_and(|v| runs_our_plugin(&v));
         if chains_ours {
             match std::fs::remove_file(&path) {
                 Ok(()) => {
