@@ -594,17 +594,7 @@ impl Arm {
                 Some(link) if !link.is_empty() => {
                     let url = Url::parse(link)
                         .map_err(|e| ArmError::local(&op, t.name, format!("nextLink: {e}")))?;
-                    // The next page's request carries the bearer token: only to the ARM endpoint it is for.
-                    if url.origin() != self.endpoint.origin() {
-                        return Err(ArmError::local(
-                            &op,
-                            t.name,
-                            format!(
-                                "nextLink is at {}, not at the resource manager endpoint",
-                                url.host_str().unwrap_or("a URL without a host")
-                            ),
-                        ));
-                    }
+                    self.at_endpoint(&url, &op, t.name, "nextLink")?;
                     Some(url)
                 }
                 _ => None,
@@ -686,6 +676,22 @@ impl Arm {
             })?
     }
 
+    /// `Ok` when `url` (`what`, from an ARM answer) is at the resource manager endpoint's origin: a request to it
+    /// carries the bearer token, which goes to the ARM endpoint it is for and nowhere else.
+    fn at_endpoint(&self, url: &Url, op: &str, name: &str, what: &str) -> ArmResult<()> {
+        if url.origin() == self.endpoint.origin() {
+            return Ok(());
+        }
+        Err(ArmError::local(
+            op,
+            name,
+            format!(
+                "{what} is at {}, not at the resource manager endpoint",
+                url.host_str().unwrap_or("a URL without a host")
+            ),
+        ))
+    }
+
     /// Polls as `pending` says until the operation is over: `Ok` when it succeeded, an error naming `op` and
     /// ARM's code and message when it failed or was canceled. Each poll waits the `Retry-After` of the last
     /// answer that had one (azure_core's default before any did).
@@ -697,18 +703,8 @@ impl Arm {
         mut delay: Option<Duration>,
     ) -> ArmResult<Option<Value>> {
         let fail = |e: azure_core::Error| ArmError::from_sdk(op, t.name, &e);
-        if let Completion::AsyncOperation(url) | Completion::Location(url) = &pending
-            && url.origin() != self.endpoint.origin()
-        {
-            // Polls carry the bearer token: only to the ARM endpoint it is for.
-            return Err(ArmError::local(
-                op,
-                t.name,
-                format!(
-                    "the operation to poll is at {}, not at the resource manager endpoint",
-                    url.host_str().unwrap_or("a URL without a host")
-                ),
-            ));
+        if let Completion::AsyncOperation(url) | Completion::Location(url) = &pending {
+            self.at_endpoint(url, op, t.name, "the operation to poll")?;
         }
         loop {
             tokio::time::sleep(delay.unwrap_or(DEFAULT_POLL_DELAY)).await;
