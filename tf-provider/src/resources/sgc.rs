@@ -378,13 +378,6 @@ mod tests {
             (
                 vec![
                     ("gateway_nodepool_name", Value::str("gw")),
-                    ("exclude_cidrs", Value::List(vec![Value::str("1".repeat(65))])),
-                ],
-                ".exclude_cidrs[0]",
-            ),
-            (
-                vec![
-                    ("gateway_nodepool_name", Value::str("gw")),
                     ("default_route", Value::str("direct")),
                 ],
                 ".default_route",
@@ -396,6 +389,29 @@ mod tests {
             let got = error_paths(&validate(&Kind::Sgc.config(all)));
             assert!(got.iter().any(|p| p == want), "want {want}, got {got:?}");
         }
+    }
+
+    #[test]
+    fn an_exclude_cidrs_entry_over_the_crds_length_is_reported_as_such() {
+        // Any 65 characters are no CIDR either: what only the bound says is its length, unquoted.
+        let c = Kind::Sgc.config(vec![
+            ("namespace", Value::str("app")),
+            ("name", Value::str("egress")),
+            ("gateway_nodepool_name", Value::str("gw")),
+            ("exclude_cidrs", Value::List(vec![Value::str("1".repeat(65))])),
+        ]);
+        let diags = validate(&c);
+        assert_eq!(error_paths(&diags), vec![".exclude_cidrs[0]".to_string()]);
+        let detail = diags
+            .iter()
+            .map(|d| d.detail.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            detail.contains("is 65 characters long, more than the 64 the CRD accepts")
+                && !detail.contains(&"1".repeat(65)),
+            "{detail}"
+        );
     }
 
     #[test]
