@@ -87,6 +87,7 @@ async fn measure(configs: usize, instances: u32) -> Vec<Row> {
         max_duration_ms: 2000,
         fail_next: 0,
         reject_concurrent: false,
+        ..LroConfig::default()
     });
     let cfg = common::cloud_config(&seed, &sim);
     let metrics = Metrics::new();

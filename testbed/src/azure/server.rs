@@ -146,6 +146,28 @@ pub struct LroConfig {
     /// lists Compute's "... since another operation is in progress").
     #[serde(default)]
     pub reject_concurrent: bool,
+    /// How PUT and DELETE answers say what to poll (ARM's resource providers differ).
+    #[serde(default)]
+    pub style: LroStyle,
+}
+
+/// How a write's answer says what to poll, the styles of ARM's asynchronous-operation contract
+/// (<https://github.com/Azure/azure-resource-manager-rpc/blob/master/v1.0/async-api-reference.md>).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum LroStyle {
+    /// PUT: 201/200 with `provisioningState: Updating` and `Azure-AsyncOperation`; DELETE: 202 with
+    /// `Azure-AsyncOperation` and `Location`. The operation status answers `{"status": ...}`.
+    #[default]
+    AsyncOperation,
+    /// PUT and DELETE: 202 with `Location` alone, whose URL answers 202 while the operation runs, 204 when it
+    /// succeeded, and the operation's error (500 `InternalServerError`) when it failed.
+    Location,
+    /// PUT: 201/200 with `provisioningState: Updating` and no polling header, the resource's GET showing it
+    /// `Updating` until the operation ends (`Succeeded` or `Failed`); DELETE: 202 with no header, the resource's
+    /// GET showing it `Deleting` until it is gone. Each GET of the resource while its operation runs counts as
+    /// a poll of it.
+    ProvisioningState,
 }
 
 impl Default for LroConfig {
@@ -157,6 +179,7 @@ impl Default for LroConfig {
             max_duration_ms: 2000,
             fail_next: 0,
             reject_concurrent: false,
+            style: LroStyle::AsyncOperation,
         }
     }
 }
@@ -172,6 +195,7 @@ struct Operation {
     started: Instant,
     done: bool,
     fails: bool,
+    style: LroStyle,
 }
 
 /// Bearer tokens handed out by the simulated AAD/IMDS; `Debug` shows only how many.
@@ -267,6 +291,37 @@ impl SimState {
         for k in due {
             self.complete(&k);
         }
+    }
+
+    /// One poll of operation `op_id`: whether it is now over, and whether it failed (`None`: no such operation).
+    fn poll(&mut self, op_id: &str) -> Option<(bool, bool)> {
+        let in_progress_polls = self.lro.in_progress_polls;
+        let op = self.operations.get_mut(op_id)?;
+        op.polls += 1;
+        let fails = op.fails;
+        let finished = op.done || op.polls > in_progress_polls;
+        if finished && !op.done {
+            self.complete(op_id);
+        }
+        Some((finished, fails))
+    }
+
+    /// A GET of resource `id`, which polls its running operation when that answered in
+    /// [`LroStyle::ProvisioningState`] style: whether the operation still runs after it.
+    fn poll_by_get(&mut self, id: &str) -> bool {
+        let key = world::key(id);
+        let running = self
+            .operations
+            .iter()
+            .find(|(_, o)| {
+                !o.done
+                    && o.style == LroStyle::ProvisioningState
+                    && o.resource_id.as_deref().map(world::key) == Some(key.clone())
+            })
+            .map(|(op_id, _)| op_id.clone());
+        running
+            .and_then(|op_id| self.poll(&op_id))
+            .is_some_and(|(finished, _)| !finished)
     }
 
     fn complete(&mut self, op_id: &str) {
@@ -1283,13 +1338,20 @@ fn crud(
     get: impl Fn(&World) -> Result<Value, ArmError>,
 ) -> Result<Response, ArmError> {
     match *m {
-        Method::GET => match get(&s.world) {
-            Err(e) if e.status == 404 => s
-                .being_deleted_as(id)
-                .map(|v| ok_json(StatusCode::OK, &v))
-                .ok_or(e),
-            other => Ok(ok_json(StatusCode::OK, &other?)),
-        },
+        Method::GET => {
+            let running = s.poll_by_get(id);
+            let mut resp = match get(&s.world) {
+                Err(e) if e.status == 404 => s
+                    .being_deleted_as(id)
+                    .map(|v| ok_json(StatusCode::OK, &v))
+                    .ok_or(e)?,
+                other => ok_json(StatusCode::OK, &other?),
+            };
+            if running {
+                retry_headers(s, &mut resp);
+            }
+            Ok(resp)
+        }
         Method::PUT | Method::DELETE => {
             check_preconditions(&s.world, r, id)?;
             if s.lro.reject_concurrent
@@ -1327,8 +1389,16 @@ fn crud(
                     p.insert("provisioningState".into(), json!("Updating"));
                 }
                 let op = start_operation(s, Some(id.to_owned()));
-                let mut resp = ok_json(status, &body);
-                lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), false);
+                let mut resp = match s.lro.style {
+                    LroStyle::Location => StatusCode::ACCEPTED.into_response(),
+                    LroStyle::AsyncOperation | LroStyle::ProvisioningState => ok_json(status, &body),
+                };
+                let headers = match s.lro.style {
+                    LroStyle::AsyncOperation => Polling::ASYNC_OPERATION,
+                    LroStyle::Location => Polling::LOCATION,
+                    LroStyle::ProvisioningState => Polling::NONE,
+                };
+                lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), headers);
                 Ok(resp)
             } else {
                 let shown = get(&s.world).ok();
@@ -1346,7 +1416,12 @@ fn crud(
                     o.deleting = Some(shown);
                 }
                 let mut resp = StatusCode::ACCEPTED.into_response();
-                lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), true);
+                let headers = match s.lro.style {
+                    LroStyle::AsyncOperation => Polling::BOTH,
+                    LroStyle::Location => Polling::LOCATION,
+                    LroStyle::ProvisioningState => Polling::NONE,
+                };
+                lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), headers);
                 Ok(resp)
             }
         }
@@ -1414,6 +1489,7 @@ fn start_operation(s: &mut SimState, resource_id: Option<String>) -> String {
             started: Instant::now(),
             done: false,
             fails,
+            style: s.lro.style,
         },
     );
     op
@@ -1429,23 +1505,52 @@ fn retry_headers(s: &SimState, resp: &mut Response) {
     }
 }
 
+/// Which polling headers a write's answer carries.
+#[derive(Clone, Copy)]
+struct Polling {
+    async_operation: bool,
+    location: bool,
+}
+
+impl Polling {
+    const ASYNC_OPERATION: Self = Self {
+        async_operation: true,
+        location: false,
+    };
+    const LOCATION: Self = Self {
+        async_operation: false,
+        location: true,
+    };
+    const BOTH: Self = Self {
+        async_operation: true,
+        location: true,
+    };
+    const NONE: Self = Self {
+        async_operation: false,
+        location: false,
+    };
+}
+
+/// The polling headers `polling` asks for, naming operation `op`, and the retry headers.
 fn lro_headers(
     s: &SimState,
     resp: &mut Response,
     provider: &str,
     op: &str,
     api: Option<&str>,
-    with_location: bool,
+    polling: Polling,
 ) {
     let base = format!(
         "{}/subscriptions/{}/providers/{provider}/locations/{}",
         s.base_url, s.world.subscription_id, s.world.location
     );
     let api = api.unwrap_or_default();
-    if let Ok(v) = HeaderValue::from_str(&format!("{base}/operations/{op}?api-version={api}")) {
+    if polling.async_operation
+        && let Ok(v) = HeaderValue::from_str(&format!("{base}/operations/{op}?api-version={api}"))
+    {
         resp.headers_mut().insert("azure-asyncoperation", v);
     }
-    if with_location
+    if polling.location
         && let Ok(v) = HeaderValue::from_str(&format!("{base}/operationResults/{op}?api-version={api}"))
     {
         resp.headers_mut().insert("location", v);
@@ -1464,17 +1569,9 @@ fn operation_failure() -> ArmError {
 /// Azure-AsyncOperation answers `{"status": …}`; the Location (operationResults) URL answers 202 while
 /// running and 204 when done, as ARM does.
 fn poll_operation(s: &mut SimState, op_id: &str, location_style: bool) -> Result<Response, ArmError> {
-    let in_progress_polls = s.lro.in_progress_polls;
-    let op = s
-        .operations
-        .get_mut(op_id)
+    let (finished, fails) = s
+        .poll(op_id)
         .ok_or_else(|| ArmError::not_found(&format!("operation {op_id}")))?;
-    op.polls += 1;
-    let fails = op.fails;
-    let finished = op.done || op.polls > in_progress_polls;
-    if finished && !op.done {
-        s.complete(op_id);
-    }
     let mut resp = if location_style {
         match (finished, fails) {
             (false, _) => StatusCode::ACCEPTED.into_response(),
