@@ -65,6 +65,23 @@ impl Env {
         self.arm_with_deadline(metrics, Timeouts::default().operation)
     }
 
+    /// PUTs a prefix named after `style` with a fresh call log; it must return the resource `Succeeded`. Its
+    /// name.
+    async fn put_succeeds(&self, arm: &Arm, style: LroStyle) -> String {
+        let name = format!("{style:?}").to_ascii_lowercase();
+        self.sim.clear_calls();
+        let stored = arm
+            .put_prefix(RG, &name, &self.prefix())
+            .await
+            .unwrap_or_else(|e| panic!("{style:?}: {e}"));
+        assert_eq!(
+            stored["properties"]["provisioningState"],
+            json!("Succeeded"),
+            "{style:?}: the PUT returns the resource as its operation left it"
+        );
+        name
+    }
+
     /// GETs the simulator saw that polled an operation, in `style`: of its operation status or Location URL,
     /// or (provisioningState alone) of the resource itself, which the test makes no other GET of meanwhile.
     fn polls_seen(&self, style: LroStyle) -> usize {
@@ -95,18 +112,7 @@ async fn writes_are_followed_to_completion_in_every_style_and_their_polls_count_
         env.sim.set_lro(operations(style, 0));
         let metrics = Metrics::new();
         let arm = env.arm(&metrics);
-        let name = format!("{style:?}").to_ascii_lowercase();
-
-        env.sim.clear_calls();
-        let stored = arm
-            .put_prefix(RG, &name, &env.prefix())
-            .await
-            .unwrap_or_else(|e| panic!("{style:?}: {e}"));
-        assert_eq!(
-            stored["properties"]["provisioningState"],
-            json!("Succeeded"),
-            "{style:?}: the PUT returns the resource as its operation left it"
-        );
+        let name = env.put_succeeds(&arm, style).await;
         assert_eq!(env.polls_seen(style), 3, "{style:?}: {:?}", env.sim.calls());
         assert_eq!(
             metrics.arm_call_total(&["POLL"]),
@@ -215,17 +221,7 @@ async fn an_operation_over_before_the_deadline_is_done_although_its_next_poll_wa
             ..operations(style, 0)
         });
         let arm = env.arm_with_deadline(&Metrics::new(), Duration::from_secs(2));
-        let name = format!("{style:?}").to_ascii_lowercase();
-        env.sim.clear_calls();
-        let stored = arm
-            .put_prefix(RG, &name, &env.prefix())
-            .await
-            .unwrap_or_else(|e| panic!("{style:?}: {e}"));
-        assert_eq!(
-            stored["properties"]["provisioningState"],
-            json!("Succeeded"),
-            "{style:?}"
-        );
+        env.put_succeeds(&arm, style).await;
         assert_eq!(
             env.polls_seen(style),
             1,
