@@ -4,9 +4,9 @@
 //! operator owns into the object it read and PUTs that object, so every other field (including fields that
 //! no SDK model knows) goes back byte for byte. Every call goes through the pipeline's retry policy (429 and
 //! 503 honour `Retry-After`, other 5xx back off exponentially, bounded), a bearer token from the configured
-//! credential, and a counting policy under the retry policy (`arm_calls{operation,status}`, polls of long-running
-//! operations apart from reads). Writes to objects the operator shares
-//! carry the ETag they were read with. Errors keep the HTTP status and the ARM error code so that conditions
+//! credential, and a counting policy under the retry policy (`arm_calls{operation,status}`, polls of
+//! long-running operations apart from reads). Writes to objects the operator shares carry the ETag they were
+//! read with. Errors keep the HTTP status and the ARM error code so that conditions
 //! and Events can say what Azure answered.
 
 use std::sync::{Arc, OnceLock};
@@ -231,8 +231,9 @@ pub struct Timeouts {
     /// One HTTP exchange, from sending the request to the last byte of the answer. Every retry and every poll
     /// of a long-running operation is an exchange of its own.
     pub request: Duration,
-    /// Waiting for a long-running operation (a PUT's completion, polls included). Past it the write is reported
-    /// as failed and retried later; ARM may still complete it, and the next pass reads what it did.
+    /// Waiting for a long-running operation (a PUT's completion, polls included; a wait that would end past it
+    /// ends at it for one last poll, bounded by `request`). Past it the write is reported as failed and retried
+    /// later; ARM may still complete it, and the next pass reads what it did.
     pub operation: Duration,
 }
 
@@ -291,7 +292,7 @@ pub struct Arm {
     operation_deadline: Duration,
     /// [`Timeouts::request`]: how long the last poll, at the operation's deadline, may take.
     request_timeout: Duration,
-    /// Shared with the transport: the heartbeat told of every ARM call that returned.
+    /// Shared with the counting policy: the heartbeat told of every ARM call that returned.
     progress: Arc<OnceLock<daemon::liveness::Heartbeat>>,
 }
 
