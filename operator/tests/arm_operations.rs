@@ -129,11 +129,11 @@ async fn writes_are_followed_to_completion_in_every_style_and_their_polls_count_
             "{style:?}: polls are named by the type written:\n{}",
             metrics.encode()
         );
-        // Only the PUT's final read of the resource (after an operation status or a Location said it was
-        // over) is a read.
+        // Only the PUT's final read of the resource after an operation status said it was over is a read: a
+        // finished Location answers the resource itself (200, as the PUT would have answered synchronously).
         let reads = match style {
-            LroStyle::ProvisioningState => 0,
-            LroStyle::AsyncOperation | LroStyle::Location => 1,
+            LroStyle::ProvisioningState | LroStyle::Location => 0,
+            LroStyle::AsyncOperation => 1,
         };
         assert_eq!(
             metrics.arm_call_total(&["GET"]),
@@ -161,18 +161,28 @@ async fn writes_are_followed_to_completion_in_every_style_and_their_polls_count_
     }
 }
 
+/// A failed operation's Location answers the error the write would have had synchronously (400 by default):
+/// that is the operation's end, not a poll to retry.
 #[tokio::test]
 async fn a_location_that_answers_an_error_fails_the_write_with_what_arm_said() {
     let env = start().await;
     let arm = env.arm(&Metrics::new());
     env.sim.set_lro(operations(LroStyle::Location, 1));
+    env.sim.clear_calls();
     let err = arm
         .put_prefix(RG, "p", &env.prefix())
         .await
         .expect_err("the operation failed");
     assert_eq!(err.operation, "PUT publicIPPrefixes");
-    assert_eq!(err.status, Some(500), "{err}");
-    assert_eq!(err.code.as_deref(), Some("InternalServerError"), "{err}");
+    assert_eq!(err.status, Some(400), "{err}");
+    assert_eq!(err.code.as_deref(), Some("BadRequest"), "{err}");
+    assert!(err.operation_ended, "{err:?}");
+    assert_eq!(
+        env.polls_seen(LroStyle::Location),
+        3,
+        "two polls running, one ended: {:?}",
+        env.sim.calls()
+    );
 
     env.sim.set_lro(operations(LroStyle::Location, 0));
     arm.put_prefix(RG, "p", &env.prefix())
@@ -184,8 +194,28 @@ async fn a_location_that_answers_an_error_fails_the_write_with_what_arm_said() {
         .await
         .expect_err("the operation failed");
     assert_eq!(err.operation, "DELETE publicIPPrefixes");
+    assert_eq!(err.status, Some(400), "{err}");
+    assert_eq!(err.code.as_deref(), Some("BadRequest"), "{err}");
+    assert!(err.operation_ended, "{err:?}");
+}
+
+/// A Location poll answering a server error says nothing of the operation: the error is the poll's (retried
+/// as any 5xx), not the operation's end.
+#[tokio::test]
+async fn a_location_that_answers_a_server_error_is_no_operation_end() {
+    let env = start().await;
+    let arm = env.arm(&Metrics::new());
+    env.sim.set_lro(LroConfig {
+        location_failure_status: 500,
+        ..operations(LroStyle::Location, 1)
+    });
+    let err = arm
+        .put_prefix(RG, "p", &env.prefix())
+        .await
+        .expect_err("the poll failed");
     assert_eq!(err.status, Some(500), "{err}");
     assert_eq!(err.code.as_deref(), Some("InternalServerError"), "{err}");
+    assert!(!err.operation_ended, "{err:?}");
 }
 
 #[tokio::test]
@@ -212,15 +242,16 @@ async fn a_provisioning_state_that_ends_failed_fails_the_write() {
 async fn an_operation_over_before_the_deadline_is_done_although_its_next_poll_was_due_after_it() {
     let env = start().await;
     for style in STYLES {
-        // Every answer asks for the next poll an hour later; the operation is over on its own after 1 s, and
-        // the client's deadline is 2 s: the client polls once more at the deadline and finds it over.
+        // Every answer asks for the next poll an hour later; the operation is over on its own 50 ms after the
+        // write's answer, and the client's deadline is 200 ms after that answer: the client polls once more at
+        // the deadline and finds it over.
         env.sim.set_lro(LroConfig {
             in_progress_polls: u32::MAX,
             retry_after_ms: 3_600_000,
-            max_duration_ms: 1_000,
+            max_duration_ms: 50,
             ..operations(style, 0)
         });
-        let arm = env.arm_with_deadline(&Metrics::new(), Duration::from_secs(2));
+        let arm = env.arm_with_deadline(&Metrics::new(), Duration::from_millis(200));
         env.put_succeeds(&arm, style).await;
         assert_eq!(
             env.polls_seen(style),
@@ -229,4 +260,30 @@ async fn an_operation_over_before_the_deadline_is_done_although_its_next_poll_wa
             env.sim.calls()
         );
     }
+}
+
+#[tokio::test]
+async fn a_poll_that_answers_after_the_deadline_is_the_last() {
+    let env = start().await;
+    // Polls are due 1 ms apart and the operation runs for good; every answer takes 300 ms, so the first poll,
+    // started before the 200 ms deadline, answers after it.
+    env.sim.set_lro(LroConfig {
+        in_progress_polls: u32::MAX,
+        max_duration_ms: 600_000,
+        ..operations(LroStyle::Location, 0)
+    });
+    env.sim.set_latency(Duration::from_millis(300));
+    let arm = env.arm_with_deadline(&Metrics::new(), Duration::from_millis(200));
+    env.sim.clear_calls();
+    let err = arm
+        .put_prefix(RG, "p", &env.prefix())
+        .await
+        .expect_err("still running at the deadline");
+    assert!(err.message.contains("did not finish within 0.2s"), "{err}");
+    assert_eq!(
+        env.polls_seen(LroStyle::Location),
+        1,
+        "no second poll after the one that answered past the deadline: {:?}",
+        env.sim.calls()
+    );
 }

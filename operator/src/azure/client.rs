@@ -157,9 +157,10 @@ impl<'a> Expect<'a> {
     }
 }
 
-/// The last policy before the transport: counts every HTTP call (retries and long-running-operation polls
-/// included) by operation (`<METHOD> <resource type>`, or `POLL <resource type written>` for a request marked
-/// [`Poll`] in its context) and status.
+/// A per-retry policy, after the retry policy so that it sees each attempt (other per-retry policies may sit
+/// between it and the transport): counts every HTTP call (retries and long-running-operation polls included)
+/// by operation (`<METHOD> <resource type>`, or `POLL <resource type written>` for a request marked [`Poll`]
+/// in its context) and status.
 #[derive(Debug)]
 struct Counting {
     metrics: Metrics,
@@ -197,13 +198,13 @@ impl Policy for Counting {
             Some(Poll(kind)) => format!("POLL {kind}"),
             None => operation_of(&request.method().to_string().to_uppercase(), request.url().path()),
         };
-        let Some((transport, rest)) = next.split_first() else {
+        let Some((next_policy, rest)) = next.split_first() else {
             return Err(azure_core::Error::message(
                 ErrorKind::Other,
-                "the ARM pipeline has no transport after its counting policy",
+                "the ARM pipeline has no policy after its counting policy",
             ));
         };
-        let result = transport.send(ctx, request, rest).await;
+        let result = next_policy.send(ctx, request, rest).await;
         if let Some(heartbeat) = self.progress.get() {
             heartbeat.progress();
         }
@@ -422,6 +423,14 @@ fn ended(op: &str, name: &str, state: &str, answer: &Value) -> ArmError {
         ),
         operation_ended: true,
     }
+}
+
+/// Whether a `Location` poll answering `status` (an error) reports the end of the operation, which failed with
+/// that error (ARM's Location answers a finished operation as the write would have been answered had it run
+/// synchronously): any 4xx but those about the poll itself (401, 403: its token; 404: no such operation or URL;
+/// 408, 429: try again). A 5xx, or no answer, says nothing of the operation.
+fn location_error_ends_operation(status: Option<u16>) -> bool {
+    status.is_some_and(|s| (400..500).contains(&s) && !matches!(s, 401 | 403 | 404 | 408 | 429))
 }
 
 /// How long to wait before polling when no answer said (azure_core's default for long-running operations).
@@ -683,7 +692,8 @@ impl Arm {
 
     /// Waits (at most [`Timeouts::operation`], and the last poll's exchange) for the operation of a write whose
     /// answer asked for `pending` polling, first `delay` (the answer's `Retry-After`) after the answer. Returns
-    /// the resource when the last poll read it (a PUT followed through its provisioningState).
+    /// the resource when the last poll read it (a PUT followed through its provisioningState, or whose
+    /// `Location` answered the resource when the operation was over).
     async fn wait(
         &self,
         t: &Target<'_>,
@@ -699,16 +709,25 @@ impl Arm {
             self.poll_until_done(t, op, pending, delay, deadline),
         )
         .await
-        .map_err(|_| self.not_finished(op, t.name))?
+        .map_err(|_| {
+            self.not_finished(
+                op,
+                t.name,
+                &format!(
+                    ", and its last poll had no answer {}s after",
+                    self.request_timeout.as_secs_f64()
+                ),
+            )
+        })?
     }
 
-    /// The error of an operation still running at its deadline.
-    fn not_finished(&self, op: &str, name: &str) -> ArmError {
+    /// The error of an operation still running at its deadline (`detail`: what else happened, after a comma).
+    fn not_finished(&self, op: &str, name: &str, detail: &str) -> ArmError {
         ArmError::local(
             op,
             name,
             format!(
-                "the operation did not finish within {}s; it is retried later (ARM may still complete it)",
+                "the operation did not finish within {}s{detail}; it is retried later (ARM may still complete it)",
                 self.operation_deadline.as_secs_f64()
             ),
         )
@@ -731,9 +750,10 @@ impl Arm {
     }
 
     /// Polls as `pending` says until the operation is over: `Ok` when it succeeded, an error naming `op` and
-    /// ARM's code and message when it failed or was canceled, or still ran at the poll at `deadline`. Each poll
-    /// waits the `Retry-After` of the last answer that had one (azure_core's default before any did); a wait
-    /// that would end past `deadline` ends at it, for one last poll.
+    /// ARM's code and message when it failed or was canceled, or still ran at the poll at `deadline` (or at a
+    /// poll that answered after it). Each poll waits the `Retry-After` of the last answer that had one
+    /// (azure_core's default before any did); a wait that would end past `deadline` ends at it, for one last
+    /// poll.
     async fn poll_until_done(
         &self,
         t: &Target<'_>,
@@ -759,9 +779,13 @@ impl Arm {
             let rsp = match self.send_in(&ctx, Method::Get, url, None, Expect::Anything).await {
                 Ok(rsp) => rsp,
                 Err(e) => {
-                    let e = fail(e);
+                    let mut e = fail(e);
                     return match pending {
                         Completion::Gone if e.is_not_found() => Ok(None),
+                        Completion::Location(_) => {
+                            e.operation_ended = location_error_ends_operation(e.status);
+                            Err(e)
+                        }
                         _ => Err(e),
                     };
                 }
@@ -769,9 +793,10 @@ impl Arm {
             delay = retry_after(rsp.headers()).or(delay);
             let status = rsp.status();
             match &pending {
+                // Over: the write's answer had it run synchronously, for a PUT the resource.
                 Completion::Location(_) => {
                     if status != StatusCode::Accepted {
-                        return Ok(None);
+                        return Ok(Self::json(op, t.name, rsp).await.ok().filter(Value::is_object));
                     }
                 }
                 Completion::AsyncOperation(_) => {
@@ -801,8 +826,9 @@ impl Arm {
                 Completion::Gone => {}
                 Completion::Done | Completion::Ended(_) => return Ok(None),
             }
-            if last {
-                return Err(self.not_finished(op, t.name));
+            // A poll that answered at or after the deadline was the last one, whenever it started.
+            if last || tokio::time::Instant::now() >= deadline {
+                return Err(self.not_finished(op, t.name, ""));
             }
         }
     }

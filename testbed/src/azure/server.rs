@@ -149,6 +149,15 @@ pub struct LroConfig {
     /// How PUT and DELETE answers say what to poll (ARM's resource providers differ).
     #[serde(default)]
     pub style: LroStyle,
+    /// The status a failed operation's `Location` answers with, as the resource provider would have refused
+    /// the write had it run synchronously (400 `BadRequest` by default; a 5xx one makes the poll a server
+    /// error that clients retry).
+    #[serde(default = "default_location_failure_status")]
+    pub location_failure_status: u16,
+}
+
+fn default_location_failure_status() -> u16 {
+    400
 }
 
 /// How a write's answer says what to poll, the styles of ARM's asynchronous-operation contract
@@ -160,8 +169,10 @@ pub enum LroStyle {
     /// `Azure-AsyncOperation` and `Location`. The operation status answers `{"status": ...}`.
     #[default]
     AsyncOperation,
-    /// PUT and DELETE: 202 with `Location` alone, whose URL answers 202 while the operation runs, 204 when it
-    /// succeeded, and the operation's error (500 `InternalServerError`) when it failed.
+    /// PUT and DELETE: 202 with `Location` alone, whose URL answers 202 while the operation runs and, once it
+    /// is over, what the write would have answered had it run synchronously: for a PUT 200 with the resource
+    /// (as a GET shows it), for a DELETE 204, and the operation's error (status
+    /// [`LroConfig::location_failure_status`]) when it failed.
     Location,
     /// PUT: 201/200 with `provisioningState: Updating` and no polling header, the resource's GET showing it
     /// `Updating` until the operation ends (`Succeeded` or `Failed`); DELETE: 202 with no header, the resource's
@@ -180,6 +191,7 @@ impl Default for LroConfig {
             fail_next: 0,
             reject_concurrent: false,
             style: LroStyle::AsyncOperation,
+            location_failure_status: default_location_failure_status(),
         }
     }
 }
@@ -187,6 +199,8 @@ impl Default for LroConfig {
 #[derive(Debug, Clone)]
 struct Operation {
     resource_id: Option<String>,
+    /// A PUT's (a DELETE's otherwise).
+    put: bool,
     /// A DELETE's: the resource as a GET showed it, `provisioningState` `Deleting`. The world has let it go
     /// (its addresses, its references), but GET and LIST still show it, as ARM does, until the operation
     /// completes. A DELETE whose operation ends `Failed` has deleted the resource all the same.
@@ -293,17 +307,20 @@ impl SimState {
         }
     }
 
-    /// One poll of operation `op_id`: whether it is now over, and whether it failed (`None`: no such operation).
-    fn poll(&mut self, op_id: &str) -> Option<(bool, bool)> {
+    /// One poll of operation `op_id`: where it is now (`None`: no such operation).
+    fn poll(&mut self, op_id: &str) -> Option<Polled> {
         let in_progress_polls = self.lro.in_progress_polls;
         let op = self.operations.get_mut(op_id)?;
         op.polls += 1;
-        let fails = op.fails;
-        let finished = op.done || op.polls > in_progress_polls;
-        if finished && !op.done {
+        let polled = Polled {
+            finished: op.done || op.polls > in_progress_polls,
+            fails: op.fails,
+            put_of: op.put.then(|| op.resource_id.clone()).flatten(),
+        };
+        if polled.finished && !op.done {
             self.complete(op_id);
         }
-        Some((finished, fails))
+        Some(polled)
     }
 
     /// A GET of resource `id`, which polls its running operation when that answered in
@@ -321,7 +338,7 @@ impl SimState {
             .map(|(op_id, _)| op_id.clone());
         running
             .and_then(|op_id| self.poll(&op_id))
-            .is_some_and(|(finished, _)| !finished)
+            .is_some_and(|p| !p.finished)
     }
 
     fn complete(&mut self, op_id: &str) {
@@ -1054,7 +1071,7 @@ fn dispatch(s: &mut SimState, r: &ArmRequest) -> Result<Response, ArmError> {
             op,
         ] => {
             s.world.check_subscription(seg(1))?;
-            poll_operation(s, op, *kind == "operationresults")
+            poll_operation(s, r, op, *kind == "operationresults")
         }
         ["subscriptions", _, "resourcegroups", _] => {
             s.world.check_subscription(seg(1))?;
@@ -1388,7 +1405,7 @@ fn crud(
                 if let Some(p) = body.get_mut("properties").and_then(Value::as_object_mut) {
                     p.insert("provisioningState".into(), json!("Updating"));
                 }
-                let op = start_operation(s, Some(id.to_owned()));
+                let op = start_operation(s, Some(id.to_owned()), true);
                 let mut resp = match s.lro.style {
                     LroStyle::Location => StatusCode::ACCEPTED.into_response(),
                     LroStyle::AsyncOperation | LroStyle::ProvisioningState => ok_json(status, &body),
@@ -1408,7 +1425,7 @@ fn crud(
                 if !s.lro.enabled {
                     return Ok(StatusCode::OK.into_response());
                 }
-                let op = start_operation(s, Some(id.to_owned()));
+                let op = start_operation(s, Some(id.to_owned()), false);
                 if let (Some(mut shown), Some(o)) = (shown, s.operations.get_mut(&op)) {
                     if let Some(p) = shown.get_mut("properties").and_then(Value::as_object_mut) {
                         p.insert("provisioningState".into(), json!("Deleting"));
@@ -1476,7 +1493,8 @@ fn check_preconditions(w: &World, r: &ArmRequest, id: &str) -> Result<(), ArmErr
     Ok(())
 }
 
-fn start_operation(s: &mut SimState, resource_id: Option<String>) -> String {
+/// Starts the operation of a PUT (`put`) or DELETE of `resource_id`.
+fn start_operation(s: &mut SimState, resource_id: Option<String>, put: bool) -> String {
     let op = uuid::Uuid::new_v4().to_string();
     let fails = s.lro.fail_next > 0;
     s.lro.fail_next = s.lro.fail_next.saturating_sub(1);
@@ -1484,6 +1502,7 @@ fn start_operation(s: &mut SimState, resource_id: Option<String>) -> String {
         op.clone(),
         Operation {
             resource_id,
+            put,
             deleting: None,
             polls: 0,
             started: Instant::now(),
@@ -1566,17 +1585,76 @@ fn operation_failure() -> ArmError {
     )
 }
 
+/// Where a polled operation is.
+struct Polled {
+    finished: bool,
+    fails: bool,
+    /// The resource a PUT's operation writes (`None`: a DELETE's).
+    put_of: Option<String>,
+}
+
+/// The error a failed operation's Location answers with: `status`, with its reason as the code
+/// (`BadRequest`, `InternalServerError`, ...).
+fn location_failure(status: u16) -> ArmError {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let code: String = status
+        .canonical_reason()
+        .unwrap_or("BadRequest")
+        .split_whitespace()
+        .collect();
+    ArmError {
+        status: status.as_u16(),
+        code,
+        ..operation_failure()
+    }
+}
+
+/// A GET of resource `id` (at the api-version of `r`, the poll of the operation that wrote it), answered as
+/// any GET of it is.
+fn get_resource(s: &mut SimState, r: &ArmRequest, id: &str) -> Result<Response, ArmError> {
+    let segs: Vec<String> = id
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let get = ArmRequest {
+        method: Method::GET,
+        lower: segs.iter().map(|p| p.to_ascii_lowercase()).collect(),
+        segs,
+        api_version: r.api_version.clone(),
+        if_match: None,
+        if_none_match: None,
+        body: Value::Null,
+        path: id.to_owned(),
+        skip: 0,
+    };
+    dispatch(s, &get)
+}
+
 /// Azure-AsyncOperation answers `{"status": …}`; the Location (operationResults) URL answers 202 while
-/// running and 204 when done, as ARM does.
-fn poll_operation(s: &mut SimState, op_id: &str, location_style: bool) -> Result<Response, ArmError> {
-    let (finished, fails) = s
+/// running and then what the write would have answered synchronously, as ARM's contract has it
+/// (<https://github.com/Azure/azure-resource-manager-rpc/blob/master/v1.0/async-api-reference.md>): a PUT's
+/// the resource (200), a DELETE's 204, a failed operation's the error
+/// ([`LroConfig::location_failure_status`]).
+fn poll_operation(
+    s: &mut SimState,
+    r: &ArmRequest,
+    op_id: &str,
+    location_style: bool,
+) -> Result<Response, ArmError> {
+    let Polled {
+        finished,
+        fails,
+        put_of,
+    } = s
         .poll(op_id)
         .ok_or_else(|| ArmError::not_found(&format!("operation {op_id}")))?;
     let mut resp = if location_style {
-        match (finished, fails) {
-            (false, _) => StatusCode::ACCEPTED.into_response(),
-            (true, false) => StatusCode::NO_CONTENT.into_response(),
-            (true, true) => arm_error(&operation_failure()),
+        match (finished, fails, put_of) {
+            (false, _, _) => StatusCode::ACCEPTED.into_response(),
+            (true, false, Some(id)) => get_resource(s, r, &id)?,
+            (true, false, None) => StatusCode::NO_CONTENT.into_response(),
+            (true, true, _) => arm_error(&location_failure(s.lro.location_failure_status)),
         }
     } else {
         let body = match (finished, fails) {
