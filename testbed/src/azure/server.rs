@@ -175,8 +175,9 @@ pub enum LroStyle {
     /// [`LroConfig::location_failure_status`]) when it failed.
     Location,
     /// PUT: 201/200 with `provisioningState: Updating` and no polling header, the resource's GET showing it
-    /// `Updating` until the operation ends (`Succeeded` or `Failed`); DELETE: 202 with no header, the resource's
-    /// GET showing it `Deleting` until it is gone. Each GET of the resource while its operation runs counts as
+    /// `Updating` until the operation ends (`Succeeded` or `Failed`) (ARM's contract makes the header optional on
+    /// a PUT); DELETE: 202 with no header, the resource's GET showing it `Deleting` until it is gone (outside the
+    /// contract, which requires `Location` on an asynchronous DELETE: an answer a client may tolerate). Each GET of the resource while its operation runs counts as
     /// a poll of it.
     ProvisioningState,
 }
