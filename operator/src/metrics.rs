@@ -45,7 +45,8 @@ pub struct LatencyLabels {
 /// Labels of `arm_calls_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ArmCallLabels {
-    /// `GET loadBalancers`, `PUT virtualMachineScaleSets`, ...
+    /// `GET loadBalancers`, `PUT virtualMachineScaleSets`, ...; `POLL <type written>` (`POLL loadBalancers`) for
+    /// a poll of a write's long-running operation, whatever URL it reads.
     pub operation: String,
     /// HTTP status, or `error` when no response arrived.
     pub status: String,
@@ -185,6 +186,7 @@ mod tests {
             ("PUT loadBalancers", 2),
             ("GET loadBalancers", 5),
             ("DELETE publicIPPrefixes", 1),
+            ("POLL loadBalancers", 4),
         ] {
             m.arm_calls
                 .get_or_create(&ArmCallLabels {
@@ -197,6 +199,7 @@ mod tests {
         assert!(text.contains("\ncontroller_reconcile_fail_count{"), "{text}");
         assert!(text.contains("controller_reconcile_latency_bucket{"), "{text}");
         assert_eq!(m.arm_call_total(&["PUT", "DELETE"]), 3);
-        assert_eq!(m.arm_call_total(&["GET"]), 5);
+        assert_eq!(m.arm_call_total(&["GET"]), 5, "polls are no reads");
+        assert_eq!(m.arm_call_total(&["POLL"]), 4);
     }
 }

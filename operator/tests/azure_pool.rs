@@ -508,6 +508,7 @@ async fn failed_long_running_operations_surface_and_are_redone_without_leaks() {
         max_duration_ms: 0,
         fail_next,
         reject_concurrent: false,
+        ..LroConfig::default()
     };
     let lb_state = || async {
         env.arm
@@ -584,6 +585,7 @@ fn slow_operations(reject_concurrent: bool) -> LroConfig {
         max_duration_ms: 600_000,
         fail_next: 0,
         reject_concurrent,
+        ..LroConfig::default()
     }
 }
 

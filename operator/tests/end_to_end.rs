@@ -402,6 +402,7 @@ async fn writes_wait_for_their_operations_so_one_pass_provisions_and_a_finalizer
         max_duration_ms: 600_000,
         fail_next: 0,
         reject_concurrent: true,
+        ..LroConfig::default()
     });
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
     create_sgc(&sgcs, "slow", json!({"gatewayNodepoolName": "gateway"})).await;

@@ -4,8 +4,9 @@
 //! operator owns into the object it read and PUTs that object, so every other field (including fields that
 //! no SDK model knows) goes back byte for byte. Every call goes through the pipeline's retry policy (429 and
 //! 503 honour `Retry-After`, other 5xx back off exponentially, bounded), a bearer token from the configured
-//! credential, and a counting transport (`arm_calls{operation,status}`). Writes to objects the operator shares
-//! carry the ETag they were read with. Errors keep the HTTP status and the ARM error code so that conditions
+//! credential, and a counting policy under the retry policy (`arm_calls{operation,status}`, polls of
+//! long-running operations apart from reads). Writes to objects the operator shares carry the ETag they were
+//! read with. Errors keep the HTTP status and the ARM error code so that conditions
 //! and Events can say what Azure answered.
 
 use std::sync::{Arc, OnceLock};
@@ -17,8 +18,8 @@ use azure_core::headers::{
     AZURE_ASYNCOPERATION, HeaderName, Headers, LOCATION, RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS,
 };
 use azure_core::{
-    Context, ExponentialRetryOptions, HttpClient, Method, Pipeline, Request, Response, RetryOptions,
-    StatusCode, TransportOptions, Url,
+    Context, ExponentialRetryOptions, HttpClient, Method, Pipeline, Policy, PolicyResult, Request, Response,
+    RetryOptions, StatusCode, TransportOptions, Url,
 };
 use serde_json::Value;
 
@@ -156,11 +157,12 @@ impl<'a> Expect<'a> {
     }
 }
 
-/// The transport under the pipeline: counts every HTTP call (retries and long-running-operation polls
-/// included) by operation (`<METHOD> <resource type>`) and status.
+/// A per-retry policy, after the retry policy so that it sees each attempt (other per-retry policies may sit
+/// between it and the transport): counts every HTTP call (retries and long-running-operation polls included)
+/// by operation (`<METHOD> <resource type>`, or `POLL <resource type written>` for a request marked [`Poll`]
+/// in its context) and status.
 #[derive(Debug)]
-struct CountingClient {
-    inner: Arc<dyn HttpClient>,
+struct Counting {
     metrics: Metrics,
     /// Told of every call that returned (see [`Arm::report_progress_to`]).
     progress: Arc<OnceLock<daemon::liveness::Heartbeat>>,
@@ -184,11 +186,25 @@ pub fn operation_of(method: &str, path: &str) -> String {
     format!("{method} {}", ty.unwrap_or("unknown"))
 }
 
+/// In a request's context: the request polls the long-running operation of a write to a resource of this
+/// type (`loadBalancers`), whatever URL it polls (an operation status, a Location, the resource itself).
+#[derive(Clone, Copy, Debug)]
+struct Poll(&'static str);
+
 #[async_trait::async_trait]
-impl HttpClient for CountingClient {
-    async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
-        let op = operation_of(&request.method().to_string().to_uppercase(), request.url().path());
-        let result = self.inner.execute_request(request).await;
+impl Policy for Counting {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        let op = match ctx.get::<Poll>() {
+            Some(Poll(kind)) => format!("POLL {kind}"),
+            None => operation_of(&request.method().to_string().to_uppercase(), request.url().path()),
+        };
+        let Some((next_policy, rest)) = next.split_first() else {
+            return Err(azure_core::Error::message(
+                ErrorKind::Other,
+                "the ARM pipeline has no policy after its counting policy",
+            ));
+        };
+        let result = next_policy.send(ctx, request, rest).await;
         if let Some(heartbeat) = self.progress.get() {
             heartbeat.progress();
         }
@@ -216,8 +232,9 @@ pub struct Timeouts {
     /// One HTTP exchange, from sending the request to the last byte of the answer. Every retry and every poll
     /// of a long-running operation is an exchange of its own.
     pub request: Duration,
-    /// Waiting for a long-running operation (a PUT's completion, polls included). Past it the write is reported
-    /// as failed and retried later; ARM may still complete it, and the next pass reads what it did.
+    /// Waiting for a long-running operation (a PUT's completion, polls included; a wait that would end past it
+    /// ends at it for one last poll, bounded by `request`). Past it the write is reported as failed and retried
+    /// later; ARM may still complete it, and the next pass reads what it did.
     pub operation: Duration,
 }
 
@@ -274,7 +291,9 @@ pub struct Arm {
     subscription: String,
     /// [`Timeouts::operation`].
     operation_deadline: Duration,
-    /// Shared with the transport: the heartbeat told of every ARM call that returned.
+    /// [`Timeouts::request`]: how long the last poll, at the operation's deadline, may take.
+    request_timeout: Duration,
+    /// Shared with the counting policy: the heartbeat told of every ARM call that returned.
     progress: Arc<OnceLock<daemon::liveness::Heartbeat>>,
 }
 
@@ -406,6 +425,14 @@ fn ended(op: &str, name: &str, state: &str, answer: &Value) -> ArmError {
     }
 }
 
+/// Whether a `Location` poll answering `status` (an error) reports the end of the operation, which failed with
+/// that error (ARM's Location answers a finished operation as the write would have been answered had it run
+/// synchronously): any 4xx but those about the poll itself (401, 403: its token; 404: no such operation or URL;
+/// 408, 429: try again). A 5xx, or no answer, says nothing of the operation.
+fn location_error_ends_operation(status: Option<u16>) -> bool {
+    status.is_some_and(|s| (400..500).contains(&s) && !matches!(s, 401 | 403 | 404 | 408 | 429))
+}
+
 /// How long to wait before polling when no answer said (azure_core's default for long-running operations).
 const DEFAULT_POLL_DELAY: Duration = Duration::from_secs(30);
 
@@ -455,20 +482,19 @@ impl Arm {
                 .max_retries(retry.max_retries),
         );
         let progress = Arc::new(OnceLock::new());
-        let transport = TransportOptions::new(Arc::new(CountingClient {
-            inner: http_client(timeouts)?,
+        let counting: Arc<dyn Policy> = Arc::new(Counting {
             metrics: metrics.clone(),
             progress: progress.clone(),
-        }));
+        });
         let options = azure_core::ClientOptions::default()
             .retry(retry)
-            .transport(transport);
+            .transport(TransportOptions::new(http_client(timeouts)?));
         let pipeline = Pipeline::new(
             option_env!("CARGO_PKG_NAME"),
             option_env!("CARGO_PKG_VERSION"),
             options,
             Vec::new(),
-            Vec::new(),
+            vec![counting],
         );
         Ok(Arm {
             pipeline,
@@ -477,6 +503,7 @@ impl Arm {
             endpoint,
             subscription: cfg.subscription_id.clone(),
             operation_deadline: timeouts.operation,
+            request_timeout: timeouts.request,
             progress,
         })
     }
@@ -530,6 +557,18 @@ impl Arm {
         body: Option<&Value>,
         expect: Expect<'_>,
     ) -> azure_core::Result<Response> {
+        self.send_in(&Context::new(), method, url, body, expect).await
+    }
+
+    /// [`Arm::send`] in context `ctx`.
+    async fn send_in(
+        &self,
+        ctx: &Context,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        expect: Expect<'_>,
+    ) -> azure_core::Result<Response> {
         let mut req = Request::new(url, method);
         let token = self.credential.get_token(&[self.scope.as_str()]).await?;
         req.insert_header(
@@ -543,7 +582,7 @@ impl Arm {
             req.insert_header("content-type", "application/json");
             req.set_body(azure_core::to_json(body)?);
         }
-        self.pipeline.send(&Context::new(), &mut req).await
+        self.pipeline.send(ctx, &mut req).await
     }
 
     /// The JSON body of a response.
@@ -651,9 +690,10 @@ impl Arm {
         }
     }
 
-    /// Waits (at most [`Timeouts::operation`]) for the operation of a write whose answer asked for `pending`
-    /// polling, first `delay` (the answer's `Retry-After`) after the answer. Returns the resource when the
-    /// last poll read it (a PUT followed through its provisioningState).
+    /// Waits (at most [`Timeouts::operation`], and the last poll's exchange) for the operation of a write whose
+    /// answer asked for `pending` polling, first `delay` (the answer's `Retry-After`) after the answer. Returns
+    /// the resource when the last poll read it (a PUT followed through its provisioningState, or whose
+    /// `Location` answered the resource when the operation was over).
     async fn wait(
         &self,
         t: &Target<'_>,
@@ -661,19 +701,36 @@ impl Arm {
         pending: Completion,
         delay: Option<Duration>,
     ) -> ArmResult<Option<Value>> {
-        let deadline = self.operation_deadline;
-        tokio::time::timeout(deadline, self.poll_until_done(t, op, pending, delay))
-            .await
-            .map_err(|_| {
-                ArmError::local(
-                    op,
-                    t.name,
-                    format!(
-                        "the operation did not finish within {}s; it is retried later (ARM may still complete it)",
-                        deadline.as_secs_f64()
-                    ),
-                )
-            })?
+        let deadline = tokio::time::Instant::now() + self.operation_deadline;
+        // The last poll starts at the deadline at the latest; one exchange's bound after it, the wait is over
+        // whatever that poll (and the pipeline's retries of it) still does.
+        tokio::time::timeout(
+            self.operation_deadline + self.request_timeout,
+            self.poll_until_done(t, op, pending, delay, deadline),
+        )
+        .await
+        .map_err(|_| {
+            self.not_finished(
+                op,
+                t.name,
+                &format!(
+                    ", and its last poll had no answer {}s after",
+                    self.request_timeout.as_secs_f64()
+                ),
+            )
+        })?
+    }
+
+    /// The error of an operation still running at its deadline (`detail`: what else happened, after a comma).
+    fn not_finished(&self, op: &str, name: &str, detail: &str) -> ArmError {
+        ArmError::local(
+            op,
+            name,
+            format!(
+                "the operation did not finish within {}s{detail}; it is retried later (ARM may still complete it)",
+                self.operation_deadline.as_secs_f64()
+            ),
+        )
     }
 
     /// `Ok` when `url` (`what`, from an ARM answer) is at the resource manager endpoint's origin: a request to it
@@ -693,31 +750,42 @@ impl Arm {
     }
 
     /// Polls as `pending` says until the operation is over: `Ok` when it succeeded, an error naming `op` and
-    /// ARM's code and message when it failed or was canceled. Each poll waits the `Retry-After` of the last
-    /// answer that had one (azure_core's default before any did).
+    /// ARM's code and message when it failed or was canceled, or still ran at the poll at `deadline` (or at a
+    /// poll that answered after it). Each poll waits the `Retry-After` of the last answer that had one
+    /// (azure_core's default before any did); a wait that would end past `deadline` ends at it, for one last
+    /// poll.
     async fn poll_until_done(
         &self,
         t: &Target<'_>,
         op: &str,
         pending: Completion,
         mut delay: Option<Duration>,
+        deadline: tokio::time::Instant,
     ) -> ArmResult<Option<Value>> {
         let fail = |e: azure_core::Error| ArmError::from_sdk(op, t.name, &e);
         if let Completion::AsyncOperation(url) | Completion::Location(url) = &pending {
             self.at_endpoint(url, op, t.name, "the operation to poll")?;
         }
+        let mut ctx = Context::new();
+        ctx.insert(Poll(t.kind));
         loop {
-            tokio::time::sleep(delay.unwrap_or(DEFAULT_POLL_DELAY)).await;
+            let wake = tokio::time::Instant::now() + delay.unwrap_or(DEFAULT_POLL_DELAY);
+            let last = wake >= deadline;
+            tokio::time::sleep_until(wake.min(deadline)).await;
             let url = match &pending {
                 Completion::AsyncOperation(url) | Completion::Location(url) => url.clone(),
                 _ => self.url(t),
             };
-            let rsp = match self.send(Method::Get, url, None, Expect::Anything).await {
+            let rsp = match self.send_in(&ctx, Method::Get, url, None, Expect::Anything).await {
                 Ok(rsp) => rsp,
                 Err(e) => {
-                    let e = fail(e);
+                    let mut e = fail(e);
                     return match pending {
                         Completion::Gone if e.is_not_found() => Ok(None),
+                        Completion::Location(_) => {
+                            e.operation_ended = location_error_ends_operation(e.status);
+                            Err(e)
+                        }
                         _ => Err(e),
                     };
                 }
@@ -725,9 +793,10 @@ impl Arm {
             delay = retry_after(rsp.headers()).or(delay);
             let status = rsp.status();
             match &pending {
+                // Over: the write's answer had it run synchronously, for a PUT the resource.
                 Completion::Location(_) => {
                     if status != StatusCode::Accepted {
-                        return Ok(None);
+                        return Ok(Self::json(op, t.name, rsp).await.ok().filter(Value::is_object));
                     }
                 }
                 Completion::AsyncOperation(_) => {
@@ -756,6 +825,10 @@ impl Arm {
                 // Still there: the DELETE's operation still runs.
                 Completion::Gone => {}
                 Completion::Done | Completion::Ended(_) => return Ok(None),
+            }
+            // A poll that answered at or after the deadline was the last one, whenever it started.
+            if last || tokio::time::Instant::now() >= deadline {
+                return Err(self.not_finished(op, t.name, ""));
             }
         }
     }

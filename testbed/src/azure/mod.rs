@@ -23,7 +23,7 @@ pub use error::ArmError;
 pub use seed::{
     LoadBalancerSeed, Seed, ServicePrincipal, SubnetRef, SubnetSeed, VmPoolSeed, VmssSeed, VnetSeed,
 };
-pub use server::{CallRecord, FaultSpec, LroConfig, PutRecord, SimState, WriteLimit};
+pub use server::{CallRecord, FaultSpec, LroConfig, LroStyle, PutRecord, SimState, WriteLimit};
 
 /// Shared access to a running simulator's state, independent of the [`AzureSim`] borrow.
 #[derive(Debug, Clone)]

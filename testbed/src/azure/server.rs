@@ -146,6 +146,40 @@ pub struct LroConfig {
     /// lists Compute's "... since another operation is in progress").
     #[serde(default)]
     pub reject_concurrent: bool,
+    /// How PUT and DELETE answers say what to poll (ARM's resource providers differ).
+    #[serde(default)]
+    pub style: LroStyle,
+    /// The status a failed operation's `Location` answers with, as the resource provider would have refused
+    /// the write had it run synchronously (400 `BadRequest` by default; a 5xx one makes the poll a server
+    /// error that clients retry).
+    #[serde(default = "default_location_failure_status")]
+    pub location_failure_status: u16,
+}
+
+fn default_location_failure_status() -> u16 {
+    400
+}
+
+/// How a write's answer says what to poll, the styles of ARM's asynchronous-operation contract
+/// (<https://github.com/Azure/azure-resource-manager-rpc/blob/master/v1.0/async-api-reference.md>).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum LroStyle {
+    /// PUT: 201/200 with `provisioningState: Updating` and `Azure-AsyncOperation`; DELETE: 202 with
+    /// `Azure-AsyncOperation` and `Location`. The operation status answers `{"status": ...}`.
+    #[default]
+    AsyncOperation,
+    /// PUT and DELETE: 202 with `Location` alone, whose URL answers 202 while the operation runs and, once it
+    /// is over, what the write would have answered had it run synchronously: for a PUT 200 with the resource
+    /// (as a GET shows it), for a DELETE 204, and the operation's error (status
+    /// [`LroConfig::location_failure_status`]) when it failed.
+    Location,
+    /// PUT: 201/200 with `provisioningState: Updating` and no polling header, the resource's GET showing it
+    /// `Updating` until the operation ends (`Succeeded` or `Failed`) (ARM's contract makes the header optional on
+    /// a PUT); DELETE: 202 with no header, the resource's GET showing it `Deleting` until it is gone (outside the
+    /// contract, which requires `Location` on an asynchronous DELETE: an answer a client may tolerate). Each GET of the resource while its operation runs counts as
+    /// a poll of it.
+    ProvisioningState,
 }
 
 impl Default for LroConfig {
@@ -157,6 +191,8 @@ impl Default for LroConfig {
             max_duration_ms: 2000,
             fail_next: 0,
             reject_concurrent: false,
+            style: LroStyle::AsyncOperation,
+            location_failure_status: default_location_failure_status(),
         }
     }
 }
@@ -164,6 +200,8 @@ impl Default for LroConfig {
 #[derive(Debug, Clone)]
 struct Operation {
     resource_id: Option<String>,
+    /// A PUT's (a DELETE's otherwise).
+    put: bool,
     /// A DELETE's: the resource as a GET showed it, `provisioningState` `Deleting`. The world has let it go
     /// (its addresses, its references), but GET and LIST still show it, as ARM does, until the operation
     /// completes. A DELETE whose operation ends `Failed` has deleted the resource all the same.
@@ -172,6 +210,7 @@ struct Operation {
     started: Instant,
     done: bool,
     fails: bool,
+    style: LroStyle,
 }
 
 /// Bearer tokens handed out by the simulated AAD/IMDS; `Debug` shows only how many.
@@ -267,6 +306,40 @@ impl SimState {
         for k in due {
             self.complete(&k);
         }
+    }
+
+    /// One poll of operation `op_id`: where it is now (`None`: no such operation).
+    fn poll(&mut self, op_id: &str) -> Option<Polled> {
+        let in_progress_polls = self.lro.in_progress_polls;
+        let op = self.operations.get_mut(op_id)?;
+        op.polls += 1;
+        let polled = Polled {
+            finished: op.done || op.polls > in_progress_polls,
+            fails: op.fails,
+            put_of: op.put.then(|| op.resource_id.clone()).flatten(),
+        };
+        if polled.finished && !op.done {
+            self.complete(op_id);
+        }
+        Some(polled)
+    }
+
+    /// A GET of resource `id`, which polls its running operation when that answered in
+    /// [`LroStyle::ProvisioningState`] style: whether the operation still runs after it.
+    fn poll_by_get(&mut self, id: &str) -> bool {
+        let key = world::key(id);
+        let running = self
+            .operations
+            .iter()
+            .find(|(_, o)| {
+                !o.done
+                    && o.style == LroStyle::ProvisioningState
+                    && o.resource_id.as_deref().map(world::key) == Some(key.clone())
+            })
+            .map(|(op_id, _)| op_id.clone());
+        running
+            .and_then(|op_id| self.poll(&op_id))
+            .is_some_and(|p| !p.finished)
     }
 
     fn complete(&mut self, op_id: &str) {
@@ -999,7 +1072,7 @@ fn dispatch(s: &mut SimState, r: &ArmRequest) -> Result<Response, ArmError> {
             op,
         ] => {
             s.world.check_subscription(seg(1))?;
-            poll_operation(s, op, *kind == "operationresults")
+            poll_operation(s, r, op, *kind == "operationresults")
         }
         ["subscriptions", _, "resourcegroups", _] => {
             s.world.check_subscription(seg(1))?;
@@ -1283,13 +1356,20 @@ fn crud(
     get: impl Fn(&World) -> Result<Value, ArmError>,
 ) -> Result<Response, ArmError> {
     match *m {
-        Method::GET => match get(&s.world) {
-            Err(e) if e.status == 404 => s
-                .being_deleted_as(id)
-                .map(|v| ok_json(StatusCode::OK, &v))
-                .ok_or(e),
-            other => Ok(ok_json(StatusCode::OK, &other?)),
-        },
+        Method::GET => {
+            let running = s.poll_by_get(id);
+            let mut resp = match get(&s.world) {
+                Err(e) if e.status == 404 => s
+                    .being_deleted_as(id)
+                    .map(|v| ok_json(StatusCode::OK, &v))
+                    .ok_or(e)?,
+                other => ok_json(StatusCode::OK, &other?),
+            };
+            if running {
+                retry_headers(s, &mut resp);
+            }
+            Ok(resp)
+        }
         Method::PUT | Method::DELETE => {
             check_preconditions(&s.world, r, id)?;
             if s.lro.reject_concurrent
@@ -1326,9 +1406,17 @@ fn crud(
                 if let Some(p) = body.get_mut("properties").and_then(Value::as_object_mut) {
                     p.insert("provisioningState".into(), json!("Updating"));
                 }
-                let op = start_operation(s, Some(id.to_owned()));
-                let mut resp = ok_json(status, &body);
-                lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), false);
+                let op = start_operation(s, Some(id.to_owned()), true);
+                let mut resp = match s.lro.style {
+                    LroStyle::Location => StatusCode::ACCEPTED.into_response(),
+                    LroStyle::AsyncOperation | LroStyle::ProvisioningState => ok_json(status, &body),
+                };
+                let headers = match s.lro.style {
+                    LroStyle::AsyncOperation => Polling::ASYNC_OPERATION,
+                    LroStyle::Location => Polling::LOCATION,
+                    LroStyle::ProvisioningState => Polling::NONE,
+                };
+                lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), headers);
                 Ok(resp)
             } else {
                 let shown = get(&s.world).ok();
@@ -1338,7 +1426,7 @@ fn crud(
                 if !s.lro.enabled {
                     return Ok(StatusCode::OK.into_response());
                 }
-                let op = start_operation(s, Some(id.to_owned()));
+                let op = start_operation(s, Some(id.to_owned()), false);
                 if let (Some(mut shown), Some(o)) = (shown, s.operations.get_mut(&op)) {
                     if let Some(p) = shown.get_mut("properties").and_then(Value::as_object_mut) {
                         p.insert("provisioningState".into(), json!("Deleting"));
@@ -1346,7 +1434,12 @@ fn crud(
                     o.deleting = Some(shown);
                 }
                 let mut resp = StatusCode::ACCEPTED.into_response();
-                lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), true);
+                let headers = match s.lro.style {
+                    LroStyle::AsyncOperation => Polling::BOTH,
+                    LroStyle::Location => Polling::LOCATION,
+                    LroStyle::ProvisioningState => Polling::NONE,
+                };
+                lro_headers(s, &mut resp, provider, &op, r.api_version.as_deref(), headers);
                 Ok(resp)
             }
         }
@@ -1401,7 +1494,8 @@ fn check_preconditions(w: &World, r: &ArmRequest, id: &str) -> Result<(), ArmErr
     Ok(())
 }
 
-fn start_operation(s: &mut SimState, resource_id: Option<String>) -> String {
+/// Starts the operation of a PUT (`put`) or DELETE of `resource_id`.
+fn start_operation(s: &mut SimState, resource_id: Option<String>, put: bool) -> String {
     let op = uuid::Uuid::new_v4().to_string();
     let fails = s.lro.fail_next > 0;
     s.lro.fail_next = s.lro.fail_next.saturating_sub(1);
@@ -1409,11 +1503,13 @@ fn start_operation(s: &mut SimState, resource_id: Option<String>) -> String {
         op.clone(),
         Operation {
             resource_id,
+            put,
             deleting: None,
             polls: 0,
             started: Instant::now(),
             done: false,
             fails,
+            style: s.lro.style,
         },
     );
     op
@@ -1429,23 +1525,52 @@ fn retry_headers(s: &SimState, resp: &mut Response) {
     }
 }
 
+/// Which polling headers a write's answer carries.
+#[derive(Clone, Copy)]
+struct Polling {
+    async_operation: bool,
+    location: bool,
+}
+
+impl Polling {
+    const ASYNC_OPERATION: Self = Self {
+        async_operation: true,
+        location: false,
+    };
+    const LOCATION: Self = Self {
+        async_operation: false,
+        location: true,
+    };
+    const BOTH: Self = Self {
+        async_operation: true,
+        location: true,
+    };
+    const NONE: Self = Self {
+        async_operation: false,
+        location: false,
+    };
+}
+
+/// The polling headers `polling` asks for, naming operation `op`, and the retry headers.
 fn lro_headers(
     s: &SimState,
     resp: &mut Response,
     provider: &str,
     op: &str,
     api: Option<&str>,
-    with_location: bool,
+    polling: Polling,
 ) {
     let base = format!(
         "{}/subscriptions/{}/providers/{provider}/locations/{}",
         s.base_url, s.world.subscription_id, s.world.location
     );
     let api = api.unwrap_or_default();
-    if let Ok(v) = HeaderValue::from_str(&format!("{base}/operations/{op}?api-version={api}")) {
+    if polling.async_operation
+        && let Ok(v) = HeaderValue::from_str(&format!("{base}/operations/{op}?api-version={api}"))
+    {
         resp.headers_mut().insert("azure-asyncoperation", v);
     }
-    if with_location
+    if polling.location
         && let Ok(v) = HeaderValue::from_str(&format!("{base}/operationResults/{op}?api-version={api}"))
     {
         resp.headers_mut().insert("location", v);
@@ -1461,25 +1586,76 @@ fn operation_failure() -> ArmError {
     )
 }
 
-/// Azure-AsyncOperation answers `{"status": …}`; the Location (operationResults) URL answers 202 while
-/// running and 204 when done, as ARM does.
-fn poll_operation(s: &mut SimState, op_id: &str, location_style: bool) -> Result<Response, ArmError> {
-    let in_progress_polls = s.lro.in_progress_polls;
-    let op = s
-        .operations
-        .get_mut(op_id)
-        .ok_or_else(|| ArmError::not_found(&format!("operation {op_id}")))?;
-    op.polls += 1;
-    let fails = op.fails;
-    let finished = op.done || op.polls > in_progress_polls;
-    if finished && !op.done {
-        s.complete(op_id);
+/// Where a polled operation is.
+struct Polled {
+    finished: bool,
+    fails: bool,
+    /// The resource a PUT's operation writes (`None`: a DELETE's).
+    put_of: Option<String>,
+}
+
+/// The error a failed operation's Location answers with: `status`, with its reason as the code
+/// (`BadRequest`, `InternalServerError`, ...).
+fn location_failure(status: u16) -> ArmError {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let code: String = status
+        .canonical_reason()
+        .unwrap_or("BadRequest")
+        .split_whitespace()
+        .collect();
+    ArmError {
+        status: status.as_u16(),
+        code,
+        ..operation_failure()
     }
+}
+
+/// A GET of resource `id` (at the api-version of `r`, the poll of the operation that wrote it), answered as
+/// any GET of it is.
+fn get_resource(s: &mut SimState, r: &ArmRequest, id: &str) -> Result<Response, ArmError> {
+    let segs: Vec<String> = id
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let get = ArmRequest {
+        method: Method::GET,
+        lower: segs.iter().map(|p| p.to_ascii_lowercase()).collect(),
+        segs,
+        api_version: r.api_version.clone(),
+        if_match: None,
+        if_none_match: None,
+        body: Value::Null,
+        path: id.to_owned(),
+        skip: 0,
+    };
+    dispatch(s, &get)
+}
+
+/// Azure-AsyncOperation answers `{"status": …}`; the Location (operationResults) URL answers 202 while
+/// running and then what the write would have answered synchronously, as ARM's contract has it
+/// (<https://github.com/Azure/azure-resource-manager-rpc/blob/master/v1.0/async-api-reference.md>): a PUT's
+/// the resource (200), a DELETE's 204, a failed operation's the error
+/// ([`LroConfig::location_failure_status`]).
+fn poll_operation(
+    s: &mut SimState,
+    r: &ArmRequest,
+    op_id: &str,
+    location_style: bool,
+) -> Result<Response, ArmError> {
+    let Polled {
+        finished,
+        fails,
+        put_of,
+    } = s
+        .poll(op_id)
+        .ok_or_else(|| ArmError::not_found(&format!("operation {op_id}")))?;
     let mut resp = if location_style {
-        match (finished, fails) {
-            (false, _) => StatusCode::ACCEPTED.into_response(),
-            (true, false) => StatusCode::NO_CONTENT.into_response(),
-            (true, true) => arm_error(&operation_failure()),
+        match (finished, fails, put_of) {
+            (false, _, _) => StatusCode::ACCEPTED.into_response(),
+            (true, false, Some(id)) => get_resource(s, r, &id)?,
+            (true, false, None) => StatusCode::NO_CONTENT.into_response(),
+            (true, true, _) => arm_error(&location_failure(s.lro.location_failure_status)),
         }
     } else {
         let body = match (finished, fails) {
