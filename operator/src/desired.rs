@@ -111,28 +111,48 @@ impl Config {
         self.used_owned_prefix().into_iter().collect()
     }
 
-    /// The IDs of the prefixes its public IP addresses (VM pools) may be allocated from: the owned ones and a
-    /// BYO prefix.
-    fn public_ip_prefix_ids(&self, env: &Env) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .owned_prefix_names()
-            .iter()
-            .map(|n| env.prefix_id(n))
-            .collect();
+    /// The names (lower-cased) of the prefixes its public IP addresses (VM pools) may be allocated from: the
+    /// owned ones and a BYO prefix.
+    fn public_ip_prefix_names(&self) -> Vec<String> {
+        let mut names = self.owned_prefix_names();
         if let Egress::Byo { prefix } = &self.egress {
-            ids.push(prefix.to_string());
+            names.push(prefix.name.to_ascii_lowercase());
         }
-        ids
+        names
+    }
+
+    /// The name of the prefix the operator owns that this configuration's egress uses, whether or not it is
+    /// being deleted: its managed prefix, or the prefix it adopted. The one place that tells the two apart.
+    pub fn egress_owned_prefix(&self) -> Option<String> {
+        match &self.egress {
+            Egress::Managed => Some(managed_resource_name(&self.uid)),
+            Egress::Adopted { name } => Some(name.clone()),
+            Egress::Private | Egress::Byo { .. } => None,
+        }
+    }
+
+    /// The ARM ID of the public prefix its egress uses (None in private mode).
+    fn egress_prefix_id(&self, env: &Env) -> Option<String> {
+        match &self.egress {
+            Egress::Byo { prefix } => Some(prefix.to_string()),
+            _ => self.egress_owned_prefix().map(|name| env.prefix_id(&name)),
+        }
+    }
+
+    /// Adopts the prefix `name` (in the node resource group): its egress, and a prefix it owns.
+    pub fn adopt(&mut self, name: &str) {
+        self.egress = Egress::Adopted {
+            name: name.to_string(),
+        };
+        self.adopted = Some(name.to_string());
     }
 
     /// The name (lower-cased) of the prefix the operator owns that this configuration uses now, if any.
     fn used_owned_prefix(&self) -> Option<String> {
-        match &self.egress {
-            _ if self.deleting => None,
-            Egress::Managed => Some(managed_resource_name(&self.uid).to_ascii_lowercase()),
-            Egress::Adopted { name } => Some(name.to_ascii_lowercase()),
-            Egress::Private | Egress::Byo { .. } => None,
+        if self.deleting {
+            return None;
         }
+        self.egress_owned_prefix().map(|n| n.to_ascii_lowercase())
     }
 }
 
@@ -315,6 +335,27 @@ pub struct PrefixState {
     pub failed: bool,
 }
 
+/// A public IP address allocated from a prefix (VM pools).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PublicIp {
+    /// ARM ID of the prefix it is allocated from.
+    pub prefix_id: String,
+    /// Its [`api::names::TAG_GATEWAY_POOL`] tag: the uid of the pool the operator created it for.
+    pub pool: Option<String>,
+    /// ARM ID of the ipConfiguration that uses it (`properties.ipConfiguration.id`), if any.
+    pub used_by: Option<String>,
+}
+
+impl PublicIp {
+    /// An unused public IP allocated from `prefix_id`, without the operator's tag.
+    pub fn of_prefix(prefix_id: &str) -> Self {
+        PublicIp {
+            prefix_id: prefix_id.to_string(),
+            ..PublicIp::default()
+        }
+    }
+}
+
 /// Everything read from Azure for one pool.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct AzureState {
@@ -327,8 +368,9 @@ pub struct AzureState {
     pub instances: Vec<Instance>,
     /// VM pools: the pool's pre-created NICs.
     pub vm_nics: Vec<VmNic>,
-    /// VM pools: public IP addresses that exist, by name (lower-cased) → prefix ID.
-    pub public_ips: BTreeMap<String, String>,
+    /// VM pools: the public IP addresses of the pool's resource group allocated from a prefix, by name
+    /// (lower-cased).
+    pub public_ips: BTreeMap<String, PublicIp>,
     /// Prefixes the operator owns that exist (managed and adopted), by name (lower-cased). Read for every
     /// configuration on the pool.
     pub managed_prefixes: BTreeMap<String, PrefixState>,
@@ -394,7 +436,8 @@ pub struct PublicIpCreate {
     pub prefix_id: String,
 }
 
-/// A configuration's problem that keeps it from being provisioned; the others on the pool proceed.
+/// A configuration's problem that keeps it from being provisioned; the others on the pool proceed. The plan
+/// keeps a configuration with a problem as it is ([`Config::kept`]): a problem never removes what it has.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigProblem {
     /// 1000 configurations per pool at most.
@@ -456,7 +499,7 @@ pub struct PoolPlan {
     pub prefixes_to_delete: Vec<String>,
     /// The WireGuard port of every provisioned configuration (uid → port).
     pub ports: BTreeMap<String, u16>,
-    /// Configurations that cannot be provisioned, and why.
+    /// Configurations that cannot be provisioned, and why. Each is kept as it is in this plan.
     pub problems: BTreeMap<String, ConfigProblem>,
 }
 
@@ -564,40 +607,29 @@ pub fn plan_pool(
 ) -> Result<PoolPlan, PoolProblem> {
     let mut problems = BTreeMap::new();
 
-    // Managed prefixes: a wrong-length prefix blocks its configuration (Azure cannot resize prefixes).
+    // The prefix the operator owns for each configuration's egress. A managed one that does not exist (or whose
+    // last operation failed) is created; an adopted one never is (a new one would have other addresses), so one
+    // that is gone blocks its configuration. Either of another length blocks it (Azure cannot resize prefixes).
     let mut prefixes_to_create = Vec::new();
-    for c in wanted(configs).filter(|c| c.egress == Egress::Managed) {
-        let name = managed_resource_name(&c.uid);
+    for c in wanted(configs) {
+        let Some(name) = c.egress_owned_prefix() else {
+            continue;
+        };
+        let managed = c.egress == Egress::Managed;
         match state.managed_prefixes.get(&name.to_ascii_lowercase()) {
+            None if !managed => {
+                problems.insert(c.uid.clone(), ConfigProblem::AdoptedPrefixMissing { name });
+            }
+            Some(p) if managed && p.failed && p.prefix_len.is_none_or(|l| l == pool.prefix_len) => {
+                prefixes_to_create.push(PrefixCreate {
+                    name,
+                    prefix_len: pool.prefix_len,
+                })
+            }
             None => prefixes_to_create.push(PrefixCreate {
                 name,
                 prefix_len: pool.prefix_len,
             }),
-            Some(p) if p.failed && p.prefix_len.is_none_or(|l| l == pool.prefix_len) => prefixes_to_create
-                .push(PrefixCreate {
-                    name,
-                    prefix_len: pool.prefix_len,
-                }),
-            Some(p) => {
-                if let Some(problem) = wrong_length(p, pool) {
-                    problems.insert(c.uid.clone(), problem);
-                }
-            }
-        }
-    }
-    // Adopted prefixes are never created (a new one would have other addresses): one that is gone, or has
-    // another length, blocks its configuration.
-    for c in wanted(configs) {
-        let Egress::Adopted { name } = &c.egress else {
-            continue;
-        };
-        match state.managed_prefixes.get(&name.to_ascii_lowercase()) {
-            None => {
-                problems.insert(
-                    c.uid.clone(),
-                    ConfigProblem::AdoptedPrefixMissing { name: name.clone() },
-                );
-            }
             Some(p) => {
                 if let Some(problem) = wrong_length(p, pool) {
                     problems.insert(c.uid.clone(), problem);
@@ -606,35 +638,36 @@ pub fn plan_pool(
         }
     }
 
-    // ipConfigurations left as they are wherever they exist (kept configurations).
-    let kept_ip_configs: Vec<String> = kept(configs).map(|c| managed_resource_name(&c.uid)).collect();
-    // The load balancer decides which configurations get a port; the rest are treated as absent.
-    let lb_plan = plan_lb(
-        &pool.uid,
-        configs,
-        &problems,
-        state.lb.as_ref(),
-        env,
-        carries_any(state, &kept_ip_configs),
-    );
-    problems.extend(lb_plan.problems);
+    // A configuration with a problem is kept as it is (see `Config::kept`): what it has in Azure (a rule and
+    // port, ipConfigurations, prefixes, public IPs) stays, nothing is added for it. Keeping one may take a port
+    // another configuration had (two rules on one port), so the load balancer is planned again until every
+    // configuration without a port is kept too.
+    let mut configs: Vec<Config> = configs.to_vec();
+    let lb_plan = loop {
+        for c in configs.iter_mut().filter(|c| problems.contains_key(&c.uid)) {
+            c.kept = true;
+        }
+        // ipConfigurations left as they are wherever they exist (kept configurations).
+        let kept_ip_configs: Vec<String> = kept(&configs).map(|c| managed_resource_name(&c.uid)).collect();
+        let lb_plan = plan_lb(
+            &pool.uid,
+            &configs,
+            state.lb.as_ref(),
+            env,
+            carries_any(state, &kept_ip_configs),
+        );
+        if lb_plan.problems.is_empty() {
+            break lb_plan;
+        }
+        problems.extend(lb_plan.problems);
+    };
+    let configs = configs.as_slice();
     prefixes_to_create.retain(|p| !problems.keys().any(|u| managed_resource_name(u) == p.name));
-    let provisioned: Vec<&Config> = wanted(configs)
-        .filter(|c| !problems.contains_key(&c.uid))
-        .collect();
+    let kept_ip_configs: Vec<String> = kept(configs).map(|c| managed_resource_name(&c.uid)).collect();
 
     // ipConfigurations every NIC must have: name → public prefix ID (None in private mode).
-    let ip_configs: Vec<(String, Option<String>)> = provisioned
-        .iter()
-        .map(|c| {
-            let prefix = match &c.egress {
-                Egress::Private => None,
-                Egress::Managed => Some(env.prefix_id(&managed_resource_name(&c.uid))),
-                Egress::Byo { prefix } => Some(prefix.to_string()),
-                Egress::Adopted { name } => Some(env.prefix_id(name)),
-            };
-            (managed_resource_name(&c.uid), prefix)
-        })
+    let ip_configs: Vec<(String, Option<String>)> = wanted(configs)
+        .map(|c| (managed_resource_name(&c.uid), c.egress_prefix_id(env)))
         .collect();
     let backend_id = env.backend_pool_id(&pool.uid);
     let keeping = Keeping {
@@ -728,28 +761,32 @@ pub fn plan_pool(
                 }
             }
             // Public IPs the operator created that no NIC uses any more. The resource group holds others (the
-            // user's, another VM pool's of a shared BYO prefix), so only those it can tell are its own go: named
-            // exactly as it names the public IP of one of this pool's NICs on the prefix the IP is allocated
-            // from. That is judged from the IP itself, not from the configurations, so the IPs of a prefix a
-            // configuration no longer uses (switched from BYO to managed or private, or to another BYO prefix)
-            // go too. A kept configuration's stay.
-            let made_here = |name: &str, prefix_id: &str| {
-                state
-                    .vm_nics
-                    .iter()
-                    .any(|nic| eq_ci(&vm_pool_public_ip_name(last_segment(prefix_id), &nic.name), name))
-            };
-            let of_kept: BTreeSet<String> = kept(configs)
-                .flat_map(|c| c.public_ip_prefix_ids(env))
-                .flat_map(|prefix_id| {
-                    state.vm_nics.iter().map(move |nic| {
-                        vm_pool_public_ip_name(last_segment(&prefix_id), &nic.name).to_ascii_lowercase()
+            // user's, another VM pool's of a shared BYO prefix), so only those it can tell are its own go: tagged
+            // with this pool's uid when it created them, or (created before the tag) named exactly as it names the
+            // public IP of one of this pool's NICs on the prefix the IP is allocated from. That is judged from the
+            // IP itself, not from the configurations, so the IPs of a prefix a configuration no longer uses
+            // (switched from BYO to managed or private, or to another BYO prefix) go too, and with the tag those
+            // of a NIC that is gone. Those of a prefix a kept configuration may use stay, and so does one that an
+            // ipConfiguration of no NIC of this pool uses (ARM would refuse to delete it).
+            let made_here = |name: &str, ip: &PublicIp| {
+                ip.pool.as_deref().is_some_and(|p| eq_ci(p, &pool.uid))
+                    || state.vm_nics.iter().any(|nic| {
+                        eq_ci(
+                            &vm_pool_public_ip_name(last_segment(&ip.prefix_id), &nic.name),
+                            name,
+                        )
                     })
-                })
-                .collect();
-            for (name, prefix_id) in &state.public_ips {
-                if made_here(name, prefix_id)
-                    && !of_kept.contains(name)
+            };
+            let used_elsewhere = |ip: &PublicIp| {
+                ip.used_by
+                    .as_deref()
+                    .is_some_and(|id| !state.vm_nics.iter().any(|nic| opt_eq_ci(nic_of(id), &nic.name)))
+            };
+            let of_kept: BTreeSet<String> = kept(configs).flat_map(Config::public_ip_prefix_names).collect();
+            for (name, ip) in &state.public_ips {
+                if made_here(name, ip)
+                    && !used_elsewhere(ip)
+                    && !of_kept.contains(&last_segment(&ip.prefix_id).to_ascii_lowercase())
                     && !wanted_pips.contains(name)
                     && !still_used.contains(name)
                 {
@@ -819,6 +856,13 @@ fn update_reason(
                 .iter()
                 .any(|(n, _)| !addresses.by_ip_config.contains_key(&n.to_ascii_lowercase())));
     missing.then_some(UpdateReason::MissingAddresses)
+}
+
+/// The NIC name in the ARM ID of a NIC's ipConfiguration (`…/networkInterfaces/<nic>/ipConfigurations/<name>`).
+fn nic_of(ip_config_id: &str) -> Option<&str> {
+    let mut segments = ip_config_id.split('/');
+    segments.find(|s| s.eq_ignore_ascii_case("networkInterfaces"))?;
+    segments.next()
 }
 
 /// The last segment of an ARM ID: the resource name.
@@ -959,7 +1003,7 @@ pub struct LbPlan {
     pub write: LbWrite,
     /// uid → port of every configuration with a rule.
     pub ports: BTreeMap<String, u16>,
-    /// Configurations that got no rule.
+    /// Configurations that got no port: [`plan_pool`] keeps them and plans the load balancer again.
     pub problems: BTreeMap<String, ConfigProblem>,
 }
 
@@ -1009,15 +1053,12 @@ fn same_probe(a: &Probe, b: &Probe) -> bool {
 pub fn plan_lb(
     pool_uid: &str,
     configs: &[Config],
-    blocked: &BTreeMap<String, ConfigProblem>,
     current: Option<&Lb>,
     env: &Env,
     kept_on_nics: bool,
 ) -> LbPlan {
     let uid = pool_uid;
-    let wanted: Vec<&Config> = wanted(configs)
-        .filter(|c| !blocked.contains_key(&c.uid))
-        .collect();
+    let wanted: Vec<&Config> = wanted(configs).collect();
     let is_wanted = |name: &str| wanted.iter().any(|c| eq_ci(&c.uid, name));
     let is_kept = |name: &str| kept(configs).any(|c| eq_ci(&c.uid, name));
     let names_a_config = |name: &str| configs.iter().any(|c| eq_ci(&c.uid, name));

@@ -120,9 +120,14 @@ fn apply(state: &mut AzureState, plan: &PoolPlan) {
         );
     }
     for pip in &plan.public_ips_to_create {
-        state
-            .public_ips
-            .insert(pip.name.to_ascii_lowercase(), pip.prefix_id.clone());
+        // Tagged with the pool, as the applier creates them.
+        state.public_ips.insert(
+            pip.name.to_ascii_lowercase(),
+            PublicIp {
+                pool: Some(POOL.into()),
+                ..PublicIp::of_prefix(&pip.prefix_id)
+            },
+        );
         if let Some(p) = state
             .managed_prefixes
             .get_mut(&last_segment(&pip.prefix_id).to_ascii_lowercase())
@@ -932,7 +937,7 @@ fn a_vm_pool_deletes_only_the_public_ips_it_made_for_its_nics_from_its_configura
         .collect();
     for name in &own {
         assert_eq!(
-            state.public_ips.get(name).map(String::as_str),
+            state.public_ips.get(name).map(|ip| ip.prefix_id.as_str()),
             Some(BYO),
             "{name}"
         );
@@ -951,7 +956,9 @@ fn a_vm_pool_deletes_only_the_public_ips_it_made_for_its_nics_from_its_configura
         ("egressgateway-b-appgw".to_string(), user_prefix.to_string()),
     ];
     for (name, prefix) in &others {
-        state.public_ips.insert(name.to_ascii_lowercase(), prefix.clone());
+        state
+            .public_ips
+            .insert(name.to_ascii_lowercase(), PublicIp::of_prefix(prefix));
     }
     let p = converge(
         &vm_pool(),
@@ -965,7 +972,10 @@ fn a_vm_pool_deletes_only_the_public_ips_it_made_for_its_nics_from_its_configura
     // resource group (a BYO prefix `a` used before). The others stay.
     let same_name =
         "/subscriptions/s/resourceGroups/elsewhere/providers/Microsoft.Network/publicIPPrefixes/mine";
-    state.public_ips.insert(own[1].clone(), same_name.to_string());
+    // Created before the operator tagged its public IPs: known by its name alone.
+    state
+        .public_ips
+        .insert(own[1].clone(), PublicIp::of_prefix(same_name));
     let p = converge(
         &vm_pool(),
         &[cfg("a", Egress::Private), cfg("b", Egress::Managed)],
@@ -979,7 +989,10 @@ fn a_vm_pool_deletes_only_the_public_ips_it_made_for_its_nics_from_its_configura
     assert!(p.prefixes_to_delete.is_empty());
     for (name, prefix) in &others {
         assert_eq!(
-            state.public_ips.get(&name.to_ascii_lowercase()),
+            state
+                .public_ips
+                .get(&name.to_ascii_lowercase())
+                .map(|ip| &ip.prefix_id),
             Some(prefix),
             "{name} was deleted"
         );
@@ -1650,4 +1663,260 @@ fn a_deletion_waits_only_for_refused_targets_that_still_carry_its_ip_configurati
     converge(&vm_pool(), &[cfg("a", Egress::Private)], &mut vm);
     let nic = vm.vm_nics[0].name.clone();
     assert!(left_on_refused(&vm, [&nic], "a"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Problems the plan finds keep their configuration
+// ---------------------------------------------------------------------------------------------
+
+/// The names of the ipConfigurations of the model and of every instance, model first.
+fn ip_config_names(state: &AzureState) -> Vec<Vec<String>> {
+    state
+        .vmss_model
+        .iter()
+        .chain(state.instances.iter().filter_map(|i| i.nic.as_ref()))
+        .map(|nic| nic.ip_configs.iter().map(|c| c.name.clone()).collect())
+        .collect()
+}
+
+#[test]
+fn a_provisioned_configuration_whose_prefix_now_has_another_length_keeps_its_rule_port_and_ip_configurations()
+{
+    let mut state = vmss_state(2);
+    converge(
+        &vmss_pool(),
+        &[cfg("a", Egress::Managed), cfg("b", Egress::Private)],
+        &mut state,
+    );
+    let before = state.clone();
+    // The pool's prefix size changed (a node pool's tag, say): a's /31 prefix no longer fits.
+    let resized = Pool {
+        prefix_len: 30,
+        ..vmss_pool()
+    };
+    let configs = [
+        cfg("a", Egress::Managed),
+        cfg("b", Egress::Private),
+        cfg("c", Egress::Managed),
+    ];
+    let p = converge(&resized, &configs, &mut state);
+    assert_eq!(
+        p.problems.get("a"),
+        Some(&ConfigProblem::PrefixSizeMismatch {
+            found: 31,
+            required: 30
+        })
+    );
+    assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+    assert!(p.prefixes_to_delete.is_empty(), "{p:#?}");
+    assert_eq!(
+        p.prefixes_to_create,
+        vec![PrefixCreate {
+            name: "egressgateway-c".into(),
+            prefix_len: 30
+        }]
+    );
+    let lb = state.lb.as_ref().expect("load balancer");
+    let lb_before = before.lb.as_ref().expect("load balancer");
+    assert_eq!(rule(lb, "a"), rule(lb_before, "a"), "a's rule and port stay");
+    assert!(lb.probes.iter().any(|pr| pr.name == "a"));
+    assert_eq!(p.ports.get("b"), Some(&6001));
+    assert_eq!(p.ports.get("c"), Some(&6002), "a's port stays taken");
+    assert!(!p.ports.contains_key("a"));
+    for (now, was) in ip_config_names(&state).iter().zip(ip_config_names(&before)) {
+        assert_eq!(now, &[was.clone(), vec!["egressgateway-c".to_string()]].concat());
+    }
+    let a_ip_config = |s: &AzureState| {
+        s.vmss_model
+            .as_ref()
+            .and_then(|m| m.ip_configs.iter().find(|c| c.name == "egressgateway-a").cloned())
+    };
+    assert_eq!(a_ip_config(&state), a_ip_config(&before), "on its old prefix");
+
+    // On a VM pool its public IPs stay too: a plan with nothing to add writes nothing.
+    let mut state = vm_state(2);
+    converge(&vm_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    let p = plan(
+        &Pool {
+            prefix_len: 30,
+            ..vm_pool()
+        },
+        &[cfg("a", Egress::Managed)],
+        &state,
+    );
+    assert!(p.problems.contains_key("a"));
+    assert!(p.is_noop(), "{p:#?}");
+}
+
+#[test]
+fn a_new_configuration_without_a_free_port_adds_nothing_and_takes_nothing() {
+    let mut configs: Vec<Config> = (0..1000)
+        .map(|i| cfg(&format!("c{i:04}"), Egress::Private))
+        .collect();
+    let mut state = vmss_state(1);
+    converge(&vmss_pool(), &configs, &mut state);
+    configs.push(cfg("new", Egress::Managed));
+    let p = plan(&vmss_pool(), &configs, &state);
+    assert_eq!(
+        p.problems.get("new"),
+        Some(&ConfigProblem::NoAvailablePorts(1000))
+    );
+    assert!(
+        p.is_noop(),
+        "no prefix, rule, probe or ipConfiguration for it: {p:#?}"
+    );
+    assert_eq!(p.ports.len(), 1000);
+}
+
+#[test]
+fn a_configuration_that_lost_its_rule_while_every_port_is_taken_keeps_its_ip_configurations() {
+    let mut configs: Vec<Config> = (0..1000)
+        .map(|i| cfg(&format!("c{i:04}"), Egress::Private))
+        .collect();
+    let mut state = vmss_state(1);
+    converge(&vmss_pool(), &configs, &mut state);
+    // c0500's rule is removed by hand, and a configuration planned before it takes the port it frees.
+    if let Some(lb) = state.lb.as_mut() {
+        lb.rules.retain(|r| r.name != "c0500");
+    }
+    configs.insert(0, cfg("new", Egress::Private));
+    let p = plan(&vmss_pool(), &configs, &state);
+    assert_eq!(p.ports.get("new"), Some(&6500));
+    assert_eq!(
+        p.problems.get("c0500"),
+        Some(&ConfigProblem::NoAvailablePorts(1000))
+    );
+    assert_eq!(p.problems.len(), 1);
+    // Kept: its ipConfigurations and probe stay; `new` is added next to them.
+    let model = p.vmss_model.as_ref().expect("the model gets `new`");
+    assert!(model.ip_configs.iter().any(|c| c.name == "egressgateway-c0500"));
+    assert!(model.ip_configs.iter().any(|c| c.name == "egressgateway-new"));
+    assert!(lb_of(&p).probes.iter().any(|pr| pr.name == "c0500"));
+    assert!(
+        p.nic_updates
+            .iter()
+            .all(|u| u.nic.ip_configs.iter().any(|c| c.name == "egressgateway-c0500"))
+    );
+}
+
+#[test]
+fn a_configuration_whose_adopted_prefix_is_gone_keeps_its_rule_and_port() {
+    let mut state = with_upstream_prefix(vmss_state(2));
+    converge(
+        &vmss_pool(),
+        &[adopted("a", UPSTREAM), cfg("b", Egress::Private)],
+        &mut state,
+    );
+    let before = state.lb.clone().expect("load balancer");
+    // The prefix is gone, so are the ipConfigurations that referenced it (ARM deletes no prefix in use).
+    state.managed_prefixes.remove(UPSTREAM);
+    for nic in state
+        .vmss_model
+        .iter_mut()
+        .chain(state.instances.iter_mut().filter_map(|i| i.nic.as_mut()))
+    {
+        nic.ip_configs.retain(|c| c.name != "egressgateway-a");
+    }
+    let p = converge(
+        &vmss_pool(),
+        &[
+            adopted("a", UPSTREAM),
+            cfg("b", Egress::Private),
+            cfg("c", Egress::Private),
+        ],
+        &mut state,
+    );
+    assert_eq!(
+        p.problems.get("a"),
+        Some(&ConfigProblem::AdoptedPrefixMissing {
+            name: UPSTREAM.into()
+        })
+    );
+    let lb = state.lb.as_ref().expect("load balancer");
+    assert_eq!(rule(lb, "a"), rule(&before, "a"));
+    assert_eq!(p.ports.get("c"), Some(&6002), "a's port stays taken");
+    assert!(
+        p.prefixes_to_create.is_empty(),
+        "an adopted prefix is never made again"
+    );
+    assert!(
+        ip_config_names(&state)
+            .iter()
+            .all(|names| !names.contains(&"egressgateway-a".to_string()))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// VM pools: public IPs of NICs that are gone
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_vm_pool_deletes_its_tagged_public_ips_of_a_nic_that_is_gone_and_no_one_elses() {
+    let mut state = vm_state(2);
+    converge(
+        &vm_pool(),
+        &[cfg("a", byo()), cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    let gone = state.vm_nics[1].name.clone();
+    let of_gone: Vec<String> = ["egressgateway-b", "mine"]
+        .iter()
+        .map(|prefix| vm_pool_public_ip_name(prefix, &gone).to_ascii_lowercase())
+        .collect();
+    assert!(of_gone.iter().all(|n| state.public_ips.contains_key(n)));
+    // Others on the BYO prefix: the user's; another pool's (tagged so, named as ours would be for a NIC of that
+    // name); one tagged with this pool but used by a NIC of no pool (someone attached it); one named for the
+    // NIC that goes but created before the tag (the name rule cannot tell it once the NIC is gone).
+    let others = [
+        ("mine-appgw".to_string(), PublicIp::of_prefix(BYO)),
+        (
+            vm_pool_public_ip_name("mine", "aks-other-0-nic"),
+            PublicIp {
+                pool: Some("other-pool-uid".into()),
+                ..PublicIp::of_prefix(BYO)
+            },
+        ),
+        (
+            "mine-attached".to_string(),
+            PublicIp {
+                pool: Some(POOL.into()),
+                used_by: Some(
+                    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkInterfaces/users-nic/ipConfigurations/ipconfig1"
+                        .into(),
+                ),
+                ..PublicIp::of_prefix(BYO)
+            },
+        ),
+    ];
+    for (name, ip) in &others {
+        state.public_ips.insert(name.to_ascii_lowercase(), ip.clone());
+    }
+    let configs = [cfg("a", byo()), cfg("b", Egress::Managed)];
+    assert!(plan(&vm_pool(), &configs, &state).is_noop());
+
+    // The VM and its NIC are deleted (ARM releases the NIC's public IPs, it does not delete them).
+    state.vm_nics.remove(1);
+    let p = converge(&vm_pool(), &configs, &mut state);
+    let mut deleted = p.public_ips_to_delete.clone();
+    deleted.sort();
+    assert_eq!(deleted, of_gone);
+    for (name, ip) in &others {
+        assert_eq!(
+            state.public_ips.get(&name.to_ascii_lowercase()),
+            Some(ip),
+            "{name}"
+        );
+    }
+    assert!(p.nic_updates.is_empty() && p.prefixes_to_delete.is_empty());
+
+    // A kept configuration's public IPs stay, also those of a NIC that is gone.
+    let mut state = vm_state(2);
+    converge(&vm_pool(), &configs, &mut state);
+    state.vm_nics.remove(1);
+    let p = plan(
+        &vm_pool(),
+        &[kept_cfg("a", byo()), cfg("b", Egress::Managed)],
+        &state,
+    );
+    assert_eq!(p.public_ips_to_delete, vec![of_gone[0].clone()], "b's only");
 }

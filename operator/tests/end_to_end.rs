@@ -723,7 +723,7 @@ async fn a_vm_pool_keeps_a_users_public_ip_named_after_its_byo_prefix() {
         .put_public_ip(
             &rg,
             "prod-appgw-pip",
-            &operator::azure::json::public_ip_body(&location, &prefix_id),
+            &operator::azure::json::public_ip_body(&location, &prefix_id, None),
         )
         .await
         .expect("the user's public IP");

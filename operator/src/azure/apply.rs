@@ -205,7 +205,7 @@ pub async fn apply(
         arm.put_public_ip(
             &pool.resource_group,
             &pip.name,
-            &public_ip_body(&pool.location, &pip.prefix_id),
+            &public_ip_body(&pool.location, &pip.prefix_id, Some(&pool.pool.uid)),
         )
         .await?;
         *writes += 1;
@@ -367,18 +367,14 @@ pub async fn reconcile(
         .filter(|c| !c.deleting && !c.kept)
         .map(|c| {
             let cidr = match &c.egress {
-                Egress::Managed => after
-                    .state
-                    .managed_prefixes
-                    .get(&managed_resource_name(&c.uid).to_ascii_lowercase())
-                    .and_then(|p| p.cidr.clone()),
                 Egress::Byo { prefix } => byo_cidrs.get(&prefix.name.to_ascii_lowercase()).cloned(),
-                Egress::Adopted { name } => after
-                    .state
-                    .managed_prefixes
-                    .get(&name.to_ascii_lowercase())
-                    .and_then(|p| p.cidr.clone()),
-                Egress::Private => None,
+                _ => c.egress_owned_prefix().and_then(|name| {
+                    after
+                        .state
+                        .managed_prefixes
+                        .get(&name.to_ascii_lowercase())
+                        .and_then(|p| p.cidr.clone())
+                }),
             };
             (
                 c.uid.clone(),
@@ -423,14 +419,7 @@ pub async fn cleanup_without_pool(
         else {
             return Ok(0);
         };
-        let plan = plan_lb(
-            &pool_uid,
-            std::slice::from_ref(c),
-            &BTreeMap::new(),
-            Some(&lb),
-            &env,
-            false,
-        );
+        let plan = plan_lb(&pool_uid, std::slice::from_ref(c), Some(&lb), &env, false);
         write_lb(arm, cfg, Some(&current), &plan.write).await
     })
     .await;

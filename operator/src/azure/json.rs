@@ -400,10 +400,16 @@ pub fn managed_prefix_body(location: &str, prefix_len: i32) -> Value {
     })
 }
 
-/// Body of a VM-pool public IP address PUT.
-pub fn public_ip_body(location: &str, prefix_id: &str) -> Value {
+/// Body of a public IP address PUT, allocated from `prefix_id`. The operator's own for a VM pool's NIC carry
+/// the pool's uid (`pool`) in [`api::names::TAG_GATEWAY_POOL`].
+pub fn public_ip_body(location: &str, prefix_id: &str, pool: Option<&str>) -> Value {
+    let tags: serde_json::Map<String, Value> = pool
+        .map(|uid| (api::names::TAG_GATEWAY_POOL.to_string(), json!(uid)))
+        .into_iter()
+        .collect();
     json!({
         "location": location,
+        "tags": tags,
         "sku": {"name": "Standard", "tier": "Regional"},
         "properties": {
             "publicIPAddressVersion": "IPv4",
@@ -446,7 +452,7 @@ mod tests {
             kept: false,
             adopted: None,
         }];
-        let plan = crate::desired::plan_lb(&pool.uid, &configs, &Default::default(), None, &env(), false);
+        let plan = crate::desired::plan_lb(&pool.uid, &configs, None, &env(), false);
         let crate::desired::LbWrite::Put { lb, .. } = plan.write else {
             panic!("expected a PUT");
         };

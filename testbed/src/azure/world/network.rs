@@ -620,6 +620,7 @@ impl World {
     ) -> Result<(String, String, Option<Value>), ArmError> {
         let id = self.id_in(rg, ty, name)?;
         check_network_name(name)?;
+        check_tags(body)?;
         let location = Self::require_location(body, &id)?;
         let existing = self.get(&id).cloned();
         Ok((id, location, existing))
