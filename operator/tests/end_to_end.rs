@@ -1799,3 +1799,74 @@ async fn a_deletion_waits_for_a_refused_instance_update() {
     let a = sgcs.get("a").await.expect("get");
     assert_eq!(condition(&a, READY), Some(("True", "Provisioned")));
 }
+
+/// The pool's prefix size changes under a provisioned configuration (here the node pool's
+/// `aks-managed-gatewayIPPrefixSize` tag; a GatewayPool's is immutable): its managed prefix no longer fits,
+/// which its status reports, but it keeps its rule, port and ipConfigurations (no egress outage), and a
+/// configuration created meanwhile takes another port. Once the size is back, it is provisioned as before.
+#[tokio::test]
+async fn a_configuration_whose_prefix_no_longer_fits_the_pool_keeps_its_rule_and_ip_configurations() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_sgc(&sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let a = uid_of(&sgcs, "a").await;
+    let port_of = |s: &StaticGatewayConfiguration| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.gateway_server_profile.as_ref())
+            .map(|p| i64::from(p.port))
+    };
+    let port = port_of(&provisioned(&sgcs, "a").await);
+    let ports = rule_ports(&w).await;
+    let configs = ip_config_names(&w).await;
+    assert_eq!(ports.get(&a).copied(), port);
+    assert!(
+        configs.iter().all(|c| c.contains(&format!("egressgateway-{a}"))),
+        "{configs:?}"
+    );
+
+    let vmss_id = |vmss: serde_json::Value| vmss["id"].as_str().expect("id").to_string();
+    let vmss = w.op.arm.get_vmss("node-rg", GATEWAY_VMSS).await.expect("vmss");
+    let vmss_id = vmss_id(vmss.expect("the scale set exists"));
+    let resize = |size: &str| {
+        w.azure
+            .patch_resource(
+                &vmss_id,
+                &json!({"tags": {api::names::TAG_GATEWAY_PREFIX_SIZE: size}}),
+            )
+            .expect("tag")
+    };
+    resize("30");
+    create_sgc(&sgcs, "b", json!({"gatewayNodepoolName": "gateway"})).await;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let b = uid_of(&sgcs, "b").await;
+    let s = sgcs.get("a").await.expect("get");
+    assert_eq!(condition(&s, READY), Some(("False", "PrefixSizeMismatch")));
+    let (status, reason, message) = condition_message(&s, ACCEPTED).expect("Accepted");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "PrefixSizeMismatch")
+    );
+    assert!(
+        message.contains("length 31") && message.contains("requires 30"),
+        "{message}"
+    );
+    let now = rule_ports(&w).await;
+    assert_eq!(now.get(&a), ports.get(&a), "a's rule keeps its port");
+    assert!(now.get(&b).is_some_and(|p| Some(*p) != port), "{now:?}");
+    let with_b = ip_config_names(&w).await;
+    for (names, before) in with_b.iter().zip(&configs) {
+        let mut expected = before.clone();
+        expected.push(format!("egressgateway-{b}"));
+        expected.sort();
+        assert_eq!(names, &expected, "a's ipConfigurations stay, b's are added");
+    }
+    provisioned(&sgcs, "b").await;
+
+    resize("31");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let s = provisioned(&sgcs, "a").await;
+    assert_eq!(port_of(&s), port);
+    assert_eq!(rule_ports(&w).await.get(&a).copied(), port);
+}
