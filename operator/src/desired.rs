@@ -59,7 +59,7 @@ pub struct Config {
     pub deleting: bool,
     /// Kept as it is: the configuration is on the pool, but this plan may neither provision nor remove it
     /// (its own checks failed in this pass, or it names the scale set through another pool reference, whose
-    /// pass provisions it). Whatever it has in Azure stays exactly as it is: its ipConfigurations on the model,
+    /// pass provisions it). [`plan_pool`] also keeps a configuration it finds a [`ConfigProblem`] with. Whatever it has in Azure stays exactly as it is: its ipConfigurations on the model,
     /// instances and NICs, its rule and probe with their port (no new rule takes that port), its prefixes and
     /// public IPs; nothing is created or changed for it, and it never counts as deleting (whatever
     /// `deleting` says). The pool's frontend, backend pool and the backend pool on the primary ipConfigurations
