@@ -59,8 +59,8 @@ pub struct Config {
     pub deleting: bool,
     /// Kept as it is: the configuration is on the pool, but this plan may neither provision nor remove it
     /// (its own checks failed in this pass, or it names the scale set through another pool reference, whose
-    /// pass provisions it). [`plan_pool`] also keeps a configuration it finds a [`ConfigProblem`] with. Whatever it has in Azure stays exactly as it is: its ipConfigurations on the model,
-    /// instances and NICs, its rule and probe with their port (no new rule takes that port), its prefixes and
+    /// pass provisions it). [`plan_pool`] also keeps a configuration it finds a [`ConfigProblem`] with.
+    /// Whatever it has in Azure stays exactly as it is: its ipConfigurations on the model, instances and NICs, its rule and probe with their port (no new rule takes that port), its prefixes and
     /// public IPs; nothing is created or changed for it, and it never counts as deleting (whatever
     /// `deleting` says). The pool's frontend, backend pool and the backend pool on the primary ipConfigurations
     /// stay while it may use them.
@@ -69,6 +69,10 @@ pub struct Config {
     /// checked), whatever its egress is now: deleted, like a managed prefix, once the configuration no longer
     /// uses it (deleted, or switched to BYO or private). With [`Egress::Adopted`] it is that prefix.
     pub adopted: Option<String>,
+    /// The WireGuard port its status advertises (`gatewayServerProfile.port`), if any: pods may use it. A
+    /// kept configuration's stays reserved (no new rule takes it), and one that has no rule gets it back when
+    /// free.
+    pub status_port: Option<u16>,
 }
 
 /// Source of a configuration's egress addresses.
@@ -179,6 +183,14 @@ impl Env {
     pub fn prefix_id(&self, name: &str) -> String {
         format!(
             "{}/providers/Microsoft.Network/publicIPPrefixes/{name}",
+            self.resource_group_id
+        )
+    }
+
+    /// ARM ID of a network interface in the resource group (a VM pool's NIC).
+    pub fn nic_id(&self, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.Network/networkInterfaces/{name}",
             self.resource_group_id
         )
     }
@@ -340,7 +352,7 @@ pub struct PrefixState {
 pub struct PublicIp {
     /// ARM ID of the prefix it is allocated from.
     pub prefix_id: String,
-    /// Its [`api::names::TAG_GATEWAY_POOL`] tag: the uid of the pool the operator created it for.
+    /// Its [`api::names::TAG_GATEWAY_POOL_UID`] tag: the uid of the pool the operator created it for.
     pub pool: Option<String>,
     /// ARM ID of the ipConfiguration that uses it (`properties.ipConfiguration.id`), if any.
     pub used_by: Option<String>,
@@ -447,7 +459,7 @@ pub enum ConfigProblem {
     NoAvailablePorts(u16),
     /// A managed prefix exists with a length other than the pool's.
     #[error(
-        "managed public ip prefix has length {found}, the pool requires {required}; delete the prefix or fix the pool's prefix size"
+        "public ip prefix has length {found}, the pool requires {required}; the configuration keeps its egress IPs on it: restore the pool's prefix size, or delete and recreate the configuration (new egress IPs)"
     )]
     PrefixSizeMismatch {
         /// Length found.
@@ -487,6 +499,10 @@ pub struct PoolPlan {
     pub prefixes_to_create: Vec<PrefixCreate>,
     /// 1b. VM pools: public IP addresses to create before the NICs reference them.
     pub public_ips_to_create: Vec<PublicIpCreate>,
+    /// 1c. VM pools: the operator's public IPs made before it tagged them (known by their name while their NIC
+    /// exists), PUT again, once, with the pool's [`api::names::TAG_GATEWAY_POOL_UID`] tag so that they are
+    /// still known as the pool's once their NIC is gone.
+    pub public_ips_to_tag: Vec<PublicIpCreate>,
     /// 2. (or 5.) The load balancer.
     pub lb: LbWrite,
     /// 3. VMSS pools: the model's primary NIC configuration, when it changes.
@@ -513,6 +529,7 @@ impl PoolPlan {
     pub fn write_count(&self) -> usize {
         self.prefixes_to_create.len()
             + self.public_ips_to_create.len()
+            + self.public_ips_to_tag.len()
             + usize::from(self.lb != LbWrite::Keep)
             + usize::from(self.vmss_model.is_some())
             + self.nic_updates.len()
@@ -656,10 +673,24 @@ pub fn plan_pool(
             env,
             carries_any(state, &kept_ip_configs),
         );
-        if lb_plan.problems.is_empty() {
+        // A configuration without a port that has nothing (no rule, probe, ipConfiguration or advertised port)
+        // keeps nothing: this plan already is what keeping it plans, so the common case needs one round.
+        let holds_something = |uid: &String| {
+            configs.iter().any(|c| &c.uid == uid && c.status_port.is_some())
+                || state.lb.as_ref().is_some_and(|lb| {
+                    lb.rules.iter().any(|r| eq_ci(&r.name, uid))
+                        || lb.probes.iter().any(|p| eq_ci(&p.name, uid))
+                })
+                || carries_any(state, &[managed_resource_name(uid)])
+        };
+        let again = lb_plan.problems.keys().any(holds_something);
+        problems.extend(lb_plan.problems.clone());
+        if !again {
+            for c in configs.iter_mut().filter(|c| problems.contains_key(&c.uid)) {
+                c.kept = true;
+            }
             break lb_plan;
         }
-        problems.extend(lb_plan.problems);
     };
     let configs = configs.as_slice();
     prefixes_to_create.retain(|p| !problems.keys().any(|u| managed_resource_name(u) == p.name));
@@ -679,6 +710,7 @@ pub fn plan_pool(
     let mut nic_updates = Vec::new();
     let mut public_ips_to_create = BTreeSet::new();
     let mut public_ips_to_delete = Vec::new();
+    let mut public_ips_to_tag = Vec::new();
     match pool.kind {
         PoolKind::Vmss => {
             // A scale set that is gone (or has no network profile) needs nothing removed; it can only be a
@@ -768,29 +800,42 @@ pub fn plan_pool(
             // (switched from BYO to managed or private, or to another BYO prefix) go too, and with the tag those
             // of a NIC that is gone. Those of a prefix a kept configuration may use stay, and so does one that an
             // ipConfiguration of no NIC of this pool uses (ARM would refuse to delete it).
-            let made_here = |name: &str, ip: &PublicIp| {
-                ip.pool.as_deref().is_some_and(|p| eq_ci(p, &pool.uid))
-                    || state.vm_nics.iter().any(|nic| {
-                        eq_ci(
-                            &vm_pool_public_ip_name(last_segment(&ip.prefix_id), &nic.name),
-                            name,
-                        )
-                    })
+            let named_here = |name: &str, ip: &PublicIp| {
+                state.vm_nics.iter().any(|nic| {
+                    eq_ci(
+                        &vm_pool_public_ip_name(last_segment(&ip.prefix_id), &nic.name),
+                        name,
+                    )
+                })
             };
+            let tagged_here = |ip: &PublicIp| ip.pool.as_deref().is_some_and(|p| eq_ci(p, &pool.uid));
+            let pool_nics: BTreeSet<String> = state
+                .vm_nics
+                .iter()
+                .map(|nic| env.nic_id(&nic.name).to_ascii_lowercase())
+                .collect();
             let used_elsewhere = |ip: &PublicIp| {
                 ip.used_by
                     .as_deref()
-                    .is_some_and(|id| !state.vm_nics.iter().any(|nic| opt_eq_ci(nic_of(id), &nic.name)))
+                    .is_some_and(|id| !pool_nics.contains(&nic_of(id).to_ascii_lowercase()))
             };
             let of_kept: BTreeSet<String> = kept(configs).flat_map(Config::public_ip_prefix_names).collect();
             for (name, ip) in &state.public_ips {
-                if made_here(name, ip)
-                    && !used_elsewhere(ip)
-                    && !of_kept.contains(&last_segment(&ip.prefix_id).to_ascii_lowercase())
+                let named = named_here(name, ip);
+                if !(named || tagged_here(ip)) || used_elsewhere(ip) {
+                    continue;
+                }
+                if !of_kept.contains(&last_segment(&ip.prefix_id).to_ascii_lowercase())
                     && !wanted_pips.contains(name)
                     && !still_used.contains(name)
                 {
                     public_ips_to_delete.push(name.clone());
+                } else if named && ip.pool.is_none() {
+                    // Made before the tag: tagged now, while its name still tells it is ours.
+                    public_ips_to_tag.push(PublicIpCreate {
+                        name: name.clone(),
+                        prefix_id: ip.prefix_id.clone(),
+                    });
                 }
             }
         }
@@ -827,6 +872,7 @@ pub fn plan_pool(
     Ok(PoolPlan {
         prefixes_to_create,
         public_ips_to_create: public_ips_to_create.into_iter().collect(),
+        public_ips_to_tag,
         lb: lb_plan.write,
         vmss_model,
         nic_updates,
@@ -858,11 +904,13 @@ fn update_reason(
     missing.then_some(UpdateReason::MissingAddresses)
 }
 
-/// The NIC name in the ARM ID of a NIC's ipConfiguration (`…/networkInterfaces/<nic>/ipConfigurations/<name>`).
-fn nic_of(ip_config_id: &str) -> Option<&str> {
-    let mut segments = ip_config_id.split('/');
-    segments.find(|s| s.eq_ignore_ascii_case("networkInterfaces"))?;
-    segments.next()
+/// The NIC's ARM ID in the ARM ID of a NIC's ipConfiguration (`<nic id>/ipConfigurations/<name>`); the ID
+/// itself when it names no ipConfiguration.
+fn nic_of(ip_config_id: &str) -> &str {
+    ip_config_id
+        .to_ascii_lowercase()
+        .rfind("/ipconfigurations/")
+        .map_or(ip_config_id, |i| &ip_config_id[..i])
 }
 
 /// The last segment of an ARM ID: the resource name.
@@ -946,13 +994,22 @@ fn desired_nic(
         c
     };
 
+    // By name, lower-cased: one lookup per ipConfiguration, not a scan (a pool may have 1000 configurations).
+    let wanted_by_name: BTreeMap<String, &(String, Option<String>)> =
+        wanted.iter().map(|w| (w.0.to_ascii_lowercase(), w)).collect();
+    let keeping_names: BTreeSet<String> = keeping
+        .ip_configs
+        .iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
     let mut out = Vec::with_capacity(current.ip_configs.len() + wanted.len());
     for (i, c) in current.ip_configs.iter().enumerate() {
         if i == primary_idx || !is_gateway_ip_config(&c.name) {
             out.push(c.clone());
             continue;
         }
-        if let Some((name, prefix)) = wanted.iter().find(|(n, _)| eq_ci(n, &c.name)) {
+        let lower = c.name.to_ascii_lowercase();
+        if let Some((name, prefix)) = wanted_by_name.get(&lower) {
             let want = expected(name, prefix);
             out.push(if same_ip_config(c, &want) {
                 c.clone()
@@ -962,12 +1019,13 @@ fn desired_nic(
                     ..want
                 }
             });
-        } else if keeping.ip_configs.iter().any(|n| eq_ci(n, &c.name)) {
+        } else if keeping_names.contains(&lower) {
             out.push(c.clone());
         }
     }
+    let present: BTreeSet<String> = out.iter().map(|c| c.name.to_ascii_lowercase()).collect();
     for (name, prefix) in wanted {
-        if !out.iter().any(|c| eq_ci(&c.name, name)) {
+        if !present.contains(&name.to_ascii_lowercase()) {
             out.push(expected(name, prefix));
         }
     }
@@ -1059,9 +1117,14 @@ pub fn plan_lb(
 ) -> LbPlan {
     let uid = pool_uid;
     let wanted: Vec<&Config> = wanted(configs).collect();
-    let is_wanted = |name: &str| wanted.iter().any(|c| eq_ci(&c.uid, name));
-    let is_kept = |name: &str| kept(configs).any(|c| eq_ci(&c.uid, name));
-    let names_a_config = |name: &str| configs.iter().any(|c| eq_ci(&c.uid, name));
+    // By uid, lower-cased (ARM names are case-insensitive): one lookup per rule or probe, not a scan.
+    let wanted_by_uid: BTreeMap<String, &Config> =
+        wanted.iter().map(|c| (c.uid.to_ascii_lowercase(), *c)).collect();
+    let kept_uids: BTreeSet<String> = kept(configs).map(|c| c.uid.to_ascii_lowercase()).collect();
+    let all_uids: BTreeSet<String> = configs.iter().map(|c| c.uid.to_ascii_lowercase()).collect();
+    let is_wanted = |name: &str| wanted_by_uid.contains_key(&name.to_ascii_lowercase());
+    let is_kept = |name: &str| kept_uids.contains(&name.to_ascii_lowercase());
+    let names_a_config = |name: &str| all_uids.contains(&name.to_ascii_lowercase());
     let mut lb = current.cloned().unwrap_or_default();
     lb.failed = false;
     let mut problems = BTreeMap::new();
@@ -1088,12 +1151,12 @@ pub fn plan_lb(
             rules_left.push(r);
             continue;
         }
-        let keep = is_wanted(&r.name)
+        let owner = wanted_by_uid.get(&r.name.to_ascii_lowercase());
+        let keep = owner.is_some_and(|c| !ports.contains_key(&c.uid))
             && rule_is_expected(&r, uid, &r.name)
-            && valid_port(&r).is_some_and(|p| !used.contains(&p))
-            && !ports.keys().any(|k| eq_ci(k, &r.name));
+            && valid_port(&r).is_some_and(|p| !used.contains(&p));
         if keep {
-            if let (Some(p), Some(c)) = (valid_port(&r), wanted.iter().find(|c| eq_ci(&c.uid, &r.name))) {
+            if let (Some(p), Some(c)) = (valid_port(&r), owner) {
                 used.insert(p);
                 ports.insert(c.uid.clone(), p);
             }
@@ -1103,6 +1166,19 @@ pub fn plan_lb(
         }
     }
     lb.rules = rules_left;
+    // The port a kept configuration's status advertises stays reserved (its pods may still use it) unless an
+    // existing rule of another configuration holds it (that rule keeps it). A configuration that has no rule
+    // gets the port its status advertises back when that port is free, before any new rule takes the lowest.
+    let in_range = |p: &u16| (WIREGUARD_PORT_START..WIREGUARD_PORT_END).contains(p);
+    used.extend(kept(configs).filter_map(|c| c.status_port).filter(in_range));
+    let mut advertised: BTreeMap<&str, u16> = BTreeMap::new();
+    for c in wanted.iter().filter(|c| !ports.contains_key(&c.uid)) {
+        if let Some(p) = c.status_port.filter(in_range)
+            && used.insert(p)
+        {
+            advertised.insert(&c.uid, p);
+        }
+    }
 
     // Probes: drop those of unwanted configurations and of dropped rules unless still referenced.
     let referenced: BTreeSet<String> = lb
@@ -1151,9 +1227,20 @@ pub fn plan_lb(
             .find(|b| eq_ci(b, uid))
             .cloned()
             .unwrap_or_else(|| uid.to_string());
+        let mut probe_at: BTreeMap<String, usize> = lb
+            .probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.to_ascii_lowercase(), i))
+            .collect();
+        // `used` only grows below, so the lowest free port never goes down.
+        let mut lowest_free = WIREGUARD_PORT_START;
         for c in &wanted {
             let want = expected_probe(&c.uid, env);
-            match lb.probes.iter_mut().find(|p| eq_ci(&p.name, &c.uid)) {
+            match probe_at
+                .get(&c.uid.to_ascii_lowercase())
+                .map(|&i| &mut lb.probes[i])
+            {
                 Some(p) if same_probe(p, &want) => {}
                 Some(p) => {
                     *p = Probe {
@@ -1161,17 +1248,21 @@ pub fn plan_lb(
                         ..want
                     }
                 }
-                None => lb.probes.push(want),
+                None => {
+                    probe_at.insert(c.uid.to_ascii_lowercase(), lb.probes.len());
+                    lb.probes.push(want);
+                }
             }
             if ports.contains_key(&c.uid) {
                 continue;
             }
-            let Some(port) = (WIREGUARD_PORT_START..WIREGUARD_PORT_END).find(|p| !used.contains(p)) else {
+            let free = (lowest_free..WIREGUARD_PORT_END).find(|p| !used.contains(p));
+            lowest_free = free.unwrap_or(WIREGUARD_PORT_END);
+            let Some(port) = advertised.get(c.uid.as_str()).copied().or(free) else {
                 problems.insert(
                     c.uid.clone(),
                     ConfigProblem::NoAvailablePorts(WIREGUARD_PORT_END - WIREGUARD_PORT_START),
                 );
-                lb.probes.retain(|p| !eq_ci(&p.name, &c.uid));
                 continue;
             };
             used.insert(port);
@@ -1187,6 +1278,8 @@ pub fn plan_lb(
                 backend_port: Some(i32::from(port)),
             });
         }
+        // Those that got no port get no probe either.
+        lb.probes.retain(|p| !problems.keys().any(|u| eq_ci(u, &p.name)));
     }
 
     let write = match current {

@@ -42,6 +42,7 @@ fn cfg(uid: &str, egress: Egress) -> Config {
         deleting: false,
         kept: false,
         adopted: None,
+        status_port: None,
     }
 }
 
@@ -133,6 +134,11 @@ fn apply(state: &mut AzureState, plan: &PoolPlan) {
             .get_mut(&last_segment(&pip.prefix_id).to_ascii_lowercase())
         {
             p.public_ip_ids.push(env().public_ip_id(&pip.name));
+        }
+    }
+    for pip in &plan.public_ips_to_tag {
+        if let Some(ip) = state.public_ips.get_mut(&pip.name.to_ascii_lowercase()) {
+            ip.pool = Some(POOL.into());
         }
     }
     match &plan.lb {
@@ -1708,6 +1714,14 @@ fn a_provisioned_configuration_whose_prefix_now_has_another_length_keeps_its_rul
         })
     );
     assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+    // Its public IPs keep the prefix in use, so ARM refuses to delete it: the message names what works.
+    let message = p.problems["a"].to_string();
+    assert!(
+        message.contains("restore the pool's prefix size")
+            && message.contains("delete and recreate the configuration (new egress IPs)")
+            && !message.contains("delete the prefix"),
+        "{message}"
+    );
     assert!(p.prefixes_to_delete.is_empty(), "{p:#?}");
     assert_eq!(
         p.prefixes_to_create,
@@ -1748,13 +1762,60 @@ fn a_provisioned_configuration_whose_prefix_now_has_another_length_keeps_its_rul
     assert!(p.is_noop(), "{p:#?}");
 }
 
-#[test]
-fn a_new_configuration_without_a_free_port_adds_nothing_and_takes_nothing() {
-    let mut configs: Vec<Config> = (0..1000)
+/// `n` private configurations `c0000`… provisioned on a one-instance scale set, every port taken when `n` is
+/// 1000. The first is planned and applied; the others' rules, probes, ipConfigurations and addresses are built
+/// as copies of its own (planning and applying 1000 configurations would make this suite slow).
+fn provisioned_private(n: usize) -> (Vec<Config>, AzureState) {
+    let configs: Vec<Config> = (0..n)
         .map(|i| cfg(&format!("c{i:04}"), Egress::Private))
         .collect();
     let mut state = vmss_state(1);
-    converge(&vmss_pool(), &configs, &mut state);
+    converge(&vmss_pool(), &configs[..1], &mut state);
+    let first = managed_resource_name(&configs[0].uid);
+    let lb = state.lb.as_mut().expect("load balancer");
+    let rule0 = rule(lb, &configs[0].uid).clone();
+    for (i, c) in configs.iter().enumerate().skip(1) {
+        let port = i32::from(WIREGUARD_PORT_START) + i32::try_from(i).expect("small");
+        lb.rules.push(LbRule {
+            name: c.uid.clone(),
+            probe: Some(c.uid.clone()),
+            frontend_port: Some(port),
+            backend_port: Some(port),
+            ..rule0.clone()
+        });
+        lb.probes.push(expected_probe(&c.uid, &env()));
+    }
+    let nics = state
+        .vmss_model
+        .iter_mut()
+        .chain(state.instances.iter_mut().filter_map(|i| i.nic.as_mut()));
+    for nic in nics {
+        let ip_config0 = nic
+            .ip_configs
+            .iter()
+            .find(|c| c.name == first)
+            .cloned()
+            .expect("the first configuration's ipConfiguration");
+        for c in &configs[1..] {
+            nic.ip_configs.push(IpConfig {
+                name: managed_resource_name(&c.uid),
+                ..ip_config0.clone()
+            });
+        }
+    }
+    for (i, c) in configs.iter().enumerate().skip(1) {
+        state.instances[0].addresses.by_ip_config.insert(
+            managed_resource_name(&c.uid).to_ascii_lowercase(),
+            format!("10.0.{}.{}", 2 + i / 250, i % 250),
+        );
+    }
+    assert!(plan(&vmss_pool(), &configs, &state).is_noop());
+    (configs, state)
+}
+
+#[test]
+fn a_new_configuration_without_a_free_port_adds_nothing_and_takes_nothing() {
+    let (mut configs, state) = provisioned_private(1000);
     configs.push(cfg("new", Egress::Managed));
     let p = plan(&vmss_pool(), &configs, &state);
     assert_eq!(
@@ -1769,17 +1830,30 @@ fn a_new_configuration_without_a_free_port_adds_nothing_and_takes_nothing() {
 }
 
 #[test]
-fn a_configuration_that_lost_its_rule_while_every_port_is_taken_keeps_its_ip_configurations() {
-    let mut configs: Vec<Config> = (0..1000)
-        .map(|i| cfg(&format!("c{i:04}"), Egress::Private))
-        .collect();
-    let mut state = vmss_state(1);
-    converge(&vmss_pool(), &configs, &mut state);
-    // c0500's rule is removed by hand, and a configuration planned before it takes the port it frees.
+fn a_configuration_that_lost_its_rule_gets_the_port_its_status_advertises_back() {
+    let (mut configs, mut state) = provisioned_private(1000);
+    // c0500's rule is removed by hand; a configuration planned before it would take the lowest free port,
+    // 6500, which c0500's status still advertises (its pods use wg-6500).
     if let Some(lb) = state.lb.as_mut() {
         lb.rules.retain(|r| r.name != "c0500");
     }
+    configs[500].status_port = Some(6500);
     configs.insert(0, cfg("new", Egress::Private));
+    let p = plan(&vmss_pool(), &configs, &state);
+    assert_eq!(p.ports.get("c0500"), Some(&6500), "its rule is made again");
+    assert_eq!(rule(lb_of(&p), "c0500").frontend_port, Some(6500));
+    assert_eq!(
+        p.problems.get("new"),
+        Some(&ConfigProblem::NoAvailablePorts(1000))
+    );
+    assert_eq!(p.problems.len(), 1);
+    assert!(p.vmss_model.is_none() && p.nic_updates.is_empty(), "{p:#?}");
+
+    // Without a port in its status (never reported), the configuration planned first takes 6500, and c0500,
+    // without a port, keeps its ipConfigurations and probe; `new` is added next to them.
+    if let Some(c) = configs.iter_mut().find(|c| c.uid == "c0500") {
+        c.status_port = None;
+    }
     let p = plan(&vmss_pool(), &configs, &state);
     assert_eq!(p.ports.get("new"), Some(&6500));
     assert_eq!(
@@ -1787,7 +1861,6 @@ fn a_configuration_that_lost_its_rule_while_every_port_is_taken_keeps_its_ip_con
         Some(&ConfigProblem::NoAvailablePorts(1000))
     );
     assert_eq!(p.problems.len(), 1);
-    // Kept: its ipConfigurations and probe stay; `new` is added next to them.
     let model = p.vmss_model.as_ref().expect("the model gets `new`");
     assert!(model.ip_configs.iter().any(|c| c.name == "egressgateway-c0500"));
     assert!(model.ip_configs.iter().any(|c| c.name == "egressgateway-new"));
@@ -1797,6 +1870,39 @@ fn a_configuration_that_lost_its_rule_while_every_port_is_taken_keeps_its_ip_con
             .iter()
             .all(|u| u.nic.ip_configs.iter().any(|c| c.name == "egressgateway-c0500"))
     );
+}
+
+#[test]
+fn the_port_a_kept_configuration_advertises_stays_reserved_unless_another_rule_holds_it() {
+    let (configs, mut state) = provisioned_private(2);
+    // c0001's rule (6001) is gone while it is kept; its status still advertises 6001.
+    if let Some(lb) = state.lb.as_mut() {
+        lb.rules.retain(|r| r.name != "c0001");
+    }
+    let kept_c1 = Config {
+        status_port: Some(6001),
+        ..kept_cfg("c0001", Egress::Private)
+    };
+    let p = plan(
+        &vmss_pool(),
+        &[configs[0].clone(), kept_c1.clone(), cfg("new", Egress::Private)],
+        &state,
+    );
+    assert_eq!(p.ports.get("new"), Some(&6002), "6001 stays c0001's");
+    assert!(p.problems.is_empty());
+
+    // A stale advertised port that an existing rule of another configuration holds stays that rule's.
+    let stale = Config {
+        status_port: Some(6000),
+        ..kept_c1
+    };
+    let p = plan(
+        &vmss_pool(),
+        &[configs[0].clone(), stale, cfg("new", Egress::Private)],
+        &state,
+    );
+    assert_eq!(p.ports.get("c0000"), Some(&6000));
+    assert_eq!(p.ports.get("new"), Some(&6001));
 }
 
 #[test]
@@ -1864,9 +1970,31 @@ fn a_vm_pool_deletes_its_tagged_public_ips_of_a_nic_that_is_gone_and_no_one_else
         .map(|prefix| vm_pool_public_ip_name(prefix, &gone).to_ascii_lowercase())
         .collect();
     assert!(of_gone.iter().all(|n| state.public_ips.contains_key(n)));
+    // The BYO prefix's IP of the NIC that goes was made before the tag: while its NIC exists, its name tells it
+    // is ours, and it is tagged, once.
+    if let Some(ip) = state.public_ips.get_mut(&of_gone[1]) {
+        ip.pool = None;
+    }
+    let configs = [cfg("a", byo()), cfg("b", Egress::Managed)];
+    let p = converge(&vm_pool(), &configs, &mut state);
+    assert_eq!(
+        p.public_ips_to_tag,
+        vec![PublicIpCreate {
+            name: of_gone[1].clone(),
+            prefix_id: BYO.into()
+        }]
+    );
+    assert_eq!(p.write_count(), 1, "{p:#?}");
+    assert_eq!(state.public_ips[&of_gone[1]].pool.as_deref(), Some(POOL));
     // Others on the BYO prefix: the user's; another pool's (tagged so, named as ours would be for a NIC of that
-    // name); one tagged with this pool but used by a NIC of no pool (someone attached it); one named for the
-    // NIC that goes but created before the tag (the name rule cannot tell it once the NIC is gone).
+    // name); one tagged with this pool but used by a NIC of no pool (someone attached it); one tagged with this
+    // pool used by a NIC of the same name as one of the pool's but in another resource group; one named for the
+    // NIC that goes but never tagged (made before the tag, and its NIC gone before a pass tagged it: the name
+    // rule cannot tell it from a user's once the NIC is gone), on a BYO prefix a configuration used before.
+    let nic_elsewhere = format!(
+        "/subscriptions/s/resourceGroups/other-rg/providers/Microsoft.Network/networkInterfaces/{}/ipConfigurations/x",
+        state.vm_nics[0].name.to_ascii_uppercase()
+    );
     let others = [
         ("mine-appgw".to_string(), PublicIp::of_prefix(BYO)),
         (
@@ -1887,12 +2015,27 @@ fn a_vm_pool_deletes_its_tagged_public_ips_of_a_nic_that_is_gone_and_no_one_else
                 ..PublicIp::of_prefix(BYO)
             },
         ),
+        (
+            "mine-elsewhere".to_string(),
+            PublicIp {
+                pool: Some(POOL.into()),
+                used_by: Some(nic_elsewhere),
+                ..PublicIp::of_prefix(BYO)
+            },
+        ),
+        (
+            vm_pool_public_ip_name("old", &gone),
+            PublicIp::of_prefix(&BYO.replace("/mine", "/old")),
+        ),
     ];
-    for (name, ip) in &others {
+    let (never_tagged, rest) = others.split_last().expect("others");
+    for (name, ip) in rest {
         state.public_ips.insert(name.to_ascii_lowercase(), ip.clone());
     }
-    let configs = [cfg("a", byo()), cfg("b", Egress::Managed)];
     assert!(plan(&vm_pool(), &configs, &state).is_noop());
+    state
+        .public_ips
+        .insert(never_tagged.0.to_ascii_lowercase(), never_tagged.1.clone());
 
     // The VM and its NIC are deleted (ARM releases the NIC's public IPs, it does not delete them).
     state.vm_nics.remove(1);

@@ -1263,6 +1263,12 @@ fn config_of(sgc: &StaticGatewayConfiguration, adoption: Option<&Result<String, 
         deleting: false,
         kept: false,
         adopted: None,
+        status_port: sgc
+            .status
+            .as_ref()
+            .and_then(|st| st.gateway_server_profile.as_ref())
+            .and_then(|p| u16::try_from(p.port).ok())
+            .filter(|p| *p != 0),
     };
     if let Some(Ok(name)) = adoption {
         if c.egress == Egress::Managed {

@@ -293,7 +293,7 @@ async fn vm_pool_private_and_public_mode_through_the_pre_created_nics() {
     );
 }
 
-/// The public IPs of the node resource group: name → (prefix name, `egressgateway-pool` tag), lower-cased.
+/// The public IPs of the node resource group: name → (prefix name, `egressgateway-pool-uid` tag), lower-cased.
 async fn public_ips(env: &Env) -> std::collections::BTreeMap<String, (String, Option<String>)> {
     env.arm
         .list_public_ips("node-rg")
@@ -308,7 +308,7 @@ async fn public_ips(env: &Env) -> std::collections::BTreeMap<String, (String, Op
                 ip["name"].as_str().unwrap_or_default().to_ascii_lowercase(),
                 (
                     operator::desired::last_segment(prefix).to_ascii_lowercase(),
-                    ip["tags"][api::names::TAG_GATEWAY_POOL]
+                    ip["tags"][api::names::TAG_GATEWAY_POOL_UID]
                         .as_str()
                         .map(str::to_string),
                 ),
@@ -372,28 +372,68 @@ async fn a_vm_pool_deletes_the_public_ips_of_a_nic_that_is_gone_and_keeps_the_us
     let users = all.get("prod-appgw-pip").cloned().expect("the user's IP");
     assert_eq!(users, ("prod".to_string(), None));
 
+    // The BYO prefix's IP of the spare NIC as an operator made before the tag made it: the next pass tags it,
+    // with one PUT, once.
+    let [byo_ip, managed_ip] = ours(gone_nic);
+    untag(&env, &byo_ip).await;
+    env.sim.clear_calls();
+    assert_eq!(run(&env, &pool, &configs).await.writes, 1);
+    assert_eq!(writes(&env, "PUT", "(?i)/publicIPAddresses/"), 1);
+    assert_eq!(
+        public_ips(&env).await[&byo_ip].1.as_deref(),
+        Some(pool.pool.uid.as_str())
+    );
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0, "tagged once");
+    // The managed prefix's IP of the spare NIC is never tagged (its NIC goes before a pass sees it).
+    untag(&env, &managed_ip).await;
+
     // The spare NIC is deleted (ARM releases its public IPs, it does not delete them).
     env.sim
         .with_state(|s| s.world.delete_network_interface("node-rg", gone_nic))
         .expect("NIC deleted");
     env.sim.clear_calls();
     let out = run(&env, &pool, &configs).await;
-    let mut deleted = out.plan.public_ips_to_delete.clone();
-    deleted.sort();
-    let mut want = ours(gone_nic).to_vec();
-    want.sort();
-    assert_eq!(deleted, want);
-    assert_eq!(writes(&env, "DELETE", "(?i)/publicIPAddresses/"), 2);
+    assert_eq!(out.plan.public_ips_to_delete, std::slice::from_ref(&byo_ip));
+    assert_eq!(writes(&env, "DELETE", "(?i)/publicIPAddresses/"), 1);
     let left: Vec<String> = public_ips(&env).await.into_keys().collect();
     let mut expected: Vec<String> = ours(kept_nic).to_vec();
     expected.push("prod-appgw-pip".into());
+    expected.push(managed_ip.clone());
     expected.sort();
-    assert_eq!(left, expected);
+    assert_eq!(
+        left, expected,
+        "the untagged one cannot be told from a user's any more"
+    );
     assert_eq!(run(&env, &pool, &configs).await.writes, 0, "steady state");
 
     run(&env, &pool, &deleting(&configs)).await;
     let left: Vec<String> = public_ips(&env).await.into_keys().collect();
-    assert_eq!(left, ["prod-appgw-pip"], "the user's IP stays to the end");
+    assert_eq!(
+        left,
+        ["prod-appgw-pip"],
+        "the user's IP stays to the end (the untagged one goes with its managed prefix)"
+    );
+}
+
+/// PUTs the public IP `name` again without tags, as the operator made its public IPs before it tagged them.
+async fn untag(env: &Env, name: &str) {
+    let ips = env.arm.list_public_ips("node-rg").await.expect("LIST public IPs");
+    let ip = ips
+        .iter()
+        .find(|ip| ip["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .expect("the public IP exists");
+    let prefix = ip["properties"]["publicIPPrefix"]["id"]
+        .as_str()
+        .expect("its prefix");
+    let location = env.cfg.location.clone();
+    env.arm
+        .put_public_ip(
+            "node-rg",
+            name,
+            &operator::azure::json::public_ip_body(&location, prefix, None),
+        )
+        .await
+        .expect("untagged");
 }
 
 /// The load balancer's tags, as Azure holds them now.

@@ -201,7 +201,7 @@ pub async fn apply(
     .collect()
     .await;
     tally(created, writes)?;
-    for pip in &plan.public_ips_to_create {
+    for pip in plan.public_ips_to_create.iter().chain(&plan.public_ips_to_tag) {
         arm.put_public_ip(
             &pool.resource_group,
             &pip.name,

@@ -401,10 +401,10 @@ pub fn managed_prefix_body(location: &str, prefix_len: i32) -> Value {
 }
 
 /// Body of a public IP address PUT, allocated from `prefix_id`. The operator's own for a VM pool's NIC carry
-/// the pool's uid (`pool`) in [`api::names::TAG_GATEWAY_POOL`].
+/// the pool's uid (`pool`) in [`api::names::TAG_GATEWAY_POOL_UID`].
 pub fn public_ip_body(location: &str, prefix_id: &str, pool: Option<&str>) -> Value {
     let tags: serde_json::Map<String, Value> = pool
-        .map(|uid| (api::names::TAG_GATEWAY_POOL.to_string(), json!(uid)))
+        .map(|uid| (api::names::TAG_GATEWAY_POOL_UID.to_string(), json!(uid)))
         .into_iter()
         .collect();
     json!({
@@ -451,6 +451,7 @@ mod tests {
             deleting: false,
             kept: false,
             adopted: None,
+            status_port: None,
         }];
         let plan = crate::desired::plan_lb(&pool.uid, &configs, None, &env(), false);
         let crate::desired::LbWrite::Put { lb, .. } = plan.write else {

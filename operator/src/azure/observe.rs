@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use api::PoolRef;
 use api::names::{
-    TAG_AKS_POOL_NAME, TAG_GATEWAY_POOL, TAG_GATEWAY_PREFIX_SIZE, TAG_STATIC_GATEWAY_NIC,
+    TAG_AKS_POOL_NAME, TAG_GATEWAY_POOL_UID, TAG_GATEWAY_PREFIX_SIZE, TAG_STATIC_GATEWAY_NIC,
     managed_resource_name,
 };
 use futures::StreamExt;
@@ -494,7 +494,7 @@ pub async fn observe_in(
                 {
                     let ip = PublicIp {
                         prefix_id: prefix.to_string(),
-                        pool: tag(&pip, TAG_GATEWAY_POOL).map(str::to_string),
+                        pool: tag(&pip, TAG_GATEWAY_POOL_UID).map(str::to_string),
                         used_by: pip
                             .pointer("/properties/ipConfiguration/id")
                             .and_then(Value::as_str)

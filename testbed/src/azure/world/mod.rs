@@ -747,7 +747,7 @@ mod tests {
     #[test]
     fn public_ips_keep_their_tags_and_refuse_what_arm_refuses() {
         let mut w = crate::azure::Seed::aks_like(1).build().expect("seed");
-        let tags = json!({"egressgateway-pool": "5f2b", "team": "net"});
+        let tags = json!({"egressgateway-pool-uid": "5f2b", "team": "net"});
         let put = w
             .put_public_ip(
                 "node-rg",
