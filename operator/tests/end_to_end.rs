@@ -1870,3 +1870,58 @@ async fn a_configuration_whose_prefix_no_longer_fits_the_pool_keeps_its_rule_and
     assert_eq!(port_of(&s), port);
     assert_eq!(rule_ports(&w).await.get(&a).copied(), port);
 }
+
+/// A configuration whose rule is gone gets back the port its status advertises (its pods use `wg-<port>`),
+/// read from its status by the pass: after `b` (6000) is deleted, `d` gets 6000 while `c`, older, has 6001;
+/// both rules removed by hand, in creation order the lowest free ports would swap them.
+#[tokio::test]
+async fn configurations_whose_rules_are_gone_get_the_ports_their_status_advertises_back() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    for name in ["b", "c"] {
+        create_sgc(&sgcs, name, json!({"gatewayNodepoolName": "gateway"})).await;
+        w.op.reconcile_pools(None).await.expect("reconcile");
+    }
+    let port_of = |s: &StaticGatewayConfiguration| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.gateway_server_profile.as_ref())
+            .map(|p| i64::from(p.port))
+    };
+    assert_eq!(port_of(&provisioned(&sgcs, "c").await), Some(6001));
+    sgcs.delete("b", &DeleteParams::default()).await.expect("delete");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(sgcs.get_opt("b").await.expect("get").is_none());
+    create_sgc(&sgcs, "d", json!({"gatewayNodepoolName": "gateway"})).await;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert_eq!(port_of(&provisioned(&sgcs, "d").await), Some(6000));
+    let (c, d) = (uid_of(&sgcs, "c").await, uid_of(&sgcs, "d").await);
+
+    let lb =
+        w.op.arm
+            .get_lb("node-rg", "kubeegressgateway-ilb")
+            .await
+            .expect("lb")
+            .expect("the load balancer exists");
+    let rules: Vec<serde_json::Value> = lb["properties"]["loadBalancingRules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| {
+            let name = r["name"].as_str().unwrap_or_default().to_ascii_lowercase();
+            name != c && name != d
+        })
+        .cloned()
+        .collect();
+    w.azure
+        .patch_resource(
+            lb["id"].as_str().expect("id"),
+            &json!({"properties": {"loadBalancingRules": rules}}),
+        )
+        .expect("rules removed by hand");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let ports = rule_ports(&w).await;
+    assert_eq!((ports.get(&c), ports.get(&d)), (Some(&6001), Some(&6000)));
+    assert_eq!(port_of(&provisioned(&sgcs, "c").await), Some(6001));
+    assert_eq!(port_of(&provisioned(&sgcs, "d").await), Some(6000));
+}
