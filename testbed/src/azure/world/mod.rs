@@ -776,6 +776,31 @@ mod tests {
         assert!(w.get(&w.resource_id("node-rg", PIP_TYPE, "bad")).is_none());
     }
 
+    /// A public IP keeps the properties the simulator does not model, as ARM does; the read-only
+    /// `ipConfiguration` a PUT sends back is ignored (ARM derives it from the NICs).
+    #[test]
+    fn public_ips_keep_unmodelled_properties_and_ignore_a_sent_ip_configuration() {
+        let mut w = crate::azure::Seed::aks_like(1).build().expect("seed");
+        let ip_tags = json!([{"ipTagType": "FirstPartyUsage", "tagValue": "/Unprivileged"}]);
+        let put = w
+            .put_public_ip(
+                "node-rg",
+                "kept",
+                json!({"location": "eastus", "zones": ["1"], "properties": {
+                    "idleTimeoutInMinutes": 17, "ipTags": ip_tags,
+                    "ipConfiguration": {"id": "/subscriptions/x/ipConfigurations/gone"}}}),
+            )
+            .expect("put");
+        let id = w.resource_id("node-rg", PIP_TYPE, "kept");
+        let stored = w.get(&id).expect("stored").clone();
+        for v in [&put.resource, &stored] {
+            assert_eq!(v["zones"], json!(["1"]));
+            assert_eq!(v["properties"]["idleTimeoutInMinutes"], 17);
+            assert_eq!(v["properties"]["ipTags"], ip_tags);
+            assert!(v["properties"].get("ipConfiguration").is_none(), "{v}");
+        }
+    }
+
     /// An instance keeps its public address across updates even when a lower address became free.
     #[test]
     fn instance_public_address_is_stable_across_updates() {

@@ -439,6 +439,8 @@ impl World {
         vp.insert("publicIPAllocationMethod".into(), json!("Static"));
         vp.insert("publicIPAddressVersion".into(), json!("IPv4"));
         vp.insert("provisioningState".into(), json!("Succeeded"));
+        // Read-only: ARM derives it from the NICs (decorate_public_ip) and ignores what a PUT sends back.
+        vp.remove("ipConfiguration");
         Ok(self.store_put(&id, v, existing.is_none(), Self::decorate_public_ip))
     }
 
