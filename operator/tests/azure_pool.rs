@@ -372,17 +372,45 @@ async fn a_vm_pool_deletes_the_public_ips_of_a_nic_that_is_gone_and_keeps_the_us
     let users = all.get("prod-appgw-pip").cloned().expect("the user's IP");
     assert_eq!(users, ("prod".to_string(), None));
 
-    // The BYO prefix's IP of the spare NIC as an operator made before the tag made it: the next pass tags it,
-    // with one PUT, once.
+    // The BYO prefix's IP of the spare NIC as an operator made before the tag made it, since given a tag (by
+    // its user or Azure Policy) and properties the operator does not model: the next pass tags it, with one
+    // PUT, once, and keeps the rest; also a tag someone adds between its read and the operator's PUT (412,
+    // then one re-read).
     let [byo_ip, managed_ip] = ours(gone_nic);
     untag(&env, &byo_ip).await;
+    let extras = add_unmodelled(&env, &byo_ip).await;
+    env.sim
+        .inject_fault(FaultSpec::concurrent_write(
+            "PUT",
+            &format!("(?i)/publicIPAddresses/{byo_ip}$"),
+            1,
+            json!({"tags": {"costCenter": "42"}}),
+        ))
+        .expect("fault");
     env.sim.clear_calls();
-    assert_eq!(run(&env, &pool, &configs).await.writes, 1);
-    assert_eq!(writes(&env, "PUT", "(?i)/publicIPAddresses/"), 1);
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!((out.writes, out.refetches), (1, 1));
+    let ip_puts: Vec<u16> = env
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PUT" && c.path.to_ascii_lowercase().contains("/publicipaddresses/"))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(ip_puts, [412, 200], "conditional on the version read");
     assert_eq!(
         public_ips(&env).await[&byo_ip].1.as_deref(),
         Some(pool.pool.uid.as_str())
     );
+    let tagged = public_ip(&env, &byo_ip).await;
+    assert_eq!(
+        tagged["tags"],
+        json!({"owner": "platform", "costCenter": "42", api::names::TAG_GATEWAY_POOL_UID: pool.pool.uid}),
+        "the tag is added to the IP's own"
+    );
+    for (field, value) in extras {
+        assert_eq!(tagged["properties"][field], value, "{field} kept: {tagged}");
+    }
     assert_eq!(run(&env, &pool, &configs).await.writes, 0, "tagged once");
     // The managed prefix's IP of the spare NIC is never tagged (its NIC goes before a pass sees it).
     untag(&env, &managed_ip).await;
@@ -417,11 +445,7 @@ async fn a_vm_pool_deletes_the_public_ips_of_a_nic_that_is_gone_and_keeps_the_us
 
 /// PUTs the public IP `name` again without tags, as the operator made its public IPs before it tagged them.
 async fn untag(env: &Env, name: &str) {
-    let ips = env.arm.list_public_ips("node-rg").await.expect("LIST public IPs");
-    let ip = ips
-        .iter()
-        .find(|ip| ip["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-        .expect("the public IP exists");
+    let ip = public_ip(env, name).await;
     let prefix = ip["properties"]["publicIPPrefix"]["id"]
         .as_str()
         .expect("its prefix");
@@ -434,6 +458,37 @@ async fn untag(env: &Env, name: &str) {
         )
         .await
         .expect("untagged");
+}
+
+/// The public IP `name` of the node resource group, as listed.
+async fn public_ip(env: &Env, name: &str) -> Value {
+    let ips = env.arm.list_public_ips("node-rg").await.expect("LIST public IPs");
+    ips.into_iter()
+        .find(|ip| ip["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .expect("the public IP exists")
+}
+
+/// Gives the public IP `name` a tag of its user's and properties the operator does not model, as its user or
+/// Azure Policy may; returns those properties.
+async fn add_unmodelled(env: &Env, name: &str) -> Vec<(&'static str, Value)> {
+    let extras = vec![
+        ("idleTimeoutInMinutes", json!(17)),
+        (
+            "ipTags",
+            json!([{"ipTagType": "FirstPartyUsage", "tagValue": "/Unprivileged"}]),
+        ),
+        ("dnsSettings", json!({"domainNameLabel": "gw-spare"})),
+    ];
+    let mut ip = public_ip(env, name).await;
+    ip["tags"] = json!({"owner": "platform"});
+    for (field, value) in &extras {
+        ip["properties"][*field] = value.clone();
+    }
+    env.arm
+        .put_public_ip("node-rg", name, &ip)
+        .await
+        .expect("the user's changes");
+    extras
 }
 
 /// The load balancer's tags, as Azure holds them now.

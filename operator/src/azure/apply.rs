@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::client::{Arm, ArmError, ArmResult, Expect};
 use super::json::{
     lb_from_json, managed_prefix_body, merge_ip_configs, merge_lb, merge_nic_configs, prefix_from_json,
-    public_ip_body,
+    public_ip_body, with_pool_tag,
 };
 use super::observe::{
     ARM_CONCURRENCY, INSTANCE_NIC_CONFIGS, Observed, PassReads, PoolError, ResolvedPool, VMSS_NIC_CONFIGS,
@@ -201,11 +201,26 @@ pub async fn apply(
     .collect()
     .await;
     tally(created, writes)?;
-    for pip in plan.public_ips_to_create.iter().chain(&plan.public_ips_to_tag) {
+    for pip in &plan.public_ips_to_create {
         arm.put_public_ip(
             &pool.resource_group,
             &pip.name,
             &public_ip_body(&pool.location, &pip.prefix_id, Some(&pool.pool.uid)),
+        )
+        .await?;
+        *writes += 1;
+    }
+    // An IP made before the tag is tagged in place: the tag merged into the IP as listed, PUT over the version
+    // read, so the user's (or Azure Policy's) tags and every property the operator does not model stay.
+    for pip in &plan.public_ips_to_tag {
+        let Some(read) = observed.public_ips.get(&pip.name.to_ascii_lowercase()) else {
+            continue;
+        };
+        arm.update_public_ip(
+            &pool.resource_group,
+            &pip.name,
+            &with_pool_tag(read, &pool.pool.uid),
+            expect_of(read),
         )
         .await?;
         *writes += 1;

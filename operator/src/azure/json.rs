@@ -419,6 +419,24 @@ pub fn public_ip_body(location: &str, prefix_id: &str, pool: Option<&str>) -> Va
     })
 }
 
+/// The public IP `read` (as ARM returned it) tagged with the pool's uid (`pool`) in
+/// [`api::names::TAG_GATEWAY_POOL_UID`]: every other tag and field goes back as read.
+pub fn with_pool_tag(read: &Value, pool: &str) -> Value {
+    let mut body = read.clone();
+    if let Some(obj) = body.as_object_mut() {
+        let tags = obj
+            .entry("tags")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if !tags.is_object() {
+            *tags = Value::Object(serde_json::Map::new());
+        }
+        if let Some(tags) = tags.as_object_mut() {
+            tags.insert(api::names::TAG_GATEWAY_POOL_UID.to_string(), json!(pool));
+        }
+    }
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,5 +566,25 @@ mod tests {
         assert_eq!(p.prefix_len, Some(31));
         assert_eq!(p.cidr.as_deref(), Some("20.1.2.4/31"));
         assert_eq!(p.public_ip_ids, vec!["/x/publicIPAddresses/p1".to_string()]);
+    }
+
+    #[test]
+    fn the_pool_tag_is_merged_into_a_public_ip_as_read() {
+        let read = json!({"name": "ip", "etag": "W/\"1\"", "tags": {"owner": "me"},
+                          "properties": {"idleTimeoutInMinutes": 17}});
+        let body = with_pool_tag(&read, "pool");
+        let mut expected = read.clone();
+        expected["tags"][api::names::TAG_GATEWAY_POOL_UID] = json!("pool");
+        assert_eq!(body, expected);
+        for tags in [None, Some(Value::Null)] {
+            let mut read = json!({"name": "ip"});
+            if let Some(t) = tags {
+                read["tags"] = t;
+            }
+            assert_eq!(
+                with_pool_tag(&read, "pool")["tags"],
+                json!({api::names::TAG_GATEWAY_POOL_UID: "pool"})
+            );
+        }
     }
 }

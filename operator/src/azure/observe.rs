@@ -303,6 +303,8 @@ pub struct Observed {
     pub(crate) instances: BTreeMap<String, Value>,
     /// The pool's gateway NICs (VM pools), by name.
     pub(crate) vm_nics: BTreeMap<String, Value>,
+    /// The public IPs of a VM pool's resource group allocated from a prefix, as listed, by lower-cased name.
+    pub(crate) public_ips: BTreeMap<String, Value>,
 }
 
 /// The `networkInterfaceConfigurations` at `ptr` of a scale set or instance.
@@ -501,6 +503,7 @@ pub async fn observe_in(
                             .map(str::to_string),
                     };
                     o.state.public_ips.insert(name.to_ascii_lowercase(), ip);
+                    o.public_ips.insert(name.to_ascii_lowercase(), pip.clone());
                 }
             }
         }
