@@ -134,6 +134,10 @@ pub const TAG_GATEWAY_PREFIX_SIZE: &str = "aks-managed-gatewayIPPrefixSize";
 pub const TAG_STATIC_GATEWAY_NIC: &str = "aks-managed-static-gateway-nic";
 /// VM tag naming the VM's pre-created NIC (VM-based pools).
 pub const TAG_AKS_NIC_NAME: &str = "aks-managed-nic-name";
+/// Tag the operator puts on every public IP address it creates for a VM-based pool's NIC, set to the pool's
+/// uid: it tells its own public IPs from anyone else's also once the NIC (and with it the IP's name) is gone.
+/// ARM tag names may not contain `<>%&\?/`.
+pub const TAG_GATEWAY_POOL_UID: &str = "egressgateway-pool-uid";
 
 /// Namespace UUID upstream uses to derive a VM-based pool's stable identifier from its name.
 pub const VM_POOL_UUID_NAMESPACE: uuid::Uuid = uuid::uuid!("2c96e82c-842f-11f0-8ea5-6bee14278ecd");

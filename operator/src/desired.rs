@@ -59,8 +59,8 @@ pub struct Config {
     pub deleting: bool,
     /// Kept as it is: the configuration is on the pool, but this plan may neither provision nor remove it
     /// (its own checks failed in this pass, or it names the scale set through another pool reference, whose
-    /// pass provisions it). Whatever it has in Azure stays exactly as it is: its ipConfigurations on the model,
-    /// instances and NICs, its rule and probe with their port (no new rule takes that port), its prefixes and
+    /// pass provisions it). [`plan_pool`] also keeps a configuration it finds a [`ConfigProblem`] with.
+    /// Whatever it has in Azure stays exactly as it is: its ipConfigurations on the model, instances and NICs, its rule and probe with their port (no new rule takes that port), its prefixes and
     /// public IPs; nothing is created or changed for it, and it never counts as deleting (whatever
     /// `deleting` says). The pool's frontend, backend pool and the backend pool on the primary ipConfigurations
     /// stay while it may use them.
@@ -69,6 +69,10 @@ pub struct Config {
     /// checked), whatever its egress is now: deleted, like a managed prefix, once the configuration no longer
     /// uses it (deleted, or switched to BYO or private). With [`Egress::Adopted`] it is that prefix.
     pub adopted: Option<String>,
+    /// The WireGuard port its status advertises (`gatewayServerProfile.port`), if any: pods may use it. A
+    /// kept configuration's stays reserved (no new rule takes it), and one that has no rule gets it back when
+    /// free.
+    pub status_port: Option<u16>,
 }
 
 /// Source of a configuration's egress addresses.
@@ -111,28 +115,48 @@ impl Config {
         self.used_owned_prefix().into_iter().collect()
     }
 
-    /// The IDs of the prefixes its public IP addresses (VM pools) may be allocated from: the owned ones and a
-    /// BYO prefix.
-    fn public_ip_prefix_ids(&self, env: &Env) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .owned_prefix_names()
-            .iter()
-            .map(|n| env.prefix_id(n))
-            .collect();
+    /// The names (lower-cased) of the prefixes its public IP addresses (VM pools) may be allocated from: the
+    /// owned ones and a BYO prefix.
+    fn public_ip_prefix_names(&self) -> Vec<String> {
+        let mut names = self.owned_prefix_names();
         if let Egress::Byo { prefix } = &self.egress {
-            ids.push(prefix.to_string());
+            names.push(prefix.name.to_ascii_lowercase());
         }
-        ids
+        names
+    }
+
+    /// The name of the prefix the operator owns that this configuration's egress uses, whether or not it is
+    /// being deleted: its managed prefix, or the prefix it adopted. The one place that tells the two apart.
+    pub fn egress_owned_prefix(&self) -> Option<String> {
+        match &self.egress {
+            Egress::Managed => Some(managed_resource_name(&self.uid)),
+            Egress::Adopted { name } => Some(name.clone()),
+            Egress::Private | Egress::Byo { .. } => None,
+        }
+    }
+
+    /// The ARM ID of the public prefix its egress uses (None in private mode).
+    fn egress_prefix_id(&self, env: &Env) -> Option<String> {
+        match &self.egress {
+            Egress::Byo { prefix } => Some(prefix.to_string()),
+            _ => self.egress_owned_prefix().map(|name| env.prefix_id(&name)),
+        }
+    }
+
+    /// Adopts the prefix `name` (in the node resource group): its egress, and a prefix it owns.
+    pub fn adopt(&mut self, name: &str) {
+        self.egress = Egress::Adopted {
+            name: name.to_string(),
+        };
+        self.adopted = Some(name.to_string());
     }
 
     /// The name (lower-cased) of the prefix the operator owns that this configuration uses now, if any.
     fn used_owned_prefix(&self) -> Option<String> {
-        match &self.egress {
-            _ if self.deleting => None,
-            Egress::Managed => Some(managed_resource_name(&self.uid).to_ascii_lowercase()),
-            Egress::Adopted { name } => Some(name.to_ascii_lowercase()),
-            Egress::Private | Egress::Byo { .. } => None,
+        if self.deleting {
+            return None;
         }
+        self.egress_owned_prefix().map(|n| n.to_ascii_lowercase())
     }
 }
 
@@ -159,6 +183,14 @@ impl Env {
     pub fn prefix_id(&self, name: &str) -> String {
         format!(
             "{}/providers/Microsoft.Network/publicIPPrefixes/{name}",
+            self.resource_group_id
+        )
+    }
+
+    /// ARM ID of a network interface in the resource group (a VM pool's NIC).
+    pub fn nic_id(&self, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.Network/networkInterfaces/{name}",
             self.resource_group_id
         )
     }
@@ -315,6 +347,27 @@ pub struct PrefixState {
     pub failed: bool,
 }
 
+/// A public IP address allocated from a prefix (VM pools).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PublicIp {
+    /// ARM ID of the prefix it is allocated from.
+    pub prefix_id: String,
+    /// Its [`api::names::TAG_GATEWAY_POOL_UID`] tag: the uid of the pool the operator created it for.
+    pub pool: Option<String>,
+    /// ARM ID of the ipConfiguration that uses it (`properties.ipConfiguration.id`), if any.
+    pub used_by: Option<String>,
+}
+
+impl PublicIp {
+    /// An unused public IP allocated from `prefix_id`, without the operator's tag.
+    pub fn of_prefix(prefix_id: &str) -> Self {
+        PublicIp {
+            prefix_id: prefix_id.to_string(),
+            ..PublicIp::default()
+        }
+    }
+}
+
 /// Everything read from Azure for one pool.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct AzureState {
@@ -327,8 +380,9 @@ pub struct AzureState {
     pub instances: Vec<Instance>,
     /// VM pools: the pool's pre-created NICs.
     pub vm_nics: Vec<VmNic>,
-    /// VM pools: public IP addresses that exist, by name (lower-cased) → prefix ID.
-    pub public_ips: BTreeMap<String, String>,
+    /// VM pools: the public IP addresses of the pool's resource group allocated from a prefix, by name
+    /// (lower-cased).
+    pub public_ips: BTreeMap<String, PublicIp>,
     /// Prefixes the operator owns that exist (managed and adopted), by name (lower-cased). Read for every
     /// configuration on the pool.
     pub managed_prefixes: BTreeMap<String, PrefixState>,
@@ -394,7 +448,8 @@ pub struct PublicIpCreate {
     pub prefix_id: String,
 }
 
-/// A configuration's problem that keeps it from being provisioned; the others on the pool proceed.
+/// A configuration's problem that keeps it from being provisioned; the others on the pool proceed. The plan
+/// keeps a configuration with a problem as it is ([`Config::kept`]): a problem never removes what it has.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigProblem {
     /// 1000 configurations per pool at most.
@@ -404,7 +459,7 @@ pub enum ConfigProblem {
     NoAvailablePorts(u16),
     /// A managed prefix exists with a length other than the pool's.
     #[error(
-        "managed public ip prefix has length {found}, the pool requires {required}; delete the prefix or fix the pool's prefix size"
+        "public ip prefix has length {found}, the pool requires {required}; the configuration keeps its egress IPs on it: restore the pool's prefix size, or delete and recreate the configuration (new egress IPs)"
     )]
     PrefixSizeMismatch {
         /// Length found.
@@ -444,6 +499,10 @@ pub struct PoolPlan {
     pub prefixes_to_create: Vec<PrefixCreate>,
     /// 1b. VM pools: public IP addresses to create before the NICs reference them.
     pub public_ips_to_create: Vec<PublicIpCreate>,
+    /// 1c. VM pools: the operator's public IPs made before it tagged them (known by their name while their NIC
+    /// exists), PUT again, once, with the pool's [`api::names::TAG_GATEWAY_POOL_UID`] tag so that they are
+    /// still known as the pool's once their NIC is gone.
+    pub public_ips_to_tag: Vec<PublicIpCreate>,
     /// 2. (or 5.) The load balancer.
     pub lb: LbWrite,
     /// 3. VMSS pools: the model's primary NIC configuration, when it changes.
@@ -456,7 +515,7 @@ pub struct PoolPlan {
     pub prefixes_to_delete: Vec<String>,
     /// The WireGuard port of every provisioned configuration (uid → port).
     pub ports: BTreeMap<String, u16>,
-    /// Configurations that cannot be provisioned, and why.
+    /// Configurations that cannot be provisioned, and why. Each is kept as it is in this plan.
     pub problems: BTreeMap<String, ConfigProblem>,
 }
 
@@ -470,6 +529,7 @@ impl PoolPlan {
     pub fn write_count(&self) -> usize {
         self.prefixes_to_create.len()
             + self.public_ips_to_create.len()
+            + self.public_ips_to_tag.len()
             + usize::from(self.lb != LbWrite::Keep)
             + usize::from(self.vmss_model.is_some())
             + self.nic_updates.len()
@@ -564,40 +624,29 @@ pub fn plan_pool(
 ) -> Result<PoolPlan, PoolProblem> {
     let mut problems = BTreeMap::new();
 
-    // Managed prefixes: a wrong-length prefix blocks its configuration (Azure cannot resize prefixes).
+    // The prefix the operator owns for each configuration's egress. A managed one that does not exist (or whose
+    // last operation failed) is created; an adopted one never is (a new one would have other addresses), so one
+    // that is gone blocks its configuration. Either of another length blocks it (Azure cannot resize prefixes).
     let mut prefixes_to_create = Vec::new();
-    for c in wanted(configs).filter(|c| c.egress == Egress::Managed) {
-        let name = managed_resource_name(&c.uid);
+    for c in wanted(configs) {
+        let Some(name) = c.egress_owned_prefix() else {
+            continue;
+        };
+        let managed = c.egress == Egress::Managed;
         match state.managed_prefixes.get(&name.to_ascii_lowercase()) {
+            None if !managed => {
+                problems.insert(c.uid.clone(), ConfigProblem::AdoptedPrefixMissing { name });
+            }
+            Some(p) if managed && p.failed && p.prefix_len.is_none_or(|l| l == pool.prefix_len) => {
+                prefixes_to_create.push(PrefixCreate {
+                    name,
+                    prefix_len: pool.prefix_len,
+                })
+            }
             None => prefixes_to_create.push(PrefixCreate {
                 name,
                 prefix_len: pool.prefix_len,
             }),
-            Some(p) if p.failed && p.prefix_len.is_none_or(|l| l == pool.prefix_len) => prefixes_to_create
-                .push(PrefixCreate {
-                    name,
-                    prefix_len: pool.prefix_len,
-                }),
-            Some(p) => {
-                if let Some(problem) = wrong_length(p, pool) {
-                    problems.insert(c.uid.clone(), problem);
-                }
-            }
-        }
-    }
-    // Adopted prefixes are never created (a new one would have other addresses): one that is gone, or has
-    // another length, blocks its configuration.
-    for c in wanted(configs) {
-        let Egress::Adopted { name } = &c.egress else {
-            continue;
-        };
-        match state.managed_prefixes.get(&name.to_ascii_lowercase()) {
-            None => {
-                problems.insert(
-                    c.uid.clone(),
-                    ConfigProblem::AdoptedPrefixMissing { name: name.clone() },
-                );
-            }
             Some(p) => {
                 if let Some(problem) = wrong_length(p, pool) {
                     problems.insert(c.uid.clone(), problem);
@@ -606,35 +655,50 @@ pub fn plan_pool(
         }
     }
 
-    // ipConfigurations left as they are wherever they exist (kept configurations).
-    let kept_ip_configs: Vec<String> = kept(configs).map(|c| managed_resource_name(&c.uid)).collect();
-    // The load balancer decides which configurations get a port; the rest are treated as absent.
-    let lb_plan = plan_lb(
-        &pool.uid,
-        configs,
-        &problems,
-        state.lb.as_ref(),
-        env,
-        carries_any(state, &kept_ip_configs),
-    );
-    problems.extend(lb_plan.problems);
+    // A configuration with a problem is kept as it is (see `Config::kept`): what it has in Azure (a rule and
+    // port, ipConfigurations, prefixes, public IPs) stays, nothing is added for it. Keeping one may take a port
+    // another configuration had (two rules on one port), so the load balancer is planned again until every
+    // configuration without a port is kept too.
+    let mut configs: Vec<Config> = configs.to_vec();
+    let lb_plan = loop {
+        for c in configs.iter_mut().filter(|c| problems.contains_key(&c.uid)) {
+            c.kept = true;
+        }
+        // ipConfigurations left as they are wherever they exist (kept configurations).
+        let kept_ip_configs: Vec<String> = kept(&configs).map(|c| managed_resource_name(&c.uid)).collect();
+        let lb_plan = plan_lb(
+            &pool.uid,
+            &configs,
+            state.lb.as_ref(),
+            env,
+            carries_any(state, &kept_ip_configs),
+        );
+        // A configuration without a port that has nothing (no rule, probe, ipConfiguration or advertised port)
+        // keeps nothing: this plan already is what keeping it plans, so the common case needs one round.
+        let holds_something = |uid: &String| {
+            configs.iter().any(|c| &c.uid == uid && c.status_port.is_some())
+                || state.lb.as_ref().is_some_and(|lb| {
+                    lb.rules.iter().any(|r| eq_ci(&r.name, uid))
+                        || lb.probes.iter().any(|p| eq_ci(&p.name, uid))
+                })
+                || carries_any(state, &[managed_resource_name(uid)])
+        };
+        let again = lb_plan.problems.keys().any(holds_something);
+        problems.extend(lb_plan.problems.clone());
+        if !again {
+            for c in configs.iter_mut().filter(|c| problems.contains_key(&c.uid)) {
+                c.kept = true;
+            }
+            break lb_plan;
+        }
+    };
+    let configs = configs.as_slice();
     prefixes_to_create.retain(|p| !problems.keys().any(|u| managed_resource_name(u) == p.name));
-    let provisioned: Vec<&Config> = wanted(configs)
-        .filter(|c| !problems.contains_key(&c.uid))
-        .collect();
+    let kept_ip_configs: Vec<String> = kept(configs).map(|c| managed_resource_name(&c.uid)).collect();
 
     // ipConfigurations every NIC must have: name → public prefix ID (None in private mode).
-    let ip_configs: Vec<(String, Option<String>)> = provisioned
-        .iter()
-        .map(|c| {
-            let prefix = match &c.egress {
-                Egress::Private => None,
-                Egress::Managed => Some(env.prefix_id(&managed_resource_name(&c.uid))),
-                Egress::Byo { prefix } => Some(prefix.to_string()),
-                Egress::Adopted { name } => Some(env.prefix_id(name)),
-            };
-            (managed_resource_name(&c.uid), prefix)
-        })
+    let ip_configs: Vec<(String, Option<String>)> = wanted(configs)
+        .map(|c| (managed_resource_name(&c.uid), c.egress_prefix_id(env)))
         .collect();
     let backend_id = env.backend_pool_id(&pool.uid);
     let keeping = Keeping {
@@ -646,6 +710,7 @@ pub fn plan_pool(
     let mut nic_updates = Vec::new();
     let mut public_ips_to_create = BTreeSet::new();
     let mut public_ips_to_delete = Vec::new();
+    let mut public_ips_to_tag = Vec::new();
     match pool.kind {
         PoolKind::Vmss => {
             // A scale set that is gone (or has no network profile) needs nothing removed; it can only be a
@@ -728,32 +793,49 @@ pub fn plan_pool(
                 }
             }
             // Public IPs the operator created that no NIC uses any more. The resource group holds others (the
-            // user's, another VM pool's of a shared BYO prefix), so only those it can tell are its own go: named
-            // exactly as it names the public IP of one of this pool's NICs on the prefix the IP is allocated
-            // from. That is judged from the IP itself, not from the configurations, so the IPs of a prefix a
-            // configuration no longer uses (switched from BYO to managed or private, or to another BYO prefix)
-            // go too. A kept configuration's stay.
-            let made_here = |name: &str, prefix_id: &str| {
-                state
-                    .vm_nics
-                    .iter()
-                    .any(|nic| eq_ci(&vm_pool_public_ip_name(last_segment(prefix_id), &nic.name), name))
-            };
-            let of_kept: BTreeSet<String> = kept(configs)
-                .flat_map(|c| c.public_ip_prefix_ids(env))
-                .flat_map(|prefix_id| {
-                    state.vm_nics.iter().map(move |nic| {
-                        vm_pool_public_ip_name(last_segment(&prefix_id), &nic.name).to_ascii_lowercase()
-                    })
+            // user's, another VM pool's of a shared BYO prefix), so only those it can tell are its own go: tagged
+            // with this pool's uid when it created them, or (created before the tag) named exactly as it names the
+            // public IP of one of this pool's NICs on the prefix the IP is allocated from. That is judged from the
+            // IP itself, not from the configurations, so the IPs of a prefix a configuration no longer uses
+            // (switched from BYO to managed or private, or to another BYO prefix) go too, and with the tag those
+            // of a NIC that is gone. Those of a prefix a kept configuration may use stay, and so does one that an
+            // ipConfiguration of no NIC of this pool uses (ARM would refuse to delete it).
+            let named_here = |name: &str, ip: &PublicIp| {
+                state.vm_nics.iter().any(|nic| {
+                    eq_ci(
+                        &vm_pool_public_ip_name(last_segment(&ip.prefix_id), &nic.name),
+                        name,
+                    )
                 })
+            };
+            let tagged_here = |ip: &PublicIp| ip.pool.as_deref().is_some_and(|p| eq_ci(p, &pool.uid));
+            let pool_nics: BTreeSet<String> = state
+                .vm_nics
+                .iter()
+                .map(|nic| env.nic_id(&nic.name).to_ascii_lowercase())
                 .collect();
-            for (name, prefix_id) in &state.public_ips {
-                if made_here(name, prefix_id)
-                    && !of_kept.contains(name)
+            let used_elsewhere = |ip: &PublicIp| {
+                ip.used_by
+                    .as_deref()
+                    .is_some_and(|id| !pool_nics.contains(&nic_of(id).to_ascii_lowercase()))
+            };
+            let of_kept: BTreeSet<String> = kept(configs).flat_map(Config::public_ip_prefix_names).collect();
+            for (name, ip) in &state.public_ips {
+                let named = named_here(name, ip);
+                if !(named || tagged_here(ip)) || used_elsewhere(ip) {
+                    continue;
+                }
+                if !of_kept.contains(&last_segment(&ip.prefix_id).to_ascii_lowercase())
                     && !wanted_pips.contains(name)
                     && !still_used.contains(name)
                 {
                     public_ips_to_delete.push(name.clone());
+                } else if named && ip.pool.is_none() {
+                    // Made before the tag: tagged now, while its name still tells it is ours.
+                    public_ips_to_tag.push(PublicIpCreate {
+                        name: name.clone(),
+                        prefix_id: ip.prefix_id.clone(),
+                    });
                 }
             }
         }
@@ -790,6 +872,7 @@ pub fn plan_pool(
     Ok(PoolPlan {
         prefixes_to_create,
         public_ips_to_create: public_ips_to_create.into_iter().collect(),
+        public_ips_to_tag,
         lb: lb_plan.write,
         vmss_model,
         nic_updates,
@@ -819,6 +902,15 @@ fn update_reason(
                 .iter()
                 .any(|(n, _)| !addresses.by_ip_config.contains_key(&n.to_ascii_lowercase())));
     missing.then_some(UpdateReason::MissingAddresses)
+}
+
+/// The NIC's ARM ID in the ARM ID of a NIC's ipConfiguration (`<nic id>/ipConfigurations/<name>`); the ID
+/// itself when it names no ipConfiguration.
+fn nic_of(ip_config_id: &str) -> &str {
+    ip_config_id
+        .to_ascii_lowercase()
+        .rfind("/ipconfigurations/")
+        .map_or(ip_config_id, |i| &ip_config_id[..i])
 }
 
 /// The last segment of an ARM ID: the resource name.
@@ -902,13 +994,22 @@ fn desired_nic(
         c
     };
 
+    // By name, lower-cased: one lookup per ipConfiguration, not a scan (a pool may have 1000 configurations).
+    let wanted_by_name: BTreeMap<String, &(String, Option<String>)> =
+        wanted.iter().map(|w| (w.0.to_ascii_lowercase(), w)).collect();
+    let keeping_names: BTreeSet<String> = keeping
+        .ip_configs
+        .iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
     let mut out = Vec::with_capacity(current.ip_configs.len() + wanted.len());
     for (i, c) in current.ip_configs.iter().enumerate() {
         if i == primary_idx || !is_gateway_ip_config(&c.name) {
             out.push(c.clone());
             continue;
         }
-        if let Some((name, prefix)) = wanted.iter().find(|(n, _)| eq_ci(n, &c.name)) {
+        let lower = c.name.to_ascii_lowercase();
+        if let Some((name, prefix)) = wanted_by_name.get(&lower) {
             let want = expected(name, prefix);
             out.push(if same_ip_config(c, &want) {
                 c.clone()
@@ -918,12 +1019,13 @@ fn desired_nic(
                     ..want
                 }
             });
-        } else if keeping.ip_configs.iter().any(|n| eq_ci(n, &c.name)) {
+        } else if keeping_names.contains(&lower) {
             out.push(c.clone());
         }
     }
+    let present: BTreeSet<String> = out.iter().map(|c| c.name.to_ascii_lowercase()).collect();
     for (name, prefix) in wanted {
-        if !out.iter().any(|c| eq_ci(&c.name, name)) {
+        if !present.contains(&name.to_ascii_lowercase()) {
             out.push(expected(name, prefix));
         }
     }
@@ -959,7 +1061,7 @@ pub struct LbPlan {
     pub write: LbWrite,
     /// uid → port of every configuration with a rule.
     pub ports: BTreeMap<String, u16>,
-    /// Configurations that got no rule.
+    /// Configurations that got no port: [`plan_pool`] keeps them and plans the load balancer again.
     pub problems: BTreeMap<String, ConfigProblem>,
 }
 
@@ -1009,18 +1111,20 @@ fn same_probe(a: &Probe, b: &Probe) -> bool {
 pub fn plan_lb(
     pool_uid: &str,
     configs: &[Config],
-    blocked: &BTreeMap<String, ConfigProblem>,
     current: Option<&Lb>,
     env: &Env,
     kept_on_nics: bool,
 ) -> LbPlan {
     let uid = pool_uid;
-    let wanted: Vec<&Config> = wanted(configs)
-        .filter(|c| !blocked.contains_key(&c.uid))
-        .collect();
-    let is_wanted = |name: &str| wanted.iter().any(|c| eq_ci(&c.uid, name));
-    let is_kept = |name: &str| kept(configs).any(|c| eq_ci(&c.uid, name));
-    let names_a_config = |name: &str| configs.iter().any(|c| eq_ci(&c.uid, name));
+    let wanted: Vec<&Config> = wanted(configs).collect();
+    // By uid, lower-cased (ARM names are case-insensitive): one lookup per rule or probe, not a scan.
+    let wanted_by_uid: BTreeMap<String, &Config> =
+        wanted.iter().map(|c| (c.uid.to_ascii_lowercase(), *c)).collect();
+    let kept_uids: BTreeSet<String> = kept(configs).map(|c| c.uid.to_ascii_lowercase()).collect();
+    let all_uids: BTreeSet<String> = configs.iter().map(|c| c.uid.to_ascii_lowercase()).collect();
+    let is_wanted = |name: &str| wanted_by_uid.contains_key(&name.to_ascii_lowercase());
+    let is_kept = |name: &str| kept_uids.contains(&name.to_ascii_lowercase());
+    let names_a_config = |name: &str| all_uids.contains(&name.to_ascii_lowercase());
     let mut lb = current.cloned().unwrap_or_default();
     lb.failed = false;
     let mut problems = BTreeMap::new();
@@ -1047,12 +1151,12 @@ pub fn plan_lb(
             rules_left.push(r);
             continue;
         }
-        let keep = is_wanted(&r.name)
+        let owner = wanted_by_uid.get(&r.name.to_ascii_lowercase());
+        let keep = owner.is_some_and(|c| !ports.contains_key(&c.uid))
             && rule_is_expected(&r, uid, &r.name)
-            && valid_port(&r).is_some_and(|p| !used.contains(&p))
-            && !ports.keys().any(|k| eq_ci(k, &r.name));
+            && valid_port(&r).is_some_and(|p| !used.contains(&p));
         if keep {
-            if let (Some(p), Some(c)) = (valid_port(&r), wanted.iter().find(|c| eq_ci(&c.uid, &r.name))) {
+            if let (Some(p), Some(c)) = (valid_port(&r), owner) {
                 used.insert(p);
                 ports.insert(c.uid.clone(), p);
             }
@@ -1062,6 +1166,19 @@ pub fn plan_lb(
         }
     }
     lb.rules = rules_left;
+    // The port a kept configuration's status advertises stays reserved (its pods may still use it) unless an
+    // existing rule of another configuration holds it (that rule keeps it). A configuration that has no rule
+    // gets the port its status advertises back when that port is free, before any new rule takes the lowest.
+    let in_range = |p: &u16| (WIREGUARD_PORT_START..WIREGUARD_PORT_END).contains(p);
+    used.extend(kept(configs).filter_map(|c| c.status_port).filter(in_range));
+    let mut advertised: BTreeMap<&str, u16> = BTreeMap::new();
+    for c in wanted.iter().filter(|c| !ports.contains_key(&c.uid)) {
+        if let Some(p) = c.status_port.filter(in_range)
+            && used.insert(p)
+        {
+            advertised.insert(&c.uid, p);
+        }
+    }
 
     // Probes: drop those of unwanted configurations and of dropped rules unless still referenced.
     let referenced: BTreeSet<String> = lb
@@ -1110,9 +1227,20 @@ pub fn plan_lb(
             .find(|b| eq_ci(b, uid))
             .cloned()
             .unwrap_or_else(|| uid.to_string());
+        let mut probe_at: BTreeMap<String, usize> = lb
+            .probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.to_ascii_lowercase(), i))
+            .collect();
+        // `used` only grows below, so the lowest free port never goes down.
+        let mut lowest_free = WIREGUARD_PORT_START;
         for c in &wanted {
             let want = expected_probe(&c.uid, env);
-            match lb.probes.iter_mut().find(|p| eq_ci(&p.name, &c.uid)) {
+            match probe_at
+                .get(&c.uid.to_ascii_lowercase())
+                .map(|&i| &mut lb.probes[i])
+            {
                 Some(p) if same_probe(p, &want) => {}
                 Some(p) => {
                     *p = Probe {
@@ -1120,17 +1248,21 @@ pub fn plan_lb(
                         ..want
                     }
                 }
-                None => lb.probes.push(want),
+                None => {
+                    probe_at.insert(c.uid.to_ascii_lowercase(), lb.probes.len());
+                    lb.probes.push(want);
+                }
             }
             if ports.contains_key(&c.uid) {
                 continue;
             }
-            let Some(port) = (WIREGUARD_PORT_START..WIREGUARD_PORT_END).find(|p| !used.contains(p)) else {
+            let free = (lowest_free..WIREGUARD_PORT_END).find(|p| !used.contains(p));
+            lowest_free = free.unwrap_or(WIREGUARD_PORT_END);
+            let Some(port) = advertised.get(c.uid.as_str()).copied().or(free) else {
                 problems.insert(
                     c.uid.clone(),
                     ConfigProblem::NoAvailablePorts(WIREGUARD_PORT_END - WIREGUARD_PORT_START),
                 );
-                lb.probes.retain(|p| !eq_ci(&p.name, &c.uid));
                 continue;
             };
             used.insert(port);
@@ -1146,6 +1278,8 @@ pub fn plan_lb(
                 backend_port: Some(i32::from(port)),
             });
         }
+        // Those that got no port get no probe either.
+        lb.probes.retain(|p| !problems.keys().any(|u| eq_ci(u, &p.name)));
     }
 
     let write = match current {

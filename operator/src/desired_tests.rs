@@ -42,6 +42,7 @@ fn cfg(uid: &str, egress: Egress) -> Config {
         deleting: false,
         kept: false,
         adopted: None,
+        status_port: None,
     }
 }
 
@@ -120,14 +121,24 @@ fn apply(state: &mut AzureState, plan: &PoolPlan) {
         );
     }
     for pip in &plan.public_ips_to_create {
-        state
-            .public_ips
-            .insert(pip.name.to_ascii_lowercase(), pip.prefix_id.clone());
+        // Tagged with the pool, as the applier creates them.
+        state.public_ips.insert(
+            pip.name.to_ascii_lowercase(),
+            PublicIp {
+                pool: Some(POOL.into()),
+                ..PublicIp::of_prefix(&pip.prefix_id)
+            },
+        );
         if let Some(p) = state
             .managed_prefixes
             .get_mut(&last_segment(&pip.prefix_id).to_ascii_lowercase())
         {
             p.public_ip_ids.push(env().public_ip_id(&pip.name));
+        }
+    }
+    for pip in &plan.public_ips_to_tag {
+        if let Some(ip) = state.public_ips.get_mut(&pip.name.to_ascii_lowercase()) {
+            ip.pool = Some(POOL.into());
         }
     }
     match &plan.lb {
@@ -932,7 +943,7 @@ fn a_vm_pool_deletes_only_the_public_ips_it_made_for_its_nics_from_its_configura
         .collect();
     for name in &own {
         assert_eq!(
-            state.public_ips.get(name).map(String::as_str),
+            state.public_ips.get(name).map(|ip| ip.prefix_id.as_str()),
             Some(BYO),
             "{name}"
         );
@@ -951,7 +962,9 @@ fn a_vm_pool_deletes_only_the_public_ips_it_made_for_its_nics_from_its_configura
         ("egressgateway-b-appgw".to_string(), user_prefix.to_string()),
     ];
     for (name, prefix) in &others {
-        state.public_ips.insert(name.to_ascii_lowercase(), prefix.clone());
+        state
+            .public_ips
+            .insert(name.to_ascii_lowercase(), PublicIp::of_prefix(prefix));
     }
     let p = converge(
         &vm_pool(),
@@ -965,7 +978,10 @@ fn a_vm_pool_deletes_only_the_public_ips_it_made_for_its_nics_from_its_configura
     // resource group (a BYO prefix `a` used before). The others stay.
     let same_name =
         "/subscriptions/s/resourceGroups/elsewhere/providers/Microsoft.Network/publicIPPrefixes/mine";
-    state.public_ips.insert(own[1].clone(), same_name.to_string());
+    // Created before the operator tagged its public IPs: known by its name alone.
+    state
+        .public_ips
+        .insert(own[1].clone(), PublicIp::of_prefix(same_name));
     let p = converge(
         &vm_pool(),
         &[cfg("a", Egress::Private), cfg("b", Egress::Managed)],
@@ -979,7 +995,10 @@ fn a_vm_pool_deletes_only_the_public_ips_it_made_for_its_nics_from_its_configura
     assert!(p.prefixes_to_delete.is_empty());
     for (name, prefix) in &others {
         assert_eq!(
-            state.public_ips.get(&name.to_ascii_lowercase()),
+            state
+                .public_ips
+                .get(&name.to_ascii_lowercase())
+                .map(|ip| &ip.prefix_id),
             Some(prefix),
             "{name} was deleted"
         );
@@ -1650,4 +1669,397 @@ fn a_deletion_waits_only_for_refused_targets_that_still_carry_its_ip_configurati
     converge(&vm_pool(), &[cfg("a", Egress::Private)], &mut vm);
     let nic = vm.vm_nics[0].name.clone();
     assert!(left_on_refused(&vm, [&nic], "a"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Problems the plan finds keep their configuration
+// ---------------------------------------------------------------------------------------------
+
+/// The names of the ipConfigurations of the model and of every instance, model first.
+fn ip_config_names(state: &AzureState) -> Vec<Vec<String>> {
+    state
+        .vmss_model
+        .iter()
+        .chain(state.instances.iter().filter_map(|i| i.nic.as_ref()))
+        .map(|nic| nic.ip_configs.iter().map(|c| c.name.clone()).collect())
+        .collect()
+}
+
+#[test]
+fn a_provisioned_configuration_whose_prefix_now_has_another_length_keeps_its_rule_port_and_ip_configurations()
+{
+    let mut state = vmss_state(2);
+    converge(
+        &vmss_pool(),
+        &[cfg("a", Egress::Managed), cfg("b", Egress::Private)],
+        &mut state,
+    );
+    let before = state.clone();
+    // The pool's prefix size changed (a node pool's tag, say): a's /31 prefix no longer fits.
+    let resized = Pool {
+        prefix_len: 30,
+        ..vmss_pool()
+    };
+    let configs = [
+        cfg("a", Egress::Managed),
+        cfg("b", Egress::Private),
+        cfg("c", Egress::Managed),
+    ];
+    let p = converge(&resized, &configs, &mut state);
+    assert_eq!(
+        p.problems.get("a"),
+        Some(&ConfigProblem::PrefixSizeMismatch {
+            found: 31,
+            required: 30
+        })
+    );
+    assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+    // Its public IPs keep the prefix in use, so ARM refuses to delete it: the message names what works.
+    let message = p.problems["a"].to_string();
+    assert!(
+        message.contains("restore the pool's prefix size")
+            && message.contains("delete and recreate the configuration (new egress IPs)")
+            && !message.contains("delete the prefix"),
+        "{message}"
+    );
+    assert!(p.prefixes_to_delete.is_empty(), "{p:#?}");
+    assert_eq!(
+        p.prefixes_to_create,
+        vec![PrefixCreate {
+            name: "egressgateway-c".into(),
+            prefix_len: 30
+        }]
+    );
+    let lb = state.lb.as_ref().expect("load balancer");
+    let lb_before = before.lb.as_ref().expect("load balancer");
+    assert_eq!(rule(lb, "a"), rule(lb_before, "a"), "a's rule and port stay");
+    assert!(lb.probes.iter().any(|pr| pr.name == "a"));
+    assert_eq!(p.ports.get("b"), Some(&6001));
+    assert_eq!(p.ports.get("c"), Some(&6002), "a's port stays taken");
+    assert!(!p.ports.contains_key("a"));
+    for (now, was) in ip_config_names(&state).iter().zip(ip_config_names(&before)) {
+        assert_eq!(now, &[was.clone(), vec!["egressgateway-c".to_string()]].concat());
+    }
+    let a_ip_config = |s: &AzureState| {
+        s.vmss_model
+            .as_ref()
+            .and_then(|m| m.ip_configs.iter().find(|c| c.name == "egressgateway-a").cloned())
+    };
+    assert_eq!(a_ip_config(&state), a_ip_config(&before), "on its old prefix");
+
+    // On a VM pool its public IPs stay too: a plan with nothing to add writes nothing.
+    let mut state = vm_state(2);
+    converge(&vm_pool(), &[cfg("a", Egress::Managed)], &mut state);
+    let p = plan(
+        &Pool {
+            prefix_len: 30,
+            ..vm_pool()
+        },
+        &[cfg("a", Egress::Managed)],
+        &state,
+    );
+    assert!(p.problems.contains_key("a"));
+    assert!(p.is_noop(), "{p:#?}");
+}
+
+/// `n` private configurations `c0000`… provisioned on a one-instance scale set, every port taken when `n` is
+/// 1000. The first is planned and applied; the others' rules, probes, ipConfigurations and addresses are built
+/// as copies of its own (planning and applying 1000 configurations would make this suite slow).
+fn provisioned_private(n: usize) -> (Vec<Config>, AzureState) {
+    let configs: Vec<Config> = (0..n)
+        .map(|i| cfg(&format!("c{i:04}"), Egress::Private))
+        .collect();
+    let mut state = vmss_state(1);
+    converge(&vmss_pool(), &configs[..1], &mut state);
+    let first = managed_resource_name(&configs[0].uid);
+    let lb = state.lb.as_mut().expect("load balancer");
+    let rule0 = rule(lb, &configs[0].uid).clone();
+    for (i, c) in configs.iter().enumerate().skip(1) {
+        let port = i32::from(WIREGUARD_PORT_START) + i32::try_from(i).expect("small");
+        lb.rules.push(LbRule {
+            name: c.uid.clone(),
+            probe: Some(c.uid.clone()),
+            frontend_port: Some(port),
+            backend_port: Some(port),
+            ..rule0.clone()
+        });
+        lb.probes.push(expected_probe(&c.uid, &env()));
+    }
+    let nics = state
+        .vmss_model
+        .iter_mut()
+        .chain(state.instances.iter_mut().filter_map(|i| i.nic.as_mut()));
+    for nic in nics {
+        let ip_config0 = nic
+            .ip_configs
+            .iter()
+            .find(|c| c.name == first)
+            .cloned()
+            .expect("the first configuration's ipConfiguration");
+        for c in &configs[1..] {
+            nic.ip_configs.push(IpConfig {
+                name: managed_resource_name(&c.uid),
+                ..ip_config0.clone()
+            });
+        }
+    }
+    for (i, c) in configs.iter().enumerate().skip(1) {
+        state.instances[0].addresses.by_ip_config.insert(
+            managed_resource_name(&c.uid).to_ascii_lowercase(),
+            format!("10.0.{}.{}", 2 + i / 250, i % 250),
+        );
+    }
+    assert!(plan(&vmss_pool(), &configs, &state).is_noop());
+    (configs, state)
+}
+
+#[test]
+fn a_new_configuration_without_a_free_port_adds_nothing_and_takes_nothing() {
+    let (mut configs, state) = provisioned_private(1000);
+    configs.push(cfg("new", Egress::Managed));
+    let p = plan(&vmss_pool(), &configs, &state);
+    assert_eq!(
+        p.problems.get("new"),
+        Some(&ConfigProblem::NoAvailablePorts(1000))
+    );
+    assert!(
+        p.is_noop(),
+        "no prefix, rule, probe or ipConfiguration for it: {p:#?}"
+    );
+    assert_eq!(p.ports.len(), 1000);
+}
+
+#[test]
+fn a_configuration_that_lost_its_rule_gets_the_port_its_status_advertises_back() {
+    let (mut configs, mut state) = provisioned_private(1000);
+    // c0500's rule is removed by hand; a configuration planned before it would take the lowest free port,
+    // 6500, which c0500's status still advertises (its pods use wg-6500).
+    if let Some(lb) = state.lb.as_mut() {
+        lb.rules.retain(|r| r.name != "c0500");
+    }
+    configs[500].status_port = Some(6500);
+    configs.insert(0, cfg("new", Egress::Private));
+    let p = plan(&vmss_pool(), &configs, &state);
+    assert_eq!(p.ports.get("c0500"), Some(&6500), "its rule is made again");
+    assert_eq!(rule(lb_of(&p), "c0500").frontend_port, Some(6500));
+    assert_eq!(
+        p.problems.get("new"),
+        Some(&ConfigProblem::NoAvailablePorts(1000))
+    );
+    assert_eq!(p.problems.len(), 1);
+    assert!(p.vmss_model.is_none() && p.nic_updates.is_empty(), "{p:#?}");
+
+    // Without a port in its status (never reported), the configuration planned first takes 6500, and c0500,
+    // without a port, keeps its ipConfigurations and probe; `new` is added next to them.
+    if let Some(c) = configs.iter_mut().find(|c| c.uid == "c0500") {
+        c.status_port = None;
+    }
+    let p = plan(&vmss_pool(), &configs, &state);
+    assert_eq!(p.ports.get("new"), Some(&6500));
+    assert_eq!(
+        p.problems.get("c0500"),
+        Some(&ConfigProblem::NoAvailablePorts(1000))
+    );
+    assert_eq!(p.problems.len(), 1);
+    let model = p.vmss_model.as_ref().expect("the model gets `new`");
+    assert!(model.ip_configs.iter().any(|c| c.name == "egressgateway-c0500"));
+    assert!(model.ip_configs.iter().any(|c| c.name == "egressgateway-new"));
+    assert!(lb_of(&p).probes.iter().any(|pr| pr.name == "c0500"));
+    assert!(
+        p.nic_updates
+            .iter()
+            .all(|u| u.nic.ip_configs.iter().any(|c| c.name == "egressgateway-c0500"))
+    );
+}
+
+#[test]
+fn the_port_a_kept_configuration_advertises_stays_reserved_unless_another_rule_holds_it() {
+    let (configs, mut state) = provisioned_private(2);
+    // c0001's rule (6001) is gone while it is kept; its status still advertises 6001.
+    if let Some(lb) = state.lb.as_mut() {
+        lb.rules.retain(|r| r.name != "c0001");
+    }
+    let kept_c1 = Config {
+        status_port: Some(6001),
+        ..kept_cfg("c0001", Egress::Private)
+    };
+    let p = plan(
+        &vmss_pool(),
+        &[configs[0].clone(), kept_c1.clone(), cfg("new", Egress::Private)],
+        &state,
+    );
+    assert_eq!(p.ports.get("new"), Some(&6002), "6001 stays c0001's");
+    assert!(p.problems.is_empty());
+
+    // A stale advertised port that an existing rule of another configuration holds stays that rule's.
+    let stale = Config {
+        status_port: Some(6000),
+        ..kept_c1
+    };
+    let p = plan(
+        &vmss_pool(),
+        &[configs[0].clone(), stale, cfg("new", Egress::Private)],
+        &state,
+    );
+    assert_eq!(p.ports.get("c0000"), Some(&6000));
+    assert_eq!(p.ports.get("new"), Some(&6001));
+}
+
+#[test]
+fn a_configuration_whose_adopted_prefix_is_gone_keeps_its_rule_and_port() {
+    let mut state = with_upstream_prefix(vmss_state(2));
+    converge(
+        &vmss_pool(),
+        &[adopted("a", UPSTREAM), cfg("b", Egress::Private)],
+        &mut state,
+    );
+    let before = state.lb.clone().expect("load balancer");
+    // The prefix is gone, so are the ipConfigurations that referenced it (ARM deletes no prefix in use).
+    state.managed_prefixes.remove(UPSTREAM);
+    for nic in state
+        .vmss_model
+        .iter_mut()
+        .chain(state.instances.iter_mut().filter_map(|i| i.nic.as_mut()))
+    {
+        nic.ip_configs.retain(|c| c.name != "egressgateway-a");
+    }
+    let p = converge(
+        &vmss_pool(),
+        &[
+            adopted("a", UPSTREAM),
+            cfg("b", Egress::Private),
+            cfg("c", Egress::Private),
+        ],
+        &mut state,
+    );
+    assert_eq!(
+        p.problems.get("a"),
+        Some(&ConfigProblem::AdoptedPrefixMissing {
+            name: UPSTREAM.into()
+        })
+    );
+    let lb = state.lb.as_ref().expect("load balancer");
+    assert_eq!(rule(lb, "a"), rule(&before, "a"));
+    assert_eq!(p.ports.get("c"), Some(&6002), "a's port stays taken");
+    assert!(
+        p.prefixes_to_create.is_empty(),
+        "an adopted prefix is never made again"
+    );
+    assert!(
+        ip_config_names(&state)
+            .iter()
+            .all(|names| !names.contains(&"egressgateway-a".to_string()))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// VM pools: public IPs of NICs that are gone
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_vm_pool_deletes_its_tagged_public_ips_of_a_nic_that_is_gone_and_no_one_elses() {
+    let mut state = vm_state(2);
+    converge(
+        &vm_pool(),
+        &[cfg("a", byo()), cfg("b", Egress::Managed)],
+        &mut state,
+    );
+    let gone = state.vm_nics[1].name.clone();
+    let of_gone: Vec<String> = ["egressgateway-b", "mine"]
+        .iter()
+        .map(|prefix| vm_pool_public_ip_name(prefix, &gone).to_ascii_lowercase())
+        .collect();
+    assert!(of_gone.iter().all(|n| state.public_ips.contains_key(n)));
+    // The BYO prefix's IP of the NIC that goes was made before the tag: while its NIC exists, its name tells it
+    // is ours, and it is tagged, once.
+    if let Some(ip) = state.public_ips.get_mut(&of_gone[1]) {
+        ip.pool = None;
+    }
+    let configs = [cfg("a", byo()), cfg("b", Egress::Managed)];
+    let p = converge(&vm_pool(), &configs, &mut state);
+    assert_eq!(
+        p.public_ips_to_tag,
+        vec![PublicIpCreate {
+            name: of_gone[1].clone(),
+            prefix_id: BYO.into()
+        }]
+    );
+    assert_eq!(p.write_count(), 1, "{p:#?}");
+    assert_eq!(state.public_ips[&of_gone[1]].pool.as_deref(), Some(POOL));
+    // Others on the BYO prefix: the user's; another pool's (tagged so, named as ours would be for a NIC of that
+    // name); one tagged with this pool but used by a NIC of no pool (someone attached it); one tagged with this
+    // pool used by a NIC of the same name as one of the pool's but in another resource group; one named for the
+    // NIC that goes but never tagged (made before the tag, and its NIC gone before a pass tagged it: the name
+    // rule cannot tell it from a user's once the NIC is gone), on a BYO prefix a configuration used before.
+    let nic_elsewhere = format!(
+        "/subscriptions/s/resourceGroups/other-rg/providers/Microsoft.Network/networkInterfaces/{}/ipConfigurations/x",
+        state.vm_nics[0].name.to_ascii_uppercase()
+    );
+    let others = [
+        ("mine-appgw".to_string(), PublicIp::of_prefix(BYO)),
+        (
+            vm_pool_public_ip_name("mine", "aks-other-0-nic"),
+            PublicIp {
+                pool: Some("other-pool-uid".into()),
+                ..PublicIp::of_prefix(BYO)
+            },
+        ),
+        (
+            "mine-attached".to_string(),
+            PublicIp {
+                pool: Some(POOL.into()),
+                used_by: Some(
+                    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkInterfaces/users-nic/ipConfigurations/ipconfig1"
+                        .into(),
+                ),
+                ..PublicIp::of_prefix(BYO)
+            },
+        ),
+        (
+            "mine-elsewhere".to_string(),
+            PublicIp {
+                pool: Some(POOL.into()),
+                used_by: Some(nic_elsewhere),
+                ..PublicIp::of_prefix(BYO)
+            },
+        ),
+        (
+            vm_pool_public_ip_name("old", &gone),
+            PublicIp::of_prefix(&BYO.replace("/mine", "/old")),
+        ),
+    ];
+    let (never_tagged, rest) = others.split_last().expect("others");
+    for (name, ip) in rest {
+        state.public_ips.insert(name.to_ascii_lowercase(), ip.clone());
+    }
+    assert!(plan(&vm_pool(), &configs, &state).is_noop());
+    state
+        .public_ips
+        .insert(never_tagged.0.to_ascii_lowercase(), never_tagged.1.clone());
+
+    // The VM and its NIC are deleted (ARM releases the NIC's public IPs, it does not delete them).
+    state.vm_nics.remove(1);
+    let p = converge(&vm_pool(), &configs, &mut state);
+    let mut deleted = p.public_ips_to_delete.clone();
+    deleted.sort();
+    assert_eq!(deleted, of_gone);
+    for (name, ip) in &others {
+        assert_eq!(
+            state.public_ips.get(&name.to_ascii_lowercase()),
+            Some(ip),
+            "{name}"
+        );
+    }
+    assert!(p.nic_updates.is_empty() && p.prefixes_to_delete.is_empty());
+
+    // A kept configuration's public IPs stay, also those of a NIC that is gone.
+    let mut state = vm_state(2);
+    converge(&vm_pool(), &configs, &mut state);
+    state.vm_nics.remove(1);
+    let p = plan(
+        &vm_pool(),
+        &[kept_cfg("a", byo()), cfg("b", Egress::Managed)],
+        &state,
+    );
+    assert_eq!(p.public_ips_to_delete, vec![of_gone[0].clone()], "b's only");
 }

@@ -524,7 +524,7 @@ impl Operator {
             // The prefix it adopted (its annotation, checked): a refused annotation is reported below, and a
             // configuration being deleted with one never used that prefix.
             let adoption = adoptions.of_config(sgc);
-            let (egress, adopted) = egress_of(sgc, adoption.as_ref());
+            let config = config_of(sgc, adoption.as_ref());
             // The finalizer is added only once the configuration is accepted: it marks one the operator admitted.
             let admitted = sgc.finalizers().iter().any(|f| f == SGC_FINALIZER);
             if deleting {
@@ -533,11 +533,8 @@ impl Operator {
                     configs.push((
                         sgc.clone(),
                         Config {
-                            uid,
-                            egress,
                             deleting: true,
-                            kept: false,
-                            adopted,
+                            ..config
                         },
                     ));
                 }
@@ -585,16 +582,7 @@ impl Operator {
             if declared_prefix.is_none() {
                 declared_prefix = sgc.spec.vmss_profile().map(|p| p.public_ip_prefix_size);
             }
-            configs.push((
-                sgc.clone(),
-                Config {
-                    uid,
-                    egress,
-                    deleting: false,
-                    kept: false,
-                    adopted,
-                },
-            ));
+            configs.push((sgc.clone(), config));
         }
         // A GatewayPool reports its instances (and Ready) even before a configuration uses it, so whoever
         // declared it (kubectl, Terraform) can wait for it; a pool nobody declared has nothing to report.
@@ -944,8 +932,7 @@ impl Operator {
                             prefix = %id,
                             "adopted upstream's public ip prefix"
                         );
-                        c.egress = Egress::Adopted { name: name.clone() };
-                        c.adopted = Some(name.clone());
+                        c.adopt(name);
                     } else if ConfigWrite::Adoption.azure_part() == AzurePart::Kept {
                         kept.insert(c.uid.clone());
                     }
@@ -1259,24 +1246,38 @@ impl Operator {
     }
 }
 
-/// A configuration's egress and the prefix it adopted, from its spec and its adoption annotation as checked
-/// (`adoption`; a refused one is reported by the caller and adopts nothing).
-fn egress_of(
-    sgc: &StaticGatewayConfiguration,
-    adoption: Option<&Result<String, String>>,
-) -> (Egress, Option<String>) {
-    let adopted = adoption.and_then(|a| a.as_ref().ok()).cloned();
+/// A configuration as a plan sees it (neither deleting nor kept), from its spec and its adoption annotation as
+/// checked (`adoption`; a refused one is reported by the caller and adopts nothing). A public configuration
+/// without a BYO prefix uses the prefix it adopted; any other still owns it (deleted once unused).
+fn config_of(sgc: &StaticGatewayConfiguration, adoption: Option<&Result<String, String>>) -> Config {
     let egress = match (sgc.spec.provision_public_ips, sgc.spec.byo_prefix()) {
         (false, _) => Egress::Private,
         (true, Some(Ok(prefix))) => Egress::Byo { prefix },
-        (true, Some(Err(_)) | None) => match &adopted {
-            Some(name) => Egress::Adopted { name: name.clone() },
-            // An ID that does not parse is refused by rule 6; a configuration being deleted with one never
-            // had a BYO prefix in Azure, so what it may own is what a managed one would.
-            None => Egress::Managed,
-        },
+        // An ID that does not parse is refused by rule 6; a configuration being deleted with one never had a
+        // BYO prefix in Azure, so what it may own is what a managed one would.
+        (true, Some(Err(_)) | None) => Egress::Managed,
     };
-    (egress, adopted)
+    let mut c = Config {
+        uid: sgc.uid().unwrap_or_default(),
+        egress,
+        deleting: false,
+        kept: false,
+        adopted: None,
+        status_port: sgc
+            .status
+            .as_ref()
+            .and_then(|st| st.gateway_server_profile.as_ref())
+            .and_then(|p| u16::try_from(p.port).ok())
+            .filter(|p| *p != 0),
+    };
+    if let Some(Ok(name)) = adoption {
+        if c.egress == Egress::Managed {
+            c.adopt(name);
+        } else {
+            c.adopted = Some(name.clone());
+        }
+    }
+    c
 }
 
 /// Whether `other`, a pool reference of another group, names the scale set `resolved` that this pool's
@@ -1322,15 +1323,9 @@ fn siblings(
                 .pool_ref()
                 .is_some_and(|r| r.key() != key && same_scale_set(&r, resolved, cfg))
         })
-        .map(|s| {
-            let (egress, adopted) = egress_of(s, adoptions.of_config(s).as_ref());
-            Config {
-                uid: s.uid().unwrap_or_default(),
-                egress,
-                deleting: false,
-                kept: true,
-                adopted,
-            }
+        .map(|s| Config {
+            kept: true,
+            ..config_of(s, adoptions.of_config(s).as_ref())
         })
         .collect()
 }

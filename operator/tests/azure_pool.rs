@@ -293,6 +293,204 @@ async fn vm_pool_private_and_public_mode_through_the_pre_created_nics() {
     );
 }
 
+/// The public IPs of the node resource group: name → (prefix name, `egressgateway-pool-uid` tag), lower-cased.
+async fn public_ips(env: &Env) -> std::collections::BTreeMap<String, (String, Option<String>)> {
+    env.arm
+        .list_public_ips("node-rg")
+        .await
+        .expect("LIST public IPs")
+        .iter()
+        .map(|ip| {
+            let prefix = ip["properties"]["publicIPPrefix"]["id"]
+                .as_str()
+                .unwrap_or_default();
+            (
+                ip["name"].as_str().unwrap_or_default().to_ascii_lowercase(),
+                (
+                    operator::desired::last_segment(prefix).to_ascii_lowercase(),
+                    ip["tags"][api::names::TAG_GATEWAY_POOL_UID]
+                        .as_str()
+                        .map(str::to_string),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A VM pool's NIC that is deleted (after its VM) leaves the public IPs the operator made for it unused: the
+/// next reconcile deletes them, the managed prefix's and the BYO prefix's, and nothing else, not the user's
+/// public IP on the same BYO prefix.
+#[tokio::test]
+async fn a_vm_pool_deletes_the_public_ips_of_a_nic_that_is_gone_and_keeps_the_users() {
+    // One NIC with its VM, one whose VM is already gone (a spare NIC).
+    let mut seed = Seed::aks_like(0);
+    seed.vm_scale_sets.clear();
+    let env = start(seed.with_vm_pool("gateway", 1, 2)).await;
+    let mut pool = resolve(&env).await;
+    // A /30 BYO prefix, the user's (room for the user's IP and one per NIC); the managed one the same length.
+    pool.pool.prefix_len = 30;
+    let location = env.cfg.location.clone();
+    let prefix = env
+        .arm
+        .put_prefix(
+            "node-rg",
+            "prod",
+            &json!({"location": location, "sku": {"name": "Standard", "tier": "Regional"},
+                    "properties": {"prefixLength": 30, "publicIPAddressVersion": "IPv4"}}),
+        )
+        .await
+        .expect("the user's prefix");
+    let prefix_id = prefix["id"].as_str().expect("id").to_string();
+    env.arm
+        .put_public_ip(
+            "node-rg",
+            "prod-appgw-pip",
+            &operator::azure::json::public_ip_body(&location, &prefix_id, None),
+        )
+        .await
+        .expect("the user's public IP");
+    let mut configs = managed(2);
+    configs[0].egress = Egress::Byo {
+        prefix: api::arm::parse_public_ip_prefix_id(&prefix_id).expect("prefix ID"),
+    };
+    let managed_prefix = api::names::managed_resource_name(&configs[1].uid);
+    run(&env, &pool, &configs).await;
+
+    let ours = |nic: &str| {
+        ["prod", managed_prefix.as_str()]
+            .map(|p| api::names::vm_pool_public_ip_name(p, nic).to_ascii_lowercase())
+    };
+    let (kept_nic, gone_nic) = ("aks-gateway-12345678-nic0", "aks-gateway-12345678-nic1");
+    let all = public_ips(&env).await;
+    for name in ours(kept_nic).iter().chain(ours(gone_nic).iter()) {
+        assert_eq!(
+            all.get(name).and_then(|(_, tag)| tag.as_deref()),
+            Some(pool.pool.uid.as_str()),
+            "{name}: tagged with its pool: {all:?}"
+        );
+    }
+    let users = all.get("prod-appgw-pip").cloned().expect("the user's IP");
+    assert_eq!(users, ("prod".to_string(), None));
+
+    // The BYO prefix's IP of the spare NIC as an operator made before the tag made it, since given a tag (by
+    // its user or Azure Policy) and properties the operator does not model: the next pass tags it, with one
+    // PUT, once, and keeps the rest; also a tag someone adds between its read and the operator's PUT (412,
+    // then one re-read).
+    let [byo_ip, managed_ip] = ours(gone_nic);
+    untag(&env, &byo_ip).await;
+    let extras = add_unmodelled(&env, &byo_ip).await;
+    env.sim
+        .inject_fault(FaultSpec::concurrent_write(
+            "PUT",
+            &format!("(?i)/publicIPAddresses/{byo_ip}$"),
+            1,
+            json!({"tags": {"costCenter": "42"}}),
+        ))
+        .expect("fault");
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!((out.writes, out.refetches), (1, 1));
+    let ip_puts: Vec<u16> = env
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.method == "PUT" && c.path.to_ascii_lowercase().contains("/publicipaddresses/"))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(ip_puts, [412, 200], "conditional on the version read");
+    assert_eq!(
+        public_ips(&env).await[&byo_ip].1.as_deref(),
+        Some(pool.pool.uid.as_str())
+    );
+    let tagged = public_ip(&env, &byo_ip).await;
+    assert_eq!(
+        tagged["tags"],
+        json!({"owner": "platform", "costCenter": "42", api::names::TAG_GATEWAY_POOL_UID: pool.pool.uid}),
+        "the tag is added to the IP's own"
+    );
+    for (field, value) in extras {
+        assert_eq!(tagged["properties"][field], value, "{field} kept: {tagged}");
+    }
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0, "tagged once");
+    // The managed prefix's IP of the spare NIC is never tagged (its NIC goes before a pass sees it).
+    untag(&env, &managed_ip).await;
+
+    // The spare NIC is deleted (ARM releases its public IPs, it does not delete them).
+    env.sim
+        .with_state(|s| s.world.delete_network_interface("node-rg", gone_nic))
+        .expect("NIC deleted");
+    env.sim.clear_calls();
+    let out = run(&env, &pool, &configs).await;
+    assert_eq!(out.plan.public_ips_to_delete, std::slice::from_ref(&byo_ip));
+    assert_eq!(writes(&env, "DELETE", "(?i)/publicIPAddresses/"), 1);
+    let left: Vec<String> = public_ips(&env).await.into_keys().collect();
+    let mut expected: Vec<String> = ours(kept_nic).to_vec();
+    expected.push("prod-appgw-pip".into());
+    expected.push(managed_ip.clone());
+    expected.sort();
+    assert_eq!(
+        left, expected,
+        "the untagged one cannot be told from a user's any more"
+    );
+    assert_eq!(run(&env, &pool, &configs).await.writes, 0, "steady state");
+
+    run(&env, &pool, &deleting(&configs)).await;
+    let left: Vec<String> = public_ips(&env).await.into_keys().collect();
+    assert_eq!(
+        left,
+        ["prod-appgw-pip"],
+        "the user's IP stays to the end (the untagged one goes with its managed prefix)"
+    );
+}
+
+/// PUTs the public IP `name` again without tags, as the operator made its public IPs before it tagged them.
+async fn untag(env: &Env, name: &str) {
+    let ip = public_ip(env, name).await;
+    let prefix = ip["properties"]["publicIPPrefix"]["id"]
+        .as_str()
+        .expect("its prefix");
+    let location = env.cfg.location.clone();
+    env.arm
+        .put_public_ip(
+            "node-rg",
+            name,
+            &operator::azure::json::public_ip_body(&location, prefix, None),
+        )
+        .await
+        .expect("untagged");
+}
+
+/// The public IP `name` of the node resource group, as listed.
+async fn public_ip(env: &Env, name: &str) -> Value {
+    let ips = env.arm.list_public_ips("node-rg").await.expect("LIST public IPs");
+    ips.into_iter()
+        .find(|ip| ip["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .expect("the public IP exists")
+}
+
+/// Gives the public IP `name` a tag of its user's and properties the operator does not model, as its user or
+/// Azure Policy may; returns those properties.
+async fn add_unmodelled(env: &Env, name: &str) -> Vec<(&'static str, Value)> {
+    let extras = vec![
+        ("idleTimeoutInMinutes", json!(17)),
+        (
+            "ipTags",
+            json!([{"ipTagType": "FirstPartyUsage", "tagValue": "/Unprivileged"}]),
+        ),
+        ("dnsSettings", json!({"domainNameLabel": "gw-spare"})),
+    ];
+    let mut ip = public_ip(env, name).await;
+    ip["tags"] = json!({"owner": "platform"});
+    for (field, value) in &extras {
+        ip["properties"][*field] = value.clone();
+    }
+    env.arm
+        .put_public_ip("node-rg", name, &ip)
+        .await
+        .expect("the user's changes");
+    extras
+}
+
 /// The load balancer's tags, as Azure holds them now.
 async fn lb_tags(env: &Env) -> Value {
     env.arm

@@ -375,8 +375,7 @@ async fn configurations_get_keys_status_and_leave_nothing_behind() {
 async fn a_configuration_on_a_missing_pool_reports_pool_not_found_and_deletes_cleanly() {
     let w = start().await;
     let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
-    create_sgc(&sgcs, "x", json!({"gatewayNodepoolName": "nope"})).await;
-    w.op.reconcile_pools(None).await.expect("reconcile");
+    create_and_reconcile(&w, &sgcs, "x", json!({"gatewayNodepoolName": "nope"})).await;
     let x = sgcs.get("x").await.expect("get");
     assert_eq!(condition(&x, ACCEPTED), Some(("False", "PoolNotFound")));
     sgcs.delete("x", &DeleteParams::default()).await.expect("delete");
@@ -610,12 +609,7 @@ async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_du
         ("False", "AzureError")
     );
     assert!(ready.message.contains("InternalServerError"), "{}", ready.message);
-    let lb_before =
-        w.op.arm
-            .get_lb("node-rg", "kubeegressgateway-ilb")
-            .await
-            .expect("lb")
-            .expect("exists");
+    let lb_before = gateway_lb(&w.op).await;
 
     // "Restart": a new operator, Azure healthy again.
     w.azure.with_state(|s| s.clear_faults());
@@ -625,12 +619,7 @@ async fn an_azure_failure_surfaces_and_a_restarted_operator_converges_without_du
         let s = sgcs.get(name).await.expect("get");
         assert_eq!(condition(&s, READY), Some(("True", "Provisioned")), "{name}");
     }
-    let lb = restarted
-        .arm
-        .get_lb("node-rg", "kubeegressgateway-ilb")
-        .await
-        .expect("lb")
-        .expect("exists");
+    let lb = gateway_lb(&restarted).await;
     let rules = |lb: &serde_json::Value| lb["properties"]["loadBalancingRules"].clone();
     assert_eq!(rules(&lb).as_array().map(Vec::len), Some(2), "no duplicate rules");
     assert_eq!(rules(&lb), rules(&lb_before), "ports survive the restart");
@@ -724,7 +713,7 @@ async fn a_vm_pool_keeps_a_users_public_ip_named_after_its_byo_prefix() {
         .put_public_ip(
             &rg,
             "prod-appgw-pip",
-            &operator::azure::json::public_ip_body(&location, &prefix_id),
+            &operator::azure::json::public_ip_body(&location, &prefix_id, None),
         )
         .await
         .expect("the user's public IP");
@@ -1002,6 +991,17 @@ fn condition_message(s: &StaticGatewayConfiguration, t: &str) -> Option<(String,
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+/// The message of a configuration's condition `t`, which must have `(status, reason)`.
+fn message_of(s: &StaticGatewayConfiguration, t: &str, (status, reason): (&str, &str)) -> String {
+    let (got_status, got_reason, message) = condition_message(s, t).unwrap_or_else(|| panic!("{t}"));
+    assert_eq!(
+        (got_status.as_str(), got_reason.as_str()),
+        (status, reason),
+        "{t}: {message}"
+    );
+    message
+}
+
 /// An AKS surge upgrade of a /31 pool: a third gateway node (and scale set instance, which the full prefix has
 /// no address for) for a while, then an old one goes. A configuration provisioned before keeps everything it
 /// has in Azure and in its status (rule 4 counts the cluster's nodes: it fails, and is reported, but does not
@@ -1024,8 +1024,7 @@ async fn surge_upgrade_keeps_the_configuration(with_gateway_pool: bool) {
             .await
             .expect("node");
     }
-    create_sgc(&sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
-    w.op.reconcile_pools(None).await.expect("reconcile");
+    create_and_reconcile(&w, &sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
     let provisioned = sgcs.get("a").await.expect("a");
     assert_eq!(condition(&provisioned, READY), Some(("True", "Provisioned")));
     let azure_before = azure_except_instance(&w.azure, 2);
@@ -1072,8 +1071,7 @@ async fn surge_upgrade_keeps_the_configuration(with_gateway_pool: bool) {
     assert_eq!(now.gateway_vm_profiles, before.gateway_vm_profiles);
     assert_eq!(condition(&a, ACCEPTED), Some(("True", "Accepted")));
     assert_eq!(condition(&a, READY), Some(("True", "Provisioned")));
-    let (status, reason, message) = condition_message(&a, DEGRADED).expect("Degraded");
-    assert_eq!((status.as_str(), reason.as_str()), ("True", "PoolExceedsPrefix"));
+    let message = message_of(&a, DEGRADED, ("True", "PoolExceedsPrefix"));
     for part in [
         "node pool gateway",
         "3 gateway nodes",
@@ -1214,11 +1212,7 @@ async fn a_private_configuration_stays_ready_while_a_new_instance_lacks_its_addr
     assert_eq!(st.gateway_vm_profiles, two.gateway_vm_profiles);
     assert!(st.is_ready_for_pods());
     assert_eq!(condition(&s, READY), Some(("True", "Provisioned")));
-    let (status, reason, message) = condition_message(&s, DEGRADED).expect("Degraded");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("True", "InstancesWithoutEgressIp")
-    );
+    let message = message_of(&s, DEGRADED, ("True", "InstancesWithoutEgressIp"));
     assert!(
         message.contains("aks-gateway-12345678-vmss000002") && message.contains("OperationNotAllowed"),
         "{message}"
@@ -1562,12 +1556,7 @@ fn arm_writes(azure: &AzureSim) -> Vec<String> {
 
 /// The load balancer's rules: lower-cased name → frontend port.
 async fn rule_ports(w: &World) -> std::collections::BTreeMap<String, i64> {
-    let lb =
-        w.op.arm
-            .get_lb("node-rg", "kubeegressgateway-ilb")
-            .await
-            .expect("lb")
-            .expect("the load balancer exists");
+    let lb = gateway_lb(&w.op).await;
     lb["properties"]["loadBalancingRules"]
         .as_array()
         .expect("rules")
@@ -1665,8 +1654,7 @@ async fn a_byo_prefix_unreadable_for_a_pass_keeps_its_configuration_in_azure() {
     assert_eq!(rule_ports(&w).await, ports, "the rule keeps its port");
     assert_eq!(ip_config_names(&w).await, configs, "the ipConfigurations stay");
     let s = sgcs.get("byo").await.expect("get");
-    let (status, reason, message) = condition_message(&s, READY).expect("Ready");
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "AzureError"));
+    let message = message_of(&s, READY, ("False", "AzureError"));
     assert!(
         message.contains("users-prefix") && message.contains("InternalServerError"),
         "{message}"
@@ -1799,4 +1787,133 @@ async fn a_deletion_waits_for_a_refused_instance_update() {
     );
     let a = sgcs.get("a").await.expect("get");
     assert_eq!(condition(&a, READY), Some(("True", "Provisioned")));
+}
+
+/// The pool's prefix size changes under a provisioned configuration (here the node pool's
+/// `aks-managed-gatewayIPPrefixSize` tag; a GatewayPool's is immutable): its managed prefix no longer fits,
+/// which its status reports, but it keeps its rule, port and ipConfigurations (no egress outage), and a
+/// configuration created meanwhile takes another port. Once the size is back, it is provisioned as before.
+#[tokio::test]
+async fn a_configuration_whose_prefix_no_longer_fits_the_pool_keeps_its_rule_and_ip_configurations() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    create_and_reconcile(&w, &sgcs, "a", json!({"gatewayNodepoolName": "gateway"})).await;
+    let a = uid_of(&sgcs, "a").await;
+    let port = advertised_port(&provisioned(&sgcs, "a").await);
+    let ports = rule_ports(&w).await;
+    let configs = ip_config_names(&w).await;
+    assert_eq!(ports.get(&a).copied(), port);
+    assert!(
+        configs.iter().all(|c| c.contains(&format!("egressgateway-{a}"))),
+        "{configs:?}"
+    );
+
+    let vmss_id = |vmss: serde_json::Value| vmss["id"].as_str().expect("id").to_string();
+    let vmss = w.op.arm.get_vmss("node-rg", GATEWAY_VMSS).await.expect("vmss");
+    let vmss_id = vmss_id(vmss.expect("the scale set exists"));
+    let resize = |size: &str| {
+        w.azure
+            .patch_resource(
+                &vmss_id,
+                &json!({"tags": {api::names::TAG_GATEWAY_PREFIX_SIZE: size}}),
+            )
+            .expect("tag")
+    };
+    resize("30");
+    create_and_reconcile(&w, &sgcs, "b", json!({"gatewayNodepoolName": "gateway"})).await;
+    let b = uid_of(&sgcs, "b").await;
+    let s = sgcs.get("a").await.expect("get");
+    assert_eq!(condition(&s, READY), Some(("False", "PrefixSizeMismatch")));
+    let message = message_of(&s, ACCEPTED, ("False", "PrefixSizeMismatch"));
+    assert!(
+        message.contains("length 31") && message.contains("requires 30"),
+        "{message}"
+    );
+    let now = rule_ports(&w).await;
+    assert_eq!(now.get(&a), ports.get(&a), "a's rule keeps its port");
+    assert!(now.get(&b).is_some_and(|p| Some(*p) != port), "{now:?}");
+    let with_b = ip_config_names(&w).await;
+    for (names, before) in with_b.iter().zip(&configs) {
+        let mut expected = before.clone();
+        expected.push(format!("egressgateway-{b}"));
+        expected.sort();
+        assert_eq!(names, &expected, "a's ipConfigurations stay, b's are added");
+    }
+    provisioned(&sgcs, "b").await;
+
+    resize("31");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let s = provisioned(&sgcs, "a").await;
+    assert_eq!(advertised_port(&s), port);
+    assert_eq!(rule_ports(&w).await.get(&a).copied(), port);
+}
+
+/// A configuration whose rule is gone gets back the port its status advertises (its pods use `wg-<port>`),
+/// read from its status by the pass: after `b` (6000) is deleted, `d` gets 6000 while `c`, older, has 6001;
+/// both rules removed by hand, in creation order the lowest free ports would swap them.
+#[tokio::test]
+async fn configurations_whose_rules_are_gone_get_the_ports_their_status_advertises_back() {
+    let w = start().await;
+    let sgcs: Api<StaticGatewayConfiguration> = Api::namespaced(w.client.clone(), &w.app);
+    for name in ["b", "c"] {
+        create_and_reconcile(&w, &sgcs, name, json!({"gatewayNodepoolName": "gateway"})).await;
+    }
+    assert_eq!(advertised_port(&provisioned(&sgcs, "c").await), Some(6001));
+    sgcs.delete("b", &DeleteParams::default()).await.expect("delete");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    assert!(sgcs.get_opt("b").await.expect("get").is_none());
+    create_and_reconcile(&w, &sgcs, "d", json!({"gatewayNodepoolName": "gateway"})).await;
+    assert_eq!(advertised_port(&provisioned(&sgcs, "d").await), Some(6000));
+    let (c, d) = (uid_of(&sgcs, "c").await, uid_of(&sgcs, "d").await);
+
+    let lb = gateway_lb(&w.op).await;
+    let rules: Vec<serde_json::Value> = lb["properties"]["loadBalancingRules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| {
+            let name = r["name"].as_str().unwrap_or_default().to_ascii_lowercase();
+            name != c && name != d
+        })
+        .cloned()
+        .collect();
+    w.azure
+        .patch_resource(
+            lb["id"].as_str().expect("id"),
+            &json!({"properties": {"loadBalancingRules": rules}}),
+        )
+        .expect("rules removed by hand");
+    w.op.reconcile_pools(None).await.expect("reconcile");
+    let ports = rule_ports(&w).await;
+    assert_eq!((ports.get(&c), ports.get(&d)), (Some(&6001), Some(&6000)));
+    assert_eq!(advertised_port(&provisioned(&sgcs, "c").await), Some(6001));
+    assert_eq!(advertised_port(&provisioned(&sgcs, "d").await), Some(6000));
+}
+
+/// The gateway load balancer as ARM holds it now (it must exist).
+async fn gateway_lb(op: &Operator) -> serde_json::Value {
+    op.arm
+        .get_lb("node-rg", "kubeegressgateway-ilb")
+        .await
+        .expect("lb")
+        .expect("the load balancer exists")
+}
+
+/// Creates the configuration `name` and runs one pool pass.
+async fn create_and_reconcile(
+    w: &World,
+    sgcs: &Api<StaticGatewayConfiguration>,
+    name: &str,
+    spec: serde_json::Value,
+) {
+    create_sgc(sgcs, name, spec).await;
+    w.op.reconcile_pools(None).await.expect("reconcile");
+}
+
+/// The WireGuard port a configuration's status advertises (`gatewayServerProfile.port`).
+fn advertised_port(s: &StaticGatewayConfiguration) -> Option<i64> {
+    s.status
+        .as_ref()
+        .and_then(|st| st.gateway_server_profile.as_ref())
+        .map(|p| i64::from(p.port))
 }

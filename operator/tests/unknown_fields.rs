@@ -44,6 +44,7 @@ fn configs(uids: &[&str], egress: &Egress) -> Vec<Config> {
             deleting: false,
             kept: false,
             adopted: None,
+            status_port: None,
         })
         .collect()
 }

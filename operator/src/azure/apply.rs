@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::client::{Arm, ArmError, ArmResult, Expect};
 use super::json::{
     lb_from_json, managed_prefix_body, merge_ip_configs, merge_lb, merge_nic_configs, prefix_from_json,
-    public_ip_body,
+    public_ip_body, with_pool_tag,
 };
 use super::observe::{
     ARM_CONCURRENCY, INSTANCE_NIC_CONFIGS, Observed, PassReads, PoolError, ResolvedPool, VMSS_NIC_CONFIGS,
@@ -205,7 +205,22 @@ pub async fn apply(
         arm.put_public_ip(
             &pool.resource_group,
             &pip.name,
-            &public_ip_body(&pool.location, &pip.prefix_id),
+            &public_ip_body(&pool.location, &pip.prefix_id, Some(&pool.pool.uid)),
+        )
+        .await?;
+        *writes += 1;
+    }
+    // An IP made before the tag is tagged in place: the tag merged into the IP as listed, PUT over the version
+    // read, so the user's (or Azure Policy's) tags and every property the operator does not model stay.
+    for pip in &plan.public_ips_to_tag {
+        let Some(read) = observed.public_ips.get(&pip.name.to_ascii_lowercase()) else {
+            continue;
+        };
+        arm.update_public_ip(
+            &pool.resource_group,
+            &pip.name,
+            &with_pool_tag(read, &pool.pool.uid),
+            expect_of(read),
         )
         .await?;
         *writes += 1;
@@ -367,18 +382,14 @@ pub async fn reconcile(
         .filter(|c| !c.deleting && !c.kept)
         .map(|c| {
             let cidr = match &c.egress {
-                Egress::Managed => after
-                    .state
-                    .managed_prefixes
-                    .get(&managed_resource_name(&c.uid).to_ascii_lowercase())
-                    .and_then(|p| p.cidr.clone()),
                 Egress::Byo { prefix } => byo_cidrs.get(&prefix.name.to_ascii_lowercase()).cloned(),
-                Egress::Adopted { name } => after
-                    .state
-                    .managed_prefixes
-                    .get(&name.to_ascii_lowercase())
-                    .and_then(|p| p.cidr.clone()),
-                Egress::Private => None,
+                _ => c.egress_owned_prefix().and_then(|name| {
+                    after
+                        .state
+                        .managed_prefixes
+                        .get(&name.to_ascii_lowercase())
+                        .and_then(|p| p.cidr.clone())
+                }),
             };
             (
                 c.uid.clone(),
@@ -423,14 +434,7 @@ pub async fn cleanup_without_pool(
         else {
             return Ok(0);
         };
-        let plan = plan_lb(
-            &pool_uid,
-            std::slice::from_ref(c),
-            &BTreeMap::new(),
-            Some(&lb),
-            &env,
-            false,
-        );
+        let plan = plan_lb(&pool_uid, std::slice::from_ref(c), Some(&lb), &env, false);
         write_lb(arm, cfg, Some(&current), &plan.write).await
     })
     .await;

@@ -996,7 +996,19 @@ impl Arm {
 
     /// PUT a public IP address (created by the operator: the body is the whole resource).
     pub async fn put_public_ip(&self, rg: &str, name: &str, body: &Value) -> ArmResult<()> {
-        self.put(&self.public_ip(rg, name), body, Expect::Anything)
+        self.update_public_ip(rg, name, body, Expect::Anything).await
+    }
+
+    /// PUT a public IP address as read with the operator's change merged in, only over the version
+    /// `expect`ed (412 otherwise).
+    pub async fn update_public_ip(
+        &self,
+        rg: &str,
+        name: &str,
+        body: &Value,
+        expect: Expect<'_>,
+    ) -> ArmResult<()> {
+        self.put(&self.public_ip(rg, name), body, expect)
             .await
             .map(|_| ())
     }

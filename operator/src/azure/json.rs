@@ -400,10 +400,16 @@ pub fn managed_prefix_body(location: &str, prefix_len: i32) -> Value {
     })
 }
 
-/// Body of a VM-pool public IP address PUT.
-pub fn public_ip_body(location: &str, prefix_id: &str) -> Value {
+/// Body of a public IP address PUT, allocated from `prefix_id`. The operator's own for a VM pool's NIC carry
+/// the pool's uid (`pool`) in [`api::names::TAG_GATEWAY_POOL_UID`].
+pub fn public_ip_body(location: &str, prefix_id: &str, pool: Option<&str>) -> Value {
+    let tags: serde_json::Map<String, Value> = pool
+        .map(|uid| (api::names::TAG_GATEWAY_POOL_UID.to_string(), json!(uid)))
+        .into_iter()
+        .collect();
     json!({
         "location": location,
+        "tags": tags,
         "sku": {"name": "Standard", "tier": "Regional"},
         "properties": {
             "publicIPAddressVersion": "IPv4",
@@ -411,6 +417,24 @@ pub fn public_ip_body(location: &str, prefix_id: &str) -> Value {
             "publicIPPrefix": {"id": prefix_id}
         }
     })
+}
+
+/// The public IP `read` (as ARM returned it) tagged with the pool's uid (`pool`) in
+/// [`api::names::TAG_GATEWAY_POOL_UID`]: every other tag and field goes back as read.
+pub fn with_pool_tag(read: &Value, pool: &str) -> Value {
+    let mut body = read.clone();
+    if let Some(obj) = body.as_object_mut() {
+        let tags = obj
+            .entry("tags")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if !tags.is_object() {
+            *tags = Value::Object(serde_json::Map::new());
+        }
+        if let Some(tags) = tags.as_object_mut() {
+            tags.insert(api::names::TAG_GATEWAY_POOL_UID.to_string(), json!(pool));
+        }
+    }
+    body
 }
 
 #[cfg(test)]
@@ -445,8 +469,9 @@ mod tests {
             deleting: false,
             kept: false,
             adopted: None,
+            status_port: None,
         }];
-        let plan = crate::desired::plan_lb(&pool.uid, &configs, &Default::default(), None, &env(), false);
+        let plan = crate::desired::plan_lb(&pool.uid, &configs, None, &env(), false);
         let crate::desired::LbWrite::Put { lb, .. } = plan.write else {
             panic!("expected a PUT");
         };
@@ -541,5 +566,25 @@ mod tests {
         assert_eq!(p.prefix_len, Some(31));
         assert_eq!(p.cidr.as_deref(), Some("20.1.2.4/31"));
         assert_eq!(p.public_ip_ids, vec!["/x/publicIPAddresses/p1".to_string()]);
+    }
+
+    #[test]
+    fn the_pool_tag_is_merged_into_a_public_ip_as_read() {
+        let read = json!({"name": "ip", "etag": "W/\"1\"", "tags": {"owner": "me"},
+                          "properties": {"idleTimeoutInMinutes": 17}});
+        let body = with_pool_tag(&read, "pool");
+        let mut expected = read.clone();
+        expected["tags"][api::names::TAG_GATEWAY_POOL_UID] = json!("pool");
+        assert_eq!(body, expected);
+        for tags in [None, Some(Value::Null)] {
+            let mut read = json!({"name": "ip"});
+            if let Some(t) = tags {
+                read["tags"] = t;
+            }
+            assert_eq!(
+                with_pool_tag(&read, "pool")["tags"],
+                json!({api::names::TAG_GATEWAY_POOL_UID: "pool"})
+            );
+        }
     }
 }

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use api::PoolRef;
-use api::names::{TAG_AKS_POOL_NAME, TAG_GATEWAY_PREFIX_SIZE, TAG_STATIC_GATEWAY_NIC, managed_resource_name};
+use api::names::{
+    TAG_AKS_POOL_NAME, TAG_GATEWAY_POOL_UID, TAG_GATEWAY_PREFIX_SIZE, TAG_STATIC_GATEWAY_NIC,
+    managed_resource_name,
+};
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -13,7 +16,7 @@ use super::json::{
     lb_from_json, nic_addresses, nic_from_json, prefix_from_json, primary_nic_from_configs, primary_nic_index,
 };
 use crate::config::CloudConfig;
-use crate::desired::{AzureState, Config, Env, Instance, PoolKind, PoolProblem, VmNic};
+use crate::desired::{AzureState, Config, Env, Instance, PoolKind, PoolProblem, PublicIp, VmNic};
 
 /// Other independent ARM calls (prefix reads, creates, deletes) in flight at once per pool: bounded so that a
 /// burst of configurations does not turn into a burst of 429s.
@@ -300,6 +303,8 @@ pub struct Observed {
     pub(crate) instances: BTreeMap<String, Value>,
     /// The pool's gateway NICs (VM pools), by name.
     pub(crate) vm_nics: BTreeMap<String, Value>,
+    /// The public IPs of a VM pool's resource group allocated from a prefix, as listed, by lower-cased name.
+    pub(crate) public_ips: BTreeMap<String, Value>,
 }
 
 /// The `networkInterfaceConfigurations` at `ptr` of a scale set or instance.
@@ -489,9 +494,16 @@ pub async fn observe_in(
                     .pointer("/properties/publicIPPrefix/id")
                     .and_then(Value::as_str)
                 {
-                    o.state
-                        .public_ips
-                        .insert(name.to_ascii_lowercase(), prefix.to_string());
+                    let ip = PublicIp {
+                        prefix_id: prefix.to_string(),
+                        pool: tag(&pip, TAG_GATEWAY_POOL_UID).map(str::to_string),
+                        used_by: pip
+                            .pointer("/properties/ipConfiguration/id")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                    };
+                    o.state.public_ips.insert(name.to_ascii_lowercase(), ip);
+                    o.public_ips.insert(name.to_ascii_lowercase(), pip.clone());
                 }
             }
         }

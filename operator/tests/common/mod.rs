@@ -147,6 +147,7 @@ pub fn managed_configs(n: usize) -> Vec<operator::desired::Config> {
             deleting: false,
             kept: false,
             adopted: None,
+            status_port: None,
         })
         .collect()
 }

@@ -161,6 +161,50 @@ fn check_network_name(name: &str) -> Result<(), ArmError> {
     }
 }
 
+/// ARM's limits on a resource's `tags` (https://learn.microsoft.com/azure/azure-resource-manager/management/tag-resources#limitations):
+/// an object of string values, names of at most 512 characters without `<>%&\?/` or control characters, values
+/// of at most 256. ARM stores and returns the tags as given.
+fn check_tags(body: &Value) -> Result<(), ArmError> {
+    let Some(tags) = body.get("tags").filter(|t| !t.is_null()) else {
+        return Ok(());
+    };
+    let Some(tags) = tags.as_object() else {
+        return Err(ArmError::bad_request(
+            "InvalidRequestContent",
+            "The request content was invalid: 'tags' must be an object of strings.",
+        ));
+    };
+    for (name, value) in tags {
+        if name.chars().any(|c| "<>%&\\?/".contains(c) || c.is_control()) {
+            return Err(ArmError::bad_request(
+                "InvalidTagNameCharacters",
+                format!(
+                    "The tag names '{name}' have reserved characters '<,>,%,&,\\,?,/' or control characters."
+                ),
+            ));
+        }
+        if name.chars().count() > 512 {
+            return Err(ArmError::bad_request(
+                "InvalidTagNameLength",
+                format!("The tag name '{name}' exceeds the maximum length of '512' characters."),
+            ));
+        }
+        let Some(value) = value.as_str() else {
+            return Err(ArmError::bad_request(
+                "InvalidRequestContent",
+                format!("The request content was invalid: the value of tag '{name}' must be a string."),
+            ));
+        };
+        if value.chars().count() > 256 {
+            return Err(ArmError::bad_request(
+                "InvalidTagValueLength",
+                format!("The value of tag '{name}' exceeds the maximum length of '256' characters."),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that names in a child collection are present, well-formed and unique (case-insensitively).
 fn check_names(items: &[Value], collection: &str) -> Result<(), ArmError> {
     let mut seen = BTreeSet::new();
@@ -696,6 +740,65 @@ mod tests {
         assert!(w.get(&w.resource_id("node-rg", PIP_TYPE, "ip6")).is_none());
         w.put_public_ip("node-rg", "ip4", json!({"location": "eastus", "properties": {}}))
             .expect("IPv4 (the default) is accepted");
+    }
+
+    /// Tags are stored and returned as given (on a GET, a LIST and the PUT's answer); tags ARM refuses are
+    /// refused with its code, and store nothing.
+    #[test]
+    fn public_ips_keep_their_tags_and_refuse_what_arm_refuses() {
+        let mut w = crate::azure::Seed::aks_like(1).build().expect("seed");
+        let tags = json!({"egressgateway-pool-uid": "5f2b", "team": "net"});
+        let put = w
+            .put_public_ip(
+                "node-rg",
+                "tagged",
+                json!({"location": "eastus", "tags": tags, "properties": {}}),
+            )
+            .expect("tagged");
+        assert_eq!(put.resource["tags"], tags);
+        let id = w.resource_id("node-rg", PIP_TYPE, "tagged");
+        assert_eq!(w.get(&id).expect("stored")["tags"], tags);
+        for (bad, code) in [
+            (json!({"a/b": "x"}), "InvalidTagNameCharacters"),
+            (json!({"a": 1}), "InvalidRequestContent"),
+            (json!({"a": "x".repeat(257)}), "InvalidTagValueLength"),
+            (json!(["a"]), "InvalidRequestContent"),
+        ] {
+            let err = w
+                .put_public_ip(
+                    "node-rg",
+                    "bad",
+                    json!({"location": "eastus", "tags": bad, "properties": {}}),
+                )
+                .expect_err("refused");
+            assert_eq!(err.code, code, "{bad}");
+        }
+        assert!(w.get(&w.resource_id("node-rg", PIP_TYPE, "bad")).is_none());
+    }
+
+    /// A public IP keeps the properties the simulator does not model, as ARM does; the read-only
+    /// `ipConfiguration` a PUT sends back is ignored (ARM derives it from the NICs).
+    #[test]
+    fn public_ips_keep_unmodelled_properties_and_ignore_a_sent_ip_configuration() {
+        let mut w = crate::azure::Seed::aks_like(1).build().expect("seed");
+        let ip_tags = json!([{"ipTagType": "FirstPartyUsage", "tagValue": "/Unprivileged"}]);
+        let put = w
+            .put_public_ip(
+                "node-rg",
+                "kept",
+                json!({"location": "eastus", "zones": ["1"], "properties": {
+                    "idleTimeoutInMinutes": 17, "ipTags": ip_tags,
+                    "ipConfiguration": {"id": "/subscriptions/x/ipConfigurations/gone"}}}),
+            )
+            .expect("put");
+        let id = w.resource_id("node-rg", PIP_TYPE, "kept");
+        let stored = w.get(&id).expect("stored").clone();
+        for v in [&put.resource, &stored] {
+            assert_eq!(v["zones"], json!(["1"]));
+            assert_eq!(v["properties"]["idleTimeoutInMinutes"], 17);
+            assert_eq!(v["properties"]["ipTags"], ip_tags);
+            assert!(v["properties"].get("ipConfiguration").is_none(), "{v}");
+        }
     }
 
     /// An instance keeps its public address across updates even when a lower address became free.

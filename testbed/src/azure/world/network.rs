@@ -439,6 +439,8 @@ impl World {
         vp.insert("publicIPAllocationMethod".into(), json!("Static"));
         vp.insert("publicIPAddressVersion".into(), json!("IPv4"));
         vp.insert("provisioningState".into(), json!("Succeeded"));
+        // Read-only: ARM derives it from the NICs (decorate_public_ip) and ignores what a PUT sends back.
+        vp.remove("ipConfiguration");
         Ok(self.store_put(&id, v, existing.is_none(), Self::decorate_public_ip))
     }
 
@@ -620,6 +622,7 @@ impl World {
     ) -> Result<(String, String, Option<Value>), ArmError> {
         let id = self.id_in(rg, ty, name)?;
         check_network_name(name)?;
+        check_tags(body)?;
         let location = Self::require_location(body, &id)?;
         let existing = self.get(&id).cloned();
         Ok((id, location, existing))
