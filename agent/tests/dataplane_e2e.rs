@@ -210,6 +210,89 @@ fn probe_server(
     })
 }
 
+/// Stops the probe servers (its flag) and waits for them when dropped.
+struct StopGuard(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+        for t in self.1.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A configuration whose link a failing apply removed (its port taken meanwhile, then the whole apply failed)
+/// answers 503 on its probe path; the configuration whose link is still there keeps answering 200.
+#[test]
+fn a_configuration_whose_link_a_failed_apply_removed_answers_503_on_its_probe() {
+    let (mut lab, gw, one, two) = two_configurations();
+    lab.add_pod("pa", Some("one"));
+    lab.add_pod("pb", Some("two"));
+    let plan = gateway_plan(&lab.gateway_input(&gw, &[(&one, SECONDARY_1), (&two, SECONDARY_2)]));
+    let report = gw.applier().apply(&plan).expect("gateway apply");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let served = plan;
+    let probe = ProbeState::default();
+    probe.set_active(agent::gateway::select::active_uids(&served));
+    let stop = Arc::new(AtomicBool::new(false));
+    let _server = StopGuard(
+        stop.clone(),
+        vec![probe_server(
+            std::path::Path::new("/var/run/netns").join(&gw.ns),
+            probe.clone(),
+            stop,
+        )],
+    );
+    let rt_ns = lab.path("rt");
+    let status = |cfg: &LabConfig| probe_status(rt_ns.clone(), gw.ip, api::names::lb_probe_path(&cfg.uid));
+    wait_until("both probes answer 200", Duration::from_secs(5), || {
+        status(&one) == Some(200) && status(&two) == Some(200)
+    });
+
+    // Configuration one's link goes away (its wireguard-go ended) and something else takes its port.
+    let egw = dataplane::netns::Netns::named(&gw.egw);
+    egw.ip(&["link", "del", "wg-6000"]).expect("delete wg-6000");
+    let gw_ns = lab.path("gw1");
+    let mut taken = None;
+    wait_until("port 6000 free on the node", Duration::from_secs(5), || {
+        taken = in_netns(gw_ns.clone(), || {
+            std::net::UdpSocket::bind(("0.0.0.0", 6000)).ok()
+        })
+        .join()
+        .expect("bind thread");
+        taken.is_some()
+    });
+    // The next apply re-creates the link, which fails and is removed, then fails as a whole (the node's
+    // interface is not there).
+    let mut broken = gw.applier();
+    broken.host_interface = "absent0".into();
+    broken.apply(&served).expect_err("the apply fails as a whole");
+    assert!(
+        !egw.link_exists("wg-6000").expect("links"),
+        "the failed link is removed"
+    );
+
+    let now = agent::gateway::run::still_serving(&broken, &served, &served);
+    probe.set_active(agent::gateway::select::active_uids(&now));
+    assert_eq!(
+        status(&one),
+        Some(503),
+        "the configuration without its link is not served"
+    );
+    assert_eq!(
+        status(&two),
+        Some(200),
+        "the configuration whose link is there still is"
+    );
+    assert_eq!(
+        lab.source_seen("pb", INET),
+        Some(SECONDARY_2),
+        "and it really carries its pods' traffic"
+    );
+    drop(taken);
+}
+
 #[test]
 fn draining_gateway_answers_503_and_the_router_moves_traffic_to_the_other() {
     let mut lab = Lab::new();
@@ -235,15 +318,6 @@ fn draining_gateway_answers_503_and_the_router_moves_traffic_to_the_other() {
             stop.clone(),
         ));
         probes.push(p);
-    }
-    struct StopGuard(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
-    impl Drop for StopGuard {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-            for t in self.1.drain(..) {
-                let _ = t.join();
-            }
-        }
     }
     let _servers = StopGuard(stop.clone(), servers);
     let path = api::names::lb_probe_path(&cfg.uid);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent::gateway::apply::{ApplyError, ApplyReport, LinkError};
-use agent::gateway::plan::GatewayPlan;
+use agent::gateway::plan::{GatewayPlan, ObservedLink};
 use agent::gateway::probe::ProbeState;
 use agent::gateway::run::{GatewayLoop, PlanApplier};
 use agent::gateway::select::NodeSettings;
@@ -97,6 +97,10 @@ impl PlanApplier for Recorder {
     fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
         self.0.lock().expect("lock").push(plan.clone());
         Ok(ApplyReport::default())
+    }
+    fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
+        // Applies nothing: the node has no links.
+        Ok(BTreeMap::new())
     }
 }
 
@@ -381,6 +385,128 @@ impl PlanApplier for FailingPort {
             failed,
         })
     }
+    fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
+        self.recorder.observe_links()
+    }
+}
+
+/// Applies every plan until `failing` is set; from then on every apply fails as a whole after losing the link
+/// `lost`, as the kernel applier does when its link fails and then the nftables rules are refused. Its node
+/// has the links of the last plan it was given, but `lost` once it fails.
+#[derive(Debug)]
+struct FailsLosingLink {
+    lost: &'static str,
+    failing: AtomicBool,
+    recorder: Recorder,
+}
+
+impl PlanApplier for FailsLosingLink {
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
+        self.recorder.apply_plan(plan)?;
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(ApplyError::Cmd(dataplane::netns::CmdError {
+                cmd: "nft -f -".into(),
+                msg: "Error: Could not process rule".into(),
+            }));
+        }
+        Ok(ApplyReport::default())
+    }
+    fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
+        let plans = self.recorder.0.lock().expect("lock");
+        let Some(last) = plans.last() else {
+            return Ok(BTreeMap::new());
+        };
+        Ok(last
+            .links
+            .values()
+            .filter(|l| !(self.failing.load(Ordering::SeqCst) && l.ifname == self.lost))
+            .map(|l| {
+                let link = ObservedLink {
+                    up: true,
+                    listen_port: Some(l.port),
+                    public_key: Some(l.private_key.public_base64()),
+                    peers: l
+                        .peers
+                        .iter()
+                        .map(|(k, ip)| (k.clone(), vec![ipnet::IpNet::V4(*ip)]))
+                        .collect(),
+                };
+                (l.ifname.clone(), link)
+            })
+            .collect())
+    }
+}
+
+#[tokio::test]
+async fn after_an_apply_that_fails_as_a_whole_a_configuration_whose_link_is_gone_is_not_served() {
+    let (_sim, client) = sim().await;
+    create_node(
+        &client,
+        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node-1"}}),
+    )
+    .await;
+    let lost = ready_sgc(&client, "lost", 6000).await;
+    let kept = ready_sgc(&client, "kept", 6001).await;
+    key_secret(&client, "lost", true).await;
+    key_secret(&client, "kept", true).await;
+    let applier = Arc::new(FailsLosingLink {
+        lost: "wg-6000",
+        failing: AtomicBool::new(false),
+        recorder: Recorder::default(),
+    });
+    let lp = gateway_loop(applier.clone());
+    let (probe, metrics) = (lp.probe.clone(), lp.metrics.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(lp.run(client.clone(), stop_rx));
+    let path = |s: &StaticGatewayConfiguration| format!("/gw/{}", s.metadata.uid.clone().expect("uid"));
+    eventually("both configurations are active", || async {
+        probe.status_for(&path(&lost)) == StatusCode::OK && probe.status_for(&path(&kept)) == StatusCode::OK
+    })
+    .await;
+
+    // The next apply (a new PodEndpoint) fails as a whole, and its failing link is gone.
+    applier.failing.store(true, Ordering::SeqCst);
+    let applies = applier.recorder.applies();
+    create::<PodEndpoint>(
+        &client,
+        Some("default"),
+        json!({"apiVersion":"egressgateway.kubernetes.azure.com/v1alpha1","kind":"PodEndpoint",
+               "metadata":{"name":"pk","namespace":"default"},
+               "spec":{"staticGatewayConfiguration":"kept","podIpAddress":"10.244.0.6/32","podPublicKey":pubkey()}}),
+    )
+    .await;
+    eventually("the configuration whose link is gone is not active", || async {
+        applier.recorder.applies() > applies
+            && probe.status_for(&path(&lost)) == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert_eq!(
+        probe.status_for(&path(&kept)),
+        StatusCode::OK,
+        "the configuration whose link is still there is served"
+    );
+    let statuses: Api<GatewayStatus> = Api::namespaced(client.clone(), "kube-system");
+    eventually(
+        "GatewayStatus lists only the configuration still served",
+        || async {
+            statuses
+                .get_opt("gw-node-1")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|g| {
+                    g.spec
+                        .ready_gateway_configurations
+                        .iter()
+                        .map(|c| c.static_gateway_configuration.as_str())
+                        .eq(["default/kept"])
+                })
+        },
+    )
+    .await;
+    let text = metrics.encode();
+    assert!(text.contains("gateway_configurations 1"), "{text}");
+    stop(stop_tx, task).await;
 }
 
 #[tokio::test]

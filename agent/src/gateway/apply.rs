@@ -12,7 +12,7 @@ use dataplane::wg::{DeviceChange, PeerSpec, WgError, WgHandle, WireGuard, link_a
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
 
-use super::plan::{GatewayPlan, LinkPlan, NsRoute};
+use super::plan::{GatewayPlan, LinkPlan, NsRoute, ObservedLink};
 
 /// Errors of the applier.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,49 @@ impl GatewayApplier {
         gw.nft(&plan.gateway_nft)?;
         self.host.nft(&plan.host_nft)?;
         Ok(r)
+    }
+
+    /// The WireGuard links (`wg-<port>`) the gateway namespace has now, by interface name, each with its state
+    /// (none when the namespace does not exist). A link whose device cannot be read is left out: it cannot
+    /// carry traffic as planned. `Err` when the links cannot be listed.
+    pub fn observe(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
+        let gw = self.gw();
+        let mut found = BTreeMap::new();
+        if !gw.exists() {
+            return Ok(found);
+        }
+        for l in gw.ip_json(&["link", "show"])?.as_array().into_iter().flatten() {
+            let Some(name) = l["ifname"]
+                .as_str()
+                .filter(|n| port_of_gateway_wg_interface(n).is_some())
+            else {
+                continue;
+            };
+            let control = l["ifalias"].as_str().unwrap_or(name).to_string();
+            let handle = WgHandle {
+                netns: gw.clone(),
+                ifname: name.to_string(),
+                control_name: control,
+            };
+            let Ok(device) = self.wg.device_stats(&handle) else {
+                continue;
+            };
+            let up = l["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "UP"));
+            found.insert(
+                name.to_string(),
+                ObservedLink {
+                    up,
+                    listen_port: device.listen_port,
+                    public_key: device.public_key,
+                    peers: device
+                        .peers
+                        .into_iter()
+                        .map(|p| (p.peer.public_key, p.peer.allowed_ips))
+                        .collect(),
+                },
+            );
+        }
+        Ok(found)
     }
 
     /// A secondary IP must live only in the gateway namespace (docs/dataplane.md, as upstream's daemon): if the node's

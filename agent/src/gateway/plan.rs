@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use api::names::{GATEWAY_VETH_HOST, GATEWAY_VETH_NS, NFT_TABLE, fnv1a64, gateway_wg_interface};
 use dataplane::nft::replace_table_preamble;
 use dataplane::wg::PrivateKey;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::jiff::Timestamp;
 
 /// A pod peer (from a PodEndpoint).
@@ -174,6 +174,54 @@ impl GatewayPlan {
             .collect();
         assemble(links, self.primary_ip, &self.frontend_ips, self.warnings.clone())
     }
+}
+
+/// A WireGuard link as found in the gateway namespace (what [`serving_after_failure`] trusts).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedLink {
+    /// Administratively up.
+    pub up: bool,
+    /// Its listen port, when it has one.
+    pub listen_port: Option<u16>,
+    /// Public key of its private key, when it has one (base64).
+    pub public_key: Option<String>,
+    /// Its peers: public key → allowed IPs.
+    pub peers: BTreeMap<String, Vec<IpNet>>,
+}
+
+/// What the node still serves after an apply that failed as a whole (or whose task died), from the links
+/// `found` in the gateway namespace: a configuration of `serving` (what the node served before) whose link is
+/// there, up, with the listen port and key of its plan (the attempted one, for the same configuration, or the
+/// one before), keeping only the peers that link really has. A configuration the failed apply was adding is
+/// not served yet (its routes and nftables rules may not be there); one whose link is gone, down or not at
+/// its plan is not served any more, so the load balancer stops sending its flows here.
+pub fn serving_after_failure(
+    serving: &GatewayPlan,
+    attempted: &GatewayPlan,
+    found: &BTreeMap<String, ObservedLink>,
+) -> GatewayPlan {
+    let links = serving
+        .links
+        .iter()
+        .filter_map(|(name, before)| {
+            let seen = found.get(name).filter(|l| l.up)?;
+            let at_plan = |l: &&LinkPlan| {
+                seen.listen_port == Some(l.port)
+                    && seen.public_key.as_deref() == Some(l.private_key.public_base64().as_str())
+            };
+            let planned = attempted.links.get(name).filter(|l| l.uid == before.uid);
+            let mut link = planned.into_iter().chain([before]).find(at_plan)?.clone();
+            link.peers
+                .retain(|key, ip| seen.peers.get(key).is_some_and(|ips| ips[..] == [IpNet::V4(*ip)]));
+            Some((name.clone(), link))
+        })
+        .collect();
+    assemble(
+        links,
+        serving.primary_ip,
+        &serving.frontend_ips,
+        attempted.warnings.clone(),
+    )
 }
 
 /// Control name of a gateway link: unique per (namespace, port) so userspace sockets never collide.
@@ -640,6 +688,115 @@ mod tests {
         let dbg = format!("{plan:?}");
         assert!(dbg.contains("<redacted>"));
         assert!(!dbg.contains(&plan.links["wg-6000"].private_key.0.to_base64()));
+    }
+
+    /// A link as the kernel has it when it is at `l`'s plan (up, its port, key and peers).
+    fn found_at(l: &LinkPlan) -> ObservedLink {
+        ObservedLink {
+            up: true,
+            listen_port: Some(l.port),
+            public_key: Some(l.private_key.public_base64()),
+            peers: l
+                .peers
+                .iter()
+                .map(|(k, ip)| (k.clone(), vec![IpNet::V4(*ip)]))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn after_a_failed_apply_only_configurations_whose_link_is_up_at_its_plan_are_served() {
+        let a = config(6000, [10, 0, 0, 6], vec![peer("a", "KA", [10, 244, 0, 5])]);
+        let b = config(6001, [10, 0, 0, 7], vec![peer("b", "KB", [10, 244, 0, 6])]);
+        let serving = gateway_plan(&input(vec![a.clone(), b.clone()]));
+        let links = |plan: &GatewayPlan| plan.links.keys().cloned().collect::<Vec<_>>();
+        let found: BTreeMap<String, ObservedLink> = serving
+            .links
+            .values()
+            .map(|l| (l.ifname.clone(), found_at(l)))
+            .collect();
+        assert_eq!(
+            serving_after_failure(&serving, &serving, &found),
+            serving,
+            "links untouched: what was served still is"
+        );
+
+        // The failed apply removed a's link: only b is served, and everything of a goes.
+        let mut gone = found.clone();
+        gone.remove("wg-6000");
+        let after = serving_after_failure(&serving, &serving, &gone);
+        assert_eq!(links(&after), vec!["wg-6001"]);
+        assert_eq!(after, gateway_plan(&input(vec![b.clone()])));
+
+        // Down, on another port, or with a key of neither plan: not at its plan, not served.
+        for broken in [
+            ObservedLink {
+                up: false,
+                ..found["wg-6000"].clone()
+            },
+            ObservedLink {
+                listen_port: Some(6009),
+                ..found["wg-6000"].clone()
+            },
+            ObservedLink {
+                public_key: Some(key(99).public_base64()),
+                ..found["wg-6000"].clone()
+            },
+            ObservedLink {
+                public_key: None,
+                ..found["wg-6000"].clone()
+            },
+        ] {
+            let mut f = found.clone();
+            f.insert("wg-6000".into(), broken.clone());
+            assert_eq!(
+                links(&serving_after_failure(&serving, &serving, &f)),
+                vec!["wg-6001"],
+                "{broken:?}"
+            );
+        }
+
+        // A key rotation the failed apply did or did not get to: either key is a's own.
+        let mut rotated = a.clone();
+        rotated.private_key = key(77);
+        let attempted = gateway_plan(&input(vec![rotated, b.clone()]));
+        for link in [&attempted.links["wg-6000"], &serving.links["wg-6000"]] {
+            let mut f = found.clone();
+            f.insert("wg-6000".into(), found_at(link));
+            let after = serving_after_failure(&serving, &attempted, &f);
+            assert_eq!(after.links["wg-6000"], *link);
+        }
+        // The same port now another configuration's: the old one's link is served only with its own key.
+        let mut other = a.clone();
+        other.uid = "uid-other".into();
+        other.private_key = key(78);
+        let attempted = gateway_plan(&input(vec![other, b.clone()]));
+        let mut f = found.clone();
+        f.insert("wg-6000".into(), found_at(&attempted.links["wg-6000"]));
+        assert_eq!(
+            links(&serving_after_failure(&serving, &attempted, &f)),
+            vec!["wg-6001"]
+        );
+
+        // A configuration the failed apply was adding is not served yet, even with its link up.
+        let c = config(6002, [10, 0, 0, 8], vec![]);
+        let attempted = gateway_plan(&input(vec![a.clone(), b.clone(), c]));
+        let mut f = found.clone();
+        f.insert("wg-6002".into(), found_at(&attempted.links["wg-6002"]));
+        assert_eq!(
+            links(&serving_after_failure(&serving, &attempted, &f)),
+            vec!["wg-6000", "wg-6001"]
+        );
+
+        // Only the peers the link really has.
+        let mut f = found.clone();
+        if let Some(l) = f.get_mut("wg-6001") {
+            l.peers.clear();
+        }
+        let after = serving_after_failure(&serving, &serving, &f);
+        assert!(after.links["wg-6001"].peers.is_empty());
+        assert_eq!(after.links["wg-6000"].peers.len(), 1);
+        assert!(!after.ns_routes.iter().any(|r| r.dev == "wg-6001"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use kube::{Api, Client};
 use tokio::sync::{Notify, watch};
 
 use super::apply::{ApplyError, ApplyReport, GatewayApplier};
-use super::plan::{GatewayPlan, gateway_plan};
+use super::plan::{GatewayInput, GatewayPlan, ObservedLink, gateway_plan, serving_after_failure};
 use super::probe::ProbeState;
 use super::select::{KeySecrets, NodeSettings, Skipped, active_uids, gateway_status, select};
 use super::tunnels::{TunnelLink, TunnelView};
@@ -38,11 +38,35 @@ use crate::object::NamespacedName;
 pub trait PlanApplier: std::fmt::Debug + Send + Sync + 'static {
     /// Applies `plan`.
     fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError>;
+    /// The WireGuard links the node has now, by interface name (read after an apply that failed as a whole).
+    fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError>;
 }
 
 impl PlanApplier for GatewayApplier {
     fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
         self.apply(plan)
+    }
+    fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
+        self.observe()
+    }
+}
+
+/// What the node still serves after the apply of `attempted` failed as a whole (or its task died), when it
+/// served `serving` before: a failed apply may have removed or half-changed links, so the links are read back
+/// ([`PlanApplier::observe_links`]) and judged by [`serving_after_failure`]. When they cannot be read,
+/// nothing: the load balancer must not send a configuration's flows to a node that may not carry them.
+/// Blocking.
+pub fn still_serving(
+    applier: &dyn PlanApplier,
+    serving: &GatewayPlan,
+    attempted: &GatewayPlan,
+) -> GatewayPlan {
+    match applier.observe_links() {
+        Ok(found) => serving_after_failure(serving, attempted, &found),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the gateway links after a failed apply; no configuration is served");
+            serving.without_links(&serving.links.keys().cloned().collect())
+        }
     }
 }
 
@@ -324,6 +348,13 @@ impl GatewayLoop {
         let mut skips = SkipLog::default();
         // Configurations with a `gateway_configuration_apply_failures_total` series: removed with them.
         let mut counted: BTreeSet<String> = BTreeSet::new();
+        // What the node serves: the plan of the last apply without what did not get applied.
+        let mut serving = gateway_plan(&GatewayInput {
+            netns_name: self.settings.netns_name.clone(),
+            primary_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            frontend_ips: vec![],
+            configs: vec![],
+        });
         loop {
             let sgc_list: Vec<StaticGatewayConfiguration> =
                 sgcs.state().iter().map(|s| (**s).clone()).collect();
@@ -343,7 +374,8 @@ impl GatewayLoop {
                 .gateway_apply_duration
                 .observe(started.elapsed().as_secs_f64());
             let mut next_wait = self.resync;
-            match res {
+            let succeeded = matches!(res, Ok(Ok(_)));
+            let applied = match res {
                 Ok(Ok(report)) => {
                     // What the kernel now has: the plan without the links that could not be applied. Only
                     // those configurations are left out of the probe, the metrics and the GatewayStatus.
@@ -371,36 +403,30 @@ impl GatewayLoop {
                         self.metrics.gateway_apply_failures.inc();
                         next_wait = back_off(&mut retry);
                     }
-                    self.probe.set_active(active_uids(&plan));
-                    self.tunnels.set(tunnel_links(&plan));
-                    self.metrics.gateway_configurations.set(plan.links.len() as i64);
-                    self.metrics
-                        .gateway_peers
-                        .set(plan.links.values().map(|l| l.peers.len() as i64).sum());
                     if !report.changes.is_empty() {
                         tracing::info!(changes = ?report.changes, elapsed_ms = started.elapsed().as_millis() as u64, "applied");
                     }
-                    self.ready.store(true, Ordering::Release);
-                    let applied = gateway_status(&sel.input, &plan);
-                    status.send_if_modified(|desired| {
-                        let newer = desired.as_ref() != Some(&applied);
-                        if newer {
-                            *desired = Some(applied);
-                        }
-                        newer
-                    });
+                    plan
                 }
                 Ok(Err(e)) => {
                     self.metrics.gateway_apply_failures.inc();
                     tracing::error!(error = %e, "gateway apply failed; retrying");
                     next_wait = back_off(&mut retry);
+                    self.read_back(&serving, plan).await
                 }
                 Err(e) => {
                     self.metrics.gateway_apply_failures.inc();
                     tracing::error!(error = %e, "gateway apply task failed");
                     next_wait = retry;
+                    self.read_back(&serving, plan).await
                 }
+            };
+            // Whatever the outcome, the probe, the metrics and the GatewayStatus follow what the node has.
+            self.publish(&sel.input, &applied, &status);
+            if succeeded {
+                self.ready.store(true, Ordering::Release);
             }
+            serving = applied;
             tokio::select! {
                 _ = notify.notified() => {
                     // Collect the rest of the burst into this batch.
@@ -410,6 +436,43 @@ impl GatewayLoop {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// Hands what the node serves to the probe, the tunnel readers, the gauges and the GatewayStatus writer.
+    fn publish(
+        &self,
+        input: &GatewayInput,
+        serving: &GatewayPlan,
+        status: &watch::Sender<Option<GatewayStatusSpec>>,
+    ) {
+        self.probe.set_active(active_uids(serving));
+        self.tunnels.set(tunnel_links(serving));
+        self.metrics
+            .gateway_configurations
+            .set(serving.links.len() as i64);
+        self.metrics
+            .gateway_peers
+            .set(serving.links.values().map(|l| l.peers.len() as i64).sum());
+        let applied = gateway_status(input, serving);
+        status.send_if_modified(|desired| {
+            let newer = desired.as_ref() != Some(&applied);
+            if newer {
+                *desired = Some(applied);
+            }
+            newer
+        });
+    }
+
+    /// [`still_serving`] off the async threads; nothing when that fails too.
+    async fn read_back(&self, serving: &GatewayPlan, attempted: GatewayPlan) -> GatewayPlan {
+        let (applier, before) = (self.applier.clone(), serving.clone());
+        let nothing = serving.without_links(&serving.links.keys().cloned().collect());
+        tokio::task::spawn_blocking(move || still_serving(applier.as_ref(), &before, &attempted))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "reading the gateway links failed; no configuration is served");
+                nothing
+            })
     }
 
     async fn write_status(&self, client: &Client, spec: &GatewayStatusSpec) -> Result<(), ClusterError> {
@@ -453,6 +516,10 @@ mod tests {
         fn apply_plan(&self, _: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
             self.0.fetch_add(1, Ordering::SeqCst);
             Ok(ApplyReport::default())
+        }
+        fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
+            // Applies nothing: the node has no links.
+            Ok(BTreeMap::new())
         }
     }
 
