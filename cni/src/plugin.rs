@@ -146,9 +146,46 @@ async fn gateway_of(conf: &NetConf, k8s: &K8sArgs) -> Result<Option<String>, Cni
         .filter(|s| !s.is_empty()))
 }
 
-/// Name the pod's WireGuard link is created with (and its UAPI socket name): unique per container.
-pub fn control_name(container_id: &str) -> String {
-    format!("wgp{:012x}", fnv1a64(container_id.as_bytes()) & 0xffff_ffff_ffff)
+/// Name the pod's WireGuard link is created with (and its UAPI socket name), for the sandbox `container_id`
+/// attached to the network `network` (the configuration's `name`): [`network_prefix`] of the network, then a
+/// hash of the sandbox. GC of one network tells its own names by that prefix, so it never touches what
+/// another network's chained instance of the plugin made.
+pub fn control_name(network: &str, container_id: &str) -> String {
+    format!(
+        "{}{:08x}",
+        network_prefix(network),
+        fnv1a64(container_id.as_bytes()) & 0xffff_ffff
+    )
+}
+
+/// The first 7 characters of every [`control_name`] of the network `network`: `wgp` and 4 hex digits of a
+/// hash of its name.
+pub fn network_prefix(network: &str) -> String {
+    format!("wgp{:04x}", fnv1a64(network.as_bytes()) & 0xffff)
+}
+
+/// The pod link's [`control_name`] of this invocation.
+fn pod_control_name(env: &CniEnv, conf: &NetConf) -> String {
+    control_name(&conf.name, &env.container_id)
+}
+
+/// Where ADD records that it is creating a pod link, before it creates it: an empty file named after the
+/// link ([`control_name`]), whose modification time says when. GC leaves a link whose record is younger than
+/// [`GC_GRACE`] (its ADD may still be running); ADD removes the record when it is done.
+pub const ADDING_DIR: &str = "/run/kube-egress-cni/adding";
+
+/// Records in [`ADDING_DIR`] that ADD is creating link `name`; the record's path, when it could be written
+/// (best effort: without it only a GC racing this ADD could take its link).
+fn record_adding(name: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(ADDING_DIR);
+    let path = dir.join(name);
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, b"")) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            eprintln!("kube-egress-cni: recording {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
@@ -167,8 +204,9 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         return Ok(conf::passthrough(Some(prev), &conf.cni_version));
     };
     check_host_tools()?;
+    let record = record_adding(&pod_control_name(env, conf));
     let mut undo = Undo::new(env, conf, &k8s);
-    match add_annotated(env, conf, &k8s, &gateway, prev, &mut undo).await {
+    let added = match add_annotated(env, conf, &k8s, &gateway, prev, &mut undo).await {
         Ok(v) => {
             undo.disarm();
             Ok(v)
@@ -177,7 +215,12 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             undo.run().await;
             Err(e)
         }
+    };
+    // Done: the link has left the node's namespace, or it is deleted.
+    if let Some(path) = record {
+        let _ = std::fs::remove_file(path);
     }
+    added
 }
 
 async fn add_annotated(
@@ -221,7 +264,7 @@ async fn add_annotated(
     let handle = wg
         .create_and_move(
             &Netns::Current,
-            &control_name(&env.container_id),
+            &pod_control_name(env, conf),
             &podns,
             POD_WG_INTERFACE,
         )
@@ -410,6 +453,8 @@ fn link_local_of(ns: &Netns, eth: &str, pod_ip: Ipv4Addr) -> Ipv6Addr {
 #[derive(Debug)]
 struct Undo {
     env: CniEnv,
+    /// The pod link's [`control_name`].
+    control_name: String,
     socket: PathBuf,
     k8s: K8sArgs,
     armed: bool,
@@ -423,6 +468,7 @@ impl Undo {
     fn new(env: &CniEnv, conf: &NetConf, k8s: &K8sArgs) -> Self {
         Undo {
             env: env.clone(),
+            control_name: pod_control_name(env, conf),
             socket: socket(conf),
             k8s: k8s.clone(),
             armed: true,
@@ -450,7 +496,7 @@ impl Undo {
         }
         if self.wg_created {
             let _ = podns.ip(&["link", "del", POD_WG_INTERFACE]);
-            let _ = Netns::Current.ip(&["link", "del", &control_name(&self.env.container_id)]);
+            let _ = Netns::Current.ip(&["link", "del", &self.control_name]);
         }
         if self.nic_added {
             nic_del(&self.socket, &self.k8s, sandbox_info(&self.env, &self.k8s)).await;
@@ -537,7 +583,7 @@ async fn del(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         }
     }
     // A link left in the host namespace by an interrupted ADD.
-    let ctl = control_name(&env.container_id);
+    let ctl = pod_control_name(env, conf);
     if let Err(e) = delete_link_if_present(&Netns::Current, &ctl).await {
         eprintln!("kube-egress-cni: DEL {ctl}: {e}");
     }
@@ -629,15 +675,18 @@ fn status() -> Result<Value, CniError> {
     Ok(Value::Null)
 }
 
-/// How old a userspace tunnel of no valid attachment must be before GC removes it: an ADD still running when
-/// the runtime listed its attachments is not in the list yet.
+/// How old what ADD made for a sandbox of no valid attachment must be before GC removes it: an ADD still
+/// running when the runtime listed its attachments is not in the list yet.
 const GC_GRACE: Duration = Duration::from_secs(60);
 
 /// GC: removes what ADD made in the host namespace for a sandbox the runtime no longer has: a pod link left
 /// there by an interrupted ADD (`wgp…`, [`control_name`]) and a userspace pod tunnel's UAPI socket, which ends
-/// its `wireguard-go` and, with it, the pod's `wg0`. Only names of our own pattern are touched; whatever sits
-/// in a pod's network namespace goes with that namespace. Best effort: every leftover is tried, and the
-/// ones that could not be removed are reported together.
+/// its `wireguard-go` and, with it, the pod's `wg0`. Only names of this network ([`network_prefix`]) are
+/// touched: `cni.dev/valid-attachments` lists this network's attachments only, and what another network's
+/// chained instance of the plugin made is that network's GC's. A name whose UAPI socket or ADD record
+/// ([`ADDING_DIR`]) is younger than [`GC_GRACE`] is left for the next GC (its ADD may still be running); older
+/// ADD records are removed. Whatever sits in a pod's network namespace goes with that namespace. Best effort:
+/// every leftover is tried, and the ones that could not be removed are reported together.
 fn gc(conf: &NetConf) -> Result<Value, CniError> {
     let Some(valid) = conf.valid_attachments.as_ref() else {
         return Err(CniError::new(
@@ -646,16 +695,25 @@ fn gc(conf: &NetConf) -> Result<Value, CniError> {
             "GC needs cni.dev/valid-attachments (an empty list when no attachment is valid)",
         ));
     };
-    let keep: std::collections::BTreeSet<String> =
-        valid.iter().map(|a| control_name(&a.container_id)).collect();
-    let ours = |name: &str| is_control_name(name) && !keep.contains(name);
+    let prefix = network_prefix(&conf.name);
+    // An earlier version's name for a sandbox is `wgp` and 12 hex digits of the same hash, whose last 8 are
+    // these: when it starts with this network's prefix it is the name below, so a valid sandbox's tunnel made
+    // before an upgrade is kept too.
+    let keep: std::collections::BTreeSet<String> = valid
+        .iter()
+        .map(|a| control_name(&conf.name, &a.container_id))
+        .collect();
+    let this_network = |name: &str| is_control_name(name) && name.starts_with(&prefix);
+    let ours = |name: &str| this_network(name) && !keep.contains(name);
     let mut failed = Vec::new();
     let dir = dataplane::wg::userspace_socket_dir();
-    let young = |name: &str| {
-        std::fs::symlink_metadata(dir.join(format!("{name}.sock")))
+    let adding = PathBuf::from(ADDING_DIR);
+    let young_file = |path: PathBuf| {
+        std::fs::symlink_metadata(path)
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().map_or(true, |age| age < GC_GRACE))
     };
+    let young = |name: &str| young_file(dir.join(format!("{name}.sock"))) || young_file(adding.join(name));
     let links = Netns::Current
         .ip_json(&["link", "show"])
         .map_err(|e| dp_err("GC: list links", e))?;
@@ -670,11 +728,19 @@ fn gc(conf: &NetConf) -> Result<Value, CniError> {
             failed.push(format!("link {name}: {e}"));
         }
     }
-    for name in dataplane::wg::userspace_devices(&dir, "wgp")
+    let stale_sockets = dataplane::wg::userspace_devices(&dir, "wgp")
         .into_iter()
         .filter(|n| ours(n) && !young(n))
-    {
-        let path = dir.join(format!("{name}.sock"));
+        .map(|n| dir.join(format!("{n}.sock")));
+    let stale_records = std::fs::read_dir(&adding)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(this_network) && !young_file(p.clone())
+        });
+    for path in stale_sockets.chain(stale_records) {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -702,13 +768,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn control_names_are_valid_unique_interface_names() {
-        let a = control_name("abc");
-        let b = control_name("abd");
+    fn control_names_are_valid_unique_interface_names_prefixed_by_their_network() {
+        let a = control_name("k8s", "abc");
+        let b = control_name("k8s", "abd");
         assert_ne!(a, b);
         assert_eq!(a.len(), 15);
-        assert!(a.starts_with("wgp"));
-        assert_eq!(control_name(""), control_name(""));
+        assert!(is_control_name(&a), "{a}");
+        assert!(a.starts_with(&network_prefix("k8s")), "{a}");
+        assert_eq!(control_name("k8s", ""), control_name("k8s", ""));
+        let other = control_name("macvlan-net", "abc");
+        assert_ne!(other, a, "one sandbox on two networks: two names");
+        assert!(!other.starts_with(&network_prefix("k8s")), "{other}");
     }
 
     #[tokio::test]

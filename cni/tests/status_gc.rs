@@ -107,33 +107,66 @@ fn gc_without_the_valid_attachments_removes_nothing_and_says_what_is_missing() {
     );
 }
 
-/// GC in a private mount and network namespace (root): the userspace socket directory is a fresh tmpfs and
-/// the links are the namespace's own, so nothing of the machine's is touched.
+/// GC in a private mount and network namespace (root): the userspace socket directory and the ADD records'
+/// directory are fresh tmpfs and the links are the namespace's own, so nothing of the machine's is touched.
 #[test]
 fn gc_removes_only_the_stale_pod_tunnels_of_sandboxes_the_runtime_no_longer_has() {
-    let name = cni::plugin::control_name;
+    // This network is `k8s` (the configuration's name); `macvlan-net` chains the plugin too.
+    let name = |sandbox: &str| cni::plugin::control_name("k8s", sandbox);
     let (keep, stale, young) = (name("sandbox-keep"), name("sandbox-stale"), name("sandbox-young"));
+    // A kernel link an ADD is creating right now (its record is fresh), and one an ADD that died long ago left.
+    let (adding, crashed) = (name("sandbox-adding"), name("sandbox-crashed"));
+    // The other network's attachments, which this network's runtime call does not list.
+    let other = cni::plugin::control_name("macvlan-net", "sandbox-other");
+    let other_crashed = cni::plugin::control_name("macvlan-net", "sandbox-other-crashed");
+    assert_ne!(
+        cni::plugin::network_prefix("k8s"),
+        cni::plugin::network_prefix("macvlan-net")
+    );
+    // A running pod's tunnel named by an earlier version of the plugin (a hash of the container id only), whose
+    // name starts with this network's prefix by chance: it must not count as a stale tunnel of this network.
+    let legacy_name = |sandbox: &str| {
+        format!(
+            "wgp{:012x}",
+            api::names::fnv1a64(sandbox.as_bytes()) & 0xffff_ffff_ffff
+        )
+    };
+    let legacy_sandbox = (0..)
+        .map(|i| format!("sandbox-legacy-{i}"))
+        .find(|s| legacy_name(s).starts_with(&cni::plugin::network_prefix("k8s")))
+        .expect("some sandbox id");
+    let legacy = legacy_name(&legacy_sandbox);
     let conf = conf(
         "1.1.0",
         Path::new("/nonexistent.sock"),
-        r#","cni.dev/valid-attachments":[{"containerID":"sandbox-keep","ifname":"eth0"}]"#,
+        &format!(
+            r#","cni.dev/valid-attachments":[{{"containerID":"sandbox-keep","ifname":"eth0"}},{{"containerID":"{legacy_sandbox}","ifname":"eth0"}}]"#
+        ),
     );
+    let records = cni::plugin::ADDING_DIR;
     let script = format!(
         r#"set -e
-mkdir -p /run/wireguard
+mkdir -p /run/wireguard {records}
 mount -t tmpfs tmpfs /run/wireguard
+mount -t tmpfs tmpfs {records}
 cd /run/wireguard
 python3 -c 'import socket, sys
-for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {keep} {stale} {young} wgg000000000001 wg0
+for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {keep} {stale} {young} {other} {legacy} wgg000000000001 wg0
 # Old enough for GC, all but the tunnel whose ADD may still be running.
-touch -h -d '-10 minutes' {keep}.sock {stale}.sock wgg000000000001.sock wg0.sock
+touch -h -d '-10 minutes' {keep}.sock {stale}.sock {other}.sock {legacy}.sock wgg000000000001.sock wg0.sock
+touch {records}/{adding}
+touch -d '-10 minutes' {records}/{crashed} {records}/{other_crashed}
 ip link add {stale} type veth peer name gcpeer1
 ip link add {keep} type veth peer name gcpeer2
 ip link add wgpnotours type veth peer name gcpeer3
+ip link add {adding} type veth peer name gcpeer4
+ip link add {crashed} type veth peer name gcpeer5
+ip link add {other} type veth peer name gcpeer6
+ip link add {other_crashed} type veth peer name gcpeer7
 rc=0
 printf '%s' "$CONF" | "$@" || rc=$?
 echo "rc=$rc"
-ls /run/wireguard
+ls /run/wireguard {records}
 ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
 "#
     );
@@ -154,19 +187,38 @@ ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
         "GC succeeds silently: {stdout} {stderr}"
     );
     let has = |n: &str| lines.contains(&n);
-    assert!(
-        !has(&format!("{stale}.sock")),
-        "the stale tunnel's socket is removed: {stdout}"
-    );
-    assert!(!has(&stale), "the stale sandbox's host link is removed: {stdout}");
+    // `crashed` names both a link and an ADD record: neither is left.
+    for gone in [format!("{stale}.sock"), stale.clone(), crashed.clone()] {
+        assert!(!has(&gone), "{gone} of a stale sandbox is removed: {stdout}");
+    }
     for kept in [
         format!("{keep}.sock"),
         keep.clone(),
         format!("{young}.sock"),
+        format!("{legacy}.sock"),
         "wgg000000000001.sock".to_string(),
         "wg0.sock".to_string(),
         "wgpnotours".to_string(),
     ] {
         assert!(has(&kept), "{kept} is kept: {stdout}");
     }
+    assert_eq!(
+        lines.iter().filter(|l| **l == adding).count(),
+        2,
+        "the link an ADD is creating (and its record) is kept: {stdout}"
+    );
+    assert!(
+        has(&format!("{other}.sock")),
+        "the other network's tunnel is kept: {stdout}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| **l == other).count(),
+        1,
+        "the other network's link is kept: {stdout}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| **l == other_crashed).count(),
+        2,
+        "the other network's stale link and record are its own GC's: {stdout}"
+    );
 }
