@@ -525,7 +525,7 @@ spec: {}
         ],
         gateway_agent: [
             ("get", "staticgatewayconfigurations", "-A"), ("get", "podendpoints", "-A"),
-            ("get", "secrets", "-n", NAMESPACE), ("get", "node", NODE),
+            ("get", "secrets", "-n", NAMESPACE), ("get", "node", NODE), ("get", "pod", "p", "-n", "app"),
             (*apply, status),
         ],
     }
@@ -543,7 +543,7 @@ spec: {}
         ],
         gateway_agent: [
             ("create", "--dry-run=server", "-f", "-", pe), ("get", "secrets", "-A"),
-            ("get", "gatewaystatuses", "-n", NAMESPACE),
+            ("get", "gatewaystatuses", "-n", NAMESPACE), ("get", "pods", "-A"),
         ],
     }
     for sa, calls in refused.items():
