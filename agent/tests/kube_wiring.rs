@@ -354,6 +354,33 @@ async fn gateway_loop_reads_only_the_key_secrets_the_operator_labels() {
     stop(stop_tx, task).await;
 }
 
+/// The Node `gw-node-1` and, for each `(name, port)`, a ready configuration on its pool with its key Secret.
+async fn gateway_node_serving(
+    client: &Client,
+    configurations: &[(&str, i32)],
+) -> Vec<StaticGatewayConfiguration> {
+    create_node(
+        client,
+        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node-1"}}),
+    )
+    .await;
+    let mut out = vec![];
+    for (name, port) in configurations {
+        out.push(ready_sgc(client, name, *port).await);
+        key_secret(client, name, true).await;
+    }
+    out
+}
+
+/// The GatewayStatus of `gw-node-1`, when there is one (and it can be read).
+async fn node_gateway_status(client: &Client) -> Option<GatewayStatus> {
+    Api::<GatewayStatus>::namespaced(client.clone(), "kube-system")
+        .get_opt("gw-node-1")
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Applies every link but those on `failing_port`, which it reports failed as the kernel applier does (the
 /// rest of the plan applied without them).
 #[derive(Debug)]
@@ -420,19 +447,7 @@ impl PlanApplier for FailsLosingLink {
             .links
             .values()
             .filter(|l| !(self.failing.load(Ordering::SeqCst) && l.ifname == self.lost))
-            .map(|l| {
-                let link = ObservedLink {
-                    up: true,
-                    listen_port: Some(l.port),
-                    public_key: Some(l.private_key.public_base64()),
-                    peers: l
-                        .peers
-                        .iter()
-                        .map(|(k, ip)| (k.clone(), vec![ipnet::IpNet::V4(*ip)]))
-                        .collect(),
-                };
-                (l.ifname.clone(), link)
-            })
+            .map(|l| (l.ifname.clone(), ObservedLink::at_plan(l)))
             .collect())
     }
 }
@@ -440,15 +455,9 @@ impl PlanApplier for FailsLosingLink {
 #[tokio::test]
 async fn after_an_apply_that_fails_as_a_whole_a_configuration_whose_link_is_gone_is_not_served() {
     let (_sim, client) = sim().await;
-    create_node(
-        &client,
-        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node-1"}}),
-    )
-    .await;
-    let lost = ready_sgc(&client, "lost", 6000).await;
-    let kept = ready_sgc(&client, "kept", 6001).await;
-    key_secret(&client, "lost", true).await;
-    key_secret(&client, "kept", true).await;
+    let [lost, kept] =
+        <[_; 2]>::try_from(gateway_node_serving(&client, &[("lost", 6000), ("kept", 6001)]).await)
+            .expect("two configurations");
     let applier = Arc::new(FailsLosingLink {
         lost: "wg-6000",
         failing: AtomicBool::new(false),
@@ -485,22 +494,16 @@ async fn after_an_apply_that_fails_as_a_whole_a_configuration_whose_link_is_gone
         StatusCode::OK,
         "the configuration whose link is still there is served"
     );
-    let statuses: Api<GatewayStatus> = Api::namespaced(client.clone(), "kube-system");
     eventually(
         "GatewayStatus lists only the configuration still served",
         || async {
-            statuses
-                .get_opt("gw-node-1")
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|g| {
-                    g.spec
-                        .ready_gateway_configurations
-                        .iter()
-                        .map(|c| c.static_gateway_configuration.as_str())
-                        .eq(["default/kept"])
-                })
+            node_gateway_status(&client).await.is_some_and(|g| {
+                g.spec
+                    .ready_gateway_configurations
+                    .iter()
+                    .map(|c| c.static_gateway_configuration.as_str())
+                    .eq(["default/kept"])
+            })
         },
     )
     .await;
@@ -512,15 +515,9 @@ async fn after_an_apply_that_fails_as_a_whole_a_configuration_whose_link_is_gone
 #[tokio::test]
 async fn a_configuration_whose_link_fails_is_left_out_and_the_others_are_served() {
     let (_sim, client) = sim().await;
-    create_node(
-        &client,
-        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node-1"}}),
-    )
-    .await;
-    let broken = ready_sgc(&client, "broken", 6000).await;
-    let healthy = ready_sgc(&client, "healthy", 6001).await;
-    key_secret(&client, "broken", true).await;
-    key_secret(&client, "healthy", true).await;
+    let [broken, healthy] =
+        <[_; 2]>::try_from(gateway_node_serving(&client, &[("broken", 6000), ("healthy", 6001)]).await)
+            .expect("two configurations");
     for (name, sgc) in [("pb", "broken"), ("ph", "healthy")] {
         create::<PodEndpoint>(
             &client,
@@ -556,20 +553,16 @@ async fn a_configuration_whose_link_fails_is_left_out_and_the_others_are_served(
         ready.load(Ordering::Acquire),
         "a partial apply still serves: ready"
     );
-    let statuses: Api<GatewayStatus> = Api::namespaced(client.clone(), "kube-system");
     eventually(
         "GatewayStatus lists the healthy configuration and its peer",
         || async {
-            statuses
-                .get_opt("gw-node-1")
+            node_gateway_status(&client)
                 .await
-                .ok()
-                .flatten()
                 .is_some_and(|g| g.spec.ready_peer_configurations.len() == 1)
         },
     )
     .await;
-    let gs = statuses.get("gw-node-1").await.expect("status");
+    let gs = node_gateway_status(&client).await.expect("status");
     let listed: Vec<&str> = gs
         .spec
         .ready_gateway_configurations
@@ -607,13 +600,7 @@ async fn a_configuration_whose_link_fails_is_left_out_and_the_others_are_served(
 #[tokio::test]
 async fn of_two_pod_endpoints_claiming_one_pod_ip_the_one_whose_pod_still_matches_gets_it() {
     let (_sim, client) = sim().await;
-    create_node(
-        &client,
-        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node-1"}}),
-    )
-    .await;
-    ready_sgc(&client, "one", 6000).await;
-    key_secret(&client, "one", true).await;
+    gateway_node_serving(&client, &[("one", 6000)]).await;
     let live = create_pod(&client, "b-live", json!({})).await;
     let pod_endpoint = |name: &str, uid: &str, key: &str| {
         json!({"apiVersion":"egressgateway.kubernetes.azure.com/v1alpha1","kind":"PodEndpoint",

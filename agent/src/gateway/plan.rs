@@ -207,6 +207,22 @@ pub struct ObservedLink {
     pub peers: BTreeMap<String, Vec<IpNet>>,
 }
 
+impl ObservedLink {
+    /// A link exactly at its plan `l`: up, with its port, key and peers.
+    pub fn at_plan(l: &LinkPlan) -> ObservedLink {
+        ObservedLink {
+            up: true,
+            listen_port: Some(l.port),
+            public_key: Some(l.private_key.public_base64()),
+            peers: l
+                .peers
+                .iter()
+                .map(|(k, ip)| (k.clone(), vec![IpNet::V4(*ip)]))
+                .collect(),
+        }
+    }
+}
+
 /// What the node still serves after an apply that failed as a whole (or whose task died), from the links
 /// `found` in the gateway namespace: a configuration of `serving` (what the node served before) whose link is
 /// there, up, with the listen port and key of its plan (the attempted one, for the same configuration, or the
@@ -749,20 +765,6 @@ mod tests {
         assert!(!dbg.contains(&plan.links["wg-6000"].private_key.0.to_base64()));
     }
 
-    /// A link as the kernel has it when it is at `l`'s plan (up, its port, key and peers).
-    fn found_at(l: &LinkPlan) -> ObservedLink {
-        ObservedLink {
-            up: true,
-            listen_port: Some(l.port),
-            public_key: Some(l.private_key.public_base64()),
-            peers: l
-                .peers
-                .iter()
-                .map(|(k, ip)| (k.clone(), vec![IpNet::V4(*ip)]))
-                .collect(),
-        }
-    }
-
     #[test]
     fn after_a_failed_apply_only_configurations_whose_link_is_up_at_its_plan_are_served() {
         let a = config(6000, [10, 0, 0, 6], vec![peer("a", "KA", [10, 244, 0, 5])]);
@@ -772,7 +774,7 @@ mod tests {
         let found: BTreeMap<String, ObservedLink> = serving
             .links
             .values()
-            .map(|l| (l.ifname.clone(), found_at(l)))
+            .map(|l| (l.ifname.clone(), ObservedLink::at_plan(l)))
             .collect();
         assert_eq!(
             serving_after_failure(&serving, &serving, &found),
@@ -821,7 +823,7 @@ mod tests {
         let attempted = gateway_plan(&input(vec![rotated, b.clone()]));
         for link in [&attempted.links["wg-6000"], &serving.links["wg-6000"]] {
             let mut f = found.clone();
-            f.insert("wg-6000".into(), found_at(link));
+            f.insert("wg-6000".into(), ObservedLink::at_plan(link));
             let after = serving_after_failure(&serving, &attempted, &f);
             assert_eq!(after.links["wg-6000"], *link);
         }
@@ -831,7 +833,10 @@ mod tests {
         other.private_key = key(78);
         let attempted = gateway_plan(&input(vec![other, b.clone()]));
         let mut f = found.clone();
-        f.insert("wg-6000".into(), found_at(&attempted.links["wg-6000"]));
+        f.insert(
+            "wg-6000".into(),
+            ObservedLink::at_plan(&attempted.links["wg-6000"]),
+        );
         assert_eq!(
             links(&serving_after_failure(&serving, &attempted, &f)),
             vec!["wg-6001"]
@@ -841,7 +846,10 @@ mod tests {
         let c = config(6002, [10, 0, 0, 8], vec![]);
         let attempted = gateway_plan(&input(vec![a.clone(), b.clone(), c]));
         let mut f = found.clone();
-        f.insert("wg-6002".into(), found_at(&attempted.links["wg-6002"]));
+        f.insert(
+            "wg-6002".into(),
+            ObservedLink::at_plan(&attempted.links["wg-6002"]),
+        );
         assert_eq!(
             links(&serving_after_failure(&serving, &attempted, &f)),
             vec!["wg-6000", "wg-6001"]
