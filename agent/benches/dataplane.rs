@@ -81,8 +81,6 @@ fn peers_apply(lab: &mut Lab, peers: u32) {
             public_key: dataplane::wg::PrivateKey::generate().public_base64(),
             pod_ip: Ipv4Addr::new(10, 250, (i / 250) as u8, (i % 250 + 1) as u8),
             created: None,
-            owner: None,
-            owner_mismatch: None,
         })
         .collect();
     let plan = gateway_plan(&full);

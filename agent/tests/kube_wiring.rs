@@ -597,51 +597,6 @@ async fn a_configuration_whose_link_fails_is_left_out_and_the_others_are_served(
     stop(stop_tx, task).await;
 }
 
-#[tokio::test]
-async fn of_two_pod_endpoints_claiming_one_pod_ip_the_one_whose_pod_still_matches_gets_it() {
-    let (_sim, client) = sim().await;
-    gateway_node_serving(&client, &[("one", 6000)]).await;
-    let live = create_pod(&client, "b-live", json!({})).await;
-    let pod_endpoint = |name: &str, uid: &str, key: &str| {
-        json!({"apiVersion":"egressgateway.kubernetes.azure.com/v1alpha1","kind":"PodEndpoint",
-               "metadata":{"name":name,"namespace":"default","ownerReferences":[
-                   {"apiVersion":"v1","kind":"Pod","name":name,"uid":uid,"controller":true}]},
-               "spec":{"staticGatewayConfiguration":"one","podIpAddress":"10.244.0.5/32","podPublicKey":key}})
-    };
-    let (live_key, stale_key) = (pubkey(), pubkey());
-    create::<PodEndpoint>(
-        &client,
-        Some("default"),
-        pod_endpoint("b-live", &live.metadata.uid.clone().expect("uid"), &live_key),
-    )
-    .await;
-    // Created after the live one (so as new or newer) and first by name, but its pod is gone.
-    create::<PodEndpoint>(
-        &client,
-        Some("default"),
-        pod_endpoint("a-stale", "uid-of-a-deleted-pod", &stale_key),
-    )
-    .await;
-    let recorder = Arc::new(Recorder::default());
-    let lp = gateway_loop(recorder.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(lp.run(client.clone(), stop_rx));
-    let peers = || {
-        recorder
-            .0
-            .lock()
-            .expect("lock")
-            .last()
-            .and_then(|p| p.links.get("wg-6000"))
-            .map(|l| l.peers.keys().cloned().collect::<Vec<_>>())
-    };
-    eventually("the pod IP is the live pod's", || async {
-        peers() == Some(vec![live_key.clone()])
-    })
-    .await;
-    stop(stop_tx, task).await;
-}
-
 fn pod_info(name: &str) -> Option<PodInfo> {
     Some(PodInfo {
         pod_name: name.into(),

@@ -104,7 +104,6 @@ GATEWAY_AGENT_CALLS = {
     ("cluster", GROUP, "podendpoints"): {"list", "watch"},
     (NAMESPACE, "", "secrets"): {"list", "watch"},
     ("cluster", "", "nodes"): {"get"},
-    ("cluster", "", "pods"): {"get"},
     (NAMESPACE, GROUP, "gatewaystatuses"): {"create", "patch"},
 }
 NODE_AGENT_CALLS = {

@@ -32,32 +32,14 @@ pub struct PeerInput {
     pub pod_ip: Ipv4Addr,
     /// The PodEndpoint's creationTimestamp: of two claiming one pod IP, the newest wins.
     pub created: Option<Timestamp>,
-    /// The pod the PodEndpoint's controller ownerReference names, when it has one.
-    pub owner: Option<PodOwner>,
-    /// Why that pod no longer matches the PodEndpoint, when it is known not to (it is gone, another pod of that
-    /// name, or has another IP): such a claim of a pod IP loses to any other.
-    pub owner_mismatch: Option<String>,
 }
 
-/// The pod a PodEndpoint's controller ownerReference names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PodOwner {
-    /// Namespace (the PodEndpoint's).
-    pub namespace: String,
-    /// Pod name.
-    pub name: String,
-    /// The pod's uid when the PodEndpoint was written.
-    pub uid: String,
-}
-
-/// Of the peers claiming one pod IP, the one that gets it: a PodEndpoint whose pod still matches it (a stale one
-/// whose CNI DEL never ran must not shadow the pod that reuses its IP), then the newest (creationTimestamp has
-/// second granularity), then the first by `<namespace>/<name>`. A missing creationTimestamp counts as oldest.
+/// Of the peers claiming one pod IP, the one that gets it: the newest PodEndpoint (a stale one whose CNI DEL
+/// never ran must not shadow the pod that reuses its IP), of equally new ones the first by name. A missing
+/// creationTimestamp counts as oldest.
 fn claims_before(a: &PeerInput, b: &PeerInput) -> std::cmp::Ordering {
-    a.owner_mismatch
-        .is_some()
-        .cmp(&b.owner_mismatch.is_some())
-        .then_with(|| b.created.cmp(&a.created))
+    b.created
+        .cmp(&a.created)
         .then_with(|| a.pod_endpoint.cmp(&b.pod_endpoint))
 }
 
@@ -67,14 +49,14 @@ fn shadowed(loser: &PeerInput, winner: &PeerInput) -> String {
         p.created
             .map_or_else(|| "no creationTimestamp".to_string(), |t| format!("created {t}"))
     };
-    let why = match (&loser.owner_mismatch, &winner.owner_mismatch) {
-        (Some(mismatch), None) => format!("its own pod no longer matches it: {mismatch}"),
-        _ if winner.created == loser.created => "as new and first by name".to_string(),
-        _ => format!("newer: {} against {}", created(winner), created(loser)),
+    let why = if winner.created == loser.created {
+        "as new and first by name".to_string()
+    } else {
+        format!("newer: {} against {}", created(winner), created(loser))
     };
     format!(
-        "PodEndpoint {} has pod IP {} also claimed by PodEndpoint {} ({why}); ignored: a claim whose pod still \
-         matches wins, then the newest",
+        "PodEndpoint {} has pod IP {} also claimed by PodEndpoint {} ({why}); ignored: the newest claim of a pod \
+         IP wins",
         loser.pod_endpoint, loser.pod_ip, winner.pod_endpoint
     )
 }
@@ -485,8 +467,6 @@ mod tests {
             public_key: key.into(),
             pod_ip: Ipv4Addr::from(ip),
             created: None,
-            owner: None,
-            owner_mismatch: None,
         }
     }
 
@@ -667,8 +647,8 @@ mod tests {
                 plan.warnings,
                 vec![
                     "PodEndpoint ns/a-stale has pod IP 10.244.0.5 also claimed by PodEndpoint ns/b-new (newer: \
-                     created 2026-12-07T10:00:00Z against created 2026-12-01T10:00:00Z); ignored: a claim whose \
-                     pod still matches wins, then the newest"
+                     created 2026-12-07T10:00:00Z against created 2026-12-01T10:00:00Z); ignored: the newest \
+                     claim of a pod IP wins"
                 ]
             );
         }
@@ -711,42 +691,22 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_endpoint_whose_pod_no_longer_matches_loses_its_pod_ip_then_the_newest_then_the_first_by_name() {
-        // Created in the same second: a stale PodEndpoint whose pod is gone, first by name.
-        let mut stale = created_at(peer("a-stale", "KS", [10, 244, 0, 5]), "2026-12-07T10:00:00Z");
-        stale.owner_mismatch = Some("pod ns/a-stale is gone".into());
-        let live = created_at(peer("b-live", "KL", [10, 244, 0, 5]), "2026-12-07T10:00:00Z");
-        // Even when the stale one is newer.
-        let newer_stale = created_at(stale.clone(), "2026-12-07T10:00:01Z");
-        for stale in [stale, newer_stale] {
-            for peers in [
-                vec![stale.clone(), live.clone()],
-                vec![live.clone(), stale.clone()],
-            ] {
-                let plan = gateway_plan(&input(vec![config(6000, [10, 0, 0, 6], peers)]));
-                assert_eq!(plan.links["wg-6000"].peers.keys().collect::<Vec<_>>(), vec!["KL"]);
-                assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
-                assert!(
-                    plan.warnings[0].starts_with(
-                        "PodEndpoint ns/a-stale has pod IP 10.244.0.5 also claimed by PodEndpoint ns/b-live (its own \
-                         pod no longer matches it: pod ns/a-stale is gone)"
-                    ),
-                    "{:?}",
-                    plan.warnings
-                );
-            }
+    fn of_pod_endpoints_claiming_one_pod_ip_in_the_same_second_the_first_by_name_wins_in_any_list_order() {
+        let same = "2026-12-07T10:00:00Z";
+        let claims = [
+            created_at(peer("b-two", "K2", [10, 244, 0, 5]), same),
+            created_at(peer("a-one", "K1", [10, 244, 0, 5]), same),
+            created_at(peer("c-three", "K3", [10, 244, 0, 5]), same),
+        ];
+        for order in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+            let peers = order.iter().map(|&i| claims[i].clone()).collect();
+            let plan = gateway_plan(&input(vec![config(6000, [10, 0, 0, 6], peers)]));
+            assert_eq!(
+                plan.links["wg-6000"].peers.keys().collect::<Vec<_>>(),
+                vec!["K1"],
+                "{order:?}"
+            );
         }
-        // Two that no longer match: the newest, then the first by name, as for two that do.
-        let mut gone_old = created_at(peer("c-old", "KO", [10, 244, 0, 5]), "2026-12-01T10:00:00Z");
-        gone_old.owner_mismatch = Some("gone".into());
-        let mut gone_new = created_at(peer("d-new", "KN", [10, 244, 0, 5]), "2026-12-07T10:00:00Z");
-        gone_new.owner_mismatch = Some("gone".into());
-        let plan = gateway_plan(&input(vec![config(
-            6000,
-            [10, 0, 0, 6],
-            vec![gone_old, gone_new],
-        )]));
-        assert_eq!(plan.links["wg-6000"].peers.keys().collect::<Vec<_>>(), vec!["KN"]);
     }
 
     #[test]

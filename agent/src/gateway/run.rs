@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use api::internal::{GatewayStatus, GatewayStatusSpec};
 use api::{PodEndpoint, StaticGatewayConfiguration};
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -26,10 +26,7 @@ use tokio::sync::{Notify, watch};
 use super::apply::{ApplyError, ApplyReport, GatewayApplier};
 use super::plan::{GatewayInput, GatewayPlan, ObservedLink, gateway_plan, serving_after_failure};
 use super::probe::ProbeState;
-use super::select::{
-    KeySecrets, NodeSettings, PodKey, PodNow, Skipped, active_uids, contested_owners, gateway_status,
-    mark_owner_mismatches, select,
-};
+use super::select::{KeySecrets, NodeSettings, Skipped, active_uids, gateway_status, select};
 use super::tunnels::{TunnelLink, TunnelView};
 use crate::error::ClusterError;
 use crate::metrics::{ConfigurationLabels, Metrics, SkippedLabels};
@@ -251,29 +248,6 @@ fn key_secrets(store: &Store<Secret>) -> KeySecrets {
         .collect()
 }
 
-/// What the pods `owners` are now (`None`: no such pod), read one by one: only the owners of PodEndpoints
-/// that claim one pod IP, which are few. A pod that cannot be read is left out, so its claim is not held
-/// against it.
-async fn owner_pods(client: &Client, owners: &BTreeSet<PodKey>) -> BTreeMap<PodKey, Option<PodNow>> {
-    let mut out = BTreeMap::new();
-    for (namespace, name) in owners {
-        match Api::<Pod>::namespaced(client.clone(), namespace)
-            .get_opt(name)
-            .await
-        {
-            Ok(pod) => {
-                out.insert((namespace.clone(), name.clone()), pod.as_ref().map(PodNow::of));
-            }
-            Err(e) => tracing::warn!(
-                pod = %format!("{namespace}/{name}"),
-                error = %e,
-                "reading the pod of a PodEndpoint whose pod IP another one claims too"
-            ),
-        }
-    }
-    out
-}
-
 /// Keeps the latest GatewayStatus the apply loop computed (`desired`) written with `write`, until `desired`'s
 /// sender is gone or `shutdown`. A failed write is counted by reason, logged and retried on its own backoff
 /// (`first_retry`, doubling to 30 s): waiting for the next event or the resync would leave the operator's view
@@ -388,12 +362,7 @@ impl GatewayLoop {
             let pe_list: Vec<PodEndpoint> = pes.state().iter().map(|s| (**s).clone()).collect();
             let sel = select(&self.settings, &sgc_list, &key_secrets(&secrets), &pe_list);
             skips.record(&sel.skipped, &self.metrics);
-            let mut input = sel.input;
-            let contested = contested_owners(&input);
-            if !contested.is_empty() {
-                mark_owner_mismatches(&mut input, &owner_pods(client, &contested).await);
-            }
-            let plan = gateway_plan(&input);
+            let plan = gateway_plan(&sel.input);
             for w in &plan.warnings {
                 tracing::warn!(warning = %w, "gateway plan");
             }
@@ -453,7 +422,7 @@ impl GatewayLoop {
                 }
             };
             // Whatever the outcome, the probe, the metrics and the GatewayStatus follow what the node has.
-            self.publish(&input, &applied, &status);
+            self.publish(&sel.input, &applied, &status);
             if succeeded {
                 self.ready.store(true, Ordering::Release);
             }

@@ -12,9 +12,8 @@ use api::names::{TAG_AKS_NIC_NAME, TAG_AKS_POOL_NAME, gateway_wg_interface};
 use api::{PodEndpoint, StaticGatewayConfiguration};
 use dataplane::wg::PrivateKey;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::Pod;
 
-use super::plan::{ConfigInput, GatewayInput, GatewayPlan, PeerInput, PodOwner};
+use super::plan::{ConfigInput, GatewayInput, GatewayPlan, PeerInput};
 use crate::error::NodeIpsError;
 use crate::imds::NodeIdentity;
 use crate::object::NamespacedName;
@@ -274,8 +273,6 @@ pub fn select(
                 public_key: pe.spec.pod_public_key.clone(),
                 pod_ip: ip,
                 created: pe.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                owner: pod_owner(pe, &id.namespace),
-                owner_mismatch: None,
             });
         }
         frontends.insert(frontend);
@@ -296,99 +293,6 @@ pub fn select(
             configs,
         },
         skipped,
-    }
-}
-
-/// The pod `pe`'s controller ownerReference names (a v1 Pod, in `namespace`, the PodEndpoint's).
-fn pod_owner(pe: &PodEndpoint, namespace: &str) -> Option<PodOwner> {
-    pe.metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "Pod" && o.api_version == "v1")
-        .map(|o| PodOwner {
-            namespace: namespace.to_string(),
-            name: o.name.clone(),
-            uid: o.uid.clone(),
-        })
-}
-
-/// A pod's `<namespace>/<name>`.
-pub type PodKey = (String, String);
-
-/// What a pod is now, to tell whether a PodEndpoint naming it as its owner still matches it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodNow {
-    /// Its uid.
-    pub uid: String,
-    /// Its IPv4 addresses (`status.podIPs`), empty until the kubelet reports them.
-    pub ips: Vec<Ipv4Addr>,
-}
-
-impl PodNow {
-    /// What `pod` says.
-    pub fn of(pod: &Pod) -> PodNow {
-        let status = pod.status.as_ref();
-        let listed = status
-            .and_then(|s| s.pod_ips.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|p| p.ip.as_str());
-        let ips = listed
-            .chain(status.and_then(|s| s.pod_ip.as_deref()))
-            .filter_map(|ip| ip.parse().ok())
-            .collect::<BTreeSet<Ipv4Addr>>();
-        PodNow {
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
-            ips: ips.into_iter().collect(),
-        }
-    }
-}
-
-/// The owner pods of the PodEndpoints that claim a pod IP another PodEndpoint claims too: the only pods the
-/// gateway reads (see [`mark_owner_mismatches`]).
-pub fn contested_owners(input: &GatewayInput) -> BTreeSet<PodKey> {
-    let mut by_ip: BTreeMap<Ipv4Addr, Vec<&PeerInput>> = BTreeMap::new();
-    for p in input.configs.iter().flat_map(|c| &c.peers) {
-        by_ip.entry(p.pod_ip).or_default().push(p);
-    }
-    by_ip
-        .values()
-        .filter(|claims| claims.len() > 1)
-        .flatten()
-        .filter_map(|p| p.owner.as_ref())
-        .map(|o| (o.namespace.clone(), o.name.clone()))
-        .collect()
-}
-
-/// Records, for each claim whose owner pod was looked up (`pods`: what it is now, `None` when there is no such
-/// pod), whether that pod no longer matches it: gone, another pod of that name (another uid), or reported with
-/// other IPs. A pod whose lookup failed is not in `pods` and is not held against its claim.
-pub fn mark_owner_mismatches(input: &mut GatewayInput, pods: &BTreeMap<PodKey, Option<PodNow>>) {
-    for p in input.configs.iter_mut().flat_map(|c| c.peers.iter_mut()) {
-        let Some(owner) = &p.owner else {
-            continue;
-        };
-        let Some(now) = pods.get(&(owner.namespace.clone(), owner.name.clone())) else {
-            continue;
-        };
-        let pod = format!("pod {}/{}", owner.namespace, owner.name);
-        p.owner_mismatch = match now {
-            None => Some(format!("{pod} is gone")),
-            Some(n) if n.uid != owner.uid => Some(format!(
-                "{pod} is another pod now (uid {}, not {})",
-                n.uid, owner.uid
-            )),
-            Some(n) if !n.ips.is_empty() && !n.ips.contains(&p.pod_ip) => Some(format!(
-                "{pod} has IP {} now",
-                n.ips
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            Some(_) => None,
-        };
     }
 }
 
@@ -659,126 +563,6 @@ mod tests {
         for k in secrets(&["one"]).values() {
             assert!(!joined.contains(k.as_str()));
         }
-    }
-
-    fn owned(mut p: PodEndpoint, pod: &str, uid: &str) -> PodEndpoint {
-        p.metadata.owner_references = Some(vec![
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                api_version: "v1".into(),
-                kind: "Pod".into(),
-                name: pod.into(),
-                uid: uid.into(),
-                controller: Some(true),
-                ..Default::default()
-            },
-        ]);
-        p
-    }
-
-    fn pod(uid: &str, ips: &[&str]) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"uid": uid},
-            "status": {"podIPs": ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>()}
-        }))
-        .expect("pod")
-    }
-
-    #[test]
-    fn only_the_owners_of_contested_pod_ips_are_read_and_a_claim_whose_pod_no_longer_matches_is_marked() {
-        let sgcs = vec![
-            sgc("one", Some("gwpool"), 6000, "gw-vmss000001", "10.0.0.6"),
-            sgc("two", Some("gwpool"), 6001, "gw-vmss000001", "10.0.0.7"),
-        ];
-        let pes = vec![
-            owned(pe("gone", "one", "10.244.0.5/32", &pubkey()), "gone", "u-gone"),
-            owned(
-                pe("replaced", "one", "10.244.0.5/32", &pubkey()),
-                "replaced",
-                "u-old",
-            ),
-            owned(pe("moved", "two", "10.244.0.5/32", &pubkey()), "moved", "u-moved"),
-            owned(pe("live", "two", "10.244.0.5/32", &pubkey()), "live", "u-live"),
-            owned(
-                pe("starting", "two", "10.244.0.5/32", &pubkey()),
-                "starting",
-                "u-starting",
-            ),
-            owned(
-                pe("unread", "two", "10.244.0.5/32", &pubkey()),
-                "unread",
-                "u-unread",
-            ),
-            // No other claim of its IP: its pod is never read.
-            owned(pe("alone", "one", "10.244.0.9/32", &pubkey()), "alone", "u-alone"),
-            // No owner: nothing to read.
-            pe("ownerless", "one", "10.244.0.5/32", &pubkey()),
-        ];
-        let mut input = select(&settings(), &sgcs, &secrets(&["one", "two"]), &pes).input;
-        let key = |n: &str| ("app".to_string(), n.to_string());
-        assert_eq!(
-            contested_owners(&input),
-            ["gone", "replaced", "moved", "live", "starting", "unread"]
-                .map(key)
-                .into_iter()
-                .collect::<BTreeSet<_>>()
-        );
-        let pods = BTreeMap::from([
-            (key("gone"), None),
-            (key("replaced"), Some(PodNow::of(&pod("u-new", &["10.244.0.5"])))),
-            (
-                key("moved"),
-                Some(PodNow::of(&pod("u-moved", &["10.244.3.3", "fd00::3"]))),
-            ),
-            (
-                key("live"),
-                Some(PodNow::of(&pod("u-live", &["10.244.0.5", "fd00::5"]))),
-            ),
-            (key("starting"), Some(PodNow::of(&pod("u-starting", &[])))),
-        ]);
-        mark_owner_mismatches(&mut input, &pods);
-        let marks: BTreeMap<String, Option<String>> = input
-            .configs
-            .iter()
-            .flat_map(|c| &c.peers)
-            .map(|p| (p.pod_endpoint.clone(), p.owner_mismatch.clone()))
-            .collect();
-        let mark = |n: &str| marks[&format!("app/{n}")].clone();
-        assert_eq!(mark("gone").as_deref(), Some("pod app/gone is gone"));
-        assert_eq!(
-            mark("replaced").as_deref(),
-            Some("pod app/replaced is another pod now (uid u-new, not u-old)")
-        );
-        assert_eq!(
-            mark("moved").as_deref(),
-            Some("pod app/moved has IP 10.244.3.3 now")
-        );
-        for matching in ["live", "starting", "unread", "alone", "ownerless"] {
-            assert_eq!(mark(matching), None, "{matching}");
-        }
-        // So the live pod gets the IP, whatever the names and timestamps.
-        let plan = super::super::plan::gateway_plan(&input);
-        let owner_of_ip: Vec<&str> = plan
-            .links
-            .values()
-            .flat_map(|l| l.peers.keys())
-            .map(|k| {
-                let p = input
-                    .configs
-                    .iter()
-                    .flat_map(|c| &c.peers)
-                    .find(|p| &p.public_key == k)
-                    .expect("a peer of the input");
-                p.pod_endpoint.as_str()
-            })
-            .collect();
-        assert!(owner_of_ip.contains(&"app/alone"), "{owner_of_ip:?}");
-        assert_eq!(owner_of_ip.len(), 2, "one owner per pod IP: {owner_of_ip:?}");
-        assert!(
-            owner_of_ip
-                .iter()
-                .any(|p| ["app/live", "app/starting", "app/unread", "app/ownerless"].contains(p)),
-            "{owner_of_ip:?}"
-        );
     }
 
     #[test]

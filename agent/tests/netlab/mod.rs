@@ -335,8 +335,6 @@ impl Lab {
                                 .parse()
                                 .expect("pod ip"),
                             created: pe.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                            owner: None,
-                            owner_mismatch: None,
                         })
                         .collect(),
                 })
