@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent::gateway::apply::{ApplyError, ApplyReport, LinkError};
-use agent::gateway::plan::{GatewayPlan, ObservedLink};
+use agent::gateway::plan::{GatewayPlan, ObservedGateway};
 use agent::gateway::probe::ProbeState;
 use agent::gateway::run::{GatewayLoop, PlanApplier};
 use agent::gateway::select::NodeSettings;
@@ -98,9 +98,9 @@ impl PlanApplier for Recorder {
         self.0.lock().expect("lock").push(plan.clone());
         Ok(ApplyReport::default())
     }
-    fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
-        // Applies nothing: the node has no links.
-        Ok(BTreeMap::new())
+    fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
+        // Applies nothing: the node has nothing.
+        Ok(ObservedGateway::default())
     }
 }
 
@@ -412,8 +412,8 @@ impl PlanApplier for FailingPort {
             failed,
         })
     }
-    fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
-        self.recorder.observe_links()
+    fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
+        self.recorder.observe_gateway()
     }
 }
 
@@ -438,17 +438,16 @@ impl PlanApplier for FailsLosingLink {
         }
         Ok(ApplyReport::default())
     }
-    fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
+    fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
         let plans = self.recorder.0.lock().expect("lock");
         let Some(last) = plans.last() else {
-            return Ok(BTreeMap::new());
+            return Ok(ObservedGateway::default());
         };
-        Ok(last
-            .links
-            .values()
-            .filter(|l| !(self.failing.load(Ordering::SeqCst) && l.ifname == self.lost))
-            .map(|l| (l.ifname.clone(), ObservedLink::at_plan(l)))
-            .collect())
+        let mut found = ObservedGateway::at_plan(last);
+        if self.failing.load(Ordering::SeqCst) {
+            found.links.remove(self.lost);
+        }
+        Ok(found)
     }
 }
 

@@ -176,7 +176,7 @@ impl GatewayPlan {
     }
 }
 
-/// A WireGuard link as found in the gateway namespace (what [`serving_after_failure`] trusts).
+/// A WireGuard link as found in the gateway namespace (part of an [`ObservedGateway`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedLink {
     /// Administratively up.
@@ -205,30 +205,74 @@ impl ObservedLink {
     }
 }
 
-/// What the node still serves after an apply that failed as a whole (or whose task died), from the links
-/// `found` in the gateway namespace: a configuration of `serving` (what the node served before) whose link is
-/// there, up, with the listen port and key of its plan (the attempted one, for the same configuration, or the
-/// one before), keeping only the peers that link really has. A configuration the failed apply was adding is
-/// not served yet (its routes and nftables rules may not be there); one whose link is gone, down or not at
-/// its plan is not served any more, so the load balancer stops sending its flows here.
+/// The gateway namespace as found after an apply that failed as a whole (what [`serving_after_failure`]
+/// trusts): its WireGuard links and the shared parts every configuration needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedGateway {
+    /// The veth pair (`host-gateway` on the host, `host0` in the namespace) exists and both ends are up.
+    pub veth_up: bool,
+    /// The IPv4 addresses on `host0`.
+    pub ns_addresses: BTreeSet<Ipv4Addr>,
+    /// The IPv4 routes of the namespace's main table (not the kernel's own).
+    pub ns_routes: BTreeSet<NsRoute>,
+    /// The WireGuard links (`wg-<port>`) by interface name.
+    pub links: BTreeMap<String, ObservedLink>,
+}
+
+impl ObservedGateway {
+    /// A gateway namespace exactly at `plan`: veth up, its addresses, routes and links.
+    pub fn at_plan(plan: &GatewayPlan) -> ObservedGateway {
+        ObservedGateway {
+            veth_up: true,
+            ns_addresses: plan.ns_addresses.clone(),
+            ns_routes: plan.ns_routes.iter().cloned().collect(),
+            links: plan
+                .links
+                .values()
+                .map(|l| (l.ifname.clone(), ObservedLink::at_plan(l)))
+                .collect(),
+        }
+    }
+}
+
+/// What the node still serves after an apply that failed as a whole (or whose task died), from what was
+/// `found` in the gateway namespace. Nothing unless the shared parts are there: the veth pair up, and
+/// `<primary>/32 dev host0` and `default via <primary> dev host0`. Then a configuration of `serving` (what the
+/// node served before) whose link is there, up, with the listen port and key of its plan (the attempted one,
+/// for the same configuration, or the one before) and whose secondary IP is on `host0`, keeping only the peers
+/// that link really has with their `<pod>/32 dev wg-<port>` route (a link the failed apply re-created has lost
+/// its routes). A configuration the failed apply was adding is not served yet (its routes and nftables rules
+/// may not be there); one whose link is gone, down or not at its plan is not served any more, so the load
+/// balancer stops sending its flows here.
 pub fn serving_after_failure(
     serving: &GatewayPlan,
     attempted: &GatewayPlan,
-    found: &BTreeMap<String, ObservedLink>,
+    found: &ObservedGateway,
 ) -> GatewayPlan {
+    let shared = base_routes(serving.primary_ip);
+    let carried = found.veth_up && shared.iter().all(|r| found.ns_routes.contains(r));
     let links = serving
         .links
         .iter()
+        .filter(|_| carried)
         .filter_map(|(name, before)| {
-            let seen = found.get(name).filter(|l| l.up)?;
+            let seen = found.links.get(name).filter(|l| l.up)?;
             let at_plan = |l: &&LinkPlan| {
                 seen.listen_port == Some(l.port)
                     && seen.public_key.as_deref() == Some(l.private_key.public_base64().as_str())
+                    && found.ns_addresses.contains(&l.secondary_ip)
             };
             let planned = attempted.links.get(name).filter(|l| l.uid == before.uid);
             let mut link = planned.into_iter().chain([before]).find(at_plan)?.clone();
-            link.peers
-                .retain(|key, ip| seen.peers.get(key).is_some_and(|ips| ips[..] == [IpNet::V4(*ip)]));
+            link.peers.retain(|key, ip| {
+                let route = NsRoute {
+                    dst: *ip,
+                    via: None,
+                    dev: name.clone(),
+                };
+                seen.peers.get(key).is_some_and(|ips| ips[..] == [IpNet::V4(*ip)])
+                    && found.ns_routes.contains(&route)
+            });
             Some((name.clone(), link))
         })
         .collect();
@@ -238,6 +282,23 @@ pub fn serving_after_failure(
         &serving.frontend_ips,
         attempted.warnings.clone(),
     )
+}
+
+/// The routes every configuration needs in the gateway namespace: `<primary>/32 dev host0` (on-link) and
+/// `default via <primary> dev host0`.
+fn base_routes(primary_ip: Ipv4Addr) -> [NsRoute; 2] {
+    [
+        NsRoute {
+            dst: Ipv4Net::from(primary_ip),
+            via: None,
+            dev: GATEWAY_VETH_NS.into(),
+        },
+        NsRoute {
+            dst: Ipv4Net::default(),
+            via: Some(primary_ip),
+            dev: GATEWAY_VETH_NS.into(),
+        },
+    ]
 }
 
 /// Control name of a gateway link: unique per (namespace, port) so userspace sockets never collide.
@@ -317,16 +378,7 @@ fn assemble(
     let secondaries: BTreeSet<Ipv4Addr> = used.iter().map(|l| l.secondary_ip).collect();
     let mut ns_routes = Vec::new();
     if !used.is_empty() {
-        ns_routes.push(NsRoute {
-            dst: Ipv4Net::from(primary_ip),
-            via: None,
-            dev: GATEWAY_VETH_NS.into(),
-        });
-        ns_routes.push(NsRoute {
-            dst: Ipv4Net::default(),
-            via: Some(primary_ip),
-            dev: GATEWAY_VETH_NS.into(),
-        });
+        ns_routes.extend(base_routes(primary_ip));
     }
     for l in links.values() {
         for ip in l.peers.values() {
@@ -731,11 +783,7 @@ mod tests {
         let b = config(6001, [10, 0, 0, 7], vec![peer("b", "KB", [10, 244, 0, 6])]);
         let serving = gateway_plan(&input(vec![a.clone(), b.clone()]));
         let links = |plan: &GatewayPlan| plan.links.keys().cloned().collect::<Vec<_>>();
-        let found: BTreeMap<String, ObservedLink> = serving
-            .links
-            .values()
-            .map(|l| (l.ifname.clone(), ObservedLink::at_plan(l)))
-            .collect();
+        let found = ObservedGateway::at_plan(&serving);
         assert_eq!(
             serving_after_failure(&serving, &serving, &found),
             serving,
@@ -744,7 +792,7 @@ mod tests {
 
         // The failed apply removed a's link: only b is served, and everything of a goes.
         let mut gone = found.clone();
-        gone.remove("wg-6000");
+        gone.links.remove("wg-6000");
         let after = serving_after_failure(&serving, &serving, &gone);
         assert_eq!(links(&after), vec!["wg-6001"]);
         assert_eq!(after, gateway_plan(&input(vec![b.clone()])));
@@ -753,23 +801,23 @@ mod tests {
         for broken in [
             ObservedLink {
                 up: false,
-                ..found["wg-6000"].clone()
+                ..found.links["wg-6000"].clone()
             },
             ObservedLink {
                 listen_port: Some(6009),
-                ..found["wg-6000"].clone()
+                ..found.links["wg-6000"].clone()
             },
             ObservedLink {
                 public_key: Some(key(99).public_base64()),
-                ..found["wg-6000"].clone()
+                ..found.links["wg-6000"].clone()
             },
             ObservedLink {
                 public_key: None,
-                ..found["wg-6000"].clone()
+                ..found.links["wg-6000"].clone()
             },
         ] {
             let mut f = found.clone();
-            f.insert("wg-6000".into(), broken.clone());
+            f.links.insert("wg-6000".into(), broken.clone());
             assert_eq!(
                 links(&serving_after_failure(&serving, &serving, &f)),
                 vec!["wg-6001"],
@@ -783,7 +831,7 @@ mod tests {
         let attempted = gateway_plan(&input(vec![rotated, b.clone()]));
         for link in [&attempted.links["wg-6000"], &serving.links["wg-6000"]] {
             let mut f = found.clone();
-            f.insert("wg-6000".into(), ObservedLink::at_plan(link));
+            f.links.insert("wg-6000".into(), ObservedLink::at_plan(link));
             let after = serving_after_failure(&serving, &attempted, &f);
             assert_eq!(after.links["wg-6000"], *link);
         }
@@ -793,7 +841,7 @@ mod tests {
         other.private_key = key(78);
         let attempted = gateway_plan(&input(vec![other, b.clone()]));
         let mut f = found.clone();
-        f.insert(
+        f.links.insert(
             "wg-6000".into(),
             ObservedLink::at_plan(&attempted.links["wg-6000"]),
         );
@@ -806,7 +854,7 @@ mod tests {
         let c = config(6002, [10, 0, 0, 8], vec![]);
         let attempted = gateway_plan(&input(vec![a.clone(), b.clone(), c]));
         let mut f = found.clone();
-        f.insert(
+        f.links.insert(
             "wg-6002".into(),
             ObservedLink::at_plan(&attempted.links["wg-6002"]),
         );
@@ -817,13 +865,44 @@ mod tests {
 
         // Only the peers the link really has.
         let mut f = found.clone();
-        if let Some(l) = f.get_mut("wg-6001") {
+        if let Some(l) = f.links.get_mut("wg-6001") {
             l.peers.clear();
         }
         let after = serving_after_failure(&serving, &serving, &f);
         assert!(after.links["wg-6001"].peers.is_empty());
         assert_eq!(after.links["wg-6000"].peers.len(), 1);
         assert!(!after.ns_routes.iter().any(|r| r.dev == "wg-6001"));
+
+        // A link the failed apply re-created has its peers but lost their routes: those peers are not counted.
+        let mut f = found.clone();
+        f.ns_routes.retain(|r| r.dev != "wg-6001");
+        let after = serving_after_failure(&serving, &serving, &f);
+        assert!(after.links["wg-6001"].peers.is_empty());
+        assert_eq!(after.links["wg-6000"].peers.len(), 1);
+
+        // Without its secondary IP on host0, a configuration is not served.
+        let mut f = found.clone();
+        f.ns_addresses.remove(&Ipv4Addr::new(10, 0, 0, 6));
+        assert_eq!(
+            links(&serving_after_failure(&serving, &serving, &f)),
+            vec!["wg-6001"]
+        );
+
+        // Without the shared parts (the veth pair up, the on-link and default routes via the primary), none is.
+        let mut down = found.clone();
+        down.veth_up = false;
+        let mut no_default = found.clone();
+        no_default.ns_routes.retain(|r| r.dst.prefix_len() != 0);
+        let mut no_onlink = found.clone();
+        no_onlink
+            .ns_routes
+            .retain(|r| r.dst != Ipv4Net::from(serving.primary_ip));
+        for f in [down, no_default, no_onlink] {
+            assert!(
+                serving_after_failure(&serving, &serving, &f).links.is_empty(),
+                "{f:?}"
+            );
+        }
     }
 
     #[test]

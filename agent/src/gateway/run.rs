@@ -24,7 +24,7 @@ use kube::{Api, Client};
 use tokio::sync::{Notify, watch};
 
 use super::apply::{ApplyError, ApplyReport, GatewayApplier};
-use super::plan::{GatewayInput, GatewayPlan, ObservedLink, gateway_plan, serving_after_failure};
+use super::plan::{GatewayInput, GatewayPlan, ObservedGateway, gateway_plan, serving_after_failure};
 use super::probe::ProbeState;
 use super::select::{KeySecrets, NodeSettings, Skipped, active_uids, gateway_status, select};
 use super::tunnels::{TunnelLink, TunnelView};
@@ -38,22 +38,23 @@ use crate::object::NamespacedName;
 pub trait PlanApplier: std::fmt::Debug + Send + Sync + 'static {
     /// Applies `plan`.
     fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError>;
-    /// The WireGuard links the node has now, by interface name (read after an apply that failed as a whole).
-    fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError>;
+    /// What the node's gateway namespace has now: its links and the shared parts (read after an apply that
+    /// failed as a whole).
+    fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError>;
 }
 
 impl PlanApplier for GatewayApplier {
     fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
         self.apply(plan)
     }
-    fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
+    fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
         self.observe()
     }
 }
 
 /// What the node still serves after the apply of `attempted` failed as a whole (or its task died), when it
 /// served `serving` before: a failed apply may have removed or half-changed links, so the links are read back
-/// ([`PlanApplier::observe_links`]) and judged by [`serving_after_failure`]. When they cannot be read,
+/// ([`PlanApplier::observe_gateway`]) and judged by [`serving_after_failure`]. When they cannot be read,
 /// nothing: the load balancer must not send a configuration's flows to a node that may not carry them.
 /// Blocking.
 pub fn still_serving(
@@ -61,7 +62,7 @@ pub fn still_serving(
     serving: &GatewayPlan,
     attempted: &GatewayPlan,
 ) -> GatewayPlan {
-    match applier.observe_links() {
+    match applier.observe_gateway() {
         Ok(found) => serving_after_failure(serving, attempted, &found),
         Err(e) => {
             tracing::error!(error = %e, "reading the gateway links after a failed apply; no configuration is served");
@@ -517,9 +518,9 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Ok(ApplyReport::default())
         }
-        fn observe_links(&self) -> Result<BTreeMap<String, ObservedLink>, ApplyError> {
-            // Applies nothing: the node has no links.
-            Ok(BTreeMap::new())
+        fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
+            // Applies nothing: the node has nothing.
+            Ok(ObservedGateway::default())
         }
     }
 
