@@ -71,6 +71,43 @@ pub fn still_serving(
     }
 }
 
+/// What a failed apply's read-back is judged against: the plan of the last apply that succeeded (without the
+/// links it could not apply), kept apart from what was served after each failure since. Judged against that
+/// shrinking set instead, one read-back that found less (the namespace unreadable once) would keep those
+/// configurations out for the rest of a failure streak.
+#[derive(Debug, Clone)]
+struct LastSuccess(GatewayPlan);
+
+impl LastSuccess {
+    /// Nothing applied yet (in the gateway namespace `netns_name`).
+    fn new(netns_name: &str) -> LastSuccess {
+        LastSuccess(gateway_plan(&GatewayInput {
+            netns_name: netns_name.to_string(),
+            primary_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            frontend_ips: vec![],
+            configs: vec![],
+        }))
+    }
+
+    /// An apply succeeded and `applied` is what it applied.
+    fn succeeded(&mut self, applied: &GatewayPlan) {
+        self.0 = applied.clone();
+    }
+
+    /// What the node still serves after the apply of `attempted` failed as a whole: [`still_serving`] against
+    /// the last success, off the async threads; nothing when that fails too.
+    async fn read_back(&self, applier: Arc<dyn PlanApplier>, attempted: GatewayPlan) -> GatewayPlan {
+        let before = self.0.clone();
+        let nothing = before.without_links(&before.links.keys().cloned().collect());
+        tokio::task::spawn_blocking(move || still_serving(applier.as_ref(), &before, &attempted))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "reading the gateway links failed; no configuration is served");
+                nothing
+            })
+    }
+}
+
 /// The wait before the first retry of a failed apply or status write.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 
@@ -349,13 +386,7 @@ impl GatewayLoop {
         let mut skips = SkipLog::default();
         // Configurations with a `gateway_configuration_apply_failures_total` series: removed with them.
         let mut counted: BTreeSet<String> = BTreeSet::new();
-        // What the node serves: the plan of the last apply without what did not get applied.
-        let mut serving = gateway_plan(&GatewayInput {
-            netns_name: self.settings.netns_name.clone(),
-            primary_ip: std::net::Ipv4Addr::UNSPECIFIED,
-            frontend_ips: vec![],
-            configs: vec![],
-        });
+        let mut last_success = LastSuccess::new(&self.settings.netns_name);
         loop {
             let sgc_list: Vec<StaticGatewayConfiguration> =
                 sgcs.state().iter().map(|s| (**s).clone()).collect();
@@ -413,21 +444,21 @@ impl GatewayLoop {
                     self.metrics.gateway_apply_failures.inc();
                     tracing::error!(error = %e, "gateway apply failed; retrying");
                     next_wait = back_off(&mut retry);
-                    self.read_back(&serving, plan).await
+                    last_success.read_back(self.applier.clone(), plan).await
                 }
                 Err(e) => {
                     self.metrics.gateway_apply_failures.inc();
                     tracing::error!(error = %e, "gateway apply task failed");
                     next_wait = retry;
-                    self.read_back(&serving, plan).await
+                    last_success.read_back(self.applier.clone(), plan).await
                 }
             };
             // Whatever the outcome, the probe, the metrics and the GatewayStatus follow what the node has.
             self.publish(&sel.input, &applied, &status);
             if succeeded {
                 self.ready.store(true, Ordering::Release);
+                last_success.succeeded(&applied);
             }
-            serving = applied;
             tokio::select! {
                 _ = notify.notified() => {
                     // Collect the rest of the burst into this batch.
@@ -462,18 +493,6 @@ impl GatewayLoop {
             }
             newer
         });
-    }
-
-    /// [`still_serving`] off the async threads; nothing when that fails too.
-    async fn read_back(&self, serving: &GatewayPlan, attempted: GatewayPlan) -> GatewayPlan {
-        let (applier, before) = (self.applier.clone(), serving.clone());
-        let nothing = serving.without_links(&serving.links.keys().cloned().collect());
-        tokio::task::spawn_blocking(move || still_serving(applier.as_ref(), &before, &attempted))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "reading the gateway links failed; no configuration is served");
-                nothing
-            })
     }
 
     async fn write_status(&self, client: &Client, spec: &GatewayStatusSpec) -> Result<(), ClusterError> {
@@ -522,6 +541,62 @@ mod tests {
             // Applies nothing: the node has nothing.
             Ok(ObservedGateway::default())
         }
+    }
+
+    /// Every apply fails as a whole; the gateway namespace cannot be read the first `unreadable` times, then
+    /// it is exactly at `node` (what the failed applies did not touch).
+    #[derive(Debug)]
+    struct UnreadableAtFirst {
+        unreadable: AtomicUsize,
+        node: GatewayPlan,
+    }
+
+    impl PlanApplier for UnreadableAtFirst {
+        fn apply_plan(&self, _: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
+            Err(ApplyError::Cmd(dataplane::netns::CmdError {
+                cmd: "nft -f -".into(),
+                msg: "Error: Could not process rule".into(),
+            }))
+        }
+        fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
+            let left = self.unreadable.load(Ordering::SeqCst);
+            if left > 0 {
+                self.unreadable.store(left - 1, Ordering::SeqCst);
+                return Err(ApplyError::Cmd(dataplane::netns::CmdError {
+                    cmd: "ip -j link show".into(),
+                    msg: "Cannot open network namespace".into(),
+                }));
+            }
+            Ok(ObservedGateway::at_plan(&self.node))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_namespace_unreadable_once_then_readable_again_serves_again_within_the_failure_streak() {
+        let key = dataplane::wg::PrivateKey::generate();
+        let plan = gateway_plan(&GatewayInput {
+            netns_name: "ns-static-egress-gateway".into(),
+            primary_ip: std::net::Ipv4Addr::new(10, 0, 0, 4),
+            frontend_ips: vec![std::net::Ipv4Addr::new(10, 0, 0, 100)],
+            configs: vec![super::super::plan::ConfigInput {
+                sgc: "app/egress".into(),
+                uid: "uid-egress".into(),
+                port: 6000,
+                private_key: key,
+                secondary_ip: std::net::Ipv4Addr::new(10, 0, 0, 6),
+                peers: vec![],
+            }],
+        });
+        let applier = Arc::new(UnreadableAtFirst {
+            unreadable: AtomicUsize::new(1),
+            node: plan.clone(),
+        });
+        let mut last = LastSuccess::new("ns-static-egress-gateway");
+        last.succeeded(&plan);
+        let first = last.read_back(applier.clone(), plan.clone()).await;
+        assert!(first.links.is_empty(), "unreadable: nothing is served");
+        let second = last.read_back(applier.clone(), plan.clone()).await;
+        assert_eq!(second, plan, "readable again: what the node has is served again");
     }
 
     /// A gateway loop on the simulator whose Node does not exist (yet): the GatewayStatus is owned by its
