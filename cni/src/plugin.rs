@@ -177,15 +177,33 @@ pub const ADDING_DIR: &str = "/run/kube-egress-cni/adding";
 /// Records in [`ADDING_DIR`] that ADD is creating link `name`; the record's path, when it could be written
 /// (best effort: without it only a GC racing this ADD could take its link).
 fn record_adding(name: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(ADDING_DIR);
-    let path = dir.join(name);
-    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, b"")) {
-        Ok(()) => Some(path),
+    match write_record(std::path::Path::new(ADDING_DIR), name) {
+        Ok(path) => Some(path),
         Err(e) => {
-            eprintln!("kube-egress-cni: recording {}: {e}", path.display());
+            eprintln!("kube-egress-cni: recording {name} in {ADDING_DIR}: {e}");
             None
         }
     }
+}
+
+/// Writes the empty record `dir/name` (its modification time now) and returns its path. `dir` and any missing
+/// parent are created 0700 (only root, as the plugin runs, writes there); the record is opened without
+/// following a symbolic link, so one planted in its place cannot make the plugin truncate another file.
+fn write_record(dir: &std::path::Path, name: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&path)?;
+    Ok(path)
 }
 
 async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
@@ -766,6 +784,27 @@ fn is_control_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_written_in_a_0700_directory_and_never_through_a_symbolic_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("run").join("adding");
+        let path = write_record(&dir, "wgp0000aaaaaaaa").expect("record");
+        assert_eq!(path, dir.join("wgp0000aaaaaaaa"));
+        for d in [&dir, &tmp.path().join("run")] {
+            let mode = std::fs::metadata(d).expect("dir").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        // Written again (a retried ADD): the record is renewed.
+        write_record(&dir, "wgp0000aaaaaaaa").expect("record again");
+
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"keep").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.join("wgp0000bbbbbbbb")).expect("symlink");
+        write_record(&dir, "wgp0000bbbbbbbb").expect_err("a symbolic link is not followed");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"keep");
+    }
 
     #[test]
     fn control_names_are_valid_unique_interface_names_prefixed_by_their_network() {
