@@ -164,6 +164,13 @@ pub fn network_prefix(network: &str) -> String {
     format!("wgp{:04x}", fnv1a64(network.as_bytes()) & 0xffff)
 }
 
+/// The name versions before [`control_name`] carried its network gave the pod link of the sandbox
+/// `container_id` (and its UAPI socket): `wgp` and 12 hex digits of a hash of the sandbox, whatever the
+/// network. GC leaves such names alone (they do not carry a network); DEL of that sandbox removes them.
+pub fn pre_upgrade_control_name(container_id: &str) -> String {
+    format!("wgp{:012x}", fnv1a64(container_id.as_bytes()) & 0xffff_ffff_ffff)
+}
+
 /// The pod link's [`control_name`] of this invocation.
 fn pod_control_name(env: &CniEnv, conf: &NetConf) -> String {
     control_name(&conf.name, &env.container_id)
@@ -600,10 +607,19 @@ async fn del(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             remove_pod_rules(&podns);
         }
     }
-    // A link left in the host namespace by an interrupted ADD.
-    let ctl = pod_control_name(env, conf);
-    if let Err(e) = delete_link_if_present(&Netns::Current, &ctl).await {
-        eprintln!("kube-egress-cni: DEL {ctl}: {e}");
+    // A link left in the host namespace by an interrupted ADD, of this version or of one before the upgrade
+    // (whose names GC does not know), and that earlier ADD's userspace tunnel.
+    let earlier = pre_upgrade_control_name(&env.container_id);
+    for ctl in [pod_control_name(env, conf), earlier.clone()] {
+        if let Err(e) = delete_link_if_present(&Netns::Current, &ctl).await {
+            eprintln!("kube-egress-cni: DEL {ctl}: {e}");
+        }
+    }
+    let socket_path = dataplane::wg::userspace_socket_dir().join(format!("{earlier}.sock"));
+    match std::fs::remove_file(&socket_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("kube-egress-cni: DEL {}: {e}", socket_path.display()),
     }
     let annotated = match conf.runtime_annotations() {
         Some(a) => a.contains_key(POD_GATEWAY_ANNOTATION),
@@ -714,9 +730,9 @@ fn gc(conf: &NetConf) -> Result<Value, CniError> {
         ));
     };
     let prefix = network_prefix(&conf.name);
-    // An earlier version's name for a sandbox is `wgp` and 12 hex digits of the same hash, whose last 8 are
-    // these: when it starts with this network's prefix it is the name below, so a valid sandbox's tunnel made
-    // before an upgrade is kept too.
+    // A name of an earlier version ([`pre_upgrade_control_name`]) does not start with this network's prefix
+    // (but by a chance of 1 in 65536, when it is this network's name of that sandbox): GC ignores it, and the
+    // DEL of its sandbox removes it.
     let keep: std::collections::BTreeSet<String> = valid
         .iter()
         .map(|a| control_name(&conf.name, &a.container_id))

@@ -107,6 +107,73 @@ fn gc_without_the_valid_attachments_removes_nothing_and_says_what_is_missing() {
     );
 }
 
+/// Runs `script` in a private mount and network namespace (root) with the plugin binary as `"$@"`, the
+/// configuration `conf` in `$CONF` and the runtime's `env`; its stdout and stderr.
+fn in_private_namespaces(script: &str, conf: &str, env: &[(&str, &str)]) -> (String, String) {
+    let out = Command::new("unshare")
+        .args(["--mount", "--net", "sh", "-c", script, "plugin"])
+        .arg(env!("CARGO_BIN_EXE_kube-egress-cni"))
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CONF", conf)
+        .envs(env.iter().copied())
+        .output()
+        .expect("unshare runs");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    (stdout, stderr)
+}
+
+/// DEL after an upgrade removes what an interrupted ADD of the earlier version left in the node's namespace
+/// for its sandbox, under that version's name (which GC ignores): the link and the userspace tunnel's UAPI
+/// socket. Another sandbox's are left alone.
+#[test]
+fn del_removes_the_pre_upgrade_leftovers_of_its_sandbox() {
+    let earlier = cni::plugin::pre_upgrade_control_name("sandbox-del");
+    let current = cni::plugin::control_name("k8s", "sandbox-del");
+    let others = cni::plugin::pre_upgrade_control_name("sandbox-other");
+    let script = format!(
+        r#"set -e
+mkdir -p /run/wireguard
+mount -t tmpfs tmpfs /run/wireguard
+cd /run/wireguard
+python3 -c 'import socket, sys
+for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {earlier} {others}
+ip link add {earlier} type veth peer name delpeer1
+ip link add {current} type veth peer name delpeer2
+ip link add {others} type veth peer name delpeer3
+rc=0
+printf '%s' "$CONF" | "$@" || rc=$?
+echo "rc=$rc"
+ls /run/wireguard
+ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
+"#
+    );
+    let conf = conf("1.1.0", Path::new("/nonexistent.sock"), "");
+    let (stdout, stderr) = in_private_namespaces(
+        &script,
+        &conf,
+        &[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "sandbox-del"),
+            ("CNI_NETNS", ""),
+            ("CNI_IFNAME", "eth0"),
+        ],
+    );
+    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+    assert_eq!(
+        lines.get(..2),
+        Some(&[r#"{"cniVersion":"1.1.0"}"#, "rc=0"][..]),
+        "DEL succeeds: {stdout} {stderr}"
+    );
+    let has = |n: &str| lines.contains(&n);
+    for gone in [earlier.clone(), format!("{earlier}.sock"), current] {
+        assert!(!has(&gone), "{gone} is removed: {stdout}");
+    }
+    for kept in [others.clone(), format!("{others}.sock")] {
+        assert!(has(&kept), "{kept} of another sandbox is kept: {stdout}");
+    }
+}
+
 /// GC in a private mount and network namespace (root): the userspace socket directory and the ADD records'
 /// directory are fresh tmpfs and the links are the namespace's own, so nothing of the machine's is touched.
 #[test]
@@ -123,19 +190,20 @@ fn gc_removes_only_the_stale_pod_tunnels_of_sandboxes_the_runtime_no_longer_has(
         cni::plugin::network_prefix("k8s"),
         cni::plugin::network_prefix("macvlan-net")
     );
-    // A running pod's tunnel named by an earlier version of the plugin (a hash of the container id only), whose
-    // name starts with this network's prefix by chance: it must not count as a stale tunnel of this network.
-    let legacy_name = |sandbox: &str| {
-        format!(
-            "wgp{:012x}",
-            api::names::fnv1a64(sandbox.as_bytes()) & 0xffff_ffff_ffff
-        )
+    // Tunnels named by an earlier version of the plugin (a hash of the container id only, no network): a running
+    // pod's, and one an interrupted ADD left for a sandbox the runtime no longer has. Neither name starts with
+    // this network's prefix: GC ignores both (the DEL of their sandbox removes them).
+    let legacy_of = |what: &str| {
+        (0..)
+            .map(|i| format!("sandbox-legacy-{what}-{i}"))
+            .find(|s| {
+                !cni::plugin::pre_upgrade_control_name(s).starts_with(&cni::plugin::network_prefix("k8s"))
+            })
+            .expect("some sandbox id")
     };
-    let legacy_sandbox = (0..)
-        .map(|i| format!("sandbox-legacy-{i}"))
-        .find(|s| legacy_name(s).starts_with(&cni::plugin::network_prefix("k8s")))
-        .expect("some sandbox id");
-    let legacy = legacy_name(&legacy_sandbox);
+    let (legacy_sandbox, legacy_stale_sandbox) = (legacy_of("valid"), legacy_of("stale"));
+    let legacy = cni::plugin::pre_upgrade_control_name(&legacy_sandbox);
+    let legacy_stale = cni::plugin::pre_upgrade_control_name(&legacy_stale_sandbox);
     let conf = conf(
         "1.1.0",
         Path::new("/nonexistent.sock"),
@@ -151,9 +219,9 @@ mount -t tmpfs tmpfs /run/wireguard
 mount -t tmpfs tmpfs {records}
 cd /run/wireguard
 python3 -c 'import socket, sys
-for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {keep} {stale} {young} {other} {legacy} wgg000000000001 wg0
+for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {keep} {stale} {young} {other} {legacy} {legacy_stale} wgg000000000001 wg0
 # Old enough for GC, all but the tunnel whose ADD may still be running.
-touch -h -d '-10 minutes' {keep}.sock {stale}.sock {other}.sock {legacy}.sock wgg000000000001.sock wg0.sock
+touch -h -d '-10 minutes' {keep}.sock {stale}.sock {other}.sock {legacy}.sock {legacy_stale}.sock wgg000000000001.sock wg0.sock
 touch {records}/{adding}
 touch -d '-10 minutes' {records}/{crashed} {records}/{other_crashed}
 ip link add {stale} type veth peer name gcpeer1
@@ -163,6 +231,7 @@ ip link add {adding} type veth peer name gcpeer4
 ip link add {crashed} type veth peer name gcpeer5
 ip link add {other} type veth peer name gcpeer6
 ip link add {other_crashed} type veth peer name gcpeer7
+ip link add {legacy_stale} type veth peer name gcpeer8
 rc=0
 printf '%s' "$CONF" | "$@" || rc=$?
 echo "rc=$rc"
@@ -170,16 +239,7 @@ ls /run/wireguard {records}
 ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
 "#
     );
-    let out = Command::new("unshare")
-        .args(["--mount", "--net", "sh", "-c", &script, "gc"])
-        .arg(env!("CARGO_BIN_EXE_kube-egress-cni"))
-        .env("CNI_COMMAND", "GC")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("CONF", &conf)
-        .output()
-        .expect("unshare runs");
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{stdout} {stderr}");
+    let (stdout, stderr) = in_private_namespaces(&script, &conf, &[("CNI_COMMAND", "GC")]);
     let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
     assert_eq!(
         lines.first(),
@@ -196,6 +256,8 @@ ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
         keep.clone(),
         format!("{young}.sock"),
         format!("{legacy}.sock"),
+        format!("{legacy_stale}.sock"),
+        legacy_stale.clone(),
         "wgg000000000001.sock".to_string(),
         "wg0.sock".to_string(),
         "wgpnotours".to_string(),
