@@ -148,8 +148,8 @@ async fn gateway_of(conf: &NetConf, k8s: &K8sArgs) -> Result<Option<String>, Cni
 
 /// Name the pod's WireGuard link is created with (and its UAPI socket name), for the sandbox `container_id`
 /// attached to the network `network` (the configuration's `name`): [`network_prefix`] of the network, then a
-/// hash of the sandbox. GC of one network tells its own names by that prefix, so it never touches what
-/// another network's chained instance of the plugin made.
+/// hash of the sandbox, so one sandbox on two networks chaining the plugin has two names. GC of one network
+/// touches only the names it recorded ([`owned_dir`]).
 pub fn control_name(network: &str, container_id: &str) -> String {
     format!(
         "{}{:08x}",
@@ -180,6 +180,27 @@ fn pod_control_name(env: &CniEnv, conf: &NetConf) -> String {
 /// link ([`control_name`]), whose modification time says when. GC leaves a link whose record is younger than
 /// [`GC_GRACE`] (its ADD may still be running); ADD removes the record when it is done.
 pub const ADDING_DIR: &str = "/run/kube-egress-cni/adding";
+
+/// Where the plugin records the pod link names the network `network` owns: an empty file per name, written by
+/// ADD before it creates the link and removed by DEL, or by GC once what the name stands for is gone. Under
+/// `/run/kube-egress-cni/` in a directory named by the full 64-bit hash of the network's name: GC of one
+/// network touches only the names recorded there, never another network's (the 16-bit [`network_prefix`]
+/// of two networks may be the same).
+pub fn owned_dir(network: &str) -> PathBuf {
+    PathBuf::from(RECORDS_ROOT).join(format!("{:016x}", fnv1a64(network.as_bytes())))
+}
+
+/// The directory of the plugin's records (ADD records and each network's owned names).
+pub const RECORDS_ROOT: &str = "/run/kube-egress-cni";
+
+/// Records in [`owned_dir`] that the network `network` owns link `name` (best effort: without it GC leaves
+/// that name's leftovers to the DEL of its sandbox).
+fn record_owned(network: &str, name: &str) {
+    let dir = owned_dir(network);
+    if let Err(e) = write_record(&dir, name) {
+        eprintln!("kube-egress-cni: recording {name} in {}: {e}", dir.display());
+    }
+}
 
 /// Records in [`ADDING_DIR`] that ADD is creating link `name`; the record's path, when it could be written
 /// (best effort: without it only a GC racing this ADD could take its link).
@@ -229,6 +250,7 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         return Ok(conf::passthrough(Some(prev), &conf.cni_version));
     };
     check_host_tools()?;
+    record_owned(&conf.name, &pod_control_name(env, conf));
     let record = record_adding(&pod_control_name(env, conf));
     let mut undo = Undo::new(env, conf, &k8s);
     let added = match add_annotated(env, conf, &k8s, &gateway, prev, &mut undo).await {
@@ -610,16 +632,25 @@ async fn del(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     // A link left in the host namespace by an interrupted ADD, of this version or of one before the upgrade
     // (whose names GC does not know), and that earlier ADD's userspace tunnel.
     let earlier = pre_upgrade_control_name(&env.container_id);
+    let mut failed = Vec::new();
     for ctl in [pod_control_name(env, conf), earlier.clone()] {
         if let Err(e) = delete_link_if_present(&Netns::Current, &ctl).await {
-            eprintln!("kube-egress-cni: DEL {ctl}: {e}");
+            failed.push(format!("{ctl}: {e}"));
         }
     }
-    let socket_path = dataplane::wg::userspace_socket_dir().join(format!("{earlier}.sock"));
-    match std::fs::remove_file(&socket_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => eprintln!("kube-egress-cni: DEL {}: {e}", socket_path.display()),
+    remove_if_present(
+        &dataplane::wg::userspace_socket_dir().join(format!("{earlier}.sock")),
+        &mut failed,
+    );
+    // This network's record that it owns the name, once what it stands for is gone (else GC retries).
+    if failed.is_empty() {
+        remove_if_present(
+            &owned_dir(&conf.name).join(pod_control_name(env, conf)),
+            &mut failed,
+        );
+    }
+    for f in failed {
+        eprintln!("kube-egress-cni: DEL {f}");
     }
     let annotated = match conf.runtime_annotations() {
         Some(a) => a.contains_key(POD_GATEWAY_ANNOTATION),
@@ -715,12 +746,13 @@ const GC_GRACE: Duration = Duration::from_secs(60);
 
 /// GC: removes what ADD made in the host namespace for a sandbox the runtime no longer has: a pod link left
 /// there by an interrupted ADD (`wgp…`, [`control_name`]) and a userspace pod tunnel's UAPI socket, which ends
-/// its `wireguard-go` and, with it, the pod's `wg0`. Only names of this network ([`network_prefix`]) are
-/// touched: `cni.dev/valid-attachments` lists this network's attachments only, and what another network's
-/// chained instance of the plugin made is that network's GC's. A name whose UAPI socket or ADD record
-/// ([`ADDING_DIR`]) is younger than [`GC_GRACE`] is left for the next GC (its ADD may still be running); older
-/// ADD records are removed. Whatever sits in a pod's network namespace goes with that namespace. Best effort:
-/// every leftover is tried, and the ones that could not be removed are reported together.
+/// its `wireguard-go` and, with it, the pod's `wg0`. Only names this network owns ([`owned_dir`]: ADD records
+/// a name there before it creates the link) are touched: `cni.dev/valid-attachments` lists this network's
+/// attachments only, and what another network's chained instance of the plugin made is that network's GC's.
+/// A name whose UAPI socket or ADD record ([`ADDING_DIR`]) is younger than [`GC_GRACE`] is left for the next GC
+/// (its ADD may still be running). A stale name's ownership record goes once its link, socket and ADD record
+/// are gone. Whatever sits in a pod's network namespace goes with that namespace. Best effort: every leftover
+/// is tried, and the ones that could not be removed are reported together.
 fn gc(conf: &NetConf) -> Result<Value, CniError> {
     let Some(valid) = conf.valid_attachments.as_ref() else {
         return Err(CniError::new(
@@ -729,17 +761,13 @@ fn gc(conf: &NetConf) -> Result<Value, CniError> {
             "GC needs cni.dev/valid-attachments (an empty list when no attachment is valid)",
         ));
     };
-    let prefix = network_prefix(&conf.name);
-    // A name of an earlier version ([`pre_upgrade_control_name`]) does not start with this network's prefix
-    // (but by a chance of 1 in 65536, when it is this network's name of that sandbox): GC ignores it, and the
+    // A name of an earlier version ([`pre_upgrade_control_name`]) is never recorded: GC ignores it, and the
     // DEL of its sandbox removes it.
     let keep: std::collections::BTreeSet<String> = valid
         .iter()
         .map(|a| control_name(&conf.name, &a.container_id))
         .collect();
-    let this_network = |name: &str| is_control_name(name) && name.starts_with(&prefix);
-    let ours = |name: &str| this_network(name) && !keep.contains(name);
-    let mut failed = Vec::new();
+    let owned = owned_dir(&conf.name);
     let dir = dataplane::wg::userspace_socket_dir();
     let adding = PathBuf::from(ADDING_DIR);
     let young_file = |path: PathBuf| {
@@ -748,43 +776,54 @@ fn gc(conf: &NetConf) -> Result<Value, CniError> {
             .is_ok_and(|t| t.elapsed().map_or(true, |age| age < GC_GRACE))
     };
     let young = |name: &str| young_file(dir.join(format!("{name}.sock"))) || young_file(adding.join(name));
+    let stale: Vec<String> = std::fs::read_dir(&owned)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| is_control_name(n) && !keep.contains(n) && !young(n))
+        .collect();
+    if stale.is_empty() {
+        return Ok(Value::Null);
+    }
     let links = Netns::Current
         .ip_json(&["link", "show"])
         .map_err(|e| dp_err("GC: list links", e))?;
-    for name in links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str())
-        .filter(|n| ours(n) && !young(n))
-    {
-        if let Err(e) = Netns::Current.ip(&["link", "del", name]) {
+    let has_link = |name: &str| {
+        links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["ifname"].as_str() == Some(name))
+    };
+    let mut failed = Vec::new();
+    for name in &stale {
+        let before = failed.len();
+        if has_link(name)
+            && let Err(e) = Netns::Current.ip(&["link", "del", name])
+        {
             failed.push(format!("link {name}: {e}"));
         }
-    }
-    let stale_sockets = dataplane::wg::userspace_devices(&dir, "wgp")
-        .into_iter()
-        .filter(|n| ours(n) && !young(n))
-        .map(|n| dir.join(format!("{n}.sock")));
-    let stale_records = std::fs::read_dir(&adding)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(this_network) && !young_file(p.clone())
-        });
-    for path in stale_sockets.chain(stale_records) {
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => failed.push(format!("{}: {e}", path.display())),
+        for path in [dir.join(format!("{name}.sock")), adding.join(name)] {
+            remove_if_present(&path, &mut failed);
+        }
+        if failed.len() == before {
+            remove_if_present(&owned.join(name), &mut failed);
         }
     }
     if failed.is_empty() {
         Ok(Value::Null)
     } else {
         Err(dp_err("GC: stale pod tunnels left", failed.join("; ")))
+    }
+}
+
+/// Removes the file `path` when it is there; a failure is added to `failed`.
+fn remove_if_present(path: &std::path::Path, failed: &mut Vec<String>) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => failed.push(format!("{}: {e}", path.display())),
     }
 }
 

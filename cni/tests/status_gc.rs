@@ -125,16 +125,23 @@ fn in_private_namespaces(script: &str, conf: &str, env: &[(&str, &str)]) -> (Str
 
 /// DEL after an upgrade removes what an interrupted ADD of the earlier version left in the node's namespace
 /// for its sandbox, under that version's name (which GC ignores): the link and the userspace tunnel's UAPI
-/// socket. Another sandbox's are left alone.
+/// socket; and its sandbox's link and the network's record that it owns that name. Another sandbox's are left
+/// alone.
 #[test]
 fn del_removes_the_pre_upgrade_leftovers_of_its_sandbox() {
     let earlier = cni::plugin::pre_upgrade_control_name("sandbox-del");
     let current = cni::plugin::control_name("k8s", "sandbox-del");
     let others = cni::plugin::pre_upgrade_control_name("sandbox-other");
+    let others_current = cni::plugin::control_name("k8s", "sandbox-other");
+    let root = cni::plugin::RECORDS_ROOT;
+    let owned = cni::plugin::owned_dir("k8s").display().to_string();
     let script = format!(
         r#"set -e
-mkdir -p /run/wireguard
+mkdir -p /run/wireguard {root}
 mount -t tmpfs tmpfs /run/wireguard
+mount -t tmpfs tmpfs {root}
+mkdir -p {owned}
+touch {owned}/{current} {owned}/{others_current}
 cd /run/wireguard
 python3 -c 'import socket, sys
 for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {earlier} {others}
@@ -145,6 +152,7 @@ rc=0
 printf '%s' "$CONF" | "$@" || rc=$?
 echo "rc=$rc"
 ls /run/wireguard
+ls {owned} | sed 's/^/owned:/'
 ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
 "#
     );
@@ -166,10 +174,19 @@ ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
         "DEL succeeds: {stdout} {stderr}"
     );
     let has = |n: &str| lines.contains(&n);
-    for gone in [earlier.clone(), format!("{earlier}.sock"), current] {
+    for gone in [
+        earlier.clone(),
+        format!("{earlier}.sock"),
+        current.clone(),
+        format!("owned:{current}"),
+    ] {
         assert!(!has(&gone), "{gone} is removed: {stdout}");
     }
-    for kept in [others.clone(), format!("{others}.sock")] {
+    for kept in [
+        others.clone(),
+        format!("{others}.sock"),
+        format!("owned:{others_current}"),
+    ] {
         assert!(has(&kept), "{kept} of another sandbox is kept: {stdout}");
     }
 }
@@ -211,17 +228,28 @@ fn gc_removes_only_the_stale_pod_tunnels_of_sandboxes_the_runtime_no_longer_has(
             r#","cni.dev/valid-attachments":[{{"containerID":"sandbox-keep","ifname":"eth0"}},{{"containerID":"{legacy_sandbox}","ifname":"eth0"}}]"#
         ),
     );
-    let records = cni::plugin::ADDING_DIR;
+    // A name of this network's shape that this network never recorded as its own (another network's whose
+    // 16-bit prefix is the same, say): GC does not take it.
+    let unrecorded = name("sandbox-unrecorded");
+    let (root, records) = (cni::plugin::RECORDS_ROOT, cni::plugin::ADDING_DIR);
+    let (owned, other_owned) = (
+        cni::plugin::owned_dir("k8s").display().to_string(),
+        cni::plugin::owned_dir("macvlan-net").display().to_string(),
+    );
     let script = format!(
         r#"set -e
-mkdir -p /run/wireguard {records}
+mkdir -p /run/wireguard {root}
 mount -t tmpfs tmpfs /run/wireguard
-mount -t tmpfs tmpfs {records}
+mount -t tmpfs tmpfs {root}
+mkdir -p {records} {owned} {other_owned}
+# The names each network's ADDs recorded as their own.
+touch -d '-10 minutes' {owned}/{keep} {owned}/{stale} {owned}/{young} {owned}/{adding} {owned}/{crashed}
+touch -d '-10 minutes' {other_owned}/{other} {other_owned}/{other_crashed}
 cd /run/wireguard
 python3 -c 'import socket, sys
-for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {keep} {stale} {young} {other} {legacy} {legacy_stale} wgg000000000001 wg0
+for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {keep} {stale} {young} {other} {legacy} {legacy_stale} {unrecorded} wgg000000000001 wg0
 # Old enough for GC, all but the tunnel whose ADD may still be running.
-touch -h -d '-10 minutes' {keep}.sock {stale}.sock {other}.sock {legacy}.sock {legacy_stale}.sock wgg000000000001.sock wg0.sock
+touch -h -d '-10 minutes' {keep}.sock {stale}.sock {other}.sock {legacy}.sock {legacy_stale}.sock {unrecorded}.sock wgg000000000001.sock wg0.sock
 touch {records}/{adding}
 touch -d '-10 minutes' {records}/{crashed} {records}/{other_crashed}
 ip link add {stale} type veth peer name gcpeer1
@@ -232,10 +260,13 @@ ip link add {crashed} type veth peer name gcpeer5
 ip link add {other} type veth peer name gcpeer6
 ip link add {other_crashed} type veth peer name gcpeer7
 ip link add {legacy_stale} type veth peer name gcpeer8
+ip link add {unrecorded} type veth peer name gcpeer9
 rc=0
 printf '%s' "$CONF" | "$@" || rc=$?
 echo "rc=$rc"
 ls /run/wireguard {records}
+ls {owned} | sed 's/^/owned:/'
+ls {other_owned} | sed 's/^/other-owned:/'
 ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
 "#
     );
@@ -261,9 +292,21 @@ ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
         "wgg000000000001.sock".to_string(),
         "wg0.sock".to_string(),
         "wgpnotours".to_string(),
+        format!("{unrecorded}.sock"),
+        unrecorded.clone(),
     ] {
         assert!(has(&kept), "{kept} is kept: {stdout}");
     }
+    // The stale names' ownership records go with them; the others' stay.
+    let owned_now: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("owned:")).collect();
+    let mut still_owned = vec![keep.as_str(), young.as_str(), adding.as_str()];
+    still_owned.sort_unstable();
+    assert_eq!(owned_now, still_owned, "{stdout}");
+    let other_owned_now: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("other-owned:"))
+        .collect();
+    assert_eq!(other_owned_now.len(), 2, "{stdout}");
     assert_eq!(
         lines.iter().filter(|l| **l == adding).count(),
         2,
