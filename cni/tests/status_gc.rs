@@ -107,11 +107,30 @@ fn gc_without_the_valid_attachments_removes_nothing_and_says_what_is_missing() {
     );
 }
 
-/// Runs `script` in a private mount and network namespace (root) with the plugin binary as `"$@"`, the
-/// configuration `conf` in `$CONF` and the runtime's `env`; its stdout and stderr.
-fn in_private_namespaces(script: &str, conf: &str, env: &[(&str, &str)]) -> (String, String) {
+/// Runs the plugin (the runtime's `env`, the configuration `conf` on stdin) in a private mount and network
+/// namespace (root), where the userspace socket directory and the plugin's records directory are fresh tmpfs
+/// and the links are the namespace's own, so nothing of the machine's is touched. `setup` (shell, in the socket
+/// directory) runs before the plugin, `listing` after it; stdout is then the plugin's, `rc=<its exit code>`,
+/// the socket directory, `listing`'s and the namespace's link names, a line each; and stderr.
+fn in_private_namespaces(setup: &str, listing: &str, conf: &str, env: &[(&str, &str)]) -> (String, String) {
+    let root = cni::plugin::RECORDS_ROOT;
+    let script = format!(
+        r#"set -e
+mkdir -p /run/wireguard {root}
+mount -t tmpfs tmpfs /run/wireguard
+mount -t tmpfs tmpfs {root}
+cd /run/wireguard
+{setup}
+rc=0
+printf '%s' "$CONF" | "$@" || rc=$?
+echo "rc=$rc"
+ls /run/wireguard
+{listing}
+ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
+"#
+    );
     let out = Command::new("unshare")
-        .args(["--mount", "--net", "sh", "-c", script, "plugin"])
+        .args(["--mount", "--net", "sh", "-c", &script, "plugin"])
         .arg(env!("CARGO_BIN_EXE_kube-egress-cni"))
         .env("CNI_PATH", "/opt/cni/bin")
         .env("CONF", conf)
@@ -121,6 +140,19 @@ fn in_private_namespaces(script: &str, conf: &str, env: &[(&str, &str)]) -> (Str
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout} {stderr}");
     (stdout, stderr)
+}
+
+/// Shell lines that make, in the current directory, a bound UAPI socket `<name>.sock` for each of `sockets`,
+/// and a (veth) link of each of `links`.
+fn sockets_and_links(sockets: &[&str], links: &[&str]) -> String {
+    let mut sh = format!(
+        "python3 -c 'import socket, sys\nfor n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + \".sock\")' {}\n",
+        sockets.join(" ")
+    );
+    for (i, l) in links.iter().enumerate() {
+        sh.push_str(&format!("ip link add {l} type veth peer name peer{i}\n"));
+    }
+    sh
 }
 
 /// DEL after an upgrade removes what an interrupted ADD of the earlier version left in the node's namespace
@@ -133,32 +165,15 @@ fn del_removes_the_pre_upgrade_leftovers_of_its_sandbox() {
     let current = cni::plugin::control_name("k8s", "sandbox-del");
     let others = cni::plugin::pre_upgrade_control_name("sandbox-other");
     let others_current = cni::plugin::control_name("k8s", "sandbox-other");
-    let root = cni::plugin::RECORDS_ROOT;
     let owned = cni::plugin::owned_dir("k8s").display().to_string();
-    let script = format!(
-        r#"set -e
-mkdir -p /run/wireguard {root}
-mount -t tmpfs tmpfs /run/wireguard
-mount -t tmpfs tmpfs {root}
-mkdir -p {owned}
-touch {owned}/{current} {owned}/{others_current}
-cd /run/wireguard
-python3 -c 'import socket, sys
-for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {earlier} {others}
-ip link add {earlier} type veth peer name delpeer1
-ip link add {current} type veth peer name delpeer2
-ip link add {others} type veth peer name delpeer3
-rc=0
-printf '%s' "$CONF" | "$@" || rc=$?
-echo "rc=$rc"
-ls /run/wireguard
-ls {owned} | sed 's/^/owned:/'
-ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
-"#
+    let setup = format!(
+        "mkdir -p {owned}\ntouch {owned}/{current} {owned}/{others_current}\n{}",
+        sockets_and_links(&[&earlier, &others], &[&earlier, &current, &others])
     );
     let conf = conf("1.1.0", Path::new("/nonexistent.sock"), "");
     let (stdout, stderr) = in_private_namespaces(
-        &script,
+        &setup,
+        &format!("ls {owned} | sed 's/^/owned:/'"),
         &conf,
         &[
             ("CNI_COMMAND", "DEL"),
@@ -191,8 +206,7 @@ ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
     }
 }
 
-/// GC in a private mount and network namespace (root): the userspace socket directory and the ADD records'
-/// directory are fresh tmpfs and the links are the namespace's own, so nothing of the machine's is touched.
+/// GC in a private mount and network namespace ([`in_private_namespaces`]).
 #[test]
 fn gc_removes_only_the_stale_pod_tunnels_of_sandboxes_the_runtime_no_longer_has() {
     // This network is `k8s` (the configuration's name); `macvlan-net` chains the plugin too.
@@ -231,46 +245,49 @@ fn gc_removes_only_the_stale_pod_tunnels_of_sandboxes_the_runtime_no_longer_has(
     // A name of this network's shape that this network never recorded as its own (another network's whose
     // 16-bit prefix is the same, say): GC does not take it.
     let unrecorded = name("sandbox-unrecorded");
-    let (root, records) = (cni::plugin::RECORDS_ROOT, cni::plugin::ADDING_DIR);
+    let records = cni::plugin::ADDING_DIR;
     let (owned, other_owned) = (
         cni::plugin::owned_dir("k8s").display().to_string(),
         cni::plugin::owned_dir("macvlan-net").display().to_string(),
     );
-    let script = format!(
-        r#"set -e
-mkdir -p /run/wireguard {root}
-mount -t tmpfs tmpfs /run/wireguard
-mount -t tmpfs tmpfs {root}
-mkdir -p {records} {owned} {other_owned}
+    let setup = format!(
+        r#"mkdir -p {records} {owned} {other_owned}
 # The names each network's ADDs recorded as their own.
 touch -d '-10 minutes' {owned}/{keep} {owned}/{stale} {owned}/{young} {owned}/{adding} {owned}/{crashed}
 touch -d '-10 minutes' {other_owned}/{other} {other_owned}/{other_crashed}
-cd /run/wireguard
-python3 -c 'import socket, sys
-for n in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(n + ".sock")' {keep} {stale} {young} {other} {legacy} {legacy_stale} {unrecorded} wgg000000000001 wg0
+{}
 # Old enough for GC, all but the tunnel whose ADD may still be running.
 touch -h -d '-10 minutes' {keep}.sock {stale}.sock {other}.sock {legacy}.sock {legacy_stale}.sock {unrecorded}.sock wgg000000000001.sock wg0.sock
 touch {records}/{adding}
-touch -d '-10 minutes' {records}/{crashed} {records}/{other_crashed}
-ip link add {stale} type veth peer name gcpeer1
-ip link add {keep} type veth peer name gcpeer2
-ip link add wgpnotours type veth peer name gcpeer3
-ip link add {adding} type veth peer name gcpeer4
-ip link add {crashed} type veth peer name gcpeer5
-ip link add {other} type veth peer name gcpeer6
-ip link add {other_crashed} type veth peer name gcpeer7
-ip link add {legacy_stale} type veth peer name gcpeer8
-ip link add {unrecorded} type veth peer name gcpeer9
-rc=0
-printf '%s' "$CONF" | "$@" || rc=$?
-echo "rc=$rc"
-ls /run/wireguard {records}
-ls {owned} | sed 's/^/owned:/'
-ls {other_owned} | sed 's/^/other-owned:/'
-ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1
-"#
+touch -d '-10 minutes' {records}/{crashed} {records}/{other_crashed}"#,
+        sockets_and_links(
+            &[
+                &keep,
+                &stale,
+                &young,
+                &other,
+                &legacy,
+                &legacy_stale,
+                &unrecorded,
+                "wgg000000000001",
+                "wg0"
+            ],
+            &[
+                &stale,
+                &keep,
+                "wgpnotours",
+                &adding,
+                &crashed,
+                &other,
+                &other_crashed,
+                &legacy_stale,
+                &unrecorded
+            ],
+        )
     );
-    let (stdout, stderr) = in_private_namespaces(&script, &conf, &[("CNI_COMMAND", "GC")]);
+    let listing =
+        format!("ls {records}\nls {owned} | sed 's/^/owned:/'\nls {other_owned} | sed 's/^/other-owned:/'");
+    let (stdout, stderr) = in_private_namespaces(&setup, &listing, &conf, &[("CNI_COMMAND", "GC")]);
     let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
     assert_eq!(
         lines.first(),
