@@ -210,6 +210,180 @@ fn probe_server(
     })
 }
 
+/// Stops the probe servers (its flag) and waits for them when dropped.
+struct StopGuard(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+        for t in self.1.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Two configurations applied and served on one gateway node (pods `pa` on `one`, `pb` on `two`), their probe
+/// answering 200 on both paths.
+struct ServedPair {
+    lab: Lab,
+    gw: GatewayNode,
+    one: LabConfig,
+    two: LabConfig,
+    served: agent::gateway::plan::GatewayPlan,
+    probe: ProbeState,
+    _server: StopGuard,
+}
+
+impl ServedPair {
+    fn start() -> ServedPair {
+        let (mut lab, gw, one, two) = two_configurations();
+        lab.add_pod("pa", Some("one"));
+        lab.add_pod("pb", Some("two"));
+        let plan = gateway_plan(&lab.gateway_input(&gw, &[(&one, SECONDARY_1), (&two, SECONDARY_2)]));
+        let report = gw.applier().apply(&plan).expect("gateway apply");
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let probe = ProbeState::default();
+        probe.set_active(agent::gateway::select::active_uids(&plan));
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = StopGuard(
+            stop.clone(),
+            vec![probe_server(
+                std::path::Path::new("/var/run/netns").join(&gw.ns),
+                probe.clone(),
+                stop,
+            )],
+        );
+        let pair = ServedPair {
+            lab,
+            gw,
+            one,
+            two,
+            served: plan,
+            probe,
+            _server: server,
+        };
+        wait_until("both probes answer 200", Duration::from_secs(5), || {
+            pair.status(&pair.one) == Some(200) && pair.status(&pair.two) == Some(200)
+        });
+        pair
+    }
+
+    /// What `cfg`'s probe path answers, asked from the router.
+    fn status(&self, cfg: &LabConfig) -> Option<u16> {
+        probe_status(
+            self.lab.path("rt"),
+            self.gw.ip,
+            api::names::lb_probe_path(&cfg.uid),
+        )
+    }
+
+    /// An applier whose every apply fails as a whole after the links (the node's interface is not there).
+    fn failing_applier(&self) -> agent::gateway::apply::GatewayApplier {
+        let mut broken = self.gw.applier();
+        broken.host_interface = "absent0".into();
+        broken
+    }
+
+    /// Applies the served plan with `broken`, which fails as a whole, and hands the probe what the node still
+    /// serves then.
+    fn fail_and_read_back(
+        &self,
+        broken: &agent::gateway::apply::GatewayApplier,
+    ) -> agent::gateway::plan::GatewayPlan {
+        broken
+            .apply(&self.served)
+            .expect_err("the apply fails as a whole");
+        let now = agent::gateway::run::still_serving(broken, &self.served, &self.served);
+        self.probe.set_active(agent::gateway::select::active_uids(&now));
+        now
+    }
+}
+
+/// A configuration whose link a failing apply removed (its port taken meanwhile, then the whole apply failed)
+/// answers 503 on its probe path; the configuration whose link is still there keeps answering 200.
+#[test]
+fn a_configuration_whose_link_a_failed_apply_removed_answers_503_on_its_probe() {
+    let pair = ServedPair::start();
+    let gw = &pair.gw;
+    // Configuration one's link goes away (its wireguard-go ended) and something else takes its port.
+    let egw = dataplane::netns::Netns::named(&gw.egw);
+    egw.ip(&["link", "del", "wg-6000"]).expect("delete wg-6000");
+    let gw_ns = pair.lab.path("gw1");
+    let mut taken = None;
+    wait_until("port 6000 free on the node", Duration::from_secs(5), || {
+        taken = in_netns(gw_ns.clone(), || {
+            std::net::UdpSocket::bind(("0.0.0.0", 6000)).ok()
+        })
+        .join()
+        .expect("bind thread");
+        taken.is_some()
+    });
+    // The next apply re-creates the link, which fails and is removed, then fails as a whole (the node's
+    // interface is not there).
+    let broken = pair.failing_applier();
+    pair.fail_and_read_back(&broken);
+    assert!(
+        !egw.link_exists("wg-6000").expect("links"),
+        "the failed link is removed"
+    );
+    assert_eq!(
+        pair.status(&pair.one),
+        Some(503),
+        "the configuration without its link is not served"
+    );
+    assert_eq!(
+        pair.status(&pair.two),
+        Some(200),
+        "the configuration whose link is there still is"
+    );
+    assert_eq!(
+        pair.lab.source_seen("pb", INET),
+        Some(SECONDARY_2),
+        "and it really carries its pods' traffic"
+    );
+    drop(taken);
+}
+
+/// A link a failing apply re-created is up with its port, key and peers, but the peers' routes went with the
+/// old link: those peers are not counted. A veth pair a failing apply re-created has lost the secondary IPs
+/// and the routes via the primary: no configuration is served, every probe answers 503.
+#[test]
+fn after_a_failed_apply_re_created_links_count_only_routed_peers_and_a_re_created_veth_serves_nothing() {
+    let pair = ServedPair::start();
+    let gw = &pair.gw;
+    let egw = dataplane::netns::Netns::named(&gw.egw);
+    let broken = pair.failing_applier();
+
+    egw.ip(&["link", "del", "wg-6000"]).expect("delete wg-6000");
+    let now = pair.fail_and_read_back(&broken);
+    assert!(
+        egw.link_exists("wg-6000").expect("links"),
+        "the failing apply re-created the link"
+    );
+    assert!(
+        now.links["wg-6000"].peers.is_empty(),
+        "its peer has no route: not counted"
+    );
+    assert_eq!(
+        now.links["wg-6001"].peers.len(),
+        1,
+        "the untouched link keeps its peer"
+    );
+    assert!(!now.ns_routes.iter().any(|r| r.dev == "wg-6000"));
+
+    let node = dataplane::netns::Netns::named(&gw.ns);
+    node.ip(&["link", "del", api::names::GATEWAY_VETH_HOST])
+        .expect("delete the veth pair");
+    let now = pair.fail_and_read_back(&broken);
+    assert!(
+        egw.link_exists(api::names::GATEWAY_VETH_NS).expect("links"),
+        "the failing apply re-created the veth pair"
+    );
+    assert!(now.links.is_empty(), "{:?}", now.links.keys());
+    assert_eq!(pair.status(&pair.one), Some(503));
+    assert_eq!(pair.status(&pair.two), Some(503));
+}
+
 #[test]
 fn draining_gateway_answers_503_and_the_router_moves_traffic_to_the_other() {
     let mut lab = Lab::new();
@@ -235,15 +409,6 @@ fn draining_gateway_answers_503_and_the_router_moves_traffic_to_the_other() {
             stop.clone(),
         ));
         probes.push(p);
-    }
-    struct StopGuard(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
-    impl Drop for StopGuard {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-            for t in self.1.drain(..) {
-                let _ = t.join();
-            }
-        }
     }
     let _servers = StopGuard(stop.clone(), servers);
     let path = api::names::lb_probe_path(&cfg.uid);

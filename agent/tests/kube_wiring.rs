@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent::gateway::apply::{ApplyError, ApplyReport, LinkError};
-use agent::gateway::plan::GatewayPlan;
+use agent::gateway::plan::{GatewayPlan, ObservedGateway};
 use agent::gateway::probe::ProbeState;
 use agent::gateway::run::{GatewayLoop, PlanApplier};
 use agent::gateway::select::NodeSettings;
@@ -97,6 +97,10 @@ impl PlanApplier for Recorder {
     fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
         self.0.lock().expect("lock").push(plan.clone());
         Ok(ApplyReport::default())
+    }
+    fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
+        // Applies nothing: the node has nothing.
+        Ok(ObservedGateway::default())
     }
 }
 
@@ -350,6 +354,33 @@ async fn gateway_loop_reads_only_the_key_secrets_the_operator_labels() {
     stop(stop_tx, task).await;
 }
 
+/// The Node `gw-node-1` and, for each `(name, port)`, a ready configuration on its pool with its key Secret.
+async fn gateway_node_serving(
+    client: &Client,
+    configurations: &[(&str, i32)],
+) -> Vec<StaticGatewayConfiguration> {
+    create_node(
+        client,
+        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node-1"}}),
+    )
+    .await;
+    let mut out = vec![];
+    for (name, port) in configurations {
+        out.push(ready_sgc(client, name, *port).await);
+        key_secret(client, name, true).await;
+    }
+    out
+}
+
+/// The GatewayStatus of `gw-node-1`, when there is one (and it can be read).
+async fn node_gateway_status(client: &Client) -> Option<GatewayStatus> {
+    Api::<GatewayStatus>::namespaced(client.clone(), "kube-system")
+        .get_opt("gw-node-1")
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Applies every link but those on `failing_port`, which it reports failed as the kernel applier does (the
 /// rest of the plan applied without them).
 #[derive(Debug)]
@@ -381,20 +412,111 @@ impl PlanApplier for FailingPort {
             failed,
         })
     }
+    fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
+        self.recorder.observe_gateway()
+    }
+}
+
+/// Applies every plan until `failing` is set; from then on every apply fails as a whole after losing the link
+/// `lost`, as the kernel applier does when its link fails and then the nftables rules are refused. Its node
+/// has the links of the last plan it was given, but `lost` once it fails.
+#[derive(Debug)]
+struct FailsLosingLink {
+    lost: &'static str,
+    failing: AtomicBool,
+    recorder: Recorder,
+}
+
+impl PlanApplier for FailsLosingLink {
+    fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
+        self.recorder.apply_plan(plan)?;
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(ApplyError::Cmd(dataplane::netns::CmdError {
+                cmd: "nft -f -".into(),
+                msg: "Error: Could not process rule".into(),
+            }));
+        }
+        Ok(ApplyReport::default())
+    }
+    fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
+        let plans = self.recorder.0.lock().expect("lock");
+        let Some(last) = plans.last() else {
+            return Ok(ObservedGateway::default());
+        };
+        let mut found = ObservedGateway::at_plan(last);
+        if self.failing.load(Ordering::SeqCst) {
+            found.links.remove(self.lost);
+        }
+        Ok(found)
+    }
+}
+
+#[tokio::test]
+async fn after_an_apply_that_fails_as_a_whole_a_configuration_whose_link_is_gone_is_not_served() {
+    let (_sim, client) = sim().await;
+    let [lost, kept] =
+        <[_; 2]>::try_from(gateway_node_serving(&client, &[("lost", 6000), ("kept", 6001)]).await)
+            .expect("two configurations");
+    let applier = Arc::new(FailsLosingLink {
+        lost: "wg-6000",
+        failing: AtomicBool::new(false),
+        recorder: Recorder::default(),
+    });
+    let lp = gateway_loop(applier.clone());
+    let (probe, metrics) = (lp.probe.clone(), lp.metrics.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(lp.run(client.clone(), stop_rx));
+    let path = |s: &StaticGatewayConfiguration| format!("/gw/{}", s.metadata.uid.clone().expect("uid"));
+    eventually("both configurations are active", || async {
+        probe.status_for(&path(&lost)) == StatusCode::OK && probe.status_for(&path(&kept)) == StatusCode::OK
+    })
+    .await;
+
+    // The next apply (a new PodEndpoint) fails as a whole, and its failing link is gone.
+    applier.failing.store(true, Ordering::SeqCst);
+    let applies = applier.recorder.applies();
+    create::<PodEndpoint>(
+        &client,
+        Some("default"),
+        json!({"apiVersion":"egressgateway.kubernetes.azure.com/v1alpha1","kind":"PodEndpoint",
+               "metadata":{"name":"pk","namespace":"default"},
+               "spec":{"staticGatewayConfiguration":"kept","podIpAddress":"10.244.0.6/32","podPublicKey":pubkey()}}),
+    )
+    .await;
+    eventually("the configuration whose link is gone is not active", || async {
+        applier.recorder.applies() > applies
+            && probe.status_for(&path(&lost)) == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert_eq!(
+        probe.status_for(&path(&kept)),
+        StatusCode::OK,
+        "the configuration whose link is still there is served"
+    );
+    eventually(
+        "GatewayStatus lists only the configuration still served",
+        || async {
+            node_gateway_status(&client).await.is_some_and(|g| {
+                g.spec
+                    .ready_gateway_configurations
+                    .iter()
+                    .map(|c| c.static_gateway_configuration.as_str())
+                    .eq(["default/kept"])
+            })
+        },
+    )
+    .await;
+    let text = metrics.encode();
+    assert!(text.contains("gateway_configurations 1"), "{text}");
+    stop(stop_tx, task).await;
 }
 
 #[tokio::test]
 async fn a_configuration_whose_link_fails_is_left_out_and_the_others_are_served() {
     let (_sim, client) = sim().await;
-    create_node(
-        &client,
-        json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-node-1"}}),
-    )
-    .await;
-    let broken = ready_sgc(&client, "broken", 6000).await;
-    let healthy = ready_sgc(&client, "healthy", 6001).await;
-    key_secret(&client, "broken", true).await;
-    key_secret(&client, "healthy", true).await;
+    let [broken, healthy] =
+        <[_; 2]>::try_from(gateway_node_serving(&client, &[("broken", 6000), ("healthy", 6001)]).await)
+            .expect("two configurations");
     for (name, sgc) in [("pb", "broken"), ("ph", "healthy")] {
         create::<PodEndpoint>(
             &client,
@@ -430,20 +552,16 @@ async fn a_configuration_whose_link_fails_is_left_out_and_the_others_are_served(
         ready.load(Ordering::Acquire),
         "a partial apply still serves: ready"
     );
-    let statuses: Api<GatewayStatus> = Api::namespaced(client.clone(), "kube-system");
     eventually(
         "GatewayStatus lists the healthy configuration and its peer",
         || async {
-            statuses
-                .get_opt("gw-node-1")
+            node_gateway_status(&client)
                 .await
-                .ok()
-                .flatten()
                 .is_some_and(|g| g.spec.ready_peer_configurations.len() == 1)
         },
     )
     .await;
-    let gs = statuses.get("gw-node-1").await.expect("status");
+    let gs = node_gateway_status(&client).await.expect("status");
     let listed: Vec<&str> = gs
         .spec
         .ready_gateway_configurations

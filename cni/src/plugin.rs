@@ -146,9 +146,92 @@ async fn gateway_of(conf: &NetConf, k8s: &K8sArgs) -> Result<Option<String>, Cni
         .filter(|s| !s.is_empty()))
 }
 
-/// Name the pod's WireGuard link is created with (and its UAPI socket name): unique per container.
-pub fn control_name(container_id: &str) -> String {
+/// Name the pod's WireGuard link is created with (and its UAPI socket name), for the sandbox `container_id`
+/// attached to the network `network` (the configuration's `name`): [`network_prefix`] of the network, then a
+/// hash of the sandbox, so one sandbox on two networks chaining the plugin has two names. GC of one network
+/// touches only the names it recorded ([`owned_dir`]).
+pub fn control_name(network: &str, container_id: &str) -> String {
+    format!(
+        "{}{:08x}",
+        network_prefix(network),
+        fnv1a64(container_id.as_bytes()) & 0xffff_ffff
+    )
+}
+
+/// The first 7 characters of every [`control_name`] of the network `network`: `wgp` and 4 hex digits of a
+/// hash of its name.
+pub fn network_prefix(network: &str) -> String {
+    format!("wgp{:04x}", fnv1a64(network.as_bytes()) & 0xffff)
+}
+
+/// The name versions before [`control_name`] carried its network gave the pod link of the sandbox
+/// `container_id` (and its UAPI socket): `wgp` and 12 hex digits of a hash of the sandbox, whatever the
+/// network. GC leaves such names alone (they do not carry a network); DEL of that sandbox removes them.
+pub fn pre_upgrade_control_name(container_id: &str) -> String {
     format!("wgp{:012x}", fnv1a64(container_id.as_bytes()) & 0xffff_ffff_ffff)
+}
+
+/// The pod link's [`control_name`] of this invocation.
+fn pod_control_name(env: &CniEnv, conf: &NetConf) -> String {
+    control_name(&conf.name, &env.container_id)
+}
+
+/// Where ADD records that it is creating a pod link, before it creates it: an empty file named after the
+/// link ([`control_name`]), whose modification time says when. GC leaves a link whose record is younger than
+/// [`GC_GRACE`] (its ADD may still be running); ADD removes the record when it is done.
+pub const ADDING_DIR: &str = "/run/kube-egress-cni/adding";
+
+/// Where the plugin records the pod link names the network `network` owns: an empty file per name, written by
+/// ADD before it creates the link and removed by DEL, or by GC once what the name stands for is gone. Under
+/// `/run/kube-egress-cni/` in a directory named by the full 64-bit hash of the network's name: GC of one
+/// network touches only the names recorded there, never another network's (the 16-bit [`network_prefix`]
+/// of two networks may be the same).
+pub fn owned_dir(network: &str) -> PathBuf {
+    PathBuf::from(RECORDS_ROOT).join(format!("{:016x}", fnv1a64(network.as_bytes())))
+}
+
+/// The directory of the plugin's records (ADD records and each network's owned names).
+pub const RECORDS_ROOT: &str = "/run/kube-egress-cni";
+
+/// Records in [`owned_dir`] that the network `network` owns link `name` (best effort: without it GC leaves
+/// that name's leftovers to the DEL of its sandbox).
+fn record_owned(network: &str, name: &str) {
+    let dir = owned_dir(network);
+    if let Err(e) = write_record(&dir, name) {
+        eprintln!("kube-egress-cni: recording {name} in {}: {e}", dir.display());
+    }
+}
+
+/// Records in [`ADDING_DIR`] that ADD is creating link `name`; the record's path, when it could be written
+/// (best effort: without it only a GC racing this ADD could take its link).
+fn record_adding(name: &str) -> Option<PathBuf> {
+    match write_record(std::path::Path::new(ADDING_DIR), name) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            eprintln!("kube-egress-cni: recording {name} in {ADDING_DIR}: {e}");
+            None
+        }
+    }
+}
+
+/// Writes the empty record `dir/name` (its modification time now) and returns its path. `dir` and any missing
+/// parent are created 0700 (only root, as the plugin runs, writes there); the record is opened without
+/// following a symbolic link, so one planted in its place cannot make the plugin truncate another file.
+fn write_record(dir: &std::path::Path, name: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&path)?;
+    Ok(path)
 }
 
 async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
@@ -167,8 +250,10 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         return Ok(conf::passthrough(Some(prev), &conf.cni_version));
     };
     check_host_tools()?;
+    record_owned(&conf.name, &pod_control_name(env, conf));
+    let record = record_adding(&pod_control_name(env, conf));
     let mut undo = Undo::new(env, conf, &k8s);
-    match add_annotated(env, conf, &k8s, &gateway, prev, &mut undo).await {
+    let added = match add_annotated(env, conf, &k8s, &gateway, prev, &mut undo).await {
         Ok(v) => {
             undo.disarm();
             Ok(v)
@@ -177,7 +262,12 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             undo.run().await;
             Err(e)
         }
+    };
+    // Done: the link has left the node's namespace, or it is deleted.
+    if let Some(path) = record {
+        let _ = std::fs::remove_file(path);
     }
+    added
 }
 
 async fn add_annotated(
@@ -221,7 +311,7 @@ async fn add_annotated(
     let handle = wg
         .create_and_move(
             &Netns::Current,
-            &control_name(&env.container_id),
+            &pod_control_name(env, conf),
             &podns,
             POD_WG_INTERFACE,
         )
@@ -410,6 +500,8 @@ fn link_local_of(ns: &Netns, eth: &str, pod_ip: Ipv4Addr) -> Ipv6Addr {
 #[derive(Debug)]
 struct Undo {
     env: CniEnv,
+    /// The pod link's [`control_name`].
+    control_name: String,
     socket: PathBuf,
     k8s: K8sArgs,
     armed: bool,
@@ -423,6 +515,7 @@ impl Undo {
     fn new(env: &CniEnv, conf: &NetConf, k8s: &K8sArgs) -> Self {
         Undo {
             env: env.clone(),
+            control_name: pod_control_name(env, conf),
             socket: socket(conf),
             k8s: k8s.clone(),
             armed: true,
@@ -450,7 +543,7 @@ impl Undo {
         }
         if self.wg_created {
             let _ = podns.ip(&["link", "del", POD_WG_INTERFACE]);
-            let _ = Netns::Current.ip(&["link", "del", &control_name(&self.env.container_id)]);
+            let _ = Netns::Current.ip(&["link", "del", &self.control_name]);
         }
         if self.nic_added {
             nic_del(&self.socket, &self.k8s, sandbox_info(&self.env, &self.k8s)).await;
@@ -536,10 +629,28 @@ async fn del(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             remove_pod_rules(&podns);
         }
     }
-    // A link left in the host namespace by an interrupted ADD.
-    let ctl = control_name(&env.container_id);
-    if let Err(e) = delete_link_if_present(&Netns::Current, &ctl).await {
-        eprintln!("kube-egress-cni: DEL {ctl}: {e}");
+    // A link left in the host namespace by an interrupted ADD, of this version or of one before the upgrade
+    // (whose names GC does not know), and that earlier ADD's userspace tunnel.
+    let earlier = pre_upgrade_control_name(&env.container_id);
+    let mut failed = Vec::new();
+    for ctl in [pod_control_name(env, conf), earlier.clone()] {
+        if let Err(e) = delete_link_if_present(&Netns::Current, &ctl).await {
+            failed.push(format!("{ctl}: {e}"));
+        }
+    }
+    remove_if_present(
+        &dataplane::wg::userspace_socket_dir().join(format!("{earlier}.sock")),
+        &mut failed,
+    );
+    // This network's record that it owns the name, once what it stands for is gone (else GC retries).
+    if failed.is_empty() {
+        remove_if_present(
+            &owned_dir(&conf.name).join(pod_control_name(env, conf)),
+            &mut failed,
+        );
+    }
+    for f in failed {
+        eprintln!("kube-egress-cni: DEL {f}");
     }
     let annotated = match conf.runtime_annotations() {
         Some(a) => a.contains_key(POD_GATEWAY_ANNOTATION),
@@ -629,15 +740,19 @@ fn status() -> Result<Value, CniError> {
     Ok(Value::Null)
 }
 
-/// How old a userspace tunnel of no valid attachment must be before GC removes it: an ADD still running when
-/// the runtime listed its attachments is not in the list yet.
+/// How old what ADD made for a sandbox of no valid attachment must be before GC removes it: an ADD still
+/// running when the runtime listed its attachments is not in the list yet.
 const GC_GRACE: Duration = Duration::from_secs(60);
 
 /// GC: removes what ADD made in the host namespace for a sandbox the runtime no longer has: a pod link left
 /// there by an interrupted ADD (`wgp…`, [`control_name`]) and a userspace pod tunnel's UAPI socket, which ends
-/// its `wireguard-go` and, with it, the pod's `wg0`. Only names of our own pattern are touched; whatever sits
-/// in a pod's network namespace goes with that namespace. Best effort: every leftover is tried, and the
-/// ones that could not be removed are reported together.
+/// its `wireguard-go` and, with it, the pod's `wg0`. Only names this network owns ([`owned_dir`]: ADD records
+/// a name there before it creates the link) are touched: `cni.dev/valid-attachments` lists this network's
+/// attachments only, and what another network's chained instance of the plugin made is that network's GC's.
+/// A name whose UAPI socket or ADD record ([`ADDING_DIR`]) is younger than [`GC_GRACE`] is left for the next GC
+/// (its ADD may still be running). A stale name's ownership record goes once its link, socket and ADD record
+/// are gone. Whatever sits in a pod's network namespace goes with that namespace. Best effort: every leftover
+/// is tried, and the ones that could not be removed are reported together.
 fn gc(conf: &NetConf) -> Result<Value, CniError> {
     let Some(valid) = conf.valid_attachments.as_ref() else {
         return Err(CniError::new(
@@ -646,45 +761,69 @@ fn gc(conf: &NetConf) -> Result<Value, CniError> {
             "GC needs cni.dev/valid-attachments (an empty list when no attachment is valid)",
         ));
     };
-    let keep: std::collections::BTreeSet<String> =
-        valid.iter().map(|a| control_name(&a.container_id)).collect();
-    let ours = |name: &str| is_control_name(name) && !keep.contains(name);
-    let mut failed = Vec::new();
+    // A name of an earlier version ([`pre_upgrade_control_name`]) is never recorded: GC ignores it, and the
+    // DEL of its sandbox removes it.
+    let keep: std::collections::BTreeSet<String> = valid
+        .iter()
+        .map(|a| control_name(&conf.name, &a.container_id))
+        .collect();
+    let owned = owned_dir(&conf.name);
     let dir = dataplane::wg::userspace_socket_dir();
-    let young = |name: &str| {
-        std::fs::symlink_metadata(dir.join(format!("{name}.sock")))
+    let adding = PathBuf::from(ADDING_DIR);
+    let young_file = |path: PathBuf| {
+        std::fs::symlink_metadata(path)
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().map_or(true, |age| age < GC_GRACE))
     };
+    let young = |name: &str| young_file(dir.join(format!("{name}.sock"))) || young_file(adding.join(name));
+    let stale: Vec<String> = std::fs::read_dir(&owned)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| is_control_name(n) && !keep.contains(n) && !young(n))
+        .collect();
+    if stale.is_empty() {
+        return Ok(Value::Null);
+    }
     let links = Netns::Current
         .ip_json(&["link", "show"])
         .map_err(|e| dp_err("GC: list links", e))?;
-    for name in links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str())
-        .filter(|n| ours(n) && !young(n))
-    {
-        if let Err(e) = Netns::Current.ip(&["link", "del", name]) {
+    let has_link = |name: &str| {
+        links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["ifname"].as_str() == Some(name))
+    };
+    let mut failed = Vec::new();
+    for name in &stale {
+        let before = failed.len();
+        if has_link(name)
+            && let Err(e) = Netns::Current.ip(&["link", "del", name])
+        {
             failed.push(format!("link {name}: {e}"));
         }
-    }
-    for name in dataplane::wg::userspace_devices(&dir, "wgp")
-        .into_iter()
-        .filter(|n| ours(n) && !young(n))
-    {
-        let path = dir.join(format!("{name}.sock"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => failed.push(format!("{}: {e}", path.display())),
+        for path in [dir.join(format!("{name}.sock")), adding.join(name)] {
+            remove_if_present(&path, &mut failed);
+        }
+        if failed.len() == before {
+            remove_if_present(&owned.join(name), &mut failed);
         }
     }
     if failed.is_empty() {
         Ok(Value::Null)
     } else {
         Err(dp_err("GC: stale pod tunnels left", failed.join("; ")))
+    }
+}
+
+/// Removes the file `path` when it is there; a failure is added to `failed`.
+fn remove_if_present(path: &std::path::Path, failed: &mut Vec<String>) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => failed.push(format!("{}: {e}", path.display())),
     }
 }
 
@@ -702,13 +841,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn control_names_are_valid_unique_interface_names() {
-        let a = control_name("abc");
-        let b = control_name("abd");
+    fn records_are_written_in_a_0700_directory_and_never_through_a_symbolic_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("run").join("adding");
+        let path = write_record(&dir, "wgp0000aaaaaaaa").expect("record");
+        assert_eq!(path, dir.join("wgp0000aaaaaaaa"));
+        for d in [&dir, &tmp.path().join("run")] {
+            let mode = std::fs::metadata(d).expect("dir").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        // Written again (a retried ADD): the record is renewed.
+        write_record(&dir, "wgp0000aaaaaaaa").expect("record again");
+
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"keep").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.join("wgp0000bbbbbbbb")).expect("symlink");
+        write_record(&dir, "wgp0000bbbbbbbb").expect_err("a symbolic link is not followed");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"keep");
+    }
+
+    #[test]
+    fn control_names_are_valid_unique_interface_names_prefixed_by_their_network() {
+        let a = control_name("k8s", "abc");
+        let b = control_name("k8s", "abd");
         assert_ne!(a, b);
         assert_eq!(a.len(), 15);
-        assert!(a.starts_with("wgp"));
-        assert_eq!(control_name(""), control_name(""));
+        assert!(is_control_name(&a), "{a}");
+        assert!(a.starts_with(&network_prefix("k8s")), "{a}");
+        assert_eq!(control_name("k8s", ""), control_name("k8s", ""));
+        let other = control_name("macvlan-net", "abc");
+        assert_ne!(other, a, "one sandbox on two networks: two names");
+        assert!(!other.starts_with(&network_prefix("k8s")), "{other}");
     }
 
     #[tokio::test]

@@ -535,7 +535,8 @@ spec: {}
             r = cluster.kubectl(*args, stdin=stdin, as_sa=sa)
             assert r.returncode == 0 or "NotFound" in r.stderr, f"{sa}: kubectl {' '.join(args)}: {r.stderr}"
             assert "forbidden" not in r.stderr.lower(), f"{sa}: kubectl {' '.join(args)}: {r.stderr}"
-    # What they never do: lists where they get by name, other ConfigMaps, Secrets, the other agent's writes.
+    # What they never do: lists where they get by name, other ConfigMaps, Secrets, the other agent's writes; the
+    # gateway agent reads no pod (gateway nodes do not read pods' specs).
     refused = {
         node_agent: [
             ("get", "secrets", "-n", NAMESPACE), ("get", "pods", "-A"), ("get", "nodes"),
@@ -543,7 +544,7 @@ spec: {}
         ],
         gateway_agent: [
             ("create", "--dry-run=server", "-f", "-", pe), ("get", "secrets", "-A"),
-            ("get", "gatewaystatuses", "-n", NAMESPACE),
+            ("get", "gatewaystatuses", "-n", NAMESPACE), ("get", "pod", "p", "-n", "app"), ("get", "pods", "-A"),
         ],
     }
     for sa, calls in refused.items():

@@ -12,7 +12,7 @@ use dataplane::wg::{DeviceChange, PeerSpec, WgError, WgHandle, WireGuard, link_a
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
 
-use super::plan::{GatewayPlan, LinkPlan, NsRoute};
+use super::plan::{GatewayPlan, LinkPlan, NsRoute, ObservedGateway, ObservedLink};
 
 /// Errors of the applier.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,56 @@ impl GatewayApplier {
         gw.nft(&plan.gateway_nft)?;
         self.host.nft(&plan.host_nft)?;
         Ok(r)
+    }
+
+    /// What the gateway namespace has now (nothing when it does not exist): the veth pair's state, `host0`'s
+    /// addresses, the namespace's routes and its WireGuard links (`wg-<port>`), each with its state. A link whose
+    /// device cannot be read is left out: it cannot carry traffic as planned. `Err` when the links, addresses or
+    /// routes cannot be listed.
+    pub fn observe(&self) -> Result<ObservedGateway, ApplyError> {
+        let gw = self.gw();
+        let mut found = ObservedGateway::default();
+        if !gw.exists() {
+            return Ok(found);
+        }
+        let links = gw.ip_json(&["link", "show"])?;
+        let host_links = self.host.ip_json(&["link", "show"])?;
+        found.veth_up = is_up(&links, GATEWAY_VETH_NS) && is_up(&host_links, GATEWAY_VETH_HOST);
+        if found.veth_up {
+            found.ns_addresses = addresses(&gw, GATEWAY_VETH_NS)?.into_keys().collect();
+        }
+        found.ns_routes = routes(&gw)?;
+        for l in links.as_array().into_iter().flatten() {
+            let Some(name) = l["ifname"]
+                .as_str()
+                .filter(|n| port_of_gateway_wg_interface(n).is_some())
+            else {
+                continue;
+            };
+            let control = l["ifalias"].as_str().unwrap_or(name).to_string();
+            let handle = WgHandle {
+                netns: gw.clone(),
+                ifname: name.to_string(),
+                control_name: control,
+            };
+            let Ok(device) = self.wg.device_stats(&handle) else {
+                continue;
+            };
+            found.links.insert(
+                name.to_string(),
+                ObservedLink {
+                    up: is_up(&links, name),
+                    listen_port: device.listen_port,
+                    public_key: device.public_key,
+                    peers: device
+                        .peers
+                        .into_iter()
+                        .map(|p| (p.peer.public_key, p.peer.allowed_ips))
+                        .collect(),
+                },
+            );
+        }
+        Ok(found)
     }
 
     /// A secondary IP must live only in the gateway namespace (docs/dataplane.md, as upstream's daemon): if the node's
@@ -349,15 +399,10 @@ fn wg_links(ns: &Netns) -> Result<BTreeSet<String>, CmdError> {
         .unwrap_or_default())
 }
 
-fn sync_addresses(
-    ns: &Netns,
-    dev: &str,
-    want: &BTreeSet<Ipv4Addr>,
-    label: Option<&str>,
-    r: &mut ApplyReport,
-) -> Result<(), ApplyError> {
+/// The IPv4 addresses on `dev`, each with its prefix length and label.
+fn addresses(ns: &Netns, dev: &str) -> Result<BTreeMap<Ipv4Addr, (u8, Option<String>)>, CmdError> {
     let v = ns.ip_json(&["-4", "addr", "show", "dev", dev])?;
-    let mut have: BTreeMap<Ipv4Addr, (u8, Option<String>)> = BTreeMap::new();
+    let mut have = BTreeMap::new();
     for a in v
         .as_array()
         .into_iter()
@@ -371,6 +416,25 @@ fn sync_addresses(
             have.insert(ip, (len as u8, a["label"].as_str().map(str::to_string)));
         }
     }
+    Ok(have)
+}
+
+/// Whether `ip -j link show`'s `links` has `name`, administratively up.
+fn is_up(links: &Value, name: &str) -> bool {
+    links.as_array().into_iter().flatten().any(|l| {
+        l["ifname"].as_str() == Some(name)
+            && l["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "UP"))
+    })
+}
+
+fn sync_addresses(
+    ns: &Netns,
+    dev: &str,
+    want: &BTreeSet<Ipv4Addr>,
+    label: Option<&str>,
+    r: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let have = addresses(ns, dev)?;
     for ip in want {
         if have.get(ip).map(|(l, _)| *l) != Some(32) {
             let cidr = format!("{ip}/32");
@@ -412,20 +476,25 @@ fn route_key(v: &Value) -> Option<NsRoute> {
     })
 }
 
-fn sync_routes(
-    ns: &Netns,
-    want: &[NsRoute],
-    owned_dev: impl Fn(&str) -> bool,
-    r: &mut ApplyReport,
-) -> Result<(), ApplyError> {
-    let have: BTreeSet<NsRoute> = ns
+/// The IPv4 routes of `ns`'s main table, but the kernel's own.
+fn routes(ns: &Netns) -> Result<BTreeSet<NsRoute>, CmdError> {
+    Ok(ns
         .ip_json(&["-4", "route", "show", "table", "main"])?
         .as_array()
         .into_iter()
         .flatten()
         .filter(|v| v["protocol"].as_str() != Some("kernel"))
         .filter_map(route_key)
-        .collect();
+        .collect())
+}
+
+fn sync_routes(
+    ns: &Netns,
+    want: &[NsRoute],
+    owned_dev: impl Fn(&str) -> bool,
+    r: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let have = routes(ns)?;
     let want_set: BTreeSet<&NsRoute> = want.iter().collect();
     // One `ip -batch` per direction instead of one process per route: 1000 peers are 1000 routes.
     let adds: Vec<&NsRoute> = want.iter().filter(|w| !have.contains(w)).collect();

@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use api::names::{GATEWAY_VETH_HOST, GATEWAY_VETH_NS, NFT_TABLE, fnv1a64, gateway_wg_interface};
 use dataplane::nft::replace_table_preamble;
 use dataplane::wg::PrivateKey;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::jiff::Timestamp;
 
 /// A pod peer (from a PodEndpoint).
@@ -176,6 +176,131 @@ impl GatewayPlan {
     }
 }
 
+/// A WireGuard link as found in the gateway namespace (part of an [`ObservedGateway`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedLink {
+    /// Administratively up.
+    pub up: bool,
+    /// Its listen port, when it has one.
+    pub listen_port: Option<u16>,
+    /// Public key of its private key, when it has one (base64).
+    pub public_key: Option<String>,
+    /// Its peers: public key → allowed IPs.
+    pub peers: BTreeMap<String, Vec<IpNet>>,
+}
+
+impl ObservedLink {
+    /// A link exactly at its plan `l`: up, with its port, key and peers.
+    pub fn at_plan(l: &LinkPlan) -> ObservedLink {
+        ObservedLink {
+            up: true,
+            listen_port: Some(l.port),
+            public_key: Some(l.private_key.public_base64()),
+            peers: l
+                .peers
+                .iter()
+                .map(|(k, ip)| (k.clone(), vec![IpNet::V4(*ip)]))
+                .collect(),
+        }
+    }
+}
+
+/// The gateway namespace as found after an apply that failed as a whole (what [`serving_after_failure`]
+/// trusts): its WireGuard links and the shared parts every configuration needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedGateway {
+    /// The veth pair (`host-gateway` on the host, `host0` in the namespace) exists and both ends are up.
+    pub veth_up: bool,
+    /// The IPv4 addresses on `host0`.
+    pub ns_addresses: BTreeSet<Ipv4Addr>,
+    /// The IPv4 routes of the namespace's main table (not the kernel's own).
+    pub ns_routes: BTreeSet<NsRoute>,
+    /// The WireGuard links (`wg-<port>`) by interface name.
+    pub links: BTreeMap<String, ObservedLink>,
+}
+
+impl ObservedGateway {
+    /// A gateway namespace exactly at `plan`: veth up, its addresses, routes and links.
+    pub fn at_plan(plan: &GatewayPlan) -> ObservedGateway {
+        ObservedGateway {
+            veth_up: true,
+            ns_addresses: plan.ns_addresses.clone(),
+            ns_routes: plan.ns_routes.iter().cloned().collect(),
+            links: plan
+                .links
+                .values()
+                .map(|l| (l.ifname.clone(), ObservedLink::at_plan(l)))
+                .collect(),
+        }
+    }
+}
+
+/// What the node still serves after an apply that failed as a whole (or whose task died), from what was
+/// `found` in the gateway namespace. Nothing unless the shared parts are there: the veth pair up, and
+/// `<primary>/32 dev host0` and `default via <primary> dev host0`. Then a configuration of `serving` (what the
+/// node served before) whose link is there, up, with the listen port and key of its plan (the attempted one,
+/// for the same configuration, or the one before) and whose secondary IP is on `host0`, keeping only the peers
+/// that link really has with their `<pod>/32 dev wg-<port>` route (a link the failed apply re-created has lost
+/// its routes). A configuration the failed apply was adding is not served yet (its routes and nftables rules
+/// may not be there); one whose link is gone, down or not at its plan is not served any more, so the load
+/// balancer stops sending its flows here.
+pub fn serving_after_failure(
+    serving: &GatewayPlan,
+    attempted: &GatewayPlan,
+    found: &ObservedGateway,
+) -> GatewayPlan {
+    let shared = base_routes(serving.primary_ip);
+    let carried = found.veth_up && shared.iter().all(|r| found.ns_routes.contains(r));
+    let links = serving
+        .links
+        .iter()
+        .filter(|_| carried)
+        .filter_map(|(name, before)| {
+            let seen = found.links.get(name).filter(|l| l.up)?;
+            let at_plan = |l: &&LinkPlan| {
+                seen.listen_port == Some(l.port)
+                    && seen.public_key.as_deref() == Some(l.private_key.public_base64().as_str())
+                    && found.ns_addresses.contains(&l.secondary_ip)
+            };
+            let planned = attempted.links.get(name).filter(|l| l.uid == before.uid);
+            let mut link = planned.into_iter().chain([before]).find(at_plan)?.clone();
+            link.peers.retain(|key, ip| {
+                let route = NsRoute {
+                    dst: *ip,
+                    via: None,
+                    dev: name.clone(),
+                };
+                seen.peers.get(key).is_some_and(|ips| ips[..] == [IpNet::V4(*ip)])
+                    && found.ns_routes.contains(&route)
+            });
+            Some((name.clone(), link))
+        })
+        .collect();
+    assemble(
+        links,
+        serving.primary_ip,
+        &serving.frontend_ips,
+        attempted.warnings.clone(),
+    )
+}
+
+/// The routes every configuration needs in the gateway namespace: `<primary>/32 dev host0` (on-link) and
+/// `default via <primary> dev host0`.
+fn base_routes(primary_ip: Ipv4Addr) -> [NsRoute; 2] {
+    [
+        NsRoute {
+            dst: Ipv4Net::from(primary_ip),
+            via: None,
+            dev: GATEWAY_VETH_NS.into(),
+        },
+        NsRoute {
+            dst: Ipv4Net::default(),
+            via: Some(primary_ip),
+            dev: GATEWAY_VETH_NS.into(),
+        },
+    ]
+}
+
 /// Control name of a gateway link: unique per (namespace, port) so userspace sockets never collide.
 pub fn gateway_control_name(netns_name: &str, port: u16) -> String {
     let h = fnv1a64(format!("{netns_name}/{port}").as_bytes());
@@ -253,16 +378,7 @@ fn assemble(
     let secondaries: BTreeSet<Ipv4Addr> = used.iter().map(|l| l.secondary_ip).collect();
     let mut ns_routes = Vec::new();
     if !used.is_empty() {
-        ns_routes.push(NsRoute {
-            dst: Ipv4Net::from(primary_ip),
-            via: None,
-            dev: GATEWAY_VETH_NS.into(),
-        });
-        ns_routes.push(NsRoute {
-            dst: Ipv4Net::default(),
-            via: Some(primary_ip),
-            dev: GATEWAY_VETH_NS.into(),
-        });
+        ns_routes.extend(base_routes(primary_ip));
     }
     for l in links.values() {
         for ip in l.peers.values() {
@@ -627,6 +743,25 @@ mod tests {
     }
 
     #[test]
+    fn of_pod_endpoints_claiming_one_pod_ip_in_the_same_second_the_first_by_name_wins_in_any_list_order() {
+        let same = "2026-12-07T10:00:00Z";
+        let claims = [
+            created_at(peer("b-two", "K2", [10, 244, 0, 5]), same),
+            created_at(peer("a-one", "K1", [10, 244, 0, 5]), same),
+            created_at(peer("c-three", "K3", [10, 244, 0, 5]), same),
+        ];
+        for order in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+            let peers = order.iter().map(|&i| claims[i].clone()).collect();
+            let plan = gateway_plan(&input(vec![config(6000, [10, 0, 0, 6], peers)]));
+            assert_eq!(
+                plan.links["wg-6000"].peers.keys().collect::<Vec<_>>(),
+                vec!["K1"],
+                "{order:?}"
+            );
+        }
+    }
+
+    #[test]
     fn control_names_are_deterministic_valid_and_distinct() {
         let a = gateway_control_name("ns-static-egress-gateway", 6000);
         assert_eq!(a, gateway_control_name("ns-static-egress-gateway", 6000));
@@ -640,6 +775,134 @@ mod tests {
         let dbg = format!("{plan:?}");
         assert!(dbg.contains("<redacted>"));
         assert!(!dbg.contains(&plan.links["wg-6000"].private_key.0.to_base64()));
+    }
+
+    #[test]
+    fn after_a_failed_apply_only_configurations_whose_link_is_up_at_its_plan_are_served() {
+        let a = config(6000, [10, 0, 0, 6], vec![peer("a", "KA", [10, 244, 0, 5])]);
+        let b = config(6001, [10, 0, 0, 7], vec![peer("b", "KB", [10, 244, 0, 6])]);
+        let serving = gateway_plan(&input(vec![a.clone(), b.clone()]));
+        let links = |plan: &GatewayPlan| plan.links.keys().cloned().collect::<Vec<_>>();
+        let found = ObservedGateway::at_plan(&serving);
+        assert_eq!(
+            serving_after_failure(&serving, &serving, &found),
+            serving,
+            "links untouched: what was served still is"
+        );
+
+        // The failed apply removed a's link: only b is served, and everything of a goes.
+        let mut gone = found.clone();
+        gone.links.remove("wg-6000");
+        let after = serving_after_failure(&serving, &serving, &gone);
+        assert_eq!(links(&after), vec!["wg-6001"]);
+        assert_eq!(after, gateway_plan(&input(vec![b.clone()])));
+
+        // Down, on another port, or with a key of neither plan: not at its plan, not served.
+        for broken in [
+            ObservedLink {
+                up: false,
+                ..found.links["wg-6000"].clone()
+            },
+            ObservedLink {
+                listen_port: Some(6009),
+                ..found.links["wg-6000"].clone()
+            },
+            ObservedLink {
+                public_key: Some(key(99).public_base64()),
+                ..found.links["wg-6000"].clone()
+            },
+            ObservedLink {
+                public_key: None,
+                ..found.links["wg-6000"].clone()
+            },
+        ] {
+            let mut f = found.clone();
+            f.links.insert("wg-6000".into(), broken.clone());
+            assert_eq!(
+                links(&serving_after_failure(&serving, &serving, &f)),
+                vec!["wg-6001"],
+                "{broken:?}"
+            );
+        }
+
+        // A key rotation the failed apply did or did not get to: either key is a's own.
+        let mut rotated = a.clone();
+        rotated.private_key = key(77);
+        let attempted = gateway_plan(&input(vec![rotated, b.clone()]));
+        for link in [&attempted.links["wg-6000"], &serving.links["wg-6000"]] {
+            let mut f = found.clone();
+            f.links.insert("wg-6000".into(), ObservedLink::at_plan(link));
+            let after = serving_after_failure(&serving, &attempted, &f);
+            assert_eq!(after.links["wg-6000"], *link);
+        }
+        // The same port now another configuration's: the old one's link is served only with its own key.
+        let mut other = a.clone();
+        other.uid = "uid-other".into();
+        other.private_key = key(78);
+        let attempted = gateway_plan(&input(vec![other, b.clone()]));
+        let mut f = found.clone();
+        f.links.insert(
+            "wg-6000".into(),
+            ObservedLink::at_plan(&attempted.links["wg-6000"]),
+        );
+        assert_eq!(
+            links(&serving_after_failure(&serving, &attempted, &f)),
+            vec!["wg-6001"]
+        );
+
+        // A configuration the failed apply was adding is not served yet, even with its link up.
+        let c = config(6002, [10, 0, 0, 8], vec![]);
+        let attempted = gateway_plan(&input(vec![a.clone(), b.clone(), c]));
+        let mut f = found.clone();
+        f.links.insert(
+            "wg-6002".into(),
+            ObservedLink::at_plan(&attempted.links["wg-6002"]),
+        );
+        assert_eq!(
+            links(&serving_after_failure(&serving, &attempted, &f)),
+            vec!["wg-6000", "wg-6001"]
+        );
+
+        // Only the peers the link really has.
+        let mut f = found.clone();
+        if let Some(l) = f.links.get_mut("wg-6001") {
+            l.peers.clear();
+        }
+        let after = serving_after_failure(&serving, &serving, &f);
+        assert!(after.links["wg-6001"].peers.is_empty());
+        assert_eq!(after.links["wg-6000"].peers.len(), 1);
+        assert!(!after.ns_routes.iter().any(|r| r.dev == "wg-6001"));
+
+        // A link the failed apply re-created has its peers but lost their routes: those peers are not counted.
+        let mut f = found.clone();
+        f.ns_routes.retain(|r| r.dev != "wg-6001");
+        let after = serving_after_failure(&serving, &serving, &f);
+        assert!(after.links["wg-6001"].peers.is_empty());
+        assert_eq!(after.links["wg-6000"].peers.len(), 1);
+
+        // Without its secondary IP on host0, a configuration is not served.
+        let mut f = found.clone();
+        f.ns_addresses.remove(&Ipv4Addr::new(10, 0, 0, 6));
+        assert_eq!(
+            links(&serving_after_failure(&serving, &serving, &f)),
+            vec!["wg-6001"]
+        );
+
+        // Without the shared parts (the veth pair up, the on-link and default routes via the primary), none is.
+        let mut down = found.clone();
+        down.veth_up = false;
+        let mut no_default = found.clone();
+        no_default.ns_routes.retain(|r| r.dst.prefix_len() != 0);
+        let mut no_onlink = found.clone();
+        no_onlink
+            .ns_routes
+            .retain(|r| r.dst != Ipv4Net::from(serving.primary_ip));
+        for f in [down, no_default, no_onlink] {
+            assert!(
+                serving_after_failure(&serving, &serving, &f).links.is_empty(),
+                "{f:?}"
+            );
+        }
     }
 
     #[test]

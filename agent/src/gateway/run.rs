@@ -24,7 +24,7 @@ use kube::{Api, Client};
 use tokio::sync::{Notify, watch};
 
 use super::apply::{ApplyError, ApplyReport, GatewayApplier};
-use super::plan::{GatewayPlan, gateway_plan};
+use super::plan::{GatewayInput, GatewayPlan, ObservedGateway, gateway_plan, serving_after_failure};
 use super::probe::ProbeState;
 use super::select::{KeySecrets, NodeSettings, Skipped, active_uids, gateway_status, select};
 use super::tunnels::{TunnelLink, TunnelView};
@@ -38,11 +38,73 @@ use crate::object::NamespacedName;
 pub trait PlanApplier: std::fmt::Debug + Send + Sync + 'static {
     /// Applies `plan`.
     fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError>;
+    /// What the node's gateway namespace has now: its links and the shared parts (read after an apply that
+    /// failed as a whole).
+    fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError>;
 }
 
 impl PlanApplier for GatewayApplier {
     fn apply_plan(&self, plan: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
         self.apply(plan)
+    }
+    fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
+        self.observe()
+    }
+}
+
+/// What the node still serves after the apply of `attempted` failed as a whole (or its task died), when it
+/// served `serving` before: a failed apply may have removed or half-changed links, so the links are read back
+/// ([`PlanApplier::observe_gateway`]) and judged by [`serving_after_failure`]. When they cannot be read,
+/// nothing: the load balancer must not send a configuration's flows to a node that may not carry them.
+/// Blocking.
+pub fn still_serving(
+    applier: &dyn PlanApplier,
+    serving: &GatewayPlan,
+    attempted: &GatewayPlan,
+) -> GatewayPlan {
+    match applier.observe_gateway() {
+        Ok(found) => serving_after_failure(serving, attempted, &found),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the gateway links after a failed apply; no configuration is served");
+            serving.without_links(&serving.links.keys().cloned().collect())
+        }
+    }
+}
+
+/// What a failed apply's read-back is judged against: the plan of the last apply that succeeded (without the
+/// links it could not apply), kept apart from what was served after each failure since. Judged against that
+/// shrinking set instead, one read-back that found less (the namespace unreadable once) would keep those
+/// configurations out for the rest of a failure streak.
+#[derive(Debug, Clone)]
+struct LastSuccess(GatewayPlan);
+
+impl LastSuccess {
+    /// Nothing applied yet (in the gateway namespace `netns_name`).
+    fn new(netns_name: &str) -> LastSuccess {
+        LastSuccess(gateway_plan(&GatewayInput {
+            netns_name: netns_name.to_string(),
+            primary_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            frontend_ips: vec![],
+            configs: vec![],
+        }))
+    }
+
+    /// An apply succeeded and `applied` is what it applied.
+    fn succeeded(&mut self, applied: &GatewayPlan) {
+        self.0 = applied.clone();
+    }
+
+    /// What the node still serves after the apply of `attempted` failed as a whole: [`still_serving`] against
+    /// the last success, off the async threads; nothing when that fails too.
+    async fn read_back(&self, applier: Arc<dyn PlanApplier>, attempted: GatewayPlan) -> GatewayPlan {
+        let before = self.0.clone();
+        let nothing = before.without_links(&before.links.keys().cloned().collect());
+        tokio::task::spawn_blocking(move || still_serving(applier.as_ref(), &before, &attempted))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "reading the gateway links failed; no configuration is served");
+                nothing
+            })
     }
 }
 
@@ -324,6 +386,7 @@ impl GatewayLoop {
         let mut skips = SkipLog::default();
         // Configurations with a `gateway_configuration_apply_failures_total` series: removed with them.
         let mut counted: BTreeSet<String> = BTreeSet::new();
+        let mut last_success = LastSuccess::new(&self.settings.netns_name);
         loop {
             let sgc_list: Vec<StaticGatewayConfiguration> =
                 sgcs.state().iter().map(|s| (**s).clone()).collect();
@@ -343,7 +406,8 @@ impl GatewayLoop {
                 .gateway_apply_duration
                 .observe(started.elapsed().as_secs_f64());
             let mut next_wait = self.resync;
-            match res {
+            let succeeded = matches!(res, Ok(Ok(_)));
+            let applied = match res {
                 Ok(Ok(report)) => {
                     // What the kernel now has: the plan without the links that could not be applied. Only
                     // those configurations are left out of the probe, the metrics and the GatewayStatus.
@@ -371,35 +435,29 @@ impl GatewayLoop {
                         self.metrics.gateway_apply_failures.inc();
                         next_wait = back_off(&mut retry);
                     }
-                    self.probe.set_active(active_uids(&plan));
-                    self.tunnels.set(tunnel_links(&plan));
-                    self.metrics.gateway_configurations.set(plan.links.len() as i64);
-                    self.metrics
-                        .gateway_peers
-                        .set(plan.links.values().map(|l| l.peers.len() as i64).sum());
                     if !report.changes.is_empty() {
                         tracing::info!(changes = ?report.changes, elapsed_ms = started.elapsed().as_millis() as u64, "applied");
                     }
-                    self.ready.store(true, Ordering::Release);
-                    let applied = gateway_status(&sel.input, &plan);
-                    status.send_if_modified(|desired| {
-                        let newer = desired.as_ref() != Some(&applied);
-                        if newer {
-                            *desired = Some(applied);
-                        }
-                        newer
-                    });
+                    plan
                 }
                 Ok(Err(e)) => {
                     self.metrics.gateway_apply_failures.inc();
                     tracing::error!(error = %e, "gateway apply failed; retrying");
                     next_wait = back_off(&mut retry);
+                    last_success.read_back(self.applier.clone(), plan).await
                 }
                 Err(e) => {
                     self.metrics.gateway_apply_failures.inc();
                     tracing::error!(error = %e, "gateway apply task failed");
                     next_wait = retry;
+                    last_success.read_back(self.applier.clone(), plan).await
                 }
+            };
+            // Whatever the outcome, the probe, the metrics and the GatewayStatus follow what the node has.
+            self.publish(&sel.input, &applied, &status);
+            if succeeded {
+                self.ready.store(true, Ordering::Release);
+                last_success.succeeded(&applied);
             }
             tokio::select! {
                 _ = notify.notified() => {
@@ -410,6 +468,31 @@ impl GatewayLoop {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// Hands what the node serves to the probe, the tunnel readers, the gauges and the GatewayStatus writer.
+    fn publish(
+        &self,
+        input: &GatewayInput,
+        serving: &GatewayPlan,
+        status: &watch::Sender<Option<GatewayStatusSpec>>,
+    ) {
+        self.probe.set_active(active_uids(serving));
+        self.tunnels.set(tunnel_links(serving));
+        self.metrics
+            .gateway_configurations
+            .set(serving.links.len() as i64);
+        self.metrics
+            .gateway_peers
+            .set(serving.links.values().map(|l| l.peers.len() as i64).sum());
+        let applied = gateway_status(input, serving);
+        status.send_if_modified(|desired| {
+            let newer = desired.as_ref() != Some(&applied);
+            if newer {
+                *desired = Some(applied);
+            }
+            newer
+        });
     }
 
     async fn write_status(&self, client: &Client, spec: &GatewayStatusSpec) -> Result<(), ClusterError> {
@@ -454,6 +537,66 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Ok(ApplyReport::default())
         }
+        fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
+            // Applies nothing: the node has nothing.
+            Ok(ObservedGateway::default())
+        }
+    }
+
+    /// Every apply fails as a whole; the gateway namespace cannot be read the first `unreadable` times, then
+    /// it is exactly at `node` (what the failed applies did not touch).
+    #[derive(Debug)]
+    struct UnreadableAtFirst {
+        unreadable: AtomicUsize,
+        node: GatewayPlan,
+    }
+
+    impl PlanApplier for UnreadableAtFirst {
+        fn apply_plan(&self, _: &GatewayPlan) -> Result<ApplyReport, ApplyError> {
+            Err(ApplyError::Cmd(dataplane::netns::CmdError {
+                cmd: "nft -f -".into(),
+                msg: "Error: Could not process rule".into(),
+            }))
+        }
+        fn observe_gateway(&self) -> Result<ObservedGateway, ApplyError> {
+            let left = self.unreadable.load(Ordering::SeqCst);
+            if left > 0 {
+                self.unreadable.store(left - 1, Ordering::SeqCst);
+                return Err(ApplyError::Cmd(dataplane::netns::CmdError {
+                    cmd: "ip -j link show".into(),
+                    msg: "Cannot open network namespace".into(),
+                }));
+            }
+            Ok(ObservedGateway::at_plan(&self.node))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_namespace_unreadable_once_then_readable_again_serves_again_within_the_failure_streak() {
+        let key = dataplane::wg::PrivateKey::generate();
+        let plan = gateway_plan(&GatewayInput {
+            netns_name: "ns-static-egress-gateway".into(),
+            primary_ip: std::net::Ipv4Addr::new(10, 0, 0, 4),
+            frontend_ips: vec![std::net::Ipv4Addr::new(10, 0, 0, 100)],
+            configs: vec![super::super::plan::ConfigInput {
+                sgc: "app/egress".into(),
+                uid: "uid-egress".into(),
+                port: 6000,
+                private_key: key,
+                secondary_ip: std::net::Ipv4Addr::new(10, 0, 0, 6),
+                peers: vec![],
+            }],
+        });
+        let applier = Arc::new(UnreadableAtFirst {
+            unreadable: AtomicUsize::new(1),
+            node: plan.clone(),
+        });
+        let mut last = LastSuccess::new("ns-static-egress-gateway");
+        last.succeeded(&plan);
+        let first = last.read_back(applier.clone(), plan.clone()).await;
+        assert!(first.links.is_empty(), "unreadable: nothing is served");
+        let second = last.read_back(applier.clone(), plan.clone()).await;
+        assert_eq!(second, plan, "readable again: what the node has is served again");
     }
 
     /// A gateway loop on the simulator whose Node does not exist (yet): the GatewayStatus is owned by its
