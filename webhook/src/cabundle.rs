@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -62,26 +62,12 @@ async fn bundle_into(
     let wanted = certificates(ca_pem.as_bytes());
     let mut done = Bundled::default();
     if let Some(name) = mutating {
-        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-        let bundles = |c: &MutatingWebhookConfiguration| {
-            c.webhooks
-                .iter()
-                .flatten()
-                .map(|w| w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()))
-                .collect()
-        };
-        done.add(patch_one(&api, name, &bundle, &wanted, only, bundles).await?);
+        let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+        done.add(patch_one(&api, name, &bundle, &wanted, only).await?);
     }
     if let Some(name) = validating {
-        let api: Api<ValidatingWebhookConfiguration> = Api::all(client);
-        let bundles = |c: &ValidatingWebhookConfiguration| {
-            c.webhooks
-                .iter()
-                .flatten()
-                .map(|w| w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()))
-                .collect()
-        };
-        done.add(patch_one(&api, name, &bundle, &wanted, only, bundles).await?);
+        let api = Api::<ValidatingWebhookConfiguration>::all(client);
+        done.add(patch_one(&api, name, &bundle, &wanted, only).await?);
     }
     Ok(done)
 }
@@ -103,26 +89,47 @@ fn certificates(pem: &[u8]) -> BTreeSet<Vec<u8>> {
         .collect()
 }
 
-/// Patches `bundle` (base64) into every webhook of configuration `name` of `api`'s kind (`bundles` lists their
-/// current caBundles), unless `only` says to leave a configuration whose every webhook trusts all of `wanted`.
-/// Returns `None` when the configuration does not exist, else whether it was patched.
-async fn patch_one<K>(
+/// A webhook configuration kind: the caBundle of each of its webhooks.
+trait CaBundles:
+    kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned
+{
+    fn ca_bundles(&self) -> Vec<Option<Vec<u8>>>;
+}
+
+fn ca_bundles<'a>(clients: impl Iterator<Item = &'a WebhookClientConfig>) -> Vec<Option<Vec<u8>>> {
+    clients
+        .map(|c| c.ca_bundle.as_ref().map(|b| b.0.clone()))
+        .collect()
+}
+
+impl CaBundles for MutatingWebhookConfiguration {
+    fn ca_bundles(&self) -> Vec<Option<Vec<u8>>> {
+        ca_bundles(self.webhooks.iter().flatten().map(|w| &w.client_config))
+    }
+}
+
+impl CaBundles for ValidatingWebhookConfiguration {
+    fn ca_bundles(&self) -> Vec<Option<Vec<u8>>> {
+        ca_bundles(self.webhooks.iter().flatten().map(|w| &w.client_config))
+    }
+}
+
+/// Patches `bundle` (base64) into every webhook of configuration `name` of `api`'s kind, unless `only` says to
+/// leave a configuration whose every webhook trusts all of `wanted`. Returns `None` when the configuration does
+/// not exist, else whether it was patched.
+async fn patch_one<K: CaBundles>(
     api: &Api<K>,
     name: &str,
     bundle: &str,
     wanted: &BTreeSet<Vec<u8>>,
     only: Only,
-    bundles: impl Fn(&K) -> Vec<Option<Vec<u8>>>,
-) -> Result<Option<bool>, kube::Error>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
-{
+) -> Result<Option<bool>, kube::Error> {
     let kind = K::kind(&());
     let Some(cfg) = api.get_opt(name).await? else {
         tracing::warn!(name, %kind, "webhook configuration not found; caBundle not patched");
         return Ok(None);
     };
-    let current = bundles(&cfg);
+    let current = cfg.ca_bundles();
     let trusted = current
         .iter()
         .all(|b| b.as_deref().is_some_and(|b| certificates(b).is_superset(wanted)));

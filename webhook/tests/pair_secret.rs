@@ -502,3 +502,28 @@ async fn a_secret_that_cannot_be_served_is_replaced_saying_why() {
         "{error}"
     );
 }
+
+#[test]
+fn a_stored_pair_for_the_charts_names_is_served_as_it_is() {
+    // The names templates/webhook.yaml passes: one without a dot among them.
+    let names: Vec<String> = [
+        "kube-egress-gateway-webhook",
+        "kube-egress-gateway-webhook.kube-egress-gateway",
+        "kube-egress-gateway-webhook.kube-egress-gateway.svc",
+        "kube-egress-gateway-webhook.kube-egress-gateway.svc.cluster.local",
+    ]
+    .map(String::from)
+    .to_vec();
+    let now = time::OffsetDateTime::now_utc();
+    let made = tls::self_signed_at(&names, now, tls::SELF_SIGNED_LIFETIME).expect("pair");
+    let secret = secret_for(SECRET, &made, None);
+    let stored = webhook::pair_secret::pair_of(&secret, &names, now).expect("served as it is");
+    assert!(stored.same_certificate(&made));
+    assert_eq!(stored.not_after.unix_timestamp(), made.not_after.unix_timestamp());
+    assert_eq!(stored.issued.unix_timestamp(), made.issued.unix_timestamp());
+    // Not for a name it lacks; not once expired.
+    assert!(webhook::pair_secret::pair_of(&secret, &["other.svc".to_string()], now).is_err());
+    assert!(
+        webhook::pair_secret::pair_of(&secret, &names, made.not_after + time::Duration::seconds(1)).is_err()
+    );
+}
