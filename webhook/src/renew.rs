@@ -3,8 +3,8 @@
 //! does not verify the served certificate:
 //!
 //! 1. at two-thirds of the lifetime a new CA and serving certificate are made and published ([`Publish`]): kept
-//!    in the shared Secret ([`crate::pair_secret`]), and the webhook configurations' caBundle is patched to hold
-//!    the current CA **and** the new one;
+//!    in the shared Secret ([`crate::pair_secret`]; one replica without a Secret skips this), and the webhook
+//!    configurations' caBundle is patched to hold the current CA **and** the new one;
 //! 2. [`BUNDLE_PROPAGATION`] later (API servers read webhook configurations from a watch cache), the new
 //!    certificate is served from the next handshake on ([`CertStore::replace`]);
 //! 3. the old CA stays in the bundle until the next renewal replaces it (it verifies nothing any more, and

@@ -527,3 +527,29 @@ fn a_stored_pair_for_the_charts_names_is_served_as_it_is() {
         webhook::pair_secret::pair_of(&secret, &names, made.not_after + time::Duration::seconds(1)).is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_deleted_under_a_running_replica_is_written_anew_as_a_renewal() {
+    let world = World::new("deleted").await;
+    let replica = start(world.replica(time::Duration::seconds(1))).await;
+    let first = replica.started.serving.clone();
+    let secrets = Api::<Secret>::namespaced(world.admin.clone(), &world.namespace);
+    secrets.delete(SECRET, &Default::default()).await.expect("delete");
+    // A new pair, its CA trusted next to the served one before it is served.
+    eventually("the replica serves a new pair from a new Secret", || async {
+        let renewed = served(&replica.started.store) != first.key.cert[0];
+        let Ok(Some(secret)) = secrets.get_opt(SECRET).await else {
+            return false;
+        };
+        let data = secret.data.unwrap_or_default();
+        if renewed {
+            assert_eq!(data[PREVIOUS_CA_CRT].0, first.ca_pem.as_bytes());
+            for bundle in world.bundles().await.0 {
+                assert!(trusted(&bundle, replica.started.store.clone()).await);
+            }
+        }
+        renewed
+    })
+    .await;
+    assert_eq!(replica.reloads.get(), 1);
+}
