@@ -22,6 +22,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use prometheus_client::metrics::counter::Counter;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
 use time::{Duration, OffsetDateTime};
 
 use crate::cabundle::{Bundled, ensure_ca_bundle};
@@ -111,16 +113,26 @@ pub fn pair_of(secret: &Secret, dns_names: &[String], now: OffsetDateTime) -> Re
     )?)
 }
 
+/// The text of `key` in `secret`, if any.
+fn text_of<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|b| std::str::from_utf8(&b.0).ok())
+}
+
+/// The CA certificate (PEM) in `ca.crt` of `secret`, when it holds one.
+fn stored_ca(secret: &Secret) -> Option<String> {
+    let ca = text_of(secret, CA_CRT)?;
+    let parsed = CertificateDer::pem_slice_iter(ca.as_bytes()).next()?.ok()?;
+    x509_parser::parse_x509_certificate(&parsed).ok()?;
+    Some(ca.to_string())
+}
+
 /// The caBundle `secret` needs: its CA, and the one its pair replaced.
 pub fn bundle_of(secret: &Secret) -> String {
-    let text = |key| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(|b| std::str::from_utf8(&b.0).ok())
-            .unwrap_or_default()
-    };
+    let text = |key| text_of(secret, key).unwrap_or_default();
     let (ca, previous) = (text(CA_CRT), text(PREVIOUS_CA_CRT));
     if previous.is_empty() || previous == ca {
         ca.to_string()
@@ -193,12 +205,13 @@ impl std::fmt::Debug for Bundles {
 }
 
 impl Bundles {
-    /// Makes every named configuration trust every CA of `bundle`; an error when none exists (a CA in no
-    /// bundle verifies nothing).
-    async fn ensure(&self, bundle: &str) -> Result<Bundled, String> {
+    /// Makes every named configuration trust every CA of `bundle` besides those it trusts, less those of
+    /// `remove`; an error when none exists (a CA in no bundle verifies nothing).
+    async fn ensure(&self, bundle: &str, remove: &str) -> Result<Bundled, String> {
         let done = ensure_ca_bundle(
             self.client.clone(),
             bundle,
+            remove,
             self.mutating.as_deref(),
             self.validating.as_deref(),
         )
@@ -243,6 +256,7 @@ impl PairSecret {
             Some(current) => {
                 secret.metadata.resource_version = current.metadata.resource_version.clone();
                 secret.metadata.labels = current.metadata.labels.clone();
+                secret.metadata.annotations = current.metadata.annotations.clone();
                 self.api
                     .replace(&self.name, &PostParams::default(), &secret)
                     .await
@@ -281,14 +295,16 @@ impl PairSecret {
                 tracing::warn!(secret = %self.name, %why, "the Secret's certificate cannot be served; replacing it with a new self-generated pair");
             }
             let pair = self_signed_at(&self.dns_names, now, self.lifetime)?;
+            // Replicas running may serve the replaced pair: its CA stays trusted as after a renewal.
+            let replaced_ca = current.as_ref().and_then(stored_ca);
             if self
-                .write(current.as_ref(), &pair, None)
+                .write(current.as_ref(), &pair, replaced_ca.as_deref())
                 .await
                 .map_err(|e| self.kube(e))?
             {
                 let origin = why.map_or(Origin::Created, |why| Origin::Replaced { why });
                 tracing::info!(secret = %self.name, ?origin, "wrote a new self-generated pair to the Secret");
-                let bundle = pair.ca_pem.clone();
+                let bundle = format!("{}{}", pair.ca_pem, replaced_ca.unwrap_or_default());
                 return Ok((pair, bundle, origin));
             }
             tracing::info!(secret = %self.name, "another replica wrote the Secret first; reading its pair");
@@ -384,8 +400,14 @@ impl Publish for Publisher {
             return Ok(Published::Superseded);
         }
         tracing::info!(secret = %secret.name, "wrote the renewed pair to the Secret");
+        // The CA before the one being replaced leaves the bundle: no replica serves its pair any more.
+        let before = current
+            .as_ref()
+            .and_then(|s| text_of(s, PREVIOUS_CA_CRT))
+            .filter(|before| *before != serving_ca)
+            .unwrap_or_default();
         self.bundles
-            .ensure(&format!("{serving_ca}{}", next.ca_pem))
+            .ensure(&format!("{serving_ca}{}", next.ca_pem), before)
             .await?;
         Ok(Published::Done)
     }
@@ -472,6 +494,7 @@ impl SharedPair {
         let bundled = ensure_ca_bundle(
             self.client.clone(),
             &bundle,
+            "",
             self.mutating.as_deref(),
             self.validating.as_deref(),
         )
@@ -527,7 +550,9 @@ async fn keep(
         let now = OffsetDateTime::now_utc();
         let mut next = renewer.step(now, &publisher).await;
         if let Some((pair, bundle)) = seen.take() {
-            match publisher.bundles.ensure(&bundle).await {
+            // The CA served here stays trusted until the adopted pair is served.
+            let bundle = format!("{bundle}{}", renewer.serving_ca());
+            match publisher.bundles.ensure(&bundle, "").await {
                 Ok(_) => {
                     renewer.adopt(pair, OffsetDateTime::now_utc());
                     next = renewer.step(OffsetDateTime::now_utc(), &publisher).await;

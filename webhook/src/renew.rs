@@ -220,6 +220,11 @@ impl Renewer {
         self.expiry.renewal_failed();
     }
 
+    /// The CA of the certificate served now (PEM).
+    pub fn serving_ca(&self) -> &str {
+        &self.serving.ca_pem
+    }
+
     /// The wait after a failure.
     pub fn retry(&self) -> Duration {
         self.retry

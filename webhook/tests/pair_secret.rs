@@ -553,3 +553,64 @@ async fn a_secret_deleted_under_a_running_replica_is_written_anew_as_a_renewal()
     .await;
     assert_eq!(replica.reloads.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_replacing_the_pair_keeps_the_running_replicas_ca_trusted() {
+    let world = World::new("replacing").await;
+    let a = start(world.replica(time::Duration::minutes(5))).await;
+    // A chart change adds a DNS name: the next pod finds the stored pair unusable and writes a new one, while
+    // replica A still serves the old pair.
+    let mut changed = world.replica(time::Duration::minutes(5));
+    changed
+        .dns_names
+        .push("webhook.test.svc.cluster.local".to_string());
+    let b = start(changed).await;
+    assert!(
+        matches!(b.started.origin, Origin::Replaced { .. }),
+        "{:?}",
+        b.started.origin
+    );
+    assert_ne!(b.started.serving.ca_pem, a.started.serving.ca_pem);
+    let data = world.secret().await.data.expect("data");
+    assert_eq!(data[PREVIOUS_CA_CRT].0, a.started.serving.ca_pem.as_bytes());
+    let (bundles, _) = world.bundles().await;
+    assert_eq!(bundles.len(), 4);
+    for bundle in &bundles {
+        assert!(
+            trusted(bundle, a.started.store.clone()).await,
+            "A's certificate: {bundle}"
+        );
+        assert!(
+            trusted(bundle, b.started.store.clone()).await,
+            "B's certificate: {bundle}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_adding_cas_together_lose_none() {
+    let world = World::new("writers").await;
+    let cas_added: Vec<String> = (0..6)
+        .map(|i| {
+            tls::self_signed(&[format!("writer{i}.test.svc")])
+                .expect("pair")
+                .ca_pem
+        })
+        .collect();
+    let writes = cas_added.iter().map(|ca| {
+        let client = world.webhook_client();
+        let config = world.config.clone();
+        async move {
+            webhook::cabundle::ensure_ca_bundle(client, ca, "", Some(&config), Some(&config))
+                .await
+                .expect("the caBundle is patched")
+        }
+    });
+    futures::future::join_all(writes).await;
+    for bundle in world.bundles().await.0 {
+        let held = cas(&bundle);
+        for ca in &cas_added {
+            assert!(held.contains(&cas(ca)[0]), "a CA was lost: {bundle}");
+        }
+    }
+}
