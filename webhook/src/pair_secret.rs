@@ -411,6 +411,10 @@ impl Publish for Publisher {
             .await?;
         Ok(Published::Done)
     }
+
+    async fn confirm(&self, ca: &str) -> Result<bool, String> {
+        Ok(self.bundles.ensure(ca, "").await?.patched > 0)
+    }
 }
 
 /// The self-generated pair shared through a Secret; see the module documentation.

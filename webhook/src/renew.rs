@@ -48,6 +48,14 @@ pub trait Publish {
         serving_ca: &str,
         next: &SelfSigned,
     ) -> impl Future<Output = Result<Published, String>> + Send;
+
+    /// Makes sure the caBundle still holds `ca` (PEM) just before its certificate is served: `Ok(true)` when it
+    /// had to be patched back in (another writer dropped it), so serving waits another propagation. The
+    /// default (one replica, the bundle's only writer) trusts its own patch.
+    fn confirm(&self, ca: &str) -> impl Future<Output = Result<bool, String>> + Send {
+        let _ = ca;
+        std::future::ready(Ok(false))
+    }
 }
 
 /// A caBundle patch alone (one replica, no Secret): `patch` gets the bundle to write.
@@ -233,6 +241,23 @@ impl Renewer {
     /// Does what is due at `now`, publishing renewed pairs with `publish` (for one replica without a Secret, a
     /// closure patching caBundles); returns when it should be called again.
     pub async fn step<P: Publish>(&mut self, now: OffsetDateTime, publish: &P) -> OffsetDateTime {
+        if let Some((next, serve_at)) = &mut self.pending
+            && now >= *serve_at
+        {
+            match publish.confirm(&next.ca_pem).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    *serve_at = now + self.propagation;
+                    tracing::warn!(serve_at = %*serve_at, "the caBundle had lost the renewed CA; patched it back in, serving the renewed certificate after another propagation wait");
+                    return *serve_at;
+                }
+                Err(error) => {
+                    self.expiry.renewal_failed();
+                    tracing::warn!(%error, "cannot check that the caBundle holds the renewed CA; the current certificate is still served, retrying");
+                    return now + self.retry;
+                }
+            }
+        }
         if self
             .pending
             .as_ref()
