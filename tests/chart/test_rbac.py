@@ -170,19 +170,17 @@ def test_webhook_grants(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["webhook-generated", "webhook-generated-replicas"])
 def test_webhook_generated_mode_reaches_only_its_own_secret(mode: str) -> None:
-    # What webhook/src/pair_secret.rs calls: get and watch (by name), update of it, and create, which carries
-    # no name to authorize by. Nothing cluster-wide, no list, no other Secret.
+    # What webhook/src/pair_secret.rs calls: get, watch and update of that Secret by name (the chart renders
+    # it). No create (it carries no name to authorize by), nothing cluster-wide, no list, no other Secret.
     objs = scenario_objects(mode)
     sa = f"{PREFIX}-webhook"
-    assert secret_grants(objs, sa) == {NAMESPACE: {"get", "watch", "update", "create"}}
+    assert secret_grants(objs, sa) == {NAMESPACE: {"get", "watch", "update"}}
     secret = args_map(containers(one(objs, "Deployment", sa), init=False)[0])["--self-signed-secret"]
+    one(objs, "Secret", secret)
     for scope, r in rules_of(objs, sa):
         if "secrets" in r["resources"]:
             assert scope == NAMESPACE
-            if r["verbs"] == ["create"]:
-                assert "resourceNames" not in r
-            else:
-                assert r["resourceNames"] == [secret] and sorted(r["verbs"]) == ["get", "update", "watch"]
+            assert r["resourceNames"] == [secret] and sorted(r["verbs"]) == ["get", "update", "watch"]
 
 
 def test_webhook_reads_no_secret_outside_webhook_generated_mode(scenario: str) -> None:

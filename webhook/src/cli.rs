@@ -39,8 +39,9 @@ pub struct Args {
     /// Without certificate files: DNS names for a self-generated certificate (e.g. svc.ns.svc).
     #[arg(long, env = "WEBHOOK_SELF_SIGNED_DNS_NAMES", value_delimiter = ',')]
     pub self_signed_dns_names: Vec<String>,
-    /// Secret (in the webhook's namespace) that keeps the self-generated pair, so restarts reuse it and every
-    /// replica serves the same one. Without it each start makes a new CA (one replica only).
+    /// Secret (in the webhook's namespace; `Opaque`, possibly without data, or `kubernetes.io/tls`) that keeps
+    /// the self-generated pair, so restarts reuse it and every replica serves the same one. Without it each
+    /// start makes a new CA (one replica only).
     #[arg(long, env = "WEBHOOK_SELF_SIGNED_SECRET", requires = "self_signed_dns_names")]
     pub self_signed_secret: Option<String>,
     /// MutatingWebhookConfiguration to patch the self-generated CA into.

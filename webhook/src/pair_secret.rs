@@ -2,8 +2,10 @@
 //! that restarts and rolling updates serve the CA the webhook configurations already trust, and any number of
 //! replicas serve one pair.
 //!
-//! - At start ([`SharedPair::start`]) a replica reads the Secret (type `kubernetes.io/tls`: `tls.crt`,
-//!   `tls.key`, `ca.crt`, and `previous-ca.crt` after a renewal). A pair that verifies against its CA for every
+//! - At start ([`SharedPair::start`]) a replica reads the Secret (type `Opaque`, as the chart renders it
+//!   without data, or `kubernetes.io/tls`: `tls.crt`, `tls.key`, `ca.crt`, and `previous-ca.crt` after a
+//!   renewal). A Secret without data is filled like an absent one; an absent one is created when the webhook
+//!   may (the chart grants no `create`: it renders the Secret). A pair that verifies against its CA for every
 //!   DNS name now is served as it is; otherwise (absent, unusable, another's) a new pair is written, created or
 //!   updated with the `resourceVersion` read, so of replicas starting together one wins and the others, on
 //!   the conflict, read and serve the winner's. The caBundle is patched only when it lacks a CA of the Secret.
@@ -30,8 +32,10 @@ use crate::cabundle::{Bundled, ensure_ca_bundle};
 use crate::renew::{CertExpiry, Publish, Published, Renewer, wait_until};
 use crate::tls::{CertStore, SelfSigned, TlsError, Unusable, self_signed_at, stored_pair};
 
-/// The Secret's type.
+/// The type of a Secret the webhook creates.
 pub const SECRET_TYPE: &str = "kubernetes.io/tls";
+/// The types of a Secret that can hold the pair (the chart renders an `Opaque` one).
+pub const SECRET_TYPES: [&str; 2] = ["Opaque", SECRET_TYPE];
 /// The CA of the serving certificate.
 pub const CA_CRT: &str = "ca.crt";
 /// The serving certificate, then its CA.
@@ -61,14 +65,25 @@ pub enum SecretError {
     Tls(#[from] TlsError),
     /// The Secret is of another type, which an update cannot change.
     #[error(
-        "Secret {name} is of type {found:?}, not {SECRET_TYPE}: it is not the webhook's; delete it or name \
-         another with --self-signed-secret"
+        "Secret {name} is of type {found:?}, not Opaque or {SECRET_TYPE}: it is not the webhook's; delete it or \
+         name another with --self-signed-secret"
     )]
     WrongType {
         /// The Secret.
         name: String,
         /// Its type.
         found: String,
+    },
+    /// The Secret does not exist and the webhook may not create it.
+    #[error(
+        "Secret {name} does not exist in namespace {namespace} and the webhook may not create it: create it (type \
+         Opaque, no data; the chart does in webhookGenerated mode) or grant create on Secrets"
+    )]
+    Absent {
+        /// The Secret.
+        name: String,
+        /// Its namespace.
+        namespace: String,
     },
     /// Every write lost to another writer.
     #[error("Secret {name}: every one of {ATTEMPTS} writes conflicted with another writer")]
@@ -82,7 +97,7 @@ pub enum SecretError {
 #[derive(Debug, thiserror::Error)]
 pub enum Stored {
     /// It is of another type.
-    #[error("type {0:?}, not {SECRET_TYPE}")]
+    #[error("type {0:?}, not Opaque or {SECRET_TYPE}")]
     WrongType(String),
     /// A key is missing.
     #[error("no {0}")]
@@ -95,7 +110,7 @@ pub enum Stored {
 /// The pair in `secret`, if it serves `dns_names` at `now`.
 pub fn pair_of(secret: &Secret, dns_names: &[String], now: OffsetDateTime) -> Result<SelfSigned, Stored> {
     let kind = secret.type_.as_deref().unwrap_or("Opaque");
-    if kind != SECRET_TYPE {
+    if !SECRET_TYPES.contains(&kind) {
         return Err(Stored::WrongType(kind.to_string()));
     }
     let data = secret.data.as_ref();
@@ -228,6 +243,7 @@ impl Bundles {
 #[derive(Clone)]
 struct PairSecret {
     api: Api<Secret>,
+    namespace: String,
     name: String,
     dns_names: Vec<String>,
     lifetime: Duration,
@@ -255,6 +271,8 @@ impl PairSecret {
             None => self.api.create(&PostParams::default(), &secret).await,
             Some(current) => {
                 secret.metadata.resource_version = current.metadata.resource_version.clone();
+                // A Secret's type cannot change: an Opaque one (the chart's) stays Opaque.
+                secret.type_ = current.type_.clone();
                 secret.metadata.labels = current.metadata.labels.clone();
                 secret.metadata.annotations = current.metadata.annotations.clone();
                 self.api
@@ -275,8 +293,13 @@ impl PairSecret {
         for _ in 0..ATTEMPTS {
             let now = OffsetDateTime::now_utc();
             let current = self.api.get_opt(&self.name).await.map_err(|e| self.kube(e))?;
+            let filled = current
+                .as_ref()
+                .filter(|s| s.data.as_ref().is_some_and(|d| !d.is_empty()));
             let why = match current.as_ref().map(|s| pair_of(s, &self.dns_names, now)) {
                 None => None,
+                // Rendered by the chart, not filled yet (its type checked).
+                Some(Err(Stored::Missing(_))) if filled.is_none() => None,
                 Some(Ok(pair)) => {
                     let origin = if lost { Origin::Joined } else { Origin::Reused };
                     let bundle = current.as_ref().map(bundle_of).unwrap_or_default();
@@ -297,11 +320,16 @@ impl PairSecret {
             let pair = self_signed_at(&self.dns_names, now, self.lifetime)?;
             // Replicas running may serve the replaced pair: its CA stays trusted as after a renewal.
             let replaced_ca = current.as_ref().and_then(stored_ca);
-            if self
-                .write(current.as_ref(), &pair, replaced_ca.as_deref())
-                .await
-                .map_err(|e| self.kube(e))?
-            {
+            let written = match self.write(current.as_ref(), &pair, replaced_ca.as_deref()).await {
+                Err(kube::Error::Api(status)) if current.is_none() && status.code == 403 => {
+                    return Err(SecretError::Absent {
+                        name: self.name.clone(),
+                        namespace: self.namespace.clone(),
+                    });
+                }
+                written => written.map_err(|e| self.kube(e))?,
+            };
+            if written {
                 let origin = why.map_or(Origin::Created, |why| Origin::Replaced { why });
                 tracing::info!(secret = %self.name, ?origin, "wrote a new self-generated pair to the Secret");
                 let bundle = format!("{}{}", pair.ca_pem, replaced_ca.unwrap_or_default());
@@ -485,6 +513,7 @@ impl SharedPair {
     ) -> Result<Started, SecretError> {
         let secret = PairSecret {
             api: Api::namespaced(self.client.clone(), &self.namespace),
+            namespace: self.namespace.clone(),
             name: self.secret.clone(),
             dns_names: self.dns_names.clone(),
             lifetime: self.lifetime,

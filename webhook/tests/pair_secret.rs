@@ -78,7 +78,6 @@ impl World {
             "Role",
             json!({"metadata": {"name": "webhook", "namespace": namespace}, "rules": [
                 {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["get", "watch", "update"]},
-                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
             ]}),
         );
         let binding = rbac(
@@ -103,6 +102,11 @@ impl World {
         for object in [role, binding, cluster_role, cluster_binding] {
             apply(&admin, &object).await;
         }
+        // The chart's Secret: Opaque, no data, Helm's metadata.
+        Api::<Secret>::namespaced(admin.clone(), &namespace)
+            .create(&PostParams::default(), &charts_secret())
+            .await
+            .expect("the chart's Secret");
         let world = World {
             cp,
             admin,
@@ -117,6 +121,29 @@ impl World {
         })
         .await;
         world
+    }
+
+    /// Replaces the Secret with `secret` (as an admin).
+    async fn put(&self, secret: &Secret) {
+        let secrets = Api::<Secret>::namespaced(self.admin.clone(), &self.namespace);
+        secrets.delete(SECRET, &Default::default()).await.expect("delete");
+        secrets
+            .create(&PostParams::default(), secret)
+            .await
+            .expect("the Secret");
+    }
+
+    /// Grants the webhook `create` on Secrets too (the chart does not).
+    async fn grant_create(&self) {
+        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "create", "namespace": self.namespace},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]});
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "create", "namespace": self.namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "create"},
+            "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": self.namespace}]});
+        apply(&self.admin, &role).await;
+        apply(&self.admin, &binding).await;
     }
 
     fn webhook_client(&self) -> kube::Client {
@@ -178,6 +205,15 @@ impl World {
             .await
             .expect("the Secret")
     }
+}
+
+/// The Secret as the chart renders it in webhookGenerated mode.
+fn charts_secret() -> Secret {
+    serde_json::from_value(json!({"metadata": {"name": SECRET,
+        "labels": {"app.kubernetes.io/managed-by": "Helm"},
+        "annotations": {"meta.helm.sh/release-name": "keg", "meta.helm.sh/release-namespace": "keg"}},
+        "type": "Opaque"}))
+    .expect("the chart's Secret")
 }
 
 async fn apply(client: &kube::Client, object: &serde_json::Value) {
@@ -311,6 +347,10 @@ async fn replicas_started_together_serve_one_ca() {
         1,
         "one replica wrote the pair: {origins:?}"
     );
+    assert!(
+        origins.contains(&&Origin::Joined),
+        "a replica lost the write and joined the winner's pair: {origins:?}"
+    );
     let secret_ca = world.secret().await.data.expect("data")["ca.crt"].0.clone();
     let cert = served(&replicas[0].started.store);
     let (bundles, _) = world.bundles().await;
@@ -334,10 +374,7 @@ async fn a_renewal_written_by_one_replica_is_served_by_all_once_the_bundle_trust
         tls::SELF_SIGNED_LIFETIME,
     )
     .expect("pair");
-    Api::<Secret>::namespaced(world.admin.clone(), &world.namespace)
-        .create(&PostParams::default(), &secret_for(SECRET, &old, None))
-        .await
-        .expect("the Secret");
+    world.put(&secret_for(SECRET, &old, None)).await;
     webhook::cabundle::patch_ca_bundle(
         world.admin.clone(),
         &old.ca_pem,
@@ -433,10 +470,7 @@ async fn a_secret_that_cannot_be_served_is_replaced_saying_why() {
 
     // Another service's pair: valid, but not for our name.
     let foreign = tls::self_signed(&["other.example.svc".to_string()]).expect("pair");
-    secrets
-        .create(&PostParams::default(), &secret_for(SECRET, &foreign, None))
-        .await
-        .expect("the Secret");
+    world.put(&secret_for(SECRET, &foreign, None)).await;
     let replica = start(world.replica(time::Duration::minutes(5))).await;
     let Origin::Replaced { why } = &replica.started.origin else {
         panic!("{:?}", replica.started.origin)
@@ -480,15 +514,30 @@ async fn a_secret_that_cannot_be_served_is_replaced_saying_why() {
     );
     drop(replica);
 
-    // A Secret of another type is not ours to replace (its type cannot change): a start-up error saying so.
-    secrets.delete(SECRET, &Default::default()).await.expect("delete");
+    // An Opaque Secret with other data is replaced, and stays Opaque (a Secret's type cannot change).
     let opaque: Secret = serde_json::from_value(json!({"metadata": {"name": SECRET}, "type": "Opaque",
         "data": {"x": base64::engine::general_purpose::STANDARD.encode("y")}}))
     .expect("opaque");
-    secrets
-        .create(&PostParams::default(), &opaque)
-        .await
-        .expect("opaque Secret");
+    world.put(&opaque).await;
+    let replica = start(world.replica(time::Duration::minutes(5))).await;
+    let Origin::Replaced { why } = &replica.started.origin else {
+        panic!("{:?}", replica.started.origin)
+    };
+    assert!(why.contains("no ca.crt"), "{why}");
+    let secret = world.secret().await;
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    assert_eq!(
+        secret.data.expect("data")["ca.crt"].0,
+        replica.started.serving.ca_pem.as_bytes()
+    );
+    drop(replica);
+
+    // A Secret of another type is not ours to replace (its type cannot change): a start-up error saying so.
+    let other: Secret =
+        serde_json::from_value(json!({"metadata": {"name": SECRET}, "type": "example.com/other",
+        "data": {"x": base64::engine::general_purpose::STANDARD.encode("y")}}))
+        .expect("other");
+    world.put(&other).await;
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let error = world
         .replica(time::Duration::minutes(5))
@@ -498,7 +547,7 @@ async fn a_secret_that_cannot_be_served_is_replaced_saying_why() {
     assert!(
         error
             .to_string()
-            .contains("is of type \"Opaque\", not kubernetes.io/tls"),
+            .contains("is of type \"example.com/other\", not Opaque or kubernetes.io/tls"),
         "{error}"
     );
 }
@@ -531,6 +580,8 @@ fn a_stored_pair_for_the_charts_names_is_served_as_it_is() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_deleted_under_a_running_replica_is_written_anew_as_a_renewal() {
     let world = World::new("deleted").await;
+    // Where the webhook may create Secrets (the chart grants no create; it renders the Secret anew).
+    world.grant_create().await;
     let replica = start(world.replica(time::Duration::seconds(1))).await;
     let first = replica.started.serving.clone();
     let secrets = Api::<Secret>::namespaced(world.admin.clone(), &world.namespace);
@@ -613,4 +664,42 @@ async fn writers_adding_cas_together_lose_none() {
             assert!(held.contains(&cas(ca)[0]), "a CA was lost: {bundle}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_secret_is_filled_keeping_its_metadata_and_an_absent_one_is_named_at_start() {
+    let world = World::new("charts").await;
+    let replica = start(world.replica(time::Duration::minutes(5))).await;
+    // Rendered without data: filled, no warning-worthy replacement.
+    assert_eq!(replica.started.origin, Origin::Created);
+    let secret = world.secret().await;
+    let chart = charts_secret();
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    assert_eq!(secret.metadata.annotations, chart.metadata.annotations);
+    assert_eq!(secret.metadata.labels, chart.metadata.labels);
+    assert_eq!(
+        secret.data.expect("data")["ca.crt"].0,
+        replica.started.serving.ca_pem.as_bytes()
+    );
+    drop(replica);
+
+    // Absent, and the chart's grants allow no create: start-up fails naming the Secret to create.
+    Api::<Secret>::namespaced(world.admin.clone(), &world.namespace)
+        .delete(SECRET, &Default::default())
+        .await
+        .expect("delete");
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let error = world
+        .replica(time::Duration::minutes(5))
+        .start(Arc::default(), Default::default(), rx)
+        .await
+        .expect_err("may not create the Secret");
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!(
+            "Secret {SECRET} does not exist in namespace {}",
+            world.namespace
+        )) && text.contains("create it"),
+        "{text}"
+    );
 }
