@@ -42,7 +42,13 @@ pub struct Args {
     /// Secret (in the webhook's namespace; `Opaque`, possibly without data, or `kubernetes.io/tls`) that keeps
     /// the self-generated pair, so restarts reuse it and every replica serves the same one. Without it each
     /// start makes a new CA (one replica only).
-    #[arg(long, env = "WEBHOOK_SELF_SIGNED_SECRET", requires = "self_signed_dns_names")]
+    /// Needs the API server: refused with --standalone.
+    #[arg(
+        long,
+        env = "WEBHOOK_SELF_SIGNED_SECRET",
+        requires = "self_signed_dns_names",
+        conflicts_with = "standalone"
+    )]
     pub self_signed_secret: Option<String>,
     /// MutatingWebhookConfiguration to patch the self-generated CA into.
     #[arg(long, env = "WEBHOOK_MUTATING_CONFIG")]
@@ -248,4 +254,31 @@ async fn per_start_pair(
         );
     }
     Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Args;
+
+    #[test]
+    fn a_secret_without_the_api_server_is_refused() {
+        let parsed = Args::try_parse_from([
+            "webhook",
+            "--self-signed-dns-names=svc.ns.svc",
+            "--self-signed-secret=pair",
+            "--standalone",
+        ]);
+        let error = parsed.expect_err("--self-signed-secret with --standalone");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(
+            Args::try_parse_from([
+                "webhook",
+                "--self-signed-dns-names=svc.ns.svc",
+                "--self-signed-secret=pair"
+            ])
+            .is_ok()
+        );
+    }
 }
