@@ -414,6 +414,18 @@ impl Publish for Publisher {
             .get_opt(&secret.name)
             .await
             .map_err(|e| secret.kube(e).to_string())?;
+        if let Some(found) = current
+            .as_ref()
+            .and_then(|s| s.type_.clone())
+            .filter(|t| !SECRET_TYPES.contains(&t.as_str()))
+        {
+            // Its type cannot change: no update can hold the pair.
+            return Err(SecretError::WrongType {
+                name: secret.name.clone(),
+                found,
+            }
+            .to_string());
+        }
         let now = OffsetDateTime::now_utc();
         let renewed_by_another = current
             .as_ref()
@@ -579,9 +591,15 @@ async fn keep(
     let publisher = Publisher { secret, bundles };
     // A pair seen in the Secret, with the bundle it needs, not yet handed to the renewer.
     let mut seen: Option<(SelfSigned, String)> = None;
+    // The Secret is of a type no update can change (reported once): nothing is written until it changes.
+    let mut foreign = false;
     loop {
         let now = OffsetDateTime::now_utc();
-        let mut next = renewer.step(now, &publisher).await;
+        let mut next = if foreign {
+            now + Duration::days(1)
+        } else {
+            renewer.step(now, &publisher).await
+        };
         if let Some((pair, bundle)) = seen.take() {
             // The CA served here stays trusted until the adopted pair is served.
             let bundle = format!("{bundle}{}", renewer.serving_ca());
@@ -604,14 +622,26 @@ async fn keep(
             () = tokio::time::sleep(wait_until(next)) => {}
             change = changes.recv() => match change {
                 Some(Some(content)) => match pair_of(&content, &dns_names, OffsetDateTime::now_utc()) {
-                    Ok(pair) if !renewer.knows(&pair) => seen = Some((pair, bundle_of(&content))),
-                    Ok(_) => {}
+                    Err(Stored::WrongType(found)) => {
+                        if !foreign {
+                            foreign = true;
+                            renewer.failed();
+                            tracing::error!(secret = %publisher.secret.name, %found, "the Secret is of a type that cannot hold the pair (a type cannot change): nothing is written to it until it is deleted or replaced; the current certificate is still served");
+                        }
+                    }
+                    Ok(pair) if !renewer.knows(&pair) => {
+                        foreign = false;
+                        seen = Some((pair, bundle_of(&content)));
+                    }
+                    Ok(_) => foreign = false,
                     Err(why) => {
+                        foreign = false;
                         tracing::warn!(secret = %publisher.secret.name, %why, "the Secret's certificate cannot be served; replacing it with a new self-generated pair");
                         renewer.renew_now(OffsetDateTime::now_utc());
                     }
                 },
                 Some(None) => {
+                    foreign = false;
                     tracing::warn!(secret = %publisher.secret.name, "the Secret was deleted; writing a new self-generated pair");
                     renewer.renew_now(OffsetDateTime::now_utc());
                 }

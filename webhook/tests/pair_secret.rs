@@ -703,3 +703,56 @@ async fn the_charts_secret_is_filled_keeping_its_metadata_and_an_absent_one_is_n
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_secret_turned_to_another_type_under_a_running_replica_is_reported_once_and_left_alone() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let world = World::new("othertype").await;
+    let replica = start(world.replica(time::Duration::seconds(1))).await;
+    let first = replica.started.serving.clone();
+    let other = |label: &str| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": SECRET, "labels": {"edit": label}},
+            "type": "example.com/other", "data": {"x": base64::engine::general_purpose::STANDARD.encode("y")}}))
+        .expect("other")
+    };
+    world.put(&other("one")).await;
+    // A second change in that state, then a usable pair: the replica sees them in this order.
+    let secrets = Api::<Secret>::namespaced(world.admin.clone(), &world.namespace);
+    eventually("the replica reports the Secret's type", || async {
+        logs.text().contains("is of a type that cannot hold the pair")
+    })
+    .await;
+    let mut relabelled = world.secret().await;
+    relabelled.metadata.labels = other("two").metadata.labels;
+    secrets
+        .replace(SECRET, &PostParams::default(), &relabelled)
+        .await
+        .expect("relabelled");
+    // The deletion, seen after the relabelling, ends that state.
+    secrets.delete(SECRET, &Default::default()).await.expect("delete");
+    let reported = "is of a type that cannot hold the pair";
+    let deleted = "the Secret was deleted";
+    eventually("the replica sees the deletion", || async {
+        let log = logs.text();
+        log.rfind(deleted) > log.find(reported)
+    })
+    .await;
+    let log = logs.text();
+    let (from, to) = (
+        log.find(reported).expect("reported"),
+        log.rfind(deleted).expect("deleted"),
+    );
+    let between = &log[from..to];
+    assert_eq!(log.matches(reported).count(), 1, "reported once: {log}");
+    assert!(
+        !between.contains("cannot publish") && !between.contains("replacing it"),
+        "nothing written while the Secret is of another type: {between}"
+    );
+    assert_eq!(served(&replica.started.store), first.key.cert[0], "still served");
+}
