@@ -451,6 +451,17 @@ impl std::io::Write for Logs {
 }
 
 impl Logs {
+    /// Captures this thread's log (a `current_thread` test's) until the guard drops.
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
     }
@@ -458,13 +469,7 @@ impl Logs {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_secret_that_cannot_be_served_is_replaced_saying_why() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
     let world = World::new("foreign").await;
     let secrets = Api::<Secret>::namespaced(world.admin.clone(), &world.namespace);
 
@@ -706,13 +711,7 @@ async fn the_charts_secret_is_filled_keeping_its_metadata_and_an_absent_one_is_n
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_secret_turned_to_another_type_under_a_running_replica_is_reported_once_and_left_alone() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
     let world = World::new("othertype").await;
     let replica = start(world.replica(time::Duration::seconds(1))).await;
     let first = replica.started.serving.clone();
