@@ -50,6 +50,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         }
     },
     "webhook-generated": {"webhook": {"replicas": 1, "certificates": {"mode": "webhookGenerated"}}},
+    # The pair is shared through a Secret: any number of replicas (here the default, 2).
+    "webhook-generated-replicas": {"webhook": {"certificates": {"mode": "webhookGenerated"}}},
     "webhook-disabled": {"webhook": {"enabled": False}},
     "custom-images": {
         "common": {

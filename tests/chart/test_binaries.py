@@ -35,7 +35,7 @@ CONTRACT = {
     },
     "kube-egress-gateway-webhook": {
         "--listen", "--metrics-listen", "--tls-cert-file", "--tls-key-file", "--self-signed-dns-names",
-        "--mutating-webhook-configuration", "--validating-webhook-configuration", "--podendpoint-writers",
+        "--self-signed-secret", "--mutating-webhook-configuration", "--validating-webhook-configuration", "--podendpoint-writers",
         "--drain-seconds", "--log-format",
     },
 }
@@ -59,6 +59,7 @@ HELP = {
             "--tls-cert-file": "WEBHOOK_TLS_CERT_FILE", "--tls-key-file": "WEBHOOK_TLS_KEY_FILE",
             "--cert-reload-seconds": "WEBHOOK_CERT_RELOAD_SECONDS",
             "--self-signed-dns-names": "WEBHOOK_SELF_SIGNED_DNS_NAMES",
+            "--self-signed-secret": "WEBHOOK_SELF_SIGNED_SECRET",
             "--mutating-webhook-configuration": "WEBHOOK_MUTATING_CONFIG",
             "--validating-webhook-configuration": "WEBHOOK_VALIDATING_CONFIG",
             "--podendpoint-writers": "WEBHOOK_PODENDPOINT_WRITERS", "--drain-seconds": "WEBHOOK_DRAIN_SECONDS",

@@ -149,7 +149,7 @@ def test_node_agent_is_the_only_podendpoint_writer() -> None:
     assert args_map(containers(webhook, init=False)[0])["--podendpoint-writers"] == f"system:serviceaccount:{NAMESPACE}:{sa}"
 
 
-@pytest.mark.parametrize("mode", ["default", "webhook-generated"])
+@pytest.mark.parametrize("mode", ["default", "webhook-generated", "webhook-generated-replicas"])
 def test_webhook_grants(mode: str) -> None:
     objs = scenario_objects(mode)
     sa = f"{PREFIX}-webhook"
@@ -166,6 +166,27 @@ def test_webhook_grants(mode: str) -> None:
         args = args_map(containers(one(objs, "Deployment", sa), init=False)[0])
         assert args["--mutating-webhook-configuration"] in names
         assert args["--validating-webhook-configuration"] in names
+
+
+@pytest.mark.parametrize("mode", ["webhook-generated", "webhook-generated-replicas"])
+def test_webhook_generated_mode_reaches_only_its_own_secret(mode: str) -> None:
+    # What webhook/src/pair_secret.rs calls: get, watch and update of that Secret by name (the chart renders
+    # it). No create (it carries no name to authorize by), nothing cluster-wide, no list, no other Secret.
+    objs = scenario_objects(mode)
+    sa = f"{PREFIX}-webhook"
+    assert secret_grants(objs, sa) == {NAMESPACE: {"get", "watch", "update"}}
+    secret = args_map(containers(one(objs, "Deployment", sa), init=False)[0])["--self-signed-secret"]
+    one(objs, "Secret", secret)
+    for scope, r in rules_of(objs, sa):
+        if "secrets" in r["resources"]:
+            assert scope == NAMESPACE
+            assert r["resourceNames"] == [secret] and sorted(r["verbs"]) == ["get", "update", "watch"]
+
+
+def test_webhook_reads_no_secret_outside_webhook_generated_mode(scenario: str) -> None:
+    if scenario.startswith("webhook-generated"):
+        return
+    assert secret_grants(scenario_objects(scenario), f"{PREFIX}-webhook") == {}
 
 
 # Hardening (common.keySecretNamespace): the key Secrets in a namespace of their own.

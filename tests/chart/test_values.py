@@ -28,7 +28,6 @@ INVALID = [
         {"webhook": {"certificates": {"mode": "existingSecret", "existingSecret": {"name": "tls", "caBundle": "not base64!"}}}},
         "/webhook/certificates/existingSecret/caBundle",
     ),
-    ({"webhook": {"certificates": {"mode": "webhookGenerated"}}}, "/webhook/replicas"),
     ({"webhook": {"certificates": {"certManager": {"issuerRef": {"kind": "Issuer"}}}}}, "/webhook/certificates/certManager/issuerRef"),
     ({"webhooks": {"enabled": False}}, "webhooks"),
     ({"gatewayCNIManager": {"exceptionCidrs": ["169.254.169.254"]}}, "/gatewayCNIManager/exceptionCidrs/0"),

@@ -163,6 +163,32 @@ def test_webhook_generated_certificate() -> None:
     assert one(objs, "Deployment", NAME)["spec"]["replicas"] == 1
 
 
+@pytest.mark.parametrize("replicas", [1, 2, 5])
+def test_webhook_generated_pair_is_kept_in_a_secret_for_any_number_of_replicas(replicas: int) -> None:
+    # The replicas share the pair through one Secret (webhook/src/pair_secret.rs): the schema no longer limits
+    # them. The chart renders that Secret without data (Helm owns its metadata and type; the webhook writes the
+    # pair, which upgrades leave alone) and does not mount it.
+    objs = objects({"webhook": {"replicas": replicas, "certificates": {"mode": "webhookGenerated"}}})
+    dep = one(objs, "Deployment", NAME)
+    assert dep["spec"]["replicas"] == replicas
+    secret = args_map(webhook_container(objs))["--self-signed-secret"]
+    assert secret == f"{NAME}-generated"
+    rendered = one(objs, "Secret", secret)
+    assert rendered["type"] == "Opaque"
+    assert "data" not in rendered and "stringData" not in rendered
+    assert not find(objs, "Secret", f"{NAME}-tls")
+    assert "volumes" not in dep["spec"]["template"]["spec"]
+    # The budget rules are those of the other modes: one only with an eviction to allow.
+    assert bool(find(objs, "PodDisruptionBudget", NAME)) == (replicas > 1)
+
+
+def test_only_webhook_generated_mode_passes_a_secret() -> None:
+    for scenario in ("default", "cert-manager", "existing-secret"):
+        objs = scenario_objects(scenario)
+        assert "--self-signed-secret" not in args_map(webhook_container(objs)), scenario
+        assert not find(objs, "Secret", f"{NAME}-generated"), scenario
+
+
 def test_availability() -> None:
     objs = scenario_objects("default")
     dep = one(objs, "Deployment", NAME)
@@ -188,7 +214,7 @@ def test_every_disruption_budget_allows_an_eviction(scenario: str) -> None:
 
 
 def test_single_webhook_replica_has_no_disruption_budget() -> None:
-    # webhookGenerated mode runs one replica: a budget of minAvailable 1 there would block every drain.
+    # One replica (here in webhookGenerated mode): a budget of minAvailable 1 there would block every drain.
     assert not find(scenario_objects("webhook-generated"), "PodDisruptionBudget", NAME)
     assert not find(objects({"webhook": {"replicas": 1}}), "PodDisruptionBudget", NAME)
     pdb = one(objects({"webhook": {"replicas": 3, "podDisruptionBudget": {"minAvailable": 2}}}), "PodDisruptionBudget", NAME)

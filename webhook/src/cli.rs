@@ -39,6 +39,17 @@ pub struct Args {
     /// Without certificate files: DNS names for a self-generated certificate (e.g. svc.ns.svc).
     #[arg(long, env = "WEBHOOK_SELF_SIGNED_DNS_NAMES", value_delimiter = ',')]
     pub self_signed_dns_names: Vec<String>,
+    /// Secret (in the webhook's namespace; `Opaque`, possibly without data, or `kubernetes.io/tls`) that keeps
+    /// the self-generated pair, so restarts reuse it and every replica serves the same one. Without it each
+    /// start makes a new CA (one replica only).
+    /// Needs the API server: refused with --standalone.
+    #[arg(
+        long,
+        env = "WEBHOOK_SELF_SIGNED_SECRET",
+        requires = "self_signed_dns_names",
+        conflicts_with = "standalone"
+    )]
+    pub self_signed_secret: Option<String>,
     /// MutatingWebhookConfiguration to patch the self-generated CA into.
     #[arg(long, env = "WEBHOOK_MUTATING_CONFIG")]
     pub mutating_webhook_configuration: Option<String>,
@@ -102,62 +113,36 @@ impl daemon::Daemon for Args {
                     !args.self_signed_dns_names.is_empty(),
                     "give --tls-cert-file/--tls-key-file, or --self-signed-dns-names for a self-generated certificate"
                 );
-                let generated = tls::self_signed(&args.self_signed_dns_names)?;
-                let patch = {
-                    let client = client.clone();
-                    let mutating = args.mutating_webhook_configuration.clone();
-                    let validating = args.validating_webhook_configuration.clone();
-                    move |bundle: String| {
-                        let (client, mutating, validating) =
-                            (client.clone(), mutating.clone(), validating.clone());
-                        async move {
-                            match client {
-                                Some(client) => cabundle::patch_ca_bundle(
-                                    client,
-                                    &bundle,
-                                    mutating.as_deref(),
-                                    validating.as_deref(),
-                                )
-                                .await
-                                .map_err(|e| e.to_string()),
-                                None => Ok(0),
-                            }
-                        }
+                if let (Some(secret), Some(client)) = (&args.self_signed_secret, &client) {
+                    let started = crate::pair_secret::SharedPair {
+                        client: client.clone(),
+                        namespace: client.default_namespace().to_string(),
+                        secret: secret.clone(),
+                        dns_names: args.self_signed_dns_names.clone(),
+                        mutating: args.mutating_webhook_configuration.clone(),
+                        validating: args.validating_webhook_configuration.clone(),
+                        lifetime: tls::SELF_SIGNED_LIFETIME,
+                        propagation: crate::renew::BUNDLE_PROPAGATION,
+                        retry: crate::renew::RETRY,
                     }
-                };
-                let patched = patch(generated.ca_pem.clone())
+                    .start(
+                        certificate.clone(),
+                        metrics.cert_reloads.clone(),
+                        shutdown_rx.clone(),
+                    )
                     .await
-                    .map_err(anyhow::Error::msg)
-                    .context("patching the CA bundle into the webhook configurations")?;
-                let store = tls::CertStore::new(generated.key.clone());
-                let renewer = crate::renew::Renewer::new(
-                    args.self_signed_dns_names.clone(),
-                    &generated,
-                    tls::SELF_SIGNED_LIFETIME,
-                    store.clone(),
-                    certificate.clone(),
-                    metrics.cert_reloads.clone(),
-                );
-                // Renewal needs a configuration to carry the new CA: a renewal that patched none fails (and is
-                // retried) rather than serve a certificate nobody trusts. Without any (standalone, or none
-                // found at start) there is nothing to renew into: the certificate lasts its year.
-                if patched > 0 {
-                    let renew_patch = move |bundle: String| {
-                        let patch = patch.clone();
-                        async move {
-                            match patch(bundle).await? {
-                                0 => Err("no webhook configuration was found to patch".to_string()),
-                                _ => Ok(()),
-                            }
-                        }
-                    };
-                    tokio::spawn(renewer.run(renew_patch, shutdown_rx.clone()));
+                    .context("the self-generated certificate's Secret")?;
+                    started.store
                 } else {
-                    tracing::warn!(
-                        "no webhook configuration carries the self-generated CA: the certificate is not renewed"
-                    );
+                    per_start_pair(
+                        &args,
+                        client.clone(),
+                        certificate.clone(),
+                        &metrics,
+                        shutdown_rx.clone(),
+                    )
+                    .await?
                 }
-                store
             }
         };
         let tls_config = Arc::new(tls::server_config(store)?);
@@ -205,5 +190,95 @@ impl daemon::Daemon for Args {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// A CA and certificate made at this start, without a Secret to keep them (one replica only): the CA is patched
+/// into the webhook configurations and renewed by this replica.
+async fn per_start_pair(
+    args: &Args,
+    client: Option<kube::Client>,
+    certificate: Arc<crate::renew::CertExpiry>,
+    metrics: &metrics::Metrics,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Arc<tls::CertStore>> {
+    let generated = tls::self_signed(&args.self_signed_dns_names)?;
+    let patch = {
+        let client = client.clone();
+        let mutating = args.mutating_webhook_configuration.clone();
+        let validating = args.validating_webhook_configuration.clone();
+        move |bundle: String| {
+            let (client, mutating, validating) = (client.clone(), mutating.clone(), validating.clone());
+            async move {
+                match client {
+                    Some(client) => {
+                        cabundle::patch_ca_bundle(client, &bundle, mutating.as_deref(), validating.as_deref())
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    None => Ok(0),
+                }
+            }
+        }
+    };
+    let patched = patch(generated.ca_pem.clone())
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("patching the CA bundle into the webhook configurations")?;
+    let store = tls::CertStore::new(generated.key.clone());
+    let renewer = crate::renew::Renewer::new(
+        args.self_signed_dns_names.clone(),
+        &generated,
+        tls::SELF_SIGNED_LIFETIME,
+        store.clone(),
+        certificate,
+        metrics.cert_reloads.clone(),
+    );
+    // Renewal needs a configuration to carry the new CA: a renewal that patched none fails (and is
+    // retried) rather than serve a certificate nobody trusts. Without any (standalone, or none
+    // found at start) there is nothing to renew into: the certificate lasts its year.
+    if patched > 0 {
+        let renew_patch = move |bundle: String| {
+            let patch = patch.clone();
+            async move {
+                match patch(bundle).await? {
+                    0 => Err("no webhook configuration was found to patch".to_string()),
+                    _ => Ok(()),
+                }
+            }
+        };
+        tokio::spawn(renewer.run(renew_patch, shutdown));
+    } else {
+        tracing::warn!(
+            "no webhook configuration carries the self-generated CA: the certificate is not renewed"
+        );
+    }
+    Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Args;
+
+    #[test]
+    fn a_secret_without_the_api_server_is_refused() {
+        let parsed = Args::try_parse_from([
+            "webhook",
+            "--self-signed-dns-names=svc.ns.svc",
+            "--self-signed-secret=pair",
+            "--standalone",
+        ]);
+        let error = parsed.expect_err("--self-signed-secret with --standalone");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(
+            Args::try_parse_from([
+                "webhook",
+                "--self-signed-dns-names=svc.ns.svc",
+                "--self-signed-secret=pair"
+            ])
+            .is_ok()
+        );
     }
 }

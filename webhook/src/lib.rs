@@ -7,6 +7,7 @@ pub mod cli;
 pub mod facts;
 pub mod handlers;
 pub mod metrics;
+pub mod pair_secret;
 pub mod renew;
 pub mod review;
 pub mod server;

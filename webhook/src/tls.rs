@@ -1,5 +1,6 @@
 //! Serving certificates: from files (cert-manager / Secret volume) re-read on rotation without a restart, or
-//! self-generated at start-up with the CA bundle patched into the webhook configurations.
+//! self-generated (and kept in a Secret, [`crate::pair_secret`]) with the CA bundle patched into the webhook
+//! configurations.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -172,16 +173,45 @@ pub enum Reload {
     Rejected,
 }
 
+/// A private key in PEM. Never printed: its `Debug` says only that it is redacted, and it has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPem(String);
+
+impl KeyPem {
+    /// The PEM text, to write it where it is kept (the Secret's `tls.key`).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KeyPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyPem(<redacted>)")
+    }
+}
+
 /// A self-generated CA and serving certificate.
+#[derive(Clone)]
 pub struct SelfSigned {
     /// CA certificate PEM: the caBundle of the webhook configurations.
     pub ca_pem: String,
+    /// The serving certificate's chain in PEM (the certificate, then the CA): a Secret's `tls.crt`.
+    pub cert_pem: String,
+    /// The serving key in PEM: a Secret's `tls.key`.
+    pub key_pem: KeyPem,
     /// The serving key.
     pub key: CertifiedKey,
-    /// When they were made (their `notBefore` is a little earlier, for clock skew).
+    /// When they were made (their `notBefore` is [`CLOCK_SKEW`] earlier).
     pub issued: time::OffsetDateTime,
     /// When the CA and the serving certificate expire.
     pub not_after: time::OffsetDateTime,
+}
+
+impl SelfSigned {
+    /// Whether `self` and `other` serve the same certificate.
+    pub fn same_certificate(&self, other: &SelfSigned) -> bool {
+        self.key.cert.first() == other.key.cert.first()
+    }
 }
 
 impl std::fmt::Debug for SelfSigned {
@@ -197,6 +227,10 @@ impl std::fmt::Debug for SelfSigned {
 /// ([`crate::renew`]).
 pub const SELF_SIGNED_LIFETIME: time::Duration = time::Duration::days(365);
 
+/// How much earlier than their making self-generated certificates become valid: small clock skew between the
+/// webhook and the API server.
+pub const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
 /// Generates a CA and a serving certificate for `dns_names` (e.g. `svc.ns.svc`), valid
 /// [`SELF_SIGNED_LIFETIME`] from now.
 pub fn self_signed(dns_names: &[String]) -> Result<SelfSigned, TlsError> {
@@ -210,8 +244,7 @@ pub fn self_signed_at(
     lifetime: time::Duration,
 ) -> Result<SelfSigned, TlsError> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    // Tolerate small clock skew between the webhook and the apiserver.
-    let not_before = now - time::Duration::minutes(5);
+    let not_before = now - CLOCK_SKEW;
     let not_after = now + lifetime;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -234,15 +267,104 @@ pub fn self_signed_at(
     let leaf_key = KeyPair::generate()?;
     let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
     let chain = format!("{}{}", leaf.pem(), ca_cert.pem());
-    let key = certified_key(
-        chain.as_bytes(),
-        leaf_key.serialize_pem().as_bytes(),
-        "self-generated",
-    )?;
+    let key_pem = KeyPem(leaf_key.serialize_pem());
+    let key = certified_key(chain.as_bytes(), key_pem.expose().as_bytes(), "self-generated")?;
     Ok(SelfSigned {
         ca_pem: ca_cert.pem(),
+        cert_pem: chain,
+        key_pem,
         key,
         issued: now,
+        not_after,
+    })
+}
+
+/// Why a stored CA, certificate and key cannot be served. Never includes key material.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    /// A part is not valid PEM of its kind, or the key is not the certificate's.
+    #[error(transparent)]
+    Pem(#[from] TlsError),
+    /// The key does not belong to the certificate.
+    #[error("the private key is not the certificate's")]
+    KeyMismatch,
+    /// The CA is not exactly one certificate.
+    #[error("the CA holds {0} certificates, not one")]
+    CaCount(usize),
+    /// The certificate does not verify for a name against the CA at that time (signed by another CA, not
+    /// for the name, expired or not yet valid).
+    #[error("the certificate does not verify for {name} against the CA: {why}")]
+    Untrusted {
+        /// The DNS name.
+        name: String,
+        /// rustls's reason.
+        why: String,
+    },
+    /// The certificate's validity could not be read.
+    #[error("the certificate's validity cannot be read: {0}")]
+    Validity(String),
+}
+
+/// A stored CA (`ca_pem`), serving chain (`cert_pem`) and key (`key_pem`), checked to be a pair that clients
+/// trusting the CA accept at `now` for every one of `dns_names`.
+pub fn stored_pair(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    dns_names: &[String],
+    now: time::OffsetDateTime,
+) -> Result<SelfSigned, Unusable> {
+    use rustls::client::danger::ServerCertVerifier as _;
+    let key = certified_key(cert_pem, key_pem, "the stored certificate")?;
+    key.keys_match().map_err(|_| Unusable::KeyMismatch)?;
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca_pem)
+        .filter_map(Result::ok)
+        .collect();
+    let [ca] = cas.as_slice() else {
+        return Err(Unusable::CaCount(cas.len()));
+    };
+    let untrusted = |name: &str, why: String| Unusable::Untrusted {
+        name: name.to_string(),
+        why,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .map_err(|e| untrusted("any name", e.to_string()))?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| untrusted("any name", e.to_string()))?;
+    let seconds = u64::try_from(now.unix_timestamp()).unwrap_or_default();
+    let at = rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(seconds));
+    let (leaf, intermediates) = key
+        .cert
+        .split_first()
+        .ok_or_else(|| Unusable::Pem(TlsError::NoCertificate("the stored certificate".into())))?;
+    for name in dns_names {
+        let server = rustls_pki_types::ServerName::try_from(name.as_str())
+            .map_err(|e| untrusted(name, e.to_string()))?;
+        verifier
+            .verify_server_cert(leaf, intermediates, &server, &[], at)
+            .map_err(|e| untrusted(name, e.to_string()))?;
+    }
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|e| Unusable::Validity(e.to_string()))?;
+    let (not_before, not_after) = (
+        parsed.validity().not_before.to_datetime(),
+        parsed.validity().not_after.to_datetime(),
+    );
+    let ca_text = std::str::from_utf8(ca_pem).map_err(|e| Unusable::Validity(e.to_string()))?;
+    let cert_text = std::str::from_utf8(cert_pem).map_err(|e| Unusable::Validity(e.to_string()))?;
+    let key_text = std::str::from_utf8(key_pem).map_err(|_| TlsError::BadKey("the stored key".into()))?;
+    Ok(SelfSigned {
+        ca_pem: ca_text.to_string(),
+        cert_pem: cert_text.to_string(),
+        key_pem: KeyPem(key_text.to_string()),
+        key,
+        issued: not_before + CLOCK_SKEW,
         not_after,
     })
 }

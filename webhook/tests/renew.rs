@@ -235,3 +235,55 @@ fn certificate_files_are_not_tracked() {
         Ok(())
     );
 }
+
+/// A publisher whose caBundle lost the renewed CA once before it was served (another writer dropped it).
+struct LosesTheCaOnce {
+    patches: Patches,
+    lost: Mutex<bool>,
+    confirmed: Mutex<Vec<String>>,
+}
+
+impl webhook::renew::Publish for LosesTheCaOnce {
+    async fn publish(
+        &self,
+        serving_ca: &str,
+        next: &webhook::tls::SelfSigned,
+    ) -> Result<webhook::renew::Published, String> {
+        self.patches.patcher().publish(serving_ca, next).await
+    }
+
+    async fn confirm(&self, ca: &str) -> Result<bool, String> {
+        self.confirmed.lock().expect("lock").push(ca.to_string());
+        Ok(std::mem::replace(&mut *self.lost.lock().expect("lock"), false))
+    }
+}
+
+#[tokio::test]
+async fn a_renewed_ca_dropped_from_the_bundle_is_patched_back_and_waited_for_before_serving() {
+    let lifetime = Duration::days(365);
+    let Fixture {
+        first,
+        store,
+        reloads,
+        mut renewer,
+        ..
+    } = fixture(lifetime);
+    let publisher = LosesTheCaOnce {
+        patches: Patches::default(),
+        lost: Mutex::new(true),
+        confirmed: Mutex::default(),
+    };
+    let due = renewer.step(t0(), &publisher).await;
+    let serve_at = renewer.step(due, &publisher).await;
+    assert_eq!(serve_at, due + PROPAGATION);
+    // At the swap the bundle lacks the new CA: patched back, the swap waits another propagation.
+    assert_eq!(renewer.step(serve_at, &publisher).await, serve_at + PROPAGATION);
+    assert_eq!(store.current().expect("served").cert[0], first.key.cert[0]);
+    assert_eq!(reloads.get(), 0);
+    renewer.step(serve_at + PROPAGATION, &publisher).await;
+    assert_ne!(store.current().expect("served").cert[0], first.key.cert[0]);
+    assert_eq!(reloads.get(), 1);
+    let confirmed = publisher.confirmed.lock().expect("lock").clone();
+    assert_eq!(confirmed.len(), 2);
+    assert!(publisher.patches.asked()[0].ends_with(&confirmed[0]));
+}

@@ -38,6 +38,8 @@ imageTag win over common's; an empty tag means the chart's appVersion. */}}
 {{- define "keg.gatewayAgent.name" -}}{{ include "keg.name" . }}-gateway-agent{{- end -}}
 {{- define "keg.nodeAgent.name" -}}{{ include "keg.name" . }}-node-agent{{- end -}}
 {{- define "keg.webhook.name" -}}{{ include "keg.name" . }}-webhook{{- end -}}
+{{- /* The Secret the webhook keeps its self-generated pair in (webhookGenerated mode). */ -}}
+{{- define "keg.webhook.generatedSecret" -}}{{ include "keg.webhook.name" . }}-generated{{- end -}}
 {{- define "keg.webhook.tlsSecret" -}}
 {{- if eq .Values.webhook.certificates.mode "existingSecret" -}}
 {{- .Values.webhook.certificates.existingSecret.name -}}
