@@ -250,8 +250,10 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         return Ok(conf::passthrough(Some(prev), &conf.cni_version));
     };
     check_host_tools()?;
-    record_owned(&conf.name, &pod_control_name(env, conf));
+    // The ADD record first: a GC that finds the owned name must also find it young, or it would take the link
+    // this ADD is making.
     let record = record_adding(&pod_control_name(env, conf));
+    record_owned(&conf.name, &pod_control_name(env, conf));
     let mut undo = Undo::new(env, conf, &k8s);
     let added = match add_annotated(env, conf, &k8s, &gateway, prev, &mut undo).await {
         Ok(v) => {
@@ -640,6 +642,12 @@ async fn del(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     }
     remove_if_present(
         &dataplane::wg::userspace_socket_dir().join(format!("{earlier}.sock")),
+        &mut failed,
+    );
+    // The ADD record of an ADD that was killed (a runtime's timeout) or failed before removing it: GC, which
+    // looks only at owned names, would not find it once the owned record below is gone.
+    remove_if_present(
+        &std::path::Path::new(ADDING_DIR).join(pod_control_name(env, conf)),
         &mut failed,
     );
     // This network's record that it owns the name, once what it stands for is gone (else GC retries).

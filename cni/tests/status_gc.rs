@@ -157,8 +157,8 @@ fn sockets_and_links(sockets: &[&str], links: &[&str]) -> String {
 
 /// DEL after an upgrade removes what an interrupted ADD of the earlier version left in the node's namespace
 /// for its sandbox, under that version's name (which GC ignores): the link and the userspace tunnel's UAPI
-/// socket; and its sandbox's link and the network's record that it owns that name. Another sandbox's are left
-/// alone.
+/// socket; and its sandbox's link, the network's record that it owns that name and a killed ADD's record.
+/// Another sandbox's are left alone.
 #[test]
 fn del_removes_the_pre_upgrade_leftovers_of_its_sandbox() {
     let earlier = cni::plugin::pre_upgrade_control_name("sandbox-del");
@@ -166,14 +166,17 @@ fn del_removes_the_pre_upgrade_leftovers_of_its_sandbox() {
     let others = cni::plugin::pre_upgrade_control_name("sandbox-other");
     let others_current = cni::plugin::control_name("k8s", "sandbox-other");
     let owned = cni::plugin::owned_dir("k8s").display().to_string();
+    // ADD records of ADDs killed before they removed them (a runtime's timeout): this sandbox's and another's.
+    let adding = cni::plugin::ADDING_DIR;
     let setup = format!(
-        "mkdir -p {owned}\ntouch {owned}/{current} {owned}/{others_current}\n{}",
+        "mkdir -p {owned} {adding}\ntouch {owned}/{current} {owned}/{others_current} {adding}/{current} \
+         {adding}/{others_current}\n{}",
         sockets_and_links(&[&earlier, &others], &[&earlier, &current, &others])
     );
     let conf = conf("1.1.0", Path::new("/nonexistent.sock"), "");
     let (stdout, stderr) = in_private_namespaces(
         &setup,
-        &format!("ls {owned} | sed 's/^/owned:/'"),
+        &format!("ls {owned} | sed 's/^/owned:/'; ls {adding} | sed 's/^/adding:/'"),
         &conf,
         &[
             ("CNI_COMMAND", "DEL"),
@@ -194,6 +197,7 @@ fn del_removes_the_pre_upgrade_leftovers_of_its_sandbox() {
         format!("{earlier}.sock"),
         current.clone(),
         format!("owned:{current}"),
+        format!("adding:{current}"),
     ] {
         assert!(!has(&gone), "{gone} is removed: {stdout}");
     }
@@ -201,6 +205,7 @@ fn del_removes_the_pre_upgrade_leftovers_of_its_sandbox() {
         others.clone(),
         format!("{others}.sock"),
         format!("owned:{others_current}"),
+        format!("adding:{others_current}"),
     ] {
         assert!(has(&kept), "{kept} of another sandbox is kept: {stdout}");
     }
