@@ -152,8 +152,23 @@ impl World {
 
     /// A replica's settings, with `propagation` for the wait before a renewed certificate is served.
     fn replica(&self, propagation: time::Duration) -> SharedPair {
+        self.replica_with(self.webhook_client(), propagation)
+    }
+
+    /// A replica whose client holds its first answer (the Secret's read, the first request a replica makes)
+    /// until every replica sharing `gate` has had its own: all of them read the Secret before any writes it.
+    fn racing_replica(&self, gate: Arc<tokio::sync::Barrier>) -> SharedPair {
+        let config = self.cp.client_config_for(&self.token).expect("client config");
+        let client = kube::client::ClientBuilder::try_from(config)
+            .expect("client builder")
+            .with_layer(&tower::util::AndThenLayer::new(first_answer_waits_for(gate)))
+            .build();
+        self.replica_with(client, time::Duration::minutes(5))
+    }
+
+    fn replica_with(&self, client: kube::Client, propagation: time::Duration) -> SharedPair {
         SharedPair {
-            client: self.webhook_client(),
+            client,
             namespace: self.namespace.clone(),
             secret: SECRET.to_string(),
             dns_names: vec![DNS.to_string()],
@@ -250,6 +265,21 @@ impl Drop for Replica {
     }
 }
 
+/// For a client's answers: the first waits at `gate`, the others pass.
+fn first_answer_waits_for<R: Send + 'static>(
+    gate: Arc<tokio::sync::Barrier>,
+) -> impl FnOnce(R) -> futures::future::BoxFuture<'static, Result<R, tower::BoxError>> + Clone {
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    move |answer| {
+        Box::pin(async move {
+            if first.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                gate.wait().await;
+            }
+            Ok(answer)
+        })
+    }
+}
+
 async fn start(pair: SharedPair) -> Replica {
     let expiry = Arc::new(CertExpiry::default());
     let reloads = prometheus_client::metrics::counter::Counter::default();
@@ -339,17 +369,24 @@ async fn a_restart_serves_the_stored_pair_without_patching_the_bundle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_started_together_serve_one_ca() {
     let world = World::new("together").await;
-    let replicas =
-        futures::future::join_all((0..3).map(|_| start(world.replica(time::Duration::minutes(5))))).await;
+    // Every replica reads the (chart's, empty) Secret before any writes it, so all three write: one wins.
+    let gate = Arc::new(tokio::sync::Barrier::new(3));
+    let replicas = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        futures::future::join_all((0..3).map(|_| start(world.racing_replica(gate.clone())))),
+    )
+    .await
+    .expect("the replicas start (each one's first request answered)");
     let origins: Vec<&Origin> = replicas.iter().map(|r| &r.started.origin).collect();
     assert_eq!(
         origins.iter().filter(|o| ***o == Origin::Created).count(),
         1,
         "one replica wrote the pair: {origins:?}"
     );
-    assert!(
-        origins.contains(&&Origin::Joined),
-        "a replica lost the write and joined the winner's pair: {origins:?}"
+    assert_eq!(
+        origins.iter().filter(|o| ***o == Origin::Joined).count(),
+        2,
+        "the others lost the write and joined the winner's pair: {origins:?}"
     );
     let secret_ca = world.secret().await.data.expect("data")["ca.crt"].0.clone();
     let cert = served(&replicas[0].started.store);
