@@ -2,8 +2,10 @@
 //! and, in gateway mode, first apply done; 503 while draining).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 
 use axum::Router;
 
@@ -23,30 +25,50 @@ pub struct AdminState {
 }
 
 /// Problems that keep the agent not ready, each under the name of what found it (set again with a new
-/// message, cleared when solved). `/readyz` answers 503 with their messages while any is set.
-#[derive(Debug, Clone, Default)]
-pub struct NotReady(Arc<Mutex<BTreeMap<&'static str, String>>>);
+/// message, cleared when solved). `/readyz` answers 503 with their messages while any is set. Kept in a
+/// `watch` channel so that a change can be awaited ([`NotReady::changed_to`]).
+#[derive(Debug, Clone)]
+pub struct NotReady(Arc<watch::Sender<BTreeMap<&'static str, String>>>);
+
+impl Default for NotReady {
+    fn default() -> Self {
+        NotReady(Arc::new(watch::Sender::new(BTreeMap::new())))
+    }
+}
 
 impl NotReady {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records (or replaces) `source`'s problem.
     pub fn set(&self, source: &'static str, message: impl Into<String>) {
-        self.lock().insert(source, message.into());
+        let message = message.into();
+        self.0.send_modify(|m| {
+            m.insert(source, message);
+        });
     }
 
     /// Clears `source`'s problem, if any.
     pub fn clear(&self, source: &'static str) {
-        self.lock().remove(source);
+        self.0.send_if_modified(|m| m.remove(source).is_some());
     }
 
     /// The messages of every problem, joined; `None` when there is none.
     pub fn reasons(&self) -> Option<String> {
-        let g = self.lock();
-        (!g.is_empty()).then(|| g.values().cloned().collect::<Vec<_>>().join("; "))
+        reasons_of(&self.0.borrow())
     }
+
+    /// Waits until the reasons satisfy `done` (checked now, then at each change); returns them.
+    pub async fn changed_to(&self, mut done: impl FnMut(Option<&str>) -> bool) -> Option<String> {
+        let mut rx = self.0.subscribe();
+        let seen = rx
+            .wait_for(|m| done(reasons_of(m).as_deref()))
+            .await
+            .map(|m| reasons_of(&m));
+        // The sender lives as long as `self`, so the channel cannot close while we wait.
+        seen.unwrap_or_else(|_| self.reasons())
+    }
+}
+
+fn reasons_of(m: &BTreeMap<&'static str, String>) -> Option<String> {
+    (!m.is_empty()).then(|| m.values().cloned().collect::<Vec<_>>().join("; "))
 }
 
 impl AdminState {

@@ -433,12 +433,10 @@ mod tests {
             not_ready.clone(),
             srx,
         ));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while not_ready.reasons().is_none() {
-            assert!(tokio::time::Instant::now() < deadline, "never not ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let reasons = not_ready.reasons().unwrap_or_default();
+        let reasons = tokio::time::timeout(Duration::from_secs(5), not_ready.changed_to(|r| r.is_some()))
+            .await
+            .expect("never not ready")
+            .unwrap_or_default();
         assert!(reasons.contains("00-a.conflist"), "{reasons}");
         assert!(
             metrics
